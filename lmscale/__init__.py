@@ -1,0 +1,1 @@
+"""lmscale: fast large-scale language models in JAX and transfer to text classification."""
