@@ -1,0 +1,174 @@
+"""The run configuration: every field with its meaning, validation, and derived values.
+
+Configs are data. ``default_config()`` defines every field once, with a comment; the
+files in ``configs/`` start from it, change what they need and return it locked, so
+that a typo in ``--config.x.y=...`` fails instead of being silently ignored.
+
+Values that follow from others (steps per epoch, the decay horizon, tokens per step)
+are computed in one place, ``derive()``, once the training data is known, and saved
+with the run in ``WORKDIR/config.json`` under ``"derived"``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import ml_collections
+
+from lmscale.models import MODEL_KINDS
+
+SCHEDULES = ("constant", "linear", "cosine")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the key."""
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every field of a run, with its default. Returned unlocked; configs lock it."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # seeds parameter init, dropout and (optional) shard shuffling
+
+    c.data = ml_collections.ConfigDict()
+    # Training text: a prepared dataset folder (see `lmscale.prepare`), raw text
+    # paths/globs (comma separated; prepared on the fly into WORKDIR/data), or the name of
+    # a built-in corpus that needs no download ("python_stdlib").
+    c.data.train = "python_stdlib"
+    c.data.text_column = ""  # CSV column holding the text when data.train is raw CSV ("" = "text")
+    c.data.text_field = ""  # JSONL field holding the text when data.train is raw JSONL ("" = "text")
+    c.data.txt_mode = "file"  # raw .txt: "file" = one document per file, "line" = per line
+    c.data.split = "98,1,1"  # shards per cycle for train,val,test when preparing (paper: 1000,1,1)
+    c.data.shard_tokens = 2**27  # upper bound on tokens per shard when preparing
+    c.data.tokenizer = "sentiment_discovery"  # byte ids: "sentiment_discovery" (byte+1, pad 0) or "openai"
+    c.data.reset_on_documents = False  # also zero the RNN state at document starts (shards always reset)
+    c.data.shuffle_shards = False  # seeded shuffle of shard order per epoch (paper: no shuffling)
+
+    c.model = ml_collections.ConfigDict()
+    c.model.kind = "mlstm"  # "mlstm" (multiplicative LSTM) or "lstm"
+    c.model.embed = 64  # embedding width
+    c.model.hidden = 4096  # recurrent state width per layer
+    c.model.layers = 1  # stacked recurrent layers
+    c.model.dropout = 0.0  # dropout between stacked layers (training only)
+    c.model.weight_norm = True  # g*v/|v| on the recurrent weight matrices (not embedding/decoder)
+
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = 1000  # optimizer steps to run in total (a resumed run continues up to this)
+    c.train.batch_size = 128  # global batch: sequences (stream rows) per step over all devices
+    c.train.seq_len = 256  # truncated-BPTT length; the RNN state carries over between steps
+    c.train.log_every = 50  # steps between train records in metrics.jsonl and the progress bar
+    c.train.eval_every = 500  # steps between validation passes (and one at the end); 0 = only at the end
+    c.train.eval_batch_size = 64  # rows of the validation stream (reduced if the split is small)
+    c.train.eval_steps = 0  # max validation steps per pass; 0 = the whole validation split
+    c.train.progress_bar = True  # show a tqdm progress bar on stderr
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 5e-4  # peak learning rate (paper: 5e-4 at batch 128)
+    c.optim.schedule = "linear"  # after warmup: "constant", "linear" (to 0) or "cosine" (to 0)
+    c.optim.warmup_steps = 0  # linear warmup from 0 to optim.lr over this many steps
+    c.optim.decay_steps = 0  # the step where the decay reaches 0; 0 = train.steps
+    c.optim.decay_epochs = 0.0  # if > 0, decay over at most this many epochs of the training data
+    c.optim.clip = 1.0  # clip gradients by global norm; 0 = no clipping
+    c.optim.b1 = 0.9  # Adam beta1
+    c.optim.b2 = 0.999  # Adam beta2
+    c.optim.eps = 1e-8  # Adam epsilon
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every = 1000  # steps between checkpoints (also at the end and on SIGTERM/SIGINT)
+    c.checkpoint.keep = 3  # most recent checkpoints kept on disk
+    return c
+
+
+def parse_split(split: str) -> tuple[int, int, int]:
+    """'98,1,1' -> (98, 1, 1); the shard counts per cycle for train, val, test."""
+    try:
+        parts = tuple(int(p) for p in str(split).split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or parts[0] < 1 or min(parts) < 0:
+        raise ConfigError(f"data.split must be three shard counts 'train,val,test' with train >= 1, got {split!r}")
+    return parts  # type: ignore[return-value]
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
+    """Checks values that cannot work, each error naming the key and the numbers."""
+    if config.model.kind not in MODEL_KINDS:
+        raise ConfigError(f"model.kind must be one of {sorted(MODEL_KINDS)}, got {config.model.kind!r}")
+    for key in ("model.embed", "model.hidden", "model.layers", "train.steps", "train.batch_size",
+                "train.seq_len", "train.log_every", "train.eval_batch_size", "checkpoint.every",
+                "checkpoint.keep"):
+        section, name = key.split(".")
+        value = config[section][name]
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+    if config.train.eval_every < 0 or config.train.eval_steps < 0:
+        raise ConfigError("train.eval_every and train.eval_steps must be >= 0")
+    if not 0.0 <= config.model.dropout < 1.0:
+        raise ConfigError(f"model.dropout must be in [0, 1), got {config.model.dropout}")
+    if config.optim.schedule not in SCHEDULES:
+        raise ConfigError(f"optim.schedule must be one of {list(SCHEDULES)}, got {config.optim.schedule!r}")
+    if config.optim.lr <= 0:
+        raise ConfigError(f"optim.lr must be > 0, got {config.optim.lr}")
+    if config.optim.warmup_steps < 0 or config.optim.decay_steps < 0 or config.optim.clip < 0:
+        raise ConfigError("optim.warmup_steps, optim.decay_steps and optim.clip must be >= 0")
+    if config.train.batch_size % num_devices:
+        raise ConfigError(
+            f"train.batch_size={config.train.batch_size} is not divisible by the {num_devices} devices; "
+            f"use a multiple of {num_devices}")
+    if config.train.eval_batch_size % num_devices:
+        raise ConfigError(
+            f"train.eval_batch_size={config.train.eval_batch_size} is not divisible by the "
+            f"{num_devices} devices; use a multiple of {num_devices}")
+    parse_split(config.data.split)
+
+
+def derive(config: ml_collections.ConfigDict, steps_per_epoch: int) -> dict[str, Any]:
+    """Values that follow from the config and the training data; the one place they are computed."""
+    steps = config.train.steps
+    decay_steps = config.optim.decay_steps or steps
+    if config.optim.decay_epochs > 0:
+        decay_steps = min(decay_steps, max(1, math.ceil(config.optim.decay_epochs * steps_per_epoch)))
+    tokens_per_step = config.train.batch_size * config.train.seq_len
+    return {
+        "steps_per_epoch": steps_per_epoch,
+        "epochs": steps / steps_per_epoch,
+        "tokens_per_step": tokens_per_step,
+        "decay_steps": max(decay_steps, config.optim.warmup_steps + 1),
+    }
+
+
+def save_config(config: ml_collections.ConfigDict, derived: dict[str, Any], path: str) -> None:
+    """Writes the resolved config (all fields plus "derived") as JSON, atomically."""
+    record = config.to_dict()
+    record["derived"] = derived
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def load_config(path: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
+    """Reads a config.json written by ``save_config``: (locked config, derived values).
+
+    Fields missing from an older file keep their defaults; unknown fields are an error.
+    """
+    with open(path) as f:
+        record = json.load(f)
+    derived = record.pop("derived", {})
+    config = default_config()
+    _update(config, record, prefix="", path=path)
+    config.lock()
+    return config, derived
+
+
+def _update(config: ml_collections.ConfigDict, values: dict[str, Any], prefix: str, path: str) -> None:
+    for key, value in values.items():
+        if key not in config:
+            raise ConfigError(f"{path}: unknown config key {prefix}{key}")
+        if isinstance(value, dict):
+            _update(config[key], value, f"{prefix}{key}.", path)
+        else:
+            config[key] = value

@@ -1,0 +1,77 @@
+"""From ``config.data`` to a prepared dataset and the training and validation streams.
+
+``data.train`` may name a prepared dataset folder, raw text paths/globs, or a built-in
+corpus; the latter two are prepared once into WORKDIR/data (re-prepared only when the
+request changes), so re-running the same command reuses them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+
+from lmscale.config import parse_split
+from lmscale.data.builtin import is_builtin
+from lmscale.data.dataset import SplitData, TokenDataset, is_dataset
+from lmscale.data.errors import DataError
+from lmscale.data.prepare import prepare_dataset
+from lmscale.data.stream import StreamBatcher
+from lmscale.data.tokenizer import ByteTokenizer
+
+TOKENIZERS = {"sentiment_discovery": ByteTokenizer.sentiment_discovery, "openai": ByteTokenizer.openai}
+
+
+def make_tokenizer(name: str) -> ByteTokenizer:
+    if name not in TOKENIZERS:
+        raise DataError(f"data.tokenizer must be one of {sorted(TOKENIZERS)}, got {name!r}")
+    return TOKENIZERS[name]()
+
+
+def resolve_dataset(data: ml_collections.ConfigDict, workdir: str, *, progress: bool = True) -> str:
+    """Returns the folder of a prepared dataset for ``data.train``, preparing it if needed."""
+    spec = str(data.train)
+    if is_dataset(spec):
+        return spec
+    target = os.path.join(workdir, "data")
+    request = {"inputs": spec, "text_column": data.text_column, "text_field": data.text_field,
+               "txt_mode": data.txt_mode, "split": data.split, "shard_tokens": data.shard_tokens,
+               "tokenizer": data.tokenizer}
+    request_path = os.path.join(workdir, "data_request.json")
+    if is_dataset(target) and os.path.exists(request_path):
+        with open(request_path) as f:
+            if json.load(f) == request:
+                return target
+    if not is_builtin(spec) and not spec.strip():
+        raise DataError("data.train is empty: give a prepared dataset, text paths/globs or 'python_stdlib'")
+    prepare_dataset(spec if is_builtin(spec) else [p for p in spec.split(",") if p],
+                    target, text_column=data.text_column or None, text_field=data.text_field or None,
+                    txt_mode=data.txt_mode, split=parse_split(data.split),
+                    shard_tokens=data.shard_tokens, tokenizer=make_tokenizer(data.tokenizer),
+                    overwrite=True, progress=progress)
+    with open(request_path, "w") as f:
+        json.dump(request, f, indent=2)
+    return target
+
+
+def train_batcher(dataset: TokenDataset, config: ml_collections.ConfigDict) -> StreamBatcher:
+    return StreamBatcher(dataset.split("train"), config.train.batch_size, config.train.seq_len,
+                         reset_on_documents=config.data.reset_on_documents,
+                         shuffle_shards=config.data.shuffle_shards, seed=config.seed)
+
+
+def eval_batcher(split: SplitData, batch_size: int, seq_len: int, num_devices: int,
+                 reset_on_documents: bool = False) -> StreamBatcher:
+    """A stream over a whole split for evaluation, with as many rows as it can fill.
+
+    The row count is ``batch_size`` reduced, if the split is small, to the most rows that
+    still get one full sequence each, rounded down to a multiple of ``num_devices``.
+    """
+    fit = split.num_tokens // (seq_len + 1)
+    rows = min(batch_size, fit) // num_devices * num_devices
+    if rows < 1:
+        raise DataError(
+            f"split {split.name!r} has {split.num_tokens} tokens: too few for one sequence of "
+            f"seq_len {seq_len} on each of {num_devices} devices")
+    return StreamBatcher(split, rows, seq_len, reset_on_documents=reset_on_documents)

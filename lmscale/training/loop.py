@@ -1,0 +1,194 @@
+"""The training loop: data, model, state, jitted steps, and the side effects around them.
+
+``train(config, workdir)`` runs (or resumes) a run: it prepares the data if needed,
+restores the latest checkpoint of the workdir if there is one, trains to
+``train.steps``, logs to metrics.jsonl / TensorBoard / a progress bar, evaluates on the
+validation split, and checkpoints every ``checkpoint.every`` steps, at the end, and on
+SIGTERM/SIGINT. Everything a step needs is a pure function of the state and the step
+number, so a resumed run reproduces an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+from flax import nnx
+
+from lmscale.config import derive, save_config, validate
+from lmscale.data.dataset import TokenDataset
+from lmscale.models import build_model, count_params, flops_per_token
+from lmscale.training import mesh as mesh_lib
+from lmscale.training.checkpoints import Checkpointer, check_same_model
+from lmscale.training.data_source import eval_batcher, resolve_dataset, train_batcher
+from lmscale.training.evaluate import batch_arrays, evaluate
+from lmscale.training.loss import bits_per_char
+from lmscale.training.metrics import MetricsWriter
+from lmscale.training.optimizer import make_optimizer
+from lmscale.training.state import TrainState, create_state, state_shardings, zero_acc
+from lmscale.training.steps import make_eval_step, make_train_step
+
+
+def model_signature(config: ml_collections.ConfigDict, tokenizer: dict[str, Any], vocab_size: int
+                    ) -> dict[str, Any]:
+    """What must match between a checkpoint and the config restoring it."""
+    sig = {f"model.{k}": v for k, v in config.model.to_dict().items() if k != "dropout"}
+    sig["data.tokenizer"] = tokenizer
+    sig["vocab_size"] = vocab_size
+    return sig
+
+
+class _StopFlag:
+    """Set by SIGTERM/SIGINT; the loop checkpoints and returns at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopFlag":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is not None:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains (or resumes) the run in ``workdir``; returns the last train and val records."""
+    os.makedirs(workdir, exist_ok=True)
+    mesh = mesh_lib.make_mesh()
+    validate(config, mesh.size)
+    is_main = jax.process_index() == 0
+    progress = config.train.progress_bar and is_main
+
+    dataset = TokenDataset.open(resolve_dataset(config.data, workdir, progress=progress))
+    batcher = train_batcher(dataset, config)
+    val = (eval_batcher(dataset.split("val"), config.train.eval_batch_size, config.train.seq_len,
+                        mesh.size, config.data.reset_on_documents)
+           if "val" in dataset.split_names else None)
+    vocab_size = dataset.tokenizer.vocab_size
+
+    model = build_model(config.model, vocab_size, rngs=nnx.Rngs(config.seed))
+    derived = derive(config, batcher.steps_per_epoch)
+    derived.update(dataset=os.path.abspath(dataset.path), devices=mesh.size,
+                   processes=jax.process_count(), params=count_params(model),
+                   train_flops_per_token=3 * flops_per_token(config.model, vocab_size))
+    tx, schedule = make_optimizer(config.optim, derived["decay_steps"])
+    graphdef, state = create_state(model, tx, config.train.batch_size, config.seed)
+    del model
+    shardings = state_shardings(state, mesh)
+
+    signature = model_signature(config, dataset.tokenizer.to_dict(), vocab_size)
+    checkpointer = Checkpointer(workdir, keep=config.checkpoint.keep)
+    if checkpointer.latest_step() is not None:
+        check_same_model(checkpointer.read_meta()["signature"], signature, workdir)
+        state = checkpointer.restore(state, shardings)
+    else:
+        state = jax.device_put(state, shardings)
+    if is_main:
+        save_config(config, derived, os.path.join(workdir, "config.json"))
+    meta = {"signature": signature}
+
+    rows_sharding = mesh_lib.batch_sharded(mesh)
+    replicated = mesh_lib.replicated(mesh)
+    batch_shardings = dict.fromkeys(("inputs", "targets", "weights", "resets"), rows_sharding)
+    train_step = jax.jit(make_train_step(graphdef, tx, schedule, config.model.dropout > 0),
+                         in_shardings=(shardings, batch_shardings),
+                         out_shardings=(shardings, replicated), donate_argnums=0)
+    eval_step = jax.jit(make_eval_step(graphdef))
+    train_rows = mesh_lib.local_rows(mesh, config.train.batch_size)
+
+    start = int(jax.device_get(state.step))
+    steps = config.train.steps
+    if is_main:
+        _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), after_step=start)
+    writer = MetricsWriter(workdir)
+    last: dict[str, Any] = {}
+
+    def run_eval(step: int) -> None:
+        if val is None:
+            return
+        carry = jax.device_put(
+            jax.tree.map(np.asarray, nnx.merge(graphdef, state.params).initial_carry(val.batch_size)),
+            rows_sharding)
+        result = evaluate(eval_step, state.params, carry, val, mesh, config.train.eval_steps)
+        record = {"step": step, "split": "val", "loss": result["loss"], "bpc": result["bpc"],
+                  "chars": result["chars"]}
+        writer.write(record)
+        last["val"] = record
+        if progress:
+            tqdm.tqdm.write(f"step {step}: val bpc {result['bpc']:.4f}")
+
+    tokens_per_step = derived["tokens_per_step"]
+    bar = tqdm.tqdm(total=steps, initial=start, disable=not progress, unit="step",
+                    dynamic_ncols=True, smoothing=0.1)
+    timer_start, timed_steps = time.perf_counter(), 0
+    step = start
+    with _StopFlag() as stop:
+        while step < steps and stop.signal is None:
+            batch = batch_arrays(batcher, step, train_rows, rows_sharding)
+            state, metrics = train_step(state, batch)
+            step += 1
+            timed_steps += 1
+            bar.update(1)
+            if step % config.train.log_every == 0 or step == steps:
+                acc, metrics = jax.device_get((state.acc, metrics))
+                elapsed = time.perf_counter() - timer_start
+                loss = float(acc["nats"]) / max(float(acc["count"]), 1.0)
+                record = {"step": step, "split": "train", "loss": loss, "bpc": bits_per_char(loss),
+                          "lr": float(metrics["lr"]), "grad_norm": float(metrics["grad_norm"]),
+                          "epoch": step / batcher.steps_per_epoch,
+                          "steps_per_s": timed_steps / elapsed,
+                          "chars_per_s": timed_steps * tokens_per_step / elapsed}
+                writer.write(record)
+                last["train"] = record
+                bar.set_postfix(loss=f"{loss:.3f}", bpc=f"{record['bpc']:.3f}",
+                                lr=f"{record['lr']:.2e}", chars_s=f"{record['chars_per_s']:.3g}")
+                state = state.replace(acc=jax.device_put(zero_acc(), replicated))
+                timer_start, timed_steps = time.perf_counter(), 0
+            evaluating = (config.train.eval_every and step % config.train.eval_every == 0) or step == steps
+            if evaluating:
+                run_eval(step)
+            if step % config.checkpoint.every == 0 and step < steps:
+                checkpointer.save(state, meta)
+            if evaluating or step % config.checkpoint.every == 0:
+                timer_start, timed_steps = time.perf_counter(), 0
+        bar.close()
+        checkpointer.save(state, meta)
+        checkpointer.close()
+    writer.close()
+    if stop.signal is not None and progress:
+        print(f"stopped by signal {stop.signal} at step {step}; checkpoint saved, re-run to resume")
+    last["step"] = step
+    last["stopped_by_signal"] = stop.signal
+    return last
+
+
+def _truncate_metrics(path: str, after_step: int) -> None:
+    """Drops records past the restored step (written after the last checkpoint of a crashed run)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = [line for line in f if line.strip()]
+    keep = [line for line in lines if json.loads(line)["step"] <= after_step]
+    if len(keep) != len(lines):
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.writelines(keep)
+        os.replace(tmp, path)

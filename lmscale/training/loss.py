@@ -1,0 +1,34 @@
+"""Language-model loss: cross entropy with log-softmax in float32, mean over counted targets."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+LN2 = math.log(2.0)
+
+
+def cross_entropy_sums(logits: jax.Array, targets: jax.Array, weights: jax.Array
+                       ) -> tuple[jax.Array, jax.Array]:
+    """Summed negative log-likelihood (nats) and number of counted targets.
+
+    logits: [B, T, V] (any float dtype; promoted to float32), targets: int [B, T],
+    weights: [B, T], 1 where a target counts and 0 where it is masked (padding, or a
+    target that starts a new shard). Returns (sum of weighted NLL, sum of weights), float32.
+    """
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    weights = weights.astype(jnp.float32)
+    return jnp.sum(nll * weights), jnp.sum(weights)
+
+
+def mean_loss(nats: jax.Array, count: jax.Array) -> jax.Array:
+    """Mean NLL per counted target; 0 when nothing counts (avoids 0/0)."""
+    return nats / jnp.maximum(count, 1.0)
+
+
+def bits_per_char(nats_per_token: float) -> float:
+    """Bits per character (byte) from nats per token: BPC = nats / ln 2."""
+    return nats_per_token / LN2

@@ -1,0 +1,62 @@
+"""Run metrics: JSON lines in WORKDIR/metrics.jsonl and TensorBoard event files.
+
+Every record has ``step``, ``split`` ("train" or "val") and ``bpc``. Only process 0
+writes; other processes get a writer that does nothing. TensorBoard files are written
+with tensorboardX, which needs no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import jax
+
+
+class MetricsWriter:
+    """Appends records to ``metrics.jsonl`` and mirrors scalars to TensorBoard under ``tb/``."""
+
+    def __init__(self, workdir: str, *, tensorboard: bool = True) -> None:
+        self.enabled = jax.process_index() == 0
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._file = open(self.path, "a") if self.enabled else None
+        self._tb = None
+        if self.enabled and tensorboard:
+            from tensorboardX import SummaryWriter
+            self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        clean = {k: _plain(v) for k, v in record.items()}
+        self._file.write(json.dumps(clean) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            split, step = clean["split"], clean["step"]
+            for key, value in clean.items():
+                if key not in ("step", "split") and isinstance(value, (int, float)) \
+                        and math.isfinite(value):
+                    self._tb.add_scalar(f"{split}/{key}", value, step)
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+    """All records of a run, in order."""
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        value = value.item()
+    return value

@@ -1,0 +1,56 @@
+"""The training state: everything a step reads and writes, in one pytree.
+
+It is what a checkpoint holds, so that continuing a run needs nothing else: parameters,
+optimizer state, the step, the RNN carry persisted across batches (truncated BPTT), the
+base dropout key, and the running sums behind the next train log record.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from lmscale.training import mesh as mesh_lib
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: optimizer steps taken
+    params: Any  # nnx.State of the model's nnx.Param variables (float32 master weights)
+    opt_state: optax.OptState
+    carry: Any  # per layer (h, c), each float32 [batch, hidden]; sharded along batch
+    rng: jax.Array  # uint32[2] base key; step k uses fold_in(rng, k)
+    acc: dict[str, jax.Array]  # sums since the last train log: nats, count (targets), steps
+
+
+def zero_acc() -> dict[str, jax.Array]:
+    return {"nats": jnp.zeros((), jnp.float32), "count": jnp.zeros((), jnp.float32),
+            "steps": jnp.zeros((), jnp.int32)}
+
+
+def create_state(model: nnx.Module, tx: optax.GradientTransformation, batch_size: int,
+                 seed: int) -> tuple[nnx.GraphDef, TrainState]:
+    """Splits the model into (graphdef, params) and builds the initial state (unsharded)."""
+    graphdef, params = nnx.split(model, nnx.Param)
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        carry=model.initial_carry(batch_size),
+        rng=jax.random.PRNGKey(seed + 1),
+        acc=zero_acc(),
+    )
+    return graphdef, state
+
+
+def state_shardings(state: TrainState, mesh: Mesh) -> TrainState:
+    """Replicated everything, except the carry: split along the batch axis."""
+    rep, rows = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
+    shardings = jax.tree.map(lambda _: rep, state)
+    return shardings.replace(carry=jax.tree.map(lambda _: rows, state.carry))
