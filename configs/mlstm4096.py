@@ -23,7 +23,8 @@ def get_config():
     config.model.weight_norm = True  # on the recurrent weights only
     config.train.batch_size = 128
     config.train.seq_len = 256
-    config.train.steps = 1_000_000  # an upper bound; the decay below ends after one epoch
+    config.train.steps = 10_000_000  # an upper bound; train.epochs ends the run
+    config.train.epochs = 1.0  # one pass over the data, as the paper
     config.train.log_every = 100
     config.train.eval_every = 5000
     config.train.eval_batch_size = 128

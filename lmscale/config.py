@@ -56,6 +56,7 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 1000  # optimizer steps to run in total (a resumed run continues up to this)
+    c.train.epochs = 0.0  # if > 0, stop after at most this many epochs of the training data
     c.train.batch_size = 128  # global batch: sequences (stream rows) per step over all devices
     c.train.seq_len = 256  # truncated-BPTT length; the RNN state carries over between steps
     c.train.log_every = 50  # steps between train records in metrics.jsonl and the progress bar
@@ -103,6 +104,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         value = config[section][name]
         if not isinstance(value, int) or value < 1:
             raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+    if config.train.epochs < 0 or config.optim.decay_epochs < 0:
+        raise ConfigError("train.epochs and optim.decay_epochs must be >= 0")
     if config.train.eval_every < 0 or config.train.eval_steps < 0:
         raise ConfigError("train.eval_every and train.eval_steps must be >= 0")
     if not 0.0 <= config.model.dropout < 1.0:
@@ -127,11 +130,14 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
 def derive(config: ml_collections.ConfigDict, steps_per_epoch: int) -> dict[str, Any]:
     """Values that follow from the config and the training data; the one place they are computed."""
     steps = config.train.steps
+    if config.train.epochs > 0:
+        steps = min(steps, max(1, math.ceil(config.train.epochs * steps_per_epoch)))
     decay_steps = config.optim.decay_steps or steps
     if config.optim.decay_epochs > 0:
         decay_steps = min(decay_steps, max(1, math.ceil(config.optim.decay_epochs * steps_per_epoch)))
     tokens_per_step = config.train.batch_size * config.train.seq_len
     return {
+        "steps": steps,
         "steps_per_epoch": steps_per_epoch,
         "epochs": steps / steps_per_epoch,
         "tokens_per_step": tokens_per_step,

@@ -115,7 +115,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     train_rows = mesh_lib.local_rows(mesh, config.train.batch_size)
 
     start = int(jax.device_get(state.step))
-    steps = config.train.steps
+    steps = derived["steps"]
     if is_main:
         _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), after_step=start)
     writer = MetricsWriter(workdir)

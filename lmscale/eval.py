@@ -1,0 +1,43 @@
+"""Bits per character of a trained run on a prepared split or on any text files.
+
+    python -m lmscale.eval --workdir=runs/quickstart --data=runs/quickstart/data --split=test
+    python -m lmscale.eval --workdir=runs/quickstart --data=some/file.txt
+"""
+
+from __future__ import annotations
+
+import json
+
+from absl import app, flags
+
+from lmscale.cli import run_cli
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.")
+_DATA = flags.DEFINE_string("data", None, "A prepared dataset folder, or text paths/globs.")
+_SPLIT = flags.DEFINE_string("split", "val", "Split of a prepared dataset.")
+_BATCH = flags.DEFINE_integer("batch_size", 16, "Rows evaluated in parallel (reduced for short text).")
+_SEQ = flags.DEFINE_integer("seq_len", 0, "Characters per step; 0 = the run's train.seq_len.")
+_STEP = flags.DEFINE_integer("step", -1, "Checkpoint step; -1 = the latest.")
+_COLUMN = flags.DEFINE_string("text_column", None, "CSV column holding the text.")
+_FIELD = flags.DEFINE_string("text_field", None, "JSONL field holding the text.")
+flags.mark_flags_as_required(["workdir", "data"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from lmscale.training.restore import evaluate_data, load_trained
+
+    def run() -> dict:
+        lm = load_trained(_WORKDIR.value, None if _STEP.value < 0 else _STEP.value)
+        result = evaluate_data(lm, _DATA.value, split=_SPLIT.value, batch_size=_BATCH.value,
+                               seq_len=_SEQ.value or None, text_column=_COLUMN.value,
+                               text_field=_FIELD.value)
+        return {"step": lm.step, "data": _DATA.value, **result}
+
+    result = run_cli(run)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,96 @@
+"""Loading a trained run back: config, tokenizer and parameters from a workdir.
+
+Used by the eval tool and, later, by featurization, generation and fine-tuning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from typing import Any
+
+import jax
+import ml_collections
+from flax import nnx
+from jax.sharding import Mesh
+
+from lmscale.config import load_config
+from lmscale.data.dataset import TokenDataset, is_dataset
+from lmscale.data.prepare import prepare_dataset
+from lmscale.data.tokenizer import ByteTokenizer, tokenizer_from_dict
+from lmscale.models import build_model
+from lmscale.training import mesh as mesh_lib
+from lmscale.training.checkpoints import Checkpointer, check_same_model
+from lmscale.training.data_source import eval_batcher
+from lmscale.training.evaluate import evaluate
+from lmscale.training.optimizer import make_optimizer
+from lmscale.training.state import create_state, state_shardings
+from lmscale.training.steps import make_eval_step
+
+
+@dataclasses.dataclass
+class TrainedLM:
+    """A trained language model: what it is (config, tokenizer) and its weights."""
+    config: ml_collections.ConfigDict
+    derived: dict[str, Any]
+    tokenizer: ByteTokenizer
+    graphdef: nnx.GraphDef
+    params: Any  # nnx.State of the parameters (replicated over the mesh)
+    step: int
+    mesh: Mesh
+
+    def model(self) -> nnx.Module:
+        return nnx.merge(self.graphdef, self.params)
+
+
+def load_trained(workdir: str, step: int | None = None, mesh: Mesh | None = None) -> TrainedLM:
+    """Restores the latest (or given) checkpoint of ``workdir``."""
+    config_path = os.path.join(workdir, "config.json")
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(f"{workdir} is not a training run: {config_path} does not exist")
+    config, derived = load_config(config_path)
+    checkpointer = Checkpointer(workdir, keep=config.checkpoint.keep, async_save=False)
+    step = checkpointer.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"{workdir} holds no checkpoint (looked in {checkpointer.directory})")
+    signature = checkpointer.read_meta(step)["signature"]
+    tokenizer = tokenizer_from_dict(signature["data.tokenizer"])
+    vocab_size = signature["vocab_size"]
+    from lmscale.training.loop import model_signature  # the same rule as training
+    check_same_model(signature, model_signature(config, tokenizer.to_dict(), vocab_size), workdir)
+
+    mesh = mesh or mesh_lib.make_mesh()
+    model = build_model(config.model, vocab_size, rngs=nnx.Rngs(config.seed))
+    tx, _ = make_optimizer(config.optim, derived.get("decay_steps", config.train.steps))
+    graphdef, like = create_state(model, tx, config.train.batch_size, config.seed)
+    state = checkpointer.restore(like, state_shardings(like, mesh), step)
+    checkpointer.close()
+    return TrainedLM(config=config, derived=derived, tokenizer=tokenizer, graphdef=graphdef,
+                     params=state.params, step=step, mesh=mesh)
+
+
+def evaluate_data(lm: TrainedLM, data: str, *, split: str = "val", batch_size: int = 16,
+                  seq_len: int | None = None, text_column: str | None = None,
+                  text_field: str | None = None) -> dict[str, float]:
+    """BPC of ``lm`` on a split of a prepared dataset, or on text files (paths/globs)."""
+    seq_len = seq_len or lm.config.train.seq_len
+    if is_dataset(data):
+        dataset = TokenDataset.open(data)
+        if dataset.tokenizer.to_dict() != lm.tokenizer.to_dict():
+            raise ValueError(f"{data} was tokenized with {dataset.tokenizer.to_dict()}, the model "
+                             f"uses {lm.tokenizer.to_dict()}")
+        return _evaluate_split(lm, dataset.split(split), batch_size, seq_len)
+    with tempfile.TemporaryDirectory(prefix="lmscale-eval-") as tmp:
+        path = prepare_dataset([p for p in data.split(",") if p], os.path.join(tmp, "data"),
+                               text_column=text_column, text_field=text_field, split=(1, 0, 0),
+                               shard_tokens=2**40, tokenizer=lm.tokenizer, progress=False)
+        return _evaluate_split(lm, TokenDataset.open(path).split("train"), batch_size, seq_len)
+
+
+def _evaluate_split(lm: TrainedLM, split: Any, batch_size: int, seq_len: int) -> dict[str, float]:
+    batcher = eval_batcher(split, batch_size, seq_len, lm.mesh.size)
+    carry = jax.device_put(lm.model().initial_carry(batcher.batch_size),
+                           mesh_lib.batch_sharded(lm.mesh))
+    eval_step = jax.jit(make_eval_step(lm.graphdef))
+    return evaluate(eval_step, lm.params, carry, batcher, lm.mesh)
