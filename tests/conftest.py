@@ -1,0 +1,59 @@
+"""Shared test helpers: a small generated corpus and a tiny run config."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def write_corpus(folder: Path, files: int = 4, lines: int = 300) -> str:
+    """Text files of simple, learnable English-like lines; returns a glob for them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "big", "red", "house"]
+    for f in range(files):
+        with open(folder / f"doc{f}.txt", "w") as out:
+            for i in range(lines):
+                out.write(" ".join(words[(i * 7 + j * (f + 3)) % len(words)] for j in range(8)) + ".\n")
+    return str(folder / "*.txt")
+
+
+def tiny_config(data_train: str, **overrides):
+    """A run config small enough for a test: a 32-unit mLSTM, batch 4, 16 characters."""
+    from lmscale.config import default_config
+    c = default_config()
+    c.data.train = data_train
+    c.data.split = "8,1,1"
+    c.model.hidden = 32
+    c.model.embed = 16
+    c.train.steps = 12
+    c.train.batch_size = 4
+    c.train.seq_len = 16
+    c.train.log_every = 2
+    c.train.eval_every = 4
+    c.train.eval_batch_size = 4
+    c.train.eval_steps = 3
+    c.train.progress_bar = False
+    c.optim.lr = 3e-3
+    c.optim.warmup_steps = 2
+    c.checkpoint.every = 4
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        c[section][name] = value
+    c.lock()
+    return c
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> str:
+    return write_corpus(tmp_path / "corpus")
+
+
+@pytest.fixture(autouse=True)
+def _quiet_jax(monkeypatch):
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")

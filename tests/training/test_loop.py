@@ -1,0 +1,143 @@
+"""End-to-end training on a generated corpus: learning, metrics, checkpoints, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lmscale.data.errors import DataError
+from lmscale.training.checkpoints import CheckpointMismatchError
+from lmscale.training.loop import train
+from lmscale.training.metrics import read_metrics
+from tests.conftest import REPO, tiny_config, write_corpus
+
+COMPARED = ("step", "split", "loss", "bpc", "lr", "grad_norm")
+
+
+def strip(records):
+    return [{k: r[k] for k in COMPARED if k in r} for r in records]
+
+
+def test_train_writes_metrics_config_checkpoints_and_learns(tmp_path, corpus):
+    workdir = str(tmp_path / "run")
+    result = train(tiny_config(corpus, **{"train.steps": 40, "optim.lr": 1e-2}), workdir)
+    records = read_metrics(workdir)
+    train_records = [r for r in records if r["split"] == "train"]
+    val_records = [r for r in records if r["split"] == "val"]
+    assert [r["step"] for r in train_records] == list(range(2, 41, 2))
+    assert [r["step"] for r in val_records] == list(range(4, 41, 4))
+    for r in train_records:
+        assert {"lr", "chars_per_s", "bpc"} <= set(r)
+    assert val_records[-1]["bpc"] < 0.6 * val_records[0]["bpc"]  # it learns the corpus
+    assert result["val"]["bpc"] == val_records[-1]["bpc"]
+    config = json.load(open(os.path.join(workdir, "config.json")))
+    assert config["model"]["hidden"] == 32 and config["derived"]["steps"] == 40
+    assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))
+                  if s.isdigit()) == [32, 36, 40]
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(os.path.join(workdir, "tb")))
+
+
+def test_resume_equals_uninterrupted(tmp_path, corpus):
+    # decay_steps fixed so that the first half of the split run has the same schedule.
+    overrides = {"optim.decay_steps": 12, "model.dropout": 0.0}
+    full = str(tmp_path / "full")
+    train(tiny_config(corpus, **overrides), full)
+    split_run = str(tmp_path / "split")
+    train(tiny_config(corpus, **overrides, **{"train.steps": 6}), split_run)
+    train(tiny_config(corpus, **overrides), split_run)
+    a = strip(read_metrics(full))
+    b = [r for r in strip(read_metrics(split_run)) if not (r["step"] == 6 and r["split"] == "val")]
+    assert a == b  # bitwise: floats compared exactly
+
+
+def test_resume_with_dropout_and_two_layers_equals_uninterrupted(tmp_path, corpus):
+    overrides = {"optim.decay_steps": 8, "model.dropout": 0.3, "model.layers": 2,
+                 "train.steps": 8, "model.kind": "lstm"}
+    full = str(tmp_path / "full")
+    train(tiny_config(corpus, **overrides), full)
+    split_run = str(tmp_path / "split")
+    train(tiny_config(corpus, **{**overrides, "train.steps": 3}), split_run)
+    train(tiny_config(corpus, **overrides), split_run)
+    a = [r for r in strip(read_metrics(full)) if r["split"] == "train"]
+    b = [r for r in strip(read_metrics(split_run)) if r["split"] == "train" and r["step"] != 3]
+    assert a == b
+
+
+def test_sigterm_checkpoints_and_rerun_resumes(tmp_path, corpus):
+    """A real process stopped by SIGTERM saves its state; the same command finishes the run."""
+    workdir = tmp_path / "run"
+    args = [sys.executable, "-m", "lmscale.train", "--config=configs/quickstart.py",
+            f"--workdir={workdir}", f"--config.data.train={corpus}", "--config.data.split=8,1,1",
+            "--config.model.hidden=32", "--config.model.embed=16", "--config.train.batch_size=4",
+            "--config.train.seq_len=16", "--config.train.steps=100000", "--config.optim.decay_steps=100",
+            "--config.train.log_every=1", "--config.train.eval_every=0",
+            "--config.train.eval_batch_size=4", "--config.train.progress_bar=False",
+            "--config.checkpoint.every=100000"]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = workdir / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    stopped = read_metrics(str(workdir))[-1]["step"]
+    steps = sorted(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit())
+    assert steps and steps[-1] >= stopped
+    # Re-running the same command (with a reachable end) continues from the checkpoint.
+    finish = [a.replace("train.steps=100000", f"train.steps={steps[-1] + 3}") for a in args]
+    done = subprocess.run(finish, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    train_steps = [r["step"] for r in read_metrics(str(workdir)) if r["split"] == "train"]
+    assert train_steps == list(range(1, steps[-1] + 4))
+
+
+def test_workdir_with_another_model_is_refused(tmp_path, corpus):
+    workdir = str(tmp_path / "run")
+    train(tiny_config(corpus, **{"train.steps": 2}), workdir)
+    before = open(os.path.join(workdir, "config.json")).read()
+    with pytest.raises(CheckpointMismatchError, match="model.hidden is 32 there and 48 here"):
+        train(tiny_config(corpus, **{"train.steps": 4, "model.hidden": 48}), workdir)
+    assert open(os.path.join(workdir, "config.json")).read() == before
+
+
+def test_sequence_longer_than_a_shard_is_refused(tmp_path):
+    corpus = write_corpus(tmp_path / "c", files=1, lines=20)  # ~20 lines -> shards of ~100 chars
+    with pytest.raises(DataError, match="sequence longer than a shard"):
+        train(tiny_config(corpus, **{"train.seq_len": 200, "train.batch_size": 1}), str(tmp_path / "run"))
+
+
+def test_missing_data_path_cli_is_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "lmscale.train", "--config=configs/quickstart.py",
+         f"--workdir={tmp_path / 'run'}", f"--config.data.train={tmp_path / 'nope.txt'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    lines = [l for l in proc.stderr.strip().splitlines() if l.startswith("error:")]
+    assert len(lines) == 1 and "nope.txt" in lines[0]
+
+
+def test_eval_tool_on_text_file_and_split(tmp_path, corpus):
+    workdir = str(tmp_path / "run")
+    train(tiny_config(corpus, **{"train.steps": 8}), workdir)
+    text = tmp_path / "held_out.txt"
+    text.write_text("the cat sat on the mat and the dog ran to the big red house.\n" * 20)
+    for data, extra in ((str(text), []), (os.path.join(workdir, "data"), ["--split=test"])):
+        proc = subprocess.run([sys.executable, "-m", "lmscale.eval", f"--workdir={workdir}",
+                               f"--data={data}", *extra], cwd=REPO, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert result["step"] == 8 and 0 < result["bpc"] < 8.1 and result["chars"] > 0
+
+
+def test_eval_tool_without_checkpoint(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "lmscale.eval", f"--workdir={tmp_path}",
+                           f"--data={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "error:" in proc.stderr and "config.json" in proc.stderr

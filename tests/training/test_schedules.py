@@ -1,0 +1,38 @@
+"""Learning-rate schedules against their closed forms."""
+
+import math
+
+import numpy as np
+import pytest
+
+from lmscale.training.schedules import make_schedule
+
+
+def test_linear_decays_to_zero_at_decay_steps():
+    s = make_schedule("linear", 1e-3, warmup_steps=0, decay_steps=100)
+    for step in (0, 1, 50, 99, 100, 150):
+        expected = 1e-3 * max(0.0, 1 - step / 100)
+        np.testing.assert_allclose(float(s(step)), expected, rtol=1e-6, atol=1e-12)
+
+
+def test_warmup_then_linear():
+    s = make_schedule("linear", 2e-3, warmup_steps=10, decay_steps=110)
+    np.testing.assert_allclose(float(s(0)), 0.0, atol=1e-12)
+    np.testing.assert_allclose(float(s(5)), 1e-3, rtol=1e-6)
+    np.testing.assert_allclose(float(s(10)), 2e-3, rtol=1e-6)
+    np.testing.assert_allclose(float(s(60)), 1e-3, rtol=1e-6)
+    np.testing.assert_allclose(float(s(110)), 0.0, atol=1e-12)
+
+
+def test_cosine_and_constant():
+    s = make_schedule("cosine", 1.0, warmup_steps=0, decay_steps=40)
+    for step in (0, 10, 20, 40):
+        np.testing.assert_allclose(float(s(step)), 0.5 * (1 + math.cos(math.pi * step / 40)), atol=1e-6)
+    c = make_schedule("constant", 0.3, warmup_steps=4, decay_steps=10)
+    assert float(c(2)) == pytest.approx(0.15)
+    assert float(c(1000)) == pytest.approx(0.3)
+
+
+def test_unknown_schedule():
+    with pytest.raises(ValueError, match="unknown optim.schedule"):
+        make_schedule("exp", 1.0, warmup_steps=0, decay_steps=1)
