@@ -1,0 +1,107 @@
+"""RecurrentLM: embedding -> stacked mLSTM/LSTM layers -> linear decoder (character-level LM).
+
+Internally time-major: tokens [B, T] are transposed once (cheap, int32), the layers scan over
+[T, B, ...], and the decoder writes logits [B, T, V] directly. The model holds parameters
+only (no RNG or other nnx state): dropout draws from an explicit ``dropout_key``, so
+``nnx.split(model, nnx.Param)`` captures the whole model state.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lmscale.models.initializers import symmetric_uniform
+from lmscale.models.recurrent import LSTMLayer, MLSTMLayer
+
+LAYER_TYPES = {"lstm": LSTMLayer, "mlstm": MLSTMLayer}
+Carry = tuple[tuple[jax.Array, jax.Array], ...]
+
+
+class RecurrentLM(nnx.Module):
+    """Character/byte-level recurrent language model (sentiment-discovery architecture).
+
+    Params: ``embedding.embedding`` [V, E]; ``layers[l]`` (see recurrent.py); ``decoder.kernel``
+    [H, V] and ``decoder.bias`` [V]. Embedding and decoder are never weight-normalized.
+    """
+
+    def __init__(self, *, kind: str, vocab_size: int, embed: int, hidden: int, layers: int = 1,
+                 dropout: float = 0.0, weight_norm: bool = True, dtype: Any = jnp.float32,
+                 rngs: nnx.Rngs):
+        if kind not in LAYER_TYPES:
+            raise ValueError(f"unknown model.kind {kind!r}; expected one of {sorted(LAYER_TYPES)}")
+        if layers < 1:
+            raise ValueError(f"layers must be >= 1, got {layers}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.kind, self.vocab_size, self.hidden = kind, vocab_size, hidden
+        self.dropout, self.dtype = float(dropout), dtype
+        self.embedding = nnx.Embed(vocab_size, embed, dtype=dtype,
+                                   embedding_init=symmetric_uniform(0.1), rngs=rngs)
+        layer_cls = LAYER_TYPES[kind]
+        self.layers = nnx.List([
+            layer_cls(embed if l == 0 else hidden, hidden, weight_norm=weight_norm, dtype=dtype,
+                      rngs=rngs)
+            for l in range(layers)])
+        self.decoder = nnx.Linear(hidden, vocab_size, dtype=dtype,
+                                  kernel_init=symmetric_uniform(0.1),
+                                  bias_init=jax.nn.initializers.zeros, rngs=rngs)
+
+    def initial_carry(self, batch_size: int) -> Carry:
+        """One (h, c) per layer, float32 zeros [B, H]."""
+        return tuple(layer.initial_carry(batch_size) for layer in self.layers)
+
+    def _run(self, tokens: jax.Array, carry: Carry | None, resets: jax.Array | None,
+             dropout_key: jax.Array | None, return_cells: bool
+             ) -> tuple[jax.Array, Carry, list[jax.Array], list[jax.Array | None]]:
+        """Returns (top hs [T, B, H], new carry, per-layer hs, per-layer cs), time-major."""
+        if carry is None:
+            carry = self.initial_carry(tokens.shape[0])
+        if len(carry) != len(self.layers):
+            raise ValueError(f"carry has {len(carry)} layers, model has {len(self.layers)}")
+        x = self.embedding(jnp.swapaxes(tokens, 0, 1))  # [T, B, E]
+        resets_tm = None if resets is None else jnp.swapaxes(resets, 0, 1)
+        use_dropout = dropout_key is not None and self.dropout > 0.0
+        keys = jax.random.split(dropout_key, len(self.layers)) if use_dropout else None
+        new_carry, all_hs, all_cs = [], [], []
+        for l, (layer, layer_carry) in enumerate(zip(self.layers, carry)):
+            x, c_l, cs = layer.scan_time_major(x, tuple(layer_carry), resets_tm,
+                                               return_cells=return_cells)
+            new_carry.append(c_l)
+            all_hs.append(x)
+            all_cs.append(cs)
+            if use_dropout and l + 1 < len(self.layers):
+                keep = 1.0 - self.dropout
+                mask = jax.random.bernoulli(keys[l], keep, x.shape)
+                x = jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros_like(x))
+        return x, tuple(new_carry), all_hs, all_cs
+
+    def __call__(self, tokens: jax.Array, carry: Carry | None, resets: jax.Array | None = None,
+                 *, dropout_key: jax.Array | None = None) -> tuple[jax.Array, Carry]:
+        """tokens int32 [B, T]; carry from ``initial_carry`` (None = zeros); resets bool [B, T].
+
+        Dropout between layers only when ``dropout_key`` is given (training); otherwise
+        deterministic. Returns (logits float32 [B, T, V], new carry float32).
+        """
+        hs, new_carry, _, _ = self._run(tokens, carry, resets, dropout_key, False)
+        dt = self.dtype
+        logits = jnp.einsum("tbh,hv->btv", hs.astype(dt), self.decoder.kernel[...].astype(dt),
+                            preferred_element_type=jnp.promote_types(dt, jnp.float32))
+        logits = logits + self.decoder.bias[...]
+        return logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), new_carry
+
+    def features(self, tokens: jax.Array, carry: Carry | None,
+                 resets: jax.Array | None = None) -> dict[str, Any]:
+        """Per-layer states for featurization (no dropout, no decoder).
+
+        Returns {"hidden": [L, B, T, H], "cell": [L, B, T, H] (float32), "carry": new carry}.
+        The final cell state of a text is ``cell[-1, :, -1]`` (or ``carry[-1][1]``).
+        """
+        _, new_carry, all_hs, all_cs = self._run(tokens, carry, resets, None, True)
+        to_btf = lambda a: jnp.swapaxes(a.astype(jnp.float32), 0, 1)
+        return {"hidden": jnp.stack([to_btf(h) for h in all_hs]),
+                "cell": jnp.stack([to_btf(c) for c in all_cs]),
+                "carry": new_carry}

@@ -1,0 +1,181 @@
+"""mLSTM and LSTM recurrent layers over a whole sequence (jax.lax.scan over time).
+
+Equations (sentiment-discovery / Krause et al. 2016), x @ W convention, per step t:
+  mLSTM: m = (x W_mx) * (h W_mh);  z = x W_x + m W_h + b
+  LSTM:  z = x W_x + h W_h + b
+  i, f, g, o = split(z, 4);  c' = s(f) c + s(i) tanh(g);  h' = s(o) tanh(c')
+Shapes: W_x (in, 4H), W_mx (in, H), W_mh (H, H), W_h (H, 4H), b (4H,).
+
+Speed: the input-side projections (x W_x + b and x W_mx) of all T steps are one matmul before
+the scan; only the h-dependent matmuls run inside it. Weight norm is applied once per call.
+
+Precision: ``dtype`` is the compute dtype of the matmuls (weights and inputs are cast to it).
+Gate nonlinearities and the carry (h, c) are kept in float32 (at least), whatever ``dtype``.
+Resets: before step t, rows with resets[t] True have h and c zeroed (h * (1 - reset)).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lmscale.models.initializers import recurrent_uniform
+from lmscale.models.weight_norm import make_matrix
+
+Carry = tuple[jax.Array, jax.Array]
+# (hs [T, B, H] in compute dtype, final (h, c), cs [T, B, H] or None)
+ScanResult = tuple[jax.Array, Carry, jax.Array | None]
+
+
+def _state_dtype(dtype: Any) -> Any:
+    """Dtype of the carry and gate math: float32, or float64 when computing in float64."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def _recurrence(pre: tuple[jax.Array, ...], carry: Carry, resets: jax.Array | None,
+                gates: Callable[[tuple[jax.Array, ...], jax.Array], jax.Array], dtype: Any,
+                return_cells: bool) -> ScanResult:
+    """Shared LSTM-style scan.
+
+    pre: per-step input projections, each [T, B, ...]; gates(pre_t, h) -> z [B, 4H] in the
+    state dtype. resets: bool [T, B] or None. Returns (hs [T, B, H] in ``dtype``, (h, c),
+    cs [T, B, H] in the state dtype or None).
+    """
+    sdt = _state_dtype(dtype)
+    h0, c0 = (jnp.asarray(a, sdt) for a in carry)
+
+    def step(state: Carry, inputs: tuple[Any, ...]) -> tuple[Carry, Any]:
+        h, c = state
+        pre_t, reset_t = inputs
+        if reset_t is not None:
+            keep = jnp.logical_not(reset_t)[:, None]
+            h = jnp.where(keep, h, jnp.zeros_like(h))
+            c = jnp.where(keep, c, jnp.zeros_like(c))
+        i, f, g, o = jnp.split(gates(pre_t, h), 4, axis=-1)
+        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+        h = jax.nn.sigmoid(o) * jnp.tanh(c)
+        out = (h.astype(dtype), c) if return_cells else (h.astype(dtype), None)
+        return (h, c), out
+
+    resets_in = None if resets is None else jnp.asarray(resets, bool)
+    (h, c), (hs, cs) = jax.lax.scan(step, (h0, c0), (pre, resets_in))
+    return hs, (h, c), cs
+
+
+def mlstm_scan(xs: jax.Array, carry: Carry, w_x: jax.Array, w_mx: jax.Array, w_mh: jax.Array,
+               w_h: jax.Array, b: jax.Array, resets: jax.Array | None = None, *,
+               dtype: Any = jnp.float32, return_cells: bool = False) -> ScanResult:
+    """Multiplicative LSTM over a time-major sequence.
+
+    xs [T, B, in]; carry (h [B, H], c [B, H]); w_x (in, 4H), w_mx (in, H), w_mh (H, H),
+    w_h (H, 4H), b (4H,); resets bool [T, B] or None.
+    Returns (hs [T, B, H] in ``dtype``, final (h, c) float32, cs [T, B, H] float32 or None).
+    """
+    sdt = _state_dtype(dtype)
+    x = xs.astype(dtype)
+    pre_x = jnp.einsum("tbi,ij->tbj", x, w_x.astype(dtype)) + b.astype(dtype)
+    pre_m = jnp.einsum("tbi,ij->tbj", x, w_mx.astype(dtype))
+    w_mh, w_h = w_mh.astype(dtype), w_h.astype(dtype)
+
+    def gates(pre_t: tuple[jax.Array, ...], h: jax.Array) -> jax.Array:
+        zx, mx = pre_t
+        m = mx * jnp.dot(h.astype(dtype), w_mh)
+        return zx.astype(sdt) + jnp.dot(m, w_h, preferred_element_type=sdt)
+
+    return _recurrence((pre_x, pre_m), carry, resets, gates, dtype, return_cells)
+
+
+def lstm_scan(xs: jax.Array, carry: Carry, w_x: jax.Array, w_h: jax.Array, b: jax.Array,
+              resets: jax.Array | None = None, *, dtype: Any = jnp.float32,
+              return_cells: bool = False) -> ScanResult:
+    """Standard LSTM over a time-major sequence.
+
+    xs [T, B, in]; carry (h [B, H], c [B, H]); w_x (in, 4H), w_h (H, 4H), b (4H,);
+    resets bool [T, B] or None. Returns as :func:`mlstm_scan`.
+    """
+    sdt = _state_dtype(dtype)
+    pre_x = jnp.einsum("tbi,ij->tbj", xs.astype(dtype), w_x.astype(dtype)) + b.astype(dtype)
+    w_h = w_h.astype(dtype)
+
+    def gates(pre_t: tuple[jax.Array, ...], h: jax.Array) -> jax.Array:
+        (zx,) = pre_t
+        return zx.astype(sdt) + jnp.dot(h.astype(dtype), w_h, preferred_element_type=sdt)
+
+    return _recurrence((pre_x,), carry, resets, gates, dtype, return_cells)
+
+
+class _RecurrentLayer(nnx.Module):
+    """Shared call logic; subclasses define their matrices and ``_scan``."""
+
+    hidden: int
+    dtype: Any
+
+    def _scan(self, xs: jax.Array, carry: Carry, resets: jax.Array | None,
+              return_cells: bool) -> ScanResult:
+        raise NotImplementedError
+
+    def scan_time_major(self, xs: jax.Array, carry: Carry, resets: jax.Array | None = None, *,
+                        return_cells: bool = False) -> ScanResult:
+        """xs [T, B, in], resets [T, B] -> (hs [T, B, H] in dtype, (h, c), cs [T, B, H] | None)."""
+        return self._scan(xs, carry, resets, return_cells)
+
+    def __call__(self, xs: jax.Array, carry: Carry, resets: jax.Array | None = None, *,
+                 return_cells: bool = False) -> Any:
+        """xs [B, T, in]; carry (h, c) [B, H]; resets bool [B, T] or None.
+
+        Returns (hs [B, T, H], (h, c)), or (hs, (h, c), cs [B, T, H] float32) with
+        ``return_cells``. hs is in the compute dtype; the carry is float32.
+        """
+        hs, new_carry, cs = self._scan(jnp.swapaxes(xs, 0, 1), carry,
+                                       None if resets is None else jnp.swapaxes(resets, 0, 1),
+                                       return_cells)
+        hs = jnp.swapaxes(hs, 0, 1)
+        if return_cells:
+            return hs, new_carry, jnp.swapaxes(cs, 0, 1)
+        return hs, new_carry
+
+    def initial_carry(self, batch_size: int) -> Carry:
+        """Zero (h, c), float32 [B, H]."""
+        zeros = jnp.zeros((batch_size, self.hidden), jnp.float32)
+        return zeros, zeros
+
+
+class MLSTMLayer(_RecurrentLayer):
+    """Multiplicative LSTM layer; params w_x, w_mx, w_mh, w_h (each g/v or kernel) and bias."""
+
+    def __init__(self, in_features: int, hidden: int, *, weight_norm: bool = True,
+                 dtype: Any = jnp.float32, rngs: nnx.Rngs):
+        init = recurrent_uniform(hidden)
+        mat = lambda i, o: make_matrix(i, o, weight_norm=weight_norm, init=init, rngs=rngs)
+        self.in_features, self.hidden, self.dtype = in_features, hidden, dtype
+        self.w_x = mat(in_features, 4 * hidden)
+        self.w_mx = mat(in_features, hidden)
+        self.w_mh = mat(hidden, hidden)
+        self.w_h = mat(hidden, 4 * hidden)
+        self.bias = nnx.Param(jnp.zeros((4 * hidden,), jnp.float32))
+
+    def _scan(self, xs: jax.Array, carry: Carry, resets: jax.Array | None,
+              return_cells: bool) -> ScanResult:
+        return mlstm_scan(xs, carry, self.w_x(), self.w_mx(), self.w_mh(), self.w_h(),
+                          self.bias[...], resets, dtype=self.dtype, return_cells=return_cells)
+
+
+class LSTMLayer(_RecurrentLayer):
+    """Standard LSTM layer; params w_x, w_h (each g/v or kernel) and a single bias."""
+
+    def __init__(self, in_features: int, hidden: int, *, weight_norm: bool = True,
+                 dtype: Any = jnp.float32, rngs: nnx.Rngs):
+        init = recurrent_uniform(hidden)
+        mat = lambda i, o: make_matrix(i, o, weight_norm=weight_norm, init=init, rngs=rngs)
+        self.in_features, self.hidden, self.dtype = in_features, hidden, dtype
+        self.w_x = mat(in_features, 4 * hidden)
+        self.w_h = mat(hidden, 4 * hidden)
+        self.bias = nnx.Param(jnp.zeros((4 * hidden,), jnp.float32))
+
+    def _scan(self, xs: jax.Array, carry: Carry, resets: jax.Array | None,
+              return_cells: bool) -> ScanResult:
+        return lstm_scan(xs, carry, self.w_x(), self.w_h(), self.bias[...], resets,
+                         dtype=self.dtype, return_cells=return_cells)
