@@ -1,7 +1,7 @@
 """RecurrentLM: embedding -> stacked mLSTM/LSTM layers -> linear decoder (character-level LM).
 
 Internally time-major: tokens [B, T] are transposed once (cheap, int32), the layers scan over
-[T, B, ...], and the decoder writes logits [B, T, V] directly. The model holds parameters
+[T, B, ...], and the logits are transposed back to [B, T, V]. The model holds parameters
 only (no RNG or other nnx state): dropout draws from an explicit ``dropout_key``, so
 ``nnx.split(model, nnx.Param)`` captures the whole model state.
 """
@@ -88,10 +88,13 @@ class RecurrentLM(nnx.Module):
         """
         hs, new_carry, _, _ = self._run(tokens, carry, resets, dropout_key, False)
         dt = self.dtype
-        logits = jnp.einsum("tbh,hv->btv", hs.astype(dt), self.decoder.kernel[...].astype(dt),
+        # Time-major matmul with float32 accumulation/output, then [T, B, V] -> [B, T, V]
+        # (the transposing form "tbh,hv->btv" with a float32 output of bfloat16 operands is
+        # not supported by the XLA CPU backend; the V-wide logits are the cheaper transpose).
+        logits = jnp.einsum("tbh,hv->tbv", hs.astype(dt), self.decoder.kernel[...].astype(dt),
                             preferred_element_type=jnp.promote_types(dt, jnp.float32))
         logits = logits + self.decoder.bias[...]
-        return logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), new_carry
+        return jnp.swapaxes(logits, 0, 1), new_carry
 
     def features(self, tokens: jax.Array, carry: Carry | None,
                  resets: jax.Array | None = None) -> dict[str, Any]:

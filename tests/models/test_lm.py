@@ -1,0 +1,166 @@
+"""RecurrentLM vs NumPy; split/merge + jit + grad; weight-norm grads; dropout; build_model."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+from lmscale.models import (MODEL_KINDS, RecurrentLM, build_model, count_params,
+                            flops_per_token)
+from tests.models.helpers import layer_weights, randomize_params
+from tests.models.numpy_reference import np_lm
+
+B, T, V, E, H = 3, 7, 11, 6, 8
+
+
+def model_config(**kw) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict(dict(kind="mlstm", hidden=H, embed=E, layers=2, dropout=0.0,
+                                       weight_norm=True))
+    c.update(kw)
+    return c
+
+
+def batch(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, V, (B, T)).astype(np.int32)
+    resets = np.zeros((B, T), bool)
+    resets[0, 3] = resets[1, 0] = resets[1, 5] = True
+    return tokens, resets
+
+
+def loss_fn(model: RecurrentLM, tokens, carry, resets, key=None):
+    logits, new_carry = model(tokens, carry, resets, dropout_key=key)
+    targets = jnp.roll(tokens, -1, axis=1)
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)
+    return nll.mean(), new_carry
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_lm_matches_numpy(kind):
+    model = RecurrentLM(kind=kind, vocab_size=V, embed=E, hidden=H, layers=2, rngs=nnx.Rngs(0))
+    randomize_params(model, seed=1)
+    tokens, resets = batch()
+    rng = np.random.default_rng(2)
+    carry = tuple((rng.uniform(-0.5, 0.5, (B, H)).astype(np.float32),
+                   rng.uniform(-1, 1, (B, H)).astype(np.float32)) for _ in range(2))
+    logits, new_carry = model(jnp.asarray(tokens), jax.tree.map(jnp.asarray, carry),
+                              jnp.asarray(resets))
+    ref_logits, ref_carry = np_lm(kind, tokens, model.embedding.embedding[...],
+                                  [layer_weights(l) for l in model.layers],
+                                  model.decoder.kernel[...], model.decoder.bias[...], carry, resets)
+    assert logits.shape == (B, T, V) and logits.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(logits), ref_logits, atol=1e-5, rtol=1e-5)
+    for (h, c), (rh, rc) in zip(new_carry, ref_carry):
+        np.testing.assert_allclose(np.asarray(h), rh, atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(c), rc, atol=1e-5, rtol=1e-5)
+    feats = model.features(jnp.asarray(tokens), jax.tree.map(jnp.asarray, carry), jnp.asarray(resets))
+    assert feats["hidden"].shape == feats["cell"].shape == (2, B, T, H)
+    np.testing.assert_allclose(np.asarray(feats["cell"][:, :, -1]),
+                               np.stack([c for _, c in ref_carry]), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(feats["hidden"][-1, :, -1]), ref_carry[-1][0],
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_params_only_and_weight_norm_placement():
+    model = build_model(model_config(), V, rngs=nnx.Rngs(0))
+    _, params, rest = nnx.split(model, nnx.Param, ...)
+    assert len(jax.tree.leaves(rest)) == 0  # no RNG or other state
+    paths = {"/".join(str(k) for k in p) for p, _ in nnx.to_flat_state(params)}
+    assert paths >= {"embedding/embedding", "decoder/kernel", "decoder/bias"}
+    assert not any(p.startswith(("embedding", "decoder")) and p.endswith(("/g", "/v"))
+                   for p in paths)
+    for l in range(2):
+        for m in ["w_x", "w_mx", "w_mh", "w_h"]:
+            assert {f"layers/{l}/{m}/g", f"layers/{l}/{m}/v"} <= paths
+    plain = build_model(model_config(weight_norm=False), V, rngs=nnx.Rngs(0))
+    plain_paths = {"/".join(str(k) for k in p) for p, _ in nnx.to_flat_state(nnx.state(plain, nnx.Param))}
+    assert "layers/1/w_h/kernel" in plain_paths and not any(p.endswith("/g") for p in plain_paths)
+    # Init ranges: embedding / decoder uniform(+-0.1), decoder bias 0.
+    assert np.abs(np.asarray(model.embedding.embedding[...])).max() <= 0.1
+    assert np.abs(np.asarray(model.decoder.kernel[...])).max() <= 0.1
+    np.testing.assert_array_equal(np.asarray(model.decoder.bias[...]), 0.0)
+
+
+def test_split_merge_jit_grad_and_weight_norm_grads():
+    """The trainer's pattern: split -> jit(grad(merge -> loss)); g and v get nonzero grads."""
+    model = build_model(model_config(dropout=0.2), V, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model, nnx.Param)
+    tokens, resets = batch()
+    carry = model.initial_carry(B)
+
+    @jax.jit
+    def step(params, carry, key):
+        def loss(p):
+            return loss_fn(nnx.merge(graphdef, p), tokens, carry, resets, key)
+        (value, new_carry), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        return value, new_carry, grads
+
+    value, new_carry, grads = step(params, carry, jax.random.PRNGKey(0))
+    assert np.isfinite(float(value))
+    assert jax.tree.structure(grads) == jax.tree.structure(params)
+    for path, g in nnx.to_flat_state(grads):
+        assert float(jnp.abs(g[...]).max()) > 0, path
+    for l in range(2):
+        for m in ["w_x", "w_mx", "w_mh", "w_h"]:
+            assert float(jnp.abs(grads["layers"][l][m]["g"][...]).max()) > 0
+            assert float(jnp.abs(grads["layers"][l][m]["v"][...]).max()) > 0
+    assert all(x.dtype == jnp.float32 and x.shape == (B, H) for x in jax.tree.leaves(new_carry))
+    # A step of SGD on the State lowers the loss (grads are usable as an update).
+    lr = 0.5
+    new_params = jax.tree.map(lambda p, g: p - lr * g, params, grads)
+    value2, _, _ = step(new_params, carry, jax.random.PRNGKey(0))
+    assert float(value2) < float(value)
+
+
+def test_dropout():
+    tokens, resets = batch()
+    tokens, resets = jnp.asarray(tokens), jnp.asarray(resets)
+    cfg = model_config(dropout=0.5)
+    model = build_model(cfg, V, rngs=nnx.Rngs(0))
+    carry = model.initial_carry(B)
+    k1, k2 = jax.random.PRNGKey(1), jax.random.PRNGKey(2)
+    a1, _ = model(tokens, carry, resets, dropout_key=k1)
+    a2, _ = model(tokens, carry, resets, dropout_key=k1)
+    b1, _ = model(tokens, carry, resets, dropout_key=k2)
+    e1, _ = model(tokens, carry, resets)
+    e2, _ = model(tokens, carry, resets)
+    nodrop = build_model(model_config(dropout=0.0), V, rngs=nnx.Rngs(0))
+    e0, _ = nodrop(tokens, carry, resets, dropout_key=k1)
+    np.testing.assert_array_equal(np.asarray(a1), np.asarray(a2))
+    np.testing.assert_array_equal(np.asarray(e1), np.asarray(e2))
+    np.testing.assert_allclose(np.asarray(e1), np.asarray(e0), atol=1e-6)
+    assert not np.allclose(np.asarray(a1), np.asarray(b1))
+    assert not np.allclose(np.asarray(a1), np.asarray(e1))
+    # A single layer has no between-layer dropout.
+    one = build_model(model_config(dropout=0.5, layers=1), V, rngs=nnx.Rngs(0))
+    c1 = one.initial_carry(B)
+    np.testing.assert_array_equal(np.asarray(one(tokens, c1, resets, dropout_key=k1)[0]),
+                                  np.asarray(one(tokens, c1, resets)[0]))
+
+
+def test_bfloat16_lm():
+    tokens, resets = map(jnp.asarray, batch())
+    m32 = build_model(model_config(), V, rngs=nnx.Rngs(0))
+    m16 = build_model(model_config(), V, rngs=nnx.Rngs(0), dtype=jnp.bfloat16)
+    l32, _ = m32(tokens, m32.initial_carry(B), resets)
+    l16, c16 = m16(tokens, m16.initial_carry(B), resets)
+    assert l16.dtype == jnp.float32
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(c16))
+    np.testing.assert_allclose(np.asarray(l16), np.asarray(l32), atol=2e-2)
+
+
+def test_build_model_errors_and_counts():
+    with pytest.raises(ValueError, match=r"unknown model.kind 'gru'; expected one of \['lstm', 'mlstm'\]"):
+        build_model(model_config(kind="gru"), V, rngs=nnx.Rngs(0))
+    assert set(MODEL_KINDS) == {"lstm", "mlstm"}
+    model = build_model(model_config(), V, rngs=nnx.Rngs(0))
+    assert isinstance(model, RecurrentLM)
+    per_layer = lambda i: (i * 4 * H + 4 * H) + (i * H + H) + (H * H + H) + (H * 4 * H + 4 * H) + 4 * H
+    assert count_params(model) == V * E + per_layer(E) + per_layer(H) + H * V + V
+    macs = (E * 4 * H + E * H + H * H + H * 4 * H) + (H * 4 * H + H * H + H * H + H * 4 * H) + H * V
+    assert flops_per_token(model_config(), V) == 2 * macs
+    assert flops_per_token(model_config(kind="lstm", layers=1), V) == 2 * (E * 4 * H + H * 4 * H + H * V)
