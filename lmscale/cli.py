@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Callable, TypeVar
 
@@ -18,3 +19,27 @@ def run_cli(fn: Callable[[], T]) -> T:
     except (ConfigError, DataError, CheckpointMismatchError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing where a bad flag or config override is one line on stderr, exit 1.
+
+    Pass as ``app.run(main, flags_parser=parse_flags)``. Typos in ``--config.a.b=V`` fail
+    here (the config is locked) with ml_collections' "did you mean" hint.
+    """
+    from absl import flags
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError) as e:  # unknown key in a locked ConfigDict
+        text = str(e.args[0] if e.args else e)
+        text = re.sub(r"(\\n|[\\'\s])+", " ", text).strip()
+        key = text.split(" ")[0]
+        hint = text[len(key):].strip()
+        culprit = [a for a in argv[1:] if f".{key}=" in a or a.endswith(f".{key}")]
+        where = f" in {culprit[0]}" if culprit else ""
+        print(f"error: unknown config key {key!r}{where}. {hint}".strip(), file=sys.stderr)
+    except flags.Error as e:
+        print(f"error: {e}", file=sys.stderr)
+    except Exception as e:  # config file that fails to load, bad override value, ...
+        print(f"error: {type(e).__name__}: {e}".replace("\n", " "), file=sys.stderr)
+    sys.exit(1)

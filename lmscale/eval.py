@@ -10,7 +10,7 @@ import json
 
 from absl import app, flags
 
-from lmscale.cli import run_cli
+from lmscale.cli import parse_flags, run_cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.")
 _DATA = flags.DEFINE_string("data", None, "A prepared dataset folder, or text paths/globs.")
@@ -40,4 +40,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
