@@ -151,6 +151,11 @@ def test_bfloat16_lm():
     assert l16.dtype == jnp.float32
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(c16))
     np.testing.assert_allclose(np.asarray(l16), np.asarray(l32), atol=2e-2)
+    graphdef, params = nnx.split(m16, nnx.Param)
+    grads = jax.jit(jax.grad(lambda p: loss_fn(nnx.merge(graphdef, p), tokens,
+                                               m16.initial_carry(B), resets)[0]))(params)
+    for g in jax.tree.leaves(grads):  # float32 params get finite float32 grads
+        assert g.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(g)))
 
 
 def test_build_model_errors_and_counts():
