@@ -1,0 +1,152 @@
+"""Reading a prepared token dataset (see ``lmscale.data.prepare``) through memory maps."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lmscale.data.errors import DataError
+from lmscale.data.tokenizer import ByteTokenizer, tokenizer_from_dict
+
+FORMAT = "lmscale-tokens"
+VERSION = 1
+METADATA = "metadata.json"
+SPLITS = ("train", "val", "test")
+
+
+def _read_metadata(path: str) -> dict[str, Any]:
+    meta_path = os.path.join(path, METADATA)
+    if not os.path.isdir(path):
+        raise DataError(f"not a prepared dataset: no such folder {path}")
+    if not os.path.isfile(meta_path):
+        raise DataError(f"not a prepared dataset: {meta_path} is missing")
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{meta_path}: invalid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise DataError(f"{meta_path}: format is not {FORMAT!r}")
+    if meta.get("version") != VERSION:
+        raise DataError(f"{meta_path}: version {meta.get('version')!r} is not supported (expected {VERSION})")
+    if meta.get("dtype") != "uint16":
+        raise DataError(f"{meta_path}: dtype {meta.get('dtype')!r} is not supported (expected 'uint16')")
+    if not isinstance(meta.get("splits"), dict) or not meta["splits"]:
+        raise DataError(f"{meta_path}: no splits")
+    return meta
+
+
+def is_dataset(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder with a readable lmscale-tokens metadata.json."""
+    try:
+        _read_metadata(os.fspath(path))
+    except (DataError, OSError):
+        return False
+    return True
+
+
+@dataclass
+class SplitData:
+    """One split: its shards as uint16 memmaps [n_i] and document starts (shard-local, int64)."""
+
+    name: str
+    shards: list[np.memmap]
+    doc_starts: list[np.ndarray]
+    shard_lengths: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        if len(self.shards) != len(self.doc_starts):
+            raise DataError(f"split {self.name!r}: {len(self.shards)} shards but "
+                            f"{len(self.doc_starts)} document-start arrays")
+        self.shard_lengths = np.array([len(s) for s in self.shards], dtype=np.int64)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.shard_lengths.sum())
+
+    @property
+    def num_documents(self) -> int:
+        return int(sum(len(d) for d in self.doc_starts))
+
+    @property
+    def num_shards(self) -> int:
+        return len(self.shards)
+
+    def read(self, shard_index: int, start: int, stop: int) -> np.ndarray:
+        """Tokens [stop - start] uint16 of one shard (a copy, not a view of the map)."""
+        n = int(self.shard_lengths[shard_index])
+        if not 0 <= start <= stop <= n:
+            raise DataError(f"split {self.name!r}: range [{start}, {stop}) is outside shard "
+                            f"{shard_index} of {n} tokens")
+        return np.array(self.shards[shard_index][start:stop])
+
+
+class TokenDataset:
+    """A prepared dataset folder: metadata, tokenizer and splits."""
+
+    def __init__(self, path: str, metadata: dict[str, Any]) -> None:
+        self.path = path
+        self.metadata = metadata
+        self.tokenizer: ByteTokenizer = tokenizer_from_dict(metadata.get("tokenizer"))
+        self.split_names: list[str] = [s for s in SPLITS if s in metadata["splits"]] + sorted(
+            s for s in metadata["splits"] if s not in SPLITS)
+        self._splits: dict[str, SplitData] = {}
+        for name in self.split_names:
+            self._splits[name] = self._open_split(name)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "TokenDataset":
+        """Opens and checks ``path`` (every shard file must exist with the recorded size)."""
+        path = os.fspath(path)
+        return cls(path, _read_metadata(path))
+
+    def _open_split(self, name: str) -> SplitData:
+        entries = self.metadata["splits"][name].get("shards")
+        if not isinstance(entries, list) or not entries:
+            raise DataError(f"{self.path}: split {name!r} lists no shards")
+        shards, docs = [], []
+        for i, entry in enumerate(entries):
+            try:
+                file, doc_file, tokens = entry["file"], entry["docs"], int(entry["tokens"])
+            except (KeyError, TypeError, ValueError):
+                raise DataError(f"{self.path}: shard {i} of split {name!r} has a bad entry {entry!r}") from None
+            bin_path = os.path.join(self.path, file)
+            if not os.path.isfile(bin_path):
+                raise DataError(f"{self.path}: shard file {file} is missing")
+            size = os.path.getsize(bin_path)
+            if size != 2 * tokens or tokens < 1:
+                raise DataError(f"{self.path}: shard file {file} has {size} bytes, metadata says "
+                                f"{tokens} tokens ({2 * tokens} bytes)")
+            shards.append(np.memmap(bin_path, dtype=np.dtype("<u2"), mode="r", shape=(tokens,)))
+            doc_path = os.path.join(self.path, doc_file)
+            if not os.path.isfile(doc_path):
+                raise DataError(f"{self.path}: document-start file {doc_file} is missing")
+            try:
+                starts = np.load(doc_path, allow_pickle=False)
+            except (ValueError, OSError) as e:
+                raise DataError(f"{self.path}: document-start file {doc_file} is unreadable ({e})") from None
+            if starts.ndim != 1 or starts.dtype != np.int64:
+                raise DataError(f"{self.path}: document-start file {doc_file} is not a 1-D int64 array")
+            if "documents" in entry and len(starts) != int(entry["documents"]):
+                raise DataError(f"{self.path}: {doc_file} has {len(starts)} document starts, metadata "
+                                f"says {entry['documents']}")
+            docs.append(starts)
+        return SplitData(name, shards, docs)
+
+    def split(self, name: str) -> SplitData:
+        """The split ``name``; DataError naming the available ones if missing."""
+        if name not in self._splits:
+            raise DataError(f"{self.path} has no split {name!r}; available: {self.split_names}")
+        return self._splits[name]
+
+    @property
+    def total_tokens(self) -> int:
+        return int(sum(s.num_tokens for s in self._splits.values()))
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{n}={s.num_tokens} tokens/{s.num_shards} shards" for n, s in self._splits.items())
+        return f"TokenDataset({self.path!r}: {parts})"

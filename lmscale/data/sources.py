@@ -1,0 +1,171 @@
+"""Finding input files and streaming documents (as bytes) out of them.
+
+Formats by extension: ``.csv``/``.tsv`` (one column per row), ``.jsonl``/``.json``
+(one field per JSON line), anything else is raw bytes (whole file or line by line).
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+
+from lmscale.data.errors import DataError
+
+TXT_MODES = ("file", "line")
+CHUNK_BYTES = 1 << 24  # whole .txt files are read in pieces of this size
+_CSV_EXTS = {".csv": ",", ".tsv": "\t"}
+_JSONL_EXTS = (".jsonl", ".json")
+
+
+def _split_patterns(patterns: str | Sequence[str]) -> list[str]:
+    if isinstance(patterns, (str, os.PathLike)):
+        patterns = [patterns]
+    out: list[str] = []
+    for p in patterns:
+        out.extend(s.strip() for s in os.fspath(p).split(",") if s.strip())
+    return out
+
+
+def _files_under(folder: str) -> list[str]:
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        found.extend(os.path.join(root, f) for f in files)
+    return found
+
+
+def expand_inputs(patterns: str | Sequence[str]) -> list[str]:
+    """Sorted, de-duplicated file paths for comma-separated/listed paths, globs and folders."""
+    items = _split_patterns(patterns)
+    if not items:
+        raise DataError("no input paths given")
+    paths: set[str] = set()
+    for item in items:
+        item = os.path.expanduser(item)
+        if glob.has_magic(item):
+            matched = sorted(glob.glob(item, recursive=True))
+            if not matched:
+                raise DataError(f"pattern {item} matched no files")
+        elif os.path.exists(item):
+            matched = [item]
+        else:
+            raise DataError(f"no such file or directory: {item}")
+        files = []
+        for m in matched:
+            files.extend(_files_under(m) if os.path.isdir(m) else [m])
+        if not files:
+            raise DataError(f"{item} holds no files")
+        paths.update(os.path.normpath(f) for f in files)
+    return sorted(paths)
+
+
+def file_kind(path: str) -> str:
+    """``"csv"``, ``"jsonl"`` or ``"txt"`` by file extension."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext in _CSV_EXTS:
+        return "csv"
+    if ext in _JSONL_EXTS:
+        return "jsonl"
+    return "txt"
+
+
+def _iter_txt(path: str, txt_mode: str) -> Iterator[tuple[bytes, bool]]:
+    with open(path, "rb") as f:
+        if txt_mode == "line":
+            for line in f:
+                yield line, True
+            return
+        first = True  # a whole file is one document, read in chunks
+        while chunk := f.read(CHUNK_BYTES):
+            yield chunk, first
+            first = False
+
+
+def _iter_jsonl(path: str, field: str) -> Iterator[tuple[bytes, bool]]:
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise DataError(f"{path}:{lineno}: invalid JSON ({e})") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            if field not in obj:
+                raise DataError(f"{path}:{lineno}: no field {field!r}; keys are {sorted(obj)}")
+            value = obj[field]
+            if value is None:
+                continue
+            if not isinstance(value, str):
+                raise DataError(f"{path}:{lineno}: field {field!r} is a {type(value).__name__}, not a string")
+            yield value.encode("utf-8"), True
+
+
+def _iter_csv(path: str, column: str) -> Iterator[tuple[bytes, bool]]:
+    delimiter = _CSV_EXTS[os.path.splitext(path)[1].lower()]
+    csv.field_size_limit(sys.maxsize)
+    try:
+        with open(path, "r", encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f, delimiter=delimiter)
+            fields = reader.fieldnames
+            if fields is None:
+                return  # an empty file: no header, no rows
+            if column not in fields:
+                raise DataError(f"{path}: no column {column!r}; columns are {list(fields)}")
+            for row in reader:
+                value = row[column]
+                if value:
+                    yield value.encode("utf-8"), True
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid UTF-8 ({e})") from None
+    except csv.Error as e:
+        raise DataError(f"{path}: bad CSV ({e})") from None
+
+
+def iter_pieces(paths: Sequence[str], *, text_column: str | None = None,
+                text_field: str | None = None, txt_mode: str = "file") -> Iterator[tuple[bytes, bool]]:
+    """Streams ``(data, starts_document)`` pieces of ``paths`` in order.
+
+    A document is a piece with ``starts_document`` True followed by the pieces with False;
+    only whole ``.txt`` files (``txt_mode="file"``) come in more than one piece, so a huge
+    file is never held in memory whole.
+    """
+    if txt_mode not in TXT_MODES:
+        raise DataError(f"txt_mode must be one of {list(TXT_MODES)}, got {txt_mode!r}")
+    if isinstance(paths, str):
+        paths = [paths]
+    for path in paths:
+        kind = file_kind(path)
+        try:
+            if kind == "csv":
+                yield from _iter_csv(path, text_column or "text")
+            elif kind == "jsonl":
+                yield from _iter_jsonl(path, text_field or "text")
+            else:
+                yield from _iter_txt(path, txt_mode)
+        except FileNotFoundError:
+            raise DataError(f"no such file or directory: {path}") from None
+        except IsADirectoryError:
+            raise DataError(f"{path} is a directory, not a file") from None
+
+
+def iter_documents(paths: Sequence[str], *, text_column: str | None = None,
+                   text_field: str | None = None, txt_mode: str = "file") -> Iterator[bytes]:
+    """Streams the documents of ``paths`` in order, as bytes, one row/line/file at a time."""
+    parts: list[bytes] | None = None
+    for data, starts in iter_pieces(paths, text_column=text_column, text_field=text_field,
+                                    txt_mode=txt_mode):
+        if starts:
+            if parts is not None:
+                yield b"".join(parts)
+            parts = [data]
+        else:
+            assert parts is not None
+            parts.append(data)
+    if parts is not None:
+        yield b"".join(parts)

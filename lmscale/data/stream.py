@@ -1,0 +1,128 @@
+"""Batches for a stateful RNN language model: each row reads one contiguous stretch.
+
+The split's shards, in epoch order, form a virtual stream of T tokens. Row r of the
+batch owns the stretch ``[r * L, (r + 1) * L)`` with ``L = T // batch_size``; step k of
+an epoch reads ``S = seq_len`` inputs at ``r * L + k * S`` and the targets one token
+later. So the recurrent state a row carries from step k to k + 1 continues the same
+text, and every batch is a pure function of the global step (resuming needs only it).
+
+``resets[r, t]`` (zero the state before ``inputs[r, t]``) marks shard starts, the start
+of a row's stretch (k == 0, t == 0) and, with ``reset_on_documents``, document starts.
+``weights[r, t]`` is 0 where the target is a shard start (or a document start, with
+``reset_on_documents``): predicting across an unrelated boundary is not counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lmscale.data.dataset import SplitData
+from lmscale.data.errors import DataError
+
+
+@dataclass(frozen=True)
+class LMBatch:
+    """One step's rows: all arrays are [rows, seq_len]."""
+
+    inputs: np.ndarray  # int32 token ids
+    targets: np.ndarray  # int32 token ids, inputs shifted by one in the stream
+    weights: np.ndarray  # float32, 1 = counted target, 0 = masked
+    resets: np.ndarray  # bool, True = zero the state before consuming inputs[:, t]
+
+
+class StreamBatcher:
+    """Deterministic [batch_size, seq_len] LM batches over one split (see module doc)."""
+
+    def __init__(self, split: SplitData, batch_size: int, seq_len: int, *,
+                 reset_on_documents: bool = False, shuffle_shards: bool = False, seed: int = 0) -> None:
+        if int(batch_size) != batch_size or batch_size < 1:
+            raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if int(seq_len) != seq_len or seq_len < 1:
+            raise DataError(f"seq_len must be a positive integer, got {seq_len!r}")
+        self.split = split
+        self.batch_size = int(batch_size)
+        self.seq_len = int(seq_len)
+        self.reset_on_documents = bool(reset_on_documents)
+        self.shuffle_shards = bool(shuffle_shards)
+        self.seed = int(seed)
+        self.num_tokens = int(split.shard_lengths.sum())
+        self.row_length = self.num_tokens // self.batch_size
+        if self.row_length - 1 < self.seq_len:
+            raise DataError(f"split {split.name!r} has {self.num_tokens} tokens: too few for batch_size "
+                            f"{self.batch_size} x (seq_len {self.seq_len} + 1)")
+        for i, n in enumerate(split.shard_lengths):
+            if n < self.seq_len + 1:
+                raise DataError(f"sequence longer than a shard: shard {i} of split {split.name!r} has "
+                                f"{int(n)} tokens, seq_len is {self.seq_len}; use shorter sequences or "
+                                f"larger shards")
+        self._epoch_cache: tuple[int, np.ndarray, np.ndarray] | None = None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return (self.row_length - 1) // self.seq_len
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len
+
+    def epoch_of(self, step: int) -> int:
+        return int(step) // self.steps_per_epoch
+
+    def shard_order(self, epoch: int) -> np.ndarray:
+        """Shard indices in the order the epoch's virtual stream concatenates them."""
+        n = len(self.split.shards)
+        if not self.shuffle_shards:
+            return np.arange(n)
+        return np.random.default_rng([self.seed, int(epoch)]).permutation(n)
+
+    def _layout(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(shard order, stream offsets [n + 1] of the shards in that order) for ``epoch``."""
+        if self._epoch_cache is None or self._epoch_cache[0] != epoch:
+            order = self.shard_order(epoch)
+            offsets = np.concatenate([[0], np.cumsum(self.split.shard_lengths[order])])
+            self._epoch_cache = (epoch, order, offsets)
+        return self._epoch_cache[1], self._epoch_cache[2]
+
+    def batch(self, step: int, rows: tuple[int, int] | None = None) -> LMBatch:
+        """Rows ``rows = (start, stop)`` (default: all) of the global batch of ``step``."""
+        if int(step) != step or step < 0:
+            raise DataError(f"step must be a non-negative integer, got {step!r}")
+        start, stop = (0, self.batch_size) if rows is None else (int(rows[0]), int(rows[1]))
+        if not 0 <= start <= stop <= self.batch_size:
+            raise DataError(f"rows {rows!r} are outside the batch of {self.batch_size} rows")
+        epoch, k = divmod(int(step), self.steps_per_epoch)
+        order, offsets = self._layout(epoch)
+        S, width = self.seq_len, self.seq_len + 1
+        count = stop - start
+        window = np.empty((count, width), dtype=np.int32)
+        shard_start = np.zeros((count, width), dtype=bool)
+        doc_start = np.zeros((count, width), dtype=bool)
+        for j, r in enumerate(range(start, stop)):
+            w = r * self.row_length + k * S  # stream position of inputs[r, 0]
+            i = int(np.searchsorted(offsets, w, side="right")) - 1
+            filled = 0
+            while filled < width:
+                shard, base = int(order[i]), int(offsets[i])
+                lo = w + filled - base
+                hi = min(w + width - base, int(offsets[i + 1]) - base)
+                window[j, filled:filled + hi - lo] = self.split.shards[shard][lo:hi]
+                if lo == 0:
+                    shard_start[j, filled] = True
+                if self.reset_on_documents:
+                    starts = self.split.doc_starts[shard]
+                    a, b = np.searchsorted(starts, [lo, hi], side="left")
+                    doc_start[j, starts[a:b] - lo + filled] = True
+                filled += hi - lo
+                i += 1
+        boundary = shard_start | doc_start
+        resets = boundary[:, :S].copy()
+        if k == 0:
+            resets[:, 0] = True
+        return LMBatch(inputs=window[:, :S].copy(), targets=window[:, 1:].copy(),
+                       weights=(~boundary[:, 1:]).astype(np.float32), resets=resets)
+
+    def __repr__(self) -> str:
+        return (f"StreamBatcher(split={self.split.name!r}, batch_size={self.batch_size}, "
+                f"seq_len={self.seq_len}, steps_per_epoch={self.steps_per_epoch})")

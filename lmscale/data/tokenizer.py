@@ -1,0 +1,97 @@
+"""Byte-level tokenizers: text <-> token ids, with the id mapping kept explicit.
+
+Two mappings are in use for byte-level mLSTMs:
+
+* sentiment-discovery (NVIDIA): id = byte + 1, id 0 is padding, vocabulary 257 (default);
+* OpenAI's released model: id = byte, no padding, vocabulary 256.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lmscale.data.errors import DataError
+
+
+@dataclass(frozen=True)
+class ByteTokenizer:
+    """Maps bytes to ids ``byte + offset``; ``pad_id`` (if any) is never a byte's id."""
+
+    offset: int = 1
+    pad_id: int | None = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.offset, int) or not 0 <= self.offset <= 256:
+            raise DataError(f"byte tokenizer offset must be an int in [0, 256], got {self.offset!r}")
+        if self.pad_id is not None:
+            if not isinstance(self.pad_id, int) or not 0 <= self.pad_id < self.vocab_size:
+                raise DataError(f"byte tokenizer pad_id must be in [0, {self.vocab_size}), got {self.pad_id!r}")
+            if self.offset <= self.pad_id:
+                raise DataError(f"byte tokenizer pad_id {self.pad_id} collides with byte ids "
+                                f"[{self.offset}, {self.offset + 255}]")
+
+    @classmethod
+    def sentiment_discovery(cls) -> "ByteTokenizer":
+        """id = byte + 1, pad = 0, vocabulary 257."""
+        return cls(offset=1, pad_id=0)
+
+    @classmethod
+    def openai(cls) -> "ByteTokenizer":
+        """id = byte, no padding, vocabulary 256."""
+        return cls(offset=0, pad_id=None)
+
+    @property
+    def vocab_size(self) -> int:
+        return 256 + self.offset
+
+    @property
+    def token_dtype(self) -> type:
+        return np.uint16
+
+    def encode(self, text: str | bytes) -> np.ndarray:
+        """Token ids [len(bytes)] uint16 of ``text`` (a str is encoded as UTF-8)."""
+        data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+        ids = np.frombuffer(data, dtype=np.uint8).astype(np.uint16)
+        if self.offset:
+            ids += np.uint16(self.offset)
+        return ids
+
+    def decode_bytes(self, ids: Any) -> bytes:
+        """The bytes of ``ids`` (any int array-like), dropping pad ids."""
+        arr = np.asarray(ids)
+        if arr.size == 0:
+            return b""
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise DataError(f"token ids must be integers, got dtype {arr.dtype}")
+        arr = arr.reshape(-1).astype(np.int64)
+        if self.pad_id is not None:
+            arr = arr[arr != self.pad_id]
+        bad = (arr < self.offset) | (arr >= self.vocab_size)
+        if bad.any():
+            raise DataError(f"token id {int(arr[bad][0])} out of range for byte tokenizer "
+                            f"(byte ids are [{self.offset}, {self.vocab_size - 1}])")
+        return (arr - self.offset).astype(np.uint8).tobytes()
+
+    def decode(self, ids: Any) -> str:
+        """Text of ``ids``; invalid UTF-8 is replaced (never an error for a byte model)."""
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able description; see ``tokenizer_from_dict``."""
+        return {"kind": "byte", "offset": self.offset, "pad_id": self.pad_id}
+
+
+def tokenizer_from_dict(d: dict[str, Any]) -> ByteTokenizer:
+    """Rebuilds a tokenizer from ``to_dict()`` output (kinds: "byte")."""
+    if not isinstance(d, dict):
+        raise DataError(f"tokenizer description must be a dict, got {type(d).__name__}")
+    kind = d.get("kind")
+    if kind == "byte":
+        unknown = set(d) - {"kind", "offset", "pad_id"}
+        if unknown:
+            raise DataError(f"unknown keys {sorted(unknown)} in byte tokenizer description")
+        return ByteTokenizer(offset=d.get("offset", 1), pad_id=d.get("pad_id", 0))
+    raise DataError(f"unknown tokenizer kind {kind!r} (known: 'byte')")

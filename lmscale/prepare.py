@@ -1,0 +1,85 @@
+"""Prepare a token dataset from text files (or a built-in corpus), for training.
+
+    python -m lmscale.prepare --input='corpus/**/*.txt' --output=data/corpus \\
+        [--text_column=NAME | --text_field=NAME] [--txt_mode=file|line] \\
+        [--split=98,1,1] [--shard_tokens=N] [--tokenizer=sentiment_discovery|openai] [--overwrite]
+
+``--input`` may repeat or be comma separated; ``python_stdlib`` names the built-in corpus.
+Bad input prints one ``error: ...`` line on stderr and exits 1.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+from lmscale.cli import parse_flags
+from lmscale.data.builtin import is_builtin
+from lmscale.data.errors import DataError
+from lmscale.data.prepare import prepare_dataset
+from lmscale.data.tokenizer import ByteTokenizer
+
+TOKENIZERS = {"sentiment_discovery": ByteTokenizer.sentiment_discovery, "openai": ByteTokenizer.openai}
+
+_INPUT = flags.DEFINE_multi_string("input", None, "Text files, globs or folders (repeatable, comma "
+                                   "separated), or a built-in corpus name (python_stdlib).")
+_OUTPUT = flags.DEFINE_string("output", None, "Folder to write the prepared dataset to.")
+_TEXT_COLUMN = flags.DEFINE_string("text_column", None, "CSV/TSV column holding the text (default 'text').")
+_TEXT_FIELD = flags.DEFINE_string("text_field", None, "JSONL field holding the text (default 'text').")
+_TXT_MODE = flags.DEFINE_enum("txt_mode", "file", ["file", "line"],
+                              "Plain text: one document per file, or per line.")
+_SPLIT = flags.DEFINE_string("split", "98,1,1", "Shard counts per cycle: train,val,test (paper: 1000,1,1).")
+_SHARD_TOKENS = flags.DEFINE_integer("shard_tokens", 2**27, "Upper bound on tokens per shard.")
+_TOKENIZER = flags.DEFINE_enum("tokenizer", "sentiment_discovery", sorted(TOKENIZERS),
+                               "Byte ids: byte+1 with pad 0 (sentiment_discovery) or byte (openai).")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing prepared dataset at --output.")
+_PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars on stderr.")
+
+
+def parse_split(text: str) -> tuple[int, int, int]:
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise DataError(f"--split must be three shard counts 'train,val,test', got {text!r}")
+    return int(parts[0]), int(parts[1]), int(parts[2])
+
+
+def summary(metadata: dict, output: str) -> str:
+    """One paragraph: totals, then tokens/documents/shards per split."""
+    def n(count: int, noun: str) -> str:
+        return f"{count:,} {noun}{'' if count == 1 else 's'}"
+    parts = [f"{name}: {n(s['tokens'], 'token')}, {n(s['documents'], 'document')}, "
+             f"{n(len(s['shards']), 'shard')}" for name, s in metadata["splits"].items()]
+    return (f"Prepared {n(metadata['total_tokens'], 'token')} in {n(metadata['total_documents'], 'document')} "
+            f"from {n(len(metadata['files']), 'file')} into {output} ({'; '.join(parts)}).")
+
+
+def prepare_main() -> str:
+    if not _INPUT.value:
+        raise DataError("--input is required (text paths/globs or python_stdlib)")
+    if not _OUTPUT.value:
+        raise DataError("--output is required")
+    items = [s.strip() for v in _INPUT.value for s in v.split(",") if s.strip()]
+    inputs = items[0] if len(items) == 1 and is_builtin(items[0]) else items
+    return prepare_dataset(inputs, _OUTPUT.value, text_column=_TEXT_COLUMN.value,
+                           text_field=_TEXT_FIELD.value, txt_mode=_TXT_MODE.value,
+                           split=parse_split(_SPLIT.value), shard_tokens=_SHARD_TOKENS.value,
+                           tokenizer=TOKENIZERS[_TOKENIZER.value](), overwrite=_OVERWRITE.value,
+                           progress=_PROGRESS.value)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
+        sys.exit(1)
+    from lmscale.data.dataset import TokenDataset
+    try:
+        output = prepare_main()
+        print(summary(TokenDataset.open(output).metadata, output))
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)
