@@ -43,7 +43,7 @@ DOCS_FILE = "doc_starts.raw"
 def assign_splits(split: Sequence[int]) -> list[int]:
     """Split index of each shard of one cycle, spread evenly (largest deficit first).
 
-    E.g. (8, 1, 1) -> [0, 0, 0, 0, 1, 0, 0, 0, 0, 2]: shard j goes to the split whose
+    E.g. (8, 1, 1) -> [0, 0, 0, 1, 0, 0, 2, 0, 0, 0] and (1000, 1, 1) puts val at 334, test at 668: shard j goes to the split whose
     share of the first j + 1 shards is furthest ahead of what it has; ties go to the
     earlier split. Each split gets exactly its count.
     """

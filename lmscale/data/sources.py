@@ -157,15 +157,14 @@ def iter_pieces(paths: Sequence[str], *, text_column: str | None = None,
 def iter_documents(paths: Sequence[str], *, text_column: str | None = None,
                    text_field: str | None = None, txt_mode: str = "file") -> Iterator[bytes]:
     """Streams the documents of ``paths`` in order, as bytes, one row/line/file at a time."""
-    parts: list[bytes] | None = None
-    for data, starts in iter_pieces(paths, text_column=text_column, text_field=text_field,
-                                    txt_mode=txt_mode):
-        if starts:
-            if parts is not None:
-                yield b"".join(parts)
-            parts = [data]
+    if isinstance(paths, str):
+        paths = [paths]
+    options = dict(text_column=text_column, text_field=text_field, txt_mode=txt_mode)
+    for path in paths:
+        if file_kind(path) == "txt" and txt_mode == "file":
+            whole = b"".join(data for data, _ in iter_pieces([path], **options))
+            if whole:
+                yield whole
         else:
-            assert parts is not None
-            parts.append(data)
-    if parts is not None:
-        yield b"".join(parts)
+            for data, _ in iter_pieces([path], **options):
+                yield data

@@ -1,0 +1,134 @@
+"""prepare_dataset on bad input: a clear DataError and no output or temporary folder left."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+from lmscale.data.dataset import TokenDataset, is_dataset
+from lmscale.data.errors import DataError
+from lmscale.data.prepare import prepare_dataset
+from lmscale.data.tokenizer import ByteTokenizer
+
+from tests.data.helpers import leftovers, make_docs, read_stream, write_txt_files
+
+
+@pytest.fixture
+def corpus_dir(tmp_path):
+    write_txt_files(tmp_path / "in", make_docs(20, seed=0))
+    return tmp_path / "in"
+
+
+def prepare(inputs, out, **kw):
+    kw.setdefault("progress", False)
+    kw.setdefault("split", (2, 1, 1))
+    return prepare_dataset(inputs, str(out), **kw)
+
+
+def test_missing_path_and_unmatched_glob(tmp_path):
+    with pytest.raises(DataError, match="no such file or directory: .*missing.txt"):
+        prepare(str(tmp_path / "missing.txt"), tmp_path / "out")
+    with pytest.raises(DataError, match=r"pattern .*\*\.nothing matched no files"):
+        prepare(str(tmp_path / "*.nothing"), tmp_path / "out")
+    assert leftovers(tmp_path / "out") == []
+
+
+def test_empty_corpus_leaves_nothing(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_bytes(b"")
+    (tmp_path / "in" / "b.csv").write_text("text,label\n,1\n,0\n")
+    with pytest.raises(DataError, match="empty corpus: no text in"):
+        prepare(str(tmp_path / "in"), tmp_path / "out")
+    assert leftovers(tmp_path / "out") == []
+
+
+def test_too_small_corpus(tmp_path):
+    (tmp_path / "a.txt").write_bytes(b"tiny")
+    with pytest.raises(DataError, match="corpus too small: 4 tokens for 10 shards"):
+        prepare(str(tmp_path / "a.txt"), tmp_path / "out", split=(8, 1, 1))
+    assert leftovers(tmp_path / "out") == []
+
+
+def test_csv_without_column_lists_columns(tmp_path):
+    with open(tmp_path / "d.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["label", "sentence"], [1, "hello there"]])
+    with pytest.raises(DataError, match=r"d\.csv: no column 'text'; columns are \['label', 'sentence'\]"):
+        prepare(str(tmp_path / "d.csv"), tmp_path / "out")
+    assert leftovers(tmp_path / "out") == []
+
+
+def test_jsonl_without_field_lists_keys(tmp_path):
+    with open(tmp_path / "d.jsonl", "w") as f:
+        f.write(json.dumps({"text": "a" * 50}) + "\n" + json.dumps({"body": "b", "id": 3}) + "\n")
+    with pytest.raises(DataError, match=r"d\.jsonl:2: no field 'text'; keys are \['body', 'id'\]"):
+        prepare(str(tmp_path / "d.jsonl"), tmp_path / "out")
+    assert leftovers(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_failure_mid_prepare_leaves_nothing(corpus_dir, tmp_path, monkeypatch, error):
+    real = ByteTokenizer.encode
+    calls = []
+
+    def flaky(self, text):
+        calls.append(1)
+        if len(calls) == 3:
+            raise error("boom")
+        return real(self, text)
+
+    monkeypatch.setattr(ByteTokenizer, "encode", flaky)
+    with pytest.raises(error, match="boom"):
+        prepare(str(corpus_dir), tmp_path / "out")
+    assert leftovers(tmp_path / "out") == []
+
+
+def test_failure_keeps_existing_dataset(corpus_dir, tmp_path, monkeypatch):
+    out = prepare(str(corpus_dir), tmp_path / "out")
+    before, _ = read_stream(out)
+
+    def broken(self, text):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(ByteTokenizer, "encode", broken)
+    with pytest.raises(RuntimeError):
+        prepare(str(corpus_dir), tmp_path / "out", overwrite=True)
+    assert leftovers(tmp_path / "out") == ["out"]
+    np.testing.assert_array_equal(read_stream(out)[0], before)
+
+
+def test_existing_output_needs_overwrite(corpus_dir, tmp_path):
+    out = prepare(str(corpus_dir), tmp_path / "out")
+    with pytest.raises(DataError, match="already holds a prepared dataset.*overwrite"):
+        prepare(str(corpus_dir), tmp_path / "out")
+    (tmp_path / "other.txt").write_bytes(b"completely different text " * 10)
+    prepare(str(tmp_path / "other.txt"), tmp_path / "out", overwrite=True, split=(1, 0, 0))
+    assert TokenDataset.open(out).split_names == ["train"]
+    assert ByteTokenizer().decode_bytes(read_stream(out)[0]) == b"completely different text " * 10
+    assert leftovers(tmp_path / "out") == ["out"]
+
+
+def test_output_that_is_not_a_dataset_is_not_replaced(corpus_dir, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "precious.txt").write_text("keep me")
+    with pytest.raises(DataError, match="exists and is not a prepared dataset"):
+        prepare(str(corpus_dir), tmp_path / "out", overwrite=True)
+    assert (tmp_path / "out" / "precious.txt").read_text() == "keep me"
+    (tmp_path / "empty").mkdir()
+    assert is_dataset(prepare(str(corpus_dir), tmp_path / "empty"))
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(split=(0, 1, 1)), "split must be three shard counts"),
+    (dict(split=(1, -1, 0)), "split must be three shard counts"),
+    (dict(split=(1, 1)), "split must be three shard counts"),
+    (dict(shard_tokens=0), "shard_tokens must be a positive integer"),
+    (dict(txt_mode="para"), "txt_mode must be one of"),
+])
+def test_bad_options(corpus_dir, tmp_path, kw, match):
+    with pytest.raises(DataError, match=match):
+        prepare(str(corpus_dir), tmp_path / "out", **kw)
+    assert leftovers(tmp_path / "out") == []

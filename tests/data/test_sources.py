@@ -1,0 +1,105 @@
+"""expand_inputs, iter_documents and the built-in corpus."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sysconfig
+
+import pytest
+
+from lmscale.data import sources
+from lmscale.data.builtin import BUILTIN_CORPORA, builtin_paths, is_builtin
+from lmscale.data.errors import DataError
+from lmscale.data.sources import expand_inputs, iter_documents
+
+
+def test_expand_inputs(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "deep").mkdir()
+    for name in ["a/x.txt", "a/deep/y.txt", "b.txt", "c.csv"]:
+        (tmp_path / name).write_text("t")
+    t = str(tmp_path)
+    folder = expand_inputs(f"{t}/a")
+    assert folder == [f"{t}/a/deep/y.txt", f"{t}/a/x.txt"]
+    assert expand_inputs(f"{t}/**/*.txt") == [f"{t}/a/deep/y.txt", f"{t}/a/x.txt", f"{t}/b.txt"]
+    both = expand_inputs([f"{t}/b.txt,{t}/*.txt", f"{t}/c.csv"])
+    assert both == [f"{t}/b.txt", f"{t}/c.csv"]  # sorted, de-duplicated
+    with pytest.raises(DataError, match=r"no such file or directory: .*nope\.txt"):
+        expand_inputs([f"{t}/b.txt", f"{t}/nope.txt"])
+    with pytest.raises(DataError, match=r"pattern .*\*\.jsonl matched no files"):
+        expand_inputs(f"{t}/*.jsonl")
+    with pytest.raises(DataError):
+        expand_inputs("")
+
+
+def test_txt_file_and_line_modes(tmp_path):
+    (tmp_path / "a.txt").write_bytes(b"one\ntwo\n\xff\nlast")
+    (tmp_path / "b.py").write_bytes(b"print(1)\n")
+    (tmp_path / "empty.txt").write_bytes(b"")
+    paths = [str(tmp_path / n) for n in ["a.txt", "b.py", "empty.txt"]]
+    assert list(iter_documents(paths)) == [b"one\ntwo\n\xff\nlast", b"print(1)\n"]
+    assert list(iter_documents(paths, txt_mode="line")) == [b"one\n", b"two\n", b"\xff\n", b"last",
+                                                           b"print(1)\n"]
+    with pytest.raises(DataError, match="txt_mode"):
+        list(iter_documents(paths, txt_mode="para"))
+
+
+def test_big_txt_file_streams_in_pieces(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "CHUNK_BYTES", 4)
+    (tmp_path / "a.txt").write_bytes(b"0123456789")
+    pieces = list(sources.iter_pieces([str(tmp_path / "a.txt")]))
+    assert pieces == [(b"0123", True), (b"4567", False), (b"89", False)]
+    assert list(iter_documents([str(tmp_path / "a.txt")])) == [b"0123456789"]
+
+
+def test_jsonl(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text(json.dumps({"text": "a,b"}) + "\n\n" + json.dumps({"text": "é\n", "x": 1}) + "\n")
+    assert list(iter_documents([str(p)])) == [b"a,b", "é\n".encode()]
+    q = tmp_path / "e.jsonl"
+    q.write_text(json.dumps({"body": "x"}) + "\n" + json.dumps({"text": "y"}) + "\n")
+    docs = iter_documents([str(q)], text_field="body")
+    assert next(docs) == b"x"
+    with pytest.raises(DataError, match=r"e\.jsonl:2: no field 'body'; keys are \['text'\]"):
+        list(iter_documents([str(q)], text_field="body"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"text": \n')
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: invalid JSON"):
+        list(iter_documents([str(bad)]))
+
+
+def test_csv_quoted_fields(tmp_path):
+    p = tmp_path / "d.csv"
+    rows = [{"id": "1", "body": 'a, "quoted" b'}, {"id": "2", "body": "multi\nline, text"},
+            {"id": "3", "body": ""}]
+    with open(p, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["id", "body"])
+        w.writeheader()
+        w.writerows(rows)
+    assert list(iter_documents([str(p)], text_column="body")) == [b'a, "quoted" b', b"multi\nline, text"]
+    with pytest.raises(DataError, match=r"d\.csv: no column 'text'; columns are \['id', 'body'\]"):
+        list(iter_documents([str(p)]))
+    t = tmp_path / "d.tsv"
+    t.write_text("text\tx\nhello, world\t1\n")
+    assert list(iter_documents([str(t)])) == [b"hello, world"]
+
+
+def test_missing_file():
+    with pytest.raises(DataError, match="no such file or directory: /nonexistent/x.txt"):
+        list(iter_documents(["/nonexistent/x.txt"]))
+
+
+def test_builtin_python_stdlib():
+    assert "python_stdlib" in BUILTIN_CORPORA
+    assert is_builtin("python_stdlib") and is_builtin("builtin:python_stdlib")
+    assert not is_builtin("python_stdlib2") and not is_builtin(["python_stdlib"])
+    paths = builtin_paths("python_stdlib")
+    assert paths == sorted(paths) == builtin_paths("builtin:python_stdlib")
+    stdlib = sysconfig.get_paths()["stdlib"]
+    assert all(os.path.dirname(p) == stdlib and p.endswith(".py") for p in paths)
+    assert 100 < len(paths) < 400
+    assert any(p.endswith(os.sep + "os.py") for p in paths)
+    with pytest.raises(DataError, match="python_stdlib"):
+        builtin_paths("wikipedia")
