@@ -34,7 +34,7 @@ _SHARD_TOKENS = flags.DEFINE_integer("shard_tokens", 2**27, "Upper bound on toke
 _TOKENIZER = flags.DEFINE_enum("tokenizer", "sentiment_discovery", sorted(TOKENIZERS),
                                "Byte ids: byte+1 with pad 0 (sentiment_discovery) or byte (openai).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing prepared dataset at --output.")
-_PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars on stderr.")
+_PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars on stderr (when it is a terminal).")
 
 
 def parse_split(text: str) -> tuple[int, int, int]:
@@ -65,7 +65,7 @@ def prepare_main() -> str:
                            text_field=_TEXT_FIELD.value, txt_mode=_TXT_MODE.value,
                            split=parse_split(_SPLIT.value), shard_tokens=_SHARD_TOKENS.value,
                            tokenizer=TOKENIZERS[_TOKENIZER.value](), overwrite=_OVERWRITE.value,
-                           progress=_PROGRESS.value)
+                           progress=_PROGRESS.value and sys.stderr.isatty())
 
 
 def main(argv: list[str]) -> None:

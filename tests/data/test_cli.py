@@ -1,0 +1,51 @@
+"""``python -m lmscale.prepare``: a summary on success, one ``error:`` line on bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from lmscale.data.dataset import TokenDataset
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lmscale.prepare", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_prepare_cli(tmp_path):
+    (tmp_path / "a.txt").write_text("the cat sat on the mat.\n" * 20)
+    (tmp_path / "b.txt").write_text("a dog ran to the red house.\n" * 20)
+    out = tmp_path / "out"
+    p = run(f"--input={tmp_path / 'a.txt'}", f"--input={tmp_path / 'b.txt'}", f"--output={out}",
+            "--split=3,1,1", "--shard_tokens=100", "--tokenizer=openai", "--progress=false")
+    assert p.returncode == 0, p.stderr
+    assert "Prepared 1,040 tokens in 2 documents from 2 files" in p.stdout and str(out) in p.stdout
+    ds = TokenDataset.open(out)
+    assert ds.tokenizer.to_dict() == {"kind": "byte", "offset": 0, "pad_id": None}
+    assert ds.metadata["num_shards"] == 15
+    again = run(f"--input={tmp_path / 'a.txt'},{tmp_path / 'b.txt'}", f"--output={out}", "--progress=false")
+    assert again.returncode == 1 and again.stderr.strip().startswith("error: ")
+    assert "overwrite" in again.stderr
+    assert run(f"--input={tmp_path / 'a.txt'}", f"--output={out}", "--overwrite",
+               "--progress=false").returncode == 0
+
+
+def test_prepare_cli_missing_column(tmp_path):
+    (tmp_path / "d.csv").write_text("label,sentence\n1,hello there\n")
+    p = run(f"--input={tmp_path / 'd.csv'}", f"--output={tmp_path / 'out'}")
+    assert p.returncode == 1
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in p.stderr
+    assert "no column 'text'; columns are ['label', 'sentence']" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_prepare_cli_bad_flags(tmp_path):
+    p = run("--output=x")
+    assert p.returncode == 1 and p.stderr.strip() == "error: --input is required (text paths/globs or python_stdlib)"
+    p = run(f"--input={tmp_path}", "--output=x", "--split=1,1")
+    assert p.returncode == 1 and "--split must be three shard counts" in p.stderr
