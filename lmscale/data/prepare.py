@@ -36,6 +36,7 @@ from lmscale.data.tokenizer import ByteTokenizer
 
 COPY_TOKENS = 1 << 23  # tokens per chunk when copying a shard out of the raw file
 DOC_FLUSH = 1 << 16  # document starts buffered before appending them to their file
+ENCODE_BYTES = 1 << 20  # bytes of text gathered before encoding and writing them
 TOKENS_FILE = "tokens.raw"
 DOCS_FILE = "doc_starts.raw"
 
@@ -104,39 +105,55 @@ def _check_output(output: str, overwrite: bool) -> bool:
 
 def _tokenize(paths: list[str], tmp: str, tokenizer: ByteTokenizer, progress: bool,
               **source_options: Any) -> tuple[int, int]:
-    """Pass 1: all tokens into tmp/tokens.raw, document starts into tmp/doc_starts.raw."""
+    """Pass 1: all tokens into tmp/tokens.raw, document starts into tmp/doc_starts.raw.
+
+    Pieces are gathered into ~ENCODE_BYTES batches and encoded together: for a byte
+    tokenizer that equals encoding them one by one, and a token is a byte, so a
+    document's start is the number of bytes before it.
+    """
     total_bytes = sum(os.path.getsize(p) for p in paths)
-    tokens = documents = 0
-    pending: list[int] = []
-    with open(os.path.join(tmp, TOKENS_FILE), "wb", buffering=1 << 22) as tok_f, \
+    tokens = documents = buffered = 0
+    batch: list[bytes] = []
+    starts: list[int] = []
+
+    def flush() -> None:
+        nonlocal tokens, buffered
+        if batch:
+            ids = np.asarray(tokenizer.encode(b"".join(batch)), dtype=np.dtype("<u2"))
+            if ids.size != buffered:
+                raise DataError(f"tokenizer {tokenizer.to_dict()} made {ids.size} tokens of "
+                                f"{buffered} bytes; prepare needs one token per byte")
+            tok_f.write(ids.tobytes())
+            tokens += buffered
+            batch.clear()
+            buffered = 0
+        if starts:
+            doc_f.write(np.asarray(starts, dtype="<i8").tobytes())
+            starts.clear()
+
+    with open(os.path.join(tmp, TOKENS_FILE), "wb") as tok_f, \
             open(os.path.join(tmp, DOCS_FILE), "wb") as doc_f, \
             tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenizing",
                  disable=not progress, leave=False) as bar:
         for path in paths:
-            size, seen = os.path.getsize(path), 0
-            new_doc = False
-            for data, starts in iter_pieces([path], **source_options):
-                new_doc = new_doc or starts
+            size, read, shown, new_doc = os.path.getsize(path), 0, 0, False
+            for data, begins in iter_pieces([path], **source_options):
+                new_doc = new_doc or begins
                 if not data:
                     continue
-                ids = np.asarray(tokenizer.encode(data), dtype=np.dtype("<u2"))
-                if ids.size == 0:
-                    continue
-                if new_doc:
-                    pending.append(tokens)
+                if new_doc:  # a document's start is recorded at its first byte: empty ones vanish
+                    starts.append(tokens + buffered)
                     documents += 1
                     new_doc = False
-                    if len(pending) >= DOC_FLUSH:
-                        doc_f.write(np.asarray(pending, dtype="<i8").tobytes())
-                        pending.clear()
-                tok_f.write(ids.tobytes())
-                tokens += int(ids.size)
-                step = min(len(data), size - seen)
-                seen += step
-                bar.update(step)
-            bar.update(size - seen)
-        if pending:
-            doc_f.write(np.asarray(pending, dtype="<i8").tobytes())
+                batch.append(data)
+                buffered += len(data)
+                read += len(data)
+                if buffered >= ENCODE_BYTES or len(starts) >= DOC_FLUSH:
+                    flush()
+                    bar.update(min(read, size) - shown)
+                    shown = min(read, size)
+            bar.update(size - shown)
+        flush()
     return tokens, documents
 
 

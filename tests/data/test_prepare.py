@@ -48,7 +48,10 @@ def test_txt_file_mode_round_trip(tmp_path):
     assert leftovers(tmp_path / "out") == ["out"]
 
 
-def test_txt_line_mode_round_trip(tmp_path):
+@pytest.mark.parametrize("encode_bytes, doc_flush", [(1 << 20, 1 << 16), (1, 1), (100, 3)])
+def test_txt_line_mode_round_trip(tmp_path, monkeypatch, encode_bytes, doc_flush):
+    monkeypatch.setattr(prepare_lib, "ENCODE_BYTES", encode_bytes)
+    monkeypatch.setattr(prepare_lib, "DOC_FLUSH", doc_flush)
     lines = [d.replace(b"\n", b" ") + b"\n" for d in make_docs(200, seed=3)] + [b"no newline at end"]
     (tmp_path / "a.txt").write_bytes(b"".join(lines))
     out = prepare_dataset([str(tmp_path / "a.txt")], str(tmp_path / "out"), txt_mode="line",
@@ -56,9 +59,12 @@ def test_txt_line_mode_round_trip(tmp_path):
     check_round_trip(out, lines)
 
 
-def test_whole_file_read_in_pieces_is_one_document(tmp_path, monkeypatch):
+@pytest.mark.parametrize("encode_bytes", [1, 5, 1 << 20])
+def test_whole_file_read_in_pieces_is_one_document(tmp_path, monkeypatch, encode_bytes):
     from lmscale.data import sources
     monkeypatch.setattr(sources, "CHUNK_BYTES", 7)
+    monkeypatch.setattr(prepare_lib, "ENCODE_BYTES", encode_bytes)
+    monkeypatch.setattr(prepare_lib, "DOC_FLUSH", 2)
     docs = make_docs(6, seed=4, min_len=20)
     write_txt_files(tmp_path / "in", docs)
     out = prepare_dataset(str(tmp_path / "in"), str(tmp_path / "out"), split=(2, 1, 0), progress=False)
@@ -172,3 +178,11 @@ def test_python_stdlib_builtin(tmp_path):
     assert meta["total_tokens"] == sum(os.path.getsize(p) for p in paths)
     assert meta["inputs"] == ["python_stdlib"] and meta["files"] == paths
     assert [len(meta["splits"][s]["shards"]) for s in ("train", "val", "test")] == [98, 1, 1]
+
+
+def test_progress_bar_runs(tmp_path, capsys):
+    docs = make_docs(20, seed=11)
+    write_txt_files(tmp_path / "in", docs)
+    out = prepare_dataset(str(tmp_path / "in"), str(tmp_path / "out"), split=(2, 1, 1), progress=True)
+    check_round_trip(out, docs)
+    assert capsys.readouterr().out == ""  # bars go to stderr only

@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pytest
 
+from lmscale.data import prepare as prepare_lib
 from lmscale.data.dataset import TokenDataset, is_dataset
 from lmscale.data.errors import DataError
 from lmscale.data.prepare import prepare_dataset
@@ -81,8 +82,10 @@ def test_failure_mid_prepare_leaves_nothing(corpus_dir, tmp_path, monkeypatch, e
         return real(self, text)
 
     monkeypatch.setattr(ByteTokenizer, "encode", flaky)
+    monkeypatch.setattr(prepare_lib, "ENCODE_BYTES", 1)  # one encode call per document
     with pytest.raises(error, match="boom"):
         prepare(str(corpus_dir), tmp_path / "out")
+    assert len(calls) == 3
     assert leftovers(tmp_path / "out") == []
 
 
