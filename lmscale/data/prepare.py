@@ -227,6 +227,10 @@ def prepare_dataset(inputs: str | Sequence[str], output: str, *, text_column: st
     else:
         paths = expand_inputs(inputs)
         source = [inputs] if isinstance(inputs, str) else [os.fspath(p) for p in inputs]
+    own = os.path.abspath(output) + os.sep  # never read a previous run's output as text
+    paths = [p for p in paths if not os.path.abspath(p).startswith(own)]
+    if not paths:
+        raise DataError(f"no input files outside the output folder {output}")
     replace = _check_output(output, overwrite)
     parent = os.path.dirname(output)
     if parent:

@@ -110,7 +110,7 @@ def _iter_csv(path: str, column: str) -> Iterator[tuple[bytes, bool]]:
     delimiter = _CSV_EXTS[os.path.splitext(path)[1].lower()]
     csv.field_size_limit(sys.maxsize)
     try:
-        with open(path, "r", encoding="utf-8", newline="") as f:
+        with open(path, "r", encoding="utf-8-sig", newline="") as f:
             reader = csv.DictReader(f, delimiter=delimiter)
             fields = reader.fieldnames
             if fields is None:

@@ -186,3 +186,12 @@ def test_progress_bar_runs(tmp_path, capsys):
     out = prepare_dataset(str(tmp_path / "in"), str(tmp_path / "out"), split=(2, 1, 1), progress=True)
     check_round_trip(out, docs)
     assert capsys.readouterr().out == ""  # bars go to stderr only
+
+
+def test_output_inside_inputs_is_not_read(tmp_path):
+    docs = make_docs(20, seed=12)
+    write_txt_files(tmp_path / "in", docs)
+    out = str(tmp_path / "in" / "prepared")
+    prepare_dataset(str(tmp_path / "in"), out, split=(2, 1, 1), progress=False)
+    prepare_dataset(str(tmp_path / "in"), out, split=(2, 1, 1), progress=False, overwrite=True)
+    check_round_trip(out, docs)

@@ -103,3 +103,9 @@ def test_builtin_python_stdlib():
     assert any(p.endswith(os.sep + "os.py") for p in paths)
     with pytest.raises(DataError, match="python_stdlib"):
         builtin_paths("wikipedia")
+
+
+def test_csv_with_byte_order_mark(tmp_path):
+    p = tmp_path / "bom.csv"
+    p.write_bytes("text,label\nhello,1\n".encode("utf-8-sig"))
+    assert list(iter_documents([str(p)])) == [b"hello"]
