@@ -138,9 +138,9 @@ class _RecurrentLayer(nnx.Module):
         return hs, new_carry
 
     def initial_carry(self, batch_size: int) -> Carry:
-        """Zero (h, c), float32 [B, H]."""
-        zeros = jnp.zeros((batch_size, self.hidden), jnp.float32)
-        return zeros, zeros
+        """Zero (h, c), float32 [B, H]; two distinct buffers, so both can be donated."""
+        shape = (batch_size, self.hidden)
+        return jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32)
 
 
 class MLSTMLayer(_RecurrentLayer):

@@ -41,7 +41,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                "steps": state.acc["steps"] + 1}
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                                   carry=jax.lax.stop_gradient(carry), acc=acc)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": schedule(state.step)}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
         return new_state, metrics
 
     return train_step
