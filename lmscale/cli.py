@@ -14,11 +14,19 @@ def run_cli(fn: Callable[[], T]) -> T:
     from lmscale.config import ConfigError
     from lmscale.data.errors import DataError
     from lmscale.training.checkpoints import CheckpointMismatchError
+    _quiet_library_logs()
     try:
         return fn()
     except (ConfigError, DataError, CheckpointMismatchError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+
+
+def _quiet_library_logs() -> None:
+    """Orbax logs every checkpoint step at INFO; show warnings only unless --verbosity is given."""
+    from absl import flags, logging
+    if "verbosity" in flags.FLAGS and not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
