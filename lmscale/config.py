@@ -20,7 +20,9 @@ import ml_collections
 
 from lmscale.models import MODEL_KINDS
 
-SCHEDULES = ("constant", "linear", "cosine")
+SCHEDULES = ("constant", "linear", "cosine", "slanted_triangular")
+LR_SCALINGS = ("none", "linear", "sqrt")
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
 
 class ConfigError(ValueError):
@@ -58,6 +60,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.steps = 1000  # optimizer steps to run in total (a resumed run continues up to this)
     c.train.epochs = 0.0  # if > 0, stop after at most this many epochs of the training data
     c.train.batch_size = 128  # global batch: sequences (stream rows) per step over all devices
+    c.train.per_device_batch_size = 0  # if > 0, the global batch is this x the device count (replaces train.batch_size)
     c.train.seq_len = 256  # truncated-BPTT length; the RNN state carries over between steps
     c.train.log_every = 50  # steps between train records in metrics.jsonl and the progress bar
     c.train.eval_every = 500  # steps between validation passes (and one at the end); 0 = only at the end
@@ -66,8 +69,15 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.progress_bar = True  # show a tqdm progress bar on stderr
 
     c.optim = ml_collections.ConfigDict()
-    c.optim.lr = 5e-4  # peak learning rate (paper: 5e-4 at batch 128)
-    c.optim.schedule = "linear"  # after warmup: "constant", "linear" (to 0) or "cosine" (to 0)
+    c.optim.lr = 5e-4  # peak learning rate at optim.base_batch_size (paper: 5e-4 at batch 128)
+    c.optim.lr_scaling = "none"  # rescale optim.lr for the global batch B: "none", "linear" (B/base), "sqrt"
+    c.optim.base_batch_size = 128  # the batch that optim.lr is given for (used by optim.lr_scaling)
+    c.optim.lr_max = 0.0  # cap on the rescaled learning rate; 0 = no cap (paper's 32k run: 3e-3)
+    # After warmup: "constant", "linear" (to 0), "cosine" (to 0), or "slanted_triangular"
+    # (ULMFiT / sentiment-discovery: up from lr/ratio to lr, then down to lr/ratio; no warmup).
+    c.optim.schedule = "linear"
+    c.optim.stlr_ratio = 100.0  # slanted_triangular: peak over lowest learning rate
+    c.optim.stlr_cut_frac = 0.002  # slanted_triangular: fraction of the decay horizon spent rising
     c.optim.warmup_steps = 0  # linear warmup from 0 to optim.lr over this many steps
     c.optim.decay_steps = 0  # the step where the decay reaches 0; 0 = train.steps
     c.optim.decay_epochs = 0.0  # if > 0, decay over at most this many epochs of the training data
@@ -75,6 +85,14 @@ def default_config() -> ml_collections.ConfigDict:
     c.optim.b1 = 0.9  # Adam beta1
     c.optim.b2 = 0.999  # Adam beta2
     c.optim.eps = 1e-8  # Adam epsilon
+
+    c.precision = ml_collections.ConfigDict()
+    # Matmul dtype: "float32", "bfloat16" or "float16". Params and optimizer state stay
+    # float32; logits, loss, weight norm and gradient norms are float32 whatever this is.
+    c.precision.compute = "float32"
+    c.precision.loss_scale_init = 2.0**32  # float16 only: initial dynamic loss scale (sentiment-discovery)
+    c.precision.loss_scale_factor = 2.0  # float16 only: S /= factor on overflow, S *= factor after a window
+    c.precision.loss_scale_window = 1000  # float16 only: consecutive finite steps before S grows
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every = 1000  # steps between checkpoints (also at the end and on SIGTERM/SIGINT)
@@ -116,15 +134,51 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         raise ConfigError(f"optim.lr must be > 0, got {config.optim.lr}")
     if config.optim.warmup_steps < 0 or config.optim.decay_steps < 0 or config.optim.clip < 0:
         raise ConfigError("optim.warmup_steps, optim.decay_steps and optim.clip must be >= 0")
-    if config.train.batch_size % num_devices:
+    if config.train.per_device_batch_size < 0:
+        raise ConfigError(f"train.per_device_batch_size must be >= 0, got {config.train.per_device_batch_size}")
+    if not config.train.per_device_batch_size and config.train.batch_size % num_devices:
         raise ConfigError(
             f"train.batch_size={config.train.batch_size} is not divisible by the {num_devices} devices; "
-            f"use a multiple of {num_devices}")
+            f"use a multiple of {num_devices} (or set train.per_device_batch_size)")
+    if config.optim.lr_scaling not in LR_SCALINGS:
+        raise ConfigError(f"optim.lr_scaling must be one of {list(LR_SCALINGS)}, got {config.optim.lr_scaling!r}")
+    if config.optim.base_batch_size < 1 or config.optim.lr_max < 0:
+        raise ConfigError("optim.base_batch_size must be >= 1 and optim.lr_max >= 0")
+    if config.optim.stlr_ratio < 1 or not 0 < config.optim.stlr_cut_frac < 1:
+        raise ConfigError("optim.stlr_ratio must be >= 1 and optim.stlr_cut_frac in (0, 1)")
+    if config.precision.compute not in COMPUTE_DTYPES:
+        raise ConfigError(f"precision.compute must be one of {list(COMPUTE_DTYPES)}, "
+                          f"got {config.precision.compute!r}")
+    if (config.precision.loss_scale_init < 1 or config.precision.loss_scale_factor <= 1
+            or config.precision.loss_scale_window < 1):
+        raise ConfigError("precision.loss_scale_init must be >= 1, loss_scale_factor > 1 and "
+                          "loss_scale_window >= 1")
     if config.train.eval_batch_size % num_devices:
         raise ConfigError(
             f"train.eval_batch_size={config.train.eval_batch_size} is not divisible by the "
             f"{num_devices} devices; use a multiple of {num_devices}")
     parse_split(config.data.split)
+
+
+def with_global_batch(config: ml_collections.ConfigDict, num_devices: int) -> ml_collections.ConfigDict:
+    """A locked copy whose ``train.batch_size`` is the global batch for ``num_devices``.
+
+    ``train.per_device_batch_size`` > 0 gives per-device x devices; otherwise the config's
+    global ``train.batch_size`` stands. Everything downstream reads ``train.batch_size``.
+    """
+    resolved = ml_collections.ConfigDict(config.to_dict())
+    if config.train.per_device_batch_size > 0:
+        resolved.train.batch_size = config.train.per_device_batch_size * num_devices
+    resolved.lock()
+    return resolved
+
+
+def scaled_lr(optim: ml_collections.ConfigDict, batch_size: int) -> float:
+    """optim.lr rescaled from optim.base_batch_size to ``batch_size`` by optim.lr_scaling, capped."""
+    ratio = batch_size / optim.base_batch_size
+    factor = {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[optim.lr_scaling]
+    lr = optim.lr * factor
+    return min(lr, optim.lr_max) if optim.lr_max > 0 else lr
 
 
 def derive(config: ml_collections.ConfigDict, steps_per_epoch: int) -> dict[str, Any]:
@@ -141,6 +195,8 @@ def derive(config: ml_collections.ConfigDict, steps_per_epoch: int) -> dict[str,
         "steps_per_epoch": steps_per_epoch,
         "epochs": steps / steps_per_epoch,
         "tokens_per_step": tokens_per_step,
+        "batch_size": config.train.batch_size,
+        "lr": scaled_lr(config.optim, config.train.batch_size),
         "decay_steps": max(decay_steps, config.optim.warmup_steps + 1),
     }
 

@@ -65,7 +65,6 @@ class RecurrentLM(nnx.Module):
         x = self.embedding(jnp.swapaxes(tokens, 0, 1))  # [T, B, E]
         resets_tm = None if resets is None else jnp.swapaxes(resets, 0, 1)
         use_dropout = dropout_key is not None and self.dropout > 0.0
-        keys = jax.random.split(dropout_key, len(self.layers)) if use_dropout else None
         new_carry, all_hs, all_cs = [], [], []
         for l, (layer, layer_carry) in enumerate(zip(self.layers, carry)):
             x, c_l, cs = layer.scan_time_major(x, tuple(layer_carry), resets_tm,
@@ -75,7 +74,7 @@ class RecurrentLM(nnx.Module):
             all_cs.append(cs)
             if use_dropout and l + 1 < len(self.layers):
                 keep = 1.0 - self.dropout
-                mask = jax.random.bernoulli(keys[l], keep, x.shape)
+                mask = _dropout_mask(dropout_key, l, keep, x.shape)
                 x = jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros_like(x))
         return x, tuple(new_carry), all_hs, all_cs
 
@@ -83,7 +82,8 @@ class RecurrentLM(nnx.Module):
                  *, dropout_key: jax.Array | None = None) -> tuple[jax.Array, Carry]:
         """tokens int32 [B, T]; carry from ``initial_carry`` (None = zeros); resets bool [B, T].
 
-        Dropout between layers only when ``dropout_key`` is given (training); otherwise
+        Dropout between layers only when ``dropout_key`` is given (training): one key, or one
+        key per row ([B, 2], so a row's masks do not depend on the batch it is in); otherwise
         deterministic. Returns (logits float32 [B, T, V], new carry float32).
         """
         hs, new_carry, _, _ = self._run(tokens, carry, resets, dropout_key, False)
@@ -108,3 +108,13 @@ class RecurrentLM(nnx.Module):
         return {"hidden": jnp.stack([to_btf(h) for h in all_hs]),
                 "cell": jnp.stack([to_btf(c) for c in all_cs]),
                 "carry": new_carry}
+
+
+def _dropout_mask(key: jax.Array, layer: int, keep: float, shape: tuple[int, ...]) -> jax.Array:
+    """Keep-mask [T, B, H] after ``layer``, from one key or from per-row keys [B, 2]."""
+    if key.ndim == 1:
+        return jax.random.bernoulli(jax.random.fold_in(key, layer), keep, shape)
+    steps, _, width = shape
+    per_row = jax.vmap(lambda k: jax.random.bernoulli(jax.random.fold_in(k, layer), keep,
+                                                      (steps, width)))(key)  # [B, T, H]
+    return jnp.swapaxes(per_row, 0, 1)

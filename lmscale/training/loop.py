@@ -23,7 +23,7 @@ import numpy as np
 import tqdm
 from flax import nnx
 
-from lmscale.config import derive, save_config, validate
+from lmscale.config import derive, save_config, validate, with_global_batch
 from lmscale.data.dataset import TokenDataset
 from lmscale.models import build_model, count_params, flops_per_token
 from lmscale.training import mesh as mesh_lib
@@ -33,6 +33,7 @@ from lmscale.training.evaluate import batch_arrays, evaluate
 from lmscale.training.loss import bits_per_char
 from lmscale.training.metrics import MetricsWriter
 from lmscale.training.optimizer import make_optimizer
+from lmscale.training.precision import LossScale, Policy
 from lmscale.training.state import TrainState, create_state, state_shardings, zero_acc
 from lmscale.training.steps import make_eval_step, make_train_step
 
@@ -41,6 +42,7 @@ def model_signature(config: ml_collections.ConfigDict, tokenizer: dict[str, Any]
                     ) -> dict[str, Any]:
     """What must match between a checkpoint and the config restoring it."""
     sig = {f"model.{k}": v for k, v in config.model.to_dict().items() if k != "dropout"}
+    sig["train.batch_size"] = config.train.batch_size  # the shape of the persisted RNN carry
     sig["data.tokenizer"] = tokenizer
     sig["vocab_size"] = vocab_size
     return sig
@@ -69,11 +71,16 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains (or resumes) the run in ``workdir``; returns the last train and val records."""
+def train(config: ml_collections.ConfigDict, workdir: str,
+          devices: list[jax.Device] | None = None) -> dict[str, Any]:
+    """Trains (or resumes) the run in ``workdir``; returns the last train and val records.
+
+    Data parallel over ``devices`` (default: every device of every process).
+    """
     os.makedirs(workdir, exist_ok=True)
-    mesh = mesh_lib.make_mesh()
+    mesh = mesh_lib.make_mesh(devices)
     validate(config, mesh.size)
+    config = with_global_batch(config, mesh.size)
     is_main = jax.process_index() == 0
     progress = config.train.progress_bar and is_main
 
@@ -84,13 +91,18 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
            if "val" in dataset.split_names else None)
     vocab_size = dataset.tokenizer.vocab_size
 
-    model = build_model(config.model, vocab_size, rngs=nnx.Rngs(config.seed))
+    policy = Policy.from_compute(config.precision.compute)
+    model = build_model(config.model, vocab_size, rngs=nnx.Rngs(config.seed), dtype=policy.compute)
     derived = derive(config, batcher.steps_per_epoch)
     derived.update(dataset=os.path.abspath(dataset.path), devices=mesh.size,
                    processes=jax.process_count(), params=count_params(model),
-                   train_flops_per_token=3 * flops_per_token(config.model, vocab_size))
-    tx, schedule = make_optimizer(config.optim, derived["decay_steps"])
-    graphdef, state = create_state(model, tx, config.train.batch_size, config.seed)
+                   train_flops_per_token=3 * flops_per_token(config.model, vocab_size),
+                   precision=str(policy))
+    tx, schedule = make_optimizer(config.optim, derived["decay_steps"], lr=derived["lr"])
+    p = config.precision
+    loss_scale = LossScale.create(policy.needs_loss_scaling, p.loss_scale_init,
+                                  p.loss_scale_factor, p.loss_scale_window)
+    graphdef, state = create_state(model, tx, config.train.batch_size, config.seed, loss_scale)
     del model
     shardings = state_shardings(state, mesh)
 
@@ -108,7 +120,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     rows_sharding = mesh_lib.batch_sharded(mesh)
     replicated = mesh_lib.replicated(mesh)
     batch_shardings = dict.fromkeys(("inputs", "targets", "weights", "resets"), rows_sharding)
-    train_step = jax.jit(make_train_step(graphdef, tx, schedule, config.model.dropout > 0),
+    train_step = jax.jit(make_train_step(graphdef, tx, schedule, mesh, config.model.dropout > 0),
                          in_shardings=(shardings, batch_shardings),
                          out_shardings=(shardings, replicated), donate_argnums=0)
     eval_step = jax.jit(make_eval_step(graphdef))
@@ -148,11 +160,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             timed_steps += 1
             bar.update(1)
             if step % config.train.log_every == 0 or step == steps:
-                acc, metrics = jax.device_get((state.acc, metrics))
+                acc, metrics, ls = jax.device_get((state.acc, metrics, state.loss_scale))
                 elapsed = time.perf_counter() - timer_start
                 loss = float(acc["nats"]) / max(float(acc["count"]), 1.0)
                 record = {"step": step, "split": "train", "loss": loss, "bpc": bits_per_char(loss),
                           "lr": float(metrics["lr"]), "grad_norm": float(metrics["grad_norm"]),
+                          "loss_scale": float(ls.scale), "skipped": int(ls.skipped),
                           "epoch": step / batcher.steps_per_epoch,
                           "steps_per_s": timed_steps / elapsed,
                           "chars_per_s": timed_steps * tokens_per_step / elapsed}

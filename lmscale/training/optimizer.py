@@ -8,11 +8,16 @@ import optax
 from lmscale.training.schedules import make_schedule
 
 
-def make_optimizer(optim: ml_collections.ConfigDict, decay_steps: int
+def make_optimizer(optim: ml_collections.ConfigDict, decay_steps: int, lr: float | None = None
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """Returns (transformation, schedule); the schedule is also used to log the learning rate."""
-    schedule = make_schedule(optim.schedule, optim.lr, warmup_steps=optim.warmup_steps,
-                             decay_steps=decay_steps)
+    """Returns (transformation, schedule); the schedule is also used to log the learning rate.
+
+    ``lr`` is the peak learning rate after batch-size scaling (``config.derive``'s "lr");
+    None uses ``optim.lr`` as is.
+    """
+    schedule = make_schedule(optim.schedule, optim.lr if lr is None else lr,
+                             warmup_steps=optim.warmup_steps, decay_steps=decay_steps,
+                             ratio=optim.stlr_ratio, cut_frac=optim.stlr_cut_frac)
     parts = []
     if optim.clip > 0:
         parts.append(optax.clip_by_global_norm(optim.clip))

@@ -1,4 +1,4 @@
-"""Learning-rate schedules: warmup, then constant, linear decay to 0, or cosine decay to 0.
+"""Learning-rate schedules: warmup, then constant, linear or cosine decay to 0; or slanted triangular.
 
 A schedule is a pure function of the step (an ``optax.Schedule``), so a resumed run
 gets exactly the learning rates an uninterrupted one would.
@@ -6,16 +6,20 @@ gets exactly the learning rates an uninterrupted one would.
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import optax
 
 
-def make_schedule(kind: str, lr: float, *, warmup_steps: int, decay_steps: int) -> optax.Schedule:
+def make_schedule(kind: str, lr: float, *, warmup_steps: int, decay_steps: int,
+                  ratio: float = 100.0, cut_frac: float = 0.002) -> optax.Schedule:
     """Linear warmup from 0 to ``lr`` over ``warmup_steps``, then ``kind`` until ``decay_steps``.
 
     ``decay_steps`` is the step at which "linear" and "cosine" reach 0 (counted from step
     0, warmup included); later steps stay at 0.
     """
     body_steps = max(1, decay_steps - warmup_steps)
+    if kind == "slanted_triangular":
+        return slanted_triangular(lr, decay_steps, ratio=ratio, cut_frac=cut_frac)
     if kind == "constant":
         body = optax.constant_schedule(lr)
     elif kind == "linear":
@@ -23,8 +27,28 @@ def make_schedule(kind: str, lr: float, *, warmup_steps: int, decay_steps: int) 
     elif kind == "cosine":
         body = optax.cosine_decay_schedule(lr, body_steps, alpha=0.0)
     else:
-        raise ValueError(f"unknown optim.schedule {kind!r}; expected constant, linear or cosine")
+        raise ValueError(f"unknown optim.schedule {kind!r}; expected constant, linear, cosine "
+                         "or slanted_triangular")
     if warmup_steps <= 0:
         return body
     warmup = optax.linear_schedule(0.0, lr, warmup_steps)
     return optax.join_schedules([warmup, body], boundaries=[warmup_steps])
+
+
+def slanted_triangular(lr: float, total_steps: int, *, ratio: float, cut_frac: float) -> optax.Schedule:
+    """ULMFiT's slanted triangle as sentiment-discovery defines it (learning_rates.py).
+
+    Rises linearly from lr/ratio at step 0 to lr at step cut_frac * total_steps, then falls
+    linearly back to lr/ratio at ``total_steps``, and stays there.
+    """
+    low = lr / ratio
+    peak = max(cut_frac * total_steps, 1e-9)
+    total = max(float(total_steps), peak + 1.0)
+
+    def schedule(step):
+        t = jnp.asarray(step, jnp.float32)
+        up = low + (lr - low) * t / peak
+        down = lr - (lr - low) * (t - peak) / (total - peak)
+        return jnp.maximum(jnp.where(t <= peak, up, down), low)
+
+    return schedule

@@ -2,7 +2,7 @@
 
 It is what a checkpoint holds, so that continuing a run needs nothing else: parameters,
 optimizer state, the step, the RNN carry persisted across batches (truncated BPTT), the
-base dropout key, and the running sums behind the next train log record.
+base dropout key, the running sums behind the next train log record, and the loss scale.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from lmscale.training import mesh as mesh_lib
+from lmscale.training.precision import LossScale
 
 
 @flax.struct.dataclass
@@ -27,6 +28,7 @@ class TrainState:
     carry: Any  # per layer (h, c), each float32 [batch, hidden]; sharded along batch
     rng: jax.Array  # uint32[2] base key; step k uses fold_in(rng, k)
     acc: dict[str, jax.Array]  # sums since the last train log: nats, count (targets), steps
+    loss_scale: LossScale  # dynamic loss scale (float16); inert (S = 1) otherwise
 
 
 def zero_acc() -> dict[str, jax.Array]:
@@ -35,7 +37,7 @@ def zero_acc() -> dict[str, jax.Array]:
 
 
 def create_state(model: nnx.Module, tx: optax.GradientTransformation, batch_size: int,
-                 seed: int) -> tuple[nnx.GraphDef, TrainState]:
+                 seed: int, loss_scale: LossScale | None = None) -> tuple[nnx.GraphDef, TrainState]:
     """Splits the model into (graphdef, params) and builds the initial state (unsharded)."""
     graphdef, params = nnx.split(model, nnx.Param)
     state = TrainState(
@@ -45,6 +47,7 @@ def create_state(model: nnx.Module, tx: optax.GradientTransformation, batch_size
         carry=model.initial_carry(batch_size),
         rng=jax.random.PRNGKey(seed + 1),
         acc=zero_acc(),
+        loss_scale=LossScale.create(dynamic=False) if loss_scale is None else loss_scale,
     )
     return graphdef, state
 

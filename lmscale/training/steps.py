@@ -1,8 +1,18 @@
 """Pure step functions: one training step and one evaluation step, jitted by the loop.
 
-A batch is a dict of arrays [B, S]: ``inputs`` and ``targets`` (int32), ``weights``
-(float32, 0 = target not counted) and ``resets`` (bool, zero the RNN state before that
-input). The carry in the state continues from the previous batch of the same rows.
+A batch is a dict of arrays [B, S] (B global, split over the mesh's ``data`` axis):
+``inputs`` and ``targets`` (int32), ``weights`` (float32, 0 = target not counted) and
+``resets`` (bool, zero the RNN state before that input). The carry in the state continues
+from the previous batch of the same rows.
+
+Data parallelism: the forward/backward pass runs per device under ``jax.shard_map`` on
+the device's rows, and the gradients of all parameters, with the loss sums, are averaged
+by exactly one all-reduce of one flat float32 vector (NCCL on GPUs). The optimizer update
+then runs replicated. Trap avoided: inside shard_map the gradient of a *replicated*
+parameter comes back already summed over devices (the transpose of its implicit
+broadcast), so a further psum/pmean would count it N times; the parameters are first
+marked device-varying (``lax.pcast``) so that each device's gradient stays local, and the
+single explicit psum is the only reduction.
 """
 
 from __future__ import annotations
@@ -13,35 +23,81 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.flatten_util import ravel_pytree
+from jax.sharding import Mesh, PartitionSpec as P
 
 from lmscale.training.loss import cross_entropy_sums, mean_loss
+from lmscale.training.mesh import DATA_AXIS
+from lmscale.training.precision import all_finite, select_tree
 from lmscale.training.state import TrainState
 
 Batch = dict[str, jax.Array]
 
 
+def row_dropout_keys(key: jax.Array, first_row: jax.Array, rows: int) -> jax.Array:
+    """One dropout key per batch row, from the row's global index: [rows, 2] uint32.
+
+    Masks then depend on the row, not on how rows are split over devices, so 1 and N
+    devices train identically with dropout.
+    """
+    ids = first_row + jnp.arange(rows)
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(ids)
+
+
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, dropout: bool
+                    schedule: optax.Schedule, mesh: Mesh, dropout: bool
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
-    """Returns ``train_step(state, batch) -> (state, metrics)``; pure, to be jitted."""
+    """Returns ``train_step(state, batch) -> (state, metrics)``; pure, to be jitted over ``mesh``."""
+
+    def local_grads(params: Any, carry: Any, batch: Batch, key: jax.Array, scale: jax.Array
+                    ) -> tuple[Any, jax.Array, jax.Array, Any]:
+        """Per device: gradients of this device's summed loss, all-reduced once."""
+        rows, targets_per_row = batch["targets"].shape
+        global_targets = rows * targets_per_row * jax.lax.axis_size(DATA_AXIS)
+        row_keys = None
+        if dropout:
+            row_keys = row_dropout_keys(key, jax.lax.axis_index(DATA_AXIS) * rows, rows)
+        local_params = jax.lax.pcast(params, DATA_AXIS, to="varying")
+
+        def loss_fn(p: Any) -> tuple[jax.Array, tuple[Any, jax.Array, jax.Array]]:
+            model = nnx.merge(graphdef, p)
+            logits, new_carry = model(batch["inputs"], carry, batch["resets"], dropout_key=row_keys)
+            nats, count = cross_entropy_sums(logits, batch["targets"], batch["weights"])
+            # Normalized by the static number of target slots (corrected after the reduction),
+            # times the loss scale S (1 unless float16).
+            return nats * (scale / global_targets), (new_carry, nats, count)
+
+        grads, (new_carry, nats, count) = jax.grad(loss_fn, has_aux=True)(local_params)
+        flat, unravel = ravel_pytree(grads)
+        total = jax.lax.psum(jnp.concatenate([flat.astype(jnp.float32), jnp.stack([nats, count])]),
+                             DATA_AXIS)  # the one all-reduce of the step
+        return unravel(total[:-2]), total[-2], total[-1], new_carry
+
+    sharded_grads = jax.shard_map(
+        local_grads, mesh=mesh,
+        in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS), P(), P()),
+        out_specs=(P(), P(), P(), P(DATA_AXIS)))
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-        key = jax.random.fold_in(state.rng, state.step) if dropout else None
-
-        def loss_fn(params: Any) -> tuple[jax.Array, tuple[Any, jax.Array, jax.Array]]:
-            model = nnx.merge(graphdef, params)
-            logits, carry = model(batch["inputs"], state.carry, batch["resets"], dropout_key=key)
-            nats, count = cross_entropy_sums(logits, batch["targets"], batch["weights"])
-            return mean_loss(nats, count), (carry, nats, count)
-
-        (loss, (carry, nats, count)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        key = jax.random.fold_in(state.rng, state.step)
+        ls = state.loss_scale
+        scaled, nats, count, carry = sharded_grads(state.params, state.carry, batch, key, ls.scale)
+        global_targets = batch["targets"].shape[0] * batch["targets"].shape[1]
+        correction = global_targets / jnp.maximum(count, 1.0)  # -> mean over counted targets
+        grads = jax.tree.map(lambda g: g * (correction / ls.scale), scaled)
+        finite = all_finite(grads) if ls.dynamic else jnp.asarray(True)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        if ls.dynamic:  # skip the update when the float16 gradients overflowed
+            params = select_tree(finite, params, state.params)
+            opt_state = select_tree(finite, opt_state, state.opt_state)
         acc = {"nats": state.acc["nats"] + nats, "count": state.acc["count"] + count,
                "steps": state.acc["steps"] + 1}
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                                  carry=jax.lax.stop_gradient(carry), acc=acc)
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
+                                  carry=jax.lax.stop_gradient(carry), acc=acc,
+                                  loss_scale=ls.update(finite))
+        metrics = {"loss": mean_loss(nats, count), "grad_norm": optax.tree.norm(grads),
+                   "lr": schedule(state.step), "finite": finite}
         return new_state, metrics
 
     return train_step
@@ -58,7 +114,3 @@ def make_eval_step(graphdef: nnx.GraphDef
         return carry, nats, count
 
     return eval_step
-
-
-def zeros_like_carry(carry: Any) -> Any:
-    return jax.tree.map(jnp.zeros_like, carry)

@@ -1,0 +1,114 @@
+"""Mixed precision: a dtype policy and dynamic loss scaling for float16.
+
+Policy (in the spirit of jmp): parameters and optimizer state stay float32 (master
+weights); the model computes its matmuls in ``compute`` (float32, bfloat16 or float16);
+logits, log-softmax, the loss, weight norm and gradient norms stay float32.
+
+float16 has a narrow range (max 65504, smallest normal 6e-5), so small gradients underflow.
+Dynamic loss scaling multiplies the loss by S before differentiating, divides the
+gradients by S in float32, and checks them: if any is inf/nan the step is skipped (params
+and optimizer state unchanged) and S is halved (not below 1); after ``window`` consecutive
+finite steps S doubles. sentiment-discovery's defaults: S0 = 2**32, factor 2, window 1000.
+bfloat16 has float32's range and needs no scaling (S stays 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """Dtypes of parameters, compute and outputs (logits/loss)."""
+    params: Any = jnp.float32
+    compute: Any = jnp.float32
+    output: Any = jnp.float32
+
+    @classmethod
+    def parse(cls, text: str) -> "Policy":
+        """'params=float32,compute=bfloat16,output=float32' (missing parts stay float32)."""
+        fields: dict[str, Any] = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            key, _, name = part.partition("=")
+            if key not in ("params", "compute", "output") or name not in DTYPES:
+                raise ValueError(f"bad precision policy part {part!r} in {text!r}: expected "
+                                 f"params|compute|output = one of {sorted(DTYPES)}")
+            fields[key] = DTYPES[name]
+        return cls(**fields)
+
+    @classmethod
+    def from_compute(cls, compute: str) -> "Policy":
+        """The training policy: float32 params and outputs, ``compute`` for the matmuls."""
+        return cls.parse(f"params=float32,compute={compute},output=float32")
+
+    @property
+    def needs_loss_scaling(self) -> bool:
+        return jnp.dtype(self.compute) == jnp.dtype(jnp.float16)
+
+    def __str__(self) -> str:
+        names = {jnp.dtype(v): k for k, v in DTYPES.items()}
+        return ",".join(f"{f}={names[jnp.dtype(getattr(self, f))]}"
+                        for f in ("params", "compute", "output"))
+
+
+@flax.struct.dataclass
+class LossScale:
+    """Dynamic loss-scale state, part of the train state (and so of checkpoints).
+
+    ``scale`` float32 S; ``good_steps`` int32 consecutive finite steps since S last changed;
+    ``skipped`` int32 total steps skipped for non-finite gradients. ``dynamic`` (static) is
+    False for float32/bfloat16: S stays 1 and nothing is ever skipped.
+    """
+    scale: jax.Array
+    good_steps: jax.Array
+    skipped: jax.Array
+    dynamic: bool = flax.struct.field(pytree_node=False, default=False)
+    factor: float = flax.struct.field(pytree_node=False, default=2.0)
+    window: int = flax.struct.field(pytree_node=False, default=1000)
+
+    @classmethod
+    def create(cls, dynamic: bool, initial: float = 2.0**32, factor: float = 2.0,
+               window: int = 1000) -> "LossScale":
+        return cls(scale=jnp.asarray(initial if dynamic else 1.0, jnp.float32),
+                   good_steps=jnp.zeros((), jnp.int32), skipped=jnp.zeros((), jnp.int32),
+                   dynamic=dynamic, factor=float(factor), window=int(window))
+
+    def scale_loss(self, loss: jax.Array) -> jax.Array:
+        return loss * self.scale if self.dynamic else loss
+
+    def unscale(self, grads: Any) -> Any:
+        """Gradients of the scaled loss -> true gradients, in float32."""
+        if not self.dynamic:
+            return grads
+        inv = 1.0 / self.scale
+        return jax.tree.map(lambda g: g.astype(jnp.float32) * inv, grads)
+
+    def update(self, finite: jax.Array) -> "LossScale":
+        """The state after a step whose (unscaled) gradients were all finite or not."""
+        if not self.dynamic:
+            return self
+        grown = self.good_steps + 1 >= self.window
+        scale = jnp.where(finite,
+                          jnp.where(grown, self.scale * self.factor, self.scale),
+                          jnp.maximum(self.scale / self.factor, 1.0))
+        good = jnp.where(finite & ~grown, self.good_steps + 1, 0)
+        return self.replace(scale=scale.astype(jnp.float32), good_steps=good.astype(jnp.int32),
+                            skipped=self.skipped + jnp.where(finite, 0, 1).astype(jnp.int32))
+
+
+def all_finite(tree: Any) -> jax.Array:
+    """True iff every element of every leaf is finite (bool scalar)."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def select_tree(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
+    """Leafwise ``where(pred, a, b)`` for two pytrees of the same structure."""
+    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)

@@ -1,0 +1,78 @@
+"""Run by test_data_parallel.py in a subprocess with 8 fake CPU devices (XLA_FLAGS).
+
+    python -m tests.training.multi_device_worker CORPUS OUT_DIR
+
+Trains the same tiny runs on different device subsets of one process and prints, as one
+JSON object, the per-step train losses of each, for the test to compare.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import jax
+
+from lmscale.training.loop import train
+from lmscale.training.metrics import read_metrics
+from tests.conftest import tiny_config
+
+
+def losses(workdir: str) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(workdir) if r["split"] == "train"}
+
+
+def main(corpus: str, out: str) -> None:
+    devices = jax.devices()
+    assert len(devices) == 8, f"expected 8 fake devices, got {len(devices)}"
+    # Stateful (carry persisted), 2 layers with dropout: exercises row-wise dropout keys.
+    base = {"train.steps": 20, "train.batch_size": 8, "train.log_every": 1, "train.eval_every": 10,
+            "train.eval_batch_size": 8, "optim.decay_steps": 20, "model.layers": 2,
+            "model.dropout": 0.2, "checkpoint.every": 10}
+    result: dict[str, dict] = {}
+    for n in (1, 8):
+        workdir = f"{out}/d{n}"
+        train(tiny_config(corpus, **base), workdir, devices=devices[:n])
+        result[f"d{n}"] = losses(workdir)
+    # A checkpoint written on 8 devices (step 10 of d8) continues on 1 and on 4 devices.
+    for n in (1, 4):
+        workdir = f"{out}/from8_on{n}"
+        train(tiny_config(corpus, **{**base, "train.steps": 10}), workdir, devices=devices)
+        train(tiny_config(corpus, **base), workdir, devices=devices[:n])
+        result[f"from8_on{n}"] = losses(workdir)
+    # Global batch from a per-device batch.
+    per_device = {**base, "train.steps": 2, "train.per_device_batch_size": 2, "train.batch_size": 1}
+    train(tiny_config(corpus, **per_device), f"{out}/per_device", devices=devices[:4])
+    result["per_device_batch"] = json.load(open(f"{out}/per_device/config.json"))["train"]["batch_size"]
+    result["all_reduces"], result["params"] = step_all_reduces(devices)
+    print("RESULT " + json.dumps(result))
+
+
+def step_all_reduces(devices: list) -> tuple[list[dict], int]:
+    """The all-reduces of the compiled train step over ``devices``, and the parameter count."""
+    import numpy as np
+    from flax import nnx
+    from lmscale.config import default_config
+    from lmscale.models import build_model
+    from lmscale.training import mesh as mesh_lib
+    from lmscale.training.hlo_stats import all_reduces
+    from lmscale.training.optimizer import make_optimizer
+    from lmscale.training.state import create_state, state_shardings
+    from lmscale.training.steps import make_train_step
+    cfg = default_config()
+    cfg.model.hidden, cfg.model.embed = 32, 16
+    model = build_model(cfg.model, 257, rngs=nnx.Rngs(0))
+    tx, schedule = make_optimizer(cfg.optim, 100)
+    graphdef, state = create_state(model, tx, 16, seed=0)
+    params = sum(x.size for x in jax.tree.leaves(state.params))
+    mesh = mesh_lib.make_mesh(devices)
+    rows = mesh_lib.batch_sharded(mesh)
+    step = jax.jit(make_train_step(graphdef, tx, schedule, mesh, dropout=True),
+                   in_shardings=(state_shardings(state, mesh), rows))
+    batch = {k: jax.ShapeDtypeStruct((16, 8), dt) for k, dt in
+             (("inputs", np.int32), ("targets", np.int32), ("weights", np.float32), ("resets", bool))}
+    return all_reduces(step.lower(state, batch).compile().as_text()), params
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

@@ -1,0 +1,69 @@
+"""Data parallelism on 8 fake CPU devices: same losses as 1 device; checkpoints move between
+device counts; exactly one all-reduce per step."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lmscale.training.hlo_stats import all_reduces
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def multi_device_run(tmp_path_factory):
+    from tests.conftest import write_corpus
+    root = tmp_path_factory.mktemp("dp")
+    corpus = write_corpus(root / "corpus")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-m", "tests.training.multi_device_worker", corpus,
+                           str(root / "runs")], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT "):])
+
+
+def _series(d):
+    return np.array([d[str(k)] for k in range(1, 21)])
+
+
+def test_eight_devices_give_the_same_losses_as_one(multi_device_run):
+    one, eight = _series(multi_device_run["d1"]), _series(multi_device_run["d8"])
+    assert len(one) == 20 and one[-1] < one[0]
+    np.testing.assert_allclose(eight, one, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 4])
+def test_checkpoint_from_eight_devices_continues_on_fewer(multi_device_run, n):
+    eight = _series(multi_device_run["d8"])
+    continued = _series(multi_device_run[f"from8_on{n}"])
+    np.testing.assert_allclose(continued, eight, rtol=0, atol=1e-5)
+
+
+def test_per_device_batch_size_sets_the_global_batch(multi_device_run):
+    assert multi_device_run["per_device_batch"] == 8  # 2 per device x 4 devices
+
+
+def test_one_all_reduce_of_the_parameters_per_step(multi_device_run):
+    """The compiled 8-device step has exactly one all-reduce: all gradients + the 2 loss sums."""
+    ops, params = multi_device_run["all_reduces"], multi_device_run["params"]
+    assert [op["elements"] for op in ops] == [params + 2]
+    assert ops[0]["bytes"] == 4 * (params + 2)
+
+
+def test_all_reduce_parser_reads_plain_async_and_tuple_forms():
+    hlo = """
+  %a = f32[10,3]{1,0} all-reduce(f32[10,3]{1,0} %x), channel_id=1, to_apply=%add
+  %b = (bf16[4]{0}, f32[2]{0}) all-reduce(bf16[4]{0} %y, f32[2]{0} %z), to_apply=%add
+  %c = f32[7]{0} all-reduce-start(f32[7]{0} %w), to_apply=%add
+  %d = f32[7]{0} all-reduce-done(f32[7]{0} %c)
+  %e = f32[5]{0} add(f32[5]{0} %p, f32[5]{0} %q)"""
+    assert all_reduces(hlo) == [{"dtype": "f32", "elements": 30, "bytes": 120},
+                                {"dtype": "bf16,f32", "elements": 6, "bytes": 16},
+                                {"dtype": "f32", "elements": 7, "bytes": 28}]

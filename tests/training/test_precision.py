@@ -1,0 +1,110 @@
+"""Mixed precision: the policy, dynamic loss scaling, and float16 steps that overflow."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from lmscale.config import default_config
+from lmscale.models import build_model
+from lmscale.training import mesh as mesh_lib
+from lmscale.training.optimizer import make_optimizer
+from lmscale.training.precision import LossScale, Policy, all_finite
+from lmscale.training.state import create_state
+from lmscale.training.steps import make_train_step
+
+
+def test_policy_parse_and_print():
+    p = Policy.parse("params=float32,compute=bfloat16,output=float32")
+    assert p.compute == jnp.bfloat16 and p.params == jnp.float32
+    assert str(p) == "params=float32,compute=bfloat16,output=float32"
+    assert Policy.from_compute("float16").needs_loss_scaling
+    assert not Policy.from_compute("bfloat16").needs_loss_scaling
+    with pytest.raises(ValueError, match="compute=float8"):
+        Policy.parse("compute=float8")
+
+
+def test_loss_scale_halves_on_overflow_and_grows_after_window():
+    ls = LossScale.create(dynamic=True, initial=8.0, factor=2.0, window=3)
+    ls = ls.update(jnp.asarray(False))
+    assert float(ls.scale) == 4.0 and int(ls.skipped) == 1 and int(ls.good_steps) == 0
+    for expected in (4.0, 4.0, 8.0, 8.0):
+        ls = ls.update(jnp.asarray(True))
+        assert float(ls.scale) == expected
+    assert int(ls.skipped) == 1
+    low = LossScale.create(dynamic=True, initial=1.0)
+    assert float(low.update(jnp.asarray(False)).scale) == 1.0  # never below 1
+    static = LossScale.create(dynamic=False)
+    assert static.update(jnp.asarray(False)) is static and float(static.scale) == 1.0
+
+
+def test_unscale_is_float32_and_all_finite():
+    ls = LossScale.create(dynamic=True, initial=1024.0)
+    grads = {"a": jnp.full((3,), 2048.0, jnp.float16), "b": jnp.ones((2,), jnp.float32) * 512}
+    un = ls.unscale(grads)
+    assert un["a"].dtype == jnp.float32 and np.allclose(un["a"], 2.0) and np.allclose(un["b"], 0.5)
+    assert bool(all_finite(un))
+    assert not bool(all_finite({"a": jnp.asarray([1.0, jnp.inf])}))
+    assert not bool(all_finite({"a": jnp.asarray([jnp.nan])}))
+
+
+def _fp16_setup(initial_scale: float, window: int):
+    cfg = default_config().model
+    cfg.hidden, cfg.embed = 32, 16
+    model = build_model(cfg, 257, rngs=nnx.Rngs(0), dtype=jnp.float16)
+    tx, schedule = make_optimizer(default_config().optim, 100, lr=1e-3)
+    ls = LossScale.create(dynamic=True, initial=initial_scale, factor=2.0, window=window)
+    graphdef, state = create_state(model, tx, 4, seed=0, loss_scale=ls)
+    mesh = mesh_lib.make_mesh(jax.devices()[:1])
+    step = jax.jit(make_train_step(graphdef, tx, schedule, mesh, dropout=False))
+    rng = np.random.default_rng(0)
+    batch = {"inputs": jnp.asarray(rng.integers(1, 257, (4, 8)), jnp.int32),
+             "targets": jnp.asarray(rng.integers(1, 257, (4, 8)), jnp.int32),
+             "weights": jnp.ones((4, 8), jnp.float32), "resets": jnp.zeros((4, 8), bool)}
+    return state, step, batch
+
+
+def test_float16_overflow_skips_the_step_and_halves_the_scale():
+    # S = 2**32 (sentiment-discovery's start): the float16 backward pass overflows.
+    state, step, batch = _fp16_setup(2.0**32, window=1000)
+    new, metrics = step(state, batch)
+    assert not bool(metrics["finite"])
+    assert float(new.loss_scale.scale) == 2.0**31 and int(new.loss_scale.skipped) == 1
+    same = jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), (new.params, new.opt_state),
+                        (state.params, state.opt_state))
+    assert all(jax.tree.leaves(same))  # params and optimizer state unchanged
+    assert int(new.step) == 1 and np.isfinite(float(metrics["loss"]))
+
+
+def test_float16_finite_steps_update_and_grow_the_scale_after_the_window():
+    state, step, batch = _fp16_setup(64.0, window=2)
+    scales = []
+    for _ in range(4):
+        new, metrics = step(state, batch)
+        assert bool(metrics["finite"])
+        changed = jax.tree.leaves(jax.tree.map(lambda a, b: not bool(jnp.array_equal(a, b)),
+                                               new.params, state.params))
+        assert any(changed)
+        state = new
+        scales.append(float(state.loss_scale.scale))
+    assert scales == [64.0, 128.0, 128.0, 256.0]
+    assert int(state.loss_scale.skipped) == 0
+
+
+def test_float16_gradients_match_float32_after_unscaling():
+    """The unscaled float16 gradients agree with float32's to float16 accuracy."""
+    state16, step16, batch = _fp16_setup(2.0**10, window=1000)
+    cfg = default_config().model
+    cfg.hidden, cfg.embed = 32, 16
+    model = build_model(cfg, 257, rngs=nnx.Rngs(0))
+    tx, schedule = make_optimizer(default_config().optim, 100, lr=1e-3)
+    graphdef, state32 = create_state(model, tx, 4, seed=0)
+    step32 = jax.jit(make_train_step(graphdef, tx, schedule, mesh_lib.make_mesh(jax.devices()[:1]),
+                                     dropout=False))
+    _, m16 = step16(state16, batch)
+    _, m32 = step32(state32, batch)
+    assert abs(float(m16["loss"]) - float(m32["loss"])) < 1e-2
+    assert abs(float(m16["grad_norm"]) / float(m32["grad_norm"]) - 1) < 2e-2
