@@ -26,6 +26,7 @@ from flax import nnx
 
 from lmscale.config import default_config
 from lmscale.models import build_model, count_params, flops_per_token
+from lmscale.training import mesh as mesh_lib
 from lmscale.training.optimizer import make_optimizer
 from lmscale.training.state import create_state
 from lmscale.training.steps import make_train_step
@@ -55,7 +56,8 @@ def step_throughput(model_cfg: ml_collections.ConfigDict, batch: int, seq: int, 
     params = count_params(model)
     tx, schedule = make_optimizer(optim, 1000)
     graphdef, state = create_state(model, tx, batch, seed=0)
-    step_fn = jax.jit(make_train_step(graphdef, tx, schedule, dropout=False), donate_argnums=0)
+    mesh = mesh_lib.make_mesh(jax.devices()[:1])
+    step_fn = jax.jit(make_train_step(graphdef, tx, schedule, mesh, dropout=False), donate_argnums=0)
     rng = np.random.default_rng(0)
     data = {"inputs": jnp.asarray(rng.integers(1, VOCAB, (batch, seq)), jnp.int32),
             "targets": jnp.asarray(rng.integers(1, VOCAB, (batch, seq)), jnp.int32),

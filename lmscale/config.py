@@ -11,6 +11,7 @@ with the run in ``WORKDIR/config.json`` under ``"derived"``.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -98,6 +99,17 @@ def default_config() -> ml_collections.ConfigDict:
     c.checkpoint.every = 1000  # steps between checkpoints (also at the end and on SIGTERM/SIGINT)
     c.checkpoint.keep = 3  # most recent checkpoints kept on disk
     return c
+
+
+def config_from_file(path: str) -> ml_collections.ConfigDict:
+    """``get_config()`` of a config file: for configs that build on another one by path."""
+    name = "_lmscale_config_" + os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"cannot load config file {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 def parse_split(split: str) -> tuple[int, int, int]:

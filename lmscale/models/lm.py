@@ -8,7 +8,7 @@ only (no RNG or other nnx state): dropout draws from an explicit ``dropout_key``
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp

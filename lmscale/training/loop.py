@@ -25,17 +25,16 @@ from flax import nnx
 
 from lmscale.config import derive, save_config, validate, with_global_batch
 from lmscale.data.dataset import TokenDataset
-from lmscale.models import build_model, count_params, flops_per_token
+from lmscale.models import flops_per_token
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.checkpoints import Checkpointer, check_same_model
 from lmscale.training.data_source import eval_batcher, resolve_dataset, train_batcher
 from lmscale.training.evaluate import batch_arrays, evaluate
 from lmscale.training.loss import bits_per_char
 from lmscale.training.metrics import MetricsWriter
-from lmscale.training.optimizer import make_optimizer
-from lmscale.training.precision import LossScale, Policy
-from lmscale.training.state import TrainState, create_state, state_shardings, zero_acc
-from lmscale.training.steps import make_eval_step, make_train_step
+from lmscale.training.setup import build_train_setup, jit_train_step
+from lmscale.training.state import zero_acc
+from lmscale.training.steps import make_eval_step
 
 
 def model_signature(config: ml_collections.ConfigDict, tokenizer: dict[str, Any], vocab_size: int
@@ -91,20 +90,14 @@ def train(config: ml_collections.ConfigDict, workdir: str,
            if "val" in dataset.split_names else None)
     vocab_size = dataset.tokenizer.vocab_size
 
-    policy = Policy.from_compute(config.precision.compute)
-    model = build_model(config.model, vocab_size, rngs=nnx.Rngs(config.seed), dtype=policy.compute)
     derived = derive(config, batcher.steps_per_epoch)
+    setup = build_train_setup(config, vocab_size, decay_steps=derived["decay_steps"], lr=derived["lr"])
     derived.update(dataset=os.path.abspath(dataset.path), devices=mesh.size,
-                   processes=jax.process_count(), params=count_params(model),
+                   processes=jax.process_count(), params=setup.num_params,
                    train_flops_per_token=3 * flops_per_token(config.model, vocab_size),
-                   precision=str(policy))
-    tx, schedule = make_optimizer(config.optim, derived["decay_steps"], lr=derived["lr"])
-    p = config.precision
-    loss_scale = LossScale.create(policy.needs_loss_scaling, p.loss_scale_init,
-                                  p.loss_scale_factor, p.loss_scale_window)
-    graphdef, state = create_state(model, tx, config.train.batch_size, config.seed, loss_scale)
-    del model
-    shardings = state_shardings(state, mesh)
+                   precision=str(setup.policy))
+    graphdef, state = setup.graphdef, setup.state
+    train_step, shardings = jit_train_step(setup, mesh, config.model.dropout > 0)
 
     signature = model_signature(config, dataset.tokenizer.to_dict(), vocab_size)
     checkpointer = Checkpointer(workdir, keep=config.checkpoint.keep)
@@ -119,10 +112,6 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 
     rows_sharding = mesh_lib.batch_sharded(mesh)
     replicated = mesh_lib.replicated(mesh)
-    batch_shardings = dict.fromkeys(("inputs", "targets", "weights", "resets"), rows_sharding)
-    train_step = jax.jit(make_train_step(graphdef, tx, schedule, mesh, config.model.dropout > 0),
-                         in_shardings=(shardings, batch_shardings),
-                         out_shardings=(shardings, replicated), donate_argnums=0)
     eval_step = jax.jit(make_eval_step(graphdef))
     train_rows = mesh_lib.local_rows(mesh, config.train.batch_size)
 

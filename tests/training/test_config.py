@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from lmscale.config import ConfigError, default_config, derive, load_config, save_config, validate
+from lmscale.config import (ConfigError, default_config, derive, load_config, save_config, scaled_lr,
+                            validate, with_global_batch)
 from tests.conftest import REPO
 
 
@@ -24,7 +25,38 @@ def test_batch_not_divisible_by_devices_names_both_numbers():
         validate(locked(**{"train.batch_size": 10, "train.eval_batch_size": 8}), num_devices=4)
 
 
+def test_per_device_batch_gives_the_global_batch():
+    c = locked(**{"train.per_device_batch_size": 256, "train.batch_size": 7})
+    validate(c, num_devices=8)  # batch_size is replaced, so 7 is no error
+    resolved = with_global_batch(c, 8)
+    assert resolved.train.batch_size == 2048 and c.train.batch_size == 7
+    with pytest.raises(AttributeError):
+        resolved.train.batch_sizee = 1  # still locked
+
+
+@pytest.mark.parametrize("rule,batch,cap,expected", [
+    ("none", 2048, 0.0, 5e-4),
+    ("linear", 256, 0.0, 1e-3),
+    ("sqrt", 512, 0.0, 1e-3),
+    ("linear", 32768, 3e-3, 3e-3),  # the paper's 32k run: 5e-4 x 256 capped at 3e-3
+    ("sqrt", 32768, 3e-3, 3e-3),
+])
+def test_learning_rate_rules(rule, batch, cap, expected):
+    optim = locked(**{"optim.lr": 5e-4, "optim.base_batch_size": 128, "optim.lr_scaling": rule,
+                      "optim.lr_max": cap}).optim
+    assert scaled_lr(optim, batch) == pytest.approx(expected)
+
+
+def test_derived_lr_uses_the_global_batch():
+    c = with_global_batch(locked(**{"train.per_device_batch_size": 64, "optim.lr_scaling": "linear",
+                                    "optim.lr": 5e-4, "optim.base_batch_size": 128}), 4)
+    d = derive(c, steps_per_epoch=100)
+    assert d["batch_size"] == 256 and d["lr"] == pytest.approx(1e-3)
+
+
 @pytest.mark.parametrize("key,value,match", [
+    ("precision.compute", "float8", "precision.compute"),
+    ("optim.lr_scaling", "cubic", "optim.lr_scaling"),
     ("model.kind", "gru", "model.kind"),
     ("optim.schedule", "exp", "optim.schedule"),
     ("train.seq_len", 0, "train.seq_len"),

@@ -36,3 +36,14 @@ def test_cosine_and_constant():
 def test_unknown_schedule():
     with pytest.raises(ValueError, match="unknown optim.schedule"):
         make_schedule("exp", 1.0, warmup_steps=0, decay_steps=1)
+
+
+def test_slanted_triangular_matches_sentiment_discovery_shape():
+    s = make_schedule("slanted_triangular", 1.0, warmup_steps=0, decay_steps=1000, ratio=100.0,
+                      cut_frac=0.1)
+    np.testing.assert_allclose(float(s(0)), 0.01, rtol=1e-6)  # lr / ratio
+    np.testing.assert_allclose(float(s(50)), 0.01 + 0.99 * 0.5, rtol=1e-6)  # halfway up
+    np.testing.assert_allclose(float(s(100)), 1.0, rtol=1e-6)  # peak at cut_frac * steps
+    np.testing.assert_allclose(float(s(550)), 1.0 - 0.99 * 0.5, rtol=1e-6)  # halfway down
+    np.testing.assert_allclose(float(s(1000)), 0.01, rtol=1e-6)
+    np.testing.assert_allclose(float(s(5000)), 0.01, rtol=1e-6)  # stays at the floor

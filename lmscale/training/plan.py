@@ -1,0 +1,91 @@
+"""Dry run: compile the training step of a config for a device count, without data or weights.
+
+Reports what a user needs before booking a cluster: parameters, FLOPs per token and per
+step, per-device memory from the compiled program's own memory analysis, and the
+collectives each step performs (number and bytes of all-reduces). The state is abstract
+(shapes only), so even the 8192-d model is planned without allocating it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import ml_collections
+
+from lmscale.config import derive, validate, with_global_batch
+from lmscale.models import flops_per_token
+from lmscale.training import mesh as mesh_lib
+from lmscale.training.hlo_stats import all_reduces
+from lmscale.training.setup import BATCH_KEYS, build_train_setup, jit_train_step
+
+BYTE_VOCAB = 257
+
+
+def plan(config: ml_collections.ConfigDict, devices: list[jax.Device] | None = None,
+         vocab_size: int = BYTE_VOCAB) -> dict[str, Any]:
+    """Compiles the step of ``config`` over ``devices`` (default: all) and reports its costs."""
+    mesh = mesh_lib.make_mesh(devices)
+    validate(config, mesh.size)
+    config = with_global_batch(config, mesh.size)
+    derived = derive(config, steps_per_epoch=max(config.train.steps, 1))
+    setup = build_train_setup(config, vocab_size, decay_steps=derived["decay_steps"],
+                              lr=derived["lr"], abstract=True)
+    step, shardings = jit_train_step(setup, mesh, config.model.dropout > 0)
+    batch, seq = config.train.batch_size, config.train.seq_len
+    dtypes = {"inputs": "int32", "targets": "int32", "weights": "float32", "resets": "bool"}
+    rows = mesh_lib.batch_sharded(mesh)
+    abstract_batch = {k: jax.ShapeDtypeStruct((batch, seq), dtypes[k], sharding=rows)
+                      for k in BATCH_KEYS}
+    abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                  setup.state, shardings)
+    compiled = step.lower(abstract_state, abstract_batch).compile()
+    mem = compiled.memory_analysis()
+    reduces = all_reduces(compiled.as_text())
+    fwd = flops_per_token(config.model, vocab_size)
+    per_device = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes \
+        - mem.alias_size_in_bytes
+    return {
+        "model": {"kind": config.model.kind, "hidden": config.model.hidden,
+                  "embed": config.model.embed, "layers": config.model.layers},
+        "params": setup.num_params,
+        "precision": str(setup.policy),
+        "devices": mesh.size,
+        "platform": mesh.devices.flat[0].platform,
+        "global_batch": batch,
+        "per_device_batch": batch // mesh.size,
+        "seq_len": seq,
+        "lr": derived["lr"],
+        "flops_per_token_forward": fwd,
+        "flops_per_token_train": 3 * fwd,
+        "flops_per_step_train": 3 * fwd * batch * seq,
+        "memory_per_device_bytes": {
+            "arguments": mem.argument_size_in_bytes, "outputs": mem.output_size_in_bytes,
+            "temporaries": mem.temp_size_in_bytes, "aliased (donated)": mem.alias_size_in_bytes,
+            "total": per_device},
+        "all_reduces_per_step": len(reduces),
+        "all_reduce_bytes_per_step": sum(int(op["bytes"]) for op in reduces),
+        "all_reduces": reduces,
+        "parameter_bytes_float32": 4 * setup.num_params,
+    }
+
+
+def format_plan(p: dict[str, Any]) -> str:
+    """A human-readable summary of :func:`plan`'s result."""
+    gib = 2.0**30
+    m = p["memory_per_device_bytes"]
+    lines = [
+        f"model          {p['model']['kind']} hidden {p['model']['hidden']} embed {p['model']['embed']} "
+        f"layers {p['model']['layers']}: {p['params'] / 1e6:.1f} M params",
+        f"precision      {p['precision']}",
+        f"devices        {p['devices']} ({p['platform']}); batch {p['global_batch']} global = "
+        f"{p['per_device_batch']} per device x seq {p['seq_len']}; lr {p['lr']:.3g}",
+        f"FLOPs          {p['flops_per_token_forward'] / 1e6:.1f} M/token forward, "
+        f"{p['flops_per_step_train'] / 1e12:.2f} TFLOP per train step",
+        f"memory/device  {m['total'] / gib:.2f} GiB = args {m['arguments'] / gib:.2f} + outputs "
+        f"{m['outputs'] / gib:.2f} + temps {m['temporaries'] / gib:.2f} - donated "
+        f"{m['aliased (donated)'] / gib:.2f}",
+        f"all-reduces    {p['all_reduces_per_step']} per step, "
+        f"{p['all_reduce_bytes_per_step'] / 2**20:.1f} MiB (params: {p['parameter_bytes_float32'] / 2**20:.1f} MiB)",
+    ]
+    return "\n".join(lines)

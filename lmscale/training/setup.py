@@ -1,0 +1,77 @@
+"""From a config to the pieces of a training run: model, optimizer, state, jitted step.
+
+Shared by the training loop and the plan tool, so that what ``plan`` compiles is exactly
+what ``train`` runs. ``abstract=True`` builds the state as shapes only (``jax.eval_shape``),
+so a 8192-d model can be planned without allocating it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from lmscale.models import build_model
+from lmscale.training import mesh as mesh_lib
+from lmscale.training.optimizer import make_optimizer
+from lmscale.training.precision import LossScale, Policy
+from lmscale.training.state import TrainState, create_state, state_shardings
+from lmscale.training.steps import make_train_step
+
+BATCH_KEYS = ("inputs", "targets", "weights", "resets")
+
+
+@dataclasses.dataclass
+class TrainSetup:
+    policy: Policy
+    graphdef: nnx.GraphDef
+    state: TrainState  # concrete (unsharded) or abstract (ShapeDtypeStructs)
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+
+    @property
+    def num_params(self) -> int:
+        return int(sum(x.size for x in jax.tree.leaves(self.state.params)))
+
+
+def build_train_setup(config: ml_collections.ConfigDict, vocab_size: int, *, decay_steps: int,
+                      lr: float, abstract: bool = False) -> TrainSetup:
+    """Model in the config's compute dtype, optax chain, and the initial state.
+
+    ``config.train.batch_size`` must already be the global batch (``with_global_batch``).
+    """
+    policy = Policy.from_compute(config.precision.compute)
+    tx, schedule = make_optimizer(config.optim, decay_steps, lr=lr)
+    p = config.precision
+    loss_scale = LossScale.create(policy.needs_loss_scaling, p.loss_scale_init,
+                                  p.loss_scale_factor, p.loss_scale_window)
+    graphdefs: list[nnx.GraphDef] = []
+
+    def init() -> TrainState:
+        model = build_model(config.model, vocab_size, rngs=nnx.Rngs(config.seed),
+                            dtype=policy.compute)
+        graphdef, state = create_state(model, tx, config.train.batch_size, config.seed, loss_scale)
+        graphdefs.append(graphdef)
+        return state
+
+    state = jax.eval_shape(init) if abstract else init()
+    return TrainSetup(policy=policy, graphdef=graphdefs[0], state=state, tx=tx, schedule=schedule)
+
+
+def jit_train_step(setup: TrainSetup, mesh: Mesh, dropout: bool
+                   ) -> tuple[Callable[..., Any], TrainState]:
+    """The train step jitted over ``mesh`` with explicit shardings and the state donated.
+
+    Returns (step, state shardings).
+    """
+    shardings = state_shardings(setup.state, mesh)
+    rows = mesh_lib.batch_sharded(mesh)
+    step = jax.jit(make_train_step(setup.graphdef, setup.tx, setup.schedule, mesh, dropout),
+                   in_shardings=(shardings, dict.fromkeys(BATCH_KEYS, rows)),
+                   out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=0)
+    return step, shardings
