@@ -39,6 +39,7 @@ class TrainedLM:
     params: Any  # nnx.State of the parameters (replicated over the mesh)
     step: int
     mesh: Mesh
+    workdir: str = ""
 
     def model(self) -> nnx.Module:
         return nnx.merge(self.graphdef, self.params)
@@ -67,7 +68,7 @@ def load_trained(workdir: str, step: int | None = None, mesh: Mesh | None = None
     state = checkpointer.restore(like, state_shardings(like, mesh), step)
     checkpointer.close()
     return TrainedLM(config=config, derived=derived, tokenizer=tokenizer, graphdef=graphdef,
-                     params=state.params, step=step, mesh=mesh)
+                     params=state.params, step=step, mesh=mesh, workdir=os.path.abspath(workdir))
 
 
 def evaluate_data(lm: TrainedLM, data: str, *, split: str = "val", batch_size: int = 16,

@@ -1,0 +1,83 @@
+"""Generate text with a trained LM, optionally holding one unit (the sentiment neuron) fixed.
+
+    python -m lmscale.generate --workdir=runs/sst_lm --prompt="This movie" --length=200 \
+        --temperature=0.8 --top_p=0.95 [--neuron=IDX --neuron_value=1.0]
+
+Prints the samples and writes them, with a heatmap of the unit over each sample
+(PNG and HTML), to --output (default WORKDIR/generate).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from absl import app, flags
+
+from lmscale.cli import parse_flags, run_cli
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A trained (or imported) LM's run directory.")
+_PROMPT = flags.DEFINE_string("prompt", "\n", "Text to continue.")
+_LENGTH = flags.DEFINE_integer("length", 200, "Characters (bytes) to generate.")
+_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Sampling temperature; 0 = greedy.")
+_TOP_K = flags.DEFINE_integer("top_k", 0, "Sample among the k most likely only; 0 = off.")
+_TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass; 1 = off.")
+_SAMPLES = flags.DEFINE_integer("samples", 1, "Independent samples.")
+_SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
+_NEURON = flags.DEFINE_integer("neuron", None, "Unit of the last layer to hold fixed.")
+_VALUE = flags.DEFINE_float("neuron_value", 0.0, "Value the unit is held at.")
+_STATE = flags.DEFINE_enum("neuron_state", "cell", ["cell", "hidden"], "State the unit lives in.")
+_HEATMAP_UNIT = flags.DEFINE_integer("heatmap_unit", None, "Unit shown in the heatmap "
+                                     "(default: --neuron, else the transfer's neuron if known).")
+_OUTPUT = flags.DEFINE_string("output", None, "Output folder; default WORKDIR/generate.")
+flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from lmscale.generation import generate
+    from lmscale.training.restore import load_trained
+    from lmscale.transfer import plots
+    from lmscale.transfer.featurize import unit_trace
+
+    def run() -> dict:
+        lm = load_trained(_WORKDIR.value)
+        texts = generate(lm, _PROMPT.value, _LENGTH.value, temperature=_TEMPERATURE.value,
+                         top_k=_TOP_K.value, top_p=_TOP_P.value, samples=_SAMPLES.value,
+                         seed=_SEED.value, neuron=_NEURON.value, neuron_value=_VALUE.value,
+                         neuron_state=_STATE.value)
+        out = _OUTPUT.value or os.path.join(_WORKDIR.value, "generate")
+        os.makedirs(out, exist_ok=True)
+        record = {"prompt": _PROMPT.value, "neuron": _NEURON.value, "neuron_value": _VALUE.value,
+                  "temperature": _TEMPERATURE.value, "top_k": _TOP_K.value, "top_p": _TOP_P.value,
+                  "samples": texts}
+        with open(os.path.join(out, "samples.json"), "w") as f:
+            json.dump(record, f, indent=2)
+        unit = _HEATMAP_UNIT.value if _HEATMAP_UNIT.value is not None else _NEURON.value
+        if unit is None:
+            unit = _transfer_neuron(_WORKDIR.value)
+        if unit is not None:
+            traces = [unit_trace(lm, t, unit, state=_STATE.value) for t in texts]
+            plots.heatmap_png(texts, traces, os.path.join(out, "heatmap.png"), unit=unit)
+            plots.heatmap_html(texts, traces, os.path.join(out, "heatmap.html"), unit=unit)
+        return {"texts": texts, "output": out}
+
+    result = run_cli(run)
+    for text in result["texts"]:
+        print(text)
+        print("-" * 40)
+    print(f"written to {result['output']}")
+
+
+def _transfer_neuron(workdir: str) -> int | None:
+    """The neuron found by a previous `lmscale.transfer` run in WORKDIR/transfer, if any."""
+    path = os.path.join(workdir, "transfer", "results.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return int(json.load(f)["neuron"]["index"])
+    return None
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,59 @@
+"""Sentiment transfer: classify labeled text with a trained LM's features; find the neuron.
+
+    python -m lmscale.transfer --workdir=runs/sst_lm \
+        --train=../shared/data/sst_binary/train.csv --val=../shared/data/sst_binary/val.csv \
+        --test=../shared/data/sst_binary/test.csv --text_column=sentence --label_column=label
+
+Writes OUTPUT/results.json (accuracies as fractions; ``all_features``, ``neuron``,
+``top_k``, ``baseline``), neuron_histogram.png, weights.png, neuron_heatmap.png/.html.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+from lmscale.cli import parse_flags, run_cli
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A trained (or imported) LM's run directory.")
+_TRAIN = flags.DEFINE_string("train", None, "Labeled training texts: .csv/.jsonl or tfds:NAME/SPLIT.")
+_VAL = flags.DEFINE_string("val", None, "Labeled validation texts (chooses C).")
+_TEST = flags.DEFINE_string("test", None, "Labeled test texts (optional).")
+_TEXT = flags.DEFINE_string("text_column", "sentence", "Column/field holding the text.")
+_LABEL = flags.DEFINE_string("label_column", "label", "Column/field holding the 0/1 label.")
+_OUTPUT = flags.DEFINE_string("output", None, "Output folder; default WORKDIR/transfer.")
+_STATE = flags.DEFINE_enum("state", "cell", ["cell", "hidden"], "Which RNN state to take.")
+_POOLING = flags.DEFINE_enum("pooling", "last", ["last", "mean", "max", "min"],
+                             "Pooling over the text: the state after the last character, or mean/max/min.")
+_ALL_LAYERS = flags.DEFINE_bool("all_layers", False, "Concatenate the states of all layers.")
+_BASELINE = flags.DEFINE_enum("baseline", "words", ["words", "chars", "none"],
+                              "n-gram baseline computed on the same splits.")
+_BATCH = flags.DEFINE_integer("batch_size", 64, "Texts featurized in parallel.")
+flags.mark_flags_as_required(["workdir", "train", "val"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from lmscale.transfer.run import run_transfer
+
+    r = run_cli(lambda: run_transfer(
+        _WORKDIR.value, _TRAIN.value, _VAL.value, _TEST.value, text_column=_TEXT.value,
+        label_column=_LABEL.value, output=_OUTPUT.value, state=_STATE.value,
+        pooling=_POOLING.value, all_layers=_ALL_LAYERS.value, baseline=_BASELINE.value,
+        batch_size=_BATCH.value, progress=sys.stderr.isatty()))
+    pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"
+    a, n = r["all_features"], r["neuron"]
+    print(f"all {r['features']['dimensions']} features: test {pct(a['test_accuracy'])} "
+          f"(val {pct(a['val_accuracy'])}, C={a['C']:g}, {a['nonzero_weights']} non-zero weights)")
+    print(f"neuron {n['index']} (sign {n['sign']:+d}) alone: test {pct(n['test_accuracy'])} "
+          f"(val {pct(n['val_accuracy'])})")
+    if "baseline" in r:
+        b = r["baseline"]
+        print(f"baseline {b['features']}: test {pct(b['test_accuracy'])} (val {pct(b['val_accuracy'])})")
+    print(f"results and plots in {r['plots']['histogram'].rsplit('/', 1)[0]}")
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

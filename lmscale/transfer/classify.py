@@ -1,0 +1,104 @@
+"""L1-regularized logistic regression on features, and the search for the sentiment neuron.
+
+The recipe of Radford et al. (2017): fit an L1 logistic regression for each C of a log
+grid, keep the C with the best validation accuracy; the L1 penalty makes most weights
+zero, and ranking units by |weight| finds the few that carry the label. The top unit is
+the "sentiment neuron"; re-fitting on the top k units for k = 1, 2, 4, ... shows how much
+of the accuracy a handful of units hold. scikit-learn does the fitting (liblinear).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import numpy as np
+import sklearn
+from sklearn.linear_model import LogisticRegression
+
+C_GRID: tuple[float, ...] = tuple(float(c) for c in 2.0 ** np.arange(-8, 4))  # 2^-8 ... 2^3
+
+
+def l1_logistic_regression(C: float, seed: int = 0) -> LogisticRegression:
+    """An unfitted L1 logistic regression (liblinear), spelled for old and new scikit-learn."""
+    major, minor = (int(x) for x in sklearn.__version__.split(".")[:2])
+    if (major, minor) >= (1, 8):  # `penalty` is deprecated from 1.8: l1_ratio=1 is pure L1
+        return LogisticRegression(C=C, l1_ratio=1.0, solver="liblinear", random_state=seed,
+                                  max_iter=1000)
+    return LogisticRegression(C=C, penalty="l1", solver="liblinear", random_state=seed,
+                              max_iter=1000)
+
+
+@dataclasses.dataclass
+class Fit:
+    """The chosen model and its accuracies (fractions in [0, 1]; None without that split)."""
+    C: float
+    model: LogisticRegression
+    train_accuracy: float
+    val_accuracy: float
+    test_accuracy: float | None
+    nonzero: int
+    val_accuracy_by_C: dict[float, float]
+
+    @property
+    def coef(self) -> np.ndarray:
+        """Weights [F] (binary task)."""
+        return self.model.coef_[0]
+
+    def summary(self) -> dict[str, Any]:
+        return {"C": self.C, "train_accuracy": self.train_accuracy,
+                "val_accuracy": self.val_accuracy, "test_accuracy": self.test_accuracy,
+                "nonzero_weights": self.nonzero,
+                "val_accuracy_by_C": {f"{c:g}": a for c, a in self.val_accuracy_by_C.items()}}
+
+
+def fit_l1(x_train: Any, y_train: np.ndarray, x_val: Any, y_val: np.ndarray,
+           x_test: Any = None, y_test: np.ndarray | None = None, *,
+           Cs: Sequence[float] = C_GRID, seed: int = 0) -> Fit:
+    """Fits one model per C on train, keeps the best on val (ties: the smaller C, sparser)."""
+    best, by_c = None, {}
+    for C in Cs:
+        model = l1_logistic_regression(C, seed).fit(x_train, y_train)
+        acc = float(model.score(x_val, y_val))
+        by_c[float(C)] = acc
+        if best is None or acc > best[1]:
+            best = (float(C), acc, model)
+    C, val_acc, model = best
+    test_acc = None if x_test is None else float(model.score(x_test, y_test))
+    return Fit(C=C, model=model, train_accuracy=float(model.score(x_train, y_train)),
+               val_accuracy=val_acc, test_accuracy=test_acc,
+               nonzero=int(np.count_nonzero(model.coef_)), val_accuracy_by_C=by_c)
+
+
+def ranked_units(fit: Fit) -> np.ndarray:
+    """Unit indices by decreasing |weight| (ties by index)."""
+    return np.argsort(-np.abs(fit.coef), kind="stable")
+
+
+def top_k_sweep(fit: Fit, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
+                y_val: np.ndarray, x_test: np.ndarray | None = None,
+                y_test: np.ndarray | None = None, *, Cs: Sequence[float] = C_GRID,
+                seed: int = 0) -> list[dict[str, Any]]:
+    """Refits on the top k units by |weight|, k = 1, 2, 4, ... up to the non-zero count."""
+    order = ranked_units(fit)
+    limit = max(1, min(fit.nonzero, x_train.shape[1]))
+    results, k = [], 1
+    while k <= limit:
+        units = order[:k]
+        sub = fit_l1(x_train[:, units], y_train, x_val[:, units], y_val,
+                     None if x_test is None else x_test[:, units], y_test, Cs=Cs, seed=seed)
+        results.append({"k": k, "units": [int(u) for u in units], **sub.summary()})
+        k *= 2
+    return results
+
+
+def neuron_summary(fit: Fit, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
+                   y_val: np.ndarray, x_test: np.ndarray | None = None,
+                   y_test: np.ndarray | None = None, *, Cs: Sequence[float] = C_GRID,
+                   seed: int = 0) -> dict[str, Any]:
+    """The top unit: index, sign of its weight, and the accuracy of a classifier on it alone."""
+    unit = int(ranked_units(fit)[0])
+    alone = fit_l1(x_train[:, [unit]], y_train, x_val[:, [unit]], y_val,
+                   None if x_test is None else x_test[:, [unit]], y_test, Cs=Cs, seed=seed)
+    return {"index": unit, "sign": int(np.sign(fit.coef[unit])), "weight": float(fit.coef[unit]),
+            **{k: v for k, v in alone.summary().items() if k != "val_accuracy_by_C"}}

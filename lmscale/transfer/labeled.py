@@ -1,0 +1,143 @@
+"""Labeled text for classification: CSV / JSONL files, or TFDS data sets (optional extra).
+
+``load_labeled("train.csv", text_column="sentence", label_column="label")`` returns the
+texts and their labels. Several label columns (comma separated) give multi-label data
+[N, K]. Errors name the file, the row and what is there instead.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import sys
+from typing import Any
+
+import numpy as np
+
+from lmscale.data.errors import DataError
+
+
+@dataclasses.dataclass
+class Labeled:
+    """texts [N]; labels int64 [N] (one column) or [N, K] (several); the source, for messages."""
+    texts: list[str]
+    labels: np.ndarray
+    source: str
+    label_names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def load_labeled(spec: str, *, text_column: str = "sentence", label_column: str = "label") -> Labeled:
+    """Reads ``spec``: a .csv/.tsv/.jsonl file, or ``tfds:NAME/SPLIT`` (tensorflow-datasets)."""
+    label_names = [c.strip() for c in label_column.split(",") if c.strip()]
+    if not label_names:
+        raise DataError("no label column given")
+    if spec.startswith("tfds:"):
+        texts, rows = _read_tfds(spec[len("tfds:"):], text_column, label_names)
+    else:
+        if not os.path.exists(spec):
+            raise DataError(f"{spec}: no such file")
+        ext = os.path.splitext(spec)[1].lower()
+        if ext in (".csv", ".tsv"):
+            texts, rows = _read_csv(spec, text_column, label_names, "\t" if ext == ".tsv" else ",")
+        elif ext in (".jsonl", ".json"):
+            texts, rows = _read_jsonl(spec, text_column, label_names)
+        else:
+            raise DataError(f"{spec}: unsupported file type {ext!r}; expected .csv, .tsv or .jsonl "
+                            "(or tfds:NAME/SPLIT)")
+    if not texts:
+        raise DataError(f"{spec}: no rows")
+    for i, text in enumerate(texts):
+        if not text.strip():
+            raise DataError(f"{spec}: row {i + 1} has an empty {text_column!r}; every text needs "
+                            "at least one character")
+    labels = np.asarray(rows, dtype=np.int64)
+    if labels.shape[1] == 1:
+        labels = labels[:, 0]
+    return Labeled(texts=texts, labels=labels, source=spec, label_names=label_names)
+
+
+def require_binary(data: Labeled, label_column: str) -> None:
+    """Raises unless ``data`` has one label column with exactly the values {0, 1}."""
+    if data.labels.ndim != 1:
+        raise DataError(f"{data.source}: {len(data.label_names)} label columns given; this needs "
+                        "one binary label column")
+    values = sorted(set(int(v) for v in np.unique(data.labels)))
+    if values != [0, 1]:
+        raise DataError(f"{data.source}: label column {label_column!r} has values {values[:10]}; "
+                        "binary classification needs exactly two classes, 0 and 1")
+
+
+def _label(value: Any, where: str, column: str) -> int:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: label {column!r} is {value!r}, not a number") from None
+    if f != int(f):
+        raise DataError(f"{where}: label {column!r} is {value!r}, not an integer class")
+    return int(f)
+
+
+def _read_csv(path: str, text_column: str, label_names: list[str], delimiter: str
+              ) -> tuple[list[str], list[list[int]]]:
+    csv.field_size_limit(sys.maxsize)
+    texts, rows = [], []
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f, delimiter=delimiter)
+            fields = list(reader.fieldnames or [])
+            for col in [text_column, *label_names]:
+                if col not in fields:
+                    raise DataError(f"{path}: no column {col!r}; columns are {fields}")
+            for i, row in enumerate(reader, start=2):
+                texts.append(row[text_column] or "")
+                rows.append([_label(row[c], f"{path}:{i}", c) for c in label_names])
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid UTF-8 ({e})") from None
+    except csv.Error as e:
+        raise DataError(f"{path}: bad CSV ({e})") from None
+    return texts, rows
+
+
+def _read_jsonl(path: str, text_field: str, label_names: list[str]) -> tuple[list[str], list[list[int]]]:
+    texts, rows = [], []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{i}: bad JSON ({e.msg})") from None
+            for key in [text_field, *label_names]:
+                if key not in obj:
+                    raise DataError(f"{path}:{i}: no field {key!r}; keys are {sorted(obj)}")
+            if not isinstance(obj[text_field], str):
+                raise DataError(f"{path}:{i}: field {text_field!r} is not a string")
+            texts.append(obj[text_field])
+            rows.append([_label(obj[k], f"{path}:{i}", k) for k in label_names])
+    return texts, rows
+
+
+def _read_tfds(name: str, text_key: str, label_names: list[str]) -> tuple[list[str], list[list[int]]]:
+    """``NAME/SPLIT`` (e.g. ``glue/sst2/validation``: the last part is the split)."""
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise DataError("tfds: data needs the optional extra: pip install 'lmscale[tfds]'") from None
+    dataset_name, _, split = name.rpartition("/")
+    if not dataset_name:
+        raise DataError(f"tfds:{name}: expected tfds:NAME/SPLIT, e.g. tfds:glue/sst2/validation")
+    texts, rows = [], []
+    for ex in tfds.as_numpy(tfds.load(dataset_name, split=split)):
+        for key in [text_key, *label_names]:
+            if key not in ex:
+                raise DataError(f"tfds:{name}: no feature {key!r}; features are {sorted(ex)}")
+        text = ex[text_key]
+        texts.append(text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text))
+        rows.append([int(ex[k]) for k in label_names])
+    return texts, rows

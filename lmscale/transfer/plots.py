@@ -1,0 +1,112 @@
+"""Pictures of the sentiment neuron: class histograms, classifier weights, character heatmaps.
+
+matplotlib with the headless Agg backend (works on servers and in CI); PNG files, and
+the heatmap also as a standalone HTML page (inline styles, no scripts).
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def neuron_histogram(values: np.ndarray, labels: np.ndarray, path: str, *, unit: int,
+                     class_names: Sequence[str] = ("negative", "positive")) -> None:
+    """Overlaid histograms of one unit's feature value per class."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    bins = np.histogram_bin_edges(values, bins=40)
+    for cls, name, color in zip((0, 1), class_names, ("tab:red", "tab:green")):
+        ax.hist(values[labels == cls], bins=bins, alpha=0.55, color=color,
+                label=f"{name} ({int(np.sum(labels == cls))})")
+    ax.set_xlabel(f"unit {unit} value")
+    ax.set_ylabel("texts")
+    ax.set_title(f"Unit {unit} by class")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def weights_plot(coef: np.ndarray, path: str, *, top: int = 5) -> None:
+    """The logistic-regression weight of every unit, the largest |weights| labeled."""
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    units = np.arange(len(coef))
+    ax.bar(units, coef, width=1.0, color="tab:blue")
+    for u in np.argsort(-np.abs(coef))[:top]:
+        if coef[u] != 0:
+            ax.annotate(str(int(u)), (u, coef[u]), textcoords="offset points",
+                        xytext=(0, 4 if coef[u] > 0 else -12), ha="center", fontsize=8)
+    ax.axhline(0, color="black", linewidth=0.5)
+    ax.set_xlabel("unit")
+    ax.set_ylabel("weight")
+    ax.set_title(f"L1 logistic regression weights ({int(np.count_nonzero(coef))} of {len(coef)} non-zero)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _colors(values: np.ndarray, scale: float) -> np.ndarray:
+    """RGBA [T, 4] on a red (negative) - white - green (positive) map, symmetric around 0."""
+    cmap = plt.get_cmap("RdYlGn")
+    return cmap(np.clip(0.5 + 0.5 * values / max(scale, 1e-8), 0.0, 1.0))
+
+
+def heatmap_png(texts: Sequence[str], traces: Sequence[np.ndarray], path: str, *, unit: int,
+                width: int = 80) -> None:
+    """Each text's characters on a grid, colored by the unit's value after that character.
+
+    ``traces[i]`` has one value per UTF-8 byte of ``texts[i]``; a character takes the
+    value after its last byte.
+    """
+    rows: list[tuple[str, np.ndarray]] = []
+    for text, trace in zip(texts, traces):
+        chars, vals = _per_char(text, trace)
+        for s in range(0, max(len(chars), 1), width):
+            rows.append((chars[s:s + width], vals[s:s + width]))
+        rows.append(("", np.zeros(0)))
+    scale = max((np.max(np.abs(t)) for t in traces if len(t)), default=1.0)
+    fig_h = 0.28 * len(rows) + 0.6
+    fig, ax = plt.subplots(figsize=(width * 0.11 + 0.4, fig_h))
+    ax.set_xlim(0, width)
+    ax.set_ylim(len(rows), 0)
+    ax.axis("off")
+    for r, (chars, vals) in enumerate(rows):
+        for c, (ch, color) in enumerate(zip(chars, _colors(vals, scale))):
+            ax.add_patch(plt.Rectangle((c, r), 1, 1, color=color, linewidth=0))
+            ax.text(c + 0.5, r + 0.55, ch if ch.isprintable() else " ", ha="center",
+                    va="center", fontsize=7, family="monospace")
+    ax.set_title(f"unit {unit}: red = negative, green = positive", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def heatmap_html(texts: Sequence[str], traces: Sequence[np.ndarray], path: str, *, unit: int) -> None:
+    """The same heatmap as a standalone HTML page (hover a character for its value)."""
+    scale = max((np.max(np.abs(t)) for t in traces if len(t)), default=1.0)
+    parts = [f"<!doctype html><meta charset='utf-8'><title>unit {unit}</title>",
+             "<body style='font-family:monospace;max-width:60em'>",
+             f"<h3>unit {unit}: red = negative, green = positive</h3>"]
+    for text, trace in zip(texts, traces):
+        chars, vals = _per_char(text, trace)
+        spans = []
+        for ch, v, rgba in zip(chars, vals, _colors(vals, scale)):
+            r, g, b = (int(255 * x) for x in rgba[:3])
+            spans.append(f"<span title='{v:.3f}' style='background:rgb({r},{g},{b})'>"
+                         f"{html.escape(ch)}</span>")
+        parts.append("<p>" + "".join(spans) + "</p>")
+    parts.append("</body>")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(parts))
+
+
+def _per_char(text: str, trace: np.ndarray) -> tuple[str, np.ndarray]:
+    """Characters of ``text`` and, for each, the trace value after its last UTF-8 byte."""
+    ends = np.cumsum([len(ch.encode("utf-8")) for ch in text]) - 1
+    return text, np.asarray(trace)[ends] if len(text) else np.zeros(0)

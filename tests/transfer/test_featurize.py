@@ -1,0 +1,75 @@
+"""Featurization against running the LM one character at a time, text by text."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from lmscale.data.errors import DataError
+from lmscale.transfer.featurize import cached_featurize, featurize, unit_trace
+from tests.transfer.conftest import random_lm
+
+TEXTS = ["a", "short one", "a somewhat longer text, with punctuation!",
+         "x" * 37, "héllo wörld — unicode", "mid length text here", "zz"]
+
+
+@functools.lru_cache(maxsize=None)
+def _one_step(graphdef):
+    return jax.jit(lambda params, token, carry: nnx.merge(graphdef, params)(token, carry)[1])
+
+
+def step_by_step(lm, text):
+    """Per layer (h, c) after each character: fed one byte at a time, one text alone."""
+    model = nnx.merge(lm.graphdef, lm.params)
+    carry = model.initial_carry(1)
+    step = _one_step(lm.graphdef)
+    hs, cs = [], []
+    for token in lm.tokenizer.encode(text):
+        carry = step(lm.params, jnp.asarray([[int(token)]], jnp.int32), carry)
+        hs.append(np.stack([np.asarray(h[0]) for h, _ in carry]))
+        cs.append(np.stack([np.asarray(c[0]) for _, c in carry]))
+    return np.stack(hs), np.stack(cs)  # [T, L, H]
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_last_state_equals_step_by_step_for_mixed_lengths(layers):
+    lm = random_lm(layers=layers)
+    # chunk 8 < several lengths: states carried across chunks; batch 4: several batches
+    feats = featurize(lm, TEXTS, batch_size=4, chunk=8, all_layers=True)
+    hidden_feats = featurize(lm, TEXTS, batch_size=4, chunk=8, state="hidden")
+    for i, text in enumerate(TEXTS):
+        hs, cs = step_by_step(lm, text)
+        np.testing.assert_allclose(feats[i], cs[-1].reshape(-1), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(hidden_feats[i], hs[-1, -1], rtol=1e-5, atol=1e-5)
+    assert np.abs(feats).max() > 0.05  # not trivially zero
+
+
+@pytest.mark.parametrize("pooling,reduce", [("mean", np.mean), ("max", np.max), ("min", np.min)])
+def test_pooling_over_the_text(pooling, reduce):
+    lm = random_lm()
+    feats = featurize(lm, TEXTS, pooling=pooling, batch_size=4, chunk=8)
+    for i, text in enumerate(TEXTS):
+        _, cs = step_by_step(lm, text)
+        np.testing.assert_allclose(feats[i], reduce(cs[:, -1], axis=0), rtol=1e-5, atol=1e-5)
+
+
+def test_unit_trace_and_cache(tmp_path):
+    lm = random_lm()
+    _, cs = step_by_step(lm, TEXTS[2])
+    np.testing.assert_allclose(unit_trace(lm, TEXTS[2], 3), cs[:, -1, 3], rtol=1e-5, atol=1e-5)
+    a = cached_featurize(lm, TEXTS, str(tmp_path), batch_size=4)
+    assert len(list(tmp_path.iterdir())) == 1
+    b = cached_featurize(lm, TEXTS, str(tmp_path), batch_size=8)  # batch size is not part of the key
+    np.testing.assert_array_equal(a, b)
+    cached_featurize(lm, TEXTS, str(tmp_path), pooling="mean")
+    assert len(list(tmp_path.iterdir())) == 2
+
+
+def test_empty_text_is_an_error():
+    with pytest.raises(DataError, match="text 1 is empty"):
+        featurize(random_lm(), ["fine", ""])
