@@ -57,3 +57,15 @@ def corpus(tmp_path: Path) -> str:
 def _quiet_jax(monkeypatch):
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+@pytest.fixture(scope="session")
+def sst_run(tmp_path_factory) -> str:
+    """A tiny mLSTM trained for 20 steps on SST train text: a real workdir for transfer tests."""
+    from lmscale.training.loop import train
+    workdir = str(tmp_path_factory.mktemp("sst_lm") / "run")
+    sst = SHARED_DATA / "sst_binary"
+    config = tiny_config(f"{sst}/train.csv", **{"data.text_column": "sentence", "data.split": "8,1,0",
+                                                "data.shard_tokens": 65536, "train.steps": 20})
+    train(config, workdir)
+    return workdir

@@ -78,12 +78,12 @@ def ranked_units(fit: Fit) -> np.ndarray:
 def top_k_sweep(fit: Fit, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
                 y_val: np.ndarray, x_test: np.ndarray | None = None,
                 y_test: np.ndarray | None = None, *, Cs: Sequence[float] = C_GRID,
-                seed: int = 0) -> list[dict[str, Any]]:
-    """Refits on the top k units by |weight|, k = 1, 2, 4, ... up to the non-zero count."""
+                seed: int = 0, max_k: int = 512) -> list[dict[str, Any]]:
+    """Refits on the top k units by |weight|, k = 1, 2, 4, ... below the feature count
+    (and up to ``max_k``; the all-features fit is the last point of the curve)."""
     order = ranked_units(fit)
-    limit = max(1, min(fit.nonzero, x_train.shape[1]))
     results, k = [], 1
-    while k <= limit:
+    while k < x_train.shape[1] and k <= max_k:
         units = order[:k]
         sub = fit_l1(x_train[:, units], y_train, x_val[:, units], y_val,
                      None if x_test is None else x_test[:, units], y_test, Cs=Cs, seed=seed)

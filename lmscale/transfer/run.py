@@ -28,13 +28,13 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
 
     ``output`` defaults to WORKDIR/transfer. Features are cached in WORKDIR/features.
     """
-    lm = lm or load_trained(workdir)
-    output = output or os.path.join(workdir, "transfer")
-    splits: dict[str, Labeled] = {}
+    splits: dict[str, Labeled] = {}  # read and checked first: bad input fails before any work
     for name, spec in (("train", train), ("val", val), ("test", test)):
         if spec:
             splits[name] = load_labeled(spec, text_column=text_column, label_column=label_column)
             require_binary(splits[name], label_column)
+    lm = lm or load_trained(workdir)
+    output = output or os.path.join(workdir, "transfer")
     os.makedirs(output, exist_ok=True)
 
     options = dict(state=state, pooling=pooling, all_layers=all_layers, batch_size=batch_size,

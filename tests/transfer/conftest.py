@@ -1,9 +1,8 @@
-"""Small LMs for transfer tests: random-weight ones built in memory, and one trained on SST."""
+"""Small random-weight LMs built in memory for transfer and generation tests."""
 
 from __future__ import annotations
 
 import jax
-import pytest
 from flax import nnx
 
 from lmscale.config import default_config
@@ -11,7 +10,7 @@ from lmscale.data.tokenizer import ByteTokenizer
 from lmscale.models import build_model
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.restore import TrainedLM
-from tests.conftest import SHARED_DATA, tiny_config
+from tests.conftest import SHARED_DATA
 
 
 def random_lm(kind: str = "mlstm", layers: int = 1, hidden: int = 16, seed: int = 0) -> TrainedLM:
@@ -27,15 +26,3 @@ def random_lm(kind: str = "mlstm", layers: int = 1, hidden: int = 16, seed: int 
 
 
 SST = SHARED_DATA / "sst_binary"
-
-
-@pytest.fixture(scope="session")
-def sst_run(tmp_path_factory) -> str:
-    """A tiny mLSTM trained for a few steps on SST train text: a real workdir."""
-    from lmscale.training.loop import train
-    workdir = str(tmp_path_factory.mktemp("sst_lm") / "run")
-    config = tiny_config(f"{SST}/train.csv", **{"data.text_column": "sentence", "data.split": "8,1,0",
-                                                "data.shard_tokens": 65536, "train.steps": 20,
-                                                "model.hidden": 32})
-    train(config, workdir)
-    return workdir

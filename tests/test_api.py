@@ -1,0 +1,32 @@
+"""The notebook API on a real (tiny) trained run: score, featurize, generate."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+from flax import nnx
+
+import lmscale
+from lmscale.transfer.featurize import featurize
+
+
+def test_load_lm_score_featurize_generate(sst_run):
+    lm = lmscale.load_lm(sst_run)
+    texts = ["a fine, moving film.", "zq", "the plot is thin and the acting is worse"]
+    bpc = lm.score(texts)
+    # Reference: each text alone, nats of bytes 2..n given the ones before.
+    model = nnx.merge(lm.trained.graphdef, lm.trained.params)
+    for text, got in zip(texts, bpc):
+        ids = lm.trained.tokenizer.encode(text).astype(np.int32)
+        logits, _ = model(ids[None, :-1], None)
+        logp = np.asarray(jax.nn.log_softmax(logits[0], axis=-1))
+        nats = -logp[np.arange(len(ids) - 1), ids[1:]].sum()
+        np.testing.assert_allclose(got, nats / (len(ids) - 1) / math.log(2), rtol=1e-5)
+    assert bpc[0] < bpc[1] or bpc[0] < 8  # English-like text scores better than noise
+    feats = lm.featurize(texts)
+    np.testing.assert_array_equal(feats, featurize(lm.trained, texts))
+    assert feats.shape == (3, lm.hidden)
+    [sample] = lm.generate("The ", 20, temperature=0.0)
+    assert sample.startswith("The ") and len(sample.encode()) >= 24

@@ -1,0 +1,50 @@
+"""The L1 path against scikit-learn called directly, and the neuron search on planted data."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+from lmscale.transfer.classify import C_GRID, fit_l1, neuron_summary, ranked_units, top_k_sweep
+
+
+def planted(n=600, f=40, unit=7, seed=0):
+    """Features where unit ``unit`` carries the label (negatively), a few others weakly."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    x = rng.normal(size=(n, f)).astype(np.float32)
+    x[:, unit] -= 2.0 * (y - 0.5) * 2
+    x[:, 3] += 0.4 * (y - 0.5)
+    return x, y
+
+
+def test_fit_l1_matches_sklearn_called_directly():
+    x, y = planted()
+    xtr, ytr, xva, yva, xte, yte = x[:300], y[:300], x[300:450], y[300:450], x[450:], y[450:]
+    fit = fit_l1(xtr, ytr, xva, yva, xte, yte)
+    # By hand: every C of the grid, the best validation accuracy (first on ties).
+    best = None
+    for C in C_GRID:
+        m = LogisticRegression(C=C, l1_ratio=1.0, solver="liblinear", random_state=0,
+                               max_iter=1000).fit(xtr, ytr)
+        acc = m.score(xva, yva)
+        assert fit.val_accuracy_by_C[C] == acc
+        if best is None or acc > best[1]:
+            best = (C, acc, m)
+    C, acc, m = best
+    assert fit.C == C and fit.val_accuracy == acc
+    np.testing.assert_array_equal(fit.coef, m.coef_[0])
+    assert fit.test_accuracy == m.score(xte, yte) and fit.train_accuracy == m.score(xtr, ytr)
+    assert fit.nonzero == np.count_nonzero(m.coef_)
+    assert fit.nonzero < x.shape[1]  # L1 zeroes most of the noise units
+
+
+def test_neuron_is_the_planted_unit_with_its_sign():
+    x, y = planted(unit=7)
+    fit = fit_l1(x[:400], y[:400], x[400:500], y[400:500], x[500:], y[500:])
+    assert ranked_units(fit)[0] == 7
+    neuron = neuron_summary(fit, x[:400], y[:400], x[400:500], y[400:500], x[500:], y[500:])
+    assert neuron["index"] == 7 and neuron["sign"] == -1
+    assert neuron["test_accuracy"] > 0.9
+    sweep = top_k_sweep(fit, x[:400], y[:400], x[400:500], y[400:500], x[500:], y[500:])
+    assert [s["k"] for s in sweep][:3] == [1, 2, 4] and sweep[0]["units"] == [7]

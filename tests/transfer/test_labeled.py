@@ -1,0 +1,61 @@
+"""Labeled data loading and its one-line errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lmscale.data.errors import DataError
+from lmscale.transfer.labeled import load_labeled, require_binary
+from tests.transfer.conftest import SST
+
+
+def test_reads_sst_and_semeval_multilabel():
+    d = load_labeled(str(SST / "val.csv"))
+    assert len(d) == 872 and set(np.unique(d.labels)) == {0, 1}
+    require_binary(d, "label")
+    sem = load_labeled(str(SST.parent / "semeval2018_ec" / "val.csv"), text_column="Tweet",
+                       label_column="anger,joy,fear")
+    assert sem.labels.shape == (886, 3)
+    with pytest.raises(DataError, match="3 label columns"):
+        require_binary(sem, "anger,joy,fear")
+
+
+def test_jsonl(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text('{"text": "good", "y": 1}\n{"text": "bad", "y": 0}\n')
+    d = load_labeled(str(p), text_column="text", label_column="y")
+    assert d.texts == ["good", "bad"] and d.labels.tolist() == [1, 0]
+    with pytest.raises(DataError, match=r"d.jsonl:1: no field 'label'; keys are \['text', 'y'\]"):
+        load_labeled(str(p), text_column="text", label_column="label")
+
+
+def test_missing_column_lists_the_columns():
+    with pytest.raises(DataError, match=r"no column 'review'; columns are \['label', 'sentence'\]"):
+        load_labeled(str(SST / "val.csv"), text_column="review")
+
+
+def test_empty_text_and_non_binary_labels(tmp_path):
+    p = tmp_path / "e.csv"
+    p.write_text('sentence,label\ngood,1\n"",0\n')
+    with pytest.raises(DataError, match="row 2 has an empty 'sentence'"):
+        load_labeled(str(p))
+    q = tmp_path / "three.csv"
+    q.write_text("sentence,label\na,0\nb,1\nc,2\n")
+    with pytest.raises(DataError, match=r"has values \[0, 1, 2\]; binary classification needs exactly two"):
+        require_binary(load_labeled(str(q)), "label")
+    r = tmp_path / "words.csv"
+    r.write_text("sentence,label\na,pos\n")
+    with pytest.raises(DataError, match="label 'label' is 'pos', not a number"):
+        load_labeled(str(r))
+
+
+def test_missing_file_and_tfds_without_the_extra(tmp_path):
+    with pytest.raises(DataError, match="nope.csv: no such file"):
+        load_labeled(str(tmp_path / "nope.csv"))
+    pytest.importorskip  # tensorflow_datasets is an optional extra, absent in CI
+    try:
+        import tensorflow_datasets  # noqa: F401
+    except ImportError:
+        with pytest.raises(DataError, match=r"pip install 'lmscale\[tfds\]'"):
+            load_labeled("tfds:glue/sst2/validation")

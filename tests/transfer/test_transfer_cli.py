@@ -1,0 +1,71 @@
+"""The transfer tool end to end on SST with a (tiny) trained LM, and its one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import matplotlib.image
+import pytest
+
+from tests.conftest import REPO
+from tests.transfer.conftest import SST
+
+
+def run_tool(*args):
+    return subprocess.run([sys.executable, "-m", "lmscale.transfer", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_transfer_end_to_end_on_sst(sst_run, tmp_path):
+    out = tmp_path / "transfer"
+    proc = run_tool(f"--workdir={sst_run}", f"--train={SST}/train.csv", f"--val={SST}/val.csv",
+                    f"--test={SST}/test.csv", f"--output={out}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "neuron" in proc.stdout and "baseline" in proc.stdout
+    r = json.loads((out / "results.json").read_text())
+    for key in ("train_accuracy", "val_accuracy", "test_accuracy"):
+        assert 0.0 <= r["all_features"][key] <= 1.0
+    assert 0 <= r["neuron"]["index"] < 32 and 0.0 <= r["neuron"]["test_accuracy"] <= 1.0
+    assert r["baseline"]["test_accuracy"] > 0.7  # bag of words on SST: ~0.78
+    assert r["data"]["test"]["texts"] == 1821 and r["features"]["dimensions"] == 32
+    assert [t["k"] for t in r["top_k"]] == [1, 2, 4, 8, 16]
+    for name in ("neuron_histogram.png", "weights.png", "neuron_heatmap.png"):
+        image = matplotlib.image.imread(out / name)
+        assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+    assert "<span title=" in (out / "neuron_heatmap.html").read_text()
+    # The features were cached in the run: a second run does not featurize again.
+    again = run_tool(f"--workdir={sst_run}", f"--train={SST}/train.csv", f"--val={SST}/val.csv",
+                     f"--output={tmp_path / 'again'}", "--baseline=none")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads((tmp_path / "again" / "results.json").read_text())["neuron"] == {
+        k: v for k, v in r["neuron"].items() if k != "test_accuracy"} | {"test_accuracy": None}
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--label_column=stars"], "no column 'stars'; columns are ['label', 'sentence']"),
+    (["--train={semeval}"], "no column 'sentence'"),
+])
+def test_bad_columns_are_one_line_errors(sst_run, args, message):
+    semeval = SST.parent / "semeval2018_ec" / "train.csv"
+    base = {"--train": f"{SST}/train.csv"}
+    extra = [a.format(semeval=semeval) for a in args]
+    for a in extra:
+        base.pop(a.split("=")[0], None)
+    proc = run_tool(f"--workdir={sst_run}", *[f"{k}={v}" for k, v in base.items()],
+                    f"--val={SST}/val.csv", *extra)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and message in lines[-1]
+
+
+def test_workdir_without_checkpoint_and_non_binary_labels(sst_run, tmp_path):
+    proc = run_tool(f"--workdir={tmp_path}", f"--train={SST}/train.csv", f"--val={SST}/val.csv")
+    assert proc.returncode == 1 and "is not a training run" in proc.stderr.strip().splitlines()[-1]
+    three = tmp_path / "three.csv"
+    three.write_text("sentence,label\na b,0\nc d,1\ne f,2\n")
+    proc = run_tool(f"--workdir={sst_run}", f"--train={three}", f"--val={SST}/val.csv")
+    assert proc.returncode == 1
+    assert "has values [0, 1, 2]; binary classification needs exactly two classes" in \
+        proc.stderr.strip().splitlines()[-1]
