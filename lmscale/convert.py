@@ -1,0 +1,97 @@
+"""Convert pretrained mLSTM weights between OpenAI's, sentiment-discovery's and lmscale's layouts.
+
+    # import: an ordinary lmscale workdir (config.json + checkpoint) that every tool accepts
+    python -m lmscale.convert --from=openai --src=DIR --to=WORKDIR
+    python -m lmscale.convert --from=sentiment-discovery --src=FILE.pt --to=WORKDIR
+    # export an lmscale run
+    python -m lmscale.convert --from=lmscale --src=WORKDIR --to=DIR --layout=openai
+    python -m lmscale.convert --from=lmscale --src=WORKDIR --to=FILE.pt --layout=sentiment-discovery
+
+Any source goes to any layout (e.g. OpenAI's .npy files straight to a .pt). Prints a JSON
+summary. Nothing is overwritten: --to must be new (or an empty folder).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from absl import app, flags
+
+from lmscale.cli import parse_flags, run_cli
+
+SOURCES = ("openai", "sentiment-discovery", "lmscale")
+LAYOUTS = ("lmscale", "openai", "sentiment-discovery")
+LAYOUT_OUTPUTS = {"lmscale": "workdir (or an empty folder)", "openai": "folder (or an empty one)",
+                  "sentiment-discovery": ".pt file"}
+
+_FROM = flags.DEFINE_enum("from", None, SOURCES, "Layout of --src.")
+_SRC = flags.DEFINE_string("src", None, "OpenAI's folder of 0.npy..14.npy, a sentiment-discovery "
+                           ".pt file, or an lmscale workdir.")
+_TO = flags.DEFINE_string("to", None, "Output: a new workdir (lmscale), folder (openai) or .pt file.")
+_LAYOUT = flags.DEFINE_enum("layout", "lmscale", LAYOUTS, "Layout to write.")
+_WEIGHT_NORM = flags.DEFINE_enum("weight_norm", "auto", ("auto", "true", "false"),
+                                 "Recurrent matrices as g/v (true) or plain (false); auto keeps the "
+                                 "source's form (OpenAI's layout always has g).")
+_BATCH = flags.DEFINE_integer("batch_size", 0, "train.batch_size of a written workdir (the rows of its "
+                              "saved RNN carry); 0 = the config default.")
+_STEP = flags.DEFINE_integer("step", -1, "Checkpoint step of an lmscale --src; -1 = the latest.")
+flags.mark_flags_as_required(["from", "src", "to"])
+
+
+def convert(source: str, src: str, dst: str, layout: str, weight_norm: str = "auto",
+            batch_size: int = 0, step: int | None = None) -> dict[str, Any]:
+    """Reads ``src`` in layout ``source`` and writes ``dst`` in ``layout``; returns a summary."""
+    from lmscale.data.tokenizer import ByteTokenizer
+    from lmscale.pretrained import openai, sentiment_discovery, workdir
+    from lmscale.pretrained.errors import ConvertError
+
+    wn = {"auto": None, "true": True, "false": False}[weight_norm]
+    if layout == "openai" and wn is False:
+        raise ConvertError("OpenAI's layout always stores weight-norm gains; use --weight_norm=auto or true")
+    if os.path.exists(dst) and (layout == "sentiment-discovery" or not os.path.isdir(dst)
+                                or os.listdir(dst)):
+        raise ConvertError(f"{dst} already exists; expected a new {LAYOUT_OUTPUTS[layout]}")
+    if source == "openai":
+        weights = openai.load_openai(src)
+    elif source == "sentiment-discovery":
+        weights = sentiment_discovery.load_pt(src)
+    else:
+        weights = workdir.read_workdir(src, step)
+    if wn is not None:
+        weights = weights.with_weight_norm(wn)
+    notes = []
+    if layout == "lmscale":
+        out = workdir.write_workdir(weights, dst, batch_size=batch_size or None)
+    elif layout == "openai":
+        if weights.tokenizer == ByteTokenizer.sentiment_discovery():
+            notes.append("padding id 0 dropped: OpenAI's softmax covers the 256 bytes only")
+        openai.save_openai(weights, dst)
+        out = os.path.abspath(dst)
+    else:
+        if weights.tokenizer == ByteTokenizer.openai():
+            notes.append(f"padding id 0 added (ids = byte + 1) with decoder bias "
+                         f"{sentiment_discovery.PAD_LOGIT:g}")
+        out = os.path.abspath(sentiment_discovery.save_pt(weights, dst))
+    if weights.source.get("ignored_keys"):
+        notes.append(f"ignored non-LM keys: {weights.source['ignored_keys']}")
+    return {"from": source, "src": src, "layout": layout, "to": out, "kind": weights.kind,
+            "layers": weights.layers, "hidden": weights.hidden, "embed": weights.embed,
+            "vocab_size": weights.vocab_size,
+            "weight_norm": weights.weight_norm or layout == "openai",
+            "tokenizer": weights.tokenizer.to_dict(), "preprocess": weights.preprocess,
+            "notes": notes}
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    summary = run_cli(lambda: convert(_FROM.value, _SRC.value, _TO.value, _LAYOUT.value,
+                                      _WEIGHT_NORM.value, _BATCH.value,
+                                      None if _STEP.value < 0 else _STEP.value))
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

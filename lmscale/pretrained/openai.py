@@ -1,0 +1,204 @@
+"""OpenAI's released mLSTM ("Learning to Generate Reviews and Discovering Sentiment") <-> lmscale.
+
+Layout, from encoder.py of openai/generating-reviews-discovering-sentiment: 15 float32 .npy
+files ``model/0.npy`` ... ``model/14.npy``, consumed in order by the TensorFlow graph, files
+2-5 first concatenated along axis 1 into one matrix. In the release E = 64, H = 4096:
+
+  0     embedding  [256, E]    ids are raw bytes 0-255, no padding id
+  1     wx         [E, 4H]     input -> gates
+  2..5  wh         [H, *]      hidden -> gates, four column blocks of the [H, 4H] matrix
+  6     wmx        [E, H]      input -> multiplicative state
+  7     wmh        [H, H]      hidden -> multiplicative state
+  8     b          [4H]        gate bias
+  9-12  gx, gh, gmx, gmh       weight-norm gains [4H], [4H], [H], [H] of wx, wh, wmx, wmh
+  13    out w      [H, 256]    decoder (no weight norm)
+  14    out b      [256]
+
+Equations (x @ W): m = (x wmx) * (h wmh); z = x wx + m wh + b; i, f, o, u = split(z, 4);
+c' = s(f) c + s(i) tanh(u); h' = s(o) tanh(c'), each matrix w = l2_normalize(v, axis=0) * g.
+The mapping to lmscale is exact: lmscale's weight norm is the same g * v / ||v|| over the
+input axis (TensorFlow floors ||v||^2 at 1e-12, which matters only for a column of norm
+below 1e-6), and the gate blocks move from (i, f, o, u) to lmscale's (i, f, g, o) with the
+block permutation [0, 1, 3, 2] (its own inverse) on every 4H axis: wx, wh, b, gx, gh.
+
+OpenAI's text preprocessing (``lmscale.pretrained.preprocess.openai_preprocess``) is recorded
+with the imported model. Its features are the final cell state; the sentiment unit is 2388
+(sst_binary_demo.py).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from lmscale.data.tokenizer import ByteTokenizer
+from lmscale.pretrained.errors import ConvertError
+from lmscale.pretrained.weights import LMWeights
+
+NUM_FILES = 15
+WH_FILES = (2, 3, 4, 5)
+GATE_ORDER = (0, 1, 3, 2)  # lmscale block k = OpenAI block GATE_ORDER[k], and vice versa
+SENTIMENT_UNIT = 2388
+VOCAB = 256
+
+# file -> (name, what it is, shape in terms of E and H); files 2-5 are checked together.
+FILES: dict[int, tuple[str, str, str]] = {
+    0: ("embedding", "the byte embedding", "[256, E]"),
+    1: ("wx", "the input-to-gates matrix", "[E, 4H]"),
+    6: ("wmx", "the input-to-multiplicative matrix", "[E, H]"),
+    7: ("wmh", "the hidden-to-multiplicative matrix", "[H, H]"),
+    8: ("b", "the gate bias", "[4H]"),
+    9: ("gx", "the weight-norm gains of wx", "[4H]"),
+    10: ("gh", "the weight-norm gains of wh", "[4H]"),
+    11: ("gmx", "the weight-norm gains of wmx", "[H]"),
+    12: ("gmh", "the weight-norm gains of wmh", "[H]"),
+    13: ("out_w", "the output layer's matrix", "[H, 256]"),
+    14: ("out_b", "the output layer's bias", "[256]"),
+}
+
+
+def reorder_gates(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Permutes the four gate blocks of ``axis`` by [0, 1, 3, 2] (OpenAI <-> lmscale)."""
+    blocks = np.split(np.asarray(x), 4, axis=axis)
+    return np.concatenate([blocks[k] for k in GATE_ORDER], axis=axis)
+
+
+def find_model_dir(src: str) -> str:
+    """``src`` if it holds 0.npy, else ``src/model`` if that does (a clone of OpenAI's repo)."""
+    if not os.path.isdir(src):
+        raise ConvertError(f"{src} is not a directory; expected a folder holding OpenAI's "
+                           f"{NUM_FILES} files 0.npy ... {NUM_FILES - 1}.npy")
+    if not os.path.exists(os.path.join(src, "0.npy")) and os.path.exists(
+            os.path.join(src, "model", "0.npy")):
+        return os.path.join(src, "model")
+    return src
+
+
+def read_npy(path: str, what: str) -> np.ndarray:
+    """A float .npy array as float32; never unpickles. Errors name ``path`` and ``what``."""
+    if not os.path.isfile(path):
+        raise ConvertError(f"{path} is missing; expected {what}")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except ValueError as e:
+        if "pickle" in str(e).lower():
+            raise ConvertError(f"{path} holds pickled Python objects, which are never loaded; "
+                               f"expected {what} as a plain .npy array") from None
+        raise ConvertError(f"{path} is not a readable .npy array ({e}); expected {what}") from None
+    except (OSError, EOFError) as e:
+        raise ConvertError(f"{path} is not a readable .npy array ({e}); expected {what}") from None
+    if not isinstance(arr, np.ndarray):
+        arr.close()
+        raise ConvertError(f"{path} is an .npz archive; expected {what} as a single .npy array")
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ConvertError(f"{path} has dtype {arr.dtype}; expected {what} as floats")
+    return arr.astype(np.float32)
+
+
+def _check_shape(path: str, arr: np.ndarray, expected: tuple[int, ...], what: str) -> None:
+    if tuple(arr.shape) != expected:
+        raise ConvertError(f"{path} has shape {tuple(arr.shape)}; expected {what} of shape "
+                           f"{list(expected)}")
+
+
+def load_openai(src: str) -> LMWeights:
+    """Reads OpenAI's 15 .npy files from ``src`` (or ``src/model``) as lmscale weights.
+
+    The result is a single-layer mLSTM with weight norm, the ``openai`` byte tokenizer
+    (id = byte, vocabulary 256) and ``openai`` text preprocessing.
+    """
+    folder = find_model_dir(src)
+    path = lambda i: os.path.join(folder, f"{i}.npy")
+    describe = lambda i, shape: f"{FILES[i][0]}, {FILES[i][1]} {FILES[i][2]} = {list(shape)}"
+    arrays: dict[int, np.ndarray] = {}
+    arrays[0] = read_npy(path(0), f"{FILES[0][0]}, {FILES[0][1]} {FILES[0][2]}")
+    emb = arrays[0]
+    if emb.ndim != 2 or emb.shape[0] != VOCAB:
+        raise ConvertError(f"{path(0)} has shape {tuple(emb.shape)}; expected the byte embedding "
+                           f"of shape [256, E] (OpenAI's vocabulary is the 256 bytes)")
+    E = emb.shape[1]
+    arrays[1] = read_npy(path(1), f"{FILES[1][0]}, {FILES[1][1]} [E, 4H] with E = {E}")
+    wx = arrays[1]
+    if wx.ndim != 2 or wx.shape[0] != E or wx.shape[1] % 4 or wx.shape[1] == 0:
+        raise ConvertError(f"{path(1)} has shape {tuple(wx.shape)}; expected {FILES[1][0]}, "
+                           f"{FILES[1][1]} of shape [E, 4H] with E = {E} (from 0.npy)")
+    H = wx.shape[1] // 4
+    shapes = {1: (E, 4 * H), 6: (E, H), 7: (H, H), 8: (4 * H,), 9: (4 * H,), 10: (4 * H,),
+              11: (H,), 12: (H,), 13: (H, VOCAB), 14: (VOCAB,)}
+    for i, shape in shapes.items():
+        if i not in arrays:
+            arrays[i] = read_npy(path(i), describe(i, shape))
+        _check_shape(path(i), arrays[i], shape, f"{FILES[i][0]}, {FILES[i][1]}")
+    blocks = []
+    for i in WH_FILES:
+        what = f"wh block {i - 1} of 4, the hidden-to-gates matrix's columns, of shape [H, H] = {[H, H]}"
+        block = read_npy(path(i), what)
+        if block.ndim != 2 or block.shape[0] != H:
+            raise ConvertError(f"{path(i)} has shape {tuple(block.shape)}; expected {what}")
+        blocks.append(block)
+    wh = np.concatenate(blocks, axis=1)
+    if wh.shape != (H, 4 * H):
+        raise ConvertError(f"{', '.join(path(i) for i in WH_FILES)} concatenate to shape "
+                           f"{tuple(wh.shape)}; expected wh of shape [H, 4H] = {[H, 4 * H]}")
+    a = arrays
+    params = {
+        "embedding/embedding": a[0],
+        "layers/0/w_x/g": reorder_gates(a[9]), "layers/0/w_x/v": reorder_gates(a[1]),
+        "layers/0/w_h/g": reorder_gates(a[10]), "layers/0/w_h/v": reorder_gates(wh),
+        "layers/0/w_mx/g": a[11], "layers/0/w_mx/v": a[6],
+        "layers/0/w_mh/g": a[12], "layers/0/w_mh/v": a[7],
+        "layers/0/bias": reorder_gates(a[8]),
+        "decoder/kernel": a[13], "decoder/bias": a[14],
+    }
+    weights = LMWeights(kind="mlstm", tokenizer=ByteTokenizer.openai(), params=params,
+                        preprocess="openai",
+                        source={"format": "openai", "path": os.path.abspath(folder),
+                                "sentiment_unit": SENTIMENT_UNIT, "features": "final cell state"})
+    weights.check(folder)
+    return weights
+
+
+def openai_arrays(weights: LMWeights) -> list[np.ndarray]:
+    """The 15 arrays of OpenAI's layout (0.npy ... 14.npy) for a single-layer mLSTM.
+
+    A model without weight norm gets g = ||w|| per column (exact). A sentiment-discovery
+    vocabulary (257, id = byte + 1) loses its padding row 0: the cell and hidden states and
+    the 256 byte logits are unchanged, but OpenAI's softmax runs over the 256 bytes only, so
+    probabilities are renormalized without the padding id (negligible when padding was never
+    a target).
+    """
+    if weights.kind != "mlstm" or weights.layers != 1:
+        raise ConvertError(f"OpenAI's layout holds a single-layer mLSTM; this model is a "
+                           f"{weights.layers}-layer {weights.kind}")
+    weights.check("model")
+    w = weights.with_weight_norm(True).params
+    emb, out_w, out_b = w["embedding/embedding"], w["decoder/kernel"], w["decoder/bias"]
+    tok = weights.tokenizer
+    if tok != ByteTokenizer.openai():
+        if tok != ByteTokenizer.sentiment_discovery():
+            raise ConvertError(f"OpenAI's layout uses raw byte ids; cannot map tokenizer {tok.to_dict()}")
+        emb, out_w, out_b = emb[1:], out_w[:, 1:], out_b[1:]
+    wh = reorder_gates(w["layers/0/w_h/v"])
+    arrays = [emb, reorder_gates(w["layers/0/w_x/v"]), *np.split(wh, 4, axis=1),
+              w["layers/0/w_mx/v"], w["layers/0/w_mh/v"], reorder_gates(w["layers/0/bias"]),
+              reorder_gates(w["layers/0/w_x/g"]), reorder_gates(w["layers/0/w_h/g"]),
+              w["layers/0/w_mx/g"], w["layers/0/w_mh/g"], out_w, out_b]
+    return [np.ascontiguousarray(a, np.float32) for a in arrays]
+
+
+def save_openai(weights: LMWeights, dst: str) -> list[str]:
+    """Writes ``dst/0.npy`` ... ``dst/14.npy`` (see ``openai_arrays``); returns the paths.
+
+    ``dst`` must not exist or be empty, so nothing is overwritten.
+    """
+    arrays = openai_arrays(weights)
+    if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
+        raise ConvertError(f"{dst} already exists and is not an empty folder; expected a new "
+                           f"folder for OpenAI's {NUM_FILES} .npy files")
+    os.makedirs(dst, exist_ok=True)
+    paths = []
+    for i, arr in enumerate(arrays):
+        paths.append(os.path.join(dst, f"{i}.npy"))
+        np.save(paths[-1], arr, allow_pickle=False)
+    return paths

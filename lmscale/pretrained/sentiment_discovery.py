@@ -1,0 +1,272 @@
+"""NVIDIA sentiment-discovery's PyTorch language-model checkpoints <-> lmscale.
+
+Layout, from model/model.py, model/RNN_utils/RNN/{RNNBackend,cells}.py and
+reparameterization/ of NVIDIA/sentiment-discovery: ``RNNModel.state_dict()`` is nested,
+
+  {"encoder": {"encoder": {"weight": [V, E]},                  nn.Embedding
+               "rnn": {"rnns.L.w_ih": [4H, in], "rnns.L.w_hh": [4H, H],
+                       "rnns.L.w_mih": [H, in], "rnns.L.w_mhh": [H, H],   (mLSTM only)
+                       "rnns.L.b_ih": [4H], "rnns.L.b_hh": [4H]}},
+   "decoder": {"weight": [V, H], "bias": [V]}}                   nn.Linear
+
+with PyTorch's (out, in) matrices (F.linear: y = x W^T + b). Weight norm, applied to every
+matrix of the rnn (not the embedding, decoder or biases), replaces ``w`` by ``w_g`` [out, 1]
+and ``w_v`` [out, in] with w = g * v / ||v|| per output row; checkpoints saved during
+training hold g/v, the final one plain matrices (its loaders accept both). Equations:
+m = (x W_mih^T) * (h W_mhh^T); z = x W_ih^T + b_ih + m W_hh^T + b_hh; i, f, g, o = chunk(z, 4)
+(lmscale's gate order); c' = s(f) c + s(i) tanh(g); h' = s(o) tanh(c'). The LSTM variant
+(torch's lstm_cell) is the same without m (h in its place).
+
+The mapping: W (out, in) -> lmscale (in, out) by transposing; g [out, 1] -> g [out], v -> v^T
+(the same norm, per output unit); b_ih + b_hh -> bias (lmscale has one bias; exact up to the
+float32 rounding of one addition; exported as b_ih = bias, b_hh = 0). Vocabulary: 257 rows
+(id = byte + 1, padding 0; the current code's CharacterLevelTokenizer) -> the
+``sentiment_discovery`` tokenizer; 256 rows (id = byte; older releases) -> ``openai``.
+Not representable, and refused: the transformer models, recurrent output projections
+(``w_ho``), other vocabularies (e.g. SentencePiece).
+
+Reading .pt files needs torch (``pip install 'lmscale[torch]'``) and never executes code from
+the file: ``torch.load(..., weights_only=True)``. The mapping itself works on any nested dict
+of arrays (``from_state_dict`` / ``to_state_dict``), torch tensors or NumPy.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from typing import Any, Mapping
+
+import numpy as np
+
+from lmscale.data.tokenizer import ByteTokenizer
+from lmscale.pretrained.errors import ConvertError
+from lmscale.pretrained.weights import MATRICES, LMWeights, from_weight_norm, to_weight_norm
+
+# lmscale matrix name <- sentiment-discovery parameter name
+TORCH_NAMES = {"w_x": "w_ih", "w_h": "w_hh", "w_mx": "w_mih", "w_mh": "w_mhh"}
+PAD_LOGIT = -1.0e4  # decoder bias of the padding id added when exporting a 256-id model
+_RNN_KEY = re.compile(r"(?:^|\.)rnns\.(\d+)\.(w_ih|w_hh|w_mih|w_mhh|w_ho|b_ih|b_hh)(?:_(g|v))?$")
+_TRANSFORMER_HINTS = ("self_attn", "embed_tokens", "embed_positions", "embed_out", "layer_norms",
+                      "in_proj_weight")
+EXPECTED = ("a sentiment-discovery language-model state dict (RNNModel.state_dict(): "
+            "encoder.encoder.weight, encoder.rnn.rnns.N.w_ih/w_hh/w_mih/w_mhh/b_ih/b_hh, "
+            "decoder.weight/bias)")
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested state dict as {"encoder.rnn.rnns.0.w_ih": value, ...}."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _to_numpy(x: Any) -> np.ndarray | None:
+    """A torch tensor or array-like as float32 NumPy; None for non-array values."""
+    if hasattr(x, "detach"):  # torch.Tensor, without importing torch
+        return x.detach().cpu().float().numpy().astype(np.float32)
+    if isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.floating):
+        return x.astype(np.float32)
+    return None
+
+
+def from_state_dict(state_dict: Mapping[str, Any], name: str, *,
+                    weight_norm: bool | None = None) -> LMWeights:
+    """A sentiment-discovery RNNModel state dict (nested or flat; tensors or arrays) -> LMWeights.
+
+    ``weight_norm``: None keeps the checkpoint's form (g/v if it has any), True/False converts
+    (plain -> g/v: v = W^T, g = ||W|| per output row, exact). ``name`` (the file) is used in
+    errors. Keys outside the language model (e.g. a classifier head) are ignored and listed in
+    ``source["ignored_keys"]``.
+    """
+    if not isinstance(state_dict, Mapping):
+        raise ConvertError(f"{name} holds a {type(state_dict).__name__}; expected {EXPECTED}")
+    flat = flatten(state_dict)
+    for key in flat:
+        if any(hint in key for hint in _TRANSFORMER_HINTS):
+            raise ConvertError(f"{name} is a transformer checkpoint (key {key!r}); transformer "
+                               f"checkpoints are not supported yet, only mLSTM/LSTM language models")
+    emb, dec_w, dec_b, ignored = None, None, None, []
+    rnn: dict[tuple[int, str, str], np.ndarray] = {}
+
+    def take(slot: Any, key: str, value: np.ndarray) -> np.ndarray:
+        if slot is not None:
+            raise ConvertError(f"{name}: more than one tensor for {key!r}; expected one language model")
+        return value
+
+    for key, value in flat.items():
+        arr = _to_numpy(value)
+        m = _RNN_KEY.search(key)
+        if arr is None:
+            ignored.append(key)
+        elif m:
+            layer, param, part = int(m.group(1)), m.group(2), m.group(3) or "w"
+            if param == "w_ho":
+                raise ConvertError(f"{name}: {key} is a recurrent output projection "
+                                   f"(output_size != hidden_size), which lmscale's layers do not have")
+            rnn[(layer, param, part)] = take(rnn.get((layer, param, part)), key, arr)
+        elif re.search(r"(?:^|\.)encoder\.weight$", key):
+            emb = take(emb, key, arr)
+        elif re.search(r"(?:^|\.)decoder\.weight$", key):
+            dec_w = take(dec_w, key, arr)
+        elif re.search(r"(?:^|\.)decoder\.bias$", key):
+            dec_b = take(dec_b, key, arr)
+        else:
+            ignored.append(key)
+    for value, key in ((emb, "encoder.encoder.weight"), (dec_w, "decoder.weight"),
+                       (dec_b, "decoder.bias")):
+        if value is None:
+            raise ConvertError(f"{name} has no {key}; expected {EXPECTED}")
+    if not rnn:
+        raise ConvertError(f"{name} has no recurrent weights (encoder.rnn.rnns.N.*); expected {EXPECTED}")
+    assert emb is not None and dec_w is not None and dec_b is not None
+
+    if emb.ndim != 2 or emb.shape[0] not in (256, 257):
+        raise ConvertError(f"{name}: encoder.encoder.weight has shape {tuple(emb.shape)}; expected "
+                           f"[257, E] (id = byte + 1) or [256, E] (id = byte)")
+    V, E = emb.shape
+    if dec_w.ndim != 2 or dec_w.shape[0] != V:
+        raise ConvertError(f"{name}: decoder.weight has shape {tuple(dec_w.shape)}; expected [{V}, H]")
+    H = dec_w.shape[1]
+    if dec_b.shape != (V,):
+        raise ConvertError(f"{name}: decoder.bias has shape {tuple(dec_b.shape)}; expected [{V}]")
+    layers = max(k[0] for k in rnn) + 1
+    kind = "mlstm" if any(k[1] == "w_mih" for k in rnn) else "lstm"
+    file_wn = any(k[2] != "w" for k in rnn)
+    wn = file_wn if weight_norm is None else weight_norm
+    params: dict[str, np.ndarray] = {"embedding/embedding": emb, "decoder/kernel": dec_w.T.copy(),
+                                     "decoder/bias": dec_b}
+    for l in range(layers):
+        in_features = E if l == 0 else H
+        shapes = {"w_ih": (4 * H, in_features), "w_hh": (4 * H, H), "w_mih": (H, in_features),
+                  "w_mhh": (H, H)}
+        for ours in MATRICES[kind]:
+            theirs = TORCH_NAMES[ours]
+            key = f"rnns.{l}.{theirs}"
+            out, inp = shapes[theirs]
+            if (l, theirs, "w") in rnn:
+                w = rnn[(l, theirs, "w")]
+                _check(name, key, w, (out, inp))
+                g, v = to_weight_norm(w.T) if wn else (None, w.T.copy())
+            elif (l, theirs, "g") in rnn and (l, theirs, "v") in rnn:
+                g_t, v_t = rnn[(l, theirs, "g")], rnn[(l, theirs, "v")]
+                _check(name, key + "_v", v_t, (out, inp))
+                if tuple(g_t.shape) not in ((out,), (out, 1)):
+                    raise ConvertError(f"{name}: {key}_g has shape {tuple(g_t.shape)}; expected "
+                                       f"[{out}, 1] (one gain per output row)")
+                g, v = (g_t.reshape(out), v_t.T.copy()) if wn else (
+                    None, from_weight_norm(g_t.reshape(out), v_t.T))
+            else:
+                raise ConvertError(f"{name} has no {key} (nor {key}_g/{key}_v); expected the "
+                                   f"{layers}-layer {kind}'s matrices")
+            p = f"layers/{l}/{ours}"
+            if wn:
+                params[f"{p}/g"], params[f"{p}/v"] = g, v
+            else:
+                params[f"{p}/kernel"] = v
+        bias = np.zeros(4 * H, np.float64)
+        for b in ("b_ih", "b_hh"):
+            if (l, b, "w") in rnn:
+                _check(name, f"rnns.{l}.{b}", rnn[(l, b, "w")], (4 * H,))
+                bias += rnn[(l, b, "w")]
+        params[f"layers/{l}/bias"] = bias.astype(np.float32)
+    if kind == "lstm" and any(k[1] == "w_mhh" for k in rnn):
+        raise ConvertError(f"{name} has w_mhh but no w_mih; expected both (mLSTM) or neither (LSTM)")
+    tokenizer = ByteTokenizer.sentiment_discovery() if V == 257 else ByteTokenizer.openai()
+    weights = LMWeights(kind=kind, tokenizer=tokenizer, params=params, preprocess="none",
+                        source={"format": "sentiment-discovery", "path": os.path.abspath(name),
+                                "weight_norm_in_file": file_wn, "ignored_keys": sorted(ignored)})
+    weights.check(name)
+    return weights
+
+
+def _check(name: str, key: str, arr: np.ndarray, shape: tuple[int, ...]) -> None:
+    if tuple(arr.shape) != shape:
+        raise ConvertError(f"{name}: {key} has shape {tuple(arr.shape)}; expected {list(shape)}")
+
+
+def to_state_dict(weights: LMWeights, *, weight_norm: bool | None = None) -> dict[str, Any]:
+    """LMWeights -> a nested RNNModel state dict of float32 NumPy arrays.
+
+    ``weight_norm`` None keeps the model's form; g/v are written as ``w_g`` [out, 1] and
+    ``w_v`` [out, in] (what sentiment-discovery's loaders accept after ``apply_weight_norm``).
+    The bias goes to b_ih with b_hh = 0. A 256-id model (id = byte) gets the padding id 0
+    prepended: a zero embedding row, a zero decoder row and decoder bias ``PAD_LOGIT``, so the
+    byte probabilities are unchanged.
+    """
+    weights.check("model")
+    wn = weights.weight_norm if weight_norm is None else weight_norm
+    w = weights.with_weight_norm(wn).params
+    emb, dec_w, dec_b = w["embedding/embedding"], w["decoder/kernel"].T, w["decoder/bias"]
+    if weights.tokenizer == ByteTokenizer.openai():
+        emb = np.concatenate([np.zeros((1, emb.shape[1]), np.float32), emb])
+        dec_w = np.concatenate([np.zeros((1, dec_w.shape[1]), np.float32), dec_w])
+        dec_b = np.concatenate([np.full((1,), PAD_LOGIT, np.float32), dec_b])
+    elif weights.tokenizer != ByteTokenizer.sentiment_discovery():
+        raise ConvertError(f"sentiment-discovery's layout uses byte ids; cannot map tokenizer "
+                           f"{weights.tokenizer.to_dict()}")
+    rnn: dict[str, np.ndarray] = {}
+    for l in range(weights.layers):
+        for ours in MATRICES[weights.kind]:
+            p, key = f"layers/{l}/{ours}", f"rnns.{l}.{TORCH_NAMES[ours]}"
+            if wn:
+                rnn[f"{key}_g"] = w[f"{p}/g"].reshape(-1, 1).copy()
+                rnn[f"{key}_v"] = np.ascontiguousarray(w[f"{p}/v"].T)
+            else:
+                rnn[key] = np.ascontiguousarray(w[f"{p}/kernel"].T)
+        rnn[f"rnns.{l}.b_ih"] = w[f"layers/{l}/bias"].copy()
+        rnn[f"rnns.{l}.b_hh"] = np.zeros_like(w[f"layers/{l}/bias"])
+    return {"encoder": {"encoder": {"weight": np.ascontiguousarray(emb)}, "rnn": rnn},
+            "decoder": {"weight": np.ascontiguousarray(dec_w), "bias": dec_b.copy()}}
+
+
+def _torch(path: str) -> Any:
+    try:
+        import torch
+    except ImportError:
+        raise ConvertError(f"{path}: PyTorch files need torch; install it with "
+                           f"pip install 'lmscale[torch]'") from None
+    return torch
+
+
+def load_pt(path: str, *, weight_norm: bool | None = None) -> LMWeights:
+    """Reads a sentiment-discovery .pt checkpoint with ``torch.load(weights_only=True)``."""
+    if not os.path.isfile(path):
+        raise ConvertError(f"{path} is missing; expected {EXPECTED} saved as a .pt file")
+    torch = _torch(path)
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError, zip / EOF / magic-number errors differ by version
+        text = " ".join(str(e).split())
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if isinstance(e, pickle.UnpicklingError) and found:
+            raise ConvertError(f"{path} holds Python objects other than tensors ({found.group(1)}), "
+                               f"which are never unpickled (torch.load weights_only=True); "
+                               f"expected {EXPECTED}") from None
+        reason = re.search(r"WeightsUnpickler error:\s*(.*?)\s*(?:Check the documentation|$)", text)
+        detail = reason.group(1) if reason else text[:200]
+        raise ConvertError(f"{path} is not a readable PyTorch file ({type(e).__name__}: {detail}); "
+                           f"expected {EXPECTED}") from None
+    return from_state_dict(state_dict, path, weight_norm=weight_norm)
+
+
+def save_pt(weights: LMWeights, path: str, *, weight_norm: bool | None = None) -> str:
+    """Writes ``to_state_dict(weights)`` as torch tensors with ``torch.save``; never overwrites."""
+    if os.path.exists(path):
+        raise ConvertError(f"{path} already exists; expected a new .pt file name")
+    torch = _torch(path)
+    tree = to_state_dict(weights, weight_norm=weight_norm)
+
+    def to_torch(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: to_torch(v) for k, v in node.items()}
+        return torch.from_numpy(np.ascontiguousarray(node))
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    torch.save(to_torch(tree), path)
+    return path

@@ -1,0 +1,120 @@
+"""``python -m lmscale.convert`` end to end: import, load_trained, lmscale.eval, export, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lmscale.data.tokenizer import ByteTokenizer
+from lmscale.pretrained import preprocessor_for
+from lmscale.pretrained.openai import load_openai
+from lmscale.pretrained.sentiment_discovery import save_pt
+from lmscale.pretrained.workdir import read_workdir
+from lmscale.training.restore import load_trained
+from tests.conftest import REPO
+from tests.pretrained import reference as ref
+from tests.pretrained.helpers import random_weights, run_lmscale
+
+E, H = 8, 16
+
+
+def run(module: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory) -> tuple[str, str]:
+    """(OpenAI files folder, workdir converted from it by the CLI)."""
+    root = tmp_path_factory.mktemp("cli")
+    files, workdir = str(root / "openai"), str(root / "run")
+    ref.write_openai_files(files, E, H, seed=11)
+    proc = run("lmscale.convert", "--from=openai", f"--src={files}", f"--to={workdir}")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["to"] == workdir and summary["hidden"] == H and summary["preprocess"] == "openai"
+    return files, workdir
+
+
+def test_converted_workdir_loads_and_matches_openai(converted):
+    files, workdir = converted
+    lm = load_trained(workdir)
+    assert lm.step == 0 and lm.tokenizer == ByteTokenizer.openai()
+    assert (lm.config.model.kind, lm.config.model.hidden, lm.config.model.embed) == ("mlstm", H, E)
+    assert lm.config.model.weight_norm and lm.config.data.tokenizer == "openai"
+    assert lm.derived["pretrained"]["sentiment_unit"] == 2388
+    preprocess = preprocessor_for(lm.derived)
+    texts = ["Loved it!", "Arrived broken &amp; late.\nNever again."]
+    params = ref.read_openai_files(files)
+    for text, (logits, cells) in zip(texts, run_lmscale(lm.model(), [preprocess(t) for t in texts])):
+        ref_logits, ref_cells = ref.openai_forward(params, list(ref.openai_text_bytes(text)))
+        np.testing.assert_allclose(logits, ref_logits, atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(cells[-1], ref_cells, atol=1e-5, rtol=1e-5)
+
+
+def test_eval_scores_text_like_the_original(converted, tmp_path):
+    files, workdir = converted
+    text = b"The quick brown fox jumps over the lazy dog. " * 3
+    (tmp_path / "t.txt").write_bytes(text)
+    proc = run("lmscale.eval", f"--workdir={workdir}", f"--data={tmp_path / 't.txt'}",
+               "--batch_size=1", f"--seq_len={len(text) - 1}")  # one sequence: the whole text
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    logp = ref.log_softmax(ref.openai_forward(ref.read_openai_files(files), list(text))[0])
+    nats = -np.mean([logp[t, text[t + 1]] for t in range(len(text) - 1)])
+    assert result["bpc"] == pytest.approx(nats / np.log(2), abs=1e-5)
+
+
+def test_export_to_openai_gives_the_original_files(converted, tmp_path):
+    files, workdir = converted
+    from lmscale.convert import convert  # the CLI's function, in-process (saves a JAX start-up)
+    out = str(tmp_path / "exported")
+    summary = convert("lmscale", workdir, out, "openai")
+    assert summary["to"] == out and summary["notes"] == []
+    for i in range(15):
+        np.testing.assert_array_equal(np.load(os.path.join(out, f"{i}.npy")),
+                                      np.load(os.path.join(files, f"{i}.npy")))
+
+
+def test_bad_input_is_one_line_error(converted, tmp_path):
+    files, _ = converted
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for i in range(15):
+        if i != 9:
+            (broken / f"{i}.npy").write_bytes((open(os.path.join(files, f"{i}.npy"), "rb").read()))
+    proc = run("lmscale.convert", "--from=openai", f"--src={broken}", f"--to={tmp_path / 'w'}")
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (f"error: {broken / '9.npy'} is missing; expected gx, the "
+                                   f"weight-norm gains of wx [4H] = [64]")
+    assert not (tmp_path / "w").exists()
+
+
+def test_sentiment_discovery_pt_through_cli(tmp_path):
+    pytest.importorskip("torch")
+    weights = random_weights(tokenizer=ByteTokenizer.sentiment_discovery(), layers=2, seed=12)
+    pt, workdir = str(tmp_path / "lm.pt"), str(tmp_path / "run")
+    save_pt(weights, pt)
+    proc = run("lmscale.convert", "--from=sentiment-discovery", f"--src={pt}", f"--to={workdir}",
+               "--batch_size=8")
+    assert proc.returncode == 0, proc.stderr
+    back = read_workdir(workdir)
+    assert back.tokenizer == ByteTokenizer.sentiment_discovery() and back.layers == 2
+    for key, value in weights.params.items():
+        np.testing.assert_array_equal(back.params[key], value, err_msg=key)
+
+
+def test_import_without_weight_norm(converted, tmp_path):
+    files, _ = converted
+    from lmscale.convert import convert
+    summary = convert("openai", files, str(tmp_path / "again"), "lmscale", weight_norm="false")
+    assert summary["weight_norm"] is False
+    plain = read_workdir(str(tmp_path / "again"))
+    original = load_openai(files)
+    np.testing.assert_allclose(plain.matrix(0, "w_h"), original.matrix(0, "w_h"), rtol=1e-6, atol=1e-7)
