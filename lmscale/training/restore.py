@@ -62,9 +62,17 @@ def load_trained(workdir: str, step: int | None = None, mesh: Mesh | None = None
     check_same_model(signature, model_signature(config, tokenizer.to_dict(), vocab_size), workdir)
 
     mesh = mesh or mesh_lib.make_mesh()
-    model = build_model(config.model, vocab_size, rngs=nnx.Rngs(config.seed))
     tx, _ = make_optimizer(config.optim, derived.get("decay_steps", config.train.steps))
-    graphdef, like = create_state(model, tx, config.train.batch_size, config.seed)
+    graphdefs: list[nnx.GraphDef] = []
+
+    def init() -> Any:  # shapes only (jax.eval_shape): nothing is initialized just to be replaced
+        model = build_model(config.model, vocab_size, rngs=nnx.Rngs(config.seed))
+        graphdef, like = create_state(model, tx, config.train.batch_size, config.seed)
+        graphdefs.append(graphdef)
+        return like
+
+    like = jax.eval_shape(init)
+    graphdef = graphdefs[0]
     state = checkpointer.restore(like, state_shardings(like, mesh), step)
     checkpointer.close()
     return TrainedLM(config=config, derived=derived, tokenizer=tokenizer, graphdef=graphdef,

@@ -32,9 +32,20 @@ STATES = ("cell", "hidden")
 POOLINGS = ("last", "mean", "max", "min")
 
 
+def preprocess_texts(lm: TrainedLM, texts: Sequence[str]) -> list[str]:
+    """The texts as the LM reads them: with its preprocessing, if it names one (an imported
+    OpenAI model frames each text as '\\n ' + text + ' ', as the original did)."""
+    from lmscale.pretrained.preprocess import preprocessor_for
+    prep = preprocessor_for(lm.derived)
+    return [prep(t) for t in texts]
+
+
 def encode_texts(lm: TrainedLM, texts: Sequence[str]) -> list[np.ndarray]:
-    """Token ids of each text with the LM's own tokenizer; empty texts are an error."""
-    ids = [lm.tokenizer.encode(t) for t in texts]
+    """Token ids of each (preprocessed) text with the LM's own tokenizer; empty texts are an error."""
+    for i, t in enumerate(texts):
+        if not t:
+            raise DataError(f"text {i} is empty: it has no state to take features from")
+    ids = [lm.tokenizer.encode(t) for t in preprocess_texts(lm, texts)]
     for i, x in enumerate(ids):
         if len(x) == 0:
             raise DataError(f"text {i} is empty: it has no state to take features from")
@@ -112,7 +123,8 @@ def featurize(lm: TrainedLM, texts: Sequence[str], *, state: str = "cell", pooli
 
 def unit_trace(lm: TrainedLM, text: str, unit: int, *, state: str = "cell", layer: int = -1
                ) -> np.ndarray:
-    """The value of one unit after each character of ``text``: float32 [len(bytes)]."""
+    """The value of one unit after each byte of the preprocessed ``text`` (``preprocess_texts``):
+    float32 [len(bytes)]."""
     (ids,) = encode_texts(lm, [text])
     out = jax.jit(lambda p, t: nnx.merge(lm.graphdef, p).features(t, None)[state])(
         lm.params, jnp.asarray(ids[None, :], jnp.int32))

@@ -53,7 +53,6 @@ def test_empty_text_and_non_binary_labels(tmp_path):
 def test_missing_file_and_tfds_without_the_extra(tmp_path):
     with pytest.raises(DataError, match="nope.csv: no such file"):
         load_labeled(str(tmp_path / "nope.csv"))
-    pytest.importorskip  # tensorflow_datasets is an optional extra, absent in CI
     try:
         import tensorflow_datasets  # noqa: F401
     except ImportError:
