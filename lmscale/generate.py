@@ -39,7 +39,7 @@ def main(argv: list[str]) -> None:
     from lmscale.generation import generate
     from lmscale.training.restore import load_trained
     from lmscale.transfer import plots
-    from lmscale.transfer.featurize import unit_trace
+    from lmscale.transfer.featurize import preprocess_texts, unit_trace
 
     def run() -> dict:
         lm = load_trained(_WORKDIR.value)
@@ -54,13 +54,15 @@ def main(argv: list[str]) -> None:
                   "samples": texts}
         with open(os.path.join(out, "samples.json"), "w") as f:
             json.dump(record, f, indent=2)
+        found, sign = _transfer_neuron(_WORKDIR.value)
         unit = _HEATMAP_UNIT.value if _HEATMAP_UNIT.value is not None else _NEURON.value
-        if unit is None:
-            unit = _transfer_neuron(_WORKDIR.value)
+        unit = found if unit is None else unit
         if unit is not None:
+            sign = sign if unit == found else 1
             traces = [unit_trace(lm, t, unit, state=_STATE.value) for t in texts]
-            plots.heatmap_png(texts, traces, os.path.join(out, "heatmap.png"), unit=unit)
-            plots.heatmap_html(texts, traces, os.path.join(out, "heatmap.html"), unit=unit)
+            shown = preprocess_texts(lm, texts)  # the traces follow the text as the LM read it
+            plots.heatmap_png(shown, traces, os.path.join(out, "heatmap.png"), unit=unit, sign=sign)
+            plots.heatmap_html(shown, traces, os.path.join(out, "heatmap.html"), unit=unit, sign=sign)
         return {"texts": texts, "output": out}
 
     result = run_cli(run)
@@ -70,13 +72,14 @@ def main(argv: list[str]) -> None:
     print(f"written to {result['output']}")
 
 
-def _transfer_neuron(workdir: str) -> int | None:
-    """The neuron found by a previous `lmscale.transfer` run in WORKDIR/transfer, if any."""
+def _transfer_neuron(workdir: str) -> tuple[int | None, int]:
+    """(index, sign) of the neuron found by `lmscale.transfer` in WORKDIR/transfer, if any."""
     path = os.path.join(workdir, "transfer", "results.json")
     if os.path.exists(path):
         with open(path) as f:
-            return int(json.load(f)["neuron"]["index"])
-    return None
+            neuron = json.load(f)["neuron"]
+        return int(neuron["index"]), int(neuron["sign"]) or 1
+    return None, 1
 
 
 if __name__ == "__main__":

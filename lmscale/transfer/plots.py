@@ -51,14 +51,22 @@ def weights_plot(coef: np.ndarray, path: str, *, top: int = 5) -> None:
     plt.close(fig)
 
 
-def _colors(values: np.ndarray, scale: float) -> np.ndarray:
-    """RGBA [T, 4] on a red (negative) - white - green (positive) map, symmetric around 0."""
+def _colors(values: np.ndarray, center: float, scale: float, sign: int) -> np.ndarray:
+    """RGBA [T, 4] on a red - yellow - green map around ``center``; ``sign`` -1 flips it, so
+    that green always means the direction the classifier reads as positive."""
     cmap = plt.get_cmap("RdYlGn")
-    return cmap(np.clip(0.5 + 0.5 * values / max(scale, 1e-8), 0.0, 1.0))
+    return cmap(np.clip(0.5 + 0.5 * sign * (values - center) / max(scale, 1e-8), 0.0, 1.0))
+
+
+def _color_range(traces: Sequence[np.ndarray]) -> tuple[float, float]:
+    """(center, half-width): the median of all values and the largest distance from it."""
+    values = np.concatenate([np.asarray(t, np.float64) for t in traces if len(t)] or [np.zeros(1)])
+    center = float(np.median(values))
+    return center, float(np.max(np.abs(values - center)))
 
 
 def heatmap_png(texts: Sequence[str], traces: Sequence[np.ndarray], path: str, *, unit: int,
-                width: int = 80) -> None:
+                sign: int = 1, width: int = 80) -> None:
     """Each text's characters on a grid, colored by the unit's value after that character.
 
     ``traces[i]`` has one value per UTF-8 byte of ``texts[i]``; a character takes the
@@ -70,33 +78,36 @@ def heatmap_png(texts: Sequence[str], traces: Sequence[np.ndarray], path: str, *
         for s in range(0, max(len(chars), 1), width):
             rows.append((chars[s:s + width], vals[s:s + width]))
         rows.append(("", np.zeros(0)))
-    scale = max((np.max(np.abs(t)) for t in traces if len(t)), default=1.0)
+    center, scale = _color_range(traces)
     fig_h = 0.28 * len(rows) + 0.6
     fig, ax = plt.subplots(figsize=(width * 0.11 + 0.4, fig_h))
     ax.set_xlim(0, width)
     ax.set_ylim(len(rows), 0)
     ax.axis("off")
     for r, (chars, vals) in enumerate(rows):
-        for c, (ch, color) in enumerate(zip(chars, _colors(vals, scale))):
+        for c, (ch, color) in enumerate(zip(chars, _colors(vals, center, scale, sign))):
             ax.add_patch(plt.Rectangle((c, r), 1, 1, color=color, linewidth=0))
             ax.text(c + 0.5, r + 0.55, ch if ch.isprintable() else " ", ha="center",
                     va="center", fontsize=7, family="monospace")
-    ax.set_title(f"unit {unit}: red = negative, green = positive", fontsize=9)
+    ax.set_title(f"unit {unit} after each character (median {center:.2f}): "
+                 "green = towards positive, red = towards negative", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def heatmap_html(texts: Sequence[str], traces: Sequence[np.ndarray], path: str, *, unit: int) -> None:
+def heatmap_html(texts: Sequence[str], traces: Sequence[np.ndarray], path: str, *, unit: int,
+                 sign: int = 1) -> None:
     """The same heatmap as a standalone HTML page (hover a character for its value)."""
-    scale = max((np.max(np.abs(t)) for t in traces if len(t)), default=1.0)
+    center, scale = _color_range(traces)
     parts = [f"<!doctype html><meta charset='utf-8'><title>unit {unit}</title>",
              "<body style='font-family:monospace;max-width:60em'>",
-             f"<h3>unit {unit}: red = negative, green = positive</h3>"]
+             f"<h3>unit {unit} (median {center:.2f}): green = towards positive, "
+             "red = towards negative</h3>"]
     for text, trace in zip(texts, traces):
         chars, vals = _per_char(text, trace)
         spans = []
-        for ch, v, rgba in zip(chars, vals, _colors(vals, scale)):
+        for ch, v, rgba in zip(chars, vals, _colors(vals, center, scale, sign)):
             r, g, b = (int(255 * x) for x in rgba[:3])
             spans.append(f"<span title='{v:.3f}' style='background:rgb({r},{g},{b})'>"
                          f"{html.escape(ch)}</span>")

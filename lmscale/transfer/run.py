@@ -106,8 +106,9 @@ def _plots(lm: TrainedLM, splits: dict[str, Labeled], feats: dict[str, np.ndarra
         layer, unit_in_layer = -1, unit
     traces = [unit_trace(lm, t, unit_in_layer, state=state, layer=layer) for t in texts]
     texts = preprocess_texts(lm, texts)  # the traces follow the text as the LM read it
-    plots.heatmap_png(texts, traces, paths["heatmap"], unit=unit)
-    plots.heatmap_html(texts, traces, paths["heatmap_html"], unit=unit)
+    sign = 1 if fit.coef[unit] >= 0 else -1
+    plots.heatmap_png(texts, traces, paths["heatmap"], unit=unit, sign=sign)
+    plots.heatmap_html(texts, traces, paths["heatmap_html"], unit=unit, sign=sign)
     return paths
 
 
