@@ -4,30 +4,61 @@
         [--config.train.steps=2000 --config.model.hidden=512 ...]
 
 Re-running the same command with the same workdir resumes from its latest checkpoint.
+
+Many processes (hosts): every process runs this same command. The processes find each
+other by --coordinator_address/--num_processes/--process_id, the LMSCALE_* variables that
+launch/local.py sets, or a SLURM/Open MPI job's environment (see lmscale.distributed).
 """
 
 from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from lmscale.cli import parse_flags, run_cli
+from lmscale.distributed import (ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID, DistributedError,
+                                 initialize_from)
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file in configs/ (returns a locked ConfigDict).",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, config.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "Multi-process runs: HOST:PORT of process 0, which serves the "
+    f"coordinator (default ${ENV_COORDINATOR}, or found from a SLURM/Open MPI job).")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, f"Multi-process runs: how many processes (default ${ENV_NUM_PROCESSES}, "
+    "the SLURM/Open MPI task count, or 1).", lower_bound=1)
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, f"Multi-process runs: this process's id, 0..num_processes-1 (default "
+    f"${ENV_PROCESS_ID} or the SLURM/Open MPI rank).", lower_bound=0)
+_INIT_TIMEOUT = flags.DEFINE_integer(
+    "initialization_timeout", 300, "Multi-process runs: seconds to wait for all processes to reach "
+    "the coordinator; past it jax aborts the process (SIGABRT).", lower_bound=1)
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def join_processes() -> None:
+    """Joins the other processes of a multi-process run (if any) before devices are touched."""
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # jax logs each connection step at INFO
+    try:
+        initialize_from(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _INIT_TIMEOUT.value)
+    except DistributedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    join_processes()
     from lmscale.training.loop import train
     result = run_cli(lambda: train(_CONFIG.value, _WORKDIR.value))
-    if "val" in result:
+    import jax
+    if "val" in result and jax.process_index() == 0:
         print(f"step {result['step']}: val bpc {result['val']['bpc']:.4f}")
     sys.exit(0)
 

@@ -2,7 +2,9 @@
 
 ``data.train`` may name a prepared dataset folder, raw text paths/globs, or a built-in
 corpus; the latter two are prepared once into WORKDIR/data (re-prepared only when the
-request changes), so re-running the same command reuses them.
+request changes), so re-running the same command reuses them. In a multi-process run
+(WORKDIR on a filesystem all processes share) process 0 prepares while the others wait,
+then all open the same folder.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import json
 import os
 
+import jax
 import ml_collections
+import numpy as np
 
 from lmscale.config import parse_split
 from lmscale.data.builtin import is_builtin
@@ -30,10 +34,40 @@ def make_tokenizer(name: str) -> ByteTokenizer:
 
 
 def resolve_dataset(data: ml_collections.ConfigDict, workdir: str, *, progress: bool = True) -> str:
-    """Returns the folder of a prepared dataset for ``data.train``, preparing it if needed."""
+    """Returns the folder of a prepared dataset for ``data.train``, preparing it if needed.
+
+    With several processes only process 0 checks and prepares; the others wait for it at a
+    barrier and fail with a pointer to process 0's error if it could not prepare.
+    """
     spec = str(data.train)
     if is_dataset(spec):
         return spec
+    if jax.process_count() == 1:
+        return _prepare_in_workdir(data, workdir, progress)
+    from jax.experimental import multihost_utils
+    target, failure = None, None
+    if jax.process_index() == 0:
+        try:
+            target = _prepare_in_workdir(data, workdir, progress)
+        except Exception as e:  # re-raised below, once the others know
+            failure = e
+    # A collective: every process waits here until process 0 is done.
+    ok = int(multihost_utils.broadcast_one_to_all(np.int32(failure is None)))
+    if failure is not None:
+        raise failure
+    if not ok:
+        raise DataError(f"process 0 could not prepare {spec!r} into {workdir}/data; see its error")
+    target = target or os.path.join(workdir, "data")
+    if not is_dataset(target):
+        raise DataError(f"process 0 prepared the dataset into {target}, which this process "
+                        f"({jax.process_index()}) cannot see: the workdir must be on a filesystem "
+                        f"shared by all processes")
+    return target
+
+
+def _prepare_in_workdir(data: ml_collections.ConfigDict, workdir: str, progress: bool) -> str:
+    """Prepares ``data.train`` (text or a built-in corpus) into WORKDIR/data unless it is there."""
+    spec = str(data.train)
     target = os.path.join(workdir, "data")
     request = {"inputs": spec, "text_column": data.text_column, "text_field": data.text_field,
                "txt_mode": data.txt_mode, "split": data.split, "shard_tokens": data.shard_tokens,

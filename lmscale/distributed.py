@@ -1,0 +1,198 @@
+"""Joining a multi-process run: ``jax.distributed`` set up before anything touches devices.
+
+A run over many hosts (or many processes on one host) is one JAX program per process; they
+find each other through a coordinator (process 0 serves it at ``host:port``). Where the
+settings come from, first match wins:
+
+1. flags ``--coordinator_address``, ``--num_processes``, ``--process_id`` of lmscale.train,
+2. the environment ``LMSCALE_COORDINATOR_ADDRESS``, ``LMSCALE_NUM_PROCESSES``,
+   ``LMSCALE_PROCESS_ID`` (what ``launch/local.py`` sets; a flag beats its variable),
+3. a SLURM job step with more than one task (``srun``) or an Open MPI job (``mpirun``):
+   jax's own cluster detection finds all three (and, on GPUs, one device per task),
+4. otherwise one process: nothing to initialize.
+
+``resolve`` is the pure decision; ``initialize`` calls ``jax.distributed.initialize``. An
+unreachable coordinator makes jax abort the process (SIGABRT) once ``timeout_s`` is over,
+so ``initialize`` first prints one line on stderr saying whom it is waiting for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import sys
+from typing import Mapping
+
+ENV_COORDINATOR = "LMSCALE_COORDINATOR_ADDRESS"
+ENV_NUM_PROCESSES = "LMSCALE_NUM_PROCESSES"
+ENV_PROCESS_ID = "LMSCALE_PROCESS_ID"
+
+# What jax's cluster detection (jax/_src/clusters) needs to find in the environment.
+SLURM_VARS = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
+OMPI_URI = "OMPI_MCA_orte_hnp_uri"
+
+
+class DistributedError(ValueError):
+    """Multi-process settings that are incomplete or contradict each other."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessGroup:
+    """How this process joins the run.
+
+    ``coordinator_address``, ``num_processes`` and ``process_id`` are what is passed to
+    ``jax.distributed.initialize``; None leaves that value to jax's cluster detection.
+    ``rank`` and ``size`` are the same numbers for messages (from the cluster's variables
+    when jax will detect them). ``source`` says where the settings came from.
+    """
+
+    coordinator_address: str | None
+    num_processes: int | None
+    process_id: int | None
+    rank: int
+    size: int
+    source: str
+
+    def describe(self, timeout_s: int) -> str:
+        """The line printed before connecting: who, to whom, and for how long."""
+        where = (f"coordinator {self.coordinator_address}" if self.coordinator_address
+                 else f"the coordinator jax derives from {self.source}")
+        return (f"process {self.rank}/{self.size}: connecting to {where} "
+                f"(timeout {timeout_s} s; settings from {self.source})")
+
+
+def resolve(coordinator_address: str | None, num_processes: int | None, process_id: int | None,
+            env: Mapping[str, str]) -> ProcessGroup | None:
+    """Decides from flags (None when not given) and ``env``; None means a single process."""
+    address = coordinator_address if coordinator_address is not None else env.get(ENV_COORDINATOR) or None
+    count = num_processes if num_processes is not None else _env_int(env, ENV_NUM_PROCESSES)
+    pid = process_id if process_id is not None else _env_int(env, ENV_PROCESS_ID)
+    flagged = (coordinator_address, num_processes, process_id)
+    from_flags = any(v is not None for v in flagged)
+    from_env = any(f is None and v is not None for f, v in zip(flagged, (address, count, pid)))
+    source = " and ".join(name for name, used in (("flags", from_flags), ("LMSCALE_* environment", from_env))
+                          if used)
+    if count is not None and count < 1:
+        raise DistributedError(f"the number of processes must be at least 1, got {count}")
+    if count is not None and pid is not None and not 0 <= pid < count:
+        raise DistributedError(f"process id {pid} is outside 0..{count - 1} (number of processes {count})")
+    if count == 1:
+        return None  # one process: nothing to coordinate, whatever the cluster says
+    if address is not None:
+        _check_address(address)
+    if None not in (address, count, pid):
+        return ProcessGroup(address, count, pid, pid, count, source)
+
+    cluster = _cluster(env)
+    if cluster is None:
+        if (address, count, pid) == (None, None, None):
+            return None
+        missing = [flag for flag, v in (("--coordinator_address", address), ("--num_processes", count),
+                                        ("--process_id", pid)) if v is None]
+        raise DistributedError(
+            f"a multi-process run needs --coordinator_address, --num_processes and --process_id "
+            f"(or {ENV_COORDINATOR}, {ENV_NUM_PROCESSES}, {ENV_PROCESS_ID}, or a SLURM/Open MPI "
+            f"job); missing {', '.join(missing)}")
+    kind, rank, size = cluster
+    source = f"{source} and {kind}" if source else kind
+    if kind == "Open MPI" and OMPI_URI not in env:
+        # jax detects Open MPI by this variable only; without it (Open MPI 5) pass all three.
+        if address is None:
+            raise DistributedError(
+                f"an Open MPI job without {OMPI_URI} (Open MPI 5?): jax cannot find the "
+                f"coordinator; pass --coordinator_address=HOST:PORT of rank 0")
+        count, pid = size if count is None else count, rank if pid is None else pid
+        return ProcessGroup(address, count, pid, pid, count, source)
+    return ProcessGroup(address, count, pid, rank if pid is None else pid,
+                        size if count is None else count, source)
+
+
+def initialize(coordinator_address: str | None, num_processes: int | None, process_id: int | None,
+               timeout_s: int, *, message: str | None = None) -> None:
+    """``jax.distributed.initialize`` with a bounded wait, after one line on stderr.
+
+    None values are left to jax's cluster detection (SLURM, Open MPI). Must run before any
+    device query (``jax.devices()``, creating an array, ...). If the coordinator cannot be
+    reached within ``timeout_s`` seconds, jax aborts the process (SIGABRT).
+    """
+    import jax
+    if timeout_s < 1:
+        raise DistributedError(f"--initialization_timeout must be at least 1 second, got {timeout_s}")
+    if message is None:
+        message = (f"process {process_id if process_id is not None else '?'}/"
+                   f"{num_processes or '?'}: connecting to coordinator "
+                   f"{coordinator_address or '(from the cluster)'} (timeout {timeout_s} s)")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives across processes
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = cpu_pool_size(os.environ, cpus, jax.config.jax_num_cpu_devices)
+    if threads is not None:
+        os.environ["PJRT_NPROC"] = str(threads)  # read when the CPU client is created, after this
+    print(message, file=sys.stderr, flush=True)
+    # All three given: no cluster detection, which would also narrow a SLURM/MPI task to one GPU.
+    explicit = None not in (coordinator_address, num_processes, process_id)
+    jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                               cluster_detection_method="deactivate" if explicit else None,
+                               initialization_timeout=timeout_s)
+
+
+def initialize_from(coordinator_address: str | None, num_processes: int | None,
+                    process_id: int | None, timeout_s: int,
+                    env: Mapping[str, str] | None = None) -> ProcessGroup | None:
+    """Resolves the settings (flags, then ``env``, default ``os.environ``) and joins the run.
+
+    Returns the group joined, or None for a single process (nothing is initialized).
+    """
+    group = resolve(coordinator_address, num_processes, process_id, os.environ if env is None else env)
+    if group is not None:
+        initialize(group.coordinator_address, group.num_processes, group.process_id, timeout_s,
+                   message=group.describe(timeout_s))
+    return group
+
+
+def cpu_pool_size(env: Mapping[str, str], cpus: int, num_cpu_devices: int = -1) -> int | None:
+    """Threads XLA's CPU client needs in a multi-process run, if more than it would take.
+
+    Each local CPU device blocks one thread of the client's pool in a cross-process
+    collective while it waits for the other processes, and the launch of the next program
+    blocks another one per device; with fewer than 2 per device the processes deadlock.
+    The pool has one thread per core (or ``PJRT_NPROC``), so a 2-core machine running 2
+    devices per process needs more. Returns the ``PJRT_NPROC`` to set, or None.
+    """
+    if "PJRT_NPROC" in env or "NPROC" in env:
+        return None  # the user's choice
+    devices = num_cpu_devices if num_cpu_devices > 0 else 1
+    match = re.search(r"--xla_force_host_platform_device_count=(\d+)", env.get("XLA_FLAGS", ""))
+    if num_cpu_devices <= 0 and match:
+        devices = int(match.group(1))
+    return 2 * devices if 2 * devices > cpus else None
+
+
+def _env_int(env: Mapping[str, str], name: str) -> int | None:
+    text = env.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise DistributedError(f"{name} must be an integer, got {text!r}") from None
+
+
+def _check_address(address: str) -> None:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise DistributedError(f"coordinator address must be HOST:PORT, got {address!r}")
+
+
+def _cluster(env: Mapping[str, str]) -> tuple[str, int, int] | None:
+    """(name, rank, size) of a multi-task SLURM step or Open MPI job in ``env``, else None."""
+    if _env_int(env, "SLURM_NTASKS") not in (None, 0, 1):
+        missing = [v for v in SLURM_VARS if v not in env]
+        if missing:
+            raise DistributedError(
+                f"SLURM_NTASKS={env['SLURM_NTASKS']} but {', '.join(missing)} unset: start one "
+                f"task per process with srun (or pass --num_processes=1 for a single process)")
+        return "SLURM", int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
+    if _env_int(env, "OMPI_COMM_WORLD_SIZE") not in (None, 0, 1):
+        return "Open MPI", int(env.get("OMPI_COMM_WORLD_RANK", "0")), int(env["OMPI_COMM_WORLD_SIZE"])
+    return None

@@ -1,0 +1,218 @@
+"""Multi-process training on one machine through launch/local.py and jax.distributed (gloo on
+CPU): the same losses as one process, shared checkpoints and resume, a clear message when the
+coordinator cannot be reached; and the pure settings logic of lmscale.distributed."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from lmscale.distributed import DistributedError, ProcessGroup, cpu_pool_size, resolve
+from lmscale.training.metrics import read_metrics
+from tests.conftest import REPO, write_corpus
+
+LAUNCHER = str(REPO / "launch" / "local.py")
+
+
+def launch(workdir, data, steps: int, *, processes: int, devices: int, extra=(), launcher_flags=(),
+           timeout: int = 300) -> subprocess.CompletedProcess:
+    """``launch/local.py`` running lmscale.train on a tiny model: global batch 8 x 16 characters."""
+    train = [sys.executable, "-m", "lmscale.train", "--config=configs/quickstart.py",
+             f"--workdir={workdir}", f"--config.data.train={data}", "--config.data.split=8,1,1",
+             "--config.model.hidden=32", "--config.model.embed=16", "--config.train.batch_size=8",
+             "--config.train.seq_len=16", f"--config.train.steps={steps}",
+             "--config.optim.decay_steps=12", "--config.train.log_every=1",
+             "--config.train.eval_every=0", "--config.train.eval_batch_size=8",
+             "--config.train.eval_steps=2", "--config.train.progress_bar=False",
+             "--config.checkpoint.every=3", "--initialization_timeout=60", *extra]
+    command = [sys.executable, LAUNCHER, f"--num_processes={processes}",
+               f"--devices_per_process={devices}", "--platform=cpu", *launcher_flags, "--", *train]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def train_losses(workdir) -> dict[int, tuple[float, float]]:
+    return {r["step"]: (r["loss"], r["bpc"]) for r in read_metrics(str(workdir)) if r["split"] == "train"}
+
+
+def checkpoint_steps(workdir) -> list[int]:
+    return sorted(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit())
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """2 processes x 2 devices (process 0 prepares the raw text), resumed from 6 to 8 steps;
+    and 1 process x 4 devices on the dataset the first run prepared, 8 steps at once."""
+    root = tmp_path_factory.mktemp("multiprocess")
+    corpus = write_corpus(root / "corpus")
+    two, one = root / "two_processes", root / "one_process"
+    first = launch(two, corpus, 6, processes=2, devices=2)
+    assert first.returncode == 0, first.stderr[-3000:]
+    after_first = {"losses": train_losses(two), "checkpoints": checkpoint_steps(two)}
+    resumed = launch(two, corpus, 8, processes=2, devices=2)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    single = launch(one, two / "data", 8, processes=1, devices=4)
+    assert single.returncode == 0, single.stderr[-3000:]
+    return {"two": two, "one": one, "first": first, "after_first": after_first, "resumed": resumed}
+
+
+def test_two_processes_give_the_losses_of_one(runs):
+    two, one = train_losses(runs["two"]), train_losses(runs["one"])
+    assert sorted(two) == sorted(one) == list(range(1, 9))
+    np.testing.assert_allclose(np.array([two[s] for s in range(1, 9)]),
+                               np.array([one[s] for s in range(1, 9)]), rtol=0, atol=1e-5)
+    assert one[8][0] < one[1][0]
+
+
+def test_processes_joined_through_the_coordinator(runs):
+    err = runs["first"].stderr
+    assert "process 0/2: connecting to coordinator 127.0.0.1:" in err
+    assert "[process 1] process 1/2: connecting to coordinator 127.0.0.1:" in err
+    config = (runs["two"] / "config.json").read_text()
+    assert '"processes": 2' in config and '"devices": 4' in config
+    assert (runs["two"] / "data" / "metadata.json").exists()  # prepared once, by process 0
+
+
+def test_checkpoints_are_shared_and_a_rerun_resumes(runs):
+    assert runs["after_first"]["checkpoints"] == [3, 6]
+    assert checkpoint_steps(runs["two"]) == [3, 6, 8]
+    before = runs["after_first"]["losses"]
+    after = train_losses(runs["two"])
+    assert sorted(before) == list(range(1, 7))
+    assert {s: after[s] for s in before} == before  # steps 1-6 kept, 7-8 continued from step 6
+
+
+def test_unreachable_coordinator_fails_in_bounded_time_with_a_message(tmp_path):
+    """Only process 1 of 2 is started: nobody serves the coordinator."""
+    start = time.monotonic()
+    proc = launch(tmp_path / "run", "python_stdlib", 2, processes=2, devices=1,
+                  extra=["--initialization_timeout=5"], launcher_flags=["--process_ids=1"],
+                  timeout=120)
+    elapsed = time.monotonic() - start
+    assert proc.returncode != 0
+    assert elapsed < 90
+    assert "process 1/2: connecting to coordinator 127.0.0.1:" in proc.stderr
+    error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "process 1 was aborted (SIGABRT)" in error[0]
+    assert "could not reach the coordinator" in error[0]
+
+
+def test_bad_data_on_process_0_stops_every_process(tmp_path):
+    """Process 0 fails to prepare the data; process 1, waiting for it, fails too (or is stopped)."""
+    proc = launch(tmp_path / "run", tmp_path / "missing.txt", 2, processes=2, devices=1, timeout=120)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert any(line.startswith("error: no such file or directory:") and "missing.txt" in line
+               for line in errors)
+    assert errors[-1].startswith("error: process ")
+    for line in errors:  # process 1's own message, unless the launcher stopped it first
+        assert not line.startswith("[process 1]") or "process 0 could not prepare" in line
+
+
+def test_launcher_names_a_failed_process_and_its_status(tmp_path):
+    proc = subprocess.run([sys.executable, LAUNCHER, "--num_processes=2", "--platform=cpu", "--",
+                           sys.executable, "-c", "import os, sys; "
+                           "sys.exit(3 if os.environ['LMSCALE_PROCESS_ID'] == '1' else 0)"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "error: process 1 exited with status 3" in proc.stderr
+
+
+def test_launcher_refuses_a_command_line_without_a_command():
+    proc = subprocess.run([sys.executable, LAUNCHER, "--num_processes=2"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and "after '--'" in proc.stderr
+
+
+# The settings logic: pure functions of flags and an environment.
+
+def test_no_flags_no_cluster_is_a_single_process():
+    assert resolve(None, None, None, {}) is None
+    assert resolve(None, None, None, {"SLURM_NTASKS": "1", "SLURM_PROCID": "0"}) is None
+
+
+def test_flags_give_an_explicit_group():
+    group = resolve("10.0.0.1:1234", 4, 3, {})
+    assert group == ProcessGroup("10.0.0.1:1234", 4, 3, 3, 4, "flags")
+    assert group.describe(10) == ("process 3/4: connecting to coordinator 10.0.0.1:1234 "
+                                  "(timeout 10 s; settings from flags)")
+
+
+def test_environment_fills_in_and_flags_win():
+    env = {"LMSCALE_COORDINATOR_ADDRESS": "127.0.0.1:9999", "LMSCALE_NUM_PROCESSES": "2",
+           "LMSCALE_PROCESS_ID": "1"}
+    assert resolve(None, None, None, env) == ProcessGroup("127.0.0.1:9999", 2, 1, 1, 2,
+                                                           "LMSCALE_* environment")
+    group = resolve(None, None, 0, env)
+    assert (group.process_id, group.source) == (0, "flags and LMSCALE_* environment")
+    assert resolve(None, 1, 0, env) is None  # one process: nothing to join
+    with pytest.raises(DistributedError, match="process id 1 is outside 0..0"):
+        resolve(None, 1, None, env)
+
+
+SLURM = {"SLURM_JOB_ID": "77", "SLURM_STEP_NODELIST": "node[01-02]", "SLURM_NTASKS": "16",
+         "SLURM_PROCID": "9", "SLURM_LOCALID": "1"}
+
+
+def test_slurm_and_open_mpi_are_left_to_jax_detection():
+    assert resolve(None, None, None, SLURM) == ProcessGroup(None, None, None, 9, 16, "SLURM")
+    ompi = {"OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_RANK": "2",
+            "OMPI_MCA_orte_hnp_uri": "1531576320.0;tcp://10.96.0.1:34911"}
+    assert resolve(None, None, None, ompi) == ProcessGroup(None, None, None, 2, 4, "Open MPI")
+    group = resolve("node01:5000", None, None, SLURM)  # a flag overrides part of the detection
+    assert (group.coordinator_address, group.num_processes, group.rank) == ("node01:5000", None, 9)
+    assert "flags and SLURM" in group.source
+    assert resolve(None, 1, None, SLURM) is None  # --num_processes=1 runs one process anyway
+
+
+@pytest.mark.parametrize("flags, env, message", [
+    ((None, 2, 0), {}, "missing --coordinator_address"),
+    (("127.0.0.1:1", None, None), {}, "missing --num_processes, --process_id"),
+    (("127.0.0.1:1", 2, 2), {}, "process id 2 is outside 0..1"),
+    (("nohost", 2, 0), {}, "must be HOST:PORT"),
+    ((None, None, None), {"LMSCALE_NUM_PROCESSES": "two"}, "LMSCALE_NUM_PROCESSES must be an integer"),
+    ((None, None, None), {**SLURM, "SLURM_STEP_NODELIST": None}, "SLURM_STEP_NODELIST unset"),
+    ((None, None, None), {"OMPI_COMM_WORLD_SIZE": "2"}, "pass --coordinator_address"),
+])
+def test_incomplete_or_contradicting_settings_are_refused(flags, env, message):
+    env = {k: v for k, v in env.items() if v is not None}
+    with pytest.raises(DistributedError, match=message):
+        resolve(*flags, env)
+
+
+def test_open_mpi_without_its_uri_takes_ranks_from_its_variables():
+    group = resolve("10.0.0.1:5000", None, None, {"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "1"})
+    assert (group.coordinator_address, group.num_processes, group.process_id) == ("10.0.0.1:5000", 2, 1)
+
+
+def test_cpu_thread_pool_is_enlarged_only_where_collectives_would_starve_it():
+    two = {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=true --xla_force_host_platform_device_count=2"}
+    assert cpu_pool_size(two, cpus=2) == 4
+    assert cpu_pool_size(two, cpus=16) is None
+    assert cpu_pool_size({**two, "PJRT_NPROC": "3"}, cpus=2) is None
+    assert cpu_pool_size({}, cpus=1) == 2
+    assert cpu_pool_size({}, cpus=2, num_cpu_devices=4) == 8
+
+
+def _launcher_module():
+    spec = importlib.util.spec_from_file_location("launch_local", LAUNCHER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_launcher_environment_per_process():
+    local = _launcher_module()
+    env = local.process_env({"XLA_FLAGS": "--xla_dump_to=/tmp/x"}, 1, 2, "127.0.0.1:5", 2, None)
+    assert env["LMSCALE_PROCESS_ID"] == "1" and env["LMSCALE_NUM_PROCESSES"] == "2"
+    assert env["LMSCALE_COORDINATOR_ADDRESS"] == "127.0.0.1:5"
+    assert env["XLA_FLAGS"] == "--xla_dump_to=/tmp/x --xla_force_host_platform_device_count=2"
+    gpu = local.process_env({}, 1, 2, "127.0.0.1:5", 2, ["0", "1", "2", "3"])
+    assert gpu["CUDA_VISIBLE_DEVICES"] == "2,3" and "XLA_FLAGS" not in gpu
+    assert local.describe_exit(0, -9, "h:1") == "process 0 was killed by SIGKILL — often the out-of-memory killer"
+    assert local.describe_exit(0, -9, "h:1", sent=9) == "process 0 was stopped by the launcher (SIGKILL)"
