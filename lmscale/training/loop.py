@@ -162,7 +162,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                 last["train"] = record
                 bar.set_postfix(loss=f"{loss:.3f}", bpc=f"{record['bpc']:.3f}",
                                 lr=f"{record['lr']:.2e}", chars_s=f"{record['chars_per_s']:.3g}")
-                state = state.replace(acc=jax.device_put(zero_acc(), replicated))
+                state = state.replace(acc=jax.device_put(jax.tree.map(np.asarray, zero_acc()), replicated))
                 timer_start, timed_steps = time.perf_counter(), 0
             evaluating = (config.train.eval_every and step % config.train.eval_every == 0) or step == steps
             if evaluating:

@@ -16,7 +16,7 @@ import numpy as np
 import sklearn
 from sklearn.linear_model import LogisticRegression
 
-C_GRID: tuple[float, ...] = tuple(float(c) for c in 2.0 ** np.arange(-8, 4))  # 2^-8 ... 2^3
+C_GRID: tuple[float, ...] = tuple(float(c) for c in 2.0 ** np.arange(-8, 2))  # 2^-8 ... 2^1
 
 
 def l1_logistic_regression(C: float, seed: int = 0) -> LogisticRegression:
@@ -24,9 +24,9 @@ def l1_logistic_regression(C: float, seed: int = 0) -> LogisticRegression:
     major, minor = (int(x) for x in sklearn.__version__.split(".")[:2])
     if (major, minor) >= (1, 8):  # `penalty` is deprecated from 1.8: l1_ratio=1 is pure L1
         return LogisticRegression(C=C, l1_ratio=1.0, solver="liblinear", random_state=seed,
-                                  max_iter=1000)
+                                  max_iter=300)
     return LogisticRegression(C=C, penalty="l1", solver="liblinear", random_state=seed,
-                              max_iter=1000)
+                              max_iter=300)
 
 
 @dataclasses.dataclass

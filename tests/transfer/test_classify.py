@@ -26,7 +26,7 @@ def test_fit_l1_matches_sklearn_called_directly():
     best = None
     for C in C_GRID:
         m = LogisticRegression(C=C, l1_ratio=1.0, solver="liblinear", random_state=0,
-                               max_iter=1000).fit(xtr, ytr)
+                               max_iter=300).fit(xtr, ytr)
         acc = m.score(xva, yva)
         assert fit.val_accuracy_by_C[C] == acc
         if best is None or acc > best[1]:
