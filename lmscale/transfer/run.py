@@ -100,20 +100,16 @@ def _plots(lm: TrainedLM, splits: dict[str, Labeled], feats: dict[str, np.ndarra
     data = splits[shown]
     picks = _examples(data, examples)
     texts = [data.texts[i] for i in picks]
-    if all_layers_feature_width(feats, lm) and unit >= lm.model().hidden:
-        layer, unit_in_layer = divmod(unit, lm.model().hidden)
-    else:
-        layer, unit_in_layer = -1, unit
+    hidden = lm.model().hidden
+    # All-layer features are the layers' states side by side: unit u is layer u // hidden.
+    all_layers = feats["train"].shape[1] > hidden
+    layer, unit_in_layer = divmod(unit, hidden) if all_layers else (-1, unit)
     traces = [unit_trace(lm, t, unit_in_layer, state=state, layer=layer) for t in texts]
     texts = preprocess_texts(lm, texts)  # the traces follow the text as the LM read it
     sign = 1 if fit.coef[unit] >= 0 else -1
     plots.heatmap_png(texts, traces, paths["heatmap"], unit=unit, sign=sign)
     plots.heatmap_html(texts, traces, paths["heatmap_html"], unit=unit, sign=sign)
     return paths
-
-
-def all_layers_feature_width(feats: dict[str, np.ndarray], lm: TrainedLM) -> bool:
-    return feats["train"].shape[1] > lm.model().hidden
 
 
 def _examples(data: Labeled, n: int) -> list[int]:
