@@ -17,25 +17,20 @@ import os
 from lmscale.config import config_from_file
 
 
-def paper_model():
-    return config_from_file(os.path.join(os.path.dirname(__file__), "mlstm4096.py"))
+def one_node_run():
+    """configs/mlstm4096_8gpu.py: 256 sequences per GPU in fp16, 5e-4 @ 128 scaled linearly, capped at 3e-3."""
+    return config_from_file(os.path.join(os.path.dirname(__file__), "mlstm4096_8gpu.py"))
 
 
 def get_config():
-    config = paper_model()
+    config = one_node_run()  # per GPU: the same batch, precision and learning-rate rule
     config.unlock()
-    config.train.per_device_batch_size = 256  # x 128 GPUs = 32768 global
-    config.optim.lr = 5e-4  # at optim.base_batch_size ...
-    config.optim.base_batch_size = 128
-    config.optim.lr_scaling = "linear"  # ... scaled with the batch ...
-    config.optim.lr_max = 3e-3  # ... and capped
     config.optim.schedule = "linear"
     config.optim.decay_steps = 100_000  # decay to 0 over min(100k steps, ...
     config.optim.decay_epochs = 3.0  # ... 3 epochs)
     config.train.steps = 100_000
     config.train.epochs = 3.0
     config.data.shuffle_shards = False
-    config.precision.compute = "float16"
     config.train.log_every = 20
     config.train.eval_every = 1000
     config.checkpoint.every = 1000
