@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lmscale.training.loss import bits_per_char
+from lmscale.training.loss import bits_per_char, cross_entropy_sums
 from lmscale.training.restore import TrainedLM, load_trained
 from lmscale.transfer.featurize import encode_texts, featurize
 
@@ -39,9 +39,9 @@ class LM:
     def _nats(self, params: Any, tokens: jax.Array, weights: jax.Array) -> jax.Array:
         model = nnx.merge(self.trained.graphdef, params)
         logits, _ = model(tokens[:, :-1], None)
-        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-        nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
-        return jnp.sum(nll * weights, axis=1)
+        # The training loss, per row: summed nats of each text's counted targets.
+        nats, _ = jax.vmap(cross_entropy_sums)(logits, tokens[:, 1:], weights)
+        return nats
 
     def score(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Bits per character of each text [N]: every byte after the first, predicted from
