@@ -19,7 +19,7 @@ from typing import Any
 
 import ml_collections
 
-from lmscale.models import MODEL_KINDS
+from lmscale.models import get_kind, model_kinds
 
 SCHEDULES = ("constant", "linear", "cosine", "slanted_triangular")
 LR_SCALINGS = ("none", "linear", "sqrt")
@@ -50,12 +50,29 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.shuffle_shards = False  # seeded shuffle of shard order per epoch (paper: no shuffling)
 
     c.model = ml_collections.ConfigDict()
-    c.model.kind = "mlstm"  # "mlstm" (multiplicative LSTM) or "lstm"
+    c.model.kind = "mlstm"  # "mlstm" (multiplicative LSTM), "lstm" or "transformer"
+    c.model.layers = 1  # stacked recurrent layers / transformer blocks
+    # Dropout (training only): recurrent models between stacked layers; the transformer on
+    # each block's residual branches (after attention and after the feed-forward) and embeddings.
+    c.model.dropout = 0.0
+    # Weight norm g*v/|v|: recurrent models on the recurrent matrices; the transformer on every
+    # block matrix and the output head (never on embeddings).
+    c.model.weight_norm = True
+    # Recurrent models (mlstm, lstm)
     c.model.embed = 64  # embedding width
     c.model.hidden = 4096  # recurrent state width per layer
-    c.model.layers = 1  # stacked recurrent layers
-    c.model.dropout = 0.0  # dropout between stacked layers (training only)
-    c.model.weight_norm = True  # g*v/|v| on the recurrent weight matrices (not embedding/decoder)
+    # Transformer (decoder-only, fairseq-style as sentiment-discovery's)
+    c.model.d_model = 768  # residual stream width
+    c.model.heads = 8  # attention heads (d_model must be divisible by it)
+    c.model.d_ff = 3072  # feed-forward hidden width
+    c.model.max_len = 256  # longest sequence (positions); train.seq_len must not exceed it
+    c.model.norm = "post"  # "post": x = LN(x + f(x)) as the seed/fairseq; "pre": x + f(LN(x)) and a final LN
+    c.model.positions = "learned"  # "learned" embeddings or fixed "sinusoidal"
+    c.model.attn_dropout = 0.0  # dropout on attention probabilities (training only)
+    c.model.ff_dropout = 0.0  # dropout after the feed-forward activation (training only)
+    c.model.tie_embeddings = False  # output head = token embedding transposed (the seed: untied)
+    c.model.remat = "none"  # "none" or "block": recompute each block's activations in the backward pass
+    c.model.scan_layers = True  # one compiled block scanned over stacked layer params (False: a Python loop, for debugging)
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 1000  # optimizer steps to run in total (a resumed run continues up to this)
@@ -125,9 +142,13 @@ def parse_split(split: str) -> tuple[int, int, int]:
 
 def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     """Checks values that cannot work, each error naming the key and the numbers."""
-    if config.model.kind not in MODEL_KINDS:
-        raise ConfigError(f"model.kind must be one of {sorted(MODEL_KINDS)}, got {config.model.kind!r}")
-    for key in ("model.embed", "model.hidden", "model.layers", "train.steps", "train.batch_size",
+    if config.model.kind not in model_kinds():
+        raise ConfigError(f"model.kind must be one of {list(model_kinds())}, got {config.model.kind!r}")
+    try:
+        get_kind(config.model.kind).validate(config.model, config.train)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    for key in ("train.steps", "train.batch_size",
                 "train.seq_len", "train.log_every", "train.eval_batch_size", "checkpoint.every",
                 "checkpoint.keep"):
         section, name = key.split(".")
@@ -138,8 +159,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         raise ConfigError("train.epochs and optim.decay_epochs must be >= 0")
     if config.train.eval_every < 0 or config.train.eval_steps < 0:
         raise ConfigError("train.eval_every and train.eval_steps must be >= 0")
-    if not 0.0 <= config.model.dropout < 1.0:
-        raise ConfigError(f"model.dropout must be in [0, 1), got {config.model.dropout}")
     if config.optim.schedule not in SCHEDULES:
         raise ConfigError(f"optim.schedule must be one of {list(SCHEDULES)}, got {config.optim.schedule!r}")
     if config.optim.lr <= 0:

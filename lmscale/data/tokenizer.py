@@ -1,4 +1,14 @@
-"""Byte-level tokenizers: text <-> token ids, with the id mapping kept explicit.
+"""Tokenizers: text <-> token ids, with the id mapping kept explicit.
+
+Every tokenizer has the same interface (what data preparation, training, eval, transfer
+and generation use): ``vocab_size``, ``pad_id`` (int or None), ``token_dtype`` (the
+smallest unsigned dtype holding every id: shards are stored in it), ``encode(text) -> ids``,
+``decode(ids) -> str``, ``byte_lengths() -> int32 [vocab_size]`` (UTF-8 bytes of text each
+id stands for, 0 for padding/control ids: bits per character are counted per byte with
+it, so they compare across tokenizers), ``to_dict()`` (JSON description) and
+``save(directory)`` (writes any files the description refers to, e.g. a model file, into
+``directory``); ``tokenizer_from_dict(d, base_dir)`` rebuilds one, reading those files from
+``base_dir``.
 
 Two mappings are in use for byte-level mLSTMs:
 
@@ -51,6 +61,15 @@ class ByteTokenizer:
     def token_dtype(self) -> type:
         return np.uint16
 
+    def byte_lengths(self) -> np.ndarray:
+        """int32 [vocab_size]: 1 for each byte id, 0 for padding."""
+        lengths = np.zeros(self.vocab_size, np.int32)
+        lengths[self.offset:] = 1
+        return lengths
+
+    def save(self, directory: str) -> None:
+        """Nothing to write: the description is the whole tokenizer."""
+
     def encode(self, text: str | bytes) -> np.ndarray:
         """Token ids [len(bytes)] uint16 of ``text`` (a str is encoded as UTF-8)."""
         data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
@@ -84,8 +103,9 @@ class ByteTokenizer:
         return {"kind": "byte", "offset": self.offset, "pad_id": self.pad_id}
 
 
-def tokenizer_from_dict(d: dict[str, Any]) -> ByteTokenizer:
-    """Rebuilds a tokenizer from ``to_dict()`` output (kinds: "byte")."""
+def tokenizer_from_dict(d: dict[str, Any], base_dir: str | None = None) -> ByteTokenizer:
+    """Rebuilds a tokenizer from ``to_dict()`` output (kinds: "byte"); files it names are
+    read from ``base_dir`` (the dataset or workdir the description came from)."""
     if not isinstance(d, dict):
         raise DataError(f"tokenizer description must be a dict, got {type(d).__name__}")
     kind = d.get("kind")

@@ -16,6 +16,7 @@ from flax import nnx
 
 from lmscale.models.initializers import symmetric_uniform
 from lmscale.models.recurrent import LSTMLayer, MLSTMLayer
+from lmscale.models.registry import ModelKind, register
 
 LAYER_TYPES = {"lstm": LSTMLayer, "mlstm": MLSTMLayer}
 Carry = tuple[tuple[jax.Array, jax.Array], ...]
@@ -50,9 +51,40 @@ class RecurrentLM(nnx.Module):
                                   kernel_init=symmetric_uniform(0.1),
                                   bias_init=jax.nn.initializers.zeros, rngs=rngs)
 
+    feature_states = ("cell", "hidden")
+    max_len = None  # reads any length: the state is carried
+
+    @property
+    def feature_width(self) -> int:
+        return self.hidden
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
     def initial_carry(self, batch_size: int) -> Carry:
         """One (h, c) per layer, float32 zeros [B, H]."""
         return tuple(layer.initial_carry(batch_size) for layer in self.layers)
+
+    def init_decode(self, batch_size: int, max_length: int = 0) -> Carry:
+        """The decode state is the carry (any length can be generated)."""
+        return self.initial_carry(batch_size)
+
+    def decode_step(self, tokens: jax.Array, state: Carry) -> tuple[jax.Array, Carry]:
+        """tokens int32 [B] -> (logits float32 [B, V], next state)."""
+        logits, state = self(tokens[:, None], state)
+        return logits[:, 0], state
+
+    def fix_unit(self, state: Carry, unit: int, value: float, which: str) -> Carry:
+        """``state`` with unit ``unit`` of the last layer's cell or hidden state set to ``value``."""
+        *lower, (h, c) = state
+        if which == "cell":
+            c = c.at[:, unit].set(value)
+        elif which == "hidden":
+            h = h.at[:, unit].set(value)
+        else:
+            raise ValueError(f"which must be one of {list(self.feature_states)}, got {which!r}")
+        return (*lower, (h, c))
 
     def _run(self, tokens: jax.Array, carry: Carry | None, resets: jax.Array | None,
              dropout_key: jax.Array | None, return_cells: bool
@@ -118,3 +150,48 @@ def _dropout_mask(key: jax.Array, layer: int, keep: float, shape: tuple[int, ...
     per_row = jax.vmap(lambda k: jax.random.bernoulli(jax.random.fold_in(k, layer), keep,
                                                       (steps, width)))(key)  # [B, T, H]
     return jnp.swapaxes(per_row, 0, 1)
+
+
+def _build(model_config: Any, vocab_size: int, *, rngs: nnx.Rngs, dtype: Any = jnp.float32
+           ) -> RecurrentLM:
+    return RecurrentLM(kind=model_config.kind, vocab_size=vocab_size, embed=int(model_config.embed),
+                       hidden=int(model_config.hidden), layers=int(model_config.layers),
+                       dropout=float(model_config.dropout),
+                       weight_norm=bool(model_config.weight_norm), dtype=dtype, rngs=rngs)
+
+
+def _validate(model_config: Any, train_config: Any) -> None:
+    for name in ("embed", "hidden", "layers"):
+        value = model_config[name]
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
+    if not 0.0 <= model_config.dropout < 1.0:
+        raise ValueError(f"model.dropout must be in [0, 1), got {model_config.dropout}")
+
+
+def _flops(model_config: Any, vocab_size: int, seq_len: int = 1) -> int:
+    """Forward matmul FLOPs per token (2 per multiply-add): recurrent layers + decoder.
+
+    The embedding is a lookup (no FLOPs); gate nonlinearities, weight norm (once per call,
+    not per token) and other elementwise work are ignored; ``seq_len`` does not matter. mLSTM
+    layer with input I, hidden H: I*4H + I*H + H*H + H*4H multiply-adds; LSTM: I*4H + H*4H;
+    decoder: H*V. Training (forward + backward) is about 3x this.
+    """
+    kind, hidden, embed = model_config.kind, int(model_config.hidden), int(model_config.embed)
+    macs = hidden * vocab_size
+    for l in range(int(model_config.layers)):
+        i = embed if l == 0 else hidden
+        macs += i * 4 * hidden + hidden * 4 * hidden
+        if kind == "mlstm":
+            macs += i * hidden + hidden * hidden
+    return 2 * macs
+
+
+def _describe(m: Any) -> str:
+    return f"{m.kind} hidden {m.hidden} embed {m.embed} layers {m.layers}"
+
+
+for _name in LAYER_TYPES:
+    register(ModelKind(name=_name, fields=("embed", "hidden", "layers", "weight_norm"),
+                       build=_build, validate=_validate, flops_per_token=_flops,
+                       describe=_describe))

@@ -1,0 +1,93 @@
+"""Model kinds: what the trainer, eval, plan, transfer and generation need of a model family.
+
+The trainer is model-agnostic: it only talks to a :class:`ModelKind` (registered under
+``model.kind``) and to the module it builds, which implements the language-model interface
+below. A new family is one file that defines its module and registers its kind.
+
+The module interface (an ``nnx.Module``; all arrays batch-major):
+
+* ``initial_carry(batch_size) -> carry``: the state carried from one batch to the next of
+  the same rows (truncated BPTT). A pytree whose leaves all have the batch as their leading
+  axis (they are sharded along it), or ``()`` for a model that carries nothing (the
+  transformer).
+* ``__call__(tokens int32 [B, T], carry, resets bool [B, T] | None = None, *,
+  dropout_key=None) -> (logits float32 [B, T, V], new carry)``. ``resets[b, t]`` starts a
+  new segment before ``tokens[b, t]`` (a recurrent model zeroes its state, a transformer
+  stops attention across it). ``dropout_key``: None (deterministic), one key, or one key per
+  row ([B, 2]) so that a row's masks do not depend on the batch it is in.
+* ``features(tokens, carry, resets=None) -> dict``: per-layer states for transfer, float32
+  [L, B, T, F], under each name of ``feature_states`` (e.g. "cell", "hidden"), plus
+  ``"carry"``: the new carry.
+* ``feature_states``: tuple of names ``features`` returns; the first is the default.
+* ``feature_width``: F; ``num_layers``: L.
+* ``max_len``: the longest sequence the model reads at once (None: unbounded, state carried).
+* ``init_decode(batch_size, max_length) -> state`` and ``decode_step(tokens int32 [B],
+  state) -> (logits float32 [B, V], state)``: one token at a time, for generation (a
+  recurrent model's state is its carry; a transformer's is its key/value cache).
+* ``fix_unit(state, unit, value, which) -> state`` (optional): the decode state with one
+  unit of the last layer held at ``value`` (``which`` one of ``feature_states``); models
+  without it cannot generate with a fixed neuron.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax.numpy as jnp
+from flax import nnx
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelKind:
+    """A model family: how to build it from ``config.model`` and what it costs.
+
+    ``fields``: the ``config.model`` fields that define the architecture (what a checkpoint
+    must match; dropouts are not among them). ``validate(model_config, train_config)`` raises
+    ValueError naming the bad key. ``flops_per_token(model_config, vocab_size, seq_len)``:
+    forward matmul FLOPs per token (training is about 3x).
+    """
+
+    name: str
+    fields: tuple[str, ...]
+    build: Callable[..., nnx.Module]  # (model_config, vocab_size, *, rngs, dtype) -> module
+    validate: Callable[[Any, Any], None]
+    flops_per_token: Callable[[Any, int, int], int]
+    describe: Callable[[Any], str]  # one line for humans: "mlstm hidden 4096 embed 64 layers 1"
+
+
+_KINDS: dict[str, ModelKind] = {}
+
+
+def register(kind: ModelKind) -> ModelKind:
+    if kind.name in _KINDS:
+        raise ValueError(f"model kind {kind.name!r} is registered twice")
+    _KINDS[kind.name] = kind
+    return kind
+
+
+def model_kinds() -> tuple[str, ...]:
+    return tuple(sorted(_KINDS))
+
+
+def get_kind(name: str) -> ModelKind:
+    if name not in _KINDS:
+        raise ValueError(f"unknown model.kind {name!r}; expected one of {list(model_kinds())}")
+    return _KINDS[name]
+
+
+def build_model(model_config: Any, vocab_size: int, *, rngs: nnx.Rngs,
+                dtype: Any = jnp.float32) -> nnx.Module:
+    """The module of ``model_config.kind`` (parameters float32, matmuls in ``dtype``)."""
+    return get_kind(model_config.kind).build(model_config, vocab_size, rngs=rngs, dtype=dtype)
+
+
+def flops_per_token(model_config: Any, vocab_size: int, seq_len: int = 1) -> int:
+    """Forward matmul FLOPs per token of ``model_config`` at sequence length ``seq_len``."""
+    return int(get_kind(model_config.kind).flops_per_token(model_config, vocab_size, seq_len))
+
+
+def architecture(model_config: Any) -> dict[str, Any]:
+    """The fields that define the architecture of ``model_config`` (its kind's ``fields``)."""
+    kind = get_kind(model_config.kind)
+    return {"kind": kind.name, **{f: model_config[f] for f in kind.fields}}
