@@ -12,22 +12,71 @@ the scan; only the h-dependent matmuls run inside it. Weight norm is applied onc
 Precision: ``dtype`` is the compute dtype of the matmuls (weights and inputs are cast to it).
 Gate nonlinearities and the carry (h, c) are kept in float32 (at least), whatever ``dtype``.
 Resets: before step t, rows with resets[t] True have h and c zeroed (h * (1 - reset)).
+
+Gradients: by default the recurrence has a hand-written backward (``recurrent_vjp``) that
+forms the recurrent weight gradients after the reverse scan as one float32-accumulated
+matmul over all T x B rows. ``grad="autodiff"`` (argument, or ``scan_options``) keeps plain
+autodiff through ``lax.scan``, the reference for tests and benchmarks.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+import dataclasses
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lmscale.models import recurrent_vjp
 from lmscale.models.initializers import recurrent_uniform
 from lmscale.models.weight_norm import make_matrix
 
 Carry = tuple[jax.Array, jax.Array]
 # (hs [T, B, H] in compute dtype, final (h, c), cs [T, B, H] or None)
 ScanResult = tuple[jax.Array, Carry, jax.Array | None]
+
+
+GRAD_IMPLS = ("custom", "autodiff")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScanOptions:
+    """How the recurrences are built (read when a function is traced).
+
+    grad: "custom" (hand-written backward, recurrent_vjp) or "autodiff" (through lax.scan).
+    unroll: ``lax.scan`` unroll factor of the time loop (forward and backward).
+    """
+    grad: str = "custom"
+    unroll: int = 1
+
+
+_OPTIONS = [ScanOptions()]
+
+
+def current_scan_options() -> ScanOptions:
+    return _OPTIONS[-1]
+
+
+@contextlib.contextmanager
+def scan_options(**changes: Any) -> Iterator[ScanOptions]:
+    """Within the block, functions traced use these options (e.g. ``grad="autodiff"``)."""
+    opts = dataclasses.replace(_OPTIONS[-1], **changes)
+    if opts.grad not in GRAD_IMPLS or opts.unroll < 1:
+        raise ValueError(f"bad scan options {opts}: grad in {GRAD_IMPLS}, unroll >= 1")
+    _OPTIONS.append(opts)
+    try:
+        yield opts
+    finally:
+        _OPTIONS.pop()
+
+
+def _keep_mask(resets: jax.Array | None, dtype: Any) -> jax.Array | None:
+    """bool resets [T, B] -> keep [T, B, 1] in ``dtype`` (0 where reset), or None."""
+    if resets is None:
+        return None
+    return jnp.logical_not(jnp.asarray(resets, bool))[..., None].astype(dtype)
 
 
 def _state_dtype(dtype: Any) -> Any:
@@ -61,23 +110,32 @@ def _recurrence(pre: tuple[jax.Array, ...], carry: Carry, resets: jax.Array | No
         return (h, c), out
 
     resets_in = None if resets is None else jnp.asarray(resets, bool)
-    (h, c), (hs, cs) = jax.lax.scan(step, (h0, c0), (pre, resets_in))
+    (h, c), (hs, cs) = jax.lax.scan(step, (h0, c0), (pre, resets_in),
+                                    unroll=current_scan_options().unroll)
     return hs, (h, c), cs
 
 
 def mlstm_scan(xs: jax.Array, carry: Carry, w_x: jax.Array, w_mx: jax.Array, w_mh: jax.Array,
                w_h: jax.Array, b: jax.Array, resets: jax.Array | None = None, *,
-               dtype: Any = jnp.float32, return_cells: bool = False) -> ScanResult:
+               dtype: Any = jnp.float32, return_cells: bool = False,
+               grad: str | None = None) -> ScanResult:
     """Multiplicative LSTM over a time-major sequence.
 
     xs [T, B, in]; carry (h [B, H], c [B, H]); w_x (in, 4H), w_mx (in, H), w_mh (H, H),
-    w_h (H, 4H), b (4H,); resets bool [T, B] or None.
+    w_h (H, 4H), b (4H,); resets bool [T, B] or None; grad: "custom" | "autodiff"
+    (default: ``scan_options``).
     Returns (hs [T, B, H] in ``dtype``, final (h, c) float32, cs [T, B, H] float32 or None).
     """
     sdt = _state_dtype(dtype)
     x = xs.astype(dtype)
     pre_x = jnp.einsum("tbi,ij->tbj", x, w_x.astype(dtype)) + b.astype(dtype)
     pre_m = jnp.einsum("tbi,ij->tbj", x, w_mx.astype(dtype))
+    opts = current_scan_options()
+    if (grad or opts.grad) == "custom":
+        st = recurrent_vjp.Static("mlstm", dtype, return_cells, opts.unroll)
+        h0, c0 = (jnp.asarray(a, sdt) for a in carry)
+        return recurrent_vjp.recurrence(st, (pre_x, pre_m), w_mh, w_h, h0, c0,
+                                        _keep_mask(resets, sdt))
     w_mh, w_h = w_mh.astype(dtype), w_h.astype(dtype)
 
     def gates(pre_t: tuple[jax.Array, ...], h: jax.Array) -> jax.Array:
@@ -90,7 +148,7 @@ def mlstm_scan(xs: jax.Array, carry: Carry, w_x: jax.Array, w_mx: jax.Array, w_m
 
 def lstm_scan(xs: jax.Array, carry: Carry, w_x: jax.Array, w_h: jax.Array, b: jax.Array,
               resets: jax.Array | None = None, *, dtype: Any = jnp.float32,
-              return_cells: bool = False) -> ScanResult:
+              return_cells: bool = False, grad: str | None = None) -> ScanResult:
     """Standard LSTM over a time-major sequence.
 
     xs [T, B, in]; carry (h [B, H], c [B, H]); w_x (in, 4H), w_h (H, 4H), b (4H,);
@@ -98,6 +156,11 @@ def lstm_scan(xs: jax.Array, carry: Carry, w_x: jax.Array, w_h: jax.Array, b: ja
     """
     sdt = _state_dtype(dtype)
     pre_x = jnp.einsum("tbi,ij->tbj", xs.astype(dtype), w_x.astype(dtype)) + b.astype(dtype)
+    opts = current_scan_options()
+    if (grad or opts.grad) == "custom":
+        st = recurrent_vjp.Static("lstm", dtype, return_cells, opts.unroll)
+        h0, c0 = (jnp.asarray(a, sdt) for a in carry)
+        return recurrent_vjp.recurrence(st, (pre_x,), None, w_h, h0, c0, _keep_mask(resets, sdt))
     w_h = w_h.astype(dtype)
 
     def gates(pre_t: tuple[jax.Array, ...], h: jax.Array) -> jax.Array:
