@@ -12,6 +12,8 @@ from flax import nnx
 
 from lmscale.models import lm as _recurrent_kinds  # noqa: F401  (registers mlstm, lstm)
 from lmscale.models.lm import RecurrentLM
+from lmscale.models import transformer as _transformer_kind  # noqa: F401  (registers transformer)
+from lmscale.models.transformer import TransformerLM
 from lmscale.models.recurrent import LSTMLayer, MLSTMLayer, lstm_scan, mlstm_scan
 from lmscale.models.registry import (ModelKind, architecture, build_model, flops_per_token,
                                      get_kind, model_kinds, register)
@@ -25,6 +27,6 @@ def count_params(model: nnx.Module) -> int:
     return int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
 
 
-__all__ = ["MODEL_KINDS", "ModelKind", "RecurrentLM", "MLSTMLayer", "LSTMLayer", "mlstm_scan",
+__all__ = ["MODEL_KINDS", "ModelKind", "RecurrentLM", "TransformerLM", "MLSTMLayer", "LSTMLayer", "mlstm_scan",
            "lstm_scan", "WeightNormMatrix", "Matrix", "weight_norm", "build_model", "count_params",
            "flops_per_token", "get_kind", "model_kinds", "register", "architecture"]

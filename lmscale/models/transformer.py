@@ -1,0 +1,427 @@
+"""TransformerLM: decoder-only transformer language model (fairseq / sentiment-discovery).
+
+    x_0 = sqrt(d) * E[tokens] + P[positions];  x_0 = Drop(x_0)
+    post-norm ("post", the seed):  x = LN(x + Drop(Attn(x)));  x = LN(x + Drop(FF(x)))
+    pre-norm ("pre"):              x = x + Drop(Attn(LN(x)));  x = x + Drop(FF(LN(x))); final LN
+    FF(x) = FC2(Drop_ff(GeLU_tanh(FC1(x))));  logits = x W_out + b_out  (or x E^T if tied)
+
+Causal multi-head self-attention (softmax in float32) restricted to the token's segment:
+``resets[b, t]`` starts a new segment at t (segment id = cumsum of resets along time) and
+positions restart at 0 there, so a document read mid-batch is modelled as if alone.
+
+Parameters are float32; matmuls run in the compute ``dtype``; LayerNorm, softmax, the
+residual stream and the logits are float32. The L blocks' parameters are stacked along a
+leading layer axis (one ``Block`` module whose params are [L, ...]) and applied by one
+``jax.lax.scan`` (``scan_layers=True``) or a Python loop over the same params; both give
+the same numbers and the same checkpoint layout. Like RecurrentLM, the module holds
+parameters only: dropout draws from an explicit ``dropout_key``.
+
+The attention input projection is one fused (d, 3d) matrix [q | k | v] (fairseq's
+``in_proj``); with weight norm each output unit has its own scale, so this is exactly
+separate weight-normed q, k, v matrices.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lmscale.models.registry import ModelKind, register
+from lmscale.models.weight_norm import make_matrix
+
+NORMS = ("post", "pre")
+POSITIONS = ("learned", "sinusoidal")
+REMATS = ("none", "block")
+LN_EPS = 1e-5
+# Dropout sites within a block (key = fold_in(key, 1 + 4 * layer + site); embeddings: site 0).
+ATTN_PROBS, ATTN_OUT, FF_ACT, FF_OUT = range(4)
+SITES_PER_BLOCK = 4
+
+Drop = Callable[[int, jax.Array], jax.Array]
+DecodeState = dict[str, jax.Array]
+_xavier = jax.nn.initializers.xavier_uniform()
+
+
+def _normal(std: float):
+    return jax.nn.initializers.normal(stddev=std)
+
+
+def _qkv_init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+    """(d, 3d): q, k, v each Xavier-uniform as a (d, d) matrix."""
+    d = shape[0]
+    return jnp.concatenate([_xavier(k, (d, d), dtype) for k in jax.random.split(key, 3)], axis=1)
+
+
+def _dense(x: jax.Array, w: jax.Array, b: jax.Array | None, dtype: Any) -> jax.Array:
+    """x [..., in] @ w [in, out] in ``dtype`` (+ b), returned float32."""
+    y = jnp.matmul(x.astype(dtype), w.astype(dtype)).astype(jnp.float32)
+    return y if b is None else y + b
+
+
+def sinusoidal(positions: jax.Array, dim: int) -> jax.Array:
+    """fairseq's sinusoidal embeddings: int [...] -> float32 [..., dim] = [sin | cos].
+
+    Frequencies exp(-i * ln(10000) / (dim/2 - 1)), i < dim/2; an odd dim gets a zero column.
+    """
+    half = dim // 2
+    freq = jnp.exp(jnp.arange(half, dtype=jnp.float32) * -(math.log(10000.0) / max(half - 1, 1)))
+    angles = positions.astype(jnp.float32)[..., None] * freq
+    emb = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+    if dim % 2:
+        emb = jnp.concatenate([emb, jnp.zeros(emb.shape[:-1] + (1,), emb.dtype)], axis=-1)
+    return emb
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
+              drop_probs: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
+    """Explicit softmax attention. q [B, Tq, H, D], k/v [B, Tk, H, D] (compute dtype), mask
+    bool broadcastable to [B, H, Tq, Tk] -> [B, Tq, H, D]. Logits and softmax in float32;
+    ``drop_probs`` (training) is applied to the probabilities."""
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+    logits = logits * (1.0 / math.sqrt(q.shape[-1]))
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1)
+    if drop_probs is not None:
+        probs = drop_probs(probs)
+    return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+
+
+def _per_row(key: jax.Array) -> bool:
+    """True for one key per row: raw uint32 [B, 2] or typed keys [B]."""
+    typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+    return key.ndim == (1 if typed else 2)
+
+
+def dropout(key: jax.Array, site: jax.Array | int, rate: float, x: jax.Array) -> jax.Array:
+    """Inverted dropout on x [B, ...] with key ``fold_in(key, site)``: one key, or per-row keys
+    (each row's mask drawn from its own key, independent of the rest of the batch)."""
+    keep = 1.0 - rate
+    if _per_row(key):
+        mask = jax.vmap(lambda k: jax.random.bernoulli(jax.random.fold_in(k, site), keep,
+                                                       x.shape[1:]))(key)
+    else:
+        mask = jax.random.bernoulli(jax.random.fold_in(key, site), keep, x.shape)
+    return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros_like(x))
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm over the last axis in float32 (eps 1e-5); params ``scale`` (ones), ``bias``."""
+
+    def __init__(self, dim: int):
+        self.scale = nnx.Param(jnp.ones((dim,), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((dim,), jnp.float32))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.astype(jnp.float32)
+        mean = jnp.mean(x, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+        return (x - mean) * jax.lax.rsqrt(var + LN_EPS) * self.scale[...] + self.bias[...]
+
+
+class Block(nnx.Module):
+    """One transformer block. Params: ``qkv`` (d, 3d), ``out`` (d, d), ``fc1`` (d, d_ff),
+    ``fc2`` (d_ff, d) (WeightNormMatrix g/v or Matrix kernel) with zero biases ``*_bias``;
+    ``ln_attn``, ``ln_ff`` (LayerNorm)."""
+
+    def __init__(self, d_model: int, heads: int, d_ff: int, *, norm: str, weight_norm: bool,
+                 rngs: nnx.Rngs):
+        self.heads, self.norm = heads, norm
+        mat = lambda i, o, init=_xavier: make_matrix(i, o, weight_norm=weight_norm, init=init,
+                                                      rngs=rngs)
+        zeros = lambda n: nnx.Param(jnp.zeros((n,), jnp.float32))
+        self.qkv, self.qkv_bias = mat(d_model, 3 * d_model, _qkv_init), zeros(3 * d_model)
+        self.out, self.out_bias = mat(d_model, d_model), zeros(d_model)
+        self.fc1, self.fc1_bias = mat(d_model, d_ff), zeros(d_ff)
+        self.fc2, self.fc2_bias = mat(d_ff, d_model), zeros(d_model)
+        self.ln_attn, self.ln_ff = LayerNorm(d_model), LayerNorm(d_model)
+
+    def __call__(self, x: jax.Array, attend: Callable, drop: Drop, dtype: Any
+                 ) -> tuple[jax.Array, Any]:
+        """x float32 [B, T, d] -> (x float32 [B, T, d], aux of ``attend``).
+
+        ``attend(q, k, v)`` ([B, T, H, D] in ``dtype``) -> (out [B, T, H, D], aux);
+        ``drop(site, x)`` applies the dropout of that site (identity when deterministic).
+        """
+        pre = self.norm == "pre"
+        b, t, d = x.shape
+        h = self.ln_attn(x) if pre else x
+        qkv = _dense(h, self.qkv(), self.qkv_bias[...], dtype).astype(dtype)
+        q, k, v = jnp.moveaxis(qkv.reshape(b, t, 3, self.heads, d // self.heads), 2, 0)
+        o, aux = attend(q, k, v)
+        h = _dense(o.reshape(b, t, d), self.out(), self.out_bias[...], dtype)
+        x = x + drop(ATTN_OUT, h)
+        if not pre:
+            x = self.ln_attn(x)
+        h = self.ln_ff(x) if pre else x
+        h = jax.nn.gelu(_dense(h, self.fc1(), self.fc1_bias[...], dtype), approximate=True)
+        h = _dense(drop(FF_ACT, h), self.fc2(), self.fc2_bias[...], dtype)
+        x = x + drop(FF_OUT, h)
+        if not pre:
+            x = self.ln_ff(x)
+        return x, aux
+
+
+def check_args(*, layers: Any, d_model: Any, heads: Any, d_ff: Any, max_len: Any, norm: Any,
+               positions: Any, remat: Any, dropout: Any, attn_dropout: Any, ff_dropout: Any,
+               **_: Any) -> None:
+    """Raise ValueError naming the bad ``model.*`` key."""
+    for name, value in (("layers", layers), ("d_model", d_model), ("heads", heads),
+                        ("d_ff", d_ff), ("max_len", max_len)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
+    if d_model % heads:
+        raise ValueError(f"model.d_model={d_model} is not divisible by model.heads={heads}")
+    for name, value, allowed in (("norm", norm, NORMS), ("positions", positions, POSITIONS),
+                                 ("remat", remat, REMATS)):
+        if value not in allowed:
+            raise ValueError(f"model.{name} must be one of {list(allowed)}, got {value!r}")
+    for name, value in (("dropout", dropout), ("attn_dropout", attn_dropout),
+                        ("ff_dropout", ff_dropout)):
+        if not 0.0 <= float(value) < 1.0:
+            raise ValueError(f"model.{name} must be in [0, 1), got {value}")
+
+
+class TransformerLM(nnx.Module):
+    """Decoder-only transformer LM (see module docstring).
+
+    Params: ``embedding`` [V, d] and ``position_embedding`` [max_len, d] (learned only;
+    normal(0, d^-1/2), never weight-normed); ``blocks``: one Block with every param stacked
+    [L, ...]; ``final_norm`` (pre-norm only); ``head`` (d, V) (normal(0, d^-1/2), weight-normed
+    with ``weight_norm``) and ``head_bias`` [V] unless ``tie_embeddings`` (then logits =
+    x E^T, no bias). Block projections Xavier-uniform, biases zero.
+    """
+
+    feature_states = ("hidden",)
+
+    def __init__(self, *, vocab_size: int, layers: int, d_model: int, heads: int, d_ff: int,
+                 max_len: int, norm: str = "post", positions: str = "learned",
+                 dropout: float = 0.0, attn_dropout: float = 0.0, ff_dropout: float = 0.0,
+                 weight_norm: bool = False, tie_embeddings: bool = False, remat: str = "none",
+                 scan_layers: bool = True, dtype: Any = jnp.float32, rngs: nnx.Rngs):
+        check_args(layers=layers, d_model=d_model, heads=heads, d_ff=d_ff, max_len=max_len,
+                   norm=norm, positions=positions, remat=remat, dropout=dropout,
+                   attn_dropout=attn_dropout, ff_dropout=ff_dropout)
+        self.vocab_size, self.d_model, self.heads, self.max_len = vocab_size, d_model, heads, max_len
+        self.norm, self.positions, self.remat, self.scan_layers = norm, positions, remat, scan_layers
+        self.rates = (float(attn_dropout), float(dropout), float(ff_dropout), float(dropout))
+        self.dropout, self.dtype, self.tie_embeddings = float(dropout), dtype, bool(tie_embeddings)
+        init = _normal(d_model ** -0.5)
+        self.embedding = nnx.Param(init(rngs.params(), (vocab_size, d_model), jnp.float32))
+        self.position_embedding = (nnx.Param(init(rngs.params(), (max_len, d_model), jnp.float32))
+                                   if positions == "learned" else None)
+        blocks = [Block(d_model, heads, d_ff, norm=norm, weight_norm=weight_norm, rngs=rngs)
+                  for _ in range(layers)]
+        states = [nnx.split(b)[1] for b in blocks]
+        self.blocks = nnx.merge(nnx.split(blocks[0])[0],
+                                jax.tree.map(lambda *a: jnp.stack(a), *states))
+        self.num_layers = layers
+        self.final_norm = LayerNorm(d_model) if norm == "pre" else None
+        if self.tie_embeddings:
+            self.head, self.head_bias = None, None
+        else:
+            self.head = make_matrix(d_model, vocab_size, weight_norm=weight_norm, init=init,
+                                    rngs=rngs)
+            self.head_bias = nnx.Param(jnp.zeros((vocab_size,), jnp.float32))
+
+    @property
+    def feature_width(self) -> int:
+        return self.d_model
+
+    def initial_carry(self, batch_size: int) -> tuple[()]:
+        """Nothing is carried between batches."""
+        return ()
+
+    # ---- pieces -------------------------------------------------------------------------
+    def _embed(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
+        """int [B, T] x2 -> float32 [B, T, d] = sqrt(d) E[tokens] + P[positions]."""
+        x = self.embedding[...][tokens] * math.sqrt(self.d_model)
+        if self.position_embedding is not None:
+            return x + self.position_embedding[...][positions]
+        return x + sinusoidal(positions, self.d_model)
+
+    def _logits(self, x: jax.Array) -> jax.Array:
+        """float32 [..., d] -> float32 [..., V] (matmul in the compute dtype)."""
+        dt = self.dtype
+        if self.tie_embeddings:
+            w, b = self.embedding[...].T, None
+        else:
+            w, b = self.head(), self.head_bias[...]
+        y = jnp.einsum("...d,dv->...v", x.astype(dt), w.astype(dt),
+                       preferred_element_type=jnp.float32)
+        return y if b is None else y + b
+
+    def _drop_fn(self, key: jax.Array | None, layer: jax.Array | int) -> Drop:
+        def drop(site: int, x: jax.Array) -> jax.Array:
+            rate = self.rates[site]
+            if key is None or rate == 0.0:
+                return x
+            return dropout(key, 1 + SITES_PER_BLOCK * layer + site, rate, x)
+        return drop
+
+    def _apply_blocks(self, x: jax.Array, apply: Callable, xs: Any) -> tuple[jax.Array, Any]:
+        """Run ``apply(params_l, x, layer, xs_l) -> (x, y_l)`` over the layers (scan or loop).
+
+        Returns (x, ys stacked along a leading layer axis)."""
+        graphdef, params = nnx.split(self.blocks)
+        step = lambda p, x, l, xs_l: apply(nnx.merge(graphdef, p), x, l, xs_l)
+        if self.remat == "block":
+            step = jax.checkpoint(step, prevent_cse=not self.scan_layers)
+        layer_ids = jnp.arange(self.num_layers, dtype=jnp.int32)
+        if self.scan_layers:
+            return jax.lax.scan(lambda x, a: step(a[0], x, a[1], a[2]), x,
+                                (params, layer_ids, xs))
+        ys = []
+        for l in range(self.num_layers):
+            take = lambda a: a[l]
+            x, y = step(jax.tree.map(take, params), x, layer_ids[l], jax.tree.map(take, xs))
+            ys.append(y)
+        return x, jax.tree.map(lambda *a: jnp.stack(a), *ys)
+
+    def _run(self, tokens: jax.Array, resets: jax.Array | None, dropout_key: jax.Array | None
+             ) -> tuple[jax.Array, jax.Array]:
+        """tokens [B, T] -> (final x float32 [B, T, d], block outputs float32 [L, B, T, d])."""
+        b, t = tokens.shape
+        if t > self.max_len:
+            raise ValueError(f"sequence length {t} exceeds model.max_len={self.max_len}")
+        steps = jnp.arange(t, dtype=jnp.int32)
+        if resets is None:
+            positions, mask = jnp.broadcast_to(steps, (b, t)), None
+        else:
+            resets = resets.astype(bool)
+            positions = steps - jax.lax.cummax(jnp.where(resets, steps, 0), axis=1)
+            seg = jnp.cumsum(resets.astype(jnp.int32), axis=1)
+            mask = ((steps[:, None] >= steps[None, :])[None]
+                    & (seg[:, :, None] == seg[:, None, :]))[:, None]  # [B, 1, T, T]
+        if dropout_key is not None:
+            dropout_key = jnp.asarray(dropout_key)
+        x = self._embed(tokens, positions)
+        if dropout_key is not None and self.dropout > 0.0:
+            x = dropout(dropout_key, 0, self.dropout, x)
+        explicit = dropout_key is not None and self.rates[ATTN_PROBS] > 0.0
+        full_mask = (jnp.tril(jnp.ones((t, t), bool))[None, None] if mask is None else mask)
+
+        def apply(block: Block, x: jax.Array, layer: jax.Array, _: Any):
+            drop = self._drop_fn(dropout_key, layer)
+
+            def attend(q, k, v):
+                if explicit:
+                    return attention(q, k, v, full_mask, lambda p: drop(ATTN_PROBS, p)), None
+                return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=mask is None,
+                                                    implementation=None), None
+
+            x, _ = block(x, attend, drop, self.dtype)
+            return x, x
+
+        x, hidden = self._apply_blocks(x, apply, None)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return x, hidden
+
+    # ---- the LM interface ---------------------------------------------------------------
+    def __call__(self, tokens: jax.Array, carry: Any = (), resets: jax.Array | None = None, *,
+                 dropout_key: jax.Array | None = None) -> tuple[jax.Array, tuple[()]]:
+        """tokens int32 [B, T] (T <= max_len); carry ``()`` (ignored, returned); resets bool
+        [B, T] start segments. ``dropout_key``: None (deterministic), one key, or per-row keys
+        [B, 2]. Returns (logits float32 [B, T, V], ())."""
+        x, _ = self._run(tokens, resets, dropout_key)
+        return self._logits(x), ()
+
+    def features(self, tokens: jax.Array, carry: Any = (), resets: jax.Array | None = None
+                 ) -> dict[str, Any]:
+        """{"hidden": float32 [L, B, T, d] (each block's output; for pre-norm the last entry
+        after the final LN), "carry": ()}; deterministic."""
+        x, hidden = self._run(tokens, resets, None)
+        if self.final_norm is not None:
+            hidden = hidden.at[-1].set(x)
+        return {"hidden": hidden, "carry": ()}
+
+    def init_decode(self, batch_size: int, max_length: int) -> DecodeState:
+        """Empty KV cache: {"k", "v": [L, B, max_length, H, D] in the compute dtype, "pos":
+        int32 scalar}. max_length must not exceed max_len."""
+        if max_length > self.max_len:
+            raise ValueError(f"cannot decode max_length={max_length} tokens: the model reads at "
+                             f"most model.max_len={self.max_len} positions")
+        shape = (self.num_layers, batch_size, max_length, self.heads, self.d_model // self.heads)
+        return {"k": jnp.zeros(shape, self.dtype), "v": jnp.zeros(shape, self.dtype),
+                "pos": jnp.zeros((), jnp.int32)}
+
+    def decode_step(self, tokens: jax.Array, state: DecodeState
+                    ) -> tuple[jax.Array, DecodeState]:
+        """tokens int32 [B] at position state["pos"] -> (logits float32 [B, V], state with
+        this token's keys/values cached and pos + 1). Steps past max_length are undefined."""
+        pos = state["pos"]
+        x = self._embed(tokens[:, None], jnp.broadcast_to(pos, tokens.shape)[:, None])
+        valid = (jnp.arange(state["k"].shape[2]) <= pos)[None, None, None, :]  # [1,1,1,M]
+        identity = lambda site, h: h
+
+        def apply(block: Block, x: jax.Array, layer: jax.Array, cache: tuple):
+            def attend(q, k, v):
+                kc, vc = (jax.lax.dynamic_update_slice(c, n.astype(c.dtype), (0, pos, 0, 0))
+                          for c, n in zip(cache, (k, v)))
+                return attention(q, kc.astype(q.dtype), vc.astype(q.dtype), valid), (kc, vc)
+            return block(x, attend, identity, self.dtype)
+
+        x, (k, v) = self._apply_blocks(x, apply, (state["k"], state["v"]))
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return self._logits(x[:, 0]), {"k": k, "v": v, "pos": pos + 1}
+
+
+# ---- the model kind ---------------------------------------------------------------------
+def _build(model_config: Any, vocab_size: int, *, rngs: nnx.Rngs, dtype: Any = jnp.float32
+           ) -> TransformerLM:
+    m = model_config
+    return TransformerLM(vocab_size=vocab_size, layers=int(m.layers), d_model=int(m.d_model),
+                         heads=int(m.heads), d_ff=int(m.d_ff), max_len=int(m.max_len),
+                         norm=m.norm, positions=m.positions, dropout=float(m.dropout),
+                         attn_dropout=float(m.attn_dropout), ff_dropout=float(m.ff_dropout),
+                         weight_norm=bool(m.weight_norm), tie_embeddings=bool(m.tie_embeddings),
+                         remat=m.remat, scan_layers=bool(m.scan_layers), dtype=dtype, rngs=rngs)
+
+
+def _validate(model_config: Any, train_config: Any) -> None:
+    m = model_config
+    check_args(layers=m.layers, d_model=m.d_model, heads=m.heads, d_ff=m.d_ff,
+               max_len=m.max_len, norm=m.norm, positions=m.positions, remat=m.remat,
+               dropout=m.dropout, attn_dropout=m.attn_dropout, ff_dropout=m.ff_dropout)
+    for name in ("weight_norm", "tie_embeddings", "scan_layers"):
+        if not isinstance(m[name], bool):
+            raise ValueError(f"model.{name} must be a bool, got {m[name]!r}")
+    seq_len = train_config.seq_len if train_config is not None else None
+    if seq_len is not None and seq_len > m.max_len:
+        raise ValueError(f"train.seq_len={seq_len} exceeds model.max_len={m.max_len} "
+                         "(the longest sequence the transformer has positions for)")
+
+
+def _flops(model_config: Any, vocab_size: int, seq_len: int = 1) -> int:
+    """Forward FLOPs per token = 2 N + 4 L T d, training (forward + backward) = 3x that =
+    6 N + 12 L T d.
+
+    N = parameters of all matmuls: per block 4 d^2 (q, k, v, out) + 2 d d_ff (fc1, fc2),
+    plus the output head d V (tied or not); not the embedding lookups, biases, LayerNorm,
+    softmax or weight norm. 4 L T d: per token and layer, q.k over T keys (2 T d) and the
+    probability-weighted sum of T values (2 T d), counting the full causal T x T square
+    (the kernels compute it whole). T = ``seq_len``, L = layers, d = d_model.
+    """
+    layers, d, d_ff = int(model_config.layers), int(model_config.d_model), int(model_config.d_ff)
+    n = layers * (4 * d * d + 2 * d * d_ff) + d * vocab_size
+    return 2 * n + 4 * layers * seq_len * d
+
+
+def _describe(m: Any) -> str:
+    extra = "".join([" sinusoidal" if m.positions == "sinusoidal" else "",
+                     " tied" if m.tie_embeddings else "",
+                     " weight-norm" if m.weight_norm else ""])
+    return (f"transformer {m.layers}x{m.d_model} heads {m.heads} ff {m.d_ff} "
+            f"max_len {m.max_len} {m.norm}-norm{extra}")
+
+
+register(ModelKind(name="transformer",
+                   fields=("layers", "d_model", "heads", "d_ff", "max_len", "norm", "positions",
+                           "tie_embeddings", "weight_norm"),
+                   build=_build, validate=_validate, flops_per_token=_flops,
+                   describe=_describe))
