@@ -10,12 +10,13 @@ from typing import Any
 import numpy as np
 
 from lmscale.data.errors import DataError
-from lmscale.data.tokenizer import ByteTokenizer, tokenizer_from_dict
+from lmscale.data.tokenizer import Tokenizer, tokenizer_from_dict
 
 FORMAT = "lmscale-tokens"
 VERSION = 1
 METADATA = "metadata.json"
 SPLITS = ("train", "val", "test")
+DTYPES = ("uint8", "uint16", "uint32")  # shard token dtypes (datasets before subwords: uint16)
 
 
 def _read_metadata(path: str) -> dict[str, Any]:
@@ -33,8 +34,8 @@ def _read_metadata(path: str) -> dict[str, Any]:
         raise DataError(f"{meta_path}: format is not {FORMAT!r}")
     if meta.get("version") != VERSION:
         raise DataError(f"{meta_path}: version {meta.get('version')!r} is not supported (expected {VERSION})")
-    if meta.get("dtype") != "uint16":
-        raise DataError(f"{meta_path}: dtype {meta.get('dtype')!r} is not supported (expected 'uint16')")
+    if meta.get("dtype") not in DTYPES:
+        raise DataError(f"{meta_path}: dtype {meta.get('dtype')!r} is not supported (expected one of {list(DTYPES)})")
     if not isinstance(meta.get("splits"), dict) or not meta["splits"]:
         raise DataError(f"{meta_path}: no splits")
     return meta
@@ -51,7 +52,8 @@ def is_dataset(path: str | os.PathLike) -> bool:
 
 @dataclass
 class SplitData:
-    """One split: its shards as uint16 memmaps [n_i] and document starts (shard-local, int64)."""
+    """One split: its shards as token memmaps [n_i] (the dataset's dtype) and document starts
+    (shard-local, int64)."""
 
     name: str
     shards: list[np.memmap]
@@ -77,7 +79,7 @@ class SplitData:
         return len(self.shards)
 
     def read(self, shard_index: int, start: int, stop: int) -> np.ndarray:
-        """Tokens [stop - start] uint16 of one shard (a copy, not a view of the map)."""
+        """Tokens [stop - start] of one shard, in the dataset's dtype (a copy, not a view of the map)."""
         n = int(self.shard_lengths[shard_index])
         if not 0 <= start <= stop <= n:
             raise DataError(f"split {self.name!r}: range [{start}, {stop}) is outside shard "
@@ -91,7 +93,11 @@ class TokenDataset:
     def __init__(self, path: str, metadata: dict[str, Any]) -> None:
         self.path = path
         self.metadata = metadata
-        self.tokenizer: ByteTokenizer = tokenizer_from_dict(metadata.get("tokenizer"))
+        self.dtype = np.dtype(metadata["dtype"]).newbyteorder("<")
+        self.tokenizer: Tokenizer = tokenizer_from_dict(metadata.get("tokenizer"), base_dir=path)
+        if np.dtype(self.tokenizer.token_dtype).itemsize > self.dtype.itemsize:
+            raise DataError(f"{path}: dtype {metadata['dtype']} cannot hold the {self.tokenizer.vocab_size} "
+                            f"ids of its tokenizer")
         self.split_names: list[str] = [s for s in SPLITS if s in metadata["splits"]] + sorted(
             s for s in metadata["splits"] if s not in SPLITS)
         self._splits: dict[str, SplitData] = {}
@@ -118,10 +124,11 @@ class TokenDataset:
             if not os.path.isfile(bin_path):
                 raise DataError(f"{self.path}: shard file {file} is missing")
             size = os.path.getsize(bin_path)
-            if size != 2 * tokens or tokens < 1:
+            width = self.dtype.itemsize
+            if size != width * tokens or tokens < 1:
                 raise DataError(f"{self.path}: shard file {file} has {size} bytes, metadata says "
-                                f"{tokens} tokens ({2 * tokens} bytes)")
-            shards.append(np.memmap(bin_path, dtype=np.dtype("<u2"), mode="r", shape=(tokens,)))
+                                f"{tokens} tokens ({width * tokens} bytes)")
+            shards.append(np.memmap(bin_path, dtype=self.dtype, mode="r", shape=(tokens,)))
             doc_path = os.path.join(self.path, doc_file)
             if not os.path.isfile(doc_path):
                 raise DataError(f"{self.path}: document-start file {doc_file} is missing")

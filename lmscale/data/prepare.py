@@ -1,6 +1,8 @@
-"""Text files -> a prepared token dataset: shards of uint16 token ids split train/val/test.
+"""Text files -> a prepared token dataset: shards of token ids split train/val/test.
 
-Two streaming passes. Pass 1 tokenizes documents one at a time into one raw temporary
+Byte tokenizers need nothing up front; a SentencePiece tokenizer is either given or
+trained first on a bounded sample of the inputs (``SentencePieceTraining``; see
+``lmscale.data.sample``) and its model stored in the dataset. Then two streaming passes. Pass 1 tokenizes documents one at a time into one raw temporary
 token file (and a file of document start offsets), so the exact token count is known.
 Pass 2 cuts the stream into ``cycles * sum(split)`` contiguous shards of near-equal size,
 assigns them to splits evenly within each cycle (val/test interleaved with train, as in
@@ -12,7 +14,9 @@ so a failed or interrupted run leaves nothing that looks like a dataset.
 Layout of ``output``::
 
     metadata.json
-    <split>/shard_<k:05d>.bin       raw little-endian uint16 tokens (np.memmap)
+    tokenizer.model                 (SentencePiece only) the model the ids come from
+    <split>/shard_<k:05d>.bin       raw little-endian tokens (np.memmap) of the tokenizer's
+                                    token_dtype (uint8/uint16/uint32; metadata "dtype")
     <split>/shard_<k:05d>.docs.npy  int64 shard-local document starts, sorted
 """
 
@@ -22,7 +26,7 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,8 +35,10 @@ from tqdm import tqdm
 from lmscale.data.builtin import builtin_paths, is_builtin
 from lmscale.data.dataset import FORMAT, METADATA, SPLITS, VERSION, is_dataset
 from lmscale.data.errors import DataError
-from lmscale.data.sources import TXT_MODES, expand_inputs, iter_pieces
-from lmscale.data.tokenizer import ByteTokenizer
+from lmscale.data.sample import sample_texts
+from lmscale.data.sources import TXT_MODES, expand_inputs, input_size, iter_pieces
+from lmscale.data.spm import SentencePieceTraining, train_sentencepiece
+from lmscale.data.tokenizer import ByteTokenizer, Tokenizer
 
 COPY_TOKENS = 1 << 23  # tokens per chunk when copying a shard out of the raw file
 DOC_FLUSH = 1 << 16  # document starts buffered before appending them to their file
@@ -103,62 +109,118 @@ def _check_output(output: str, overwrite: bool) -> bool:
     raise DataError(f"{output} exists and is not a prepared dataset; refusing to replace it")
 
 
-def _tokenize(paths: list[str], tmp: str, tokenizer: ByteTokenizer, progress: bool,
+def _cut(data: bytes, limit: int) -> int:
+    """Where to cut a continuing document's text: after its last newline; with none and
+    more than ``limit`` bytes, before its last (maybe incomplete) UTF-8 character."""
+    nl = data.rfind(b"\n")
+    if nl >= 0:
+        return nl + 1
+    if len(data) <= limit:
+        return 0
+    i = len(data) - 1
+    while i > 0 and len(data) - i < 4 and data[i] & 0xC0 == 0x80:
+        i -= 1
+    return i
+
+
+def _segments(pieces: Iterable[tuple[bytes, bool]], recut: bool) -> Iterator[tuple[bytes, bool]]:
+    """``(data, starts_document)`` of the non-empty text; empty documents vanish.
+
+    With ``recut`` (a subword tokenizer, which must see whole lines and characters) a
+    document read in several pieces is re-cut after newlines instead of at piece edges.
+    """
+    tail, tail_begins, new_doc = b"", False, False
+    for data, begins in pieces:
+        if begins and tail:
+            yield tail, tail_begins
+            tail = b""
+        new_doc = new_doc or begins
+        if not data:
+            continue
+        if not recut:
+            yield data, new_doc
+            new_doc = False
+            continue
+        if not tail:
+            tail_begins, new_doc = new_doc, False
+        data = tail + data
+        cut = _cut(data, ENCODE_BYTES)
+        if cut:
+            yield data[:cut], tail_begins
+            tail_begins = False
+        tail = data[cut:]
+    if tail:
+        yield tail, tail_begins
+
+
+def _encode(tokenizer: Tokenizer, batch: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """Ids of the segments of ``batch`` concatenated, and each segment's token count."""
+    counts = np.fromiter(map(len, batch), dtype=np.int64, count=len(batch))
+    if isinstance(tokenizer, ByteTokenizer):  # one token per byte: encode them joined
+        ids = np.asarray(tokenizer.encode(b"".join(batch)))
+        if ids.size != counts.sum():
+            raise DataError(f"tokenizer {tokenizer.to_dict()} made {ids.size} tokens of "
+                            f"{counts.sum()} bytes; a byte tokenizer makes one token per byte")
+        return ids, counts
+    if hasattr(tokenizer, "encode_batch"):
+        return tokenizer.encode_batch(batch)
+    parts = [np.asarray(tokenizer.encode(b)).reshape(-1) for b in batch]
+    return np.concatenate(parts), np.array([len(p) for p in parts], dtype=np.int64)
+
+
+def _tokenize(paths: list[str], tmp: str, tokenizer: Tokenizer, progress: bool,
               **source_options: Any) -> tuple[int, int]:
     """Pass 1: all tokens into tmp/tokens.raw, document starts into tmp/doc_starts.raw.
 
-    Pieces are gathered into ~ENCODE_BYTES batches and encoded together: for a byte
-    tokenizer that equals encoding them one by one, and a token is a byte, so a
-    document's start is the number of bytes before it.
+    Segments are gathered into ~ENCODE_BYTES batches and encoded with one tokenizer call;
+    a document's start is the number of tokens before its first segment.
     """
-    total_bytes = sum(os.path.getsize(p) for p in paths)
+    dtype = np.dtype(tokenizer.token_dtype).newbyteorder("<")
+    recut = not isinstance(tokenizer, ByteTokenizer)
+    total_bytes = sum(input_size(p) for p in paths)
     tokens = documents = buffered = 0
     batch: list[bytes] = []
-    starts: list[int] = []
+    begins: list[bool] = []
 
     def flush() -> None:
         nonlocal tokens, buffered
-        if batch:
-            ids = np.asarray(tokenizer.encode(b"".join(batch)), dtype=np.dtype("<u2"))
-            if ids.size != buffered:
-                raise DataError(f"tokenizer {tokenizer.to_dict()} made {ids.size} tokens of "
-                                f"{buffered} bytes; prepare needs one token per byte")
-            tok_f.write(ids.tobytes())
-            tokens += buffered
-            batch.clear()
-            buffered = 0
-        if starts:
-            doc_f.write(np.asarray(starts, dtype="<i8").tobytes())
-            starts.clear()
+        if not batch:
+            return
+        ids, counts = _encode(tokenizer, batch)
+        if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= tokenizer.vocab_size):
+            raise DataError(f"tokenizer {tokenizer!r} made ids outside [0, {tokenizer.vocab_size})")
+        firsts = np.concatenate([[0], np.cumsum(counts)[:-1]]) + tokens
+        doc_f.write(np.asarray(firsts[np.asarray(begins, dtype=bool)], dtype="<i8").tobytes())
+        tok_f.write(np.asarray(ids, dtype=dtype).tobytes())
+        tokens += int(counts.sum())
+        batch.clear()
+        begins.clear()
+        buffered = 0
 
     with open(os.path.join(tmp, TOKENS_FILE), "wb") as tok_f, \
             open(os.path.join(tmp, DOCS_FILE), "wb") as doc_f, \
-            tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenizing",
+            tqdm(total=total_bytes or None, unit="B", unit_scale=True, desc="tokenizing",
                  disable=not progress, leave=False) as bar:
         for path in paths:
-            size, read, shown, new_doc = os.path.getsize(path), 0, 0, False
-            for data, begins in iter_pieces([path], **source_options):
-                new_doc = new_doc or begins
-                if not data:
-                    continue
-                if new_doc:  # a document's start is recorded at its first byte: empty ones vanish
-                    starts.append(tokens + buffered)
-                    documents += 1
-                    new_doc = False
+            size, read, shown = input_size(path), 0, 0
+            for data, starts_doc in _segments(iter_pieces([path], **source_options), recut):
                 batch.append(data)
+                begins.append(starts_doc)
+                documents += starts_doc
                 buffered += len(data)
                 read += len(data)
-                if buffered >= ENCODE_BYTES or len(starts) >= DOC_FLUSH:
+                if buffered >= ENCODE_BYTES or len(batch) >= DOC_FLUSH:
                     flush()
-                    bar.update(min(read, size) - shown)
-                    shown = min(read, size)
-            bar.update(size - shown)
+                    step = min(read, size) - shown if size else read - shown
+                    bar.update(step)
+                    shown += step
+            bar.update(max(size - shown, 0) if size else read - shown)
         flush()
     return tokens, documents
 
 
 def _write_shards(tmp: str, plan: list[tuple[int, int, int]], names: list[str], documents: int,
-                  progress: bool) -> dict[str, Any]:
+                  itemsize: int, progress: bool) -> dict[str, Any]:
     """Pass 2: copies each planned range into its shard files; returns metadata["splits"]."""
     starts = np.memmap(os.path.join(tmp, DOCS_FILE), dtype="<i8", mode="r", shape=(documents,))
     splits: dict[str, Any] = {}
@@ -170,13 +232,13 @@ def _write_shards(tmp: str, plan: list[tuple[int, int, int]], names: list[str], 
             k = len(entry["shards"])
             os.makedirs(os.path.join(tmp, name), exist_ok=True)
             rel = f"{name}/shard_{k:05d}"
-            src.seek(2 * start)
+            src.seek(itemsize * start)
             with open(os.path.join(tmp, rel + ".bin"), "wb") as dst:
                 left = stop - start
                 while left:
                     n = min(left, COPY_TOKENS)
-                    chunk = src.read(2 * n)
-                    if len(chunk) != 2 * n:
+                    chunk = src.read(itemsize * n)
+                    if len(chunk) != itemsize * n:
                         raise DataError(f"temporary token file ended early at token {start}")
                     dst.write(chunk)
                     left -= n
@@ -211,9 +273,12 @@ def _publish(tmp: str, output: str, replace: bool) -> None:
 def prepare_dataset(inputs: str | Sequence[str], output: str, *, text_column: str | None = None,
                     text_field: str | None = None, txt_mode: str = "file",
                     split: Sequence[int] = (98, 1, 1), shard_tokens: int = 2**27,
-                    tokenizer: ByteTokenizer | None = None, overwrite: bool = False,
-                    progress: bool = True) -> str:
-    """Tokenizes ``inputs`` (paths/globs/folders or a built-in corpus name) into ``output``.
+                    tokenizer: Tokenizer | SentencePieceTraining | None = None,
+                    overwrite: bool = False, progress: bool = True) -> str:
+    """Tokenizes ``inputs`` (paths/globs/folders, ``tfds:NAME/SPLIT`` or a built-in corpus
+    name) into ``output``, with ``tokenizer`` (default: sentiment-discovery bytes), or with
+    a SentencePiece model trained first on a sample of the inputs if it is a
+    ``SentencePieceTraining``.
 
     ``split`` = shard counts (train, val, test) per cycle; the stream is cut into
     ``ceil(T / (sum(split) * shard_tokens)) * sum(split)`` near-equal shards. Returns
@@ -235,6 +300,11 @@ def prepare_dataset(inputs: str | Sequence[str], output: str, *, text_column: st
     parent = os.path.dirname(output)
     if parent:
         os.makedirs(parent, exist_ok=True)
+    training = tokenizer if isinstance(tokenizer, SentencePieceTraining) else None
+    if training is not None:
+        options = dict(text_column=text_column, text_field=text_field, txt_mode=txt_mode)
+        tokenizer = train_sentencepiece(sample_texts(paths, training.sample_bytes, **options),
+                                        training, source=", ".join(source))
     tmp = f"{output}.tmp-{os.getpid()}"
     if os.path.lexists(tmp):
         shutil.rmtree(tmp)
@@ -245,14 +315,17 @@ def prepare_dataset(inputs: str | Sequence[str], output: str, *, text_column: st
         if total == 0:
             raise DataError(f"empty corpus: no text in {', '.join(source)}")
         plan = shard_plan(total, split, shard_tokens)
-        splits = _write_shards(tmp, plan, list(SPLITS), documents, progress)
+        dtype = np.dtype(tokenizer.token_dtype)
+        splits = _write_shards(tmp, plan, list(SPLITS), documents, dtype.itemsize, progress)
+        tokenizer.save(tmp)
         os.remove(os.path.join(tmp, TOKENS_FILE))
         os.remove(os.path.join(tmp, DOCS_FILE))
         metadata = {
-            "format": FORMAT, "version": VERSION, "tokenizer": tokenizer.to_dict(), "dtype": "uint16",
+            "format": FORMAT, "version": VERSION, "tokenizer": tokenizer.to_dict(), "dtype": dtype.name,
             "inputs": source, "files": paths,
             "options": {"text_column": text_column, "text_field": text_field, "txt_mode": txt_mode,
-                        "split": list(split), "shard_tokens": shard_tokens},
+                        "split": list(split), "shard_tokens": shard_tokens,
+                        "tokenizer_training": training.to_dict() if training else None},
             "num_shards": len(plan), "cycles": len(plan) // sum(split),
             "splits": splits, "total_tokens": total, "total_documents": documents,
         }

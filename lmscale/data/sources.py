@@ -2,6 +2,8 @@
 
 Formats by extension: ``.csv``/``.tsv`` (one column per row), ``.jsonl``/``.json``
 (one field per JSON line), anything else is raw bytes (whole file or line by line).
+``tfds:NAME/SPLIT`` streams a TensorFlow Datasets text feature (``text_field``), one
+document per example.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 from collections.abc import Iterator, Sequence
 
 from lmscale.data.errors import DataError
+from lmscale.data.tfds import is_tfds, iter_examples, iter_text
 
 TXT_MODES = ("file", "line")
 CHUNK_BYTES = 1 << 24  # whole .txt files are read in pieces of this size
@@ -39,12 +42,16 @@ def _files_under(folder: str) -> list[str]:
 
 
 def expand_inputs(patterns: str | Sequence[str]) -> list[str]:
-    """Sorted, de-duplicated file paths for comma-separated/listed paths, globs and folders."""
+    """Sorted, de-duplicated file paths for comma-separated/listed paths, globs and folders
+    (``tfds:NAME/SPLIT`` items are kept as they are)."""
     items = _split_patterns(patterns)
     if not items:
         raise DataError("no input paths given")
     paths: set[str] = set()
     for item in items:
+        if is_tfds(item):
+            paths.add(item)
+            continue
         item = os.path.expanduser(item)
         if glob.has_magic(item):
             matched = sorted(glob.glob(item, recursive=True))
@@ -64,7 +71,9 @@ def expand_inputs(patterns: str | Sequence[str]) -> list[str]:
 
 
 def file_kind(path: str) -> str:
-    """``"csv"``, ``"jsonl"`` or ``"txt"`` by file extension."""
+    """``"csv"``, ``"jsonl"`` or ``"txt"`` by file extension (``"tfds"`` for tfds: inputs)."""
+    if is_tfds(path):
+        return "tfds"
     ext = os.path.splitext(path)[1].lower()
     if ext in _CSV_EXTS:
         return "csv"
@@ -140,6 +149,9 @@ def iter_pieces(paths: Sequence[str], *, text_column: str | None = None,
     if isinstance(paths, str):
         paths = [paths]
     for path in paths:
+        if is_tfds(path):
+            yield from ((text, True) for text in iter_text(iter_examples(path), text_field or "text", path))
+            continue
         kind = file_kind(path)
         try:
             if kind == "csv":
@@ -168,3 +180,8 @@ def iter_documents(paths: Sequence[str], *, text_column: str | None = None,
         else:
             for data, _ in iter_pieces([path], **options):
                 yield data
+
+
+def input_size(path: str) -> int:
+    """Bytes of an input file (0 for a tfds: input, whose size is not known in advance)."""
+    return 0 if is_tfds(path) else os.path.getsize(path)

@@ -19,11 +19,36 @@ Two mappings are in use for byte-level mLSTMs:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from lmscale.data.errors import DataError
+
+
+def smallest_uint_dtype(vocab_size: int) -> type:
+    """The smallest unsigned NumPy dtype holding ids ``[0, vocab_size)``."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if vocab_size <= int(np.iinfo(dtype).max) + 1:
+            return dtype
+    raise DataError(f"vocabulary of {vocab_size} ids does not fit in uint32")
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """What every tokenizer provides (see the module docstring)."""
+
+    @property
+    def vocab_size(self) -> int: ...
+    @property
+    def pad_id(self) -> int | None: ...
+    @property
+    def token_dtype(self) -> type: ...
+    def encode(self, text: str | bytes) -> np.ndarray: ...
+    def decode(self, ids: Any) -> str: ...
+    def byte_lengths(self) -> np.ndarray: ...
+    def to_dict(self) -> dict[str, Any]: ...
+    def save(self, directory: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -59,7 +84,8 @@ class ByteTokenizer:
 
     @property
     def token_dtype(self) -> type:
-        return np.uint16
+        """uint16 for 257 ids, uint8 for OpenAI's 256 (``encode`` still returns uint16)."""
+        return smallest_uint_dtype(self.vocab_size)
 
     def byte_lengths(self) -> np.ndarray:
         """int32 [vocab_size]: 1 for each byte id, 0 for padding."""
@@ -103,9 +129,9 @@ class ByteTokenizer:
         return {"kind": "byte", "offset": self.offset, "pad_id": self.pad_id}
 
 
-def tokenizer_from_dict(d: dict[str, Any], base_dir: str | None = None) -> ByteTokenizer:
-    """Rebuilds a tokenizer from ``to_dict()`` output (kinds: "byte"); files it names are
-    read from ``base_dir`` (the dataset or workdir the description came from)."""
+def tokenizer_from_dict(d: dict[str, Any], base_dir: str | None = None) -> Tokenizer:
+    """Rebuilds a tokenizer from ``to_dict()`` output (kinds: "byte", "sentencepiece"); files
+    it names are read from ``base_dir`` (the dataset or workdir the description came from)."""
     if not isinstance(d, dict):
         raise DataError(f"tokenizer description must be a dict, got {type(d).__name__}")
     kind = d.get("kind")
@@ -114,4 +140,7 @@ def tokenizer_from_dict(d: dict[str, Any], base_dir: str | None = None) -> ByteT
         if unknown:
             raise DataError(f"unknown keys {sorted(unknown)} in byte tokenizer description")
         return ByteTokenizer(offset=d.get("offset", 1), pad_id=d.get("pad_id", 0))
-    raise DataError(f"unknown tokenizer kind {kind!r} (known: 'byte')")
+    if kind == "sentencepiece":
+        from lmscale.data.spm import SentencePieceTokenizer
+        return SentencePieceTokenizer.from_dict(d, base_dir)
+    raise DataError(f"unknown tokenizer kind {kind!r} (known: 'byte', 'sentencepiece')")

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from lmscale.data.errors import DataError
+from lmscale.data.tfds import PREFIX, iter_examples, parse_tfds
 
 
 @dataclasses.dataclass
@@ -125,15 +126,10 @@ def _read_jsonl(path: str, text_field: str, label_names: list[str]) -> tuple[lis
 
 def _read_tfds(name: str, text_key: str, label_names: list[str]) -> tuple[list[str], list[list[int]]]:
     """``NAME/SPLIT`` (e.g. ``glue/sst2/validation``: the last part is the split)."""
-    try:
-        import tensorflow_datasets as tfds
-    except ImportError:
-        raise DataError("tfds: data needs the optional extra: pip install 'lmscale[tfds]'") from None
-    dataset_name, _, split = name.rpartition("/")
-    if not dataset_name:
-        raise DataError(f"tfds:{name}: expected tfds:NAME/SPLIT, e.g. tfds:glue/sst2/validation")
+    spec = PREFIX + name
+    parse_tfds(spec)
     texts, rows = [], []
-    for ex in tfds.as_numpy(tfds.load(dataset_name, split=split)):
+    for ex in iter_examples(spec):
         for key in [text_key, *label_names]:
             if key not in ex:
                 raise DataError(f"tfds:{name}: no feature {key!r}; features are {sorted(ex)}")

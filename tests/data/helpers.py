@@ -43,9 +43,11 @@ def stream_entries(path: str | os.PathLike) -> list[dict]:
 
 def read_stream(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """(all tokens in stream order, global document starts), read straight from the files."""
+    with open(os.path.join(path, "metadata.json")) as f:
+        dtype = np.dtype(json.load(f)["dtype"]).newbyteorder("<")
     tokens, starts, offset = [], [], 0
     for e in stream_entries(path):
-        t = np.fromfile(os.path.join(path, e["file"]), dtype="<u2")
+        t = np.fromfile(os.path.join(path, e["file"]), dtype=dtype)
         tokens.append(t)
         starts.append(np.load(os.path.join(path, e["docs"])) + offset)
         offset += len(t)

@@ -101,6 +101,8 @@ def test_openai_tokenizer(tmp_path):
                           tokenizer=tok, progress=False)
     meta = check_round_trip(out, docs, tok)
     assert meta["tokenizer"] == {"kind": "byte", "offset": 0, "pad_id": None}
+    assert meta["dtype"] == "uint8"  # 256 ids: the smallest dtype holding them
+    assert all(os.path.getsize(os.path.join(out, e["file"])) == e["tokens"] for e in stream_entries(out))
     tokens, _ = read_stream(out)
     np.testing.assert_array_equal(tokens, np.frombuffer(b"".join(docs), np.uint8))
 

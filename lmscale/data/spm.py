@@ -1,0 +1,281 @@
+"""SentencePiece subword tokenizer: ids = piece id + 1, id 0 is padding (as sentiment-discovery).
+
+``train_sentencepiece(texts, options, source=...)`` trains a model in-process from an
+iterator over a bounded sample of text (``lmscale.data.sample``), with options chosen so
+that ``decode(encode(text)) == text`` exactly for any valid UTF-8 text: identity
+normalization, no dummy prefix, whitespace kept as is, byte fallback for characters
+outside the vocabulary (so there are no unknown tokens). The model file travels with a
+dataset or workdir as ``tokenizer.model``; ``to_dict()`` names it with its SHA-256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import os
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lmscale.data.errors import DataError
+from lmscale.data.tokenizer import smallest_uint_dtype
+
+MODEL_FILE = "tokenizer.model"
+MODEL_TYPES = ("bpe", "unigram")
+MIN_VOCAB_SIZE = 260  # 256 byte-fallback pieces + <unk> + a few characters
+MAX_SENTENCE_BYTES = 4096  # training sentences: line-aligned chunks of at most this many bytes
+
+
+def _sentencepiece():
+    try:
+        import sentencepiece
+    except ImportError:
+        raise DataError("the sentencepiece tokenizer needs the sentencepiece package: "
+                        "pip install 'sentencepiece>=0.2.0'") from None
+    return sentencepiece
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+class SentencePieceTokenizer:
+    """A loaded SentencePiece model; ``vocab_size`` = pieces + 1 (padding id 0)."""
+
+    pad_id: int | None = 0
+
+    def __init__(self, model_proto: bytes, *, name: str = "SentencePiece model") -> None:
+        spm = _sentencepiece()
+        try:
+            self._sp = spm.SentencePieceProcessor(model_proto=bytes(model_proto))
+            pieces = self._sp.get_piece_size()
+        except Exception as e:  # the C++ loader raises RuntimeError/OSError on garbage
+            raise DataError(f"{name} is not a SentencePiece model ({_first_line(e)})") from None
+        if pieces < 1:
+            raise DataError(f"{name} is not a SentencePiece model (it has no pieces)")
+        self.model_proto = bytes(model_proto)
+        self.sha256 = hashlib.sha256(self.model_proto).hexdigest()
+        self._vocab_size = pieces + 1
+        self._byte_lengths: np.ndarray | None = None
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> "SentencePieceTokenizer":
+        """Loads a ``.model`` file; DataError if it is missing or not a SentencePiece model."""
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise DataError(f"SentencePiece model {path} does not exist")
+        with open(path, "rb") as f:
+            return cls(f.read(), name=path)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], base_dir: str | None) -> "SentencePieceTokenizer":
+        """Loads ``base_dir/<d["model"]>`` and checks its SHA-256 and vocabulary size."""
+        unknown = set(d) - {"kind", "model", "sha256", "vocab_size"}
+        if unknown:
+            raise DataError(f"unknown keys {sorted(unknown)} in sentencepiece tokenizer description")
+        model = d.get("model")
+        if not isinstance(model, str) or not model or os.path.isabs(model):
+            raise DataError(f"sentencepiece tokenizer description needs a relative model file name, got {model!r}")
+        if base_dir is None:
+            raise DataError(f"sentencepiece tokenizer: the folder holding {model} is not known (base_dir)")
+        path = os.path.join(base_dir, model)
+        if not os.path.isfile(path):
+            raise DataError(f"SentencePiece model {path} is missing")
+        tok = cls.from_file(path)
+        if d.get("sha256") is not None and d["sha256"] != tok.sha256:
+            raise DataError(f"SentencePiece model {path} has SHA-256 {tok.sha256[:12]}…, the "
+                            f"description says {str(d['sha256'])[:12]}…: the file was changed or replaced")
+        if d.get("vocab_size") is not None and d["vocab_size"] != tok.vocab_size:
+            raise DataError(f"SentencePiece model {path} has {tok.vocab_size} ids, the description "
+                            f"says {d['vocab_size']}")
+        return tok
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
+    @property
+    def token_dtype(self) -> type:
+        return smallest_uint_dtype(self._vocab_size)
+
+    @property
+    def processor(self) -> Any:
+        """The underlying ``sentencepiece.SentencePieceProcessor`` (piece ids = our ids - 1)."""
+        return self._sp
+
+    def piece(self, token_id: int) -> str:
+        """The piece of one of our ids (``"<pad>"`` for 0)."""
+        return "<pad>" if token_id == 0 else self._sp.id_to_piece(int(token_id) - 1)
+
+    @staticmethod
+    def _text(text: str | bytes) -> str:
+        # Invalid UTF-8 becomes U+FFFD: SentencePiece works on Unicode text.
+        return text if isinstance(text, str) else bytes(text).decode("utf-8", errors="replace")
+
+    def encode(self, text: str | bytes) -> np.ndarray:
+        """Token ids [n] (``token_dtype``) of ``text`` (bytes are read as UTF-8)."""
+        return np.asarray(self._sp.encode(self._text(text)), dtype=np.int64).astype(self.token_dtype) + 1
+
+    def encode_batch(self, texts: Sequence[str | bytes]) -> tuple[np.ndarray, np.ndarray]:
+        """Ids of all ``texts`` concatenated (``token_dtype``) and each text's token count
+        (int64): one SentencePiece call for many documents."""
+        pieces = self._sp.encode([self._text(t) for t in texts], num_threads=min(os.cpu_count() or 1, 16))
+        counts = np.fromiter((len(p) for p in pieces), dtype=np.int64, count=len(pieces))
+        ids = np.fromiter(itertools.chain.from_iterable(pieces), dtype=np.int64, count=int(counts.sum()))
+        return (ids + 1).astype(self.token_dtype), counts
+
+    def decode(self, ids: Any) -> str:
+        """Text of ``ids``, dropping padding; DataError for ids outside the vocabulary."""
+        arr = np.asarray(ids)
+        if arr.size == 0:
+            return ""
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise DataError(f"token ids must be integers, got dtype {arr.dtype}")
+        arr = arr.reshape(-1).astype(np.int64)
+        arr = arr[arr != 0]
+        bad = (arr < 1) | (arr >= self._vocab_size)
+        if bad.any():
+            raise DataError(f"token id {int(arr[bad][0])} out of range for this SentencePiece "
+                            f"tokenizer (ids are [1, {self._vocab_size - 1}], 0 is padding)")
+        return self._sp.decode((arr - 1).tolist())
+
+    def byte_lengths(self) -> np.ndarray:
+        """int32 [vocab_size]: UTF-8 bytes each id decodes to (▁ is a space, a byte-fallback
+        piece is 1, padding/control/unknown 0), so a text's ids sum to its byte count."""
+        if self._byte_lengths is None:
+            sp = self._sp
+            lengths = np.zeros(self._vocab_size, np.int32)
+            for i in range(sp.get_piece_size()):
+                if sp.is_byte(i):
+                    lengths[i + 1] = 1
+                elif not (sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i)):
+                    lengths[i + 1] = len(sp.id_to_piece(i).replace("\u2581", " ").encode("utf-8"))
+            lengths.setflags(write=False)
+            self._byte_lengths = lengths
+        return self._byte_lengths
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "sentencepiece", "model": MODEL_FILE, "sha256": self.sha256,
+                "vocab_size": self._vocab_size}
+
+    def save(self, directory: str) -> None:
+        """Writes ``directory/tokenizer.model`` (atomically; kept if already identical)."""
+        path = os.path.join(directory, MODEL_FILE)
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                if f.read() == self.model_proto:
+                    return
+        os.makedirs(directory, exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.write(self.model_proto)
+        os.replace(tmp, path)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SentencePieceTokenizer) and other.sha256 == self.sha256
+
+    def __hash__(self) -> int:
+        return hash(self.sha256)
+
+    def __repr__(self) -> str:
+        return f"SentencePieceTokenizer(vocab_size={self._vocab_size}, sha256={self.sha256[:12]})"
+
+
+@dataclass(frozen=True)
+class SentencePieceTraining:
+    """A request to train a SentencePiece model on (a sample of) the corpus being prepared."""
+
+    vocab_size: int = 8000  # pieces (ids: one more, for padding)
+    model_type: str = "bpe"  # "bpe" or "unigram"
+    sample_bytes: int = 100_000_000  # at most this much text (spread over the inputs) is used
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "sample_bytes"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise DataError(f"--{name} must be a positive integer, got {v!r}")
+        if self.vocab_size < MIN_VOCAB_SIZE:
+            raise DataError(f"--vocab_size={self.vocab_size} is too small: a SentencePiece vocabulary "
+                            f"needs at least {MIN_VOCAB_SIZE} pieces (256 of them byte fallbacks)")
+        if self.model_type not in MODEL_TYPES:
+            raise DataError(f"--sp_model_type must be one of {list(MODEL_TYPES)}, got {self.model_type!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"vocab_size": self.vocab_size, "model_type": self.model_type,
+                "sample_bytes": self.sample_bytes}
+
+
+def training_sentences(texts: Iterable[str], max_bytes: int = MAX_SENTENCE_BYTES) -> Iterator[str]:
+    """Cuts texts into line-aligned chunks of at most ``max_bytes`` UTF-8 bytes (newlines
+    kept, so pieces may learn them); a longer line is cut at character boundaries."""
+    for text in texts:
+        chunk: list[str] = []
+        size = 0
+        for line in text.splitlines(keepends=True):
+            n = len(line.encode("utf-8"))
+            if size + n > max_bytes and chunk:
+                yield "".join(chunk)
+                chunk, size = [], 0
+            while n > max_bytes:  # one very long line
+                head = line.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore")
+                yield head
+                line = line[len(head):]
+                n = len(line.encode("utf-8"))
+            if line:
+                chunk.append(line)
+                size += n
+        if chunk:
+            yield "".join(chunk)
+
+
+def train_sentencepiece(texts: Iterable[str], options: SentencePieceTraining, *,
+                        source: str) -> SentencePieceTokenizer:
+    """Trains on ``texts`` (already a bounded sample; streamed, not held twice) and returns
+    the tokenizer. ``source`` names the corpus in error messages."""
+    spm = _sentencepiece()
+    sample_bytes = 0
+    failure: list[BaseException] = []
+
+    def sentences() -> Iterator[str]:
+        nonlocal sample_bytes
+        try:
+            for s in training_sentences(texts):
+                sample_bytes += len(s.encode("utf-8"))
+                yield s
+        except BaseException as e:  # re-raised after training: SentencePiece would swallow it
+            failure.append(e)
+
+    writer = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=sentences(), model_writer=writer, vocab_size=options.vocab_size,
+            model_type=options.model_type, normalization_rule_name="identity",
+            add_dummy_prefix=False, remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
+            split_digits=True, byte_fallback=True, character_coverage=0.9995,
+            max_sentence_length=2 * MAX_SENTENCE_BYTES, unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1,
+            num_threads=min(os.cpu_count() or 1, 16), minloglevel=2)
+    except RuntimeError as e:
+        if failure:
+            raise failure[0] from None
+        raise DataError(_training_error(str(e), options, sample_bytes, source)) from None
+    if failure:
+        raise failure[0]
+    return SentencePieceTokenizer(writer.getvalue(), name=f"the SentencePiece model trained on {source}")
+
+
+def _training_error(message: str, options: SentencePieceTraining, sample_bytes: int, source: str) -> str:
+    sample = f"the {sample_bytes:,}-byte sample of {source}"
+    if m := re.search(r"Vocabulary size too high \((\d+)\).*<= (\d+)", message):
+        return (f"--vocab_size={options.vocab_size} is too large for {sample}: it supports at most "
+                f"{m.group(2)} pieces; use a smaller --vocab_size or more text")
+    if m := re.search(r"smaller than required_chars\. (\d+) vs (\d+)", message):
+        return (f"--vocab_size={options.vocab_size} is too small for {sample}: its characters and "
+                f"the byte fallbacks need at least {m.group(2)} pieces")
+    if sample_bytes == 0:
+        return f"no text to train SentencePiece on in {source}"
+    detail = re.sub(r"^\S+: src/\S+ ", "", message.strip().splitlines()[0] if message.strip() else "")
+    return f"training SentencePiece on {sample} failed: {detail}"
