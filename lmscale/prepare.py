@@ -4,7 +4,13 @@
         [--text_column=NAME | --text_field=NAME] [--txt_mode=file|line] \\
         [--split=98,1,1] [--shard_tokens=N] [--tokenizer=sentiment_discovery|openai] [--overwrite]
 
-``--input`` may repeat or be comma separated; ``python_stdlib`` names the built-in corpus.
+    # SentencePiece: train one on a sample of the corpus (stored in the dataset), or reuse one
+    python -m lmscale.prepare ... --tokenizer=sentencepiece --vocab_size=8000 \\
+        [--sp_model_type=bpe|unigram] [--sp_sample_bytes=100000000]
+    python -m lmscale.prepare ... --tokenizer=sentencepiece --sp_model=other/tokenizer.model
+
+``--input`` may repeat or be comma separated; ``python_stdlib`` names the built-in corpus and
+``tfds:NAME/SPLIT`` a TensorFlow Datasets corpus (its ``--text_field``, default ``text``).
 Bad input prints one ``error: ...`` line on stderr and exits 1.
 """
 
@@ -18,9 +24,11 @@ from lmscale.cli import parse_flags
 from lmscale.data.builtin import is_builtin
 from lmscale.data.errors import DataError
 from lmscale.data.prepare import prepare_dataset
-from lmscale.data.tokenizer import ByteTokenizer
+from lmscale.data.spm import MODEL_TYPES, SentencePieceTokenizer, SentencePieceTraining
+from lmscale.data.tokenizer import ByteTokenizer, Tokenizer
 
 TOKENIZERS = {"sentiment_discovery": ByteTokenizer.sentiment_discovery, "openai": ByteTokenizer.openai}
+SENTENCEPIECE = "sentencepiece"
 
 _INPUT = flags.DEFINE_multi_string("input", None, "Text files, globs or folders (repeatable, comma "
                                    "separated), or a built-in corpus name (python_stdlib).")
@@ -31,8 +39,15 @@ _TXT_MODE = flags.DEFINE_enum("txt_mode", "file", ["file", "line"],
                               "Plain text: one document per file, or per line.")
 _SPLIT = flags.DEFINE_string("split", "98,1,1", "Shard counts per cycle: train,val,test (paper: 1000,1,1).")
 _SHARD_TOKENS = flags.DEFINE_integer("shard_tokens", 2**27, "Upper bound on tokens per shard.")
-_TOKENIZER = flags.DEFINE_enum("tokenizer", "sentiment_discovery", sorted(TOKENIZERS),
-                               "Byte ids: byte+1 with pad 0 (sentiment_discovery) or byte (openai).")
+_TOKENIZER = flags.DEFINE_enum("tokenizer", "sentiment_discovery", sorted([*TOKENIZERS, SENTENCEPIECE]),
+                               "Byte ids: byte+1 with pad 0 (sentiment_discovery) or byte (openai); "
+                               "or SentencePiece subwords (piece+1, pad 0).")
+_VOCAB_SIZE = flags.DEFINE_integer("vocab_size", 8000, "SentencePiece pieces to train (ids: one more).")
+_SP_MODEL_TYPE = flags.DEFINE_enum("sp_model_type", "bpe", list(MODEL_TYPES), "SentencePiece algorithm.")
+_SP_SAMPLE_BYTES = flags.DEFINE_integer("sp_sample_bytes", 100_000_000,
+                                        "Bytes of text, spread over the inputs, to train SentencePiece on.")
+_SP_MODEL = flags.DEFINE_string("sp_model", None, "An existing SentencePiece .model to encode with "
+                                "(instead of training one).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing prepared dataset at --output.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars on stderr (when it is a terminal).")
 
@@ -50,8 +65,27 @@ def summary(metadata: dict, output: str) -> str:
         return f"{count:,} {noun}{'' if count == 1 else 's'}"
     parts = [f"{name}: {n(s['tokens'], 'token')}, {n(s['documents'], 'document')}, "
              f"{n(len(s['shards']), 'shard')}" for name, s in metadata["splits"].items()]
+    tok = metadata["tokenizer"]
+    vocab = f", SentencePiece vocabulary of {tok['vocab_size']:,} ids" if tok.get("kind") == "sentencepiece" else ""
     return (f"Prepared {n(metadata['total_tokens'], 'token')} in {n(metadata['total_documents'], 'document')} "
-            f"from {n(len(metadata['files']), 'file')} into {output} ({'; '.join(parts)}).")
+            f"from {n(len(metadata['files']), 'file')} into {output} ({'; '.join(parts)}{vocab}).")
+
+
+def make_tokenizer() -> Tokenizer | SentencePieceTraining:
+    """The tokenizer the flags ask for (a training request for a new SentencePiece model)."""
+    name = _TOKENIZER.value
+    if name != SENTENCEPIECE:
+        for flag in ("vocab_size", "sp_model_type", "sp_sample_bytes", "sp_model"):
+            if flags.FLAGS[flag].present:
+                raise DataError(f"--{flag} is for --tokenizer=sentencepiece, not --tokenizer={name}")
+        return TOKENIZERS[name]()
+    if _SP_MODEL.value:
+        for flag in ("vocab_size", "sp_model_type", "sp_sample_bytes"):
+            if flags.FLAGS[flag].present:
+                raise DataError(f"--{flag} is for training a SentencePiece model; --sp_model gives one")
+        return SentencePieceTokenizer.from_file(_SP_MODEL.value)
+    return SentencePieceTraining(vocab_size=_VOCAB_SIZE.value, model_type=_SP_MODEL_TYPE.value,
+                                 sample_bytes=_SP_SAMPLE_BYTES.value)
 
 
 def prepare_main() -> str:
@@ -61,10 +95,11 @@ def prepare_main() -> str:
         raise DataError("--output is required")
     items = [s.strip() for v in _INPUT.value for s in v.split(",") if s.strip()]
     inputs = items[0] if len(items) == 1 and is_builtin(items[0]) else items
+    tokenizer = make_tokenizer()
     return prepare_dataset(inputs, _OUTPUT.value, text_column=_TEXT_COLUMN.value,
                            text_field=_TEXT_FIELD.value, txt_mode=_TXT_MODE.value,
                            split=parse_split(_SPLIT.value), shard_tokens=_SHARD_TOKENS.value,
-                           tokenizer=TOKENIZERS[_TOKENIZER.value](), overwrite=_OVERWRITE.value,
+                           tokenizer=tokenizer, overwrite=_OVERWRITE.value,
                            progress=_PROGRESS.value and sys.stderr.isatty())
 
 
