@@ -45,7 +45,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.txt_mode = "file"  # raw .txt: "file" = one document per file, "line" = per line
     c.data.split = "98,1,1"  # shards per cycle for train,val,test when preparing (paper: 1000,1,1)
     c.data.shard_tokens = 2**27  # upper bound on tokens per shard when preparing
-    c.data.tokenizer = "sentiment_discovery"  # byte ids: "sentiment_discovery" (byte+1, pad 0) or "openai"
+    c.data.tokenizer = "sentiment_discovery"  # bytes: "sentiment_discovery" (byte+1, pad 0), "openai" (byte); or "sentencepiece"
+    c.data.vocab_size = 8000  # sentencepiece: pieces to train (ids: one more, 0 = padding)
+    c.data.sp_model_type = "bpe"  # sentencepiece: "bpe" or "unigram"
+    c.data.sp_model = ""  # sentencepiece: "" = train one on the training text, else an existing .model file
+    c.data.sp_sample_bytes = 100_000_000  # sentencepiece: text (spread over the inputs) to train it on
     c.data.reset_on_documents = False  # also zero the RNN state at document starts (shards always reset)
     c.data.shuffle_shards = False  # seeded shuffle of shard order per epoch (paper: no shuffling)
 
