@@ -16,7 +16,7 @@ import itertools
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -192,17 +192,19 @@ class SentencePieceTraining:
     vocab_size: int = 8000  # pieces (ids: one more, for padding)
     model_type: str = "bpe"  # "bpe" or "unigram"
     sample_bytes: int = 100_000_000  # at most this much text (spread over the inputs) is used
+    option_prefix: str = field(default="--", compare=False)  # how messages name the options
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "sample_bytes"):
+        for name, option in (("vocab_size", "vocab_size"), ("sample_bytes", "sp_sample_bytes")):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise DataError(f"--{name} must be a positive integer, got {v!r}")
+                raise DataError(f"{self.option_prefix}{option} must be a positive integer, got {v!r}")
         if self.vocab_size < MIN_VOCAB_SIZE:
-            raise DataError(f"--vocab_size={self.vocab_size} is too small: a SentencePiece vocabulary "
-                            f"needs at least {MIN_VOCAB_SIZE} pieces (256 of them byte fallbacks)")
+            raise DataError(f"{self.option_prefix}vocab_size={self.vocab_size} is too small: a SentencePiece "
+                            f"vocabulary needs at least {MIN_VOCAB_SIZE} pieces (256 of them byte fallbacks)")
         if self.model_type not in MODEL_TYPES:
-            raise DataError(f"--sp_model_type must be one of {list(MODEL_TYPES)}, got {self.model_type!r}")
+            raise DataError(f"{self.option_prefix}sp_model_type must be one of {list(MODEL_TYPES)}, "
+                            f"got {self.model_type!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"vocab_size": self.vocab_size, "model_type": self.model_type,
@@ -269,12 +271,13 @@ def train_sentencepiece(texts: Iterable[str], options: SentencePieceTraining, *,
 
 def _training_error(message: str, options: SentencePieceTraining, sample_bytes: int, source: str) -> str:
     sample = f"the {sample_bytes:,}-byte sample of {source}"
+    vocab = f"{options.option_prefix}vocab_size={options.vocab_size}"
     if m := re.search(r"Vocabulary size too high \((\d+)\).*<= (\d+)", message):
-        return (f"--vocab_size={options.vocab_size} is too large for {sample}: it supports at most "
-                f"{m.group(2)} pieces; use a smaller --vocab_size or more text")
+        return (f"{vocab} is too large for {sample}: it supports at most {m.group(2)} pieces; "
+                f"use a smaller {options.option_prefix}vocab_size or more text")
     if m := re.search(r"smaller than required_chars\. (\d+) vs (\d+)", message):
-        return (f"--vocab_size={options.vocab_size} is too small for {sample}: its characters and "
-                f"the byte fallbacks need at least {m.group(2)} pieces")
+        return (f"{vocab} is too small for {sample}: its characters and the byte fallbacks "
+                f"need at least {m.group(2)} pieces")
     if sample_bytes == 0:
         return f"no text to train SentencePiece on in {source}"
     detail = re.sub(r"^\S+: src/\S+ ", "", message.strip().splitlines()[0] if message.strip() else "")

@@ -18,19 +18,59 @@ import numpy as np
 
 from lmscale.config import parse_split
 from lmscale.data.builtin import is_builtin
-from lmscale.data.dataset import SplitData, TokenDataset, is_dataset
+from lmscale.data.dataset import METADATA, SplitData, TokenDataset, is_dataset
 from lmscale.data.errors import DataError
 from lmscale.data.prepare import prepare_dataset
 from lmscale.data.stream import StreamBatcher
-from lmscale.data.tokenizer import ByteTokenizer
+from lmscale.data.spm import SentencePieceTokenizer, SentencePieceTraining
+from lmscale.data.tokenizer import ByteTokenizer, Tokenizer, tokenizer_from_dict
 
 TOKENIZERS = {"sentiment_discovery": ByteTokenizer.sentiment_discovery, "openai": ByteTokenizer.openai}
+SENTENCEPIECE = "sentencepiece"
 
 
-def make_tokenizer(name: str) -> ByteTokenizer:
-    if name not in TOKENIZERS:
-        raise DataError(f"data.tokenizer must be one of {sorted(TOKENIZERS)}, got {name!r}")
-    return TOKENIZERS[name]()
+def make_tokenizer(data: ml_collections.ConfigDict | str) -> Tokenizer | SentencePieceTraining:
+    """The tokenizer ``data.tokenizer`` names: a byte tokenizer, the SentencePiece model at
+    ``data.sp_model``, or (``data.sp_model`` empty) a request to train one while preparing."""
+    name = data if isinstance(data, str) else str(data.tokenizer)
+    if name in TOKENIZERS:
+        return TOKENIZERS[name]()
+    if name != SENTENCEPIECE:
+        raise DataError(f"data.tokenizer must be one of {sorted([*TOKENIZERS, SENTENCEPIECE])}, got {name!r}")
+    if isinstance(data, str):
+        raise DataError("data.tokenizer='sentencepiece' needs the data config (data.vocab_size, data.sp_model)")
+    if data.sp_model:
+        return SentencePieceTokenizer.from_file(data.sp_model)
+    return SentencePieceTraining(vocab_size=data.vocab_size, model_type=data.sp_model_type,
+                                 sample_bytes=data.sp_sample_bytes, option_prefix="data.")
+
+
+def vocab_size_of(data: ml_collections.ConfigDict) -> int:
+    """The vocabulary (ids, padding included) the run's tokenizer will have, without
+    preparing data: a prepared ``data.train``'s own tokenizer; bytes 257 (sentiment_discovery)
+    or 256 (openai); sentencepiece ``data.vocab_size + 1``, or ``data.sp_model``'s."""
+    spec = str(data.train)
+    if is_dataset(spec):
+        with open(os.path.join(spec, METADATA), encoding="utf-8") as f:
+            return tokenizer_from_dict(json.load(f).get("tokenizer"), base_dir=spec).vocab_size
+    tokenizer = make_tokenizer(data)
+    if isinstance(tokenizer, SentencePieceTraining):
+        return tokenizer.vocab_size + 1
+    return tokenizer.vocab_size
+
+
+def _request(data: ml_collections.ConfigDict) -> dict:
+    """What WORKDIR/data was prepared from (data_request.json): re-prepared when it changes."""
+    request = {"inputs": str(data.train), "text_column": data.text_column, "text_field": data.text_field,
+               "txt_mode": data.txt_mode, "split": data.split, "shard_tokens": data.shard_tokens,
+               "tokenizer": data.tokenizer}
+    if data.tokenizer == SENTENCEPIECE:  # byte requests stay as before, so old workdirs match
+        if data.sp_model:
+            request["sp_model"] = {"path": data.sp_model, "sha256": make_tokenizer(data).sha256}
+        else:
+            request.update(vocab_size=data.vocab_size, sp_model_type=data.sp_model_type,
+                           sp_sample_bytes=data.sp_sample_bytes)
+    return request
 
 
 def resolve_dataset(data: ml_collections.ConfigDict, workdir: str, *, progress: bool = True) -> str:
@@ -69,9 +109,7 @@ def _prepare_in_workdir(data: ml_collections.ConfigDict, workdir: str, progress:
     """Prepares ``data.train`` (text or a built-in corpus) into WORKDIR/data unless it is there."""
     spec = str(data.train)
     target = os.path.join(workdir, "data")
-    request = {"inputs": spec, "text_column": data.text_column, "text_field": data.text_field,
-               "txt_mode": data.txt_mode, "split": data.split, "shard_tokens": data.shard_tokens,
-               "tokenizer": data.tokenizer}
+    request = _request(data)
     request_path = os.path.join(workdir, "data_request.json")
     if is_dataset(target) and os.path.exists(request_path):
         with open(request_path) as f:
@@ -82,7 +120,7 @@ def _prepare_in_workdir(data: ml_collections.ConfigDict, workdir: str, progress:
     prepare_dataset(spec if is_builtin(spec) else [p for p in spec.split(",") if p],
                     target, text_column=data.text_column or None, text_field=data.text_field or None,
                     txt_mode=data.txt_mode, split=parse_split(data.split),
-                    shard_tokens=data.shard_tokens, tokenizer=make_tokenizer(data.tokenizer),
+                    shard_tokens=data.shard_tokens, tokenizer=make_tokenizer(data),
                     overwrite=True, progress=progress)
     with open(request_path, "w") as f:
         json.dump(request, f, indent=2)
