@@ -126,14 +126,15 @@ def _cut(data: bytes, limit: int) -> int:
 def _segments(pieces: Iterable[tuple[bytes, bool]], recut: bool) -> Iterator[tuple[bytes, bool]]:
     """``(data, starts_document)`` of the non-empty text; empty documents vanish.
 
-    With ``recut`` (a subword tokenizer, which must see whole lines and characters) a
-    document read in several pieces is re-cut after newlines instead of at piece edges.
+    With ``recut`` (a subword tokenizer, which must see whole characters and should see
+    whole lines) a document arriving in one piece stays whole, and one read in several
+    pieces is cut after newlines instead of at the piece edges.
     """
-    tail, tail_begins, new_doc = b"", False, False
+    pending, pending_begins, new_doc = b"", False, False
     for data, begins in pieces:
-        if begins and tail:
-            yield tail, tail_begins
-            tail = b""
+        if begins and pending:
+            yield pending, pending_begins
+            pending = b""
         new_doc = new_doc or begins
         if not data:
             continue
@@ -141,16 +142,16 @@ def _segments(pieces: Iterable[tuple[bytes, bool]], recut: bool) -> Iterator[tup
             yield data, new_doc
             new_doc = False
             continue
-        if not tail:
-            tail_begins, new_doc = new_doc, False
-        data = tail + data
-        cut = _cut(data, ENCODE_BYTES)
-        if cut:
-            yield data[:cut], tail_begins
-            tail_begins = False
-        tail = data[cut:]
-    if tail:
-        yield tail, tail_begins
+        if pending:  # the document goes on: emit what it has up to a safe cut
+            cut = _cut(pending, ENCODE_BYTES)
+            if cut:
+                yield pending[:cut], pending_begins
+                pending_begins, pending = False, pending[cut:]
+            pending += data
+        else:
+            pending, pending_begins, new_doc = data, new_doc, False
+    if pending:
+        yield pending, pending_begins
 
 
 def _encode(tokenizer: Tokenizer, batch: list[bytes]) -> tuple[np.ndarray, np.ndarray]:

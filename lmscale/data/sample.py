@@ -49,11 +49,12 @@ def _windows(path: str, size: int, share: int) -> Iterator[str]:
 
 
 def _head(path: str, share: int, options: dict) -> Iterator[str]:
-    """The documents of ``path`` from its start, until ``share`` bytes are taken."""
+    """Whole documents of ``path`` from its start while they fit in ``share`` bytes (the first
+    one cut to fit if it alone is larger)."""
     left = share
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     for data, _ in iter_pieces([path], **options):
-        if left <= 0:
+        if left <= 0 or (len(data) > left and left < share):
             return
         data = data[:left]
         left -= len(data)

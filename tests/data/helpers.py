@@ -63,3 +63,18 @@ def expected_starts(docs: list[bytes]) -> np.ndarray:
 def leftovers(output: Path) -> list[str]:
     """Anything named like ``output`` or its temporary/trash folders in its parent."""
     return sorted(p.name for p in output.parent.iterdir() if p.name.startswith(output.name))
+
+
+SYLLABLES = ["ka", "to", "ri", "men", "sa", "lo", "ve", "qu", "ix", "dra", "naïve", "café", "—", "東京",
+             "🙂", "ü", "ß", "42", "7"]
+SEPARATORS = [" ", " ", " ", " ", "  ", "   ", "\t", "\n", "\n\n", ", ", ". "]
+
+
+def make_text(words: int, seed: int = 0) -> str:
+    """Generated text of made-up words (non-ASCII among them) and whitespace runs."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(words):
+        out.append("".join(rng.choice(SYLLABLES, int(rng.integers(1, 4)))))
+        out.append(str(rng.choice(SEPARATORS)))
+    return "".join(out)

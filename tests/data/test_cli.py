@@ -49,3 +49,43 @@ def test_prepare_cli_bad_flags(tmp_path):
     assert p.returncode == 1 and p.stderr.strip() == "error: --input is required (text paths/globs or python_stdlib)"
     p = run(f"--input={tmp_path}", "--output=x", "--split=1,1")
     assert p.returncode == 1 and "--split must be three shard counts" in p.stderr
+
+
+def test_prepare_cli_sentencepiece(tmp_path):
+    from tests.data.helpers import make_text
+    text = make_text(3000, seed=1)
+    (tmp_path / "a.txt").write_text(text, encoding="utf-8")
+    out = tmp_path / "out"
+    p = run(f"--input={tmp_path / 'a.txt'}", f"--output={out}", "--tokenizer=sentencepiece", "--vocab_size=400",
+            "--sp_model_type=unigram", "--sp_sample_bytes=1000000", "--split=1,0,0", "--progress=false")
+    assert p.returncode == 0, p.stderr
+    assert "SentencePiece vocabulary of 401 ids" in p.stdout
+    ds = TokenDataset.open(out)
+    assert ds.tokenizer.vocab_size == 401 and ds.metadata["dtype"] == "uint16"
+    assert ds.metadata["options"]["tokenizer_training"]["model_type"] == "unigram"
+    assert ds.tokenizer.decode(ds.split("train").read(0, 0, ds.split("train").num_tokens)) == text
+    reuse = run(f"--input={tmp_path / 'a.txt'}", f"--output={tmp_path / 'again'}", "--tokenizer=sentencepiece",
+                f"--sp_model={out / 'tokenizer.model'}", "--split=1,0,0", "--progress=false")
+    assert reuse.returncode == 0, reuse.stderr
+    assert (tmp_path / "again" / "train" / "shard_00000.bin").read_bytes() == \
+        (out / "train" / "shard_00000.bin").read_bytes()
+
+
+def test_prepare_cli_sentencepiece_errors(tmp_path):
+    (tmp_path / "a.txt").write_text("the cat sat on the mat.\n" * 20)
+    (tmp_path / "bad.model").write_text("not a model")
+    cases = [
+        (["--tokenizer=sentencepiece", "--vocab_size=30000"], "--vocab_size=30000 is too large for the 480-byte sample"),
+        (["--tokenizer=sentencepiece", f"--sp_model={tmp_path / 'bad.model'}"], "bad.model is not a SentencePiece model"),
+        (["--tokenizer=sentencepiece", f"--sp_model={tmp_path / 'none.model'}"], "none.model does not exist"),
+        (["--tokenizer=sentencepiece", "--vocab_size=10"], "--vocab_size=10 is too small"),
+        (["--tokenizer=openai", "--vocab_size=1000"], "--vocab_size is for --tokenizer=sentencepiece"),
+        (["--tokenizer=sentencepiece", f"--sp_model={tmp_path / 'bad.model'}", "--vocab_size=300"],
+         "--vocab_size is for training a SentencePiece model"),
+    ]
+    for flags, message in cases:
+        p = run(f"--input={tmp_path / 'a.txt'}", f"--output={tmp_path / 'out'}", *flags, "--progress=false")
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), p.stderr
+        assert message in lines[0], lines[0]
+        assert sorted(x.name for x in tmp_path.iterdir()) == ["a.txt", "bad.model"]  # nothing written
