@@ -1,6 +1,7 @@
-"""Data layer: text -> byte tokens -> sharded datasets -> stateful-RNN LM batches.
+"""Data layer: text -> tokens (bytes or SentencePiece subwords) -> sharded datasets -> LM batches.
 
-Modules: ``tokenizer`` (byte ids), ``sources`` (files -> documents), ``builtin``
+Modules: ``tokenizer`` (the interface, byte ids), ``spm`` (SentencePiece), ``sample``
+(bounded text samples to train it on), ``tfds`` (tfds: inputs), ``sources`` (files -> documents), ``builtin``
 (corpora present on every machine), ``prepare`` (sharding, atomic), ``dataset``
 (memory-mapped reading), ``stream`` (``StreamBatcher``), ``errors`` (``DataError``).
 """

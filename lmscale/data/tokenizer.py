@@ -14,6 +14,8 @@ Two mappings are in use for byte-level mLSTMs:
 
 * sentiment-discovery (NVIDIA): id = byte + 1, id 0 is padding, vocabulary 257 (default);
 * OpenAI's released model: id = byte, no padding, vocabulary 256.
+
+Subwords: ``lmscale.data.spm.SentencePieceTokenizer`` (id = piece + 1, id 0 is padding).
 """
 
 from __future__ import annotations

@@ -138,3 +138,12 @@ def test_tinyshakespeare_round_trip():
     assert tok.decode(ids) == text
     assert int(tok.byte_lengths()[ids].sum()) == len(text.encode())
     assert len(ids) < 0.45 * len(text)
+
+
+def test_spans_join_to_the_text():
+    from lmscale.data import spm as spm_lib
+    text = make_text(4000, seed=8) + "\n\n\n" + "x" * 40000 + "\n" + "word " * 5000
+    parts = spm_lib.spans(text)
+    assert "".join(parts) == text and all(parts)
+    assert any(len(p) > spm_lib.MAX_SPAN_CHARS for p in parts)  # one line longer than the cap stays whole
+    assert spm_lib.spans("a\n\nb\n\n\nc") == ["a\n\n", "b\n\n\n", "c"] and spm_lib.spans("") == []
