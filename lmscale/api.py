@@ -3,7 +3,7 @@
     import lmscale
     lm = lmscale.load_lm("runs/sst_lm")
     lm.score(["a fine film", "zxqv"])          # bits per character of each text
-    lm.featurize(texts)                         # [N, hidden] final cell states
+    lm.featurize(texts)                         # [N, F] final states (mLSTM: cell)
     lm.generate("This movie", length=100, neuron=lm_neuron, neuron_value=1.0)
 """
 
@@ -34,35 +34,66 @@ class LM:
 
     @property
     def hidden(self) -> int:
-        return self.trained.model().hidden
+        """Width of the features (the last layer's state or output)."""
+        return self.trained.model().feature_width
 
     def _nats(self, params: Any, tokens: jax.Array, weights: jax.Array) -> jax.Array:
         model = nnx.merge(self.trained.graphdef, params)
-        logits, _ = model(tokens[:, :-1], None)
-        # The training loss, per row: summed nats of each text's counted targets.
+        logits, _ = model(tokens[:, :-1], model.initial_carry(tokens.shape[0]))
+        # The training loss, per row: summed nats of each row's counted targets.
         nats, _ = jax.vmap(cross_entropy_sums)(logits, tokens[:, 1:], weights)
         return nats
 
+    def _targets(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids of the text as the model reads it, and which of them are scored: the
+        user's text only (not an imported model's framing); its first token only when framing
+        gives it context."""
+        from lmscale.pretrained.preprocess import framing_for
+        tok = self.trained.tokenizer
+        (ids,) = encode_texts(self.trained, [text])
+        before, after = framing_for(self.trained.derived)
+        lengths = tok.byte_lengths()[ids]
+        ends = np.cumsum(lengths)  # bytes up to and including each token
+        total = int(ends[-1]) if len(ends) else 0
+        scored = (ends - lengths >= len(before)) & (ends <= total - len(after))
+        scored[0] = False  # nothing before it to predict it from
+        return ids, scored
+
     def score(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        """Bits per character of each text [N]: every byte after the first, predicted from
-        the ones before it (the first has no context and is not counted)."""
-        ids = encode_texts(self.trained, texts)
-        out = np.zeros(len(ids), np.float64)
+        """Bits per character of each text [N]: the bits of each of its tokens given the ones
+        before it, over the UTF-8 bytes those tokens stand for. The text's first token has no
+        context and is not counted (unless the model's preprocessing frames the text, as an
+        imported OpenAI model's does; the framing itself is never counted). A model with a
+        length limit (``max_len``) reads a long text in consecutive windows of that many tokens."""
+        limit = self.trained.model().max_len
+        rows: list[tuple[int, np.ndarray, np.ndarray]] = []  # (text index, tokens, weights)
+        byte_totals = np.zeros(len(texts), np.float64)
+        table = self.trained.tokenizer.byte_lengths()
+        for i, text in enumerate(texts):
+            ids, scored = self._targets(text)
+            byte_totals[i] = table[ids[scored]].sum()
+            window = len(ids) if limit is None else limit
+            for start in range(0, max(len(ids) - 1, 1), window):
+                piece = ids[start:start + window + 1]
+                rows.append((i, piece, scored[start + 1:start + 1 + window].astype(np.float32)))
+        nats = np.zeros(len(texts), np.float64)
         pad = self.trained.tokenizer.pad_id or 0
-        for start in range(0, len(ids), batch_size):
-            chunk = ids[start:start + batch_size]
-            width = max(2, max(len(x) for x in chunk))
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            width = max(2, max(len(t) for _, t, _ in chunk))
             width = -(-width // 32) * 32  # few distinct shapes, few compilations
+            if limit is not None:
+                width = min(width, limit)
             tokens = np.full((len(chunk), width + 1), pad, np.int32)
             weights = np.zeros((len(chunk), width), np.float32)
-            for r, x in enumerate(chunk):
-                tokens[r, :len(x)] = x
-                weights[r, :len(x) - 1] = 1.0
-            nats = np.asarray(self._score_fn(self.trained.params, jnp.asarray(tokens),
-                                             jnp.asarray(weights)))
-            counts = np.maximum(weights.sum(axis=1), 1.0)
-            out[start:start + len(chunk)] = [bits_per_char(n / c) for n, c in zip(nats, counts)]
-        return out
+            for r, (_, t, w) in enumerate(chunk):
+                tokens[r, :len(t)] = t
+                weights[r, :len(w)] = w
+            row_nats = np.asarray(self._score_fn(self.trained.params, jnp.asarray(tokens),
+                                                 jnp.asarray(weights)))
+            for (i, _, _), n in zip(chunk, row_nats):
+                nats[i] += n
+        return np.array([bits_per_char(n, b) for n, b in zip(nats, byte_totals)])
 
     def featurize(self, texts: Sequence[str], **options: Any) -> np.ndarray:
         """Features [N, F]; options as :func:`lmscale.transfer.featurize.featurize`."""

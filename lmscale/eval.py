@@ -1,5 +1,8 @@
 """Bits per character of a trained run on a prepared split or on any text files.
 
+With no settings given it evaluates exactly as the run's own validation did (its eval batch,
+sequence length, document resets and eval_steps), so both report the same BPC.
+
     python -m lmscale.eval --workdir=runs/quickstart --data=runs/quickstart/data --split=test
     python -m lmscale.eval --workdir=runs/quickstart --data=some/file.txt
 """
@@ -15,8 +18,11 @@ from lmscale.cli import parse_flags, run_cli
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.")
 _DATA = flags.DEFINE_string("data", None, "A prepared dataset folder, or text paths/globs.")
 _SPLIT = flags.DEFINE_string("split", "val", "Split of a prepared dataset.")
-_BATCH = flags.DEFINE_integer("batch_size", 16, "Rows evaluated in parallel (reduced for short text).")
-_SEQ = flags.DEFINE_integer("seq_len", 0, "Characters per step; 0 = the run's train.seq_len.")
+_BATCH = flags.DEFINE_integer("batch_size", 0, "Rows evaluated in parallel (reduced for short "
+                               "text); 0 = the run's train.eval_batch_size.")
+_SEQ = flags.DEFINE_integer("seq_len", 0, "Tokens per step; 0 = the run's train.seq_len.")
+_STEPS = flags.DEFINE_integer("max_steps", -1, "Batches to evaluate; 0 = the whole split, "
+                              "-1 = the run's train.eval_steps.")
 _STEP = flags.DEFINE_integer("step", -1, "Checkpoint step; -1 = the latest.")
 _COLUMN = flags.DEFINE_string("text_column", None, "CSV column holding the text.")
 _FIELD = flags.DEFINE_string("text_field", None, "JSONL field holding the text.")
@@ -30,8 +36,9 @@ def main(argv: list[str]) -> None:
 
     def run() -> dict:
         lm = load_trained(_WORKDIR.value, None if _STEP.value < 0 else _STEP.value)
-        result = evaluate_data(lm, _DATA.value, split=_SPLIT.value, batch_size=_BATCH.value,
-                               seq_len=_SEQ.value or None, text_column=_COLUMN.value,
+        result = evaluate_data(lm, _DATA.value, split=_SPLIT.value, batch_size=_BATCH.value or None,
+                               seq_len=_SEQ.value or None,
+                               max_steps=None if _STEPS.value < 0 else _STEPS.value, text_column=_COLUMN.value,
                                text_field=_FIELD.value)
         return {"step": lm.step, "data": _DATA.value, **result}
 

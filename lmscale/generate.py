@@ -26,7 +26,8 @@ _SAMPLES = flags.DEFINE_integer("samples", 1, "Independent samples.")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 _NEURON = flags.DEFINE_integer("neuron", None, "Unit of the last layer to hold fixed.")
 _VALUE = flags.DEFINE_float("neuron_value", 0.0, "Value the unit is held at.")
-_STATE = flags.DEFINE_enum("neuron_state", "cell", ["cell", "hidden"], "State the unit lives in.")
+_STATE = flags.DEFINE_enum("neuron_state", None, ["cell", "hidden"], "State the unit lives in; "
+                           "default: the model's first (cell for mLSTM/LSTM).")
 _HEATMAP_UNIT = flags.DEFINE_integer("heatmap_unit", None, "Unit shown in the heatmap "
                                      "(default: --neuron, else the transfer's neuron if known).")
 _OUTPUT = flags.DEFINE_string("output", None, "Output folder; default WORKDIR/generate.")

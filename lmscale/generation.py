@@ -39,39 +39,30 @@ def filter_logits(logits: jax.Array, *, temperature: float, top_k: int, top_p: f
     return jax.nn.log_softmax(logits, axis=-1)
 
 
-def _override(carry: Any, neuron: int | None, value: float, state: str) -> Any:
-    if neuron is None:
-        return carry
-    *lower, (h, c) = carry
-    if state == "cell":
-        c = c.at[:, neuron].set(value)
-    else:
-        h = h.at[:, neuron].set(value)
-    return (*lower, (h, c))
-
-
 def _sampler(graphdef: nnx.GraphDef, length: int, temperature: float, top_k: int, top_p: float,
              neuron: int | None, value: float, state: str, banned: int | None) -> Callable:
     def run(params: Any, prompt: jax.Array, key: jax.Array) -> jax.Array:
         model = nnx.merge(graphdef, params)
         batch = prompt.shape[0]
+        fix = ((lambda s: s) if neuron is None
+               else (lambda s: model.fix_unit(s, neuron, value, state)))
 
-        def feed(carry: Any, token: jax.Array) -> tuple[Any, jax.Array]:
-            logits, carry = model(token[:, None], carry)
-            return _override(carry, neuron, value, state), logits[:, 0]
+        def feed(decode_state: Any, token: jax.Array) -> tuple[Any, jax.Array]:
+            logits, decode_state = model.decode_step(token, decode_state)
+            return fix(decode_state), logits
 
-        carry = _override(model.initial_carry(batch), neuron, value, state)
-        carry, logits = jax.lax.scan(feed, carry, prompt.T)
+        decode_state = fix(model.init_decode(batch, prompt.shape[1] + length))
+        decode_state, logits = jax.lax.scan(feed, decode_state, prompt.T)
 
-        def sample(state_: tuple[Any, jax.Array], k: jax.Array) -> tuple[tuple[Any, jax.Array], jax.Array]:
-            carry, last = state_
+        def sample(carry: tuple[Any, jax.Array], k: jax.Array) -> tuple[tuple[Any, jax.Array], jax.Array]:
+            decode_state, last = carry
             logp = filter_logits(last, temperature=temperature, top_k=top_k, top_p=top_p, banned=banned)
             token = (jnp.argmax(logp, axis=-1) if temperature == 0
                      else jax.random.categorical(k, logp, axis=-1)).astype(jnp.int32)
-            carry, nxt = feed(carry, token)
-            return (carry, nxt), token
+            decode_state, nxt = feed(decode_state, token)
+            return (decode_state, nxt), token
 
-        _, tokens = jax.lax.scan(sample, (carry, logits[-1]), jax.random.split(key, length))
+        _, tokens = jax.lax.scan(sample, (decode_state, logits[-1]), jax.random.split(key, length))
         return tokens.T  # [B, length]
 
     return jax.jit(run)
@@ -79,21 +70,34 @@ def _sampler(graphdef: nnx.GraphDef, length: int, temperature: float, top_k: int
 
 def generate(lm: TrainedLM, prompt: str, length: int = 200, *, temperature: float = 1.0,
              top_k: int = 0, top_p: float = 1.0, samples: int = 1, seed: int = 0,
-             neuron: int | None = None, neuron_value: float = 0.0, neuron_state: str = "cell"
+             neuron: int | None = None, neuron_value: float = 0.0, neuron_state: str | None = None
              ) -> list[str]:
-    """``samples`` continuations of ``prompt`` (each returned with the prompt in front)."""
+    """``samples`` continuations of ``prompt`` (each returned with the prompt in front).
+
+    ``neuron_state`` None: the model's first feature state (a recurrent model's cell state).
+    A model with a length limit (the transformer's ``max_len``) generates at most that many
+    tokens, prompt included; its key/value cache makes each new token one step.
+    """
     if not prompt:
         raise DataError("the prompt is empty: give at least one character to start from")
     if length < 1 or samples < 1:
         raise DataError(f"length and samples must be >= 1, got {length} and {samples}")
     if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
         raise DataError("need temperature >= 0, 0 < top_p <= 1 and top_k >= 0")
-    hidden = lm.model().hidden
-    if neuron is not None and not 0 <= neuron < hidden:
-        raise DataError(f"--neuron={neuron} is outside the last layer's {hidden} units")
-    if neuron_state not in ("cell", "hidden"):
-        raise DataError(f"neuron_state must be 'cell' or 'hidden', got {neuron_state!r}")
+    model = lm.model()
+    neuron_state = neuron_state or model.feature_states[0]
+    if neuron is not None:
+        if not hasattr(model, "fix_unit"):
+            raise DataError(f"a {lm.config.model.kind} model has no state to hold a neuron in: "
+                            f"--neuron needs a recurrent model (mlstm, lstm)")
+        if not 0 <= neuron < model.feature_width:
+            raise DataError(f"--neuron={neuron} is outside the last layer's {model.feature_width} units")
+        if neuron_state not in model.feature_states:
+            raise DataError(f"neuron_state must be one of {list(model.feature_states)}, got {neuron_state!r}")
     ids = lm.tokenizer.encode(prompt).astype(np.int32)
+    if model.max_len is not None and len(ids) + length > model.max_len:
+        raise DataError(f"the prompt ({len(ids)} tokens) plus length {length} exceeds the model's "
+                        f"max_len {model.max_len}; ask for at most {max(model.max_len - len(ids), 0)}")
     fn = _sampler(lm.graphdef, length, float(temperature), int(top_k), float(top_p), neuron,
                   float(neuron_value), neuron_state, lm.tokenizer.pad_id)
     tokens = np.asarray(fn(lm.params, jnp.asarray(np.tile(ids, (samples, 1))),

@@ -41,6 +41,8 @@ def no_preprocess(text: str | bytes) -> str | bytes:
 
 
 PREPROCESSORS: dict[str, Preprocessor] = {"none": no_preprocess, "openai": openai_preprocess}
+# What each preprocessing puts around the text: (before, after), as UTF-8 bytes.
+FRAMING: dict[str, tuple[bytes, bytes]] = {"none": (b"", b""), "openai": (b"\n ", b" ")}
 
 
 def get_preprocessor(name: str) -> Preprocessor:
@@ -53,3 +55,10 @@ def get_preprocessor(name: str) -> Preprocessor:
 def preprocessor_for(derived: Mapping[str, Any]) -> Preprocessor:
     """The preprocessing a run's ``derived`` values name (no preprocessing if none is named)."""
     return get_preprocessor(str(derived.get("preprocess", "none")))
+
+
+def framing_for(derived: Mapping[str, Any]) -> tuple[bytes, bytes]:
+    """The (before, after) bytes the run's preprocessing frames each text with."""
+    name = str(derived.get("preprocess", "none"))
+    get_preprocessor(name)
+    return FRAMING[name]

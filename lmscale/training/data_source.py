@@ -131,19 +131,3 @@ def train_batcher(dataset: TokenDataset, config: ml_collections.ConfigDict) -> S
     return StreamBatcher(dataset.split("train"), config.train.batch_size, config.train.seq_len,
                          reset_on_documents=config.data.reset_on_documents,
                          shuffle_shards=config.data.shuffle_shards, seed=config.seed)
-
-
-def eval_batcher(split: SplitData, batch_size: int, seq_len: int, num_devices: int,
-                 reset_on_documents: bool = False) -> StreamBatcher:
-    """A stream over a whole split for evaluation, with as many rows as it can fill.
-
-    The row count is ``batch_size`` reduced, if the split is small, to the most rows that
-    still get one full sequence each, rounded down to a multiple of ``num_devices``.
-    """
-    fit = split.num_tokens // (seq_len + 1)
-    rows = min(batch_size, fit) // num_devices * num_devices
-    if rows < 1:
-        raise DataError(
-            f"split {split.name!r} has {split.num_tokens} tokens: too few for one sequence of "
-            f"seq_len {seq_len} on each of {num_devices} devices")
-    return StreamBatcher(split, rows, seq_len, reset_on_documents=reset_on_documents)

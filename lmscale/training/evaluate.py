@@ -1,46 +1,87 @@
-"""Bits per character of a model over a whole split, with the RNN state carried across batches."""
+"""Loss and bits per character of a model over a split: the one evaluation of lmscale.
+
+Training-time validation and ``lmscale.eval`` both call :func:`evaluate_split`, so the same
+checkpoint, split and settings give the same answer. The answer does not depend on the
+device count: the stream's row count comes from the split and ``batch_size`` alone, and rows
+are padded (with zero weights) to a multiple of the devices. Sums are exact: each batch's
+nats, target count and bytes come back per batch and are accumulated on the host in float64
+(float32 running sums on device stop counting exactly past 2^24 targets).
+"""
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from lmscale.data.dataset import SplitData
+from lmscale.data.errors import DataError
 from lmscale.data.stream import StreamBatcher
 from lmscale.training import mesh as mesh_lib
-from lmscale.training.loss import bits_per_char
+from lmscale.training.loss import LN2
 
 
-def evaluate(eval_step: Callable, params: Any, initial_carry: Any, batcher: StreamBatcher,
-             mesh: Mesh, max_steps: int = 0) -> dict[str, float]:
-    """Runs ``eval_step`` over the split's stream (all of it, or ``max_steps`` batches).
+def eval_stream(split: SplitData, batch_size: int, seq_len: int,
+                reset_on_documents: bool = False) -> StreamBatcher:
+    """A stream over a whole split with ``batch_size`` rows, fewer if the split is small
+    (the most rows that still get one full sequence each), whatever the device count."""
+    rows = min(batch_size, split.num_tokens // (seq_len + 1))
+    if rows < 1:
+        raise DataError(f"split {split.name!r} has {split.num_tokens} tokens: too few for one "
+                        f"sequence of seq_len {seq_len}")
+    return StreamBatcher(split, rows, seq_len, reset_on_documents=reset_on_documents)
 
-    ``eval_step(params, carry, batch) -> (carry, nats, count)`` is the jitted step;
-    ``initial_carry`` zeros sharded like the batch rows. Returns loss (nats per
-    character), bpc and the number of characters scored.
+
+def evaluate_split(eval_step: Callable, params: Any, initial_carry: Callable[[int], Any],
+                   split: SplitData, mesh: Mesh, *, batch_size: int, seq_len: int,
+                   reset_on_documents: bool = False, max_steps: int = 0) -> dict[str, float]:
+    """Runs ``eval_step`` over the split (all of it, or the first ``max_steps`` batches).
+
+    ``eval_step(params, carry, batch) -> (carry, sums [nats, count, bytes])`` is the jitted
+    step (``steps.make_eval_step``); ``initial_carry(rows)`` the model's zero carry. Returns
+    loss (nats per token), bpc (bits per UTF-8 byte), bits_per_token, tokens and chars scored.
     """
-    steps = batcher.steps_per_epoch if max_steps <= 0 else min(max_steps, batcher.steps_per_epoch)
-    rows = mesh_lib.local_rows(mesh, batcher.batch_size)
+    stream = eval_stream(split, batch_size, seq_len, reset_on_documents)
+    steps = stream.steps_per_epoch if max_steps <= 0 else min(max_steps, stream.steps_per_epoch)
+    padded = -(-stream.batch_size // mesh.size) * mesh.size
+    rows = mesh_lib.local_rows(mesh, padded)
     sharding = mesh_lib.batch_sharded(mesh)
-    carry = initial_carry
-    nats_total = jnp.zeros((), jnp.float32)
-    count_total = jnp.zeros((), jnp.float32)
+    carry = jax.device_put(jax.tree.map(np.asarray, initial_carry(padded)), sharding)
+    sums = []
     for k in range(steps):
-        batch = batch_arrays(batcher, k, rows, sharding)
-        carry, nats, count = eval_step(params, carry, batch)
-        nats_total, count_total = nats_total + nats, count_total + count
-    nats_total, count_total = float(nats_total), float(count_total)
-    loss = nats_total / max(count_total, 1.0)
-    return {"loss": loss, "bpc": bits_per_char(loss), "chars": int(count_total)}
+        carry, s = eval_step(params, carry, padded_batch(stream, k, rows, padded, sharding))
+        sums.append(s)
+    nats, count, num_bytes = np.sum(np.asarray(jax.device_get(sums), np.float64), axis=0) \
+        if sums else (0.0, 0.0, 0.0)
+    return {"loss": nats / max(count, 1.0), "bpc": nats / LN2 / max(num_bytes, 1.0),
+            "bits_per_token": nats / LN2 / max(count, 1.0), "tokens": int(count),
+            "chars": int(num_bytes)}
 
 
 def batch_arrays(batcher: StreamBatcher, step: int, rows: tuple[int, int],
                  sharding: jax.sharding.NamedSharding) -> dict[str, jax.Array]:
     """This process's rows of ``batcher.batch(step)`` as global arrays sharded by rows."""
+    return mesh_lib.tree_put_global(_local(batcher, step, rows), sharding, batcher.batch_size)
+
+
+def padded_batch(batcher: StreamBatcher, step: int, rows: tuple[int, int], padded: int,
+                 sharding: jax.sharding.NamedSharding) -> dict[str, jax.Array]:
+    """Like :func:`batch_arrays` for a global batch of ``padded`` >= ``batcher.batch_size``
+    rows: rows past the stream's are copies of its row 0 with zero weights (not counted)."""
+    start, stop = rows
+    real = (min(start, batcher.batch_size), min(stop, batcher.batch_size))
+    local = _local(batcher, step, real)
+    extra = stop - max(start, batcher.batch_size)
+    if extra > 0:
+        filler = _local(batcher, step, (0, 1))
+        filler["weights"][:] = 0.0
+        local = {k: np.concatenate([v, np.repeat(filler[k], extra, axis=0)]) for k, v in local.items()}
+    return mesh_lib.tree_put_global(local, sharding, padded)
+
+
+def _local(batcher: StreamBatcher, step: int, rows: tuple[int, int]) -> dict[str, np.ndarray]:
     b = batcher.batch(step, rows=rows)
-    local = {"inputs": b.inputs.astype(np.int32), "targets": b.targets.astype(np.int32),
-             "weights": b.weights.astype(np.float32), "resets": b.resets.astype(bool)}
-    return mesh_lib.tree_put_global(local, sharding, batcher.batch_size)
+    return {"inputs": b.inputs.astype(np.int32), "targets": b.targets.astype(np.int32),
+            "weights": b.weights.astype(np.float32), "resets": b.resets.astype(bool)}

@@ -23,28 +23,42 @@ import numpy as np
 import tqdm
 from flax import nnx
 
-from lmscale.config import derive, save_config, validate, with_global_batch
+from lmscale.config import derive, load_config, save_config, validate, with_global_batch
 from lmscale.data.dataset import TokenDataset
-from lmscale.models import flops_per_token
+from lmscale.models import architecture, carries_state, flops_per_token
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.checkpoints import Checkpointer, check_same_model
-from lmscale.training.data_source import eval_batcher, resolve_dataset, train_batcher
-from lmscale.training.evaluate import batch_arrays, evaluate
+from lmscale.training.data_source import resolve_dataset, train_batcher
+from lmscale.training.evaluate import batch_arrays, evaluate_split
 from lmscale.training.loss import bits_per_char
 from lmscale.training.metrics import MetricsWriter
 from lmscale.training.setup import build_train_setup, jit_train_step
 from lmscale.training.state import zero_acc
 from lmscale.training.steps import make_eval_step
 
+# derived values that came with the weights (e.g. an imported model's preprocessing) and
+# must survive every later run in the same workdir
+PROVENANCE_KEYS = ("preprocess", "pretrained")
 
-def model_signature(config: ml_collections.ConfigDict, tokenizer: dict[str, Any], vocab_size: int
-                    ) -> dict[str, Any]:
-    """What must match between a checkpoint and the config restoring it."""
-    sig = {f"model.{k}": v for k, v in config.model.to_dict().items() if k != "dropout"}
-    sig["train.batch_size"] = config.train.batch_size  # the shape of the persisted RNN carry
+
+def model_signature(config: ml_collections.ConfigDict, tokenizer: dict[str, Any], vocab_size: int,
+                    carries: bool = True) -> dict[str, Any]:
+    """What must match between a checkpoint and the config restoring it: the architecture,
+    the tokenizer, and, for a model that carries state, the batch (the carry's shape)."""
+    sig = {f"model.{k}": v for k, v in architecture(config.model).items()}
+    if carries:
+        sig["train.batch_size"] = config.train.batch_size  # the shape of the persisted carry
     sig["data.tokenizer"] = tokenizer
     sig["vocab_size"] = vocab_size
     return sig
+
+
+def _provenance(workdir: str) -> dict[str, Any]:
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return {}
+    _, derived = load_config(path)
+    return {k: derived[k] for k in PROVENANCE_KEYS if k in derived}
 
 
 class _StopFlag:
@@ -85,34 +99,44 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 
     dataset = TokenDataset.open(resolve_dataset(config.data, workdir, progress=progress))
     batcher = train_batcher(dataset, config)
-    val = (eval_batcher(dataset.split("val"), config.train.eval_batch_size, config.train.seq_len,
-                        mesh.size, config.data.reset_on_documents)
-           if "val" in dataset.split_names else None)
-    vocab_size = dataset.tokenizer.vocab_size
+    val = dataset.split("val") if "val" in dataset.split_names else None
+    tokenizer = dataset.tokenizer
+    vocab_size = tokenizer.vocab_size
+    byte_lengths = tokenizer.byte_lengths()
 
     derived = derive(config, batcher.steps_per_epoch)
-    setup = build_train_setup(config, vocab_size, decay_steps=derived["decay_steps"], lr=derived["lr"])
+    setup = build_train_setup(config, vocab_size, decay_steps=derived["decay_steps"], lr=derived["lr"],
+                              byte_lengths=byte_lengths)
+    graphdef, state = setup.graphdef, setup.state
+    model = nnx.merge(graphdef, state.params)
     derived.update(dataset=os.path.abspath(dataset.path), devices=mesh.size,
                    processes=jax.process_count(), params=setup.num_params,
-                   train_flops_per_token=3 * flops_per_token(config.model, vocab_size),
-                   precision=str(setup.policy))
-    graphdef, state = setup.graphdef, setup.state
-    train_step, shardings = jit_train_step(setup, mesh, config.model.dropout > 0)
+                   train_flops_per_token=3 * flops_per_token(config.model, vocab_size,
+                                                             config.train.seq_len),
+                   precision=str(setup.policy), **_provenance(workdir))
+    train_step, shardings = jit_train_step(setup, mesh)
 
-    signature = model_signature(config, dataset.tokenizer.to_dict(), vocab_size)
+    signature = model_signature(config, tokenizer.to_dict(), vocab_size, carries_state(model))
     checkpointer = Checkpointer(workdir, keep=config.checkpoint.keep)
     if checkpointer.latest_step() is not None:
-        check_same_model(checkpointer.read_meta()["signature"], signature, workdir)
+        saved = checkpointer.read_meta()
+        check_same_model(saved["signature"], signature, workdir)
+        fresh_scale = state.loss_scale
         state = checkpointer.restore(state, shardings)
+        if saved.get("precision") != config.precision.compute:
+            # A new precision starts its own loss scale (float16: loss_scale_init, not the
+            # inert 1 of a float32/bfloat16 checkpoint).
+            state = state.replace(loss_scale=jax.device_put(fresh_scale, shardings.loss_scale))
     else:
         state = jax.device_put(state, shardings)
     if is_main:
+        tokenizer.save(workdir)  # the workdir is self-contained (e.g. a SentencePiece model)
         save_config(config, derived, os.path.join(workdir, "config.json"))
-    meta = {"signature": signature}
+    meta = {"signature": signature, "precision": config.precision.compute}
 
     rows_sharding = mesh_lib.batch_sharded(mesh)
     replicated = mesh_lib.replicated(mesh)
-    eval_step = jax.jit(make_eval_step(graphdef))
+    eval_step = jax.jit(make_eval_step(graphdef, byte_lengths))
     train_rows = mesh_lib.local_rows(mesh, config.train.batch_size)
 
     start = int(jax.device_get(state.step))
@@ -125,12 +149,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     def run_eval(step: int) -> None:
         if val is None:
             return
-        carry = jax.device_put(
-            jax.tree.map(np.asarray, nnx.merge(graphdef, state.params).initial_carry(val.batch_size)),
-            rows_sharding)
-        result = evaluate(eval_step, state.params, carry, val, mesh, config.train.eval_steps)
-        record = {"step": step, "split": "val", "loss": result["loss"], "bpc": result["bpc"],
-                  "chars": result["chars"]}
+        result = evaluate_split(eval_step, state.params, model.initial_carry, val, mesh,
+                                **eval_settings(config))
+        record = {"step": step, "split": "val", **result}
         writer.write(record)
         last["val"] = record
         if progress:
@@ -151,13 +172,18 @@ def train(config: ml_collections.ConfigDict, workdir: str,
             if step % config.train.log_every == 0 or step == steps:
                 acc, metrics, ls = jax.device_get((state.acc, metrics, state.loss_scale))
                 elapsed = time.perf_counter() - timer_start
-                loss = float(acc["nats"]) / max(float(acc["count"]), 1.0)
-                record = {"step": step, "split": "train", "loss": loss, "bpc": bits_per_char(loss),
+                count, steps_in_acc = max(float(acc["count"]), 1.0), max(int(acc["steps"]), 1)
+                loss = float(acc["nats"]) / count
+                bytes_per_step = float(acc["bytes"]) / steps_in_acc
+                record = {"step": step, "split": "train", "loss": loss,
+                          "bpc": bits_per_char(float(acc["nats"]), float(acc["bytes"])),
+                          "bits_per_token": bits_per_char(loss),
                           "lr": float(metrics["lr"]), "grad_norm": float(metrics["grad_norm"]),
                           "loss_scale": float(ls.scale), "skipped": int(ls.skipped),
                           "epoch": step / batcher.steps_per_epoch,
                           "steps_per_s": timed_steps / elapsed,
-                          "chars_per_s": timed_steps * tokens_per_step / elapsed}
+                          "tokens_per_s": timed_steps * tokens_per_step / elapsed,
+                          "chars_per_s": timed_steps * bytes_per_step / elapsed}
                 writer.write(record)
                 last["train"] = record
                 bar.set_postfix(loss=f"{loss:.3f}", bpc=f"{record['bpc']:.3f}",
@@ -180,6 +206,13 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     last["step"] = step
     last["stopped_by_signal"] = stop.signal
     return last
+
+
+def eval_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The evaluation settings of a run: validation in training and ``lmscale.eval`` share them."""
+    return {"batch_size": config.train.eval_batch_size, "seq_len": config.train.seq_len,
+            "reset_on_documents": config.data.reset_on_documents,
+            "max_steps": config.train.eval_steps}
 
 
 def _truncate_metrics(path: str, after_step: int) -> None:

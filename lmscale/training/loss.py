@@ -24,11 +24,21 @@ def cross_entropy_sums(logits: jax.Array, targets: jax.Array, weights: jax.Array
     return jnp.sum(nll * weights), jnp.sum(weights)
 
 
+def byte_count(targets: jax.Array, weights: jax.Array, byte_lengths: jax.Array) -> jax.Array:
+    """UTF-8 bytes of text the counted targets stand for: sum(weights * byte_lengths[targets]).
+
+    ``byte_lengths`` int [V] from the tokenizer (all 1 for a byte tokenizer, so this equals the
+    target count). Bits per character are nats / ln 2 / this, comparable across tokenizers.
+    """
+    lengths = jnp.asarray(byte_lengths, jnp.float32)[targets.astype(jnp.int32)]
+    return jnp.sum(lengths * weights.astype(jnp.float32))
+
+
 def mean_loss(nats: jax.Array, count: jax.Array) -> jax.Array:
     """Mean NLL per counted target; 0 when nothing counts (avoids 0/0)."""
     return nats / jnp.maximum(count, 1.0)
 
 
-def bits_per_char(nats_per_token: float) -> float:
-    """Bits per character (byte) from nats per token: BPC = nats / ln 2."""
-    return nats_per_token / LN2
+def bits_per_char(nats: float, num_bytes: float = 1.0) -> float:
+    """Bits per character (UTF-8 byte): nats / ln 2 / bytes (of nats per byte when one argument)."""
+    return nats / LN2 / max(num_bytes, 1.0)

@@ -14,40 +14,46 @@ import jax
 import ml_collections
 
 from lmscale.config import derive, validate, with_global_batch
-from lmscale.models import flops_per_token
+from lmscale.models import architecture, flops_per_token, get_kind
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.hlo_stats import all_reduces
 from lmscale.training.setup import BATCH_KEYS, build_train_setup, jit_train_step
 
-BYTE_VOCAB = 257
+BATCH_DTYPES = {"inputs": "int32", "targets": "int32", "weights": "float32", "resets": "bool"}
 
 
 def plan(config: ml_collections.ConfigDict, devices: list[jax.Device] | None = None,
-         vocab_size: int = BYTE_VOCAB) -> dict[str, Any]:
-    """Compiles the step of ``config`` over ``devices`` (default: all) and reports its costs."""
+         vocab_size: int | None = None) -> dict[str, Any]:
+    """Compiles the step of ``config`` over ``devices`` (default: all) and reports its costs.
+
+    ``vocab_size`` None: the vocabulary the config's tokenizer will have (``data.tokenizer``,
+    ``data.vocab_size``), known without data.
+    """
+    from lmscale.training.data_source import vocab_size_of
     mesh = mesh_lib.make_mesh(devices)
     validate(config, mesh.size)
     config = with_global_batch(config, mesh.size)
+    vocab_size = vocab_size_of(config.data) if vocab_size is None else vocab_size
     derived = derive(config, steps_per_epoch=max(config.train.steps, 1))
     setup = build_train_setup(config, vocab_size, decay_steps=derived["decay_steps"],
                               lr=derived["lr"], abstract=True)
-    step, shardings = jit_train_step(setup, mesh, config.model.dropout > 0)
+    step, shardings = jit_train_step(setup, mesh)
     batch, seq = config.train.batch_size, config.train.seq_len
-    dtypes = {"inputs": "int32", "targets": "int32", "weights": "float32", "resets": "bool"}
     rows = mesh_lib.batch_sharded(mesh)
-    abstract_batch = {k: jax.ShapeDtypeStruct((batch, seq), dtypes[k], sharding=rows)
+    abstract_batch = {k: jax.ShapeDtypeStruct((batch, seq), BATCH_DTYPES[k], sharding=rows)
                       for k in BATCH_KEYS}
     abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                                   setup.state, shardings)
     compiled = step.lower(abstract_state, abstract_batch).compile()
     mem = compiled.memory_analysis()
     reduces = all_reduces(compiled.as_text())
-    fwd = flops_per_token(config.model, vocab_size)
+    fwd = flops_per_token(config.model, vocab_size, seq)
     per_device = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes \
         - mem.alias_size_in_bytes
     return {
-        "model": {"kind": config.model.kind, "hidden": config.model.hidden,
-                  "embed": config.model.embed, "layers": config.model.layers},
+        "model": architecture(config.model),
+        "model_summary": get_kind(config.model.kind).describe(config.model),
+        "vocab_size": vocab_size,
         "params": setup.num_params,
         "precision": str(setup.policy),
         "devices": mesh.size,
@@ -75,8 +81,8 @@ def format_plan(p: dict[str, Any]) -> str:
     gib = 2.0**30
     m = p["memory_per_device_bytes"]
     lines = [
-        f"model          {p['model']['kind']} hidden {p['model']['hidden']} embed {p['model']['embed']} "
-        f"layers {p['model']['layers']}: {p['params'] / 1e6:.1f} M params",
+        f"model          {p['model_summary']}, vocabulary {p['vocab_size']}: "
+        f"{p['params'] / 1e6:.1f} M params",
         f"precision      {p['precision']}",
         f"devices        {p['devices']} ({p['platform']}); batch {p['global_batch']} global = "
         f"{p['per_device_batch']} per device x seq {p['seq_len']}; lr {p['lr']:.3g}",

@@ -18,12 +18,11 @@ from jax.sharding import Mesh
 from lmscale.config import load_config
 from lmscale.data.dataset import TokenDataset, is_dataset
 from lmscale.data.prepare import prepare_dataset
-from lmscale.data.tokenizer import ByteTokenizer, tokenizer_from_dict
-from lmscale.models import build_model
+from lmscale.data.tokenizer import tokenizer_from_dict
+from lmscale.models import build_model, carries_state
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.checkpoints import Checkpointer, check_same_model
-from lmscale.training.data_source import eval_batcher
-from lmscale.training.evaluate import evaluate
+from lmscale.training.evaluate import evaluate_split
 from lmscale.training.optimizer import make_optimizer
 from lmscale.training.state import create_state, state_shardings
 from lmscale.training.steps import make_eval_step
@@ -34,7 +33,7 @@ class TrainedLM:
     """A trained language model: what it is (config, tokenizer) and its weights."""
     config: ml_collections.ConfigDict
     derived: dict[str, Any]
-    tokenizer: ByteTokenizer
+    tokenizer: Any  # see lmscale.data.tokenizer for the interface
     graphdef: nnx.GraphDef
     params: Any  # nnx.State of the parameters (replicated over the mesh)
     step: int
@@ -56,10 +55,8 @@ def load_trained(workdir: str, step: int | None = None, mesh: Mesh | None = None
     if step is None:
         raise FileNotFoundError(f"{workdir} holds no checkpoint (looked in {checkpointer.directory})")
     signature = checkpointer.read_meta(step)["signature"]
-    tokenizer = tokenizer_from_dict(signature["data.tokenizer"])
+    tokenizer = tokenizer_from_dict(signature["data.tokenizer"], base_dir=workdir)
     vocab_size = signature["vocab_size"]
-    from lmscale.training.loop import model_signature  # the same rule as training
-    check_same_model(signature, model_signature(config, tokenizer.to_dict(), vocab_size), workdir)
 
     mesh = mesh or mesh_lib.make_mesh()
     tx, _ = make_optimizer(config.optim, derived.get("decay_steps", config.train.steps))
@@ -73,33 +70,44 @@ def load_trained(workdir: str, step: int | None = None, mesh: Mesh | None = None
 
     like = jax.eval_shape(init)
     graphdef = graphdefs[0]
+    from lmscale.training.loop import model_signature  # the same rule as training
+    carries = bool(jax.tree.leaves(like.carry))
+    check_same_model(signature, model_signature(config, tokenizer.to_dict(), vocab_size, carries),
+                     workdir)
     state = checkpointer.restore(like, state_shardings(like, mesh), step)
     checkpointer.close()
     return TrainedLM(config=config, derived=derived, tokenizer=tokenizer, graphdef=graphdef,
                      params=state.params, step=step, mesh=mesh, workdir=os.path.abspath(workdir))
 
 
-def evaluate_data(lm: TrainedLM, data: str, *, split: str = "val", batch_size: int = 16,
-                  seq_len: int | None = None, text_column: str | None = None,
-                  text_field: str | None = None) -> dict[str, float]:
-    """BPC of ``lm`` on a split of a prepared dataset, or on text files (paths/globs)."""
-    seq_len = seq_len or lm.config.train.seq_len
+def evaluate_data(lm: TrainedLM, data: str, *, split: str = "val", batch_size: int | None = None,
+                  seq_len: int | None = None, max_steps: int | None = None,
+                  text_column: str | None = None, text_field: str | None = None
+                  ) -> dict[str, float]:
+    """Loss and BPC of ``lm`` on a split of a prepared dataset, or on text files (paths/globs).
+
+    Settings left None are the run's own (``train.eval_batch_size``, ``train.seq_len``,
+    ``train.eval_steps``; ``data.reset_on_documents`` always), so a run's validation split
+    gives exactly the BPC its training logged.
+    """
+    from lmscale.training.loop import eval_settings
+    settings = eval_settings(lm.config)
+    for key, value in (("batch_size", batch_size), ("seq_len", seq_len), ("max_steps", max_steps)):
+        if value is not None:
+            settings[key] = value
     if is_dataset(data):
         dataset = TokenDataset.open(data)
         if dataset.tokenizer.to_dict() != lm.tokenizer.to_dict():
             raise ValueError(f"{data} was tokenized with {dataset.tokenizer.to_dict()}, the model "
                              f"uses {lm.tokenizer.to_dict()}")
-        return _evaluate_split(lm, dataset.split(split), batch_size, seq_len)
+        return _evaluate(lm, dataset.split(split), settings)
     with tempfile.TemporaryDirectory(prefix="lmscale-eval-") as tmp:
         path = prepare_dataset([p for p in data.split(",") if p], os.path.join(tmp, "data"),
                                text_column=text_column, text_field=text_field, split=(1, 0, 0),
                                shard_tokens=2**40, tokenizer=lm.tokenizer, progress=False)
-        return _evaluate_split(lm, TokenDataset.open(path).split("train"), batch_size, seq_len)
+        return _evaluate(lm, TokenDataset.open(path).split("train"), settings)
 
 
-def _evaluate_split(lm: TrainedLM, split: Any, batch_size: int, seq_len: int) -> dict[str, float]:
-    batcher = eval_batcher(split, batch_size, seq_len, lm.mesh.size)
-    carry = jax.device_put(lm.model().initial_carry(batcher.batch_size),
-                           mesh_lib.batch_sharded(lm.mesh))
-    eval_step = jax.jit(make_eval_step(lm.graphdef))
-    return evaluate(eval_step, lm.params, carry, batcher, lm.mesh)
+def _evaluate(lm: TrainedLM, split: Any, settings: dict[str, Any]) -> dict[str, float]:
+    eval_step = jax.jit(make_eval_step(lm.graphdef, lm.tokenizer.byte_lengths()))
+    return evaluate_split(eval_step, lm.params, lm.model().initial_carry, split, lm.mesh, **settings)

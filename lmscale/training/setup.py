@@ -12,11 +12,12 @@ from typing import Any, Callable
 
 import jax
 import ml_collections
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from lmscale.models import build_model
+from lmscale.models import build_model, uses_dropout
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.optimizer import make_optimizer
 from lmscale.training.precision import LossScale, Policy
@@ -33,6 +34,8 @@ class TrainSetup:
     state: TrainState  # concrete (unsharded) or abstract (ShapeDtypeStructs)
     tx: optax.GradientTransformation
     schedule: optax.Schedule
+    dropout: bool = False  # whether any dropout of the model is on (training)
+    byte_lengths: np.ndarray | None = None  # UTF-8 bytes per token id (None: one per token)
 
     @property
     def num_params(self) -> int:
@@ -40,10 +43,12 @@ class TrainSetup:
 
 
 def build_train_setup(config: ml_collections.ConfigDict, vocab_size: int, *, decay_steps: int,
-                      lr: float, abstract: bool = False) -> TrainSetup:
+                      lr: float, abstract: bool = False,
+                      byte_lengths: np.ndarray | None = None) -> TrainSetup:
     """Model in the config's compute dtype, optax chain, and the initial state.
 
     ``config.train.batch_size`` must already be the global batch (``with_global_batch``).
+    ``byte_lengths``: the tokenizer's bytes per id, for bits per character (None: 1 per id).
     """
     policy = Policy.from_compute(config.precision.compute)
     tx, schedule = make_optimizer(config.optim, decay_steps, lr=lr)
@@ -60,18 +65,21 @@ def build_train_setup(config: ml_collections.ConfigDict, vocab_size: int, *, dec
         return state
 
     state = jax.eval_shape(init) if abstract else init()
-    return TrainSetup(policy=policy, graphdef=graphdefs[0], state=state, tx=tx, schedule=schedule)
+    return TrainSetup(policy=policy, graphdef=graphdefs[0], state=state, tx=tx, schedule=schedule,
+                      dropout=uses_dropout(config.model), byte_lengths=byte_lengths)
 
 
-def jit_train_step(setup: TrainSetup, mesh: Mesh, dropout: bool
+def jit_train_step(setup: TrainSetup, mesh: Mesh, dropout: bool | None = None
                    ) -> tuple[Callable[..., Any], TrainState]:
     """The train step jitted over ``mesh`` with explicit shardings and the state donated.
 
-    Returns (step, state shardings).
+    ``dropout`` None: as the model config says (``setup.dropout``). Returns (step, state shardings).
     """
     shardings = state_shardings(setup.state, mesh)
     rows = mesh_lib.batch_sharded(mesh)
-    step = jax.jit(make_train_step(setup.graphdef, setup.tx, setup.schedule, mesh, dropout),
+    dropout = setup.dropout if dropout is None else dropout
+    step = jax.jit(make_train_step(setup.graphdef, setup.tx, setup.schedule, mesh, dropout,
+                                   setup.byte_lengths),
                    in_shardings=(shardings, dict.fromkeys(BATCH_KEYS, rows)),
                    out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=0)
     return step, shardings

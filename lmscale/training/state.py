@@ -25,15 +25,15 @@ class TrainState:
     step: jax.Array  # int32 scalar: optimizer steps taken
     params: Any  # nnx.State of the model's nnx.Param variables (float32 master weights)
     opt_state: optax.OptState
-    carry: Any  # per layer (h, c), each float32 [batch, hidden]; sharded along batch
+    carry: Any  # state carried between batches (model.initial_carry); leaves [batch, ...], sharded along batch; () if none
     rng: jax.Array  # uint32[2] base key; step k uses fold_in(rng, k)
-    acc: dict[str, jax.Array]  # sums since the last train log: nats, count (targets), steps
+    acc: dict[str, jax.Array]  # sums since the last train log: nats, count (targets), bytes (of text), steps
     loss_scale: LossScale  # dynamic loss scale (float16); inert (S = 1) otherwise
 
 
 def zero_acc() -> dict[str, jax.Array]:
     return {"nats": jnp.zeros((), jnp.float32), "count": jnp.zeros((), jnp.float32),
-            "steps": jnp.zeros((), jnp.int32)}
+            "bytes": jnp.zeros((), jnp.float32), "steps": jnp.zeros((), jnp.int32)}
 
 
 def create_state(model: nnx.Module, tx: optax.GradientTransformation, batch_size: int,
@@ -53,7 +53,7 @@ def create_state(model: nnx.Module, tx: optax.GradientTransformation, batch_size
 
 
 def state_shardings(state: TrainState, mesh: Mesh) -> TrainState:
-    """Replicated everything, except the carry: split along the batch axis."""
+    """Replicated everything, except the carry (if any): split along the batch axis."""
     rep, rows = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
     shardings = jax.tree.map(lambda _: rep, state)
     return shardings.replace(carry=jax.tree.map(lambda _: rows, state.carry))

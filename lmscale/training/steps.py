@@ -2,8 +2,11 @@
 
 A batch is a dict of arrays [B, S] (B global, split over the mesh's ``data`` axis):
 ``inputs`` and ``targets`` (int32), ``weights`` (float32, 0 = target not counted) and
-``resets`` (bool, zero the RNN state before that input). The carry in the state continues
-from the previous batch of the same rows.
+``resets`` (bool, a new segment starts at that input: a recurrent model zeroes its state, a
+transformer stops attending across it). The carry in the state (``()`` for a model that
+carries nothing) continues from the previous batch of the same rows. Besides the loss, the
+steps sum the UTF-8 bytes the counted targets stand for (``byte_lengths`` of the
+tokenizer), so that bits per character compare across tokenizers.
 
 Data parallelism: the forward/backward pass runs per device under ``jax.shard_map`` on
 the device's rows, and the gradients of all parameters, with the loss sums, are averaged
@@ -21,12 +24,13 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh, PartitionSpec as P
 
-from lmscale.training.loss import cross_entropy_sums, mean_loss
+from lmscale.training.loss import byte_count, cross_entropy_sums, mean_loss
 from lmscale.training.mesh import DATA_AXIS
 from lmscale.training.precision import all_finite, select_tree
 from lmscale.training.state import TrainState
@@ -45,12 +49,16 @@ def row_dropout_keys(key: jax.Array, first_row: jax.Array, rows: int) -> jax.Arr
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, mesh: Mesh, dropout: bool
+                    schedule: optax.Schedule, mesh: Mesh, dropout: bool,
+                    byte_lengths: np.ndarray | None = None
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
-    """Returns ``train_step(state, batch) -> (state, metrics)``; pure, to be jitted over ``mesh``."""
+    """Returns ``train_step(state, batch) -> (state, metrics)``; pure, to be jitted over ``mesh``.
+
+    ``byte_lengths`` int [V]: UTF-8 bytes per token id (None: one per token).
+    """
 
     def local_grads(params: Any, carry: Any, batch: Batch, key: jax.Array, scale: jax.Array
-                    ) -> tuple[Any, jax.Array, jax.Array, Any]:
+                    ) -> tuple[Any, jax.Array, jax.Array, jax.Array, Any]:
         """Per device: gradients of this device's summed loss, all-reduced once."""
         rows, targets_per_row = batch["targets"].shape
         global_targets = rows * targets_per_row * jax.lax.axis_size(DATA_AXIS)
@@ -68,20 +76,23 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
             return nats * (scale / global_targets), (new_carry, nats, count)
 
         grads, (new_carry, nats, count) = jax.grad(loss_fn, has_aux=True)(local_params)
+        num_bytes = _bytes(batch, count, byte_lengths)
         flat, unravel = ravel_pytree(grads)
-        total = jax.lax.psum(jnp.concatenate([flat.astype(jnp.float32), jnp.stack([nats, count])]),
+        total = jax.lax.psum(jnp.concatenate([flat.astype(jnp.float32),
+                                              jnp.stack([nats, count, num_bytes])]),
                              DATA_AXIS)  # the one all-reduce of the step
-        return unravel(total[:-2]), total[-2], total[-1], new_carry
+        return unravel(total[:-3]), total[-3], total[-2], total[-1], new_carry
 
     sharded_grads = jax.shard_map(
         local_grads, mesh=mesh,
         in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS), P(), P()),
-        out_specs=(P(), P(), P(), P(DATA_AXIS)))
+        out_specs=(P(), P(), P(), P(), P(DATA_AXIS)))
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         key = jax.random.fold_in(state.rng, state.step)
         ls = state.loss_scale
-        scaled, nats, count, carry = sharded_grads(state.params, state.carry, batch, key, ls.scale)
+        scaled, nats, count, num_bytes, carry = sharded_grads(state.params, state.carry, batch, key,
+                                                              ls.scale)
         global_targets = batch["targets"].shape[0] * batch["targets"].shape[1]
         correction = global_targets / jnp.maximum(count, 1.0)  # -> mean over counted targets
         grads = jax.tree.map(lambda g: g * (correction / ls.scale), scaled)
@@ -92,25 +103,45 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
             params = select_tree(finite, params, state.params)
             opt_state = select_tree(finite, opt_state, state.opt_state)
         acc = {"nats": state.acc["nats"] + nats, "count": state.acc["count"] + count,
-               "steps": state.acc["steps"] + 1}
+               "bytes": state.acc["bytes"] + num_bytes, "steps": state.acc["steps"] + 1}
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                                   carry=jax.lax.stop_gradient(carry), acc=acc,
                                   loss_scale=ls.update(finite))
+        # The learning rate of this step's update: the schedule at the optimizer's own count,
+        # which does not advance on skipped (float16 overflow) steps.
         metrics = {"loss": mean_loss(nats, count), "grad_norm": optax.tree.norm(grads),
-                   "lr": schedule(state.step), "finite": finite}
+                   "lr": schedule(schedule_count(state.opt_state, state.step)), "finite": finite}
         return new_state, metrics
 
     return train_step
 
 
-def make_eval_step(graphdef: nnx.GraphDef
-                   ) -> Callable[[Any, Any, Batch], tuple[Any, jax.Array, jax.Array]]:
-    """Returns ``eval_step(params, carry, batch) -> (carry, nats, count)``; no dropout."""
+def make_eval_step(graphdef: nnx.GraphDef, byte_lengths: np.ndarray | None = None
+                   ) -> Callable[[Any, Any, Batch], tuple[Any, jax.Array]]:
+    """Returns ``eval_step(params, carry, batch) -> (carry, sums)``; no dropout.
 
-    def eval_step(params: Any, carry: Any, batch: Batch) -> tuple[Any, jax.Array, jax.Array]:
+    ``sums`` float32 [3]: nats, counted targets and their bytes of this batch (each exact
+    per batch; the caller accumulates them on the host in float64).
+    """
+
+    def eval_step(params: Any, carry: Any, batch: Batch) -> tuple[Any, jax.Array]:
         model = nnx.merge(graphdef, params)
         logits, carry = model(batch["inputs"], carry, batch["resets"])
         nats, count = cross_entropy_sums(logits, batch["targets"], batch["weights"])
-        return carry, nats, count
+        return carry, jnp.stack([nats, count, _bytes(batch, count, byte_lengths)])
 
     return eval_step
+
+
+def schedule_count(opt_state: Any, default: jax.Array) -> jax.Array:
+    """The count of the optimizer's learning-rate schedule (``default`` if it has none)."""
+    is_schedule = lambda x: isinstance(x, optax.ScaleByScheduleState)
+    found = [s for s in jax.tree.leaves(opt_state, is_leaf=is_schedule) if is_schedule(s)]
+    return found[0].count if found else default
+
+
+def _bytes(batch: Batch, count: jax.Array, byte_lengths: np.ndarray | None) -> jax.Array:
+    """Bytes of text behind the batch's counted targets (= count without a table)."""
+    if byte_lengths is None:
+        return count
+    return byte_count(batch["targets"], batch["weights"], byte_lengths)

@@ -23,7 +23,8 @@ _TEST = flags.DEFINE_string("test", None, "Labeled test texts (optional).")
 _TEXT = flags.DEFINE_string("text_column", "sentence", "Column/field holding the text.")
 _LABEL = flags.DEFINE_string("label_column", "label", "Column/field holding the 0/1 label.")
 _OUTPUT = flags.DEFINE_string("output", None, "Output folder; default WORKDIR/transfer.")
-_STATE = flags.DEFINE_enum("state", "cell", ["cell", "hidden"], "Which RNN state to take.")
+_STATE = flags.DEFINE_enum("state", None, ["cell", "hidden"], "Which state to take; default: the "
+                           "model's own (cell for mLSTM/LSTM, hidden for the transformer).")
 _POOLING = flags.DEFINE_enum("pooling", "last", ["last", "mean", "max", "min"],
                              "Pooling over the text: the state after the last character, or mean/max/min.")
 _ALL_LAYERS = flags.DEFINE_bool("all_layers", False, "Concatenate the states of all layers.")

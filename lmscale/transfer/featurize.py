@@ -9,6 +9,11 @@ Speed: texts are sorted by length and batched, so padding is small; each batch r
 chunks of ``chunk`` characters through one jitted function (compiled once per shape),
 carrying the RNN state and updating running pools, so memory does not grow with text
 length. Rows are sharded over all devices of the run's mesh, like training.
+
+A model that carries no state (the transformer) reads each text whole, in one chunk; texts
+longer than its ``max_len`` tokens are cut to their last ``max_len`` tokens (the final
+output then still sees the most context). Its feature is the final layer's output
+("hidden"), at the last real token or pooled.
 """
 
 from __future__ import annotations
@@ -28,7 +33,6 @@ from lmscale.data.errors import DataError
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.restore import TrainedLM
 
-STATES = ("cell", "hidden")
 POOLINGS = ("last", "mean", "max", "min")
 
 
@@ -77,18 +81,37 @@ def _pool_chunk_fn(graphdef: nnx.GraphDef, state: str, pooling: str, all_layers:
     return jax.jit(fn)
 
 
-def featurize(lm: TrainedLM, texts: Sequence[str], *, state: str = "cell", pooling: str = "last",
-              all_layers: bool = False, batch_size: int = 64, chunk: int = 128,
-              progress: bool = False) -> np.ndarray:
-    """Features [N, F] float32 of ``texts`` (F = hidden, or layers x hidden with ``all_layers``)."""
-    if state not in STATES:
-        raise DataError(f"state must be one of {list(STATES)}, got {state!r}")
+def feature_state(lm: TrainedLM, state: str | None) -> str:
+    """``state``, checked against what the model offers (None: its default, e.g. "cell")."""
+    states = lm.model().feature_states
+    if state is None or state == "":
+        return states[0]
+    if state not in states:
+        raise DataError(f"state must be one of {list(states)} for a {lm.config.model.kind} "
+                        f"model, got {state!r}")
+    return state
+
+
+def _fit_length(lm: TrainedLM, ids: list[np.ndarray]) -> list[np.ndarray]:
+    """Texts cut to their last ``max_len`` tokens for a model with a length limit."""
+    limit = lm.model().max_len
+    return ids if limit is None else [x[-limit:] for x in ids]
+
+
+def featurize(lm: TrainedLM, texts: Sequence[str], *, state: str | None = None,
+              pooling: str = "last", all_layers: bool = False, batch_size: int = 64,
+              chunk: int = 128, progress: bool = False) -> np.ndarray:
+    """Features [N, F] float32 of ``texts`` (F = feature width, or layers x it with ``all_layers``).
+
+    ``state`` None: the model's default ("cell" for recurrent models, "hidden" otherwise).
+    """
+    state = feature_state(lm, state)
     if pooling not in POOLINGS:
         raise DataError(f"pooling must be one of {list(POOLINGS)}, got {pooling!r}")
-    ids = encode_texts(lm, texts)
+    ids = _fit_length(lm, encode_texts(lm, texts))
     model = lm.model()
-    layers = len(model.layers) if all_layers else 1
-    hidden = model.hidden
+    layers = model.num_layers if all_layers else 1
+    hidden = model.feature_width
     devices = lm.mesh.size
     batch_size = max(devices, -(-batch_size // devices) * devices)
     rows = mesh_lib.batch_sharded(lm.mesh)
@@ -104,14 +127,18 @@ def featurize(lm: TrainedLM, texts: Sequence[str], *, state: str = "cell", pooli
         lengths = np.ones(batch_size, np.int32)  # filler rows: one pad token, discarded
         lengths[:len(index)] = [len(ids[i]) for i in index]
         width = -(-int(lengths.max()) // chunk) * chunk
+        if model.max_len is not None:  # one chunk: nothing is carried between chunks
+            width = min(-(-int(lengths.max()) // 32) * 32, model.max_len)
+        step_width = width if model.max_len is not None else chunk
         tokens = np.full((batch_size, width), pad, np.int32)
         for r, i in enumerate(index):
             tokens[r, :len(ids[i])] = ids[i]
         carry = jax.device_put(model.initial_carry(batch_size), rows)
         acc = jnp.full((layers, batch_size, hidden), init, jnp.float32)
         lengths_dev = jax.device_put(lengths, rows)
-        for offset in range(0, width, chunk):
-            carry, acc = step(lm.params, carry, acc, jax.device_put(tokens[:, offset:offset + chunk], rows),
+        for offset in range(0, width, step_width):
+            carry, acc = step(lm.params, carry, acc,
+                              jax.device_put(tokens[:, offset:offset + step_width], rows),
                               lengths_dev, jnp.int32(offset))
         acc = np.asarray(jax.device_get(acc))
         if pooling == "mean":
@@ -121,14 +148,21 @@ def featurize(lm: TrainedLM, texts: Sequence[str], *, state: str = "cell", pooli
     return out
 
 
-def unit_trace(lm: TrainedLM, text: str, unit: int, *, state: str = "cell", layer: int = -1
+def unit_trace(lm: TrainedLM, text: str, unit: int, *, state: str | None = None, layer: int = -1
                ) -> np.ndarray:
-    """The value of one unit after each byte of the preprocessed ``text`` (``preprocess_texts``):
-    float32 [len(bytes)]."""
-    (ids,) = encode_texts(lm, [text])
+    """The value of one unit after each UTF-8 byte of the preprocessed ``text``
+    (``preprocess_texts``): float32 [bytes]. A byte takes the value after the token it is part
+    of; bytes a length-limited model did not read (before its last ``max_len`` tokens) are NaN."""
+    state = feature_state(lm, state)
+    (full,) = encode_texts(lm, [text])
+    (ids,) = _fit_length(lm, [full])
     out = jax.jit(lambda p, t: nnx.merge(lm.graphdef, p).features(t, None)[state])(
         lm.params, jnp.asarray(ids[None, :], jnp.int32))
-    return np.asarray(out[layer, 0, :, unit], np.float32)
+    per_token = np.asarray(out[layer, 0, :, unit], np.float32)
+    lengths = lm.tokenizer.byte_lengths()
+    unread = int(lengths[full[:len(full) - len(ids)]].sum())
+    return np.concatenate([np.full(unread, np.nan, np.float32),
+                           np.repeat(per_token, lengths[ids])])
 
 
 def cached_featurize(lm: TrainedLM, texts: Sequence[str], cache_dir: str | None, **options: Any

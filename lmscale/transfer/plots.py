@@ -61,6 +61,7 @@ def _colors(values: np.ndarray, center: float, scale: float, sign: int) -> np.nd
 def _color_range(traces: Sequence[np.ndarray]) -> tuple[float, float]:
     """(center, half-width): the median of all values and the largest distance from it."""
     values = np.concatenate([np.asarray(t, np.float64) for t in traces if len(t)] or [np.zeros(1)])
+    values = values[np.isfinite(values)] if np.isfinite(values).any() else np.zeros(1)
     center = float(np.median(values))
     return center, float(np.max(np.abs(values - center)))
 

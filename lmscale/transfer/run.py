@@ -21,7 +21,7 @@ from lmscale.transfer.labeled import Labeled, load_labeled, require_binary
 
 def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
                  text_column: str = "sentence", label_column: str = "label",
-                 output: str | None = None, state: str = "cell", pooling: str = "last",
+                 output: str | None = None, state: str | None = None, pooling: str = "last",
                  all_layers: bool = False, baseline: str = "words", batch_size: int = 64,
                  Cs: Sequence[float] = C_GRID, examples: int = 6, seed: int = 0,
                  progress: bool = False, lm: TrainedLM | None = None) -> dict[str, Any]:
@@ -100,7 +100,7 @@ def _plots(lm: TrainedLM, splits: dict[str, Labeled], feats: dict[str, np.ndarra
     data = splits[shown]
     picks = _examples(data, examples)
     texts = [data.texts[i] for i in picks]
-    hidden = lm.model().hidden
+    hidden = lm.model().feature_width
     # All-layer features are the layers' states side by side: unit u is layer u // hidden.
     all_layers = feats["train"].shape[1] > hidden
     layer, unit_in_layer = divmod(unit, hidden) if all_layers else (-1, unit)

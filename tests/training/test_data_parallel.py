@@ -51,10 +51,11 @@ def test_per_device_batch_size_sets_the_global_batch(multi_device_run):
 
 
 def test_one_all_reduce_of_the_parameters_per_step(multi_device_run):
-    """The compiled 8-device step has exactly one all-reduce: all gradients + the 2 loss sums."""
+    """The compiled 8-device step has exactly one all-reduce: all gradients + the 3 loss sums
+    (nats, targets, bytes)."""
     ops, params = multi_device_run["all_reduces"], multi_device_run["params"]
-    assert [op["elements"] for op in ops] == [params + 2]
-    assert ops[0]["bytes"] == 4 * (params + 2)
+    assert [op["elements"] for op in ops] == [params + 3]
+    assert ops[0]["bytes"] == 4 * (params + 3)
 
 
 def test_all_reduce_parser_reads_plain_async_and_tuple_forms():

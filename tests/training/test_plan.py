@@ -20,9 +20,9 @@ def test_plan_cli_on_four_virtual_devices(tmp_path):
     p = json.loads(out.read_text())
     assert p["devices"] == 4 and p["global_batch"] == 64 and p["per_device_batch"] == 16
     assert p["precision"] == "params=float32,compute=bfloat16,output=float32"
-    # One all-reduce per step: every float32 gradient plus the two loss sums.
+    # One all-reduce per step: every float32 gradient plus the three loss sums.
     assert p["all_reduces_per_step"] == 1
-    assert p["all_reduce_bytes_per_step"] == 4 * (p["params"] + 2)
+    assert p["all_reduce_bytes_per_step"] == 4 * (p["params"] + 3)
     mem = p["memory_per_device_bytes"]
     assert mem["arguments"] >= 4 * p["params"] * 3  # params + Adam's two moments, replicated
     assert mem["total"] > 0 and mem["aliased (donated)"] > 0
