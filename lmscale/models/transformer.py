@@ -301,7 +301,9 @@ class TransformerLM(nnx.Module):
         x = self._embed(tokens, positions)
         if dropout_key is not None and self.dropout > 0.0:
             x = dropout(dropout_key, 0, self.dropout, x)
-        explicit = dropout_key is not None and self.rates[ATTN_PROBS] > 0.0
+        # jax's XLA attention asks for an F16_F16_F32 dot, which the CPU backend rejects.
+        cpu_f16 = jnp.dtype(self.dtype) == jnp.float16 and jax.default_backend() == "cpu"
+        explicit = (dropout_key is not None and self.rates[ATTN_PROBS] > 0.0) or cpu_f16
         full_mask = (jnp.tril(jnp.ones((t, t), bool))[None, None] if mask is None else mask)
 
         def apply(block: Block, x: jax.Array, layer: jax.Array, _: Any):

@@ -196,14 +196,15 @@ def test_explicit_attention_equals_dot_product_attention():
                                rtol=1e-6, atol=1e-6)
 
 
-def test_bfloat16_close_to_float32_and_finite_grads():
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_half_precision_close_to_float32_and_finite_grads(dtype):
     f32 = make(weight_norm=True, norm="pre")
-    bf16 = make(weight_norm=True, norm="pre", dtype=jnp.bfloat16)
+    half = make(weight_norm=True, norm="pre", dtype=dtype)
     tok = tokens(11)
-    a, b = np.asarray(f32(tok)[0]), np.asarray(bf16(tok)[0])
+    a, b = np.asarray(f32(tok)[0]), np.asarray(half(tok)[0])
     assert b.dtype == np.float32
     assert np.abs(a - b).max() < 0.05 * np.abs(a).max()
-    _, grads = _value_and_grad(bf16, tok, jax.random.key(0))
+    _, grads = _value_and_grad(half, tok, jax.random.key(0))
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
     assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
 
