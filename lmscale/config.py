@@ -188,10 +188,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
             or config.precision.loss_scale_window < 1):
         raise ConfigError("precision.loss_scale_init must be >= 1, loss_scale_factor > 1 and "
                           "loss_scale_window >= 1")
-    if config.train.eval_batch_size % num_devices:
-        raise ConfigError(
-            f"train.eval_batch_size={config.train.eval_batch_size} is not divisible by the "
-            f"{num_devices} devices; use a multiple of {num_devices}")
     parse_split(config.data.split)
 
 

@@ -22,6 +22,12 @@ def write_corpus(folder: Path, files: int = 4, lines: int = 300) -> str:
     return str(folder / "*.txt")
 
 
+# A 2-block transformer small enough for a test (use as tiny_config(corpus, **TINY_TRANSFORMER)).
+TINY_TRANSFORMER = {"model.kind": "transformer", "model.layers": 2, "model.d_model": 32,
+                    "model.heads": 2, "model.d_ff": 64, "model.max_len": 32,
+                    "model.weight_norm": True}
+
+
 def tiny_config(data_train: str, **overrides):
     """A run config small enough for a test: a 32-unit mLSTM, batch 4, 16 characters."""
     from lmscale.config import default_config

@@ -66,8 +66,8 @@ class Checkpointer:
 
 
 def check_same_model(saved: dict[str, Any], current: dict[str, Any], directory: str) -> None:
-    """Raises CheckpointMismatchError naming the first differing model field."""
-    for key in sorted(set(saved) | set(current)):
+    """Raises CheckpointMismatchError naming the first differing model field (the kind first)."""
+    for key in sorted(set(saved) | set(current), key=lambda k: (k != "model.kind", k)):
         if saved.get(key) != current.get(key):
             raise CheckpointMismatchError(
                 f"{directory} holds a checkpoint of a different model: {key} is "

@@ -53,8 +53,8 @@ def evaluate_split(eval_step: Callable, params: Any, initial_carry: Callable[[in
     for k in range(steps):
         carry, s = eval_step(params, carry, padded_batch(stream, k, rows, padded, sharding))
         sums.append(s)
-    nats, count, num_bytes = np.sum(np.asarray(jax.device_get(sums), np.float64), axis=0) \
-        if sums else (0.0, 0.0, 0.0)
+    totals = np.sum(np.asarray(jax.device_get(sums), np.float64), axis=0) if sums else np.zeros(3)
+    nats, count, num_bytes = (float(x) for x in totals)
     return {"loss": nats / max(count, 1.0), "bpc": nats / LN2 / max(num_bytes, 1.0),
             "bits_per_token": nats / LN2 / max(count, 1.0), "tokens": int(count),
             "chars": int(num_bytes)}

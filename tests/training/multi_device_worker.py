@@ -15,11 +15,11 @@ import jax
 
 from lmscale.training.loop import train
 from lmscale.training.metrics import read_metrics
-from tests.conftest import tiny_config
+from tests.conftest import TINY_TRANSFORMER, tiny_config
 
 
-def losses(workdir: str) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in read_metrics(workdir) if r["split"] == "train"}
+def losses(workdir: str, split: str = "train") -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(workdir) if r["split"] == split}
 
 
 def main(corpus: str, out: str) -> None:
@@ -40,6 +40,16 @@ def main(corpus: str, out: str) -> None:
         train(tiny_config(corpus, **{**base, "train.steps": 10}), workdir, devices=devices)
         train(tiny_config(corpus, **base), workdir, devices=devices[:n])
         result[f"from8_on{n}"] = losses(workdir)
+    # The transformer (no carry; dropout everywhere; document segments), and validation with
+    # 6 rows (padded to 8 on 8 devices): the same numbers on 1 and 8 devices.
+    transformer = {**base, **TINY_TRANSFORMER, "model.dropout": 0.1, "model.attn_dropout": 0.1,
+                   "model.ff_dropout": 0.1, "data.reset_on_documents": True,
+                   "train.eval_batch_size": 6, "train.eval_every": 5}
+    for n in (1, 8):
+        workdir = f"{out}/t{n}"
+        train(tiny_config(corpus, **transformer), workdir, devices=devices[:n])
+        result[f"t{n}"] = losses(workdir)
+        result[f"t{n}_val"] = losses(workdir, "val")
     # Global batch from a per-device batch.
     per_device = {**base, "train.steps": 2, "train.per_device_batch_size": 2, "train.batch_size": 1}
     train(tiny_config(corpus, **per_device), f"{out}/per_device", devices=devices[:4])

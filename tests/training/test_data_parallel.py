@@ -39,6 +39,21 @@ def test_eight_devices_give_the_same_losses_as_one(multi_device_run):
     np.testing.assert_allclose(eight, one, rtol=0, atol=1e-5)
 
 
+def test_transformer_on_eight_devices_equals_one(multi_device_run):
+    """Empty carry, dropout on embeddings/residuals/attention/feed-forward, document segments."""
+    one, eight = _series(multi_device_run["t1"]), _series(multi_device_run["t8"])
+    assert one[-1] < one[0]
+    np.testing.assert_allclose(eight, one, rtol=0, atol=1e-5)
+
+
+def test_validation_does_not_depend_on_the_device_count(multi_device_run):
+    """6 validation rows: padded to 8 on 8 devices, the padding never counted."""
+    one, eight = multi_device_run["t1_val"], multi_device_run["t8_val"]
+    assert sorted(one) == sorted(eight) == ["10", "15", "20", "5"]
+    for step in one:
+        assert abs(one[step] - eight[step]) < 1e-5
+
+
 @pytest.mark.parametrize("n", [1, 4])
 def test_checkpoint_from_eight_devices_continues_on_fewer(multi_device_run, n):
     eight = _series(multi_device_run["d8"])

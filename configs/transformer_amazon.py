@@ -1,0 +1,64 @@
+"""sentiment-discovery's transformer LM on Amazon reviews, as its README specifies, on 8 GPUs.
+
+Reasoning (the seed: NVIDIA/sentiment-discovery's transformer, fairseq's decoder):
+- Decoder-only, 12 blocks, 8 heads, d_model 768, feed-forward 3072, learned positions up to
+  256, post-norm blocks, token embedding scaled by sqrt(d_model), no final LayerNorm,
+  untied output matrix; weight norm on every block matrix and the output head, not on the
+  embeddings (model.weight_norm).
+- SentencePiece BPE with 32k pieces: 32,001 ids with padding 0.
+- Sequences of 64 tokens; 32 sequences per GPU on 8 GPUs (global 256), no learning-rate
+  scaling with the batch; Adam at 1e-4 with cosine annealing.
+- float16 with dynamic loss scaling (2**32 start, as the mLSTM recipe); params and Adam state
+  float32.
+- Dropout 0.1 on the residual branches and embeddings (fairseq's transformer_lm default;
+  the seed's README does not state it), none on attention probabilities or inside the
+  feed-forward.
+- The seed ran about 3 days on 8 V100s; train.steps bounds the run, cosine decays to 0 there.
+
+    python -m lmscale.prepare --input='/data/amazon/*.json' --text_field=reviewText \
+        --output=/data/amazon_sp32k --tokenizer=sentencepiece --vocab_size=32000 --split=1000,1,1
+    python -m lmscale.plan --config=configs/transformer_amazon.py --devices=8
+    python launch/local.py --num_processes=1 -- python -m lmscale.train \
+        --config=configs/transformer_amazon.py --workdir=runs/transformer_amazon \
+        --config.data.train=/data/amazon_sp32k
+"""
+
+from lmscale.config import default_config
+
+
+def get_config():
+    config = default_config()
+    config.data.train = "/data/amazon_sp32k"  # a prepared dataset (see above); override it
+    config.data.tokenizer = "sentencepiece"
+    config.data.vocab_size = 32000  # pieces; ids are piece + 1, padding 0
+    config.data.sp_model_type = "bpe"
+    config.data.split = "1000,1,1"
+    config.model.kind = "transformer"
+    config.model.layers = 12
+    config.model.heads = 8
+    config.model.d_model = 768
+    config.model.d_ff = 3072
+    config.model.max_len = 256
+    config.model.norm = "post"
+    config.model.positions = "learned"
+    config.model.weight_norm = True
+    config.model.tie_embeddings = False
+    config.model.dropout = 0.1
+    config.model.attn_dropout = 0.0
+    config.model.ff_dropout = 0.0
+    config.train.seq_len = 64
+    config.train.per_device_batch_size = 32  # x 8 GPUs = 256 global
+    config.train.steps = 1_000_000
+    config.train.log_every = 100
+    config.train.eval_every = 5000
+    config.train.eval_batch_size = 256
+    config.train.eval_steps = 200
+    config.optim.lr = 1e-4
+    config.optim.lr_scaling = "none"
+    config.optim.schedule = "cosine"
+    config.optim.warmup_steps = 0
+    config.optim.clip = 1.0
+    config.precision.compute = "float16"
+    config.checkpoint.every = 5000
+    config.lock()
+    return config
