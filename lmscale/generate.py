@@ -18,7 +18,7 @@ from lmscale.cli import parse_flags, run_cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained (or imported) LM's run directory.")
 _PROMPT = flags.DEFINE_string("prompt", "\n", "Text to continue.")
-_LENGTH = flags.DEFINE_integer("length", 200, "Characters (bytes) to generate.")
+_LENGTH = flags.DEFINE_integer("length", 200, "Tokens to generate (bytes for a byte-level model).")
 _TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Sampling temperature; 0 = greedy.")
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Sample among the k most likely only; 0 = off.")
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass; 1 = off.")

@@ -15,7 +15,8 @@ from lmscale.training.restore import TrainedLM, load_trained
 from lmscale.transfer import plots
 from lmscale.transfer.baseline import ngram_features
 from lmscale.transfer.classify import C_GRID, fit_l1, neuron_summary, top_k_sweep
-from lmscale.transfer.featurize import cached_featurize, preprocess_texts, unit_trace
+from lmscale.transfer.featurize import (cached_featurize, feature_state, preprocess_texts,
+                                       unit_trace)
 from lmscale.transfer.labeled import Labeled, load_labeled, require_binary
 
 
@@ -35,6 +36,7 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
             splits[name] = load_labeled(spec, text_column=text_column, label_column=label_column)
             require_binary(splits[name], label_column)
     lm = lm or load_trained(workdir)
+    state = feature_state(lm, state)
     output = output or os.path.join(workdir, "transfer")
     os.makedirs(output, exist_ok=True)
 

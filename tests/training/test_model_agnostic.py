@@ -81,7 +81,10 @@ def test_eval_tool_equals_training_validation(tmp_path, corpus, kind):
     logged = [r for r in read_metrics(workdir) if r["split"] == "val"][-1]
     result = evaluate_data(load_trained(workdir), os.path.join(workdir, "data"), split="val")
     assert result["bpc"] == pytest.approx(logged["bpc"], abs=1e-6)
-    assert result["chars"] == logged["chars"]
+    assert result["chars"] == logged["chars"] == logged["tokens"]
+    # Bytes: bits per character are bits per token, nats / ln 2, as before subwords existed.
+    assert logged["bpc"] == pytest.approx(logged["loss"] / math.log(2), rel=1e-12)
+    assert logged["bpc"] == pytest.approx(logged["bits_per_token"], rel=1e-12)
 
 
 def test_transformer_generation_uses_the_cache_and_matches_recompute(tmp_path, corpus):
