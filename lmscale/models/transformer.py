@@ -205,8 +205,9 @@ class TransformerLM(nnx.Module):
         check_args(layers=layers, d_model=d_model, heads=heads, d_ff=d_ff, max_len=max_len,
                    norm=norm, positions=positions, remat=remat, dropout=dropout,
                    attn_dropout=attn_dropout, ff_dropout=ff_dropout)
-        self.vocab_size, self.d_model, self.heads, self.max_len = vocab_size, d_model, heads, max_len
-        self.norm, self.positions, self.remat, self.scan_layers = norm, positions, remat, scan_layers
+        self.vocab_size, self.d_model, self.heads = vocab_size, d_model, heads
+        self.max_len, self.norm, self.positions = max_len, norm, positions
+        self.remat, self.scan_layers = remat, scan_layers
         self.rates = (float(attn_dropout), float(dropout), float(ff_dropout), float(dropout))
         self.dropout, self.dtype, self.tie_embeddings = float(dropout), dtype, bool(tie_embeddings)
         init = _normal(d_model ** -0.5)
@@ -281,9 +282,10 @@ class TransformerLM(nnx.Module):
             ys.append(y)
         return x, jax.tree.map(lambda *a: jnp.stack(a), *ys)
 
-    def _run(self, tokens: jax.Array, resets: jax.Array | None, dropout_key: jax.Array | None
-             ) -> tuple[jax.Array, jax.Array]:
-        """tokens [B, T] -> (final x float32 [B, T, d], block outputs float32 [L, B, T, d])."""
+    def _run(self, tokens: jax.Array, resets: jax.Array | None, dropout_key: jax.Array | None,
+             collect: bool = False) -> tuple[jax.Array, jax.Array | None]:
+        """tokens [B, T] -> (final x float32 [B, T, d], block outputs float32 [L, B, T, d] if
+        ``collect`` else None)."""
         b, t = tokens.shape
         if t > self.max_len:
             raise ValueError(f"sequence length {t} exceeds model.max_len={self.max_len}")
@@ -316,7 +318,7 @@ class TransformerLM(nnx.Module):
                                                     implementation=None), None
 
             x, _ = block(x, attend, drop, self.dtype)
-            return x, x
+            return x, (x if collect else None)
 
         x, hidden = self._apply_blocks(x, apply, None)
         if self.final_norm is not None:
@@ -336,7 +338,7 @@ class TransformerLM(nnx.Module):
                  ) -> dict[str, Any]:
         """{"hidden": float32 [L, B, T, d] (each block's output; for pre-norm the last entry
         after the final LN), "carry": ()}; deterministic."""
-        x, hidden = self._run(tokens, resets, None)
+        x, hidden = self._run(tokens, resets, None, collect=True)
         if self.final_norm is not None:
             hidden = hidden.at[-1].set(x)
         return {"hidden": hidden, "carry": ()}

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from lmscale.config import default_config
 from lmscale.models import build_model, count_params, flops_per_token, get_kind
 from lmscale.models.transformer import Block, TransformerLM, attention, sinusoidal
 from tests.models.helpers import randomize_params
@@ -262,11 +263,23 @@ def test_registry_build_describe_and_param_count():
     assert "dropout" not in kind.fields and "d_model" in kind.fields
     model = build_model(m, V, rngs=nnx.Rngs(0))
     assert isinstance(model, TransformerLM) and model.max_len == 16
-    assert model.feature_width == D and model.num_layers == 2 and model.feature_states == ("hidden",)
+    assert model.feature_width == D and model.num_layers == 2
+    assert model.feature_states == ("hidden",)
     per_block = 4 * D * D + 4 * D + 2 * D * FF + FF + D + 4 * D + (3 * D + D + FF + D)  # + g's
     assert count_params(model) == V * D + 16 * D + L * per_block + D * V + 2 * V
+    leaves = lambda *f: len(jax.tree.leaves(nnx.state(model, *f)))
+    assert leaves() == leaves(nnx.Param)  # parameters only: nnx.split(model, nnx.Param) is all
     with pytest.raises(ValueError, match="max_len=16"):
         model(tokens(0, (1, 17)))
+    c = default_config()  # every field the kind reads exists in the real config
+    c.model.kind, c.model.layers = "transformer", 12
+    c.train.seq_len = 64
+    kind.validate(c.model, c.train)
+    assert kind.describe(c.model) == ("transformer 12x768 heads 8 ff 3072 max_len 256 post-norm"
+                                      " weight-norm")
+    abstract = nnx.eval_shape(lambda: build_model(c.model, 32001, rngs=nnx.Rngs(0)))
+    n = sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+    assert n > 12 * (4 * 768 ** 2 + 2 * 768 * 3072) + 2 * 32001 * 768
 
 
 def test_training_flops_match_xla_cost_analysis():
