@@ -1,0 +1,74 @@
+"""Benchmark a config's training step (and input pipeline) on this machine.
+
+    python -m lmscale.bench --config=configs/quickstart.py [--config.model.hidden=1024 ...]
+        [--steps=10] [--grad=custom|autodiff] [--unroll=1] [--pipeline] [--out=FILE]
+
+Times the real jitted training step (compile and warm-up excluded, median of --steps),
+reports chars/s, analytic train FLOPs per character (3 x forward; see
+``lmscale.training.bench``), achieved FLOP/s, the device's measured matmul rate in the
+compute dtype and their ratio, and the compiled step's peak memory. With --pipeline, also
+times the input pipeline (StreamBatcher on the config's prepared data; raw text or a
+built-in corpus is prepared into --workdir first). Prints a table and one JSON line, and
+appends the JSON line (with the git commit) to --out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from lmscale.cli import parse_flags, run_cli
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to a config file in configs/.", lock_config=True)
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (the median is reported).", lower_bound=1)
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.", lower_bound=0)
+_GRAD = flags.DEFINE_enum("grad", "custom", ["custom", "autodiff"],
+                          "Backward of the recurrence: hand-written (custom) or autodiff.")
+_UNROLL = flags.DEFINE_integer("unroll", 1, "lax.scan unroll of the time loop.", lower_bound=1)
+_RESET_EVERY = flags.DEFINE_integer(
+    "reset_every", 0, "Put a state reset every this many batch positions (0 = none).", lower_bound=0)
+_PIPELINE = flags.DEFINE_bool("pipeline", False, "Also time the input pipeline.")
+_WORKDIR = flags.DEFINE_string("workdir", "/tmp/lmscale_bench",
+                               "Where raw text / a built-in corpus is prepared for --pipeline.")
+_MATMUL_N = flags.DEFINE_integer("matmul_n", 0, "Size of the peak-rate matmul (0 = by device).")
+_LABEL = flags.DEFINE_string("label", "", "Free text stored with the record.")
+_OUT = flags.DEFINE_string(
+    "out", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "benchmarks", "results.jsonl"),
+    "Append the JSON record here ('' = do not write).")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from lmscale.training import bench
+
+    def run() -> dict:
+        config = _CONFIG.value
+        batcher = None
+        if _PIPELINE.value:
+            from lmscale.data.dataset import TokenDataset
+            from lmscale.training.data_source import resolve_dataset, train_batcher
+            path = resolve_dataset(config.data, _WORKDIR.value, progress=False)
+            batcher = train_batcher(TokenDataset.open(path), config)
+        return bench.run_bench(config, steps=_STEPS.value, warmup=_WARMUP.value, grad=_GRAD.value,
+                               unroll=_UNROLL.value, reset_every=_RESET_EVERY.value,
+                               batcher=batcher, matmul_n=_MATMUL_N.value or None,
+                               label=_LABEL.value)
+
+    record = run_cli(run)
+    print(bench.format_table([record]))
+    print(json.dumps(record))
+    if _OUT.value:
+        bench.append_jsonl(record, _OUT.value)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

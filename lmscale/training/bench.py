@@ -1,0 +1,239 @@
+"""Throughput of the real training step and of the input pipeline, with FLOP accounting.
+
+The step timed is exactly what ``lmscale.train`` runs: ``build_train_setup`` +
+``jit_train_step`` (forward, backward, the one all-reduce, clip, Adam, state donated) on a
+[B, S] batch of random tokens; compilation and warm-up steps are excluded, each timed step
+ends with ``block_until_ready``, and the reported time is the median of N steps.
+
+FLOPs (analytic, matmuls only, 2 per multiply-add): the forward cost per token is
+``lmscale.models.flops_per_token(model, V, seq_len=S)``; for an mLSTM layer with input I and
+hidden H it is 2 (4IH + IH + H^2 + 4H^2), for an LSTM layer 2 (4IH + 4H^2), plus 2 H V for
+the decoder. A training step costs
+
+    train FLOPs per token = 3 x forward   (forward + gradients w.r.t. activations + w.r.t.
+                                            weights, each one pass of every matmul)
+    FLOPs per step        = 3 x forward x B x S
+
+Achieved FLOP/s = FLOPs per step / median step time; it is compared with the measured rate
+of a dense n x n matmul in the compute dtype on the same device (``matmul_rate``), the
+practical peak of the machine rather than a datasheet number.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from lmscale.config import scaled_lr, validate, with_global_batch
+from lmscale.models import flops_per_token
+from lmscale.models.recurrent import scan_options
+from lmscale.training import mesh as mesh_lib
+from lmscale.training.precision import DTYPES
+from lmscale.training.setup import BATCH_KEYS, build_train_setup, jit_train_step
+
+BYTE_VOCAB = 257
+
+
+def train_flops_per_token(model_config: ml_collections.ConfigDict, vocab_size: int,
+                          seq_len: int) -> int:
+    """3 x the forward matmul FLOPs per token (see the module docstring)."""
+    return 3 * int(flops_per_token(model_config, vocab_size, seq_len=seq_len))
+
+
+def matmul_rate(dtype: Any = jnp.float32, n: int | None = None, repeats: int = 10,
+                device: jax.Device | None = None) -> dict[str, Any]:
+    """Measured FLOP/s of a dense n x n matmul in ``dtype`` (best of 3 rounds of ``repeats``).
+
+    n defaults to 2048 on CPU and 8192 on accelerators (big enough to reach their peak).
+    """
+    device = device or jax.devices()[0]
+    n = n or (2048 if device.platform == "cpu" else 8192)
+    rng = np.random.default_rng(0)
+    a = jax.device_put(jnp.asarray(rng.normal(size=(n, n)), dtype), device)
+    b = jax.device_put(jnp.asarray(rng.normal(size=(n, n)), dtype), device)
+    f = jax.jit(lambda x, y: x @ y)
+    f(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(repeats):
+            out = f(a, b)
+        out.block_until_ready()
+        best = min(best, (time.perf_counter() - t) / repeats)
+    return {"n": n, "dtype": jnp.dtype(dtype).name, "flop_per_s": 2 * n**3 / best}
+
+
+def random_batch(batch: int, seq: int, vocab: int, seed: int = 0,
+                 reset_every: int = 0) -> dict[str, np.ndarray]:
+    """A batch of random tokens; ``reset_every`` > 0 puts a reset every that many positions."""
+    rng = np.random.default_rng(seed)
+    resets = np.zeros((batch, seq), bool)
+    if reset_every > 0:
+        resets.reshape(-1)[::reset_every] = True
+    return {"inputs": rng.integers(1, vocab, (batch, seq)).astype(np.int32),
+            "targets": rng.integers(1, vocab, (batch, seq)).astype(np.int32),
+            "weights": np.ones((batch, seq), np.float32), "resets": resets}
+
+
+def _memory(compiled: Any) -> dict[str, int] | None:
+    """Per-device bytes of the compiled step from XLA's buffer assignment (None if unknown)."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - not every backend reports it
+        return None
+    if m is None:
+        return None
+    out = {"arguments": m.argument_size_in_bytes, "outputs": m.output_size_in_bytes,
+           "temporaries": m.temp_size_in_bytes, "aliased": m.alias_size_in_bytes}
+    out["peak"] = out["arguments"] + out["outputs"] + out["temporaries"] - out["aliased"]
+    return out
+
+
+def xla_flops(compiled: Any) -> float:
+    """XLA's cost-analysis FLOPs of a compiled program (a scan body is counted once)."""
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost.get("flops", 0.0)) if cost else 0.0
+
+
+def compile_step(config: ml_collections.ConfigDict, vocab_size: int = BYTE_VOCAB,
+                 devices: list[jax.Device] | None = None, reset_every: int = 0
+                 ) -> tuple[Any, Any, dict[str, jax.Array], float]:
+    """(compiled step, device state, device batch, compile seconds) for ``config``.
+
+    Scan options (``lmscale.models.recurrent.scan_options``) active around this call apply.
+    """
+    mesh = mesh_lib.make_mesh(devices)
+    validate(config, mesh.size)
+    config = with_global_batch(config, mesh.size)
+    lr = scaled_lr(config.optim, config.train.batch_size)
+    decay = max(config.optim.decay_steps or config.train.steps, config.optim.warmup_steps + 1)
+    setup = build_train_setup(config, vocab_size, decay_steps=decay, lr=lr)
+    step, shardings = jit_train_step(setup, mesh, config.model.dropout > 0)
+    state = jax.device_put(setup.state, shardings)
+    rows = mesh_lib.batch_sharded(mesh)
+    host = random_batch(config.train.batch_size, config.train.seq_len, vocab_size,
+                        seed=config.seed, reset_every=reset_every)
+    batch = {k: jax.device_put(host[k], rows) for k in BATCH_KEYS}
+    t = time.perf_counter()
+    compiled = step.lower(state, batch).compile()
+    return compiled, state, batch, time.perf_counter() - t
+
+
+def time_step(config: ml_collections.ConfigDict, *, steps: int = 10, warmup: int = 2,
+              vocab_size: int = BYTE_VOCAB, grad: str = "custom", unroll: int = 1,
+              reset_every: int = 0, devices: list[jax.Device] | None = None) -> dict[str, Any]:
+    """Median time of the jitted training step and what follows from it (see module doc)."""
+    with scan_options(grad=grad, unroll=unroll):
+        compiled, state, batch, compile_s = compile_step(config, vocab_size, devices, reset_every)
+    for _ in range(warmup):
+        state, metrics = compiled(state, batch)
+    jax.block_until_ready((state, metrics))
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        state, metrics = compiled(state, batch)
+        jax.block_until_ready((state, metrics))
+        times.append(time.perf_counter() - t)
+    n_dev = len(devices) if devices else jax.device_count()
+    batch_size = config.train.per_device_batch_size * n_dev or config.train.batch_size
+    tokens = batch_size * config.train.seq_len
+    step_s = float(np.median(times))
+    per_token = train_flops_per_token(config.model, vocab_size, config.train.seq_len)
+    return {"step_s": step_s, "step_s_all": [round(x, 5) for x in times],
+            "compile_s": round(compile_s, 2), "tokens_per_step": tokens,
+            "chars_per_s": tokens / step_s, "train_flops_per_token": per_token,
+            "flops_per_step": per_token * tokens, "flop_per_s": per_token * tokens / step_s,
+            "memory_bytes": _memory(compiled), "loss": float(metrics["loss"])}
+
+
+def time_pipeline(batcher: Any, steps: int = 20, devices: list[jax.Device] | None = None
+                  ) -> dict[str, Any]:
+    """Host batches/s of a ``StreamBatcher`` and the time to put one batch on the devices."""
+    mesh = mesh_lib.make_mesh(devices)
+    rows = mesh_lib.batch_sharded(mesh)
+    batcher.batch(0)
+    t = time.perf_counter()
+    for k in range(steps):
+        b = batcher.batch(k)
+    host_s = (time.perf_counter() - t) / steps
+    arrays = {"inputs": b.inputs, "targets": b.targets, "weights": b.weights, "resets": b.resets}
+    t = time.perf_counter()
+    for _ in range(steps):
+        jax.block_until_ready({k: jax.device_put(v, rows) for k, v in arrays.items()})
+    put_s = (time.perf_counter() - t) / steps
+    tokens = batcher.batch_size * batcher.seq_len
+    return {"batch_s": host_s, "put_s": put_s, "chars_per_s": tokens / (host_s + put_s)}
+
+
+def git_commit(path: str | None = None) -> str:
+    """The checkout's commit (with "+dirty" if tracked files under lmscale/ changed), or ""."""
+    cwd = path or os.path.dirname(os.path.abspath(__file__))
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd, check=True,
+                             capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."],
+                               cwd=os.path.join(cwd, ".."), capture_output=True, text=True).stdout
+        return sha + ("+dirty" if dirty.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def host_info() -> dict[str, Any]:
+    d = jax.devices()[0]
+    return {"platform": d.platform, "device": d.device_kind, "devices": jax.device_count(),
+            "cpus": os.cpu_count(), "machine": platform.machine(), "node": platform.node(),
+            "jax": jax.__version__}
+
+
+def run_bench(config: ml_collections.ConfigDict, *, steps: int = 10, warmup: int = 2,
+              grad: str = "custom", unroll: int = 1, reset_every: int = 0,
+              batcher: Any = None, matmul_n: int | None = None, label: str = "") -> dict[str, Any]:
+    """One benchmark record: the step, the matmul rate in the compute dtype, the pipeline."""
+    compute = config.precision.compute
+    step = time_step(config, steps=steps, warmup=warmup, grad=grad, unroll=unroll,
+                     reset_every=reset_every)
+    peak = matmul_rate(DTYPES[compute], matmul_n)
+    m = config.model
+    record = {"label": label, "kind": m.kind, "hidden": m.hidden, "embed": m.embed,
+              "layers": m.layers, "batch": step["tokens_per_step"] // config.train.seq_len,
+              "seq": config.train.seq_len, "compute": compute, "grad": grad, "unroll": unroll,
+              "reset_every": reset_every, **step, "matmul": peak,
+              "of_matmul_rate": step["flop_per_s"] / peak["flop_per_s"]}
+    if batcher is not None:
+        record["pipeline"] = time_pipeline(batcher)
+    record.update(host=host_info(), commit=git_commit(), date=time.strftime("%Y-%m-%d %H:%M"))
+    return record
+
+
+def append_jsonl(record: dict[str, Any], path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def format_table(records: list[dict[str, Any]]) -> str:
+    """A markdown table of bench records."""
+    lines = ["| model | batch x seq | compute | grad | step | chars/s | train MFLOP/char | "
+             "GFLOP/s | matmul GFLOP/s | of matmul | peak mem | pipeline chars/s |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in records:
+        mem = r.get("memory_bytes") or {}
+        pipe = r.get("pipeline")
+        lines.append(
+            f"| {r['kind']} {r['hidden']} x{r['layers']} | {r['batch']} x {r['seq']} | {r['compute']} "
+            f"| {r['grad']} u{r['unroll']} | {1e3 * r['step_s']:.1f} ms | {r['chars_per_s'] / 1e3:.2f} k "
+            f"| {r['train_flops_per_token'] / 1e6:.2f} | {r['flop_per_s'] / 1e9:.1f} "
+            f"| {r['matmul']['flop_per_s'] / 1e9:.0f} | {100 * r['of_matmul_rate']:.0f} % "
+            f"| {mem.get('peak', 0) / 2**20:.0f} MiB "
+            f"| {'-' if not pipe else format(pipe['chars_per_s'] / 1e6, '.1f') + ' M'} |")
+    return "\n".join(lines)
