@@ -13,11 +13,11 @@ def run_cli(fn: Callable[[], T]) -> T:
     """Calls ``fn``; a user error (bad data, config or workdir) prints ``error: ...`` and exits 1."""
     from lmscale.config import ConfigError
     from lmscale.data.errors import DataError
-    from lmscale.training.checkpoints import CheckpointMismatchError
+    from lmscale.training.checkpoints import CheckpointError
     _quiet_library_logs()
     try:
         return fn()
-    except (ConfigError, DataError, CheckpointMismatchError, FileNotFoundError) as e:
+    except (ConfigError, DataError, CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 

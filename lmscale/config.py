@@ -34,6 +34,7 @@ def default_config() -> ml_collections.ConfigDict:
     """Every field of a run, with its default. Returned unlocked; configs lock it."""
     c = ml_collections.ConfigDict()
     c.seed = 0  # seeds parameter init, dropout and (optional) shard shuffling
+    c.resume = True  # continue from the workdir's latest checkpoint; False: archive the previous run (WORKDIR/archive/) and start afresh
 
     c.data = ml_collections.ConfigDict()
     # Training text: a prepared dataset folder (see `lmscale.prepare`), raw text
@@ -88,7 +89,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.eval_every = 500  # steps between validation passes (and one at the end); 0 = only at the end
     c.train.eval_batch_size = 64  # rows of the validation stream (reduced if the split is small)
     c.train.eval_steps = 0  # max validation steps per pass; 0 = the whole validation split
-    c.train.progress_bar = True  # show a tqdm progress bar on stderr
+    c.train.progress_bar = True  # progress on stderr: a tqdm bar on a terminal, else a plain line every train.log_every steps
+    c.train.stop_sync_every = 10  # multi-process: steps between the processes' agreement on a SIGTERM/SIGINT stop
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 5e-4  # peak learning rate at optim.base_batch_size (paper: 5e-4 at batch 128)
@@ -119,6 +121,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every = 1000  # steps between checkpoints (also at the end and on SIGTERM/SIGINT)
     c.checkpoint.keep = 3  # most recent checkpoints kept on disk
+    c.checkpoint.fallback = False  # resume from the previous checkpoint when the latest is unreadable (it is moved aside)
     return c
 
 
@@ -152,7 +155,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         get_kind(config.model.kind).validate(config.model, config.train)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    for key in ("train.steps", "train.batch_size",
+    for key in ("train.steps", "train.batch_size", "train.stop_sync_every",
                 "train.seq_len", "train.log_every", "train.eval_batch_size", "checkpoint.every",
                 "checkpoint.keep"):
         section, name = key.split(".")

@@ -3,6 +3,7 @@
 With no settings given it evaluates exactly as the run's own validation did (its eval batch,
 sequence length, document resets and eval_steps), so both report the same BPC.
 
+    python -m lmscale.eval --workdir=runs/quickstart             # the run's own validation split
     python -m lmscale.eval --workdir=runs/quickstart --data=runs/quickstart/data --split=test
     python -m lmscale.eval --workdir=runs/quickstart --data=some/file.txt
 """
@@ -16,7 +17,8 @@ from absl import app, flags
 from lmscale.cli import parse_flags, run_cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.")
-_DATA = flags.DEFINE_string("data", None, "A prepared dataset folder, or text paths/globs.")
+_DATA = flags.DEFINE_string("data", None, "A prepared dataset folder, or text paths/globs; "
+                            "default: the run's own training dataset (its --split).")
 _SPLIT = flags.DEFINE_string("split", "val", "Split of a prepared dataset.")
 _BATCH = flags.DEFINE_integer("batch_size", 0, "Rows evaluated in parallel (reduced for short "
                                "text); 0 = the run's train.eval_batch_size.")
@@ -26,21 +28,22 @@ _STEPS = flags.DEFINE_integer("max_steps", -1, "Batches to evaluate; 0 = the who
 _STEP = flags.DEFINE_integer("step", -1, "Checkpoint step; -1 = the latest.")
 _COLUMN = flags.DEFINE_string("text_column", None, "CSV column holding the text.")
 _FIELD = flags.DEFINE_string("text_field", None, "JSONL field holding the text.")
-flags.mark_flags_as_required(["workdir", "data"])
+flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from lmscale.training.restore import evaluate_data, load_trained
+    from lmscale.training.restore import evaluate_data, load_trained, run_dataset
 
     def run() -> dict:
         lm = load_trained(_WORKDIR.value, None if _STEP.value < 0 else _STEP.value)
-        result = evaluate_data(lm, _DATA.value, split=_SPLIT.value, batch_size=_BATCH.value or None,
+        data = _DATA.value or run_dataset(lm)
+        result = evaluate_data(lm, data, split=_SPLIT.value, batch_size=_BATCH.value or None,
                                seq_len=_SEQ.value or None,
                                max_steps=None if _STEPS.value < 0 else _STEPS.value, text_column=_COLUMN.value,
                                text_field=_FIELD.value)
-        return {"step": lm.step, "data": _DATA.value, **result}
+        return {"step": lm.step, "data": data, "split": _SPLIT.value, **result}
 
     result = run_cli(run)
     print(json.dumps(result))

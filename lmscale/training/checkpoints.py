@@ -1,32 +1,51 @@
-"""Checkpoints with orbax: the whole TrainState plus a JSON description of the model.
+"""Checkpoints with orbax: the whole TrainState plus a JSON record of the run.
 
 Saved under WORKDIR/checkpoints/<step>/ by an orbax ``CheckpointManager``; orbax writes
 into a temporary folder and renames it when complete, so a crash mid-save leaves the
-last good checkpoint as the latest. The JSON item records the model config and the
-tokenizer so that a workdir holding another model is refused with a clear message
-instead of a shape error deep in the restore.
+last good checkpoint as the latest. The JSON item ("meta") makes each checkpoint a
+self-describing record: the checkpoint format version, the model signature (architecture,
+tokenizer, carry shape), the precision, the resolved config and the derived values
+(provenance included) of the run that wrote it. A workdir holding another model is refused
+with a message naming the field instead of a shape error deep in the restore; an unreadable
+checkpoint is one line naming its folder (and, with ``fallback``, skipped).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+import shutil
+import time
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
 
 from lmscale.training.state import TrainState
 
+# Version of what a checkpoint holds (the TrainState layout and the meta record). Raise it
+# when a change makes new checkpoints unreadable by older lmscale; older formats stay readable.
+# 1: signature (+ precision); 2: + format, config, derived.
+FORMAT_VERSION = 2
 
-class CheckpointMismatchError(ValueError):
-    """The workdir's checkpoint belongs to a different model."""
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used as asked; the message names it."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """The workdir's checkpoint belongs to a different model or run."""
+
+
+class UnreadableCheckpointError(CheckpointError):
+    """A checkpoint folder that is corrupt, truncated or missing files."""
 
 
 class Checkpointer:
     """Saves and restores TrainStates in ``WORKDIR/checkpoints``."""
 
     def __init__(self, workdir: str, keep: int = 3, async_save: bool = True) -> None:
-        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        self.workdir = os.path.abspath(workdir)
+        self.directory = os.path.join(self.workdir, "checkpoints")
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, cleanup_tmp_directories=True,
             enable_async_checkpointing=async_save)
@@ -36,26 +55,97 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def steps(self) -> list[int]:
+        """Steps on disk, newest first."""
+        return sorted(self.manager.all_steps(), reverse=True)
+
+    def path(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
+
     def save(self, state: TrainState, meta: dict[str, Any], *, force: bool = True) -> None:
         step = int(jax.device_get(state.step))
         if step in self.manager.all_steps():
             return
+        meta = {"format": FORMAT_VERSION, **meta}
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
 
     def read_meta(self, step: int | None = None) -> dict[str, Any]:
+        """The JSON record of a checkpoint (format checked); UnreadableCheckpointError if unreadable."""
         step = self.latest_step() if step is None else step
-        restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        return dict(restored["meta"])
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+            meta = dict(restored["meta"])
+        except Exception as e:  # orbax/tensorstore raise many types for missing or damaged files
+            raise UnreadableCheckpointError(
+                f"checkpoint {self.path(step)} is unreadable: {_short(e)}") from None
+        check_format(meta, self.path(step))
+        return meta
 
     def restore(self, like: TrainState, shardings: TrainState, step: int | None = None) -> TrainState:
         """Restores into the structure, shapes and shardings of ``like`` (any device count)."""
         step = self.latest_step() if step is None else step
         abstract = jax.tree.map(
             lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), like, shardings)
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract)))
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract)))
+        except Exception as e:
+            raise UnreadableCheckpointError(
+                f"checkpoint {self.path(step)} is unreadable: {_short(e)}") from None
         return restored["state"]
+
+    def restore_params(self, like: Any, sharding: jax.sharding.Sharding, step: int) -> Any:
+        """Only the parameters of a checkpoint (no optimizer state, no carry), for inference.
+
+        ``like``: the parameters' structure (e.g. ``jax.eval_shape`` of the model's
+        ``nnx.Param`` state); every leaf is placed with ``sharding``.
+        """
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), like)
+        restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), like)
+        try:
+            restored = ocp.PyTreeCheckpointer().restore(
+                os.path.join(self.path(step), "state"),
+                args=ocp.args.PyTreeRestore(item={"params": abstract},
+                                            restore_args={"params": restore_args},
+                                            partial_restore=True))
+        except Exception as e:
+            raise UnreadableCheckpointError(
+                f"checkpoint {self.path(step)} is unreadable: {_short(e)}") from None
+        return restored["params"]
+
+    def newest_usable(self, use: Callable[[int], Any], fallback: bool) -> Any:
+        """``use(step)`` on the newest checkpoint it succeeds on.
+
+        An UnreadableCheckpointError is raised as is (with a hint) unless ``fallback``: then
+        the unreadable checkpoint is moved to WORKDIR/unreadable_checkpoints/ (nothing is
+        deleted) and the previous one is tried. Other errors pass through.
+        """
+        steps = self.steps()
+        for i, step in enumerate(steps):
+            try:
+                return use(step)
+            except UnreadableCheckpointError as e:
+                previous = steps[i + 1] if i + 1 < len(steps) else None
+                if not fallback or previous is None:
+                    hint = (f"; --config.checkpoint.fallback=true resumes from the previous one "
+                            f"(step {previous})" if previous is not None and not fallback else "")
+                    raise UnreadableCheckpointError(f"{e}{hint}") from None
+                print(f"warning: {e}; moved aside, falling back to step {previous}", flush=True)
+                self.set_aside(step)
+        raise FileNotFoundError(f"{self.workdir} holds no checkpoint (looked in {self.directory})")
+
+    def set_aside(self, step: int) -> None:
+        """Moves checkpoint ``step`` to WORKDIR/unreadable_checkpoints/<step>-<time> (process 0)."""
+        if jax.process_index() == 0:
+            target = os.path.join(self.workdir, "unreadable_checkpoints",
+                                  f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.move(self.path(step), target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices(f"lmscale set aside checkpoint {step}")
+        self.manager.reload()
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -65,11 +155,38 @@ class Checkpointer:
         self.manager.close()
 
 
-def check_same_model(saved: dict[str, Any], current: dict[str, Any], directory: str) -> None:
-    """Raises CheckpointMismatchError naming the first differing model field (the kind first)."""
+def check_format(meta: dict[str, Any], where: str) -> None:
+    """Refuses a checkpoint written in a newer format than this lmscale reads."""
+    version = int(meta.get("format", 1))
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{where} was written by a newer lmscale (checkpoint format {version}; this one reads "
+            f"up to {FORMAT_VERSION}); upgrade lmscale to use it")
+
+
+def check_same_model(saved: dict[str, Any], current: dict[str, Any], directory: str,
+                     ignore: tuple[str, ...] = ()) -> None:
+    """Raises CheckpointMismatchError naming the first differing field (the kind first).
+
+    A ``model.*`` field the checkpoint does not record (it predates the field) counts as the
+    field's default, so adding a field with a default keeps old checkpoints readable.
+    """
+    from lmscale.config import default_config
+    defaults = default_config().model
     for key in sorted(set(saved) | set(current), key=lambda k: (k != "model.kind", k)):
-        if saved.get(key) != current.get(key):
+        if key in ignore:
+            continue
+        old = saved.get(key)
+        if key not in saved and key.startswith("model.") and key[6:] in defaults:
+            old = defaults[key[6:]]
+        if old != current.get(key):
             raise CheckpointMismatchError(
                 f"{directory} holds a checkpoint of a different model: {key} is "
-                f"{saved.get(key)!r} there and {current.get(key)!r} here; use another --workdir "
+                f"{old!r} there and {current.get(key)!r} here; use another --workdir "
                 f"or the same model config")
+
+
+def _short(error: BaseException) -> str:
+    """An exception as one short line."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) < 300 else text[:297] + "..."

@@ -4,16 +4,16 @@
 restores the latest checkpoint of the workdir if there is one, trains to
 ``train.steps``, logs to metrics.jsonl / TensorBoard / a progress bar, evaluates on the
 validation split, and checkpoints every ``checkpoint.every`` steps, at the end, and on
-SIGTERM/SIGINT. Everything a step needs is a pure function of the state and the step
-number, so a resumed run reproduces an uninterrupted one.
+SIGTERM/SIGINT (at a step all processes agree on: stop.py). Everything a step needs is a
+pure function of the state and the step number, so a resumed run reproduces an
+uninterrupted one. What a resume may change is decided in resume.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import threading
+import sys
 import time
 from typing import Any
 
@@ -28,6 +28,9 @@ from lmscale.data.dataset import TokenDataset
 from lmscale.models import architecture, carries_state, flops_per_token
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.checkpoints import Checkpointer, check_same_model
+from lmscale.training.resume import (PROVENANCE_KEYS, archive_previous_run, check_resumable,
+                                     keep_config_history, provenance, resumed_derived)
+from lmscale.training.stop import StopSignal
 from lmscale.training.data_source import resolve_dataset, train_batcher
 from lmscale.training.evaluate import batch_arrays, evaluate_split
 from lmscale.training.loss import bits_per_char
@@ -36,9 +39,7 @@ from lmscale.training.setup import build_train_setup, jit_train_step
 from lmscale.training.state import zero_acc
 from lmscale.training.steps import make_eval_step
 
-# derived values that came with the weights (e.g. an imported model's preprocessing) and
-# must survive every later run in the same workdir
-PROVENANCE_KEYS = ("preprocess", "pretrained")
+__all__ = ["train", "model_signature", "eval_settings", "PROVENANCE_KEYS"]
 
 
 def model_signature(config: ml_collections.ConfigDict, tokenizer: dict[str, Any], vocab_size: int,
@@ -53,37 +54,6 @@ def model_signature(config: ml_collections.ConfigDict, tokenizer: dict[str, Any]
     return sig
 
 
-def _provenance(workdir: str) -> dict[str, Any]:
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        return {}
-    _, derived = load_config(path)
-    return {k: derived[k] for k in PROVENANCE_KEYS if k in derived}
-
-
-class _StopFlag:
-    """Set by SIGTERM/SIGINT; the loop checkpoints and returns at the next step boundary."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> "_StopFlag":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signal is not None:  # a second signal: stop now
-            raise KeyboardInterrupt
-        self.signal = signum
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 def train(config: ml_collections.ConfigDict, workdir: str,
           devices: list[jax.Device] | None = None) -> dict[str, Any]:
     """Trains (or resumes) the run in ``workdir``; returns the last train and val records.
@@ -96,8 +66,17 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     config = with_global_batch(config, mesh.size)
     is_main = jax.process_index() == 0
     progress = config.train.progress_bar and is_main
+    interactive = progress and sys.stderr.isatty()  # a bar on a terminal, plain lines in logs
 
-    dataset = TokenDataset.open(resolve_dataset(config.data, workdir, progress=progress))
+    if not config.resume:
+        archive_previous_run(workdir)
+    checkpointer = Checkpointer(workdir, keep=config.checkpoint.keep)
+    saved = None  # the meta record of the checkpoint resumed from
+    if checkpointer.latest_step() is not None:  # refuse a changed run before touching its data
+        saved = checkpointer.newest_usable(checkpointer.read_meta, config.checkpoint.fallback)
+        check_resumable(saved, config, checkpointer.directory)
+
+    dataset = TokenDataset.open(resolve_dataset(config.data, workdir, progress=interactive))
     batcher = train_batcher(dataset, config)
     val = dataset.split("val") if "val" in dataset.split_names else None
     tokenizer = dataset.tokenizer
@@ -105,6 +84,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     byte_lengths = tokenizer.byte_lengths()
 
     derived = derive(config, batcher.steps_per_epoch)
+    if saved is not None:
+        derived = resumed_derived(derived, saved, config)
     setup = build_train_setup(config, vocab_size, decay_steps=derived["decay_steps"], lr=derived["lr"],
                               byte_lengths=byte_lengths)
     graphdef, state = setup.graphdef, setup.state
@@ -113,33 +94,38 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                    processes=jax.process_count(), params=setup.num_params,
                    train_flops_per_token=3 * flops_per_token(config.model, vocab_size,
                                                              config.train.seq_len),
-                   precision=str(setup.policy), **_provenance(workdir))
+                   precision=str(setup.policy), **provenance(workdir, saved))
     train_step, shardings = jit_train_step(setup, mesh)
 
     signature = model_signature(config, tokenizer.to_dict(), vocab_size, carries_state(model))
-    checkpointer = Checkpointer(workdir, keep=config.checkpoint.keep)
-    if checkpointer.latest_step() is not None:
-        saved = checkpointer.read_meta()
-        check_same_model(saved["signature"], signature, workdir)
-        fresh_scale = state.loss_scale
-        state = checkpointer.restore(state, shardings)
+    if saved is not None:
+        fresh_scale, like = state.loss_scale, state
+
+        def restore(step: int) -> tuple[Any, dict[str, Any]]:
+            meta = checkpointer.read_meta(step)
+            check_same_model(meta["signature"], signature, workdir)
+            return checkpointer.restore(like, shardings, step), meta
+
+        state, saved = checkpointer.newest_usable(restore, config.checkpoint.fallback)
         if saved.get("precision") != config.precision.compute:
             # A new precision starts its own loss scale (float16: loss_scale_init, not the
             # inert 1 of a float32/bfloat16 checkpoint).
             state = state.replace(loss_scale=jax.device_put(fresh_scale, shardings.loss_scale))
     else:
         state = jax.device_put(state, shardings)
+    start = int(jax.device_get(state.step))
     if is_main:
         tokenizer.save(workdir)  # the workdir is self-contained (e.g. a SentencePiece model)
+        keep_config_history(workdir, {**config.to_dict(), "derived": derived}, start)
         save_config(config, derived, os.path.join(workdir, "config.json"))
-    meta = {"signature": signature, "precision": config.precision.compute}
+    meta = {"signature": signature, "precision": config.precision.compute,
+            "config": config.to_dict(), "derived": derived}
 
     rows_sharding = mesh_lib.batch_sharded(mesh)
     replicated = mesh_lib.replicated(mesh)
     eval_step = jax.jit(make_eval_step(graphdef, byte_lengths))
     train_rows = mesh_lib.local_rows(mesh, config.train.batch_size)
 
-    start = int(jax.device_get(state.step))
     steps = derived["steps"]
     if is_main:
         _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), after_step=start)
@@ -158,12 +144,12 @@ def train(config: ml_collections.ConfigDict, workdir: str,
             tqdm.tqdm.write(f"step {step}: val bpc {result['bpc']:.4f}")
 
     tokens_per_step = derived["tokens_per_step"]
-    bar = tqdm.tqdm(total=steps, initial=start, disable=not progress, unit="step",
+    bar = tqdm.tqdm(total=steps, initial=start, disable=not interactive, unit="step",
                     dynamic_ncols=True, smoothing=0.1)
     timer_start, timed_steps = time.perf_counter(), 0
     step = start
-    with _StopFlag() as stop:
-        while step < steps and stop.signal is None:
+    with StopSignal(config.train.stop_sync_every) as stop:
+        while step < steps and not stop.should_stop(step):
             batch = batch_arrays(batcher, step, train_rows, rows_sharding)
             state, metrics = train_step(state, batch)
             step += 1
@@ -188,6 +174,10 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                 last["train"] = record
                 bar.set_postfix(loss=f"{loss:.3f}", bpc=f"{record['bpc']:.3f}",
                                 lr=f"{record['lr']:.2e}", chars_s=f"{record['chars_per_s']:.3g}")
+                if progress and not interactive:
+                    print(f"step {step}/{steps}: loss {loss:.4f} bpc {record['bpc']:.4f} "
+                          f"lr {record['lr']:.3e} {record['chars_per_s']:.3g} chars/s",
+                          file=sys.stderr, flush=True)
                 state = state.replace(acc=jax.device_put(jax.tree.map(np.asarray, zero_acc()), replicated))
                 timer_start, timed_steps = time.perf_counter(), 0
             evaluating = (config.train.eval_every and step % config.train.eval_every == 0) or step == steps

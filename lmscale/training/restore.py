@@ -1,6 +1,8 @@
-"""Loading a trained run back: config, tokenizer and parameters from a workdir.
+"""Loading a trained run back for inference: config, tokenizer and parameters from a workdir.
 
-Used by the eval tool and, later, by featurization, generation and fine-tuning.
+Used by eval, transfer, generation, convert and the notebook API. Only the parameters are
+read from the checkpoint (orbax partial restore): no optimizer state, no training-batch
+carry, so the training batch need not divide this machine's devices.
 """
 
 from __future__ import annotations
@@ -19,12 +21,10 @@ from lmscale.config import load_config
 from lmscale.data.dataset import TokenDataset, is_dataset
 from lmscale.data.prepare import prepare_dataset
 from lmscale.data.tokenizer import tokenizer_from_dict
-from lmscale.models import build_model, carries_state
+from lmscale.models import build_model
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.checkpoints import Checkpointer, check_same_model
 from lmscale.training.evaluate import evaluate_split
-from lmscale.training.optimizer import make_optimizer
-from lmscale.training.state import create_state, state_shardings
 from lmscale.training.steps import make_eval_step
 
 
@@ -45,39 +45,46 @@ class TrainedLM:
 
 
 def load_trained(workdir: str, step: int | None = None, mesh: Mesh | None = None) -> TrainedLM:
-    """Restores the latest (or given) checkpoint of ``workdir``."""
+    """Restores the parameters of the latest (or given) checkpoint of ``workdir``."""
     config_path = os.path.join(workdir, "config.json")
     if not os.path.exists(config_path):
         raise FileNotFoundError(f"{workdir} is not a training run: {config_path} does not exist")
     config, derived = load_config(config_path)
     checkpointer = Checkpointer(workdir, keep=config.checkpoint.keep, async_save=False)
-    step = checkpointer.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"{workdir} holds no checkpoint (looked in {checkpointer.directory})")
-    signature = checkpointer.read_meta(step)["signature"]
-    tokenizer = tokenizer_from_dict(signature["data.tokenizer"], base_dir=workdir)
-    vocab_size = signature["vocab_size"]
+    try:
+        step = checkpointer.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"{workdir} holds no checkpoint (looked in {checkpointer.directory})")
+        signature = checkpointer.read_meta(step)["signature"]
+        tokenizer = tokenizer_from_dict(signature["data.tokenizer"], base_dir=workdir)
+        vocab_size = signature["vocab_size"]
+        mesh = mesh or mesh_lib.make_mesh()
+        graphdefs: list[nnx.GraphDef] = []
 
-    mesh = mesh or mesh_lib.make_mesh()
-    tx, _ = make_optimizer(config.optim, derived.get("decay_steps", config.train.steps))
-    graphdefs: list[nnx.GraphDef] = []
+        def init() -> Any:  # shapes only (jax.eval_shape): nothing is initialized just to be replaced
+            graphdef, params = nnx.split(build_model(config.model, vocab_size, rngs=nnx.Rngs(config.seed)),
+                                         nnx.Param)
+            graphdefs.append(graphdef)
+            return params
 
-    def init() -> Any:  # shapes only (jax.eval_shape): nothing is initialized just to be replaced
-        model = build_model(config.model, vocab_size, rngs=nnx.Rngs(config.seed))
-        graphdef, like = create_state(model, tx, config.train.batch_size, config.seed)
-        graphdefs.append(graphdef)
-        return like
+        like = jax.eval_shape(init)
+        from lmscale.training.loop import model_signature  # the same rule as training
+        check_same_model(signature, model_signature(config, tokenizer.to_dict(), vocab_size, True),
+                         workdir, ignore=("train.batch_size",))  # the carry is not restored
+        params = checkpointer.restore_params(like, mesh_lib.replicated(mesh), step)
+    finally:
+        checkpointer.close()
+    return TrainedLM(config=config, derived=derived, tokenizer=tokenizer, graphdef=graphdefs[0],
+                     params=params, step=step, mesh=mesh, workdir=os.path.abspath(workdir))
 
-    like = jax.eval_shape(init)
-    graphdef = graphdefs[0]
-    from lmscale.training.loop import model_signature  # the same rule as training
-    carries = bool(jax.tree.leaves(like.carry))
-    check_same_model(signature, model_signature(config, tokenizer.to_dict(), vocab_size, carries),
-                     workdir)
-    state = checkpointer.restore(like, state_shardings(like, mesh), step)
-    checkpointer.close()
-    return TrainedLM(config=config, derived=derived, tokenizer=tokenizer, graphdef=graphdef,
-                     params=state.params, step=step, mesh=mesh, workdir=os.path.abspath(workdir))
+
+def run_dataset(lm: TrainedLM) -> str:
+    """The prepared dataset the run trained on (where its validation split is)."""
+    path = lm.derived.get("dataset")
+    if not path or not is_dataset(path):
+        raise FileNotFoundError(f"{lm.workdir} records no prepared training dataset "
+                                f"({path or 'none, e.g. an imported model'}); pass --data")
+    return path
 
 
 def evaluate_data(lm: TrainedLM, data: str, *, split: str = "val", batch_size: int | None = None,

@@ -1,0 +1,132 @@
+"""A workdir as the record of one run: what a resume may change, and what it keeps.
+
+Each checkpoint records the resolved config and derived values of the run that wrote it
+(see checkpoints.py). Resuming compares against that record:
+
+* fields that define what is trained on (``RESUME_FIELDS``: sequence length, data source,
+  split, tokenizer) must not change: a changed one is refused with its name;
+* the learning-rate decay horizon is fixed when the run starts: raising ``train.steps`` keeps
+  the recorded ``derived.decay_steps`` (past it the schedule stays at its end value, 0 for
+  linear/cosine) unless an ``optim.*`` decay setting is changed explicitly;
+* provenance that came with the weights (``derived.preprocess``, ``derived.pretrained`` of an
+  imported model) is carried into every later run;
+* ``config.json`` is the current config; a different earlier one is kept as
+  ``history/config.<step>.json`` (the step at which it was replaced).
+
+``resume = False`` (``--config.resume=false``) starts afresh: the previous run's checkpoints,
+metrics, tb/ and config.json move to ``archive/<time>/`` (nothing is deleted).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from typing import Any
+
+import jax
+import ml_collections
+
+from lmscale.config import load_config
+from lmscale.training.checkpoints import CheckpointMismatchError
+
+# Derived values that came with the weights and must survive every later run in the workdir.
+PROVENANCE_KEYS = ("preprocess", "pretrained")
+# Fields a resumed run may not change: what the recorded steps were trained on.
+RESUME_FIELDS = ("train.seq_len", "data.train", "data.split", "data.tokenizer")
+# ... and, in a sentencepiece run, these (they define its vocabulary).
+SENTENCEPIECE_FIELDS = ("data.vocab_size", "data.sp_model_type", "data.sp_model")
+# Settings that define the decay horizon; unchanged, a resume keeps the recorded horizon.
+DECAY_FIELDS = ("optim.schedule", "optim.decay_steps", "optim.decay_epochs", "optim.warmup_steps")
+RUN_FILES = ("checkpoints", "metrics.jsonl", "tb", "config.json", "history")
+
+
+def _get(config: dict[str, Any], key: str) -> Any:
+    section, name = key.split(".")
+    return config.get(section, {}).get(name)
+
+
+def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict, where: str) -> None:
+    """Refuses a resume whose config changes a field of ``RESUME_FIELDS``, naming it.
+
+    ``saved``: a checkpoint's meta. Checkpoints without a recorded config (older ones, or
+    imported models, which have no training data) are not checked; so fine-tuning an imported
+    model on any data is allowed.
+    """
+    old = saved.get("config")
+    if not old or not _get(old, "data.train"):
+        return
+    new = config.to_dict()
+    fields = RESUME_FIELDS
+    if _get(new, "data.tokenizer") == "sentencepiece":
+        fields += SENTENCEPIECE_FIELDS
+    for key in fields:
+        if _get(old, key) != _get(new, key):
+            raise CheckpointMismatchError(
+                f"{where} was trained with {key}={_get(old, key)!r}; resuming it with "
+                f"{key}={_get(new, key)!r} is refused (the recorded steps were trained on the "
+                f"other); use the same value, a new --workdir, or --config.resume=false "
+                f"to start afresh (the old run is archived)")
+
+
+def resumed_derived(derived: dict[str, Any], saved: dict[str, Any],
+                    config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """``derived`` with the recorded decay horizon kept when no decay setting changed."""
+    old, old_derived = saved.get("config"), saved.get("derived") or {}
+    if not old or "decay_steps" not in old_derived:
+        return derived
+    new = config.to_dict()
+    if any(_get(old, k) != _get(new, k) for k in DECAY_FIELDS):
+        return derived
+    if old_derived["decay_steps"] != derived["decay_steps"] and jax.process_index() == 0:
+        print(f"note: train.steps is {derived['steps']}, the run started with "
+              f"{old_derived.get('steps')}; the learning rate keeps its decay horizon of "
+              f"{old_derived['decay_steps']} steps (set optim.decay_steps to change it)",
+              file=sys.stderr, flush=True)
+    return {**derived, "decay_steps": old_derived["decay_steps"]}
+
+
+def provenance(workdir: str, saved: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Provenance recorded in the workdir's config.json, else in the checkpoint's meta."""
+    path = os.path.join(workdir, "config.json")
+    found: dict[str, Any] = {}
+    if saved and saved.get("derived"):
+        found.update({k: saved["derived"][k] for k in PROVENANCE_KEYS if k in saved["derived"]})
+    if os.path.exists(path):
+        _, derived = load_config(path)
+        found.update({k: derived[k] for k in PROVENANCE_KEYS if k in derived})
+    return found
+
+
+def keep_config_history(workdir: str, new_record: dict[str, Any], start: int) -> None:
+    """Before config.json is replaced by a different config, keeps the old one in history/."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        old = json.load(f)
+    strip = lambda r: {k: v for k, v in r.items() if k != "derived"}
+    if strip(old) == strip(new_record):
+        return
+    os.makedirs(os.path.join(workdir, "history"), exist_ok=True)
+    shutil.copyfile(path, os.path.join(workdir, "history", f"config.{start}.json"))
+
+
+def archive_previous_run(workdir: str) -> str | None:
+    """Moves a previous run's files to WORKDIR/archive/<time>/ (process 0; all wait)."""
+    target = None
+    if jax.process_index() == 0:
+        present = [name for name in RUN_FILES if os.path.exists(os.path.join(workdir, name))]
+        if present:
+            target = os.path.join(workdir, "archive", time.strftime("%Y%m%d-%H%M%S"))
+            os.makedirs(target, exist_ok=True)
+            for name in present:
+                shutil.move(os.path.join(workdir, name), os.path.join(target, name))
+            print(f"resume=false: the previous run moved to {target}", file=sys.stderr,
+                  flush=True)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("lmscale archive previous run")
+    return target
