@@ -15,6 +15,13 @@ Forward (per step t, keep_t = 1 - reset_t):  h, c <- keep_t * (h, c);
   mLSTM: u = h W_mh, m = pre_m_t * u, z = pre_x_t + m W_h;  LSTM: z = pre_x_t + h W_h;
   i, f, g, o = sigmoid/sigmoid/tanh/sigmoid(split(z)); c' = f c + i g; h' = o tanh(c').
 
+Layout: feature-major inside the loops. Every per-step array is [features, B] and the
+matmuls are W^T [4H, H] @ h^T [H, B] (forward) and W [H, 4H] @ dz^T [4H, B] (backward):
+the big matrix is the left operand, which XLA:CPU's GEMM streams, while the right operand,
+which it repacks on every call, is the small [H, B] state (with h @ W the whole weight
+matrix would be repacked every step). Inputs and outputs are time-major [T, B, ...]; the
+[T, B, F] <-> [T, F, B] transposes happen once per call, outside the loops.
+
 Few operations per step (on CPU each costs dispatch time, and at small sizes that time rivals
 the matmuls): the reset of step t+1 is applied at the end of step t, in the same fusion
 that computes (h, c) (and, in the backward, in the fusion that starts the next step), so a
@@ -42,33 +49,37 @@ class Static:
     dtype: Any  # compute dtype of the matmuls
     return_cells: bool
     unroll: int = 1
-    fused_gates: bool = False  # one sigmoid over all 4H gates (tanh(x) = 2 sigmoid(2x) - 1)
+    fused_gates: bool = False  # forward: one tanh over all 4H gates (sigmoid via tanh)
 
     @property
     def state_dtype(self) -> Any:
         return jnp.promote_types(self.dtype, jnp.float32)
 
 
+def _fm(x: jax.Array) -> jax.Array:
+    """[T, B, F] <-> [T, F, B]."""
+    return jnp.swapaxes(x, 1, 2)
+
+
 def _gate_consts(width: int, dtype: Any) -> jax.Array:
-    """Per-column scale [4H]: 1/2 on the sigmoid gates (i, f, o), 1 on the tanh gate g."""
+    """Per-row scale [4H, 1]: 1/2 on the sigmoid gates (i, f, o), 1 on the tanh gate g."""
     h = width // 4
-    return jnp.concatenate([jnp.full(2 * h, 0.5), jnp.ones(h), jnp.full(h, 0.5)]).astype(dtype)
+    s = jnp.concatenate([jnp.full(2 * h, 0.5), jnp.ones(h), jnp.full(h, 0.5)])
+    return s.astype(dtype)[:, None]
 
 
-def _activations(st: Static, z: jax.Array) -> tuple[tuple[jax.Array, ...], jax.Array | None]:
-    """((i, f, g, o), t): sigmoid, sigmoid, tanh, sigmoid of the four blocks of z [B, 4H].
+def _activations(z: jax.Array, fused: bool) -> tuple[jax.Array, ...]:
+    """(i, f, g, o) = sigmoid, sigmoid, tanh, sigmoid of the four row blocks of z [4H, B].
 
-    fused_gates: one tanh over all 4H columns, t = tanh(s z), act = s t + s' with s = 1/2,
-    s' = 1/2 on the sigmoid gates (sigmoid(x) = (1 + tanh(x/2)) / 2) and s = 1, s' = 0 on g.
-    Otherwise four separate activations and t = None.
+    fused: one tanh over all 4H rows, act = s tanh(s z) + s' with s = 1/2, s' = 1/2 on the
+    sigmoid gates (sigmoid(x) = (1 + tanh(x/2)) / 2) and s = 1, s' = 0 on g.
     """
-    if st.fused_gates:
-        s = _gate_consts(z.shape[-1], z.dtype)
-        t = jnp.tanh(s * z)
-        act = s * t + (s - jnp.floor(s))  # shift: 1/2 where s = 1/2, 0 where s = 1
-        return tuple(jnp.split(act, 4, axis=-1)), t
-    i, f, g, o = jnp.split(z, 4, axis=-1)
-    return (jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)), None
+    if fused:
+        s = _gate_consts(z.shape[0], z.dtype)
+        act = s * jnp.tanh(s * z) + (s - jnp.floor(s))  # shift: 1/2 where s = 1/2, else 0
+        return tuple(jnp.split(act, 4, axis=0))
+    i, f, g, o = jnp.split(z, 4, axis=0)
+    return jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
 
 
 def _next_keep(keep: jax.Array | None) -> jax.Array | None:
@@ -81,8 +92,13 @@ def _next_keep(keep: jax.Array | None) -> jax.Array | None:
 def _forward(st: Static, pre: tuple[jax.Array, ...], w_mh: jax.Array | None, w_h: jax.Array,
              h0: jax.Array, c0: jax.Array, keep: jax.Array | None, save: bool
              ) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, ...]]:
-    """The forward scan. ``save``: also stack the residuals (z, u) for the backward."""
+    """The forward scan, feature-major: pre [T, F, B], h0/c0 [H, B], keep [T, 1, B] or None.
+
+    Returns ((h, c) [H, B], (hs, cs[, zs, us]) [T, F, B]); ``save`` adds the residuals.
+    """
     dt, sdt = st.dtype, st.state_dtype
+    wh_t = w_h.T  # [4H, H], once per call
+    wmh_t = None if w_mh is None else w_mh.T
 
     def step(carry: tuple[jax.Array, jax.Array], inp: Any) -> tuple[Any, Any]:
         h, c = carry  # already reset for this step
@@ -90,12 +106,12 @@ def _forward(st: Static, pre: tuple[jax.Array, ...], w_mh: jax.Array | None, w_h
         u = None
         if st.kind == "mlstm":
             zx, mx = pre_t
-            u = jnp.dot(h.astype(dt), w_mh)
-            z = zx.astype(sdt) + jnp.dot(mx * u, w_h, preferred_element_type=sdt)
+            u = jnp.dot(wmh_t, h.astype(dt))
+            z = zx.astype(sdt) + jnp.dot(wh_t, mx * u, preferred_element_type=sdt)
         else:
             (zx,) = pre_t
-            z = zx.astype(sdt) + jnp.dot(h.astype(dt), w_h, preferred_element_type=sdt)
-        (i, f, g, o), _ = _activations(st, z)
+            z = zx.astype(sdt) + jnp.dot(wh_t, h.astype(dt), preferred_element_type=sdt)
+        i, f, g, o = _activations(z, st.fused_gates)
         c = f * c + i * g
         h = o * jnp.tanh(c)
         out = (h.astype(dt), c if (st.return_cells or save) else None)
@@ -109,6 +125,12 @@ def _forward(st: Static, pre: tuple[jax.Array, ...], w_mh: jax.Array | None, w_h
         h0, c0 = h0 * keep[0], c0 * keep[0]
     # The last step's keep_next is 1, so the carry out is (h_T, c_T), not reset.
     return jax.lax.scan(step, (h0, c0), (pre, _next_keep(keep)), unroll=st.unroll)
+
+
+def _to_fm(st: Static, pre: tuple[jax.Array, ...], h0: jax.Array, c0: jax.Array,
+           keep: jax.Array | None) -> tuple[Any, ...]:
+    keep_fm = None if keep is None else jnp.swapaxes(keep, 1, 2)  # [T, 1, B]
+    return tuple(_fm(p) for p in pre), h0.T, c0.T, keep_fm
 
 
 def _cast(st: Static, w_mh: jax.Array | None, w_h: jax.Array) -> tuple[Any, jax.Array]:
@@ -127,17 +149,21 @@ def recurrence(st: Static, pre: tuple[jax.Array, ...], w_mh: jax.Array | None, w
     float32); h0, c0 [B, H] in the state dtype; keep: [T, B, 1] state dtype (0 where the
     state is reset before the step) or None.
     """
-    (h, c), (hs, cs) = _forward(st, pre, *_cast(st, w_mh, w_h), h0, c0, keep, save=False)
-    return hs, (h, c), cs
+    pre_fm, h0_fm, c0_fm, keep_fm = _to_fm(st, pre, h0, c0, keep)
+    (h, c), (hs, cs) = _forward(st, pre_fm, *_cast(st, w_mh, w_h), h0_fm, c0_fm, keep_fm,
+                                save=False)
+    return _fm(hs), (h.T, c.T), (None if cs is None else _fm(cs))
 
 
 def _fwd(st: Static, pre: tuple[jax.Array, ...], w_mh: jax.Array | None, w_h: jax.Array,
          h0: jax.Array, c0: jax.Array, keep: jax.Array | None) -> tuple[Any, Any]:
     wmh, wh = _cast(st, w_mh, w_h)
-    (h, c), (hs, cs, zs, us) = _forward(st, pre, wmh, wh, h0, c0, keep, save=True)
+    pre_fm, h0_fm, c0_fm, keep_fm = _to_fm(st, pre, h0, c0, keep)
+    (h, c), (hs, cs, zs, us) = _forward(st, pre_fm, wmh, wh, h0_fm, c0_fm, keep_fm, save=True)
     zeros_w = (None if w_mh is None else jnp.zeros((0,), w_mh.dtype), jnp.zeros((0,), w_h.dtype))
-    res = (pre, wmh, wh, h0, c0, keep, hs, cs, zs, us, zeros_w)
-    return (hs, (h, c), cs if st.return_cells else None), res
+    zeros_pre = tuple(jnp.zeros((0,), p.dtype) for p in pre)
+    res = (pre_fm, wmh, wh, h0_fm, c0_fm, keep_fm, hs, cs, zs, us, zeros_w, zeros_pre)
+    return (_fm(hs), (h.T, c.T), _fm(cs) if st.return_cells else None), res
 
 
 def _shift(first: jax.Array, stack: jax.Array, keep: jax.Array | None) -> jax.Array:
@@ -147,22 +173,18 @@ def _shift(first: jax.Array, stack: jax.Array, keep: jax.Array | None) -> jax.Ar
 
 
 def _outer_sum(a: jax.Array, b: jax.Array) -> jax.Array:
-    """sum_t a_t^T b_t over all T x B rows as one matmul: [T, B, I], [T, B, J] -> [I, J] float32."""
-    return jax.lax.dot_general(a, b, (((0, 1), (0, 1)), ((), ())),
+    """sum over t, b of a[t, :, b] b[t, :, b]^T as one matmul: [T, I, B], [T, J, B] -> [I, J] f32."""
+    return jax.lax.dot_general(a, b, (((0, 2), (0, 2)), ((), ())),
                                preferred_element_type=jnp.float32)
 
 
 def _bwd(st: Static, res: Any, cts: Any) -> tuple[Any, ...]:
-    pre, wmh, wh, h0, c0, keep, hs, cs, zs, us, (w_mh_like, w_h_like) = res
+    pre, wmh, wh, h0, c0, keep, hs, cs, zs, us, (w_mh_like, w_h_like), pre_like = res
     dhs, (dh_t, dc_t), dcs = cts
     dt, sdt = st.dtype, st.state_dtype
     mlstm = st.kind == "mlstm"
     c_prev = _shift(c0, cs, keep)
     xm = pre[1] if mlstm else None
-    # Transposed once, outside the loop: a transposed operand inside it costs a relayout
-    # (packing) of the whole matrix every step on XLA:CPU.
-    wh_t = wh.T
-    wmh_t = wmh.T if mlstm else None
 
     def step(carry: tuple[jax.Array, jax.Array], inp: Any) -> tuple[Any, Any]:
         # dh: cotangent of the next step's h input before its reset (applied here, keep_next).
@@ -173,40 +195,40 @@ def _bwd(st: Static, res: Any, cts: Any) -> tuple[Any, ...]:
         dh = dh + dhs_t.astype(sdt)
         if dcs_t is not None:
             dc = dc + dcs_t
-        # Activations recomputed from z, four separate ones: measured faster here than the
-        # one-tanh form, which pays in the forward only.
-        (i, f, g, o), _ = _activations(dataclasses.replace(st, fused_gates=False), z_t)
+        # Four separate activations here: measured faster than the one-tanh form, which
+        # pays in the forward only.
+        i, f, g, o = _activations(z_t, False)
         tc = jnp.tanh(c_t)
         dc = dc + dh * o * (1 - tc * tc)
         dz = jnp.concatenate([dc * g * i * (1 - i), dc * cp_t * f * (1 - f),
-                              dc * i * (1 - g * g), dh * tc * o * (1 - o)], axis=-1)
+                              dc * i * (1 - g * g), dh * tc * o * (1 - o)], axis=0)
         dzb = dz.astype(dt)
         dc = dc * f  # this step's reset is applied by the next iteration (its keep_next)
         if mlstm:
-            dm = jnp.dot(dzb, wh_t, preferred_element_type=sdt)
-            dh = jnp.dot((dm * xm_t).astype(dt), wmh_t, preferred_element_type=sdt)
+            dm = jnp.dot(wh, dzb, preferred_element_type=sdt)  # [H, 4H] @ [4H, B]
+            dh = jnp.dot(wmh, (dm * xm_t).astype(dt), preferred_element_type=sdt)
             return (dh, dc), (dzb, dm)
-        return (jnp.dot(dzb, wh_t, preferred_element_type=sdt), dc), (dzb, None)
+        return (jnp.dot(wh, dzb, preferred_element_type=sdt), dc), (dzb, None)
 
-    keep_next = _next_keep(keep)
-    dcs_in = dcs if st.return_cells else None
+    dhs_fm = _fm(dhs)
+    dcs_in = _fm(dcs) if st.return_cells else None
     (dh0, dc0), (dz, dm) = jax.lax.scan(
-        step, (dh_t.astype(sdt), dc_t.astype(sdt)),
-        (dhs, dcs_in, zs, cs, c_prev, xm, keep_next), reverse=True, unroll=st.unroll)
+        step, (dh_t.T.astype(sdt), dc_t.T.astype(sdt)),
+        (dhs_fm, dcs_in, zs, cs, c_prev, xm, _next_keep(keep)), reverse=True, unroll=st.unroll)
     if keep is not None:
         dh0, dc0 = dh0 * keep[0], dc0 * keep[0]
     h_prev = _shift(h0.astype(dt), hs, keep)
-    d_pre_x = dz.astype(pre[0].dtype)
+    d_pre_x = _fm(dz).astype(pre_like[0].dtype)
     if mlstm:
         d_wh = _outer_sum(xm * us, dz)
         d_wmh = _outer_sum(h_prev, (dm * xm).astype(dt)).astype(w_mh_like.dtype)
-        d_pre = (d_pre_x, (dm * us).astype(xm.dtype))
+        d_pre = (d_pre_x, _fm(dm * us).astype(pre_like[1].dtype))
     else:
         d_wh = _outer_sum(h_prev, dz)
         d_pre, d_wmh = (d_pre_x,), None
-    d_keep = None if keep is None else jnp.zeros_like(keep)
-    return (d_pre, d_wmh, d_wh.astype(w_h_like.dtype), dh0.astype(h0.dtype),
-            dc0.astype(c0.dtype), d_keep)
+    d_keep = None if keep is None else jnp.zeros_like(jnp.swapaxes(keep, 1, 2))
+    return (d_pre, d_wmh, d_wh.astype(w_h_like.dtype), dh0.T.astype(h0.dtype),
+            dc0.T.astype(c0.dtype), d_keep)
 
 
 recurrence.defvjp(_fwd, _bwd)
