@@ -1,7 +1,12 @@
-"""The optimizer: clip by global norm, Adam, and the learning-rate schedule, as one optax chain."""
+"""The optimizer: clip by global norm, Adam, and the learning-rate schedule, as one optax chain;
+for fine-tuning, one Adam per part (LM, head) with its own learning rate and an optional freeze."""
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -24,3 +29,49 @@ def make_optimizer(optim: ml_collections.ConfigDict, decay_steps: int, lr: float
     parts.append(optax.scale_by_adam(b1=optim.b1, b2=optim.b2, eps=optim.eps))
     parts.append(optax.scale_by_learning_rate(schedule))
     return optax.chain(*parts), schedule
+
+
+class HoldState(NamedTuple):
+    count: Any  # int32 scalar: updates seen (held or not)
+    inner: optax.OptState
+
+
+def hold_for(inner: optax.GradientTransformation, steps: int) -> optax.GradientTransformation:
+    """``inner``, but its first ``steps`` updates are zeros and leave its state untouched (a
+    frozen part of the model: parameters bit-identical, Adam moments and schedule not started)."""
+
+    def init(params: Any) -> HoldState:
+        return HoldState(count=jnp.zeros((), jnp.int32), inner=inner.init(params))
+
+    def update(updates: Any, state: HoldState, params: Any = None) -> tuple[Any, HoldState]:
+        new_updates, new_inner = inner.update(updates, state.inner, params)
+        held = state.count < steps
+        new_updates = jax.tree.map(lambda u: jnp.where(held, jnp.zeros_like(u), u), new_updates)
+        new_inner = jax.tree.map(lambda a, b: jnp.where(held, a, b), state.inner, new_inner)
+        return new_updates, HoldState(count=state.count + 1, inner=new_inner)
+
+    return optax.GradientTransformation(init, update)
+
+
+def make_finetune_optimizer(optim: ml_collections.ConfigDict, decay_steps: int, *, lr: float,
+                            head_lr: float, freeze_steps: int
+                            ) -> tuple[optax.GradientTransformation, dict[str, optax.Schedule]]:
+    """Clip by global norm, then Adam per part (``optax.multi_transform`` over the top-level
+    keys "lm" and "head" of the parameters): the head at ``head_lr`` from step 0, the LM at
+    ``lr`` held for its first ``freeze_steps`` updates, its schedule running over the rest.
+    Returns (transformation, {"lm": schedule, "head": schedule}) (schedules of each part's count)."""
+    def sched(peak: float, steps: int) -> optax.Schedule:
+        return make_schedule(optim.schedule, peak, warmup_steps=optim.warmup_steps,
+                             decay_steps=max(steps, optim.warmup_steps + 1),
+                             ratio=optim.stlr_ratio, cut_frac=optim.stlr_cut_frac)
+
+    schedules = {"lm": sched(lr, decay_steps - freeze_steps), "head": sched(head_lr, decay_steps)}
+    adam = lambda s: optax.chain(optax.scale_by_adam(b1=optim.b1, b2=optim.b2, eps=optim.eps),
+                                 optax.scale_by_learning_rate(s))
+    parts = {"lm": hold_for(adam(schedules["lm"]), freeze_steps), "head": adam(schedules["head"])}
+    label = lambda params: jax.tree_util.tree_map_with_path(
+        lambda path, _: str(getattr(path[0], "key", path[0])), params)
+    tx = optax.multi_transform(parts, label)
+    if optim.clip > 0:
+        tx = optax.chain(optax.clip_by_global_norm(optim.clip), tx)
+    return tx, schedules

@@ -77,11 +77,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
 
         grads, (new_carry, nats, count) = jax.grad(loss_fn, has_aux=True)(local_params)
         num_bytes = _bytes(batch, count, byte_lengths)
-        flat, unravel = ravel_pytree(grads)
-        total = jax.lax.psum(jnp.concatenate([flat.astype(jnp.float32),
-                                              jnp.stack([nats, count, num_bytes])]),
-                             DATA_AXIS)  # the one all-reduce of the step
-        return unravel(total[:-3]), total[-3], total[-2], total[-1], new_carry
+        grads, sums = allreduce(grads, jnp.stack([nats, count, num_bytes]))
+        return grads, sums[0], sums[1], sums[2], new_carry
 
     sharded_grads = jax.shard_map(
         local_grads, mesh=mesh,
@@ -96,12 +93,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
         global_targets = batch["targets"].shape[0] * batch["targets"].shape[1]
         correction = global_targets / jnp.maximum(count, 1.0)  # -> mean over counted targets
         grads = jax.tree.map(lambda g: g * (correction / ls.scale), scaled)
-        finite = all_finite(grads) if ls.dynamic else jnp.asarray(True)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        if ls.dynamic:  # skip the update when the float16 gradients overflowed
-            params = select_tree(finite, params, state.params)
-            opt_state = select_tree(finite, opt_state, state.opt_state)
+        params, opt_state, finite = apply_update(tx, state, grads)
         acc = {"nats": state.acc["nats"] + nats, "count": state.acc["count"] + count,
                "bytes": state.acc["bytes"] + num_bytes, "steps": state.acc["steps"] + 1}
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
@@ -114,6 +106,30 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
         return new_state, metrics
 
     return train_step
+
+
+def allreduce(grads: Any, sums: jax.Array) -> tuple[Any, jax.Array]:
+    """Inside shard_map: the step's one all-reduce, of the gradients (any pytree) and a float32
+    vector of sums [n] together as one flat float32 vector. Returns (summed grads, summed sums)."""
+    flat, unravel = ravel_pytree(grads)
+    n = sums.shape[0]
+    total = jax.lax.psum(jnp.concatenate([flat.astype(jnp.float32), sums.astype(jnp.float32)]),
+                         DATA_AXIS)
+    return unravel(total[:-n]), total[-n:]
+
+
+def apply_update(tx: optax.GradientTransformation, state: TrainState, grads: Any
+                 ) -> tuple[Any, Any, jax.Array]:
+    """The optimizer update of true (unscaled) ``grads``; with dynamic loss scaling the update is
+    skipped when any gradient is not finite. Returns (params, opt_state, finite)."""
+    ls = state.loss_scale
+    finite = all_finite(grads) if ls.dynamic else jnp.asarray(True)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    if ls.dynamic:  # skip the update when the float16 gradients overflowed
+        params = select_tree(finite, params, state.params)
+        opt_state = select_tree(finite, opt_state, state.opt_state)
+    return params, opt_state, finite
 
 
 def make_eval_step(graphdef: nnx.GraphDef, byte_lengths: np.ndarray | None = None

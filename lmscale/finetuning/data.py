@@ -1,0 +1,175 @@
+"""Labeled texts as classification batches: token ids, lengths, labels and loss weights.
+
+Every row is one text from position 0 (the model starts it from a zero carry), padded at the
+end to the batch's width: the longest text rounded up to a multiple of ``bucket_width``
+(capped at the model's ``max_len``), so few distinct shapes are compiled. A model with a
+length limit (the transformer) reads the last ``max_len`` tokens of a longer text, as
+featurization does.
+
+Training batches are a pure function of the step (exact resume): per epoch a seeded
+permutation of the texts, cut into pools of ``POOL`` batches, each pool sorted by length (little
+padding) and cut into batches, and the batches shuffled; the epoch's remainder (< B texts)
+is left out. Loss weights are normalized over the global batch on the host, so a device's
+loss sum needs no reduction other than the step's one all-reduce.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from lmscale.data.errors import DataError
+
+POOL = 50  # batches per length-sorted pool
+
+
+@dataclasses.dataclass
+class Encoded:
+    """ids: token ids per text; labels int [N] (single-label) or 0/1 [N, K] (multi-label)."""
+    ids: list[np.ndarray]
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def encode(tokenizer: object, preprocess: object, texts: Sequence[str], max_len: int | None,
+           source: str = "texts") -> list[np.ndarray]:
+    """Token ids (int32) of each preprocessed text, cut to its last ``max_len`` tokens if set."""
+    out = []
+    for i, text in enumerate(texts):
+        ids = np.asarray(tokenizer.encode(preprocess(text)), np.int32)
+        if len(ids) == 0:
+            raise DataError(f"{source}: text {i + 1} is empty; every text needs at least one token")
+        out.append(ids if max_len is None else ids[-max_len:])
+    return out
+
+
+def check_labels(labels: np.ndarray, multilabel: bool, num_classes: int, source: str,
+                 names: Sequence[str]) -> None:
+    """Raises DataError naming the file and column unless the labels fit the task."""
+    if multilabel:
+        if labels.ndim != 2:
+            labels = labels.reshape(len(labels), -1)
+        for k, name in enumerate(names):
+            bad = sorted(set(np.unique(labels[:, k]).tolist()) - {0, 1})
+            if bad:
+                raise DataError(f"{source}: label column {name!r} has values {bad[:5]}; "
+                                "multi-label columns must be 0 or 1")
+        return
+    if labels.ndim != 1:
+        raise DataError(f"{source}: {len(names)} label columns given; single-label needs one "
+                        "(set finetune.multilabel=true for several 0/1 columns)")
+    bad = sorted(set(np.unique(labels).tolist()) - set(range(num_classes)))
+    if bad:
+        raise DataError(f"{source}: label column {names[0]!r} has values {bad[:5]} outside the "
+                        f"declared classes 0..{num_classes - 1}")
+
+
+def width_for(lengths: np.ndarray, bucket: int, max_len: int | None) -> int:
+    """The padded width of a batch: max length rounded up to ``bucket``, capped at ``max_len``."""
+    width = -(-int(np.max(lengths)) // bucket) * bucket
+    return width if max_len is None else min(width, max_len)
+
+
+def make_batch(ids: Sequence[np.ndarray], labels: np.ndarray, rows: int, *, pad: int,
+               bucket: int, max_len: int | None, row_weights: np.ndarray) -> dict[str, np.ndarray]:
+    """A batch of ``rows`` rows from the given texts (fewer: filler rows of one pad token and
+    weight 0). Returns tokens int32 [rows, W], lengths int32 [rows], labels int32 [rows] or
+    float32 [rows, K], row_weights float32 [rows] (summing to 1 over real rows), and
+    lm_weights float32 [rows, W] (1 / real targets on positions t whose next token t + 1
+    is a real token of the text, 0 elsewhere: padding is never a target)."""
+    n = len(ids)
+    lengths = np.ones(rows, np.int32)
+    lengths[:n] = [len(x) for x in ids]
+    width = width_for(lengths, bucket, max_len)
+    tokens = np.full((rows, width), pad, np.int32)
+    for r, x in enumerate(ids):
+        tokens[r, :len(x)] = x
+    lab = np.zeros((rows,) + labels.shape[1:], np.float32 if labels.ndim == 2 else np.int32)
+    lab[:n] = labels
+    weights = np.zeros(rows, np.float32)
+    weights[:n] = row_weights / max(float(np.sum(row_weights)), 1e-12)
+    lm_weights = lm_target_weights(lengths, width)
+    lm_weights[n:] = 0.0
+    lm_weights /= max(float(lm_weights.sum()), 1.0)
+    return {"tokens": tokens, "lengths": lengths, "labels": lab, "row_weights": weights,
+            "lm_weights": lm_weights}
+
+
+def lm_target_weights(lengths: np.ndarray, width: int) -> np.ndarray:
+    """float32 [B, W]: 1 where position t predicts a real token (t + 1 < length), else 0."""
+    return (np.arange(width)[None, :] + 1 < lengths[:, None]).astype(np.float32)
+
+
+class TrainBatches:
+    """``batch(step)``: the global training batch of a step (see the module docstring)."""
+
+    def __init__(self, data: Encoded, batch_size: int, *, seed: int, pad: int, bucket: int,
+                 max_len: int | None, class_weights: np.ndarray | None = None) -> None:
+        if len(data) < batch_size:
+            raise DataError(f"{len(data)} training texts are fewer than one batch of {batch_size}")
+        self.data, self.batch_size, self.seed = data, batch_size, seed
+        self.pad, self.bucket, self.max_len = pad, bucket, max_len
+        self.class_weights = class_weights
+        self.steps_per_epoch = len(data) // batch_size
+        self._lengths = np.asarray([len(x) for x in data.ids])
+        self._epoch: tuple[int, np.ndarray] | None = None
+
+    def _order(self, epoch: int) -> np.ndarray:
+        """[steps_per_epoch, B] text indices of each batch of ``epoch``."""
+        if self._epoch is None or self._epoch[0] != epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            perm = rng.permutation(len(self.data))
+            pool = POOL * self.batch_size
+            perm = np.concatenate([p[np.argsort(self._lengths[p], kind="stable")]
+                                   for p in np.split(perm, range(pool, len(perm), pool))])
+            batches = perm[:self.steps_per_epoch * self.batch_size].reshape(-1, self.batch_size)
+            self._epoch = (epoch, batches[rng.permutation(len(batches))])
+        return self._epoch[1]
+
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        epoch, k = divmod(step, self.steps_per_epoch)
+        index = self._order(epoch)[k]
+        labels = self.data.labels[index]
+        weights = np.ones(len(index), np.float32)
+        if self.class_weights is not None and labels.ndim == 1:
+            weights = self.class_weights[labels].astype(np.float32)
+        return make_batch([self.data.ids[i] for i in index], labels, self.batch_size, pad=self.pad,
+                          bucket=self.bucket, max_len=self.max_len, row_weights=weights)
+
+
+def eval_batches(ids: Sequence[np.ndarray], batch_size: int, *, pad: int, bucket: int,
+                 max_len: int | None, num_labels: int = 0):
+    """Yields (indices, batch) over all texts, longest first, in batches of ``batch_size`` rows
+    (the last one padded with filler rows). Labels are zeros (prediction only)."""
+    order = np.argsort([-len(x) for x in ids], kind="stable")
+    shape = (len(ids), num_labels) if num_labels else (len(ids),)
+    dummy = np.zeros(shape, np.int32)
+    for start in range(0, len(order), batch_size):
+        index = order[start:start + batch_size]
+        yield index, make_batch([ids[i] for i in index], dummy[index], batch_size, pad=pad,
+                                bucket=bucket, max_len=max_len,
+                                row_weights=np.ones(len(index), np.float32))
+
+
+def class_weights_from(spec: str, labels: np.ndarray, num_classes: int) -> np.ndarray | None:
+    """"" -> None; "balanced" -> N / (K * count_k) (sklearn's); "w0,w1,..." -> those K weights."""
+    spec = str(spec).strip()
+    if not spec:
+        return None
+    if spec == "balanced":
+        counts = (labels.sum(axis=0) if labels.ndim == 2
+                  else np.bincount(labels, minlength=num_classes)).astype(np.float64)
+        return (len(labels) / (num_classes * np.maximum(counts, 1.0))).astype(np.float32)
+    try:
+        w = np.asarray([float(x) for x in spec.split(",")], np.float32)
+    except ValueError:
+        raise DataError(f"finetune.class_weights must be 'balanced' or {num_classes} numbers, "
+                        f"got {spec!r}") from None
+    if len(w) != num_classes or np.any(w < 0):
+        raise DataError(f"finetune.class_weights has {len(w)} values; the task has {num_classes} "
+                        "classes (each weight >= 0)")
+    return w

@@ -1,0 +1,110 @@
+"""The classifier: any lmscale LM with a classification head on pooled features of its states.
+
+Features of a text (each row read from position 0 with a fresh zero carry, padded at the
+end): for each LM state in ``states`` ("cell", "hidden", ...: the model's ``feature_states``)
+and each pooling in ``poolings`` — "last" (the state after the last real token: the final
+hidden or cell state), "mean" or "max" over the real tokens — the last layer's [B, F] vector,
+concatenated to [B, len(states) * len(poolings) * F]. The head is a linear layer or an MLP
+(hidden widths, activation, dropout) to K outputs: logits of a softmax (single-label) or of
+one sigmoid per class (multi-label). Parameters: ``lm`` (the LM's own) and ``head``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+POOLINGS = ("last", "mean", "max")
+ACTIVATIONS = {"relu": jax.nn.relu, "gelu": jax.nn.gelu, "tanh": jnp.tanh}
+
+
+def pool(x: jax.Array, lengths: jax.Array, pooling: str) -> jax.Array:
+    """x float32 [B, T, F], lengths int32 [B] (>= 1) -> [B, F] over each row's real tokens."""
+    valid = (jnp.arange(x.shape[1])[None, :] < lengths[:, None])[:, :, None]
+    if pooling == "last":
+        return jnp.take_along_axis(x, (lengths - 1)[:, None, None], axis=1)[:, 0]
+    if pooling == "mean":
+        return jnp.sum(jnp.where(valid, x, 0.0), axis=1) / lengths[:, None].astype(x.dtype)
+    if pooling == "max":
+        return jnp.max(jnp.where(valid, x, -jnp.inf), axis=1)
+    raise ValueError(f"pooling must be one of {list(POOLINGS)}, got {pooling!r}")
+
+
+class Head(nnx.Module):
+    """Linear or MLP: [B, D] -> logits float32 [B, K]; dropout on its inputs and hidden layers."""
+
+    def __init__(self, in_dim: int, num_classes: int, hidden: Sequence[int] = (),
+                 activation: str = "relu", dropout: float = 0.0, *, rngs: nnx.Rngs) -> None:
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"head activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"head dropout must be in [0, 1), got {dropout}")
+        widths = [in_dim, *hidden, num_classes]
+        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])])
+        self.activation, self.dropout = activation, float(dropout)
+
+    def __call__(self, x: jax.Array, dropout_keys: jax.Array | None = None) -> jax.Array:
+        """x [B, D]; ``dropout_keys`` None (deterministic) or one key per row [B, 2]."""
+        for i, layer in enumerate(self.layers):
+            if dropout_keys is not None and self.dropout > 0.0:
+                keep = 1.0 - self.dropout
+                mask = jax.vmap(lambda k: jax.random.bernoulli(jax.random.fold_in(k, i), keep,
+                                                               x.shape[1:]))(dropout_keys)
+                x = jnp.where(mask, x / keep, 0.0)
+            x = layer(x)
+            if i + 1 < len(self.layers):
+                x = ACTIVATIONS[self.activation](x)
+        return x.astype(jnp.float32)
+
+
+class Classifier(nnx.Module):
+    """``lm`` (an lmscale LM) + ``head``; see the module docstring."""
+
+    def __init__(self, lm: nnx.Module, num_classes: int, *, states: Sequence[str] = (),
+                 poolings: Sequence[str] = ("last",), hidden: Sequence[int] = (),
+                 activation: str = "relu", dropout: float = 0.0, rngs: nnx.Rngs) -> None:
+        states = tuple(states) or lm.feature_states[:1]
+        for s in states:
+            if s not in lm.feature_states:
+                raise ValueError(f"finetune.state must be among {list(lm.feature_states)} for "
+                                 f"this model, got {s!r}")
+        for p in poolings:
+            if p not in POOLINGS:
+                raise ValueError(f"finetune.pooling must be among {list(POOLINGS)}, got {p!r}")
+        self.lm = lm
+        self.states, self.poolings = states, tuple(poolings)
+        in_dim = len(states) * len(self.poolings) * lm.feature_width
+        self.head = Head(in_dim, num_classes, hidden, activation, dropout, rngs=rngs)
+
+    def features(self, tokens: jax.Array, lengths: jax.Array, carry: Any = None) -> jax.Array:
+        """tokens int32 [B, T] (each row a text from position 0, padded), lengths [B] -> [B, D].
+
+        ``carry``: the LM's zero carry (None: ``initial_carry``; under shard_map pass it
+        device-varying)."""
+        carry = self.lm.initial_carry(tokens.shape[0]) if carry is None else carry
+        out = self.lm.features(tokens, carry)
+        return jnp.concatenate([pool(out[s][-1], lengths, p)
+                                for s in self.states for p in self.poolings], axis=-1)
+
+    def __call__(self, tokens: jax.Array, lengths: jax.Array,
+                 dropout_keys: jax.Array | None = None, carry: Any = None) -> jax.Array:
+        """Logits float32 [B, K]."""
+        return self.head(self.features(tokens, lengths, carry), dropout_keys)
+
+    def lm_logits(self, tokens: jax.Array, carry: Any = None) -> jax.Array:
+        """Next-token logits float32 [B, T, V] of the LM on the texts (fresh zero carry)."""
+        carry = self.lm.initial_carry(tokens.shape[0]) if carry is None else carry
+        logits, _ = self.lm(tokens, carry)
+        return logits
+
+
+def build_classifier(lm: nnx.Module, num_classes: int, finetune: Any, seed: int) -> Classifier:
+    """The classifier that ``config.finetune`` describes, around ``lm``; the head from ``seed``."""
+    split = lambda s: tuple(x.strip() for x in str(s).split(",") if x.strip())
+    return Classifier(lm, num_classes, states=split(finetune.state), poolings=split(finetune.pooling),
+                      hidden=tuple(int(h) for h in split(finetune.head_hidden)),
+                      activation=finetune.head_activation, dropout=finetune.head_dropout,
+                      rngs=nnx.Rngs(seed + 7))

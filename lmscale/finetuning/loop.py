@@ -1,0 +1,300 @@
+"""Fine-tuning a trained LM into a text classifier: ``finetune(config, workdir)``.
+
+Built from the LM trainer's pieces: the TrainState (its carry empty: every text starts from
+zeros), orbax Checkpointer (every ``checkpoint.every`` steps, at the end and on SIGTERM/SIGINT
+via StopSignal; exact resume), MetricsWriter (metrics.jsonl + TensorBoard), precision policy
+and loss scale, mesh and the shard_map step with one all-reduce (finetuning/steps.py).
+
+Only the LM's parameters come from ``config.init_from`` (its model config, tokenizer and
+preprocessing too); the head starts fresh. Validation every ``train.eval_every`` steps; the
+best state by ``finetune.best_metric`` is kept in WORKDIR/best/ and named in best.json. At
+the end the best parameters predict the validation texts; multi-label thresholds are tuned
+there (thresholds.json) and used for every later prediction; results.json holds the metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from lmscale.config import ConfigError, load_config, save_config, scaled_lr
+from lmscale.data.errors import DataError
+from lmscale.finetuning.data import Encoded, TrainBatches, check_labels, class_weights_from, encode
+from lmscale.finetuning.head import build_classifier
+from lmscale.finetuning.metrics import (METRICS, better, classification_metrics, format_table,
+                                        tune_thresholds)
+from lmscale.finetuning.predict import predict_probs, put_batch, write_predictions
+from lmscale.finetuning.steps import BATCH_KEYS, make_finetune_step, make_predict_fn, zero_acc
+from lmscale.models import build_model
+from lmscale.pretrained.preprocess import preprocessor_for
+from lmscale.training import mesh as mesh_lib
+from lmscale.training.checkpoints import Checkpointer, check_same_model
+from lmscale.training.metrics import MetricsWriter
+from lmscale.training.optimizer import make_finetune_optimizer
+from lmscale.training.precision import LossScale, Policy
+from lmscale.training.restore import TrainedLM, load_trained
+from lmscale.training.state import TrainState, state_shardings
+from lmscale.training.stop import StopSignal
+from lmscale.transfer.labeled import Labeled, load_labeled
+
+HEAD_FIELDS = ("multilabel", "state", "pooling", "head_hidden", "head_activation")
+
+
+def load_lm(path: str) -> TrainedLM:
+    """The LM of ``init_from``; a one-line error unless it is an lmscale LM workdir."""
+    if not path:
+        raise ConfigError("init_from is empty: give --config.init_from=LM_WORKDIR (a trained LM run)")
+    config_path = os.path.join(path, "config.json")
+    if not os.path.exists(config_path):
+        raise ConfigError(f"init_from={path} is not an lmscale LM workdir: no config.json there")
+    if load_config(config_path)[0].init_from:
+        raise ConfigError(f"init_from={path} is a fine-tuned classifier run, not a language model")
+    return load_trained(path)
+
+
+def resolve_config(config: ml_collections.ConfigDict, lm: TrainedLM) -> ml_collections.ConfigDict:
+    """The run's config with the LM's model section (its architecture; dropouts are the LM's)."""
+    record = config.to_dict()
+    record["model"] = lm.config.model.to_dict()
+    out = ml_collections.ConfigDict(record)
+    out.lock()
+    return out
+
+
+def load_splits(ft: ml_collections.ConfigDict) -> tuple[dict[str, Labeled], int, list[str]]:
+    """Labeled train/val(/test) checked against the task: (splits, classes, class names)."""
+    if not ft.train or not ft.val:
+        raise ConfigError("finetune.train and finetune.val must both be given")
+    splits = {name: load_labeled(spec, text_column=ft.text_column, label_column=ft.label_column)
+              for name, spec in (("train", ft.train), ("val", ft.val), ("test", ft.test)) if spec}
+    names = splits["train"].label_names
+    if ft.multilabel:
+        k, class_names = len(names), list(names)
+    else:
+        k = ft.num_classes or int(splits["train"].labels.max()) + 1
+        class_names = [str(i) for i in range(k)]
+        if k < 2:
+            raise DataError(f"{ft.train}: one class only; classification needs two or more")
+    for d in splits.values():
+        check_labels(d.labels, ft.multilabel, k, d.source, d.label_names)
+    return splits, k, class_names
+
+
+def _assign_lm(params: Any, lm_params: Any) -> Any:
+    """``params`` with every "lm" leaf replaced by the LM checkpoint's leaf at the same path."""
+    key = lambda path: tuple(str(getattr(p, "key", getattr(p, "name", p))) for p in path)
+    saved = {key(path): x for path, x in jax.tree_util.tree_flatten_with_path(lm_params)[0]}
+
+    def pick(path: tuple, x: Any) -> Any:
+        if key(path[:1]) != ("lm",):
+            return x
+        y = saved[key(path[1:])]
+        if y.shape != x.shape:
+            raise ConfigError(f"LM parameter {key(path)} has shape {y.shape}, expected {x.shape}")
+        return y
+    return jax.tree_util.tree_map_with_path(pick, params)
+
+
+def finetune(config: ml_collections.ConfigDict, workdir: str,
+             devices: list[jax.Device] | None = None) -> dict[str, Any]:
+    """Fine-tunes (or resumes) the classifier in ``workdir``; returns the results dict."""
+    mesh = mesh_lib.make_mesh(devices)
+    ft = config.finetune
+    if ft.best_metric not in METRICS:
+        raise ConfigError(f"finetune.best_metric must be one of {list(METRICS)}, got {ft.best_metric!r}")
+    if config.train.batch_size % mesh.size:
+        raise ConfigError(f"train.batch_size={config.train.batch_size} is not divisible by the "
+                          f"{mesh.size} devices")
+    splits, num_classes, class_names = load_splits(ft)  # bad data fails before any work
+    lm = load_lm(config.init_from)
+    config = resolve_config(config, lm)
+    os.makedirs(workdir, exist_ok=True)
+    is_main = jax.process_index() == 0
+    progress = config.train.progress_bar and is_main
+
+    policy = Policy.from_compute(config.precision.compute)
+    lm_model = build_model(config.model, lm.tokenizer.vocab_size, rngs=nnx.Rngs(config.seed),
+                           dtype=policy.compute)
+    classifier = build_classifier(lm_model, num_classes, ft, config.seed)
+    graphdef, params = nnx.split(classifier, nnx.Param)
+    params = _assign_lm(params, jax.device_get(lm.params))
+    max_len, pad = lm_model.max_len, lm.tokenizer.pad_id or 0
+    prep = preprocessor_for(lm.derived)
+    enc = {n: Encoded(encode(lm.tokenizer, prep, d.texts, max_len, d.source),
+                      d.labels.astype(np.float32) if ft.multilabel else d.labels)
+           for n, d in splits.items()}
+    cw = class_weights_from(ft.class_weights, splits["train"].labels, num_classes)
+    batches = TrainBatches(enc["train"], config.train.batch_size, seed=config.seed, pad=pad,
+                           bucket=ft.bucket_width, max_len=max_len, class_weights=cw)
+    steps = config.train.steps
+    if config.train.epochs > 0:
+        steps = min(steps, max(1, int(np.ceil(config.train.epochs * batches.steps_per_epoch))))
+    decay = config.optim.decay_steps or steps
+    lr = scaled_lr(config.optim, config.train.batch_size)
+    head_lr = ft.head_lr or lr
+    tx, schedules = make_finetune_optimizer(config.optim, decay, lr=lr, head_lr=head_lr,
+                                            freeze_steps=ft.freeze_steps)
+    p = config.precision
+    state = TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
+                       opt_state=tx.init(params), carry=(), rng=jax.random.PRNGKey(config.seed + 1),
+                       acc=zero_acc(), loss_scale=LossScale.create(
+                           policy.needs_loss_scaling, p.loss_scale_init, p.loss_scale_factor,
+                           p.loss_scale_window))
+    shardings = state_shardings(state, mesh)
+    signature = {**{f"model.{k}": v for k, v in config.model.items()},
+                 "data.tokenizer": lm.tokenizer.to_dict(), "vocab_size": lm.tokenizer.vocab_size,
+                 "num_classes": num_classes, **{f"finetune.{k}": ft[k] for k in HEAD_FIELDS}}
+    checkpointer = Checkpointer(workdir, keep=config.checkpoint.keep)
+    best_ckpt = Checkpointer(os.path.join(workdir, "best"), keep=1)
+    if checkpointer.latest_step() is not None:
+        meta = checkpointer.read_meta()
+        check_same_model(meta["signature"], signature, workdir)
+        state = checkpointer.restore(state, shardings)
+    else:
+        state = jax.device_put(state, shardings)
+    start = int(jax.device_get(state.step))
+    derived = {"steps": steps, "steps_per_epoch": batches.steps_per_epoch, "decay_steps": decay,
+               "lr": lr, "head_lr": head_lr, "num_classes": num_classes, "class_names": class_names,
+               "class_weights": None if cw is None else cw.tolist(),
+               "init_from": os.path.abspath(config.init_from), "lm_step": lm.step,
+               "preprocess": lm.derived.get("preprocess", "none"), "devices": mesh.size,
+               "precision": str(policy), "texts": {n: len(d) for n, d in splits.items()}}
+    if is_main:
+        lm.tokenizer.save(workdir)  # the run is self-contained for lmscale.classify
+        save_config(config, derived, os.path.join(workdir, "config.json"))
+    meta = {"signature": signature, "precision": config.precision.compute,
+            "config": config.to_dict(), "derived": derived}
+
+    step_fns: dict[bool, Any] = {}
+
+    def step_fn(train_lm: bool) -> Any:
+        if train_lm not in step_fns:
+            fn = make_finetune_step(graphdef, tx, mesh, multilabel=ft.multilabel, class_weights=cw,
+                                    aux_weight=ft.aux_lm_weight, train_lm=train_lm,
+                                    dropout=ft.head_dropout > 0)
+            rows = mesh_lib.batch_sharded(mesh)
+            step_fns[train_lm] = jax.jit(fn, in_shardings=(shardings, dict.fromkeys(BATCH_KEYS, rows)),
+                                         out_shardings=(shardings, mesh_lib.replicated(mesh)),
+                                         donate_argnums=0)
+        return step_fns[train_lm]
+
+    predict_fn = make_predict_fn(graphdef, mesh, ft.multilabel)
+    settings = dict(batch_size=config.train.eval_batch_size, pad=pad, bucket=ft.bucket_width,
+                    max_len=max_len)
+    val_ids = enc["val"].ids[:ft.max_val_texts or None]
+    val_labels = enc["val"].labels[:len(val_ids)]
+
+    def validate(params: Any) -> tuple[dict[str, Any], np.ndarray, np.ndarray | None]:
+        probs = predict_probs(predict_fn, params, val_ids, mesh, **settings)
+        thresholds = tune_thresholds(probs, val_labels) if ft.multilabel else None
+        return (classification_metrics(probs, val_labels, ft.multilabel, class_names, thresholds),
+                probs, thresholds)
+
+    best_path = os.path.join(workdir, "best.json")
+    best = json.load(open(best_path)) if os.path.exists(best_path) else None
+    if is_main:
+        _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), start)
+    writer = MetricsWriter(workdir)
+    t0, timed = time.perf_counter(), 0
+    step = start
+    with StopSignal(config.train.stop_sync_every) as stop:
+        while step < steps and not stop.should_stop(step):
+            batch = put_batch(batches.batch(step), mesh, BATCH_KEYS)
+            state, metrics = step_fn(step >= ft.freeze_steps)(state, batch)
+            step, timed = step + 1, timed + 1
+            if step % config.train.log_every == 0 or step == steps:
+                acc, metrics, ls = jax.device_get((state.acc, metrics, state.loss_scale))
+                n = max(int(acc["steps"]), 1)
+                elapsed = time.perf_counter() - t0
+                lm_count = max(step - ft.freeze_steps - 1, 0)
+                record = {"step": step, "split": "train", "loss": float(acc["loss"]) / n,
+                          "aux_lm_loss": float(acc["aux_loss"]) / n,
+                          "accuracy": float(acc["correct"]) / max(float(acc["rows"]), 1.0),
+                          "lr": float(schedules["head"](step - 1)),
+                          "lm_lr": 0.0 if step <= ft.freeze_steps else float(schedules["lm"](lm_count)),
+                          "grad_norm": float(metrics["grad_norm"]), "loss_scale": float(ls.scale),
+                          "skipped": int(ls.skipped), "epoch": step / batches.steps_per_epoch,
+                          "steps_per_s": timed / elapsed,
+                          "texts_per_s": timed * config.train.batch_size / elapsed}
+                writer.write(record)
+                if progress:
+                    print(f"step {step}/{steps}: loss {record['loss']:.4f} accuracy "
+                          f"{record['accuracy']:.4f} lr {record['lr']:.2e}", file=sys.stderr, flush=True)
+                state = state.replace(acc=jax.device_put(jax.tree.map(np.asarray, zero_acc()),
+                                                         mesh_lib.replicated(mesh)))
+                t0, timed = time.perf_counter(), 0
+            if (config.train.eval_every and step % config.train.eval_every == 0) or step == steps:
+                m, _, _ = validate(state.params)
+                writer.write({"step": step, "split": "val",
+                              **{k: v for k, v in m.items() if k != "per_class"}})
+                value = m[ft.best_metric]
+                if best is None or better(ft.best_metric, value, best["value"]):
+                    best_ckpt.save(state, meta)
+                    best = {"step": step, "metric": ft.best_metric, "value": value}
+                    if is_main:
+                        _write_json(best_path, best)
+                if progress:
+                    print(f"step {step}: val {ft.best_metric} {value:.4f} (best {best['value']:.4f} "
+                          f"at step {best['step']})", file=sys.stderr, flush=True)
+                t0, timed = time.perf_counter(), 0
+            if step % config.checkpoint.every == 0 and step < steps:
+                checkpointer.save(state, meta)
+        checkpointer.save(state, meta)
+        checkpointer.close()
+    writer.close()
+    if stop.signal is not None:
+        best_ckpt.close()
+        print(f"stopped by signal {stop.signal} at step {step}; checkpoint saved, re-run to resume")
+        return {"step": step, "stopped_by_signal": stop.signal}
+    best_ckpt.wait()
+    params = best_ckpt.restore_params(state.params, mesh_lib.replicated(mesh), best["step"])
+    best_ckpt.close()
+    return _final_results(workdir, params, predict_fn, enc, splits, ft, class_names, settings,
+                          mesh, best, is_main)
+
+
+def _final_results(workdir: str, params: Any, predict_fn: Any, enc: dict[str, Encoded],
+                   splits: dict[str, Labeled], ft: Any, class_names: list[str],
+                   settings: dict[str, Any], mesh: Any, best: dict[str, Any], is_main: bool
+                   ) -> dict[str, Any]:
+    """Best parameters on all of val (thresholds tuned there) and on test; results.json."""
+    probs = {n: predict_probs(predict_fn, params, enc[n].ids, mesh, **settings)
+             for n in ("val", "test") if n in enc}
+    thresholds = tune_thresholds(probs["val"], enc["val"].labels) if ft.multilabel else None
+    results = {"best": best, "thresholds": None if thresholds is None else
+               dict(zip(class_names, thresholds.tolist())), "metrics": {}}
+    for name, pr in probs.items():
+        results["metrics"][name] = classification_metrics(pr, enc[name].labels, ft.multilabel,
+                                                          class_names, thresholds)
+    if is_main:
+        if thresholds is not None:
+            _write_json(os.path.join(workdir, "thresholds.json"),
+                        {"classes": class_names, "thresholds": thresholds.tolist(),
+                         "step": best["step"], "tuned_on": ft.val})
+        from lmscale.finetuning.metrics import predict_labels
+        write_predictions(os.path.join(workdir, "val_predictions.csv"), splits["val"].texts,
+                          probs["val"], predict_labels(probs["val"], ft.multilabel, thresholds),
+                          class_names, ft.multilabel)
+        _write_json(os.path.join(workdir, "results.json"), results)
+        print(format_table(results["metrics"]))
+    return results
+
+
+def _write_json(path: str, record: dict[str, Any]) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _truncate_metrics(path: str, after_step: int) -> None:
+    from lmscale.training.loop import _truncate_metrics as truncate  # the LM trainer's rule
+    truncate(path, after_step)

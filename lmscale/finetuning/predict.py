@@ -1,0 +1,52 @@
+"""Predictions of a classifier over texts, and the predictions CSV that ``lmscale.classify`` writes."""
+
+from __future__ import annotations
+
+import csv
+import os
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from lmscale.finetuning.data import eval_batches
+from lmscale.training import mesh as mesh_lib
+
+
+def put_batch(batch: dict[str, np.ndarray], mesh: Mesh, keys: Sequence[str]) -> dict[str, jax.Array]:
+    """This process's rows of a global host batch, as global arrays sharded by rows."""
+    rows = len(batch[keys[0]])
+    start, stop = mesh_lib.local_rows(mesh, rows)
+    sharding = mesh_lib.batch_sharded(mesh)
+    return {k: mesh_lib.put_global(batch[k][start:stop], sharding, rows) for k in keys}
+
+
+def predict_probs(predict_fn: Callable, params: Any, ids: Sequence[np.ndarray], mesh: Mesh, *,
+                  batch_size: int, pad: int, bucket: int, max_len: int | None) -> np.ndarray:
+    """Probabilities [N, K] (float64) of ``predict_fn(params, tokens, lengths)`` over all texts,
+    in their order. ``batch_size`` is rounded up to a multiple of the devices."""
+    rows = -(-batch_size // mesh.size) * mesh.size
+    out: np.ndarray | None = None
+    for index, batch in eval_batches(ids, rows, pad=pad, bucket=bucket, max_len=max_len):
+        b = put_batch(batch, mesh, ("tokens", "lengths"))
+        probs = np.asarray(jax.device_get(predict_fn(params, b["tokens"], b["lengths"])), np.float64)
+        if out is None:
+            out = np.zeros((len(ids), probs.shape[1]), np.float64)
+        out[index] = probs[:len(index)]
+    return out
+
+
+def write_predictions(path: str, texts: Sequence[str], probs: np.ndarray, pred: np.ndarray,
+                      class_names: Sequence[str], multilabel: bool) -> None:
+    """CSV: text, p_<class> per class, then the predicted label (single-label) or one 0/1
+    column per class (multi-label). Written to a temporary file renamed at the end."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["text", *[f"p_{c}" for c in class_names],
+                    *(class_names if multilabel else ["label"])])
+        for i, text in enumerate(texts):
+            tail = [int(v) for v in pred[i]] if multilabel else [class_names[int(pred[i])]]
+            w.writerow([text, *[f"{p:.6f}" for p in probs[i]], *tail])
+    os.replace(tmp, path)

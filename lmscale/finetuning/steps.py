@@ -1,0 +1,154 @@
+"""The fine-tuning step and the prediction step, jitted over the run's mesh.
+
+The same machinery as LM training (lmscale.training.steps): the loss and its gradients run per
+device under ``jax.shard_map`` on the device's rows, the parameters marked device-varying so
+each device's gradient stays local, then gradients and metric sums are reduced by the one
+all-reduce of the step (``steps.allreduce``); the optimizer update with float16 loss-scale
+skipping is ``steps.apply_update``. Loss weights come normalized over the global batch (see
+data.py), so the summed loss is the batch mean whatever the device count.
+
+A batch: tokens int32 [B, W], lengths int32 [B], labels int32 [B] or float32 [B, K],
+row_weights float32 [B], lm_weights float32 [B, W].
+
+Loss = classification loss + ``aux_weight`` x next-token LM loss on the texts, whose targets
+are the real tokens only (``lm_weights``; sentiment-discovery's mask counted the padding).
+While the LM is frozen (``train_lm`` False) its parameters are under ``stop_gradient``: no
+backward pass through it, its gradients are zeros and only the head's are all-reduced.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.flatten_util import ravel_pytree
+from jax.sharding import Mesh, PartitionSpec as P
+
+from lmscale.training import mesh as mesh_lib
+from lmscale.training.loss import cross_entropy_sums
+from lmscale.training.mesh import DATA_AXIS
+from lmscale.training.state import TrainState
+from lmscale.training.steps import allreduce, apply_update, row_dropout_keys
+
+Batch = dict[str, jax.Array]
+BATCH_KEYS = ("tokens", "lengths", "labels", "row_weights", "lm_weights")
+SUMS = ("loss", "aux_loss", "correct", "rows")  # per-step metric sums, in the all-reduce
+
+
+def part(path: tuple) -> str:
+    """"lm" or "head": the top-level key of a parameter's path."""
+    return str(getattr(path[0], "key", path[0]))
+
+
+def classification_loss(logits: jax.Array, labels: jax.Array, row_weights: jax.Array,
+                        multilabel: bool, class_weights: jax.Array | None = None) -> jax.Array:
+    """Weighted sum over rows of the softmax cross entropy (labels [B]) or of the mean over
+    classes of the sigmoid cross entropy (labels [B, K], times ``class_weights`` [K])."""
+    logits = logits.astype(jnp.float32)
+    if multilabel:
+        per = optax.sigmoid_binary_cross_entropy(logits, labels.astype(jnp.float32))
+        if class_weights is not None:
+            per = per * class_weights
+        per_row = jnp.mean(per, axis=-1)
+    else:
+        per_row = optax.softmax_cross_entropy_with_integer_labels(logits, labels.astype(jnp.int32))
+    return jnp.sum(per_row * row_weights)
+
+
+def aux_lm_loss(lm_logits: jax.Array, tokens: jax.Array, lm_weights: jax.Array) -> jax.Array:
+    """Weighted next-token NLL: position t predicts tokens[:, t + 1] with weight lm_weights[:, t]
+    (logits [B, W, V], tokens [B, W], weights [B, W]; the last column has no target)."""
+    nats, _ = cross_entropy_sums(lm_logits[:, :-1], tokens[:, 1:], lm_weights[:, :-1])
+    return nats
+
+
+def correct_count(logits: jax.Array, labels: jax.Array, row_weights: jax.Array,
+                  multilabel: bool) -> tuple[jax.Array, jax.Array]:
+    """(right answers, real rows): argmax == label, or the fraction of labels right at p > 0.5."""
+    real = (row_weights > 0).astype(jnp.float32)
+    if multilabel:
+        right = jnp.mean(((logits > 0) == (labels > 0.5)).astype(jnp.float32), axis=-1)
+    else:
+        right = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+    return jnp.sum(right * real), jnp.sum(real)
+
+
+def make_finetune_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, mesh: Mesh, *,
+                       multilabel: bool, class_weights: np.ndarray | None, aux_weight: float,
+                       train_lm: bool, dropout: bool
+                       ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    """Returns ``step(state, batch) -> (state, metrics)``; pure, to be jitted over ``mesh``.
+
+    ``state.acc`` accumulates the SUMS and "steps" between train log records.
+    """
+    cw = None if class_weights is None or not multilabel else jnp.asarray(class_weights, jnp.float32)
+
+    def local(params: Any, batch: Batch, key: jax.Array, scale: jax.Array) -> tuple[Any, jax.Array]:
+        rows = batch["tokens"].shape[0]
+        keys = row_dropout_keys(key, jax.lax.axis_index(DATA_AXIS) * rows, rows) if dropout else None
+        local_params = jax.lax.pcast(params, DATA_AXIS, to="varying")
+
+        def loss_fn(p: Any) -> tuple[jax.Array, jax.Array]:
+            if not train_lm:
+                p = jax.tree_util.tree_map_with_path(
+                    lambda path, x: jax.lax.stop_gradient(x) if part(path) == "lm" else x, p)
+            model = nnx.merge(graphdef, p)
+            carry = jax.lax.pcast(model.lm.initial_carry(rows), DATA_AXIS, to="varying")
+            logits = model(batch["tokens"], batch["lengths"], keys, carry)
+            loss = classification_loss(logits, batch["labels"], batch["row_weights"], multilabel, cw)
+            aux = jnp.zeros((), jnp.float32)
+            if aux_weight > 0:
+                aux = aux_lm_loss(model.lm_logits(batch["tokens"], carry), batch["tokens"],
+                                  batch["lm_weights"])
+            right, real = correct_count(logits, batch["labels"], batch["row_weights"], multilabel)
+            return (loss + aux_weight * aux) * scale, jnp.stack([loss, aux, right, real])
+
+        grads, sums = jax.grad(loss_fn, has_aux=True)(local_params)
+        if train_lm:
+            return allreduce(grads, sums)
+        # Frozen LM: its gradients are zeros on every device; reduce the head's only.
+        flat, treedef = jax.tree_util.tree_flatten_with_path(grads)
+        head = [g for path, g in flat if part(path) == "head"]
+        head, sums = allreduce(head, sums)
+        it = iter(head)
+        zeros = [jnp.zeros_like(x) for x in jax.tree.leaves(params)]  # replicated, not varying
+        return jax.tree_util.tree_unflatten(
+            treedef, [next(it) if part(path) == "head" else z
+                      for (path, _), z in zip(flat, zeros)]), sums
+
+    sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P(), P()),
+                            out_specs=(P(), P()))
+
+    def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        key = jax.random.fold_in(state.rng, state.step)
+        ls = state.loss_scale
+        scaled, sums = sharded(state.params, batch, key, ls.scale)
+        grads = jax.tree.map(lambda g: g / ls.scale, scaled)
+        params, opt_state, finite = apply_update(tx, state, grads)
+        acc = {k: state.acc[k] + sums[i] for i, k in enumerate(SUMS)}
+        acc["steps"] = state.acc["steps"] + 1
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                                  acc=acc, loss_scale=ls.update(finite))
+        return new_state, {"grad_norm": optax.tree.norm(grads), "finite": finite}
+
+    return step
+
+
+def zero_acc() -> dict[str, jax.Array]:
+    """The running sums of a fine-tuning state (float32 SUMS and int32 steps)."""
+    return {**{k: jnp.zeros((), jnp.float32) for k in SUMS}, "steps": jnp.zeros((), jnp.int32)}
+
+
+def make_predict_fn(graphdef: nnx.GraphDef, mesh: Mesh, multilabel: bool) -> Callable:
+    """jit(params, tokens [B, W], lengths [B]) -> probabilities float32 [B, K] (softmax or
+    sigmoids), rows sharded in, replicated out; deterministic (no dropout)."""
+    def fn(params: Any, tokens: jax.Array, lengths: jax.Array) -> jax.Array:
+        logits = nnx.merge(graphdef, params)(tokens, lengths)
+        return jax.nn.sigmoid(logits) if multilabel else jax.nn.softmax(logits, axis=-1)
+
+    rows, rep = mesh_lib.batch_sharded(mesh), mesh_lib.replicated(mesh)
+    return jax.jit(fn, in_shardings=(rep, rows, rows), out_shardings=rep)
