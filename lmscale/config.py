@@ -122,6 +122,30 @@ def default_config() -> ml_collections.ConfigDict:
     c.checkpoint.every = 1000  # steps between checkpoints (also at the end and on SIGTERM/SIGINT)
     c.checkpoint.keep = 3  # most recent checkpoints kept on disk
     c.checkpoint.fallback = False  # resume from the previous checkpoint when the latest is unreadable (it is moved aside)
+
+    # Fine-tuning an LM into a classifier (`lmscale.finetune`); the LM language-model run whose
+    # parameters, model config, tokenizer and preprocessing the classifier starts from.
+    c.init_from = ""  # fine-tuning: the trained LM's workdir (only its parameters are restored)
+    c.finetune = ml_collections.ConfigDict()
+    c.finetune.train = ""  # labeled training texts: .csv/.tsv/.jsonl or tfds:NAME/SPLIT
+    c.finetune.val = ""  # labeled validation texts: best checkpoint, multi-label thresholds
+    c.finetune.test = ""  # labeled test texts, scored once at the end with the best checkpoint ("" = none)
+    c.finetune.text_column = "sentence"  # column/field holding the text
+    c.finetune.label_column = "label"  # single-label: one column of class ids 0..K-1; multi-label: comma-separated 0/1 columns
+    c.finetune.multilabel = False  # a sigmoid per label column (else one softmax over the classes)
+    c.finetune.num_classes = 0  # single-label classes; 0 = max train label + 1 (labels outside 0..K-1 are an error)
+    c.finetune.state = ""  # LM states pooled into features, comma-separated ("cell,hidden"); "" = the model's default
+    c.finetune.pooling = "last"  # poolings over the text, comma-separated: last (final state), mean, max
+    c.finetune.head_hidden = ""  # MLP hidden widths, comma-separated ("" = a linear head)
+    c.finetune.head_activation = "relu"  # MLP activation: relu, gelu or tanh
+    c.finetune.head_dropout = 0.0  # dropout on the features and MLP hidden layers (training only)
+    c.finetune.class_weights = ""  # loss weight per class, comma-separated, or "balanced" (inverse frequency); "" = all 1
+    c.finetune.aux_lm_weight = 0.0  # weight of the auxiliary next-token LM loss on the texts (real tokens only); 0 = off
+    c.finetune.freeze_steps = 0  # the LM stays frozen (bit-identical) for the first this many steps
+    c.finetune.head_lr = 0.0  # peak learning rate of the head; 0 = the LM's (optim.lr)
+    c.finetune.bucket_width = 32  # batch widths are rounded up to a multiple of this many tokens (fewer compiled shapes)
+    c.finetune.best_metric = "accuracy"  # val metric that picks the best checkpoint: accuracy, macro_f1, micro_f1, jaccard or loss
+    c.finetune.max_val_texts = 0  # validate on the first this many val texts during training (0 = all); the end uses all
     return c
 
 
