@@ -191,10 +191,11 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         checkpointer.save(state, meta)
         checkpointer.close()
     writer.close()
-    if stop.signal is not None and progress:
-        print(f"stopped by signal {stop.signal} at step {step}; checkpoint saved, re-run to resume")
+    if stop.stopping and progress:
+        print(f"stopped by signal {stop.signal or '(in another process)'} at step {step}; "
+              f"checkpoint saved, re-run to resume")
     last["step"] = step
-    last["stopped_by_signal"] = stop.signal
+    last["stopped_by_signal"] = stop.signal if stop.stopping else None
     return last
 
 

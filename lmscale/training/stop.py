@@ -26,7 +26,8 @@ class StopSignal:
     """
 
     def __init__(self, every: int = 10, processes: int | None = None) -> None:
-        self.signal: int | None = None
+        self.signal: int | None = None  # the signal this process received
+        self.stopping = False  # agreed: every process stops at this step boundary
         self.every = max(int(every), 1)
         self.processes = jax.process_count() if processes is None else processes
         self._previous: dict[int, Any] = {}
@@ -50,13 +51,10 @@ class StopSignal:
         """One process: whether a signal came. Many: at every ``every``-th step, whether any
         process got one (a collective; all processes must call this at the same steps)."""
         if self.processes == 1:
-            return self.signal is not None
-        if step % self.every:
-            return False
-        stopped = agreed_any(self.signal is not None)
-        if stopped and self.signal is None:
-            self.signal = signal.SIGTERM  # another process got it
-        return stopped
+            self.stopping = self.signal is not None
+        elif step % self.every == 0:
+            self.stopping = agreed_any(self.signal is not None)
+        return self.stopping
 
 
 def agreed_any(flag: bool) -> bool:
