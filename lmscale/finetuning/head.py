@@ -5,7 +5,7 @@ end): for each LM state in ``states`` ("cell", "hidden", ...: the model's ``feat
 and each pooling in ``poolings`` — "last" (the state after the last real token: the final
 hidden or cell state), "mean" or "max" over the real tokens — the last layer's [B, F] vector,
 concatenated to [B, len(states) * len(poolings) * F]. The head is a linear layer or an MLP
-(hidden widths, activation, dropout) to K outputs: logits of a softmax (single-label) or of
+(hidden widths, activation, dropout) after a LayerNorm of the features, to K outputs: logits of a softmax (single-label) or of
 one sigmoid per class (multi-label). Parameters: ``lm`` (the LM's own) and ``head``.
 """
 
@@ -43,11 +43,14 @@ class Head(nnx.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"head dropout must be in [0, 1), got {dropout}")
         widths = [in_dim, *hidden, num_classes]
+        # LM states differ in scale (a cell state grows with the text): normalized per text.
+        self.norm = nnx.LayerNorm(in_dim, rngs=rngs)
         self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])])
         self.activation, self.dropout = activation, float(dropout)
 
     def __call__(self, x: jax.Array, dropout_keys: jax.Array | None = None) -> jax.Array:
         """x [B, D]; ``dropout_keys`` None (deterministic) or one key per row [B, 2]."""
+        x = self.norm(x.astype(jnp.float32))
         for i, layer in enumerate(self.layers):
             if dropout_keys is not None and self.dropout > 0.0:
                 keep = 1.0 - self.dropout

@@ -50,3 +50,40 @@ def write_predictions(path: str, texts: Sequence[str], probs: np.ndarray, pred: 
             tail = [int(v) for v in pred[i]] if multilabel else [class_names[int(pred[i])]]
             w.writerow([text, *[f"{p:.6f}" for p in probs[i]], *tail])
     os.replace(tmp, path)
+
+
+def read_texts(path: str, text_column: str) -> list[str]:
+    """The texts of a .csv/.tsv (column ``text_column``) or .jsonl (field) file; DataError names
+    the file and the columns there when the column is missing, or the row of an empty text."""
+    import json
+    import sys
+
+    from lmscale.data.errors import DataError
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such file")
+    ext = os.path.splitext(path)[1].lower()
+    texts: list[str] = []
+    if ext in (".csv", ".tsv"):
+        csv.field_size_limit(sys.maxsize)
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f, delimiter="\t" if ext == ".tsv" else ",")
+            if text_column not in (reader.fieldnames or []):
+                raise DataError(f"{path}: no column {text_column!r}; columns are "
+                                f"{list(reader.fieldnames or [])} (set --text_column)")
+            texts = [row[text_column] or "" for row in reader]
+    elif ext in (".jsonl", ".json"):
+        with open(path, encoding="utf-8") as f:
+            for i, line in enumerate(f, start=1):
+                if line.strip():
+                    obj = json.loads(line)
+                    if text_column not in obj:
+                        raise DataError(f"{path}:{i}: no field {text_column!r}; keys are {sorted(obj)}")
+                    texts.append(str(obj[text_column]))
+    else:
+        raise DataError(f"{path}: unsupported file type {ext!r}; expected .csv, .tsv or .jsonl")
+    for i, t in enumerate(texts):
+        if not t.strip():
+            raise DataError(f"{path}: text {i + 1} is empty; every text needs at least one character")
+    if not texts:
+        raise DataError(f"{path}: no rows")
+    return texts

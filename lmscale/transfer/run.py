@@ -57,6 +57,11 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
     feats = {name: scaler.transform(f).astype(np.float32) for name, f in feats.items()}
     x_test = feats.get("test")
     fit = fit_l1(feats["train"], y["train"], feats["val"], y["val"], x_test, y_test, Cs=Cs, seed=seed)
+    # The fitted classifier, as plain arrays + JSON, for lmscale.classify / load_classifier.
+    from lmscale.finetuning.classifier import save_transfer_classifier
+    save_transfer_classifier(output, fit.model, scaler, {
+        "lm_workdir": os.path.abspath(workdir), "lm_step": lm.step, "state": state,
+        "pooling": pooling, "all_layers": all_layers, "C": fit.C})
     neuron = neuron_summary(fit, feats["train"], y["train"], feats["val"], y["val"], x_test, y_test,
                             Cs=Cs, seed=seed)
     sweep = top_k_sweep(fit, feats["train"], y["train"], feats["val"], y["val"], x_test, y_test,

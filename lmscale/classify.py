@@ -1,0 +1,68 @@
+"""Classify new text with a saved classifier (a fine-tuned run or a transfer output).
+
+    python -m lmscale.classify --workdir=runs/sst_ft --input=texts.csv --text_column=text \
+        --output=predictions.csv [--labels=label]
+
+Writes one row per input text: the text, p_<class> per class, and the predicted label
+(single-label) or one 0/1 column per class (multi-label, with the thresholds tuned on
+validation). With --labels the input's label column(s) are scored too (metrics printed and
+written to OUTPUT.metrics.json). Input: .csv/.tsv/.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+
+from absl import app, flags
+
+from lmscale.cli import parse_flags, run_cli
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A fine-tuned run, or a transfer output / LM workdir.")
+_INPUT = flags.DEFINE_string("input", None, "Texts to classify: .csv/.tsv/.jsonl.")
+_TEXT = flags.DEFINE_string("text_column", "text", "Column/field holding the text.")
+_OUTPUT = flags.DEFINE_string("output", None, "Predictions CSV to write.")
+_LABELS = flags.DEFINE_string("labels", None, "Label column(s) of the input to score against "
+                              "(comma-separated for multi-label).")
+_BATCH = flags.DEFINE_integer("batch_size", 64, "Texts per batch.")
+flags.mark_flags_as_required(["workdir", "input", "output"])
+
+
+def classify() -> dict:
+    from lmscale.data.errors import DataError
+    from lmscale.finetuning.classifier import load_classifier
+    from lmscale.finetuning.data import check_labels
+    from lmscale.finetuning.metrics import classification_metrics, format_table
+    from lmscale.finetuning.predict import write_predictions
+    from lmscale.finetuning.predict import read_texts
+    from lmscale.transfer.labeled import load_labeled
+
+    clf = load_classifier(_WORKDIR.value, _BATCH.value)  # fails before reading a large input
+    if _LABELS.value:
+        data = load_labeled(_INPUT.value, text_column=_TEXT.value, label_column=_LABELS.value)
+        texts = data.texts
+        if clf.multilabel and data.label_names != clf.class_names:
+            raise DataError(f"--labels names {data.label_names}; the classifier's classes are "
+                            f"{clf.class_names}")
+        check_labels(data.labels, clf.multilabel, len(clf.class_names), data.source, data.label_names)
+    else:
+        texts = read_texts(_INPUT.value, _TEXT.value)
+    probs, pred = clf.predict(texts)
+    write_predictions(_OUTPUT.value, texts, probs, pred, clf.class_names, clf.multilabel)
+    print(f"{len(texts)} texts classified; predictions in {_OUTPUT.value}")
+    if _LABELS.value:
+        m = classification_metrics(probs, data.labels, clf.multilabel, clf.class_names, clf.thresholds)
+        print(format_table({"input": m}))
+        with open(_OUTPUT.value + ".metrics.json", "w") as f:
+            json.dump(m, f, indent=2)
+        return m
+    return {}
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    run_cli(classify)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

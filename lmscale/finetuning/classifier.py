@@ -1,0 +1,146 @@
+"""A saved classifier applied to new text: ``load_classifier(path).predict(texts)``.
+
+``path`` is either a fine-tuned run (``lmscale.finetune``: the best checkpoint's parameters,
+the tokenizer and preprocessing saved with it, and the multi-label thresholds tuned on
+validation), or a ``lmscale.transfer`` output folder (or the LM workdir holding one in
+``transfer/``): the LM's features, standardized, through the saved logistic regression
+(classifier.json + classifier.npz, plain arrays, no pickle).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+
+from lmscale.config import load_config
+from lmscale.data.tokenizer import tokenizer_from_dict
+from lmscale.finetuning.data import encode
+from lmscale.finetuning.head import build_classifier
+from lmscale.finetuning.metrics import predict_labels
+from lmscale.finetuning.predict import predict_probs
+from lmscale.finetuning.steps import make_predict_fn
+from lmscale.models import build_model
+from lmscale.pretrained.preprocess import get_preprocessor
+from lmscale.training import mesh as mesh_lib
+from lmscale.training.checkpoints import Checkpointer
+
+TRANSFER_FILES = ("classifier.json", "classifier.npz")
+
+
+class LoadedClassifier:
+    """``predict(texts) -> (probabilities float64 [N, K], labels [N] or 0/1 [N, K])``."""
+
+    class_names: list[str]
+    multilabel: bool
+    thresholds: np.ndarray | None
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        probs = self.predict_proba(list(texts))
+        return probs, predict_labels(probs, self.multilabel, self.thresholds)
+
+
+class FinetunedClassifier(LoadedClassifier):
+    """A ``lmscale.finetune`` run: its best checkpoint (the latest if none is marked)."""
+
+    def __init__(self, workdir: str, batch_size: int = 64) -> None:
+        config, derived = load_config(os.path.join(workdir, "config.json"))
+        ckpt_dir = workdir
+        best_path = os.path.join(workdir, "best.json")
+        if os.path.exists(best_path):
+            ckpt_dir, step = os.path.join(workdir, "best"), json.load(open(best_path))["step"]
+        checkpointer = Checkpointer(ckpt_dir, async_save=False)
+        try:
+            step = step if ckpt_dir != workdir else checkpointer.latest_step()
+            if step is None:
+                raise FileNotFoundError(f"{workdir} holds no checkpoint yet")
+            signature = checkpointer.read_meta(step)["signature"]
+            self.tokenizer = tokenizer_from_dict(signature["data.tokenizer"], base_dir=workdir)
+            self.class_names = list(derived["class_names"])
+            self.multilabel = bool(config.finetune.multilabel)
+            self.mesh = mesh_lib.make_mesh()
+            graphdefs = []
+
+            def init() -> Any:
+                lm = build_model(config.model, signature["vocab_size"], rngs=nnx.Rngs(0))
+                graphdef, params = nnx.split(build_classifier(lm, len(self.class_names),
+                                                              config.finetune, 0), nnx.Param)
+                graphdefs.append((graphdef, lm.max_len))
+                return params
+
+            like = jax.eval_shape(init)
+            self.params = checkpointer.restore_params(like, mesh_lib.replicated(self.mesh), step)
+        finally:
+            checkpointer.close()
+        graphdef, self.max_len = graphdefs[0]
+        self.step, self.workdir = step, workdir
+        self.preprocess = get_preprocessor(derived.get("preprocess", "none"))
+        self.predict_fn = make_predict_fn(graphdef, self.mesh, self.multilabel)
+        self.settings = dict(batch_size=batch_size, pad=self.tokenizer.pad_id or 0,
+                             bucket=config.finetune.bucket_width, max_len=self.max_len)
+        self.thresholds = None
+        thresholds_path = os.path.join(workdir, "thresholds.json")
+        if self.multilabel and os.path.exists(thresholds_path):
+            self.thresholds = np.asarray(json.load(open(thresholds_path))["thresholds"])
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        ids = encode(self.tokenizer, self.preprocess, texts, self.max_len)
+        return predict_probs(self.predict_fn, self.params, ids, self.mesh, **self.settings)
+
+
+class TransferClassifier(LoadedClassifier):
+    """A ``lmscale.transfer`` output: frozen-LM features -> standardize -> logistic regression."""
+
+    def __init__(self, folder: str, batch_size: int = 64) -> None:
+        from lmscale.training.restore import load_trained
+        with open(os.path.join(folder, "classifier.json")) as f:
+            self.info = json.load(f)
+        with np.load(os.path.join(folder, "classifier.npz"), allow_pickle=False) as z:
+            self.arrays = {k: z[k] for k in z.files}
+        self.lm = load_trained(self.info["lm_workdir"], self.info["lm_step"])
+        self.class_names = [str(c) for c in self.info["classes"]]
+        self.multilabel, self.thresholds, self.batch_size = False, None, batch_size
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        from lmscale.transfer.featurize import featurize
+        i = self.info
+        x = featurize(self.lm, texts, state=i["state"], pooling=i["pooling"],
+                      all_layers=i["all_layers"], batch_size=self.batch_size)
+        a = self.arrays
+        z = ((x - a["mean"]) / a["scale"]) @ a["coef"].T + a["intercept"]  # [N, 1]
+        p1 = 1.0 / (1.0 + np.exp(-z[:, 0].astype(np.float64)))
+        return np.stack([1.0 - p1, p1], axis=1)
+
+
+def save_transfer_classifier(folder: str, model: Any, scaler: Any, info: dict[str, Any]) -> None:
+    """Writes a fitted binary logistic regression and its standardization as plain arrays
+    (classifier.npz: coef [1, F], intercept [1], mean [F], scale [F]) + classifier.json."""
+    tmp = os.path.join(folder, f"classifier.tmp-{os.getpid()}.npz")
+    np.savez(tmp, coef=model.coef_.astype(np.float64), intercept=model.intercept_.astype(np.float64),
+             mean=scaler.mean_.astype(np.float64), scale=scaler.scale_.astype(np.float64))
+    os.replace(tmp, os.path.join(folder, "classifier.npz"))
+    record = {"kind": "transfer_logistic_regression", "classes": [int(c) for c in model.classes_],
+              **info}
+    with open(os.path.join(folder, "classifier.json.tmp"), "w") as f:
+        json.dump(record, f, indent=2)
+    os.replace(os.path.join(folder, "classifier.json.tmp"), os.path.join(folder, "classifier.json"))
+
+
+def load_classifier(path: str, batch_size: int = 64) -> LoadedClassifier:
+    """The classifier saved at ``path`` (a fine-tuned run, a transfer output, or an LM workdir
+    with a transfer output in ``transfer/``); FileNotFoundError if it holds none."""
+    for folder in (path, os.path.join(path, "transfer")):
+        if all(os.path.exists(os.path.join(folder, f)) for f in TRANSFER_FILES):
+            return TransferClassifier(folder, batch_size)
+    config_path = os.path.join(path, "config.json")
+    if os.path.exists(config_path) and load_config(config_path)[0].init_from:
+        return FinetunedClassifier(path, batch_size)
+    raise FileNotFoundError(f"{path} holds no classifier: neither a fine-tuned run (lmscale.finetune) "
+                            "nor a transfer output with classifier.json (re-run lmscale.transfer)")

@@ -1,0 +1,253 @@
+"""Fine-tuning: head on mLSTM and transformer, learning, restore/freeze, resume, thresholds,
+aux-loss mask, classify on a fine-tuned run and on a transfer output, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from tests.conftest import REPO, SHARED_DATA, TINY_TRANSFORMER, tiny_config
+
+EMOTIONS = "anger,anticipation,disgust,fear,joy,love,optimism,pessimism,sadness,surprise,trust"
+
+
+def _head(src: Path, dst: Path, rows: int) -> str:
+    with open(src, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        lines = [next(reader) for _ in range(rows + 1)]
+    with open(dst, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(lines)
+    return str(dst)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, str]:
+    d = tmp_path_factory.mktemp("labeled")
+    sst, sem = SHARED_DATA / "sst_binary", SHARED_DATA / "semeval2018_ec"
+    return {"sst_train": _head(sst / "train.csv", d / "sst_train.csv", 256),
+            "sst_val": _head(sst / "val.csv", d / "sst_val.csv", 64),
+            "sem_train": _head(sem / "train.csv", d / "sem_train.csv", 128),
+            "sem_val": _head(sem / "val.csv", d / "sem_val.csv", 64)}
+
+
+@pytest.fixture(scope="module")
+def transformer_lm(tmp_path_factory) -> str:
+    from lmscale.training.loop import train
+    workdir = str(tmp_path_factory.mktemp("tlm") / "run")
+    config = tiny_config(f"{SHARED_DATA}/sst_binary/train.csv", **TINY_TRANSFORMER, **{
+        "data.text_column": "sentence", "data.split": "8,1,0", "data.shard_tokens": 65536,
+        "train.steps": 4, "train.eval_every": 0})
+    train(config, workdir)
+    return workdir
+
+
+def ft_config(init_from: str, train: str, val: str, **overrides):
+    from lmscale.config import default_config
+    c = default_config()
+    c.init_from = init_from
+    c.finetune.train, c.finetune.val = train, val
+    c.train.steps, c.train.batch_size, c.train.log_every = 8, 16, 2
+    c.train.eval_every, c.train.eval_batch_size, c.train.progress_bar = 4, 32, False
+    c.checkpoint.every = 4
+    c.optim.lr, c.finetune.head_lr, c.optim.warmup_steps = 3e-3, 1e-2, 0
+    c.optim.schedule = "constant"
+    for key, value in overrides.items():
+        section, _, name = key.rpartition(".")
+        (c[section] if section else c)[name] = value
+    c.lock()
+    return c
+
+
+def _params(workdir: str, sub: str = "") -> dict:
+    from lmscale.finetuning.classifier import load_classifier
+    return jax.device_get(load_classifier(workdir).params)
+
+
+def test_head_on_both_lms_pads_and_cuts(sst_run, transformer_lm):
+    """Features of a text do not depend on the padding after it; the transformer reads at most
+    max_len tokens (the last ones)."""
+    from lmscale.finetuning.data import encode, make_batch
+    from lmscale.finetuning.head import Classifier
+    from lmscale.training.restore import load_trained
+    for workdir, states in ((sst_run, ("cell", "hidden")), (transformer_lm, ("hidden",))):
+        lm = load_trained(workdir)
+        clf = Classifier(lm.model(), 3, states=states, poolings=("last", "mean", "max"),
+                         hidden=(8,), rngs=nnx.Rngs(0))
+        long_text = "a remarkably long sentence " * 5
+        ids = encode(lm.tokenizer, lambda t: t, ["good film", long_text], lm.model().max_len)
+        assert lm.model().max_len is None or len(ids[1]) == lm.model().max_len
+        b = make_batch(ids, np.zeros(2, np.int64), 2, pad=0, bucket=8, max_len=lm.model().max_len,
+                       row_weights=np.ones(2))
+        feats = clf.features(jnp.asarray(b["tokens"]), jnp.asarray(b["lengths"]))
+        assert feats.shape == (2, len(states) * 3 * lm.model().feature_width)
+        alone = clf.features(jnp.asarray(ids[0][None]), jnp.asarray([len(ids[0])]))
+        np.testing.assert_allclose(feats[0], alone[0], rtol=1e-5, atol=1e-5)
+        assert clf(jnp.asarray(b["tokens"]), jnp.asarray(b["lengths"])).shape == (2, 3)
+
+
+def test_aux_lm_loss_counts_only_real_tokens(sst_run):
+    from lmscale.finetuning.data import encode, make_batch
+    from lmscale.finetuning.steps import aux_lm_loss
+    from lmscale.training.loss import cross_entropy_sums
+    from lmscale.training.restore import load_trained
+    lm = load_trained(sst_run)
+    model = lm.model()
+    ids = encode(lm.tokenizer, lambda t: t, ["a fine and moving film", "dull"], None)
+    b = make_batch(ids, np.zeros(2, np.int64), 2, pad=0, bucket=16, max_len=None, row_weights=np.ones(2))
+    logits, _ = model(jnp.asarray(b["tokens"]), model.initial_carry(2))
+    got = float(aux_lm_loss(logits, jnp.asarray(b["tokens"]), jnp.asarray(b["lm_weights"])))
+    nats = count = 0.0
+    for x in ids:  # each text alone, unpadded
+        lg, _ = model(jnp.asarray(x[None]), model.initial_carry(1))
+        n, c = cross_entropy_sums(lg[:, :-1], jnp.asarray(x[None, 1:]), jnp.ones((1, len(x) - 1)))
+        nats, count = nats + float(n), count + float(c)
+    assert got == pytest.approx(nats / count, rel=1e-5)
+    inverted = (b["lm_weights"] == 0).astype(np.float32)  # padding counted, real tokens not
+    inverted /= inverted.sum()
+    bad = float(aux_lm_loss(logits, jnp.asarray(b["tokens"]), jnp.asarray(inverted)))
+    assert bad != pytest.approx(nats / count, rel=1e-3)
+
+
+def test_sst_learns_restores_freezes_and_classify_reproduces(sst_run, data, tmp_path):
+    from lmscale.finetuning.loop import finetune
+    from lmscale.training.metrics import read_metrics
+    from lmscale.training.restore import load_trained
+    run = str(tmp_path / "ft")
+    config = ft_config(sst_run, data["sst_train"], data["sst_val"], **{
+        "train.steps": 24, "finetune.freeze_steps": 4, "checkpoint.every": 4, "checkpoint.keep": 10,
+        "finetune.aux_lm_weight": 0.1, "finetune.pooling": "last,mean"})
+    results = finetune(config, run)
+    train_recs = [r for r in read_metrics(run) if r["split"] == "train"]
+    assert train_recs[-1]["loss"] < train_recs[0]["loss"]  # it learns
+    assert train_recs[-1]["aux_lm_loss"] > 0
+    assert set(results["metrics"]["val"]) >= {"accuracy", "macro_f1", "micro_f1", "jaccard", "per_class"}
+    assert json.load(open(os.path.join(run, "best.json")))["metric"] == "accuracy"
+    # Step 4 (all frozen): LM parameters bit-identical to the LM checkpoint; the head trained.
+    from lmscale.training.checkpoints import Checkpointer
+    ck = Checkpointer(run, async_save=False)
+    like = _params(run)
+    at4 = jax.device_get(ck.restore_params(like, jax.sharding.SingleDeviceSharding(jax.devices()[0]), 4))
+    at24 = jax.device_get(ck.restore_params(like, jax.sharding.SingleDeviceSharding(jax.devices()[0]), 24))
+    ck.close()
+    lm_params = jax.device_get(load_trained(sst_run).params)
+    for a, b in zip(jax.tree.leaves(at4["lm"]), jax.tree.leaves(lm_params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(at24["lm"]),
+                                                          jax.tree.leaves(lm_params)))
+    # classify CLI on the run reproduces the run's own validation predictions
+    out = str(tmp_path / "pred.csv")
+    _cli("lmscale.classify", f"--workdir={run}", f"--input={data['sst_val']}",
+         "--text_column=sentence", f"--output={out}", "--labels=label")
+    mine = list(csv.DictReader(open(out)))
+    saved = list(csv.DictReader(open(os.path.join(run, "val_predictions.csv"))))
+    assert [r["label"] for r in mine] == [r["label"] for r in saved]
+    np.testing.assert_allclose([float(r["p_1"]) for r in mine], [float(r["p_1"]) for r in saved], atol=2e-6)
+    assert json.load(open(out + ".metrics.json"))["accuracy"] == pytest.approx(
+        results["metrics"]["val"]["accuracy"])
+
+
+def test_exact_resume_bitwise(sst_run, data, tmp_path):
+    from lmscale.finetuning.loop import finetune
+    from lmscale.training.metrics import read_metrics
+    kw = {"optim.decay_steps": 8, "optim.schedule": "slanted_triangular", "finetune.freeze_steps": 2,
+          "finetune.head_dropout": 0.2, "finetune.head_hidden": "8"}
+    whole, parts = str(tmp_path / "whole"), str(tmp_path / "parts")
+    finetune(ft_config(sst_run, data["sst_train"], data["sst_val"], **kw), whole)
+    finetune(ft_config(sst_run, data["sst_train"], data["sst_val"], **kw, **{"train.steps": 4}), parts)
+    finetune(ft_config(sst_run, data["sst_train"], data["sst_val"], **kw), parts)
+    train = lambda w: [(r["step"], r["loss"]) for r in read_metrics(w) if r["split"] == "train"]
+    assert train(whole) == train(parts)
+    for a, b in zip(jax.tree.leaves(_params(whole)), jax.tree.leaves(_params(parts)), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_multilabel_transformer_thresholds_reused_by_classify(transformer_lm, data, tmp_path):
+    from lmscale.finetuning.classifier import load_classifier
+    from lmscale.finetuning.loop import finetune
+    run = str(tmp_path / "sem")
+    config = ft_config(transformer_lm, data["sem_train"], data["sem_val"], **{
+        "finetune.multilabel": True, "finetune.text_column": "Tweet",
+        "finetune.label_column": EMOTIONS, "finetune.best_metric": "jaccard",
+        "finetune.pooling": "last,max", "finetune.class_weights": "balanced"})
+    results = finetune(config, run)
+    saved = json.load(open(os.path.join(run, "thresholds.json")))
+    assert saved["classes"] == EMOTIONS.split(",") and len(saved["thresholds"]) == 11
+    clf = load_classifier(run)
+    np.testing.assert_array_equal(clf.thresholds, saved["thresholds"])
+    from lmscale.transfer.labeled import load_labeled
+    val = load_labeled(data["sem_val"], text_column="Tweet", label_column=EMOTIONS)
+    probs, pred = clf.predict(val.texts)
+    assert pred.shape == (64, 11)
+    np.testing.assert_array_equal(pred, (probs >= np.asarray(saved["thresholds"])).astype(int))
+    from sklearn.metrics import jaccard_score
+    assert jaccard_score(val.labels, pred, average="samples", zero_division=1.0) == pytest.approx(
+        results["metrics"]["val"]["jaccard"], abs=1e-6)
+
+
+def test_thresholds_maximize_f1_and_metrics_match_sklearn():
+    from sklearn.metrics import f1_score
+    from lmscale.finetuning.metrics import classification_metrics, tune_thresholds
+    rng = np.random.default_rng(0)
+    labels = (rng.random((200, 3)) < [0.1, 0.5, 0.8]).astype(int)
+    probs = np.clip(labels * 0.3 + rng.random((200, 3)) * 0.7, 0, 1)
+    t = tune_thresholds(probs, labels)
+    for k in range(3):
+        best = max(f1_score(labels[:, k], probs[:, k] >= c) for c in np.unique(probs[:, k]))
+        assert f1_score(labels[:, k], probs[:, k] >= t[k]) == pytest.approx(best)
+    m = classification_metrics(probs, labels, True, ["a", "b", "c"], t)
+    pred = (probs >= t).astype(int)
+    assert m["macro_f1"] == pytest.approx(f1_score(labels, pred, average="macro"))
+    assert m["micro_f1"] == pytest.approx(f1_score(labels, pred, average="micro"))
+
+
+def test_classify_transfer_output(sst_run, data, tmp_path):
+    from lmscale.finetuning.classifier import load_classifier
+    from lmscale.transfer.labeled import load_labeled
+    from lmscale.transfer.run import run_transfer
+    out = str(tmp_path / "transfer")
+    r = run_transfer(sst_run, data["sst_train"], data["sst_val"], output=out, baseline="none",
+                     Cs=(0.25, 1.0), examples=2)
+    clf = load_classifier(out)
+    val = load_labeled(data["sst_val"])
+    _, pred = clf.predict(val.texts)
+    assert np.mean(pred == val.labels) == pytest.approx(r["all_features"]["val_accuracy"])
+
+
+def _cli(module: str, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    p = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                       cwd=REPO, env=env, timeout=300)
+    assert (p.returncode == 0) == ok, p.stderr[-2000:]
+    return p
+
+
+def test_bad_input_one_line_errors(sst_run, data, tmp_path):
+    from lmscale.config import ConfigError
+    from lmscale.data.errors import DataError
+    from lmscale.finetuning.loop import finetune
+    p = _cli("lmscale.classify", f"--workdir={sst_run}/transfer", f"--input={data['sst_val']}",
+             "--text_column=text", f"--output={tmp_path}/p.csv", ok=False)
+    if "holds no classifier" not in p.stderr:  # no transfer output yet in this session
+        assert "no column 'text'; columns are ['label', 'sentence']" in p.stderr
+    assert p.stderr.strip().count("\n") == 0 and p.stderr.startswith("error: ")
+    assert not os.path.exists(f"{tmp_path}/p.csv")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("Tweet,anger,joy\nhello,0,2\n")
+    with pytest.raises(DataError, match="'joy' has values \\[2\\]; multi-label columns must be 0 or 1"):
+        finetune(ft_config(sst_run, str(bad), str(bad), **{"finetune.multilabel": True,
+                 "finetune.text_column": "Tweet", "finetune.label_column": "anger,joy"}), str(tmp_path / "x"))
+    with pytest.raises(ConfigError, match="not an lmscale LM workdir"):
+        finetune(ft_config(str(tmp_path), data["sst_train"], data["sst_val"]), str(tmp_path / "y"))
+    with pytest.raises(DataError, match="no column 'text'"):
+        finetune(ft_config(sst_run, data["sst_train"], data["sst_val"], **{"finetune.text_column": "text"}),
+                 str(tmp_path / "z"))
