@@ -1,0 +1,172 @@
+"""Resume and checkpoints as records of the run: changed-config resumes refused naming the field,
+a defined learning rate when train.steps is raised, a fresh start that archives, old
+checkpoints without a newer model field, unreadable and newer-format checkpoints, params-only
+inference, and the eval / progress behaviour of the command-line tools."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from lmscale.training.checkpoints import (CheckpointError, CheckpointMismatchError,
+                                          UnreadableCheckpointError)
+from lmscale.training.loop import train
+from lmscale.training.metrics import read_metrics
+from lmscale.training.restore import load_trained
+from tests.conftest import REPO, tiny_config, write_corpus
+
+BASE = {"train.steps": 4, "train.log_every": 1, "train.eval_every": 0, "train.eval_steps": 1,
+        "checkpoint.every": 2}
+
+
+def steps_on_disk(workdir: str) -> list[int]:
+    return sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+
+
+def meta_path(workdir: str, step: int) -> str:
+    return os.path.join(workdir, "checkpoints", str(step), "meta", "metadata")
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    """A finished 4-step run (checkpoints 2 and 4), copied by each test that changes it."""
+    root = tmp_path_factory.mktemp("records")
+    corpus = write_corpus(root / "corpus")
+    workdir = str(root / "run")
+    train(tiny_config(corpus, **BASE), workdir)
+    return corpus, workdir
+
+
+def copy_run(base_run, tmp_path) -> tuple[str, str]:
+    corpus, workdir = base_run
+    target = str(tmp_path / "run")
+    shutil.copytree(workdir, target)
+    # The copy's prepared data is its own (data.train names the raw corpus).
+    return corpus, target
+
+
+@pytest.mark.parametrize("key, value", [("train.seq_len", 8), ("data.split", "7,1,1"),
+                                        ("data.tokenizer", "openai"), ("data.train", "python_stdlib")])
+def test_resume_with_a_changed_data_field_is_refused_naming_it(base_run, tmp_path, key, value):
+    corpus, workdir = copy_run(base_run, tmp_path)
+    before = {name: open(os.path.join(workdir, name)).read() for name in ("config.json", "metrics.jsonl")}
+    data_before = sorted(os.listdir(os.path.join(workdir, "data")))
+    with pytest.raises(CheckpointMismatchError, match=f"trained with {key}=") as error:
+        train(tiny_config(corpus, **{**BASE, "train.steps": 6, key: value}), workdir)
+    assert "\n" not in str(error.value) and "--config.resume=false" in str(error.value)
+    assert {name: open(os.path.join(workdir, name)).read() for name in before} == before
+    assert sorted(os.listdir(os.path.join(workdir, "data"))) == data_before  # nothing lost
+    assert steps_on_disk(workdir) == [2, 4]
+
+
+def test_raising_train_steps_keeps_the_decay_horizon(base_run, tmp_path, capfd):
+    """Linear decay to 0 over the first 4 steps: steps 5-6 run at the schedule's end (0), not
+    at a learning rate that jumps back up; optim.decay_steps changes it explicitly."""
+    corpus, workdir = copy_run(base_run, tmp_path)
+    train(tiny_config(corpus, **{**BASE, "train.steps": 6}), workdir)
+    records = [r for r in read_metrics(workdir) if r["split"] == "train"]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert [r["lr"] for r in records[4:]] == [0.0, 0.0]
+    assert "keeps its decay horizon of 4 steps" in capfd.readouterr().err
+    config = json.load(open(os.path.join(workdir, "config.json")))
+    assert config["derived"]["decay_steps"] == 4 and config["derived"]["steps"] == 6
+    # config.json is the current config; the one it replaced is history
+    old = json.load(open(os.path.join(workdir, "history", "config.4.json")))
+    assert old["train"]["steps"] == 4
+
+
+def test_resume_false_archives_the_previous_run_and_starts_afresh(base_run, tmp_path):
+    corpus, workdir = copy_run(base_run, tmp_path)
+    config = tiny_config(corpus, **{**BASE, "train.steps": 2})
+    config.resume = False
+    train(config, workdir)
+    assert steps_on_disk(workdir) == [2]
+    assert [r["step"] for r in read_metrics(workdir) if r["split"] == "train"] == [1, 2]
+    (archived,) = os.listdir(os.path.join(workdir, "archive"))
+    old = os.path.join(workdir, "archive", archived)
+    assert sorted(int(s) for s in os.listdir(os.path.join(old, "checkpoints")) if s.isdigit()) == [2, 4]
+    assert os.path.exists(os.path.join(old, "metrics.jsonl"))
+
+
+def test_a_checkpoint_from_before_a_model_field_existed_still_loads(base_run, tmp_path):
+    """The checkpoint does not record model.weight_norm (as if written before the field was
+    added): its default counts, for inference and for resuming; a non-default is refused."""
+    corpus, workdir = copy_run(base_run, tmp_path)
+    for step in steps_on_disk(workdir):
+        meta = json.load(open(meta_path(workdir, step)))
+        del meta["signature"]["model.weight_norm"]
+        json.dump(meta, open(meta_path(workdir, step), "w"))
+    assert load_trained(workdir).step == 4
+    train(tiny_config(corpus, **{**BASE, "train.steps": 6, "optim.decay_steps": 4}), workdir)
+    assert steps_on_disk(workdir)[-1] == 6
+    with pytest.raises(CheckpointMismatchError, match="model.weight_norm is True there and False here"):
+        train(tiny_config(corpus, **{**BASE, "train.steps": 8, "model.weight_norm": False}), workdir)
+
+
+def test_unreadable_latest_checkpoint_is_one_line_and_fallback_resumes(base_run, tmp_path):
+    corpus, workdir = copy_run(base_run, tmp_path)
+    state = os.path.join(workdir, "checkpoints", "4", "state")
+    os.remove(os.path.join(state, "manifest.ocdbt"))  # a checkpoint folder with a missing file
+    config = tiny_config(corpus, **{**BASE, "train.steps": 6})
+    with pytest.raises(UnreadableCheckpointError) as error:
+        train(config, workdir)
+    message = str(error.value)
+    assert "\n" not in message and os.path.join(workdir, "checkpoints", "4") in message
+    assert "--config.checkpoint.fallback=true" in message and "step 2" in message
+    with pytest.raises(UnreadableCheckpointError, match="checkpoints/4 is unreadable"):
+        load_trained(workdir)
+    train(tiny_config(corpus, **{**BASE, "train.steps": 6, "checkpoint.fallback": True}), workdir)
+    assert steps_on_disk(workdir) == [2, 4, 6]  # 4 retrained from 2
+    assert [r["step"] for r in read_metrics(workdir) if r["split"] == "train"] == list(range(1, 7))
+    assert os.listdir(os.path.join(workdir, "unreadable_checkpoints"))[0].startswith("4-")
+
+
+def test_checkpoint_from_a_newer_lmscale_is_refused(base_run, tmp_path):
+    corpus, workdir = copy_run(base_run, tmp_path)
+    meta = json.load(open(meta_path(workdir, 4)))
+    assert meta["format"] == 2 and meta["config"]["train"]["steps"] == 4  # a record of the run
+    meta["format"] = 99
+    json.dump(meta, open(meta_path(workdir, 4), "w"))
+    for attempt in (lambda: load_trained(workdir),
+                    lambda: train(tiny_config(corpus, **{**BASE, "train.steps": 6}), workdir)):
+        with pytest.raises(CheckpointError, match="written by a newer lmscale .checkpoint format 99"):
+            attempt()
+
+
+def test_inference_restores_params_only_on_any_device_count(base_run, tmp_path):
+    """A batch-4 run (its carry has 4 rows) loads and scores on 3 devices."""
+    _, workdir = base_run
+    code = ("import jax, lmscale; assert len(jax.devices()) == 3; "
+            f"lm = lmscale.load_lm({workdir!r}); print(lm.trained.step, float(lm.score(['the cat'])[0]))")
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=3", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    step, bpc = proc.stdout.split()
+    assert step == "4" and 0 < float(bpc) < 10
+
+
+def test_cli_logs_plain_progress_lines_and_eval_defaults_to_the_runs_val_split(tmp_path, corpus):
+    workdir = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "lmscale.train", "--config=configs/quickstart.py", f"--workdir={workdir}",
+         f"--config.data.train={corpus}", "--config.data.split=8,1,1", "--config.model.hidden=32",
+         "--config.model.embed=16", "--config.train.batch_size=4", "--config.train.seq_len=16",
+         "--config.train.steps=4", "--config.train.log_every=2", "--config.train.eval_every=0",
+         "--config.train.eval_batch_size=4", "--config.train.eval_steps=2"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)  # stderr is a pipe, not a terminal
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "\r" not in proc.stderr
+    assert [l.split(":")[0] for l in proc.stderr.splitlines() if l.startswith("step ")] == \
+        ["step 2/4", "step 4/4"]
+    proc = subprocess.run([sys.executable, "-m", "lmscale.eval", f"--workdir={workdir}"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    val = [r for r in read_metrics(str(workdir)) if r["split"] == "val"][-1]
+    assert result["split"] == "val" and result["bpc"] == val["bpc"] and result["step"] == 4
