@@ -24,8 +24,8 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS = {
     "mlstm 256 (bytes)": ["--config=configs/quickstart.py"],
-    "transformer 4x256 (bytes)": ["--config=configs/transformer_quickstart.py"],
-    "transformer 4x256 (SentencePiece 1k)": [
+    "transformer 4x128 (bytes)": ["--config=configs/transformer_quickstart.py"],
+    "transformer 4x128 (SentencePiece 1k)": [
         "--config=configs/transformer_quickstart.py", "--config.data.tokenizer=sentencepiece",
         "--config.data.vocab_size=1024"],
 }
