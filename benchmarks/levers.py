@@ -7,7 +7,8 @@ Each variant's training step (the real jitted step, lmscale.training.bench.compi
 compiled once; then the variants are timed in turns (round-robin, --rounds rounds of --steps
 steps each), so that load from other processes hits all of them alike. Prints, per variant,
 the median step time, chars/s and the ratio to the first variant (also from the fastest
-step, which is less disturbed by other processes); one JSON line each.
+step, which is less disturbed by other processes, and from the process CPU time per step,
+a proxy when the machine is shared); one JSON line each.
 """
 
 from __future__ import annotations
@@ -56,14 +57,15 @@ def main() -> None:
         state, m = compiled(state, batch)
         jax.block_until_ready(m)
         runs.append({"variant": v, "fn": compiled, "state": state, "batch": batch, "times": [],
-                     "compile_s": compile_s})
+                     "cpu": [], "compile_s": compile_s})
     for _ in range(a.rounds):
         for r in runs:
             for _ in range(a.steps):
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 r["state"], m = r["fn"](r["state"], r["batch"])
                 jax.block_until_ready((r["state"], m))
                 r["times"].append(time.perf_counter() - t)
+                r["cpu"].append(time.process_time() - c)
     base = float(np.median(runs[0]["times"]))
     base_min = float(np.min(runs[0]["times"]))
     for r in runs:
@@ -74,7 +76,10 @@ def main() -> None:
                           "reset_every": a.reset_every, "step_s": round(step, 5),
                           "chars_per_s": round(a.batch * a.seq / step),
                           "speedup": round(base / step, 3), "step_s_min": round(fastest, 5),
-                          "speedup_min": round(base_min / fastest, 3), "compile_s": round(r["compile_s"], 2),
+                          "speedup_min": round(base_min / fastest, 3),
+                          "cpu_s": round(float(np.median(r["cpu"])), 5),
+                          "speedup_cpu": round(float(np.median(runs[0]["cpu"]) / np.median(r["cpu"])), 3),
+                          "compile_s": round(r["compile_s"], 2),
                           "date": time.strftime("%Y-%m-%d %H:%M")}))
 
 

@@ -47,11 +47,9 @@ class ScanOptions:
 
     grad: "custom" (hand-written backward, recurrent_vjp) or "autodiff" (through lax.scan).
     unroll: ``lax.scan`` unroll factor of the time loop (forward and backward).
-    fused_gates: one sigmoid over all 4H gate pre-activations (custom grad only).
     """
     grad: str = "custom"
     unroll: int = 1
-    fused_gates: bool = False
 
 
 _OPTIONS = [ScanOptions()]
@@ -134,7 +132,7 @@ def mlstm_scan(xs: jax.Array, carry: Carry, w_x: jax.Array, w_mx: jax.Array, w_m
     pre_m = jnp.einsum("tbi,ij->tbj", x, w_mx.astype(dtype))
     opts = current_scan_options()
     if (grad or opts.grad) == "custom":
-        st = recurrent_vjp.Static("mlstm", dtype, return_cells, opts.unroll, opts.fused_gates)
+        st = recurrent_vjp.Static("mlstm", dtype, return_cells, opts.unroll)
         h0, c0 = (jnp.asarray(a, sdt) for a in carry)
         return recurrent_vjp.recurrence(st, (pre_x, pre_m), w_mh, w_h, h0, c0,
                                         _keep_mask(resets, sdt))
@@ -160,7 +158,7 @@ def lstm_scan(xs: jax.Array, carry: Carry, w_x: jax.Array, w_h: jax.Array, b: ja
     pre_x = jnp.einsum("tbi,ij->tbj", xs.astype(dtype), w_x.astype(dtype)) + b.astype(dtype)
     opts = current_scan_options()
     if (grad or opts.grad) == "custom":
-        st = recurrent_vjp.Static("lstm", dtype, return_cells, opts.unroll, opts.fused_gates)
+        st = recurrent_vjp.Static("lstm", dtype, return_cells, opts.unroll)
         h0, c0 = (jnp.asarray(a, sdt) for a in carry)
         return recurrent_vjp.recurrence(st, (pre_x,), None, w_h, h0, c0, _keep_mask(resets, sdt))
     w_h = w_h.astype(dtype)

@@ -49,7 +49,6 @@ class Static:
     dtype: Any  # compute dtype of the matmuls
     return_cells: bool
     unroll: int = 1
-    fused_gates: bool = False  # forward: one tanh over all 4H gates (sigmoid via tanh)
 
     @property
     def state_dtype(self) -> Any:
@@ -61,23 +60,8 @@ def _fm(x: jax.Array) -> jax.Array:
     return jnp.swapaxes(x, 1, 2)
 
 
-def _gate_consts(width: int, dtype: Any) -> jax.Array:
-    """Per-row scale [4H, 1]: 1/2 on the sigmoid gates (i, f, o), 1 on the tanh gate g."""
-    h = width // 4
-    s = jnp.concatenate([jnp.full(2 * h, 0.5), jnp.ones(h), jnp.full(h, 0.5)])
-    return s.astype(dtype)[:, None]
-
-
-def _activations(z: jax.Array, fused: bool) -> tuple[jax.Array, ...]:
-    """(i, f, g, o) = sigmoid, sigmoid, tanh, sigmoid of the four row blocks of z [4H, B].
-
-    fused: one tanh over all 4H rows, act = s tanh(s z) + s' with s = 1/2, s' = 1/2 on the
-    sigmoid gates (sigmoid(x) = (1 + tanh(x/2)) / 2) and s = 1, s' = 0 on g.
-    """
-    if fused:
-        s = _gate_consts(z.shape[0], z.dtype)
-        act = s * jnp.tanh(s * z) + (s - jnp.floor(s))  # shift: 1/2 where s = 1/2, else 0
-        return tuple(jnp.split(act, 4, axis=0))
+def _activations(z: jax.Array) -> tuple[jax.Array, ...]:
+    """(i, f, g, o) = sigmoid, sigmoid, tanh, sigmoid of the four row blocks of z [4H, B]."""
     i, f, g, o = jnp.split(z, 4, axis=0)
     return jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
 
@@ -111,7 +95,7 @@ def _forward(st: Static, pre: tuple[jax.Array, ...], w_mh: jax.Array | None, w_h
         else:
             (zx,) = pre_t
             z = zx.astype(sdt) + jnp.dot(wh_t, h.astype(dt), preferred_element_type=sdt)
-        i, f, g, o = _activations(z, st.fused_gates)
+        i, f, g, o = _activations(z)
         c = f * c + i * g
         h = o * jnp.tanh(c)
         out = (h.astype(dt), c if (st.return_cells or save) else None)
@@ -195,9 +179,7 @@ def _bwd(st: Static, res: Any, cts: Any) -> tuple[Any, ...]:
         dh = dh + dhs_t.astype(sdt)
         if dcs_t is not None:
             dc = dc + dcs_t
-        # Four separate activations here: measured faster than the one-tanh form, which
-        # pays in the forward only.
-        i, f, g, o = _activations(z_t, False)
+        i, f, g, o = _activations(z_t)
         tc = jnp.tanh(c_t)
         dc = dc + dh * o * (1 - tc * tc)
         dz = jnp.concatenate([dc * g * i * (1 - i), dc * cp_t * f * (1 - f),
