@@ -13,4 +13,10 @@ def load_lm(workdir: str, step: int | None = None) -> Any:
     return _load(workdir, step)
 
 
-__all__ = ["DataError", "load_lm"]
+def load_classifier(path: str) -> Any:
+    """A fine-tuned run or transfer output for notebooks: ``.predict(texts)`` -> (probs, labels)."""
+    from lmscale.finetuning.classifier import load_classifier as _load
+    return _load(path)
+
+
+__all__ = ["DataError", "load_classifier", "load_lm"]
