@@ -176,7 +176,7 @@ def time_pipeline(batcher: Any, steps: int = 20, devices: list[jax.Device] | Non
 
 
 def git_commit(path: str | None = None) -> str:
-    """The checkout's commit (with "+dirty" if tracked files under lmscale/ changed), or ""."""
+    """The checkout's short commit (with "+dirty" if any tracked file changed), or ""."""
     cwd = path or os.path.dirname(os.path.abspath(__file__))
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd, check=True,
