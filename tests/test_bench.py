@@ -24,8 +24,11 @@ def small_config(kind: str, hidden: int = 512, batch: int = 32, seq: int = 8):
     return c
 
 
-@pytest.mark.parametrize("kind", ["mlstm", "lstm"])
-@pytest.mark.parametrize("grad", ["custom", "autodiff"])
+@pytest.mark.parametrize("kind,grad", [
+    ("mlstm", "custom"),
+    pytest.param("lstm", "custom", marks=pytest.mark.slow),
+    pytest.param("mlstm", "autodiff", marks=pytest.mark.slow),
+    pytest.param("lstm", "autodiff", marks=pytest.mark.slow)])
 def test_flops_formula_matches_xla_cost_of_unrolled_step(kind, grad):
     """3 x forward FLOPs per token x tokens is within 10 % of XLA's count of the whole step.
 
