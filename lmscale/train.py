@@ -12,6 +12,7 @@ launch/local.py sets, or a SLURM/Open MPI job's environment (see lmscale.distrib
 
 from __future__ import annotations
 
+import signal
 import sys
 
 from absl import app, flags, logging
@@ -57,6 +58,11 @@ def main(argv: list[str]) -> None:
     join_processes()
     from lmscale.training.loop import train
     result = run_cli(lambda: train(_CONFIG.value, _WORKDIR.value))
+    if result.get("stopped_by_signal") is not None or result.get("stopped"):
+        # Saved and about to exit: a SIGTERM arriving now (a scheduler signals every process,
+        # some after the run agreed to stop) must not turn a clean stop into exit status -15
+        # while the processes shut down together.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     import jax
     if "val" in result and jax.process_index() == 0:
         print(f"step {result['step']}: val bpc {result['val']['bpc']:.4f}")

@@ -196,6 +196,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
               f"checkpoint saved, re-run to resume")
     last["step"] = step
     last["stopped_by_signal"] = stop.signal if stop.stopping else None
+    last["stopped"] = stop.stopping  # by a signal here or in another process
     return last
 
 
