@@ -204,8 +204,9 @@ def run_bench(config: ml_collections.ConfigDict, *, steps: int = 10, warmup: int
                      reset_every=reset_every)
     peak = matmul_rate(DTYPES[compute], matmul_n)
     m = config.model
-    record = {"label": label, "kind": m.kind, "hidden": m.hidden, "embed": m.embed,
-              "layers": m.layers, "batch": step["tokens_per_step"] // config.train.seq_len,
+    from lmscale.models import architecture, get_kind
+    record = {"label": label, "kind": m.kind, "model": get_kind(m.kind).describe(m),
+              "architecture": architecture(m), "layers": m.layers, "batch": step["tokens_per_step"] // config.train.seq_len,
               "seq": config.train.seq_len, "compute": compute, "grad": grad, "unroll": unroll,
               "reset_every": reset_every, **step, "matmul": peak,
               "of_matmul_rate": step["flop_per_s"] / peak["flop_per_s"]}
@@ -230,7 +231,7 @@ def format_table(records: list[dict[str, Any]]) -> str:
         mem = r.get("memory_bytes") or {}
         pipe = r.get("pipeline")
         lines.append(
-            f"| {r['kind']} {r['hidden']} x{r['layers']} | {r['batch']} x {r['seq']} | {r['compute']} "
+            f"| {r['model']} | {r['batch']} x {r['seq']} | {r['compute']} "
             f"| {r['grad']} u{r['unroll']} | {1e3 * r['step_s']:.1f} ms | {r['chars_per_s'] / 1e3:.2f} k "
             f"| {r['train_flops_per_token'] / 1e6:.2f} | {r['flop_per_s'] / 1e9:.1f} "
             f"| {r['matmul']['flop_per_s'] / 1e9:.0f} | {100 * r['of_matmul_rate']:.0f} % "
