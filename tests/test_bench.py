@@ -55,7 +55,7 @@ def test_bench_cli_writes_a_record(tmp_path):
            "--steps=3", "--warmup=1", "--matmul_n=256", f"--out={out}", "--label=test"]
     p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
-    assert "| mlstm 32 x1 | 4 x 8 | float32 |" in p.stdout
+    assert "| mlstm hidden 32 embed 64 layers 1 | 4 x 8 | float32 |" in p.stdout
     (line,) = out.read_text().splitlines()
     r = json.loads(line)
     assert r["label"] == "test" and r["tokens_per_step"] == 32 and len(r["step_s_all"]) == 3
