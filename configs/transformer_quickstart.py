@@ -7,6 +7,9 @@ vocabulary add ``--config.data.tokenizer=sentencepiece --config.data.vocab_size=
 (trained on the corpus when the data is prepared; ``bpc`` stays bits per UTF-8 byte).
 
     python -m lmscale.train --config=configs/transformer_quickstart.py --workdir=runs/tq
+
+Measured on 2 CPU cores (quiet): 4 min 30 s wall including data preparation, validation
+BPC 3.16 / 2.71 / 2.53 at steps 200 / 400 / 600 (the mLSTM quickstart: 2.55 at 600 in 1 min 48 s).
 """
 
 from lmscale.config import default_config
