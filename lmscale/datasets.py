@@ -1,0 +1,148 @@
+"""Public data sets by name: downloaded once, verified by sha256, cached.
+
+    python -m lmscale.datasets fetch sst_binary [--to=DIR]
+    python -m lmscale.datasets list
+
+    from lmscale.datasets import fetch
+    folder = fetch("sst_binary")     # -> ~/.cache/lmscale/sst_binary (or $LMSCALE_DATA/...)
+
+Each entry names its files (URL, sha256, local name), its source and license, and how
+lmscale reads it. A file already in the cache with the right checksum is never
+downloaded again; a download goes to a temporary file that is checked and then renamed,
+so a failed, partial or corrupted transfer leaves nothing that looks valid. Without a
+network the error says where to put the file by hand. ``$LMSCALE_DATA_MIRROR`` (a base URL)
+fetches ``MIRROR/NAME/FILE`` instead of the original URLs, e.g. from a cluster's own server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import sys
+import urllib.error
+import urllib.request
+
+from lmscale.data.errors import DataError
+
+CHUNK = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoteFile:
+    name: str  # file name in the data set's folder
+    url: str
+    sha256: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    files: tuple[RemoteFile, ...]
+    source: str  # where it comes from, and its license
+    usage: str  # how lmscale reads it
+
+
+_OPENAI = "https://raw.githubusercontent.com/openai/generating-reviews-discovering-sentiment/master/data"
+REGISTRY: dict[str, Dataset] = {
+    "sst_binary": Dataset(
+        files=(RemoteFile("train.csv", f"{_OPENAI}/train_binary_sent.csv",
+                          "6003623bcb35aad3a446a265b8931b7ccab61fcc10f2e9c1fec916ff67c7be35"),
+               RemoteFile("val.csv", f"{_OPENAI}/dev_binary_sent.csv",
+                          "f34c4987fea208fefc2d62a1b42c83a766cbfc7ce58c2a878ef953cf91f01729"),
+               RemoteFile("test.csv", f"{_OPENAI}/test_binary_sent.csv",
+                          "519cea7ed4d22fe7ec4eccbb3d5ba6d88902a3b15ce129f476aa8364463a9fc7")),
+        source="Stanford Sentiment Treebank, binary sentences, as shipped by OpenAI's "
+               "generating-reviews-discovering-sentiment (MIT); SST itself: Socher et al. 2013",
+        usage="CSV with columns sentence,label: --train=DIR/train.csv --val=DIR/val.csv "
+              "--test=DIR/test.csv --text_column=sentence --label_column=label"),
+    "tinyshakespeare": Dataset(
+        files=(RemoteFile("input.txt", "https://raw.githubusercontent.com/karpathy/char-rnn/"
+                          "master/data/tinyshakespeare/input.txt",
+                          "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"),),
+        source="karpathy/char-rnn's tinyshakespeare (public-domain text)",
+        usage="one text file: --config.data.train=DIR/input.txt"),
+}
+
+
+def cache_root() -> str:
+    """``$LMSCALE_DATA``, else ~/.cache/lmscale."""
+    return os.environ.get("LMSCALE_DATA") or os.path.join(os.path.expanduser("~"), ".cache", "lmscale")
+
+
+def sha256_of(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fetch(name: str, to: str | None = None, *, timeout: float = 60.0) -> str:
+    """The folder holding data set ``name`` (default ``cache_root()/name``), downloading and
+    verifying whatever is missing. Raises DataError (one line) on any failure."""
+    if name not in REGISTRY:
+        raise DataError(f"unknown data set {name!r}; known: {sorted(REGISTRY)}")
+    folder = os.path.abspath(to or os.path.join(cache_root(), name))
+    os.makedirs(folder, exist_ok=True)
+    mirror = os.environ.get("LMSCALE_DATA_MIRROR", "").rstrip("/")
+    for remote in REGISTRY[name].files:
+        path = os.path.join(folder, remote.name)
+        if os.path.exists(path) and sha256_of(path) == remote.sha256:
+            continue
+        if mirror:
+            remote = dataclasses.replace(remote, url=f"{mirror}/{name}/{remote.name}")
+        _download(remote, path, timeout)
+    return folder
+
+
+def _download(remote: RemoteFile, path: str, timeout: float) -> None:
+    tmp = f"{path}.part-{os.getpid()}"
+    try:
+        h, size = hashlib.sha256(), 0
+        with urllib.request.urlopen(remote.url, timeout=timeout) as response, open(tmp, "wb") as out:
+            expected = response.headers.get("Content-Length")
+            for block in iter(lambda: response.read(CHUNK), b""):
+                h.update(block)
+                out.write(block)
+                size += len(block)
+        if expected is not None and size != int(expected):
+            raise DataError(f"{remote.url}: transfer ended after {size} of {expected} bytes; "
+                            f"nothing was saved, try again")
+        if h.hexdigest() != remote.sha256:
+            raise DataError(f"{remote.url}: sha256 {h.hexdigest()} is not the expected "
+                            f"{remote.sha256}; nothing was saved")
+        os.replace(tmp, path)
+    except DataError:
+        raise
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise DataError(f"cannot download {remote.url} ({reason}); without a network, put the "
+                        f"file there by hand as {path} (sha256 {remote.sha256})") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def main(argv: list[str]) -> int:
+    """``fetch NAME [--to=DIR]`` or ``list``; prints the folder or the registry."""
+    args = [a for a in argv if not a.startswith("--to=")]
+    to = next((a[len("--to="):] for a in argv if a.startswith("--to=")), None)
+    if args == ["list"]:
+        for name, d in sorted(REGISTRY.items()):
+            print(f"{name}: {d.source}\n    {d.usage}")
+        return 0
+    if len(args) != 2 or args[0] != "fetch":
+        print("usage: python -m lmscale.datasets fetch NAME [--to=DIR] | list", file=sys.stderr)
+        return 2
+    try:
+        folder = fetch(args[1], to)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(folder)
+    print(REGISTRY[args[1]].usage.replace("DIR", folder))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

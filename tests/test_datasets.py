@@ -1,0 +1,112 @@
+"""lmscale.datasets: download through a local HTTP server (a mirror), verify, cache, fail cleanly."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from lmscale.data.errors import DataError
+from lmscale.datasets import REGISTRY, fetch, sha256_of
+from tests.conftest import REPO, SHARED_DATA
+
+SHAKESPEARE = SHARED_DATA / "tinyshakespeare" / "input.txt"
+pytestmark = pytest.mark.skipif(not SHAKESPEARE.exists(), reason="needs the shared data copies")
+
+
+class _Server:
+    """Serves MIRROR/NAME/FILE from a folder; ``mode`` "ok", "truncate" or "corrupt"."""
+
+    def __init__(self, root: str) -> None:
+        self.root, self.mode, self.requests = root, "ok", 0
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                server.requests += 1
+                path = os.path.join(server.root, self.path.lstrip("/"))
+                if not os.path.isfile(path):
+                    self.send_error(404)
+                    return
+                data = open(path, "rb").read()
+                body = data[:len(data) // 2] if server.mode == "truncate" else data
+                if server.mode == "corrupt":
+                    body = b"X" + data[1:]
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+
+
+@pytest.fixture
+def mirror(tmp_path, monkeypatch):
+    root = tmp_path / "mirror" / "tinyshakespeare"
+    root.mkdir(parents=True)
+    shutil.copy(SHAKESPEARE, root / "input.txt")
+    server = _Server(str(tmp_path / "mirror"))
+    monkeypatch.setenv("LMSCALE_DATA_MIRROR", server.url)
+    monkeypatch.setenv("LMSCALE_DATA", str(tmp_path / "cache"))
+    yield server
+    server.close()
+
+
+def test_fetch_verifies_caches_and_never_downloads_twice(mirror, tmp_path):
+    folder = fetch("tinyshakespeare")
+    assert folder == str(tmp_path / "cache" / "tinyshakespeare")
+    assert sha256_of(os.path.join(folder, "input.txt")) == REGISTRY["tinyshakespeare"].files[0].sha256
+    assert mirror.requests == 1
+    assert fetch("tinyshakespeare") == folder and mirror.requests == 1  # cached
+
+
+@pytest.mark.parametrize("mode,match", [("truncate", "transfer ended after"),
+                                        ("corrupt", "is not the expected")])
+def test_bad_transfers_leave_nothing(mirror, tmp_path, mode, match):
+    mirror.mode = mode
+    with pytest.raises(DataError, match=match):
+        fetch("tinyshakespeare", str(tmp_path / "out"))
+    assert os.listdir(tmp_path / "out") == []
+
+
+def test_offline_error_says_where_to_put_the_file(tmp_path, monkeypatch):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("LMSCALE_DATA_MIRROR", f"http://127.0.0.1:{port}")
+    with pytest.raises(DataError, match=r"cannot download .* put the file there by hand as .*input.txt"):
+        fetch("tinyshakespeare", str(tmp_path / "out"), timeout=5)
+    with pytest.raises(DataError, match="unknown data set 'nope'"):
+        fetch("nope")
+
+
+def test_cli_fetch_prints_the_folder_and_usage(mirror, tmp_path):
+    env = {**os.environ, "LMSCALE_DATA_MIRROR": mirror.url}
+    out = subprocess.run([sys.executable, "-m", "lmscale.datasets", "fetch", "tinyshakespeare",
+                          f"--to={tmp_path / 'ts'}"], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0] == str(tmp_path / "ts")
+    assert f"--config.data.train={tmp_path / 'ts'}/input.txt" in out.stdout
+
+
+def test_registry_checksums_match_the_known_copies(tmp_path, monkeypatch):
+    """The shared copies are the published files: fetching into their folder downloads nothing."""
+    for name, folder in (("sst_binary", SHARED_DATA / "sst_binary"),
+                         ("tinyshakespeare", SHARED_DATA / "tinyshakespeare")):
+        monkeypatch.setenv("LMSCALE_DATA_MIRROR", "http://127.0.0.1:9")  # unreachable
+        assert fetch(name, str(folder)) == str(folder)
