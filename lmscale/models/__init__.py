@@ -15,9 +15,8 @@ from lmscale.models.lm import RecurrentLM
 from lmscale.models import transformer as _transformer_kind  # noqa: F401  (registers transformer)
 from lmscale.models.transformer import TransformerLM
 from lmscale.models.recurrent import LSTMLayer, MLSTMLayer, lstm_scan, mlstm_scan
-from lmscale.models.registry import (ModelKind, architecture, build_model, carries_state,
-                                     flops_per_token, get_kind, model_kinds, register,
-                                     uses_dropout)
+from lmscale.models.registry import (ModelKind, architecture, build_model, flops_per_token,
+                                     get_kind, model_kinds, register, uses_dropout)
 from lmscale.models.weight_norm import Matrix, WeightNormMatrix, weight_norm
 
 MODEL_KINDS: tuple[str, ...] = model_kinds()
@@ -30,4 +29,4 @@ def count_params(model: nnx.Module) -> int:
 
 __all__ = ["MODEL_KINDS", "ModelKind", "RecurrentLM", "TransformerLM", "MLSTMLayer", "LSTMLayer", "mlstm_scan",
            "lstm_scan", "WeightNormMatrix", "Matrix", "weight_norm", "build_model", "count_params",
-           "flops_per_token", "get_kind", "model_kinds", "register", "architecture", "uses_dropout", "carries_state"]
+           "flops_per_token", "get_kind", "model_kinds", "register", "architecture", "uses_dropout"]

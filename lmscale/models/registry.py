@@ -34,7 +34,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -98,8 +97,3 @@ def uses_dropout(model_config: Any) -> bool:
     """Whether any dropout field of ``model_config`` (``dropout``, ``*_dropout``) is above 0."""
     return any(float(model_config[k]) > 0 for k in model_config.keys()
                if k == "dropout" or k.endswith("_dropout"))
-
-
-def carries_state(model: nnx.Module) -> bool:
-    """Whether ``model`` carries state between batches (its initial carry has leaves)."""
-    return bool(jax.tree.leaves(jax.eval_shape(lambda: model.initial_carry(1))))

@@ -25,7 +25,7 @@ from flax import nnx
 
 from lmscale.config import derive, load_config, save_config, validate, with_global_batch
 from lmscale.data.dataset import TokenDataset
-from lmscale.models import architecture, carries_state, flops_per_token
+from lmscale.models import architecture, flops_per_token
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.checkpoints import Checkpointer, check_same_model
 from lmscale.training.resume import (PROVENANCE_KEYS, archive_previous_run, check_resumable,
@@ -89,7 +89,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     setup = build_train_setup(config, vocab_size, decay_steps=derived["decay_steps"], lr=derived["lr"],
                               byte_lengths=byte_lengths)
     graphdef, state = setup.graphdef, setup.state
-    model = nnx.merge(graphdef, state.params)
+    initial_carry = nnx.merge(graphdef, state.params).initial_carry  # reads shapes, not params
     derived.update(dataset=os.path.abspath(dataset.path), devices=mesh.size,
                    processes=jax.process_count(), params=setup.num_params,
                    train_flops_per_token=3 * flops_per_token(config.model, vocab_size,
@@ -97,7 +97,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                    precision=str(setup.policy), **provenance(workdir, saved))
     train_step, shardings = jit_train_step(setup, mesh)
 
-    signature = model_signature(config, tokenizer.to_dict(), vocab_size, carries_state(model))
+    signature = model_signature(config, tokenizer.to_dict(), vocab_size,
+                                carries=bool(jax.tree.leaves(state.carry)))
     if saved is not None:
         fresh_scale, like = state.loss_scale, state
 
@@ -135,7 +136,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     def run_eval(step: int) -> None:
         if val is None:
             return
-        result = evaluate_split(eval_step, state.params, model.initial_carry, val, mesh,
+        result = evaluate_split(eval_step, state.params, initial_carry, val, mesh,
                                 **eval_settings(config))
         record = {"step": step, "split": "val", **result}
         writer.write(record)
