@@ -46,11 +46,13 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.txt_mode = "file"  # raw .txt: "file" = one document per file, "line" = per line
     c.data.split = "98,1,1"  # shards per cycle for train,val,test when preparing (paper: 1000,1,1)
     c.data.shard_tokens = 2**27  # upper bound on tokens per shard when preparing
-    c.data.tokenizer = "sentiment_discovery"  # bytes: "sentiment_discovery" (byte+1, pad 0), "openai" (byte); or "sentencepiece"
+    c.data.tokenizer = "sentiment_discovery"  # bytes: "sentiment_discovery" (byte+1, pad 0), "openai" (byte); "sentencepiece"; or "word"
     c.data.vocab_size = 8000  # sentencepiece: pieces to train (ids: one more, 0 = padding)
     c.data.sp_model_type = "bpe"  # sentencepiece: "bpe" or "unigram"
     c.data.sp_model = ""  # sentencepiece: "" = train one on the training text, else an existing .model file
     c.data.sp_sample_bytes = 100_000_000  # sentencepiece: text (spread over the inputs) to train it on
+    c.data.word_min_count = 1  # word: a word seen fewer times in the training split is <unk>
+    c.data.word_vocab_size = 0  # word: most ids (<pad>, <unk>, <eos> included; most frequent words kept); 0 = no cap
     c.data.reset_on_documents = False  # also zero the RNN state at document starts (shards always reset)
     c.data.shuffle_shards = False  # seeded shuffle of shard order per epoch (paper: no shuffling)
 
@@ -85,6 +87,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.batch_size = 128  # global batch: sequences (stream rows) per step over all devices
     c.train.per_device_batch_size = 0  # if > 0, the global batch is this x the device count (replaces train.batch_size)
     c.train.seq_len = 256  # truncated-BPTT length; the RNN state carries over between steps
+    # Variable-length BPTT (AWD-LSTM): per step, length ~ N(seq_len, 5) w.p. 0.95 else N(seq_len/2, 5),
+    # at least 5, at most train.bptt_max, rounded to a multiple of train.bptt_bucket (bounded
+    # compiled programs); the step's learning rate is scaled by length / seq_len.
+    c.train.variable_bptt = False
+    c.train.bptt_max = 0  # variable_bptt: longest sequence; 0 = seq_len + 15 (3 standard deviations)
+    c.train.bptt_bucket = 5  # variable_bptt: lengths are rounded to a multiple of this (one compiled step per length)
     c.train.log_every = 50  # steps between train records in metrics.jsonl and the progress bar
     c.train.eval_every = 500  # steps between validation passes (and one at the end); 0 = only at the end
     c.train.eval_batch_size = 64  # rows of the validation stream (reduced if the split is small)
@@ -93,6 +101,14 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.stop_sync_every = 10  # multi-process: steps between the processes' agreement on a SIGTERM/SIGINT stop
 
     c.optim = ml_collections.ConfigDict()
+    # "adam" (the default), "sgd" (plain, as AWD-LSTM), or "ntasgd": SGD that switches to averaging
+    # the weights (ASGD) when validation loss is worse than the best of those more than
+    # optim.ntasgd_nonmono evaluations ago; the averaged weights are then validated and exported.
+    c.optim.name = "adam"
+    c.optim.weight_decay = 0.0  # coupled L2 (as torch SGD/Adam weight_decay): wd * param added to the clipped gradient
+    c.optim.lr_drop_epochs = ""  # comma-separated epochs after which the learning rate is multiplied by optim.lr_drop_factor (AWD --when)
+    c.optim.lr_drop_factor = 0.1  # factor of each drop in optim.lr_drop_epochs (AWD: divide by 10)
+    c.optim.ntasgd_nonmono = 5  # ntasgd: the n of the non-monotone trigger (AWD --nonmono)
     c.optim.lr = 5e-4  # peak learning rate at optim.base_batch_size (paper: 5e-4 at batch 128)
     c.optim.lr_scaling = "none"  # rescale optim.lr for the global batch B: "none", "linear" (B/base), "sqrt"
     c.optim.base_batch_size = 128  # the batch that optim.lr is given for (used by optim.lr_scaling)
@@ -216,6 +232,52 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         raise ConfigError("precision.loss_scale_init must be >= 1, loss_scale_factor > 1 and "
                           "loss_scale_window >= 1")
     parse_split(config.data.split)
+    validate_awd(config)
+
+
+OPTIMIZERS = ("adam", "sgd", "ntasgd")
+
+
+def parse_epochs(text: str) -> tuple[float, ...]:
+    """optim.lr_drop_epochs: "12" or "25,35" -> (12.0,) / (25.0, 35.0); "" -> ()."""
+    try:
+        epochs = tuple(float(p) for p in str(text).split(",") if p.strip())
+    except ValueError:
+        epochs = (-1.0,)
+    if any(e <= 0 for e in epochs):
+        raise ConfigError(f"optim.lr_drop_epochs must be positive epochs, comma-separated, got {text!r}")
+    return tuple(sorted(epochs))
+
+
+def bptt_max(train: ml_collections.ConfigDict) -> int:
+    """The longest variable-BPTT sequence: train.bptt_max, or seq_len + 15."""
+    return int(train.bptt_max) or int(train.seq_len) + 15
+
+
+def validate_awd(config: ml_collections.ConfigDict) -> None:
+    """Word-level data, AWD optimizers and variable BPTT settings."""
+    d, o, t = config.data, config.optim, config.train
+    if not isinstance(d.word_min_count, int) or d.word_min_count < 1:
+        raise ConfigError(f"data.word_min_count must be a positive integer, got {d.word_min_count!r}")
+    if not isinstance(d.word_vocab_size, int) or d.word_vocab_size < 0 or 0 < d.word_vocab_size <= 3:
+        raise ConfigError(f"data.word_vocab_size must be 0 (no cap) or > 3, got {d.word_vocab_size!r}")
+    if o.name not in OPTIMIZERS:
+        raise ConfigError(f"optim.name must be one of {list(OPTIMIZERS)}, got {o.name!r}")
+    if o.weight_decay < 0:
+        raise ConfigError(f"optim.weight_decay must be >= 0, got {o.weight_decay}")
+    parse_epochs(o.lr_drop_epochs)
+    if not 0 < o.lr_drop_factor <= 1:
+        raise ConfigError(f"optim.lr_drop_factor must be in (0, 1], got {o.lr_drop_factor}")
+    if not isinstance(o.ntasgd_nonmono, int) or o.ntasgd_nonmono < 0:
+        raise ConfigError(f"optim.ntasgd_nonmono must be an integer >= 0, got {o.ntasgd_nonmono!r}")
+    if not isinstance(t.bptt_bucket, int) or t.bptt_bucket < 1:
+        raise ConfigError(f"train.bptt_bucket must be a positive integer, got {t.bptt_bucket!r}")
+    if not isinstance(t.bptt_max, int) or t.bptt_max < 0 or (t.bptt_max and t.bptt_max < t.seq_len):
+        raise ConfigError(f"train.bptt_max must be 0 (seq_len + 15) or >= train.seq_len={t.seq_len}, "
+                          f"got {t.bptt_max!r}")
+    if t.variable_bptt and config.model.kind == "transformer" and bptt_max(t) > config.model.max_len:
+        raise ConfigError(f"train.variable_bptt: the longest sequence {bptt_max(t)} (train.bptt_max) "
+                          f"exceeds model.max_len={config.model.max_len}")
 
 
 def with_global_batch(config: ml_collections.ConfigDict, num_devices: int) -> ml_collections.ConfigDict:
@@ -256,6 +318,9 @@ def derive(config: ml_collections.ConfigDict, steps_per_epoch: int) -> dict[str,
         "batch_size": config.train.batch_size,
         "lr": scaled_lr(config.optim, config.train.batch_size),
         "decay_steps": max(decay_steps, config.optim.warmup_steps + 1),
+        **({"lr_drop_steps": [max(1, round(e * steps_per_epoch))
+                              for e in parse_epochs(config.optim.lr_drop_epochs)]}
+           if config.optim.lr_drop_epochs else {}),
     }
 
 
