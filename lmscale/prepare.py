@@ -9,6 +9,9 @@
         [--sp_model_type=bpe|unigram] [--sp_sample_bytes=100000000]
     python -m lmscale.prepare ... --tokenizer=sentencepiece --sp_model=other/tokenizer.model
 
+    # Words (whitespace split, <eos> per line), vocabulary from the training split
+    python -m lmscale.prepare ... --tokenizer=word [--word_min_count=1] [--word_vocab_size=0]
+
 ``--input`` may repeat or be comma separated; ``python_stdlib`` names the built-in corpus and
 ``tfds:NAME/SPLIT`` a TensorFlow Datasets corpus (its ``--text_field``, default ``text``).
 Bad input prints one ``error: ...`` line on stderr and exits 1.
@@ -26,9 +29,11 @@ from lmscale.data.errors import DataError
 from lmscale.data.prepare import prepare_dataset
 from lmscale.data.spm import MODEL_TYPES, SentencePieceTokenizer, SentencePieceTraining
 from lmscale.data.tokenizer import ByteTokenizer, Tokenizer
+from lmscale.data.words import WordTraining
 
 TOKENIZERS = {"sentiment_discovery": ByteTokenizer.sentiment_discovery, "openai": ByteTokenizer.openai}
 SENTENCEPIECE = "sentencepiece"
+WORD = "word"
 
 _INPUT = flags.DEFINE_multi_string("input", None, "Text files, globs or folders (repeatable, comma "
                                    "separated), or a built-in corpus name (python_stdlib).")
@@ -39,15 +44,19 @@ _TXT_MODE = flags.DEFINE_enum("txt_mode", "file", ["file", "line"],
                               "Plain text: one document per file, or per line.")
 _SPLIT = flags.DEFINE_string("split", "98,1,1", "Shard counts per cycle: train,val,test (paper: 1000,1,1).")
 _SHARD_TOKENS = flags.DEFINE_integer("shard_tokens", 2**27, "Upper bound on tokens per shard.")
-_TOKENIZER = flags.DEFINE_enum("tokenizer", "sentiment_discovery", sorted([*TOKENIZERS, SENTENCEPIECE]),
+_TOKENIZER = flags.DEFINE_enum("tokenizer", "sentiment_discovery", sorted([*TOKENIZERS, SENTENCEPIECE, WORD]),
                                "Byte ids: byte+1 with pad 0 (sentiment_discovery) or byte (openai); "
-                               "or SentencePiece subwords (piece+1, pad 0).")
+                               "SentencePiece subwords (piece+1, pad 0); or words (<eos> per line).")
 _VOCAB_SIZE = flags.DEFINE_integer("vocab_size", 8000, "SentencePiece pieces to train (ids: one more).")
 _SP_MODEL_TYPE = flags.DEFINE_enum("sp_model_type", "bpe", list(MODEL_TYPES), "SentencePiece algorithm.")
 _SP_SAMPLE_BYTES = flags.DEFINE_integer("sp_sample_bytes", 100_000_000,
                                         "Bytes of text, spread over the inputs, to train SentencePiece on.")
 _SP_MODEL = flags.DEFINE_string("sp_model", None, "An existing SentencePiece .model to encode with "
                                 "(instead of training one).")
+_WORD_MIN_COUNT = flags.DEFINE_integer("word_min_count", 1, "Words: fewer occurrences in the training "
+                                      "split make a word <unk>.")
+_WORD_VOCAB_SIZE = flags.DEFINE_integer("word_vocab_size", 0, "Words: most ids (specials included; the "
+                                        "most frequent words kept); 0 = no cap.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing prepared dataset at --output.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars on stderr (when it is a terminal).")
 
@@ -67,6 +76,7 @@ def summary(metadata: dict, output: str) -> str:
              f"{n(len(s['shards']), 'shard')}" for name, s in metadata["splits"].items()]
     tok = metadata["tokenizer"]
     vocab = f", SentencePiece vocabulary of {tok['vocab_size']:,} ids" if tok.get("kind") == "sentencepiece" else ""
+    vocab = f", word vocabulary of {tok['vocab_size']:,} ids" if tok.get("kind") == WORD else vocab
     return (f"Prepared {n(metadata['total_tokens'], 'token')} in {n(metadata['total_documents'], 'document')} "
             f"from {n(len(metadata['files']), 'file')} into {output} ({'; '.join(parts)}{vocab}).")
 
@@ -74,6 +84,12 @@ def summary(metadata: dict, output: str) -> str:
 def make_tokenizer() -> Tokenizer | SentencePieceTraining:
     """The tokenizer the flags ask for (a training request for a new SentencePiece model)."""
     name = _TOKENIZER.value
+    if name != WORD:
+        for flag in ("word_min_count", "word_vocab_size"):
+            if flags.FLAGS[flag].present:
+                raise DataError(f"--{flag} is for --tokenizer=word, not --tokenizer={name}")
+    else:
+        return WordTraining(min_count=_WORD_MIN_COUNT.value, max_size=_WORD_VOCAB_SIZE.value)
     if name != SENTENCEPIECE:
         for flag in ("vocab_size", "sp_model_type", "sp_sample_bytes", "sp_model"):
             if flags.FLAGS[flag].present:

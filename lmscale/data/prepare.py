@@ -39,6 +39,7 @@ from lmscale.data.sample import sample_texts
 from lmscale.data.sources import TXT_MODES, expand_inputs, input_size, iter_pieces
 from lmscale.data.spm import SentencePieceTraining, train_sentencepiece
 from lmscale.data.tokenizer import ByteTokenizer, Tokenizer
+from lmscale.data.words import WordCounter, WordTraining, build_vocabulary
 
 COPY_TOKENS = 1 << 23  # tokens per chunk when copying a shard out of the raw file
 DOC_FLUSH = 1 << 16  # document starts buffered before appending them to their file
@@ -221,8 +222,12 @@ def _tokenize(paths: list[str], tmp: str, tokenizer: Tokenizer, progress: bool,
 
 
 def _write_shards(tmp: str, plan: list[tuple[int, int, int]], names: list[str], documents: int,
-                  itemsize: int, progress: bool) -> dict[str, Any]:
-    """Pass 2: copies each planned range into its shard files; returns metadata["splits"]."""
+                  itemsize: int, progress: bool, remap: np.ndarray | None = None,
+                  out_dtype: np.dtype | None = None) -> dict[str, Any]:
+    """Pass 2: copies each planned range into its shard files; returns metadata["splits"].
+
+    ``remap`` (word vocabularies): the raw file holds provisional uint32 ids (``itemsize`` 4),
+    written as ``remap[id]`` in ``out_dtype``."""
     starts = np.memmap(os.path.join(tmp, DOCS_FILE), dtype="<i8", mode="r", shape=(documents,))
     splits: dict[str, Any] = {}
     with open(os.path.join(tmp, TOKENS_FILE), "rb") as src:
@@ -241,6 +246,9 @@ def _write_shards(tmp: str, plan: list[tuple[int, int, int]], names: list[str], 
                     chunk = src.read(itemsize * n)
                     if len(chunk) != itemsize * n:
                         raise DataError(f"temporary token file ended early at token {start}")
+                    if remap is not None:
+                        chunk = remap[np.frombuffer(chunk, dtype="<u4")].astype(
+                            np.dtype(out_dtype).newbyteorder("<")).tobytes()
                     dst.write(chunk)
                     left -= n
             lo, hi = np.searchsorted(starts, [start, stop], side="left")
@@ -252,6 +260,17 @@ def _write_shards(tmp: str, plan: list[tuple[int, int, int]], names: list[str], 
             entry["documents"] += len(local)
     del starts
     return {n: splits[n] for n in names if n in splits}
+
+
+def _train_counts(tmp: str, plan: list[tuple[int, int, int]], total: int, vocab_size: int) -> np.ndarray:
+    """Occurrences of each provisional (uint32) id in the training split's shards of ``plan``."""
+    tokens = np.memmap(os.path.join(tmp, TOKENS_FILE), dtype="<u4", mode="r", shape=(total,))
+    counts = np.zeros(vocab_size, np.int64)
+    for s, start, stop in plan:
+        for lo in range(start, stop, COPY_TOKENS) if s == 0 else ():
+            counts += np.bincount(tokens[lo:min(stop, lo + COPY_TOKENS)], minlength=vocab_size)
+    del tokens
+    return counts
 
 
 def _publish(tmp: str, output: str, replace: bool) -> None:
@@ -302,6 +321,9 @@ def prepare_dataset(inputs: str | Sequence[str], output: str, *, text_column: st
     if parent:
         os.makedirs(parent, exist_ok=True)
     training = tokenizer if isinstance(tokenizer, SentencePieceTraining) else None
+    word_training = tokenizer if isinstance(tokenizer, WordTraining) else None
+    if word_training is not None:  # provisional ids now; the vocabulary once the splits are known
+        tokenizer = WordCounter()
     if training is not None:
         options = dict(text_column=text_column, text_field=text_field, txt_mode=txt_mode)
         tokenizer = train_sentencepiece(sample_texts(paths, training.sample_bytes, **options),
@@ -316,8 +338,13 @@ def prepare_dataset(inputs: str | Sequence[str], output: str, *, text_column: st
         if total == 0:
             raise DataError(f"empty corpus: no text in {', '.join(source)}")
         plan = shard_plan(total, split, shard_tokens)
+        remap, raw_itemsize = None, np.dtype(tokenizer.token_dtype).itemsize
+        if word_training is not None:
+            tokenizer, remap = build_vocabulary(tokenizer, _train_counts(tmp, plan, total, tokenizer.vocab_size),
+                                                word_training)
         dtype = np.dtype(tokenizer.token_dtype)
-        splits = _write_shards(tmp, plan, list(SPLITS), documents, dtype.itemsize, progress)
+        splits = _write_shards(tmp, plan, list(SPLITS), documents, raw_itemsize, progress,
+                               remap=remap, out_dtype=dtype)
         tokenizer.save(tmp)
         os.remove(os.path.join(tmp, TOKENS_FILE))
         os.remove(os.path.join(tmp, DOCS_FILE))
@@ -326,7 +353,8 @@ def prepare_dataset(inputs: str | Sequence[str], output: str, *, text_column: st
             "inputs": source, "files": paths,
             "options": {"text_column": text_column, "text_field": text_field, "txt_mode": txt_mode,
                         "split": list(split), "shard_tokens": shard_tokens,
-                        "tokenizer_training": training.to_dict() if training else None},
+                        "tokenizer_training": (training or word_training).to_dict()
+                        if (training or word_training) else None},
             "num_shards": len(plan), "cycles": len(plan) // sum(split),
             "splits": splits, "total_tokens": total, "total_documents": documents,
         }

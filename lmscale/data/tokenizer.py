@@ -16,6 +16,7 @@ Two mappings are in use for byte-level mLSTMs:
 * OpenAI's released model: id = byte, no padding, vocabulary 256.
 
 Subwords: ``lmscale.data.spm.SentencePieceTokenizer`` (id = piece + 1, id 0 is padding).
+Words: ``lmscale.data.words.WordTokenizer`` (0 padding, 1 ``<unk>``, 2 ``<eos>``, then words).
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ class ByteTokenizer:
 
 
 def tokenizer_from_dict(d: dict[str, Any], base_dir: str | None = None) -> Tokenizer:
-    """Rebuilds a tokenizer from ``to_dict()`` output (kinds: "byte", "sentencepiece"); files
+    """Rebuilds a tokenizer from ``to_dict()`` output (kinds: "byte", "sentencepiece", "word"); files
     it names are read from ``base_dir`` (the dataset or workdir the description came from)."""
     if not isinstance(d, dict):
         raise DataError(f"tokenizer description must be a dict, got {type(d).__name__}")
@@ -145,4 +146,7 @@ def tokenizer_from_dict(d: dict[str, Any], base_dir: str | None = None) -> Token
     if kind == "sentencepiece":
         from lmscale.data.spm import SentencePieceTokenizer
         return SentencePieceTokenizer.from_dict(d, base_dir)
-    raise DataError(f"unknown tokenizer kind {kind!r} (known: 'byte', 'sentencepiece')")
+    if kind == "word":
+        from lmscale.data.words import WordTokenizer
+        return WordTokenizer.from_dict(d, base_dir)
+    raise DataError(f"unknown tokenizer kind {kind!r} (known: 'byte', 'sentencepiece', 'word')")

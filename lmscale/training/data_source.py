@@ -24,19 +24,29 @@ from lmscale.data.prepare import prepare_dataset
 from lmscale.data.stream import StreamBatcher
 from lmscale.data.spm import SentencePieceTokenizer, SentencePieceTraining
 from lmscale.data.tokenizer import ByteTokenizer, Tokenizer, tokenizer_from_dict
+from lmscale.data.words import WordTraining
 
 TOKENIZERS = {"sentiment_discovery": ByteTokenizer.sentiment_discovery, "openai": ByteTokenizer.openai}
 SENTENCEPIECE = "sentencepiece"
+WORD = "word"
 
 
-def make_tokenizer(data: ml_collections.ConfigDict | str) -> Tokenizer | SentencePieceTraining:
+def make_tokenizer(data: ml_collections.ConfigDict | str
+                   ) -> Tokenizer | SentencePieceTraining | WordTraining:
     """The tokenizer ``data.tokenizer`` names: a byte tokenizer, the SentencePiece model at
-    ``data.sp_model``, or (``data.sp_model`` empty) a request to train one while preparing."""
+    ``data.sp_model``, or (``data.sp_model`` empty) a request to train one while preparing;
+    for "word", a request to build the vocabulary from the training split while preparing."""
     name = data if isinstance(data, str) else str(data.tokenizer)
     if name in TOKENIZERS:
         return TOKENIZERS[name]()
+    if name == WORD:
+        if isinstance(data, str):
+            return WordTraining(option_prefix="data.word_")
+        return WordTraining(min_count=data.word_min_count, max_size=data.word_vocab_size,
+                            option_prefix="data.word_")
     if name != SENTENCEPIECE:
-        raise DataError(f"data.tokenizer must be one of {sorted([*TOKENIZERS, SENTENCEPIECE])}, got {name!r}")
+        raise DataError(f"data.tokenizer must be one of {sorted([*TOKENIZERS, SENTENCEPIECE, WORD])}, "
+                        f"got {name!r}")
     if isinstance(data, str):
         raise DataError("data.tokenizer='sentencepiece' needs the data config (data.vocab_size, data.sp_model)")
     if data.sp_model:
@@ -54,6 +64,12 @@ def vocab_size_of(data: ml_collections.ConfigDict) -> int:
         with open(os.path.join(spec, METADATA), encoding="utf-8") as f:
             return tokenizer_from_dict(json.load(f).get("tokenizer"), base_dir=spec).vocab_size
     tokenizer = make_tokenizer(data)
+    if isinstance(tokenizer, WordTraining):
+        if not tokenizer.max_size:
+            raise DataError("data.tokenizer='word': the vocabulary size is known once the data is "
+                            "prepared; prepare it (lmscale.prepare --tokenizer=word) and pass the "
+                            "folder as data.train, or set data.word_vocab_size")
+        return tokenizer.max_size
     if isinstance(tokenizer, SentencePieceTraining):
         return tokenizer.vocab_size + 1
     return tokenizer.vocab_size
@@ -70,6 +86,8 @@ def _request(data: ml_collections.ConfigDict) -> dict:
         else:
             request.update(vocab_size=data.vocab_size, sp_model_type=data.sp_model_type,
                            sp_sample_bytes=data.sp_sample_bytes)
+    if data.tokenizer == WORD:
+        request.update(word_min_count=data.word_min_count, word_vocab_size=data.word_vocab_size)
     return request
 
 

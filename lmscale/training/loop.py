@@ -34,7 +34,7 @@ from lmscale.training.stop import StopSignal
 from lmscale.training.data_source import resolve_dataset, train_batcher
 from lmscale.training.evaluate import batch_arrays, evaluate_split
 from lmscale.training.loss import bits_per_char
-from lmscale.training.metrics import MetricsWriter
+from lmscale.training.metrics import MetricsWriter, add_perplexity
 from lmscale.training.setup import build_train_setup, jit_train_step
 from lmscale.training.state import zero_acc
 from lmscale.training.steps import make_eval_step
@@ -82,6 +82,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     tokenizer = dataset.tokenizer
     vocab_size = tokenizer.vocab_size
     byte_lengths = tokenizer.byte_lengths()
+    word_level = tokenizer.to_dict().get("kind") == "word"  # records also report perplexity
 
     derived = derive(config, batcher.steps_per_epoch)
     if saved is not None:
@@ -138,7 +139,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
             return
         result = evaluate_split(eval_step, state.params, initial_carry, val, mesh,
                                 **eval_settings(config))
-        record = {"step": step, "split": "val", **result}
+        record = add_perplexity({"step": step, "split": "val", **result}, word_level)
         writer.write(record)
         last["val"] = record
         if progress:
@@ -171,6 +172,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                           "steps_per_s": timed_steps / elapsed,
                           "tokens_per_s": timed_steps * tokens_per_step / elapsed,
                           "chars_per_s": timed_steps * bytes_per_step / elapsed}
+                record = add_perplexity(record, word_level)
                 writer.write(record)
                 last["train"] = record
                 bar.set_postfix(loss=f"{loss:.3f}", bpc=f"{record['bpc']:.3f}",

@@ -56,6 +56,13 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def add_perplexity(record: dict[str, Any], word_level: bool) -> dict[str, Any]:
+    """``record`` with ``perplexity`` = exp(loss in nats per token) for a word-level run."""
+    if word_level and "loss" in record:
+        record["perplexity"] = math.exp(min(float(record["loss"]), 700.0))
+    return record
+
+
 def _plain(value: Any) -> Any:
     if hasattr(value, "item"):
         value = value.item()

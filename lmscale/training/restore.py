@@ -116,5 +116,7 @@ def evaluate_data(lm: TrainedLM, data: str, *, split: str = "val", batch_size: i
 
 
 def _evaluate(lm: TrainedLM, split: Any, settings: dict[str, Any]) -> dict[str, float]:
+    from lmscale.training.metrics import add_perplexity
     eval_step = jax.jit(make_eval_step(lm.graphdef, lm.tokenizer.byte_lengths()))
-    return evaluate_split(eval_step, lm.params, lm.model().initial_carry, split, lm.mesh, **settings)
+    result = evaluate_split(eval_step, lm.params, lm.model().initial_carry, split, lm.mesh, **settings)
+    return add_perplexity(result, lm.tokenizer.to_dict().get("kind") == "word")

@@ -38,6 +38,8 @@ PROVENANCE_KEYS = ("preprocess", "pretrained")
 RESUME_FIELDS = ("train.seq_len", "data.train", "data.split", "data.tokenizer")
 # ... and, in a sentencepiece run, these (they define its vocabulary).
 SENTENCEPIECE_FIELDS = ("data.vocab_size", "data.sp_model_type", "data.sp_model")
+# ... and, in a word-level run, these.
+WORD_FIELDS = ("data.word_min_count", "data.word_vocab_size")
 # Settings that define the decay horizon; unchanged, a resume keeps the recorded horizon.
 DECAY_FIELDS = ("optim.schedule", "optim.decay_steps", "optim.decay_epochs", "optim.warmup_steps")
 RUN_FILES = ("checkpoints", "metrics.jsonl", "tb", "config.json", "history")
@@ -62,6 +64,8 @@ def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict, wh
     fields = RESUME_FIELDS
     if _get(new, "data.tokenizer") == "sentencepiece":
         fields += SENTENCEPIECE_FIELDS
+    if _get(new, "data.tokenizer") == "word":
+        fields += WORD_FIELDS
     for key in fields:
         if _get(old, key) != _get(new, key):
             raise CheckpointMismatchError(

@@ -1,0 +1,277 @@
+"""Word-level tokenizer (AWD-LSTM / WikiText style): whitespace split, ``<eos>`` per line.
+
+Encoding: every line of the text (split at ``\\n``; a final line without one counts too)
+becomes its whitespace-separated words followed by ``<eos>`` — an empty line is just
+``<eos>`` — as salesforce/awd-lstm-lm's data.py reads PTB and WikiText. Ids: 0 = ``<pad>``,
+1 = ``<unk>``, 2 = ``<eos>``, then the words by descending count in the training split
+(ties: first occurrence), so an adaptive softmax's frequency clusters are contiguous id
+ranges. A word counted fewer than ``min_count`` times in the training split, past the
+``max_size`` most frequent ids, or absent from it is ``<unk>`` (a literal ``<unk>`` in the
+text, as in PTB, is too).
+
+The vocabulary is built at prepare time from the training split only (``WordTraining``,
+then ``WordCounter`` for the provisional ids of pass 1 and ``build_vocabulary`` once the
+split plan is known) and travels with the dataset / workdir as ``vocab.json``.
+
+Bytes per id (``byte_lengths``, for bits per UTF-8 byte): a word counts its UTF-8 bytes
+plus one separator (the space after it, or the newline that ends its line); ``<eos>``
+counts 0 (the newline is the last word's separator); ``<unk>`` counts the mean of that over
+the training occurrences it replaced (rounded; over all words when it replaced none). So
+a line of single-spaced words scores exactly its bytes; an empty line's newline is not
+counted. ``decode`` joins words with spaces and writes ``<eos>`` as a newline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lmscale.data.errors import DataError
+from lmscale.data.tokenizer import smallest_uint_dtype
+
+VOCAB_FILE = "vocab.json"
+PAD, UNK, EOS = "<pad>", "<unk>", "<eos>"
+SPECIALS = (PAD, UNK, EOS)
+PAD_ID, UNK_ID, EOS_ID = 0, 1, 2
+
+
+def split_words(text: str | bytes) -> list[str]:
+    """Words of ``text`` with ``<eos>`` after each line (see the module doc)."""
+    if not isinstance(text, str):
+        text = bytes(text).decode("utf-8", errors="replace")
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the text ended with a newline: no extra empty line
+    out: list[str] = []
+    for line in lines:
+        out.extend(line.split())
+        out.append(EOS)
+    return out
+
+
+class WordTokenizer:
+    """A fixed word vocabulary; ``vocab_size`` = words + the 3 special ids."""
+
+    pad_id: int | None = PAD_ID
+
+    def __init__(self, words: Sequence[str], *, unk_bytes: int, min_count: int = 1,
+                 max_size: int = 0) -> None:
+        words = list(words)
+        if tuple(words[:3]) != SPECIALS:
+            raise DataError(f"word vocabulary must start with {list(SPECIALS)}, got {words[:3]}")
+        if len(words) <= len(SPECIALS):
+            raise DataError("empty word vocabulary: it has no word besides <pad>, <unk> and <eos>")
+        self.words = words
+        self.index = {w: i for i, w in enumerate(words)}
+        if len(self.index) != len(words):
+            raise DataError("word vocabulary has duplicate words")
+        self.unk_bytes = int(unk_bytes)
+        self.min_count, self.max_size = int(min_count), int(max_size)
+        self.document = {"words": words, "unk_bytes": self.unk_bytes, "min_count": self.min_count,
+                         "max_size": self.max_size}
+        self.payload = json.dumps(self.document, ensure_ascii=False).encode("utf-8")
+        self.sha256 = hashlib.sha256(self.payload).hexdigest()
+        self._byte_lengths: np.ndarray | None = None
+
+    @classmethod
+    def from_file(cls, path: str) -> "WordTokenizer":
+        if not os.path.isfile(path):
+            raise DataError(f"word vocabulary {path} does not exist")
+        try:
+            with open(path, encoding="utf-8") as f:
+                d = json.load(f)
+            return cls(d["words"], unk_bytes=d["unk_bytes"], min_count=d.get("min_count", 1),
+                       max_size=d.get("max_size", 0))
+        except (ValueError, KeyError, TypeError) as e:
+            raise DataError(f"{path} is not a word vocabulary ({type(e).__name__}: {e})") from None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], base_dir: str | None) -> "WordTokenizer":
+        """Loads ``base_dir/<d["vocab"]>`` and checks its SHA-256 and size."""
+        unknown = set(d) - {"kind", "vocab", "sha256", "vocab_size"}
+        if unknown:
+            raise DataError(f"unknown keys {sorted(unknown)} in word tokenizer description")
+        name = d.get("vocab")
+        if not isinstance(name, str) or not name or os.path.isabs(name):
+            raise DataError(f"word tokenizer description needs a relative vocabulary file name, got {name!r}")
+        if base_dir is None:
+            raise DataError(f"word tokenizer: the folder holding {name} is not known (base_dir)")
+        tok = cls.from_file(os.path.join(base_dir, name))
+        if d.get("sha256") is not None and d["sha256"] != tok.sha256:
+            raise DataError(f"word vocabulary {os.path.join(base_dir, name)} has SHA-256 "
+                            f"{tok.sha256[:12]}…, the description says {str(d['sha256'])[:12]}…")
+        if d.get("vocab_size") is not None and d["vocab_size"] != tok.vocab_size:
+            raise DataError(f"word vocabulary {os.path.join(base_dir, name)} has {tok.vocab_size} "
+                            f"ids, the description says {d['vocab_size']}")
+        return tok
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.words)
+
+    @property
+    def token_dtype(self) -> type:
+        return smallest_uint_dtype(self.vocab_size)
+
+    def encode(self, text: str | bytes) -> np.ndarray:
+        """Ids [n] (``token_dtype``) of ``text``: its words and an ``<eos>`` per line."""
+        return self.encode_batch([text])[0]
+
+    def encode_batch(self, texts: Sequence[str | bytes]) -> tuple[np.ndarray, np.ndarray]:
+        """Ids of all ``texts`` concatenated and each text's token count (int64)."""
+        get = self.index.get
+        parts = [[get(w, UNK_ID) for w in split_words(t)] for t in texts]
+        counts = np.array([len(p) for p in parts], dtype=np.int64)
+        ids = np.fromiter((i for p in parts for i in p), dtype=np.int64, count=int(counts.sum()))
+        ids[ids == PAD_ID] = UNK_ID  # a literal "<pad>" in the text is no padding
+        return ids.astype(self.token_dtype), counts
+
+    def decode(self, ids: Any) -> str:
+        """Words joined by spaces, ``<eos>`` as a newline; padding dropped."""
+        arr = np.asarray(ids)
+        if arr.size == 0:
+            return ""
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise DataError(f"token ids must be integers, got dtype {arr.dtype}")
+        arr = arr.reshape(-1).astype(np.int64)
+        arr = arr[arr != PAD_ID]
+        bad = (arr < 0) | (arr >= self.vocab_size)
+        if bad.any():
+            raise DataError(f"token id {int(arr[bad][0])} out of range for this word tokenizer "
+                            f"(ids are [0, {self.vocab_size - 1}])")
+        lines, line = [], []
+        for i in arr.tolist():
+            if i == EOS_ID:
+                lines.append(" ".join(line) + "\n")
+                line = []
+            else:
+                line.append(self.words[i])
+        return "".join(lines) + " ".join(line)
+
+    def byte_lengths(self) -> np.ndarray:
+        """int32 [vocab_size]: word bytes + 1 separator; <eos> and <pad> 0; <unk> its mean."""
+        if self._byte_lengths is None:
+            lengths = np.array([len(w.encode("utf-8")) + 1 for w in self.words], np.int32)
+            lengths[PAD_ID] = lengths[EOS_ID] = 0
+            lengths[UNK_ID] = self.unk_bytes
+            lengths.setflags(write=False)
+            self._byte_lengths = lengths
+        return self._byte_lengths
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "word", "vocab": VOCAB_FILE, "sha256": self.sha256, "vocab_size": self.vocab_size}
+
+    def save(self, directory: str) -> None:
+        """Writes ``directory/vocab.json`` (atomically; kept if already identical)."""
+        path = os.path.join(directory, VOCAB_FILE)
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                if f.read() == self.payload:
+                    return
+        os.makedirs(directory, exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.write(self.payload)
+        os.replace(tmp, path)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, WordTokenizer) and other.sha256 == self.sha256
+
+    def __hash__(self) -> int:
+        return hash(self.sha256)
+
+    def __repr__(self) -> str:
+        return f"WordTokenizer(vocab_size={self.vocab_size}, sha256={self.sha256[:12]})"
+
+
+@dataclass(frozen=True)
+class WordTraining:
+    """A request to build a word vocabulary from the training split of the corpus being prepared."""
+
+    min_count: int = 1  # a word seen fewer times in the training split is <unk>
+    max_size: int = 0  # most ids in the vocabulary, the 3 specials included; 0 = no cap
+    option_prefix: str = field(default="--word_", compare=False)  # how messages name the options
+
+    def __post_init__(self) -> None:
+        if isinstance(self.min_count, bool) or not isinstance(self.min_count, int) or self.min_count < 1:
+            raise DataError(f"{self.option_prefix}min_count must be a positive integer, got {self.min_count!r}")
+        if isinstance(self.max_size, bool) or not isinstance(self.max_size, int) or self.max_size < 0 \
+                or 0 < self.max_size <= len(SPECIALS):
+            raise DataError(f"{self.option_prefix}vocab_size must be 0 (no cap) or more than "
+                            f"{len(SPECIALS)} (the special ids), got {self.max_size!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "word", "min_count": self.min_count, "max_size": self.max_size}
+
+
+class WordCounter:
+    """Pass 1 of preparation: provisional ids (order of first occurrence, every distinct
+    word) so that the stream can be cut into splits before the vocabulary is chosen."""
+
+    token_dtype = np.uint32
+    pad_id: int | None = None
+
+    def __init__(self) -> None:
+        self.index: dict[str, int] = {}
+
+    @property
+    def vocab_size(self) -> int:
+        return max(len(self.index), 1)
+
+    def encode_batch(self, texts: Sequence[str | bytes]) -> tuple[np.ndarray, np.ndarray]:
+        index = self.index
+        parts = []
+        for t in texts:
+            ids = []
+            for w in split_words(t):
+                i = index.get(w)
+                if i is None:
+                    i = index[w] = len(index)
+                ids.append(i)
+            parts.append(ids)
+        counts = np.array([len(p) for p in parts], dtype=np.int64)
+        flat = np.fromiter((i for p in parts for i in p), dtype=np.int64, count=int(counts.sum()))
+        return flat.astype(np.uint32), counts
+
+    def __repr__(self) -> str:
+        return f"WordCounter({len(self.index)} words)"
+
+
+def build_vocabulary(counter: WordCounter, train_counts: np.ndarray, training: WordTraining
+                     ) -> tuple[WordTokenizer, np.ndarray]:
+    """The vocabulary from the training split's counts of the provisional ids.
+
+    ``train_counts`` int [provisional ids]: occurrences in the training split. Returns
+    (tokenizer, remap) with ``remap[provisional id] = final id``.
+    """
+    words = list(counter.index)
+    counts = np.zeros(len(words), np.int64)
+    counts[:len(train_counts)] = train_counts[:len(words)]
+    special = np.array([w in SPECIALS for w in words], dtype=bool)
+    keep = (counts >= training.min_count) & ~special
+    order = np.flatnonzero(keep)
+    order = order[np.argsort(-counts[order], kind="stable")]  # by count, ties by first occurrence
+    if training.max_size:
+        order = order[:training.max_size - len(SPECIALS)]
+    if order.size == 0:
+        raise DataError(f"empty word vocabulary: no word occurs {training.option_prefix}min_count="
+                        f"{training.min_count} times in the training split ({int(counts.sum())} "
+                        f"tokens, {len(words)} distinct words)")
+    remap = np.full(len(words), UNK_ID, np.int64)
+    remap[order] = np.arange(len(SPECIALS), len(SPECIALS) + order.size)
+    if EOS in counter.index:
+        remap[counter.index[EOS]] = EOS_ID
+    sizes = np.array([len(w.encode("utf-8")) + 1 for w in words], np.int64)
+    unk = (remap == UNK_ID) & (counts > 0)
+    pool = unk if counts[unk].sum() else ~special & (counts > 0)
+    total = counts[pool].sum()
+    unk_bytes = int(round(float((sizes[pool] * counts[pool]).sum()) / total)) if total else 1
+    tokenizer = WordTokenizer([*SPECIALS, *(words[i] for i in order)], unk_bytes=max(unk_bytes, 1),
+                              min_count=training.min_count, max_size=training.max_size)
+    return tokenizer, remap
