@@ -1,0 +1,93 @@
+"""Run a grid of training runs (a sweep) and write a report.
+
+    python -m lmscale.sweep --config=configs/lr_rules.py --sweep=configs/sweeps/lr_rules.py \
+        --workdir=runs/sweeps/lr_rules [--parallel=2] [--cpu_budget_minutes=20] [--config.x=...]
+
+Each point is an ordinary ``lmscale.train`` run in WORKDIR/NAME. Re-running the same
+command skips finished points and resumes the others. A point whose training loss goes
+non-finite or above --divergence_factor x its running minimum is stopped and marked "div".
+With --transfer_train/--transfer_val[/--transfer_test] every finished model is also
+evaluated by sentiment transfer (lmscale.transfer). Writes WORKDIR/report.md, report.html
+and curves.png.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from lmscale.cli import parse_flags, run_cli
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "The base run's config file; every point starts from it.", lock_config=True)
+_SWEEP = flags.DEFINE_string("sweep", None, "Sweep file (configs/sweeps/*.py) whose get_sweep() gives the grid.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Sweep folder: a run folder per point, sweep.json, the report.")
+_PARALLEL = flags.DEFINE_integer("parallel", 1, "Points trained at once, each its own process (and, with "
+                                 "several GPUs, its own CUDA_VISIBLE_DEVICES group).", lower_bound=1)
+_BUDGET = flags.DEFINE_float("cpu_budget_minutes", None, "Size the sweep for about this many minutes on a "
+                             "CPU (the sweep file's get_sweep(cpu_budget_minutes=...) rule).", lower_bound=1)
+_DIV = flags.DEFINE_float("divergence_factor", 1.5, "A point diverged when its training loss exceeds this "
+                          "times its running minimum (or is not finite).", lower_bound=1.0)
+_T_TRAIN = flags.DEFINE_string("transfer_train", None, "Labeled training texts for sentiment transfer.")
+_T_VAL = flags.DEFINE_string("transfer_val", None, "Labeled validation texts for transfer.")
+_T_TEST = flags.DEFINE_string("transfer_test", None, "Labeled test texts for transfer (optional).")
+_T_TEXT = flags.DEFINE_string("text_column", "sentence", "Transfer: column/field holding the text.")
+_T_LABEL = flags.DEFINE_string("label_column", "label", "Transfer: column/field holding the 0/1 label.")
+flags.mark_flags_as_required(["config", "sweep", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from lmscale.sweeps import SweepError, run_sweep
+    from lmscale.sweeps.runner import SweepInterrupted
+    from lmscale.sweeps.transfer import TransferSets
+
+    if bool(_T_TRAIN.value) != bool(_T_VAL.value) or (_T_TEST.value and not _T_TRAIN.value):
+        print("error: transfer needs both --transfer_train and --transfer_val", file=sys.stderr)
+        sys.exit(1)
+    transfer = (TransferSets(_T_TRAIN.value, _T_VAL.value, _T_TEST.value, _T_TEXT.value, _T_LABEL.value)
+                if _T_TRAIN.value else None)
+    overrides = [a for a in sys.argv[1:] if a.startswith("--config.")]
+    command = "python -m lmscale.sweep " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+    def go() -> dict:
+        try:
+            return run_sweep(_CONFIG.value, _config_path(),
+                             _SWEEP.value, _WORKDIR.value, config_flags=overrides,
+                             parallel=_PARALLEL.value, cpu_budget_minutes=_BUDGET.value,
+                             divergence_factor=_DIV.value, transfer=transfer, command=command)
+        except SweepError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(1)
+        except SweepInterrupted as e:
+            print(str(e), file=sys.stderr)
+            sys.exit(1)
+
+    out = run_cli(go)
+    failed = [r["point"].name for r in out["results"] if r["status"] not in ("ok", "div")]
+    from lmscale.sweeps.report import outcome
+    for r in out["results"]:
+        print(f"{r['point'].name}: {outcome(r)}")
+    if failed:
+        print(f"error: {len(failed)} point(s) did not finish: {', '.join(failed)} (see their train.log)",
+              file=sys.stderr)
+        sys.exit(1)
+
+
+def _config_path() -> str:
+    """The --config file path as given (without a ':' override suffix)."""
+    args = sys.argv[1:]
+    for i, arg in enumerate(args):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(args):
+            return args[i + 1]
+    raise app.UsageError("--config is required")
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,274 @@
+"""The sweep report: DIR/report.md, DIR/report.html and learning-curve PNGs.
+
+One table of every point (its fields' values, learning rate, status, final validation BPC,
+steps, time, transfer accuracy), one table per pair of axes (a cell per point: the final
+validation BPC or ``div``), and the training curves. DIR/notes.md, if present, is
+included (the place to compare with a paper).
+"""
+
+from __future__ import annotations
+
+import html
+import itertools
+import json
+import math
+import os
+from typing import Any
+
+from lmscale.sweeps.divergence import read_records
+from lmscale.sweeps.grid import Point, Sweep
+from lmscale.sweeps.transfer import read_transfer
+from lmscale.sweeps.workdir import read_status
+
+Block = tuple  # ("h2", text) | ("p", text) | ("table", header, rows) | ("img", file, alt) | ("md", text)
+
+
+def point_result(workdir: str, point: Point) -> dict[str, Any]:
+    """What the report shows of one point, read from its folder."""
+    d = os.path.join(workdir, point.name)
+    status = read_status(d) or {}
+    records = read_records(d)
+    val = [r for r in records if r.get("split") == "val"]
+    train = [r for r in records if r.get("split") == "train"]
+    derived: dict[str, Any] = {}
+    if os.path.exists(os.path.join(d, "config.json")):
+        with open(os.path.join(d, "config.json")) as f:
+            derived = json.load(f).get("derived", {})
+    return {"point": point, "status": status.get("status", "not run"),
+            "divergence": status.get("divergence"),
+            "val_bpc": val[-1]["bpc"] if val else None, "val_step": val[-1]["step"] if val else None,
+            "train_bpc": train[-1]["bpc"] if train else None,
+            "step": status.get("step", max((r["step"] for r in records), default=0)),
+            "steps": derived.get("steps"), "lr": derived.get("lr"),
+            "tokens_per_step": derived.get("tokens_per_step"), "params": derived.get("params"),
+            "wall_s": status.get("wall_s"), "cpu_s": status.get("cpu_s"),
+            "transfer": read_transfer(d), "train": train, "val": val}
+
+
+def outcome(r: dict[str, Any]) -> str:
+    """The cell text: final validation BPC, or div / failed / not run."""
+    if r["status"] == "div":
+        return f"div (step {r['divergence']['step']})" if r.get("divergence") else "div"
+    if r["status"] != "ok":
+        return r["status"]
+    return f"{r['val_bpc']:.3f}" if r["val_bpc"] is not None else "ok (no val)"
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f} %"
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def write_report(workdir: str, sweep: Sweep, *, title: str, command: str = "",
+                 totals: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    """Writes report.md, report.html and curves.png in ``workdir``; returns the point results."""
+    results = [point_result(workdir, p) for p in sweep.points]
+    has_transfer = any(r["transfer"] for r in results)
+    blocks: list[Block] = [("h1", title)]
+    if sweep.description:
+        blocks.append(("p", sweep.description))
+    if command:
+        blocks.append(("code", command))
+    counts = {s: sum(r["status"] == s for r in results) for s in ("ok", "div", "failed", "interrupted", "not run")}
+    summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    wall = sum(r["wall_s"] or 0 for r in results)
+    cpu = sum(r["cpu_s"] or 0 for r in results)
+    line = f"{len(results)} points: {summary}. Training time summed over points: {wall / 60:.1f} min wall, {cpu / 60:.1f} min CPU."
+    if totals:
+        line += " " + " ".join(f"{k}: {v}." for k, v in totals.items())
+    blocks.append(("p", line))
+    notes = os.path.join(workdir, "notes.md")
+    if os.path.exists(notes):
+        with open(notes) as f:
+            blocks.append(("md", f.read()))
+
+    header = [*sweep.axes, "lr", "status", "val BPC", "steps", "wall s", "CPU s"]
+    if has_transfer:
+        header += ["transfer test acc", "neuron test acc"]
+    rows = []
+    for r in results:
+        row = [_fmt(r["point"].values[a]) for a in sweep.axes]
+        row += ["–" if r["lr"] is None else f"{r['lr']:.3g}", r["status"], outcome(r),
+                f"{r['step']}/{r['steps'] or '?'}", _num(r["wall_s"]), _num(r["cpu_s"])]
+        if has_transfer:
+            t = r["transfer"] or {}
+            row += [_pct(t.get("test_accuracy")), _pct(t.get("neuron_test_accuracy"))]
+        rows.append(row)
+    blocks += [("h2", "All points"), ("table", header, rows)]
+
+    for a, b in itertools.combinations(range(len(sweep.axes)), 2):
+        blocks += _pair_tables(sweep, results, a, b, has_transfer)
+
+    png = _curves(workdir, sweep, results)
+    if png:
+        blocks += [("h2", "Learning curves"), ("img", png, "training BPC against characters (tokens) trained on")]
+    with open(os.path.join(workdir, "report.md"), "w") as f:
+        f.write(_markdown(blocks))
+    with open(os.path.join(workdir, "report.html"), "w") as f:
+        f.write(_html(blocks, title))
+    return results
+
+
+def _num(x: float | None) -> str:
+    return "–" if x is None else f"{x:.0f}"
+
+
+def _pair_tables(sweep: Sweep, results: list[dict[str, Any]], a: int, b: int,
+                 has_transfer: bool) -> list[Block]:
+    axis_a, axis_b = sweep.axes[a], sweep.axes[b]
+    others = [x for i, x in enumerate(sweep.axes) if i not in (a, b)]
+    blocks: list[Block] = []
+    for fixed in itertools.product(*[sweep.axis_values[o] for o in others]):
+        where = dict(zip(others, fixed))
+        title = f"{axis_a} × {axis_b}" + (f" ({', '.join(f'{k}={_fmt(v)}' for k, v in where.items())})" if where else "")
+        rows = []
+        for va in sweep.axis_values[axis_a]:
+            row = [_fmt(va)]
+            for vb in sweep.axis_values[axis_b]:
+                want = {**where, axis_a: va, axis_b: vb}
+                r = next(r for r in results if all(r["point"].values[k] == v for k, v in want.items()))
+                cell = f"{outcome(r)} · {r['step']} steps · {_num(r['wall_s'])} s"
+                if has_transfer and r["transfer"]:
+                    cell += f" · acc {_pct(r['transfer']['test_accuracy'])}"
+                row.append(cell)
+            rows.append(row)
+        blocks += [("h2", f"Validation BPC: {title}"),
+                   ("table", [f"{axis_a} \\ {axis_b}", *[_fmt(v) for v in sweep.axis_values[axis_b]]], rows)]
+    return blocks
+
+
+def _curves(workdir: str, sweep: Sweep, results: list[dict[str, Any]]) -> str | None:
+    """curves.png: a panel per value of the first axis, a line per point (training BPC)."""
+    if not any(r["train"] for r in results):
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    first = sweep.axes[0]
+    panels = sweep.axis_values[first] if len(sweep.axes) > 1 else [None]
+    cols = min(len(panels), 3)
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False)
+    finite = [r2["bpc"] for r in results for r2 in r["train"] if r2["bpc"] is not None and math.isfinite(r2["bpc"])]
+    top = min(max(finite, default=8.5), 8.5)
+    low = min(finite, default=0.0)
+    for k, panel in enumerate(panels):
+        ax = axes[k // cols][k % cols]
+        mine = [r for r in results if panel is None or r["point"].values[first] == panel]
+        for r in mine:
+            if not r["train"]:
+                continue
+            per = r["tokens_per_step"] or 1
+            xs = [t["step"] * per / 1e6 for t in r["train"]]
+            ys = [t["bpc"] if t["bpc"] is not None and math.isfinite(t["bpc"]) else top for t in r["train"]]
+            label = ", ".join(f"{a.rsplit('.', 1)[-1]}={_fmt(r['point'].values[a])}"
+                              for a in sweep.axes if panel is None or a != first)
+            label += " (div)" if r["status"] == "div" else ""
+            (line,) = ax.plot(xs, ys, label=label, linewidth=1.2, linestyle="--" if r["status"] == "div" else "-")
+            if r["val"]:
+                ax.plot([v["step"] * per / 1e6 for v in r["val"]], [v["bpc"] for v in r["val"]], "o",
+                        color=line.get_color(), markersize=4)
+            if r["status"] == "div":
+                ax.plot(xs[-1:], ys[-1:], "x", color=line.get_color(), markersize=8)
+        ax.set_ylim(max(low - 0.1, 0), top + 0.1)
+        ax.set_xlabel("characters (tokens) trained on, millions")
+        ax.set_ylabel("train BPC (dots: validation)")
+        if panel is not None:
+            ax.set_title(f"{first.rsplit('.', 1)[-1]} = {_fmt(panel)}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for k in range(len(panels), rows * cols):
+        axes[k // cols][k % cols].axis("off")
+    fig.tight_layout()
+    path = os.path.join(workdir, "curves.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return "curves.png"
+
+
+def _markdown(blocks: list[Block]) -> str:
+    out = []
+    for block in blocks:
+        kind = block[0]
+        if kind == "h1":
+            out.append(f"# {block[1]}\n")
+        elif kind == "h2":
+            out.append(f"## {block[1]}\n")
+        elif kind in ("p", "md"):
+            out.append(block[1].rstrip() + "\n")
+        elif kind == "code":
+            out.append(f"```\n{block[1]}\n```\n")
+        elif kind == "table":
+            header, rows = block[1], block[2]
+            lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+            out.append("\n".join(lines) + "\n")
+        elif kind == "img":
+            out.append(f"![{block[2]}]({block[1]})\n")
+    return "\n".join(out)
+
+
+def _html(blocks: list[Block], title: str) -> str:
+    e = html.escape
+    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>"
+           "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;"
+           "margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}th{background:#f3f3f3}"
+           "img{max-width:100%}pre{background:#f6f6f6;padding:8px;overflow-x:auto}</style></head><body>"]
+    for block in blocks:
+        kind = block[0]
+        if kind == "h1":
+            out.append(f"<h1>{e(block[1])}</h1>")
+        elif kind == "h2":
+            out.append(f"<h2>{e(block[1])}</h2>")
+        elif kind == "p":
+            out.append(f"<p>{e(block[1])}</p>")
+        elif kind == "code":
+            out.append(f"<pre>{e(block[1])}</pre>")
+        elif kind == "md":
+            out.append(_md_to_html(block[1]))
+        elif kind == "table":
+            out.append("<table><tr>" + "".join(f"<th>{e(str(h))}</th>" for h in block[1]) + "</tr>")
+            out += ["<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in block[2]]
+            out.append("</table>")
+        elif kind == "img":
+            out.append(f"<img src='{e(block[1])}' alt='{e(block[2])}'>")
+    out.append("</body></html>\n")
+    return "\n".join(out)
+
+
+def _md_to_html(text: str) -> str:
+    """Enough Markdown for notes: headings, bullet lists, tables, paragraphs (escaped)."""
+    out: list[str] = []
+    for para in text.strip().split("\n\n"):
+        lines = para.strip().splitlines()
+        if not lines:
+            continue
+        if lines[0].startswith("#"):
+            level = min(len(lines[0]) - len(lines[0].lstrip("#")) + 1, 4)
+            out.append(f"<h{level}>{html.escape(lines[0].lstrip('#').strip())}</h{level}>")
+            lines = lines[1:]
+            if not lines:
+                continue
+        if all(line.startswith("|") for line in lines):
+            cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines
+                     if not set(line.replace("|", "").strip()) <= set("-: ")]
+            out.append("<table>" + "".join(
+                "<tr>" + "".join(f"<{'th' if i == 0 else 'td'}>{html.escape(c)}</{'th' if i == 0 else 'td'}>"
+                                 for c in row) + "</tr>" for i, row in enumerate(cells)) + "</table>")
+        elif all(line.lstrip().startswith(("- ", "* ")) or line.startswith("  ") for line in lines):
+            items, current = [], ""
+            for line in lines:
+                if line.lstrip().startswith(("- ", "* ")):
+                    if current:
+                        items.append(current)
+                    current = line.lstrip()[2:]
+                else:
+                    current += " " + line.strip()
+            items.append(current)
+            out.append("<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>")
+        else:
+            out.append(f"<p>{html.escape(' '.join(lines))}</p>")
+    return "\n".join(out)

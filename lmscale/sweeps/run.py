@@ -1,0 +1,80 @@
+"""One sweep end to end: expand, claim the folder, train the points, transfer, report."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from typing import Any, Callable
+
+import ml_collections
+
+from lmscale.sweeps.divergence import DEFAULT_FACTOR
+from lmscale.sweeps.grid import Sweep, expand, load_sweep_spec
+from lmscale.sweeps.report import write_report
+from lmscale.sweeps.runner import Runner, RunOptions
+from lmscale.sweeps.transfer import TransferSets, transfer_points
+from lmscale.sweeps.workdir import claim, lock_sweep, read_status
+
+
+def run_sweep(base: ml_collections.ConfigDict, config_file: str, sweep_file: str, workdir: str, *,
+              config_flags: list[str] = (), parallel: int = 1, cpu_budget_minutes: float | None = None,
+              divergence_factor: float = DEFAULT_FACTOR, transfer: TransferSets | None = None,
+              poll_seconds: float = 1.0, command: str = "",
+              log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
+              ) -> dict[str, Any]:
+    """Runs (or resumes) a sweep; returns {"sweep", "results", "trained", "report"}.
+
+    ``base`` is the config file's config with the command's ``--config.*`` overrides
+    (``config_flags``, passed on to every point). Finished points are not retrained.
+    """
+    spec = load_sweep_spec(sweep_file, cpu_budget_minutes)
+    sweep: Sweep = expand(spec, base)
+    claim(workdir, base.to_dict(), sweep, config_file, sweep_file)
+    lock = lock_sweep(workdir)
+    try:
+        t0, usage0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+        runner = Runner(workdir, RunOptions(config_file, list(config_flags), parallel, divergence_factor,
+                                            poll_seconds, log=log))
+        log(f"sweep: {len(sweep.points)} points in {workdir} ({parallel} at a time)")
+        try:
+            runner.run(sweep.points)
+        finally:
+            wall = time.perf_counter() - t0
+            usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = usage.ru_utime + usage.ru_stime - usage0.ru_utime - usage0.ru_stime
+            title = f"Sweep {os.path.splitext(os.path.basename(sweep_file))[0]}"
+            if runner.trained:
+                _log_invocation(workdir, wall, cpu, parallel, runner.trained)
+            write_report(workdir, sweep, title=title, command=command, totals=_totals(workdir))
+        if transfer is not None:
+            ok = [os.path.join(workdir, p.name) for p in sweep.points
+                  if (read_status(os.path.join(workdir, p.name)) or {}).get("status") == "ok"]
+            transfer_points(ok, transfer, log)
+        results = write_report(workdir, sweep, title=title, command=command, totals=_totals(workdir))
+    finally:
+        lock.release()
+    log(f"sweep: report in {os.path.join(workdir, 'report.md')} and report.html")
+    return {"sweep": sweep, "results": results, "trained": runner.trained,
+            "report": os.path.join(workdir, "report.md")}
+
+
+def _log_invocation(workdir: str, wall: float, cpu: float, parallel: int, trained: list[str]) -> None:
+    """Appends this invocation's training wall and CPU time to DIR/sweep_runs.jsonl."""
+    with open(os.path.join(workdir, "sweep_runs.jsonl"), "a") as f:
+        f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "wall_s": wall, "cpu_s": cpu,
+                            "parallel": parallel, "trained": trained}) + "\n")
+
+
+def _totals(workdir: str) -> dict[str, str]:
+    path = os.path.join(workdir, "sweep_runs.jsonl")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        runs = [json.loads(line) for line in f if line.strip()]
+    wall, cpu = sum(r["wall_s"] for r in runs), sum(r["cpu_s"] for r in runs)
+    return {"Sweep time (training, over its invocations)":
+            f"{wall / 60:.1f} min wall, {cpu / 60:.1f} min CPU ({len(runs)} invocation(s), "
+            f"parallel {max(r['parallel'] for r in runs)})"}

@@ -1,0 +1,237 @@
+"""Runs a sweep's points as ``lmscale.train`` subprocesses, one after another or K at a time.
+
+Each point is an ordinary run in DIR/NAME (so it resumes) started with the sweep's config
+file, the sweep command's ``--config.*`` overrides and the point's fields. While it trains
+the runner reads its metrics.jsonl: a diverged loss (divergence.py) stops it with SIGTERM
+(the trainer saves and exits) and marks it ``div``. Finished points (``ok``/``div``) are
+never retrained. A SIGTERM/SIGINT to the sweep is passed to the points, which save; if the
+sweep process dies outright, its points get SIGTERM from the kernel (PR_SET_PDEATHSIG).
+A point's lock is held by its trainer too, so a re-run waits for a previous one to exit.
+
+With several GPUs, ``parallel`` processes get disjoint CUDA_VISIBLE_DEVICES groups; on CPU
+each process is just a process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+from lmscale.sweeps.divergence import DEFAULT_FACTOR, find_divergence, read_records
+from lmscale.sweeps.grid import Point, SweepError, override_flags
+from lmscale.sweeps.workdir import LOCK_FILE, Lock, is_finished, read_status, write_status
+
+
+@dataclasses.dataclass
+class RunOptions:
+    config_file: str
+    config_flags: list[str]  # the sweep command's --config.* overrides, passed to every point
+    parallel: int = 1
+    divergence_factor: float = DEFAULT_FACTOR
+    poll_seconds: float = 1.0
+    python: str = sys.executable
+    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)
+
+
+class SweepInterrupted(Exception):
+    """The sweep was stopped by a signal; its points saved and re-running resumes them."""
+
+
+@dataclasses.dataclass
+class _Job:
+    point: Point
+    dir: str
+    proc: subprocess.Popen
+    lock: Lock
+    log_file: Any
+    started: float
+    prior: dict[str, Any]
+    divergence: dict[str, Any] | None = None
+
+
+def device_groups(parallel: int) -> list[dict[str, str]]:
+    """Per-slot environment: disjoint CUDA_VISIBLE_DEVICES groups where GPUs are visible."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        gpus = [g.strip() for g in visible.split(",") if g.strip()]
+    else:
+        try:
+            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+            gpus = [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
+        except (OSError, subprocess.SubprocessError):
+            gpus = []
+    if not gpus or parallel == 1:
+        return [{} for _ in range(parallel)]
+    if len(gpus) < parallel:
+        raise SweepError(f"--parallel={parallel} needs at least {parallel} GPUs; {len(gpus)} are visible")
+    per, extra = divmod(len(gpus), parallel)
+    groups, start = [], 0
+    for k in range(parallel):
+        n = per + (k < extra)
+        groups.append({"CUDA_VISIBLE_DEVICES": ",".join(gpus[start:start + n])})
+        start += n
+    return groups
+
+
+def train_command(point: Point, point_dir: str, options: RunOptions) -> list[str]:
+    return [options.python, "-m", "lmscale.train", f"--config={options.config_file}",
+            f"--workdir={point_dir}", *options.config_flags, *override_flags(point.overrides)]
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the sweep process dies (Linux), so the trainer saves and stops."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def completed(point_dir: str) -> int | None:
+    """The run's final step if it trained to its end (a record at derived.steps), else None."""
+    try:
+        with open(os.path.join(point_dir, "config.json")) as f:
+            steps = json.load(f)["derived"]["steps"]
+    except (OSError, KeyError, ValueError):
+        return None
+    return steps if any(r.get("step") == steps for r in read_records(point_dir)) else None
+
+
+class Runner:
+    """Trains the unfinished points of a sweep in ``workdir``."""
+
+    def __init__(self, workdir: str, options: RunOptions) -> None:
+        self.workdir = workdir
+        self.options = options
+        self.stopping = False
+        self.trained: list[str] = []  # names of the points this call started a trainer for
+
+    def run(self, points: list[Point]) -> None:
+        pending = [p for p in points if not is_finished(os.path.join(self.workdir, p.name))]
+        done = len(points) - len(pending)
+        if done:
+            self.options.log(f"sweep: {done} of {len(points)} points already finished; "
+                             f"{len(pending)} to run")
+        if not pending:
+            return
+        envs = device_groups(self.options.parallel)
+        free = list(range(self.options.parallel))
+        running: dict[int, tuple[_Job, int]] = {}
+        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            while pending or running:
+                while pending and free and not self.stopping:
+                    job = self._start(pending[0], envs[free[0]])
+                    if job is None:  # its previous trainer still holds the lock: try later
+                        break
+                    pending.pop(0)
+                    running[job.proc.pid] = (job, free.pop(0))
+                for pid, (job, slot) in list(running.items()):
+                    if self._poll(job):
+                        del running[pid]
+                        free.append(slot)
+                if self.stopping:
+                    for job, _ in running.values():
+                        self._signal(job, signal.SIGTERM)
+                    if not running:
+                        break
+                time.sleep(self.options.poll_seconds)
+        finally:
+            for s, h in handlers.items():
+                signal.signal(s, h)
+        if self.stopping:
+            raise SweepInterrupted("sweep stopped by a signal; the running points saved a checkpoint, "
+                                   "re-run the same command to resume")
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.stopping:  # a second signal: stop the points at once
+            raise KeyboardInterrupt
+        self.stopping = True
+        self.options.log(f"sweep: signal {signum}; stopping the running points (they save)")
+
+    def _signal(self, job: _Job, signum: int) -> None:
+        if not getattr(job, "_signalled", False):
+            try:
+                job.proc.send_signal(signum)
+            except ProcessLookupError:
+                pass
+            job._signalled = True  # type: ignore[attr-defined]
+
+    def _start(self, point: Point, env: dict[str, str]) -> _Job | None:
+        point_dir = os.path.join(self.workdir, point.name)
+        os.makedirs(point_dir, exist_ok=True)
+        lock = Lock(os.path.join(point_dir, LOCK_FILE))
+        if not lock.try_acquire():
+            self.options.log(f"sweep: {point.name} is still held by a previous trainer; waiting")
+            return None
+        prior = read_status(point_dir) or {}
+        command = train_command(point, point_dir, self.options)
+        log_file = open(os.path.join(point_dir, "train.log"), "a")
+        log_file.write(f"$ {' '.join(command)}\n")
+        log_file.flush()
+        proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+                                pass_fds=(lock.fd,), preexec_fn=_die_with_parent)
+        write_status(point_dir, {"status": "running", "point": point.to_dict(), "command": command,
+                                 "pid": proc.pid, "wall_s": prior.get("wall_s", 0.0),
+                                 "cpu_s": prior.get("cpu_s", 0.0)})
+        self.trained.append(point.name)
+        where = f" on {env['CUDA_VISIBLE_DEVICES']}" if env else ""
+        self.options.log(f"sweep: start {point.name}{where}")
+        return _Job(point, point_dir, proc, lock, log_file, time.perf_counter(), prior)
+
+    def _poll(self, job: _Job) -> bool:
+        """Checks one running point; returns True once it has exited (and its status is written)."""
+        pid, wait_status, usage = os.wait4(job.proc.pid, os.WNOHANG)
+        if pid == 0:
+            if job.divergence is None:
+                job.divergence = find_divergence(read_records(job.dir), self.options.divergence_factor)
+                if job.divergence is not None:
+                    self.options.log(f"sweep: {job.point.name} diverged ({job.divergence['reason']}); stopping it")
+                    self._signal(job, signal.SIGTERM)
+            return False
+        job.proc.returncode = os.waitstatus_to_exitcode(wait_status)
+        self._finish(job, job.proc.returncode, usage)
+        return True
+
+    def _finish(self, job: _Job, returncode: int, usage: resource.struct_rusage) -> None:
+        job.log_file.close()
+        job.lock.release()
+        records = read_records(job.dir)
+        divergence = job.divergence or find_divergence(records, self.options.divergence_factor)
+        final = completed(job.dir)
+        status: dict[str, Any] = {
+            "point": job.point.to_dict(), "command": job.proc.args, "returncode": returncode,
+            "wall_s": job.prior.get("wall_s", 0.0) + time.perf_counter() - job.started,
+            "cpu_s": job.prior.get("cpu_s", 0.0) + usage.ru_utime + usage.ru_stime,
+            "step": max((r["step"] for r in records), default=0)}
+        if divergence is not None:
+            status.update(status="div", divergence=divergence)
+        elif returncode == 0 and final is not None:
+            status["status"] = "ok"
+        elif self.stopping or returncode == 0:
+            status["status"] = "interrupted"
+        else:
+            status.update(status="failed", error=_last_error(os.path.join(job.dir, "train.log")))
+        write_status(job.dir, status)
+        extra = f": {status['error']}" if status["status"] == "failed" else ""
+        self.options.log(f"sweep: {job.point.name} {status['status']} at step {status['step']} "
+                         f"({status['wall_s']:.0f} s){extra}")
+
+
+def _last_error(log_path: str) -> str:
+    """The trainer's last meaningful output line (its one-line error, or the exception)."""
+    try:
+        with open(log_path) as f:
+            lines = [line.strip() for line in f if line.strip()]
+    except OSError:
+        return "no log"
+    errors = [line for line in lines if line.startswith("error:") or "Error" in line]
+    return (errors or lines or ["no output"])[-1][:300]

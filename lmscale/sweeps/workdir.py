@@ -1,0 +1,119 @@
+"""A sweep's folder: its identity (sweep.json), its lock, and each point's status file.
+
+DIR/sweep.json records what the sweep is (the resolved base config and every point's
+fields); a DIR that holds another sweep is refused. Each point trains in DIR/NAME, an
+ordinary run folder, beside DIR/NAME/sweep_status.json: ``ok`` or ``div`` (finished, never
+retrained), ``failed`` or ``interrupted`` (run again on the next sweep).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from typing import Any
+
+from lmscale.sweeps.grid import Sweep, SweepError
+
+IDENTITY_FILE = "sweep.json"
+STATUS_FILE = "sweep_status.json"
+LOCK_FILE = ".sweep.lock"
+FINISHED = ("ok", "div")
+
+
+def _normal(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def claim(workdir: str, base_config: dict[str, Any], sweep: Sweep, config_file: str,
+          sweep_file: str) -> None:
+    """Writes DIR/sweep.json, or checks that DIR holds this same sweep (else a SweepError)."""
+    identity = _normal({"base_config": base_config, "points": [p.to_dict() for p in sweep.points]})
+    path = os.path.join(workdir, IDENTITY_FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        if saved.get("points") != identity["points"]:
+            old = {p["name"]: p for p in saved.get("points", [])}
+            new = {p["name"]: p for p in identity["points"]}
+            diff = sorted(set(old) ^ set(new)) or [n for n in new if old[n] != new[n]]
+            raise SweepError(f"{workdir} holds a different sweep ({saved.get('sweep_file')}, "
+                             f"{len(old)} points): points differ, e.g. {diff[0]}; use another --workdir")
+        if saved.get("base_config") != identity["base_config"]:
+            keys = _diff_keys(saved.get("base_config", {}), identity["base_config"])
+            raise SweepError(f"{workdir} holds a different sweep: its base config differs in "
+                             f"{', '.join(keys[:3])}; use another --workdir")
+        return
+    if os.path.isdir(workdir) and [n for n in os.listdir(workdir) if not n.startswith(".")]:
+        raise SweepError(f"{workdir} is not empty and holds no {IDENTITY_FILE}: not a sweep folder")
+    os.makedirs(workdir, exist_ok=True)
+    record = {"config_file": config_file, "sweep_file": sweep_file, "axes": sweep.axes,
+              "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **identity}
+    _write_json(path, record)
+
+
+def _diff_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            keys += _diff_keys(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            keys.append(f"{prefix}{k} ({va!r} there, {vb!r} here)")
+    return keys
+
+
+class Lock:
+    """An exclusive flock on a file; ``fd`` can be handed to a child to keep holding it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def try_acquire(self) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self.fd = fd
+        return True
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def lock_sweep(workdir: str) -> Lock:
+    """The sweep folder's lock: one sweep process per folder at a time."""
+    lock = Lock(os.path.join(workdir, LOCK_FILE))
+    if not lock.try_acquire():
+        raise SweepError(f"{workdir} is in use by another running sweep")
+    return lock
+
+
+def read_status(point_dir: str) -> dict[str, Any] | None:
+    path = os.path.join(point_dir, STATUS_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_status(point_dir: str, status: dict[str, Any]) -> None:
+    _write_json(os.path.join(point_dir, STATUS_FILE), status)
+
+
+def is_finished(point_dir: str) -> bool:
+    status = read_status(point_dir)
+    return status is not None and status.get("status") in FINISHED
+
+
+def _write_json(path: str, obj: Any) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, default=str)
+    os.replace(tmp, path)
