@@ -93,14 +93,21 @@ class StreamBatcher:
         if not 0 <= start <= stop <= self.batch_size:
             raise DataError(f"rows {rows!r} are outside the batch of {self.batch_size} rows")
         epoch, k = divmod(int(step), self.steps_per_epoch)
+        return self.read(epoch, k * self.seq_len, self.seq_len, (start, stop), epoch_start=k == 0)
+
+    def read(self, epoch: int, position: int, length: int, rows: tuple[int, int],
+             epoch_start: bool) -> LMBatch:
+        """Rows ``rows`` of ``length`` inputs at ``position`` of each row's stretch in ``epoch``'s
+        stream (``epoch_start``: the state is zeroed before the first input)."""
+        start, stop = rows
         order, offsets = self._layout(epoch)
-        S, width = self.seq_len, self.seq_len + 1
+        S, width = int(length), int(length) + 1
         count = stop - start
         window = np.empty((count, width), dtype=np.int32)
         shard_start = np.zeros((count, width), dtype=bool)
         doc_start = np.zeros((count, width), dtype=bool)
         for j, r in enumerate(range(start, stop)):
-            w = r * self.row_length + k * S  # stream position of inputs[r, 0]
+            w = r * self.row_length + position  # stream position of inputs[r, 0]
             i = int(np.searchsorted(offsets, w, side="right")) - 1
             filled = 0
             while filled < width:
@@ -118,7 +125,7 @@ class StreamBatcher:
                 i += 1
         boundary = shard_start | doc_start
         resets = boundary[:, :S].copy()
-        if k == 0:
+        if epoch_start:
             resets[:, 0] = True
         return LMBatch(inputs=window[:, :S].copy(), targets=window[:, 1:].copy(),
                        weights=(~boundary[:, 1:]).astype(np.float32), resets=resets)

@@ -101,18 +101,22 @@ class Checkpointer:
         ``like``: the parameters' structure (e.g. ``jax.eval_shape`` of the model's
         ``nnx.Param`` state); every leaf is placed with ``sharding``.
         """
+        return self.restore_field("params", like, sharding, step)
+
+    def restore_field(self, name: str, like: Any, sharding: jax.sharding.Sharding, step: int) -> Any:
+        """One field of a checkpoint's TrainState (e.g. "params", "opt_state"), alone."""
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), like)
         restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), like)
         try:
             restored = ocp.PyTreeCheckpointer().restore(
                 os.path.join(self.path(step), "state"),
-                args=ocp.args.PyTreeRestore(item={"params": abstract},
-                                            restore_args={"params": restore_args},
+                args=ocp.args.PyTreeRestore(item={name: abstract},
+                                            restore_args={name: restore_args},
                                             partial_restore=True))
         except Exception as e:
             raise UnreadableCheckpointError(
                 f"checkpoint {self.path(step)} is unreadable: {_short(e)}") from None
-        return restored["params"]
+        return restored[name]
 
     def newest_usable(self, use: Callable[[int], Any], fallback: bool) -> Any:
         """``use(step)`` on the newest checkpoint it succeeds on.

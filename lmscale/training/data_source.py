@@ -146,6 +146,15 @@ def _prepare_in_workdir(data: ml_collections.ConfigDict, workdir: str, progress:
 
 
 def train_batcher(dataset: TokenDataset, config: ml_collections.ConfigDict) -> StreamBatcher:
+    """The training stream: fixed ``train.seq_len`` columns, or variable-length BPTT
+    (``train.variable_bptt``: lengths drawn per step, see ``lmscale.data.variable_bptt``)."""
+    if config.train.variable_bptt:
+        from lmscale.config import bptt_max
+        from lmscale.data.variable_bptt import VariableBPTTBatcher
+        return VariableBPTTBatcher(dataset.split("train"), config.train.batch_size, config.train.seq_len,
+                                   max_len=bptt_max(config.train), bucket=config.train.bptt_bucket,
+                                   reset_on_documents=config.data.reset_on_documents,
+                                   shuffle_shards=config.data.shuffle_shards, seed=config.seed)
     return StreamBatcher(dataset.split("train"), config.train.batch_size, config.train.seq_len,
                          reset_on_documents=config.data.reset_on_documents,
                          shuffle_shards=config.data.shuffle_shards, seed=config.seed)

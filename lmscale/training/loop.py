@@ -35,6 +35,7 @@ from lmscale.training.data_source import resolve_dataset, train_batcher
 from lmscale.training.evaluate import batch_arrays, evaluate_split
 from lmscale.training.loss import bits_per_char
 from lmscale.training.metrics import MetricsWriter, add_perplexity
+from lmscale.training.ntasgd import NTASGDMonitor, eval_params, switch_on
 from lmscale.training.setup import build_train_setup, jit_train_step
 from lmscale.training.state import zero_acc
 from lmscale.training.steps import make_eval_step
@@ -88,7 +89,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     if saved is not None:
         derived = resumed_derived(derived, saved, config)
     setup = build_train_setup(config, vocab_size, decay_steps=derived["decay_steps"], lr=derived["lr"],
-                              byte_lengths=byte_lengths)
+                              byte_lengths=byte_lengths, lr_drop_steps=derived.get("lr_drop_steps", ()))
     graphdef, state = setup.graphdef, setup.state
     initial_carry = nnx.merge(graphdef, state.params).initial_carry  # reads shapes, not params
     derived.update(dataset=os.path.abspath(dataset.path), devices=mesh.size,
@@ -122,6 +123,11 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         save_config(config, derived, os.path.join(workdir, "config.json"))
     meta = {"signature": signature, "precision": config.precision.compute,
             "config": config.to_dict(), "derived": derived}
+    # NT-ASGD: the validation history and switch step travel in each checkpoint's record.
+    monitor = None
+    if config.optim.name == "ntasgd":
+        monitor = NTASGDMonitor(config.optim.ntasgd_nonmono, (saved or {}).get("ntasgd"))
+        meta["ntasgd"] = monitor.record()
 
     rows_sharding = mesh_lib.batch_sharded(mesh)
     replicated = mesh_lib.replicated(mesh)
@@ -134,16 +140,20 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     writer = MetricsWriter(workdir)
     last: dict[str, Any] = {}
 
-    def run_eval(step: int) -> None:
+    def run_eval(step: int) -> dict[str, Any] | None:
         if val is None:
-            return
-        result = evaluate_split(eval_step, state.params, initial_carry, val, mesh,
+            return None
+        params = eval_params(state.params, state.opt_state) if monitor else state.params
+        result = evaluate_split(eval_step, params, initial_carry, val, mesh,
                                 **eval_settings(config))
         record = add_perplexity({"step": step, "split": "val", **result}, word_level)
+        if monitor:
+            record["averaged"] = params is not state.params  # NT-ASGD: the averaged weights
         writer.write(record)
         last["val"] = record
         if progress:
             tqdm.tqdm.write(f"step {step}: val bpc {result['bpc']:.4f}")
+        return record
 
     tokens_per_step = derived["tokens_per_step"]
     bar = tqdm.tqdm(total=steps, initial=start, disable=not interactive, unit="step",
@@ -185,7 +195,13 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                 timer_start, timed_steps = time.perf_counter(), 0
             evaluating = (config.train.eval_every and step % config.train.eval_every == 0) or step == steps
             if evaluating:
-                run_eval(step)
+                record = run_eval(step)
+                if monitor and record and monitor.after_validation(record["loss"], step):
+                    state = state.replace(opt_state=switch_on(state.opt_state, step, replicated))
+                    if progress:
+                        tqdm.tqdm.write(f"step {step}: NT-ASGD switches to averaging")
+                if monitor:
+                    meta["ntasgd"] = monitor.record()
             if step % config.checkpoint.every == 0 and step < steps:
                 checkpointer.save(state, meta)
             if evaluating or step % config.checkpoint.every == 0:
@@ -198,6 +214,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         print(f"stopped by signal {stop.signal or '(in another process)'} at step {step}; "
               f"checkpoint saved, re-run to resume")
     last["step"] = step
+    last["train_programs"] = getattr(train_step, "_cache_size", lambda: None)()  # compiled shapes
     last["stopped_by_signal"] = stop.signal if stop.stopping else None
     last["stopped"] = stop.stopping  # by a signal here or in another process
     return last

@@ -1,5 +1,13 @@
 """The optimizer: clip by global norm, Adam, and the learning-rate schedule, as one optax chain;
-for fine-tuning, one Adam per part (LM, head) with its own learning rate and an optional freeze."""
+for fine-tuning, one Adam per part (LM, head) with its own learning rate and an optional freeze.
+
+AWD-LSTM's optimization (``optim.name`` "sgd" / "ntasgd", ``optim.weight_decay``,
+``optim.lr_drop_epochs``) adds links to the same chain, in torch's order: clip, then coupled L2
+(``g + wd * p``, as torch SGD/Adam ``weight_decay``), then SGD or Adam, the learning rate
+(with its step drops), the variable-BPTT factor of the step (``step_factor``), and for
+NT-ASGD the running average of the weights (``ntasgd.average_after_switch``). The default
+("adam", no decay, no drops) is exactly the chain it always was.
+"""
 
 from __future__ import annotations
 
@@ -10,25 +18,59 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from lmscale.training.schedules import make_schedule
+from lmscale.training.ntasgd import average_after_switch
+from lmscale.training.schedules import make_schedule, with_drops
 
 
-def make_optimizer(optim: ml_collections.ConfigDict, decay_steps: int, lr: float | None = None
+def make_optimizer(optim: ml_collections.ConfigDict, decay_steps: int, lr: float | None = None, *,
+                   lr_drop_steps: tuple[int, ...] | list[int] = (), step_factor: bool = False
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """Returns (transformation, schedule); the schedule is also used to log the learning rate.
 
     ``lr`` is the peak learning rate after batch-size scaling (``config.derive``'s "lr");
-    None uses ``optim.lr`` as is.
+    None uses ``optim.lr`` as is. ``lr_drop_steps``: steps (``derived["lr_drop_steps"]``) after
+    which the rate is multiplied by ``optim.lr_drop_factor``. ``step_factor``: the update is
+    also scaled by the ``lr_factor`` passed to ``tx.update`` (variable BPTT: length / seq_len).
     """
     schedule = make_schedule(optim.schedule, optim.lr if lr is None else lr,
                              warmup_steps=optim.warmup_steps, decay_steps=decay_steps,
                              ratio=optim.stlr_ratio, cut_frac=optim.stlr_cut_frac)
+    if lr_drop_steps:
+        schedule = with_drops(schedule, lr_drop_steps, optim.lr_drop_factor)
+    name = optim.get("name", "adam")
     parts = []
     if optim.clip > 0:
         parts.append(optax.clip_by_global_norm(optim.clip))
-    parts.append(optax.scale_by_adam(b1=optim.b1, b2=optim.b2, eps=optim.eps))
+    if optim.get("weight_decay", 0.0) > 0:
+        parts.append(optax.add_decayed_weights(optim.weight_decay))  # coupled L2: g + wd * p
+    if name == "adam":
+        parts.append(optax.scale_by_adam(b1=optim.b1, b2=optim.b2, eps=optim.eps))
+    elif name not in ("sgd", "ntasgd"):
+        raise ValueError(f"optim.name must be one of ['adam', 'sgd', 'ntasgd'], got {name!r}")
     parts.append(optax.scale_by_learning_rate(schedule))
+    if step_factor:
+        parts.append(scale_by_step_factor())
+    if name == "ntasgd":
+        parts.append(average_after_switch())
     return optax.chain(*parts), schedule
+
+
+def scale_by_step_factor() -> optax.GradientTransformationExtraArgs:
+    """Multiplies the updates by the ``lr_factor`` extra argument of ``update`` (default 1):
+    the step's learning-rate factor (variable BPTT scales the rate by length / seq_len)."""
+
+    def init(params: Any) -> optax.EmptyState:
+        del params
+        return optax.EmptyState()
+
+    def update(updates: Any, state: optax.EmptyState, params: Any = None, *, lr_factor: Any = None,
+               **extra: Any) -> tuple[Any, optax.EmptyState]:
+        del params, extra
+        if lr_factor is None:
+            return updates, state
+        return jax.tree.map(lambda u: u * jnp.asarray(lr_factor, u.dtype), updates), state
+
+    return optax.GradientTransformationExtraArgs(init, update)
 
 
 class HoldState(NamedTuple):

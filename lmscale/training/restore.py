@@ -72,10 +72,25 @@ def load_trained(workdir: str, step: int | None = None, mesh: Mesh | None = None
         check_same_model(signature, model_signature(config, tokenizer.to_dict(), vocab_size, True),
                          workdir, ignore=("train.batch_size",))  # the carry is not restored
         params = checkpointer.restore_params(like, mesh_lib.replicated(mesh), step)
+        if config.optim.name == "ntasgd":  # NT-ASGD: the averaged weights, once averaging is on
+            params = _averaged_params(checkpointer, config, derived, like, params, mesh, step)
     finally:
         checkpointer.close()
     return TrainedLM(config=config, derived=derived, tokenizer=tokenizer, graphdef=graphdefs[0],
                      params=params, step=step, mesh=mesh, workdir=os.path.abspath(workdir))
+
+
+def _averaged_params(checkpointer: Checkpointer, config: ml_collections.ConfigDict,
+                     derived: dict[str, Any], like: Any, params: Any, mesh: Mesh, step: int) -> Any:
+    """The NT-ASGD average of a checkpoint if averaging was on at ``step``, else ``params``."""
+    from lmscale.training.ntasgd import eval_params
+    from lmscale.training.optimizer import make_optimizer
+    tx, _ = make_optimizer(config.optim, derived.get("decay_steps", 1), lr=derived.get("lr"),
+                           lr_drop_steps=derived.get("lr_drop_steps", ()),
+                           step_factor=bool(config.train.variable_bptt))
+    opt_like = jax.eval_shape(tx.init, like)
+    opt_state = checkpointer.restore_field("opt_state", opt_like, mesh_lib.replicated(mesh), step)
+    return eval_params(params, opt_state)
 
 
 def run_dataset(lm: TrainedLM) -> str:

@@ -6,6 +6,8 @@ gets exactly the learning rates an uninterrupted one would.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax.numpy as jnp
 import optax
 
@@ -52,3 +54,15 @@ def slanted_triangular(lr: float, total_steps: int, *, ratio: float, cut_frac: f
         return jnp.maximum(jnp.where(t <= peak, up, down), low)
 
     return schedule
+
+
+def with_drops(schedule: optax.Schedule, drop_steps: Sequence[int], factor: float) -> optax.Schedule:
+    """``schedule`` multiplied by ``factor`` once for each of ``drop_steps`` already reached
+    (AWD-LSTM's ``--when``: the rate is divided by 10 after the listed epochs)."""
+    boundaries = jnp.asarray(sorted(int(s) for s in drop_steps), jnp.int32)
+
+    def dropped(step):
+        passed = jnp.sum(jnp.asarray(step, jnp.int32) >= boundaries)
+        return schedule(step) * jnp.asarray(factor, jnp.float32) ** passed
+
+    return dropped

@@ -36,6 +36,7 @@ class TrainSetup:
     schedule: optax.Schedule
     dropout: bool = False  # whether any dropout of the model is on (training)
     byte_lengths: np.ndarray | None = None  # UTF-8 bytes per token id (None: one per token)
+    lr_length_base: int = 0  # variable BPTT: the step's learning rate is scaled by length / this
 
     @property
     def num_params(self) -> int:
@@ -44,14 +45,18 @@ class TrainSetup:
 
 def build_train_setup(config: ml_collections.ConfigDict, vocab_size: int, *, decay_steps: int,
                       lr: float, abstract: bool = False,
-                      byte_lengths: np.ndarray | None = None) -> TrainSetup:
+                      byte_lengths: np.ndarray | None = None,
+                      lr_drop_steps: tuple[int, ...] | list[int] = ()) -> TrainSetup:
     """Model in the config's compute dtype, optax chain, and the initial state.
 
     ``config.train.batch_size`` must already be the global batch (``with_global_batch``).
     ``byte_lengths``: the tokenizer's bytes per id, for bits per character (None: 1 per id).
+    ``lr_drop_steps``: ``derived["lr_drop_steps"]`` (optim.lr_drop_epochs in steps).
     """
     policy = Policy.from_compute(config.precision.compute)
-    tx, schedule = make_optimizer(config.optim, decay_steps, lr=lr)
+    variable = bool(config.train.variable_bptt)
+    tx, schedule = make_optimizer(config.optim, decay_steps, lr=lr, lr_drop_steps=lr_drop_steps,
+                                  step_factor=variable)
     p = config.precision
     loss_scale = LossScale.create(policy.needs_loss_scaling, p.loss_scale_init,
                                   p.loss_scale_factor, p.loss_scale_window)
@@ -66,7 +71,8 @@ def build_train_setup(config: ml_collections.ConfigDict, vocab_size: int, *, dec
 
     state = jax.eval_shape(init) if abstract else init()
     return TrainSetup(policy=policy, graphdef=graphdefs[0], state=state, tx=tx, schedule=schedule,
-                      dropout=uses_dropout(config.model), byte_lengths=byte_lengths)
+                      dropout=uses_dropout(config.model), byte_lengths=byte_lengths,
+                      lr_length_base=config.train.seq_len if variable else 0)
 
 
 def jit_train_step(setup: TrainSetup, mesh: Mesh, dropout: bool | None = None
@@ -79,7 +85,7 @@ def jit_train_step(setup: TrainSetup, mesh: Mesh, dropout: bool | None = None
     rows = mesh_lib.batch_sharded(mesh)
     dropout = setup.dropout if dropout is None else dropout
     step = jax.jit(make_train_step(setup.graphdef, setup.tx, setup.schedule, mesh, dropout,
-                                   setup.byte_lengths),
+                                   setup.byte_lengths, lr_length_base=setup.lr_length_base),
                    in_shardings=(shardings, dict.fromkeys(BATCH_KEYS, rows)),
                    out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=0)
     return step, shardings

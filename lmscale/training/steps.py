@@ -50,11 +50,14 @@ def row_dropout_keys(key: jax.Array, first_row: jax.Array, rows: int) -> jax.Arr
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, mesh: Mesh, dropout: bool,
-                    byte_lengths: np.ndarray | None = None
+                    byte_lengths: np.ndarray | None = None, lr_length_base: int = 0
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """Returns ``train_step(state, batch) -> (state, metrics)``; pure, to be jitted over ``mesh``.
 
     ``byte_lengths`` int [V]: UTF-8 bytes per token id (None: one per token).
+    ``lr_length_base`` > 0 (variable BPTT): the step's learning rate is scaled by the batch's
+    length / ``lr_length_base`` (a constant of each compiled length; ``tx`` must take it, see
+    ``optimizer.make_optimizer(step_factor=True)``).
     """
 
     def local_grads(params: Any, carry: Any, batch: Batch, key: jax.Array, scale: jax.Array
@@ -93,7 +96,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
         global_targets = batch["targets"].shape[0] * batch["targets"].shape[1]
         correction = global_targets / jnp.maximum(count, 1.0)  # -> mean over counted targets
         grads = jax.tree.map(lambda g: g * (correction / ls.scale), scaled)
-        params, opt_state, finite = apply_update(tx, state, grads)
+        lr_factor = batch["targets"].shape[1] / lr_length_base if lr_length_base else None
+        params, opt_state, finite = apply_update(tx, state, grads, lr_factor)
         acc = {"nats": state.acc["nats"] + nats, "count": state.acc["count"] + count,
                "bytes": state.acc["bytes"] + num_bytes, "steps": state.acc["steps"] + 1}
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
@@ -102,7 +106,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
         # The learning rate of this step's update: the schedule at the optimizer's own count,
         # which does not advance on skipped (float16 overflow) steps.
         metrics = {"loss": mean_loss(nats, count), "grad_norm": optax.tree.norm(grads),
-                   "lr": schedule(schedule_count(state.opt_state, state.step)), "finite": finite}
+                   "lr": schedule(schedule_count(state.opt_state, state.step)) * (lr_factor or 1.0),
+                   "finite": finite}
         return new_state, metrics
 
     return train_step
@@ -118,13 +123,15 @@ def allreduce(grads: Any, sums: jax.Array) -> tuple[Any, jax.Array]:
     return unravel(total[:-n]), total[-n:]
 
 
-def apply_update(tx: optax.GradientTransformation, state: TrainState, grads: Any
-                 ) -> tuple[Any, Any, jax.Array]:
+def apply_update(tx: optax.GradientTransformation, state: TrainState, grads: Any,
+                 lr_factor: float | None = None) -> tuple[Any, Any, jax.Array]:
     """The optimizer update of true (unscaled) ``grads``; with dynamic loss scaling the update is
-    skipped when any gradient is not finite. Returns (params, opt_state, finite)."""
+    skipped when any gradient is not finite. Returns (params, opt_state, finite).
+    ``lr_factor``: this step's learning-rate factor, passed to ``tx`` (None: none)."""
     ls = state.loss_scale
     finite = all_finite(grads) if ls.dynamic else jnp.asarray(True)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    extra = {} if lr_factor is None else {"lr_factor": lr_factor}
+    updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
     params = optax.apply_updates(state.params, updates)
     if ls.dynamic:  # skip the update when the float16 gradients overflowed
         params = select_tree(finite, params, state.params)

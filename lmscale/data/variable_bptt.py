@@ -1,0 +1,117 @@
+"""Variable-length BPTT (AWD-LSTM) batches whose every position is a function of the step.
+
+salesforce/awd-lstm-lm main.py draws each step's length as: base = seq_len with probability
+0.95, else seq_len / 2; length = max(5, int(N(base, 5))); the step's learning rate is scaled
+by length / seq_len, and the stream advances by length. Here the draws of epoch ``e`` come
+from a NumPy generator seeded with (seed, e) — vectorized, one epoch at a time — and each
+length is then capped at ``max_len`` and rounded to a multiple of ``bucket`` (so the jitted
+step compiles at most ``len(lengths())`` programs: one per distinct shape). Positions are the
+prefix sums of the lengths; an epoch ends before the first length that no longer fits in
+a row's stretch (the remainder, shorter than one sequence, is skipped). The number of steps
+of each epoch follows from its draws, so ``step -> (epoch, position, length)`` needs only
+the seed: a resumed run reads exactly the batches an uninterrupted one would.
+
+Rows read their stretches exactly as ``StreamBatcher`` (same resets and weights);
+``steps_per_epoch`` is epoch 0's count (epochs differ by a step or so), used to convert
+epoch settings (train.epochs, optim.lr_drop_epochs) into steps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lmscale.data.dataset import SplitData
+from lmscale.data.errors import DataError
+from lmscale.data.stream import LMBatch, StreamBatcher
+
+P_FULL = 0.95  # probability of the full base length (else half of it)
+SIGMA = 5.0  # standard deviation of the jitter
+MIN_LEN = 5  # AWD-LSTM's floor on a drawn length
+_STREAM = 0x5EB7  # separates these draws from other uses of the seed
+
+
+class VariableBPTTBatcher(StreamBatcher):
+    """Batches of a variable number of columns, ``batch(step)`` [rows, length(step)]."""
+
+    def __init__(self, split: SplitData, batch_size: int, seq_len: int, *, max_len: int,
+                 bucket: int = 5, reset_on_documents: bool = False, shuffle_shards: bool = False,
+                 seed: int = 0) -> None:
+        super().__init__(split, batch_size, seq_len, reset_on_documents=reset_on_documents,
+                         shuffle_shards=shuffle_shards, seed=seed)
+        if bucket < 1 or max_len < seq_len:
+            raise DataError(f"variable BPTT needs bucket >= 1 and max_len >= seq_len, got "
+                            f"bucket={bucket}, max_len={max_len}")
+        self.bucket = int(bucket)
+        self.min_len = -(-MIN_LEN // self.bucket) * self.bucket
+        self.max_len = max(self.min_len, (int(max_len) // self.bucket) * self.bucket)
+        if self.row_length - 1 < self.max_len:
+            raise DataError(f"split {split.name!r} has {self.num_tokens} tokens: too few for batch_size "
+                            f"{self.batch_size} x (train.bptt_max {self.max_len} + 1)")
+        self._epochs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._epoch_starts = [0]  # global step of each epoch's first step, as far as known
+
+    def lengths(self) -> list[int]:
+        """Every length a step can have (the compiled shapes)."""
+        return list(range(self.min_len, self.max_len + 1, self.bucket))
+
+    def draw(self, epoch: int, count: int) -> np.ndarray:
+        """The first ``count`` lengths of ``epoch`` (before the epoch's end is applied)."""
+        rng = np.random.default_rng([self.seed, _STREAM, int(epoch)])
+        full = rng.random(count) < P_FULL
+        noise = rng.standard_normal(count)
+        base = np.where(full, float(self.seq_len), self.seq_len / 2.0)
+        drawn = np.maximum(MIN_LEN, np.trunc(base + SIGMA * noise)).astype(np.int64)  # int() as awd
+        drawn = np.minimum(drawn, self.max_len)
+        bucketed = np.rint(drawn / self.bucket).astype(np.int64) * self.bucket
+        return np.clip(bucketed, self.min_len, self.max_len)
+
+    def epoch_plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(positions, lengths) of ``epoch``'s steps in each row's stretch."""
+        plan = self._epochs.get(epoch)
+        if plan is None:
+            lengths = self.draw(epoch, self.row_length // self.min_len + 1)
+            ends = np.cumsum(lengths)
+            n = int(np.searchsorted(ends, self.row_length - 1, side="right"))  # end + 1 target fits
+            positions = np.concatenate([[0], ends[:n - 1]])
+            plan = (positions, lengths[:n])
+            if len(self._epochs) > 4:
+                self._epochs.pop(next(iter(self._epochs)))
+            self._epochs[epoch] = plan
+        return plan
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Epoch 0's step count (the nominal epoch, for settings given in epochs)."""
+        if not hasattr(self, "_epochs"):  # the base class asks during __init__
+            return super().steps_per_epoch
+        return len(self.epoch_plan(0)[0])
+
+    def locate(self, step: int) -> tuple[int, int]:
+        """(epoch, index within the epoch) of a global step."""
+        step = int(step)
+        starts = self._epoch_starts
+        while starts[-1] <= step:
+            starts.append(starts[-1] + len(self.epoch_plan(len(starts) - 1)[0]))
+        epoch = int(np.searchsorted(starts, step, side="right")) - 1
+        return epoch, step - starts[epoch]
+
+    def epoch_of(self, step: int) -> int:
+        return self.locate(step)[0]
+
+    def length_of(self, step: int) -> int:
+        epoch, k = self.locate(step)
+        return int(self.epoch_plan(epoch)[1][k])
+
+    def batch(self, step: int, rows: tuple[int, int] | None = None) -> LMBatch:
+        if int(step) != step or step < 0:
+            raise DataError(f"step must be a non-negative integer, got {step!r}")
+        start, stop = (0, self.batch_size) if rows is None else (int(rows[0]), int(rows[1]))
+        if not 0 <= start <= stop <= self.batch_size:
+            raise DataError(f"rows {rows!r} are outside the batch of {self.batch_size} rows")
+        epoch, k = self.locate(step)
+        positions, lengths = self.epoch_plan(epoch)
+        return self.read(epoch, int(positions[k]), int(lengths[k]), (start, stop), epoch_start=k == 0)
+
+    def __repr__(self) -> str:
+        return (f"VariableBPTTBatcher(split={self.split.name!r}, batch_size={self.batch_size}, "
+                f"seq_len={self.seq_len}, lengths={self.lengths()})")

@@ -1,0 +1,126 @@
+"""NT-ASGD (Merity et al., AWD-LSTM): SGD that switches to averaging the weights.
+
+The trigger is salesforce/awd-lstm-lm main.py's code rule (not the paper's typo): after a
+validation pass with loss ``v``, with ``history`` the losses of the earlier passes (before
+the switch), switch when ``len(history) > n and v > min(history[:-n])`` — validation is
+worse than the best of those more than ``n`` evaluations ago. From the switch on, every
+update is followed by a running average of the weights (torch ASGD with t0=0, lambd=0:
+``ax += (p - ax) / k`` after the k-th update since the switch), and the averaged weights are
+what validation, eval/export and generation use; training continues on the raw ones.
+
+Where the pieces live, so that a resumed run decides exactly as an uninterrupted one:
+
+* the average, whether it is on and the switch step: ``AverageState`` in the optimizer
+  state (last link of the optax chain), in every checkpoint;
+* the validation history: the checkpoint's JSON record (``meta["ntasgd"]``), in float64 as
+  the losses in metrics.jsonl; the loop decides on the host after each validation pass
+  (``NTASGDMonitor``) and flips ``AverageState.active`` between steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+class AverageState(NamedTuple):
+    active: jax.Array  # bool scalar: averaging is on (the switch happened)
+    start: jax.Array  # int32 scalar: the step of the switch (-1 before)
+    count: jax.Array  # int32 scalar: updates averaged so far
+    avg: Any  # the averaged parameters (same tree as the parameters)
+
+
+def should_switch(history: Sequence[float], val_loss: float, nonmono: int) -> bool:
+    """awd-lstm-lm's trigger: ``len(history) > nonmono and val_loss > min(history[:-nonmono])``.
+
+    ``history``: validation losses of the earlier passes, oldest first (not ``val_loss``).
+    """
+    if len(history) <= nonmono:
+        return False
+    older = history[:len(history) - nonmono] if nonmono else history
+    return val_loss > min(older)
+
+
+def average_after_switch() -> optax.GradientTransformation:
+    """The last link of the chain: updates pass unchanged; once ``active``, the parameters
+    after each update (params + updates) are averaged into ``avg``."""
+
+    def init(params: Any) -> AverageState:
+        return AverageState(active=jnp.zeros((), bool), start=jnp.full((), -1, jnp.int32),
+                            count=jnp.zeros((), jnp.int32), avg=jax.tree.map(jnp.array, params))
+
+    def update(updates: Any, state: AverageState, params: Any = None) -> tuple[Any, AverageState]:
+        if params is None:
+            raise ValueError("average_after_switch needs the parameters (tx.update(g, s, params))")
+        count = state.count + state.active.astype(jnp.int32)
+        new = optax.apply_updates(params, updates)
+
+        def mix(a: jax.Array, p: jax.Array) -> jax.Array:
+            k = jnp.maximum(count, 1).astype(a.dtype)
+            running = jnp.where(count == 1, p, a + (p - a) / k)
+            return jnp.where(state.active, running, a)
+
+        return updates, state._replace(count=count, avg=jax.tree.map(mix, state.avg, new))
+
+    return optax.GradientTransformation(init, update)
+
+
+def _is_average(x: Any) -> bool:
+    return isinstance(x, AverageState)
+
+
+def find_average(opt_state: Any) -> AverageState | None:
+    """The ``AverageState`` inside an optimizer state (None if the optimizer does not average)."""
+    found = [s for s in jax.tree.leaves(opt_state, is_leaf=_is_average) if _is_average(s)]
+    return found[0] if found else None
+
+
+def switch_on(opt_state: Any, step: int, sharding: jax.sharding.Sharding | None = None) -> Any:
+    """``opt_state`` with averaging switched on at ``step`` (scalars placed with ``sharding``)."""
+    put = (lambda x: jax.device_put(x, sharding)) if sharding is not None else (lambda x: x)
+
+    def on(s: Any) -> Any:
+        if not _is_average(s):
+            return s
+        return s._replace(active=put(jnp.ones((), bool)), start=put(jnp.full((), step, jnp.int32)))
+
+    return jax.tree.map(on, opt_state, is_leaf=_is_average)
+
+
+def eval_params(params: Any, opt_state: Any) -> Any:
+    """The weights to validate / export: the average once it is on, else ``params`` (host check)."""
+    avg = find_average(opt_state)
+    if avg is not None and bool(jax.device_get(avg.active)):
+        return avg.avg
+    return params
+
+
+class NTASGDMonitor:
+    """The loop's host-side half: the validation history and the switch decision.
+
+    ``record()`` is what the checkpoint's meta stores (``meta["ntasgd"]``); a resumed run
+    starts from the restored checkpoint's record, so it decides exactly as the original.
+    """
+
+    def __init__(self, nonmono: int, record: dict[str, Any] | None = None) -> None:
+        self.nonmono = int(nonmono)
+        record = record or {}
+        self.history: list[float] = [float(v) for v in record.get("val_history", [])]
+        self.switch_step: int | None = record.get("switch_step")
+
+    def after_validation(self, val_loss: float, step: int) -> bool:
+        """Records a pass (before the switch); True when averaging must start now."""
+        if self.switch_step is not None:
+            return False
+        switch = should_switch(self.history, val_loss, self.nonmono)
+        self.history.append(float(val_loss))
+        if switch:
+            self.switch_step = int(step)
+        return switch
+
+    def record(self) -> dict[str, Any]:
+        return {"val_history": list(self.history), "switch_step": self.switch_step,
+                "nonmono": self.nonmono}

@@ -1,0 +1,130 @@
+"""AWD-LSTM optimization: NT-ASGD's trigger on a scripted validation sequence, the running
+average, averaged weights used for validation and export, resume with the history, coupled
+L2, learning-rate drops at epochs, and the default Adam chain unchanged."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from lmscale.config import ConfigError, default_config, derive, validate
+from lmscale.training import ntasgd
+from lmscale.training.loop import train
+from lmscale.training.metrics import read_metrics
+from lmscale.training.ntasgd import NTASGDMonitor, average_after_switch, should_switch, switch_on
+from lmscale.training.optimizer import make_optimizer
+from tests.conftest import tiny_config
+
+
+def test_rule_is_the_code_rule_on_a_scripted_sequence():
+    # awd-lstm-lm main.py: len(h) > n and v > min(h[:-n]), h = the earlier passes.
+    assert not should_switch([5.0, 4.0, 3.0], 3.5, 2)  # min(h[:-2]) = 5
+    assert should_switch([5.0, 4.0, 3.0, 3.2], 4.5, 2)  # min([5, 4]) = 4 < 4.5
+    assert not should_switch([5.0, 4.0], 9.0, 2)  # not more than n passes yet
+    losses = [10.0, 9.0, 8.0, 8.5, 8.7, 9.1, 7.0]
+    monitor = NTASGDMonitor(nonmono=2)
+    switched = [i for i, v in enumerate(losses) if monitor.after_validation(v, step=100 * i)]
+    # pass 3 (8.5) is worse than the last best (8.0) but not than min(h[:-2]) = 10; pass 4 (8.7)
+    # not than 9; pass 5 (9.1) is worse than 8 = min of the passes more than 2 ago: switch.
+    assert switched == [5] and monitor.switch_step == 500
+    assert monitor.history == losses[:6]  # nothing recorded after the switch
+    again = NTASGDMonitor(2, monitor.record())  # what a checkpoint's meta restores
+    assert again.history == monitor.history and again.switch_step == 500
+
+
+def test_average_starts_at_the_switch_and_is_the_mean_of_the_iterates():
+    tx = optax.chain(optax.sgd(0.5), average_after_switch())
+    params = {"w": jnp.array([1.0, -2.0])}
+    state = tx.init(params)
+    iterates = []
+    for k in range(5):
+        if k == 2:
+            state = switch_on(state, step=k)
+        grads = {"w": jnp.array([0.3 * (k + 1), 1.0])}
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        iterates.append(params["w"])
+    avg = ntasgd.find_average(state)
+    assert bool(avg.active) and int(avg.start) == 2 and int(avg.count) == 3
+    np.testing.assert_allclose(avg.avg["w"], np.mean(iterates[2:], axis=0), rtol=1e-6)
+    assert ntasgd.eval_params(params, state) is avg.avg
+
+
+def test_coupled_l2_is_grad_plus_wd_times_param_after_clipping():
+    optim = default_config().optim
+    optim.update(name="sgd", weight_decay=0.01, clip=1.0, schedule="constant")
+    tx, _ = make_optimizer(optim, 10, lr=30.0)
+    params = {"w": jnp.array([3.0, -1.0]), "b": jnp.array([0.5])}
+    grads = {"w": jnp.array([6.0, 8.0]), "b": jnp.array([0.0])}  # global norm 10 -> clipped by 10
+    updates, _ = tx.update(grads, tx.init(params), params)
+    for k in params:
+        expected = -30.0 * (grads[k] / 10.0 + 0.01 * params[k])
+        np.testing.assert_allclose(updates[k], expected, rtol=1e-6)
+
+
+def test_learning_rate_drops_after_listed_epochs():
+    config = default_config()
+    config.optim.update(schedule="constant", lr_drop_epochs="3,2", lr_drop_factor=0.1)
+    validate(config)
+    derived = derive(config, steps_per_epoch=10)
+    assert derived["lr_drop_steps"] == [20, 30]
+    _, schedule = make_optimizer(config.optim, 100, lr=1.0, lr_drop_steps=derived["lr_drop_steps"])
+    assert [float(schedule(s)) for s in (0, 19, 20, 29, 30)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+    config.optim.lr_drop_epochs = "2,x"
+    with pytest.raises(ConfigError, match="optim.lr_drop_epochs"):
+        validate(config)
+    assert "lr_drop_steps" not in derive(default_config(), 10)  # default derived values unchanged
+
+
+def test_default_adam_chain_is_unchanged():
+    optim = default_config().optim
+    tx, schedule = make_optimizer(optim, 100, lr=1e-3)
+    reference = optax.chain(optax.clip_by_global_norm(optim.clip),
+                            optax.scale_by_adam(b1=optim.b1, b2=optim.b2, eps=optim.eps),
+                            optax.scale_by_learning_rate(schedule))
+    params = {"w": jnp.arange(4.0)}
+    grads = {"w": jnp.array([0.1, -2.0, 3.0, 0.0])}
+    a, b = tx.init(params), reference.init(params)
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for _ in range(3):
+        ua, a = tx.update(grads, a, params)
+        ub, b = reference.update(grads, b, params)
+        assert np.array_equal(ua["w"], ub["w"])
+
+
+NTASGD = {"optim.name": "ntasgd", "optim.schedule": "constant", "optim.lr": 1.0, "optim.clip": 0.25,
+          "optim.warmup_steps": 0, "optim.weight_decay": 1e-4, "model.kind": "lstm",
+          "train.eval_every": 2, "train.steps": 6, "checkpoint.every": 2, "train.eval_steps": 2}
+
+
+def test_averaged_weights_are_validated_exported_and_resume_decides_the_same(tmp_path, corpus,
+                                                                            monkeypatch):
+    # A scripted trigger: switch at the second validation pass (history of one), so the
+    # switch at step 4 depends on the pass at step 2 — which the resumed run only has from
+    # the checkpoint's record.
+    monkeypatch.setattr(ntasgd, "should_switch", lambda history, loss, n: len(history) >= 1)
+    full = str(tmp_path / "full")
+    train(tiny_config(corpus, **NTASGD), full)
+    val = [r for r in read_metrics(full) if r["split"] == "val"]
+    assert [(r["step"], r["averaged"]) for r in val] == [(2, False), (4, False), (6, True)]
+
+    from lmscale.training import mesh as mesh_lib
+    from lmscale.training.checkpoints import Checkpointer
+    from lmscale.training.restore import evaluate_data, load_trained
+    lm = load_trained(full)  # export / eval: the averaged weights
+    again = evaluate_data(lm, lm.derived["dataset"], split="val")
+    assert again["loss"] == pytest.approx(val[-1]["loss"], rel=1e-6)
+    ckpt = Checkpointer(full, async_save=False)
+    raw = ckpt.restore_params(lm.params, mesh_lib.replicated(lm.mesh), 6)
+    ckpt.close()
+    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(raw), jax.tree.leaves(lm.params)))
+
+    split = str(tmp_path / "split")
+    train(tiny_config(corpus, **{**NTASGD, "train.steps": 2}), split)
+    train(tiny_config(corpus, **NTASGD), split)
+    keys = ("step", "split", "loss", "lr", "grad_norm", "averaged")
+    strip = lambda rs: [{k: r[k] for k in keys if k in r} for r in rs]
+    assert strip(read_metrics(full)) == strip(read_metrics(split))  # bitwise

@@ -1,0 +1,66 @@
+"""Variable-length BPTT: AWD-LSTM's length distribution, positions as a pure function of the
+step, a bounded number of compiled train steps, the learning rate scaled by length, and a
+resumed run equal to an uninterrupted one bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lmscale.data.dataset import TokenDataset
+from lmscale.data.prepare import prepare_dataset
+from lmscale.data.variable_bptt import VariableBPTTBatcher
+from lmscale.training.loop import train
+from lmscale.training.metrics import read_metrics
+from tests.conftest import tiny_config
+
+
+def batcher(corpus, tmp_path, **kw) -> VariableBPTTBatcher:
+    path = prepare_dataset(corpus, str(tmp_path / "ds"), split=(8, 1, 1), progress=False)
+    return VariableBPTTBatcher(TokenDataset.open(path).split("train"), 4, kw.pop("seq_len", 70),
+                               max_len=kw.pop("max_len", 85), bucket=kw.pop("bucket", 5), seed=3)
+
+
+def test_lengths_positions_and_epochs_are_a_function_of_the_step(tmp_path, corpus):
+    b = batcher(corpus, tmp_path)
+    assert b.lengths() == list(range(5, 86, 5))
+    draws = b.draw(0, 20000)
+    assert set(np.unique(draws)) <= set(b.lengths())
+    assert 0.02 < np.mean(draws < 50) < 0.08  # the half-length draws, p = 0.05
+    assert abs(np.mean(draws[draws >= 50]) - 70) < 1.0
+    positions, lengths = b.epoch_plan(0)
+    assert np.array_equal(positions[1:], np.cumsum(lengths)[:-1])  # the stream advances by length
+    assert positions[-1] + lengths[-1] <= b.row_length - 1
+    fresh = batcher(corpus, tmp_path / "again")
+    steps = b.steps_per_epoch + 3  # into the second epoch
+    for step in (0, 5, b.steps_per_epoch, steps):
+        x, y = b.batch(step), fresh.batch(step)
+        assert x.inputs.shape == (4, b.length_of(step))
+        assert np.array_equal(x.inputs, y.inputs) and np.array_equal(x.resets, y.resets)
+    assert b.batch(b.steps_per_epoch).resets[:, 0].all()  # a new epoch restarts the rows
+    # consecutive steps continue the same text in every row
+    a, c = b.batch(1), b.batch(2)
+    assert np.array_equal(a.targets[:, -1], c.inputs[:, 0])
+
+
+def test_bounded_programs_scaled_lr_and_bitwise_resume(tmp_path, corpus):
+    overrides = {"train.variable_bptt": True, "train.seq_len": 8, "train.bptt_max": 15,
+                 "train.bptt_bucket": 4, "train.steps": 8, "train.log_every": 1, "train.eval_every": 4,
+                 "optim.schedule": "constant", "optim.warmup_steps": 0, "model.kind": "lstm",
+                 "model.dropout": 0.2}
+    full = str(tmp_path / "full")
+    last = train(tiny_config(corpus, **overrides), full)
+    config = tiny_config(corpus, **overrides)
+    b = VariableBPTTBatcher(TokenDataset.open(f"{full}/data").split("train"), 4, 8, max_len=15,
+                            bucket=4, seed=config.seed)
+    lengths = [b.length_of(k) for k in range(8)]
+    assert b.lengths() == [8, 12] and len(set(lengths)) >= 2
+    assert last["train_programs"] == len(set(lengths)) <= len(b.lengths())  # one per length
+    train_records = [r for r in read_metrics(full) if r["split"] == "train"]
+    np.testing.assert_allclose([r["lr"] for r in train_records], [3e-3 * n / 8 for n in lengths], rtol=1e-6)
+
+    split = str(tmp_path / "split")
+    train(tiny_config(corpus, **{**overrides, "train.steps": 4}), split)
+    train(tiny_config(corpus, **overrides), split)
+    keys = ("step", "split", "loss", "bpc", "lr", "grad_norm")
+    strip = lambda rs: [{k: r[k] for k in keys if k in r} for r in rs]
+    assert strip(read_metrics(full)) == strip(read_metrics(split))  # bitwise
