@@ -57,7 +57,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.shuffle_shards = False  # seeded shuffle of shard order per epoch (paper: no shuffling)
 
     c.model = ml_collections.ConfigDict()
-    c.model.kind = "mlstm"  # "mlstm" (multiplicative LSTM), "lstm" or "transformer"
+    c.model.kind = "mlstm"  # "mlstm" (multiplicative LSTM), "lstm", "qrnn" or "transformer"
     c.model.layers = 1  # stacked recurrent layers / transformer blocks
     # Dropout (training only): recurrent models between stacked layers; the transformer on
     # each block's residual branches (after attention and after the feed-forward) and embeddings.
@@ -77,9 +77,22 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.positions = "learned"  # "learned" embeddings or fixed "sinusoidal"
     c.model.attn_dropout = 0.0  # dropout on attention probabilities (training only)
     c.model.ff_dropout = 0.0  # dropout after the feed-forward activation (training only)
-    c.model.tie_embeddings = False  # output head = token embedding transposed (the seed: untied)
+    c.model.tie_embeddings = False  # output head = token embedding transposed (the seed: untied); recurrent kinds: the last layer is model.embed wide
     c.model.remat = "none"  # "none" or "block": recompute each block's activations in the backward pass
     c.model.scan_layers = True  # one compiled block scanned over stacked layer params (False: a Python loop, for debugging)
+    # ---- AWD-LSTM / QRNN (recurrent kinds mlstm, lstm, qrnn; salesforce/awd-lstm-lm names in
+    # brackets). Dropouts and AR/TAR act in training only; AR/TAR never enter the logged loss.
+    c.model.embed_dropout = 0.0  # [dropoute] drop whole embedding rows (words), one mask per forward pass
+    c.model.input_dropout = 0.0  # [dropouti] locked dropout on the embedding output: one mask per sequence and feature, all time steps
+    c.model.hidden_dropout = 0.0  # [dropouth] locked dropout between stacked layers
+    c.model.output_dropout = 0.0  # [dropout] locked dropout on the last layer's output (before the decoder)
+    c.model.weight_dropout = 0.0  # [wdrop] DropConnect on hidden-to-hidden matrices (QRNN: its input projection), one mask per layer per forward pass
+    c.model.ar_alpha = 0.0  # [alpha] AR: alpha * mean(dropped last output^2), added to the training loss
+    c.model.tar_beta = 0.0  # [beta] TAR: beta * mean((h_t+1 - h_t)^2) of the undropped last output, added to the training loss
+    c.model.adaptive_cutoffs = ""  # tied adaptive softmax cut-offs, e.g. "2800,20000,76000" (WT103); "" = full softmax
+    c.model.qrnn_window = 2  # QRNN convolution window of the first layer, 1 or 2 (later layers: 1, as awd-lstm-lm)
+    c.model.qrnn_zoneout = 0.0  # QRNN zoneout rate on the forget gate f
+    c.model.qrnn_pooling = "sequential"  # QRNN fo-pooling: "sequential" (lax.scan; faster on CPU) or "associative" (lax.associative_scan)
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 1000  # optimizer steps to run in total (a resumed run continues up to this)

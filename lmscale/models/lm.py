@@ -1,9 +1,19 @@
-"""RecurrentLM: embedding -> stacked mLSTM/LSTM layers -> linear decoder (character-level LM).
+"""RecurrentLM: embedding -> stacked mLSTM/LSTM/QRNN layers -> decoder (character/word LM).
 
 Internally time-major: tokens [B, T] are transposed once (cheap, int32), the layers scan over
 [T, B, ...], and the logits are transposed back to [B, T, V]. The model holds parameters
-only (no RNG or other nnx state): dropout draws from an explicit ``dropout_key``, so
+only (no RNG or other nnx state): dropout draws from explicit keys, so
 ``nnx.split(model, nnx.Param)`` captures the whole model state.
+
+AWD-LSTM regularizers (salesforce/awd-lstm-lm model.py; see ``regularizers``), all training
+only: embedding dropout (``embed_dropout``, whole rows of the embedding matrix, per forward
+pass), locked dropout on the embedding output (``input_dropout``), between layers
+(``hidden_dropout``) and on the last output (``output_dropout``), weight drop on the
+hidden-to-hidden matrices or the QRNN projection (``weight_drop``, per forward pass), and
+the AR/TAR penalties (``ar_alpha``, ``tar_beta``) returned by :meth:`regularized_call` for
+the training loss. ``dropout`` is the older per-element dropout between layers
+(sentiment-discovery's). With ``tie_embeddings`` the decoder is the embedding matrix
+(unmasked) and the last layer is ``embed`` wide (inner layers ``hidden``), as awd's.
 """
 
 from __future__ import annotations
@@ -14,56 +24,119 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lmscale.models import regularizers
+from lmscale.models.adaptive_softmax import AdaptiveTails, adaptive_log_probs, parse_cutoffs
 from lmscale.models.initializers import symmetric_uniform
+from lmscale.models.qrnn import POOLINGS, QRNNLayer
 from lmscale.models.recurrent import LSTMLayer, MLSTMLayer
 from lmscale.models.registry import ModelKind, register
 
-LAYER_TYPES = {"lstm": LSTMLayer, "mlstm": MLSTMLayer}
-Carry = tuple[tuple[jax.Array, jax.Array], ...]
+LAYER_TYPES = {"lstm": LSTMLayer, "mlstm": MLSTMLayer, "qrnn": QRNNLayer}
+Carry = tuple[tuple[jax.Array, ...], ...]
+
+
+# Tags of the masks (``jax.random.fold_in``). Row keys: the per-element dropout after layer l
+# uses tag l (as before these options existed); the others are offset past any layer count.
+_TAG_INPUT, _TAG_OUTPUT, _TAG_HIDDEN, _TAG_ZONEOUT = 100_000, 100_001, 200_000, 300_000
+# Step key: the embedding mask uses tag 0, layer l's weight drop uses tag 1 + l.
+_STEP_FROM_KEY = 0x5EED  # one key [2] without a step key: the step key is fold_in(key, this)
+
+
+def _fold(keys: jax.Array | None, tag: int) -> jax.Array | None:
+    """fold_in of one key [2] or of each row key [B, 2]."""
+    if keys is None:
+        return None
+    if keys.ndim == 1:
+        return jax.random.fold_in(keys, tag)
+    return jax.vmap(lambda k: jax.random.fold_in(k, tag))(keys)
 
 
 class RecurrentLM(nnx.Module):
-    """Character/byte-level recurrent language model (sentiment-discovery architecture).
+    """Character/word-level recurrent language model (sentiment-discovery / AWD-LSTM / QRNN).
 
-    Params: ``embedding.embedding`` [V, E]; ``layers[l]`` (see recurrent.py); ``decoder.kernel``
-    [H, V] and ``decoder.bias`` [V]. Embedding and decoder are never weight-normalized.
+    Params: ``embedding.embedding`` [V, E]; ``layers[l]`` (recurrent.py, qrnn.py); untied:
+    ``decoder.kernel`` [H, V] and ``decoder.bias`` [V]; tied: ``decoder_bias`` [V] only;
+    adaptive softmax: ``tails`` (adaptive_softmax.py). Embedding and decoder are never
+    weight-normalized.
     """
 
     def __init__(self, *, kind: str, vocab_size: int, embed: int, hidden: int, layers: int = 1,
                  dropout: float = 0.0, weight_norm: bool = True, dtype: Any = jnp.float32,
-                 rngs: nnx.Rngs):
+                 embed_dropout: float = 0.0, input_dropout: float = 0.0,
+                 hidden_dropout: float = 0.0, output_dropout: float = 0.0,
+                 weight_drop: float = 0.0, ar_alpha: float = 0.0, tar_beta: float = 0.0,
+                 tie_embeddings: bool = False, adaptive_cutoffs: str = "",
+                 qrnn_window: int = 2, qrnn_zoneout: float = 0.0,
+                 qrnn_pooling: str = "sequential", rngs: nnx.Rngs):
         if kind not in LAYER_TYPES:
             raise ValueError(f"unknown model.kind {kind!r}; expected one of {sorted(LAYER_TYPES)}")
         if layers < 1:
             raise ValueError(f"layers must be >= 1, got {layers}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        rates = {"dropout": dropout, "embed_dropout": embed_dropout,
+                 "input_dropout": input_dropout, "hidden_dropout": hidden_dropout,
+                 "output_dropout": output_dropout, "weight_drop": weight_drop,
+                 "qrnn_zoneout": qrnn_zoneout}
+        for name, rate in rates.items():
+            if not 0.0 <= rate < 1.0:
+                raise ValueError(f"model.{name} must be in [0, 1), got {rate}")
         self.kind, self.vocab_size, self.hidden = kind, vocab_size, hidden
         self.dropout, self.dtype = float(dropout), dtype
+        self.embed_dropout, self.input_dropout = float(embed_dropout), float(input_dropout)
+        self.hidden_dropout, self.output_dropout = float(hidden_dropout), float(output_dropout)
+        self.ar_alpha, self.tar_beta = float(ar_alpha), float(tar_beta)
+        self.tied = bool(tie_embeddings)
+        self.cutoffs = parse_cutoffs(adaptive_cutoffs, vocab_size)
         self.embedding = nnx.Embed(vocab_size, embed, dtype=dtype,
                                    embedding_init=symmetric_uniform(0.1), rngs=rngs)
-        layer_cls = LAYER_TYPES[kind]
+        # awd: inner layers `hidden` wide, the last `embed` wide when tied.
+        self.sizes = tuple(embed if (self.tied and l == layers - 1) else hidden
+                           for l in range(layers))
         self.layers = nnx.List([
-            layer_cls(embed if l == 0 else hidden, hidden, weight_norm=weight_norm, dtype=dtype,
-                      rngs=rngs)
+            self._layer(l, embed if l == 0 else self.sizes[l - 1], weight_norm, weight_drop,
+                        qrnn_window, qrnn_zoneout, qrnn_pooling, rngs)
             for l in range(layers)])
-        self.decoder = nnx.Linear(hidden, vocab_size, dtype=dtype,
-                                  kernel_init=symmetric_uniform(0.1),
-                                  bias_init=jax.nn.initializers.zeros, rngs=rngs)
+        top = self.sizes[-1]
+        if self.tied:
+            self.decoder_bias = nnx.Param(jnp.zeros((vocab_size,), jnp.float32))
+        else:
+            self.decoder = nnx.Linear(top, vocab_size, dtype=dtype,
+                                      kernel_init=symmetric_uniform(0.1),
+                                      bias_init=jax.nn.initializers.zeros, rngs=rngs)
+        if self.cutoffs:
+            self.tails = AdaptiveTails(top, self.cutoffs)
+
+    def _layer(self, l: int, in_features: int, weight_norm: bool, weight_drop: float,
+               window: int, zoneout: float, pooling: str, rngs: nnx.Rngs) -> nnx.Module:
+        size = self.sizes[l]
+        if self.kind == "qrnn":  # awd-lstm-lm: window 2 on the first layer only
+            return QRNNLayer(in_features, size, window=window if l == 0 else 1, zoneout=zoneout,
+                             weight_drop=weight_drop, pooling=pooling, weight_norm=weight_norm,
+                             dtype=self.dtype, rngs=rngs)
+        return LAYER_TYPES[self.kind](in_features, size, weight_norm=weight_norm,
+                                      weight_drop=weight_drop, dtype=self.dtype, rngs=rngs)
 
     feature_states = ("cell", "hidden")
     max_len = None  # reads any length: the state is carried
 
     @property
     def feature_width(self) -> int:
-        return self.hidden
+        """Width of the last layer (the features' F)."""
+        return self.sizes[-1]
 
     @property
     def num_layers(self) -> int:
-        return len(self.layers)
+        """Layers ``features`` returns: the trailing layers as wide as the last (all of them
+        unless tied with hidden != embed)."""
+        n = 0
+        for size in reversed(self.sizes):
+            if size != self.sizes[-1]:
+                break
+            n += 1
+        return n
 
     def initial_carry(self, batch_size: int) -> Carry:
-        """One (h, c) per layer, float32 zeros [B, H]."""
+        """One carry per layer: (h, c) float32 zeros [B, H] for (m)LSTM; (c,) or (c, x_prev)
+        for the QRNN."""
         return tuple(layer.initial_carry(batch_size) for layer in self.layers)
 
     def init_decode(self, batch_size: int, max_length: int = 0) -> Carry:
@@ -77,68 +150,117 @@ class RecurrentLM(nnx.Module):
 
     def fix_unit(self, state: Carry, unit: int, value: float, which: str) -> Carry:
         """``state`` with unit ``unit`` of the last layer's cell or hidden state set to ``value``."""
-        *lower, (h, c) = state
-        if which == "cell":
-            c = c.at[:, unit].set(value)
-        elif which == "hidden":
-            h = h.at[:, unit].set(value)
-        else:
+        if which not in self.feature_states:
             raise ValueError(f"which must be one of {list(self.feature_states)}, got {which!r}")
-        return (*lower, (h, c))
+        *lower, last = state
+        return (*lower, self.layers[-1].fix_unit(tuple(last), unit, value, which))
 
     def _run(self, tokens: jax.Array, carry: Carry | None, resets: jax.Array | None,
-             dropout_key: jax.Array | None, return_cells: bool
-             ) -> tuple[jax.Array, Carry, list[jax.Array], list[jax.Array | None]]:
-        """Returns (top hs [T, B, H], new carry, per-layer hs, per-layer cs), time-major."""
+             dropout_key: jax.Array | None, step_key: jax.Array | None, return_cells: bool
+             ) -> tuple[jax.Array, jax.Array, Carry, list[jax.Array], list[jax.Array | None]]:
+        """Returns (dropped top output [T, B, H], undropped top output, new carry, per-layer
+        hs, per-layer cs), time-major."""
         if carry is None:
             carry = self.initial_carry(tokens.shape[0])
         if len(carry) != len(self.layers):
             raise ValueError(f"carry has {len(carry)} layers, model has {len(self.layers)}")
-        x = self.embedding(jnp.swapaxes(tokens, 0, 1))  # [T, B, E]
+        if dropout_key is not None:
+            dropout_key = jnp.asarray(dropout_key)
+            if step_key is None:  # trainer passes one; otherwise from the (first) key
+                step_key = jax.random.fold_in(
+                    dropout_key if dropout_key.ndim == 1 else dropout_key[0], _STEP_FROM_KEY)
+        else:
+            step_key = None
+        tokens_tm = jnp.swapaxes(tokens, 0, 1)
+        if step_key is not None and self.embed_dropout > 0.0:
+            table = regularizers.embedding_dropout(self.embedding.embedding[...], step_key, 0,
+                                                   self.embed_dropout)
+            x = jnp.take(table, tokens_tm, axis=0).astype(self.dtype)  # [T, B, E]
+        else:
+            x = self.embedding(tokens_tm)  # [T, B, E]
+        x = regularizers.locked_dropout(x, dropout_key, _TAG_INPUT, self.input_dropout)
         resets_tm = None if resets is None else jnp.swapaxes(resets, 0, 1)
         use_dropout = dropout_key is not None and self.dropout > 0.0
         new_carry, all_hs, all_cs = [], [], []
         for l, (layer, layer_carry) in enumerate(zip(self.layers, carry)):
-            x, c_l, cs = layer.scan_time_major(x, tuple(layer_carry), resets_tm,
-                                               return_cells=return_cells)
+            x, c_l, cs = layer.scan_time_major(
+                x, tuple(layer_carry), resets_tm, return_cells=return_cells,
+                step_key=None if step_key is None else jax.random.fold_in(step_key, 1 + l),
+                row_keys=_fold(dropout_key, _TAG_ZONEOUT + l))
             new_carry.append(c_l)
             all_hs.append(x)
             all_cs.append(cs)
-            if use_dropout and l + 1 < len(self.layers):
-                keep = 1.0 - self.dropout
-                mask = _dropout_mask(dropout_key, l, keep, x.shape)
-                x = jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros_like(x))
-        return x, tuple(new_carry), all_hs, all_cs
+            if l + 1 < len(self.layers):
+                if use_dropout:
+                    keep = 1.0 - self.dropout
+                    mask = _dropout_mask(dropout_key, l, keep, x.shape)
+                    x = jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros_like(x))
+                x = regularizers.locked_dropout(x, dropout_key, _TAG_HIDDEN + l,
+                                                self.hidden_dropout)
+        top = x
+        x = regularizers.locked_dropout(x, dropout_key, _TAG_OUTPUT, self.output_dropout)
+        return x, top, tuple(new_carry), all_hs, all_cs
 
-    def __call__(self, tokens: jax.Array, carry: Carry | None, resets: jax.Array | None = None,
-                 *, dropout_key: jax.Array | None = None) -> tuple[jax.Array, Carry]:
-        """tokens int32 [B, T]; carry from ``initial_carry`` (None = zeros); resets bool [B, T].
-
-        Dropout between layers only when ``dropout_key`` is given (training): one key, or one
-        key per row ([B, 2], so a row's masks do not depend on the batch it is in); otherwise
-        deterministic. Returns (logits float32 [B, T, V], new carry float32).
-        """
-        hs, new_carry, _, _ = self._run(tokens, carry, resets, dropout_key, False)
+    def _decode(self, hs: jax.Array) -> jax.Array:
+        """Top output [T, B, H] -> logits (or, with cut-offs, log-probs) float32 [B, T, V]."""
         dt = self.dtype
+        acc = jnp.promote_types(dt, jnp.float32)
         # Time-major matmul with float32 accumulation/output, then [T, B, V] -> [B, T, V]
         # (the transposing form "tbh,hv->btv" with a float32 output of bfloat16 operands is
         # not supported by the XLA CPU backend; the V-wide logits are the cheaper transpose).
-        logits = jnp.einsum("tbh,hv->tbv", hs.astype(dt), self.decoder.kernel[...].astype(dt),
-                            preferred_element_type=jnp.promote_types(dt, jnp.float32))
-        logits = logits + self.decoder.bias[...]
-        return jnp.swapaxes(logits, 0, 1), new_carry
+        if self.tied:  # the unmasked embedding matrix [V, E]
+            logits = jnp.einsum("tbh,vh->tbv", hs.astype(dt),
+                                self.embedding.embedding[...].astype(dt),
+                                preferred_element_type=acc) + self.decoder_bias[...]
+        else:
+            logits = jnp.einsum("tbh,hv->tbv", hs.astype(dt), self.decoder.kernel[...].astype(dt),
+                                preferred_element_type=acc) + self.decoder.bias[...]
+        if self.cutoffs:
+            logits = adaptive_log_probs(logits, self.tails(hs.astype(dt)), self.cutoffs)
+        return jnp.swapaxes(logits, 0, 1)
+
+    def __call__(self, tokens: jax.Array, carry: Carry | None, resets: jax.Array | None = None,
+                 *, dropout_key: jax.Array | None = None, step_key: jax.Array | None = None
+                 ) -> tuple[jax.Array, Carry]:
+        """tokens int32 [B, T]; carry from ``initial_carry`` (None = zeros); resets bool [B, T].
+
+        Dropout only when ``dropout_key`` is given (training): one key, or one key per row
+        ([B, 2], so a row's masks do not depend on the batch it is in); ``step_key`` [2]: the
+        per-forward-pass masks (embedding dropout, weight drop; default: from
+        ``dropout_key``). Returns (logits float32 [B, T, V] — log-probabilities with
+        adaptive cut-offs —, new carry float32).
+        """
+        logits, new_carry, _ = self.regularized_call(tokens, carry, resets,
+                                                     dropout_key=dropout_key, step_key=step_key)
+        return logits, new_carry
+
+    def regularized_call(self, tokens: jax.Array, carry: Carry | None,
+                         resets: jax.Array | None = None, *, dropout_key: jax.Array | None = None,
+                         step_key: jax.Array | None = None
+                         ) -> tuple[jax.Array, Carry, jax.Array | None]:
+        """As ``__call__``, plus the AR/TAR penalty per row float32 [B] (None when
+        ``ar_alpha`` and ``tar_beta`` are 0): AR on the last layer's dropped output, TAR on
+        its undropped output; the batch's penalty is the mean over rows."""
+        hs, top, new_carry, _, _ = self._run(tokens, carry, resets, dropout_key, step_key, False)
+        penalty = None
+        if self.ar_alpha > 0.0 or self.tar_beta > 0.0:
+            penalty = (regularizers.activation_penalty(hs, self.ar_alpha)
+                       + regularizers.temporal_penalty(top, self.tar_beta))
+        return self._decode(hs), new_carry, penalty
 
     def features(self, tokens: jax.Array, carry: Carry | None,
                  resets: jax.Array | None = None) -> dict[str, Any]:
         """Per-layer states for featurization (no dropout, no decoder).
 
-        Returns {"hidden": [L, B, T, H], "cell": [L, B, T, H] (float32), "carry": new carry}.
-        The final cell state of a text is ``cell[-1, :, -1]`` (or ``carry[-1][1]``).
+        Returns {"hidden": [L, B, T, H], "cell": [L, B, T, H] (float32), "carry": new carry},
+        L = ``num_layers`` (the trailing layers as wide as the last). The final cell state of
+        a text is ``cell[-1, :, -1]``.
         """
-        _, new_carry, all_hs, all_cs = self._run(tokens, carry, resets, None, True)
+        _, _, new_carry, all_hs, all_cs = self._run(tokens, carry, resets, None, None, True)
         to_btf = lambda a: jnp.swapaxes(a.astype(jnp.float32), 0, 1)
-        return {"hidden": jnp.stack([to_btf(h) for h in all_hs]),
-                "cell": jnp.stack([to_btf(c) for c in all_cs]),
+        n = self.num_layers
+        return {"hidden": jnp.stack([to_btf(h) for h in all_hs[-n:]]),
+                "cell": jnp.stack([to_btf(c) for c in all_cs[-n:]]),
                 "carry": new_carry}
 
 
@@ -152,12 +274,33 @@ def _dropout_mask(key: jax.Array, layer: int, keep: float, shape: tuple[int, ...
     return jnp.swapaxes(per_row, 0, 1)
 
 
+# The AWD-LSTM / QRNN fields of ``config.model`` (name -> default, for configs that predate them).
+AWD_FIELDS = {"embed_dropout": 0.0, "input_dropout": 0.0, "hidden_dropout": 0.0,
+              "output_dropout": 0.0, "weight_dropout": 0.0, "ar_alpha": 0.0, "tar_beta": 0.0,
+              "tie_embeddings": False, "adaptive_cutoffs": "", "qrnn_window": 2,
+              "qrnn_zoneout": 0.0, "qrnn_pooling": "sequential"}
+
+
+def _field(model_config: Any, name: str) -> Any:
+    return model_config.get(name, AWD_FIELDS[name]) if name in AWD_FIELDS else model_config[name]
+
+
 def _build(model_config: Any, vocab_size: int, *, rngs: nnx.Rngs, dtype: Any = jnp.float32
            ) -> RecurrentLM:
+    f = lambda name: _field(model_config, name)
     return RecurrentLM(kind=model_config.kind, vocab_size=vocab_size, embed=int(model_config.embed),
                        hidden=int(model_config.hidden), layers=int(model_config.layers),
                        dropout=float(model_config.dropout),
-                       weight_norm=bool(model_config.weight_norm), dtype=dtype, rngs=rngs)
+                       weight_norm=bool(model_config.weight_norm), dtype=dtype,
+                       embed_dropout=float(f("embed_dropout")),
+                       input_dropout=float(f("input_dropout")),
+                       hidden_dropout=float(f("hidden_dropout")),
+                       output_dropout=float(f("output_dropout")),
+                       weight_drop=float(f("weight_dropout")), ar_alpha=float(f("ar_alpha")),
+                       tar_beta=float(f("tar_beta")), tie_embeddings=bool(f("tie_embeddings")),
+                       adaptive_cutoffs=str(f("adaptive_cutoffs")),
+                       qrnn_window=int(f("qrnn_window")), qrnn_zoneout=float(f("qrnn_zoneout")),
+                       qrnn_pooling=str(f("qrnn_pooling")), rngs=rngs)
 
 
 def _validate(model_config: Any, train_config: Any) -> None:
@@ -165,33 +308,62 @@ def _validate(model_config: Any, train_config: Any) -> None:
         value = model_config[name]
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
-    if not 0.0 <= model_config.dropout < 1.0:
-        raise ValueError(f"model.dropout must be in [0, 1), got {model_config.dropout}")
+    for name in ("dropout", "embed_dropout", "input_dropout", "hidden_dropout", "output_dropout",
+                 "weight_dropout", "qrnn_zoneout"):
+        value = _field(model_config, name)
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"model.{name} must be in [0, 1), got {value}")
+    for name in ("ar_alpha", "tar_beta"):
+        if _field(model_config, name) < 0:
+            raise ValueError(f"model.{name} must be >= 0, got {_field(model_config, name)}")
+    if _field(model_config, "qrnn_window") not in (1, 2):
+        raise ValueError(f"model.qrnn_window must be 1 or 2, got {_field(model_config, 'qrnn_window')!r}")
+    if _field(model_config, "qrnn_pooling") not in POOLINGS:
+        raise ValueError(f"model.qrnn_pooling must be one of {list(POOLINGS)}, "
+                         f"got {_field(model_config, 'qrnn_pooling')!r}")
+    parse_cutoffs(_field(model_config, "adaptive_cutoffs"))
+
+
+def layer_sizes(model_config: Any) -> tuple[int, ...]:
+    """Width of each layer: ``hidden``, the last ``embed`` when ``tie_embeddings`` (awd)."""
+    n, tied = int(model_config.layers), bool(_field(model_config, "tie_embeddings"))
+    return tuple(int(model_config.embed) if tied and l == n - 1 else int(model_config.hidden)
+                 for l in range(n))
 
 
 def _flops(model_config: Any, vocab_size: int, seq_len: int = 1) -> int:
     """Forward matmul FLOPs per token (2 per multiply-add): recurrent layers + decoder.
 
-    The embedding is a lookup (no FLOPs); gate nonlinearities, weight norm (once per call,
-    not per token) and other elementwise work are ignored; ``seq_len`` does not matter. mLSTM
-    layer with input I, hidden H: I*4H + I*H + H*H + H*4H multiply-adds; LSTM: I*4H + H*4H;
-    decoder: H*V. Training (forward + backward) is about 3x this.
+    The embedding is a lookup (no FLOPs); gate nonlinearities, fo-pooling, weight norm and
+    dropout masks (once per call, not per token) and other elementwise work are ignored;
+    ``seq_len`` does not matter. With input I and width H: mLSTM layer I*4H + I*H + H*H +
+    H*4H multiply-adds; LSTM: I*4H + H*4H; QRNN: k*I*3H (window k: 2 on the first layer,
+    ``qrnn_window``, else 1); decoder: H*V (tied or not), plus H*k' for the adaptive
+    softmax's k' tombstones (all clusters' logits are formed). Training is about 3x this.
     """
-    kind, hidden, embed = model_config.kind, int(model_config.hidden), int(model_config.embed)
-    macs = hidden * vocab_size
-    for l in range(int(model_config.layers)):
-        i = embed if l == 0 else hidden
-        macs += i * 4 * hidden + hidden * 4 * hidden
+    kind, embed = model_config.kind, int(model_config.embed)
+    sizes = layer_sizes(model_config)
+    top = sizes[-1]
+    macs = top * (vocab_size + len(parse_cutoffs(_field(model_config, "adaptive_cutoffs"))))
+    for l, h in enumerate(sizes):
+        i = embed if l == 0 else sizes[l - 1]
+        if kind == "qrnn":
+            window = int(_field(model_config, "qrnn_window")) if l == 0 else 1
+            macs += window * i * 3 * h
+            continue
+        macs += i * 4 * h + h * 4 * h
         if kind == "mlstm":
-            macs += i * hidden + hidden * hidden
+            macs += i * h + h * h
     return 2 * macs
 
 
 def _describe(m: Any) -> str:
-    return f"{m.kind} hidden {m.hidden} embed {m.embed} layers {m.layers}"
+    text = f"{m.kind} hidden {m.hidden} embed {m.embed} layers {m.layers}"
+    return text + (" tied" if _field(m, "tie_embeddings") else "")
 
 
+_FIELDS = ("embed", "hidden", "layers", "weight_norm", "tie_embeddings", "adaptive_cutoffs")
 for _name in LAYER_TYPES:
-    register(ModelKind(name=_name, fields=("embed", "hidden", "layers", "weight_norm"),
+    register(ModelKind(name=_name, fields=_FIELDS + (("qrnn_window",) if _name == "qrnn" else ()),
                        build=_build, validate=_validate, flops_per_token=_flops,
                        describe=_describe))

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lmscale.models import recurrent_vjp
+from lmscale.models import recurrent_vjp, regularizers
 from lmscale.models.initializers import recurrent_uniform
 from lmscale.models.weight_norm import make_matrix
 
@@ -176,14 +176,36 @@ class _RecurrentLayer(nnx.Module):
     hidden: int
     dtype: Any
 
+    weight_drop: float = 0.0
+
     def _scan(self, xs: jax.Array, carry: Carry, resets: jax.Array | None,
-              return_cells: bool) -> ScanResult:
+              return_cells: bool, step_key: jax.Array | None = None) -> ScanResult:
         raise NotImplementedError
 
+    def _drop(self, w: jax.Array, step_key: jax.Array | None, tag: int) -> jax.Array:
+        """Weight drop (DropConnect) of a hidden-to-hidden matrix: one mask per call, applied
+        before the scan, so every time step sees the same mask (None key: no drop)."""
+        if step_key is None:
+            return w
+        return regularizers.weight_drop(w, step_key, tag, self.weight_drop)
+
     def scan_time_major(self, xs: jax.Array, carry: Carry, resets: jax.Array | None = None, *,
-                        return_cells: bool = False) -> ScanResult:
-        """xs [T, B, in], resets [T, B] -> (hs [T, B, H] in dtype, (h, c), cs [T, B, H] | None)."""
-        return self._scan(xs, carry, resets, return_cells)
+                        return_cells: bool = False, step_key: jax.Array | None = None,
+                        row_keys: jax.Array | None = None) -> ScanResult:
+        """xs [T, B, in], resets [T, B] -> (hs [T, B, H] in dtype, (h, c), cs [T, B, H] | None).
+
+        ``step_key``: this layer's key of the forward pass, for weight drop (``weight_drop``
+        > 0) on the hidden-to-hidden matrices; None in evaluation. ``row_keys``: unused."""
+        return self._scan(xs, carry, resets, return_cells, step_key)
+
+    def fix_unit(self, carry: Carry, unit: int, value: float, which: str) -> Carry:
+        """The carry (h, c) with unit ``unit`` of c (``which="cell"``) or h set to ``value``."""
+        h, c = carry
+        if which == "cell":
+            return h, c.at[:, unit].set(value)
+        if which == "hidden":
+            return h.at[:, unit].set(value), c
+        raise ValueError(f"which must be 'cell' or 'hidden', got {which!r}")
 
     def __call__(self, xs: jax.Array, carry: Carry, resets: jax.Array | None = None, *,
                  return_cells: bool = False) -> Any:
@@ -194,7 +216,7 @@ class _RecurrentLayer(nnx.Module):
         """
         hs, new_carry, cs = self._scan(jnp.swapaxes(xs, 0, 1), carry,
                                        None if resets is None else jnp.swapaxes(resets, 0, 1),
-                                       return_cells)
+                                       return_cells, None)
         hs = jnp.swapaxes(hs, 0, 1)
         if return_cells:
             return hs, new_carry, jnp.swapaxes(cs, 0, 1)
@@ -210,10 +232,11 @@ class MLSTMLayer(_RecurrentLayer):
     """Multiplicative LSTM layer; params w_x, w_mx, w_mh, w_h (each g/v or kernel) and bias."""
 
     def __init__(self, in_features: int, hidden: int, *, weight_norm: bool = True,
-                 dtype: Any = jnp.float32, rngs: nnx.Rngs):
+                 weight_drop: float = 0.0, dtype: Any = jnp.float32, rngs: nnx.Rngs):
         init = recurrent_uniform(hidden)
         mat = lambda i, o: make_matrix(i, o, weight_norm=weight_norm, init=init, rngs=rngs)
         self.in_features, self.hidden, self.dtype = in_features, hidden, dtype
+        self.weight_drop = float(weight_drop)
         self.w_x = mat(in_features, 4 * hidden)
         self.w_mx = mat(in_features, hidden)
         self.w_mh = mat(hidden, hidden)
@@ -221,24 +244,27 @@ class MLSTMLayer(_RecurrentLayer):
         self.bias = nnx.Param(jnp.zeros((4 * hidden,), jnp.float32))
 
     def _scan(self, xs: jax.Array, carry: Carry, resets: jax.Array | None,
-              return_cells: bool) -> ScanResult:
-        return mlstm_scan(xs, carry, self.w_x(), self.w_mx(), self.w_mh(), self.w_h(),
-                          self.bias[...], resets, dtype=self.dtype, return_cells=return_cells)
+              return_cells: bool, step_key: jax.Array | None = None) -> ScanResult:
+        # Weight drop on both matrices that act on the state: W_mh (h -> m) and W_h (m -> z).
+        return mlstm_scan(xs, carry, self.w_x(), self.w_mx(), self._drop(self.w_mh(), step_key, 0),
+                          self._drop(self.w_h(), step_key, 1), self.bias[...], resets,
+                          dtype=self.dtype, return_cells=return_cells)
 
 
 class LSTMLayer(_RecurrentLayer):
     """Standard LSTM layer; params w_x, w_h (each g/v or kernel) and a single bias."""
 
     def __init__(self, in_features: int, hidden: int, *, weight_norm: bool = True,
-                 dtype: Any = jnp.float32, rngs: nnx.Rngs):
+                 weight_drop: float = 0.0, dtype: Any = jnp.float32, rngs: nnx.Rngs):
         init = recurrent_uniform(hidden)
         mat = lambda i, o: make_matrix(i, o, weight_norm=weight_norm, init=init, rngs=rngs)
         self.in_features, self.hidden, self.dtype = in_features, hidden, dtype
+        self.weight_drop = float(weight_drop)
         self.w_x = mat(in_features, 4 * hidden)
         self.w_h = mat(hidden, 4 * hidden)
         self.bias = nnx.Param(jnp.zeros((4 * hidden,), jnp.float32))
 
     def _scan(self, xs: jax.Array, carry: Carry, resets: jax.Array | None,
-              return_cells: bool) -> ScanResult:
-        return lstm_scan(xs, carry, self.w_x(), self.w_h(), self.bias[...], resets,
-                         dtype=self.dtype, return_cells=return_cells)
+              return_cells: bool, step_key: jax.Array | None = None) -> ScanResult:
+        return lstm_scan(xs, carry, self.w_x(), self._drop(self.w_h(), step_key, 1),
+                         self.bias[...], resets, dtype=self.dtype, return_cells=return_cells)

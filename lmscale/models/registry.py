@@ -27,6 +27,15 @@ The module interface (an ``nnx.Module``; all arrays batch-major):
 * ``fix_unit(state, unit, value, which) -> state`` (optional): the decode state with one
   unit of the last layer held at ``value`` (``which`` one of ``feature_states``); models
   without it cannot generate with a fixed neuron.
+* ``regularized_call(tokens, carry, resets=None, *, dropout_key=None, step_key=None) ->
+  (logits [B, T, V], new carry, penalty float32 [B] | None)`` (optional; the recurrent kinds
+  have it): the training forward pass. ``dropout_key`` as in ``__call__`` (per-row masks:
+  locked dropout, zoneout); ``step_key`` [2]: one key per training step, the same on every
+  device of a data-parallel step, for masks drawn once per forward pass (embedding dropout,
+  weight drop). ``penalty``: an auxiliary loss per row (AR/TAR), whose mean over the global
+  batch the trainer adds to the training loss only (never to the logged loss or BPC); None
+  when there is none. :func:`training_forward` calls it, or ``__call__`` for models
+  without it (penalty None), so a model without it needs no change.
 """
 
 from __future__ import annotations
@@ -94,6 +103,21 @@ def architecture(model_config: Any) -> dict[str, Any]:
 
 
 def uses_dropout(model_config: Any) -> bool:
-    """Whether any dropout field of ``model_config`` (``dropout``, ``*_dropout``) is above 0."""
+    """Whether any dropout field of ``model_config`` (``dropout``, ``*_dropout``, ``*_zoneout``)
+    is above 0."""
     return any(float(model_config[k]) > 0 for k in model_config.keys()
-               if k == "dropout" or k.endswith("_dropout"))
+               if k == "dropout" or k.endswith("_dropout") or k.endswith("_zoneout"))
+
+
+def training_forward(model: nnx.Module, tokens: Any, carry: Any, resets: Any, *,
+                     dropout_key: Any = None, step_key: Any = None) -> tuple[Any, Any, Any]:
+    """The training forward pass of any model: (logits, new carry, penalty [B] or None).
+
+    Uses the model's optional ``regularized_call`` (see the module docstring), else
+    ``__call__`` with no penalty (``step_key`` is then unused).
+    """
+    if hasattr(model, "regularized_call"):
+        return model.regularized_call(tokens, carry, resets, dropout_key=dropout_key,
+                                      step_key=step_key)
+    logits, new_carry = model(tokens, carry, resets, dropout_key=dropout_key)
+    return logits, new_carry, None

@@ -8,6 +8,10 @@ carries nothing) continues from the previous batch of the same rows. Besides the
 steps sum the UTF-8 bytes the counted targets stand for (``byte_lengths`` of the
 tokenizer), so that bits per character compare across tokenizers.
 
+Regularized models (``regularized_call``, see ``lmscale.models.registry``) get the row keys
+and a step key, and their auxiliary penalty (AR/TAR) is added to the training loss only;
+the logged loss is the cross entropy alone.
+
 Data parallelism: the forward/backward pass runs per device under ``jax.shard_map`` on
 the device's rows, and the gradients of all parameters, with the loss sums, are averaged
 by exactly one all-reduce of one flat float32 vector (NCCL on GPUs). The optimizer update
@@ -30,6 +34,7 @@ from flax import nnx
 from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh, PartitionSpec as P
 
+from lmscale.models.registry import training_forward
 from lmscale.training.loss import byte_count, cross_entropy_sums, mean_loss
 from lmscale.training.mesh import DATA_AXIS
 from lmscale.training.precision import all_finite, select_tree
@@ -46,6 +51,12 @@ def row_dropout_keys(key: jax.Array, first_row: jax.Array, rows: int) -> jax.Arr
     """
     ids = first_row + jnp.arange(rows)
     return jax.vmap(lambda i: jax.random.fold_in(key, i))(ids)
+
+
+def step_dropout_key(key: jax.Array) -> jax.Array:
+    """The key of the masks drawn once per forward pass (embedding dropout, weight drop), from
+    the step's key: the same on every device (rows' keys are fold_in(key, row), row < 2^31)."""
+    return jax.random.fold_in(key, 0xFFFFFFFF)
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
@@ -65,18 +76,32 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
         """Per device: gradients of this device's summed loss, all-reduced once."""
         rows, targets_per_row = batch["targets"].shape
         global_targets = rows * targets_per_row * jax.lax.axis_size(DATA_AXIS)
-        row_keys = None
+        row_keys = step_key = None
         if dropout:
             row_keys = row_dropout_keys(key, jax.lax.axis_index(DATA_AXIS) * rows, rows)
+            step_key = step_dropout_key(key)
         local_params = jax.lax.pcast(params, DATA_AXIS, to="varying")
 
         def loss_fn(p: Any) -> tuple[jax.Array, tuple[Any, jax.Array, jax.Array]]:
             model = nnx.merge(graphdef, p)
-            logits, new_carry = model(batch["inputs"], carry, batch["resets"], dropout_key=row_keys)
+            logits, new_carry, penalty = training_forward(
+                model, batch["inputs"], carry, batch["resets"], dropout_key=row_keys,
+                step_key=step_key)
             nats, count = cross_entropy_sums(logits, batch["targets"], batch["weights"])
             # Normalized by the static number of target slots (corrected after the reduction),
             # times the loss scale S (1 unless float16).
-            return nats * (scale / global_targets), (new_carry, nats, count)
+            loss = nats * (scale / global_targets)
+            if penalty is not None:
+                # The mean penalty over the global batch's rows, pre-multiplied by
+                # count/global_targets so that the correction below (global_targets/count)
+                # leaves it unscaled: d(mean NLL + mean penalty). Costs one scalar psum.
+                global_count = jnp.maximum(
+                    jax.lax.psum(jnp.sum(batch["weights"].astype(jnp.float32)), DATA_AXIS), 1.0)
+                global_rows = rows * jax.lax.axis_size(DATA_AXIS)
+                loss = loss + (jnp.sum(penalty) / global_rows) * (
+                    jax.lax.stop_gradient(global_count) * scale / global_targets)
+            return loss, (new_carry, nats, count)
+
 
         grads, (new_carry, nats, count) = jax.grad(loss_fn, has_aux=True)(local_params)
         num_bytes = _bytes(batch, count, byte_lengths)

@@ -159,9 +159,9 @@ def test_bfloat16_lm():
 
 
 def test_build_model_errors_and_counts():
-    with pytest.raises(ValueError, match=r"unknown model.kind 'gru'; expected one of \['lstm', 'mlstm', 'transformer'\]"):
+    with pytest.raises(ValueError, match=r"unknown model.kind 'gru'; expected one of \['lstm', 'mlstm', 'qrnn', 'transformer'\]"):
         build_model(model_config(kind="gru"), V, rngs=nnx.Rngs(0))
-    assert set(MODEL_KINDS) == {"lstm", "mlstm", "transformer"}
+    assert set(MODEL_KINDS) == {"lstm", "mlstm", "qrnn", "transformer"}
     model = build_model(model_config(), V, rngs=nnx.Rngs(0))
     assert isinstance(model, RecurrentLM)
     per_layer = lambda i: (i * 4 * H + 4 * H) + (i * H + H) + (H * H + H) + (H * 4 * H + 4 * H) + 4 * H
