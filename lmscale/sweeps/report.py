@@ -179,7 +179,8 @@ def _curves(workdir: str, sweep: Sweep, results: list[dict[str, Any]]) -> str | 
         if panel is not None:
             ax.set_title(f"{first.rsplit('.', 1)[-1]} = {_fmt(panel)}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     for k in range(len(panels), rows * cols):
         axes[k // cols][k % cols].axis("off")
     fig.tight_layout()

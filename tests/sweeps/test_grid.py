@@ -1,0 +1,57 @@
+"""Grid expansion from a sweep file, and the one-line errors of bad sweeps (no training)."""
+
+from __future__ import annotations
+
+import pytest
+
+from lmscale.sweeps import SweepError, expand, load_sweep_spec
+from lmscale.sweeps.grid import override_flags
+from tests.sweeps.conftest import base_config, write_sweep
+
+
+def test_expand_fields_named_axes_and_derived(tiny):
+    path = write_sweep(tiny / "grid.py", """
+        def get_sweep(cpu_budget_minutes=None):
+            steps = 100 if cpu_budget_minutes is None else 10
+            return {
+                "grid": {
+                    "train.batch_size": [4, 8],
+                    "rule": {"none": {"optim.lr_scaling": "none"},
+                             "capped": {"optim.lr_scaling": "linear", "optim.lr_max": 3e-3}},
+                },
+                "derived": lambda p: {"train.steps": steps * 4 // p["train.batch_size"]},
+            }
+    """)
+    sweep = expand(load_sweep_spec(path, cpu_budget_minutes=5), base_config(tiny))
+    assert sweep.axes == ["train.batch_size", "rule"]
+    assert sweep.axis_values == {"train.batch_size": [4, 8], "rule": ["none", "capped"]}
+    assert [p.name for p in sweep.points] == ["batch_size-4_rule-none", "batch_size-4_rule-capped",
+                                              "batch_size-8_rule-none", "batch_size-8_rule-capped"]
+    capped8 = sweep.points[3]
+    assert capped8.values == {"train.batch_size": 8, "rule": "capped"}
+    assert capped8.overrides == {"train.batch_size": 8, "optim.lr_scaling": "linear",
+                                 "optim.lr_max": 3e-3, "train.steps": 5}
+    assert override_flags(capped8.overrides) == [
+        "--config.train.batch_size=8", "--config.optim.lr_scaling=linear",
+        "--config.optim.lr_max=0.003", "--config.train.steps=5"]
+    assert expand(load_sweep_spec(path), base_config(tiny)).points[0].overrides["train.steps"] == 100
+
+
+@pytest.mark.parametrize("grid, message", [
+    ('{"model.hiden": [8, 16]}', "swept field 'model.hiden' is not a config field (did you mean model.hidden?)"),
+    ('{}', "the sweep's grid is empty"),
+    ('{"model.hidden": []}', "the sweep's grid is empty: axis 'model.hidden' has no values"),
+    ('{"model": [1]}', "swept field 'model' is a group of fields, not a field"),
+    ('{"optim.lr_scaling": ["cube"]}', "optim.lr_scaling must be one of"),
+])
+def test_bad_grid_is_one_line_error(tiny, grid, message):
+    path = write_sweep(tiny / "bad.py", f"def get_sweep():\n    return {{'grid': {grid}}}\n")
+    with pytest.raises(SweepError) as e:
+        expand(load_sweep_spec(path), base_config(tiny))
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_budget_needs_a_rule(tiny):
+    path = write_sweep(tiny / "nobudget.py", "def get_sweep():\n    return {'grid': {'seed': [0, 1]}}\n")
+    with pytest.raises(SweepError, match="no CPU-budget rule"):
+        load_sweep_spec(path, cpu_budget_minutes=10)

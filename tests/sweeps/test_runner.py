@@ -1,0 +1,108 @@
+"""Sweeps that train: a diverging point is marked "div" and the sweep goes on; a finished
+sweep re-runs without training; a killed sweep resumes its unfinished points only; a folder
+holding another sweep is refused in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lmscale.sweeps import SweepError, run_sweep
+from lmscale.sweeps.divergence import find_divergence
+from tests.conftest import REPO
+from tests.sweeps.conftest import base_config, write_sweep
+
+QUIET = dict(poll_seconds=0.1, log=lambda line: None)
+
+
+@pytest.fixture(scope="module")
+def finished(tiny: Path) -> tuple[Path, str, dict]:
+    """A sweep whose first point diverges (learning rate 100) and second trains normally."""
+    sweep_file = write_sweep(tiny / "lr.py", """
+        def get_sweep():
+            return {"grid": {"optim.lr": [100.0, 3e-3]}}
+    """)
+    out = tiny / "lr_sweep"
+    result = run_sweep(base_config(tiny), str(tiny / "tiny.py"), sweep_file, str(out), **QUIET)
+    return out, sweep_file, result
+
+
+def test_diverging_point_is_div_and_sweep_continues(finished):
+    out, _, result = finished
+    status = {r["point"].name: r["status"] for r in result["results"]}
+    assert status == {"lr-100": "div", "lr-0.003": "ok"}
+    div = json.loads((out / "lr-100" / "sweep_status.json").read_text())
+    assert div["divergence"]["step"] <= 20 and "running minimum" in div["divergence"]["reason"] \
+        or "non-finite" in div["divergence"]["reason"]
+    ok = [json.loads(line) for line in (out / "lr-0.003" / "metrics.jsonl").read_text().splitlines()]
+    assert ok[-1]["split"] == "val" and ok[-1]["step"] == 20
+    report = (out / "report.md").read_text()
+    assert "div (step" in report and f"{ok[-1]['bpc']:.3f}" in report
+    assert (out / "curves.png").stat().st_size > 1000 and (out / "report.html").exists()
+
+
+def test_rerun_of_finished_sweep_trains_nothing(tiny, finished):
+    out, sweep_file, _ = finished
+    before = {p: (out / p / "metrics.jsonl").read_bytes() for p in ("lr-100", "lr-0.003")}
+    again = run_sweep(base_config(tiny), str(tiny / "tiny.py"), sweep_file, str(out), **QUIET)
+    assert again["trained"] == []
+    assert {p: (out / p / "metrics.jsonl").read_bytes() for p in before} == before
+    assert [r["status"] for r in again["results"]] == ["div", "ok"]
+
+
+def test_folder_of_another_sweep_is_refused(tiny, finished):
+    out, _, _ = finished
+    other = write_sweep(tiny / "other.py", "def get_sweep():\n    return {'grid': {'model.hidden': [8]}}\n")
+    with pytest.raises(SweepError, match="holds a different sweep"):
+        run_sweep(base_config(tiny), str(tiny / "tiny.py"), other, str(out), **QUIET)
+    cli = subprocess.run([sys.executable, "-m", "lmscale.sweep", f"--config={tiny / 'tiny.py'}",
+                          f"--sweep={other}", f"--workdir={out}"], cwd=REPO, capture_output=True, text=True)
+    assert cli.returncode == 1
+    assert cli.stderr.startswith("error: ") and "holds a different sweep" in cli.stderr
+    assert len(cli.stderr.strip().splitlines()) == 1
+
+
+def test_killed_sweep_resumes_unfinished_points_only(tiny):
+    sweep_file = write_sweep(tiny / "kill.py", """
+        def get_sweep():
+            return {"grid": {"model.hidden": [8, 16]},
+                    "derived": lambda p: {"train.steps": 20 if p["model.hidden"] == 8 else 3000}}
+    """)
+    out = tiny / "kill_sweep"
+    proc = subprocess.Popen([sys.executable, "-m", "lmscale.sweep", f"--config={tiny / 'tiny.py'}",
+                             f"--sweep={sweep_file}", f"--workdir={out}"], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    second = out / "hidden-16" / "metrics.jsonl"
+    deadline = time.time() + 300
+    try:
+        while not (second.exists() and second.read_text().strip()):  # the second point is training
+            assert proc.poll() is None and time.time() < deadline, "sweep ended before its second point trained"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)  # no chance to clean up: its trainer gets SIGTERM from the kernel
+        proc.wait()
+    first = (out / "hidden-8" / "metrics.jsonl").read_bytes()
+    assert json.loads((out / "hidden-8" / "sweep_status.json").read_text())["status"] == "ok"
+
+    result = run_sweep(base_config(tiny), str(tiny / "tiny.py"), sweep_file, str(out), **QUIET)
+    assert result["trained"] == ["hidden-16"]
+    assert (out / "hidden-8" / "metrics.jsonl").read_bytes() == first
+    records = [json.loads(line) for line in second.read_text().splitlines()]
+    steps = [r["step"] for r in records if r["split"] == "train"]
+    assert steps == sorted(set(steps)) and steps[-1] == 3000  # continued, nothing repeated
+    assert (out / "hidden-16" / "train.log").read_text().count("$ ") == 2  # two trainer runs
+    assert records[-1] == {**records[-1], "split": "val", "step": 3000}
+
+
+def test_divergence_rule():
+    rec = lambda step, loss: {"split": "train", "step": step, "loss": loss}
+    assert find_divergence([rec(2, 5.0), rec(4, 3.0), {"split": "val", "step": 4, "loss": 9.0}, rec(6, 4.4)]) is None
+    assert find_divergence([rec(2, 5.0), rec(4, 3.0), rec(6, 4.6)])["step"] == 6
+    assert find_divergence([rec(2, 5.0), rec(4, float("nan"))])["reason"] == "non-finite loss at step 4"
