@@ -102,7 +102,6 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     jax.lax.stop_gradient(global_count) * scale / global_targets)
             return loss, (new_carry, nats, count)
 
-
         grads, (new_carry, nats, count) = jax.grad(loss_fn, has_aux=True)(local_params)
         num_bytes = _bytes(batch, count, byte_lengths)
         grads, sums = allreduce(grads, jnp.stack([nats, count, num_bytes]))
