@@ -1,6 +1,8 @@
-"""mLSTM vs transformer (bytes and SentencePiece) on one text file at equal CPU time.
+"""mLSTM vs transformer (bytes and SentencePiece) vs AWD-LSTM vs QRNN on one text file at
+equal CPU time.
 
     python benchmarks/compare_families.py --text=path/to/input.txt [--out=runs/compare]
+        [--runs="awd-lstm 2x256 tied (bytes),qrnn 3x512 tied (bytes)"]
 
 Runs ``configs/quickstart.py`` (mLSTM 256) first and measures its CPU time (user + system
 of the training process, from ``os.wait4``: fair on a shared machine, where wall time is
@@ -28,6 +30,8 @@ RUNS = {
     "transformer 4x128 (SentencePiece 1k)": [
         "--config=configs/transformer_quickstart.py", "--config.data.tokenizer=sentencepiece",
         "--config.data.vocab_size=1024"],
+    "awd-lstm 2x256 tied (bytes)": ["--config=configs/awd_lstm_char_cpu.py"],
+    "qrnn 3x512 tied (bytes)": ["--config=configs/qrnn_char_cpu.py"],
 }
 
 
@@ -53,20 +57,32 @@ def main() -> None:
     parser.add_argument("--text", required=True, help="a text file (e.g. tinyshakespeare's input.txt)")
     parser.add_argument("--out", default="runs/compare_families")
     parser.add_argument("--probe_steps", type=int, default=20)
+    parser.add_argument("--runs", default="", help="comma-separated names of RUNS to compare "
+                        "with the mLSTM (default: all)")
+    parser.add_argument("--base_steps", type=int, default=600,
+                        help="steps of the mLSTM quickstart, which sets the CPU budget")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     names = list(RUNS)
-    results = {names[0]: run(RUNS[names[0]], os.path.join(args.out, "mlstm"), 600, args.text)}
+    if args.runs:
+        unknown = [n for n in args.runs.split(",") if n not in RUNS]
+        if unknown:
+            raise SystemExit(f"--runs: unknown {unknown}; expected names from {names}")
+        names = [names[0]] + [n for n in args.runs.split(",") if n != names[0]]
+    results = {names[0]: run(RUNS[names[0]], os.path.join(args.out, "mlstm"), args.base_steps,
+                             args.text)}
     budget = results[names[0]]["cpu_s"]
     for i, name in enumerate(names[1:]):
         # Two probes separate the fixed cost (data preparation, tokenizer training, compiles,
         # the final validation) from the cost per step; the run gets the same total CPU time.
-        short = run(RUNS[name], os.path.join(args.out, f"probe{i}a"), args.probe_steps, args.text)
-        long = run(RUNS[name], os.path.join(args.out, f"probe{i}b"), 3 * args.probe_steps, args.text)
+        tag = "".join(c if c.isalnum() else "_" for c in name)
+        short = run(RUNS[name], os.path.join(args.out, f"probe_{tag}_a"), args.probe_steps, args.text)
+        long = run(RUNS[name], os.path.join(args.out, f"probe_{tag}_b"), 3 * args.probe_steps,
+                   args.text)
         per_step = max((long["cpu_s"] - short["cpu_s"]) / (2 * args.probe_steps), 1e-3)
         fixed = max(short["cpu_s"] - args.probe_steps * per_step, 0.0)
         steps = max(args.probe_steps, int((budget - fixed) / per_step))
-        results[name] = run(RUNS[name], os.path.join(args.out, f"run{i}"), steps, args.text)
+        results[name] = run(RUNS[name], os.path.join(args.out, f"run_{tag}"), steps, args.text)
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                             text=True).stdout.strip()

@@ -1,0 +1,65 @@
+"""AWD-LSTM, character level (Merity, Keskar & Socher 2018, "An Analysis of Neural Language
+Modeling at Multiple Scales"), as salesforce/awd-lstm-lm trains it on enwik8 (1.232 test bpc).
+
+Source: awd-lstm-lm README, "Character level enwik8 with LSTM":
+    python -u main.py --epochs 50 --nlayers 3 --emsize 400 --nhid 1840 --alpha 0 --beta 0
+        --dropoute 0 --dropouth 0.1 --dropouti 0.1 --dropout 0.4 --wdrop 0.2 --wdecay 1.2e-6
+        --bptt 200 --batch_size 128 --optimizer adam --lr 1e-3 --data data/enwik8 --when 25 35
+with main.py's defaults for the rest: tied weights (args.tied = True), --clip 0.25,
+variable-length BPTT, validation batch 10.
+PTB-char (README "Character level Penn Treebank (PTB) with LSTM": --epochs 500 --emsize 200
+--nhid 1000 --dropouth 0.25 --dropouti 0.1 --dropout 0.1 --wdrop 0.5 --bptt 150 --lr 2e-3
+--when 300 400):
+    --config.model.embed=200 --config.model.hidden=1000 --config.model.hidden_dropout=0.25
+    --config.model.output_dropout=0.1 --config.model.weight_dropout=0.5 --config.train.seq_len=150
+    --config.optim.lr=2e-3 --config.train.epochs=500 --config.optim.lr_drop_epochs=300,400
+
+Data: the bytes of enwik8 (awd's prep_enwik8.py also models bytes; its split is the first
+90M / next 5M / last 5M, ours spreads val/test shards through the file: data.split 90,5,5).
+
+    python -m lmscale.train --config=configs/awd_lstm_char.py --workdir=runs/awd_enwik8 \
+        --config.data.train=data/enwik8/enwik8
+"""
+
+from lmscale.config import default_config
+
+
+def get_config():
+    config = default_config()
+    config.data.train = "data/enwik8/enwik8"  # raw enwik8 (100M bytes); bytes as tokens
+    config.data.txt_mode = "file"
+    config.data.split = "90,5,5"
+    config.data.shard_tokens = 10**6
+    config.model.kind = "lstm"  # --model LSTM (default)
+    config.model.layers = 3  # --nlayers 3
+    config.model.embed = 400  # --emsize 400
+    config.model.hidden = 1840  # --nhid 1840 (the last layer is 400 wide: tied)
+    config.model.tie_embeddings = True  # args.tied = True
+    config.model.weight_norm = False  # awd has none
+    config.model.embed_dropout = 0.0  # --dropoute 0
+    config.model.input_dropout = 0.1  # --dropouti 0.1
+    config.model.hidden_dropout = 0.1  # --dropouth 0.1
+    config.model.output_dropout = 0.4  # --dropout 0.4
+    config.model.weight_dropout = 0.2  # --wdrop 0.2
+    config.model.ar_alpha = 0.0  # --alpha 0
+    config.model.tar_beta = 0.0  # --beta 0
+    config.train.batch_size = 128  # --batch_size 128
+    config.train.seq_len = 200  # --bptt 200
+    config.train.variable_bptt = True  # main.py's length draw, LR scaled by length / bptt
+    config.train.epochs = 50.0  # --epochs 50
+    config.train.steps = 10**9  # bounded by train.epochs
+    config.train.eval_every = 3500  # ≈ one epoch of 90M bytes at 128 x 200
+    config.train.eval_batch_size = 10  # eval_batch_size = 10
+    config.train.log_every = 200  # --log-interval 200
+    config.optim.name = "adam"  # --optimizer adam
+    config.optim.lr = 1e-3  # --lr 1e-3
+    config.optim.base_batch_size = 128
+    config.optim.schedule = "constant"
+    config.optim.warmup_steps = 0
+    config.optim.clip = 0.25  # --clip 0.25 (default)
+    config.optim.weight_decay = 1.2e-6  # --wdecay 1.2e-6, coupled L2 as torch Adam's weight_decay
+    config.optim.lr_drop_epochs = "25,35"  # --when 25 35: divide the learning rate by 10
+    config.optim.lr_drop_factor = 0.1
+    config.checkpoint.every = 3500
+    config.lock()
+    return config

@@ -1,0 +1,49 @@
+"""A CPU-sized AWD-LSTM character model on Tiny Shakespeare: configs/awd_lstm_char.py's recipe
+(3 layers, tied embeddings with the last layer embed-wide, locked / weight dropout, Adam with
+coupled L2, clip 0.25) scaled down to learn in a few minutes on 2 CPU cores, at about the
+quickstart mLSTM's cost per character.
+
+Changes for a short CPU run: 2 layers of 256 (the last 128: tied), batch 32 x 128, lighter
+dropout (a few minutes of training underfits; awd's 0.4 output dropout slows it), a linear
+decay instead of --when drops, and a fixed BPTT length (variable BPTT compiles one step per
+length bucket, dozens of compiles on a CPU). Measured numbers: benchmarks/README.md.
+
+    python -m lmscale.train --config=configs/awd_lstm_char_cpu.py --workdir=runs/awd_char_cpu
+"""
+
+import os
+
+from lmscale.config import config_from_file
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def get_config():
+    config = config_from_file(os.path.join(HERE, "awd_lstm_char.py"))
+    config.unlock()
+    config.data.train = "../shared/data/tinyshakespeare/input.txt"  # from the repository root
+    config.data.split = "98,1,1"
+    config.data.shard_tokens = 2**27
+    config.model.layers = 2
+    config.model.embed = 128
+    config.model.hidden = 256
+    config.model.input_dropout = 0.05
+    config.model.hidden_dropout = 0.05
+    config.model.output_dropout = 0.1
+    config.model.weight_dropout = 0.1
+    config.train.batch_size = 32
+    config.train.seq_len = 128
+    config.train.variable_bptt = False
+    config.train.epochs = 0.0
+    config.train.steps = 600
+    config.train.eval_every = 200
+    config.train.eval_batch_size = 32
+    config.train.log_every = 20
+    config.optim.lr = 3e-3  # as the quickstart: a short run of a small model
+    config.optim.base_batch_size = 32
+    config.optim.schedule = "linear"
+    config.optim.warmup_steps = 20
+    config.optim.lr_drop_epochs = ""
+    config.checkpoint.every = 200
+    config.lock()
+    return config
