@@ -41,6 +41,10 @@ def default_config() -> ml_collections.ConfigDict:
     # paths/globs (comma separated; prepared on the fly into WORKDIR/data), or the name of
     # a built-in corpus that needs no download ("python_stdlib").
     c.data.train = "python_stdlib"
+    # Validation / test text given on its own (paths/globs, e.g. PTB's or WikiText's files): then
+    # data.train is all training text and data.split is not used. "" = cut from data.train.
+    c.data.val = ""
+    c.data.test = ""
     c.data.text_column = ""  # CSV column holding the text when data.train is raw CSV ("" = "text")
     c.data.text_field = ""  # JSONL field holding the text when data.train is raw JSONL ("" = "text")
     c.data.txt_mode = "file"  # raw .txt: "file" = one document per file, "line" = per line

@@ -57,6 +57,9 @@ _WORD_MIN_COUNT = flags.DEFINE_integer("word_min_count", 1, "Words: fewer occurr
                                       "split make a word <unk>.")
 _WORD_VOCAB_SIZE = flags.DEFINE_integer("word_vocab_size", 0, "Words: most ids (specials included; the "
                                         "most frequent words kept); 0 = no cap.")
+_VAL = flags.DEFINE_string("val", None, "Validation text on its own (paths/globs, comma separated; "
+                           "e.g. PTB's valid file): --input is then all training text, --split unused.")
+_TEST = flags.DEFINE_string("test", None, "Test text on its own (as --val).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing prepared dataset at --output.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars on stderr (when it is a terminal).")
 
@@ -116,7 +119,8 @@ def prepare_main() -> str:
                            text_field=_TEXT_FIELD.value, txt_mode=_TXT_MODE.value,
                            split=parse_split(_SPLIT.value), shard_tokens=_SHARD_TOKENS.value,
                            tokenizer=tokenizer, overwrite=_OVERWRITE.value,
-                           progress=_PROGRESS.value and sys.stderr.isatty())
+                           progress=_PROGRESS.value and sys.stderr.isatty(),
+                           val_inputs=_VAL.value or None, test_inputs=_TEST.value or None)
 
 
 def main(argv: list[str]) -> None:

@@ -80,6 +80,20 @@ def shard_plan(total_tokens: int, split: Sequence[int], shard_tokens: int) -> li
     return [(order[i], bounds[i], bounds[i + 1]) for i in range(n)]
 
 
+def explicit_plan(part_tokens: Sequence[int], shard_tokens: int) -> list[tuple[int, int, int]]:
+    """``(split index, start, stop)`` of every shard when the splits come from their own
+    inputs: part s (train, val, test) is its own run of near-equal shards, in that order."""
+    plan, start = [], 0
+    for s, count in enumerate(part_tokens):
+        if count == 0:
+            continue
+        n = max(1, math.ceil(count / shard_tokens))
+        bounds = [start + i * count // n for i in range(n + 1)]
+        plan += [(s, bounds[i], bounds[i + 1]) for i in range(n)]
+        start += count
+    return plan
+
+
 def _check_args(split: Sequence[int], shard_tokens: int, txt_mode: str) -> tuple[int, int, int]:
     try:
         parts = tuple(int(x) for x in split)
@@ -171,7 +185,7 @@ def _encode(tokenizer: Tokenizer, batch: list[bytes]) -> tuple[np.ndarray, np.nd
 
 
 def _tokenize(paths: list[str], tmp: str, tokenizer: Tokenizer, progress: bool,
-              **source_options: Any) -> tuple[int, int]:
+              path_ends: list[int] | None = None, **source_options: Any) -> tuple[int, int]:
     """Pass 1: all tokens into tmp/tokens.raw, document starts into tmp/doc_starts.raw.
 
     Segments are gathered into ~ENCODE_BYTES batches and encoded with one tokenizer call;
@@ -217,6 +231,9 @@ def _tokenize(paths: list[str], tmp: str, tokenizer: Tokenizer, progress: bool,
                     bar.update(step)
                     shown += step
             bar.update(max(size - shown, 0) if size else read - shown)
+            if path_ends is not None:  # explicit splits: the token count after each path
+                flush()
+                path_ends.append(tokens)
         flush()
     return tokens, documents
 
@@ -293,15 +310,20 @@ def _publish(tmp: str, output: str, replace: bool) -> None:
 def prepare_dataset(inputs: str | Sequence[str], output: str, *, text_column: str | None = None,
                     text_field: str | None = None, txt_mode: str = "file",
                     split: Sequence[int] = (98, 1, 1), shard_tokens: int = 2**27,
-                    tokenizer: Tokenizer | SentencePieceTraining | None = None,
-                    overwrite: bool = False, progress: bool = True) -> str:
+                    tokenizer: Tokenizer | SentencePieceTraining | WordTraining | None = None,
+                    overwrite: bool = False, progress: bool = True,
+                    val_inputs: str | Sequence[str] | None = None,
+                    test_inputs: str | Sequence[str] | None = None) -> str:
     """Tokenizes ``inputs`` (paths/globs/folders, ``tfds:NAME/SPLIT`` or a built-in corpus
     name) into ``output``, with ``tokenizer`` (default: sentiment-discovery bytes), or with
     a SentencePiece model trained first on a sample of the inputs if it is a
     ``SentencePieceTraining``.
 
     ``split`` = shard counts (train, val, test) per cycle; the stream is cut into
-    ``ceil(T / (sum(split) * shard_tokens)) * sum(split)`` near-equal shards. Returns
+    ``ceil(T / (sum(split) * shard_tokens)) * sum(split)`` near-equal shards. Unless the
+    validation / test text is given on its own (``val_inputs``, ``test_inputs``: e.g. PTB's
+    or WikiText's files): then ``inputs`` is all training text, ``split`` is not used, and each
+    part is cut into shards of at most ``shard_tokens``. Returns
     ``output``. Raises DataError on bad input, leaving no output and no temporary folder.
     """
     split = _check_args(split, shard_tokens, txt_mode)
@@ -316,6 +338,12 @@ def prepare_dataset(inputs: str | Sequence[str], output: str, *, text_column: st
     paths = [p for p in paths if not os.path.abspath(p).startswith(own)]
     if not paths:
         raise DataError(f"no input files outside the output folder {output}")
+    parts = None  # explicit splits: the paths of train, val, test
+    if val_inputs or test_inputs:
+        parts = [paths] + [[p for p in expand_inputs(x) if not os.path.abspath(p).startswith(own)]
+                           if x else [] for x in (val_inputs, test_inputs)]
+        paths = [p for part in parts for p in part]
+        source += [f"{name}: {x}" for name, x in (("val", val_inputs), ("test", test_inputs)) if x]
     replace = _check_output(output, overwrite)
     parent = os.path.dirname(output)
     if parent:
@@ -333,11 +361,20 @@ def prepare_dataset(inputs: str | Sequence[str], output: str, *, text_column: st
         shutil.rmtree(tmp)
     os.makedirs(tmp)
     try:
-        total, documents = _tokenize(paths, tmp, tokenizer, progress, text_column=text_column,
+        path_ends: list[int] | None = [] if parts else None
+        total, documents = _tokenize(paths, tmp, tokenizer, progress, path_ends, text_column=text_column,
                                      text_field=text_field, txt_mode=txt_mode)
         if total == 0:
             raise DataError(f"empty corpus: no text in {', '.join(source)}")
-        plan = shard_plan(total, split, shard_tokens)
+        if parts:
+            last = np.cumsum([len(q) for q in parts]) - 1  # each part's last path (train has >= 1)
+            ends = [0] + [path_ends[i] for i in last]
+            part_tokens = [ends[i + 1] - ends[i] for i in range(3)]
+            if part_tokens[0] < 2:
+                raise DataError(f"no training text in {source[0]}")
+            plan = explicit_plan(part_tokens, shard_tokens)
+        else:
+            plan = shard_plan(total, split, shard_tokens)
         remap, raw_itemsize = None, np.dtype(tokenizer.token_dtype).itemsize
         if word_training is not None:
             tokenizer, remap = build_vocabulary(tokenizer, _train_counts(tmp, plan, total, tokenizer.vocab_size),
@@ -352,7 +389,8 @@ def prepare_dataset(inputs: str | Sequence[str], output: str, *, text_column: st
             "format": FORMAT, "version": VERSION, "tokenizer": tokenizer.to_dict(), "dtype": dtype.name,
             "inputs": source, "files": paths,
             "options": {"text_column": text_column, "text_field": text_field, "txt_mode": txt_mode,
-                        "split": list(split), "shard_tokens": shard_tokens,
+                        "split": None if parts else list(split), "shard_tokens": shard_tokens,
+                        "split_inputs": {"val": val_inputs, "test": test_inputs} if parts else None,
                         "tokenizer_training": (training or word_training).to_dict()
                         if (training or word_training) else None},
             "num_shards": len(plan), "cycles": len(plan) // sum(split),

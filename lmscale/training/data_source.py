@@ -88,6 +88,8 @@ def _request(data: ml_collections.ConfigDict) -> dict:
                            sp_sample_bytes=data.sp_sample_bytes)
     if data.tokenizer == WORD:
         request.update(word_min_count=data.word_min_count, word_vocab_size=data.word_vocab_size)
+    if data.val or data.test:  # splits given as their own text
+        request.update(val=data.val, test=data.test)
     return request
 
 
@@ -139,7 +141,9 @@ def _prepare_in_workdir(data: ml_collections.ConfigDict, workdir: str, progress:
                     target, text_column=data.text_column or None, text_field=data.text_field or None,
                     txt_mode=data.txt_mode, split=parse_split(data.split),
                     shard_tokens=data.shard_tokens, tokenizer=make_tokenizer(data),
-                    overwrite=True, progress=progress)
+                    overwrite=True, progress=progress,
+                    val_inputs=[p for p in data.val.split(",") if p] or None,
+                    test_inputs=[p for p in data.test.split(",") if p] or None)
     with open(request_path, "w") as f:
         json.dump(request, f, indent=2)
     return target

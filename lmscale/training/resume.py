@@ -38,6 +38,8 @@ PROVENANCE_KEYS = ("preprocess", "pretrained")
 RESUME_FIELDS = ("train.seq_len", "data.train", "data.split", "data.tokenizer")
 # ... and, in a sentencepiece run, these (they define its vocabulary).
 SENTENCEPIECE_FIELDS = ("data.vocab_size", "data.sp_model_type", "data.sp_model")
+# ... and these, compared with "" for a checkpoint that predates them.
+SPLIT_FIELDS = ("data.val", "data.test")
 # ... and, in a word-level run, these.
 WORD_FIELDS = ("data.word_min_count", "data.word_vocab_size")
 # Settings that define the decay horizon; unchanged, a resume keeps the recorded horizon.
@@ -66,10 +68,13 @@ def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict, wh
         fields += SENTENCEPIECE_FIELDS
     if _get(new, "data.tokenizer") == "word":
         fields += WORD_FIELDS
-    for key in fields:
-        if _get(old, key) != _get(new, key):
+    for key in fields + SPLIT_FIELDS:
+        before = _get(old, key)
+        if before is None and key in SPLIT_FIELDS:
+            before = ""
+        if before != _get(new, key):
             raise CheckpointMismatchError(
-                f"{where} was trained with {key}={_get(old, key)!r}; resuming it with "
+                f"{where} was trained with {key}={before!r}; resuming it with "
                 f"{key}={_get(new, key)!r} is refused (the recorded steps were trained on the "
                 f"other); use the same value, a new --workdir, or --config.resume=false "
                 f"to start afresh (the old run is archived)")

@@ -127,3 +127,18 @@ def test_raw_text_training_reports_perplexity(tmp_path, corpus):
     assert isinstance(lm.tokenizer, WordTokenizer)
     again = evaluate_data(lm, lm.derived["dataset"], split="val")
     assert again["loss"] == pytest.approx(last["val"]["loss"], rel=1e-6)
+
+
+def test_splits_given_as_their_own_files(tmp_path):
+    """PTB / WikiText come as train, valid and test files: each is its own split, whole."""
+    for name, text in (("train", "a b a\nb c\n" * 50), ("valid", "a z\n"), ("test", "c a\n\n")):
+        (tmp_path / f"{name}.txt").write_text(text)
+    out = prepare_dataset([str(tmp_path / "train.txt")], str(tmp_path / "ds"), tokenizer=WordTraining(),
+                          shard_tokens=100, val_inputs=str(tmp_path / "valid.txt"),
+                          test_inputs=[str(tmp_path / "test.txt")], progress=False)
+    ds = TokenDataset.open(out)
+    tok = ds.tokenizer
+    tokens = {s: np.concatenate([np.asarray(x) for x in ds.split(s).shards]) for s in ("train", "val", "test")}
+    assert tok.decode(tokens["val"]) == "a <unk>\n" and tok.decode(tokens["test"]) == "c a\n\n"
+    assert len(tokens["train"]) == 350 and len(ds.split("train").shards) == 4
+    assert "z" not in tok.index
