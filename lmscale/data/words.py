@@ -1,8 +1,10 @@
 """Word-level tokenizer (AWD-LSTM / WikiText style): whitespace split, ``<eos>`` per line.
 
-Encoding: every line of the text (split at ``\\n``; a final line without one counts too)
-becomes its whitespace-separated words followed by ``<eos>`` — an empty line is just
-``<eos>`` — as salesforce/awd-lstm-lm's data.py reads PTB and WikiText. Ids: 0 = ``<pad>``,
+Encoding: every line of the text (ended by ``\\n``) becomes its whitespace-separated words
+followed by ``<eos>`` — an empty line is just ``<eos>`` — as salesforce/awd-lstm-lm's data.py
+reads PTB and WikiText. Documents (``encode_batch``: what preparation encodes) end with an
+``<eos>`` even without a final newline (awd: the last line of a file), so CSV/JSONL texts are
+separated; ``encode`` (a prompt) gives the words after the last newline without one. Ids: 0 = ``<pad>``,
 1 = ``<unk>``, 2 = ``<eos>``, then the words by descending count in the training split
 (ties: first occurrence), so an adaptive softmax's frequency clusters are contiguous id
 ranges. A word counted fewer than ``min_count`` times in the training split, past the
@@ -41,16 +43,19 @@ SPECIALS = (PAD, UNK, EOS)
 PAD_ID, UNK_ID, EOS_ID = 0, 1, 2
 
 
-def split_words(text: str | bytes) -> list[str]:
-    """Words of ``text`` with ``<eos>`` after each line (see the module doc)."""
+def split_words(text: str | bytes, close: bool = True) -> list[str]:
+    """Words of ``text`` with ``<eos>`` after each line a newline ends, and (``close``) after
+    the text's last words if no newline follows them (see the module doc)."""
     if not isinstance(text, str):
         text = bytes(text).decode("utf-8", errors="replace")
     lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()  # the text ended with a newline: no extra empty line
     out: list[str] = []
-    for line in lines:
+    for line in lines[:-1]:
         out.extend(line.split())
+        out.append(EOS)
+    last = lines[-1].split()  # after the last newline
+    out.extend(last)
+    if close and last:
         out.append(EOS)
     return out
 
@@ -120,13 +125,18 @@ class WordTokenizer:
         return smallest_uint_dtype(self.vocab_size)
 
     def encode(self, text: str | bytes) -> np.ndarray:
-        """Ids [n] (``token_dtype``) of ``text``: its words and an ``<eos>`` per line."""
-        return self.encode_batch([text])[0]
+        """Ids [n] (``token_dtype``) of ``text``: its words and an ``<eos>`` per line ended by a
+        newline (a prompt: none after its last words)."""
+        return self._ids([split_words(text, close=False)])[0]
 
     def encode_batch(self, texts: Sequence[str | bytes]) -> tuple[np.ndarray, np.ndarray]:
-        """Ids of all ``texts`` concatenated and each text's token count (int64)."""
+        """Ids of all ``texts`` (documents, each closed by an ``<eos>``) concatenated, and each
+        text's token count (int64)."""
+        return self._ids([split_words(t) for t in texts])
+
+    def _ids(self, words: Sequence[list[str]]) -> tuple[np.ndarray, np.ndarray]:
         get = self.index.get
-        parts = [[get(w, UNK_ID) for w in split_words(t)] for t in texts]
+        parts = [[get(w, UNK_ID) for w in ws] for ws in words]
         counts = np.array([len(p) for p in parts], dtype=np.int64)
         ids = np.fromiter((i for p in parts for i in p), dtype=np.int64, count=int(counts.sum()))
         ids[ids == PAD_ID] = UNK_ID  # a literal "<pad>" in the text is no padding

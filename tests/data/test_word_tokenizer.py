@@ -29,7 +29,8 @@ def vocab_of(text: str, **options) -> WordTokenizer:
 
 def test_split_words_eos_per_line_empty_lines_and_no_trailing_newline():
     assert split_words("a b\n\n c  d \ne") == ["a", "b", "<eos>", "<eos>", "c", "d", "<eos>", "e", "<eos>"]
-    assert split_words("a\n") == ["a", "<eos>"]
+    assert split_words("a b\nc", close=False) == ["a", "b", "<eos>", "c"]  # a prompt
+    assert split_words("a\n") == ["a", "<eos>"] == split_words("a\n", close=False)
     assert split_words("") == []
 
 
@@ -47,7 +48,7 @@ def test_round_trip_and_decode_joins_with_spaces():
     tok = vocab_of(text)
     ids = tok.encode(text)
     assert tok.decode(ids) == text
-    assert tok.decode(tok.encode("the  dog\tsat")) == "the <unk> sat\n"
+    assert tok.decode(tok.encode("the  dog\tsat")) == "the <unk> sat"  # a prompt: no <eos>
     assert tok.decode(np.concatenate([[PAD_ID], ids[:2]])) == "the cat"
 
 

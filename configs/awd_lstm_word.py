@@ -1,0 +1,67 @@
+"""AWD-LSTM, word level (Merity, Keskar & Socher 2017), as salesforce/awd-lstm-lm trains it on
+the Penn Treebank.
+
+Source: awd-lstm-lm README, "Penn Treebank (PTB)":
+    python main.py --batch_size 20 --data data/penn --dropouti 0.4 --dropouth 0.25 --seed 141 --epoch 500
+with main.py's defaults for everything else (model LSTM, --emsize 400 --nhid 1150 --nlayers 3,
+--lr 30 --clip 0.25 --bptt 70, --dropout 0.4 --dropoute 0.1 --wdrop 0.5, --alpha 2 --beta 1,
+--wdecay 1.2e-6, --nonmono 5, --optimizer sgd, i.e. NT-ASGD, tied weights; validation batch 10).
+README: ~61.2 / 58.8 validation / test perplexity before fine-tuning.
+WikiText-2 (README "WikiText-2 (WT2)": --epochs 750 --dropouth 0.2 --seed 1882, batch 80,
+dropouti 0.65): --config.train.batch_size=80 --config.model.hidden_dropout=0.2
+--config.model.input_dropout=0.65 --config.seed=1882 --config.train.epochs=750.
+
+Data: awd-lstm-lm's getdata.sh files (Mikolov's PTB, already <unk>-ed): train, valid and test
+as whole splits (data.val, data.test), words with an <eos> per line (data.tokenizer="word"),
+the vocabulary from the training file (10,000 words + <pad>).
+Differences from the PyTorch code: NT-ASGD keeps the learning-rate schedule when it switches
+(awd re-creates ASGD at --lr); each variable-BPTT length is rounded to a multiple of
+train.bptt_bucket (one compiled step per length); evaluation happens every train.eval_every
+steps (≈ one PTB epoch here; awd: every epoch, and NT-ASGD counts evaluations).
+
+    python -m lmscale.train --config=configs/awd_lstm_word.py --workdir=runs/awd_ptb
+    python -m lmscale.eval --workdir=runs/awd_ptb --split=test   # test perplexity
+"""
+
+from lmscale.config import default_config
+
+
+def get_config():
+    config = default_config()
+    config.seed = 141
+    config.data.train = "data/penn/train.txt"  # awd-lstm-lm getdata.sh; one sentence per line
+    config.data.val = "data/penn/valid.txt"
+    config.data.test = "data/penn/test.txt"
+    config.data.tokenizer = "word"
+    config.model.kind = "lstm"
+    config.model.layers = 3  # --nlayers 3
+    config.model.embed = 400  # --emsize 400
+    config.model.hidden = 1150  # --nhid 1150 (the last layer is 400 wide: tied)
+    config.model.tie_embeddings = True  # args.tied = True
+    config.model.weight_norm = False  # awd has none
+    config.model.embed_dropout = 0.1  # --dropoute
+    config.model.input_dropout = 0.4  # --dropouti (README: 0.4)
+    config.model.hidden_dropout = 0.25  # --dropouth (README: 0.25)
+    config.model.output_dropout = 0.4  # --dropout
+    config.model.weight_dropout = 0.5  # --wdrop
+    config.model.ar_alpha = 2.0  # --alpha
+    config.model.tar_beta = 1.0  # --beta
+    config.train.batch_size = 20  # --batch_size 20
+    config.train.seq_len = 70  # --bptt 70
+    config.train.variable_bptt = True  # awd's length draw, LR scaled by length / bptt
+    config.train.epochs = 500.0  # --epoch 500
+    config.train.steps = 10**9  # bounded by train.epochs
+    config.train.eval_every = 663  # ≈ one epoch of PTB's 929k training words at 20 x ~70
+    config.train.eval_batch_size = 10  # eval_batch_size = 10
+    config.train.log_every = 200  # --log-interval 200
+    config.optim.name = "ntasgd"  # --optimizer sgd: SGD, then ASGD on the non-monotone trigger
+    config.optim.ntasgd_nonmono = 5  # --nonmono 5
+    config.optim.lr = 30.0  # --lr 30
+    config.optim.base_batch_size = 20
+    config.optim.schedule = "constant"
+    config.optim.warmup_steps = 0
+    config.optim.clip = 0.25  # --clip 0.25
+    config.optim.weight_decay = 1.2e-6  # --wdecay, coupled L2 as torch SGD's weight_decay
+    config.checkpoint.every = 663
+    config.lock()
+    return config
