@@ -177,3 +177,16 @@ def test_bad_qrnn_fields_name_the_key():
         c.model[key] = value
         with pytest.raises(ConfigError, match=match):
             validate(c)
+
+
+@pytest.mark.parametrize("name", ["awd_lstm_char", "awd_lstm_char_cpu", "qrnn_char",
+                                  "qrnn_char_cpu"])
+def test_awd_and_qrnn_configs_validate(name):
+    from lmscale.config import config_from_file, validate
+    from lmscale.models.lm import layer_sizes
+    from tests.conftest import REPO
+    config = config_from_file(str(REPO / "configs" / f"{name}.py"))
+    validate(config)
+    sizes = layer_sizes(config.model)
+    assert config.model.tie_embeddings and sizes[-1] == config.model.embed
+    assert flops_per_token(config.model, 257) > 0
