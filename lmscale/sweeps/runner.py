@@ -112,6 +112,7 @@ class Runner:
         self.options = options
         self.stopping = False
         self.trained: list[str] = []  # names of the points this call started a trainer for
+        self._waiting: set[str] = set()
 
     def run(self, points: list[Point]) -> None:
         pending = [p for p in points if not is_finished(os.path.join(self.workdir, p.name))]
@@ -169,7 +170,9 @@ class Runner:
         os.makedirs(point_dir, exist_ok=True)
         lock = Lock(os.path.join(point_dir, LOCK_FILE))
         if not lock.try_acquire():
-            self.options.log(f"sweep: {point.name} is still held by a previous trainer; waiting")
+            if point.name not in self._waiting:
+                self.options.log(f"sweep: {point.name} is still held by a previous trainer; waiting")
+                self._waiting.add(point.name)
             return None
         prior = read_status(point_dir) or {}
         command = train_command(point, point_dir, self.options)

@@ -73,7 +73,7 @@ def test_killed_sweep_resumes_unfinished_points_only(tiny):
     sweep_file = write_sweep(tiny / "kill.py", """
         def get_sweep():
             return {"grid": {"model.hidden": [8, 16]},
-                    "derived": lambda p: {"train.steps": 20 if p["model.hidden"] == 8 else 3000}}
+                    "derived": lambda p: {"train.steps": 20 if p["model.hidden"] == 8 else 1000}}
     """)
     out = tiny / "kill_sweep"
     proc = subprocess.Popen([sys.executable, "-m", "lmscale.sweep", f"--config={tiny / 'tiny.py'}",
@@ -96,9 +96,9 @@ def test_killed_sweep_resumes_unfinished_points_only(tiny):
     assert (out / "hidden-8" / "metrics.jsonl").read_bytes() == first
     records = [json.loads(line) for line in second.read_text().splitlines()]
     steps = [r["step"] for r in records if r["split"] == "train"]
-    assert steps == sorted(set(steps)) and steps[-1] == 3000  # continued, nothing repeated
+    assert steps == sorted(set(steps)) and steps[-1] == 1000  # continued, nothing repeated
     assert (out / "hidden-16" / "train.log").read_text().count("$ ") == 2  # two trainer runs
-    assert records[-1] == {**records[-1], "split": "val", "step": 3000}
+    assert records[-1] == {**records[-1], "split": "val", "step": 1000}
 
 
 def test_divergence_rule():
