@@ -38,7 +38,7 @@ def point_result(workdir: str, point: Point) -> dict[str, Any]:
             "divergence": status.get("divergence"),
             "val_bpc": val[-1]["bpc"] if val else None, "val_step": val[-1]["step"] if val else None,
             "train_bpc": train[-1]["bpc"] if train else None,
-            "step": status.get("step", max((r["step"] for r in records), default=0)),
+            "step": max([status.get("step") or 0] + [r["step"] for r in records]),
             "steps": derived.get("steps"), "lr": derived.get("lr"),
             "tokens_per_step": derived.get("tokens_per_step"), "params": derived.get("params"),
             "wall_s": status.get("wall_s"), "cpu_s": status.get("cpu_s"),
@@ -102,6 +102,9 @@ def write_report(workdir: str, sweep: Sweep, *, title: str, command: str = "",
     for a, b in itertools.combinations(range(len(sweep.axes)), 2):
         blocks += _pair_tables(sweep, results, a, b, has_transfer)
 
+    final = _final_plot(workdir, sweep, results) if len(sweep.axes) <= 2 else None
+    if final:
+        blocks += [("h2", "Final validation BPC"), ("img", final, "final validation BPC per point")]
     png = _curves(workdir, sweep, results)
     if png:
         blocks += [("h2", "Learning curves"), ("img", png, "training BPC against characters (tokens) trained on")]
@@ -149,7 +152,7 @@ def _curves(workdir: str, sweep: Sweep, results: list[dict[str, Any]]) -> str | 
     import matplotlib.pyplot as plt
     first = sweep.axes[0]
     panels = sweep.axis_values[first] if len(sweep.axes) > 1 else [None]
-    cols = min(len(panels), 3)
+    cols = 2 if len(panels) == 4 else min(len(panels), 3)
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False)
     finite = [r2["bpc"] for r in results for r2 in r["train"] if r2["bpc"] is not None and math.isfinite(r2["bpc"])]
@@ -188,6 +191,46 @@ def _curves(workdir: str, sweep: Sweep, results: list[dict[str, Any]]) -> str | 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return "curves.png"
+
+
+def _final_plot(workdir: str, sweep: Sweep, results: list[dict[str, Any]]) -> str | None:
+    """final.png: final validation BPC against the first axis, a line per value of the second
+    (diverged points as x at the top); transfer accuracy on a second axis for a 1-axis sweep."""
+    if not any(r["val_bpc"] is not None for r in results):
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    first = sweep.axes[0]
+    xs = sweep.axis_values[first]
+    series = sweep.axis_values[sweep.axes[1]] if len(sweep.axes) == 2 else [None]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    done = [r["val_bpc"] for r in results if r["status"] == "ok" and r["val_bpc"] is not None]
+    top = max(done, default=8.0) + 0.3
+    for value in series:
+        mine = [next(r for r in results if r["point"].values[first] == x
+                     and (value is None or r["point"].values[sweep.axes[1]] == value)) for x in xs]
+        ys = [r["val_bpc"] if r["status"] == "ok" else None for r in mine]
+        label = None if value is None else f"{sweep.axes[1].rsplit('.', 1)[-1]}={_fmt(value)}"
+        (line,) = ax.plot(range(len(xs)), [math.nan if y is None else y for y in ys], "o-", label=label)
+        div = [i for i, r in enumerate(mine) if r["status"] == "div"]
+        if div:
+            ax.plot(div, [top] * len(div), "x", color=line.get_color(), markersize=9)
+    ax.set_xticks(range(len(xs)), [_fmt(x) for x in xs])
+    ax.set_xlabel(first + ("  (x at the top: diverged)" if any(r["status"] == "div" for r in results) else ""))
+    ax.set_ylabel("final validation BPC")
+    ax.grid(alpha=0.3)
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    accs = [(r["transfer"] or {}).get("test_accuracy") for r in results]
+    if len(sweep.axes) == 1 and any(a is not None for a in accs):
+        ax2 = ax.twinx()
+        ax2.plot(range(len(xs)), [math.nan if a is None else 100 * a for a in accs], "s--", color="tab:red")
+        ax2.set_ylabel("transfer test accuracy, %", color="tab:red")
+    fig.tight_layout()
+    fig.savefig(os.path.join(workdir, "final.png"), dpi=110)
+    plt.close(fig)
+    return "final.png"
 
 
 def _markdown(blocks: list[Block]) -> str:
