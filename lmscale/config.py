@@ -175,6 +175,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.finetune.class_weights = ""  # loss weight per class, comma-separated, or "balanced" (inverse frequency); "" = all 1
     c.finetune.aux_lm_weight = 0.0  # weight of the auxiliary next-token LM loss on the texts (real tokens only); 0 = off
     c.finetune.freeze_steps = 0  # the LM stays frozen (bit-identical) for the first this many steps
+    c.finetune.lm_init = "pretrained"  # "pretrained": the LM starts from init_from's parameters; "random": same architecture and tokenizer, fresh weights (the control)
     c.finetune.head_lr = 0.0  # peak learning rate of the head; 0 = the LM's (optim.lr)
     c.finetune.bucket_width = 32  # batch widths are rounded up to a multiple of this many tokens (fewer compiled shapes)
     c.finetune.best_metric = "accuracy"  # val metric that picks the best checkpoint: accuracy, macro_f1, micro_f1, jaccard or loss

@@ -106,7 +106,10 @@ class TransferClassifier(LoadedClassifier):
             self.arrays = {k: z[k] for k in z.files}
         self.lm = load_trained(self.info["lm_workdir"], self.info["lm_step"])
         self.class_names = [str(c) for c in self.info["classes"]]
-        self.multilabel, self.thresholds, self.batch_size = False, None, batch_size
+        self.multilabel = bool(self.info.get("multilabel", False))
+        self.thresholds = (np.asarray(self.info["thresholds"], np.float64) if self.multilabel
+                           else None)
+        self.batch_size = batch_size
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         from lmscale.transfer.featurize import featurize
@@ -114,20 +117,25 @@ class TransferClassifier(LoadedClassifier):
         x = featurize(self.lm, texts, state=i["state"], pooling=i["pooling"],
                       all_layers=i["all_layers"], batch_size=self.batch_size)
         a = self.arrays
-        z = ((x - a["mean"]) / a["scale"]) @ a["coef"].T + a["intercept"]  # [N, 1]
-        p1 = 1.0 / (1.0 + np.exp(-z[:, 0].astype(np.float64)))
-        return np.stack([1.0 - p1, p1], axis=1)
+        z = ((x - a["mean"]) / a["scale"]) @ a["coef"].T + a["intercept"]  # [N, K] or [N, 1]
+        p = 1.0 / (1.0 + np.exp(-z.astype(np.float64)))
+        if self.multilabel:
+            return p  # one sigmoid per label
+        return np.stack([1.0 - p[:, 0], p[:, 0]], axis=1)
 
 
-def save_transfer_classifier(folder: str, model: Any, scaler: Any, info: dict[str, Any]) -> None:
-    """Writes a fitted binary logistic regression and its standardization as plain arrays
-    (classifier.npz: coef [1, F], intercept [1], mean [F], scale [F]) + classifier.json."""
+def save_transfer_classifier(folder: str, coef: np.ndarray, intercept: np.ndarray, scaler: Any,
+                             classes: Sequence[Any], info: dict[str, Any]) -> None:
+    """Writes fitted logistic regression(s) and their standardization as plain arrays
+    (classifier.npz: coef [K, F], intercept [K], mean [F], scale [F]; K = 1 for a binary task,
+    one row per label for multi-label) + classifier.json (classes, and for multi-label
+    ``"multilabel": true`` and the tuned ``thresholds``)."""
     tmp = os.path.join(folder, f"classifier.tmp-{os.getpid()}.npz")
-    np.savez(tmp, coef=model.coef_.astype(np.float64), intercept=model.intercept_.astype(np.float64),
+    np.savez(tmp, coef=np.asarray(coef, np.float64), intercept=np.asarray(intercept, np.float64),
              mean=scaler.mean_.astype(np.float64), scale=scaler.scale_.astype(np.float64))
     os.replace(tmp, os.path.join(folder, "classifier.npz"))
-    record = {"kind": "transfer_logistic_regression", "classes": [int(c) for c in model.classes_],
-              **info}
+    record = {"kind": "transfer_logistic_regression",
+              "classes": [c if isinstance(c, str) else int(c) for c in classes], **info}
     with open(os.path.join(folder, "classifier.json.tmp"), "w") as f:
         json.dump(record, f, indent=2)
     os.replace(os.path.join(folder, "classifier.json.tmp"), os.path.join(folder, "classifier.json"))

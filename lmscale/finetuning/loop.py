@@ -46,6 +46,7 @@ from lmscale.training.stop import StopSignal
 from lmscale.transfer.labeled import Labeled, load_labeled
 
 HEAD_FIELDS = ("multilabel", "state", "pooling", "head_hidden", "head_activation")
+LM_INITS = ("pretrained", "random")
 
 
 def load_lm(path: str) -> TrainedLM:
@@ -125,7 +126,10 @@ def finetune(config: ml_collections.ConfigDict, workdir: str,
                            dtype=policy.compute)
     classifier = build_classifier(lm_model, num_classes, ft, config.seed)
     graphdef, params = nnx.split(classifier, nnx.Param)
-    params = _assign_lm(params, jax.device_get(lm.params))
+    if ft.lm_init not in LM_INITS:
+        raise ConfigError(f"finetune.lm_init must be one of {list(LM_INITS)}, got {ft.lm_init!r}")
+    if ft.lm_init == "pretrained":
+        params = _assign_lm(params, jax.device_get(lm.params))
     max_len, pad = lm_model.max_len, lm.tokenizer.pad_id or 0
     prep = preprocessor_for(lm.derived)
     enc = {n: Encoded(encode(lm.tokenizer, prep, d.texts, max_len, d.source),
@@ -165,6 +169,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str,
                "lr": lr, "head_lr": head_lr, "num_classes": num_classes, "class_names": class_names,
                "class_weights": None if cw is None else cw.tolist(),
                "init_from": os.path.abspath(config.init_from), "lm_step": lm.step,
+               "lm_init": ft.lm_init,
                "preprocess": lm.derived.get("preprocess", "none"), "devices": mesh.size,
                "precision": str(policy), "texts": {n: len(d) for n, d in splits.items()}}
     if is_main:

@@ -32,6 +32,8 @@ def predict_labels(probs: np.ndarray, multilabel: bool, thresholds: np.ndarray |
 def tune_thresholds(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Per class k, the threshold t (predict p >= t) maximizing F1 of column k on these
     probabilities [N, K] and 0/1 labels [N, K]; among ties the largest F1's lowest threshold.
+    t lies halfway between the lowest probability predicted positive and the next lower one,
+    so the same texts scored again (other hardware, float rounding) get the same labels.
     A class with no positive example keeps 0.5."""
     labels = np.asarray(labels).astype(np.int64)
     out = np.full(probs.shape[1], 0.5)
@@ -41,7 +43,9 @@ def tune_thresholds(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
         precision, recall, thresholds = precision_recall_curve(labels[:, k], probs[:, k])
         with np.errstate(invalid="ignore", divide="ignore"):
             f1 = np.nan_to_num(2 * precision * recall / (precision + recall))
-        out[k] = float(thresholds[int(np.argmax(f1[:-1]))])  # the last point has no threshold
+        t = float(thresholds[int(np.argmax(f1[:-1]))])  # the last point has no threshold
+        below = probs[:, k][probs[:, k] < t]
+        out[k] = (t + float(below.max())) / 2 if below.size else t / 2
     return out
 
 

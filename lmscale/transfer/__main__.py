@@ -6,6 +6,8 @@
 
 Writes OUTPUT/results.json (accuracies as fractions; ``all_features``, ``neuron``,
 ``top_k``, ``baseline``), neuron_histogram.png, weights.png, neuron_heatmap.png/.html.
+Several label columns (``--label_column=anger,joy,...``) make it multi-label: per-label
+models and F1-tuned thresholds, macro/micro F1 and Jaccard as ``lmscale.finetune`` reports.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ _TRAIN = flags.DEFINE_string("train", None, "Labeled training texts: .csv/.jsonl
 _VAL = flags.DEFINE_string("val", None, "Labeled validation texts (chooses C).")
 _TEST = flags.DEFINE_string("test", None, "Labeled test texts (optional).")
 _TEXT = flags.DEFINE_string("text_column", "sentence", "Column/field holding the text.")
-_LABEL = flags.DEFINE_string("label_column", "label", "Column/field holding the 0/1 label.")
+_LABEL = flags.DEFINE_string("label_column", "label", "Column/field holding the 0/1 label; several "
+                             "comma-separated 0/1 columns make it multi-label (one model per label).")
 _OUTPUT = flags.DEFINE_string("output", None, "Output folder; default WORKDIR/transfer.")
 _STATE = flags.DEFINE_enum("state", None, ["cell", "hidden"], "Which state to take; default: the "
                            "model's own (cell for mLSTM/LSTM, hidden for the transformer).")
@@ -45,6 +48,17 @@ def main(argv: list[str]) -> None:
         pooling=_POOLING.value, all_layers=_ALL_LAYERS.value, baseline=_BASELINE.value,
         batch_size=_BATCH.value, progress=sys.stderr.isatty()))
     pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"
+    if r.get("multilabel"):
+        a = r["all_features"]
+        for name in ("val", "test"):
+            if name in a:
+                print(f"all {r['features']['dimensions']} features, {name}: macro F1 "
+                      f"{a[name]['macro_f1']:.4f}, Jaccard {a[name]['jaccard']:.4f}")
+        if "baseline" in r:
+            b = r["baseline"]
+            print(f"baseline {b['features']}, val: macro F1 {b['val']['macro_f1']:.4f}, "
+                  f"Jaccard {b['val']['jaccard']:.4f}")
+        return
     a, n = r["all_features"], r["neuron"]
     print(f"all {r['features']['dimensions']} features: test {pct(a['test_accuracy'])} "
           f"(val {pct(a['val_accuracy'])}, C={a['C']:g}, {a['nonzero_weights']} non-zero weights)")

@@ -1,5 +1,9 @@
 """The transfer pipeline: featurize labeled splits with a trained LM, classify, find the
-neuron, compare with an n-gram baseline, plot, and write every number to results.json."""
+neuron, compare with an n-gram baseline, plot, and write every number to results.json.
+
+Several label columns (``label_column="anger,joy,..."``) make it multi-label: one L1
+logistic regression per label with a tuned threshold (transfer/multilabel.py), scored like
+``lmscale.finetune``; the neuron search and plots are for binary tasks only."""
 
 from __future__ import annotations
 
@@ -17,7 +21,9 @@ from lmscale.transfer.baseline import ngram_features
 from lmscale.transfer.classify import C_GRID, fit_l1, neuron_summary, top_k_sweep
 from lmscale.transfer.featurize import (cached_featurize, feature_state, preprocess_texts,
                                        unit_trace)
+from lmscale.finetuning.data import check_labels
 from lmscale.transfer.labeled import Labeled, load_labeled, require_binary
+from lmscale.transfer.multilabel import fit_l1_multilabel
 
 
 def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
@@ -31,10 +37,15 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
     ``output`` defaults to WORKDIR/transfer. Features are cached in WORKDIR/features.
     """
     splits: dict[str, Labeled] = {}  # read and checked first: bad input fails before any work
+    multilabel = len([c for c in label_column.split(",") if c.strip()]) > 1
     for name, spec in (("train", train), ("val", val), ("test", test)):
         if spec:
             splits[name] = load_labeled(spec, text_column=text_column, label_column=label_column)
-            require_binary(splits[name], label_column)
+            if multilabel:
+                check_labels(splits[name].labels, True, len(splits[name].label_names), spec,
+                             splits[name].label_names)
+            else:
+                require_binary(splits[name], label_column)
     lm = lm or load_trained(workdir)
     state = feature_state(lm, state)
     output = output or os.path.join(workdir, "transfer")
@@ -56,12 +67,16 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
     raw_feats = feats
     feats = {name: scaler.transform(f).astype(np.float32) for name, f in feats.items()}
     x_test = feats.get("test")
+    from lmscale.finetuning.classifier import save_transfer_classifier
+    info = {"lm_workdir": os.path.abspath(workdir), "lm_step": lm.step, "state": state,
+            "pooling": pooling, "all_layers": all_layers}
+    if multilabel:
+        return _multilabel(lm, workdir, splits, feats, y, scaler, info, output, baseline, Cs,
+                           seed, feat_s)
     fit = fit_l1(feats["train"], y["train"], feats["val"], y["val"], x_test, y_test, Cs=Cs, seed=seed)
     # The fitted classifier, as plain arrays + JSON, for lmscale.classify / load_classifier.
-    from lmscale.finetuning.classifier import save_transfer_classifier
-    save_transfer_classifier(output, fit.model, scaler, {
-        "lm_workdir": os.path.abspath(workdir), "lm_step": lm.step, "state": state,
-        "pooling": pooling, "all_layers": all_layers, "C": fit.C})
+    save_transfer_classifier(output, fit.model.coef_, fit.model.intercept_, scaler,
+                             fit.model.classes_, {**info, "C": fit.C})
     neuron = neuron_summary(fit, feats["train"], y["train"], feats["val"], y["val"], x_test, y_test,
                             Cs=Cs, seed=seed)
     sweep = top_k_sweep(fit, feats["train"], y["train"], feats["val"], y["val"], x_test, y_test,
@@ -85,14 +100,61 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
                       Cs=Cs, seed=seed)
         results["baseline"] = {"features": f"{baseline} n-grams", "vocabulary": mats[-1],
                                **base.summary()}
-    chars = sum(len(t.encode("utf-8")) for d in splits.values() for t in d.texts)
-    results["featurization"] = {"seconds": feat_s, "texts": sum(len(d) for d in splits.values()),
-                                "chars": chars, "note": "includes compilation; 0 s if cached"}
+    results["featurization"] = _featurization(splits, feat_s)
     results["plots"] = _plots(lm, splits, raw_feats, fit, neuron["index"], output, examples, state)
-    with open(os.path.join(output, "results.json.tmp"), "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(os.path.join(output, "results.json.tmp"), os.path.join(output, "results.json"))
+    _write_results(output, results)
     return results
+
+
+def _multilabel(lm: TrainedLM, workdir: str, splits: dict[str, Labeled],
+                feats: dict[str, np.ndarray], y: dict[str, np.ndarray], scaler: Any,
+                info: dict[str, Any], output: str, baseline: str, Cs: Sequence[float], seed: int,
+                feat_s: float) -> dict[str, Any]:
+    """The multi-label transfer: per-label L1 models and thresholds, the n-gram baseline."""
+    from lmscale.finetuning.classifier import save_transfer_classifier
+    from lmscale.finetuning.metrics import format_table
+    names = splits["train"].label_names
+    fit = fit_l1_multilabel(feats["train"], y["train"], feats["val"], y["val"], feats.get("test"),
+                            y.get("test"), class_names=names, Cs=Cs, seed=seed)
+    save_transfer_classifier(output, fit.coef, fit.intercept, scaler, names,
+                             {**info, "multilabel": True, "thresholds": fit.thresholds.tolist(),
+                              "C_per_label": fit.Cs})
+    results: dict[str, Any] = {
+        "multilabel": True, "labels": names,
+        "lm": {"workdir": os.path.abspath(workdir), "step": lm.step,
+               "model": lm.config.model.to_dict()},
+        "data": {n: {"source": d.source, "texts": len(d),
+                     "positive_fraction": dict(zip(names, np.mean(d.labels, 0).tolist()))}
+                 for n, d in splits.items()},
+        "features": {**{k: info[k] for k in ("state", "pooling", "all_layers")},
+                     "dimensions": int(feats["train"].shape[1]), "standardized": True},
+        "all_features": fit.summary(),
+    }
+    print(format_table({n: m for n, m in fit.metrics.items() if n != "train"}))
+    if baseline != "none":
+        present = [n for n in ("train", "val", "test") if n in splits]
+        mats = ngram_features(baseline, *[splits[n].texts for n in present])
+        bx = dict(zip(present, mats[:-1]))
+        base = fit_l1_multilabel(bx["train"], y["train"], bx["val"], y["val"], bx.get("test"),
+                                 y.get("test"), class_names=names, Cs=Cs, seed=seed)
+        results["baseline"] = {"features": f"{baseline} n-grams", "vocabulary": mats[-1],
+                               **base.summary()}
+    results["featurization"] = _featurization(splits, feat_s)
+    _write_results(output, results)
+    return results
+
+
+def _featurization(splits: dict[str, Labeled], seconds: float) -> dict[str, Any]:
+    chars = sum(len(t.encode("utf-8")) for d in splits.values() for t in d.texts)
+    return {"seconds": seconds, "texts": sum(len(d) for d in splits.values()), "chars": chars,
+            "note": "includes compilation; 0 s if cached"}
+
+
+def _write_results(output: str, results: dict[str, Any]) -> None:
+    tmp = os.path.join(output, f"results.json.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=2)
+    os.replace(tmp, os.path.join(output, "results.json"))
 
 
 def _plots(lm: TrainedLM, splits: dict[str, Labeled], feats: dict[str, np.ndarray], fit: Any,

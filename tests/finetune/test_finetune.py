@@ -228,6 +228,45 @@ def test_classify_transfer_output(sst_run, data, tmp_path):
     assert np.mean(pred == val.labels) == pytest.approx(r["all_features"]["val_accuracy"])
 
 
+def test_multilabel_transfer_per_label_models_and_classify(sst_run, data, tmp_path):
+    """Per-label L1 models equal scikit-learn fitted directly at the chosen C; thresholds are
+    tuned on val; the saved classifier (lmscale.classify) reproduces the val metrics."""
+    from sklearn.preprocessing import StandardScaler
+    from lmscale.finetuning.classifier import load_classifier
+    from lmscale.finetuning.metrics import tune_thresholds
+    from lmscale.training.restore import load_trained
+    from lmscale.transfer.classify import l1_logistic_regression
+    from lmscale.transfer.featurize import featurize
+    from lmscale.transfer.labeled import load_labeled
+    from lmscale.transfer.run import run_transfer
+    out = str(tmp_path / "ml_transfer")
+    r = run_transfer(sst_run, data["sem_train"], data["sem_val"], text_column="Tweet",
+                     label_column=EMOTIONS, output=out, baseline="words", Cs=(0.25, 1.0))
+    assert r["multilabel"] and r["labels"] == EMOTIONS.split(",")
+    a = r["all_features"]
+    assert set(a) >= {"train", "val", "C_per_label", "thresholds"} and "neuron" not in r
+    assert 0 <= a["val"]["jaccard"] <= 1 and "baseline" in r and "val" in r["baseline"]
+    train = load_labeled(data["sem_train"], text_column="Tweet", label_column=EMOTIONS)
+    val = load_labeled(data["sem_val"], text_column="Tweet", label_column=EMOTIONS)
+    lm = load_trained(sst_run)
+    scaler = StandardScaler().fit(featurize(lm, train.texts))
+    x_train, x_val = (scaler.transform(featurize(lm, d.texts)) for d in (train, val))
+    probs = np.zeros((len(val), 11))
+    for k, C in enumerate(a["C_per_label"]):
+        if C is None:  # one value in train: the constant train rate
+            probs[:, k] = np.clip(train.labels[:, k].mean(), 1e-6, 1 - 1e-6)
+            continue
+        model = l1_logistic_regression(C).fit(x_train, train.labels[:, k])
+        probs[:, k] = model.predict_proba(x_val)[:, 1]
+    np.testing.assert_allclose(a["thresholds"], tune_thresholds(probs, val.labels), atol=1e-6)
+    clf = load_classifier(out)
+    got, pred = clf.predict(val.texts)
+    np.testing.assert_allclose(got, probs, atol=1e-5)
+    from sklearn.metrics import f1_score
+    assert f1_score(val.labels, pred, average="macro", zero_division=0) == pytest.approx(
+        a["val"]["macro_f1"], abs=1e-6)
+
+
 def _cli(module: str, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     p = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,

@@ -50,12 +50,39 @@ def main(corpus: str, out: str) -> None:
         train(tiny_config(corpus, **transformer), workdir, devices=devices[:n])
         result[f"t{n}"] = losses(workdir)
         result[f"t{n}_val"] = losses(workdir, "val")
+    # Fine-tuning on the d1 LM: multi-label head with dropout, aux LM loss, 2 frozen steps.
+    result.update(finetune_losses(f"{out}/d1", out, devices))
     # Global batch from a per-device batch.
     per_device = {**base, "train.steps": 2, "train.per_device_batch_size": 2, "train.batch_size": 1}
     train(tiny_config(corpus, **per_device), f"{out}/per_device", devices=devices[:4])
     result["per_device_batch"] = json.load(open(f"{out}/per_device/config.json"))["train"]["batch_size"]
     result["all_reduces"], result["params"] = step_all_reduces(devices)
     print("RESULT " + json.dumps(result))
+
+
+def finetune_losses(lm_workdir: str, out: str, devices: list) -> dict[str, dict]:
+    """Per-step train losses and val metrics of the same fine-tune on 1 and on 8 devices."""
+    from pathlib import Path
+    from lmscale.finetuning.loop import finetune
+    from lmscale.training.metrics import read_metrics
+    from tests.conftest import SHARED_DATA
+    from tests.finetune.test_finetune import EMOTIONS, _head, ft_config
+    sem = SHARED_DATA / "semeval2018_ec"
+    train_csv = _head(sem / "train.csv", Path(out) / "sem_train.csv", 64)
+    val_csv = _head(sem / "val.csv", Path(out) / "sem_val.csv", 13)  # 13 rows: padded on 8 devices
+    result = {}
+    for n in (1, 8):
+        config = ft_config(lm_workdir, train_csv, val_csv, **{
+            "train.steps": 6, "train.log_every": 1, "train.eval_every": 3, "checkpoint.every": 6,
+            "finetune.multilabel": True, "finetune.text_column": "Tweet",
+            "finetune.label_column": EMOTIONS, "finetune.head_dropout": 0.2,
+            "finetune.head_hidden": "8", "finetune.aux_lm_weight": 0.1,
+            "finetune.freeze_steps": 2, "finetune.best_metric": "loss"})
+        finetune(config, f"{out}/ft{n}", devices=devices[:n])
+        records = read_metrics(f"{out}/ft{n}")
+        result[f"ft{n}"] = {r["step"]: r["loss"] for r in records if r["split"] == "train"}
+        result[f"ft{n}_val"] = {r["step"]: r["loss"] for r in records if r["split"] == "val"}
+    return result
 
 
 def step_all_reduces(devices: list) -> tuple[list[dict], int]:

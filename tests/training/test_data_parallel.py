@@ -54,6 +54,16 @@ def test_validation_does_not_depend_on_the_device_count(multi_device_run):
         assert abs(one[step] - eight[step]) < 1e-5
 
 
+def test_finetune_on_eight_devices_equals_one(multi_device_run):
+    """Multi-label head with dropout and the aux LM loss, frozen then full steps; 13 val texts."""
+    one = np.array([multi_device_run["ft1"][str(k)] for k in range(1, 7)])
+    eight = np.array([multi_device_run["ft8"][str(k)] for k in range(1, 7)])
+    np.testing.assert_allclose(eight, one, rtol=0, atol=1e-5)
+    assert sorted(multi_device_run["ft1_val"]) == sorted(multi_device_run["ft8_val"]) == ["3", "6"]
+    for step, loss in multi_device_run["ft1_val"].items():
+        assert abs(multi_device_run["ft8_val"][step] - loss) < 1e-5
+
+
 @pytest.mark.parametrize("n", [1, 4])
 def test_checkpoint_from_eight_devices_continues_on_fewer(multi_device_run, n):
     eight = _series(multi_device_run["d8"])
