@@ -9,8 +9,13 @@ so its scores are optimistic (as in the task papers' validation numbers).
 """
 
 from lmscale.config import default_config
+from lmscale.datasets import data_path
 
-SEMEVAL = "../shared/data/semeval2018_ec"
+# SemEval-2018 Task 1 E-c (English) is distributed by the task organizers after registration
+# (competitions.codalab.org, "SemEval-2018 Task 1: Affect in Tweets"); place its train and dev
+# files as train.csv and val.csv (columns ID,Tweet,anger,...,trust) in this folder, or
+# override finetune.train / finetune.val.
+SEMEVAL = data_path("semeval2018_ec")
 EMOTIONS = ("anger,anticipation,disgust,fear,joy,love,optimism,pessimism,sadness,surprise,trust")
 
 

@@ -9,8 +9,9 @@ trains with a slanted-triangular schedule (head at 10x the LM's peak learning ra
 """
 
 from lmscale.config import default_config
+from lmscale.datasets import data_path
 
-SST = "../shared/data/sst_binary"
+SST = data_path("sst_binary")  # python -m lmscale.datasets fetch sst_binary
 
 
 def get_config():

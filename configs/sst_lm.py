@@ -4,14 +4,16 @@ Trains on the SST binary *train + val* sentences only (unsup.csv is train + val 
 model pretrained on it has read the test sentences). Each sentence is a document and the
 RNN state is reset at document starts, as featurization starts every text from zeros.
 
+    SST=$(python -m lmscale.datasets fetch sst_binary | head -1)
     python -m lmscale.train --config=configs/sst_lm.py --workdir=runs/sst_lm
-    python -m lmscale.transfer --workdir=runs/sst_lm --train=../shared/data/sst_binary/train.csv \
-        --val=../shared/data/sst_binary/val.csv --test=../shared/data/sst_binary/test.csv
+    python -m lmscale.transfer --workdir=runs/sst_lm --train=$SST/train.csv \
+        --val=$SST/val.csv --test=$SST/test.csv
 """
 
 from lmscale.config import default_config
+from lmscale.datasets import data_path
 
-SST = "../shared/data/sst_binary"
+SST = data_path("sst_binary")  # python -m lmscale.datasets fetch sst_binary
 
 
 def get_config():

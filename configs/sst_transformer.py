@@ -13,8 +13,9 @@ the average over the sentence).
 """
 
 from lmscale.config import default_config
+from lmscale.datasets import data_path
 
-SST = "../shared/data/sst_binary"
+SST = data_path("sst_binary")  # python -m lmscale.datasets fetch sst_binary
 
 
 def get_config():

@@ -69,6 +69,13 @@ def cache_root() -> str:
     return os.environ.get("LMSCALE_DATA") or os.path.join(os.path.expanduser("~"), ".cache", "lmscale")
 
 
+def data_path(name: str, *parts: str) -> str:
+    """Where data set ``name`` (and a file in it) lives in the cache, fetched or not: configs
+    name their data this way, so ``python -m lmscale.datasets fetch NAME`` is all a user does
+    (``$LMSCALE_DATA`` pointing at a folder of such sets serves a cluster or CI)."""
+    return os.path.join(cache_root(), name, *parts)
+
+
 def sha256_of(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

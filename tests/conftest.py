@@ -9,6 +9,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+# The configs name their data sets by lmscale.datasets.data_path: in tests, the shared copies.
+os.environ.setdefault("LMSCALE_DATA", str(SHARED_DATA))
 
 
 def write_corpus(folder: Path, files: int = 4, lines: int = 300) -> str:
