@@ -1,9 +1,14 @@
 """Dry run: compile a config's training step for a device count and print its costs.
 
     python -m lmscale.plan --config=configs/mlstm4096_8gpu.py [--devices=8] [--json=out.json]
+    python -m lmscale.plan --config=configs/mlstm4096_8gpu.py --devices=8 \
+        --flops_per_s=400e12 --bandwidth_gbps=400 --project=8,64,128,512   # step time, scaling
 
 Prints parameters, FLOPs per token, per-device memory from the compiled program's memory
-analysis, and the all-reduces per step. Needs no data and allocates no weights. Without
+analysis, and the all-reduces per step. With ``--flops_per_s`` (sustained training FLOP/s per
+device) and ``--bandwidth_gbps`` (ring bandwidth per device) it also projects step time,
+throughput and scaling efficiency for the ``--project`` device counts
+(lmscale/training/projection.py). Needs no data and allocates no weights. Without
 GPUs, ``--devices=N`` plans on N virtual CPU devices (memory figures then come from the
 XLA CPU compiler; a GPU compile of the same program differs somewhat).
 """
@@ -24,6 +29,13 @@ _DEVICES = flags.DEFINE_integer(
     "devices", 0, "Devices to plan for; 0 = all devices here. On a CPU-only machine, this many "
     "virtual CPU devices are created.")
 _JSON = flags.DEFINE_string("json", "", "Also write the full result to this JSON file.")
+_FLOPS = flags.DEFINE_float("flops_per_s", 0.0, "Sustained training FLOP/s per device for the "
+                            "projection (measured with lmscale.bench, or peak x utilization).")
+_BANDWIDTH = flags.DEFINE_float("bandwidth_gbps", 0.0, "Ring all-reduce bandwidth per device, "
+                                "Gbit/s (across nodes: the node's network / its GPUs).")
+_LATENCY = flags.DEFINE_float("latency_us", 0.0, "Per-hop latency of the ring, microseconds.")
+_PROJECT = flags.DEFINE_list("project", [], "Device counts to project (default: the planned "
+                             "count and 8x, 64x of it).")
 flags.mark_flags_as_required(["config"])
 
 
@@ -45,6 +57,14 @@ def main(argv: list[str]) -> None:
 
     result = run_cli(run)
     print(format_plan(result))
+    if _FLOPS.value > 0 or _BANDWIDTH.value > 0:
+        from lmscale.training.projection import format_projection, project
+        counts = [int(c) for c in _PROJECT.value] or [result["devices"] * k for k in (1, 8, 64)]
+        rows = run_cli(lambda: project(result, _FLOPS.value, _BANDWIDTH.value, counts,
+                                       _LATENCY.value))
+        result["projection"] = {"flops_per_s": _FLOPS.value, "bandwidth_gbps": _BANDWIDTH.value,
+                                "latency_us": _LATENCY.value, "rows": rows}
+        print(format_projection(rows, _FLOPS.value, _BANDWIDTH.value))
     if _JSON.value:
         with open(_JSON.value, "w") as f:
             json.dump(result, f, indent=2)
