@@ -78,6 +78,23 @@ def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict, wh
                 f"{key}={_get(new, key)!r} is refused (the recorded steps were trained on the "
                 f"other); use the same value, a new --workdir, or --config.resume=false "
                 f"to start afresh (the old run is archived)")
+    check_same_optimizer(old, new, where)
+
+
+def check_same_optimizer(old: dict[str, Any], new: dict[str, Any], where: str) -> None:
+    """Refuses a resume with another optimizer layout: ``optim.name`` ("adam" in a checkpoint
+    that predates it) or weight decay turned on/off (a link more or less in the chain)."""
+    before, after = _get(old, "optim.name") or "adam", _get(new, "optim.name")
+    key = "optim.name"
+    if before == after:
+        key = "optim.weight_decay"
+        before, after = _get(old, key) or 0.0, _get(new, key) or 0.0
+        if (before > 0) == (after > 0):
+            return
+    raise CheckpointMismatchError(
+        f"{where} was trained with {key}={before!r}; resuming it with {key}={after!r} is "
+        f"refused (the optimizer state differs); use the same value, a new --workdir, or "
+        f"--config.resume=false to start afresh (the old run is archived)")
 
 
 def resumed_derived(derived: dict[str, Any], saved: dict[str, Any],

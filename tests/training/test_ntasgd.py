@@ -128,3 +128,19 @@ def test_averaged_weights_are_validated_exported_and_resume_decides_the_same(tmp
     keys = ("step", "split", "loss", "lr", "grad_norm", "averaged")
     strip = lambda rs: [{k: r[k] for k in keys if k in r} for r in rs]
     assert strip(read_metrics(full)) == strip(read_metrics(split))  # bitwise
+
+
+def test_resume_with_another_optimizer_layout_is_refused_naming_the_field():
+    from lmscale.training.checkpoints import CheckpointMismatchError
+    from lmscale.training.resume import check_resumable
+    old = default_config()
+    old.data.train = "corpus"
+    legacy = old.to_dict()
+    del legacy["optim"]["name"], legacy["optim"]["weight_decay"]  # a checkpoint before these fields
+    check_resumable({"config": legacy}, old, "W")
+    for key, value in (("name", "ntasgd"), ("weight_decay", 1e-6)):
+        new = default_config()
+        new.data.train = "corpus"
+        new.optim[key] = value
+        with pytest.raises(CheckpointMismatchError, match=f"trained with optim.{key}="):
+            check_resumable({"config": old.to_dict()}, new, "W")
