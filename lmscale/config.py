@@ -104,6 +104,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.batch_size = 128  # global batch: sequences (stream rows) per step over all devices
     c.train.per_device_batch_size = 0  # if > 0, the global batch is this x the device count (replaces train.batch_size)
     c.train.seq_len = 256  # truncated-BPTT length; the RNN state carries over between steps
+    c.train.grad_accum_steps = 1  # k > 1: each step takes k consecutive seq_len segments per row (carry continued), gradients summed, one all-reduce, one update
     # Variable-length BPTT (AWD-LSTM): per step, length ~ N(seq_len, 5) w.p. 0.95 else N(seq_len/2, 5),
     # at least 5, at most train.bptt_max, rounded to a multiple of train.bptt_bucket (bounded
     # compiled programs); the step's learning rate is scaled by length / seq_len.
@@ -142,6 +143,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.optim.b1 = 0.9  # Adam beta1
     c.optim.b2 = 0.999  # Adam beta2
     c.optim.eps = 1e-8  # Adam epsilon
+
+    c.parallel = ml_collections.ConfigDict()
+    c.parallel.grad_reduce_dtype = "float32"  # dtype of the gradients in the step's all-reduce: "float32" or "bfloat16" (half the bytes)
 
     c.precision = ml_collections.ConfigDict()
     # Matmul dtype: "float32", "bfloat16" or "float16". Params and optimizer state stay
@@ -267,6 +271,11 @@ def parse_epochs(text: str) -> tuple[float, ...]:
     return tuple(sorted(epochs))
 
 
+def step_width(train: ml_collections.ConfigDict) -> int:
+    """Tokens per row per training step: seq_len times train.grad_accum_steps."""
+    return int(train.seq_len) * int(train.get("grad_accum_steps", 1))
+
+
 def bptt_max(train: ml_collections.ConfigDict) -> int:
     """The longest variable-BPTT sequence: train.bptt_max, or seq_len + 15."""
     return int(train.bptt_max) or int(train.seq_len) + 15
@@ -293,6 +302,14 @@ def validate_awd(config: ml_collections.ConfigDict) -> None:
     if not isinstance(t.bptt_max, int) or t.bptt_max < 0 or (t.bptt_max and t.bptt_max < t.seq_len):
         raise ConfigError(f"train.bptt_max must be 0 (seq_len + 15) or >= train.seq_len={t.seq_len}, "
                           f"got {t.bptt_max!r}")
+    if not isinstance(t.grad_accum_steps, int) or t.grad_accum_steps < 1:
+        raise ConfigError(f"train.grad_accum_steps must be a positive integer, got {t.grad_accum_steps!r}")
+    if t.grad_accum_steps > 1 and t.variable_bptt:
+        raise ConfigError("train.grad_accum_steps > 1 and train.variable_bptt cannot be combined "
+                          "(accumulated segments have one fixed length)")
+    if config.parallel.grad_reduce_dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"parallel.grad_reduce_dtype must be 'float32' or 'bfloat16', got "
+                          f"{config.parallel.grad_reduce_dtype!r}")
     if t.variable_bptt and config.model.kind == "transformer" and bptt_max(t) > config.model.max_len:
         raise ConfigError(f"train.variable_bptt: the longest sequence {bptt_max(t)} (train.bptt_max) "
                           f"exceeds model.max_len={config.model.max_len}")
@@ -327,7 +344,7 @@ def derive(config: ml_collections.ConfigDict, steps_per_epoch: int) -> dict[str,
     decay_steps = config.optim.decay_steps or steps
     if config.optim.decay_epochs > 0:
         decay_steps = min(decay_steps, max(1, math.ceil(config.optim.decay_epochs * steps_per_epoch)))
-    tokens_per_step = config.train.batch_size * config.train.seq_len
+    tokens_per_step = config.train.batch_size * step_width(config.train)
     return {
         "steps": steps,
         "steps_per_epoch": steps_per_epoch,

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from lmscale.config import scaled_lr, validate, with_global_batch
+from lmscale.config import scaled_lr, step_width, validate, with_global_batch
 from lmscale.models import flops_per_token
 from lmscale.models.recurrent import scan_options
 from lmscale.training import mesh as mesh_lib
@@ -121,7 +121,7 @@ def compile_step(config: ml_collections.ConfigDict, vocab_size: int = BYTE_VOCAB
     step, shardings = jit_train_step(setup, mesh, config.model.dropout > 0)
     state = jax.device_put(setup.state, shardings)
     rows = mesh_lib.batch_sharded(mesh)
-    host = random_batch(config.train.batch_size, config.train.seq_len, vocab_size,
+    host = random_batch(config.train.batch_size, step_width(config.train), vocab_size,
                         seed=config.seed, reset_every=reset_every)
     batch = {k: jax.device_put(host[k], rows) for k in BATCH_KEYS}
     t = time.perf_counter()
@@ -146,7 +146,7 @@ def time_step(config: ml_collections.ConfigDict, *, steps: int = 10, warmup: int
         times.append(time.perf_counter() - t)
     n_dev = len(devices) if devices else jax.device_count()
     batch_size = config.train.per_device_batch_size * n_dev or config.train.batch_size
-    tokens = batch_size * config.train.seq_len
+    tokens = batch_size * step_width(config.train)
     step_s = float(np.median(times))
     per_token = train_flops_per_token(config.model, vocab_size, config.train.seq_len)
     return {"step_s": step_s, "step_s_all": [round(x, 5) for x in times],

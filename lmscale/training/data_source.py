@@ -159,6 +159,7 @@ def train_batcher(dataset: TokenDataset, config: ml_collections.ConfigDict) -> S
                                    max_len=bptt_max(config.train), bucket=config.train.bptt_bucket,
                                    reset_on_documents=config.data.reset_on_documents,
                                    shuffle_shards=config.data.shuffle_shards, seed=config.seed)
-    return StreamBatcher(dataset.split("train"), config.train.batch_size, config.train.seq_len,
+    from lmscale.config import step_width  # seq_len x grad_accum_steps: k segments per row
+    return StreamBatcher(dataset.split("train"), config.train.batch_size, step_width(config.train),
                          reset_on_documents=config.data.reset_on_documents,
                          shuffle_shards=config.data.shuffle_shards, seed=config.seed)

@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from lmscale.config import derive, validate, with_global_batch
+from lmscale.config import derive, step_width, validate, with_global_batch
 from lmscale.models import architecture, flops_per_token, get_kind
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.hlo_stats import all_reduces
@@ -39,14 +39,19 @@ def plan(config: ml_collections.ConfigDict, devices: list[jax.Device] | None = N
                               lr=derived["lr"], abstract=True)
     step, shardings = jit_train_step(setup, mesh)
     batch, seq = config.train.batch_size, config.train.seq_len
+    width = step_width(config.train)  # seq x grad_accum_steps tokens per row per step
     rows = mesh_lib.batch_sharded(mesh)
-    abstract_batch = {k: jax.ShapeDtypeStruct((batch, seq), BATCH_DTYPES[k], sharding=rows)
+    abstract_batch = {k: jax.ShapeDtypeStruct((batch, width), BATCH_DTYPES[k], sharding=rows)
                       for k in BATCH_KEYS}
     abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                                   setup.state, shardings)
-    compiled = step.lower(abstract_state, abstract_batch).compile()
+    lowered = step.lower(abstract_state, abstract_batch)
+    compiled = lowered.compile()
     mem = compiled.memory_analysis()
     reduces = all_reduces(compiled.as_text())
+    # What the program asks for, before the backend's passes: XLA:CPU widens a bfloat16
+    # all-reduce to float32 (and combines it with the sums); NCCL on GPUs reduces bfloat16.
+    requested = all_reduces(lowered.as_text(dialect="hlo"))
     fwd = flops_per_token(config.model, vocab_size, seq)
     per_device = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes \
         - mem.alias_size_in_bytes
@@ -60,11 +65,11 @@ def plan(config: ml_collections.ConfigDict, devices: list[jax.Device] | None = N
         "platform": mesh.devices.flat[0].platform,
         "global_batch": batch,
         "per_device_batch": batch // mesh.size,
-        "seq_len": seq,
+        "seq_len": width,  # tokens per row per step (train.seq_len x train.grad_accum_steps)
         "lr": derived["lr"],
         "flops_per_token_forward": fwd,
         "flops_per_token_train": 3 * fwd,
-        "flops_per_step_train": 3 * fwd * batch * seq,
+        "flops_per_step_train": 3 * fwd * batch * width,
         "memory_per_device_bytes": {
             "arguments": mem.argument_size_in_bytes, "outputs": mem.output_size_in_bytes,
             "temporaries": mem.temp_size_in_bytes, "aliased (donated)": mem.alias_size_in_bytes,
@@ -72,6 +77,7 @@ def plan(config: ml_collections.ConfigDict, devices: list[jax.Device] | None = N
         "all_reduces_per_step": len(reduces),
         "all_reduce_bytes_per_step": sum(int(op["bytes"]) for op in reduces),
         "all_reduces": reduces,
+        "all_reduces_requested": requested,
         "parameter_bytes_float32": 4 * setup.num_params,
     }
 

@@ -40,6 +40,8 @@ RESUME_FIELDS = ("train.seq_len", "data.train", "data.split", "data.tokenizer")
 SENTENCEPIECE_FIELDS = ("data.vocab_size", "data.sp_model_type", "data.sp_model")
 # ... and these, compared with "" for a checkpoint that predates them.
 SPLIT_FIELDS = ("data.val", "data.test")
+# ... and these, compared with their default for a checkpoint that predates them.
+DEFAULTED_FIELDS = {"train.grad_accum_steps": 1}
 # ... and, in a word-level run, these.
 WORD_FIELDS = ("data.word_min_count", "data.word_vocab_size")
 # Settings that define the decay horizon; unchanged, a resume keeps the recorded horizon.
@@ -68,10 +70,12 @@ def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict, wh
         fields += SENTENCEPIECE_FIELDS
     if _get(new, "data.tokenizer") == "word":
         fields += WORD_FIELDS
-    for key in fields + SPLIT_FIELDS:
+    for key in fields + SPLIT_FIELDS + tuple(DEFAULTED_FIELDS):
         before = _get(old, key)
         if before is None and key in SPLIT_FIELDS:
             before = ""
+        if before is None and key in DEFAULTED_FIELDS:
+            before = DEFAULTED_FIELDS[key]
         if before != _get(new, key):
             raise CheckpointMismatchError(
                 f"{where} was trained with {key}={before!r}; resuming it with "

@@ -11,6 +11,7 @@ import dataclasses
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -37,6 +38,8 @@ class TrainSetup:
     dropout: bool = False  # whether any dropout of the model is on (training)
     byte_lengths: np.ndarray | None = None  # UTF-8 bytes per token id (None: one per token)
     lr_length_base: int = 0  # variable BPTT: the step's learning rate is scaled by length / this
+    grad_accum_steps: int = 1  # segments per step whose gradients are summed (train.grad_accum_steps)
+    grad_reduce_dtype: Any = jnp.float32  # the gradients' dtype in the all-reduce (parallel.grad_reduce_dtype)
 
     @property
     def num_params(self) -> int:
@@ -72,7 +75,9 @@ def build_train_setup(config: ml_collections.ConfigDict, vocab_size: int, *, dec
     state = jax.eval_shape(init) if abstract else init()
     return TrainSetup(policy=policy, graphdef=graphdefs[0], state=state, tx=tx, schedule=schedule,
                       dropout=uses_dropout(config.model), byte_lengths=byte_lengths,
-                      lr_length_base=config.train.seq_len if variable else 0)
+                      lr_length_base=config.train.seq_len if variable else 0,
+                      grad_accum_steps=int(config.train.grad_accum_steps),
+                      grad_reduce_dtype=jnp.dtype(config.parallel.grad_reduce_dtype))
 
 
 def jit_train_step(setup: TrainSetup, mesh: Mesh, dropout: bool | None = None
@@ -85,7 +90,9 @@ def jit_train_step(setup: TrainSetup, mesh: Mesh, dropout: bool | None = None
     rows = mesh_lib.batch_sharded(mesh)
     dropout = setup.dropout if dropout is None else dropout
     step = jax.jit(make_train_step(setup.graphdef, setup.tx, setup.schedule, mesh, dropout,
-                                   setup.byte_lengths, lr_length_base=setup.lr_length_base),
+                                   setup.byte_lengths, lr_length_base=setup.lr_length_base,
+                                   grad_accum_steps=setup.grad_accum_steps,
+                                   grad_reduce_dtype=setup.grad_reduce_dtype),
                    in_shardings=(shardings, dict.fromkeys(BATCH_KEYS, rows)),
                    out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=0)
     return step, shardings

@@ -61,7 +61,8 @@ def step_dropout_key(key: jax.Array) -> jax.Array:
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, mesh: Mesh, dropout: bool,
-                    byte_lengths: np.ndarray | None = None, lr_length_base: int = 0
+                    byte_lengths: np.ndarray | None = None, lr_length_base: int = 0,
+                    grad_accum_steps: int = 1, grad_reduce_dtype: Any = jnp.float32
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """Returns ``train_step(state, batch) -> (state, metrics)``; pure, to be jitted over ``mesh``.
 
@@ -69,18 +70,65 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     ``lr_length_base`` > 0 (variable BPTT): the step's learning rate is scaled by the batch's
     length / ``lr_length_base`` (a constant of each compiled length; ``tx`` must take it, see
     ``optimizer.make_optimizer(step_factor=True)``).
+    ``grad_accum_steps`` k > 1: the batch [B, k*S] is k consecutive truncated-BPTT segments
+    of S tokens per row; their gradients are taken one segment at a time (activations of one
+    segment in memory; the carry continues from segment to segment, its gradient cut at each
+    boundary as between steps), summed in float32, and all-reduced once for the one update.
+    ``grad_reduce_dtype``: the dtype the gradients travel in through the all-reduce
+    (bfloat16 halves its bytes; the loss sums stay float32).
     """
+    k_accum = int(grad_accum_steps)
 
     def local_grads(params: Any, carry: Any, batch: Batch, key: jax.Array, scale: jax.Array
                     ) -> tuple[Any, jax.Array, jax.Array, jax.Array, Any]:
         """Per device: gradients of this device's summed loss, all-reduced once."""
         rows, targets_per_row = batch["targets"].shape
         global_targets = rows * targets_per_row * jax.lax.axis_size(DATA_AXIS)
+        local_params = jax.lax.pcast(params, DATA_AXIS, to="varying")
+        if k_accum > 1:
+            grads, new_carry, nats, count, num_bytes = _accumulate(
+                local_params, carry, batch, key, scale, global_targets)
+        else:
+            grads, (new_carry, nats, count) = segment_grads(
+                local_params, carry, batch, key, scale, global_targets)
+            num_bytes = _bytes(batch, count, byte_lengths)
+        grads, sums = allreduce(grads, jnp.stack([nats, count, num_bytes]), grad_reduce_dtype)
+        return grads, sums[0], sums[1], sums[2], new_carry
+
+    def _accumulate(local_params: Any, carry: Any, batch: Batch, key: jax.Array,
+                    scale: jax.Array, global_targets: int
+                    ) -> tuple[Any, Any, jax.Array, jax.Array, jax.Array]:
+        """The k segments' gradients in turn (a scan), summed in float32."""
+        rows, width = batch["targets"].shape
+        segments = {name: jnp.swapaxes(x.reshape(rows, k_accum, width // k_accum), 0, 1)
+                    for name, x in batch.items()}  # [k, rows, S]
+        varying = lambda x: jax.lax.pcast(x, DATA_AXIS, to="varying")  # as the loop's outputs
+        zeros = varying(jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), local_params))
+        zero = varying(jnp.zeros((), jnp.float32))
+
+        def body(acc: tuple, segment_and_index: tuple) -> tuple[tuple, None]:
+            grads_sum, seg_carry, nats_sum, count_sum, bytes_sum = acc
+            segment, j = segment_and_index
+            grads, (seg_carry, nats, count) = segment_grads(
+                local_params, seg_carry, segment, jax.random.fold_in(key, j), scale,
+                global_targets, penalty_weight=1.0 / k_accum)
+            grads_sum = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grads_sum, grads)
+            return (grads_sum, jax.lax.stop_gradient(seg_carry), nats_sum + nats,
+                    count_sum + count, bytes_sum + _bytes(segment, count, byte_lengths)), None
+
+        (grads, new_carry, nats, count, num_bytes), _ = jax.lax.scan(
+            body, (zeros, carry, zero, zero, zero), (segments, jnp.arange(k_accum)))
+        return grads, new_carry, nats, count, num_bytes
+
+    def segment_grads(local_params: Any, carry: Any, batch: Batch, key: jax.Array,
+                      scale: jax.Array, global_targets: int, penalty_weight: float = 1.0
+                      ) -> tuple[Any, tuple[Any, jax.Array, jax.Array]]:
+        """Gradients of one segment's summed loss (scaled; see loss_fn), local to the device."""
+        rows = batch["targets"].shape[0]
         row_keys = step_key = None
         if dropout:
             row_keys = row_dropout_keys(key, jax.lax.axis_index(DATA_AXIS) * rows, rows)
             step_key = step_dropout_key(key)
-        local_params = jax.lax.pcast(params, DATA_AXIS, to="varying")
 
         def loss_fn(p: Any) -> tuple[jax.Array, tuple[Any, jax.Array, jax.Array]]:
             model = nnx.merge(graphdef, p)
@@ -98,14 +146,11 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                 global_count = jnp.maximum(
                     jax.lax.psum(jnp.sum(batch["weights"].astype(jnp.float32)), DATA_AXIS), 1.0)
                 global_rows = rows * jax.lax.axis_size(DATA_AXIS)
-                loss = loss + (jnp.sum(penalty) / global_rows) * (
+                loss = loss + (penalty_weight * jnp.sum(penalty) / global_rows) * (
                     jax.lax.stop_gradient(global_count) * scale / global_targets)
             return loss, (new_carry, nats, count)
 
-        grads, (new_carry, nats, count) = jax.grad(loss_fn, has_aux=True)(local_params)
-        num_bytes = _bytes(batch, count, byte_lengths)
-        grads, sums = allreduce(grads, jnp.stack([nats, count, num_bytes]))
-        return grads, sums[0], sums[1], sums[2], new_carry
+        return jax.grad(loss_fn, has_aux=True)(local_params)
 
     sharded_grads = jax.shard_map(
         local_grads, mesh=mesh,
@@ -137,11 +182,18 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     return train_step
 
 
-def allreduce(grads: Any, sums: jax.Array) -> tuple[Any, jax.Array]:
+def allreduce(grads: Any, sums: jax.Array, dtype: Any = jnp.float32) -> tuple[Any, jax.Array]:
     """Inside shard_map: the step's one all-reduce, of the gradients (any pytree) and a float32
-    vector of sums [n] together as one flat float32 vector. Returns (summed grads, summed sums)."""
+    vector of sums [n] together as one flat float32 vector. Returns (summed grads, summed sums).
+
+    ``dtype`` bfloat16: the gradients travel (and are summed, as the backend does it) in
+    bfloat16, half the bytes; the sums then go in a second, tiny float32 all-reduce (token
+    counts past 2^8 are not exact in bfloat16). The result is float32 either way."""
     flat, unravel = ravel_pytree(grads)
     n = sums.shape[0]
+    if jnp.dtype(dtype) != jnp.float32:
+        total = jax.lax.psum(flat.astype(dtype), DATA_AXIS).astype(jnp.float32)
+        return unravel(total), jax.lax.psum(sums.astype(jnp.float32), DATA_AXIS)
     total = jax.lax.psum(jnp.concatenate([flat.astype(jnp.float32), sums.astype(jnp.float32)]),
                          DATA_AXIS)
     return unravel(total[:-n]), total[-n:]
