@@ -6,8 +6,9 @@
 Times the real jitted training step (compile and warm-up excluded, median of --steps),
 reports chars/s, analytic train FLOPs per character (3 x forward; see
 ``lmscale.training.bench``), achieved FLOP/s, the device's measured matmul rate in the
-compute dtype and their ratio, and the compiled step's peak memory. With --pipeline, also
-times the input pipeline (StreamBatcher on the config's prepared data; raw text or a
+compute dtype and their ratio, and the compiled step's peak memory. With --loop, also the
+full training loop's chars/s (data, step, metrics, logging) from its own metrics.jsonl, and
+its share of the step-only rate. With --pipeline, also times the input pipeline (StreamBatcher on the config's prepared data; raw text or a
 built-in corpus is prepared into --workdir first). Prints a table and one JSON line, and
 appends the JSON line (with the git commit) to --out.
 """
@@ -33,6 +34,8 @@ _UNROLL = flags.DEFINE_integer("unroll", 1, "lax.scan unroll of the time loop.",
 _RESET_EVERY = flags.DEFINE_integer(
     "reset_every", 0, "Put a state reset every this many batch positions (0 = none).", lower_bound=0)
 _PIPELINE = flags.DEFINE_bool("pipeline", False, "Also time the input pipeline.")
+_LOOP = flags.DEFINE_bool("loop", False, "Also time the full training loop (data, step, logging) "
+                          "on the config's data, in --workdir/loop.")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/lmscale_bench",
                                "Where raw text / a built-in corpus is prepared for --pipeline.")
 _MATMUL_N = flags.DEFINE_integer("matmul_n", 0, "Size of the peak-rate matmul (0 = by device).")
@@ -52,15 +55,17 @@ def main(argv: list[str]) -> None:
     def run() -> dict:
         config = _CONFIG.value
         batcher = None
-        if _PIPELINE.value:
+        if _PIPELINE.value or _LOOP.value:
             from lmscale.data.dataset import TokenDataset
             from lmscale.training.data_source import resolve_dataset, train_batcher
             path = resolve_dataset(config.data, _WORKDIR.value, progress=False)
             batcher = train_batcher(TokenDataset.open(path), config)
         return bench.run_bench(config, steps=_STEPS.value, warmup=_WARMUP.value, grad=_GRAD.value,
                                unroll=_UNROLL.value, reset_every=_RESET_EVERY.value,
-                               batcher=batcher, matmul_n=_MATMUL_N.value or None,
-                               label=_LABEL.value)
+                               batcher=batcher if _PIPELINE.value else None,
+                               matmul_n=_MATMUL_N.value or None, label=_LABEL.value,
+                               loop_workdir=os.path.join(_WORKDIR.value, "loop") if _LOOP.value
+                               else None)
 
     record = run_cli(run)
     print(bench.format_table([record]))

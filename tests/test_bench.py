@@ -52,7 +52,8 @@ def test_bench_cli_writes_a_record(tmp_path):
     out = tmp_path / "results.jsonl"
     cmd = [sys.executable, "-m", "lmscale.bench", "--config=configs/quickstart.py",
            "--config.model.hidden=32", "--config.train.batch_size=4", "--config.train.seq_len=8",
-           "--steps=3", "--warmup=1", "--matmul_n=256", f"--out={out}", "--label=test"]
+           "--steps=3", "--warmup=1", "--matmul_n=256", f"--out={out}", "--label=test", "--loop",
+           f"--workdir={tmp_path / 'work'}"]
     p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     assert "| mlstm hidden 32 embed 64 layers 1 | 4 x 8 | float32 |" in p.stdout
@@ -63,6 +64,9 @@ def test_bench_cli_writes_a_record(tmp_path):
     assert r["flop_per_s"] == pytest.approx(r["train_flops_per_token"] * 32 / r["step_s"])
     assert r["of_matmul_rate"] == pytest.approx(r["flop_per_s"] / r["matmul"]["flop_per_s"])
     assert r["memory_bytes"]["peak"] > 0 and r["commit"]
+    loop = r["loop"]  # the real loop on the built-in corpus, its second window of 10 steps
+    assert loop["steps"] == 10 and loop["tokens_per_s"] > 0
+    assert loop["of_step"] == pytest.approx(loop["chars_per_s"] / r["chars_per_s"])
     assert r["train_flops_per_token"] == 3 * 2 * (64 * 128 + 64 * 32 + 32 * 32 + 32 * 128 + 32 * 257)
 
 

@@ -175,6 +175,27 @@ def time_pipeline(batcher: Any, steps: int = 20, devices: list[jax.Device] | Non
     return {"batch_s": host_s, "put_s": put_s, "chars_per_s": tokens / (host_s + put_s)}
 
 
+def time_loop(config: ml_collections.ConfigDict, workdir: str, steps: int = 20) -> dict[str, Any]:
+    """chars/s of the real training loop (lmscale.training.loop.train: batches from the
+    prepared data, the step, metrics and logging; no validation or checkpoint inside the
+    timed window), read from its own metrics.jsonl: 2 x ``steps`` steps logged every
+    ``steps``, the second window timed (the first holds compilation)."""
+    import shutil
+    from lmscale.training.loop import train
+    from lmscale.training.metrics import read_metrics
+    run = ml_collections.ConfigDict(config.to_dict())
+    run.train.steps, run.train.log_every, run.train.eval_every = 2 * steps, steps, 0
+    run.train.eval_steps, run.train.progress_bar = 1, False
+    run.checkpoint.every = 10 * steps
+    run.lock()
+    shutil.rmtree(workdir, ignore_errors=True)
+    train(run, workdir)
+    [record] = [r for r in read_metrics(workdir) if r["split"] == "train" and r["step"] == 2 * steps]
+    return {"steps": steps, "chars_per_s": record["chars_per_s"],
+            "tokens_per_s": record["tokens_per_s"], "step_s": 1.0 / record["steps_per_s"]
+            if "steps_per_s" in record else None}
+
+
 def git_commit(path: str | None = None) -> str:
     """The checkout's short commit (with "+dirty" if any tracked file changed), or ""."""
     cwd = path or os.path.dirname(os.path.abspath(__file__))
@@ -197,8 +218,10 @@ def host_info() -> dict[str, Any]:
 
 def run_bench(config: ml_collections.ConfigDict, *, steps: int = 10, warmup: int = 2,
               grad: str = "custom", unroll: int = 1, reset_every: int = 0,
-              batcher: Any = None, matmul_n: int | None = None, label: str = "") -> dict[str, Any]:
-    """One benchmark record: the step, the matmul rate in the compute dtype, the pipeline."""
+              batcher: Any = None, matmul_n: int | None = None, label: str = "",
+              loop_workdir: str | None = None) -> dict[str, Any]:
+    """One benchmark record: the step, the matmul rate in the compute dtype, the pipeline,
+    and (``loop_workdir``) the full training loop."""
     compute = config.precision.compute
     step = time_step(config, steps=steps, warmup=warmup, grad=grad, unroll=unroll,
                      reset_every=reset_every)
@@ -212,8 +235,17 @@ def run_bench(config: ml_collections.ConfigDict, *, steps: int = 10, warmup: int
               "of_matmul_rate": step["flop_per_s"] / peak["flop_per_s"]}
     if batcher is not None:
         record["pipeline"] = time_pipeline(batcher)
+    if loop_workdir is not None:
+        record["loop"] = time_loop(config, loop_workdir, steps=max(steps, 10))
+        record["loop"]["of_step"] = record["loop"]["chars_per_s"] / record["chars_per_s"]
     record.update(host=host_info(), commit=git_commit(), date=time.strftime("%Y-%m-%d %H:%M"))
     return record
+
+
+def _loop_cell(loop: dict[str, Any] | None) -> str:
+    if not loop:
+        return "-"
+    return f"{loop['chars_per_s'] / 1e3:.2f} k ({100 * loop['of_step']:.0f} % of step)"
 
 
 def append_jsonl(record: dict[str, Any], path: str) -> None:
@@ -225,8 +257,8 @@ def append_jsonl(record: dict[str, Any], path: str) -> None:
 def format_table(records: list[dict[str, Any]]) -> str:
     """A markdown table of bench records."""
     lines = ["| model | batch x seq | compute | grad | step | chars/s | train MFLOP/char | "
-             "GFLOP/s | matmul GFLOP/s | of matmul | peak mem | pipeline chars/s |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "GFLOP/s | matmul GFLOP/s | of matmul | peak mem | pipeline chars/s | loop chars/s |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in records:
         mem = r.get("memory_bytes") or {}
         pipe = r.get("pipeline")
@@ -236,5 +268,6 @@ def format_table(records: list[dict[str, Any]]) -> str:
             f"| {r['train_flops_per_token'] / 1e6:.2f} | {r['flop_per_s'] / 1e9:.1f} "
             f"| {r['matmul']['flop_per_s'] / 1e9:.0f} | {100 * r['of_matmul_rate']:.0f} % "
             f"| {mem.get('peak', 0) / 2**20:.0f} MiB "
-            f"| {'-' if not pipe else format(pipe['chars_per_s'] / 1e6, '.1f') + ' M'} |")
+            f"| {'-' if not pipe else format(pipe['chars_per_s'] / 1e6, '.1f') + ' M'} "
+            f"| {_loop_cell(r.get('loop'))} |")
     return "\n".join(lines)

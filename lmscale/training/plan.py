@@ -78,6 +78,7 @@ def plan(config: ml_collections.ConfigDict, devices: list[jax.Device] | None = N
         "all_reduce_bytes_per_step": sum(int(op["bytes"]) for op in reduces),
         "all_reduces": reduces,
         "all_reduces_requested": requested,
+        "all_reduce_bytes_requested": sum(int(op["bytes"]) for op in requested),
         "parameter_bytes_float32": 4 * setup.num_params,
     }
 

@@ -41,10 +41,12 @@ def project(plan: dict[str, Any], flops_per_s: float, bandwidth_gbit_s: float,
     tokens = plan["per_device_batch"] * plan["seq_len"]
     compute = plan["flops_per_token_train"] * tokens / flops_per_s
     bandwidth = bandwidth_gbit_s * 1e9 / 8
+    # The bytes the program asks to reduce (a bfloat16 reduction stays bfloat16 on NCCL even
+    # where the CPU compiler planned it in float32).
+    reduce_bytes = plan.get("all_reduce_bytes_requested") or plan["all_reduce_bytes_per_step"]
     rows = []
     for n in device_counts:
-        reduce = ring_allreduce_seconds(plan["all_reduce_bytes_per_step"], n, bandwidth,
-                                        latency_us * 1e-6)
+        reduce = ring_allreduce_seconds(reduce_bytes, n, bandwidth, latency_us * 1e-6)
         step = compute + reduce
         rows.append({"devices": n, "compute_s": compute, "allreduce_s": reduce, "step_s": step,
                      "scaling_efficiency": compute / step, "global_batch": n * plan["per_device_batch"],
