@@ -295,3 +295,16 @@ def test_bad_input_one_line_errors(sst_run, data, tmp_path):
     with pytest.raises(DataError, match="no column 'text'"):
         finetune(ft_config(sst_run, data["sst_train"], data["sst_val"], **{"finetune.text_column": "text"}),
                  str(tmp_path / "z"))
+    with pytest.raises(DataError, match="no column 'joy'"):  # a missing label column
+        finetune(ft_config(sst_run, data["sst_train"], data["sst_val"], **{
+            "finetune.multilabel": True, "finetune.label_column": "label,joy"}), str(tmp_path / "m"))
+    three = tmp_path / "three.csv"
+    three.write_text("sentence,label\ngood,1\nbad,0\nodd,2\n")
+    with pytest.raises(DataError, match="has values \\[2\\] outside the declared classes 0..1"):
+        finetune(ft_config(sst_run, str(three), str(three), **{"finetune.num_classes": 2}),
+                 str(tmp_path / "c"))
+    empty = tmp_path / "empty.csv"
+    empty.write_text("sentence,label\ngood,1\n  ,0\n")
+    with pytest.raises(DataError, match="row 2 has an empty 'sentence'"):
+        finetune(ft_config(sst_run, str(empty), str(empty)), str(tmp_path / "e"))
+    assert not any((tmp_path / d).exists() for d in ("m", "c", "e"))  # nothing half-written
