@@ -2,7 +2,7 @@
 equal CPU time.
 
     python benchmarks/compare_families.py --text=path/to/input.txt [--out=runs/compare]
-        [--runs="awd-lstm 2x256 tied (bytes),qrnn 3x512 tied (bytes)"]
+        [--runs="awd-lstm 2x256 (bytes),qrnn 2x512 (bytes)"]
 
 Runs ``configs/quickstart.py`` (mLSTM 256) first and measures its CPU time (user + system
 of the training process, from ``os.wait4``: fair on a shared machine, where wall time is
@@ -30,8 +30,8 @@ RUNS = {
     "transformer 4x128 (SentencePiece 1k)": [
         "--config=configs/transformer_quickstart.py", "--config.data.tokenizer=sentencepiece",
         "--config.data.vocab_size=1024"],
-    "awd-lstm 2x256 tied (bytes)": ["--config=configs/awd_lstm_char_cpu.py"],
-    "qrnn 3x512 tied (bytes)": ["--config=configs/qrnn_char_cpu.py"],
+    "awd-lstm 2x256 (bytes)": ["--config=configs/awd_lstm_char_cpu.py"],
+    "qrnn 2x512 (bytes)": ["--config=configs/qrnn_char_cpu.py"],
 }
 
 

@@ -1,6 +1,7 @@
 """A CPU-sized AWD-QRNN character model on Tiny Shakespeare: configs/qrnn_char.py's recipe
-(window 2 on the first layer, tied embeddings, locked dropout, Adam) scaled down like
-configs/awd_lstm_char_cpu.py (batch 32 x 128, linear decay, fixed BPTT length).
+(window 2 on the first layer, locked dropout, Adam) scaled down like
+configs/awd_lstm_char_cpu.py (2 layers of 512, batch 32 x 128, linear decay, fixed BPTT
+length, untied embeddings).
 
     python -m lmscale.train --config=configs/qrnn_char_cpu.py --workdir=runs/qrnn_char_cpu
 """
@@ -16,7 +17,7 @@ def get_config():
     config = config_from_file(os.path.join(HERE, "awd_lstm_char_cpu.py"))
     config.unlock()
     config.model.kind = "qrnn"
-    config.model.layers = 3
+    config.model.layers = 2
     config.model.embed = 128
     config.model.hidden = 512
     config.model.qrnn_window = 2

@@ -188,5 +188,6 @@ def test_awd_and_qrnn_configs_validate(name):
     config = config_from_file(str(REPO / "configs" / f"{name}.py"))
     validate(config)
     sizes = layer_sizes(config.model)
-    assert config.model.tie_embeddings and sizes[-1] == config.model.embed
+    if not name.endswith("_cpu"):  # the full recipes tie (the CPU variants do not)
+        assert config.model.tie_embeddings and sizes[-1] == config.model.embed
     assert flops_per_token(config.model, 257) > 0
