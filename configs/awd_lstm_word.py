@@ -20,7 +20,7 @@ train.bptt_bucket (one compiled step per length); evaluation happens every train
 steps (≈ one PTB epoch here; awd: every epoch, and NT-ASGD counts evaluations).
 
     python -m lmscale.train --config=configs/awd_lstm_word.py --workdir=runs/awd_ptb
-    python -m lmscale.eval --workdir=runs/awd_ptb --split=test   # test perplexity
+    python -m lmscale.eval --workdir=runs/awd_ptb --split=test --best   # test perplexity
 """
 
 from lmscale.config import default_config
@@ -63,5 +63,6 @@ def get_config():
     config.optim.clip = 0.25  # --clip 0.25
     config.optim.weight_decay = 1.2e-6  # --wdecay, coupled L2 as torch SGD's weight_decay
     config.checkpoint.every = 663
+    config.checkpoint.keep_best = True  # awd saves the best validation model and tests it
     config.lock()
     return config

@@ -16,7 +16,7 @@ splits; a word tokenizer with an <eos> per line keeps all 267k training words. O
 ~103 M words / (60 x ~137) ≈ 12.5k steps.
 
     python -m lmscale.train --config=configs/qrnn_wt103.py --workdir=runs/qrnn_wt103
-    python -m lmscale.eval --workdir=runs/qrnn_wt103 --split=test
+    python -m lmscale.eval --workdir=runs/qrnn_wt103 --split=test --best
 """
 
 from lmscale.config import default_config
@@ -61,5 +61,6 @@ def get_config():
     config.optim.lr_drop_epochs = "12"  # --when 12: lr / 10 after epoch 12
     config.optim.lr_drop_factor = 0.1
     config.checkpoint.every = 2000
+    config.checkpoint.keep_best = True  # awd saves the best validation model and tests it
     config.lock()
     return config

@@ -158,6 +158,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every = 1000  # steps between checkpoints (also at the end and on SIGTERM/SIGINT)
     c.checkpoint.keep = 3  # most recent checkpoints kept on disk
+    c.checkpoint.keep_best = False  # also keep the weights with the lowest validation loss (NT-ASGD: averaged) in WORKDIR/best/ (lmscale.eval --best)
     c.checkpoint.fallback = False  # resume from the previous checkpoint when the latest is unreadable (it is moved aside)
 
     # Fine-tuning an LM into a classifier (`lmscale.finetune`); the LM language-model run whose

@@ -6,6 +6,7 @@ sequence length, document resets and eval_steps), so both report the same BPC.
     python -m lmscale.eval --workdir=runs/quickstart             # the run's own validation split
     python -m lmscale.eval --workdir=runs/quickstart --data=runs/quickstart/data --split=test
     python -m lmscale.eval --workdir=runs/quickstart --data=some/file.txt
+    python -m lmscale.eval --workdir=runs/awd --split=test --best   # checkpoint.keep_best's weights
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ _SEQ = flags.DEFINE_integer("seq_len", 0, "Tokens per step; 0 = the run's train.
 _STEPS = flags.DEFINE_integer("max_steps", -1, "Batches to evaluate; 0 = the whole split, "
                               "-1 = the run's train.eval_steps.")
 _STEP = flags.DEFINE_integer("step", -1, "Checkpoint step; -1 = the latest.")
+_BEST = flags.DEFINE_bool("best", False, "The weights with the lowest validation loss "
+                          "(a run with checkpoint.keep_best; NT-ASGD: averaged) instead of a checkpoint's.")
 _COLUMN = flags.DEFINE_string("text_column", None, "CSV column holding the text.")
 _FIELD = flags.DEFINE_string("text_field", None, "JSONL field holding the text.")
 flags.mark_flags_as_required(["workdir"])
@@ -37,7 +40,7 @@ def main(argv: list[str]) -> None:
     from lmscale.training.restore import evaluate_data, load_trained, run_dataset
 
     def run() -> dict:
-        lm = load_trained(_WORKDIR.value, None if _STEP.value < 0 else _STEP.value)
+        lm = load_trained(_WORKDIR.value, None if _STEP.value < 0 else _STEP.value, best=_BEST.value)
         data = _DATA.value or run_dataset(lm)
         result = evaluate_data(lm, data, split=_SPLIT.value, batch_size=_BATCH.value or None,
                                seq_len=_SEQ.value or None,

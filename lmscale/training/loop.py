@@ -34,6 +34,7 @@ from lmscale.training.stop import StopSignal
 from lmscale.training.data_source import resolve_dataset, train_batcher
 from lmscale.training.evaluate import batch_arrays, evaluate_split
 from lmscale.training.loss import bits_per_char
+from lmscale.training.best import BestKeeper
 from lmscale.training.metrics import MetricsWriter, add_perplexity
 from lmscale.training.ntasgd import NTASGDMonitor, eval_params, switch_on
 from lmscale.training.setup import build_train_setup, jit_train_step
@@ -138,6 +139,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     if is_main:
         _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), after_step=start)
     writer = MetricsWriter(workdir)
+    best = BestKeeper(workdir, config.checkpoint.keep_best)
     last: dict[str, Any] = {}
 
     def run_eval(step: int) -> dict[str, Any] | None:
@@ -149,6 +151,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         record = add_perplexity({"step": step, "split": "val", **result}, word_level)
         if monitor:
             record["averaged"] = params is not state.params  # NT-ASGD: the averaged weights
+        best.offer(step, result["loss"], params, params is not state.params)
         writer.write(record)
         last["val"] = record
         if progress:
@@ -209,6 +212,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         bar.close()
         checkpointer.save(state, meta)
         checkpointer.close()
+    best.close()
     writer.close()
     if stop.stopping and progress:
         print(f"stopped by signal {stop.signal or '(in another process)'} at step {step}; "

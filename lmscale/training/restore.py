@@ -44,8 +44,10 @@ class TrainedLM:
         return nnx.merge(self.graphdef, self.params)
 
 
-def load_trained(workdir: str, step: int | None = None, mesh: Mesh | None = None) -> TrainedLM:
-    """Restores the parameters of the latest (or given) checkpoint of ``workdir``."""
+def load_trained(workdir: str, step: int | None = None, mesh: Mesh | None = None,
+                 best: bool = False) -> TrainedLM:
+    """Restores the parameters of the latest (or given) checkpoint of ``workdir``; ``best``:
+    the weights with the lowest validation loss (``checkpoint.keep_best``, in WORKDIR/best/)."""
     config_path = os.path.join(workdir, "config.json")
     if not os.path.exists(config_path):
         raise FileNotFoundError(f"{workdir} is not a training run: {config_path} does not exist")
@@ -71,8 +73,12 @@ def load_trained(workdir: str, step: int | None = None, mesh: Mesh | None = None
         from lmscale.training.loop import model_signature  # the same rule as training
         check_same_model(signature, model_signature(config, tokenizer.to_dict(), vocab_size, True),
                          workdir, ignore=("train.batch_size",))  # the carry is not restored
-        params = checkpointer.restore_params(like, mesh_lib.replicated(mesh), step)
-        if config.optim.name == "ntasgd":  # NT-ASGD: the averaged weights, once averaging is on
+        if best:
+            from lmscale.training.best import restore_best_params
+            params, step = restore_best_params(workdir, like, mesh_lib.replicated(mesh))
+        else:
+            params = checkpointer.restore_params(like, mesh_lib.replicated(mesh), step)
+        if config.optim.name == "ntasgd" and not best:  # NT-ASGD: the averaged weights, once averaging is on
             params = _averaged_params(checkpointer, config, derived, like, params, mesh, step)
     finally:
         checkpointer.close()

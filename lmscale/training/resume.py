@@ -46,7 +46,7 @@ DEFAULTED_FIELDS = {"train.grad_accum_steps": 1}
 WORD_FIELDS = ("data.word_min_count", "data.word_vocab_size")
 # Settings that define the decay horizon; unchanged, a resume keeps the recorded horizon.
 DECAY_FIELDS = ("optim.schedule", "optim.decay_steps", "optim.decay_epochs", "optim.warmup_steps")
-RUN_FILES = ("checkpoints", "metrics.jsonl", "tb", "config.json", "history")
+RUN_FILES = ("checkpoints", "metrics.jsonl", "tb", "config.json", "history", "best", "best.json")
 
 
 def _get(config: dict[str, Any], key: str) -> Any:

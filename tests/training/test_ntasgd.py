@@ -97,7 +97,8 @@ def test_default_adam_chain_is_unchanged():
 
 NTASGD = {"optim.name": "ntasgd", "optim.schedule": "constant", "optim.lr": 1.0, "optim.clip": 0.25,
           "optim.warmup_steps": 0, "optim.weight_decay": 1e-4, "model.kind": "lstm",
-          "train.eval_every": 2, "train.steps": 6, "checkpoint.every": 2, "train.eval_steps": 2}
+          "train.eval_every": 2, "train.steps": 6, "checkpoint.every": 2, "train.eval_steps": 2,
+          "checkpoint.keep_best": True}
 
 
 def test_averaged_weights_are_validated_exported_and_resume_decides_the_same(tmp_path, corpus,
@@ -112,6 +113,7 @@ def test_averaged_weights_are_validated_exported_and_resume_decides_the_same(tmp
     assert [(r["step"], r["averaged"]) for r in val] == [(2, False), (4, False), (6, True)]
 
     from lmscale.training import mesh as mesh_lib
+    from lmscale.training.best import read_best
     from lmscale.training.checkpoints import Checkpointer
     from lmscale.training.restore import evaluate_data, load_trained
     lm = load_trained(full)  # export / eval: the averaged weights
@@ -121,6 +123,11 @@ def test_averaged_weights_are_validated_exported_and_resume_decides_the_same(tmp
     raw = ckpt.restore_params(lm.params, mesh_lib.replicated(lm.mesh), 6)
     ckpt.close()
     assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(raw), jax.tree.leaves(lm.params)))
+    best = min(val, key=lambda r: r["loss"])  # checkpoint.keep_best: the weights validated best
+    assert read_best(full) == {"step": best["step"], "loss": best["loss"], "averaged": best["averaged"]}
+    kept = load_trained(full, best=True)
+    assert kept.step == best["step"]
+    assert evaluate_data(kept, lm.derived["dataset"], split="val")["loss"] == pytest.approx(best["loss"], rel=1e-6)
 
     split = str(tmp_path / "split")
     train(tiny_config(corpus, **{**NTASGD, "train.steps": 2}), split)

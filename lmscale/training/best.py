@@ -1,0 +1,83 @@
+"""The best weights of a run: those that scored the lowest validation loss so far.
+
+With ``checkpoint.keep_best`` the loop offers the weights it validated (NT-ASGD: the
+averaged ones) after every validation pass; a new lowest loss saves them, parameters only, in
+``WORKDIR/best/<step>/`` (an orbax CheckpointManager keeping one: written to a temporary
+folder and renamed, so a crash leaves the previous best) and records ``WORKDIR/best.json``
+(``step``, ``loss``, ``averaged``). awd-lstm-lm keeps the same model (``model_save`` on a new
+best validation loss) and scores the test set with it; here ``lmscale.eval --best`` does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+BEST_DIR = "best"
+BEST_JSON = "best.json"
+
+
+def read_best(workdir: str) -> dict[str, Any] | None:
+    """``best.json`` of a run (None if it kept no best weights)."""
+    path = os.path.join(workdir, BEST_JSON)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+class BestKeeper:
+    """Saves the parameters offered with a lower validation loss than any before."""
+
+    def __init__(self, workdir: str, enabled: bool) -> None:
+        self.workdir, self.enabled = os.path.abspath(workdir), bool(enabled)
+        self.manager = None
+        record = read_best(workdir) if enabled else None
+        self.loss = float(record["loss"]) if record else math.inf
+        if enabled:
+            options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
+                                                   enable_async_checkpointing=False)
+            self.manager = ocp.CheckpointManager(os.path.join(self.workdir, BEST_DIR), options=options,
+                                                 item_names=("params",))
+
+    def offer(self, step: int, loss: float, params: Any, averaged: bool) -> bool:
+        """Keeps ``params`` if ``loss`` is the lowest yet; True when it did."""
+        if not self.enabled or not loss < self.loss:
+            return False
+        if step not in self.manager.all_steps():
+            self.manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)),
+                              force=True)
+            self.manager.wait_until_finished()
+        self.loss = float(loss)
+        if jax.process_index() == 0:
+            path = os.path.join(self.workdir, BEST_JSON)
+            tmp = f"{path}.tmp-{os.getpid()}"
+            with open(tmp, "w") as f:
+                json.dump({"step": int(step), "loss": float(loss), "averaged": bool(averaged)}, f)
+            os.replace(tmp, path)
+        return True
+
+    def close(self) -> None:
+        if self.manager is not None:
+            self.manager.close()
+
+
+def restore_best_params(workdir: str, like: Any, sharding: jax.sharding.Sharding) -> tuple[Any, int]:
+    """The parameters in ``WORKDIR/best/`` and their step; FileNotFoundError if none."""
+    record = read_best(workdir)
+    if record is None:
+        raise FileNotFoundError(f"{workdir} kept no best weights ({BEST_JSON} is missing; train "
+                                f"with --config.checkpoint.keep_best=true)")
+    step = int(record["step"])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), like)
+    restored = ocp.PyTreeCheckpointer().restore(
+        os.path.join(workdir, BEST_DIR, str(step), "params"),
+        args=ocp.args.PyTreeRestore(item=abstract,
+                                    restore_args=jax.tree.map(
+                                        lambda _: ocp.ArrayRestoreArgs(sharding=sharding), like)))
+    return restored, step
