@@ -61,6 +61,9 @@ def main() -> None:
                         "with the mLSTM (default: all)")
     parser.add_argument("--base_steps", type=int, default=600,
                         help="steps of the mLSTM quickstart, which sets the CPU budget")
+    parser.add_argument("--budget_cpu_s", type=float, default=0.0,
+                        help="> 0: use this CPU budget (e.g. an earlier mLSTM run's, from "
+                        "benchmarks/results.jsonl) instead of running the mLSTM")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     names = list(RUNS)
@@ -69,9 +72,12 @@ def main() -> None:
         if unknown:
             raise SystemExit(f"--runs: unknown {unknown}; expected names from {names}")
         names = [names[0]] + [n for n in args.runs.split(",") if n != names[0]]
-    results = {names[0]: run(RUNS[names[0]], os.path.join(args.out, "mlstm"), args.base_steps,
-                             args.text)}
-    budget = results[names[0]]["cpu_s"]
+    if args.budget_cpu_s > 0:
+        results, budget = {}, args.budget_cpu_s
+    else:
+        results = {names[0]: run(RUNS[names[0]], os.path.join(args.out, "mlstm"), args.base_steps,
+                                 args.text)}
+        budget = results[names[0]]["cpu_s"]
     for i, name in enumerate(names[1:]):
         # Two probes separate the fixed cost (data preparation, tokenizer training, compiles,
         # the final validation) from the cost per step; the run gets the same total CPU time.

@@ -118,7 +118,7 @@ def compile_step(config: ml_collections.ConfigDict, vocab_size: int = BYTE_VOCAB
     lr = scaled_lr(config.optim, config.train.batch_size)
     decay = max(config.optim.decay_steps or config.train.steps, config.optim.warmup_steps + 1)
     setup = build_train_setup(config, vocab_size, decay_steps=decay, lr=lr)
-    step, shardings = jit_train_step(setup, mesh, config.model.dropout > 0)
+    step, shardings = jit_train_step(setup, mesh)  # dropout as the model config says
     state = jax.device_put(setup.state, shardings)
     rows = mesh_lib.batch_sharded(mesh)
     host = random_batch(config.train.batch_size, step_width(config.train), vocab_size,
