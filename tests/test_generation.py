@@ -70,3 +70,15 @@ def test_bad_generation_requests():
         generate(lm, "", 5)
     with pytest.raises(DataError, match="outside the last layer's 16 units"):
         generate(lm, "a", 5, neuron=16)
+
+
+def test_continuation_keeps_word_spaces():
+    from lmscale.data.tokenizer import ByteTokenizer
+    from lmscale.data.words import SPECIALS, WordTokenizer
+    from lmscale.generation import _continuation
+    words = WordTokenizer([*SPECIALS, "the", "film", "is", "good"], unk_bytes=3)
+    prompt = words.encode("the film")
+    new = words.encode("is good")
+    assert "the film" + _continuation(words, prompt, new) == "the film is good"
+    b = ByteTokenizer.sentiment_discovery()
+    assert "caf" + _continuation(b, b.encode("caf"), b.encode("é au lait")) == "café au lait"
