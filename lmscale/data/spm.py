@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from lmscale.data.errors import DataError
-from lmscale.data.tokenizer import smallest_uint_dtype
+from lmscale.data.tokenizer import smallest_uint_dtype, write_file_once
 
 MODEL_FILE = "tokenizer.model"
 MODEL_TYPES = ("bpe", "unigram")
@@ -199,16 +199,7 @@ class SentencePieceTokenizer:
 
     def save(self, directory: str) -> None:
         """Writes ``directory/tokenizer.model`` (atomically; kept if already identical)."""
-        path = os.path.join(directory, MODEL_FILE)
-        if os.path.isfile(path):
-            with open(path, "rb") as f:
-                if f.read() == self.model_proto:
-                    return
-        os.makedirs(directory, exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as f:
-            f.write(self.model_proto)
-        os.replace(tmp, path)
+        write_file_once(os.path.join(directory, MODEL_FILE), self.model_proto)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, SentencePieceTokenizer) and other.sha256 == self.sha256

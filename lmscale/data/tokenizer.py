@@ -21,12 +21,27 @@ Words: ``lmscale.data.words.WordTokenizer`` (0 padding, 1 ``<unk>``, 2 ``<eos>``
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from lmscale.data.errors import DataError
+
+
+def write_file_once(path: str, payload: bytes) -> None:
+    """Writes ``payload`` to ``path`` atomically (a temporary file renamed), unless the file
+    already holds exactly it: how a tokenizer's model/vocabulary file is saved with a run."""
+    if os.path.isfile(path):
+        with open(path, "rb") as f:
+            if f.read() == payload:
+                return
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(payload)
+    os.replace(tmp, path)
 
 
 def smallest_uint_dtype(vocab_size: int) -> type:

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from lmscale.data.errors import DataError
-from lmscale.data.tokenizer import smallest_uint_dtype
+from lmscale.data.tokenizer import smallest_uint_dtype, write_file_once
 
 VOCAB_FILE = "vocab.json"
 PAD, UNK, EOS = "<pad>", "<unk>", "<eos>"
@@ -179,16 +179,7 @@ class WordTokenizer:
 
     def save(self, directory: str) -> None:
         """Writes ``directory/vocab.json`` (atomically; kept if already identical)."""
-        path = os.path.join(directory, VOCAB_FILE)
-        if os.path.isfile(path):
-            with open(path, "rb") as f:
-                if f.read() == self.payload:
-                    return
-        os.makedirs(directory, exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as f:
-            f.write(self.payload)
-        os.replace(tmp, path)
+        write_file_once(os.path.join(directory, VOCAB_FILE), self.payload)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, WordTokenizer) and other.sha256 == self.sha256
