@@ -206,6 +206,7 @@ def test_train_step_adds_ar_tar_to_the_training_loss_only():
     assert abs(norm(grads) - norm(plain)) > 1e-3 * norm(plain)  # the penalty did count
 
 
+@pytest.mark.slow
 def test_all_regularizers_train_identically_on_eight_devices_and_one():
     """QRNN and AWD-LSTM, every regularizer on: 3 steps on 8 fake devices = on 1 (per-step
     masks from the step key, per-row masks from the global row, the penalty's global mean)."""
