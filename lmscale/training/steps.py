@@ -111,7 +111,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
             segment, j = segment_and_index
             grads, (seg_carry, nats, count) = segment_grads(
                 local_params, seg_carry, segment, jax.random.fold_in(key, j), scale,
-                global_targets, penalty_weight=1.0 / k_accum)
+                global_targets, penalty_weight=1.0 / k_accum, count_weights=batch["weights"])
             grads_sum = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grads_sum, grads)
             return (grads_sum, jax.lax.stop_gradient(seg_carry), nats_sum + nats,
                     count_sum + count, bytes_sum + _bytes(segment, count, byte_lengths)), None
@@ -121,9 +121,13 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
         return grads, new_carry, nats, count, num_bytes
 
     def segment_grads(local_params: Any, carry: Any, batch: Batch, key: jax.Array,
-                      scale: jax.Array, global_targets: int, penalty_weight: float = 1.0
+                      scale: jax.Array, global_targets: int, penalty_weight: float = 1.0,
+                      count_weights: jax.Array | None = None
                       ) -> tuple[Any, tuple[Any, jax.Array, jax.Array]]:
-        """Gradients of one segment's summed loss (scaled; see loss_fn), local to the device."""
+        """Gradients of one segment's summed loss (scaled; see loss_fn), local to the device.
+
+        ``count_weights``: the weights of the whole step's batch (all segments), whose global
+        sum is the count the final correction divides by (default: this batch's)."""
         rows = batch["targets"].shape[0]
         row_keys = step_key = None
         if dropout:
@@ -143,8 +147,9 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                 # The mean penalty over the global batch's rows, pre-multiplied by
                 # count/global_targets so that the correction below (global_targets/count)
                 # leaves it unscaled: d(mean NLL + mean penalty). Costs one scalar psum.
+                weights = batch["weights"] if count_weights is None else count_weights
                 global_count = jnp.maximum(
-                    jax.lax.psum(jnp.sum(batch["weights"].astype(jnp.float32)), DATA_AXIS), 1.0)
+                    jax.lax.psum(jnp.sum(weights.astype(jnp.float32)), DATA_AXIS), 1.0)
                 global_rows = rows * jax.lax.axis_size(DATA_AXIS)
                 loss = loss + (penalty_weight * jnp.sum(penalty) / global_rows) * (
                     jax.lax.stop_gradient(global_count) * scale / global_targets)

@@ -164,9 +164,11 @@ def _awd_config(kind: str, **kw) -> ml_collections.ConfigDict:
     return c
 
 
-def test_train_step_adds_ar_tar_to_the_training_loss_only():
+@pytest.mark.parametrize("k", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_train_step_adds_ar_tar_to_the_training_loss_only(k):
     """Logged loss = mean NLL over counted targets; the update's gradient = d(mean NLL + mean
-    penalty) with the same keys (checked through grad_norm)."""
+    penalty) with the same keys (checked through grad_norm). k = 2: gradient accumulation over
+    two segments of the batch (the penalty: the mean of the segments')."""
     from lmscale.models.registry import training_forward
     from lmscale.training import mesh as mesh_lib
     from lmscale.training.loss import cross_entropy_sums
@@ -186,16 +188,25 @@ def test_train_step_adds_ar_tar_to_the_training_loss_only():
              "targets": rng.integers(0, V, (B, T)).astype(np.int32),
              "weights": weights, "resets": resets}
     step = jax.jit(make_train_step(graphdef, tx, schedule, mesh_lib.make_mesh(jax.devices()[:1]),
-                                   dropout=True))
+                                   dropout=True, grad_accum_steps=k))
     _, metrics = step(state, batch)
     key = jax.random.fold_in(state.rng, state.step)
-    keys = dict(dropout_key=row_dropout_keys(key, jnp.asarray(0), B), step_key=step_dropout_key(key))
+    width = T // k
 
     def reference(params, with_penalty):
-        logits, _, penalty = training_forward(nnx.merge(graphdef, params), batch["inputs"],
-                                              state.carry, batch["resets"], **keys)
-        nats, count = cross_entropy_sums(logits, batch["targets"], batch["weights"])
-        return nats / count + (jnp.mean(penalty) if with_penalty else 0.0), nats / count
+        model = nnx.merge(graphdef, params)
+        nats_sum, penalty_sum, carry = 0.0, 0.0, state.carry
+        for j in range(k):
+            seg = slice(j * width, (j + 1) * width)
+            kj = key if k == 1 else jax.random.fold_in(key, j)
+            logits, carry, penalty = training_forward(
+                model, batch["inputs"][:, seg], carry, batch["resets"][:, seg],
+                dropout_key=row_dropout_keys(kj, jnp.asarray(0), B), step_key=step_dropout_key(kj))
+            carry = jax.lax.stop_gradient(carry)
+            nats, _ = cross_entropy_sums(logits, batch["targets"][:, seg], batch["weights"][:, seg])
+            nats_sum, penalty_sum = nats_sum + nats, penalty_sum + jnp.mean(penalty)
+        nll = nats_sum / weights.sum()
+        return nll + (penalty_sum / k if with_penalty else 0.0), nll
 
     both = jax.jit(lambda p: (jax.value_and_grad(lambda q: reference(q, True), has_aux=True)(p),
                               jax.grad(lambda q: reference(q, False)[0])(p)))
