@@ -40,8 +40,8 @@ def claim(workdir: str, base_config: dict[str, Any], sweep: Sweep, config_file: 
             diff = sorted(set(old) ^ set(new)) or [n for n in new if old[n] != new[n]]
             raise SweepError(f"{workdir} holds a different sweep ({saved.get('sweep_file')}, "
                              f"{len(old)} points): points differ, e.g. {diff[0]}; use another --workdir")
-        if saved.get("base_config") != identity["base_config"]:
-            keys = _diff_keys(saved.get("base_config", {}), identity["base_config"])
+        keys = _diff_keys(saved.get("base_config", {}), identity["base_config"], _defaults())
+        if keys:
             raise SweepError(f"{workdir} holds a different sweep: its base config differs in "
                              f"{', '.join(keys[:3])}; use another --workdir")
         return
@@ -53,12 +53,28 @@ def claim(workdir: str, base_config: dict[str, Any], sweep: Sweep, config_file: 
     _write_json(path, record)
 
 
-def _diff_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+_MISSING = object()
+
+
+def _defaults() -> dict[str, Any]:
+    from lmscale.config import default_config
+    return _normal(default_config().to_dict())
+
+
+def _diff_keys(a: dict[str, Any], b: dict[str, Any], defaults: dict[str, Any], prefix: str = "") -> list[str]:
+    """Fields whose values differ; a field only one side has (added to lmscale since the
+    sweep began, or removed) counts only if it is not at its default."""
     keys = []
     for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k), b.get(k)
+        va, vb, vd = a.get(k, _MISSING), b.get(k, _MISSING), defaults.get(k, _MISSING)
+        if va is _MISSING or vb is _MISSING:
+            present = vb if va is _MISSING else va
+            if present == vd or (isinstance(present, dict) and isinstance(vd, dict)
+                                 and not _diff_keys(present, vd, vd)):
+                continue
+            va, vb = (None if va is _MISSING else va), (None if vb is _MISSING else vb)
         if isinstance(va, dict) and isinstance(vb, dict):
-            keys += _diff_keys(va, vb, f"{prefix}{k}.")
+            keys += _diff_keys(va, vb, vd if isinstance(vd, dict) else {}, f"{prefix}{k}.")
         elif va != vb:
             keys.append(f"{prefix}{k} ({va!r} there, {vb!r} here)")
     return keys

@@ -55,3 +55,18 @@ def test_budget_needs_a_rule(tiny):
     path = write_sweep(tiny / "nobudget.py", "def get_sweep():\n    return {'grid': {'seed': [0, 1]}}\n")
     with pytest.raises(SweepError, match="no CPU-budget rule"):
         load_sweep_spec(path, cpu_budget_minutes=10)
+
+
+def test_sweep_folder_identity_survives_new_default_fields(tmp_path):
+    from lmscale.config import default_config
+    from lmscale.sweeps.grid import Point, Sweep
+    from lmscale.sweeps.workdir import claim
+    sweep = Sweep(["seed"], {"seed": [0]}, [Point("seed-0", {"seed": 0}, {"seed": 0})])
+    base = default_config().to_dict()
+    older = {k: v for k, v in base.items() if k != "precision"}  # as written before a field existed
+    older["train"] = {k: v for k, v in base["train"].items() if k != "log_every"}
+    claim(str(tmp_path), older, sweep, "c.py", "s.py")
+    claim(str(tmp_path), base, sweep, "c.py", "s.py")  # new fields at their defaults: the same sweep
+    changed = {**base, "train": {**base["train"], "log_every": 7}}
+    with pytest.raises(SweepError, match=r"holds a different sweep: its base config differs in train.log_every"):
+        claim(str(tmp_path), changed, sweep, "c.py", "s.py")
