@@ -2,7 +2,8 @@
 
 ``build_model`` makes the module of ``config.model.kind``; ``flops_per_token`` counts its
 forward matmul FLOPs (a training step, forward + backward, costs about 3x that). Kinds:
-"mlstm" and "lstm" (:class:`RecurrentLM`); a family registers itself when its file is imported.
+"mlstm", "lstm" and "qrnn" (:class:`RecurrentLM`, with the AWD-LSTM regularizers) and
+"transformer"; a family registers itself when its file is imported.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from lmscale.models import lm as _recurrent_kinds  # noqa: F401  (registers mlstm, lstm)
+from lmscale.models import lm as _recurrent_kinds  # noqa: F401  (registers mlstm, lstm, qrnn)
 from lmscale.models.lm import RecurrentLM
 from lmscale.models import transformer as _transformer_kind  # noqa: F401  (registers transformer)
 from lmscale.models.transformer import TransformerLM
+from lmscale.models.qrnn import QRNNLayer, qrnn_scan
 from lmscale.models.recurrent import LSTMLayer, MLSTMLayer, lstm_scan, mlstm_scan
 from lmscale.models.registry import (ModelKind, architecture, build_model, flops_per_token,
                                      get_kind, model_kinds, register, uses_dropout)
@@ -27,6 +29,6 @@ def count_params(model: nnx.Module) -> int:
     return int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
 
 
-__all__ = ["MODEL_KINDS", "ModelKind", "RecurrentLM", "TransformerLM", "MLSTMLayer", "LSTMLayer", "mlstm_scan",
+__all__ = ["MODEL_KINDS", "ModelKind", "RecurrentLM", "TransformerLM", "MLSTMLayer", "LSTMLayer", "QRNNLayer", "mlstm_scan", "qrnn_scan",
            "lstm_scan", "WeightNormMatrix", "Matrix", "weight_norm", "build_model", "count_params",
            "flops_per_token", "get_kind", "model_kinds", "register", "architecture", "uses_dropout"]
