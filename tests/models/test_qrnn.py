@@ -191,3 +191,24 @@ def test_awd_and_qrnn_configs_validate(name):
     if not name.endswith("_cpu"):  # the full recipes tie (the CPU variants do not)
         assert config.model.tie_embeddings and sizes[-1] == config.model.embed
     assert flops_per_token(config.model, 257) > 0
+
+
+@pytest.mark.slow
+def test_qrnn_run_with_all_regularizers_resumes_bitwise(tmp_path):
+    """8 steps in one go = 4 steps, checkpoint, resume to 8 (the window-2 input and c carried
+    in the checkpoint; masks from the step and row)."""
+    from lmscale.training.loop import train
+    from lmscale.training.metrics import read_metrics
+    from tests.conftest import tiny_config, write_corpus
+    corpus = write_corpus(tmp_path / "corpus")
+    o = {"model.kind": "qrnn", "model.layers": 2, "model.weight_norm": False,
+         "model.input_dropout": 0.1, "model.hidden_dropout": 0.1, "model.output_dropout": 0.1,
+         "model.weight_dropout": 0.2, "model.embed_dropout": 0.1, "model.ar_alpha": 1.0,
+         "model.tar_beta": 1.0, "model.qrnn_zoneout": 0.1, "train.steps": 8,
+         "optim.decay_steps": 8, "train.log_every": 1, "checkpoint.every": 4,
+         "train.eval_every": 4}
+    train(tiny_config(corpus, **o), str(tmp_path / "full"))
+    train(tiny_config(corpus, **{**o, "train.steps": 4}), str(tmp_path / "split"))
+    train(tiny_config(corpus, **o), str(tmp_path / "split"))
+    records = lambda d: [(r["step"], r["split"], r["loss"]) for r in read_metrics(str(tmp_path / d))]
+    assert len(records("full")) == 10 and records("split") == records("full")
