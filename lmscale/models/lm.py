@@ -74,7 +74,7 @@ class RecurrentLM(nnx.Module):
             raise ValueError(f"layers must be >= 1, got {layers}")
         rates = {"dropout": dropout, "embed_dropout": embed_dropout,
                  "input_dropout": input_dropout, "hidden_dropout": hidden_dropout,
-                 "output_dropout": output_dropout, "weight_drop": weight_drop,
+                 "output_dropout": output_dropout, "weight_dropout": weight_drop,
                  "qrnn_zoneout": qrnn_zoneout}
         for name, rate in rates.items():
             if not 0.0 <= rate < 1.0:
