@@ -15,6 +15,7 @@ benchmarks/README.md). --config.model.tie_embeddings=True gives awd's tying back
 import os
 
 from lmscale.config import config_from_file
+from lmscale.datasets import data_path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -22,7 +23,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def get_config():
     config = config_from_file(os.path.join(HERE, "awd_lstm_char.py"))
     config.unlock()
-    config.data.train = "../shared/data/tinyshakespeare/input.txt"  # from the repository root
+    config.data.train = data_path("tinyshakespeare", "input.txt")  # python -m lmscale.datasets fetch tinyshakespeare
     config.data.split = "98,1,1"
     config.data.shard_tokens = 2**27
     config.model.tie_embeddings = False  # see above

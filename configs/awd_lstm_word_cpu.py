@@ -2,8 +2,8 @@
 (tied weights, embedding / locked / weight dropout, AR/TAR, NT-ASGD with coupled L2,
 variable-length BPTT) scaled down to learn in a few minutes on 2 CPU cores.
 
-Data: ../shared/data/tinyshakespeare/input.txt (or `python -m lmscale.datasets fetch
-tinyshakespeare`), ~243k words with an <eos> per line; words seen fewer than 3 times in the
+Data: Tiny Shakespeare where `python -m lmscale.datasets fetch tinyshakespeare` puts it
+(`$LMSCALE_DATA/tinyshakespeare/input.txt`, default ~/.cache/lmscale), ~243k words with an <eos> per line; words seen fewer than 3 times in the
 training split are <unk> (~7k ids). Measured numbers: benchmarks/README.md.
 
     python -m lmscale.train --config=configs/awd_lstm_word_cpu.py --workdir=runs/awd_word_cpu
@@ -12,6 +12,7 @@ training split are <unk> (~7k ids). Measured numbers: benchmarks/README.md.
 import os
 
 from lmscale.config import config_from_file
+from lmscale.datasets import data_path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -20,7 +21,7 @@ def get_config():
     config = config_from_file(os.path.join(HERE, "awd_lstm_word.py"))
     config.unlock()
     config.seed = 0
-    config.data.train = "../shared/data/tinyshakespeare/input.txt"  # from the repository root
+    config.data.train = data_path("tinyshakespeare", "input.txt")  # python -m lmscale.datasets fetch tinyshakespeare
     config.data.val = config.data.test = ""  # cut from the one file instead:
     config.data.split = "18,1,1"  # 20 shards of ~12k words: ~12k validation words
     config.data.word_min_count = 3
