@@ -37,9 +37,8 @@ def claim(workdir: str, base_config: dict[str, Any], sweep: Sweep, config_file: 
         if saved.get("points") != identity["points"]:
             old = {p["name"]: p for p in saved.get("points", [])}
             new = {p["name"]: p for p in identity["points"]}
-            diff = sorted(set(old) ^ set(new)) or [n for n in new if old[n] != new[n]]
             raise SweepError(f"{workdir} holds a different sweep ({saved.get('sweep_file')}, "
-                             f"{len(old)} points): points differ, e.g. {diff[0]}; use another --workdir")
+                             f"{len(old)} points): {_point_difference(old, new)}; use another --workdir")
         keys = _diff_keys(saved.get("base_config", {}), identity["base_config"], _defaults())
         if keys:
             raise SweepError(f"{workdir} holds a different sweep: its base config differs in "
@@ -51,6 +50,21 @@ def claim(workdir: str, base_config: dict[str, Any], sweep: Sweep, config_file: 
     record = {"config_file": config_file, "sweep_file": sweep_file, "axes": sweep.axes,
               "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **identity}
     _write_json(path, record)
+
+
+def _point_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """The first difference between two sweeps' points, in words."""
+    only_new, only_old = sorted(set(new) - set(old)), sorted(set(old) - set(new))
+    if only_new:
+        return f"point {only_new[0]} is not in it"
+    if only_old:
+        return f"its point {only_old[0]} is not in this one"
+    for name in new:
+        a, b = old[name]["overrides"], new[name]["overrides"]
+        for field in sorted(set(a) | set(b)):
+            if a.get(field) != b.get(field):
+                return f"point {name} sets {field}={a.get(field)!r} there, {b.get(field)!r} here"
+    return "the order of its points differs"
 
 
 _MISSING = object()
