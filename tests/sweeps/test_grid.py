@@ -70,3 +70,14 @@ def test_sweep_folder_identity_survives_new_default_fields(tmp_path):
     changed = {**base, "train": {**base["train"], "log_every": 7}}
     with pytest.raises(SweepError, match=r"holds a different sweep: its base config differs in train.log_every"):
         claim(str(tmp_path), changed, sweep, "c.py", "s.py")
+
+
+def test_parallel_points_get_disjoint_gpu_groups(monkeypatch):
+    from lmscale.sweeps.runner import device_groups
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3,4")
+    assert device_groups(2) == [{"CUDA_VISIBLE_DEVICES": "0,1,2"}, {"CUDA_VISIBLE_DEVICES": "3,4"}]
+    assert device_groups(1) == [{}]  # one process sees every device
+    with pytest.raises(SweepError, match="--parallel=8 needs at least 8 GPUs; 5 are visible"):
+        device_groups(8)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert device_groups(3) == [{}, {}, {}]  # CPU: each point is just a process
