@@ -9,8 +9,9 @@ are the paper's. configs/sweeps/lr_rules.py sets the batch, the rule, the cap an
 """
 
 from lmscale.config import default_config
+from lmscale.datasets import data_path
 
-TINYSHAKESPEARE = "../shared/data/tinyshakespeare/input.txt"
+TINYSHAKESPEARE = data_path("tinyshakespeare", "input.txt")  # python -m lmscale.datasets fetch tinyshakespeare
 
 
 def get_config():

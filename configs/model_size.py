@@ -11,8 +11,9 @@ text from zeros), so the final models go straight into SST sentiment transfer.
 """
 
 from lmscale.config import default_config
+from lmscale.datasets import data_path
 
-SST = "../shared/data/sst_binary"  # python -m lmscale.datasets fetch sst_binary (override data.train)
+SST = data_path("sst_binary")  # python -m lmscale.datasets fetch sst_binary (override data.train)
 
 
 def get_config():
