@@ -9,6 +9,7 @@ never sampled. The whole prompt-then-sample loop is one jitted ``lax.scan``.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -39,8 +40,11 @@ def filter_logits(logits: jax.Array, *, temperature: float, top_k: int, top_p: f
     return jax.nn.log_softmax(logits, axis=-1)
 
 
+@functools.lru_cache(maxsize=32)
 def _sampler(graphdef: nnx.GraphDef, length: int, temperature: float, top_k: int, top_p: float,
              neuron: int | None, value: float, state: str, banned: int | None) -> Callable:
+    """The jitted prompt-then-sample program; cached, so that generating again with the same
+    model and settings reuses the compiled program (jit caches per function object)."""
     def run(params: Any, prompt: jax.Array, key: jax.Array) -> jax.Array:
         model = nnx.merge(graphdef, params)
         batch = prompt.shape[0]

@@ -82,3 +82,25 @@ def test_continuation_keeps_word_spaces():
     assert "the film" + _continuation(words, prompt, new) == "the film is good"
     b = ByteTokenizer.sentiment_discovery()
     assert "caf" + _continuation(b, b.encode("caf"), b.encode("é au lait")) == "café au lait"
+
+
+def test_generating_and_featurizing_again_compiles_nothing():
+    """The jitted programs are cached per model and settings (not rebuilt per call), so a
+    second call with the same shapes reuses them: no trace, no XLA compile."""
+    import jax.monitoring
+    from lmscale.transfer.featurize import featurize, unit_trace
+    events: list[str] = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda name, _duration, **_: events.append(name))
+    lm = random_lm(hidden=16)
+    texts = ["a short text", "and another, longer one"]
+    first = (generate(lm, "The", 12, temperature=0.5, seed=0), featurize(lm, texts),
+             unit_trace(lm, texts[0], 3))
+    events.clear()
+    again = (generate(lm, "The", 12, temperature=0.5, seed=0), featurize(lm, texts),
+             unit_trace(lm, texts[0], 3))
+    compiles = [e for e in events if e.endswith("backend_compile_duration")]
+    assert compiles == [] and not [e for e in events if "trace" in e]
+    assert first[0] == again[0]
+    np.testing.assert_array_equal(first[1], again[1])
+    np.testing.assert_array_equal(first[2], again[2])

@@ -18,6 +18,7 @@ output then still sees the most context). Its feature is the final layer's outpu
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -56,8 +57,12 @@ def encode_texts(lm: TrainedLM, texts: Sequence[str]) -> list[np.ndarray]:
     return ids
 
 
+@functools.lru_cache(maxsize=32)
 def _pool_chunk_fn(graphdef: nnx.GraphDef, state: str, pooling: str, all_layers: bool) -> Callable:
-    """jit(params, carry, acc [L, B, H], tokens [B, t], lengths [B], offset) -> (carry, acc)."""
+    """jit(params, carry, acc [L, B, H], tokens [B, t], lengths [B], offset) -> (carry, acc).
+
+    Cached per (model, options): featurizing again (more texts, another split) reuses the
+    compiled chunks instead of tracing and compiling a new function."""
 
     def fn(params: Any, carry: Any, acc: jax.Array, tokens: jax.Array, lengths: jax.Array,
            offset: jax.Array) -> tuple[Any, jax.Array]:
@@ -148,6 +153,12 @@ def featurize(lm: TrainedLM, texts: Sequence[str], *, state: str | None = None,
     return out
 
 
+@functools.lru_cache(maxsize=32)
+def _features_fn(graphdef: nnx.GraphDef, state: str) -> Callable:
+    """jit(params, tokens [1, T]) -> that state of every layer [L, 1, T, F]; cached per model."""
+    return jax.jit(lambda p, t: nnx.merge(graphdef, p).features(t, None)[state])
+
+
 def unit_trace(lm: TrainedLM, text: str, unit: int, *, state: str | None = None, layer: int = -1
                ) -> np.ndarray:
     """The value of one unit after each UTF-8 byte of the preprocessed ``text``
@@ -156,8 +167,7 @@ def unit_trace(lm: TrainedLM, text: str, unit: int, *, state: str | None = None,
     state = feature_state(lm, state)
     (full,) = encode_texts(lm, [text])
     (ids,) = _fit_length(lm, [full])
-    out = jax.jit(lambda p, t: nnx.merge(lm.graphdef, p).features(t, None)[state])(
-        lm.params, jnp.asarray(ids[None, :], jnp.int32))
+    out = _features_fn(lm.graphdef, state)(lm.params, jnp.asarray(ids[None, :], jnp.int32))
     per_token = np.asarray(out[layer, 0, :, unit], np.float32)
     lengths = lm.tokenizer.byte_lengths()
     unread = int(lengths[full[:len(full) - len(ids)]].sum())
