@@ -27,6 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from lmscale.atomic import atomic_write
 from lmscale.data.errors import DataError
 
 
@@ -38,10 +39,8 @@ def write_file_once(path: str, payload: bytes) -> None:
             if f.read() == payload:
                 return
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
+    with atomic_write(path, "wb") as f:
         f.write(payload)
-    os.replace(tmp, path)
 
 
 def smallest_uint_dtype(vocab_size: int) -> type:

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from lmscale.atomic import atomic_write, write_json
 from lmscale.config import load_config
 from lmscale.data.tokenizer import tokenizer_from_dict
 from lmscale.finetuning.data import encode
@@ -130,15 +131,12 @@ def save_transfer_classifier(folder: str, coef: np.ndarray, intercept: np.ndarra
     (classifier.npz: coef [K, F], intercept [K], mean [F], scale [F]; K = 1 for a binary task,
     one row per label for multi-label) + classifier.json (classes, and for multi-label
     ``"multilabel": true`` and the tuned ``thresholds``)."""
-    tmp = os.path.join(folder, f"classifier.tmp-{os.getpid()}.npz")
-    np.savez(tmp, coef=np.asarray(coef, np.float64), intercept=np.asarray(intercept, np.float64),
-             mean=scaler.mean_.astype(np.float64), scale=scaler.scale_.astype(np.float64))
-    os.replace(tmp, os.path.join(folder, "classifier.npz"))
+    with atomic_write(os.path.join(folder, "classifier.npz"), "wb") as f:
+        np.savez(f, coef=np.asarray(coef, np.float64), intercept=np.asarray(intercept, np.float64),
+                 mean=scaler.mean_.astype(np.float64), scale=scaler.scale_.astype(np.float64))
     record = {"kind": "transfer_logistic_regression",
               "classes": [c if isinstance(c, str) else int(c) for c in classes], **info}
-    with open(os.path.join(folder, "classifier.json.tmp"), "w") as f:
-        json.dump(record, f, indent=2)
-    os.replace(os.path.join(folder, "classifier.json.tmp"), os.path.join(folder, "classifier.json"))
+    write_json(os.path.join(folder, "classifier.json"), record, indent=2)
 
 
 def load_classifier(path: str, batch_size: int = 64) -> LoadedClassifier:

@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from lmscale.atomic import write_json
 from lmscale.config import ConfigError, load_config, save_config, scaled_lr
 from lmscale.data.errors import DataError
 from lmscale.finetuning.data import Encoded, TrainBatches, check_labels, class_weights_from, encode
@@ -294,10 +295,7 @@ def _final_results(workdir: str, params: Any, predict_fn: Any, enc: dict[str, En
 
 
 def _write_json(path: str, record: dict[str, Any]) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=2)
-    os.replace(tmp, path)
+    write_json(path, record, indent=2)
 
 
 def _truncate_metrics(path: str, after_step: int) -> None:

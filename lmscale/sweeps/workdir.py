@@ -14,6 +14,7 @@ import os
 import time
 from typing import Any
 
+from lmscale.atomic import write_json
 from lmscale.sweeps.grid import Sweep, SweepError
 
 IDENTITY_FILE = "sweep.json"
@@ -143,7 +144,4 @@ def is_finished(point_dir: str) -> bool:
 
 
 def _write_json(path: str, obj: Any) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, default=str)
-    os.replace(tmp, path)
+    write_json(path, obj, indent=1, default=str)

@@ -18,6 +18,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from lmscale.atomic import write_json
+
 BEST_DIR = "best"
 BEST_JSON = "best.json"
 
@@ -55,11 +57,8 @@ class BestKeeper:
             self.manager.wait_until_finished()
         self.loss = float(loss)
         if jax.process_index() == 0:
-            path = os.path.join(self.workdir, BEST_JSON)
-            tmp = f"{path}.tmp-{os.getpid()}"
-            with open(tmp, "w") as f:
-                json.dump({"step": int(step), "loss": float(loss), "averaged": bool(averaged)}, f)
-            os.replace(tmp, path)
+            write_json(os.path.join(self.workdir, BEST_JSON),
+                       {"step": int(step), "loss": float(loss), "averaged": bool(averaged)})
         return True
 
     def close(self) -> None:

@@ -7,7 +7,6 @@ logistic regression per label with a tuned threshold (transfer/multilabel.py), s
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any, Sequence
@@ -15,13 +14,15 @@ from typing import Any, Sequence
 import numpy as np
 from sklearn.preprocessing import StandardScaler
 
+from lmscale.atomic import write_json
+from lmscale.finetuning.classifier import save_transfer_classifier
+from lmscale.finetuning.data import check_labels
 from lmscale.training.restore import TrainedLM, load_trained
 from lmscale.transfer import plots
 from lmscale.transfer.baseline import ngram_features
 from lmscale.transfer.classify import C_GRID, fit_l1, neuron_summary, top_k_sweep
 from lmscale.transfer.featurize import (cached_featurize, feature_state, preprocess_texts,
                                        unit_trace)
-from lmscale.finetuning.data import check_labels
 from lmscale.transfer.labeled import Labeled, load_labeled, require_binary
 from lmscale.transfer.multilabel import fit_l1_multilabel
 
@@ -67,7 +68,6 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
     raw_feats = feats
     feats = {name: scaler.transform(f).astype(np.float32) for name, f in feats.items()}
     x_test = feats.get("test")
-    from lmscale.finetuning.classifier import save_transfer_classifier
     info = {"lm_workdir": os.path.abspath(workdir), "lm_step": lm.step, "state": state,
             "pooling": pooling, "all_layers": all_layers}
     if multilabel:
@@ -111,7 +111,6 @@ def _multilabel(lm: TrainedLM, workdir: str, splits: dict[str, Labeled],
                 info: dict[str, Any], output: str, baseline: str, Cs: Sequence[float], seed: int,
                 feat_s: float) -> dict[str, Any]:
     """The multi-label transfer: per-label L1 models and thresholds, the n-gram baseline."""
-    from lmscale.finetuning.classifier import save_transfer_classifier
     from lmscale.finetuning.metrics import format_table
     names = splits["train"].label_names
     fit = fit_l1_multilabel(feats["train"], y["train"], feats["val"], y["val"], feats.get("test"),
@@ -151,10 +150,7 @@ def _featurization(splits: dict[str, Labeled], seconds: float) -> dict[str, Any]
 
 
 def _write_results(output: str, results: dict[str, Any]) -> None:
-    tmp = os.path.join(output, f"results.json.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(tmp, os.path.join(output, "results.json"))
+    write_json(os.path.join(output, "results.json"), results, indent=2)
 
 
 def _plots(lm: TrainedLM, splits: dict[str, Labeled], feats: dict[str, np.ndarray], fit: Any,

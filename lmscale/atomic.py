@@ -1,0 +1,34 @@
+"""Atomic file writes: a reader (or a crash) never sees a half-written file.
+
+``atomic_write(path)`` opens a temporary file beside ``path`` and renames it over ``path``
+once the block succeeds; on an error the temporary file is removed and ``path`` keeps its
+previous content. Every record lmscale writes outside orbax (configs, results, thresholds,
+best/sweep status, classifiers, predictions, caches, tokenizer files) goes through it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from typing import IO, Any, Iterator
+
+
+@contextlib.contextmanager
+def atomic_write(path: str, mode: str = "w", **open_kwargs: Any) -> Iterator[IO]:
+    """``with atomic_write(path) as f: ...`` writes ``path`` all at once or not at all."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, mode, **open_kwargs) as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def write_json(path: str, obj: Any, **dump_kwargs: Any) -> None:
+    """``json.dump(obj, **dump_kwargs)`` to ``path``, atomically."""
+    with atomic_write(path) as f:
+        json.dump(obj, f, **dump_kwargs)
