@@ -85,13 +85,18 @@ class StreamBatcher:
             self._epoch_cache = (epoch, order, offsets)
         return self._epoch_cache[1], self._epoch_cache[2]
 
-    def batch(self, step: int, rows: tuple[int, int] | None = None) -> LMBatch:
-        """Rows ``rows = (start, stop)`` (default: all) of the global batch of ``step``."""
+    def checked_rows(self, step: int, rows: tuple[int, int] | None) -> tuple[int, int]:
+        """(start, stop) of ``rows`` (default: all), after checking ``step`` and ``rows``."""
         if int(step) != step or step < 0:
             raise DataError(f"step must be a non-negative integer, got {step!r}")
         start, stop = (0, self.batch_size) if rows is None else (int(rows[0]), int(rows[1]))
         if not 0 <= start <= stop <= self.batch_size:
             raise DataError(f"rows {rows!r} are outside the batch of {self.batch_size} rows")
+        return start, stop
+
+    def batch(self, step: int, rows: tuple[int, int] | None = None) -> LMBatch:
+        """Rows ``rows = (start, stop)`` (default: all) of the global batch of ``step``."""
+        start, stop = self.checked_rows(step, rows)
         epoch, k = divmod(int(step), self.steps_per_epoch)
         return self.read(epoch, k * self.seq_len, self.seq_len, (start, stop), epoch_start=k == 0)
 

@@ -103,11 +103,7 @@ class VariableBPTTBatcher(StreamBatcher):
         return int(self.epoch_plan(epoch)[1][k])
 
     def batch(self, step: int, rows: tuple[int, int] | None = None) -> LMBatch:
-        if int(step) != step or step < 0:
-            raise DataError(f"step must be a non-negative integer, got {step!r}")
-        start, stop = (0, self.batch_size) if rows is None else (int(rows[0]), int(rows[1]))
-        if not 0 <= start <= stop <= self.batch_size:
-            raise DataError(f"rows {rows!r} are outside the batch of {self.batch_size} rows")
+        start, stop = self.checked_rows(step, rows)
         epoch, k = self.locate(step)
         positions, lengths = self.epoch_plan(epoch)
         return self.read(epoch, int(positions[k]), int(lengths[k]), (start, stop), epoch_start=k == 0)
