@@ -106,13 +106,16 @@ def generate(lm: TrainedLM, prompt: str, length: int = 200, *, temperature: floa
                   float(neuron_value), neuron_state, lm.tokenizer.pad_id)
     tokens = np.asarray(fn(lm.params, jnp.asarray(np.tile(ids, (samples, 1))),
                            jax.random.PRNGKey(seed)))
-    return [prompt + _continuation(lm.tokenizer, ids, row) for row in tokens]
+    head = lm.tokenizer.decode(ids)
+    return [prompt + _continuation(lm.tokenizer, ids, row, head) for row in tokens]
 
 
-def _continuation(tokenizer: Any, prompt_ids: np.ndarray, new_ids: np.ndarray) -> str:
+def _continuation(tokenizer: Any, prompt_ids: np.ndarray, new_ids: np.ndarray,
+                  head: str | None = None) -> str:
     """The text the new tokens add after the prompt: decoded together with the prompt, so
     that words and word pieces get their separating space, then the prompt's own decoding
-    cut off (the new tokens alone if the prompt does not decode to a prefix)."""
-    head = tokenizer.decode(prompt_ids)
+    (``head``, decoded here if not given) cut off; the new tokens alone if the prompt does
+    not decode to a prefix."""
+    head = tokenizer.decode(prompt_ids) if head is None else head
     whole = tokenizer.decode(np.concatenate([prompt_ids, np.asarray(new_ids, prompt_ids.dtype)]))
     return whole[len(head):] if whole.startswith(head) else tokenizer.decode(new_ids)

@@ -192,8 +192,7 @@ def time_loop(config: ml_collections.ConfigDict, workdir: str, steps: int = 20) 
     train(run, workdir)
     [record] = [r for r in read_metrics(workdir) if r["split"] == "train" and r["step"] == 2 * steps]
     return {"steps": steps, "chars_per_s": record["chars_per_s"],
-            "tokens_per_s": record["tokens_per_s"], "step_s": 1.0 / record["steps_per_s"]
-            if "steps_per_s" in record else None}
+            "tokens_per_s": record["tokens_per_s"], "step_s": 1.0 / record["steps_per_s"]}
 
 
 def git_commit(path: str | None = None) -> str:
