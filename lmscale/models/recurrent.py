@@ -128,14 +128,14 @@ def mlstm_scan(xs: jax.Array, carry: Carry, w_x: jax.Array, w_mx: jax.Array, w_m
     """
     sdt = _state_dtype(dtype)
     x = xs.astype(dtype)
-    pre_x = jnp.einsum("tbi,ij->tbj", x, w_x.astype(dtype)) + b.astype(dtype)
-    pre_m = jnp.einsum("tbi,ij->tbj", x, w_mx.astype(dtype))
     opts = current_scan_options()
     if (grad or opts.grad) == "custom":
         st = recurrent_vjp.Static("mlstm", dtype, return_cells, opts.unroll)
         h0, c0 = (jnp.asarray(a, sdt) for a in carry)
-        return recurrent_vjp.recurrence(st, (pre_x, pre_m), w_mh, w_h, h0, c0,
+        return recurrent_vjp.recurrence(st, x, w_x, b, w_mx, w_mh, w_h, h0, c0,
                                         _keep_mask(resets, sdt))
+    pre_x = jnp.einsum("tbi,ij->tbj", x, w_x.astype(dtype)) + b.astype(dtype)
+    pre_m = jnp.einsum("tbi,ij->tbj", x, w_mx.astype(dtype))
     w_mh, w_h = w_mh.astype(dtype), w_h.astype(dtype)
 
     def gates(pre_t: tuple[jax.Array, ...], h: jax.Array) -> jax.Array:
@@ -155,12 +155,13 @@ def lstm_scan(xs: jax.Array, carry: Carry, w_x: jax.Array, w_h: jax.Array, b: ja
     resets bool [T, B] or None. Returns as :func:`mlstm_scan`.
     """
     sdt = _state_dtype(dtype)
-    pre_x = jnp.einsum("tbi,ij->tbj", xs.astype(dtype), w_x.astype(dtype)) + b.astype(dtype)
     opts = current_scan_options()
     if (grad or opts.grad) == "custom":
         st = recurrent_vjp.Static("lstm", dtype, return_cells, opts.unroll)
         h0, c0 = (jnp.asarray(a, sdt) for a in carry)
-        return recurrent_vjp.recurrence(st, (pre_x,), None, w_h, h0, c0, _keep_mask(resets, sdt))
+        return recurrent_vjp.recurrence(st, xs.astype(dtype), w_x, b, None, None, w_h, h0, c0,
+                                        _keep_mask(resets, sdt))
+    pre_x = jnp.einsum("tbi,ij->tbj", xs.astype(dtype), w_x.astype(dtype)) + b.astype(dtype)
     w_h = w_h.astype(dtype)
 
     def gates(pre_t: tuple[jax.Array, ...], h: jax.Array) -> jax.Array:

@@ -1,35 +1,39 @@
-"""The mLSTM / LSTM recurrence with a hand-written backward pass (``jax.custom_vjp``).
+"""The mLSTM / LSTM layer (input projections and recurrence) with a hand-written backward.
 
 Autodiff through ``lax.scan`` makes the cotangents of the loop constants W_mh and W_h carries
 of the reverse scan: every step reads and writes a full [H, 4H] accumulator with a rank-B
 update, and in bfloat16/float16 compute sums T contributions in the compute dtype. Here the
-reverse scan carries only (dh, dc) in float32 and emits the per-step gate gradients dz_t
-(and, for the mLSTM, dm_t); the recurrent weight gradients are formed after the loop as one
-matmul each over all T x B rows, accumulated in float32 (cuDNN's backward-data /
+reverse loop carries only (dh, dc) in float32 and stores the per-step gate gradients dz_t
+(and, for the mLSTM, dm_t * xm_t and dm_t * u_t); every weight gradient is formed after the
+loop as one matmul over all T x B rows, accumulated in float32 (cuDNN's backward-data /
 backward-weights split; Appleyard et al. 2016):
 
-  mLSTM: dW_h = M^T dZ,  dW_mh = H_prev^T dU   with M = pre_m * U, dU = dM * pre_m
-  LSTM:  dW_h = H_prev^T dZ
+  dW_h = M^T dZ (mLSTM) or H_in^T dZ (LSTM);  dW_mh = H_in^T (dM * XM);  db = sum dZ
+  dW_x = X^T dZ;  dW_mx = X^T (dM * U);  dX = dZ W_x^T + (dM * U) W_mx^T
 
 Forward (per step t, keep_t = 1 - reset_t):  h, c <- keep_t * (h, c);
-  mLSTM: u = h W_mh, m = pre_m_t * u, z = pre_x_t + m W_h;  LSTM: z = pre_x_t + h W_h;
+  mLSTM: u = h W_mh, m = xm_t * u with xm_t = x_t W_mx, z = x_t W_x + m W_h + b;
+  LSTM:  z = x_t W_x + h W_h + b;
   i, f, g, o = sigmoid/sigmoid/tanh/sigmoid(split(z)); c' = f c + i g; h' = o tanh(c').
 
-Layout: feature-major inside the loops. Every per-step array is [features, B] and the
-matmuls are W^T [4H, H] @ h^T [H, B] (forward) and W [H, 4H] @ dz^T [4H, B] (backward):
-the big matrix is the left operand, which XLA:CPU's GEMM streams, while the right operand,
-which it repacks on every call, is the small [H, B] state (with h @ W the whole weight
-matrix would be repacked every step). Inputs and outputs are time-major [T, B, ...]; the
-[T, B, F] <-> [T, F, B] transposes happen once per call, outside the loops.
-
-Few operations per step (on CPU each costs dispatch time, and at small sizes that time rivals
-the matmuls): the reset of step t+1 is applied at the end of step t, in the same fusion
-that computes (h, c) (and, in the backward, in the fusion that starts the next step), so a
-reset costs no extra pass; the forward saves only z (float32), c and u, and the backward
-recomputes the gate activations and tanh(c) inside its gate fusion.
-Without differentiation the primal runs a scan that saves nothing. Matmuls take
-compute-dtype operands with float32 accumulation; the carry and gate math are float32
-(float64 when computing in float64).
+How it is laid out, each choice measured on XLA:CPU (benchmarks/README.md, issue 11):
+- Feature-major steps: per-step arrays are [F, B] and the matmuls W^T [4H, K] @ [K, B]: the
+  big matrix is the GEMM operand XLA:CPU streams, the small state the one it repacks.
+- x_t W_x is computed inside the step, as one matmul with m W_h: z = [W_h; W_x]^T [m; x_t].
+  For in << H this costs in/H more in-loop FLOPs and saves writing, transposing and reading
+  back the [T, B, 4H] projection (the step is bound by memory passes at this machine's
+  ~6 GB/s).
+- Software-pipelined forward: the carry holds the next step's z, so the gate fusion (five
+  transcendentals) reads loop-carried arrays only. XLA:CPU emits a fusion that slices a
+  per-step slice of a sequence again (z_t split into i, f, g, o) unvectorized, 6-8x slower.
+  For the same reason the forward saves i, f, g, o and tanh(c) as separate sequences, and the
+  backward has no transcendental and no sub-sliced sequence.
+- Sequences read inside a loop are time-major [T, F, B] (a contiguous slice per step);
+  sequences only consumed by the weight-gradient matmuls are written feature-major
+  [F, T, B], so each gradient is one [F, T*B] x [F', T*B]^T matmul with no transpose.
+Resets of step t+1 are applied at the end of step t. Without differentiation nothing is
+saved. Matmuls take compute-dtype operands with float32 accumulation; the carry and the
+gate math are float32 (float64 when computing in float64).
 """
 
 from __future__ import annotations
@@ -54,163 +58,242 @@ class Static:
     def state_dtype(self) -> Any:
         return jnp.promote_types(self.dtype, jnp.float32)
 
-
-def _fm(x: jax.Array) -> jax.Array:
-    """[T, B, F] <-> [T, F, B]."""
-    return jnp.swapaxes(x, 1, 2)
-
-
-def _activations(z: jax.Array) -> tuple[jax.Array, ...]:
-    """(i, f, g, o) = sigmoid, sigmoid, tanh, sigmoid of the four row blocks of z [4H, B]."""
-    i, f, g, o = jnp.split(z, 4, axis=0)
-    return jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+    @property
+    def mlstm(self) -> bool:
+        return self.kind == "mlstm"
 
 
-def _next_keep(keep: jax.Array | None) -> jax.Array | None:
-    """keep shifted one step earlier ([keep_1, ..., keep_{T-1}, 1]): applied at the end of a step."""
-    if keep is None:
-        return None
-    return jnp.concatenate([keep[1:], jnp.ones_like(keep[:1])], axis=0)
+def _lead(t: jax.Array, seq: jax.Array) -> jax.Array:
+    """seq[t] of a time-major [T, F, B] sequence (t is clamped into range)."""
+    return jax.lax.dynamic_index_in_dim(seq, t, axis=0, keepdims=False)
 
 
-def _forward(st: Static, pre: tuple[jax.Array, ...], w_mh: jax.Array | None, w_h: jax.Array,
-             h0: jax.Array, c0: jax.Array, keep: jax.Array | None, save: bool
-             ) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, ...]]:
-    """The forward scan, feature-major: pre [T, F, B], h0/c0 [H, B], keep [T, 1, B] or None.
-
-    Returns ((h, c) [H, B], (hs, cs[, zs, us]) [T, F, B]); ``save`` adds the residuals.
-    """
-    dt, sdt = st.dtype, st.state_dtype
-    wh_t = w_h.T  # [4H, H], once per call
-    wmh_t = None if w_mh is None else w_mh.T
-
-    def step(carry: tuple[jax.Array, jax.Array], inp: Any) -> tuple[Any, Any]:
-        h, c = carry  # already reset for this step
-        pre_t, keep_next = inp
-        u = None
-        if st.kind == "mlstm":
-            zx, mx = pre_t
-            u = jnp.dot(wmh_t, h.astype(dt))
-            z = zx.astype(sdt) + jnp.dot(wh_t, mx * u, preferred_element_type=sdt)
-        else:
-            (zx,) = pre_t
-            z = zx.astype(sdt) + jnp.dot(wh_t, h.astype(dt), preferred_element_type=sdt)
-        i, f, g, o = _activations(z)
-        c = f * c + i * g
-        h = o * jnp.tanh(c)
-        out = (h.astype(dt), c if (st.return_cells or save) else None)
-        if save:
-            out += (z, u)
-        if keep_next is not None:
-            return (h * keep_next, c * keep_next), out
-        return (h, c), out
-
-    if keep is not None:
-        h0, c0 = h0 * keep[0], c0 * keep[0]
-    # The last step's keep_next is 1, so the carry out is (h_T, c_T), not reset.
-    return jax.lax.scan(step, (h0, c0), (pre, _next_keep(keep)), unroll=st.unroll)
+def _put_lead(buf: jax.Array, t: jax.Array, value: jax.Array) -> jax.Array:
+    return jax.lax.dynamic_update_index_in_dim(buf, value.astype(buf.dtype), t, axis=0)
 
 
-def _to_fm(st: Static, pre: tuple[jax.Array, ...], h0: jax.Array, c0: jax.Array,
-           keep: jax.Array | None) -> tuple[Any, ...]:
-    keep_fm = None if keep is None else jnp.swapaxes(keep, 1, 2)  # [T, 1, B]
-    return tuple(_fm(p) for p in pre), h0.T, c0.T, keep_fm
+def _put_mid(buf: jax.Array, t: jax.Array, value: jax.Array) -> jax.Array:
+    """buf[:, t] = value of a feature-major [F, T, B] sequence."""
+    return jax.lax.dynamic_update_index_in_dim(buf, value.astype(buf.dtype), t, axis=1)
 
 
-def _cast(st: Static, w_mh: jax.Array | None, w_h: jax.Array) -> tuple[Any, jax.Array]:
-    return (None if w_mh is None else w_mh.astype(st.dtype)), w_h.astype(st.dtype)
+def _varying_like(buf: jax.Array, *refs: Any) -> jax.Array:
+    """``buf`` marked as varying over the manual mesh axes the ``refs`` vary over (inside
+    ``shard_map``, a loop-carried buffer must have the type of the values written to it)."""
+    axes = set()
+    for r in refs:
+        if r is not None:
+            aval = jax.typeof(r)
+            mat = getattr(aval, "manual_axis_type", None)  # JAX >= 0.10; .vma before
+            axes |= set(mat.varying if mat is not None else getattr(aval, "vma", ()))
+    return jax.lax.pcast(buf, tuple(sorted(axes)), to="varying") if axes else buf
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def recurrence(st: Static, pre: tuple[jax.Array, ...], w_mh: jax.Array | None, w_h: jax.Array,
-               h0: jax.Array, c0: jax.Array, keep: jax.Array | None
-               ) -> tuple[jax.Array, tuple[jax.Array, jax.Array], jax.Array | None]:
-    """Runs the recurrence; returns (hs [T, B, H] in dtype, (h, c) final, cs [T, B, H] | None).
-
-    pre: (pre_x [T, B, 4H], pre_m [T, B, H]) for the mLSTM, (pre_x,) for the LSTM, in the
-    compute dtype; w_mh [H, H] (None for the LSTM) and w_h [H, 4H] in any float dtype (cast
-    to the compute dtype inside; their gradients come back in their own dtype, accumulated in
-    float32); h0, c0 [B, H] in the state dtype; keep: [T, B, 1] state dtype (0 where the
-    state is reset before the step) or None.
-    """
-    pre_fm, h0_fm, c0_fm, keep_fm = _to_fm(st, pre, h0, c0, keep)
-    (h, c), (hs, cs) = _forward(st, pre_fm, *_cast(st, w_mh, w_h), h0_fm, c0_fm, keep_fm,
-                                save=False)
-    return _fm(hs), (h.T, c.T), (None if cs is None else _fm(cs))
+def _rows(x: jax.Array) -> jax.Array:
+    """[F, T, B] -> [F, T*B] (a bitcast)."""
+    return x.reshape(x.shape[0], -1)
 
 
-def _fwd(st: Static, pre: tuple[jax.Array, ...], w_mh: jax.Array | None, w_h: jax.Array,
-         h0: jax.Array, c0: jax.Array, keep: jax.Array | None) -> tuple[Any, Any]:
-    wmh, wh = _cast(st, w_mh, w_h)
-    pre_fm, h0_fm, c0_fm, keep_fm = _to_fm(st, pre, h0, c0, keep)
-    (h, c), (hs, cs, zs, us) = _forward(st, pre_fm, wmh, wh, h0_fm, c0_fm, keep_fm, save=True)
-    zeros_w = (None if w_mh is None else jnp.zeros((0,), w_mh.dtype), jnp.zeros((0,), w_h.dtype))
-    zeros_pre = tuple(jnp.zeros((0,), p.dtype) for p in pre)
-    res = (pre_fm, wmh, wh, h0_fm, c0_fm, keep_fm, hs, cs, zs, us, zeros_w, zeros_pre)
-    return (_fm(hs), (h.T, c.T), _fm(cs) if st.return_cells else None), res
-
-
-def _shift(first: jax.Array, stack: jax.Array, keep: jax.Array | None) -> jax.Array:
-    """[first, stack[0], ..., stack[T-2]] times keep: the (reset) state entering each step."""
-    prev = jnp.concatenate([first[None].astype(stack.dtype), stack[:-1]], axis=0)
-    return prev if keep is None else prev * keep.astype(stack.dtype)
-
-
-def _outer_sum(a: jax.Array, b: jax.Array) -> jax.Array:
-    """sum over t, b of a[t, :, b] b[t, :, b]^T as one matmul: [T, I, B], [T, J, B] -> [I, J] f32."""
-    return jax.lax.dot_general(a, b, (((0, 2), (0, 2)), ((), ())),
+def _all_rows(a: jax.Array, b: jax.Array) -> jax.Array:
+    """sum over all T*B rows of a_r b_r^T: [I, T, B], [J, T, B] -> [I, J] float32, one matmul."""
+    return jax.lax.dot_general(_rows(a), _rows(b), (((1,), (1,)), ((), ())),
                                preferred_element_type=jnp.float32)
 
 
+def _gates(z: jax.Array, bias: jax.Array) -> tuple[jax.Array, ...]:
+    """(i, f, g, o) = sigmoid, sigmoid, tanh, sigmoid of the row blocks of z + b, z [4H, B]."""
+    i, f, g, o = jnp.split(z + bias, 4, axis=0)
+    return jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+
+
+def _keep_next(keep: jax.Array | None, t: jax.Array, n_t: int) -> jax.Array | None:
+    """keep of step t+1 ([1, B]), 1 after the last step; None without resets."""
+    if keep is None:
+        return None
+    return jnp.where(t + 1 < n_t, _lead(t + 1, keep), jnp.ones_like(keep[0]))
+
+
+def _forward(st: Static, x: jax.Array, w: dict[str, Any], h0: jax.Array, c0: jax.Array,
+             keep: jax.Array | None, save: bool) -> tuple[Any, ...]:
+    """The forward loop.
+
+    x [T, B, in] (compute dtype); w: compute-dtype weights; h0, c0 [B, H] state dtype;
+    keep [T, B, 1] or None. Returns ((h, c) [B, H], hs [T, H, B], cs [T, H, B] | None,
+    saved): ``saved`` (with ``save``) holds the residuals of the backward, else None.
+    """
+    dt, sdt = st.dtype, st.state_dtype
+    n_t, n_b = x.shape[:2]
+    hidden = w["w_h"].shape[0]
+    x_lead = jnp.transpose(x, (0, 2, 1))  # [T, in, B]
+    wh_t, wx_t = w["w_h"].T, w["w_x"].T  # [4H, H], [4H, in], once per call
+    wmh_t = w["w_mh"].T if st.mlstm else None
+    xm = None
+    if st.mlstm:  # x_t W_mx for all steps: [T, H, B]
+        xm = jax.lax.dot_general(x_lead, w["w_mx"], (((1,), (0,)), ((), ())))  # [T, B, H]
+        xm = jnp.swapaxes(xm, 1, 2)
+    bias = w["b"].astype(sdt)[:, None]
+    keep_l = None if keep is None else jnp.swapaxes(keep, 1, 2)  # [T, 1, B]
+
+    def preactivation(h: jax.Array, t: jax.Array) -> tuple[jax.Array, Any, Any]:
+        """(z - b [4H, B] state dtype, u, m) of step t from its (reset) input state h [H, B]."""
+        zx = jnp.dot(wx_t, _lead(t, x_lead), preferred_element_type=sdt)
+        if st.mlstm:
+            u = jnp.dot(wmh_t, h.astype(dt))
+            m = _lead(t, xm) * u
+            return zx + jnp.dot(wh_t, m, preferred_element_type=sdt), u, m
+        return zx + jnp.dot(wh_t, h.astype(dt), preferred_element_type=sdt), None, None
+
+    zero = jnp.asarray(0, jnp.int32)
+    h0, c0 = h0.T, c0.T
+    if keep_l is not None:
+        h0, c0 = h0 * keep_l[0], c0 * keep_l[0]
+    z0, u0, m0 = preactivation(h0, zero)
+    lead = lambda dtype: _varying_like(jnp.zeros((n_t, hidden, n_b), dtype), x, h0, c0)
+    mid = lambda dtype: _varying_like(jnp.zeros((hidden, n_t, n_b), dtype), x, h0, c0)
+    bufs: dict[str, jax.Array] = {"hs": lead(dt)}
+    if st.return_cells:
+        bufs["cs"] = lead(sdt)
+    if save:
+        bufs.update(i=lead(sdt), f=lead(sdt), g=lead(sdt), o=lead(sdt), tc=lead(sdt),
+                    c_in=lead(sdt), h_in=mid(dt))
+        if st.mlstm:
+            bufs.update(u=lead(dt), m=mid(dt))
+
+    def step(t: jax.Array, carry: tuple[Any, ...]) -> tuple[Any, ...]:
+        z, u, m, h_in, c_in, bufs = carry  # step t's z, u, m and its (reset) input state
+        bufs = dict(bufs)
+        i, f, g, o = _gates(z, bias)
+        c = f * c_in + i * g
+        tc = jnp.tanh(c)
+        h = o * tc
+        bufs["hs"] = _put_lead(bufs["hs"], t, h)
+        if "cs" in bufs:
+            bufs["cs"] = _put_lead(bufs["cs"], t, c)
+        if save:
+            for name, value in (("i", i), ("f", f), ("g", g), ("o", o), ("tc", tc),
+                                ("c_in", c_in), ("u", u)):
+                if name in bufs:
+                    bufs[name] = _put_lead(bufs[name], t, value)
+            bufs["h_in"] = _put_mid(bufs["h_in"], t, h_in)
+            if "m" in bufs:
+                bufs["m"] = _put_mid(bufs["m"], t, m)
+        keep_next = _keep_next(keep_l, t, n_t)
+        if keep_next is not None:  # the last step's keep_next is 1: the carry out is (h_T, c_T)
+            h, c = h * keep_next, c * keep_next
+        z, u, m = preactivation(h, t + 1)  # the last iteration's z (x_{T-1} again) is unused
+        return z, u, m, h, c, bufs
+
+    _, _, _, h, c, bufs = jax.lax.fori_loop(0, n_t, step, (z0, u0, m0, h0, c0, bufs),
+                                            unroll=st.unroll)
+    saved = None
+    if save:
+        saved = {k: v for k, v in bufs.items() if k not in ("hs", "cs")}
+        saved.update(xm=xm, keep=keep_l)
+    return (h.T, c.T), bufs["hs"], bufs.get("cs"), saved
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def recurrence(st: Static, x: jax.Array, w_x: jax.Array, b: jax.Array, w_mx: jax.Array | None,
+               w_mh: jax.Array | None, w_h: jax.Array, h0: jax.Array, c0: jax.Array,
+               keep: jax.Array | None
+               ) -> tuple[jax.Array, tuple[jax.Array, jax.Array], jax.Array | None]:
+    """Runs the layer; returns (hs [T, B, H] in dtype, (h, c) final, cs [T, B, H] | None).
+
+    x [T, B, in] in the compute dtype; w_x [in, 4H], b [4H], w_mx [in, H] and w_mh [H, H]
+    (None for the LSTM), w_h [H, 4H], in any float dtype (cast to the compute dtype inside;
+    their gradients come back in their own dtype, accumulated in float32); h0, c0 [B, H] in
+    the state dtype; keep: [T, B, 1] state dtype (0 where the state is reset before the step)
+    or None.
+    """
+    w = _cast(st, w_x, b, w_mx, w_mh, w_h)
+    (h, c), hs, cs, _ = _forward(st, x, w, h0, c0, keep, save=False)
+    return _tbf(hs), (h, c), (None if cs is None else _tbf(cs))
+
+
+def _tbf(seq: jax.Array) -> jax.Array:
+    """[T, F, B] -> [T, B, F]."""
+    return jnp.swapaxes(seq, 1, 2)
+
+
+def _cast(st: Static, w_x: jax.Array, b: jax.Array, w_mx: jax.Array | None,
+          w_mh: jax.Array | None, w_h: jax.Array) -> dict[str, Any]:
+    w = {"w_x": w_x, "b": b, "w_mx": w_mx, "w_mh": w_mh, "w_h": w_h}
+    return {k: (None if v is None else v.astype(st.dtype)) for k, v in w.items()}
+
+
+def _fwd(st: Static, x: jax.Array, w_x: jax.Array, b: jax.Array, w_mx: jax.Array | None,
+         w_mh: jax.Array | None, w_h: jax.Array, h0: jax.Array, c0: jax.Array,
+         keep: jax.Array | None) -> tuple[Any, Any]:
+    w = _cast(st, w_x, b, w_mx, w_mh, w_h)
+    (h, c), hs, cs, saved = _forward(st, x, w, h0, c0, keep, save=True)
+    # Zero-size stand-ins carry the primal dtypes to the backward.
+    like = {k: (None if v is None else jnp.zeros((0,), v.dtype)) for k, v in
+            {"x": x, "w_x": w_x, "b": b, "w_mx": w_mx, "w_mh": w_mh, "w_h": w_h, "h0": h0,
+             "c0": c0}.items()}
+    out = (_tbf(hs), (h, c), None if cs is None else _tbf(cs))
+    return out, (x, w, saved, keep, like)
+
+
 def _bwd(st: Static, res: Any, cts: Any) -> tuple[Any, ...]:
-    pre, wmh, wh, h0, c0, keep, hs, cs, zs, us, (w_mh_like, w_h_like), pre_like = res
+    x, w, s, keep, like = res
     dhs, (dh_t, dc_t), dcs = cts
     dt, sdt = st.dtype, st.state_dtype
-    mlstm = st.kind == "mlstm"
-    c_prev = _shift(c0, cs, keep)
-    xm = pre[1] if mlstm else None
+    n_t, hidden, n_b = s["tc"].shape
+    keep_l = s["keep"]
+    dhs_l = jnp.swapaxes(dhs, 1, 2)  # [T, H, B]
+    dcs_l = jnp.swapaxes(dcs, 1, 2) if st.return_cells else None
+    mid = lambda rows: _varying_like(jnp.zeros((rows, n_t, n_b), dt), x, dhs, dh_t, dc_t)
+    bufs = {"dz": mid(4 * hidden)}
+    if st.mlstm:
+        bufs.update(dmx=mid(hidden), dmu=mid(hidden))
 
-    def step(carry: tuple[jax.Array, jax.Array], inp: Any) -> tuple[Any, Any]:
-        # dh: cotangent of the next step's h input before its reset (applied here, keep_next).
-        dh, dc = carry
-        dhs_t, dcs_t, z_t, c_t, cp_t, xm_t, keep_next = inp
+    def step(k: jax.Array, carry: tuple[Any, ...]) -> tuple[Any, ...]:
+        # (dh, dc): cotangents of the state entering step t+1, after its reset.
+        t = n_t - 1 - k
+        dh, dc, bufs = carry
+        bufs = dict(bufs)
+        keep_next = _keep_next(keep_l, t, n_t)
         if keep_next is not None:
             dh, dc = dh * keep_next, dc * keep_next
-        dh = dh + dhs_t.astype(sdt)
-        if dcs_t is not None:
-            dc = dc + dcs_t
-        i, f, g, o = _activations(z_t)
-        tc = jnp.tanh(c_t)
+        dh = dh + _lead(t, dhs_l).astype(sdt)
+        if dcs_l is not None:
+            dc = dc + _lead(t, dcs_l)
+        i, f, g, o, tc, c_in = (_lead(t, s[n]) for n in ("i", "f", "g", "o", "tc", "c_in"))
         dc = dc + dh * o * (1 - tc * tc)
-        dz = jnp.concatenate([dc * g * i * (1 - i), dc * cp_t * f * (1 - f),
-                              dc * i * (1 - g * g), dh * tc * o * (1 - o)], axis=0)
-        dzb = dz.astype(dt)
-        dc = dc * f  # this step's reset is applied by the next iteration (its keep_next)
-        if mlstm:
-            dm = jnp.dot(wh, dzb, preferred_element_type=sdt)  # [H, 4H] @ [4H, B]
-            dh = jnp.dot(wmh, (dm * xm_t).astype(dt), preferred_element_type=sdt)
-            return (dh, dc), (dzb, dm)
-        return (jnp.dot(wh, dzb, preferred_element_type=sdt), dc), (dzb, None)
+        dz = jnp.concatenate([dc * g * i * (1 - i), dc * c_in * f * (1 - f),
+                              dc * i * (1 - g * g), dh * tc * o * (1 - o)]).astype(dt)
+        bufs["dz"] = _put_mid(bufs["dz"], t, dz)
+        dc = dc * f
+        if st.mlstm:
+            dm = jnp.dot(w["w_h"], dz, preferred_element_type=sdt)  # [H, 4H] @ [4H, B]
+            dmx = (dm * _lead(t, s["xm"])).astype(dt)
+            bufs["dmx"] = _put_mid(bufs["dmx"], t, dmx)
+            bufs["dmu"] = _put_mid(bufs["dmu"], t, dm * _lead(t, s["u"]))
+            dh = jnp.dot(w["w_mh"], dmx, preferred_element_type=sdt)
+        else:
+            dh = jnp.dot(w["w_h"], dz, preferred_element_type=sdt)
+        return dh, dc, bufs
 
-    dhs_fm = _fm(dhs)
-    dcs_in = _fm(dcs) if st.return_cells else None
-    (dh0, dc0), (dz, dm) = jax.lax.scan(
-        step, (dh_t.T.astype(sdt), dc_t.T.astype(sdt)),
-        (dhs_fm, dcs_in, zs, cs, c_prev, xm, _next_keep(keep)), reverse=True, unroll=st.unroll)
-    if keep is not None:
-        dh0, dc0 = dh0 * keep[0], dc0 * keep[0]
-    h_prev = _shift(h0.astype(dt), hs, keep)
-    d_pre_x = _fm(dz).astype(pre_like[0].dtype)
-    if mlstm:
-        d_wh = _outer_sum(xm * us, dz)
-        d_wmh = _outer_sum(h_prev, (dm * xm).astype(dt)).astype(w_mh_like.dtype)
-        d_pre = (d_pre_x, _fm(dm * us).astype(pre_like[1].dtype))
+    dh0, dc0, bufs = jax.lax.fori_loop(0, n_t, step, (dh_t.T.astype(sdt), dc_t.T.astype(sdt),
+                                                      bufs), unroll=st.unroll)
+    if keep_l is not None:
+        dh0, dc0 = dh0 * keep_l[0], dc0 * keep_l[0]
+    dz = bufs["dz"]
+    x_ftb = jnp.transpose(x, (2, 0, 1))  # [in, T, B]
+    d_x = jnp.dot(w["w_x"], _rows(dz), preferred_element_type=sdt)  # [in, T*B]
+    grads = {"w_x": _all_rows(x_ftb, dz), "b": jnp.sum(_rows(dz), axis=1, dtype=jnp.float32)}
+    if st.mlstm:
+        d_x = d_x + jnp.dot(w["w_mx"], _rows(bufs["dmu"]), preferred_element_type=sdt)
+        grads.update(w_mx=_all_rows(x_ftb, bufs["dmu"]), w_mh=_all_rows(s["h_in"], bufs["dmx"]),
+                     w_h=_all_rows(s["m"], dz))
     else:
-        d_wh = _outer_sum(h_prev, dz)
-        d_pre, d_wmh = (d_pre_x,), None
-    d_keep = None if keep is None else jnp.zeros_like(jnp.swapaxes(keep, 1, 2))
-    return (d_pre, d_wmh, d_wh.astype(w_h_like.dtype), dh0.T.astype(h0.dtype),
-            dc0.T.astype(c0.dtype), d_keep)
+        grads["w_h"] = _all_rows(s["h_in"], dz)
+    grads = {k: (None if like[k] is None else grads[k].astype(like[k].dtype))
+             for k in ("w_x", "b", "w_mx", "w_mh", "w_h")}
+    d_x = jnp.transpose(d_x.reshape(-1, n_t, n_b), (1, 2, 0)).astype(like["x"].dtype)
+    d_keep = None if keep is None else jnp.zeros_like(keep)
+    return (d_x, grads["w_x"], grads["b"], grads["w_mx"], grads["w_mh"], grads["w_h"],
+            dh0.T.astype(like["h0"].dtype), dc0.T.astype(like["c0"].dtype), d_keep)
 
 
 recurrence.defvjp(_fwd, _bwd)

@@ -118,7 +118,7 @@ def _weight_shapes(kind: str) -> set[tuple[int, int]]:
 @pytest.mark.parametrize("kind", ["mlstm", "lstm"])
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_weight_gradients_accumulate_in_float32(kind, dtype):
-    """In the jaxpr: no scan carries a recurrent-weight-shaped array; their gradients are
+    """In the jaxpr: no loop carries a recurrent-weight-shaped array; their gradients are
     float32 dot_generals over all T x B rows. Autodiff (the defect) carries them in ``dtype``."""
     shapes = _weight_shapes(kind)
 
@@ -128,6 +128,9 @@ def test_weight_gradients_accumulate_in_float32(kind, dtype):
             if e.primitive.name == "scan":
                 n_consts, n_carry = e.params["num_consts"], e.params["num_carry"]
                 out += [v.aval for v in e.invars[n_consts:n_consts + n_carry]]
+            elif e.primitive.name == "while":
+                n_consts = e.params["cond_nconsts"] + e.params["body_nconsts"]
+                out += [v.aval for v in e.invars[n_consts:]]
         return out
 
     custom = _grad_jaxpr(kind, dtype, "custom")
@@ -136,12 +139,12 @@ def test_weight_gradients_accumulate_in_float32(kind, dtype):
             and tuple(e.outvars[0].aval.shape) in shapes]
 
 
-    def contracted(e: Any) -> list[tuple[int, ...]]:
-        """Sizes of the contracted axes of both operands (T and B for an all-rows matmul)."""
+    def contracted(e: Any) -> list[int]:
+        """Number of contracted elements of both operands (T * B for an all-rows matmul)."""
         dims = e.params["dimension_numbers"][0]
-        return [tuple(sorted(v.aval.shape[d] for d in ds)) for v, ds in zip(e.invars, dims)]
+        return [int(np.prod([v.aval.shape[d] for d in ds])) for v, ds in zip(e.invars, dims)]
 
-    outer = [e for e in dots if contracted(e) == [tuple(sorted((T, B)))] * 2]
+    outer = [e for e in dots if contracted(e) == [T * B] * 2]
     assert len(outer) == len(shapes), dots
     for e in outer:
         assert e.outvars[0].aval.dtype == jnp.float32
