@@ -51,6 +51,8 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from lmscale.training import bench
+    from lmscale.training.host_devices import split_host
+    run_cli(lambda: split_host(_CONFIG.value))  # before any device is touched
 
     def run() -> dict:
         config = _CONFIG.value

@@ -37,7 +37,9 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from lmscale.training.host_devices import split_host_like_run
     from lmscale.training.restore import evaluate_data, load_trained, run_dataset
+    run_cli(lambda: split_host_like_run(_WORKDIR.value))  # the devices the run trained on
 
     def run() -> dict:
         lm = load_trained(_WORKDIR.value, None if _STEP.value < 0 else _STEP.value, best=_BEST.value)

@@ -12,6 +12,7 @@ launch/local.py sets, or a SLURM/Open MPI job's environment (see lmscale.distrib
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -20,7 +21,7 @@ from ml_collections import config_flags
 
 from lmscale.cli import parse_flags, run_cli
 from lmscale.distributed import (ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID, DistributedError,
-                                 initialize_from)
+                                 initialize, resolve)
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file in configs/ (returns a locked ConfigDict).",
@@ -42,11 +43,17 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def join_processes() -> None:
-    """Joins the other processes of a multi-process run (if any) before devices are touched."""
+    """Before devices are touched: splits a CPU host into devices (``parallel.cpu_devices``)
+    and joins the other processes of a multi-process run (if any)."""
+    from lmscale.training.host_devices import split_host
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # jax logs each connection step at INFO
     try:
-        initialize_from(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _INIT_TIMEOUT.value)
+        group = resolve(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, os.environ)
+        run_cli(lambda: split_host(_CONFIG.value, multi_process=group is not None))
+        if group is not None:
+            initialize(group.coordinator_address, group.num_processes, group.process_id,
+                       _INIT_TIMEOUT.value, message=group.describe(_INIT_TIMEOUT.value))
     except DistributedError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

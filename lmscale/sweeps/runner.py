@@ -9,7 +9,7 @@ sweep process dies outright, its points get SIGTERM from the kernel (PR_SET_PDEA
 A point's lock is held by its trainer too, so a re-run waits for a previous one to exit.
 
 With several GPUs, ``parallel`` processes get disjoint CUDA_VISIBLE_DEVICES groups; on CPU
-each process is just a process.
+each of them runs as one device (``JAX_NUM_CPU_DEVICES=1``), as the K processes share the cores.
 """
 
 from __future__ import annotations
@@ -68,8 +68,10 @@ def device_groups(parallel: int) -> list[dict[str, str]]:
             gpus = [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
         except (OSError, subprocess.SubprocessError):
             gpus = []
-    if not gpus or parallel == 1:
-        return [{} for _ in range(parallel)]
+    if parallel == 1:
+        return [{}]
+    if not gpus:  # CPU: K processes share the cores, so none splits the host (host_devices)
+        return [{"JAX_NUM_CPU_DEVICES": "1"} for _ in range(parallel)]
     if len(gpus) < parallel:
         raise SweepError(f"--parallel={parallel} needs at least {parallel} GPUs; {len(gpus)} are visible")
     per, extra = divmod(len(gpus), parallel)
@@ -186,7 +188,7 @@ class Runner:
                                  "pid": proc.pid, "wall_s": prior.get("wall_s", 0.0),
                                  "cpu_s": prior.get("cpu_s", 0.0)})
         self.trained.append(point.name)
-        where = f" on {env['CUDA_VISIBLE_DEVICES']}" if env else ""
+        where = f" on {env['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in env else ""
         self.options.log(f"sweep: start {point.name}{where}")
         return _Job(point, point_dir, proc, lock, log_file, time.perf_counter(), prior)
 

@@ -80,4 +80,5 @@ def test_parallel_points_get_disjoint_gpu_groups(monkeypatch):
     with pytest.raises(SweepError, match="--parallel=8 needs at least 8 GPUs; 5 are visible"):
         device_groups(8)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    assert device_groups(3) == [{}, {}, {}]  # CPU: each point is just a process
+    # CPU: the points share the cores, so none splits the host into devices
+    assert device_groups(3) == [{"JAX_NUM_CPU_DEVICES": "1"}] * 3

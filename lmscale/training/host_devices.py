@@ -1,0 +1,92 @@
+"""Data parallelism inside one CPU host: one XLA CPU device per core.
+
+Why: XLA:CPU runs a program's operations one after another and spreads each one over the
+cores. Inside the recurrent loop the operations are small (a 256-unit mLSTM step is a
+[1024, 256] x [256, 32] matmul and a few [256, 32] fusions), and spreading them costs more
+than it gains: such a loop runs faster pinned to one core than on two. Split into one
+device per core, the host runs the data-parallel step (the same update, tested equal to one
+device) as independent per-core programs on B/N rows each, joined by one in-process
+all-reduce of the gradients. On the 2-core CI machine this made the quickstart step 1.35x
+faster (benchmarks/README.md, issue 11). GPU runs are unaffected: the setting only changes
+how many CPU devices JAX creates, and the mesh takes the accelerators when there are any.
+
+``parallel.cpu_devices``: 0 = one device per usable core, reduced to the largest count that
+divides the global batch; N = N devices; 1 = one device. It must take effect before JAX
+creates its CPU client, so the command-line tools apply it first thing; a device count the
+user chose (``--xla_force_host_platform_device_count``, ``jax_num_cpu_devices``) wins, and
+multi-process runs keep one device per process unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Mapping
+
+import ml_collections
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity), at least 1."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def auto_device_count(cores: int, batch_size: int, per_device_batch_size: int = 0) -> int:
+    """Largest device count <= ``cores`` that the global batch splits into evenly.
+
+    With ``per_device_batch_size`` > 0 the global batch follows the device count, so every
+    count works and this is ``cores``.
+    """
+    if per_device_batch_size > 0:
+        return max(1, cores)
+    return max(d for d in range(1, max(1, cores) + 1) if batch_size % d == 0)
+
+
+def user_device_count(env: Mapping[str, str]) -> int | None:
+    """The CPU device count the user set in the environment, or None."""
+    match = re.search(r"--xla_force_host_platform_device_count=(\d+)", env.get("XLA_FLAGS", ""))
+    if match:
+        return int(match.group(1))
+    value = env.get("JAX_NUM_CPU_DEVICES", "").strip()
+    return int(value) if value.lstrip("-").isdigit() and int(value) > 0 else None
+
+
+def split_host(config: ml_collections.ConfigDict, *, multi_process: bool = False,
+               env: Mapping[str, str] | None = None) -> int | None:
+    """Sets JAX's CPU device count from ``config.parallel.cpu_devices`` (see module doc).
+
+    Returns the count set, or None when it was left alone: the user chose one, JAX's
+    backends already exist, a multi-process run with the automatic setting, or one device.
+    """
+    import jax
+    from jax._src import xla_bridge
+
+    env = os.environ if env is None else env
+    requested = int(config.parallel.cpu_devices)
+    if requested < 0:
+        from lmscale.config import ConfigError
+        raise ConfigError(f"parallel.cpu_devices must be >= 0 (0 = one per core), got {requested}")
+    if user_device_count(env) is not None or jax.config.jax_num_cpu_devices > 0:
+        return None
+    if xla_bridge.backends_are_initialized() or (multi_process and requested == 0):
+        return None
+    count = requested or auto_device_count(usable_cores(), config.train.batch_size,
+                                           config.train.per_device_batch_size)
+    if count <= 1:
+        return None
+    jax.config.update("jax_num_cpu_devices", count)
+    return count
+
+
+def split_host_like_run(workdir: str) -> int | None:
+    """:func:`split_host` with a trained run's saved config, so that evaluating it uses the
+    devices its training used and reproduces its logged validation exactly. Nothing when the
+    workdir has no config.json (the tool reports that itself)."""
+    from lmscale.config import load_config
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        return None
+    config, _ = load_config(path)
+    return split_host(config)

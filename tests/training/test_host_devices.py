@@ -1,0 +1,71 @@
+"""Splitting a CPU host into one data-parallel device per core (training/host_devices.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lmscale.config import ConfigError
+from lmscale.training.host_devices import auto_device_count, user_device_count
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_auto_count_is_the_largest_divisor_of_the_batch_up_to_the_cores():
+    assert auto_device_count(2, 32) == 2
+    assert auto_device_count(8, 12) == 6
+    assert auto_device_count(4, 7) == 1  # a prime batch stays on one device
+    assert auto_device_count(16, 128) == 16
+    assert auto_device_count(3, 5, per_device_batch_size=4) == 3  # the batch follows the count
+
+
+def test_a_count_the_user_set_is_read_from_the_environment():
+    assert user_device_count({"XLA_FLAGS": "--xla_dump_to=/x --xla_force_host_platform_device_count=8"}) == 8
+    assert user_device_count({"JAX_NUM_CPU_DEVICES": "3"}) == 3
+    assert user_device_count({"XLA_FLAGS": "--xla_dump_to=/x", "JAX_NUM_CPU_DEVICES": ""}) is None
+
+
+_PROBE = """
+import json, sys
+import jax
+from lmscale.config import default_config as get_config
+from lmscale.training.host_devices import split_host
+c = get_config()
+with c.unlocked():
+    c.train.batch_size = int(sys.argv[1]); c.parallel.cpu_devices = int(sys.argv[2])
+set_to = split_host(c, multi_process=sys.argv[3] == "1")
+print(json.dumps({"set": set_to, "devices": jax.device_count()}))
+"""
+
+
+def _probe(batch: int, cpu_devices: int, multi: bool = False, **env: str) -> dict:
+    clean = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+    out = subprocess.run([sys.executable, "-c", _PROBE, str(batch), str(cpu_devices), str(int(multi))],
+                         capture_output=True, text=True, env={**clean, "JAX_PLATFORMS": "cpu", **env},
+                         cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_split_host_sets_the_device_count_before_jax_starts():
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    want = auto_device_count(cores, 12)
+    assert _probe(12, 0) == {"set": want if want > 1 else None, "devices": want}
+    assert _probe(12, 3) == {"set": 3, "devices": 3}  # an explicit count, whatever the cores
+    assert _probe(12, 1) == {"set": None, "devices": 1}
+    # The user's own choice wins; a multi-process run keeps one device per process.
+    assert _probe(12, 3, XLA_FLAGS="--xla_force_host_platform_device_count=4") == {"set": None, "devices": 4}
+    assert _probe(12, 0, multi=True) == {"set": None, "devices": 1}
+
+
+def test_a_negative_count_is_a_config_error():
+    from lmscale.config import default_config as get_config, validate
+    c = get_config()
+    with c.unlocked():
+        c.parallel.cpu_devices = -1
+    with pytest.raises(ConfigError, match="parallel.cpu_devices must be >= 0"):
+        validate(c, 1)
