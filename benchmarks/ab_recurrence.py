@@ -1,0 +1,94 @@
+"""A/B of implementations of lmscale/models/recurrent_vjp.py in one process, interleaved.
+
+    git show 2e3f4a2:lmscale/models/recurrent_vjp.py > /tmp/rv_old.py
+    python benchmarks/ab_recurrence.py --files /tmp/rv_old.py,lmscale/models/recurrent_vjp.py \
+        [--hidden 1024 --batch 64 --seq 64] [--rounds 5 --steps 3]
+
+Compiles the quickstart training step once per file (the layers call that file's
+``recurrence``), then runs the compiled steps round-robin, ``--steps`` each per round, and
+prints each one's median and fastest step and its median process CPU time per step. On a
+shared machine, alternating in one process is what makes two versions comparable. Files
+from before 62083a5 take the input projections precomputed (``recurrence(st, pre, w_mh,
+w_h, h0, c0, keep)``); they are wrapped to the current signature.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import inspect
+import os
+import sys
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load(path: str, name: str):
+    """The module at ``path``, with ``recurrence`` in the current signature."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    if "pre" not in inspect.signature(module.recurrence).parameters:
+        return module
+    import jax.numpy as jnp
+    old = module.recurrence
+
+    def recurrence(st, x, w_x, b, w_mx, w_mh, w_h, h0, c0, keep):
+        pre_x = jnp.einsum("tbi,ij->tbj", x, w_x.astype(st.dtype)) + b.astype(st.dtype)
+        if st.kind == "mlstm":
+            pre_m = jnp.einsum("tbi,ij->tbj", x, w_mx.astype(st.dtype))
+            return old(st, (pre_x, pre_m), w_mh, w_h, h0, c0, keep)
+        return old(st, (pre_x,), None, w_h, h0, c0, keep)
+
+    wrapper = type(sys)(name + "_wrapped")
+    wrapper.Static, wrapper.recurrence = module.Static, recurrence
+    return wrapper
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", required=True, help="Comma-separated recurrent_vjp.py files.")
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=3)
+    args = parser.parse_args()
+    sys.path.insert(0, REPO)
+    import jax
+    import lmscale.models.recurrent as recurrent
+    from lmscale.config import config_from_file
+    from lmscale.training.bench import compile_step
+
+    config = config_from_file(os.path.join(REPO, "configs", "quickstart.py"))
+    with config.unlocked():
+        config.model.hidden, config.train.batch_size = args.hidden, args.batch
+        config.train.seq_len = args.seq
+    runs = {}
+    for i, path in enumerate(args.files.split(",")):
+        recurrent.recurrent_vjp = load(path, f"_ab_recurrence_{i}")
+        compiled, state, batch, _ = compile_step(config)
+        for _ in range(2):
+            state, _ = compiled(state, batch)
+        jax.block_until_ready(state)
+        runs[path] = {"step": compiled, "state": state, "batch": batch, "wall": [], "cpu": []}
+    for _ in range(args.rounds):
+        for run in runs.values():
+            for _ in range(args.steps):
+                cpu, wall = time.process_time(), time.perf_counter()
+                run["state"], _ = run["step"](run["state"], run["batch"])
+                jax.block_until_ready(run["state"])
+                run["wall"].append(time.perf_counter() - wall)
+                run["cpu"].append(time.process_time() - cpu)
+    for path, run in runs.items():
+        print(f"{path}: median {np.median(run['wall']) * 1e3:.1f} ms, fastest "
+              f"{np.min(run['wall']) * 1e3:.1f} ms, CPU {np.median(run['cpu']) * 1e3:.1f} ms/step, "
+              f"{args.batch * args.seq / np.median(run['wall']):.0f} chars/s")
+
+
+if __name__ == "__main__":
+    main()
