@@ -19,10 +19,10 @@ Forward (per step t, keep_t = 1 - reset_t):  h, c <- keep_t * (h, c);
 How it is laid out, each choice measured on XLA:CPU (benchmarks/README.md, issue 11):
 - Feature-major steps: per-step arrays are [F, B] and the matmuls W^T [4H, K] @ [K, B]: the
   big matrix is the GEMM operand XLA:CPU streams, the small state the one it repacks.
-- x_t W_x is computed inside the step, as one matmul with m W_h: z = [W_h; W_x]^T [m; x_t].
-  For in << H this costs in/H more in-loop FLOPs and saves writing, transposing and reading
-  back the [T, B, 4H] projection (the step is bound by memory passes at this machine's
-  ~6 GB/s).
+- x_t W_x is computed inside the step, a small matmul added to m W_h (one concatenated
+  [W_h; W_x] matmul measured the same). For in << H this costs in/H more in-loop FLOPs and
+  saves writing, transposing and reading back the [T, B, 4H] projection (the step is bound
+  by memory passes at this machine's ~6 GB/s).
 - Software-pipelined forward: the carry holds the next step's z, so the gate fusion (five
   transcendentals) reads loop-carried arrays only. XLA:CPU emits a fusion that slices a
   per-step slice of a sequence again (z_t split into i, f, g, o) unvectorized, 6-8x slower.
