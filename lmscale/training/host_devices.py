@@ -7,8 +7,9 @@ than it gains: such a loop runs faster pinned to one core than on two. Split int
 device per core, the host runs the data-parallel step (the same update, tested equal to one
 device) as independent per-core programs on B/N rows each, joined by one in-process
 all-reduce of the gradients. On the 2-core CI machine this made the quickstart step 1.35x
-faster (benchmarks/README.md, issue 11). GPU runs are unaffected: the setting only changes
-how many CPU devices JAX creates, and the mesh takes the accelerators when there are any.
+faster (benchmarks/README.md, issue 11). Hosts with an accelerator (a CUDA/ROCm/TPU plugin
+installed, or ``JAX_PLATFORMS`` naming another platform first) are left alone: the mesh
+takes the accelerators there.
 
 ``parallel.cpu_devices``: 0 = one device per usable core, reduced to the largest count that
 divides the global batch; N = N devices; 1 = one device. It must take effect before JAX
@@ -19,9 +20,10 @@ multi-process runs keep one device per process unless told otherwise.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
-from typing import Mapping
+from typing import Callable, Mapping
 
 import ml_collections
 
@@ -53,12 +55,29 @@ def user_device_count(env: Mapping[str, str]) -> int | None:
     return int(value) if value.lstrip("-").isdigit() and int(value) > 0 else None
 
 
+ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin",
+                       "jax_rocm7_plugin", "libtpu")
+
+
+def cpu_runs_the_step(env: Mapping[str, str],
+                      has_module: Callable[[str], bool] | None = None) -> bool:
+    """Whether the training step will run on the CPU: no accelerator plugin is installed, or
+    ``JAX_PLATFORMS`` names only the CPU (where it names no CPU, no CPU device is used)."""
+    platforms = [p.strip() for p in env.get("JAX_PLATFORMS", "").split(",") if p.strip()]
+    if platforms:
+        return platforms[0] == "cpu"
+    if has_module is None:
+        has_module = lambda name: importlib.util.find_spec(name) is not None
+    return not any(has_module(m) for m in ACCELERATOR_PLUGINS)
+
+
 def split_host(config: ml_collections.ConfigDict, *, multi_process: bool = False,
                env: Mapping[str, str] | None = None) -> int | None:
     """Sets JAX's CPU device count from ``config.parallel.cpu_devices`` (see module doc).
 
     Returns the count set, or None when it was left alone: the user chose one, JAX's
-    backends already exist, a multi-process run with the automatic setting, or one device.
+    backends already exist, a multi-process run with the automatic setting, an accelerator
+    will run the step, or one device.
     """
     import jax
     from jax._src import xla_bridge
@@ -71,6 +90,8 @@ def split_host(config: ml_collections.ConfigDict, *, multi_process: bool = False
     if user_device_count(env) is not None or jax.config.jax_num_cpu_devices > 0:
         return None
     if xla_bridge.backends_are_initialized() or (multi_process and requested == 0):
+        return None
+    if not cpu_runs_the_step(env):  # the mesh takes the accelerators; leave the CPU alone
         return None
     count = requested or auto_device_count(usable_cores(), config.train.batch_size,
                                            config.train.per_device_batch_size)

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from lmscale.config import ConfigError
-from lmscale.training.host_devices import auto_device_count, user_device_count
+from lmscale.training.host_devices import auto_device_count, cpu_runs_the_step, user_device_count
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -27,6 +27,14 @@ def test_a_count_the_user_set_is_read_from_the_environment():
     assert user_device_count({"XLA_FLAGS": "--xla_dump_to=/x --xla_force_host_platform_device_count=8"}) == 8
     assert user_device_count({"JAX_NUM_CPU_DEVICES": "3"}) == 3
     assert user_device_count({"XLA_FLAGS": "--xla_dump_to=/x", "JAX_NUM_CPU_DEVICES": ""}) is None
+
+
+def test_hosts_with_an_accelerator_are_left_alone():
+    none = lambda name: False
+    assert cpu_runs_the_step({}, none)
+    assert not cpu_runs_the_step({}, lambda name: name == "jax_cuda12_plugin")
+    assert cpu_runs_the_step({"JAX_PLATFORMS": "cpu"}, lambda name: True)
+    assert not cpu_runs_the_step({"JAX_PLATFORMS": "cuda,cpu"}, none)
 
 
 _PROBE = """
