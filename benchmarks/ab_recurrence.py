@@ -19,7 +19,6 @@ import importlib.util
 import inspect
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -62,7 +61,7 @@ def main() -> None:
     import jax
     import lmscale.models.recurrent as recurrent
     from lmscale.config import config_from_file
-    from lmscale.training.bench import compile_step
+    from lmscale.training.bench import compile_step, time_interleaved
 
     config = config_from_file(os.path.join(REPO, "configs", "quickstart.py"))
     with config.unlocked():
@@ -75,15 +74,8 @@ def main() -> None:
         for _ in range(2):
             state, _ = compiled(state, batch)
         jax.block_until_ready(state)
-        runs[path] = {"step": compiled, "state": state, "batch": batch, "wall": [], "cpu": []}
-    for _ in range(args.rounds):
-        for run in runs.values():
-            for _ in range(args.steps):
-                cpu, wall = time.process_time(), time.perf_counter()
-                run["state"], _ = run["step"](run["state"], run["batch"])
-                jax.block_until_ready(run["state"])
-                run["wall"].append(time.perf_counter() - wall)
-                run["cpu"].append(time.process_time() - cpu)
+        runs[path] = {"fn": compiled, "state": state, "batch": batch}
+    time_interleaved(list(runs.values()), args.rounds, args.steps)
     for path, run in runs.items():
         print(f"{path}: median {np.median(run['wall']) * 1e3:.1f} ms, fastest "
               f"{np.min(run['wall']) * 1e3:.1f} ms, CPU {np.median(run['cpu']) * 1e3:.1f} ms/step, "

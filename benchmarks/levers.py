@@ -22,7 +22,7 @@ import numpy as np
 
 from lmscale.config import default_config
 from lmscale.models.recurrent import scan_options
-from lmscale.training.bench import compile_step
+from lmscale.training.bench import compile_step, time_interleaved
 
 
 def parse_variant(text: str) -> dict:
@@ -56,21 +56,14 @@ def main() -> None:
             compiled, state, batch, compile_s = compile_step(c, reset_every=a.reset_every)
         state, m = compiled(state, batch)
         jax.block_until_ready(m)
-        runs.append({"variant": v, "fn": compiled, "state": state, "batch": batch, "times": [],
-                     "cpu": [], "compile_s": compile_s})
-    for _ in range(a.rounds):
-        for r in runs:
-            for _ in range(a.steps):
-                t, c = time.perf_counter(), time.process_time()
-                r["state"], m = r["fn"](r["state"], r["batch"])
-                jax.block_until_ready((r["state"], m))
-                r["times"].append(time.perf_counter() - t)
-                r["cpu"].append(time.process_time() - c)
-    base = float(np.median(runs[0]["times"]))
-    base_min = float(np.min(runs[0]["times"]))
+        runs.append({"variant": v, "fn": compiled, "state": state, "batch": batch,
+                     "compile_s": compile_s})
+    time_interleaved(runs, a.rounds, a.steps)
+    base = float(np.median(runs[0]["wall"]))
+    base_min = float(np.min(runs[0]["wall"]))
     for r in runs:
-        step = float(np.median(r["times"]))
-        fastest = float(np.min(r["times"]))
+        step = float(np.median(r["wall"]))
+        fastest = float(np.min(r["wall"]))
         print(json.dumps({"variant": r["variant"], "kind": a.kind, "hidden": a.hidden,
                           "batch": a.batch, "seq": a.seq, "compute": a.compute,
                           "reset_every": a.reset_every, "step_s": round(step, 5),

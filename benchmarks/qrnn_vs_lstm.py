@@ -18,13 +18,12 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lmscale.config import config_from_file  # noqa: E402
-from lmscale.training.bench import compile_step  # noqa: E402
+from lmscale.training.bench import compile_step, time_interleaved  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,15 +44,8 @@ def main() -> None:
         compiled, state, batch, _ = compile_step(c)
         state, m = compiled(state, batch)  # warm-up
         jax.block_until_ready(m)
-        runs[name] = {"fn": compiled, "state": state, "batch": batch, "cpu": [], "wall": []}
-    for _ in range(args.rounds):
-        for r in runs.values():
-            for _ in range(args.steps):
-                c0, w0 = time.process_time(), time.perf_counter()
-                r["state"], m = r["fn"](r["state"], r["batch"])
-                jax.block_until_ready(m)
-                r["cpu"].append(time.process_time() - c0)
-                r["wall"].append(time.perf_counter() - w0)
+        runs[name] = {"fn": compiled, "state": state, "batch": batch}
+    time_interleaved(list(runs.values()), args.rounds, args.steps)
     print(f"| model (hidden {args.hidden}, 32 x 128) | CPU s/step median | min | wall s/step median | min |")
     print("|---|---:|---:|---:|---:|")
     for kind, r in runs.items():

@@ -156,6 +156,24 @@ def time_step(config: ml_collections.ConfigDict, *, steps: int = 10, warmup: int
             "memory_bytes": _memory(compiled), "loss": float(metrics["loss"])}
 
 
+def time_interleaved(runs: list[dict[str, Any]], rounds: int, steps: int) -> None:
+    """Times compiled steps in alternation, as a shared machine needs: ``rounds`` rounds of
+    ``steps`` steps of each run in turn. A run is {"fn": compiled step, "state", "batch"}; its
+    state is carried and each step's wall and process CPU seconds (all threads) are appended
+    to run["wall"] and run["cpu"]."""
+    for run in runs:
+        run.setdefault("wall", [])
+        run.setdefault("cpu", [])
+    for _ in range(rounds):
+        for run in runs:
+            for _ in range(steps):
+                wall, cpu = time.perf_counter(), time.process_time()
+                run["state"], metrics = run["fn"](run["state"], run["batch"])
+                jax.block_until_ready((run["state"], metrics))
+                run["wall"].append(time.perf_counter() - wall)
+                run["cpu"].append(time.process_time() - cpu)
+
+
 def time_pipeline(batcher: Any, steps: int = 20, devices: list[jax.Device] | None = None
                   ) -> dict[str, Any]:
     """Host batches/s of a ``StreamBatcher`` and the time to put one batch on the devices."""
