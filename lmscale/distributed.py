@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import sys
 from typing import Mapping
+
+from lmscale.training.host_devices import forced_device_count
 
 ENV_COORDINATOR = "LMSCALE_COORDINATOR_ADDRESS"
 ENV_NUM_PROCESSES = "LMSCALE_NUM_PROCESSES"
@@ -161,10 +162,8 @@ def cpu_pool_size(env: Mapping[str, str], cpus: int, num_cpu_devices: int = -1) 
     """
     if "PJRT_NPROC" in env or "NPROC" in env:
         return None  # the user's choice
-    devices = num_cpu_devices if num_cpu_devices > 0 else 1
-    match = re.search(r"--xla_force_host_platform_device_count=(\d+)", env.get("XLA_FLAGS", ""))
-    if num_cpu_devices <= 0 and match:
-        devices = int(match.group(1))
+    forced = forced_device_count(env)
+    devices = num_cpu_devices if num_cpu_devices > 0 else 1 if forced is None else forced
     return 2 * devices if 2 * devices > cpus else None
 
 

@@ -46,11 +46,17 @@ def auto_device_count(cores: int, batch_size: int, per_device_batch_size: int = 
     return max(d for d in range(1, max(1, cores) + 1) if batch_size % d == 0)
 
 
+def forced_device_count(env: Mapping[str, str]) -> int | None:
+    """The count of ``--xla_force_host_platform_device_count`` in ``XLA_FLAGS``, or None."""
+    match = re.search(r"--xla_force_host_platform_device_count=(\d+)", env.get("XLA_FLAGS", ""))
+    return int(match.group(1)) if match else None
+
+
 def user_device_count(env: Mapping[str, str]) -> int | None:
     """The CPU device count the user set in the environment, or None."""
-    match = re.search(r"--xla_force_host_platform_device_count=(\d+)", env.get("XLA_FLAGS", ""))
-    if match:
-        return int(match.group(1))
+    forced = forced_device_count(env)
+    if forced is not None:
+        return forced
     value = env.get("JAX_NUM_CPU_DEVICES", "").strip()
     return int(value) if value.lstrip("-").isdigit() and int(value) > 0 else None
 
