@@ -137,18 +137,12 @@ def initialize(coordinator_address: str | None, num_processes: int | None, proce
                                initialization_timeout=timeout_s)
 
 
-def initialize_from(coordinator_address: str | None, num_processes: int | None,
-                    process_id: int | None, timeout_s: int,
-                    env: Mapping[str, str] | None = None) -> ProcessGroup | None:
-    """Resolves the settings (flags, then ``env``, default ``os.environ``) and joins the run.
-
-    Returns the group joined, or None for a single process (nothing is initialized).
-    """
-    group = resolve(coordinator_address, num_processes, process_id, os.environ if env is None else env)
+def join(group: ProcessGroup | None, timeout_s: int) -> None:
+    """Joins the run that ``group`` (from :func:`resolve`) describes; nothing for a single
+    process. Must run before any device query, like :func:`initialize`."""
     if group is not None:
         initialize(group.coordinator_address, group.num_processes, group.process_id, timeout_s,
                    message=group.describe(timeout_s))
-    return group
 
 
 def cpu_pool_size(env: Mapping[str, str], cpus: int, num_cpu_devices: int = -1) -> int | None:

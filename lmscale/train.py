@@ -21,7 +21,7 @@ from ml_collections import config_flags
 
 from lmscale.cli import parse_flags, run_cli
 from lmscale.distributed import (ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID, DistributedError,
-                                 initialize, resolve)
+                                 join, resolve)
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file in configs/ (returns a locked ConfigDict).",
@@ -51,9 +51,7 @@ def join_processes() -> None:
     try:
         group = resolve(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, os.environ)
         run_cli(lambda: split_host(_CONFIG.value, multi_process=group is not None))
-        if group is not None:
-            initialize(group.coordinator_address, group.num_processes, group.process_id,
-                       _INIT_TIMEOUT.value, message=group.describe(_INIT_TIMEOUT.value))
+        join(group, _INIT_TIMEOUT.value)
     except DistributedError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
