@@ -147,6 +147,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.parallel = ml_collections.ConfigDict()
     c.parallel.grad_reduce_dtype = "float32"  # dtype of the gradients in the step's all-reduce: "float32" or "bfloat16" (half the bytes)
     c.parallel.cpu_devices = 0  # CPU hosts: data-parallel devices to split this host into (training/host_devices.py); 0 = one per core (dividing the batch), 1 = one device
+    c.parallel.cpu_huge_pages = True  # CPU hosts (Linux, glibc): restart the tool with malloc on transparent huge pages (training/host_memory.py)
 
     c.precision = ml_collections.ConfigDict()
     # Matmul dtype: "float32", "bfloat16" or "float16". Params and optimizer state stay
@@ -312,6 +313,9 @@ def validate_awd(config: ml_collections.ConfigDict) -> None:
     if config.parallel.cpu_devices < 0:
         raise ConfigError(f"parallel.cpu_devices must be >= 0 (0 = one per core), got "
                           f"{config.parallel.cpu_devices}")
+    if not isinstance(config.parallel.cpu_huge_pages, bool):
+        raise ConfigError(f"parallel.cpu_huge_pages must be True or False, got "
+                          f"{config.parallel.cpu_huge_pages!r}")
     if config.parallel.grad_reduce_dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"parallel.grad_reduce_dtype must be 'float32' or 'bfloat16', got "
                           f"{config.parallel.grad_reduce_dtype!r}")

@@ -60,6 +60,8 @@ def join_processes() -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from lmscale.training.host_memory import restart_with_huge_pages
+    restart_with_huge_pages(_CONFIG.value.parallel.cpu_huge_pages, entry=__name__ == "__main__")
     join_processes()
     from lmscale.training.loop import train
     result = run_cli(lambda: train(_CONFIG.value, _WORKDIR.value))

@@ -230,7 +230,8 @@ def host_info() -> dict[str, Any]:
     d = jax.devices()[0]
     return {"platform": d.platform, "device": d.device_kind, "devices": jax.device_count(),
             "cpus": os.cpu_count(), "machine": platform.machine(), "node": platform.node(),
-            "jax": jax.__version__}
+            "jax": jax.__version__,
+            "malloc_huge_pages": "glibc.malloc.hugetlb=1" in os.environ.get("GLIBC_TUNABLES", "")}
 
 
 def run_bench(config: ml_collections.ConfigDict, *, steps: int = 10, warmup: int = 2,

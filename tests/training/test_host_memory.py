@@ -1,0 +1,70 @@
+"""Huge pages for malloc on CPU hosts: a tool restarts itself once with glibc's tunable
+(training/host_memory.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lmscale.training.host_memory import (glibc_version, huge_pages_environment, thp_mode)
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_the_kernel_mode_is_the_bracketed_word(tmp_path):
+    path = tmp_path / "enabled"
+    path.write_text("always [madvise] never\n")
+    assert thp_mode(str(path)) == "madvise"
+    path.write_text("[always] madvise never\n")
+    assert thp_mode(str(path)) == "always"
+    assert thp_mode(str(tmp_path / "missing")) is None
+
+
+def test_the_restart_environment_adds_the_tunable_only_where_it_changes_something():
+    glibc = (2, 36)
+    assert huge_pages_environment({}, "madvise", glibc)["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
+    kept = huge_pages_environment({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", "A": "b"},
+                                  "madvise", glibc)
+    assert kept == {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1", "A": "b"}
+    assert huge_pages_environment({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, "madvise", glibc) is None
+    assert huge_pages_environment({}, "always", glibc) is None  # large mappings get them anyway
+    assert huge_pages_environment({}, "never", glibc) is None
+    assert huge_pages_environment({}, None, glibc) is None  # not Linux
+    assert huge_pages_environment({}, "madvise", (2, 34)) is None  # no such tunable yet
+    assert huge_pages_environment({}, "madvise", None) is None  # musl, macOS
+
+
+_PROBE = """
+import ctypes, os, sys
+from lmscale.training.host_memory import restart_with_huge_pages
+print("run", os.getpid(), os.environ.get("GLIBC_TUNABLES", ""), flush=True)
+restart_with_huge_pages(True, entry=sys.argv[1] == "entry")
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+size = 64 << 20
+ctypes.memset(libc.malloc(size), 1, size)  # what XLA:CPU does with a step's temporaries
+huge = [l for l in open("/proc/self/smaps_rollup") if l.startswith("AnonHugePages")]
+print("huge_kb", int(huge[0].split()[1]))
+"""
+
+
+@pytest.mark.skipif(thp_mode() != "madvise" or (glibc_version() or (0, 0)) < (2, 35),
+                    reason="needs Linux THP in madvise mode and glibc >= 2.35")
+def test_an_entry_point_restarts_once_and_its_malloc_gets_huge_pages():
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "JAX_PLATFORMS")}
+
+    def probe(*args: str) -> list[list[str]]:
+        out = subprocess.run([sys.executable, "-c", _PROBE, *args], cwd=REPO, env=env,
+                             capture_output=True, text=True, check=True, timeout=60).stdout
+        return [line.split() for line in out.splitlines()]
+
+    first, second, huge = probe("entry")
+    assert first[0] == second[0] == "run" and first[1] == second[1]  # same process, re-executed
+    assert first[2:] == [] and second[2] == "glibc.malloc.hugetlb=1"
+    assert int(huge[1]) >= 32 << 10  # most of the 64 MiB block sits on 2 MiB pages
+
+    only, plain = probe("library")  # a main() called from a notebook or a test: no restart
+    assert only[2:] == [] and int(plain[1]) == 0
