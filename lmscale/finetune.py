@@ -26,6 +26,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from lmscale.training.host_memory import restart_with_huge_pages
+    restart_with_huge_pages(_CONFIG.value.parallel.cpu_huge_pages, entry=__name__ == "__main__")
+    from lmscale.training.host_devices import split_host
+    run_cli(lambda: split_host(_CONFIG.value))  # before any device is touched
     from lmscale.finetuning.loop import finetune
     run_cli(lambda: finetune(_CONFIG.value, _WORKDIR.value))
     sys.exit(0)
