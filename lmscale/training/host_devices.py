@@ -85,22 +85,31 @@ def split_host(config: ml_collections.ConfigDict, *, multi_process: bool = False
     backends already exist, a multi-process run with the automatic setting, an accelerator
     will run the step, or one device.
     """
+    return split_cpu_host(config.train.batch_size, int(config.parallel.cpu_devices),
+                          per_device_batch_size=config.train.per_device_batch_size,
+                          multi_process=multi_process, env=env)
+
+
+def split_cpu_host(batch_size: int, devices: int = 0, *, per_device_batch_size: int = 0,
+                   multi_process: bool = False,
+                   env: Mapping[str, str] | None = None) -> int | None:
+    """:func:`split_host` from its values: ``devices`` as ``parallel.cpu_devices`` (0 = one
+    per core, reduced to a count that divides ``batch_size``). Notebooks call it as
+    ``lmscale.use_cpu_cores``, before anything starts JAX."""
     import jax
     from jax._src import xla_bridge
 
     env = os.environ if env is None else env
-    requested = int(config.parallel.cpu_devices)
-    if requested < 0:
+    if devices < 0:
         from lmscale.config import ConfigError
-        raise ConfigError(f"parallel.cpu_devices must be >= 0 (0 = one per core), got {requested}")
+        raise ConfigError(f"parallel.cpu_devices must be >= 0 (0 = one per core), got {devices}")
     if user_device_count(env) is not None or jax.config.jax_num_cpu_devices > 0:
         return None
-    if xla_bridge.backends_are_initialized() or (multi_process and requested == 0):
+    if xla_bridge.backends_are_initialized() or (multi_process and devices == 0):
         return None
     if not cpu_runs_the_step(env):  # the mesh takes the accelerators; leave the CPU alone
         return None
-    count = requested or auto_device_count(usable_cores(), config.train.batch_size,
-                                           config.train.per_device_batch_size)
+    count = devices or auto_device_count(usable_cores(), batch_size, per_device_batch_size)
     if count <= 1:
         return None
     jax.config.update("jax_num_cpu_devices", count)

@@ -45,14 +45,21 @@ from lmscale.training.host_devices import split_host
 c = get_config()
 with c.unlocked():
     c.train.batch_size = int(sys.argv[1]); c.parallel.cpu_devices = int(sys.argv[2])
-set_to = split_host(c, multi_process=sys.argv[3] == "1")
+if sys.argv[4] == "config":
+    set_to = split_host(c, multi_process=sys.argv[3] == "1")
+else:  # the notebook entry point, called before or after JAX has started
+    import lmscale
+    if sys.argv[4] == "late":
+        jax.devices()
+    set_to = lmscale.use_cpu_cores(c.train.batch_size, c.parallel.cpu_devices)
 print(json.dumps({"set": set_to, "devices": jax.device_count()}))
 """
 
 
-def _probe(batch: int, cpu_devices: int, multi: bool = False, **env: str) -> dict:
+def _probe(batch: int, cpu_devices: int, multi: bool = False, via: str = "config", **env: str) -> dict:
     clean = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
-    out = subprocess.run([sys.executable, "-c", _PROBE, str(batch), str(cpu_devices), str(int(multi))],
+    out = subprocess.run([sys.executable, "-c", _PROBE, str(batch), str(cpu_devices), str(int(multi)),
+                          via],
                          capture_output=True, text=True, env={**clean, "JAX_PLATFORMS": "cpu", **env},
                          cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -68,6 +75,11 @@ def test_split_host_sets_the_device_count_before_jax_starts():
     # The user's own choice wins; a multi-process run keeps one device per process.
     assert _probe(12, 3, XLA_FLAGS="--xla_force_host_platform_device_count=4") == {"set": None, "devices": 4}
     assert _probe(12, 0, multi=True) == {"set": None, "devices": 1}
+
+
+def test_notebooks_split_the_host_through_use_cpu_cores_before_jax_starts():
+    assert _probe(12, 3, via="api") == {"set": 3, "devices": 3}
+    assert _probe(12, 3, via="late") == {"set": None, "devices": 1}  # too late: JAX started
 
 
 def test_a_negative_count_is_a_config_error():
