@@ -37,6 +37,7 @@ from lmscale.config import scaled_lr, step_width, validate, with_global_batch
 from lmscale.models import flops_per_token
 from lmscale.models.recurrent import scan_options
 from lmscale.training import mesh as mesh_lib
+from lmscale.training.host_memory import huge_pages_on
 from lmscale.training.precision import DTYPES
 from lmscale.training.setup import BATCH_KEYS, build_train_setup, jit_train_step
 
@@ -231,7 +232,7 @@ def host_info() -> dict[str, Any]:
     return {"platform": d.platform, "device": d.device_kind, "devices": jax.device_count(),
             "cpus": os.cpu_count(), "machine": platform.machine(), "node": platform.node(),
             "jax": jax.__version__,
-            "malloc_huge_pages": "glibc.malloc.hugetlb=1" in os.environ.get("GLIBC_TUNABLES", "")}
+            "malloc_huge_pages": huge_pages_on(os.environ)}
 
 
 def run_bench(config: ml_collections.ConfigDict, *, steps: int = 10, warmup: int = 2,

@@ -47,6 +47,11 @@ def glibc_version() -> tuple[int, int] | None:
     return int(parts[0]), int(parts[1])
 
 
+def huge_pages_on(env: Mapping[str, str]) -> bool:
+    """Whether this process's malloc was started with huge pages (the tunable set to 1)."""
+    return f"{TUNABLE}=1" in env.get("GLIBC_TUNABLES", "").split(":")
+
+
 def huge_pages_environment(env: Mapping[str, str], mode: str | None,
                            glibc: tuple[int, int] | None) -> dict[str, str] | None:
     """The environment to restart with so that malloc uses huge pages, or None when a restart

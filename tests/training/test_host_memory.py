@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from lmscale.training.host_memory import (glibc_version, huge_pages_environment, thp_mode)
+from lmscale.training.host_memory import (glibc_version, huge_pages_environment, huge_pages_on,
+                                          thp_mode)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -35,6 +36,7 @@ def test_the_restart_environment_adds_the_tunable_only_where_it_changes_somethin
     assert huge_pages_environment({}, None, glibc) is None  # not Linux
     assert huge_pages_environment({}, "madvise", (2, 34)) is None  # no such tunable yet
     assert huge_pages_environment({}, "madvise", None) is None  # musl, macOS
+    assert huge_pages_on(kept) and not huge_pages_on({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"})
 
 
 _PROBE = """
