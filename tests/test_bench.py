@@ -56,7 +56,7 @@ def test_bench_cli_writes_a_record(tmp_path):
            f"--workdir={tmp_path / 'work'}"]
     p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
-    assert "| mlstm hidden 32 embed 64 layers 1 | 4 x 8 | float32 |" in p.stdout
+    assert "| mlstm hidden 32 embed 64 layers 1 | 4 x 8 | float32 | custom u1 |" in p.stdout
     (line,) = out.read_text().splitlines()
     r = json.loads(line)
     assert r["label"] == "test" and r["tokens_per_step"] == 32 and len(r["step_s_all"]) == 3
@@ -64,6 +64,9 @@ def test_bench_cli_writes_a_record(tmp_path):
     assert r["flop_per_s"] == pytest.approx(r["train_flops_per_token"] * 32 / r["step_s"])
     assert r["of_matmul_rate"] == pytest.approx(r["flop_per_s"] / r["matmul"]["flop_per_s"])
     assert r["memory_bytes"]["peak"] > 0 and r["commit"]
+    # A model without a time loop shows no backward/unroll in the table.
+    row = bench.format_table([{**r, "kind": "transformer"}]).splitlines()[-1]
+    assert row.split(" | ")[3] == "-"
     loop = r["loop"]  # the real loop on the built-in corpus, its second window of 10 steps
     assert loop["steps"] == 10 and loop["tokens_per_s"] > 0
     assert loop["of_step"] == pytest.approx(loop["chars_per_s"] / r["chars_per_s"])

@@ -267,6 +267,13 @@ def _loop_cell(loop: dict[str, Any] | None) -> str:
     return f"{loop['chars_per_s'] / 1e3:.2f} k ({100 * loop['of_step']:.0f} % of step)"
 
 
+def _grad_cell(record: dict[str, Any]) -> str:
+    """The recurrence's backward and unroll; '-' for a model without a time loop."""
+    if record.get("kind") == "transformer":
+        return "-"
+    return f"{record['grad']} u{record['unroll']}"
+
+
 def append_jsonl(record: dict[str, Any], path: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "a") as f:
@@ -283,7 +290,7 @@ def format_table(records: list[dict[str, Any]]) -> str:
         pipe = r.get("pipeline")
         lines.append(
             f"| {r['model']} | {r['batch']} x {r['seq']} | {r['compute']} "
-            f"| {r['grad']} u{r['unroll']} | {1e3 * r['step_s']:.1f} ms | {r['chars_per_s'] / 1e3:.2f} k "
+            f"| {_grad_cell(r)} | {1e3 * r['step_s']:.1f} ms | {r['chars_per_s'] / 1e3:.2f} k "
             f"| {r['train_flops_per_token'] / 1e6:.2f} | {r['flop_per_s'] / 1e9:.1f} "
             f"| {r['matmul']['flop_per_s'] / 1e9:.0f} | {100 * r['of_matmul_rate']:.0f} % "
             f"| {mem.get('peak', 0) / 2**20:.0f} MiB "
