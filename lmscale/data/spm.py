@@ -10,7 +10,6 @@ dataset or workdir as ``tokenizer.model``; ``to_dict()`` names it with its SHA-2
 
 from __future__ import annotations
 
-import hashlib
 import io
 import itertools
 import os
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from lmscale.data.errors import DataError
-from lmscale.data.tokenizer import smallest_uint_dtype, write_file_once
+from lmscale.data.tokenizer import FileTokenizer, smallest_uint_dtype
 
 MODEL_FILE = "tokenizer.model"
 MODEL_TYPES = ("bpe", "unigram")
@@ -73,10 +72,11 @@ def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
-class SentencePieceTokenizer:
+class SentencePieceTokenizer(FileTokenizer):
     """A loaded SentencePiece model; ``vocab_size`` = pieces + 1 (padding id 0)."""
 
     pad_id: int | None = 0
+    file_name = MODEL_FILE
 
     def __init__(self, model_proto: bytes, *, name: str = "SentencePiece model") -> None:
         spm = _sentencepiece()
@@ -87,8 +87,7 @@ class SentencePieceTokenizer:
             raise DataError(f"{name} is not a SentencePiece model ({_first_line(e)})") from None
         if pieces < 1:
             raise DataError(f"{name} is not a SentencePiece model (it has no pieces)")
-        self.model_proto = bytes(model_proto)
-        self.sha256 = hashlib.sha256(self.model_proto).hexdigest()
+        self._set_payload(model_proto)
         self._vocab_size = pieces + 1
         self._byte_lengths: np.ndarray | None = None
 
@@ -197,18 +196,10 @@ class SentencePieceTokenizer:
         return {"kind": "sentencepiece", "model": MODEL_FILE, "sha256": self.sha256,
                 "vocab_size": self._vocab_size}
 
-    def save(self, directory: str) -> None:
-        """Writes ``directory/tokenizer.model`` (atomically; kept if already identical)."""
-        write_file_once(os.path.join(directory, MODEL_FILE), self.model_proto)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, SentencePieceTokenizer) and other.sha256 == self.sha256
-
-    def __hash__(self) -> int:
-        return hash(self.sha256)
-
-    def __repr__(self) -> str:
-        return f"SentencePieceTokenizer(vocab_size={self._vocab_size}, sha256={self.sha256[:12]})"
+    @property
+    def model_proto(self) -> bytes:
+        """The serialized model (what ``save`` writes)."""
+        return self.payload
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ Words: ``lmscale.data.words.WordTokenizer`` (0 padding, 1 ``<unk>``, 2 ``<eos>``
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -41,6 +42,31 @@ def write_file_once(path: str, payload: bytes) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with atomic_write(path, "wb") as f:
         f.write(payload)
+
+
+class FileTokenizer:
+    """Base of the tokenizers defined by the bytes of one file (a SentencePiece model, a word
+    vocabulary): ``save`` writes them as ``file_name`` beside a run, and two tokenizers are
+    equal when their bytes are (``sha256``)."""
+
+    file_name: str  # the file ``save`` writes into a directory
+
+    def _set_payload(self, payload: bytes) -> None:
+        self.payload = bytes(payload)
+        self.sha256 = hashlib.sha256(self.payload).hexdigest()
+
+    def save(self, directory: str) -> None:
+        """Writes ``directory/<file_name>`` (atomically; kept if already identical)."""
+        write_file_once(os.path.join(directory, self.file_name), self.payload)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.sha256 == self.sha256
+
+    def __hash__(self) -> int:
+        return hash(self.sha256)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(vocab_size={self.vocab_size}, sha256={self.sha256[:12]})"
 
 
 def smallest_uint_dtype(vocab_size: int) -> type:

@@ -25,7 +25,6 @@ counted. ``decode`` joins words with spaces and writes ``<eos>`` as a newline.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -35,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from lmscale.data.errors import DataError
-from lmscale.data.tokenizer import smallest_uint_dtype, write_file_once
+from lmscale.data.tokenizer import FileTokenizer, smallest_uint_dtype
 
 VOCAB_FILE = "vocab.json"
 PAD, UNK, EOS = "<pad>", "<unk>", "<eos>"
@@ -60,10 +59,11 @@ def split_words(text: str | bytes, close: bool = True) -> list[str]:
     return out
 
 
-class WordTokenizer:
+class WordTokenizer(FileTokenizer):
     """A fixed word vocabulary; ``vocab_size`` = words + the 3 special ids."""
 
     pad_id: int | None = PAD_ID
+    file_name = VOCAB_FILE
 
     def __init__(self, words: Sequence[str], *, unk_bytes: int, min_count: int = 1,
                  max_size: int = 0) -> None:
@@ -80,8 +80,7 @@ class WordTokenizer:
         self.min_count, self.max_size = int(min_count), int(max_size)
         self.document = {"words": words, "unk_bytes": self.unk_bytes, "min_count": self.min_count,
                          "max_size": self.max_size}
-        self.payload = json.dumps(self.document, ensure_ascii=False).encode("utf-8")
-        self.sha256 = hashlib.sha256(self.payload).hexdigest()
+        self._set_payload(json.dumps(self.document, ensure_ascii=False).encode("utf-8"))
         self._byte_lengths: np.ndarray | None = None
 
     @classmethod
@@ -176,19 +175,6 @@ class WordTokenizer:
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "word", "vocab": VOCAB_FILE, "sha256": self.sha256, "vocab_size": self.vocab_size}
-
-    def save(self, directory: str) -> None:
-        """Writes ``directory/vocab.json`` (atomically; kept if already identical)."""
-        write_file_once(os.path.join(directory, VOCAB_FILE), self.payload)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, WordTokenizer) and other.sha256 == self.sha256
-
-    def __hash__(self) -> int:
-        return hash(self.sha256)
-
-    def __repr__(self) -> str:
-        return f"WordTokenizer(vocab_size={self.vocab_size}, sha256={self.sha256[:12]})"
 
 
 @dataclass(frozen=True)
