@@ -172,12 +172,23 @@ def lstm_scan(xs: jax.Array, carry: Carry, w_x: jax.Array, w_h: jax.Array, b: ja
 
 
 class _RecurrentLayer(nnx.Module):
-    """Shared call logic; subclasses define their matrices and ``_scan``."""
+    """The matrices (mLSTM: ``multiplicative``) and the shared call logic; subclasses define
+    ``_scan``."""
 
-    hidden: int
-    dtype: Any
+    multiplicative: bool = False  # the mLSTM's w_mx [in, H] and w_mh [H, H] too
 
-    weight_drop: float = 0.0
+    def __init__(self, in_features: int, hidden: int, *, weight_norm: bool = True,
+                 weight_drop: float = 0.0, dtype: Any = jnp.float32, rngs: nnx.Rngs):
+        init = recurrent_uniform(hidden)
+        mat = lambda i, o: make_matrix(i, o, weight_norm=weight_norm, init=init, rngs=rngs)
+        self.in_features, self.hidden, self.dtype = in_features, hidden, dtype
+        self.weight_drop = float(weight_drop)
+        self.w_x = mat(in_features, 4 * hidden)
+        if self.multiplicative:
+            self.w_mx = mat(in_features, hidden)
+            self.w_mh = mat(hidden, hidden)
+        self.w_h = mat(hidden, 4 * hidden)
+        self.bias = nnx.Param(jnp.zeros((4 * hidden,), jnp.float32))
 
     def _scan(self, xs: jax.Array, carry: Carry, resets: jax.Array | None,
               return_cells: bool, step_key: jax.Array | None = None) -> ScanResult:
@@ -232,17 +243,7 @@ class _RecurrentLayer(nnx.Module):
 class MLSTMLayer(_RecurrentLayer):
     """Multiplicative LSTM layer; params w_x, w_mx, w_mh, w_h (each g/v or kernel) and bias."""
 
-    def __init__(self, in_features: int, hidden: int, *, weight_norm: bool = True,
-                 weight_drop: float = 0.0, dtype: Any = jnp.float32, rngs: nnx.Rngs):
-        init = recurrent_uniform(hidden)
-        mat = lambda i, o: make_matrix(i, o, weight_norm=weight_norm, init=init, rngs=rngs)
-        self.in_features, self.hidden, self.dtype = in_features, hidden, dtype
-        self.weight_drop = float(weight_drop)
-        self.w_x = mat(in_features, 4 * hidden)
-        self.w_mx = mat(in_features, hidden)
-        self.w_mh = mat(hidden, hidden)
-        self.w_h = mat(hidden, 4 * hidden)
-        self.bias = nnx.Param(jnp.zeros((4 * hidden,), jnp.float32))
+    multiplicative = True
 
     def _scan(self, xs: jax.Array, carry: Carry, resets: jax.Array | None,
               return_cells: bool, step_key: jax.Array | None = None) -> ScanResult:
@@ -254,16 +255,6 @@ class MLSTMLayer(_RecurrentLayer):
 
 class LSTMLayer(_RecurrentLayer):
     """Standard LSTM layer; params w_x, w_h (each g/v or kernel) and a single bias."""
-
-    def __init__(self, in_features: int, hidden: int, *, weight_norm: bool = True,
-                 weight_drop: float = 0.0, dtype: Any = jnp.float32, rngs: nnx.Rngs):
-        init = recurrent_uniform(hidden)
-        mat = lambda i, o: make_matrix(i, o, weight_norm=weight_norm, init=init, rngs=rngs)
-        self.in_features, self.hidden, self.dtype = in_features, hidden, dtype
-        self.weight_drop = float(weight_drop)
-        self.w_x = mat(in_features, 4 * hidden)
-        self.w_h = mat(hidden, 4 * hidden)
-        self.bias = nnx.Param(jnp.zeros((4 * hidden,), jnp.float32))
 
     def _scan(self, xs: jax.Array, carry: Carry, resets: jax.Array | None,
               return_cells: bool, step_key: jax.Array | None = None) -> ScanResult:
