@@ -64,9 +64,14 @@ def test_bench_cli_writes_a_record(tmp_path):
     assert r["flop_per_s"] == pytest.approx(r["train_flops_per_token"] * 32 / r["step_s"])
     assert r["of_matmul_rate"] == pytest.approx(r["flop_per_s"] / r["matmul"]["flop_per_s"])
     assert r["memory_bytes"]["peak"] > 0 and r["commit"]
-    # A model without a time loop shows no backward/unroll in the table.
-    row = bench.format_table([{**r, "kind": "transformer"}]).splitlines()[-1]
-    assert row.split(" | ")[3] == "-"
+    # Models that --grad/--unroll do not apply to show neither in the table: the kinds whose
+    # layers are not the recurrences of models/recurrent.py.
+    from lmscale.models.lm import LAYER_TYPES
+    from lmscale.models.recurrent import SCANNED_KINDS, LSTMLayer, MLSTMLayer
+    assert {k for k, c in LAYER_TYPES.items() if c in (LSTMLayer, MLSTMLayer)} == set(SCANNED_KINDS)
+    for kind in ("transformer", "qrnn"):
+        row = bench.format_table([{**r, "kind": kind}]).splitlines()[-1]
+        assert row.split(" | ")[3] == "-"
     loop = r["loop"]  # the real loop on the built-in corpus, its second window of 10 steps
     assert loop["steps"] == 10 and loop["tokens_per_s"] > 0
     assert loop["of_step"] == pytest.approx(loop["chars_per_s"] / r["chars_per_s"])

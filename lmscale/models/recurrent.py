@@ -39,6 +39,7 @@ ScanResult = tuple[jax.Array, Carry, jax.Array | None]
 
 
 GRAD_IMPLS = ("custom", "autodiff")
+SCANNED_KINDS = ("mlstm", "lstm")  # the model kinds whose layers are these: scan_options applies
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,7 +35,7 @@ import numpy as np
 
 from lmscale.config import scaled_lr, step_width, validate, with_global_batch
 from lmscale.models import flops_per_token
-from lmscale.models.recurrent import scan_options
+from lmscale.models.recurrent import SCANNED_KINDS, scan_options
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.host_memory import huge_pages_on
 from lmscale.training.precision import DTYPES
@@ -268,8 +268,9 @@ def _loop_cell(loop: dict[str, Any] | None) -> str:
 
 
 def _grad_cell(record: dict[str, Any]) -> str:
-    """The recurrence's backward and unroll; '-' for a model without a time loop."""
-    if record.get("kind") == "transformer":
+    """The recurrence's backward and unroll; '-' for a model they do not apply to (the
+    transformer has no time loop, the QRNN's loop is its own)."""
+    if record.get("kind") not in SCANNED_KINDS:
         return "-"
     return f"{record['grad']} u{record['unroll']}"
 
