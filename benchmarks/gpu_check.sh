@@ -8,6 +8,12 @@
 #     bash benchmarks/gpu_check.sh            # from the repository root, JAX with CUDA installed
 #     GPU_CHECK_SMOKE=1 bash benchmarks/gpu_check.sh   # the same stages, tiny shapes, on the CPU
 #
+# Python: $PYTHON, else .venv/bin/python, else python3 (on the lent H200 image, the one with
+# JAX and CUDA). Wheels in .whl/ (benchmarks/gpu_wheels.sh fetches what that image lacks) are
+# installed into a temporary folder first; a requirement still missing stops the script before
+# any GPU work, naming it. From a session with a device: `bash benchmarks/gpu_wheels.sh` here,
+# then run `bash benchmarks/gpu_check.sh` there with .whl carried (benchmarks/README.md).
+#
 # JSON lines (one per bench, see lmscale.bench) go to $OUT/gpu_check.jsonl (or
 # benchmarks/gpu_check.jsonl when $OUT is unset), the log beside them. The stages run most
 # important first, each under its own time limit and all under one deadline
@@ -28,6 +34,20 @@ DEADLINE=$(( START + ${GPU_CHECK_BUDGET:-460} ))
 say() { echo "[gpu_check +$(( $(date +%s) - START ))s] $*" | tee -a "$LOG"; }
 # Seconds a stage may run: its own limit, or what is left before the deadline.
 limit() { local left=$(( DEADLINE - $(date +%s) )); echo $(( left < $1 ? left : $1 )); }
+
+# 0. Packages: carried wheels first, then what is still missing stops the check.
+if compgen -G ".whl/*.whl" > /dev/null; then
+  SITE=$(mktemp -d)
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" \
+    .whl/*.whl 2>&1 | tail -3 | tee -a "$LOG"
+  export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+  say "installed $(ls .whl | tr '\n' ' ')into $SITE"
+fi
+MISSING=$("$PY" benchmarks/missing_requirements.py --also pytest 2>&1) || MISSING="(check failed) $MISSING"
+if [ -n "$MISSING" ]; then
+  say "$PY lacks: $MISSING; fetch wheels with benchmarks/gpu_wheels.sh and carry .whl/"; exit 3
+fi
+say "python: $("$PY" -c 'import sys, jax, flax, optax; print(sys.version.split()[0], "jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__)' 2>&1 | tail -1)"
 
 MLSTM=(--config=configs/mlstm4096.py --config.train.batch_size=256 --config.train.seq_len=256)
 TRANSFORMER=(--config=configs/transformer_amazon.py)
