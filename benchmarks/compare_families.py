@@ -92,7 +92,7 @@ def main() -> None:
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                             text=True).stdout.strip()
-    print(f"| model | steps | CPU s | val bpc (bits/byte) | val bits/token |\n|---|---|---|---|---|")
+    print("| model | steps | CPU s | val bpc (bits/byte) | val bits/token |\n|---|---|---|---|---|")
     with open(os.path.join(REPO, "benchmarks", "results.jsonl"), "a") as f:
         for name, r in results.items():
             print(f"| {name} | {r['steps']} | {r['cpu_s']:.0f} | {r['val_bpc']:.3f} | "

@@ -18,7 +18,7 @@ import numpy as np
 
 from lmscale.config import parse_split
 from lmscale.data.builtin import is_builtin
-from lmscale.data.dataset import METADATA, SplitData, TokenDataset, is_dataset
+from lmscale.data.dataset import METADATA, TokenDataset, is_dataset
 from lmscale.data.errors import DataError
 from lmscale.data.prepare import prepare_dataset
 from lmscale.data.stream import StreamBatcher

@@ -23,7 +23,7 @@ import numpy as np
 import tqdm
 from flax import nnx
 
-from lmscale.config import derive, load_config, save_config, validate, with_global_batch
+from lmscale.config import derive, save_config, validate, with_global_batch
 from lmscale.data.dataset import TokenDataset
 from lmscale.models import architecture, flops_per_token
 from lmscale.training import mesh as mesh_lib

@@ -16,7 +16,7 @@ def test_sentiment_neuron_notebook_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("LMSCALE_DATA_MIRROR", "http://127.0.0.1:9")  # any download would fail
     nb.cells[2].source = nb.cells[2].source.replace(
         'WORKDIR = ROOT / "runs" / "notebook_sst"', f'WORKDIR = Path({str(tmp_path / "run")!r})')
-    assert f'WORKDIR = Path(' in nb.cells[2].source
+    assert 'WORKDIR = Path(' in nb.cells[2].source
     NotebookClient(nb, timeout=900, kernel_name="python3",
                    resources={"metadata": {"path": str(REPO / "examples")}}).execute()
     outputs = "".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lmscale.models import RecurrentLM, build_model, flops_per_token
+from lmscale.models import build_model, flops_per_token
 from lmscale.models import regularizers as reg
 from lmscale.models.qrnn import POOLINGS, fo_pool, qrnn_scan
 from tests.models.numpy_reference import sigmoid

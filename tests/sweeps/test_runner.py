@@ -5,7 +5,6 @@ holding another sweep is refused in one line."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

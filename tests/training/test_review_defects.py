@@ -4,7 +4,6 @@ learning rate of float16 runs, exact evaluation sums, and LM.score on framed tex
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
