@@ -123,14 +123,14 @@ def test_weight_gradients_accumulate_in_float32(kind, dtype):
     shapes = _weight_shapes(kind)
 
     def carried(jaxpr: Any) -> list[Any]:
+        """What loop bodies return every step: their carries (and a scan's per-step
+        outputs). Read from the bodies, whose form is the same in every JAX version (scan's
+        num_consts/num_carry parameters are gone in JAX 0.11)."""
         out = []
         for e in _eqns(jaxpr):
-            if e.primitive.name == "scan":
-                n_consts, n_carry = e.params["num_consts"], e.params["num_carry"]
-                out += [v.aval for v in e.invars[n_consts:n_consts + n_carry]]
-            elif e.primitive.name == "while":
-                n_consts = e.params["cond_nconsts"] + e.params["body_nconsts"]
-                out += [v.aval for v in e.invars[n_consts:]]
+            body = {"scan": "jaxpr", "while": "body_jaxpr"}.get(e.primitive.name)
+            if body is not None:
+                out += [v.aval for v in e.params[body].jaxpr.outvars]
         return out
 
     custom = _grad_jaxpr(kind, dtype, "custom")
