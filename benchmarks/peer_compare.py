@@ -1,10 +1,12 @@
 """lmscale vs the PyTorch peer (../shared/peer/torch_mlstm.py), back to back, same shapes.
 
-    python benchmarks/peer_compare.py [--repeats 3] [--torch_python ~/torch-peer/bin/python]
+    python benchmarks/peer_compare.py [--repeats 3] [--torch_python ~/torch-peer/bin/python] \
+        [--compute float32,bfloat16]
 
 For each shape (hidden, batch, seq) and each repeat, runs in fresh processes, one after the
 other: ``python -m lmscale.bench`` on configs/quickstart.py with the shape as overrides
-(median of --steps steps), then the peer's ``bench`` with ``--scan bptt`` and
+(median of --steps steps), once per --compute dtype (the matmuls' compute dtype; the peer
+always runs float32), then the peer's ``bench`` with ``--scan bptt`` and
 ``--scan autograd`` (its mean over --steps steps, 2 threads). The ratio of a repeat is
 lmscale's chars/s over the better of the two peer scans *of the same repeat*; only such
 ratios mean anything on a shared machine. Before each run it waits (up to --quiet_wait s)
@@ -70,6 +72,8 @@ def main() -> None:
     ap.add_argument("--torch_python", default=os.path.expanduser("~/torch-peer/bin/python"))
     ap.add_argument("--quiet_wait", type=float, default=60.0)
     ap.add_argument("--grad", default="custom", help="lmscale --grad")
+    ap.add_argument("--compute", default="float32",
+                    help="lmscale precision.compute dtypes, comma separated (one row each)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "peer_compare.jsonl"))
     ap.add_argument("--shapes", default=",".join("x".join(map(str, s)) for s in SHAPES),
                     help="hidden x batch x seq, comma separated")
@@ -80,10 +84,13 @@ def main() -> None:
         for hidden, batch, seq in shapes:
             shape = [f"--config.model.hidden={hidden}", f"--config.train.batch_size={batch}",
                      f"--config.train.seq_len={seq}"]
-            wait_quiet(0.3, a.quiet_wait)
-            lm, lm_other = run([sys.executable, "-m", "lmscale.bench", "--config=configs/quickstart.py",
-                                *shape, f"--steps={a.steps}", f"--grad={a.grad}",
-                                "--label=peer_compare"])
+            lms = {}
+            for compute in a.compute.split(","):
+                wait_quiet(0.3, a.quiet_wait)
+                lms[compute] = run([sys.executable, "-m", "lmscale.bench",
+                                    "--config=configs/quickstart.py", *shape,
+                                    f"--config.precision.compute={compute}", f"--steps={a.steps}",
+                                    f"--grad={a.grad}", "--label=peer_compare"])
             peer = {}
             for scan in ("bptt", "autograd"):
                 wait_quiet(0.3, a.quiet_wait)
@@ -91,23 +98,28 @@ def main() -> None:
                                   "--batch", str(batch), "--seq", str(seq), "--steps", str(a.steps),
                                   "--warmup", "2", "--threads", "2", "--scan", scan])
             best = max(peer, key=lambda s: peer[s][0]["chars_per_s"])
-            row = {"repeat": rep, "hidden": hidden, "batch": batch, "seq": seq, "grad": a.grad,
-                   "lmscale_chars_per_s": round(lm["chars_per_s"]), "lmscale_other_cpu": lm_other,
-                   "lmscale_of_matmul_rate": round(lm["of_matmul_rate"], 3),
-                   "matmul_gflops": round(lm["matmul"]["flop_per_s"] / 1e9),
-                   **{f"peer_{s}_chars_per_s": peer[s][0]["chars_per_s"] for s in peer},
-                   **{f"peer_{s}_other_cpu": peer[s][1] for s in peer},
-                   "peer_best": best, "ratio": round(lm["chars_per_s"] / peer[best][0]["chars_per_s"], 3),
-                   "commit": lm["commit"], "date": time.strftime("%Y-%m-%d %H:%M")}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-            with open(a.out, "a") as f:
-                f.write(json.dumps(row) + "\n")
-    print("\n| shape (hidden, batch, seq) | lmscale chars/s | peer bptt | peer autograd | ratio | "
-          "lmscale % of matmul | other CPU (lm / bptt / autograd) |")
-    print("|---|---:|---:|---:|---:|---:|---|")
+            for compute, (lm, lm_other) in lms.items():
+                row = {"repeat": rep, "hidden": hidden, "batch": batch, "seq": seq, "grad": a.grad,
+                       "compute": compute, "jax": lm["host"]["jax"],
+                       "lmscale_chars_per_s": round(lm["chars_per_s"]),
+                       "lmscale_other_cpu": lm_other,
+                       "lmscale_of_matmul_rate": round(lm["of_matmul_rate"], 3),
+                       "matmul_gflops": round(lm["matmul"]["flop_per_s"] / 1e9),
+                       **{f"peer_{s}_chars_per_s": peer[s][0]["chars_per_s"] for s in peer},
+                       **{f"peer_{s}_other_cpu": peer[s][1] for s in peer},
+                       "peer_best": best,
+                       "ratio": round(lm["chars_per_s"] / peer[best][0]["chars_per_s"], 3),
+                       "commit": lm["commit"], "date": time.strftime("%Y-%m-%d %H:%M")}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                with open(a.out, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+    print("\n| shape (hidden, batch, seq) | lmscale compute (JAX) | lmscale chars/s | peer bptt | "
+          "peer autograd | ratio | lmscale % of matmul | other CPU (lm / bptt / autograd) |")
+    print("|---|---|---:|---:|---:|---:|---:|---|")
     for r in rows:
-        print(f"| {r['hidden']}, {r['batch']}, {r['seq']} (#{r['repeat']}) | {r['lmscale_chars_per_s']} "
+        print(f"| {r['hidden']}, {r['batch']}, {r['seq']} (#{r['repeat']}) | {r['compute']} "
+              f"({r['jax']}) | {r['lmscale_chars_per_s']} "
               f"| {r['peer_bptt_chars_per_s']:.0f} | {r['peer_autograd_chars_per_s']:.0f} | {r['ratio']:.2f} "
               f"| {100 * r['lmscale_of_matmul_rate']:.0f} % | {r['lmscale_other_cpu']} / "
               f"{r['peer_bptt_other_cpu']} / {r['peer_autograd_other_cpu']} |")

@@ -108,3 +108,27 @@ def test_float16_gradients_match_float32_after_unscaling():
     _, m32 = step32(state32, batch)
     assert abs(float(m16["loss"]) - float(m32["loss"])) < 1e-2
     assert abs(float(m16["grad_norm"]) / float(m32["grad_norm"]) - 1) < 2e-2
+
+
+def test_cpu_flags_read_from_cpuinfo(tmp_path):
+    from lmscale.training.precision import cpu_flags
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx512f amx_bf16 amx_tile\nbugs\t\t: x\n")
+    assert cpu_flags(str(info)) == {"fpu", "avx512f", "amx_bf16", "amx_tile"}
+    assert cpu_flags(str(tmp_path / "absent")) == set()
+
+
+@pytest.mark.parametrize("compute, platform, flags, version, hinted", [
+    ("float32", "cpu", {"avx512f", "amx_bf16"}, "0.11.2", True),
+    ("float32", "cpu", {"amx_bf16"}, "0.12.0.1", True),
+    ("float32", "cpu", {"amx_bf16"}, "0.10.2", False),  # older XLA:CPU: bfloat16 is slower
+    ("float32", "cpu", {"avx512f", "avx512_bf16"}, "0.12.0", False),  # no AMX
+    ("bfloat16", "cpu", {"amx_bf16"}, "0.12.0", False),  # already
+    ("float32", "gpu", {"amx_bf16"}, "0.12.0", False),  # the host CPU does not run the step
+])
+def test_bfloat16_hint_only_where_it_pays(compute, platform, flags, version, hinted):
+    from lmscale.training.precision import faster_compute_hint
+    hint = faster_compute_hint(compute, platform, flags, version)
+    assert (hint is not None) == hinted
+    if hinted:
+        assert "--config.precision.compute=bfloat16" in hint
