@@ -40,7 +40,7 @@ from lmscale.training import mesh as mesh_lib
 from lmscale.training.checkpoints import Checkpointer, check_same_model
 from lmscale.training.metrics import MetricsWriter
 from lmscale.training.optimizer import make_finetune_optimizer
-from lmscale.training.precision import LossScale, Policy
+from lmscale.training.precision import LossScale, Policy, print_compute_hint
 from lmscale.training.restore import TrainedLM, load_trained
 from lmscale.training.state import TrainState, state_shardings
 from lmscale.training.stop import StopSignal
@@ -174,6 +174,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str,
                "preprocess": lm.derived.get("preprocess", "none"), "devices": mesh.size,
                "precision": str(policy), "texts": {n: len(d) for n, d in splits.items()}}
     if is_main:
+        print_compute_hint(config.precision.compute, mesh.devices.flat[0])
         lm.tokenizer.save(workdir)  # the run is self-contained for lmscale.classify
         save_config(config, derived, os.path.join(workdir, "config.json"))
     meta = {"signature": signature, "precision": config.precision.compute,

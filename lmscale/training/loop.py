@@ -37,7 +37,7 @@ from lmscale.training.loss import bits_per_char
 from lmscale.training.best import BestKeeper
 from lmscale.training.metrics import MetricsWriter, add_perplexity
 from lmscale.training.ntasgd import NTASGDMonitor, eval_params, switch_on
-from lmscale.training.precision import cpu_flags, faster_compute_hint
+from lmscale.training.precision import print_compute_hint
 from lmscale.training.setup import build_train_setup, jit_train_step
 from lmscale.training.state import zero_acc
 from lmscale.training.steps import make_eval_step
@@ -120,10 +120,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         state = jax.device_put(state, shardings)
     start = int(jax.device_get(state.step))
     if is_main:
-        hint = faster_compute_hint(config.precision.compute, mesh.devices.flat[0].platform,
-                                   cpu_flags(), jax.__version__)
-        if hint:
-            print(f"hint: {hint}")
+        print_compute_hint(config.precision.compute, mesh.devices.flat[0])
         tokenizer.save(workdir)  # the workdir is self-contained (e.g. a SentencePiece model)
         keep_config_history(workdir, {**config.to_dict(), "derived": derived}, start)
         save_config(config, derived, os.path.join(workdir, "config.json"))

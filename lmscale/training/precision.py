@@ -144,3 +144,10 @@ def faster_compute_hint(compute: str, platform: str, flags: set[str], jax_versio
     return ("this CPU has AMX and JAX >= 0.11 runs bfloat16 matmuls on it: "
             "--config.precision.compute=bfloat16 trains about 2x faster here with float32 "
             "master weights and state (benchmarks/README.md)")
+
+
+def print_compute_hint(compute: str, device: jax.Device) -> None:
+    """Prints :func:`faster_compute_hint` for a run on ``device`` (the trainers' start)."""
+    hint = faster_compute_hint(compute, device.platform, cpu_flags(), jax.__version__)
+    if hint:
+        print(f"hint: {hint}")
