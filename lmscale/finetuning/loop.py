@@ -40,6 +40,7 @@ from lmscale.training import mesh as mesh_lib
 from lmscale.training.checkpoints import Checkpointer, check_same_model
 from lmscale.training.metrics import MetricsWriter
 from lmscale.training.optimizer import make_finetune_optimizer
+from lmscale.training.in_flight import InFlight
 from lmscale.training.precision import LossScale, Policy, print_compute_hint
 from lmscale.training.restore import TrainedLM, load_trained
 from lmscale.training.state import TrainState, state_shardings
@@ -212,10 +213,12 @@ def finetune(config: ml_collections.ConfigDict, workdir: str,
     writer = MetricsWriter(workdir)
     t0, timed = time.perf_counter(), 0
     step = start
+    in_flight = InFlight()  # bounded async dispatch (lmscale/training/in_flight.py)
     with StopSignal(config.train.stop_sync_every) as stop:
         while step < steps and not stop.should_stop(step):
             batch = put_batch(batches.batch(step), mesh, BATCH_KEYS)
             state, metrics = step_fn(step >= ft.freeze_steps)(state, batch)
+            in_flight.add(metrics)
             step, timed = step + 1, timed + 1
             if step % config.train.log_every == 0 or step == steps:
                 acc, metrics, ls = jax.device_get((state.acc, metrics, state.loss_scale))

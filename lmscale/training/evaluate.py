@@ -20,6 +20,7 @@ from lmscale.data.dataset import SplitData
 from lmscale.data.errors import DataError
 from lmscale.data.stream import StreamBatcher
 from lmscale.training import mesh as mesh_lib
+from lmscale.training.in_flight import InFlight
 from lmscale.training.loss import LN2
 
 
@@ -49,10 +50,11 @@ def evaluate_split(eval_step: Callable, params: Any, initial_carry: Callable[[in
     rows = mesh_lib.local_rows(mesh, padded)
     sharding = mesh_lib.batch_sharded(mesh)
     carry = jax.device_put(jax.tree.map(np.asarray, initial_carry(padded)), sharding)
-    sums = []
+    sums, in_flight = [], InFlight()
     for k in range(steps):
         carry, s = eval_step(params, carry, padded_batch(stream, k, rows, padded, sharding))
         sums.append(s)
+        in_flight.add(s)
     totals = np.sum(np.asarray(jax.device_get(sums), np.float64), axis=0) if sums else np.zeros(3)
     nats, count, num_bytes = (float(x) for x in totals)
     return {"loss": nats / max(count, 1.0), "bpc": nats / LN2 / max(num_bytes, 1.0),

@@ -33,6 +33,7 @@ from lmscale.training.resume import (PROVENANCE_KEYS, archive_previous_run, chec
 from lmscale.training.stop import StopSignal
 from lmscale.training.data_source import resolve_dataset, train_batcher
 from lmscale.training.evaluate import batch_arrays, evaluate_split
+from lmscale.training.in_flight import InFlight
 from lmscale.training.loss import bits_per_char
 from lmscale.training.best import BestKeeper
 from lmscale.training.metrics import MetricsWriter, add_perplexity
@@ -165,10 +166,12 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                     dynamic_ncols=True, smoothing=0.1)
     timer_start, timed_steps = time.perf_counter(), 0
     step = start
+    in_flight = InFlight()  # bounded async dispatch (see in_flight.py)
     with StopSignal(config.train.stop_sync_every) as stop:
         while step < steps and not stop.should_stop(step):
             batch = batch_arrays(batcher, step, train_rows, rows_sharding)
             state, metrics = train_step(state, batch)
+            in_flight.add(metrics)
             step += 1
             timed_steps += 1
             bar.update(1)
