@@ -33,7 +33,7 @@ def requirements(pyproject: str, extras: list[str], also: list[str] = ()) -> lis
     reqs = [Requirement(s) for s in project.get("dependencies", [])]
     for extra in extras:
         reqs += [Requirement(s) for s in optional[extra]]
-    in_extras = {Requirement(s).name: Requirement(s) for specs in optional.values() for s in specs}
+    in_extras = {r.name: r for specs in optional.values() for r in map(Requirement, specs)}
     for name in also:
         if name not in in_extras:
             raise SystemExit(f"{pyproject}: no optional requirement named {name!r}")
