@@ -5,13 +5,15 @@
 
 For each shape (hidden, batch, seq) and each repeat, runs in fresh processes, one after the
 other: ``python -m lmscale.bench`` on configs/quickstart.py with the shape as overrides
-(median of --steps steps), once per --compute dtype (the matmuls' compute dtype; the peer
-always runs float32), then the peer's ``bench`` with ``--scan bptt`` and
-``--scan autograd`` (its mean over --steps steps, 2 threads). The ratio of a repeat is
-lmscale's chars/s over the better of the two peer scans *of the same repeat*; only such
-ratios mean anything on a shared machine. Before each run it waits (up to --quiet_wait s)
-until other processes use under 30 % of the CPUs, and records the CPU share others used
-during the run (``other_cpu``). Prints a table; appends one JSON line per repeat to --out.
+(median of --steps steps), once per --compute dtype (the matmuls' compute dtype), then the
+peer's ``bench`` (its mean over --steps steps, 2 threads) in the same compute dtype: for
+float32 with ``--scan bptt`` and ``--scan autograd``, for bfloat16 the autograd scan under
+``torch.autocast`` (``benchmarks/peer_autocast.py``; the peer's hand-written backward cannot
+autocast). The ratio of a repeat is lmscale's chars/s over the best peer run of the same
+compute dtype *and the same repeat*; only such ratios mean anything on a shared machine.
+Before each run it waits (up to --quiet_wait s) until other processes use under 30 % of the
+CPUs, and records the CPU share others used during the run (``other_cpu``). Prints a table;
+appends one JSON line per repeat and compute dtype to --out.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PEER = REPO.parent / "shared" / "peer" / "torch_mlstm.py"
+AUTOCAST = REPO / "benchmarks" / "peer_autocast.py"
 SHAPES = ((256, 32, 128), (1024, 64, 64))
+PEER_SCANS = {"float32": ("bptt", "autograd"), "bfloat16": ("autograd",)}  # per compute dtype
 
 
 def _ticks() -> tuple[int, int]:
@@ -73,12 +77,15 @@ def main() -> None:
     ap.add_argument("--quiet_wait", type=float, default=60.0)
     ap.add_argument("--grad", default="custom", help="lmscale --grad")
     ap.add_argument("--compute", default="float32",
-                    help="lmscale precision.compute dtypes, comma separated (one row each)")
+                    help="compute dtypes (float32, bfloat16), comma separated: one lmscale and one peer row each")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "peer_compare.jsonl"))
     ap.add_argument("--shapes", default=",".join("x".join(map(str, s)) for s in SHAPES),
                     help="hidden x batch x seq, comma separated")
     a = ap.parse_args()
     shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]
+    unknown = [c for c in a.compute.split(",") if c not in PEER_SCANS]
+    if unknown:
+        ap.error(f"--compute {','.join(unknown)}: the peer runs only {', '.join(PEER_SCANS)}")
     rows = []
     for rep in range(a.repeats):
         for hidden, batch, seq in shapes:
@@ -91,39 +98,45 @@ def main() -> None:
                                     "--config=configs/quickstart.py", *shape,
                                     f"--config.precision.compute={compute}", f"--steps={a.steps}",
                                     f"--grad={a.grad}", "--label=peer_compare"])
-            peer = {}
-            for scan in ("bptt", "autograd"):
-                wait_quiet(0.3, a.quiet_wait)
-                peer[scan] = run([a.torch_python, str(PEER), "bench", "--hidden", str(hidden),
-                                  "--batch", str(batch), "--seq", str(seq), "--steps", str(a.steps),
-                                  "--warmup", "2", "--threads", "2", "--scan", scan])
-            best = max(peer, key=lambda s: peer[s][0]["chars_per_s"])
+            peer = {}  # (compute, scan) -> (record, other CPU)
+            for compute in a.compute.split(","):
+                for scan in PEER_SCANS[compute]:
+                    wait_quiet(0.3, a.quiet_wait)
+                    script = [str(PEER)] if compute == "float32" else [str(AUTOCAST), "--peer", str(PEER)]
+                    peer[compute, scan] = run([a.torch_python, *script, "bench", "--hidden", str(hidden),
+                                               "--batch", str(batch), "--seq", str(seq),
+                                               "--steps", str(a.steps), "--warmup", "2",
+                                               "--threads", "2", "--scan", scan])
             for compute, (lm, lm_other) in lms.items():
+                same = {s: peer[compute, s] for s in PEER_SCANS[compute]}
+                best = max(same, key=lambda s: same[s][0]["chars_per_s"])
                 row = {"repeat": rep, "hidden": hidden, "batch": batch, "seq": seq, "grad": a.grad,
                        "compute": compute, "jax": lm["host"]["jax"],
                        "lmscale_chars_per_s": round(lm["chars_per_s"]),
                        "lmscale_other_cpu": lm_other,
                        "lmscale_of_matmul_rate": round(lm["of_matmul_rate"], 3),
                        "matmul_gflops": round(lm["matmul"]["flop_per_s"] / 1e9),
-                       **{f"peer_{s}_chars_per_s": peer[s][0]["chars_per_s"] for s in peer},
-                       **{f"peer_{s}_other_cpu": peer[s][1] for s in peer},
+                       "peer_compute": compute,
+                       **{f"peer_{s}_chars_per_s": same[s][0]["chars_per_s"] for s in same},
+                       **{f"peer_{s}_other_cpu": same[s][1] for s in same},
                        "peer_best": best,
-                       "ratio": round(lm["chars_per_s"] / peer[best][0]["chars_per_s"], 3),
+                       "ratio": round(lm["chars_per_s"] / same[best][0]["chars_per_s"], 3),
                        "commit": lm["commit"], "date": time.strftime("%Y-%m-%d %H:%M")}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 with open(a.out, "a") as f:
                     f.write(json.dumps(row) + "\n")
-    print("\n| shape (hidden, batch, seq) | lmscale compute (JAX) | lmscale chars/s | peer bptt | "
+    print("\n| shape (hidden, batch, seq) | compute (lmscale's JAX) | lmscale chars/s | peer bptt | "
           "peer autograd | ratio | lmscale % of matmul | other CPU (lm / bptt / autograd) |")
     print("|---|---|---:|---:|---:|---:|---:|---|")
     for r in rows:
+        def peer(scan, key):
+            return f"{r[f'peer_{scan}_{key}']:.0f}" if f"peer_{scan}_{key}" in r else "–"
         print(f"| {r['hidden']}, {r['batch']}, {r['seq']} (#{r['repeat']}) | {r['compute']} "
               f"({r['jax']}) | {r['lmscale_chars_per_s']} "
-              f"| {r['peer_bptt_chars_per_s']:.0f} | {r['peer_autograd_chars_per_s']:.0f} | {r['ratio']:.2f} "
+              f"| {peer('bptt', 'chars_per_s')} | {peer('autograd', 'chars_per_s')} | {r['ratio']:.2f} "
               f"| {100 * r['lmscale_of_matmul_rate']:.0f} % | {r['lmscale_other_cpu']} / "
-              f"{r['peer_bptt_other_cpu']} / {r['peer_autograd_other_cpu']} |")
-
+              f"{r.get('peer_bptt_other_cpu', '–')} / {r.get('peer_autograd_other_cpu', '–')} |")
 
 if __name__ == "__main__":
     main()
