@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
+import sklearn
 from sklearn.linear_model import LogisticRegression
 
 from lmscale.transfer.classify import C_GRID, fit_l1, neuron_summary, ranked_units, top_k_sweep
+
+# Pure L1 as this scikit-learn spells it: l1_ratio=1 from 1.8 (where `penalty` is deprecated);
+# before 1.8, l1_ratio is ignored unless penalty="elasticnet", so it is penalty="l1".
+_SKLEARN = tuple(int(v) for v in sklearn.__version__.split(".")[:2])
+PURE_L1 = {"l1_ratio": 1.0} if _SKLEARN >= (1, 8) else {"penalty": "l1"}
 
 
 def planted(n=600, f=40, unit=7, seed=0):
@@ -25,8 +31,8 @@ def test_fit_l1_matches_sklearn_called_directly():
     # By hand: every C of the grid, the best validation accuracy (first on ties).
     best = None
     for C in C_GRID:
-        m = LogisticRegression(C=C, l1_ratio=1.0, solver="liblinear", random_state=0,
-                               max_iter=300).fit(xtr, ytr)
+        m = LogisticRegression(C=C, solver="liblinear", random_state=0, max_iter=300,
+                               **PURE_L1).fit(xtr, ytr)
         acc = m.score(xva, yva)
         assert fit.val_accuracy_by_C[C] == acc
         if best is None or acc > best[1]:
