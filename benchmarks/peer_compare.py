@@ -77,7 +77,8 @@ def main() -> None:
     ap.add_argument("--quiet_wait", type=float, default=60.0)
     ap.add_argument("--grad", default="custom", help="lmscale --grad")
     ap.add_argument("--compute", default="float32",
-                    help="compute dtypes (float32, bfloat16), comma separated: one lmscale and one peer row each")
+                    help="compute dtypes (float32, bfloat16), comma separated: lmscale and the "
+                    "peer in each")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "peer_compare.jsonl"))
     ap.add_argument("--shapes", default=",".join("x".join(map(str, s)) for s in SHAPES),
                     help="hidden x batch x seq, comma separated")
@@ -102,8 +103,10 @@ def main() -> None:
             for compute in a.compute.split(","):
                 for scan in PEER_SCANS[compute]:
                     wait_quiet(0.3, a.quiet_wait)
-                    script = [str(PEER)] if compute == "float32" else [str(AUTOCAST), "--peer", str(PEER)]
-                    peer[compute, scan] = run([a.torch_python, *script, "bench", "--hidden", str(hidden),
+                    script = ([str(PEER)] if compute == "float32"
+                              else [str(AUTOCAST), "--peer", str(PEER)])
+                    peer[compute, scan] = run([a.torch_python, *script, "bench",
+                                               "--hidden", str(hidden),
                                                "--batch", str(batch), "--seq", str(seq),
                                                "--steps", str(a.steps), "--warmup", "2",
                                                "--threads", "2", "--scan", scan])
@@ -130,13 +133,15 @@ def main() -> None:
           "peer autograd | ratio | lmscale % of matmul | other CPU (lm / bptt / autograd) |")
     print("|---|---|---:|---:|---:|---:|---:|---|")
     for r in rows:
-        def peer(scan, key):
-            return f"{r[f'peer_{scan}_{key}']:.0f}" if f"peer_{scan}_{key}" in r else "–"
+        def cell(scan):  # "–" where this dtype's peer has no such scan
+            key = f"peer_{scan}_chars_per_s"
+            return f"{r[key]:.0f}" if key in r else "–"
         print(f"| {r['hidden']}, {r['batch']}, {r['seq']} (#{r['repeat']}) | {r['compute']} "
               f"({r['jax']}) | {r['lmscale_chars_per_s']} "
-              f"| {peer('bptt', 'chars_per_s')} | {peer('autograd', 'chars_per_s')} | {r['ratio']:.2f} "
+              f"| {cell('bptt')} | {cell('autograd')} | {r['ratio']:.2f} "
               f"| {100 * r['lmscale_of_matmul_rate']:.0f} % | {r['lmscale_other_cpu']} / "
               f"{r.get('peer_bptt_other_cpu', '–')} / {r.get('peer_autograd_other_cpu', '–')} |")
+
 
 if __name__ == "__main__":
     main()
