@@ -2,7 +2,7 @@
 
     git show 2e3f4a2:lmscale/models/recurrent_vjp.py > /tmp/rv_old.py
     python benchmarks/ab_recurrence.py --files /tmp/rv_old.py,lmscale/models/recurrent_vjp.py \
-        [--hidden 1024 --batch 64 --seq 64] [--rounds 5 --steps 3]
+        [--hidden 1024 --batch 64 --seq 64] [--rounds 5 --steps 3] [--compute bfloat16]
 
 Compiles the quickstart training step once per file (the layers call that file's
 ``recurrence``), then runs the compiled steps round-robin, ``--steps`` each per round, and
@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--compute", default="float32", help="precision.compute (matmul dtype)")
     args = parser.parse_args()
     sys.path.insert(0, REPO)
     import jax
@@ -67,6 +68,7 @@ def main() -> None:
     with config.unlocked():
         config.model.hidden, config.train.batch_size = args.hidden, args.batch
         config.train.seq_len = args.seq
+        config.precision.compute = args.compute
     runs = {}
     for i, path in enumerate(args.files.split(",")):
         recurrent.recurrent_vjp = load(path, f"_ab_recurrence_{i}")

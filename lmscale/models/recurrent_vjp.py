@@ -152,11 +152,7 @@ def _forward(st: Static, x: jax.Array, w: dict[str, Any], h0: jax.Array, c0: jax
             return zx + jnp.dot(wh_t, m, preferred_element_type=sdt), u, m
         return zx + jnp.dot(wh_t, h.astype(dt), preferred_element_type=sdt), None, None
 
-    zero = jnp.asarray(0, jnp.int32)
     h0, c0 = h0.T, c0.T
-    if keep_l is not None:
-        h0, c0 = h0 * keep_l[0], c0 * keep_l[0]
-    z0, u0, m0 = preactivation(h0, zero)
     lead = lambda dtype: _varying_like(jnp.zeros((n_t, hidden, n_b), dtype), x, h0, c0)
     mid = lambda dtype: _varying_like(jnp.zeros((hidden, n_t, n_b), dtype), x, h0, c0)
     bufs: dict[str, jax.Array] = {"hs": lead(dt)}
@@ -168,11 +164,16 @@ def _forward(st: Static, x: jax.Array, w: dict[str, Any], h0: jax.Array, c0: jax
         if st.mlstm:
             bufs.update(u=lead(dt), m=mid(dt))
 
-    def step(t: jax.Array, carry: tuple[Any, ...]) -> tuple[Any, ...]:
-        z, u, m, h_in, c_in, bufs = carry  # step t's z, u, m and its (reset) input state
+    def step(i: jax.Array, carry: tuple[Any, ...]) -> tuple[Any, ...]:
+        # Iteration i finishes step i-1 and prepares step i; iteration 0 only prepares step 0
+        # (its gate math runs on a zero z and is discarded). Step 0's preactivation is thus
+        # computed in the loop like every other: outside it, XLA:CPU upcasts a bfloat16 dot
+        # whose weight it sees transposed to float32, on a float32 copy of W_h.
+        z, u, m, h_in, c_in, bufs = carry  # step i-1's z, u, m and its (reset) input state
+        t = jnp.maximum(i - 1, 0)  # the step whose outputs are written (iteration 0: junk at 0)
         bufs = dict(bufs)
-        i, f, g, o = _gates(z, bias)
-        c = f * c_in + i * g
+        ig, f, g, o = _gates(z, bias)
+        c = f * c_in + ig * g
         tc = jnp.tanh(c)
         h = o * tc
         bufs["hs"] = _put_lead(bufs["hs"], t, h)
@@ -180,7 +181,7 @@ def _forward(st: Static, x: jax.Array, w: dict[str, Any], h0: jax.Array, c0: jax
             bufs["cs"] = _put_lead(bufs["cs"], t, c)
         if save:
             # dz = d_t * (dc, dc, dc, dh) and dc += dh * p_t in the backward (module doc).
-            for k, dk in enumerate((g * i * (1 - i), c_in * f * (1 - f), i * (1 - g * g),
+            for k, dk in enumerate((g * ig * (1 - ig), c_in * f * (1 - f), ig * (1 - g * g),
                                     tc * o * (1 - o))):
                 bufs["d"] = jax.lax.dynamic_update_slice(
                     bufs["d"], dk[None].astype(sdt), (t, k * hidden, jnp.zeros_like(t)))
@@ -190,13 +191,18 @@ def _forward(st: Static, x: jax.Array, w: dict[str, Any], h0: jax.Array, c0: jax
             bufs["h_in"] = _put_mid(bufs["h_in"], t, h_in)
             if "m" in bufs:
                 bufs["m"] = _put_mid(bufs["m"], t, m)
-        keep_next = _keep_next(keep_l, t, n_t)
+        first = i == 0
+        h, c = jnp.where(first, h0, h), jnp.where(first, c0, c)
+        keep_next = _keep_next(keep_l, i - 1, n_t)
         if keep_next is not None:  # the last step's keep_next is 1: the carry out is (h_T, c_T)
             h, c = h * keep_next, c * keep_next
-        z, u, m = preactivation(h, t + 1)  # the last iteration's z (x_{T-1} again) is unused
+        z, u, m = preactivation(h, i)  # the last iteration's z (x_{T-1} again) is unused
         return z, u, m, h, c, bufs
 
-    _, _, _, h, c, bufs = jax.lax.fori_loop(0, n_t, step, (z0, u0, m0, h0, c0, bufs),
+    like = lambda shape, dtype: _varying_like(jnp.zeros(shape, dtype), x, h0, c0)
+    z0 = like((4 * hidden, n_b), sdt)
+    u0 = m0 = like((hidden, n_b), dt) if st.mlstm else None
+    _, _, _, h, c, bufs = jax.lax.fori_loop(0, n_t + 1, step, (z0, u0, m0, h0, c0, bufs),
                                             unroll=st.unroll)
     saved = None
     if save:
