@@ -204,8 +204,9 @@ def _forward(st: Static, x: jax.Array, w: dict[str, Any], h0: jax.Array, c0: jax
     like = lambda shape, dtype: _varying_like(jnp.zeros(shape, dtype), x, h0, c0)
     z0 = like((4 * hidden, n_b), sdt)
     u0 = m0 = like((hidden, n_b), dt) if st.mlstm else None
+    unroll = n_t + 1 if st.unroll >= n_t else st.unroll  # unroll = T still means all of it
     _, _, _, h, c, bufs = jax.lax.fori_loop(0, n_t + 1, step, (z0, u0, m0, h0, c0, bufs),
-                                            unroll=st.unroll)
+                                            unroll=unroll)
     saved = None
     if save:
         saved = {k: v for k, v in bufs.items() if k not in ("hs", "cs")}
