@@ -155,13 +155,14 @@ def _forward(st: Static, x: jax.Array, w: dict[str, Any], h0: jax.Array, c0: jax
         return zx + jnp.dot(wh_t, h.astype(dt), preferred_element_type=sdt), None, None
 
     h0, c0 = h0.T, c0.T
-    lead = lambda dtype: _varying_like(jnp.zeros((n_t, hidden, n_b), dtype), x, h0, c0)
-    mid = lambda dtype: _varying_like(jnp.zeros((hidden, n_t, n_b), dtype), x, h0, c0)
+    zeros = lambda shape, dtype: _varying_like(jnp.zeros(shape, dtype), x, h0, c0)
+    lead = lambda dtype: zeros((n_t, hidden, n_b), dtype)
+    mid = lambda dtype: zeros((hidden, n_t, n_b), dtype)
     bufs: dict[str, jax.Array] = {"hs": lead(dt)}
     if st.return_cells:
         bufs["cs"] = lead(sdt)
     if save:
-        bufs.update(d=_varying_like(jnp.zeros((n_t, 4 * hidden, n_b), sdt), x, h0, c0),
+        bufs.update(d=zeros((n_t, 4 * hidden, n_b), sdt),
                     f=lead(sdt), p=lead(sdt), h_in=mid(dt))
         if st.mlstm:
             bufs.update(u=lead(dt), m=mid(dt))
@@ -201,9 +202,8 @@ def _forward(st: Static, x: jax.Array, w: dict[str, Any], h0: jax.Array, c0: jax
         z, u, m = preactivation(h, i)  # the last iteration's z (x_{T-1} again) is unused
         return z, u, m, h, c, bufs
 
-    like = lambda shape, dtype: _varying_like(jnp.zeros(shape, dtype), x, h0, c0)
-    z0 = like((4 * hidden, n_b), sdt)
-    u0 = m0 = like((hidden, n_b), dt) if st.mlstm else None
+    z0 = zeros((4 * hidden, n_b), sdt)
+    u0 = m0 = zeros((hidden, n_b), dt) if st.mlstm else None
     unroll = n_t + 1 if st.unroll >= n_t else st.unroll  # unroll = T still means all of it
     _, _, _, h, c, bufs = jax.lax.fori_loop(0, n_t + 1, step, (z0, u0, m0, h0, c0, bufs),
                                             unroll=unroll)
