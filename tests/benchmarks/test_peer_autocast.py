@@ -19,22 +19,22 @@ import peer_autocast  # noqa: E402
 
 if not peer_autocast.DEFAULT_PEER.is_file():
     pytest.skip(f"no peer at {peer_autocast.DEFAULT_PEER}", allow_module_level=True)
+PEER = peer_autocast.load_peer(peer_autocast.DEFAULT_PEER)
 
 
 def _one_step(step_fn, hidden=32, batch=4, seq=8):
-    peer = peer_autocast.load_peer(peer_autocast.DEFAULT_PEER)
+    """(model, loss, h, c) after one ``step_fn`` step from the same weights and batch."""
     torch.manual_seed(0)
-    model = peer.MLSTMCharLM(peer.init_weights(0, hidden), scan="autograd")
-    opt = peer.make_optimizer(model, 1e-3)
-    data = torch.from_numpy(np.random.default_rng(1).integers(1, peer.VOCAB, size=(batch, seq + 1)))
+    model = PEER.MLSTMCharLM(PEER.init_weights(0, hidden), scan="autograd")
+    opt = PEER.make_optimizer(model, 1e-3)
+    data = torch.from_numpy(np.random.default_rng(1).integers(1, PEER.VOCAB, size=(batch, seq + 1)))
     loss, (h, c) = step_fn(model, opt, data[:, :-1], data[:, 1:], model.zero_state(batch))
-    return peer, model, loss, h, c
+    return model, loss, h, c
 
 
 def test_the_forward_runs_in_bfloat16_and_the_update_in_float32():
-    peer = peer_autocast.load_peer(peer_autocast.DEFAULT_PEER)
-    _, ref_model, ref_loss, _, _ = _one_step(peer.train_step)
-    _, model, loss, h, c = _one_step(peer_autocast.autocast_train_step)
+    ref_model, ref_loss, _, _ = _one_step(PEER.train_step)
+    model, loss, h, c = _one_step(peer_autocast.autocast_train_step)
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert h.dtype == c.dtype == torch.float32
     # bfloat16 matmuls (8-bit mantissa) move the loss, but only at that level
