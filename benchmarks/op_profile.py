@@ -1,7 +1,7 @@
 """Where a training step's time goes: per-operation times of the compiled step on this host.
 
     python benchmarks/op_profile.py --config=configs/quickstart.py [--config.model.hidden=1024 ...] \
-        [--steps 3] [--top 30] [--hlo step.hlo]
+        [--steps 3] [--top 30] [--hlo step.hlo] [--timeline]
 
 Compiles the real training step (as ``lmscale.bench`` does), runs it under ``jax.profiler``
 and sums the trace's events by XLA operation name (a fusion, a dot — ``ynn_fusion`` on CPU
@@ -12,6 +12,10 @@ busy time. An operation run once per time step of the recurrence shows ``calls``
 seq_len. Prints, per step, the profiled window, each worker thread's busy time, the split
 between in-loop and once-per-step operations, and the operations by total time; with
 ``--hlo``, writes the compiled program so a name can be looked up (``grep 'name = '``).
+With ``--timeline``, also prints each worker thread's phases in the first profiled step:
+stretches of in-loop operations (the recurrence's loops) and of the other operations, with
+their start and length, so two devices that fall out of step show (their all-reduce's wait
+sits at the end of the last phase).
 On a multi-core host the rows add up to about threads x window.
 """
 
@@ -30,6 +34,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config.", lo
 _STEPS = flags.DEFINE_integer("steps", 3, "Profiled steps (after 2 untimed ones).", lower_bound=1)
 _TOP = flags.DEFINE_integer("top", 30, "Operations listed.", lower_bound=1)
 _HLO = flags.DEFINE_string("hlo", "", "Also write the compiled program's HLO text here.")
+_TIMELINE = flags.DEFINE_bool("timeline", False, "Also print each thread's phases in step 1.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -56,10 +61,26 @@ def exclusive_times(events: list[tuple[int, int, str]]) -> collections.Counter:
     return out
 
 
+def phases(events: list[tuple[int, int, str]], in_loop: set[str]) -> list[tuple[int, int, str]]:
+    """(start, end, "loop" | "other") of one thread's consecutive runs of in-loop operations
+    (names in ``in_loop``) and of other operations; executor and ``while`` events, which
+    only wrap operations, are left out."""
+    out: list[list] = []
+    for start, end, name in sorted(events):
+        if name.startswith(("ThunkExecutor", "while")):
+            continue
+        kind = "loop" if name in in_loop else "other"
+        if out and out[-1][2] == kind:
+            out[-1][1] = max(out[-1][1], end)
+        else:
+            out.append([start, end, kind])
+    return [tuple(p) for p in out]
+
+
 def op_times(compiled, state, batch, steps: int
-             ) -> tuple[collections.Counter, collections.Counter, dict[str, int], int]:
+             ) -> tuple[collections.Counter, collections.Counter, dict[str, int], int, dict]:
     """(exclusive ns, calls) per XLA operation name over ``steps`` profiled steps, busy ns
-    per worker thread, and the profiled window in ns."""
+    per worker thread, the profiled window in ns, and each worker thread's events."""
     import jax
     from jax.profiler import ProfileData
     for _ in range(2):
@@ -73,7 +94,7 @@ def op_times(compiled, state, batch, steps: int
         data = ProfileData.from_file(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"),
                                                recursive=True)[0])
     total, calls, busy = collections.Counter(), collections.Counter(), {}
-    spans = []
+    spans, threads = [], {}
     for plane in data.planes:
         for line in plane.lines:
             if not line.name.startswith("tf_XLA"):  # XLA's worker threads run the operations
@@ -84,11 +105,12 @@ def op_times(compiled, state, batch, steps: int
             if not events:
                 continue
             spans += [min(e[0] for e in events), max(e[1] for e in events)]
+            threads[line.name] = events
             own = exclusive_times(events)
             busy[line.name] = sum(own.values())
             total.update(own)
             calls.update(name for _, _, name in events)
-    return total, calls, busy, (max(spans) - min(spans)) if spans else 0
+    return total, calls, busy, (max(spans) - min(spans)) if spans else 0, threads
 
 
 def main(argv: list[str]) -> None:
@@ -101,7 +123,7 @@ def main(argv: list[str]) -> None:
     if _HLO.value:
         with open(_HLO.value, "w") as f:
             f.write(compiled.as_text())
-    total, calls, busy, window = op_times(compiled, state, batch, _STEPS.value)
+    total, calls, busy, window, thread_events = op_times(compiled, state, batch, _STEPS.value)
     n, seq = _STEPS.value, config.train.seq_len
     in_loop = sum(v for k, v in total.items() if calls[k] >= seq * n)
     once = sum(v for k, v in total.items() if calls[k] < seq * n)
@@ -112,6 +134,23 @@ def main(argv: list[str]) -> None:
     print(f"{'ms/step':>9} {'calls/step':>10} {'us/call':>9}  operation")
     for name, ns in total.most_common(_TOP.value):
         print(f"{ns / n / 1e6:9.2f} {calls[name] / n:10.0f} {ns / calls[name] / 1e3:9.1f}  {name}")
+    if _TIMELINE.value:
+        print_timeline(thread_events, {k for k in calls if calls[k] >= seq * n}, window / n)
+
+
+def print_timeline(threads: dict, in_loop: set[str], step_ns: float) -> None:
+    """The phases of each thread that runs a device's program (XLA's Eigen threads) in the
+    first profiled step, in ms from that step's start."""
+    t0 = min(e[0] for events in threads.values() for e in events)
+    print("\nphases of the first profiled step (ms from its start):")
+    for name, events in threads.items():
+        if "Eigen" not in name:  # the client threads only launch and wait
+            continue
+        first = [e for e in events if e[0] < t0 + step_ns]
+        steps = [p for p in phases(first, in_loop) if p[1] - p[0] > 1e5]  # over 0.1 ms
+        if steps:
+            print(f"  {name}: " + ", ".join(f"{k} {(s - t0) / 1e6:.1f}+{(e - s) / 1e6:.1f}"
+                                           for s, e, k in steps))
 
 if __name__ == "__main__":
     sys.exit(app.run(main))

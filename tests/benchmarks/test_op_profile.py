@@ -14,3 +14,12 @@ def test_nested_events_count_only_their_own_time():
 def test_same_start_puts_the_longer_event_outside():
     own = exclusive_times([(0, 5, "inner"), (0, 10, "outer"), (10, 12, "next")])
     assert own == {"outer": 5, "inner": 5, "next": 2}
+
+
+def test_phases_split_a_thread_into_loop_and_other_stretches():
+    from benchmarks.op_profile import phases
+    events = [(0, 10, "fill"), (10, 20, "copy"), (20, 200, "while.1"), (20, 25, "dot"),
+              (25, 30, "tanh"), (30, 35, "dot"), (200, 260, "ThunkExecutor::Execute"),
+              (200, 250, "psum"), (205, 245, "Wait")]
+    assert phases(events, {"dot", "tanh"}) == [(0, 20, "other"), (20, 35, "loop"),
+                                               (200, 250, "other")]
