@@ -147,10 +147,11 @@ def print_timeline(threads: dict, in_loop: set[str], step_ns: float) -> None:
         if "Eigen" not in name:  # the client threads only launch and wait
             continue
         first = [e for e in events if e[0] < t0 + step_ns]
-        steps = [p for p in phases(first, in_loop) if p[1] - p[0] > 1e5]  # over 0.1 ms
-        if steps:
+        shown = [p for p in phases(first, in_loop) if p[1] - p[0] > 1e5]  # over 0.1 ms
+        if shown:
             print(f"  {name}: " + ", ".join(f"{k} {(s - t0) / 1e6:.1f}+{(e - s) / 1e6:.1f}"
-                                           for s, e, k in steps))
+                                           for s, e, k in shown))
+
 
 if __name__ == "__main__":
     sys.exit(app.run(main))

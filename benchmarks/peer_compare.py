@@ -128,7 +128,8 @@ def main() -> None:
                        "lmscale_chars_per_s": round(lm_mean),
                        "lmscale_median_chars_per_s": round(lm["chars_per_s"]),
                        "lmscale_other_cpu": lm_other,
-                       "lmscale_of_matmul_rate": round(lm["of_matmul_rate"], 3),
+                       "lmscale_of_matmul_rate":  # at the mean step time too
+                           round(lm["of_matmul_rate"] * lm_mean / lm["chars_per_s"], 3),
                        "matmul_gflops": round(lm["matmul"]["flop_per_s"] / 1e9),
                        "peer_compute": compute,
                        **{f"peer_{s}_chars_per_s": same[s][0]["chars_per_s"] for s in same},
