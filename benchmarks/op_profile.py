@@ -12,7 +12,7 @@ busy time. An operation run once per time step of the recurrence shows ``calls``
 seq_len. Prints, per step, the profiled window, each worker thread's busy time, the split
 between in-loop and once-per-step operations, and the operations by total time; with
 ``--hlo``, writes the compiled program so a name can be looked up (``grep 'name = '``).
-With ``--timeline``, also prints each worker thread's phases in the first profiled step:
+With ``--timeline``, also prints each worker thread's phases in the profile's first mean step:
 stretches of in-loop operations (the recurrence's loops) and of the other operations, with
 their start and length, so two devices that fall out of step show (their all-reduce's wait
 sits at the end of the last phase).
@@ -34,7 +34,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config.", lo
 _STEPS = flags.DEFINE_integer("steps", 3, "Profiled steps (after 2 untimed ones).", lower_bound=1)
 _TOP = flags.DEFINE_integer("top", 30, "Operations listed.", lower_bound=1)
 _HLO = flags.DEFINE_string("hlo", "", "Also write the compiled program's HLO text here.")
-_TIMELINE = flags.DEFINE_bool("timeline", False, "Also print each thread's phases in step 1.")
+_TIMELINE = flags.DEFINE_bool("timeline", False, "Also print each thread's phases in the first "
+                              "mean step's time of the profile.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -125,24 +126,27 @@ def main(argv: list[str]) -> None:
             f.write(compiled.as_text())
     total, calls, busy, window, thread_events = op_times(compiled, state, batch, _STEPS.value)
     n, seq = _STEPS.value, config.train.seq_len
-    in_loop = sum(v for k, v in total.items() if calls[k] >= seq * n)
-    once = sum(v for k, v in total.items() if calls[k] < seq * n)
-    threads = ", ".join(f"{ns / n / 1e6:.1f}" for ns in busy.values() if ns > window / 10)
-    print(f"per step: profiled window {window / n / 1e6:.1f} ms; worker threads busy {threads} ms; "
+    loop_ops = {k for k in calls if calls[k] >= seq * n}  # run once per time step
+    in_loop = sum(v for k, v in total.items() if k in loop_ops)
+    once = sum(v for k, v in total.items() if k not in loop_ops)
+    busy_ms = ", ".join(f"{ns / n / 1e6:.1f}" for ns in busy.values() if ns > window / 10)
+    print(f"per step: profiled window {window / n / 1e6:.1f} ms; worker threads busy {busy_ms} ms; "
           f"in-loop operations {in_loop / n / 1e6:.1f} ms, once-per-step operations "
           f"{once / n / 1e6:.1f} ms (exclusive, summed over threads)")
     print(f"{'ms/step':>9} {'calls/step':>10} {'us/call':>9}  operation")
     for name, ns in total.most_common(_TOP.value):
         print(f"{ns / n / 1e6:9.2f} {calls[name] / n:10.0f} {ns / calls[name] / 1e3:9.1f}  {name}")
     if _TIMELINE.value:
-        print_timeline(thread_events, {k for k in calls if calls[k] >= seq * n}, window / n)
+        print_timeline(thread_events, loop_ops, window / n)
 
 
 def print_timeline(threads: dict, in_loop: set[str], step_ns: float) -> None:
     """The phases of each thread that runs a device's program (XLA's Eigen threads) in the
-    first profiled step, in ms from that step's start."""
+    profile's first ``step_ns`` (the mean step, so a shorter first step shows the start of
+    the next), in ms from the profile's start."""
     t0 = min(e[0] for events in threads.values() for e in events)
-    print("\nphases of the first profiled step (ms from its start):")
+    print(f"\nphases in the profile's first {step_ns / 1e6:.1f} ms, one mean step (ms from its "
+          "start; a phase after the all-reduce's wait is the next step's):")
     for name, events in threads.items():
         if "Eigen" not in name:  # the client threads only launch and wait
             continue
