@@ -22,7 +22,9 @@ How it is laid out, each choice measured on XLA:CPU (benchmarks/README.md, issue
 - x_t W_x is computed inside the step, a small matmul added to m W_h (one concatenated
   [W_h; W_x] matmul measured the same). For in << H this costs in/H more in-loop FLOPs and
   saves writing, transposing and reading back the [T, B, 4H] projection (the step is bound
-  by memory passes at this machine's ~6 GB/s).
+  by memory passes at this machine's ~6 GB/s). The mLSTM's x_t W_mx comes from the same
+  matmul ([W_x W_mx]^T x_t, [5H, B]) and is saved time-major for the backward: 3-5 % faster
+  at 256 units than one [T*B, in] x [in, H] matmul and a transpose before the loop.
 - Software-pipelined forward: the carry holds the next step's z, so the gate fusion (five
   transcendentals) reads loop-carried arrays only. XLA:CPU emits a fusion that slices a
   per-step slice of a sequence again (z_t split into i, f, g, o) unvectorized, 6-8x slower.
@@ -138,21 +140,21 @@ def _forward(st: Static, x: jax.Array, w: dict[str, Any], h0: jax.Array, c0: jax
     x_lead = jnp.transpose(x, (0, 2, 1))  # [T, in, B]
     wh_t, wx_t = w["w_h"].T, w["w_x"].T  # [4H, H], [4H, in], once per call
     wmh_t = w["w_mh"].T if st.mlstm else None
-    xm = None
-    if st.mlstm:  # x_t W_mx for all steps: [T, H, B]
-        xm = jax.lax.dot_general(x_lead, w["w_mx"], (((1,), (0,)), ((), ())))  # [T, B, H]
-        xm = jnp.swapaxes(xm, 1, 2)
+    if st.mlstm:  # one in-loop matmul gives x_t W_x and x_t W_mx: [5H, in]
+        wx_t = jnp.concatenate([w["w_x"], w["w_mx"]], axis=1).T
     bias = w["b"].astype(sdt)[:, None]
     keep_l = None if keep is None else jnp.swapaxes(keep, 1, 2)  # [T, 1, B]
 
     def preactivation(h: jax.Array, t: jax.Array) -> tuple[jax.Array, Any, Any]:
-        """(z - b [4H, B] state dtype, u, m) of step t from its (reset) input state h [H, B]."""
+        """(z - b [4H, B] state dtype, u, m, xm_t) of step t from its (reset) input state h
+        [H, B] (u, m, xm_t: None for the LSTM)."""
         zx = jnp.dot(wx_t, _lead(t, x_lead), preferred_element_type=sdt)
         if st.mlstm:
+            xm_t = zx[4 * hidden:].astype(dt)
             u = jnp.dot(wmh_t, h.astype(dt))
-            m = _lead(t, xm) * u
-            return zx + jnp.dot(wh_t, m, preferred_element_type=sdt), u, m
-        return zx + jnp.dot(wh_t, h.astype(dt), preferred_element_type=sdt), None, None
+            m = xm_t * u
+            return zx[:4 * hidden] + jnp.dot(wh_t, m, preferred_element_type=sdt), u, m, xm_t
+        return zx + jnp.dot(wh_t, h.astype(dt), preferred_element_type=sdt), None, None, None
 
     h0, c0 = h0.T, c0.T
     zeros = lambda shape, dtype: _varying_like(jnp.zeros(shape, dtype), x, h0, c0)
@@ -165,7 +167,7 @@ def _forward(st: Static, x: jax.Array, w: dict[str, Any], h0: jax.Array, c0: jax
         bufs.update(d=zeros((n_t, 4 * hidden, n_b), sdt),
                     f=lead(sdt), p=lead(sdt), h_in=mid(dt))
         if st.mlstm:
-            bufs.update(u=lead(dt), m=mid(dt))
+            bufs.update(u=lead(dt), m=mid(dt), xm=lead(dt))
 
     def step(i: jax.Array, carry: tuple[Any, ...]) -> tuple[Any, ...]:
         # Iteration i finishes step i-1 and prepares step i; iteration 0 only prepares step 0
@@ -199,7 +201,9 @@ def _forward(st: Static, x: jax.Array, w: dict[str, Any], h0: jax.Array, c0: jax
         keep_next = _keep_next(keep_l, i - 1, n_t)
         if keep_next is not None:  # the last step's keep_next is 1: the carry out is (h_T, c_T)
             h, c = h * keep_next, c * keep_next
-        z, u, m = preactivation(h, i)  # the last iteration's z (x_{T-1} again) is unused
+        z, u, m, xm_t = preactivation(h, i)  # the last iteration's z (x_{T-1} again) is unused
+        if save and st.mlstm:  # step i's (the last iteration: step T-1's again, same value)
+            bufs["xm"] = _put_lead(bufs["xm"], jnp.minimum(i, n_t - 1), xm_t)
         return z, u, m, h, c, bufs
 
     z0 = zeros((4 * hidden, n_b), sdt)
@@ -210,7 +214,7 @@ def _forward(st: Static, x: jax.Array, w: dict[str, Any], h0: jax.Array, c0: jax
     saved = None
     if save:
         saved = {k: v for k, v in bufs.items() if k not in ("hs", "cs")}
-        saved.update(xm=xm, keep=keep_l)
+        saved.update(keep=keep_l)
     return (h.T, c.T), bufs["hs"], bufs.get("cs"), saved
 
 
