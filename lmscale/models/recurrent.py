@@ -47,7 +47,8 @@ class ScanOptions:
     """How the recurrences are built (read when a function is traced).
 
     grad: "custom" (hand-written backward, recurrent_vjp) or "autodiff" (through lax.scan).
-    unroll: ``lax.scan`` unroll factor of the time loop (forward and backward).
+    unroll: unroll factor of the time loop (forward and backward; with grad="custom" the
+        mLSTM's backward loop stays rolled, see recurrent_vjp._bwd).
     """
     grad: str = "custom"
     unroll: int = 1

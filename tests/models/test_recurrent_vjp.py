@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Iterator
 
 import jax
@@ -173,3 +174,24 @@ def test_low_precision_gradients_closer_to_float32_at_t256(kind, dtype):
             err = {g: np.linalg.norm(np.asarray(got[g][part][name], np.float64) - want)
                    / np.linalg.norm(want) for g in got}
             assert err["custom"] < 0.5 * err["autodiff"], (name, part, err)  # ~4-7x here
+
+
+@pytest.mark.parametrize("kind", ["mlstm", "lstm"])
+def test_unrolled_loops_same_gradient_and_no_whole_buffer_copy_per_step(kind):
+    """scan_options(unroll=2): the gradient equals unroll 1's, and no compiled loop body
+    copies a whole saved [T, F, B] sequence (the mLSTM's unrolled backward did, every step)."""
+    steps = 16
+    p = problem(kind, seed=5, steps=steps)
+    loss = loss_fn(kind, jnp.float32, "custom", resets_tm(steps), False)
+    g1 = jax.grad(loss)(p)
+    with scan_options(unroll=2):
+        g2 = jax.grad(loss)(p)
+        hlo = jax.jit(jax.grad(loss)).lower(p).compile().as_text()
+    for got, want in zip(jax.tree.leaves(g2), jax.tree.leaves(g1)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6, rtol=1e-6)
+    body_names = set(re.findall(r"body=%([\w.\-]+)", hlo))
+    bodies = [c for c in hlo.split("\n\n") if c.strip().split(" ")[0].lstrip("%") in body_names]
+    assert len(bodies) == len(body_names) >= 2  # the forward and backward loops
+    copies = [line.strip() for c in bodies for line in c.split("\n")
+              if " copy(" in line and f"[{steps}," in line]
+    assert not copies, copies
