@@ -146,17 +146,6 @@ def _forward(st: Static, x: jax.Array, w: dict[str, Any], h0: jax.Array, c0: jax
     bias = w["b"].astype(sdt)[:, None]
     keep_l = None if keep is None else jnp.swapaxes(keep, 1, 2)  # [T, 1, B]
 
-    def preactivation(h: jax.Array, t: jax.Array) -> tuple[jax.Array, Any, Any]:
-        """(z - b [4H, B] state dtype, u, m, xm_t) of step t from its (reset) input state h
-        [H, B] (u, m, xm_t: None for the LSTM)."""
-        zx = jnp.dot(wx_t, _lead(t, x_lead), preferred_element_type=sdt)
-        if st.mlstm:
-            xm_t = zx[4 * hidden:].astype(dt)
-            u = jnp.dot(wmh_t, h.astype(dt))
-            m = xm_t * u
-            return zx[:4 * hidden] + jnp.dot(wh_t, m, preferred_element_type=sdt), u, m, xm_t
-        return zx + jnp.dot(wh_t, h.astype(dt), preferred_element_type=sdt), None, None, None
-
     h0, c0 = h0.T, c0.T
     zeros = lambda shape, dtype: _varying_like(jnp.zeros(shape, dtype), x, h0, c0)
     lead = lambda dtype: zeros((n_t, hidden, n_b), dtype)
@@ -170,14 +159,30 @@ def _forward(st: Static, x: jax.Array, w: dict[str, Any], h0: jax.Array, c0: jax
         if st.mlstm:
             bufs.update(u=lead(dt), m=mid(dt), xm=lead(dt))
 
-    def step(i: jax.Array, carry: tuple[Any, ...]) -> tuple[Any, ...]:
-        # Iteration i finishes step i-1 and prepares step i; iteration 0 only prepares step 0
-        # (its gate math runs on a zero z and is discarded). Step 0's preactivation is thus
-        # computed in the loop like every other: outside it, XLA:CPU upcasts a bfloat16 dot
-        # whose weight it sees transposed to float32, on a float32 copy of W_h.
-        z, u, m, h_in, c_in, bufs = carry  # step i-1's z, u, m and its (reset) input state
-        t = jnp.maximum(i - 1, 0)  # the step whose outputs are written (iteration 0: junk at 0)
-        bufs = dict(bufs)
+    def prepare(h: jax.Array, t: jax.Array, bufs: dict[str, jax.Array]
+                ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """z - b [4H, B] (state dtype) of step t from its (reset) input state h [H, B]; saves
+        h, and (mLSTM) u, m and xm_t, of step t."""
+        zx = jnp.dot(wx_t, _lead(t, x_lead), preferred_element_type=sdt)
+        if not st.mlstm:
+            z = zx + jnp.dot(wh_t, h.astype(dt), preferred_element_type=sdt)
+            if save:
+                bufs["h_in"] = _put_mid(bufs["h_in"], t, h)
+            return z, bufs
+        xm_t = zx[4 * hidden:].astype(dt)
+        u = jnp.dot(wmh_t, h.astype(dt))
+        m = xm_t * u
+        if save:
+            bufs["h_in"] = _put_mid(bufs["h_in"], t, h)
+            bufs["m"] = _put_mid(bufs["m"], t, m)
+            bufs["u"] = _put_lead(bufs["u"], t, u)
+            bufs["xm"] = _put_lead(bufs["xm"], t, xm_t)
+        return zx[:4 * hidden] + jnp.dot(wh_t, m, preferred_element_type=sdt), bufs
+
+    def finish(z: jax.Array, c_in: jax.Array, t: jax.Array, bufs: dict[str, jax.Array]
+               ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+        """(h, c) [H, B] of step t from its z - b and (reset) input cell c_in; saves hs (and
+        cs), and what the backward multiplies by."""
         ig, f, g, o = _gates(z, bias)
         c = f * c_in + ig * g
         tc = jnp.tanh(c)
@@ -191,27 +196,31 @@ def _forward(st: Static, x: jax.Array, w: dict[str, Any], h0: jax.Array, c0: jax
                                     tc * o * (1 - o))):
                 bufs["d"] = jax.lax.dynamic_update_slice(
                     bufs["d"], dk[None].astype(sdt), (t, k * hidden, jnp.zeros_like(t)))
-            for name, value in (("f", f), ("p", o * (1 - tc * tc)), ("u", u)):
-                if name in bufs:
-                    bufs[name] = _put_lead(bufs[name], t, value)
-            bufs["h_in"] = _put_mid(bufs["h_in"], t, h_in)
-            if "m" in bufs:
-                bufs["m"] = _put_mid(bufs["m"], t, m)
+            bufs["f"] = _put_lead(bufs["f"], t, f)
+            bufs["p"] = _put_lead(bufs["p"], t, o * (1 - tc * tc))
+        return h, c, bufs
+
+    def step(i: jax.Array, carry: tuple[Any, ...]) -> tuple[Any, ...]:
+        # Iteration i finishes step i-1 and prepares step i; iteration 0 only prepares step 0
+        # (its gate math runs on a zero z, writes junk at 0 that iteration 1 overwrites, and
+        # is discarded). Step 0's preactivation is thus computed in the loop like every other:
+        # outside it, XLA:CPU upcasts a bfloat16 dot whose weight it sees transposed to
+        # float32, on a float32 copy of W_h. The carry is only (z, c): what prepare computes
+        # from h is saved at once, so XLA copies no carried [H, B] state per step.
+        z, c_in, bufs = carry  # step i-1's z - b and (reset) input cell
+        h, c, bufs = finish(z, c_in, jnp.maximum(i - 1, 0), dict(bufs))
         first = i == 0
         h, c = jnp.where(first, h0, h), jnp.where(first, c0, c)
-        keep_next = _keep_next(keep_l, i - 1, n_t)
-        if keep_next is not None:  # the last step's keep_next is 1: the carry out is (h_T, c_T)
-            h, c = h * keep_next, c * keep_next
-        z, u, m, xm_t = preactivation(h, i)  # the last iteration's z (x_{T-1} again) is unused
-        if save and st.mlstm:  # step i's (the last iteration: step T-1's again, same value)
-            bufs["xm"] = _put_lead(bufs["xm"], jnp.minimum(i, n_t - 1), xm_t)
-        return z, u, m, h, c, bufs
+        keep = None if keep_l is None else _lead(i, keep_l)  # step i's, applied to its input
+        if keep is not None:
+            h, c = h * keep, c * keep
+        z, bufs = prepare(h, i, bufs)
+        return z, c, bufs
 
     z0 = zeros((4 * hidden, n_b), sdt)
-    u0 = m0 = zeros((hidden, n_b), dt) if st.mlstm else None
-    unroll = n_t + 1 if st.unroll >= n_t else st.unroll  # unroll = T still means all of it
-    _, _, _, h, c, bufs = jax.lax.fori_loop(0, n_t + 1, step, (z0, u0, m0, h0, c0, bufs),
-                                            unroll=unroll)
+    unroll = n_t if st.unroll >= n_t else st.unroll  # unroll = T still means all of it
+    z, c_in, bufs = jax.lax.fori_loop(0, n_t, step, (z0, c0, bufs), unroll=unroll)
+    h, c, bufs = finish(z, c_in, jnp.asarray(n_t - 1), dict(bufs))  # the last step: no reset after
     saved = None
     if save:
         saved = {k: v for k, v in bufs.items() if k not in ("hs", "cs")}
