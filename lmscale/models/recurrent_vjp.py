@@ -29,8 +29,11 @@ How it is laid out, each choice measured on XLA:CPU (benchmarks/README.md, issue
 - Software-pipelined forward: the carry holds the next step's z, so the gate fusion (five
   transcendentals) reads loop-carried arrays only. XLA:CPU emits a fusion that slices a
   per-step slice of a sequence again (z_t split into i, f, g, o) unvectorized, 6-8x slower.
-  The loop runs T + 1 iterations, the first only preparing step 0's z: a z computed before
-  the loop would see W_h transposed, and XLA:CPU runs such a bfloat16 dot in float32.
+  Iteration i finishes step i-1 and prepares step i (the first only prepares step 0: a z
+  computed before the loop would see W_h transposed, and XLA:CPU runs such a bfloat16 dot
+  in float32); step T-1 is finished after the loop, which has no dot. The carry is only
+  (z, c): what a step's preparation computes from h is saved at once, so XLA copies one
+  carried [H, B] array per step, not five.
 - The forward saves what the backward multiplies by, not the gates: d_t = (g i(1-i),
   c_in f(1-f), i(1-g^2), tanh(c) o(1-o)) [4H, B], p_t = o (1 - tanh(c)^2) and f_t. The
   backward step is then dc += dh p_t; dz_t = d_t * (dc, dc, dc, dh); dc <- dc f_t: one
