@@ -30,7 +30,8 @@ _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (the median is reported)
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.", lower_bound=0)
 _GRAD = flags.DEFINE_enum("grad", "custom", ["custom", "autodiff"],
                           "Backward of the recurrence: hand-written (custom) or autodiff.")
-_UNROLL = flags.DEFINE_integer("unroll", 1, "lax.scan unroll of the time loop.", lower_bound=1)
+_UNROLL = flags.DEFINE_integer("unroll", 1, "Unroll of the time loops (the mLSTM's hand-written "
+                               "backward loop only completely).", lower_bound=1)
 _RESET_EVERY = flags.DEFINE_integer(
     "reset_every", 0, "Put a state reset every this many batch positions (0 = none).", lower_bound=0)
 _PIPELINE = flags.DEFINE_bool("pipeline", False, "Also time the input pipeline.")

@@ -48,7 +48,7 @@ class ScanOptions:
 
     grad: "custom" (hand-written backward, recurrent_vjp) or "autodiff" (through lax.scan).
     unroll: unroll factor of the time loop (forward and backward; with grad="custom" the
-        mLSTM's backward loop stays rolled, see recurrent_vjp._bwd).
+        mLSTM's backward loop is unrolled only completely, see recurrent_vjp._bwd).
     """
     grad: str = "custom"
     unroll: int = 1

@@ -69,7 +69,7 @@ class Static:
     kind: str  # "mlstm" or "lstm"
     dtype: Any  # compute dtype of the matmuls
     return_cells: bool
-    unroll: int = 1  # of the forward loop, and of the LSTM's backward loop (see _bwd)
+    unroll: int = 1  # of the loops; the mLSTM's backward only when complete (see _bwd)
 
     @property
     def state_dtype(self) -> Any:
@@ -142,10 +142,10 @@ def _forward(st: Static, x: jax.Array, w: dict[str, Any], h0: jax.Array, c0: jax
     n_t, n_b = x.shape[:2]
     hidden = w["w_h"].shape[0]
     x_lead = jnp.transpose(x, (0, 2, 1))  # [T, in, B]
-    wh_t, wx_t = w["w_h"].T, w["w_x"].T  # [4H, H], [4H, in], once per call
+    wh_t = w["w_h"].T  # [4H, H], once per call
     wmh_t = w["w_mh"].T if st.mlstm else None
-    if st.mlstm:  # one in-loop matmul gives x_t W_x and x_t W_mx: [5H, in]
-        wx_t = jnp.concatenate([w["w_x"], w["w_mx"]], axis=1).T
+    # x_t's projections in one in-loop matmul: W_x^T [4H, in], or [W_x W_mx]^T [5H, in]
+    wx_t = (jnp.concatenate([w["w_x"], w["w_mx"]], axis=1) if st.mlstm else w["w_x"]).T
     bias = w["b"].astype(sdt)[:, None]
     keep_l = None if keep is None else jnp.swapaxes(keep, 1, 2)  # [T, 1, B]
 
@@ -209,7 +209,7 @@ def _forward(st: Static, x: jax.Array, w: dict[str, Any], h0: jax.Array, c0: jax
         # is discarded). Step 0's preactivation is thus computed in the loop like every other:
         # outside it, XLA:CPU upcasts a bfloat16 dot whose weight it sees transposed to
         # float32, on a float32 copy of W_h. The carry is only (z, c): what prepare computes
-        # from h is saved at once, so XLA copies no carried [H, B] state per step.
+        # from h is saved at once (XLA copies one carried [H, B] array per step, not five).
         z, c_in, bufs = carry  # step i-1's z - b and (reset) input cell
         h, c, bufs = finish(z, c_in, jnp.maximum(i - 1, 0), dict(bufs))
         first = i == 0
@@ -314,10 +314,11 @@ def _bwd(st: Static, res: Any, cts: Any) -> tuple[Any, ...]:
             dh = jnp.dot(w["w_h"], dz, preferred_element_type=sdt)
         return dh, dc, bufs
 
-    # The mLSTM's backward loop is not unrolled: with two steps in one body XLA reads step
-    # t-1's d from the buffer as it was before step t's in-place write, and so copies the
-    # whole [T, 4H, B] buffer every step (unroll 2 took 2.6x as long at 256 units).
-    unroll = 1 if st.mlstm else st.unroll
+    # The mLSTM's backward loop is not partly unrolled: with two steps in one body XLA reads
+    # step t-1's d from the buffer as it was before step t's in-place write, and so copies
+    # the whole [T, 4H, B] buffer every step (unroll 2 took 2.6x as long at 256 units). A
+    # full unroll (no loop left, as XLA's FLOP count of a step needs) is kept.
+    unroll = 1 if st.mlstm and st.unroll < n_t else st.unroll
     dh0, dc0, bufs = jax.lax.fori_loop(0, n_t, step, (dh_t.T.astype(sdt), dc_t.T.astype(sdt),
                                                       bufs), unroll=unroll)
     if keep_l is not None:
