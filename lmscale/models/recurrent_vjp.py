@@ -166,17 +166,15 @@ def _forward(st: Static, x: jax.Array, w: dict[str, Any], h0: jax.Array, c0: jax
                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """z - b [4H, B] (state dtype) of step t from its (reset) input state h [H, B]; saves
         h, and (mLSTM) u, m and xm_t, of step t."""
+        if save:
+            bufs["h_in"] = _put_mid(bufs["h_in"], t, h)
         zx = jnp.dot(wx_t, _lead(t, x_lead), preferred_element_type=sdt)
         if not st.mlstm:
-            z = zx + jnp.dot(wh_t, h.astype(dt), preferred_element_type=sdt)
-            if save:
-                bufs["h_in"] = _put_mid(bufs["h_in"], t, h)
-            return z, bufs
+            return zx + jnp.dot(wh_t, h.astype(dt), preferred_element_type=sdt), bufs
         xm_t = zx[4 * hidden:].astype(dt)
         u = jnp.dot(wmh_t, h.astype(dt))
         m = xm_t * u
         if save:
-            bufs["h_in"] = _put_mid(bufs["h_in"], t, h)
             bufs["m"] = _put_mid(bufs["m"], t, m)
             bufs["u"] = _put_lead(bufs["u"], t, u)
             bufs["xm"] = _put_lead(bufs["xm"], t, xm_t)
@@ -214,15 +212,14 @@ def _forward(st: Static, x: jax.Array, w: dict[str, Any], h0: jax.Array, c0: jax
         h, c, bufs = finish(z, c_in, jnp.maximum(i - 1, 0), dict(bufs))
         first = i == 0
         h, c = jnp.where(first, h0, h), jnp.where(first, c0, c)
-        keep = None if keep_l is None else _lead(i, keep_l)  # step i's, applied to its input
-        if keep is not None:
+        if keep_l is not None:  # step i's resets, applied to its input state
+            keep = _lead(i, keep_l)
             h, c = h * keep, c * keep
         z, bufs = prepare(h, i, bufs)
         return z, c, bufs
 
     z0 = zeros((4 * hidden, n_b), sdt)
-    unroll = n_t if st.unroll >= n_t else st.unroll  # unroll = T still means all of it
-    z, c_in, bufs = jax.lax.fori_loop(0, n_t, step, (z0, c0, bufs), unroll=unroll)
+    z, c_in, bufs = jax.lax.fori_loop(0, n_t, step, (z0, c0, bufs), unroll=min(st.unroll, n_t))
     h, c, bufs = finish(z, c_in, jnp.asarray(n_t - 1), dict(bufs))  # the last step: no reset after
     saved = None
     if save:
@@ -325,16 +322,16 @@ def _bwd(st: Static, res: Any, cts: Any) -> tuple[Any, ...]:
         dh0, dc0 = dh0 * keep_l[0], dc0 * keep_l[0]
     mid = lambda seq: jnp.swapaxes(seq, 0, 1).astype(dt)  # [T, F, B] -> [F, T, B]
     dz = mid(bufs["d"])
-    n_in = x.shape[-1]
+    x_ftb = jnp.transpose(x, (2, 0, 1))  # [in, T, B]
     # [in + 1, T, B]: the inputs and a row of ones, whose product with dZ is db = sum dZ.
-    x_ftb = jnp.concatenate([jnp.transpose(x, (2, 0, 1)), jnp.ones((1, n_t, n_b), x.dtype)])
+    x_ones = jnp.concatenate([x_ftb, jnp.ones((1, n_t, n_b), x.dtype)])
     d_x = jnp.dot(w["w_x"], _rows(dz), preferred_element_type=sdt)  # [in, T*B]
-    g_x = _all_rows(x_ftb, dz)
-    grads = {"w_x": g_x[:n_in], "b": g_x[n_in]}
+    g_x = _all_rows(x_ones, dz)
+    grads = {"w_x": g_x[:-1], "b": g_x[-1]}
     if st.mlstm:
         dmu, dmx = mid(bufs["u"]), mid(bufs["xm"])
         d_x = d_x + jnp.dot(w["w_mx"], _rows(dmu), preferred_element_type=sdt)
-        grads.update(w_mx=_all_rows(x_ftb[:n_in], dmu), w_mh=_all_rows(s["h_in"], dmx),
+        grads.update(w_mx=_all_rows(x_ftb, dmu), w_mh=_all_rows(s["h_in"], dmx),
                      w_h=_all_rows(s["m"], dz))
     else:
         grads["w_h"] = _all_rows(s["h_in"], dz)
