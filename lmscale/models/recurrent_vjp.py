@@ -80,18 +80,43 @@ class Static:
         return self.kind == "mlstm"
 
 
-def _lead(t: jax.Array, seq: jax.Array) -> jax.Array:
-    """seq[t] of a time-major [T, F, B] sequence (t is clamped into range)."""
-    return jax.lax.dynamic_index_in_dim(seq, t, axis=0, keepdims=False)
+def _storage(dtype: Any) -> Any:
+    """dtype of a buffer holding a sequence in ``dtype``: 2-byte floats as their uint16 bits.
+
+    XLA:CPU (jaxlib 0.10) runs a bfloat16/float16 dynamic-update-slice in float32 on the
+    whole buffer (convert, update, convert back), so every step's write cost a pass over the
+    whole sequence: 7 such writes took 60 % of the 1024-unit bfloat16 step. An integer
+    buffer is updated in place; the bitcasts are free.
+    """
+    return jnp.uint16 if jnp.dtype(dtype).itemsize == 2 else jnp.dtype(dtype)
 
 
-def _put_lead(buf: jax.Array, t: jax.Array, value: jax.Array) -> jax.Array:
-    return jax.lax.dynamic_update_index_in_dim(buf, value.astype(buf.dtype), t, axis=0)
+def _encode(value: jax.Array, dtype: Any) -> jax.Array:
+    """value in ``dtype``, as a buffer of ``_storage(dtype)`` holds it."""
+    value = value.astype(dtype)
+    return jax.lax.bitcast_convert_type(value, jnp.uint16) if value.dtype.itemsize == 2 else value
 
 
-def _put_mid(buf: jax.Array, t: jax.Array, value: jax.Array) -> jax.Array:
-    """buf[:, t] = value of a feature-major [F, T, B] sequence."""
-    return jax.lax.dynamic_update_index_in_dim(buf, value.astype(buf.dtype), t, axis=1)
+def _decode(stored: jax.Array, dtype: Any) -> jax.Array:
+    """The ``dtype`` values of (a slice of) a buffer of ``_storage(dtype)``."""
+    return jax.lax.bitcast_convert_type(stored, dtype) if stored.dtype == jnp.uint16 else stored
+
+
+def _lead(t: jax.Array, seq: jax.Array, dtype: Any = None) -> jax.Array:
+    """seq[t] of a time-major [T, F, B] sequence (t is clamped into range); ``dtype``: the
+    values' dtype when seq is a buffer of ``_storage(dtype)``."""
+    value = jax.lax.dynamic_index_in_dim(seq, t, axis=0, keepdims=False)
+    return value if dtype is None else _decode(value, dtype)
+
+
+def _put_lead(buf: jax.Array, t: jax.Array, value: jax.Array, dtype: Any) -> jax.Array:
+    """buf[t] = value in ``dtype`` of a time-major buffer of ``_storage(dtype)``."""
+    return jax.lax.dynamic_update_index_in_dim(buf, _encode(value, dtype), t, axis=0)
+
+
+def _put_mid(buf: jax.Array, t: jax.Array, value: jax.Array, dtype: Any) -> jax.Array:
+    """buf[:, t] = value in ``dtype`` of a feature-major [F, T, B] buffer of ``_storage(dtype)``."""
+    return jax.lax.dynamic_update_index_in_dim(buf, _encode(value, dtype), t, axis=1)
 
 
 def _varying_like(buf: jax.Array, *refs: Any) -> jax.Array:
@@ -150,7 +175,7 @@ def _forward(st: Static, x: jax.Array, w: dict[str, Any], h0: jax.Array, c0: jax
     keep_l = None if keep is None else jnp.swapaxes(keep, 1, 2)  # [T, 1, B]
 
     h0, c0 = h0.T, c0.T
-    zeros = lambda shape, dtype: _varying_like(jnp.zeros(shape, dtype), x, h0, c0)
+    zeros = lambda shape, dtype: _varying_like(jnp.zeros(shape, _storage(dtype)), x, h0, c0)
     lead = lambda dtype: zeros((n_t, hidden, n_b), dtype)
     mid = lambda dtype: zeros((hidden, n_t, n_b), dtype)
     bufs: dict[str, jax.Array] = {"hs": lead(dt)}
@@ -167,7 +192,7 @@ def _forward(st: Static, x: jax.Array, w: dict[str, Any], h0: jax.Array, c0: jax
         """z - b [4H, B] (state dtype) of step t from its (reset) input state h [H, B]; saves
         h, and (mLSTM) u, m and xm_t, of step t."""
         if save:
-            bufs["h_in"] = _put_mid(bufs["h_in"], t, h)
+            bufs["h_in"] = _put_mid(bufs["h_in"], t, h, dt)
         zx = jnp.dot(wx_t, _lead(t, x_lead), preferred_element_type=sdt)
         if not st.mlstm:
             return zx + jnp.dot(wh_t, h.astype(dt), preferred_element_type=sdt), bufs
@@ -175,9 +200,9 @@ def _forward(st: Static, x: jax.Array, w: dict[str, Any], h0: jax.Array, c0: jax
         u = jnp.dot(wmh_t, h.astype(dt))
         m = xm_t * u
         if save:
-            bufs["m"] = _put_mid(bufs["m"], t, m)
-            bufs["u"] = _put_lead(bufs["u"], t, u)
-            bufs["xm"] = _put_lead(bufs["xm"], t, xm_t)
+            bufs["m"] = _put_mid(bufs["m"], t, m, dt)
+            bufs["u"] = _put_lead(bufs["u"], t, u, dt)
+            bufs["xm"] = _put_lead(bufs["xm"], t, xm_t, dt)
         return zx[:4 * hidden] + jnp.dot(wh_t, m, preferred_element_type=sdt), bufs
 
     def finish(z: jax.Array, c_in: jax.Array, t: jax.Array, bufs: dict[str, jax.Array]
@@ -188,17 +213,17 @@ def _forward(st: Static, x: jax.Array, w: dict[str, Any], h0: jax.Array, c0: jax
         c = f * c_in + ig * g
         tc = jnp.tanh(c)
         h = o * tc
-        bufs["hs"] = _put_lead(bufs["hs"], t, h)
+        bufs["hs"] = _put_lead(bufs["hs"], t, h, dt)
         if "cs" in bufs:
-            bufs["cs"] = _put_lead(bufs["cs"], t, c)
+            bufs["cs"] = _put_lead(bufs["cs"], t, c, sdt)
         if save:
             # dz = d_t * (dc, dc, dc, dh) and dc += dh * p_t in the backward (module doc).
             for k, dk in enumerate((g * ig * (1 - ig), c_in * f * (1 - f), ig * (1 - g * g),
                                     tc * o * (1 - o))):
                 bufs["d"] = jax.lax.dynamic_update_slice(
                     bufs["d"], dk[None].astype(sdt), (t, k * hidden, jnp.zeros_like(t)))
-            bufs["f"] = _put_lead(bufs["f"], t, f)
-            bufs["p"] = _put_lead(bufs["p"], t, o * (1 - tc * tc))
+            bufs["f"] = _put_lead(bufs["f"], t, f, sdt)
+            bufs["p"] = _put_lead(bufs["p"], t, o * (1 - tc * tc), sdt)
         return h, c, bufs
 
     def step(i: jax.Array, carry: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -225,7 +250,7 @@ def _forward(st: Static, x: jax.Array, w: dict[str, Any], h0: jax.Array, c0: jax
     if save:
         saved = {k: v for k, v in bufs.items() if k not in ("hs", "cs")}
         saved.update(keep=keep_l)
-    return (h.T, c.T), bufs["hs"], bufs.get("cs"), saved
+    return (h.T, c.T), _decode(bufs["hs"], dt), bufs.get("cs"), saved
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -299,14 +324,14 @@ def _bwd(st: Static, res: Any, cts: Any) -> tuple[Any, ...]:
         dc = dc + dh * _lead(t, s["p"])
         scale = jnp.where(is_dc, dc[None], dh[None])  # [4, H, B]
         dz = (_lead(t, bufs["d"]).reshape(4, hidden, n_b) * scale).reshape(4 * hidden, n_b)
-        bufs["d"] = _put_lead(bufs["d"], t, dz)
+        bufs["d"] = _put_lead(bufs["d"], t, dz, sdt)
         dz = _lead(t, bufs["d"]).astype(dt)  # read back: lets XLA update d in place
         dc = dc * _lead(t, s["f"])
         if st.mlstm:
             dm = jnp.dot(w["w_h"], dz, preferred_element_type=sdt)  # [H, 4H] @ [4H, B]
-            bufs["u"] = _put_lead(bufs["u"], t, dm * _lead(t, bufs["u"]))
-            bufs["xm"] = _put_lead(bufs["xm"], t, dm * _lead(t, bufs["xm"]))
-            dh = jnp.dot(w["w_mh"], _lead(t, bufs["xm"]), preferred_element_type=sdt)
+            bufs["u"] = _put_lead(bufs["u"], t, dm * _lead(t, bufs["u"], dt), dt)
+            bufs["xm"] = _put_lead(bufs["xm"], t, dm * _lead(t, bufs["xm"], dt), dt)
+            dh = jnp.dot(w["w_mh"], _lead(t, bufs["xm"], dt), preferred_element_type=sdt)
         else:
             dh = jnp.dot(w["w_h"], dz, preferred_element_type=sdt)
         return dh, dc, bufs
@@ -320,7 +345,7 @@ def _bwd(st: Static, res: Any, cts: Any) -> tuple[Any, ...]:
                                                       bufs), unroll=unroll)
     if keep_l is not None:
         dh0, dc0 = dh0 * keep_l[0], dc0 * keep_l[0]
-    mid = lambda seq: jnp.swapaxes(seq, 0, 1).astype(dt)  # [T, F, B] -> [F, T, B]
+    mid = lambda seq: jnp.swapaxes(_decode(seq, dt), 0, 1).astype(dt)  # [T, F, B] -> [F, T, B]
     dz = mid(bufs["d"])
     x_ftb = jnp.transpose(x, (2, 0, 1))  # [in, T, B]
     # [in + 1, T, B]: the inputs and a row of ones, whose product with dZ is db = sum dZ.
@@ -331,10 +356,10 @@ def _bwd(st: Static, res: Any, cts: Any) -> tuple[Any, ...]:
     if st.mlstm:
         dmu, dmx = mid(bufs["u"]), mid(bufs["xm"])
         d_x = d_x + jnp.dot(w["w_mx"], _rows(dmu), preferred_element_type=sdt)
-        grads.update(w_mx=_all_rows(x_ftb, dmu), w_mh=_all_rows(s["h_in"], dmx),
-                     w_h=_all_rows(s["m"], dz))
+        grads.update(w_mx=_all_rows(x_ftb, dmu), w_mh=_all_rows(_decode(s["h_in"], dt), dmx),
+                     w_h=_all_rows(_decode(s["m"], dt), dz))
     else:
-        grads["w_h"] = _all_rows(s["h_in"], dz)
+        grads["w_h"] = _all_rows(_decode(s["h_in"], dt), dz)
     grads = {k: (None if like[k] is None else grads[k].astype(like[k].dtype))
              for k in ("w_x", "b", "w_mx", "w_mh", "w_h")}
     d_x = jnp.transpose(d_x.reshape(-1, n_t, n_b), (1, 2, 0)).astype(like["x"].dtype)

@@ -195,3 +195,34 @@ def test_unrolled_loops_same_gradient_and_no_whole_buffer_copy_per_step(kind):
     copies = [line.strip() for c in bodies for line in c.split("\n")
               if " copy(" in line and f"[{steps}," in line]
     assert not copies, copies
+
+
+def _loop_computations(hlo: str) -> list[str]:
+    """The compiled loop bodies and every computation they call (their fusions), as text."""
+    comps = {c.strip().split(" ")[0].lstrip("%"): c for c in hlo.split("\n\n") if c.strip()}
+    todo = set(re.findall(r"body=%([\w.\-]+)", hlo))
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in comps:
+            continue
+        seen.add(name)
+        todo |= set(re.findall(r"(?:calls|to_apply)=%([\w.\-]+)", comps[name]))
+    return [comps[n] for n in seen]
+
+
+@pytest.mark.parametrize("kind", ["mlstm", "lstm"])
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_loops_write_saved_sequences_in_place(kind, dtype):
+    """No compiled loop body converts a whole saved [T, F, B] sequence: XLA:CPU ran a
+    bfloat16/float16 per-step write as float32 on the whole buffer (convert, update, convert
+    back), 60 % of the 1024-unit bfloat16 step; the sequences are kept as uint16 bits."""
+    steps = 16
+    p = problem(kind, seed=6, steps=steps)
+    loss = loss_fn(kind, dtype, "custom", resets_tm(steps), False)
+    hlo = jax.jit(jax.grad(loss)).lower(p).compile().as_text()
+    loops = _loop_computations(hlo)
+    assert len(loops) >= 4  # two loop bodies and their fusions
+    whole = [line.strip() for c in loops for line in c.split("\n")
+             if re.search(r"= \w+\[[\d,]*\b%d\b[\d,]*\]\S* convert\(" % steps, line)]
+    assert not whole, whole
