@@ -15,8 +15,9 @@ the decoder. A training step costs
     FLOPs per step        = 3 x forward x B x S
 
 Achieved FLOP/s = FLOPs per step / median step time; it is compared with the measured rate
-of a dense n x n matmul in the compute dtype on the same device (``matmul_rate``), the
-practical peak of the machine rather than a datasheet number.
+of a dense n x n matmul in the compute dtype, accumulated in float32 as the step's matmuls
+are, on the same device (``matmul_rate``): the practical peak of the machine rather than a
+datasheet number.
 """
 
 from __future__ import annotations
@@ -52,7 +53,11 @@ def train_flops_per_token(model_config: ml_collections.ConfigDict, vocab_size: i
 
 def matmul_rate(dtype: Any = jnp.float32, n: int | None = None, repeats: int = 10,
                 device: jax.Device | None = None) -> dict[str, Any]:
-    """Measured FLOP/s of a dense n x n matmul in ``dtype`` (best of 3 rounds of ``repeats``).
+    """Measured FLOP/s of a dense n x n matmul of ``dtype`` operands with float32 (at least)
+    accumulation, as the training step's matmuls (best of 3 rounds of ``repeats``).
+
+    (A bfloat16 matmul with a bfloat16 result takes another path on XLA:CPU: 6x slower on
+    an AMX CPU under jaxlib 0.10, so it would understate the peak the step can reach.)
 
     n defaults to 2048 on CPU and 8192 on accelerators (big enough to reach their peak).
     """
@@ -61,7 +66,8 @@ def matmul_rate(dtype: Any = jnp.float32, n: int | None = None, repeats: int = 1
     rng = np.random.default_rng(0)
     a = jax.device_put(jnp.asarray(rng.normal(size=(n, n)), dtype), device)
     b = jax.device_put(jnp.asarray(rng.normal(size=(n, n)), dtype), device)
-    f = jax.jit(lambda x, y: x @ y)
+    acc = jnp.promote_types(dtype, jnp.float32)
+    f = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=acc))
     f(a, b).block_until_ready()
     best = float("inf")
     for _ in range(3):
