@@ -126,28 +126,25 @@ def cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
     return set()
 
 
-def faster_compute_hint(compute: str, platform: str, flags: set[str], jax_version: str
-                        ) -> str | None:
+def faster_compute_hint(compute: str, platform: str, flags: set[str]) -> str | None:
     """A one-line hint when float32 matmuls run where bfloat16 ones are much faster, else None.
 
-    On a CPU with AMX (Intel Sapphire Rapids and later), JAX >= 0.11's XLA:CPU runs bfloat16
-    matmuls on the AMX tiles (1.3-1.6 TFLOP/s against ~0.3 in float32 on 2 cores). There
-    the mixed-precision step (float32 master weights, state and gate math) trained the
-    quickstart 1.9x faster with the same validation BPC (benchmarks/README.md, issue 11).
-    Older JAX runs bfloat16 slower than float32 on the same CPU, so it is not the default.
+    On a CPU with AMX (Intel Sapphire Rapids and later), XLA:CPU (jaxlib >= 0.10) runs
+    bfloat16 matmuls with float32 accumulation on the AMX tiles (1.6-1.75 TFLOP/s against
+    ~0.33 in float32 on 2 cores). There the mixed-precision step (float32 master weights,
+    state and gate math) runs 1.5x (256 units) to 2x (1024) as fast with the same validation
+    BPC (benchmarks/README.md, issue 11). Without AMX bfloat16 is slower than float32 on a
+    CPU, so float32 stays the default.
     """
     if compute != "float32" or platform != "cpu" or "amx_bf16" not in flags:
         return None
-    major_minor = tuple(int(p) for p in jax_version.split(".")[:2] if p.isdigit())
-    if major_minor < (0, 11):
-        return None
-    return ("this CPU has AMX and JAX >= 0.11 runs bfloat16 matmuls on it: "
-            "--config.precision.compute=bfloat16 trains about 2x faster here with float32 "
+    return ("this CPU has AMX, which runs bfloat16 matmuls: "
+            "--config.precision.compute=bfloat16 trains 1.5-2x faster here with float32 "
             "master weights and state (benchmarks/README.md)")
 
 
 def print_compute_hint(compute: str, device: jax.Device) -> None:
     """Prints :func:`faster_compute_hint` for a run on ``device`` (the trainers' start)."""
-    hint = faster_compute_hint(compute, device.platform, cpu_flags(), jax.__version__)
+    hint = faster_compute_hint(compute, device.platform, cpu_flags())
     if hint:
         print(f"hint: {hint}")
