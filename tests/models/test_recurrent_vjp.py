@@ -189,17 +189,23 @@ def test_unrolled_loops_same_gradient_and_no_whole_buffer_copy_per_step(kind):
         hlo = jax.jit(jax.grad(loss)).lower(p).compile().as_text()
     for got, want in zip(jax.tree.leaves(g2), jax.tree.leaves(g1)):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6, rtol=1e-6)
+    comps = _computations(hlo)
     body_names = set(re.findall(r"body=%([\w.\-]+)", hlo))
-    bodies = [c for c in hlo.split("\n\n") if c.strip().split(" ")[0].lstrip("%") in body_names]
+    bodies = [comps[n] for n in body_names if n in comps]
     assert len(bodies) == len(body_names) >= 2  # the forward and backward loops
     copies = [line.strip() for c in bodies for line in c.split("\n")
               if " copy(" in line and f"[{steps}," in line]
     assert not copies, copies
 
 
+def _computations(hlo: str) -> dict[str, str]:
+    """The computations of compiled HLO text, by name."""
+    return {c.strip().split(" ")[0].lstrip("%"): c for c in hlo.split("\n\n") if c.strip()}
+
+
 def _loop_computations(hlo: str) -> list[str]:
     """The compiled loop bodies and every computation they call (their fusions), as text."""
-    comps = {c.strip().split(" ")[0].lstrip("%"): c for c in hlo.split("\n\n") if c.strip()}
+    comps = _computations(hlo)
     todo = set(re.findall(r"body=%([\w.\-]+)", hlo))
     seen: set[str] = set()
     while todo:
