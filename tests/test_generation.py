@@ -3,6 +3,8 @@ against a step-by-step loop written out by hand."""
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -104,3 +106,65 @@ def test_generating_and_featurizing_again_compiles_nothing():
     assert first[0] == again[0]
     np.testing.assert_array_equal(first[1], again[1])
     np.testing.assert_array_equal(first[2], again[2])
+
+
+def _transformer_lm(weight_norm: bool = True, tie: bool = False, dtype=jnp.float32):
+    """A small random TransformerLM as a TrainedLM (2 layers, d 16, 2 heads, d_ff 40)."""
+    from lmscale.config import default_config
+    from lmscale.data.tokenizer import ByteTokenizer
+    from lmscale.models import build_model
+    from lmscale.training import mesh as mesh_lib
+    from lmscale.training.restore import TrainedLM
+    config = default_config()
+    m = config.model
+    m.kind, m.layers, m.d_model, m.heads, m.d_ff, m.max_len = "transformer", 2, 16, 2, 40, 64
+    m.weight_norm, m.tie_embeddings = weight_norm, tie
+    tok = ByteTokenizer.sentiment_discovery()
+    graphdef, params = nnx.split(build_model(m, tok.vocab_size, rngs=nnx.Rngs(3), dtype=dtype),
+                                 nnx.Param)
+    return TrainedLM(config=config, derived={}, tokenizer=tok, graphdef=graphdef, params=params,
+                     step=0, mesh=mesh_lib.make_mesh(), workdir="")
+
+
+@pytest.mark.parametrize("kind", ["mlstm", "lstm", "transformer", "transformer_tied",
+                                  "transformer_bf16"])
+def test_generation_loops_do_no_per_token_weight_work(kind):
+    """The compiled prompt-then-sample program computes nothing weight-shaped inside its
+    loops: the weights are normalized, cast, transposed (recurrent) and sliced from the
+    layer stack (transformer) once, before them. Per token, that work made a 4096-unit
+    mLSTM generate 6x slower and the 12-layer transformer 3-4x (benchmarks/README.md). A
+    bfloat16 key/value cache is written in place, never converted whole."""
+    from lmscale import generation
+    from tests.models.helpers import loop_computations
+    if kind.startswith("transformer"):
+        lm = _transformer_lm(tie=kind.endswith("tied"),
+                             dtype=jnp.bfloat16 if kind.endswith("bf16") else jnp.float32)
+    else:
+        lm = random_lm(kind, layers=2, hidden=24)
+    shapes = set()  # of the matrices, either way round (the transformer's: one layer's too)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(lm.params):
+        stacked = "blocks" in jax.tree_util.keystr(path)
+        for shape in ((leaf.shape[1:], leaf.shape) if stacked else (leaf.shape,)):
+            if len(shape) >= 2 and not (stacked and len(shape) == 2 == leaf.ndim):
+                shapes |= {shape, shape[::-1]}
+    model = lm.model()
+    # A layer's bfloat16 key/value cache [B, M, H, D] updated as float32 (converted whole).
+    cache_f32 = model.init_decode(1, 2 + 6)["k"][0].shape if kind.endswith("bf16") else None
+    fn = generation._sampler(lm.graphdef, 6, 1.0, 0, 1.0, None, 0.0, model.feature_states[0],
+                             lm.tokenizer.pad_id)
+    prompt = jnp.asarray(lm.tokenizer.encode("ab").astype(np.int32)[None])  # one sample
+    hlo = fn.lower(lm.params, prompt, jax.random.PRNGKey(0)).compile().as_text()
+    loops = loop_computations(hlo)
+    assert len(loops) >= 2
+    pattern = re.compile(r"^\s*(?:ROOT )?%\S+ = (\w+)\[([\d,]+)\]\S* (\S+?)\(")
+    weight_work = []
+    for comp in loops:
+        for line in comp.split("\n"):
+            found = pattern.match(line)
+            if not found or found.group(3) in ("parameter", "get-tuple-element", "bitcast"):
+                continue
+            dims = tuple(int(d) for d in found.group(2).split(","))
+            if dims in shapes or (dims == cache_f32 and found.group(1) == "f32"
+                                  and found.group(3) == "dynamic-update-slice"):
+                weight_work.append(line.strip()[:160])
+    assert not weight_work, weight_work

@@ -143,10 +143,21 @@ class RecurrentLM(nnx.Module):
         """The decode state is the carry (any length can be generated)."""
         return self.initial_carry(batch_size)
 
-    def decode_step(self, tokens: jax.Array, state: Carry) -> tuple[jax.Array, Carry]:
-        """tokens int32 [B] -> (logits float32 [B, V], next state)."""
-        logits, state = self(tokens[:, None], state)
-        return logits[:, 0], state
+    def prepare_decode(self) -> tuple[Any, ...]:
+        """Per layer, the weights ``decode_step`` reads, as the (m)LSTM's forward loop lays
+        them out (``decode_weights``); None for a layer without (the QRNN's, whose step
+        reads its weights as stored). Compute once, decode many tokens."""
+        return tuple(layer.decode_weights() if hasattr(layer, "decode_weights") else None
+                     for layer in self.layers)
+
+    def decode_step(self, tokens: jax.Array, state: Carry, prepared: Any = None
+                    ) -> tuple[jax.Array, Carry]:
+        """tokens int32 [B] -> (logits float32 [B, V], next state); ``prepared``: from
+        ``prepare_decode`` (None: prepared here, for this step only)."""
+        if prepared is None:
+            prepared = self.prepare_decode()
+        hs, _, state, _, _ = self._run(tokens[:, None], state, None, None, None, False, prepared)
+        return self._decode(hs)[:, 0], state
 
     def fix_unit(self, state: Carry, unit: int, value: float, which: str) -> Carry:
         """``state`` with unit ``unit`` of the last layer's cell or hidden state set to ``value``."""
@@ -156,10 +167,12 @@ class RecurrentLM(nnx.Module):
         return (*lower, self.layers[-1].fix_unit(tuple(last), unit, value, which))
 
     def _run(self, tokens: jax.Array, carry: Carry | None, resets: jax.Array | None,
-             dropout_key: jax.Array | None, step_key: jax.Array | None, return_cells: bool
+             dropout_key: jax.Array | None, step_key: jax.Array | None, return_cells: bool,
+             prepared: tuple[Any, ...] | None = None
              ) -> tuple[jax.Array, jax.Array, Carry, list[jax.Array], list[jax.Array | None]]:
         """Returns (dropped top output [T, B, H], undropped top output, new carry, per-layer
-        hs, per-layer cs), time-major."""
+        hs, per-layer cs), time-major. ``prepared`` (decoding: no resets, no dropout, no
+        cells): per layer, weights from ``prepare_decode`` the layer's ``decode`` reads."""
         if carry is None:
             carry = self.initial_carry(tokens.shape[0])
         if len(carry) != len(self.layers):
@@ -183,10 +196,13 @@ class RecurrentLM(nnx.Module):
         use_dropout = dropout_key is not None and self.dropout > 0.0
         new_carry, all_hs, all_cs = [], [], []
         for l, (layer, layer_carry) in enumerate(zip(self.layers, carry)):
-            x, c_l, cs = layer.scan_time_major(
-                x, tuple(layer_carry), resets_tm, return_cells=return_cells,
-                step_key=None if step_key is None else jax.random.fold_in(step_key, 1 + l),
-                row_keys=_fold(dropout_key, _TAG_ZONEOUT + l))
+            if prepared is not None and prepared[l] is not None:
+                (x, c_l), cs = layer.decode(x, tuple(layer_carry), prepared[l]), None
+            else:
+                x, c_l, cs = layer.scan_time_major(
+                    x, tuple(layer_carry), resets_tm, return_cells=return_cells,
+                    step_key=None if step_key is None else jax.random.fold_in(step_key, 1 + l),
+                    row_keys=_fold(dropout_key, _TAG_ZONEOUT + l))
             new_carry.append(c_l)
             all_hs.append(x)
             all_cs.append(cs)

@@ -159,23 +159,52 @@ def _keep_next(keep: jax.Array | None, t: jax.Array, n_t: int) -> jax.Array | No
     return jnp.where(t + 1 < n_t, _lead(t + 1, keep), jnp.ones_like(keep[0]))
 
 
-def _forward(st: Static, x: jax.Array, w: dict[str, Any], h0: jax.Array, c0: jax.Array,
+def _layout(st: Static, w: dict[str, Any]) -> dict[str, jax.Array]:
+    """The forward loop's weights, from the compute-dtype weights ``w``: {"wh_t": W_h^T
+    [4H, H], "wmh_t": W_mh^T [H, H] (mLSTM), "wx_t": W_x^T [4H, in] or [W_x W_mx]^T [5H, in]
+    (x_t's projections in one in-loop matmul), "bias": [4H, 1] in the state dtype}.
+
+    Transposing is a pass over the weights (W_h^T of a 4096-unit mLSTM: 268 MB). XLA does
+    not hoist it out of an enclosing loop, so a decoder that runs one step per token computes
+    this once (``forward_weights``) instead of once per token."""
+    out = {"wh_t": w["w_h"].T,
+           "wx_t": (jnp.concatenate([w["w_x"], w["w_mx"]], axis=1) if st.mlstm else w["w_x"]).T,
+           "bias": w["b"].astype(st.state_dtype)[:, None]}
+    if st.mlstm:
+        out["wmh_t"] = w["w_mh"].T
+    return out
+
+
+def forward_weights(st: Static, w_x: jax.Array, b: jax.Array, w_mx: jax.Array | None,
+                    w_mh: jax.Array | None, w_h: jax.Array) -> dict[str, jax.Array]:
+    """The weights of ``recurrence`` (same arguments) in the forward loop's layout, for
+    ``forward_with``: compute them once, run many calls (one per generated token)."""
+    return _layout(st, _cast(st, w_x, b, w_mx, w_mh, w_h))
+
+
+def forward_with(st: Static, x: jax.Array, fw: dict[str, jax.Array], h0: jax.Array,
+                 c0: jax.Array, keep: jax.Array | None
+                 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array], jax.Array | None]:
+    """``recurrence`` (same x, h0, c0, keep and results) with weights from
+    ``forward_weights``; not differentiable (a decoder's step)."""
+    (h, c), hs, cs, _ = _forward(st, x, fw, h0, c0, keep, save=False)
+    return _tbf(hs), (h, c), (None if cs is None else _tbf(cs))
+
+
+def _forward(st: Static, x: jax.Array, fw: dict[str, jax.Array], h0: jax.Array, c0: jax.Array,
              keep: jax.Array | None, save: bool) -> tuple[Any, ...]:
     """The forward loop.
 
-    x [T, B, in] (compute dtype); w: compute-dtype weights; h0, c0 [B, H] state dtype;
-    keep [T, B, 1] or None. Returns ((h, c) [B, H], hs [T, H, B], cs [T, H, B] | None,
-    saved): ``saved`` (with ``save``) holds the residuals of the backward, else None.
+    x [T, B, in] (compute dtype); fw: the weights in the loop's layout (``_layout``); h0, c0
+    [B, H] state dtype; keep [T, B, 1] or None. Returns ((h, c) [B, H], hs [T, H, B],
+    cs [T, H, B] | None, saved): ``saved`` (with ``save``) holds the residuals of the
+    backward, else None.
     """
     dt, sdt = st.dtype, st.state_dtype
     n_t, n_b = x.shape[:2]
-    hidden = w["w_h"].shape[0]
+    hidden = fw["wh_t"].shape[1]
     x_lead = jnp.transpose(x, (0, 2, 1))  # [T, in, B]
-    wh_t = w["w_h"].T  # [4H, H], once per call
-    wmh_t = w["w_mh"].T if st.mlstm else None
-    # x_t's projections in one in-loop matmul: W_x^T [4H, in], or [W_x W_mx]^T [5H, in]
-    wx_t = (jnp.concatenate([w["w_x"], w["w_mx"]], axis=1) if st.mlstm else w["w_x"]).T
-    bias = w["b"].astype(sdt)[:, None]
+    wh_t, wmh_t, wx_t, bias = fw["wh_t"], fw.get("wmh_t"), fw["wx_t"], fw["bias"]
     keep_l = None if keep is None else jnp.swapaxes(keep, 1, 2)  # [T, 1, B]
 
     h0, c0 = h0.T, c0.T
@@ -270,9 +299,7 @@ def recurrence(st: Static, x: jax.Array, w_x: jax.Array, b: jax.Array, w_mx: jax
     the state dtype; keep: [T, B, 1] state dtype (0 where the state is reset before the step)
     or None.
     """
-    w = _cast(st, w_x, b, w_mx, w_mh, w_h)
-    (h, c), hs, cs, _ = _forward(st, x, w, h0, c0, keep, save=False)
-    return _tbf(hs), (h, c), (None if cs is None else _tbf(cs))
+    return forward_with(st, x, forward_weights(st, w_x, b, w_mx, w_mh, w_h), h0, c0, keep)
 
 
 def _tbf(seq: jax.Array) -> jax.Array:
@@ -290,7 +317,7 @@ def _fwd(st: Static, x: jax.Array, w_x: jax.Array, b: jax.Array, w_mx: jax.Array
          w_mh: jax.Array | None, w_h: jax.Array, h0: jax.Array, c0: jax.Array,
          keep: jax.Array | None) -> tuple[Any, Any]:
     w = _cast(st, w_x, b, w_mx, w_mh, w_h)
-    (h, c), hs, cs, saved = _forward(st, x, w, h0, c0, keep, save=True)
+    (h, c), hs, cs, saved = _forward(st, x, _layout(st, w), h0, c0, keep, save=True)
     # Zero-size stand-ins carry the primal dtypes to the backward.
     like = {k: (None if v is None else jnp.zeros((0,), v.dtype)) for k, v in
             {"x": x, "w_x": w_x, "b": b, "w_mx": w_mx, "w_mh": w_mh, "w_h": w_h, "h0": h0,

@@ -22,8 +22,11 @@ The module interface (an ``nnx.Module``; all arrays batch-major):
 * ``feature_width``: F; ``num_layers``: L.
 * ``max_len``: the longest sequence the model reads at once (None: unbounded, state carried).
 * ``init_decode(batch_size, max_length) -> state`` and ``decode_step(tokens int32 [B],
-  state) -> (logits float32 [B, V], state)``: one token at a time, for generation (a
-  recurrent model's state is its carry; a transformer's is its key/value cache).
+  state, prepared=None) -> (logits float32 [B, V], state)``: one token at a time, for
+  generation (a recurrent model's state is its carry; a transformer's is its key/value
+  cache). ``prepare_decode() -> prepared``: the weights as ``decode_step`` reads them
+  (weight norm applied, cast, laid out), computed once before the token loop, since XLA
+  does not hoist that work out of it (None: each step prepares its own).
 * ``fix_unit(state, unit, value, which) -> state`` (optional): the decode state with one
   unit of the last layer held at ``value`` (``which`` one of ``feature_states``); models
   without it cannot generate with a fixed neuron.

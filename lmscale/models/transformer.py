@@ -13,8 +13,11 @@ Parameters are float32; matmuls run in the compute ``dtype``; LayerNorm, softmax
 residual stream and the logits are float32. The L blocks' parameters are stacked along a
 leading layer axis (one ``Block`` module whose params are [L, ...]) and applied by one
 ``jax.lax.scan`` (``scan_layers=True``) or a Python loop over the same params; both give
-the same numbers and the same checkpoint layout. Like RecurrentLM, the module holds
-parameters only: dropout draws from an explicit ``dropout_key``.
+the same numbers and the same checkpoint layout. Decoding (``decode_step``) loops over the
+layers in Python, on per-layer params and matrices that ``prepare_decode`` slices and
+normalizes once per generated sequence, with one key/value cache per layer updated in
+place. Like RecurrentLM, the module holds parameters only: dropout draws from an explicit
+``dropout_key``.
 
 The attention input projection is one fused (d, 3d) matrix [q | k | v] (fairseq's
 ``in_proj``); with weight norm each output unit has its own scale, so this is exactly
@@ -139,26 +142,33 @@ class Block(nnx.Module):
         self.fc2, self.fc2_bias = mat(d_ff, d_model), zeros(d_model)
         self.ln_attn, self.ln_ff = LayerNorm(d_model), LayerNorm(d_model)
 
-    def __call__(self, x: jax.Array, attend: Callable, drop: Drop, dtype: Any
-                 ) -> tuple[jax.Array, Any]:
+    def matrices(self) -> dict[str, jax.Array]:
+        """{"qkv", "out", "fc1", "fc2"}: the (in, out) matrices, weight norm applied."""
+        return {"qkv": self.qkv(), "out": self.out(), "fc1": self.fc1(), "fc2": self.fc2()}
+
+    def __call__(self, x: jax.Array, attend: Callable, drop: Drop, dtype: Any,
+                 matrices: dict[str, jax.Array] | None = None) -> tuple[jax.Array, Any]:
         """x float32 [B, T, d] -> (x float32 [B, T, d], aux of ``attend``).
 
         ``attend(q, k, v)`` ([B, T, H, D] in ``dtype``) -> (out [B, T, H, D], aux);
-        ``drop(site, x)`` applies the dropout of that site (identity when deterministic).
+        ``drop(site, x)`` applies the dropout of that site (identity when deterministic);
+        ``matrices``: this block's ``matrices()``, computed beforehand (a decoder's, once
+        per sequence), in any float dtype (cast to ``dtype``).
         """
+        w = self.matrices() if matrices is None else matrices
         pre = self.norm == "pre"
         b, t, d = x.shape
         h = self.ln_attn(x) if pre else x
-        qkv = _dense(h, self.qkv(), self.qkv_bias[...], dtype).astype(dtype)
+        qkv = _dense(h, w["qkv"], self.qkv_bias[...], dtype).astype(dtype)
         q, k, v = jnp.moveaxis(qkv.reshape(b, t, 3, self.heads, d // self.heads), 2, 0)
         o, aux = attend(q, k, v)
-        h = _dense(o.reshape(b, t, d), self.out(), self.out_bias[...], dtype)
+        h = _dense(o.reshape(b, t, d), w["out"], self.out_bias[...], dtype)
         x = x + drop(ATTN_OUT, h)
         if not pre:
             x = self.ln_attn(x)
         h = self.ln_ff(x) if pre else x
-        h = jax.nn.gelu(_dense(h, self.fc1(), self.fc1_bias[...], dtype), approximate=True)
-        h = _dense(drop(FF_ACT, h), self.fc2(), self.fc2_bias[...], dtype)
+        h = jax.nn.gelu(_dense(h, w["fc1"], self.fc1_bias[...], dtype), approximate=True)
+        h = _dense(drop(FF_ACT, h), w["fc2"], self.fc2_bias[...], dtype)
         x = x + drop(FF_OUT, h)
         if not pre:
             x = self.ln_ff(x)
@@ -244,16 +254,14 @@ class TransformerLM(nnx.Module):
             return x + self.position_embedding[...][positions]
         return x + sinusoidal(positions, self.d_model)
 
-    def _logits(self, x: jax.Array) -> jax.Array:
-        """float32 [..., d] -> float32 [..., V] (matmul in the compute dtype)."""
-        dt = self.dtype
-        if self.tie_embeddings:
-            w, b = self.embedding[...].T, None
-        else:
-            w, b = self.head(), self.head_bias[...]
-        y = jnp.einsum("...d,dv->...v", x.astype(dt), w.astype(dt),
+    def _logits(self, x: jax.Array, head: jax.Array | None = None) -> jax.Array:
+        """float32 [..., d] -> float32 [..., V] (matmul in the compute dtype). ``head``: the
+        output matrix [d, V] in the compute dtype, computed beforehand (a decoder's)."""
+        if head is None:
+            head = self.embedding[...].T if self.tie_embeddings else self.head()
+        y = jnp.einsum("...d,dv->...v", x.astype(self.dtype), head.astype(self.dtype),
                        preferred_element_type=jnp.float32)
-        return y if b is None else y + b
+        return y if self.tie_embeddings else y + self.head_bias[...]
 
     def _drop_fn(self, key: jax.Array | None, layer: jax.Array | int) -> Drop:
         def drop(site: int, x: jax.Array) -> jax.Array:
@@ -344,35 +352,67 @@ class TransformerLM(nnx.Module):
         return {"hidden": hidden, "carry": ()}
 
     def init_decode(self, batch_size: int, max_length: int) -> DecodeState:
-        """Empty KV cache: {"k", "v": [L, B, max_length, H, D] in the compute dtype, "pos":
-        int32 scalar}. max_length must not exceed max_len."""
+        """Empty KV cache: {"k", "v": one [B, max_length, H, D] array per layer (a tuple), in
+        the compute dtype, "pos": int32 scalar}. max_length must not exceed max_len."""
         if max_length > self.max_len:
             raise ValueError(f"cannot decode max_length={max_length} tokens: the model reads at "
                              f"most model.max_len={self.max_len} positions")
-        shape = (self.num_layers, batch_size, max_length, self.heads, self.d_model // self.heads)
-        return {"k": jnp.zeros(shape, self.dtype), "v": jnp.zeros(shape, self.dtype),
-                "pos": jnp.zeros((), jnp.int32)}
+        shape = (batch_size, max_length, self.heads, self.d_model // self.heads)
+        empty = lambda: tuple(jnp.zeros(shape, self.dtype) for _ in range(self.num_layers))
+        return {"k": empty(), "v": empty(), "pos": jnp.zeros((), jnp.int32)}
 
-    def decode_step(self, tokens: jax.Array, state: DecodeState
+    def prepare_decode(self) -> dict[str, Any]:
+        """What ``decode_step`` reads, computed once per generated sequence: per layer the
+        block's params (sliced from the stack) and its matrices (weight norm applied), and
+        the output matrix [d, V], in the compute dtype. Per token, slicing the stacked params
+        and normalizing the matrices took 3x the step's own work (``benchmarks/README.md``)."""
+        graphdef, params = nnx.split(self.blocks)
+        dt = self.dtype
+        layers = []
+        for l in range(self.num_layers):
+            state = jax.tree.map(lambda a, l=l: a[l], params)
+            mats = nnx.merge(graphdef, state).matrices()
+            layers.append({"state": state, "matrices": {k: w.astype(dt) for k, w in mats.items()}})
+        head = self.embedding[...].T if self.tie_embeddings else self.head()
+        return {"layers": layers, "head": head.astype(dt)}
+
+    def decode_step(self, tokens: jax.Array, state: DecodeState, prepared: Any = None
                     ) -> tuple[jax.Array, DecodeState]:
         """tokens int32 [B] at position state["pos"] -> (logits float32 [B, V], state with
-        this token's keys/values cached and pos + 1). Steps past max_length are undefined."""
+        this token's keys/values cached and pos + 1). ``prepared``: from ``prepare_decode``
+        (None: prepared here, for this step only). Steps past max_length are undefined."""
+        if prepared is None:
+            prepared = self.prepare_decode()
         pos = state["pos"]
         x = self._embed(tokens[:, None], jnp.broadcast_to(pos, tokens.shape)[:, None])
-        valid = (jnp.arange(state["k"].shape[2]) <= pos)[None, None, None, :]  # [1,1,1,M]
+        valid = (jnp.arange(state["k"][0].shape[1]) <= pos)[None, None, None, :]  # [1,1,1,M]
         identity = lambda site, h: h
-
-        def apply(block: Block, x: jax.Array, layer: jax.Array, cache: tuple):
-            def attend(q, k, v):
-                kc, vc = (jax.lax.dynamic_update_slice(c, n.astype(c.dtype), (0, pos, 0, 0))
-                          for c, n in zip(cache, (k, v)))
-                return attention(q, kc.astype(q.dtype), vc.astype(q.dtype), valid), (kc, vc)
-            return block(x, attend, identity, self.dtype)
-
-        x, (k, v) = self._apply_blocks(x, apply, (state["k"], state["v"]))
+        graphdef = nnx.graphdef(self.blocks)
+        cache = {"k": list(state["k"]), "v": list(state["v"])}
+        for l, layer in enumerate(prepared["layers"]):
+            def attend(q, k, v, l=l):
+                for name, new in (("k", k), ("v", v)):
+                    cache[name][l] = _put_cache(cache[name][l], new, pos)
+                kc, vc = (cache[name][l].astype(q.dtype) for name in ("k", "v"))
+                return attention(q, kc, vc, valid), None
+            x, _ = nnx.merge(graphdef, layer["state"])(x, attend, identity, self.dtype,
+                                                       layer["matrices"])
         if self.final_norm is not None:
             x = self.final_norm(x)
-        return self._logits(x[:, 0]), {"k": k, "v": v, "pos": pos + 1}
+        return (self._logits(x[:, 0], prepared["head"]),
+                {"k": tuple(cache["k"]), "v": tuple(cache["v"]), "pos": pos + 1})
+
+
+def _put_cache(cache: jax.Array, new: jax.Array, pos: jax.Array) -> jax.Array:
+    """One layer's cache [B, M, H, D] with new [B, 1, H, D] written at position ``pos``, in
+    place. A 2-byte float cache is written as its uint16 bits: XLA:CPU runs a bfloat16
+    dynamic-update-slice in float32 over the whole buffer (as ``recurrent_vjp._storage``)."""
+    new, at = new.astype(cache.dtype), (0, pos, 0, 0)
+    if cache.dtype.itemsize != 2:
+        return jax.lax.dynamic_update_slice(cache, new, at)
+    bits = lambda a: jax.lax.bitcast_convert_type(a, jnp.uint16)
+    return jax.lax.bitcast_convert_type(jax.lax.dynamic_update_slice(bits(cache), bits(new), at),
+                                        cache.dtype)
 
 
 # ---- the model kind ---------------------------------------------------------------------

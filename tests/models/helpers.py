@@ -1,6 +1,9 @@
-"""Test helpers: randomize a module's params and read a layer's weights as NumPy arrays."""
+"""Test helpers: randomize a module's params, read a layer's weights as NumPy arrays, and
+split compiled HLO text into its computations."""
 
 from __future__ import annotations
+
+import re
 
 import jax
 import numpy as np
@@ -36,3 +39,22 @@ def layer_weights(layer: nnx.Module) -> dict[str, np.ndarray]:
     if hasattr(layer, "w_mx"):
         w["w_mx"], w["w_mh"] = effective(layer.w_mx), effective(layer.w_mh)
     return w
+
+
+def computations(hlo: str) -> dict[str, str]:
+    """The computations of compiled HLO text, by name."""
+    return {c.strip().split(" ")[0].lstrip("%"): c for c in hlo.split("\n\n") if c.strip()}
+
+
+def loop_computations(hlo: str) -> list[str]:
+    """The compiled loop bodies and every computation they call (their fusions), as text."""
+    comps = computations(hlo)
+    todo = set(re.findall(r"body=%([\w.\-]+)", hlo))
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in comps:
+            continue
+        seen.add(name)
+        todo |= set(re.findall(r"(?:calls|to_apply)=%([\w.\-]+)", comps[name]))
+    return [comps[n] for n in seen]

@@ -169,3 +169,26 @@ def test_build_model_errors_and_counts():
     macs = (E * 4 * H + E * H + H * H + H * 4 * H) + (H * 4 * H + H * H + H * H + H * 4 * H) + H * V
     assert flops_per_token(model_config(), V) == 2 * macs
     assert flops_per_token(model_config(kind="lstm", layers=1), V) == 2 * (E * 4 * H + H * 4 * H + H * V)
+
+
+@pytest.mark.parametrize("kind,dtype,tol", [("mlstm", jnp.float32, 1e-5), ("lstm", jnp.float32, 1e-5),
+                                            ("qrnn", jnp.float32, 1e-5), ("mlstm", jnp.bfloat16, 2e-2)])
+def test_decode_steps_with_prepared_weights_match_the_full_pass(kind, dtype, tol):
+    """Generation prepares the weights once (``prepare_decode``: weight norm, cast, the
+    forward loop's transposes) and runs ``decode_step`` per token with them: the logits and
+    the state equal one pass over the whole sequence (bfloat16: within its rounding)."""
+    extra = {"qrnn_window": 2} if kind == "qrnn" else {}
+    model = build_model(model_config(kind=kind, **extra), V, rngs=nnx.Rngs(0), dtype=dtype)
+    randomize_params(model, seed=4)
+    tokens = jnp.asarray(batch()[0])
+    logits, carry = jax.jit(lambda t: model(t, None))(tokens)
+    prepared = jax.jit(model.prepare_decode)()
+    assert len(prepared) == 2 and (prepared[0] is None) == (kind == "qrnn")
+    step = jax.jit(lambda t, s, p: model.decode_step(t, s, p))
+    state, out = model.init_decode(B), []
+    for t in range(T):
+        logit, state = step(tokens[:, t], state, prepared)
+        out.append(logit)
+    np.testing.assert_allclose(np.stack(out, 1), np.asarray(logits), rtol=tol, atol=tol)
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(carry)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=tol, atol=tol)

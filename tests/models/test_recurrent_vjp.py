@@ -14,6 +14,7 @@ from flax import nnx
 
 from lmscale.models import LSTMLayer, MLSTMLayer, RecurrentLM, lstm_scan, mlstm_scan, weight_norm
 from lmscale.models.recurrent import scan_options
+from tests.models.helpers import computations, loop_computations
 
 B, T, IN, H = 3, 9, 5, 8
 
@@ -189,32 +190,13 @@ def test_unrolled_loops_same_gradient_and_no_whole_buffer_copy_per_step(kind):
         hlo = jax.jit(jax.grad(loss)).lower(p).compile().as_text()
     for got, want in zip(jax.tree.leaves(g2), jax.tree.leaves(g1)):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6, rtol=1e-6)
-    comps = _computations(hlo)
+    comps = computations(hlo)
     body_names = set(re.findall(r"body=%([\w.\-]+)", hlo))
     bodies = [comps[n] for n in body_names if n in comps]
     assert len(bodies) == len(body_names) >= 2  # the forward and backward loops
     copies = [line.strip() for c in bodies for line in c.split("\n")
               if " copy(" in line and f"[{steps}," in line]
     assert not copies, copies
-
-
-def _computations(hlo: str) -> dict[str, str]:
-    """The computations of compiled HLO text, by name."""
-    return {c.strip().split(" ")[0].lstrip("%"): c for c in hlo.split("\n\n") if c.strip()}
-
-
-def _loop_computations(hlo: str) -> list[str]:
-    """The compiled loop bodies and every computation they call (their fusions), as text."""
-    comps = _computations(hlo)
-    todo = set(re.findall(r"body=%([\w.\-]+)", hlo))
-    seen: set[str] = set()
-    while todo:
-        name = todo.pop()
-        if name in seen or name not in comps:
-            continue
-        seen.add(name)
-        todo |= set(re.findall(r"(?:calls|to_apply)=%([\w.\-]+)", comps[name]))
-    return [comps[n] for n in seen]
 
 
 @pytest.mark.parametrize("kind", ["mlstm", "lstm"])
@@ -227,7 +209,7 @@ def test_low_precision_loops_write_saved_sequences_in_place(kind, dtype):
     p = problem(kind, seed=6, steps=steps)
     loss = loss_fn(kind, dtype, "custom", resets_tm(steps), False)
     hlo = jax.jit(jax.grad(loss)).lower(p).compile().as_text()
-    loops = _loop_computations(hlo)
+    loops = loop_computations(hlo)
     assert len(loops) >= 4  # two loop bodies and their fusions
     whole = [line.strip() for c in loops for line in c.split("\n")
              if re.search(r"= \w+\[[\d,]*\b%d\b[\d,]*\]\S* convert\(" % steps, line)]
