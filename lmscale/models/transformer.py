@@ -65,6 +65,21 @@ def _dense(x: jax.Array, w: jax.Array, b: jax.Array | None, dtype: Any) -> jax.A
     return y if b is None else y + b
 
 
+def _dense_t(x: jax.Array, w_t: jax.Array, b: jax.Array | None, dtype: Any,
+             accumulate: Any = None) -> jax.Array:
+    """``_dense`` with the matrix given transposed, w_t [out, in], multiplied as w_t @ x^T:
+    the form for a few rows (decoding). XLA:CPU's matmul repacks its right operand on every
+    call, so x @ w of a handful of rows was a pass over w per call; as the left operand w_t
+    is streamed as stored (12 layers' feed-forward at 8 rows: 25 -> 16 ms a token). The
+    barriers keep XLA from rewriting the product back into x @ w. ``accumulate``: the
+    dot's output dtype (None: ``dtype``)."""
+    barrier = jax.lax.optimization_barrier
+    x_t = barrier(x.reshape(-1, x.shape[-1]).astype(dtype).T)  # [in, rows]
+    y = barrier(jnp.dot(w_t.astype(dtype), x_t, preferred_element_type=accumulate)).T
+    y = y.astype(jnp.float32).reshape(*x.shape[:-1], w_t.shape[0])
+    return y if b is None else y + b
+
+
 def sinusoidal(positions: jax.Array, dim: int) -> jax.Array:
     """fairseq's sinusoidal embeddings: int [...] -> float32 [..., dim] = [sin | cos].
 
@@ -147,28 +162,31 @@ class Block(nnx.Module):
         return {"qkv": self.qkv(), "out": self.out(), "fc1": self.fc1(), "fc2": self.fc2()}
 
     def __call__(self, x: jax.Array, attend: Callable, drop: Drop, dtype: Any,
-                 matrices: dict[str, jax.Array] | None = None) -> tuple[jax.Array, Any]:
+                 matrices_t: dict[str, jax.Array] | None = None) -> tuple[jax.Array, Any]:
         """x float32 [B, T, d] -> (x float32 [B, T, d], aux of ``attend``).
 
         ``attend(q, k, v)`` ([B, T, H, D] in ``dtype``) -> (out [B, T, H, D], aux);
         ``drop(site, x)`` applies the dropout of that site (identity when deterministic);
-        ``matrices``: this block's ``matrices()``, computed beforehand (a decoder's, once
-        per sequence), in any float dtype (cast to ``dtype``).
+        ``matrices_t``: this block's ``matrices()`` transposed ([out, in]), computed
+        beforehand (a decoder's, once per sequence), multiplied as ``_dense_t`` does.
         """
-        w = self.matrices() if matrices is None else matrices
+        if matrices_t is None:
+            w, dense = self.matrices(), _dense
+        else:
+            w, dense = matrices_t, _dense_t
         pre = self.norm == "pre"
         b, t, d = x.shape
         h = self.ln_attn(x) if pre else x
-        qkv = _dense(h, w["qkv"], self.qkv_bias[...], dtype).astype(dtype)
+        qkv = dense(h, w["qkv"], self.qkv_bias[...], dtype).astype(dtype)
         q, k, v = jnp.moveaxis(qkv.reshape(b, t, 3, self.heads, d // self.heads), 2, 0)
         o, aux = attend(q, k, v)
-        h = _dense(o.reshape(b, t, d), w["out"], self.out_bias[...], dtype)
+        h = dense(o.reshape(b, t, d), w["out"], self.out_bias[...], dtype)
         x = x + drop(ATTN_OUT, h)
         if not pre:
             x = self.ln_attn(x)
         h = self.ln_ff(x) if pre else x
-        h = jax.nn.gelu(_dense(h, w["fc1"], self.fc1_bias[...], dtype), approximate=True)
-        h = _dense(drop(FF_ACT, h), w["fc2"], self.fc2_bias[...], dtype)
+        h = jax.nn.gelu(dense(h, w["fc1"], self.fc1_bias[...], dtype), approximate=True)
+        h = dense(drop(FF_ACT, h), w["fc2"], self.fc2_bias[...], dtype)
         x = x + drop(FF_OUT, h)
         if not pre:
             x = self.ln_ff(x)
@@ -254,14 +272,16 @@ class TransformerLM(nnx.Module):
             return x + self.position_embedding[...][positions]
         return x + sinusoidal(positions, self.d_model)
 
-    def _logits(self, x: jax.Array, head: jax.Array | None = None) -> jax.Array:
-        """float32 [..., d] -> float32 [..., V] (matmul in the compute dtype). ``head``: the
-        output matrix [d, V] in the compute dtype, computed beforehand (a decoder's)."""
-        if head is None:
-            head = self.embedding[...].T if self.tie_embeddings else self.head()
+    def _logits(self, x: jax.Array, head_t: jax.Array | None = None) -> jax.Array:
+        """float32 [..., d] -> float32 [..., V] (matmul in the compute dtype). ``head_t``: the
+        output matrix transposed, [V, d], computed beforehand (a decoder's; ``_dense_t``)."""
+        b = None if self.tie_embeddings else self.head_bias[...]
+        if head_t is not None:
+            return _dense_t(x, head_t, b, self.dtype, accumulate=jnp.float32)
+        head = self.embedding[...].T if self.tie_embeddings else self.head()
         y = jnp.einsum("...d,dv->...v", x.astype(self.dtype), head.astype(self.dtype),
                        preferred_element_type=jnp.float32)
-        return y if self.tie_embeddings else y + self.head_bias[...]
+        return y if b is None else y + b
 
     def _drop_fn(self, key: jax.Array | None, layer: jax.Array | int) -> Drop:
         def drop(site: int, x: jax.Array) -> jax.Array:
@@ -363,18 +383,20 @@ class TransformerLM(nnx.Module):
 
     def prepare_decode(self) -> dict[str, Any]:
         """What ``decode_step`` reads, computed once per generated sequence: per layer the
-        block's params (sliced from the stack) and its matrices (weight norm applied), and
-        the output matrix [d, V], in the compute dtype. Per token, slicing the stacked params
-        and normalizing the matrices took 3x the step's own work (``benchmarks/README.md``)."""
+        block's params (sliced from the stack) and its matrices (weight norm applied,
+        transposed for ``_dense_t``), and the output matrix transposed ([V, d]), in the
+        compute dtype. Per token, slicing the stacked params and normalizing the matrices
+        took 3x the step's own work (``benchmarks/README.md``)."""
         graphdef, params = nnx.split(self.blocks)
         dt = self.dtype
         layers = []
         for l in range(self.num_layers):
             state = jax.tree.map(lambda a, l=l: a[l], params)
             mats = nnx.merge(graphdef, state).matrices()
-            layers.append({"state": state, "matrices": {k: w.astype(dt) for k, w in mats.items()}})
-        head = self.embedding[...].T if self.tie_embeddings else self.head()
-        return {"layers": layers, "head": head.astype(dt)}
+            layers.append({"state": state,
+                           "matrices_t": {k: w.T.astype(dt) for k, w in mats.items()}})
+        head_t = self.embedding[...] if self.tie_embeddings else self.head().T
+        return {"layers": layers, "head_t": head_t.astype(dt)}
 
     def decode_step(self, tokens: jax.Array, state: DecodeState, prepared: Any = None
                     ) -> tuple[jax.Array, DecodeState]:
@@ -396,10 +418,10 @@ class TransformerLM(nnx.Module):
                 kc, vc = (cache[name][l].astype(q.dtype) for name in ("k", "v"))
                 return attention(q, kc, vc, valid), None
             x, _ = nnx.merge(graphdef, layer["state"])(x, attend, identity, self.dtype,
-                                                       layer["matrices"])
+                                                       layer["matrices_t"])
         if self.final_norm is not None:
             x = self.final_norm(x)
-        return (self._logits(x[:, 0], prepared["head"]),
+        return (self._logits(x[:, 0], prepared["head_t"]),
                 {"k": tuple(cache["k"]), "v": tuple(cache["v"]), "pos": pos + 1})
 
 
