@@ -49,9 +49,9 @@ How it is laid out, each choice measured on XLA:CPU (benchmarks/README.md, issue
   [F, T, B], and the backward's are transposed once, so each gradient is one
   [F, T*B] x [F', T*B]^T matmul.
 - Sequences saved in bfloat16 (and float16, alike) are buffers of their uint16 bits
-  (``_storage``): XLA:CPU runs a bfloat16 dynamic-update-slice in float32 on the whole
-  buffer, so each step's write cost a pass over the sequence (the bfloat16 step was 3x
-  slower at 1024 units, 5.7x at 256); an integer buffer is updated in place.
+  (``lmscale.models.inplace``): XLA:CPU runs a bfloat16 dynamic-update-slice in float32 on
+  the whole buffer, so each step's write cost a pass over the sequence (the bfloat16 step
+  was 3x slower at 1024 units, 5.7x at 256); an integer buffer is updated in place.
 Resets of step t+1 are applied at the end of step t. Without differentiation nothing is
 saved. Matmuls take compute-dtype operands with float32 accumulation; the carry and the
 gate math are float32 (float64 when computing in float64).
@@ -65,6 +65,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+
+from lmscale.models.inplace import decode as _decode
+from lmscale.models.inplace import encode as _encode
+from lmscale.models.inplace import storage as _storage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,28 +86,6 @@ class Static:
     @property
     def mlstm(self) -> bool:
         return self.kind == "mlstm"
-
-
-def _storage(dtype: Any) -> Any:
-    """dtype of a buffer holding a sequence in ``dtype``: 2-byte floats as their uint16 bits.
-
-    XLA:CPU (jaxlib 0.10) runs a bfloat16 dynamic-update-slice in float32 on the whole
-    buffer (convert, update, convert back), so every step's write cost a pass over the whole
-    sequence: 7 such writes took 59 % of the 1024-unit bfloat16 step. An integer buffer is
-    updated in place; the bitcasts are free. float16 is stored the same way.
-    """
-    return jnp.uint16 if jnp.dtype(dtype).itemsize == 2 else jnp.dtype(dtype)
-
-
-def _encode(value: jax.Array, dtype: Any) -> jax.Array:
-    """value in ``dtype``, as a buffer of ``_storage(dtype)`` holds it."""
-    value = value.astype(dtype)
-    return jax.lax.bitcast_convert_type(value, jnp.uint16) if value.dtype.itemsize == 2 else value
-
-
-def _decode(stored: jax.Array, dtype: Any) -> jax.Array:
-    """The ``dtype`` values of (a slice of) a buffer of ``_storage(dtype)``."""
-    return jax.lax.bitcast_convert_type(stored, dtype) if stored.dtype == jnp.uint16 else stored
 
 
 def _lead(t: jax.Array, seq: jax.Array, dtype: Any = None) -> jax.Array:

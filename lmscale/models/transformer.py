@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lmscale.models import inplace
 from lmscale.models.registry import ModelKind, register
 from lmscale.models.weight_norm import make_matrix
 
@@ -414,7 +415,8 @@ class TransformerLM(nnx.Module):
         for l, layer in enumerate(prepared["layers"]):
             def attend(q, k, v, l=l):
                 for name, new in (("k", k), ("v", v)):
-                    cache[name][l] = _put_cache(cache[name][l], new, pos)
+                    # in place (a bfloat16 cache too: lmscale.models.inplace)
+                    cache[name][l] = inplace.update_slice(cache[name][l], new, (0, pos, 0, 0))
                 kc, vc = (cache[name][l].astype(q.dtype) for name in ("k", "v"))
                 return attention(q, kc, vc, valid), None
             x, _ = nnx.merge(graphdef, layer["state"])(x, attend, identity, self.dtype,
@@ -423,18 +425,6 @@ class TransformerLM(nnx.Module):
             x = self.final_norm(x)
         return (self._logits(x[:, 0], prepared["head_t"]),
                 {"k": tuple(cache["k"]), "v": tuple(cache["v"]), "pos": pos + 1})
-
-
-def _put_cache(cache: jax.Array, new: jax.Array, pos: jax.Array) -> jax.Array:
-    """One layer's cache [B, M, H, D] with new [B, 1, H, D] written at position ``pos``, in
-    place. A 2-byte float cache is written as its uint16 bits: XLA:CPU runs a bfloat16
-    dynamic-update-slice in float32 over the whole buffer (as ``recurrent_vjp._storage``)."""
-    new, at = new.astype(cache.dtype), (0, pos, 0, 0)
-    if cache.dtype.itemsize != 2:
-        return jax.lax.dynamic_update_slice(cache, new, at)
-    bits = lambda a: jax.lax.bitcast_convert_type(a, jnp.uint16)
-    return jax.lax.bitcast_convert_type(jax.lax.dynamic_update_slice(bits(cache), bits(new), at),
-                                        cache.dtype)
 
 
 # ---- the model kind ---------------------------------------------------------------------
