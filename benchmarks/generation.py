@@ -10,7 +10,8 @@ token, then ``length`` sampled tokens, in one jitted program. Reports ms per tok
 and new), tokens/s over all samples, and the weights read per token over that time: with
 few samples a decoder step is a matrix-vector product per weight, bound by memory (2 FLOPs
 per weight and sample), so that rate against the machine's measured read rate (a sum over
-1 GiB of float32) is the step's utilization. Appends JSON lines to benchmarks/results.jsonl.
+1 GiB of float32) is the step's utilization. Also the first call's time, and the compile
+time ≈ first call - fastest call. Appends JSON lines to benchmarks/results.jsonl.
 """
 
 from __future__ import annotations
@@ -65,13 +66,14 @@ def measure(config, samples: int, compute: str, length: int, repeats: int) -> di
     lm = TrainedLM(config=config, derived={}, tokenizer=tok, graphdef=graphdef, params=params,
                    step=0, mesh=mesh_lib.make_mesh(), workdir="")
     run = lambda seed: generate(lm, PROMPT, length, samples=samples, seed=seed)
-    run(0)  # compiles
+    first = _timed(lambda: run(0))  # compiles
     seconds = min(_timed(lambda: run(r)) for r in range(repeats))
     tokens = len(tok.encode(PROMPT)) + length
     weight_bytes = sum(int(np.prod(p.shape)) * jnp.dtype(compute).itemsize
                        for p in jax.tree.leaves(params))
     return {"benchmark": "generation", "kind": config.model.kind, "compute": compute,
-            "samples": samples, "tokens": tokens, "seconds": seconds,
+            "samples": samples, "tokens": tokens, "seconds": seconds, "first_call_seconds": first,
+            "compile_seconds": first - seconds,
             "ms_per_token": 1e3 * seconds / tokens, "tokens_per_s": samples * tokens / seconds,
             "weight_bytes": weight_bytes, "weight_bytes_per_s": weight_bytes * tokens / seconds}
 
@@ -90,7 +92,8 @@ def main(argv: list[str]) -> None:
             print(f"{config.model.kind} {compute} x{samples}: {record['ms_per_token']:.2f} ms/token, "
                   f"{record['tokens_per_s']:.0f} tokens/s, weights {record['weight_bytes'] / 2**20:.0f} "
                   f"MiB read at {record['weight_bytes_per_s'] / 1e9:.1f} GB/s "
-                  f"({100 * record['of_read_rate']:.0f} % of the read rate)")
+                  f"({100 * record['of_read_rate']:.0f} % of the read rate); first call "
+                  f"{record['first_call_seconds']:.1f} s (compile ≈ {record['compile_seconds']:.1f} s)")
             append_jsonl(record, _OUT.value)
 
 

@@ -60,18 +60,32 @@ def _sampler(graphdef: nnx.GraphDef, length: int, temperature: float, top_k: int
             logits, decode_state = model.decode_step(token, decode_state, prepared)
             return fix(decode_state), logits
 
-        decode_state = fix(model.init_decode(batch, prompt.shape[1] + length))
-        decode_state, logits = jax.lax.scan(feed, decode_state, prompt.T)
+        def pick(logits: jax.Array, k: jax.Array) -> jax.Array:
+            logp = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p, banned=banned)
+            return (jnp.argmax(logp, axis=-1) if temperature == 0
+                    else jax.random.categorical(k, logp, axis=-1)).astype(jnp.int32)
 
-        def sample(carry: tuple[Any, jax.Array], k: jax.Array) -> tuple[tuple[Any, jax.Array], jax.Array]:
+        # One scan feeds the prompt and then the samples, so the decoder is compiled once, not
+        # twice (with two scans); no [P, B, V] logits are kept, and no step is spent on the
+        # last sample. Step i feeds prompt[i] while i < P, else a token sampled from the last
+        # logits with key i - P (the same tokens as two scans); the last sample is drawn after
+        # the scan.
+        steps, keys = prompt.shape[1] + length - 1, jax.random.split(key, length)
+        first = prompt.shape[1]
+        padded = jnp.pad(prompt.T, ((0, length - 1), (0, 0)))  # [steps, B]
+
+        def step(carry: tuple[Any, jax.Array], i: jax.Array) -> tuple[tuple[Any, jax.Array], jax.Array]:
             decode_state, last = carry
-            logp = filter_logits(last, temperature=temperature, top_k=top_k, top_p=top_p, banned=banned)
-            token = (jnp.argmax(logp, axis=-1) if temperature == 0
-                     else jax.random.categorical(k, logp, axis=-1)).astype(jnp.int32)
-            decode_state, nxt = feed(decode_state, token)
-            return (decode_state, nxt), token
+            token = jax.lax.cond(i < first, lambda: padded[i],
+                                 lambda: pick(last, keys[jnp.maximum(i - first, 0)]))
+            decode_state, logits = feed(decode_state, token)
+            return (decode_state, logits.astype(jnp.float32)), token
 
-        _, tokens = jax.lax.scan(sample, (decode_state, logits[-1]), jax.random.split(key, length))
+        decode_state = fix(model.init_decode(batch, prompt.shape[1] + length))
+        shape = jax.eval_shape(feed, decode_state, padded[0])[1].shape
+        logits0 = jnp.zeros(shape, jnp.float32)
+        (_, last), fed = jax.lax.scan(step, (decode_state, logits0), jnp.arange(steps))
+        tokens = jnp.concatenate([fed[first:], pick(last, keys[-1])[None]], axis=0)
         return tokens.T  # [B, length]
 
     return jax.jit(run)

@@ -168,3 +168,20 @@ def test_generation_loops_do_no_per_token_weight_work(kind):
                                   and found.group(3) == "dynamic-update-slice"):
                 weight_work.append(line.strip()[:160])
     assert not weight_work, weight_work
+
+
+@pytest.mark.parametrize("kind", ["mlstm", "transformer"])
+def test_generation_compiles_the_decoder_once(kind):
+    """Prompt and samples run in one loop, so the compiled program holds the decoder's
+    matrix products once (two loops held them twice, and compiled them twice)."""
+    from lmscale import generation
+    lm = _transformer_lm() if kind == "transformer" else random_lm(kind, layers=2, hidden=24)
+    model = lm.model()
+    fn = generation._sampler(lm.graphdef, 6, 1.0, 0, 1.0, None, 0.0, model.feature_states[0],
+                             lm.tokenizer.pad_id)
+    prompt = jnp.asarray(lm.tokenizer.encode("ab").astype(np.int32)[None])
+    program = fn.lower(lm.params, prompt, jax.random.PRNGKey(0)).compile().as_text()
+    step = jax.jit(lambda p, t, s: nnx.merge(lm.graphdef, p).decode_step(t, s))
+    alone = step.lower(lm.params, prompt[:, 0], model.init_decode(1, 8)).compile().as_text()
+    dots = lambda hlo: len(re.findall(r"= \S+ dot\(", hlo))
+    assert dots(alone) > 0 and dots(program) == dots(alone)

@@ -389,15 +389,15 @@ class TransformerLM(nnx.Module):
         compute dtype. Per token, slicing the stacked params and normalizing the matrices
         took 3x the step's own work (``benchmarks/README.md``)."""
         graphdef, params = nnx.split(self.blocks)
-        dt = self.dtype
-        layers = []
-        for l in range(self.num_layers):
-            state = jax.tree.map(lambda a, l=l: a[l], params)
-            mats = nnx.merge(graphdef, state).matrices()
-            layers.append({"state": state,
-                           "matrices_t": {k: w.T.astype(dt) for k, w in mats.items()}})
+        # All layers' matrices at once (vmapped over the stack), then sliced: per layer, the
+        # 12-layer model's compile took 2.8 s for this alone, 12 copies of the same fusions.
+        stacked = jax.vmap(lambda p: {k: jnp.swapaxes(w, 0, 1).astype(self.dtype) for k, w
+                                      in nnx.merge(graphdef, p).matrices().items()})(params)
+        layers = [{"state": jax.tree.map(lambda a, l=l: a[l], params),
+                   "matrices_t": {k: w[l] for k, w in stacked.items()}}
+                  for l in range(self.num_layers)]
         head_t = self.embedding[...] if self.tie_embeddings else self.head().T
-        return {"layers": layers, "head_t": head_t.astype(dt)}
+        return {"layers": layers, "head_t": head_t.astype(self.dtype)}
 
     def decode_step(self, tokens: jax.Array, state: DecodeState, prepared: Any = None
                     ) -> tuple[jax.Array, DecodeState]:
