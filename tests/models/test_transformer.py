@@ -184,7 +184,7 @@ def test_decode_matches_full_forward(norm, scan):
         assert logits.shape == (3, V) and logits.dtype == jnp.float32
         np.testing.assert_allclose(np.asarray(logits), full[:, t], rtol=1e-5, atol=1e-5)
     assert int(state["pos"]) == 10 and len(state["k"]) == L
-    assert state["k"][0].shape == (3, 10, H, D // H)
+    assert state["k"][0].shape == (3, H, D // H, 10) and state["v"][0].shape == (3, H, 10, D // H)
     with pytest.raises(ValueError, match="max_len=16"):
         model.init_decode(1, MAXLEN + 1)
 
