@@ -5,12 +5,12 @@ XLA:CPU (jaxlib 0.10) runs a bfloat16 dynamic-update-slice in float32 on the who
 cache cost a pass over the whole buffer: 7 such writes took 59 % of the 1024-unit bfloat16
 mLSTM step. An integer buffer is updated in place; the bitcasts are free. float16 is handled
 the same way. Used by the recurrence's saved sequences (``recurrent_vjp``, which keeps them
-as uint16 buffers) and the transformer's decode cache (``update_slice``).
+as uint16 buffers) and the transformer's decode cache (kept as uint16 too).
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -31,9 +31,3 @@ def decode(stored: jax.Array, dtype: Any) -> jax.Array:
     """The ``dtype`` values of (a slice of) a buffer of ``storage(dtype)``."""
     return jax.lax.bitcast_convert_type(stored, dtype) if stored.dtype == jnp.uint16 else stored
 
-
-def update_slice(buf: jax.Array, value: jax.Array, start: Sequence[Any]) -> jax.Array:
-    """``lax.dynamic_update_slice(buf, value, start)`` of any float buffer, in place (value
-    cast to buf's dtype)."""
-    dt = buf.dtype
-    return decode(jax.lax.dynamic_update_slice(encode(buf, dt), encode(value, dt), start), dt)

@@ -385,15 +385,17 @@ class TransformerLM(nnx.Module):
         return {"hidden": hidden, "carry": ()}
 
     def init_decode(self, batch_size: int, max_length: int) -> DecodeState:
-        """Empty KV cache, one array per layer (a tuple), in the compute dtype, laid out as
-        the decoder's attention products read them (no per-token transpose of the cache):
-        {"k": [B, H, D, max_length], "v": [B, H, max_length, D], "pos": int32 scalar}.
+        """Empty KV cache, one array per layer (a tuple), laid out as the decoder's attention
+        products read them (no per-token transpose of the cache): {"k": [B, H, D,
+        max_length], "v": [B, H, max_length, D], "pos": int32 scalar}; float32, or a 2-byte
+        compute dtype's uint16 bits (``lmscale.models.inplace``: written in place).
         max_length must not exceed max_len."""
         if max_length > self.max_len:
             raise ValueError(f"cannot decode max_length={max_length} tokens: the model reads at "
                              f"most model.max_len={self.max_len} positions")
         b, h, d = batch_size, self.heads, self.d_model // self.heads
-        empty = lambda shape: tuple(jnp.zeros(shape, self.dtype) for _ in range(self.num_layers))
+        store = inplace.storage(self.dtype)  # a 2-byte float cache as its uint16 bits
+        empty = lambda shape: tuple(jnp.zeros(shape, store) for _ in range(self.num_layers))
         return {"k": empty((b, h, d, max_length)), "v": empty((b, h, max_length, d)),
                 "pos": jnp.zeros((), jnp.int32)}
 
@@ -429,14 +431,14 @@ class TransformerLM(nnx.Module):
         cache = {"k": list(state["k"]), "v": list(state["v"])}
         for l, layer in enumerate(prepared["layers"]):
             def attend(q, k, v, l=l):
-                # this token's k as [B, H, D, 1], v as [B, H, 1, D], written in place (a
-                # bfloat16 cache too: lmscale.models.inplace)
-                zero = jnp.zeros_like(pos)
-                cache["k"][l] = inplace.update_slice(cache["k"][l], jnp.transpose(k, (0, 2, 3, 1)),
-                                                     (zero, zero, zero, pos))
-                cache["v"][l] = inplace.update_slice(cache["v"][l], jnp.transpose(v, (0, 2, 1, 3)),
-                                                     (zero, zero, pos, zero))
-                return _decode_attention(q[:, 0], cache["k"][l], cache["v"][l], valid)[:, None], None
+                # this token's k as [B, H, D, 1], v as [B, H, 1, D], written in place
+                zero, dt = jnp.zeros_like(pos), self.dtype
+                for name, new, start in (("k", jnp.transpose(k, (0, 2, 3, 1)), (zero, zero, zero, pos)),
+                                         ("v", jnp.transpose(v, (0, 2, 1, 3)), (zero, zero, pos, zero))):
+                    cache[name][l] = jax.lax.dynamic_update_slice(
+                        cache[name][l], inplace.encode(new, dt), start)
+                kc, vc = (inplace.decode(cache[name][l], dt) for name in ("k", "v"))
+                return _decode_attention(q[:, 0], kc, vc, valid)[:, None], None
             x, _ = nnx.merge(graphdef, layer["state"])(x, attend, identity, self.dtype,
                                                        layer["matrices_t"])
         if self.final_norm is not None:
