@@ -70,9 +70,8 @@ def _sampler(graphdef: nnx.GraphDef, length: int, temperature: float, top_k: int
         # last sample. Step i feeds prompt[i] while i < P, else a token sampled from the last
         # logits with key i - P (the same tokens as two scans); the last sample is drawn after
         # the scan.
-        steps, keys = prompt.shape[1] + length - 1, jax.random.split(key, length)
-        first = prompt.shape[1]
-        padded = jnp.pad(prompt.T, ((0, length - 1), (0, 0)))  # [steps, B]
+        first, keys = prompt.shape[1], jax.random.split(key, length)
+        padded = jnp.pad(prompt.T, ((0, length - 1), (0, 0)))  # [P + length - 1, B]: the steps
 
         def step(carry: tuple[Any, jax.Array], i: jax.Array) -> tuple[tuple[Any, jax.Array], jax.Array]:
             decode_state, last = carry
@@ -81,10 +80,10 @@ def _sampler(graphdef: nnx.GraphDef, length: int, temperature: float, top_k: int
             decode_state, logits = feed(decode_state, token)
             return (decode_state, logits.astype(jnp.float32)), token
 
-        decode_state = fix(model.init_decode(batch, prompt.shape[1] + length))
+        decode_state = fix(model.init_decode(batch, first + length))
         shape = jax.eval_shape(feed, decode_state, padded[0])[1].shape
         logits0 = jnp.zeros(shape, jnp.float32)
-        (_, last), fed = jax.lax.scan(step, (decode_state, logits0), jnp.arange(steps))
+        (_, last), fed = jax.lax.scan(step, (decode_state, logits0), jnp.arange(padded.shape[0]))
         tokens = jnp.concatenate([fed[first:], pick(last, keys[-1])[None]], axis=0)
         return tokens.T  # [B, length]
 

@@ -126,6 +126,14 @@ def _transformer_lm(weight_norm: bool = True, tie: bool = False, dtype=jnp.float
                      step=0, mesh=mesh_lib.make_mesh(), workdir="")
 
 
+def _generation_hlo(lm, length: int, prompt: jax.Array) -> str:
+    """The compiled text of generation's program (temperature 1, no filters, no neuron)."""
+    from lmscale import generation
+    fn = generation._sampler(lm.graphdef, length, 1.0, 0, 1.0, None, 0.0,
+                             lm.model().feature_states[0], lm.tokenizer.pad_id)
+    return fn.lower(lm.params, prompt, jax.random.PRNGKey(0)).compile().as_text()
+
+
 @pytest.mark.parametrize("kind", ["mlstm", "lstm", "transformer", "transformer_tied",
                                   "transformer_bf16"])
 def test_generation_loops_do_no_per_token_weight_work(kind):
@@ -134,7 +142,6 @@ def test_generation_loops_do_no_per_token_weight_work(kind):
     layer stack (transformer) once, before them. Per token, that work made a 4096-unit
     mLSTM generate 6x slower and the 12-layer transformer 3-4x (benchmarks/README.md). A
     bfloat16 key/value cache is written in place, never converted whole."""
-    from lmscale import generation
     from tests.models.helpers import loop_computations
     if kind.startswith("transformer"):
         lm = _transformer_lm(tie=kind.endswith("tied"),
@@ -151,10 +158,8 @@ def test_generation_loops_do_no_per_token_weight_work(kind):
     # A layer's bfloat16 key/value cache updated as float32 (converted whole).
     caches = model.init_decode(1, 2 + 6) if kind.endswith("bf16") else {"k": [], "v": []}
     cache_f32 = {a.shape for a in (*caches["k"], *caches["v"])}
-    fn = generation._sampler(lm.graphdef, 6, 1.0, 0, 1.0, None, 0.0, model.feature_states[0],
-                             lm.tokenizer.pad_id)
     prompt = jnp.asarray(lm.tokenizer.encode("ab").astype(np.int32)[None])  # one sample
-    hlo = fn.lower(lm.params, prompt, jax.random.PRNGKey(0)).compile().as_text()
+    hlo = _generation_hlo(lm, 6, prompt)
     loops = loop_computations(hlo)
     assert len(loops) >= 2
     pattern = re.compile(r"^\s*(?:ROOT )?%\S+ = (\w+)\[([\d,]+)\]\S* (\S+?)\(")
@@ -175,13 +180,10 @@ def test_generation_loops_do_no_per_token_weight_work(kind):
 def test_generation_compiles_the_decoder_once(kind):
     """Prompt and samples run in one loop, so the compiled program holds the decoder's
     matrix products once (two loops held them twice, and compiled them twice)."""
-    from lmscale import generation
     lm = _transformer_lm() if kind == "transformer" else random_lm(kind, layers=2, hidden=24)
     model = lm.model()
-    fn = generation._sampler(lm.graphdef, 6, 1.0, 0, 1.0, None, 0.0, model.feature_states[0],
-                             lm.tokenizer.pad_id)
     prompt = jnp.asarray(lm.tokenizer.encode("ab").astype(np.int32)[None])
-    program = fn.lower(lm.params, prompt, jax.random.PRNGKey(0)).compile().as_text()
+    program = _generation_hlo(lm, 6, prompt)
     step = jax.jit(lambda p, t, s: nnx.merge(lm.graphdef, p).decode_step(t, s))
     alone = step.lower(lm.params, prompt[:, 0], model.init_decode(1, 8)).compile().as_text()
     dots = lambda hlo: len(re.findall(r"= \S+ dot\(", hlo))
@@ -191,19 +193,15 @@ def test_generation_compiles_the_decoder_once(kind):
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_transformer_decoding_copies_no_cache(dtype):
     """The key/value cache is laid out as the decoder's attention products read it, and a
-    bfloat16 cache is kept as its uint16 bits, so no instruction in the generation loop
+    bfloat16 cache is kept as its uint16 bits (``lmscale.models.kv_cache``), so no instruction in the generation loop
     outputs a whole cache except its in-place writes: no transposed copy (12 layers x 8
     samples: ~17 of 50 ms a token in float32) and no copy before a bfloat16 write (~11 ms).
     (A bfloat16 cache is still read as float32 by the attention's dots: that conversion is
     the one cache-sized array allowed, in float32 only.)"""
-    from lmscale import generation
     from tests.models.helpers import loop_computations
     lm = _transformer_lm(dtype=dtype)  # 2 heads of 8
     samples, prompt_len, length = 3, 2, 9
-    fn = generation._sampler(lm.graphdef, length, 1.0, 0, 1.0, None, 0.0, "hidden",
-                             lm.tokenizer.pad_id)
-    prompt = jnp.zeros((samples, prompt_len), jnp.int32)
-    hlo = fn.lower(lm.params, prompt, jax.random.PRNGKey(0)).compile().as_text()
+    hlo = _generation_hlo(lm, length, jnp.zeros((samples, prompt_len), jnp.int32))
     cache = sorted((samples, 2, 8, prompt_len + length))
     pattern = re.compile(r"^\s*(?:ROOT )?%(\S+) = (\w+)\[([\d,]+)\]\S* (\S+?)\(")
     copies = []

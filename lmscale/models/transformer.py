@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lmscale.models import inplace
+from lmscale.models import kv_cache
 from lmscale.models.registry import ModelKind, register
 from lmscale.models.weight_norm import make_matrix
 
@@ -66,21 +66,6 @@ def _dense(x: jax.Array, w: jax.Array, b: jax.Array | None, dtype: Any) -> jax.A
     return y if b is None else y + b
 
 
-def _dense_t(x: jax.Array, w_t: jax.Array, b: jax.Array | None, dtype: Any,
-             accumulate: Any = None) -> jax.Array:
-    """``_dense`` with the matrix given transposed, w_t [out, in], multiplied as w_t @ x^T:
-    the form for a few rows (decoding). XLA:CPU's matmul repacks its right operand on every
-    call, so x @ w of a handful of rows was a pass over w per call; as the left operand w_t
-    is streamed as stored (12 layers' feed-forward at 8 rows: 25 -> 16 ms a token). The
-    barriers keep XLA from rewriting the product back into x @ w. ``accumulate``: the
-    dot's output dtype (None: ``dtype``)."""
-    barrier = jax.lax.optimization_barrier
-    x_t = barrier(x.reshape(-1, x.shape[-1]).astype(dtype).T)  # [in, rows]
-    y = barrier(jnp.dot(w_t.astype(dtype), x_t, preferred_element_type=accumulate)).T
-    y = y.astype(jnp.float32).reshape(*x.shape[:-1], w_t.shape[0])
-    return y if b is None else y + b
-
-
 def sinusoidal(positions: jax.Array, dim: int) -> jax.Array:
     """fairseq's sinusoidal embeddings: int [...] -> float32 [..., dim] = [sin | cos].
 
@@ -107,18 +92,6 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
     if drop_probs is not None:
         probs = drop_probs(probs)
     return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
-
-
-def _decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array) -> jax.Array:
-    """One query per row against the decode cache: q [B, H, D], k [B, H, D, M], v [B, H, M,
-    D] (compute dtype), valid bool [M] -> [B, H, D]; ``attention``'s numerics. The cache's
-    layout is the one these products read as stored: with ``attention``'s [B, M, H, D],
-    XLA:CPU copied each layer's whole cache, transposed, every token (12 layers x 8
-    samples: ~17 of 50 ms a token)."""
-    logits = jnp.einsum("bhd,bhdm->bhm", q, k.astype(q.dtype), preferred_element_type=jnp.float32)
-    logits = logits * (1.0 / math.sqrt(q.shape[-1]))
-    probs = jax.nn.softmax(jnp.where(valid, logits, jnp.finfo(jnp.float32).min), axis=-1)
-    return jnp.einsum("bhm,bhmd->bhd", probs.astype(v.dtype), v)
 
 
 def _per_row(key: jax.Array) -> bool:
@@ -181,12 +154,12 @@ class Block(nnx.Module):
         ``attend(q, k, v)`` ([B, T, H, D] in ``dtype``) -> (out [B, T, H, D], aux);
         ``drop(site, x)`` applies the dropout of that site (identity when deterministic);
         ``matrices_t``: this block's ``matrices()`` transposed ([out, in]), computed
-        beforehand (a decoder's, once per sequence), multiplied as ``_dense_t`` does.
+        beforehand (a decoder's, once per sequence), multiplied as ``kv_cache.dense_t`` does.
         """
         if matrices_t is None:
             w, dense = self.matrices(), _dense
         else:
-            w, dense = matrices_t, _dense_t
+            w, dense = matrices_t, kv_cache.dense_t
         pre = self.norm == "pre"
         b, t, d = x.shape
         h = self.ln_attn(x) if pre else x
@@ -287,10 +260,10 @@ class TransformerLM(nnx.Module):
 
     def _logits(self, x: jax.Array, head_t: jax.Array | None = None) -> jax.Array:
         """float32 [..., d] -> float32 [..., V] (matmul in the compute dtype). ``head_t``: the
-        output matrix transposed, [V, d], computed beforehand (a decoder's; ``_dense_t``)."""
+        output matrix transposed, [V, d], computed beforehand (a decoder's; ``kv_cache.dense_t``)."""
         b = None if self.tie_embeddings else self.head_bias[...]
         if head_t is not None:
-            return _dense_t(x, head_t, b, self.dtype, accumulate=jnp.float32)
+            return kv_cache.dense_t(x, head_t, b, self.dtype, accumulate=jnp.float32)
         head = self.embedding[...].T if self.tie_embeddings else self.head()
         y = jnp.einsum("...d,dv->...v", x.astype(self.dtype), head.astype(self.dtype),
                        preferred_element_type=jnp.float32)
@@ -385,24 +358,20 @@ class TransformerLM(nnx.Module):
         return {"hidden": hidden, "carry": ()}
 
     def init_decode(self, batch_size: int, max_length: int) -> DecodeState:
-        """Empty KV cache, one array per layer (a tuple), laid out as the decoder's attention
-        products read them (no per-token transpose of the cache): {"k": [B, H, D,
-        max_length], "v": [B, H, max_length, D], "pos": int32 scalar}; float32, or a 2-byte
-        compute dtype's uint16 bits (``lmscale.models.inplace``: written in place).
-        max_length must not exceed max_len."""
+        """Empty KV cache (``kv_cache.empty``): {"k": [B, H, D, max_length], "v": [B, H,
+        max_length, D], one array per layer (a tuple), a 2-byte compute dtype as its uint16
+        bits; "pos": int32 scalar}. max_length must not exceed max_len."""
         if max_length > self.max_len:
             raise ValueError(f"cannot decode max_length={max_length} tokens: the model reads at "
                              f"most model.max_len={self.max_len} positions")
-        b, h, d = batch_size, self.heads, self.d_model // self.heads
-        store = inplace.storage(self.dtype)  # a 2-byte float cache as its uint16 bits
-        empty = lambda shape: tuple(jnp.zeros(shape, store) for _ in range(self.num_layers))
-        return {"k": empty((b, h, d, max_length)), "v": empty((b, h, max_length, d)),
+        return {**kv_cache.empty(self.num_layers, batch_size, self.heads,
+                                 self.d_model // self.heads, max_length, self.dtype),
                 "pos": jnp.zeros((), jnp.int32)}
 
     def prepare_decode(self) -> dict[str, Any]:
         """What ``decode_step`` reads, computed once per generated sequence: per layer the
         block's params (sliced from the stack) and its matrices (weight norm applied,
-        transposed for ``_dense_t``), and the output matrix transposed ([V, d]), in the
+        transposed for ``kv_cache.dense_t``), and the output matrix transposed ([V, d]), in the
         compute dtype. Per token, slicing the stacked params and normalizing the matrices
         took 3x the step's own work (``benchmarks/README.md``)."""
         graphdef, params = nnx.split(self.blocks)
@@ -425,20 +394,14 @@ class TransformerLM(nnx.Module):
             prepared = self.prepare_decode()
         pos = state["pos"]
         x = self._embed(tokens[:, None], jnp.broadcast_to(pos, tokens.shape)[:, None])
-        valid = jnp.arange(state["k"][0].shape[-1]) <= pos  # [M]
         identity = lambda site, h: h
         graphdef = nnx.graphdef(self.blocks)
         cache = {"k": list(state["k"]), "v": list(state["v"])}
         for l, layer in enumerate(prepared["layers"]):
             def attend(q, k, v, l=l):
-                # this token's k as [B, H, D, 1], v as [B, H, 1, D], written in place
-                zero, dt = jnp.zeros_like(pos), self.dtype
-                for name, new, start in (("k", jnp.transpose(k, (0, 2, 3, 1)), (zero, zero, zero, pos)),
-                                         ("v", jnp.transpose(v, (0, 2, 1, 3)), (zero, zero, pos, zero))):
-                    cache[name][l] = jax.lax.dynamic_update_slice(
-                        cache[name][l], inplace.encode(new, dt), start)
-                kc, vc = (inplace.decode(cache[name][l], dt) for name in ("k", "v"))
-                return _decode_attention(q[:, 0], kc, vc, valid)[:, None], None
+                out, cache["k"][l], cache["v"][l] = kv_cache.attend(
+                    cache["k"][l], cache["v"][l], q, k, v, pos, self.dtype)
+                return out, None
             x, _ = nnx.merge(graphdef, layer["state"])(x, attend, identity, self.dtype,
                                                        layer["matrices_t"])
         if self.final_norm is not None:
