@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lmscale.models import regularizers
+from lmscale.models import fast_dot, regularizers
 from lmscale.models.adaptive_softmax import AdaptiveTails, adaptive_log_probs, parse_cutoffs
 from lmscale.models.initializers import symmetric_uniform
 from lmscale.models.qrnn import POOLINGS, QRNNLayer
@@ -220,17 +220,15 @@ class RecurrentLM(nnx.Module):
     def _decode(self, hs: jax.Array) -> jax.Array:
         """Top output [T, B, H] -> logits (or, with cut-offs, log-probs) float32 [B, T, V]."""
         dt = self.dtype
-        acc = jnp.promote_types(dt, jnp.float32)
-        # Time-major matmul with float32 accumulation/output, then [T, B, V] -> [B, T, V]
-        # (the transposing form "tbh,hv->btv" with a float32 output of bfloat16 operands is
-        # not supported by the XLA CPU backend; the V-wide logits are the cheaper transpose).
+        # Time-major matmul with a float32 result (``fast_dot.dense``: its fast path and
+        # backward for 2-byte dtypes), then [T, B, V] -> [B, T, V] (a transposing batched
+        # form, "tbh,hv->btv", with a float32 result of bfloat16 operands is not supported by
+        # the XLA CPU backend; the V-wide logits are the cheaper transpose).
         if self.tied:  # the unmasked embedding matrix [V, E]
-            logits = jnp.einsum("tbh,vh->tbv", hs.astype(dt),
-                                self.embedding.embedding[...].astype(dt),
-                                preferred_element_type=acc) + self.decoder_bias[...]
+            logits = (fast_dot.dense(hs, self.embedding.embedding[...].T, dt)
+                      + self.decoder_bias[...])
         else:
-            logits = jnp.einsum("tbh,hv->tbv", hs.astype(dt), self.decoder.kernel[...].astype(dt),
-                                preferred_element_type=acc) + self.decoder.bias[...]
+            logits = fast_dot.dense(hs, self.decoder.kernel[...], dt) + self.decoder.bias[...]
         if self.cutoffs:
             logits = adaptive_log_probs(logits, self.tails(hs.astype(dt)), self.cutoffs)
         return jnp.swapaxes(logits, 0, 1)

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lmscale.models import fast_dot
 from lmscale.models import regularizers as reg
 from lmscale.models.initializers import symmetric_uniform
 from lmscale.models.weight_norm import make_matrix
@@ -81,14 +82,14 @@ def qrnn_scan(xs: jax.Array, carry: tuple[jax.Array, ...], w: jax.Array, bias: j
     steps, batch, width = xs.shape
     keep = None if resets is None else jnp.logical_not(resets)[..., None]
     x = xs.astype(dtype)
-    wd = w.astype(dtype)
-    y = jnp.einsum("tbi,ij->tbj", x, wd[:width], preferred_element_type=sdt)
+    # Float32 results (``fast_dot.dense``: XLA:CPU's fast path and backward in 2-byte dtypes).
+    y = fast_dot.dense(x, w[:width], dtype)
     new_carry_tail: tuple[jax.Array, ...] = ()
     if window == 2:
         x_prev = jnp.concatenate([carry[1].astype(dtype)[None], x[:-1]], axis=0)
         if keep is not None:
             x_prev = jnp.where(keep, x_prev, jnp.zeros_like(x_prev))
-        y = y + jnp.einsum("tbi,ij->tbj", x_prev, wd[width:], preferred_element_type=sdt)
+        y = y + fast_dot.dense(x_prev, w[width:], dtype)
         new_carry_tail = (xs[-1].astype(carry[1].dtype),)
     y = y + bias.astype(sdt)
     z_pre, f_pre, o_pre = jnp.split(y, 3, axis=-1)

@@ -69,6 +69,7 @@ import jax.numpy as jnp
 from lmscale.models.inplace import decode as _decode
 from lmscale.models.inplace import encode as _encode
 from lmscale.models.inplace import storage as _storage
+from lmscale.models.fast_dot import dot_columns
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,17 +209,17 @@ def _forward(st: Static, x: jax.Array, fw: dict[str, jax.Array], h0: jax.Array, 
         h, and (mLSTM) u, m and xm_t, of step t."""
         if save:
             bufs["h_in"] = _put_mid(bufs["h_in"], t, h, dt)
-        zx = jnp.dot(wx_t, _lead(t, x_lead), preferred_element_type=sdt)
+        zx = dot_columns(wx_t, _lead(t, x_lead), sdt)
         if not st.mlstm:
-            return zx + jnp.dot(wh_t, h.astype(dt), preferred_element_type=sdt), bufs
+            return zx + dot_columns(wh_t, h.astype(dt), sdt), bufs
         xm_t = zx[4 * hidden:].astype(dt)
-        u = jnp.dot(wmh_t, h.astype(dt))
+        u = dot_columns(wmh_t, h.astype(dt), sdt).astype(dt)
         m = xm_t * u
         if save:
             bufs["m"] = _put_mid(bufs["m"], t, m, dt)
             bufs["u"] = _put_lead(bufs["u"], t, u, dt)
             bufs["xm"] = _put_lead(bufs["xm"], t, xm_t, dt)
-        return zx[:4 * hidden] + jnp.dot(wh_t, m, preferred_element_type=sdt), bufs
+        return zx[:4 * hidden] + dot_columns(wh_t, m, sdt), bufs
 
     def finish(z: jax.Array, c_in: jax.Array, t: jax.Array, bufs: dict[str, jax.Array]
                ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lmscale.models import kv_cache
+from lmscale.models import fast_dot, kv_cache
 from lmscale.models.registry import ModelKind, register
 from lmscale.models.weight_norm import make_matrix
 
@@ -61,8 +61,8 @@ def _qkv_init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) 
 
 
 def _dense(x: jax.Array, w: jax.Array, b: jax.Array | None, dtype: Any) -> jax.Array:
-    """x [..., in] @ w [in, out] in ``dtype`` (+ b), returned float32."""
-    y = jnp.matmul(x.astype(dtype), w.astype(dtype)).astype(jnp.float32)
+    """x [..., in] @ w [in, out] in ``dtype`` (+ b), returned float32 (``fast_dot.dense``)."""
+    y = fast_dot.dense(x, w, dtype)
     return y if b is None else y + b
 
 
@@ -265,8 +265,7 @@ class TransformerLM(nnx.Module):
         if head_t is not None:
             return kv_cache.dense_t(x, head_t, b, self.dtype, accumulate=jnp.float32)
         head = self.embedding[...].T if self.tie_embeddings else self.head()
-        y = jnp.einsum("...d,dv->...v", x.astype(self.dtype), head.astype(self.dtype),
-                       preferred_element_type=jnp.float32)
+        y = fast_dot.dense(x, head, self.dtype)
         return y if b is None else y + b
 
     def _drop_fn(self, key: jax.Array | None, layer: jax.Array | int) -> Drop:

@@ -1,0 +1,121 @@
+"""fast_dot: 2-byte matmuls with float32 results, their backward, and one-column decoding
+products, against NumPy (float64) written from the equations."""
+
+from __future__ import annotations
+
+import jax
+import jax.extend
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lmscale.models import fast_dot
+
+
+def _rounded(a: np.ndarray, dtype) -> np.ndarray:
+    """a rounded to ``dtype`` and back to float64: the operand the product actually sees."""
+    return np.asarray(jnp.asarray(a, jnp.float32).astype(dtype).astype(jnp.float32), np.float64)
+
+
+def _problem(rows: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows // 8, 8, 24)).astype(np.float32)  # [..., in]: leading dims kept
+    w = rng.normal(size=(24, 40)).astype(np.float32)
+    probe = rng.normal(size=(rows // 8, 8, 40)).astype(np.float32)
+    return x, w, probe
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+def test_dense_and_its_gradients_match_numpy(dtype):
+    """y = x W, dx = g W^T, dW = x^T g with g = dL/dy of L = sum(y * probe); in a 2-byte dtype
+    the operands and g are the dtype's roundings and every sum is float32 (rtol 1e-5)."""
+    x, w, probe = _problem(64)
+    loss = lambda x, w: jnp.sum(fast_dot.dense(x, w, dtype) * probe)
+    y = fast_dot.dense(jnp.asarray(x), jnp.asarray(w), dtype)
+    dx, dw = jax.grad(loss, argnums=(0, 1))(jnp.asarray(x), jnp.asarray(w))
+    assert y.dtype == jnp.float32 and y.shape == (8, 8, 40)
+    assert dx.dtype == jnp.float32 and dw.dtype == jnp.float32  # the operands' own dtypes
+    xr, wr, gr = _rounded(x, dtype), _rounded(w, dtype), _rounded(probe, dtype)
+    tol = dict(rtol=1e-5, atol=1e-5 * np.sqrt(64 * 24))
+    np.testing.assert_allclose(y, xr @ wr, **tol)
+    np.testing.assert_allclose(dx, gr @ wr.T, **tol)
+    np.testing.assert_allclose(dw, np.einsum("abi,abo->io", xr, gr), **tol)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_dense_backward_runs_2byte_products_with_float32_results(dtype):
+    """Every product of the gradient takes two 2-byte operands and gives float32 (XLA:CPU's
+    fast path): no float32 x 2-byte product (run in float32) and no 2-byte result (slow)."""
+    x, w, probe = _problem(16)
+    loss = lambda x, w: jnp.sum(fast_dot.dense(x, w, dtype) * probe)
+    jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(jnp.asarray(x), jnp.asarray(w))
+    dots = [e for e in _equations(jaxpr.jaxpr) if e.primitive.name == "dot_general"]
+    assert len(dots) == 3  # forward, dx, dW
+    for e in dots:
+        assert [v.aval.dtype for v in e.invars] == [jnp.dtype(dtype)] * 2, e
+        assert e.outvars[0].aval.dtype == jnp.float32, e
+
+
+def _equations(jaxpr):
+    for e in jaxpr.eqns:
+        yield e
+        for sub in jax.extend.core.jaxprs_in_params(e.params):
+            yield from _equations(sub)
+
+
+def test_dense_weight_gradient_is_not_rounded_to_bfloat16():
+    """Over 4096 rows the float32-summed dW of float32 master weights is much closer to the
+    exact gradient of the rounded operands than autodiff of a bfloat16 matmul (whose dW is a
+    bfloat16 result, rounded to 8 bits)."""
+    x, w, probe = _problem(4096, seed=1)
+    xj, wj = jnp.asarray(x), jnp.asarray(w)
+    exact = np.einsum("abi,abo->io", _rounded(x, jnp.bfloat16), _rounded(probe, jnp.bfloat16))
+    new = jax.grad(lambda w: jnp.sum(fast_dot.dense(xj, w, jnp.bfloat16) * probe))(wj)
+    old = jax.grad(lambda w: jnp.sum(
+        jnp.matmul(xj.astype(jnp.bfloat16), w.astype(jnp.bfloat16)).astype(jnp.float32)
+        * probe))(wj)
+    err = lambda g: float(np.max(np.abs(np.asarray(g, np.float64) - exact) / np.max(np.abs(exact))))
+    assert err(new) < 1e-5
+    assert err(new) < err(old) / 20, (err(new), err(old))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("columns", [1, 2, 5])
+def test_dot_columns_matches_numpy(dtype, columns):
+    """w [O, K] @ x [K, N] in float32, one column included (padded to two in 2-byte dtypes)."""
+    rng = np.random.default_rng(columns)
+    w = rng.normal(size=(48, 96)).astype(np.float32)
+    x = rng.normal(size=(96, columns)).astype(np.float32)
+    y = jax.jit(fast_dot.dot_columns)(jnp.asarray(w, dtype), jnp.asarray(x, dtype))
+    assert y.shape == (48, columns) and y.dtype == jnp.float32
+    np.testing.assert_allclose(y, _rounded(w, dtype) @ _rounded(x, dtype), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["mlstm", "lstm", "qrnn", "transformer"])
+def test_bfloat16_models_train_with_float32_result_products(kind):
+    """In the gradient of a bfloat16 model's loss, every two-dimensional product (the
+    recurrences', the projections', the output head's) takes two bfloat16 operands and gives
+    float32. Only the transformer's attention, a batched product left to
+    ``jax.nn.dot_product_attention``, has others."""
+    from flax import nnx
+
+    from lmscale.config import default_config
+    from lmscale.models import build_model
+
+    config = default_config().model
+    with config.unlocked():
+        config.update(kind=kind, hidden=16, embed=8, layers=2, d_model=32, heads=2, d_ff=64,
+                      max_len=16)
+    model = build_model(config, 11, rngs=nnx.Rngs(0), dtype=jnp.bfloat16)
+    graphdef, params = nnx.split(model)
+    tokens = jnp.zeros((2, 16), jnp.int32)
+    loss = lambda p: jnp.mean(nnx.merge(graphdef, p)(tokens, None)[0])
+    jaxpr = jax.make_jaxpr(jax.grad(loss))(params)
+    dots = [e for e in _equations(jaxpr.jaxpr) if e.primitive.name == "dot_general"]
+    flat = [e for e in dots if all(v.aval.ndim == 2 for v in e.invars)]
+    assert len(flat) >= 6
+    for e in flat:
+        assert [v.aval.dtype for v in e.invars] == [jnp.dtype(jnp.bfloat16)] * 2, e
+        assert e.outvars[0].aval.dtype == jnp.float32, e
+    if kind != "transformer":
+        assert len(flat) == len(dots)
