@@ -26,11 +26,11 @@ def dense_t(x: jax.Array, w_t: jax.Array, b: jax.Array | None, dtype: Any,
     matmul repacks its right operand on every call, so x @ w of a handful of rows was a pass
     over w per call; as the left operand w_t is streamed as stored (12 layers' feed-forward
     at 8 rows: 25 -> 16 ms a token). The barriers keep XLA from rewriting the product back
-    into x @ w. ``accumulate``: the dot's output dtype (``fast_dot``: float32 is XLA:CPU's fast path for a
-    2-byte ``dtype``)."""
+    into x @ w. ``accumulate``: the dot's output dtype (float32: XLA:CPU's fast path for a
+    2-byte ``dtype``, ``fast_dot``)."""
     barrier = jax.lax.optimization_barrier
     x_t = barrier(x.reshape(-1, x.shape[-1]).astype(dtype).T)  # [in, rows]
-    y = barrier(dot_columns(w_t.astype(dtype), x_t, accumulate)).T
+    y = barrier(dot_columns(w_t.astype(dtype), x_t, accumulate, transposed=True)).T
     y = y.astype(jnp.float32).reshape(*x.shape[:-1], w_t.shape[0])
     return y if b is None else y + b
 

@@ -225,7 +225,7 @@ class RecurrentLM(nnx.Module):
         # form, "tbh,hv->btv", with a float32 result of bfloat16 operands is not supported by
         # the XLA CPU backend; the V-wide logits are the cheaper transpose).
         if self.tied:  # the unmasked embedding matrix [V, E]
-            logits = (fast_dot.dense(hs, self.embedding.embedding[...].T, dt)
+            logits = (fast_dot.dense(hs, self.embedding.embedding[...], dt, w_transposed=True)
                       + self.decoder_bias[...])
         else:
             logits = fast_dot.dense(hs, self.decoder.kernel[...], dt) + self.decoder.bias[...]

@@ -264,8 +264,10 @@ class TransformerLM(nnx.Module):
         b = None if self.tie_embeddings else self.head_bias[...]
         if head_t is not None:
             return kv_cache.dense_t(x, head_t, b, self.dtype, accumulate=jnp.float32)
-        head = self.embedding[...].T if self.tie_embeddings else self.head()
-        y = fast_dot.dense(x, head, self.dtype)
+        if self.tie_embeddings:  # the embedding [V, d] is the output matrix transposed
+            y = fast_dot.dense(x, self.embedding[...], self.dtype, w_transposed=True)
+        else:
+            y = fast_dot.dense(x, self.head(), self.dtype)
         return y if b is None else y + b
 
     def _drop_fn(self, key: jax.Array | None, layer: jax.Array | int) -> Drop:

@@ -3,6 +3,8 @@ products, against NumPy (float64) written from the equations."""
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.extend
 import jax.numpy as jnp
@@ -91,12 +93,42 @@ def test_dot_columns_matches_numpy(dtype, columns):
     np.testing.assert_allclose(y, _rounded(w, dtype) @ _rounded(x, dtype), rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["mlstm", "lstm", "qrnn", "transformer"])
-def test_bfloat16_models_train_with_float32_result_products(kind):
-    """In the gradient of a bfloat16 model's loss, every two-dimensional product (the
-    recurrences', the projections', the output head's) takes two bfloat16 operands and gives
-    float32. Only the transformer's attention, a batched product left to
-    ``jax.nn.dot_product_attention``, has others."""
+def _compiled_dots(fn, *args) -> list[tuple[str, str, str, int]]:
+    """(lhs dtype, rhs dtype, result dtype, rank) of every dot in the compiled program."""
+    hlo = jax.jit(fn).lower(*args).compile().as_text()
+    out = []
+    for comp in hlo.split("\n\n"):
+        for m in re.finditer(r"= (\w+)\[([\d,]*)\]\{[\d,]*\} dot\(%([\w.\-]+), %([\w.\-]+)\)", comp):
+            types = [re.search(r"%" + re.escape(op) + r" = (\w+)\[", comp).group(1)
+                     for op in m.group(3, 4)]
+            out.append((types[0], types[1], m.group(1), len(m.group(2).split(","))))
+    return out
+
+
+@pytest.mark.parametrize("w_transposed", [False, True])
+@pytest.mark.parametrize("shape", [(40, 24, 96), (40, 96, 24)])  # (rows, in, out)
+def test_dense_gradient_compiles_to_bfloat16_products(shape, w_transposed):
+    """XLA:CPU keeps all three products of ``dense`` and its gradient in bfloat16 with
+    float32 results (a transposed operand folded into a dot made XLA run it in float32 on
+    float32 copies, 2.5-3x slower), whichever of x and g is the narrower."""
+    rows, n_in, n_out = shape
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(rows, n_in)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(n_out, n_in) if w_transposed else (n_in, n_out)),
+                    jnp.float32)
+    loss = lambda x, w: jnp.sum(jnp.sin(fast_dot.dense(x, w, jnp.bfloat16, w_transposed)))
+    dots = _compiled_dots(jax.grad(loss, argnums=(0, 1)), x, w)
+    assert len(dots) == 3
+    assert all(d[:3] == ("bf16", "bf16", "f32") for d in dots), dots
+
+
+@pytest.mark.parametrize("kind", ["mlstm", "lstm", "lstm_tied", "qrnn", "transformer",
+                                  "transformer_tied"])
+def test_bfloat16_models_train_with_bfloat16_products(kind):
+    """In the compiled gradient of a bfloat16 model's loss, every two-dimensional product
+    (the recurrences', the projections', the output head's, tied or not) takes two bfloat16
+    operands and gives float32, as XLA:CPU runs fast. Only the transformer's attention, a
+    batched product left to ``jax.nn.dot_product_attention``, has others."""
     from flax import nnx
 
     from lmscale.config import default_config
@@ -104,18 +136,36 @@ def test_bfloat16_models_train_with_float32_result_products(kind):
 
     config = default_config().model
     with config.unlocked():
-        config.update(kind=kind, hidden=16, embed=8, layers=2, d_model=32, heads=2, d_ff=64,
-                      max_len=16)
+        config.update(kind=kind.split("_")[0], hidden=32, embed=16, layers=2, d_model=32,
+                      heads=2, d_ff=64, max_len=16, tie_embeddings=kind.endswith("tied"))
     model = build_model(config, 11, rngs=nnx.Rngs(0), dtype=jnp.bfloat16)
     graphdef, params = nnx.split(model)
     tokens = jnp.zeros((2, 16), jnp.int32)
     loss = lambda p: jnp.mean(nnx.merge(graphdef, p)(tokens, None)[0])
-    jaxpr = jax.make_jaxpr(jax.grad(loss))(params)
-    dots = [e for e in _equations(jaxpr.jaxpr) if e.primitive.name == "dot_general"]
-    flat = [e for e in dots if all(v.aval.ndim == 2 for v in e.invars)]
+    dots = _compiled_dots(jax.grad(loss), params)
+    flat = [d for d in dots if d[3] == 2]
     assert len(flat) >= 6
-    for e in flat:
-        assert [v.aval.dtype for v in e.invars] == [jnp.dtype(jnp.bfloat16)] * 2, e
-        assert e.outvars[0].aval.dtype == jnp.float32, e
-    if kind != "transformer":
+    assert all(d[:3] == ("bf16", "bf16", "f32") for d in flat), flat
+    if not kind.startswith("transformer"):
         assert len(flat) == len(dots)
+
+
+@pytest.mark.parametrize("rows", [1, 8])
+def test_decoding_products_compile_to_bfloat16(rows):
+    """The transformer decoder's few-row products (``kv_cache.dense_t``: w^T @ x^T) stay
+    bfloat16 with float32 results inside a decoding loop. x^T as the operand made XLA run
+    them in float32 on float32 copies of the weights (8 samples 4.2x slower)."""
+    from lmscale.models.kv_cache import dense_t
+    rng = np.random.default_rng(rows)
+    w_t = jnp.asarray(rng.normal(size=(256, 64)), jnp.bfloat16)
+    x0 = jnp.asarray(rng.normal(size=(rows, 64)), jnp.float32)
+
+    def run(w_t, x0):
+        step = lambda _, x: x + 1e-3 * dense_t(x, w_t, None, jnp.bfloat16)[:, :64]
+        return jax.lax.fori_loop(0, 4, step, x0)
+
+    dots = _compiled_dots(run, w_t, x0)
+    assert dots and all(d[:3] == ("bf16", "bf16", "f32") for d in dots), dots
+    y = dense_t(x0, w_t, None, jnp.bfloat16)
+    expect = _rounded(np.asarray(x0), jnp.bfloat16) @ np.asarray(w_t, np.float64).T
+    np.testing.assert_allclose(y, expect, rtol=1e-5, atol=1e-4)
