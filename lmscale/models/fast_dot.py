@@ -1,19 +1,25 @@
-"""Matmuls in a 2-byte compute dtype (bfloat16, float16) on the paths XLA:CPU runs fast.
+"""Matmuls written in the forms XLA:CPU runs fast: ``dense`` (training: x @ w with its own
+backward) and ``dot_columns`` (decoding: w^T @ x^T for a few columns).
 
 Measured on this project's CPU (AVX-512 + AMX, jaxlib 0.10; ``benchmarks/README.md``, twelfth
-pass): a 2-byte dot runs fast only with a float32 result (``preferred_element_type``).
-- Training shapes, [2048, 128] x [128, 512]: bfloat16 -> bfloat16 193 GFLOP/s, bfloat16 ->
-  float32 693, float32 153. Autodiff of a float32-result dot multiplies the float32 cotangent
-  by a bfloat16 operand, which XLA runs in float32; of a bfloat16-result dot, on the slow
-  path. ``dense`` has its own backward: the cotangent is cast to the compute dtype (as a
-  bfloat16-result dot's would be) and both gradient products run with float32 results.
-  Gradients come back in the operands' own dtypes, so float32 master weights get float32
-  sums, never rounded to bfloat16.
+pass):
+- A 2-byte (bfloat16, float16) dot runs fast only with a float32 result
+  (``preferred_element_type``): [2048, 128] x [128, 512] at 693 GFLOP/s, against 193 with a
+  bfloat16 result and 153 in float32. Autodiff of such a dot multiplies the float32
+  cotangent by a 2-byte operand, which XLA runs in float32; ``dense``'s backward casts the
+  cotangent to the compute dtype (as a 2-byte-result dot's would be) and runs both
+  gradient products with float32 results. Gradients come back in the operands' own dtypes,
+  so float32 master weights get float32 sums, never rounded to bfloat16.
+- An operand XLA sees transposed (a transpose folded into the dot) takes a slower path: in
+  a 2-byte dtype the dot is run in float32 on float32 copies of its operands, and in
+  float32 too autodiff's transposed products cost more (the transformer quickstart's
+  float32 step took 1.22x as long with them). ``dense`` contracts w^T on its last dimension
+  and makes a transposed activation a fresh array (a padding row), choosing the narrower
+  of x and the cotangent to transpose.
 - Decoding, twelve [3072, 768] weights times 8 columns: bfloat16 -> bfloat16 8.8 GB/s of
   weights read, bfloat16 -> float32 29.7, float32 18.3. With one column XLA uses its generic
   emitter at any result dtype (11.0 GB/s); two columns run fast (31.8), so ``dot_columns``
-  pads one column to two. An operand that is a transpose must be made a fresh array too.
-float32 (and float64) products are plain ``jnp`` ones.
+  pads one column to two, and makes a transposed operand a fresh array the same way.
 """
 
 from __future__ import annotations
@@ -32,24 +38,17 @@ def _two_byte(dtype: Any) -> bool:
 def dense(x: jax.Array, w: jax.Array, dtype: Any, w_transposed: bool = False) -> jax.Array:
     """x [..., in] @ w [in, out] (or w given as w^T [out, in], ``w_transposed``: a tied output
     matrix) of the operands cast to ``dtype``, result float32 [..., out] (``dtype`` when
-    wider). In a 2-byte dtype, with the backward of the module doc: gradients in x's and w's
-    own dtypes, from float32-result products of the cotangent cast to ``dtype``.
+    wider), with the backward of the module doc: the cotangent cast to ``dtype``, gradients
+    in x's and w's own dtypes.
 
-    Each product is written in a form XLA:CPU keeps in the 2-byte dtype. A form it does not
-    take on its fast path it runs in float32 on float32 copies of the operands: a transposed
-    operand folded into the dot (jnp.dot(g, w.T): 1.11 vs 0.45 ms at [2048, 384] x [384, 128];
-    x.T @ g: 1.93 vs 0.72 ms at [128, 2048] x [2048, 384]), so w^T is contracted on its last
-    dimension and a transposed activation is made a fresh array by a padding row. Batched
-    products are left out: for some operand orders and shapes XLA sends a 2-byte dot with a
-    float32 result to a thunk that rejects it at run time ("Unsupported element type for
-    DotThunk::Execute: BF16 x BF16 = F32": attention's "bqhd,bhqk->bkhd" at 2 x 16 x 4 x 8,
-    not at 3 x 7 x 5 x 3); every 2-D form ran (480 shapes checked)."""
-    rows = x.reshape(-1, x.shape[-1])
-    if _two_byte(dtype):
-        y = _dense_2byte(jnp.dtype(dtype), w_transposed, rows, w)
-    else:
-        y = _product(rows.astype(dtype), w.astype(dtype), w_transposed,
-                     jnp.promote_types(dtype, jnp.float32))
+    Each product is written in a form XLA:CPU keeps on its fast path (module doc: jnp.dot(g,
+    w.T) in bfloat16 ran in float32, 1.11 vs 0.45 ms at [2048, 384] x [384, 128]; x.T @ g
+    1.93 vs 0.72 ms at [128, 2048] x [2048, 384]). Batched products are left out: for some
+    operand orders and shapes XLA sends a 2-byte dot with a float32 result to a thunk that
+    rejects it at run time ("Unsupported element type for DotThunk::Execute: BF16 x BF16 =
+    F32": attention's "bqhd,bhqk->bkhd" at 2 x 16 x 4 x 8, not at 3 x 7 x 5 x 3); every 2-D
+    form ran (480 shapes checked)."""
+    y = _dense(jnp.dtype(dtype), w_transposed, x.reshape(-1, x.shape[-1]), w)
     return y.reshape(*x.shape[:-1], -1)
 
 
@@ -64,15 +63,19 @@ def _fresh_t(a: jax.Array) -> jax.Array:
     return jnp.pad(a.T, ((0, 1), (0, 0)))
 
 
+def _accumulate(dtype: Any) -> Any:
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _dense_2byte(dtype: Any, w_transposed: bool, x: jax.Array, w: jax.Array) -> jax.Array:
-    return _product(x.astype(dtype), w.astype(dtype), w_transposed, jnp.float32)
+def _dense(dtype: Any, w_transposed: bool, x: jax.Array, w: jax.Array) -> jax.Array:
+    return _product(x.astype(dtype), w.astype(dtype), w_transposed, _accumulate(dtype))
 
 
 def _dense_fwd(dtype: Any, w_transposed: bool, x: jax.Array, w: jax.Array
                ) -> tuple[jax.Array, Any]:
     x_c, w_c = x.astype(dtype), w.astype(dtype)
-    y = _product(x_c, w_c, w_transposed, jnp.float32)
+    y = _product(x_c, w_c, w_transposed, _accumulate(dtype))
     # Zero-size stand-ins carry the operands' dtypes to the backward.
     return y, (x_c, w_c, jnp.zeros((0,), x.dtype), jnp.zeros((0,), w.dtype))
 
@@ -81,7 +84,7 @@ def _dense_bwd(dtype: Any, w_transposed: bool, res: Any, ct: jax.Array
                ) -> tuple[jax.Array, jax.Array]:
     x_c, w_c, x_like, w_like = res
     g = ct.astype(dtype)  # [rows, out]
-    f32 = jnp.float32
+    f32 = _accumulate(dtype)
     if w_transposed:  # w_c = w^T [out, in]
         dx = jnp.dot(g, w_c, preferred_element_type=f32)  # [rows, in]
     else:  # w_c [in, out]
@@ -99,7 +102,7 @@ def _dense_bwd(dtype: Any, w_transposed: bool, res: Any, ct: jax.Array
     return dx.astype(x_like.dtype), dw.astype(w_like.dtype)
 
 
-_dense_2byte.defvjp(_dense_fwd, _dense_bwd)
+_dense.defvjp(_dense_fwd, _dense_bwd)
 
 
 def dot_columns(w: jax.Array, x: jax.Array, accumulate: Any = jnp.float32,
