@@ -20,6 +20,7 @@ pass):
   weights read, bfloat16 -> float32 29.7, float32 18.3. With one column XLA uses its generic
   emitter at any result dtype (11.0 GB/s); two columns run fast (31.8), so ``dot_columns``
   pads one column to two, and makes a transposed operand a fresh array the same way.
+The pads and fresh copies are made on CPU only: GPU GEMMs take transposed operands as they are.
 """
 
 from __future__ import annotations
@@ -58,9 +59,19 @@ def _product(x: jax.Array, w: jax.Array, w_transposed: bool, accumulate: Any) ->
     return jax.lax.dot_general(x, w, contract, preferred_element_type=accumulate)
 
 
-def _fresh_t(a: jax.Array) -> jax.Array:
-    """a^T [n + 1, m] for a [m, n], a padding row last: a fresh row-major array (see ``dense``)."""
-    return jnp.pad(a.T, ((0, 1), (0, 0)))
+def _on_cpu() -> bool:
+    """The forms here are XLA:CPU's; GPU backends take transposed operands in their GEMMs."""
+    return jax.default_backend() == "cpu"
+
+
+def _t_product(a: jax.Array, b: jax.Array, accumulate: Any) -> jax.Array:
+    """a^T @ b for a [rows, m], b [rows, n] -> [m, n]. On CPU a^T is made a fresh row-major
+    array first (a padding row, dropped from the result; see ``dense``)."""
+    if not _on_cpu():
+        return jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())),
+                                   preferred_element_type=accumulate)
+    a_t = jnp.pad(a.T, ((0, 1), (0, 0)))  # [m + 1, rows]
+    return jnp.dot(a_t, b, preferred_element_type=accumulate)[:-1]
 
 
 def _accumulate(dtype: Any) -> Any:
@@ -94,10 +105,10 @@ def _dense_bwd(dtype: Any, w_transposed: bool, res: Any, ct: jax.Array
     # bfloat16 step, where fc2's [2048, 512] input was transposed instead of its [2048, 128]
     # cotangent).
     if g.shape[1] < x_c.shape[1]:
-        dw_t = jnp.dot(_fresh_t(g), x_c, preferred_element_type=f32)[:-1]  # [out, in]
+        dw_t = _t_product(g, x_c, f32)  # [out, in]
         dw = dw_t if w_transposed else dw_t.T
     else:
-        dw = jnp.dot(_fresh_t(x_c), g, preferred_element_type=f32)[:-1]  # [in, out]
+        dw = _t_product(x_c, g, f32)  # [in, out]
         dw = dw.T if w_transposed else dw
     return dx.astype(x_like.dtype), dw.astype(w_like.dtype)
 
@@ -113,8 +124,8 @@ def dot_columns(w: jax.Array, x: jax.Array, accumulate: Any = jnp.float32,
     (the result's first N columns are returned) when N = 1, or when ``transposed`` (x is a
     transpose, which XLA may lay out column-major: its 2-byte path rejects that operand and
     the dot ran in float32 on float32 copies of the weights, 8 columns 4.2x slower); the pad
-    makes a fresh row-major array."""
-    if not _two_byte(w.dtype) or (x.shape[-1] != 1 and not transposed):
+    makes a fresh row-major array. On CPU only (``_on_cpu``)."""
+    if not _two_byte(w.dtype) or (x.shape[-1] != 1 and not transposed) or not _on_cpu():
         return jnp.dot(w, x, preferred_element_type=accumulate)
     y = jnp.dot(w, jnp.pad(x, ((0, 0), (0, 1))), preferred_element_type=accumulate)
     return y[:, :x.shape[-1]]

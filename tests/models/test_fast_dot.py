@@ -27,10 +27,13 @@ def _problem(rows: int, seed: int = 0):
     return x, w, probe
 
 
+@pytest.mark.parametrize("cpu_forms", [True, False])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
-def test_dense_and_its_gradients_match_numpy(dtype):
+def test_dense_and_its_gradients_match_numpy(dtype, cpu_forms, monkeypatch):
     """y = x W, dx = g W^T, dW = x^T g with g = dL/dy of L = sum(y * probe); in a 2-byte dtype
-    the operands and g are the dtype's roundings and every sum is float32 (rtol 1e-5)."""
+    the operands and g are the dtype's roundings and every sum is float32 (rtol 1e-5). Both
+    the CPU forms and the plain ones other backends get."""
+    monkeypatch.setattr(fast_dot, "_on_cpu", lambda: cpu_forms)
     x, w, probe = _problem(64)
     loss = lambda x, w: jnp.sum(fast_dot.dense(x, w, dtype) * probe)
     y = fast_dot.dense(jnp.asarray(x), jnp.asarray(w), dtype)
