@@ -19,19 +19,18 @@ from lmscale.models import inplace
 from lmscale.models.fast_dot import dot_columns
 
 
-def dense_t(x: jax.Array, w_t: jax.Array, b: jax.Array | None, dtype: Any,
-            accumulate: Any = jnp.float32) -> jax.Array:
+def dense_t(x: jax.Array, w_t: jax.Array, b: jax.Array | None, dtype: Any) -> jax.Array:
     """x [..., in] @ w (given transposed, w_t [out, in]) in ``dtype`` (+ b), returned float32
     [..., out]; multiplied as w_t @ x^T: the form for a few rows (decoding). XLA:CPU's
     matmul repacks its right operand on every call, so x @ w of a handful of rows was a pass
     over w per call; as the left operand w_t is streamed as stored (12 layers' feed-forward
     at 8 rows: 25 -> 16 ms a token). The barriers keep XLA from rewriting the product back
-    into x @ w. ``accumulate``: the dot's output dtype (float32: XLA:CPU's fast path for a
-    2-byte ``dtype``, ``fast_dot``)."""
+    into x @ w. The dot's result is float32, XLA:CPU's fast path for a 2-byte ``dtype``
+    (``fast_dot``)."""
     barrier = jax.lax.optimization_barrier
     x_t = barrier(x.reshape(-1, x.shape[-1]).astype(dtype).T)  # [in, rows]
-    y = barrier(dot_columns(w_t.astype(dtype), x_t, accumulate, transposed=True)).T
-    y = y.astype(jnp.float32).reshape(*x.shape[:-1], w_t.shape[0])
+    y = barrier(dot_columns(w_t.astype(dtype), x_t, transposed=True)).T
+    y = y.reshape(*x.shape[:-1], w_t.shape[0])
     return y if b is None else y + b
 
 

@@ -263,7 +263,7 @@ class TransformerLM(nnx.Module):
         output matrix transposed, [V, d], computed beforehand (a decoder's; ``kv_cache.dense_t``)."""
         b = None if self.tie_embeddings else self.head_bias[...]
         if head_t is not None:
-            return kv_cache.dense_t(x, head_t, b, self.dtype, accumulate=jnp.float32)
+            return kv_cache.dense_t(x, head_t, b, self.dtype)
         if self.tie_embeddings:  # the embedding [V, d] is the output matrix transposed
             y = fast_dot.dense(x, self.embedding[...], self.dtype, w_transposed=True)
         else:
