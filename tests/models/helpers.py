@@ -1,11 +1,13 @@
-"""Test helpers: randomize a module's params, read a layer's weights as NumPy arrays, and
-split compiled HLO text into its computations."""
+"""Test helpers: randomize a module's params, read a layer's weights as NumPy arrays, walk a
+jaxpr's equations, and split compiled HLO text into its computations."""
 
 from __future__ import annotations
 
 import re
+from typing import Any, Iterator
 
 import jax
+import jax.extend
 import numpy as np
 from flax import nnx
 
@@ -39,6 +41,14 @@ def layer_weights(layer: nnx.Module) -> dict[str, np.ndarray]:
     if hasattr(layer, "w_mx"):
         w["w_mx"], w["w_mh"] = effective(layer.w_mx), effective(layer.w_mh)
     return w
+
+
+def jaxpr_equations(jaxpr: Any) -> Iterator[Any]:
+    """Every equation of a jaxpr, recursing into sub-jaxprs (scan bodies, custom rules)."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            yield from jaxpr_equations(sub)
 
 
 def computations(hlo: str) -> dict[str, str]:

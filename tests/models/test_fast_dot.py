@@ -6,12 +6,12 @@ from __future__ import annotations
 import re
 
 import jax
-import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from lmscale.models import fast_dot
+from tests.models.helpers import computations, jaxpr_equations
 
 
 def _rounded(a: np.ndarray, dtype) -> np.ndarray:
@@ -54,18 +54,11 @@ def test_dense_backward_runs_2byte_products_with_float32_results(dtype):
     x, w, probe = _problem(16)
     loss = lambda x, w: jnp.sum(fast_dot.dense(x, w, dtype) * probe)
     jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(jnp.asarray(x), jnp.asarray(w))
-    dots = [e for e in _equations(jaxpr.jaxpr) if e.primitive.name == "dot_general"]
+    dots = [e for e in jaxpr_equations(jaxpr.jaxpr) if e.primitive.name == "dot_general"]
     assert len(dots) == 3  # forward, dx, dW
     for e in dots:
         assert [v.aval.dtype for v in e.invars] == [jnp.dtype(dtype)] * 2, e
         assert e.outvars[0].aval.dtype == jnp.float32, e
-
-
-def _equations(jaxpr):
-    for e in jaxpr.eqns:
-        yield e
-        for sub in jax.extend.core.jaxprs_in_params(e.params):
-            yield from _equations(sub)
 
 
 def test_dense_weight_gradient_is_not_rounded_to_bfloat16():
@@ -100,7 +93,7 @@ def _compiled_dots(fn, *args) -> list[tuple[str, str, str, int]]:
     """(lhs dtype, rhs dtype, result dtype, rank) of every dot in the compiled program."""
     hlo = jax.jit(fn).lower(*args).compile().as_text()
     out = []
-    for comp in hlo.split("\n\n"):
+    for comp in computations(hlo).values():
         for m in re.finditer(r"= (\w+)\[([\d,]*)\]\{[\d,]*\} dot\(%([\w.\-]+), %([\w.\-]+)\)", comp):
             types = [re.search(r"%" + re.escape(op) + r" = (\w+)\[", comp).group(1)
                      for op in m.group(3, 4)]

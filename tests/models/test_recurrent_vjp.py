@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Iterator
+from typing import Any
 
 import jax
-import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from flax import nnx
 
 from lmscale.models import LSTMLayer, MLSTMLayer, RecurrentLM, lstm_scan, mlstm_scan, weight_norm
 from lmscale.models.recurrent import scan_options
-from tests.models.helpers import computations, loop_computations
+from tests.models.helpers import computations, jaxpr_equations, loop_computations
 
 B, T, IN, H = 3, 9, 5, 8
 
@@ -100,14 +99,6 @@ def test_layer_and_lm_gradients_through_scan_options(kind):
     assert layer.scan_time_major(jnp.ones((T, B, IN)), layer.initial_carry(B))[0].shape == (T, B, H)
 
 
-def _eqns(jaxpr: Any) -> Iterator[Any]:
-    """Every equation of a jaxpr, recursing into sub-jaxprs (scan bodies, custom rules)."""
-    for eqn in jaxpr.eqns:
-        yield eqn
-        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-            yield from _eqns(sub)
-
-
 def _grad_jaxpr(kind: str, dtype: Any, grad: str) -> Any:
     p = problem(kind, seed=3)
     return jax.make_jaxpr(jax.grad(loss_fn(kind, dtype, grad, resets_tm(), False)))(p).jaxpr
@@ -129,7 +120,7 @@ def test_weight_gradients_accumulate_in_float32(kind, dtype):
         outputs). Read from the bodies, whose form is the same in every JAX version (scan's
         num_consts/num_carry parameters are gone in JAX 0.11)."""
         out = []
-        for e in _eqns(jaxpr):
+        for e in jaxpr_equations(jaxpr):
             body = {"scan": "jaxpr", "while": "body_jaxpr"}.get(e.primitive.name)
             if body is not None:
                 out += [v.aval for v in e.params[body].jaxpr.outvars]
@@ -137,7 +128,7 @@ def test_weight_gradients_accumulate_in_float32(kind, dtype):
 
     custom = _grad_jaxpr(kind, dtype, "custom")
     assert not [a for a in carried(custom) if tuple(a.shape) in shapes]
-    dots = [e for e in _eqns(custom) if e.primitive.name == "dot_general"
+    dots = [e for e in jaxpr_equations(custom) if e.primitive.name == "dot_general"
             and tuple(e.outvars[0].aval.shape) in shapes]
 
 
