@@ -1,18 +1,20 @@
-"""A/B of how the models' 2-D products are written (``lmscale.models.fast_dot.dense``), interleaved.
+"""A/B of how the models' products are written (``fast_dot.dense``, ``attention.attention``), interleaved.
 
     python benchmarks/ab_products.py --config=configs/transformer_quickstart.py \
         --compute bfloat16 [--variants autodiff_low,autodiff,fast_dot] [--rounds 6 --steps 3]
 
-Compiles the real training step once per variant, with ``fast_dot.dense`` replaced while it
-is traced, then runs the compiled steps round-robin (``lmscale.training.bench.
+Compiles the real training step once per variant, with ``fast_dot.dense`` or
+``attention.attention`` replaced while it is traced, then runs the compiled steps round-robin (``lmscale.training.bench.
 time_interleaved``). Prints each variant's median and fastest step and its process CPU time
 per step. Variants:
 - ``autodiff_low``: ``matmul`` of the operands in the compute dtype with a result in that dtype,
   cast to float32, autodiff backward (the transformer's dense layers before b2aed8b);
 - ``autodiff``: ``einsum`` with a float32 result, autodiff backward (the QRNN's projections
   and the output heads before b2aed8b);
-- ``fast_dot``: ``fast_dot.dense`` as it is (float32 results, its own backward, the forms
-  XLA:CPU keeps on its fast path).
+- ``fast_dot``: the code as it is (``fast_dot.dense``: float32 results, its own backward,
+  the forms XLA:CPU keeps on its fast path; the transformer's ``attention.attention``);
+- ``xla_attention``: the transformer's attention as ``jax.nn.dot_product_attention`` with
+  autodiff (before the thirteenth pass), dense layers as they are.
 Run with ``XLA_FLAGS=--xla_force_host_platform_device_count=2`` to split the batch over the
 two cores as ``lmscale.bench`` measurements here do.
 """
@@ -25,7 +27,9 @@ import importlib.util
 import jax.numpy as jnp
 import numpy as np
 
-from lmscale.models import fast_dot
+import jax
+
+from lmscale.models import attention, fast_dot
 from lmscale.training.bench import compile_step, time_interleaved
 
 
@@ -40,7 +44,16 @@ def _autodiff_low(x, w, dtype, w_transposed=False):
     return jnp.matmul(x.astype(dtype), w.T if w_transposed else w).astype(jnp.float32)
 
 
-VARIANTS = {"autodiff_low": _autodiff_low, "autodiff": _autodiff, "fast_dot": fast_dot.dense}
+def _xla_attention(q, k, v, mask=None):
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=mask is None)
+
+
+# What each variant puts in place while the step is traced: (module, attribute) -> function.
+ORIGINAL = {(fast_dot, "dense"): fast_dot.dense, (attention, "attention"): attention.attention}
+VARIANTS = {"autodiff_low": {(fast_dot, "dense"): _autodiff_low},
+            "autodiff": {(fast_dot, "dense"): _autodiff},
+            "xla_attention": {(attention, "attention"): _xla_attention},
+            "fast_dot": {}}
 
 
 def main() -> None:
@@ -60,12 +73,14 @@ def main() -> None:
     runs = []
     try:
         for name in args.variants.split(","):
-            fast_dot.dense = VARIANTS[name]
+            for (module, attr), fn in {**ORIGINAL, **VARIANTS[name]}.items():
+                setattr(module, attr, fn)
             fn, state, batch, seconds = compile_step(config)
             runs.append({"name": name, "fn": fn, "state": state, "batch": batch})
             print(f"{name}: compiled in {seconds:.1f} s", flush=True)
     finally:
-        fast_dot.dense = VARIANTS["fast_dot"]
+        for (module, attr), fn in ORIGINAL.items():
+            setattr(module, attr, fn)
     time_interleaved(runs, args.rounds, args.steps)
     for run in runs:
         print(f"{run['name']}: median {1e3 * np.median(run['wall']):.1f} ms, fastest "

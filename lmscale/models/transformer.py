@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lmscale.models import attention as attn
 from lmscale.models import fast_dot, kv_cache
 from lmscale.models.registry import ModelKind, register
 from lmscale.models.weight_norm import make_matrix
@@ -78,20 +79,6 @@ def sinusoidal(positions: jax.Array, dim: int) -> jax.Array:
     if dim % 2:
         emb = jnp.concatenate([emb, jnp.zeros(emb.shape[:-1] + (1,), emb.dtype)], axis=-1)
     return emb
-
-
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
-              drop_probs: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
-    """Explicit softmax attention. q [B, Tq, H, D], k/v [B, Tk, H, D] (compute dtype), mask
-    bool broadcastable to [B, H, Tq, Tk] -> [B, Tq, H, D]. Logits and softmax in float32;
-    ``drop_probs`` (training) is applied to the probabilities."""
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-    logits = logits * (1.0 / math.sqrt(q.shape[-1]))
-    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1)
-    if drop_probs is not None:
-        probs = drop_probs(probs)
-    return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
 
 
 def _per_row(key: jax.Array) -> bool:
@@ -164,7 +151,7 @@ class Block(nnx.Module):
         b, t, d = x.shape
         h = self.ln_attn(x) if pre else x
         qkv = dense(h, w["qkv"], self.qkv_bias[...], dtype).astype(dtype)
-        q, k, v = jnp.moveaxis(qkv.reshape(b, t, 3, self.heads, d // self.heads), 2, 0)
+        q, k, v = attn.split_heads(qkv.reshape(b, t, 3, self.heads, d // self.heads))
         o, aux = attend(q, k, v)
         h = dense(o.reshape(b, t, d), w["out"], self.out_bias[...], dtype)
         x = x + drop(ATTN_OUT, h)
@@ -318,9 +305,8 @@ class TransformerLM(nnx.Module):
         x = self._embed(tokens, positions)
         if dropout_key is not None and self.dropout > 0.0:
             x = dropout(dropout_key, 0, self.dropout, x)
-        # jax's XLA attention asks for an F16_F16_F32 dot, which the CPU backend rejects.
-        cpu_f16 = jnp.dtype(self.dtype) == jnp.float16 and jax.default_backend() == "cpu"
-        explicit = (dropout_key is not None and self.rates[ATTN_PROBS] > 0.0) or cpu_f16
+        explicit = dropout_key is not None and self.rates[ATTN_PROBS] > 0.0
+        on_cpu = jax.default_backend() == "cpu"
         full_mask = (jnp.tril(jnp.ones((t, t), bool))[None, None] if mask is None else mask)
 
         def apply(block: Block, x: jax.Array, layer: jax.Array, _: Any):
@@ -328,7 +314,9 @@ class TransformerLM(nnx.Module):
 
             def attend(q, k, v):
                 if explicit:
-                    return attention(q, k, v, full_mask, lambda p: drop(ATTN_PROBS, p)), None
+                    return attn.explicit(q, k, v, full_mask, lambda p: drop(ATTN_PROBS, p)), None
+                if on_cpu:  # its own backward, in XLA:CPU's fast forms (models/attention.py)
+                    return attn.attention(q, k, v, mask), None
                 return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=mask is None,
                                                     implementation=None), None
 
