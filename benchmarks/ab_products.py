@@ -13,8 +13,9 @@ per step. Variants:
   and the output heads before b2aed8b);
 - ``fast_dot``: the code as it is (``fast_dot.dense``: float32 results, its own backward,
   the forms XLA:CPU keeps on its fast path; the transformer's ``attention.attention``);
-- ``xla_attention``: the transformer's attention as ``jax.nn.dot_product_attention`` with
-  autodiff (before the thirteenth pass), dense layers as they are.
+- ``xla_attention``: the transformer's attention as before the thirteenth pass
+  (``jax.nn.dot_product_attention`` and autodiff of the q, k, v slices), dense layers as
+  they are; ``xla_attention_split``: the same attention with ``attention.split_heads``.
 Run with ``XLA_FLAGS=--xla_force_host_platform_device_count=2`` to split the batch over the
 two cores as ``lmscale.bench`` measurements here do.
 """
@@ -48,11 +49,18 @@ def _xla_attention(q, k, v, mask=None):
     return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=mask is None)
 
 
+def _autodiff_split(qkv):
+    return tuple(jnp.moveaxis(qkv, 2, 0))
+
+
 # What each variant puts in place while the step is traced: (module, attribute) -> function.
-ORIGINAL = {(fast_dot, "dense"): fast_dot.dense, (attention, "attention"): attention.attention}
+ORIGINAL = {(fast_dot, "dense"): fast_dot.dense, (attention, "attention"): attention.attention,
+            (attention, "split_heads"): attention.split_heads}
 VARIANTS = {"autodiff_low": {(fast_dot, "dense"): _autodiff_low},
             "autodiff": {(fast_dot, "dense"): _autodiff},
-            "xla_attention": {(attention, "attention"): _xla_attention},
+            "xla_attention": {(attention, "attention"): _xla_attention,
+                              (attention, "split_heads"): _autodiff_split},
+            "xla_attention_split": {(attention, "attention"): _xla_attention},
             "fast_dot": {}}
 
 
