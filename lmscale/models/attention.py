@@ -5,18 +5,21 @@ Both take q [B, Tq, H, D], k/v [B, Tk, H, D] in the compute dtype, take the logi
 softmax in float32, and return [B, Tq, H, D] in the compute dtype.
 
 Why ``attention`` has its own backward (measured on this project's CPU, AVX-512 + AMX,
-jaxlib 0.10; ``benchmarks/README.md``, thirteenth pass): autodiff of
-``jax.nn.dot_product_attention`` transposes its operands inside the products (XLA:CPU then
-copies them, in float32 for a 2-byte dtype) and fuses the softmax backward into one of
-them (7.3 ms a layer for a [16, 4, 128, 128] x [.., 128, 32] product in the bfloat16
-quickstart). Here every product is batched in canonical form, [B, H, M, K] x [B, H, K, N],
-with each transposed operand made by an explicit transpose: 2-byte products with a float32
-result in other operand orders are, for some shapes, sent to a thunk that rejects them at
-run time ("Unsupported element type for DotThunk::Execute: BF16 x BF16 = F32"); in
-canonical form 768 shapes ran in bfloat16 and in float16. The backward keeps the float32
-probabilities (as autodiff of the softmax does) and recomputes nothing. XLA still fuses
-the casts and the softmax around some products and runs those in float32; padding their
-operands to stop that measured equal in bfloat16 and 1.14x slower in float32.
+jaxlib 0.10; ``benchmarks/README.md``, thirteenth pass). In the bfloat16 transformer
+quickstart's profile, autodiff of ``jax.nn.dot_product_attention`` ran its products on
+float32 copies with the softmax backward fused in (7.3 ms a layer for one [16, 4, 128, 128]
+x [.., 128, 32] product). Here each product is batched in canonical form, [B, H, M, K] x
+[B, H, K, N], its operands in the compute dtype and its result float32, and each
+transposed operand is an explicit transpose: 2-byte products with a float32 result in other
+operand orders are, for some shapes, sent to a thunk that rejects them at run time
+("Unsupported element type for DotThunk::Execute: BF16 x BF16 = F32"); in canonical form
+768 shapes ran, in bfloat16 and in float16. XLA may still fold a transpose into a product
+or fuse the casts and softmax around one; the step measured the same with pads that stop
+that in bfloat16, and slower in float32 (383 vs 335 ms), so there are none. The backward
+keeps the float32 probabilities (as autodiff of the softmax does) and recomputes nothing.
+Interleaved in the real step, 2 devices: the quickstart 260 -> 193 ms in bfloat16 (with
+``split_heads``), 326 -> 281 ms in float32; at 512 tokens a sequence 717 -> 485 and
+756 -> 571 ms.
 """
 
 from __future__ import annotations

@@ -123,8 +123,8 @@ def test_dense_gradient_compiles_to_bfloat16_products(shape, w_transposed):
 def test_bfloat16_models_train_with_bfloat16_products(kind):
     """In the compiled gradient of a bfloat16 model's loss, every two-dimensional product
     (the recurrences', the projections', the output head's, tied or not) takes two bfloat16
-    operands and gives float32, as XLA:CPU runs fast. Only the transformer's attention, a
-    batched product left to ``jax.nn.dot_product_attention``, has others."""
+    operands and gives float32, as XLA:CPU runs fast. Only the transformer's attention's
+    batched products (``models/attention.py``, tested in ``test_attention``) have others."""
     from flax import nnx
 
     from lmscale.config import default_config
