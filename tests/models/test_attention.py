@@ -87,6 +87,7 @@ def test_attention_and_gradients_equal_numpy_two_byte(dtype):
 
 
 def test_attention_equals_explicit_and_xla():
+    """Forward: ours, the explicit (autodiff) one and jax.nn.dot_product_attention agree."""
     q, k, v, _ = _inputs((2, 7, 2, 4), jnp.float32, seed=2)
     mask = jnp.tril(jnp.ones((7, 7), bool))[None, None]
     ours = attention(q, k, v)

@@ -12,7 +12,6 @@ from flax import nnx
 
 from lmscale.config import default_config
 from lmscale.models import build_model, count_params, flops_per_token, get_kind
-from lmscale.models.attention import explicit as attention
 from lmscale.models.transformer import Block, TransformerLM, sinusoidal
 from tests.models.helpers import randomize_params
 from tests.models.numpy_reference import np_weight_norm
@@ -188,15 +187,6 @@ def test_decode_matches_full_forward(norm, scan):
     assert state["k"][0].shape == (3, H, D // H, 10) and state["v"][0].shape == (3, H, 10, D // H)
     with pytest.raises(ValueError, match="max_len=16"):
         model.init_decode(1, MAXLEN + 1)
-
-
-def test_explicit_attention_equals_dot_product_attention():
-    k1, k2, k3 = jax.random.split(jax.random.key(10), 3)
-    q, k, v = (jax.random.normal(kk, (2, 6, H, 4)) for kk in (k1, k2, k3))
-    mask = jnp.tril(jnp.ones((6, 6), bool))[None, None]
-    np.testing.assert_allclose(np.asarray(attention(q, k, v, mask)),
-                               np.asarray(jax.nn.dot_product_attention(q, k, v, is_causal=True)),
-                               rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
