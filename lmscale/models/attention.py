@@ -33,14 +33,19 @@ import jax.numpy as jnp
 _NEG = jnp.finfo(jnp.float32).min
 
 
+def masked_softmax(logits: jax.Array, mask: jax.Array, head_dim: int) -> jax.Array:
+    """softmax(logits / sqrt(head_dim)) over the last axis where ``mask`` (bool, broadcast),
+    in float32; a fully masked row gets uniform weights."""
+    logits = logits.astype(jnp.float32) * (1.0 / math.sqrt(head_dim))
+    return jax.nn.softmax(jnp.where(mask, logits, _NEG), axis=-1)
+
+
 def explicit(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
              drop_probs: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
     """Autodiff attention for any ``mask`` (bool, broadcastable to [B, H, Tq, Tk]);
     ``drop_probs`` (training) is applied to the probabilities."""
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-    logits = logits * (1.0 / math.sqrt(q.shape[-1]))
-    logits = jnp.where(mask, logits, _NEG)
-    probs = jax.nn.softmax(logits, axis=-1)
+    probs = masked_softmax(logits, mask, q.shape[-1])
     if drop_probs is not None:
         probs = drop_probs(probs)
     return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
@@ -69,8 +74,7 @@ def _forward(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array
     qh = jnp.transpose(q, (0, 2, 1, 3))  # [B, H, Tq, D]
     k_t = jnp.transpose(k, (0, 2, 3, 1))  # [B, H, D, Tk]
     vh = jnp.transpose(v, (0, 2, 1, 3))  # [B, H, Tk, D]
-    logits = _bmm(qh, k_t) * (1.0 / math.sqrt(q.shape[-1]))
-    probs = jax.nn.softmax(jnp.where(mask, logits, _NEG), axis=-1)  # float32 [B, H, Tq, Tk]
+    probs = masked_softmax(_bmm(qh, k_t), mask, q.shape[-1])  # float32 [B, H, Tq, Tk]
     out = _bmm(probs.astype(v.dtype), vh)  # [B, H, Tq, D]
     return jnp.transpose(out, (0, 2, 1, 3)).astype(q.dtype), (qh, k, v, probs)
 

@@ -9,13 +9,13 @@ bitcasts of a bfloat16 buffer, XLA copied the whole cache before each write (~11
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from lmscale.models import inplace
+from lmscale.models.attention import masked_softmax
 from lmscale.models.fast_dot import dot_columns
 
 
@@ -48,7 +48,7 @@ def attend(k_cache: jax.Array, v_cache: jax.Array, q: jax.Array, k: jax.Array, v
            pos: jax.Array, dtype: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
     """One layer's step: this token's k, v [B, 1, H, D] written at ``pos`` (in place), then
     its q [B, 1, H, D] attends to positions <= pos. Returns (out [B, 1, H, D], k_cache,
-    v_cache); the numerics of ``transformer.attention`` (logits and softmax in float32)."""
+    v_cache); the numerics of ``attention.explicit`` (logits and softmax in float32)."""
     zero = jnp.zeros_like(pos)
     k_cache = jax.lax.dynamic_update_slice(
         k_cache, inplace.encode(jnp.transpose(k, (0, 2, 3, 1)), dtype), (zero, zero, zero, pos))
@@ -57,8 +57,6 @@ def attend(k_cache: jax.Array, v_cache: jax.Array, q: jax.Array, k: jax.Array, v
     kc, vc = inplace.decode(k_cache, dtype), inplace.decode(v_cache, dtype)
     q = q[:, 0]  # [B, H, D]
     logits = jnp.einsum("bhd,bhdm->bhm", q, kc.astype(q.dtype), preferred_element_type=jnp.float32)
-    logits = logits * (1.0 / math.sqrt(q.shape[-1]))
-    valid = jnp.arange(kc.shape[-1]) <= pos  # [M]
-    probs = jax.nn.softmax(jnp.where(valid, logits, jnp.finfo(jnp.float32).min), axis=-1)
+    probs = masked_softmax(logits, jnp.arange(kc.shape[-1]) <= pos, q.shape[-1])  # [B, H, M]
     out = jnp.einsum("bhm,bhmd->bhd", probs.astype(vc.dtype), vc)
     return out[:, None], k_cache, v_cache
