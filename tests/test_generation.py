@@ -108,7 +108,28 @@ def test_generating_and_featurizing_again_compiles_nothing():
     np.testing.assert_array_equal(first[2], again[2])
 
 
-def _transformer_lm(weight_norm: bool = True, tie: bool = False, dtype=jnp.float32):
+@pytest.mark.parametrize("kind", ["mlstm", "transformer"])
+def test_decoder_weights_are_kept_until_the_params_change(kind):
+    """The decoder's prepared weights are made once and reused by the next call, and made
+    again when a parameter is replaced: the text is then the new weights' (as a fresh
+    TrainedLM of them gives), not the old ones'. Greedy: these small random models' sampled
+    texts are the same under the same seed."""
+    make = ((lambda seed: _transformer_lm(seed=seed)) if kind == "transformer"
+            else (lambda seed: random_lm(hidden=16, seed=seed)))
+    lm, other = make(0), make(1)
+    first = generate(lm, "The", 12, temperature=0.0)
+    kept = lm.decode_cache["prepared"]
+    assert generate(lm, "The", 12, temperature=0.0) == first
+    assert lm.decode_cache["prepared"] is kept
+    want = generate(other, "The", 12, temperature=0.0)
+    assert want != first
+    lm.params = other.params
+    assert generate(lm, "The", 12, temperature=0.0) == want
+    assert lm.decode_cache["prepared"] is not kept
+
+
+def _transformer_lm(weight_norm: bool = True, tie: bool = False, dtype=jnp.float32,
+                    seed: int = 3):
     """A small random TransformerLM as a TrainedLM (2 layers, d 16, 2 heads, d_ff 40)."""
     from lmscale.config import default_config
     from lmscale.data.tokenizer import ByteTokenizer
@@ -120,7 +141,7 @@ def _transformer_lm(weight_norm: bool = True, tie: bool = False, dtype=jnp.float
     m.kind, m.layers, m.d_model, m.heads, m.d_ff, m.max_len = "transformer", 2, 16, 2, 40, 64
     m.weight_norm, m.tie_embeddings = weight_norm, tie
     tok = ByteTokenizer.sentiment_discovery()
-    graphdef, params = nnx.split(build_model(m, tok.vocab_size, rngs=nnx.Rngs(3), dtype=dtype),
+    graphdef, params = nnx.split(build_model(m, tok.vocab_size, rngs=nnx.Rngs(seed), dtype=dtype),
                                  nnx.Param)
     return TrainedLM(config=config, derived={}, tokenizer=tok, graphdef=graphdef, params=params,
                      step=0, mesh=mesh_lib.make_mesh(), workdir="")
@@ -131,7 +152,8 @@ def _generation_hlo(lm, length: int, prompt: jax.Array) -> str:
     from lmscale import generation
     fn = generation._sampler(lm.graphdef, length, 1.0, 0, 1.0, None, 0.0,
                              lm.model().feature_states[0], lm.tokenizer.pad_id)
-    return fn.lower(lm.params, prompt, jax.random.PRNGKey(0)).compile().as_text()
+    return fn.lower(lm.params, generation.prepared_weights(lm), prompt,
+                    jax.random.PRNGKey(0)).compile().as_text()
 
 
 @pytest.mark.parametrize("kind", ["mlstm", "lstm", "transformer", "transformer_tied",

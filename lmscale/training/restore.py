@@ -39,6 +39,10 @@ class TrainedLM:
     step: int
     mesh: Mesh
     workdir: str = ""
+    # Weights as a decoder reads them, kept between generate() calls (lmscale.generation);
+    # clear() frees them.
+    decode_cache: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False,
+                                                     compare=False)
 
     def model(self) -> nnx.Module:
         return nnx.merge(self.graphdef, self.params)
