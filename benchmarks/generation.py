@@ -6,7 +6,8 @@
 Random weights of the config's model (speed does not depend on them), the byte tokenizer,
 the prompt "The movie was" (13 tokens). After a warm-up call (compilation excluded), the
 fastest of ``--repeats`` calls of ``generate`` — what a user runs: the prompt fed token by
-token, then ``length`` sampled tokens, in one jitted program. Reports ms per token (prompt
+token, then ``length`` sampled tokens, in one jitted program; the decoder's prepared
+weights are made in the first call and kept for the others (``prepared_weights``). Reports ms per token (prompt
 and new), tokens/s over all samples, and the weights read per token over that time: with
 few samples a decoder step is a matrix-vector product per weight, bound by memory (2 FLOPs
 per weight and sample), so that rate against the machine's measured read rate (a sum over
