@@ -13,7 +13,7 @@ from flax import nnx
 
 from lmscale.data.errors import DataError
 from lmscale.generation import filter_logits, generate
-from tests.transfer.conftest import random_lm
+from tests.transfer.conftest import random_lm, random_transformer_lm
 
 
 def test_top_k_and_top_p_against_numpy():
@@ -114,7 +114,7 @@ def test_decoder_weights_are_kept_until_the_params_change(kind):
     again when a parameter is replaced: the text is then the new weights' (as a fresh
     TrainedLM of them gives), not the old ones'. Greedy: these small random models' sampled
     texts are the same under the same seed."""
-    make = ((lambda seed: _transformer_lm(seed=seed)) if kind == "transformer"
+    make = ((lambda seed: random_transformer_lm(seed=seed)) if kind == "transformer"
             else (lambda seed: random_lm(hidden=16, seed=seed)))
     lm, other = make(0), make(1)
     first = generate(lm, "The", 12, temperature=0.0)
@@ -126,25 +126,6 @@ def test_decoder_weights_are_kept_until_the_params_change(kind):
     lm.params = other.params
     assert generate(lm, "The", 12, temperature=0.0) == want
     assert lm.decode_cache["prepared"] is not kept
-
-
-def _transformer_lm(weight_norm: bool = True, tie: bool = False, dtype=jnp.float32,
-                    seed: int = 3):
-    """A small random TransformerLM as a TrainedLM (2 layers, d 16, 2 heads, d_ff 40)."""
-    from lmscale.config import default_config
-    from lmscale.data.tokenizer import ByteTokenizer
-    from lmscale.models import build_model
-    from lmscale.training import mesh as mesh_lib
-    from lmscale.training.restore import TrainedLM
-    config = default_config()
-    m = config.model
-    m.kind, m.layers, m.d_model, m.heads, m.d_ff, m.max_len = "transformer", 2, 16, 2, 40, 64
-    m.weight_norm, m.tie_embeddings = weight_norm, tie
-    tok = ByteTokenizer.sentiment_discovery()
-    graphdef, params = nnx.split(build_model(m, tok.vocab_size, rngs=nnx.Rngs(seed), dtype=dtype),
-                                 nnx.Param)
-    return TrainedLM(config=config, derived={}, tokenizer=tok, graphdef=graphdef, params=params,
-                     step=0, mesh=mesh_lib.make_mesh(), workdir="")
 
 
 def _generation_hlo(lm, length: int, prompt: jax.Array) -> str:
@@ -166,7 +147,7 @@ def test_generation_loops_do_no_per_token_weight_work(kind):
     bfloat16 key/value cache is written in place, never converted whole."""
     from tests.models.helpers import loop_computations
     if kind.startswith("transformer"):
-        lm = _transformer_lm(tie=kind.endswith("tied"),
+        lm = random_transformer_lm(tie=kind.endswith("tied"),
                              dtype=jnp.bfloat16 if kind.endswith("bf16") else jnp.float32)
     else:
         lm = random_lm(kind, layers=2, hidden=24)
@@ -202,7 +183,7 @@ def test_generation_loops_do_no_per_token_weight_work(kind):
 def test_generation_compiles_the_decoder_once(kind):
     """Prompt and samples run in one loop, so the compiled program holds the decoder's
     matrix products once (two loops held them twice, and compiled them twice)."""
-    lm = _transformer_lm() if kind == "transformer" else random_lm(kind, layers=2, hidden=24)
+    lm = random_transformer_lm() if kind == "transformer" else random_lm(kind, layers=2, hidden=24)
     model = lm.model()
     prompt = jnp.asarray(lm.tokenizer.encode("ab").astype(np.int32)[None])
     program = _generation_hlo(lm, 6, prompt)
@@ -221,7 +202,7 @@ def test_transformer_decoding_copies_no_cache(dtype):
     (A bfloat16 cache is still read as float32 by the attention's dots: that conversion is
     the one cache-sized array allowed, in float32 only.)"""
     from tests.models.helpers import loop_computations
-    lm = _transformer_lm(dtype=dtype)  # 2 heads of 8
+    lm = random_transformer_lm(dtype=dtype)  # 2 heads of 8
     samples, prompt_len, length = 3, 2, 9
     hlo = _generation_hlo(lm, length, jnp.zeros((samples, prompt_len), jnp.int32))
     cache = sorted((samples, 2, 8, prompt_len + length))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from lmscale.config import default_config
@@ -17,10 +18,26 @@ def random_lm(kind: str = "mlstm", layers: int = 1, hidden: int = 16, seed: int 
     """A TrainedLM with randomly initialized weights (scaled up so states are not tiny)."""
     config = default_config()
     config.model.kind, config.model.layers, config.model.hidden, config.model.embed = kind, layers, hidden, 8
+    lm = _trained(config, seed, jnp.float32)
+    lm.params = jax.tree.map(lambda x: x * 3.0, lm.params)
+    return lm
+
+
+def random_transformer_lm(weight_norm: bool = True, tie: bool = False, dtype=jnp.float32,
+                          seed: int = 3) -> TrainedLM:
+    """A small random TransformerLM as a TrainedLM (2 layers, d 16, 2 heads, d_ff 40)."""
+    config = default_config()
+    m = config.model
+    m.kind, m.layers, m.d_model, m.heads, m.d_ff, m.max_len = "transformer", 2, 16, 2, 40, 64
+    m.weight_norm, m.tie_embeddings = weight_norm, tie
+    return _trained(config, seed, dtype)
+
+
+def _trained(config, seed: int, dtype) -> TrainedLM:
+    """config.model built with nnx.Rngs(seed) in ``dtype``, bytes, as a TrainedLM."""
     tok = ByteTokenizer.sentiment_discovery()
-    model = build_model(config.model, tok.vocab_size, rngs=nnx.Rngs(seed))
+    model = build_model(config.model, tok.vocab_size, rngs=nnx.Rngs(seed), dtype=dtype)
     graphdef, params = nnx.split(model, nnx.Param)
-    params = jax.tree.map(lambda x: x * 3.0, params)
     return TrainedLM(config=config, derived={}, tokenizer=tok, graphdef=graphdef, params=params,
                      step=0, mesh=mesh_lib.make_mesh(), workdir="")
 
