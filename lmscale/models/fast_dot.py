@@ -59,15 +59,16 @@ def _product(x: jax.Array, w: jax.Array, w_transposed: bool, accumulate: Any) ->
     return jax.lax.dot_general(x, w, contract, preferred_element_type=accumulate)
 
 
-def _on_cpu() -> bool:
-    """The forms here are XLA:CPU's; GPU backends take transposed operands in their GEMMs."""
+def on_cpu() -> bool:
+    """True on XLA:CPU, whose fast forms this module (and the transformer's choice of
+    ``models/attention.py``) writes for; GPU backends take transposed operands in their GEMMs."""
     return jax.default_backend() == "cpu"
 
 
 def _t_product(a: jax.Array, b: jax.Array, accumulate: Any) -> jax.Array:
     """a^T @ b for a [rows, m], b [rows, n] -> [m, n]. On CPU a^T is made a fresh row-major
     array first (a padding row, dropped from the result; see ``dense``)."""
-    if not _on_cpu():
+    if not on_cpu():
         return jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())),
                                    preferred_element_type=accumulate)
     a_t = jnp.pad(a.T, ((0, 1), (0, 0)))  # [m + 1, rows]
@@ -124,8 +125,8 @@ def dot_columns(w: jax.Array, x: jax.Array, accumulate: Any = jnp.float32,
     (the result's first N columns are returned) when N = 1, or when ``transposed`` (x is a
     transpose, which XLA may lay out column-major: its 2-byte path rejects that operand and
     the dot ran in float32 on float32 copies of the weights, 8 columns 4.2x slower); the pad
-    makes a fresh row-major array. On CPU only (``_on_cpu``)."""
-    if not _two_byte(w.dtype) or (x.shape[-1] != 1 and not transposed) or not _on_cpu():
+    makes a fresh row-major array. On CPU only (``on_cpu``)."""
+    if not _two_byte(w.dtype) or (x.shape[-1] != 1 and not transposed) or not on_cpu():
         return jnp.dot(w, x, preferred_element_type=accumulate)
     y = jnp.dot(w, jnp.pad(x, ((0, 0), (0, 1))), preferred_element_type=accumulate)
     return y[:, :x.shape[-1]]

@@ -306,7 +306,7 @@ class TransformerLM(nnx.Module):
         if dropout_key is not None and self.dropout > 0.0:
             x = dropout(dropout_key, 0, self.dropout, x)
         explicit = dropout_key is not None and self.rates[ATTN_PROBS] > 0.0
-        on_cpu = jax.default_backend() == "cpu"
+        on_cpu = fast_dot.on_cpu()
         full_mask = (jnp.tril(jnp.ones((t, t), bool))[None, None] if mask is None else mask)
 
         def apply(block: Block, x: jax.Array, layer: jax.Array, _: Any):

@@ -33,7 +33,7 @@ def test_dense_and_its_gradients_match_numpy(dtype, cpu_forms, monkeypatch):
     """y = x W, dx = g W^T, dW = x^T g with g = dL/dy of L = sum(y * probe); in a 2-byte dtype
     the operands and g are the dtype's roundings and every sum is float32 (rtol 1e-5). Both
     the CPU forms and the plain ones other backends get."""
-    monkeypatch.setattr(fast_dot, "_on_cpu", lambda: cpu_forms)
+    monkeypatch.setattr(fast_dot, "on_cpu", lambda: cpu_forms)
     x, w, probe = _problem(64)
     loss = lambda x, w: jnp.sum(fast_dot.dense(x, w, dtype) * probe)
     y = fast_dot.dense(jnp.asarray(x), jnp.asarray(w), dtype)
