@@ -1,12 +1,12 @@
-"""A/B of how the models' products are written (``fast_dot.dense``, ``attention.attention``), interleaved.
+"""A/B of how the models' products are written (``fast_dot.dense``, ``attention``), interleaved.
 
     python benchmarks/ab_products.py --config=configs/transformer_quickstart.py \
         --compute bfloat16 [--variants autodiff_low,autodiff,fast_dot] [--rounds 6 --steps 3]
 
 Compiles the real training step once per variant, with ``fast_dot.dense`` or
-``attention.attention`` replaced while it is traced, then runs the compiled steps round-robin (``lmscale.training.bench.
-time_interleaved``). Prints each variant's median and fastest step and its process CPU time
-per step. Variants:
+``attention.attention`` replaced while it is traced, then runs the compiled steps
+round-robin (``lmscale.training.bench.time_interleaved``). Prints each variant's median
+and fastest step and its process CPU time per step. Variants:
 - ``autodiff_low``: ``matmul`` of the operands in the compute dtype with a result in that dtype,
   cast to float32, autodiff backward (the transformer's dense layers before b2aed8b);
 - ``autodiff``: ``einsum`` with a float32 result, autodiff backward (the QRNN's projections
@@ -25,10 +25,9 @@ from __future__ import annotations
 import argparse
 import importlib.util
 
+import jax
 import jax.numpy as jnp
 import numpy as np
-
-import jax
 
 from lmscale.models import attention, fast_dot
 from lmscale.training.bench import compile_step, time_interleaved

@@ -148,7 +148,7 @@ def test_generation_loops_do_no_per_token_weight_work(kind):
     from tests.models.helpers import loop_computations
     if kind.startswith("transformer"):
         lm = random_transformer_lm(tie=kind.endswith("tied"),
-                             dtype=jnp.bfloat16 if kind.endswith("bf16") else jnp.float32)
+                                   dtype=jnp.bfloat16 if kind.endswith("bf16") else jnp.float32)
     else:
         lm = random_lm(kind, layers=2, hidden=24)
     shapes = set()  # of the matrices, either way round (the transformer's: one layer's too)
