@@ -5,15 +5,17 @@ last character (the sentiment-neuron recipe; sentiment-discovery's mLSTM took th
 before it). Options: the hidden state instead, mean / max / min pooling over the text,
 and all layers concatenated.
 
-Speed: texts are sorted by length and batched, so padding is small; each batch runs in
-chunks of ``chunk`` characters through one jitted function (compiled once per shape),
-carrying the RNN state and updating running pools, so memory does not grow with text
+Speed: a model that carries its state (the recurrent LMs) reads the texts packed end to end
+in ``batch_size`` rows (``packing``: the state reset at each text's first token, so each
+text is read as if alone), in chunks of ``chunk`` tokens through one jitted function
+(compiled once per shape), carrying the state and a running pool, and picks each text's
+feature where it ends; so padding is only the rows' tails and memory does not grow with text
 length. Rows are sharded over all devices of the run's mesh, like training.
 
-A model that carries no state (the transformer) reads each text whole, in one chunk; texts
-longer than its ``max_len`` tokens are cut to their last ``max_len`` tokens (the final
-output then still sees the most context). Its feature is the final layer's output
-("hidden"), at the last real token or pooled.
+A model that carries no state (the transformer) reads each text whole, in one chunk, texts
+of similar length batched side by side; texts longer than its ``max_len`` tokens are cut to
+their last ``max_len`` tokens (the final output then still sees the most context). Its
+feature is the final layer's output ("hidden"), at the last real token or pooled.
 """
 
 from __future__ import annotations
@@ -29,10 +31,12 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lmscale.data.errors import DataError
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.restore import TrainedLM
+from lmscale.transfer import packing
 
 POOLINGS = ("last", "mean", "max", "min")
 
@@ -109,46 +113,118 @@ def featurize(lm: TrainedLM, texts: Sequence[str], *, state: str | None = None,
     """Features [N, F] float32 of ``texts`` (F = feature width, or layers x it with ``all_layers``).
 
     ``state`` None: the model's default ("cell" for recurrent models, "hidden" otherwise).
+    ``batch_size``: rows read side by side (rounded up to a multiple of the devices, and
+    down to the texts there are); ``chunk``: tokens per call of a recurrent LM.
     """
     state = feature_state(lm, state)
     if pooling not in POOLINGS:
         raise DataError(f"pooling must be one of {list(POOLINGS)}, got {pooling!r}")
     ids = _fit_length(lm, encode_texts(lm, texts))
+    devices = lm.mesh.size
+    rows = -(-min(batch_size, len(ids)) // devices) * devices
+    run = _featurize_batched if lm.model().max_len is not None else _featurize_packed
+    out = run(lm, ids, state, pooling, all_layers, max(rows, devices), chunk, progress)
+    if pooling == "mean":
+        out /= np.asarray([len(x) for x in ids], np.float32)[:, None]
+    return out
+
+
+def _featurize_packed(lm: TrainedLM, ids: list[np.ndarray], state: str, pooling: str,
+                      all_layers: bool, rows: int, chunk: int, progress: bool) -> np.ndarray:
+    """A recurrent LM over the texts packed into ``rows`` rows (``packing``); mean pools
+    are returned as sums."""
+    model = lm.model()
+    layers = model.num_layers if all_layers else 1
+    plan = packing.pack([len(x) for x in ids], rows)
+    slots = 1 << (packing.ends_per_chunk(plan, chunk) - 1).bit_length()  # few compiles
+    row_sharded = mesh_lib.batch_sharded(lm.mesh)
+    step = _packed_chunk_fn(lm.graphdef, state, pooling, all_layers)
+    carry = jax.device_put(model.initial_carry(rows), row_sharded)
+    acc = None
+    if pooling != "last":
+        acc = jax.device_put(np.zeros((layers, rows, model.feature_width), np.float32),
+                             NamedSharding(lm.mesh, P(None, mesh_lib.DATA_AXIS)))
+    out = np.zeros((len(ids), layers * model.feature_width), np.float32)
+
+    def collect(picked: jax.Array, texts: np.ndarray) -> None:  # picked [L, rows, slots, F]
+        per_slot = np.transpose(np.asarray(picked), (1, 2, 0, 3))
+        used = texts >= 0
+        out[texts[used]] = per_slot[used].reshape(-1, out.shape[1])
+
+    pending = None  # the previous chunk's picks, read after the next chunk is dispatched
+    offsets = range(0, plan.width, chunk)
+    for offset in tqdm.tqdm(offsets, disable=not progress, desc="featurizing", unit="chunk"):
+        piece = packing.chunk(plan, ids, offset, chunk, slots, lm.tokenizer.pad_id or 0)
+        put = lambda a: jax.device_put(a, row_sharded)
+        carry, acc, picked = step(lm.params, carry, acc, put(piece.tokens), put(piece.resets),
+                                  put(piece.ends))
+        if pending is not None:
+            collect(*pending)
+        pending = (picked, piece.texts)
+    if pending is not None:
+        collect(*pending)
+    return out
+
+
+@functools.lru_cache(maxsize=32)
+def _packed_chunk_fn(graphdef: nnx.GraphDef, state: str, pooling: str, all_layers: bool
+                     ) -> Callable:
+    """jit(params, carry, acc [L, B, F] | None, tokens [B, t], resets [B, t], ends [B, K])
+    -> (carry, acc, picked [L, B, K, F]): the chunk read from ``carry``, the state resetting
+    where ``resets``; picked: the state (or the text's running pool so far) at ``ends``.
+
+    Pools run within each text: a segmented scan over the chunk (restarting at resets),
+    continued from ``acc``, the pool so far of the text each row was reading."""
+    op = {"mean": jnp.add, "max": jnp.maximum, "min": jnp.minimum}.get(pooling)
+
+    def combine(a: tuple, b: tuple) -> tuple:
+        (starts_a, va), (starts_b, vb) = a, b
+        return starts_a | starts_b, jnp.where(starts_b, vb, op(va, vb))
+
+    def fn(params: Any, carry: Any, acc: jax.Array | None, tokens: jax.Array,
+           resets: jax.Array, ends: jax.Array) -> tuple[Any, Any, jax.Array]:
+        out = nnx.merge(graphdef, params).features(tokens, carry, resets)
+        x = out[state] if all_layers else out[state][-1:]  # [L, B, t, F] float32
+        if op is not None:
+            starts = jnp.broadcast_to(resets[None, :, :, None], x.shape)
+            x = x.at[:, :, 0].set(jnp.where(starts[:, :, 0], x[:, :, 0], op(acc, x[:, :, 0])))
+            _, x = jax.lax.associative_scan(combine, (starts, x), axis=2)
+            acc = x[:, :, -1]
+        picked = jnp.take_along_axis(x, ends[None, :, :, None], axis=2)
+        return out["carry"], acc, picked
+
+    return jax.jit(fn)
+
+
+def _featurize_batched(lm: TrainedLM, ids: list[np.ndarray], state: str, pooling: str,
+                       all_layers: bool, rows: int, chunk: int, progress: bool) -> np.ndarray:
+    """A stateless LM (``max_len``) over the texts sorted by length, ``rows`` at a time, each
+    batch in one call; mean pools are returned as sums."""
+    del chunk
     model = lm.model()
     layers = model.num_layers if all_layers else 1
     hidden = model.feature_width
-    devices = lm.mesh.size
-    batch_size = max(devices, -(-batch_size // devices) * devices)
-    rows = mesh_lib.batch_sharded(lm.mesh)
+    row_sharded = mesh_lib.batch_sharded(lm.mesh)
     step = _pool_chunk_fn(lm.graphdef, state, pooling, all_layers)
     pad = lm.tokenizer.pad_id or 0
     init = {"last": 0.0, "mean": 0.0, "max": -np.inf, "min": np.inf}[pooling]
-
     order = np.argsort([-len(x) for x in ids], kind="stable")
     out = np.zeros((len(ids), layers * hidden), np.float32)
-    starts = range(0, len(order), batch_size)
+    starts = range(0, len(order), rows)
     for start in tqdm.tqdm(starts, disable=not progress, desc="featurizing", unit="batch"):
-        index = order[start:start + batch_size]
-        lengths = np.ones(batch_size, np.int32)  # filler rows: one pad token, discarded
+        index = order[start:start + rows]
+        lengths = np.ones(rows, np.int32)  # filler rows: one pad token, discarded
         lengths[:len(index)] = [len(ids[i]) for i in index]
-        width = -(-int(lengths.max()) // chunk) * chunk
-        if model.max_len is not None:  # one chunk: nothing is carried between chunks
-            width = min(-(-int(lengths.max()) // 32) * 32, model.max_len)
-        step_width = width if model.max_len is not None else chunk
-        tokens = np.full((batch_size, width), pad, np.int32)
+        width = min(-(-int(lengths.max()) // 32) * 32, model.max_len)
+        tokens = np.full((rows, width), pad, np.int32)
         for r, i in enumerate(index):
             tokens[r, :len(ids[i])] = ids[i]
-        carry = jax.device_put(model.initial_carry(batch_size), rows)
-        acc = jnp.full((layers, batch_size, hidden), init, jnp.float32)
-        lengths_dev = jax.device_put(lengths, rows)
-        for offset in range(0, width, step_width):
-            carry, acc = step(lm.params, carry, acc,
-                              jax.device_put(tokens[:, offset:offset + step_width], rows),
-                              lengths_dev, jnp.int32(offset))
+        carry = jax.device_put(model.initial_carry(rows), row_sharded)
+        acc = jnp.full((layers, rows, hidden), init, jnp.float32)
+        _, acc = step(lm.params, carry, acc, jax.device_put(tokens, row_sharded),
+                      jax.device_put(lengths, row_sharded), jnp.int32(0))
         acc = np.asarray(jax.device_get(acc))
-        if pooling == "mean":
-            acc = acc / lengths[None, :, None]
-        feats = np.transpose(acc, (1, 0, 2)).reshape(batch_size, layers * hidden)
+        feats = np.transpose(acc, (1, 0, 2)).reshape(rows, layers * hidden)
         out[index] = feats[:len(index)]
     return out
 

@@ -64,6 +64,15 @@ def test_finetune_on_eight_devices_equals_one(multi_device_run):
         assert abs(multi_device_run["ft8_val"][step] - loss) < 1e-5
 
 
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_features_on_eight_devices_equal_one(multi_device_run, pooling):
+    """Texts packed into 8 rows, one row per device or all on one: the same features."""
+    one = np.array(multi_device_run[f"feat1_{pooling}"])
+    eight = np.array(multi_device_run[f"feat8_{pooling}"])
+    assert one.shape == (21, 2 * 32) and np.abs(one).max() > 1e-3
+    np.testing.assert_allclose(eight, one, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("n", [1, 4])
 def test_checkpoint_from_eight_devices_continues_on_fewer(multi_device_run, n):
     eight = _series(multi_device_run["d8"])

@@ -58,6 +58,26 @@ def test_pooling_over_the_text(pooling, reduce):
         np.testing.assert_allclose(feats[i], reduce(cs[:, -1], axis=0), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["mlstm", "lstm", "qrnn"])
+def test_texts_packed_in_few_rows_read_as_if_alone(kind):
+    """2 rows for 19 texts: each row reads many texts in turn, resetting the state at each
+    text's first token; short chunks split texts and hold several ends."""
+    lm = random_lm(kind=kind, layers=2)  # the QRNN's first layer: window 2, x_{t-1} carried
+    texts = TEXTS + [t[:3] for t in TEXTS] + ["q", "rs", "t", "uvw", "x"]
+    last = featurize(lm, texts, batch_size=2, chunk=6, all_layers=True)
+    mean = featurize(lm, texts, batch_size=2, chunk=6, pooling="mean", state="hidden")
+    # Each text in a row of its own from the initial state, padded after its end.
+    ids = [lm.tokenizer.encode(t) for t in texts]
+    grid = np.zeros((len(ids), max(map(len, ids))), np.int32)
+    for i, x in enumerate(ids):
+        grid[i, :len(x)] = x
+    alone = nnx.merge(lm.graphdef, lm.params).features(jnp.asarray(grid), None)
+    cs, hs = np.asarray(alone["cell"]), np.asarray(alone["hidden"][-1])
+    for i, x in enumerate(ids):
+        np.testing.assert_allclose(last[i], cs[:, i, len(x) - 1].reshape(-1), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(mean[i], hs[i, :len(x)].mean(axis=0), rtol=1e-5, atol=1e-5)
+
+
 def test_unit_trace_and_cache(tmp_path):
     lm = random_lm()
     _, cs = step_by_step(lm, TEXTS[2])
