@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 
 from lmscale.data.errors import DataError
-from lmscale.training.restore import TrainedLM
+from lmscale.training.restore import TrainedLM, prepared_weights
 
 
 def filter_logits(logits: jax.Array, *, temperature: float, top_k: int, top_p: float,
@@ -38,29 +38,6 @@ def filter_logits(logits: jax.Array, *, temperature: float, top_k: int, top_p: f
         cutoff = jnp.min(jnp.where(before < top_p, sorted_logits, jnp.inf), axis=-1, keepdims=True)
         logits = jnp.where(logits < cutoff, -jnp.inf, logits)
     return jax.nn.log_softmax(logits, axis=-1)
-
-
-@functools.lru_cache(maxsize=32)
-def _preparer(graphdef: nnx.GraphDef) -> Callable:
-    """Jitted params -> the model's ``prepare_decode()``; cached per model structure."""
-    return jax.jit(lambda params: nnx.merge(graphdef, params).prepare_decode())
-
-
-def prepared_weights(lm: TrainedLM) -> Any:
-    """The weights as the decoder reads them (weight norm applied, cast to the compute dtype,
-    transposed: ``prepare_decode``), computed once and kept in ``lm.decode_cache`` until
-    ``lm.params`` changes (any leaf replaced). Preparing is a pass over every weight with
-    transposing copies: ~0.3 s of each ``generate`` call for the 12 x 768 transformer and
-    the 4096-unit mLSTM on 2 CPU cores, a quarter of a 100-token call
-    (``benchmarks/README.md``)."""
-    leaves = jax.tree.leaves(lm.params)
-    cache = lm.decode_cache
-    held = cache.get("leaves")
-    if held is None or len(held) != len(leaves) or any(a is not b for a, b in zip(held, leaves)):
-        cache.clear()
-        cache["prepared"] = _preparer(lm.graphdef)(lm.params)
-        cache["leaves"] = leaves  # kept, so that the identities compared above stay unique
-    return cache["prepared"]
 
 
 @functools.lru_cache(maxsize=32)

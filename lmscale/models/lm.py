@@ -171,8 +171,8 @@ class RecurrentLM(nnx.Module):
              prepared: tuple[Any, ...] | None = None
              ) -> tuple[jax.Array, jax.Array, Carry, list[jax.Array], list[jax.Array | None]]:
         """Returns (dropped top output [T, B, H], undropped top output, new carry, per-layer
-        hs, per-layer cs), time-major. ``prepared`` (decoding: no resets, no dropout, no
-        cells): per layer, weights from ``prepare_decode`` the layer's ``decode`` reads."""
+        hs, per-layer cs), time-major. ``prepared`` (decoding and featurizing: no dropout):
+        per layer, weights from ``prepare_decode`` the layer's ``decode`` reads."""
         if carry is None:
             carry = self.initial_carry(tokens.shape[0])
         if len(carry) != len(self.layers):
@@ -197,7 +197,8 @@ class RecurrentLM(nnx.Module):
         new_carry, all_hs, all_cs = [], [], []
         for l, (layer, layer_carry) in enumerate(zip(self.layers, carry)):
             if prepared is not None and prepared[l] is not None:
-                (x, c_l), cs = layer.decode(x, tuple(layer_carry), prepared[l]), None
+                x, c_l, cs = layer.decode(x, tuple(layer_carry), prepared[l], resets_tm,
+                                          return_cells)
             else:
                 x, c_l, cs = layer.scan_time_major(
                     x, tuple(layer_carry), resets_tm, return_cells=return_cells,
@@ -263,14 +264,17 @@ class RecurrentLM(nnx.Module):
         return self._decode(hs), new_carry, penalty
 
     def features(self, tokens: jax.Array, carry: Carry | None,
-                 resets: jax.Array | None = None) -> dict[str, Any]:
+                 resets: jax.Array | None = None, prepared: tuple[Any, ...] | None = None
+                 ) -> dict[str, Any]:
         """Per-layer states for featurization (no dropout, no decoder).
 
         Returns {"hidden": [L, B, T, H], "cell": [L, B, T, H] (float32), "carry": new carry},
         L = ``num_layers`` (the trailing layers as wide as the last). The final cell state of
-        a text is ``cell[-1, :, -1]``.
+        a text is ``cell[-1, :, -1]``. ``prepared``: from ``prepare_decode``, made once for
+        many calls (else weight norm and layouts are redone in each).
         """
-        _, _, new_carry, all_hs, all_cs = self._run(tokens, carry, resets, None, None, True)
+        _, _, new_carry, all_hs, all_cs = self._run(tokens, carry, resets, None, None, True,
+                                                    prepared)
         to_btf = lambda a: jnp.swapaxes(a.astype(jnp.float32), 0, 1)
         n = self.num_layers
         return {"hidden": jnp.stack([to_btf(h) for h in all_hs[-n:]]),

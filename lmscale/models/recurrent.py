@@ -222,16 +222,17 @@ class _RecurrentLayer(nnx.Module):
             self._static(), self.w_x(), self.bias[...], self.w_mx() if m else None,
             self.w_mh() if m else None, self.w_h())
 
-    def decode(self, xs: jax.Array, carry: Carry, weights: dict[str, jax.Array]
-               ) -> tuple[jax.Array, Carry]:
-        """xs [T, B, in] (time-major, no resets, no dropout) -> (hs [T, B, H] in the compute
-        dtype, (h, c) float32), as ``scan_time_major`` computes them, with the weights of
-        ``decode_weights``."""
+    def decode(self, xs: jax.Array, carry: Carry, weights: dict[str, jax.Array],
+               resets: jax.Array | None = None, return_cells: bool = False) -> ScanResult:
+        """xs [T, B, in] (time-major, no dropout), resets [T, B] or None -> (hs [T, B, H] in the
+        compute dtype, (h, c) float32, cs [T, B, H] float32 or None), as ``scan_time_major``
+        computes them, with the weights of ``decode_weights`` (made once for many calls)."""
         sdt = _state_dtype(self.dtype)
         h0, c0 = (jnp.asarray(a, sdt) for a in carry)
-        hs, new_carry, _ = recurrent_vjp.forward_with(self._static(), xs.astype(self.dtype),
-                                                      weights, h0, c0, None)
-        return hs, new_carry
+        static = recurrent_vjp.Static(self.kind, self.dtype, return_cells,
+                                      current_scan_options().unroll)
+        return recurrent_vjp.forward_with(static, xs.astype(self.dtype), weights, h0, c0,
+                                          _keep_mask(resets, sdt))
 
     def _static(self) -> recurrent_vjp.Static:
         return recurrent_vjp.Static(self.kind, self.dtype, False, current_scan_options().unroll)

@@ -35,7 +35,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lmscale.data.errors import DataError
 from lmscale.training import mesh as mesh_lib
-from lmscale.training.restore import TrainedLM
+from lmscale.training.restore import TrainedLM, prepared_weights
 from lmscale.transfer import packing
 
 POOLINGS = ("last", "mean", "max", "min")
@@ -139,6 +139,7 @@ def _featurize_packed(lm: TrainedLM, ids: list[np.ndarray], state: str, pooling:
     slots = 1 << (packing.ends_per_chunk(plan, chunk) - 1).bit_length()  # few compiles
     row_sharded = mesh_lib.batch_sharded(lm.mesh)
     step = _packed_chunk_fn(lm.graphdef, state, pooling, all_layers)
+    prepared = prepared_weights(lm)  # weight norm and layouts once, not once per chunk
     carry = jax.device_put(model.initial_carry(rows), row_sharded)
     acc = None
     if pooling != "last":
@@ -156,8 +157,8 @@ def _featurize_packed(lm: TrainedLM, ids: list[np.ndarray], state: str, pooling:
     for offset in tqdm.tqdm(offsets, disable=not progress, desc="featurizing", unit="chunk"):
         piece = packing.chunk(plan, ids, offset, chunk, slots, lm.tokenizer.pad_id or 0)
         put = lambda a: jax.device_put(a, row_sharded)
-        carry, acc, picked = step(lm.params, carry, acc, put(piece.tokens), put(piece.resets),
-                                  put(piece.ends))
+        carry, acc, picked = step(lm.params, prepared, carry, acc, put(piece.tokens),
+                                  put(piece.resets), put(piece.ends))
         if pending is not None:
             collect(*pending)
         pending = (picked, piece.texts)
@@ -169,7 +170,8 @@ def _featurize_packed(lm: TrainedLM, ids: list[np.ndarray], state: str, pooling:
 @functools.lru_cache(maxsize=32)
 def _packed_chunk_fn(graphdef: nnx.GraphDef, state: str, pooling: str, all_layers: bool
                      ) -> Callable:
-    """jit(params, carry, acc [L, B, F] | None, tokens [B, t], resets [B, t], ends [B, K])
+    """jit(params, prepared, carry, acc [L, B, F] | None, tokens [B, t], resets [B, t],
+    ends [B, K])
     -> (carry, acc, picked [L, B, K, F]): the chunk read from ``carry``, the state resetting
     where ``resets``; picked: the state (or the text's running pool so far) at ``ends``.
 
@@ -181,9 +183,9 @@ def _packed_chunk_fn(graphdef: nnx.GraphDef, state: str, pooling: str, all_layer
         (starts_a, va), (starts_b, vb) = a, b
         return starts_a | starts_b, jnp.where(starts_b, vb, op(va, vb))
 
-    def fn(params: Any, carry: Any, acc: jax.Array | None, tokens: jax.Array,
+    def fn(params: Any, prepared: Any, carry: Any, acc: jax.Array | None, tokens: jax.Array,
            resets: jax.Array, ends: jax.Array) -> tuple[Any, Any, jax.Array]:
-        out = nnx.merge(graphdef, params).features(tokens, carry, resets)
+        out = nnx.merge(graphdef, params).features(tokens, carry, resets, prepared)
         x = out[state] if all_layers else out[state][-1:]  # [L, B, t, F] float32
         if op is not None:
             starts = jnp.broadcast_to(resets[None, :, :, None], x.shape)
