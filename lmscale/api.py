@@ -105,6 +105,7 @@ class LM:
         return generate(self.trained, prompt, length, **options)
 
 
-def load_lm(workdir: str, step: int | None = None) -> LM:
-    """The latest (or given) checkpoint of a training run or imported model."""
-    return LM(load_trained(workdir, step))
+def load_lm(workdir: str, step: int | None = None, compute: str = "float32") -> LM:
+    """The latest (or given) checkpoint of a training run or imported model; ``compute``: the
+    matmuls' dtype ("bfloat16": ~3x faster featurizing on CPUs with AMX and on GPUs)."""
+    return LM(load_trained(workdir, step, compute=compute))

@@ -30,3 +30,14 @@ def test_load_lm_score_featurize_generate(sst_run):
     assert feats.shape == (3, lm.hidden)
     [sample] = lm.generate("The ", 20, temperature=0.0)
     assert sample.startswith("The ") and len(sample.encode()) >= 24
+
+
+def test_load_lm_in_bfloat16_scores_featurizes_and_generates_close_to_float32(sst_run):
+    full, half = lmscale.load_lm(sst_run), lmscale.load_lm(sst_run, compute="bfloat16")
+    assert (half.trained.compute, full.trained.compute) == ("bfloat16", "float32")
+    texts = ["a fine, moving film.", "the plot is thin and the acting is worse"]
+    np.testing.assert_allclose(half.score(texts), full.score(texts), rtol=2e-2)
+    a, b = full.featurize(texts), half.featurize(texts)
+    assert 0 < np.linalg.norm(a - b) / np.linalg.norm(a) < 3e-2
+    [sample] = half.generate("The ", 20, temperature=0.0)
+    assert sample.startswith("The ") and len(sample.encode()) >= 24

@@ -14,6 +14,7 @@ import tempfile
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 from jax.sharding import Mesh
@@ -44,6 +45,7 @@ class TrainedLM:
     # (prepared_weights); clear() frees them.
     decode_cache: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False,
                                                      compare=False)
+    compute: str = "float32"  # the matmuls' operand dtype (``with_compute``)
 
     def model(self) -> nnx.Module:
         return nnx.merge(self.graphdef, self.params)
@@ -72,10 +74,44 @@ def prepared_weights(lm: TrainedLM) -> Any:
     return cache["prepared"]
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def with_compute(lm: TrainedLM, compute: str, vocab_size: int | None = None) -> TrainedLM:
+    """``lm`` reading the same weights with its matmuls in ``compute`` (float32 accumulation;
+    states, pools, softmax and the weights themselves stay float32), as mixed-precision
+    training runs them. bfloat16 featurizes 2.9x faster than float32 on a CPU with AMX
+    (``benchmarks/README.md``), at ~0.2 % relative change in the features. ``vocab_size``:
+    the model's (default: the tokenizer's)."""
+    if compute not in COMPUTE_DTYPES:
+        raise ValueError(f"compute must be one of {list(COMPUTE_DTYPES)}, got {compute!r}")
+    if compute == lm.compute:
+        return lm
+    graphdefs: list[nnx.GraphDef] = []
+
+    def init() -> Any:
+        model = build_model(lm.config.model, vocab_size or lm.tokenizer.vocab_size,
+                            rngs=nnx.Rngs(0), dtype=jnp.dtype(compute))
+        graphdef, params = nnx.split(model, nnx.Param)
+        graphdefs.append(graphdef)
+        return params
+
+    like = jax.eval_shape(init)
+    shapes = lambda tree: [(jax.tree_util.keystr(k), tuple(v.shape))
+                           for k, v in jax.tree_util.tree_leaves_with_path(tree)]
+    if shapes(like) != shapes(lm.params):
+        raise ValueError(f"cannot read {lm.workdir or 'this LM'} in {compute}: its config "
+                         "builds parameters of other names or shapes than it holds")
+    return dataclasses.replace(lm, graphdef=graphdefs[0], decode_cache={}, compute=compute)
+
+
 def load_trained(workdir: str, step: int | None = None, mesh: Mesh | None = None,
-                 best: bool = False) -> TrainedLM:
+                 best: bool = False, compute: str = "float32") -> TrainedLM:
     """Restores the parameters of the latest (or given) checkpoint of ``workdir``; ``best``:
-    the weights with the lowest validation loss (``checkpoint.keep_best``, in WORKDIR/best/)."""
+    the weights with the lowest validation loss (``checkpoint.keep_best``, in WORKDIR/best/);
+    ``compute``: the matmuls' dtype for inference (``with_compute``)."""
+    if compute not in COMPUTE_DTYPES:
+        raise ValueError(f"compute must be one of {list(COMPUTE_DTYPES)}, got {compute!r}")
     config_path = os.path.join(workdir, "config.json")
     if not os.path.exists(config_path):
         raise FileNotFoundError(f"{workdir} is not a training run: {config_path} does not exist")
@@ -110,8 +146,9 @@ def load_trained(workdir: str, step: int | None = None, mesh: Mesh | None = None
             params = _averaged_params(checkpointer, config, derived, like, params, mesh, step)
     finally:
         checkpointer.close()
-    return TrainedLM(config=config, derived=derived, tokenizer=tokenizer, graphdef=graphdefs[0],
-                     params=params, step=step, mesh=mesh, workdir=os.path.abspath(workdir))
+    lm = TrainedLM(config=config, derived=derived, tokenizer=tokenizer, graphdef=graphdefs[0],
+                   params=params, step=step, mesh=mesh, workdir=os.path.abspath(workdir))
+    return with_compute(lm, compute, vocab_size)
 
 
 def _averaged_params(checkpointer: Checkpointer, config: ml_collections.ConfigDict,

@@ -33,7 +33,11 @@ _POOLING = flags.DEFINE_enum("pooling", "last", ["last", "mean", "max", "min"],
 _ALL_LAYERS = flags.DEFINE_bool("all_layers", False, "Concatenate the states of all layers.")
 _BASELINE = flags.DEFINE_enum("baseline", "words", ["words", "chars", "none"],
                               "n-gram baseline computed on the same splits.")
-_BATCH = flags.DEFINE_integer("batch_size", 64, "Texts featurized in parallel.")
+_BATCH = flags.DEFINE_integer("batch_size", 64, "Rows of texts featurized in parallel (a recurrent "
+                              "LM reads several texts in turn in each row).")
+_COMPUTE = flags.DEFINE_enum("compute", "float32", ["float32", "bfloat16", "float16"],
+                             "The LM's matmul dtype while featurizing (float32 accumulation and "
+                             "states); bfloat16 is ~3x faster on CPUs with AMX and on GPUs.")
 flags.mark_flags_as_required(["workdir", "train", "val"])
 
 
@@ -46,7 +50,7 @@ def main(argv: list[str]) -> None:
         _WORKDIR.value, _TRAIN.value, _VAL.value, _TEST.value, text_column=_TEXT.value,
         label_column=_LABEL.value, output=_OUTPUT.value, state=_STATE.value,
         pooling=_POOLING.value, all_layers=_ALL_LAYERS.value, baseline=_BASELINE.value,
-        batch_size=_BATCH.value, progress=sys.stderr.isatty()))
+        batch_size=_BATCH.value, progress=sys.stderr.isatty(), compute=_COMPUTE.value))
     pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"
     if r.get("multilabel"):
         a = r["all_features"]

@@ -255,11 +255,13 @@ def unit_trace(lm: TrainedLM, text: str, unit: int, *, state: str | None = None,
 
 def cached_featurize(lm: TrainedLM, texts: Sequence[str], cache_dir: str | None, **options: Any
                      ) -> np.ndarray:
-    """``featurize`` with an on-disk cache keyed by the checkpoint, the texts and the options."""
+    """``featurize`` with an on-disk cache keyed by the checkpoint, its compute dtype, the
+    texts and the options."""
     if not cache_dir:
         return featurize(lm, texts, **options)
     key_options = {k: v for k, v in options.items() if k not in ("progress", "batch_size", "chunk")}
-    h = hashlib.sha256(json.dumps({"workdir": lm.workdir, "step": lm.step, **key_options},
+    h = hashlib.sha256(json.dumps({"workdir": lm.workdir, "step": lm.step, **key_options,
+                                   **({"compute": lm.compute} if lm.compute != "float32" else {})},
                                   sort_keys=True).encode())
     for t in texts:
         h.update(len(t).to_bytes(8, "little"))

@@ -17,7 +17,7 @@ from sklearn.preprocessing import StandardScaler
 from lmscale.atomic import write_json
 from lmscale.finetuning.classifier import save_transfer_classifier
 from lmscale.finetuning.data import check_labels
-from lmscale.training.restore import TrainedLM, load_trained
+from lmscale.training.restore import TrainedLM, load_trained, with_compute
 from lmscale.transfer import plots
 from lmscale.transfer.baseline import ngram_features
 from lmscale.transfer.classify import C_GRID, fit_l1, neuron_summary, top_k_sweep
@@ -32,10 +32,12 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
                  output: str | None = None, state: str | None = None, pooling: str = "last",
                  all_layers: bool = False, baseline: str = "words", batch_size: int = 64,
                  Cs: Sequence[float] = C_GRID, examples: int = 6, seed: int = 0,
-                 progress: bool = False, lm: TrainedLM | None = None) -> dict[str, Any]:
+                 progress: bool = False, lm: TrainedLM | None = None, compute: str = "float32"
+                 ) -> dict[str, Any]:
     """Runs the whole transfer; returns the results dict also written to OUTPUT/results.json.
 
     ``output`` defaults to WORKDIR/transfer. Features are cached in WORKDIR/features.
+    ``compute``: the LM's matmul dtype while featurizing (``restore.with_compute``).
     """
     splits: dict[str, Labeled] = {}  # read and checked first: bad input fails before any work
     multilabel = len([c for c in label_column.split(",") if c.strip()]) > 1
@@ -47,7 +49,7 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
                              splits[name].label_names)
             else:
                 require_binary(splits[name], label_column)
-    lm = lm or load_trained(workdir)
+    lm = with_compute(lm, compute) if lm is not None else load_trained(workdir, compute=compute)
     state = feature_state(lm, state)
     output = output or os.path.join(workdir, "transfer")
     os.makedirs(output, exist_ok=True)
@@ -69,7 +71,7 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
     feats = {name: scaler.transform(f).astype(np.float32) for name, f in feats.items()}
     x_test = feats.get("test")
     info = {"lm_workdir": os.path.abspath(workdir), "lm_step": lm.step, "state": state,
-            "pooling": pooling, "all_layers": all_layers}
+            "pooling": pooling, "all_layers": all_layers, "compute": lm.compute}
     if multilabel:
         return _multilabel(lm, workdir, splits, feats, y, scaler, info, output, baseline, Cs,
                            seed, feat_s)
@@ -87,7 +89,7 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
         "data": {name: {"source": d.source, "texts": len(d), "positive_fraction": float(np.mean(d.labels))}
                  for name, d in splits.items()},
         "features": {"state": state, "pooling": pooling, "all_layers": all_layers,
-                     "dimensions": int(feats["train"].shape[1]), "standardized": True},
+                     "compute": lm.compute, "dimensions": int(feats["train"].shape[1]), "standardized": True},
         "all_features": fit.summary(),
         "neuron": neuron,
         "top_k": sweep,
@@ -125,7 +127,7 @@ def _multilabel(lm: TrainedLM, workdir: str, splits: dict[str, Labeled],
         "data": {n: {"source": d.source, "texts": len(d),
                      "positive_fraction": dict(zip(names, np.mean(d.labels, 0).tolist()))}
                  for n, d in splits.items()},
-        "features": {**{k: info[k] for k in ("state", "pooling", "all_layers")},
+        "features": {**{k: info[k] for k in ("state", "pooling", "all_layers", "compute")},
                      "dimensions": int(feats["train"].shape[1]), "standardized": True},
         "all_features": fit.summary(),
     }

@@ -11,7 +11,9 @@ import pytest
 from flax import nnx
 
 from lmscale.data.errors import DataError
+from lmscale.training.restore import with_compute
 from lmscale.transfer.featurize import cached_featurize, featurize, unit_trace
+from tests.models.helpers import jaxpr_equations
 from tests.transfer.conftest import random_lm
 
 TEXTS = ["a", "short one", "a somewhat longer text, with punctuation!",
@@ -76,6 +78,38 @@ def test_texts_packed_in_few_rows_read_as_if_alone(kind):
     for i, x in enumerate(ids):
         np.testing.assert_allclose(last[i], cs[:, i, len(x) - 1].reshape(-1), rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(mean[i], hs[i, :len(x)].mean(axis=0), rtol=1e-5, atol=1e-5)
+
+
+def test_prepared_weights_are_kept_and_follow_new_params():
+    """The chunks read weights prepared once (``lm.decode_cache``); new params are seen."""
+    lm, other = random_lm(seed=0), random_lm(seed=1)
+    first = featurize(lm, TEXTS, batch_size=4, chunk=8)
+    prepared = lm.decode_cache["prepared"]
+    np.testing.assert_array_equal(featurize(lm, TEXTS, batch_size=4, chunk=8), first)
+    assert lm.decode_cache["prepared"] is prepared
+    lm.params = other.params
+    np.testing.assert_allclose(featurize(lm, TEXTS, batch_size=4, chunk=8),
+                               featurize(other, TEXTS, batch_size=4, chunk=8), rtol=1e-6, atol=1e-6)
+    assert lm.decode_cache["prepared"] is not prepared
+    assert np.abs(featurize(other, TEXTS) - first).max() > 1e-3
+
+
+@pytest.mark.parametrize("compute", ["bfloat16", "float16"])
+def test_reduced_precision_reads_the_same_weights_with_2_byte_matmuls(compute):
+    lm = random_lm(layers=2)
+    half = with_compute(lm, compute)
+    assert half.params is lm.params and (half.compute, lm.compute) == (compute, "float32")
+    tokens = jnp.asarray(lm.tokenizer.encode(TEXTS[2])[None], jnp.int32)
+    jaxpr = jax.make_jaxpr(lambda p: nnx.merge(half.graphdef, p).features(tokens, None))(half.params)
+    dots = [e for e in jaxpr_equations(jaxpr.jaxpr) if e.primitive.name == "dot_general"]
+    assert dots and all(v.aval.dtype == jnp.dtype(compute) for e in dots for v in e.invars)
+    full = featurize(lm, TEXTS, batch_size=4, chunk=8, all_layers=True)
+    reduced = featurize(half, TEXTS, batch_size=4, chunk=8, all_layers=True)
+    assert reduced.dtype == np.float32
+    rel = np.linalg.norm(reduced - full) / np.linalg.norm(full)
+    assert 1e-6 < rel < 3e-2, rel  # rounded like its dtype, and no worse
+    with pytest.raises(ValueError, match="compute must be one of"):
+        with_compute(lm, "int8")
 
 
 def test_unit_trace_and_cache(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import matplotlib.image
 import pytest
@@ -41,6 +42,17 @@ def test_transfer_end_to_end_on_sst(sst_run, tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads((tmp_path / "again" / "results.json").read_text())["neuron"] == {
         k: v for k, v in r["neuron"].items() if k != "test_accuracy"} | {"test_accuracy": None}
+    assert r["features"]["compute"] == "float32"
+    # bfloat16 matmuls: features of their own (a cache entry per split), as good a classifier.
+    features = Path(sst_run) / "features"
+    cached = len(list(features.iterdir()))
+    half = run_tool(f"--workdir={sst_run}", f"--train={SST}/train.csv", f"--val={SST}/val.csv",
+                    f"--output={tmp_path / 'bf16'}", "--baseline=none", "--compute=bfloat16")
+    assert half.returncode == 0, half.stderr[-2000:]
+    rb = json.loads((tmp_path / "bf16" / "results.json").read_text())
+    assert rb["features"]["compute"] == "bfloat16"
+    assert len(list(features.iterdir())) == cached + 2
+    assert abs(rb["all_features"]["val_accuracy"] - r["all_features"]["val_accuracy"]) < 0.03
 
 
 @pytest.mark.parametrize("args,message", [
