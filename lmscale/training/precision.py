@@ -126,25 +126,30 @@ def cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
     return set()
 
 
-def faster_compute_hint(compute: str, platform: str, flags: set[str]) -> str | None:
+TRAIN_ADVICE = ("--config.precision.compute=bfloat16 trains 1.5-2x faster here with float32 "
+                "master weights and state")
+FEATURIZE_ADVICE = ("--compute=bfloat16 featurizes ~3x faster here, the features within "
+                    "~0.2 % of float32's")
+
+
+def faster_compute_hint(compute: str, platform: str, flags: set[str],
+                        advice: str = TRAIN_ADVICE) -> str | None:
     """A one-line hint when float32 matmuls run where bfloat16 ones are much faster, else None.
 
     On a CPU with AMX (Intel Sapphire Rapids and later), XLA:CPU (jaxlib >= 0.10) runs
     bfloat16 matmuls with float32 accumulation on the AMX tiles (1.6-1.75 TFLOP/s against
     ~0.33 in float32 on 2 cores). There the mixed-precision step (float32 master weights,
     state and gate math) runs 1.5x (256 units) to 2x (1024) as fast with the same validation
-    BPC (benchmarks/README.md, issue 11). Without AMX bfloat16 is slower than float32 on a
-    CPU, so float32 stays the default.
+    BPC, and featurizing 2-3x (benchmarks/README.md). Without AMX bfloat16 is slower than
+    float32 on a CPU, so float32 stays the default. ``advice``: the option to name.
     """
     if compute != "float32" or platform != "cpu" or "amx_bf16" not in flags:
         return None
-    return ("this CPU has AMX, which runs bfloat16 matmuls: "
-            "--config.precision.compute=bfloat16 trains 1.5-2x faster here with float32 "
-            "master weights and state (benchmarks/README.md)")
+    return f"this CPU has AMX, which runs bfloat16 matmuls: {advice} (benchmarks/README.md)"
 
 
-def print_compute_hint(compute: str, device: jax.Device) -> None:
-    """Prints :func:`faster_compute_hint` for a run on ``device`` (the trainers' start)."""
-    hint = faster_compute_hint(compute, device.platform, cpu_flags())
+def print_compute_hint(compute: str, device: jax.Device, advice: str = TRAIN_ADVICE) -> None:
+    """Prints :func:`faster_compute_hint` for a run on ``device`` (the tools' start)."""
+    hint = faster_compute_hint(compute, device.platform, cpu_flags(), advice)
     if hint:
         print(f"hint: {hint}")

@@ -44,7 +44,12 @@ flags.mark_flags_as_required(["workdir", "train", "val"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    import jax
+
+    from lmscale.training.precision import FEATURIZE_ADVICE, print_compute_hint
     from lmscale.transfer.run import run_transfer
+
+    print_compute_hint(_COMPUTE.value, jax.devices()[0], FEATURIZE_ADVICE)
 
     r = run_cli(lambda: run_transfer(
         _WORKDIR.value, _TRAIN.value, _VAL.value, _TEST.value, text_column=_TEXT.value,

@@ -130,3 +130,8 @@ def test_bfloat16_hint_only_where_it_pays(compute, platform, flags, hinted):
     assert (hint is not None) == hinted
     if hinted:
         assert "--config.precision.compute=bfloat16" in hint
+    from lmscale.training.precision import FEATURIZE_ADVICE
+    featurize_hint = faster_compute_hint(compute, platform, flags, FEATURIZE_ADVICE)
+    assert (featurize_hint is not None) == hinted
+    if hinted:
+        assert "--compute=bfloat16 featurizes" in featurize_hint
