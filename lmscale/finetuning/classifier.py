@@ -105,7 +105,9 @@ class TransferClassifier(LoadedClassifier):
             self.info = json.load(f)
         with np.load(os.path.join(folder, "classifier.npz"), allow_pickle=False) as z:
             self.arrays = {k: z[k] for k in z.files}
-        self.lm = load_trained(self.info["lm_workdir"], self.info["lm_step"])
+        # Features in the dtype the classifier was fit on (--compute of lmscale.transfer).
+        self.lm = load_trained(self.info["lm_workdir"], self.info["lm_step"],
+                               compute=self.info.get("compute", "float32"))
         self.class_names = [str(c) for c in self.info["classes"]]
         self.multilabel = bool(self.info.get("multilabel", False))
         self.thresholds = (np.asarray(self.info["thresholds"], np.float64) if self.multilabel

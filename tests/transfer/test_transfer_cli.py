@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import matplotlib.image
+import numpy as np
 import pytest
 
 from tests.conftest import REPO
@@ -53,6 +54,12 @@ def test_transfer_end_to_end_on_sst(sst_run, tmp_path):
     assert rb["features"]["compute"] == "bfloat16"
     assert len(list(features.iterdir())) == cached + 2
     assert abs(rb["all_features"]["val_accuracy"] - r["all_features"]["val_accuracy"]) < 0.03
+    # Its saved classifier featurizes in bfloat16 too, as it was fit.
+    import lmscale
+    classifier = lmscale.load_classifier(str(tmp_path / "bf16"))
+    assert classifier.lm.compute == "bfloat16" and lmscale.load_classifier(str(out)).lm.compute == "float32"
+    probs, _ = classifier.predict(["a fine film", "dull and lifeless"])
+    assert probs.shape == (2, 2) and np.allclose(probs.sum(axis=1), 1.0)
 
 
 @pytest.mark.parametrize("args,message", [
