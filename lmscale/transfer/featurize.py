@@ -245,8 +245,15 @@ def unit_trace(lm: TrainedLM, text: str, unit: int, *, state: str | None = None,
     state = feature_state(lm, state)
     (full,) = encode_texts(lm, [text])
     (ids,) = _fit_length(lm, [full])
-    out = _features_fn(lm.graphdef, state)(lm.params, jnp.asarray(ids[None, :], jnp.int32))
-    per_token = np.asarray(out[layer, 0, :, unit], np.float32)
+    # Padded after the text to a multiple of 64 tokens, so texts of similar length share one
+    # compiled program (the states before the padding do not depend on it).
+    width = -(-len(ids) // 64) * 64
+    limit = lm.model().max_len
+    width = width if limit is None else min(width, limit)
+    padded = np.full((1, width), lm.tokenizer.pad_id or 0, np.int32)
+    padded[0, :len(ids)] = ids
+    out = _features_fn(lm.graphdef, state)(lm.params, jnp.asarray(padded))
+    per_token = np.asarray(out[layer, 0, :len(ids), unit], np.float32)
     lengths = lm.tokenizer.byte_lengths()
     unread = int(lengths[full[:len(full) - len(ids)]].sum())
     return np.concatenate([np.full(unread, np.nan, np.float32),

@@ -116,6 +116,12 @@ def test_unit_trace_and_cache(tmp_path):
     lm = random_lm()
     _, cs = step_by_step(lm, TEXTS[2])
     np.testing.assert_allclose(unit_trace(lm, TEXTS[2], 3), cs[:, -1, 3], rtol=1e-5, atol=1e-5)
+    # Texts of other lengths up to 64 tokens reuse the compiled program.
+    from lmscale.transfer.featurize import _features_fn
+    compiled = _features_fn(lm.graphdef, "cell")._cache_size()
+    for text in TEXTS:
+        assert unit_trace(lm, text, 3).shape == (len(text.encode()),)
+    assert _features_fn(lm.graphdef, "cell")._cache_size() == compiled
     a = cached_featurize(lm, TEXTS, str(tmp_path), batch_size=4)
     assert len(list(tmp_path.iterdir())) == 1
     b = cached_featurize(lm, TEXTS, str(tmp_path), batch_size=8)  # batch size is not part of the key
