@@ -27,6 +27,7 @@ class LM:
     def __init__(self, trained: TrainedLM) -> None:
         self.trained = trained
         self._score_fn = jax.jit(self._nats)
+        self._chunk_nats_fn = jax.jit(self._chunk_nats)
 
     @property
     def config(self) -> Any:
@@ -63,27 +64,28 @@ class LM:
         """Bits per character of each text [N]: the bits of each of its tokens given the ones
         before it, over the UTF-8 bytes those tokens stand for. The text's first token has no
         context and is not counted (unless the model's preprocessing frames the text, as an
-        imported OpenAI model's does; the framing itself is never counted). A model with a
-        length limit (``max_len``) reads a long text in consecutive windows of that many tokens."""
+        imported OpenAI model's does; the framing itself is never counted). A recurrent LM
+        reads the texts packed end to end in ``batch_size`` rows (as ``featurize``); a model
+        with a length limit (``max_len``) reads a long text in consecutive windows of that
+        many tokens."""
         limit = self.trained.model().max_len
-        rows: list[tuple[int, np.ndarray, np.ndarray]] = []  # (text index, tokens, weights)
-        byte_totals = np.zeros(len(texts), np.float64)
+        targets = [self._targets(text) for text in texts]
         table = self.trained.tokenizer.byte_lengths()
-        for i, text in enumerate(texts):
-            ids, scored = self._targets(text)
-            byte_totals[i] = table[ids[scored]].sum()
-            window = len(ids) if limit is None else limit
-            for start in range(0, max(len(ids) - 1, 1), window):
-                piece = ids[start:start + window + 1]
-                rows.append((i, piece, scored[start + 1:start + 1 + window].astype(np.float32)))
+        byte_totals = np.array([table[ids[scored]].sum() for ids, scored in targets], np.float64)
+        if limit is None:
+            nats = self._packed_nats(targets, batch_size)
+            return np.array([bits_per_char(n, b) for n, b in zip(nats, byte_totals)])
+        rows: list[tuple[int, np.ndarray, np.ndarray]] = []  # (text index, tokens, weights)
+        for i, (ids, scored) in enumerate(targets):
+            for start in range(0, max(len(ids) - 1, 1), limit):
+                piece = ids[start:start + limit + 1]
+                rows.append((i, piece, scored[start + 1:start + 1 + limit].astype(np.float32)))
         nats = np.zeros(len(texts), np.float64)
         pad = self.trained.tokenizer.pad_id or 0
         for start in range(0, len(rows), batch_size):
             chunk = rows[start:start + batch_size]
             width = max(2, max(len(t) for _, t, _ in chunk))
-            width = -(-width // 32) * 32  # few distinct shapes, few compilations
-            if limit is not None:
-                width = min(width, limit)
+            width = min(-(-width // 32) * 32, limit)  # few distinct shapes, few compilations
             tokens = np.full((len(chunk), width + 1), pad, np.int32)
             weights = np.zeros((len(chunk), width), np.float32)
             for r, (_, t, w) in enumerate(chunk):
@@ -94,6 +96,44 @@ class LM:
             for (i, _, _), n in zip(chunk, row_nats):
                 nats[i] += n
         return np.array([bits_per_char(n, b) for n, b in zip(nats, byte_totals)])
+
+    def _packed_nats(self, targets: list[tuple[np.ndarray, np.ndarray]], rows: int
+                     ) -> np.ndarray:
+        """Summed nats of each text's scored tokens, the texts packed into rows (``packing``:
+        the state reset at each text's start); chunks of 128 inputs, the state carried."""
+        from lmscale.training import mesh as mesh_lib
+        from lmscale.transfer import packing
+        ids = [x for x, _ in targets]
+        devices = self.trained.mesh.size
+        rows = max(devices, -(-min(rows, len(ids)) // devices) * devices)
+        plan = packing.pack([len(x) for x in ids], rows)
+        owner = [np.full(len(x), i, np.int64) for i, x in enumerate(ids)]
+        counted = [s.astype(np.int32) for _, s in targets]
+        t, pad = 128, self.trained.tokenizer.pad_id or 0
+        slots = packing.ends_per_chunk(plan, t) + 1  # t + 1 columns hold one more end
+        put = lambda a: jax.device_put(a, mesh_lib.batch_sharded(self.trained.mesh))
+        carry = put(self.trained.model().initial_carry(rows))
+        nats = np.zeros(len(ids), np.float64)
+        for offset in range(0, plan.width, t):
+            # t + 1 columns: the inputs and, one further, the targets
+            grid = packing.chunk(plan, ids, offset, t + 1, slots, pad)
+            text = packing.chunk(plan, owner, offset, t + 1, slots, -1).tokens
+            scored = packing.chunk(plan, counted, offset, t + 1, slots, 0).tokens
+            same = (text[:, 1:] == text[:, :-1]) & (text[:, 1:] >= 0)
+            weights = (same & (scored[:, 1:] > 0)).astype(np.float32)
+            carry, row_nats = self._chunk_nats_fn(self.trained.params, carry,
+                                                  put(grid.tokens[:, :-1]), put(grid.resets[:, :-1]),
+                                                  put(grid.tokens[:, 1:]), put(weights))
+            np.add.at(nats, text[:, :-1][weights > 0], np.asarray(row_nats)[weights > 0])
+        return nats
+
+    def _chunk_nats(self, params: Any, carry: Any, tokens: jax.Array, resets: jax.Array,
+                    targets: jax.Array, weights: jax.Array) -> tuple[Any, jax.Array]:
+        """(new carry, nats of each target [B, t] times its weight)."""
+        logits, carry = nnx.merge(self.trained.graphdef, params)(tokens, carry, resets)
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+        return carry, nll * weights
 
     def featurize(self, texts: Sequence[str], **options: Any) -> np.ndarray:
         """Features [N, F]; options as :func:`lmscale.transfer.featurize.featurize`."""

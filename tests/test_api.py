@@ -12,18 +12,21 @@ import lmscale
 from lmscale.transfer.featurize import featurize
 
 
+def reference_bpc(lm, text):
+    """Each text alone: nats of bytes 2..n given the ones before, per byte, in bits."""
+    model = nnx.merge(lm.trained.graphdef, lm.trained.params)
+    ids = lm.trained.tokenizer.encode(text).astype(np.int32)
+    logits, _ = model(ids[None, :-1], None)
+    logp = np.asarray(jax.nn.log_softmax(logits[0], axis=-1))
+    return -logp[np.arange(len(ids) - 1), ids[1:]].sum() / (len(ids) - 1) / math.log(2)
+
+
 def test_load_lm_score_featurize_generate(sst_run):
     lm = lmscale.load_lm(sst_run)
     texts = ["a fine, moving film.", "zq", "the plot is thin and the acting is worse"]
     bpc = lm.score(texts)
-    # Reference: each text alone, nats of bytes 2..n given the ones before.
-    model = nnx.merge(lm.trained.graphdef, lm.trained.params)
     for text, got in zip(texts, bpc):
-        ids = lm.trained.tokenizer.encode(text).astype(np.int32)
-        logits, _ = model(ids[None, :-1], None)
-        logp = np.asarray(jax.nn.log_softmax(logits[0], axis=-1))
-        nats = -logp[np.arange(len(ids) - 1), ids[1:]].sum()
-        np.testing.assert_allclose(got, nats / (len(ids) - 1) / math.log(2), rtol=1e-5)
+        np.testing.assert_allclose(got, reference_bpc(lm, text), rtol=1e-5)
     assert bpc[0] < bpc[1] or bpc[0] < 8  # English-like text scores better than noise
     feats = lm.featurize(texts)
     np.testing.assert_array_equal(feats, featurize(lm.trained, texts))
@@ -41,3 +44,13 @@ def test_load_lm_in_bfloat16_scores_featurizes_and_generates_close_to_float32(ss
     assert 0 < np.linalg.norm(a - b) / np.linalg.norm(a) < 3e-2
     [sample] = half.generate("The ", 20, temperature=0.0)
     assert sample.startswith("The ") and len(sample.encode()) >= 24
+
+
+def test_score_reads_texts_packed_in_few_rows_as_if_alone(sst_run):
+    """9 texts in 2 rows, one of 300 bytes across 128-byte chunks: each scored as alone."""
+    lm = lmscale.load_lm(sst_run)
+    texts = ["a fine, moving film.", "zq", "ok", "the plot is thin and the acting is worse",
+             "an utterly charming, funny and moving tale " * 7, "x y", "bad.", "good!", "meh"]
+    bpc = lm.score(texts, batch_size=2)
+    for text, got in zip(texts, bpc):
+        np.testing.assert_allclose(got, reference_bpc(lm, text), rtol=1e-5)
