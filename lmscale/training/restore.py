@@ -80,7 +80,7 @@ COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 def with_compute(lm: TrainedLM, compute: str, vocab_size: int | None = None) -> TrainedLM:
     """``lm`` reading the same weights with its matmuls in ``compute`` (float32 accumulation;
     states, pools, softmax and the weights themselves stay float32), as mixed-precision
-    training runs them. bfloat16 featurizes 2.9x faster than float32 on a CPU with AMX
+    training runs them. bfloat16 featurizes 2-3x faster than float32 on a CPU with AMX
     (``benchmarks/README.md``), at ~0.2 % relative change in the features. ``vocab_size``:
     the model's (default: the tokenizer's)."""
     if compute not in COMPUTE_DTYPES:

@@ -152,11 +152,11 @@ def _featurize_packed(lm: TrainedLM, ids: list[np.ndarray], state: str, pooling:
         used = texts >= 0
         out[texts[used]] = per_slot[used].reshape(-1, out.shape[1])
 
+    put = lambda a: jax.device_put(a, row_sharded)
     pending = None  # the previous chunk's picks, read after the next chunk is dispatched
     offsets = range(0, plan.width, chunk)
     for offset in tqdm.tqdm(offsets, disable=not progress, desc="featurizing", unit="chunk"):
         piece = packing.chunk(plan, ids, offset, chunk, slots, lm.tokenizer.pad_id or 0)
-        put = lambda a: jax.device_put(a, row_sharded)
         carry, acc, picked = step(lm.params, prepared, carry, acc, put(piece.tokens),
                                   put(piece.resets), put(piece.ends))
         if pending is not None:
@@ -170,10 +170,10 @@ def _featurize_packed(lm: TrainedLM, ids: list[np.ndarray], state: str, pooling:
 @functools.lru_cache(maxsize=32)
 def _packed_chunk_fn(graphdef: nnx.GraphDef, state: str, pooling: str, all_layers: bool
                      ) -> Callable:
-    """jit(params, prepared, carry, acc [L, B, F] | None, tokens [B, t], resets [B, t],
-    ends [B, K])
-    -> (carry, acc, picked [L, B, K, F]): the chunk read from ``carry``, the state resetting
-    where ``resets``; picked: the state (or the text's running pool so far) at ``ends``.
+    """jit(params, prepared, carry, acc, tokens [B, t], resets [B, t], ends [B, K]) ->
+    (carry, acc, picked [L, B, K, F]): the chunk read from ``carry``, the state resetting
+    where ``resets``; picked: the state (or the text's running pool so far) at ``ends``;
+    acc [L, B, F] (None for "last"); ``prepared``: ``prepared_weights``.
 
     Pools run within each text: a segmented scan over the chunk (restarting at resets),
     continued from ``acc``, the pool so far of the text each row was reading."""
