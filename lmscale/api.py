@@ -80,6 +80,7 @@ class LM:
             for start in range(0, max(len(ids) - 1, 1), limit):
                 piece = ids[start:start + limit + 1]
                 rows.append((i, piece, scored[start + 1:start + 1 + limit].astype(np.float32)))
+        rows.sort(key=lambda row: -len(row[1]))  # similar lengths together: less padding
         nats = np.zeros(len(texts), np.float64)
         pad = self.trained.tokenizer.pad_id or 0
         for start in range(0, len(rows), batch_size):

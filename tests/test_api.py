@@ -54,3 +54,16 @@ def test_score_reads_texts_packed_in_few_rows_as_if_alone(sst_run):
     bpc = lm.score(texts, batch_size=2)
     for text, got in zip(texts, bpc):
         np.testing.assert_allclose(got, reference_bpc(lm, text), rtol=1e-5)
+
+
+def test_transformer_scores_texts_in_batches_as_one_by_one():
+    """Windows of max_len tokens, sorted by length into batches of 2: each text's score is
+    the one it gets alone, and a text shorter than a window matches the direct formula."""
+    from lmscale.api import LM
+    from tests.transfer.conftest import random_transformer_lm
+    lm = LM(random_transformer_lm())  # max_len 64
+    texts = ["a fine, moving film.", "zq", "the plot is thin " * 9, "ok then", "x" * 70, "bad."]
+    together = lm.score(texts, batch_size=2)
+    alone = [lm.score([t], batch_size=1)[0] for t in texts]
+    np.testing.assert_allclose(together, alone, rtol=1e-5)
+    np.testing.assert_allclose(together[0], reference_bpc(lm, texts[0]), rtol=1e-5)
