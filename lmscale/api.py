@@ -105,10 +105,8 @@ class LM:
         from lmscale.training import mesh as mesh_lib
         from lmscale.transfer import packing
         ids = [x for x, _ in targets]
-        devices = self.trained.mesh.size
-        rows = max(devices, -(-min(rows, len(ids)) // devices) * devices)
+        rows = packing.rows_for(rows, len(ids), self.trained.mesh.size)
         plan = packing.pack([len(x) for x in ids], rows)
-        owner = [np.full(len(x), i, np.int64) for i, x in enumerate(ids)]
         counted = [s.astype(np.int32) for _, s in targets]
         t, pad = 128, self.trained.tokenizer.pad_id or 0
         slots = packing.ends_per_chunk(plan, t) + 1  # t + 1 columns hold one more end
@@ -118,7 +116,7 @@ class LM:
         for offset in range(0, plan.width, t):
             # t + 1 columns: the inputs and, one further, the targets
             grid = packing.chunk(plan, ids, offset, t + 1, slots, pad)
-            text = packing.chunk(plan, owner, offset, t + 1, slots, -1).tokens
+            text = grid.owner
             scored = packing.chunk(plan, counted, offset, t + 1, slots, 0).tokens
             same = (text[:, 1:] == text[:, :-1]) & (text[:, 1:] >= 0)
             weights = (same & (scored[:, 1:] > 0)).astype(np.float32)

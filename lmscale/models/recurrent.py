@@ -229,13 +229,12 @@ class _RecurrentLayer(nnx.Module):
         computes them, with the weights of ``decode_weights`` (made once for many calls)."""
         sdt = _state_dtype(self.dtype)
         h0, c0 = (jnp.asarray(a, sdt) for a in carry)
-        static = recurrent_vjp.Static(self.kind, self.dtype, return_cells,
-                                      current_scan_options().unroll)
-        return recurrent_vjp.forward_with(static, xs.astype(self.dtype), weights, h0, c0,
-                                          _keep_mask(resets, sdt))
+        return recurrent_vjp.forward_with(self._static(return_cells), xs.astype(self.dtype),
+                                          weights, h0, c0, _keep_mask(resets, sdt))
 
-    def _static(self) -> recurrent_vjp.Static:
-        return recurrent_vjp.Static(self.kind, self.dtype, False, current_scan_options().unroll)
+    def _static(self, return_cells: bool = False) -> recurrent_vjp.Static:
+        return recurrent_vjp.Static(self.kind, self.dtype, return_cells,
+                                    current_scan_options().unroll)
 
     def fix_unit(self, carry: Carry, unit: int, value: float, which: str) -> Carry:
         """The carry (h, c) with unit ``unit`` of c (``which="cell"``) or h set to ``value``."""

@@ -19,7 +19,7 @@ import ml_collections
 from flax import nnx
 from jax.sharding import Mesh
 
-from lmscale.config import load_config
+from lmscale.config import COMPUTE_DTYPES, load_config
 from lmscale.data.dataset import TokenDataset, is_dataset
 from lmscale.data.prepare import prepare_dataset
 from lmscale.data.tokenizer import tokenizer_from_dict
@@ -74,7 +74,9 @@ def prepared_weights(lm: TrainedLM) -> Any:
     return cache["prepared"]
 
 
-COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+def _check_compute(compute: str) -> None:
+    if compute not in COMPUTE_DTYPES:
+        raise ValueError(f"compute must be one of {list(COMPUTE_DTYPES)}, got {compute!r}")
 
 
 def with_compute(lm: TrainedLM, compute: str, vocab_size: int | None = None) -> TrainedLM:
@@ -83,8 +85,7 @@ def with_compute(lm: TrainedLM, compute: str, vocab_size: int | None = None) -> 
     training runs them. bfloat16 featurizes 2-3x faster than float32 on a CPU with AMX
     (``benchmarks/README.md``), at ~0.2 % relative change in the features. ``vocab_size``:
     the model's (default: the tokenizer's)."""
-    if compute not in COMPUTE_DTYPES:
-        raise ValueError(f"compute must be one of {list(COMPUTE_DTYPES)}, got {compute!r}")
+    _check_compute(compute)
     if compute == lm.compute:
         return lm
     graphdefs: list[nnx.GraphDef] = []
@@ -110,8 +111,7 @@ def load_trained(workdir: str, step: int | None = None, mesh: Mesh | None = None
     """Restores the parameters of the latest (or given) checkpoint of ``workdir``; ``best``:
     the weights with the lowest validation loss (``checkpoint.keep_best``, in WORKDIR/best/);
     ``compute``: the matmuls' dtype for inference (``with_compute``)."""
-    if compute not in COMPUTE_DTYPES:
-        raise ValueError(f"compute must be one of {list(COMPUTE_DTYPES)}, got {compute!r}")
+    _check_compute(compute)  # before the restore, which is the slow part
     config_path = os.path.join(workdir, "config.json")
     if not os.path.exists(config_path):
         raise FileNotFoundError(f"{workdir} is not a training run: {config_path} does not exist")

@@ -120,10 +120,9 @@ def featurize(lm: TrainedLM, texts: Sequence[str], *, state: str | None = None,
     if pooling not in POOLINGS:
         raise DataError(f"pooling must be one of {list(POOLINGS)}, got {pooling!r}")
     ids = _fit_length(lm, encode_texts(lm, texts))
-    devices = lm.mesh.size
-    rows = -(-min(batch_size, len(ids)) // devices) * devices
+    rows = packing.rows_for(batch_size, len(ids), lm.mesh.size)
     run = _featurize_batched if lm.model().max_len is not None else _featurize_packed
-    out = run(lm, ids, state, pooling, all_layers, max(rows, devices), chunk, progress)
+    out = run(lm, ids, state, pooling, all_layers, rows, chunk, progress)
     if pooling == "mean":
         out /= np.asarray([len(x) for x in ids], np.float32)[:, None]
     return out

@@ -41,13 +41,20 @@ class Packing:
 @dataclasses.dataclass(frozen=True)
 class Chunk:
     """One [rows, t] piece of the grid: tokens (pad after a row's last text), resets (True at
-    each text's first token), and per row the positions in the piece where texts end
-    (``ends`` [rows, K], 0 where unused) and which texts they are (``texts`` [rows, K], -1
-    where unused)."""
+    each text's first token), the text each position belongs to (``owner``, -1 in padding),
+    and per row the positions in the piece where texts end (``ends`` [rows, K], 0 where
+    unused) and which texts they are (``texts`` [rows, K], -1 where unused)."""
     tokens: np.ndarray
     resets: np.ndarray
+    owner: np.ndarray
     ends: np.ndarray
     texts: np.ndarray
+
+
+def rows_for(batch_size: int, texts: int, devices: int) -> int:
+    """Rows to read ``texts`` texts in: ``batch_size``, but no more than the texts, rounded up
+    to a multiple of ``devices`` (at least one row per device)."""
+    return max(devices, -(-min(batch_size, texts) // devices) * devices)
 
 
 def pack(lengths: Sequence[int], rows: int) -> Packing:
@@ -84,6 +91,7 @@ def chunk(packing: Packing, ids: Sequence[np.ndarray], offset: int, t: int, slot
     ending in any row of it (``ends_per_chunk``)."""
     tokens = np.full((packing.rows, t), pad, np.int32)
     resets = np.zeros((packing.rows, t), bool)
+    owner = np.full((packing.rows, t), -1, np.int64)
     ends = np.zeros((packing.rows, slots), np.int32)
     texts = np.full((packing.rows, slots), -1, np.int64)
     used = np.zeros(packing.rows, np.int64)
@@ -98,6 +106,7 @@ def chunk(packing: Packing, ids: Sequence[np.ndarray], offset: int, t: int, slot
         r, s, e = packing.row[i], packing.start[i], stop[i]
         lo, hi = max(s, offset), min(e, offset + t)
         tokens[r, lo - offset:hi - offset] = ids[i][lo - s:hi - s]
+        owner[r, lo - offset:hi - offset] = i
         if s >= offset:
             resets[r, s - offset] = True
         if e <= offset + t:
@@ -106,4 +115,4 @@ def chunk(packing: Packing, ids: Sequence[np.ndarray], offset: int, t: int, slot
                 raise ValueError(f"more than slots={slots} texts end in row {r} of the chunk "
                                  f"at {offset}")
             ends[r, k], texts[r, k], used[r] = e - 1 - offset, i, k + 1
-    return Chunk(tokens=tokens, resets=resets, ends=ends, texts=texts)
+    return Chunk(tokens=tokens, resets=resets, owner=owner, ends=ends, texts=texts)

@@ -49,13 +49,14 @@ def test_chunks_rebuild_the_rows_with_resets_at_starts_and_every_end_once(t):
     pieces = [packing.chunk(plan, ids, o, t, slots, pad=0) for o in range(0, plan.width, t)]
     tokens = np.concatenate([p.tokens for p in pieces], axis=1)
     resets = np.concatenate([p.resets for p in pieces], axis=1)
+    owner = np.concatenate([p.owner for p in pieces], axis=1)
     assert tokens.shape[1] >= plan.width and tokens.shape[1] - plan.width < t
     seen = []
     for i, x in enumerate(ids):
         r, s = plan.row[i], plan.start[i]
         np.testing.assert_array_equal(tokens[r, s:s + len(x)], x)
-        assert resets[r, s]
-    assert resets.sum() == len(ids)
+        assert resets[r, s] and (owner[r, s:s + len(x)] == i).all()
+    assert resets.sum() == len(ids) and (owner >= 0).sum() == sum(lengths)
     for o, p in zip(range(0, plan.width, t), pieces):
         for r, k in zip(*np.nonzero(p.texts >= 0)):
             i = p.texts[r, k]
@@ -66,6 +67,13 @@ def test_chunks_rebuild_the_rows_with_resets_at_starts_and_every_end_once(t):
     if slots > 1:
         with pytest.raises(ValueError, match="texts end in row"):
             [packing.chunk(plan, ids, o, t, slots - 1, pad=0) for o in range(0, plan.width, t)]
+
+
+def test_rows_are_no_more_than_the_texts_and_a_multiple_of_the_devices():
+    assert packing.rows_for(64, 1000, 8) == 64
+    assert packing.rows_for(64, 5, 2) == 6  # 5 texts: 5 rows, rounded up to 2 devices
+    assert packing.rows_for(3, 1000, 8) == 8  # at least one row per device
+    assert packing.rows_for(64, 0, 4) == 4
 
 
 def test_bad_plans_are_errors():
