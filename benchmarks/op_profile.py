@@ -15,7 +15,11 @@ between in-loop and once-per-step operations, and the operations by total time; 
 With ``--timeline``, also prints each worker thread's phases in the profile's first mean step:
 stretches of in-loop operations (the recurrence's loops) and of the other operations, with
 their start and length, so two devices that fall out of step show (their all-reduce's wait
-sits at the end of the last phase).
+sits at the end of the last phase). With ``--threads``, also prints how the devices' worker
+threads compare: each one's wait at the all-reduce's rendezvous and its time on the
+operations every thread ran equally often, against the fastest thread's. Equal work at
+unequal speed (every operation slower on one thread) is the host's cores running at
+different speeds, not a split of work; the fastest thread then waits for the slowest.
 On a multi-core host the rows add up to about threads x window.
 """
 
@@ -36,6 +40,8 @@ _TOP = flags.DEFINE_integer("top", 30, "Operations listed.", lower_bound=1)
 _HLO = flags.DEFINE_string("hlo", "", "Also write the compiled program's HLO text here.")
 _TIMELINE = flags.DEFINE_bool("timeline", False, "Also print each thread's phases in the first "
                               "mean step's time of the profile.")
+_THREADS = flags.DEFINE_bool("threads", False, "Also print each worker thread's wait and its "
+                             "speed on the operations all threads ran, against the fastest.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -76,6 +82,28 @@ def phases(events: list[tuple[int, int, str]], in_loop: set[str]) -> list[tuple[
         else:
             out.append([start, end, kind])
     return [tuple(p) for p in out]
+
+
+def thread_balance(threads: dict[str, list[tuple[int, int, str]]]
+                   ) -> dict[str, dict[str, float]]:
+    """Per thread {"busy", "wait", "shared", "slowdown"}: ns busy, ns in ``Wait`` events (a
+    device's thread waiting for the other devices at a collective's rendezvous), ns on the
+    operations every thread ran the same number of times (the same work, one device each),
+    and that time over the fastest thread's (1.0 for the fastest)."""
+    own = {name: exclusive_times(events) for name, events in threads.items()}
+    calls = {name: collections.Counter(e[2] for e in events) for name, events in threads.items()}
+    names = set.intersection(*(set(c) for c in calls.values())) if calls else set()
+    shared_ops = {op for op in names if not op.startswith(("Wait", "ThunkExecutor", "while"))
+                  and len({c[op] for c in calls.values()}) == 1}
+    out = {}
+    for name, times in own.items():
+        out[name] = {"busy": float(sum(times.values())),
+                     "wait": float(sum(v for k, v in times.items() if k.startswith("Wait"))),
+                     "shared": float(sum(times[op] for op in shared_ops))}
+    fastest = min((v["shared"] for v in out.values()), default=0.0)
+    for v in out.values():
+        v["slowdown"] = v["shared"] / fastest if fastest else 1.0
+    return out
 
 
 def op_times(compiled, state, batch, steps: int
@@ -138,6 +166,13 @@ def main(argv: list[str]) -> None:
         print(f"{ns / n / 1e6:9.2f} {calls[name] / n:10.0f} {ns / calls[name] / 1e3:9.1f}  {name}")
     if _TIMELINE.value:
         print_timeline(thread_events, loop_ops, window / n)
+    if _THREADS.value:
+        devices = {k: v for k, v in thread_events.items() if "Eigen" in k}
+        print("\nworker threads, ms per step: busy, waiting at the rendezvous, on the operations "
+              "all ran equally often (x the fastest thread's time on them):")
+        for name, b in thread_balance(devices).items():
+            print(f"  {name}: busy {b['busy'] / n / 1e6:.1f}, wait {b['wait'] / n / 1e6:.1f}, "
+                  f"shared {b['shared'] / n / 1e6:.1f} ({b['slowdown']:.2f}x)")
 
 
 def print_timeline(threads: dict, in_loop: set[str], step_ns: float) -> None:

@@ -23,3 +23,17 @@ def test_phases_split_a_thread_into_loop_and_other_stretches():
               (200, 250, "psum"), (205, 245, "Wait")]
     assert phases(events, {"dot", "tanh"}) == [(0, 20, "other"), (20, 35, "loop"),
                                                (200, 250, "other")]
+
+
+def test_thread_balance_tells_a_slower_core_from_more_work():
+    from benchmarks.op_profile import thread_balance
+    # Two devices' threads run the same operations; thread b is 1.5x slower on each and
+    # thread a waits at the rendezvous. "extra" ran only on a, so it is not shared work.
+    a = [(0, 10, "dot"), (10, 14, "tanh"), (14, 20, "extra"), (20, 35, "Wait: pending")]
+    b = [(0, 15, "dot"), (15, 21, "tanh"), (21, 35, "psum")]
+    c = [(0, 10, "dot"), (10, 14, "tanh"), (14, 18, "tanh")]  # tanh twice: not shared
+    out = thread_balance({"a": a, "b": b})
+    assert out["a"] == {"busy": 35.0, "wait": 15.0, "shared": 14.0, "slowdown": 1.0}
+    assert out["b"]["shared"] == 21.0 and out["b"]["slowdown"] == 1.5
+    assert out["b"]["wait"] == 0.0
+    assert thread_balance({"a": a, "c": c})["c"]["shared"] == 10.0  # only dot
