@@ -18,8 +18,10 @@ device per core and malloc on huge pages, as ``lmscale.bench`` runs it), and the
 model, optimizer and ``train_step`` (../shared/peer/torch_mlstm.py, unchanged; 2 threads;
 the same step loop as its ``bench``: random batches, (h, c) carried, ``float(loss)`` to
 finish a step): ``--scan bptt`` and ``autograd`` in float32, ``autograd`` under
-``torch.autocast`` for bfloat16 (``peer_autocast.py``). Prints a table and appends one JSON
-line per shape and dtype (``"method": "turns"``) to --out.
+``torch.autocast`` for bfloat16 (``peer_autocast.py``). With ``--matmul``, one more side
+times ``lmscale.bench``'s square matmul, so lmscale's share of the matmul rate is taken round
+by round too. Prints a table and appends one JSON line per shape and dtype
+(``"method": "turns"``) to --out.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ PEER_SCANS = {"float32": ("bptt", "autograd"), "bfloat16": ("autograd",)}
 
 # ----------------------------------------------------------------------------- workers
 
-def _serve(step, tokens_per_step: int, warmup: int, **info) -> None:
+def _serve(step, tokens_per_step: float, warmup: int, **info) -> None:
     """Runs ``warmup`` steps, says ready (with ``info``), then for each line n on stdin runs n steps and
     prints their wall times as one JSON line; stops at EOF or n = 0."""
     for _ in range(warmup):
@@ -78,9 +80,31 @@ def lmscale_worker(hidden: int, batch: int, seq: int, compute: str, warmup: int,
         box["state"], metrics = compiled(box["state"], data)
         jax.block_until_ready((box["state"], metrics))
 
+    from lmscale.training.bench import BYTE_VOCAB, train_flops_per_token
     from lmscale.training.host_memory import huge_pages_on
     _serve(step, batch * seq, warmup, devices=jax.device_count(),
-           huge_pages=huge_pages_on(os.environ), jax=jax.__version__)
+           huge_pages=huge_pages_on(os.environ), jax=jax.__version__,
+           train_flops_per_token=train_flops_per_token(config.model, BYTE_VOCAB, seq))
+
+
+def matmul_worker(compute: str, warmup: int, products: int = 5) -> None:
+    """The machine's matmul rate as ``lmscale.bench`` measures it (``square_matmul``: 2048 x
+    2048 on the CPU, the compute dtype, float32 accumulation; the host split as lmscale's
+    side, the product on device 0), ``products`` per step; its "tokens" are FLOPs."""
+    from lmscale.training.host_memory import restart_with_huge_pages
+    config = _quickstart(256, 32, 128, compute)
+    restart_with_huge_pages(config.parallel.cpu_huge_pages, entry=True)
+    from lmscale.training.host_devices import split_host
+    split_host(config)
+    import jax
+    import jax.numpy as jnp
+    from lmscale.training.bench import square_matmul
+    f, a, b = square_matmul(jnp.dtype(compute))
+
+    def step() -> None:
+        jax.block_until_ready([f(a, b) for _ in range(products)])
+
+    _serve(step, products * 2 * a.shape[0] ** 3, warmup)
 
 
 def _quickstart(hidden: int, batch: int, seq: int, compute: str):
@@ -135,6 +159,12 @@ def round_ratios(rounds: list[dict[str, float]], lm: str, peers: list[str]) -> l
     return [r[lm] / max(r[p] for p in peers) for r in rounds]
 
 
+def shares_of_matmul_rate(rounds: list[dict[str, float]], flops_per_token: float) -> list[float]:
+    """Per round: lmscale's FLOP rate (its tokens/s x ``flops_per_token``) over the matmul
+    side's FLOP/s of the same round."""
+    return [r["lmscale"] * flops_per_token / r["matmul"] for r in rounds]
+
+
 class Side:
     """A worker process answering 'n' with the times of n steps."""
 
@@ -176,6 +206,8 @@ def compare(hidden: int, batch: int, seq: int, compute: str, a: argparse.Namespa
     for k, n in enumerate(int(v) for v in a.cpu_devices.split(",")):
         name = "lmscale" if k == 0 else f"lmscale_{n}dev"
         sides[name] = Side(name, [*me, "--worker", "lmscale", "--cpu_devices_n", str(n), *shape])
+    if a.matmul:
+        sides["matmul"] = Side("matmul", [*me, "--worker", "matmul", *shape])
     for scan in PEER_SCANS[compute]:
         sides[f"peer_{scan}"] = Side(f"peer {scan}", [a.torch_python, *me[1:], "--worker", "peer",
                                                       "--scan", scan, "--peer", str(a.peer),
@@ -200,12 +232,20 @@ def compare(hidden: int, batch: int, seq: int, compute: str, a: argparse.Namespa
     peers = [n for n in sides if n.startswith("peer")]
     ratios = round_ratios(rounds, "lmscale", peers)
     median = lambda name: round(statistics.median(r[name] for r in rounds))
+    extra = {}
+    if "matmul" in sides:  # lmscale's FLOP rate over the matmul rate of the same round
+        of_rate = shares_of_matmul_rate(rounds, info["lmscale"]["train_flops_per_token"])
+        extra = {"matmul_gflops": round(statistics.median(r["matmul"] for r in rounds) / 1e9),
+                 "lmscale_of_matmul_rate": round(statistics.median(of_rate), 3),
+                 "lmscale_of_matmul_rate_min": round(min(of_rate), 3),
+                 "lmscale_of_matmul_rate_max": round(max(of_rate), 3)}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
                             capture_output=True, text=True).stdout.strip()
     return {"method": "turns", "hidden": hidden, "batch": batch, "seq": seq, "compute": compute,
             "rounds": a.rounds, "steps_per_turn": a.steps,
             "lmscale_chars_per_s": median("lmscale"),
-            **{f"{p}_chars_per_s": median(p) for p in sides if p != "lmscale"},
+            **{f"{p}_chars_per_s": median(p) for p in sides if p not in ("lmscale", "matmul")},
+            **extra,
             "ratio": round(statistics.median(ratios), 3),
             "ratio_min": round(min(ratios), 3), "ratio_max": round(max(ratios), 3),
             "ratios": [round(r, 3) for r in ratios],
@@ -230,9 +270,12 @@ def main(argv: list[str] | None = None) -> None:
                     help="lmscale's parallel.cpu_devices (0: its default, a device per core); "
                     "a comma-separated list adds one more lmscale side per value, the first "
                     "being the one the ratio is of")
+    ap.add_argument("--matmul", action="store_true",
+                    help="add a side timing lmscale.bench's square matmul, for lmscale's share "
+                    "of the matmul rate round by round")
     ap.add_argument("--cpu_devices_n", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--verbose", action="store_true", help="print every turn's step times")
-    ap.add_argument("--worker", choices=("lmscale", "peer"), help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=("lmscale", "peer", "matmul"), help=argparse.SUPPRESS)
     ap.add_argument("--hidden", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--seq", type=int, help=argparse.SUPPRESS)
@@ -240,6 +283,8 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     if a.worker == "lmscale":
         return lmscale_worker(a.hidden, a.batch, a.seq, a.compute, a.warmup, a.cpu_devices_n)
+    if a.worker == "matmul":
+        return matmul_worker(a.compute, a.warmup)
     if a.worker == "peer":
         return peer_worker(a.peer, a.hidden, a.batch, a.seq, a.scan, a.compute, a.warmup)
     unknown = [c for c in a.compute.split(",") if c not in PEER_SCANS]
@@ -256,12 +301,14 @@ def main(argv: list[str] | None = None) -> None:
             with open(a.out, "a") as f:
                 f.write(json.dumps(row) + "\n")
     print("\n| shape (hidden, batch, seq) | compute | lmscale chars/s | peer bptt | peer autograd "
-          "| ratio: median (min–max) of rounds |\n|---|---|---:|---:|---:|---|")
+          "| ratio: median (min–max) of rounds | lmscale of matmul rate |\n"
+          "|---|---|---:|---:|---:|---|---:|")
     for r in rows:
         print(f"| {r['hidden']}, {r['batch']}, {r['seq']} | {r['compute']} | "
               f"{r['lmscale_chars_per_s']} | {r.get('peer_bptt_chars_per_s', '–')} | "
               f"{r.get('peer_autograd_chars_per_s', '–')} | **{r['ratio']:.2f}** "
-              f"({r['ratio_min']:.2f}–{r['ratio_max']:.2f}) |")
+              f"({r['ratio_min']:.2f}–{r['ratio_max']:.2f}) | "
+              f"{'%.0f %%' % (100 * r['lmscale_of_matmul_rate']) if 'matmul_gflops' in r else '–'} |")
 
 
 if __name__ == "__main__":

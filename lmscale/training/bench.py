@@ -61,13 +61,8 @@ def matmul_rate(dtype: Any = jnp.float32, n: int | None = None, repeats: int = 1
 
     n defaults to 2048 on CPU and 8192 on accelerators (big enough to reach their peak).
     """
-    device = device or jax.devices()[0]
-    n = n or (2048 if device.platform == "cpu" else 8192)
-    rng = np.random.default_rng(0)
-    a = jax.device_put(jnp.asarray(rng.normal(size=(n, n)), dtype), device)
-    b = jax.device_put(jnp.asarray(rng.normal(size=(n, n)), dtype), device)
-    acc = jnp.promote_types(dtype, jnp.float32)
-    f = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=acc))
+    f, a, b = square_matmul(dtype, n, device)
+    n = a.shape[0]
     f(a, b).block_until_ready()
     best = float("inf")
     for _ in range(3):
@@ -77,6 +72,19 @@ def matmul_rate(dtype: Any = jnp.float32, n: int | None = None, repeats: int = 1
         out.block_until_ready()
         best = min(best, (time.perf_counter() - t) / repeats)
     return {"n": n, "dtype": jnp.dtype(dtype).name, "flop_per_s": 2 * n**3 / best}
+
+
+def square_matmul(dtype: Any = jnp.float32, n: int | None = None,
+                  device: jax.Device | None = None) -> tuple[Any, jax.Array, jax.Array]:
+    """(jitted product with float32 accumulation, a, b): the n x n matmul ``matmul_rate``
+    times, on ``device`` (n as there)."""
+    device = device or jax.devices()[0]
+    n = n or (2048 if device.platform == "cpu" else 8192)
+    rng = np.random.default_rng(0)
+    a = jax.device_put(jnp.asarray(rng.normal(size=(n, n)), dtype), device)
+    b = jax.device_put(jnp.asarray(rng.normal(size=(n, n)), dtype), device)
+    acc = jnp.promote_types(dtype, jnp.float32)
+    return jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=acc)), a, b
 
 
 def random_batch(batch: int, seq: int, vocab: int, seed: int = 0,

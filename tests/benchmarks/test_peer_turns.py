@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.peer_turns import round_ratios, turn_order
+from benchmarks.peer_turns import round_ratios, shares_of_matmul_rate, turn_order
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,15 +26,30 @@ def test_turns_rotate_so_no_side_always_goes_first():
     assert all(sorted(turn_order(sides, i)) == sorted(sides) for i in range(6))
 
 
-@pytest.mark.slow
-def test_lmscale_worker_answers_with_the_times_of_its_steps():
-    cmd = [sys.executable, str(REPO / "benchmarks" / "peer_turns.py"), "--worker", "lmscale",
-           "--hidden", "32", "--batch", "4", "--seq", "8", "--compute", "float32",
-           "--warmup", "1"]
+def test_share_of_the_matmul_rate_is_taken_per_round():
+    rounds = [{"lmscale": 1000.0, "matmul": 2e9}, {"lmscale": 500.0, "matmul": 0.5e9}]
+    assert shares_of_matmul_rate(rounds, 1e6) == [0.5, 1.0]
+
+
+def _worker(kind: str, *args: str) -> list[dict]:
+    cmd = [sys.executable, str(REPO / "benchmarks" / "peer_turns.py"), "--worker", kind,
+           "--compute", "float32", "--warmup", "1", *args]
     out = subprocess.run(cmd, cwd=REPO, input="3\n2\n0\n", capture_output=True, text=True,
                          timeout=300, check=True).stdout
     replies = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    assert replies[0]["ready"] and replies[0]["tokens_per_step"] == 32
-    assert replies[0]["devices"] >= 1
+    assert replies[0]["ready"]
     assert [len(r["times"]) for r in replies[1:]] == [3, 2]
     assert all(t > 0 for r in replies[1:] for t in r["times"])
+    return replies
+
+
+@pytest.mark.slow
+def test_lmscale_worker_answers_with_the_times_of_its_steps():
+    ready = _worker("lmscale", "--hidden", "32", "--batch", "4", "--seq", "8")[0]
+    assert ready["tokens_per_step"] == 32 and ready["devices"] >= 1
+    assert ready["train_flops_per_token"] > 3 * 2 * 5 * 32 * 32  # at least the recurrence's
+
+
+@pytest.mark.slow
+def test_matmul_worker_counts_flops_as_its_tokens():
+    assert _worker("matmul")[0]["tokens_per_step"] == 5 * 2 * 2048 ** 3
