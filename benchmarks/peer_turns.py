@@ -35,16 +35,19 @@ import sys
 import time
 from pathlib import Path
 
+if __package__:  # imported (the tests)
+    from .peer_compare import PEER, PEER_SCANS
+else:  # run as a script, its folder first on the path; the peer's Python has no lmscale
+    from peer_compare import PEER, PEER_SCANS
+
 REPO = Path(__file__).resolve().parents[1]
-PEER = REPO.parent / "shared" / "peer" / "torch_mlstm.py"
-PEER_SCANS = {"float32": ("bptt", "autograd"), "bfloat16": ("autograd",)}
 
 
 # ----------------------------------------------------------------------------- workers
 
 def _serve(step, tokens_per_step: float, warmup: int, **info) -> None:
-    """Runs ``warmup`` steps, says ready (with ``info``), then for each line n on stdin runs n steps and
-    prints their wall times as one JSON line; stops at EOF or n = 0."""
+    """Runs ``warmup`` steps, says ready (with ``info``), then for each line n on stdin runs n
+    steps and prints their wall times as one JSON line; stops at EOF or n = 0."""
     for _ in range(warmup):
         step()
     print(json.dumps({"ready": True, "tokens_per_step": tokens_per_step, **info}), flush=True)
@@ -64,13 +67,7 @@ def lmscale_worker(hidden: int, batch: int, seq: int, compute: str, warmup: int,
                    cpu_devices: int = 0) -> None:
     """The lmscale side: the compiled training step of configs/quickstart.py at the shape
     (``cpu_devices``: ``parallel.cpu_devices``, 0 for lmscale's default split)."""
-    from lmscale.training.host_memory import restart_with_huge_pages
-    config = _quickstart(hidden, batch, seq, compute)
-    with config.unlocked():
-        config.parallel.cpu_devices = cpu_devices
-    restart_with_huge_pages(config.parallel.cpu_huge_pages, entry=True)
-    from lmscale.training.host_devices import split_host
-    split_host(config)  # before JAX starts
+    config = _start_host(hidden, batch, seq, compute, cpu_devices)
     import jax
     from lmscale.training.bench import compile_step
     compiled, state, data, _ = compile_step(config)
@@ -80,10 +77,10 @@ def lmscale_worker(hidden: int, batch: int, seq: int, compute: str, warmup: int,
         box["state"], metrics = compiled(box["state"], data)
         jax.block_until_ready((box["state"], metrics))
 
-    from lmscale.training.bench import BYTE_VOCAB, train_flops_per_token
+    from lmscale.training.bench import BYTE_VOCAB, git_commit, train_flops_per_token
     from lmscale.training.host_memory import huge_pages_on
     _serve(step, batch * seq, warmup, devices=jax.device_count(),
-           huge_pages=huge_pages_on(os.environ), jax=jax.__version__,
+           huge_pages=huge_pages_on(os.environ), jax=jax.__version__, commit=git_commit(),
            train_flops_per_token=train_flops_per_token(config.model, BYTE_VOCAB, seq))
 
 
@@ -91,11 +88,7 @@ def matmul_worker(compute: str, warmup: int, products: int = 5) -> None:
     """The machine's matmul rate as ``lmscale.bench`` measures it (``square_matmul``: 2048 x
     2048 on the CPU, the compute dtype, float32 accumulation; the host split as lmscale's
     side, the product on device 0), ``products`` per step; its "tokens" are FLOPs."""
-    from lmscale.training.host_memory import restart_with_huge_pages
-    config = _quickstart(256, 32, 128, compute)
-    restart_with_huge_pages(config.parallel.cpu_huge_pages, entry=True)
-    from lmscale.training.host_devices import split_host
-    split_host(config)
+    _start_host(256, 32, 128, compute)
     import jax
     import jax.numpy as jnp
     from lmscale.training.bench import square_matmul
@@ -107,15 +100,19 @@ def matmul_worker(compute: str, warmup: int, products: int = 5) -> None:
     _serve(step, products * 2 * a.shape[0] ** 3, warmup)
 
 
-def _quickstart(hidden: int, batch: int, seq: int, compute: str):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("quickstart", REPO / "configs" / "quickstart.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+def _start_host(hidden: int, batch: int, seq: int, compute: str, cpu_devices: int = 0):
+    """configs/quickstart.py at the shape, with this process set up as ``lmscale.bench`` sets
+    up its own before JAX starts: restarted with huge pages for malloc, the host split into
+    ``parallel.cpu_devices`` devices."""
+    from lmscale.config import config_from_file
+    from lmscale.training.host_devices import split_host
+    from lmscale.training.host_memory import restart_with_huge_pages
+    config = config_from_file(str(REPO / "configs" / "quickstart.py"))
     with config.unlocked():
         config.model.hidden, config.train.batch_size, config.train.seq_len = hidden, batch, seq
-        config.precision.compute = compute
+        config.precision.compute, config.parallel.cpu_devices = compute, cpu_devices
+    restart_with_huge_pages(config.parallel.cpu_huge_pages, entry=True)
+    split_host(config)
     return config
 
 
@@ -124,8 +121,7 @@ def peer_worker(peer: Path, hidden: int, batch: int, seq: int, scan: str, comput
     """The peer's side: its model, Adam and train_step (under autocast for bfloat16)."""
     import numpy as np
     import torch
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from peer_autocast import autocast_train_step, load_peer
+    from peer_autocast import autocast_train_step, load_peer  # run as a script: its folder
     module = load_peer(peer)
     train_step = autocast_train_step if compute == "bfloat16" else module.train_step
     torch.set_num_threads(2)
@@ -168,10 +164,10 @@ def shares_of_matmul_rate(rounds: list[dict[str, float]], flops_per_token: float
 class Side:
     """A worker process answering 'n' with the times of n steps."""
 
-    def __init__(self, name: str, cmd: list[str], env: dict[str, str] | None = None):
+    def __init__(self, name: str, cmd: list[str]):
         self.name = name
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, env=env)
+                                     text=True)
 
     def _reply(self) -> dict:
         while True:
@@ -239,8 +235,7 @@ def compare(hidden: int, batch: int, seq: int, compute: str, a: argparse.Namespa
                  "lmscale_of_matmul_rate": round(statistics.median(of_rate), 3),
                  "lmscale_of_matmul_rate_min": round(min(of_rate), 3),
                  "lmscale_of_matmul_rate_max": round(max(of_rate), 3)}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                            capture_output=True, text=True).stdout.strip()
+    commit = info["lmscale"].pop("commit")  # of the code the lmscale side ran
     return {"method": "turns", "hidden": hidden, "batch": batch, "seq": seq, "compute": compute,
             "rounds": a.rounds, "steps_per_turn": a.steps,
             "lmscale_chars_per_s": median("lmscale"),

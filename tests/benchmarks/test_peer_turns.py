@@ -46,7 +46,7 @@ def _worker(kind: str, *args: str) -> list[dict]:
 @pytest.mark.slow
 def test_lmscale_worker_answers_with_the_times_of_its_steps():
     ready = _worker("lmscale", "--hidden", "32", "--batch", "4", "--seq", "8")[0]
-    assert ready["tokens_per_step"] == 32 and ready["devices"] >= 1
+    assert ready["tokens_per_step"] == 32 and ready["devices"] >= 1 and "commit" in ready
     assert ready["train_flops_per_token"] > 3 * 2 * 5 * 32 * 32  # at least the recurrence's
 
 
