@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,27 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 # The configs name their data sets by lmscale.datasets.data_path: in tests, the shared copies.
 os.environ.setdefault("LMSCALE_DATA", str(SHARED_DATA))
+
+
+_CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+_OWN_CACHE: list[str] = []  # the cache folder this session made (removed at its end)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One persistent XLA compilation cache for the whole session: the xdist workers and every
+    subprocess a test starts inherit it, so a program compiled once (the same tiny train step
+    in a resumed run, a relaunch, another test's run) is read back instead of compiled again.
+    A cache the environment already names is used as it is."""
+    if os.environ.get(_CACHE_ENV) or hasattr(config, "workerinput"):
+        return  # set by the user, or inherited by an xdist worker from its controller
+    _OWN_CACHE.append(tempfile.mkdtemp(prefix="lmscale-test-xla-cache-"))
+    os.environ[_CACHE_ENV] = _OWN_CACHE[0]
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # tests' programs are small
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for folder in _OWN_CACHE:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def write_corpus(folder: Path, files: int = 4, lines: int = 300) -> str:
