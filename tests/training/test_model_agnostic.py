@@ -92,14 +92,18 @@ def test_transformer_generation_uses_the_cache_and_matches_recompute(tmp_path, c
     train(transformer_config(corpus, **{"train.steps": 10, "optim.lr": 1e-2}), workdir)
     lm = lmscale.load_lm(workdir)
     (text,) = lm.generate("the cat", length=12, temperature=0)
-    # Greedy by full recompute: argmax of the last position's logits, one token at a time.
+    # Greedy by full recompute: argmax of the last real position's logits, one token at a
+    # time. The model is causal, so the sequence is padded to a fixed length (every eager op
+    # is compiled once, not once per length).
     import jax.numpy as jnp
     model = lm.trained.model()
     ids = list(lm.trained.tokenizer.encode("the cat"))
     for _ in range(12):
-        logits, _ = model(jnp.asarray([ids], jnp.int32), ())
-        logits = logits.at[:, -1, 0].set(-jnp.inf)  # padding is never sampled
-        ids.append(int(jnp.argmax(logits[0, -1])))
+        padded = np.zeros((1, 32), np.int32)
+        padded[0, :len(ids)] = ids
+        logits, _ = model(jnp.asarray(padded), ())
+        last = logits[0, len(ids) - 1].at[0].set(-jnp.inf)  # padding is never sampled
+        ids.append(int(jnp.argmax(last)))
     assert text == lm.trained.tokenizer.decode(np.asarray(ids))
     with pytest.raises(Exception, match="max_len 32"):
         lm.generate("the cat", length=40)
