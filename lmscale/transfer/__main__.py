@@ -38,6 +38,8 @@ _BATCH = flags.DEFINE_integer("batch_size", 64, "Rows of texts featurized in par
 _COMPUTE = flags.DEFINE_enum("compute", "float32", ["float32", "bfloat16", "float16"],
                              "The LM's matmul dtype while featurizing (float32 accumulation and "
                              "states); bfloat16 is ~3x faster on CPUs with AMX and on GPUs.")
+_C = flags.DEFINE_list("C", None, "Inverse L1 strengths to fit, comma-separated (the best on val is "
+                       "kept); default 2^-8, 2^-7, ..., 2^1.")
 flags.mark_flags_as_required(["workdir", "train", "val"])
 
 
@@ -55,7 +57,8 @@ def main(argv: list[str]) -> None:
         _WORKDIR.value, _TRAIN.value, _VAL.value, _TEST.value, text_column=_TEXT.value,
         label_column=_LABEL.value, output=_OUTPUT.value, state=_STATE.value,
         pooling=_POOLING.value, all_layers=_ALL_LAYERS.value, baseline=_BASELINE.value,
-        batch_size=_BATCH.value, progress=sys.stderr.isatty(), compute=_COMPUTE.value))
+        batch_size=_BATCH.value, progress=sys.stderr.isatty(), compute=_COMPUTE.value,
+        **({} if _C.value is None else {"Cs": _C.value})))
     pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"
     if r.get("multilabel"):
         a = r["all_features"]

@@ -16,7 +16,26 @@ import numpy as np
 import sklearn
 from sklearn.linear_model import LogisticRegression
 
+from lmscale.data.errors import DataError
+
 C_GRID: tuple[float, ...] = tuple(float(c) for c in 2.0 ** np.arange(-8, 2))  # 2^-8 ... 2^1
+
+
+def inverse_strengths(Cs: Sequence[float | str]) -> tuple[float, ...]:
+    """The C grid as floats (numbers or strings such as "0.5", "2e-3"), checked: at least one,
+    each finite and > 0."""
+    out = []
+    for c in Cs:
+        try:
+            value = float(c)
+        except (TypeError, ValueError):
+            raise DataError(f"C must be a number, got {c!r}") from None
+        if not np.isfinite(value) or value <= 0:
+            raise DataError(f"C must be finite and > 0, got {c!r}")
+        out.append(value)
+    if not out:
+        raise DataError("the C grid is empty: give at least one C")
+    return tuple(out)
 
 
 def l1_logistic_regression(C: float, seed: int = 0) -> LogisticRegression:

@@ -20,7 +20,8 @@ from lmscale.finetuning.data import check_labels
 from lmscale.training.restore import TrainedLM, load_trained, with_compute
 from lmscale.transfer import plots
 from lmscale.transfer.baseline import ngram_features
-from lmscale.transfer.classify import C_GRID, fit_l1, neuron_summary, top_k_sweep
+from lmscale.transfer.classify import (C_GRID, fit_l1, inverse_strengths, neuron_summary,
+                                      top_k_sweep)
 from lmscale.transfer.featurize import (cached_featurize, feature_state, preprocess_texts,
                                        unit_trace)
 from lmscale.transfer.labeled import Labeled, load_labeled, require_binary
@@ -38,7 +39,9 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
 
     ``output`` defaults to WORKDIR/transfer. Features are cached in WORKDIR/features.
     ``compute``: the LM's matmul dtype while featurizing (``restore.with_compute``).
+    ``Cs``: the inverse L1 strengths tried (numbers or their strings, all > 0).
     """
+    Cs = inverse_strengths(Cs)
     splits: dict[str, Labeled] = {}  # read and checked first: bad input fails before any work
     multilabel = len([c for c in label_column.split(",") if c.strip()]) > 1
     for name, spec in (("train", train), ("val", val), ("test", test)):

@@ -6,7 +6,11 @@ import numpy as np
 import sklearn
 from sklearn.linear_model import LogisticRegression
 
-from lmscale.transfer.classify import C_GRID, fit_l1, neuron_summary, ranked_units, top_k_sweep
+import pytest
+
+from lmscale.data.errors import DataError
+from lmscale.transfer.classify import (C_GRID, fit_l1, inverse_strengths, neuron_summary,
+                                      ranked_units, top_k_sweep)
 
 # Pure L1 as this scikit-learn spells it: l1_ratio=1 from 1.8 (where `penalty` is deprecated);
 # before 1.8, l1_ratio is ignored unless penalty="elasticnet", so it is penalty="l1".
@@ -54,3 +58,12 @@ def test_neuron_is_the_planted_unit_with_its_sign():
     assert neuron["test_accuracy"] > 0.9
     sweep = top_k_sweep(fit, x[:400], y[:400], x[400:500], y[400:500], x[500:], y[500:])
     assert [s["k"] for s in sweep][:3] == [1, 2, 4] and sweep[0]["units"] == [7]
+
+
+def test_c_grid_from_strings_and_its_errors():
+    assert inverse_strengths(["0.5", "2e-3", 4]) == (0.5, 0.002, 4.0)
+    assert inverse_strengths(C_GRID) == C_GRID
+    for bad, message in ((["x"], "C must be a number, got 'x'"), ([-1.0], "> 0, got -1.0"),
+                         (["nan"], "> 0, got 'nan'"), ([], "the C grid is empty")):
+        with pytest.raises(DataError, match=message.replace("(", r"\(")):
+            inverse_strengths(bad)

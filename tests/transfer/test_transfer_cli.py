@@ -20,10 +20,15 @@ def run_tool(*args):
                           capture_output=True, text=True, timeout=600)
 
 
+# A shorter C grid than the default: the tiny LM's features carry little signal, and
+# liblinear's largest Cs (1, 2) took most of each run's time on them.
+C = "--C=0.0078125,0.03125,0.125,0.5"
+
+
 def test_transfer_end_to_end_on_sst(sst_run, tmp_path):
     out = tmp_path / "transfer"
     proc = run_tool(f"--workdir={sst_run}", f"--train={SST}/train.csv", f"--val={SST}/val.csv",
-                    f"--test={SST}/test.csv", f"--output={out}")
+                    f"--test={SST}/test.csv", f"--output={out}", C)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "neuron" in proc.stdout and "baseline" in proc.stdout
     r = json.loads((out / "results.json").read_text())
@@ -31,6 +36,7 @@ def test_transfer_end_to_end_on_sst(sst_run, tmp_path):
         assert 0.0 <= r["all_features"][key] <= 1.0
     assert 0 <= r["neuron"]["index"] < 32 and 0.0 <= r["neuron"]["test_accuracy"] <= 1.0
     assert r["baseline"]["test_accuracy"] > 0.7  # bag of words on SST: ~0.78
+    assert list(r["all_features"]["val_accuracy_by_C"]) == ["0.0078125", "0.03125", "0.125", "0.5"]
     assert r["data"]["test"]["texts"] == 1821 and r["features"]["dimensions"] == 32
     assert [t["k"] for t in r["top_k"]] == [1, 2, 4, 8, 16]
     for name in ("neuron_histogram.png", "weights.png", "neuron_heatmap.png"):
@@ -39,7 +45,7 @@ def test_transfer_end_to_end_on_sst(sst_run, tmp_path):
     assert "<span title=" in (out / "neuron_heatmap.html").read_text()
     # The features were cached in the run: a second run does not featurize again.
     again = run_tool(f"--workdir={sst_run}", f"--train={SST}/train.csv", f"--val={SST}/val.csv",
-                     f"--output={tmp_path / 'again'}", "--baseline=none")
+                     f"--output={tmp_path / 'again'}", "--baseline=none", C)
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads((tmp_path / "again" / "results.json").read_text())["neuron"] == {
         k: v for k, v in r["neuron"].items() if k != "test_accuracy"} | {"test_accuracy": None}
@@ -48,7 +54,7 @@ def test_transfer_end_to_end_on_sst(sst_run, tmp_path):
     features = Path(sst_run) / "features"
     cached = len(list(features.iterdir()))
     half = run_tool(f"--workdir={sst_run}", f"--train={SST}/train.csv", f"--val={SST}/val.csv",
-                    f"--output={tmp_path / 'bf16'}", "--baseline=none", "--compute=bfloat16")
+                    f"--output={tmp_path / 'bf16'}", "--baseline=none", "--compute=bfloat16", C)
     assert half.returncode == 0, half.stderr[-2000:]
     rb = json.loads((tmp_path / "bf16" / "results.json").read_text())
     assert rb["features"]["compute"] == "bfloat16"
@@ -65,8 +71,10 @@ def test_transfer_end_to_end_on_sst(sst_run, tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--label_column=stars"], "no column 'stars'; columns are ['label', 'sentence']"),
     (["--train={semeval}"], "no column 'sentence'"),
+    (["--C=0.5,abc"], "C must be a number, got 'abc'"),
+    (["--C=0"], "C must be finite and > 0, got '0'"),
 ])
-def test_bad_columns_are_one_line_errors(sst_run, args, message):
+def test_bad_columns_and_Cs_are_one_line_errors(sst_run, args, message):
     semeval = SST.parent / "semeval2018_ec" / "train.csv"
     base = {"--train": f"{SST}/train.csv"}
     extra = [a.format(semeval=semeval) for a in args]
