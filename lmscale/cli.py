@@ -10,11 +10,15 @@ T = TypeVar("T")
 
 
 def run_cli(fn: Callable[[], T]) -> T:
-    """Calls ``fn``; a user error (bad data, config or workdir) prints ``error: ...`` and exits 1."""
+    """Calls ``fn``; a user error (bad data, config or workdir) prints ``error: ...`` and exits 1.
+
+    Turns on the persistent compilation cache first (``lmscale.compile_cache``)."""
+    from lmscale.compile_cache import use_compile_cache
     from lmscale.config import ConfigError
     from lmscale.data.errors import DataError
     from lmscale.training.checkpoints import CheckpointError
     _quiet_library_logs()
+    use_compile_cache()
     try:
         return fn()
     except (ConfigError, DataError, CheckpointError, FileNotFoundError) as e:

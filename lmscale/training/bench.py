@@ -271,7 +271,9 @@ def run_bench(config: ml_collections.ConfigDict, *, steps: int = 10, warmup: int
     if loop_workdir is not None:
         record["loop"] = time_loop(config, loop_workdir, steps=max(steps, 10))
         record["loop"]["of_step"] = record["loop"]["chars_per_s"] / record["chars_per_s"]
-    record.update(host=host_info(), commit=git_commit(), date=time.strftime("%Y-%m-%d %H:%M"))
+    # compile_s is a read from this folder when the same step was compiled before.
+    record.update(host=host_info(), commit=git_commit(), date=time.strftime("%Y-%m-%d %H:%M"),
+                  compile_cache=jax.config.jax_compilation_cache_dir or None)
     return record
 
 
