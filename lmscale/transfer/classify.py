@@ -10,6 +10,7 @@ of the accuracy a handful of units hold. scikit-learn does the fitting (liblinea
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -19,6 +20,9 @@ from sklearn.linear_model import LogisticRegression
 from lmscale.data.errors import DataError
 
 C_GRID: tuple[float, ...] = tuple(float(c) for c in 2.0 ** np.arange(-8, 2))  # 2^-8 ... 2^1
+# Below this many feature values (rows x features, or a sparse matrix's stored ones) the fits
+# run in this process: starting and feeding worker processes cost more than they save.
+PARALLEL_MIN_VALUES = 100_000
 
 
 def inverse_strengths(Cs: Sequence[float | str]) -> tuple[float, ...]:
@@ -48,6 +52,33 @@ def l1_logistic_regression(C: float, seed: int = 0) -> LogisticRegression:
                               max_iter=300)
 
 
+def _fit_one(x: Any, y: np.ndarray, C: float, seed: int) -> LogisticRegression:
+    return l1_logistic_regression(C, seed).fit(x, y)
+
+
+def fit_many(x: Any, tasks: Sequence[tuple[np.ndarray, float]], seed: int = 0,
+             n_jobs: int | None = None) -> list[LogisticRegression]:
+    """One L1 model per (labels [N], C) task on features x [N, F], in task order.
+
+    liblinear is single-threaded, so the tasks run in worker processes (joblib), one per
+    core (``n_jobs``: at most that many; joblib's ``LOKY_MAX_CPU_COUNT`` caps it too), the
+    largest C (the slowest fit) first. Each process seeds liblinear as this one would, so
+    the models equal those fitted one after another, bit for bit (threads would share
+    liblinear's random state and differ from run to run). Small problems
+    (``PARALLEL_MIN_VALUES``) and one core run here."""
+    workers = min(len(tasks), n_jobs or os.cpu_count() or 1)
+    if workers < 2 or x.size < PARALLEL_MIN_VALUES:  # a sparse x: its stored values
+        return [_fit_one(x, y, C, seed) for y, C in tasks]
+    from joblib import Parallel, delayed  # scikit-learn's own dependency
+    order = sorted(range(len(tasks)), key=lambda i: -tasks[i][1])
+    fitted = Parallel(n_jobs=workers)(delayed(_fit_one)(x, tasks[i][0], tasks[i][1], seed)
+                                      for i in order)
+    out: list[Any] = [None] * len(tasks)
+    for i, model in zip(order, fitted):
+        out[i] = model
+    return out
+
+
 @dataclasses.dataclass
 class Fit:
     """The chosen model and its accuracies (fractions in [0, 1]; None without that split)."""
@@ -73,11 +104,12 @@ class Fit:
 
 def fit_l1(x_train: Any, y_train: np.ndarray, x_val: Any, y_val: np.ndarray,
            x_test: Any = None, y_test: np.ndarray | None = None, *,
-           Cs: Sequence[float] = C_GRID, seed: int = 0) -> Fit:
-    """Fits one model per C on train, keeps the best on val (ties: the smaller C, sparser)."""
+           Cs: Sequence[float] = C_GRID, seed: int = 0, n_jobs: int | None = None) -> Fit:
+    """Fits one model per C on train (``fit_many``), keeps the best on val (ties: the smaller
+    C, sparser)."""
     best, by_c = None, {}
-    for C in Cs:
-        model = l1_logistic_regression(C, seed).fit(x_train, y_train)
+    models = fit_many(x_train, [(y_train, C) for C in Cs], seed, n_jobs)
+    for C, model in zip(Cs, models):
         acc = float(model.score(x_val, y_val))
         by_c[float(C)] = acc
         if best is None or acc > best[1]:

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from lmscale.finetuning.metrics import classification_metrics, tune_thresholds
-from lmscale.transfer.classify import C_GRID, l1_logistic_regression
+from lmscale.transfer.classify import C_GRID, fit_many
 
 
 @dataclasses.dataclass
@@ -52,21 +52,25 @@ def _tuned_f1(p: np.ndarray, y: np.ndarray) -> float:
 def fit_l1_multilabel(x_train: Any, y_train: np.ndarray, x_val: Any, y_val: np.ndarray,
                       x_test: Any = None, y_test: np.ndarray | None = None, *,
                       class_names: Sequence[str], Cs: Sequence[float] = C_GRID,
-                      seed: int = 0) -> MultiLabelFit:
-    """Fits one L1 model per label column of ``y_train`` [N, K]; see the module docstring."""
+                      seed: int = 0, n_jobs: int | None = None) -> MultiLabelFit:
+    """Fits one L1 model per label column of ``y_train`` [N, K] and C (all of them at once,
+    ``fit_many``); see the module docstring."""
     y_train, y_val = np.asarray(y_train, np.int64), np.asarray(y_val, np.int64)
     k, f = y_train.shape[1], x_train.shape[1]
     coef, intercept = np.zeros((k, f)), np.zeros(k)
     chosen: list[float | None] = []
+    separable = [j for j in range(k) if len(np.unique(y_train[:, j])) > 1]
+    models = iter(fit_many(x_train, [(y_train[:, j], C) for j in separable for C in Cs],
+                           seed, n_jobs))
     for j in range(k):
-        if len(np.unique(y_train[:, j])) < 2:  # nothing to separate: the train rate
+        if j not in separable:  # nothing to separate: the train rate
             rate = float(np.clip(y_train[:, j].mean(), 1e-6, 1 - 1e-6))
             intercept[j] = np.log(rate / (1 - rate))
             chosen.append(None)
             continue
         best = None
         for C in Cs:
-            model = l1_logistic_regression(C, seed).fit(x_train, y_train[:, j])
+            model = next(models)
             score = _tuned_f1(model.predict_proba(x_val)[:, 1], y_val[:, j])
             if best is None or score > best[0]:
                 best = (score, float(C), model)

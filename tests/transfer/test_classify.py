@@ -1,4 +1,5 @@
-"""The L1 path against scikit-learn called directly, and the neuron search on planted data."""
+"""The L1 path against scikit-learn called directly, in worker processes as in this one, and the
+neuron search on planted data."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from sklearn.linear_model import LogisticRegression
 import pytest
 
 from lmscale.data.errors import DataError
-from lmscale.transfer.classify import (C_GRID, fit_l1, inverse_strengths, neuron_summary,
-                                      ranked_units, top_k_sweep)
+from lmscale.transfer.classify import (C_GRID, PARALLEL_MIN_VALUES, fit_l1, fit_many,
+                                      inverse_strengths, neuron_summary, ranked_units,
+                                      top_k_sweep)
 
 # Pure L1 as this scikit-learn spells it: l1_ratio=1 from 1.8 (where `penalty` is deprecated);
 # before 1.8, l1_ratio is ignored unless penalty="elasticnet", so it is penalty="l1".
@@ -67,3 +69,18 @@ def test_c_grid_from_strings_and_its_errors():
                          (["nan"], "> 0, got 'nan'"), ([], "the C grid is empty")):
         with pytest.raises(DataError, match=message.replace("(", r"\(")):
             inverse_strengths(bad)
+
+
+def test_fits_in_worker_processes_equal_fits_one_after_another():
+    """Two labelings x four Cs, in 2 worker processes (the largest C first) and in this one:
+    the same models bit for bit, in task order."""
+    x, y = planted(n=2000, f=64)
+    assert x.size >= PARALLEL_MIN_VALUES  # large enough to go to the workers
+    tasks = [(labels, C) for labels in (y, 1 - y) for C in (0.01, 2.0, 0.1, 0.5)]
+    here = fit_many(x, tasks, n_jobs=1)
+    workers = fit_many(x, tasks, n_jobs=2)
+    for (labels, C), a, b in zip(tasks, here, workers):
+        assert a.C == b.C == C
+        np.testing.assert_array_equal(a.coef_, b.coef_)
+        np.testing.assert_array_equal(a.intercept_, b.intercept_)
+    assert not np.array_equal(here[0].coef_, here[1].coef_)  # the Cs differ: so do the models
