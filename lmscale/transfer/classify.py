@@ -10,9 +10,9 @@ of the accuracy a handful of units hold. scikit-learn does the fitting (liblinea
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Sequence
 
+import joblib  # scikit-learn's own dependency
 import numpy as np
 import sklearn
 from sklearn.linear_model import LogisticRegression
@@ -61,18 +61,17 @@ def fit_many(x: Any, tasks: Sequence[tuple[np.ndarray, float]], seed: int = 0,
     """One L1 model per (labels [N], C) task on features x [N, F], in task order.
 
     liblinear is single-threaded, so the tasks run in worker processes (joblib), one per
-    core (``n_jobs``: at most that many; joblib's ``LOKY_MAX_CPU_COUNT`` caps it too), the
+    core this process may use (``n_jobs``: at most that many; ``LOKY_MAX_CPU_COUNT`` too), the
     largest C (the slowest fit) first. Each process seeds liblinear as this one would, so
     the models equal those fitted one after another, bit for bit (threads would share
     liblinear's random state and differ from run to run). Small problems
     (``PARALLEL_MIN_VALUES``) and one core run here."""
-    workers = min(len(tasks), n_jobs or os.cpu_count() or 1)
+    workers = min(len(tasks), n_jobs or joblib.cpu_count())  # affinity and cgroups counted
     if workers < 2 or x.size < PARALLEL_MIN_VALUES:  # a sparse x: its stored values
         return [_fit_one(x, y, C, seed) for y, C in tasks]
-    from joblib import Parallel, delayed  # scikit-learn's own dependency
     order = sorted(range(len(tasks)), key=lambda i: -tasks[i][1])
-    fitted = Parallel(n_jobs=workers)(delayed(_fit_one)(x, tasks[i][0], tasks[i][1], seed)
-                                      for i in order)
+    fitted = joblib.Parallel(n_jobs=workers)(
+        joblib.delayed(_fit_one)(x, tasks[i][0], tasks[i][1], seed) for i in order)
     out: list[Any] = [None] * len(tasks)
     for i, model in zip(order, fitted):
         out[i] = model
