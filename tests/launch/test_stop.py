@@ -28,11 +28,11 @@ def train_command(workdir, data, steps: int) -> list[str]:
             "--initialization_timeout=60"]
 
 
-def start(workdir, data, steps: int, cache) -> list[subprocess.Popen]:
-    """Two processes of one run (1 CPU device each), as launch/local.py starts them."""
+def start(workdir, data, steps: int) -> list[subprocess.Popen]:
+    """Two processes of one run (1 CPU device each), as launch/local.py starts them. Later
+    launches read their programs from the session's compilation cache (tests/conftest.py)."""
     local = _launcher_module()
-    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(cache),  # later launches skip compiling
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    env = dict(os.environ)
     address = f"127.0.0.1:{local.free_port()}"
     return [subprocess.Popen(train_command(workdir, data, steps), cwd=REPO,
                              env=local.process_env(env, pid, 2, address, 1, None),
@@ -63,8 +63,7 @@ def records(workdir) -> list[dict]:
 def test_sigterm_at_different_moments_stops_both_at_one_step(tmp_path):
     corpus = write_corpus(tmp_path / "corpus")
     run = tmp_path / "run"
-    cache = tmp_path / "jax_cache"
-    procs = start(run, corpus, 10_000, cache)
+    procs = start(run, corpus, 10_000)
     metrics = run / "metrics.jsonl"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and (not metrics.exists() or
@@ -82,8 +81,8 @@ def test_sigterm_at_different_moments_stops_both_at_one_step(tmp_path):
 
     # The same command (with a reachable end) resumes; the result equals an uninterrupted run.
     end = stopped + 2
-    assert [s for s, _ in finish(start(run, corpus, end, cache), timeout=180)] == [0, 0]
+    assert [s for s, _ in finish(start(run, corpus, end), timeout=180)] == [0, 0]
     full = tmp_path / "full"
-    assert [s for s, _ in finish(start(full, run / "data", end, cache), timeout=180)] == [0, 0]
+    assert [s for s, _ in finish(start(full, run / "data", end), timeout=180)] == [0, 0]
     assert records(run) == records(full)  # bitwise
     assert [r["step"] for r in records(full)] == list(range(1, end + 1))
