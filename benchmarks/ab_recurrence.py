@@ -9,7 +9,8 @@ Compiles the quickstart training step once per file (the layers call that file's
 prints each one's median and fastest step and its median process CPU time per step. On a
 shared machine, alternating in one process is what makes two versions comparable. Files
 from before 62083a5 take the input projections precomputed (``recurrence(st, pre, w_mh,
-w_h, h0, c0, keep)``); they are wrapped to the current signature.
+w_h, h0, c0, keep)``), and files from before the weight norm was folded into the products
+take normalized matrices (no ``s_mh, s_h``); both are wrapped to the current signature.
 """
 
 from __future__ import annotations
@@ -31,17 +32,26 @@ def load(path: str, name: str):
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
-    if "pre" not in inspect.signature(module.recurrence).parameters:
+    params = inspect.signature(module.recurrence).parameters
+    if "s_h" in params:
         return module
     import jax.numpy as jnp
     old = module.recurrence
+    if "pre" in params:
+        def old_x(st, x, w_x, b, w_mx, w_mh, w_h, h0, c0, keep):
+            pre_x = jnp.einsum("tbi,ij->tbj", x, w_x.astype(st.dtype)) + b.astype(st.dtype)
+            if st.kind == "mlstm":
+                pre_m = jnp.einsum("tbi,ij->tbj", x, w_mx.astype(st.dtype))
+                return old(st, (pre_x, pre_m), w_mh, w_h, h0, c0, keep)
+            return old(st, (pre_x,), None, w_h, h0, c0, keep)
+    else:
+        old_x = old
 
-    def recurrence(st, x, w_x, b, w_mx, w_mh, w_h, h0, c0, keep):
-        pre_x = jnp.einsum("tbi,ij->tbj", x, w_x.astype(st.dtype)) + b.astype(st.dtype)
-        if st.kind == "mlstm":
-            pre_m = jnp.einsum("tbi,ij->tbj", x, w_mx.astype(st.dtype))
-            return old(st, (pre_x, pre_m), w_mh, w_h, h0, c0, keep)
-        return old(st, (pre_x,), None, w_h, h0, c0, keep)
+    def recurrence(st, x, w_x, b, w_mx, w_mh, w_h, h0, c0, keep, s_mh, s_h):
+        # Files from before the weight norm was folded into the products (s_mh, s_h) take the
+        # normalized matrices.
+        scale = lambda w, s: w if s is None else w * s
+        return old_x(st, x, w_x, b, w_mx, scale(w_mh, s_mh), scale(w_h, s_h), h0, c0, keep)
 
     wrapper = type(sys)(name + "_wrapped")
     wrapper.Static, wrapper.recurrence = module.Static, recurrence

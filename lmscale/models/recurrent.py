@@ -86,6 +86,11 @@ def _state_dtype(dtype: Any) -> Any:
     return jnp.promote_types(dtype, jnp.float32)
 
 
+def _scaled(w: jax.Array, scale: jax.Array | None) -> jax.Array:
+    """w [in, out] times its per-output-unit scale [out] (None: w)."""
+    return w if scale is None else w * scale
+
+
 def _recurrence(pre: tuple[jax.Array, ...], carry: Carry, resets: jax.Array | None,
                 gates: Callable[[tuple[jax.Array, ...], jax.Array], jax.Array], dtype: Any,
                 return_cells: bool) -> ScanResult:
@@ -120,12 +125,15 @@ def _recurrence(pre: tuple[jax.Array, ...], carry: Carry, resets: jax.Array | No
 def mlstm_scan(xs: jax.Array, carry: Carry, w_x: jax.Array, w_mx: jax.Array, w_mh: jax.Array,
                w_h: jax.Array, b: jax.Array, resets: jax.Array | None = None, *,
                dtype: Any = jnp.float32, return_cells: bool = False,
-               grad: str | None = None) -> ScanResult:
+               grad: str | None = None, w_mh_scale: jax.Array | None = None,
+               w_h_scale: jax.Array | None = None) -> ScanResult:
     """Multiplicative LSTM over a time-major sequence.
 
     xs [T, B, in]; carry (h [B, H], c [B, H]); w_x (in, 4H), w_mx (in, H), w_mh (H, H),
     w_h (H, 4H), b (4H,); resets bool [T, B] or None; grad: "custom" | "autodiff"
-    (default: ``scan_options``).
+    (default: ``scan_options``). ``w_mh_scale`` [H], ``w_h_scale`` [4H]: per-output-unit
+    scales, the matrices used being w_mh * w_mh_scale and w_h * w_h_scale (weight norm
+    folded into the products: ``WeightNormMatrix.factors``), or None.
     Returns (hs [T, B, H] in ``dtype``, final (h, c) float32, cs [T, B, H] float32 or None).
     """
     sdt = _state_dtype(dtype)
@@ -135,7 +143,8 @@ def mlstm_scan(xs: jax.Array, carry: Carry, w_x: jax.Array, w_mx: jax.Array, w_m
         st = recurrent_vjp.Static("mlstm", dtype, return_cells, opts.unroll)
         h0, c0 = (jnp.asarray(a, sdt) for a in carry)
         return recurrent_vjp.recurrence(st, x, w_x, b, w_mx, w_mh, w_h, h0, c0,
-                                        _keep_mask(resets, sdt))
+                                        _keep_mask(resets, sdt), w_mh_scale, w_h_scale)
+    w_mh, w_h = _scaled(w_mh, w_mh_scale), _scaled(w_h, w_h_scale)
     pre_x = jnp.einsum("tbi,ij->tbj", x, w_x.astype(dtype)) + b.astype(dtype)
     pre_m = jnp.einsum("tbi,ij->tbj", x, w_mx.astype(dtype))
     w_mh, w_h = w_mh.astype(dtype), w_h.astype(dtype)
@@ -150,11 +159,13 @@ def mlstm_scan(xs: jax.Array, carry: Carry, w_x: jax.Array, w_mx: jax.Array, w_m
 
 def lstm_scan(xs: jax.Array, carry: Carry, w_x: jax.Array, w_h: jax.Array, b: jax.Array,
               resets: jax.Array | None = None, *, dtype: Any = jnp.float32,
-              return_cells: bool = False, grad: str | None = None) -> ScanResult:
+              return_cells: bool = False, grad: str | None = None,
+              w_h_scale: jax.Array | None = None) -> ScanResult:
     """Standard LSTM over a time-major sequence.
 
     xs [T, B, in]; carry (h [B, H], c [B, H]); w_x (in, 4H), w_h (H, 4H), b (4H,);
-    resets bool [T, B] or None. Returns as :func:`mlstm_scan`.
+    resets bool [T, B] or None; ``w_h_scale`` as :func:`mlstm_scan`'s. Returns as
+    :func:`mlstm_scan`.
     """
     sdt = _state_dtype(dtype)
     opts = current_scan_options()
@@ -162,7 +173,8 @@ def lstm_scan(xs: jax.Array, carry: Carry, w_x: jax.Array, w_h: jax.Array, b: ja
         st = recurrent_vjp.Static("lstm", dtype, return_cells, opts.unroll)
         h0, c0 = (jnp.asarray(a, sdt) for a in carry)
         return recurrent_vjp.recurrence(st, xs.astype(dtype), w_x, b, None, None, w_h, h0, c0,
-                                        _keep_mask(resets, sdt))
+                                        _keep_mask(resets, sdt), None, w_h_scale)
+    w_h = _scaled(w_h, w_h_scale)
     pre_x = jnp.einsum("tbi,ij->tbj", xs.astype(dtype), w_x.astype(dtype)) + b.astype(dtype)
     w_h = w_h.astype(dtype)
 
@@ -204,6 +216,13 @@ class _RecurrentLayer(nnx.Module):
             return w
         return regularizers.weight_drop(w, step_key, tag, self.weight_drop)
 
+    def _recurrent_factors(self, name: str, step_key: jax.Array | None, tag: int
+                           ) -> tuple[jax.Array, jax.Array | None]:
+        """(V, s) of a hidden-to-hidden matrix W = V * s (s: weight norm's g / ||v||, or None),
+        V weight-dropped. Dropping V drops the same elements of W (the mask is elementwise)."""
+        v, scale = getattr(self, name).factors()
+        return self._drop(v, step_key, tag), scale
+
     def scan_time_major(self, xs: jax.Array, carry: Carry, resets: jax.Array | None = None, *,
                         return_cells: bool = False, step_key: jax.Array | None = None,
                         row_keys: jax.Array | None = None) -> ScanResult:
@@ -218,9 +237,10 @@ class _RecurrentLayer(nnx.Module):
         transposed), for ``decode``. Computed once per generated sequence, not per token:
         per token, transposing W_h alone made a 4096-unit mLSTM generate 8x slower."""
         m = self.multiplicative
-        return recurrent_vjp.forward_weights(
-            self._static(), self.w_x(), self.bias[...], self.w_mx() if m else None,
-            self.w_mh() if m else None, self.w_h())
+        w_mh, s_mh = self.w_mh.factors() if m else (None, None)
+        w_h, s_h = self.w_h.factors()
+        return recurrent_vjp.forward_weights(self._static(), self.w_x(), self.bias[...],
+                                             self.w_mx() if m else None, w_mh, w_h, s_mh, s_h)
 
     def decode(self, xs: jax.Array, carry: Carry, weights: dict[str, jax.Array],
                resets: jax.Array | None = None, return_cells: bool = False) -> ScanResult:
@@ -275,9 +295,11 @@ class MLSTMLayer(_RecurrentLayer):
     def _scan(self, xs: jax.Array, carry: Carry, resets: jax.Array | None,
               return_cells: bool, step_key: jax.Array | None = None) -> ScanResult:
         # Weight drop on both matrices that act on the state: W_mh (h -> m) and W_h (m -> z).
-        return mlstm_scan(xs, carry, self.w_x(), self.w_mx(), self._drop(self.w_mh(), step_key, 0),
-                          self._drop(self.w_h(), step_key, 1), self.bias[...], resets,
-                          dtype=self.dtype, return_cells=return_cells)
+        w_mh, s_mh = self._recurrent_factors("w_mh", step_key, 0)
+        w_h, s_h = self._recurrent_factors("w_h", step_key, 1)
+        return mlstm_scan(xs, carry, self.w_x(), self.w_mx(), w_mh, w_h, self.bias[...], resets,
+                          dtype=self.dtype, return_cells=return_cells, w_mh_scale=s_mh,
+                          w_h_scale=s_h)
 
 
 class LSTMLayer(_RecurrentLayer):
@@ -287,5 +309,6 @@ class LSTMLayer(_RecurrentLayer):
 
     def _scan(self, xs: jax.Array, carry: Carry, resets: jax.Array | None,
               return_cells: bool, step_key: jax.Array | None = None) -> ScanResult:
-        return lstm_scan(xs, carry, self.w_x(), self._drop(self.w_h(), step_key, 1),
-                         self.bias[...], resets, dtype=self.dtype, return_cells=return_cells)
+        w_h, s_h = self._recurrent_factors("w_h", step_key, 1)
+        return lstm_scan(xs, carry, self.w_x(), w_h, self.bias[...], resets, dtype=self.dtype,
+                         return_cells=return_cells, w_h_scale=s_h)

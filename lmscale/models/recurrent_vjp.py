@@ -52,6 +52,12 @@ How it is laid out, each choice measured on XLA:CPU (benchmarks/README.md, issue
   (``lmscale.models.inplace``): XLA:CPU runs a bfloat16 dynamic-update-slice in float32 on
   the whole buffer, so each step's write cost a pass over the sequence (the bfloat16 step
   was 3x slower at 1024 units, 5.7x at 256); an integer buffer is updated in place.
+- Weight norm folded into the products: W_mh and W_h may come as a direction V and a
+  per-output-unit scale s (W = V * s, ``weight_norm.unit_scale``). The loop multiplies the
+  products' results by s (u = s * (V^T h), z = s * (V^T m)) and the backward its gradients
+  by s before the products (dm = V (s * dz)); after the loop dV = (M^T dZ) * s and ds is the
+  column sum of V * (M^T dZ). The normalized W is never written: XLA wrote it twice (once per
+  layout) and transposed one copy, three passes over the largest weight every step.
 Resets of step t+1 are applied at the end of step t. Without differentiation nothing is
 saved. Matmuls take compute-dtype operands with float32 accumulation; the carry and the
 gate math are float32 (float64 when computing in float64).
@@ -145,7 +151,8 @@ def _keep_next(keep: jax.Array | None, t: jax.Array, n_t: int) -> jax.Array | No
 def _layout(st: Static, w: dict[str, Any]) -> dict[str, jax.Array]:
     """The forward loop's weights, from the compute-dtype weights ``w``: {"wh_t": W_h^T
     [4H, H], "wmh_t": W_mh^T [H, H] (mLSTM), "wx_t": W_x^T [4H, in] or [W_x W_mx]^T [5H, in]
-    (x_t's projections in one in-loop matmul), "bias": [4H, 1] in the state dtype}.
+    (x_t's projections in one in-loop matmul), "bias": [4H, 1] in the state dtype, and the
+    weight-norm scales "sh" [4H, 1] and "smh" [H, 1] (state dtype) when given}.
 
     Transposing is a pass over the weights (W_h^T of a 4096-unit mLSTM: 268 MB). XLA does
     not hoist it out of an enclosing loop, so a decoder that runs one step per token computes
@@ -155,14 +162,18 @@ def _layout(st: Static, w: dict[str, Any]) -> dict[str, jax.Array]:
            "bias": w["b"].astype(st.state_dtype)[:, None]}
     if st.mlstm:
         out["wmh_t"] = w["w_mh"].T
+    for name, key in (("s_h", "sh"), ("s_mh", "smh")):
+        if w.get(name) is not None:
+            out[key] = w[name][:, None]
     return out
 
 
 def forward_weights(st: Static, w_x: jax.Array, b: jax.Array, w_mx: jax.Array | None,
-                    w_mh: jax.Array | None, w_h: jax.Array) -> dict[str, jax.Array]:
+                    w_mh: jax.Array | None, w_h: jax.Array, s_mh: jax.Array | None = None,
+                    s_h: jax.Array | None = None) -> dict[str, jax.Array]:
     """The weights of ``recurrence`` (same arguments) in the forward loop's layout, for
     ``forward_with``: compute them once, run many calls (one per generated token)."""
-    return _layout(st, _cast(st, w_x, b, w_mx, w_mh, w_h))
+    return _layout(st, _cast(st, w_x, b, w_mx, w_mh, w_h, s_mh, s_h))
 
 
 def forward_with(st: Static, x: jax.Array, fw: dict[str, jax.Array], h0: jax.Array,
@@ -188,6 +199,8 @@ def _forward(st: Static, x: jax.Array, fw: dict[str, jax.Array], h0: jax.Array, 
     hidden = fw["wh_t"].shape[1]
     x_lead = jnp.transpose(x, (0, 2, 1))  # [T, in, B]
     wh_t, wmh_t, wx_t, bias = fw["wh_t"], fw.get("wmh_t"), fw["wx_t"], fw["bias"]
+    sh, smh = fw.get("sh"), fw.get("smh")
+    scaled = lambda y, s: y if s is None else y * s  # a product's result times its scale
     keep_l = None if keep is None else jnp.swapaxes(keep, 1, 2)  # [T, 1, B]
 
     h0, c0 = h0.T, c0.T
@@ -211,15 +224,15 @@ def _forward(st: Static, x: jax.Array, fw: dict[str, jax.Array], h0: jax.Array, 
             bufs["h_in"] = _put_mid(bufs["h_in"], t, h, dt)
         zx = dot_columns(wx_t, _lead(t, x_lead), sdt)
         if not st.mlstm:
-            return zx + dot_columns(wh_t, h.astype(dt), sdt), bufs
+            return zx + scaled(dot_columns(wh_t, h.astype(dt), sdt), sh), bufs
         xm_t = zx[4 * hidden:].astype(dt)
-        u = dot_columns(wmh_t, h.astype(dt), sdt).astype(dt)
+        u = scaled(dot_columns(wmh_t, h.astype(dt), sdt), smh).astype(dt)
         m = xm_t * u
         if save:
             bufs["m"] = _put_mid(bufs["m"], t, m, dt)
             bufs["u"] = _put_lead(bufs["u"], t, u, dt)
             bufs["xm"] = _put_lead(bufs["xm"], t, xm_t, dt)
-        return zx[:4 * hidden] + dot_columns(wh_t, m, sdt), bufs
+        return zx[:4 * hidden] + scaled(dot_columns(wh_t, m, sdt), sh), bufs
 
     def finish(z: jax.Array, c_in: jax.Array, t: jax.Array, bufs: dict[str, jax.Array]
                ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
@@ -272,7 +285,7 @@ def _forward(st: Static, x: jax.Array, fw: dict[str, jax.Array], h0: jax.Array, 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def recurrence(st: Static, x: jax.Array, w_x: jax.Array, b: jax.Array, w_mx: jax.Array | None,
                w_mh: jax.Array | None, w_h: jax.Array, h0: jax.Array, c0: jax.Array,
-               keep: jax.Array | None
+               keep: jax.Array | None, s_mh: jax.Array | None, s_h: jax.Array | None
                ) -> tuple[jax.Array, tuple[jax.Array, jax.Array], jax.Array | None]:
     """Runs the layer; returns (hs [T, B, H] in dtype, (h, c) final, cs [T, B, H] | None).
 
@@ -280,9 +293,11 @@ def recurrence(st: Static, x: jax.Array, w_x: jax.Array, b: jax.Array, w_mx: jax
     (None for the LSTM), w_h [H, 4H], in any float dtype (cast to the compute dtype inside;
     their gradients come back in their own dtype, accumulated in float32); h0, c0 [B, H] in
     the state dtype; keep: [T, B, 1] state dtype (0 where the state is reset before the step)
-    or None.
+    or None; s_mh [H] and s_h [4H]: per-output-unit scales of w_mh and w_h (the matrices used
+    are w_mh * s_mh and w_h * s_h: weight norm's g / ||v|| with w = v), or None.
     """
-    return forward_with(st, x, forward_weights(st, w_x, b, w_mx, w_mh, w_h), h0, c0, keep)
+    return forward_with(st, x, forward_weights(st, w_x, b, w_mx, w_mh, w_h, s_mh, s_h), h0, c0,
+                        keep)
 
 
 def _tbf(seq: jax.Array) -> jax.Array:
@@ -291,26 +306,33 @@ def _tbf(seq: jax.Array) -> jax.Array:
 
 
 def _cast(st: Static, w_x: jax.Array, b: jax.Array, w_mx: jax.Array | None,
-          w_mh: jax.Array | None, w_h: jax.Array) -> dict[str, Any]:
-    w = {"w_x": w_x, "b": b, "w_mx": w_mx, "w_mh": w_mh, "w_h": w_h}
-    return {k: (None if v is None else v.astype(st.dtype)) for k, v in w.items()}
+          w_mh: jax.Array | None, w_h: jax.Array, s_mh: jax.Array | None = None,
+          s_h: jax.Array | None = None) -> dict[str, Any]:
+    """The matrices in the compute dtype, the scales (multiplying float32 results) in the
+    state dtype."""
+    w = {"w_x": w_x, "b": b, "w_mx": w_mx, "w_mh": w_mh, "w_h": w_h, "s_mh": s_mh, "s_h": s_h}
+    dtype = lambda k: st.state_dtype if k.startswith("s_") else st.dtype
+    return {k: (None if v is None else v.astype(dtype(k))) for k, v in w.items()}
 
 
 def _fwd(st: Static, x: jax.Array, w_x: jax.Array, b: jax.Array, w_mx: jax.Array | None,
          w_mh: jax.Array | None, w_h: jax.Array, h0: jax.Array, c0: jax.Array,
-         keep: jax.Array | None) -> tuple[Any, Any]:
-    w = _cast(st, w_x, b, w_mx, w_mh, w_h)
+         keep: jax.Array | None, s_mh: jax.Array | None, s_h: jax.Array | None
+         ) -> tuple[Any, Any]:
+    w = _cast(st, w_x, b, w_mx, w_mh, w_h, s_mh, s_h)
     (h, c), hs, cs, saved = _forward(st, x, _layout(st, w), h0, c0, keep, save=True)
     # Zero-size stand-ins carry the primal dtypes to the backward.
     like = {k: (None if v is None else jnp.zeros((0,), v.dtype)) for k, v in
             {"x": x, "w_x": w_x, "b": b, "w_mx": w_mx, "w_mh": w_mh, "w_h": w_h, "h0": h0,
-             "c0": c0}.items()}
+             "c0": c0, "s_mh": s_mh, "s_h": s_h}.items()}
+    # The directions as given (float32 masters), for the scales' gradients.
+    unscaled = {"w_mh": w_mh if s_mh is not None else None, "w_h": w_h if s_h is not None else None}
     out = (_tbf(hs), (h, c), None if cs is None else _tbf(cs))
-    return out, (x, w, saved, keep, like)
+    return out, (x, w, saved, keep, like, unscaled)
 
 
 def _bwd(st: Static, res: Any, cts: Any) -> tuple[Any, ...]:
-    x, w, s, keep, like = res
+    x, w, s, keep, like, unscaled = res
     dhs, (dh_t, dc_t), dcs = cts
     dt, sdt = st.dtype, st.state_dtype
     n_t, hidden, n_b = s["f"].shape
@@ -323,6 +345,10 @@ def _bwd(st: Static, res: Any, cts: Any) -> tuple[Any, ...]:
     if st.mlstm:
         bufs.update(xm=s["xm"], u=s["u"])
     is_dc = (jnp.arange(4) < 3)[:, None, None]  # rows of dz scaled by dc (i, f, g), else dh (o)
+    sh = None if w["s_h"] is None else w["s_h"][:, None]  # [4H, 1]
+    smh = None if w["s_mh"] is None else w["s_mh"][:, None]  # [H, 1]
+    # The cotangent a product with W = V * s takes: s * ct, in the compute dtype.
+    scaled = lambda ct, s: (ct if s is None else ct * s).astype(dt)
 
     def step(k: jax.Array, carry: tuple[Any, ...]) -> tuple[Any, ...]:
         # (dh, dc): cotangents of the state entering step t+1, after its reset.
@@ -339,13 +365,14 @@ def _bwd(st: Static, res: Any, cts: Any) -> tuple[Any, ...]:
         scale = jnp.where(is_dc, dc[None], dh[None])  # [4, H, B]
         dz = (_lead(t, bufs["d"]).reshape(4, hidden, n_b) * scale).reshape(4 * hidden, n_b)
         bufs["d"] = _put_lead(bufs["d"], t, dz, sdt)
-        dz = _lead(t, bufs["d"]).astype(dt)  # read back: lets XLA update d in place
+        dz = scaled(_lead(t, bufs["d"]), sh)  # read back: lets XLA update d in place
         dc = dc * _lead(t, s["f"])
         if st.mlstm:
             dm = jnp.dot(w["w_h"], dz, preferred_element_type=sdt)  # [H, 4H] @ [4H, B]
             bufs["u"] = _put_lead(bufs["u"], t, dm * _lead(t, bufs["u"], dt), dt)
             bufs["xm"] = _put_lead(bufs["xm"], t, dm * _lead(t, bufs["xm"], dt), dt)
-            dh = jnp.dot(w["w_mh"], _lead(t, bufs["xm"], dt), preferred_element_type=sdt)
+            dh = jnp.dot(w["w_mh"], scaled(_lead(t, bufs["xm"], dt), smh),
+                         preferred_element_type=sdt)
         else:
             dh = jnp.dot(w["w_h"], dz, preferred_element_type=sdt)
         return dh, dc, bufs
@@ -374,12 +401,18 @@ def _bwd(st: Static, res: Any, cts: Any) -> tuple[Any, ...]:
                      w_h=_all_rows(_decode(s["m"], dt), dz))
     else:
         grads["w_h"] = _all_rows(_decode(s["h_in"], dt), dz)
-    grads = {k: (None if like[k] is None else grads[k].astype(like[k].dtype))
-             for k in ("w_x", "b", "w_mx", "w_mh", "w_h")}
+    for name in ("w_mh", "w_h"):  # W = V * s: dV = dW * s, ds = sum over rows of V * dW
+        scale = w["s" + name[1:]]
+        if scale is not None:
+            grads["s" + name[1:]] = jnp.sum(unscaled[name].astype(sdt) * grads[name], axis=0)
+            grads[name] = grads[name] * scale
+    names = ("w_x", "b", "w_mx", "w_mh", "w_h", "s_mh", "s_h")
+    grads = {k: (None if like[k] is None else grads[k].astype(like[k].dtype)) for k in names}
     d_x = jnp.transpose(d_x.reshape(-1, n_t, n_b), (1, 2, 0)).astype(like["x"].dtype)
     d_keep = None if keep is None else jnp.zeros_like(keep)
     return (d_x, grads["w_x"], grads["b"], grads["w_mx"], grads["w_mh"], grads["w_h"],
-            dh0.T.astype(like["h0"].dtype), dc0.T.astype(like["c0"].dtype), d_keep)
+            dh0.T.astype(like["h0"].dtype), dc0.T.astype(like["c0"].dtype), d_keep,
+            grads["s_mh"], grads["s_h"])
 
 
 recurrence.defvjp(_fwd, _bwd)

@@ -20,15 +20,19 @@ from flax import nnx
 Initializer = Callable[[jax.Array, tuple[int, ...], Any], jax.Array]
 
 
-def weight_norm(g: jax.Array, v: jax.Array) -> jax.Array:
-    """g [out], v [in, out] -> w [in, out] = g * v / ||v||_in.
+def unit_scale(g: jax.Array, v: jax.Array) -> jax.Array:
+    """g [out], v [in, out] -> s [out] = g / ||v||_in, so that w = v * s.
 
     Computed in at least float32 (float64 stays float64, for gradient checks).
     """
     dtype = jnp.promote_types(v.dtype, jnp.float32)
     v = v.astype(dtype)
-    inv_norm = jax.lax.rsqrt(jnp.sum(v * v, axis=0))
-    return v * (g.astype(dtype) * inv_norm)
+    return g.astype(dtype) * jax.lax.rsqrt(jnp.sum(v * v, axis=0))
+
+
+def weight_norm(g: jax.Array, v: jax.Array) -> jax.Array:
+    """g [out], v [in, out] -> w [in, out] = g * v / ||v||_in (dtype as ``unit_scale``)."""
+    return v.astype(jnp.promote_types(v.dtype, jnp.float32)) * unit_scale(g, v)
 
 
 class WeightNormMatrix(nnx.Module):
@@ -47,6 +51,12 @@ class WeightNormMatrix(nnx.Module):
         """The effective (in, out) matrix, float32."""
         return weight_norm(self.g[...], self.v[...])
 
+    def factors(self) -> tuple[jax.Array, jax.Array | None]:
+        """(v [in, out], s [out]) with the matrix = v * s: a product x @ w can be taken as
+        (x @ v) * s, so a large matrix is never normalized and written out (the recurrences,
+        ``recurrent_vjp``)."""
+        return self.v[...], unit_scale(self.g[...], self.v[...])
+
 
 class Matrix(nnx.Module):
     """A plain (in, out) matrix with param ``kernel``; same call interface as WeightNormMatrix."""
@@ -58,6 +68,10 @@ class Matrix(nnx.Module):
     def __call__(self) -> jax.Array:
         """The (in, out) matrix."""
         return self.kernel[...]
+
+    def factors(self) -> tuple[jax.Array, jax.Array | None]:
+        """(kernel, None): no scale (as ``WeightNormMatrix.factors``)."""
+        return self.kernel[...], None
 
 
 def make_matrix(in_features: int, out_features: int, *, weight_norm: bool, init: Initializer,

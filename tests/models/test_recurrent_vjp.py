@@ -12,6 +12,7 @@ import pytest
 from flax import nnx
 
 from lmscale.models import LSTMLayer, MLSTMLayer, RecurrentLM, lstm_scan, mlstm_scan, weight_norm
+from lmscale.models.weight_norm import unit_scale
 from lmscale.models.recurrent import scan_options
 from tests.models.helpers import computations, jaxpr_equations, loop_computations
 
@@ -39,19 +40,26 @@ def problem(kind: str, seed: int, steps: int = T, hidden: int = H) -> dict[str, 
             "probe": u(steps, B, hidden)}
 
 
-def loss_fn(kind: str, dtype: Any, grad: str, resets: np.ndarray | None, return_cells: bool):
-    """A scalar of every output (hs, final carry, and cs when returned) of a weight-normed scan."""
+def loss_fn(kind: str, dtype: Any, grad: str, resets: np.ndarray | None, return_cells: bool,
+            folded: bool = False):
+    """A scalar of every output (hs, final carry, and cs when returned) of a weight-normed scan.
+
+    ``folded``: W_mh and W_h go in as (v, g / ||v||) (``w_*_scale``), not normalized."""
 
     def loss(p: dict[str, Any]) -> jax.Array:
         w = {n: weight_norm(p["g"][n], p["v"][n]) for n in p["g"]}
+        scale = {}
+        if folded:
+            for n in ("w_mh", "w_h") if kind == "mlstm" else ("w_h",):
+                w[n], scale[n + "_scale"] = p["v"][n], unit_scale(p["g"][n], p["v"][n])
         r = None if resets is None else jnp.asarray(resets)
         if kind == "mlstm":
             hs, (h, c), cs = mlstm_scan(p["xs"], (p["h0"], p["c0"]), w["w_x"], w["w_mx"], w["w_mh"],
                                         w["w_h"], p["b"], r, dtype=dtype, return_cells=return_cells,
-                                        grad=grad)
+                                        grad=grad, **scale)
         else:
             hs, (h, c), cs = lstm_scan(p["xs"], (p["h0"], p["c0"]), w["w_x"], w["w_h"], p["b"], r,
-                                       dtype=dtype, return_cells=return_cells, grad=grad)
+                                       dtype=dtype, return_cells=return_cells, grad=grad, **scale)
         out = jnp.sum(hs.astype(jnp.float32) * p["probe"]) + jnp.sum(jnp.sin(h) + c * c)
         if return_cells:
             out = out + jnp.sum(jnp.cos(cs) * p["probe"])
@@ -71,6 +79,24 @@ def test_custom_vjp_equals_autodiff_float32(kind, with_resets, return_cells):
     val_a, g_a = jax.value_and_grad(loss_fn(*args, "autodiff", resets, return_cells))(p)
     np.testing.assert_allclose(float(val_c), float(val_a), rtol=1e-6)
     for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(g_c), jax.tree.leaves(g_a)):
+        if jax.tree_util.keystr(path) == "['probe']":
+            continue
+        assert float(jnp.abs(want).max()) > 0, path
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=1e-5,
+                                   err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize("kind", ["mlstm", "lstm"])
+@pytest.mark.parametrize("grad", ["custom", "autodiff"])
+def test_weight_norm_folded_into_the_products_same_values_and_gradients(kind, grad):
+    """W_mh and W_h given as (v, g / ||v||), the scale applied to the products' results, give
+    the values and the g, v gradients of the normalized matrices given whole, to 1e-5."""
+    p = problem(kind, seed=4)
+    val_w, g_w = jax.value_and_grad(loss_fn(kind, jnp.float32, "autodiff", resets_tm(), True))(p)
+    val_f, g_f = jax.value_and_grad(loss_fn(kind, jnp.float32, grad, resets_tm(), True,
+                                            folded=True))(p)
+    np.testing.assert_allclose(float(val_f), float(val_w), rtol=1e-6)
+    for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(g_f), jax.tree.leaves(g_w)):
         if jax.tree_util.keystr(path) == "['probe']":
             continue
         assert float(jnp.abs(want).max()) > 0, path
@@ -99,9 +125,10 @@ def test_layer_and_lm_gradients_through_scan_options(kind):
     assert layer.scan_time_major(jnp.ones((T, B, IN)), layer.initial_carry(B))[0].shape == (T, B, H)
 
 
-def _grad_jaxpr(kind: str, dtype: Any, grad: str) -> Any:
+def _grad_jaxpr(kind: str, dtype: Any, grad: str, folded: bool = False) -> Any:
     p = problem(kind, seed=3)
-    return jax.make_jaxpr(jax.grad(loss_fn(kind, dtype, grad, resets_tm(), False)))(p).jaxpr
+    loss = loss_fn(kind, dtype, grad, resets_tm(), False, folded)
+    return jax.make_jaxpr(jax.grad(loss))(p).jaxpr
 
 
 def _weight_shapes(kind: str) -> set[tuple[int, int]]:
@@ -110,9 +137,11 @@ def _weight_shapes(kind: str) -> set[tuple[int, int]]:
 
 @pytest.mark.parametrize("kind", ["mlstm", "lstm"])
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
-def test_weight_gradients_accumulate_in_float32(kind, dtype):
+@pytest.mark.parametrize("folded", [False, True])
+def test_weight_gradients_accumulate_in_float32(kind, dtype, folded):
     """In the jaxpr: no loop carries a recurrent-weight-shaped array; their gradients are
-    float32 dot_generals over all T x B rows. Autodiff (the defect) carries them in ``dtype``."""
+    float32 dot_generals over all T x B rows, with the weight norm folded into the products
+    (as the layers run) or not. Autodiff (the defect) carries them in ``dtype``."""
     shapes = _weight_shapes(kind)
 
     def carried(jaxpr: Any) -> list[Any]:
@@ -126,7 +155,7 @@ def test_weight_gradients_accumulate_in_float32(kind, dtype):
                 out += [v.aval for v in e.params[body].jaxpr.outvars]
         return out
 
-    custom = _grad_jaxpr(kind, dtype, "custom")
+    custom = _grad_jaxpr(kind, dtype, "custom", folded)
     assert not [a for a in carried(custom) if tuple(a.shape) in shapes]
     dots = [e for e in jaxpr_equations(custom) if e.primitive.name == "dot_general"
             and tuple(e.outvars[0].aval.shape) in shapes]
@@ -159,6 +188,8 @@ def test_low_precision_gradients_closer_to_float32_at_t256(kind, dtype):
     resets[100, 0] = True
     ref = jax.grad(loss_fn(kind, jnp.float32, "autodiff", resets, False))(p)
     got = {g: jax.grad(loss_fn(kind, dtype, g, resets, False))(p) for g in ("custom", "autodiff")}
+    # The weight norm folded into the products, as the layers run it.
+    got["folded"] = jax.grad(loss_fn(kind, dtype, "custom", resets, False, folded=True))(p)
     names = ["w_h"] + (["w_mh"] if kind == "mlstm" else [])
     for name in names:
         for part in ("g", "v"):
@@ -166,6 +197,7 @@ def test_low_precision_gradients_closer_to_float32_at_t256(kind, dtype):
             err = {g: np.linalg.norm(np.asarray(got[g][part][name], np.float64) - want)
                    / np.linalg.norm(want) for g in got}
             assert err["custom"] < 0.5 * err["autodiff"], (name, part, err)  # ~4-7x here
+            assert err["folded"] < 0.5 * err["autodiff"], (name, part, err)
 
 
 @pytest.mark.parametrize("kind", ["mlstm", "lstm"])
@@ -192,13 +224,14 @@ def test_unrolled_loops_same_gradient_and_no_whole_buffer_copy_per_step(kind):
 
 @pytest.mark.parametrize("kind", ["mlstm", "lstm"])
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
-def test_low_precision_loops_write_saved_sequences_in_place(kind, dtype):
+@pytest.mark.parametrize("folded", [False, True])
+def test_low_precision_loops_write_saved_sequences_in_place(kind, dtype, folded):
     """No compiled loop body converts a whole saved [T, F, B] sequence: XLA:CPU ran a
     bfloat16 per-step write as float32 on the whole buffer (convert, update, convert back),
     59 % of the 1024-unit bfloat16 step; the sequences are kept as uint16 bits."""
     steps = 16
     p = problem(kind, seed=6, steps=steps)
-    loss = loss_fn(kind, dtype, "custom", resets_tm(steps), False)
+    loss = loss_fn(kind, dtype, "custom", resets_tm(steps), False, folded)
     hlo = jax.jit(jax.grad(loss)).lower(p).compile().as_text()
     loops = loop_computations(hlo)
     assert len(loops) >= 4  # two loop bodies and their fusions
