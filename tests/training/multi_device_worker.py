@@ -9,6 +9,7 @@ JSON object, the per-step train losses of each, for the test to compare.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 
 import jax
@@ -34,10 +35,12 @@ def main(corpus: str, out: str) -> None:
         workdir = f"{out}/d{n}"
         train(tiny_config(corpus, **base), workdir, devices=devices[:n])
         result[f"d{n}"] = losses(workdir)
-    # A checkpoint written on 8 devices (step 10 of d8) continues on 1 and on 4 devices.
+    # A checkpoint written on 8 devices (step 10 of d8) continues on 1 and on 4 devices: one
+    # 10-step run, copied into each workdir.
+    train(tiny_config(corpus, **{**base, "train.steps": 10}), f"{out}/from8", devices=devices)
     for n in (1, 4):
         workdir = f"{out}/from8_on{n}"
-        train(tiny_config(corpus, **{**base, "train.steps": 10}), workdir, devices=devices)
+        shutil.copytree(f"{out}/from8", workdir)
         train(tiny_config(corpus, **base), workdir, devices=devices[:n])
         result[f"from8_on{n}"] = losses(workdir)
     # The transformer (no carry; dropout everywhere; document segments), and validation with
