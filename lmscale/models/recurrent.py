@@ -7,7 +7,9 @@ Equations (sentiment-discovery / Krause et al. 2016), x @ W convention, per step
 Shapes: W_x (in, 4H), W_mx (in, H), W_mh (H, H), W_h (H, 4H), b (4H,).
 
 Speed: the input-side projections (x W_x + b and x W_mx) of all T steps are one matmul before
-the scan; only the h-dependent matmuls run inside it. Weight norm is applied once per call.
+the scan; only the h-dependent matmuls run inside it. Weight norm is applied once per call,
+and on W_mh and W_h it is folded into the products (the layers pass v and g / ||v||): the
+normalized hidden-to-hidden matrices are never written.
 
 Precision: ``dtype`` is the compute dtype of the matmuls (weights and inputs are cast to it).
 Gate nonlinearities and the carry (h, c) are kept in float32 (at least), whatever ``dtype``.
