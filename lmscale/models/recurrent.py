@@ -6,8 +6,9 @@ Equations (sentiment-discovery / Krause et al. 2016), x @ W convention, per step
   i, f, g, o = split(z, 4);  c' = s(f) c + s(i) tanh(g);  h' = s(o) tanh(c')
 Shapes: W_x (in, 4H), W_mx (in, H), W_mh (H, H), W_h (H, 4H), b (4H,).
 
-Speed: the input-side projections (x W_x + b and x W_mx) of all T steps are one matmul before
-the scan; only the h-dependent matmuls run inside it. Weight norm is applied once per call,
+Speed: the default path (``recurrent_vjp``) lays the loop out for XLA (its module docstring);
+the autodiff reference computes the input-side projections (x W_x + b and x W_mx) of all T
+steps as one matmul before the scan. Weight norm is applied once per call,
 and on W_mh and W_h it is folded into the products (the layers pass v and g / ||v||): the
 normalized hidden-to-hidden matrices are never written.
 
