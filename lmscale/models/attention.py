@@ -30,6 +30,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from lmscale.models.dtypes import at_least_float32
+
 _NEG = jnp.finfo(jnp.float32).min
 
 
@@ -65,7 +67,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None =
 def _bmm(a: jax.Array, b: jax.Array) -> jax.Array:
     """a [B, H, M, K] @ b [B, H, K, N] -> float32 [B, H, M, N]: the canonical batched form."""
     return jax.lax.dot_general(a, b, (((3,), (2,)), ((0, 1), (0, 1))),
-                               preferred_element_type=jnp.promote_types(a.dtype, jnp.float32))
+                               preferred_element_type=at_least_float32(a.dtype))
 
 
 def _forward(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array

@@ -31,6 +31,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from lmscale.models.dtypes import at_least_float32
+
 
 def _two_byte(dtype: Any) -> bool:
     return jnp.dtype(dtype).itemsize == 2
@@ -75,19 +77,15 @@ def _t_product(a: jax.Array, b: jax.Array, accumulate: Any) -> jax.Array:
     return jnp.dot(a_t, b, preferred_element_type=accumulate)[:-1]
 
 
-def _accumulate(dtype: Any) -> Any:
-    return jnp.promote_types(dtype, jnp.float32)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _dense(dtype: Any, w_transposed: bool, x: jax.Array, w: jax.Array) -> jax.Array:
-    return _product(x.astype(dtype), w.astype(dtype), w_transposed, _accumulate(dtype))
+    return _product(x.astype(dtype), w.astype(dtype), w_transposed, at_least_float32(dtype))
 
 
 def _dense_fwd(dtype: Any, w_transposed: bool, x: jax.Array, w: jax.Array
                ) -> tuple[jax.Array, Any]:
     x_c, w_c = x.astype(dtype), w.astype(dtype)
-    y = _product(x_c, w_c, w_transposed, _accumulate(dtype))
+    y = _product(x_c, w_c, w_transposed, at_least_float32(dtype))
     # Zero-size stand-ins carry the operands' dtypes to the backward.
     return y, (x_c, w_c, jnp.zeros((0,), x.dtype), jnp.zeros((0,), w.dtype))
 
@@ -96,7 +94,7 @@ def _dense_bwd(dtype: Any, w_transposed: bool, res: Any, ct: jax.Array
                ) -> tuple[jax.Array, jax.Array]:
     x_c, w_c, x_like, w_like = res
     g = ct.astype(dtype)  # [rows, out]
-    f32 = _accumulate(dtype)
+    f32 = at_least_float32(dtype)
     if w_transposed:  # w_c = w^T [out, in]
         dx = jnp.dot(g, w_c, preferred_element_type=f32)  # [rows, in]
     else:  # w_c [in, out]

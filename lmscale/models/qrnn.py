@@ -30,6 +30,7 @@ from flax import nnx
 
 from lmscale.models import fast_dot
 from lmscale.models import regularizers as reg
+from lmscale.models.dtypes import at_least_float32
 from lmscale.models.initializers import symmetric_uniform
 from lmscale.models.weight_norm import make_matrix
 
@@ -78,7 +79,7 @@ def qrnn_scan(xs: jax.Array, carry: tuple[jax.Array, ...], w: jax.Array, bias: j
     zoneout) or None (evaluation: f scaled by 1 - zoneout).
     Returns (hs [T, B, H] in ``dtype``, new carry, cs [T, B, H] float32 or None).
     """
-    sdt = jnp.promote_types(dtype, jnp.float32)
+    sdt = at_least_float32(dtype)
     steps, batch, width = xs.shape
     keep = None if resets is None else jnp.logical_not(resets)[..., None]
     x = xs.astype(dtype)

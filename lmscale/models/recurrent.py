@@ -33,6 +33,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lmscale.models import recurrent_vjp, regularizers
+from lmscale.models.dtypes import at_least_float32
 from lmscale.models.initializers import recurrent_uniform
 from lmscale.models.weight_norm import make_matrix
 
@@ -84,11 +85,6 @@ def _keep_mask(resets: jax.Array | None, dtype: Any) -> jax.Array | None:
     return jnp.logical_not(jnp.asarray(resets, bool))[..., None].astype(dtype)
 
 
-def _state_dtype(dtype: Any) -> Any:
-    """Dtype of the carry and gate math: float32, or float64 when computing in float64."""
-    return jnp.promote_types(dtype, jnp.float32)
-
-
 def _scaled(w: jax.Array, scale: jax.Array | None) -> jax.Array:
     """w [in, out] times its per-output-unit scale [out] (None: w)."""
     return w if scale is None else w * scale
@@ -103,7 +99,7 @@ def _recurrence(pre: tuple[jax.Array, ...], carry: Carry, resets: jax.Array | No
     state dtype. resets: bool [T, B] or None. Returns (hs [T, B, H] in ``dtype``, (h, c),
     cs [T, B, H] in the state dtype or None).
     """
-    sdt = _state_dtype(dtype)
+    sdt = at_least_float32(dtype)
     h0, c0 = (jnp.asarray(a, sdt) for a in carry)
 
     def step(state: Carry, inputs: tuple[Any, ...]) -> tuple[Carry, Any]:
@@ -139,7 +135,7 @@ def mlstm_scan(xs: jax.Array, carry: Carry, w_x: jax.Array, w_mx: jax.Array, w_m
     folded into the products: ``WeightNormMatrix.factors``), or None.
     Returns (hs [T, B, H] in ``dtype``, final (h, c) float32, cs [T, B, H] float32 or None).
     """
-    sdt = _state_dtype(dtype)
+    sdt = at_least_float32(dtype)
     x = xs.astype(dtype)
     opts = current_scan_options()
     if (grad or opts.grad) == "custom":
@@ -170,7 +166,7 @@ def lstm_scan(xs: jax.Array, carry: Carry, w_x: jax.Array, w_h: jax.Array, b: ja
     resets bool [T, B] or None; ``w_h_scale`` as :func:`mlstm_scan`'s. Returns as
     :func:`mlstm_scan`.
     """
-    sdt = _state_dtype(dtype)
+    sdt = at_least_float32(dtype)
     opts = current_scan_options()
     if (grad or opts.grad) == "custom":
         st = recurrent_vjp.Static("lstm", dtype, return_cells, opts.unroll)
@@ -250,7 +246,7 @@ class _RecurrentLayer(nnx.Module):
         """xs [T, B, in] (time-major, no dropout), resets [T, B] or None -> (hs [T, B, H] in the
         compute dtype, (h, c) float32, cs [T, B, H] float32 or None), as ``scan_time_major``
         computes them, with the weights of ``decode_weights`` (made once for many calls)."""
-        sdt = _state_dtype(self.dtype)
+        sdt = at_least_float32(self.dtype)
         h0, c0 = (jnp.asarray(a, sdt) for a in carry)
         return recurrent_vjp.forward_with(self._static(return_cells), xs.astype(self.dtype),
                                           weights, h0, c0, _keep_mask(resets, sdt))

@@ -72,6 +72,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from lmscale.models.dtypes import at_least_float32
 from lmscale.models.inplace import decode as _decode
 from lmscale.models.inplace import encode as _encode
 from lmscale.models.inplace import storage as _storage
@@ -88,7 +89,7 @@ class Static:
 
     @property
     def state_dtype(self) -> Any:
-        return jnp.promote_types(self.dtype, jnp.float32)
+        return at_least_float32(self.dtype)
 
     @property
     def mlstm(self) -> bool:

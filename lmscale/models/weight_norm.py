@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lmscale.models.dtypes import at_least_float32
+
 Initializer = Callable[[jax.Array, tuple[int, ...], Any], jax.Array]
 
 
@@ -25,14 +27,14 @@ def unit_scale(g: jax.Array, v: jax.Array) -> jax.Array:
 
     Computed in at least float32 (float64 stays float64, for gradient checks).
     """
-    dtype = jnp.promote_types(v.dtype, jnp.float32)
+    dtype = at_least_float32(v.dtype)
     v = v.astype(dtype)
     return g.astype(dtype) * jax.lax.rsqrt(jnp.sum(v * v, axis=0))
 
 
 def weight_norm(g: jax.Array, v: jax.Array) -> jax.Array:
     """g [out], v [in, out] -> w [in, out] = g * v / ||v||_in (dtype as ``unit_scale``)."""
-    return v.astype(jnp.promote_types(v.dtype, jnp.float32)) * unit_scale(g, v)
+    return v.astype(at_least_float32(v.dtype)) * unit_scale(g, v)
 
 
 class WeightNormMatrix(nnx.Module):
