@@ -85,11 +85,6 @@ def _keep_mask(resets: jax.Array | None, dtype: Any) -> jax.Array | None:
     return jnp.logical_not(jnp.asarray(resets, bool))[..., None].astype(dtype)
 
 
-def _scaled(w: jax.Array, scale: jax.Array | None) -> jax.Array:
-    """w [in, out] times its per-output-unit scale [out] (None: w)."""
-    return w if scale is None else w * scale
-
-
 def _recurrence(pre: tuple[jax.Array, ...], carry: Carry, resets: jax.Array | None,
                 gates: Callable[[tuple[jax.Array, ...], jax.Array], jax.Array], dtype: Any,
                 return_cells: bool) -> ScanResult:
@@ -143,7 +138,7 @@ def mlstm_scan(xs: jax.Array, carry: Carry, w_x: jax.Array, w_mx: jax.Array, w_m
         h0, c0 = (jnp.asarray(a, sdt) for a in carry)
         return recurrent_vjp.recurrence(st, x, w_x, b, w_mx, w_mh, w_h, h0, c0,
                                         _keep_mask(resets, sdt), w_mh_scale, w_h_scale)
-    w_mh, w_h = _scaled(w_mh, w_mh_scale), _scaled(w_h, w_h_scale)
+    w_mh, w_h = recurrent_vjp.scaled(w_mh, w_mh_scale), recurrent_vjp.scaled(w_h, w_h_scale)
     pre_x = jnp.einsum("tbi,ij->tbj", x, w_x.astype(dtype)) + b.astype(dtype)
     pre_m = jnp.einsum("tbi,ij->tbj", x, w_mx.astype(dtype))
     w_mh, w_h = w_mh.astype(dtype), w_h.astype(dtype)
@@ -173,7 +168,7 @@ def lstm_scan(xs: jax.Array, carry: Carry, w_x: jax.Array, w_h: jax.Array, b: ja
         h0, c0 = (jnp.asarray(a, sdt) for a in carry)
         return recurrent_vjp.recurrence(st, xs.astype(dtype), w_x, b, None, None, w_h, h0, c0,
                                         _keep_mask(resets, sdt), None, w_h_scale)
-    w_h = _scaled(w_h, w_h_scale)
+    w_h = recurrent_vjp.scaled(w_h, w_h_scale)
     pre_x = jnp.einsum("tbi,ij->tbj", xs.astype(dtype), w_x.astype(dtype)) + b.astype(dtype)
     w_h = w_h.astype(dtype)
 

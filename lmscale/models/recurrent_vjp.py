@@ -153,7 +153,7 @@ def _layout(st: Static, w: dict[str, Any]) -> dict[str, jax.Array]:
     """The forward loop's weights, from the compute-dtype weights ``w``: {"wh_t": W_h^T
     [4H, H], "wmh_t": W_mh^T [H, H] (mLSTM), "wx_t": W_x^T [4H, in] or [W_x W_mx]^T [5H, in]
     (x_t's projections in one in-loop matmul), "bias": [4H, 1] in the state dtype, and the
-    weight-norm scales "sh" [4H, 1] and "smh" [H, 1] (state dtype) when given}.
+    weight-norm scales "s_h" [4H, 1] and "s_mh" [H, 1] (state dtype) when given}.
 
     Transposing is a pass over the weights (W_h^T of a 4096-unit mLSTM: 268 MB). XLA does
     not hoist it out of an enclosing loop, so a decoder that runs one step per token computes
@@ -163,10 +163,20 @@ def _layout(st: Static, w: dict[str, Any]) -> dict[str, jax.Array]:
            "bias": w["b"].astype(st.state_dtype)[:, None]}
     if st.mlstm:
         out["wmh_t"] = w["w_mh"].T
-    for name, key in (("s_h", "sh"), ("s_mh", "smh")):
+    for name in ("s_h", "s_mh"):
         if w.get(name) is not None:
-            out[key] = w[name][:, None]
+            out[name] = _column(w[name])
     return out
+
+
+def _column(scale: jax.Array | None) -> jax.Array | None:
+    """A per-unit scale [F] as a column [F, 1], to multiply feature-major [F, B] arrays."""
+    return None if scale is None else scale[:, None]
+
+
+def scaled(y: jax.Array, scale: jax.Array | None) -> jax.Array:
+    """y times ``scale`` broadcast against it (a weight norm's per-unit g / ||v||); None: y."""
+    return y if scale is None else y * scale
 
 
 def forward_weights(st: Static, w_x: jax.Array, b: jax.Array, w_mx: jax.Array | None,
@@ -200,8 +210,7 @@ def _forward(st: Static, x: jax.Array, fw: dict[str, jax.Array], h0: jax.Array, 
     hidden = fw["wh_t"].shape[1]
     x_lead = jnp.transpose(x, (0, 2, 1))  # [T, in, B]
     wh_t, wmh_t, wx_t, bias = fw["wh_t"], fw.get("wmh_t"), fw["wx_t"], fw["bias"]
-    sh, smh = fw.get("sh"), fw.get("smh")
-    scaled = lambda y, s: y if s is None else y * s  # a product's result times its scale
+    sh, smh = fw.get("s_h"), fw.get("s_mh")  # a product's result is multiplied by these
     keep_l = None if keep is None else jnp.swapaxes(keep, 1, 2)  # [T, 1, B]
 
     h0, c0 = h0.T, c0.T
@@ -346,10 +355,8 @@ def _bwd(st: Static, res: Any, cts: Any) -> tuple[Any, ...]:
     if st.mlstm:
         bufs.update(xm=s["xm"], u=s["u"])
     is_dc = (jnp.arange(4) < 3)[:, None, None]  # rows of dz scaled by dc (i, f, g), else dh (o)
-    sh = None if w["s_h"] is None else w["s_h"][:, None]  # [4H, 1]
-    smh = None if w["s_mh"] is None else w["s_mh"][:, None]  # [H, 1]
-    # The cotangent a product with W = V * s takes: s * ct, in the compute dtype.
-    scaled = lambda ct, s: (ct if s is None else ct * s).astype(dt)
+    # A product with W = V * s takes the cotangent s * ct (in the compute dtype).
+    sh, smh = _column(w["s_h"]), _column(w["s_mh"])  # [4H, 1], [H, 1]
 
     def step(k: jax.Array, carry: tuple[Any, ...]) -> tuple[Any, ...]:
         # (dh, dc): cotangents of the state entering step t+1, after its reset.
@@ -366,13 +373,13 @@ def _bwd(st: Static, res: Any, cts: Any) -> tuple[Any, ...]:
         scale = jnp.where(is_dc, dc[None], dh[None])  # [4, H, B]
         dz = (_lead(t, bufs["d"]).reshape(4, hidden, n_b) * scale).reshape(4 * hidden, n_b)
         bufs["d"] = _put_lead(bufs["d"], t, dz, sdt)
-        dz = scaled(_lead(t, bufs["d"]), sh)  # read back: lets XLA update d in place
+        dz = scaled(_lead(t, bufs["d"]), sh).astype(dt)  # read back: d updated in place
         dc = dc * _lead(t, s["f"])
         if st.mlstm:
             dm = jnp.dot(w["w_h"], dz, preferred_element_type=sdt)  # [H, 4H] @ [4H, B]
             bufs["u"] = _put_lead(bufs["u"], t, dm * _lead(t, bufs["u"], dt), dt)
             bufs["xm"] = _put_lead(bufs["xm"], t, dm * _lead(t, bufs["xm"], dt), dt)
-            dh = jnp.dot(w["w_mh"], scaled(_lead(t, bufs["xm"], dt), smh),
+            dh = jnp.dot(w["w_mh"], scaled(_lead(t, bufs["xm"], dt), smh).astype(dt),
                          preferred_element_type=sdt)
         else:
             dh = jnp.dot(w["w_h"], dz, preferred_element_type=sdt)
@@ -402,11 +409,10 @@ def _bwd(st: Static, res: Any, cts: Any) -> tuple[Any, ...]:
                      w_h=_all_rows(_decode(s["m"], dt), dz))
     else:
         grads["w_h"] = _all_rows(_decode(s["h_in"], dt), dz)
-    for name in ("w_mh", "w_h"):  # W = V * s: dV = dW * s, ds = sum over rows of V * dW
-        scale = w["s" + name[1:]]
-        if scale is not None:
-            grads["s" + name[1:]] = jnp.sum(unscaled[name].astype(sdt) * grads[name], axis=0)
-            grads[name] = grads[name] * scale
+    for name, scale_name in (("w_mh", "s_mh"), ("w_h", "s_h")):
+        if w[scale_name] is not None:  # W = V * s: dV = dW * s, ds = sum over rows of V * dW
+            grads[scale_name] = jnp.sum(unscaled[name].astype(sdt) * grads[name], axis=0)
+            grads[name] = grads[name] * w[scale_name]
     names = ("w_x", "b", "w_mx", "w_mh", "w_h", "s_mh", "s_h")
     grads = {k: (None if like[k] is None else grads[k].astype(like[k].dtype)) for k in names}
     d_x = jnp.transpose(d_x.reshape(-1, n_t, n_b), (1, 2, 0)).astype(like["x"].dtype)
