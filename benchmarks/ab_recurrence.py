@@ -50,8 +50,8 @@ def load(path: str, name: str):
     def recurrence(st, x, w_x, b, w_mx, w_mh, w_h, h0, c0, keep, s_mh, s_h):
         # Files from before the weight norm was folded into the products (s_mh, s_h) take the
         # normalized matrices.
-        scale = lambda w, s: w if s is None else w * s
-        return old_x(st, x, w_x, b, w_mx, scale(w_mh, s_mh), scale(w_h, s_h), h0, c0, keep)
+        from lmscale.models.recurrent_vjp import scaled
+        return old_x(st, x, w_x, b, w_mx, scaled(w_mh, s_mh), scaled(w_h, s_h), h0, c0, keep)
 
     wrapper = type(sys)(name + "_wrapped")
     wrapper.Static, wrapper.recurrence = module.Static, recurrence
