@@ -11,8 +11,14 @@ The folder is, in order: ``JAX_COMPILATION_CACHE_DIR`` when set (JAX reads it it
 ``LMSCALE_COMPILE_CACHE`` ("off" turns the cache off); else ``$XDG_CACHE_HOME/lmscale/xla``
 (``~/.cache/lmscale/xla``). JAX keys each entry by the program, its devices and compile
 options, and the jax/jaxlib versions, and caches only programs that took at least
-``jax_persistent_cache_min_compile_time_secs`` (1 s by default) to compile. Nothing is ever
-evicted: remove the folder to reclaim its space.
+``jax_persistent_cache_min_compile_time_secs`` (1 s by default) to compile.
+
+The folder is kept under a size cap, least recently used entries evicted first (JAX's own
+LRU eviction, which locks the folder with ``filelock`` so that concurrent processes, e.g. a
+sweep's points, neither write one entry twice nor evict under each other): 2048 MiB, or
+``LMSCALE_COMPILE_CACHE_MAX_MB`` ("unlimited" or -1 for none), or JAX's own
+``JAX_COMPILATION_CACHE_MAX_SIZE`` in bytes, which wins. An entry is one compiled program (the
+quickstart's training step: 150 KiB on CPU).
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import sys
 from typing import Mapping
 
 OFF = ("", "0", "off", "false", "no", "none")
+DEFAULT_MAX_MB = 2048
+UNLIMITED = ("unlimited", "-1")
 
 
 def default_folder(environ: Mapping[str, str] = os.environ) -> str:
@@ -40,9 +48,49 @@ def cache_folder(environ: Mapping[str, str] = os.environ) -> str | None:
     return None if folder.strip().lower() in OFF else os.path.expanduser(folder)
 
 
+def max_size_bytes(environ: Mapping[str, str] = os.environ) -> int:
+    """The cache's size cap in bytes (module doc); -1 for none."""
+    if environ.get("JAX_COMPILATION_CACHE_MAX_SIZE"):
+        return int(environ["JAX_COMPILATION_CACHE_MAX_SIZE"])
+    value = environ.get("LMSCALE_COMPILE_CACHE_MAX_MB", str(DEFAULT_MAX_MB)).strip().lower()
+    if value in UNLIMITED:
+        return -1
+    try:
+        megabytes = float(value)
+    except ValueError:
+        megabytes = -1.0
+    if megabytes <= 0:
+        raise ValueError(f"LMSCALE_COMPILE_CACHE_MAX_MB={value!r}: expected a positive number "
+                         f"of MiB, or 'unlimited'")
+    return int(megabytes * 2**20)
+
+
+def stamp_unstamped_entries(folder: str) -> int:
+    """Gives every entry without an access-time file one (its modification time); returns how
+    many. JAX's eviction reads an ``-atime`` file beside each ``-cache`` entry and writes it
+    only when eviction is on, so a folder filled without a cap (lmscale before the cap, or JAX
+    run on its own) would otherwise make every later write fail."""
+    stamped = 0
+    for name in os.listdir(folder):
+        if not name.endswith("-cache"):
+            continue
+        atime = os.path.join(folder, name[:-len("-cache")] + "-atime")
+        if os.path.exists(atime):
+            continue
+        try:
+            mtime_ns = os.stat(os.path.join(folder, name)).st_mtime_ns
+            with open(atime, "wb") as f:
+                f.write(mtime_ns.to_bytes(8, "little"))
+            stamped += 1
+        except OSError:  # removed meanwhile by another process's eviction
+            continue
+    return stamped
+
+
 def use_compile_cache(environ: Mapping[str, str] = os.environ) -> str | None:
-    """Turns the cache on for this process (before its first compile); returns its folder,
-    or None when it is off or its folder cannot be made (then a one-line warning)."""
+    """Turns the cache on for this process (before its first compile), with its size cap;
+    returns its folder, or None when it is off or its folder cannot be made (then a one-line
+    warning). A bad ``LMSCALE_COMPILE_CACHE_MAX_MB`` raises ValueError naming it."""
     import jax
     folder = cache_folder(environ)
     if folder is None:
@@ -53,6 +101,11 @@ def use_compile_cache(environ: Mapping[str, str] = os.environ) -> str | None:
         print(f"warning: no compilation cache ({e}); set LMSCALE_COMPILE_CACHE to another "
               f"folder, or to off", file=sys.stderr)
         return None
+    max_size = max_size_bytes(environ)
+    if max_size != -1:
+        stamp_unstamped_entries(folder)
+    if jax.config.jax_compilation_cache_max_size != max_size:
+        jax.config.update("jax_compilation_cache_max_size", max_size)
     if jax.config.jax_compilation_cache_dir != folder:
         jax.config.update("jax_compilation_cache_dir", folder)
     return folder

@@ -7,7 +7,10 @@ import os
 import subprocess
 import sys
 
-from lmscale.compile_cache import cache_folder, default_folder, use_compile_cache
+import pytest
+
+from lmscale.compile_cache import (DEFAULT_MAX_MB, cache_folder, default_folder, max_size_bytes,
+                                   stamp_unstamped_entries, use_compile_cache)
 from tests.conftest import REPO
 
 
@@ -53,3 +56,79 @@ def test_a_second_run_reads_the_training_step_from_the_cache(tmp_path, corpus):
     second = _train(tmp_path / "b", corpus, env)
     assert second.returncode == 0, second.stderr[-2000:]
     assert "Persistent compilation cache hit for 'jit_train_step'" in second.stderr
+
+
+def test_the_size_cap_from_the_environment():
+    assert max_size_bytes({}) == DEFAULT_MAX_MB * 2**20
+    assert max_size_bytes({"LMSCALE_COMPILE_CACHE_MAX_MB": "0.5"}) == 2**19
+    assert max_size_bytes({"LMSCALE_COMPILE_CACHE_MAX_MB": "unlimited"}) == -1
+    assert max_size_bytes({"LMSCALE_COMPILE_CACHE_MAX_MB": "-1"}) == -1
+    # JAX's own variable (bytes) wins.
+    assert max_size_bytes({"JAX_COMPILATION_CACHE_MAX_SIZE": "1000",
+                           "LMSCALE_COMPILE_CACHE_MAX_MB": "5"}) == 1000
+    for bad in ("0", "lots", "-3"):
+        with pytest.raises(ValueError, match="LMSCALE_COMPILE_CACHE_MAX_MB"):
+            max_size_bytes({"LMSCALE_COMPILE_CACHE_MAX_MB": bad})
+
+
+# Compiles six different programs, one after the other, in a fresh process with the cache on.
+_COMPILE_SIX = """
+import sys, warnings
+warnings.simplefilter("error")  # a failed cache read or write is a warning in JAX
+import numpy as np
+import jax, jax.numpy as jnp
+from lmscale.compile_cache import use_compile_cache
+assert use_compile_cache() is not None
+for k in range(6):
+    jax.jit(lambda x, k=k: jnp.sin(x) * (k + 1) + jnp.cos(x) ** (k + 2))(np.ones(128 + k, np.float32)).block_until_ready()
+"""
+
+
+def _run_python(code: str, env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def _entries(cache) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in cache.iterdir() if p.name.endswith("-cache")}
+
+
+def test_the_cache_is_kept_under_its_cap_least_recently_used_first(tmp_path):
+    cache = tmp_path / "cache"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
+    env.update(LMSCALE_COMPILE_CACHE=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               LMSCALE_COMPILE_CACHE_MAX_MB="unlimited")
+    done = _run_python(_COMPILE_SIX, env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    sizes = _entries(cache)
+    assert len(sizes) == 6, sizes
+    written = sorted(sizes, key=lambda name: (cache / name).stat().st_mtime_ns)
+    # A cap that holds about three of the six: a second process evicts the oldest entries
+    # before writing, and never goes over the cap.
+    for p in cache.iterdir():
+        p.unlink()
+    cap = 3.5 * max(sizes.values())
+    env["LMSCALE_COMPILE_CACHE_MAX_MB"] = str(cap / 2**20)
+    done = _run_python(_COMPILE_SIX, env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    kept = _entries(cache)
+    assert 2 <= len(kept) <= 3 and sum(kept.values()) <= cap, (kept, cap)
+    # Names are content keys, the same in both processes: the entries left are the last
+    # ones written.
+    assert set(kept) == set(written[-len(kept):]), (kept, written)
+
+
+def test_a_folder_filled_without_a_cap_gets_access_times_and_stays_writable(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "jit_old-0123-cache").write_bytes(b"x" * 1000)  # an entry from an uncapped run
+    assert stamp_unstamped_entries(str(cache)) == 1
+    assert (cache / "jit_old-0123-atime").stat().st_size == 8
+    assert stamp_unstamped_entries(str(cache)) == 0
+    (cache / "jit_older-4567-cache").write_bytes(b"y" * 1000)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
+    env.update(LMSCALE_COMPILE_CACHE=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    done = _run_python(_COMPILE_SIX, env)  # warnings are errors: no failed write
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(_entries(cache)) == 8
+    assert (cache / "jit_older-4567-atime").exists()
