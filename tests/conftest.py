@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -77,6 +78,22 @@ def tiny_config(data_train: str, **overrides):
         c[section][name] = value
     c.lock()
     return c
+
+
+# The command-line flags of a tiny lmscale.train run (tiny_config's model, batch and length).
+TINY_TRAIN_FLAGS = {"data.split": "8,1,1", "model.hidden": 32, "model.embed": 16,
+                    "train.batch_size": 4, "train.seq_len": 16, "train.eval_every": 0,
+                    "train.progress_bar": False}
+
+
+def tiny_train_command(workdir, data_train, *flags: str, **overrides) -> list[str]:
+    """``python -m lmscale.train`` of the quickstart config cut down to TINY_TRAIN_FLAGS, with
+    ``overrides`` ("section.name": value, as tiny_config takes them) and other ``flags``
+    (e.g. "--initialization_timeout=60") after them."""
+    config = {**TINY_TRAIN_FLAGS, **overrides}
+    return [sys.executable, "-m", "lmscale.train", "--config=configs/quickstart.py",
+            f"--workdir={workdir}", f"--config.data.train={data_train}",
+            *(f"--config.{key}={value}" for key, value in config.items()), *flags]
 
 
 @pytest.fixture

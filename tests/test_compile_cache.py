@@ -11,7 +11,7 @@ import pytest
 
 from lmscale.compile_cache import (DEFAULT_MAX_MB, cache_folder, default_folder, max_size_bytes,
                                    stamp_unstamped_entries, use_compile_cache)
-from tests.conftest import REPO
+from tests.conftest import REPO, tiny_train_command
 
 
 def test_folder_from_the_environment():
@@ -35,13 +35,8 @@ def test_off_and_an_unusable_folder_leave_the_cache_off(tmp_path, capsys):
 
 
 def _train(workdir, corpus, env) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "lmscale.train", "--config=configs/quickstart.py",
-         f"--workdir={workdir}", f"--config.data.train={corpus}", "--config.data.split=8,1,1",
-         "--config.model.hidden=32", "--config.model.embed=16", "--config.train.batch_size=4",
-         "--config.train.seq_len=16", "--config.train.steps=2", "--config.train.eval_every=0",
-         "--config.train.progress_bar=False"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(tiny_train_command(workdir, corpus, **{"train.steps": 2}),
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_a_second_run_reads_the_training_step_from_the_cache(tmp_path, corpus):

@@ -15,7 +15,7 @@ import pytest
 
 from lmscale.distributed import DistributedError, ProcessGroup, cpu_pool_size, resolve
 from lmscale.training.metrics import read_metrics
-from tests.conftest import REPO, write_corpus
+from tests.conftest import REPO, tiny_train_command, write_corpus
 
 LAUNCHER = str(REPO / "launch" / "local.py")
 
@@ -23,14 +23,10 @@ LAUNCHER = str(REPO / "launch" / "local.py")
 def launch(workdir, data, steps: int, *, processes: int, devices: int, extra=(), launcher_flags=(),
            timeout: int = 300) -> subprocess.CompletedProcess:
     """``launch/local.py`` running lmscale.train on a tiny model: global batch 8 x 16 characters."""
-    train = [sys.executable, "-m", "lmscale.train", "--config=configs/quickstart.py",
-             f"--workdir={workdir}", f"--config.data.train={data}", "--config.data.split=8,1,1",
-             "--config.model.hidden=32", "--config.model.embed=16", "--config.train.batch_size=8",
-             "--config.train.seq_len=16", f"--config.train.steps={steps}",
-             "--config.optim.decay_steps=12", "--config.train.log_every=1",
-             "--config.train.eval_every=0", "--config.train.eval_batch_size=8",
-             "--config.train.eval_steps=2", "--config.train.progress_bar=False",
-             "--config.checkpoint.every=3", "--initialization_timeout=60", *extra]
+    train = tiny_train_command(workdir, data, "--initialization_timeout=60", *extra, **{
+        "train.batch_size": 8, "train.steps": steps, "optim.decay_steps": 12,
+        "train.log_every": 1, "train.eval_batch_size": 8, "train.eval_steps": 2,
+        "checkpoint.every": 3})
     command = [sys.executable, LAUNCHER, f"--num_processes={processes}",
                f"--devices_per_process={devices}", "--platform=cpu", *launcher_flags, "--", *train]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)

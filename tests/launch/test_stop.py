@@ -6,11 +6,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 
 from lmscale.training.metrics import read_metrics
-from tests.conftest import REPO, write_corpus
+from tests.conftest import REPO, tiny_train_command, write_corpus
 from tests.launch.test_local import _launcher_module, checkpoint_steps
 
 COMPARED = ("step", "split", "loss", "bpc", "lr", "grad_norm")
@@ -18,14 +17,9 @@ COMPARED = ("step", "split", "loss", "bpc", "lr", "grad_norm")
 
 def train_command(workdir, data, steps: int) -> list[str]:
     """No validation split (8,0,0): nothing to evaluate, so nothing more to compile."""
-    return [sys.executable, "-m", "lmscale.train", "--config=configs/quickstart.py",
-            f"--workdir={workdir}", f"--config.data.train={data}", "--config.data.split=8,0,0",
-            "--config.model.hidden=32", "--config.model.embed=16", "--config.train.batch_size=4",
-            "--config.train.seq_len=16", f"--config.train.steps={steps}",
-            "--config.optim.decay_steps=200", "--config.train.log_every=1",
-            "--config.train.eval_every=0", "--config.train.progress_bar=False",
-            "--config.train.stop_sync_every=3", "--config.checkpoint.every=100000",
-            "--initialization_timeout=60"]
+    return tiny_train_command(workdir, data, "--initialization_timeout=60", **{
+        "data.split": "8,0,0", "train.steps": steps, "optim.decay_steps": 200,
+        "train.log_every": 1, "train.stop_sync_every": 3, "checkpoint.every": 100000})
 
 
 def start(workdir, data, steps: int) -> list[subprocess.Popen]:

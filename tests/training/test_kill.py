@@ -6,13 +6,12 @@ from __future__ import annotations
 import os
 import random
 import subprocess
-import sys
 import time
 
 import pytest
 
 from lmscale.training.metrics import read_metrics
-from tests.conftest import REPO
+from tests.conftest import REPO, tiny_train_command
 
 COMPARED = ("step", "split", "loss", "bpc", "lr", "grad_norm")
 STEPS = 60
@@ -20,14 +19,10 @@ STEPS = 60
 
 def command(workdir, data) -> list[str]:
     """Checkpoints every 3 steps (so kills often land in a write), evaluation every 20."""
-    return [sys.executable, "-m", "lmscale.train", "--config=configs/quickstart.py",
-            f"--workdir={workdir}", f"--config.data.train={data}", "--config.data.split=8,1,1",
-            "--config.model.hidden=32", "--config.model.embed=16", "--config.train.batch_size=4",
-            "--config.train.seq_len=16", f"--config.train.steps={STEPS}",
-            "--config.train.log_every=1", "--config.train.eval_every=20",
-            "--config.train.eval_batch_size=4", "--config.train.eval_steps=2",
-            "--config.train.progress_bar=False", "--config.checkpoint.every=3",
-            "--config.checkpoint.keep=2"]
+    return tiny_train_command(workdir, data, **{
+        "train.steps": STEPS, "train.log_every": 1, "train.eval_every": 20,
+        "train.eval_batch_size": 4, "train.eval_steps": 2, "checkpoint.every": 3,
+        "checkpoint.keep": 2})
 
 
 def records(workdir) -> list[dict]:

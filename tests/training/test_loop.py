@@ -15,7 +15,7 @@ from lmscale.data.errors import DataError
 from lmscale.training.checkpoints import CheckpointMismatchError
 from lmscale.training.loop import train
 from lmscale.training.metrics import read_metrics
-from tests.conftest import REPO, tiny_config, write_corpus
+from tests.conftest import REPO, tiny_config, tiny_train_command, write_corpus
 
 COMPARED = ("step", "split", "loss", "bpc", "lr", "grad_norm")
 
@@ -73,13 +73,9 @@ def test_resume_with_dropout_and_two_layers_equals_uninterrupted(tmp_path, corpu
 def test_sigterm_checkpoints_and_rerun_resumes(tmp_path, corpus):
     """A real process stopped by SIGTERM saves its state; the same command finishes the run."""
     workdir = tmp_path / "run"
-    args = [sys.executable, "-m", "lmscale.train", "--config=configs/quickstart.py",
-            f"--workdir={workdir}", f"--config.data.train={corpus}", "--config.data.split=8,1,1",
-            "--config.model.hidden=32", "--config.model.embed=16", "--config.train.batch_size=4",
-            "--config.train.seq_len=16", "--config.train.steps=100000", "--config.optim.decay_steps=100",
-            "--config.train.log_every=1", "--config.train.eval_every=0",
-            "--config.train.eval_batch_size=4", "--config.train.progress_bar=False",
-            "--config.checkpoint.every=100000"]
+    args = tiny_train_command(workdir, corpus, **{
+        "train.steps": 100000, "optim.decay_steps": 100, "train.log_every": 1,
+        "train.eval_batch_size": 4, "checkpoint.every": 100000})
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = workdir / "metrics.jsonl"
     deadline = time.time() + 120

@@ -18,7 +18,7 @@ from lmscale.training.checkpoints import (CheckpointError, CheckpointMismatchErr
 from lmscale.training.loop import train
 from lmscale.training.metrics import read_metrics
 from lmscale.training.restore import load_trained
-from tests.conftest import REPO, tiny_config, write_corpus
+from tests.conftest import REPO, tiny_config, tiny_train_command, write_corpus
 
 BASE = {"train.steps": 4, "train.log_every": 1, "train.eval_every": 0, "train.eval_steps": 1,
         "checkpoint.every": 2}
@@ -153,13 +153,12 @@ def test_inference_restores_params_only_on_any_device_count(base_run, tmp_path):
 
 def test_cli_logs_plain_progress_lines_and_eval_defaults_to_the_runs_val_split(tmp_path, corpus):
     workdir = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "lmscale.train", "--config=configs/quickstart.py", f"--workdir={workdir}",
-         f"--config.data.train={corpus}", "--config.data.split=8,1,1", "--config.model.hidden=32",
-         "--config.model.embed=16", "--config.train.batch_size=4", "--config.train.seq_len=16",
-         "--config.train.steps=4", "--config.train.log_every=2", "--config.train.eval_every=0",
-         "--config.train.eval_batch_size=4", "--config.train.eval_steps=2"],
-        cwd=REPO, capture_output=True, text=True, timeout=300)  # stderr is a pipe, not a terminal
+    # progress_bar at its default (True): stderr is a pipe, not a terminal, so plain lines.
+    command = tiny_train_command(workdir, corpus, **{"train.steps": 4, "train.log_every": 2,
+                                                     "train.eval_batch_size": 4,
+                                                     "train.eval_steps": 2})
+    command.remove("--config.train.progress_bar=False")
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "\r" not in proc.stderr
     assert [l.split(":")[0] for l in proc.stderr.splitlines() if l.startswith("step ")] == \
