@@ -30,6 +30,7 @@ from typing import Mapping
 OFF = ("", "0", "off", "false", "no", "none")
 DEFAULT_MAX_MB = 2048
 UNLIMITED = ("unlimited", "-1")
+_STAMPED: set[str] = set()  # folders this process has stamped (the tools may call twice)
 
 
 def default_folder(environ: Mapping[str, str] = os.environ) -> str:
@@ -102,8 +103,9 @@ def use_compile_cache(environ: Mapping[str, str] = os.environ) -> str | None:
               f"folder, or to off", file=sys.stderr)
         return None
     max_size = max_size_bytes(environ)
-    if max_size != -1:
+    if max_size != -1 and folder not in _STAMPED:
         stamp_unstamped_entries(folder)
+        _STAMPED.add(folder)
     if jax.config.jax_compilation_cache_max_size != max_size:
         jax.config.update("jax_compilation_cache_max_size", max_size)
     if jax.config.jax_compilation_cache_dir != folder:
