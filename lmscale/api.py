@@ -107,7 +107,9 @@ class LM:
         ids = [x for x, _ in targets]
         rows = packing.rows_for(rows, len(ids), self.trained.mesh.size)
         plan = packing.pack([len(x) for x in ids], rows)
-        counted = [s.astype(np.int32) for _, s in targets]
+        # Each text's scored flags end to end, looked up by (text, column) below.
+        counted = np.concatenate([s for _, s in targets] + [np.zeros(0, bool)])
+        first = np.cumsum([0] + [len(x) for x in ids])[:-1] - plan.start  # counted index - column
         t, pad = 128, self.trained.tokenizer.pad_id or 0
         slots = packing.ends_per_chunk(plan, t) + 1  # t + 1 columns hold one more end
         put = lambda a: jax.device_put(a, mesh_lib.batch_sharded(self.trained.mesh))
@@ -117,9 +119,12 @@ class LM:
             # t + 1 columns: the inputs and, one further, the targets
             grid = packing.chunk(plan, ids, offset, t + 1, slots, pad)
             text = grid.owner
-            scored = packing.chunk(plan, counted, offset, t + 1, slots, 0).tokens
+            held = text >= 0
+            scored = np.zeros(text.shape, bool)
+            columns = np.broadcast_to(offset + np.arange(t + 1), text.shape)
+            scored[held] = counted[first[text[held]] + columns[held]]
             same = (text[:, 1:] == text[:, :-1]) & (text[:, 1:] >= 0)
-            weights = (same & (scored[:, 1:] > 0)).astype(np.float32)
+            weights = (same & scored[:, 1:]).astype(np.float32)
             carry, row_nats = self._chunk_nats_fn(self.trained.params, carry,
                                                   put(grid.tokens[:, :-1]), put(grid.resets[:, :-1]),
                                                   put(grid.tokens[:, 1:]), put(weights))

@@ -27,6 +27,11 @@ def test_load_lm_score_featurize_generate(sst_run):
     bpc = lm.score(texts)
     for text, got in zip(texts, bpc):
         np.testing.assert_allclose(got, reference_bpc(lm, text), rtol=1e-5)
+    # Packed several to a row in 2 rows, one text over three 128-token chunks: each still
+    # scored as if alone.
+    more = texts + ["the cat sat on the mat. " * 13, "ok", "not bad at all", "x" * 129]
+    for text, got in zip(more, lm.score(more, batch_size=2)):
+        np.testing.assert_allclose(got, reference_bpc(lm, text), rtol=1e-5)
     assert bpc[0] < bpc[1] or bpc[0] < 8  # English-like text scores better than noise
     feats = lm.featurize(texts)
     np.testing.assert_array_equal(feats, featurize(lm.trained, texts))
