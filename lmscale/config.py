@@ -82,7 +82,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.attn_dropout = 0.0  # dropout on attention probabilities (training only)
     c.model.ff_dropout = 0.0  # dropout after the feed-forward activation (training only)
     c.model.tie_embeddings = False  # output head = token embedding transposed (the seed: untied); recurrent kinds: the last layer is model.embed wide
-    c.model.remat = "none"  # "none" or "block": recompute each block's activations in the backward pass
+    # Recompute activations in the backward pass (less memory, more compute). Transformer:
+    # "none" or "block" (each block's). mlstm/lstm: "none" or "segments": the forward keeps
+    # only the state every model.remat_steps steps, the backward recomputes each segment's
+    # residuals (memory of remat_steps steps instead of train.seq_len, one more forward).
+    c.model.remat = "none"
+    c.model.remat_steps = 32  # steps per recomputed segment (a divisor of seq_len; else the largest one below)
     c.model.scan_layers = True  # one compiled block scanned over stacked layer params (False: a Python loop, for debugging)
     # ---- AWD-LSTM / QRNN (recurrent kinds mlstm, lstm, qrnn; salesforce/awd-lstm-lm names in
     # brackets). Dropouts and AR/TAR act in training only; AR/TAR never enter the logged loss.

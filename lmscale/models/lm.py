@@ -67,7 +67,7 @@ class RecurrentLM(nnx.Module):
                  weight_drop: float = 0.0, ar_alpha: float = 0.0, tar_beta: float = 0.0,
                  tie_embeddings: bool = False, adaptive_cutoffs: str = "",
                  qrnn_window: int = 2, qrnn_zoneout: float = 0.0,
-                 qrnn_pooling: str = "sequential", rngs: nnx.Rngs):
+                 qrnn_pooling: str = "sequential", remat_steps: int = 0, rngs: nnx.Rngs):
         if kind not in LAYER_TYPES:
             raise ValueError(f"unknown model.kind {kind!r}; expected one of {sorted(LAYER_TYPES)}")
         if layers < 1:
@@ -85,6 +85,7 @@ class RecurrentLM(nnx.Module):
         self.hidden_dropout, self.output_dropout = float(hidden_dropout), float(output_dropout)
         self.ar_alpha, self.tar_beta = float(ar_alpha), float(tar_beta)
         self.tied = bool(tie_embeddings)
+        self.remat_steps = int(remat_steps)  # mlstm/lstm layers: recurrent.MLSTMLayer's
         self.cutoffs = parse_cutoffs(adaptive_cutoffs, vocab_size)
         self.embedding = nnx.Embed(vocab_size, embed, dtype=dtype,
                                    embedding_init=symmetric_uniform(0.1), rngs=rngs)
@@ -113,7 +114,8 @@ class RecurrentLM(nnx.Module):
                              weight_drop=weight_drop, pooling=pooling, weight_norm=weight_norm,
                              dtype=self.dtype, rngs=rngs)
         return LAYER_TYPES[self.kind](in_features, size, weight_norm=weight_norm,
-                                      weight_drop=weight_drop, dtype=self.dtype, rngs=rngs)
+                                      weight_drop=weight_drop, remat_steps=self.remat_steps,
+                                      dtype=self.dtype, rngs=rngs)
 
     feature_states = ("cell", "hidden")
     max_len = None  # reads any length: the state is carried
@@ -318,7 +320,18 @@ def _build(model_config: Any, vocab_size: int, *, rngs: nnx.Rngs, dtype: Any = j
                        tar_beta=float(f("tar_beta")), tie_embeddings=bool(f("tie_embeddings")),
                        adaptive_cutoffs=str(f("adaptive_cutoffs")),
                        qrnn_window=int(f("qrnn_window")), qrnn_zoneout=float(f("qrnn_zoneout")),
-                       qrnn_pooling=str(f("qrnn_pooling")), rngs=rngs)
+                       qrnn_pooling=str(f("qrnn_pooling")),
+                       remat_steps=remat_steps(model_config), rngs=rngs)
+
+
+REMATS = ("none", "segments")  # model.remat of the mlstm and lstm kinds (qrnn: "none")
+
+
+def remat_steps(model_config: Any) -> int:
+    """Steps per recomputed segment of the recurrent layers' backward; 0: no remat."""
+    if model_config.get("remat", "none") != "segments":
+        return 0
+    return int(model_config.get("remat_steps", 32))
 
 
 def _validate(model_config: Any, train_config: Any) -> None:
@@ -340,6 +353,14 @@ def _validate(model_config: Any, train_config: Any) -> None:
         raise ValueError(f"model.qrnn_pooling must be one of {list(POOLINGS)}, "
                          f"got {_field(model_config, 'qrnn_pooling')!r}")
     parse_cutoffs(_field(model_config, "adaptive_cutoffs"))
+    remat = model_config.get("remat", "none")
+    allowed = ("none",) if model_config.kind == "qrnn" else REMATS
+    if remat not in allowed:
+        raise ValueError(f"model.remat must be one of {list(allowed)} for model.kind "
+                         f"{model_config.kind!r}, got {remat!r}")
+    steps = model_config.get("remat_steps", 32)
+    if remat == "segments" and (not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"model.remat_steps must be a positive integer, got {steps!r}")
 
 
 def layer_sizes(model_config: Any) -> tuple[int, ...]:

@@ -120,21 +120,23 @@ def mlstm_scan(xs: jax.Array, carry: Carry, w_x: jax.Array, w_mx: jax.Array, w_m
                w_h: jax.Array, b: jax.Array, resets: jax.Array | None = None, *,
                dtype: Any = jnp.float32, return_cells: bool = False,
                grad: str | None = None, w_mh_scale: jax.Array | None = None,
-               w_h_scale: jax.Array | None = None) -> ScanResult:
+               w_h_scale: jax.Array | None = None, remat_steps: int = 0) -> ScanResult:
     """Multiplicative LSTM over a time-major sequence.
 
     xs [T, B, in]; carry (h [B, H], c [B, H]); w_x (in, 4H), w_mx (in, H), w_mh (H, H),
     w_h (H, 4H), b (4H,); resets bool [T, B] or None; grad: "custom" | "autodiff"
     (default: ``scan_options``). ``w_mh_scale`` [H], ``w_h_scale`` [4H]: per-output-unit
     scales, the matrices used being w_mh * w_mh_scale and w_h * w_h_scale (weight norm
-    folded into the products: ``WeightNormMatrix.factors``), or None.
+    folded into the products: ``WeightNormMatrix.factors``), or None. ``remat_steps`` > 0
+    (grad "custom"): the forward keeps only the state every that many steps and the backward
+    recomputes the rest (``recurrent_vjp.segment_length``): less memory, one more forward.
     Returns (hs [T, B, H] in ``dtype``, final (h, c) float32, cs [T, B, H] float32 or None).
     """
     sdt = at_least_float32(dtype)
     x = xs.astype(dtype)
     opts = current_scan_options()
     if (grad or opts.grad) == "custom":
-        st = recurrent_vjp.Static("mlstm", dtype, return_cells, opts.unroll)
+        st = recurrent_vjp.Static("mlstm", dtype, return_cells, opts.unroll, remat_steps)
         h0, c0 = (jnp.asarray(a, sdt) for a in carry)
         return recurrent_vjp.recurrence(st, x, w_x, b, w_mx, w_mh, w_h, h0, c0,
                                         _keep_mask(resets, sdt), w_mh_scale, w_h_scale)
@@ -154,17 +156,17 @@ def mlstm_scan(xs: jax.Array, carry: Carry, w_x: jax.Array, w_mx: jax.Array, w_m
 def lstm_scan(xs: jax.Array, carry: Carry, w_x: jax.Array, w_h: jax.Array, b: jax.Array,
               resets: jax.Array | None = None, *, dtype: Any = jnp.float32,
               return_cells: bool = False, grad: str | None = None,
-              w_h_scale: jax.Array | None = None) -> ScanResult:
+              w_h_scale: jax.Array | None = None, remat_steps: int = 0) -> ScanResult:
     """Standard LSTM over a time-major sequence.
 
     xs [T, B, in]; carry (h [B, H], c [B, H]); w_x (in, 4H), w_h (H, 4H), b (4H,);
-    resets bool [T, B] or None; ``w_h_scale`` as :func:`mlstm_scan`'s. Returns as
+    resets bool [T, B] or None; ``w_h_scale`` and ``remat_steps`` as :func:`mlstm_scan`'s. Returns as
     :func:`mlstm_scan`.
     """
     sdt = at_least_float32(dtype)
     opts = current_scan_options()
     if (grad or opts.grad) == "custom":
-        st = recurrent_vjp.Static("lstm", dtype, return_cells, opts.unroll)
+        st = recurrent_vjp.Static("lstm", dtype, return_cells, opts.unroll, remat_steps)
         h0, c0 = (jnp.asarray(a, sdt) for a in carry)
         return recurrent_vjp.recurrence(st, xs.astype(dtype), w_x, b, None, None, w_h, h0, c0,
                                         _keep_mask(resets, sdt), None, w_h_scale)
@@ -187,11 +189,14 @@ class _RecurrentLayer(nnx.Module):
     kind: str = ""  # recurrent_vjp's name of the cell: "mlstm" or "lstm"
 
     def __init__(self, in_features: int, hidden: int, *, weight_norm: bool = True,
-                 weight_drop: float = 0.0, dtype: Any = jnp.float32, rngs: nnx.Rngs):
+                 weight_drop: float = 0.0, remat_steps: int = 0, dtype: Any = jnp.float32,
+                 rngs: nnx.Rngs):
+        """``remat_steps`` > 0: the training backward recomputes the forward in segments of
+        that many steps, saving only their starting states (``mlstm_scan``)."""
         init = recurrent_uniform(hidden)
         mat = lambda i, o: make_matrix(i, o, weight_norm=weight_norm, init=init, rngs=rngs)
         self.in_features, self.hidden, self.dtype = in_features, hidden, dtype
-        self.weight_drop = float(weight_drop)
+        self.weight_drop, self.remat_steps = float(weight_drop), int(remat_steps)
         self.w_x = mat(in_features, 4 * hidden)
         if self.multiplicative:
             self.w_mx = mat(in_features, hidden)
@@ -293,7 +298,7 @@ class MLSTMLayer(_RecurrentLayer):
         w_h, s_h = self._recurrent_factors("w_h", step_key, 1)
         return mlstm_scan(xs, carry, self.w_x(), self.w_mx(), w_mh, w_h, self.bias[...], resets,
                           dtype=self.dtype, return_cells=return_cells, w_mh_scale=s_mh,
-                          w_h_scale=s_h)
+                          w_h_scale=s_h, remat_steps=self.remat_steps)
 
 
 class LSTMLayer(_RecurrentLayer):
@@ -305,4 +310,4 @@ class LSTMLayer(_RecurrentLayer):
               return_cells: bool, step_key: jax.Array | None = None) -> ScanResult:
         w_h, s_h = self._recurrent_factors("w_h", step_key, 1)
         return lstm_scan(xs, carry, self.w_x(), w_h, self.bias[...], resets, dtype=self.dtype,
-                         return_cells=return_cells, w_h_scale=s_h)
+                         return_cells=return_cells, w_h_scale=s_h, remat_steps=self.remat_steps)

@@ -86,6 +86,7 @@ class Static:
     dtype: Any  # compute dtype of the matmuls
     return_cells: bool
     unroll: int = 1  # of the loops; the mLSTM's backward only when complete (see _bwd)
+    segment: int = 0  # remat: > 0 saves only each segment's starting state (recurrent_segments)
 
     @property
     def state_dtype(self) -> Any:
@@ -329,8 +330,12 @@ def _fwd(st: Static, x: jax.Array, w_x: jax.Array, b: jax.Array, w_mx: jax.Array
          w_mh: jax.Array | None, w_h: jax.Array, h0: jax.Array, c0: jax.Array,
          keep: jax.Array | None, s_mh: jax.Array | None, s_h: jax.Array | None
          ) -> tuple[Any, Any]:
+    from lmscale.models import recurrent_segments  # built on this module's loops
     w = _cast(st, w_x, b, w_mx, w_mh, w_h, s_mh, s_h)
-    (h, c), hs, cs, saved = _forward(st, x, _layout(st, w), h0, c0, keep, save=True)
+    if recurrent_segments.segment_length(st, x.shape[0]) < x.shape[0]:
+        (h, c), hs, cs, saved = recurrent_segments.forward(st, x, _layout(st, w), h0, c0, keep)
+    else:
+        (h, c), hs, cs, saved = _forward(st, x, _layout(st, w), h0, c0, keep, save=True)
     # Zero-size stand-ins carry the primal dtypes to the backward.
     like = {k: (None if v is None else jnp.zeros((0,), v.dtype)) for k, v in
             {"x": x, "w_x": w_x, "b": b, "w_mx": w_mx, "w_mh": w_mh, "w_h": w_h, "h0": h0,
@@ -344,11 +349,41 @@ def _fwd(st: Static, x: jax.Array, w_x: jax.Array, b: jax.Array, w_mx: jax.Array
 def _bwd(st: Static, res: Any, cts: Any) -> tuple[Any, ...]:
     x, w, s, keep, like, unscaled = res
     dhs, (dh_t, dc_t), dcs = cts
+    sdt = st.state_dtype
+    n_t, n_b = x.shape[:2]
+    dhs_l = jnp.swapaxes(dhs, 1, 2)  # [T, H, B]
+    dcs_l = jnp.swapaxes(dcs, 1, 2) if st.return_cells else None
+    dh, dc = dh_t.T.astype(sdt), dc_t.T.astype(sdt)
+    if "starts_h" in s:  # saved by recurrent_segments.forward
+        from lmscale.models import recurrent_segments
+        d_x, grads, dh0, dc0 = recurrent_segments.backward(st, x, w, s, dhs_l, dcs_l, dh, dc)
+    else:
+        d_x, grads, dh0, dc0 = _backward(st, x, w, s, dhs_l, dcs_l, dh, dc)
+    for name, scale_name in (("w_mh", "s_mh"), ("w_h", "s_h")):
+        if w[scale_name] is not None:  # W = V * s: dV = dW * s, ds = sum over rows of V * dW
+            grads[scale_name] = jnp.sum(unscaled[name].astype(sdt) * grads[name], axis=0)
+            grads[name] = grads[name] * w[scale_name]
+    names = ("w_x", "b", "w_mx", "w_mh", "w_h", "s_mh", "s_h")
+    grads = {k: (None if like[k] is None else grads[k].astype(like[k].dtype)) for k in names}
+    d_x = jnp.transpose(d_x.reshape(-1, n_t, n_b), (1, 2, 0)).astype(like["x"].dtype)
+    d_keep = None if keep is None else jnp.zeros_like(keep)
+    return (d_x, grads["w_x"], grads["b"], grads["w_mx"], grads["w_mh"], grads["w_h"],
+            dh0.T.astype(like["h0"].dtype), dc0.T.astype(like["c0"].dtype), d_keep,
+            grads["s_mh"], grads["s_h"])
+
+
+def _backward(st: Static, x: jax.Array, w: dict[str, Any], s: dict[str, Any],
+              dhs_l: jax.Array, dcs_l: jax.Array | None, dh: jax.Array, dc: jax.Array
+              ) -> tuple[jax.Array, dict[str, jax.Array], jax.Array, jax.Array]:
+    """The backward of one forward loop over x [T, B, in], from its residuals ``s``.
+
+    dhs_l [T, H, B] (and dcs_l): the cotangents of hs (cs); dh, dc [H, B] (state dtype): those
+    of the final state. Returns (dx [in, T*B] state dtype, {"w_x", "b", "w_mx", "w_mh",
+    "w_h": float32 gradients of the matrices as used (W, not V)}, dh0, dc0 [H, B]: those of
+    the initial state, before its reset)."""
     dt, sdt = st.dtype, st.state_dtype
     n_t, hidden, n_b = s["f"].shape
     keep_l = s["keep"]
-    dhs_l = jnp.swapaxes(dhs, 1, 2)  # [T, H, B]
-    dcs_l = jnp.swapaxes(dcs, 1, 2) if st.return_cells else None
     # Step t's gradients overwrite residuals that only step t reads: dz_t goes into d[t],
     # and (mLSTM) dm_t * xm_t into xm[t], dm_t * u_t into u[t]. No buffer is allocated.
     bufs = {"d": s["d"]}
@@ -390,8 +425,7 @@ def _bwd(st: Static, res: Any, cts: Any) -> tuple[Any, ...]:
     # the whole [T, 4H, B] buffer every step (unroll 2 took 2.6x as long at 256 units). A
     # full unroll (no loop left, as XLA's FLOP count of a step needs) is kept.
     unroll = 1 if st.mlstm and st.unroll < n_t else st.unroll
-    dh0, dc0, bufs = jax.lax.fori_loop(0, n_t, step, (dh_t.T.astype(sdt), dc_t.T.astype(sdt),
-                                                      bufs), unroll=unroll)
+    dh0, dc0, bufs = jax.lax.fori_loop(0, n_t, step, (dh, dc, bufs), unroll=unroll)
     if keep_l is not None:
         dh0, dc0 = dh0 * keep_l[0], dc0 * keep_l[0]
     mid = lambda seq: jnp.swapaxes(_decode(seq, dt), 0, 1).astype(dt)  # [T, F, B] -> [F, T, B]
@@ -409,17 +443,7 @@ def _bwd(st: Static, res: Any, cts: Any) -> tuple[Any, ...]:
                      w_h=_all_rows(_decode(s["m"], dt), dz))
     else:
         grads["w_h"] = _all_rows(_decode(s["h_in"], dt), dz)
-    for name, scale_name in (("w_mh", "s_mh"), ("w_h", "s_h")):
-        if w[scale_name] is not None:  # W = V * s: dV = dW * s, ds = sum over rows of V * dW
-            grads[scale_name] = jnp.sum(unscaled[name].astype(sdt) * grads[name], axis=0)
-            grads[name] = grads[name] * w[scale_name]
-    names = ("w_x", "b", "w_mx", "w_mh", "w_h", "s_mh", "s_h")
-    grads = {k: (None if like[k] is None else grads[k].astype(like[k].dtype)) for k in names}
-    d_x = jnp.transpose(d_x.reshape(-1, n_t, n_b), (1, 2, 0)).astype(like["x"].dtype)
-    d_keep = None if keep is None else jnp.zeros_like(keep)
-    return (d_x, grads["w_x"], grads["b"], grads["w_mx"], grads["w_mh"], grads["w_h"],
-            dh0.T.astype(like["h0"].dtype), dc0.T.astype(like["c0"].dtype), d_keep,
-            grads["s_mh"], grads["s_h"])
+    return d_x, grads, dh0, dc0
 
 
 recurrence.defvjp(_fwd, _bwd)

@@ -41,10 +41,11 @@ def problem(kind: str, seed: int, steps: int = T, hidden: int = H) -> dict[str, 
 
 
 def loss_fn(kind: str, dtype: Any, grad: str, resets: np.ndarray | None, return_cells: bool,
-            folded: bool = False):
+            folded: bool = False, remat_steps: int = 0):
     """A scalar of every output (hs, final carry, and cs when returned) of a weight-normed scan.
 
-    ``folded``: W_mh and W_h go in as (v, g / ||v||) (``w_*_scale``), not normalized."""
+    ``folded``: W_mh and W_h go in as (v, g / ||v||) (``w_*_scale``), not normalized;
+    ``remat_steps``: the scans' (recomputed segments of the custom backward)."""
 
     def loss(p: dict[str, Any]) -> jax.Array:
         w = {n: weight_norm(p["g"][n], p["v"][n]) for n in p["g"]}
@@ -56,10 +57,11 @@ def loss_fn(kind: str, dtype: Any, grad: str, resets: np.ndarray | None, return_
         if kind == "mlstm":
             hs, (h, c), cs = mlstm_scan(p["xs"], (p["h0"], p["c0"]), w["w_x"], w["w_mx"], w["w_mh"],
                                         w["w_h"], p["b"], r, dtype=dtype, return_cells=return_cells,
-                                        grad=grad, **scale)
+                                        grad=grad, remat_steps=remat_steps, **scale)
         else:
             hs, (h, c), cs = lstm_scan(p["xs"], (p["h0"], p["c0"]), w["w_x"], w["w_h"], p["b"], r,
-                                       dtype=dtype, return_cells=return_cells, grad=grad, **scale)
+                                       dtype=dtype, return_cells=return_cells, grad=grad,
+                                       remat_steps=remat_steps, **scale)
         out = jnp.sum(hs.astype(jnp.float32) * p["probe"]) + jnp.sum(jnp.sin(h) + c * c)
         if return_cells:
             out = out + jnp.sum(jnp.cos(cs) * p["probe"])
