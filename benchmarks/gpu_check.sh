@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-GPU check, under 8 minutes: the fast recurrence/transformer/bench tests on the GPU, then
 # the training-step bench of the paper's 4096-d mLSTM at 256 x 256 per device in bfloat16 and
-# float16 (hand-written backward; plain autodiff and unroll 2 as A/B baselines), and of the
+# float16 (hand-written backward; plain autodiff, unroll 2 and remat segments as A/B), and of the
 # 12-layer transformer (configs/transformer_amazon.py, the seed's 32 x 64 per device) in
 # bfloat16 and float16.
 #
@@ -52,6 +52,7 @@ say "python: $("$PY" -c 'import sys, jax, flax, optax; print(sys.version.split()
 MLSTM=(--config=configs/mlstm4096.py --config.train.batch_size=256 --config.train.seq_len=256)
 TRANSFORMER=(--config=configs/transformer_amazon.py)
 BENCH=(--steps=10 --warmup=2)
+REMAT_STEPS=32  # segments of the remat A/B (8 of 256 steps)
 if [ "$SMOKE" = 1 ]; then
   export JAX_PLATFORMS=cpu
   MLSTM+=(--config.model.hidden=64 --config.train.batch_size=4 --config.train.seq_len=16)
@@ -59,6 +60,7 @@ if [ "$SMOKE" = 1 ]; then
                 --config.model.heads=2 --config.train.per_device_batch_size=2
                 --config.train.seq_len=16)
   BENCH=(--steps=2 --warmup=1 --matmul_n=256)
+  REMAT_STEPS=4
   say "smoke run: tiny shapes on the CPU"
 else
   say "devices: $("$PY" -c 'import jax; print(jax.devices())' 2>&1 | tail -1)"
@@ -99,6 +101,8 @@ bench mlstm-bf16-autodiff 70 "${MLSTM[@]}" --config.precision.compute=bfloat16 -
 bench transformer-fp16 50 "${TRANSFORMER[@]}" --config.precision.compute=float16
 bench mlstm-bf16-custom-unroll2 70 "${MLSTM[@]}" --config.precision.compute=bfloat16 --grad=custom \
   --unroll=2
+bench mlstm-bf16-remat 70 "${MLSTM[@]}" --config.precision.compute=bfloat16 --grad=custom \
+  --config.model.remat=segments --config.model.remat_steps="$REMAT_STEPS"
 
 say "done; JSON lines in $JSONL"
 tail -6 "$JSONL" 2>/dev/null
