@@ -72,6 +72,9 @@ def test_bench_cli_writes_a_record(tmp_path):
     for kind in ("transformer", "qrnn"):
         row = bench.format_table([{**r, "kind": kind}]).splitlines()[-1]
         assert row.split(" | ")[3] == "-"
+    assert r["remat"] == "none" and "remat_steps" not in r
+    row = bench.format_table([{**r, "remat": "segments", "remat_steps": 16}]).splitlines()[-1]
+    assert row.split(" | ")[3] == "custom u1 remat 16"
     loop = r["loop"]  # the real loop on the built-in corpus, its second window of 10 steps
     assert loop["steps"] == 10 and loop["tokens_per_s"] > 0
     assert loop["of_step"] == pytest.approx(loop["chars_per_s"] / r["chars_per_s"])

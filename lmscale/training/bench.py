@@ -264,8 +264,10 @@ def run_bench(config: ml_collections.ConfigDict, *, steps: int = 10, warmup: int
     record = {"label": label, "kind": m.kind, "model": get_kind(m.kind).describe(m),
               "architecture": architecture(m), "layers": m.layers, "batch": step["tokens_per_step"] // config.train.seq_len,
               "seq": config.train.seq_len, "compute": compute, "grad": grad, "unroll": unroll,
-              "reset_every": reset_every, **step, "matmul": peak,
-              "of_matmul_rate": step["flop_per_s"] / peak["flop_per_s"]}
+              "reset_every": reset_every, "remat": m.get("remat", "none"), **step,
+              "matmul": peak, "of_matmul_rate": step["flop_per_s"] / peak["flop_per_s"]}
+    if record["remat"] == "segments":  # its recomputed forward is not in the FLOPs (the model's)
+        record["remat_steps"] = int(m.remat_steps)
     if batcher is not None:
         record["pipeline"] = time_pipeline(batcher)
     if loop_workdir is not None:
@@ -284,11 +286,12 @@ def _loop_cell(loop: dict[str, Any] | None) -> str:
 
 
 def _grad_cell(record: dict[str, Any]) -> str:
-    """The recurrence's backward and unroll; '-' for a model they do not apply to (the
-    transformer has no time loop, the QRNN's loop is its own)."""
+    """The recurrence's backward, unroll and remat segment length; '-' for a model they do not
+    apply to (the transformer has no time loop, the QRNN's loop is its own)."""
     if record.get("kind") not in SCANNED_KINDS:
         return "-"
-    return f"{record['grad']} u{record['unroll']}"
+    remat = f" remat {record['remat_steps']}" if record.get("remat") == "segments" else ""
+    return f"{record['grad']} u{record['unroll']}{remat}"
 
 
 def append_jsonl(record: dict[str, Any], path: str) -> None:
