@@ -87,7 +87,7 @@ def default_config() -> ml_collections.ConfigDict:
     # only the state every model.remat_steps steps, the backward recomputes each segment's
     # residuals (memory of remat_steps steps instead of train.seq_len, one more forward).
     c.model.remat = "none"
-    c.model.remat_steps = 32  # steps per recomputed segment (a divisor of seq_len; else the largest one below)
+    c.model.remat_steps = 32  # steps per recomputed segment; must divide train.seq_len (or exceed it: one segment)
     c.model.scan_layers = True  # one compiled block scanned over stacked layer params (False: a Python loop, for debugging)
     # ---- AWD-LSTM / QRNN (recurrent kinds mlstm, lstm, qrnn; salesforce/awd-lstm-lm names in
     # brackets). Dropouts and AR/TAR act in training only; AR/TAR never enter the logged loss.

@@ -361,6 +361,15 @@ def _validate(model_config: Any, train_config: Any) -> None:
     steps = model_config.get("remat_steps", 32)
     if remat == "segments" and (not isinstance(steps, int) or steps < 1):
         raise ValueError(f"model.remat_steps must be a positive integer, got {steps!r}")
+    seq_len = train_config.get("seq_len") if train_config is not None else None
+    if remat == "segments" and isinstance(seq_len, int) and seq_len % min(steps, seq_len):
+        raise ValueError(f"model.remat_steps={steps} must divide train.seq_len={seq_len} "
+                         f"(equal segments; e.g. {_divisor_below(seq_len, steps)})")
+
+
+def _divisor_below(n: int, k: int) -> int:
+    """The largest divisor of n not above k."""
+    return max(d for d in range(1, min(n, k) + 1) if n % d == 0)
 
 
 def layer_sizes(model_config: Any) -> tuple[int, ...]:

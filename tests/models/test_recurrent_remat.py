@@ -120,4 +120,8 @@ def test_config_errors_name_the_field():
         validate(_tiny_lm_config("qrnn", remat="segments"))
     with pytest.raises(ConfigError, match="model.remat_steps"):
         validate(_tiny_lm_config("lstm", remat="segments", remat_steps=0))
-    validate(_tiny_lm_config("lstm", remat="segments", remat_steps=5))
+    with pytest.raises(ConfigError, match="model.remat_steps=5 must divide train.seq_len=12 "
+                                          r"\(equal segments; e.g. 4\)"):
+        validate(_tiny_lm_config("lstm", remat="segments", remat_steps=5))
+    validate(_tiny_lm_config("lstm", remat="segments", remat_steps=4))
+    validate(_tiny_lm_config("lstm", remat="segments", remat_steps=50))  # one segment
