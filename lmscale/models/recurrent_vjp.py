@@ -58,6 +58,9 @@ How it is laid out, each choice measured on XLA:CPU (benchmarks/README.md, issue
   by s before the products (dm = V (s * dz)); after the loop dV = (M^T dZ) * s and ds is the
   column sum of V * (M^T dZ). The normalized W is never written: XLA wrote it twice (once per
   layout) and transposed one copy, three passes over the largest weight every step.
+- Remat (``Static.segment`` > 0, ``recurrent_segments``): the forward keeps only the state
+  entering each segment of that many steps, and the backward recomputes a segment's residuals
+  before running ``_backward`` through it.
 Resets of step t+1 are applied at the end of step t. Without differentiation nothing is
 saved. Matmuls take compute-dtype operands with float32 accumulation; the carry and the
 gate math are float32 (float64 when computing in float64).
