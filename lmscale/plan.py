@@ -3,12 +3,15 @@
     python -m lmscale.plan --config=configs/mlstm4096_8gpu.py [--devices=8] [--json=out.json]
     python -m lmscale.plan --config=configs/mlstm4096_8gpu.py --devices=8 \
         --flops_per_s=400e12 --bandwidth_gbps=400 --project=8,64,128,512   # step time, scaling
+    python -m lmscale.plan --config=configs/mlstm4096_8gpu.py --devices=8 --memory_gib=16
 
 Prints parameters, FLOPs per token, per-device memory from the compiled program's memory
 analysis, and the all-reduces per step. With ``--flops_per_s`` (sustained training FLOP/s per
 device) and ``--bandwidth_gbps`` (ring bandwidth per device) it also projects step time,
 throughput and scaling efficiency for the ``--project`` device counts
-(lmscale/training/projection.py). Needs no data and allocates no weights. Without
+(lmscale/training/projection.py). With ``--memory_gib`` it says whether the step fits a
+device of that memory and, if not, plans the recurrent models' remat (``model.remat=
+segments``) too. Needs no data and allocates no weights. Without
 GPUs, ``--devices=N`` plans on N virtual CPU devices (memory figures then come from the
 XLA CPU compiler; a GPU compile of the same program differs somewhat).
 """
@@ -36,6 +39,8 @@ _BANDWIDTH = flags.DEFINE_float("bandwidth_gbps", 0.0, "Ring all-reduce bandwidt
 _LATENCY = flags.DEFINE_float("latency_us", 0.0, "Per-hop latency of the ring, microseconds.")
 _PROJECT = flags.DEFINE_list("project", [], "Device counts to project (default: the planned "
                              "count and 8x, 64x of it).")
+_MEMORY = flags.DEFINE_float("memory_gib", 0.0, "Memory of one device, GiB: say whether the "
+                             "step fits, and if not plan model.remat=segments too (mlstm, lstm).")
 flags.mark_flags_as_required(["config"])
 
 
@@ -46,17 +51,20 @@ def main(argv: list[str]) -> None:
     if _DEVICES.value > 0:  # before any device query; only used if the default backend is CPU
         jax.config.update("jax_num_cpu_devices", _DEVICES.value)
     from lmscale.config import ConfigError
-    from lmscale.training.plan import format_plan, plan
+    from lmscale.training.plan import fit, format_fit, format_plan, plan
 
-    def run() -> dict:
+    def chosen() -> list:
         devices = jax.devices()
         if _DEVICES.value > len(devices):
             raise ConfigError(f"--devices={_DEVICES.value} but only {len(devices)} "
                              f"{devices[0].platform} devices are visible")
-        return plan(_CONFIG.value, devices[:_DEVICES.value] if _DEVICES.value else devices)
+        return devices[:_DEVICES.value] if _DEVICES.value else devices
 
-    result = run_cli(run)
+    result = run_cli(lambda: plan(_CONFIG.value, chosen()))
     print(format_plan(result))
+    if _MEMORY.value > 0:
+        result["fit"] = run_cli(lambda: fit(_CONFIG.value, chosen(), result, _MEMORY.value))
+        print(format_fit(result, result["fit"]))
     if _FLOPS.value > 0 or _BANDWIDTH.value > 0:
         from lmscale.training.projection import format_projection, project
         counts = [int(c) for c in _PROJECT.value] or [result["devices"] * k for k in (1, 8, 64)]

@@ -3,11 +3,14 @@
 Reports what a user needs before booking a cluster: parameters, FLOPs per token and per
 step, per-device memory from the compiled program's own memory analysis, and the
 collectives each step performs (number and bytes of all-reduces). The state is abstract
-(shapes only), so even the 8192-d model is planned without allocating it.
+(shapes only), so even the 8192-d model is planned without allocating it. Given a device's
+memory, ``fit`` says whether the step fits, and plans the recurrent models' remat
+(``model.remat="segments"``) when it does not.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import jax
@@ -101,4 +104,52 @@ def format_plan(p: dict[str, Any]) -> str:
         f"all-reduces    {p['all_reduces_per_step']} per step, "
         f"{p['all_reduce_bytes_per_step'] / 2**20:.1f} MiB (params: {p['parameter_bytes_float32'] / 2**20:.1f} MiB)",
     ]
+    return "\n".join(lines)
+
+
+def with_remat(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict | None:
+    """``config`` with ``model.remat="segments"``, when its model can recompute (mlstm, lstm)
+    and does not yet; else None. ``model.remat_steps`` is lowered to a divisor of
+    ``train.seq_len``, below half of it when it would make one segment (no saving)."""
+    from lmscale.models.lm import remat_steps
+    from lmscale.models.recurrent import SCANNED_KINDS
+    if config.model.kind not in SCANNED_KINDS or remat_steps(config.model):
+        return None
+    out = copy.deepcopy(config)
+    out.model.remat = "segments"
+    seq = out.train.seq_len
+    steps = int(out.model.get("remat_steps", 32))
+    steps = steps if steps < seq else max(seq // 2, 1)
+    out.model.remat_steps = max(k for k in range(1, steps + 1) if seq % k == 0)
+    return out
+
+
+def fit(config: ml_collections.ConfigDict, devices: list[jax.Device] | None,
+        result: dict[str, Any], memory_gib: float) -> dict[str, Any]:
+    """Whether :func:`plan`'s ``result`` for ``config`` fits ``memory_gib`` GiB per device;
+    if not, the plan of :func:`with_remat`'s config too (when there is one): {"memory_gib",
+    "fits", and "remat": {"remat_steps", "memory_bytes", "fits"} or None}."""
+    limit = memory_gib * 2.0**30
+    out = {"memory_gib": memory_gib,
+           "fits": result["memory_per_device_bytes"]["total"] <= limit, "remat": None}
+    alternative = None if out["fits"] else with_remat(config)
+    if alternative is not None:
+        total = plan(alternative, devices, result["vocab_size"])["memory_per_device_bytes"]["total"]
+        out["remat"] = {"remat_steps": alternative.model.remat_steps, "memory_bytes": total,
+                        "fits": total <= limit}
+    return out
+
+
+def format_fit(p: dict[str, Any], f: dict[str, Any]) -> str:
+    """:func:`fit`'s verdict in the layout of :func:`format_plan`."""
+    gib = 2.0**30
+    total = p["memory_per_device_bytes"]["total"] / gib
+    lines = [f"fits           {'yes' if f['fits'] else 'no'}: {total:.2f} of {f['memory_gib']:g} "
+             f"GiB per device"]
+    r = f["remat"]
+    if r is not None:
+        verdict = "fits" if r["fits"] else "does not fit either"
+        lines.append(f"with remat     --config.model.remat=segments --config.model.remat_steps="
+                     f"{r['remat_steps']}: {r['memory_bytes'] / gib:.2f} GiB, {verdict} (one "
+                     f"more forward of the recurrence)")
     return "\n".join(lines)

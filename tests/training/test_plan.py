@@ -51,3 +51,28 @@ def test_plan_rejects_indivisible_batch(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("error: train.batch_size=32 is not divisible by the 3 devices")
+
+
+def test_plan_says_whether_it_fits_and_plans_remat_when_it_does_not(tmp_path):
+    """--memory_gib: a limit below the step's memory gets "fits no" and the remat plan (less
+    memory, remat_steps lowered to a divisor of seq_len 24); a limit above it gets "fits
+    yes" and nothing more."""
+    out = tmp_path / "plan.json"
+    base = [sys.executable, "-m", "lmscale.plan", "--config=configs/quickstart.py", "--devices=2",
+            "--config.model.hidden=64", "--config.train.seq_len=24", f"--json={out}"]
+    run = lambda *extra: subprocess.run([*base, *extra], cwd=REPO, capture_output=True,
+                                        text=True, timeout=300)
+    proc = run("--memory_gib=0.001")
+    assert proc.returncode == 0, proc.stderr
+    p = json.loads(out.read_text())
+    fit = p["fit"]
+    assert fit["fits"] is False and fit["remat"]["remat_steps"] == 12  # 32 >= 24: half of it
+    assert fit["remat"]["memory_bytes"] < p["memory_per_device_bytes"]["total"]
+    proc = run("--memory_gib=0.001", "--config.model.remat_steps=10")
+    fit = json.loads(out.read_text())["fit"]
+    assert fit["remat"]["remat_steps"] == 8  # the largest divisor of 24 below 10
+    assert fit["remat"]["memory_bytes"] < p["memory_per_device_bytes"]["total"]
+    assert "fits           no:" in proc.stdout and "--config.model.remat_steps=8:" in proc.stdout
+    proc = run("--memory_gib=1000")
+    assert "fits           yes:" in proc.stdout and "with remat" not in proc.stdout
+    assert json.loads(out.read_text())["fit"] == {"memory_gib": 1000.0, "fits": True, "remat": None}
