@@ -18,8 +18,8 @@ def run_cli(fn: Callable[[], T]) -> T:
     from lmscale.data.errors import DataError
     from lmscale.training.checkpoints import CheckpointError
     _quiet_library_logs()
-    use_compile_cache()
     try:
+        use_compile_cache()
         return fn()
     except (ConfigError, DataError, CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -61,8 +61,9 @@ def max_size_bytes(environ: Mapping[str, str] = os.environ) -> int:
     except ValueError:
         megabytes = -1.0
     if megabytes <= 0:
-        raise ValueError(f"LMSCALE_COMPILE_CACHE_MAX_MB={value!r}: expected a positive number "
-                         f"of MiB, or 'unlimited'")
+        from lmscale.config import ConfigError
+        raise ConfigError(f"LMSCALE_COMPILE_CACHE_MAX_MB={value!r}: expected a positive number "
+                          f"of MiB, or 'unlimited'")
     return int(megabytes * 2**20)
 
 
@@ -91,7 +92,8 @@ def stamp_unstamped_entries(folder: str) -> int:
 def use_compile_cache(environ: Mapping[str, str] = os.environ) -> str | None:
     """Turns the cache on for this process (before its first compile), with its size cap;
     returns its folder, or None when it is off or its folder cannot be made (then a one-line
-    warning). A bad ``LMSCALE_COMPILE_CACHE_MAX_MB`` raises ValueError naming it."""
+    warning). A bad ``LMSCALE_COMPILE_CACHE_MAX_MB`` raises ConfigError naming it (the tools:
+    one line, exit 1)."""
     import jax
     folder = cache_folder(environ)
     if folder is None:

@@ -11,6 +11,7 @@ import pytest
 
 from lmscale.compile_cache import (DEFAULT_MAX_MB, cache_folder, default_folder, max_size_bytes,
                                    stamp_unstamped_entries, use_compile_cache)
+from lmscale.config import ConfigError
 from tests.conftest import REPO, tiny_train_command
 
 
@@ -62,8 +63,19 @@ def test_the_size_cap_from_the_environment():
     assert max_size_bytes({"JAX_COMPILATION_CACHE_MAX_SIZE": "1000",
                            "LMSCALE_COMPILE_CACHE_MAX_MB": "5"}) == 1000
     for bad in ("0", "lots", "-3"):
-        with pytest.raises(ValueError, match="LMSCALE_COMPILE_CACHE_MAX_MB"):
+        with pytest.raises(ConfigError, match="LMSCALE_COMPILE_CACHE_MAX_MB"):
             max_size_bytes({"LMSCALE_COMPILE_CACHE_MAX_MB": bad})
+
+
+def test_a_bad_cap_is_one_line_from_a_tool(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
+    env.update(LMSCALE_COMPILE_CACHE=str(tmp_path / "cache"), LMSCALE_COMPILE_CACHE_MAX_MB="lots")
+    done = subprocess.run([sys.executable, "-m", "lmscale.eval", f"--workdir={tmp_path}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: LMSCALE_COMPILE_CACHE_MAX_MB='lots': expected a positive number of MiB, or "
+        "'unlimited'")
 
 
 # Compiles six different programs, one after the other, in a fresh process with the cache on.
