@@ -37,7 +37,7 @@ def test_segment_length_is_the_largest_divisor_not_above_the_request():
 
 
 @pytest.mark.parametrize("kind", ["mlstm", "lstm"])
-@pytest.mark.parametrize("remat_steps", [1, 3, 5])
+@pytest.mark.parametrize("remat_steps", [1, 5])  # 12 segments of 1; 3 of 4
 def test_same_values_and_gradients_as_saving_everything(kind, remat_steps):
     """float32: the loss and every gradient (g, v, bias, inputs, initial carry) equal the
     unsegmented custom backward's to 1e-6 and autodiff's to 1e-5."""
@@ -84,7 +84,7 @@ def test_segments_keep_a_fraction_of_the_memory(kind):
 
 def _tiny_lm_config(kind: str, **model: Any):
     c = default_config()
-    c.model.kind, c.model.hidden, c.model.embed, c.model.layers = kind, 8, 6, 2
+    c.model.kind, c.model.hidden, c.model.embed, c.model.layers = kind, 8, 6, 1
     for name, value in model.items():
         c.model[name] = value
     c.train.seq_len, c.train.batch_size = STEPS, B

@@ -54,25 +54,37 @@ def test_plan_rejects_indivisible_batch(tmp_path):
 
 
 def test_plan_says_whether_it_fits_and_plans_remat_when_it_does_not(tmp_path):
-    """--memory_gib: a limit below the step's memory gets "fits no" and the remat plan (less
-    memory, remat_steps lowered to a divisor of seq_len 24); a limit above it gets "fits
-    yes" and nothing more."""
+    """--memory_gib below the step's memory: "fits no" and a remat plan with less memory,
+    remat_steps lowered to a divisor of seq_len (10 -> 8 for 24)."""
     out = tmp_path / "plan.json"
-    base = [sys.executable, "-m", "lmscale.plan", "--config=configs/quickstart.py", "--devices=2",
-            "--config.model.hidden=64", "--config.train.seq_len=24", f"--json={out}"]
-    run = lambda *extra: subprocess.run([*base, *extra], cwd=REPO, capture_output=True,
-                                        text=True, timeout=300)
-    proc = run("--memory_gib=0.001")
+    proc = subprocess.run(
+        [sys.executable, "-m", "lmscale.plan", "--config=configs/quickstart.py", "--devices=2",
+         "--config.model.hidden=64", "--config.train.seq_len=24",
+         "--config.model.remat_steps=10", "--memory_gib=0.001", f"--json={out}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     p = json.loads(out.read_text())
     fit = p["fit"]
-    assert fit["fits"] is False and fit["remat"]["remat_steps"] == 12  # 32 >= 24: half of it
-    assert fit["remat"]["memory_bytes"] < p["memory_per_device_bytes"]["total"]
-    proc = run("--memory_gib=0.001", "--config.model.remat_steps=10")
-    fit = json.loads(out.read_text())["fit"]
-    assert fit["remat"]["remat_steps"] == 8  # the largest divisor of 24 below 10
+    assert fit["fits"] is False and fit["remat"]["remat_steps"] == 8
     assert fit["remat"]["memory_bytes"] < p["memory_per_device_bytes"]["total"]
     assert "fits           no:" in proc.stdout and "--config.model.remat_steps=8:" in proc.stdout
-    proc = run("--memory_gib=1000")
-    assert "fits           yes:" in proc.stdout and "with remat" not in proc.stdout
-    assert json.loads(out.read_text())["fit"] == {"memory_gib": 1000.0, "fits": True, "remat": None}
+
+
+def test_fit_above_the_memory_and_which_configs_get_a_remat_plan():
+    """A step within the memory fits, with no remat plan (nothing compiled); with_remat turns
+    remat on only for mlstm/lstm without it, at half of seq_len when remat_steps would make
+    one segment."""
+    from lmscale.config import default_config
+    from lmscale.training.plan import fit, format_fit, with_remat
+    result = {"memory_per_device_bytes": {"total": 2**30}, "vocab_size": 257}
+    config = default_config()
+    config.train.seq_len = 24
+    assert fit(config, None, result, 1.5) == {"memory_gib": 1.5, "fits": True, "remat": None}
+    assert format_fit(result, fit(config, None, result, 1.5)) == \
+        "fits           yes: 1.00 of 1.5 GiB per device"
+    remat = with_remat(config)  # remat_steps 32 >= 24
+    assert (remat.model.remat, remat.model.remat_steps) == ("segments", 12)
+    assert config.model.remat == "none"  # a copy
+    assert with_remat(remat) is None
+    config.model.kind = "transformer"
+    assert with_remat(config) is None
