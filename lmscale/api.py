@@ -123,7 +123,7 @@ class LM:
             scored = np.zeros(text.shape, bool)
             columns = np.broadcast_to(offset + np.arange(t + 1), text.shape)
             scored[held] = counted[first[text[held]] + columns[held]]
-            same = (text[:, 1:] == text[:, :-1]) & (text[:, 1:] >= 0)
+            same = (text[:, 1:] == text[:, :-1]) & held[:, 1:]
             weights = (same & scored[:, 1:]).astype(np.float32)
             carry, row_nats = self._chunk_nats_fn(self.trained.params, carry,
                                                   put(grid.tokens[:, :-1]), put(grid.resets[:, :-1]),

@@ -20,6 +20,7 @@ from typing import Any
 import ml_collections
 
 from lmscale.models import get_kind, model_kinds
+from lmscale.models.lm import DEFAULT_REMAT_STEPS
 
 SCHEDULES = ("constant", "linear", "cosine", "slanted_triangular")
 LR_SCALINGS = ("none", "linear", "sqrt")
@@ -87,7 +88,7 @@ def default_config() -> ml_collections.ConfigDict:
     # only the state every model.remat_steps steps, the backward recomputes each segment's
     # residuals (memory of remat_steps steps instead of train.seq_len, one more forward).
     c.model.remat = "none"
-    c.model.remat_steps = 32  # steps per recomputed segment; must divide train.seq_len (or exceed it: one segment)
+    c.model.remat_steps = DEFAULT_REMAT_STEPS  # steps per recomputed segment; must divide train.seq_len (or exceed it: one segment)
     c.model.scan_layers = True  # one compiled block scanned over stacked layer params (False: a Python loop, for debugging)
     # ---- AWD-LSTM / QRNN (recurrent kinds mlstm, lstm, qrnn; salesforce/awd-lstm-lm names in
     # brackets). Dropouts and AR/TAR act in training only; AR/TAR never enter the logged loss.

@@ -29,6 +29,7 @@ from lmscale.models.adaptive_softmax import AdaptiveTails, adaptive_log_probs, p
 from lmscale.models.initializers import symmetric_uniform
 from lmscale.models.qrnn import POOLINGS, QRNNLayer
 from lmscale.models.recurrent import LSTMLayer, MLSTMLayer
+from lmscale.models.recurrent_segments import largest_divisor
 from lmscale.models.registry import ModelKind, register
 
 LAYER_TYPES = {"lstm": LSTMLayer, "mlstm": MLSTMLayer, "qrnn": QRNNLayer}
@@ -325,13 +326,19 @@ def _build(model_config: Any, vocab_size: int, *, rngs: nnx.Rngs, dtype: Any = j
 
 
 REMATS = ("none", "segments")  # model.remat of the mlstm and lstm kinds (qrnn: "none")
+DEFAULT_REMAT_STEPS = 32  # model.remat_steps (configs that predate it: this)
+
+
+def configured_remat_steps(model_config: Any) -> Any:
+    """``model.remat_steps`` as configured (whether or not remat is on)."""
+    return model_config.get("remat_steps", DEFAULT_REMAT_STEPS)
 
 
 def remat_steps(model_config: Any) -> int:
     """Steps per recomputed segment of the recurrent layers' backward; 0: no remat."""
     if model_config.get("remat", "none") != "segments":
         return 0
-    return int(model_config.get("remat_steps", 32))
+    return int(configured_remat_steps(model_config))
 
 
 def _validate(model_config: Any, train_config: Any) -> None:
@@ -358,18 +365,13 @@ def _validate(model_config: Any, train_config: Any) -> None:
     if remat not in allowed:
         raise ValueError(f"model.remat must be one of {list(allowed)} for model.kind "
                          f"{model_config.kind!r}, got {remat!r}")
-    steps = model_config.get("remat_steps", 32)
+    steps = configured_remat_steps(model_config)
     if remat == "segments" and (not isinstance(steps, int) or steps < 1):
         raise ValueError(f"model.remat_steps must be a positive integer, got {steps!r}")
     seq_len = train_config.get("seq_len") if train_config is not None else None
     if remat == "segments" and isinstance(seq_len, int) and seq_len % min(steps, seq_len):
         raise ValueError(f"model.remat_steps={steps} must divide train.seq_len={seq_len} "
-                         f"(equal segments; e.g. {_divisor_below(seq_len, steps)})")
-
-
-def _divisor_below(n: int, k: int) -> int:
-    """The largest divisor of n not above k."""
-    return max(d for d in range(1, min(n, k) + 1) if n % d == 0)
+                         f"(equal segments; e.g. {largest_divisor(seq_len, steps)})")
 
 
 def layer_sizes(model_config: Any) -> tuple[int, ...]:

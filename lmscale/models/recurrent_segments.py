@@ -22,13 +22,18 @@ from lmscale.models import recurrent_vjp as rv
 from lmscale.models.recurrent_vjp import Static
 
 
+def largest_divisor(n: int, k: int) -> int:
+    """The largest divisor of n not above k (k >= 1)."""
+    return max(d for d in range(1, min(n, k) + 1) if n % d == 0)
+
+
 def segment_length(st: Static, n_t: int) -> int:
     """Steps per remat segment for T = n_t: the largest divisor of T not above ``st.segment``
     (T, one segment, when remat is off). The segments are equal, so one compiled loop body
     runs them all; a T with no divisor near the segment length gets shorter segments."""
     if st.segment <= 0 or st.segment >= n_t:
         return n_t
-    return max(k for k in range(1, st.segment + 1) if n_t % k == 0)
+    return largest_divisor(n_t, st.segment)
 
 
 def forward(st: Static, x: jax.Array, fw: dict[str, jax.Array], h0: jax.Array, c0: jax.Array,
@@ -52,8 +57,8 @@ def forward(st: Static, x: jax.Array, fw: dict[str, jax.Array], h0: jax.Array, c
         h, c, bufs, starts = carry
         starts = {"starts_h": starts["starts_h"].at[j].set(h),
                   "starts_c": starts["starts_c"].at[j].set(c)}
-        x_j, keep_j = _segment_of(x, keep, j, k)
-        (h, c), hs_j, cs_j, _ = rv._forward(st, x_j, fw, h, c, keep_j, save=False)
+        (h, c), hs_j, cs_j, _ = rv._forward(st, _piece(x, j, k), fw, h, c, _piece(keep, j, k),
+                                            save=False)
         bufs = dict(bufs)
         for name, value in (("hs", hs_j), ("cs", cs_j)):
             if name in bufs:
@@ -67,11 +72,9 @@ def forward(st: Static, x: jax.Array, fw: dict[str, jax.Array], h0: jax.Array, c
     return (h, c), rv._decode(bufs["hs"], dt), bufs.get("cs"), saved
 
 
-def _segment_of(x: jax.Array, keep: jax.Array | None, j: jax.Array, k: int
-                ) -> tuple[jax.Array, jax.Array | None]:
-    """Steps [j k, (j + 1) k) of x [T, B, in] and keep [T, B, 1] (or None)."""
-    piece = lambda a: jax.lax.dynamic_slice_in_dim(a, j * k, k, axis=0)
-    return piece(x), (None if keep is None else piece(keep))
+def _piece(seq: jax.Array | None, j: jax.Array, k: int) -> jax.Array | None:
+    """Steps [j k, (j + 1) k) of a time-major sequence [T, ...] (None: None)."""
+    return None if seq is None else jax.lax.dynamic_slice_in_dim(seq, j * k, k, axis=0)
 
 
 def backward(st: Static, x: jax.Array, w: dict[str, Any], s: dict[str, Any], dhs_l: jax.Array,
@@ -86,16 +89,15 @@ def backward(st: Static, x: jax.Array, w: dict[str, Any], s: dict[str, Any], dhs
     zeros = lambda shape: rv._varying_like(jnp.zeros(shape, jnp.float32), x, dh, dc, dhs_l)
     grads = {n: zeros(w[n].shape) for n in names}
     d_x = zeros((x.shape[2], n_t, n_b)).astype(st.state_dtype)
-    piece = lambda a, j: None if a is None else jax.lax.dynamic_slice_in_dim(a, j * k, k, axis=0)
 
     def segment(i: jax.Array, carry: tuple[Any, ...]) -> tuple[Any, ...]:
         dh, dc, d_x, grads = carry
         j = n_seg - 1 - i
-        x_j, keep_j = _segment_of(x, s["keep"], j, k)
+        x_j = _piece(x, j, k)
         _, _, _, saved = rv._forward(st, x_j, s["fw"], s["starts_h"][j], s["starts_c"][j],
-                                     keep_j, save=True)
-        dx_j, g_j, dh, dc = rv._backward(st, x_j, w, saved, piece(dhs_l, j), piece(dcs_l, j),
-                                         dh, dc)
+                                     _piece(s["keep"], j, k), save=True)
+        dx_j, g_j, dh, dc = rv._backward(st, x_j, w, saved, _piece(dhs_l, j, k),
+                                         _piece(dcs_l, j, k), dh, dc)
         d_x = jax.lax.dynamic_update_slice_in_dim(d_x, dx_j.reshape(-1, k, n_b), j * k, axis=1)
         return dh, dc, d_x, {n: grads[n] + g_j[n] for n in names}
 

@@ -111,16 +111,16 @@ def with_remat(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict |
     """``config`` with ``model.remat="segments"``, when its model can recompute (mlstm, lstm)
     and does not yet; else None. ``model.remat_steps`` is lowered to a divisor of
     ``train.seq_len``, below half of it when it would make one segment (no saving)."""
-    from lmscale.models.lm import remat_steps
+    from lmscale.models.lm import configured_remat_steps, remat_steps
     from lmscale.models.recurrent import SCANNED_KINDS
+    from lmscale.models.recurrent_segments import largest_divisor
     if config.model.kind not in SCANNED_KINDS or remat_steps(config.model):
         return None
     out = copy.deepcopy(config)
     out.model.remat = "segments"
     seq = out.train.seq_len
-    steps = int(out.model.get("remat_steps", 32))
-    steps = steps if steps < seq else max(seq // 2, 1)
-    out.model.remat_steps = max(k for k in range(1, steps + 1) if seq % k == 0)
+    steps = int(configured_remat_steps(out.model))
+    out.model.remat_steps = largest_divisor(seq, steps if steps < seq else max(seq // 2, 1))
     return out
 
 
