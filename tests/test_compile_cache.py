@@ -40,10 +40,16 @@ def _train(workdir, corpus, env) -> subprocess.CompletedProcess:
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
+def _env(cache, **variables: str) -> dict[str, str]:
+    """This process's environment with the cache in ``cache`` (the session's JAX cache
+    variables dropped) and ``variables``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
+    return {**env, "LMSCALE_COMPILE_CACHE": str(cache), **variables}
+
+
 def test_a_second_run_reads_the_training_step_from_the_cache(tmp_path, corpus):
     cache = tmp_path / "cache"
-    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-    env.update(LMSCALE_COMPILE_CACHE=str(cache), JAX_LOG_COMPILES="1",
+    env = _env(cache, JAX_LOG_COMPILES="1",
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")  # tiny programs compile fast
     first = _train(tmp_path / "a", corpus, env)
     assert first.returncode == 0, first.stderr[-2000:]
@@ -68,8 +74,7 @@ def test_the_size_cap_from_the_environment():
 
 
 def test_a_bad_cap_is_one_line_from_a_tool(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
-    env.update(LMSCALE_COMPILE_CACHE=str(tmp_path / "cache"), LMSCALE_COMPILE_CACHE_MAX_MB="lots")
+    env = _env(tmp_path / "cache", LMSCALE_COMPILE_CACHE_MAX_MB="lots")
     done = subprocess.run([sys.executable, "-m", "lmscale.eval", f"--workdir={tmp_path}"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1
@@ -102,8 +107,7 @@ def _entries(cache) -> dict[str, int]:
 
 def test_the_cache_is_kept_under_its_cap_least_recently_used_first(tmp_path):
     cache = tmp_path / "cache"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
-    env.update(LMSCALE_COMPILE_CACHE=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    env = _env(cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                LMSCALE_COMPILE_CACHE_MAX_MB="unlimited")
     done = _run_python(_COMPILE_SIX, env)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -133,8 +137,7 @@ def test_a_folder_filled_without_a_cap_gets_access_times_and_stays_writable(tmp_
     assert (cache / "jit_old-0123-atime").stat().st_size == 8
     assert stamp_unstamped_entries(str(cache)) == 0
     (cache / "jit_older-4567-cache").write_bytes(b"y" * 1000)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
-    env.update(LMSCALE_COMPILE_CACHE=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    env = _env(cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     done = _run_python(_COMPILE_SIX, env)  # warnings are errors: no failed write
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(_entries(cache)) == 8

@@ -153,11 +153,11 @@ def test_inference_restores_params_only_on_any_device_count(base_run, tmp_path):
 
 def test_cli_logs_plain_progress_lines_and_eval_defaults_to_the_runs_val_split(tmp_path, corpus):
     workdir = tmp_path / "run"
-    # progress_bar at its default (True): stderr is a pipe, not a terminal, so plain lines.
+    # progress_bar on (the default): stderr is a pipe, not a terminal, so plain lines.
     command = tiny_train_command(workdir, corpus, **{"train.steps": 4, "train.log_every": 2,
                                                      "train.eval_batch_size": 4,
-                                                     "train.eval_steps": 2})
-    command.remove("--config.train.progress_bar=False")
+                                                     "train.eval_steps": 2,
+                                                     "train.progress_bar": True})
     proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "\r" not in proc.stderr
