@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lmscale.models import recurrent_vjp, regularizers
+from lmscale.models import recurrent_segments, recurrent_vjp, regularizers
 from lmscale.models.dtypes import at_least_float32
 from lmscale.models.initializers import recurrent_uniform
 from lmscale.models.weight_norm import make_matrix
@@ -87,12 +87,15 @@ def _keep_mask(resets: jax.Array | None, dtype: Any) -> jax.Array | None:
 
 def _recurrence(pre: tuple[jax.Array, ...], carry: Carry, resets: jax.Array | None,
                 gates: Callable[[tuple[jax.Array, ...], jax.Array], jax.Array], dtype: Any,
-                return_cells: bool) -> ScanResult:
-    """Shared LSTM-style scan.
+                return_cells: bool, remat_steps: int = 0) -> ScanResult:
+    """Shared LSTM-style scan (the autodiff path).
 
     pre: per-step input projections, each [T, B, ...]; gates(pre_t, h) -> z [B, 4H] in the
     state dtype. resets: bool [T, B] or None. Returns (hs [T, B, H] in ``dtype``, (h, c),
-    cs [T, B, H] in the state dtype or None).
+    cs [T, B, H] in the state dtype or None). ``remat_steps`` > 0: an outer scan over equal
+    segments (``recurrent_segments.segment_length``) whose body, a scan over one segment, is
+    ``jax.checkpoint``-ed: autodiff keeps each segment's starting state and recomputes the
+    segment's residuals in the backward (the custom path's remat, done by JAX).
     """
     sdt = at_least_float32(dtype)
     h0, c0 = (jnp.asarray(a, sdt) for a in carry)
@@ -111,8 +114,20 @@ def _recurrence(pre: tuple[jax.Array, ...], carry: Carry, resets: jax.Array | No
         return (h, c), out
 
     resets_in = None if resets is None else jnp.asarray(resets, bool)
-    (h, c), (hs, cs) = jax.lax.scan(step, (h0, c0), (pre, resets_in),
-                                    unroll=current_scan_options().unroll)
+    unroll, n_t = current_scan_options().unroll, pre[0].shape[0]
+    k = recurrent_segments.segment_length(remat_steps, n_t)
+    if k == n_t:
+        (h, c), (hs, cs) = jax.lax.scan(step, (h0, c0), (pre, resets_in), unroll=unroll)
+        return hs, (h, c), cs
+
+    @jax.checkpoint
+    def segment(state: Carry, inputs: tuple[Any, ...]) -> tuple[Carry, Any]:
+        return jax.lax.scan(step, state, inputs, unroll=min(unroll, k))
+
+    split = lambda a: a.reshape(n_t // k, k, *a.shape[1:])  # [T, ...] -> [T / k, k, ...]
+    (h, c), (hs, cs) = jax.lax.scan(segment, (h0, c0), jax.tree.map(split, (pre, resets_in)),
+                                    unroll=max(1, unroll // k))
+    hs, cs = jax.tree.map(lambda a: a.reshape(n_t, *a.shape[2:]), (hs, cs))
     return hs, (h, c), cs
 
 
@@ -127,9 +142,10 @@ def mlstm_scan(xs: jax.Array, carry: Carry, w_x: jax.Array, w_mx: jax.Array, w_m
     w_h (H, 4H), b (4H,); resets bool [T, B] or None; grad: "custom" | "autodiff"
     (default: ``scan_options``). ``w_mh_scale`` [H], ``w_h_scale`` [4H]: per-output-unit
     scales, the matrices used being w_mh * w_mh_scale and w_h * w_h_scale (weight norm
-    folded into the products: ``WeightNormMatrix.factors``), or None. ``remat_steps`` > 0
-    (grad "custom"): the forward keeps only the state every that many steps and the backward
-    recomputes the rest (``recurrent_vjp.segment_length``): less memory, one more forward.
+    folded into the products: ``WeightNormMatrix.factors``), or None. ``remat_steps`` > 0:
+    the forward keeps only the state every that many steps and the backward recomputes the
+    rest (``recurrent_segments.segment_length``; with grad "autodiff" by ``jax.checkpoint``):
+    less memory, one more forward.
     Returns (hs [T, B, H] in ``dtype``, final (h, c) float32, cs [T, B, H] float32 or None).
     """
     sdt = at_least_float32(dtype)
@@ -150,7 +166,7 @@ def mlstm_scan(xs: jax.Array, carry: Carry, w_x: jax.Array, w_mx: jax.Array, w_m
         m = mx * jnp.dot(h.astype(dtype), w_mh)
         return zx.astype(sdt) + jnp.dot(m, w_h, preferred_element_type=sdt)
 
-    return _recurrence((pre_x, pre_m), carry, resets, gates, dtype, return_cells)
+    return _recurrence((pre_x, pre_m), carry, resets, gates, dtype, return_cells, remat_steps)
 
 
 def lstm_scan(xs: jax.Array, carry: Carry, w_x: jax.Array, w_h: jax.Array, b: jax.Array,
@@ -178,7 +194,7 @@ def lstm_scan(xs: jax.Array, carry: Carry, w_x: jax.Array, w_h: jax.Array, b: ja
         (zx,) = pre_t
         return zx.astype(sdt) + jnp.dot(h.astype(dtype), w_h, preferred_element_type=sdt)
 
-    return _recurrence((pre_x,), carry, resets, gates, dtype, return_cells)
+    return _recurrence((pre_x,), carry, resets, gates, dtype, return_cells, remat_steps)
 
 
 class _RecurrentLayer(nnx.Module):

@@ -27,13 +27,14 @@ def largest_divisor(n: int, k: int) -> int:
     return max(d for d in range(1, min(n, k) + 1) if n % d == 0)
 
 
-def segment_length(st: Static, n_t: int) -> int:
-    """Steps per remat segment for T = n_t: the largest divisor of T not above ``st.segment``
-    (T, one segment, when remat is off). The segments are equal, so one compiled loop body
-    runs them all; a T with no divisor near the segment length gets shorter segments."""
-    if st.segment <= 0 or st.segment >= n_t:
+def segment_length(segment: int, n_t: int) -> int:
+    """Steps per remat segment for T = n_t: the largest divisor of T not above ``segment``
+    (``Static.segment``, ``remat_steps``; T, one segment, when it is 0: remat off). The
+    segments are equal, so one compiled loop body runs them all; a T with no divisor near
+    the segment length gets shorter segments."""
+    if segment <= 0 or segment >= n_t:
         return n_t
-    return largest_divisor(n_t, st.segment)
+    return largest_divisor(n_t, segment)
 
 
 def forward(st: Static, x: jax.Array, fw: dict[str, jax.Array], h0: jax.Array, c0: jax.Array,
@@ -43,7 +44,7 @@ def forward(st: Static, x: jax.Array, fw: dict[str, jax.Array], h0: jax.Array, c
     H]), the loop's weights "fw" and "keep"."""
     dt, sdt = st.dtype, st.state_dtype
     n_t, n_b = x.shape[:2]
-    k = segment_length(st, n_t)
+    k = segment_length(st.segment, n_t)
     hidden = fw["wh_t"].shape[1]
     zeros = lambda shape, dtype: rv._varying_like(jnp.zeros(shape, rv._storage(dtype)), x, h0,
                                                   c0)

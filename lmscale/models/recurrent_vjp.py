@@ -335,7 +335,7 @@ def _fwd(st: Static, x: jax.Array, w_x: jax.Array, b: jax.Array, w_mx: jax.Array
          ) -> tuple[Any, Any]:
     from lmscale.models import recurrent_segments  # built on this module's loops
     w = _cast(st, w_x, b, w_mx, w_mh, w_h, s_mh, s_h)
-    if recurrent_segments.segment_length(st, x.shape[0]) < x.shape[0]:
+    if recurrent_segments.segment_length(st.segment, x.shape[0]) < x.shape[0]:
         (h, c), hs, cs, saved = recurrent_segments.forward(st, x, _layout(st, w), h0, c0, keep)
     else:
         (h, c), hs, cs, saved = _forward(st, x, _layout(st, w), h0, c0, keep, save=True)
