@@ -4,7 +4,7 @@ XLA:CPU (jaxlib 0.10) runs a bfloat16 dynamic-update-slice in float32 on the who
 (convert, update, convert back), so a per-step write into a saved sequence or a key/value
 cache cost a pass over the whole buffer: 7 such writes took 59 % of the 1024-unit bfloat16
 mLSTM step. An integer buffer is updated in place; the bitcasts are free. float16 is handled
-the same way. Used by the recurrence's saved sequences (``recurrent_vjp``, which keeps them
+the same way. Used by the recurrence's saved sequences (``recurrent_loops``, which keeps them
 as uint16 buffers) and the transformer's decode cache (``kv_cache``, kept as uint16 too).
 """
 

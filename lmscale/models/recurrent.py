@@ -6,7 +6,7 @@ Equations (sentiment-discovery / Krause et al. 2016), x @ W convention, per step
   i, f, g, o = split(z, 4);  c' = s(f) c + s(i) tanh(g);  h' = s(o) tanh(c')
 Shapes: W_x (in, 4H), W_mx (in, H), W_mh (H, H), W_h (H, 4H), b (4H,).
 
-Speed: the default path (``recurrent_vjp``) lays the loop out for XLA (its module docstring);
+Speed: the default path (``recurrent_vjp``) lays the loop out for XLA (``recurrent_loops``);
 the autodiff reference computes the input-side projections (x W_x + b and x W_mx) of all T
 steps as one matmul before the scan. Weight norm is applied once per call,
 and on W_mh and W_h it is folded into the products (the layers pass v and g / ||v||): the
@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lmscale.models import recurrent_segments, recurrent_vjp, regularizers
+from lmscale.models import recurrent_loops, recurrent_segments, recurrent_vjp, regularizers
 from lmscale.models.dtypes import at_least_float32
 from lmscale.models.initializers import recurrent_uniform
 from lmscale.models.weight_norm import make_matrix
@@ -52,7 +52,7 @@ class ScanOptions:
 
     grad: "custom" (hand-written backward, recurrent_vjp) or "autodiff" (through lax.scan).
     unroll: unroll factor of the time loop (forward and backward; with grad="custom" the
-        mLSTM's backward loop is unrolled only completely, see recurrent_vjp._bwd).
+        mLSTM's backward loop is unrolled only completely, see recurrent_loops.backward).
     """
     grad: str = "custom"
     unroll: int = 1
@@ -152,11 +152,11 @@ def mlstm_scan(xs: jax.Array, carry: Carry, w_x: jax.Array, w_mx: jax.Array, w_m
     x = xs.astype(dtype)
     opts = current_scan_options()
     if (grad or opts.grad) == "custom":
-        st = recurrent_vjp.Static("mlstm", dtype, return_cells, opts.unroll, remat_steps)
+        st = recurrent_loops.Static("mlstm", dtype, return_cells, opts.unroll, remat_steps)
         h0, c0 = (jnp.asarray(a, sdt) for a in carry)
         return recurrent_vjp.recurrence(st, x, w_x, b, w_mx, w_mh, w_h, h0, c0,
                                         _keep_mask(resets, sdt), w_mh_scale, w_h_scale)
-    w_mh, w_h = recurrent_vjp.scaled(w_mh, w_mh_scale), recurrent_vjp.scaled(w_h, w_h_scale)
+    w_mh, w_h = recurrent_loops.scaled(w_mh, w_mh_scale), recurrent_loops.scaled(w_h, w_h_scale)
     pre_x = jnp.einsum("tbi,ij->tbj", x, w_x.astype(dtype)) + b.astype(dtype)
     pre_m = jnp.einsum("tbi,ij->tbj", x, w_mx.astype(dtype))
     w_mh, w_h = w_mh.astype(dtype), w_h.astype(dtype)
@@ -182,11 +182,11 @@ def lstm_scan(xs: jax.Array, carry: Carry, w_x: jax.Array, w_h: jax.Array, b: ja
     sdt = at_least_float32(dtype)
     opts = current_scan_options()
     if (grad or opts.grad) == "custom":
-        st = recurrent_vjp.Static("lstm", dtype, return_cells, opts.unroll, remat_steps)
+        st = recurrent_loops.Static("lstm", dtype, return_cells, opts.unroll, remat_steps)
         h0, c0 = (jnp.asarray(a, sdt) for a in carry)
         return recurrent_vjp.recurrence(st, xs.astype(dtype), w_x, b, None, None, w_h, h0, c0,
                                         _keep_mask(resets, sdt), None, w_h_scale)
-    w_h = recurrent_vjp.scaled(w_h, w_h_scale)
+    w_h = recurrent_loops.scaled(w_h, w_h_scale)
     pre_x = jnp.einsum("tbi,ij->tbj", xs.astype(dtype), w_x.astype(dtype)) + b.astype(dtype)
     w_h = w_h.astype(dtype)
 
@@ -202,7 +202,7 @@ class _RecurrentLayer(nnx.Module):
     ``_scan``."""
 
     multiplicative: bool = False  # the mLSTM's w_mx [in, H] and w_mh [H, H] too
-    kind: str = ""  # recurrent_vjp's name of the cell: "mlstm" or "lstm"
+    kind: str = ""  # recurrent_loops.Static's name of the cell: "mlstm" or "lstm"
 
     def __init__(self, in_features: int, hidden: int, *, weight_norm: bool = True,
                  weight_drop: float = 0.0, remat_steps: int = 0, dtype: Any = jnp.float32,
@@ -254,7 +254,7 @@ class _RecurrentLayer(nnx.Module):
         m = self.multiplicative
         w_mh, s_mh = self.w_mh.factors() if m else (None, None)
         w_h, s_h = self.w_h.factors()
-        return recurrent_vjp.forward_weights(self._static(), self.w_x(), self.bias[...],
+        return recurrent_loops.forward_weights(self._static(), self.w_x(), self.bias[...],
                                              self.w_mx() if m else None, w_mh, w_h, s_mh, s_h)
 
     def decode(self, xs: jax.Array, carry: Carry, weights: dict[str, jax.Array],
@@ -264,11 +264,11 @@ class _RecurrentLayer(nnx.Module):
         computes them, with the weights of ``decode_weights`` (made once for many calls)."""
         sdt = at_least_float32(self.dtype)
         h0, c0 = (jnp.asarray(a, sdt) for a in carry)
-        return recurrent_vjp.forward_with(self._static(return_cells), xs.astype(self.dtype),
+        return recurrent_loops.forward_with(self._static(return_cells), xs.astype(self.dtype),
                                           weights, h0, c0, _keep_mask(resets, sdt))
 
-    def _static(self, return_cells: bool = False) -> recurrent_vjp.Static:
-        return recurrent_vjp.Static(self.kind, self.dtype, return_cells,
+    def _static(self, return_cells: bool = False) -> recurrent_loops.Static:
+        return recurrent_loops.Static(self.kind, self.dtype, return_cells,
                                     current_scan_options().unroll)
 
     def fix_unit(self, carry: Carry, unit: int, value: float, which: str) -> Carry:

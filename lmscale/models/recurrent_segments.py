@@ -4,7 +4,7 @@ The forward runs the sequence in equal segments of ``segment_length`` steps and 
 state entering each ([T / k, B, H] twice) instead of the residuals of every step (the
 mLSTM's [T, 4H, B] d and six [T, H, B] sequences). The backward takes the segments last to
 first: it recomputes one segment's forward from its saved state, with the residuals of k steps,
-runs ``recurrent_vjp._backward`` through it with the (dh, dc) the later segment handed on, and
+runs ``recurrent_loops.backward`` through it with the (dh, dc) the later segment handed on, and
 adds its weight gradients (float32). Memory: k steps of residuals instead of T; compute: one
 more forward of the recurrence (about a third more recurrent FLOPs). The values are those of
 one loop: each segment starts from the state the previous one ended with, and applies its
@@ -18,8 +18,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from lmscale.models import recurrent_vjp as rv
-from lmscale.models.recurrent_vjp import Static
+from lmscale.models import recurrent_loops as loops
+from lmscale.models.inplace import decode, encode, storage
+from lmscale.models.recurrent_loops import Static
 
 
 def largest_divisor(n: int, k: int) -> int:
@@ -39,14 +40,14 @@ def segment_length(segment: int, n_t: int) -> int:
 
 def forward(st: Static, x: jax.Array, fw: dict[str, jax.Array], h0: jax.Array, c0: jax.Array,
             keep: jax.Array | None) -> tuple[Any, ...]:
-    """``recurrent_vjp._forward(..., save=True)``'s results (same arguments), but what is saved
+    """``recurrent_loops.forward(..., save=True)``'s results (same arguments), but what is saved
     for the backward is the state entering each segment ({"starts_h", "starts_c"} [T / k, B,
     H]), the loop's weights "fw" and "keep"."""
     dt, sdt = st.dtype, st.state_dtype
     n_t, n_b = x.shape[:2]
     k = segment_length(st.segment, n_t)
     hidden = fw["wh_t"].shape[1]
-    zeros = lambda shape, dtype: rv._varying_like(jnp.zeros(shape, rv._storage(dtype)), x, h0,
+    zeros = lambda shape, dtype: loops.varying_like(jnp.zeros(shape, storage(dtype)), x, h0,
                                                   c0)
     outs = {"hs": (zeros((n_t, hidden, n_b), dt), dt)}
     if st.return_cells:
@@ -58,19 +59,19 @@ def forward(st: Static, x: jax.Array, fw: dict[str, jax.Array], h0: jax.Array, c
         h, c, bufs, starts = carry
         starts = {"starts_h": starts["starts_h"].at[j].set(h),
                   "starts_c": starts["starts_c"].at[j].set(c)}
-        (h, c), hs_j, cs_j, _ = rv._forward(st, _piece(x, j, k), fw, h, c, _piece(keep, j, k),
+        (h, c), hs_j, cs_j, _ = loops.forward(st, _piece(x, j, k), fw, h, c, _piece(keep, j, k),
                                             save=False)
         bufs = dict(bufs)
         for name, value in (("hs", hs_j), ("cs", cs_j)):
             if name in bufs:
                 bufs[name] = jax.lax.dynamic_update_slice_in_dim(
-                    bufs[name], rv._encode(value, outs[name][1]), j * k, axis=0)
+                    bufs[name], encode(value, outs[name][1]), j * k, axis=0)
         return h, c, bufs, starts
 
     bufs = {name: buf for name, (buf, _) in outs.items()}
     h, c, bufs, starts = jax.lax.fori_loop(0, n_t // k, segment, (h0, c0, bufs, starts))
     saved = {**starts, "fw": fw, "keep": keep}
-    return (h, c), rv._decode(bufs["hs"], dt), bufs.get("cs"), saved
+    return (h, c), decode(bufs["hs"], dt), bufs.get("cs"), saved
 
 
 def _piece(seq: jax.Array | None, j: jax.Array, k: int) -> jax.Array | None:
@@ -81,13 +82,13 @@ def _piece(seq: jax.Array | None, j: jax.Array, k: int) -> jax.Array | None:
 def backward(st: Static, x: jax.Array, w: dict[str, Any], s: dict[str, Any], dhs_l: jax.Array,
              dcs_l: jax.Array | None, dh: jax.Array, dc: jax.Array
              ) -> tuple[jax.Array, dict[str, jax.Array], jax.Array, jax.Array]:
-    """``recurrent_vjp._backward`` (same arguments and results) from what ``forward`` saved:
+    """``recurrent_loops.backward`` (same arguments and results) from what ``forward`` saved:
     the segments last to first (module doc)."""
     n_t, n_b = x.shape[:2]
     n_seg = s["starts_h"].shape[0]
     k = n_t // n_seg
     names = [n for n in ("w_x", "b", "w_mx", "w_mh", "w_h") if w[n] is not None]
-    zeros = lambda shape: rv._varying_like(jnp.zeros(shape, jnp.float32), x, dh, dc, dhs_l)
+    zeros = lambda shape: loops.varying_like(jnp.zeros(shape, jnp.float32), x, dh, dc, dhs_l)
     grads = {n: zeros(w[n].shape) for n in names}
     d_x = zeros((x.shape[2], n_t, n_b)).astype(st.state_dtype)
 
@@ -95,9 +96,9 @@ def backward(st: Static, x: jax.Array, w: dict[str, Any], s: dict[str, Any], dhs
         dh, dc, d_x, grads = carry
         j = n_seg - 1 - i
         x_j = _piece(x, j, k)
-        _, _, _, saved = rv._forward(st, x_j, s["fw"], s["starts_h"][j], s["starts_c"][j],
+        _, _, _, saved = loops.forward(st, x_j, s["fw"], s["starts_h"][j], s["starts_c"][j],
                                      _piece(s["keep"], j, k), save=True)
-        dx_j, g_j, dh, dc = rv._backward(st, x_j, w, saved, _piece(dhs_l, j, k),
+        dx_j, g_j, dh, dc = loops.backward(st, x_j, w, saved, _piece(dhs_l, j, k),
                                          _piece(dcs_l, j, k), dh, dc)
         d_x = jax.lax.dynamic_update_slice_in_dim(d_x, dx_j.reshape(-1, k, n_b), j * k, axis=1)
         return dh, dc, d_x, {n: grads[n] + g_j[n] for n in names}
