@@ -16,9 +16,10 @@ from lmscale.training import bench
 REPO = Path(__file__).resolve().parents[1]
 
 
-def small_config(kind: str, hidden: int = 512, batch: int = 32, seq: int = 8):
+def small_config(kind: str, hidden: int = 512, batch: int = 32, seq: int = 8, **model):
     c = default_config()
     c.model.kind, c.model.hidden, c.model.embed = kind, hidden, 16
+    c.model.update(model)
     c.train.batch_size, c.train.seq_len = batch, seq
     c.lock()
     return c
@@ -47,6 +48,25 @@ def test_flops_formula_matches_xla_cost_of_unrolled_step(kind, grad):
     assert abs(xla - analytic) / analytic < 0.10, (xla, analytic)
 
 
+@pytest.mark.parametrize("kind", ["mlstm", pytest.param("lstm", marks=pytest.mark.slow)])
+def test_flops_with_recompute_match_xla_cost_of_unrolled_remat_step(kind):
+    """With remat, XLA's count of the unrolled step is within 10 % of the model's 3 x forward
+    plus the layers' forward again (``recompute_flops_per_token``), and over 10 % above the
+    model's alone (the recomputation is real). The autodiff path's remat is checked: its
+    segments are ``jax.checkpoint``-ed, which keeps XLA from merging a recomputation with the
+    forward it repeats once the loops are unrolled."""
+    c = small_config(kind, remat="segments", remat_steps=4)  # 2 segments of T = 8
+    with scan_options(grad="autodiff", unroll=c.train.seq_len):
+        compiled, *_ = bench.compile_step(c)
+    assert "while" not in compiled.as_text()
+    tokens = c.train.batch_size * c.train.seq_len
+    model = bench.train_flops_per_token(c.model, bench.BYTE_VOCAB, c.train.seq_len) * tokens
+    again = bench.recompute_flops_per_token(c.model, c.train.seq_len) * tokens
+    xla = bench.xla_flops(compiled)
+    assert abs(xla - (model + again)) / (model + again) < 0.10, (xla, model, again)
+    assert xla > 1.10 * model
+
+
 def test_bench_cli_writes_a_record(tmp_path):
     """A real run of the CLI on a tiny model: table on stdout, one JSON line appended."""
     out = tmp_path / "results.jsonl"
@@ -73,8 +93,11 @@ def test_bench_cli_writes_a_record(tmp_path):
         row = bench.format_table([{**r, "kind": kind}]).splitlines()[-1]
         assert row.split(" | ")[3] == "-"
     assert r["remat"] == "none" and "remat_steps" not in r
-    row = bench.format_table([{**r, "remat": "segments", "remat_steps": 16}]).splitlines()[-1]
-    assert row.split(" | ")[3] == "custom u1 remat 16"
+    assert r["recompute_flops_per_token"] == 0 and r["hardware_flop_per_s"] == r["flop_per_s"]
+    remat = {**r, "remat": "segments", "remat_steps": 16, "of_matmul_rate": 0.5,
+             "recompute_flops_per_token": 1, "hardware_of_matmul_rate": 0.7}
+    cells = bench.format_table([remat]).splitlines()[-1].split(" | ")
+    assert cells[3] == "custom u1 remat 16" and cells[9] == "50 % (70 % with recompute)"
     loop = r["loop"]  # the real loop on the built-in corpus, its second window of 10 steps
     assert loop["steps"] == 10 and loop["tokens_per_s"] > 0
     assert loop["of_step"] == pytest.approx(loop["chars_per_s"] / r["chars_per_s"])

@@ -13,6 +13,7 @@ from flax import nnx
 from lmscale.config import default_config
 from lmscale.models import build_model, count_params, flops_per_token, get_kind
 from lmscale.models.transformer import Block, TransformerLM, sinusoidal
+from lmscale.training.bench import recompute_flops_per_token
 from tests.models.helpers import randomize_params
 from tests.models.numpy_reference import np_weight_norm
 from tests.models.numpy_transformer import np_block, np_sinusoidal, np_transformer
@@ -274,9 +275,12 @@ def test_registry_build_describe_and_param_count():
     assert n > 12 * (4 * 768 ** 2 + 2 * 768 * 3072) + 2 * 32001 * 768
 
 
-def test_training_flops_match_xla_cost_analysis():
+@pytest.mark.parametrize("remat", ["none", "block"])
+def test_training_flops_match_xla_cost_analysis(remat):
+    """3 x forward (+ with remat="block" the blocks' forward again,
+    ``bench.recompute_flops_per_token``) within 10 % of XLA's count of the gradient."""
     m = _config(layers=2, d_model=128, heads=4, d_ff=512, max_len=64, weight_norm=False,
-                scan_layers=False)
+                scan_layers=False, remat=remat)
     vocab, batch, seq = 256, 2, 64
     model = build_model(m, vocab, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model, nnx.Param)
@@ -285,8 +289,9 @@ def test_training_flops_match_xla_cost_analysis():
     cost = step.lower(params).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     measured = cost["flops"] / (batch * seq)
-    predicted = 3 * flops_per_token(m, vocab, seq)
-    assert predicted == 6 * (2 * (4 * 128 ** 2 + 2 * 128 * 512) + 128 * vocab) + 12 * 2 * seq * 128
+    predicted = 3 * flops_per_token(m, vocab, seq) + recompute_flops_per_token(m, seq)
+    blocks = 2 * 2 * (4 * 128 ** 2 + 2 * 128 * 512) + 4 * 2 * seq * 128  # forward, per token
+    assert predicted == 3 * (blocks + 2 * 128 * vocab) + (blocks if remat == "block" else 0)
     print(f"training FLOPs/token: XLA {measured:.0f}, formula {predicted}, "
           f"ratio {measured / predicted:.3f}")
     assert abs(measured / predicted - 1) < 0.10
