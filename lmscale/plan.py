@@ -60,10 +60,11 @@ def main(argv: list[str]) -> None:
                              f"{devices[0].platform} devices are visible")
         return devices[:_DEVICES.value] if _DEVICES.value else devices
 
-    result = run_cli(lambda: plan(_CONFIG.value, chosen()))
+    devices = run_cli(chosen)
+    result = run_cli(lambda: plan(_CONFIG.value, devices))
     print(format_plan(result))
     if _MEMORY.value > 0:
-        result["fit"] = run_cli(lambda: fit(_CONFIG.value, chosen(), result, _MEMORY.value))
+        result["fit"] = run_cli(lambda: fit(_CONFIG.value, devices, result, _MEMORY.value))
         print(format_fit(result, result["fit"]))
     if _FLOPS.value > 0 or _BANDWIDTH.value > 0:
         from lmscale.training.projection import format_projection, project
