@@ -21,60 +21,15 @@ Words: ``lmscale.data.words.WordTokenizer`` (0 padding, 1 ``<unk>``, 2 ``<eos>``
 
 from __future__ import annotations
 
-import hashlib
-import os
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from lmscale.atomic import atomic_write
 from lmscale.data.errors import DataError
-
-
-def write_file_once(path: str, payload: bytes) -> None:
-    """Writes ``payload`` to ``path`` atomically (a temporary file renamed), unless the file
-    already holds exactly it: how a tokenizer's model/vocabulary file is saved with a run."""
-    if os.path.isfile(path):
-        with open(path, "rb") as f:
-            if f.read() == payload:
-                return
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with atomic_write(path, "wb") as f:
-        f.write(payload)
-
-
-class FileTokenizer:
-    """Base of the tokenizers defined by the bytes of one file (a SentencePiece model, a word
-    vocabulary): ``save`` writes them as ``file_name`` beside a run, and two tokenizers are
-    equal when their bytes are (``sha256``)."""
-
-    file_name: str  # the file ``save`` writes into a directory
-
-    def _set_payload(self, payload: bytes) -> None:
-        self.payload = bytes(payload)
-        self.sha256 = hashlib.sha256(self.payload).hexdigest()
-
-    def save(self, directory: str) -> None:
-        """Writes ``directory/<file_name>`` (atomically; kept if already identical)."""
-        write_file_once(os.path.join(directory, self.file_name), self.payload)
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other.sha256 == self.sha256
-
-    def __hash__(self) -> int:
-        return hash(self.sha256)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(vocab_size={self.vocab_size}, sha256={self.sha256[:12]})"
-
-
-def smallest_uint_dtype(vocab_size: int) -> type:
-    """The smallest unsigned NumPy dtype holding ids ``[0, vocab_size)``."""
-    for dtype in (np.uint8, np.uint16, np.uint32):
-        if vocab_size <= int(np.iinfo(dtype).max) + 1:
-            return dtype
-    raise DataError(f"vocabulary of {vocab_size} ids does not fit in uint32")
+from lmscale.data.file_tokenizer import smallest_uint_dtype
+from lmscale.data.spm import SentencePieceTokenizer
+from lmscale.data.words import WordTokenizer
 
 
 @runtime_checkable
@@ -184,9 +139,7 @@ def tokenizer_from_dict(d: dict[str, Any], base_dir: str | None = None) -> Token
             raise DataError(f"unknown keys {sorted(unknown)} in byte tokenizer description")
         return ByteTokenizer(offset=d.get("offset", 1), pad_id=d.get("pad_id", 0))
     if kind == "sentencepiece":
-        from lmscale.data.spm import SentencePieceTokenizer
         return SentencePieceTokenizer.from_dict(d, base_dir)
     if kind == "word":
-        from lmscale.data.words import WordTokenizer
         return WordTokenizer.from_dict(d, base_dir)
     raise DataError(f"unknown tokenizer kind {kind!r} (known: 'byte', 'sentencepiece', 'word')")

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from lmscale.data.errors import DataError
-from lmscale.data.tokenizer import FileTokenizer, smallest_uint_dtype
+from lmscale.data.file_tokenizer import FileTokenizer, smallest_uint_dtype
 
 VOCAB_FILE = "vocab.json"
 PAD, UNK, EOS = "<pad>", "<unk>", "<eos>"

@@ -1,0 +1,59 @@
+"""The base of the tokenizers defined by the bytes of one file (``FileTokenizer``: the
+SentencePiece and word tokenizers), and the smallest unsigned dtype that holds a vocabulary's
+ids (shards are stored in it). Shared by ``tokenizer`` (the byte tokenizer and
+``tokenizer_from_dict``), ``spm`` and ``words``, which import it, not each other."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+
+from lmscale.atomic import atomic_write
+from lmscale.data.errors import DataError
+
+
+def write_file_once(path: str, payload: bytes) -> None:
+    """Writes ``payload`` to ``path`` atomically (a temporary file renamed), unless the file
+    already holds exactly it: how a tokenizer's model/vocabulary file is saved with a run."""
+    if os.path.isfile(path):
+        with open(path, "rb") as f:
+            if f.read() == payload:
+                return
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with atomic_write(path, "wb") as f:
+        f.write(payload)
+
+
+class FileTokenizer:
+    """Base of the tokenizers defined by the bytes of one file (a SentencePiece model, a word
+    vocabulary): ``save`` writes them as ``file_name`` beside a run, and two tokenizers are
+    equal when their bytes are (``sha256``)."""
+
+    file_name: str  # the file ``save`` writes into a directory
+
+    def _set_payload(self, payload: bytes) -> None:
+        self.payload = bytes(payload)
+        self.sha256 = hashlib.sha256(self.payload).hexdigest()
+
+    def save(self, directory: str) -> None:
+        """Writes ``directory/<file_name>`` (atomically; kept if already identical)."""
+        write_file_once(os.path.join(directory, self.file_name), self.payload)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.sha256 == self.sha256
+
+    def __hash__(self) -> int:
+        return hash(self.sha256)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(vocab_size={self.vocab_size}, sha256={self.sha256[:12]})"
+
+
+def smallest_uint_dtype(vocab_size: int) -> type:
+    """The smallest unsigned NumPy dtype holding ids ``[0, vocab_size)``."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if vocab_size <= int(np.iinfo(dtype).max) + 1:
+            return dtype
+    raise DataError(f"vocabulary of {vocab_size} ids does not fit in uint32")
