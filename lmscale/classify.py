@@ -30,8 +30,8 @@ flags.mark_flags_as_required(["workdir", "input", "output"])
 def classify() -> dict:
     from lmscale.data.errors import DataError
     from lmscale.finetuning.classifier import load_classifier
-    from lmscale.finetuning.data import check_labels
-    from lmscale.finetuning.metrics import classification_metrics, format_table
+    from lmscale.transfer.labeled import check_labels
+    from lmscale.transfer.metrics import classification_metrics, format_table
     from lmscale.finetuning.predict import write_predictions
     from lmscale.finetuning.predict import read_texts
     from lmscale.transfer.labeled import load_labeled

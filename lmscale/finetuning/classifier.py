@@ -17,20 +17,18 @@ import jax
 import numpy as np
 from flax import nnx
 
-from lmscale.atomic import atomic_write, write_json
 from lmscale.config import load_config
 from lmscale.data.tokenizer import tokenizer_from_dict
 from lmscale.finetuning.data import encode
 from lmscale.finetuning.head import build_classifier
-from lmscale.finetuning.metrics import predict_labels
+from lmscale.transfer.metrics import predict_labels
 from lmscale.finetuning.predict import predict_probs
 from lmscale.finetuning.steps import make_predict_fn
 from lmscale.models import build_model
 from lmscale.pretrained.preprocess import get_preprocessor
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.checkpoints import Checkpointer
-
-TRANSFER_FILES = ("classifier.json", "classifier.npz")
+from lmscale.transfer.classify import TRANSFER_FILES
 
 
 class LoadedClassifier:
@@ -125,20 +123,6 @@ class TransferClassifier(LoadedClassifier):
         if self.multilabel:
             return p  # one sigmoid per label
         return np.stack([1.0 - p[:, 0], p[:, 0]], axis=1)
-
-
-def save_transfer_classifier(folder: str, coef: np.ndarray, intercept: np.ndarray, scaler: Any,
-                             classes: Sequence[Any], info: dict[str, Any]) -> None:
-    """Writes fitted logistic regression(s) and their standardization as plain arrays
-    (classifier.npz: coef [K, F], intercept [K], mean [F], scale [F]; K = 1 for a binary task,
-    one row per label for multi-label) + classifier.json (classes, and for multi-label
-    ``"multilabel": true`` and the tuned ``thresholds``)."""
-    with atomic_write(os.path.join(folder, "classifier.npz"), "wb") as f:
-        np.savez(f, coef=np.asarray(coef, np.float64), intercept=np.asarray(intercept, np.float64),
-                 mean=scaler.mean_.astype(np.float64), scale=scaler.scale_.astype(np.float64))
-    record = {"kind": "transfer_logistic_regression",
-              "classes": [c if isinstance(c, str) else int(c) for c in classes], **info}
-    write_json(os.path.join(folder, "classifier.json"), record, indent=2)
 
 
 def load_classifier(path: str, batch_size: int = 64) -> LoadedClassifier:

@@ -47,27 +47,6 @@ def encode(tokenizer: object, preprocess: object, texts: Sequence[str], max_len:
     return out
 
 
-def check_labels(labels: np.ndarray, multilabel: bool, num_classes: int, source: str,
-                 names: Sequence[str]) -> None:
-    """Raises DataError naming the file and column unless the labels fit the task."""
-    if multilabel:
-        if labels.ndim != 2:
-            labels = labels.reshape(len(labels), -1)
-        for k, name in enumerate(names):
-            bad = sorted(set(np.unique(labels[:, k]).tolist()) - {0, 1})
-            if bad:
-                raise DataError(f"{source}: label column {name!r} has values {bad[:5]}; "
-                                "multi-label columns must be 0 or 1")
-        return
-    if labels.ndim != 1:
-        raise DataError(f"{source}: {len(names)} label columns given; single-label needs one "
-                        "(set finetune.multilabel=true for several 0/1 columns)")
-    bad = sorted(set(np.unique(labels).tolist()) - set(range(num_classes)))
-    if bad:
-        raise DataError(f"{source}: label column {names[0]!r} has values {bad[:5]} outside the "
-                        f"declared classes 0..{num_classes - 1}")
-
-
 def width_for(lengths: np.ndarray, bucket: int, max_len: int | None) -> int:
     """The padded width of a batch: max length rounded up to ``bucket``, capped at ``max_len``."""
     width = -(-int(np.max(lengths)) // bucket) * bucket

@@ -28,10 +28,8 @@ from flax import nnx
 from lmscale.atomic import write_json
 from lmscale.config import ConfigError, load_config, save_config, scaled_lr
 from lmscale.data.errors import DataError
-from lmscale.finetuning.data import Encoded, TrainBatches, check_labels, class_weights_from, encode
+from lmscale.finetuning.data import Encoded, TrainBatches, class_weights_from, encode
 from lmscale.finetuning.head import build_classifier
-from lmscale.finetuning.metrics import (METRICS, better, classification_metrics, format_table,
-                                        tune_thresholds)
 from lmscale.finetuning.predict import predict_probs, put_batch, write_predictions
 from lmscale.finetuning.steps import BATCH_KEYS, make_finetune_step, make_predict_fn, zero_acc
 from lmscale.models import build_model
@@ -45,7 +43,9 @@ from lmscale.training.precision import LossScale, Policy, print_compute_hint
 from lmscale.training.restore import TrainedLM, load_trained
 from lmscale.training.state import TrainState, state_shardings
 from lmscale.training.stop import StopSignal
-from lmscale.transfer.labeled import Labeled, load_labeled
+from lmscale.transfer.labeled import Labeled, check_labels, load_labeled
+from lmscale.transfer.metrics import (METRICS, better, classification_metrics, format_table,
+                                      tune_thresholds)
 
 HEAD_FIELDS = ("multilabel", "state", "pooling", "head_hidden", "head_activation")
 LM_INITS = ("pretrained", "random")
@@ -289,7 +289,7 @@ def _final_results(workdir: str, params: Any, predict_fn: Any, enc: dict[str, En
             _write_json(os.path.join(workdir, "thresholds.json"),
                         {"classes": class_names, "thresholds": thresholds.tolist(),
                          "step": best["step"], "tuned_on": ft.val})
-        from lmscale.finetuning.metrics import predict_labels
+        from lmscale.transfer.metrics import predict_labels
         write_predictions(os.path.join(workdir, "val_predictions.csv"), splits["val"].texts,
                           probs["val"], predict_labels(probs["val"], ft.multilabel, thresholds),
                           class_names, ft.multilabel)

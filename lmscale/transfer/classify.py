@@ -1,4 +1,6 @@
-"""L1-regularized logistic regression on features, and the search for the sentiment neuron.
+"""L1-regularized logistic regression on features, the search for the sentiment neuron, and
+the fitted classifier saved as plain arrays (``save_transfer_classifier``; read back by
+``lmscale.finetuning.classifier.load_classifier``).
 
 The recipe of Radford et al. (2017): fit an L1 logistic regression for each C of a log
 grid, keep the C with the best validation accuracy; the L1 penalty makes most weights
@@ -10,6 +12,7 @@ of the accuracy a handful of units hold. scikit-learn does the fitting (liblinea
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Sequence
 
 import joblib  # scikit-learn's own dependency
@@ -17,6 +20,7 @@ import numpy as np
 import sklearn
 from sklearn.linear_model import LogisticRegression
 
+from lmscale.atomic import atomic_write, write_json
 from lmscale.data.errors import DataError
 
 C_GRID: tuple[float, ...] = tuple(float(c) for c in 2.0 ** np.arange(-8, 2))  # 2^-8 ... 2^1
@@ -152,3 +156,20 @@ def neuron_summary(fit: Fit, x_train: np.ndarray, y_train: np.ndarray, x_val: np
                    None if x_test is None else x_test[:, [unit]], y_test, Cs=Cs, seed=seed)
     return {"index": unit, "sign": int(np.sign(fit.coef[unit])), "weight": float(fit.coef[unit]),
             **{k: v for k, v in alone.summary().items() if k != "val_accuracy_by_C"}}
+
+
+TRANSFER_FILES = ("classifier.json", "classifier.npz")  # what save_transfer_classifier writes
+
+
+def save_transfer_classifier(folder: str, coef: np.ndarray, intercept: np.ndarray, scaler: Any,
+                             classes: Sequence[Any], info: dict[str, Any]) -> None:
+    """Writes fitted logistic regression(s) and their standardization as plain arrays
+    (classifier.npz: coef [K, F], intercept [K], mean [F], scale [F]; K = 1 for a binary task,
+    one row per label for multi-label) + classifier.json (classes, and for multi-label
+    ``"multilabel": true`` and the tuned ``thresholds``)."""
+    with atomic_write(os.path.join(folder, "classifier.npz"), "wb") as f:
+        np.savez(f, coef=np.asarray(coef, np.float64), intercept=np.asarray(intercept, np.float64),
+                 mean=scaler.mean_.astype(np.float64), scale=scaler.scale_.astype(np.float64))
+    record = {"kind": "transfer_logistic_regression",
+              "classes": [c if isinstance(c, str) else int(c) for c in classes], **info}
+    write_json(os.path.join(folder, "classifier.json"), record, indent=2)

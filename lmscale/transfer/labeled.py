@@ -12,7 +12,7 @@ import dataclasses
 import json
 import os
 import sys
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -137,3 +137,24 @@ def _read_tfds(name: str, text_key: str, label_names: list[str]) -> tuple[list[s
         texts.append(text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text))
         rows.append([int(ex[k]) for k in label_names])
     return texts, rows
+
+
+def check_labels(labels: np.ndarray, multilabel: bool, num_classes: int, source: str,
+                 names: Sequence[str]) -> None:
+    """Raises DataError naming the file and column unless the labels fit the task."""
+    if multilabel:
+        if labels.ndim != 2:
+            labels = labels.reshape(len(labels), -1)
+        for k, name in enumerate(names):
+            bad = sorted(set(np.unique(labels[:, k]).tolist()) - {0, 1})
+            if bad:
+                raise DataError(f"{source}: label column {name!r} has values {bad[:5]}; "
+                                "multi-label columns must be 0 or 1")
+        return
+    if labels.ndim != 1:
+        raise DataError(f"{source}: {len(names)} label columns given; single-label needs one "
+                        "(set finetune.multilabel=true for several 0/1 columns)")
+    bad = sorted(set(np.unique(labels).tolist()) - set(range(num_classes)))
+    if bad:
+        raise DataError(f"{source}: label column {names[0]!r} has values {bad[:5]} outside the "
+                        f"declared classes 0..{num_classes - 1}")

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lmscale.finetuning.metrics import classification_metrics, tune_thresholds
+from lmscale.transfer.metrics import classification_metrics, tune_thresholds
 from lmscale.transfer.classify import C_GRID, fit_many
 
 

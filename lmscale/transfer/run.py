@@ -15,16 +15,14 @@ import numpy as np
 from sklearn.preprocessing import StandardScaler
 
 from lmscale.atomic import write_json
-from lmscale.finetuning.classifier import save_transfer_classifier
-from lmscale.finetuning.data import check_labels
 from lmscale.training.restore import TrainedLM, load_trained, with_compute
 from lmscale.transfer import plots
 from lmscale.transfer.baseline import ngram_features
 from lmscale.transfer.classify import (C_GRID, fit_l1, inverse_strengths, neuron_summary,
-                                      top_k_sweep)
+                                      save_transfer_classifier, top_k_sweep)
 from lmscale.transfer.featurize import (cached_featurize, feature_state, preprocess_texts,
                                        unit_trace)
-from lmscale.transfer.labeled import Labeled, load_labeled, require_binary
+from lmscale.transfer.labeled import Labeled, check_labels, load_labeled, require_binary
 from lmscale.transfer.multilabel import fit_l1_multilabel
 
 
@@ -116,7 +114,7 @@ def _multilabel(lm: TrainedLM, workdir: str, splits: dict[str, Labeled],
                 info: dict[str, Any], output: str, baseline: str, Cs: Sequence[float], seed: int,
                 feat_s: float) -> dict[str, Any]:
     """The multi-label transfer: per-label L1 models and thresholds, the n-gram baseline."""
-    from lmscale.finetuning.metrics import format_table
+    from lmscale.transfer.metrics import format_table
     names = splits["train"].label_names
     fit = fit_l1_multilabel(feats["train"], y["train"], feats["val"], y["val"], feats.get("test"),
                             y.get("test"), class_names=names, Cs=Cs, seed=seed)

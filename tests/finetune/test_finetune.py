@@ -201,7 +201,7 @@ def test_multilabel_transformer_thresholds_reused_by_classify(transformer_lm, da
 
 def test_thresholds_maximize_f1_and_metrics_match_sklearn():
     from sklearn.metrics import f1_score
-    from lmscale.finetuning.metrics import classification_metrics, tune_thresholds
+    from lmscale.transfer.metrics import classification_metrics, tune_thresholds
     rng = np.random.default_rng(0)
     labels = (rng.random((200, 3)) < [0.1, 0.5, 0.8]).astype(int)
     probs = np.clip(labels * 0.3 + rng.random((200, 3)) * 0.7, 0, 1)
@@ -233,7 +233,7 @@ def test_multilabel_transfer_per_label_models_and_classify(sst_run, data, tmp_pa
     tuned on val; the saved classifier (lmscale.classify) reproduces the val metrics."""
     from sklearn.preprocessing import StandardScaler
     from lmscale.finetuning.classifier import load_classifier
-    from lmscale.finetuning.metrics import tune_thresholds
+    from lmscale.transfer.metrics import tune_thresholds
     from lmscale.training.restore import load_trained
     from lmscale.transfer.classify import l1_logistic_regression
     from lmscale.transfer.featurize import featurize
