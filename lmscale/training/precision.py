@@ -126,29 +126,51 @@ def cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
     return set()
 
 
-TRAIN_ADVICE = ("--config.precision.compute=bfloat16 trains 1.5-2x faster here with float32 "
-                "master weights and state")
-FEATURIZE_ADVICE = ("--compute=bfloat16 featurizes ~3x faster here, the features within "
-                    "~0.2 % of float32's")
+@dataclasses.dataclass(frozen=True)
+class ComputeAdvice:
+    """What a tool's compute-dtype hint says: the option to use, on a CPU with AMX running
+    float32 (``to_bfloat16``) and on one without AMX running bfloat16 (``to_float32``)."""
+    to_bfloat16: str
+    to_float32: str
+
+
+TRAIN_ADVICE = ComputeAdvice(
+    to_bfloat16="--config.precision.compute=bfloat16 trains 1.5-2x faster here with float32 "
+                "master weights and state",
+    to_float32="--config.precision.compute=float32 trains faster here (1.7-1.9x at 1024 units)")
+FEATURIZE_ADVICE = ComputeAdvice(
+    to_bfloat16="--compute=bfloat16 featurizes ~3x faster here, the features within ~0.2 % "
+                "of float32's",
+    to_float32="--compute=float32 featurizes faster here")
 
 
 def faster_compute_hint(compute: str, platform: str, flags: set[str],
-                        advice: str = TRAIN_ADVICE) -> str | None:
-    """A one-line hint when float32 matmuls run where bfloat16 ones are much faster, else None.
+                        advice: ComputeAdvice = TRAIN_ADVICE) -> str | None:
+    """A one-line hint when the other compute dtype's matmuls run much faster, else None.
 
     On a CPU with AMX (Intel Sapphire Rapids and later), XLA:CPU (jaxlib >= 0.10) runs
     bfloat16 matmuls with float32 accumulation on the AMX tiles (1.6-1.75 TFLOP/s against
     ~0.33 in float32 on 2 cores). There the mixed-precision step (float32 master weights,
     state and gate math) runs 1.5x (256 units) to 2x (1024) as fast with the same validation
-    BPC, and featurizing 2-3x (benchmarks/README.md). Without AMX bfloat16 is slower than
-    float32 on a CPU, so float32 stays the default. ``advice``: the option to name.
+    BPC, and featurizing 2-3x (benchmarks/README.md). Without AMX the bfloat16 matmuls are
+    slower than float32's: the 1024-unit mLSTM step took 1.7-1.9x as long in bfloat16 (float16
+    level with float32), so float32 stays the default and a bfloat16 run is told. ``flags``
+    empty (not read): no hint.
     """
-    if compute != "float32" or platform != "cpu" or "amx_bf16" not in flags:
+    if platform != "cpu" or not flags:
         return None
-    return f"this CPU has AMX, which runs bfloat16 matmuls: {advice} (benchmarks/README.md)"
+    amx = "amx_bf16" in flags
+    if compute == "float32" and amx:
+        return f"this CPU has AMX, which runs bfloat16 matmuls: {advice.to_bfloat16} " \
+               "(benchmarks/README.md)"
+    if compute == "bfloat16" and not amx:
+        return f"this CPU has no AMX, so its bfloat16 matmuls are slower than float32's: " \
+               f"{advice.to_float32} (benchmarks/README.md)"
+    return None
 
 
-def print_compute_hint(compute: str, device: jax.Device, advice: str = TRAIN_ADVICE) -> None:
+def print_compute_hint(compute: str, device: jax.Device,
+                       advice: ComputeAdvice = TRAIN_ADVICE) -> None:
     """Prints :func:`faster_compute_hint` for a run on ``device`` (the tools' start)."""
     hint = faster_compute_hint(compute, device.platform, cpu_flags(), advice)
     if hint:

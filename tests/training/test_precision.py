@@ -119,19 +119,21 @@ def test_cpu_flags_read_from_cpuinfo(tmp_path):
 
 
 @pytest.mark.parametrize("compute, platform, flags, hinted", [
-    ("float32", "cpu", {"avx512f", "amx_bf16"}, True),
-    ("float32", "cpu", {"avx512f", "avx512_bf16"}, False),  # no AMX
-    ("bfloat16", "cpu", {"amx_bf16"}, False),  # already
-    ("float32", "gpu", {"amx_bf16"}, False),  # the host CPU does not run the step
+    ("float32", "cpu", {"avx512f", "amx_bf16"}, "bfloat16"),
+    ("float32", "cpu", {"avx512f", "avx512_bf16"}, None),  # no AMX
+    ("bfloat16", "cpu", {"amx_bf16"}, None),  # already
+    ("bfloat16", "cpu", {"avx512f", "avx512_bf16"}, "float32"),  # no AMX: slower than float32
+    ("float16", "cpu", {"avx512f"}, None),  # level with float32 on this CPU
+    ("bfloat16", "cpu", set(), None),  # flags not read (not Linux)
+    ("float32", "gpu", {"amx_bf16"}, None),  # the host CPU does not run the step
+    ("bfloat16", "gpu", {"avx512f"}, None),
 ])
-def test_bfloat16_hint_only_where_it_pays(compute, platform, flags, hinted):
-    from lmscale.training.precision import faster_compute_hint
+def test_compute_hint_only_where_the_other_dtype_pays(compute, platform, flags, hinted):
+    """The training tools name --config.precision.compute=<hinted>, transfer --compute=."""
+    from lmscale.training.precision import FEATURIZE_ADVICE, faster_compute_hint
     hint = faster_compute_hint(compute, platform, flags)
-    assert (hint is not None) == hinted
-    if hinted:
-        assert "--config.precision.compute=bfloat16" in hint
-    from lmscale.training.precision import FEATURIZE_ADVICE
     featurize_hint = faster_compute_hint(compute, platform, flags, FEATURIZE_ADVICE)
-    assert (featurize_hint is not None) == hinted
+    assert (hint is not None) == (hinted is not None) == (featurize_hint is not None)
     if hinted:
-        assert "--compute=bfloat16 featurizes" in featurize_hint
+        assert f"--config.precision.compute={hinted} trains" in hint
+        assert f"--compute={hinted} featurizes" in featurize_hint
