@@ -156,7 +156,8 @@ def mlstm_scan(xs: jax.Array, carry: Carry, w_x: jax.Array, w_mx: jax.Array, w_m
         h0, c0 = (jnp.asarray(a, sdt) for a in carry)
         return recurrent_vjp.recurrence(st, x, w_x, b, w_mx, w_mh, w_h, h0, c0,
                                         _keep_mask(resets, sdt), w_mh_scale, w_h_scale)
-    w_mh, w_h = recurrent_loops.scaled(w_mh, w_mh_scale), recurrent_loops.scaled(w_h, w_h_scale)
+    w_mh = recurrent_loops.scaled(w_mh, w_mh_scale)
+    w_h = recurrent_loops.scaled(w_h, w_h_scale)
     pre_x = jnp.einsum("tbi,ij->tbj", x, w_x.astype(dtype)) + b.astype(dtype)
     pre_m = jnp.einsum("tbi,ij->tbj", x, w_mx.astype(dtype))
     w_mh, w_h = w_mh.astype(dtype), w_h.astype(dtype)
@@ -176,8 +177,8 @@ def lstm_scan(xs: jax.Array, carry: Carry, w_x: jax.Array, w_h: jax.Array, b: ja
     """Standard LSTM over a time-major sequence.
 
     xs [T, B, in]; carry (h [B, H], c [B, H]); w_x (in, 4H), w_h (H, 4H), b (4H,);
-    resets bool [T, B] or None; ``w_h_scale`` and ``remat_steps`` as :func:`mlstm_scan`'s. Returns as
-    :func:`mlstm_scan`.
+    resets bool [T, B] or None; ``w_h_scale`` and ``remat_steps`` as :func:`mlstm_scan`'s.
+    Returns as :func:`mlstm_scan`.
     """
     sdt = at_least_float32(dtype)
     opts = current_scan_options()
@@ -255,7 +256,7 @@ class _RecurrentLayer(nnx.Module):
         w_mh, s_mh = self.w_mh.factors() if m else (None, None)
         w_h, s_h = self.w_h.factors()
         return recurrent_loops.forward_weights(self._static(), self.w_x(), self.bias[...],
-                                             self.w_mx() if m else None, w_mh, w_h, s_mh, s_h)
+                                               self.w_mx() if m else None, w_mh, w_h, s_mh, s_h)
 
     def decode(self, xs: jax.Array, carry: Carry, weights: dict[str, jax.Array],
                resets: jax.Array | None = None, return_cells: bool = False) -> ScanResult:
@@ -265,11 +266,11 @@ class _RecurrentLayer(nnx.Module):
         sdt = at_least_float32(self.dtype)
         h0, c0 = (jnp.asarray(a, sdt) for a in carry)
         return recurrent_loops.forward_with(self._static(return_cells), xs.astype(self.dtype),
-                                          weights, h0, c0, _keep_mask(resets, sdt))
+                                            weights, h0, c0, _keep_mask(resets, sdt))
 
     def _static(self, return_cells: bool = False) -> recurrent_loops.Static:
         return recurrent_loops.Static(self.kind, self.dtype, return_cells,
-                                    current_scan_options().unroll)
+                                      current_scan_options().unroll)
 
     def fix_unit(self, carry: Carry, unit: int, value: float, which: str) -> Carry:
         """The carry (h, c) with unit ``unit`` of c (``which="cell"``) or h set to ``value``."""

@@ -47,8 +47,7 @@ def forward(st: Static, x: jax.Array, fw: dict[str, jax.Array], h0: jax.Array, c
     n_t, n_b = x.shape[:2]
     k = segment_length(st.segment, n_t)
     hidden = fw["wh_t"].shape[1]
-    zeros = lambda shape, dtype: loops.varying_like(jnp.zeros(shape, storage(dtype)), x, h0,
-                                                  c0)
+    zeros = lambda shape, dtype: loops.varying_like(jnp.zeros(shape, storage(dtype)), x, h0, c0)
     outs = {"hs": (zeros((n_t, hidden, n_b), dt), dt)}
     if st.return_cells:
         outs["cs"] = (zeros((n_t, hidden, n_b), sdt), sdt)
@@ -60,7 +59,7 @@ def forward(st: Static, x: jax.Array, fw: dict[str, jax.Array], h0: jax.Array, c
         starts = {"starts_h": starts["starts_h"].at[j].set(h),
                   "starts_c": starts["starts_c"].at[j].set(c)}
         (h, c), hs_j, cs_j, _ = loops.forward(st, _piece(x, j, k), fw, h, c, _piece(keep, j, k),
-                                            save=False)
+                                              save=False)
         bufs = dict(bufs)
         for name, value in (("hs", hs_j), ("cs", cs_j)):
             if name in bufs:
@@ -97,9 +96,9 @@ def backward(st: Static, x: jax.Array, w: dict[str, Any], s: dict[str, Any], dhs
         j = n_seg - 1 - i
         x_j = _piece(x, j, k)
         _, _, _, saved = loops.forward(st, x_j, s["fw"], s["starts_h"][j], s["starts_c"][j],
-                                     _piece(s["keep"], j, k), save=True)
+                                       _piece(s["keep"], j, k), save=True)
         dx_j, g_j, dh, dc = loops.backward(st, x_j, w, saved, _piece(dhs_l, j, k),
-                                         _piece(dcs_l, j, k), dh, dc)
+                                           _piece(dcs_l, j, k), dh, dc)
         d_x = jax.lax.dynamic_update_slice_in_dim(d_x, dx_j.reshape(-1, k, n_b), j * k, axis=1)
         return dh, dc, d_x, {n: grads[n] + g_j[n] for n in names}
 
