@@ -48,15 +48,18 @@ def test_flops_formula_matches_xla_cost_of_unrolled_step(kind, grad):
     assert abs(xla - analytic) / analytic < 0.10, (xla, analytic)
 
 
-@pytest.mark.parametrize("kind", ["mlstm", pytest.param("lstm", marks=pytest.mark.slow)])
-def test_flops_with_recompute_match_xla_cost_of_unrolled_remat_step(kind):
+@pytest.mark.parametrize("kind,grad", [
+    ("mlstm", "custom"),
+    pytest.param("lstm", "custom", marks=pytest.mark.slow),
+    ("mlstm", "autodiff"),
+    pytest.param("lstm", "autodiff", marks=pytest.mark.slow)])
+def test_flops_with_recompute_match_xla_cost_of_unrolled_remat_step(kind, grad):
     """With remat, XLA's count of the unrolled step is within 10 % of the model's 3 x forward
     plus the layers' forward again (``recompute_flops_per_token``), and over 10 % above the
-    model's alone (the recomputation is real). The autodiff path's remat is checked: its
-    segments are ``jax.checkpoint``-ed, which keeps XLA from merging a recomputation with the
-    forward it repeats once the loops are unrolled."""
+    model's alone: the recomputation is really executed, on the custom backward's path (its
+    segments' loops unrolled too) and on autodiff's (``jax.checkpoint``-ed segments)."""
     c = small_config(kind, remat="segments", remat_steps=4)  # 2 segments of T = 8
-    with scan_options(grad="autodiff", unroll=c.train.seq_len):
+    with scan_options(grad=grad, unroll=c.train.seq_len):
         compiled, *_ = bench.compile_step(c)
     assert "while" not in compiled.as_text()
     tokens = c.train.batch_size * c.train.seq_len

@@ -68,9 +68,16 @@ def forward(st: Static, x: jax.Array, fw: dict[str, jax.Array], h0: jax.Array, c
         return h, c, bufs, starts
 
     bufs = {name: buf for name, (buf, _) in outs.items()}
-    h, c, bufs, starts = jax.lax.fori_loop(0, n_t // k, segment, (h0, c0, bufs, starts))
+    h, c, bufs, starts = jax.lax.fori_loop(0, n_t // k, segment, (h0, c0, bufs, starts),
+                                           unroll=_segments_unroll(st, n_t))
     saved = {**starts, "fw": fw, "keep": keep}
     return (h, c), decode(bufs["hs"], dt), bufs.get("cs"), saved
+
+
+def _segments_unroll(st: Static, n_t: int) -> bool:
+    """The segments' loops are unrolled only with the time loops completely (``st.unroll``
+    >= T: no loop left, as XLA's FLOP count of a step needs)."""
+    return st.unroll >= n_t
 
 
 def _piece(seq: jax.Array | None, j: jax.Array, k: int) -> jax.Array | None:
@@ -102,5 +109,6 @@ def backward(st: Static, x: jax.Array, w: dict[str, Any], s: dict[str, Any], dhs
         d_x = jax.lax.dynamic_update_slice_in_dim(d_x, dx_j.reshape(-1, k, n_b), j * k, axis=1)
         return dh, dc, d_x, {n: grads[n] + g_j[n] for n in names}
 
-    dh0, dc0, d_x, grads = jax.lax.fori_loop(0, n_seg, segment, (dh, dc, d_x, grads))
+    dh0, dc0, d_x, grads = jax.lax.fori_loop(0, n_seg, segment, (dh, dc, d_x, grads),
+                                             unroll=_segments_unroll(st, n_t))
     return d_x.reshape(d_x.shape[0], -1), grads, dh0, dc0
