@@ -53,15 +53,15 @@ def main(argv: list[str]) -> None:
     from lmscale.config import ConfigError
     from lmscale.training.plan import fit, format_fit, format_plan, plan
 
-    def chosen() -> list:
+    def run() -> tuple[list, dict]:
         devices = jax.devices()
         if _DEVICES.value > len(devices):
             raise ConfigError(f"--devices={_DEVICES.value} but only {len(devices)} "
                              f"{devices[0].platform} devices are visible")
-        return devices[:_DEVICES.value] if _DEVICES.value else devices
+        devices = devices[:_DEVICES.value] if _DEVICES.value else devices
+        return devices, plan(_CONFIG.value, devices)
 
-    devices = run_cli(chosen)
-    result = run_cli(lambda: plan(_CONFIG.value, devices))
+    devices, result = run_cli(run)
     print(format_plan(result))
     if _MEMORY.value > 0:
         result["fit"] = run_cli(lambda: fit(_CONFIG.value, devices, result, _MEMORY.value))
