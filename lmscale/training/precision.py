@@ -164,7 +164,7 @@ def faster_compute_hint(compute: str, platform: str, flags: set[str],
         return f"this CPU has AMX, which runs bfloat16 matmuls: {advice.to_bfloat16} " \
                "(benchmarks/README.md)"
     if compute == "bfloat16" and not amx:
-        return f"this CPU has no AMX, so its bfloat16 matmuls are slower than float32's: " \
+        return "this CPU has no AMX, so its bfloat16 matmuls are slower than float32's: " \
                f"{advice.to_float32} (benchmarks/README.md)"
     return None
 
