@@ -12,10 +12,13 @@ text is read as if alone), in chunks of ``chunk`` tokens through one jitted func
 feature where it ends; so padding is only the rows' tails and memory does not grow with text
 length. Rows are sharded over all devices of the run's mesh, like training.
 
-A model that carries no state (the transformer) reads each text whole, in one chunk, texts
-of similar length batched side by side; texts longer than its ``max_len`` tokens are cut to
-their last ``max_len`` tokens (the final output then still sees the most context). Its
-feature is the final layer's output ("hidden"), at the last real token or pooled.
+A model that carries no state (the transformer) reads each text whole, in one call: the
+texts packed into rows of a few widths (``packing.pack_bins``: powers of two times 32 up to
+its ``max_len``, a compile per width), its attention and positions restarting at each text
+(``resets``), so a row reads several texts as if each were alone. Texts longer than
+``max_len`` tokens are cut to their last ``max_len`` tokens (the final output then still
+sees the most context). Its feature is the final layer's output ("hidden"), at the last
+real token or pooled.
 """
 
 from __future__ import annotations
@@ -61,35 +64,6 @@ def encode_texts(lm: TrainedLM, texts: Sequence[str]) -> list[np.ndarray]:
     return ids
 
 
-@functools.lru_cache(maxsize=32)
-def _pool_chunk_fn(graphdef: nnx.GraphDef, state: str, pooling: str, all_layers: bool) -> Callable:
-    """jit(params, carry, acc [L, B, H], tokens [B, t], lengths [B], offset) -> (carry, acc).
-
-    Cached per (model, options): featurizing again (more texts, another split) reuses the
-    compiled chunks instead of tracing and compiling a new function."""
-
-    def fn(params: Any, carry: Any, acc: jax.Array, tokens: jax.Array, lengths: jax.Array,
-           offset: jax.Array) -> tuple[Any, jax.Array]:
-        model = nnx.merge(graphdef, params)
-        out = model.features(tokens, carry)
-        x = out[state] if all_layers else out[state][-1:]  # [L, B, t, H] float32
-        pos = offset + jnp.arange(tokens.shape[1])
-        valid = (pos[None, :] < lengths[:, None])[None, :, :, None]  # [1, B, t, 1]
-        if pooling == "last":
-            is_last = (pos[None, :] == lengths[:, None] - 1)[None, :, :, None]
-            picked = jnp.sum(jnp.where(is_last, x, 0.0), axis=2)
-            acc = jnp.where(jnp.any(is_last, axis=2), picked, acc)
-        elif pooling == "mean":
-            acc = acc + jnp.sum(jnp.where(valid, x, 0.0), axis=2)
-        elif pooling == "max":
-            acc = jnp.maximum(acc, jnp.max(jnp.where(valid, x, -jnp.inf), axis=2))
-        else:
-            acc = jnp.minimum(acc, jnp.min(jnp.where(valid, x, jnp.inf), axis=2))
-        return out["carry"], acc
-
-    return jax.jit(fn)
-
-
 def feature_state(lm: TrainedLM, state: str | None) -> str:
     """``state``, checked against what the model offers (None: its default, e.g. "cell")."""
     states = lm.model().feature_states
@@ -114,15 +88,17 @@ def featurize(lm: TrainedLM, texts: Sequence[str], *, state: str | None = None,
 
     ``state`` None: the model's default ("cell" for recurrent models, "hidden" otherwise).
     ``batch_size``: rows read side by side (rounded up to a multiple of the devices, and
-    down to the texts there are); ``chunk``: tokens per call of a recurrent LM.
+    down to the rows there are); ``chunk``: tokens per call of a recurrent LM.
     """
     state = feature_state(lm, state)
     if pooling not in POOLINGS:
         raise DataError(f"pooling must be one of {list(POOLINGS)}, got {pooling!r}")
     ids = _fit_length(lm, encode_texts(lm, texts))
-    rows = packing.rows_for(batch_size, len(ids), lm.mesh.size)
-    run = _featurize_batched if lm.model().max_len is not None else _featurize_packed
-    out = run(lm, ids, state, pooling, all_layers, rows, chunk, progress)
+    if lm.model().max_len is not None:
+        out = _featurize_bins(lm, ids, state, pooling, all_layers, batch_size, progress)
+    else:
+        rows = packing.rows_for(batch_size, len(ids), lm.mesh.size)
+        out = _featurize_packed(lm, ids, state, pooling, all_layers, rows, chunk, progress)
     if pooling == "mean":
         out /= np.asarray([len(x) for x in ids], np.float32)[:, None]
     return out
@@ -145,12 +121,7 @@ def _featurize_packed(lm: TrainedLM, ids: list[np.ndarray], state: str, pooling:
         acc = jax.device_put(np.zeros((layers, rows, model.feature_width), np.float32),
                              NamedSharding(lm.mesh, P(None, mesh_lib.DATA_AXIS)))
     out = np.zeros((len(ids), layers * model.feature_width), np.float32)
-
-    def collect(picked: jax.Array, texts: np.ndarray) -> None:  # picked [L, rows, slots, F]
-        per_slot = np.transpose(np.asarray(picked), (1, 2, 0, 3))
-        used = texts >= 0
-        out[texts[used]] = per_slot[used].reshape(-1, out.shape[1])
-
+    collect = functools.partial(_collect, out)
     put = lambda a: jax.device_put(a, row_sharded)
     pending = None  # the previous chunk's picks, read after the next chunk is dispatched
     offsets = range(0, plan.width, chunk)
@@ -166,13 +137,21 @@ def _featurize_packed(lm: TrainedLM, ids: list[np.ndarray], state: str, pooling:
     return out
 
 
+def _collect(out: np.ndarray, picked: jax.Array, texts: np.ndarray) -> None:
+    """out[texts] = picked [L, rows, slots, F] where texts [rows, slots] >= 0, layers side by side."""
+    per_slot = np.transpose(np.asarray(picked), (1, 2, 0, 3))
+    used = texts >= 0
+    out[texts[used]] = per_slot[used].reshape(-1, out.shape[1])
+
+
 @functools.lru_cache(maxsize=32)
 def _packed_chunk_fn(graphdef: nnx.GraphDef, state: str, pooling: str, all_layers: bool
                      ) -> Callable:
     """jit(params, prepared, carry, acc, tokens [B, t], resets [B, t], ends [B, K]) ->
     (carry, acc, picked [L, B, K, F]): the chunk read from ``carry``, the state resetting
     where ``resets``; picked: the state (or the text's running pool so far) at ``ends``;
-    acc [L, B, F] (None for "last"); ``prepared``: ``prepared_weights``.
+    acc [L, B, F] (None for "last", or where no text continues from an earlier chunk);
+    ``prepared``: ``prepared_weights`` (None: the model takes none).
 
     Pools run within each text: a segmented scan over the chunk (restarting at resets),
     continued from ``acc``, the pool so far of the text each row was reading."""
@@ -184,49 +163,50 @@ def _packed_chunk_fn(graphdef: nnx.GraphDef, state: str, pooling: str, all_layer
 
     def fn(params: Any, prepared: Any, carry: Any, acc: jax.Array | None, tokens: jax.Array,
            resets: jax.Array, ends: jax.Array) -> tuple[Any, Any, jax.Array]:
-        out = nnx.merge(graphdef, params).features(tokens, carry, resets, prepared)
+        model = nnx.merge(graphdef, params)
+        out = (model.features(tokens, carry, resets) if prepared is None
+               else model.features(tokens, carry, resets, prepared))
         x = out[state] if all_layers else out[state][-1:]  # [L, B, t, F] float32
         if op is not None:
             starts = jnp.broadcast_to(resets[None, :, :, None], x.shape)
-            x = x.at[:, :, 0].set(jnp.where(starts[:, :, 0], x[:, :, 0], op(acc, x[:, :, 0])))
+            if acc is not None:
+                x = x.at[:, :, 0].set(jnp.where(starts[:, :, 0], x[:, :, 0], op(acc, x[:, :, 0])))
             _, x = jax.lax.associative_scan(combine, (starts, x), axis=2)
-            acc = x[:, :, -1]
+            acc = None if acc is None else x[:, :, -1]
         picked = jnp.take_along_axis(x, ends[None, :, :, None], axis=2)
         return out["carry"], acc, picked
 
     return jax.jit(fn)
 
 
-def _featurize_batched(lm: TrainedLM, ids: list[np.ndarray], state: str, pooling: str,
-                       all_layers: bool, rows: int, chunk: int, progress: bool) -> np.ndarray:
-    """A stateless LM (``max_len``) over the texts sorted by length, ``rows`` at a time, each
-    batch in one call; mean pools are returned as sums."""
-    del chunk
+def _featurize_bins(lm: TrainedLM, ids: list[np.ndarray], state: str, pooling: str,
+                    all_layers: bool, batch_size: int, progress: bool) -> np.ndarray:
+    """A stateless LM (``max_len``) over the texts packed into rows of a few widths
+    (``packing.pack_bins``), ``batch_size`` rows of one width a call; mean pools are returned
+    as sums."""
     model = lm.model()
     layers = model.num_layers if all_layers else 1
-    hidden = model.feature_width
     row_sharded = mesh_lib.batch_sharded(lm.mesh)
-    step = _pool_chunk_fn(lm.graphdef, state, pooling, all_layers)
-    pad = lm.tokenizer.pad_id or 0
-    init = {"last": 0.0, "mean": 0.0, "max": -np.inf, "min": np.inf}[pooling]
-    order = np.argsort([-len(x) for x in ids], kind="stable")
-    out = np.zeros((len(ids), layers * hidden), np.float32)
-    starts = range(0, len(order), rows)
-    for start in tqdm.tqdm(starts, disable=not progress, desc="featurizing", unit="batch"):
-        index = order[start:start + rows]
-        lengths = np.ones(rows, np.int32)  # filler rows: one pad token, discarded
-        lengths[:len(index)] = [len(ids[i]) for i in index]
-        width = min(-(-int(lengths.max()) // 32) * 32, model.max_len)
-        tokens = np.full((rows, width), pad, np.int32)
-        for r, i in enumerate(index):
-            tokens[r, :len(ids[i])] = ids[i]
-        carry = jax.device_put(model.initial_carry(rows), row_sharded)
-        acc = jnp.full((layers, rows, hidden), init, jnp.float32)
-        _, acc = step(lm.params, carry, acc, jax.device_put(tokens, row_sharded),
-                      jax.device_put(lengths, row_sharded), jnp.int32(0))
-        acc = np.asarray(jax.device_get(acc))
-        feats = np.transpose(acc, (1, 0, 2)).reshape(rows, layers * hidden)
-        out[index] = feats[:len(index)]
+    put = lambda a: jax.device_put(a, row_sharded)
+    step = _packed_chunk_fn(lm.graphdef, state, pooling, all_layers)
+    out = np.zeros((len(ids), layers * model.feature_width), np.float32)
+    calls = []  # (texts of the width, its plan, rows a call, the call's first row)
+    for texts, plan in packing.pack_bins([len(x) for x in ids], model.max_len):
+        rows = packing.rows_for(batch_size, plan.rows, lm.mesh.size)
+        calls += [(texts, plan, rows, first) for first in range(0, plan.rows, rows)]
+    pending = None  # the previous call's picks, read after the next call is dispatched
+    for texts, plan, rows, first in tqdm.tqdm(calls, disable=not progress, desc="featurizing",
+                                              unit="batch"):
+        slots = 1 << (packing.texts_per_row(plan) - 1).bit_length()  # few compiles
+        piece = packing.rows_piece(plan, [ids[i] for i in texts], first, rows, slots,
+                                   lm.tokenizer.pad_id or 0)
+        _, _, picked = step(lm.params, None, model.initial_carry(rows), None,
+                            put(piece.tokens), put(piece.resets), put(piece.ends))
+        if pending is not None:
+            _collect(out, *pending)
+        pending = (picked, np.where(piece.texts >= 0, texts[piece.texts], -1))
+    if pending is not None:
+        _collect(out, *pending)
     return out
 
 

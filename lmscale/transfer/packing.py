@@ -1,4 +1,4 @@
-"""Texts packed end to end into rows, for reading them with a recurrent LM.
+"""Texts packed end to end into rows, for reading them with an LM.
 
 Batching texts side by side pads every row to the batch's longest text: on SST's test
 sentences (sorted by length, rows of 128, chunks of 128 bytes) 41-48 % of the bytes an LM
@@ -10,10 +10,17 @@ one text's length of each other.
 ``pack`` makes the plan; ``chunk`` cuts the [rows, width] token grid into the [rows, t]
 pieces an LM reads in turn (its state carried between them), with the positions where
 texts end, so the features are picked there.
+
+A model that carries no state (the transformer) reads a row in one call, its attention
+masked to each text (the same ``resets``). ``pack_bins`` packs for it: rows of a few widths
+(powers of two times 32, up to its length limit), each text in the fullest row it fits,
+so no text is split and a short text does not pay for attention over a long row;
+``rows_piece`` takes whole rows of one width.
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import heapq
 from typing import Sequence
@@ -31,6 +38,8 @@ class Packing:
     width: int  # the longest row's tokens
     by_stop: np.ndarray  # int [N]: the texts in the order they end (start + length)
     stops: np.ndarray  # int [N]: their ends in that order
+    by_row: np.ndarray  # int [N]: the texts by row, then start
+    row_first: np.ndarray  # int [rows + 1]: row r's texts are by_row[row_first[r]:row_first[r + 1]]
 
     @property
     def efficiency(self) -> float:
@@ -70,10 +79,64 @@ def pack(lengths: Sequence[int], rows: int) -> Packing:
         used, r = heapq.heappop(fill)
         row[i], start[i] = r, used
         heapq.heappush(fill, (used + int(length[i]), r))
-    width = max(used for used, _ in fill)
+    return _plan(row, start, length, rows, max(used for used, _ in fill))
+
+
+def _plan(row: np.ndarray, start: np.ndarray, length: np.ndarray, rows: int, width: int
+          ) -> Packing:
     by_stop = np.argsort(start + length, kind="stable")
+    by_row = np.lexsort((start, row))
     return Packing(row=row, start=start, length=length, rows=rows, width=width,
-                   by_stop=by_stop, stops=(start + length)[by_stop])
+                   by_stop=by_stop, stops=(start + length)[by_stop], by_row=by_row,
+                   row_first=np.searchsorted(row[by_row], np.arange(rows + 1)))
+
+
+def pack_bins(lengths: Sequence[int], limit: int, narrowest: int = 32
+              ) -> list[tuple[np.ndarray, Packing]]:
+    """Texts in rows of at most ``limit`` tokens, for an LM that reads a row in one call.
+
+    Longest text first, each to the row with the least room that holds it (best fit); where
+    none does, it opens a row as wide as itself rounded up to ``narrowest`` times a power of
+    two (at most ``limit``). Returns one (texts [n] int, plan) per width, widest first: the
+    plan's texts are those indices into ``lengths``, its ``width`` the rows' width."""
+    length = np.asarray(lengths, np.int64)
+    if limit < 1 or narrowest < 1:
+        raise ValueError(f"limit and narrowest must be >= 1, got {limit} and {narrowest}")
+    if length.size and length.min() < 1:
+        raise ValueError(f"text {int(np.argmin(length))} has no tokens")
+    if length.size and length.max() > limit:
+        raise ValueError(f"text {int(np.argmax(length))} has {int(length.max())} tokens, over "
+                         f"the rows' limit of {limit}")
+    row, start = np.zeros(len(length), np.int64), np.zeros(len(length), np.int64)
+    width: list[int] = []  # per row
+    used: list[int] = []
+    room: list[tuple[int, int]] = []  # (room left, row), sorted
+    for i in np.argsort(-length, kind="stable"):
+        n = int(length[i])
+        k = bisect.bisect_left(room, (n, -1))
+        if k < len(room):
+            left, r = room.pop(k)
+        else:
+            w = narrowest
+            while w < n:
+                w *= 2
+            r, left = len(width), min(w, limit)
+            width.append(left)
+            used.append(0)
+        row[i], start[i] = r, used[r]
+        used[r] += n
+        if left > n:
+            bisect.insort(room, (left - n, r))
+    groups = []
+    widths = np.asarray(width, np.int64)
+    for w in sorted(set(width), reverse=True):
+        rows = np.flatnonzero(widths == w)
+        number = np.full(len(width), -1, np.int64)
+        number[rows] = np.arange(len(rows))
+        texts = np.flatnonzero(widths[row] == w)
+        groups.append((texts, _plan(number[row[texts]], start[texts], length[texts],
+                                    len(rows), int(w))))
+    return groups
 
 
 def ends_per_chunk(packing: Packing, t: int) -> int:
@@ -83,6 +146,32 @@ def ends_per_chunk(packing: Packing, t: int) -> int:
         return 1
     _, counts = np.unique(packing.row * (packing.width // t + 1) + last // t, return_counts=True)
     return int(counts.max())
+
+
+def texts_per_row(packing: Packing) -> int:
+    """The most texts in one row (at least 1)."""
+    return int(np.diff(packing.row_first).max(initial=1))
+
+
+def rows_piece(packing: Packing, ids: Sequence[np.ndarray], first: int, count: int, slots: int,
+               pad: int) -> Chunk:
+    """Rows [first, first + count) of the grid, whole ([count, width]; rows past the plan's
+    are padding); ``slots`` >= ``texts_per_row``."""
+    tokens = np.full((count, packing.width), pad, np.int32)
+    resets = np.zeros((count, packing.width), bool)
+    owner = np.full((count, packing.width), -1, np.int64)
+    ends = np.zeros((count, slots), np.int32)
+    texts = np.full((count, slots), -1, np.int64)
+    stop = min(first + count, packing.rows)
+    used = np.zeros(count, np.int64)
+    for i in packing.by_row[packing.row_first[min(first, stop)]:packing.row_first[stop]]:
+        r, s = packing.row[i] - first, packing.start[i]
+        e, k = s + packing.length[i], used[r]
+        if k >= slots:
+            raise ValueError(f"more than slots={slots} texts in row {r + first}")
+        tokens[r, s:e], owner[r, s:e], resets[r, s] = ids[i], i, True
+        ends[r, k], texts[r, k], used[r] = e - 1, i, k + 1
+    return Chunk(tokens=tokens, resets=resets, owner=owner, ends=ends, texts=texts)
 
 
 def chunk(packing: Packing, ids: Sequence[np.ndarray], offset: int, t: int, slots: int,

@@ -56,6 +56,7 @@ def main(corpus: str, out: str) -> None:
     # Fine-tuning on the d1 LM: multi-label head with dropout, aux LM loss, 2 frozen steps.
     result.update(finetune_losses(f"{out}/d1", out, devices))
     result.update(features(f"{out}/d1", devices))
+    result.update(features(f"{out}/t1", devices, "tfeat"))
     # Global batch from a per-device batch.
     per_device = {**base, "train.steps": 2, "train.per_device_batch_size": 2, "train.batch_size": 1}
     train(tiny_config(corpus, **per_device), f"{out}/per_device", devices=devices[:4])
@@ -89,9 +90,10 @@ def finetune_losses(lm_workdir: str, out: str, devices: list) -> dict[str, dict]
     return result
 
 
-def features(lm_workdir: str, devices: list) -> dict[str, list]:
-    """The d1 LM's features of 21 texts of mixed lengths, packed into 8 rows (1 per device, or
-    all on 1 device; some rows read 3 texts, some texts span chunks), as lists."""
+def features(lm_workdir: str, devices: list, name: str = "feat") -> dict[str, list]:
+    """An LM's features of 21 texts of mixed lengths, packed into 8 rows (1 per device, or all
+    on 1 device; the mLSTM's rows read 3 texts, some texts span chunks; the transformer's texts
+    cut to its 32 tokens, several to a row where they fit), as lists."""
     from lmscale.training.mesh import make_mesh
     from lmscale.training.restore import load_trained
     from lmscale.transfer.featurize import featurize
@@ -100,7 +102,7 @@ def features(lm_workdir: str, devices: list) -> dict[str, list]:
     for n in (1, 8):
         lm = load_trained(lm_workdir, mesh=make_mesh(devices[:n]))
         for pooling in ("last", "mean"):
-            out[f"feat{n}_{pooling}"] = featurize(lm, texts, pooling=pooling, batch_size=8,
+            out[f"{name}{n}_{pooling}"] = featurize(lm, texts, pooling=pooling, batch_size=8,
                                                   chunk=16, all_layers=True).tolist()
     return out
 

@@ -64,11 +64,13 @@ def test_finetune_on_eight_devices_equals_one(multi_device_run):
         assert abs(multi_device_run["ft8_val"][step] - loss) < 1e-5
 
 
+@pytest.mark.parametrize("model", ["feat", "tfeat"])
 @pytest.mark.parametrize("pooling", ["last", "mean"])
-def test_features_on_eight_devices_equal_one(multi_device_run, pooling):
-    """Texts packed into 8 rows, one row per device or all on one: the same features."""
-    one = np.array(multi_device_run[f"feat1_{pooling}"])
-    eight = np.array(multi_device_run[f"feat8_{pooling}"])
+def test_features_on_eight_devices_equal_one(multi_device_run, pooling, model):
+    """Texts packed into 8 rows, one row per device or all on one: the same features (the
+    2-layer mLSTM's and the transformer's, each layer's 32 units)."""
+    one = np.array(multi_device_run[f"{model}1_{pooling}"])
+    eight = np.array(multi_device_run[f"{model}8_{pooling}"])
     assert one.shape == (21, 2 * 32) and np.abs(one).max() > 1e-3
     np.testing.assert_allclose(eight, one, rtol=0, atol=1e-5)
 

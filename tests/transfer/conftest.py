@@ -24,11 +24,11 @@ def random_lm(kind: str = "mlstm", layers: int = 1, hidden: int = 16, seed: int 
 
 
 def random_transformer_lm(weight_norm: bool = True, tie: bool = False, dtype=jnp.float32,
-                          seed: int = 3) -> TrainedLM:
+                          seed: int = 3, max_len: int = 64) -> TrainedLM:
     """A small random TransformerLM as a TrainedLM (2 layers, d 16, 2 heads, d_ff 40)."""
     config = default_config()
     m = config.model
-    m.kind, m.layers, m.d_model, m.heads, m.d_ff, m.max_len = "transformer", 2, 16, 2, 40, 64
+    m.kind, m.layers, m.d_model, m.heads, m.d_ff, m.max_len = "transformer", 2, 16, 2, 40, max_len
     m.weight_norm, m.tie_embeddings = weight_norm, tie
     return _trained(config, seed, dtype)
 

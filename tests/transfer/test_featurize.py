@@ -14,7 +14,7 @@ from lmscale.data.errors import DataError
 from lmscale.training.restore import with_compute
 from lmscale.transfer.featurize import cached_featurize, featurize, unit_trace
 from tests.models.helpers import jaxpr_equations
-from tests.transfer.conftest import random_lm
+from tests.transfer.conftest import random_lm, random_transformer_lm
 
 TEXTS = ["a", "short one", "a somewhat longer text, with punctuation!",
          "x" * 37, "héllo wörld — unicode", "mid length text here", "zz"]
@@ -78,6 +78,40 @@ def test_texts_packed_in_few_rows_read_as_if_alone(kind):
     for i, x in enumerate(ids):
         np.testing.assert_allclose(last[i], cs[:, i, len(x) - 1].reshape(-1), rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(mean[i], hs[i, :len(x)].mean(axis=0), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("pooling,reduce", [("last", lambda h: h[-1]), ("mean", np.mean),
+                                            ("max", np.max), ("min", np.min)])
+def test_transformer_reads_texts_packed_in_rows_as_if_alone(pooling, reduce):
+    """A transformer reads several texts in a row, positions and attention restarting at each
+    (``resets``): every layer's output at each text's end, or pooled over it, as the text read
+    alone; texts over max_len (64) cut to their last 64 tokens."""
+    lm = random_transformer_lm()
+    rng = np.random.default_rng(0)
+    texts = TEXTS + ["".join(chr(97 + c) for c in rng.integers(0, 26, n)) for n in (1, 9, 30, 64, 65, 90)]
+    feats = featurize(lm, texts, pooling=pooling, batch_size=2, all_layers=True)
+    model = nnx.merge(lm.graphdef, lm.params)
+    for i, text in enumerate(texts):
+        ids = lm.tokenizer.encode(text)[-64:]
+        alone = np.asarray(model.features(jnp.asarray(ids[None], jnp.int32))["hidden"])[:, 0]
+        want = np.concatenate([reduce(layer, axis=0) if pooling != "last" else layer[-1]
+                               for layer in alone])
+        np.testing.assert_allclose(feats[i], want, rtol=1e-5, atol=1e-5)
+    assert np.abs(feats).max() > 0.05
+
+
+def test_transformer_compiles_one_program_per_row_width():
+    """Texts of 1-256 tokens are read in rows of 32, 64, 128 and 256 tokens: four programs
+    (side by side, each batch padded to its longest text rounded up to 32, it took eight)."""
+    import jax.monitoring
+    events: list[str] = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda name, _duration, **_: events.append(name))
+    lm = random_transformer_lm(max_len=256)
+    lengths = np.random.default_rng(2).permutation(np.arange(1, 257))
+    feats = featurize(lm, ["ab" * n for n in lengths // 2 + 1], batch_size=8)
+    compiles = [e for e in events if e.endswith("backend_compile_duration")]
+    assert np.isfinite(feats).all() and 1 <= len(compiles) <= 4, compiles
 
 
 def test_prepared_weights_are_kept_and_follow_new_params():

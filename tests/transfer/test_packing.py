@@ -1,4 +1,5 @@
-"""Packing texts end to end into rows: the plan, and the chunks cut from it."""
+"""Packing texts end to end into rows: the plan, the chunks cut from it, and the rows of a
+few widths for a model that reads a row in one call."""
 
 from __future__ import annotations
 
@@ -76,8 +77,74 @@ def test_rows_are_no_more_than_the_texts_and_a_multiple_of_the_devices():
     assert packing.rows_for(64, 0, 4) == 4
 
 
+@pytest.mark.parametrize("limit", [256, 200])
+def test_bins_hold_whole_texts_in_rows_of_few_widths(limit):
+    """Every text whole in one row of its width's plan, none overlapping; widths are 32 times a
+    power of two (or the limit), each row opened by a text over half its width (or over 32)."""
+    lengths = np.random.default_rng(limit).integers(1, limit + 1, 300)
+    lengths[:3] = [limit, 1, 33]
+    groups = packing.pack_bins(lengths, limit)
+    widths = [plan.width for _, plan in groups]
+    assert widths == sorted(set(widths), reverse=True)
+    assert set(widths) <= {32, 64, 128, 256, limit}
+    seen = np.concatenate([texts for texts, _ in groups])
+    assert sorted(seen) == list(range(len(lengths)))
+    for texts, plan in groups:
+        np.testing.assert_array_equal(plan.length, lengths[texts])
+        assert (plan.start + plan.length <= plan.width).all()
+        for r in range(plan.rows):
+            mine = plan.by_row[plan.row_first[r]:plan.row_first[r + 1]]
+            assert len(mine) and (plan.row[mine] == r).all()
+            spans = list(zip(plan.start[mine], plan.start[mine] + plan.length[mine]))
+            assert spans[0][0] == 0 and all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+            assert plan.length[mine].max() * 2 > plan.width or plan.width == 32
+
+
+def test_bins_read_sst_like_lengths_with_little_padding_in_few_widths():
+    lengths = np.random.default_rng(1).lognormal(4.4, 0.5, 1821).astype(int) + 1  # ~100 bytes
+    lengths = np.minimum(lengths, 256)
+    groups = packing.pack_bins(lengths, 256)
+    read = sum(plan.rows * plan.width for _, plan in groups)
+    assert len(groups) <= 4 and lengths.sum() / read > 0.9
+    # Best fit: at most one row of each width is less than half full.
+    for _, plan in groups:
+        fill = np.bincount(plan.row, weights=plan.length, minlength=plan.rows)
+        assert (fill * 2 < plan.width).sum() <= 1
+
+
+def test_rows_pieces_rebuild_the_bins_with_resets_at_starts():
+    lengths = [5, 1, 12, 3, 3, 9, 20, 2, 2, 2, 7, 40, 33]
+    ids = _texts(lengths)
+    for texts, plan in packing.pack_bins(lengths, 64, narrowest=16):
+        mine = [ids[i] for i in texts]
+        slots = packing.texts_per_row(plan)
+        pieces = [packing.rows_piece(plan, mine, first, 2, slots, pad=0)
+                  for first in range(0, plan.rows, 2)]
+        tokens = np.concatenate([p.tokens for p in pieces])
+        resets = np.concatenate([p.resets for p in pieces])
+        owner = np.concatenate([p.owner for p in pieces])
+        ends = np.concatenate([p.ends for p in pieces])
+        slot_texts = np.concatenate([p.texts for p in pieces])
+        assert tokens.shape == (-(-plan.rows // 2) * 2, plan.width)
+        for i, x in enumerate(mine):
+            r, s = plan.row[i], plan.start[i]
+            np.testing.assert_array_equal(tokens[r, s:s + len(x)], x)
+            assert resets[r, s] and (owner[r, s:s + len(x)] == i).all()
+            (k,) = np.flatnonzero(slot_texts[r] == i)
+            assert ends[r, k] == s + len(x) - 1
+        assert resets.sum() == len(mine) and (owner >= 0).sum() == plan.length.sum()
+        assert (slot_texts >= 0).sum() == len(mine)
+        if slots > 1:
+            with pytest.raises(ValueError, match="texts in row"):
+                [packing.rows_piece(plan, mine, f, 2, slots - 1, 0) for f in range(0, plan.rows, 2)]
+
+
 def test_bad_plans_are_errors():
     with pytest.raises(ValueError, match="text 1 has no tokens"):
         packing.pack([3, 0], 2)
     with pytest.raises(ValueError, match="rows must be"):
         packing.pack([3], 0)
+    with pytest.raises(ValueError, match="text 1 has 300 tokens, over the rows' limit of 256"):
+        packing.pack_bins([3, 300], 256)
+    with pytest.raises(ValueError, match="text 0 has no tokens"):
+        packing.pack_bins([0], 256)
