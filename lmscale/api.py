@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lmscale.training.loss import bits_per_char, cross_entropy_sums
+from lmscale.training.loss import bits_per_char
 from lmscale.training.restore import TrainedLM, load_trained
 from lmscale.transfer.featurize import encode_texts, featurize
 
@@ -26,7 +26,6 @@ class LM:
 
     def __init__(self, trained: TrainedLM) -> None:
         self.trained = trained
-        self._score_fn = jax.jit(self._nats)
         self._chunk_nats_fn = jax.jit(self._chunk_nats)
 
     @property
@@ -37,13 +36,6 @@ class LM:
     def hidden(self) -> int:
         """Width of the features (the last layer's state or output)."""
         return self.trained.model().feature_width
-
-    def _nats(self, params: Any, tokens: jax.Array, weights: jax.Array) -> jax.Array:
-        model = nnx.merge(self.trained.graphdef, params)
-        logits, _ = model(tokens[:, :-1], model.initial_carry(tokens.shape[0]))
-        # The training loss, per row: summed nats of each row's counted targets.
-        nats, _ = jax.vmap(cross_entropy_sums)(logits, tokens[:, 1:], weights)
-        return nats
 
     def _targets(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """Token ids of the text as the model reads it, and which of them are scored: the
@@ -64,72 +56,84 @@ class LM:
         """Bits per character of each text [N]: the bits of each of its tokens given the ones
         before it, over the UTF-8 bytes those tokens stand for. The text's first token has no
         context and is not counted (unless the model's preprocessing frames the text, as an
-        imported OpenAI model's does; the framing itself is never counted). A recurrent LM
-        reads the texts packed end to end in ``batch_size`` rows (as ``featurize``); a model
-        with a length limit (``max_len``) reads a long text in consecutive windows of that
-        many tokens."""
+        imported OpenAI model's does; the framing itself is never counted). The texts are read
+        packed in ``batch_size`` rows (as ``featurize``): end to end by a recurrent LM; by a
+        model with a length limit (``max_len``) in rows of a few widths, a long text in
+        consecutive windows of that many tokens (each read without the ones before it)."""
         limit = self.trained.model().max_len
         targets = [self._targets(text) for text in texts]
         table = self.trained.tokenizer.byte_lengths()
         byte_totals = np.array([table[ids[scored]].sum() for ids, scored in targets], np.float64)
         if limit is None:
             nats = self._packed_nats(targets, batch_size)
-            return np.array([bits_per_char(n, b) for n, b in zip(nats, byte_totals)])
-        rows: list[tuple[int, np.ndarray, np.ndarray]] = []  # (text index, tokens, weights)
-        for i, (ids, scored) in enumerate(targets):
-            for start in range(0, max(len(ids) - 1, 1), limit):
-                piece = ids[start:start + limit + 1]
-                rows.append((i, piece, scored[start + 1:start + 1 + limit].astype(np.float32)))
-        rows.sort(key=lambda row: -len(row[1]))  # similar lengths together: less padding
-        nats = np.zeros(len(texts), np.float64)
-        pad = self.trained.tokenizer.pad_id or 0
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start:start + batch_size]
-            width = max(2, max(len(t) for _, t, _ in chunk))
-            width = min(-(-width // 32) * 32, limit)  # few distinct shapes, few compilations
-            tokens = np.full((len(chunk), width + 1), pad, np.int32)
-            weights = np.zeros((len(chunk), width), np.float32)
-            for r, (_, t, w) in enumerate(chunk):
-                tokens[r, :len(t)] = t
-                weights[r, :len(w)] = w
-            row_nats = np.asarray(self._score_fn(self.trained.params, jnp.asarray(tokens),
-                                                 jnp.asarray(weights)))
-            for (i, _, _), n in zip(chunk, row_nats):
-                nats[i] += n
+        else:
+            windows, owner = [], []  # limit inputs and their targets: limit + 1 tokens
+            for i, (ids, scored) in enumerate(targets):
+                for start in range(0, max(len(ids) - 1, 1), limit):
+                    flags = scored[start:start + limit + 1].copy()
+                    flags[0] = False  # the window's first token: context only
+                    windows.append((ids[start:start + limit + 1], flags))
+                    owner.append(i)
+            nats = np.zeros(len(texts), np.float64)
+            np.add.at(nats, np.asarray(owner, np.int64), self._bins_nats(windows, batch_size, limit))
         return np.array([bits_per_char(n, b) for n, b in zip(nats, byte_totals)])
 
     def _packed_nats(self, targets: list[tuple[np.ndarray, np.ndarray]], rows: int
                      ) -> np.ndarray:
         """Summed nats of each text's scored tokens, the texts packed into rows (``packing``:
         the state reset at each text's start); chunks of 128 inputs, the state carried."""
-        from lmscale.training import mesh as mesh_lib
         from lmscale.transfer import packing
         ids = [x for x, _ in targets]
         rows = packing.rows_for(rows, len(ids), self.trained.mesh.size)
         plan = packing.pack([len(x) for x in ids], rows)
-        # Each text's scored flags end to end, looked up by (text, column) below.
-        counted = np.concatenate([s for _, s in targets] + [np.zeros(0, bool)])
-        first = np.cumsum([0] + [len(x) for x in ids])[:-1] - plan.start  # counted index - column
+        counted = _counted_lookup(targets, plan)
         t, pad = 128, self.trained.tokenizer.pad_id or 0
         slots = packing.ends_per_chunk(plan, t) + 1  # t + 1 columns hold one more end
-        put = lambda a: jax.device_put(a, mesh_lib.batch_sharded(self.trained.mesh))
-        carry = put(self.trained.model().initial_carry(rows))
+        carry = self._put(self.trained.model().initial_carry(rows))
         nats = np.zeros(len(ids), np.float64)
         for offset in range(0, plan.width, t):
             # t + 1 columns: the inputs and, one further, the targets
             grid = packing.chunk(plan, ids, offset, t + 1, slots, pad)
-            text = grid.owner
-            held = text >= 0
-            scored = np.zeros(text.shape, bool)
-            columns = np.broadcast_to(offset + np.arange(t + 1), text.shape)
-            scored[held] = counted[first[text[held]] + columns[held]]
-            same = (text[:, 1:] == text[:, :-1]) & held[:, 1:]
-            weights = (same & scored[:, 1:]).astype(np.float32)
-            carry, row_nats = self._chunk_nats_fn(self.trained.params, carry,
-                                                  put(grid.tokens[:, :-1]), put(grid.resets[:, :-1]),
-                                                  put(grid.tokens[:, 1:]), put(weights))
-            np.add.at(nats, text[:, :-1][weights > 0], np.asarray(row_nats)[weights > 0])
+            carry = self._add_nats(nats, carry, grid, counted(grid.owner, offset))
         return nats
+
+    def _bins_nats(self, targets: list[tuple[np.ndarray, np.ndarray]], rows: int, limit: int
+                   ) -> np.ndarray:
+        """Summed nats of each text's (of at most ``limit`` + 1 tokens) scored tokens, the
+        texts packed into rows of a few widths (``packing.pack_bins``), each row read in one
+        call, the model's positions and attention restarting at each text."""
+        from lmscale.transfer import packing
+        nats = np.zeros(len(targets), np.float64)
+        pad = self.trained.tokenizer.pad_id or 0
+        for texts, plan in packing.pack_bins([len(x) for x, _ in targets], limit + 1):
+            mine = [targets[i] for i in texts]
+            counted = _counted_lookup(mine, plan)
+            count = packing.rows_for(rows, plan.rows, self.trained.mesh.size)
+            part = np.zeros(len(mine), np.float64)
+            for first in range(0, plan.rows, count):
+                grid = packing.rows_piece(plan, [x for x, _ in mine], first, count,
+                                          packing.texts_per_row(plan), pad)
+                self._add_nats(part, self.trained.model().initial_carry(count), grid,
+                               counted(grid.owner, 0))
+            nats[texts] += part
+        return nats
+
+    def _put(self, a: Any) -> Any:
+        from lmscale.training import mesh as mesh_lib
+        return jax.device_put(a, mesh_lib.batch_sharded(self.trained.mesh))
+
+    def _add_nats(self, nats: np.ndarray, carry: Any, grid: Any, scored: np.ndarray) -> Any:
+        """nats[text] += the nats of its tokens in ``grid`` (a ``packing.Chunk`` of t + 1
+        columns: inputs, and one further the targets) that are ``scored`` [rows, t + 1] and
+        follow a token of the same text; returns the carry after the t inputs."""
+        text = grid.owner
+        same = (text[:, 1:] == text[:, :-1]) & (text[:, 1:] >= 0)
+        weights = (same & scored[:, 1:]).astype(np.float32)
+        carry, row_nats = self._chunk_nats_fn(
+            self.trained.params, carry, self._put(grid.tokens[:, :-1]),
+            self._put(grid.resets[:, :-1]), self._put(grid.tokens[:, 1:]), self._put(weights))
+        np.add.at(nats, text[:, :-1][weights > 0], np.asarray(row_nats)[weights > 0])
+        return carry
 
     def _chunk_nats(self, params: Any, carry: Any, tokens: jax.Array, resets: jax.Array,
                     targets: jax.Array, weights: jax.Array) -> tuple[Any, jax.Array]:
@@ -147,6 +151,23 @@ class LM:
         """Samples; options as :func:`lmscale.generation.generate`."""
         from lmscale.generation import generate
         return generate(self.trained, prompt, length, **options)
+
+
+def _counted_lookup(targets: list[tuple[np.ndarray, np.ndarray]], plan: Any) -> Any:
+    """f(owner [rows, t], offset) -> scored [rows, t]: whether the token each grid position
+    holds (``owner``: its text, -1 in padding; grid column ``offset`` + j) is one the text
+    counts (its scored flags, by ``plan``'s starts)."""
+    counted = np.concatenate([s for _, s in targets] + [np.zeros(0, bool)])
+    first = np.cumsum([0] + [len(x) for x, _ in targets])[:-1] - plan.start  # index - column
+
+    def lookup(owner: np.ndarray, offset: int) -> np.ndarray:
+        held = owner >= 0
+        scored = np.zeros(owner.shape, bool)
+        columns = np.broadcast_to(offset + np.arange(owner.shape[1]), owner.shape)
+        scored[held] = counted[first[owner[held]] + columns[held]]
+        return scored
+
+    return lookup
 
 
 def load_lm(workdir: str, step: int | None = None, compute: str = "float32") -> LM:
