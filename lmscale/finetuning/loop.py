@@ -124,15 +124,22 @@ def finetune(config: ml_collections.ConfigDict, workdir: str,
     progress = config.train.progress_bar and is_main
 
     policy = Policy.from_compute(config.precision.compute)
-    lm_model = build_model(config.model, lm.tokenizer.vocab_size, rngs=nnx.Rngs(config.seed),
-                           dtype=policy.compute)
-    classifier = build_classifier(lm_model, num_classes, ft, config.seed)
-    graphdef, params = nnx.split(classifier, nnx.Param)
+    built: list[tuple[nnx.GraphDef, int]] = []
+
+    def init() -> Any:
+        lm_model = build_model(config.model, lm.tokenizer.vocab_size, rngs=nnx.Rngs(config.seed),
+                               dtype=policy.compute)
+        graphdef, params = nnx.split(build_classifier(lm_model, num_classes, ft, config.seed), nnx.Param)
+        built.append((graphdef, lm_model.max_len))
+        return params
+
+    params = jax.jit(init)()  # one program, not one per random draw (as training's setup)
+    graphdef, max_len = built[0]
     if ft.lm_init not in LM_INITS:
         raise ConfigError(f"finetune.lm_init must be one of {list(LM_INITS)}, got {ft.lm_init!r}")
     if ft.lm_init == "pretrained":
         params = _assign_lm(params, jax.device_get(lm.params))
-    max_len, pad = lm_model.max_len, lm.tokenizer.pad_id or 0
+    pad = lm.tokenizer.pad_id or 0
     prep = preprocessor_for(lm.derived)
     enc = {n: Encoded(encode(lm.tokenizer, prep, d.texts, max_len, d.source),
                       d.labels.astype(np.float32) if ft.multilabel else d.labels)
@@ -150,7 +157,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str,
                                             freeze_steps=ft.freeze_steps)
     p = config.precision
     state = TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
-                       opt_state=tx.init(params), carry=(), rng=jax.random.PRNGKey(config.seed + 1),
+                       opt_state=jax.jit(tx.init)(params), carry=(), rng=jax.random.PRNGKey(config.seed + 1),
                        acc=zero_acc(), loss_scale=LossScale.create(
                            policy.needs_loss_scaling, p.loss_scale_init, p.loss_scale_factor,
                            p.loss_scale_window))
