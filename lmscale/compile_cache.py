@@ -11,7 +11,11 @@ The folder is, in order: ``JAX_COMPILATION_CACHE_DIR`` when set (JAX reads it it
 ``LMSCALE_COMPILE_CACHE`` ("off" turns the cache off); else ``$XDG_CACHE_HOME/lmscale/xla``
 (``~/.cache/lmscale/xla``). JAX keys each entry by the program, its devices and compile
 options, and the jax/jaxlib versions, and caches only programs that took at least
-``jax_persistent_cache_min_compile_time_secs`` (1 s by default) to compile.
+``jax_persistent_cache_min_compile_time_secs`` to compile: JAX's default is 1 s, the tools
+set 0.25 s (``MIN_COMPILE_SECONDS``) unless ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS``
+is set, since many of their programs (a fine-tune's steps, the decoding loop, the
+initialization) compile in 0.3-1 s on a CPU and read back in a few ms: a warm
+``lmscale.finetune`` started 3.4 s sooner (``benchmarks/README.md``, "Start-up").
 
 The folder is kept under a size cap, least recently used entries evicted first (JAX's own
 LRU eviction, which locks the folder with ``filelock`` so that concurrent processes, e.g. a
@@ -29,6 +33,7 @@ from typing import Mapping
 
 OFF = ("", "0", "off", "false", "no", "none")
 DEFAULT_MAX_MB = 2048
+MIN_COMPILE_SECONDS = 0.25  # programs compiled faster than this are not written (module doc)
 UNLIMITED = ("unlimited", "-1")
 _STAMPED: set[str] = set()  # folders this process has stamped (the tools may call twice)
 
@@ -110,6 +115,8 @@ def use_compile_cache(environ: Mapping[str, str] = os.environ) -> str | None:
         _STAMPED.add(folder)
     if jax.config.jax_compilation_cache_max_size != max_size:
         jax.config.update("jax_compilation_cache_max_size", max_size)
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in environ:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
     if jax.config.jax_compilation_cache_dir != folder:
         jax.config.update("jax_compilation_cache_dir", folder)
     return folder

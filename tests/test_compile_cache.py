@@ -9,8 +9,9 @@ import sys
 
 import pytest
 
-from lmscale.compile_cache import (DEFAULT_MAX_MB, cache_folder, default_folder, max_size_bytes,
-                                   stamp_unstamped_entries, use_compile_cache)
+from lmscale.compile_cache import (DEFAULT_MAX_MB, MIN_COMPILE_SECONDS, cache_folder,
+                                   default_folder, max_size_bytes, stamp_unstamped_entries,
+                                   use_compile_cache)
 from lmscale.config import ConfigError
 from tests.conftest import REPO, tiny_train_command
 
@@ -33,6 +34,26 @@ def test_off_and_an_unusable_folder_leave_the_cache_off(tmp_path, capsys):
     assert use_compile_cache({"LMSCALE_COMPILE_CACHE": str(blocker / "xla")}) is None
     err = capsys.readouterr().err
     assert err.startswith("warning: no compilation cache") and "LMSCALE_COMPILE_CACHE" in err
+
+
+def test_the_tools_cache_programs_from_a_quarter_second_unless_told_otherwise(tmp_path):
+    """JAX writes only programs that took 1 s to compile; the tools' own floor is 0.25 s, and
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS, when set, is the user's and stays."""
+    import jax
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_compilation_cache_max_size")
+    before = {name: getattr(jax.config, name) for name in names}
+    try:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+        assert use_compile_cache({"LMSCALE_COMPILE_CACHE": str(tmp_path / "a")}) == str(tmp_path / "a")
+        assert jax.config.jax_persistent_cache_min_compile_time_secs == MIN_COMPILE_SECONDS == 0.25
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 3.0)  # as JAX read it
+        use_compile_cache({"LMSCALE_COMPILE_CACHE": str(tmp_path / "b"),
+                           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "3"})
+        assert jax.config.jax_persistent_cache_min_compile_time_secs == 3.0
+    finally:
+        for name, value in before.items():
+            jax.config.update(name, value)
 
 
 def _train(workdir, corpus, env) -> subprocess.CompletedProcess:
