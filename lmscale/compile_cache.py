@@ -14,8 +14,8 @@ options, and the jax/jaxlib versions, and caches only programs that took at leas
 ``jax_persistent_cache_min_compile_time_secs`` to compile: JAX's default is 1 s, the tools
 set 0.25 s (``MIN_COMPILE_SECONDS``) unless ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS``
 is set, since many of their programs (a fine-tune's steps, the decoding loop, the
-initialization) compile in 0.3-1 s on a CPU and read back in a few ms: a warm
-``lmscale.finetune`` started 3.4 s sooner (``benchmarks/README.md``, "Start-up").
+initialization) compile in 0.3-1 s on a CPU and are read back in a few ms: a warm
+``lmscale.finetune`` ran about 2 s sooner (``benchmarks/README.md``, "Start-up").
 
 The folder is kept under a size cap, least recently used entries evicted first (JAX's own
 LRU eviction, which locks the folder with ``filelock`` so that concurrent processes, e.g. a
