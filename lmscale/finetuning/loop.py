@@ -91,6 +91,24 @@ def load_splits(ft: ml_collections.ConfigDict) -> tuple[dict[str, Labeled], int,
     return splits, k, class_names
 
 
+def init_classifier(config: ml_collections.ConfigDict, vocab_size: int, num_classes: int,
+                    dtype: Any) -> tuple[nnx.GraphDef, Any, int]:
+    """(graphdef, params, the LM's max_len) of the classifier ``config.finetune`` describes,
+    initialized by one jitted program: eagerly, each random draw compiled a program of its
+    own (as in training's ``build_train_setup``)."""
+    built: list[tuple[nnx.GraphDef, int]] = []
+
+    def init() -> Any:
+        lm_model = build_model(config.model, vocab_size, rngs=nnx.Rngs(config.seed), dtype=dtype)
+        graphdef, params = nnx.split(build_classifier(lm_model, num_classes, config.finetune,
+                                                      config.seed), nnx.Param)
+        built.append((graphdef, lm_model.max_len))
+        return params
+
+    params = jax.jit(init)()
+    return built[0][0], params, built[0][1]
+
+
 def _assign_lm(params: Any, lm_params: Any) -> Any:
     """``params`` with every "lm" leaf replaced by the LM checkpoint's leaf at the same path."""
     key = lambda path: tuple(str(getattr(p, "key", getattr(p, "name", p))) for p in path)
@@ -124,17 +142,8 @@ def finetune(config: ml_collections.ConfigDict, workdir: str,
     progress = config.train.progress_bar and is_main
 
     policy = Policy.from_compute(config.precision.compute)
-    built: list[tuple[nnx.GraphDef, int]] = []
-
-    def init() -> Any:
-        lm_model = build_model(config.model, lm.tokenizer.vocab_size, rngs=nnx.Rngs(config.seed),
-                               dtype=policy.compute)
-        graphdef, params = nnx.split(build_classifier(lm_model, num_classes, ft, config.seed), nnx.Param)
-        built.append((graphdef, lm_model.max_len))
-        return params
-
-    params = jax.jit(init)()  # one program, not one per random draw (as training's setup)
-    graphdef, max_len = built[0]
+    graphdef, params, max_len = init_classifier(config, lm.tokenizer.vocab_size, num_classes,
+                                                policy.compute)
     if ft.lm_init not in LM_INITS:
         raise ConfigError(f"finetune.lm_init must be one of {list(LM_INITS)}, got {ft.lm_init!r}")
     if ft.lm_init == "pretrained":
