@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -35,6 +36,28 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     for folder in _OWN_CACHE:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+_LOWERED_EVENT = "/jax/core/compile/jaxpr_to_mlir_module_duration"  # compiled or read from the cache
+_lowered: list[str] | None = None  # every program lowered since the first lowered_programs()
+
+
+@contextlib.contextmanager
+def lowered_programs():
+    """Yields a list that holds, after the block, one entry per program JAX lowered in it
+    (whether then compiled or read from the compilation cache)."""
+    global _lowered
+    if _lowered is None:
+        import jax.monitoring
+        _lowered = []
+
+        def listen(name: str, _seconds: float, **_: object) -> None:
+            if name == _LOWERED_EVENT:
+                _lowered.append(name)
+        jax.monitoring.register_event_duration_secs_listener(listen)
+    start, found = len(_lowered), []
+    yield found
+    found.extend(_lowered[start:])
 
 
 def write_corpus(folder: Path, files: int = 4, lines: int = 300) -> str:

@@ -4,7 +4,6 @@ tests/training/test_setup.py); eagerly, each random draw compiled a program of i
 from __future__ import annotations
 
 import jax
-import jax.monitoring
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -13,11 +12,7 @@ from flax import nnx
 from lmscale.finetuning.head import build_classifier
 from lmscale.finetuning.loop import init_classifier
 from lmscale.models import build_model
-from tests.conftest import TINY_TRANSFORMER, tiny_config
-
-LOWERED = "/jax/core/compile/jaxpr_to_mlir_module_duration"
-_events: list[str] = []
-jax.monitoring.register_event_duration_secs_listener(lambda name, _s, **_: _events.append(name))
+from tests.conftest import TINY_TRANSFORMER, lowered_programs, tiny_config
 
 
 @pytest.mark.parametrize("overrides", [{}, TINY_TRANSFORMER], ids=["mlstm", "transformer"])
@@ -25,9 +20,9 @@ def test_classifier_is_built_by_one_program_with_the_eager_values(overrides, tmp
     config = tiny_config(str(tmp_path / "unused.txt"), **overrides)
     with config.unlocked():
         config.finetune.head_hidden = "8"
-    start = len(_events)
-    graphdef, params, max_len = init_classifier(config, 257, 3, jnp.float32)
-    assert [e for e in _events[start:] if e == LOWERED] == [LOWERED]
+    with lowered_programs() as built:
+        graphdef, params, max_len = init_classifier(config, 257, 3, jnp.float32)
+    assert len(built) == 1, built
     lm = build_model(config.model, 257, rngs=nnx.Rngs(config.seed))
     eager = nnx.state(build_classifier(lm, 3, config.finetune, config.seed), nnx.Param)
     assert max_len == lm.max_len

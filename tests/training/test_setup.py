@@ -8,16 +8,11 @@ cast (27 for the first of these models in a process, 37 for the transformer: 2-3
 from __future__ import annotations
 
 import jax
-import jax.monitoring
 import numpy as np
 import pytest
 
 from lmscale.training.setup import build_train_setup
-from tests.conftest import TINY_TRANSFORMER, tiny_config
-
-LOWERED = "/jax/core/compile/jaxpr_to_mlir_module_duration"  # every program built, cached or not
-_events: list[str] = []
-jax.monitoring.register_event_duration_secs_listener(lambda name, _s, **_: _events.append(name))
+from tests.conftest import TINY_TRANSFORMER, lowered_programs, tiny_config
 
 
 @pytest.mark.parametrize("overrides", [
@@ -28,9 +23,8 @@ jax.monitoring.register_event_duration_secs_listener(lambda name, _s, **_: _even
 ], ids=["mlstm", "lstm", "transformer", "qrnn"])
 def test_initial_state_is_built_by_one_program(overrides, tmp_path):
     config = tiny_config(str(tmp_path / "unused.txt"), **overrides)
-    start = len(_events)
-    setup = build_train_setup(config, 257, decay_steps=10, lr=1e-3)
-    built = [e for e in _events[start:] if e == LOWERED]
+    with lowered_programs() as built:
+        setup = build_train_setup(config, 257, decay_steps=10, lr=1e-3)
     assert len(built) == 1, built
     leaves = jax.tree.leaves(setup.state.params)
     assert leaves and all(np.isfinite(np.asarray(x)).all() for x in leaves)
