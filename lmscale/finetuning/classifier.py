@@ -11,20 +11,17 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Sequence
+from typing import Sequence
 
-import jax
 import numpy as np
-from flax import nnx
 
 from lmscale.config import load_config
 from lmscale.data.tokenizer import tokenizer_from_dict
 from lmscale.finetuning.data import encode
-from lmscale.finetuning.head import build_classifier
+from lmscale.finetuning.head import init_classifier
 from lmscale.transfer.metrics import predict_labels
 from lmscale.finetuning.predict import predict_probs
 from lmscale.finetuning.steps import make_predict_fn
-from lmscale.models import build_model
 from lmscale.pretrained.preprocess import get_preprocessor
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.checkpoints import Checkpointer
@@ -65,20 +62,11 @@ class FinetunedClassifier(LoadedClassifier):
             self.class_names = list(derived["class_names"])
             self.multilabel = bool(config.finetune.multilabel)
             self.mesh = mesh_lib.make_mesh()
-            graphdefs = []
-
-            def init() -> Any:
-                lm = build_model(config.model, signature["vocab_size"], rngs=nnx.Rngs(0))
-                graphdef, params = nnx.split(build_classifier(lm, len(self.class_names),
-                                                              config.finetune, 0), nnx.Param)
-                graphdefs.append((graphdef, lm.max_len))
-                return params
-
-            like = jax.eval_shape(init)
+            graphdef, like, self.max_len = init_classifier(
+                config, signature["vocab_size"], len(self.class_names), abstract=True)
             self.params = checkpointer.restore_params(like, mesh_lib.replicated(self.mesh), step)
         finally:
             checkpointer.close()
-        graphdef, self.max_len = graphdefs[0]
         self.step, self.workdir = step, workdir
         self.preprocess = get_preprocessor(derived.get("preprocess", "none"))
         self.predict_fn = make_predict_fn(graphdef, self.mesh, self.multilabel)

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lmscale.models import build_model, built_in_one_program
+
 POOLINGS = ("last", "mean", "max")
 ACTIVATIONS = {"relu": jax.nn.relu, "gelu": jax.nn.gelu, "tanh": jnp.tanh}
 
@@ -111,3 +113,18 @@ def build_classifier(lm: nnx.Module, num_classes: int, finetune: Any, seed: int)
                       hidden=tuple(int(h) for h in split(finetune.head_hidden)),
                       activation=finetune.head_activation, dropout=finetune.head_dropout,
                       rngs=nnx.Rngs(seed + 7))
+
+
+def init_classifier(config: Any, vocab_size: int, num_classes: int, dtype: Any = jnp.float32, *,
+                    abstract: bool = False) -> tuple[nnx.GraphDef, Any, int]:
+    """(graphdef, ``nnx.Param`` state, the LM's max_len) of the classifier ``config.finetune``
+    describes on ``config.model``, matmuls in ``dtype``: initialized from ``config.seed`` by one
+    jitted program, or with ``abstract`` shapes only (what a saved classifier is read into)."""
+    def build() -> tuple[tuple[nnx.GraphDef, int], Any]:
+        lm = build_model(config.model, vocab_size, rngs=nnx.Rngs(config.seed), dtype=dtype)
+        graphdef, params = nnx.split(build_classifier(lm, num_classes, config.finetune, config.seed),
+                                     nnx.Param)
+        return (graphdef, lm.max_len), params
+
+    (graphdef, max_len), params = built_in_one_program(build, abstract=abstract)
+    return graphdef, params, max_len

@@ -23,16 +23,14 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from flax import nnx
 
 from lmscale.atomic import write_json
 from lmscale.config import ConfigError, load_config, save_config, scaled_lr
 from lmscale.data.errors import DataError
 from lmscale.finetuning.data import Encoded, TrainBatches, class_weights_from, encode
-from lmscale.finetuning.head import build_classifier
+from lmscale.finetuning.head import init_classifier
 from lmscale.finetuning.predict import predict_probs, put_batch, write_predictions
 from lmscale.finetuning.steps import BATCH_KEYS, make_finetune_step, make_predict_fn, zero_acc
-from lmscale.models import build_model
 from lmscale.pretrained.preprocess import preprocessor_for
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.checkpoints import Checkpointer, check_same_model
@@ -89,24 +87,6 @@ def load_splits(ft: ml_collections.ConfigDict) -> tuple[dict[str, Labeled], int,
     for d in splits.values():
         check_labels(d.labels, ft.multilabel, k, d.source, d.label_names)
     return splits, k, class_names
-
-
-def init_classifier(config: ml_collections.ConfigDict, vocab_size: int, num_classes: int,
-                    dtype: Any) -> tuple[nnx.GraphDef, Any, int]:
-    """(graphdef, params, the LM's max_len) of the classifier ``config.finetune`` describes,
-    initialized by one jitted program: eagerly, each random draw compiled a program of its
-    own (as in training's ``build_train_setup``)."""
-    built: list[tuple[nnx.GraphDef, int]] = []
-
-    def init() -> Any:
-        lm_model = build_model(config.model, vocab_size, rngs=nnx.Rngs(config.seed), dtype=dtype)
-        graphdef, params = nnx.split(build_classifier(lm_model, num_classes, config.finetune,
-                                                      config.seed), nnx.Param)
-        built.append((graphdef, lm_model.max_len))
-        return params
-
-    params = jax.jit(init)()
-    return built[0][0], params, built[0][1]
 
 
 def _assign_lm(params: Any, lm_params: Any) -> Any:

@@ -20,6 +20,7 @@ from lmscale.models.recurrent import LSTMLayer, MLSTMLayer, lstm_scan, mlstm_sca
 from lmscale.models.registry import (ModelKind, architecture, build_model, flops_per_token,
                                      get_kind, model_kinds, register, uses_dropout)
 from lmscale.models.weight_norm import Matrix, WeightNormMatrix, weight_norm
+from lmscale.models.building import built_in_one_program, model_params
 
 MODEL_KINDS: tuple[str, ...] = model_kinds()
 
@@ -31,4 +32,5 @@ def count_params(model: nnx.Module) -> int:
 
 __all__ = ["MODEL_KINDS", "ModelKind", "RecurrentLM", "TransformerLM", "MLSTMLayer", "LSTMLayer", "QRNNLayer", "mlstm_scan", "qrnn_scan",
            "lstm_scan", "WeightNormMatrix", "Matrix", "weight_norm", "build_model", "count_params",
-           "flops_per_token", "get_kind", "model_kinds", "register", "architecture", "uses_dropout"]
+           "flops_per_token", "get_kind", "model_kinds", "register", "architecture", "uses_dropout",
+           "built_in_one_program", "model_params"]

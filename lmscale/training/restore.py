@@ -23,7 +23,7 @@ from lmscale.config import COMPUTE_DTYPES, load_config
 from lmscale.data.dataset import TokenDataset, is_dataset
 from lmscale.data.prepare import prepare_dataset
 from lmscale.data.tokenizer import tokenizer_from_dict
-from lmscale.models import build_model
+from lmscale.models import model_params
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.checkpoints import Checkpointer, check_same_model
 from lmscale.training.evaluate import evaluate_split
@@ -88,22 +88,14 @@ def with_compute(lm: TrainedLM, compute: str, vocab_size: int | None = None) -> 
     _check_compute(compute)
     if compute == lm.compute:
         return lm
-    graphdefs: list[nnx.GraphDef] = []
-
-    def init() -> Any:
-        model = build_model(lm.config.model, vocab_size or lm.tokenizer.vocab_size,
-                            rngs=nnx.Rngs(0), dtype=jnp.dtype(compute))
-        graphdef, params = nnx.split(model, nnx.Param)
-        graphdefs.append(graphdef)
-        return params
-
-    like = jax.eval_shape(init)
+    graphdef, like = model_params(lm.config.model, vocab_size or lm.tokenizer.vocab_size,
+                                  dtype=jnp.dtype(compute), abstract=True)
     shapes = lambda tree: [(jax.tree_util.keystr(k), tuple(v.shape))
                            for k, v in jax.tree_util.tree_leaves_with_path(tree)]
     if shapes(like) != shapes(lm.params):
         raise ValueError(f"cannot read {lm.workdir or 'this LM'} in {compute}: its config "
                          "builds parameters of other names or shapes than it holds")
-    return dataclasses.replace(lm, graphdef=graphdefs[0], decode_cache={}, compute=compute)
+    return dataclasses.replace(lm, graphdef=graphdef, decode_cache={}, compute=compute)
 
 
 def load_trained(workdir: str, step: int | None = None, mesh: Mesh | None = None,
@@ -125,15 +117,8 @@ def load_trained(workdir: str, step: int | None = None, mesh: Mesh | None = None
         tokenizer = tokenizer_from_dict(signature["data.tokenizer"], base_dir=workdir)
         vocab_size = signature["vocab_size"]
         mesh = mesh or mesh_lib.make_mesh()
-        graphdefs: list[nnx.GraphDef] = []
-
-        def init() -> Any:  # shapes only (jax.eval_shape): nothing is initialized just to be replaced
-            graphdef, params = nnx.split(build_model(config.model, vocab_size, rngs=nnx.Rngs(config.seed)),
-                                         nnx.Param)
-            graphdefs.append(graphdef)
-            return params
-
-        like = jax.eval_shape(init)
+        # Shapes only: nothing is initialized just to be replaced.
+        graphdef, like = model_params(config.model, vocab_size, abstract=True)
         from lmscale.training.loop import model_signature  # the same rule as training
         check_same_model(signature, model_signature(config, tokenizer.to_dict(), vocab_size, True),
                          workdir, ignore=("train.batch_size",))  # the carry is not restored
@@ -146,7 +131,7 @@ def load_trained(workdir: str, step: int | None = None, mesh: Mesh | None = None
             params = _averaged_params(checkpointer, config, derived, like, params, mesh, step)
     finally:
         checkpointer.close()
-    lm = TrainedLM(config=config, derived=derived, tokenizer=tokenizer, graphdef=graphdefs[0],
+    lm = TrainedLM(config=config, derived=derived, tokenizer=tokenizer, graphdef=graphdef,
                    params=params, step=step, mesh=mesh, workdir=os.path.abspath(workdir))
     return with_compute(lm, compute, vocab_size)
 

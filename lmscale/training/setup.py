@@ -18,7 +18,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from lmscale.models import build_model, uses_dropout
+from lmscale.models import build_model, built_in_one_program, uses_dropout
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.optimizer import make_optimizer
 from lmscale.training.precision import LossScale, Policy
@@ -61,21 +61,16 @@ def build_train_setup(config: ml_collections.ConfigDict, vocab_size: int, *, dec
     tx, schedule = make_optimizer(config.optim, decay_steps, lr=lr, lr_drop_steps=lr_drop_steps,
                                   step_factor=variable)
     p = config.precision
-    graphdefs: list[nnx.GraphDef] = []
 
-    def init() -> TrainState:
+    def init() -> tuple[nnx.GraphDef, TrainState]:
         model = build_model(config.model, vocab_size, rngs=nnx.Rngs(config.seed),
                             dtype=policy.compute)
         loss_scale = LossScale.create(policy.needs_loss_scaling, p.loss_scale_init,
                                       p.loss_scale_factor, p.loss_scale_window)
-        graphdef, state = create_state(model, tx, config.train.batch_size, config.seed, loss_scale)
-        graphdefs.append(graphdef)
-        return state
+        return create_state(model, tx, config.train.batch_size, config.seed, loss_scale)
 
-    # Jitted: one program for the whole initialization, where eager execution compiles each
-    # random draw, zero-fill and cast on its own (2-3 s of every start-up on a CPU).
-    state = jax.eval_shape(init) if abstract else jax.jit(init)()
-    return TrainSetup(policy=policy, graphdef=graphdefs[0], state=state, tx=tx, schedule=schedule,
+    graphdef, state = built_in_one_program(init, abstract=abstract)
+    return TrainSetup(policy=policy, graphdef=graphdef, state=state, tx=tx, schedule=schedule,
                       dropout=uses_dropout(config.model), byte_lengths=byte_lengths,
                       lr_length_base=config.train.seq_len if variable else 0,
                       grad_accum_steps=int(config.train.grad_accum_steps),

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lmscale.finetuning.head import build_classifier
-from lmscale.finetuning.loop import init_classifier
+from lmscale.finetuning.head import build_classifier, init_classifier
 from lmscale.models import build_model
 from tests.conftest import TINY_TRANSFORMER, lowered_programs, tiny_config
 
