@@ -120,11 +120,11 @@ def init_classifier(config: Any, vocab_size: int, num_classes: int, dtype: Any =
     """(graphdef, ``nnx.Param`` state, the LM's max_len) of the classifier ``config.finetune``
     describes on ``config.model``, matmuls in ``dtype``: initialized from ``config.seed`` by one
     jitted program, or with ``abstract`` shapes only (what a saved classifier is read into)."""
-    def build() -> tuple[tuple[nnx.GraphDef, int], Any]:
+    def init_classifier_params() -> tuple[tuple[nnx.GraphDef, int], Any]:
         lm = build_model(config.model, vocab_size, rngs=nnx.Rngs(config.seed), dtype=dtype)
         graphdef, params = nnx.split(build_classifier(lm, num_classes, config.finetune, config.seed),
                                      nnx.Param)
         return (graphdef, lm.max_len), params
 
-    (graphdef, max_len), params = built_in_one_program(build, abstract=abstract)
+    (graphdef, max_len), params = built_in_one_program(init_classifier_params, abstract=abstract)
     return graphdef, params, max_len

@@ -11,6 +11,7 @@ checkpoint restore reads into, or a plan of an 8192-d model). The builder's stat
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, TypeVar
 
 import jax
@@ -28,6 +29,7 @@ def built_in_one_program(build: Callable[[], tuple[Static, Any]], *,
     program), or with ``abstract`` (static, the arrays' ``jax.ShapeDtypeStruct``s)."""
     statics: list[Static] = []
 
+    @functools.wraps(build)  # the program is named after the builder (JAX_LOG_COMPILES, profiles)
     def arrays() -> Any:
         static, tree = build()
         statics.append(static)
@@ -41,8 +43,8 @@ def model_params(model_config: Any, vocab_size: int, *, seed: int = 0, dtype: An
                  abstract: bool = False) -> tuple[nnx.GraphDef, Any]:
     """(graphdef, ``nnx.Param`` state) of ``build_model(model_config, vocab_size)`` with its
     matmuls in ``dtype``: initialized from ``seed`` by one program, or shapes only."""
-    def build() -> tuple[nnx.GraphDef, Any]:
+    def init_model_params() -> tuple[nnx.GraphDef, Any]:
         model = build_model(model_config, vocab_size, rngs=nnx.Rngs(seed), dtype=dtype)
         return nnx.split(model, nnx.Param)
 
-    return built_in_one_program(build, abstract=abstract)
+    return built_in_one_program(init_model_params, abstract=abstract)

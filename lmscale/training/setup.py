@@ -62,14 +62,14 @@ def build_train_setup(config: ml_collections.ConfigDict, vocab_size: int, *, dec
                                   step_factor=variable)
     p = config.precision
 
-    def init() -> tuple[nnx.GraphDef, TrainState]:
+    def initial_train_state() -> tuple[nnx.GraphDef, TrainState]:
         model = build_model(config.model, vocab_size, rngs=nnx.Rngs(config.seed),
                             dtype=policy.compute)
         loss_scale = LossScale.create(policy.needs_loss_scaling, p.loss_scale_init,
                                       p.loss_scale_factor, p.loss_scale_window)
         return create_state(model, tx, config.train.batch_size, config.seed, loss_scale)
 
-    graphdef, state = built_in_one_program(init, abstract=abstract)
+    graphdef, state = built_in_one_program(initial_train_state, abstract=abstract)
     return TrainSetup(policy=policy, graphdef=graphdef, state=state, tx=tx, schedule=schedule,
                       dropout=uses_dropout(config.model), byte_lengths=byte_lengths,
                       lr_length_base=config.train.seq_len if variable else 0,
