@@ -21,8 +21,10 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from lmscale.atomic import write_json
 from lmscale.config import ConfigError, load_config, save_config, scaled_lr
@@ -89,6 +91,22 @@ def load_splits(ft: ml_collections.ConfigDict) -> tuple[dict[str, Labeled], int,
     return splits, k, class_names
 
 
+def init_finetune_state(config: ml_collections.ConfigDict, policy: Policy,
+                        tx: optax.GradientTransformation, params: Any) -> TrainState:
+    """A fine-tune's initial state around ``params`` (step 0, ``tx``'s optimizer state, the
+    precision's loss scale, no carry), built by one jitted program: eagerly, each zero-fill and
+    the key were programs of their own, compiled again by every process."""
+    p = config.precision
+
+    def initial_finetune_state(params: Any) -> TrainState:
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                          carry=(), rng=jax.random.PRNGKey(config.seed + 1), acc=zero_acc(),
+                          loss_scale=LossScale.create(policy.needs_loss_scaling, p.loss_scale_init,
+                                                      p.loss_scale_factor, p.loss_scale_window))
+
+    return jax.jit(initial_finetune_state)(params)
+
+
 def _assign_lm(params: Any, lm_params: Any) -> Any:
     """``params`` with every "lm" leaf replaced by the LM checkpoint's leaf at the same path."""
     key = lambda path: tuple(str(getattr(p, "key", getattr(p, "name", p))) for p in path)
@@ -144,12 +162,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str,
     head_lr = ft.head_lr or lr
     tx, schedules = make_finetune_optimizer(config.optim, decay, lr=lr, head_lr=head_lr,
                                             freeze_steps=ft.freeze_steps)
-    p = config.precision
-    state = TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
-                       opt_state=jax.jit(tx.init)(params), carry=(), rng=jax.random.PRNGKey(config.seed + 1),
-                       acc=zero_acc(), loss_scale=LossScale.create(
-                           policy.needs_loss_scaling, p.loss_scale_init, p.loss_scale_factor,
-                           p.loss_scale_window))
+    state = init_finetune_state(config, policy, tx, params)
     shardings = state_shardings(state, mesh)
     signature = {**{f"model.{k}": v for k, v in config.model.items()},
                  "data.tokenizer": lm.tokenizer.to_dict(), "vocab_size": lm.tokenizer.vocab_size,

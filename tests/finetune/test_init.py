@@ -6,11 +6,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
 from lmscale.finetuning.head import build_classifier, init_classifier
+from lmscale.finetuning.loop import init_finetune_state
 from lmscale.models import build_model
+from lmscale.training.precision import Policy
 from tests.conftest import TINY_TRANSFORMER, lowered_programs, tiny_config
 
 
@@ -28,3 +31,19 @@ def test_classifier_is_built_by_one_program_with_the_eager_values(overrides, tmp
     assert jax.tree.structure(eager) == jax.tree.structure(params)
     for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(params)):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6, atol=1e-7)
+
+
+def test_finetune_state_is_one_program_with_the_precisions_loss_scale(tmp_path):
+    config = tiny_config(str(tmp_path / "unused.txt"), **{"precision.compute": "float16"})
+    _, params, _ = init_classifier(config, 257, 3, jnp.float16)
+    tx = optax.adam(1e-3)
+    with lowered_programs() as built:
+        state = init_finetune_state(config, Policy.from_compute("float16"), tx, params)
+    assert len(built) == 1, built
+    assert int(state.step) == 0 and state.carry == ()
+    assert state.loss_scale.dynamic and float(state.loss_scale.scale) == config.precision.loss_scale_init
+    np.testing.assert_array_equal(np.asarray(state.rng), np.asarray(jax.random.PRNGKey(config.seed + 1)))
+    eager = tx.init(params)
+    assert jax.tree.structure(eager) == jax.tree.structure(state.opt_state)
+    for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(state.opt_state)):
+        np.testing.assert_array_equal(np.asarray(b), np.asarray(a))
