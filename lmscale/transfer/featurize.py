@@ -211,9 +211,15 @@ def _featurize_bins(lm: TrainedLM, ids: list[np.ndarray], state: str, pooling: s
 
 
 @functools.lru_cache(maxsize=32)
-def _features_fn(graphdef: nnx.GraphDef, state: str) -> Callable:
-    """jit(params, tokens [1, T]) -> that state of every layer [L, 1, T, F]; cached per model."""
-    return jax.jit(lambda p, t: nnx.merge(graphdef, p).features(t, None)[state])
+def _unit_fn(graphdef: nnx.GraphDef, state: str) -> Callable:
+    """jit(params, tokens [1, T], layer, unit) -> that state of one unit of one layer [T]; cached
+    per model. Layer and unit are arguments, and the text's length is cut on the host, so every
+    text of a padded width shares one program (indexing the device array eagerly compiled two
+    small programs per text length)."""
+    def unit_values(params: Any, tokens: jax.Array, layer: jax.Array, unit: jax.Array) -> jax.Array:
+        states = nnx.merge(graphdef, params).features(tokens, None)[state]  # [L, 1, T, F]
+        return jax.lax.dynamic_index_in_dim(states, layer, 0, keepdims=False)[0, :, unit]
+    return jax.jit(unit_values)
 
 
 def unit_trace(lm: TrainedLM, text: str, unit: int, *, state: str | None = None, layer: int = -1
@@ -222,17 +228,23 @@ def unit_trace(lm: TrainedLM, text: str, unit: int, *, state: str | None = None,
     (``preprocess_texts``): float32 [bytes]. A byte takes the value after the token it is part
     of; bytes a length-limited model did not read (before its last ``max_len`` tokens) are NaN."""
     state = feature_state(lm, state)
+    model = lm.model()
+    if not -model.num_layers <= layer < model.num_layers:
+        raise ValueError(f"layer {layer} is out of range: the model has {model.num_layers} layers")
+    if not 0 <= unit < model.feature_width:
+        raise ValueError(f"unit {unit} is out of range: a layer's state has {model.feature_width} units")
     (full,) = encode_texts(lm, [text])
     (ids,) = _fit_length(lm, [full])
     # Padded after the text to a multiple of 64 tokens, so texts of similar length share one
     # compiled program (the states before the padding do not depend on it).
     width = -(-len(ids) // 64) * 64
-    limit = lm.model().max_len
+    limit = model.max_len
     width = width if limit is None else min(width, limit)
     padded = np.full((1, width), lm.tokenizer.pad_id or 0, np.int32)
     padded[0, :len(ids)] = ids
-    out = _features_fn(lm.graphdef, state)(lm.params, jnp.asarray(padded))
-    per_token = np.asarray(out[layer, 0, :len(ids), unit], np.float32)
+    values = _unit_fn(lm.graphdef, state)(lm.params, jnp.asarray(padded),
+                                          np.int32(layer % model.num_layers), np.int32(unit))
+    per_token = np.asarray(values, np.float32)[:len(ids)]
     lengths = lm.tokenizer.byte_lengths()
     unread = int(lengths[full[:len(full) - len(ids)]].sum())
     return np.concatenate([np.full(unread, np.nan, np.float32),

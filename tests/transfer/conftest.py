@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from lmscale.config import default_config
 from lmscale.data.tokenizer import ByteTokenizer
-from lmscale.models import build_model
+from lmscale.models import model_params
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.restore import TrainedLM
 from tests.conftest import SHARED_DATA
@@ -36,8 +35,7 @@ def random_transformer_lm(weight_norm: bool = True, tie: bool = False, dtype=jnp
 def _trained(config, seed: int, dtype) -> TrainedLM:
     """config.model built with nnx.Rngs(seed) in ``dtype``, bytes, as a TrainedLM."""
     tok = ByteTokenizer.sentiment_discovery()
-    model = build_model(config.model, tok.vocab_size, rngs=nnx.Rngs(seed), dtype=dtype)
-    graphdef, params = nnx.split(model, nnx.Param)
+    graphdef, params = model_params(config.model, tok.vocab_size, seed=seed, dtype=dtype)
     return TrainedLM(config=config, derived={}, tokenizer=tok, graphdef=graphdef, params=params,
                      step=0, mesh=mesh_lib.make_mesh(), workdir="")
 

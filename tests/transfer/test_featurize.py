@@ -13,6 +13,7 @@ from flax import nnx
 from lmscale.data.errors import DataError
 from lmscale.training.restore import with_compute
 from lmscale.transfer.featurize import cached_featurize, featurize, unit_trace
+from tests.conftest import lowered_programs
 from tests.models.helpers import jaxpr_equations
 from tests.transfer.conftest import random_lm, random_transformer_lm
 
@@ -104,10 +105,10 @@ def test_transformer_compiles_one_program_per_row_width():
     """Texts of 1-256 tokens are read in rows of 32, 64, 128 and 256 tokens: four programs
     (side by side, each batch padded to its longest text rounded up to 32, it took eight)."""
     import jax.monitoring
+    lm = random_transformer_lm(max_len=256)  # its initialization is not counted
     events: list[str] = []
     jax.monitoring.register_event_duration_secs_listener(
         lambda name, _duration, **_: events.append(name))
-    lm = random_transformer_lm(max_len=256)
     lengths = np.random.default_rng(2).permutation(np.arange(1, 257))
     feats = featurize(lm, ["ab" * n for n in lengths // 2 + 1], batch_size=8)
     compiles = [e for e in events if e.endswith("backend_compile_duration")]
@@ -147,15 +148,20 @@ def test_reduced_precision_reads_the_same_weights_with_2_byte_matmuls(compute):
 
 
 def test_unit_trace_and_cache(tmp_path):
-    lm = random_lm()
+    lm = random_lm(layers=2)
     _, cs = step_by_step(lm, TEXTS[2])
     np.testing.assert_allclose(unit_trace(lm, TEXTS[2], 3), cs[:, -1, 3], rtol=1e-5, atol=1e-5)
-    # Texts of other lengths up to 64 tokens reuse the compiled program.
-    from lmscale.transfer.featurize import _features_fn
-    compiled = _features_fn(lm.graphdef, "cell")._cache_size()
-    for text in TEXTS:
-        assert unit_trace(lm, text, 3).shape == (len(text.encode()),)
-    assert _features_fn(lm.graphdef, "cell")._cache_size() == compiled
+    np.testing.assert_allclose(unit_trace(lm, TEXTS[2], 5, layer=0), cs[:, 0, 5], rtol=1e-5, atol=1e-5)
+    # Texts of other lengths up to 64 tokens, other units and layers, lower no program at all
+    # (indexing the states eagerly lowered two small programs per text length).
+    with lowered_programs() as built:
+        for i, text in enumerate(TEXTS):
+            assert unit_trace(lm, text, i, layer=i % 2 - 1).shape == (len(text.encode()),)
+    assert built == []
+    with pytest.raises(ValueError, match="unit 9999 is out of range"):
+        unit_trace(lm, TEXTS[0], 9999)
+    with pytest.raises(ValueError, match="layer 5 is out of range: the model has 2 layers"):
+        unit_trace(lm, TEXTS[0], 3, layer=5)
     a = cached_featurize(lm, TEXTS, str(tmp_path), batch_size=4)
     assert len(list(tmp_path.iterdir())) == 1
     b = cached_featurize(lm, TEXTS, str(tmp_path), batch_size=8)  # batch size is not part of the key
