@@ -230,9 +230,9 @@ def unit_trace(lm: TrainedLM, text: str, unit: int, *, state: str | None = None,
     state = feature_state(lm, state)
     model = lm.model()
     if not -model.num_layers <= layer < model.num_layers:
-        raise ValueError(f"layer {layer} is out of range: the model has {model.num_layers} layers")
+        raise DataError(f"layer {layer} is out of range: the model has {model.num_layers} layers")
     if not 0 <= unit < model.feature_width:
-        raise ValueError(f"unit {unit} is out of range: a layer's state has {model.feature_width} units")
+        raise DataError(f"unit {unit} is out of range: a layer's state has {model.feature_width} units")
     (full,) = encode_texts(lm, [text])
     (ids,) = _fit_length(lm, [full])
     # Padded after the text to a multiple of 64 tokens, so texts of similar length share one

@@ -158,9 +158,9 @@ def test_unit_trace_and_cache(tmp_path):
         for i, text in enumerate(TEXTS):
             assert unit_trace(lm, text, i, layer=i % 2 - 1).shape == (len(text.encode()),)
     assert built == []
-    with pytest.raises(ValueError, match="unit 9999 is out of range"):
+    with pytest.raises(DataError, match="unit 9999 is out of range"):
         unit_trace(lm, TEXTS[0], 9999)
-    with pytest.raises(ValueError, match="layer 5 is out of range: the model has 2 layers"):
+    with pytest.raises(DataError, match="layer 5 is out of range: the model has 2 layers"):
         unit_trace(lm, TEXTS[0], 3, layer=5)
     a = cached_featurize(lm, TEXTS, str(tmp_path), batch_size=4)
     assert len(list(tmp_path.iterdir())) == 1
