@@ -41,7 +41,7 @@ from lmscale.training.optimizer import make_finetune_optimizer
 from lmscale.training.in_flight import InFlight
 from lmscale.training.precision import LossScale, Policy, print_compute_hint
 from lmscale.training.restore import TrainedLM, load_trained
-from lmscale.training.state import TrainState, state_shardings
+from lmscale.training.state import TrainState, host_zeros, state_shardings
 from lmscale.training.stop import StopSignal
 from lmscale.transfer.labeled import Labeled, check_labels, load_labeled
 from lmscale.transfer.metrics import (METRICS, better, classification_metrics, format_table,
@@ -162,6 +162,9 @@ def finetune(config: ml_collections.ConfigDict, workdir: str,
     head_lr = ft.head_lr or lr
     tx, schedules = make_finetune_optimizer(config.optim, decay, lr=lr, head_lr=head_lr,
                                             freeze_steps=ft.freeze_steps)
+    @jax.jit  # one program: eagerly, each of a schedule's operations was one, in every process
+    def logged_lrs(head_step: jax.Array, lm_step: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return schedules["head"](head_step), schedules["lm"](lm_step)
     state = init_finetune_state(config, policy, tx, params)
     shardings = state_shardings(state, mesh)
     signature = {**{f"model.{k}": v for k, v in config.model.items()},
@@ -234,11 +237,12 @@ def finetune(config: ml_collections.ConfigDict, workdir: str,
                 n = max(int(acc["steps"]), 1)
                 elapsed = time.perf_counter() - t0
                 lm_count = max(step - ft.freeze_steps - 1, 0)
+                head_lr_now, lm_lr_now = logged_lrs(step - 1, lm_count)
                 record = {"step": step, "split": "train", "loss": float(acc["loss"]) / n,
                           "aux_lm_loss": float(acc["aux_loss"]) / n,
                           "accuracy": float(acc["correct"]) / max(float(acc["rows"]), 1.0),
-                          "lr": float(schedules["head"](step - 1)),
-                          "lm_lr": 0.0 if step <= ft.freeze_steps else float(schedules["lm"](lm_count)),
+                          "lr": float(head_lr_now),
+                          "lm_lr": 0.0 if step <= ft.freeze_steps else float(lm_lr_now),
                           "grad_norm": float(metrics["grad_norm"]), "loss_scale": float(ls.scale),
                           "skipped": int(ls.skipped), "epoch": step / batches.steps_per_epoch,
                           "steps_per_s": timed / elapsed,
@@ -247,8 +251,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str,
                 if progress:
                     print(f"step {step}/{steps}: loss {record['loss']:.4f} accuracy "
                           f"{record['accuracy']:.4f} lr {record['lr']:.2e}", file=sys.stderr, flush=True)
-                state = state.replace(acc=jax.device_put(jax.tree.map(np.asarray, zero_acc()),
-                                                         mesh_lib.replicated(mesh)))
+                state = state.replace(acc=jax.device_put(host_zeros(zero_acc), mesh_lib.replicated(mesh)))
                 t0, timed = time.perf_counter(), 0
             if (config.train.eval_every and step % config.train.eval_every == 0) or step == steps:
                 m, _, _ = validate(state.params)

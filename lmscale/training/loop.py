@@ -19,7 +19,6 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 import tqdm
 from flax import nnx
 
@@ -40,7 +39,7 @@ from lmscale.training.metrics import MetricsWriter, add_perplexity
 from lmscale.training.ntasgd import NTASGDMonitor, eval_params, switch_on
 from lmscale.training.precision import print_compute_hint
 from lmscale.training.setup import build_train_setup, jit_train_step
-from lmscale.training.state import zero_acc
+from lmscale.training.state import host_zeros, zero_acc
 from lmscale.training.steps import make_eval_step
 
 __all__ = ["train", "model_signature", "eval_settings", "PROVENANCE_KEYS"]
@@ -199,7 +198,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                     print(f"step {step}/{steps}: loss {loss:.4f} bpc {record['bpc']:.4f} "
                           f"lr {record['lr']:.3e} {record['chars_per_s']:.3g} chars/s",
                           file=sys.stderr, flush=True)
-                state = state.replace(acc=jax.device_put(jax.tree.map(np.asarray, zero_acc()), replicated))
+                state = state.replace(acc=jax.device_put(host_zeros(zero_acc), replicated))
                 timer_start, timed_steps = time.perf_counter(), 0
             evaluating = (config.train.eval_every and step % config.train.eval_every == 0) or step == steps
             if evaluating:

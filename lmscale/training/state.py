@@ -7,11 +7,12 @@ base dropout key, the running sums behind the next train log record, and the los
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh
@@ -29,6 +30,13 @@ class TrainState:
     rng: jax.Array  # uint32[2] base key; step k uses fold_in(rng, k)
     acc: dict[str, jax.Array]  # sums since the last train log: nats, count (targets), bytes (of text), steps
     loss_scale: LossScale  # dynamic loss scale (float16); inert (S = 1) otherwise
+
+
+def host_zeros(zeros_fn: Callable[[], Any]) -> Any:
+    """NumPy zeros shaped like the arrays ``zeros_fn()`` returns (which must be zeros, such as
+    ``zero_acc``), taken from ``jax.eval_shape``: resetting the sums eagerly compiled a small
+    program per array in every process."""
+    return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), jax.eval_shape(zeros_fn))
 
 
 def zero_acc() -> dict[str, jax.Array]:

@@ -131,6 +131,17 @@ def test_sst_learns_restores_freezes_and_classify_reproduces(sst_run, data, tmp_
     train_recs = [r for r in read_metrics(run) if r["split"] == "train"]
     assert train_recs[-1]["loss"] < train_recs[0]["loss"]  # it learns
     assert train_recs[-1]["aux_lm_loss"] > 0
+    # The logged learning rates are the schedules' (the LM's 0 while frozen, then counted from 0).
+    from lmscale.config import load_config
+    from lmscale.training.optimizer import make_finetune_optimizer
+    saved_config, derived = load_config(os.path.join(run, "config.json"))
+    _, schedules = make_finetune_optimizer(saved_config.optim, derived["decay_steps"], lr=derived["lr"],
+                                           head_lr=derived["head_lr"], freeze_steps=4)
+    for r in train_recs:
+        assert r["lr"] == pytest.approx(float(schedules["head"](r["step"] - 1)), rel=1e-6)
+        assert r["lm_lr"] == (0.0 if r["step"] <= 4 else
+                              pytest.approx(float(schedules["lm"](r["step"] - 5)), rel=1e-6))
+    assert {r["lm_lr"] > 0 for r in train_recs} == {False, True}
     assert set(results["metrics"]["val"]) >= {"accuracy", "macro_f1", "micro_f1", "jaccard", "per_class"}
     assert json.load(open(os.path.join(run, "best.json")))["metric"] == "accuracy"
     # Step 4 (all frozen): LM parameters bit-identical to the LM checkpoint; the head trained.
