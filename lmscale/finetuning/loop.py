@@ -21,7 +21,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -41,7 +40,7 @@ from lmscale.training.optimizer import make_finetune_optimizer
 from lmscale.training.in_flight import InFlight
 from lmscale.training.precision import LossScale, Policy, print_compute_hint
 from lmscale.training.restore import TrainedLM, load_trained
-from lmscale.training.state import TrainState, host_zeros, state_shardings
+from lmscale.training.state import TrainState, host_zeros, initial_state, state_shardings
 from lmscale.training.stop import StopSignal
 from lmscale.transfer.labeled import Labeled, check_labels, load_labeled
 from lmscale.transfer.metrics import (METRICS, better, classification_metrics, format_table,
@@ -96,13 +95,9 @@ def init_finetune_state(config: ml_collections.ConfigDict, policy: Policy,
     """A fine-tune's initial state around ``params`` (step 0, ``tx``'s optimizer state, the
     precision's loss scale, no carry), built by one jitted program: eagerly, each zero-fill and
     the key were programs of their own, compiled again by every process."""
-    p = config.precision
-
     def initial_finetune_state(params: Any) -> TrainState:
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                          carry=(), rng=jax.random.PRNGKey(config.seed + 1), acc=zero_acc(),
-                          loss_scale=LossScale.create(policy.needs_loss_scaling, p.loss_scale_init,
-                                                      p.loss_scale_factor, p.loss_scale_window))
+        return initial_state(params, tx, carry=(), seed=config.seed, acc=zero_acc(),
+                             loss_scale=LossScale.for_precision(policy, config.precision))
 
     return jax.jit(initial_finetune_state)(params)
 

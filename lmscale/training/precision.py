@@ -80,6 +80,13 @@ class LossScale:
                    good_steps=jnp.zeros((), jnp.int32), skipped=jnp.zeros((), jnp.int32),
                    dynamic=dynamic, factor=float(factor), window=int(window))
 
+    @classmethod
+    def for_precision(cls, policy: "Policy", precision: Any) -> "LossScale":
+        """The initial loss scale of a run: dynamic when ``policy`` needs it (float16), from
+        the config's ``precision.loss_scale_*`` fields."""
+        return cls.create(policy.needs_loss_scaling, precision.loss_scale_init,
+                          precision.loss_scale_factor, precision.loss_scale_window)
+
     def scale_loss(self, loss: jax.Array) -> jax.Array:
         return loss * self.scale if self.dynamic else loss
 

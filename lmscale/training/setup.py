@@ -60,13 +60,11 @@ def build_train_setup(config: ml_collections.ConfigDict, vocab_size: int, *, dec
     variable = bool(config.train.variable_bptt)
     tx, schedule = make_optimizer(config.optim, decay_steps, lr=lr, lr_drop_steps=lr_drop_steps,
                                   step_factor=variable)
-    p = config.precision
 
     def initial_train_state() -> tuple[nnx.GraphDef, TrainState]:
         model = build_model(config.model, vocab_size, rngs=nnx.Rngs(config.seed),
                             dtype=policy.compute)
-        loss_scale = LossScale.create(policy.needs_loss_scaling, p.loss_scale_init,
-                                      p.loss_scale_factor, p.loss_scale_window)
+        loss_scale = LossScale.for_precision(policy, config.precision)
         return create_state(model, tx, config.train.batch_size, config.seed, loss_scale)
 
     graphdef, state = built_in_one_program(initial_train_state, abstract=abstract)

@@ -48,16 +48,23 @@ def create_state(model: nnx.Module, tx: optax.GradientTransformation, batch_size
                  seed: int, loss_scale: LossScale | None = None) -> tuple[nnx.GraphDef, TrainState]:
     """Splits the model into (graphdef, params) and builds the initial state (unsharded)."""
     graphdef, params = nnx.split(model, nnx.Param)
-    state = TrainState(
+    return graphdef, initial_state(params, tx, carry=model.initial_carry(batch_size), seed=seed,
+                                   acc=zero_acc(), loss_scale=loss_scale)
+
+
+def initial_state(params: Any, tx: optax.GradientTransformation, *, carry: Any, seed: int,
+                  acc: dict[str, jax.Array], loss_scale: LossScale | None = None) -> TrainState:
+    """Step 0 around ``params``: ``tx``'s optimizer state, the base key of ``seed``, zero sums
+    ``acc`` (training's or a fine-tune's), an inert loss scale unless one is given."""
+    return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         opt_state=tx.init(params),
-        carry=model.initial_carry(batch_size),
+        carry=carry,
         rng=jax.random.PRNGKey(seed + 1),
-        acc=zero_acc(),
+        acc=acc,
         loss_scale=LossScale.create(dynamic=False) if loss_scale is None else loss_scale,
     )
-    return graphdef, state
 
 
 def state_shardings(state: TrainState, mesh: Mesh) -> TrainState:
