@@ -30,7 +30,6 @@ from lmscale.training.bench import append_jsonl, git_commit, host_info
 from lmscale.training import checkpoints
 from lmscale.training.checkpoints import Checkpointer
 from lmscale.training.setup import build_train_setup
-from lmscale.training.state import state_shardings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config.", lock_config=True)
@@ -46,9 +45,8 @@ def main(argv: list[str]) -> None:
     jax.monitoring.register_event_duration_secs_listener(
         lambda name, seconds, **_: compiles.append(seconds) if name == _COMPILE_EVENT else None)
     config = with_global_batch(_CONFIG.value, jax.device_count())
-    setup = build_train_setup(config, 257, decay_steps=10, lr=1e-3)
     mesh = mesh_lib.make_mesh()
-    state = jax.device_put(setup.state, state_shardings(setup.state, mesh))
+    state = build_train_setup(config, 257, decay_steps=10, lr=1e-3, mesh=mesh).state
     state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
     commit, host = git_commit(), host_info()
     with tempfile.TemporaryDirectory() as folder:

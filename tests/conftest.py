@@ -45,15 +45,16 @@ _lowered: list[str] | None = None  # every program lowered since the first lower
 @contextlib.contextmanager
 def lowered_programs():
     """Yields a list that holds, after the block, one entry per program JAX lowered in it
-    (whether then compiled or read from the compilation cache)."""
+    (whether then compiled or read from the compilation cache): its module's name, e.g.
+    "jit(initial_train_state)"."""
     global _lowered
     if _lowered is None:
         import jax.monitoring
         _lowered = []
 
-        def listen(name: str, _seconds: float, **_: object) -> None:
+        def listen(name: str, _seconds: float, **kwargs: object) -> None:
             if name == _LOWERED_EVENT:
-                _lowered.append(name)
+                _lowered.append(str(kwargs.get("fun_name", name)))
         jax.monitoring.register_event_duration_secs_listener(listen)
     start, found = len(_lowered), []
     yield found

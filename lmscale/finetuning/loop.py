@@ -24,6 +24,7 @@ import jax
 import ml_collections
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
 from lmscale.atomic import write_json
 from lmscale.config import ConfigError, load_config, save_config, scaled_lr
@@ -91,15 +92,23 @@ def load_splits(ft: ml_collections.ConfigDict) -> tuple[dict[str, Labeled], int,
 
 
 def init_finetune_state(config: ml_collections.ConfigDict, policy: Policy,
-                        tx: optax.GradientTransformation, params: Any) -> TrainState:
+                        tx: optax.GradientTransformation, params: Any, mesh: Mesh | None = None,
+                        *, abstract: bool = False) -> TrainState:
     """A fine-tune's initial state around ``params`` (step 0, ``tx``'s optimizer state, the
     precision's loss scale, no carry), built by one jitted program: eagerly, each zero-fill and
-    the key were programs of their own, compiled again by every process."""
+    the key were programs of their own, compiled again by every process.
+
+    ``mesh``: computed placed as the step takes it (``state_shardings``); ``abstract``: shapes
+    only, what a resumed run restores into."""
     def initial_finetune_state(params: Any) -> TrainState:
         return initial_state(params, tx, carry=(), seed=config.seed, acc=zero_acc(),
                              loss_scale=LossScale.for_precision(policy, config.precision))
 
-    return jax.jit(initial_finetune_state)(params)
+    shapes = jax.eval_shape(initial_finetune_state, params)
+    if abstract:
+        return shapes
+    shardings = None if mesh is None else state_shardings(shapes, mesh)
+    return jax.jit(initial_finetune_state, out_shardings=shardings)(params)
 
 
 def _assign_lm(params: Any, lm_params: Any) -> Any:
@@ -134,12 +143,17 @@ def finetune(config: ml_collections.ConfigDict, workdir: str,
     is_main = jax.process_index() == 0
     progress = config.train.progress_bar and is_main
 
+    checkpointer = Checkpointer(workdir, keep=config.checkpoint.keep)
+    best_ckpt = Checkpointer(os.path.join(workdir, "best"), keep=1)
+    # A resumed run restores into the state's shapes: no initial state is computed.
+    resuming = checkpointer.latest_step() is not None
+
     policy = Policy.from_compute(config.precision.compute)
     graphdef, params, max_len = init_classifier(config, lm.tokenizer.vocab_size, num_classes,
-                                                policy.compute)
+                                                policy.compute, abstract=resuming)
     if ft.lm_init not in LM_INITS:
         raise ConfigError(f"finetune.lm_init must be one of {list(LM_INITS)}, got {ft.lm_init!r}")
-    if ft.lm_init == "pretrained":
+    if ft.lm_init == "pretrained" and not resuming:
         params = _assign_lm(params, jax.device_get(lm.params))
     pad = lm.tokenizer.pad_id or 0
     prep = preprocessor_for(lm.derived)
@@ -160,19 +174,15 @@ def finetune(config: ml_collections.ConfigDict, workdir: str,
     @jax.jit  # one program: eagerly, each of a schedule's operations was one, in every process
     def logged_lrs(head_step: jax.Array, lm_step: jax.Array) -> tuple[jax.Array, jax.Array]:
         return schedules["head"](head_step), schedules["lm"](lm_step)
-    state = init_finetune_state(config, policy, tx, params)
-    shardings = state_shardings(state, mesh)
     signature = {**{f"model.{k}": v for k, v in config.model.items()},
                  "data.tokenizer": lm.tokenizer.to_dict(), "vocab_size": lm.tokenizer.vocab_size,
                  "num_classes": num_classes, **{f"finetune.{k}": ft[k] for k in HEAD_FIELDS}}
-    checkpointer = Checkpointer(workdir, keep=config.checkpoint.keep)
-    best_ckpt = Checkpointer(os.path.join(workdir, "best"), keep=1)
-    if checkpointer.latest_step() is not None:
+    state = init_finetune_state(config, policy, tx, params, mesh, abstract=resuming)
+    shardings = state_shardings(state, mesh)
+    if resuming:
         meta = checkpointer.read_meta()
         check_same_model(meta["signature"], signature, workdir)
         state = checkpointer.restore(state, shardings)
-    else:
-        state = jax.device_put(state, shardings)
     start = int(jax.device_get(state.step))
     derived = {"steps": steps, "steps_per_epoch": batches.steps_per_epoch, "decay_steps": decay,
                "lr": lr, "head_lr": head_lr, "num_classes": num_classes, "class_names": class_names,

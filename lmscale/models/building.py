@@ -7,6 +7,11 @@ a builder once instead: under ``jax.jit`` (the arrays, computed by one program) 
 ``jax.eval_shape`` (``jax.ShapeDtypeStruct`` leaves, nothing allocated: the ``like`` a
 checkpoint restore reads into, or a plan of an 8192-d model). The builder's static result
 (an ``nnx.GraphDef``, sizes) is not an array, so it is kept from the trace.
+
+Given ``shardings``, the program writes its arrays straight into them (``out_shardings``),
+as flax's and MaxText's examples build a train state: each device computes its own copy, so
+the state is never gathered on one device and copied to the others (on several hosts, each
+computes its devices' part), and no copy program is compiled.
 """
 
 from __future__ import annotations
@@ -23,10 +28,13 @@ from lmscale.models.registry import build_model
 Static = TypeVar("Static")
 
 
-def built_in_one_program(build: Callable[[], tuple[Static, Any]], *,
-                         abstract: bool = False) -> tuple[Static, Any]:
-    """``build() -> (static, arrays)`` traced once: (static, arrays computed by one jitted
-    program), or with ``abstract`` (static, the arrays' ``jax.ShapeDtypeStruct``s)."""
+def built_in_one_program(build: Callable[[], tuple[Static, Any]], *, abstract: bool = False,
+                         shardings: Callable[[Any], Any] | None = None) -> tuple[Static, Any]:
+    """``build() -> (static, arrays)``: (static, arrays computed by one jitted program), or
+    with ``abstract`` (static, the arrays' ``jax.ShapeDtypeStruct``s).
+
+    ``shardings``: a function from the arrays' shapes to their shardings (a matching tree);
+    the program then computes the arrays placed so (ignored with ``abstract``)."""
     statics: list[Static] = []
 
     @functools.wraps(build)  # the program is named after the builder (JAX_LOG_COMPILES, profiles)
@@ -35,7 +43,12 @@ def built_in_one_program(build: Callable[[], tuple[Static, Any]], *,
         statics.append(static)
         return tree
 
-    tree = jax.eval_shape(arrays) if abstract else jax.jit(arrays)()
+    if abstract:
+        tree = jax.eval_shape(arrays)
+    elif shardings is None:
+        tree = jax.jit(arrays)()
+    else:
+        tree = jax.jit(arrays, out_shardings=shardings(jax.eval_shape(arrays)))()
     return statics[0], tree
 
 

@@ -146,9 +146,9 @@ def compile_step(config: ml_collections.ConfigDict, vocab_size: int = BYTE_VOCAB
     config = with_global_batch(config, mesh.size)
     lr = scaled_lr(config.optim, config.train.batch_size)
     decay = max(config.optim.decay_steps or config.train.steps, config.optim.warmup_steps + 1)
-    setup = build_train_setup(config, vocab_size, decay_steps=decay, lr=lr)
-    step, shardings = jit_train_step(setup, mesh)  # dropout as the model config says
-    state = jax.device_put(setup.state, shardings)
+    setup = build_train_setup(config, vocab_size, decay_steps=decay, lr=lr, mesh=mesh)
+    step, _ = jit_train_step(setup, mesh)  # dropout as the model config says
+    state = setup.state
     rows = mesh_lib.batch_sharded(mesh)
     host = random_batch(config.train.batch_size, step_width(config.train), vocab_size,
                         seed=config.seed, reset_every=reset_every)

@@ -37,7 +37,7 @@ from lmscale.training.loss import bits_per_char
 from lmscale.training.best import BestKeeper
 from lmscale.training.metrics import MetricsWriter, add_perplexity
 from lmscale.training.ntasgd import NTASGDMonitor, eval_params, switch_on
-from lmscale.training.precision import print_compute_hint
+from lmscale.training.precision import LossScale, print_compute_hint
 from lmscale.training.setup import build_train_setup, jit_train_step
 from lmscale.training.state import host_zeros, zero_acc
 from lmscale.training.steps import make_eval_step
@@ -90,8 +90,10 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     derived = derive(config, batcher.steps_per_epoch)
     if saved is not None:
         derived = resumed_derived(derived, saved, config)
+    # A resumed run restores into the state's shapes: its initial state is never computed.
     setup = build_train_setup(config, vocab_size, decay_steps=derived["decay_steps"], lr=derived["lr"],
-                              byte_lengths=byte_lengths, lr_drop_steps=derived.get("lr_drop_steps", ()))
+                              byte_lengths=byte_lengths, lr_drop_steps=derived.get("lr_drop_steps", ()),
+                              abstract=saved is not None, mesh=mesh)
     graphdef, state = setup.graphdef, setup.state
     initial_carry = nnx.merge(graphdef, state.params).initial_carry  # reads shapes, not params
     derived.update(dataset=os.path.abspath(dataset.path), devices=mesh.size,
@@ -104,7 +106,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     signature = model_signature(config, tokenizer.to_dict(), vocab_size,
                                 carries=bool(jax.tree.leaves(state.carry)))
     if saved is not None:
-        fresh_scale, like = state.loss_scale, state
+        like = state
 
         def restore(step: int) -> tuple[Any, dict[str, Any]]:
             meta = checkpointer.read_meta(step)
@@ -115,9 +117,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         if saved.get("precision") != config.precision.compute:
             # A new precision starts its own loss scale (float16: loss_scale_init, not the
             # inert 1 of a float32/bfloat16 checkpoint).
+            fresh_scale = LossScale.for_precision(setup.policy, config.precision)
             state = state.replace(loss_scale=jax.device_put(fresh_scale, shardings.loss_scale))
-    else:
-        state = jax.device_put(state, shardings)
     start = int(jax.device_get(state.step))
     if is_main:
         print_compute_hint(config.precision.compute, mesh.devices.flat[0])

@@ -2,7 +2,9 @@
 
 Shared by the training loop and the plan tool, so that what ``plan`` compiles is exactly
 what ``train`` runs. ``abstract=True`` builds the state as shapes only (``jax.eval_shape``),
-so a 8192-d model can be planned without allocating it.
+so a 8192-d model can be planned without allocating it, and a resumed run restores into
+shapes without computing an initial state it would discard. Given the ``mesh``, the initial
+state is computed straight into its training shardings.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ BATCH_KEYS = ("inputs", "targets", "weights", "resets")
 class TrainSetup:
     policy: Policy
     graphdef: nnx.GraphDef
-    state: TrainState  # concrete (unsharded) or abstract (ShapeDtypeStructs)
+    state: TrainState  # concrete (on the mesh given, else the default device) or abstract (ShapeDtypeStructs)
     tx: optax.GradientTransformation
     schedule: optax.Schedule
     dropout: bool = False  # whether any dropout of the model is on (training)
@@ -49,12 +51,15 @@ class TrainSetup:
 def build_train_setup(config: ml_collections.ConfigDict, vocab_size: int, *, decay_steps: int,
                       lr: float, abstract: bool = False,
                       byte_lengths: np.ndarray | None = None,
-                      lr_drop_steps: tuple[int, ...] | list[int] = ()) -> TrainSetup:
+                      lr_drop_steps: tuple[int, ...] | list[int] = (),
+                      mesh: Mesh | None = None) -> TrainSetup:
     """Model in the config's compute dtype, optax chain, and the initial state.
 
     ``config.train.batch_size`` must already be the global batch (``with_global_batch``).
     ``byte_lengths``: the tokenizer's bytes per id, for bits per character (None: 1 per id).
     ``lr_drop_steps``: ``derived["lr_drop_steps"]`` (optim.lr_drop_epochs in steps).
+    ``mesh``: the state is computed placed as the train step takes it (``state_shardings``);
+    None: on the default device.
     """
     policy = Policy.from_compute(config.precision.compute)
     variable = bool(config.train.variable_bptt)
@@ -67,7 +72,8 @@ def build_train_setup(config: ml_collections.ConfigDict, vocab_size: int, *, dec
         loss_scale = LossScale.for_precision(policy, config.precision)
         return create_state(model, tx, config.train.batch_size, config.seed, loss_scale)
 
-    graphdef, state = built_in_one_program(initial_train_state, abstract=abstract)
+    placed = None if mesh is None else (lambda shapes: state_shardings(shapes, mesh))
+    graphdef, state = built_in_one_program(initial_train_state, abstract=abstract, shardings=placed)
     return TrainSetup(policy=policy, graphdef=graphdef, state=state, tx=tx, schedule=schedule,
                       dropout=uses_dropout(config.model), byte_lengths=byte_lengths,
                       lr_length_base=config.train.seq_len if variable else 0,

@@ -47,3 +47,20 @@ def test_finetune_state_is_one_program_with_the_precisions_loss_scale(tmp_path):
     assert jax.tree.structure(eager) == jax.tree.structure(state.opt_state)
     for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(state.opt_state)):
         np.testing.assert_array_equal(np.asarray(b), np.asarray(a))
+
+
+def test_finetune_state_placed_on_the_mesh_or_as_shapes(tmp_path):
+    from lmscale.training import mesh as mesh_lib
+    config = tiny_config(str(tmp_path / "unused.txt"))
+    _, params, _ = init_classifier(config, 257, 3, jnp.float32)
+    tx, policy, mesh = optax.adam(1e-3), Policy.from_compute("float32"), mesh_lib.make_mesh()
+    with lowered_programs() as built:
+        placed = init_finetune_state(config, policy, tx, params, mesh)
+    assert len(built) == 1, built
+    assert all(x.sharding == mesh_lib.replicated(mesh) for x in jax.tree.leaves(placed))
+    with lowered_programs() as built:
+        shapes = init_finetune_state(config, policy, tx, params, mesh, abstract=True)
+    assert built == []
+    assert jax.tree.structure(shapes) == jax.tree.structure(placed)
+    for s, x in zip(jax.tree.leaves(shapes), jax.tree.leaves(placed)):
+        assert isinstance(s, jax.ShapeDtypeStruct) and (s.shape, s.dtype) == (x.shape, x.dtype)

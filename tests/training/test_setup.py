@@ -36,3 +36,47 @@ def test_initial_state_is_built_by_one_program(overrides, tmp_path):
     own = nnx.state(build_model(config.model, 257, rngs=nnx.Rngs(config.seed)), nnx.Param)
     for a, b in zip(jax.tree.leaves(own), leaves):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6, atol=1e-7)
+
+
+_PLACED = r"""
+import json
+import jax, numpy as np
+from lmscale.training import mesh as mesh_lib
+from lmscale.training.setup import build_train_setup
+from lmscale.training.state import state_shardings
+from tests.conftest import lowered_programs, tiny_config
+
+mesh = mesh_lib.make_mesh()
+config = tiny_config("unused.txt", **{"train.batch_size": 8})
+with lowered_programs() as built:
+    placed = build_train_setup(config, 257, decay_steps=10, lr=1e-3, mesh=mesh).state
+jax.block_until_ready(placed)
+plain = build_train_setup(config, 257, decay_steps=10, lr=1e-3).state
+want = state_shardings(plain, mesh)
+print(json.dumps({
+    "programs": built,
+    "shardings": all(a.sharding == s for a, s in zip(jax.tree.leaves(placed), jax.tree.leaves(want))),
+    "carry_rows": sorted({s.data.shape[0] for x in jax.tree.leaves(placed.carry) for s in x.addressable_shards}),
+    "equal": all(np.array_equal(np.asarray(a), np.asarray(b))
+                 for a, b in zip(jax.tree.leaves(placed), jax.tree.leaves(plain)))}))
+"""
+
+
+def test_initial_state_is_computed_on_the_mesh_by_one_program():
+    """Given the mesh, the one program writes the state into the step's shardings (params
+    replicated, the carry's rows split over the devices): no copy from one device to the
+    others afterwards (on several devices that was a second program, ``_multi_slice``)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from tests.conftest import REPO
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+           "JAX_PLATFORMS": "cpu"}
+    run = subprocess.run([sys.executable, "-c", _PLACED], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["programs"] == ["jit(initial_train_state)"], out
+    assert out["shardings"] and out["equal"], out
+    assert out["carry_rows"] == [2], out  # 8 rows over 4 devices
