@@ -1,0 +1,92 @@
+"""What a user waits for, and the memory it takes, when a run resumes: whole `lmscale.train`
+processes continuing a run by one step, optionally against another checkout of lmscale.
+
+    python benchmarks/resume.py --config=configs/mlstm4096.py --rounds 3 \
+        [--before /tmp/old_checkout] [--set train.batch_size=2 --set ...]
+
+One run of ``--config`` (with each ``--set`` as a ``--config.`` override) is trained for ``--steps`` steps into a temporary workdir (its data
+prepared there once). Each round then copies that workdir afresh for each side and times a
+process of ``python -m lmscale.train`` that resumes it and trains one more step (restore,
+compile or cache read, the step, the final evaluation and checkpoint). The sides take turns
+in each round (this VM's speed drifts over minutes): this checkout, and with ``--before`` the
+checkout at that path (run with it as the working directory, so its ``lmscale`` is the one
+imported). Per process: wall seconds and peak resident memory (the child's ``ru_maxrss``).
+Prints each round and the medians; appends one JSON line per side to benchmarks/results.jsonl.
+The compilation cache is the user's default, so after the first round the step is read back.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app, flags
+
+from lmscale.training.bench import append_jsonl, git_commit, host_info
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+_CONFIG = flags.DEFINE_string("config", None, "Run config file.")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "Rounds; each resumes once per side.", lower_bound=1)
+_STEPS = flags.DEFINE_integer("steps", 1, "Steps of the run that is resumed.", lower_bound=1)
+_BEFORE = flags.DEFINE_string("before", "", "Another lmscale checkout to compare with.")
+_SET = flags.DEFINE_multi_string("set", [], "A config override, e.g. train.batch_size=2.")
+_OUT = flags.DEFINE_string("out", os.path.join(HERE, "results.jsonl"), "JSON lines appended here.")
+flags.mark_flags_as_required(["config"])
+
+
+def train_process(cwd: str, args: list[str]) -> tuple[float, int]:
+    """(wall seconds, peak RSS bytes) of one ``python -m lmscale.train`` process run in ``cwd``."""
+    with tempfile.TemporaryFile("w+") as log:
+        start = time.perf_counter()
+        child = subprocess.Popen([sys.executable, "-m", "lmscale.train", *args], cwd=cwd,
+                                 stdout=subprocess.DEVNULL, stderr=log)
+        _, status, usage = os.wait4(child.pid, 0)  # the child's own rusage
+        wall = time.perf_counter() - start
+        if os.waitstatus_to_exitcode(status):
+            log.seek(0)
+            raise SystemExit(f"lmscale.train in {cwd} failed:\n{log.read()[-3000:]}")
+    return wall, usage.ru_maxrss * 1024
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    overrides = [f"--config.{o}" for o in _SET.value]
+    common = [f"--config={os.path.abspath(_CONFIG.value)}", "--config.train.eval_every=0",
+              "--config.train.eval_steps=1", "--config.train.progress_bar=False", *overrides]
+    sides = {"this": REPO, **({"before": os.path.abspath(_BEFORE.value)} if _BEFORE.value else {})}
+    walls: dict[str, list[float]] = {s: [] for s in sides}
+    peaks: dict[str, list[int]] = {s: [] for s in sides}
+    with tempfile.TemporaryDirectory() as folder:
+        base = os.path.join(folder, "base")
+        train_process(REPO, [*common, f"--workdir={base}", f"--config.train.steps={_STEPS.value}"])
+        for r in range(_ROUNDS.value):
+            order = list(sides) if r % 2 == 0 else list(reversed(sides))
+            for side in order:
+                workdir = os.path.join(folder, side)
+                shutil.rmtree(workdir, ignore_errors=True)
+                shutil.copytree(base, workdir)
+                wall, peak = train_process(sides[side], [
+                    *common, f"--workdir={workdir}", f"--config.train.steps={_STEPS.value + 1}"])
+                walls[side].append(wall)
+                peaks[side].append(peak)
+                print(f"round {r + 1} {side}: {wall:.2f} s, peak RSS {peak / 2**30:.2f} GiB", flush=True)
+    info = {k: v for k, v in host_info().items() if k != "devices"}  # this process's, not the runs'
+    for side, path in sides.items():
+        record = {"benchmark": "resume", "config": _CONFIG.value, "overrides": overrides,
+                  "side": side, "commit": git_commit(path), "wall_s": walls[side],
+                  "median_wall_s": statistics.median(walls[side]),
+                  "peak_rss_bytes": peaks[side], "date": time.strftime("%Y-%m-%d %H:%M"),
+                  **info}
+        append_jsonl(record, _OUT.value)
+        print(f"{side} ({record['commit']}): median {record['median_wall_s']:.2f} s, "
+              f"peak RSS {max(peaks[side]) / 2**30:.2f} GiB max")
+
+
+if __name__ == "__main__":
+    app.run(main)
