@@ -68,14 +68,6 @@ def batch_arrays(batcher: StreamBatcher, step: int, rows: tuple[int, int],
     return mesh_lib.tree_put_global(_local(batcher, step, rows), sharding, batcher.batch_size)
 
 
-def batch_shapes(batcher: StreamBatcher, rows: tuple[int, int],
-                 sharding: jax.sharding.NamedSharding) -> dict[str, jax.ShapeDtypeStruct]:
-    """The global shapes, dtypes and sharding of :func:`batch_arrays` (step 0's: every step's
-    when the length is fixed), to compile the step ahead (``training/ahead.py``)."""
-    return {k: jax.ShapeDtypeStruct((batcher.batch_size, *v.shape[1:]), v.dtype, sharding=sharding)
-            for k, v in _local(batcher, 0, rows).items()}
-
-
 def padded_batch(batcher: StreamBatcher, step: int, rows: tuple[int, int], padded: int,
                  sharding: jax.sharding.NamedSharding) -> dict[str, jax.Array]:
     """Like :func:`batch_arrays` for a global batch of ``padded`` >= ``batcher.batch_size``

@@ -31,8 +31,7 @@ from lmscale.training.resume import (PROVENANCE_KEYS, archive_previous_run, chec
                                      keep_config_history, provenance, resumed_derived)
 from lmscale.training.stop import StopSignal
 from lmscale.training.data_source import resolve_dataset, train_batcher
-from lmscale.training.ahead import CompiledAhead, shapes_of
-from lmscale.training.evaluate import batch_arrays, batch_shapes, evaluate_split
+from lmscale.training.evaluate import batch_arrays, evaluate_split
 from lmscale.training.in_flight import InFlight
 from lmscale.training.loss import bits_per_char
 from lmscale.training.best import BestKeeper
@@ -103,13 +102,6 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                                                              config.train.seq_len),
                    precision=str(setup.policy), **provenance(workdir, saved))
     train_step, shardings = jit_train_step(setup, mesh)
-    train_rows = mesh_lib.local_rows(mesh, config.train.batch_size)
-    # Compiled while the run restores and writes its records (training/ahead.py), if it has
-    # steps to run; variable BPTT's first length is not known ahead.
-    steps_left = saved is None or (checkpointer.latest_step() or 0) < derived["steps"]
-    ahead = None if config.train.variable_bptt or not steps_left else CompiledAhead(
-        train_step, shapes_of(state, shardings),
-        batch_shapes(batcher, train_rows, mesh_lib.batch_sharded(mesh)))
 
     signature = model_signature(config, tokenizer.to_dict(), vocab_size,
                                 carries=bool(jax.tree.leaves(state.carry)))
@@ -144,6 +136,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     rows_sharding = mesh_lib.batch_sharded(mesh)
     replicated = mesh_lib.replicated(mesh)
     eval_step = jax.jit(make_eval_step(graphdef, byte_lengths))
+    train_rows = mesh_lib.local_rows(mesh, config.train.batch_size)
 
     steps = derived["steps"]
     if is_main:
@@ -174,8 +167,6 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     timer_start, timed_steps = time.perf_counter(), 0
     step = start
     in_flight = InFlight()  # bounded async dispatch (see in_flight.py)
-    if ahead is not None:
-        ahead.wait()
     with StopSignal(config.train.stop_sync_every) as stop:
         while step < steps and not stop.should_stop(step):
             batch = batch_arrays(batcher, step, train_rows, rows_sharding)

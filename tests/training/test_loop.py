@@ -47,16 +47,13 @@ def test_resume_equals_uninterrupted(tmp_path, corpus):
     # decay_steps fixed so that the first half of the split run has the same schedule.
     overrides = {"optim.decay_steps": 12, "model.dropout": 0.0}
     full = str(tmp_path / "full")
-    with lowered_programs() as fresh:
-        train(tiny_config(corpus, **overrides), full)
+    train(tiny_config(corpus, **overrides), full)
     split_run = str(tmp_path / "split")
     train(tiny_config(corpus, **overrides, **{"train.steps": 6}), split_run)
     with lowered_programs() as built:
         train(tiny_config(corpus, **overrides), split_run)
     # the resumed run restores into the state's shapes: its initial state is never computed
     assert built and not [name for name in built if "initial_train_state" in name], built
-    # the step compiled ahead (training/ahead.py) is the one the loop runs: lowered once
-    assert fresh.count("jit(train_step)") == 1 and built.count("jit(train_step)") == 1, (fresh, built)
     a = strip(read_metrics(full))
     b = [r for r in strip(read_metrics(split_run)) if not (r["step"] == 6 and r["split"] == "val")]
     assert a == b  # bitwise: floats compared exactly
