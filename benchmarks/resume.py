@@ -12,7 +12,8 @@ in each round (this VM's speed drifts over minutes): this checkout, and with ``-
 checkout at that path (run with it as the working directory, so its ``lmscale`` is the one
 imported). Per process: wall seconds and peak resident memory (the child's ``ru_maxrss``).
 Prints each round and the medians; appends one JSON line per side to benchmarks/results.jsonl.
-The compilation cache is the user's default, so after the first round the step is read back.
+The compilation cache is the user's default, so after the first round the step is read back;
+``LMSCALE_COMPILE_CACHE=off`` in the environment times cold compiles (recorded in the line).
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ def main(argv: list[str]) -> None:
                   "side": side, "commit": git_commit(path), "wall_s": walls[side],
                   "median_wall_s": statistics.median(walls[side]),
                   "peak_rss_bytes": peaks[side], "date": time.strftime("%Y-%m-%d %H:%M"),
+                  "LMSCALE_COMPILE_CACHE": os.environ.get("LMSCALE_COMPILE_CACHE"),
                   **info}
         append_jsonl(record, _OUT.value)
         print(f"{side} ({record['commit']}): median {record['median_wall_s']:.2f} s, "
