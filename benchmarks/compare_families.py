@@ -21,7 +21,8 @@ import json
 import os
 import platform
 import subprocess
-import sys
+
+from lmscale.training.bench import train_process
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS = {
@@ -37,14 +38,12 @@ RUNS = {
 
 def run(args: list[str], workdir: str, steps: int, text: str) -> dict:
     """Trains one run to ``steps``; returns its CPU seconds and last records."""
-    cmd = [sys.executable, "-m", "lmscale.train", *args, f"--workdir={workdir}",
-           f"--config.data.train={text}", f"--config.train.steps={steps}",
-           f"--config.train.eval_every={max(steps // 4, 1)}", "--config.train.progress_bar=False",
-           f"--config.checkpoint.every={steps}", f"--config.optim.decay_steps={steps}"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr.read().decode()[-3000:]}")
+    _, usage = train_process([*args, f"--workdir={workdir}",
+                              f"--config.data.train={text}", f"--config.train.steps={steps}",
+                              f"--config.train.eval_every={max(steps // 4, 1)}",
+                              "--config.train.progress_bar=False",
+                              f"--config.checkpoint.every={steps}",
+                              f"--config.optim.decay_steps={steps}"], REPO)
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         records = [json.loads(line) for line in f]
     val = [r for r in records if r["split"] == "val"]

@@ -21,14 +21,12 @@ from __future__ import annotations
 import os
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 
 from absl import app, flags
 
-from lmscale.training.bench import append_jsonl, git_commit, host_info
+from lmscale.training.bench import append_jsonl, git_commit, host_info, train_process
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -41,20 +39,6 @@ _OUT = flags.DEFINE_string("out", os.path.join(HERE, "results.jsonl"), "JSON lin
 flags.mark_flags_as_required(["config"])
 
 
-def train_process(cwd: str, args: list[str]) -> tuple[float, int]:
-    """(wall seconds, peak RSS bytes) of one ``python -m lmscale.train`` process run in ``cwd``."""
-    with tempfile.TemporaryFile("w+") as log:
-        start = time.perf_counter()
-        child = subprocess.Popen([sys.executable, "-m", "lmscale.train", *args], cwd=cwd,
-                                 stdout=subprocess.DEVNULL, stderr=log)
-        _, status, usage = os.wait4(child.pid, 0)  # the child's own rusage
-        wall = time.perf_counter() - start
-        if os.waitstatus_to_exitcode(status):
-            log.seek(0)
-            raise SystemExit(f"lmscale.train in {cwd} failed:\n{log.read()[-3000:]}")
-    return wall, usage.ru_maxrss * 1024
-
-
 def main(argv: list[str]) -> None:
     del argv
     overrides = [f"--config.{o}" for o in _SET.value]
@@ -65,15 +49,16 @@ def main(argv: list[str]) -> None:
     peaks: dict[str, list[int]] = {s: [] for s in sides}
     with tempfile.TemporaryDirectory() as folder:
         base = os.path.join(folder, "base")
-        train_process(REPO, [*common, f"--workdir={base}", f"--config.train.steps={_STEPS.value}"])
+        train_process([*common, f"--workdir={base}", f"--config.train.steps={_STEPS.value}"], REPO)
         for r in range(_ROUNDS.value):
             order = list(sides) if r % 2 == 0 else list(reversed(sides))
             for side in order:
                 workdir = os.path.join(folder, side)
                 shutil.rmtree(workdir, ignore_errors=True)
                 shutil.copytree(base, workdir)
-                wall, peak = train_process(sides[side], [
-                    *common, f"--workdir={workdir}", f"--config.train.steps={_STEPS.value + 1}"])
+                wall, usage = train_process([*common, f"--workdir={workdir}",
+                                             f"--config.train.steps={_STEPS.value + 1}"], sides[side])
+                peak = usage.ru_maxrss * 1024  # Linux reports KiB
                 walls[side].append(wall)
                 peaks[side].append(peak)
                 print(f"round {r + 1} {side}: {wall:.2f} s, peak RSS {peak / 2**30:.2f} GiB", flush=True)

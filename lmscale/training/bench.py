@@ -32,6 +32,8 @@ import json
 import os
 import platform
 import subprocess
+import sys
+import tempfile
 import time
 from typing import Any
 
@@ -243,6 +245,25 @@ def time_loop(config: ml_collections.ConfigDict, workdir: str, steps: int = 20) 
     [record] = [r for r in read_metrics(workdir) if r["split"] == "train" and r["step"] == 2 * steps]
     return {"steps": steps, "chars_per_s": record["chars_per_s"],
             "tokens_per_s": record["tokens_per_s"], "step_s": 1.0 / record["steps_per_s"]}
+
+
+def train_process(args: list[str], cwd: str) -> tuple[float, Any]:
+    """(wall seconds, resource usage) of one ``python -m lmscale.train ARGS`` process run in
+    ``cwd`` (whose ``lmscale`` it imports). The usage is the child's own (``os.wait4``): its
+    CPU seconds and peak resident memory, fair on a shared machine where wall time is not.
+    Its stderr goes to a file, so a chatty run cannot fill a pipe and stall; a failed run
+    exits with the command and that stderr's tail."""
+    with tempfile.TemporaryFile("w+") as log:
+        start = time.perf_counter()
+        child = subprocess.Popen([sys.executable, "-m", "lmscale.train", *args], cwd=cwd,
+                                 stdout=subprocess.DEVNULL, stderr=log)
+        _, status, usage = os.wait4(child.pid, 0)
+        wall = time.perf_counter() - start
+        if os.waitstatus_to_exitcode(status):
+            log.seek(0)
+            raise SystemExit(f"lmscale.train {' '.join(args)} (in {cwd}) failed:\n"
+                             f"{log.read()[-3000:]}")
+    return wall, usage
 
 
 def git_commit(path: str | None = None) -> str:
