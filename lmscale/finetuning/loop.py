@@ -33,6 +33,7 @@ from lmscale.finetuning.data import Encoded, TrainBatches, class_weights_from, e
 from lmscale.finetuning.head import init_classifier
 from lmscale.finetuning.predict import predict_probs, put_batch, write_predictions
 from lmscale.finetuning.steps import BATCH_KEYS, make_finetune_step, make_predict_fn, zero_acc
+from lmscale.models import built_in_one_program
 from lmscale.pretrained.preprocess import preprocessor_for
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.checkpoints import Checkpointer, check_same_model
@@ -41,7 +42,7 @@ from lmscale.training.optimizer import make_finetune_optimizer
 from lmscale.training.in_flight import InFlight
 from lmscale.training.precision import LossScale, Policy, print_compute_hint
 from lmscale.training.restore import TrainedLM, load_trained
-from lmscale.training.state import TrainState, host_zeros, initial_state, state_shardings
+from lmscale.training.state import TrainState, host_zeros, initial_state, placed_on, state_shardings
 from lmscale.training.stop import StopSignal
 from lmscale.transfer.labeled import Labeled, check_labels, load_labeled
 from lmscale.transfer.metrics import (METRICS, better, classification_metrics, format_table,
@@ -100,15 +101,13 @@ def init_finetune_state(config: ml_collections.ConfigDict, policy: Policy,
 
     ``mesh``: computed placed as the step takes it (``state_shardings``); ``abstract``: shapes
     only, what a resumed run restores into."""
-    def initial_finetune_state(params: Any) -> TrainState:
-        return initial_state(params, tx, carry=(), seed=config.seed, acc=zero_acc(),
-                             loss_scale=LossScale.for_precision(policy, config.precision))
+    def initial_finetune_state(params: Any) -> tuple[None, TrainState]:
+        return None, initial_state(params, tx, carry=(), seed=config.seed, acc=zero_acc(),
+                                   loss_scale=LossScale.for_precision(policy, config.precision))
 
-    shapes = jax.eval_shape(initial_finetune_state, params)
-    if abstract:
-        return shapes
-    shardings = None if mesh is None else state_shardings(shapes, mesh)
-    return jax.jit(initial_finetune_state, out_shardings=shardings)(params)
+    _, state = built_in_one_program(initial_finetune_state, params, abstract=abstract,
+                                    shardings=placed_on(mesh))
+    return state
 
 
 def _assign_lm(params: Any, lm_params: Any) -> Any:

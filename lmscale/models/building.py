@@ -28,27 +28,29 @@ from lmscale.models.registry import build_model
 Static = TypeVar("Static")
 
 
-def built_in_one_program(build: Callable[[], tuple[Static, Any]], *, abstract: bool = False,
-                         shardings: Callable[[Any], Any] | None = None) -> tuple[Static, Any]:
-    """``build() -> (static, arrays)``: (static, arrays computed by one jitted program), or
-    with ``abstract`` (static, the arrays' ``jax.ShapeDtypeStruct``s).
+def built_in_one_program(build: Callable[..., tuple[Static, Any]], *args: Any,
+                         abstract: bool = False, shardings: Callable[[Any], Any] | None = None
+                         ) -> tuple[Static, Any]:
+    """``build(*args) -> (static, arrays)``: (static, arrays computed by one jitted program),
+    or with ``abstract`` (static, the arrays' ``jax.ShapeDtypeStruct``s). ``args``: arrays the
+    program takes as inputs (not constants baked into it).
 
     ``shardings``: a function from the arrays' shapes to their shardings (a matching tree);
     the program then computes the arrays placed so (ignored with ``abstract``)."""
     statics: list[Static] = []
 
     @functools.wraps(build)  # the program is named after the builder (JAX_LOG_COMPILES, profiles)
-    def arrays() -> Any:
-        static, tree = build()
+    def arrays(*args: Any) -> Any:
+        static, tree = build(*args)
         statics.append(static)
         return tree
 
     if abstract:
-        tree = jax.eval_shape(arrays)
+        tree = jax.eval_shape(arrays, *args)
     elif shardings is None:
-        tree = jax.jit(arrays)()
+        tree = jax.jit(arrays)(*args)
     else:
-        tree = jax.jit(arrays, out_shardings=shardings(jax.eval_shape(arrays)))()
+        tree = jax.jit(arrays, out_shardings=shardings(jax.eval_shape(arrays, *args)))(*args)
     return statics[0], tree
 
 

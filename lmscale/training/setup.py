@@ -24,7 +24,7 @@ from lmscale.models import build_model, built_in_one_program, uses_dropout
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.optimizer import make_optimizer
 from lmscale.training.precision import LossScale, Policy
-from lmscale.training.state import TrainState, create_state, state_shardings
+from lmscale.training.state import TrainState, create_state, placed_on, state_shardings
 from lmscale.training.steps import make_train_step
 
 BATCH_KEYS = ("inputs", "targets", "weights", "resets")
@@ -72,8 +72,8 @@ def build_train_setup(config: ml_collections.ConfigDict, vocab_size: int, *, dec
         loss_scale = LossScale.for_precision(policy, config.precision)
         return create_state(model, tx, config.train.batch_size, config.seed, loss_scale)
 
-    placed = None if mesh is None else (lambda shapes: state_shardings(shapes, mesh))
-    graphdef, state = built_in_one_program(initial_train_state, abstract=abstract, shardings=placed)
+    graphdef, state = built_in_one_program(initial_train_state, abstract=abstract,
+                                           shardings=placed_on(mesh))
     return TrainSetup(policy=policy, graphdef=graphdef, state=state, tx=tx, schedule=schedule,
                       dropout=uses_dropout(config.model), byte_lengths=byte_lengths,
                       lr_length_base=config.train.seq_len if variable else 0,

@@ -72,3 +72,9 @@ def state_shardings(state: TrainState, mesh: Mesh) -> TrainState:
     rep, rows = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
     shardings = jax.tree.map(lambda _: rep, state)
     return shardings.replace(carry=jax.tree.map(lambda _: rows, state.carry))
+
+
+def placed_on(mesh: Mesh | None) -> Callable[[TrainState], TrainState] | None:
+    """``state_shardings`` on ``mesh``, as ``models.built_in_one_program``'s ``shardings``
+    (None without a mesh: the state stays on the default device)."""
+    return None if mesh is None else (lambda shapes: state_shardings(shapes, mesh))
