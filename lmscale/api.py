@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lmscale.training import mesh as mesh_lib
 from lmscale.training.loss import bits_per_char
 from lmscale.training.restore import TrainedLM, load_trained
 from lmscale.transfer.featurize import encode_texts, featurize
@@ -89,7 +90,8 @@ class LM:
         counted = _counted_lookup(targets, plan)
         t, pad = 128, self.trained.tokenizer.pad_id or 0
         slots = packing.ends_per_chunk(plan, t) + 1  # t + 1 columns hold one more end
-        carry = self._put(self.trained.model().initial_carry(rows))
+        carry = mesh_lib.zero_carry(self.trained.model().initial_carry, rows,
+                                    mesh_lib.batch_sharded(self.trained.mesh))
         nats = np.zeros(len(ids), np.float64)
         for offset in range(0, plan.width, t):
             # t + 1 columns: the inputs and, one further, the targets
@@ -119,7 +121,6 @@ class LM:
         return nats
 
     def _put(self, a: Any) -> Any:
-        from lmscale.training import mesh as mesh_lib
         return jax.device_put(a, mesh_lib.batch_sharded(self.trained.mesh))
 
     def _add_nats(self, nats: np.ndarray, carry: Any, grid: Any, scored: np.ndarray) -> Any:

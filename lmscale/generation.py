@@ -45,7 +45,7 @@ def _sampler(graphdef: nnx.GraphDef, length: int, temperature: float, top_k: int
              neuron: int | None, value: float, state: str, banned: int | None) -> Callable:
     """The jitted prompt-then-sample program; cached, so that generating again with the same
     model and settings reuses the compiled program (jit caches per function object)."""
-    def run(params: Any, prepared: Any, prompt: jax.Array, key: jax.Array) -> jax.Array:
+    def run(params: Any, prepared: Any, prompt: jax.Array, seed: jax.Array) -> jax.Array:
         # ``prepared``: the weights as the step reads them (``prepared_weights``), made
         # outside: XLA does not hoist that work out of the loops below, and per token it cost
         # more than the step itself (a 4096-unit mLSTM: 136 -> 17 ms a token).
@@ -68,7 +68,8 @@ def _sampler(graphdef: nnx.GraphDef, length: int, temperature: float, top_k: int
         # last sample. Step i feeds prompt[i] while i < P, else a token sampled from the last
         # logits with key i - P (the same tokens as two scans); the last sample is drawn after
         # the scan.
-        first, keys = prompt.shape[1], jax.random.split(key, length)
+        # The key is made here, not eagerly by the caller (one small program fewer a process).
+        first, keys = prompt.shape[1], jax.random.split(jax.random.PRNGKey(seed), length)
         padded = jnp.pad(prompt.T, ((0, length - 1), (0, 0)))  # [P + length - 1, B]: the steps
 
         def step(carry: tuple[Any, jax.Array], i: jax.Array) -> tuple[tuple[Any, jax.Array], jax.Array]:
@@ -122,8 +123,9 @@ def generate(lm: TrainedLM, prompt: str, length: int = 200, *, temperature: floa
                         f"max_len {model.max_len}; ask for at most {max(model.max_len - len(ids), 0)}")
     fn = _sampler(lm.graphdef, length, float(temperature), int(top_k), float(top_p), neuron,
                   float(neuron_value), neuron_state, lm.tokenizer.pad_id)
-    prompts = jnp.asarray(np.tile(ids, (samples, 1)))
-    tokens = np.asarray(fn(lm.params, prepared_weights(lm), prompts, jax.random.PRNGKey(seed)))
+    prompts = np.tile(ids, (samples, 1))  # numpy: jnp.asarray would be a program of its own
+    # uint32 seed: the key PRNGKey(seed) makes of any Python int (it keeps the low 32 bits)
+    tokens = np.asarray(fn(lm.params, prepared_weights(lm), prompts, np.uint32(seed % 2**32)))
     head = lm.tokenizer.decode(ids)
     return [prompt + _continuation(lm.tokenizer, ids, row, head) for row in tokens]
 

@@ -82,3 +82,50 @@ def test_transformer_scores_texts_in_batches_as_one_by_one():
             logp = np.asarray(jax.nn.log_softmax(model(window[None, :-1], None)[0][0], axis=-1))
             nats -= logp[np.arange(len(window) - 1), window[1:]].sum()
         np.testing.assert_allclose(got, nats / (len(ids) - 1) / math.log(2), rtol=1e-5)
+
+
+_TOOL_PROGRAMS = r"""
+import json, os, sys, tempfile
+from lmscale.api import LM
+from lmscale.generation import generate
+from lmscale.training.restore import evaluate_data
+from lmscale.transfer.featurize import featurize, unit_trace
+from tests.conftest import lowered_programs
+from tests.transfer.conftest import random_lm
+
+lm = random_lm(hidden=19)
+texts = ["a short text", "and another, a little longer"]
+corpus = os.path.join(tempfile.mkdtemp(), "eval.txt")
+with open(corpus, "w") as f:
+    f.write("the cat sat on the mat. " * 40)
+calls = {"generate": lambda: generate(lm, "The", 5, samples=3, seed=7),
+         "featurize": lambda: featurize(lm, texts),
+         "unit_trace": lambda: unit_trace(lm, texts[1], 3),
+         "score": lambda: LM(lm).score(texts),
+         "evaluate": lambda: evaluate_data(lm, corpus, batch_size=3, seq_len=11)}
+out = {}
+for name, call in calls.items():
+    with lowered_programs() as built:
+        call()
+    out[name] = built
+print(json.dumps(out))
+"""
+
+
+def test_each_call_compiles_only_its_own_programs():
+    """In a fresh process, generating, featurizing, tracing a unit, scoring and evaluating
+    each lower only their jitted programs: the zero carry is filled on the host, the sampling
+    key is made inside the program, and token arrays go in as NumPy (an eager ``jnp.zeros``,
+    ``PRNGKey`` or ``jnp.asarray`` is a small program of its own; each was one before)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from tests.conftest import REPO
+    run = subprocess.run([sys.executable, "-c", _TOOL_PROGRAMS], cwd=REPO, capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out == {"generate": ["jit(prepare_decode)", "jit(run)"], "featurize": ["jit(fn)"],
+                   "unit_trace": ["jit(unit_values)"], "score": ["jit(_chunk_nats)"],
+                   "evaluate": ["jit(eval_step)"]}, out

@@ -7,9 +7,9 @@ below. A new family is one file that defines its module and registers its kind.
 The module interface (an ``nnx.Module``; all arrays batch-major):
 
 * ``initial_carry(batch_size) -> carry``: the state carried from one batch to the next of
-  the same rows (truncated BPTT). A pytree whose leaves all have the batch as their leading
-  axis (they are sharded along it), or ``()`` for a model that carries nothing (the
-  transformer).
+  the same rows (truncated BPTT), all zeros (callers may fill it on the host from its
+  shapes). A pytree whose leaves all have the batch as their leading axis (they are sharded
+  along it), or ``()`` for a model that carries nothing (the transformer).
 * ``__call__(tokens int32 [B, T], carry, resets bool [B, T] | None = None, *,
   dropout_key=None) -> (logits float32 [B, T, V], new carry)``. ``resets[b, t]`` starts a
   new segment before ``tokens[b, t]`` (a recurrent model zeroes its state, a transformer

@@ -167,7 +167,8 @@ class LMWeights:
                                                       rngs=nnx.Rngs(0), dtype=dtype))
         graphdef, state = nnx.split(abstract, nnx.Param)  # shapes only: no random init
         return nnx.merge(graphdef, jax.tree_util.tree_map_with_path(
-            lambda path, x: jnp.asarray(self.params[path_key(path)], x.dtype), state))
+            lambda path, x: jax.device_put(np.asarray(self.params[path_key(path)], x.dtype)),
+            state))  # device_put, not jnp.asarray: that compiles a copy program per shape
 
 
 def expected_shapes(kind: str, vocab: int, embed: int, hidden: int, layers: int,

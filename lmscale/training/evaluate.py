@@ -49,7 +49,7 @@ def evaluate_split(eval_step: Callable, params: Any, initial_carry: Callable[[in
     padded = -(-stream.batch_size // mesh.size) * mesh.size
     rows = mesh_lib.local_rows(mesh, padded)
     sharding = mesh_lib.batch_sharded(mesh)
-    carry = jax.device_put(jax.tree.map(np.asarray, initial_carry(padded)), sharding)
+    carry = mesh_lib.zero_carry(initial_carry, padded, sharding)
     sums, in_flight = [], InFlight()
     for k in range(steps):
         carry, s = eval_step(params, carry, padded_batch(stream, k, rows, padded, sharding))

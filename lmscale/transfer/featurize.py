@@ -115,7 +115,7 @@ def _featurize_packed(lm: TrainedLM, ids: list[np.ndarray], state: str, pooling:
     row_sharded = mesh_lib.batch_sharded(lm.mesh)
     step = _packed_chunk_fn(lm.graphdef, state, pooling, all_layers)
     prepared = prepared_weights(lm)  # weight norm and layouts once, not once per chunk
-    carry = jax.device_put(model.initial_carry(rows), row_sharded)
+    carry = mesh_lib.zero_carry(model.initial_carry, rows, row_sharded)
     acc = None
     if pooling != "last":
         acc = jax.device_put(np.zeros((layers, rows, model.feature_width), np.float32),
@@ -242,7 +242,7 @@ def unit_trace(lm: TrainedLM, text: str, unit: int, *, state: str | None = None,
     width = width if limit is None else min(width, limit)
     padded = np.full((1, width), lm.tokenizer.pad_id or 0, np.int32)
     padded[0, :len(ids)] = ids
-    values = _unit_fn(lm.graphdef, state)(lm.params, jnp.asarray(padded),
+    values = _unit_fn(lm.graphdef, state)(lm.params, padded,
                                           np.int32(layer % model.num_layers), np.int32(unit))
     per_token = np.asarray(values, np.float32)[:len(ids)]
     lengths = lm.tokenizer.byte_lengths()
