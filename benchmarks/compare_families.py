@@ -20,9 +20,8 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 
-from lmscale.training.bench import train_process
+from lmscale.training.bench import git_commit, train_process
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS = {
@@ -89,8 +88,7 @@ def main() -> None:
         steps = max(args.probe_steps, int((budget - fixed) / per_step))
         results[name] = run(RUNS[name], os.path.join(args.out, f"run_{tag}"), steps, args.text)
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
+    commit = git_commit()  # the library's checkout, "+dirty" if its code changed
     print("| model | steps | CPU s | val bpc (bits/byte) | val bits/token |\n|---|---|---|---|---|")
     with open(os.path.join(REPO, "benchmarks", "results.jsonl"), "a") as f:
         for name, r in results.items():
