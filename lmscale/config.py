@@ -190,7 +190,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.finetune.freeze_steps = 0  # the LM stays frozen (bit-identical) for the first this many steps
     c.finetune.lm_init = "pretrained"  # "pretrained": the LM starts from init_from's parameters; "random": same architecture and tokenizer, fresh weights (the control)
     c.finetune.head_lr = 0.0  # peak learning rate of the head; 0 = the LM's (optim.lr)
-    c.finetune.bucket_width = 32  # batch widths are rounded up to a multiple of this many tokens (fewer compiled shapes)
+    c.finetune.bucket_width = 32  # batch widths are rounded up to a multiple of this many tokens; each width compiles its own step (two with freeze_steps): larger buckets, fewer compiles, more padding (benchmarks/README.md, fine-tuning)
     c.finetune.best_metric = "accuracy"  # val metric that picks the best checkpoint: accuracy, macro_f1, micro_f1, jaccard or loss
     c.finetune.max_val_texts = 0  # validate on the first this many val texts during training (0 = all); the end uses all
     return c
