@@ -19,6 +19,7 @@ from flax import nnx
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.loss import bits_per_char
 from lmscale.training.restore import TrainedLM, load_trained
+from lmscale.training.state import zero_carry
 from lmscale.transfer.featurize import encode_texts, featurize
 
 
@@ -90,8 +91,8 @@ class LM:
         counted = _counted_lookup(targets, plan)
         t, pad = 128, self.trained.tokenizer.pad_id or 0
         slots = packing.ends_per_chunk(plan, t) + 1  # t + 1 columns hold one more end
-        carry = mesh_lib.zero_carry(self.trained.model().initial_carry, rows,
-                                    mesh_lib.batch_sharded(self.trained.mesh))
+        carry = zero_carry(self.trained.model().initial_carry, rows,
+                           mesh_lib.batch_sharded(self.trained.mesh))
         nats = np.zeros(len(ids), np.float64)
         for offset in range(0, plan.width, t):
             # t + 1 columns: the inputs and, one further, the targets

@@ -92,7 +92,7 @@ def test_continuation_keeps_word_spaces():
 def test_generating_and_featurizing_again_compiles_nothing():
     """The jitted programs are cached per model and settings (not rebuilt per call), so a
     second call with the same shapes reuses them: no XLA compile, and no trace but the zero
-    carry's shapes (``training.mesh.zero_carry``: shapes only, no program)."""
+    carry's shapes (``training.state.zero_carry``: shapes only, no program)."""
     import jax.monitoring
     from lmscale.transfer.featurize import featurize, unit_trace
     events: list[str] = []

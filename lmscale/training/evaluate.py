@@ -22,6 +22,7 @@ from lmscale.data.stream import StreamBatcher
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.in_flight import InFlight
 from lmscale.training.loss import LN2
+from lmscale.training.state import zero_carry
 
 
 def eval_stream(split: SplitData, batch_size: int, seq_len: int,
@@ -49,7 +50,7 @@ def evaluate_split(eval_step: Callable, params: Any, initial_carry: Callable[[in
     padded = -(-stream.batch_size // mesh.size) * mesh.size
     rows = mesh_lib.local_rows(mesh, padded)
     sharding = mesh_lib.batch_sharded(mesh)
-    carry = mesh_lib.zero_carry(initial_carry, padded, sharding)
+    carry = zero_carry(initial_carry, padded, sharding)
     sums, in_flight = [], InFlight()
     for k in range(steps):
         carry, s = eval_step(params, carry, padded_batch(stream, k, rows, padded, sharding))

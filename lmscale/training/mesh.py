@@ -6,7 +6,7 @@ along their leading (batch) axis. The same code path serves one CPU and many GPU
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -53,13 +53,3 @@ def put_global(local: np.ndarray, sharding: NamedSharding, global_rows: int) -> 
 
 def tree_put_global(tree: Any, sharding: NamedSharding, global_rows: int) -> Any:
     return jax.tree.map(lambda x: put_global(np.asarray(x), sharding, global_rows), tree)
-
-
-def zero_carry(initial_carry: Callable[[int], Any], rows: int, sharding: NamedSharding) -> Any:
-    """A model's initial carry (zeros, ``initial_carry(rows)``'s shapes and dtypes) for a global
-    batch of ``rows``, placed with ``sharding``: filled on the host, so that no device program
-    is compiled and run for it (an eager ``jnp.zeros`` is one program per shape)."""
-    def carry_shapes() -> Any:  # traced for shapes only (a named trace event, no program)
-        return initial_carry(rows)
-    shapes = jax.eval_shape(carry_shapes)
-    return jax.tree.map(lambda s: jax.device_put(np.zeros(s.shape, s.dtype), sharding), shapes)

@@ -39,6 +39,16 @@ def host_zeros(zeros_fn: Callable[[], Any]) -> Any:
     return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), jax.eval_shape(zeros_fn))
 
 
+def zero_carry(initial_carry: Callable[[int], Any], rows: int, sharding: jax.sharding.Sharding
+               ) -> Any:
+    """A model's initial carry (zeros) for a global batch of ``rows``, placed with ``sharding``:
+    ``host_zeros`` of ``initial_carry(rows)``, so no device program is compiled and run for it
+    (an eager ``jnp.zeros`` is one program per shape)."""
+    def carry_shapes() -> Any:  # its trace event carries this name (shapes only, no program)
+        return initial_carry(rows)
+    return jax.device_put(host_zeros(carry_shapes), sharding)
+
+
 def zero_acc() -> dict[str, jax.Array]:
     return {"nats": jnp.zeros((), jnp.float32), "count": jnp.zeros((), jnp.float32),
             "bytes": jnp.zeros((), jnp.float32), "steps": jnp.zeros((), jnp.int32)}

@@ -39,6 +39,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from lmscale.data.errors import DataError
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.restore import TrainedLM, prepared_weights
+from lmscale.training.state import zero_carry
 from lmscale.transfer import packing
 
 POOLINGS = ("last", "mean", "max", "min")
@@ -115,7 +116,7 @@ def _featurize_packed(lm: TrainedLM, ids: list[np.ndarray], state: str, pooling:
     row_sharded = mesh_lib.batch_sharded(lm.mesh)
     step = _packed_chunk_fn(lm.graphdef, state, pooling, all_layers)
     prepared = prepared_weights(lm)  # weight norm and layouts once, not once per chunk
-    carry = mesh_lib.zero_carry(model.initial_carry, rows, row_sharded)
+    carry = zero_carry(model.initial_carry, rows, row_sharded)
     acc = None
     if pooling != "last":
         acc = jax.device_put(np.zeros((layers, rows, model.feature_width), np.float32),

@@ -197,17 +197,18 @@ def test_decode_steps_with_prepared_weights_match_the_full_pass(kind, dtype, tol
 @pytest.mark.parametrize("kind", sorted(MODEL_KINDS))
 def test_initial_carry_is_zeros_with_the_batch_first(kind):
     """The interface's promise that callers rely on when they fill the carry on the host from
-    its shapes (``training.mesh.zero_carry``): every kind's initial carry is zeros, each leaf
+    its shapes (``training.state.zero_carry``): every kind's initial carry is zeros, each leaf
     with the batch as its leading axis (the transformer's is empty)."""
     from lmscale.config import default_config
     from lmscale.training import mesh as mesh_lib
+    from lmscale.training.state import zero_carry
     config = default_config().model
     config.update({"kind": kind, "hidden": H, "embed": E, "layers": 2, "d_model": 16, "heads": 2,
                    "d_ff": 24, "qrnn_window": 2})
     model = build_model(config, V, rngs=nnx.Rngs(0))
     carry = model.initial_carry(5)
     assert (carry == ()) == (kind == "transformer")
-    filled = mesh_lib.zero_carry(model.initial_carry, 5, mesh_lib.replicated(mesh_lib.make_mesh()))
+    filled = zero_carry(model.initial_carry, 5, mesh_lib.replicated(mesh_lib.make_mesh()))
     assert jax.tree.structure(filled) == jax.tree.structure(carry)
     for leaf, host in zip(jax.tree.leaves(carry), jax.tree.leaves(filled)):
         assert leaf.shape[0] == 5 and leaf.shape == host.shape and leaf.dtype == host.dtype
