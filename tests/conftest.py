@@ -61,6 +61,18 @@ def lowered_programs():
     found.extend(_lowered[start:])
 
 
+def script_result(script: str, **env: str) -> dict:
+    """Runs ``python -c script`` in a fresh process (the repo as working directory, JAX on the
+    CPU, ``env`` added, e.g. ``XLA_FLAGS``) and returns the JSON object its last stdout line
+    holds; a failed run fails the test with its stderr's tail."""
+    import json
+    import subprocess
+    run = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu", **env})
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
 def write_corpus(folder: Path, files: int = 4, lines: int = 300) -> str:
     """Text files of simple, learnable English-like lines; returns a glob for them."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -117,15 +117,8 @@ def test_each_call_compiles_only_its_own_programs():
     each lower only their jitted programs: the zero carry is filled on the host, the sampling
     key is made inside the program, and token arrays go in as NumPy (an eager ``jnp.zeros``,
     ``PRNGKey`` or ``jnp.asarray`` is a small program of its own; each was one before)."""
-    import json
-    import os
-    import subprocess
-    import sys
-    from tests.conftest import REPO
-    run = subprocess.run([sys.executable, "-c", _TOOL_PROGRAMS], cwd=REPO, capture_output=True,
-                         text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
-    assert run.returncode == 0, run.stderr[-3000:]
-    out = json.loads(run.stdout.strip().splitlines()[-1])
+    from tests.conftest import script_result
+    out = script_result(_TOOL_PROGRAMS)
     assert out == {"generate": ["jit(prepare_decode)", "jit(run)"], "featurize": ["jit(fn)"],
                    "unit_trace": ["jit(unit_values)"], "score": ["jit(_chunk_nats)"],
                    "evaluate": ["jit(eval_step)"]}, out

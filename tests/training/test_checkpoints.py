@@ -4,12 +4,7 @@ parallel, and checkpoints written by orbax's StandardSave (lmscale before 2026-1
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
-from tests.conftest import REPO
+from tests.conftest import script_result
 
 _FIRST_SAVE = r"""
 import json, sys, tempfile
@@ -61,11 +56,7 @@ print(json.dumps(out))
 
 
 def test_first_save_slices_only_large_arrays_and_reads_standard_save_checkpoints():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-    run = subprocess.run([sys.executable, "-c", _FIRST_SAVE], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    out = json.loads(run.stdout.strip().splitlines()[-1])
+    out = script_result(_FIRST_SAVE, XLA_FLAGS="--xla_force_host_platform_device_count=4")
     # orbax's default cut the small state's [37, 12] matrix once per device: 4 programs.
     assert out["small"] == {"programs": 0, "restored": True}, out
     # A slice of at least MIN_REPLICA_SLICE_BYTES is still written by every device in parallel.
