@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -21,11 +22,22 @@ _CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
 _OWN_CACHE: list[str] = []  # the cache folder this session made (removed at its end)
 
 
+# The suite's programs are tiny and compiling them is most of its time. XLA:CPU's LLVM at -O0
+# compiles them ~40 % faster and runs them ~1.7x slower (the quickstart step), a trade that pays
+# in tests only (benchmarks/README.md, "The test suite at -O0"). A level the environment's
+# XLA_FLAGS already sets is kept: XLA_FLAGS=--xla_backend_optimization_level=2 tests at another.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """One persistent XLA compilation cache for the whole session: the xdist workers and every
-    subprocess a test starts inherit it, so a program compiled once (the same tiny train step
-    in a resumed run, a relaunch, another test's run) is read back instead of compiled again.
-    A cache the environment already names is used as it is."""
+    """The tests' XLA flags (TEST_XLA_FLAGS), and one persistent XLA compilation cache for the
+    whole session: the xdist workers and every subprocess a test starts inherit both, so a
+    program compiled once (the same tiny train step in a resumed run, a relaunch, another
+    test's run) is read back instead of compiled again. A cache the environment already names
+    is used as it is."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "--xla_backend_optimization_level" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} {TEST_XLA_FLAGS}".strip()
     if os.environ.get(_CACHE_ENV) or hasattr(config, "workerinput"):
         return  # set by the user, or inherited by an xdist worker from its controller
     _OWN_CACHE.append(tempfile.mkdtemp(prefix="lmscale-test-xla-cache-"))
@@ -59,6 +71,19 @@ def lowered_programs():
     start, found = len(_lowered), []
     yield found
     found.extend(_lowered[start:])
+
+
+def xla_flags(devices: int | None = None, *, optimized: bool = False) -> str:
+    """``XLA_FLAGS`` for a process a test starts: the session's, with ``devices`` CPU devices
+    where given, and without the tests' -O0 (TEST_XLA_FLAGS) where ``optimized``: for a test
+    that runs hundreds of steps, whose programs' speed outweighs their compile."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if devices is not None:
+        flags = (re.sub(r"--xla_force_host_platform_device_count=\d+", "", flags)
+                 + f" --xla_force_host_platform_device_count={devices}")
+    if optimized:
+        flags = flags.replace(TEST_XLA_FLAGS, "")
+    return " ".join(flags.split())
 
 
 def script_result(script: str, **env: str) -> dict:

@@ -135,8 +135,9 @@ def test_the_cache_is_kept_under_its_cap_least_recently_used_first(tmp_path):
     sizes = _entries(cache)
     assert len(sizes) == 6, sizes
     written = sorted(sizes, key=lambda name: (cache / name).stat().st_mtime_ns)
-    # A cap that holds about three of the six: a second process evicts the oldest entries
-    # before writing, and never goes over the cap.
+    # A cap that holds three to five of the six (their sizes differ with the XLA version and
+    # flags): a second process evicts the oldest entries before writing, and never goes over
+    # the cap.
     for p in cache.iterdir():
         p.unlink()
     cap = 3.5 * max(sizes.values())
@@ -144,10 +145,11 @@ def test_the_cache_is_kept_under_its_cap_least_recently_used_first(tmp_path):
     done = _run_python(_COMPILE_SIX, env)
     assert done.returncode == 0, done.stderr[-2000:]
     kept = _entries(cache)
-    assert 2 <= len(kept) <= 3 and sum(kept.values()) <= cap, (kept, cap)
+    assert 3 <= len(kept) <= 5 and sum(kept.values()) <= cap, (kept, cap)
     # Names are content keys, the same in both processes: the entries left are the last
-    # ones written.
+    # ones written, and no more were evicted than the cap needed.
     assert set(kept) == set(written[-len(kept):]), (kept, written)
+    assert sum(kept.values()) + sizes[written[-len(kept) - 1]] > cap, (kept, sizes, cap)
 
 
 def test_a_folder_filled_without_a_cap_gets_access_times_and_stays_writable(tmp_path):

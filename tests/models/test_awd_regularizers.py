@@ -225,8 +225,8 @@ def test_all_regularizers_train_identically_on_eight_devices_and_one():
     import os
     import subprocess
     import sys
-    from tests.conftest import REPO
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+    from tests.conftest import REPO, xla_flags
+    env = dict(os.environ, XLA_FLAGS=xla_flags(8),
                JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-m", "tests.models.awd_multi_device_worker"], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=600)

@@ -4,7 +4,7 @@ parallel, and checkpoints written by orbax's StandardSave (lmscale before 2026-1
 
 from __future__ import annotations
 
-from tests.conftest import script_result
+from tests.conftest import script_result, xla_flags
 
 _FIRST_SAVE = r"""
 import json, sys, tempfile
@@ -56,7 +56,7 @@ print(json.dumps(out))
 
 
 def test_first_save_slices_only_large_arrays_and_reads_standard_save_checkpoints():
-    out = script_result(_FIRST_SAVE, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    out = script_result(_FIRST_SAVE, XLA_FLAGS=xla_flags(4))
     # orbax's default cut the small state's [37, 12] matrix once per device: 4 programs.
     assert out["small"] == {"programs": 0, "restored": True}, out
     # A slice of at least MIN_REPLICA_SLICE_BYTES is still written by every device in parallel.

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from lmscale.training.hlo_stats import all_reduces
-from tests.conftest import REPO
+from tests.conftest import REPO, xla_flags
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def multi_device_run(tmp_path_factory):
     from tests.conftest import write_corpus
     root = tmp_path_factory.mktemp("dp")
     corpus = write_corpus(root / "corpus")
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=xla_flags(8), JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-m", "tests.training.multi_device_worker", corpus,
                            str(root / "runs")], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=900)

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import pytest
 
 from lmscale.training.in_flight import InFlight
+from tests.conftest import xla_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -32,7 +33,7 @@ def test_training_without_intermediate_logging_runs_to_the_end_on_two_devices(tm
     # 400 steps with no sync in between (log_every = steps, no validation or checkpoint until
     # the end). Unbounded, JAX 0.10 queued the steps' all-reduces until XLA's 40-s rendezvous
     # limit killed the process ("Termination timeout for `all reduce ...`", exit -6).
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags(2, optimized=True)}  # 400 steps
     args = [sys.executable, "-m", "lmscale.train", "--config=configs/quickstart.py",
             f"--workdir={tmp_path / 'run'}", "--config.train.seq_len=32",
             "--config.train.steps=400", "--config.train.log_every=400",

@@ -18,7 +18,7 @@ from lmscale.training.checkpoints import (CheckpointError, CheckpointMismatchErr
 from lmscale.training.loop import train
 from lmscale.training.metrics import read_metrics
 from lmscale.training.restore import load_trained
-from tests.conftest import REPO, tiny_config, tiny_train_command, write_corpus
+from tests.conftest import REPO, tiny_config, tiny_train_command, write_corpus, xla_flags
 
 BASE = {"train.steps": 4, "train.log_every": 1, "train.eval_every": 0, "train.eval_steps": 1,
         "checkpoint.every": 2}
@@ -143,7 +143,7 @@ def test_inference_restores_params_only_on_any_device_count(base_run, tmp_path):
     _, workdir = base_run
     code = ("import jax, lmscale; assert len(jax.devices()) == 3; "
             f"lm = lmscale.load_lm({workdir!r}); print(lm.trained.step, float(lm.score(['the cat'])[0]))")
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=3", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags(3), "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

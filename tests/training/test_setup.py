@@ -66,8 +66,8 @@ def test_initial_state_is_computed_on_the_mesh_by_one_program():
     """Given the mesh, the one program writes the state into the step's shardings (params
     replicated, the carry's rows split over the devices): no copy from one device to the
     others afterwards (on several devices that was a second program, ``_multi_slice``)."""
-    from tests.conftest import script_result
-    out = script_result(_PLACED, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    from tests.conftest import script_result, xla_flags
+    out = script_result(_PLACED, XLA_FLAGS=xla_flags(4))
     assert out["programs"] == ["jit(initial_train_state)"], out
     assert out["shardings"] and out["equal"], out
     assert out["carry_rows"] == [2], out  # 8 rows over 4 devices
