@@ -110,21 +110,6 @@ def init_finetune_state(config: ml_collections.ConfigDict, policy: Policy,
     return state
 
 
-def _assign_lm(params: Any, lm_params: Any) -> Any:
-    """``params`` with every "lm" leaf replaced by the LM checkpoint's leaf at the same path."""
-    key = lambda path: tuple(str(getattr(p, "key", getattr(p, "name", p))) for p in path)
-    saved = {key(path): x for path, x in jax.tree_util.tree_flatten_with_path(lm_params)[0]}
-
-    def pick(path: tuple, x: Any) -> Any:
-        if key(path[:1]) != ("lm",):
-            return x
-        y = saved[key(path[1:])]
-        if y.shape != x.shape:
-            raise ConfigError(f"LM parameter {key(path)} has shape {y.shape}, expected {x.shape}")
-        return y
-    return jax.tree_util.tree_map_with_path(pick, params)
-
-
 def finetune(config: ml_collections.ConfigDict, workdir: str,
              devices: list[jax.Device] | None = None) -> dict[str, Any]:
     """Fine-tunes (or resumes) the classifier in ``workdir``; returns the results dict."""
@@ -148,12 +133,12 @@ def finetune(config: ml_collections.ConfigDict, workdir: str,
     resuming = checkpointer.latest_step() is not None
 
     policy = Policy.from_compute(config.precision.compute)
-    graphdef, params, max_len = init_classifier(config, lm.tokenizer.vocab_size, num_classes,
-                                                policy.compute, abstract=resuming)
     if ft.lm_init not in LM_INITS:
         raise ConfigError(f"finetune.lm_init must be one of {list(LM_INITS)}, got {ft.lm_init!r}")
-    if ft.lm_init == "pretrained" and not resuming:
-        params = _assign_lm(params, jax.device_get(lm.params))
+    pretrained = jax.device_get(lm.params) if ft.lm_init == "pretrained" and not resuming else None
+    graphdef, params, max_len = init_classifier(config, lm.tokenizer.vocab_size, num_classes,
+                                                policy.compute, abstract=resuming,
+                                                lm_params=pretrained)
     pad = lm.tokenizer.pad_id or 0
     prep = preprocessor_for(lm.derived)
     enc = {n: Encoded(encode(lm.tokenizer, prep, d.texts, max_len, d.source),

@@ -33,6 +33,29 @@ def test_classifier_is_built_by_one_program_with_the_eager_values(overrides, tmp
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6, atol=1e-7)
 
 
+def test_classifier_on_a_trained_lm_takes_its_leaves_and_draws_only_the_head(tmp_path):
+    from lmscale.config import ConfigError
+    from lmscale.models import model_params
+    config = tiny_config(str(tmp_path / "unused.txt"))
+    _, plain, _ = init_classifier(config, 257, 3, jnp.float32)
+    _, trained = model_params(config.model, 257, seed=5)  # other values than config.seed's
+    trained = jax.device_get(trained)
+    with lowered_programs() as built:
+        _, params, _ = init_classifier(config, 257, 3, jnp.float32, lm_params=trained)
+    assert len(built) == 1, built
+    assert jax.tree.structure(params) == jax.tree.structure(plain)
+    for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(params["lm"])):
+        np.testing.assert_array_equal(np.asarray(b), np.asarray(a))
+    for a, b in zip(jax.tree.leaves(plain["head"]), jax.tree.leaves(params["head"])):
+        np.testing.assert_array_equal(np.asarray(b), np.asarray(a))
+    assert not all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
+                   zip(jax.tree.leaves(plain["lm"]), jax.tree.leaves(params["lm"])))
+    narrow = tiny_config(str(tmp_path / "unused.txt"), **{"model.hidden": 16})
+    _, other = model_params(narrow.model, 257, seed=5)
+    with pytest.raises(ConfigError, match=r"LM parameter \('lm', .*\) has shape .*expected"):
+        init_classifier(config, 257, 3, jnp.float32, lm_params=jax.device_get(other))
+
+
 def test_finetune_state_is_one_program_with_the_precisions_loss_scale(tmp_path):
     config = tiny_config(str(tmp_path / "unused.txt"), **{"precision.compute": "float16"})
     _, params, _ = init_classifier(config, 257, 3, jnp.float16)
