@@ -25,7 +25,8 @@ _OWN_CACHE: list[str] = []  # the cache folder this session made (removed at its
 # The suite's programs are tiny and compiling them is most of its time. XLA:CPU's LLVM at -O0
 # compiles them ~40 % faster and runs them ~1.7x slower (the quickstart step), a trade that pays
 # in tests only (benchmarks/README.md, "The test suite at -O0"). A level the environment's
-# XLA_FLAGS already sets is kept: XLA_FLAGS=--xla_backend_optimization_level=2 tests at another.
+# XLA_FLAGS already sets is kept: XLA_FLAGS=--xla_backend_optimization_level=3 tests at XLA's
+# default.
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
 
 
