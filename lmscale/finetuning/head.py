@@ -127,12 +127,13 @@ def init_classifier(config: Any, vocab_size: int, num_classes: int, dtype: Any =
     XLA drops the LM's random draws, which nothing returns (the SST demo's 512-unit classifier:
     its initialization compiled in 0.3 s instead of 1.5). A leaf whose shape differs from the
     model's raises ConfigError naming it."""
-    def init_classifier_params(*lm_params: Any) -> tuple[tuple[nnx.GraphDef, int], Any]:
+    def init_classifier_params(*inputs: Any) -> tuple[tuple[nnx.GraphDef, int], Any]:
+        """``inputs``: () or (the trained LM's parameters, traced)."""
         lm = build_model(config.model, vocab_size, rngs=nnx.Rngs(config.seed), dtype=dtype)
         graphdef, params = nnx.split(build_classifier(lm, num_classes, config.finetune, config.seed),
                                      nnx.Param)
-        if lm_params:
-            params = with_lm_params(params, lm_params[0])
+        if inputs:
+            params = with_lm_params(params, inputs[0])
         return (graphdef, lm.max_len), params
 
     inputs = () if lm_params is None or abstract else (lm_params,)
