@@ -7,6 +7,10 @@ that a typo in ``--config.x.y=...`` fails instead of being silently ignored.
 Values that follow from others (steps per epoch, the decay horizon, tokens per step)
 are computed in one place, ``derive()``, once the training data is known, and saved
 with the run in ``WORKDIR/config.json`` under ``"derived"``.
+
+Importing this module (as every config file does, while the command line is parsed) does not
+import JAX: a tool may still restart its process with other settings then
+(training/host_memory.py), and JAX's import is most of a start-up's first seconds.
 """
 
 from __future__ import annotations
@@ -19,12 +23,11 @@ from typing import Any
 
 import ml_collections
 
-from lmscale.models import get_kind, model_kinds
-from lmscale.models.lm import DEFAULT_REMAT_STEPS
 
 SCHEDULES = ("constant", "linear", "cosine", "slanted_triangular")
 LR_SCALINGS = ("none", "linear", "sqrt")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+DEFAULT_REMAT_STEPS = 32  # model.remat_steps (configs that predate it: this)
 
 
 class ConfigError(ValueError):
@@ -220,6 +223,7 @@ def parse_split(split: str) -> tuple[int, int, int]:
 
 def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     """Checks values that cannot work, each error naming the key and the numbers."""
+    from lmscale.models import get_kind, model_kinds  # JAX: not at import (module doc)
     if config.model.kind not in model_kinds():
         raise ConfigError(f"model.kind must be one of {list(model_kinds())}, got {config.model.kind!r}")
     try:

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lmscale.config import DEFAULT_REMAT_STEPS
 from lmscale.models import fast_dot, regularizers
 from lmscale.models.adaptive_softmax import AdaptiveTails, adaptive_log_probs, parse_cutoffs
 from lmscale.models.initializers import symmetric_uniform
@@ -326,7 +327,6 @@ def _build(model_config: Any, vocab_size: int, *, rngs: nnx.Rngs, dtype: Any = j
 
 
 REMATS = ("none", "segments")  # model.remat of the mlstm and lstm kinds (qrnn: "none")
-DEFAULT_REMAT_STEPS = 32  # model.remat_steps (configs that predate it: this)
 
 
 def configured_remat_steps(model_config: Any) -> Any:

@@ -98,3 +98,20 @@ def test_cli_unknown_config_key_fails_and_writes_nothing(tmp_path):
     assert proc.returncode != 0
     assert "hiden" in proc.stderr
     assert not workdir.exists()
+
+
+def test_config_files_load_without_importing_jax():
+    """The tools parse their flags, and so run a config file, before they may restart their
+    process (training/host_memory.py): JAX, whose import is most of a start-up, comes after."""
+    from tests.conftest import script_result
+    loaded = script_result(
+        "import glob, importlib.util, json, sys\n"
+        "for path in sorted(glob.glob('configs/*.py')):\n"
+        "    spec = importlib.util.spec_from_file_location('config_file', path)\n"
+        "    module = importlib.util.module_from_spec(spec)\n"
+        "    spec.loader.exec_module(module)\n"
+        "    module.get_config()\n"
+        "heavy = ('jax', 'jaxlib', 'flax', 'optax', 'orbax')\n"
+        "print(json.dumps({'files': len(glob.glob('configs/*.py')),\n"
+        "                  'heavy': sorted(m for m in sys.modules if m.split('.')[0] in heavy)}))\n")
+    assert loaded["files"] >= 10 and loaded["heavy"] == []
