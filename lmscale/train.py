@@ -13,7 +13,6 @@ launch/local.py sets, or a SLURM/Open MPI job's environment (see lmscale.distrib
 from __future__ import annotations
 
 import os
-import signal
 import sys
 
 from absl import app, flags, logging
@@ -64,12 +63,7 @@ def main(argv: list[str]) -> None:
     restart_with_huge_pages(_CONFIG.value.parallel.cpu_huge_pages, entry=__name__ == "__main__")
     join_processes()
     from lmscale.training.loop import train
-    result = run_cli(lambda: train(_CONFIG.value, _WORKDIR.value))
-    if result.get("stopped_by_signal") is not None or result.get("stopped"):
-        # Saved and about to exit: a SIGTERM arriving now (a scheduler signals every process,
-        # some after the run agreed to stop) must not turn a clean stop into exit status -15
-        # while the processes shut down together.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    result = run_cli(lambda: train(_CONFIG.value, _WORKDIR.value))  # a late SIGTERM: stop.py
     import jax
     if "val" in result and jax.process_index() == 0:
         print(f"step {result['step']}: val bpc {result['val']['bpc']:.4f}")

@@ -37,7 +37,7 @@ def pytest_configure(config: pytest.Config) -> None:
     test's run) is read back instead of compiled again. A cache the environment already names
     is used as it is. Under xdist, the controller hands out the files in the order the
     workers collect them (pytest_collection_modifyitems), not sorted again by their number of
-    tests (xdist >= 3.6's default)."""
+    tests (xdist 3.8's default)."""
     if getattr(config.option, "loadscopereorder", None):
         config.option.loadscopereorder = False
     flags = os.environ.get("XLA_FLAGS", "")

@@ -44,7 +44,15 @@ class StopSignal:
         self.signal = signum
 
     def __exit__(self, *exc: Any) -> None:
+        """Restores the previous handlers, except that after an agreed stop that SIGINT did not
+        cause, a default SIGTERM becomes ignored: a scheduler signals every process of a run,
+        some after they agreed to stop and saved, and such a late signal must not turn the
+        clean stop into exit status -15 while the process closes its files and exits. (A
+        notebook's stop by its interrupt button keeps SIGTERM as it was.)"""
         for sig, handler in self._previous.items():
+            if (sig == signal.SIGTERM and handler == signal.SIG_DFL and self.stopping
+                    and self.signal != signal.SIGINT):
+                handler = signal.SIG_IGN
             signal.signal(sig, handler)
 
     def should_stop(self, step: int) -> bool:

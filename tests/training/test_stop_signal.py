@@ -1,0 +1,51 @@
+"""StopSignal (training/stop.py) in one process: what a signal does in the loop and after it."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from lmscale.training.stop import StopSignal
+
+
+@pytest.fixture
+def default_sigterm():
+    """SIGTERM at its default disposition (a command-line tool's) for the test, then as it was."""
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_run_without_a_signal_restores_the_handlers(default_sigterm):
+    interrupt = signal.getsignal(signal.SIGINT)
+    with StopSignal(every=1, processes=1) as stop:
+        assert signal.getsignal(signal.SIGTERM) == stop._handle
+        assert not stop.should_stop(1)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert signal.getsignal(signal.SIGINT) == interrupt
+
+
+def test_after_a_stop_on_sigterm_a_late_sigterm_is_ignored(default_sigterm):
+    """A scheduler's second round of signals, after the run stopped and saved, must not kill
+    the process (exit -15) while it closes its files."""
+    with StopSignal(every=1, processes=1) as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.should_stop(1) and stop.signal == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+    os.kill(os.getpid(), signal.SIGTERM)  # ignored: the test goes on
+
+
+def test_a_stop_agreed_in_another_process_also_ignores_a_late_sigterm(default_sigterm):
+    with StopSignal(every=1, processes=1) as stop:
+        stop.stopping = True  # what should_stop sets when another process got the signal
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+
+
+def test_a_stop_on_sigint_keeps_sigterm_as_it_was(default_sigterm):
+    """A notebook's interrupt button: its kernel's SIGTERM stays as it was."""
+    with StopSignal(every=1, processes=1) as stop:
+        stop._handle(signal.SIGINT, None)
+        assert stop.should_stop(1)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
