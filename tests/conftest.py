@@ -116,17 +116,11 @@ def lowered_programs():
     found.extend(_lowered[start:])
 
 
-def xla_flags(devices: int | None = None, *, optimized: bool = False) -> str:
-    """``XLA_FLAGS`` for a process a test starts: the session's, with ``devices`` CPU devices
-    where given, and without the tests' -O0 (TEST_XLA_FLAGS) where ``optimized``: for a test
-    that runs hundreds of steps, whose programs' speed outweighs their compile."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    if devices is not None:
-        flags = (re.sub(r"--xla_force_host_platform_device_count=\d+", "", flags)
-                 + f" --xla_force_host_platform_device_count={devices}")
-    if optimized:
-        flags = flags.replace(TEST_XLA_FLAGS, "")
-    return " ".join(flags.split())
+def xla_flags(devices: int) -> str:
+    """``XLA_FLAGS`` for a process a test starts on ``devices`` CPU devices: the session's
+    flags (with the tests' -O0, TEST_XLA_FLAGS) and that device count."""
+    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
+    return " ".join(f"{flags} --xla_force_host_platform_device_count={devices}".split())
 
 
 def script_result(script: str, **env: str) -> dict:
