@@ -11,8 +11,7 @@ import pytest
 
 from lmscale.config import ConfigError
 from lmscale.training.host_devices import auto_device_count, cpu_runs_the_step, user_device_count
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.conftest import REPO
 
 
 def test_auto_count_is_the_largest_divisor_of_the_batch_up_to_the_cores():

@@ -11,8 +11,7 @@ import pytest
 
 from lmscale.training.host_memory import (glibc_version, huge_pages_environment, huge_pages_on,
                                           thp_mode)
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.conftest import REPO
 
 
 def test_the_kernel_mode_is_the_bracketed_word(tmp_path):

@@ -10,9 +10,8 @@ import jax.numpy as jnp
 import pytest
 
 from lmscale.training.in_flight import InFlight
-from tests.conftest import xla_flags
+from tests.conftest import REPO, xla_flags
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 COLLECTIVE_LIMITS = (" --xla_cpu_collective_call_warn_stuck_timeout_seconds=5"
                      " --xla_cpu_collective_call_terminate_timeout_seconds=5")
 
