@@ -22,7 +22,10 @@ LRU eviction, which locks the folder with ``filelock`` so that concurrent proces
 sweep's points, neither write one entry twice nor evict under each other): 2048 MiB, or
 ``LMSCALE_COMPILE_CACHE_MAX_MB`` ("unlimited" or -1 for none), or JAX's own
 ``JAX_COMPILATION_CACHE_MAX_SIZE`` in bytes, which wins. An entry is one compiled program (the
-quickstart's training step: 150 KiB on CPU).
+quickstart's training step: 150 KiB on CPU). JAX's own folder (``JAX_COMPILATION_CACHE_DIR``)
+gets no cap unless one of the two variables sets it: every JAX process writes there, and one
+without a cap writes no access-time file, on which JAX's eviction, and so each capped write,
+fails ("Error writing persistent compilation cache entry"), until the next start stamps them.
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ def max_size_bytes(environ: Mapping[str, str] = os.environ) -> int:
     """The cache's size cap in bytes (module doc); -1 for none."""
     if environ.get("JAX_COMPILATION_CACHE_MAX_SIZE"):
         return int(environ["JAX_COMPILATION_CACHE_MAX_SIZE"])
+    if "LMSCALE_COMPILE_CACHE_MAX_MB" not in environ and environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return -1  # JAX's own folder, shared with uncapped JAX processes (module doc)
     value = environ.get("LMSCALE_COMPILE_CACHE_MAX_MB", str(DEFAULT_MAX_MB)).strip().lower()
     if value in UNLIMITED:
         return -1

@@ -89,6 +89,10 @@ def test_the_size_cap_from_the_environment():
     # JAX's own variable (bytes) wins.
     assert max_size_bytes({"JAX_COMPILATION_CACHE_MAX_SIZE": "1000",
                            "LMSCALE_COMPILE_CACHE_MAX_MB": "5"}) == 1000
+    # JAX's own folder has no cap unless one is asked for (its uncapped writers: module doc).
+    assert max_size_bytes({"JAX_COMPILATION_CACHE_DIR": "/j"}) == -1
+    assert max_size_bytes({"JAX_COMPILATION_CACHE_DIR": "/j",
+                           "LMSCALE_COMPILE_CACHE_MAX_MB": "0.5"}) == 2**19
     for bad in ("0", "lots", "-3"):
         with pytest.raises(ConfigError, match="LMSCALE_COMPILE_CACHE_MAX_MB"):
             max_size_bytes({"LMSCALE_COMPILE_CACHE_MAX_MB": bad})
@@ -165,3 +169,31 @@ def test_a_folder_filled_without_a_cap_gets_access_times_and_stays_writable(tmp_
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(_entries(cache)) == 8
     assert (cache / "jit_older-4567-atime").exists()
+
+
+# With the cache in JAX's own folder, another (uncapped) JAX process writes an entry beside
+# this one's before each of its compiles.
+_COMPILE_BESIDE_AN_UNCAPPED_WRITER = """
+import os, warnings
+warnings.simplefilter("error")  # a failed cache write is a warning in JAX
+import numpy as np
+import jax, jax.numpy as jnp
+from lmscale.compile_cache import use_compile_cache
+folder = use_compile_cache()
+for k in range(2):
+    with open(os.path.join(folder, f"jit_other{k}-0123-cache"), "wb") as f:
+        f.write(b"x" * 100)  # no access-time file: JAX writes none without a cap
+    jax.jit(lambda x, k=k: jnp.sin(x) * (k + 1))(np.ones(64, np.float32)).block_until_ready()
+"""
+
+
+def test_jax_own_folder_stays_writable_beside_uncapped_jax_processes(tmp_path):
+    """JAX_COMPILATION_CACHE_DIR is shared with every JAX process; with lmscale's default cap
+    there, each write after an uncapped process's failed on the missing access-time file."""
+    cache = tmp_path / "cache"
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("JAX_COMPILATION_CACHE") and k != "LMSCALE_COMPILE_CACHE_MAX_MB"}
+    env.update(JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    done = _run_python(_COMPILE_BESIDE_AN_UNCAPPED_WRITER, env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(_entries(cache)) == 4  # both programs written, beside the other process's two
