@@ -24,11 +24,14 @@ _OWN_CACHE: list[str] = []  # the cache folder this session made (removed at its
 
 # The suite's programs are tiny and compiling them is most of its time. XLA:CPU's LLVM at -O0
 # compiles them ~40 % faster and runs them ~1.7x slower (the quickstart step), a trade that pays
-# in tests only (benchmarks/README.md, "The test suite at -O0"); the notebook's kernel, which
-# mostly runs its programs, gets XLA's default back (default_level_xla_flags). A level the
-# environment's XLA_FLAGS already sets is kept: XLA_FLAGS=--xla_backend_optimization_level=3
-# tests at XLA's default.
-TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+# in tests only (benchmarks/README.md, "The test suite at -O0"). At -O0 XLA:CPU's newer
+# (MLIR) fusion emitters take most of what is left: without them a tiny mLSTM and transformer
+# run compiled in 3.4-3.8 s instead of 9.7-12.3 ("Compiling without the fusion emitters"; at
+# XLA's default level they make no difference). The notebook's kernel, which mostly runs its
+# programs, gets XLA's defaults back (default_level_xla_flags). A level the environment's
+# XLA_FLAGS already sets keeps all of XLA's defaults: XLA_FLAGS=--xla_backend_optimization_level=3
+# tests the tools' configuration.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -118,7 +121,7 @@ def lowered_programs():
 
 
 def default_level_xla_flags() -> str:
-    """The session's ``XLA_FLAGS`` without the tests' -O0 (TEST_XLA_FLAGS), for a process whose
+    """The session's ``XLA_FLAGS`` without the tests' own (TEST_XLA_FLAGS), for a process whose
     programs run far longer than they compile: the notebook's kernel (400 training steps, then
     9,613 sentences featurized) took 118-121 s at -O0 and 79-87 s at XLA's default level alone
     (2026-12-03). The kill, stop, transfer and featurize-benchmark tests were as fast or faster
