@@ -25,6 +25,13 @@ def small_config(kind: str, hidden: int = 512, batch: int = 32, seq: int = 8, **
     return c
 
 
+def model_loops(hlo: str) -> list[str]:
+    """The compiled program's while loops, less XLA's own loop of a scatter (the gradient of the
+    loss's and the embedding's gathers: XLA:CPU without its fusion emitters, the tests' flags,
+    adds one row per iteration, no FLOPs worth counting)."""
+    return [line for line in hlo.splitlines() if " while(" in line and "scatter" not in line]
+
+
 @pytest.mark.parametrize("kind,grad", [
     ("mlstm", "custom"),
     pytest.param("lstm", "custom", marks=pytest.mark.slow),
@@ -41,7 +48,7 @@ def test_flops_formula_matches_xla_cost_of_unrolled_step(kind, grad):
     c = small_config(kind)
     with scan_options(grad=grad, unroll=c.train.seq_len):
         compiled, *_ = bench.compile_step(c)
-    assert "while" not in compiled.as_text()  # really unrolled: every step counted
+    assert not model_loops(compiled.as_text())  # really unrolled: every step counted
     analytic = bench.train_flops_per_token(c.model, bench.BYTE_VOCAB, c.train.seq_len) \
         * c.train.batch_size * c.train.seq_len
     xla = bench.xla_flops(compiled)
@@ -61,7 +68,7 @@ def test_flops_with_recompute_match_xla_cost_of_unrolled_remat_step(kind, grad):
     c = small_config(kind, remat="segments", remat_steps=4)  # 2 segments of T = 8
     with scan_options(grad=grad, unroll=c.train.seq_len):
         compiled, *_ = bench.compile_step(c)
-    assert "while" not in compiled.as_text()
+    assert not model_loops(compiled.as_text())
     tokens = c.train.batch_size * c.train.seq_len
     model = bench.train_flops_per_token(c.model, bench.BYTE_VOCAB, c.train.seq_len) * tokens
     again = bench.recompute_flops_per_token(c.model, c.train.seq_len) * tokens
