@@ -54,34 +54,38 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # tests' programs are small
 
 
-# The longest test files, longest first: seconds summed over each file's tests (setup
-# included) in `pytest -n 2 --dist loadfile --durations=0` at -O0, 2026-12-03. The suite runs
+# The longest test files (those over ~20 s), longest first: seconds summed over each file's
+# tests (setup included) in `pytest -n 2 --dist loadfile --durations=0` with TEST_XLA_FLAGS,
+# 2026-12-03 (1485 s summed over the whole suite). The suite runs
 # them first, so the two xdist workers finish together (longest processing time first):
 # xdist's own order (files with more tests first) left the longest single tests for last,
 # and one worker idle for the final ~1.5-3 minutes. Only the order changes, never what runs;
 # a file missing here runs after these, in collection order.
 LONGEST_TEST_FILES = (
-    "tests/training/test_data_parallel.py",  # 144 s
-    "tests/examples/test_notebook.py",  # 140
-    "tests/finetune/test_finetune.py",  # 139
-    "tests/training/test_model_agnostic.py",  # 120
-    "tests/training/test_kill.py",  # 107
-    "tests/transfer/test_transfer_cli.py",  # 102
-    "tests/models/test_recurrent_vjp.py",  # 95
-    "tests/launch/test_local.py",  # 94
-    "tests/sweeps/test_runner.py",  # 84
-    "tests/launch/test_stop.py",  # 83
-    "tests/training/test_loop.py",  # 79
-    "tests/test_bench.py",  # 78
-    "tests/transfer/test_featurize.py",  # 74
-    "tests/models/test_transformer.py",  # 70
-    "tests/models/test_awd_regularizers.py",  # 68
-    "tests/benchmarks/test_featurize_bench.py",  # 64
-    "tests/models/test_recurrent_remat.py",  # 64
-    "tests/test_generation.py",  # 57
-    "tests/test_api.py",  # 49
-    "tests/training/test_records.py",  # 48
-    "tests/training/test_grad_accum.py",  # 46
+    "tests/examples/test_notebook.py",  # 150 s
+    "tests/transfer/test_transfer_cli.py",  # 101
+    "tests/training/test_data_parallel.py",  # 87
+    "tests/finetune/test_finetune.py",  # 82
+    "tests/training/test_model_agnostic.py",  # 64
+    "tests/training/test_kill.py",  # 64
+    "tests/models/test_recurrent_vjp.py",  # 57
+    "tests/training/test_loop.py",  # 53
+    "tests/transfer/test_featurize.py",  # 52
+    "tests/sweeps/test_runner.py",  # 52
+    "tests/launch/test_local.py",  # 49
+    "tests/benchmarks/test_featurize_bench.py",  # 48
+    "tests/models/test_awd_regularizers.py",  # 45
+    "tests/models/test_transformer.py",  # 45
+    "tests/models/test_recurrent_remat.py",  # 43
+    "tests/test_api.py",  # 38
+    "tests/test_bench.py",  # 32
+    "tests/training/test_in_flight.py",  # 31
+    "tests/test_generation.py",  # 30
+    "tests/launch/test_stop.py",  # 26
+    "tests/training/test_records.py",  # 26
+    "tests/training/test_grad_accum.py",  # 22
+    "tests/training/test_plan.py",  # 20
+    "tests/test_compile_cache.py",  # 20
 )
 
 
