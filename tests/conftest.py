@@ -135,7 +135,7 @@ def default_level_xla_flags() -> str:
 
 def xla_flags(devices: int) -> str:
     """``XLA_FLAGS`` for a process a test starts on ``devices`` CPU devices: the session's
-    flags (with the tests' -O0, TEST_XLA_FLAGS) and that device count."""
+    flags (with the tests' own, TEST_XLA_FLAGS) and that device count."""
     flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
     return " ".join(f"{flags} --xla_force_host_platform_device_count={devices}".split())
 

@@ -191,9 +191,9 @@ def test_jax_own_folder_stays_writable_beside_uncapped_jax_processes(tmp_path):
     """JAX_COMPILATION_CACHE_DIR is shared with every JAX process; with lmscale's default cap
     there, each write after an uncapped process's failed on the missing access-time file."""
     cache = tmp_path / "cache"
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("JAX_COMPILATION_CACHE") and k != "LMSCALE_COMPILE_CACHE_MAX_MB"}
-    env.update(JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    env = _env(cache, JAX_COMPILATION_CACHE_DIR=str(cache),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    env.pop("LMSCALE_COMPILE_CACHE_MAX_MB", None)  # no cap asked for
     done = _run_python(_COMPILE_BESIDE_AN_UNCAPPED_WRITER, env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(_entries(cache)) == 4  # both programs written, beside the other process's two
