@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import nbformat
 from nbclient import NotebookClient
 
@@ -27,4 +29,7 @@ def test_sentiment_neuron_notebook_runs(tmp_path, monkeypatch):
     images = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs
               if "image/png" in o.get("data", {})]
     assert len(images) == 2
-    assert (tmp_path / "run" / "transfer" / "results.json").exists()
+    results = json.loads((tmp_path / "run" / "transfer" / "results.json").read_text())
+    # The demo LM's mean-pooled states beat chance on SST's test set (~61 % measured; the
+    # classes are ~50/50, so one binomial standard deviation is ~1.2 points).
+    assert results["all_features"]["test_accuracy"] > 0.56, results["all_features"]
