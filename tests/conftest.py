@@ -68,6 +68,7 @@ LONGEST_TEST_FILES = (
     "tests/finetune/test_finetune.py",  # 82
     "tests/training/test_model_agnostic.py",  # 64
     "tests/training/test_kill.py",  # 64
+    "tests/benchmarks/test_gpu_check.py",  # ~60 (51 alone; added after the list was measured)
     "tests/models/test_recurrent_vjp.py",  # 57
     "tests/training/test_loop.py",  # 53
     "tests/transfer/test_featurize.py",  # 52

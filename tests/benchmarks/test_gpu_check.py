@@ -1,0 +1,40 @@
+"""benchmarks/gpu_check.sh in its smoke mode: the same stages, tiny shapes, on the CPU.
+
+A GPU is lent rarely and briefly; this keeps the one-call check from rotting (a renamed
+config field or flag would otherwise be found only on the GPU, costing its minutes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+BENCHES = ["mlstm-bf16-custom", "transformer-bf16", "mlstm-fp16-custom", "mlstm-bf16-autodiff",
+           "transformer-fp16", "mlstm-bf16-custom-unroll2", "mlstm-bf16-remat"]
+
+
+@pytest.mark.slow
+def test_every_stage_of_the_gpu_check_runs(tmp_path):
+    env = dict(os.environ, OUT=str(tmp_path), GPU_CHECK_SMOKE="1", PYTHON=sys.executable)
+    p = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=600)
+    log = (tmp_path / "gpu_check.log").read_text()
+    assert p.returncode == 0, log[-3000:] + p.stderr[-2000:]
+    assert "smoke run" in log and "tests exit 0" in log and "done; JSON lines" in log, log
+    for label in BENCHES:
+        assert f"bench {label} exit 0" in log, log
+    records = [json.loads(line) for line in (tmp_path / "gpu_check.jsonl").read_text().splitlines()]
+    assert [r["label"] for r in records] == [f"gpu_check:{b}" for b in BENCHES]
+    assert all(r["chars_per_s"] > 0 for r in records), records
+    # Each stage's flags reach the bench tool.
+    assert [r["compute"] for r in records] == ["bfloat16", "bfloat16", "float16", "bfloat16",
+                                               "float16", "bfloat16", "bfloat16"]
+    assert [r["kind"] for r in records] == [b.split("-")[0] for b in BENCHES]
+    assert records[0]["pipeline"] is not None and records[3]["grad"] == "autodiff"
+    assert records[5]["unroll"] == 2 and records[6]["remat"] == "segments"
