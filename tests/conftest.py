@@ -30,8 +30,20 @@ _OWN_CACHE: list[str] = []  # the cache folder this session made (removed at its
 # XLA's default level they make no difference). The notebook's kernel, which mostly runs its
 # programs, gets XLA's defaults back (default_level_xla_flags). A level the environment's
 # XLA_FLAGS already sets keeps all of XLA's defaults: XLA_FLAGS=--xla_backend_optimization_level=3
-# tests the tools' configuration.
-TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+# tests the tools' configuration. XLA aborts a process whose XLA_FLAGS names a flag it does not
+# know, and jaxlib 0.12 no longer has the fusion emitters' switch: the flags after the first are
+# added only where this jaxlib accepts them (tried once, in a child process).
+TEST_XLA_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
+_ADDED_FLAGS_ENV = "LMSCALE_TEST_XLA_FLAGS"  # what pytest_configure added, for the workers
+
+
+def accepted_xla_flags(flags: tuple[str, ...]) -> list[str]:
+    """Those of ``flags`` that this jaxlib's XLA:CPU accepts, each tried in ``XLA_FLAGS`` of a
+    child process that starts JAX's CPU backend (~1 s each)."""
+    import subprocess
+    return [flag for flag in flags if subprocess.run(
+        [sys.executable, "-c", "import jax; jax.devices()"], capture_output=True, timeout=300,
+        env={**os.environ, "XLA_FLAGS": flag, "JAX_PLATFORMS": "cpu"}).returncode == 0]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -44,11 +56,15 @@ def pytest_configure(config: pytest.Config) -> None:
     tests (xdist 3.8's default)."""
     if getattr(config.option, "loadscopereorder", None):
         config.option.loadscopereorder = False
+    if hasattr(config, "workerinput"):
+        return  # an xdist worker: its controller's XLA_FLAGS and cache are in its environment
     flags = os.environ.get("XLA_FLAGS", "")
     if "--xla_backend_optimization_level" not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} {TEST_XLA_FLAGS}".strip()
-    if os.environ.get(_CACHE_ENV) or hasattr(config, "workerinput"):
-        return  # set by the user, or inherited by an xdist worker from its controller
+        added = " ".join(TEST_XLA_FLAGS[:1] + tuple(accepted_xla_flags(TEST_XLA_FLAGS[1:])))
+        os.environ["XLA_FLAGS"] = f"{flags} {added}".strip()
+        os.environ[_ADDED_FLAGS_ENV] = added
+    if os.environ.get(_CACHE_ENV):
+        return  # set by the user
     _OWN_CACHE.append(tempfile.mkdtemp(prefix="lmscale-test-xla-cache-"))
     os.environ[_CACHE_ENV] = _OWN_CACHE[0]
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # tests' programs are small
@@ -131,7 +147,9 @@ def default_level_xla_flags() -> str:
     9,613 sentences featurized) took 118-121 s at -O0 and 79-87 s at XLA's default level alone
     (2026-12-03). The kill, stop, transfer and featurize-benchmark tests were as fast or faster
     at -O0."""
-    return " ".join(os.environ.get("XLA_FLAGS", "").replace(TEST_XLA_FLAGS, "").split())
+    added = os.environ.get(_ADDED_FLAGS_ENV, "")
+    flags = os.environ.get("XLA_FLAGS", "")
+    return " ".join((flags.replace(added, "") if added else flags).split())
 
 
 def xla_flags(devices: int) -> str:
