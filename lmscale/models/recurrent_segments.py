@@ -102,8 +102,11 @@ def backward(st: Static, x: jax.Array, w: dict[str, Any], s: dict[str, Any], dhs
         dh, dc, d_x, grads = carry
         j = n_seg - 1 - i
         x_j = _piece(x, j, k)
-        _, _, _, saved = loops.forward(st, x_j, s["fw"], s["starts_h"][j], s["starts_c"][j],
-                                       _piece(s["keep"], j, k), save=True)
+        # The barrier on the segment's starting state keeps XLA from merging this forward with
+        # the first one where both are unrolled (XLA 0.12 did, in the FLOP test's unrolled step).
+        h_j, c_j = jax.lax.optimization_barrier((s["starts_h"][j], s["starts_c"][j]))
+        _, _, _, saved = loops.forward(st, x_j, s["fw"], h_j, c_j, _piece(s["keep"], j, k),
+                                       save=True)
         dx_j, g_j, dh, dc = loops.backward(st, x_j, w, saved, _piece(dhs_l, j, k),
                                            _piece(dcs_l, j, k), dh, dc)
         d_x = jax.lax.dynamic_update_slice_in_dim(d_x, dx_j.reshape(-1, k, n_b), j * k, axis=1)
