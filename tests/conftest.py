@@ -147,9 +147,8 @@ def default_level_xla_flags() -> str:
     9,613 sentences featurized) took 118-121 s at -O0 and 79-87 s at XLA's default level alone
     (2026-12-03). The kill, stop, transfer and featurize-benchmark tests were as fast or faster
     at -O0."""
-    added = os.environ.get(_ADDED_FLAGS_ENV, "")
     flags = os.environ.get("XLA_FLAGS", "")
-    return " ".join((flags.replace(added, "") if added else flags).split())
+    return " ".join(flags.replace(os.environ.get(_ADDED_FLAGS_ENV, ""), "").split())
 
 
 def xla_flags(devices: int) -> str:
