@@ -86,7 +86,7 @@ class TransferClassifier(LoadedClassifier):
     """A ``lmscale.transfer`` output: frozen-LM features -> standardize -> logistic regression."""
 
     def __init__(self, folder: str, batch_size: int = 64) -> None:
-        from lmscale.training.restore import load_trained
+        from lmscale.training.restore import load_trained, weights_fingerprint
         with open(os.path.join(folder, "classifier.json")) as f:
             self.info = json.load(f)
         with np.load(os.path.join(folder, "classifier.npz"), allow_pickle=False) as z:
@@ -94,6 +94,12 @@ class TransferClassifier(LoadedClassifier):
         # Features in the dtype the classifier was fit on (--compute of lmscale.transfer).
         self.lm = load_trained(self.info["lm_workdir"], self.info["lm_step"],
                                compute=self.info.get("compute", "float32"))
+        fit_on = self.info.get("lm_weights")  # absent in classifiers saved before it was kept
+        if fit_on is not None and fit_on != weights_fingerprint(self.lm):
+            raise ValueError(
+                f"{folder}: this classifier was fit on the features of other weights than "
+                f"{self.info['lm_workdir']} now holds at step {self.info['lm_step']} (the LM was "
+                f"retrained or its checkpoint replaced since); re-run lmscale.transfer")
         self.class_names = [str(c) for c in self.info["classes"]]
         self.multilabel = bool(self.info.get("multilabel", False))
         self.thresholds = (np.asarray(self.info["thresholds"], np.float64) if self.multilabel
@@ -106,6 +112,11 @@ class TransferClassifier(LoadedClassifier):
         x = featurize(self.lm, texts, state=i["state"], pooling=i["pooling"],
                       all_layers=i["all_layers"], batch_size=self.batch_size)
         a = self.arrays
+        if x.shape[1] != a["mean"].shape[0]:
+            raise ValueError(
+                f"this classifier takes {a['mean'].shape[0]} features, and {i['lm_workdir']} "
+                f"gives {x.shape[1]} (the LM was retrained with another size since); re-run "
+                "lmscale.transfer")
         z = ((x - a["mean"]) / a["scale"]) @ a["coef"].T + a["intercept"]  # [N, K] or [N, 1]
         p = 1.0 / (1.0 + np.exp(-z.astype(np.float64)))
         if self.multilabel:

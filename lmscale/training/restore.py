@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import os
 import tempfile
 from typing import Any, Callable
@@ -42,7 +43,7 @@ class TrainedLM:
     mesh: Mesh
     workdir: str = ""
     # Weights as a decoder reads them, kept between generate() and featurize() calls
-    # (prepared_weights); clear() frees them.
+    # (prepared_weights), and the weights' fingerprint; clear() frees them.
     decode_cache: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False,
                                                      compare=False)
     compute: str = "float32"  # the matmuls' operand dtype (``with_compute``)
@@ -74,6 +75,27 @@ def prepared_weights(lm: TrainedLM) -> Any:
         cache["prepared"] = _preparer(lm.graphdef)(lm.params)
         cache["leaves"] = leaves  # kept, so that the identities compared above stay unique
     return cache["prepared"]
+
+
+def weights_fingerprint(lm: TrainedLM) -> str:
+    """A digest of the parameters' names, dtypes, shapes and bytes (this process's replica,
+    copied to the host): names the weights whatever workdir or step they are read from, so
+    that cached features and saved classifiers notice a workdir retrained in place
+    (``--config.resume=false``) or a checkpoint replaced. Kept in ``lm.decode_cache`` until
+    ``lm.params`` changes; hashing is ~0.3 s for the 4096-unit mLSTM's 360 MB."""
+    leaves = jax.tree_util.tree_leaves_with_path(lm.params)
+    held = lm.decode_cache.get("fingerprint")
+    if held is not None and len(held[0]) == len(leaves) and all(
+            a is b for a, (_, b) in zip(held[0], leaves)):
+        return held[1]
+    h = hashlib.sha256()
+    for path, leaf in leaves:
+        value = jax.device_get(leaf.addressable_shards[0].data)
+        h.update(f"{jax.tree_util.keystr(path)}:{value.dtype}:{value.shape};".encode())
+        h.update(memoryview(value.tobytes()))
+    digest = h.hexdigest()[:32]
+    lm.decode_cache["fingerprint"] = ([leaf for _, leaf in leaves], digest)
+    return digest
 
 
 def _check_compute(compute: str) -> None:

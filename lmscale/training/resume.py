@@ -14,7 +14,8 @@ Each checkpoint records the resolved config and derived values of the run that w
   ``history/config.<step>.json`` (the step at which it was replaced).
 
 ``resume = False`` (``--config.resume=false``) starts afresh: the previous run's checkpoints,
-metrics, tb/ and config.json move to ``archive/<time>/`` (nothing is deleted).
+metrics, tb/ and config.json, and what the tools made from its weights (transfer/,
+features/, generate/), move to ``archive/<time>/`` (nothing is deleted).
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ DEFAULTED_FIELDS = {"train.grad_accum_steps": 1}
 WORD_FIELDS = ("data.word_min_count", "data.word_vocab_size")
 # Settings that define the decay horizon; unchanged, a resume keeps the recorded horizon.
 DECAY_FIELDS = ("optim.schedule", "optim.decay_steps", "optim.decay_epochs", "optim.warmup_steps")
-RUN_FILES = ("checkpoints", "metrics.jsonl", "tb", "config.json", "history", "best", "best.json")
+RUN_FILES = ("checkpoints", "metrics.jsonl", "tb", "config.json", "history", "best", "best.json",
+             # ... and what the tools made from its weights (transfer, features, generate).
+             "transfer", "features", "generate")
 
 
 def _get(config: dict[str, Any], key: str) -> Any:

@@ -38,7 +38,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lmscale.data.errors import DataError
 from lmscale.training import mesh as mesh_lib
-from lmscale.training.restore import TrainedLM, prepared_weights
+from lmscale.training.restore import TrainedLM, prepared_weights, weights_fingerprint
 from lmscale.training.state import zero_carry
 from lmscale.transfer import packing
 
@@ -254,13 +254,15 @@ def unit_trace(lm: TrainedLM, text: str, unit: int, *, state: str | None = None,
 
 def cached_featurize(lm: TrainedLM, texts: Sequence[str], cache_dir: str | None, **options: Any
                      ) -> np.ndarray:
-    """``featurize`` with an on-disk cache keyed by the checkpoint, its compute dtype, the
-    texts and the options."""
+    """``featurize`` with an on-disk cache keyed by the weights' content
+    (``weights_fingerprint``: a workdir retrained in place misses), the preprocessing, the
+    compute dtype, the texts and the options."""
     if not cache_dir:
         return featurize(lm, texts, **options)
     key_options = {k: v for k, v in options.items() if k not in ("progress", "batch_size", "chunk")}
-    h = hashlib.sha256(json.dumps({"workdir": lm.workdir, "step": lm.step, **key_options,
-                                   **({"compute": lm.compute} if lm.compute != "float32" else {})},
+    h = hashlib.sha256(json.dumps({"weights": weights_fingerprint(lm),
+                                   "preprocess": lm.derived.get("preprocess", "none"),
+                                   **key_options, "compute": lm.compute},
                                   sort_keys=True).encode())
     for t in texts:
         h.update(len(t).to_bytes(8, "little"))

@@ -15,7 +15,7 @@ import numpy as np
 from sklearn.preprocessing import StandardScaler
 
 from lmscale.atomic import write_json
-from lmscale.training.restore import TrainedLM, load_trained, with_compute
+from lmscale.training.restore import TrainedLM, load_trained, weights_fingerprint, with_compute
 from lmscale.transfer import plots
 from lmscale.transfer.baseline import ngram_features
 from lmscale.transfer.classify import (C_GRID, fit_l1, inverse_strengths, neuron_summary,
@@ -71,8 +71,9 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
     raw_feats = feats
     feats = {name: scaler.transform(f).astype(np.float32) for name, f in feats.items()}
     x_test = feats.get("test")
-    info = {"lm_workdir": os.path.abspath(workdir), "lm_step": lm.step, "state": state,
-            "pooling": pooling, "all_layers": all_layers, "compute": lm.compute}
+    info = {"lm_workdir": os.path.abspath(workdir), "lm_step": lm.step,
+            "lm_weights": weights_fingerprint(lm), "state": state, "pooling": pooling,
+            "all_layers": all_layers, "compute": lm.compute}
     if multilabel:
         return _multilabel(lm, workdir, splits, feats, y, scaler, info, output, baseline, Cs,
                            seed, feat_s)

@@ -93,6 +93,40 @@ def test_resume_false_archives_the_previous_run_and_starts_afresh(base_run, tmp_
     assert os.path.exists(os.path.join(old, "metrics.jsonl"))
 
 
+def test_a_retrained_workdir_neither_reuses_features_nor_a_classifier_of_its_old_weights(
+        base_run, tmp_path):
+    """Retrained in place (resume=false, same steps): transfer/ and features/ go to the archive
+    with the run; the features cache, keyed by the weights' content, misses; a classifier
+    saved elsewhere, fit on the old weights, is refused instead of reading the new ones."""
+    from lmscale import load_classifier
+    from lmscale.transfer.run import run_transfer
+    corpus, workdir = copy_run(base_run, tmp_path)
+    labeled = tmp_path / "labeled.csv"
+    labeled.write_text("sentence,label\n" + "".join(
+        f"{'a fine and warm film' if i % 2 else 'a dull and cold film'} {i},{i % 2}\n"
+        for i in range(24)))
+    kept = str(tmp_path / "kept")
+    run_transfer(workdir, str(labeled), str(labeled), output=kept, baseline="none", Cs=[1.0],
+                 examples=0)
+    run_transfer(workdir, str(labeled), str(labeled), baseline="none", Cs=[1.0], examples=0)
+    old_features = sorted(os.listdir(os.path.join(workdir, "features")))
+    config = tiny_config(corpus, **BASE)
+    config.resume, config.seed = False, 1
+    train(config, workdir)
+    assert steps_on_disk(workdir) == [2, 4] and load_trained(workdir).step == 4
+    (archived,) = os.listdir(os.path.join(workdir, "archive"))
+    old = os.path.join(workdir, "archive", archived)
+    assert sorted(os.listdir(os.path.join(old, "features"))) == old_features
+    assert os.path.exists(os.path.join(old, "transfer", "classifier.json"))
+    assert not os.path.exists(os.path.join(workdir, "transfer"))
+    with pytest.raises(ValueError, match="fit on the features of other weights .* re-run lmscale.transfer"):
+        load_classifier(kept)
+    run_transfer(workdir, str(labeled), str(labeled), output=kept, baseline="none", Cs=[1.0],
+                 examples=0)
+    assert len(os.listdir(os.path.join(workdir, "features"))) == 1  # featurized anew
+    load_classifier(kept).predict(["a fine film"])
+
+
 def test_a_checkpoint_from_before_a_model_field_existed_still_loads(base_run, tmp_path):
     """The checkpoint does not record model.weight_norm (as if written before the field was
     added): its default counts, for inference and for resuming; a non-default is refused."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -168,6 +169,19 @@ def test_unit_trace_and_cache(tmp_path):
     np.testing.assert_array_equal(a, b)
     cached_featurize(lm, TEXTS, str(tmp_path), pooling="mean")
     assert len(list(tmp_path.iterdir())) == 2
+    # Keyed by the weights' content, not by workdir and step: the same weights loaded anew
+    # hit; other weights at the same step (a workdir retrained in place) or another
+    # preprocessing miss.
+    same = dataclasses.replace(lm, params=jax.tree.map(jnp.copy, lm.params), decode_cache={})
+    np.testing.assert_array_equal(cached_featurize(same, TEXTS, str(tmp_path)), a)
+    assert len(list(tmp_path.iterdir())) == 2
+    other = dataclasses.replace(lm, params=jax.tree.map(lambda x: x * 0.5, lm.params),
+                                decode_cache={})
+    assert not np.allclose(cached_featurize(other, TEXTS, str(tmp_path)), a)
+    assert len(list(tmp_path.iterdir())) == 3
+    cached_featurize(dataclasses.replace(lm, derived={"preprocess": "openai"}), TEXTS,
+                     str(tmp_path))
+    assert len(list(tmp_path.iterdir())) == 4
 
 
 def test_empty_text_is_an_error():
