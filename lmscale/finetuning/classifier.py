@@ -52,7 +52,7 @@ class FinetunedClassifier(LoadedClassifier):
         best_path = os.path.join(workdir, "best.json")
         if os.path.exists(best_path):
             ckpt_dir, step = os.path.join(workdir, "best"), json.load(open(best_path))["step"]
-        checkpointer = Checkpointer(ckpt_dir, async_save=False)
+        checkpointer = Checkpointer(ckpt_dir, read_only=True)
         try:
             step = step if ckpt_dir != workdir else checkpointer.latest_step()
             if step is None:

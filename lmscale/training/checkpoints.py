@@ -62,12 +62,19 @@ class UnreadableCheckpointError(CheckpointError):
 class Checkpointer:
     """Saves and restores TrainStates in ``WORKDIR/checkpoints``."""
 
-    def __init__(self, workdir: str, keep: int = 3, async_save: bool = True) -> None:
+    def __init__(self, workdir: str, keep: int = 3, async_save: bool = True,
+                 read_only: bool = False) -> None:
+        """``read_only`` (inference, classifiers): the folder must exist (FileNotFoundError
+        naming it, nothing created), and temporary folders are left alone: a reader must not
+        delete the one a training run in the same workdir is writing."""
         self.workdir = os.path.abspath(workdir)
         self.directory = os.path.join(self.workdir, "checkpoints")
+        if read_only and not os.path.isdir(self.directory):
+            raise FileNotFoundError(f"{workdir} holds no checkpoint ({self.directory} does not exist)")
+        # (Not orbax's own read_only option: it logs a warning at every construction.)
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, cleanup_tmp_directories=True,
-            enable_async_checkpointing=async_save)
+            max_to_keep=keep, create=not read_only, cleanup_tmp_directories=not read_only,
+            enable_async_checkpointing=async_save and not read_only)
         state_handler = ocp.PyTreeCheckpointHandler(
             type_handler_registry=_type_handlers(MIN_REPLICA_SLICE_BYTES))
         self.manager = ocp.CheckpointManager(

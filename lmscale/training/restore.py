@@ -132,7 +132,7 @@ def load_trained(workdir: str, step: int | None = None, mesh: Mesh | None = None
     if not os.path.exists(config_path):
         raise FileNotFoundError(f"{workdir} is not a training run: {config_path} does not exist")
     config, derived = load_config(config_path)
-    checkpointer = Checkpointer(workdir, keep=config.checkpoint.keep, async_save=False)
+    checkpointer = Checkpointer(workdir, keep=config.checkpoint.keep, read_only=True)
     try:
         step = checkpointer.latest_step() if step is None else step
         if step is None:

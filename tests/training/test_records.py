@@ -185,6 +185,26 @@ def test_inference_restores_params_only_on_any_device_count(base_run, tmp_path):
     assert step == "4" and 0 < float(bpc) < 10
 
 
+def test_readers_neither_create_nor_clean_a_workdirs_checkpoints(base_run, tmp_path):
+    """Inference tools read a workdir without writing to it: a run folder without checkpoints
+    is one line (no orbax thread traceback after it) and gets no checkpoints/ folder; a
+    temporary checkpoint folder (a training run's save in progress) is left alone."""
+    _, workdir = copy_run(base_run, tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    shutil.copy(os.path.join(workdir, "config.json"), empty / "config.json")
+    proc = subprocess.run([sys.executable, "-m", "lmscale.eval", f"--workdir={empty}"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == \
+        f"error: {empty} holds no checkpoint ({empty}/checkpoints does not exist)"
+    assert "Traceback" not in proc.stderr and os.listdir(empty) == ["config.json"]
+    in_progress = os.path.join(workdir, "checkpoints", "6.orbax-checkpoint-tmp-1733300000000000")
+    shutil.copytree(os.path.join(workdir, "checkpoints", "4"), in_progress)
+    assert load_trained(workdir).step == 4
+    assert os.path.isdir(in_progress)
+
+
 def test_cli_logs_plain_progress_lines_and_eval_defaults_to_the_runs_val_split(tmp_path, corpus):
     workdir = tmp_path / "run"
     # progress_bar on (the default): stderr is a pipe, not a terminal, so plain lines.
