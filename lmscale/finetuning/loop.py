@@ -36,12 +36,13 @@ from lmscale.finetuning.steps import BATCH_KEYS, make_finetune_step, make_predic
 from lmscale.models import built_in_one_program
 from lmscale.pretrained.preprocess import preprocessor_for
 from lmscale.training import mesh as mesh_lib
-from lmscale.training.checkpoints import Checkpointer, check_same_model
+from lmscale.training.checkpoints import CheckpointMismatchError, Checkpointer, check_same_model
 from lmscale.training.metrics import MetricsWriter
 from lmscale.training.optimizer import make_finetune_optimizer
 from lmscale.training.in_flight import InFlight
 from lmscale.training.precision import LossScale, Policy, print_compute_hint
 from lmscale.training.restore import TrainedLM, load_trained
+from lmscale.training.resume import RUN_FILES, archive_previous_run
 from lmscale.training.state import TrainState, host_zeros, initial_state, placed_on, state_shardings
 from lmscale.training.stop import StopSignal
 from lmscale.transfer.labeled import Labeled, check_labels, load_labeled
@@ -92,6 +93,30 @@ def load_splits(ft: ml_collections.ConfigDict) -> tuple[dict[str, Labeled], int,
     return splits, k, class_names
 
 
+# A fine-tune's files: moved to WORKDIR/archive/<time>/ by --config.resume=false.
+FINETUNE_RUN_FILES = RUN_FILES + ("results.json", "thresholds.json", "val_predictions.csv")
+
+
+def check_same_start(meta: dict[str, Any], config: ml_collections.ConfigDict, lm_step: int,
+                     workdir: str) -> None:
+    """Refuses to resume a fine-tune from another start than it was begun with (the LM
+    workdir, its step, ``finetune.lm_init``) or on other training texts, naming the field:
+    the run's weights and config.json would otherwise say different things."""
+    old_config, old = meta.get("config") or {}, meta.get("derived") or {}
+    now = {"init_from": os.path.abspath(config.init_from), "lm_step": lm_step,
+           "finetune.lm_init": config.finetune.lm_init, "finetune.train": config.finetune.train}
+    before = {"init_from": old.get("init_from"), "lm_step": old.get("lm_step"),
+              "finetune.lm_init": old.get("lm_init"),
+              "finetune.train": (old_config.get("finetune") or {}).get("train")}
+    for key, value in now.items():
+        if before[key] is not None and before[key] != value:
+            what = "the LM's checkpoint step" if key == "lm_step" else key
+            raise CheckpointMismatchError(
+                f"{workdir} was fine-tuned from {what}={before[key]!r}; resuming it with "
+                f"{value!r} is refused; use the same value, a new --workdir, or "
+                f"--config.resume=false to start afresh (the old run is archived)")
+
+
 def init_finetune_state(config: ml_collections.ConfigDict, policy: Policy,
                         tx: optax.GradientTransformation, params: Any, mesh: Mesh | None = None,
                         *, abstract: bool = False) -> TrainState:
@@ -126,6 +151,8 @@ def finetune(config: ml_collections.ConfigDict, workdir: str,
     os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0
     progress = config.train.progress_bar and is_main
+    if not config.resume:
+        archive_previous_run(workdir, FINETUNE_RUN_FILES)
 
     checkpointer = Checkpointer(workdir, keep=config.checkpoint.keep)
     best_ckpt = Checkpointer(os.path.join(workdir, "best"), keep=1)
@@ -166,6 +193,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str,
     if resuming:
         meta = checkpointer.read_meta()
         check_same_model(meta["signature"], signature, workdir)
+        check_same_start(meta, config, lm.step, workdir)
         state = checkpointer.restore(state, shardings)
     start = int(jax.device_get(state.step))
     derived = {"steps": steps, "steps_per_epoch": batches.steps_per_epoch, "decay_steps": decay,
@@ -215,6 +243,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str,
     t0, timed = time.perf_counter(), 0
     step = start
     in_flight = InFlight()  # bounded async dispatch (lmscale/training/in_flight.py)
+    accuracy_name = "label_accuracy" if ft.multilabel else "accuracy"
     with StopSignal(config.train.stop_sync_every) as stop:
         while step < steps and not stop.should_stop(step):
             batch = put_batch(batches.batch(step), mesh, BATCH_KEYS)
@@ -229,7 +258,8 @@ def finetune(config: ml_collections.ConfigDict, workdir: str,
                 head_lr_now, lm_lr_now = logged_lrs(step - 1, lm_count)
                 record = {"step": step, "split": "train", "loss": float(acc["loss"]) / n,
                           "aux_lm_loss": float(acc["aux_loss"]) / n,
-                          "accuracy": float(acc["correct"]) / max(float(acc["rows"]), 1.0),
+                          # multi-label: the fraction of labels right (per-label accuracy)
+                          accuracy_name: float(acc["correct"]) / max(float(acc["rows"]), 1.0),
                           "lr": float(head_lr_now),
                           "lm_lr": 0.0 if step <= ft.freeze_steps else float(lm_lr_now),
                           "grad_norm": float(metrics["grad_norm"]), "loss_scale": float(ls.scale),
@@ -238,8 +268,9 @@ def finetune(config: ml_collections.ConfigDict, workdir: str,
                           "texts_per_s": timed * config.train.batch_size / elapsed}
                 writer.write(record)
                 if progress:
-                    print(f"step {step}/{steps}: loss {record['loss']:.4f} accuracy "
-                          f"{record['accuracy']:.4f} lr {record['lr']:.2e}", file=sys.stderr, flush=True)
+                    print(f"step {step}/{steps}: loss {record['loss']:.4f} "
+                          f"{accuracy_name.replace('_', ' ')} {record[accuracy_name]:.4f} "
+                          f"lr {record['lr']:.2e}", file=sys.stderr, flush=True)
                 state = state.replace(acc=jax.device_put(host_zeros(zero_acc), mesh_lib.replicated(mesh)))
                 t0, timed = time.perf_counter(), 0
             if (config.train.eval_every and step % config.train.eval_every == 0) or step == steps:

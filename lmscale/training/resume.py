@@ -147,11 +147,12 @@ def keep_config_history(workdir: str, new_record: dict[str, Any], start: int) ->
     shutil.copyfile(path, os.path.join(workdir, "history", f"config.{start}.json"))
 
 
-def archive_previous_run(workdir: str) -> str | None:
-    """Moves a previous run's files to WORKDIR/archive/<time>/ (process 0; all wait)."""
+def archive_previous_run(workdir: str, names: tuple[str, ...] = RUN_FILES) -> str | None:
+    """Moves a previous run's files (``names``) to WORKDIR/archive/<time>/ (process 0; all
+    wait)."""
     target = None
     if jax.process_index() == 0:
-        present = [name for name in RUN_FILES if os.path.exists(os.path.join(workdir, name))]
+        present = [name for name in names if os.path.exists(os.path.join(workdir, name))]
         if present:
             target = os.path.join(workdir, "archive", time.strftime("%Y%m%d-%H%M%S"))
             os.makedirs(target, exist_ok=True)

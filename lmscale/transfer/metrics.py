@@ -1,6 +1,7 @@
 """Classification metrics (scikit-learn) and per-class decision thresholds for multi-label.
 
-``classification_metrics`` gives accuracy (subset accuracy for multi-label), per-class
+``classification_metrics`` gives accuracy (multi-label: subset accuracy, every label of a
+text right, and ``label_accuracy``, the fraction of labels right), per-class
 precision / recall / F1 / support, macro and micro F1, and the Jaccard index (multi-label:
 per-text |true ∩ predicted| / |true ∪ predicted| averaged over texts, SemEval-2018 E-c's
 official metric, 1 when both are empty; single-label: macro over classes), plus the mean
@@ -66,8 +67,10 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, multilabel: bo
     else:
         loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], eps, 1.0))))
         jaccard = float(jaccard_score(labels, pred, average="macro", labels=classes, zero_division=0))
+    label_accuracy = {"label_accuracy": float(np.mean(labels == pred))} if multilabel else {}
     return {
         "accuracy": float(accuracy_score(labels, pred)),
+        **label_accuracy,
         "macro_f1": float(f1_score(labels, pred, average="macro", labels=classes, zero_division=0)),
         "micro_f1": float(f1_score(labels, pred, average="micro", labels=classes, zero_division=0)),
         "jaccard": jaccard,
@@ -89,7 +92,9 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
     """A plain-text table: one block per split, summary line then per-class P/R/F1."""
     lines = []
     for split, m in results.items():
-        lines.append(f"{split}: accuracy {m['accuracy']:.4f}  macro F1 {m['macro_f1']:.4f}  "
+        accuracy = (f"subset accuracy {m['accuracy']:.4f}  label accuracy {m['label_accuracy']:.4f}"
+                    if "label_accuracy" in m else f"accuracy {m['accuracy']:.4f}")
+        lines.append(f"{split}: {accuracy}  macro F1 {m['macro_f1']:.4f}  "
                      f"micro F1 {m['micro_f1']:.4f}  Jaccard {m['jaccard']:.4f}  "
                      f"loss {m['loss']:.4f}  ({m['texts']} texts)")
         width = max(len(n) for n in m["per_class"])

@@ -188,6 +188,22 @@ def test_exact_resume_bitwise(sst_run, data, tmp_path):
     assert recs(whole) == recs(parts)
     for a, b in zip(jax.tree.leaves(_params(whole)), jax.tree.leaves(_params(parts)), strict=True):
         np.testing.assert_array_equal(a, b)
+    # Another start is refused, naming the field, and config.json is left as it was;
+    # resume=false sets the finished run aside and starts afresh.
+    from lmscale.training.checkpoints import CheckpointMismatchError
+    config_json = open(os.path.join(whole, "config.json")).read()
+    with pytest.raises(CheckpointMismatchError, match=(
+            "fine-tuned from finetune.lm_init='pretrained'; resuming it with 'random' is refused")):
+        finetune(ft_config(sst_run, data["sst_train"], data["sst_val"],
+                           **{**kw, "finetune.lm_init": "random"}), whole)
+    assert open(os.path.join(whole, "config.json")).read() == config_json
+    finetune(ft_config(sst_run, data["sst_train"], data["sst_val"],
+                       **{**kw, "finetune.lm_init": "random", "resume": False, "train.steps": 1}),
+             whole)
+    (archived,) = os.listdir(os.path.join(whole, "archive"))
+    old = set(os.listdir(os.path.join(whole, "archive", archived)))
+    assert {"checkpoints", "best", "best.json", "results.json", "config.json"} <= old, old
+    assert json.load(open(os.path.join(whole, "config.json")))["finetune"]["lm_init"] == "random"
 
 
 def test_multilabel_transformer_thresholds_reused_by_classify(transformer_lm, data, tmp_path):
@@ -211,6 +227,10 @@ def test_multilabel_transformer_thresholds_reused_by_classify(transformer_lm, da
     from sklearn.metrics import jaccard_score
     assert jaccard_score(val.labels, pred, average="samples", zero_division=1.0) == pytest.approx(
         results["metrics"]["val"]["jaccard"], abs=1e-6)
+    from lmscale.training.metrics import read_metrics
+    train_records = [r for r in read_metrics(run) if r["split"] == "train"]
+    assert train_records and all("label_accuracy" in r and "accuracy" not in r
+                                 for r in train_records)
 
 
 def test_thresholds_maximize_f1_and_metrics_match_sklearn():
@@ -227,6 +247,13 @@ def test_thresholds_maximize_f1_and_metrics_match_sklearn():
     pred = (probs >= t).astype(int)
     assert m["macro_f1"] == pytest.approx(f1_score(labels, pred, average="macro"))
     assert m["micro_f1"] == pytest.approx(f1_score(labels, pred, average="micro"))
+    from sklearn.metrics import accuracy_score
+    # Two accuracies, each named: every label of a text right, and the fraction of labels right.
+    assert m["accuracy"] == pytest.approx(accuracy_score(labels, pred))
+    assert m["label_accuracy"] == pytest.approx(accuracy_score(labels.ravel(), pred.ravel()))
+    from lmscale.transfer.metrics import format_table
+    assert format_table({"val": m}).startswith(
+        f"val: subset accuracy {m['accuracy']:.4f}  label accuracy {m['label_accuracy']:.4f}  ")
 
 
 def test_classify_transfer_output(sst_run, data, tmp_path):
