@@ -35,6 +35,11 @@ class LM:
         return self.trained.config
 
     @property
+    def derived(self) -> dict[str, Any]:
+        """The run's derived values (config.json's ``derived``): e.g. ``preprocess``."""
+        return self.trained.derived
+
+    @property
     def hidden(self) -> int:
         """Width of the features (the last layer's state or output)."""
         return self.trained.model().feature_width

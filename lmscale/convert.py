@@ -13,6 +13,7 @@ summary. Nothing is overwritten: --to must be new (or an empty folder).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any
@@ -37,12 +38,18 @@ _WEIGHT_NORM = flags.DEFINE_enum("weight_norm", "auto", ("auto", "true", "false"
 _BATCH = flags.DEFINE_integer("batch_size", 0, "train.batch_size of a written workdir (the rows of its "
                               "saved RNN carry); 0 = the config default.")
 _STEP = flags.DEFINE_integer("step", -1, "Checkpoint step of an lmscale --src; -1 = the latest.")
+_PREPROCESS = flags.DEFINE_enum("preprocess", "auto", ("auto", "none", "openai"),
+                                "Text preprocessing the model expects; auto: the source's (OpenAI's "
+                                "files: openai unless their lmscale.json names another; a .pt: none).")
 flags.mark_flags_as_required(["from", "src", "to"])
 
 
 def convert(source: str, src: str, dst: str, layout: str, weight_norm: str = "auto",
-            batch_size: int = 0, step: int | None = None) -> dict[str, Any]:
-    """Reads ``src`` in layout ``source`` and writes ``dst`` in ``layout``; returns a summary."""
+            batch_size: int = 0, step: int | None = None, preprocess: str = "auto"
+            ) -> dict[str, Any]:
+    """Reads ``src`` in layout ``source`` and writes ``dst`` in ``layout``; returns a summary.
+    ``preprocess`` ("auto": the source's) replaces the preprocessing the model is recorded
+    to expect."""
     from lmscale.data.tokenizer import ByteTokenizer
     from lmscale.pretrained import openai, sentiment_discovery, workdir
     from lmscale.pretrained.errors import ConvertError
@@ -61,6 +68,10 @@ def convert(source: str, src: str, dst: str, layout: str, weight_norm: str = "au
         weights = workdir.read_workdir(src, step)
     if wn is not None:
         weights = weights.with_weight_norm(wn)
+    if preprocess != "auto":
+        from lmscale.pretrained.preprocess import get_preprocessor
+        get_preprocessor(preprocess)
+        weights = dataclasses.replace(weights, preprocess=preprocess)
     notes = []
     if layout == "lmscale":
         out = workdir.write_workdir(weights, dst, batch_size=batch_size or None)
@@ -69,10 +80,16 @@ def convert(source: str, src: str, dst: str, layout: str, weight_norm: str = "au
             notes.append("padding id 0 dropped: OpenAI's softmax covers the 256 bytes only")
         openai.save_openai(weights, dst)
         out = os.path.abspath(dst)
+        if weights.preprocess != "openai":
+            notes.append(f"{openai.SIDECAR} records preprocess {weights.preprocess!r} for "
+                         f"lmscale's import; OpenAI's own code frames every text its way")
     else:
         if weights.tokenizer == ByteTokenizer.openai():
             notes.append(f"padding id 0 added (ids = byte + 1) with decoder bias "
                          f"{sentiment_discovery.PAD_LOGIT:g}")
+        if weights.preprocess != "none":
+            notes.append(f"the model expects preprocess {weights.preprocess!r}, which a .pt "
+                         f"cannot record: import it with --preprocess={weights.preprocess}")
         out = os.path.abspath(sentiment_discovery.save_pt(weights, dst))
     if weights.source.get("ignored_keys"):
         notes.append(f"ignored non-LM keys: {weights.source['ignored_keys']}")
@@ -89,7 +106,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     summary = run_cli(lambda: convert(_FROM.value, _SRC.value, _TO.value, _LAYOUT.value,
                                       _WEIGHT_NORM.value, _BATCH.value,
-                                      None if _STEP.value < 0 else _STEP.value))
+                                      None if _STEP.value < 0 else _STEP.value, _PREPROCESS.value))
     print(json.dumps(summary))
 
 

@@ -22,12 +22,14 @@ below 1e-6), and the gate blocks move from (i, f, o, u) to lmscale's (i, f, g, o
 block permutation [0, 1, 3, 2] (its own inverse) on every 4H axis: wx, wh, b, gx, gh.
 
 OpenAI's text preprocessing (``lmscale.pretrained.preprocess.openai_preprocess``) is recorded
-with the imported model. Its features are the final cell state; the sentiment unit is 2388
+with the imported model. An exported model that expects another (an lmscale run: none) gets a
+16th file, ``lmscale.json``, naming it, which the import reads back (OpenAI's code ignores it). Its features are the final cell state; the sentiment unit is 2388
 (sst_binary_demo.py).
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -41,6 +43,7 @@ WH_FILES = (2, 3, 4, 5)
 GATE_ORDER = (0, 1, 3, 2)  # lmscale block k = OpenAI block GATE_ORDER[k], and vice versa
 SENTIMENT_UNIT = 2388
 VOCAB = 256
+SIDECAR = "lmscale.json"  # {"preprocess": ...} of a model that does not expect OpenAI's
 
 # file -> (name, what it is, shape in terms of E and H); files 2-5 are checked together.
 FILES: dict[int, tuple[str, str, str]] = {
@@ -152,11 +155,27 @@ def load_openai(src: str) -> LMWeights:
         "decoder/kernel": a[13], "decoder/bias": a[14],
     }
     weights = LMWeights(kind="mlstm", tokenizer=ByteTokenizer.openai(), params=params,
-                        preprocess="openai",
+                        preprocess=_recorded_preprocess(folder),
                         source={"format": "openai", "path": os.path.abspath(folder),
                                 "sentiment_unit": SENTIMENT_UNIT, "features": "final cell state"})
     weights.check(folder)
     return weights
+
+
+def _recorded_preprocess(folder: str) -> str:
+    """The preprocessing named in ``folder/lmscale.json`` (an lmscale export), else OpenAI's."""
+    path = os.path.join(folder, SIDECAR)
+    if not os.path.exists(path):
+        return "openai"
+    try:
+        with open(path) as f:
+            name = json.load(f)["preprocess"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConvertError(f"{path} is unreadable ({e}); expected {{\"preprocess\": NAME}} as "
+                           f"lmscale's export writes it") from None
+    from lmscale.pretrained.preprocess import get_preprocessor
+    get_preprocessor(name)  # an unknown name is an error naming the known ones
+    return name
 
 
 def openai_arrays(weights: LMWeights) -> list[np.ndarray]:
@@ -188,7 +207,8 @@ def openai_arrays(weights: LMWeights) -> list[np.ndarray]:
 
 
 def save_openai(weights: LMWeights, dst: str) -> list[str]:
-    """Writes ``dst/0.npy`` ... ``dst/14.npy`` (see ``openai_arrays``); returns the paths.
+    """Writes ``dst/0.npy`` ... ``dst/14.npy`` (see ``openai_arrays``), and ``lmscale.json``
+    when the model expects other preprocessing than OpenAI's; returns the paths.
 
     ``dst`` must not exist or be empty, so nothing is overwritten.
     """
@@ -201,4 +221,8 @@ def save_openai(weights: LMWeights, dst: str) -> list[str]:
     for i, arr in enumerate(arrays):
         paths.append(os.path.join(dst, f"{i}.npy"))
         np.save(paths[-1], arr, allow_pickle=False)
+    if weights.preprocess != "openai":
+        paths.append(os.path.join(dst, SIDECAR))
+        with open(paths[-1], "w") as f:
+            json.dump({"preprocess": weights.preprocess}, f)
     return paths

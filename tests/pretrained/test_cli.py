@@ -82,6 +82,42 @@ def test_export_to_openai_gives_the_original_files(converted, tmp_path):
                                       np.load(os.path.join(files, f"{i}.npy")))
 
 
+def test_preprocessing_survives_an_export_and_import(converted, tmp_path):
+    """A model recorded to expect no preprocessing (here set by --preprocess=none on import)
+    exported to OpenAI's layout gets lmscale.json naming it, and imports back as it was."""
+    files, _ = converted
+    from lmscale.convert import convert
+    plain = str(tmp_path / "plain")
+    assert convert("openai", files, plain, "lmscale", preprocess="none")["preprocess"] == "none"
+    out = str(tmp_path / "exported")
+    summary = convert("lmscale", plain, out, "openai")
+    assert summary["notes"] == ["lmscale.json records preprocess 'none' for lmscale's import; "
+                                "OpenAI's own code frames every text its way"]
+    assert sorted(os.listdir(out)) == sorted([f"{i}.npy" for i in range(15)] + ["lmscale.json"])
+    back = str(tmp_path / "back")
+    assert convert("openai", out, back, "lmscale")["preprocess"] == "none"
+    import lmscale
+    assert lmscale.load_lm(back).derived["preprocess"] == "none"
+    for i in range(15):
+        np.testing.assert_array_equal(np.load(os.path.join(out, f"{i}.npy")),
+                                      np.load(os.path.join(files, f"{i}.npy")))
+    (tmp_path / "odd").mkdir()
+    for i in range(15):
+        os.link(os.path.join(files, f"{i}.npy"), tmp_path / "odd" / f"{i}.npy")
+    (tmp_path / "odd" / "lmscale.json").write_text('{"preprocess": "lowercase"}')
+    from lmscale.pretrained.errors import ConvertError
+    with pytest.raises(ConvertError, match="unknown text preprocessing 'lowercase'"):
+        load_openai(str(tmp_path / "odd"))
+
+
+def test_a_pt_export_says_how_to_import_its_preprocessing(converted, tmp_path):
+    pytest.importorskip("torch")
+    from lmscale.convert import convert
+    pt = convert("openai", converted[0], str(tmp_path / "m.pt"), "sentiment-discovery")
+    assert pt["notes"][-1] == ("the model expects preprocess 'openai', which a .pt cannot "
+                               "record: import it with --preprocess=openai")
+
+
 def test_bad_input_is_one_line_error(converted, tmp_path):
     files, _ = converted
     broken = tmp_path / "broken"
