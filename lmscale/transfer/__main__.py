@@ -74,7 +74,9 @@ def main(argv: list[str]) -> None:
     a, n = r["all_features"], r["neuron"]
     print(f"all {r['features']['dimensions']} features: test {pct(a['test_accuracy'])} "
           f"(val {pct(a['val_accuracy'])}, C={a['C']:g}, {a['nonzero_weights']} non-zero weights)")
-    print(f"neuron {n['index']} (sign {n['sign']:+d}) alone: test {pct(n['test_accuracy'])} "
+    how = ("" if n.get("selected_by", "weight") == "weight" else
+           ", the unit most correlated with the label: the L1 fit kept no unit")
+    print(f"neuron {n['index']} (sign {n['sign']:+d}{how}) alone: test {pct(n['test_accuracy'])} "
           f"(val {pct(n['val_accuracy'])})")
     if "baseline" in r:
         b = r["baseline"]

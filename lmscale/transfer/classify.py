@@ -124,9 +124,23 @@ def fit_l1(x_train: Any, y_train: np.ndarray, x_val: Any, y_val: np.ndarray,
                nonzero=int(np.count_nonzero(model.coef_)), val_accuracy_by_C=by_c)
 
 
-def ranked_units(fit: Fit) -> np.ndarray:
-    """Unit indices by decreasing |weight| (ties by index)."""
-    return np.argsort(-np.abs(fit.coef), kind="stable")
+def ranked_units(fit: Fit, x_train: np.ndarray, y_train: np.ndarray) -> np.ndarray:
+    """Unit indices by decreasing |weight| (ties by index); when the fit kept no unit (every
+    weight 0: the strongest L1 penalty won on validation), by decreasing |covariance| of each
+    (standardized) unit with the label on train instead (``selected_by``)."""
+    return np.argsort(-np.abs(_unit_scores(fit, x_train, y_train)), kind="stable")
+
+
+def selected_by(fit: Fit) -> str:
+    """How ``ranked_units`` ranks: "weight" (the L1 fit's), or "correlation" (it kept none)."""
+    return "weight" if np.any(fit.coef) else "correlation"
+
+
+def _unit_scores(fit: Fit, x_train: np.ndarray, y_train: np.ndarray) -> np.ndarray:
+    if selected_by(fit) == "weight":
+        return fit.coef
+    y = np.asarray(y_train, np.float64)
+    return np.asarray(x_train, np.float64).T @ (y - y.mean())
 
 
 def top_k_sweep(fit: Fit, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
@@ -135,7 +149,7 @@ def top_k_sweep(fit: Fit, x_train: np.ndarray, y_train: np.ndarray, x_val: np.nd
                 seed: int = 0, max_k: int = 512) -> list[dict[str, Any]]:
     """Refits on the top k units by |weight|, k = 1, 2, 4, ... below the feature count
     (and up to ``max_k``; the all-features fit is the last point of the curve)."""
-    order = ranked_units(fit)
+    order = ranked_units(fit, x_train, y_train)
     results, k = [], 1
     while k < x_train.shape[1] and k <= max_k:
         units = order[:k]
@@ -150,11 +164,14 @@ def neuron_summary(fit: Fit, x_train: np.ndarray, y_train: np.ndarray, x_val: np
                    y_val: np.ndarray, x_test: np.ndarray | None = None,
                    y_test: np.ndarray | None = None, *, Cs: Sequence[float] = C_GRID,
                    seed: int = 0) -> dict[str, Any]:
-    """The top unit: index, sign of its weight, and the accuracy of a classifier on it alone."""
-    unit = int(ranked_units(fit)[0])
+    """The top unit (``ranked_units``): index, sign of its weight (of its covariance with the
+    label when the fit kept no unit), and the accuracy of a classifier on it alone."""
+    scores = _unit_scores(fit, x_train, y_train)
+    unit = int(np.argsort(-np.abs(scores), kind="stable")[0])
     alone = fit_l1(x_train[:, [unit]], y_train, x_val[:, [unit]], y_val,
                    None if x_test is None else x_test[:, [unit]], y_test, Cs=Cs, seed=seed)
-    return {"index": unit, "sign": int(np.sign(fit.coef[unit])), "weight": float(fit.coef[unit]),
+    return {"index": unit, "sign": int(np.sign(scores[unit])), "weight": float(fit.coef[unit]),
+            "selected_by": selected_by(fit),
             **{k: v for k, v in alone.summary().items() if k != "val_accuracy_by_C"}}
 
 

@@ -54,12 +54,24 @@ def test_fit_l1_matches_sklearn_called_directly():
 def test_neuron_is_the_planted_unit_with_its_sign():
     x, y = planted(unit=7)
     fit = fit_l1(x[:400], y[:400], x[400:500], y[400:500], x[500:], y[500:])
-    assert ranked_units(fit)[0] == 7
+    assert ranked_units(fit, x[:400], y[:400])[0] == 7
     neuron = neuron_summary(fit, x[:400], y[:400], x[400:500], y[400:500], x[500:], y[500:])
-    assert neuron["index"] == 7 and neuron["sign"] == -1
+    assert neuron["index"] == 7 and neuron["sign"] == -1 and neuron["selected_by"] == "weight"
     assert neuron["test_accuracy"] > 0.9
     sweep = top_k_sweep(fit, x[:400], y[:400], x[400:500], y[400:500], x[500:], y[500:])
     assert [s["k"] for s in sweep][:3] == [1, 2, 4] and sweep[0]["units"] == [7]
+
+
+def test_a_fit_that_kept_no_unit_names_the_unit_most_correlated_with_the_label():
+    """A penalty so strong that every weight is 0 (here the only C tried): the neuron is not
+    unit 0 by the ranking's ties, but the planted unit, with its sign, by correlation."""
+    x, y = planted(unit=7)
+    fit = fit_l1(x[:400], y[:400], x[400:500], y[400:500], Cs=[1e-4])
+    assert fit.nonzero == 0
+    neuron = neuron_summary(fit, x[:400], y[:400], x[400:500], y[400:500], Cs=[1e-4, 1.0])
+    assert neuron["index"] == 7 and neuron["sign"] == -1 and neuron["weight"] == 0.0
+    assert neuron["selected_by"] == "correlation" and neuron["val_accuracy"] > 0.9
+    assert list(ranked_units(fit, x[:400], y[:400])[:2]) == [7, 3]
 
 
 def test_c_grid_from_strings_and_its_errors():
