@@ -10,6 +10,7 @@ never sampled. The whole prompt-then-sample loop is one jitted ``lax.scan``.
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Any, Callable
 
 import jax
@@ -118,6 +119,11 @@ def generate(lm: TrainedLM, prompt: str, length: int = 200, *, temperature: floa
         if neuron_state not in model.feature_states:
             raise DataError(f"neuron_state must be one of {list(model.feature_states)}, got {neuron_state!r}")
     ids = lm.tokenizer.encode(prompt).astype(np.int32)
+    unknown = getattr(lm.tokenizer, "unknown_words", lambda _: [])(prompt)  # a word vocabulary's
+    if unknown:
+        shown = unknown[:10] + (["..."] if len(unknown) > 10 else [])
+        print(f"note: the prompt's words {shown} are not in the model's vocabulary; it reads "
+              f"each as <unk>", file=sys.stderr, flush=True)
     if model.max_len is not None and len(ids) + length > model.max_len:
         raise DataError(f"the prompt ({len(ids)} tokens) plus length {length} exceeds the model's "
                         f"max_len {model.max_len}; ask for at most {max(model.max_len - len(ids), 0)}")

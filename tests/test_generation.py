@@ -77,6 +77,25 @@ def test_bad_generation_requests():
         generate(lm, "a", 5, neuron=16)
 
 
+def test_a_word_models_prompt_names_its_unknown_words(capfd):
+    """Words outside the vocabulary are read as <unk>; generate says which (once each)."""
+    import dataclasses
+    from lmscale.data.words import SPECIALS, WordTokenizer
+    from lmscale.models import model_params
+    words = WordTokenizer([*SPECIALS, "the", "film", "is", "good"], unk_bytes=3)
+    assert words.unknown_words("the zzyzx film ☃ zzyzx <unk>\nis") == ["zzyzx", "☃"]
+    lm = random_lm()
+    graphdef, params = model_params(lm.config.model, words.vocab_size, seed=0)
+    lm = dataclasses.replace(lm, tokenizer=words, graphdef=graphdef, params=params,
+                             decode_cache={})
+    (text,) = generate(lm, "the zzyzx film ☃", length=3, temperature=0.0)
+    assert text.startswith("the zzyzx film ☃")
+    assert "note: the prompt's words ['zzyzx', '☃'] are not in the model's vocabulary" in \
+        capfd.readouterr().err
+    generate(lm, "the film", length=2, temperature=0.0)
+    assert "note:" not in capfd.readouterr().err
+
+
 def test_continuation_keeps_word_spaces():
     from lmscale.data.tokenizer import ByteTokenizer
     from lmscale.data.words import SPECIALS, WordTokenizer

@@ -128,6 +128,12 @@ class WordTokenizer(FileTokenizer):
         newline (a prompt: none after its last words)."""
         return self._ids([split_words(text, close=False)])[0]
 
+    def unknown_words(self, text: str | bytes) -> list[str]:
+        """The words of ``text`` outside the vocabulary (each once, in order): read as <unk>."""
+        seen = dict.fromkeys(w for w in split_words(text, close=False)
+                             if w not in self.index and w != UNK)
+        return list(seen)
+
     def encode_batch(self, texts: Sequence[str | bytes]) -> tuple[np.ndarray, np.ndarray]:
         """Ids of all ``texts`` (documents, each closed by an ``<eos>``) concatenated, and each
         text's token count (int64)."""
