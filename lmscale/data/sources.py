@@ -8,13 +8,12 @@ document per example.
 
 from __future__ import annotations
 
-import csv
 import glob
 import json
 import os
-import sys
 from collections.abc import Iterator, Sequence
 
+from lmscale.data.csv_rows import csv_rows
 from lmscale.data.errors import DataError
 from lmscale.data.tfds import is_tfds, iter_examples, iter_text
 
@@ -117,23 +116,11 @@ def _iter_jsonl(path: str, field: str) -> Iterator[tuple[bytes, bool]]:
 
 def _iter_csv(path: str, column: str) -> Iterator[tuple[bytes, bool]]:
     delimiter = _CSV_EXTS[os.path.splitext(path)[1].lower()]
-    csv.field_size_limit(sys.maxsize)
-    try:
-        with open(path, "r", encoding="utf-8-sig", newline="") as f:
-            reader = csv.DictReader(f, delimiter=delimiter)
-            fields = reader.fieldnames
-            if fields is None:
-                return  # an empty file: no header, no rows
-            if column not in fields:
-                raise DataError(f"{path}: no column {column!r}; columns are {list(fields)}")
-            for row in reader:
-                value = row[column]
-                if value:
-                    yield value.encode("utf-8"), True
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid UTF-8 ({e})") from None
-    except csv.Error as e:
-        raise DataError(f"{path}: bad CSV ({e})") from None
+    # An empty file has no rows (a corpus may hold some); a row with other fields than the
+    # header is an error naming its line.
+    for _, row in csv_rows(path, [column], delimiter, empty_ok=True):
+        if row[column]:
+            yield row[column].encode("utf-8"), True
 
 
 def iter_pieces(paths: Sequence[str], *, text_column: str | None = None,

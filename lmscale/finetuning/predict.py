@@ -56,21 +56,21 @@ def read_texts(path: str, text_column: str) -> list[str]:
     """The texts of a .csv/.tsv (column ``text_column``) or .jsonl (field) file; DataError names
     the file and the columns there when the column is missing, or the row of an empty text."""
     import json
-    import sys
 
+    from lmscale.data.csv_rows import csv_rows
     from lmscale.data.errors import DataError
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file")
     ext = os.path.splitext(path)[1].lower()
     texts: list[str] = []
     if ext in (".csv", ".tsv"):
-        csv.field_size_limit(sys.maxsize)
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            reader = csv.DictReader(f, delimiter="\t" if ext == ".tsv" else ",")
-            if text_column not in (reader.fieldnames or []):
-                raise DataError(f"{path}: no column {text_column!r}; columns are "
-                                f"{list(reader.fieldnames or [])} (set --text_column)")
-            texts = [row[text_column] or "" for row in reader]
+        try:
+            texts = [row[text_column] for _, row in
+                     csv_rows(path, [text_column], "\t" if ext == ".tsv" else ",")]
+        except DataError as e:
+            if "no column" in str(e):
+                raise DataError(f"{e} (set --text_column)") from None
+            raise
     elif ext in (".jsonl", ".json"):
         with open(path, encoding="utf-8") as f:
             for i, line in enumerate(f, start=1):

@@ -7,15 +7,14 @@ texts and their labels. Several label columns (comma separated) give multi-label
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import os
-import sys
 from typing import Any, Sequence
 
 import numpy as np
 
+from lmscale.data.csv_rows import csv_rows
 from lmscale.data.errors import DataError
 from lmscale.data.tfds import PREFIX, iter_examples, parse_tfds
 
@@ -85,22 +84,10 @@ def _label(value: Any, where: str, column: str) -> int:
 
 def _read_csv(path: str, text_column: str, label_names: list[str], delimiter: str
               ) -> tuple[list[str], list[list[int]]]:
-    csv.field_size_limit(sys.maxsize)
     texts, rows = [], []
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            reader = csv.DictReader(f, delimiter=delimiter)
-            fields = list(reader.fieldnames or [])
-            for col in [text_column, *label_names]:
-                if col not in fields:
-                    raise DataError(f"{path}: no column {col!r}; columns are {fields}")
-            for i, row in enumerate(reader, start=2):
-                texts.append(row[text_column] or "")
-                rows.append([_label(row[c], f"{path}:{i}", c) for c in label_names])
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid UTF-8 ({e})") from None
-    except csv.Error as e:
-        raise DataError(f"{path}: bad CSV ({e})") from None
+    for line, row in csv_rows(path, [text_column, *label_names], delimiter):
+        texts.append(row[text_column])
+        rows.append([_label(row[c], f"{path}:{line}", c) for c in label_names])
     return texts, rows
 
 

@@ -1,0 +1,51 @@
+"""Rows of a .csv/.tsv file, checked as every reader here needs them: corpora
+(``data.sources``), labeled texts (``transfer.labeled``) and texts to classify
+(``finetuning.predict``).
+
+Errors are ``DataError``s naming the file, and the line where one row is at fault: an empty
+file (no header row), a column missing from the header (listing the columns there), a row
+with more fields than the header (an unquoted comma inside a text, which ``csv.DictReader``
+would otherwise keep under the key None and read a truncated text from) or with fewer,
+invalid UTF-8, and malformed CSV.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from typing import Iterator, Sequence
+
+from lmscale.data.errors import DataError
+
+
+def csv_rows(path: str, columns: Sequence[str], delimiter: str = ",", *,
+             empty_ok: bool = False) -> Iterator[tuple[int, dict[str, str]]]:
+    """(line, row) of each data row of ``path``, ``row`` mapping the header's names to the
+    fields; ``line`` is the row's last line in the file (the header is line 1). The header
+    must name every one of ``columns``. ``empty_ok``: an empty file has no rows instead of
+    being an error."""
+    csv.field_size_limit(sys.maxsize)
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f, delimiter=delimiter)
+            fields = reader.fieldnames
+            if fields is None:
+                if empty_ok:
+                    return
+                raise DataError(f"{path} is empty: expected a header row naming the columns "
+                                f"{list(columns)}, then one row per text")
+            for col in columns:
+                if col not in fields:
+                    raise DataError(f"{path}: no column {col!r}; columns are {list(fields)}")
+            for row in reader:
+                if None in row or None in row.values():
+                    n = len(fields) + len(row.get(None) or ()) - list(row.values()).count(None)
+                    name = "tab" if delimiter == "\t" else "comma"
+                    raise DataError(
+                        f"{path}:{reader.line_num}: {n} fields, and the header has {len(fields)} "
+                        f"(a {name} inside a text must be quoted)")
+                yield reader.line_num, row
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid UTF-8 ({e})") from None
+    except csv.Error as e:
+        raise DataError(f"{path}: bad CSV ({e})") from None
