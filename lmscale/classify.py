@@ -1,4 +1,4 @@
-"""Classify new text with a saved classifier (a fine-tuned run or a transfer output).
+r"""Classify new text with a saved classifier (a fine-tuned run or a transfer output).
 
     python -m lmscale.classify --workdir=runs/sst_ft --input=texts.csv --text_column=text \
         --output=predictions.csv [--labels=label]

@@ -1,4 +1,4 @@
-"""Fine-tune a trained language model into a text classifier.
+r"""Fine-tune a trained language model into a text classifier.
 
     python -m lmscale.finetune --config=configs/finetune_sst.py --workdir=runs/sst_ft \
         --config.init_from=runs/sst_lm [--config.train.steps=600 ...]

@@ -1,4 +1,4 @@
-"""Generate text with a trained LM, optionally holding one unit (the sentiment neuron) fixed.
+r"""Generate text with a trained LM, optionally holding one unit (the sentiment neuron) fixed.
 
     python -m lmscale.generate --workdir=runs/sst_lm --prompt="This movie" --length=200 \
         --temperature=0.8 --top_p=0.95 [--neuron=IDX --neuron_value=1.0]

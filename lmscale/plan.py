@@ -1,4 +1,4 @@
-"""Dry run: compile a config's training step for a device count and print its costs.
+r"""Dry run: compile a config's training step for a device count and print its costs.
 
     python -m lmscale.plan --config=configs/mlstm4096_8gpu.py [--devices=8] [--json=out.json]
     python -m lmscale.plan --config=configs/mlstm4096_8gpu.py --devices=8 \

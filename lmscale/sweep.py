@@ -1,4 +1,4 @@
-"""Run a grid of training runs (a sweep) and write a report.
+r"""Run a grid of training runs (a sweep) and write a report.
 
     python -m lmscale.sweep --config=configs/lr_rules.py --sweep=configs/sweeps/lr_rules.py \
         --workdir=runs/sweeps/lr_rules [--parallel=2] [--cpu_budget_minutes=20] [--config.x=...]

@@ -1,4 +1,4 @@
-"""Train (or resume) a language model.
+r"""Train (or resume) a language model.
 
     python -m lmscale.train --config=configs/quickstart.py --workdir=runs/quickstart \
         [--config.train.steps=2000 --config.model.hidden=512 ...]

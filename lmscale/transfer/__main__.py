@@ -1,8 +1,8 @@
-"""Sentiment transfer: classify labeled text with a trained LM's features; find the neuron.
+r"""Sentiment transfer: classify labeled text with a trained LM's features; find the neuron.
 
-    python -m lmscale.transfer --workdir=runs/sst_lm \
-        --train=../shared/data/sst_binary/train.csv --val=../shared/data/sst_binary/val.csv \
-        --test=../shared/data/sst_binary/test.csv --text_column=sentence --label_column=label
+    SST=$(python -m lmscale.datasets fetch sst_binary | head -1)
+    python -m lmscale.transfer --workdir=runs/sst_lm --train=$SST/train.csv --val=$SST/val.csv \
+        --test=$SST/test.csv --text_column=sentence --label_column=label
 
 Writes OUTPUT/results.json (accuracies as fractions; ``all_features``, ``neuron``,
 ``top_k``, ``baseline``), neuron_histogram.png, weights.png, neuron_heatmap.png/.html.
