@@ -43,7 +43,8 @@ def classify() -> dict:
         if clf.multilabel and data.label_names != clf.class_names:
             raise DataError(f"--labels names {data.label_names}; the classifier's classes are "
                             f"{clf.class_names}")
-        check_labels(data.labels, clf.multilabel, len(clf.class_names), data.source, data.label_names)
+        check_labels(data.labels, clf.multilabel, len(clf.class_names), data.source, data.label_names,
+                     "the classifier")
     else:
         texts = read_texts(_INPUT.value, _TEXT.value)
     probs, pred = clf.predict(texts)

@@ -115,7 +115,8 @@ def generate(lm: TrainedLM, prompt: str, length: int = 200, *, temperature: floa
             raise DataError(f"a {lm.config.model.kind} model has no state to hold a neuron in: "
                             f"--neuron needs a recurrent model (mlstm, lstm)")
         if not 0 <= neuron < model.feature_width:
-            raise DataError(f"--neuron={neuron} is outside the last layer's {model.feature_width} units")
+            raise DataError(f"neuron {neuron} is outside the last layer's {model.feature_width} "
+                            f"units 0..{model.feature_width - 1}")
         if neuron_state not in model.feature_states:
             raise DataError(f"neuron_state must be one of {list(model.feature_states)}, got {neuron_state!r}")
     ids = lm.tokenizer.encode(prompt).astype(np.int32)

@@ -88,8 +88,10 @@ def load_splits(ft: ml_collections.ConfigDict) -> tuple[dict[str, Labeled], int,
         class_names = [str(i) for i in range(k)]
         if k < 2:
             raise DataError(f"{ft.train}: one class only; classification needs two or more")
+    origin = ("finetune.num_classes" if ft.num_classes else
+              f"finetune.num_classes=0: the largest label of {ft.train}")
     for d in splits.values():
-        check_labels(d.labels, ft.multilabel, k, d.source, d.label_names)
+        check_labels(d.labels, ft.multilabel, k, d.source, d.label_names, origin)
     return splits, k, class_names
 
 

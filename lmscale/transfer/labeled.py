@@ -127,8 +127,9 @@ def _read_tfds(name: str, text_key: str, label_names: list[str]) -> tuple[list[s
 
 
 def check_labels(labels: np.ndarray, multilabel: bool, num_classes: int, source: str,
-                 names: Sequence[str]) -> None:
-    """Raises DataError naming the file and column unless the labels fit the task."""
+                 names: Sequence[str], classes_from: str = "the task") -> None:
+    """Raises DataError naming the file and column unless the labels fit the task;
+    ``classes_from`` says where ``num_classes`` came from."""
     if multilabel:
         if labels.ndim != 2:
             labels = labels.reshape(len(labels), -1)
@@ -144,4 +145,4 @@ def check_labels(labels: np.ndarray, multilabel: bool, num_classes: int, source:
     bad = sorted(set(np.unique(labels).tolist()) - set(range(num_classes)))
     if bad:
         raise DataError(f"{source}: label column {names[0]!r} has values {bad[:5]} outside the "
-                        f"declared classes 0..{num_classes - 1}")
+                        f"classes 0..{num_classes - 1} (of {classes_from}); class ids run from 0")

@@ -341,9 +341,15 @@ def test_bad_input_one_line_errors(sst_run, data, tmp_path):
             "finetune.multilabel": True, "finetune.label_column": "label,joy"}), str(tmp_path / "m"))
     three = tmp_path / "three.csv"
     three.write_text("sentence,label\ngood,1\nbad,0\nodd,2\n")
-    with pytest.raises(DataError, match="has values \\[2\\] outside the declared classes 0..1"):
+    with pytest.raises(DataError, match=r"has values \[2\] outside the classes 0..1 \(of "
+                                        r"finetune.num_classes\)"):
         finetune(ft_config(sst_run, str(three), str(three), **{"finetune.num_classes": 2}),
                  str(tmp_path / "c"))
+    negative = tmp_path / "negative.csv"
+    negative.write_text("sentence,label\ngood,1\nbad,0\nodd,-1\n")
+    with pytest.raises(DataError, match=r"values \[-1\] outside the classes 0..1 \(of "
+                                        r"finetune.num_classes=0: the largest label of "):
+        finetune(ft_config(sst_run, str(negative), str(negative)), str(tmp_path / "n"))
     empty = tmp_path / "empty.csv"
     empty.write_text("sentence,label\ngood,1\n  ,0\n")
     with pytest.raises(DataError, match="row 2 has an empty 'sentence'"):
