@@ -75,7 +75,7 @@ def restore_best_params(workdir: str, like: Any, sharding: jax.sharding.Sharding
     step = int(record["step"])
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), like)
     restored = ocp.PyTreeCheckpointer().restore(
-        os.path.join(workdir, BEST_DIR, str(step), "params"),
+        os.path.join(os.path.abspath(workdir), BEST_DIR, str(step), "params"),  # orbax: absolute
         args=ocp.args.PyTreeRestore(item=abstract,
                                     restore_args=jax.tree.map(
                                         lambda _: ocp.ArrayRestoreArgs(sharding=sharding), like)))

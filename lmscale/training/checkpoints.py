@@ -80,6 +80,13 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(
             self.directory, options=options,
             item_handlers={"state": state_handler, "meta": ocp.JsonCheckpointHandler()})
+        # orbax >= 0.12 removes a crashed save's temporary folders in a thread of its own and
+        # waits for it only at the first save: a run that fails before (bad data, a refused
+        # resume) exited while it ran, and its "cannot schedule new futures after interpreter
+        # shutdown" traceback followed the one-line error. Waiting here costs a listing.
+        pending = getattr(self.manager, "_cleanup_tmp_directory_future", None)
+        if pending is not None:
+            pending.result()
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()

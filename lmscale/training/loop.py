@@ -31,7 +31,7 @@ from lmscale.training.resume import (PROVENANCE_KEYS, archive_previous_run, chec
                                      keep_config_history, provenance, resumed_derived)
 from lmscale.training.stop import StopSignal
 from lmscale.training.data_source import resolve_dataset, train_batcher
-from lmscale.training.evaluate import batch_arrays, evaluate_split
+from lmscale.training.evaluate import batch_arrays, eval_stream, evaluate_split
 from lmscale.training.in_flight import InFlight
 from lmscale.training.loss import bits_per_char
 from lmscale.training.best import BestKeeper
@@ -82,6 +82,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     dataset = TokenDataset.open(resolve_dataset(config.data, workdir, progress=interactive))
     batcher = train_batcher(dataset, config)
     val = dataset.split("val") if "val" in dataset.split_names else None
+    if val is not None:  # a split too small to validate on fails now, not after training
+        eval_stream(val, **{k: v for k, v in eval_settings(config).items() if k != "max_steps"})
     tokenizer = dataset.tokenizer
     vocab_size = tokenizer.vocab_size
     byte_lengths = tokenizer.byte_lengths()
@@ -158,7 +160,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         writer.write(record)
         last["val"] = record
         if progress:
-            tqdm.tqdm.write(f"step {step}: val bpc {result['bpc']:.4f}")
+            tqdm.tqdm.write(f"step {step}: val bpc {result['bpc']:.4f}", file=sys.stderr)
         return record
 
     tokens_per_step = derived["tokens_per_step"]
@@ -207,7 +209,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                 if monitor and record and monitor.after_validation(record["loss"], step):
                     state = state.replace(opt_state=switch_on(state.opt_state, step, replicated))
                     if progress:
-                        tqdm.tqdm.write(f"step {step}: NT-ASGD switches to averaging")
+                        tqdm.tqdm.write(f"step {step}: NT-ASGD switches to averaging",
+                                        file=sys.stderr)
                 if monitor:
                     meta["ntasgd"] = monitor.record()
             if step % config.checkpoint.every == 0 and step < steps:

@@ -127,6 +127,8 @@ def test_averaged_weights_are_validated_exported_and_resume_decides_the_same(tmp
     assert read_best(full) == {"step": best["step"], "loss": best["loss"], "averaged": best["averaged"]}
     kept = load_trained(full, best=True)
     assert kept.step == best["step"]
+    monkeypatch.chdir(tmp_path)  # a relative workdir, as the README's commands give it
+    assert load_trained("full", best=True).step == best["step"]
     assert evaluate_data(kept, lm.derived["dataset"], split="val")["loss"] == pytest.approx(best["loss"], rel=1e-6)
 
     split = str(tmp_path / "split")

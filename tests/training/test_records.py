@@ -205,6 +205,25 @@ def test_readers_neither_create_nor_clean_a_workdirs_checkpoints(base_run, tmp_p
     assert os.path.isdir(in_progress)
 
 
+def test_a_run_refused_at_start_is_one_line_and_trains_nothing(tmp_path, corpus):
+    """A validation split too small for one sequence is refused before the first step (it was
+    found at the first validation, after training, with no checkpoint kept); the error is the
+    last line, without orbax's cleanup-thread traceback after it (seen 2 runs in 3 once the
+    workdir's checkpoints/ existed, so twice)."""
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text("twelve bytes")
+    workdir = tmp_path / "run"
+    for _ in range(2):
+        proc = subprocess.run(tiny_train_command(workdir, corpus, **{"data.val": str(tiny),
+                                                                     "train.steps": 4}),
+                              cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 1
+        assert proc.stderr.strip().splitlines()[-1] == (
+            "error: split 'val' has 12 tokens: too few for one sequence of seq_len 16")
+        assert "Traceback" not in proc.stderr
+        assert not os.path.exists(workdir / "metrics.jsonl")
+
+
 def test_cli_logs_plain_progress_lines_and_eval_defaults_to_the_runs_val_split(tmp_path, corpus):
     workdir = tmp_path / "run"
     # progress_bar on (the default): stderr is a pipe, not a terminal, so plain lines.
@@ -216,7 +235,9 @@ def test_cli_logs_plain_progress_lines_and_eval_defaults_to_the_runs_val_split(t
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "\r" not in proc.stderr
     assert [l.split(":")[0] for l in proc.stderr.splitlines() if l.startswith("step ")] == \
-        ["step 2/4", "step 4/4"]
+        ["step 2/4", "step 4/4", "step 4"]  # the last is the validation line: progress too
+    assert proc.stdout.splitlines()[-1].startswith("step 4: val bpc ")  # the result, once
+    assert proc.stdout.count("val bpc") == 1
     proc = subprocess.run([sys.executable, "-m", "lmscale.eval", f"--workdir={workdir}"], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
