@@ -113,10 +113,11 @@ def resumed_derived(derived: dict[str, Any], saved: dict[str, Any],
     new = config.to_dict()
     if any(_get(old, k) != _get(new, k) for k in DECAY_FIELDS):
         return derived
-    if old_derived["decay_steps"] != derived["decay_steps"] and jax.process_index() == 0:
-        print(f"note: train.steps is {derived['steps']}, the run started with "
-              f"{old_derived.get('steps')}; the learning rate keeps its decay horizon of "
-              f"{old_derived['decay_steps']} steps (set optim.decay_steps to change it)",
+    changed = old_derived.get("steps") != derived["steps"]  # since the checkpoint's run
+    if changed and old_derived["decay_steps"] != derived["decay_steps"] and jax.process_index() == 0:
+        print(f"note: train.steps is {derived['steps']} (it was {old_derived.get('steps')}); the "
+              f"learning rate keeps the decay horizon of {old_derived['decay_steps']} steps the "
+              f"run started with (set optim.decay_steps to change it)",
               file=sys.stderr, flush=True)
     return {**derived, "decay_steps": old_derived["decay_steps"]}
 

@@ -72,7 +72,10 @@ def test_raising_train_steps_keeps_the_decay_horizon(base_run, tmp_path, capfd):
     records = [r for r in read_metrics(workdir) if r["split"] == "train"]
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
     assert [r["lr"] for r in records[4:]] == [0.0, 0.0]
-    assert "keeps its decay horizon of 4 steps" in capfd.readouterr().err
+    assert ("note: train.steps is 6 (it was 4); the learning rate keeps the decay horizon of "
+            "4 steps the run started with") in capfd.readouterr().err
+    train(tiny_config(corpus, **{**BASE, "train.steps": 6}), workdir)  # nothing changed: no note
+    assert "note: train.steps" not in capfd.readouterr().err
     config = json.load(open(os.path.join(workdir, "config.json")))
     assert config["derived"]["decay_steps"] == 4 and config["derived"]["steps"] == 6
     # config.json is the current config; the one it replaced is history

@@ -24,6 +24,16 @@ def test_warmup_then_linear():
     np.testing.assert_allclose(float(s(110)), 0.0, atol=1e-12)
 
 
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_past_the_horizon_the_rate_is_zero_not_below_it_jitted(kind):
+    """As the training step computes it (jitted, where XLA multiplies by 1/10 instead of
+    dividing): the linear decay of lr 3e-3, warmup 20, horizon 30 gave -4.47e-11 past 30."""
+    import jax
+    s = jax.jit(make_schedule(kind, 3e-3, warmup_steps=20, decay_steps=30))
+    assert [float(s(step)) for step in (30, 31, 40, 1000)] == [0.0, 0.0, 0.0, 0.0]
+    assert float(s(29)) > 0
+
+
 def test_cosine_and_constant():
     s = make_schedule("cosine", 1.0, warmup_steps=0, decay_steps=40)
     for step in (0, 10, 20, 40):
