@@ -41,7 +41,16 @@ def parse_flags(argv: list[str]) -> list[str]:
     """
     from absl import flags
     try:
-        return flags.FLAGS(argv)
+        rest = flags.FLAGS(argv)
+        for name in list(flags.FLAGS):
+            # A config file that failed to load: ml_collections keeps the error for the first
+            # use of the config, where it surfaced as two tracebacks.
+            failed = getattr(flags.FLAGS[name].value, "_error", None)
+            if isinstance(failed, Exception):
+                reason = str(failed).strip().splitlines()[-1].strip()
+                print(f"error: --{name}: {reason}", file=sys.stderr)
+                sys.exit(1)
+        return rest
     except (AttributeError, KeyError) as e:  # unknown key in a locked ConfigDict
         text = str(e.args[0] if e.args else e)
         text = re.sub(r"(\\n|[\\'\s])+", " ", text).strip()

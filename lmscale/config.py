@@ -221,8 +221,33 @@ def parse_split(split: str) -> tuple[int, int, int]:
     return parts  # type: ignore[return-value]
 
 
+def check_known_fields(config: ml_collections.ConfigDict) -> None:
+    """Refuses fields that ``default_config`` does not have, naming each with the closest known
+    one: a config file that sets ``c.model.hiden`` and forgets ``c.lock()`` would otherwise
+    add a field nothing reads and train at the default."""
+    import difflib
+
+    def flat(d: Any, prefix: str = "") -> list[str]:
+        out = []
+        for k, v in d.items():
+            out += flat(v, f"{prefix}{k}.") if isinstance(v, (dict, ml_collections.ConfigDict)) \
+                else [f"{prefix}{k}"]
+        return out
+
+    known = flat(default_config())
+    unknown = sorted(set(flat(config)) - set(known))
+    if unknown:
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, known, n=1)
+            hints.append(f"{name} (did you mean {close[0]}?)" if close else name)
+        raise ConfigError(f"unknown config field{'s' if len(unknown) > 1 else ''} "
+                          f"{', '.join(hints)}: lmscale/config.py lists every field")
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     """Checks values that cannot work, each error naming the key and the numbers."""
+    check_known_fields(config)
     from lmscale.models import get_kind, model_kinds  # JAX: not at import (module doc)
     if config.model.kind not in model_kinds():
         raise ConfigError(f"model.kind must be one of {list(model_kinds())}, got {config.model.kind!r}")

@@ -27,7 +27,7 @@ import optax
 from jax.sharding import Mesh
 
 from lmscale.atomic import write_json
-from lmscale.config import ConfigError, load_config, save_config, scaled_lr
+from lmscale.config import ConfigError, check_known_fields, load_config, save_config, scaled_lr
 from lmscale.data.errors import DataError
 from lmscale.finetuning.data import Encoded, TrainBatches, class_weights_from, encode
 from lmscale.finetuning.head import init_classifier
@@ -140,6 +140,7 @@ def init_finetune_state(config: ml_collections.ConfigDict, policy: Policy,
 def finetune(config: ml_collections.ConfigDict, workdir: str,
              devices: list[jax.Device] | None = None) -> dict[str, Any]:
     """Fine-tunes (or resumes) the classifier in ``workdir``; returns the results dict."""
+    check_known_fields(config)
     mesh = mesh_lib.make_mesh(devices)
     ft = config.finetune
     if ft.best_metric not in METRICS:

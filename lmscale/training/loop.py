@@ -63,9 +63,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 
     Data parallel over ``devices`` (default: every device of every process).
     """
-    os.makedirs(workdir, exist_ok=True)
     mesh = mesh_lib.make_mesh(devices)
-    validate(config, mesh.size)
+    validate(config, mesh.size)  # a bad config writes nothing
+    os.makedirs(workdir, exist_ok=True)
     config = with_global_batch(config, mesh.size)
     is_main = jax.process_index() == 0
     progress = config.train.progress_bar and is_main

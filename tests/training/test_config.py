@@ -73,6 +73,25 @@ def test_locked_config_rejects_typo():
         c.model.hiden = 3
 
 
+def test_a_config_file_that_forgot_to_lock_still_has_its_typos_refused(tmp_path):
+    """c.model.hiden in a file without c.lock() adds a field nothing reads: refused, naming
+    it and the field meant, before the workdir is made. A misspelt --config path is one line."""
+    config = tmp_path / "unlocked.py"
+    config.write_text("from lmscale.config import default_config\n\n\ndef get_config():\n"
+                      "    c = default_config()\n    c.model.hiden = 64\n    return c\n")
+    workdir = tmp_path / "run"
+    for path, message in ((config, "error: unknown config field model.hiden (did you mean "
+                                   "model.hidden?): lmscale/config.py lists every field"),
+                          (tmp_path / "missing.py", "error: --config: [Errno 2] No such file or "
+                                                    f"directory: '{tmp_path / 'missing.py'}'")):
+        proc = subprocess.run([sys.executable, "-m", "lmscale.train", f"--config={path}",
+                               f"--workdir={workdir}"], cwd=REPO, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 1
+        assert proc.stderr.strip().splitlines() == [message]
+        assert not workdir.exists()
+
+
 def test_derive_epochs_and_decay():
     c = locked(**{"train.steps": 1000, "train.epochs": 2.0, "optim.decay_epochs": 1.0})
     d = derive(c, steps_per_epoch=300)
