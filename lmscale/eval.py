@@ -48,7 +48,9 @@ def main(argv: list[str]) -> None:
                                seq_len=_SEQ.value or None,
                                max_steps=None if _STEPS.value < 0 else _STEPS.value, text_column=_COLUMN.value,
                                text_field=_FIELD.value)
-        return {"step": lm.step, "data": data, "split": _SPLIT.value, **result}
+        from lmscale.data.dataset import is_dataset
+        split = _SPLIT.value if is_dataset(data) else "all"  # text files: all of their text
+        return {"step": lm.step, "data": data, "split": split, **result}
 
     result = run_cli(run)
     print(json.dumps(result))

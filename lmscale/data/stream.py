@@ -64,6 +64,22 @@ class StreamBatcher:
         return (self.row_length - 1) // self.seq_len
 
     @property
+    def tail_length(self) -> int:
+        """Inputs of each row's stretch after an epoch's full steps (< seq_len): what ``tail``
+        reads, so that an evaluation scores every target of the stretch."""
+        return (self.row_length - 1) - self.steps_per_epoch * self.seq_len
+
+    def tail(self, rows: tuple[int, int] | None = None) -> LMBatch:
+        """Rows ``rows`` of the ``tail_length`` inputs after the first epoch's last step: they
+        continue its rows' stretches (the state carried on), [rows, tail_length] arrays."""
+        start, stop = self.checked_rows(0, rows)
+        if self.tail_length < 1:
+            raise DataError(f"split {self.split.name!r}: its rows have no tail after "
+                            f"{self.steps_per_epoch} steps of {self.seq_len}")
+        return self.read(0, self.steps_per_epoch * self.seq_len, self.tail_length, (start, stop),
+                         epoch_start=False)
+
+    @property
     def tokens_per_step(self) -> int:
         return self.batch_size * self.seq_len
 

@@ -40,6 +40,9 @@ def evaluate_split(eval_step: Callable, params: Any, initial_carry: Callable[[in
                    split: SplitData, mesh: Mesh, *, batch_size: int, seq_len: int,
                    reset_on_documents: bool = False, max_steps: int = 0) -> dict[str, float]:
     """Runs ``eval_step`` over the split (all of it, or the first ``max_steps`` batches).
+    All of it scores every target but each row's first token (read with a zero state) and
+    the split's last ``tokens mod rows``: the rows' tails after the last full step are one
+    more, shorter step.
 
     ``eval_step(params, carry, batch) -> (carry, sums [nats, count, bytes])`` is the jitted
     step (``steps.make_eval_step``); ``initial_carry(rows)`` the model's zero carry. Returns
@@ -52,7 +55,9 @@ def evaluate_split(eval_step: Callable, params: Any, initial_carry: Callable[[in
     sharding = mesh_lib.batch_sharded(mesh)
     carry = zero_carry(initial_carry, padded, sharding)
     sums, in_flight = [], InFlight()
-    for k in range(steps):
+    # The whole split: each row's last, shorter step too (one more program, of its width).
+    tail = steps == stream.steps_per_epoch and stream.tail_length > 0
+    for k in [*range(steps), *([TAIL] if tail else [])]:
         carry, s = eval_step(params, carry, padded_batch(stream, k, rows, padded, sharding))
         sums.append(s)
         in_flight.add(s)
@@ -84,7 +89,10 @@ def padded_batch(batcher: StreamBatcher, step: int, rows: tuple[int, int], padde
     return mesh_lib.tree_put_global(local, sharding, padded)
 
 
+TAIL = -1  # the step of ``padded_batch`` that reads the rows' tails (``StreamBatcher.tail``)
+
+
 def _local(batcher: StreamBatcher, step: int, rows: tuple[int, int]) -> dict[str, np.ndarray]:
-    b = batcher.batch(step, rows=rows)
+    b = batcher.tail(rows) if step == TAIL else batcher.batch(step, rows=rows)
     return {"inputs": b.inputs.astype(np.int32), "targets": b.targets.astype(np.int32),
             "weights": b.weights.astype(np.float32), "resets": b.resets.astype(bool)}

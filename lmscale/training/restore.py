@@ -22,6 +22,7 @@ from jax.sharding import Mesh
 
 from lmscale.config import COMPUTE_DTYPES, load_config
 from lmscale.data.dataset import TokenDataset, is_dataset
+from lmscale.data.errors import DataError
 from lmscale.data.prepare import prepare_dataset
 from lmscale.data.tokenizer import tokenizer_from_dict
 from lmscale.models import model_params
@@ -200,14 +201,18 @@ def evaluate_data(lm: TrainedLM, data: str, *, split: str = "val", batch_size: i
     if is_dataset(data):
         dataset = TokenDataset.open(data)
         if dataset.tokenizer.to_dict() != lm.tokenizer.to_dict():
-            raise ValueError(f"{data} was tokenized with {dataset.tokenizer.to_dict()}, the model "
-                             f"uses {lm.tokenizer.to_dict()}")
+            raise DataError(f"{data} was prepared with the tokenizer {dataset.tokenizer.to_dict()}"
+                            f"; the model reads {lm.tokenizer.to_dict()}: pass the text files "
+                            f"themselves (--data=PATHS), which are tokenized as the model reads")
         return _evaluate(lm, dataset.split(split), settings)
     with tempfile.TemporaryDirectory(prefix="lmscale-eval-") as tmp:
         path = prepare_dataset([p for p in data.split(",") if p], os.path.join(tmp, "data"),
                                text_column=text_column, text_field=text_field, split=(1, 0, 0),
                                shard_tokens=2**40, tokenizer=lm.tokenizer, progress=False)
-        return _evaluate(lm, TokenDataset.open(path).split("train"), settings)
+        try:
+            return _evaluate(lm, TokenDataset.open(path).split("train"), settings)
+        except DataError as e:  # the one split of the text is no split of the user's
+            raise DataError(str(e).replace("split 'train'", f"the text of {data}")) from None
 
 
 def _evaluate(lm: TrainedLM, split: Any, settings: dict[str, Any]) -> dict[str, float]:

@@ -135,6 +135,17 @@ def test_eval_tool_on_text_file_and_split(tmp_path, corpus):
         assert proc.returncode == 0, proc.stderr
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         assert result["step"] == 8 and 0 < result["bpc"] < 8.1 and result["chars"] > 0
+        assert result["split"] == ("all" if data == str(text) else "test")
+    # A text is scored to the end of each row: steps of 16 and the rows' shorter tails give the
+    # targets and nats of one step over each whole row (the carry continues the rows).
+    from lmscale.training.restore import evaluate_data, load_trained
+    lm = load_trained(workdir)
+    n = len(lm.tokenizer.encode(text.read_text()))
+    in_steps = evaluate_data(lm, str(text), batch_size=3, seq_len=16, max_steps=0)
+    whole_rows = evaluate_data(lm, str(text), batch_size=3, seq_len=n // 3 - 1, max_steps=0)
+    assert in_steps["tokens"] == whole_rows["tokens"] == 3 * (n // 3 - 1)
+    assert (n // 3 - 1) % 16 != 0  # so there is a tail
+    assert in_steps["loss"] == pytest.approx(whole_rows["loss"], rel=1e-5)
 
 
 def test_eval_tool_without_checkpoint(tmp_path):
