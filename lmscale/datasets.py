@@ -76,6 +76,16 @@ def data_path(name: str, *parts: str) -> str:
     return os.path.join(cache_root(), name, *parts)
 
 
+def fetch_hint(path: str) -> str:
+    """For a missing ``path`` in the cache of a data set lmscale fetches: how to fetch it."""
+    root = os.path.abspath(cache_root())
+    relative = os.path.relpath(os.path.abspath(path), root)
+    name = relative.split(os.sep)[0]
+    if relative.startswith("..") or name not in REGISTRY:
+        return ""
+    return f" (not fetched yet: python -m lmscale.datasets fetch {name})"
+
+
 def sha256_of(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

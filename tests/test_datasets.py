@@ -13,7 +13,7 @@ import threading
 import pytest
 
 from lmscale.data.errors import DataError
-from lmscale.datasets import REGISTRY, fetch, sha256_of
+from lmscale.datasets import REGISTRY, data_path, fetch, sha256_of
 from tests.conftest import REPO, SHARED_DATA
 
 SHAKESPEARE = SHARED_DATA / "tinyshakespeare" / "input.txt"
@@ -110,3 +110,13 @@ def test_registry_checksums_match_the_known_copies(tmp_path, monkeypatch):
                          ("tinyshakespeare", SHARED_DATA / "tinyshakespeare")):
         monkeypatch.setenv("LMSCALE_DATA_MIRROR", "http://127.0.0.1:9")  # unreachable
         assert fetch(name, str(folder)) == str(folder)
+
+
+def test_a_config_reading_an_unfetched_data_set_says_how_to_fetch_it(tmp_path, monkeypatch):
+    from lmscale.data.sources import iter_pieces
+    monkeypatch.setenv("LMSCALE_DATA", str(tmp_path))
+    with pytest.raises(DataError, match=r"input.txt \(not fetched yet: python -m lmscale.datasets "
+                                        r"fetch tinyshakespeare\)"):
+        list(iter_pieces([data_path("tinyshakespeare", "input.txt")]))
+    with pytest.raises(DataError, match=r"no such file or directory: \S*elsewhere.txt$"):
+        list(iter_pieces([str(tmp_path / "elsewhere.txt")]))

@@ -59,7 +59,8 @@ def expand_inputs(patterns: str | Sequence[str]) -> list[str]:
         elif os.path.exists(item):
             matched = [item]
         else:
-            raise DataError(f"no such file or directory: {item}")
+            from lmscale.datasets import fetch_hint
+            raise DataError(f"no such file or directory: {item}{fetch_hint(item)}")
         files = []
         for m in matched:
             files.extend(_files_under(m) if os.path.isdir(m) else [m])
@@ -148,7 +149,8 @@ def iter_pieces(paths: Sequence[str], *, text_column: str | None = None,
             else:
                 yield from _iter_txt(path, txt_mode)
         except FileNotFoundError:
-            raise DataError(f"no such file or directory: {path}") from None
+            from lmscale.datasets import fetch_hint
+            raise DataError(f"no such file or directory: {path}{fetch_hint(path)}") from None
         except IsADirectoryError:
             raise DataError(f"{path} is a directory, not a file") from None
 

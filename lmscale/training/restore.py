@@ -138,6 +138,9 @@ def load_trained(workdir: str, step: int | None = None, mesh: Mesh | None = None
         step = checkpointer.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"{workdir} holds no checkpoint (looked in {checkpointer.directory})")
+        if not best and step not in checkpointer.steps():
+            raise FileNotFoundError(f"{workdir} holds no checkpoint of step {step}; its steps are "
+                                    f"{sorted(checkpointer.steps())}")
         signature = checkpointer.read_meta(step)["signature"]
         tokenizer = tokenizer_from_dict(signature["data.tokenizer"], base_dir=workdir)
         vocab_size = signature["vocab_size"]

@@ -206,6 +206,9 @@ def test_readers_neither_create_nor_clean_a_workdirs_checkpoints(base_run, tmp_p
     shutil.copytree(os.path.join(workdir, "checkpoints", "4"), in_progress)
     assert load_trained(workdir).step == 4
     assert os.path.isdir(in_progress)
+    with pytest.raises(FileNotFoundError, match=r"holds no checkpoint of step 3; its steps are "
+                                                r"\[2, 4\]"):  # not "unreadable"
+        load_trained(workdir, 3)
 
 
 def test_a_run_refused_at_start_is_one_line_and_trains_nothing(tmp_path, corpus):
