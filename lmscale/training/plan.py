@@ -104,6 +104,11 @@ def format_plan(p: dict[str, Any]) -> str:
         f"all-reduces    {p['all_reduces_per_step']} per step, "
         f"{p['all_reduce_bytes_per_step'] / 2**20:.1f} MiB (params: {p['parameter_bytes_float32'] / 2**20:.1f} MiB)",
     ]
+    asked = p.get("all_reduce_bytes_requested") or 0
+    if asked and asked != p["all_reduce_bytes_per_step"]:
+        # e.g. parallel.grad_reduce_dtype=bfloat16: XLA:CPU reduces in float32, NCCL does not
+        lines[-1] += (f"; the step asks for {asked / 2**20:.1f} MiB, what a GPU backend reduces "
+                      f"and the projection uses ({p['platform']} widens it)")
     return "\n".join(lines)
 
 

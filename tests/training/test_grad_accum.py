@@ -88,6 +88,10 @@ def test_plan_counts_the_bfloat16_all_reduce_and_accumulated_tokens(tmp_path):
     by_dtype = {r["dtype"]: r for r in p["all_reduces_requested"]}  # XLA:CPU widens bf16 later
     assert by_dtype["bf16"]["bytes"] == 2 * p["params"] and by_dtype["f32"]["elements"] == 3
     assert p["seq_len"] == 2 * 128 and p["flops_per_step_train"] == 3 * p["flops_per_token_forward"] * 32 * 256
+    # The printed summary names the halved size too, not only the size XLA:CPU reduces.
+    asked = p["all_reduce_bytes_requested"] / 2**20
+    assert f"the step asks for {asked:.1f} MiB, what a GPU backend reduces" in proc.stdout
+    assert asked < 0.6 * p["all_reduce_bytes_per_step"] / 2**20
 
 
 def test_accumulation_settings_are_checked():
