@@ -106,7 +106,8 @@ def _iter_jsonl(path: str, field: str) -> Iterator[tuple[bytes, bool]]:
             if not isinstance(obj, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             if field not in obj:
-                raise DataError(f"{path}:{lineno}: no field {field!r}; keys are {sorted(obj)}")
+                raise DataError(f"{path}:{lineno}: no field {field!r}; keys are {sorted(obj)} "
+                                f"(name the text's: --text_field, or data.text_field)")
             value = obj[field]
             if value is None:
                 continue
@@ -119,9 +120,14 @@ def _iter_csv(path: str, column: str) -> Iterator[tuple[bytes, bool]]:
     delimiter = _CSV_EXTS[os.path.splitext(path)[1].lower()]
     # An empty file has no rows (a corpus may hold some); a row with other fields than the
     # header is an error naming its line.
-    for _, row in csv_rows(path, [column], delimiter, empty_ok=True):
-        if row[column]:
-            yield row[column].encode("utf-8"), True
+    try:
+        for _, row in csv_rows(path, [column], delimiter, empty_ok=True):
+            if row[column]:
+                yield row[column].encode("utf-8"), True
+    except DataError as e:
+        if "no column" not in str(e):
+            raise
+        raise DataError(f"{e} (name the text's: --text_column, or data.text_column)") from None
 
 
 def iter_pieces(paths: Sequence[str], *, text_column: str | None = None,

@@ -223,8 +223,9 @@ def check_same_model(saved: dict[str, Any], current: dict[str, Any], directory: 
         if old != current.get(key):
             raise CheckpointMismatchError(
                 f"{directory} holds a checkpoint of a different model: {key} is "
-                f"{old!r} there and {current.get(key)!r} here; use another --workdir "
-                f"or the same model config")
+                f"{old!r} there and {current.get(key)!r} here; use another --workdir, "
+                f"the same model config, or --config.resume=false to start afresh (the old "
+                f"run is archived)")
 
 
 def _short(error: BaseException) -> str:
