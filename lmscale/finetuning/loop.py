@@ -114,7 +114,7 @@ def check_same_start(meta: dict[str, Any], config: ml_collections.ConfigDict, lm
         if before[key] is not None and before[key] != value:
             what = "the LM's checkpoint step" if key == "lm_step" else key
             raise CheckpointMismatchError(
-                f"{workdir} was fine-tuned from {what}={before[key]!r}; resuming it with "
+                f"{workdir} was fine-tuned with {what}={before[key]!r}; resuming it with "
                 f"{value!r} is refused; use the same value, a new --workdir, or "
                 f"--config.resume=false to start afresh (the old run is archived)")
 

@@ -193,7 +193,7 @@ def test_exact_resume_bitwise(sst_run, data, tmp_path):
     from lmscale.training.checkpoints import CheckpointMismatchError
     config_json = open(os.path.join(whole, "config.json")).read()
     with pytest.raises(CheckpointMismatchError, match=(
-            "fine-tuned from finetune.lm_init='pretrained'; resuming it with 'random' is refused")):
+            "fine-tuned with finetune.lm_init='pretrained'; resuming it with 'random' is refused")):
         finetune(ft_config(sst_run, data["sst_train"], data["sst_val"],
                            **{**kw, "finetune.lm_init": "random"}), whole)
     assert open(os.path.join(whole, "config.json")).read() == config_json
