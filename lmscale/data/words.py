@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,6 +128,18 @@ class WordTokenizer(FileTokenizer):
         """Ids [n] (``token_dtype``) of ``text``: its words and an ``<eos>`` per line ended by a
         newline (a prompt: none after its last words)."""
         return self._ids([split_words(text, close=False)])[0]
+
+    def text_byte_lengths(self, text: str) -> np.ndarray:
+        """int64 [len(encode(text))]: the UTF-8 bytes of ``text`` each token stands for (a word
+        with the whitespace before it, ``<eos>`` its newline; the last token also the trailing
+        whitespace), summing to the text's bytes, so a per-token trace covers the text as it
+        is written (``byte_lengths`` gives a vocabulary's typical lengths instead)."""
+        ends = [m.end() for m in re.finditer(r"\n|[^\s]+", text)]
+        if not ends:
+            return np.zeros(0, np.int64)
+        ends[-1] = len(text)
+        starts = [0, *ends[:-1]]
+        return np.array([len(text[a:b].encode("utf-8")) for a, b in zip(starts, ends)], np.int64)
 
     def unknown_words(self, text: str | bytes) -> list[str]:
         """The words of ``text`` outside the vocabulary (each once, in order): read as <unk>."""

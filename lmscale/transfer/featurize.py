@@ -246,10 +246,15 @@ def unit_trace(lm: TrainedLM, text: str, unit: int, *, state: str | None = None,
     values = _unit_fn(lm.graphdef, state)(lm.params, padded,
                                           np.int32(layer % model.num_layers), np.int32(unit))
     per_token = np.asarray(values, np.float32)[:len(ids)]
-    lengths = lm.tokenizer.byte_lengths()
-    unread = int(lengths[full[:len(full) - len(ids)]].sum())
-    return np.concatenate([np.full(unread, np.nan, np.float32),
-                           np.repeat(per_token, lengths[ids])])
+    # Bytes per token: of this text where the tokenizer can say (words: a word's length varies
+    # and <unk> stands for any), else the vocabulary's.
+    spans = getattr(lm.tokenizer, "text_byte_lengths", None)
+    lengths = spans(preprocess_texts(lm, [text])[0]) if spans else None
+    if lengths is None or len(lengths) != len(full):
+        lengths = lm.tokenizer.byte_lengths()[full]
+    skipped = len(full) - len(ids)
+    return np.concatenate([np.full(int(lengths[:skipped].sum()), np.nan, np.float32),
+                           np.repeat(per_token, lengths[skipped:])])
 
 
 def cached_featurize(lm: TrainedLM, texts: Sequence[str], cache_dir: str | None, **options: Any

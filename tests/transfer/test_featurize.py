@@ -187,3 +187,20 @@ def test_unit_trace_and_cache(tmp_path):
 def test_empty_text_is_an_error():
     with pytest.raises(DataError, match="text 1 is empty"):
         featurize(random_lm(), ["fine", ""])
+
+
+def test_a_word_models_trace_covers_the_text_as_written():
+    """A word's bytes vary and <unk> stands for any word: the trace follows this text's words
+    (the vocabulary's typical lengths made it too short, and transfer's heatmap crashed)."""
+    from lmscale.data.words import SPECIALS, WordTokenizer
+    from lmscale.models import model_params
+    words = WordTokenizer([*SPECIALS, "the", "film", "is", "good"], unk_bytes=3)
+    text = "the zzyzxqq  film\nis good "
+    assert list(words.text_byte_lengths(text)) == [3, 8, 6, 1, 2, 6]  # "the", " zzyzxqq", ...
+    lm = random_lm()
+    graphdef, params = model_params(lm.config.model, words.vocab_size, seed=0)
+    lm = dataclasses.replace(lm, tokenizer=words, graphdef=graphdef, params=params,
+                             decode_cache={})
+    trace = unit_trace(lm, text, 3)
+    assert trace.shape == (len(text.encode()),) and np.isfinite(trace).all()
+    assert len(set(trace[3:11].tolist())) == 1 and trace[11] != trace[10]  # " zzyzxqq": one token
