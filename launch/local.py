@@ -196,7 +196,9 @@ class Launch:
         """Waits for all; returns (id, status) of the first that failed, after stopping the rest."""
         failed: tuple[int, int] | None = None
         deadline: float | None = None
-        while any(p.poll() is None for p in self.procs.values()):
+        # Every process is polled each time (a generator under any() stopped at the first
+        # running one, so a later process's death went unseen until process 0 timed out).
+        while [p.poll() for p in self.procs.values()].count(None):
             if failed is None:
                 failed = next(((pid, p.returncode) for pid, p in self.procs.items()
                                if p.returncode not in (None, 0)), None)

@@ -419,8 +419,12 @@ def load_config(path: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
 
     Fields missing from an older file keep their defaults; unknown fields are an error.
     """
-    with open(path) as f:
-        record = json.load(f)
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except ValueError as e:
+        raise ConfigError(f"{path} is not valid JSON ({e}); it is written by lmscale: restore "
+                          f"it, or let a training run in that workdir write it again") from None
     derived = record.pop("derived", {})
     config = default_config()
     _update(config, record, prefix="", path=path)

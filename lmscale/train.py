@@ -66,7 +66,7 @@ def main(argv: list[str]) -> None:
     result = run_cli(lambda: train(_CONFIG.value, _WORKDIR.value))  # a late SIGTERM: stop.py
     import jax
     if "val" in result and jax.process_index() == 0:
-        print(f"step {result['step']}: val bpc {result['val']['bpc']:.4f}")
+        print(f"step {result['val']['step']}: val bpc {result['val']['bpc']:.4f}")  # its own step
     sys.exit(0)
 
 

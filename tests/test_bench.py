@@ -112,6 +112,16 @@ def test_bench_cli_writes_a_record(tmp_path):
     assert loop["steps"] == 10 and loop["tokens_per_s"] > 0
     assert loop["of_step"] == pytest.approx(loop["chars_per_s"] / r["chars_per_s"])
     assert r["train_flops_per_token"] == 3 * 2 * (64 * 128 + 64 * 32 + 32 * 32 + 32 * 128 + 32 * 257)
+    assert r["vocab_size"] == 257
+    # The tokenizer's vocabulary is the one timed (it was always the bytes' 257).
+    sp = tmp_path / "sp.jsonl"
+    p = subprocess.run([*cmd[:9], "--matmul_n=64", f"--out={sp}", "--config.data.tokenizer=sentencepiece",
+                        "--config.data.vocab_size=1000"], cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr
+    r = json.loads(sp.read_text())
+    assert r["vocab_size"] == 1001
+    assert r["train_flops_per_token"] == 3 * 2 * (64 * 128 + 64 * 32 + 32 * 32 + 32 * 128 + 32 * 1001)
 
 
 def test_bad_override_is_one_line_error():

@@ -294,14 +294,22 @@ def run_bench(config: ml_collections.ConfigDict, *, steps: int = 10, warmup: int
     """One benchmark record: the step, the matmul rate in the compute dtype, the pipeline,
     and (``loop_workdir``) the full training loop."""
     compute = config.precision.compute
+    from lmscale.data.errors import DataError
+    from lmscale.training.data_source import vocab_size_of
+    try:  # the tokenizer's vocabulary: the softmax is a large part of a subword model's step
+        vocab_size = vocab_size_of(config.data)
+    except DataError as e:
+        raise DataError(f"{e} (lmscale.bench needs the vocabulary size: set "
+                        f"--config.data.word_vocab_size=N)") from None
     step = time_step(config, steps=steps, warmup=warmup, grad=grad, unroll=unroll,
-                     reset_every=reset_every)
+                     reset_every=reset_every, vocab_size=vocab_size)
     peak = matmul_rate(DTYPES[compute], matmul_n)
     m = config.model
     from lmscale.models import architecture, get_kind
     record = {"label": label, "kind": m.kind, "model": get_kind(m.kind).describe(m),
               "architecture": architecture(m), "layers": m.layers, "batch": step["tokens_per_step"] // config.train.seq_len,
-              "seq": config.train.seq_len, "compute": compute, "grad": grad, "unroll": unroll,
+              "seq": config.train.seq_len, "vocab_size": vocab_size, "compute": compute,
+              "grad": grad, "unroll": unroll,
               "reset_every": reset_every, "remat": m.get("remat", "none"), **step,
               "matmul": peak, "of_matmul_rate": step["flop_per_s"] / peak["flop_per_s"],
               "hardware_of_matmul_rate": step["hardware_flop_per_s"] / peak["flop_per_s"]}

@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import tqdm
 from flax import nnx
@@ -26,7 +27,7 @@ from lmscale.config import derive, save_config, validate, with_global_batch
 from lmscale.data.dataset import TokenDataset
 from lmscale.models import architecture, flops_per_token
 from lmscale.training import mesh as mesh_lib
-from lmscale.training.checkpoints import Checkpointer, check_same_model
+from lmscale.training.checkpoints import CheckpointError, Checkpointer, check_same_model
 from lmscale.training.resume import (PROVENANCE_KEYS, archive_previous_run, check_resumable,
                                      keep_config_history, provenance, resumed_derived)
 from lmscale.training.stop import StopSignal
@@ -214,11 +215,11 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                 if monitor:
                     meta["ntasgd"] = monitor.record()
             if step % config.checkpoint.every == 0 and step < steps:
-                checkpointer.save(state, meta)
+                save_finite(checkpointer, state, meta)
             if evaluating or step % config.checkpoint.every == 0:
                 timer_start, timed_steps = time.perf_counter(), 0
         bar.close()
-        checkpointer.save(state, meta)
+        save_finite(checkpointer, state, meta)
         checkpointer.close()
     best.close()
     writer.close()
@@ -232,11 +233,42 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     return last
 
 
+class DivergedError(CheckpointError):
+    """The parameters are no longer finite: the state is not saved."""
+
+
+@jax.jit
+def _all_finite(params: Any) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)]))
+
+
+def save_finite(checkpointer: Checkpointer, state: Any, meta: dict[str, Any]) -> None:
+    """Saves ``state`` unless its parameters hold NaN or inf (a diverged run, or a damaged
+    checkpoint resumed): saving them would rotate the last good checkpoints away."""
+    if not bool(_all_finite(state.params)):
+        step = int(jax.device_get(state.step))
+        checkpointer.close()  # an earlier save still being written completes
+        raise DivergedError(
+            f"the parameters are not finite at step {step}: not saved, and the checkpoints "
+            f"before it are kept (in {checkpointer.directory}); resume from there with a lower "
+            f"optim.lr or optim.clip, or --config.checkpoint.fallback=true past a damaged one")
+    checkpointer.save(state, meta)
+
+
 def eval_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """The evaluation settings of a run: validation in training and ``lmscale.eval`` share them."""
     return {"batch_size": config.train.eval_batch_size, "seq_len": config.train.seq_len,
             "reset_on_documents": config.data.reset_on_documents,
             "max_steps": config.train.eval_steps}
+
+
+def _step_of(line: str) -> float:
+    """The step of a metrics record; a torn line (a crash or a full disk mid-write) is past
+    every step, so it is dropped with the records after the checkpoint."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
 
 
 def _truncate_metrics(path: str, after_step: int) -> None:
@@ -245,7 +277,7 @@ def _truncate_metrics(path: str, after_step: int) -> None:
         return
     with open(path) as f:
         lines = [line for line in f if line.strip()]
-    keep = [line for line in lines if json.loads(line)["step"] <= after_step]
+    keep = [line for line in lines if _step_of(line) <= after_step]
     if len(keep) != len(lines):
         tmp = f"{path}.tmp-{os.getpid()}"
         with open(tmp, "w") as f:

@@ -119,6 +119,20 @@ def test_launcher_names_a_failed_process_and_its_status(tmp_path):
     assert "error: process 1 exited with status 3" in proc.stderr
 
 
+def test_a_later_process_dying_while_process_0_runs_stops_the_launch_at_once(tmp_path):
+    """Process 1 dies while process 0 would run for a minute (as if waiting in a collective for
+    it): the launcher names process 1 and stops process 0 within its grace period."""
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, LAUNCHER, "--num_processes=2", "--platform=cpu", "--",
+                           sys.executable, "-c", "import os, sys, time; "
+                           "time.sleep(60) if os.environ['LMSCALE_PROCESS_ID'] == '0' "
+                           "else sys.exit(5)"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "error: process 1 exited with status 5" in proc.stderr
+    assert time.monotonic() - start < 40
+
+
 def test_launcher_refuses_a_command_line_without_a_command():
     proc = subprocess.run([sys.executable, LAUNCHER, "--num_processes=2"], capture_output=True,
                           text=True, timeout=60)

@@ -130,6 +130,19 @@ def test_a_retrained_workdir_neither_reuses_features_nor_a_classifier_of_its_old
     load_classifier(kept).predict(["a fine film"])
 
 
+def test_a_run_whose_parameters_stop_being_finite_saves_nothing_more(base_run, tmp_path):
+    """A diverged run (here an infinite lr from step 4 on) is stopped at its next save with one error,
+    and the good checkpoints are kept rather than rotated away by NaN ones."""
+    from lmscale.training.loop import DivergedError
+    corpus, workdir = copy_run(base_run, tmp_path)
+    config = tiny_config(corpus, **{**BASE, "train.steps": 12, "optim.lr": float("inf"),
+                                    "optim.decay_steps": 4, "optim.schedule": "constant",
+                                    "checkpoint.keep": 2})
+    with pytest.raises(DivergedError, match="the parameters are not finite at step 6: not saved"):
+        train(config, workdir)
+    assert steps_on_disk(workdir) == [2, 4] and load_trained(workdir).step == 4
+
+
 def test_a_checkpoint_from_before_a_model_field_existed_still_loads(base_run, tmp_path):
     """The checkpoint does not record model.weight_norm (as if written before the field was
     added): its default counts, for inference and for resuming; a non-default is refused."""
