@@ -45,6 +45,7 @@ from lmscale.training.restore import TrainedLM, load_trained
 from lmscale.training.resume import RUN_FILES, archive_previous_run
 from lmscale.training.state import TrainState, host_zeros, initial_state, placed_on, state_shardings
 from lmscale.training.stop import StopSignal
+from lmscale.training.workdir_lock import hold_workdir
 from lmscale.transfer.labeled import Labeled, check_labels, load_labeled
 from lmscale.transfer.metrics import (METRICS, better, classification_metrics, format_table,
                                       tune_thresholds)
@@ -152,6 +153,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str,
     lm = load_lm(config.init_from)
     config = resolve_config(config, lm)
     os.makedirs(workdir, exist_ok=True)
+    lock = hold_workdir(workdir)  # held while this run writes (released at its end or exit)
     is_main = jax.process_index() == 0
     progress = config.train.progress_bar and is_main
     if not config.resume:
@@ -302,8 +304,11 @@ def finetune(config: ml_collections.ConfigDict, workdir: str,
     best_ckpt.wait()
     params = best_ckpt.restore_params(state.params, mesh_lib.replicated(mesh), best["step"])
     best_ckpt.close()
-    return _final_results(workdir, params, predict_fn, enc, splits, ft, class_names, settings,
-                          mesh, best, is_main)
+    results = _final_results(workdir, params, predict_fn, enc, splits, ft, class_names, settings,
+                             mesh, best, is_main)
+    if lock is not None:
+        lock.close()
+    return results
 
 
 def _final_results(workdir: str, params: Any, predict_fn: Any, enc: dict[str, Encoded],

@@ -31,6 +31,7 @@ from lmscale.training.checkpoints import CheckpointError, Checkpointer, check_sa
 from lmscale.training.resume import (PROVENANCE_KEYS, archive_previous_run, check_resumable,
                                      keep_config_history, provenance, resumed_derived)
 from lmscale.training.stop import StopSignal
+from lmscale.training.workdir_lock import hold_workdir
 from lmscale.training.data_source import resolve_dataset, train_batcher
 from lmscale.training.evaluate import batch_arrays, eval_stream, evaluate_split
 from lmscale.training.in_flight import InFlight
@@ -67,6 +68,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     mesh = mesh_lib.make_mesh(devices)
     validate(config, mesh.size)  # a bad config writes nothing
     os.makedirs(workdir, exist_ok=True)
+    lock = hold_workdir(workdir)  # held until this function returns (or the process exits)
     config = with_global_batch(config, mesh.size)
     is_main = jax.process_index() == 0
     progress = config.train.progress_bar and is_main
@@ -230,6 +232,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     last["train_programs"] = getattr(train_step, "_cache_size", lambda: None)()  # compiled shapes
     last["stopped_by_signal"] = stop.signal if stop.stopping else None
     last["stopped"] = stop.stopping  # by a signal here or in another process
+    if lock is not None:
+        lock.close()
     return last
 
 

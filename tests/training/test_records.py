@@ -143,6 +143,37 @@ def test_a_run_whose_parameters_stop_being_finite_saves_nothing_more(base_run, t
     assert steps_on_disk(workdir) == [2, 4] and load_trained(workdir).step == 4
 
 
+def test_a_torn_metrics_line_is_dropped_and_a_broken_config_json_is_one_error(base_run, tmp_path):
+    """A crash or a full disk mid-write leaves half a line in metrics.jsonl: the resume drops it
+    (json.loads raised on it at every resume); a hand-broken config.json names itself."""
+    from lmscale.config import ConfigError
+    corpus, workdir = copy_run(base_run, tmp_path)
+    with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+        f.write('{"step": 110, "split": "tr')
+    train(tiny_config(corpus, **{**BASE, "train.steps": 6, "optim.decay_steps": 4}), workdir)
+    assert [r["step"] for r in read_metrics(workdir) if r["split"] == "train"] == [1, 2, 3, 4, 5, 6]
+    with open(os.path.join(workdir, "config.json"), "a") as f:
+        f.write("{ broken")
+    with pytest.raises(ConfigError, match="config.json is not valid JSON"):
+        load_trained(workdir)
+
+
+def test_a_second_run_in_a_busy_workdir_is_refused(base_run, tmp_path):
+    """Two trainers on one workdir interleaved checkpoints and metrics (one crashed in orbax);
+    the second is now refused naming the first's pid, and the lock goes with its holder."""
+    from lmscale.training.workdir_lock import WorkdirInUseError, hold_workdir
+    corpus, workdir = copy_run(base_run, tmp_path)
+    held = hold_workdir(workdir)  # as a running trainer holds it
+    before = open(os.path.join(workdir, "metrics.jsonl")).read()
+    with pytest.raises(WorkdirInUseError, match=f"is in use by another lmscale process "
+                                                f"\\(pid {os.getpid()}\\)"):
+        train(tiny_config(corpus, **{**BASE, "train.steps": 6, "optim.decay_steps": 4}), workdir)
+    assert open(os.path.join(workdir, "metrics.jsonl")).read() == before
+    held.close()
+    train(tiny_config(corpus, **{**BASE, "train.steps": 6, "optim.decay_steps": 4}), workdir)
+    assert steps_on_disk(workdir)[-1] == 6
+
+
 def test_a_checkpoint_from_before_a_model_field_existed_still_loads(base_run, tmp_path):
     """The checkpoint does not record model.weight_norm (as if written before the field was
     added): its default counts, for inference and for resuming; a non-default is refused."""

@@ -1,0 +1,50 @@
+"""One writer per workdir: a second training or fine-tuning process on the same folder is
+refused instead of interleaving checkpoints and metrics with the first.
+
+The lock is an exclusive ``flock`` on ``WORKDIR/.lock`` held by process 0 of a run (the
+processes of one multi-host run share the workdir) for the run's lifetime. The kernel drops
+it when the holder exits, however it exits (``kill -9`` included), so a crashed run never
+leaves the workdir locked. Filesystems without ``flock`` (some network mounts) are not
+locked.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from typing import IO
+
+import jax
+
+from lmscale.training.checkpoints import CheckpointError
+
+LOCK_FILE = ".lock"
+
+
+class WorkdirInUseError(CheckpointError):
+    """Another process is training in this workdir."""
+
+
+def hold_workdir(workdir: str) -> IO[str] | None:
+    """Locks ``workdir`` for this process (process 0; others get None) until the returned file
+    is closed or the process exits; ``WorkdirInUseError`` naming the holder's pid if taken."""
+    if jax.process_index() != 0:
+        return None
+    path = os.path.join(workdir, LOCK_FILE)
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        raise WorkdirInUseError(
+            f"{workdir} is in use by another lmscale process (pid {holder}): wait for it to "
+            f"finish or stop it, or use another --workdir") from None
+    except OSError:  # no flock on this filesystem: run unlocked
+        return f
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
