@@ -113,7 +113,7 @@ def generate(lm: TrainedLM, prompt: str, length: int = 200, *, temperature: floa
     if neuron is not None:
         if not hasattr(model, "fix_unit"):
             raise DataError(f"a {lm.config.model.kind} model has no state to hold a neuron in: "
-                            f"--neuron needs a recurrent model (mlstm, lstm)")
+                            f"a neuron needs a recurrent model (mlstm, lstm, qrnn)")
         if not 0 <= neuron < model.feature_width:
             raise DataError(f"neuron {neuron} is outside the last layer's {model.feature_width} "
                             f"units 0..{model.feature_width - 1}")

@@ -118,5 +118,9 @@ def test_a_config_reading_an_unfetched_data_set_says_how_to_fetch_it(tmp_path, m
     with pytest.raises(DataError, match=r"input.txt \(not fetched yet: python -m lmscale.datasets "
                                         r"fetch tinyshakespeare\)"):
         list(iter_pieces([data_path("tinyshakespeare", "input.txt")]))
+    from lmscale.transfer.labeled import load_labeled  # fine-tuning's and transfer's reader
+    with pytest.raises(DataError, match=r"train.csv: no such file \(not fetched yet: python -m "
+                                        r"lmscale.datasets fetch sst_binary\)"):
+        load_labeled(data_path("sst_binary", "train.csv"))
     with pytest.raises(DataError, match=r"no such file or directory: \S*elsewhere.txt$"):
         list(iter_pieces([str(tmp_path / "elsewhere.txt")]))

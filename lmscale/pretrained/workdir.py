@@ -77,6 +77,14 @@ def read_workdir(workdir: str, step: int | None = None) -> LMWeights:
     from lmscale.training.restore import load_trained
 
     lm = load_trained(workdir, step)
+    m = lm.config.model
+    if m.kind not in ("mlstm", "lstm") or m.tie_embeddings or \
+            lm.tokenizer.to_dict().get("kind") != "byte":
+        what = f"a {m.kind}" + (" with tied embeddings" if m.tie_embeddings else "") + \
+            f" on {lm.tokenizer.to_dict().get('kind')} tokens"
+        raise ConvertError(f"{workdir} holds {what}: convert reads and writes byte-level mLSTM "
+                           f"and LSTM models with their own decoder (the layouts of OpenAI's and "
+                           f"sentiment-discovery's recurrent models)")
     return LMWeights(kind=lm.config.model.kind, tokenizer=lm.tokenizer,
                      params=params_to_numpy(lm.params),
                      preprocess=str(lm.derived.get("preprocess", "none")),

@@ -40,7 +40,8 @@ def load_labeled(spec: str, *, text_column: str = "sentence", label_column: str 
         texts, rows = _read_tfds(spec[len("tfds:"):], text_column, label_names)
     else:
         if not os.path.exists(spec):
-            raise DataError(f"{spec}: no such file")
+            from lmscale.datasets import fetch_hint
+            raise DataError(f"{spec}: no such file{fetch_hint(spec)}")
         ext = os.path.splitext(spec)[1].lower()
         if ext in (".csv", ".tsv"):
             texts, rows = _read_csv(spec, text_column, label_names, "\t" if ext == ".tsv" else ",")

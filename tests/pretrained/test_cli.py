@@ -154,3 +154,19 @@ def test_import_without_weight_norm(converted, tmp_path):
     plain = read_workdir(str(tmp_path / "again"))
     original = load_openai(files)
     np.testing.assert_allclose(plain.matrix(0, "w_h"), original.matrix(0, "w_h"), rtol=1e-6, atol=1e-7)
+
+
+def test_models_outside_the_layouts_are_refused_in_one_line(tmp_path):
+    """A transformer (or QRNN, a tied or subword model) is named as such, not reported as a
+    '0-layer transformer' or a missing parameter."""
+    from lmscale.convert import convert
+    from lmscale.pretrained.errors import ConvertError
+    from lmscale.training.loop import train
+    from tests.conftest import TINY_TRANSFORMER, tiny_config, write_corpus
+    workdir = str(tmp_path / "t")
+    train(tiny_config(write_corpus(tmp_path / "corpus"), **TINY_TRANSFORMER,
+                      **{"train.steps": 2, "train.eval_every": 0}), workdir)
+    for layout in ("openai", "lmscale"):
+        with pytest.raises(ConvertError, match="holds a transformer on byte tokens: convert reads "
+                                               "and writes byte-level mLSTM and LSTM models"):
+            convert("lmscale", workdir, str(tmp_path / f"out_{layout}"), layout)
