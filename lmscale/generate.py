@@ -58,12 +58,15 @@ def main(argv: list[str]) -> None:
                   "compute": lm.compute, "samples": texts}
         with open(os.path.join(out, "samples.json"), "w") as f:
             json.dump(record, f, indent=2)
-        found, sign = _transfer_neuron(_WORKDIR.value)
         unit = _HEATMAP_UNIT.value if _HEATMAP_UNIT.value is not None else _NEURON.value
-        unit = found if unit is None else unit
+        state, layer, sign = _STATE.value, -1, 1
+        found = _transfer_neuron(_WORKDIR.value, lm.model().feature_width)
+        if unit is None and found is not None:  # the transfer's neuron, read as it was found
+            unit, state, layer, sign = found
+        elif found is not None and (unit, -1) == (found[0], found[2]):
+            sign = found[3]  # the same unit of the last layer: the transfer's sign
         if unit is not None:
-            sign = sign if unit == found else 1
-            traces = [unit_trace(lm, t, unit, state=_STATE.value) for t in texts]
+            traces = [unit_trace(lm, t, unit, state=state, layer=layer) for t in texts]
             shown = preprocess_texts(lm, texts)  # the traces follow the text as the LM read it
             plots.heatmap_png(shown, traces, os.path.join(out, "heatmap.png"), unit=unit, sign=sign)
             plots.heatmap_html(shown, traces, os.path.join(out, "heatmap.html"), unit=unit, sign=sign)
@@ -76,14 +79,19 @@ def main(argv: list[str]) -> None:
     print(f"written to {result['output']}")
 
 
-def _transfer_neuron(workdir: str) -> tuple[int | None, int]:
-    """(index, sign) of the neuron found by `lmscale.transfer` in WORKDIR/transfer, if any."""
+def _transfer_neuron(workdir: str, width: int) -> tuple[int, str | None, int, int] | None:
+    """(unit in its layer, state, layer, sign) of the neuron `lmscale.transfer` found (in
+    WORKDIR/transfer): the state it read, and with --all_layers the layer of the index in the
+    layers' states side by side (``width`` units each); None without a transfer."""
     path = os.path.join(workdir, "transfer", "results.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            neuron = json.load(f)["neuron"]
-        return int(neuron["index"]), int(neuron["sign"]) or 1
-    return None, 1
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        results = json.load(f)
+    neuron, features = results["neuron"], results.get("features", {})
+    layer, unit = divmod(int(neuron["index"]), width) if features.get("all_layers") else \
+        (-1, int(neuron["index"]))
+    return unit, features.get("state"), layer, int(neuron["sign"]) or 1
 
 
 if __name__ == "__main__":

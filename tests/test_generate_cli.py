@@ -27,3 +27,30 @@ def test_generate_greedy_in_bfloat16_with_a_held_neuron(sst_run, tmp_path):
     image = matplotlib.image.imread(tmp_path / "heatmap.png")  # the held unit's trace
     assert image.ndim == 3 and image.shape[0] > 50
     assert "<span title=" in (tmp_path / "heatmap.html").read_text()
+
+
+def test_the_default_heatmap_reads_the_neuron_in_the_state_the_transfer_used(sst_run, tmp_path):
+    """A transfer run with --state=hidden found unit 3: generate's heatmap shows unit 3 of the
+    hidden state (it read the cell state, the model's default)."""
+    import re
+    import shutil
+
+    import numpy as np
+
+    from lmscale.training.restore import load_trained
+    from lmscale.transfer.featurize import unit_trace
+    workdir = tmp_path / "lm"
+    shutil.copytree(sst_run, workdir, ignore=shutil.ignore_patterns("transfer", "generate"))
+    (workdir / "transfer").mkdir()
+    (workdir / "transfer" / "results.json").write_text(json.dumps(
+        {"neuron": {"index": 3, "sign": 1}, "features": {"state": "hidden", "all_layers": False}}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "lmscale.generate", f"--workdir={workdir}", "--prompt=The movie",
+         "--length=4", "--temperature=0"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    shown = [float(v) for v in re.findall(r"title='([-0-9.]+)'",
+                                          (workdir / "generate" / "heatmap.html").read_text())][:9]
+    lm = load_trained(str(workdir))
+    hidden, cell = (unit_trace(lm, "The movie", 3, state=s)[:9] for s in ("hidden", "cell"))
+    np.testing.assert_allclose(shown, hidden, atol=2e-3)
+    assert not np.allclose(shown, cell, atol=2e-3)
