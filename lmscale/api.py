@@ -66,7 +66,8 @@ class LM:
         imported OpenAI model's does; the framing itself is never counted). The texts are read
         packed in ``batch_size`` rows (as ``featurize``): end to end by a recurrent LM; by a
         model with a length limit (``max_len``) in rows of a few widths, a long text in
-        consecutive windows of that many tokens (each read without the ones before it)."""
+        consecutive windows of that many tokens (each read without the ones before it).
+        NaN for a text with no counted token (a single token, unframed)."""
         limit = self.trained.model().max_len
         targets = [self._targets(text) for text in texts]
         table = self.trained.tokenizer.byte_lengths()
@@ -83,7 +84,10 @@ class LM:
                     owner.append(i)
             nats = np.zeros(len(texts), np.float64)
             np.add.at(nats, np.asarray(owner, np.int64), self._bins_nats(windows, batch_size, limit))
-        return np.array([bits_per_char(n, b) for n, b in zip(nats, byte_totals)])
+        # A text with no scored token (one token, unframed) has no bits per character: NaN,
+        # not the 0.0 of dividing nothing by one byte.
+        return np.array([bits_per_char(n, b) if b > 0 else np.nan
+                         for n, b in zip(nats, byte_totals)])
 
     def _packed_nats(self, targets: list[tuple[np.ndarray, np.ndarray]], rows: int
                      ) -> np.ndarray:

@@ -33,6 +33,8 @@ def test_load_lm_score_featurize_generate(sst_run):
     for text, got in zip(more, lm.score(more, batch_size=2)):
         np.testing.assert_allclose(got, reference_bpc(lm, text), rtol=1e-5)
     assert bpc[0] < bpc[1] or bpc[0] < 8  # English-like text scores better than noise
+    one = lm.score(["a", "ab"])  # one byte: nothing to score (it was 0.0 bits, "perfect")
+    assert np.isnan(one[0]) and np.isfinite(one[1])
     feats = lm.featurize(texts)
     np.testing.assert_array_equal(feats, featurize(lm.trained, texts))
     assert feats.shape == (3, lm.hidden)
