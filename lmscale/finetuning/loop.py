@@ -153,7 +153,19 @@ def finetune(config: ml_collections.ConfigDict, workdir: str,
     lm = load_lm(config.init_from)
     config = resolve_config(config, lm)
     os.makedirs(workdir, exist_ok=True)
-    lock = hold_workdir(workdir)  # held while this run writes (released at its end or exit)
+    lock = hold_workdir(workdir)
+    try:  # released however the run ends (an exception kept in a notebook would hold it)
+        return _finetune(config, workdir, mesh, lm, splits, num_classes, class_names)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: TrainedLM,
+              splits: dict[str, Labeled], num_classes: int, class_names: list[str]
+              ) -> dict[str, Any]:
+    """``finetune``'s run, the workdir locked and the data loaded and checked."""
+    ft = config.finetune
     is_main = jax.process_index() == 0
     progress = config.train.progress_bar and is_main
     if not config.resume:
@@ -304,11 +316,8 @@ def finetune(config: ml_collections.ConfigDict, workdir: str,
     best_ckpt.wait()
     params = best_ckpt.restore_params(state.params, mesh_lib.replicated(mesh), best["step"])
     best_ckpt.close()
-    results = _final_results(workdir, params, predict_fn, enc, splits, ft, class_names, settings,
-                             mesh, best, is_main)
-    if lock is not None:
-        lock.close()
-    return results
+    return _final_results(workdir, params, predict_fn, enc, splits, ft, class_names, settings,
+                          mesh, best, is_main)
 
 
 def _final_results(workdir: str, params: Any, predict_fn: Any, enc: dict[str, Encoded],

@@ -68,8 +68,16 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     mesh = mesh_lib.make_mesh(devices)
     validate(config, mesh.size)  # a bad config writes nothing
     os.makedirs(workdir, exist_ok=True)
-    lock = hold_workdir(workdir)  # held until this function returns (or the process exits)
-    config = with_global_batch(config, mesh.size)
+    lock = hold_workdir(workdir)
+    try:  # released however the run ends (an exception kept in a notebook would hold it)
+        return _train(with_global_batch(config, mesh.size), workdir, mesh)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any) -> dict[str, Any]:
+    """``train``'s run, the workdir locked and the config's batch made global."""
     is_main = jax.process_index() == 0
     progress = config.train.progress_bar and is_main
     interactive = progress and sys.stderr.isatty()  # a bar on a terminal, plain lines in logs
@@ -232,8 +240,6 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     last["train_programs"] = getattr(train_step, "_cache_size", lambda: None)()  # compiled shapes
     last["stopped_by_signal"] = stop.signal if stop.stopping else None
     last["stopped"] = stop.stopping  # by a signal here or in another process
-    if lock is not None:
-        lock.close()
     return last
 
 
