@@ -89,8 +89,8 @@ def _transfer_neuron(workdir: str, width: int) -> tuple[int, str | None, int, in
     with open(path) as f:
         results = json.load(f)
     neuron, features = results["neuron"], results.get("features", {})
-    layer, unit = divmod(int(neuron["index"]), width) if features.get("all_layers") else \
-        (-1, int(neuron["index"]))
+    from lmscale.transfer.featurize import layer_and_unit
+    layer, unit = layer_and_unit(int(neuron["index"]), width, bool(features.get("all_layers")))
     return unit, features.get("state"), layer, int(neuron["sign"]) or 1
 
 

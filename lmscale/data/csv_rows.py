@@ -19,11 +19,11 @@ from lmscale.data.errors import DataError
 
 
 def csv_rows(path: str, columns: Sequence[str], delimiter: str = ",", *,
-             empty_ok: bool = False) -> Iterator[tuple[int, dict[str, str]]]:
+             empty_ok: bool = False, column_hint: str = "") -> Iterator[tuple[int, dict[str, str]]]:
     """(line, row) of each data row of ``path``, ``row`` mapping the header's names to the
     fields; ``line`` is the row's last line in the file (the header is line 1). The header
-    must name every one of ``columns``. ``empty_ok``: an empty file has no rows instead of
-    being an error."""
+    must name every one of ``columns`` (``column_hint``: appended to that error, the setting
+    that names them). ``empty_ok``: an empty file has no rows instead of being an error."""
     csv.field_size_limit(sys.maxsize)
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
@@ -36,7 +36,8 @@ def csv_rows(path: str, columns: Sequence[str], delimiter: str = ",", *,
                                 f"{list(columns)}, then one row per text")
             for col in columns:
                 if col not in fields:
-                    raise DataError(f"{path}: no column {col!r}; columns are {list(fields)}")
+                    raise DataError(f"{path}: no column {col!r}; columns are {list(fields)}"
+                                    + (f" ({column_hint})" if column_hint else ""))
             for row in reader:
                 if None in row or None in row.values():
                     n = len(fields) + len(row.get(None) or ()) - list(row.values()).count(None)

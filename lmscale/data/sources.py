@@ -120,14 +120,10 @@ def _iter_csv(path: str, column: str) -> Iterator[tuple[bytes, bool]]:
     delimiter = _CSV_EXTS[os.path.splitext(path)[1].lower()]
     # An empty file has no rows (a corpus may hold some); a row with other fields than the
     # header is an error naming its line.
-    try:
-        for _, row in csv_rows(path, [column], delimiter, empty_ok=True):
-            if row[column]:
-                yield row[column].encode("utf-8"), True
-    except DataError as e:
-        if "no column" not in str(e):
-            raise
-        raise DataError(f"{e} (name the text's: --text_column, or data.text_column)") from None
+    for _, row in csv_rows(path, [column], delimiter, empty_ok=True,
+                           column_hint="name the text's: --text_column, or data.text_column"):
+        if row[column]:
+            yield row[column].encode("utf-8"), True
 
 
 def iter_pieces(paths: Sequence[str], *, text_column: str | None = None,

@@ -64,13 +64,8 @@ def read_texts(path: str, text_column: str) -> list[str]:
     ext = os.path.splitext(path)[1].lower()
     texts: list[str] = []
     if ext in (".csv", ".tsv"):
-        try:
-            texts = [row[text_column] for _, row in
-                     csv_rows(path, [text_column], "\t" if ext == ".tsv" else ",")]
-        except DataError as e:
-            if "no column" in str(e):
-                raise DataError(f"{e} (set --text_column)") from None
-            raise
+        texts = [row[text_column] for _, row in csv_rows(
+            path, [text_column], "\t" if ext == ".tsv" else ",", column_hint="set --text_column")]
     elif ext in (".jsonl", ".json"):
         with open(path, encoding="utf-8") as f:
             for i, line in enumerate(f, start=1):

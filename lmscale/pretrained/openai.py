@@ -23,8 +23,8 @@ block permutation [0, 1, 3, 2] (its own inverse) on every 4H axis: wx, wh, b, gx
 
 OpenAI's text preprocessing (``lmscale.pretrained.preprocess.openai_preprocess``) is recorded
 with the imported model. An exported model that expects another (an lmscale run: none) gets a
-16th file, ``lmscale.json``, naming it, which the import reads back (OpenAI's code ignores it). Its features are the final cell state; the sentiment unit is 2388
-(sst_binary_demo.py).
+16th file, ``lmscale.json``, naming it, which the import reads back (OpenAI's code ignores it).
+Its features are the final cell state; the sentiment unit is 2388 (sst_binary_demo.py).
 """
 
 from __future__ import annotations

@@ -135,12 +135,13 @@ def load_trained(workdir: str, step: int | None = None, mesh: Mesh | None = None
     config, derived = load_config(config_path)
     checkpointer = Checkpointer(workdir, keep=config.checkpoint.keep, read_only=True)
     try:
-        step = checkpointer.latest_step() if step is None else step
+        on_disk = checkpointer.steps()  # newest first
+        step = (on_disk[0] if on_disk else None) if step is None else step
         if step is None:
             raise FileNotFoundError(f"{workdir} holds no checkpoint (looked in {checkpointer.directory})")
-        if not best and step not in checkpointer.steps():
+        if not best and step not in on_disk:
             raise FileNotFoundError(f"{workdir} holds no checkpoint of step {step}; its steps are "
-                                    f"{sorted(checkpointer.steps())}")
+                                    f"{sorted(on_disk)}")
         signature = checkpointer.read_meta(step)["signature"]
         tokenizer = tokenizer_from_dict(signature["data.tokenizer"], base_dir=workdir)
         vocab_size = signature["vocab_size"]

@@ -128,7 +128,11 @@ def ranked_units(fit: Fit, x_train: np.ndarray, y_train: np.ndarray) -> np.ndarr
     """Unit indices by decreasing |weight| (ties by index); when the fit kept no unit (every
     weight 0: the strongest L1 penalty won on validation), by decreasing |covariance| of each
     (standardized) unit with the label on train instead (``selected_by``)."""
-    return np.argsort(-np.abs(_unit_scores(fit, x_train, y_train)), kind="stable")
+    return _by_magnitude(_unit_scores(fit, x_train, y_train))
+
+
+def _by_magnitude(scores: np.ndarray) -> np.ndarray:
+    return np.argsort(-np.abs(scores), kind="stable")  # ties by index
 
 
 def selected_by(fit: Fit) -> str:
@@ -167,7 +171,7 @@ def neuron_summary(fit: Fit, x_train: np.ndarray, y_train: np.ndarray, x_val: np
     """The top unit (``ranked_units``): index, sign of its weight (of its covariance with the
     label when the fit kept no unit), and the accuracy of a classifier on it alone."""
     scores = _unit_scores(fit, x_train, y_train)
-    unit = int(np.argsort(-np.abs(scores), kind="stable")[0])
+    unit = int(_by_magnitude(scores)[0])
     alone = fit_l1(x_train[:, [unit]], y_train, x_val[:, [unit]], y_val,
                    None if x_test is None else x_test[:, [unit]], y_test, Cs=Cs, seed=seed)
     return {"index": unit, "sign": int(np.sign(scores[unit])), "weight": float(fit.coef[unit]),

@@ -223,6 +223,12 @@ def _unit_fn(graphdef: nnx.GraphDef, state: str) -> Callable:
     return jax.jit(unit_values)
 
 
+def layer_and_unit(index: int, width: int, all_layers: bool) -> tuple[int, int]:
+    """(layer, unit in it) of feature ``index``: all-layer features are the layers' states side
+    by side, ``width`` units each; otherwise the last layer's (-1)."""
+    return divmod(index, width) if all_layers else (-1, index)
+
+
 def unit_trace(lm: TrainedLM, text: str, unit: int, *, state: str | None = None, layer: int = -1
                ) -> np.ndarray:
     """The value of one unit after each UTF-8 byte of the preprocessed ``text``

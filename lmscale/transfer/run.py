@@ -20,8 +20,8 @@ from lmscale.transfer import plots
 from lmscale.transfer.baseline import ngram_features
 from lmscale.transfer.classify import (C_GRID, fit_l1, inverse_strengths, neuron_summary,
                                       save_transfer_classifier, top_k_sweep)
-from lmscale.transfer.featurize import (cached_featurize, feature_state, preprocess_texts,
-                                       unit_trace)
+from lmscale.transfer.featurize import (cached_featurize, feature_state, layer_and_unit,
+                                       preprocess_texts, unit_trace)
 from lmscale.transfer.labeled import Labeled, check_labels, load_labeled, require_binary
 from lmscale.transfer.multilabel import fit_l1_multilabel
 
@@ -170,9 +170,7 @@ def _plots(lm: TrainedLM, splits: dict[str, Labeled], feats: dict[str, np.ndarra
     picks = _examples(data, examples)
     texts = [data.texts[i] for i in picks]
     hidden = lm.model().feature_width
-    # All-layer features are the layers' states side by side: unit u is layer u // hidden.
-    all_layers = feats["train"].shape[1] > hidden
-    layer, unit_in_layer = divmod(unit, hidden) if all_layers else (-1, unit)
+    layer, unit_in_layer = layer_and_unit(unit, hidden, feats["train"].shape[1] > hidden)
     traces = [unit_trace(lm, t, unit_in_layer, state=state, layer=layer) for t in texts]
     texts = preprocess_texts(lm, texts)  # the traces follow the text as the LM read it
     sign = 1 if fit.coef[unit] >= 0 else -1
