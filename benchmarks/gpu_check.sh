@@ -29,6 +29,7 @@ SMOKE=${GPU_CHECK_SMOKE:-0}
 mkdir -p "$DEST"
 JSONL="$DEST/gpu_check.jsonl"
 LOG="$DEST/gpu_check.log"
+BENCH_LOG="$DEST/gpu_bench.log"  # every bench's whole output
 START=$(date +%s)
 DEADLINE=$(( START + ${GPU_CHECK_BUDGET:-460} ))
 say() { echo "[gpu_check +$(( $(date +%s) - START ))s] $*" | tee -a "$LOG"; }
@@ -41,9 +42,19 @@ if compgen -G ".whl/*.whl" > /dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" \
     .whl/*.whl 2>&1 | tail -3 | tee -a "$LOG"
   export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
-  say "installed $(ls .whl | tr '\n' ' ')into $SITE"
+  say "installed $(cd .whl && ls *.whl | tr '\n' ' ')into $SITE"
 fi
 MISSING=$("$PY" benchmarks/missing_requirements.py --also pytest 2>&1) || MISSING="(check failed) $MISSING"
+# Fallback wheels (.whl/fallback/: newer versions of packages the image has, e.g. flax and
+# orbax-checkpoint) are installed only when the image's own are missing or too old.
+if [ -n "$MISSING" ] && compgen -G ".whl/fallback/*.whl" > /dev/null; then
+  say "the image lacks: $MISSING; installing .whl/fallback/"
+  SITE2=$(mktemp -d)
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE2" \
+    .whl/fallback/*.whl 2>&1 | tail -3 | tee -a "$LOG"
+  export PYTHONPATH="$SITE2:$PYTHONPATH"
+  MISSING=$("$PY" benchmarks/missing_requirements.py --also pytest 2>&1) || MISSING="(check failed) $MISSING"
+fi
 if [ -n "$MISSING" ]; then
   say "$PY lacks: $MISSING; fetch wheels with benchmarks/gpu_wheels.sh and carry .whl/"; exit 3
 fi
@@ -53,6 +64,7 @@ MLSTM=(--config=configs/mlstm4096.py --config.train.batch_size=256 --config.trai
 TRANSFORMER=(--config=configs/transformer_amazon.py)
 BENCH=(--steps=10 --warmup=2)
 REMAT_STEPS=32  # segments of the remat A/B (8 of 256 steps)
+FLOOR=()  # benchmarks/gpu_scan_floor.py at its defaults: 4096, 256 x 256, bfloat16
 if [ "$SMOKE" = 1 ]; then
   export JAX_PLATFORMS=cpu
   MLSTM+=(--config.model.hidden=64 --config.train.batch_size=4 --config.train.seq_len=16)
@@ -61,6 +73,7 @@ if [ "$SMOKE" = 1 ]; then
                 --config.train.seq_len=16)
   BENCH=(--steps=2 --warmup=1 --matmul_n=256)
   REMAT_STEPS=4
+  FLOOR=(--hidden=64 --batch=4 --seq=16 --reps=2)
   say "smoke run: tiny shapes on the CPU"
 else
   say "devices: $("$PY" -c 'import jax; print(jax.devices())' 2>&1 | tail -1)"
@@ -70,9 +83,21 @@ else
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$LOG"
 fi
 
-# 1. Fast tests on the GPU (conftest defaults JAX_PLATFORMS to cpu, so set it). float32
-#    matmuls at full precision: the gradient checks compare to 1e-5, TF32 would not. The
-#    smoke run only collects them.
+# Benches and tests, most important first: the headline bench, then the tests, then the A/Bs.
+bench() {  # label, seconds, flags...
+  local label=$1 seconds
+  seconds=$(limit "$2"); shift 2
+  if (( seconds < 20 )); then say "bench $label skipped: ${seconds}s left"; return; fi
+  say "bench $label (limit ${seconds}s)"
+  timeout "$seconds" "$PY" -m lmscale.bench "$@" "${BENCH[@]}" --label="gpu_check:$label" \
+    --out="$JSONL" 2>&1 | tee -a "$BENCH_LOG" | grep -v '^{' | tail -3 | tee -a "$LOG"
+  say "bench $label exit ${PIPESTATUS[0]}"
+}
+bench mlstm-bf16-custom 150 "${MLSTM[@]}" --config.precision.compute=bfloat16 --grad=custom --pipeline
+
+# Fast tests on the GPU (conftest defaults JAX_PLATFORMS to cpu, so set it). float32
+# matmuls at full precision: the gradient checks compare to 1e-5, TF32 would not. The
+# smoke run only collects them.
 TESTS=(tests/models/test_recurrent_vjp.py tests/models/test_recurrent.py
        tests/models/test_transformer.py tests/test_bench.py)
 say "tests"
@@ -80,22 +105,17 @@ if [ "$SMOKE" = 1 ]; then
   timeout "$(limit 60)" "$PY" -m pytest -q --collect-only "${TESTS[@]}" 2>&1 | tail -1 | tee -a "$LOG"
 else
   JAX_PLATFORMS=cuda JAX_DEFAULT_MATMUL_PRECISION=highest timeout "$(limit 150)" "$PY" -m pytest \
-    -q -x -m "not slow" "${TESTS[@]}" 2>&1 | tail -5 | tee -a "$LOG"
+    -q -x -m "not slow" "${TESTS[@]}" 2>&1 | tee "$DEST/gpu_tests.log" | tail -5 | tee -a "$LOG"
 fi
 say "tests exit ${PIPESTATUS[0]}"
 
-# 2. Benches, most important first.
-bench() {  # label, seconds, flags...
-  local label=$1 seconds
-  seconds=$(limit "$2"); shift 2
-  if (( seconds < 20 )); then say "bench $label skipped: ${seconds}s left"; return; fi
-  say "bench $label (limit ${seconds}s)"
-  timeout "$seconds" "$PY" -m lmscale.bench "$@" "${BENCH[@]}" --label="gpu_check:$label" \
-    --out="$JSONL" 2>&1 | grep -v '^{' | tail -3 | tee -a "$LOG"
-  say "bench $label exit ${PIPESTATUS[0]}"
-}
-bench mlstm-bf16-custom 90 "${MLSTM[@]}" --config.precision.compute=bfloat16 --grad=custom --pipeline
 bench transformer-bf16 60 "${TRANSFORMER[@]}" --config.precision.compute=bfloat16
+# Where the mLSTM step's time goes: its recurrence against the GEMM floor.
+seconds=$(limit 60)
+say "scan floor (limit ${seconds}s)"
+PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" timeout "$seconds" "$PY" benchmarks/gpu_scan_floor.py \
+  "${FLOOR[@]}" 2>&1 | tee "$DEST/gpu_floor.jsonl" | tail -4 | tee -a "$LOG"
+say "scan floor exit ${PIPESTATUS[0]}"
 bench mlstm-fp16-custom 70 "${MLSTM[@]}" --config.precision.compute=float16 --grad=custom
 bench mlstm-bf16-autodiff 70 "${MLSTM[@]}" --config.precision.compute=bfloat16 --grad=autodiff
 bench transformer-fp16 50 "${TRANSFORMER[@]}" --config.precision.compute=float16

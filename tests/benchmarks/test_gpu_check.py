@@ -27,6 +27,10 @@ def test_every_stage_of_the_gpu_check_runs(tmp_path):
     log = (tmp_path / "gpu_check.log").read_text()
     assert p.returncode == 0, log[-3000:] + p.stderr[-2000:]
     assert "smoke run" in log and "tests exit 0" in log and "done; JSON lines" in log, log
+    assert "scan floor exit 0" in log, log
+    floor = [json.loads(line) for line in (tmp_path / "gpu_floor.jsonl").read_text().splitlines()]
+    assert [r["measure"] for r in floor] == ["forward", "forward+backward", "bare scan",
+                                             "one GEMM"], floor
     for label in BENCHES:
         assert f"bench {label} exit 0" in log, log
     records = [json.loads(line) for line in (tmp_path / "gpu_check.jsonl").read_text().splitlines()]
