@@ -4,11 +4,13 @@
         [--steps=10] [--grad=custom|autodiff] [--unroll=1] [--pipeline] [--out=FILE]
 
 Times the real jitted training step (compile and warm-up excluded, median of --steps),
-reports chars/s, analytic train FLOPs per character (3 x forward; see
-``lmscale.training.bench``), achieved FLOP/s, the device's measured matmul rate in the
-compute dtype and their ratio, and the compiled step's peak memory. With --loop, also the
-full training loop's chars/s (data, step, metrics, logging) from its own metrics.jsonl, and
-its share of the step-only rate. With --pipeline, also times the input pipeline (StreamBatcher on the config's prepared data; raw text or a
+reports tokens/s and chars/s (bytes/s: a byte tokenizer's tokens/s; for subword and word
+tokenizers only with --loop, which measures the text's bytes per token), analytic train
+FLOPs per token (3 x forward; see ``lmscale.training.bench``), achieved FLOP/s, the
+device's measured matmul rate in the compute dtype and their ratio, and the compiled step's
+peak memory. With --loop, also the full training loop's rate (data, step, metrics, logging)
+from its own metrics.jsonl, and its share of the step-only rate. With --pipeline, also
+times the input pipeline (StreamBatcher on the config's prepared data; raw text or a
 built-in corpus is prepared into --workdir first). Prints a table and one JSON line, and
 appends the JSON line (with the git commit) to --out.
 """

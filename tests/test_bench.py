@@ -90,7 +90,7 @@ def test_bench_cli_writes_a_record(tmp_path):
     (line,) = out.read_text().splitlines()
     r = json.loads(line)
     assert r["label"] == "test" and r["tokens_per_step"] == 32 and len(r["step_s_all"]) == 3
-    assert r["chars_per_s"] == pytest.approx(32 / r["step_s"])
+    assert r["chars_per_s"] == pytest.approx(32 / r["step_s"]) and r["bytes_per_token"] == 1.0
     assert r["flop_per_s"] == pytest.approx(r["train_flops_per_token"] * 32 / r["step_s"])
     assert r["of_matmul_rate"] == pytest.approx(r["flop_per_s"] / r["matmul"]["flop_per_s"])
     assert r["memory_bytes"]["peak"] > 0 and r["commit"]
@@ -121,6 +121,10 @@ def test_bench_cli_writes_a_record(tmp_path):
     assert p.returncode == 0, p.stderr
     r = json.loads(sp.read_text())
     assert r["vocab_size"] == 1001
+    # A subword token's bytes are unknown without text: tokens/s, and no chars/s made up.
+    assert r["chars_per_s"] is None and r["bytes_per_token"] is None
+    assert r["tokens_per_s"] == pytest.approx(32 / r["step_s"])
+    assert " k tokens | " in p.stdout and "| chars/s | train MFLOP/token |" in p.stdout
     assert r["train_flops_per_token"] == 3 * 2 * (64 * 128 + 64 * 32 + 32 * 32 + 32 * 128 + 32 * 1001)
 
 

@@ -183,7 +183,7 @@ def time_step(config: ml_collections.ConfigDict, *, steps: int = 10, warmup: int
     again = recompute_flops_per_token(config.model, config.train.seq_len)
     return {"step_s": step_s, "step_s_all": [round(x, 5) for x in times],
             "compile_s": round(compile_s, 2), "tokens_per_step": tokens,
-            "chars_per_s": tokens / step_s, "train_flops_per_token": per_token,
+            "tokens_per_s": tokens / step_s, "train_flops_per_token": per_token,
             "flops_per_step": per_token * tokens, "flop_per_s": per_token * tokens / step_s,
             "recompute_flops_per_token": again,
             "hardware_flop_per_s": (per_token + again) * tokens / step_s,
@@ -224,7 +224,7 @@ def time_pipeline(batcher: Any, steps: int = 20, devices: list[jax.Device] | Non
         jax.block_until_ready({k: jax.device_put(v, rows) for k, v in arrays.items()})
     put_s = (time.perf_counter() - t) / steps
     tokens = batcher.batch_size * batcher.seq_len
-    return {"batch_s": host_s, "put_s": put_s, "chars_per_s": tokens / (host_s + put_s)}
+    return {"batch_s": host_s, "put_s": put_s, "tokens_per_s": tokens / (host_s + put_s)}
 
 
 def time_loop(config: ml_collections.ConfigDict, workdir: str, steps: int = 20) -> dict[str, Any]:
@@ -295,7 +295,7 @@ def run_bench(config: ml_collections.ConfigDict, *, steps: int = 10, warmup: int
     and (``loop_workdir``) the full training loop."""
     compute = config.precision.compute
     from lmscale.data.errors import DataError
-    from lmscale.training.data_source import vocab_size_of
+    from lmscale.training.data_source import TOKENIZERS, vocab_size_of
     try:  # the tokenizer's vocabulary: the softmax is a large part of a subword model's step
         vocab_size = vocab_size_of(config.data)
     except DataError as e:
@@ -319,7 +319,18 @@ def run_bench(config: ml_collections.ConfigDict, *, steps: int = 10, warmup: int
         record["pipeline"] = time_pipeline(batcher)
     if loop_workdir is not None:
         record["loop"] = time_loop(config, loop_workdir, steps=max(steps, 10))
-        record["loop"]["of_step"] = record["loop"]["chars_per_s"] / record["chars_per_s"]
+        record["loop"]["of_step"] = record["loop"]["tokens_per_s"] / record["tokens_per_s"]
+    # chars/s: text bytes per second. A byte tokenizer's token is one byte; a subword or word
+    # token's bytes are known only from real text (the loop's), else chars/s stays None.
+    if str(config.data.tokenizer) in TOKENIZERS:
+        record["bytes_per_token"] = 1.0
+    elif loop_workdir is not None:
+        record["bytes_per_token"] = record["loop"]["chars_per_s"] / record["loop"]["tokens_per_s"]
+    else:
+        record["bytes_per_token"] = None
+    for part in [record] + ([record["pipeline"]] if "pipeline" in record else []):
+        part["chars_per_s"] = (None if record["bytes_per_token"] is None
+                               else part["tokens_per_s"] * record["bytes_per_token"])
     # compile_s is a read from this folder when the same step was compiled before.
     record.update(host=host_info(), commit=git_commit(), date=time.strftime("%Y-%m-%d %H:%M"),
                   compile_cache=jax.config.jax_compilation_cache_dir or None)
@@ -329,7 +340,14 @@ def run_bench(config: ml_collections.ConfigDict, *, steps: int = 10, warmup: int
 def _loop_cell(loop: dict[str, Any] | None) -> str:
     if not loop:
         return "-"
-    return f"{loop['chars_per_s'] / 1e3:.2f} k ({100 * loop['of_step']:.0f} % of step)"
+    return f"{_rate_cell(loop, 1e3, 'k')} ({100 * loop['of_step']:.0f} % of step)"
+
+
+def _rate_cell(part: dict[str, Any], scale: float, unit: str) -> str:
+    """chars/s where the text's bytes per token are known, else tokens/s, said so."""
+    if part.get("chars_per_s") is not None:
+        return f"{part['chars_per_s'] / scale:.2f} {unit}"
+    return f"{part['tokens_per_s'] / scale:.2f} {unit} tokens"
 
 
 def _grad_cell(record: dict[str, Any]) -> str:
@@ -357,7 +375,7 @@ def append_jsonl(record: dict[str, Any], path: str) -> None:
 
 def format_table(records: list[dict[str, Any]]) -> str:
     """A markdown table of bench records."""
-    lines = ["| model | batch x seq | compute | grad | step | chars/s | train MFLOP/char | "
+    lines = ["| model | batch x seq | compute | grad | step | chars/s | train MFLOP/token | "
              "GFLOP/s | matmul GFLOP/s | of matmul | peak mem | pipeline chars/s | loop chars/s |",
              "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in records:
@@ -365,10 +383,10 @@ def format_table(records: list[dict[str, Any]]) -> str:
         pipe = r.get("pipeline")
         lines.append(
             f"| {r['model']} | {r['batch']} x {r['seq']} | {r['compute']} "
-            f"| {_grad_cell(r)} | {1e3 * r['step_s']:.1f} ms | {r['chars_per_s'] / 1e3:.2f} k "
+            f"| {_grad_cell(r)} | {1e3 * r['step_s']:.1f} ms | {_rate_cell(r, 1e3, 'k')} "
             f"| {r['train_flops_per_token'] / 1e6:.2f} | {r['flop_per_s'] / 1e9:.1f} "
             f"| {r['matmul']['flop_per_s'] / 1e9:.0f} | {_of_matmul_cell(r)} "
             f"| {mem.get('peak', 0) / 2**20:.0f} MiB "
-            f"| {'-' if not pipe else format(pipe['chars_per_s'] / 1e6, '.1f') + ' M'} "
+            f"| {'-' if not pipe else _rate_cell(pipe, 1e6, 'M')} "
             f"| {_loop_cell(r.get('loop'))} |")
     return "\n".join(lines)
