@@ -37,7 +37,7 @@ from lmscale.training.evaluate import batch_arrays, eval_stream, evaluate_split
 from lmscale.training.in_flight import InFlight
 from lmscale.training.loss import bits_per_char
 from lmscale.training.best import BestKeeper
-from lmscale.training.metrics import MetricsWriter, add_perplexity
+from lmscale.training.metrics import MetricsWriter, add_perplexity, read_metrics
 from lmscale.training.ntasgd import NTASGDMonitor, eval_params, switch_on
 from lmscale.training.precision import LossScale, print_compute_hint
 from lmscale.training.setup import build_train_setup, jit_train_step
@@ -133,6 +133,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any) -> dict[s
             fresh_scale = LossScale.for_precision(setup.policy, config.precision)
             state = state.replace(loss_scale=jax.device_put(fresh_scale, shardings.loss_scale))
     start = int(jax.device_get(state.step))
+    if saved is not None and start >= derived["steps"]:
+        checkpointer.close()
+        return _already_trained(workdir, start, derived["steps"], is_main)
     if is_main:
         print_compute_hint(config.precision.compute, mesh.devices.flat[0])
         tokenizer.save(workdir)  # the workdir is self-contained (e.g. a SentencePiece model)
@@ -240,6 +243,24 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any) -> dict[s
     last["train_programs"] = getattr(train_step, "_cache_size", lambda: None)()  # compiled shapes
     last["stopped_by_signal"] = stop.signal if stop.stopping else None
     last["stopped"] = stop.stopping  # by a signal here or in another process
+    return last
+
+
+def _already_trained(workdir: str, start: int, steps: int, is_main: bool) -> dict[str, Any]:
+    """What a re-run of a finished run returns: its last records, said so; nothing written."""
+    try:
+        records = [r for r in read_metrics(workdir) if r.get("step", 0) <= start]
+    except (OSError, ValueError):  # no or a damaged metrics.jsonl: the checkpoint still stands
+        records = []
+    last: dict[str, Any] = {"step": start, "train_programs": 0, "stopped_by_signal": None,
+                            "stopped": False, "already_trained": True}
+    for record in records:
+        if record.get("split") in ("train", "val"):
+            last[record["split"]] = record
+    if is_main:
+        print(f"{workdir} is already trained to step {start} (train.steps={steps}): nothing to "
+              f"do. Raise --config.train.steps to train on, or --config.resume=false to start "
+              f"over (the run is archived)", file=sys.stderr)
     return last
 
 

@@ -43,6 +43,22 @@ def test_train_writes_metrics_config_checkpoints_and_learns(tmp_path, corpus):
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(os.path.join(workdir, "tb")))
 
 
+def test_rerun_of_a_finished_run_says_so_and_writes_nothing(tmp_path, corpus, capsys):
+    workdir = str(tmp_path / "run")
+    config = tiny_config(corpus, **{"train.steps": 8})
+    first = train(config, workdir)
+    files = {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
+             for d, _, fs in os.walk(workdir) for f in fs if not f.startswith(".lock")}
+    capsys.readouterr()
+    again = train(config, workdir)  # printed nothing and returned no val record before
+    assert again["already_trained"] and again["step"] == 8
+    assert again["val"] == first["val"] and again["train"]["step"] == 8
+    assert "is already trained to step 8 (train.steps=8): nothing to do" in capsys.readouterr().err
+    after = {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
+             for d, _, fs in os.walk(workdir) for f in fs if not f.startswith(".lock")}
+    assert after == files  # no checkpoint, config or metrics rewritten
+
+
 def test_resume_equals_uninterrupted(tmp_path, corpus):
     # decay_steps fixed so that the first half of the split run has the same schedule.
     overrides = {"optim.decay_steps": 12, "model.dropout": 0.0}
