@@ -84,17 +84,23 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any) -> dict[s
 
     if not config.resume:
         archive_previous_run(workdir)
-    checkpointer = Checkpointer(workdir, keep=config.checkpoint.keep)
     saved = None  # the meta record of the checkpoint resumed from
-    if checkpointer.latest_step() is not None:  # refuse a changed run before touching its data
-        saved = checkpointer.newest_usable(checkpointer.read_meta, config.checkpoint.fallback)
-        check_resumable(saved, config, checkpointer.directory)
+    if os.path.isdir(os.path.join(workdir, "checkpoints")):
+        reader = Checkpointer(workdir, read_only=True)
+        try:
+            if reader.latest_step() is not None:  # refuse a changed run before touching its data
+                saved = reader.newest_usable(reader.read_meta, config.checkpoint.fallback)
+                check_resumable(saved, config, reader.directory)
+        finally:
+            reader.close()
 
     dataset = TokenDataset.open(resolve_dataset(config.data, workdir, progress=interactive))
     batcher = train_batcher(dataset, config)
     val = dataset.split("val") if "val" in dataset.split_names else None
     if val is not None:  # a split too small to validate on fails now, not after training
         eval_stream(val, **{k: v for k, v in eval_settings(config).items() if k != "max_steps"})
+    # Opened once the data is known good: a run refused over its data leaves no checkpoints/.
+    checkpointer = Checkpointer(workdir, keep=config.checkpoint.keep)
     tokenizer = dataset.tokenizer
     vocab_size = tokenizer.vocab_size
     byte_lengths = tokenizer.byte_lengths()

@@ -127,6 +127,7 @@ def test_sequence_longer_than_a_shard_is_refused(tmp_path):
     corpus = write_corpus(tmp_path / "c", files=1, lines=20)  # ~20 lines -> shards of ~100 chars
     with pytest.raises(DataError, match="sequence longer than a shard"):
         train(tiny_config(corpus, **{"train.seq_len": 200, "train.batch_size": 1}), str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "run" / "checkpoints")  # an empty one was left behind
 
 
 def test_missing_data_path_cli_is_one_line(tmp_path):
