@@ -13,7 +13,9 @@ checkpoint is one line naming its folder (and, with ``fallback``, skipped).
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import sys
 import time
 from typing import Any, Callable
 
@@ -45,6 +47,28 @@ def _type_handlers(min_slice_bytes: int) -> ocp.type_handlers.TypeHandlerRegistr
     return ocp.type_handlers.create_type_handler_registry(*[
         (ty, arrays if ty is jax.Array else ocp.type_handlers.get_type_handler(ty))
         for ty in ocp.type_handlers.supported_types()])
+
+
+def _drop_closed_loop_callbacks() -> None:
+    """tensorstore completes the pending reads of a failed orbax restore after orbax has
+    closed its event loop, and each late callback raises "Event loop is closed" as an
+    unraisable exception: tens of tracebacks after the one-line "unreadable, falling back"
+    warning. Those alone are dropped; every other unraisable exception reaches the hook that
+    was installed before (installed once per process)."""
+    previous = sys.unraisablehook
+    if getattr(previous, "lmscale_drops_closed_loop", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        error = unraisable.exc_value
+        if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook.lmscale_drops_closed_loop = True
+    sys.unraisablehook = hook
+
+
+_drop_closed_loop_callbacks()
 
 
 class CheckpointError(ValueError):
@@ -231,4 +255,5 @@ def check_same_model(saved: dict[str, Any], current: dict[str, Any], directory: 
 def _short(error: BaseException) -> str:
     """An exception as one short line."""
     text = " ".join(str(error).split()) or type(error).__name__
+    text = re.split(r" \[tensorstore_spec", text)[0]  # tensorstore's spec: a page of JSON
     return text if len(text) < 300 else text[:297] + "..."

@@ -210,6 +210,22 @@ def test_unreadable_latest_checkpoint_is_one_line_and_fallback_resumes(base_run,
     assert os.listdir(os.path.join(workdir, "unreadable_checkpoints"))[0].startswith("4-")
 
 
+def test_fallback_past_a_damaged_checkpoint_prints_one_warning(base_run, tmp_path):
+    """The CLI's output: one warning line, not tensorstore's spec nor the tens of "Event loop
+    is closed" tracebacks of the failed restore's late callbacks (printed before)."""
+    corpus, workdir = copy_run(base_run, tmp_path)
+    os.remove(os.path.join(workdir, "checkpoints", "4", "state", "manifest.ocdbt"))
+    proc = subprocess.run(tiny_train_command(workdir, corpus, **{**BASE, "train.steps": 6,
+                                                                  "checkpoint.fallback": "true"}),
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    output = proc.stdout + proc.stderr
+    (warning,) = [line for line in output.splitlines() if "is unreadable" in line]
+    assert "falling back to step 2" in warning and "tensorstore_spec" not in warning
+    assert "Traceback" not in output and "Event loop is closed" not in output, output[-3000:]
+    assert steps_on_disk(workdir) == [2, 4, 6]
+
+
 def test_checkpoint_from_a_newer_lmscale_is_refused(base_run, tmp_path):
     corpus, workdir = copy_run(base_run, tmp_path)
     meta = json.load(open(meta_path(workdir, 4)))
