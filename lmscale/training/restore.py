@@ -27,7 +27,7 @@ from lmscale.data.prepare import prepare_dataset
 from lmscale.data.tokenizer import tokenizer_from_dict
 from lmscale.models import model_params
 from lmscale.training import mesh as mesh_lib
-from lmscale.training.checkpoints import Checkpointer, check_same_model
+from lmscale.training.checkpoints import Checkpointer, UnreadableCheckpointError, check_same_model
 from lmscale.training.evaluate import evaluate_split
 from lmscale.training.steps import make_eval_step
 
@@ -134,35 +134,57 @@ def load_trained(workdir: str, step: int | None = None, mesh: Mesh | None = None
         raise FileNotFoundError(f"{workdir} is not a training run: {config_path} does not exist")
     config, derived = load_config(config_path)
     checkpointer = Checkpointer(workdir, keep=config.checkpoint.keep, read_only=True)
+    latest = step is None
+    mesh = mesh or mesh_lib.make_mesh()
     try:
-        on_disk = checkpointer.steps()  # newest first
-        step = (on_disk[0] if on_disk else None) if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"{workdir} holds no checkpoint (looked in {checkpointer.directory})")
-        if not best and step not in on_disk:
-            raise FileNotFoundError(f"{workdir} holds no checkpoint of step {step}; its steps are "
-                                    f"{sorted(on_disk)}")
-        signature = checkpointer.read_meta(step)["signature"]
-        tokenizer = tokenizer_from_dict(signature["data.tokenizer"], base_dir=workdir)
-        vocab_size = signature["vocab_size"]
-        mesh = mesh or mesh_lib.make_mesh()
-        # Shapes only: nothing is initialized just to be replaced.
-        graphdef, like = model_params(config.model, vocab_size, abstract=True)
-        from lmscale.training.loop import model_signature  # the same rule as training
-        check_same_model(signature, model_signature(config, tokenizer.to_dict(), vocab_size, True),
-                         workdir, ignore=("train.batch_size",))  # the carry is not restored
-        if best:
-            from lmscale.training.best import restore_best_params
-            params, step = restore_best_params(workdir, like, mesh_lib.replicated(mesh))
-        else:
-            params = checkpointer.restore_params(like, mesh_lib.replicated(mesh), step)
-        if config.optim.name == "ntasgd" and not best:  # NT-ASGD: the averaged weights, once averaging is on
-            params = _averaged_params(checkpointer, config, derived, like, params, mesh, step)
+        for attempt in range(3):  # a training run in the workdir may rotate the newest away
+            on_disk = checkpointer.steps()  # newest first
+            step = (on_disk[0] if on_disk else None) if latest else step
+            if step is None:
+                raise FileNotFoundError(f"{workdir} holds no checkpoint (looked in {checkpointer.directory})")
+            if not best and step not in on_disk:
+                raise FileNotFoundError(f"{workdir} holds no checkpoint of step {step}; its steps are "
+                                        f"{sorted(on_disk)}")
+            try:
+                tokenizer, vocab_size, graphdef, params, step = _restore_step(
+                    checkpointer, workdir, config, derived, step, best, mesh)
+                break
+            except UnreadableCheckpointError:
+                if best or os.path.isdir(checkpointer.path(step)):
+                    raise
+                checkpointer.manager.reload()  # removed while being read: list the steps again
+                if not latest or attempt == 2:
+                    raise FileNotFoundError(
+                        f"checkpoint {checkpointer.path(step)} was removed while being read (a "
+                        f"training run in {workdir} keeps its newest {config.checkpoint.keep}); "
+                        f"its steps are now {sorted(checkpointer.steps())}") from None
     finally:
         checkpointer.close()
     lm = TrainedLM(config=config, derived=derived, tokenizer=tokenizer, graphdef=graphdef,
                    params=params, step=step, mesh=mesh, workdir=os.path.abspath(workdir))
     return with_compute(lm, compute, vocab_size)
+
+
+def _restore_step(checkpointer: Checkpointer, workdir: str, config: ml_collections.ConfigDict,
+                  derived: dict[str, Any], step: int, best: bool, mesh: Mesh) -> tuple[Any, ...]:
+    """(tokenizer, vocab size, graphdef, params, step) of checkpoint ``step`` (``best``: of
+    WORKDIR/best/, its step)."""
+    signature = checkpointer.read_meta(step)["signature"]
+    tokenizer = tokenizer_from_dict(signature["data.tokenizer"], base_dir=workdir)
+    vocab_size = signature["vocab_size"]
+    # Shapes only: nothing is initialized just to be replaced.
+    graphdef, like = model_params(config.model, vocab_size, abstract=True)
+    from lmscale.training.loop import model_signature  # the same rule as training
+    check_same_model(signature, model_signature(config, tokenizer.to_dict(), vocab_size, True),
+                     workdir, ignore=("train.batch_size",))  # the carry is not restored
+    if best:
+        from lmscale.training.best import restore_best_params
+        params, step = restore_best_params(workdir, like, mesh_lib.replicated(mesh))
+    else:
+        params = checkpointer.restore_params(like, mesh_lib.replicated(mesh), step)
+    if config.optim.name == "ntasgd" and not best:  # NT-ASGD: the averaged weights, once averaging is on
+        params = _averaged_params(checkpointer, config, derived, like, params, mesh, step)
+    return tokenizer, vocab_size, graphdef, params, step
 
 
 def _averaged_params(checkpointer: Checkpointer, config: ml_collections.ConfigDict,

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from lmscale.training.checkpoints import (CheckpointError, CheckpointMismatchError,
+from lmscale.training.checkpoints import (CheckpointError, CheckpointMismatchError, Checkpointer,
                                           UnreadableCheckpointError)
 from lmscale.training.loop import train
 from lmscale.training.metrics import read_metrics
@@ -224,6 +224,27 @@ def test_fallback_past_a_damaged_checkpoint_prints_one_warning(base_run, tmp_pat
     assert "falling back to step 2" in warning and "tensorstore_spec" not in warning
     assert "Traceback" not in output and "Event loop is closed" not in output, output[-3000:]
     assert steps_on_disk(workdir) == [2, 4, 6]
+
+
+def test_a_checkpoint_rotated_away_while_read_is_skipped(base_run, tmp_path, monkeypatch):
+    """A training run with keep=N removes its oldest checkpoint as it saves: a reader that
+    listed it as the newest finds it gone mid-read ("unreadable" before). Here the removal
+    is done by hand at the moment of the read."""
+    _, workdir = copy_run(base_run, tmp_path)
+    original = Checkpointer.read_meta
+
+    def rotated_while_read(self, step=None):
+        if step == 4 and os.path.isdir(self.path(4)):
+            shutil.rmtree(self.path(4))  # what the training run's rotation does
+        return original(self, step)
+
+    monkeypatch.setattr(Checkpointer, "read_meta", rotated_while_read)
+    assert load_trained(workdir).step == 2  # the newest still there
+    shutil.rmtree(os.path.join(workdir, "checkpoints"))
+    shutil.copytree(os.path.join(base_run[1], "checkpoints"), os.path.join(workdir, "checkpoints"))
+    with pytest.raises(FileNotFoundError, match=r"checkpoints/4 was removed while being read .a "
+                       r"training run in .* keeps its newest 3.; its steps are now \[2\]"):
+        load_trained(workdir, step=4)
 
 
 def test_checkpoint_from_a_newer_lmscale_is_refused(base_run, tmp_path):
