@@ -256,7 +256,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
     best = json.load(open(best_path)) if os.path.exists(best_path) else None
     if is_main:
         _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), start)
-    writer = MetricsWriter(workdir)
+    writer = MetricsWriter(workdir, resumed_from=start)
     t0, timed = time.perf_counter(), 0
     step = start
     in_flight = InFlight()  # bounded async dispatch (lmscale/training/in_flight.py)

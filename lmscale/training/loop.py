@@ -163,7 +163,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any) -> dict[s
     steps = derived["steps"]
     if is_main:
         _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), after_step=start)
-    writer = MetricsWriter(workdir)
+    writer = MetricsWriter(workdir, resumed_from=start)
     best = BestKeeper(workdir, config.checkpoint.keep_best)
     last: dict[str, Any] = {}
 

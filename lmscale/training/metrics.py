@@ -18,14 +18,19 @@ import jax
 class MetricsWriter:
     """Appends records to ``metrics.jsonl`` and mirrors scalars to TensorBoard under ``tb/``."""
 
-    def __init__(self, workdir: str, *, tensorboard: bool = True) -> None:
+    def __init__(self, workdir: str, *, tensorboard: bool = True, resumed_from: int = 0) -> None:
+        """``resumed_from``: the step a resumed run restarts at. metrics.jsonl keeps the records
+        up to it (the loop truncates the rest); TensorBoard is told to drop the earlier run's
+        events after it (a purge step), which a run killed between its last log and its last
+        checkpoint had written."""
         self.enabled = jax.process_index() == 0
         self.path = os.path.join(workdir, "metrics.jsonl")
         self._file = open(self.path, "a") if self.enabled else None
         self._tb = None
         if self.enabled and tensorboard:
             from tensorboardX import SummaryWriter
-            self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+            self._tb = SummaryWriter(os.path.join(workdir, "tb"),
+                                     purge_step=resumed_from + 1 if resumed_from else None)
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:

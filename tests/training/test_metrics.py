@@ -1,0 +1,55 @@
+"""metrics.jsonl and TensorBoard agree after a resume: the earlier run's records past the
+checkpoint resumed from are gone from both."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+
+from tensorboardX.proto import event_pb2
+
+from lmscale.training.loop import train
+from lmscale.training.metrics import read_metrics
+from tests.conftest import tiny_config
+
+
+def read_events(path: str) -> list[event_pb2.Event]:
+    """The events of one TFRecord event file (length, crc, payload, crc per record)."""
+    events, data = [], open(path, "rb").read()
+    offset = 0
+    while offset < len(data):
+        (length,) = struct.unpack("<Q", data[offset:offset + 8])
+        events.append(event_pb2.Event.FromString(data[offset + 12:offset + 12 + length]))
+        offset += 12 + length + 4
+    return events
+
+
+def visible_scalars(tb_dir: str, tag: str) -> dict[int, float]:
+    """What TensorBoard shows for ``tag``: the files in name (= time) order, a SessionLog
+    START at step s dropping every earlier event at step >= s (its documented purge)."""
+    shown: dict[int, float] = {}
+    for name in sorted(os.listdir(tb_dir)):
+        for event in read_events(os.path.join(tb_dir, name)):
+            if event.HasField("session_log") and event.session_log.status == event.session_log.START:
+                shown = {step: v for step, v in shown.items() if step < event.step}
+            for value in event.summary.value:
+                if value.tag == tag:
+                    shown[event.step] = value.simple_value
+    return shown
+
+
+def test_a_resume_past_a_lost_checkpoint_drops_the_lost_steps_from_tensorboard(tmp_path, corpus):
+    workdir = str(tmp_path / "run")
+    settings = {"train.steps": 8, "train.eval_every": 0, "checkpoint.every": 4}
+    train(tiny_config(corpus, **settings, **{"train.log_every": 2}), workdir)
+    # A kill -9 after the logs of steps 6 and 8 but before checkpoint 8 was complete.
+    shutil.rmtree(os.path.join(workdir, "checkpoints", "8"))
+    first = visible_scalars(os.path.join(workdir, "tb"), "train/loss")
+    # Resumed from 4, logging every 4 steps: the first run's step 6 is no longer a record.
+    train(tiny_config(corpus, **settings, **{"train.log_every": 4}), workdir)
+    logged = {r["step"]: r["loss"] for r in read_metrics(workdir) if r["split"] == "train"}
+    shown = visible_scalars(os.path.join(workdir, "tb"), "train/loss")
+    assert sorted(shown) == sorted(logged) == [2, 4, 8]  # TensorBoard showed 6 too
+    assert all(abs(shown[s] - logged[s]) < 1e-6 * abs(logged[s]) for s in shown)
+    assert shown[2] == first[2] and shown[4] == first[4]  # the steps before the checkpoint stay
