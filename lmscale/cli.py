@@ -9,8 +9,14 @@ from typing import Callable, TypeVar
 T = TypeVar("T")
 
 
+# Exit status of a training tool whose parameters stopped being finite (``DivergedError``), so
+# that a caller (the sweep runner) tells a diverged run from a failed one.
+EXIT_DIVERGED = 3
+
+
 def run_cli(fn: Callable[[], T]) -> T:
-    """Calls ``fn``; a user error (bad data, config or workdir) prints ``error: ...`` and exits 1.
+    """Calls ``fn``; a user error (bad data, config or workdir) prints ``error: ...`` and exits 1
+    (``EXIT_DIVERGED`` for a run whose parameters stopped being finite).
 
     Turns on the persistent compilation cache first (``lmscale.compile_cache``)."""
     from lmscale.compile_cache import use_compile_cache
@@ -23,7 +29,7 @@ def run_cli(fn: Callable[[], T]) -> T:
         return fn()
     except (ConfigError, DataError, CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(getattr(e, "exit_status", 1))
 
 
 def _quiet_library_logs() -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import json
+import re
 import os
 import resource
 import signal
@@ -25,6 +26,7 @@ import sys
 import time
 from typing import Any, Callable
 
+from lmscale.cli import EXIT_DIVERGED
 from lmscale.sweeps.divergence import DEFAULT_FACTOR, find_divergence, read_records
 from lmscale.sweeps.grid import Point, SweepError, override_flags
 from lmscale.sweeps.workdir import LOCK_FILE, Lock, is_finished, read_status, write_status
@@ -211,6 +213,8 @@ class Runner:
         job.lock.release()
         records = read_records(job.dir)
         divergence = job.divergence or find_divergence(records, self.options.divergence_factor)
+        if divergence is None and returncode == EXIT_DIVERGED:  # found at a save, before a log
+            divergence = _divergence_at_save(os.path.join(job.dir, "train.log"), records)
         final = completed(job.dir)
         status: dict[str, Any] = {
             "point": job.point.to_dict(), "command": job.proc.args, "returncode": returncode,
@@ -229,6 +233,15 @@ class Runner:
         extra = f": {status['error']}" if status["status"] == "failed" else ""
         self.options.log(f"sweep: {job.point.name} {status['status']} at step {status['step']} "
                          f"({status['wall_s']:.0f} s){extra}")
+
+
+def _divergence_at_save(log_path: str, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The divergence record of a trainer that exited ``EXIT_DIVERGED``: its parameters were
+    not finite at a checkpoint save (its error line names the step) before any logged loss was."""
+    found = re.search(r"not finite at step (\d+)", _last_error(log_path))
+    step = int(found.group(1)) if found else max((r["step"] for r in records), default=0)
+    return {"step": step, "loss": None,
+            "reason": f"parameters not finite at step {step} (found at a checkpoint save)"}
 
 
 def _last_error(log_path: str) -> str:

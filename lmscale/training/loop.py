@@ -23,6 +23,7 @@ import ml_collections
 import tqdm
 from flax import nnx
 
+from lmscale.cli import EXIT_DIVERGED
 from lmscale.config import derive, save_config, validate, with_global_batch
 from lmscale.data.dataset import TokenDataset
 from lmscale.models import architecture, flops_per_token
@@ -271,7 +272,13 @@ def _already_trained(workdir: str, start: int, steps: int, is_main: bool) -> dic
 
 
 class DivergedError(CheckpointError):
-    """The parameters are no longer finite: the state is not saved."""
+    """The parameters are no longer finite at ``step``: the state is not saved."""
+
+    exit_status = EXIT_DIVERGED
+
+    def __init__(self, message: str, step: int) -> None:
+        super().__init__(message)
+        self.step = step
 
 
 @jax.jit
@@ -288,7 +295,7 @@ def save_finite(checkpointer: Checkpointer, state: Any, meta: dict[str, Any]) ->
         raise DivergedError(
             f"the parameters are not finite at step {step}: not saved, and the checkpoints "
             f"before it are kept (in {checkpointer.directory}); resume from there with a lower "
-            f"optim.lr or optim.clip, or --config.checkpoint.fallback=true past a damaged one")
+            f"optim.lr or optim.clip, or --config.checkpoint.fallback=true past a damaged one", step)
     checkpointer.save(state, meta)
 
 

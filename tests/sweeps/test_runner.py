@@ -47,6 +47,25 @@ def test_diverging_point_is_div_and_sweep_continues(finished):
     assert (out / "curves.png").stat().st_size > 1000 and (out / "report.html").exists()
 
 
+def test_a_point_whose_parameters_diverge_before_a_log_is_div(tiny):
+    """Infinite parameters found at a checkpoint save (step 2), before any logged loss (every
+    10 steps): the trainer exits EXIT_DIVERGED and the point is "div", not "failed"."""
+    sweep_file = write_sweep(tiny / "inf.py", """
+        def get_sweep():
+            return {"grid": {"optim.lr": [float("inf")]}}
+    """)
+    out = tiny / "inf_sweep"
+    result = run_sweep(base_config(tiny), str(tiny / "tiny.py"), sweep_file, str(out),
+                       config_flags=["--config.train.log_every=10", "--config.checkpoint.every=2"],
+                       **QUIET)
+    [point] = result["results"]
+    assert point["status"] == "div", point
+    status = json.loads((out / point["point"].name / "sweep_status.json").read_text())
+    assert status["returncode"] == 3 and status["divergence"] == {
+        "step": 2, "loss": None, "reason": "parameters not finite at step 2 (found at a checkpoint save)"}
+    assert "div (step 2)" in (out / "report.md").read_text()
+
+
 def test_rerun_of_finished_sweep_trains_nothing(tiny, finished):
     out, sweep_file, _ = finished
     before = {p: (out / p / "metrics.jsonl").read_bytes() for p in ("lr-100", "lr-0.003")}
