@@ -24,9 +24,10 @@ import sys
 from absl import app, flags
 
 from lmscale.cli import parse_flags
-from lmscale.data.builtin import is_builtin
+from lmscale.data.builtin import builtin_paths, is_builtin
 from lmscale.data.errors import DataError
-from lmscale.data.prepare import prepare_dataset
+from lmscale.data.prepare import check_text_options, prepare_dataset
+from lmscale.data.sources import expand_inputs
 from lmscale.data.spm import MODEL_TYPES, SentencePieceTokenizer, SentencePieceTraining
 from lmscale.data.tokenizer import ByteTokenizer, Tokenizer
 from lmscale.data.words import WordTraining
@@ -115,6 +116,10 @@ def prepare_main() -> str:
     items = [s.strip() for v in _INPUT.value for s in v.split(",") if s.strip()]
     inputs = items[0] if len(items) == 1 and is_builtin(items[0]) else items
     tokenizer = make_tokenizer()
+    paths = builtin_paths(inputs) if isinstance(inputs, str) else expand_inputs(inputs)
+    for extra in (_VAL.value, _TEST.value):
+        paths += expand_inputs(extra) if extra else []
+    check_text_options(paths, _TEXT_COLUMN.value, _TEXT_FIELD.value)
     return prepare_dataset(inputs, _OUTPUT.value, text_column=_TEXT_COLUMN.value,
                            text_field=_TEXT_FIELD.value, txt_mode=_TXT_MODE.value,
                            split=parse_split(_SPLIT.value), shard_tokens=_SHARD_TOKENS.value,

@@ -36,7 +36,7 @@ from lmscale.data.builtin import builtin_paths, is_builtin
 from lmscale.data.dataset import FORMAT, METADATA, SPLITS, VERSION, is_dataset
 from lmscale.data.errors import DataError
 from lmscale.data.sample import sample_texts
-from lmscale.data.sources import TXT_MODES, expand_inputs, input_size, iter_pieces
+from lmscale.data.sources import TXT_MODES, expand_inputs, file_kind, input_size, iter_pieces
 from lmscale.data.spm import SentencePieceTraining, train_sentencepiece
 from lmscale.data.tokenizer import ByteTokenizer, Tokenizer
 from lmscale.data.words import WordCounter, WordTraining, build_vocabulary
@@ -92,6 +92,23 @@ def explicit_plan(part_tokens: Sequence[int], shard_tokens: int) -> list[tuple[i
         plan += [(s, bounds[i], bounds[i + 1]) for i in range(n)]
         start += count
     return plan
+
+
+def check_text_options(paths: Sequence[str], text_column: str | None,
+                       text_field: str | None) -> None:
+    """Refuses a text column or field given for inputs it cannot apply to (``lmscale.prepare``'s
+    flags: ignored, a CSV was read from its column 'text'). Configs are not checked: theirs
+    stay set when ``data.train`` is overridden with other files."""
+    kinds = sorted({file_kind(p) for p in paths})
+    if text_column and "csv" not in kinds:
+        hint = (" (a JSONL or tfds field is named by --text_field)"
+                if {"jsonl", "tfds"} & set(kinds) else "")
+        raise DataError(f"--text_column={text_column} names a CSV/TSV column, and the inputs "
+                        f"are {'/'.join(kinds)} files{hint}")
+    if text_field and not {"jsonl", "tfds"} & set(kinds):
+        hint = " (a CSV/TSV column is named by --text_column)" if "csv" in kinds else ""
+        raise DataError(f"--text_field={text_field} names a JSONL (or tfds) field, and the inputs "
+                        f"are {'/'.join(kinds)} files{hint}")
 
 
 def _check_args(split: Sequence[int], shard_tokens: int, txt_mode: str) -> tuple[int, int, int]:

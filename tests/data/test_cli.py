@@ -44,6 +44,19 @@ def test_prepare_cli_missing_column(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_text_option_for_other_inputs_is_refused(tmp_path):
+    """--text_field on a CSV was ignored: the column 'text' was read (or missing)."""
+    (tmp_path / "d.csv").write_text("label,sentence\n1,hello there\n")
+    (tmp_path / "d.txt").write_text("hello there\n")
+    p = run(f"--input={tmp_path / 'd.csv'}", f"--output={tmp_path / 'out'}", "--text_field=sentence")
+    assert p.returncode == 1 and p.stderr.strip() == (
+        "error: --text_field=sentence names a JSONL (or tfds) field, and the inputs are csv "
+        "files (a CSV/TSV column is named by --text_column)")
+    p = run(f"--input={tmp_path / 'd.txt'}", f"--output={tmp_path / 'out'}", "--text_column=sentence")
+    assert p.returncode == 1 and "the inputs are txt files" in p.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_prepare_cli_bad_flags(tmp_path):
     p = run("--output=x")
     assert p.returncode == 1 and p.stderr.strip() == "error: --input is required (text paths/globs or python_stdlib)"
