@@ -116,10 +116,11 @@ def prepare_main() -> str:
     items = [s.strip() for v in _INPUT.value for s in v.split(",") if s.strip()]
     inputs = items[0] if len(items) == 1 and is_builtin(items[0]) else items
     tokenizer = make_tokenizer()
-    paths = builtin_paths(inputs) if isinstance(inputs, str) else expand_inputs(inputs)
-    for extra in (_VAL.value, _TEST.value):
-        paths += expand_inputs(extra) if extra else []
-    check_text_options(paths, _TEXT_COLUMN.value, _TEXT_FIELD.value)
+    if _TEXT_COLUMN.value or _TEXT_FIELD.value:
+        paths = builtin_paths(inputs) if isinstance(inputs, str) else expand_inputs(inputs)
+        for extra in (_VAL.value, _TEST.value):
+            paths += expand_inputs(extra) if extra else []
+        check_text_options(paths, _TEXT_COLUMN.value, _TEXT_FIELD.value)
     return prepare_dataset(inputs, _OUTPUT.value, text_column=_TEXT_COLUMN.value,
                            text_field=_TEXT_FIELD.value, txt_mode=_TXT_MODE.value,
                            split=parse_split(_SPLIT.value), shard_tokens=_SHARD_TOKENS.value,
