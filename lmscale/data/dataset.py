@@ -58,13 +58,19 @@ class SplitData:
     name: str
     shards: list[np.memmap]
     doc_starts: list[np.ndarray]
+    label: str = ""  # what errors call it ("" = "split 'NAME'"; e.g. "the text of FILES")
     shard_lengths: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         if len(self.shards) != len(self.doc_starts):
-            raise DataError(f"split {self.name!r}: {len(self.shards)} shards but "
+            raise DataError(f"{self.described}: {len(self.shards)} shards but "
                             f"{len(self.doc_starts)} document-start arrays")
         self.shard_lengths = np.array([len(s) for s in self.shards], dtype=np.int64)
+
+    @property
+    def described(self) -> str:
+        """The split as errors name it."""
+        return self.label or f"split {self.name!r}"
 
     @property
     def num_tokens(self) -> int:
@@ -82,7 +88,7 @@ class SplitData:
         """Tokens [stop - start] of one shard, in the dataset's dtype (a copy, not a view of the map)."""
         n = int(self.shard_lengths[shard_index])
         if not 0 <= start <= stop <= n:
-            raise DataError(f"split {self.name!r}: range [{start}, {stop}) is outside shard "
+            raise DataError(f"{self.described}: range [{start}, {stop}) is outside shard "
                             f"{shard_index} of {n} tokens")
         return np.array(self.shards[shard_index][start:stop])
 

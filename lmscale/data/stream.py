@@ -50,11 +50,11 @@ class StreamBatcher:
         self.num_tokens = int(split.shard_lengths.sum())
         self.row_length = self.num_tokens // self.batch_size
         if self.row_length - 1 < self.seq_len:
-            raise DataError(f"split {split.name!r} has {self.num_tokens} tokens: too few for batch_size "
+            raise DataError(f"{split.described} has {self.num_tokens} tokens: too few for batch_size "
                             f"{self.batch_size} x (seq_len {self.seq_len} + 1)")
         for i, n in enumerate(split.shard_lengths):
             if n < self.seq_len + 1:
-                raise DataError(f"sequence longer than a shard: shard {i} of split {split.name!r} has "
+                raise DataError(f"sequence longer than a shard: shard {i} of {split.described} has "
                                 f"{int(n)} tokens, seq_len is {self.seq_len}; use shorter sequences or "
                                 f"larger shards")
         self._epoch_cache: tuple[int, np.ndarray, np.ndarray] | None = None
@@ -74,7 +74,7 @@ class StreamBatcher:
         continue its rows' stretches (the state carried on), [rows, tail_length] arrays."""
         start, stop = self.checked_rows(0, rows)
         if self.tail_length < 1:
-            raise DataError(f"split {self.split.name!r}: its rows have no tail after "
+            raise DataError(f"{self.split.described}: its rows have no tail after "
                             f"{self.steps_per_epoch} steps of {self.seq_len}")
         return self.read(0, self.steps_per_epoch * self.seq_len, self.tail_length, (start, stop),
                          epoch_start=False)

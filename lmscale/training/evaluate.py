@@ -31,7 +31,7 @@ def eval_stream(split: SplitData, batch_size: int, seq_len: int,
     (the most rows that still get one full sequence each), whatever the device count."""
     rows = min(batch_size, split.num_tokens // (seq_len + 1))
     if rows < 1:
-        raise DataError(f"split {split.name!r} has {split.num_tokens} tokens: too few for one "
+        raise DataError(f"{split.described} has {split.num_tokens} tokens: too few for one "
                         f"sequence of seq_len {seq_len}")
     return StreamBatcher(split, rows, seq_len, reset_on_documents=reset_on_documents)
 

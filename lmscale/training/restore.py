@@ -235,10 +235,9 @@ def evaluate_data(lm: TrainedLM, data: str, *, split: str = "val", batch_size: i
         path = prepare_dataset([p for p in data.split(",") if p], os.path.join(tmp, "data"),
                                text_column=text_column, text_field=text_field, split=(1, 0, 0),
                                shard_tokens=2**40, tokenizer=lm.tokenizer, progress=False)
-        try:
-            return _evaluate(lm, TokenDataset.open(path).split("train"), settings)
-        except DataError as e:  # the one split of the text is no split of the user's
-            raise DataError(str(e).replace("split 'train'", f"the text of {data}")) from None
+        text = TokenDataset.open(path).split("train")
+        text.label = f"the text of {data}"  # the one split of the text is no split of the user's
+        return _evaluate(lm, text, settings)
 
 
 def _evaluate(lm: TrainedLM, split: Any, settings: dict[str, Any]) -> dict[str, float]:

@@ -163,6 +163,10 @@ def test_eval_tool_on_text_file_and_split(tmp_path, corpus):
     assert in_steps["tokens"] == whole_rows["tokens"] == 3 * (n // 3 - 1)
     assert (n // 3 - 1) % 16 != 0  # so there is a tail
     assert in_steps["loss"] == pytest.approx(whole_rows["loss"], rel=1e-5)
+    short = tmp_path / "short.txt"
+    short.write_text("twelve bytes")
+    with pytest.raises(DataError, match=rf"^the text of {short} has 12 tokens: too few for one "):
+        evaluate_data(lm, str(short))  # it named the temporary dataset's "split 'train'"
 
 
 def test_eval_tool_without_checkpoint(tmp_path):
