@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lmscale.data.texts import text_list
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.loss import bits_per_char
 from lmscale.training.restore import TrainedLM, load_trained
@@ -44,13 +45,12 @@ class LM:
         """Width of the features (the last layer's state or output)."""
         return self.trained.model().feature_width
 
-    def _targets(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        """Token ids of the text as the model reads it, and which of them are scored: the
+    def _targets(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A text's token ids as the model reads them, and which of them are scored: the
         user's text only (not an imported model's framing); its first token only when framing
         gives it context."""
         from lmscale.pretrained.preprocess import framing_for
         tok = self.trained.tokenizer
-        (ids,) = encode_texts(self.trained, [text])
         before, after = framing_for(self.trained.derived)
         lengths = tok.byte_lengths()[ids]
         ends = np.cumsum(lengths)  # bytes up to and including each token
@@ -69,7 +69,8 @@ class LM:
         consecutive windows of that many tokens (each read without the ones before it).
         NaN for a text with no counted token (a single token, unframed)."""
         limit = self.trained.model().max_len
-        targets = [self._targets(text) for text in texts]
+        texts = text_list(texts)
+        targets = [self._targets(ids) for ids in encode_texts(self.trained, texts)]
         table = self.trained.tokenizer.byte_lengths()
         byte_totals = np.array([table[ids[scored]].sum() for ids, scored in targets], np.float64)
         if limit is None:

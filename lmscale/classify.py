@@ -4,14 +4,16 @@ r"""Classify new text with a saved classifier (a fine-tuned run or a transfer ou
         --output=predictions.csv [--labels=label]
 
 Writes one row per input text: the text, p_<class> per class, and the predicted label
-(single-label) or one 0/1 column per class (multi-label, with the thresholds tuned on
-validation). With --labels the input's label column(s) are scored too (metrics printed and
-written to OUTPUT.metrics.json). Input: .csv/.tsv/.jsonl.
+(``predicted``, single-label) or a 0/1 ``predicted_<class>`` column per class (multi-label,
+with the thresholds tuned on validation). With --labels the input's label column(s) are
+copied (``gold``, ``gold_<class>``) and scored (metrics printed and written to
+OUTPUT.metrics.json). Input: .csv/.tsv/.jsonl; OUTPUT may not be the input.
 """
 
 from __future__ import annotations
 
 import json
+import os
 
 from absl import app, flags
 
@@ -36,6 +38,9 @@ def classify() -> dict:
     from lmscale.finetuning.predict import read_texts
     from lmscale.transfer.labeled import load_labeled
 
+    if os.path.abspath(_OUTPUT.value) == os.path.abspath(_INPUT.value):
+        raise DataError(f"--output is the input file {_INPUT.value}: write the predictions to "
+                        f"another file (the input would be replaced)")
     clf = load_classifier(_WORKDIR.value, _BATCH.value)  # fails before reading a large input
     if _LABELS.value:
         data = load_labeled(_INPUT.value, text_column=_TEXT.value, label_column=_LABELS.value)
@@ -48,7 +53,8 @@ def classify() -> dict:
     else:
         texts = read_texts(_INPUT.value, _TEXT.value)
     probs, pred = clf.predict(texts)
-    write_predictions(_OUTPUT.value, texts, probs, pred, clf.class_names, clf.multilabel)
+    write_predictions(_OUTPUT.value, texts, probs, pred, clf.class_names, clf.multilabel,
+                      gold=data.labels if _LABELS.value else None)
     print(f"{len(texts)} texts classified; predictions in {_OUTPUT.value}")
     if _LABELS.value:
         m = classification_metrics(probs, data.labels, clf.multilabel, clf.class_names, clf.thresholds)

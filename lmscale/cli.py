@@ -39,6 +39,21 @@ def _quiet_library_logs() -> None:
         logging.set_verbosity(logging.WARNING)
 
 
+def _check_config_values(flag_values: object) -> None:
+    """A config file whose ``get_config()`` returns something else than a ConfigDict (a dict,
+    None) is one error line, not an AttributeError at the config's first use."""
+    import ml_collections
+    for name in list(flag_values):
+        flag = flag_values[name]
+        if type(flag.parser).__name__ != "ConfigFileFlagParser" or flag.value is None:
+            continue
+        if not isinstance(flag.value, ml_collections.ConfigDict):
+            print(f"error: --{name}={flag.serialize().split('=', 1)[-1]}: get_config() returned "
+                  f"a {type(flag.value).__name__}, not an ml_collections.ConfigDict (start from "
+                  f"lmscale.config.default_config() and end with c.lock())", file=sys.stderr)
+            sys.exit(1)
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing where a bad flag or config override is one line on stderr, exit 1.
 
@@ -56,6 +71,7 @@ def parse_flags(argv: list[str]) -> list[str]:
                 reason = str(failed).strip().splitlines()[-1].strip()
                 print(f"error: --{name}: {reason}", file=sys.stderr)
                 sys.exit(1)
+        _check_config_values(flags.FLAGS)
         return rest
     except (AttributeError, KeyError) as e:  # unknown key in a locked ConfigDict
         text = str(e.args[0] if e.args else e)

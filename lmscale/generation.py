@@ -108,6 +108,9 @@ def generate(lm: TrainedLM, prompt: str, length: int = 200, *, temperature: floa
         raise DataError(f"length and samples must be >= 1, got {length} and {samples}")
     if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
         raise DataError("need temperature >= 0, 0 < top_p <= 1 and top_k >= 0")
+    if top_k > lm.tokenizer.vocab_size:
+        raise DataError(f"top_k {top_k} is more than the model's {lm.tokenizer.vocab_size} tokens "
+                        f"(0 keeps them all)")
     model = lm.model()
     neuron_state = neuron_state or model.feature_states[0]
     if neuron is not None:
@@ -119,7 +122,8 @@ def generate(lm: TrainedLM, prompt: str, length: int = 200, *, temperature: floa
                             f"units 0..{model.feature_width - 1}")
         if neuron_state not in model.feature_states:
             raise DataError(f"neuron_state must be one of {list(model.feature_states)}, got {neuron_state!r}")
-    ids = lm.tokenizer.encode(prompt).astype(np.int32)
+    from lmscale.pretrained.preprocess import prompt_for
+    ids = lm.tokenizer.encode(prompt_for(lm.derived, prompt)).astype(np.int32)  # e.g. OpenAI's framing
     unknown = getattr(lm.tokenizer, "unknown_words", lambda _: [])(prompt)  # a word vocabulary's
     if unknown:
         shown = unknown[:10] + (["..."] if len(unknown) > 10 else [])

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 
 import lmscale
+from lmscale.data.errors import DataError
+from lmscale.generation import generate
 from lmscale.transfer.featurize import featurize
 
 
@@ -124,3 +128,50 @@ def test_each_call_compiles_only_its_own_programs():
     assert out == {"generate": ["jit(prepare_decode)", "jit(run)"], "featurize": ["jit(fn)"],
                    "unit_trace": ["jit(unit_values)"], "score": ["jit(_chunk_nats)"],
                    "evaluate": ["jit(eval_step)"]}, out
+
+
+def test_texts_step_and_top_k_are_checked(sst_run):
+    """A lone string was read as one text per character, a generator featurized to nothing,
+    an empty text was "text 0" whatever its place, a step "4" was "no checkpoint of step 4;
+    its steps are [4]", and top_k past the vocabulary was a JAX traceback."""
+    lm = lmscale.load_lm(sst_run)
+    for call in (lm.score, lm.featurize):
+        with pytest.raises(DataError, match=r"got one str \('a fine film'\); pass \[text\]"):
+            call("a fine film")
+    texts = ["a fine film", "a dull mess", "ok"]
+    np.testing.assert_array_equal(lm.featurize(t for t in texts), lm.featurize(texts))
+    np.testing.assert_array_equal(lm.score(t for t in texts), lm.score(texts))
+    with pytest.raises(DataError, match="^text 1 is empty"):
+        lm.score(["ok text", ""])
+    with pytest.raises(DataError, match="text 1 is a int, not a str"):
+        lm.featurize(["ok", 3])
+    step = lm.trained.step
+    assert lmscale.load_lm(sst_run, step=str(step)).trained.step == step
+    with pytest.raises(ValueError, match="step must be a checkpoint's step number"):
+        lmscale.load_lm(sst_run, step="latest")
+    with pytest.raises(DataError, match="top_k 1000 is more than the model's 257 tokens"):
+        lm.generate("x", 4, top_k=1000)
+
+
+def test_generation_reads_the_prompt_with_the_models_preprocessing():
+    """An imported OpenAI model reads "\\n " + text: generation fed the bare prompt (featurize
+    and score framed it). A small model's greedy continuation hardly shows the two bytes, so
+    the framing is seen by what it adds: the same continuation as the framed prompt typed by
+    hand, and two more tokens against a length-limited model's max_len."""
+    from tests.transfer.conftest import random_lm, random_transformer_lm
+    trained = random_lm()
+    framed = dataclasses.replace(trained, derived={**trained.derived, "preprocess": "openai"})
+    prompt = "This movie is"
+    with_framing = generate(framed, prompt, 40, temperature=0)[0]
+    by_hand = generate(trained, "\n " + prompt, 40, temperature=0)[0]
+    assert with_framing == prompt + by_hand[len("\n " + prompt):]
+    # A prompt ending in a space keeps it (the framing's closing space is the same byte).
+    spaced = generate(framed, prompt + " ", 40, temperature=0)[0]
+    assert spaced == prompt + " " + generate(trained, "\n " + prompt + " ", 40,
+                                             temperature=0)[0][len("\n " + prompt + " "):]
+    # A length-limited model counts the framing's tokens against max_len (64).
+    transformer = random_transformer_lm()
+    framed = dataclasses.replace(transformer, derived={**transformer.derived, "preprocess": "openai"})
+    generate(transformer, prompt, 64 - len(prompt))
+    with pytest.raises(DataError, match="the prompt .15 tokens. plus length 51 exceeds"):
+        generate(framed, prompt, 64 - len(prompt))

@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from lmscale.config import load_config
+from lmscale.data.texts import text_list
 from lmscale.data.tokenizer import tokenizer_from_dict
 from lmscale.finetuning.data import encode
 from lmscale.finetuning.head import init_classifier
@@ -39,7 +40,7 @@ class LoadedClassifier:
         raise NotImplementedError
 
     def predict(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        probs = self.predict_proba(list(texts))
+        probs = self.predict_proba(texts)
         return probs, predict_labels(probs, self.multilabel, self.thresholds)
 
 
@@ -78,7 +79,8 @@ class FinetunedClassifier(LoadedClassifier):
             self.thresholds = np.asarray(json.load(open(thresholds_path))["thresholds"])
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        ids = encode(self.tokenizer, self.preprocess, texts, self.max_len)
+        ids = encode(self.tokenizer, self.preprocess, text_list(texts), self.max_len,
+                     number_from=0)
         return predict_probs(self.predict_fn, self.params, ids, self.mesh, **self.settings)
 
 
@@ -109,7 +111,7 @@ class TransferClassifier(LoadedClassifier):
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         from lmscale.transfer.featurize import featurize
         i = self.info
-        x = featurize(self.lm, texts, state=i["state"], pooling=i["pooling"],
+        x = featurize(self.lm, text_list(texts), state=i["state"], pooling=i["pooling"],
                       all_layers=i["all_layers"], batch_size=self.batch_size)
         a = self.arrays
         if x.shape[1] != a["mean"].shape[0]:

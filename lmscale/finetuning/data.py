@@ -36,13 +36,15 @@ class Encoded:
 
 
 def encode(tokenizer: object, preprocess: object, texts: Sequence[str], max_len: int | None,
-           source: str = "texts") -> list[np.ndarray]:
-    """Token ids (int32) of each preprocessed text, cut to its last ``max_len`` tokens if set."""
+           source: str = "texts", number_from: int = 1) -> list[np.ndarray]:
+    """Token ids (int32) of each preprocessed text, cut to its last ``max_len`` tokens if set;
+    an empty text is an error naming it from ``number_from`` (1: a file's texts; 0: a list's)."""
     out = []
     for i, text in enumerate(texts):
         ids = np.asarray(tokenizer.encode(preprocess(text)), np.int32)
         if len(ids) == 0:
-            raise DataError(f"{source}: text {i + 1} is empty; every text needs at least one token")
+            raise DataError(f"{source}: text {i + number_from} is empty; every text needs at "
+                            f"least one token")
         out.append(ids if max_len is None else ids[-max_len:])
     return out
 

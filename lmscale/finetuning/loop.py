@@ -341,7 +341,7 @@ def _final_results(workdir: str, params: Any, predict_fn: Any, enc: dict[str, En
         from lmscale.transfer.metrics import predict_labels
         write_predictions(os.path.join(workdir, "val_predictions.csv"), splits["val"].texts,
                           probs["val"], predict_labels(probs["val"], ft.multilabel, thresholds),
-                          class_names, ft.multilabel)
+                          class_names, ft.multilabel, gold=splits["val"].labels)
         _write_json(os.path.join(workdir, "results.json"), results)
         print(format_table(results["metrics"]))
     return results

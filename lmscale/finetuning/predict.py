@@ -38,17 +38,30 @@ def predict_probs(predict_fn: Callable, params: Any, ids: Sequence[np.ndarray], 
 
 
 def write_predictions(path: str, texts: Sequence[str], probs: np.ndarray, pred: np.ndarray,
-                      class_names: Sequence[str], multilabel: bool) -> None:
-    """CSV: text, p_<class> per class, then the predicted label (single-label) or one 0/1
-    column per class (multi-label). Written to a temporary file renamed at the end."""
+                      class_names: Sequence[str], multilabel: bool,
+                      gold: np.ndarray | None = None) -> None:
+    """CSV: text, p_<class> per class, then the predicted label (``predicted``; multi-label: a
+    0/1 ``predicted_<class>`` per class) and, given ``gold``, the true one (``gold``, or
+    ``gold_<class>``). Written to a temporary file renamed at the end."""
+    from lmscale.data.errors import DataError
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise DataError(f"{path}: the folder {folder} does not exist")
+    header = ["text", *[f"p_{c}" for c in class_names]]
+    header += [f"predicted_{c}" for c in class_names] if multilabel else ["predicted"]
+    if gold is not None:
+        header += [f"gold_{c}" for c in class_names] if multilabel else ["gold"]
+
+    def labels(row: np.ndarray | int) -> list[Any]:
+        return [int(v) for v in row] if multilabel else [class_names[int(row)]]
+
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["text", *[f"p_{c}" for c in class_names],
-                    *(class_names if multilabel else ["label"])])
+        w.writerow(header)
         for i, text in enumerate(texts):
-            tail = [int(v) for v in pred[i]] if multilabel else [class_names[int(pred[i])]]
-            w.writerow([text, *[f"{p:.6f}" for p in probs[i]], *tail])
+            w.writerow([text, *[f"{p:.6f}" for p in probs[i]], *labels(pred[i]),
+                        *(labels(gold[i]) if gold is not None else [])])
     os.replace(tmp, path)
 
 

@@ -62,3 +62,15 @@ def framing_for(derived: Mapping[str, Any]) -> tuple[bytes, bytes]:
     name = str(derived.get("preprocess", "none"))
     get_preprocessor(name)
     return FRAMING[name]
+
+
+def prompt_for(derived: Mapping[str, Any], prompt: str) -> str | bytes:
+    """A generation prompt as the run's model reads it: preprocessed, without the closing
+    framing (the continuation comes there), unless the prompt itself ends in whitespace."""
+    text = preprocessor_for(derived)(prompt)
+    _, after = framing_for(derived)
+    if after and not prompt[-1:].isspace():
+        encoded = text if isinstance(text, bytes) else text.encode("utf-8", "surrogateescape")
+        if encoded.endswith(after):
+            return encoded[:-len(after)]
+    return text

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -133,6 +134,12 @@ def load_trained(workdir: str, step: int | None = None, mesh: Mesh | None = None
     if not os.path.exists(config_path):
         raise FileNotFoundError(f"{workdir} is not a training run: {config_path} does not exist")
     config, derived = load_config(config_path)
+    if "class_names" in derived:  # a lmscale.finetune run: a classifier, not a language model
+        raise FileNotFoundError(
+            f"{workdir} is a fine-tuned classifier (lmscale.finetune), not a language model: "
+            f"load it with lmscale.load_classifier({str(workdir)!r}); the LM it started from is "
+            f"{config.get('init_from') or 'named by its config.json init_from'}")
+    step = None if step is None else _step_number(step)
     checkpointer = Checkpointer(workdir, keep=config.checkpoint.keep, read_only=True)
     latest = step is None
     mesh = mesh or mesh_lib.make_mesh()
@@ -163,6 +170,15 @@ def load_trained(workdir: str, step: int | None = None, mesh: Mesh | None = None
     lm = TrainedLM(config=config, derived=derived, tokenizer=tokenizer, graphdef=graphdef,
                    params=params, step=step, mesh=mesh, workdir=os.path.abspath(workdir))
     return with_compute(lm, compute, vocab_size)
+
+
+def _step_number(step: Any) -> int:
+    """A checkpoint step given as an int (or a string of digits, as from a command line)."""
+    if isinstance(step, (int, np.integer)) and not isinstance(step, bool):
+        return int(step)
+    if isinstance(step, str) and step.strip().isdigit():
+        return int(step)
+    raise ValueError(f"step must be a checkpoint's step number (an int), got {step!r}")
 
 
 def _restore_step(checkpointer: Checkpointer, workdir: str, config: ml_collections.ConfigDict,

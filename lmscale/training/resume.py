@@ -155,8 +155,16 @@ def archive_previous_run(workdir: str, names: tuple[str, ...] = RUN_FILES) -> st
     if jax.process_index() == 0:
         present = [name for name in names if os.path.exists(os.path.join(workdir, name))]
         if present:
-            target = os.path.join(workdir, "archive", time.strftime("%Y%m%d-%H%M%S"))
-            os.makedirs(target, exist_ok=True)
+            stamp = os.path.join(workdir, "archive", time.strftime("%Y%m%d-%H%M%S"))
+            os.makedirs(os.path.dirname(stamp), exist_ok=True)
+            target, n = stamp, 1
+            while True:  # a folder of its own: two archives in one second must not merge
+                try:
+                    os.mkdir(target)
+                    break
+                except FileExistsError:
+                    n += 1
+                    target = f"{stamp}-{n}"
             for name in present:
                 shutil.move(os.path.join(workdir, name), os.path.join(target, name))
             print(f"resume=false: the previous run moved to {target}", file=sys.stderr,

@@ -37,6 +37,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lmscale.data.errors import DataError
+from lmscale.data.texts import text_list
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.restore import TrainedLM, prepared_weights, weights_fingerprint
 from lmscale.training.state import zero_carry
@@ -54,14 +55,16 @@ def preprocess_texts(lm: TrainedLM, texts: Sequence[str]) -> list[str]:
 
 
 def encode_texts(lm: TrainedLM, texts: Sequence[str]) -> list[np.ndarray]:
-    """Token ids of each (preprocessed) text with the LM's own tokenizer; empty texts are an error."""
+    """Token ids of each (preprocessed) text with the LM's own tokenizer; empty texts are an
+    error (0-based index: the model reads nothing from them)."""
+    texts = text_list(texts)
     for i, t in enumerate(texts):
         if not t:
-            raise DataError(f"text {i} is empty: it has no state to take features from")
+            raise DataError(f"text {i} is empty: the model reads no token of it")
     ids = [lm.tokenizer.encode(t) for t in preprocess_texts(lm, texts)]
     for i, x in enumerate(ids):
         if len(x) == 0:
-            raise DataError(f"text {i} is empty: it has no state to take features from")
+            raise DataError(f"text {i} is empty: the model reads no token of it")
     return ids
 
 
@@ -268,6 +271,7 @@ def cached_featurize(lm: TrainedLM, texts: Sequence[str], cache_dir: str | None,
     """``featurize`` with an on-disk cache keyed by the weights' content
     (``weights_fingerprint``: a workdir retrained in place misses), the preprocessing, the
     compute dtype, the texts and the options."""
+    texts = text_list(texts)  # read once: the key and the features take the same texts
     if not cache_dir:
         return featurize(lm, texts, **options)
     key_options = {k: v for k, v in options.items() if k not in ("progress", "batch_size", "chunk")}

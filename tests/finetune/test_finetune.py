@@ -162,8 +162,16 @@ def test_sst_learns_restores_freezes_and_classify_reproduces(sst_run, data, tmp_
          "--text_column=sentence", f"--output={out}", "--labels=label")
     mine = list(csv.DictReader(open(out)))
     saved = list(csv.DictReader(open(os.path.join(run, "val_predictions.csv"))))
-    assert [r["label"] for r in mine] == [r["label"] for r in saved]
+    assert [r["predicted"] for r in mine] == [r["predicted"] for r in saved]
+    gold = [r["label"] for r in csv.DictReader(open(data["sst_val"]))]
+    assert [r["gold"] for r in mine] == [r["gold"] for r in saved] == gold  # copied, named apart
+    refused = _cli("lmscale.classify", f"--workdir={run}", f"--input={out}", "--text_column=text",
+                   f"--output={out}", ok=False)  # it overwrote its input
+    assert "--output is the input file" in refused.stderr
     np.testing.assert_allclose([float(r["p_1"]) for r in mine], [float(r["p_1"]) for r in saved], atol=2e-6)
+    with pytest.raises(FileNotFoundError, match="is a fine-tuned classifier .* load it with "
+                       "lmscale.load_classifier"):  # it advised --config.resume=false
+        load_trained(run)
     assert json.load(open(out + ".metrics.json"))["accuracy"] == pytest.approx(
         results["metrics"]["val"]["accuracy"])
 

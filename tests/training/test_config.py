@@ -80,8 +80,13 @@ def test_a_config_file_that_forgot_to_lock_still_has_its_typos_refused(tmp_path)
     config.write_text("from lmscale.config import default_config\n\n\ndef get_config():\n"
                       "    c = default_config()\n    c.model.hiden = 64\n    return c\n")
     workdir = tmp_path / "run"
+    returns_dict = tmp_path / "returns_dict.py"  # an AttributeError traceback before
+    returns_dict.write_text("def get_config():\n    return {'model': {'hidden': 32}}\n")
     for path, message in ((config, "error: unknown config field model.hiden (did you mean "
                                    "model.hidden?): lmscale/config.py lists every field"),
+                          (returns_dict, f"error: --config={returns_dict}: get_config() returned a "
+                                         "dict, not an ml_collections.ConfigDict (start from "
+                                         "lmscale.config.default_config() and end with c.lock())"),
                           (tmp_path / "missing.py", "error: --config: [Errno 2] No such file or "
                                                     f"directory: '{tmp_path / 'missing.py'}'")):
         proc = subprocess.run([sys.executable, "-m", "lmscale.train", f"--config={path}",
