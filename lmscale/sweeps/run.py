@@ -30,6 +30,8 @@ def run_sweep(base: ml_collections.ConfigDict, config_file: str, sweep_file: str
     ``base`` is the config file's config with the command's ``--config.*`` overrides
     (``config_flags``, passed on to every point). Finished points are not retrained.
     """
+    if transfer is not None:
+        transfer.check()
     spec = load_sweep_spec(sweep_file, cpu_budget_minutes)
     sweep: Sweep = expand(spec, base)
     claim(workdir, base.to_dict(), sweep, config_file, sweep_file)

@@ -20,6 +20,14 @@ class TransferSets:
     text_column: str = "sentence"
     label_column: str = "label"
 
+    def check(self) -> None:
+        """Reads each labeled set once (files, columns, labels), so that a typo is found
+        before the sweep trains, not after every point has (DataError naming it)."""
+        from lmscale.transfer.labeled import load_labeled
+        for path in (self.train, self.val, self.test):
+            if path:
+                load_labeled(path, text_column=self.text_column, label_column=self.label_column)
+
 
 def transfer_summary(results: dict[str, Any]) -> dict[str, Any]:
     """The numbers a sweep report shows from a transfer results.json."""

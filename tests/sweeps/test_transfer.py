@@ -1,0 +1,52 @@
+"""A sweep's sentiment transfer (--transfer_train/--transfer_val): each finished point is
+transferred and the report shows its accuracy; a bad labeled set is refused before training."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from lmscale.data.errors import DataError
+from lmscale.sweeps import run_sweep
+from lmscale.sweeps.transfer import TransferSets
+from tests.sweeps.conftest import base_config, write_sweep
+
+QUIET = dict(poll_seconds=0.1, log=lambda line: None)
+
+
+def write_labeled(path: Path, n: int, seed: int) -> str:
+    rng = random.Random(seed)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["sentence", "label"])
+        for i in range(n):
+            label = i % 2
+            words = rng.sample(["fine", "moving", "great"] if label else ["dull", "bad", "thin"], 2)
+            w.writerow([f"the film was {words[0]} and {words[1]}", label])
+    return str(path)
+
+
+def test_sweep_transfers_its_points_and_checks_the_sets_first(tiny: Path):
+    sweep_file = write_sweep(tiny / "h.py", """
+        def get_sweep():
+            return {"grid": {"model.hidden": [16]}}
+    """)
+    train, val = write_labeled(tiny / "t.csv", 40, 0), write_labeled(tiny / "v.csv", 20, 1)
+    typo = TransferSets(train, str(tiny / "nope.csv"))
+    with pytest.raises(DataError, match="nope.csv"):  # found after training every point before
+        run_sweep(base_config(tiny), str(tiny / "tiny.py"), sweep_file, str(tiny / "typo"),
+                  transfer=typo, **QUIET)
+    assert not (tiny / "typo").exists()
+    out = tiny / "with_transfer"
+    result = run_sweep(base_config(tiny), str(tiny / "tiny.py"), sweep_file, str(out),
+                       transfer=TransferSets(train, val), **QUIET)
+    [point] = result["results"]
+    assert point["status"] == "ok" and point["transfer"]["dimensions"] == 16
+    assert 0 <= point["transfer"]["val_accuracy"] <= 1
+    saved = json.loads((out / "hidden-16" / "transfer" / "results.json").read_text())
+    assert saved["all_features"]["val_accuracy"] == point["transfer"]["val_accuracy"]
+    assert "transfer test acc" in (out / "report.md").read_text()
