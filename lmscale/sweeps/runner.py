@@ -226,13 +226,24 @@ class Runner:
         elif returncode == 0 and final is not None:
             status["status"] = "ok"
         elif self.stopping or returncode == 0:
-            status["status"] = "interrupted"
+            # Where a re-run resumes: the checkpoint the trainer saved as it stopped (the last
+            # logged step can be a few steps before it).
+            status.update(status="interrupted", step=_saved_step(job.dir) or status["step"])
         else:
             status.update(status="failed", error=_last_error(os.path.join(job.dir, "train.log")))
         write_status(job.dir, status)
         extra = f": {status['error']}" if status["status"] == "failed" else ""
         self.options.log(f"sweep: {job.point.name} {status['status']} at step {status['step']} "
                          f"({status['wall_s']:.0f} s){extra}")
+
+
+def _saved_step(point_dir: str) -> int | None:
+    """The newest checkpoint step of a point's run (orbax's step folders), None if none."""
+    try:
+        names = os.listdir(os.path.join(point_dir, "checkpoints"))
+    except OSError:
+        return None
+    return max((int(n) for n in names if n.isdigit()), default=None)
 
 
 def _divergence_at_save(log_path: str, records: list[dict[str, Any]]) -> dict[str, Any]:

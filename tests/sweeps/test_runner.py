@@ -119,6 +119,33 @@ def test_killed_sweep_resumes_unfinished_points_only(tiny):
     assert records[-1] == {**records[-1], "split": "val", "step": 1000}
 
 
+def test_a_stopped_point_reports_the_step_it_saved(tiny):
+    """SIGTERM to the sweep: each running point saves where it stops, and its status names
+    that step (it named the last logged step: 0 here, logging every 500 steps)."""
+    sweep_file = write_sweep(tiny / "stop.py", """
+        def get_sweep():
+            return {"grid": {"model.hidden": [16]},
+                    "derived": lambda p: {"train.steps": 100000, "train.log_every": 500}}
+    """)
+    out = tiny / "stop_sweep"
+    proc = subprocess.Popen([sys.executable, "-m", "lmscale.sweep", f"--config={tiny / 'tiny.py'}",
+                             f"--sweep={sweep_file}", f"--workdir={out}"], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    started = out / "hidden-16" / "tb"  # made as the trainer's loop starts
+    deadline = time.time() + 300
+    try:
+        while not started.exists():
+            assert proc.poll() is None and time.time() < deadline, "the point never started"
+            time.sleep(0.05)
+        time.sleep(2.0)  # some steps
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    status = json.loads((out / "hidden-16" / "sweep_status.json").read_text())
+    saved = [int(n.name) for n in (out / "hidden-16" / "checkpoints").iterdir() if n.name.isdigit()]
+    assert status["status"] == "interrupted" and saved and status["step"] == max(saved) > 0
+
+
 def test_divergence_rule():
     rec = lambda step, loss: {"split": "train", "step": step, "loss": loss}
     assert find_divergence([rec(2, 5.0), rec(4, 3.0), {"split": "val", "step": 4, "loss": 9.0}, rec(6, 4.4)]) is None
