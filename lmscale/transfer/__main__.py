@@ -30,7 +30,8 @@ _STATE = flags.DEFINE_enum("state", None, ["cell", "hidden"], "Which state to ta
                            "model's own (cell for mLSTM/LSTM, hidden for the transformer).")
 _POOLING = flags.DEFINE_enum("pooling", "last", ["last", "mean", "max", "min"],
                              "Pooling over the text: the state after the last character, or mean/max/min.")
-_ALL_LAYERS = flags.DEFINE_bool("all_layers", False, "Concatenate the states of all layers.")
+_ALL_LAYERS = flags.DEFINE_bool("all_layers", False, "Concatenate the states of all layers (a "
+                                 "tied model's: those as wide as its last, said in a note).")
 _BASELINE = flags.DEFINE_enum("baseline", "words", ["words", "chars", "none"],
                               "n-gram baseline computed on the same splits.")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Rows of texts featurized in parallel (a recurrent "

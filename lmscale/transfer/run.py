@@ -8,6 +8,7 @@ logistic regression per label with a tuned threshold (transfer/multilabel.py), s
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Any, Sequence
 
@@ -55,6 +56,12 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
     output = output or os.path.join(workdir, "transfer")
     os.makedirs(output, exist_ok=True)
 
+    model = lm.model()
+    total_layers = len(getattr(model, "layers", ())) or model.num_layers
+    if all_layers and model.num_layers < total_layers:
+        print(f"note: all_layers concatenates the last {model.num_layers} of {total_layers} "
+              f"layers (those as wide as the last, {model.feature_width} units); the wider "
+              f"ones of this tied model are left out", file=sys.stderr, flush=True)
     options = dict(state=state, pooling=pooling, all_layers=all_layers, batch_size=batch_size,
                    progress=progress)
     feats: dict[str, np.ndarray] = {}

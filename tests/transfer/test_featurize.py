@@ -204,3 +204,28 @@ def test_a_word_models_trace_covers_the_text_as_written():
     trace = unit_trace(lm, text, 3)
     assert trace.shape == (len(text.encode()),) and np.isfinite(trace).all()
     assert len(set(trace[3:11].tolist())) == 1 and trace[11] != trace[10]  # " zzyzxqq": one token
+
+
+def test_all_layers_of_a_tied_model_says_which_layers_it_takes(tmp_path, capsys):
+    """A tied model's last layer is as wide as the embedding, its others are wider: all_layers
+    concatenates only the layers as wide as the last, which was said nowhere."""
+    import csv
+
+    from lmscale.config import default_config
+    from lmscale.transfer.run import run_transfer
+    from tests.transfer.conftest import _trained
+    config = default_config()
+    m = config.model
+    m.kind, m.layers, m.hidden, m.embed, m.tie_embeddings = "lstm", 2, 16, 8, True
+    lm = _trained(config, 0, jnp.float32)
+    assert lm.model().num_layers == 1 and lm.model().feature_width == 8
+    for name in ("train", "val"):
+        with open(tmp_path / f"{name}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["sentence", "label"])
+            w.writerows([(f"a {'good' if i % 2 else 'bad'} film {i}", i % 2) for i in range(12)])
+    results = run_transfer(str(tmp_path), str(tmp_path / "train.csv"), str(tmp_path / "val.csv"),
+                           lm=lm, all_layers=True, baseline="none", Cs=[1.0], examples=0)
+    assert results["features"]["dimensions"] == 8
+    assert ("note: all_layers concatenates the last 1 of 2 layers (those as wide as the last, "
+            "8 units); the wider ones of this tied model are left out") in capsys.readouterr().err
