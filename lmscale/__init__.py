@@ -31,6 +31,8 @@ def use_cpu_cores(batch_size: int, devices: int = 0) -> int | None:
     Returns the device count, or None where it changes nothing: JAX already started, the
     user set a device count, an accelerator is installed, or one core.
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be the global batch size (an int >= 1), got {batch_size!r}")
     from lmscale.training.host_devices import split_cpu_host
     return split_cpu_host(batch_size, devices)
 

@@ -248,6 +248,9 @@ def check_known_fields(config: ml_collections.ConfigDict) -> None:
 def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     """Checks values that cannot work, each error naming the key and the numbers."""
     check_known_fields(config)
+    if not isinstance(config.data.train, str) or not config.data.train.strip():
+        raise ConfigError(f"data.train must name the training text (a prepared dataset, text "
+                          f"paths/globs or 'python_stdlib'), got {config.data.train!r}")
     from lmscale.models import get_kind, model_kinds  # JAX: not at import (module doc)
     if config.model.kind not in model_kinds():
         raise ConfigError(f"model.kind must be one of {list(model_kinds())}, got {config.model.kind!r}")

@@ -45,7 +45,7 @@ from lmscale.training.restore import TrainedLM, load_trained
 from lmscale.training.resume import RUN_FILES, archive_previous_run
 from lmscale.training.state import TrainState, host_zeros, initial_state, placed_on, state_shardings
 from lmscale.training.stop import StopSignal
-from lmscale.training.workdir_lock import hold_workdir
+from lmscale.training.workdir_lock import locked_workdir
 from lmscale.transfer.labeled import Labeled, check_labels, load_labeled
 from lmscale.transfer.metrics import (METRICS, better, classification_metrics, format_table,
                                       tune_thresholds)
@@ -152,13 +152,8 @@ def finetune(config: ml_collections.ConfigDict, workdir: str,
     splits, num_classes, class_names = load_splits(ft)  # bad data fails before any work
     lm = load_lm(config.init_from)
     config = resolve_config(config, lm)
-    os.makedirs(workdir, exist_ok=True)
-    lock = hold_workdir(workdir)
-    try:  # released however the run ends (an exception kept in a notebook would hold it)
+    with locked_workdir(workdir):
         return _finetune(config, workdir, mesh, lm, splits, num_classes, class_names)
-    finally:
-        if lock is not None:
-            lock.close()
 
 
 def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: TrainedLM,

@@ -133,7 +133,9 @@ def expand(spec: dict[str, Any], base: ml_collections.ConfigDict) -> Sweep:
         point_config(base, point.overrides)
     names = [p.name for p in points]
     if len(set(names)) != len(names):
-        raise SweepError(f"two points of the grid have the same values: {names}")
+        twins = sorted({n for n in names if names.count(n) > 1})
+        raise SweepError(f"points of the grid share a name (their folder): {twins}; values that "
+                         f"differ only past the name's precision cannot be told apart")
     return Sweep(axes, {a: [v for v, _ in opts] for a, opts in zip(axes, choices)}, points,
                  spec.get("description", ""))
 

@@ -32,7 +32,7 @@ from lmscale.training.checkpoints import CheckpointError, Checkpointer, check_sa
 from lmscale.training.resume import (PROVENANCE_KEYS, archive_previous_run, check_resumable,
                                      keep_config_history, provenance, resumed_derived)
 from lmscale.training.stop import StopSignal
-from lmscale.training.workdir_lock import hold_workdir
+from lmscale.training.workdir_lock import locked_workdir
 from lmscale.training.data_source import resolve_dataset, train_batcher
 from lmscale.training.evaluate import batch_arrays, eval_stream, evaluate_split
 from lmscale.training.in_flight import InFlight
@@ -68,13 +68,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     """
     mesh = mesh_lib.make_mesh(devices)
     validate(config, mesh.size)  # a bad config writes nothing
-    os.makedirs(workdir, exist_ok=True)
-    lock = hold_workdir(workdir)
-    try:  # released however the run ends (an exception kept in a notebook would hold it)
+    with locked_workdir(workdir):
         return _train(with_global_batch(config, mesh.size), workdir, mesh)
-    finally:
-        if lock is not None:
-            lock.close()
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any) -> dict[str, Any]:

@@ -10,9 +10,11 @@ locked.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
-from typing import IO
+import shutil
+from typing import IO, Iterator
 
 import jax
 
@@ -48,3 +50,23 @@ def hold_workdir(workdir: str) -> IO[str] | None:
     f.write(str(os.getpid()))
     f.flush()
     return f
+
+
+@contextlib.contextmanager
+def locked_workdir(workdir: str) -> Iterator[None]:
+    """Makes ``workdir`` if needed and holds its lock for the ``with`` block (released however
+    the block ends: an exception kept in a notebook would hold it). A folder this call made
+    that holds nothing but the lock when the block raises is removed: a run refused at its
+    start (a missing data file) left an empty workdir behind."""
+    created = not os.path.exists(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    lock = hold_workdir(workdir)
+    try:
+        yield
+    except BaseException:
+        if created and jax.process_index() == 0 and set(os.listdir(workdir)) <= {LOCK_FILE}:
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    finally:
+        if lock is not None:
+            lock.close()

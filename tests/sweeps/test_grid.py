@@ -43,6 +43,9 @@ def test_expand_fields_named_axes_and_derived(tiny):
     ('{"model.hidden": []}', "the sweep's grid is empty: axis 'model.hidden' has no values"),
     ('{"model": [1]}', "swept field 'model' is a group of fields, not a field"),
     ('{"optim.lr_scaling": ["cube"]}', "optim.lr_scaling must be one of"),
+    ('{"optim.lr": [1.0000001e-3, 1.0000002e-3]}',
+     "points of the grid share a name (their folder): ['lr-0.001']; values that differ only past "
+     "the name's precision cannot be told apart"),  # "the same values" before
 ])
 def test_bad_grid_is_one_line_error(tiny, grid, message):
     path = write_sweep(tiny / "bad.py", f"def get_sweep():\n    return {{'grid': {grid}}}\n")

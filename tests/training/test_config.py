@@ -139,3 +139,14 @@ def test_config_files_load_without_importing_jax():
         "print(json.dumps({'files': len(glob.glob('configs/*.py')),\n"
         "                  'heavy': sorted(m for m in sys.modules if m.split('.')[0] in heavy)}))\n")
     assert loaded["files"] >= 10 and loaded["heavy"] == []
+
+
+def test_a_missing_data_train_is_named():
+    """data.train = None in a notebook was "no such file or directory: None"."""
+    from lmscale.config import ConfigError, validate
+    for bad in (None, "  "):
+        c = default_config()
+        with c.unlocked():
+            c.data.train = bad
+        with pytest.raises(ConfigError, match=f"data.train must name the training text .*got {bad!r}"):
+            validate(c, 1)

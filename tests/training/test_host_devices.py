@@ -88,3 +88,10 @@ def test_a_negative_count_is_a_config_error():
         c.parallel.cpu_devices = -1
     with pytest.raises(ConfigError, match="parallel.cpu_devices must be >= 0"):
         validate(c, 1)
+
+
+def test_use_cpu_cores_refuses_a_batch_size_below_one():
+    import lmscale
+    for bad in (0, -4, 2.5):  # each returned a device count
+        with pytest.raises(ValueError, match="batch_size must be the global batch size"):
+            lmscale.use_cpu_cores(bad)

@@ -127,7 +127,8 @@ def test_sequence_longer_than_a_shard_is_refused(tmp_path):
     corpus = write_corpus(tmp_path / "c", files=1, lines=20)  # ~20 lines -> shards of ~100 chars
     with pytest.raises(DataError, match="sequence longer than a shard"):
         train(tiny_config(corpus, **{"train.seq_len": 200, "train.batch_size": 1}), str(tmp_path / "run"))
-    assert not os.path.exists(tmp_path / "run" / "checkpoints")  # an empty one was left behind
+    # No empty checkpoints/ is left; the prepared data stays for the next try.
+    assert sorted(os.listdir(tmp_path / "run")) == [".lock", "data", "data_request.json"]
 
 
 def test_missing_data_path_cli_is_one_line(tmp_path):
@@ -138,6 +139,13 @@ def test_missing_data_path_cli_is_one_line(tmp_path):
     assert proc.returncode == 1
     lines = [l for l in proc.stderr.strip().splitlines() if l.startswith("error:")]
     assert len(lines) == 1 and "nope.txt" in lines[0]
+    assert not (tmp_path / "run").exists()  # the workdir it made held only .lock
+    (tmp_path / "mine").mkdir()  # one that was there before stays
+    proc = subprocess.run(
+        [sys.executable, "-m", "lmscale.train", "--config=configs/quickstart.py",
+         f"--workdir={tmp_path / 'mine'}", f"--config.data.train={tmp_path / 'nope.txt'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and (tmp_path / "mine").is_dir()
 
 
 def test_eval_tool_on_text_file_and_split(tmp_path, corpus):
