@@ -1,0 +1,37 @@
+"""launch/single_host.sh under a scheduler's time limit: SIGTERM to the script's whole process
+group reaches the trainer once; it saves where it stops and the script exits 0 after it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from tests.conftest import REPO, TINY_TRAIN_FLAGS, write_corpus
+
+
+def test_sigterm_to_the_process_group_saves_and_waits(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus")
+    workdir = tmp_path / "run"
+    flags = {**TINY_TRAIN_FLAGS, "data.train": corpus, "train.steps": 100000,
+             "train.log_every": 5, "train.progress_bar": True, "checkpoint.every": 100000}
+    script = subprocess.Popen(
+        ["bash", "launch/single_host.sh", "configs/quickstart.py", str(workdir),
+         *(f"--config.{k}={v}" for k, v in flags.items())],
+        cwd=REPO, env={**os.environ, "PYTHON": sys.executable}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True)  # a group of its own, as a job's
+    log = workdir / "train.log"
+    deadline = time.time() + 240
+    try:
+        while not (log.exists() and "step 10/" in log.read_text()):
+            assert script.poll() is None and time.time() < deadline, "the trainer never logged"
+            time.sleep(0.1)
+    finally:
+        os.killpg(script.pid, signal.SIGTERM)  # the whole group: the script and, before, the trainer
+    assert script.wait(timeout=120) == 0  # it waited for the trainer (it exited 143 at once)
+    text = log.read_text()
+    assert "stopped by signal 15 at step" in text, text[-2000:]  # once: it got two before, and died
+    step = int(text.split("stopped by signal 15 at step ")[1].split(";")[0])
+    assert step >= 10 and (workdir / "checkpoints" / str(step)).is_dir()
