@@ -19,7 +19,9 @@ so ``initialize`` first prints one line on stderr saying whom it is waiting for.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
+import socket
 import sys
 from typing import Mapping
 
@@ -132,9 +134,15 @@ def initialize(coordinator_address: str | None, num_processes: int | None, proce
     print(message, file=sys.stderr, flush=True)
     # All three given: no cluster detection, which would also narrow a SLURM/MPI task to one GPU.
     explicit = None not in (coordinator_address, num_processes, process_id)
+    if coordinator_address is not None and process_id == 0:
+        _check_port_free(coordinator_address)
     jax.distributed.initialize(coordinator_address, num_processes, process_id,
                                cluster_detection_method="deactivate" if explicit else None,
                                initialization_timeout=timeout_s)
+    if num_processes is not None and jax.process_count() != num_processes:
+        raise DistributedError(
+            f"this process was started as one of {num_processes} processes, and the run has "
+            f"{jax.process_count()} (as process 0 was told): give every process the same count")
 
 
 def join(group: ProcessGroup | None, timeout_s: int) -> None:
@@ -173,8 +181,30 @@ def _env_int(env: Mapping[str, str], name: str) -> int | None:
 
 def _check_address(address: str) -> None:
     host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise DistributedError(f"coordinator address must be HOST:PORT, got {address!r}")
+    if (not sep or not host or "/" in host or "@" in host or not port.isdigit()
+            or not 0 < int(port) < 65536):
+        raise DistributedError(f"coordinator address must be HOST:PORT (no scheme or path), "
+                               f"got {address!r}")
+
+
+def _check_port_free(address: str) -> None:
+    """Process 0 hosts the coordinator on every interface at the address's port: a port taken
+    by another program made it crash (a segmentation fault inside jax) instead of saying so."""
+    port = int(address.rpartition(":")[2])
+    for family, host in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
+        try:
+            probe = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:  # no IPv6 here
+            continue
+        with probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no user
+            try:
+                probe.bind((host, port))
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    raise DistributedError(
+                        f"the coordinator's port {port} is already in use on this host (process "
+                        f"0 hosts the coordinator there): pick another port") from None
 
 
 def _cluster(env: Mapping[str, str]) -> tuple[str, int, int] | None:
@@ -189,3 +219,37 @@ def _cluster(env: Mapping[str, str]) -> tuple[str, int, int] | None:
     if _env_int(env, "OMPI_COMM_WORLD_SIZE") not in (None, 0, 1):
         return "Open MPI", int(env.get("OMPI_COMM_WORLD_RANK", "0")), int(env["OMPI_COMM_WORLD_SIZE"])
     return None
+
+
+def process_0_says(flag: bool) -> bool:
+    """``flag`` as process 0 has it, on every process: a decision the processes must take
+    together (each looking for itself raced with process 0 creating what it looked for)."""
+    import jax
+    if jax.process_count() == 1:
+        return flag
+    import numpy as np
+    from jax.experimental import multihost_utils
+    return bool(int(multihost_utils.broadcast_one_to_all(np.int32(flag))))
+
+
+def check_same_config(config: object) -> None:
+    """Multi-process runs: refuses to start when the processes were given different configs
+    (another --config.* flag on one host): each would initialize and update its own replica,
+    and the "replicated" parameters would silently differ."""
+    import jax
+    if jax.process_count() == 1:
+        return
+    import hashlib
+
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    from lmscale.config import ConfigError
+    digest = hashlib.sha256(config.to_json(sort_keys=True).encode()).digest()[:8]
+    mine = np.frombuffer(digest, np.int32)
+    every = np.asarray(multihost_utils.process_allgather(mine)).reshape(jax.process_count(), -1)
+    differ = [i for i in range(len(every)) if not np.array_equal(every[i], every[0])]
+    if differ:
+        raise ConfigError(f"process(es) {differ} were started with another config than process 0 "
+                          f"(other --config.* flags or config file): every process of a run must "
+                          f"be given the same command")

@@ -25,6 +25,7 @@ from flax import nnx
 
 from lmscale.cli import EXIT_DIVERGED
 from lmscale.config import derive, save_config, validate, with_global_batch
+from lmscale.distributed import check_same_config, process_0_says
 from lmscale.data.dataset import TokenDataset
 from lmscale.models import architecture, flops_per_token
 from lmscale.training import mesh as mesh_lib
@@ -68,6 +69,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     """
     mesh = mesh_lib.make_mesh(devices)
     validate(config, mesh.size)  # a bad config writes nothing
+    check_same_config(config)
     with locked_workdir(workdir):
         return _train(with_global_batch(config, mesh.size), workdir, mesh)
 
@@ -81,7 +83,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any) -> dict[s
     if not config.resume:
         archive_previous_run(workdir)
     saved = None  # the meta record of the checkpoint resumed from
-    if os.path.isdir(os.path.join(workdir, "checkpoints")):
+    if process_0_says(os.path.isdir(os.path.join(workdir, "checkpoints"))):
         reader = Checkpointer(workdir, read_only=True)
         try:
             if reader.latest_step() is not None:  # refuse a changed run before touching its data

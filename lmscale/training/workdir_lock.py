@@ -14,9 +14,11 @@ import contextlib
 import fcntl
 import os
 import shutil
+import time
 from typing import IO, Iterator
 
 import jax
+import numpy as np
 
 from lmscale.training.checkpoints import CheckpointError
 
@@ -60,7 +62,20 @@ def locked_workdir(workdir: str) -> Iterator[None]:
     start (a missing data file) left an empty workdir behind."""
     created = not os.path.exists(workdir)
     os.makedirs(workdir, exist_ok=True)
-    lock = hold_workdir(workdir)
+    lock, refused = None, None
+    try:
+        lock = hold_workdir(workdir)
+    except WorkdirInUseError as e:
+        refused = e
+    try:
+        if jax.process_count() > 1:
+            _agree_on_workdir(workdir, refused)
+        elif refused is not None:
+            raise refused
+    except BaseException:
+        if lock is not None:
+            lock.close()
+        raise
     try:
         yield
     except BaseException:
@@ -70,3 +85,28 @@ def locked_workdir(workdir: str) -> Iterator[None]:
     finally:
         if lock is not None:
             lock.close()
+
+
+def _agree_on_workdir(workdir: str, refused: Exception | None) -> None:
+    """Multi-process runs: every process learns whether process 0 got the lock (the others
+    waited on a collective until a Gloo timeout when it did not), and that every process sees
+    the same folder (process 0's lock file): a workdir on host-local disks hung at the first
+    checkpoint for 10 minutes."""
+    from jax.experimental import multihost_utils
+    if not int(multihost_utils.broadcast_one_to_all(np.int32(refused is None))):
+        if refused is not None:
+            raise refused
+        raise WorkdirInUseError(f"process 0 refused {workdir}: it is in use by another lmscale "
+                                f"process (see process 0's error)")
+    path, sees = os.path.join(workdir, LOCK_FILE), True
+    if jax.process_index() != 0:
+        deadline = time.monotonic() + 10.0  # a network filesystem may show a new file late
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        sees = os.path.exists(path)
+    blind = np.flatnonzero(np.asarray(multihost_utils.process_allgather(np.int32(sees))) == 0)
+    if len(blind):
+        raise CheckpointError(
+            f"{workdir} is not one folder for all processes: process(es) {blind.tolist()} do not "
+            f"see process 0's {path}; the workdir must be on a filesystem shared by all "
+            f"processes")

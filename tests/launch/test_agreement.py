@@ -1,0 +1,92 @@
+"""The processes of one run agree before they train: the same config, one shared workdir that
+process 0 could lock, the same process count; a coordinator port in use is one line."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, tiny_train_command, write_corpus
+from tests.launch.test_local import _launcher_module
+
+
+def run_two(commands: list[list[str]], timeout: float = 240) -> list[tuple[int, str]]:
+    """Two processes of one run (1 CPU device each), each with its own command."""
+    local = _launcher_module()
+    address = f"127.0.0.1:{local.free_port()}"
+    procs = [subprocess.Popen(cmd, cwd=REPO, env=local.process_env(dict(os.environ), pid, 2,
+                                                                    address, 1, None),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for pid, cmd in enumerate(commands)]
+    out = []
+    for proc in procs:
+        try:
+            _, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            _, err = proc.communicate()
+        out.append((proc.returncode, err))
+    return out
+
+
+def error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("error:")]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("agree") / "corpus")
+
+
+def command(workdir, corpus, *flags: str) -> list[str]:
+    return tiny_train_command(workdir, corpus, "--initialization_timeout=60", *flags,
+                              **{"train.steps": 4, "checkpoint.every": 2})
+
+
+def test_processes_given_other_configs_are_refused(tmp_path, corpus):
+    """Process 1 with another seed and lr trained its own replica (both exited 0 before)."""
+    run = tmp_path / "run"
+    results = run_two([command(run, corpus), command(run, corpus, "--config.seed=1")])
+    for status, err in results:
+        assert status == 1, err[-2000:]
+        assert error_lines(err) == ["error: process(es) [1] were started with another config than "
+                                    "process 0 (other --config.* flags or config file): every "
+                                    "process of a run must be given the same command"], err[-2000:]
+    assert not (run / "checkpoints").exists()
+
+
+def test_a_workdir_that_is_not_shared_is_refused_at_the_start(tmp_path, corpus):
+    """Host-local workdirs: process 0 trained, then both hung at the first checkpoint (10 min)."""
+    data = tmp_path / "data"
+    subprocess.run([sys.executable, "-m", "lmscale.prepare", f"--input={corpus}",
+                    f"--output={data}", "--split=8,1,1", "--progress=false"], cwd=REPO, check=True,
+                   capture_output=True)
+    results = run_two([command(tmp_path / "a", data), command(tmp_path / "b", data)], timeout=120)
+    for status, err in results:
+        assert status == 1, err[-2000:]
+        assert "is not one folder for all processes: process(es) [1] do not see process 0's" in \
+            "\n".join(error_lines(err)), err[-2000:]
+
+
+def test_a_coordinator_port_in_use_is_one_line(tmp_path, corpus):
+    """Process 0 crashed in jax (a segmentation fault) on a taken port; an address with a
+    scheme passed the check and aborted after the timeout."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for address, message in ((f"127.0.0.1:{port}", f"the coordinator's port {port} is already "
+                                                       f"in use on this host"),
+                                 ("http://127.0.0.1:1234", "coordinator address must be HOST:PORT "
+                                                           "(no scheme or path)")):
+            proc = subprocess.run(tiny_train_command(
+                tmp_path / "run", corpus, f"--coordinator_address={address}", "--num_processes=2",
+                "--process_id=0", "--initialization_timeout=5"), cwd=REPO, capture_output=True,
+                text=True, timeout=120)
+            assert proc.returncode == 1 and message in "\n".join(error_lines(proc.stderr)), \
+                proc.stderr[-2000:]
