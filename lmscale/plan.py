@@ -44,6 +44,21 @@ _MEMORY = flags.DEFINE_float("memory_gib", 0.0, "Memory of one device, GiB: say 
 flags.mark_flags_as_required(["config"])
 
 
+def _projection_counts() -> list[int]:
+    """The --project device counts, checked with the projection's other flags."""
+    from lmscale.config import ConfigError
+    if (_FLOPS.value > 0 or _BANDWIDTH.value > 0 or _PROJECT.value) and not (
+            _FLOPS.value > 0 and _BANDWIDTH.value > 0):
+        raise ConfigError("a projection needs both --flops_per_s and --bandwidth_gbps (> 0), got "
+                          f"{_FLOPS.value:g} and {_BANDWIDTH.value:g}")
+    counts = []
+    for text in _PROJECT.value:
+        if not text.strip().isdigit() or int(text) < 1:
+            raise ConfigError(f"--project takes device counts (integers >= 1), got {text!r}")
+        counts.append(int(text))
+    return counts
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -52,6 +67,7 @@ def main(argv: list[str]) -> None:
         jax.config.update("jax_num_cpu_devices", _DEVICES.value)
     from lmscale.config import ConfigError
     from lmscale.training.plan import fit, format_fit, format_plan, plan
+    counts = run_cli(_projection_counts)  # bad projection flags fail before the compile
 
     def run() -> tuple[list, dict]:
         devices = jax.devices()
@@ -68,9 +84,12 @@ def main(argv: list[str]) -> None:
         print(format_fit(result, result["fit"]))
     if _FLOPS.value > 0 or _BANDWIDTH.value > 0:
         from lmscale.training.projection import format_projection, project
-        counts = [int(c) for c in _PROJECT.value] or [result["devices"] * k for k in (1, 8, 64)]
+        from lmscale.training.data_source import TOKENIZERS
+        counts = counts or [result["devices"] * k for k in (1, 8, 64)]
+        # A byte's token is one character; a subword token's bytes are known only from text.
+        per_token = 1.0 if str(_CONFIG.value.data.tokenizer) in TOKENIZERS else None
         rows = run_cli(lambda: project(result, _FLOPS.value, _BANDWIDTH.value, counts,
-                                       _LATENCY.value))
+                                       _LATENCY.value, bytes_per_token=per_token))
         result["projection"] = {"flops_per_s": _FLOPS.value, "bandwidth_gbps": _BANDWIDTH.value,
                                 "latency_us": _LATENCY.value, "rows": rows}
         print(format_projection(rows, _FLOPS.value, _BANDWIDTH.value))

@@ -31,11 +31,12 @@ def ring_allreduce_seconds(num_bytes: float, devices: int, bandwidth_bytes_per_s
 
 def project(plan: dict[str, Any], flops_per_s: float, bandwidth_gbit_s: float,
             device_counts: Sequence[int], latency_us: float = 0.0,
-            bytes_per_token: float = 1.0) -> list[dict[str, Any]]:
+            bytes_per_token: float | None = 1.0) -> list[dict[str, Any]]:
     """Step time, throughput and scaling efficiency for each device count, at the plan's
     per-device batch. ``flops_per_s``: sustained training FLOP/s per device;
     ``bandwidth_gbit_s``: per-device ring bandwidth in Gbit/s; ``bytes_per_token``: text bytes
-    per token (1 for bytes), for chars/s."""
+    per token (1 for bytes; None where unknown, as for subword text before it is read: then
+    chars/s is None)."""
     if flops_per_s <= 0 or bandwidth_gbit_s <= 0:
         raise ValueError("flops_per_s and bandwidth_gbit_s must be > 0")
     tokens = plan["per_device_batch"] * plan["seq_len"]
@@ -51,19 +52,22 @@ def project(plan: dict[str, Any], flops_per_s: float, bandwidth_gbit_s: float,
         rows.append({"devices": n, "compute_s": compute, "allreduce_s": reduce, "step_s": step,
                      "scaling_efficiency": compute / step, "global_batch": n * plan["per_device_batch"],
                      "tokens_per_s": n * tokens / step,
-                     "chars_per_s": n * tokens * bytes_per_token / step})
+                     "chars_per_s": (None if bytes_per_token is None
+                                     else n * tokens * bytes_per_token / step)})
     return rows
 
 
 def format_projection(rows: list[dict[str, Any]], flops_per_s: float, bandwidth_gbit_s: float
                       ) -> str:
     """A table of :func:`project`'s rows."""
-    lines = [f"projection at {flops_per_s / 1e12:.0f} TFLOP/s per device, {bandwidth_gbit_s:g} "
+    lines = [f"projection at {flops_per_s / 1e12:.4g} TFLOP/s per device, {bandwidth_gbit_s:g} "
              "Gbit/s ring bandwidth per device (all-reduce after the backward, no overlap):",
              f"{'devices':>8} {'batch':>8} {'compute':>9} {'all-reduce':>10} {'step':>9} "
-             f"{'scaling':>8} {'chars/s':>12}"]
+             f"{'scaling':>8} {'tokens/s':>12} {'chars/s':>12}"]
     for r in rows:
+        chars = "-" if r["chars_per_s"] is None else format(r["chars_per_s"], ".3g")
         lines.append(f"{r['devices']:>8} {r['global_batch']:>8} {1e3 * r['compute_s']:>7.1f}ms "
                      f"{1e3 * r['allreduce_s']:>8.1f}ms {1e3 * r['step_s']:>7.1f}ms "
-                     f"{100 * r['scaling_efficiency']:>7.1f}% {r['chars_per_s']:>12.3g}")
+                     f"{100 * r['scaling_efficiency']:>7.1f}% {r['tokens_per_s']:>12.3g} "
+                     f"{chars:>12}")
     return "\n".join(lines)

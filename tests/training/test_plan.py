@@ -45,6 +45,33 @@ def test_projection_matches_the_issue_arithmetic():
     assert abs(row["chars_per_s"] - 1024 * 65536 / row["step_s"]) < 1e-3
 
 
+def test_projection_flags_are_checked_before_the_compile():
+    """A projection without --bandwidth_gbps, or --project=8,x, was a traceback after the
+    compile; --project=0,-8 printed rows of 0 and -32 sequences."""
+    for flags, message in ((["--flops_per_s=1e12"], "a projection needs both --flops_per_s and "
+                                                     "--bandwidth_gbps (> 0), got 1e+12 and 0"),
+                           (["--flops_per_s=1e12", "--bandwidth_gbps=100", "--project=8,x"],
+                            "--project takes device counts (integers >= 1), got 'x'"),
+                           (["--flops_per_s=1e12", "--bandwidth_gbps=100", "--project=0,-8"],
+                            "--project takes device counts (integers >= 1), got '0'")):
+        proc = subprocess.run([sys.executable, "-m", "lmscale.plan", "--config=configs/quickstart.py",
+                               "--config.model.hidden=1000000", *flags],  # a compile would not end
+                              cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 1 and proc.stderr.strip() == f"error: {message}", proc.stderr[-2000:]
+
+
+def test_projection_of_a_subword_model_has_no_chars_per_s():
+    """Its chars/s was tokens/s (no bytes per token are known before the text is read)."""
+    from lmscale.training.projection import format_projection, project
+    plan = {"per_device_batch": 2, "seq_len": 8, "flops_per_token_train": 1e6,
+            "all_reduce_bytes_per_step": 1000}
+    [row] = project(plan, 4e11, 100, [2], bytes_per_token=None)
+    assert row["chars_per_s"] is None and row["tokens_per_s"] > 0
+    table = format_projection([row], 4e11, 100)
+    assert "at 0.4 TFLOP/s per device" in table  # "at 0 TFLOP/s" before
+    assert table.splitlines()[-1].split()[-1] == "-"
+
+
 def test_plan_rejects_indivisible_batch(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "lmscale.plan", "--config=configs/quickstart.py", "--devices=3"],
