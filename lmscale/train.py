@@ -66,7 +66,8 @@ def main(argv: list[str]) -> None:
     result = run_cli(lambda: train(_CONFIG.value, _WORKDIR.value))  # a late SIGTERM: stop.py
     import jax
     if "val" in result and jax.process_index() == 0:
-        print(f"step {result['val']['step']}: val bpc {result['val']['bpc']:.4f}")  # its own step
+        # Its own step; "final": not a twin of the progress line in a 2>&1 log.
+        print(f"step {result['val']['step']}: final val bpc {result['val']['bpc']:.4f}")
     sys.exit(0)
 
 

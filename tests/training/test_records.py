@@ -326,7 +326,7 @@ def test_cli_logs_plain_progress_lines_and_eval_defaults_to_the_runs_val_split(t
     assert "\r" not in proc.stderr
     assert [l.split(":")[0] for l in proc.stderr.splitlines() if l.startswith("step ")] == \
         ["step 2/4", "step 4/4", "step 4"]  # the last is the validation line: progress too
-    assert proc.stdout.splitlines()[-1].startswith("step 4: val bpc ")  # the result, once
+    assert proc.stdout.splitlines()[-1].startswith("step 4: final val bpc ")  # the result, once
     assert proc.stdout.count("val bpc") == 1
     proc = subprocess.run([sys.executable, "-m", "lmscale.eval", f"--workdir={workdir}"], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
