@@ -117,12 +117,17 @@ def split_cpu_host(batch_size: int, devices: int = 0, *, per_device_batch_size: 
 
 
 def split_host_like_run(workdir: str) -> int | None:
-    """:func:`split_host` with a trained run's saved config, so that evaluating it uses the
-    devices its training used and reproduces its logged validation exactly. Nothing when the
-    workdir has no config.json (the tool reports that itself)."""
+    """:func:`split_host` with a trained run's saved config and recorded device count, so that
+    evaluating it uses as many devices as its training did and reproduces its logged
+    validation exactly. Nothing when the workdir has no config.json (the tool reports that
+    itself)."""
     from lmscale.config import load_config
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
         return None
-    config, _ = load_config(path)
-    return split_host(config)
+    config, derived = load_config(path)
+    # The count the run recorded: also one chosen outside the config (XLA_FLAGS, a 2 x 2
+    # launch), which parallel.cpu_devices does not say.
+    recorded = int(derived.get("devices") or 0)
+    return split_cpu_host(config.train.batch_size, int(config.parallel.cpu_devices) or recorded,
+                          per_device_batch_size=config.train.per_device_batch_size)

@@ -90,3 +90,20 @@ def test_a_coordinator_port_in_use_is_one_line(tmp_path, corpus):
                 text=True, timeout=120)
             assert proc.returncode == 1 and message in "\n".join(error_lines(proc.stderr)), \
                 proc.stderr[-2000:]
+
+
+def test_a_workdir_in_use_is_refused_on_every_process(tmp_path, corpus):
+    """Process 0 said so; process 1 waited on a collective until a Gloo timeout (35 s)."""
+    from lmscale.training.workdir_lock import hold_workdir
+    run = tmp_path / "run"
+    run.mkdir()
+    held = hold_workdir(str(run))  # another lmscale process (this one) trains there
+    try:
+        (status0, err0), (status1, err1) = run_two([command(run, corpus), command(run, corpus)],
+                                                   timeout=60)
+    finally:
+        held.close()
+    assert status0 == status1 == 1
+    assert f"is in use by another lmscale process (pid {os.getpid()})" in err0
+    assert error_lines(err1) == [f"error: process 0 refused {run}: it is in use by another "
+                                 f"lmscale process (see process 0's error)"], err1[-2000:]

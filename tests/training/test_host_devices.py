@@ -95,3 +95,27 @@ def test_use_cpu_cores_refuses_a_batch_size_below_one():
     for bad in (0, -4, 2.5):  # each returned a device count
         with pytest.raises(ValueError, match="batch_size must be the global batch size"):
             lmscale.use_cpu_cores(bad)
+
+
+def test_eval_uses_the_device_count_the_run_recorded(tmp_path):
+    """A run trained on 4 devices chosen with XLA_FLAGS (not parallel.cpu_devices): eval ran on
+    the host's automatic count and missed the logged validation in the 7th digit."""
+    import re
+
+    from tests.conftest import tiny_train_command, write_corpus, xla_flags
+    corpus = write_corpus(tmp_path / "corpus")
+    workdir = tmp_path / "run"
+    env = {**os.environ, "XLA_FLAGS": xla_flags(4), "JAX_PLATFORMS": "cpu"}
+    subprocess.run(tiny_train_command(workdir, corpus, **{"train.steps": 4, "train.batch_size": 8,
+                                                          "train.eval_batch_size": 4,
+                                                          "parallel.cpu_devices": 0}),
+                   cwd=REPO, env=env, check=True, capture_output=True, timeout=300)
+    logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    [val] = [r for r in logged if r["split"] == "val"]
+    assert json.loads((workdir / "config.json").read_text())["derived"]["devices"] == 4
+    plain = {**env, "XLA_FLAGS": re.sub(r"--xla_force_host_platform_device_count=\d+", "",
+                                        env["XLA_FLAGS"])}
+    proc = subprocess.run([sys.executable, "-m", "lmscale.eval", f"--workdir={workdir}"], cwd=REPO,
+                          env=plain, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["loss"] == val["loss"]
