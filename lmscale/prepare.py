@@ -19,6 +19,7 @@ Bad input prints one ``error: ...`` line on stderr and exits 1.
 
 from __future__ import annotations
 
+import signal
 import sys
 
 from absl import app, flags
@@ -116,6 +117,9 @@ def prepare_main() -> str:
     items = [s.strip() for v in _INPUT.value for s in v.split(",") if s.strip()]
     inputs = items[0] if len(items) == 1 and is_builtin(items[0]) else items
     tokenizer = make_tokenizer()
+    if flags.FLAGS["split"].present and (_VAL.value or _TEST.value):
+        raise DataError("--split does not apply with --val/--test: each part is the text given "
+                        "for it")
     if _TEXT_COLUMN.value or _TEXT_FIELD.value:
         paths = builtin_paths(inputs) if isinstance(inputs, str) else expand_inputs(inputs)
         for extra in (_VAL.value, _TEST.value):
@@ -129,17 +133,26 @@ def prepare_main() -> str:
                            val_inputs=_VAL.value or None, test_inputs=_TEST.value or None)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
         sys.exit(1)
     from lmscale.data.dataset import TokenDataset
+    # SIGTERM (a scheduler) unwinds like Ctrl-C, so the temporary folder is removed either way.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         output = prepare_main()
         print(summary(TokenDataset.open(output).metadata, output))
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted: nothing written (the output is as it was)", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

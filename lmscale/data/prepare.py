@@ -26,6 +26,7 @@ import json
 import math
 import os
 import shutil
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -92,6 +93,30 @@ def explicit_plan(part_tokens: Sequence[int], shard_tokens: int) -> list[tuple[i
         plan += [(s, bounds[i], bounds[i + 1]) for i in range(n)]
         start += count
     return plan
+
+
+def _text_inputs(paths: Sequence[str], output: str) -> list[str]:
+    """``paths`` less what is not text to read: the output folder and its temporary siblings
+    (``OUTPUT.tmp-PID``, ``OUTPUT.trash-*``: a killed run's leftovers were read as text, token
+    ids and all); a prepared dataset's files are refused (its metadata.json read as JSONL)."""
+    out = os.path.abspath(output)
+    parent, base = os.path.dirname(out), os.path.basename(out)
+    keep, datasets = [], {}
+    for path in paths:
+        full = os.path.abspath(path)
+        rel = os.path.relpath(full, parent)
+        top = rel.split(os.sep)[0]
+        if not rel.startswith("..") and (top == base or top.startswith(f"{base}.tmp-")
+                                         or top.startswith(f"{base}.trash-")):
+            continue
+        folder = os.path.dirname(full)
+        if folder not in datasets:
+            datasets[folder] = is_dataset(folder)
+        if datasets[folder]:
+            raise DataError(f"{path} belongs to the prepared dataset {os.path.dirname(path) or '.'}, "
+                            f"which is not text: train on it as data.train, or give its text files")
+        keep.append(path)
+    return keep
 
 
 def check_text_options(paths: Sequence[str], text_column: str | None,
@@ -351,14 +376,22 @@ def prepare_dataset(inputs: str | Sequence[str], output: str, *, text_column: st
     else:
         paths = expand_inputs(inputs)
         source = [inputs] if isinstance(inputs, str) else [os.fspath(p) for p in inputs]
-    own = os.path.abspath(output) + os.sep  # never read a previous run's output as text
-    paths = [p for p in paths if not os.path.abspath(p).startswith(own)]
+    paths = _text_inputs(paths, output)
     if not paths:
         raise DataError(f"no input files outside the output folder {output}")
     parts = None  # explicit splits: the paths of train, val, test
     if val_inputs or test_inputs:
-        parts = [paths] + [[p for p in expand_inputs(x) if not os.path.abspath(p).startswith(own)]
-                           if x else [] for x in (val_inputs, test_inputs)]
+        held_out = [_text_inputs(expand_inputs(x), output) if x else [] for x in (val_inputs, test_inputs)]
+        # A folder or glob of train text often holds the val/test files too (PTB, WikiText):
+        # they are held out of training, not read twice.
+        apart = {os.path.abspath(p) for part in held_out for p in part}
+        train = [p for p in paths if os.path.abspath(p) not in apart]
+        if len(train) < len(paths):
+            print(f"note: the val/test files are left out of the training inputs "
+                  f"({len(paths) - len(train)} of {len(paths)})", file=sys.stderr, flush=True)
+        if not train:
+            raise DataError(f"no training text: every input file is a val/test file ({', '.join(source)})")
+        parts = [train] + held_out
         paths = [p for part in parts for p in part]
         source += [f"{name}: {x}" for name, x in (("val", val_inputs), ("test", test_inputs)) if x]
     replace = _check_output(output, overwrite)
@@ -389,6 +422,10 @@ def prepare_dataset(inputs: str | Sequence[str], output: str, *, text_column: st
             part_tokens = [ends[i + 1] - ends[i] for i in range(3)]
             if part_tokens[0] < 2:
                 raise DataError(f"no training text in {source[0]}")
+            for name, given, count in (("val", val_inputs, part_tokens[1]),
+                                       ("test", test_inputs, part_tokens[2])):
+                if given and count == 0:  # a dataset without the split asked for
+                    raise DataError(f"no {name} text in {given}")
             plan = explicit_plan(part_tokens, shard_tokens)
         else:
             plan = shard_plan(total, split, shard_tokens)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from lmscale.data.dataset import TokenDataset
@@ -102,3 +105,63 @@ def test_prepare_cli_sentencepiece_errors(tmp_path):
         assert p.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), p.stderr
         assert message in lines[0], lines[0]
         assert sorted(x.name for x in tmp_path.iterdir()) == ["a.txt", "bad.model"]  # nothing written
+
+
+def test_val_and_test_files_inside_the_training_inputs_are_held_out(tmp_path):
+    """PTB's layout (--input=ptb --val=ptb/ptb.valid.txt): the val and test text was also read
+    into the training split, silently."""
+    ptb = tmp_path / "ptb"
+    ptb.mkdir()
+    for name in ("train", "valid", "test"):
+        (ptb / f"ptb.{name}.txt").write_text("".join(f"the {name} sentence {i}\n" for i in range(30)))
+    out = tmp_path / "out"
+    p = run(f"--input={ptb}", f"--val={ptb / 'ptb.valid.txt'}", f"--test={ptb / 'ptb.test.txt'}",
+            f"--output={out}", "--progress=false")
+    assert p.returncode == 0, p.stderr
+    assert "note: the val/test files are left out of the training inputs (2 of 3)" in p.stderr
+    ds = TokenDataset.open(out)
+    train = b"".join(bytes(s.astype("uint8")) for s in ds.split("train").shards)
+    assert b"valid" not in train and b"test" not in train
+    assert ds.split("train").num_tokens == (ptb / "ptb.train.txt").stat().st_size
+
+
+def test_inputs_that_are_not_text_or_options_that_do_not_apply_are_refused(tmp_path):
+    (tmp_path / "a.txt").write_text("some text to prepare\n" * 50)
+    (tmp_path / "empty.txt").write_text("")
+    out = tmp_path / "out"
+    for flags, message in (([f"--val={tmp_path / 'a.txt'}", "--split=1,1,1"],
+                            "error: --split does not apply with --val/--test"),
+                           ([f"--val={tmp_path / 'empty.txt'}"],  # a dataset without val, before
+                            f"error: no val text in {tmp_path / 'empty.txt'}")):
+        p = run(f"--input={tmp_path / 'a.txt'}", f"--output={out}", *flags)
+        assert p.returncode == 1 and p.stderr.strip().startswith(message), p.stderr
+    assert run(f"--input={tmp_path / 'a.txt'}", f"--output={out}", "--split=1,0,0").returncode == 0
+    p = run(f"--input={out}", f"--output={tmp_path / 'again'}", "--split=1,0,0")
+    assert p.returncode == 1 and "belongs to the prepared dataset" in p.stderr  # its JSON as JSONL
+
+
+def test_a_killed_runs_temporary_folder_is_never_read_and_sigterm_removes_it(tmp_path):
+    """A SIGTERM left OUTPUT.tmp-PID behind, and the next run over the folder read its token
+    ids as text."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("some text to prepare\n" * 50)
+    leftover = corpus / "prep.tmp-12345"
+    leftover.mkdir()
+    (leftover / "tokens.txt").write_text("x" * 5000)  # what a killed run left
+    p = run(f"--input={corpus}", f"--output={corpus / 'prep'}", "--split=1,0,0", "--progress=false")
+    assert p.returncode == 0, p.stderr
+    assert TokenDataset.open(corpus / "prep").metadata["total_tokens"] == 1050
+    big = tmp_path / "big.txt"
+    big.write_text("a long line of text to tokenize\n" * 2_000_000)  # 64 MB
+    proc = subprocess.Popen([sys.executable, "-m", "lmscale.prepare", f"--input={big}",
+                             f"--output={tmp_path / 'out'}", "--progress=false"], cwd=REPO,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not list(tmp_path.glob("out.tmp-*")):
+        assert proc.poll() is None and time.time() < deadline, "prepare ended before the signal"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted: nothing written" in err, err[-2000:]
+    assert not list(tmp_path.glob("out*"))
