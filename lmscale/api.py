@@ -16,7 +16,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lmscale.data.texts import text_list
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.loss import bits_per_char
 from lmscale.training.restore import TrainedLM, load_trained
@@ -69,8 +68,7 @@ class LM:
         consecutive windows of that many tokens (each read without the ones before it).
         NaN for a text with no counted token (a single token, unframed)."""
         limit = self.trained.model().max_len
-        texts = text_list(texts)
-        targets = [self._targets(ids) for ids in encode_texts(self.trained, texts)]
+        targets = [self._targets(ids) for ids in encode_texts(self.trained, texts)]  # read once
         table = self.trained.tokenizer.byte_lengths()
         byte_totals = np.array([table[ids[scored]].sum() for ids, scored in targets], np.float64)
         if limit is None:
@@ -83,7 +81,7 @@ class LM:
                     flags[0] = False  # the window's first token: context only
                     windows.append((ids[start:start + limit + 1], flags))
                     owner.append(i)
-            nats = np.zeros(len(texts), np.float64)
+            nats = np.zeros(len(targets), np.float64)
             np.add.at(nats, np.asarray(owner, np.int64), self._bins_nats(windows, batch_size, limit))
         # A text with no scored token (one token, unframed) has no bits per character: NaN,
         # not the 0.0 of dividing nothing by one byte.

@@ -84,10 +84,9 @@ def main(argv: list[str]) -> None:
         print(format_fit(result, result["fit"]))
     if _FLOPS.value > 0 or _BANDWIDTH.value > 0:
         from lmscale.training.projection import format_projection, project
-        from lmscale.training.data_source import TOKENIZERS
+        from lmscale.training.data_source import one_byte_tokens
         counts = counts or [result["devices"] * k for k in (1, 8, 64)]
-        # A byte's token is one character; a subword token's bytes are known only from text.
-        per_token = 1.0 if str(_CONFIG.value.data.tokenizer) in TOKENIZERS else None
+        per_token = 1.0 if one_byte_tokens(_CONFIG.value.data) else None
         rows = run_cli(lambda: project(result, _FLOPS.value, _BANDWIDTH.value, counts,
                                        _LATENCY.value, bytes_per_token=per_token))
         result["projection"] = {"flops_per_s": _FLOPS.value, "bandwidth_gbps": _BANDWIDTH.value,

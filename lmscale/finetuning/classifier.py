@@ -111,7 +111,7 @@ class TransferClassifier(LoadedClassifier):
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         from lmscale.transfer.featurize import featurize
         i = self.info
-        x = featurize(self.lm, text_list(texts), state=i["state"], pooling=i["pooling"],
+        x = featurize(self.lm, texts, state=i["state"], pooling=i["pooling"],
                       all_layers=i["all_layers"], batch_size=self.batch_size)
         a = self.arrays
         if x.shape[1] != a["mean"].shape[0]:

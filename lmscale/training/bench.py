@@ -295,7 +295,7 @@ def run_bench(config: ml_collections.ConfigDict, *, steps: int = 10, warmup: int
     and (``loop_workdir``) the full training loop."""
     compute = config.precision.compute
     from lmscale.data.errors import DataError
-    from lmscale.training.data_source import TOKENIZERS, vocab_size_of
+    from lmscale.training.data_source import one_byte_tokens, vocab_size_of
     try:  # the tokenizer's vocabulary: the softmax is a large part of a subword model's step
         vocab_size = vocab_size_of(config.data)
     except DataError as e:
@@ -322,7 +322,7 @@ def run_bench(config: ml_collections.ConfigDict, *, steps: int = 10, warmup: int
         record["loop"]["of_step"] = record["loop"]["tokens_per_s"] / record["tokens_per_s"]
     # chars/s: text bytes per second. A byte tokenizer's token is one byte; a subword or word
     # token's bytes are known only from real text (the loop's), else chars/s stays None.
-    if str(config.data.tokenizer) in TOKENIZERS:
+    if one_byte_tokens(config.data):
         record["bytes_per_token"] = 1.0
     elif loop_workdir is not None:
         record["bytes_per_token"] = record["loop"]["chars_per_s"] / record["loop"]["tokens_per_s"]

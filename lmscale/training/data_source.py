@@ -55,6 +55,12 @@ def make_tokenizer(data: ml_collections.ConfigDict | str
                                  sample_bytes=data.sp_sample_bytes, option_prefix="data.")
 
 
+def one_byte_tokens(data: ml_collections.ConfigDict) -> bool:
+    """Whether each token of ``data.tokenizer`` is one byte of text (the byte tokenizers):
+    then chars/s is tokens/s; a subword or word token's bytes are known only from text."""
+    return str(data.tokenizer) in TOKENIZERS
+
+
 def vocab_size_of(data: ml_collections.ConfigDict) -> int:
     """The vocabulary (ids, padding included) the run's tokenizer will have, without
     preparing data: a prepared ``data.train``'s own tokenizer; bytes 257 (sentiment_discovery)

@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import REPO, tiny_train_command, write_corpus
 from tests.launch.test_local import _launcher_module
+from tests.launch.test_stop import finish
 
 
 def run_two(commands: list[list[str]], timeout: float = 240) -> list[tuple[int, str]]:
@@ -22,16 +23,7 @@ def run_two(commands: list[list[str]], timeout: float = 240) -> list[tuple[int, 
                                                                     address, 1, None),
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
              for pid, cmd in enumerate(commands)]
-    out = []
-    for proc in procs:
-        try:
-            _, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            for p in procs:
-                p.kill()
-            _, err = proc.communicate()
-        out.append((proc.returncode, err))
-    return out
+    return finish(procs, timeout)
 
 
 def error_lines(err: str) -> list[str]:
