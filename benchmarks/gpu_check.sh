@@ -7,6 +7,13 @@
 #
 #     bash benchmarks/gpu_check.sh            # from the repository root, JAX with CUDA installed
 #     GPU_CHECK_SMOKE=1 bash benchmarks/gpu_check.sh   # the same stages, tiny shapes, on the CPU
+#     GPU_CHECK_PART=profile bash benchmarks/gpu_check.sh  # where the headline step's time goes
+#
+# The profile part (instead of the check's stages): the headline step's kernels by HLO
+# operation and the device's idle time between them (benchmarks/op_profile.py, the compiled
+# program's HLO beside it), then the headline bench with XLA's command buffers (CUDA graphs)
+# extended to the loops (+WHILE, +CONDITIONAL) and with them off, unroll 4, and the scan floor's
+# one-GEMM measure.
 #
 # Python: $PYTHON, else .venv/bin/python, else python3 (on the lent H200 image, the one with
 # JAX and CUDA). Wheels in .whl/ (benchmarks/gpu_wheels.sh fetches what that image lacks) are
@@ -93,6 +100,26 @@ bench() {  # label, seconds, flags...
     --out="$JSONL" 2>&1 | tee -a "$BENCH_LOG" | grep -v '^{' | tail -3 | tee -a "$LOG"
   say "bench $label exit ${PIPESTATUS[0]}"
 }
+if [ "${GPU_CHECK_PART:-check}" = profile ]; then
+  seconds=$(limit 150)
+  say "profile mlstm-bf16-custom (limit ${seconds}s)"
+  PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" timeout "$seconds" "$PY" benchmarks/op_profile.py \
+    "${MLSTM[@]}" --config.precision.compute=bfloat16 --steps=3 --top=45 --hlo="$DEST/step.hlo" \
+    2>&1 | grep -v "^I[0-9]\{4\} " | tee "$DEST/gpu_profile.txt" | tail -52 | tee -a "$LOG"
+  say "profile exit ${PIPESTATUS[0]}"
+  XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL" \
+    bench mlstm-bf16-graph-loops 60 "${MLSTM[@]}" --config.precision.compute=bfloat16 --grad=custom
+  XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=" \
+    bench mlstm-bf16-no-graphs 60 "${MLSTM[@]}" --config.precision.compute=bfloat16 --grad=custom
+  bench mlstm-bf16-custom-unroll4 70 "${MLSTM[@]}" --config.precision.compute=bfloat16 \
+    --grad=custom --unroll=4
+  seconds=$(limit 80)
+  say "scan floor, one GEMM (limit ${seconds}s)"
+  PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" timeout "$seconds" "$PY" benchmarks/gpu_scan_floor.py \
+    "${FLOOR[@]}" --only="one GEMM" 2>&1 | tee "$DEST/gpu_floor_gemm.jsonl" | tail -2 | tee -a "$LOG"
+  say "done (profile part); JSON lines in $JSONL"
+  exit 0
+fi
 bench mlstm-bf16-custom 150 "${MLSTM[@]}" --config.precision.compute=bfloat16 --grad=custom --pipeline
 
 # Fast tests on the GPU (conftest defaults JAX_PLATFORMS to cpu, so set it). float32

@@ -48,6 +48,8 @@ def main() -> None:
     p.add_argument("--inputs", type=int, default=64)
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--only", default="", help="Comma-separated measures to run (default all): "
+                   "forward, forward+backward, bare scan, one GEMM.")
     a = p.parse_args()
     H, B, T, I, dt = a.hidden, a.batch, a.seq, a.inputs, jnp.dtype(a.dtype)
     keys = iter(jax.random.split(jax.random.key(0), 16))
@@ -90,10 +92,16 @@ def main() -> None:
 
     products = 2.0 * T * B * (H * H + H * 4 * H)
     w16 = (w_mh.astype(dt), w_h.astype(dt))
-    for name, fn, args, flops in [("forward", forward, (weights,), products),
-                                  ("forward+backward", both, (weights,), 3 * products),
-                                  ("bare scan", bare, w16, products),
-                                  ("one GEMM", one_gemm, w16, products)]:
+    measures = [("forward", forward, (weights,), products),
+                ("forward+backward", both, (weights,), 3 * products),
+                ("bare scan", bare, w16, products), ("one GEMM", one_gemm, w16, products)]
+    only = {m.strip() for m in a.only.split(",") if m.strip()}
+    if only - {m[0] for m in measures}:
+        p.error(f"--only: no measure {sorted(only - {m[0] for m in measures})}; the measures are "
+                f"{[m[0] for m in measures]}")
+    for name, fn, args, flops in measures:
+        if only and name not in only:
+            continue
         s = median_seconds(fn, *args, reps=a.reps)
         print(json.dumps({"measure": name, "hidden": H, "batch": B, "seq": T, "dtype": a.dtype,
                           "device": jax.devices()[0].device_kind, "ms": round(s * 1e3, 3),

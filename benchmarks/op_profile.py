@@ -21,6 +21,11 @@ operations every thread ran equally often, against the fastest thread's. Equal w
 unequal speed (every operation slower on one thread) is the host's cores running at
 different speeds, not a split of work; the fastest thread then waits for the slowest.
 On a multi-core host the rows add up to about threads x window.
+
+On a GPU the rows are the device's kernels and copies (its stream lines), named by their HLO
+operation, and the header says how long the streams were busy against the profiled window:
+the rest is the device waiting between kernels (launch gaps). Every line of the device planes
+is listed first with its event count, whatever the profiler calls it.
 """
 
 from __future__ import annotations
@@ -106,10 +111,8 @@ def thread_balance(threads: dict[str, list[tuple[int, int, str]]]
     return out
 
 
-def op_times(compiled, state, batch, steps: int
-             ) -> tuple[collections.Counter, collections.Counter, dict[str, int], int, dict]:
-    """(exclusive ns, calls) per XLA operation name over ``steps`` profiled steps, busy ns
-    per worker thread, the profiled window in ns, and each worker thread's events."""
+def profile(compiled, state, batch, steps: int):
+    """The ``jax.profiler`` data (``ProfileData``) of ``steps`` steps after 2 untimed ones."""
     import jax
     from jax.profiler import ProfileData
     for _ in range(2):
@@ -120,8 +123,53 @@ def op_times(compiled, state, batch, steps: int
             for _ in range(steps):
                 state, _ = compiled(state, batch)
                 jax.block_until_ready(state)
-        data = ProfileData.from_file(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"),
+        return ProfileData.from_file(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"),
                                                recursive=True)[0])
+
+
+def device_lines(data) -> list[tuple[str, str, int, int]]:
+    """(plane, line, events, summed ns) of every line of the accelerator planes
+    ("/device:GPU:0"...): what the profile holds, whatever its lines are called."""
+    return [(plane.name, line.name, len(events), sum(e.duration_ns for e in events))
+            for plane in data.planes if plane.name.startswith("/device:")
+            for line in plane.lines for events in [list(line.events)]]
+
+
+def device_op_times(data) -> tuple[collections.Counter, collections.Counter, int, int, int]:
+    """On an accelerator: (ns, calls) per HLO operation of the kernels and copies on its
+    stream lines (an event's ``hlo_op`` stat, else its kernel name), the ns some stream was
+    busy (the union of the events), the profiled window (first start to last end) and the
+    number of events. The window less the busy time is the device idle between kernels
+    (launch gaps, host waits)."""
+    total, calls = collections.Counter(), collections.Counter()
+    spans = []
+    for plane in data.planes:
+        if not plane.name.startswith("/device:"):
+            continue
+        for line in plane.lines:
+            if not line.name.startswith("Stream"):
+                continue
+            for e in line.events:
+                stats = {k: v for k, v in e.stats}
+                name = str(stats.get("hlo_op") or e.name)[:90]
+                total[name] += e.duration_ns
+                calls[name] += 1
+                spans.append((e.start_ns, e.start_ns + e.duration_ns))
+    busy, end = 0, None
+    for s, e in sorted(spans):
+        if end is None or s > end:
+            busy += e - s
+            end = e
+        elif e > end:
+            busy += e - end
+            end = e
+    window = (max(e for _, e in spans) - min(s for s, _ in spans)) if spans else 0
+    return total, calls, busy, window, len(spans)
+
+
+def op_times(data) -> tuple[collections.Counter, collections.Counter, dict[str, int], int, dict]:
+    """(exclusive ns, calls) per XLA operation name over the profiled steps on a CPU host,
+    busy ns per worker thread, the profiled window in ns, and each worker thread's events."""
     total, calls, busy = collections.Counter(), collections.Counter(), {}
     spans, threads = [], {}
     for plane in data.planes:
@@ -152,8 +200,12 @@ def main(argv: list[str]) -> None:
     if _HLO.value:
         with open(_HLO.value, "w") as f:
             f.write(compiled.as_text())
-    total, calls, busy, window, thread_events = op_times(compiled, state, batch, _STEPS.value)
     n, seq = _STEPS.value, config.train.seq_len
+    data = profile(compiled, state, batch, n)
+    if any(line[2] for line in device_lines(data)):
+        print_device(data, n, seq)
+        return
+    total, calls, busy, window, thread_events = op_times(data)
     loop_ops = {k for k in calls if calls[k] >= seq * n}  # run once per time step
     in_loop = sum(v for k, v in total.items() if k in loop_ops)
     once = sum(v for k, v in total.items() if k not in loop_ops)
@@ -173,6 +225,23 @@ def main(argv: list[str]) -> None:
         for name, b in thread_balance(devices).items():
             print(f"  {name}: busy {b['busy'] / n / 1e6:.1f}, wait {b['wait'] / n / 1e6:.1f}, "
                   f"shared {b['shared'] / n / 1e6:.1f} ({b['slowdown']:.2f}x)")
+
+
+def print_device(data, n: int, seq: int) -> None:
+    """The accelerator's lines, then its time per step by HLO operation (``device_op_times``)."""
+    print("device lines (plane, line, events, ms summed over the profile):")
+    for plane, line, count, ns in device_lines(data):
+        print(f"  {plane} | {line}: {count} events, {ns / 1e6:.1f} ms")
+    total, calls, busy, window, events = device_op_times(data)
+    loop_ops = {k for k in calls if calls[k] >= seq * n}
+    in_loop = sum(v for k, v in total.items() if k in loop_ops)
+    print(f"per step: window {window / n / 1e6:.2f} ms, streams busy {busy / n / 1e6:.2f} ms "
+          f"(idle {(window - busy) / n / 1e6:.2f} ms), {events / n:.0f} kernels and copies; "
+          f"in-loop operations {in_loop / n / 1e6:.2f} ms, once-per-step "
+          f"{(sum(total.values()) - in_loop) / n / 1e6:.2f} ms")
+    print(f"{'ms/step':>9} {'calls/step':>10} {'us/call':>9}  operation")
+    for name, ns in total.most_common(_TOP.value):
+        print(f"{ns / n / 1e6:9.2f} {calls[name] / n:10.0f} {ns / calls[name] / 1e3:9.1f}  {name}")
 
 
 def print_timeline(threads: dict, in_loop: set[str], step_ns: float) -> None:

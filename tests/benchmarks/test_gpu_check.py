@@ -42,3 +42,22 @@ def test_every_stage_of_the_gpu_check_runs(tmp_path):
     assert [r["kind"] for r in records] == [b.split("-")[0] for b in BENCHES]
     assert records[0]["pipeline"] is not None and records[3]["grad"] == "autodiff"
     assert records[5]["unroll"] == 2 and records[6]["remat"] == "segments"
+
+
+@pytest.mark.slow
+def test_the_profile_part_runs(tmp_path):
+    env = dict(os.environ, OUT=str(tmp_path), GPU_CHECK_SMOKE="1", GPU_CHECK_PART="profile",
+               PYTHON=sys.executable)
+    p = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=600)
+    log = (tmp_path / "gpu_check.log").read_text()
+    assert p.returncode == 0, log[-3000:] + p.stderr[-2000:]
+    assert "profile exit 0" in log and "done (profile part)" in log, log
+    assert "operation" in (tmp_path / "gpu_profile.txt").read_text()
+    assert "HloModule" in (tmp_path / "step.hlo").read_text()[:200]
+    labels = [json.loads(line)["label"] for line in
+              (tmp_path / "gpu_check.jsonl").read_text().splitlines()]
+    assert labels == ["gpu_check:mlstm-bf16-graph-loops", "gpu_check:mlstm-bf16-no-graphs",
+                      "gpu_check:mlstm-bf16-custom-unroll4"]
+    gemm = json.loads((tmp_path / "gpu_floor_gemm.jsonl").read_text().splitlines()[-1])
+    assert gemm["measure"] == "one GEMM"
