@@ -100,6 +100,31 @@ bench() {  # label, seconds, flags...
     --out="$JSONL" 2>&1 | tee -a "$BENCH_LOG" | grep -v '^{' | tail -3 | tee -a "$LOG"
   say "bench $label exit ${PIPESTATUS[0]}"
 }
+if [ "${GPU_CHECK_PART:-check}" = layout ]; then
+  bench mlstm-bf16-batch-layout 70 "${MLSTM[@]}" --config.precision.compute=bfloat16 --grad=custom \
+    --layout=batch
+  say "tests of the batch layout"
+  if [ "$SMOKE" = 1 ]; then
+    timeout "$(limit 60)" "$PY" -m pytest -q --collect-only -k "batch and (equals_autodiff or folded)" \
+      tests/models/test_recurrent_vjp.py 2>&1 | tail -1 | tee -a "$LOG"
+  else
+    JAX_PLATFORMS=cuda JAX_DEFAULT_MATMUL_PRECISION=highest timeout "$(limit 50)" "$PY" -m pytest \
+      -q -x -k "batch and (equals_autodiff or folded)" tests/models/test_recurrent_vjp.py 2>&1 \
+      | tee "$DEST/gpu_tests.log" | tail -3 | tee -a "$LOG"
+  fi
+  say "tests exit ${PIPESTATUS[0]}"
+  bench mlstm-bf16-feature-layout 45 "${MLSTM[@]}" --config.precision.compute=bfloat16 \
+    --grad=custom --layout=feature
+  seconds=$(limit 60)
+  say "profile mlstm-bf16-batch-layout, command buffers off (limit ${seconds}s)"
+  XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=" \
+    PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" timeout "$seconds" "$PY" benchmarks/op_profile.py \
+    "${MLSTM[@]}" --config.precision.compute=bfloat16 --steps=3 --top=40 --hlo="$DEST/step.hlo" \
+    2>&1 | grep -v "^I[0-9]\{4\} " | tee "$DEST/gpu_profile.txt" | tail -46 | tee -a "$LOG"
+  say "profile exit ${PIPESTATUS[0]}"
+  say "done (layout part); JSON lines in $JSONL"
+  exit 0
+fi
 if [ "${GPU_CHECK_PART:-check}" = profile ]; then
   seconds=$(limit 150)
   say "profile mlstm-bf16-custom (limit ${seconds}s)"

@@ -1,7 +1,7 @@
 """Benchmark a config's training step (and input pipeline) on this machine.
 
     python -m lmscale.bench --config=configs/quickstart.py [--config.model.hidden=1024 ...]
-        [--steps=10] [--grad=custom|autodiff] [--unroll=1] [--pipeline] [--out=FILE]
+        [--steps=10] [--grad=custom|autodiff] [--unroll=1] [--layout=auto] [--pipeline] [--out=FILE]
 
 Times the real jitted training step (compile and warm-up excluded, median of --steps),
 reports tokens/s and chars/s (bytes/s: a byte tokenizer's tokens/s; for subword and word
@@ -34,6 +34,9 @@ _GRAD = flags.DEFINE_enum("grad", "custom", ["custom", "autodiff"],
                           "Backward of the recurrence: hand-written (custom) or autodiff.")
 _UNROLL = flags.DEFINE_integer("unroll", 1, "Unroll of the time loops (the mLSTM's hand-written "
                                "backward loop only completely).", lower_bound=1)
+_LAYOUT = flags.DEFINE_enum("layout", "auto", ["auto", "feature", "batch"],
+                            "Layout of the hand-written backward's loops: feature (tuned for "
+                            "XLA:CPU), batch (for XLA:GPU), auto (batch on GPUs).")
 _RESET_EVERY = flags.DEFINE_integer(
     "reset_every", 0, "Put a state reset every this many batch positions (0 = none).", lower_bound=0)
 _PIPELINE = flags.DEFINE_bool("pipeline", False, "Also time the input pipeline.")
@@ -68,7 +71,8 @@ def main(argv: list[str]) -> None:
             path = resolve_dataset(config.data, _WORKDIR.value, progress=False)
             batcher = train_batcher(TokenDataset.open(path), config)
         return bench.run_bench(config, steps=_STEPS.value, warmup=_WARMUP.value, grad=_GRAD.value,
-                               unroll=_UNROLL.value, reset_every=_RESET_EVERY.value,
+                               unroll=_UNROLL.value, layout=_LAYOUT.value,
+                               reset_every=_RESET_EVERY.value,
                                batcher=batcher if _PIPELINE.value else None,
                                matmul_n=_MATMUL_N.value or None, label=_LABEL.value,
                                loop_workdir=os.path.join(_WORKDIR.value, "loop") if _LOOP.value

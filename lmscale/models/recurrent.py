@@ -43,6 +43,7 @@ ScanResult = tuple[jax.Array, Carry, jax.Array | None]
 
 
 GRAD_IMPLS = ("custom", "autodiff")
+LAYOUTS = ("auto", "feature", "batch")
 SCANNED_KINDS = ("mlstm", "lstm")  # the model kinds whose layers are these: scan_options applies
 
 
@@ -53,9 +54,19 @@ class ScanOptions:
     grad: "custom" (hand-written backward, recurrent_vjp) or "autodiff" (through lax.scan).
     unroll: unroll factor of the time loop (forward and backward; with grad="custom" the
         mLSTM's backward loop is unrolled only completely, see recurrent_loops.backward).
+    layout: how the custom-backward loops are laid out: "feature" (``recurrent_loops``,
+        tuned for XLA:CPU), "batch" (``recurrent_batch_major``, for XLA:GPU: fewer kernels
+        per step), or "auto": "batch" on GPUs, else "feature". Remat runs "feature".
     """
     grad: str = "custom"
     unroll: int = 1
+    layout: str = "auto"
+
+    def resolved_layout(self) -> str:
+        """``layout`` with "auto" decided by the default backend."""
+        if self.layout != "auto":
+            return self.layout
+        return "batch" if jax.default_backend() == "gpu" else "feature"
 
 
 _OPTIONS = [ScanOptions()]
@@ -69,8 +80,9 @@ def current_scan_options() -> ScanOptions:
 def scan_options(**changes: Any) -> Iterator[ScanOptions]:
     """Within the block, functions traced use these options (e.g. ``grad="autodiff"``)."""
     opts = dataclasses.replace(_OPTIONS[-1], **changes)
-    if opts.grad not in GRAD_IMPLS or opts.unroll < 1:
-        raise ValueError(f"bad scan options {opts}: grad in {GRAD_IMPLS}, unroll >= 1")
+    if opts.grad not in GRAD_IMPLS or opts.unroll < 1 or opts.layout not in LAYOUTS:
+        raise ValueError(f"bad scan options {opts}: grad in {GRAD_IMPLS}, unroll >= 1, "
+                         f"layout in {LAYOUTS}")
     _OPTIONS.append(opts)
     try:
         yield opts
@@ -152,7 +164,8 @@ def mlstm_scan(xs: jax.Array, carry: Carry, w_x: jax.Array, w_mx: jax.Array, w_m
     x = xs.astype(dtype)
     opts = current_scan_options()
     if (grad or opts.grad) == "custom":
-        st = recurrent_loops.Static("mlstm", dtype, return_cells, opts.unroll, remat_steps)
+        st = recurrent_loops.Static("mlstm", dtype, return_cells, opts.unroll, remat_steps,
+                                    opts.resolved_layout())
         h0, c0 = (jnp.asarray(a, sdt) for a in carry)
         return recurrent_vjp.recurrence(st, x, w_x, b, w_mx, w_mh, w_h, h0, c0,
                                         _keep_mask(resets, sdt), w_mh_scale, w_h_scale)
@@ -183,7 +196,8 @@ def lstm_scan(xs: jax.Array, carry: Carry, w_x: jax.Array, w_h: jax.Array, b: ja
     sdt = at_least_float32(dtype)
     opts = current_scan_options()
     if (grad or opts.grad) == "custom":
-        st = recurrent_loops.Static("lstm", dtype, return_cells, opts.unroll, remat_steps)
+        st = recurrent_loops.Static("lstm", dtype, return_cells, opts.unroll, remat_steps,
+                                    opts.resolved_layout())
         h0, c0 = (jnp.asarray(a, sdt) for a in carry)
         return recurrent_vjp.recurrence(st, xs.astype(dtype), w_x, b, None, None, w_h, h0, c0,
                                         _keep_mask(resets, sdt), None, w_h_scale)

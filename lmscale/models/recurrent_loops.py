@@ -81,6 +81,7 @@ class Static:
     return_cells: bool
     unroll: int = 1  # of the loops; the mLSTM's backward only when complete (see backward)
     segment: int = 0  # remat: > 0 saves only each segment's starting state (recurrent_segments)
+    layout: str = "feature"  # "feature": these loops (XLA:CPU); "batch": recurrent_batch_major
 
     @property
     def state_dtype(self) -> Any:

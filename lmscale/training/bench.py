@@ -44,7 +44,7 @@ import numpy as np
 
 from lmscale.config import scaled_lr, step_width, validate, with_global_batch
 from lmscale.models import flops_per_token
-from lmscale.models.recurrent import SCANNED_KINDS, scan_options
+from lmscale.models.recurrent import SCANNED_KINDS, ScanOptions, scan_options
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.host_memory import huge_pages_on
 from lmscale.training.precision import DTYPES
@@ -162,9 +162,10 @@ def compile_step(config: ml_collections.ConfigDict, vocab_size: int = BYTE_VOCAB
 
 def time_step(config: ml_collections.ConfigDict, *, steps: int = 10, warmup: int = 2,
               vocab_size: int = BYTE_VOCAB, grad: str = "custom", unroll: int = 1,
-              reset_every: int = 0, devices: list[jax.Device] | None = None) -> dict[str, Any]:
+              layout: str = "auto", reset_every: int = 0,
+              devices: list[jax.Device] | None = None) -> dict[str, Any]:
     """Median time of the jitted training step and what follows from it (see module doc)."""
-    with scan_options(grad=grad, unroll=unroll):
+    with scan_options(grad=grad, unroll=unroll, layout=layout):
         compiled, state, batch, compile_s = compile_step(config, vocab_size, devices, reset_every)
     for _ in range(warmup):
         state, metrics = compiled(state, batch)
@@ -288,8 +289,8 @@ def host_info() -> dict[str, Any]:
 
 
 def run_bench(config: ml_collections.ConfigDict, *, steps: int = 10, warmup: int = 2,
-              grad: str = "custom", unroll: int = 1, reset_every: int = 0,
-              batcher: Any = None, matmul_n: int | None = None, label: str = "",
+              grad: str = "custom", unroll: int = 1, layout: str = "auto",
+              reset_every: int = 0, batcher: Any = None, matmul_n: int | None = None, label: str = "",
               loop_workdir: str | None = None) -> dict[str, Any]:
     """One benchmark record: the step, the matmul rate in the compute dtype, the pipeline,
     and (``loop_workdir``) the full training loop."""
@@ -302,7 +303,7 @@ def run_bench(config: ml_collections.ConfigDict, *, steps: int = 10, warmup: int
         raise DataError(f"{e} (lmscale.bench needs the vocabulary size: set "
                         f"--config.data.word_vocab_size=N)") from None
     step = time_step(config, steps=steps, warmup=warmup, grad=grad, unroll=unroll,
-                     reset_every=reset_every, vocab_size=vocab_size)
+                     layout=layout, reset_every=reset_every, vocab_size=vocab_size)
     peak = matmul_rate(DTYPES[compute], matmul_n)
     m = config.model
     from lmscale.models import architecture, get_kind
@@ -310,6 +311,9 @@ def run_bench(config: ml_collections.ConfigDict, *, steps: int = 10, warmup: int
               "architecture": architecture(m), "layers": m.layers, "batch": step["tokens_per_step"] // config.train.seq_len,
               "seq": config.train.seq_len, "vocab_size": vocab_size, "compute": compute,
               "grad": grad, "unroll": unroll,
+              # The loops' layout as run (remat segments run the feature-major loops).
+              "layout": ("feature" if m.get("remat", "none") == "segments"
+                         else ScanOptions(layout=layout).resolved_layout()),
               "reset_every": reset_every, "remat": m.get("remat", "none"), **step,
               "matmul": peak, "of_matmul_rate": step["flop_per_s"] / peak["flop_per_s"],
               "hardware_of_matmul_rate": step["hardware_flop_per_s"] / peak["flop_per_s"]}
@@ -356,7 +360,8 @@ def _grad_cell(record: dict[str, Any]) -> str:
     if record.get("kind") not in SCANNED_KINDS:
         return "-"
     remat = f" remat {record['remat_steps']}" if record.get("remat") == "segments" else ""
-    return f"{record['grad']} u{record['unroll']}{remat}"
+    layout = " batch" if record.get("layout") == "batch" and record["grad"] == "custom" else ""
+    return f"{record['grad']} u{record['unroll']}{layout}{remat}"
 
 
 def _of_matmul_cell(record: dict[str, Any]) -> str:

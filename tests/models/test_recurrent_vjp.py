@@ -81,34 +81,42 @@ def assert_same_gradients(got_tree: Any, want_tree: Any) -> None:
                                    err_msg=jax.tree_util.keystr(path))
 
 
+LAYOUTS = ["feature", "batch"]  # the custom backward's loops: recurrent_loops, recurrent_batch_major
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("kind", ["mlstm", "lstm"])
 @pytest.mark.parametrize("with_resets,return_cells", [(True, False), (True, True), (False, True)])
-def test_custom_vjp_equals_autodiff_float32(kind, with_resets, return_cells):
+def test_custom_vjp_equals_autodiff_float32(kind, with_resets, return_cells, layout):
     """Gradients w.r.t. g, v, b, inputs and the initial carry equal jax.grad of the plain scan."""
     p = problem(kind, seed=1)
     resets = resets_tm() if with_resets else None
     args = (kind, jnp.float32)
-    val_c, g_c = jax.value_and_grad(loss_fn(*args, "custom", resets, return_cells))(p)
+    with scan_options(layout=layout):
+        val_c, g_c = jax.value_and_grad(loss_fn(*args, "custom", resets, return_cells))(p)
     val_a, g_a = jax.value_and_grad(loss_fn(*args, "autodiff", resets, return_cells))(p)
     np.testing.assert_allclose(float(val_c), float(val_a), rtol=1e-6)
     assert_same_gradients(g_c, g_a)
 
 
 @pytest.mark.parametrize("kind", ["mlstm", "lstm"])
-@pytest.mark.parametrize("grad", ["custom", "autodiff"])
-def test_weight_norm_folded_into_the_products_same_values_and_gradients(kind, grad):
+@pytest.mark.parametrize("grad,layout", [("custom", "feature"), ("custom", "batch"),
+                                         ("autodiff", "feature")])
+def test_weight_norm_folded_into_the_products_same_values_and_gradients(kind, grad, layout):
     """W_mh and W_h given as (v, g / ||v||), the scale applied to the products' results, give
     the values and the g, v gradients of the normalized matrices given whole, to 1e-5."""
     p = problem(kind, seed=4)
     val_w, g_w = jax.value_and_grad(loss_fn(kind, jnp.float32, "autodiff", resets_tm(), True))(p)
-    val_f, g_f = jax.value_and_grad(loss_fn(kind, jnp.float32, grad, resets_tm(), True,
-                                            folded=True))(p)
+    with scan_options(layout=layout):
+        val_f, g_f = jax.value_and_grad(loss_fn(kind, jnp.float32, grad, resets_tm(), True,
+                                                folded=True))(p)
     np.testing.assert_allclose(float(val_f), float(val_w), rtol=1e-5)  # 1.05e-6 seen (jaxlib 0.10.0)
     assert_same_gradients(g_f, g_w)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("kind", ["mlstm", "lstm"])
-def test_layer_and_lm_gradients_through_scan_options(kind):
+def test_layer_and_lm_gradients_through_scan_options(kind, layout):
     """The modules (default: custom backward) give the same gradients as under grad="autodiff"."""
     model = RecurrentLM(kind=kind, vocab_size=11, embed=6, hidden=H, layers=2, rngs=nnx.Rngs(0))
     tokens = jnp.asarray(np.random.default_rng(2).integers(0, 11, (B, T)), jnp.int32)
@@ -119,7 +127,8 @@ def test_layer_and_lm_gradients_through_scan_options(kind):
         logits, carry = nnx.merge(graphdef, params)(tokens, None, resets)
         return jnp.mean(jax.nn.log_softmax(logits)[..., 3]) + jnp.sum(carry[-1][1])
 
-    g_c = jax.grad(loss)(params)
+    with scan_options(layout=layout):
+        g_c = jax.grad(loss)(params)
     with scan_options(grad="autodiff"):
         g_a = jax.grad(loss)(params)
     for got, want in zip(jax.tree.leaves(g_c), jax.tree.leaves(g_a)):
@@ -128,24 +137,30 @@ def test_layer_and_lm_gradients_through_scan_options(kind):
     assert layer.scan_time_major(jnp.ones((T, B, IN)), layer.initial_carry(B))[0].shape == (T, B, H)
 
 
-def _grad_jaxpr(kind: str, dtype: Any, grad: str, folded: bool = False) -> Any:
+def _grad_jaxpr(kind: str, dtype: Any, grad: str, folded: bool = False,
+                layout: str = "feature") -> Any:
     p = problem(kind, seed=3)
     loss = loss_fn(kind, dtype, grad, resets_tm(), False, folded)
-    return jax.make_jaxpr(jax.grad(loss))(p).jaxpr
+    with scan_options(layout=layout):
+        return jax.make_jaxpr(jax.grad(loss))(p).jaxpr
 
 
-def _weight_shapes(kind: str) -> set[tuple[int, int]]:
-    return {(H, 4 * H)} | ({(H, H)} if kind == "mlstm" else set())
+def _weight_shapes(kind: str, layout: str = "feature") -> set[tuple[int, int]]:
+    """Shapes of the recurrent weights' gradient products: the batch layout forms W_h's with
+    W_x's, as [H + in, 4H]."""
+    rows = H + IN if layout == "batch" else H
+    return {(rows, 4 * H)} | ({(H, H)} if kind == "mlstm" else set())
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("kind", ["mlstm", "lstm"])
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 @pytest.mark.parametrize("folded", [False, True])
-def test_weight_gradients_accumulate_in_float32(kind, dtype, folded):
+def test_weight_gradients_accumulate_in_float32(kind, dtype, folded, layout):
     """In the jaxpr: no loop carries a recurrent-weight-shaped array; their gradients are
     float32 dot_generals over all T x B rows, with the weight norm folded into the products
     (as the layers run) or not. Autodiff (the defect) carries them in ``dtype``."""
-    shapes = _weight_shapes(kind)
+    shapes = _weight_shapes(kind, layout)
 
     def carried(jaxpr: Any) -> list[Any]:
         """What loop bodies return every step: their carries (and a scan's per-step
@@ -158,8 +173,8 @@ def test_weight_gradients_accumulate_in_float32(kind, dtype, folded):
                 out += [v.aval for v in e.params[body].jaxpr.outvars]
         return out
 
-    custom = _grad_jaxpr(kind, dtype, "custom", folded)
-    assert not [a for a in carried(custom) if tuple(a.shape) in shapes]
+    custom = _grad_jaxpr(kind, dtype, "custom", folded, layout)
+    assert not [a for a in carried(custom) if tuple(a.shape) in shapes | _weight_shapes(kind)]
     dots = [e for e in jaxpr_equations(custom) if e.primitive.name == "dot_general"
             and tuple(e.outvars[0].aval.shape) in shapes]
 
@@ -176,13 +191,15 @@ def test_weight_gradients_accumulate_in_float32(kind, dtype, folded):
         assert e.params["preferred_element_type"] == jnp.float32
         assert {v.aval.dtype for v in e.invars} == {jnp.dtype(dtype)}  # compute-dtype operands
     autodiff = _grad_jaxpr(kind, dtype, "autodiff")
+    weights = _weight_shapes(kind)
     assert {(tuple(a.shape), a.dtype) for a in carried(autodiff)
-            if tuple(a.shape) in shapes} == {(s, jnp.dtype(dtype)) for s in shapes}
+            if tuple(a.shape) in weights} == {(s, jnp.dtype(dtype)) for s in weights}
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("kind", ["mlstm", "lstm"])
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
-def test_low_precision_gradients_closer_to_float32_at_t256(kind, dtype):
+def test_low_precision_gradients_closer_to_float32_at_t256(kind, dtype, layout):
     """At T=256, the recurrent weights' (g, v) gradients in bf16/fp16 compute are closer to the
     float32 reference with the custom backward than with autodiff's low-precision carry."""
     steps, hidden = 256, 16
@@ -190,9 +207,11 @@ def test_low_precision_gradients_closer_to_float32_at_t256(kind, dtype):
     resets = np.zeros((steps, B), bool)
     resets[100, 0] = True
     ref = jax.grad(loss_fn(kind, jnp.float32, "autodiff", resets, False))(p)
-    got = {g: jax.grad(loss_fn(kind, dtype, g, resets, False))(p) for g in ("custom", "autodiff")}
-    # The weight norm folded into the products, as the layers run it.
-    got["folded"] = jax.grad(loss_fn(kind, dtype, "custom", resets, False, folded=True))(p)
+    with scan_options(layout=layout):
+        got = {g: jax.grad(loss_fn(kind, dtype, g, resets, False))(p)
+               for g in ("custom", "autodiff")}
+        # The weight norm folded into the products, as the layers run it.
+        got["folded"] = jax.grad(loss_fn(kind, dtype, "custom", resets, False, folded=True))(p)
     names = ["w_h"] + (["w_mh"] if kind == "mlstm" else [])
     for name in names:
         for part in ("g", "v"):
