@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-GPU check, under 8 minutes: the fast recurrence/transformer/bench tests on the GPU, then
 # the training-step bench of the paper's 4096-d mLSTM at 256 x 256 per device in bfloat16 and
-# float16 (hand-written backward; plain autodiff, unroll 2 and remat segments as A/B), and of the
+# float16 (hand-written backward in the GPU's batch-major loops; plain autodiff, the CPU's
+# feature-major loops and remat segments as A/B), and of the
 # 12-layer transformer (configs/transformer_amazon.py, the seed's 32 x 64 per device) in
 # bfloat16 and float16.
 #
@@ -12,7 +13,7 @@
 # The profile part (instead of the check's stages): the headline step's kernels by HLO
 # operation and the device's idle time between them (benchmarks/op_profile.py, the compiled
 # program's HLO beside it), then the headline bench with XLA's command buffers (CUDA graphs)
-# extended to the loops (+WHILE, +CONDITIONAL) and with them off, unroll 4, and the scan floor's
+# extended to the loops (+WHILE, +CONDITIONAL) and with them off, unroll 1, and the scan floor's
 # one-GEMM measure.
 #
 # Python: $PYTHON, else .venv/bin/python, else python3 (on the lent H200 image, the one with
@@ -100,31 +101,6 @@ bench() {  # label, seconds, flags...
     --out="$JSONL" 2>&1 | tee -a "$BENCH_LOG" | grep -v '^{' | tail -3 | tee -a "$LOG"
   say "bench $label exit ${PIPESTATUS[0]}"
 }
-if [ "${GPU_CHECK_PART:-check}" = layout ]; then
-  bench mlstm-bf16-batch-layout 70 "${MLSTM[@]}" --config.precision.compute=bfloat16 --grad=custom \
-    --layout=batch
-  say "tests of the batch layout"
-  if [ "$SMOKE" = 1 ]; then
-    timeout "$(limit 60)" "$PY" -m pytest -q --collect-only -k "batch and (equals_autodiff or folded)" \
-      tests/models/test_recurrent_vjp.py 2>&1 | tail -1 | tee -a "$LOG"
-  else
-    JAX_PLATFORMS=cuda JAX_DEFAULT_MATMUL_PRECISION=highest timeout "$(limit 50)" "$PY" -m pytest \
-      -q -x -k "batch and (equals_autodiff or folded)" tests/models/test_recurrent_vjp.py 2>&1 \
-      | tee "$DEST/gpu_tests.log" | tail -3 | tee -a "$LOG"
-  fi
-  say "tests exit ${PIPESTATUS[0]}"
-  bench mlstm-bf16-feature-layout 45 "${MLSTM[@]}" --config.precision.compute=bfloat16 \
-    --grad=custom --layout=feature
-  seconds=$(limit 60)
-  say "profile mlstm-bf16-batch-layout, command buffers off (limit ${seconds}s)"
-  XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=" \
-    PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" timeout "$seconds" "$PY" benchmarks/op_profile.py \
-    "${MLSTM[@]}" --config.precision.compute=bfloat16 --steps=3 --top=40 --hlo="$DEST/step.hlo" \
-    2>&1 | grep -v "^I[0-9]\{4\} " | tee "$DEST/gpu_profile.txt" | tail -46 | tee -a "$LOG"
-  say "profile exit ${PIPESTATUS[0]}"
-  say "done (layout part); JSON lines in $JSONL"
-  exit 0
-fi
 if [ "${GPU_CHECK_PART:-check}" = profile ]; then
   seconds=$(limit 150)
   say "profile mlstm-bf16-custom (limit ${seconds}s)"
@@ -136,8 +112,8 @@ if [ "${GPU_CHECK_PART:-check}" = profile ]; then
     bench mlstm-bf16-graph-loops 60 "${MLSTM[@]}" --config.precision.compute=bfloat16 --grad=custom
   XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=" \
     bench mlstm-bf16-no-graphs 60 "${MLSTM[@]}" --config.precision.compute=bfloat16 --grad=custom
-  bench mlstm-bf16-custom-unroll4 70 "${MLSTM[@]}" --config.precision.compute=bfloat16 \
-    --grad=custom --unroll=4
+  bench mlstm-bf16-unroll1 70 "${MLSTM[@]}" --config.precision.compute=bfloat16 \
+    --grad=custom --unroll=1
   seconds=$(limit 80)
   say "scan floor, one GEMM (limit ${seconds}s)"
   PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" timeout "$seconds" "$PY" benchmarks/gpu_scan_floor.py \
@@ -171,8 +147,8 @@ say "scan floor exit ${PIPESTATUS[0]}"
 bench mlstm-fp16-custom 70 "${MLSTM[@]}" --config.precision.compute=float16 --grad=custom
 bench mlstm-bf16-autodiff 70 "${MLSTM[@]}" --config.precision.compute=bfloat16 --grad=autodiff
 bench transformer-fp16 50 "${TRANSFORMER[@]}" --config.precision.compute=float16
-bench mlstm-bf16-custom-unroll2 70 "${MLSTM[@]}" --config.precision.compute=bfloat16 --grad=custom \
-  --unroll=2
+bench mlstm-bf16-feature-layout 70 "${MLSTM[@]}" --config.precision.compute=bfloat16 --grad=custom \
+  --layout=feature --unroll=1
 bench mlstm-bf16-remat 70 "${MLSTM[@]}" --config.precision.compute=bfloat16 --grad=custom \
   --config.model.remat=segments --config.model.remat_steps="$REMAT_STEPS"
 

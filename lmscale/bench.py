@@ -1,7 +1,7 @@
 """Benchmark a config's training step (and input pipeline) on this machine.
 
     python -m lmscale.bench --config=configs/quickstart.py [--config.model.hidden=1024 ...]
-        [--steps=10] [--grad=custom|autodiff] [--unroll=1] [--layout=auto] [--pipeline] [--out=FILE]
+        [--steps=10] [--grad=custom|autodiff] [--unroll=0] [--layout=auto] [--pipeline] [--out=FILE]
 
 Times the real jitted training step (compile and warm-up excluded, median of --steps),
 reports tokens/s and chars/s (bytes/s: a byte tokenizer's tokens/s; for subword and word
@@ -32,8 +32,9 @@ _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (the median is reported)
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.", lower_bound=0)
 _GRAD = flags.DEFINE_enum("grad", "custom", ["custom", "autodiff"],
                           "Backward of the recurrence: hand-written (custom) or autodiff.")
-_UNROLL = flags.DEFINE_integer("unroll", 1, "Unroll of the time loops (the mLSTM's hand-written "
-                               "backward loop only completely).", lower_bound=1)
+_UNROLL = flags.DEFINE_integer("unroll", 0, "Unroll of the time loops (the mLSTM's hand-written "
+                               "feature-major backward loop only completely); 0: 2 with the "
+                               "batch layout, else 1.", lower_bound=0)
 _LAYOUT = flags.DEFINE_enum("layout", "auto", ["auto", "feature", "batch"],
                             "Layout of the hand-written backward's loops: feature (tuned for "
                             "XLA:CPU), batch (for XLA:GPU), auto (batch on GPUs).")

@@ -161,7 +161,7 @@ def compile_step(config: ml_collections.ConfigDict, vocab_size: int = BYTE_VOCAB
 
 
 def time_step(config: ml_collections.ConfigDict, *, steps: int = 10, warmup: int = 2,
-              vocab_size: int = BYTE_VOCAB, grad: str = "custom", unroll: int = 1,
+              vocab_size: int = BYTE_VOCAB, grad: str = "custom", unroll: int = 0,
               layout: str = "auto", reset_every: int = 0,
               devices: list[jax.Device] | None = None) -> dict[str, Any]:
     """Median time of the jitted training step and what follows from it (see module doc)."""
@@ -289,7 +289,7 @@ def host_info() -> dict[str, Any]:
 
 
 def run_bench(config: ml_collections.ConfigDict, *, steps: int = 10, warmup: int = 2,
-              grad: str = "custom", unroll: int = 1, layout: str = "auto",
+              grad: str = "custom", unroll: int = 0, layout: str = "auto",
               reset_every: int = 0, batcher: Any = None, matmul_n: int | None = None, label: str = "",
               loop_workdir: str | None = None) -> dict[str, Any]:
     """One benchmark record: the step, the matmul rate in the compute dtype, the pipeline,
@@ -310,7 +310,8 @@ def run_bench(config: ml_collections.ConfigDict, *, steps: int = 10, warmup: int
     record = {"label": label, "kind": m.kind, "model": get_kind(m.kind).describe(m),
               "architecture": architecture(m), "layers": m.layers, "batch": step["tokens_per_step"] // config.train.seq_len,
               "seq": config.train.seq_len, "vocab_size": vocab_size, "compute": compute,
-              "grad": grad, "unroll": unroll,
+              "grad": grad, "unroll": (ScanOptions(unroll=unroll, layout=layout).resolved_unroll()
+                                       if grad == "custom" else unroll or 1),
               # The loops' layout as run (remat segments run the feature-major loops).
               "layout": ("feature" if m.get("remat", "none") == "segments"
                          else ScanOptions(layout=layout).resolved_layout()),

@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import REPO
 
 BENCHES = ["mlstm-bf16-custom", "transformer-bf16", "mlstm-fp16-custom", "mlstm-bf16-autodiff",
-           "transformer-fp16", "mlstm-bf16-custom-unroll2", "mlstm-bf16-remat"]
+           "transformer-fp16", "mlstm-bf16-feature-layout", "mlstm-bf16-remat"]
 
 
 @pytest.mark.slow
@@ -41,7 +41,8 @@ def test_every_stage_of_the_gpu_check_runs(tmp_path):
                                                "float16", "bfloat16", "bfloat16"]
     assert [r["kind"] for r in records] == [b.split("-")[0] for b in BENCHES]
     assert records[0]["pipeline"] is not None and records[3]["grad"] == "autodiff"
-    assert records[5]["unroll"] == 2 and records[6]["remat"] == "segments"
+    assert records[5]["layout"] == "feature" and records[5]["unroll"] == 1
+    assert records[6]["remat"] == "segments" and records[6]["layout"] == "feature"
 
 
 @pytest.mark.slow
@@ -58,6 +59,6 @@ def test_the_profile_part_runs(tmp_path):
     labels = [json.loads(line)["label"] for line in
               (tmp_path / "gpu_check.jsonl").read_text().splitlines()]
     assert labels == ["gpu_check:mlstm-bf16-graph-loops", "gpu_check:mlstm-bf16-no-graphs",
-                      "gpu_check:mlstm-bf16-custom-unroll4"]
+                      "gpu_check:mlstm-bf16-unroll1"]
     gemm = json.loads((tmp_path / "gpu_floor_gemm.jsonl").read_text().splitlines()[-1])
     assert gemm["measure"] == "one GEMM"

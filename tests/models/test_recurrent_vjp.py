@@ -260,3 +260,24 @@ def test_low_precision_loops_write_saved_sequences_in_place(kind, dtype, folded)
     whole = [line.strip() for c in loops for line in c.split("\n")
              if re.search(r"= \w+\[[\d,]*\b%d\b[\d,]*\]\S* convert\(" % steps, line)]
     assert not whole, whole
+
+
+@pytest.mark.parametrize("kind", ["mlstm", "lstm"])
+def test_batch_layout_unrolled_same_gradient_and_auto_options(kind):
+    """The batch-major loops unrolled by 2 (their default, ``unroll=0``) give unroll 1's
+    gradient; "auto" is the feature layout on this CPU, the batch layout's unroll 2."""
+    from lmscale.models.recurrent import ScanOptions
+    p = problem(kind, seed=7, steps=16)
+    loss = loss_fn(kind, jnp.float32, "custom", resets_tm(16), True)
+    with scan_options(layout="batch", unroll=1):
+        g1 = jax.grad(loss)(p)
+    with scan_options(layout="batch"):
+        g2 = jax.grad(loss)(p)
+    for got, want in zip(jax.tree.leaves(g2), jax.tree.leaves(g1)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6, rtol=1e-6)
+    assert ScanOptions().resolved_layout() == "feature" and ScanOptions().resolved_unroll() == 1
+    assert ScanOptions(layout="batch").resolved_unroll() == 2
+    assert ScanOptions(layout="batch", unroll=3).resolved_unroll() == 3
+    with pytest.raises(ValueError, match="layout in"):
+        with scan_options(layout="rows"):
+            pass
