@@ -14,6 +14,7 @@ import sys
 
 import jax
 
+from lmscale.models.recurrent import scan_options
 from lmscale.training.loop import train
 from lmscale.training.metrics import read_metrics
 from tests.conftest import TINY_TRANSFORMER, tiny_config
@@ -35,6 +36,10 @@ def main(corpus: str, out: str) -> None:
         workdir = f"{out}/d{n}"
         train(tiny_config(corpus, **base), workdir, devices=devices[:n])
         result[f"d{n}"] = losses(workdir)
+    # The GPUs' batch-major recurrence loops under shard_map on 8 devices: d1's losses.
+    with scan_options(layout="batch"):
+        train(tiny_config(corpus, **base), f"{out}/d8_batch", devices=devices)
+    result["d8_batch"] = losses(f"{out}/d8_batch")
     # A checkpoint written on 8 devices (step 10 of d8) continues on 1 and on 4 devices: one
     # 10-step run, copied into each workdir.
     train(tiny_config(corpus, **{**base, "train.steps": 10}), f"{out}/from8", devices=devices)

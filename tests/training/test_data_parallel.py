@@ -39,6 +39,12 @@ def test_eight_devices_give_the_same_losses_as_one(multi_device_run):
     np.testing.assert_allclose(eight, one, rtol=0, atol=1e-5)
 
 
+def test_batch_major_loops_on_eight_devices_equal_one_device(multi_device_run):
+    """The GPUs' recurrence loops (recurrent_batch_major) under shard_map: 1 device's losses."""
+    one, batch = _series(multi_device_run["d1"]), _series(multi_device_run["d8_batch"])
+    np.testing.assert_allclose(batch, one, rtol=0, atol=1e-5)
+
+
 def test_transformer_on_eight_devices_equals_one(multi_device_run):
     """Empty carry, dropout on embeddings/residuals/attention/feed-forward, document segments."""
     one, eight = _series(multi_device_run["t1"]), _series(multi_device_run["t8"])
