@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import jax
 import ml_collections
@@ -99,9 +100,45 @@ def _request(data: ml_collections.ConfigDict) -> dict:
     return request
 
 
-def resolve_dataset(data: ml_collections.ConfigDict, workdir: str, *, progress: bool = True) -> str:
+def _sources(data: ml_collections.ConfigDict) -> list[list] | None:
+    """[path, bytes, mtime_ns] of each text file ``data.train`` / ``val`` / ``test`` name (a
+    file edited under the same path changes them), or None where they cannot be read (a
+    built-in corpus, or text moved away since it was prepared)."""
+    from lmscale.data.sources import expand_inputs
+    from lmscale.data.tfds import is_tfds
+    if is_builtin(str(data.train)):
+        return None
+    out = []
+    try:
+        for spec in (str(data.train), data.val, data.test):
+            for path in (expand_inputs(spec) if spec else []):
+                if not is_tfds(path):
+                    st = os.stat(path)
+                    out.append([path, st.st_size, st.st_mtime_ns])
+    except (DataError, OSError):
+        return None
+    return out
+
+
+def _changed_sources(old: list[list], new: list[list]) -> str:
+    """What differs between two ``_sources`` lists, in words (the first few files)."""
+    was, now = {p: (n, t) for p, n, t in old}, {p: (n, t) for p, n, t in new}
+    said = [f"{p} is new" for p in now if p not in was]
+    said += [f"{p} is gone" for p in was if p not in now]
+    for p in now:
+        if p in was and now[p] != was[p]:
+            said.append(f"{p} was modified ({was[p][0]} -> {now[p][0]} bytes)"
+                        if now[p][0] != was[p][0] else f"{p} was modified (same size, newer time)")
+    return "; ".join(said[:3]) + (f"; and {len(said) - 3} more" if len(said) > 3 else "")
+
+
+def resolve_dataset(data: ml_collections.ConfigDict, workdir: str, *, progress: bool = True,
+                    resuming: bool = False) -> str:
     """Returns the folder of a prepared dataset for ``data.train``, preparing it if needed.
 
+    The text files' sizes and times are recorded with it (WORKDIR/data_request.json): text
+    changed under the same paths is prepared again, unless ``resuming`` (a run with
+    checkpoints goes on with the data its steps were counted on; a note says so).
     With several processes only process 0 checks and prepares; the others wait for it at a
     barrier and fail with a pointer to process 0's error if it could not prepare.
     """
@@ -109,12 +146,12 @@ def resolve_dataset(data: ml_collections.ConfigDict, workdir: str, *, progress: 
     if is_dataset(spec):
         return spec
     if jax.process_count() == 1:
-        return _prepare_in_workdir(data, workdir, progress)
+        return _prepare_in_workdir(data, workdir, progress, resuming)
     from jax.experimental import multihost_utils
     target, failure = None, None
     if jax.process_index() == 0:
         try:
-            target = _prepare_in_workdir(data, workdir, progress)
+            target = _prepare_in_workdir(data, workdir, progress, resuming)
         except Exception as e:  # re-raised below, once the others know
             failure = e
     # A collective: every process waits here until process 0 is done.
@@ -131,16 +168,31 @@ def resolve_dataset(data: ml_collections.ConfigDict, workdir: str, *, progress: 
     return target
 
 
-def _prepare_in_workdir(data: ml_collections.ConfigDict, workdir: str, progress: bool) -> str:
-    """Prepares ``data.train`` (text or a built-in corpus) into WORKDIR/data unless it is there."""
+def _prepare_in_workdir(data: ml_collections.ConfigDict, workdir: str, progress: bool,
+                        resuming: bool = False) -> str:
+    """Prepares ``data.train`` (text or a built-in corpus) into WORKDIR/data unless it is there
+    (prepared with the same settings from the same files; see ``resolve_dataset``)."""
     spec = str(data.train)
     target = os.path.join(workdir, "data")
-    request = _request(data)
+    request, sources = _request(data), _sources(data)
     request_path = os.path.join(workdir, "data_request.json")
     if is_dataset(target) and os.path.exists(request_path):
         with open(request_path) as f:
-            if json.load(f) == request:
+            recorded = json.load(f)
+        old_sources = recorded.pop("sources", None)  # absent before 2026-12-04: not compared
+        if recorded == request:
+            if old_sources is None or sources is None or old_sources == sources:
                 return target
+            changed = _changed_sources(old_sources, sources)
+            if resuming:
+                print(f"note: the text changed since {target} was prepared from it ({changed}); "
+                      f"this resumed run goes on with the prepared data, which its steps were "
+                      f"counted on. To train on the new text, start afresh "
+                      f"(--config.resume=false) or use another workdir", file=sys.stderr,
+                      flush=True)
+                return target
+            print(f"note: the text changed since {target} was prepared from it ({changed}); "
+                  f"preparing it again", file=sys.stderr, flush=True)
     if not is_builtin(spec) and not spec.strip():
         raise DataError("data.train is empty: give a prepared dataset, text paths/globs or 'python_stdlib'")
     prepare_dataset(spec if is_builtin(spec) else [p for p in spec.split(",") if p],
@@ -150,6 +202,8 @@ def _prepare_in_workdir(data: ml_collections.ConfigDict, workdir: str, progress:
                     overwrite=True, progress=progress,
                     val_inputs=[p for p in data.val.split(",") if p] or None,
                     test_inputs=[p for p in data.test.split(",") if p] or None)
+    if sources is not None:
+        request["sources"] = sources
     with open(request_path, "w") as f:
         json.dump(request, f, indent=2)
     return target

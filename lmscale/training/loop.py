@@ -92,7 +92,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any) -> dict[s
         finally:
             reader.close()
 
-    dataset = TokenDataset.open(resolve_dataset(config.data, workdir, progress=interactive))
+    dataset = TokenDataset.open(resolve_dataset(config.data, workdir, progress=interactive,
+                                                resuming=saved is not None))
     batcher = train_batcher(dataset, config)
     val = dataset.split("val") if "val" in dataset.split_names else None
     if val is not None:  # a split too small to validate on fails now, not after training
