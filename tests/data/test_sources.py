@@ -109,3 +109,15 @@ def test_csv_with_byte_order_mark(tmp_path):
     p = tmp_path / "bom.csv"
     p.write_bytes("text,label\nhello,1\n".encode("utf-8-sig"))
     assert list(iter_documents([str(p)])) == [b"hello"]
+
+
+@pytest.mark.parametrize("txt_mode,want", [("file", [b"hello\nworld\n"]),
+                                           ("line", [b"hello\n", b"world\n"])])
+def test_txt_byte_order_mark_is_not_text(tmp_path, txt_mode, want):
+    """As in CSV and JSONL files: the UTF-8 BOM some editors write is dropped, only at the start."""
+    p = tmp_path / "bom.txt"
+    p.write_bytes(b"\xef\xbb\xbfhello\nworld\n")
+    assert list(iter_documents([str(p)], txt_mode=txt_mode)) == want
+    q = tmp_path / "inner.txt"
+    q.write_bytes(b"a\xef\xbb\xbfb")  # not at the start: kept
+    assert list(iter_documents([str(q)])) == [b"a\xef\xbb\xbfb"]
