@@ -39,6 +39,8 @@ def _windows(path: str, size: int, share: int) -> Iterator[str]:
             offset = i * size // count
             f.seek(offset)
             data = f.read(width)
+            if offset == 0:
+                data = data.removeprefix(b"\xef\xbb\xbf")  # a byte order mark is not text
             if offset > 0 and (nl := data.find(b"\n")) >= 0:
                 data = data[nl + 1:]  # start at a line start
             if offset + width < size and (nl := data.rfind(b"\n")) >= 0:

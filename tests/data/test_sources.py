@@ -121,3 +121,11 @@ def test_txt_byte_order_mark_is_not_text(tmp_path, txt_mode, want):
     q = tmp_path / "inner.txt"
     q.write_bytes(b"a\xef\xbb\xbfb")  # not at the start: kept
     assert list(iter_documents([str(q)])) == [b"a\xef\xbb\xbfb"]
+
+
+def test_tokenizer_sample_of_a_large_txt_leaves_out_its_byte_order_mark(tmp_path):
+    from lmscale.data.sample import sample_texts
+    p = tmp_path / "big.txt"
+    p.write_bytes(b"\xef\xbb\xbf" + b"the cat sat on the mat.\n" * 2000)
+    texts = list(sample_texts([str(p)], 4000))  # a window sample: the file is larger
+    assert texts and texts[0].startswith("the cat") and "\ufeff" not in "".join(texts)
