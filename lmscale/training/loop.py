@@ -196,7 +196,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any) -> dict[s
             step += 1
             timed_steps += 1
             bar.update(1)
-            if step % config.train.log_every == 0 or step == steps:
+            logging = step % config.train.log_every == 0 or step == steps
+            if step == start + 1 and not logging:
+                # The first step compiles the program: its seconds are not throughput.
+                jax.block_until_ready(metrics)
+                timer_start, timed_steps = time.perf_counter(), 0
+            if logging:
                 acc, metrics, ls = jax.device_get((state.acc, metrics, state.loss_scale))
                 elapsed = time.perf_counter() - timer_start
                 count, steps_in_acc = max(float(acc["count"]), 1.0), max(int(acc["steps"]), 1)
