@@ -239,6 +239,7 @@ def _tokenize(paths: list[str], tmp: str, tokenizer: Tokenizer, progress: bool,
     tokens = documents = buffered = 0
     batch: list[bytes] = []
     begins: list[bool] = []
+    invalid: dict[str, int] = {}  # a subword/word tokenizer's segments of invalid UTF-8, per file
 
     def flush() -> None:
         nonlocal tokens, buffered
@@ -262,6 +263,8 @@ def _tokenize(paths: list[str], tmp: str, tokenizer: Tokenizer, progress: bool,
         for path in paths:
             size, read, shown = input_size(path), 0, 0
             for data, starts_doc in _segments(iter_pieces([path], **source_options), recut):
+                if recut and not _utf8(data):
+                    invalid[path] = invalid.get(path, 0) + 1
                 batch.append(data)
                 begins.append(starts_doc)
                 documents += starts_doc
@@ -277,7 +280,23 @@ def _tokenize(paths: list[str], tmp: str, tokenizer: Tokenizer, progress: bool,
                 flush()
                 path_ends.append(tokens)
         flush()
+    if invalid:
+        named = ", ".join(f"{p} ({n})" for p, n in list(invalid.items())[:3])
+        print(f"note: invalid UTF-8 in {named}{', ...' if len(invalid) > 3 else ''} "
+              f"(pieces of text per file): the {tokenizer.to_dict()['kind']} "
+              f"tokenizer reads their invalid bytes as U+FFFD, so the token counts and the bpc "
+              f"denominators (bytes) are those of the text with U+FFFD in their place",
+              file=sys.stderr, flush=True)
     return tokens, documents
+
+
+def _utf8(data: bytes) -> bool:
+    """Whether ``data`` is valid UTF-8."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _write_shards(tmp: str, plan: list[tuple[int, int, int]], names: list[str], documents: int,

@@ -157,3 +157,21 @@ def test_tfds_text_feature():
         list(iter_text(iter(examples), "body", "tfds:x/train"))
     with pytest.raises(DataError, match="feature 'label' is a int, not text"):
         list(iter_text(iter(examples), "label", "tfds:x/train"))
+
+
+def test_invalid_utf8_is_said_once_with_its_files(corpus, tmp_path, capsys):
+    """SentencePiece reads Unicode: invalid bytes become U+FFFD, which changes the byte counts
+    bpc divides by. Preparation says so, naming the file and how many of its pieces."""
+    folder, docs, out = corpus
+    good, bad = tmp_path / "good.txt", tmp_path / "bad.txt"
+    good.write_text(docs[0] + "\n", encoding="utf-8")
+    bad.write_bytes(docs[1].encode() + b"\nlatin-1 caf\xe9 here\n")
+    model = SentencePieceTokenizer.from_file(os.path.join(out, "tokenizer.model"))
+    prepare_dataset([str(good)], str(tmp_path / "ok"), tokenizer=model, split=(1, 0, 0),
+                    progress=False)
+    assert "UTF-8" not in capsys.readouterr().err
+    prepare_dataset([str(good), str(bad)], str(tmp_path / "out"), tokenizer=model,
+                    split=(1, 0, 0), progress=False)
+    err = capsys.readouterr().err
+    assert f"note: invalid UTF-8 in {bad} (1) (pieces of text per file)" in err, err
+    assert "U+FFFD" in err and str(good) not in err
