@@ -24,8 +24,9 @@ _SPLIT = flags.DEFINE_string("split", "val", "Split of a prepared dataset.")
 _BATCH = flags.DEFINE_integer("batch_size", 0, "Rows evaluated in parallel (reduced for short "
                                "text); 0 = the run's train.eval_batch_size.")
 _SEQ = flags.DEFINE_integer("seq_len", 0, "Tokens per step; 0 = the run's train.seq_len.")
-_STEPS = flags.DEFINE_integer("max_steps", -1, "Batches to evaluate; 0 = the whole split, "
-                              "-1 = the run's train.eval_steps.")
+_STEPS = flags.DEFINE_integer("max_steps", -1, "Batches to evaluate; 0 = the whole split "
+                              "(every token but each row's first, which has no context, and "
+                              "the last tokens-mod-rows), -1 = the run's train.eval_steps.")
 _STEP = flags.DEFINE_integer("step", -1, "Checkpoint step; -1 = the latest.")
 _BEST = flags.DEFINE_bool("best", False, "The weights with the lowest validation loss "
                           "(a run with checkpoint.keep_best; NT-ASGD: averaged) instead of a checkpoint's.")
