@@ -66,6 +66,7 @@ def plan(config: ml_collections.ConfigDict, devices: list[jax.Device] | None = N
         "precision": str(setup.policy),
         "devices": mesh.size,
         "platform": mesh.devices.flat[0].platform,
+        "recurrence_loops": _loops(config),
         "global_batch": batch,
         "per_device_batch": batch // mesh.size,
         "seq_len": width,  # tokens per row per step (train.seq_len x train.grad_accum_steps)
@@ -86,6 +87,17 @@ def plan(config: ml_collections.ConfigDict, devices: list[jax.Device] | None = N
     }
 
 
+def _loops(config: ml_collections.ConfigDict) -> str | None:
+    """The layout of the recurrence's loops the plan compiled (``scan_options``; "feature"
+    under remat), None for a model without them."""
+    from lmscale.models.recurrent import SCANNED_KINDS, current_scan_options
+    if config.model.kind not in SCANNED_KINDS:
+        return None
+    if config.model.get("remat", "none") == "segments":
+        return "feature"
+    return current_scan_options().resolved_layout()
+
+
 def format_plan(p: dict[str, Any]) -> str:
     """A human-readable summary of :func:`plan`'s result."""
     gib = 2.0**30
@@ -95,7 +107,9 @@ def format_plan(p: dict[str, Any]) -> str:
         f"{p['params'] / 1e6:.1f} M params",
         f"precision      {p['precision']}",
         f"devices        {p['devices']} ({p['platform']}); batch {p['global_batch']} global = "
-        f"{p['per_device_batch']} per device x seq {p['seq_len']}; lr {p['lr']:.3g}",
+        f"{p['per_device_batch']} per device x seq {p['seq_len']}; lr {p['lr']:.3g}"
+        + (f"; {p['recurrence_loops']}-major recurrence loops" if p.get("recurrence_loops")
+           else ""),
         f"FLOPs          {p['flops_per_token_forward'] / 1e6:.1f} M/token forward, "
         f"{p['flops_per_step_train'] / 1e12:.2f} TFLOP per train step",
         f"memory/device  {m['total'] / gib:.2f} GiB = args {m['arguments'] / gib:.2f} + outputs "

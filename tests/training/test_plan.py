@@ -115,3 +115,19 @@ def test_fit_above_the_memory_and_which_configs_get_a_remat_plan():
     assert with_remat(remat) is None
     config.model.kind = "transformer"
     assert with_remat(config) is None
+
+
+def test_plan_compiles_the_recurrence_loops_the_target_runs():
+    """--layout=batch plans the GPUs' loops on this CPU: another program, its memory its own."""
+    from lmscale.models.recurrent import scan_options
+    from lmscale.training.plan import format_plan, plan
+    from tests.conftest import tiny_config
+    config = tiny_config("unused.txt")
+    feature = plan(config)
+    with scan_options(layout="batch"):
+        batch = plan(config)
+    assert feature["recurrence_loops"] == "feature" and batch["recurrence_loops"] == "batch"
+    assert "batch-major recurrence loops" in format_plan(batch)
+    assert (batch["memory_per_device_bytes"]["temporaries"]
+            != feature["memory_per_device_bytes"]["temporaries"])
+    assert batch["flops_per_step_train"] == feature["flops_per_step_train"]
