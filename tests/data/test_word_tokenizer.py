@@ -143,3 +143,14 @@ def test_splits_given_as_their_own_files(tmp_path):
     assert tok.decode(tokens["val"]) == "a <unk>\n" and tok.decode(tokens["test"]) == "c a\n\n"
     assert len(tokens["train"]) == 350 and len(ds.split("train").shards) == 4
     assert "z" not in tok.index
+
+
+def test_invalid_utf8_in_word_text_is_said_in_a_note(tmp_path, capsys):
+    path = tmp_path / "bad.txt"
+    path.write_bytes(b"caf\xe9 ok ok\n" + b"ok yes\n" * 40)
+    out = prepare_dataset([str(path)], str(tmp_path / "ds"), split=(1, 0, 0),
+                          tokenizer=WordTraining(), progress=False)
+    err = capsys.readouterr().err
+    assert f"note: invalid UTF-8 in {path} (1)" in err and "the word tokenizer" in err, err
+    tok = TokenDataset.open(out).tokenizer
+    assert "caf\ufffd" in tok.index  # read as U+FFFD, as the note says
