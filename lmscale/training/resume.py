@@ -88,20 +88,33 @@ def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict, wh
     check_same_optimizer(old, new, where)
 
 
+# Settings whose being on or off adds or removes a link of the optimizer chain
+# (``optimizer.make_optimizer``), and so changes the optimizer state's tree; absent from an
+# older checkpoint: off (0 / False).
+OPTIMIZER_LINKS = ("optim.clip", "optim.weight_decay", "train.variable_bptt")
+
+
 def check_same_optimizer(old: dict[str, Any], new: dict[str, Any], where: str) -> None:
     """Refuses a resume with another optimizer layout: ``optim.name`` ("adam" in a checkpoint
-    that predates it) or weight decay turned on/off (a link more or less in the chain)."""
+    that predates it), or a link of the chain turned on/off (``OPTIMIZER_LINKS``): the
+    checkpoint's optimizer state would not fit (orbax reported it as an unreadable checkpoint,
+    and falling back moved good checkpoints aside)."""
+    changed = None
     before, after = _get(old, "optim.name") or "adam", _get(new, "optim.name")
-    key = "optim.name"
-    if before == after:
-        key = "optim.weight_decay"
-        before, after = _get(old, key) or 0.0, _get(new, key) or 0.0
-        if (before > 0) == (after > 0):
-            return
+    if before != after:
+        changed = ("optim.name", before, after)
+    for key in OPTIMIZER_LINKS:
+        b, a = _get(old, key) or 0, _get(new, key) or 0
+        if changed is None and bool(b) != bool(a):
+            changed = (key, b, a)
+    if changed is None:
+        return
+    key, before, after = changed
     raise CheckpointMismatchError(
         f"{where} was trained with {key}={before!r}; resuming it with {key}={after!r} is "
-        f"refused (the optimizer state differs); use the same value, a new --workdir, or "
-        f"--config.resume=false to start afresh (the old run is archived)")
+        f"refused (the optimizer state differs: a step of the optimizer is on in one and off in "
+        f"the other); use the same setting, a new --workdir, or --config.resume=false to start "
+        f"afresh (the old run is archived)")
 
 
 def resumed_derived(derived: dict[str, Any], saved: dict[str, Any],
