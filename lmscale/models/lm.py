@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lmscale.config import DEFAULT_REMAT_STEPS
+from lmscale.config import DEFAULT_REMAT_STEPS, ConfigError
 from lmscale.models import fast_dot, regularizers
 from lmscale.models.adaptive_softmax import AdaptiveTails, adaptive_log_probs, parse_cutoffs
 from lmscale.models.initializers import symmetric_uniform
@@ -88,7 +88,12 @@ class RecurrentLM(nnx.Module):
         self.ar_alpha, self.tar_beta = float(ar_alpha), float(tar_beta)
         self.tied = bool(tie_embeddings)
         self.remat_steps = int(remat_steps)  # mlstm/lstm layers: recurrent.MLSTMLayer's
-        self.cutoffs = parse_cutoffs(adaptive_cutoffs, vocab_size)
+        try:  # the vocabulary is known only now, from the data: a config error
+            self.cutoffs = parse_cutoffs(adaptive_cutoffs, vocab_size)
+        except ValueError as e:
+            raise ConfigError(f"{e} (this data's tokenizer has {vocab_size} ids: lower the "
+                              f"cut-offs, or set --config.model.adaptive_cutoffs= for a full "
+                              f"softmax)") from None
         self.embedding = nnx.Embed(vocab_size, embed, dtype=dtype,
                                    embedding_init=symmetric_uniform(0.1), rngs=rngs)
         # awd: inner layers `hidden` wide, the last `embed` wide when tied.

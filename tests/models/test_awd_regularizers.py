@@ -237,3 +237,17 @@ def test_all_regularizers_train_identically_on_eight_devices_and_one():
         np.testing.assert_allclose(r["loss8"], r["loss1"], rtol=0, atol=1e-5)
         np.testing.assert_allclose(r["norm8"], r["norm1"], rtol=1e-5)
         assert r["param_diff"] < 1e-5
+
+
+def test_cutoffs_past_the_data_vocabulary_are_a_one_line_config_error(tmp_path, corpus):
+    """The shipped WikiText-103 cut-offs on a smaller vocabulary: known only once the data is,
+    said as the other config errors are (it was a 50-line traceback through jit)."""
+    import subprocess
+    from tests.conftest import REPO, tiny_train_command
+    cmd = tiny_train_command(tmp_path / "run", corpus, **{"model.kind": "qrnn",
+                                                           "model.adaptive_cutoffs": "100,300"})
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert p.returncode != 0 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    lines = [l for l in p.stderr.splitlines() if l.startswith("error:")]
+    assert len(lines) == 1 and "below the vocabulary size 257" in lines[0], p.stderr[-2000:]
+    assert "adaptive_cutoffs=" in lines[0]
