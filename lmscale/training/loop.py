@@ -227,10 +227,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any) -> dict[s
                           file=sys.stderr, flush=True)
                 state = state.replace(acc=jax.device_put(host_zeros(zero_acc), replicated))
                 timer_start, timed_steps = time.perf_counter(), 0
-            evaluating = (config.train.eval_every and step % config.train.eval_every == 0) or step == steps
+            scheduled = bool(config.train.eval_every) and step % config.train.eval_every == 0
+            evaluating = scheduled or step == steps
             if evaluating:
                 record = run_eval(step)
-                if monitor and record and monitor.after_validation(record["loss"], step):
+                # NT-ASGD decides on the scheduled validations only: the end of a run that a
+                # later one continues (train.steps raised) is not on the grid.
+                if monitor and record and scheduled and monitor.after_validation(record["loss"], step):
                     state = state.replace(opt_state=switch_on(state.opt_state, step, replicated))
                     if progress:
                         tqdm.tqdm.write(f"step {step}: NT-ASGD switches to averaging",

@@ -160,3 +160,19 @@ def test_resume_with_another_optimizer_layout_is_refused_naming_the_field():
     same.data.train = "corpus"
     same.optim.clip = 2 * old.optim.clip  # another value, the same chain: resumable
     check_resumable({"config": old.to_dict()}, same, "W")
+
+
+def test_a_run_stopped_off_the_validation_grid_continues_as_one_run(tmp_path, corpus, monkeypatch):
+    """train.steps=3 then 6, validating every 2: the end-of-run validation at step 3 is not one
+    NT-ASGD counts, so the switch (scripted at the second scheduled validation) comes at step 4
+    as in one 6-step run (it came at 3)."""
+    monkeypatch.setattr(ntasgd, "should_switch", lambda history, loss, n: len(history) >= 1)
+    full, split = str(tmp_path / "full"), str(tmp_path / "split")
+    train(tiny_config(corpus, **NTASGD), full)
+    train(tiny_config(corpus, **{**NTASGD, "train.steps": 3, "checkpoint.every": 3}), split)
+    train(tiny_config(corpus, **NTASGD), split)
+    keys = ("step", "split", "loss", "averaged")
+    scheduled = lambda rs: [{k: r[k] for k in keys if k in r} for r in rs
+                            if r["split"] == "val" and r["step"] % 2 == 0]
+    assert scheduled(read_metrics(full)) == scheduled(read_metrics(split))
+    assert [r["averaged"] for r in scheduled(read_metrics(split))] == [False, False, True]
