@@ -343,6 +343,13 @@ def validate_awd(config: ml_collections.ConfigDict) -> None:
     if not isinstance(t.bptt_max, int) or t.bptt_max < 0 or (t.bptt_max and t.bptt_max < t.seq_len):
         raise ConfigError(f"train.bptt_max must be 0 (seq_len + 15) or >= train.seq_len={t.seq_len}, "
                           f"got {t.bptt_max!r}")
+    if t.variable_bptt:
+        from lmscale.data.variable_bptt import MIN_LEN
+        shortest = -(-MIN_LEN // t.bptt_bucket) * t.bptt_bucket  # lengths are multiples of it
+        if shortest > bptt_max(t):
+            raise ConfigError(f"train.bptt_bucket={t.bptt_bucket}: every length would be a multiple "
+                              f"of it, {shortest} or more, above the longest train.bptt_max="
+                              f"{bptt_max(t)}; use a bucket of at most {bptt_max(t)}")
     if not isinstance(t.grad_accum_steps, int) or t.grad_accum_steps < 1:
         raise ConfigError(f"train.grad_accum_steps must be a positive integer, got {t.grad_accum_steps!r}")
     if t.grad_accum_steps > 1 and t.variable_bptt:

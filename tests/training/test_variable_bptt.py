@@ -64,3 +64,18 @@ def test_bounded_programs_scaled_lr_and_bitwise_resume(tmp_path, corpus):
     keys = ("step", "split", "loss", "bpc", "lr", "grad_norm")
     strip = lambda rs: [{k: r[k] for k in keys if k in r} for r in rs]
     assert strip(read_metrics(full)) == strip(read_metrics(split))  # bitwise
+
+
+def test_a_bucket_above_the_longest_length_is_refused():
+    """bptt_bucket 50 with bptt_max 35 made every step 50 long (and its lr x 50/seq_len)."""
+    import pytest
+    from lmscale.config import ConfigError, default_config, validate
+    c = default_config()
+    c.data.train = "corpus"
+    c.train.variable_bptt, c.train.seq_len, c.train.bptt_max, c.train.bptt_bucket = True, 20, 35, 50
+    with pytest.raises(ConfigError, match="train.bptt_bucket=50.*at most 35"):
+        validate(c)
+    c.train.bptt_bucket = 35  # one length: 35
+    validate(c)
+    c.train.variable_bptt, c.train.bptt_bucket = False, 50  # not used: not checked
+    validate(c)
