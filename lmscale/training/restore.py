@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from lmscale.config import COMPUTE_DTYPES, load_config
+from lmscale.config import COMPUTE_DTYPES, ConfigError, load_config
 from lmscale.data.dataset import TokenDataset, is_dataset
 from lmscale.data.errors import DataError
 from lmscale.data.prepare import prepare_dataset
@@ -130,6 +130,9 @@ def load_trained(workdir: str, step: int | None = None, mesh: Mesh | None = None
     the weights with the lowest validation loss (``checkpoint.keep_best``, in WORKDIR/best/);
     ``compute``: the matmuls' dtype for inference (``with_compute``)."""
     _check_compute(compute)  # before the restore, which is the slow part
+    if best and step is not None:
+        raise ConfigError(f"the best weights and step {step} name two different weights of "
+                          f"{workdir}: give one (best: those validated best, at their own step)")
     config_path = os.path.join(workdir, "config.json")
     if not os.path.exists(config_path):
         raise FileNotFoundError(f"{workdir} is not a training run: {config_path} does not exist")

@@ -127,6 +127,9 @@ def test_averaged_weights_are_validated_exported_and_resume_decides_the_same(tmp
     assert read_best(full) == {"step": best["step"], "loss": best["loss"], "averaged": best["averaged"]}
     kept = load_trained(full, best=True)
     assert kept.step == best["step"]
+    from lmscale.config import ConfigError
+    with pytest.raises(ConfigError, match="give one"):  # eval --best --step=2 ignored --step
+        load_trained(full, 2, best=True)
     monkeypatch.chdir(tmp_path)  # a relative workdir, as the README's commands give it
     assert load_trained("full", best=True).step == best["step"]
     assert evaluate_data(kept, lm.derived["dataset"], split="val")["loss"] == pytest.approx(best["loss"], rel=1e-6)
