@@ -62,12 +62,13 @@ def main(argv: list[str]) -> None:
     from lmscale.training.host_memory import restart_with_huge_pages
     restart_with_huge_pages(_CONFIG.value.parallel.cpu_huge_pages, entry=__name__ == "__main__")
     join_processes()
-    from lmscale.training.loop import train
+    from lmscale.training.loop import perplexity_note, train
     result = run_cli(lambda: train(_CONFIG.value, _WORKDIR.value))  # a late SIGTERM: stop.py
     import jax
     if "val" in result and jax.process_index() == 0:
         # Its own step; "final": not a twin of the progress line in a 2>&1 log.
-        print(f"step {result['val']['step']}: final val bpc {result['val']['bpc']:.4f}")
+        val = result["val"]
+        print(f"step {val['step']}: final val bpc {val['bpc']:.4f}{perplexity_note(val)}")
     sys.exit(0)
 
 

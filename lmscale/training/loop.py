@@ -179,7 +179,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any) -> dict[s
         writer.write(record)
         last["val"] = record
         if progress:
-            tqdm.tqdm.write(f"step {step}: val bpc {result['bpc']:.4f}", file=sys.stderr)
+            tqdm.tqdm.write(f"step {step}: val bpc {result['bpc']:.4f}{perplexity_note(record)}",
+                            file=sys.stderr)
         return record
 
     tokens_per_step = derived["tokens_per_step"]
@@ -222,7 +223,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any) -> dict[s
                 bar.set_postfix(loss=f"{loss:.3f}", bpc=f"{record['bpc']:.3f}",
                                 lr=f"{record['lr']:.2e}", chars_s=f"{record['chars_per_s']:.3g}")
                 if progress and not interactive:
-                    print(f"step {step}/{steps}: loss {loss:.4f} bpc {record['bpc']:.4f} "
+                    print(f"step {step}/{steps}: loss {loss:.4f} bpc {record['bpc']:.4f}{perplexity_note(record)} "
                           f"lr {record['lr']:.3e} {record['chars_per_s']:.3g} chars/s",
                           file=sys.stderr, flush=True)
                 state = state.replace(acc=jax.device_put(host_zeros(zero_acc), replicated))
@@ -333,3 +334,8 @@ def _truncate_metrics(path: str, after_step: int) -> None:
         with open(tmp, "w") as f:
             f.writelines(keep)
         os.replace(tmp, path)
+
+
+def perplexity_note(record: dict[str, Any]) -> str:
+    """" perplexity P" for a word-level record (what word-level runs are compared by), else ""."""
+    return f" perplexity {record['perplexity']:.2f}" if "perplexity" in record else ""

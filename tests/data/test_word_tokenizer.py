@@ -112,13 +112,16 @@ def test_prepare_cli_word(tmp_path):
         "error: --word_min_count is for --tokenizer=word, not --tokenizer=sentiment_discovery"
 
 
-def test_raw_text_training_reports_perplexity(tmp_path, corpus):
+def test_raw_text_training_reports_perplexity(tmp_path, corpus, capsys):
     from lmscale.training.loop import train
     from lmscale.training.restore import evaluate_data, load_trained
     config = tiny_config(corpus, **{"data.tokenizer": "word", "train.steps": 4, "train.eval_every": 0,
-                                    "train.seq_len": 8, "train.log_every": 2})
+                                    "train.seq_len": 8, "train.log_every": 2,
+                                    "train.progress_bar": True})  # plain lines: not a terminal
     workdir = str(tmp_path / "run")
     last = train(config, workdir)
+    progress = [line for line in capsys.readouterr().err.splitlines() if line.startswith("step ")]
+    assert progress and all(" perplexity " in line for line in progress), progress
     for split in ("train", "val"):
         record = last[split]
         assert record["perplexity"] == pytest.approx(np.exp(record["loss"]))
