@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -84,6 +84,23 @@ class FinetunedClassifier(LoadedClassifier):
         return predict_probs(self.predict_fn, self.params, ids, self.mesh, **self.settings)
 
 
+def _lm_workdir(folder: str, info: dict[str, Any]) -> str:
+    """The LM a transfer classifier reads: its workdir as seen from the classifier's folder
+    (WORKDIR/transfer moves and is copied with its workdir), else the absolute path it was
+    fit with; a one-line error naming both when neither is a training run."""
+    candidates = []
+    if info.get("lm_workdir_from_here"):
+        candidates.append(os.path.normpath(os.path.join(folder, info["lm_workdir_from_here"])))
+    candidates.append(info["lm_workdir"])
+    for path in candidates:
+        if os.path.isfile(os.path.join(path, "config.json")):
+            return path
+    raise FileNotFoundError(
+        f"{folder}: the language model this classifier reads is not found: it was fit on "
+        f"{info['lm_workdir']}" + (f" (from here {candidates[0]})" if len(candidates) > 1 else "")
+        + "; put the LM's workdir back, or re-run lmscale.transfer on where it is now")
+
+
 class TransferClassifier(LoadedClassifier):
     """A ``lmscale.transfer`` output: frozen-LM features -> standardize -> logistic regression."""
 
@@ -93,6 +110,7 @@ class TransferClassifier(LoadedClassifier):
             self.info = json.load(f)
         with np.load(os.path.join(folder, "classifier.npz"), allow_pickle=False) as z:
             self.arrays = {k: z[k] for k in z.files}
+        self.info["lm_workdir"] = _lm_workdir(folder, self.info)
         # Features in the dtype the classifier was fit on (--compute of lmscale.transfer).
         self.lm = load_trained(self.info["lm_workdir"], self.info["lm_step"],
                                compute=self.info.get("compute", "float32"))

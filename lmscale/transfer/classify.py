@@ -193,4 +193,7 @@ def save_transfer_classifier(folder: str, coef: np.ndarray, intercept: np.ndarra
                  mean=scaler.mean_.astype(np.float64), scale=scaler.scale_.astype(np.float64))
     record = {"kind": "transfer_logistic_regression",
               "classes": [c if isinstance(c, str) else int(c) for c in classes], **info}
+    if "lm_workdir" in info:  # also from here: the two move together (WORKDIR/transfer)
+        record["lm_workdir_from_here"] = os.path.relpath(os.path.abspath(info["lm_workdir"]),
+                                                         os.path.abspath(folder))
     write_json(os.path.join(folder, "classifier.json"), record, indent=2)

@@ -96,3 +96,37 @@ def test_workdir_without_checkpoint_and_non_binary_labels(sst_run, tmp_path):
     assert proc.returncode == 1
     assert "has values [0, 1, 2]; binary classification needs exactly two classes" in \
         proc.stderr.strip().splitlines()[-1]
+
+
+def test_a_classifier_in_its_workdir_moves_and_copies_with_it(sst_run, tmp_path):
+    """WORKDIR/transfer reads the LM of the workdir it sits in: a moved workdir still
+    classifies, a copy reads the copy (it read the original's weights), and with the LM
+    gone the error names where it was."""
+    import csv
+    import shutil
+    import lmscale
+    rows = list(csv.DictReader(open(f"{SST}/train.csv")))
+    for name, part in (("tr", rows[:160]), ("va", rows[160:240])):
+        with open(tmp_path / f"{name}.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["label", "sentence"])
+            w.writeheader()
+            w.writerows({"label": r["label"], "sentence": r["sentence"]} for r in part)
+    lm_a = tmp_path / "lm_a"
+    shutil.copytree(sst_run, lm_a)
+    proc = run_tool(f"--workdir={lm_a}", f"--train={tmp_path}/tr.csv", f"--val={tmp_path}/va.csv",
+                    "--baseline=none", C)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    want = lmscale.load_classifier(str(lm_a / "transfer")).predict(["a fine film"])[0]
+    copy = tmp_path / "lm_copy"
+    shutil.copytree(lm_a, copy)
+    assert lmscale.load_classifier(str(copy / "transfer")).lm.workdir == str(copy)
+    lm_b = tmp_path / "lm_b"
+    lm_a.rename(lm_b)
+    moved = lmscale.load_classifier(str(lm_b / "transfer"))
+    assert moved.lm.workdir == str(lm_b)
+    np.testing.assert_allclose(moved.predict(["a fine film"])[0], want, rtol=1e-6)
+    alone = tmp_path / "alone"
+    shutil.copytree(lm_b / "transfer", alone)
+    shutil.rmtree(lm_b)
+    with pytest.raises(FileNotFoundError, match=f"it was fit on {lm_a}"):
+        lmscale.load_classifier(str(alone))
