@@ -149,11 +149,28 @@ def finetune(config: ml_collections.ConfigDict, workdir: str,
     if config.train.batch_size % mesh.size:
         raise ConfigError(f"train.batch_size={config.train.batch_size} is not divisible by the "
                           f"{mesh.size} devices")
+    check_not_a_language_model_run(workdir, config.init_from)
     splits, num_classes, class_names = load_splits(ft)  # bad data fails before any work
     lm = load_lm(config.init_from)
     config = resolve_config(config, lm)
     with locked_workdir(workdir):
         return _finetune(config, workdir, mesh, lm, splits, num_classes, class_names)
+
+
+def check_not_a_language_model_run(workdir: str, init_from: str) -> None:
+    """Refuses a fine-tuning workdir that is the LM's (``init_from``) or holds another
+    language-model training run: its checkpoints would be taken for a classifier's (a
+    "different model" refusal), and ``--config.resume=false`` would archive the LM."""
+    if init_from and os.path.abspath(workdir) == os.path.abspath(init_from):
+        raise ConfigError(f"--workdir={workdir} is the language model's own workdir "
+                          f"(init_from): give the fine-tuning run a workdir of its own")
+    config_path = os.path.join(workdir, "config.json")
+    if os.path.isfile(config_path) and os.path.isdir(os.path.join(workdir, "checkpoints")):
+        _, derived = load_config(config_path)
+        if "class_names" not in derived:
+            raise ConfigError(f"{workdir} holds a language-model training run (lmscale.train), "
+                              f"not a fine-tuning run: fine-tune into another --workdir "
+                              f"(--config.init_from={workdir} starts from that LM)")
 
 
 def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: TrainedLM,

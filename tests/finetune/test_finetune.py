@@ -363,3 +363,15 @@ def test_bad_input_one_line_errors(sst_run, data, tmp_path):
     with pytest.raises(DataError, match="row 2 has an empty 'sentence'"):
         finetune(ft_config(sst_run, str(empty), str(empty)), str(tmp_path / "e"))
     assert not any((tmp_path / d).exists() for d in ("m", "c", "e"))  # nothing half-written
+    # The LM's own workdir, or another LM run's, is not a fine-tuning workdir (it was refused
+    # as "a different model" after making best/, and resume=false archived the LM).
+    import shutil
+    other = tmp_path / "other_lm"
+    shutil.copytree(sst_run, other, ignore=shutil.ignore_patterns("best", "transfer", "features"))
+    for workdir, message in ((sst_run, "is the language model's own workdir"),
+                             (str(other), "holds a language-model training run")):
+        for resume in (True, False):
+            with pytest.raises(ConfigError, match=message):
+                finetune(ft_config(sst_run, data["sst_train"], data["sst_val"],
+                                   **{"resume": resume}), workdir)
+    assert not (other / "best").exists() and not (other / "archive").exists()
