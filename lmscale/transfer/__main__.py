@@ -62,15 +62,13 @@ def main(argv: list[str]) -> None:
         **({} if _C.value is None else {"Cs": _C.value})))
     pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"
     if r.get("multilabel"):
-        a = r["all_features"]
-        for name in ("val", "test"):
-            if name in a:
-                print(f"all {r['features']['dimensions']} features, {name}: macro F1 "
-                      f"{a[name]['macro_f1']:.4f}, Jaccard {a[name]['jaccard']:.4f}")
-        if "baseline" in r:
-            b = r["baseline"]
-            print(f"baseline {b['features']}, val: macro F1 {b['val']['macro_f1']:.4f}, "
-                  f"Jaccard {b['val']['jaccard']:.4f}")
+        for who, part in ((f"all {r['features']['dimensions']} features", r["all_features"]),
+                          *(((f"baseline {r['baseline']['features']}", r["baseline"]),)
+                            if "baseline" in r else ())):
+            for name in ("val", "test"):
+                if part.get(name):
+                    print(f"{who}, {name}: macro F1 {part[name]['macro_f1']:.4f}, "
+                          f"Jaccard {part[name]['jaccard']:.4f}")
         return
     a, n = r["all_features"], r["neuron"]
     print(f"all {r['features']['dimensions']} features: test {pct(a['test_accuracy'])} "

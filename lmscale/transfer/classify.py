@@ -168,14 +168,23 @@ def neuron_summary(fit: Fit, x_train: np.ndarray, y_train: np.ndarray, x_val: np
                    y_val: np.ndarray, x_test: np.ndarray | None = None,
                    y_test: np.ndarray | None = None, *, Cs: Sequence[float] = C_GRID,
                    seed: int = 0) -> dict[str, Any]:
-    """The top unit (``ranked_units``): index, sign of its weight (of its covariance with the
-    label when the fit kept no unit), and the accuracy of a classifier on it alone."""
+    """The top unit (``ranked_units``): index, its sign, and the accuracy of a classifier on
+    it alone.
+
+    ``sign`` is the unit's own direction: that of the classifier on it alone (of its
+    covariance with the label when that kept no weight) — what its heatmap and a neuron held
+    at a value in generation mean. The all-features fit's weight (``weight``, its sign
+    ``sign_in_fit``) can point the other way: there a unit may correct the others."""
     scores = _unit_scores(fit, x_train, y_train)
     unit = int(_by_magnitude(scores)[0])
     alone = fit_l1(x_train[:, [unit]], y_train, x_val[:, [unit]], y_val,
                    None if x_test is None else x_test[:, [unit]], y_test, Cs=Cs, seed=seed)
-    return {"index": unit, "sign": int(np.sign(scores[unit])), "weight": float(fit.coef[unit]),
-            "selected_by": selected_by(fit),
+    y = np.asarray(y_train, np.float64)
+    own = [float(alone.coef[0]), float(np.asarray(x_train[:, unit], np.float64) @ (y - y.mean())),
+           float(scores[unit])]
+    sign = int(np.sign(next((v for v in own if v != 0), 0.0)))
+    return {"index": unit, "sign": sign, "sign_in_fit": int(np.sign(scores[unit])),
+            "weight": float(fit.coef[unit]), "selected_by": selected_by(fit),
             **{k: v for k, v in alone.summary().items() if k != "val_accuracy_by_C"}}
 
 

@@ -112,7 +112,8 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
         results["baseline"] = {"features": f"{baseline} n-grams", "vocabulary": mats[-1],
                                **base.summary()}
     results["featurization"] = _featurization(splits, feat_s)
-    results["plots"] = _plots(lm, splits, raw_feats, fit, neuron["index"], output, examples, state)
+    results["plots"] = _plots(lm, splits, raw_feats, fit, neuron["index"], neuron["sign"], output,
+                              examples, state)
     _write_results(output, results)
     return results
 
@@ -165,7 +166,9 @@ def _write_results(output: str, results: dict[str, Any]) -> None:
 
 
 def _plots(lm: TrainedLM, splits: dict[str, Labeled], feats: dict[str, np.ndarray], fit: Any,
-           unit: int, output: str, examples: int, state: str) -> dict[str, str]:
+           unit: int, sign: int, output: str, examples: int, state: str) -> dict[str, str]:
+    """The histogram, weights and heatmap plots; ``sign``: the unit's own (``neuron_summary``),
+    which colours the heatmap."""
     shown = "test" if "test" in splits else "val"
     paths = {"histogram": os.path.join(output, "neuron_histogram.png"),
              "weights": os.path.join(output, "weights.png"),
@@ -180,7 +183,7 @@ def _plots(lm: TrainedLM, splits: dict[str, Labeled], feats: dict[str, np.ndarra
     layer, unit_in_layer = layer_and_unit(unit, hidden, feats["train"].shape[1] > hidden)
     traces = [unit_trace(lm, t, unit_in_layer, state=state, layer=layer) for t in texts]
     texts = preprocess_texts(lm, texts)  # the traces follow the text as the LM read it
-    sign = 1 if fit.coef[unit] >= 0 else -1
+    sign = 1 if sign >= 0 else -1
     plots.heatmap_png(texts, traces, paths["heatmap"], unit=unit, sign=sign)
     plots.heatmap_html(texts, traces, paths["heatmap_html"], unit=unit, sign=sign)
     return paths

@@ -314,6 +314,14 @@ def test_multilabel_transfer_per_label_models_and_classify(sst_run, data, tmp_pa
     from sklearn.metrics import f1_score
     assert f1_score(val.labels, pred, average="macro", zero_division=0) == pytest.approx(
         a["val"]["macro_f1"], abs=1e-6)
+    # The CLI prints every split of both models (the baseline's test was left out).
+    p = _cli("lmscale.transfer", f"--workdir={sst_run}", f"--train={data['sem_train']}",
+             f"--val={data['sem_val']}", f"--test={data['sem_val']}", "--text_column=Tweet",
+             f"--label_column={EMOTIONS}", f"--output={tmp_path / 'cli'}", "--C=0.25,1")
+    shown = [line.split(":")[0] for line in p.stdout.splitlines()
+             if "macro F1" in line and line.startswith(("all ", "baseline "))]
+    assert len(shown) == 4 and [s.rsplit(", ", 1)[1] for s in shown] == ["val", "test"] * 2
+    assert shown[2].startswith("baseline"), p.stdout
 
 
 def _cli(module: str, *args: str, ok: bool = True) -> subprocess.CompletedProcess:

@@ -96,3 +96,17 @@ def test_fits_in_worker_processes_equal_fits_one_after_another():
         np.testing.assert_array_equal(a.coef_, b.coef_)
         np.testing.assert_array_equal(a.intercept_, b.intercept_)
     assert not np.array_equal(here[0].coef_, here[1].coef_)  # the Cs differ: so do the models
+
+
+def test_the_neuron_sign_is_its_own_not_its_weight_among_all_units():
+    """In an all-features fit a unit may correct the others and take the weight sign opposite
+    to its own (seen on a tiny SST LM: weight -0.96, alone +0.15, correlation +0.05). The
+    reported sign is the unit's own, what its heatmap and a held value in generation mean;
+    the fit's is kept as sign_in_fit. Here the fit's weights are turned around to stand for
+    such a fit."""
+    x, y = planted(unit=7)
+    fit = fit_l1(x[:400], y[:400], x[400:500], y[400:500], x[500:], y[500:])
+    fit.model.coef_ = -fit.model.coef_
+    neuron = neuron_summary(fit, x[:400], y[:400], x[400:500], y[400:500], x[500:], y[500:])
+    assert neuron["index"] == 7 and neuron["sign"] == -1 and neuron["sign_in_fit"] == 1
+    assert neuron["weight"] > 0
