@@ -49,7 +49,8 @@ def classify() -> dict:
             raise DataError(f"--labels names {data.label_names}; the classifier's classes are "
                             f"{clf.class_names}")
         check_labels(data.labels, clf.multilabel, len(clf.class_names), data.source, data.label_names,
-                     "the classifier")
+                     "the classifier", several_columns_hint=f"the classifier is single-label, "
+                     f"its classes {', '.join(clf.class_names)}: give --labels its one column")
     else:
         texts = read_texts(_INPUT.value, _TEXT.value)
     probs, pred = clf.predict(texts)

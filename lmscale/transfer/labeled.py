@@ -127,10 +127,15 @@ def _read_tfds(name: str, text_key: str, label_names: list[str]) -> tuple[list[s
     return texts, rows
 
 
+SEVERAL_COLUMNS_HINT = "set finetune.multilabel=true for several 0/1 columns"
+
+
 def check_labels(labels: np.ndarray, multilabel: bool, num_classes: int, source: str,
-                 names: Sequence[str], classes_from: str = "the task") -> None:
+                 names: Sequence[str], classes_from: str = "the task",
+                 several_columns_hint: str = SEVERAL_COLUMNS_HINT) -> None:
     """Raises DataError naming the file and column unless the labels fit the task;
-    ``classes_from`` says where ``num_classes`` came from."""
+    ``classes_from`` says where ``num_classes`` came from; ``several_columns_hint``, what to do
+    about several label columns given to a single-label task."""
     if multilabel:
         if labels.ndim != 2:
             labels = labels.reshape(len(labels), -1)
@@ -141,8 +146,8 @@ def check_labels(labels: np.ndarray, multilabel: bool, num_classes: int, source:
                                 "multi-label columns must be 0 or 1")
         return
     if labels.ndim != 1:
-        raise DataError(f"{source}: {len(names)} label columns given; single-label needs one "
-                        "(set finetune.multilabel=true for several 0/1 columns)")
+        raise DataError(f"{source}: {len(names)} label columns given ({', '.join(names)}); "
+                        f"single-label needs one ({several_columns_hint})")
     bad = sorted(set(np.unique(labels).tolist()) - set(range(num_classes)))
     if bad:
         raise DataError(f"{source}: label column {names[0]!r} has values {bad[:5]} outside the "

@@ -275,6 +275,13 @@ def test_classify_transfer_output(sst_run, data, tmp_path):
     val = load_labeled(data["sst_val"])
     _, pred = clf.predict(val.texts)
     assert np.mean(pred == val.labels) == pytest.approx(r["all_features"]["val_accuracy"])
+    # Several label columns for this single-label classifier: said in classify's terms (it
+    # advised finetune.multilabel, a field classify has not).
+    p = _cli("lmscale.classify", f"--workdir={out}", f"--input={data['sem_val']}",
+             "--text_column=Tweet", "--labels=anger,joy", f"--output={tmp_path}/p.csv", ok=False)
+    assert p.stderr.strip().count("\n") == 0, p.stderr
+    assert ("2 label columns given (anger, joy); single-label needs one (the classifier is "
+            "single-label, its classes 0, 1: give --labels its one column)") in p.stderr
 
 
 def test_multilabel_transfer_per_label_models_and_classify(sst_run, data, tmp_path):
