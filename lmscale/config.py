@@ -347,9 +347,10 @@ def validate_awd(config: ml_collections.ConfigDict) -> None:
         from lmscale.data.variable_bptt import MIN_LEN
         shortest = -(-MIN_LEN // t.bptt_bucket) * t.bptt_bucket  # lengths are multiples of it
         if shortest > bptt_max(t):
-            raise ConfigError(f"train.bptt_bucket={t.bptt_bucket}: every length would be a multiple "
-                              f"of it, {shortest} or more, above the longest train.bptt_max="
-                              f"{bptt_max(t)}; use a bucket of at most {bptt_max(t)}")
+            raise ConfigError(f"train.bptt_bucket={t.bptt_bucket}: every length would be a "
+                              f"multiple of it, {shortest} or more, above the longest "
+                              f"train.bptt_max={bptt_max(t)}; use a bucket of at most "
+                              f"{bptt_max(t)}")
     if not isinstance(t.grad_accum_steps, int) or t.grad_accum_steps < 1:
         raise ConfigError(f"train.grad_accum_steps must be a positive integer, got {t.grad_accum_steps!r}")
     if t.grad_accum_steps > 1 and t.variable_bptt:

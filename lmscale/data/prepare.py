@@ -283,7 +283,8 @@ def _tokenize(paths: list[str], tmp: str, tokenizer: Tokenizer, progress: bool,
     if invalid:
         named = ", ".join(f"{p} ({n})" for p, n in list(invalid.items())[:3])
         print(f"note: invalid UTF-8 in {named}{', ...' if len(invalid) > 3 else ''} "
-              f"(pieces of text per file): the {'word' if isinstance(tokenizer, WordCounter) else 'subword'} "
+              f"(pieces of text per file): the "
+              f"{'word' if isinstance(tokenizer, WordCounter) else 'subword'} "
               f"tokenizer reads their invalid bytes as U+FFFD, so the token counts and the bpc "
               f"denominators (bytes) are those of the text with U+FFFD in their place",
               file=sys.stderr, flush=True)

@@ -223,7 +223,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any) -> dict[s
                 bar.set_postfix(loss=f"{loss:.3f}", bpc=f"{record['bpc']:.3f}",
                                 lr=f"{record['lr']:.2e}", chars_s=f"{record['chars_per_s']:.3g}")
                 if progress and not interactive:
-                    print(f"step {step}/{steps}: loss {loss:.4f} bpc {record['bpc']:.4f}{perplexity_note(record)} "
+                    print(f"step {step}/{steps}: loss {loss:.4f} bpc {record['bpc']:.4f}"
+                          f"{perplexity_note(record)} "
                           f"lr {record['lr']:.3e} {record['chars_per_s']:.3g} chars/s",
                           file=sys.stderr, flush=True)
                 state = state.replace(acc=jax.device_put(host_zeros(zero_acc), replicated))
@@ -234,7 +235,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any) -> dict[s
                 record = run_eval(step)
                 # NT-ASGD decides on the scheduled validations only: the end of a run that a
                 # later one continues (train.steps raised) is not on the grid.
-                if monitor and record and scheduled and monitor.after_validation(record["loss"], step):
+                if (monitor and record and scheduled
+                        and monitor.after_validation(record["loss"], step)):
                     state = state.replace(opt_state=switch_on(state.opt_state, step, replicated))
                     if progress:
                         tqdm.tqdm.write(f"step {step}: NT-ASGD switches to averaging",
