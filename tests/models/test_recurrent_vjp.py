@@ -278,6 +278,10 @@ def test_batch_layout_unrolled_same_gradient_and_auto_options(kind):
     assert ScanOptions().resolved_layout() == "feature" and ScanOptions().resolved_unroll() == 1
     assert ScanOptions(layout="batch").resolved_unroll() == 2
     assert ScanOptions(layout="batch", unroll=3).resolved_unroll() == 3
+    import unittest.mock
+    with unittest.mock.patch.object(jax, "default_backend", lambda: "gpu"):  # as on a GPU
+        assert ScanOptions().resolved_layout() == "batch" and ScanOptions().resolved_unroll() == 2
+        assert ScanOptions(layout="feature").resolved_unroll() == 1
     with pytest.raises(ValueError, match="layout in"):
         with scan_options(layout="rows"):
             pass
