@@ -22,16 +22,22 @@ _DATA = flags.DEFINE_string("data", None, "A prepared dataset folder, or text pa
                             "default: the run's own training dataset (its --split).")
 _SPLIT = flags.DEFINE_string("split", "val", "Split of a prepared dataset.")
 _BATCH = flags.DEFINE_integer("batch_size", 0, "Rows evaluated in parallel (reduced for short "
-                               "text); 0 = the run's train.eval_batch_size.")
-_SEQ = flags.DEFINE_integer("seq_len", 0, "Tokens per step; 0 = the run's train.seq_len.")
+                               "text); 0 = the run's train.eval_batch_size.", lower_bound=0)
+_SEQ = flags.DEFINE_integer("seq_len", 0, "Tokens per step; 0 = the run's train.seq_len.",
+                            lower_bound=0)
 _STEPS = flags.DEFINE_integer("max_steps", -1, "Batches to evaluate; 0 = the whole split "
                               "(every token but each row's first, which has no context, and "
                               "the last tokens-mod-rows), -1 = the run's train.eval_steps.")
 _STEP = flags.DEFINE_integer("step", -1, "Checkpoint step; -1 = the latest.")
 _BEST = flags.DEFINE_bool("best", False, "The weights with the lowest validation loss "
                           "(a run with checkpoint.keep_best; NT-ASGD: averaged) instead of a checkpoint's.")
-_COLUMN = flags.DEFINE_string("text_column", None, "CSV column holding the text.")
-_FIELD = flags.DEFINE_string("text_field", None, "JSONL field holding the text.")
+_COLUMN = flags.DEFINE_string("text_column", None, "CSV column holding the text; default: the "
+                              "run's data.text_column.")
+_FIELD = flags.DEFINE_string("text_field", None, "JSONL field holding the text; default: the "
+                             "run's data.text_field.")
+_COMPUTE = flags.DEFINE_enum("compute", None, ["float32", "bfloat16", "float16"],
+                             "Dtype of the matmuls; default: the run's precision.compute, so its "
+                             "validation gives the BPC its training logged.")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -39,11 +45,12 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from lmscale.training.host_devices import split_host_like_run
-    from lmscale.training.restore import evaluate_data, load_trained, run_dataset
+    from lmscale.training.restore import evaluate_data, load_trained, run_dataset, with_compute
     run_cli(lambda: split_host_like_run(_WORKDIR.value))  # the devices the run trained on
 
     def run() -> dict:
         lm = load_trained(_WORKDIR.value, None if _STEP.value < 0 else _STEP.value, best=_BEST.value)
+        lm = with_compute(lm, _COMPUTE.value or lm.config.precision.compute)
         data = _DATA.value or run_dataset(lm)
         result = evaluate_data(lm, data, split=_SPLIT.value, batch_size=_BATCH.value or None,
                                seq_len=_SEQ.value or None,
@@ -51,7 +58,7 @@ def main(argv: list[str]) -> None:
                                text_field=_FIELD.value)
         from lmscale.data.dataset import is_dataset
         split = _SPLIT.value if is_dataset(data) else "all"  # text files: all of their text
-        return {"step": lm.step, "data": data, "split": split, **result}
+        return {"step": lm.step, "data": data, "split": split, "compute": lm.compute, **result}
 
     result = run_cli(run)
     print(json.dumps(result))

@@ -235,14 +235,23 @@ def evaluate_data(lm: TrainedLM, data: str, *, split: str = "val", batch_size: i
     """Loss and BPC of ``lm`` on a split of a prepared dataset, or on text files (paths/globs).
 
     Settings left None are the run's own (``train.eval_batch_size``, ``train.seq_len``,
-    ``train.eval_steps``; ``data.reset_on_documents`` always), so a run's validation split
-    gives exactly the BPC its training logged.
+    ``train.eval_steps``, the CSV column / JSONL field of its text; ``data.reset_on_documents``
+    always), so a run's validation split gives exactly the BPC its training logged (read
+    ``lm`` in the run's ``precision.compute``, as ``lmscale.eval`` does).
     """
     from lmscale.training.loop import eval_settings
     settings = eval_settings(lm.config)
     for key, value in (("batch_size", batch_size), ("seq_len", seq_len), ("max_steps", max_steps)):
         if value is not None:
+            if key != "max_steps" and value < 1:
+                raise ConfigError(f"{key} must be a positive integer, got {value}")
             settings[key] = value
+    max_len = lm.config.model.get("max_len") if lm.config.model.kind == "transformer" else None
+    if max_len and settings["seq_len"] > max_len:
+        raise ConfigError(f"seq_len {settings['seq_len']} is longer than the transformer's "
+                          f"model.max_len={max_len}: evaluate with a seq_len of at most {max_len}")
+    text_column = text_column or lm.config.data.get("text_column") or None
+    text_field = text_field or lm.config.data.get("text_field") or None
     if is_dataset(data):
         dataset = TokenDataset.open(data)
         if dataset.tokenizer.to_dict() != lm.tokenizer.to_dict():

@@ -192,3 +192,43 @@ def test_first_train_record_throughput_leaves_out_the_compile(tmp_path, corpus):
     rates = [r["chars_per_s"] for r in read_metrics(workdir) if r["split"] == "train"]
     assert len(rates) == 3
     assert rates[0] > 0.3 * min(rates[1:]), rates
+
+
+def test_eval_tool_reads_the_run_as_it_trained_and_checks_its_flags(tmp_path):
+    """A bfloat16 run's validation BPC again, exactly (eval read float32 weights as float32:
+    7.044961 against a logged 7.045263); the run's CSV column; one-line flag errors."""
+    import csv
+    rows = [{"id": i, "sentence": "the cat sat on the mat and the dog ran. " * 3} for i in range(60)]
+    data = tmp_path / "d.csv"
+    with open(data, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["id", "sentence"])
+        w.writeheader()
+        w.writerows(rows)
+    workdir = str(tmp_path / "run")
+    train(tiny_config(str(data), **{"train.steps": 4, "train.eval_every": 4,
+                                    "data.text_column": "sentence",
+                                    "precision.compute": "bfloat16"}), workdir)
+    logged = [r for r in read_metrics(workdir) if r["split"] == "val"][-1]["bpc"]
+    eval_ = lambda *args: subprocess.run([sys.executable, "-m", "lmscale.eval",
+                                          f"--workdir={workdir}", *args], cwd=REPO,
+                                         capture_output=True, text=True, timeout=120)
+    proc = eval_()
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["bpc"] == logged and result["compute"] == "bfloat16"
+    proc = eval_(f"--data={data}")  # the run's data.text_column, not 'text'
+    assert proc.returncode == 0, proc.stderr
+    proc = eval_("--batch_size=-1")
+    assert proc.returncode != 0 and "--batch_size" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_eval_of_a_transformer_past_its_max_len_is_one_line(tmp_path, corpus):
+    from tests.conftest import TINY_TRANSFORMER
+    workdir = str(tmp_path / "t")
+    train(tiny_config(corpus, **{**TINY_TRANSFORMER, "train.steps": 2}), workdir)
+    max_len = json.load(open(os.path.join(workdir, "config.json")))["model"]["max_len"]
+    proc = subprocess.run([sys.executable, "-m", "lmscale.eval", f"--workdir={workdir}",
+                           f"--seq_len={max_len + 1}"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert f"longer than the transformer's model.max_len={max_len}" in proc.stderr
