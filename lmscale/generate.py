@@ -18,7 +18,8 @@ from lmscale.cli import parse_flags, run_cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained (or imported) LM's run directory.")
 _PROMPT = flags.DEFINE_string("prompt", "\n", "Text to continue.")
-_LENGTH = flags.DEFINE_integer("length", 200, "Tokens to generate (bytes for a byte-level model).")
+_LENGTH = flags.DEFINE_integer("length", 200, "Tokens to generate (bytes for a byte-level model); "
+                               "not given, a transformer generates at most half its max_len.")
 _TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Sampling temperature; 0 = greedy.")
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Sample among the k most likely only; 0 = off.")
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass; 1 = off.")
@@ -47,17 +48,25 @@ def main(argv: list[str]) -> None:
 
     def run() -> dict:
         lm = load_trained(_WORKDIR.value, compute=_COMPUTE.value)
-        texts = generate(lm, _PROMPT.value, _LENGTH.value, temperature=_TEMPERATURE.value,
+        length = _LENGTH.value
+        max_len = lm.model().max_len
+        if not flags.FLAGS["length"].present and max_len is not None and length > max_len // 2:
+            length = max_len // 2  # the default, for a transformer: room for the prompt too
+        texts = generate(lm, _PROMPT.value, length, temperature=_TEMPERATURE.value,
                          top_k=_TOP_K.value, top_p=_TOP_P.value, samples=_SAMPLES.value,
                          seed=_SEED.value, neuron=_NEURON.value, neuron_value=_VALUE.value,
                          neuron_state=_STATE.value)
         out = _OUTPUT.value or os.path.join(_WORKDIR.value, "generate")
         os.makedirs(out, exist_ok=True)
-        record = {"prompt": _PROMPT.value, "neuron": _NEURON.value, "neuron_value": _VALUE.value,
+        record = {"prompt": _PROMPT.value, "length": length, "seed": _SEED.value,
+                  "neuron": _NEURON.value, "neuron_value": _VALUE.value,
                   "temperature": _TEMPERATURE.value, "top_k": _TOP_K.value, "top_p": _TOP_P.value,
                   "compute": lm.compute, "samples": texts}
         with open(os.path.join(out, "samples.json"), "w") as f:
             json.dump(record, f, indent=2)
+        for name in ("heatmap.png", "heatmap.html"):  # an earlier call's, of other samples
+            if os.path.exists(os.path.join(out, name)):
+                os.remove(os.path.join(out, name))
         unit = _HEATMAP_UNIT.value if _HEATMAP_UNIT.value is not None else _NEURON.value
         state, layer, sign = _STATE.value, -1, 1
         found = _transfer_neuron(_WORKDIR.value, lm.model().feature_width)

@@ -23,11 +23,12 @@ from lmscale.training.restore import TrainedLM, prepared_weights
 
 
 def filter_logits(logits: jax.Array, *, temperature: float, top_k: int, top_p: float,
-                  banned: int | None) -> jax.Array:
-    """Log-probabilities [B, V] after temperature, top-k and top-p; removed entries -inf."""
+                  banned: int | tuple[int, ...] | None) -> jax.Array:
+    """Log-probabilities [B, V] after temperature, top-k and top-p; removed entries -inf
+    (``banned``: ids never sampled, e.g. padding)."""
     logits = logits.astype(jnp.float32)
-    if banned is not None:
-        logits = logits.at[:, banned].set(-jnp.inf)
+    if banned is not None and banned != ():
+        logits = logits.at[:, jnp.asarray(banned)].set(-jnp.inf)
     logits = logits / max(temperature, 1e-6)
     if top_k > 0:
         kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
@@ -43,7 +44,8 @@ def filter_logits(logits: jax.Array, *, temperature: float, top_k: int, top_p: f
 
 @functools.lru_cache(maxsize=32)
 def _sampler(graphdef: nnx.GraphDef, length: int, temperature: float, top_k: int, top_p: float,
-             neuron: int | None, value: float, state: str, banned: int | None) -> Callable:
+             neuron: int | None, value: float, state: str,
+             banned: tuple[int, ...] | None) -> Callable:
     """The jitted prompt-then-sample program; cached, so that generating again with the same
     model and settings reuses the compiled program (jit caches per function object)."""
     def run(params: Any, prepared: Any, prompt: jax.Array, seed: jax.Array) -> jax.Array:
@@ -130,10 +132,19 @@ def generate(lm: TrainedLM, prompt: str, length: int = 200, *, temperature: floa
         print(f"note: the prompt's words {shown} are not in the model's vocabulary; it reads "
               f"each as <unk>", file=sys.stderr, flush=True)
     if model.max_len is not None and len(ids) + length > model.max_len:
-        raise DataError(f"the prompt ({len(ids)} tokens) plus length {length} exceeds the model's "
-                        f"max_len {model.max_len}; ask for at most {max(model.max_len - len(ids), 0)}")
+        if length >= model.max_len:
+            raise DataError(f"length {length}: a transformer with max_len {model.max_len} "
+                            f"generates at most {model.max_len - 1} tokens after a prompt")
+        keep = model.max_len - length  # the prompt's last tokens: what the model can read
+        print(f"note: the prompt's first {len(ids) - keep} of {len(ids)} tokens are left out: "
+              f"the transformer reads at most max_len={model.max_len} tokens, {length} of them "
+              f"generated", file=sys.stderr, flush=True)
+        ids = ids[-keep:]
+    unsampled = getattr(lm.tokenizer, "unsampled_ids", None)
+    banned = (tuple(unsampled()) if unsampled is not None else
+              () if lm.tokenizer.pad_id is None else (int(lm.tokenizer.pad_id),))
     fn = _sampler(lm.graphdef, length, float(temperature), int(top_k), float(top_p), neuron,
-                  float(neuron_value), neuron_state, lm.tokenizer.pad_id)
+                  float(neuron_value), neuron_state, banned)
     prompts = np.tile(ids, (samples, 1))  # numpy: jnp.asarray would be a program of its own
     # uint32 seed: the key PRNGKey(seed) makes of any Python int (it keeps the low 32 bits)
     tokens = np.asarray(fn(lm.params, prepared_weights(lm), prompts, np.uint32(seed % 2**32)))

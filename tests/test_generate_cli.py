@@ -54,3 +54,20 @@ def test_the_default_heatmap_reads_the_neuron_in_the_state_the_transfer_used(sst
     hidden, cell = (unit_trace(lm, "The movie", 3, state=s)[:9] for s in ("hidden", "cell"))
     np.testing.assert_allclose(shown, hidden, atol=2e-3)
     assert not np.allclose(shown, cell, atol=2e-3)
+
+
+def test_a_second_call_leaves_no_stale_heatmap_and_records_its_settings(sst_run, tmp_path):
+    import shutil
+    workdir = tmp_path / "lm"
+    shutil.copytree(sst_run, workdir, ignore=shutil.ignore_patterns("transfer", "generate"))
+    run = lambda *args: subprocess.run(
+        [sys.executable, "-m", "lmscale.generate", f"--workdir={workdir}", "--length=4", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert run("--prompt=Hello", "--neuron=3", "--neuron_value=1").returncode == 0
+    out = workdir / "generate"
+    assert (out / "heatmap.png").exists() and (out / "heatmap.html").exists()
+    proc = run("--prompt=Goodbye", "--seed=5")  # no unit to show: the old heatmap goes
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not (out / "heatmap.png").exists() and not (out / "heatmap.html").exists()
+    record = json.loads((out / "samples.json").read_text())
+    assert record["seed"] == 5 and record["length"] == 4 and record["neuron"] is None

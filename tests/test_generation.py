@@ -244,3 +244,41 @@ def test_transformer_decoding_copies_no_cache(dtype):
             if sorted(int(d) for d in found.group(3).split(",")) == cache:
                 copies.append(line.strip()[:160])
     assert not copies, copies
+
+
+def test_a_transformer_prompt_past_max_len_keeps_its_last_tokens(capfd):
+    """A prompt longer than max_len - length was refused ("ask for at most 0"): the model reads
+    its last max_len - length tokens, said in a note; greedy, the continuation is that of
+    those tokens given alone. A length of max_len or more is refused in one line."""
+    lm = random_transformer_lm(max_len=16)
+    long_prompt = "abcdefghijklmnopqrstuvwxyz"
+    got = generate(lm, long_prompt, 6, temperature=0.0)[0]
+    assert "left out" in capfd.readouterr().err
+    assert got.startswith(long_prompt)
+    tail = generate(lm, long_prompt[-10:], 6, temperature=0.0)[0]  # 10 = 16 - 6 bytes
+    assert got[len(long_prompt):] == tail[10:]
+    with pytest.raises(DataError, match="generates at most 15 tokens"):
+        generate(lm, "a", 16)
+
+
+def test_sentencepiece_generation_never_samples_unknown_or_control_pieces(tmp_path):
+    """Byte fallback: no prepared text holds <unk> (SentencePiece's " ⁇ ") or a control piece;
+    a model that gives them mass (here all of it, by its output bias) samples others."""
+    from lmscale.data.spm import SentencePieceTraining
+    import dataclasses
+    text = tmp_path / "t.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 200)
+    from lmscale.data.spm import train_sentencepiece
+    tok = train_sentencepiece([text.read_text()], SentencePieceTraining(vocab_size=300),
+                              source=str(text))
+    banned = tok.unsampled_ids()
+    sp = tok.processor
+    assert 0 in banned and sp.unk_id() + 1 in banned
+    lm = random_lm(hidden=16)
+    from lmscale.models import model_params
+    graphdef, params = model_params(lm.config.model, tok.vocab_size, seed=0)
+    bias = params["decoder"]["bias"]
+    bias.value = bias.value.at[jnp.asarray(banned)].set(50.0)  # all the mass, unless banned
+    lm = dataclasses.replace(lm, tokenizer=tok, graphdef=graphdef, params=params, decode_cache={})
+    out = generate(lm, "the", 20, temperature=1.0, seed=1, samples=4)
+    assert all("\u2047" not in s and len(s) > len("the") for s in out), out

@@ -192,6 +192,13 @@ class SentencePieceTokenizer(FileTokenizer):
             self._byte_lengths = lengths
         return self._byte_lengths
 
+    def unsampled_ids(self) -> tuple[int, ...]:
+        """Ids generation never samples: padding and the pieces no text encodes to (unknown,
+        control, unused; with byte fallback, prepared text has no unknown piece)."""
+        sp = self._sp
+        return (0,) + tuple(i + 1 for i in range(sp.get_piece_size())
+                            if sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i))
+
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "sentencepiece", "model": MODEL_FILE, "sha256": self.sha256,
                 "vocab_size": self._vocab_size}
