@@ -52,7 +52,7 @@ def main(argv: list[str]) -> None:
     from lmscale.training.precision import FEATURIZE_ADVICE, print_compute_hint
     from lmscale.transfer.run import run_transfer
 
-    print_compute_hint(_COMPUTE.value, jax.devices()[0], FEATURIZE_ADVICE)
+    run_cli(lambda: print_compute_hint(_COMPUTE.value, jax.devices()[0], FEATURIZE_ADVICE))
 
     r = run_cli(lambda: run_transfer(
         _WORKDIR.value, _TRAIN.value, _VAL.value, _TEST.value, text_column=_TEXT.value,

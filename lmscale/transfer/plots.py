@@ -7,6 +7,9 @@ the heatmap also as a standalone HTML page (inline styles, no scripts).
 from __future__ import annotations
 
 import html
+import os
+import sys
+import warnings
 from typing import Sequence
 
 import matplotlib
@@ -92,9 +95,20 @@ def heatmap_png(texts: Sequence[str], traces: Sequence[np.ndarray], path: str, *
                     va="center", fontsize=7, family="monospace")
     ax.set_title(f"unit {unit} after each character (median {center:.2f}): "
                  "green = towards positive, red = towards negative", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with warnings.catch_warnings(record=True) as caught:  # drawn here: a warning per glyph
+        warnings.simplefilter("always")
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
     plt.close(fig)
+    missing = [w for w in caught if "missing from font" in str(w.message)]
+    for w in caught:
+        if w not in missing:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if missing:
+        glyphs = len({str(w.message) for w in missing})  # each drawn twice (layout, save)
+        print(f"note: {path}: the font lacks {glyphs} of the characters (CJK, emoji...), "
+              f"drawn as boxes; {os.path.splitext(os.path.basename(path))[0]}.html shows them",
+              file=sys.stderr, flush=True)
 
 
 def heatmap_html(texts: Sequence[str], traces: Sequence[np.ndarray], path: str, *, unit: int,
