@@ -40,6 +40,12 @@ class LM:
         return self.trained.derived
 
     @property
+    def decode_cache(self) -> dict[str, Any]:
+        """The weights as generation's decoder reads them, kept for the next call (made again
+        when the weights change); ``lm.decode_cache.clear()`` frees them."""
+        return self.trained.decode_cache
+
+    @property
     def hidden(self) -> int:
         """Width of the features (the last layer's state or output)."""
         return self.trained.model().feature_width

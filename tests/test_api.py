@@ -44,6 +44,9 @@ def test_load_lm_score_featurize_generate(sst_run):
     assert feats.shape == (3, lm.hidden)
     [sample] = lm.generate("The ", 20, temperature=0.0)
     assert sample.startswith("The ") and len(sample.encode()) >= 24
+    assert lm.decode_cache  # the README's name for the decoder's weights, kept for the next call
+    lm.decode_cache.clear()
+    assert not lm.trained.decode_cache and lm.generate("The ", 20, temperature=0.0) == [sample]
 
 
 def test_load_lm_in_bfloat16_scores_featurizes_and_generates_close_to_float32(sst_run):

@@ -25,7 +25,7 @@ from lmscale.finetuning.predict import predict_probs
 from lmscale.finetuning.steps import make_predict_fn
 from lmscale.pretrained.preprocess import get_preprocessor
 from lmscale.training import mesh as mesh_lib
-from lmscale.training.checkpoints import Checkpointer
+from lmscale.training.checkpoints import CheckpointMismatchError, Checkpointer
 from lmscale.transfer.classify import TRANSFER_FILES
 
 
@@ -116,7 +116,7 @@ class TransferClassifier(LoadedClassifier):
                                compute=self.info.get("compute", "float32"))
         fit_on = self.info.get("lm_weights")  # absent in classifiers saved before it was kept
         if fit_on is not None and fit_on != weights_fingerprint(self.lm):
-            raise ValueError(
+            raise CheckpointMismatchError(
                 f"{folder}: this classifier was fit on the features of other weights than "
                 f"{self.info['lm_workdir']} now holds at step {self.info['lm_step']} (the LM was "
                 f"retrained or its checkpoint replaced since); re-run lmscale.transfer")
@@ -133,7 +133,7 @@ class TransferClassifier(LoadedClassifier):
                       all_layers=i["all_layers"], batch_size=self.batch_size)
         a = self.arrays
         if x.shape[1] != a["mean"].shape[0]:
-            raise ValueError(
+            raise CheckpointMismatchError(
                 f"this classifier takes {a['mean'].shape[0]} features, and {i['lm_workdir']} "
                 f"gives {x.shape[1]} (the LM was retrained with another size since); re-run "
                 "lmscale.transfer")

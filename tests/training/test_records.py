@@ -124,6 +124,15 @@ def test_a_retrained_workdir_neither_reuses_features_nor_a_classifier_of_its_old
     assert not os.path.exists(os.path.join(workdir, "transfer"))
     with pytest.raises(ValueError, match="fit on the features of other weights .* re-run lmscale.transfer"):
         load_classifier(kept)
+    import subprocess
+    import sys
+    from tests.conftest import REPO
+    proc = subprocess.run([sys.executable, "-m", "lmscale.classify", f"--workdir={kept}",
+                           f"--input={labeled}", "--text_column=sentence",
+                           f"--output={tmp_path / 'p.csv'}"], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.startswith("error: ") and "re-run lmscale.transfer" in proc.stderr
     run_transfer(workdir, str(labeled), str(labeled), output=kept, baseline="none", Cs=[1.0],
                  examples=0)
     assert len(os.listdir(os.path.join(workdir, "features"))) == 1  # featurized anew
