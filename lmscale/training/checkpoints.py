@@ -49,19 +49,32 @@ def _type_handlers(min_slice_bytes: int) -> ocp.type_handlers.TypeHandlerRegistr
         for ty in ocp.type_handlers.supported_types()])
 
 
+def failed_restore_noise(unraisable: Any) -> bool:
+    """Whether an unraisable exception (``sys.unraisablehook``'s argument) is one a failed
+    orbax restore leaves behind (``_drop_closed_loop_callbacks``)."""
+    error = unraisable.exc_value
+    closed_loop = isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+    code = getattr(unraisable.object, "cr_code", None)  # a coroutine's
+    sibling_read = (getattr(code, "co_name", "") == "_read_array_index_and_device_put"
+                    and "while reading array index" in str(error))
+    return closed_loop or sibling_read
+
+
 def _drop_closed_loop_callbacks() -> None:
     """tensorstore completes the pending reads of a failed orbax restore after orbax has
     closed its event loop, and each late callback raises "Event loop is closed" as an
     unraisable exception: tens of tracebacks after the one-line "unreadable, falling back"
-    warning. Those alone are dropped; every other unraisable exception reaches the hook that
-    was installed before (installed once per process)."""
+    warning; the restore's other reads of the damaged checkpoint, never awaited once one
+    failed, raise theirs when collected (``_read_array_index_and_device_put``, each with a
+    page of tensorstore spec; 60-320 lines after eval's one error line). Those alone are
+    dropped; every other unraisable exception reaches the hook that was installed before
+    (installed once per process)."""
     previous = sys.unraisablehook
     if getattr(previous, "lmscale_drops_closed_loop", False):
         return
 
     def hook(unraisable: Any) -> None:
-        error = unraisable.exc_value
-        if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+        if not failed_restore_noise(unraisable):
             previous(unraisable)
 
     hook.lmscale_drops_closed_loop = True

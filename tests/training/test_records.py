@@ -360,3 +360,29 @@ def test_two_archives_in_one_second_keep_both(tmp_path, monkeypatch):
     assert (first / "config.json").read_text() == "first" and (first / "checkpoints" / "first").is_dir()
     assert (second / "metrics.jsonl").read_text() == "second"
     assert os.listdir(second / "checkpoints") == ["second"]
+
+
+def test_the_failed_restores_sibling_reads_print_nothing_when_collected():
+    """A damaged checkpoint's other reads, never awaited once one failed, raise when Python
+    collects them: eval printed 60-320 lines of them after its one error line. Those are
+    dropped (by the hook checkpoints.py installs); any other unraisable exception still shows."""
+    import types
+    from lmscale.training.checkpoints import failed_restore_noise
+
+    async def _read_array_index_and_device_put():
+        pass
+
+    async def other_coroutine():
+        pass
+
+    for make, error, dropped in (
+            (_read_array_index_and_device_put,
+             Exception("Encountered error while reading array index: (slice(0, 32, 1),)"), True),
+            (other_coroutine, Exception("Encountered error while reading array index"), False),
+            (_read_array_index_and_device_put, ValueError("something else"), False),
+            (other_coroutine, RuntimeError("Event loop is closed"), True)):
+        coro = make()
+        unraisable = types.SimpleNamespace(exc_type=type(error), exc_value=error,
+                                           exc_traceback=None, err_msg=None, object=coro)
+        assert failed_restore_noise(unraisable) == dropped, (make, error)
+        coro.close()
