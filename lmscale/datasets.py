@@ -76,12 +76,24 @@ def data_path(name: str, *parts: str) -> str:
     return os.path.join(cache_root(), name, *parts)
 
 
+# Data sets configs name that cannot be fetched: how a user gets them.
+BY_HAND = {"semeval2018_ec": "SemEval-2018 Task 1 E-c is given out by the task's organizers "
+                             "after registration (competitions.codalab.org, \"SemEval-2018 Task "
+                             "1: Affect in Tweets\"): put its train and dev files there as "
+                             "train.csv and val.csv, or set --config.finetune.train/val"}
+
+
 def fetch_hint(path: str) -> str:
-    """For a missing ``path`` in the cache of a data set lmscale fetches: how to fetch it."""
+    """For a missing ``path`` in the cache of a data set lmscale fetches: how to fetch it (of
+    one it cannot fetch, ``BY_HAND``: how to get it)."""
     root = os.path.abspath(cache_root())
     relative = os.path.relpath(os.path.abspath(path), root)
     name = relative.split(os.sep)[0]
-    if relative.startswith("..") or name not in REGISTRY:
+    if relative.startswith(".."):
+        return ""
+    if name in BY_HAND:
+        return f" ({BY_HAND[name]})"
+    if name not in REGISTRY:
         return ""
     return f" (not fetched yet: python -m lmscale.datasets fetch {name})"
 

@@ -122,5 +122,9 @@ def test_a_config_reading_an_unfetched_data_set_says_how_to_fetch_it(tmp_path, m
     with pytest.raises(DataError, match=r"train.csv: no such file \(not fetched yet: python -m "
                                         r"lmscale.datasets fetch sst_binary\)"):
         load_labeled(data_path("sst_binary", "train.csv"))
+    with pytest.raises(DataError, match=r"train.csv: no such file \(SemEval-2018 Task 1 E-c is "
+                                        r"given out by the task's organizers .* train.csv and "
+                                        r"val.csv, or set --config.finetune.train/val\)"):
+        load_labeled(data_path("semeval2018_ec", "train.csv"))  # not fetchable: how to get it
     with pytest.raises(DataError, match=r"no such file or directory: \S*elsewhere.txt$"):
         list(iter_pieces([str(tmp_path / "elsewhere.txt")]))

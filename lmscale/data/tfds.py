@@ -33,7 +33,8 @@ def import_tfds() -> Any:
     try:
         import tensorflow_datasets
     except ImportError:
-        raise DataError("tfds: data needs the optional extra: pip install 'lmscale[tfds]'") from None
+        raise DataError("tfds: data needs the optional extra: pip install 'lmscale[tfds]' "
+                        "(from a clone: pip install -e \".[tfds]\")") from None
     return tensorflow_datasets
 
 

@@ -230,7 +230,7 @@ def _torch(path: str) -> Any:
         import torch
     except ImportError:
         raise ConvertError(f"{path}: PyTorch files need torch; install it with "
-                           f"pip install 'lmscale[torch]'") from None
+                           f"pip install 'lmscale[torch]' (from a clone: pip install -e \".[torch]\")") from None
     return torch
 
 
