@@ -34,6 +34,7 @@ def run_sweep(base: ml_collections.ConfigDict, config_file: str, sweep_file: str
         transfer.check()
     spec = load_sweep_spec(sweep_file, cpu_budget_minutes)
     sweep: Sweep = expand(spec, base)
+    check_data(base, sweep)
     claim(workdir, base.to_dict(), sweep, config_file, sweep_file)
     lock = lock_sweep(workdir)
     try:
@@ -61,6 +62,22 @@ def run_sweep(base: ml_collections.ConfigDict, config_file: str, sweep_file: str
     log(f"sweep: report in {os.path.join(workdir, 'report.md')} and report.html")
     return {"sweep": sweep, "results": results, "trained": runner.trained,
             "report": os.path.join(workdir, "report.md")}
+
+
+def check_data(base: ml_collections.ConfigDict, sweep: Sweep) -> None:
+    """The text every point reads (``data.train`` / ``val`` / ``test``, the base's or a point's
+    own) exists, before any point starts: a data set not fetched yet was found by each point
+    in turn (16 failures, the advice only in their train.log)."""
+    from lmscale.data.builtin import is_builtin
+    from lmscale.data.dataset import is_dataset
+    from lmscale.data.sources import expand_inputs
+    seen = set()
+    for point in sweep.points:
+        for key in ("data.train", "data.val", "data.test"):
+            spec = str(point.overrides.get(key, base.data[key.split(".")[1]]) or "")
+            if spec and spec not in seen and not is_builtin(spec) and not is_dataset(spec):
+                seen.add(spec)
+                expand_inputs(spec)  # DataError naming the file, and how to fetch it
 
 
 def _log_invocation(workdir: str, wall: float, cpu: float, parallel: int, trained: list[str]) -> None:

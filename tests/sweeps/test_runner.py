@@ -151,3 +151,29 @@ def test_divergence_rule():
     assert find_divergence([rec(2, 5.0), rec(4, 3.0), {"split": "val", "step": 4, "loss": 9.0}, rec(6, 4.4)]) is None
     assert find_divergence([rec(2, 5.0), rec(4, 3.0), rec(6, 4.6)])["step"] == 6
     assert find_divergence([rec(2, 5.0), rec(4, float("nan"))])["reason"] == "non-finite loss at step 4"
+
+
+def test_data_not_fetched_is_one_error_before_any_point(tiny, tmp_path, monkeypatch):
+    """A config reading an unfetched data set started every point, each failing alone (the
+    advice only in their train.log): the sweep says it once and starts none."""
+    from lmscale.data.errors import DataError
+    from lmscale.datasets import data_path
+    monkeypatch.setenv("LMSCALE_DATA", str(tmp_path / "empty_cache"))
+    sweep_file = write_sweep(tmp_path / "s.py", """
+        def get_sweep():
+            return {"grid": {"optim.lr": [1e-3, 3e-3]}}
+    """)
+    base = base_config(tiny)
+    with base.unlocked():
+        base.data.train = data_path("tinyshakespeare", "input.txt")
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match="not fetched yet: python -m lmscale.datasets fetch "
+                                        "tinyshakespeare"):
+        run_sweep(base, str(tiny / "tiny.py"), sweep_file, str(out), **QUIET)
+    assert not out.exists()
+    missing = write_sweep(tmp_path / "m.py", """
+        def get_sweep():
+            return {"grid": {"data.train": ["/nonexistent/x.txt"]}}
+    """)
+    with pytest.raises(DataError, match="/nonexistent/x.txt"):  # a point's own data too
+        run_sweep(base_config(tiny), str(tiny / "tiny.py"), missing, str(out), **QUIET)
