@@ -240,6 +240,8 @@ def _tokenize(paths: list[str], tmp: str, tokenizer: Tokenizer, progress: bool,
     batch: list[bytes] = []
     begins: list[bool] = []
     invalid: dict[str, int] = {}  # a subword/word tokenizer's segments of invalid UTF-8, per file
+    spaces: dict[str, int] = {}  # SentencePiece: segments holding its space symbol U+2581, per file
+    sentencepiece = hasattr(tokenizer, "lossy_settings")
 
     def flush() -> None:
         nonlocal tokens, buffered
@@ -265,6 +267,8 @@ def _tokenize(paths: list[str], tmp: str, tokenizer: Tokenizer, progress: bool,
             for data, starts_doc in _segments(iter_pieces([path], **source_options), recut):
                 if recut and not _utf8(data):
                     invalid[path] = invalid.get(path, 0) + 1
+                if sentencepiece and "\u2581".encode() in data:
+                    spaces[path] = spaces.get(path, 0) + 1
                 batch.append(data)
                 begins.append(starts_doc)
                 documents += starts_doc
@@ -287,6 +291,12 @@ def _tokenize(paths: list[str], tmp: str, tokenizer: Tokenizer, progress: bool,
               f"{'word' if isinstance(tokenizer, WordCounter) else 'subword'} "
               f"tokenizer reads their invalid bytes as U+FFFD, so the token counts and the bpc "
               f"denominators (bytes) are those of the text with U+FFFD in their place",
+              file=sys.stderr, flush=True)
+    if spaces:
+        named = ", ".join(f"{p} ({n})" for p, n in list(spaces.items())[:3])
+        print(f"note: the text holds U+2581 (\u2581), SentencePiece's own space symbol, in "
+              f"{named}{', ...' if len(spaces) > 3 else ''} (pieces of text per file): it is "
+              f"read as a space, decoded as one and counted as 1 byte, not 3",
               file=sys.stderr, flush=True)
     return tokens, documents
 
@@ -426,6 +436,11 @@ def prepare_dataset(inputs: str | Sequence[str], output: str, *, text_column: st
         options = dict(text_column=text_column, text_field=text_field, txt_mode=txt_mode)
         tokenizer = train_sentencepiece(sample_texts(paths, training.sample_bytes, **options),
                                         training, source=", ".join(source))
+    elif lossy := getattr(tokenizer, "lossy_settings", lambda: [])():
+        print(f"note: {getattr(tokenizer, 'name', 'the SentencePiece model')}: "
+              f"{'; '.join(lossy)}: decoding does not give back the text exactly, and bpc "
+              f"counts the bytes of its pieces, not of the text (lmscale trains its own "
+              f"without these: --vocab_size instead of --sp_model)", file=sys.stderr, flush=True)
     tmp = f"{output}.tmp-{os.getpid()}"
     if os.path.lexists(tmp):
         shutil.rmtree(tmp)

@@ -87,6 +87,7 @@ class SentencePieceTokenizer(FileTokenizer):
             raise DataError(f"{name} is not a SentencePiece model ({_first_line(e)})") from None
         if pieces < 1:
             raise DataError(f"{name} is not a SentencePiece model (it has no pieces)")
+        self.name = name
         self._set_payload(model_proto)
         self._vocab_size = pieces + 1
         self._byte_lengths: np.ndarray | None = None
@@ -192,6 +193,25 @@ class SentencePieceTokenizer(FileTokenizer):
             self._byte_lengths = lengths
         return self._byte_lengths
 
+    def lossy_settings(self) -> list[str]:
+        """How this model (one trained elsewhere, given as ``--sp_model``) would not give back
+        the text it encodes, or count its bytes exactly: lmscale trains with identity
+        normalization, no dummy prefix, whitespace kept and byte fallback. Empty when none."""
+        from sentencepiece import sentencepiece_model_pb2
+        proto = sentencepiece_model_pb2.ModelProto()
+        proto.ParseFromString(self.payload)
+        norm, out = proto.normalizer_spec, []
+        if norm.name not in ("identity", "") or norm.precompiled_charsmap:
+            out.append(f"it normalizes the text ({norm.name})")
+        if norm.add_dummy_prefix:
+            out.append("it adds a space before each text")
+        if norm.remove_extra_whitespaces:
+            out.append("it removes extra whitespace")
+        if not proto.trainer_spec.byte_fallback:
+            out.append("it has no byte fallback (characters outside its vocabulary are <unk>, "
+                       "counted as 0 bytes)")
+        return out
+
     def unsampled_ids(self) -> tuple[int, ...]:
         """Ids generation never samples: padding and the pieces no text encodes to (unknown,
         control, unused; with byte fallback, prepared text has no unknown piece)."""
@@ -282,6 +302,9 @@ def train_sentencepiece(texts: Iterable[str], options: SentencePieceTraining, *,
             model_type=options.model_type, normalization_rule_name="identity",
             add_dummy_prefix=False, remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
             split_digits=True, byte_fallback=True, character_coverage=0.9995,
+            # The space, "▁" to SentencePiece, is a piece even where it is rare (CJK text): left
+            # to the coverage it fell back to the bytes of "▁", decoded as "▁", 3 bytes counted.
+            required_chars="\u2581",
             max_sentence_length=2 * MAX_SENTENCE_BYTES, unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1,
             num_threads=min(os.cpu_count() or 1, 16), minloglevel=2)
     except RuntimeError as e:

@@ -175,3 +175,49 @@ def test_invalid_utf8_is_said_once_with_its_files(corpus, tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"note: invalid UTF-8 in {bad} (1) (pieces of text per file)" in err, err
     assert "U+FFFD" in err and str(good) not in err
+
+
+def test_a_rare_space_stays_a_space(tmp_path):
+    """In text with few spaces (CJK) the space fell under the character coverage: it came back
+    as the byte-fallback bytes of "▁" — decoded "一▁丁", and 3 bytes to bpc for 1."""
+    from lmscale.data.spm import train_sentencepiece
+    rng = np.random.default_rng(0)
+    chars = [chr(c) for c in range(0x4E00, 0x4E00 + 300)] + ["。", "\n"]
+    text = [chars[i] for i in rng.integers(0, len(chars), 30000)]
+    for i in range(0, 30000, 3000):
+        text[i] = " "
+    tok = train_sentencepiece(["".join(text)], SentencePieceTraining(vocab_size=600), source="cjk")
+    sample = "一 丁 七"
+    ids = tok.encode(sample)
+    assert tok.decode(ids) == sample
+    assert int(tok.byte_lengths()[np.asarray(ids)].sum()) == len(sample.encode())
+
+
+def test_an_outside_model_that_does_not_round_trip_and_a_literal_space_symbol_are_said(
+        corpus, tmp_path, capsys):
+    """--sp_model trained elsewhere with SentencePiece's defaults (NFKC, a dummy prefix, no
+    byte fallback) gave bpc over its pieces' bytes (30 of a 69-byte text) silently; text holding
+    "▁" reads it as a space. Each is one note; lmscale's own model gives neither."""
+    import io
+    import sentencepiece as spm
+    folder, docs, out = corpus
+    text = tmp_path / "t.txt"
+    text.write_text("".join(docs[:40]) + "\n", encoding="utf-8")
+    writer = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(text.read_text().splitlines()),
+                                   model_writer=writer, vocab_size=300, minloglevel=2)
+    (tmp_path / "ext.model").write_bytes(writer.getvalue())
+    outside = SentencePieceTokenizer.from_file(tmp_path / "ext.model")
+    assert len(outside.lossy_settings()) == 4  # NFKC, dummy prefix, whitespace, no fallback
+    prepare_dataset([str(text)], str(tmp_path / "a"), tokenizer=outside, split=(1, 0, 0),
+                    progress=False)
+    err = capsys.readouterr().err
+    assert "ext.model: it normalizes the text (nmt_nfkc)" in err and "--vocab_size" in err
+    own = SentencePieceTokenizer.from_file(os.path.join(out, "tokenizer.model"))
+    assert own.lossy_settings() == []
+    blocks = tmp_path / "blocks.txt"
+    blocks.write_text("a bar\u2581chart\n" + text.read_text(), encoding="utf-8")
+    prepare_dataset([str(blocks)], str(tmp_path / "b"), tokenizer=own, split=(1, 0, 0),
+                    progress=False)
+    err = capsys.readouterr().err
+    assert f"SentencePiece's own space symbol, in {blocks} (1)" in err and "normalizes" not in err
