@@ -351,6 +351,9 @@ def validate_awd(config: ml_collections.ConfigDict) -> None:
                               f"multiple of it, {shortest} or more, above the longest "
                               f"train.bptt_max={bptt_max(t)}; use a bucket of at most "
                               f"{bptt_max(t)}")
+    if config.data.sp_model and config.data.tokenizer != "sentencepiece":
+        raise ConfigError(f"data.sp_model is for data.tokenizer=sentencepiece, not "
+                          f"data.tokenizer={config.data.tokenizer!r} (it would be ignored)")
     if not isinstance(t.grad_accum_steps, int) or t.grad_accum_steps < 1:
         raise ConfigError(f"train.grad_accum_steps must be a positive integer, got {t.grad_accum_steps!r}")
     if t.grad_accum_steps > 1 and t.variable_bptt:

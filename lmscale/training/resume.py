@@ -73,6 +73,10 @@ def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict, wh
         fields += SENTENCEPIECE_FIELDS
     if _get(new, "data.tokenizer") == "word":
         fields += WORD_FIELDS
+    from lmscale.data.dataset import is_dataset
+    if is_dataset(str(_get(new, "data.train"))):  # its own tokenizer: data.tokenizer etc. unused
+        fields = tuple(k for k in fields if k == "data.train" or not k.startswith("data.")
+                       or k == "data.split")
     for key in fields + SPLIT_FIELDS + tuple(DEFAULTED_FIELDS):
         before = _get(old, key)
         if before is None and key in SPLIT_FIELDS:

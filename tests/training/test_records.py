@@ -386,3 +386,27 @@ def test_the_failed_restores_sibling_reads_print_nothing_when_collected():
                                            exc_traceback=None, err_msg=None, object=coro)
         assert failed_restore_noise(unraisable) == dropped, (make, error)
         coro.close()
+
+
+def test_a_prepared_datasets_runs_resume_whatever_the_tokenizer_fields_say(tmp_path):
+    """A prepared dataset brings its own tokenizer: the run trained on it whatever
+    data.tokenizer said, so a resume is not refused over that field (it was: "trained with
+    data.tokenizer='openai'", the value recorded but never used). data.sp_model with
+    another tokenizer is refused: it would be ignored."""
+    from lmscale.config import ConfigError, default_config, validate
+    from lmscale.data.prepare import prepare_dataset
+    from lmscale.training.resume import check_resumable
+    text = tmp_path / "t.txt"
+    text.write_text("some text to prepare. " * 400)
+    data = prepare_dataset([str(text)], str(tmp_path / "ds"), split=(8, 1, 1), progress=False)
+    old, new = default_config(), default_config()
+    old.data.train = new.data.train = data
+    old.data.tokenizer, new.data.tokenizer, new.data.vocab_size = "openai", "sentencepiece", 400
+    check_resumable({"config": old.to_dict()}, new, "W")
+    new.data.split = "9,1,1"
+    with pytest.raises(CheckpointMismatchError, match="data.split"):
+        check_resumable({"config": old.to_dict()}, new, "W")
+    bad = default_config()
+    bad.data.train, bad.data.sp_model = str(text), str(tmp_path / "m.model")
+    with pytest.raises(ConfigError, match="data.sp_model is for data.tokenizer=sentencepiece"):
+        validate(bad)
