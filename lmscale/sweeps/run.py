@@ -34,7 +34,7 @@ def run_sweep(base: ml_collections.ConfigDict, config_file: str, sweep_file: str
         transfer.check()
     spec = load_sweep_spec(sweep_file, cpu_budget_minutes)
     sweep: Sweep = expand(spec, base)
-    check_data(base, sweep)
+    check_data(base, sweep, workdir)
     claim(workdir, base.to_dict(), sweep, config_file, sweep_file)
     lock = lock_sweep(workdir)
     try:
@@ -64,15 +64,19 @@ def run_sweep(base: ml_collections.ConfigDict, config_file: str, sweep_file: str
             "report": os.path.join(workdir, "report.md")}
 
 
-def check_data(base: ml_collections.ConfigDict, sweep: Sweep) -> None:
-    """The text every point reads (``data.train`` / ``val`` / ``test``, the base's or a point's
-    own) exists, before any point starts: a data set not fetched yet was found by each point
-    in turn (16 failures, the advice only in their train.log)."""
+def check_data(base: ml_collections.ConfigDict, sweep: Sweep, workdir: str) -> None:
+    """The text every point still to train reads (``data.train`` / ``val`` / ``test``, the
+    base's or the point's own) exists, before any point starts: a data set not fetched yet
+    was found by each point in turn (16 failures, the advice only in their train.log).
+    Finished points are not checked: re-running a finished sweep needs no text."""
     from lmscale.data.builtin import is_builtin
     from lmscale.data.dataset import is_dataset
     from lmscale.data.sources import expand_inputs
+    from lmscale.sweeps.workdir import is_finished
     seen = set()
     for point in sweep.points:
+        if is_finished(os.path.join(workdir, point.name)):
+            continue
         for key in ("data.train", "data.val", "data.test"):
             spec = str(point.overrides.get(key, base.data[key.split(".")[1]]) or "")
             if spec and spec not in seen and not is_builtin(spec) and not is_dataset(spec):

@@ -177,3 +177,24 @@ def test_data_not_fetched_is_one_error_before_any_point(tiny, tmp_path, monkeypa
     """)
     with pytest.raises(DataError, match="/nonexistent/x.txt"):  # a point's own data too
         run_sweep(base_config(tiny), str(tiny / "tiny.py"), missing, str(out), **QUIET)
+
+
+def test_a_finished_sweep_reruns_without_its_text(tiny, tmp_path):
+    """Re-running a finished sweep (for its report) trains nothing and needs no text: the
+    data check covers the points still to train only."""
+    import shutil
+    from tests.conftest import write_corpus
+    corpus = write_corpus(tmp_path / "corpus", files=1, lines=200)
+    base = base_config(tiny)
+    with base.unlocked():
+        base.data.train = corpus
+    sweep_file = write_sweep(tmp_path / "one.py", """
+        def get_sweep():
+            return {"grid": {"optim.lr": [3e-3]}}
+    """)
+    out = tmp_path / "out"
+    first = run_sweep(base, str(tiny / "tiny.py"), sweep_file, str(out), **QUIET)
+    assert first["trained"] and first["results"][0]["status"] == "ok"
+    shutil.rmtree(tmp_path / "corpus")
+    again = run_sweep(base, str(tiny / "tiny.py"), sweep_file, str(out), **QUIET)
+    assert again["trained"] == [] and again["results"][0]["status"] == "ok"
