@@ -18,7 +18,9 @@ first measurement"). Here (``Static.layout == "batch"``; the default on GPUs, se
   (the gate factors d, f and p as one float32 array), not eleven in-place writes.
 - The state entering step t (for dW_mh) is not saved: it is hs shifted by one step, reset.
 - The weight norm's scales are applied to the matrices once per call (a pass over W_h, 0.1 ms
-  on a GPU), not folded into the products as ``recurrent_loops`` does for XLA:CPU.
+  on a GPU), from the float32 directions (rounded to the compute dtype once), not folded into
+  the products as ``recurrent_loops`` does for XLA:CPU: in bf16/fp16 the two layouts round
+  differently, equally far from float32.
 - After the backward loop, as there: [dW_h; dW_x] = A^T dZ, dW_mh = H_in^T dU, dW_mx = X^T dXM,
   db = the sum of dZ, dx = dZ W_x^T + dXM W_mx^T: matmuls over all T x B rows, float32.
 
@@ -26,8 +28,9 @@ Measured on the H200 (bf16, that shape): 98.8 ms a step with ``recurrent_loops``
 with these loops, 82.7 ms unrolled by 2 (their default there); about 10.7 kernels per loop
 iteration. On XLA:CPU they are slower than ``recurrent_loops`` (the quickstart: 80.5 vs
 72.6 ms), so "auto" keeps those there. Same arguments and results as
-``recurrent_loops.forward`` / ``backward`` where they are called (``recurrent_vjp``), except
-that sequences are time-major [T, B, F] throughout.
+``recurrent_loops.forward`` / ``backward`` where they are called (``recurrent_vjp``; in float32
+to rounding, in bf16/fp16 to their rounding), except that sequences are time-major [T, B, F]
+throughout.
 """
 
 from __future__ import annotations
@@ -40,18 +43,22 @@ import jax.numpy as jnp
 from lmscale.models.recurrent_loops import Static, scaled
 
 
-def weights(st: Static, w: dict[str, Any]) -> dict[str, jax.Array]:
+def weights(st: Static, w: dict[str, Any], masters: dict[str, Any]) -> dict[str, jax.Array]:
     """The loops' weights from the compute-dtype ones ``w`` (``recurrent_loops.cast``):
     {"w_cat": [W_h; W_x] [H + in, 4H] with W_h = V_h * s_h when scaled, "w_mh": W_mh [H, H]
-    (mLSTM; scaled likewise), "w_mx": [in, H] (mLSTM), "bias": [4H] state dtype}."""
-    w_h = scaled(w["w_h"].astype(st.state_dtype), w["s_h"]).astype(st.dtype) \
-        if w["s_h"] is not None else w["w_h"]
-    out = {"w_cat": jnp.concatenate([w_h, w["w_x"]], axis=0),
+    (mLSTM; scaled likewise), "w_mx": [in, H] (mLSTM), "bias": [4H] state dtype}. A scaled
+    matrix is formed from its direction as given (``masters``: "w_h", "w_mh", float32) and
+    rounded to the compute dtype once, as the feature-major loops' products round it."""
+    def matrix(name: str, scale: str) -> jax.Array:
+        if w[scale] is None:
+            return w[name]
+        return scaled(masters[name].astype(st.state_dtype), w[scale]).astype(st.dtype)
+
+    out = {"w_cat": jnp.concatenate([matrix("w_h", "s_h"), w["w_x"]], axis=0),
            "bias": w["b"].astype(st.state_dtype)}
     if st.mlstm:
         out["w_mx"] = w["w_mx"]
-        out["w_mh"] = scaled(w["w_mh"].astype(st.state_dtype), w["s_mh"]).astype(st.dtype) \
-            if w["s_mh"] is not None else w["w_mh"]
+        out["w_mh"] = matrix("w_mh", "s_mh")
     return out
 
 

@@ -47,7 +47,8 @@ def recurrence(st: Static, x: jax.Array, w_x: jax.Array, b: jax.Array, w_mx: jax
     if _batch_major(st, x.shape[0]):
         w = cast(st, w_x, b, w_mx, w_mh, w_h, s_mh, s_h)
         (h, c), hs, cs, _ = recurrent_batch_major.forward(
-            st, x, recurrent_batch_major.weights(st, w), h0, c0, keep, save=False)
+            st, x, recurrent_batch_major.weights(st, w, {"w_h": w_h, "w_mh": w_mh}), h0, c0,
+            keep, save=False)
         return hs, (h, c), cs
     return forward_with(st, x, forward_weights(st, w_x, b, w_mx, w_mh, w_h, s_mh, s_h), h0, c0,
                         keep)
@@ -67,7 +68,8 @@ def _fwd(st: Static, x: jax.Array, w_x: jax.Array, b: jax.Array, w_mx: jax.Array
     w = cast(st, w_x, b, w_mx, w_mh, w_h, s_mh, s_h)
     if _batch_major(st, x.shape[0]):
         (h, c), hs, cs, saved = recurrent_batch_major.forward(
-            st, x, recurrent_batch_major.weights(st, w), h0, c0, keep, save=True)
+            st, x, recurrent_batch_major.weights(st, w, {"w_h": w_h, "w_mh": w_mh}), h0, c0,
+            keep, save=True)
     elif recurrent_segments.segment_length(st.segment, x.shape[0]) < x.shape[0]:
         (h, c), hs, cs, saved = recurrent_segments.forward(st, x, layout(st, w), h0, c0, keep)
     else:
@@ -90,7 +92,7 @@ def _bwd(st: Static, res: Any, cts: Any) -> tuple[Any, ...]:
     n_t = x.shape[0]
     if _batch_major(st, n_t):
         d_x, grads, dh0, dc0 = recurrent_batch_major.backward(
-            st, x, w, recurrent_batch_major.weights(st, w), s, dhs,
+            st, x, w, recurrent_batch_major.weights(st, w, unscaled), s, dhs,
             dcs if st.return_cells else None, dh_t.astype(sdt), dc_t.astype(sdt))
     else:
         d_x, grads, dh0, dc0 = _feature_major_backward(st, x, w, s, dhs, dcs, dh_t, dc_t)

@@ -285,3 +285,22 @@ def test_batch_layout_unrolled_same_gradient_and_auto_options(kind):
     with pytest.raises(ValueError, match="layout in"):
         with scan_options(layout="rows"):
             pass
+
+
+def test_batch_layout_rounds_a_weight_normed_matrix_once():
+    """In bfloat16 with weight norm, the batch layout formed W = V * s from V already rounded
+    to bfloat16 and rounded again: its gradients were 20 % further from float32's than the
+    feature layout's (which rounds V once and scales the product). Formed from the float32
+    direction, the two are as close."""
+    steps, hidden = 32, 16
+    p = problem("mlstm", seed=8, steps=steps, hidden=hidden)
+    ref = jax.grad(loss_fn("mlstm", jnp.float32, "autodiff", resets_tm(steps), True))(p)
+    err = {}
+    for layout in LAYOUTS:
+        with scan_options(layout=layout):
+            got = jax.grad(loss_fn("mlstm", jnp.bfloat16, "custom", resets_tm(steps), True,
+                                   folded=True))(p)
+        flat = lambda tree: np.concatenate([np.ravel(np.asarray(a, np.float64))
+                                            for a in jax.tree.leaves(tree["v"])])
+        err[layout] = np.linalg.norm(flat(got) - flat(ref)) / np.linalg.norm(flat(ref))
+    assert err["batch"] < 1.1 * err["feature"], err
