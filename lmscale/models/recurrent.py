@@ -64,11 +64,19 @@ class ScanOptions:
     unroll: int = 0
     layout: str = "auto"
 
-    def resolved_unroll(self) -> int:
-        """``unroll`` with 0 decided by the layout."""
+    def loops_layout(self, remat_steps: int = 0, n_t: int = 1) -> str:
+        """The layout of the loops that run over ``n_t`` steps: remat segments
+        (``remat_steps``) run the feature-major ones whatever ``layout`` says."""
+        if recurrent_segments.segment_length(remat_steps, n_t) < n_t:
+            return "feature"
+        return self.resolved_layout()
+
+    def resolved_unroll(self, layout: str | None = None) -> int:
+        """``unroll`` with 0 decided by the loops that run (``layout``, default
+        ``resolved_layout()``): 2 for the batch-major ones, else 1."""
         if self.unroll:
             return self.unroll
-        return 2 if self.resolved_layout() == "batch" else 1
+        return 2 if (layout or self.resolved_layout()) == "batch" else 1
 
     def resolved_layout(self) -> str:
         """``layout`` with "auto" decided by the default backend."""
@@ -172,8 +180,9 @@ def mlstm_scan(xs: jax.Array, carry: Carry, w_x: jax.Array, w_mx: jax.Array, w_m
     x = xs.astype(dtype)
     opts = current_scan_options()
     if (grad or opts.grad) == "custom":
-        st = recurrent_loops.Static("mlstm", dtype, return_cells, opts.resolved_unroll(),
-                                    remat_steps, opts.resolved_layout())
+        layout = opts.loops_layout(remat_steps, xs.shape[0])
+        st = recurrent_loops.Static("mlstm", dtype, return_cells, opts.resolved_unroll(layout),
+                                    remat_steps, layout)
         h0, c0 = (jnp.asarray(a, sdt) for a in carry)
         return recurrent_vjp.recurrence(st, x, w_x, b, w_mx, w_mh, w_h, h0, c0,
                                         _keep_mask(resets, sdt), w_mh_scale, w_h_scale)
@@ -204,8 +213,9 @@ def lstm_scan(xs: jax.Array, carry: Carry, w_x: jax.Array, w_h: jax.Array, b: ja
     sdt = at_least_float32(dtype)
     opts = current_scan_options()
     if (grad or opts.grad) == "custom":
-        st = recurrent_loops.Static("lstm", dtype, return_cells, opts.resolved_unroll(),
-                                    remat_steps, opts.resolved_layout())
+        layout = opts.loops_layout(remat_steps, xs.shape[0])
+        st = recurrent_loops.Static("lstm", dtype, return_cells, opts.resolved_unroll(layout),
+                                    remat_steps, layout)
         h0, c0 = (jnp.asarray(a, sdt) for a in carry)
         return recurrent_vjp.recurrence(st, xs.astype(dtype), w_x, b, None, None, w_h, h0, c0,
                                         _keep_mask(resets, sdt), None, w_h_scale)

@@ -307,14 +307,15 @@ def run_bench(config: ml_collections.ConfigDict, *, steps: int = 10, warmup: int
     peak = matmul_rate(DTYPES[compute], matmul_n)
     m = config.model
     from lmscale.models import architecture, get_kind
+    from lmscale.models.lm import remat_steps
+    options = ScanOptions(unroll=unroll, layout=layout)
+    loops = options.loops_layout(remat_steps(m), config.train.seq_len)
     record = {"label": label, "kind": m.kind, "model": get_kind(m.kind).describe(m),
               "architecture": architecture(m), "layers": m.layers, "batch": step["tokens_per_step"] // config.train.seq_len,
               "seq": config.train.seq_len, "vocab_size": vocab_size, "compute": compute,
-              "grad": grad, "unroll": (ScanOptions(unroll=unroll, layout=layout).resolved_unroll()
-                                       if grad == "custom" else unroll or 1),
-              # The loops' layout as run (remat segments run the feature-major loops).
-              "layout": ("feature" if m.get("remat", "none") == "segments"
-                         else ScanOptions(layout=layout).resolved_layout()),
+              "grad": grad, "unroll": (options.resolved_unroll(loops) if grad == "custom"
+                                       else unroll or 1),
+              "layout": loops,  # as run (remat segments run the feature-major loops)
               "reset_every": reset_every, "remat": m.get("remat", "none"), **step,
               "matmul": peak, "of_matmul_rate": step["flop_per_s"] / peak["flop_per_s"],
               "hardware_of_matmul_rate": step["hardware_flop_per_s"] / peak["flop_per_s"]}

@@ -90,12 +90,11 @@ def plan(config: ml_collections.ConfigDict, devices: list[jax.Device] | None = N
 def _loops(config: ml_collections.ConfigDict) -> str | None:
     """The layout of the recurrence's loops the plan compiled (``scan_options``; "feature"
     under remat), None for a model without them."""
+    from lmscale.models.lm import remat_steps
     from lmscale.models.recurrent import SCANNED_KINDS, current_scan_options
     if config.model.kind not in SCANNED_KINDS:
         return None
-    if config.model.get("remat", "none") == "segments":
-        return "feature"
-    return current_scan_options().resolved_layout()
+    return current_scan_options().loops_layout(remat_steps(config.model), config.train.seq_len)
 
 
 def format_plan(p: dict[str, Any]) -> str:

@@ -282,6 +282,12 @@ def test_batch_layout_unrolled_same_gradient_and_auto_options(kind):
     with unittest.mock.patch.object(jax, "default_backend", lambda: "gpu"):  # as on a GPU
         assert ScanOptions().resolved_layout() == "batch" and ScanOptions().resolved_unroll() == 2
         assert ScanOptions(layout="feature").resolved_unroll() == 1
+        # Remat segments run the feature-major loops, at their unroll; a segment as long as
+        # the sequence is no remat.
+        assert ScanOptions().loops_layout(remat_steps=32, n_t=256) == "feature"
+        assert ScanOptions().resolved_unroll("feature") == 1
+        assert ScanOptions().loops_layout(remat_steps=256, n_t=256) == "batch"
+        assert ScanOptions().loops_layout() == "batch"
     with pytest.raises(ValueError, match="layout in"):
         with scan_options(layout="rows"):
             pass

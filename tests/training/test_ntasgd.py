@@ -179,3 +179,11 @@ def test_a_run_stopped_off_the_validation_grid_continues_as_one_run(tmp_path, co
                             if r["split"] == "val" and r["step"] % 2 == 0]
     assert scheduled(read_metrics(full)) == scheduled(read_metrics(split))
     assert [r["averaged"] for r in scheduled(read_metrics(split))] == [False, False, True]
+
+
+def test_ntasgd_without_scheduled_validations_is_refused():
+    """It decides on the scheduled validations only: with eval_every 0 it never would."""
+    from lmscale.config import ConfigError, validate
+    c = tiny_config("corpus", **{**NTASGD, "train.eval_every": 0})
+    with pytest.raises(ConfigError, match="set train.eval_every > 0"):
+        validate(c)
