@@ -84,17 +84,39 @@ class FinetunedClassifier(LoadedClassifier):
         return predict_probs(self.predict_fn, self.params, ids, self.mesh, **self.settings)
 
 
-def _lm_workdir(folder: str, info: dict[str, Any]) -> str:
-    """The LM a transfer classifier reads: its workdir as seen from the classifier's folder
-    (WORKDIR/transfer moves and is copied with its workdir), else the absolute path it was
-    fit with; a one-line error naming both when neither is a training run."""
+def _load_transfer_lm(folder: str, info: dict[str, Any]) -> Any:
+    """The LM a transfer classifier reads, as a TrainedLM in the dtype it was fit with: its
+    workdir as seen from the classifier's folder (WORKDIR/transfer moves and is copied with
+    its workdir), else the absolute path it was fit with — the first that holds the weights
+    it was fit on (``info["lm_weights"]``); sets ``info["lm_workdir"]`` to it. Errors name
+    where it looked."""
+    from lmscale.training.checkpoints import CheckpointError
+    from lmscale.training.restore import load_trained, weights_fingerprint
     candidates = []
     if info.get("lm_workdir_from_here"):
         candidates.append(os.path.normpath(os.path.join(folder, info["lm_workdir_from_here"])))
-    candidates.append(info["lm_workdir"])
+    if os.path.abspath(info["lm_workdir"]) not in map(os.path.abspath, candidates):
+        candidates.append(info["lm_workdir"])
+    errors: list[Exception] = []
     for path in candidates:
-        if os.path.isfile(os.path.join(path, "config.json")):
-            return path
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            continue
+        try:
+            lm = load_trained(path, info["lm_step"], compute=info.get("compute", "float32"))
+        except (FileNotFoundError, CheckpointError) as e:
+            errors.append(e)
+            continue
+        fit_on = info.get("lm_weights")  # absent in classifiers saved before it was kept
+        if fit_on is not None and fit_on != weights_fingerprint(lm):
+            errors.append(CheckpointMismatchError(
+                f"{folder}: this classifier was fit on the features of other weights than "
+                f"{path} now holds at step {info['lm_step']} (the LM was retrained or its "
+                f"checkpoint replaced since); re-run lmscale.transfer"))
+            continue
+        info["lm_workdir"] = path
+        return lm
+    if errors:
+        raise errors[0]
     raise FileNotFoundError(
         f"{folder}: the language model this classifier reads is not found: it was fit on "
         f"{info['lm_workdir']}" + (f" (from here {candidates[0]})" if len(candidates) > 1 else "")
@@ -105,21 +127,12 @@ class TransferClassifier(LoadedClassifier):
     """A ``lmscale.transfer`` output: frozen-LM features -> standardize -> logistic regression."""
 
     def __init__(self, folder: str, batch_size: int = 64) -> None:
-        from lmscale.training.restore import load_trained, weights_fingerprint
         with open(os.path.join(folder, "classifier.json")) as f:
             self.info = json.load(f)
         with np.load(os.path.join(folder, "classifier.npz"), allow_pickle=False) as z:
             self.arrays = {k: z[k] for k in z.files}
-        self.info["lm_workdir"] = _lm_workdir(folder, self.info)
         # Features in the dtype the classifier was fit on (--compute of lmscale.transfer).
-        self.lm = load_trained(self.info["lm_workdir"], self.info["lm_step"],
-                               compute=self.info.get("compute", "float32"))
-        fit_on = self.info.get("lm_weights")  # absent in classifiers saved before it was kept
-        if fit_on is not None and fit_on != weights_fingerprint(self.lm):
-            raise CheckpointMismatchError(
-                f"{folder}: this classifier was fit on the features of other weights than "
-                f"{self.info['lm_workdir']} now holds at step {self.info['lm_step']} (the LM was "
-                f"retrained or its checkpoint replaced since); re-run lmscale.transfer")
+        self.lm = _load_transfer_lm(folder, self.info)
         self.class_names = [str(c) for c in self.info["classes"]]
         self.multilabel = bool(self.info.get("multilabel", False))
         self.thresholds = (np.asarray(self.info["thresholds"], np.float64) if self.multilabel

@@ -125,6 +125,15 @@ def test_a_classifier_in_its_workdir_moves_and_copies_with_it(sst_run, tmp_path)
     moved = lmscale.load_classifier(str(lm_b / "transfer"))
     assert moved.lm.workdir == str(lm_b)
     np.testing.assert_allclose(moved.predict(["a fine film"])[0], want, rtol=1e-6)
+    # A classifier written elsewhere, copied where its path from there finds another run
+    # (here one without its checkpoints): the absolute path it was fit with is read instead.
+    elsewhere = tmp_path / "results" / "sst"
+    proc = run_tool(f"--workdir={lm_b}", f"--train={tmp_path}/tr.csv", f"--val={tmp_path}/va.csv",
+                    "--baseline=none", C, f"--output={elsewhere}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    shutil.copytree(tmp_path / "results", tmp_path / "deep" / "results")
+    shutil.copytree(lm_b, tmp_path / "deep" / "lm_b", ignore=shutil.ignore_patterns("checkpoints"))
+    assert lmscale.load_classifier(str(tmp_path / "deep" / "results" / "sst")).lm.workdir == str(lm_b)
     alone = tmp_path / "alone"
     shutil.copytree(lm_b / "transfer", alone)
     shutil.rmtree(lm_b)
