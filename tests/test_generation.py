@@ -278,7 +278,7 @@ def test_sentencepiece_generation_never_samples_unknown_or_control_pieces(tmp_pa
     from lmscale.models import model_params
     graphdef, params = model_params(lm.config.model, tok.vocab_size, seed=0)
     bias = params["decoder"]["bias"]
-    bias.value = bias.value.at[jnp.asarray(banned)].set(50.0)  # all the mass, unless banned
+    bias[...] = bias[...].at[jnp.asarray(banned)].set(50.0)  # all the mass, unless banned
     lm = dataclasses.replace(lm, tokenizer=tok, graphdef=graphdef, params=params, decode_cache={})
     out = generate(lm, "the", 20, temperature=1.0, seed=1, samples=4)
     assert all("\u2047" not in s and len(s) > len("the") for s in out), out
