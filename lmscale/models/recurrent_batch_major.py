@@ -82,7 +82,8 @@ def forward(st: Static, x: jax.Array, fw: dict[str, jax.Array], h0: jax.Array, c
         if st.mlstm:
             u = jnp.dot(h.astype(dt), fw["w_mh"], preferred_element_type=sdt).astype(dt)
             a = jnp.concatenate([xm_t * u, x_t], axis=1)
-            out["u"] = u
+            if save:
+                out["u"] = u
         else:
             a = jnp.concatenate([h.astype(dt), x_t], axis=1)
         z = jnp.dot(a, w_cat, preferred_element_type=sdt) + bias
@@ -99,8 +100,6 @@ def forward(st: Static, x: jax.Array, fw: dict[str, jax.Array], h0: jax.Array, c
             # dz = d * (dc, dc, dc, dh), dc += dh * p and dc <- dc * f in the backward.
             out["r"] = jnp.concatenate([g * i * (1 - i), c * f * (1 - f), i * (1 - g * g),
                                         tc * o * (1 - o), f, o * (1 - tc * tc)], axis=1)
-        else:
-            out.pop("u", None)
         return (h_new, c_new), out
 
     (h, c), ys = jax.lax.scan(step, (h0, c0), (x, xm, keep), unroll=min(st.unroll, x.shape[0]))
@@ -112,16 +111,16 @@ def forward(st: Static, x: jax.Array, fw: dict[str, jax.Array], h0: jax.Array, c
     return (h, c), ys["hs"], ys.get("cs"), saved
 
 
-def backward(st: Static, x: jax.Array, w: dict[str, Any], fw: dict[str, jax.Array],
-             s: dict[str, Any], dhs: jax.Array, dcs: jax.Array | None, dh: jax.Array,
-             dc: jax.Array) -> tuple[jax.Array, dict[str, jax.Array], jax.Array, jax.Array]:
+def backward(st: Static, x: jax.Array, fw: dict[str, jax.Array], s: dict[str, Any],
+             dhs: jax.Array, dcs: jax.Array | None, dh: jax.Array, dc: jax.Array
+             ) -> tuple[jax.Array, dict[str, jax.Array], jax.Array, jax.Array]:
     """The backward of ``forward`` over x [T, B, in] from its residuals ``s``; fw: its
     weights. dhs [T, B, H] (and dcs): the cotangents of hs (cs); dh, dc [B, H] (state dtype):
     those of the final state. Returns (dx [T, B, in] state dtype, {"w_x", "b", "w_mx", "w_mh",
     "w_h": float32 gradients of the matrices as used}, dh0, dc0 [B, H]: those of the initial
     state, before its reset)."""
     dt, sdt = st.dtype, st.state_dtype
-    n_t, n_b, n_in = x.shape
+    n_t, n_b = x.shape[:2]
     hidden = dh.shape[1]
     w_h = fw["w_cat"][:hidden]
     keep = s["keep"]

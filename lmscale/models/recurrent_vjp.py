@@ -66,7 +66,8 @@ def _fwd(st: Static, x: jax.Array, w_x: jax.Array, b: jax.Array, w_mx: jax.Array
          keep: jax.Array | None, s_mh: jax.Array | None, s_h: jax.Array | None
          ) -> tuple[Any, Any]:
     w = cast(st, w_x, b, w_mx, w_mh, w_h, s_mh, s_h)
-    if _batch_major(st, x.shape[0]):
+    batch = _batch_major(st, x.shape[0])
+    if batch:
         (h, c), hs, cs, saved = recurrent_batch_major.forward(
             st, x, recurrent_batch_major.weights(st, w, {"w_h": w_h, "w_mh": w_mh}), h0, c0,
             keep, save=True)
@@ -80,7 +81,7 @@ def _fwd(st: Static, x: jax.Array, w_x: jax.Array, b: jax.Array, w_mx: jax.Array
              "c0": c0, "s_mh": s_mh, "s_h": s_h}.items()}
     # The directions as given (float32 masters), for the scales' gradients.
     unscaled = {"w_mh": w_mh if s_mh is not None else None, "w_h": w_h if s_h is not None else None}
-    if not _batch_major(st, x.shape[0]):
+    if not batch:
         hs, cs = batch_major(hs), (None if cs is None else batch_major(cs))
     return (hs, (h, c), cs), (x, w, saved, keep, like, unscaled)
 
@@ -92,7 +93,7 @@ def _bwd(st: Static, res: Any, cts: Any) -> tuple[Any, ...]:
     n_t = x.shape[0]
     if _batch_major(st, n_t):
         d_x, grads, dh0, dc0 = recurrent_batch_major.backward(
-            st, x, w, recurrent_batch_major.weights(st, w, unscaled), s, dhs,
+            st, x, recurrent_batch_major.weights(st, w, unscaled), s, dhs,
             dcs if st.return_cells else None, dh_t.astype(sdt), dc_t.astype(sdt))
     else:
         d_x, grads, dh0, dc0 = _feature_major_backward(st, x, w, s, dhs, dcs, dh_t, dc_t)
