@@ -15,7 +15,6 @@ import sys
 
 import jax
 import ml_collections
-import numpy as np
 
 from lmscale.config import parse_split
 from lmscale.data.builtin import is_builtin
@@ -147,7 +146,7 @@ def resolve_dataset(data: ml_collections.ConfigDict, workdir: str, *, progress: 
         return spec
     if jax.process_count() == 1:
         return _prepare_in_workdir(data, workdir, progress, resuming)
-    from jax.experimental import multihost_utils
+    from lmscale.distributed import process_0_says
     target, failure = None, None
     if jax.process_index() == 0:
         try:
@@ -155,7 +154,7 @@ def resolve_dataset(data: ml_collections.ConfigDict, workdir: str, *, progress: 
         except Exception as e:  # re-raised below, once the others know
             failure = e
     # A collective: every process waits here until process 0 is done.
-    ok = int(multihost_utils.broadcast_one_to_all(np.int32(failure is None)))
+    ok = process_0_says(failure is None)
     if failure is not None:
         raise failure
     if not ok:
@@ -183,16 +182,15 @@ def _prepare_in_workdir(data: ml_collections.ConfigDict, workdir: str, progress:
         if recorded == request:
             if old_sources is None or sources is None or old_sources == sources:
                 return target
-            changed = _changed_sources(old_sources, sources)
+            changed = (f"note: the text changed since {target} was prepared from it "
+                       f"({_changed_sources(old_sources, sources)}); ")
             if resuming:
-                print(f"note: the text changed since {target} was prepared from it ({changed}); "
-                      f"this resumed run goes on with the prepared data, which its steps were "
-                      f"counted on. To train on the new text, start afresh "
+                print(f"{changed}this resumed run goes on with the prepared data, which its "
+                      f"steps were counted on. To train on the new text, start afresh "
                       f"(--config.resume=false) or use another workdir", file=sys.stderr,
                       flush=True)
                 return target
-            print(f"note: the text changed since {target} was prepared from it ({changed}); "
-                  f"preparing it again", file=sys.stderr, flush=True)
+            print(f"{changed}preparing it again", file=sys.stderr, flush=True)
     if not is_builtin(spec) and not spec.strip():
         raise DataError("data.train is empty: give a prepared dataset, text paths/globs or 'python_stdlib'")
     prepare_dataset(spec if is_builtin(spec) else [p for p in spec.split(",") if p],

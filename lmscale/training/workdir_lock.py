@@ -93,7 +93,9 @@ def _agree_on_workdir(workdir: str, refused: Exception | None) -> None:
     the same folder (process 0's lock file): a workdir on host-local disks hung at the first
     checkpoint for 10 minutes."""
     from jax.experimental import multihost_utils
-    if not int(multihost_utils.broadcast_one_to_all(np.int32(refused is None))):
+
+    from lmscale.distributed import process_0_says
+    if not process_0_says(refused is None):
         if refused is not None:
             raise refused
         raise WorkdirInUseError(f"process 0 refused {workdir}: it is in use by another lmscale "
