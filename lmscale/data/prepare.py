@@ -38,7 +38,7 @@ from lmscale.data.dataset import FORMAT, METADATA, SPLITS, VERSION, is_dataset
 from lmscale.data.errors import DataError
 from lmscale.data.sample import sample_texts
 from lmscale.data.sources import TXT_MODES, expand_inputs, file_kind, input_size, iter_pieces
-from lmscale.data.spm import SentencePieceTraining, train_sentencepiece
+from lmscale.data.spm import SentencePieceTokenizer, SentencePieceTraining, train_sentencepiece
 from lmscale.data.tokenizer import ByteTokenizer, Tokenizer
 from lmscale.data.words import WordCounter, WordTraining, build_vocabulary
 
@@ -241,7 +241,7 @@ def _tokenize(paths: list[str], tmp: str, tokenizer: Tokenizer, progress: bool,
     begins: list[bool] = []
     invalid: dict[str, int] = {}  # a subword/word tokenizer's segments of invalid UTF-8, per file
     spaces: dict[str, int] = {}  # SentencePiece: segments holding its space symbol U+2581, per file
-    sentencepiece = hasattr(tokenizer, "lossy_settings")
+    sentencepiece = isinstance(tokenizer, SentencePieceTokenizer)
 
     def flush() -> None:
         nonlocal tokens, buffered
@@ -285,20 +285,22 @@ def _tokenize(paths: list[str], tmp: str, tokenizer: Tokenizer, progress: bool,
                 path_ends.append(tokens)
         flush()
     if invalid:
-        named = ", ".join(f"{p} ({n})" for p, n in list(invalid.items())[:3])
-        print(f"note: invalid UTF-8 in {named}{', ...' if len(invalid) > 3 else ''} "
-              f"(pieces of text per file): the "
+        print(f"note: invalid UTF-8 in {_per_file(invalid)}: the "
               f"{'word' if isinstance(tokenizer, WordCounter) else 'subword'} "
               f"tokenizer reads their invalid bytes as U+FFFD, so the token counts and the bpc "
               f"denominators (bytes) are those of the text with U+FFFD in their place",
               file=sys.stderr, flush=True)
     if spaces:
-        named = ", ".join(f"{p} ({n})" for p, n in list(spaces.items())[:3])
         print(f"note: the text holds U+2581 (\u2581), SentencePiece's own space symbol, in "
-              f"{named}{', ...' if len(spaces) > 3 else ''} (pieces of text per file): it is "
-              f"read as a space, decoded as one and counted as 1 byte, not 3",
-              file=sys.stderr, flush=True)
+              f"{_per_file(spaces)}: it is read as a space, decoded as one and counted as 1 "
+              f"byte, not 3", file=sys.stderr, flush=True)
     return tokens, documents
+
+
+def _per_file(counts: dict[str, int]) -> str:
+    """"a.txt (3), b.txt (1) (pieces of text per file)", the first three files named."""
+    named = ", ".join(f"{p} ({n})" for p, n in list(counts.items())[:3])
+    return f"{named}{', ...' if len(counts) > 3 else ''} (pieces of text per file)"
 
 
 def _utf8(data: bytes) -> bool:
@@ -436,8 +438,8 @@ def prepare_dataset(inputs: str | Sequence[str], output: str, *, text_column: st
         options = dict(text_column=text_column, text_field=text_field, txt_mode=txt_mode)
         tokenizer = train_sentencepiece(sample_texts(paths, training.sample_bytes, **options),
                                         training, source=", ".join(source))
-    elif lossy := getattr(tokenizer, "lossy_settings", lambda: [])():
-        print(f"note: {getattr(tokenizer, 'name', 'the SentencePiece model')}: "
+    elif isinstance(tokenizer, SentencePieceTokenizer) and (lossy := tokenizer.lossy_settings()):
+        print(f"note: {tokenizer.name}: "
               f"{'; '.join(lossy)}: decoding does not give back the text exactly, and bpc "
               f"counts the bytes of its pieces, not of the text (lmscale trains its own "
               f"without these: --vocab_size instead of --sp_model)", file=sys.stderr, flush=True)

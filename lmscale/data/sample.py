@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterator, Sequence
 
 from lmscale.data.errors import DataError
-from lmscale.data.sources import file_kind, input_size, iter_pieces
+from lmscale.data.sources import BOM, file_kind, input_size, iter_pieces
 
 WINDOW_BYTES = 1 << 20  # bytes read per window of a sampled raw text file
 
@@ -40,7 +40,7 @@ def _windows(path: str, size: int, share: int) -> Iterator[str]:
             f.seek(offset)
             data = f.read(width)
             if offset == 0:
-                data = data.removeprefix(b"\xef\xbb\xbf")  # a byte order mark is not text
+                data = data.removeprefix(BOM)
             if offset > 0 and (nl := data.find(b"\n")) >= 0:
                 data = data[nl + 1:]  # start at a line start
             if offset + width < size and (nl := data.rfind(b"\n")) >= 0:

@@ -82,12 +82,12 @@ def file_kind(path: str) -> str:
     return "txt"
 
 
-_BOM = b"\xef\xbb\xbf"  # UTF-8's byte order mark: not text (CSV and JSONL readers drop it too)
+BOM = b"\xef\xbb\xbf"  # UTF-8's byte order mark: not text (CSV and JSONL readers drop it too)
 
 
 def _iter_txt(path: str, txt_mode: str) -> Iterator[tuple[bytes, bool]]:
     with open(path, "rb") as f:
-        if f.read(len(_BOM)) != _BOM:
+        if f.read(len(BOM)) != BOM:
             f.seek(0)
         if txt_mode == "line":
             for line in f:
