@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from typing import Any
 
 import jax
@@ -29,8 +30,12 @@ class MetricsWriter:
         self._tb = None
         if self.enabled and tensorboard:
             from tensorboardX import SummaryWriter
+            # tensorboardX names its file by the second and the host: a run resumed within
+            # the same second (a notebook's second train()) wrote over the first run's file.
+            # The nanosecond suffix keeps each file apart and the names in time order.
             self._tb = SummaryWriter(os.path.join(workdir, "tb"),
-                                     purge_step=resumed_from + 1 if resumed_from else None)
+                                     purge_step=resumed_from + 1 if resumed_from else None,
+                                     filename_suffix=f".{time.time_ns():020d}")
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:

@@ -53,3 +53,16 @@ def test_a_resume_past_a_lost_checkpoint_drops_the_lost_steps_from_tensorboard(t
     assert sorted(shown) == sorted(logged) == [2, 4, 8]  # TensorBoard showed 6 too
     assert all(abs(shown[s] - logged[s]) < 1e-6 * abs(logged[s]) for s in shown)
     assert shown[2] == first[2] and shown[4] == first[4]  # the steps before the checkpoint stay
+
+
+def test_two_writers_in_one_second_keep_both_event_files(tmp_path):
+    """tensorboardX names a file by its second and host: a run resumed in the same second
+    wrote over the first run's events (the test above lost steps 2 and 4 that way, at times)."""
+    from lmscale.training.metrics import MetricsWriter
+    for step in (1, 2):
+        writer = MetricsWriter(str(tmp_path), resumed_from=step - 1)
+        writer.write({"step": step, "split": "train", "loss": float(step)})
+        writer.close()
+    files = sorted(os.listdir(tmp_path / "tb"))
+    assert len(files) == 2, files
+    assert visible_scalars(str(tmp_path / "tb"), "train/loss") == {1: 1.0, 2: 2.0}
