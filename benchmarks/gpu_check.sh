@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # One-GPU check, under 8 minutes: the fast recurrence/transformer/bench tests on the GPU, then
 # the training-step bench of the paper's 4096-d mLSTM at 256 x 256 per device in bfloat16 and
-# float16 (hand-written backward in the GPU's batch-major loops; plain autodiff, the CPU's
-# feature-major loops and remat segments as A/B), and of the
+# float16 (hand-written backward in the GPU's batch-major loops; plain autodiff, float32 gate factors,
+# the CPU's feature-major loops and remat segments as A/B), and of the
 # 12-layer transformer (configs/transformer_amazon.py, the seed's 32 x 64 per device) in
 # bfloat16 and float16.
 #
 #     bash benchmarks/gpu_check.sh            # from the repository root, JAX with CUDA installed
 #     GPU_CHECK_SMOKE=1 bash benchmarks/gpu_check.sh   # the same stages, tiny shapes, on the CPU
 #     GPU_CHECK_PART=profile bash benchmarks/gpu_check.sh  # where the headline step's time goes
+#     GPU_CHECK_PART=ab GPU_CHECK_AB="base:;flag:XLA_FLAGS=--x" bash benchmarks/gpu_check.sh
+#                                          # the headline bench under each environment
 #
 # The profile part (instead of the check's stages): the headline step's kernels by HLO
 # operation and the device's idle time between them (benchmarks/op_profile.py, the compiled
@@ -101,6 +103,18 @@ bench() {  # label, seconds, flags...
     --out="$JSONL" 2>&1 | tee -a "$BENCH_LOG" | grep -v '^{' | tail -3 | tee -a "$LOG"
   say "bench $label exit ${PIPESTATUS[0]}"
 }
+if [ "${GPU_CHECK_PART:-check}" = ab ]; then
+  # The headline bench once per variant of GPU_CHECK_AB: "label:VAR=value VAR2=value;label2:..."
+  # (environment settings, e.g. XLA_FLAGS, read by the step when it is traced).
+  IFS=';' read -ra VARIANTS <<< "${GPU_CHECK_AB:-base:}"
+  for v in "${VARIANTS[@]}"; do
+    ( for assignment in ${v#*:}; do export "${assignment?}"; done
+      say "variant ${v%%:*}: ${v#*:}"
+      bench "mlstm-bf16-ab-${v%%:*}" 100 "${MLSTM[@]}" --config.precision.compute=bfloat16 --grad=custom )
+  done
+  say "done (A/B part); JSON lines in $JSONL"
+  exit 0
+fi
 if [ "${GPU_CHECK_PART:-check}" = profile ]; then
   seconds=$(limit 150)
   say "profile mlstm-bf16-custom (limit ${seconds}s)"
@@ -128,6 +142,8 @@ bench mlstm-bf16-custom 150 "${MLSTM[@]}" --config.precision.compute=bfloat16 --
 # smoke run only collects them.
 TESTS=(tests/models/test_recurrent_vjp.py tests/models/test_recurrent.py
        tests/models/test_transformer.py tests/test_bench.py)
+# GPU_CHECK_TESTS="tests/models/test_recurrent_vjp.py -k batch": another selection (pytest args).
+[ -n "${GPU_CHECK_TESTS:-}" ] && read -ra TESTS <<< "$GPU_CHECK_TESTS"
 say "tests"
 if [ "$SMOKE" = 1 ]; then
   timeout "$(limit 60)" "$PY" -m pytest -q --collect-only "${TESTS[@]}" 2>&1 | tail -1 | tee -a "$LOG"
@@ -137,6 +153,9 @@ else
 fi
 say "tests exit ${PIPESTATUS[0]}"
 
+bench mlstm-fp16-custom 70 "${MLSTM[@]}" --config.precision.compute=float16 --grad=custom
+bench mlstm-bf16-f32-factors 70 "${MLSTM[@]}" --config.precision.compute=bfloat16 --grad=custom \
+  --factors=float32
 bench transformer-bf16 60 "${TRANSFORMER[@]}" --config.precision.compute=bfloat16
 # Where the mLSTM step's time goes: its recurrence against the GEMM floor.
 seconds=$(limit 60)
@@ -144,7 +163,6 @@ say "scan floor (limit ${seconds}s)"
 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" timeout "$seconds" "$PY" benchmarks/gpu_scan_floor.py \
   "${FLOOR[@]}" 2>&1 | tee "$DEST/gpu_floor.jsonl" | tail -4 | tee -a "$LOG"
 say "scan floor exit ${PIPESTATUS[0]}"
-bench mlstm-fp16-custom 70 "${MLSTM[@]}" --config.precision.compute=float16 --grad=custom
 bench mlstm-bf16-autodiff 70 "${MLSTM[@]}" --config.precision.compute=bfloat16 --grad=autodiff
 bench transformer-fp16 50 "${TRANSFORMER[@]}" --config.precision.compute=float16
 bench mlstm-bf16-feature-layout 70 "${MLSTM[@]}" --config.precision.compute=bfloat16 --grad=custom \

@@ -1,7 +1,8 @@
 """Benchmark a config's training step (and input pipeline) on this machine.
 
     python -m lmscale.bench --config=configs/quickstart.py [--config.model.hidden=1024 ...]
-        [--steps=10] [--grad=custom|autodiff] [--unroll=0] [--layout=auto] [--pipeline] [--out=FILE]
+        [--steps=10] [--grad=custom|autodiff] [--unroll=0] [--layout=auto] [--factors=compute]
+        [--pipeline] [--out=FILE]
 
 Times the real jitted training step (compile and warm-up excluded, median of --steps),
 reports tokens/s and chars/s (bytes/s: a byte tokenizer's tokens/s; for subword and word
@@ -38,6 +39,9 @@ _UNROLL = flags.DEFINE_integer("unroll", 0, "Unroll of the time loops (the mLSTM
 _LAYOUT = flags.DEFINE_enum("layout", "auto", ["auto", "feature", "batch"],
                             "Layout of the hand-written backward's loops: feature (tuned for "
                             "XLA:CPU), batch (for XLA:GPU), auto (batch on GPUs).")
+_FACTORS = flags.DEFINE_enum("factors", "compute", ["compute", "float32"],
+                             "dtype of the gate factors the batch layout's loops save for the "
+                             "backward: the compute dtype, or float32.")
 _RESET_EVERY = flags.DEFINE_integer(
     "reset_every", 0, "Put a state reset every this many batch positions (0 = none).", lower_bound=0)
 _PIPELINE = flags.DEFINE_bool("pipeline", False, "Also time the input pipeline.")
@@ -73,6 +77,7 @@ def main(argv: list[str]) -> None:
             batcher = train_batcher(TokenDataset.open(path), config)
         return bench.run_bench(config, steps=_STEPS.value, warmup=_WARMUP.value, grad=_GRAD.value,
                                unroll=_UNROLL.value, layout=_LAYOUT.value,
+                               factors=_FACTORS.value,
                                reset_every=_RESET_EVERY.value,
                                batcher=batcher if _PIPELINE.value else None,
                                matmul_n=_MATMUL_N.value or None, label=_LABEL.value,

@@ -8,14 +8,15 @@ first measurement"). Here (``Static.layout == "batch"``; the default on GPUs, se
 ``recurrent.ScanOptions``) one step is, per time step t, with [B, F] arrays:
 
   forward:  u = h W_mh;  a = [xm_t * u, x_t]  (LSTM: a = [h, x_t]);  z = a [W_h; W_x] + b;
-            gates, c, h; saved: a, u, and r = [d_i, d_f, d_g, d_o, f, p] (float32 [B, 6H]);
+            gates, c, h; saved: a, u, d = [d_i, d_f, d_g, d_o] ([B, 4H], ``Static.factors``:
+            bfloat16 in 16-bit compute, see ``recurrent.ScanOptions``) and [f, p] (float32);
   backward: dh += dhs_t; dc += dh p; dz = d * (dc, dc, dc, dh); dc <- dc f;
             dm = dz W_h^T; du = dm * xm_t, dxm = dm * u; dh = du W_mh^T;
 
 - x_t W_x is part of the step's one large GEMM (K = H + in), not a second GEMM and an add
   of two [B, 4H] float32 arrays; xm = x W_mx is one GEMM over all T x B rows before the loop.
-- What a step saves leaves it as the scan's per-step outputs, one array per kind of value
-  (the gate factors d, f and p as one float32 array), not eleven in-place writes.
+- What a step saves leaves it as the loop's per-step outputs, one array per kind of value,
+  not eleven in-place writes, into buffers not zero-filled first (``_scan``).
 - The state entering step t (for dW_mh) is not saved: it is hs shifted by one step, reset.
 - The weight norm's scales are applied to the matrices once per call (a pass over W_h, 0.1 ms
   on a GPU), from the float32 directions (rounded to the compute dtype once), not folded into
@@ -40,7 +41,32 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from lmscale.models.recurrent_loops import Static, scaled
+from lmscale.models.recurrent_loops import Static, scaled, varying_like
+
+
+def _scan(step: Any, carry: Any, xs: Any, length: int, reverse: bool, unroll: int
+          ) -> tuple[Any, Any]:
+    """``lax.scan(step, carry, xs, reverse=reverse, unroll=unroll)``, its per-step outputs
+    written into uninitialized buffers (``lax.empty``: XLA:GPU's AllocateBuffer). lax.scan
+    zero-fills them first: on the H200 a memset of every saved sequence before each loop, 2.3
+    to 3.2 ms of an 83 ms step (benchmarks/README.md, "GPU: fewer bytes"). Every step writes
+    its row, so no value of the uninitialized memory is read. On a CPU the buffers are zeros."""
+    first = jax.tree.map(lambda a: a[0], xs)
+    shapes = jax.eval_shape(lambda c, x: step(c, x)[1], carry, first)
+    refs = jax.tree.leaves((carry, xs))
+    bufs = jax.tree.map(lambda s: varying_like(jax.lax.empty((length, *s.shape), s.dtype), *refs),
+                        shapes)
+
+    def body(i: jax.Array, state: tuple[Any, Any]) -> tuple[Any, Any]:
+        carry, bufs = state
+        t = length - 1 - i if reverse else i
+        x_t = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, t, 0, keepdims=False), xs)
+        carry, out = step(carry, x_t)
+        bufs = jax.tree.map(lambda b, o: jax.lax.dynamic_update_index_in_dim(b, o, t, 0),
+                            bufs, out)
+        return carry, bufs
+
+    return jax.lax.fori_loop(0, length, body, (carry, bufs), unroll=unroll)
 
 
 def weights(st: Static, w: dict[str, Any], masters: dict[str, Any]) -> dict[str, jax.Array]:
@@ -98,14 +124,17 @@ def forward(st: Static, x: jax.Array, fw: dict[str, jax.Array], h0: jax.Array, c
         if save:
             out["a"] = a
             # dz = d * (dc, dc, dc, dh), dc += dh * p and dc <- dc * f in the backward.
-            out["r"] = jnp.concatenate([g * i * (1 - i), c * f * (1 - f), i * (1 - g * g),
-                                        tc * o * (1 - o), f, o * (1 - tc * tc)], axis=1)
+            out["d"] = jnp.concatenate([g * i * (1 - i), c * f * (1 - f), i * (1 - g * g),
+                                        tc * o * (1 - o)], axis=1).astype(st.factors)
+            out["fp"] = jnp.concatenate([f, o * (1 - tc * tc)], axis=1)
         return (h_new, c_new), out
 
-    (h, c), ys = jax.lax.scan(step, (h0, c0), (x, xm, keep), unroll=min(st.unroll, x.shape[0]))
+    (h, c), ys = _scan(step, (h0, c0), (x, xm, keep), x.shape[0], False,
+                       min(st.unroll, x.shape[0]))
     saved = None
     if save:
-        saved = {"a": ys["a"], "r": ys["r"], "keep": keep, "h0": h0.astype(dt), "hs": ys["hs"]}
+        saved = {"a": ys["a"], "d": ys["d"], "fp": ys["fp"], "keep": keep, "h0": h0.astype(dt),
+                 "hs": ys["hs"]}
         if st.mlstm:
             saved.update(u=ys["u"], xm=xm)
     return (h, c), ys["hs"], ys.get("cs"), saved
@@ -128,11 +157,11 @@ def backward(st: Static, x: jax.Array, fw: dict[str, jax.Array], s: dict[str, An
     def step(carry: tuple[jax.Array, jax.Array], inputs: tuple[Any, ...]
              ) -> tuple[tuple[jax.Array, jax.Array], dict[str, jax.Array]]:
         dh, dc = carry  # cotangents of the state step t returned
-        dhs_t, dcs_t, r_t, u_t, xm_t, keep_t = inputs
+        dhs_t, dcs_t, d, fp_t, u_t, xm_t, keep_t = inputs
         dh = dh + dhs_t.astype(sdt)
         if dcs_t is not None:
             dc = dc + dcs_t
-        d, f, p = r_t[:, :4 * hidden], r_t[:, 4 * hidden:5 * hidden], r_t[:, 5 * hidden:]
+        f, p = fp_t[:, :hidden], fp_t[:, hidden:]
         dc = dc + dh * p
         dz = (d * jnp.concatenate([dc, dc, dc, dh], axis=1)).astype(dt)
         dc = dc * f
@@ -148,9 +177,9 @@ def backward(st: Static, x: jax.Array, fw: dict[str, jax.Array], s: dict[str, An
             dh, dc = dh * keep_t, dc * keep_t
         return (dh, dc), out
 
-    inputs = (dhs, dcs, s["r"], s.get("u"), s.get("xm"), keep)
+    inputs = (dhs, dcs, s["d"], s["fp"], s.get("u"), s.get("xm"), keep)
     unroll = min(st.unroll, n_t)
-    (dh0, dc0), ys = jax.lax.scan(step, (dh, dc), inputs, reverse=True, unroll=unroll)
+    (dh0, dc0), ys = _scan(step, (dh, dc), inputs, n_t, True, unroll)
     rows = lambda seq: seq.reshape(n_t * n_b, -1)
     all_rows = lambda a, b: jax.lax.dot_general(rows(a), rows(b), (((0,), (0,)), ((), ())),
                                                 preferred_element_type=jnp.float32)

@@ -82,6 +82,7 @@ class Static:
     unroll: int = 1  # of the loops; the mLSTM's backward only when complete (see backward)
     segment: int = 0  # remat: > 0 saves only each segment's starting state (recurrent_segments)
     layout: str = "feature"  # "feature": these loops (XLA:CPU); "batch": recurrent_batch_major
+    factors: str = "float32"  # dtype of the gate factors the batch-major loops save
 
     @property
     def state_dtype(self) -> Any:

@@ -162,10 +162,10 @@ def compile_step(config: ml_collections.ConfigDict, vocab_size: int = BYTE_VOCAB
 
 def time_step(config: ml_collections.ConfigDict, *, steps: int = 10, warmup: int = 2,
               vocab_size: int = BYTE_VOCAB, grad: str = "custom", unroll: int = 0,
-              layout: str = "auto", reset_every: int = 0,
+              layout: str = "auto", factors: str = "compute", reset_every: int = 0,
               devices: list[jax.Device] | None = None) -> dict[str, Any]:
     """Median time of the jitted training step and what follows from it (see module doc)."""
-    with scan_options(grad=grad, unroll=unroll, layout=layout):
+    with scan_options(grad=grad, unroll=unroll, layout=layout, factors=factors):
         compiled, state, batch, compile_s = compile_step(config, vocab_size, devices, reset_every)
     for _ in range(warmup):
         state, metrics = compiled(state, batch)
@@ -290,7 +290,8 @@ def host_info() -> dict[str, Any]:
 
 def run_bench(config: ml_collections.ConfigDict, *, steps: int = 10, warmup: int = 2,
               grad: str = "custom", unroll: int = 0, layout: str = "auto",
-              reset_every: int = 0, batcher: Any = None, matmul_n: int | None = None, label: str = "",
+              factors: str = "compute", reset_every: int = 0, batcher: Any = None,
+              matmul_n: int | None = None, label: str = "",
               loop_workdir: str | None = None) -> dict[str, Any]:
     """One benchmark record: the step, the matmul rate in the compute dtype, the pipeline,
     and (``loop_workdir``) the full training loop."""
@@ -303,19 +304,23 @@ def run_bench(config: ml_collections.ConfigDict, *, steps: int = 10, warmup: int
         raise DataError(f"{e} (lmscale.bench needs the vocabulary size: set "
                         f"--config.data.word_vocab_size=N)") from None
     step = time_step(config, steps=steps, warmup=warmup, grad=grad, unroll=unroll,
-                     layout=layout, reset_every=reset_every, vocab_size=vocab_size)
+                     layout=layout, factors=factors, reset_every=reset_every,
+                     vocab_size=vocab_size)
     peak = matmul_rate(DTYPES[compute], matmul_n)
     m = config.model
     from lmscale.models import architecture, get_kind
     from lmscale.models.lm import remat_steps
-    options = ScanOptions(unroll=unroll, layout=layout)
+    options = ScanOptions(unroll=unroll, layout=layout, factors=factors)
     loops = options.loops_layout(remat_steps(m), config.train.seq_len)
+    static = options.static(m.kind, DTYPES[compute], False, remat_steps(m), config.train.seq_len)
     record = {"label": label, "kind": m.kind, "model": get_kind(m.kind).describe(m),
               "architecture": architecture(m), "layers": m.layers, "batch": step["tokens_per_step"] // config.train.seq_len,
               "seq": config.train.seq_len, "vocab_size": vocab_size, "compute": compute,
               "grad": grad, "unroll": (options.resolved_unroll(loops) if grad == "custom"
                                        else unroll or 1),
               "layout": loops,  # as run (remat segments run the feature-major loops)
+              # the dtype of the gate factors the batch-major loops save
+              "factors": static.factors if loops == "batch" and m.kind in SCANNED_KINDS else None,
               "reset_every": reset_every, "remat": m.get("remat", "none"), **step,
               "matmul": peak, "of_matmul_rate": step["flop_per_s"] / peak["flop_per_s"],
               "hardware_of_matmul_rate": step["hardware_flop_per_s"] / peak["flop_per_s"]}
@@ -362,7 +367,10 @@ def _grad_cell(record: dict[str, Any]) -> str:
     if record.get("kind") not in SCANNED_KINDS:
         return "-"
     remat = f" remat {record['remat_steps']}" if record.get("remat") == "segments" else ""
-    layout = " batch" if record.get("layout") == "batch" and record["grad"] == "custom" else ""
+    layout = ""
+    if record.get("layout") == "batch" and record["grad"] == "custom":
+        f32 = record.get("factors") == "float32" and record.get("compute") != "float32"
+        layout = " batch" + (" f32 factors" if f32 else "")
     return f"{record['grad']} u{record['unroll']}{layout}{remat}"
 
 
