@@ -63,10 +63,10 @@ class ScanOptions:
     factors: the dtype in which the batch-major loops save the gate derivative factors for
         the backward: "compute" (the compute dtype) or "float32". The forget gate and the
         output factor stay float32 (the cell's gradient is multiplied by them every step).
-        On the H200 (4096 units, bf16) "compute" saves 1.1-1.7 ms of an 81 ms step and 2 GiB;
-        the recurrent weights' gradients at T = 256 move from 0.31 % to 0.39 % off float32's
-        in bf16 (fp16: 0.036 % to 0.043 %; autodiff: 0.65 %, 0.096 %; benchmarks/README.md,
-        "GPU: fewer bytes").
+        On the H200 (4096 units, bf16) "compute" saves 2 GiB of 12.7 and about 1 % of the
+        step's time (within the runs' spread); the recurrent weights' gradients at T = 256
+        move from 0.31 % to 0.39 % off float32's in bf16 (fp16: 0.036 % to 0.043 %;
+        autodiff: 0.65 %, 0.096 %; benchmarks/README.md, "GPU: fewer bytes").
     """
     grad: str = "custom"
     unroll: int = 0

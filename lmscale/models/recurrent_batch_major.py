@@ -26,8 +26,8 @@ first measurement"). Here (``Static.layout == "batch"``; the default on GPUs, se
   db = the sum of dZ, dx = dZ W_x^T + dXM W_mx^T: matmuls over all T x B rows, float32.
 
 Measured on the H200 (bf16, that shape): 98.8 ms a step with ``recurrent_loops``, 84.6 ms
-with these loops, 82.7 ms unrolled by 2 (their default there); about 10.7 kernels per loop
-iteration. On XLA:CPU they are slower than ``recurrent_loops`` (the quickstart: 80.5 vs
+with these loops, 82.7 ms unrolled by 2 (their default there), 80.4 ms with the buffers not
+zero-filled and the gate factors in the compute dtype; about 10 kernels per loop iteration. On XLA:CPU they are slower than ``recurrent_loops`` (the quickstart: 80.5 vs
 72.6 ms), so "auto" keeps those there. Same arguments and results as
 ``recurrent_loops.forward`` / ``backward`` where they are called (``recurrent_vjp``; in float32
 to rounding, in bf16/fp16 to their rounding), except that sequences are time-major [T, B, F]

@@ -275,10 +275,12 @@ def test_batch_layout_unrolled_same_gradient_and_auto_options(kind):
         g2 = jax.grad(loss)(p)
     for got, want in zip(jax.tree.leaves(g2), jax.tree.leaves(g1)):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6, rtol=1e-6)
-    assert ScanOptions().resolved_layout() == "feature" and ScanOptions().resolved_unroll() == 1
+    import unittest.mock
+    with unittest.mock.patch.object(jax, "default_backend", lambda: "cpu"):  # as on a CPU
+        assert ScanOptions().resolved_layout() == "feature"
+        assert ScanOptions().resolved_unroll() == 1
     assert ScanOptions(layout="batch").resolved_unroll() == 2
     assert ScanOptions(layout="batch", unroll=3).resolved_unroll() == 3
-    import unittest.mock
     with unittest.mock.patch.object(jax, "default_backend", lambda: "gpu"):  # as on a GPU
         assert ScanOptions().resolved_layout() == "batch" and ScanOptions().resolved_unroll() == 2
         assert ScanOptions(layout="feature").resolved_unroll() == 1
