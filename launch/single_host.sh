@@ -4,12 +4,13 @@
 #   launch/single_host.sh CONFIG WORKDIR [--config.x.y=V ...]
 #
 # Output goes to WORKDIR/train.log as well as the terminal. SIGTERM or Ctrl-C (e.g. a job
-# scheduler's time limit) is passed to the trainer once; this script waits while it
+# scheduler's time limit) is passed on to the trainer; this script waits while it
 # checkpoints and exits with its status (0); running the same line again continues the run.
-# The trainer runs in a session of its own: a signal sent to this script's whole process
-# group (as schedulers and terminals send it) would otherwise reach it twice, and a second
-# SIGTERM means "stop now, without a checkpoint". tee ignores those signals and ends with the
-# trainer's output, so the trainer never writes into a closed pipe.
+# The trainer runs in a session of its own, so a signal sent to this script's process group
+# (as terminals send Ctrl-C) reaches it once, through this script: Ctrl-C twice then stops it
+# at once, without a checkpoint. A SIGTERM that reaches the trainer directly as well (a
+# scheduler signalling every process of the job) is the same request to it. tee ignores the
+# signals and ends with the trainer's output, so the trainer never writes into a closed pipe.
 set -euo pipefail
 if [[ $# -lt 2 ]]; then
   echo "usage: $0 CONFIG WORKDIR [--config.x.y=V ...]" >&2
@@ -22,11 +23,16 @@ PYTHON=${PYTHON:-python}
 setsid "$PYTHON" -m lmscale.train --config="$config" --workdir="$workdir" "$@" \
   > >(trap '' TERM INT; exec tee -a "$workdir/train.log") 2>&1 &
 pid=$!
-interrupted=0
-trap 'interrupted=1; kill -TERM "$pid" 2>/dev/null || true' TERM INT
+interrupted=0 status=
+trap 'interrupted=1; kill -TERM "$pid" 2>/dev/null || true' TERM
+trap 'interrupted=1; kill -INT "$pid" 2>/dev/null || true' INT
 while true; do  # a trapped signal interrupts wait: then wait again, for the trainer's status
   interrupted=0
-  if wait "$pid"; then status=0; else status=$?; fi
+  if wait "$pid"; then got=0; else got=$?; fi
+  # A signal trapped just after wait returned the trainer's status: waiting again finds no
+  # such child (127; 255 seen too): the status already got is the trainer's.
+  if [[ -n $status ]] && (( got == 127 || got == 255 )); then break; fi
+  status=$got
   [[ $interrupted == 1 ]] || break
 done
 exit "$status"

@@ -29,9 +29,11 @@ def main(argv: list[str]) -> None:
     from lmscale.training.host_memory import restart_with_huge_pages
     restart_with_huge_pages(_CONFIG.value.parallel.cpu_huge_pages, entry=__name__ == "__main__")
     from lmscale.training.host_devices import split_host
-    run_cli(lambda: split_host(_CONFIG.value))  # before any device is touched
-    from lmscale.finetuning.loop import finetune
-    run_cli(lambda: finetune(_CONFIG.value, _WORKDIR.value))
+    from lmscale.training.stop import cli_signals
+    with cli_signals():  # a signal outside the steps: one line (stop.py)
+        run_cli(lambda: split_host(_CONFIG.value))  # before any device is touched
+        from lmscale.finetuning.loop import finetune
+        run_cli(lambda: finetune(_CONFIG.value, _WORKDIR.value))
     sys.exit(0)
 
 

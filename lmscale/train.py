@@ -61,14 +61,18 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from lmscale.training.host_memory import restart_with_huge_pages
     restart_with_huge_pages(_CONFIG.value.parallel.cpu_huge_pages, entry=__name__ == "__main__")
-    join_processes()
-    from lmscale.training.loop import perplexity_note, train
-    result = run_cli(lambda: train(_CONFIG.value, _WORKDIR.value))  # a late SIGTERM: stop.py
-    import jax
-    if "val" in result and jax.process_index() == 0:
-        # Its own step; "final": not a twin of the progress line in a 2>&1 log.
-        val = result["val"]
-        print(f"step {val['step']}: final val bpc {val['bpc']:.4f}{perplexity_note(val)}")
+    from lmscale.training.stop import cli_signals
+    with cli_signals():  # a signal outside the steps: one line (stop.py)
+        join_processes()
+        from lmscale.training.loop import perplexity_note, train
+        result = run_cli(lambda: train(_CONFIG.value, _WORKDIR.value))
+        import jax
+        if "val" in result and jax.process_index() == 0:
+            # Its own step; "final": not a twin of the progress line in a 2>&1 log. A run
+            # stopped by a signal has no final validation: its last one is said as such.
+            val = result["val"]
+            which = "last" if result.get("stopped") else "final"
+            print(f"step {val['step']}: {which} val bpc {val['bpc']:.4f}{perplexity_note(val)}")
     sys.exit(0)
 
 

@@ -7,13 +7,22 @@ step's all-reduce, and the run would hang with no checkpoint. So the processes a
 ``every`` steps each contributes its local flag to one tiny all-gather (the same steps in
 every process, so the collectives line up), and all of them stop at the first such step
 where any flag is set. Then all save the same step's checkpoint and exit 0.
+
+Repeated signals: a scheduler or launcher may signal every process of a job and the launch
+script forward the same signal again, so a repeated SIGTERM is the same request; a second
+SIGINT (Ctrl-C twice) stops at once, without a checkpoint. Outside the training steps (start-
+up: data, restore, compile; and closing), the command-line tools' ``cli_signals`` ends the
+process with one line: nothing is in progress that a checkpoint would keep.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import sys
 import threading
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import numpy as np
@@ -22,7 +31,8 @@ import numpy as np
 class StopSignal:
     """Set by SIGTERM/SIGINT; ``should_stop(step)`` says whether to stop at this step boundary.
 
-    A second signal raises KeyboardInterrupt at once (no checkpoint).
+    A SIGINT after the first signal raises KeyboardInterrupt at once (no checkpoint); a
+    repeated SIGTERM is the same request (said once).
     """
 
     def __init__(self, every: int = 10, processes: int | None = None) -> None:
@@ -31,6 +41,7 @@ class StopSignal:
         self.every = max(int(every), 1)
         self.processes = jax.process_count() if processes is None else processes
         self._previous: dict[int, Any] = {}
+        self._repeated = False
 
     def __enter__(self) -> "StopSignal":
         if threading.current_thread() is threading.main_thread():
@@ -39,19 +50,28 @@ class StopSignal:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.signal is not None:  # a second signal: stop now
+        if self.signal is None:
+            self.signal = signum
+        elif signum == signal.SIGINT:  # Ctrl-C again: stop now
+            if self._previous.get(signal.SIGINT) is _cli_handler:
+                _end(_SECOND_CTRL_C, 130)  # here, not in a library's wait it would unwind
             raise KeyboardInterrupt
-        self.signal = signum
+        elif not self._repeated:
+            self._repeated = True
+            print(f"signal {signum} again: already stopping at the next step boundary (a second "
+                  f"Ctrl-C stops without a checkpoint)", file=sys.stderr, flush=True)
 
     def __exit__(self, *exc: Any) -> None:
-        """Restores the previous handlers, except that after an agreed stop that SIGINT did not
-        cause, a default SIGTERM becomes ignored: a scheduler signals every process of a run,
-        some after they agreed to stop and saved, and such a late signal must not turn the
-        clean stop into exit status -15 while the process closes its files and exits. (A
-        notebook's stop by its interrupt button keeps SIGTERM as it was.)"""
+        """Restores the previous handlers, except that SIGTERM becomes ignored in a command-
+        line tool (``cli_signals``), and after an agreed stop that SIGINT did not cause where
+        it was the default: a scheduler signals every process of a run, some after they
+        stopped or finished and saved, and such a late signal must not turn the clean end into
+        exit status -15 while the process closes its files and exits. (A notebook's stop by
+        its interrupt button keeps SIGTERM as it was.)"""
         for sig, handler in self._previous.items():
-            if (sig == signal.SIGTERM and handler == signal.SIG_DFL and self.stopping
-                    and self.signal != signal.SIGINT):
+            late = handler is _cli_handler or (handler == signal.SIG_DFL and self.stopping
+                                                and self.signal != signal.SIGINT)
+            if sig == signal.SIGTERM and late:
                 handler = signal.SIG_IGN
             signal.signal(sig, handler)
 
@@ -70,3 +90,52 @@ def agreed_any(flag: bool) -> bool:
     from jax.experimental import multihost_utils
     flags = multihost_utils.process_allgather(np.asarray(int(flag), np.int32))
     return bool(np.max(np.asarray(flags)))
+
+
+class SignalExit(KeyboardInterrupt):
+    """SIGTERM/SIGINT outside the training steps of a command-line tool (``cli_signals``)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _cli_handler(signum: int, frame: Any) -> None:
+    raise SignalExit(signum)
+
+
+@contextlib.contextmanager
+def cli_signals() -> Iterator[None]:
+    """A training tool's signals outside its steps (wrap everything after the flags).
+
+    SIGTERM/SIGINT during start-up (joining processes, preparing data, restoring, compiling)
+    or while the finished run closes its files unwind the process (temporary files are
+    removed) and end it with one line: exit 0 for SIGTERM (a scheduler's stop: nothing was in
+    progress that a checkpoint would keep), 130 for SIGINT. In the steps ``StopSignal`` takes
+    over (and ignores a late SIGTERM after them); its forced stop (Ctrl-C twice) is one line
+    and exit 130 too, at once (unwound through orbax's wait, the interrupt was logged as its
+    failure). The process ends by ``os._exit``: the library threads still writing an
+    abandoned checkpoint would otherwise print their tracebacks at shutdown.
+    """
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, _cli_handler)
+    try:
+        yield
+    except SignalExit as e:
+        _end(f"stopped by signal {e.signum} outside the training steps: nothing to save (the "
+             f"latest checkpoint stands; re-run to resume)", 0 if e.signum == signal.SIGTERM
+             else 130)
+    except KeyboardInterrupt:
+        _end(_SECOND_CTRL_C, 130)
+
+
+_SECOND_CTRL_C = ("stopped at once by a second Ctrl-C: no checkpoint saved (the latest one "
+                  "stands; re-run to resume from it)")
+
+
+def _end(message: str, status: int) -> None:
+    print(message, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

@@ -35,3 +35,35 @@ def test_sigterm_to_the_process_group_saves_and_waits(tmp_path):
     assert "stopped by signal 15 at step" in text, text[-2000:]  # once: it got two before, and died
     step = int(text.split("stopped by signal 15 at step ")[1].split(";")[0])
     assert step >= 10 and (workdir / "checkpoints" / str(step)).is_dir()
+
+
+def test_sigterm_to_the_trainer_and_the_script_is_one_stop(tmp_path):
+    """A scheduler that signals every process of the job (systemd, a cgroup kill) reaches the
+    trainer directly and through the script: two SIGTERMs, which stopped the trainer at once
+    without a checkpoint (exit 130). Now the second is the same request: saved, exit 0."""
+    corpus = write_corpus(tmp_path / "corpus")
+    workdir = tmp_path / "run"
+    flags = {**TINY_TRAIN_FLAGS, "data.train": corpus, "train.steps": 100000,
+             "train.log_every": 5, "train.progress_bar": True, "checkpoint.every": 100000}
+    script = subprocess.Popen(
+        ["bash", "launch/single_host.sh", "configs/quickstart.py", str(workdir),
+         *(f"--config.{k}={v}" for k, v in flags.items())],
+        cwd=REPO, env={**os.environ, "PYTHON": sys.executable}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True)
+    log = workdir / "train.log"
+    deadline = time.time() + 240
+    try:
+        while not (log.exists() and "step 10/" in log.read_text()):
+            assert script.poll() is None and time.time() < deadline, "the trainer never logged"
+            time.sleep(0.1)
+        trainer = int(subprocess.run(["pgrep", "-f", f"lmscale.train .*workdir={workdir}( |$)"],
+                                     capture_output=True, text=True).stdout.split()[-1])
+        os.kill(trainer, signal.SIGTERM)
+        time.sleep(0.05)
+    finally:
+        os.kill(script.pid, signal.SIGTERM)  # forwarded: the trainer's second SIGTERM
+    assert script.wait(timeout=120) == 0
+    text = log.read_text()
+    assert "stopped by signal 15 at step" in text and "Traceback" not in text, text[-2000:]
+    step = int(text.split("stopped by signal 15 at step ")[1].split(";")[0])
+    assert (workdir / "checkpoints" / str(step)).is_dir()

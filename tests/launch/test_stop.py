@@ -80,3 +80,49 @@ def test_sigterm_at_different_moments_stops_both_at_one_step(tmp_path):
     assert [s for s, _ in finish(start(full, run / "data", end), timeout=180)] == [0, 0]
     assert records(run) == records(full)  # bitwise
     assert [r["step"] for r in records(full)] == list(range(1, end + 1))
+
+
+def _one_process(workdir, corpus, log, **overrides) -> subprocess.Popen:
+    """One tiny training process, stderr into ``log``."""
+    command = tiny_train_command(workdir, corpus, **{"train.log_every": 1, **overrides})
+    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=open(log, "w"), text=True)
+
+
+def _wait_for(predicate, proc: subprocess.Popen, what: str, seconds: float = 240) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert proc.poll() is None and time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_a_sigterm_during_start_up_ends_the_run_in_one_line_with_status_0(tmp_path):
+    """Before the first step (data, restore, compile) SIGTERM killed the trainer silently
+    (exit 143, empty log): a scheduler's stop then looked like a failure."""
+    corpus = write_corpus(tmp_path / "corpus")
+    run, log = tmp_path / "run", tmp_path / "log"
+    proc = _one_process(run, corpus, log, **{"train.steps": 10_000})
+    _wait_for(lambda: (run / ".lock").exists(), proc, "no lock: the run never started")
+    proc.send_signal(signal.SIGTERM)  # the lock is taken before the data and the compile
+    assert proc.wait(timeout=120) == 0
+    text = log.read_text()
+    assert "stopped by signal 15 outside the training steps: nothing to save" in text, text
+    assert "Traceback" not in text and "step 1/" not in text, text
+
+
+def test_ctrl_c_twice_stops_at_once_in_one_line(tmp_path):
+    """The second signal raised KeyboardInterrupt inside orbax's save: 140 lines of
+    tracebacks. Now one line, exit 130; the next run resumes from the latest checkpoint."""
+    corpus = write_corpus(tmp_path / "corpus")
+    run, log = tmp_path / "run", tmp_path / "log"
+    proc = _one_process(run, corpus, log, **{"train.steps": 100_000, "checkpoint.every": 5})
+    metrics = run / "metrics.jsonl"
+    _wait_for(lambda: metrics.exists() and '"step": 12,' in metrics.read_text(), proc,
+              "the run never logged step 12")
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+    text = log.read_text()
+    assert "stopped at once by a second Ctrl-C: no checkpoint saved" in text, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]

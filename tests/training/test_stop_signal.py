@@ -49,3 +49,35 @@ def test_a_stop_on_sigint_keeps_sigterm_as_it_was(default_sigterm):
         stop._handle(signal.SIGINT, None)
         assert stop.should_stop(1)
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_a_repeated_sigterm_is_the_same_request_a_second_ctrl_c_stops_at_once(default_sigterm):
+    """A scheduler signals each process of a job and a launch script forwards the signal too:
+    the trainer got SIGTERM twice and stopped at once, without a checkpoint (exit 130). A
+    repeated SIGTERM is the same request now; Ctrl-C after a signal still stops at once."""
+    with StopSignal(every=1, processes=1) as stop:
+        stop._handle(signal.SIGTERM, None)
+        stop._handle(signal.SIGTERM, None)  # no KeyboardInterrupt
+        assert stop.should_stop(1) and stop.signal == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):
+            stop._handle(signal.SIGINT, None)
+
+
+def test_in_a_command_line_tool_a_late_sigterm_is_ignored_after_the_steps():
+    """After a run that finished (no signal), a SIGTERM while the process closes its files
+    made a completed run exit 143: under ``cli_signals`` it is ignored after the steps, and
+    before them it unwinds as SignalExit (one line and exit 0, see test_train_cli)."""
+    from lmscale.training.stop import SignalExit, _cli_handler
+    previous = {s: signal.signal(s, _cli_handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with pytest.raises(SignalExit) as raised:
+            os.kill(os.getpid(), signal.SIGTERM)  # start-up: unwinds
+        assert raised.value.signum == signal.SIGTERM
+        with StopSignal(every=1, processes=1) as stop:
+            assert not stop.should_stop(1)
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) is _cli_handler
+        os.kill(os.getpid(), signal.SIGTERM)  # ignored: the test goes on
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
