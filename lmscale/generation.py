@@ -104,10 +104,8 @@ def generate(lm: TrainedLM, prompt: str, length: int = 200, *, temperature: floa
     decoder's copy of the weights is kept in ``lm`` for the next call (``prepared_weights``;
     ``lm.decode_cache.clear()`` frees it).
     """
-    if not prompt:
-        raise DataError("the prompt is empty: give at least one character to start from")
-    if length < 1 or samples < 1:
-        raise DataError(f"length and samples must be >= 1, got {length} and {samples}")
+    _check_request(prompt, length=length, samples=samples, seed=seed, top_k=top_k,
+                   temperature=temperature, top_p=top_p)
     if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
         raise DataError("need temperature >= 0, 0 < top_p <= 1 and top_k >= 0")
     if top_k > lm.tokenizer.vocab_size:
@@ -126,6 +124,10 @@ def generate(lm: TrainedLM, prompt: str, length: int = 200, *, temperature: floa
             raise DataError(f"neuron_state must be one of {list(model.feature_states)}, got {neuron_state!r}")
     from lmscale.pretrained.preprocess import prompt_for
     ids = lm.tokenizer.encode(prompt_for(lm.derived, prompt)).astype(np.int32)  # e.g. OpenAI's framing
+    if ids.size == 0:  # a word model's whitespace: no context to sample from (all-zero logits)
+        raise DataError(f"the prompt {prompt!r} has no tokens for this tokenizer (a word-level "
+                        f"model reads words and line ends): give a word, or \"\\n\" to start "
+                        f"at the start of a line")
     unknown = getattr(lm.tokenizer, "unknown_words", lambda _: [])(prompt)  # a word vocabulary's
     if unknown:
         shown = unknown[:10] + (["..."] if len(unknown) > 10 else [])
@@ -150,6 +152,29 @@ def generate(lm: TrainedLM, prompt: str, length: int = 200, *, temperature: floa
     tokens = np.asarray(fn(lm.params, prepared_weights(lm), prompts, np.uint32(seed % 2**32)))
     head = lm.tokenizer.decode(ids)
     return [prompt + _continuation(lm.tokenizer, ids, row, head) for row in tokens]
+
+
+def _check_request(prompt: Any, **numbers: Any) -> None:
+    """One-line DataErrors for a prompt that is not a non-empty str and for counts (length,
+    samples, seed, top_k) that are not integers or settings (temperature, top_p) that are
+    not numbers."""
+    if not isinstance(prompt, str):
+        hint = ("; decode it first (prompt.decode('utf-8'))" if isinstance(prompt, (bytes, bytearray))
+                else "; give one prompt per call" if isinstance(prompt, (list, tuple)) else "")
+        got = "None" if prompt is None else f"{type(prompt).__name__} ({str(prompt)[:40]})"
+        raise DataError(f"the prompt must be a str, got {got}{hint}")
+    if not prompt:
+        raise DataError("the prompt is empty: give at least one character to start from")
+    for name, value in numbers.items():
+        integer = not isinstance(value, bool) and isinstance(value, (int, np.integer))
+        if name in ("temperature", "top_p"):
+            ok = integer or isinstance(value, (float, np.floating))
+            if not ok:
+                raise DataError(f"{name} must be a number, got {value!r}")
+        elif not integer:
+            raise DataError(f"{name} must be an integer, got {value!r}")
+        elif name in ("length", "samples") and value < 1:
+            raise DataError(f"{name} must be >= 1, got {value}")
 
 
 def _continuation(tokenizer: Any, prompt_ids: np.ndarray, new_ids: np.ndarray,

@@ -28,7 +28,7 @@ from lmscale.cli import parse_flags
 from lmscale.data.builtin import builtin_paths, is_builtin
 from lmscale.data.errors import DataError
 from lmscale.data.prepare import check_text_options, prepare_dataset
-from lmscale.data.sources import expand_inputs
+from lmscale.data.sources import expand_inputs, split_inputs
 from lmscale.data.spm import MODEL_TYPES, SentencePieceTokenizer, SentencePieceTraining
 from lmscale.data.tokenizer import ByteTokenizer, Tokenizer
 from lmscale.data.words import WordTraining
@@ -114,16 +114,16 @@ def prepare_main() -> str:
         raise DataError("--input is required (text paths/globs or python_stdlib)")
     if not _OUTPUT.value:
         raise DataError("--output is required")
-    items = [s.strip() for v in _INPUT.value for s in v.split(",") if s.strip()]
+    items = split_inputs(_INPUT.value)  # an existing path with a comma is one item
     inputs = items[0] if len(items) == 1 and is_builtin(items[0]) else items
     tokenizer = make_tokenizer()
     if flags.FLAGS["split"].present and (_VAL.value or _TEST.value):
         raise DataError("--split does not apply with --val/--test: each part is the text given "
                         "for it")
     if _TEXT_COLUMN.value or _TEXT_FIELD.value:
-        paths = builtin_paths(inputs) if isinstance(inputs, str) else expand_inputs(inputs)
+        paths = builtin_paths(inputs) if isinstance(inputs, str) else expand_inputs(inputs, notes=False)
         for extra in (_VAL.value, _TEST.value):
-            paths += expand_inputs(extra) if extra else []
+            paths += expand_inputs(extra, notes=False) if extra else []
         check_text_options(paths, _TEXT_COLUMN.value, _TEXT_FIELD.value)
     return prepare_dataset(inputs, _OUTPUT.value, text_column=_TEXT_COLUMN.value,
                            text_field=_TEXT_FIELD.value, txt_mode=_TXT_MODE.value,

@@ -77,6 +77,42 @@ def test_bad_generation_requests():
         generate(lm, "a", 5, neuron=16)
 
 
+@pytest.mark.parametrize("prompt, length, options, message", [
+    (b"abc", 5, {}, r"the prompt must be a str, got bytes \(b'abc'\); decode it first"),
+    (["a"], 5, {}, r"the prompt must be a str, got list \(\['a'\]\); give one prompt per call"),
+    (None, 5, {}, r"the prompt must be a str, got None$"),
+    ("a", 2.5, {}, r"length must be an integer, got 2.5"),
+    ("a", 0, {}, r"length must be >= 1, got 0"),
+    ("a", True, {}, r"length must be an integer, got True"),
+    ("a", 3, {"samples": "2"}, r"samples must be an integer, got '2'"),
+    ("a", 3, {"temperature": "hot"}, r"temperature must be a number, got 'hot'"),
+])
+def test_badly_typed_generation_requests_are_one_line(prompt, length, options, message):
+    lm = random_lm(hidden=16)
+    with pytest.raises(DataError, match=message):
+        generate(lm, prompt, length, **options)
+    from lmscale.api import LM
+    with pytest.raises(DataError, match=message):
+        LM(lm).generate(prompt, length, **options)
+
+
+@pytest.mark.parametrize("length", [1, 3])
+def test_a_prompt_without_tokens_is_refused(length):
+    """A word model reads no token from whitespace: sampling from no context (all-zero
+    logits; an IndexError for length 1) is refused; "\\n" starts from a line's start."""
+    import dataclasses
+    from lmscale.data.words import SPECIALS, WordTokenizer
+    from lmscale.models import model_params
+    words = WordTokenizer([*SPECIALS, "the", "film", "is", "good"], unk_bytes=3)
+    lm = random_lm()
+    graphdef, params = model_params(lm.config.model, words.vocab_size, seed=0)
+    lm = dataclasses.replace(lm, tokenizer=words, graphdef=graphdef, params=params, decode_cache={})
+    with pytest.raises(DataError, match=r"the prompt ' ' has no tokens for this tokenizer"):
+        generate(lm, " ", length)
+    (text,) = generate(lm, "\n", length, temperature=0.0)
+    assert text.startswith("\n")
+
+
 def test_a_word_models_prompt_names_its_unknown_words(capfd):
     """Words outside the vocabulary are read as <unk>; generate says which (once each)."""
     import dataclasses

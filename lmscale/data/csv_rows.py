@@ -1,6 +1,6 @@
 """Rows of a .csv/.tsv file, checked as every reader here needs them: corpora
 (``data.sources``), labeled texts (``transfer.labeled``) and texts to classify
-(``finetuning.predict``).
+(``finetuning.predict``); a compressed file (``.csv.gz``) is read decompressed.
 
 Errors are ``DataError``s naming the file, and the line where one row is at fault: an empty
 file (no header row), a column missing from the header (listing the columns there), a row
@@ -15,6 +15,7 @@ import csv
 import sys
 from typing import Iterator, Sequence
 
+from lmscale.data.compression import open_input
 from lmscale.data.errors import DataError
 
 
@@ -26,7 +27,7 @@ def csv_rows(path: str, columns: Sequence[str], delimiter: str = ",", *,
     that names them). ``empty_ok``: an empty file has no rows instead of being an error."""
     csv.field_size_limit(sys.maxsize)
     try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
+        with open_input(path, "r", encoding="utf-8-sig", newline="") as f:
             reader = csv.DictReader(f, delimiter=delimiter)
             fields = reader.fieldnames
             if fields is None:

@@ -27,7 +27,7 @@ import math
 import os
 import shutil
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -37,10 +37,11 @@ from lmscale.data.builtin import builtin_paths, is_builtin
 from lmscale.data.dataset import FORMAT, METADATA, SPLITS, VERSION, is_dataset
 from lmscale.data.errors import DataError
 from lmscale.data.sample import sample_texts
-from lmscale.data.sources import TXT_MODES, expand_inputs, file_kind, input_size, iter_pieces
+from lmscale.data.sources import (TXT_MODES, expand_inputs, file_kind, input_size, iter_pieces,
+                                  segments)
 from lmscale.data.spm import SentencePieceTokenizer, SentencePieceTraining, train_sentencepiece
 from lmscale.data.tokenizer import ByteTokenizer, Tokenizer
-from lmscale.data.words import WordCounter, WordTraining, build_vocabulary
+from lmscale.data.words import WordCounter, WordTokenizer, WordTraining, build_vocabulary
 
 COPY_TOKENS = 1 << 23  # tokens per chunk when copying a shard out of the raw file
 DOC_FLUSH = 1 << 16  # document starts buffered before appending them to their file
@@ -166,53 +167,10 @@ def _check_output(output: str, overwrite: bool) -> bool:
     raise DataError(f"{output} exists and is not a prepared dataset; refusing to replace it")
 
 
-def _cut(data: bytes, limit: int) -> int:
-    """Where to cut a continuing document's text: after its last newline; with none and
-    more than ``limit`` bytes, before its last (maybe incomplete) UTF-8 character."""
-    nl = data.rfind(b"\n")
-    if nl >= 0:
-        return nl + 1
-    if len(data) <= limit:
-        return 0
-    i = len(data) - 1
-    while i > 0 and len(data) - i < 4 and data[i] & 0xC0 == 0x80:
-        i -= 1
-    return i
-
-
-def _segments(pieces: Iterable[tuple[bytes, bool]], recut: bool) -> Iterator[tuple[bytes, bool]]:
-    """``(data, starts_document)`` of the non-empty text; empty documents vanish.
-
-    With ``recut`` (a subword tokenizer, which must see whole characters and should see
-    whole lines) a document arriving in one piece stays whole, and one read in several
-    pieces is cut after newlines instead of at the piece edges.
-    """
-    pending, pending_begins, new_doc = b"", False, False
-    for data, begins in pieces:
-        if begins and pending:
-            yield pending, pending_begins
-            pending = b""
-        new_doc = new_doc or begins
-        if not data:
-            continue
-        if not recut:
-            yield data, new_doc
-            new_doc = False
-            continue
-        if pending:  # the document goes on: emit what it has up to a safe cut
-            cut = _cut(pending, ENCODE_BYTES)
-            if cut:
-                yield pending[:cut], pending_begins
-                pending_begins, pending = False, pending[cut:]
-            pending += data
-        else:
-            pending, pending_begins, new_doc = data, new_doc, False
-    if pending:
-        yield pending, pending_begins
-
-
-def _encode(tokenizer: Tokenizer, batch: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
-    """Ids of the segments of ``batch`` concatenated, and each segment's token count."""
+def _encode(tokenizer: Tokenizer, batch: list[bytes], continues: list[bool]
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Ids of the segments of ``batch`` concatenated, and each segment's token count
+    (``continues``: which segments' documents go on in the next; see ``sources.segments``)."""
     counts = np.fromiter(map(len, batch), dtype=np.int64, count=len(batch))
     if isinstance(tokenizer, ByteTokenizer):  # one token per byte: encode them joined
         ids = np.asarray(tokenizer.encode(b"".join(batch)))
@@ -220,6 +178,8 @@ def _encode(tokenizer: Tokenizer, batch: list[bytes]) -> tuple[np.ndarray, np.nd
             raise DataError(f"tokenizer {tokenizer.to_dict()} made {ids.size} tokens of "
                             f"{counts.sum()} bytes; a byte tokenizer makes one token per byte")
         return ids, counts
+    if isinstance(tokenizer, (WordCounter, WordTokenizer)):
+        return tokenizer.encode_batch(batch, continues=continues)
     if hasattr(tokenizer, "encode_batch"):
         return tokenizer.encode_batch(batch)
     parts = [np.asarray(tokenizer.encode(b)).reshape(-1) for b in batch]
@@ -239,6 +199,7 @@ def _tokenize(paths: list[str], tmp: str, tokenizer: Tokenizer, progress: bool,
     tokens = documents = buffered = 0
     batch: list[bytes] = []
     begins: list[bool] = []
+    continues: list[bool] = []
     invalid: dict[str, int] = {}  # a subword/word tokenizer's segments of invalid UTF-8, per file
     spaces: dict[str, int] = {}  # SentencePiece: segments holding its space symbol U+2581, per file
     sentencepiece = isinstance(tokenizer, SentencePieceTokenizer)
@@ -247,7 +208,7 @@ def _tokenize(paths: list[str], tmp: str, tokenizer: Tokenizer, progress: bool,
         nonlocal tokens, buffered
         if not batch:
             return
-        ids, counts = _encode(tokenizer, batch)
+        ids, counts = _encode(tokenizer, batch, continues)
         if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= tokenizer.vocab_size):
             raise DataError(f"tokenizer {tokenizer!r} made ids outside [0, {tokenizer.vocab_size})")
         firsts = np.concatenate([[0], np.cumsum(counts)[:-1]]) + tokens
@@ -256,6 +217,7 @@ def _tokenize(paths: list[str], tmp: str, tokenizer: Tokenizer, progress: bool,
         tokens += int(counts.sum())
         batch.clear()
         begins.clear()
+        continues.clear()
         buffered = 0
 
     with open(os.path.join(tmp, TOKENS_FILE), "wb") as tok_f, \
@@ -264,13 +226,15 @@ def _tokenize(paths: list[str], tmp: str, tokenizer: Tokenizer, progress: bool,
                  disable=not progress, leave=False) as bar:
         for path in paths:
             size, read, shown = input_size(path), 0, 0
-            for data, starts_doc in _segments(iter_pieces([path], **source_options), recut):
+            pieces = iter_pieces([path], **source_options)
+            for data, starts_doc, goes_on in segments(pieces, recut, ENCODE_BYTES):
                 if recut and not _utf8(data):
                     invalid[path] = invalid.get(path, 0) + 1
                 if sentencepiece and "\u2581".encode() in data:
                     spaces[path] = spaces.get(path, 0) + 1
                 batch.append(data)
                 begins.append(starts_doc)
+                continues.append(goes_on)
                 documents += starts_doc
                 buffered += len(data)
                 read += len(data)

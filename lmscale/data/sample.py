@@ -3,8 +3,8 @@
 Each input gets a share of the byte budget proportional to its size (a ``tfds:`` input,
 whose size is unknown, an equal share). A raw text file larger than its share is read in
 line-aligned windows at evenly spaced offsets, so a single 40 GB file is sampled through
-its whole length without being read whole; CSV/JSONL/tfds inputs give their first
-documents up to their share. Nothing but the sample is ever in memory.
+its whole length without being read whole; CSV/JSONL/tfds and compressed inputs give
+their first documents up to their share. Nothing but the sample is ever in memory.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import codecs
 import math
 from collections.abc import Iterator, Sequence
 
+from lmscale.data.compression import compression
 from lmscale.data.errors import DataError
 from lmscale.data.sources import BOM, file_kind, input_size, iter_pieces
 
@@ -74,7 +75,7 @@ def sample_texts(paths: Sequence[str], budget: int, *, text_column: str | None =
     for path, share in zip(paths, _shares(paths, budget)):
         if share <= 0:
             continue
-        if file_kind(path) == "txt" and input_size(path) > share:
+        if file_kind(path) == "txt" and input_size(path) > share and not compression(path):
             yield from _windows(path, input_size(path), share)
         else:
             yield from _head(path, share, options)

@@ -2,8 +2,11 @@
 
 Formats by extension: ``.csv``/``.tsv`` (one column per row), ``.jsonl``/``.json``
 (one field per JSON line), anything else is raw bytes (whole file or line by line).
-``tfds:NAME/SPLIT`` streams a TensorFlow Datasets text feature (``text_field``), one
-document per example.
+A ``.gz``/``.bz2``/``.xz`` file is read decompressed, its format the extension before
+(``reviews.jsonl.gz``). ``tfds:NAME/SPLIT`` streams a TensorFlow Datasets text feature
+(``text_field``), one document per example. A folder's hidden files and folders (names
+starting with ".") are skipped; a path that exists is taken as it is, not split at its
+commas or globbed.
 """
 
 from __future__ import annotations
@@ -11,70 +14,96 @@ from __future__ import annotations
 import glob
 import json
 import os
-from collections.abc import Iterator, Sequence
+import sys
+from collections.abc import Iterable, Iterator, Sequence
 
+from lmscale.data.compression import READ_ERRORS, compression, inner_path, open_input
 from lmscale.data.csv_rows import csv_rows
 from lmscale.data.errors import DataError
 from lmscale.data.tfds import is_tfds, iter_examples, iter_text
 
 TXT_MODES = ("file", "line")
 CHUNK_BYTES = 1 << 24  # whole .txt files are read in pieces of this size
+WORD_LIMITS = 64  # ``segments``: text without a space is cut inside a "word" past 64 x limit
 _CSV_EXTS = {".csv": ",", ".tsv": "\t"}
 _JSONL_EXTS = (".jsonl", ".json")
 
 
-def _split_patterns(patterns: str | Sequence[str]) -> list[str]:
+def _exists(item: str) -> bool:
+    return os.path.exists(os.path.expanduser(item))
+
+
+def split_inputs(patterns: str | Sequence[str]) -> list[str]:
+    """The items of comma-separated/listed paths: an item that exists as a path is one item
+    (``dir, v2``), commas and all; the others are split at their commas."""
     if isinstance(patterns, (str, os.PathLike)):
         patterns = [patterns]
     out: list[str] = []
     for p in patterns:
-        out.extend(s.strip() for s in os.fspath(p).split(",") if s.strip())
+        p = os.fspath(p)
+        if p.strip() and _exists(p):
+            out.append(p)
+        else:
+            out.extend(s.strip() for s in p.split(",") if s.strip())
     return out
 
 
-def _files_under(folder: str) -> list[str]:
+def _files_under(folder: str, skipped: list[str]) -> list[str]:
+    """The files under ``folder`` but hidden ones and those in hidden folders (appended to
+    ``skipped``)."""
     found = []
     for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        found.extend(os.path.join(root, f) for f in files)
+        skipped.extend(os.path.join(root, d) for d in sorted(dirs) if d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        skipped.extend(os.path.join(root, f) for f in sorted(files) if f.startswith("."))
+        found.extend(os.path.join(root, f) for f in files if not f.startswith("."))
     return found
 
 
-def expand_inputs(patterns: str | Sequence[str]) -> list[str]:
+def expand_inputs(patterns: str | Sequence[str], *, notes: bool = True) -> list[str]:
     """Sorted, de-duplicated file paths for comma-separated/listed paths, globs and folders
-    (``tfds:NAME/SPLIT`` items are kept as they are)."""
-    items = _split_patterns(patterns)
+    (``tfds:NAME/SPLIT`` items are kept as they are). ``notes``: say what hidden files and
+    folders were skipped under a folder (a hidden file named itself is read)."""
+    items = split_inputs(patterns)
     if not items:
         raise DataError("no input paths given")
     paths: set[str] = set()
+    skipped: list[str] = []
     for item in items:
         if is_tfds(item):
             paths.add(item)
             continue
         item = os.path.expanduser(item)
-        if glob.has_magic(item):
+        if os.path.exists(item):
+            matched = [item]
+        elif glob.has_magic(item):
             matched = sorted(glob.glob(item, recursive=True))
             if not matched:
                 raise DataError(f"pattern {item} matched no files")
-        elif os.path.exists(item):
-            matched = [item]
         else:
             from lmscale.datasets import fetch_hint
             raise DataError(f"no such file or directory: {item}{fetch_hint(item)}")
-        files = []
+        files, before = [], len(skipped)
         for m in matched:
-            files.extend(_files_under(m) if os.path.isdir(m) else [m])
+            files.extend(_files_under(m, skipped) if os.path.isdir(m) else [m])
         if not files:
-            raise DataError(f"{item} holds no files")
+            raise DataError(f"{item} holds no files" + (" but hidden ones (names starting with '.')"
+                                                      if len(skipped) > before else ""))
         paths.update(os.path.normpath(f) for f in files)
+    if skipped and notes:
+        named = ", ".join(os.path.normpath(p) for p in skipped[:3])
+        print(f"note: skipped {len(skipped)} hidden file(s)/folder(s) (names starting with '.') "
+              f"in the input folders: {named}{', ...' if len(skipped) > 3 else ''}",
+              file=sys.stderr, flush=True)
     return sorted(paths)
 
 
 def file_kind(path: str) -> str:
-    """``"csv"``, ``"jsonl"`` or ``"txt"`` by file extension (``"tfds"`` for tfds: inputs)."""
+    """``"csv"``, ``"jsonl"`` or ``"txt"`` by file extension, the one before a compression
+    suffix (``"tfds"`` for tfds: inputs)."""
     if is_tfds(path):
         return "tfds"
-    ext = os.path.splitext(path)[1].lower()
+    ext = os.path.splitext(inner_path(path))[1].lower()
     if ext in _CSV_EXTS:
         return "csv"
     if ext in _JSONL_EXTS:
@@ -83,11 +112,17 @@ def file_kind(path: str) -> str:
 
 
 BOM = b"\xef\xbb\xbf"  # UTF-8's byte order mark: not text (CSV and JSONL readers drop it too)
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 
 def _iter_txt(path: str, txt_mode: str) -> Iterator[tuple[bytes, bool]]:
-    with open(path, "rb") as f:
-        if f.read(len(BOM)) != BOM:
+    with open_input(path, "rb") as f:
+        head = f.read(len(BOM))
+        if head.startswith(UTF16_BOMS):
+            print(f"note: {path} starts with a UTF-16 byte order mark: it is read as bytes, not "
+                  f"as text (convert it to UTF-8 first, e.g. iconv -f UTF-16 -t UTF-8)",
+                  file=sys.stderr, flush=True)
+        if head != BOM:
             f.seek(0)
         if txt_mode == "line":
             for line in f:
@@ -100,10 +135,15 @@ def _iter_txt(path: str, txt_mode: str) -> Iterator[tuple[bytes, bool]]:
 
 
 def _iter_jsonl(path: str, field: str) -> Iterator[tuple[bytes, bool]]:
-    with open(path, "rb") as f:
+    with open_input(path, "rb") as f:
+        first = True
         for lineno, raw in enumerate(f, 1):
             if not raw.strip():
                 continue
+            if first and raw.lstrip().removeprefix(BOM).startswith(b"["):
+                raise DataError(f"{path}:{lineno}: a JSON array; expected one JSON object per line "
+                                f"(JSONL; jq -c '.[]' converts an array to it)")
+            first = False
             try:
                 obj = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -122,7 +162,7 @@ def _iter_jsonl(path: str, field: str) -> Iterator[tuple[bytes, bool]]:
 
 
 def _iter_csv(path: str, column: str) -> Iterator[tuple[bytes, bool]]:
-    delimiter = _CSV_EXTS[os.path.splitext(path)[1].lower()]
+    delimiter = _CSV_EXTS[os.path.splitext(inner_path(path))[1].lower()]
     # An empty file has no rows (a corpus may hold some); a row with other fields than the
     # header is an error naming its line.
     for _, row in csv_rows(path, [column], delimiter, empty_ok=True,
@@ -160,6 +200,66 @@ def iter_pieces(paths: Sequence[str], *, text_column: str | None = None,
             raise DataError(f"no such file or directory: {path}{fetch_hint(path)}") from None
         except IsADirectoryError:
             raise DataError(f"{path} is a directory, not a file") from None
+        except READ_ERRORS as e:
+            if not compression(path):
+                raise
+            raise DataError(f"{path}: cannot read it as a {compression(path)} file ({e})") from None
+
+
+def _cut(data: bytes, limit: int) -> int:
+    """Where to cut a continuing document's text (0: not yet): after its last newline; with
+    none and more than ``limit`` bytes, before its last space/tab (a word stays whole); with
+    none either and more than ``WORD_LIMITS * limit`` bytes, before its last (maybe
+    incomplete) UTF-8 character."""
+    nl = data.rfind(b"\n")
+    if nl >= 0:
+        return nl + 1
+    if len(data) <= limit:
+        return 0
+    space = max(data.rfind(b" "), data.rfind(b"\t"), data.rfind(b"\r"))
+    if space > 0:
+        return space
+    if len(data) <= WORD_LIMITS * limit:  # one word so far: wait for its end
+        return 0
+    i = len(data) - 1
+    while i > 0 and len(data) - i < 4 and data[i] & 0xC0 == 0x80:
+        i -= 1
+    return i
+
+
+def segments(pieces: Iterable[tuple[bytes, bool]], recut: bool, limit: int
+             ) -> Iterator[tuple[bytes, bool, bool]]:
+    """``(data, starts_document, continues)`` of the non-empty text; empty documents vanish.
+
+    With ``recut`` (a subword or word tokenizer, which must see whole characters and should
+    see whole lines and words) a document arriving in one piece stays whole, and one read in
+    several pieces is cut after newlines (or before spaces) instead of at the piece edges;
+    ``continues``: the segment is such a cut, its document goes on in the next (a word
+    tokenizer does not close it with ``<eos>``); a cut is sought once a document has more
+    than ``limit`` bytes pending. Without ``recut`` ``continues`` is False.
+    """
+    pending, pending_begins, new_doc = b"", False, False
+    for data, begins in pieces:
+        if begins and pending:
+            yield pending, pending_begins, False
+            pending = b""
+        new_doc = new_doc or begins
+        if not data:
+            continue
+        if not recut:
+            yield data, new_doc, False
+            new_doc = False
+            continue
+        if pending:  # the document goes on: emit what it has up to a safe cut
+            cut = _cut(pending, limit)
+            if cut:
+                yield pending[:cut], pending_begins, True
+                pending_begins, pending = False, pending[cut:]
+            pending += data
+        else:
+            pending, pending_begins, new_doc = data, new_doc, False
+    if pending:
+        yield pending, pending_begins, False
 
 
 def iter_documents(paths: Sequence[str], *, text_column: str | None = None,
@@ -179,5 +279,6 @@ def iter_documents(paths: Sequence[str], *, text_column: str | None = None,
 
 
 def input_size(path: str) -> int:
-    """Bytes of an input file (0 for a tfds: input, whose size is not known in advance)."""
+    """Bytes of an input file (0 for a tfds: input, whose size is not known in advance; a
+    compressed file's compressed size)."""
     return 0 if is_tfds(path) else os.path.getsize(path)

@@ -60,6 +60,15 @@ def split_words(text: str | bytes, close: bool = True) -> list[str]:
     return out
 
 
+def _split_all(texts: Sequence[str | bytes], continues: Sequence[bool] | None) -> list[list[str]]:
+    """``split_words`` of each text, closed unless ``continues`` says its document goes on."""
+    if continues is None:
+        return [split_words(t) for t in texts]
+    if len(continues) != len(texts):
+        raise DataError(f"continues has {len(continues)} flags for {len(texts)} texts")
+    return [split_words(t, close=not c) for t, c in zip(texts, continues)]
+
+
 class WordTokenizer(FileTokenizer):
     """A fixed word vocabulary; ``vocab_size`` = words + the 3 special ids."""
 
@@ -147,10 +156,12 @@ class WordTokenizer(FileTokenizer):
                              if w not in self.index and w != UNK)
         return list(seen)
 
-    def encode_batch(self, texts: Sequence[str | bytes]) -> tuple[np.ndarray, np.ndarray]:
+    def encode_batch(self, texts: Sequence[str | bytes], continues: Sequence[bool] | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
         """Ids of all ``texts`` (documents, each closed by an ``<eos>``) concatenated, and each
-        text's token count (int64)."""
-        return self._ids([split_words(t) for t in texts])
+        text's token count (int64). ``continues[i]``: text i is a piece of a document that goes
+        on in text i + 1 (cut before a space), not closed."""
+        return self._ids(_split_all(texts, continues))
 
     def _ids(self, words: Sequence[list[str]]) -> tuple[np.ndarray, np.ndarray]:
         get = self.index.get
@@ -230,12 +241,14 @@ class WordCounter:
     def vocab_size(self) -> int:
         return max(len(self.index), 1)
 
-    def encode_batch(self, texts: Sequence[str | bytes]) -> tuple[np.ndarray, np.ndarray]:
+    def encode_batch(self, texts: Sequence[str | bytes], continues: Sequence[bool] | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """Provisional ids, as ``WordTokenizer.encode_batch``."""
         index = self.index
         parts = []
-        for t in texts:
+        for words in _split_all(texts, continues):
             ids = []
-            for w in split_words(t):
+            for w in words:
                 i = index.get(w)
                 if i is None:
                     i = index[w] = len(index)

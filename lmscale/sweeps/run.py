@@ -81,7 +81,7 @@ def check_data(base: ml_collections.ConfigDict, sweep: Sweep, workdir: str) -> N
             spec = str(point.overrides.get(key, base.data[key.split(".")[1]]) or "")
             if spec and spec not in seen and not is_builtin(spec) and not is_dataset(spec):
                 seen.add(spec)
-                expand_inputs(spec)  # DataError naming the file, and how to fetch it
+                expand_inputs(spec, notes=False)  # DataError naming the file, how to fetch it
 
 
 def _log_invocation(workdir: str, wall: float, cpu: float, parallel: int, trained: list[str]) -> None:

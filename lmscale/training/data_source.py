@@ -21,6 +21,7 @@ from lmscale.data.builtin import is_builtin
 from lmscale.data.dataset import METADATA, TokenDataset, is_dataset
 from lmscale.data.errors import DataError
 from lmscale.data.prepare import prepare_dataset
+from lmscale.data.sources import split_inputs
 from lmscale.data.stream import StreamBatcher
 from lmscale.data.spm import SentencePieceTokenizer, SentencePieceTraining
 from lmscale.data.tokenizer import ByteTokenizer, Tokenizer, tokenizer_from_dict
@@ -110,7 +111,7 @@ def _sources(data: ml_collections.ConfigDict) -> list[list] | None:
     out = []
     try:
         for spec in (str(data.train), data.val, data.test):
-            for path in (expand_inputs(spec) if spec else []):
+            for path in (expand_inputs(spec, notes=False) if spec else []):
                 if not is_tfds(path):
                     st = os.stat(path)
                     out.append([path, st.st_size, st.st_mtime_ns])
@@ -131,6 +132,49 @@ def _changed_sources(old: list[list], new: list[list]) -> str:
     return "; ".join(said[:3]) + (f"; and {len(said) - 3} more" if len(said) > 3 else "")
 
 
+# The data.* fields that say how text is prepared: a prepared dataset has its own.
+PREPARE_FIELDS = ("tokenizer", "split", "vocab_size", "sp_model", "sp_model_type", "sp_sample_bytes",
+                  "word_min_count", "word_vocab_size", "text_column", "text_field", "txt_mode",
+                  "shard_tokens", "val", "test")
+
+
+def _prepared_with(metadata: dict) -> dict:
+    """What a prepared dataset's metadata says of the ``PREPARE_FIELDS`` (those it records)."""
+    options = metadata.get("options") or {}
+    training = options.get("tokenizer_training") or {}
+    kind = (metadata.get("tokenizer") or {}).get("kind")
+    names = [n for n, make in TOKENIZERS.items() if make().to_dict() == metadata.get("tokenizer")]
+    out = {"tokenizer": names[0] if names else kind,
+           "split": ",".join(map(str, options["split"])) if options.get("split") else None,
+           "text_column": options.get("text_column") or "", "text_field": options.get("text_field") or "",
+           "txt_mode": options.get("txt_mode"), "shard_tokens": options.get("shard_tokens")}
+    if kind == SENTENCEPIECE:
+        out.update(vocab_size=training.get("vocab_size"), sp_model_type=training.get("model_type"),
+                   sp_sample_bytes=training.get("sample_bytes"))
+    if kind == WORD:
+        out.update(word_min_count=training.get("min_count"), word_vocab_size=training.get("max_size"))
+    return out
+
+
+def _note_unused(data: ml_collections.ConfigDict, spec: str) -> None:
+    """One note naming the data.* preparation settings given (other than their default and
+    than the dataset's own) that do not apply to the prepared dataset ``spec``."""
+    from lmscale.config import default_config
+    default = default_config().data
+    try:
+        with open(os.path.join(spec, METADATA), encoding="utf-8") as f:
+            own = _prepared_with(json.load(f))
+    except (OSError, ValueError, AttributeError):
+        own = {}
+    same = lambda key, value: str(value).replace(" ", "") == str(own.get(key)).replace(" ", "")
+    unused = [f"data.{k}={data[k]!r}" for k in PREPARE_FIELDS
+              if data[k] != default[k] and not same(k, data[k])]
+    if unused:
+        print(f"note: data.train {spec} is a prepared dataset, with its own tokenizer and "
+              f"splits: {', '.join(unused)} not used (settings for preparing text)",
+              file=sys.stderr, flush=True)
+
+
 def resolve_dataset(data: ml_collections.ConfigDict, workdir: str, *, progress: bool = True,
                     resuming: bool = False) -> str:
     """Returns the folder of a prepared dataset for ``data.train``, preparing it if needed.
@@ -143,6 +187,8 @@ def resolve_dataset(data: ml_collections.ConfigDict, workdir: str, *, progress: 
     """
     spec = str(data.train)
     if is_dataset(spec):
+        if jax.process_index() == 0:
+            _note_unused(data, spec)
         return spec
     if jax.process_count() == 1:
         return _prepare_in_workdir(data, workdir, progress, resuming)
@@ -193,13 +239,13 @@ def _prepare_in_workdir(data: ml_collections.ConfigDict, workdir: str, progress:
             print(f"{changed}preparing it again", file=sys.stderr, flush=True)
     if not is_builtin(spec) and not spec.strip():
         raise DataError("data.train is empty: give a prepared dataset, text paths/globs or 'python_stdlib'")
-    prepare_dataset(spec if is_builtin(spec) else [p for p in spec.split(",") if p],
+    prepare_dataset(spec if is_builtin(spec) else split_inputs(spec),
                     target, text_column=data.text_column or None, text_field=data.text_field or None,
                     txt_mode=data.txt_mode, split=parse_split(data.split),
                     shard_tokens=data.shard_tokens, tokenizer=make_tokenizer(data),
                     overwrite=True, progress=progress,
-                    val_inputs=[p for p in data.val.split(",") if p] or None,
-                    test_inputs=[p for p in data.test.split(",") if p] or None)
+                    val_inputs=split_inputs(data.val) or None,
+                    test_inputs=split_inputs(data.test) or None)
     if sources is not None:
         request["sources"] = sources
     with open(request_path, "w") as f:

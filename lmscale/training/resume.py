@@ -58,7 +58,9 @@ def _get(config: dict[str, Any], key: str) -> Any:
 
 
 def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict, where: str) -> None:
-    """Refuses a resume whose config changes a field of ``RESUME_FIELDS``, naming it.
+    """Refuses a resume whose config changes a field of ``RESUME_FIELDS``, naming it (of the
+    data.* fields only data.train when it is a prepared dataset: its own split and tokenizer
+    are used, whatever the others say).
 
     ``saved``: a checkpoint's meta. Checkpoints without a recorded config (older ones, or
     imported models, which have no training data) are not checked; so fine-tuning an imported
@@ -73,11 +75,11 @@ def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict, wh
         fields += SENTENCEPIECE_FIELDS
     if _get(new, "data.tokenizer") == "word":
         fields += WORD_FIELDS
+    fields += SPLIT_FIELDS + tuple(DEFAULTED_FIELDS)
     from lmscale.data.dataset import is_dataset
-    if is_dataset(str(_get(new, "data.train"))):  # its own tokenizer: data.tokenizer etc. unused
-        fields = tuple(k for k in fields if k == "data.train" or not k.startswith("data.")
-                       or k == "data.split")
-    for key in fields + SPLIT_FIELDS + tuple(DEFAULTED_FIELDS):
+    if is_dataset(str(_get(new, "data.train"))):  # its own tokenizer and splits: data.* unused
+        fields = tuple(k for k in fields if k == "data.train" or not k.startswith("data."))
+    for key in fields:
         before = _get(old, key)
         if before is None and key in SPLIT_FIELDS:
             before = ""

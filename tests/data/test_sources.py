@@ -34,6 +34,38 @@ def test_expand_inputs(tmp_path):
         expand_inputs("")
 
 
+def test_folders_skip_hidden_files_and_folders(tmp_path, capfd):
+    (tmp_path / "a" / ".git" / "objects").mkdir(parents=True)
+    (tmp_path / "a" / ".git" / "objects" / "ab").write_bytes(b"\x00blob")
+    for name in ["a/.DS_Store", "a/x.txt", "a/.notes.txt"]:
+        (tmp_path / name).write_text("t")
+    t = str(tmp_path)
+    assert expand_inputs(f"{t}/a") == [f"{t}/a/x.txt"]
+    err = capfd.readouterr().err
+    assert "note: skipped 3 hidden file(s)/folder(s)" in err and f"{t}/a/.git" in err, err
+    assert expand_inputs(f"{t}/a/.notes.txt") == [f"{t}/a/.notes.txt"]  # named: read
+    assert expand_inputs(f"{t}/a", notes=False) == [f"{t}/a/x.txt"]
+    assert capfd.readouterr().err == ""
+    (tmp_path / "h" / ".hidden").mkdir(parents=True)
+    (tmp_path / "h" / ".hidden" / "y.txt").write_text("t")
+    with pytest.raises(DataError, match=r"h holds no files but hidden ones"):
+        expand_inputs(f"{t}/h")
+
+
+def test_existing_paths_with_commas_and_glob_characters_are_literal(tmp_path):
+    (tmp_path / "dir, v2").mkdir()
+    (tmp_path / "dir, v2" / "x.txt").write_text("in the comma folder")
+    (tmp_path / "review[1].txt").write_text("one review")
+    (tmp_path / "b.txt").write_text("b")
+    t = str(tmp_path)
+    assert expand_inputs(f"{t}/dir, v2") == [f"{t}/dir, v2/x.txt"]
+    assert expand_inputs([f"{t}/review[1].txt", f"{t}/dir, v2"]) == [f"{t}/dir, v2/x.txt",
+                                                                    f"{t}/review[1].txt"]
+    assert expand_inputs(f"{t}/review[1].txt,{t}/b.txt") == [f"{t}/b.txt", f"{t}/review[1].txt"]
+    assert sources.split_inputs([f"{t}/dir, v2", f"{t}/b.txt,{t}/c"]) == [
+        f"{t}/dir, v2", f"{t}/b.txt", f"{t}/c"]
+
+
 def test_txt_file_and_line_modes(tmp_path):
     (tmp_path / "a.txt").write_bytes(b"one\ntwo\n\xff\nlast")
     (tmp_path / "b.py").write_bytes(b"print(1)\n")

@@ -97,6 +97,27 @@ def test_prepared_vocabulary_comes_from_the_training_split_only(tmp_path):
     assert tok.decode(train[:6]).split("\n")[0].endswith("common")
 
 
+@pytest.mark.parametrize("chunk, encode_bytes", [(64, 16), (7, 1), (1 << 24, 1 << 20)])
+def test_a_long_line_read_in_pieces_keeps_its_words_whole(tmp_path, monkeypatch, chunk, encode_bytes):
+    """A line longer than a read piece (16 MiB) is cut before a space, not inside a word, and
+    its pieces are not closed by an <eos> each: one <eos> ends the document."""
+    from lmscale.data import prepare as prepare_lib, sources as sources_lib
+    monkeypatch.setattr(sources_lib, "CHUNK_BYTES", chunk)
+    monkeypatch.setattr(prepare_lib, "ENCODE_BYTES", encode_bytes)
+    (tmp_path / "long.txt").write_text("abcdefghi " * 500 + "end")
+    (tmp_path / "next.txt").write_text("x y\nz")
+    out = prepare_dataset(str(tmp_path / "*.txt"), str(tmp_path / "ds"), split=(1, 0, 0),
+                          tokenizer=WordTraining(), progress=False)
+    ds = TokenDataset.open(out)
+    assert ds.tokenizer.words == ["<pad>", "<unk>", "<eos>", "abcdefghi", "end", "x", "y", "z"]
+    tokens = np.concatenate([np.asarray(s) for s in ds.split("train").shards])
+    assert len(tokens) == 500 + 1 + 1 + 5  # the words, "end", one <eos>; then "x y <eos> z <eos>"
+    assert ds.tokenizer.decode(tokens) == "abcdefghi " * 500 + "end\nx y\nz\n"
+    bytes_out = prepare_dataset(str(tmp_path / "long.txt"), str(tmp_path / "bytes"), split=(1, 0, 0),
+                                progress=False)  # bytes: cut anywhere, no separator added
+    assert TokenDataset.open(bytes_out).split("train").num_tokens == 5003
+
+
 def test_prepare_cli_word(tmp_path):
     path = tmp_path / "c.txt"
     path.write_text("".join(f"w{i % 5} x\n" for i in range(300)))

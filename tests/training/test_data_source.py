@@ -52,3 +52,46 @@ def test_a_resumed_run_keeps_its_prepared_data_and_says_the_text_changed(tmp_pat
     err = capsys.readouterr().err
     assert "doc0.txt was modified" in err and "this resumed run goes on with the prepared data" in err
     assert _tokens(os.path.join(workdir, "data")) == prepared
+
+
+def test_gzip_text_in_a_folder_named_with_a_comma(tmp_path, capsys):
+    """A folder 'corpus, v2' is one path; its hidden files are skipped (said in a note); its
+    .txt.gz is read decompressed, and a change to it is noticed (its size and time)."""
+    import gzip
+    folder = tmp_path / "corpus, v2"
+    (folder / ".git" / "objects").mkdir(parents=True)
+    (folder / ".git" / "objects" / "ab12").write_bytes(b"\x00\x01 git object")
+    (folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    text = "the cat sat on the mat.\n" * 200
+    (folder / "a.txt.gz").write_bytes(gzip.compress(text.encode()))
+    data = tiny_config(str(folder)).data
+    target = resolve_dataset(data, str(tmp_path / "run"), progress=False)
+    err = capsys.readouterr().err
+    assert "skipped 2 hidden file(s)/folder(s)" in err and ".DS_Store" in err, err
+    assert _tokens(target) == len(text)
+    recorded = json.loads((tmp_path / "run" / "data_request.json").read_text())["sources"]
+    assert [os.path.basename(p) for p, _, _ in recorded] == ["a.txt.gz"]
+    more = text + "a dog ran to the big red house.\n" * 50
+    (folder / "a.txt.gz").write_bytes(gzip.compress(more.encode()))
+    resolve_dataset(data, str(tmp_path / "run"), progress=False)
+    assert "a.txt.gz was modified" in capsys.readouterr().err
+    assert _tokens(target) == len(more)
+
+
+def test_preparation_settings_with_a_prepared_dataset_are_noted_and_do_not_block_a_resume(
+        tmp_path, capsys):
+    """data.split / data.tokenizer given with a prepared dataset are not used (its own are): a
+    note names them, and resuming without them is not refused over them."""
+    from lmscale.data.prepare import prepare_dataset
+    text = tmp_path / "t.txt"
+    text.write_text("the cat sat on the mat. a dog ran to the big red house.\n" * 300)
+    ds = prepare_dataset([str(text)], str(tmp_path / "ds"), split=(8, 1, 1), progress=False)
+    workdir = str(tmp_path / "run")
+    train(tiny_config(ds, **{"train.steps": 4, "checkpoint.every": 4, "data.split": "1,0,0",
+                             "data.tokenizer": "word", "data.vocab_size": 300}), workdir)
+    err = capsys.readouterr().err
+    assert (f"note: data.train {ds} is a prepared dataset, with its own tokenizer and splits: "
+            f"data.tokenizer='word', data.split='1,0,0', data.vocab_size=300 not used") in err, err
+    train(tiny_config(ds, **{"train.steps": 6, "checkpoint.every": 4}), workdir)  # split 8,1,1: its own
+    assert "not used" not in capsys.readouterr().err
+    assert os.path.isdir(os.path.join(workdir, "checkpoints", "6"))

@@ -403,8 +403,10 @@ def test_a_prepared_datasets_runs_resume_whatever_the_tokenizer_fields_say(tmp_p
     old.data.train = new.data.train = data
     old.data.tokenizer, new.data.tokenizer, new.data.vocab_size = "openai", "sentencepiece", 400
     check_resumable({"config": old.to_dict()}, new, "W")
-    new.data.split = "9,1,1"
-    with pytest.raises(CheckpointMismatchError, match="data.split"):
+    new.data.split = "9,1,1"  # the dataset's own split is used, whatever data.split says
+    check_resumable({"config": old.to_dict()}, new, "W")
+    new.train.seq_len = old.train.seq_len + 1
+    with pytest.raises(CheckpointMismatchError, match="train.seq_len"):
         check_resumable({"config": old.to_dict()}, new, "W")
     bad = default_config()
     bad.data.train, bad.data.sp_model = str(text), str(tmp_path / "m.model")

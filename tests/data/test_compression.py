@@ -1,0 +1,60 @@
+"""Compressed inputs (.gz, .bz2, .xz): read decompressed, their kind the extension before."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import json
+import lzma
+
+import pytest
+
+from lmscale.data.errors import DataError
+from lmscale.data.prepare import check_text_options, prepare_dataset
+from lmscale.data.sources import file_kind, iter_documents
+from lmscale.data.tokenizer import ByteTokenizer
+
+from tests.data.helpers import read_stream
+
+COMPRESS = {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress}
+
+
+@pytest.mark.parametrize("suffix", sorted(COMPRESS))
+def test_compressed_txt_jsonl_csv_read_decompressed(tmp_path, suffix):
+    pack = COMPRESS[suffix]
+    (tmp_path / f"a.txt{suffix}").write_bytes(pack(b"plain text\nline two\n"))
+    rows = "".join(json.dumps({"text": t, "id": i}) + "\n" for i, t in enumerate(["one", "two"]))
+    (tmp_path / f"r.jsonl{suffix}").write_bytes(pack(rows.encode()))
+    (tmp_path / f"c.csv{suffix}").write_bytes(pack(b"text,label\nhello,1\n"))
+    paths = [str(tmp_path / n) for n in (f"a.txt{suffix}", f"r.jsonl{suffix}", f"c.csv{suffix}")]
+    assert [file_kind(p) for p in paths] == ["txt", "jsonl", "csv"]
+    assert list(iter_documents(paths)) == [b"plain text\nline two\n", b"one", b"two", b"hello"]
+    check_text_options(paths[1:2], None, "text")  # the field applies: no "inputs are txt files"
+
+
+def test_prepared_gzip_has_the_texts_tokens(tmp_path):
+    text = b"the decompressed text, not the gzip bytes\n" * 20
+    (tmp_path / "x.txt.gz").write_bytes(gzip.compress(text))
+    out = prepare_dataset(str(tmp_path / "x.txt.gz"), str(tmp_path / "out"), split=(1, 0, 0),
+                          progress=False)
+    tokens, _ = read_stream(out)
+    assert ByteTokenizer().decode_bytes(tokens) == text
+
+
+def test_a_damaged_compressed_file_is_named(tmp_path):
+    (tmp_path / "bad.txt.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match=r"bad\.txt\.gz: cannot read it as a \.gz file"):
+        list(iter_documents([str(tmp_path / "bad.txt.gz")]))
+
+
+def test_json_array_is_told_to_be_jsonl(tmp_path):
+    (tmp_path / "a.json").write_text('[\n {"text": "a"},\n {"text": "b"}\n]\n')
+    with pytest.raises(DataError, match=r"a\.json:1: a JSON array; expected one JSON object per "
+                                        r"line \(JSONL"):
+        list(iter_documents([str(tmp_path / "a.json")]))
+
+
+def test_utf16_text_gets_a_note(tmp_path, capfd):
+    (tmp_path / "u.txt").write_bytes("hello".encode("utf-16"))
+    list(iter_documents([str(tmp_path / "u.txt")]))
+    assert "u.txt starts with a UTF-16 byte order mark" in capfd.readouterr().err
