@@ -12,6 +12,8 @@ checkpoint is one line naming its folder (and, with ``fallback``, skipped).
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import re
 import shutil
@@ -57,7 +59,10 @@ def failed_restore_noise(unraisable: Any) -> bool:
     code = getattr(unraisable.object, "cr_code", None)  # a coroutine's
     sibling_read = (getattr(code, "co_name", "") == "_read_array_index_and_device_put"
                     and "while reading array index" in str(error))
-    return closed_loop or sibling_read
+    # A failed save's writes, never awaited, collected as the interpreter exits.
+    abandoned_write = (getattr(code, "co_name", "") == "write_fragment"
+                       and isinstance(error, ImportError) and "shutting down" in str(error))
+    return closed_loop or sibling_read or abandoned_write
 
 
 def _drop_closed_loop_callbacks() -> None:
@@ -94,6 +99,23 @@ class CheckpointMismatchError(CheckpointError):
 
 class UnreadableCheckpointError(CheckpointError):
     """A checkpoint folder that is corrupt, truncated or missing files."""
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether ``error`` (or a log record's) is a write that found no space left."""
+    return getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error)
+
+
+class _DropDiskFullLogs(logging.Filter):
+    """Orbax logs a failed save from each of its threads (a page of tracebacks); when the
+    disk is full the save raises too and ``Checkpointer`` says it in one line: those go."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (disk_full(Exception(record.getMessage())) or (error and disk_full(error)))
+
+
+logging.getLogger("absl").addFilter(_DropDiskFullLogs())
 
 
 class Checkpointer:
@@ -140,8 +162,27 @@ class Checkpointer:
         if step in self.manager.all_steps():
             return
         meta = {"format": FORMAT_VERSION, **meta}
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta)), force=force)
+        try:  # saves asynchronously: waits for the previous save first, raising its failure
+            self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta)), force=force)
+        except (OSError, ValueError) as e:
+            raise self._save_failed(e, step) from None
+
+    def _save_failed(self, error: BaseException, step: int) -> CheckpointError:
+        """One line for a save that failed (asynchronously: reported at the next save or
+        wait): which checkpoint, why, and the latest complete one, still the one to resume."""
+        if isinstance(error, CheckpointError):
+            return error
+        failed = re.search(r"checkpoints/(\d+)\.orbax-checkpoint-tmp", str(error))
+        why = "the disk is full" if disk_full(error) else _short(error)
+        try:
+            latest = self.manager.latest_step()
+        except Exception:  # noqa: BLE001 - the message is what matters
+            latest = None
+        return CheckpointError(
+            f"checkpoint {failed.group(1) if failed else step} could not be written in "
+            f"{self.directory}: {why}; the latest complete checkpoint is {latest} (re-run to "
+            f"resume from it once the cause is fixed)")
 
     def read_meta(self, step: int | None = None) -> dict[str, Any]:
         """The JSON record of a checkpoint (format checked); UnreadableCheckpointError if unreadable."""
@@ -226,10 +267,13 @@ class Checkpointer:
         self.manager.reload()
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        try:
+            self.manager.wait_until_finished()
+        except (OSError, ValueError) as e:
+            raise self._save_failed(e, self.manager.latest_step() or 0) from None
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        self.wait()
         self.manager.close()
 
 

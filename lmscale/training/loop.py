@@ -142,6 +142,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any) -> dict[s
         checkpointer.close()
         return _already_trained(workdir, start, derived["steps"], is_main)
     if is_main:
+        if saved is not None and progress:
+            print(f"resuming {workdir} from its checkpoint at step {start} (of "
+                  f"{derived['steps']})", file=sys.stderr, flush=True)
         print_compute_hint(config.precision.compute, mesh.devices.flat[0])
         tokenizer.save(workdir)  # the workdir is self-contained (e.g. a SentencePiece model)
         keep_config_history(workdir, {**config.to_dict(), "derived": derived}, start)
@@ -198,9 +201,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any) -> dict[s
             timed_steps += 1
             bar.update(1)
             logging = step % config.train.log_every == 0 or step == steps
-            if step == start + 1 and not logging:
-                # The first step compiles the program: its seconds are not throughput.
+            first_step_s = None
+            if step == start + 1:
+                # The first step compiles the program: its seconds are not throughput (a record
+                # at that step says them as first_step_s instead; its rates are null).
                 jax.block_until_ready(metrics)
+                first_step_s = time.perf_counter() - timer_start
                 timer_start, timed_steps = time.perf_counter(), 0
             if logging:
                 acc, metrics, ls = jax.device_get((state.acc, metrics, state.loss_scale))
@@ -213,19 +219,24 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any) -> dict[s
                           "bits_per_token": bits_per_char(loss),
                           "lr": float(metrics["lr"]), "grad_norm": float(metrics["grad_norm"]),
                           "loss_scale": float(ls.scale), "skipped": int(ls.skipped),
-                          "epoch": step / batcher.steps_per_epoch,
-                          "steps_per_s": timed_steps / elapsed,
-                          "tokens_per_s": timed_steps * tokens_per_step / elapsed,
-                          "chars_per_s": timed_steps * bytes_per_step / elapsed}
+                          "epoch": step / batcher.steps_per_epoch}
+                if timed_steps:
+                    record.update(steps_per_s=timed_steps / elapsed,
+                                  tokens_per_s=timed_steps * tokens_per_step / elapsed,
+                                  chars_per_s=timed_steps * bytes_per_step / elapsed)
+                    rate = f"{record['chars_per_s']:.3g} chars/s"
+                else:  # the first step alone: compile time, no throughput
+                    record.update(steps_per_s=None, tokens_per_s=None, chars_per_s=None,
+                                  first_step_s=first_step_s)
+                    rate = f"first step {first_step_s:.3g} s (compiling)"
                 record = add_perplexity(record, word_level)
                 writer.write(record)
                 last["train"] = record
                 bar.set_postfix(loss=f"{loss:.3f}", bpc=f"{record['bpc']:.3f}",
-                                lr=f"{record['lr']:.2e}", chars_s=f"{record['chars_per_s']:.3g}")
+                                lr=f"{record['lr']:.2e}", chars_s=rate.split(" chars")[0])
                 if progress and not interactive:
                     print(f"step {step}/{steps}: loss {loss:.4f} bpc {record['bpc']:.4f}"
-                          f"{perplexity_note(record)} "
-                          f"lr {record['lr']:.3e} {record['chars_per_s']:.3g} chars/s",
+                          f"{perplexity_note(record)} lr {record['lr']:.3e} {rate}",
                           file=sys.stderr, flush=True)
                 state = state.replace(acc=jax.device_put(host_zeros(zero_acc), replicated))
                 timer_start, timed_steps = time.perf_counter(), 0

@@ -29,13 +29,31 @@ class WorkdirInUseError(CheckpointError):
     """Another process is training in this workdir."""
 
 
+def make_workdir(workdir: str) -> None:
+    """Makes ``workdir`` (and its parents) if needed; a one-line ``CheckpointError`` when it
+    cannot be a run's folder: empty, a file, or not creatable (a read-only place, a parent
+    that is a file)."""
+    if not str(workdir).strip():
+        raise CheckpointError("the workdir is empty: name a folder for the run (--workdir=DIR)")
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise CheckpointError(f"the workdir {workdir} is a file, not a folder")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise CheckpointError(f"cannot make the workdir {workdir}: {e.strerror or e} (is every "
+                              f"folder above it a folder, and writable?)") from None
+
+
 def hold_workdir(workdir: str) -> IO[str] | None:
     """Locks ``workdir`` for this process (process 0; others get None) until the returned file
     is closed or the process exits; ``WorkdirInUseError`` naming the holder's pid if taken."""
     if jax.process_index() != 0:
         return None
     path = os.path.join(workdir, LOCK_FILE)
-    f = open(path, "a+")
+    try:
+        f = open(path, "a+")
+    except OSError as e:
+        raise CheckpointError(f"cannot write in the workdir {workdir}: {e.strerror or e}") from None
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -61,7 +79,7 @@ def locked_workdir(workdir: str) -> Iterator[None]:
     that holds nothing but the lock when the block raises is removed: a run refused at its
     start (a missing data file) left an empty workdir behind."""
     created = not os.path.exists(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    make_workdir(workdir)
     lock, refused = None, None
     try:
         lock = hold_workdir(workdir)

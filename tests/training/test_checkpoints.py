@@ -4,6 +4,9 @@ parallel, and checkpoints written by orbax's StandardSave (lmscale before 2026-1
 
 from __future__ import annotations
 
+import pytest
+
+from lmscale.training.checkpoints import CheckpointError
 from tests.conftest import script_result, xla_flags
 
 _FIRST_SAVE = r"""
@@ -62,3 +65,33 @@ def test_first_save_slices_only_large_arrays_and_reads_standard_save_checkpoints
     # A slice of at least MIN_REPLICA_SLICE_BYTES is still written by every device in parallel.
     assert out["big"]["restored"] and out["big"]["programs"] >= 4, out
     assert out["standard_save"], out
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1.8 MB tmpfs (root only; skipped elsewhere), unmounted after the test."""
+    import subprocess
+    mount = tmp_path / "small_disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1800k", "tmpfs", str(mount)],
+                          capture_output=True)
+    if made.returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)  # lazily: orbax may hold files
+
+
+def test_a_full_disk_is_one_error_naming_the_checkpoint(small_disk, corpus, capfd):
+    """A save into a full disk printed 512 lines (orbax's threads' tracebacks, then the
+    interpreter's shutdown noise); one CheckpointError names the checkpoint and the latest
+    complete one, which a re-run resumes from."""
+    from lmscale.training.loop import train
+    from tests.conftest import tiny_config
+    config = tiny_config(corpus, **{"model.hidden": 64, "train.steps": 200, "train.log_every": 10,
+                                    "train.eval_every": 0, "checkpoint.every": 10})
+    capfd.readouterr()
+    with pytest.raises(CheckpointError, match=r"^checkpoint (\d+) could not be written in .*: "
+                                              r"the disk is full; the latest complete checkpoint "
+                                              r"is (\d+) "):
+        train(config, str(small_disk / "run"))
+    assert "Traceback" not in capfd.readouterr().err

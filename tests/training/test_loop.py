@@ -232,3 +232,23 @@ def test_eval_of_a_transformer_past_its_max_len_is_one_line(tmp_path, corpus):
                           timeout=120)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert f"longer than the transformer's model.max_len={max_len}" in proc.stderr
+
+
+def test_a_resume_whose_first_step_is_logged_leaves_out_the_compile(tmp_path, corpus, capsys):
+    """Stopped at 7 and resumed, logging every 8 (or every step): the resumed first step
+    was logged with the compile's seconds as its throughput (503 against 85 k chars/s). It
+    is logged with null rates and its seconds as first_step_s; the next records are rates.
+    The resumed run says it resumed (it did not)."""
+    workdir = str(tmp_path / "run")
+    settings = {"train.log_every": 8, "train.eval_every": 0, "checkpoint.every": 100}
+    train(tiny_config(corpus, **{**settings, "train.steps": 7}), workdir)
+    capsys.readouterr()
+    train(tiny_config(corpus, **{**settings, "train.steps": 24, "train.progress_bar": True}),
+          workdir)
+    err = capsys.readouterr().err
+    assert f"resuming {workdir} from its checkpoint at step 7 (of 24)" in err, err
+    assert "step 8/24: " in err and "first step " in err and "(compiling)" in err, err
+    records = {r["step"]: r for r in read_metrics(workdir) if r["split"] == "train"}
+    assert sorted(records) == [7, 8, 16, 24]
+    assert records[8]["chars_per_s"] is None and records[8]["first_step_s"] > 0
+    assert records[16]["chars_per_s"] > 0 and records[24]["chars_per_s"] > 0
