@@ -123,7 +123,8 @@ def describe_exit(process_id: int, returncode: int, address: str, sent: int | No
         return f"process {process_id} was stopped by the launcher ({name})"
     if name == "SIGABRT":
         return (f"process {process_id} was aborted (SIGABRT) — most often it could not reach the "
-                f"coordinator at {address} within --initialization_timeout, or another process died")
+                f"coordinator at {address} within --initialization_timeout, or another process died "
+                f"or stopped answering (its heartbeat timed out)")
     why = {"SIGKILL": " — often the out-of-memory killer", "SIGSEGV": " — a crash (segmentation fault)",
            "SIGTERM": " — terminated from outside", "SIGINT": " — interrupted"}.get(name, "")
     return f"process {process_id} was killed by {name}{why}"
@@ -159,15 +160,22 @@ class Launch:
         self.stopped: list[int] = []  # ids stopped by the launcher after another failed
         self.sent: dict[int, int] = {}  # id -> the last signal the launcher sent it
         self.interrupts = 0  # SIGTERM/SIGINT received by the launcher
+        self.threads: list[threading.Thread] = []  # copying the piped processes' output
         on_fork = _parent_death_signal()
+        try:
+            self._start(command, envs, on_fork)
+        except OSError:
+            self.signal_all(signal.SIGKILL)  # those started before the one that failed
+            raise
+
+    def _start(self, command: list[str], envs: dict[int, dict[str, str]], on_fork: object) -> None:
         for pid, env in envs.items():
             piped = pid != 0
             # Own session: a Ctrl-C on the terminal reaches the launcher only, which passes
-            # on one SIGTERM (lmscale.train takes a second signal as "stop now").
+            # on one SIGTERM (a second one to the launcher: SIGKILL).
             self.procs[pid] = subprocess.Popen(
                 command, env=env, start_new_session=True, preexec_fn=on_fork,
                 stdout=subprocess.PIPE if piped else None, stderr=subprocess.PIPE if piped else None)
-        self.threads: list[threading.Thread] = []
         for pid, proc in self.procs.items():
             if proc.stdout is None:
                 continue
@@ -239,7 +247,12 @@ def main(argv: list[str]) -> int:
     print(f"launch: {len(envs)} of {k} processes x {devices} {kind}{'s' if devices > 1 else ''}, "
           f"coordinator {address}", file=sys.stderr, flush=True)
 
-    launch = Launch(command, envs)
+    try:
+        launch = Launch(command, envs)
+    except OSError as e:  # e.g. a mistyped program: nothing started (or the rest stopped)
+        print(f"error: cannot start {command[0]!r} (the command after '--'): "
+              f"{e.strerror or e}", file=sys.stderr)
+        return 2
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, launch.interrupt)
     failed = launch.wait(args.grace_s)
@@ -247,9 +260,16 @@ def main(argv: list[str]) -> int:
         return 0
     pid, status = failed
     message = describe_exit(pid, status, address, launch.sent.get(pid))
-    if launch.stopped:
-        message += f"; stopped process{'es' if len(launch.stopped) > 1 else ''} " \
-                   f"{', '.join(map(str, launch.stopped))}"
+    # Those the launcher's signal ended; the others were ending on their own (the same error).
+    stopped = [p for p in launch.stopped if launch.procs[p].returncode in (-signal.SIGTERM,
+                                                                          -signal.SIGKILL)]
+    if stopped:
+        message += f"; stopped process{'es' if len(stopped) > 1 else ''} " \
+                   f"{', '.join(map(str, stopped))}"
+    also = [p for p in launch.stopped if p not in stopped and launch.procs[p].returncode]
+    if also:
+        message += f"; process{'es' if len(also) > 1 else ''} {', '.join(map(str, also))} " \
+                   f"failed too"
     print(f"error: {message}", file=sys.stderr, flush=True)
     return 1
 

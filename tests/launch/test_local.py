@@ -133,6 +133,29 @@ def test_a_later_process_dying_while_process_0_runs_stops_the_launch_at_once(tmp
     assert time.monotonic() - start < 40
 
 
+def test_a_mistyped_command_is_one_line():
+    """It was a Python traceback ending in FileNotFoundError (audit)."""
+    proc = subprocess.run([sys.executable, LAUNCHER, "--num_processes=2", "--platform=cpu", "--",
+                           "pyhton", "-m", "lmscale.train"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "error: cannot start 'pyhton' (the command after '--'): No such file" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_process_failing_on_its_own_is_not_said_stopped_by_the_launcher():
+    """Every process refusing the same thing (a locked workdir) exits 1; the launcher saw
+    process 0 first and said "stopped process 1", which had failed by itself."""
+    proc = subprocess.run([sys.executable, LAUNCHER, "--num_processes=2", "--platform=cpu", "--",
+                           sys.executable, "-c", "import os, signal, sys, time; "
+                           "signal.signal(signal.SIGTERM, signal.SIG_IGN); "  # busy failing
+                           "time.sleep(0.5 if os.environ['LMSCALE_PROCESS_ID'] == '1' else 0); "
+                           "sys.exit(1)"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "error: process 0 exited with status 1" in proc.stderr
+    assert "stopped process 1" not in proc.stderr and "process 1 failed too" in proc.stderr
+
+
 def test_launcher_refuses_a_command_line_without_a_command():
     proc = subprocess.run([sys.executable, LAUNCHER, "--num_processes=2"], capture_output=True,
                           text=True, timeout=60)
