@@ -279,6 +279,12 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
             state, metrics = step_fn(step >= ft.freeze_steps)(state, batch)
             in_flight.add(metrics)
             step, timed = step + 1, timed + 1
+            compile_s = None
+            if step == start + 1 or (step == ft.freeze_steps + 1 and step > start):
+                # This step compiled its program (the first; the first with the LM unfrozen):
+                # its seconds are not throughput (a record here has null rates).
+                jax.block_until_ready(metrics)
+                compile_s, t0, timed = time.perf_counter() - t0, time.perf_counter(), 0
             if step % config.train.log_every == 0 or step == steps:
                 acc, metrics, ls = jax.device_get((state.acc, metrics, state.loss_scale))
                 n = max(int(acc["steps"]), 1)
@@ -293,8 +299,11 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
                           "lm_lr": 0.0 if step <= ft.freeze_steps else float(lm_lr_now),
                           "grad_norm": float(metrics["grad_norm"]), "loss_scale": float(ls.scale),
                           "skipped": int(ls.skipped), "epoch": step / batches.steps_per_epoch,
-                          "steps_per_s": timed / elapsed,
-                          "texts_per_s": timed * config.train.batch_size / elapsed}
+                          "steps_per_s": timed / elapsed if timed else None,
+                          "texts_per_s": (timed * config.train.batch_size / elapsed if timed
+                                          else None)}
+                if not timed:
+                    record["first_step_s"] = compile_s
                 writer.write(record)
                 if progress:
                     print(f"step {step}/{steps}: loss {record['loss']:.4f} "

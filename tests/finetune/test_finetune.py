@@ -126,9 +126,15 @@ def test_sst_learns_restores_freezes_and_classify_reproduces(sst_run, data, tmp_
     run = str(tmp_path / "ft")
     config = ft_config(sst_run, data["sst_train"], data["sst_val"], **{
         "train.steps": 16, "finetune.freeze_steps": 4, "checkpoint.every": 4, "checkpoint.keep": 10,
-        "finetune.aux_lm_weight": 0.1, "finetune.pooling": "last,mean"})
+        "finetune.aux_lm_weight": 0.1, "finetune.pooling": "last,mean", "train.log_every": 1})
     results = finetune(config, run)
     train_recs = [r for r in read_metrics(run) if r["split"] == "train"]
+    # Steps 1 and 5 compile (the frozen and the unfrozen program): no throughput there.
+    for r in train_recs:
+        if r["step"] in (1, 5):
+            assert r["steps_per_s"] is None and r["first_step_s"] > 0, r
+        else:
+            assert r["steps_per_s"] > 0 and "first_step_s" not in r, r
     assert train_recs[-1]["loss"] < train_recs[0]["loss"]  # it learns
     assert train_recs[-1]["aux_lm_loss"] > 0
     # The logged learning rates are the schedules' (the LM's 0 while frozen, then counted from 0).
