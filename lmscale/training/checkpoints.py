@@ -118,6 +118,20 @@ class _DropDiskFullLogs(logging.Filter):
 logging.getLogger("absl").addFilter(_DropDiskFullLogs())
 
 
+def _remove_emptied_steps(directory: str) -> None:
+    """Removes empty step folders: a run killed while orbax deleted an old checkpoint leaves
+    its folder empty, and every later start logged "Metadata file does not exist" for it."""
+    if not os.path.isdir(directory):
+        return
+    for name in os.listdir(directory):
+        path = os.path.join(directory, name)
+        if name.isdigit() and os.path.isdir(path) and not os.listdir(path):
+            try:
+                os.rmdir(path)
+            except OSError:  # another process got there first, or it filled meanwhile
+                pass
+
+
 class Checkpointer:
     """Saves and restores TrainStates in ``WORKDIR/checkpoints``."""
 
@@ -130,6 +144,8 @@ class Checkpointer:
         self.directory = os.path.join(self.workdir, "checkpoints")
         if read_only and not os.path.isdir(self.directory):
             raise FileNotFoundError(f"{workdir} holds no checkpoint ({self.directory} does not exist)")
+        if not read_only and jax.process_index() == 0:
+            _remove_emptied_steps(self.directory)
         # (Not orbax's own read_only option: it logs a warning at every construction.)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=not read_only, cleanup_tmp_directories=not read_only,

@@ -95,3 +95,20 @@ def test_a_full_disk_is_one_error_naming_the_checkpoint(small_disk, corpus, capf
                                               r"is (\d+) "):
         train(config, str(small_disk / "run"))
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_an_emptied_step_folder_is_removed_quietly(tmp_path, corpus, capfd):
+    """A kill while orbax deleted an old checkpoint left checkpoints/N/ empty; every later
+    start logged "Metadata file does not exist" for it (audit)."""
+    import os
+
+    from lmscale.training.loop import train
+    from tests.conftest import tiny_config
+    run = tmp_path / "run"
+    settings = {"train.eval_every": 0, "checkpoint.every": 2}
+    train(tiny_config(corpus, **{**settings, "train.steps": 4}), str(run))
+    os.mkdir(run / "checkpoints" / "3")
+    capfd.readouterr()
+    train(tiny_config(corpus, **{**settings, "train.steps": 6}), str(run))
+    assert "Metadata file does not exist" not in capfd.readouterr().err
+    assert not (run / "checkpoints" / "3").exists() and (run / "checkpoints" / "6").is_dir()
