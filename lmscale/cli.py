@@ -74,13 +74,17 @@ def parse_flags(argv: list[str]) -> list[str]:
         _check_config_values(flags.FLAGS)
         return rest
     except (AttributeError, KeyError) as e:  # unknown key in a locked ConfigDict
-        text = str(e.args[0] if e.args else e)
-        text = re.sub(r"(\\n|[\\'\s])+", " ", text).strip()
-        key = text.split(" ")[0]
-        hint = text[len(key):].strip()
+        text = str(e.args[0] if e.args else e).replace("\\", "")
+        # ml_collections quotes the key: Key "hiden" ..., or "'nosuch'" for a top-level one.
+        found = (re.search(r"""Key\s+["']+([^"'\s]+)["']+""", text)
+                 or re.search(r"""["']+([^"'\s]+)["']+""", text))
+        key = found.group(1) if found else text.split()[0]
+        mean = re.search(r'Did you mean "[^"]+" instead of "[^"]+"\?', text)
+        hint = mean.group(0) if mean else ""
         culprit = [a for a in argv[1:] if f".{key}=" in a or a.endswith(f".{key}")]
         where = f" in {culprit[0]}" if culprit else ""
-        print(f"error: unknown config key {key!r}{where}. {hint}".strip(), file=sys.stderr)
+        print(f"error: unknown config key {key!r}{where}" + (f". {hint}" if hint else ""),
+              file=sys.stderr)
     except flags.Error as e:
         print(f"error: {e}", file=sys.stderr)
     except Exception as e:  # config file that fails to load, bad override value, ...

@@ -150,3 +150,16 @@ def test_a_missing_data_train_is_named():
             c.data.train = bad
         with pytest.raises(ConfigError, match=f"data.train must name the training text .*got {bad!r}"):
             validate(c, 1)
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--config.nosuch=3", "error: unknown config key 'nosuch' in --config.nosuch=3"),
+    ("--config.model.hiden=3", "error: unknown config key 'hiden' in --config.model.hiden=3. "
+                               "Did you mean \"hidden\" instead of \"hiden\"?")])
+def test_an_unknown_override_key_is_named(tmp_path, flag, message):
+    """A top-level typo read "unknown config key '\\"'. nosuch \\"" (audit)."""
+    proc = subprocess.run([sys.executable, "-m", "lmscale.train", "--config=configs/quickstart.py",
+                           f"--workdir={tmp_path / 'run'}", flag], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [message]
