@@ -93,6 +93,9 @@ def test_bench_cli_writes_a_record(tmp_path):
     assert r["chars_per_s"] == pytest.approx(32 / r["step_s"]) and r["bytes_per_token"] == 1.0
     assert r["flop_per_s"] == pytest.approx(r["train_flops_per_token"] * 32 / r["step_s"])
     assert r["of_matmul_rate"] == pytest.approx(r["flop_per_s"] / r["matmul"]["flop_per_s"])
+    # The peak is measured on every device the step ran on (one device's against 8 GPUs'
+    # step would have read 8x too high).
+    assert r["matmul"]["devices"] == r["host"]["devices"]
     assert r["memory_bytes"]["peak"] > 0 and r["commit"]
     # Models that --grad/--unroll do not apply to show neither in the table: the kinds whose
     # layers are not the recurrences of models/recurrent.py.

@@ -22,8 +22,8 @@ recomputed ones (what the device executed).
 
 Achieved FLOP/s = FLOPs per step / median step time; it is compared with the measured rate
 of a dense n x n matmul in the compute dtype, accumulated in float32 as the step's matmuls
-are, on the same device (``matmul_rate``): the practical peak of the machine rather than a
-datasheet number.
+are, on every device the step runs on at once (``matmul_rate``; 8 GPUs: 8 times one's): the
+practical peak of the machine rather than a datasheet number.
 """
 
 from __future__ import annotations
@@ -68,26 +68,30 @@ def recompute_flops_per_token(model_config: ml_collections.ConfigDict, seq_len: 
 
 
 def matmul_rate(dtype: Any = jnp.float32, n: int | None = None, repeats: int = 10,
-                device: jax.Device | None = None) -> dict[str, Any]:
+                device: jax.Device | None = None,
+                devices: list[jax.Device] | None = None) -> dict[str, Any]:
     """Measured FLOP/s of a dense n x n matmul of ``dtype`` operands with float32 (at least)
-    accumulation, as the training step's matmuls (best of 3 rounds of ``repeats``).
+    accumulation, as the training step's matmuls (best of 3 rounds of ``repeats``), on
+    ``device``, or on every one of ``devices`` at once (their sum: the rate a data-parallel
+    step over them can reach; CPU devices sharing cores share it).
 
     (A bfloat16 matmul with a bfloat16 result takes another path on XLA:CPU: 6x slower on
     an AMX CPU under jaxlib 0.10, so it would understate the peak the step can reach.)
 
     n defaults to 2048 on CPU and 8192 on accelerators (big enough to reach their peak).
     """
-    f, a, b = square_matmul(dtype, n, device)
-    n = a.shape[0]
-    f(a, b).block_until_ready()
+    products = [square_matmul(dtype, n, d) for d in (devices or [device])]
+    jax.block_until_ready([f(a, b) for f, a, b in products])
+    n = products[0][1].shape[0]
     best = float("inf")
     for _ in range(3):
         t = time.perf_counter()
         for _ in range(repeats):
-            out = f(a, b)
-        out.block_until_ready()
+            outs = [f(a, b) for f, a, b in products]  # dispatched to every device, then waited
+        jax.block_until_ready(outs)
         best = min(best, (time.perf_counter() - t) / repeats)
-    return {"n": n, "dtype": jnp.dtype(dtype).name, "flop_per_s": 2 * n**3 / best}
+    return {"n": n, "dtype": jnp.dtype(dtype).name, "devices": len(products),
+            "flop_per_s": len(products) * 2 * n**3 / best}
 
 
 def square_matmul(dtype: Any = jnp.float32, n: int | None = None,
@@ -306,7 +310,7 @@ def run_bench(config: ml_collections.ConfigDict, *, steps: int = 10, warmup: int
     step = time_step(config, steps=steps, warmup=warmup, grad=grad, unroll=unroll,
                      layout=layout, factors=factors, reset_every=reset_every,
                      vocab_size=vocab_size)
-    peak = matmul_rate(DTYPES[compute], matmul_n)
+    peak = matmul_rate(DTYPES[compute], matmul_n, devices=jax.devices())  # those the step ran on
     m = config.model
     from lmscale.models import architecture, get_kind
     from lmscale.models.lm import remat_steps
