@@ -49,7 +49,8 @@ _LOOP = flags.DEFINE_bool("loop", False, "Also time the full training loop (data
                           "on the config's data, in --workdir/loop.")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/lmscale_bench",
                                "Where raw text / a built-in corpus is prepared for --pipeline.")
-_MATMUL_N = flags.DEFINE_integer("matmul_n", 0, "Size of the peak-rate matmul (0 = by device).")
+_MATMUL_N = flags.DEFINE_integer("matmul_n", 0, "Size of the peak-rate matmul (0 = by device).",
+                                 lower_bound=0)
 _LABEL = flags.DEFINE_string("label", "", "Free text stored with the record.")
 _OUT = flags.DEFINE_string(
     "out", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),

@@ -39,6 +39,8 @@ _COMPUTE = flags.DEFINE_enum("compute", None, ["float32", "bfloat16", "float16"]
                              "Dtype of the matmuls; default: the run's precision.compute, so its "
                              "validation gives the BPC its training logged.")
 flags.mark_flags_as_required(["workdir"])
+flags.register_validator("max_steps", lambda n: n >= -1, message="expected a count of batches, 0 "
+                         "(the whole split) or -1 (the run's train.eval_steps)")
 
 
 def main(argv: list[str]) -> None:

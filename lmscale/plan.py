@@ -19,6 +19,8 @@ XLA CPU compiler; a GPU compile of the same program differs somewhat).
 from __future__ import annotations
 
 import json
+import math
+import os
 import sys
 
 from absl import app, flags
@@ -30,23 +32,42 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file in configs/.", lock_config=True)
 _DEVICES = flags.DEFINE_integer(
     "devices", 0, "Devices to plan for; 0 = all devices here. On a CPU-only machine, this many "
-    "virtual CPU devices are created.")
+    "virtual CPU devices are created.", lower_bound=0)
 _JSON = flags.DEFINE_string("json", "", "Also write the full result to this JSON file.")
 _FLOPS = flags.DEFINE_float("flops_per_s", 0.0, "Sustained training FLOP/s per device for the "
-                            "projection (measured with lmscale.bench, or peak x utilization).")
+                            "projection (measured with lmscale.bench, or peak x utilization).",
+                            lower_bound=0.0)
 _BANDWIDTH = flags.DEFINE_float("bandwidth_gbps", 0.0, "Ring all-reduce bandwidth per device, "
-                                "Gbit/s (across nodes: the node's network / its GPUs).")
-_LATENCY = flags.DEFINE_float("latency_us", 0.0, "Per-hop latency of the ring, microseconds.")
+                                "Gbit/s (across nodes: the node's network / its GPUs).",
+                                lower_bound=0.0)
+_LATENCY = flags.DEFINE_float("latency_us", 0.0, "Per-hop latency of the ring, microseconds.",
+                              lower_bound=0.0)
 _PROJECT = flags.DEFINE_list("project", [], "Device counts to project (default: the planned "
                              "count and 8x, 64x of it).")
 _LAYOUT = flags.DEFINE_enum(
     "layout", "auto", ["auto", "feature", "batch"], "The recurrence loops the target devices run: "
     "batch on GPUs, feature on CPUs (auto: this machine's backend). Planning a GPU run on a "
     "CPU, pass batch: its memory differs (the 4096-d mLSTM at 256 x 256 in bf16 on an H200: "
-    "12.7 GiB, 10.7 with the feature loops).")
+    "10.7 GiB, the gate factors in bf16; 12.7 with them in float32).")
 _MEMORY = flags.DEFINE_float("memory_gib", 0.0, "Memory of one device, GiB: say whether the "
-                             "step fits, and if not plan model.remat=segments too (mlstm, lstm).")
+                             "step fits, and if not plan model.remat=segments too (mlstm, lstm).",
+                             lower_bound=0.0)
 flags.mark_flags_as_required(["config"])
+for _flag in ("flops_per_s", "bandwidth_gbps", "latency_us", "memory_gib"):  # nan passes lower_bound
+    flags.register_validator(_flag, math.isfinite, message="must be a finite number")
+
+
+def _json_folder() -> None:
+    """Creates the --json file's folder, so a bad path fails before the compile."""
+    from lmscale.config import ConfigError
+    path = os.path.abspath(_JSON.value)
+    if os.path.isdir(path):
+        raise ConfigError(f"--json={_JSON.value} is a folder; expected a file name")
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    except OSError as e:
+        reason = "a file is in the way" if isinstance(e, FileExistsError) else e.strerror
+        raise ConfigError(f"--json={_JSON.value}: cannot create its folder ({reason})") from None
 
 
 def _projection_counts() -> list[int]:
@@ -74,6 +95,8 @@ def main(argv: list[str]) -> None:
     from lmscale.models.recurrent import scan_options
     from lmscale.training.plan import fit, format_fit, format_plan, plan
     counts = run_cli(_projection_counts)  # bad projection flags fail before the compile
+    if _JSON.value:
+        run_cli(_json_folder)
 
     def run() -> tuple[list, dict]:
         devices = jax.devices()

@@ -7,8 +7,8 @@ Each point is an ordinary ``lmscale.train`` run in WORKDIR/NAME. Re-running the 
 command skips finished points and resumes the others. A point whose training loss goes
 non-finite or above --divergence_factor x its running minimum is stopped and marked "div".
 With --transfer_train/--transfer_val[/--transfer_test] every finished model is also
-evaluated by sentiment transfer (lmscale.transfer). Writes WORKDIR/report.md, report.html
-and curves.png.
+evaluated by sentiment transfer (lmscale.transfer). Writes WORKDIR/report.md, report.html,
+final.png and curves.png.
 """
 
 from __future__ import annotations

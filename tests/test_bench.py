@@ -136,3 +136,13 @@ def test_bad_override_is_one_line_error():
                         "--config.model.hiden=32", "--out="], cwd=REPO, capture_output=True,
                        text=True, timeout=120)
     assert p.returncode == 1 and p.stderr.startswith("error: unknown config key")
+
+
+def test_negative_matmul_n_is_one_line_error_before_timing(tmp_path):
+    """--matmul_n=-5 was numpy's "negative dimensions" traceback after the timed steps."""
+    p = subprocess.run([sys.executable, "-m", "lmscale.bench", "--config=configs/quickstart.py",
+                        "--config.model.hidden=1000000", "--matmul_n=-5", f"--out={tmp_path / 'r'}"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and p.stderr.strip() == (
+        "error: flag --matmul_n=-5: -5 is not a non-negative integer"), p.stderr[-2000:]
+    assert not (tmp_path / "r").exists()

@@ -24,7 +24,8 @@ block permutation [0, 1, 3, 2] (its own inverse) on every 4H axis: wx, wh, b, gx
 OpenAI's text preprocessing (``lmscale.pretrained.preprocess.openai_preprocess``) is recorded
 with the imported model. An exported model that expects another (an lmscale run: none) gets a
 16th file, ``lmscale.json``, naming it, which the import reads back (OpenAI's code ignores it).
-Its features are the final cell state; the sentiment unit is 2388 (sst_binary_demo.py).
+Its features are the final cell state; the sentiment unit of OpenAI's own model is 2388
+(sst_binary_demo.py), recorded only for a folder of its shape without ``lmscale.json``.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ from lmscale.pretrained.weights import LMWeights
 NUM_FILES = 15
 WH_FILES = (2, 3, 4, 5)
 GATE_ORDER = (0, 1, 3, 2)  # lmscale block k = OpenAI block GATE_ORDER[k], and vice versa
-SENTIMENT_UNIT = 2388
+SENTIMENT_UNIT = 2388  # of OpenAI's own release, E = 64 and H = 4096
+RELEASE_SHAPE = (64, 4096)  # (E, H) of that release
 VOCAB = 256
 SIDECAR = "lmscale.json"  # {"preprocess": ...} of a model that does not expect OpenAI's
 
@@ -96,7 +98,14 @@ def read_npy(path: str, what: str) -> np.ndarray:
         raise ConvertError(f"{path} is an .npz archive; expected {what} as a single .npy array")
     if not np.issubdtype(arr.dtype, np.floating):
         raise ConvertError(f"{path} has dtype {arr.dtype}; expected {what} as floats")
-    return arr.astype(np.float32)
+    with np.errstate(over="ignore"):  # a float64 beyond float32's range: inf, refused below
+        arr = arr.astype(np.float32)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ConvertError(f"{path} holds {int(bad.sum())} non-finite values (NaN/inf in float32, "
+                           f"the first {arr[first]} at index {list(first)}); expected {what}")
+    return arr
 
 
 def _check_shape(path: str, arr: np.ndarray, expected: tuple[int, ...], what: str) -> None:
@@ -144,6 +153,9 @@ def load_openai(src: str) -> LMWeights:
     if wh.shape != (H, 4 * H):
         raise ConvertError(f"{', '.join(path(i) for i in WH_FILES)} concatenate to shape "
                            f"{tuple(wh.shape)}; expected wh of shape [H, 4H] = {[H, 4 * H]}")
+    source = {"format": "openai", "path": os.path.abspath(folder), "features": "final cell state"}
+    if is_release(folder, E, H):
+        source["sentiment_unit"] = SENTIMENT_UNIT
     a = arrays
     params = {
         "embedding/embedding": a[0],
@@ -155,11 +167,15 @@ def load_openai(src: str) -> LMWeights:
         "decoder/kernel": a[13], "decoder/bias": a[14],
     }
     weights = LMWeights(kind="mlstm", tokenizer=ByteTokenizer.openai(), params=params,
-                        preprocess=_recorded_preprocess(folder),
-                        source={"format": "openai", "path": os.path.abspath(folder),
-                                "sentiment_unit": SENTIMENT_UNIT, "features": "final cell state"})
+                        preprocess=_recorded_preprocess(folder), source=source)
     weights.check(folder)
     return weights
+
+
+def is_release(folder: str, embed: int, hidden: int) -> bool:
+    """Whether ``folder`` looks like OpenAI's own model, whose sentiment unit is known: its
+    (E, H) is the release's and no lmscale.json marks it as an lmscale export."""
+    return (embed, hidden) == RELEASE_SHAPE and not os.path.exists(os.path.join(folder, SIDECAR))
 
 
 def _recorded_preprocess(folder: str) -> str:

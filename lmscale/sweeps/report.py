@@ -15,10 +15,13 @@ import math
 import os
 from typing import Any
 
+import ml_collections
+
+from lmscale.config import scaled_lr
 from lmscale.sweeps.divergence import read_records
 from lmscale.sweeps.grid import Point, Sweep
 from lmscale.sweeps.transfer import read_transfer
-from lmscale.sweeps.workdir import read_status
+from lmscale.sweeps.workdir import IDENTITY_FILE, read_status
 
 Block = tuple  # ("h2", text) | ("p", text) | ("table", header, rows) | ("img", file, alt) | ("md", text)
 
@@ -34,6 +37,8 @@ def point_result(workdir: str, point: Point) -> dict[str, Any]:
     if os.path.exists(os.path.join(d, "config.json")):
         with open(os.path.join(d, "config.json")) as f:
             derived = json.load(f).get("derived", {})
+    if derived.get("steps") is None or derived.get("lr") is None:  # it stopped before writing them
+        derived = {**planned(workdir, point), **{k: v for k, v in derived.items() if v is not None}}
     return {"point": point, "status": status.get("status", "not run"),
             "divergence": status.get("divergence"),
             "val_bpc": val[-1]["bpc"] if val else None, "val_step": val[-1]["step"] if val else None,
@@ -43,6 +48,28 @@ def point_result(workdir: str, point: Point) -> dict[str, Any]:
             "tokens_per_step": derived.get("tokens_per_step"), "params": derived.get("params"),
             "wall_s": status.get("wall_s"), "cpu_s": status.get("cpu_s"),
             "transfer": read_transfer(d), "train": train, "val": val}
+
+
+def planned(workdir: str, point: Point) -> dict[str, Any]:
+    """The steps and learning rate that a point's settings (DIR/sweep.json's base config with its
+    fields) fix without its data or devices: for a point that failed before its config.json."""
+    try:
+        with open(os.path.join(workdir, IDENTITY_FILE)) as f:
+            config = json.load(f)["base_config"]
+        for key, value in point.overrides.items():
+            *parents, field = key.split(".")
+            node = config
+            for name in parents:
+                node = node[name]
+            node[field] = value
+        train, optim = config["train"], config["optim"]
+        steps = train["steps"] if not train.get("epochs") else None  # epochs: depends on the data
+        lr = None  # a scaled lr of a per-device batch depends on the devices
+        if optim["lr_scaling"] == "none" or not train.get("per_device_batch_size"):
+            lr = scaled_lr(ml_collections.ConfigDict(optim), train["batch_size"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+    return {"steps": steps, "lr": lr}
 
 
 def outcome(r: dict[str, Any]) -> str:
@@ -64,7 +91,8 @@ def _fmt(value: Any) -> str:
 
 def write_report(workdir: str, sweep: Sweep, *, title: str, command: str = "",
                  totals: dict[str, float] | None = None) -> list[dict[str, Any]]:
-    """Writes report.md, report.html and curves.png in ``workdir``; returns the point results."""
+    """Writes report.md, report.html, final.png and curves.png in ``workdir``; returns the point
+    results."""
     results = [point_result(workdir, p) for p in sweep.points]
     has_transfer = any(r["transfer"] for r in results)
     blocks: list[Block] = [("h1", title)]

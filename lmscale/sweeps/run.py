@@ -16,7 +16,7 @@ from lmscale.sweeps.grid import Sweep, expand, load_sweep_spec
 from lmscale.sweeps.report import write_report
 from lmscale.sweeps.runner import Runner, RunOptions
 from lmscale.sweeps.transfer import TransferSets, transfer_points
-from lmscale.sweeps.workdir import claim, lock_sweep, read_status
+from lmscale.sweeps.workdir import claim, is_finished, lock_sweep, read_status
 
 
 def run_sweep(base: ml_collections.ConfigDict, config_file: str, sweep_file: str, workdir: str, *,
@@ -41,7 +41,9 @@ def run_sweep(base: ml_collections.ConfigDict, config_file: str, sweep_file: str
         t0, usage0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
         runner = Runner(workdir, RunOptions(config_file, list(config_flags), parallel, divergence_factor,
                                             poll_seconds, log=log))
-        log(f"sweep: {len(sweep.points)} points in {workdir} ({parallel} at a time)")
+        to_run = sum(not is_finished(os.path.join(workdir, p.name)) for p in sweep.points)
+        at_once = f" ({min(parallel, to_run)} at a time)" if to_run else ""
+        log(f"sweep: {len(sweep.points)} points in {workdir}{at_once}")
         try:
             runner.run(sweep.points)
         finally:

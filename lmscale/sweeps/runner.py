@@ -44,7 +44,8 @@ class RunOptions:
 
 
 class SweepInterrupted(Exception):
-    """The sweep was stopped by a signal; its points saved and re-running resumes them."""
+    """The sweep was stopped by a signal; its running points stopped (those past their first
+    step saved a checkpoint) and re-running resumes them."""
 
 
 @dataclasses.dataclass
@@ -152,14 +153,16 @@ class Runner:
             for s, h in handlers.items():
                 signal.signal(s, h)
         if self.stopping:
-            raise SweepInterrupted("sweep stopped by a signal; the running points saved a checkpoint, "
-                                   "re-run the same command to resume")
+            raise SweepInterrupted("sweep stopped by a signal; the running points stopped (those past "
+                                   "their first step saved a checkpoint); re-run the same command "
+                                   "to resume")
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self.stopping:  # a second signal: stop the points at once
             raise KeyboardInterrupt
         self.stopping = True
-        self.options.log(f"sweep: signal {signum}; stopping the running points (they save)")
+        self.options.log(f"sweep: signal {signum}; stopping the running points (those past their "
+                         f"first step save a checkpoint)")
 
     def _signal(self, job: _Job, signum: int) -> None:
         if not getattr(job, "_signalled", False):

@@ -48,7 +48,7 @@ def test_converted_workdir_loads_and_matches_openai(converted):
     assert lm.step == 0 and lm.tokenizer == ByteTokenizer.openai()
     assert (lm.config.model.kind, lm.config.model.hidden, lm.config.model.embed) == ("mlstm", H, E)
     assert lm.config.model.weight_norm and lm.config.data.tokenizer == "openai"
-    assert lm.derived["pretrained"]["sentiment_unit"] == 2388
+    assert "sentiment_unit" not in lm.derived["pretrained"]  # 2388 is a unit of a 4096-unit model
     preprocess = preprocessor_for(lm.derived)
     texts = ["Loved it!", "Arrived broken &amp; late.\nNever again."]
     params = ref.read_openai_files(files)
@@ -129,6 +129,24 @@ def test_bad_input_is_one_line_error(converted, tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip() == (f"error: {broken / '9.npy'} is missing; expected gx, the "
                                    f"weight-norm gains of wx [4H] = [64]")
+    assert not (tmp_path / "w").exists()
+
+
+def test_non_finite_weights_are_one_line_error(converted, tmp_path):
+    """An export of an lmscale model whose weights hold NaN is refused before anything is written."""
+    _, workdir = converted
+    export = str(tmp_path / "export")
+    assert run("lmscale.convert", "--from=lmscale", f"--src={workdir}", f"--to={export}",
+               "--layout=openai").returncode == 0
+    wmh = np.load(os.path.join(export, "7.npy"))
+    wmh[2, 3] = np.nan
+    np.save(os.path.join(export, "7.npy"), wmh)
+    proc = run("lmscale.convert", "--from=openai", f"--src={export}", f"--to={tmp_path / 'w'}")
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (f"error: {os.path.join(export, '7.npy')} holds 1 non-finite "
+                                   f"values (NaN/inf in float32, the first nan at index [2, 3]); "
+                                   f"expected wmh, the hidden-to-multiplicative matrix [H, H] = "
+                                   f"[{H}, {H}]")
     assert not (tmp_path / "w").exists()
 
 

@@ -10,7 +10,8 @@ import pytest
 
 from lmscale.data.tokenizer import ByteTokenizer
 from lmscale.pretrained import ConvertError, openai_preprocess, preprocessor_for
-from lmscale.pretrained.openai import SENTIMENT_UNIT, load_openai, openai_arrays, save_openai
+from lmscale.pretrained.openai import (SENTIMENT_UNIT, is_release, load_openai, openai_arrays,
+                                       save_openai)
 from tests.pretrained.helpers import random_weights, run_lmscale
 from tests.pretrained import reference as ref
 
@@ -31,7 +32,7 @@ def test_matches_openai_equations(files):
     weights = load_openai(files)
     assert (weights.kind, weights.layers, weights.embed, weights.hidden) == ("mlstm", 1, E, H)
     assert weights.weight_norm and weights.tokenizer == ByteTokenizer.openai()
-    assert weights.preprocess == "openai" and weights.source["sentiment_unit"] == SENTIMENT_UNIT == 2388
+    assert weights.preprocess == "openai" and "sentiment_unit" not in weights.source  # not 4096 units
     model = weights.to_model()
     params = ref.read_openai_files(files)
     preprocess = preprocessor_for({"preprocess": weights.preprocess})
@@ -150,6 +151,39 @@ def test_bad_input(files, tmp_path):
     assert not os.path.exists(marker)
     with pytest.raises(ConvertError, match="is not a directory"):
         load_openai(str(tmp_path / "nowhere"))
+
+
+def test_non_finite_values_are_one_line_error_naming_file_and_array(files, tmp_path):
+    bad = _copy(files, str(tmp_path / "bad"))
+    bias = np.load(os.path.join(bad, "8.npy"))
+    bias[5], bias[9] = np.nan, np.inf
+    np.save(os.path.join(bad, "8.npy"), bias)
+    with pytest.raises(ConvertError, match=r"8\.npy holds 2 non-finite values \(NaN/inf in float32, "
+                       r"the first nan at index \[5\]\); expected b, the gate bias"):
+        load_openai(bad)
+    np.save(os.path.join(bad, "8.npy"), np.load(os.path.join(files, "8.npy")))
+    big = np.load(os.path.join(bad, "13.npy")).astype(np.float64)
+    big[1, 2] = 1e39  # finite in float64, inf once stored as float32
+    np.save(os.path.join(bad, "13.npy"), big)
+    with pytest.raises(ConvertError, match=r"13\.npy holds 1 non-finite values .*the first inf at "
+                       r"index \[1, 2\]\); expected out_w"):
+        load_openai(bad)
+
+
+def test_sentiment_unit_only_for_openais_own_model(files, tmp_path):
+    """2388 is a unit of OpenAI's 4096-unit release; a smaller model or an lmscale export
+    (lmscale.json) records none."""
+    assert SENTIMENT_UNIT == 2388
+    assert "sentiment_unit" not in load_openai(files).source
+    release = tmp_path / "release"
+    release.mkdir()
+    assert is_release(str(release), 64, 4096)
+    assert not is_release(str(release), 8, 4096) and not is_release(str(release), 64, 16)
+    (release / "lmscale.json").write_text('{"preprocess": "none"}')
+    assert not is_release(str(release), 64, 4096)
+    weights = random_weights(seed=5)
+    save_openai(weights, str(tmp_path / "export"))
+    assert "sentiment_unit" not in load_openai(str(tmp_path / "export")).source
 
 
 def test_repo_layout_and_no_overwrite(files, tmp_path):

@@ -198,3 +198,24 @@ def test_a_finished_sweep_reruns_without_its_text(tiny, tmp_path):
     shutil.rmtree(tmp_path / "corpus")
     again = run_sweep(base, str(tiny / "tiny.py"), sweep_file, str(out), **QUIET)
     assert again["trained"] == [] and again["results"][0]["status"] == "ok"
+
+
+def test_stop_message_is_true_of_points_stopped_before_their_first_step(tiny, tmp_path):
+    """A point stopped before its first step saves nothing ("nothing to save" in its train.log):
+    the sweep said "the running points saved a checkpoint" all the same."""
+    from lmscale.sweeps import expand, load_sweep_spec
+    from lmscale.sweeps.runner import Runner, RunOptions, SweepInterrupted
+    sweep_file = write_sweep(tmp_path / "s.py", """
+        def get_sweep():
+            return {"grid": {"optim.lr": [3e-3]}}
+    """)
+    lines: list[str] = []
+    runner = Runner(str(tmp_path / "out"), RunOptions(str(tiny / "tiny.py"), [], log=lines.append))
+    runner._on_signal(signal.SIGTERM, None)  # before any point started
+    assert lines == [f"sweep: signal {int(signal.SIGTERM)}; stopping the running points (those past "
+                     f"their first step save a checkpoint)"]
+    with pytest.raises(SweepInterrupted) as stopped:
+        runner.run(expand(load_sweep_spec(sweep_file), base_config(tiny)).points)
+    assert str(stopped.value) == ("sweep stopped by a signal; the running points stopped (those past "
+                                  "their first step saved a checkpoint); re-run the same command "
+                                  "to resume")

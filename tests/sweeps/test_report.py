@@ -1,0 +1,38 @@
+"""The sweep report of points that did not train to their end."""
+
+from __future__ import annotations
+
+from lmscale.sweeps import expand, load_sweep_spec
+from lmscale.sweeps.report import point_result, write_report
+from lmscale.sweeps.workdir import claim, write_status
+from tests.sweeps.conftest import base_config, write_sweep
+
+
+def test_a_point_failed_before_its_config_shows_its_known_lr_and_steps(tiny, tmp_path):
+    """A point that failed before writing config.json showed "lr –" and "0/?" though its
+    settings give both; a learning rate of a per-device batch under a scaling rule stays –."""
+    sweep_file = write_sweep(tmp_path / "s.py", """
+        def get_sweep():
+            return {"grid": {"optim.lr": [2e-3, 5e-3]},
+                    "derived": lambda p: {"train.steps": 50 if p["optim.lr"] < 3e-3 else 70}}
+    """)
+    base = base_config(tiny)
+    sweep = expand(load_sweep_spec(sweep_file), base)
+    out = tmp_path / "out"
+    claim(str(out), base.to_dict(), sweep, str(tiny / "tiny.py"), sweep_file)
+    for point in sweep.points:
+        (out / point.name).mkdir()
+        write_status(str(out / point.name), {"status": "failed", "step": 0})
+    results = write_report(str(out), sweep, title="t")
+    assert [(r["status"], r["lr"], r["steps"]) for r in results] == [
+        ("failed", 2e-3, 50), ("failed", 5e-3, 70)]
+    report = (out / "report.md").read_text()
+    assert "| 0.002 | 0.002 | failed | failed | 0/50 |" in report, report
+    assert "| 0.005 | 0.005 | failed | failed | 0/70 |" in report, report
+    with base.unlocked():
+        base.optim.lr_scaling = "linear"
+        base.train.per_device_batch_size = 2  # the global batch depends on the devices
+    scaled = tmp_path / "scaled"
+    claim(str(scaled), base.to_dict(), sweep, str(tiny / "tiny.py"), sweep_file)
+    assert point_result(str(scaled), sweep.points[0])["lr"] is None
+    assert point_result(str(scaled), sweep.points[0])["steps"] == 50

@@ -1,0 +1,51 @@
+"""``python -m lmscale.plan``'s flags: bad values are one line before the compile; --json's folder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+HUGE = "--config.model.hidden=1000000"  # a compile of this would not end: errors must come first
+
+
+def plan(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lmscale.plan", "--config=configs/quickstart.py",
+                           *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--devices=-1", "flag --devices=-1: -1 is not a non-negative integer"),
+    ("--latency_us=-3", "flag --latency_us=-3: -3.0 is not a non-negative number"),
+    ("--memory_gib=-2", "flag --memory_gib=-2: -2.0 is not a non-negative number"),
+    ("--memory_gib=nan", "flag --memory_gib=nan: must be a finite number"),
+    ("--flops_per_s=-1e12", "flag --flops_per_s=-1e12: -1000000000000.0 is not a non-negative number"),
+    ("--bandwidth_gbps=inf", "flag --bandwidth_gbps=inf: must be a finite number"),
+])
+def test_bad_numbers_are_one_line_before_the_compile(flag, message):
+    """--devices=-1 was a ZeroDivisionError traceback; --latency_us=-3 lowered the all-reduce
+    time; --memory_gib=-2 or nan exited 0 without a word."""
+    proc = plan(HUGE, flag)
+    assert proc.returncode == 1 and proc.stderr.strip() == f"error: {message}", proc.stderr[-2000:]
+
+
+def test_json_folder_is_created_or_refused_before_the_compile(tmp_path):
+    """--json in a missing folder was a FileNotFoundError traceback after the compile."""
+    (tmp_path / "file").write_text("")
+    proc = plan(HUGE, f"--json={tmp_path / 'file' / 'plan.json'}")
+    assert proc.returncode == 1 and proc.stderr.strip() == (
+        f"error: --json={tmp_path / 'file' / 'plan.json'}: cannot create its folder (a file is "
+        f"in the way)"), proc.stderr[-2000:]
+    proc = plan(f"--json={tmp_path}")
+    assert proc.returncode == 1 and proc.stderr.strip() == (
+        f"error: --json={tmp_path} is a folder; expected a file name"), proc.stderr[-2000:]
+    out = tmp_path / "new" / "deeper" / "plan.json"
+    proc = plan("--devices=1", "--config.model.hidden=32", "--config.model.embed=8",
+                "--config.train.per_device_batch_size=2", "--config.train.seq_len=8",
+                f"--json={out}", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(out.read_text())["devices"] == 1
