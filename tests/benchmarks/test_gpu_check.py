@@ -15,8 +15,9 @@ import pytest
 
 from tests.conftest import REPO
 
-BENCHES = ["mlstm-bf16-custom", "transformer-bf16", "mlstm-fp16-custom", "mlstm-bf16-autodiff",
-           "transformer-fp16", "mlstm-bf16-feature-layout", "mlstm-bf16-remat"]
+BENCHES = ["mlstm-bf16-custom", "mlstm-fp16-custom", "mlstm-bf16-f32-factors", "transformer-bf16",
+           "mlstm-bf16-autodiff", "transformer-fp16", "mlstm-bf16-feature-layout",
+           "mlstm-bf16-remat"]
 
 
 @pytest.mark.slow
@@ -37,12 +38,30 @@ def test_every_stage_of_the_gpu_check_runs(tmp_path):
     assert [r["label"] for r in records] == [f"gpu_check:{b}" for b in BENCHES]
     assert all(r["tokens_per_s"] > 0 for r in records), records
     # Each stage's flags reach the bench tool.
-    assert [r["compute"] for r in records] == ["bfloat16", "bfloat16", "float16", "bfloat16",
-                                               "float16", "bfloat16", "bfloat16"]
+    by = {b: r for b, r in zip(BENCHES, records)}
+    assert [r["compute"] for r in records] == ["bfloat16", "float16", "bfloat16", "bfloat16",
+                                               "bfloat16", "float16", "bfloat16", "bfloat16"]
     assert [r["kind"] for r in records] == [b.split("-")[0] for b in BENCHES]
-    assert records[0]["pipeline"] is not None and records[3]["grad"] == "autodiff"
-    assert records[5]["layout"] == "feature" and records[5]["unroll"] == 1
-    assert records[6]["remat"] == "segments" and records[6]["layout"] == "feature"
+    assert by["mlstm-bf16-custom"]["pipeline"] is not None
+    assert by["mlstm-bf16-autodiff"]["grad"] == "autodiff"
+    assert by["mlstm-bf16-feature-layout"]["layout"] == "feature"
+    assert by["mlstm-bf16-feature-layout"]["unroll"] == 1
+    assert by["mlstm-bf16-remat"]["remat"] == "segments"
+    assert by["mlstm-bf16-remat"]["layout"] == "feature"
+
+
+@pytest.mark.slow
+def test_the_ab_part_runs_the_headline_once_per_environment(tmp_path):
+    env = dict(os.environ, OUT=str(tmp_path), GPU_CHECK_SMOKE="1", GPU_CHECK_PART="ab",
+               GPU_CHECK_AB="base:;other:LMSCALE_UNUSED=1 XLA_FLAGS=", PYTHON=sys.executable)
+    p = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=600)
+    log = (tmp_path / "gpu_check.log").read_text()
+    assert p.returncode == 0, log[-3000:] + p.stderr[-2000:]
+    assert "variant other: LMSCALE_UNUSED=1 XLA_FLAGS=" in log and "done (A/B part)" in log, log
+    labels = [json.loads(line)["label"] for line in
+              (tmp_path / "gpu_check.jsonl").read_text().splitlines()]
+    assert labels == ["gpu_check:mlstm-bf16-ab-base", "gpu_check:mlstm-bf16-ab-other"]
 
 
 @pytest.mark.slow
