@@ -155,7 +155,7 @@ say "tests exit ${PIPESTATUS[0]}"
 
 bench mlstm-fp16-custom 70 "${MLSTM[@]}" --config.precision.compute=float16 --grad=custom
 bench mlstm-bf16-f32-factors 70 "${MLSTM[@]}" --config.precision.compute=bfloat16 --grad=custom \
-  --factors=float32
+  --layout=batch --factors=float32
 bench transformer-bf16 60 "${TRANSFORMER[@]}" --config.precision.compute=bfloat16
 # Where the mLSTM step's time goes: its recurrence against the GEMM floor.
 seconds=$(limit 60)

@@ -262,7 +262,8 @@ def main(argv: list[str]) -> int:
     message = describe_exit(pid, status, address, launch.sent.get(pid))
     # Those the launcher's signal ended; the others were ending on their own (the same error).
     stopped = [p for p in launch.stopped if launch.procs[p].returncode in (-signal.SIGTERM,
-                                                                          -signal.SIGKILL)]
+                                                                          -signal.SIGKILL)
+               or (launch.procs[p].returncode == 0 and p in launch.sent)]  # a trainer's clean stop
     if stopped:
         message += f"; stopped process{'es' if len(stopped) > 1 else ''} " \
                    f"{', '.join(map(str, stopped))}"

@@ -8,7 +8,7 @@
 # checkpoints and exits with its status (0); running the same line again continues the run.
 # The trainer runs in a session of its own, so a signal sent to this script's process group
 # (as terminals send Ctrl-C) reaches it once, through this script: Ctrl-C twice then stops it
-# at once, without a checkpoint. A SIGTERM that reaches the trainer directly as well (a
+# at once, without a checkpoint (the first goes on as SIGTERM, the second as SIGINT). A SIGTERM that reaches the trainer directly as well (a
 # scheduler signalling every process of the job) is the same request to it. tee ignores the
 # signals and ends with the trainer's output, so the trainer never writes into a closed pipe.
 set -euo pipefail
@@ -23,9 +23,16 @@ PYTHON=${PYTHON:-python}
 setsid "$PYTHON" -m lmscale.train --config="$config" --workdir="$workdir" "$@" \
   > >(trap '' TERM INT; exec tee -a "$workdir/train.log") 2>&1 &
 pid=$!
-interrupted=0 status=
-trap 'interrupted=1; kill -TERM "$pid" 2>/dev/null || true' TERM
-trap 'interrupted=1; kill -INT "$pid" 2>/dev/null || true' INT
+# The first signal goes on as SIGTERM (a trainer started in the background by a script
+# inherits SIGINT ignored until it installs its handlers); a later Ctrl-C as SIGINT: stop now.
+interrupted=0 status= forwarded=0
+forward() {
+  interrupted=1
+  if (( forwarded++ == 0 )); then kill -TERM "$pid" 2>/dev/null || true
+  else kill "-$1" "$pid" 2>/dev/null || true; fi
+}
+trap 'forward TERM' TERM
+trap 'forward INT' INT
 while true; do  # a trapped signal interrupts wait: then wait again, for the trainer's status
   interrupted=0
   if wait "$pid"; then got=0; else got=$?; fi

@@ -76,7 +76,8 @@ def parse_flags(argv: list[str]) -> list[str]:
     except (AttributeError, KeyError) as e:  # unknown key in a locked ConfigDict
         text = str(e.args[0] if e.args else e).replace("\\", "")
         # ml_collections quotes the key: Key "hiden" ..., or "'nosuch'" for a top-level one.
-        found = (re.search(r"""Key\s+["']+([^"'\s]+)["']+""", text)
+        found = (re.search(r"Attribute <class '[^']+'>\.(\S+) does not exist", text)  # a.int.x
+                 or re.search(r"""Key\s+["']+([^"'\s]+)["']+""", text)
                  or re.search(r"""["']+([^"'\s]+)["']+""", text))
         key = found.group(1) if found else text.split()[0]
         mean = re.search(r'Did you mean "[^"]+" instead of "[^"]+"\?', text)

@@ -10,6 +10,10 @@ val_predictions.csv, metrics.jsonl, tb/, checkpoints/, best/, and the LM's token
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # a signal before the handlers below take over: one line
+    from lmscale.early_signals import stop_quietly_while_starting
+    stop_quietly_while_starting()
+
 import sys
 
 from absl import app, flags

@@ -12,6 +12,10 @@ launch/local.py sets, or a SLURM/Open MPI job's environment (see lmscale.distrib
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # a signal before the handlers below take over: one line
+    from lmscale.early_signals import stop_quietly_while_starting
+    stop_quietly_while_starting()
+
 import os
 import sys
 

@@ -34,17 +34,20 @@ def _exists(item: str) -> bool:
 
 
 def split_inputs(patterns: str | Sequence[str]) -> list[str]:
-    """The items of comma-separated/listed paths: an item that exists as a path is one item
-    (``dir, v2``), commas and all; the others are split at their commas."""
+    """The items of comma-separated/listed paths: commas inside an existing path are kept
+    (``dir, v2``, also among other items: ``a.txt,dir, v2``); the rest is split at them."""
     if isinstance(patterns, (str, os.PathLike)):
         patterns = [patterns]
     out: list[str] = []
     for p in patterns:
-        p = os.fspath(p)
-        if p.strip() and _exists(p):
-            out.append(p)
-        else:
-            out.extend(s.strip() for s in p.split(",") if s.strip())
+        parts, i = os.fspath(p).split(","), 0
+        while i < len(parts):  # the longest run of pieces that is an existing path, else one
+            j = next((j for j in range(len(parts), i + 1, -1)
+                      if _exists(",".join(parts[i:j]).strip())), i + 1)
+            item = ",".join(parts[i:j]).strip()
+            if item:
+                out.append(item)
+            i = j
     return out
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from typing import Any
 
 import jax
@@ -44,6 +43,7 @@ from lmscale.training.precision import LossScale, Policy, print_compute_hint
 from lmscale.training.restore import TrainedLM, load_trained
 from lmscale.training.resume import RUN_FILES, archive_previous_run
 from lmscale.training.state import TrainState, host_zeros, initial_state, placed_on, state_shardings
+from lmscale.training.step_timer import StepTimer
 from lmscale.training.stop import StopSignal
 from lmscale.training.workdir_lock import locked_workdir
 from lmscale.transfer.labeled import Labeled, check_labels, load_labeled
@@ -269,26 +269,23 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
     if is_main:
         _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), start)
     writer = MetricsWriter(workdir, resumed_from=start)
-    t0, timed = time.perf_counter(), 0
+    timer = StepTimer()  # the steps that compile are left out of the throughput
     step = start
     in_flight = InFlight()  # bounded async dispatch (lmscale/training/in_flight.py)
     accuracy_name = "label_accuracy" if ft.multilabel else "accuracy"
     with StopSignal(config.train.stop_sync_every) as stop:
         while step < steps and not stop.should_stop(step):
             batch = put_batch(batches.batch(step), mesh, BATCH_KEYS)
+            # The first step, and the first with the LM unfrozen, compile their program.
+            compiles = step == start or (step == ft.freeze_steps and step > start)
+            timer.before(compiles, state)
             state, metrics = step_fn(step >= ft.freeze_steps)(state, batch)
+            timer.after(compiles, metrics)
             in_flight.add(metrics)
-            step, timed = step + 1, timed + 1
-            compile_s = None
-            if step == start + 1 or (step == ft.freeze_steps + 1 and step > start):
-                # This step compiled its program (the first; the first with the LM unfrozen):
-                # its seconds are not throughput (a record here has null rates).
-                jax.block_until_ready(metrics)
-                compile_s, t0, timed = time.perf_counter() - t0, time.perf_counter(), 0
+            step += 1
             if step % config.train.log_every == 0 or step == steps:
                 acc, metrics, ls = jax.device_get((state.acc, metrics, state.loss_scale))
                 n = max(int(acc["steps"]), 1)
-                elapsed = time.perf_counter() - t0
                 lm_count = max(step - ft.freeze_steps - 1, 0)
                 head_lr_now, lm_lr_now = logged_lrs(step - 1, lm_count)
                 record = {"step": step, "split": "train", "loss": float(acc["loss"]) / n,
@@ -299,18 +296,17 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
                           "lm_lr": 0.0 if step <= ft.freeze_steps else float(lm_lr_now),
                           "grad_norm": float(metrics["grad_norm"]), "loss_scale": float(ls.scale),
                           "skipped": int(ls.skipped), "epoch": step / batches.steps_per_epoch,
-                          "steps_per_s": timed / elapsed if timed else None,
-                          "texts_per_s": (timed * config.train.batch_size / elapsed if timed
-                                          else None)}
-                if not timed:
-                    record["first_step_s"] = compile_s
+                          "steps_per_s": timer.rate(),
+                          "texts_per_s": timer.rate(config.train.batch_size)}
+                if timer.compile_s is not None:
+                    record["first_step_s"] = timer.compile_s
                 writer.write(record)
                 if progress:
                     print(f"step {step}/{steps}: loss {record['loss']:.4f} "
                           f"{accuracy_name.replace('_', ' ')} {record[accuracy_name]:.4f} "
                           f"lr {record['lr']:.2e}", file=sys.stderr, flush=True)
                 state = state.replace(acc=jax.device_put(host_zeros(zero_acc), mesh_lib.replicated(mesh)))
-                t0, timed = time.perf_counter(), 0
+                timer.reset()
             if (config.train.eval_every and step % config.train.eval_every == 0) or step == steps:
                 m, _, _ = validate(state.params)
                 writer.write({"step": step, "split": "val",
@@ -324,7 +320,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
                 if progress:
                     print(f"step {step}: val {ft.best_metric} {value:.4f} (best {best['value']:.4f} "
                           f"at step {best['step']})", file=sys.stderr, flush=True)
-                t0, timed = time.perf_counter(), 0
+                timer.reset()
             if step % config.checkpoint.every == 0 and step < steps:
                 checkpointer.save(state, meta)
         checkpointer.save(state, meta)

@@ -130,6 +130,7 @@ class Runner:
         envs = device_groups(self.options.parallel)
         free = list(range(self.options.parallel))
         running: dict[int, tuple[_Job, int]] = {}
+        self._running = running  # for _on_signal's second signal
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             while pending or running:
@@ -158,7 +159,15 @@ class Runner:
                                    "to resume")
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        if self.stopping:  # a second signal: stop the points at once
+        if self.stopping:  # a second signal: stop the points at once, without a checkpoint
+            # (SIGKILL: a trainer may not have taken its first signal yet, and the parent-
+            # death SIGTERM would only ask it again to stop at a checkpoint).
+            for job, _ in getattr(self, "_running", {}).values():
+                try:
+                    job.proc.kill()
+                    job.proc.wait(timeout=10)
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    pass
             raise KeyboardInterrupt
         self.stopping = True
         self.options.log(f"sweep: signal {signum}; stopping the running points (those past their "

@@ -106,16 +106,31 @@ def disk_full(error: BaseException) -> bool:
     return getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error)
 
 
-class _DropDiskFullLogs(logging.Filter):
-    """Orbax logs a failed save from each of its threads (a page of tracebacks); when the
-    disk is full the save raises too and ``Checkpointer`` says it in one line: those go."""
+class _DiskFullLogs(logging.Filter):
+    """Orbax logs a failed save from each of its threads (a page of tracebacks), and the save
+    raises at the next save or at the end (``Checkpointer`` says it in one line). When the
+    disk is full those logs become one line at once: a run that saves rarely would otherwise
+    train on for hours with no word."""
+
+    said = False
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        return not (disk_full(Exception(record.getMessage())) or (error and disk_full(error)))
+        if not (disk_full(Exception(record.getMessage())) or (error and disk_full(error))):
+            return True
+        if not _DiskFullLogs.said:
+            _DiskFullLogs.said = True
+            print("warning: a checkpoint could not be written: the disk is full (the run stops "
+                  "at its next save, naming the latest complete checkpoint)", file=sys.stderr,
+                  flush=True)
+        return False
 
 
-logging.getLogger("absl").addFilter(_DropDiskFullLogs())
+def _filter_disk_full_logs() -> None:
+    """Installs ``_DiskFullLogs`` on absl's logger once (by the first Checkpointer)."""
+    absl_logger = logging.getLogger("absl")
+    if not any(isinstance(f, _DiskFullLogs) for f in absl_logger.filters):
+        absl_logger.addFilter(_DiskFullLogs())
 
 
 def _remove_emptied_steps(directory: str) -> None:
@@ -144,8 +159,9 @@ class Checkpointer:
         self.directory = os.path.join(self.workdir, "checkpoints")
         if read_only and not os.path.isdir(self.directory):
             raise FileNotFoundError(f"{workdir} holds no checkpoint ({self.directory} does not exist)")
-        if not read_only and jax.process_index() == 0:
-            _remove_emptied_steps(self.directory)
+        if not read_only:
+            _filter_disk_full_logs()
+            _remove_emptied_steps(self.directory)  # every process: none lists one half-gone
         # (Not orbax's own read_only option: it logs a warning at every construction.)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=not read_only, cleanup_tmp_directories=not read_only,
@@ -182,23 +198,26 @@ class Checkpointer:
             self.manager.save(step, args=ocp.args.Composite(
                 state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta)), force=force)
         except (OSError, ValueError) as e:
-            raise self._save_failed(e, step) from None
+            raise self._save_failed(e) from None
 
-    def _save_failed(self, error: BaseException, step: int) -> CheckpointError:
-        """One line for a save that failed (asynchronously: reported at the next save or
-        wait): which checkpoint, why, and the latest complete one, still the one to resume."""
-        if isinstance(error, CheckpointError):
-            return error
+    def _save_failed(self, error: BaseException) -> BaseException:
+        """One line for a save that failed writing (asynchronously: reported at the next save
+        or wait): which checkpoint, why, and the latest complete one, still the one to resume.
+        Other errors are returned as they are."""
         failed = re.search(r"checkpoints/(\d+)\.orbax-checkpoint-tmp", str(error))
+        if isinstance(error, CheckpointError) or not (failed or disk_full(error)
+                                                      or isinstance(error, OSError)):
+            return error
+        which = f"checkpoint {failed.group(1)}" if failed else "a checkpoint"
         why = "the disk is full" if disk_full(error) else _short(error)
         try:
             latest = self.manager.latest_step()
         except Exception:  # noqa: BLE001 - the message is what matters
             latest = None
-        return CheckpointError(
-            f"checkpoint {failed.group(1) if failed else step} could not be written in "
-            f"{self.directory}: {why}; the latest complete checkpoint is {latest} (re-run to "
-            f"resume from it once the cause is fixed)")
+        then = (f"the latest complete checkpoint is {latest} (re-run to resume from it once the "
+                f"cause is fixed)" if latest is not None else
+                "no checkpoint is complete yet (a re-run starts afresh once the cause is fixed)")
+        return CheckpointError(f"{which} could not be written in {self.directory}: {why}; {then}")
 
     def read_meta(self, step: int | None = None) -> dict[str, Any]:
         """The JSON record of a checkpoint (format checked); UnreadableCheckpointError if unreadable."""
@@ -286,7 +305,7 @@ class Checkpointer:
         try:
             self.manager.wait_until_finished()
         except (OSError, ValueError) as e:
-            raise self._save_failed(e, self.manager.latest_step() or 0) from None
+            raise self._save_failed(e) from None
 
     def close(self) -> None:
         self.wait()

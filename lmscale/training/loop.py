@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from typing import Any
 
 import jax
@@ -32,6 +31,7 @@ from lmscale.training import mesh as mesh_lib
 from lmscale.training.checkpoints import CheckpointError, Checkpointer, check_same_model
 from lmscale.training.resume import (PROVENANCE_KEYS, archive_previous_run, check_resumable,
                                      keep_config_history, provenance, resumed_derived)
+from lmscale.training.step_timer import StepTimer
 from lmscale.training.stop import StopSignal
 from lmscale.training.workdir_lock import locked_workdir
 from lmscale.training.data_source import resolve_dataset, train_batcher
@@ -189,28 +189,22 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any) -> dict[s
     tokens_per_step = derived["tokens_per_step"]
     bar = tqdm.tqdm(total=steps, initial=start, disable=not interactive, unit="step",
                     dynamic_ncols=True, smoothing=0.1)
-    timer_start, timed_steps = time.perf_counter(), 0
+    timer = StepTimer()  # the first step compiles: its seconds are not throughput
     step = start
     in_flight = InFlight()  # bounded async dispatch (see in_flight.py)
     with StopSignal(config.train.stop_sync_every) as stop:
         while step < steps and not stop.should_stop(step):
             batch = batch_arrays(batcher, step, train_rows, rows_sharding)
+            compiles = step == start
+            timer.before(compiles, state)
             state, metrics = train_step(state, batch)
+            timer.after(compiles, metrics)
             in_flight.add(metrics)
             step += 1
-            timed_steps += 1
             bar.update(1)
             logging = step % config.train.log_every == 0 or step == steps
-            first_step_s = None
-            if step == start + 1:
-                # The first step compiles the program: its seconds are not throughput (a record
-                # at that step says them as first_step_s instead; its rates are null).
-                jax.block_until_ready(metrics)
-                first_step_s = time.perf_counter() - timer_start
-                timer_start, timed_steps = time.perf_counter(), 0
             if logging:
                 acc, metrics, ls = jax.device_get((state.acc, metrics, state.loss_scale))
-                elapsed = time.perf_counter() - timer_start
                 count, steps_in_acc = max(float(acc["count"]), 1.0), max(int(acc["steps"]), 1)
                 loss = float(acc["nats"]) / count
                 bytes_per_step = float(acc["bytes"]) / steps_in_acc
@@ -220,15 +214,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any) -> dict[s
                           "lr": float(metrics["lr"]), "grad_norm": float(metrics["grad_norm"]),
                           "loss_scale": float(ls.scale), "skipped": int(ls.skipped),
                           "epoch": step / batcher.steps_per_epoch}
-                if timed_steps:
-                    record.update(steps_per_s=timed_steps / elapsed,
-                                  tokens_per_s=timed_steps * tokens_per_step / elapsed,
-                                  chars_per_s=timed_steps * bytes_per_step / elapsed)
-                    rate = f"{record['chars_per_s']:.3g} chars/s"
-                else:  # the first step alone: compile time, no throughput
-                    record.update(steps_per_s=None, tokens_per_s=None, chars_per_s=None,
-                                  first_step_s=first_step_s)
-                    rate = f"first step {first_step_s:.3g} s (compiling)"
+                record.update(steps_per_s=timer.rate(), tokens_per_s=timer.rate(tokens_per_step),
+                              chars_per_s=timer.rate(bytes_per_step))
+                if timer.compile_s is not None:
+                    record["first_step_s"] = timer.compile_s
+                rate = (f"{record['chars_per_s']:.3g} chars/s" if timer.steps else
+                        f"first step {timer.compile_s:.3g} s (compiling)")
                 record = add_perplexity(record, word_level)
                 writer.write(record)
                 last["train"] = record
@@ -239,7 +230,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any) -> dict[s
                           f"{perplexity_note(record)} lr {record['lr']:.3e} {rate}",
                           file=sys.stderr, flush=True)
                 state = state.replace(acc=jax.device_put(host_zeros(zero_acc), replicated))
-                timer_start, timed_steps = time.perf_counter(), 0
+                timer.reset()
             scheduled = bool(config.train.eval_every) and step % config.train.eval_every == 0
             evaluating = scheduled or step == steps
             if evaluating:
@@ -257,7 +248,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any) -> dict[s
             if step % config.checkpoint.every == 0 and step < steps:
                 save_finite(checkpointer, state, meta)
             if evaluating or step % config.checkpoint.every == 0:
-                timer_start, timed_steps = time.perf_counter(), 0
+                timer.reset()
         bar.close()
         save_finite(checkpointer, state, meta)
         checkpointer.close()

@@ -11,8 +11,9 @@ where any flag is set. Then all save the same step's checkpoint and exit 0.
 Repeated signals: a scheduler or launcher may signal every process of a job and the launch
 script forward the same signal again, so a repeated SIGTERM is the same request; a second
 SIGINT (Ctrl-C twice) stops at once, without a checkpoint. Outside the training steps (start-
-up: data, restore, compile; and closing), the command-line tools' ``cli_signals`` ends the
-process with one line: nothing is in progress that a checkpoint would keep.
+up: joining processes, data, restore; and closing), the command-line tools' ``cli_signals``
+ends the process with one line: nothing is in progress that a checkpoint would keep. (The
+step's program compiles in the first step, inside them: a signal then stops after it, saved.)
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ class StopSignal:
             raise KeyboardInterrupt
         elif not self._repeated:
             self._repeated = True
-            print(f"signal {signum} again: already stopping at the next step boundary (a second "
-                  f"Ctrl-C stops without a checkpoint)", file=sys.stderr, flush=True)
+            _say(f"signal {signum} after signal {self.signal}: already stopping at the next step "
+                 f"boundary (a second Ctrl-C stops without a checkpoint)")
 
     def __exit__(self, *exc: Any) -> None:
         """Restores the previous handlers, except that SIGTERM becomes ignored in a command-
@@ -108,8 +109,8 @@ def _cli_handler(signum: int, frame: Any) -> None:
 def cli_signals() -> Iterator[None]:
     """A training tool's signals outside its steps (wrap everything after the flags).
 
-    SIGTERM/SIGINT during start-up (joining processes, preparing data, restoring, compiling)
-    or while the finished run closes its files unwind the process (temporary files are
+    SIGTERM/SIGINT during start-up (joining processes, preparing data, restoring) or while
+    the finished run closes its files unwind the process (temporary files are
     removed) and end it with one line: exit 0 for SIGTERM (a scheduler's stop: nothing was in
     progress that a checkpoint would keep), 130 for SIGINT. In the steps ``StopSignal`` takes
     over (and ignores a late SIGTERM after them); its forced stop (Ctrl-C twice) is one line
@@ -134,8 +135,17 @@ _SECOND_CTRL_C = ("stopped at once by a second Ctrl-C: no checkpoint saved (the 
                   "stands; re-run to resume from it)")
 
 
+def _say(message: str) -> None:
+    """One line to stderr from a signal handler: a raw write (the handler may have interrupted
+    a write to sys.stderr's buffer, which a print would re-enter)."""
+    os.write(2, (message + "\n").encode())
+
+
 def _end(message: str, status: int) -> None:
-    print(message, file=sys.stderr)
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (RuntimeError, OSError, ValueError):  # re-entered, or a closed pipe
+            pass
+    _say(message)
     os._exit(status)

@@ -43,6 +43,8 @@ def test_every_stage_of_the_gpu_check_runs(tmp_path):
                                                "bfloat16", "float16", "bfloat16", "bfloat16"]
     assert [r["kind"] for r in records] == [b.split("-")[0] for b in BENCHES]
     assert by["mlstm-bf16-custom"]["pipeline"] is not None
+    assert by["mlstm-bf16-f32-factors"]["layout"] == "batch"
+    assert by["mlstm-bf16-f32-factors"]["factors"] == "float32"
     assert by["mlstm-bf16-autodiff"]["grad"] == "autodiff"
     assert by["mlstm-bf16-feature-layout"]["layout"] == "feature"
     assert by["mlstm-bf16-feature-layout"]["unroll"] == 1

@@ -64,6 +64,9 @@ def test_existing_paths_with_commas_and_glob_characters_are_literal(tmp_path):
     assert expand_inputs(f"{t}/review[1].txt,{t}/b.txt") == [f"{t}/b.txt", f"{t}/review[1].txt"]
     assert sources.split_inputs([f"{t}/dir, v2", f"{t}/b.txt,{t}/c"]) == [
         f"{t}/dir, v2", f"{t}/b.txt", f"{t}/c"]
+    # Among other items too (it was split: ".../dir" and "v2").
+    assert sources.split_inputs(f"{t}/b.txt,{t}/dir, v2,{t}/review[1].txt") == [
+        f"{t}/b.txt", f"{t}/dir, v2", f"{t}/review[1].txt"]
 
 
 def test_txt_file_and_line_modes(tmp_path):

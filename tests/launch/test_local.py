@@ -249,3 +249,16 @@ def test_launcher_environment_per_process():
     assert gpu["CUDA_VISIBLE_DEVICES"] == "2,3" and "XLA_FLAGS" not in gpu
     assert local.describe_exit(0, -9, "h:1") == "process 0 was killed by SIGKILL — often the out-of-memory killer"
     assert local.describe_exit(0, -9, "h:1", sent=9) == "process 0 was stopped by the launcher (SIGKILL)"
+
+
+def test_a_process_that_stops_cleanly_on_the_launchers_signal_is_said_stopped():
+    """A trainer stopped by the launcher's SIGTERM exits 0 now (saved, or nothing to save):
+    it was named neither stopped nor failed."""
+    proc = subprocess.run([sys.executable, LAUNCHER, "--num_processes=2", "--platform=cpu", "--",
+                           sys.executable, "-c", "import os, signal, sys, time; "
+                           "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); "
+                           "time.sleep(30 if os.environ['LMSCALE_PROCESS_ID'] == '1' else 1); "
+                           "sys.exit(4)"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "error: process 0 exited with status 4" in proc.stderr
+    assert "stopped process 1" in proc.stderr, proc.stderr

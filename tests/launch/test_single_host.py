@@ -67,3 +67,22 @@ def test_sigterm_to_the_trainer_and_the_script_is_one_stop(tmp_path):
     assert "stopped by signal 15 at step" in text and "Traceback" not in text, text[-2000:]
     step = int(text.split("stopped by signal 15 at step ")[1].split(";")[0])
     assert (workdir / "checkpoints" / str(step)).is_dir()
+
+
+def test_an_early_ctrl_c_through_the_script_stops_the_trainer(tmp_path):
+    """The script forwarded Ctrl-C as SIGINT, which a trainer started in the background by
+    bash ignores until its handlers are in: the run trained on to its end. The first signal
+    goes on as SIGTERM."""
+    corpus = write_corpus(tmp_path / "corpus")
+    workdir = tmp_path / "run"
+    flags = {**TINY_TRAIN_FLAGS, "data.train": corpus, "train.steps": 100000,
+             "checkpoint.every": 100000}
+    script = subprocess.Popen(
+        ["bash", "launch/single_host.sh", "configs/quickstart.py", str(workdir),
+         *(f"--config.{k}={v}" for k, v in flags.items())],
+        cwd=REPO, env={**os.environ, "PYTHON": sys.executable}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    script.send_signal(signal.SIGINT)
+    assert script.wait(timeout=120) == 0
+    assert "stopped by signal 15" in (workdir / "train.log").read_text()

@@ -126,3 +126,15 @@ def test_ctrl_c_twice_stops_at_once_in_one_line(tmp_path):
     text = log.read_text()
     assert "stopped at once by a second Ctrl-C: no checkpoint saved" in text, text[-3000:]
     assert "Traceback" not in text, text[-3000:]
+
+
+def test_a_sigterm_while_the_tool_imports_is_one_line_and_status_0(tmp_path):
+    """Before main() (imports, flags: 0.3-0.8 s here) a SIGTERM killed it with 143, silently."""
+    corpus = write_corpus(tmp_path / "corpus")
+    run, log = tmp_path / "run", tmp_path / "log"
+    proc = _one_process(run, corpus, log, **{"train.steps": 10_000})
+    time.sleep(0.3)  # the interpreter is up (~0.05 s), main() not yet or just
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    lines = log.read_text().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("stopped by signal 15 "), lines

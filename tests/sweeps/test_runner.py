@@ -219,3 +219,35 @@ def test_stop_message_is_true_of_points_stopped_before_their_first_step(tiny, tm
     assert str(stopped.value) == ("sweep stopped by a signal; the running points stopped (those past "
                                   "their first step saved a checkpoint); re-run the same command "
                                   "to resume")
+
+
+def test_a_second_signal_stops_the_points_at_once(tiny):
+    """The runner's second signal unwound it, and its points got the parent-death SIGTERM,
+    which a trainer now takes as the first signal again: they ran on, orphaned, to a
+    checkpoint. They are killed before the runner exits: nothing saved, nothing left."""
+    sweep_file = write_sweep(tiny / "stop2.py", """
+        def get_sweep():
+            return {"grid": {"model.hidden": [16]},
+                    "derived": lambda p: {"train.steps": 100000, "train.log_every": 500,
+                                          "checkpoint.every": 100000}}
+    """)
+    out = tiny / "stop2_sweep"
+    proc = subprocess.Popen([sys.executable, "-m", "lmscale.sweep", f"--config={tiny / 'tiny.py'}",
+                             f"--sweep={sweep_file}", f"--workdir={out}"], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    started = out / "hidden-16" / "tb"
+    deadline = time.time() + 300
+    try:
+        while not started.exists():
+            assert proc.poll() is None and time.time() < deadline, "the point never started"
+            time.sleep(0.05)
+        time.sleep(1.0)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    trainers = subprocess.run(["pgrep", "-f", f"lmscale.train .*workdir={out}/"],
+                              capture_output=True, text=True).stdout.split()
+    assert not trainers, trainers
+    assert not [n for n in (out / "hidden-16" / "checkpoints").iterdir() if n.name.isdigit()]

@@ -4,6 +4,8 @@ parallel, and checkpoints written by orbax's StandardSave (lmscale before 2026-1
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from lmscale.training.checkpoints import CheckpointError
@@ -68,12 +70,14 @@ def test_first_save_slices_only_large_arrays_and_reads_standard_save_checkpoints
 
 
 @pytest.fixture
-def small_disk(tmp_path):
-    """A 1.8 MB tmpfs (root only; skipped elsewhere), unmounted after the test."""
+def small_disk(tmp_path, request):
+    """A 1.8 MB tmpfs (or the size given as the fixture's param; root only, skipped
+    elsewhere), unmounted after the test."""
     import subprocess
     mount = tmp_path / "small_disk"
     mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1800k", "tmpfs", str(mount)],
+    size = getattr(request, "param", "1800k")
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
                           capture_output=True)
     if made.returncode:
         pytest.skip("cannot mount a tmpfs here (needs root)")
@@ -92,9 +96,12 @@ def test_a_full_disk_is_one_error_naming_the_checkpoint(small_disk, corpus, capf
     capfd.readouterr()
     with pytest.raises(CheckpointError, match=r"^checkpoint (\d+) could not be written in .*: "
                                               r"the disk is full; the latest complete checkpoint "
-                                              r"is (\d+) "):
+                                              r"is (\d+) ") as raised:
         train(config, str(small_disk / "run"))
-    assert "Traceback" not in capfd.readouterr().err
+    failed, latest = map(int, re.findall(r"checkpoint (?:is )?(\d+)", str(raised.value)))
+    assert failed > latest, raised.value
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and err.count("the disk is full") == 1, err  # said at once
 
 
 def test_an_emptied_step_folder_is_removed_quietly(tmp_path, corpus, capfd):
@@ -112,3 +119,15 @@ def test_an_emptied_step_folder_is_removed_quietly(tmp_path, corpus, capfd):
     train(tiny_config(corpus, **{**settings, "train.steps": 6}), str(run))
     assert "Metadata file does not exist" not in capfd.readouterr().err
     assert not (run / "checkpoints" / "3").exists() and (run / "checkpoints" / "6").is_dir()
+
+
+@pytest.mark.parametrize("small_disk", ["600k"], indirect=True)
+def test_a_full_disk_before_any_checkpoint_says_there_is_none(small_disk, corpus):
+    """It said "the latest complete checkpoint is None (re-run to resume from it)"."""
+    from lmscale.training.loop import train
+    from tests.conftest import tiny_config
+    config = tiny_config(corpus, **{"model.hidden": 64, "train.steps": 200, "train.log_every": 10,
+                                    "train.eval_every": 0, "checkpoint.every": 10})
+    with pytest.raises(CheckpointError, match=r"the disk is full; no checkpoint is complete yet "
+                                              r"\(a re-run starts afresh"):
+        train(config, str(small_disk / "run"))

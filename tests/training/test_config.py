@@ -155,7 +155,8 @@ def test_a_missing_data_train_is_named():
 @pytest.mark.parametrize("flag, message", [
     ("--config.nosuch=3", "error: unknown config key 'nosuch' in --config.nosuch=3"),
     ("--config.model.hiden=3", "error: unknown config key 'hiden' in --config.model.hiden=3. "
-                               "Did you mean \"hidden\" instead of \"hiden\"?")])
+                               "Did you mean \"hidden\" instead of \"hiden\"?"),
+    ("--config.model.hidden.x=3", "error: unknown config key 'x' in --config.model.hidden.x=3")])
 def test_an_unknown_override_key_is_named(tmp_path, flag, message):
     """A top-level typo read "unknown config key '\\"'. nosuch \\"" (audit)."""
     proc = subprocess.run([sys.executable, "-m", "lmscale.train", "--config=configs/quickstart.py",

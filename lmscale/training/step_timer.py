@@ -1,0 +1,46 @@
+"""Throughput of a training loop's logging windows, the steps that compile left out.
+
+A step that compiles its program (a loop's first; fine-tuning's first with the LM unfrozen)
+takes seconds against milliseconds: timed alone (the work queued before it waited for
+first), it is left out of its window's steps and seconds, and its own seconds are kept as
+``compile_s``. A window of only such a step has no rate (None).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jax
+
+
+class StepTimer:
+    """``before(compiles, pending)`` / ``after(compiles, outputs)`` around each step;
+    ``rate(count)`` per second of the window's steps; ``reset()`` starts the next window."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.start, self.steps, self.compile_s = time.perf_counter(), 0, None
+        self._t = 0.0
+
+    def before(self, compiles: bool, pending: Any) -> None:
+        if compiles:
+            jax.block_until_ready(pending)  # the window's steps so far finish in its time
+            self._t = time.perf_counter()
+
+    def after(self, compiles: bool, outputs: Any) -> None:
+        if compiles:
+            jax.block_until_ready(outputs)
+            seconds = time.perf_counter() - self._t
+            self.start += seconds  # out of the window
+            self.compile_s = seconds
+        else:
+            self.steps += 1
+
+    def rate(self, count: float = 1.0) -> float | None:
+        """``count`` per step, per second of the window's timed steps; None without any."""
+        if not self.steps:
+            return None
+        return self.steps * count / (time.perf_counter() - self.start)
