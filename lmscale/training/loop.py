@@ -303,10 +303,17 @@ def save_finite(checkpointer: Checkpointer, state: Any, meta: dict[str, Any]) ->
     if not bool(_all_finite(state.params)):
         step = int(jax.device_get(state.step))
         checkpointer.close()  # an earlier save still being written completes
+        latest = checkpointer.latest_step()
+        if latest is None:  # diverged before the first checkpoint
+            raise DivergedError(
+                f"the parameters are not finite at step {step}: not saved, and no checkpoint "
+                f"was written before it; start over (--config.resume=false) with a lower "
+                f"optim.lr or optim.clip", step)
         raise DivergedError(
             f"the parameters are not finite at step {step}: not saved, and the checkpoints "
-            f"before it are kept (in {checkpointer.directory}); resume from there with a lower "
-            f"optim.lr or optim.clip, or --config.checkpoint.fallback=true past a damaged one", step)
+            f"before it are kept (the latest: step {latest}, in {checkpointer.directory}); "
+            f"resume from there with a lower optim.lr or optim.clip, or "
+            f"--config.checkpoint.fallback=true past a damaged one", step)
     checkpointer.save(state, meta)
 
 

@@ -147,9 +147,21 @@ def test_a_run_whose_parameters_stop_being_finite_saves_nothing_more(base_run, t
     config = tiny_config(corpus, **{**BASE, "train.steps": 12, "optim.lr": float("inf"),
                                     "optim.decay_steps": 4, "optim.schedule": "constant",
                                     "checkpoint.keep": 2})
-    with pytest.raises(DivergedError, match="the parameters are not finite at step 6: not saved"):
+    with pytest.raises(DivergedError, match="the parameters are not finite at step 6: not saved"
+                                            r".* \(the latest: step 4, in "):
         train(config, workdir)
     assert steps_on_disk(workdir) == [2, 4] and load_trained(workdir).step == 4
+
+
+def test_a_run_diverging_before_its_first_checkpoint_says_there_is_none(tmp_path, corpus):
+    """It said "the checkpoints before it are kept ... resume from there" of an empty folder."""
+    from lmscale.training.loop import DivergedError
+    config = tiny_config(corpus, **{"train.steps": 12, "optim.lr": float("inf"),
+                                    "optim.schedule": "constant", "optim.warmup_steps": 0,
+                                    "checkpoint.every": 4, "train.eval_every": 0})
+    with pytest.raises(DivergedError, match="not finite at step 4: not saved, and no checkpoint "
+                                            "was written before it; start over"):
+        train(config, str(tmp_path / "run"))
 
 
 def test_a_torn_metrics_line_is_dropped_and_a_broken_config_json_is_one_error(base_run, tmp_path):
