@@ -1,7 +1,6 @@
 """Rows of a .csv/.tsv file, checked as every reader here needs them: corpora
 (``data.sources``), labeled texts (``transfer.labeled``) and texts to classify
-(``finetuning.predict``); a compressed file (``.csv.gz``) is read decompressed (corpora
-only: the labeled-text readers take their format from the last extension).
+(``finetuning.predict``); a compressed file (``.csv.gz``) is read decompressed.
 
 Errors are ``DataError``s naming the file, and the line where one row is at fault: an empty
 file (no header row), a column missing from the header (listing the columns there), a row

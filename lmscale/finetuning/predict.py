@@ -74,13 +74,14 @@ def read_texts(path: str, text_column: str) -> list[str]:
     from lmscale.data.errors import DataError
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file")
-    ext = os.path.splitext(path)[1].lower()
+    from lmscale.data.compression import inner_path, open_input
+    ext = os.path.splitext(inner_path(path))[1].lower()  # texts.csv.gz: ".csv"
     texts: list[str] = []
     if ext in (".csv", ".tsv"):
         texts = [row[text_column] for _, row in csv_rows(
             path, [text_column], "\t" if ext == ".tsv" else ",", column_hint="set --text_column")]
     elif ext in (".jsonl", ".json"):
-        with open(path, encoding="utf-8") as f:
+        with open_input(path, "r", encoding="utf-8") as f:
             for i, line in enumerate(f, start=1):
                 if line.strip():
                     obj = json.loads(line)

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from lmscale.data.compression import inner_path, open_input
 from lmscale.data.csv_rows import csv_rows
 from lmscale.data.errors import DataError
 from lmscale.data.tfds import PREFIX, iter_examples, parse_tfds
@@ -42,7 +43,7 @@ def load_labeled(spec: str, *, text_column: str = "sentence", label_column: str 
         if not os.path.exists(spec):
             from lmscale.datasets import fetch_hint
             raise DataError(f"{spec}: no such file{fetch_hint(spec)}")
-        ext = os.path.splitext(spec)[1].lower()
+        ext = os.path.splitext(inner_path(spec))[1].lower()  # reviews.csv.gz: ".csv"
         if ext in (".csv", ".tsv"):
             texts, rows = _read_csv(spec, text_column, label_names, "\t" if ext == ".tsv" else ",")
         elif ext in (".jsonl", ".json"):
@@ -94,7 +95,7 @@ def _read_csv(path: str, text_column: str, label_names: list[str], delimiter: st
 
 def _read_jsonl(path: str, text_field: str, label_names: list[str]) -> tuple[list[str], list[list[int]]]:
     texts, rows = [], []
-    with open(path, encoding="utf-8") as f:
+    with open_input(path, "r", encoding="utf-8") as f:
         for i, line in enumerate(f, start=1):
             if not line.strip():
                 continue

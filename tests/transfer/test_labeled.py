@@ -30,6 +30,24 @@ def test_jsonl(tmp_path):
         load_labeled(str(p), text_column="text", label_column="label")
 
 
+def test_compressed_labeled_files_read_as_their_text(tmp_path):
+    """Corpora were read decompressed but labeled files refused ".gz" (review)."""
+    import gzip
+    import lzma
+
+    from lmscale.finetuning.predict import read_texts
+    with gzip.open(tmp_path / "d.csv.gz", "wt", encoding="utf-8") as f:
+        f.write("sentence,label\ngood,1\nbad,0\n")
+    with lzma.open(tmp_path / "d.jsonl.xz", "wt", encoding="utf-8") as f:
+        f.write('{"text": "good", "y": 1}\n{"text": "bad", "y": 0}\n')
+    d = load_labeled(str(tmp_path / "d.csv.gz"))
+    assert d.texts == ["good", "bad"] and d.labels.tolist() == [1, 0]
+    d = load_labeled(str(tmp_path / "d.jsonl.xz"), text_column="text", label_column="y")
+    assert d.texts == ["good", "bad"] and d.labels.tolist() == [1, 0]
+    assert read_texts(str(tmp_path / "d.csv.gz"), "sentence") == ["good", "bad"]
+    assert read_texts(str(tmp_path / "d.jsonl.xz"), "text") == ["good", "bad"]
+
+
 def test_missing_column_lists_the_columns():
     with pytest.raises(DataError, match=r"no column 'review'; columns are \['label', 'sentence'\]"):
         load_labeled(str(SST / "val.csv"), text_column="review")
