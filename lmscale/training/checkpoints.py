@@ -311,6 +311,14 @@ class Checkpointer:
         self.wait()
         self.manager.close()
 
+    def abandon(self) -> None:
+        """After an error: closes orbax's manager, its pending save completing or failing
+        quietly (the error being raised is the one to see)."""
+        try:
+            self.manager.close()
+        except Exception:  # noqa: BLE001 - e.g. the full disk the raised error names
+            pass
+
 
 def check_format(meta: dict[str, Any], where: str) -> None:
     """Refuses a checkpoint written in a newer format than this lmscale reads."""

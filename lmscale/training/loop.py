@@ -11,6 +11,7 @@ uninterrupted one. What a resume may change is decided in resume.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -70,12 +71,14 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     mesh = mesh_lib.make_mesh(devices)
     validate(config, mesh.size)  # a bad config writes nothing
     check_same_config(config)
-    with locked_workdir(workdir):
-        return _train(with_global_batch(config, mesh.size), workdir, mesh)
+    with locked_workdir(workdir), contextlib.ExitStack() as on_exit:
+        return _train(with_global_batch(config, mesh.size), workdir, mesh, on_exit)
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any) -> dict[str, Any]:
-    """``train``'s run, the workdir locked and the config's batch made global."""
+def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
+           on_exit: contextlib.ExitStack) -> dict[str, Any]:
+    """``train``'s run, the workdir locked and the config's batch made global; ``on_exit``
+    abandons the checkpointer if the run raises (a notebook keeps no orbax threads)."""
     is_main = jax.process_index() == 0
     progress = config.train.progress_bar and is_main
     interactive = progress and sys.stderr.isatty()  # a bar on a terminal, plain lines in logs
@@ -100,6 +103,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any) -> dict[s
         eval_stream(val, **{k: v for k, v in eval_settings(config).items() if k != "max_steps"})
     # Opened once the data is known good: a run refused over its data leaves no checkpoints/.
     checkpointer = Checkpointer(workdir, keep=config.checkpoint.keep)
+    on_exit.push(lambda kind, *_: checkpointer.abandon() if kind else None)
     tokenizer = dataset.tokenizer
     vocab_size = tokenizer.vocab_size
     byte_lengths = tokenizer.byte_lengths()
