@@ -232,6 +232,11 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
                "lm_init": ft.lm_init,
                "preprocess": lm.derived.get("preprocess", "none"), "devices": mesh.size,
                "precision": str(policy), "texts": {n: len(d) for n, d in splits.items()}}
+    if progress and resuming:  # as lmscale.train says it
+        print(f"{workdir} is already fine-tuned to step {start} (train.steps={steps}): nothing "
+              f"to train; its results again" if start >= steps else
+              f"resuming {workdir} from its checkpoint at step {start} (of {steps})",
+              file=sys.stderr, flush=True)
     if is_main:
         print_compute_hint(config.precision.compute, mesh.devices.flat[0])
         lm.tokenizer.save(workdir)  # the run is self-contained for lmscale.classify

@@ -48,6 +48,9 @@ class StopSignal:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._previous[sig] = signal.signal(sig, self._handle)
+        if _RECEIVED:  # a start-up signal whose SignalExit was swallowed: stop at the start
+            self.signal = _RECEIVED[-1]
+            _RECEIVED.clear()
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -101,7 +104,14 @@ class SignalExit(KeyboardInterrupt):
         self.signum = signum
 
 
+_RECEIVED: list[int] = []  # signals _cli_handler took (a raise can be swallowed: see there)
+
+
 def _cli_handler(signum: int, frame: Any) -> None:
+    """Unwinds the start-up (temporary files are removed on the way). A signal that lands
+    while Python runs a gc callback or a finalizer has its exception printed and dropped
+    (JAX's _xla_gc_callback): it is remembered, and ``StopSignal`` takes it as its first."""
+    _RECEIVED.append(signum)
     raise SignalExit(signum)
 
 
@@ -124,9 +134,8 @@ def cli_signals() -> Iterator[None]:
     try:
         yield
     except SignalExit as e:
-        _end(f"stopped by signal {e.signum} outside the training steps: nothing to save (the "
-             f"latest checkpoint stands; re-run to resume)", 0 if e.signum == signal.SIGTERM
-             else 130)
+        _end(f"stopped by signal {e.signum} outside the training steps: nothing to save "
+             f"(re-run to start or resume)", 0 if e.signum == signal.SIGTERM else 130)
     except KeyboardInterrupt:
         _end(_SECOND_CTRL_C, 130)
 

@@ -182,7 +182,7 @@ def test_sst_learns_restores_freezes_and_classify_reproduces(sst_run, data, tmp_
         results["metrics"]["val"]["accuracy"])
 
 
-def test_exact_resume_bitwise(sst_run, data, tmp_path):
+def test_exact_resume_bitwise(sst_run, data, tmp_path, capsys):
     from lmscale.finetuning.loop import finetune
     from lmscale.training.metrics import read_metrics
     kw = {"optim.decay_steps": 6, "train.steps": 6, "train.eval_every": 3, "checkpoint.every": 3,
@@ -191,8 +191,14 @@ def test_exact_resume_bitwise(sst_run, data, tmp_path):
     whole, parts = str(tmp_path / "whole"), str(tmp_path / "parts")
     finetune(ft_config(sst_run, data["sst_train"], data["sst_val"], **kw), whole)
     finetune(ft_config(sst_run, data["sst_train"], data["sst_val"], **{**kw, "train.steps": 3}), parts)
+    capsys.readouterr()
     with lowered_programs() as built:
-        finetune(ft_config(sst_run, data["sst_train"], data["sst_val"], **kw), parts)
+        finetune(ft_config(sst_run, data["sst_train"], data["sst_val"],
+                           **{**kw, "train.progress_bar": True}), parts)
+    assert f"resuming {parts} from its checkpoint at step 3 (of 6)" in capsys.readouterr().err
+    finetune(ft_config(sst_run, data["sst_train"], data["sst_val"],
+                       **{**kw, "train.progress_bar": True}), parts)  # it did not say so
+    assert f"{parts} is already fine-tuned to step 6 (train.steps=6)" in capsys.readouterr().err
     # restored into shapes: neither the classifier nor its optimizer state is initialized
     assert built and not [n for n in built if "init_classifier" in n or "initial_finetune" in n], built
     # Records whose window is the same in both (parts also logs at its end, step 3, which

@@ -106,7 +106,8 @@ def test_a_sigterm_during_start_up_ends_the_run_in_one_line_with_status_0(tmp_pa
     proc.send_signal(signal.SIGTERM)  # the lock is taken before the data and the compile
     assert proc.wait(timeout=120) == 0
     text = log.read_text()
-    assert "stopped by signal 15 outside the training steps: nothing to save" in text, text
+    assert "stopped by signal 15 outside the training steps: nothing to save (re-run to start " \
+           "or resume)" in text, text
     assert "Traceback" not in text and "step 1/" not in text, text
 
 

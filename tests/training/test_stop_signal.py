@@ -67,17 +67,48 @@ def test_in_a_command_line_tool_a_late_sigterm_is_ignored_after_the_steps():
     """After a run that finished (no signal), a SIGTERM while the process closes its files
     made a completed run exit 143: under ``cli_signals`` it is ignored after the steps, and
     before them it unwinds as SignalExit (one line and exit 0, see test_train_cli)."""
+    from lmscale.training import stop as stop_module
     from lmscale.training.stop import SignalExit, _cli_handler
     previous = {s: signal.signal(s, _cli_handler) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         with pytest.raises(SignalExit) as raised:
             os.kill(os.getpid(), signal.SIGTERM)  # start-up: unwinds
         assert raised.value.signum == signal.SIGTERM
+        stop_module._RECEIVED.clear()  # cli_signals would have ended the process here
         with StopSignal(every=1, processes=1) as stop:
             assert not stop.should_stop(1)
         assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
         assert signal.getsignal(signal.SIGINT) is _cli_handler
         os.kill(os.getpid(), signal.SIGTERM)  # ignored: the test goes on
     finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_start_up_signal_swallowed_by_a_finalizer_stops_at_the_first_step():
+    """A signal landing while Python ran JAX's gc callback had its SignalExit printed and
+    dropped, and the run trained to its end (4 of 12 tries at 0.75-1.3 s). It is kept, and
+    the steps stop before the first."""
+    import gc
+
+    from lmscale.training import stop as stop_module
+    from lmscale.training.stop import _cli_handler
+
+    class Finalized:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)  # handled while the finalizer runs
+            sum(range(1000))
+
+    previous = {s: signal.signal(s, _cli_handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        Finalized()  # collected at once: the SignalExit is unraisable, printed and dropped
+        gc.collect()
+        assert stop_module._RECEIVED == [signal.SIGTERM]
+        with StopSignal(every=1, processes=1) as stop:
+            assert stop.should_stop(0) and stop.signal == signal.SIGTERM
+        assert not stop_module._RECEIVED
+    finally:
+        stop_module._RECEIVED.clear()
         for s, h in previous.items():
             signal.signal(s, h)
