@@ -301,8 +301,8 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
                           "lm_lr": 0.0 if step <= ft.freeze_steps else float(lm_lr_now),
                           "grad_norm": float(metrics["grad_norm"]), "loss_scale": float(ls.scale),
                           "skipped": int(ls.skipped), "epoch": step / batches.steps_per_epoch,
-                          "steps_per_s": timer.rate(),
-                          "texts_per_s": timer.rate(config.train.batch_size)}
+                          **dict(zip(("steps_per_s", "texts_per_s"),
+                                     timer.rates(1, config.train.batch_size)))}
                 if timer.compile_s is not None:
                     record["first_step_s"] = timer.compile_s
                 writer.write(record)

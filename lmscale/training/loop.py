@@ -218,8 +218,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
                           "lr": float(metrics["lr"]), "grad_norm": float(metrics["grad_norm"]),
                           "loss_scale": float(ls.scale), "skipped": int(ls.skipped),
                           "epoch": step / batcher.steps_per_epoch}
-                record.update(steps_per_s=timer.rate(), tokens_per_s=timer.rate(tokens_per_step),
-                              chars_per_s=timer.rate(bytes_per_step))
+                record.update(zip(("steps_per_s", "tokens_per_s", "chars_per_s"),
+                                  timer.rates(1, tokens_per_step, bytes_per_step)))
                 if timer.compile_s is not None:
                     record["first_step_s"] = timer.compile_s
                 rate = (f"{record['chars_per_s']:.3g} chars/s" if timer.steps else

@@ -16,7 +16,7 @@ import jax
 
 class StepTimer:
     """``before(compiles, pending)`` / ``after(compiles, outputs)`` around each step;
-    ``rate(count)`` per second of the window's steps; ``reset()`` starts the next window."""
+    ``rates(*counts)`` per second of the window's steps; ``reset()`` starts the next window."""
 
     def __init__(self) -> None:
         self.reset()
@@ -39,8 +39,8 @@ class StepTimer:
         else:
             self.steps += 1
 
-    def rate(self, count: float = 1.0) -> float | None:
-        """``count`` per step, per second of the window's timed steps; None without any."""
-        if not self.steps:
-            return None
-        return self.steps * count / (time.perf_counter() - self.start)
+    def rates(self, *counts: float) -> list[float | None]:
+        """Each of ``counts`` (per step) per second of the window's timed steps, from one read
+        of the clock (their ratios are exact); None without any timed step."""
+        seconds = time.perf_counter() - self.start
+        return [self.steps * c / seconds if self.steps else None for c in counts]
