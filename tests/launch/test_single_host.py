@@ -12,50 +12,53 @@ import time
 from tests.conftest import REPO, TINY_TRAIN_FLAGS, write_corpus
 
 
-def test_sigterm_to_the_process_group_saves_and_waits(tmp_path):
-    corpus = write_corpus(tmp_path / "corpus")
-    workdir = tmp_path / "run"
-    flags = {**TINY_TRAIN_FLAGS, "data.train": corpus, "train.steps": 100000,
-             "train.log_every": 5, "train.progress_bar": True, "checkpoint.every": 100000}
-    script = subprocess.Popen(
-        ["bash", "launch/single_host.sh", "configs/quickstart.py", str(workdir),
+def start_script(tmp_path, **settings) -> subprocess.Popen:
+    """launch/single_host.sh training the tiny model on a small corpus in tmp_path/run, in a
+    process group of its own (as a job's), logging every 5 steps."""
+    flags = {**TINY_TRAIN_FLAGS, "data.train": write_corpus(tmp_path / "corpus"),
+             "train.steps": 100000, "train.log_every": 5, "train.progress_bar": True,
+             "checkpoint.every": 100000, **settings}
+    return subprocess.Popen(
+        ["bash", "launch/single_host.sh", "configs/quickstart.py", str(tmp_path / "run"),
          *(f"--config.{k}={v}" for k, v in flags.items())],
         cwd=REPO, env={**os.environ, "PYTHON": sys.executable}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True)  # a group of its own, as a job's
-    log = workdir / "train.log"
+        stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def wait_for_step_10(script: subprocess.Popen, log) -> None:
     deadline = time.time() + 240
+    while not (log.exists() and "step 10/" in log.read_text()):
+        assert script.poll() is None and time.time() < deadline, "the trainer never logged"
+        time.sleep(0.1)
+
+
+def saved_where_it_stopped(workdir) -> None:
+    text = (workdir / "train.log").read_text()
+    assert "stopped by signal 15 at step" in text and "Traceback" not in text, text[-2000:]
+    step = int(text.split("stopped by signal 15 at step ")[1].split(";")[0])
+    assert step >= 10 and (workdir / "checkpoints" / str(step)).is_dir()
+
+
+def test_sigterm_to_the_process_group_saves_and_waits(tmp_path):
+    script = start_script(tmp_path)
     try:
-        while not (log.exists() and "step 10/" in log.read_text()):
-            assert script.poll() is None and time.time() < deadline, "the trainer never logged"
-            time.sleep(0.1)
+        wait_for_step_10(script, tmp_path / "run" / "train.log")
     finally:
         os.killpg(script.pid, signal.SIGTERM)  # the whole group: the script and, before, the trainer
     assert script.wait(timeout=120) == 0  # it waited for the trainer (it exited 143 at once)
-    text = log.read_text()
-    assert "stopped by signal 15 at step" in text, text[-2000:]  # once: it got two before, and died
-    step = int(text.split("stopped by signal 15 at step ")[1].split(";")[0])
-    assert step >= 10 and (workdir / "checkpoints" / str(step)).is_dir()
+    # Once: it got two before, and died.
+    assert (tmp_path / "run" / "train.log").read_text().count("stopped by signal 15") == 1
+    saved_where_it_stopped(tmp_path / "run")
 
 
 def test_sigterm_to_the_trainer_and_the_script_is_one_stop(tmp_path):
     """A scheduler that signals every process of the job (systemd, a cgroup kill) reaches the
     trainer directly and through the script: two SIGTERMs, which stopped the trainer at once
     without a checkpoint (exit 130). Now the second is the same request: saved, exit 0."""
-    corpus = write_corpus(tmp_path / "corpus")
     workdir = tmp_path / "run"
-    flags = {**TINY_TRAIN_FLAGS, "data.train": corpus, "train.steps": 100000,
-             "train.log_every": 5, "train.progress_bar": True, "checkpoint.every": 100000}
-    script = subprocess.Popen(
-        ["bash", "launch/single_host.sh", "configs/quickstart.py", str(workdir),
-         *(f"--config.{k}={v}" for k, v in flags.items())],
-        cwd=REPO, env={**os.environ, "PYTHON": sys.executable}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True)
-    log = workdir / "train.log"
-    deadline = time.time() + 240
+    script = start_script(tmp_path)
     try:
-        while not (log.exists() and "step 10/" in log.read_text()):
-            assert script.poll() is None and time.time() < deadline, "the trainer never logged"
-            time.sleep(0.1)
+        wait_for_step_10(script, workdir / "train.log")
         trainer = int(subprocess.run(["pgrep", "-f", f"lmscale.train .*workdir={workdir}( |$)"],
                                      capture_output=True, text=True).stdout.split()[-1])
         os.kill(trainer, signal.SIGTERM)
@@ -63,26 +66,15 @@ def test_sigterm_to_the_trainer_and_the_script_is_one_stop(tmp_path):
     finally:
         os.kill(script.pid, signal.SIGTERM)  # forwarded: the trainer's second SIGTERM
     assert script.wait(timeout=120) == 0
-    text = log.read_text()
-    assert "stopped by signal 15 at step" in text and "Traceback" not in text, text[-2000:]
-    step = int(text.split("stopped by signal 15 at step ")[1].split(";")[0])
-    assert (workdir / "checkpoints" / str(step)).is_dir()
+    saved_where_it_stopped(workdir)
 
 
 def test_an_early_ctrl_c_through_the_script_stops_the_trainer(tmp_path):
     """The script forwarded Ctrl-C as SIGINT, which a trainer started in the background by
     bash ignores until its handlers are in: the run trained on to its end. The first signal
     goes on as SIGTERM."""
-    corpus = write_corpus(tmp_path / "corpus")
-    workdir = tmp_path / "run"
-    flags = {**TINY_TRAIN_FLAGS, "data.train": corpus, "train.steps": 100000,
-             "checkpoint.every": 100000}
-    script = subprocess.Popen(
-        ["bash", "launch/single_host.sh", "configs/quickstart.py", str(workdir),
-         *(f"--config.{k}={v}" for k, v in flags.items())],
-        cwd=REPO, env={**os.environ, "PYTHON": sys.executable}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
+    script = start_script(tmp_path)
     time.sleep(0.5)
     script.send_signal(signal.SIGINT)
     assert script.wait(timeout=120) == 0
-    assert "stopped by signal 15" in (workdir / "train.log").read_text()
+    assert "stopped by signal 15" in (tmp_path / "run" / "train.log").read_text()

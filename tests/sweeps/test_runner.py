@@ -87,6 +87,21 @@ def test_folder_of_another_sweep_is_refused(tiny, finished):
     assert len(cli.stderr.strip().splitlines()) == 1
 
 
+def start_sweep(tiny, sweep_file, out) -> subprocess.Popen:
+    """``python -m lmscale.sweep`` of the tiny config over ``sweep_file`` into ``out``."""
+    return subprocess.Popen([sys.executable, "-m", "lmscale.sweep", f"--config={tiny / 'tiny.py'}",
+                             f"--sweep={sweep_file}", f"--workdir={out}"], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wait_until(ready, proc: subprocess.Popen, what: str) -> None:
+    """Polls ``ready()`` until true; fails naming ``what`` if the sweep ends or 300 s pass."""
+    deadline = time.time() + 300
+    while not ready():
+        assert proc.poll() is None and time.time() < deadline, what
+        time.sleep(0.05)
+
+
 def test_killed_sweep_resumes_unfinished_points_only(tiny):
     sweep_file = write_sweep(tiny / "kill.py", """
         def get_sweep():
@@ -94,15 +109,11 @@ def test_killed_sweep_resumes_unfinished_points_only(tiny):
                     "derived": lambda p: {"train.steps": 20 if p["model.hidden"] == 8 else 1000}}
     """)
     out = tiny / "kill_sweep"
-    proc = subprocess.Popen([sys.executable, "-m", "lmscale.sweep", f"--config={tiny / 'tiny.py'}",
-                             f"--sweep={sweep_file}", f"--workdir={out}"], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_sweep(tiny, sweep_file, out)
     second = out / "hidden-16" / "metrics.jsonl"
-    deadline = time.time() + 300
-    try:
-        while not (second.exists() and second.read_text().strip()):  # the second point is training
-            assert proc.poll() is None and time.time() < deadline, "sweep ended before its second point trained"
-            time.sleep(0.05)
+    try:  # until the second point is training
+        wait_until(lambda: second.exists() and second.read_text().strip(), proc,
+                   "sweep ended before its second point trained")
     finally:
         proc.send_signal(signal.SIGKILL)  # no chance to clean up: its trainer gets SIGTERM from the kernel
         proc.wait()
@@ -128,15 +139,10 @@ def test_a_stopped_point_reports_the_step_it_saved(tiny):
                     "derived": lambda p: {"train.steps": 100000, "train.log_every": 500}}
     """)
     out = tiny / "stop_sweep"
-    proc = subprocess.Popen([sys.executable, "-m", "lmscale.sweep", f"--config={tiny / 'tiny.py'}",
-                             f"--sweep={sweep_file}", f"--workdir={out}"], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_sweep(tiny, sweep_file, out)
     started = out / "hidden-16" / "tb"  # made as the trainer's loop starts
-    deadline = time.time() + 300
     try:
-        while not started.exists():
-            assert proc.poll() is None and time.time() < deadline, "the point never started"
-            time.sleep(0.05)
+        wait_until(started.exists, proc, "the point never started")
         time.sleep(2.0)  # some steps
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -232,15 +238,9 @@ def test_a_second_signal_stops_the_points_at_once(tiny):
                                           "checkpoint.every": 100000}}
     """)
     out = tiny / "stop2_sweep"
-    proc = subprocess.Popen([sys.executable, "-m", "lmscale.sweep", f"--config={tiny / 'tiny.py'}",
-                             f"--sweep={sweep_file}", f"--workdir={out}"], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    started = out / "hidden-16" / "tb"
-    deadline = time.time() + 300
+    proc = start_sweep(tiny, sweep_file, out)
     try:
-        while not started.exists():
-            assert proc.poll() is None and time.time() < deadline, "the point never started"
-            time.sleep(0.05)
+        wait_until((out / "hidden-16" / "tb").exists, proc, "the point never started")
         time.sleep(1.0)
     finally:
         proc.send_signal(signal.SIGTERM)
