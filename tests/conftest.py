@@ -250,3 +250,13 @@ def sst_run(tmp_path_factory) -> str:
                                                 "data.shard_tokens": 65536, "train.steps": 20})
     train(config, workdir)
     return workdir
+
+
+def catches(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler installed for ``signum`` (Linux: SigCgt)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            mask = next(line.split()[1] for line in f if line.startswith("SigCgt:"))
+    except (OSError, StopIteration):
+        return False
+    return bool(int(mask, 16) >> (signum - 1) & 1)

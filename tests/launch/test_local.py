@@ -143,16 +143,28 @@ def test_a_mistyped_command_is_one_line():
     assert "Traceback" not in proc.stderr
 
 
-def test_a_process_failing_on_its_own_is_not_said_stopped_by_the_launcher():
+def _two_processes(tmp_path, on_sigterm: str, last: str) -> subprocess.CompletedProcess:
+    """The launcher running two Python processes: each installs ``on_sigterm`` as its SIGTERM
+    handler; process 1 then says so in a file, which process 0 waits for before it exits 4
+    (so the launcher's SIGTERM cannot land before the handler, under any load); process 1
+    then sleeps 0.5 s and runs ``last``."""
+    ready = tmp_path / "ready"
+    code = ("import os, signal, sys, time; "
+            f"signal.signal(signal.SIGTERM, {on_sigterm}); "
+            "one = os.environ['LMSCALE_PROCESS_ID'] == '1'; "
+            f"open({str(ready)!r}, 'w').close() if one else None; "
+            f"[time.sleep(0.01) for _ in range(6000) if not one and not os.path.exists({str(ready)!r})]; "
+            f"sys.exit(4) if not one else (time.sleep(0.5), {last})")
+    return subprocess.run([sys.executable, LAUNCHER, "--num_processes=2", "--platform=cpu", "--",
+                           sys.executable, "-c", code], capture_output=True, text=True, timeout=90)
+
+
+def test_a_process_failing_on_its_own_is_not_said_stopped_by_the_launcher(tmp_path):
     """Every process refusing the same thing (a locked workdir) exits 1; the launcher saw
     process 0 first and said "stopped process 1", which had failed by itself."""
-    proc = subprocess.run([sys.executable, LAUNCHER, "--num_processes=2", "--platform=cpu", "--",
-                           sys.executable, "-c", "import os, signal, sys, time; "
-                           "signal.signal(signal.SIGTERM, signal.SIG_IGN); "  # busy failing
-                           "time.sleep(0.5 if os.environ['LMSCALE_PROCESS_ID'] == '1' else 0); "
-                           "sys.exit(1)"], capture_output=True, text=True, timeout=60)
+    proc = _two_processes(tmp_path, "signal.SIG_IGN", "sys.exit(1)")  # busy failing
     assert proc.returncode == 1
-    assert "error: process 0 exited with status 1" in proc.stderr
+    assert "error: process 0 exited with status 4" in proc.stderr
     assert "stopped process 1" not in proc.stderr and "process 1 failed too" in proc.stderr
 
 
@@ -251,14 +263,10 @@ def test_launcher_environment_per_process():
     assert local.describe_exit(0, -9, "h:1", sent=9) == "process 0 was stopped by the launcher (SIGKILL)"
 
 
-def test_a_process_that_stops_cleanly_on_the_launchers_signal_is_said_stopped():
+def test_a_process_that_stops_cleanly_on_the_launchers_signal_is_said_stopped(tmp_path):
     """A trainer stopped by the launcher's SIGTERM exits 0 now (saved, or nothing to save):
     it was named neither stopped nor failed."""
-    proc = subprocess.run([sys.executable, LAUNCHER, "--num_processes=2", "--platform=cpu", "--",
-                           sys.executable, "-c", "import os, signal, sys, time; "
-                           "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); "
-                           "time.sleep(30 if os.environ['LMSCALE_PROCESS_ID'] == '1' else 1); "
-                           "sys.exit(4)"], capture_output=True, text=True, timeout=60)
+    proc = _two_processes(tmp_path, "lambda *a: sys.exit(0)", "time.sleep(30)")
     assert proc.returncode == 1
     assert "error: process 0 exited with status 4" in proc.stderr
     assert "stopped process 1" in proc.stderr, proc.stderr

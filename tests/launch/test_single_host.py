@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import REPO, TINY_TRAIN_FLAGS, write_corpus
+from tests.conftest import REPO, TINY_TRAIN_FLAGS, catches, write_corpus
 
 
 def start_script(tmp_path, **settings) -> subprocess.Popen:
@@ -74,7 +74,14 @@ def test_an_early_ctrl_c_through_the_script_stops_the_trainer(tmp_path):
     bash ignores until its handlers are in: the run trained on to its end. The first signal
     goes on as SIGTERM."""
     script = start_script(tmp_path)
-    time.sleep(0.5)
+    trainer = []
+    deadline = time.time() + 60
+    while not (trainer and catches(trainer[0], signal.SIGTERM)):  # its first handler is in
+        assert script.poll() is None and time.time() < deadline, "no trainer started"
+        trainer = [int(p) for p in subprocess.run(
+            ["pgrep", "-f", f"lmscale.train .*workdir={tmp_path / 'run'}( |$)"],
+            capture_output=True, text=True).stdout.split()]
+        time.sleep(0.01)
     script.send_signal(signal.SIGINT)
     assert script.wait(timeout=120) == 0
     assert "stopped by signal 15" in (tmp_path / "run" / "train.log").read_text()

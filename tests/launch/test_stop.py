@@ -9,7 +9,7 @@ import subprocess
 import time
 
 from lmscale.training.metrics import read_metrics
-from tests.conftest import REPO, tiny_train_command, write_corpus
+from tests.conftest import REPO, catches, tiny_train_command, write_corpus
 from tests.launch.test_local import _launcher_module, checkpoint_steps
 
 COMPARED = ("step", "split", "loss", "bpc", "lr", "grad_norm")
@@ -134,8 +134,8 @@ def test_a_sigterm_while_the_tool_imports_is_one_line_and_status_0(tmp_path):
     corpus = write_corpus(tmp_path / "corpus")
     run, log = tmp_path / "run", tmp_path / "log"
     proc = _one_process(run, corpus, log, **{"train.steps": 10_000})
-    time.sleep(0.3)  # the interpreter is up (~0.05 s), main() not yet or just
-    proc.send_signal(signal.SIGTERM)
+    _wait_for(lambda: catches(proc.pid, signal.SIGTERM), proc, "no handler ever installed")
+    proc.send_signal(signal.SIGTERM)  # as soon as the first handler is in: while it imports
     assert proc.wait(timeout=60) == 0
-    lines = log.read_text().strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("stopped by signal 15 "), lines
+    assert log.read_text().strip() == ("stopped by signal 15 while starting: nothing to save "
+                                       "(re-run to start or resume)")
