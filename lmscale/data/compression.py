@@ -10,6 +10,7 @@ import bz2
 import gzip
 import lzma
 import os
+import struct
 from typing import IO, Any
 
 OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
@@ -35,3 +36,24 @@ def open_input(path: str, mode: str = "rb", **kwargs: Any) -> IO:
     if opener is None:
         return open(path, mode, **kwargs)
     return opener(path, mode if "b" in mode else mode.replace("r", "rt"), **kwargs)
+
+
+TEXT_RATIO = 3  # bytes of text per compressed byte, where the file does not say (bz2, xz)
+
+
+def decompressed_size(path: str) -> int:
+    """The bytes a compressed file holds once decompressed, for progress and for sharing a
+    sample budget between inputs: a .gz file's own record of it (its last 4 bytes: exact
+    below 4 GiB), else ``TEXT_RATIO`` x its size (an estimate: bz2 and xz do not keep it
+    cheaply). An uncompressed file's size."""
+    size = os.path.getsize(path)
+    kind = compression(path)
+    if kind is None:
+        return size
+    if kind == ".gz" and size >= 18:  # the smallest gzip member: 10 header + 8 trailer bytes
+        with open(path, "rb") as f:
+            f.seek(-4, os.SEEK_END)
+            recorded = struct.unpack("<I", f.read(4))[0]  # modulo 2^32
+        if recorded >= size:  # below 4 GiB (a wrapped count is smaller than the file, mostly)
+            return recorded
+    return TEXT_RATIO * size

@@ -17,7 +17,8 @@ import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 
-from lmscale.data.compression import READ_ERRORS, compression, inner_path, open_input
+from lmscale.data.compression import (READ_ERRORS, compression, decompressed_size, inner_path,
+                                      open_input)
 from lmscale.data.csv_rows import csv_rows
 from lmscale.data.errors import DataError
 from lmscale.data.tfds import is_tfds, iter_examples, iter_text
@@ -282,6 +283,7 @@ def iter_documents(paths: Sequence[str], *, text_column: str | None = None,
 
 
 def input_size(path: str) -> int:
-    """Bytes of an input file (0 for a tfds: input, whose size is not known in advance; a
-    compressed file's compressed size)."""
-    return 0 if is_tfds(path) else os.path.getsize(path)
+    """Bytes of text in an input file (0 for a tfds: input, whose size is not known in
+    advance; a compressed file's decompressed size, recorded or estimated:
+    ``compression.decompressed_size``)."""
+    return 0 if is_tfds(path) else decompressed_size(path)

@@ -58,3 +58,22 @@ def test_utf16_text_gets_a_note(tmp_path, capfd):
     (tmp_path / "u.txt").write_bytes("hello".encode("utf-16"))
     list(iter_documents([str(tmp_path / "u.txt")]))
     assert "u.txt starts with a UTF-16 byte order mark" in capfd.readouterr().err
+
+
+def test_a_compressed_input_counts_its_text_for_the_sample_shares(tmp_path):
+    """A .gz input was sized by its compressed bytes: in a mixed corpus its share of the
+    SentencePiece sample was 3-10x too small (and the progress bar stalled on it). A .gz
+    says its text's size (its last 4 bytes); bz2/xz are estimated at 3 x."""
+    from lmscale.data.compression import TEXT_RATIO, decompressed_size
+    from lmscale.data.sample import _shares
+    from lmscale.data.sources import input_size
+    text = ("the same kind of review text, said again and again. " * 4000).encode()
+    (tmp_path / "plain.txt").write_bytes(text)
+    for suffix, compress in COMPRESS.items():
+        (tmp_path / f"c.txt{suffix}").write_bytes(compress(text))
+    assert input_size(str(tmp_path / "c.txt.gz")) == len(text)
+    for suffix in (".bz2", ".xz"):
+        path = str(tmp_path / f"c.txt{suffix}")
+        assert decompressed_size(path) == TEXT_RATIO * (tmp_path / f"c.txt{suffix}").stat().st_size
+    shares = _shares([str(tmp_path / "plain.txt"), str(tmp_path / "c.txt.gz")], 1000)
+    assert shares == [500, 500]
