@@ -24,9 +24,11 @@ def compression(path: str) -> str | None:
     return ext if ext in OPENERS else None
 
 
-def inner_path(path: str) -> str:
-    """``path`` without its compression suffix (``a.jsonl.gz`` -> ``a.jsonl``)."""
-    return os.path.splitext(path)[0] if compression(path) else path
+def format_extension(path: str) -> str:
+    """The lower-case extension that says a file's format, the one before a compression
+    suffix (``a.jsonl.gz`` -> ".jsonl"; ``a.CSV`` -> ".csv")."""
+    inner = os.path.splitext(path)[0] if compression(path) else path
+    return os.path.splitext(inner)[1].lower()
 
 
 def open_input(path: str, mode: str = "rb", **kwargs: Any) -> IO:

@@ -17,8 +17,8 @@ import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 
-from lmscale.data.compression import (READ_ERRORS, compression, decompressed_size, inner_path,
-                                      open_input)
+from lmscale.data.compression import (READ_ERRORS, compression, decompressed_size,
+                                      format_extension, open_input)
 from lmscale.data.csv_rows import csv_rows
 from lmscale.data.errors import DataError
 from lmscale.data.tfds import is_tfds, iter_examples, iter_text
@@ -107,7 +107,7 @@ def file_kind(path: str) -> str:
     suffix (``"tfds"`` for tfds: inputs)."""
     if is_tfds(path):
         return "tfds"
-    ext = os.path.splitext(inner_path(path))[1].lower()
+    ext = format_extension(path)
     if ext in _CSV_EXTS:
         return "csv"
     if ext in _JSONL_EXTS:
@@ -166,7 +166,7 @@ def _iter_jsonl(path: str, field: str) -> Iterator[tuple[bytes, bool]]:
 
 
 def _iter_csv(path: str, column: str) -> Iterator[tuple[bytes, bool]]:
-    delimiter = _CSV_EXTS[os.path.splitext(inner_path(path))[1].lower()]
+    delimiter = _CSV_EXTS[format_extension(path)]
     # An empty file has no rows (a corpus may hold some); a row with other fields than the
     # header is an error naming its line.
     for _, row in csv_rows(path, [column], delimiter, empty_ok=True,

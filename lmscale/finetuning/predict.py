@@ -74,8 +74,8 @@ def read_texts(path: str, text_column: str) -> list[str]:
     from lmscale.data.errors import DataError
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file")
-    from lmscale.data.compression import inner_path, open_input
-    ext = os.path.splitext(inner_path(path))[1].lower()  # texts.csv.gz: ".csv"
+    from lmscale.data.compression import format_extension, open_input
+    ext = format_extension(path)  # texts.csv.gz: ".csv"
     texts: list[str] = []
     if ext in (".csv", ".tsv"):
         texts = [row[text_column] for _, row in csv_rows(

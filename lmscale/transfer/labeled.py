@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lmscale.data.compression import inner_path, open_input
+from lmscale.data.compression import format_extension, open_input
 from lmscale.data.csv_rows import csv_rows
 from lmscale.data.errors import DataError
 from lmscale.data.tfds import PREFIX, iter_examples, parse_tfds
@@ -43,7 +43,7 @@ def load_labeled(spec: str, *, text_column: str = "sentence", label_column: str 
         if not os.path.exists(spec):
             from lmscale.datasets import fetch_hint
             raise DataError(f"{spec}: no such file{fetch_hint(spec)}")
-        ext = os.path.splitext(inner_path(spec))[1].lower()  # reviews.csv.gz: ".csv"
+        ext = format_extension(spec)  # reviews.csv.gz: ".csv"
         if ext in (".csv", ".tsv"):
             texts, rows = _read_csv(spec, text_column, label_names, "\t" if ext == ".tsv" else ",")
         elif ext in (".jsonl", ".json"):
