@@ -314,17 +314,17 @@ def run_bench(config: ml_collections.ConfigDict, *, steps: int = 10, warmup: int
     m = config.model
     from lmscale.models import architecture, get_kind
     from lmscale.models.lm import remat_steps
-    options = ScanOptions(unroll=unroll, layout=layout, factors=factors)
-    loops = options.loops_layout(remat_steps(m), config.train.seq_len)
-    static = options.static(m.kind, DTYPES[compute], False, remat_steps(m), config.train.seq_len)
+    # The loops as run (remat segments run the feature-major ones), their unroll and factors.
+    static = ScanOptions(unroll=unroll, layout=layout, factors=factors).static(
+        m.kind, DTYPES[compute], False, remat_steps(m), config.train.seq_len)
     record = {"label": label, "kind": m.kind, "model": get_kind(m.kind).describe(m),
               "architecture": architecture(m), "layers": m.layers, "batch": step["tokens_per_step"] // config.train.seq_len,
               "seq": config.train.seq_len, "vocab_size": vocab_size, "compute": compute,
-              "grad": grad, "unroll": (options.resolved_unroll(loops) if grad == "custom"
-                                       else unroll or 1),
-              "layout": loops,  # as run (remat segments run the feature-major loops)
+              "grad": grad, "unroll": static.unroll if grad == "custom" else unroll or 1,
+              "layout": static.layout,
               # the dtype of the gate factors the batch-major loops save
-              "factors": static.factors if loops == "batch" and m.kind in SCANNED_KINDS else None,
+              "factors": (static.factors if static.layout == "batch" and m.kind in SCANNED_KINDS
+                          else None),
               "reset_every": reset_every, "remat": m.get("remat", "none"), **step,
               "matmul": peak, "of_matmul_rate": step["flop_per_s"] / peak["flop_per_s"],
               "hardware_of_matmul_rate": step["hardware_flop_per_s"] / peak["flop_per_s"]}

@@ -222,13 +222,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
                                   timer.rates(1, tokens_per_step, bytes_per_step)))
                 if timer.compile_s is not None:
                     record["first_step_s"] = timer.compile_s
-                rate = (f"{record['chars_per_s']:.3g} chars/s" if timer.steps else
-                        f"first step {timer.compile_s:.3g} s (compiling)")
+                chars_s = (f"{record['chars_per_s']:.3g}" if timer.steps else
+                           f"first step {timer.compile_s:.3g} s (compiling)")
+                rate = f"{chars_s} chars/s" if timer.steps else chars_s
                 record = add_perplexity(record, word_level)
                 writer.write(record)
                 last["train"] = record
                 bar.set_postfix(loss=f"{loss:.3f}", bpc=f"{record['bpc']:.3f}",
-                                lr=f"{record['lr']:.2e}", chars_s=rate.split(" chars")[0])
+                                lr=f"{record['lr']:.2e}", chars_s=chars_s)
                 if progress and not interactive:
                     print(f"step {step}/{steps}: loss {loss:.4f} bpc {record['bpc']:.4f}"
                           f"{perplexity_note(record)} lr {record['lr']:.3e} {rate}",
