@@ -9,7 +9,7 @@ first measurement"). Here (``Static.layout == "batch"``; the default on GPUs, se
 
   forward:  u = h W_mh;  a = [xm_t * u, x_t]  (LSTM: a = [h, x_t]);  z = a [W_h; W_x] + b;
             gates, c, h; saved: a, u, d = [d_i, d_f, d_g, d_o] ([B, 4H], ``Static.factors``:
-            bfloat16 in 16-bit compute, see ``recurrent.ScanOptions``) and [f, p] (float32);
+            the compute dtype by default, see ``recurrent.ScanOptions``) and [f, p] (float32);
   backward: dh += dhs_t; dc += dh p; dz = d * (dc, dc, dc, dh); dc <- dc f;
             dm = dz W_h^T; du = dm * xm_t, dxm = dm * u; dh = du W_mh^T;
 
@@ -27,8 +27,9 @@ first measurement"). Here (``Static.layout == "batch"``; the default on GPUs, se
 
 Measured on the H200 (bf16, that shape): 98.8 ms a step with ``recurrent_loops``, 84.6 ms
 with these loops, 82.7 ms unrolled by 2 (their default there), 80.4 ms with the buffers not
-zero-filled and the gate factors in the compute dtype; about 10 kernels per loop iteration. On XLA:CPU they are slower than ``recurrent_loops`` (the quickstart: 80.5 vs
-72.6 ms), so "auto" keeps those there. Same arguments and results as
+zero-filled and the gate factors in the compute dtype; about 10 kernels per loop iteration.
+On XLA:CPU they are slower than ``recurrent_loops`` (the quickstart: 80.5 vs 72.6 ms), so
+"auto" keeps those there. Same arguments and results as
 ``recurrent_loops.forward`` / ``backward`` where they are called (``recurrent_vjp``; in float32
 to rounding, in bf16/fp16 to their rounding), except that sequences are time-major [T, B, F]
 throughout.

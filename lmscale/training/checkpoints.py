@@ -101,9 +101,12 @@ class UnreadableCheckpointError(CheckpointError):
     """A checkpoint folder that is corrupt, truncated or missing files."""
 
 
+_NO_SPACE = "No space left on device"  # strerror(ENOSPC), in orbax's/tensorstore's messages
+
+
 def disk_full(error: BaseException) -> bool:
-    """Whether ``error`` (or a log record's) is a write that found no space left."""
-    return getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error)
+    """Whether ``error`` is a write that found no space left."""
+    return getattr(error, "errno", None) == errno.ENOSPC or _NO_SPACE in str(error)
 
 
 class _DiskFullLogs(logging.Filter):
@@ -116,7 +119,7 @@ class _DiskFullLogs(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        if not (disk_full(Exception(record.getMessage())) or (error and disk_full(error))):
+        if not (_NO_SPACE in record.getMessage() or (error and disk_full(error))):
             return True
         if not _DiskFullLogs.said:
             _DiskFullLogs.said = True
