@@ -97,6 +97,12 @@ def from_state_dict(state_dict: Mapping[str, Any], name: str, *,
     def take(slot: Any, key: str, value: np.ndarray) -> np.ndarray:
         if slot is not None:
             raise ConvertError(f"{name}: more than one tensor for {key!r}; expected one language model")
+        bad = ~np.isfinite(value)
+        if bad.any():  # a diverged run's weights: eval would print NaN, generate NUL bytes
+            first = [int(i) for i in np.argwhere(bad)[0]]
+            raise ConvertError(f"{name}: {key} holds {int(bad.sum())} non-finite values (NaN/inf "
+                               f"in float32, the first {value[tuple(first)]} at index {first}); "
+                               f"expected the weights of a trained model")
         return value
 
     for key, value in flat.items():

@@ -137,6 +137,15 @@ def test_bad_state_dicts():
         from_state_dict(sd, "v.pt")
     with pytest.raises(ConvertError, match="holds a list"):
         from_state_dict([], "l.pt")  # type: ignore[arg-type]
+    sd = good()  # a diverged run's weights: refused, not imported to print NaN in eval
+    sd["encoder"]["rnn"]["rnns.0.w_mhh_v"][2, 3] = np.nan
+    with pytest.raises(ConvertError, match=r"^n\.pt: encoder\.rnn\.rnns\.0\.w_mhh_v holds 1 "
+                       r"non-finite values \(NaN/inf in float32, the first nan at index \[2, 3\]\)"):
+        from_state_dict(sd, "n.pt")
+    sd = good()
+    sd["decoder"]["bias"][7] = -np.inf
+    with pytest.raises(ConvertError, match=r"^i\.pt: decoder\.bias holds 1 non-finite values .*-inf at index \[7\]"):
+        from_state_dict(sd, "i.pt")
 
 
 # ----------------------------------------------------------------- .pt files (torch)
