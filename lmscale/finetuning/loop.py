@@ -14,6 +14,7 @@ there (thresholds.json) and used for every later prediction; results.json holds 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -153,8 +154,8 @@ def finetune(config: ml_collections.ConfigDict, workdir: str,
     splits, num_classes, class_names = load_splits(ft)  # bad data fails before any work
     lm = load_lm(config.init_from)
     config = resolve_config(config, lm)
-    with locked_workdir(workdir):
-        return _finetune(config, workdir, mesh, lm, splits, num_classes, class_names)
+    with locked_workdir(workdir), contextlib.ExitStack() as on_exit:
+        return _finetune(config, workdir, mesh, lm, splits, num_classes, class_names, on_exit)
 
 
 def check_not_a_language_model_run(workdir: str, init_from: str) -> None:
@@ -174,9 +175,10 @@ def check_not_a_language_model_run(workdir: str, init_from: str) -> None:
 
 
 def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: TrainedLM,
-              splits: dict[str, Labeled], num_classes: int, class_names: list[str]
-              ) -> dict[str, Any]:
-    """``finetune``'s run, the workdir locked and the data loaded and checked."""
+              splits: dict[str, Labeled], num_classes: int, class_names: list[str],
+              on_exit: contextlib.ExitStack) -> dict[str, Any]:
+    """``finetune``'s run, the workdir locked and the data loaded and checked; ``on_exit``
+    abandons the checkpointers if the run raises (a notebook keeps no orbax threads)."""
     ft = config.finetune
     is_main = jax.process_index() == 0
     progress = config.train.progress_bar and is_main
@@ -185,6 +187,8 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
 
     checkpointer = Checkpointer(workdir, keep=config.checkpoint.keep)
     best_ckpt = Checkpointer(os.path.join(workdir, "best"), keep=1)
+    for opened in (checkpointer, best_ckpt):
+        on_exit.push(lambda kind, *_, c=opened: c.abandon() if kind else None)
     # A resumed run restores into the state's shapes: no initial state is computed.
     resuming = checkpointer.latest_step() is not None
 
