@@ -138,8 +138,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
         state, saved = checkpointer.newest_usable(restore, config.checkpoint.fallback)
         if saved.get("precision") != config.precision.compute:
             # A new precision starts its own loss scale (float16: loss_scale_init, not the
-            # inert 1 of a float32/bfloat16 checkpoint).
-            fresh_scale = LossScale.for_precision(setup.policy, config.precision)
+            # inert 1 of a float32/bfloat16 checkpoint); the run's count of skipped steps goes on.
+            fresh_scale = LossScale.for_precision(setup.policy, config.precision).replace(
+                skipped=jax.device_get(state.loss_scale.skipped))
             state = state.replace(loss_scale=jax.device_put(fresh_scale, shardings.loss_scale))
     start = int(jax.device_get(state.step))
     if saved is not None and start >= derived["steps"]:
