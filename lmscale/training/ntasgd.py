@@ -91,9 +91,11 @@ def switch_on(opt_state: Any, step: int, sharding: jax.sharding.Sharding | None 
 
 
 def eval_params(params: Any, opt_state: Any) -> Any:
-    """The weights to validate / export: the average once it is on, else ``params`` (host check)."""
+    """The weights to validate / export: the average once it holds an update, else ``params``
+    (host check). Right at the switch (on, nothing averaged yet: a checkpoint at the switching
+    validation's step) ``avg`` still holds the initial weights, so ``params`` it is."""
     avg = find_average(opt_state)
-    if avg is not None and bool(jax.device_get(avg.active)):
+    if avg is not None and int(jax.device_get(avg.count)) > 0:
         return avg.avg
     return params
 

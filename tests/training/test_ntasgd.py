@@ -43,6 +43,7 @@ def test_average_starts_at_the_switch_and_is_the_mean_of_the_iterates():
     for k in range(5):
         if k == 2:
             state = switch_on(state, step=k)
+            assert ntasgd.eval_params(params, state) is params  # on, nothing averaged yet
         grads = {"w": jnp.array([0.3 * (k + 1), 1.0])}
         updates, state = tx.update(grads, state, params)
         params = optax.apply_updates(params, updates)
@@ -123,6 +124,11 @@ def test_averaged_weights_are_validated_exported_and_resume_decides_the_same(tmp
     raw = ckpt.restore_params(lm.params, mesh_lib.replicated(lm.mesh), 6)
     ckpt.close()
     assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(raw), jax.tree.leaves(lm.params)))
+    # The checkpoint at the switch (step 4: averaging on, nothing averaged yet) holds the
+    # weights validated there, not the initial ones its empty average was made from.
+    at_switch = load_trained(full, 4)
+    assert evaluate_data(at_switch, lm.derived["dataset"], split="val")["loss"] == pytest.approx(
+        val[1]["loss"], rel=1e-6)
     best = min(val, key=lambda r: r["loss"])  # checkpoint.keep_best: the weights validated best
     assert read_best(full) == {"step": best["step"], "loss": best["loss"], "averaged": best["averaged"]}
     kept = load_trained(full, best=True)
