@@ -132,7 +132,9 @@ def default_config() -> ml_collections.ConfigDict:
     # the weights (ASGD) when validation loss is worse than the best of those more than
     # optim.ntasgd_nonmono evaluations ago; the averaged weights are then validated and exported.
     c.optim.name = "adam"
-    c.optim.weight_decay = 0.0  # coupled L2 (as torch SGD/Adam weight_decay): wd * param added to the clipped gradient
+    c.optim.weight_decay = 0.0  # weight decay factor wd (0 = none); its form and reach are the next two fields
+    c.optim.weight_decay_style = "coupled"  # "coupled": L2, wd * param added to the clipped gradient before SGD/Adam (torch's weight_decay, AWD-LSTM); "decoupled": AdamW, lr * wd * param subtracted beside the Adam step (GPT, nanoGPT)
+    c.optim.weight_decay_on = "all"  # parameters decayed: "all" (torch, AWD-LSTM) or "matrices" (those of 2+ dims, embeddings included; biases, norm scales and weight-norm gains not: GPT-2, nanoGPT)
     c.optim.lr_drop_epochs = ""  # comma-separated epochs after which the learning rate is multiplied by optim.lr_drop_factor (AWD --when)
     c.optim.lr_drop_factor = 0.1  # factor of each drop in optim.lr_drop_epochs (AWD: divide by 10)
     c.optim.ntasgd_nonmono = 5  # ntasgd: the n of the non-monotone trigger (AWD --nonmono)
@@ -265,28 +267,17 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         value = config[section][name]
         if not isinstance(value, int) or value < 1:
             raise ConfigError(f"{key} must be a positive integer, got {value!r}")
-    if config.train.epochs < 0 or config.optim.decay_epochs < 0:
-        raise ConfigError("train.epochs and optim.decay_epochs must be >= 0")
+    if config.train.epochs < 0:
+        raise ConfigError("train.epochs must be >= 0")
     if config.train.eval_every < 0 or config.train.eval_steps < 0:
         raise ConfigError("train.eval_every and train.eval_steps must be >= 0")
-    if config.optim.schedule not in SCHEDULES:
-        raise ConfigError(f"optim.schedule must be one of {list(SCHEDULES)}, got {config.optim.schedule!r}")
-    if config.optim.lr <= 0:
-        raise ConfigError(f"optim.lr must be > 0, got {config.optim.lr}")
-    if config.optim.warmup_steps < 0 or config.optim.decay_steps < 0 or config.optim.clip < 0:
-        raise ConfigError("optim.warmup_steps, optim.decay_steps and optim.clip must be >= 0")
     if config.train.per_device_batch_size < 0:
         raise ConfigError(f"train.per_device_batch_size must be >= 0, got {config.train.per_device_batch_size}")
     if not config.train.per_device_batch_size and config.train.batch_size % num_devices:
         raise ConfigError(
             f"train.batch_size={config.train.batch_size} is not divisible by the {num_devices} devices; "
             f"use a multiple of {num_devices} (or set train.per_device_batch_size)")
-    if config.optim.lr_scaling not in LR_SCALINGS:
-        raise ConfigError(f"optim.lr_scaling must be one of {list(LR_SCALINGS)}, got {config.optim.lr_scaling!r}")
-    if config.optim.base_batch_size < 1 or config.optim.lr_max < 0:
-        raise ConfigError("optim.base_batch_size must be >= 1 and optim.lr_max >= 0")
-    if config.optim.stlr_ratio < 1 or not 0 < config.optim.stlr_cut_frac < 1:
-        raise ConfigError("optim.stlr_ratio must be >= 1 and optim.stlr_cut_frac in (0, 1)")
+    validate_optim(config.optim)
     if config.precision.compute not in COMPUTE_DTYPES:
         raise ConfigError(f"precision.compute must be one of {list(COMPUTE_DTYPES)}, "
                           f"got {config.precision.compute!r}")
@@ -299,6 +290,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
 
 
 OPTIMIZERS = ("adam", "sgd", "ntasgd")
+WEIGHT_DECAY_STYLES = ("coupled", "decoupled")
+WEIGHT_DECAY_ON = ("all", "matrices")
 
 
 def parse_epochs(text: str) -> tuple[float, ...]:
@@ -322,6 +315,33 @@ def bptt_max(train: ml_collections.ConfigDict) -> int:
     return int(train.bptt_max) or int(train.seq_len) + 15
 
 
+def validate_optim(o: ml_collections.ConfigDict) -> None:
+    """The ``optim`` fields that training and fine-tuning share: schedule, rate, clipping,
+    batch scaling and weight decay."""
+    if o.schedule not in SCHEDULES:
+        raise ConfigError(f"optim.schedule must be one of {list(SCHEDULES)}, got {o.schedule!r}")
+    if o.lr <= 0:
+        raise ConfigError(f"optim.lr must be > 0, got {o.lr}")
+    if o.warmup_steps < 0 or o.decay_steps < 0 or o.clip < 0:
+        raise ConfigError("optim.warmup_steps, optim.decay_steps and optim.clip must be >= 0")
+    if o.decay_epochs < 0:
+        raise ConfigError(f"optim.decay_epochs must be >= 0, got {o.decay_epochs}")
+    if o.lr_scaling not in LR_SCALINGS:
+        raise ConfigError(f"optim.lr_scaling must be one of {list(LR_SCALINGS)}, got {o.lr_scaling!r}")
+    if o.base_batch_size < 1 or o.lr_max < 0:
+        raise ConfigError("optim.base_batch_size must be >= 1 and optim.lr_max >= 0")
+    if o.stlr_ratio < 1 or not 0 < o.stlr_cut_frac < 1:
+        raise ConfigError("optim.stlr_ratio must be >= 1 and optim.stlr_cut_frac in (0, 1)")
+    if o.weight_decay < 0:
+        raise ConfigError(f"optim.weight_decay must be >= 0, got {o.weight_decay}")
+    if o.weight_decay_style not in WEIGHT_DECAY_STYLES:
+        raise ConfigError(f"optim.weight_decay_style must be one of {list(WEIGHT_DECAY_STYLES)}, "
+                          f"got {o.weight_decay_style!r}")
+    if o.weight_decay_on not in WEIGHT_DECAY_ON:
+        raise ConfigError(f"optim.weight_decay_on must be one of {list(WEIGHT_DECAY_ON)}, got "
+                          f"{o.weight_decay_on!r}")
+
+
 def validate_awd(config: ml_collections.ConfigDict) -> None:
     """Word-level data, AWD optimizers and variable BPTT settings."""
     d, o, t = config.data, config.optim, config.train
@@ -331,8 +351,6 @@ def validate_awd(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"data.word_vocab_size must be 0 (no cap) or > 3, got {d.word_vocab_size!r}")
     if o.name not in OPTIMIZERS:
         raise ConfigError(f"optim.name must be one of {list(OPTIMIZERS)}, got {o.name!r}")
-    if o.weight_decay < 0:
-        raise ConfigError(f"optim.weight_decay must be >= 0, got {o.weight_decay}")
     parse_epochs(o.lr_drop_epochs)
     if not 0 < o.lr_drop_factor <= 1:
         raise ConfigError(f"optim.lr_drop_factor must be in (0, 1], got {o.lr_drop_factor}")

@@ -21,13 +21,15 @@ import sys
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 from jax.sharding import Mesh
 
 from lmscale.atomic import write_json
-from lmscale.config import ConfigError, check_known_fields, load_config, save_config, scaled_lr
+from lmscale.config import (ConfigError, check_known_fields, load_config, save_config, scaled_lr,
+                            validate_optim, with_global_batch)
 from lmscale.data.errors import DataError
 from lmscale.finetuning.data import Encoded, TrainBatches, class_weights_from, encode
 from lmscale.finetuning.head import init_classifier
@@ -42,7 +44,8 @@ from lmscale.training.optimizer import make_finetune_optimizer
 from lmscale.training.in_flight import InFlight
 from lmscale.training.precision import LossScale, Policy, print_compute_hint
 from lmscale.training.restore import TrainedLM, load_trained
-from lmscale.training.resume import RUN_FILES, archive_previous_run
+from lmscale.training.schedules import warmup_note
+from lmscale.training.resume import RUN_FILES, archive_previous_run, check_same_optimizer
 from lmscale.training.state import TrainState, host_zeros, initial_state, placed_on, state_shardings
 from lmscale.training.step_timer import StepTimer
 from lmscale.training.stop import StopSignal
@@ -143,7 +146,10 @@ def finetune(config: ml_collections.ConfigDict, workdir: str,
              devices: list[jax.Device] | None = None) -> dict[str, Any]:
     """Fine-tunes (or resumes) the classifier in ``workdir``; returns the results dict."""
     check_known_fields(config)
+    validate_optim(config.optim)
+    check_used_in_fine_tuning(config)
     mesh = mesh_lib.make_mesh(devices)
+    config = with_global_batch(config, mesh.size)
     ft = config.finetune
     if ft.best_metric not in METRICS:
         raise ConfigError(f"finetune.best_metric must be one of {list(METRICS)}, got {ft.best_metric!r}")
@@ -156,6 +162,22 @@ def finetune(config: ml_collections.ConfigDict, workdir: str,
     config = resolve_config(config, lm)
     with locked_workdir(workdir), contextlib.ExitStack() as on_exit:
         return _finetune(config, workdir, mesh, lm, splits, num_classes, class_names, on_exit)
+
+
+# Training settings fine-tuning has no use for, with the value that means "off".
+NOT_IN_FINE_TUNING = {"optim.name": "adam", "optim.lr_drop_epochs": "", "train.grad_accum_steps": 1,
+                      "train.variable_bptt": False}
+
+
+def check_used_in_fine_tuning(config: ml_collections.ConfigDict) -> None:
+    """Refuses a setting of LM training that fine-tuning would ignore (its optimizer is Adam
+    per part, its batches whole texts), rather than record it in config.json as if applied."""
+    for key, off in NOT_IN_FINE_TUNING.items():
+        section, name = key.split(".")
+        if config[section][name] != off:
+            raise ConfigError(f"{key}={config[section][name]!r} is a setting of language-model "
+                              f"training that fine-tuning does not use (it trains with Adam, one "
+                              f"rate per part, on whole texts); leave it at {off!r}")
 
 
 def check_not_a_language_model_run(workdir: str, init_from: str) -> None:
@@ -211,6 +233,8 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
     if config.train.epochs > 0:
         steps = min(steps, max(1, int(np.ceil(config.train.epochs * batches.steps_per_epoch))))
     decay = config.optim.decay_steps or steps
+    if config.optim.decay_epochs > 0:
+        decay = min(decay, max(1, int(np.ceil(config.optim.decay_epochs * batches.steps_per_epoch))))
     lr = scaled_lr(config.optim, config.train.batch_size)
     head_lr = ft.head_lr or lr
     tx, schedules = make_finetune_optimizer(config.optim, decay, lr=lr, head_lr=head_lr,
@@ -227,6 +251,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
         meta = checkpointer.read_meta()
         check_same_model(meta["signature"], signature, workdir)
         check_same_start(meta, config, lm.step, workdir)
+        check_same_optimizer(meta.get("config") or {}, config.to_dict(), workdir)
         state = checkpointer.restore(state, shardings)
     start = int(jax.device_get(state.step))
     derived = {"steps": steps, "steps_per_epoch": batches.steps_per_epoch, "decay_steps": decay,
@@ -243,6 +268,9 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
               file=sys.stderr, flush=True)
     if is_main:
         print_compute_hint(config.precision.compute, mesh.devices.flat[0])
+        note = warmup_note(config.optim.schedule, config.optim.warmup_steps, steps, decay)
+        if note:
+            print(note, file=sys.stderr, flush=True)
         lm.tokenizer.save(workdir)  # the run is self-contained for lmscale.classify
         save_config(config, derived, os.path.join(workdir, "config.json"))
     meta = {"signature": signature, "precision": config.precision.compute,
@@ -254,7 +282,8 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
         if train_lm not in step_fns:
             fn = make_finetune_step(graphdef, tx, mesh, multilabel=ft.multilabel, class_weights=cw,
                                     aux_weight=ft.aux_lm_weight, train_lm=train_lm,
-                                    dropout=ft.head_dropout > 0)
+                                    dropout=ft.head_dropout > 0,
+                                    grad_reduce_dtype=jnp.dtype(config.parallel.grad_reduce_dtype))
             rows = mesh_lib.batch_sharded(mesh)
             step_fns[train_lm] = jax.jit(fn, in_shardings=(shardings, dict.fromkeys(BATCH_KEYS, rows)),
                                          out_shardings=(shardings, mesh_lib.replicated(mesh)),

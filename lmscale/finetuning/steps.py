@@ -78,11 +78,12 @@ def correct_count(logits: jax.Array, labels: jax.Array, row_weights: jax.Array,
 
 def make_finetune_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, mesh: Mesh, *,
                        multilabel: bool, class_weights: np.ndarray | None, aux_weight: float,
-                       train_lm: bool, dropout: bool
+                       train_lm: bool, dropout: bool, grad_reduce_dtype: Any = jnp.float32
                        ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """Returns ``step(state, batch) -> (state, metrics)``; pure, to be jitted over ``mesh``.
 
     ``state.acc`` accumulates the SUMS and "steps" between train log records.
+    ``grad_reduce_dtype``: the gradients' dtype in the all-reduce (``parallel.grad_reduce_dtype``).
     """
     cw = None if class_weights is None or not multilabel else jnp.asarray(class_weights, jnp.float32)
 
@@ -108,11 +109,11 @@ def make_finetune_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
 
         grads, sums = jax.grad(loss_fn, has_aux=True)(local_params)
         if train_lm:
-            return allreduce(grads, sums)
+            return allreduce(grads, sums, grad_reduce_dtype)
         # Frozen LM: its gradients are zeros on every device; reduce the head's only.
         flat, treedef = jax.tree_util.tree_flatten_with_path(grads)
         head = [g for path, g in flat if part(path) == "head"]
-        head, sums = allreduce(head, sums)
+        head, sums = allreduce(head, sums, grad_reduce_dtype)
         it = iter(head)
         zeros = [jnp.zeros_like(x) for x in jax.tree.leaves(params)]  # replicated, not varying
         return jax.tree_util.tree_unflatten(

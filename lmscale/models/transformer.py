@@ -186,6 +186,11 @@ def check_args(*, layers: Any, d_model: Any, heads: Any, d_ff: Any, max_len: Any
             raise ValueError(f"model.{name} must be in [0, 1), got {value}")
 
 
+# The attribute holding every block's params stacked [L, ...] (the optimizer's weight-decay
+# mask reads per-layer shapes through it).
+STACKED_LAYERS = "blocks"
+
+
 class TransformerLM(nnx.Module):
     """Decoder-only transformer LM (see module docstring).
 

@@ -6,7 +6,10 @@ AWD-LSTM's optimization (``optim.name`` "sgd" / "ntasgd", ``optim.weight_decay``
 (``g + wd * p``, as torch SGD/Adam ``weight_decay``), then SGD or Adam, the learning rate
 (with its step drops), the variable-BPTT factor of the step (``step_factor``), and for
 NT-ASGD the running average of the weights (``ntasgd.average_after_switch``). The default
-("adam", no decay, no drops) is exactly the chain it always was.
+("adam", no decay, no drops) is exactly the chain it always was. Decoupled weight decay
+(``optim.weight_decay_style="decoupled"``, AdamW) comes after Adam's scaling instead, so the
+step is ``lr * (adam(g) + wd * p)``; ``optim.weight_decay_on="matrices"`` masks it to the
+parameters of two or more dimensions (GPT-2's and nanoGPT's rule).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from lmscale.models.transformer import STACKED_LAYERS
 from lmscale.training.ntasgd import average_after_switch
 from lmscale.training.schedules import make_schedule, with_drops
 
@@ -38,21 +42,49 @@ def make_optimizer(optim: ml_collections.ConfigDict, decay_steps: int, lr: float
     if lr_drop_steps:
         schedule = with_drops(schedule, lr_drop_steps, optim.lr_drop_factor)
     name = optim.get("name", "adam")
+    if name not in ("adam", "sgd", "ntasgd"):
+        raise ValueError(f"optim.name must be one of ['adam', 'sgd', 'ntasgd'], got {name!r}")
     parts = []
     if optim.clip > 0:
         parts.append(optax.clip_by_global_norm(optim.clip))
-    if optim.get("weight_decay", 0.0) > 0:
-        parts.append(optax.add_decayed_weights(optim.weight_decay))  # coupled L2: g + wd * p
-    if name == "adam":
-        parts.append(optax.scale_by_adam(b1=optim.b1, b2=optim.b2, eps=optim.eps))
-    elif name not in ("sgd", "ntasgd"):
-        raise ValueError(f"optim.name must be one of ['adam', 'sgd', 'ntasgd'], got {name!r}")
-    parts.append(optax.scale_by_learning_rate(schedule))
+    parts += scaled_with_decay(optim, schedule, adam=name == "adam")
     if step_factor:
         parts.append(scale_by_step_factor())
     if name == "ntasgd":
         parts.append(average_after_switch())
     return optax.chain(*parts), schedule
+
+
+def weight_decay(optim: ml_collections.ConfigDict) -> tuple[list, list]:
+    """The weight-decay link as (before, after) the optimizer's scaling: coupled L2 before
+    (``g + wd * p``), decoupled (AdamW) after; both empty when ``optim.weight_decay`` is 0.
+    ``optim.weight_decay_on="matrices"`` decays only parameters of 2+ dimensions."""
+    wd = optim.get("weight_decay", 0.0)
+    if wd <= 0:
+        return [], []
+    mask = matrices if optim.get("weight_decay_on", "all") == "matrices" else None
+    link = [optax.add_decayed_weights(wd, mask)]
+    return ([], link) if optim.get("weight_decay_style", "coupled") == "decoupled" else (link, [])
+
+
+def matrices(params: Any) -> Any:
+    """``params``' tree of bools: True for a weight matrix (2+ dimensions per layer; the leading
+    layer axis of a transformer's stacked ``blocks`` not counted), False for biases, norm
+    scales and weight-norm gains."""
+    def is_matrix(path: tuple, p: Any) -> bool:
+        stacked = any(getattr(k, "key", None) == STACKED_LAYERS for k in path)
+        return jnp.ndim(p) - int(stacked) >= 2
+
+    return jax.tree_util.tree_map_with_path(is_matrix, params)
+
+
+def scaled_with_decay(optim: ml_collections.ConfigDict, schedule: optax.Schedule, *,
+                      adam: bool) -> list[optax.GradientTransformation]:
+    """The links from the (clipped) gradient to the step: weight decay where its style puts
+    it, Adam's scaling (``adam``; else plain SGD), and the learning rate ``schedule``."""
+    before, after = weight_decay(optim)
+    scale = [optax.scale_by_adam(b1=optim.b1, b2=optim.b2, eps=optim.eps)] if adam else []
+    return before + scale + after + [optax.scale_by_learning_rate(schedule)]
 
 
 def scale_by_step_factor() -> optax.GradientTransformationExtraArgs:
@@ -98,7 +130,7 @@ def hold_for(inner: optax.GradientTransformation, steps: int) -> optax.GradientT
 def make_finetune_optimizer(optim: ml_collections.ConfigDict, decay_steps: int, *, lr: float,
                             head_lr: float, freeze_steps: int
                             ) -> tuple[optax.GradientTransformation, dict[str, optax.Schedule]]:
-    """Clip by global norm, then Adam per part (``optax.multi_transform`` over the top-level
+    """Clip by global norm, then Adam (with ``optim.weight_decay`` as configured) per part (``optax.multi_transform`` over the top-level
     keys "lm" and "head" of the parameters): the head at ``head_lr`` from step 0, the LM at
     ``lr`` held for its first ``freeze_steps`` updates, its schedule running over the rest.
     Returns (transformation, {"lm": schedule, "head": schedule}) (schedules of each part's count)."""
@@ -108,8 +140,7 @@ def make_finetune_optimizer(optim: ml_collections.ConfigDict, decay_steps: int, 
                              ratio=optim.stlr_ratio, cut_frac=optim.stlr_cut_frac)
 
     schedules = {"lm": sched(lr, decay_steps - freeze_steps), "head": sched(head_lr, decay_steps)}
-    adam = lambda s: optax.chain(optax.scale_by_adam(b1=optim.b1, b2=optim.b2, eps=optim.eps),
-                                 optax.scale_by_learning_rate(s))
+    adam = lambda s: optax.chain(*scaled_with_decay(optim, s, adam=True))
     parts = {"lm": hold_for(adam(schedules["lm"]), freeze_steps), "head": adam(schedules["head"])}
     label = lambda params: jax.tree_util.tree_map_with_path(
         lambda path, _: str(getattr(path[0], "key", path[0])), params)

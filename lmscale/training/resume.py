@@ -98,11 +98,14 @@ def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict, wh
 # (``optimizer.make_optimizer``), and so changes the optimizer state's tree; absent from an
 # older checkpoint: off (0 / False).
 OPTIMIZER_LINKS = ("optim.clip", "optim.weight_decay", "train.variable_bptt")
+# With weight decay on, these place or mask its link (their value in an older checkpoint).
+WEIGHT_DECAY_FORM = {"optim.weight_decay_style": "coupled", "optim.weight_decay_on": "all"}
 
 
 def check_same_optimizer(old: dict[str, Any], new: dict[str, Any], where: str) -> None:
     """Refuses a resume with another optimizer layout: ``optim.name`` ("adam" in a checkpoint
-    that predates it), or a link of the chain turned on/off (``OPTIMIZER_LINKS``): the
+    that predates it), a link of the chain turned on/off (``OPTIMIZER_LINKS``), or weight decay
+    moved or masked otherwise (``WEIGHT_DECAY_FORM``): the
     checkpoint's optimizer state would not fit (orbax reported it as an unreadable checkpoint,
     and falling back moved good checkpoints aside)."""
     changed = None
@@ -113,13 +116,17 @@ def check_same_optimizer(old: dict[str, Any], new: dict[str, Any], where: str) -
         b, a = _get(old, key) or 0, _get(new, key) or 0
         if changed is None and bool(b) != bool(a):
             changed = (key, b, a)
+    if _get(old, "optim.weight_decay") and _get(new, "optim.weight_decay"):
+        for key, default in WEIGHT_DECAY_FORM.items():  # where the link sits, and its mask
+            b, a = _get(old, key) or default, _get(new, key)
+            if changed is None and b != a:
+                changed = (key, b, a)
     if changed is None:
         return
     key, before, after = changed
     raise CheckpointMismatchError(
         f"{where} was trained with {key}={before!r}; resuming it with {key}={after!r} is "
-        f"refused (the optimizer state differs: a step of the optimizer is on in one and off in "
-        f"the other); use the same setting, a new --workdir, or --config.resume=false to start "
+        f"refused (the optimizer state differs: its chain of steps is not the same); use the same setting, a new --workdir, or --config.resume=false to start "
         f"afresh (the old run is archived)")
 
 

@@ -37,6 +37,22 @@ def make_schedule(kind: str, lr: float, *, warmup_steps: int, decay_steps: int,
     return _not_negative(body)
 
 
+def warmup_note(schedule: str, warmup_steps: int, steps: int, decay_steps: int) -> str | None:
+    """A note when the warmup does not fit the run (say a production config's 2000 warmup steps
+    in a 10-step smoke run): the rate never reaches its peak, or drops to 0 right after it."""
+    if warmup_steps <= 0 or schedule == "slanted_triangular":
+        return None
+    if warmup_steps >= steps:
+        return (f"note: optim.warmup_steps={warmup_steps} is not shorter than the run's {steps} "
+                f"steps: the learning rate rises to {(steps - 1) / warmup_steps:.1%} of its peak "
+                f"at most")
+    if schedule in ("linear", "cosine") and warmup_steps >= decay_steps:
+        return (f"note: optim.warmup_steps={warmup_steps} is not shorter than the decay horizon "
+                f"of {decay_steps} steps: the {schedule} decay drops the learning rate from its "
+                f"peak to 0 in one step")
+    return None
+
+
 def _not_negative(schedule: optax.Schedule) -> optax.Schedule:
     """``schedule`` floored at 0: jitted, XLA divides by a constant as a multiply by its
     reciprocal, and a linear decay ended at -4.5e-11 instead of 0 (lr 3e-3, warmup 20, decay

@@ -402,3 +402,45 @@ def test_bad_input_one_line_errors(sst_run, data, tmp_path):
                 finetune(ft_config(sst_run, data["sst_train"], data["sst_val"],
                                    **{"resume": resume}), workdir)
     assert not (other / "best").exists() and not (other / "archive").exists()
+
+
+def test_optimizer_settings_are_applied_or_refused(sst_run, data, tmp_path, capsys):
+    """optim.weight_decay (and optim.name, lr_drop_epochs, ...) were ignored by fine-tuning and
+    recorded in config.json as if applied. Now weight decay, the per-device batch, the decay
+    horizon in epochs and the bfloat16 all-reduce apply; LM-training-only settings are refused."""
+    import math
+    import re
+    from lmscale.config import ConfigError
+    from lmscale.finetuning.loop import finetune
+    for key, value in (("optim.name", "sgd"), ("optim.lr_drop_epochs", "2"),
+                       ("train.grad_accum_steps", 2), ("train.variable_bptt", True)):
+        with pytest.raises(ConfigError, match=f"^{re.escape(key)}=.* fine-tuning does not use"):
+            finetune(ft_config(sst_run, data["sst_train"], data["sst_val"], **{key: value}),
+                     str(tmp_path / "refused"))
+    with pytest.raises(ConfigError, match="optim.weight_decay_on must be one of"):
+        finetune(ft_config(sst_run, data["sst_train"], data["sst_val"],
+                           **{"optim.weight_decay_on": "weights"}), str(tmp_path / "refused"))
+    assert not (tmp_path / "refused").exists()
+
+    common = {"train.steps": 4, "train.eval_every": 4, "finetune.freeze_steps": 0,
+              "train.per_device_batch_size": 8, "optim.schedule": "linear",
+              "optim.decay_epochs": 0.05, "optim.warmup_steps": 4,
+              "parallel.grad_reduce_dtype": "bfloat16"}
+    runs = {}
+    for name, decay in (("plain", {}), ("decayed", {"optim.weight_decay": 1.0,
+                                                     "optim.weight_decay_style": "decoupled",
+                                                     "optim.weight_decay_on": "matrices"})):
+        runs[name] = str(tmp_path / name)
+        capsys.readouterr()
+        finetune(ft_config(sst_run, data["sst_train"], data["sst_val"], **common, **decay), runs[name])
+        assert ("note: optim.warmup_steps=4 is not shorter than the run's 4 steps: the learning "
+                "rate rises to 75.0% of its peak at most") in capsys.readouterr().err
+    saved = json.load(open(os.path.join(runs["decayed"], "config.json")))
+    batch = 8 * jax.device_count()
+    assert saved["train"]["batch_size"] == batch
+    assert saved["derived"]["decay_steps"] == min(4, math.ceil(0.05 * math.ceil(256 / batch))) < 4
+    plain, decayed = _params(runs["plain"]), _params(runs["decayed"])
+    differ = lambda a, b: not np.array_equal(np.asarray(a), np.asarray(b))
+    assert differ(plain["lm"]["embedding"]["embedding"], decayed["lm"]["embedding"]["embedding"])
+    assert all(differ(a, b) for a, b in zip(jax.tree.leaves(plain["head"]),
+                                            jax.tree.leaves(decayed["head"])) if a.ndim >= 2)

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from lmscale.training.schedules import make_schedule
+from lmscale.training.schedules import make_schedule, warmup_note
 
 
 def test_linear_decays_to_zero_at_decay_steps():
@@ -57,3 +57,16 @@ def test_slanted_triangular_matches_sentiment_discovery_shape():
     np.testing.assert_allclose(float(s(550)), 1.0 - 0.99 * 0.5, rtol=1e-6)  # halfway down
     np.testing.assert_allclose(float(s(1000)), 0.01, rtol=1e-6)
     np.testing.assert_allclose(float(s(5000)), 0.01, rtol=1e-6)  # stays at the floor
+
+
+def test_a_warmup_that_does_not_fit_the_run_is_noted():
+    """A production config's warmup in a short run was silent: the rate never reached its peak
+    (or a linear/cosine decay fell from the peak to 0 in one step)."""
+    note = warmup_note("cosine", 5000, 10, 10)
+    assert note.startswith("note: optim.warmup_steps=5000 is not shorter than the run's 10 steps")
+    schedule = make_schedule("cosine", 1.0, warmup_steps=5000, decay_steps=10)
+    assert f"{max(float(schedule(s)) for s in range(10)):.1%} of its peak" in note  # 0.2%
+    assert "decay drops" in warmup_note("linear", 100, 200, 100)
+    assert warmup_note("constant", 100, 200, 100) is None  # no decay to cut short
+    for fits in (("linear", 100, 1000, 1000), ("cosine", 0, 5, 5), ("slanted_triangular", 100, 5, 5)):
+        assert warmup_note(*fits) is None
