@@ -86,6 +86,20 @@ def device_groups(parallel: int) -> list[dict[str, str]]:
     return groups
 
 
+def idle_groups_note(parallel: int, to_run: int, envs: list[dict[str, str]]) -> str | None:
+    """A note when fewer points are left than GPU groups: the groups (and so each point's
+    device count and global batch) follow --parallel, and the extra groups stay idle."""
+    if to_run >= parallel or not any("CUDA_VISIBLE_DEVICES" in env for env in envs):
+        return None
+    sizes = sorted({len(env["CUDA_VISIBLE_DEVICES"].split(",")) for env in envs})
+    each = " or ".join(str(n) for n in sizes)
+    return (f"note: --parallel={parallel} with {to_run} point{'s' * (to_run != 1)} to train: each "
+            f"point runs on its group of {each} GPU{'s' * (sizes != [1])} and "
+            f"{parallel - to_run} group{'s' * (parallel - to_run != 1)} stay idle; "
+            f"--parallel={to_run} would give each point more GPUs (and a larger global batch "
+            f"where train.per_device_batch_size sets it)")
+
+
 def train_command(point: Point, point_dir: str, options: RunOptions) -> list[str]:
     return [options.python, "-m", "lmscale.train", f"--config={options.config_file}",
             f"--workdir={point_dir}", *options.config_flags, *override_flags(point.overrides)]
@@ -128,6 +142,9 @@ class Runner:
         if not pending:
             return
         envs = device_groups(self.options.parallel)
+        note = idle_groups_note(self.options.parallel, len(pending), envs)
+        if note:
+            self.options.log(note)
         free = list(range(self.options.parallel))
         running: dict[int, tuple[_Job, int]] = {}
         self._running = running  # for _on_signal's second signal

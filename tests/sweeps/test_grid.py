@@ -85,3 +85,17 @@ def test_parallel_points_get_disjoint_gpu_groups(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     # CPU: the points share the cores, so none splits the host into devices
     assert device_groups(3) == [{"JAX_NUM_CPU_DEVICES": "1"}] * 3
+
+
+def test_more_gpu_groups_than_points_is_noted(monkeypatch):
+    """--parallel=8 on a 2-point sweep ran each point on 1 of 8 GPUs, 6 idle, without a word."""
+    from lmscale.sweeps.runner import device_groups, idle_groups_note
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3,4,5,6,7")
+    assert idle_groups_note(8, 2, device_groups(8)) == (
+        "note: --parallel=8 with 2 points to train: each point runs on its group of 1 GPU and 6 "
+        "groups stay idle; --parallel=2 would give each point more GPUs (and a larger global "
+        "batch where train.per_device_batch_size sets it)")
+    assert "group of 2 or 3 GPUs and 2 groups stay idle" in idle_groups_note(3, 1, device_groups(3))
+    assert idle_groups_note(4, 4, device_groups(4)) is None  # every group busy
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert idle_groups_note(4, 2, device_groups(4)) is None  # CPU: no groups, fewer processes
