@@ -71,3 +71,24 @@ def test_a_second_call_leaves_no_stale_heatmap_and_records_its_settings(sst_run,
     assert not (out / "heatmap.png").exists() and not (out / "heatmap.html").exists()
     record = json.loads((out / "samples.json").read_text())
     assert record["seed"] == 5 and record["length"] == 4 and record["neuron"] is None
+
+
+def test_an_openai_models_heatmap_shows_the_framed_text_it_read(sst_run, tmp_path):
+    """An imported OpenAI model's preprocessing gives bytes ("\\n " + prompt, UTF-8): the
+    heatmap crashed on them after samples.json ('int' object has no attribute 'encode')."""
+    import re
+    import shutil
+    workdir = tmp_path / "lm"
+    shutil.copytree(sst_run, workdir, ignore=shutil.ignore_patterns("transfer", "generate"))
+    config = json.loads((workdir / "config.json").read_text())
+    config["derived"]["preprocess"] = "openai"
+    (workdir / "config.json").write_text(json.dumps(config))
+    proc = subprocess.run(
+        [sys.executable, "-m", "lmscale.generate", f"--workdir={workdir}", "--prompt=Très bon",
+         "--length=6", "--temperature=0", "--neuron=3", "--neuron_value=1"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    page = (workdir / "generate" / "heatmap.html").read_text(encoding="utf-8")
+    shown = "".join(re.findall(r"<span [^>]*>([^<]*)</span>", page))
+    assert shown.startswith("\n Très bon")
+    assert (workdir / "generate" / "heatmap.png").exists()

@@ -7,6 +7,11 @@ file (no header row), a column missing from the header (listing the columns ther
 with more fields than the header (an unquoted comma inside a text, which ``csv.DictReader``
 would otherwise keep under the key None and read a truncated text from) or with fewer,
 invalid UTF-8, and malformed CSV.
+
+A .csv file follows the CSV quoting rules (a field in double quotes may hold commas, quotes
+doubled and newlines). A tab-separated file (``delimiter="\\t"``) has no quoting, as TSV
+files usually have (GLUE's, for one): each line is one row, its fields are split at every
+tab and a double quote is a character of the text like any other.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ def csv_rows(path: str, columns: Sequence[str], delimiter: str = ",", *,
     csv.field_size_limit(sys.maxsize)
     try:
         with open_input(path, "r", encoding="utf-8-sig", newline="") as f:
-            reader = csv.DictReader(f, delimiter=delimiter)
+            quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+            reader = csv.DictReader(f, delimiter=delimiter, quoting=quoting)
             fields = reader.fieldnames
             if fields is None:
                 if empty_ok:
@@ -42,10 +48,12 @@ def csv_rows(path: str, columns: Sequence[str], delimiter: str = ",", *,
             for row in reader:
                 if None in row or None in row.values():
                     n = len(fields) + len(row.get(None) or ()) - list(row.values()).count(None)
-                    name = "tab" if delimiter == "\t" else "comma"
+                    hint = ("a tab-separated file has no quoting: a text may hold no tab or "
+                            "newline" if delimiter == "\t" else "a comma inside a text must be "
+                            "quoted")
                     raise DataError(
                         f"{path}:{reader.line_num}: {n} fields, and the header has {len(fields)} "
-                        f"(a {name} inside a text must be quoted)")
+                        f"({hint})")
                 yield reader.line_num, row
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not valid UTF-8 ({e})") from None

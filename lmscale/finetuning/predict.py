@@ -67,32 +67,50 @@ def write_predictions(path: str, texts: Sequence[str], probs: np.ndarray, pred: 
 
 def read_texts(path: str, text_column: str) -> list[str]:
     """The texts of a .csv/.tsv (column ``text_column``) or .jsonl (field) file; DataError names
-    the file and the columns there when the column is missing, or the row of an empty text."""
+    the file and the columns there when the column is missing, or the file and line of bad
+    JSON, of a line that is not a JSON object, of a text that is not a string (null) or empty."""
     import json
 
     from lmscale.data.csv_rows import csv_rows
     from lmscale.data.errors import DataError
+    from lmscale.transfer.labeled import json_kind
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file")
     from lmscale.data.compression import format_extension, open_input
     ext = format_extension(path)  # texts.csv.gz: ".csv"
     texts: list[str] = []
+
+    def add(text: str, line: int) -> None:
+        if not text.strip():
+            raise DataError(f"{path}:{line}: row {len(texts) + 1} has an empty {text_column!r}; "
+                            "every text needs at least one character")
+        texts.append(text)
+
     if ext in (".csv", ".tsv"):
-        texts = [row[text_column] for _, row in csv_rows(
-            path, [text_column], "\t" if ext == ".tsv" else ",", column_hint="set --text_column")]
+        for line, row in csv_rows(path, [text_column], "\t" if ext == ".tsv" else ",",
+                                  column_hint="set --text_column"):
+            add(row[text_column], line)
     elif ext in (".jsonl", ".json"):
         with open_input(path, "r", encoding="utf-8") as f:
             for i, line in enumerate(f, start=1):
-                if line.strip():
+                if not line.strip():
+                    continue
+                try:
                     obj = json.loads(line)
-                    if text_column not in obj:
-                        raise DataError(f"{path}:{i}: no field {text_column!r}; keys are {sorted(obj)}")
-                    texts.append(str(obj[text_column]))
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{i}: bad JSON ({e.msg})") from None
+                if not isinstance(obj, dict):
+                    raise DataError(f"{path}:{i}: {json_kind(obj)}, not a JSON object; each "
+                                    f"line must be one object with the field {text_column!r}")
+                if text_column not in obj:
+                    raise DataError(f"{path}:{i}: no field {text_column!r}; keys are {sorted(obj)}"
+                                    " (set --text_column)")
+                if not isinstance(obj[text_column], str):
+                    raise DataError(f"{path}:{i}: field {text_column!r} is "
+                                    f"{json_kind(obj[text_column])}, not a string")
+                add(obj[text_column], i)
     else:
         raise DataError(f"{path}: unsupported file type {ext!r}; expected .csv, .tsv or .jsonl")
-    for i, t in enumerate(texts):
-        if not t.strip():
-            raise DataError(f"{path}: text {i + 1} is empty; every text needs at least one character")
     if not texts:
         raise DataError(f"{path}: no rows")
     return texts

@@ -115,7 +115,7 @@ def fit_l1(x_train: Any, y_train: np.ndarray, x_val: Any, y_val: np.ndarray,
     for C, model in zip(Cs, models):
         acc = float(model.score(x_val, y_val))
         by_c[float(C)] = acc
-        if best is None or acc > best[1]:
+        if best is None or acc > best[1] or (acc == best[1] and C < best[0]):  # whatever Cs' order
             best = (float(C), acc, model)
     C, val_acc, model = best
     test_acc = None if x_test is None else float(model.score(x_test, y_test))

@@ -46,9 +46,10 @@ from lmscale.transfer import packing
 POOLINGS = ("last", "mean", "max", "min")
 
 
-def preprocess_texts(lm: TrainedLM, texts: Sequence[str]) -> list[str]:
+def preprocess_texts(lm: TrainedLM, texts: Sequence[str]) -> list[str | bytes]:
     """The texts as the LM reads them: with its preprocessing, if it names one (an imported
-    OpenAI model frames each text as '\\n ' + text + ' ', as the original did)."""
+    OpenAI model frames each text as '\\n ' + text + ' ', as the original did, and gives
+    its UTF-8 bytes; the heatmaps take either)."""
     from lmscale.pretrained.preprocess import preprocessor_for
     prep = preprocessor_for(lm.derived)
     return [prep(t) for t in texts]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from typing import Any, Sequence
 
@@ -53,10 +54,6 @@ def load_labeled(spec: str, *, text_column: str = "sentence", label_column: str 
                             "(or tfds:NAME/SPLIT)")
     if not texts:
         raise DataError(f"{spec}: no rows")
-    for i, text in enumerate(texts):
-        if not text.strip():
-            raise DataError(f"{spec}: row {i + 1} has an empty {text_column!r}; every text needs "
-                            "at least one character")
     labels = np.asarray(rows, dtype=np.int64)
     if labels.shape[1] == 1:
         labels = labels[:, 0]
@@ -79,18 +76,38 @@ def _label(value: Any, where: str, column: str) -> int:
         f = float(value)
     except (TypeError, ValueError):
         raise DataError(f"{where}: label {column!r} is {value!r}, not a number") from None
-    if f != int(f):
+    if not math.isfinite(f) or f != int(f):  # nan, inf: int() would raise
         raise DataError(f"{where}: label {column!r} is {value!r}, not an integer class")
     return int(f)
+
+
+def _text(text: str, where: str, row: int, column: str) -> str:
+    """``text``, unless it is empty: then an error at ``where`` (file:line), row ``row`` (the
+    data rows counted from 1)."""
+    if not text.strip():
+        raise DataError(f"{where}: row {row} has an empty {column!r}; every text needs at "
+                        "least one character")
+    return text
 
 
 def _read_csv(path: str, text_column: str, label_names: list[str], delimiter: str
               ) -> tuple[list[str], list[list[int]]]:
     texts, rows = [], []
     for line, row in csv_rows(path, [text_column, *label_names], delimiter):
-        texts.append(row[text_column])
+        texts.append(_text(row[text_column], f"{path}:{line}", len(texts) + 1, text_column))
         rows.append([_label(row[c], f"{path}:{line}", c) for c in label_names])
     return texts, rows
+
+
+def json_kind(value: Any) -> str:
+    """What a decoded JSON value is, for messages: "an array", "a string", "null"..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    kinds = {list: "an array", str: "a string", dict: "an object", int: "a number",
+             float: "a number"}
+    return kinds.get(type(value), type(value).__name__)
 
 
 def _read_jsonl(path: str, text_field: str, label_names: list[str]) -> tuple[list[str], list[list[int]]]:
@@ -103,12 +120,16 @@ def _read_jsonl(path: str, text_field: str, label_names: list[str]) -> tuple[lis
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{i}: bad JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}:{i}: {json_kind(obj)}, not a JSON object; each line "
+                                "must be one object with the text and label fields")
             for key in [text_field, *label_names]:
                 if key not in obj:
                     raise DataError(f"{path}:{i}: no field {key!r}; keys are {sorted(obj)}")
             if not isinstance(obj[text_field], str):
-                raise DataError(f"{path}:{i}: field {text_field!r} is not a string")
-            texts.append(obj[text_field])
+                raise DataError(f"{path}:{i}: field {text_field!r} is "
+                                f"{json_kind(obj[text_field])}, not a string")
+            texts.append(_text(obj[text_field], f"{path}:{i}", len(texts) + 1, text_field))
             rows.append([_label(obj[k], f"{path}:{i}", k) for k in label_names])
     return texts, rows
 
@@ -123,7 +144,8 @@ def _read_tfds(name: str, text_key: str, label_names: list[str]) -> tuple[list[s
             if key not in ex:
                 raise DataError(f"tfds:{name}: no feature {key!r}; features are {sorted(ex)}")
         text = ex[text_key]
-        texts.append(text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text))
+        text = text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text)
+        texts.append(_text(text, f"tfds:{name}", len(texts) + 1, text_key))
         rows.append([int(ex[k]) for k in label_names])
     return texts, rows
 

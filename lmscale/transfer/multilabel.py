@@ -2,7 +2,8 @@
 
 For each label k (a 0/1 column, e.g. one emotion of SemEval-2018 E-c) and each C of the grid,
 an L1 logistic regression is fitted on train; its validation probabilities get the threshold
-that maximizes the label's F1 (as fine-tuning does), and the C whose tuned F1 is best is kept.
+that maximizes the label's F1 (as fine-tuning does), and the C whose tuned F1 is best is kept
+(ties: the smaller C, sparser).
 The K chosen models then predict val and test with their tuned thresholds, scored by the
 same metrics as ``lmscale.finetune`` (macro/micro F1, Jaccard, per class), so the two compare
 directly. A label with a single value in train gets a constant probability (its train rate).
@@ -72,8 +73,8 @@ def fit_l1_multilabel(x_train: Any, y_train: np.ndarray, x_val: Any, y_val: np.n
         for C in Cs:
             model = next(models)
             score = _tuned_f1(model.predict_proba(x_val)[:, 1], y_val[:, j])
-            if best is None or score > best[0]:
-                best = (score, float(C), model)
+            if best is None or score > best[0] or (score == best[0] and C < best[1]):
+                best = (score, float(C), model)  # ties: the smaller C, whatever Cs' order
         _, C, model = best
         coef[j], intercept[j] = model.coef_[0], model.intercept_[0]
         chosen.append(C)

@@ -69,12 +69,13 @@ def _color_range(traces: Sequence[np.ndarray]) -> tuple[float, float]:
     return center, float(np.max(np.abs(values - center)))
 
 
-def heatmap_png(texts: Sequence[str], traces: Sequence[np.ndarray], path: str, *, unit: int,
-                sign: int = 1, width: int = 80) -> None:
+def heatmap_png(texts: Sequence[str | bytes], traces: Sequence[np.ndarray], path: str, *,
+                unit: int, sign: int = 1, width: int = 80) -> None:
     """Each text's characters on a grid, colored by the unit's value after that character.
 
-    ``traces[i]`` has one value per UTF-8 byte of ``texts[i]``; a character takes the
-    value after its last byte.
+    ``traces[i]`` has one value per UTF-8 byte of ``texts[i]`` (a str, or the UTF-8 bytes the
+    model read, decoded here; invalid bytes show as U+FFFD); a character takes the value
+    after its last byte.
     """
     rows: list[tuple[str, np.ndarray]] = []
     for text, trace in zip(texts, traces):
@@ -111,8 +112,8 @@ def heatmap_png(texts: Sequence[str], traces: Sequence[np.ndarray], path: str, *
               file=sys.stderr, flush=True)
 
 
-def heatmap_html(texts: Sequence[str], traces: Sequence[np.ndarray], path: str, *, unit: int,
-                 sign: int = 1) -> None:
+def heatmap_html(texts: Sequence[str | bytes], traces: Sequence[np.ndarray], path: str, *,
+                 unit: int, sign: int = 1) -> None:
     """The same heatmap as a standalone HTML page (hover a character for its value)."""
     center, scale = _color_range(traces)
     parts = [f"<!doctype html><meta charset='utf-8'><title>unit {unit}</title>",
@@ -132,7 +133,15 @@ def heatmap_html(texts: Sequence[str], traces: Sequence[np.ndarray], path: str, 
         f.write("\n".join(parts))
 
 
-def _per_char(text: str, trace: np.ndarray) -> tuple[str, np.ndarray]:
-    """Characters of ``text`` and, for each, the trace value after its last UTF-8 byte."""
-    ends = np.cumsum([len(ch.encode("utf-8")) for ch in text]) - 1
-    return text, np.asarray(trace)[ends] if len(text) else np.zeros(0)
+def _per_char(text: str | bytes, trace: np.ndarray) -> tuple[str, np.ndarray]:
+    """Characters of ``text`` and, for each, the trace value after its last UTF-8 byte.
+
+    ``text`` may be the UTF-8 bytes a model read (an imported OpenAI model's preprocessing
+    gives bytes): decoded, each byte that is not valid UTF-8 shows as U+FFFD, one per byte, so
+    the characters stay aligned with the trace."""
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text).decode("utf-8", errors="surrogateescape")
+    sizes = [len(ch.encode("utf-8", errors="surrogateescape")) for ch in text]
+    shown = "".join("\ufffd" if "\udc80" <= ch <= "\udcff" else ch for ch in text)
+    ends = np.cumsum(sizes, dtype=np.int64) - 1
+    return shown, np.asarray(trace)[ends] if len(text) else np.zeros(0)

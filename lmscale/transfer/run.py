@@ -49,8 +49,12 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
             if multilabel:
                 check_labels(splits[name].labels, True, len(splits[name].label_names), spec,
                              splits[name].label_names)
-            else:
+            elif name == "train":  # the classifier learns both classes from train
                 require_binary(splits[name], label_column)
+            else:  # val and test are only scored: one class is enough (accuracy is defined)
+                check_labels(splits[name].labels, False, 2, spec, splits[name].label_names,
+                             "binary classification", several_columns_hint="a binary task "
+                             "takes one label column")
     lm = with_compute(lm, compute) if lm is not None else load_trained(workdir, compute=compute)
     state = feature_state(lm, state)
     output = output or os.path.join(workdir, "transfer")

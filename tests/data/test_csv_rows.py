@@ -3,6 +3,8 @@ fields than the header named by its line, an empty file an error (or no rows, fo
 
 from __future__ import annotations
 
+import csv
+
 import pytest
 
 from lmscale.data.csv_rows import csv_rows
@@ -51,5 +53,25 @@ def test_an_empty_file_is_named_so_and_a_corpus_may_hold_one(tmp_path):
 def test_tab_separated_says_tab(tmp_path):
     path = tmp_path / "a.tsv"
     path.write_text("text\tlabel\nfine\tfilm\t1\n")
-    with pytest.raises(DataError, match=r"a.tsv:2: 3 fields, and the header has 2 \(a tab inside"):
+    with pytest.raises(DataError, match=r"a.tsv:2: 3 fields, and the header has 2 \(a "
+                                        r"tab-separated file has no quoting: a text may hold "
+                                        r"no tab"):
         list(csv_rows(str(path), ["text"], "\t"))
+
+
+def test_a_tab_separated_file_has_no_quoting(tmp_path):
+    """A text starting with a double quote merged the rows up to the next quote into one
+    text (labels shifted, no error), and quotes around a word were dropped: a .tsv file was
+    read with CSV's quoting rules."""
+    path = tmp_path / "x.tsv"
+    path.write_text('sentence\tlabel\n"Great movie, said nobody\t1\nfine film\t1\n'
+                    'awful "really"\t0\n"Great" is not the word\t0\nok\t1\n')
+    data = load_labeled(str(path))
+    assert data.texts == ['"Great movie, said nobody', "fine film", 'awful "really"',
+                          '"Great" is not the word', "ok"]
+    assert data.labels.tolist() == [1, 1, 0, 0, 1]
+    assert read_texts(str(path), "sentence") == data.texts
+    assert [line for line, _ in csv_rows(str(path), ["sentence"], "\t")] == [2, 3, 4, 5, 6]
+    with open(tmp_path / "c.csv", "w", newline="") as f:  # a .csv keeps CSV's quoting
+        csv.writer(f).writerows([["sentence", "label"], ['a, "b"\nc', 1]])
+    assert load_labeled(str(tmp_path / "c.csv")).texts == ['a, "b"\nc']

@@ -110,3 +110,19 @@ def test_the_neuron_sign_is_its_own_not_its_weight_among_all_units():
     neuron = neuron_summary(fit, x[:400], y[:400], x[400:500], y[400:500], x[500:], y[500:])
     assert neuron["index"] == 7 and neuron["sign"] == -1 and neuron["sign_in_fit"] == 1
     assert neuron["weight"] > 0
+
+
+def test_a_tie_on_val_goes_to_the_smaller_C_whatever_the_order_of_the_grid():
+    """The docstring says ties go to the smaller C (sparser); the first C of the list won, so
+    --C=2,1,0.5 and --C=0.5,1,2 gave different classifiers."""
+    from lmscale.transfer.multilabel import fit_l1_multilabel
+    rng = np.random.default_rng(0)
+    y = np.tile([0, 1], 40)
+    x = rng.normal(size=(80, 5)).astype(np.float32)
+    x[:, 2] += 6.0 * (y - 0.5)  # separable: every C below scores 1.0 on val
+    for Cs in [(2.0, 1.0, 0.5), (0.5, 1.0, 2.0), (1.0, 2.0, 0.5)]:
+        fit = fit_l1(x[:60], y[:60], x[60:], y[60:], Cs=Cs)
+        assert set(fit.val_accuracy_by_C.values()) == {1.0} and fit.C == 0.5, Cs
+        ys = np.stack([y, y], 1)
+        multi = fit_l1_multilabel(x[:60], ys[:60], x[60:], ys[60:], class_names=["a", "b"], Cs=Cs)
+        assert multi.Cs == [0.5, 0.5], Cs

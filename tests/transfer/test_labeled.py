@@ -76,3 +76,43 @@ def test_missing_file_and_tfds_without_the_extra(tmp_path):
     except ImportError:
         with pytest.raises(DataError, match=r"pip install 'lmscale\[tfds\]'"):
             load_labeled("tfds:glue/sst2/validation")
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf"])
+def test_a_label_of_nan_or_inf_is_a_one_line_error_naming_the_file_and_line(tmp_path, value):
+    """float() reads them, and int() of them raised ValueError / OverflowError: a traceback."""
+    p = tmp_path / "v.csv"
+    p.write_text(f"sentence,label\ngood,1\nbad,0\nodd,{value}\n")
+    with pytest.raises(DataError, match=rf"v.csv:4: label 'label' is '{value}', not an integer"):
+        load_labeled(str(p))
+    q = tmp_path / "v.jsonl"
+    q.write_text('{"text": "good", "y": 1}\n{"text": "odd", "y": NaN}\n')
+    with pytest.raises(DataError, match=r"v.jsonl:2: label 'y' is nan, not an integer class"):
+        load_labeled(str(q), text_column="text", label_column="y")
+    r = tmp_path / "m.csv"  # multi-label
+    r.write_text(f"sentence,a,b\ngood,1,0\nodd,0,{value}\n")
+    with pytest.raises(DataError, match=rf"m.csv:3: label 'b' is '{value}', not an integer"):
+        load_labeled(str(r), label_column="a,b")
+
+
+def test_an_empty_text_names_its_file_and_line(tmp_path):
+    """The empty-text error counted data rows ("row 2") where every other error names the
+    file's line: with a quoted newline before it, the two differ."""
+    p = tmp_path / "e.csv"
+    p.write_text('sentence,label\n"two\nlines",1\n"",0\n')
+    with pytest.raises(DataError, match=r"e.csv:4: row 2 has an empty 'sentence'"):
+        load_labeled(str(p))
+    q = tmp_path / "e.jsonl"
+    q.write_text('{"text": "good", "y": 1}\n\n{"text": " ", "y": 0}\n')
+    with pytest.raises(DataError, match=r"e.jsonl:3: row 2 has an empty 'text'"):
+        load_labeled(str(q), text_column="text", label_column="y")
+
+
+def test_a_jsonl_line_that_is_no_object_or_has_no_string_text_says_so(tmp_path):
+    p = tmp_path / "a.jsonl"
+    p.write_text('{"text": "good", "y": 1}\n[1, 2]\n')
+    with pytest.raises(DataError, match=r"a.jsonl:2: an array, not a JSON object"):
+        load_labeled(str(p), text_column="text", label_column="y")
+    p.write_text('{"text": "good", "y": 1}\n{"text": null, "y": 0}\n')
+    with pytest.raises(DataError, match=r"a.jsonl:2: field 'text' is null, not a string"):
+        load_labeled(str(p), text_column="text", label_column="y")
