@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 from absl import app, flags
 
@@ -52,14 +53,20 @@ def main(argv: list[str]) -> None:
         max_len = lm.model().max_len
         if not flags.FLAGS["length"].present and max_len is not None and length > max_len // 2:
             length = max_len // 2  # the default, for a transformer: room for the prompt too
+        found = _transfer_neuron(_WORKDIR.value, lm.model().feature_width, lm.step)
+        neuron_state = _STATE.value
+        if (neuron_state is None and found is not None and found[1]
+                and (_NEURON.value, -1) == (found[0], found[2])):
+            neuron_state = found[1]  # the transfer's neuron, held in the state it was read from
         texts = generate(lm, _PROMPT.value, length, temperature=_TEMPERATURE.value,
                          top_k=_TOP_K.value, top_p=_TOP_P.value, samples=_SAMPLES.value,
                          seed=_SEED.value, neuron=_NEURON.value, neuron_value=_VALUE.value,
-                         neuron_state=_STATE.value)
+                         neuron_state=neuron_state)
         out = _OUTPUT.value or os.path.join(_WORKDIR.value, "generate")
         os.makedirs(out, exist_ok=True)
         record = {"prompt": _PROMPT.value, "length": length, "seed": _SEED.value,
                   "neuron": _NEURON.value, "neuron_value": _VALUE.value,
+                  "neuron_state": neuron_state if _NEURON.value is not None else None,
                   "temperature": _TEMPERATURE.value, "top_k": _TOP_K.value, "top_p": _TOP_P.value,
                   "compute": lm.compute, "samples": texts}
         with open(os.path.join(out, "samples.json"), "w") as f:
@@ -68,12 +75,11 @@ def main(argv: list[str]) -> None:
             if os.path.exists(os.path.join(out, name)):
                 os.remove(os.path.join(out, name))
         unit = _HEATMAP_UNIT.value if _HEATMAP_UNIT.value is not None else _NEURON.value
-        state, layer, sign = _STATE.value, -1, 1
-        found = _transfer_neuron(_WORKDIR.value, lm.model().feature_width)
+        state, layer, sign = neuron_state, -1, 1
         if unit is None and found is not None:  # the transfer's neuron, read as it was found
             unit, state, layer, sign = found
-        elif found is not None and (unit, -1) == (found[0], found[2]):
-            sign = found[3]  # the same unit of the last layer: the transfer's sign
+        elif found is not None and (unit, -1, state or found[1]) == (found[0], found[2], found[1]):
+            state, sign = found[1], found[3]  # the transfer's unit and state: its sign
         if unit is not None:
             traces = [unit_trace(lm, t, unit, state=state, layer=layer) for t in texts]
             shown = preprocess_texts(lm, texts)  # the traces follow the text as the LM read it
@@ -88,15 +94,22 @@ def main(argv: list[str]) -> None:
     print(f"written to {result['output']}")
 
 
-def _transfer_neuron(workdir: str, width: int) -> tuple[int, str | None, int, int] | None:
+def _transfer_neuron(workdir: str, width: int, step: int
+                     ) -> tuple[int, str | None, int, int] | None:
     """(unit in its layer, state, layer, sign) of the neuron `lmscale.transfer` found (in
     WORKDIR/transfer): the state it read, and with --all_layers the layer of the index in the
-    layers' states side by side (``width`` units each); None without a transfer."""
+    layers' states side by side (``width`` units each); None without a transfer, or with one
+    of the LM at another step than ``step`` (its neuron is of other weights: said in a note)."""
     path = os.path.join(workdir, "transfer", "results.json")
     if not os.path.exists(path):
         return None
     with open(path) as f:
         results = json.load(f)
+    of_step = (results.get("lm") or {}).get("step")
+    if of_step is not None and of_step != step:
+        print(f"note: {path} is of the LM at step {of_step}, not this one's {step}: its neuron is "
+              f"not used (re-run lmscale.transfer for this LM's)", file=sys.stderr, flush=True)
+        return None
     neuron, features = results["neuron"], results.get("features", {})
     from lmscale.transfer.featurize import layer_and_unit
     layer, unit = layer_and_unit(int(neuron["index"]), width, bool(features.get("all_layers")))

@@ -92,3 +92,40 @@ def test_an_openai_models_heatmap_shows_the_framed_text_it_read(sst_run, tmp_pat
     shown = "".join(re.findall(r"<span [^>]*>([^<]*)</span>", page))
     assert shown.startswith("\n Très bon")
     assert (workdir / "generate" / "heatmap.png").exists()
+
+
+def test_the_transfers_neuron_is_held_in_its_state_and_a_stale_transfer_is_not_used(sst_run, tmp_path):
+    """A transfer that read unit 3 of the hidden state: ``--neuron=3`` held unit 3 of the cell
+    state (the model's default) while the heatmap took the hidden state's sign; and a transfer
+    of the LM at another step (retrained since) gave the heatmap its unit silently."""
+    import shutil
+
+    from lmscale.generation import generate
+    from lmscale.training.restore import load_trained
+    workdir = tmp_path / "lm"
+    shutil.copytree(sst_run, workdir, ignore=shutil.ignore_patterns("transfer", "generate"))
+    lm = load_trained(str(workdir))
+    (workdir / "transfer").mkdir()
+    results = {"neuron": {"index": 3, "sign": -1}, "lm": {"step": lm.step},
+               "features": {"state": "hidden", "all_layers": False}}
+    (workdir / "transfer" / "results.json").write_text(json.dumps(results))
+    run = lambda *args: subprocess.run(
+        [sys.executable, "-m", "lmscale.generate", f"--workdir={workdir}", "--prompt=The movie",
+         "--length=12", "--temperature=0", *args], cwd=REPO, capture_output=True, text=True,
+        timeout=600)
+    proc = run("--neuron=3", "--neuron_value=0.9")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads((workdir / "generate" / "samples.json").read_text())
+    held = {s: generate(lm, "The movie", 12, temperature=0.0, neuron=3, neuron_value=0.9,
+                        neuron_state=s)[0] for s in ("hidden", "cell")}
+    assert held["hidden"] != held["cell"]
+    assert record["samples"] == [held["hidden"]] and record["neuron_state"] == "hidden"
+    assert run("--neuron=3", "--neuron_value=0.9", "--neuron_state=cell").returncode == 0
+    assert json.loads((workdir / "generate" / "samples.json").read_text())["samples"] == [held["cell"]]
+
+    results["lm"]["step"] = lm.step + 100  # the LM was retrained after the transfer
+    (workdir / "transfer" / "results.json").write_text(json.dumps(results))
+    proc = run()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"is of the LM at step {lm.step + 100}, not this one's {lm.step}" in proc.stderr
+    assert not (workdir / "generate" / "heatmap.png").exists()  # no unit of this LM known
