@@ -6,8 +6,10 @@ Reasoning:
   --devices=8`), so the global batch is 8 x 256 = 2048.
 - Learning rate: the base 5e-4 per 128 sequences, scaled linearly with the global batch
   (2048 / 128 = 16x -> 8e-3) and capped at 3e-3, as the seed capped it; Adam, clip 1.
-- At 2048 the seed still decays linearly to 0 over the data (one epoch here); the 100k-step
-  budget applies to the larger batches (configs/mlstm4096_128gpu.py).
+- Schedule as the seed's own 8-GPU script (experiments/train_mlstm_singlenode.sh: --lr 3e-3
+  --decay-style linear --constant-decay 100000 --train-iters 73000): linear decay over a
+  fixed 100k-step horizon, the run stopped after one epoch (73k steps of 2048 x 256 on its
+  Amazon split), where the rate is still about 0.27 x 3e-3.
 - float16 with dynamic loss scaling (sentiment-discovery's 2**32 start, x2 / window 1000);
   params and Adam state stay float32.
 
@@ -34,7 +36,9 @@ def get_config():
     config.optim.lr_scaling = "linear"
     config.optim.lr_max = 3e-3
     config.train.epochs = 1.0
-    config.optim.decay_epochs = 1.0
+    config.optim.schedule = "linear"
+    config.optim.decay_steps = 100_000  # the seed's --constant-decay: a fixed horizon ...
+    config.optim.decay_epochs = 0.0  # ... not the base config's one epoch
     config.precision.compute = "float16"
     config.lock()
     return config

@@ -4,10 +4,13 @@ Reasoning:
 - Four times the recurrent parameters and FLOPs per character of the 4096-d model
   (W_mh 8192^2 and W_h 8192 x 32768 dominate); float32 master weights + Adam state are
   ~5.4 GB per GPU, so activations get the rest.
-- 128 sequences per GPU (half of the 4096-d runs, to fit activations of 256 time steps
-  in 80 GB: check with `python -m lmscale.plan --config=configs/mlstm8192.py --devices=8`).
-- Learning rate: 5e-4 per 128 sequences scaled linearly, capped at 3e-3 as the seed;
-  linear decay to 0 over min(100k steps, 3 epochs).
+- 128 sequences per GPU (half of the 4096-d runs: 17.7 GiB planned, for 32 GB V100s as the
+  paper's); on 80 GB GPUs the 4096-d runs' 256 fit too (34.4 GiB planned with the GPU loops,
+  `python -m lmscale.plan --config=configs/mlstm8192.py --devices=8 --layout=batch
+  --config.train.per_device_batch_size=256`). On 16 nodes x 8 GPUs the global batch is
+  16,384 at 128 per GPU (32 nodes, or 256 per GPU, for the 32k of the 4096-d run).
+- Learning rate: 5e-4 per 128 sequences scaled linearly, capped at 3e-3 as the seed; linear
+  decay over the 4096-d run's fixed 100k-step horizon (configs/mlstm4096_128gpu.py).
 
     sbatch --nodes=16 launch/slurm_mlstm.sbatch configs/mlstm8192.py runs/mlstm8192
 """

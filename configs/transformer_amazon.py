@@ -10,10 +10,13 @@ Reasoning (the seed: NVIDIA/sentiment-discovery's transformer, fairseq's decoder
   scaling with the batch; Adam at 1e-4 with cosine annealing.
 - float16 with dynamic loss scaling (2**32 start, as the mLSTM recipe); params and Adam state
   float32.
-- Dropout 0.1 on the residual branches and embeddings (fairseq's transformer_lm default;
-  the seed's README does not state it), none on attention probabilities or inside the
-  feed-forward.
-- The seed ran about 3 days on 8 V100s; train.steps bounds the run, cosine decays to 0 there.
+- Dropout 0.1 on the residual branches and embeddings and 0.1 after the feed-forward's
+  activation (the seed's arguments.py defaults: --dropout 0.1, --relu-dropout 0.1), none on
+  attention probabilities (--attention-dropout 0.0).
+- 670,000 steps, cosine to 0 there (the seed's experiments/train_transformer_singlenode.sh:
+  --train-iters 670000 --decay-style cosine; about 3 days on 8 V100s).
+- One difference: lmscale's untied output head has a bias (32,001 parameters more than the
+  seed's bias-free output projection).
 
     python -m lmscale.prepare --input='/data/amazon/*.json' --text_field=reviewText \
         --output=/data/amazon_sp32k --tokenizer=sentencepiece --vocab_size=32000 --split=1000,1,1
@@ -45,10 +48,10 @@ def get_config():
     config.model.tie_embeddings = False
     config.model.dropout = 0.1
     config.model.attn_dropout = 0.0
-    config.model.ff_dropout = 0.0
+    config.model.ff_dropout = 0.1
     config.train.seq_len = 64
     config.train.per_device_batch_size = 32  # x 8 GPUs = 256 global
-    config.train.steps = 1_000_000
+    config.train.steps = 670_000
     config.train.log_every = 100
     config.train.eval_every = 5000
     config.train.eval_batch_size = 256

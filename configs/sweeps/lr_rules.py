@@ -24,7 +24,7 @@ import math
 BATCHES = [32, 128, 256, 512]  # the paper's 2k, 8k, 16k, 32k divided by 64
 SEQ_LEN = 64  # configs/lr_rules.py
 CORPUS_CHARS = 1_115_394  # tinyshakespeare
-FULL_CHARS = 3 * CORPUS_CHARS  # without a budget: three epochs (the paper: min(100k steps, 3 epochs))
+FULL_CHARS = 3 * CORPUS_CHARS  # without a budget: three epochs (the paper's run length)
 CPU_CHARS_PER_S = 32_000  # a 128-unit mLSTM on 2 CPU cores (measured, batches 32-512)
 CPU_OVERHEAD_S = 10  # per point: start, compilation, validation
 

@@ -164,3 +164,22 @@ def test_an_unknown_override_key_is_named(tmp_path, flag, message):
                           text=True, timeout=120)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [message]
+
+
+def test_paper_configs_follow_the_seeds_published_schedules():
+    """sentiment-discovery's published settings (experiments/train_mlstm_singlenode.sh:
+    --lr 3e-3 --decay-style linear --constant-decay 100000 --train-iters 73000;
+    analysis/reproduction.md: "a linear decay rate over 100k steps for global batch sizes
+    greater than 2048"; train_transformer_singlenode.sh: --train-iters 670000 --decay-style
+    cosine; arguments.py: --relu-dropout 0.1). The 32k config had decayed to 0 over 3 epochs
+    (~13.7k steps) and the 8-GPU one over 1 epoch, both said to be the seed's rule."""
+    from lmscale.config import config_from_file, derive, with_global_batch
+    one_node = with_global_batch(config_from_file("configs/mlstm4096_8gpu.py"), 8)
+    d = derive(one_node, steps_per_epoch=73_000)  # the seed's 73k steps of 2048 x 256
+    assert (one_node.train.batch_size, d["lr"], d["steps"], d["decay_steps"]) == (2048, 3e-3, 73_000, 100_000)
+    headline = with_global_batch(config_from_file("configs/mlstm4096_128gpu.py"), 128)
+    d = derive(headline, steps_per_epoch=4_563)  # 3.83e10 characters / (32768 x 256)
+    assert (headline.train.batch_size, d["lr"], d["steps"], d["decay_steps"]) == (32768, 3e-3, 13_689, 100_000)
+    transformer = config_from_file("configs/transformer_amazon.py")
+    assert (transformer.train.steps, transformer.optim.schedule) == (670_000, "cosine")
+    assert (transformer.model.dropout, transformer.model.ff_dropout, transformer.model.attn_dropout) == (0.1, 0.1, 0.0)
