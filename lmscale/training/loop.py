@@ -43,7 +43,7 @@ from lmscale.training.best import BestKeeper
 from lmscale.training.metrics import MetricsWriter, add_perplexity, read_metrics
 from lmscale.training.ntasgd import NTASGDMonitor, eval_params, switch_on
 from lmscale.training.precision import LossScale, print_compute_hint
-from lmscale.training.schedules import warmup_note
+from lmscale.training.schedules import batch_and_rate_note, warmup_note
 from lmscale.training.setup import build_train_setup, jit_train_step
 from lmscale.training.state import host_zeros, zero_acc
 from lmscale.training.steps import make_eval_step
@@ -152,10 +152,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
             print(f"resuming {workdir} from its checkpoint at step {start} (of "
                   f"{derived['steps']})", file=sys.stderr, flush=True)
         print_compute_hint(config.precision.compute, mesh.devices.flat[0])
-        note = warmup_note(config.optim.schedule, config.optim.warmup_steps, derived["steps"],
-                           derived["decay_steps"])
-        if note:
-            print(note, file=sys.stderr, flush=True)
+        for note in (batch_and_rate_note(config, mesh.size, derived["lr"]),
+                     warmup_note(config.optim.schedule, config.optim.warmup_steps,
+                                 derived["steps"], derived["decay_steps"])):
+            if note:
+                print(note, file=sys.stderr, flush=True)
         tokenizer.save(workdir)  # the workdir is self-contained (e.g. a SentencePiece model)
         keep_config_history(workdir, {**config.to_dict(), "derived": derived}, start)
         save_config(config, derived, os.path.join(workdir, "config.json"))

@@ -53,6 +53,22 @@ def warmup_note(schedule: str, warmup_steps: int, steps: int, decay_steps: int) 
     return None
 
 
+def batch_and_rate_note(config, devices: int, lr: float) -> str | None:
+    """What the run's global batch and peak rate became, when the config derives them
+    (``train.per_device_batch_size``, ``optim.lr_scaling``): a GPU config started on a CPU
+    host trains at another batch and rate than its numbers say."""
+    t, o = config.train, config.optim
+    if not t.per_device_batch_size and o.lr_scaling == "none":
+        return None
+    batch = (f"global batch {t.batch_size} ({t.per_device_batch_size} per device x {devices} devices)"
+             if t.per_device_batch_size else f"global batch {t.batch_size}")
+    rate = f"learning rate {lr:.3g}"
+    if o.lr_scaling != "none":
+        cap = f", capped at {o.lr_max:g}" if o.lr_max > 0 else ""
+        rate += f" ({o.lr:g} at batch {o.base_batch_size}, scaled {o.lr_scaling}{cap})"
+    return f"note: {batch}, {rate}"
+
+
 def _not_negative(schedule: optax.Schedule) -> optax.Schedule:
     """``schedule`` floored at 0: jitted, XLA divides by a constant as a multiply by its
     reciprocal, and a linear decay ended at -4.5e-11 instead of 0 (lr 3e-3, warmup 20, decay

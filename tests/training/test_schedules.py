@@ -70,3 +70,17 @@ def test_a_warmup_that_does_not_fit_the_run_is_noted():
     assert warmup_note("constant", 100, 200, 100) is None  # no decay to cut short
     for fits in (("linear", 100, 1000, 1000), ("cosine", 0, 5, 5), ("slanted_triangular", 100, 5, 5)):
         assert warmup_note(*fits) is None
+
+
+def test_a_derived_batch_and_rate_are_said():
+    """A GPU config on 2 CPU devices (256 per device, linear scaling capped at 3e-3) trained
+    at global batch 512 and lr 2e-3 with nothing said (only config.json's derived values)."""
+    from lmscale.config import config_from_file, derive, with_global_batch
+    from lmscale.training.schedules import batch_and_rate_note
+    config = with_global_batch(config_from_file("configs/mlstm4096_128gpu.py"), 2)
+    lr = derive(config, steps_per_epoch=100)["lr"]
+    assert batch_and_rate_note(config, 2, lr) == (
+        "note: global batch 512 (256 per device x 2 devices), learning rate 0.002 (0.0005 at "
+        "batch 128, scaled linear, capped at 0.003)")
+    from lmscale.config import default_config
+    assert batch_and_rate_note(default_config(), 2, 5e-4) is None  # nothing derived
