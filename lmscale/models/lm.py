@@ -308,6 +308,22 @@ AWD_FIELDS = {"embed_dropout": 0.0, "input_dropout": 0.0, "hidden_dropout": 0.0,
               "qrnn_zoneout": 0.0, "qrnn_pooling": "sequential"}
 
 
+QRNN_FIELDS = ("qrnn_window", "qrnn_zoneout", "qrnn_pooling")  # read by model.kind="qrnn" only
+
+
+def unused_qrnn_note(model_config: Any) -> str | None:
+    """A note naming QRNN settings moved from their defaults in a model of another kind,
+    which ignores them (config.json records them as given)."""
+    if model_config.kind == "qrnn":
+        return None
+    moved = [f"model.{n}={_field(model_config, n)!r}" for n in QRNN_FIELDS
+             if _field(model_config, n) != AWD_FIELDS[n]]
+    if not moved:
+        return None
+    return (f"note: {', '.join(moved)} {'is a setting' if len(moved) == 1 else 'are settings'} "
+            f"of model.kind='qrnn', unused by model.kind={model_config.kind!r}")
+
+
 def _field(model_config: Any, name: str) -> Any:
     return model_config.get(name, AWD_FIELDS[name]) if name in AWD_FIELDS else model_config[name]
 

@@ -212,3 +212,18 @@ def test_qrnn_run_with_all_regularizers_resumes_bitwise(tmp_path):
     train(tiny_config(corpus, **o), str(tmp_path / "split"))
     records = lambda d: [(r["step"], r["split"], r["loss"]) for r in read_metrics(str(tmp_path / d))]
     assert len(records("full")) == 10 and records("split") == records("full")
+
+
+def test_qrnn_settings_in_another_kind_are_noted():
+    """--config.model.qrnn_zoneout=0.5 on an LSTM trained without zoneout, and config.json
+    recorded 0.5 as if applied, without a word."""
+    from lmscale.config import default_config
+    from lmscale.models.lm import unused_qrnn_note
+    model = default_config().model
+    model.kind = "lstm"
+    assert unused_qrnn_note(model) is None  # defaults: nothing to say
+    model.qrnn_zoneout, model.qrnn_window = 0.5, 1
+    assert unused_qrnn_note(model) == ("note: model.qrnn_window=1, model.qrnn_zoneout=0.5 are "
+                                       "settings of model.kind='qrnn', unused by model.kind='lstm'")
+    model.kind = "qrnn"
+    assert unused_qrnn_note(model) is None
