@@ -271,20 +271,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         raise ConfigError("train.epochs must be >= 0")
     if config.train.eval_every < 0 or config.train.eval_steps < 0:
         raise ConfigError("train.eval_every and train.eval_steps must be >= 0")
-    if config.train.per_device_batch_size < 0:
-        raise ConfigError(f"train.per_device_batch_size must be >= 0, got {config.train.per_device_batch_size}")
     if not config.train.per_device_batch_size and config.train.batch_size % num_devices:
         raise ConfigError(
             f"train.batch_size={config.train.batch_size} is not divisible by the {num_devices} devices; "
             f"use a multiple of {num_devices} (or set train.per_device_batch_size)")
-    validate_optim(config.optim)
-    if config.precision.compute not in COMPUTE_DTYPES:
-        raise ConfigError(f"precision.compute must be one of {list(COMPUTE_DTYPES)}, "
-                          f"got {config.precision.compute!r}")
-    if (config.precision.loss_scale_init < 1 or config.precision.loss_scale_factor <= 1
-            or config.precision.loss_scale_window < 1):
-        raise ConfigError("precision.loss_scale_init must be >= 1, loss_scale_factor > 1 and "
-                          "loss_scale_window >= 1")
+    validate_run_settings(config)
     parse_split(config.data.split)
     validate_awd(config)
 
@@ -313,6 +304,24 @@ def step_width(train: ml_collections.ConfigDict) -> int:
 def bptt_max(train: ml_collections.ConfigDict) -> int:
     """The longest variable-BPTT sequence: train.bptt_max, or seq_len + 15."""
     return int(train.bptt_max) or int(train.seq_len) + 15
+
+
+def validate_run_settings(config: ml_collections.ConfigDict) -> None:
+    """The settings LM training and fine-tuning share: the optimizer (``validate_optim``),
+    the per-device batch, the precision and the all-reduce's dtype."""
+    validate_optim(config.optim)
+    if config.train.per_device_batch_size < 0:
+        raise ConfigError(f"train.per_device_batch_size must be >= 0, got {config.train.per_device_batch_size}")
+    if config.precision.compute not in COMPUTE_DTYPES:
+        raise ConfigError(f"precision.compute must be one of {list(COMPUTE_DTYPES)}, "
+                          f"got {config.precision.compute!r}")
+    if (config.precision.loss_scale_init < 1 or config.precision.loss_scale_factor <= 1
+            or config.precision.loss_scale_window < 1):
+        raise ConfigError("precision.loss_scale_init must be >= 1, loss_scale_factor > 1 and "
+                          "loss_scale_window >= 1")
+    if config.parallel.grad_reduce_dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"parallel.grad_reduce_dtype must be 'float32' or 'bfloat16', got "
+                          f"{config.parallel.grad_reduce_dtype!r}")
 
 
 def validate_optim(o: ml_collections.ConfigDict) -> None:
@@ -386,9 +395,6 @@ def validate_awd(config: ml_collections.ConfigDict) -> None:
     if not isinstance(config.parallel.cpu_huge_pages, bool):
         raise ConfigError(f"parallel.cpu_huge_pages must be True or False, got "
                           f"{config.parallel.cpu_huge_pages!r}")
-    if config.parallel.grad_reduce_dtype not in ("float32", "bfloat16"):
-        raise ConfigError(f"parallel.grad_reduce_dtype must be 'float32' or 'bfloat16', got "
-                          f"{config.parallel.grad_reduce_dtype!r}")
     if t.variable_bptt and config.model.kind == "transformer" and bptt_max(t) > config.model.max_len:
         raise ConfigError(f"train.variable_bptt: the longest sequence {bptt_max(t)} (train.bptt_max) "
                           f"exceeds model.max_len={config.model.max_len}")

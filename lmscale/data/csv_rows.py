@@ -9,9 +9,11 @@ would otherwise keep under the key None and read a truncated text from) or with 
 invalid UTF-8, and malformed CSV.
 
 A .csv file follows the CSV quoting rules (a field in double quotes may hold commas, quotes
-doubled and newlines). A tab-separated file (``delimiter="\\t"``) has no quoting, as TSV
-files usually have (GLUE's, for one): each line is one row, its fields are split at every
-tab and a double quote is a character of the text like any other.
+doubled and newlines). A tab-separated file (``delimiter="\\t"``) is read line by line, as
+TSV files usually are (GLUE's, for one): each line is one row, its fields are split at every
+tab, and a double quote is a character of the text like any other, except that a field
+written with CSV quoting (Python's csv and pandas quote a field holding a quote: the whole
+field in quotes, its own quotes doubled) is read back as the text it quotes.
 """
 
 from __future__ import annotations
@@ -54,8 +56,20 @@ def csv_rows(path: str, columns: Sequence[str], delimiter: str = ",", *,
                     raise DataError(
                         f"{path}:{reader.line_num}: {n} fields, and the header has {len(fields)} "
                         f"({hint})")
+                if delimiter == "\t":
+                    row = {k: _unquoted(v) for k, v in row.items()}
                 yield reader.line_num, row
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not valid UTF-8 ({e})") from None
     except csv.Error as e:
         raise DataError(f"{path}: bad CSV ({e})") from None
+
+
+def _unquoted(field: str) -> str:
+    """A tab-separated field as written with CSV quoting (quoted whole, inner quotes doubled)
+    read back as the text it quotes; any other field as it is (a text starting with a quote)."""
+    if len(field) >= 2 and field[0] == field[-1] == '"':
+        inner = field[1:-1]
+        if '"' not in inner.replace('""', ""):
+            return inner.replace('""', '"')
+    return field

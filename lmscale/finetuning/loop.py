@@ -29,7 +29,7 @@ from jax.sharding import Mesh
 
 from lmscale.atomic import write_json
 from lmscale.config import (ConfigError, check_known_fields, load_config, save_config, scaled_lr,
-                            validate_optim, with_global_batch)
+                            validate_run_settings, with_global_batch)
 from lmscale.data.errors import DataError
 from lmscale.finetuning.data import Encoded, TrainBatches, class_weights_from, encode
 from lmscale.finetuning.head import init_classifier
@@ -44,7 +44,7 @@ from lmscale.training.optimizer import make_finetune_optimizer
 from lmscale.training.in_flight import InFlight
 from lmscale.training.precision import LossScale, Policy, print_compute_hint
 from lmscale.training.restore import TrainedLM, load_trained
-from lmscale.training.schedules import warmup_note
+from lmscale.training.schedules import batch_and_rate_note, warmup_note
 from lmscale.training.resume import RUN_FILES, archive_previous_run, check_same_optimizer
 from lmscale.training.state import TrainState, host_zeros, initial_state, placed_on, state_shardings
 from lmscale.training.step_timer import StepTimer
@@ -146,7 +146,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str,
              devices: list[jax.Device] | None = None) -> dict[str, Any]:
     """Fine-tunes (or resumes) the classifier in ``workdir``; returns the results dict."""
     check_known_fields(config)
-    validate_optim(config.optim)
+    validate_run_settings(config)
     check_used_in_fine_tuning(config)
     mesh = mesh_lib.make_mesh(devices)
     config = with_global_batch(config, mesh.size)
@@ -251,7 +251,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
         meta = checkpointer.read_meta()
         check_same_model(meta["signature"], signature, workdir)
         check_same_start(meta, config, lm.step, workdir)
-        check_same_optimizer(meta.get("config") or {}, config.to_dict(), workdir)
+        check_same_optimizer(meta.get("config") or {}, config.to_dict(), workdir, fine_tuning=True)
         state = checkpointer.restore(state, shardings)
     start = int(jax.device_get(state.step))
     derived = {"steps": steps, "steps_per_epoch": batches.steps_per_epoch, "decay_steps": decay,
@@ -268,9 +268,10 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
               file=sys.stderr, flush=True)
     if is_main:
         print_compute_hint(config.precision.compute, mesh.devices.flat[0])
-        note = warmup_note(config.optim.schedule, config.optim.warmup_steps, steps, decay)
-        if note:
-            print(note, file=sys.stderr, flush=True)
+        for note in (batch_and_rate_note(config, mesh.size, lr),
+                     warmup_note(config.optim.schedule, config.optim.warmup_steps, steps, decay)):
+            if note:
+                print(note, file=sys.stderr, flush=True)
         lm.tokenizer.save(workdir)  # the run is self-contained for lmscale.classify
         save_config(config, derived, os.path.join(workdir, "config.json"))
     meta = {"signature": signature, "precision": config.precision.compute,

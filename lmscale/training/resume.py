@@ -102,32 +102,47 @@ OPTIMIZER_LINKS = ("optim.clip", "optim.weight_decay", "train.variable_bptt")
 WEIGHT_DECAY_FORM = {"optim.weight_decay_style": "coupled", "optim.weight_decay_on": "all"}
 
 
-def check_same_optimizer(old: dict[str, Any], new: dict[str, Any], where: str) -> None:
-    """Refuses a resume with another optimizer layout: ``optim.name`` ("adam" in a checkpoint
-    that predates it), a link of the chain turned on/off (``OPTIMIZER_LINKS``), or weight decay
-    moved or masked otherwise (``WEIGHT_DECAY_FORM``): the
+def optimizer_layout(config: dict[str, Any], *, fine_tuning: bool = False) -> dict[str, Any]:
+    """The settings that shape the optimizer state's tree (``optimizer.make_optimizer``; with
+    ``fine_tuning``, ``make_finetune_optimizer``: Adam per part, clip, weight decay), read from
+    a resolved config as recorded: a link on or off (``OPTIMIZER_LINKS``; off where an older
+    checkpoint lacks it), and with weight decay on, where Adam's chain places it and its mask
+    (``WEIGHT_DECAY_FORM``). A fine-tune recorded before fine-tuning applied weight decay
+    (its config has no ``optim.weight_decay_style``) had no decay link, whatever it says."""
+    layout: dict[str, Any] = {}
+    adam = fine_tuning or (_get(config, "optim.name") or "adam") == "adam"
+    if not fine_tuning:
+        layout["optim.name"] = _get(config, "optim.name") or "adam"
+    for key in OPTIMIZER_LINKS:
+        if fine_tuning and key == "train.variable_bptt":
+            continue
+        layout[key] = _get(config, key) or 0
+    if fine_tuning and _get(config, "optim.weight_decay_style") is None:
+        layout["optim.weight_decay"] = 0
+    if layout["optim.weight_decay"]:
+        for key, default in WEIGHT_DECAY_FORM.items():
+            if adam or key != "optim.weight_decay_style":  # SGD: the same chain either way
+                layout[key] = _get(config, key) or default
+    return layout
+
+
+def check_same_optimizer(old: dict[str, Any], new: dict[str, Any], where: str, *,
+                         fine_tuning: bool = False) -> None:
+    """Refuses a resume with another optimizer layout (``optimizer_layout``: ``optim.name``,
+    a link of the chain turned on/off, weight decay moved or masked otherwise): the
     checkpoint's optimizer state would not fit (orbax reported it as an unreadable checkpoint,
     and falling back moved good checkpoints aside)."""
-    changed = None
-    before, after = _get(old, "optim.name") or "adam", _get(new, "optim.name")
-    if before != after:
-        changed = ("optim.name", before, after)
-    for key in OPTIMIZER_LINKS:
-        b, a = _get(old, key) or 0, _get(new, key) or 0
-        if changed is None and bool(b) != bool(a):
-            changed = (key, b, a)
-    if _get(old, "optim.weight_decay") and _get(new, "optim.weight_decay"):
-        for key, default in WEIGHT_DECAY_FORM.items():  # where the link sits, and its mask
-            b, a = _get(old, key) or default, _get(new, key)
-            if changed is None and b != a:
-                changed = (key, b, a)
-    if changed is None:
-        return
-    key, before, after = changed
-    raise CheckpointMismatchError(
-        f"{where} was trained with {key}={before!r}; resuming it with {key}={after!r} is "
-        f"refused (the optimizer state differs: its chain of steps is not the same); use the same setting, a new --workdir, or --config.resume=false to start "
-        f"afresh (the old run is archived)")
+    before = optimizer_layout(old, fine_tuning=fine_tuning)
+    after = optimizer_layout(new, fine_tuning=fine_tuning)
+    for key in after:
+        b, a = before.get(key), after[key]
+        same = bool(b) == bool(a) if key in OPTIMIZER_LINKS else b == a
+        if not same:
+            raise CheckpointMismatchError(
+                f"{where} was trained with {key}={b!r}; resuming it with "
+                f"{key}={_get(new, key)!r} is refused (the optimizer state differs: its chain "
+                f"of steps is not the same); use the same setting, a new --workdir, or "
+                f"--config.resume=false to start afresh (the old run is archived)")
 
 
 def resumed_derived(derived: dict[str, Any], saved: dict[str, Any],
@@ -137,7 +152,16 @@ def resumed_derived(derived: dict[str, Any], saved: dict[str, Any],
     if not old or "decay_steps" not in old_derived:
         return derived
     new = config.to_dict()
-    if any(_get(old, k) != _get(new, k) for k in DECAY_FIELDS):
+    moved = [f"{k} {_get(old, k)!r} -> {_get(new, k)!r}" for k in DECAY_FIELDS
+             if _get(old, k) != _get(new, k)]
+    if moved:  # the schedule is the new config's: said, since the rate may jump at the resume
+        if jax.process_index() == 0:
+            horizon = (f"the decay horizon is {derived['decay_steps']} steps (it was "
+                       f"{old_derived['decay_steps']})"
+                       if derived["decay_steps"] != old_derived["decay_steps"] else
+                       f"the decay horizon stays {derived['decay_steps']} steps")
+            print(f"note: {', '.join(moved)} since the checkpoint: the learning rate follows the "
+                  f"new schedule from here, {horizon}", file=sys.stderr, flush=True)
         return derived
     changed = old_derived.get("steps") != derived["steps"]  # since the checkpoint's run
     if changed and old_derived["decay_steps"] != derived["decay_steps"] and jax.process_index() == 0:

@@ -7,10 +7,13 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 from tests.transfer.conftest import SST
 
 
+@pytest.mark.shared_data
 def test_featurize_benchmark_rows_and_before_after(tmp_path):
     out = tmp_path / "results.jsonl"
     proc = subprocess.run(

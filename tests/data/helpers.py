@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+from tests import conftest as _conftest
+
+SHARED_DATA = _conftest.SHARED_DATA  # one definition of the folder (LMSCALE_TEST_SHARED_DATA)
 
 
 def make_docs(count: int, seed: int = 0, min_len: int = 1, max_len: int = 60) -> list[bytes]:

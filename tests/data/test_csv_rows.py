@@ -72,6 +72,13 @@ def test_a_tab_separated_file_has_no_quoting(tmp_path):
     assert data.labels.tolist() == [1, 1, 0, 0, 1]
     assert read_texts(str(path), "sentence") == data.texts
     assert [line for line, _ in csv_rows(str(path), ["sentence"], "\t")] == [2, 3, 4, 5, 6]
+    # Written by Python's csv (as pandas' to_csv(sep="\t")): a field holding a quote is
+    # quoted whole with its quotes doubled; read back as the text (it kept the quoting).
+    with open(tmp_path / "w.tsv", "w", newline="") as f:
+        csv.writer(f, delimiter="\t").writerows([["sentence", "label"], ['She said "great movie"', 1],
+                                                 ['"quoted"', 0], ["plain", 1]])
+    assert (tmp_path / "w.tsv").read_text().splitlines()[1] == '"She said ""great movie"""\t1'
+    assert load_labeled(str(tmp_path / "w.tsv")).texts == ['She said "great movie"', '"quoted"', "plain"]
     with open(tmp_path / "c.csv", "w", newline="") as f:  # a .csv keeps CSV's quoting
         csv.writer(f).writerows([["sentence", "label"], ['a, "b"\nc', 1]])
     assert load_labeled(str(tmp_path / "c.csv")).texts == ['a, "b"\nc']

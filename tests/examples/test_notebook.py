@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from tests.conftest import REPO, SHARED_DATA, default_level_xla_flags
 
 
+@pytest.mark.shared_data
 def test_sentiment_neuron_notebook_runs(tmp_path, monkeypatch):
     nb = nbformat.read(REPO / "examples" / "sentiment_neuron.ipynb", as_version=4)
     # Same notebook, with its run directory moved into the test's temporary folder, and the

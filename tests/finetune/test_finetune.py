@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tests.conftest import REPO, SHARED_DATA, TINY_TRANSFORMER, lowered_programs, tiny_config
+from tests.conftest import REPO, TINY_TRANSFORMER, lowered_programs, shared_data, tiny_config
 
 EMOTIONS = "anger,anticipation,disgust,fear,joy,love,optimism,pessimism,sadness,surprise,trust"
 
@@ -33,7 +33,7 @@ def _head(src: Path, dst: Path, rows: int) -> str:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict[str, str]:
     d = tmp_path_factory.mktemp("labeled")
-    sst, sem = SHARED_DATA / "sst_binary", SHARED_DATA / "semeval2018_ec"
+    sst, sem = shared_data("sst_binary"), shared_data("semeval2018_ec")
     return {"sst_train": _head(sst / "train.csv", d / "sst_train.csv", 256),
             "sst_val": _head(sst / "val.csv", d / "sst_val.csv", 64),
             "sem_train": _head(sem / "train.csv", d / "sem_train.csv", 128),
@@ -44,7 +44,7 @@ def data(tmp_path_factory) -> dict[str, str]:
 def transformer_lm(tmp_path_factory) -> str:
     from lmscale.training.loop import train
     workdir = str(tmp_path_factory.mktemp("tlm") / "run")
-    config = tiny_config(f"{SHARED_DATA}/sst_binary/train.csv", **TINY_TRANSFORMER, **{
+    config = tiny_config(f"{shared_data('sst_binary')}/train.csv", **TINY_TRANSFORMER, **{
         "data.text_column": "sentence", "data.split": "8,1,0", "data.shard_tokens": 65536,
         "train.steps": 4, "train.eval_every": 0})
     train(config, workdir)
@@ -417,9 +417,12 @@ def test_optimizer_settings_are_applied_or_refused(sst_run, data, tmp_path, caps
         with pytest.raises(ConfigError, match=f"^{re.escape(key)}=.* fine-tuning does not use"):
             finetune(ft_config(sst_run, data["sst_train"], data["sst_val"], **{key: value}),
                      str(tmp_path / "refused"))
-    with pytest.raises(ConfigError, match="optim.weight_decay_on must be one of"):
-        finetune(ft_config(sst_run, data["sst_train"], data["sst_val"],
-                           **{"optim.weight_decay_on": "weights"}), str(tmp_path / "refused"))
+    for key, value, message in (("optim.weight_decay_on", "weights", "optim.weight_decay_on must be one of"),
+                                ("parallel.grad_reduce_dtype", "bf16", "parallel.grad_reduce_dtype must be"),
+                                ("train.per_device_batch_size", -2, "train.per_device_batch_size must be >= 0")):
+        with pytest.raises(ConfigError, match=message):  # bf16: a TypeError after files were written
+            finetune(ft_config(sst_run, data["sst_train"], data["sst_val"], **{key: value}),
+                     str(tmp_path / "refused"))
     assert not (tmp_path / "refused").exists()
 
     common = {"train.steps": 4, "train.eval_every": 4, "finetune.freeze_steps": 0,
@@ -433,8 +436,10 @@ def test_optimizer_settings_are_applied_or_refused(sst_run, data, tmp_path, caps
         runs[name] = str(tmp_path / name)
         capsys.readouterr()
         finetune(ft_config(sst_run, data["sst_train"], data["sst_val"], **common, **decay), runs[name])
+        err = capsys.readouterr().err
         assert ("note: optim.warmup_steps=4 is not shorter than the run's 4 steps: the learning "
-                "rate rises to 75.0% of its peak at most") in capsys.readouterr().err
+                "rate rises to 75.0% of its peak at most") in err
+        assert f"note: global batch {8 * jax.device_count()} (8 per device x " in err
     saved = json.load(open(os.path.join(runs["decayed"], "config.json")))
     batch = 8 * jax.device_count()
     assert saved["train"]["batch_size"] == batch

@@ -78,6 +78,8 @@ def finetune_losses(lm_workdir: str, out: str, devices: list) -> dict[str, dict]
     from tests.conftest import SHARED_DATA
     from tests.finetune.test_finetune import EMOTIONS, _head, ft_config
     sem = SHARED_DATA / "semeval2018_ec"
+    if not sem.is_dir():  # a clone without the maintainers' data: the test says it is skipped
+        return {}
     train_csv = _head(sem / "train.csv", Path(out) / "sem_train.csv", 64)
     val_csv = _head(sem / "val.csv", Path(out) / "sem_val.csv", 13)  # 13 rows: padded on 8 devices
     result = {}

@@ -78,6 +78,11 @@ def test_raising_train_steps_keeps_the_decay_horizon(base_run, tmp_path, capfd):
     assert "note: train.steps" not in capfd.readouterr().err
     config = json.load(open(os.path.join(workdir, "config.json")))
     assert config["derived"]["decay_steps"] == 4 and config["derived"]["steps"] == 6
+    # A changed decay setting (a config file edited between submissions) moves the horizon,
+    # and the rate jumps at the resume: said (it was silent).
+    train(tiny_config(corpus, **{**BASE, "train.steps": 8, "optim.decay_steps": 10}), workdir)
+    assert ("note: optim.decay_steps 0 -> 10 since the checkpoint: the learning rate follows the "
+            "new schedule from here, the decay horizon is 10 steps (it was 4)") in capfd.readouterr().err
     # config.json is the current config; the one it replaced is history
     old = json.load(open(os.path.join(workdir, "history", "config.4.json")))
     assert old["train"]["steps"] == 4

@@ -120,3 +120,37 @@ def test_a_resume_that_moves_or_masks_the_decay_is_refused():
             check_resumable({"config": legacy}, config(weight_decay=1e-4, **{key: value}), "W")
         # without decay the fields place nothing: another value is no other chain
         check_resumable({"config": config().to_dict()}, config(**{key: value}), "W")
+
+
+def test_a_fine_tune_recorded_before_it_applied_weight_decay_resumes_as_it_trained():
+    """Fine-tuning ignored optim.weight_decay, optim.name and train.variable_bptt but recorded
+    them: its checkpoints have no decay link. Resumed with the recorded values the check passed
+    and orbax failed (list of 3 vs 2); resumed with decay off it was refused for a false reason."""
+    from lmscale.training.checkpoints import CheckpointMismatchError
+    from lmscale.training.resume import check_same_optimizer
+    old = default_config().to_dict()
+    del old["optim"]["weight_decay_style"], old["optim"]["weight_decay_on"]
+    old["optim"].update(weight_decay=0.01, name="sgd")
+    old["train"]["variable_bptt"] = True
+    now = default_config()
+    check_same_optimizer(old, now.to_dict(), "W", fine_tuning=True)  # as it trained: no decay
+    now.optim.weight_decay = 0.01
+    with pytest.raises(CheckpointMismatchError, match=r"trained with optim.weight_decay=0; resuming "
+                                                      r"it with optim.weight_decay=0.01 is refused"):
+        check_same_optimizer(old, now.to_dict(), "W", fine_tuning=True)
+    again = now.to_dict()  # a fine-tune recorded since: its decay and form count
+    check_same_optimizer(again, now.to_dict(), "W", fine_tuning=True)
+    now.optim.weight_decay_on = "matrices"
+    with pytest.raises(CheckpointMismatchError, match="trained with optim.weight_decay_on='all'"):
+        check_same_optimizer(again, now.to_dict(), "W", fine_tuning=True)
+
+
+def test_sgd_may_switch_the_decay_style_on_resume():
+    """Without Adam, coupled and decoupled decay are the same chain (and the same step)."""
+    from lmscale.training.resume import check_same_optimizer
+    old, new = default_config(), default_config()
+    for c, style in ((old, "coupled"), (new, "decoupled")):
+        c.optim.update(name="sgd", weight_decay=1e-4, weight_decay_style=style)
+    check_same_optimizer(old.to_dict(), new.to_dict(), "W")
+    np.testing.assert_allclose(update(optim(name="sgd", weight_decay_style="coupled"))["w"],
+                               update(optim(name="sgd", weight_decay_style="decoupled"))["w"], rtol=1e-6)

@@ -10,6 +10,7 @@ from lmscale.transfer.labeled import load_labeled, require_binary
 from tests.transfer.conftest import SST
 
 
+@pytest.mark.shared_data
 def test_reads_sst_and_semeval_multilabel():
     d = load_labeled(str(SST / "val.csv"))
     assert len(d) == 872 and set(np.unique(d.labels)) == {0, 1}
@@ -48,9 +49,11 @@ def test_compressed_labeled_files_read_as_their_text(tmp_path):
     assert read_texts(str(tmp_path / "d.jsonl.xz"), "text") == ["good", "bad"]
 
 
-def test_missing_column_lists_the_columns():
+def test_missing_column_lists_the_columns(tmp_path):
+    p = tmp_path / "val.csv"
+    p.write_text("label,sentence\n1,good\n0,bad\n")  # SST's header
     with pytest.raises(DataError, match=r"no column 'review'; columns are \['label', 'sentence'\]"):
-        load_labeled(str(SST / "val.csv"), text_column="review")
+        load_labeled(str(p), text_column="review")
 
 
 def test_empty_text_and_non_binary_labels(tmp_path):

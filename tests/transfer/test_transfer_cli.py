@@ -14,6 +14,8 @@ import pytest
 from tests.conftest import REPO
 from tests.transfer.conftest import SST
 
+pytestmark = pytest.mark.shared_data
+
 
 def run_tool(*args):
     return subprocess.run([sys.executable, "-m", "lmscale.transfer", *args], cwd=REPO,
