@@ -10,16 +10,24 @@ text, and every batch is a pure function of the global step (resuming needs only
 of a row's stretch (k == 0, t == 0) and, with ``reset_on_documents``, document starts.
 ``weights[r, t]`` is 0 where the target is a shard start (or a document start, with
 ``reset_on_documents``): predicting across an unrelated boundary is not counted.
+
+Every batch read is checked against the vocabulary (one max over the ids read): an id
+outside it, which only a damaged shard file holds, is a DataError naming the file and the
+id, not a model that diverges.
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import os
 from dataclasses import dataclass
 
 import numpy as np
 
-from lmscale.data.dataset import SplitData
+from lmscale.data.dataset import METADATA, SplitData
 from lmscale.data.errors import DataError
+from lmscale.data.tokenizer import tokenizer_from_dict
 
 
 @dataclass(frozen=True)
@@ -32,11 +40,41 @@ class LMBatch:
     resets: np.ndarray  # bool, True = zero the state before consuming inputs[:, t]
 
 
+@functools.lru_cache(maxsize=16)
+def _recorded_vocab_size(folder: str, stamp: tuple[int, int]) -> int | None:
+    """The vocabulary size of the tokenizer the dataset ``folder``'s metadata.json names
+    (``stamp``: its mtime and size, so a rewritten file is read again)."""
+    try:
+        with open(os.path.join(folder, METADATA), encoding="utf-8") as f:
+            return int(tokenizer_from_dict(json.load(f)["tokenizer"], base_dir=folder).vocab_size)
+    except (OSError, ValueError, KeyError, TypeError, DataError):
+        return None
+
+
+def dataset_vocab_size(split: SplitData) -> int | None:
+    """The vocabulary size of the dataset ``split``'s shard files belong to (read from the
+    metadata.json in a folder above the first shard file; None if there is none)."""
+    name = getattr(split.shards[0], "filename", None) if split.shards else None
+    if not name:
+        return None
+    folder = os.path.dirname(os.path.abspath(name))
+    for _ in range(3):  # shards are SPLIT/shard_NNNNN.bin in the dataset folder
+        meta = os.path.join(folder, METADATA)
+        if os.path.isfile(meta):
+            st = os.stat(meta)
+            return _recorded_vocab_size(folder, (st.st_mtime_ns, st.st_size))
+        folder = os.path.dirname(folder)
+    return None
+
+
 class StreamBatcher:
     """Deterministic [batch_size, seq_len] LM batches over one split (see module doc)."""
 
     def __init__(self, split: SplitData, batch_size: int, seq_len: int, *,
-                 reset_on_documents: bool = False, shuffle_shards: bool = False, seed: int = 0) -> None:
+                 reset_on_documents: bool = False, shuffle_shards: bool = False, seed: int = 0,
+                 vocab_size: int | None = None) -> None:
+        """``vocab_size``: ids read must be below it (default: the vocabulary of the dataset
+        the split's shard files belong to; no check where none is found)."""
         if int(batch_size) != batch_size or batch_size < 1:
             raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
         if int(seq_len) != seq_len or seq_len < 1:
@@ -58,6 +96,7 @@ class StreamBatcher:
                                 f"{int(n)} tokens, seq_len is {self.seq_len}; use shorter sequences or "
                                 f"larger shards")
         self._epoch_cache: tuple[int, np.ndarray, np.ndarray] | None = None
+        self.vocab_size = int(vocab_size) if vocab_size is not None else dataset_vocab_size(split)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -144,12 +183,29 @@ class StreamBatcher:
                     doc_start[j, starts[a:b] - lo + filled] = True
                 filled += hi - lo
                 i += 1
+        # One pass over the ids read; as uint32, an id of a uint32 shard >= 2**31 (negative
+        # in int32) is too large as well.
+        if self.vocab_size is not None and count and window.view(np.uint32).max() >= self.vocab_size:
+            self._bad_id(window, start, position, offsets, order)
         boundary = shard_start | doc_start
         resets = boundary[:, :S].copy()
         if epoch_start:
             resets[:, 0] = True
         return LMBatch(inputs=window[:, :S].copy(), targets=window[:, 1:].copy(),
                        weights=(~boundary[:, 1:]).astype(np.float32), resets=resets)
+
+    def _bad_id(self, window: np.ndarray, start: int, position: int, offsets: np.ndarray,
+                order: np.ndarray) -> None:
+        """Raises the DataError for the first id of ``window`` outside the vocabulary."""
+        j, t = np.argwhere(window.view(np.uint32) >= self.vocab_size)[0]
+        w = (start + int(j)) * self.row_length + position + int(t)  # its stream position
+        i = int(np.searchsorted(offsets, w, side="right")) - 1
+        shard, index = int(order[i]), w - int(offsets[i])
+        data = self.split.shards[shard]
+        name = getattr(data, "filename", None) or f"shard {shard} of {self.split.described}"
+        raise DataError(f"{name}: token id {int(data[index])} at token {index:,} is outside the "
+                        f"vocabulary of {self.vocab_size} ids: the shard file is damaged (prepare "
+                        f"the dataset again)")
 
     def __repr__(self) -> str:
         return (f"StreamBatcher(split={self.split.name!r}, batch_size={self.batch_size}, "

@@ -103,8 +103,8 @@ def forward(st: Static, x: jax.Array, fw: dict[str, jax.Array], h0: jax.Array, c
              ) -> tuple[tuple[jax.Array, jax.Array], dict[str, jax.Array]]:
         h, c = carry
         x_t, xm_t, keep_t = inputs
-        if keep_t is not None:
-            h, c = h * keep_t, c * keep_t
+        if keep_t is not None:  # a select: NaN x 0 is NaN (an overflowed text passed it on)
+            h, c = jnp.where(keep_t > 0, h, 0), jnp.where(keep_t > 0, c, 0)
         out = {}
         if st.mlstm:
             u = jnp.dot(h.astype(dt), fw["w_mh"], preferred_element_type=sdt).astype(dt)

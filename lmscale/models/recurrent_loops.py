@@ -275,8 +275,8 @@ def forward(st: Static, x: jax.Array, fw: dict[str, jax.Array], h0: jax.Array, c
         first = i == 0
         h, c = jnp.where(first, h0, h), jnp.where(first, c0, c)
         if keep_l is not None:  # step i's resets, applied to its input state
-            keep = _lead(i, keep_l)
-            h, c = h * keep, c * keep
+            keep = _lead(i, keep_l) > 0  # a select, not a product: NaN x 0 is NaN, and a
+            h, c = jnp.where(keep, h, 0), jnp.where(keep, c, 0)  # text that overflowed passed it on
         z, bufs = prepare(h, i, bufs)
         return z, c, bufs
 

@@ -43,7 +43,7 @@ from lmscale.training.loss import bits_per_char
 from lmscale.training.best import BestKeeper
 from lmscale.training.metrics import MetricsWriter, add_perplexity, read_metrics
 from lmscale.training.ntasgd import NTASGDMonitor, eval_params, switch_on
-from lmscale.training.precision import LossScale, print_compute_hint
+from lmscale.training.precision import LossScale, SkippedRun, print_compute_hint
 from lmscale.training.schedules import batch_and_rate_note, warmup_note
 from lmscale.training.setup import build_train_setup, jit_train_step
 from lmscale.training.state import host_zeros, zero_acc
@@ -204,6 +204,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
                     dynamic_ncols=True, smoothing=0.1)
     timer = StepTimer()  # the first step compiles: its seconds are not throughput
     step = start
+    skipped_run = SkippedRun(start, int(jax.device_get(state.loss_scale.skipped)))
     in_flight = InFlight()  # bounded async dispatch (see in_flight.py)
     with StopSignal(config.train.stop_sync_every) as stop:
         while step < steps and not stop.should_stop(step):
@@ -227,6 +228,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
                           "lr": float(metrics["lr"]), "grad_norm": float(metrics["grad_norm"]),
                           "loss_scale": float(ls.scale), "skipped": int(ls.skipped),
                           "epoch": step / batcher.steps_per_epoch}
+                stuck = skipped_run.after_log(step, int(ls.skipped), float(ls.scale), ls.dynamic)
                 record.update(zip(("steps_per_s", "tokens_per_s", "chars_per_s"),
                                   timer.rates(1, tokens_per_step, bytes_per_step)))
                 if timer.compile_s is not None:
@@ -245,6 +247,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
                           file=sys.stderr, flush=True)
                 state = state.replace(acc=jax.device_put(host_zeros(zero_acc), replicated))
                 timer.reset()
+                if stuck:  # float16 skipping every step to the run's end, silently
+                    raise DivergedError(stuck, step)
             scheduled = bool(config.train.eval_every) and step % config.train.eval_every == 0
             evaluating = scheduled or step == steps
             if evaluating:

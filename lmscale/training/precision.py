@@ -110,6 +110,32 @@ class LossScale:
                             skipped=self.skipped + jnp.where(finite, 0, 1).astype(jnp.int32))
 
 
+# Steps skipped in a row, ending at the lowest loss scale (1), after which a float16 run is
+# stopped: its descent from 2**32 skips 32; a run whose gradients overflow even unscaled would
+# otherwise skip every step to its end and exit 0.
+STUCK_STEPS = 50
+
+
+class SkippedRun:
+    """Host-side, at each log record: the steps skipped in a row that ended at loss scale 1."""
+
+    def __init__(self, step: int, skipped: int) -> None:
+        self.last_step, self.last_skipped, self.run = step, skipped, 0
+
+    def after_log(self, step: int, skipped: int, scale: float, dynamic: bool) -> str | None:
+        """The error to stop with once STUCK_STEPS steps in a row were skipped at scale 1."""
+        window = step - self.last_step
+        every = dynamic and window > 0 and skipped - self.last_skipped == window and scale <= 1.0
+        self.run = self.run + window if every else 0
+        self.last_step, self.last_skipped = step, skipped
+        if self.run < STUCK_STEPS:
+            return None
+        return (f"float16: the last {self.run} steps were all skipped, at the lowest loss scale "
+                f"(1): the gradients are not finite even unscaled (the float16 forward overflows, "
+                f"or the run diverged); the weights are those of step {step - self.run}. Resume "
+                f"in bfloat16 (--config.precision.compute=bfloat16) or with a lower optim.lr")
+
+
 def all_finite(tree: Any) -> jax.Array:
     """True iff every element of every leaf is finite (bool scalar)."""
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]

@@ -174,6 +174,9 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
         params, opt_state, finite = apply_update(tx, state, grads, lr_factor)
         acc = {"nats": state.acc["nats"] + nats, "count": state.acc["count"] + count,
                "bytes": state.acc["bytes"] + num_bytes, "steps": state.acc["steps"] + 1}
+        # A row whose state overflowed (float16) would carry NaN into every later batch of
+        # its text (each step then skipped): its state starts afresh instead.
+        carry = jax.tree.map(lambda x: jnp.where(jnp.isfinite(x), x, 0), carry)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                                   carry=jax.lax.stop_gradient(carry), acc=acc,
                                   loss_scale=ls.update(finite))

@@ -135,7 +135,7 @@ def test_sample_is_bounded_and_spread(tmp_path, monkeypatch):
     assert min(big) == 0 and max(big) > 18000 and len(big) > 1000  # windows through the whole file
     assert [x for x in lines if not (x.startswith(("line ", "tiny ", "row ")) and len(x.split()) == 2)] == []
     assert 0 < sum(x.startswith("tiny ") for x in lines) < sum(x.startswith("line ") for x in lines)
-    assert "row 0" in lines and "row 4999" not in lines  # structured files: their first documents
+    assert "row 0" in lines and "row 4999" not in lines  # a share under 32 KiB: one window, at the start
     assert "".join(sample_texts(paths, 10**9)) == "".join(open(p).read() if p.endswith(".txt") else
                                                           "".join(f"row {i}\n" for i in range(5000))
                                                           for p in paths)

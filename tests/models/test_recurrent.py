@@ -135,3 +135,26 @@ def test_bfloat16_close_to_float32(kind):
     np.testing.assert_allclose(np.asarray(hs16, np.float32), np.asarray(hs32), atol=2e-2)
     np.testing.assert_allclose(np.asarray(c16), np.asarray(c32), atol=5e-2)
     np.testing.assert_allclose(np.asarray(h16), np.asarray(h32), atol=2e-2)
+
+
+@pytest.mark.parametrize("kind", ["mlstm", "lstm"])
+@pytest.mark.parametrize("layout", ["feature", "batch"])
+def test_a_reset_clears_a_state_that_overflowed(kind, layout):
+    """A text whose float16 forward overflowed left NaN in its row's state, and the reset to
+    the next packed text multiplied it by 0 (NaN): every later text of the row came back NaN.
+    Here a NaN input at t = 1 in row 0, a reset at t = 3: from t = 3 on the row is finite and
+    equals a fresh start."""
+    from lmscale.models.recurrent import scan_options
+    layer = (MLSTMLayer if kind == "mlstm" else LSTMLayer)(IN, H, rngs=nnx.Rngs(0))
+    randomize_params(layer, seed=3)
+    xs, h0, c0 = inputs()
+    resets = np.zeros((B, T), bool)
+    resets[:, 3] = True
+    poisoned = xs.copy()
+    poisoned[0, 1] = np.nan
+    with scan_options(layout=layout):
+        a, _ = layer(jnp.asarray(poisoned), (jnp.asarray(h0), jnp.asarray(c0)), jnp.asarray(resets))
+        b, _ = layer(jnp.asarray(xs), (jnp.asarray(h0), jnp.asarray(c0)), jnp.asarray(resets))
+    a, b = np.asarray(a), np.asarray(b)
+    assert np.isnan(a[0, 1:3]).all()
+    np.testing.assert_allclose(a[:, 3:], b[:, 3:], atol=1e-6)

@@ -137,3 +137,31 @@ def test_compute_hint_only_where_the_other_dtype_pays(compute, platform, flags, 
     if hinted:
         assert f"--config.precision.compute={hinted} trains" in hint
         assert f"--compute={hinted} featurizes" in featurize_hint
+
+
+def test_a_float16_run_skipping_every_step_at_scale_one_is_stopped():
+    """Loss scale down to 1 and every step skipped (gradients not finite even unscaled): the
+    run skipped to its end, saved checkpoints and exited 0. Logged every 10 steps here."""
+    from lmscale.training.precision import STUCK_STEPS, SkippedRun
+    run = SkippedRun(step=100, skipped=3)
+    assert run.after_log(110, 13, 1.0, True) is None  # 10 of 10 skipped, at scale 1
+    assert run.after_log(120, 22, 1.0, True) is None  # one step went through: the run restarts
+    said = None
+    for k in range(STUCK_STEPS // 10):
+        said = run.after_log(130 + 10 * k, 32 + 10 * k, 1.0, True)
+    assert said is not None and said.startswith(f"float16: the last {STUCK_STEPS} steps were all "
+                                                "skipped, at the lowest loss scale (1)")
+    assert f"the weights are those of step {120 + 10 * (STUCK_STEPS // 10) - STUCK_STEPS}" in said
+    calm = SkippedRun(step=0, skipped=0)  # the descent from 2**32 (scale still above 1)
+    assert all(calm.after_log(10 * k, 10 * k, 2.0 ** (32 - 10 * k), True) is None for k in (1, 2, 3))
+    assert all(SkippedRun(0, 0).after_log(s, s, 1.0, False) is None for s in (100, 200))  # static
+
+
+def test_a_diverging_float16_run_ends_with_the_error(tmp_path, corpus):
+    from lmscale.training.loop import DivergedError, train
+    from tests.conftest import tiny_config
+    config = tiny_config(corpus, **{"train.steps": 200, "precision.compute": "float16",
+                                    "optim.lr": 100.0, "optim.clip": 0.0, "train.log_every": 10,
+                                    "train.eval_every": 0, "checkpoint.every": 1000})
+    with pytest.raises(DivergedError, match="float16: the last 5. steps were all skipped"):
+        train(config, str(tmp_path / "run"))
