@@ -278,3 +278,19 @@ def catches(pid: int, signum: int) -> bool:
     except (OSError, StopIteration):
         return False
     return bool(int(mask, 16) >> (signum - 1) & 1)
+
+
+@pytest.fixture
+def small_disk(tmp_path, request):
+    """A 1.8 MB tmpfs (or the size given as the fixture's param; root only, skipped
+    elsewhere), unmounted after the test."""
+    import subprocess
+    mount = tmp_path / "small_disk"
+    mount.mkdir()
+    size = getattr(request, "param", "1800k")
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+                          capture_output=True)
+    if made.returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)  # lazily: orbax may hold files

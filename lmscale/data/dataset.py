@@ -93,6 +93,26 @@ class SplitData:
         return np.array(self.shards[shard_index][start:stop])
 
 
+def dataset_fingerprint(path: str | os.PathLike, edge_bytes: int = 4096) -> str:
+    """A short hash of a prepared dataset's contents as far as cheaply readable: its
+    metadata.json and the first and last ``edge_bytes`` of every shard file (a dataset
+    prepared again in place, from other text, differs in them)."""
+    import hashlib
+    digest = hashlib.sha256()
+    path = os.fspath(path)
+    with open(os.path.join(path, METADATA), "rb") as f:
+        digest.update(f.read())
+    meta = _read_metadata(path)
+    for split in meta.get("splits", {}).values():
+        for entry in split.get("shards", []):
+            with open(os.path.join(path, entry["file"]), "rb") as f:
+                digest.update(f.read(edge_bytes))
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(size - edge_bytes, 0))
+                digest.update(f.read(edge_bytes))
+    return digest.hexdigest()[:16]
+
+
 class TokenDataset:
     """A prepared dataset folder: metadata, tokenizer and splits."""
 
@@ -138,8 +158,11 @@ class TokenDataset:
             doc_path = os.path.join(self.path, doc_file)
             if not os.path.isfile(doc_path):
                 raise DataError(f"{self.path}: document-start file {doc_file} is missing")
-            try:
-                starts = np.load(doc_path, allow_pickle=False)
+            try:  # memory-mapped: 8 bytes a document would be GBs of RAM in every process
+                try:
+                    starts = np.load(doc_path, mmap_mode="r", allow_pickle=False)
+                except ValueError:  # an empty array (a shard inside one document) has no map
+                    starts = np.load(doc_path, allow_pickle=False)
             except (ValueError, OSError) as e:
                 raise DataError(f"{self.path}: document-start file {doc_file} is unreadable ({e})") from None
             if starts.ndim != 1 or starts.dtype != np.int64:

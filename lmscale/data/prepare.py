@@ -22,6 +22,7 @@ Layout of ``output``::
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -345,6 +346,26 @@ def _publish(tmp: str, output: str, replace: bool) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
+def _remove_abandoned(output: str) -> None:
+    """Removes the OUTPUT.tmp-PID folders of prepares that were killed (their process is
+    gone): a SIGKILL leaves up to a few times the input's size there, never read."""
+    parent, name = os.path.split(os.path.abspath(output))
+    for entry in os.listdir(parent or ".") if os.path.isdir(parent or ".") else []:
+        if not entry.startswith(f"{name}.tmp-") or not entry[len(name) + 5:].isdigit():
+            continue
+        pid = int(entry[len(name) + 5:])
+        try:
+            os.kill(pid, 0)
+            continue  # a prepare still running (or a pid reused: left alone)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+        print(f"note: removed {os.path.join(parent, entry)}, left by a prepare that was killed",
+              file=sys.stderr, flush=True)
+
+
 def prepare_dataset(inputs: str | Sequence[str], output: str, *, text_column: str | None = None,
                     text_field: str | None = None, txt_mode: str = "file",
                     split: Sequence[int] = (98, 1, 1), shard_tokens: int = 2**27,
@@ -410,6 +431,7 @@ def prepare_dataset(inputs: str | Sequence[str], output: str, *, text_column: st
     tmp = f"{output}.tmp-{os.getpid()}"
     if os.path.lexists(tmp):
         shutil.rmtree(tmp)
+    _remove_abandoned(output)
     os.makedirs(tmp)
     try:
         path_ends: list[int] | None = [] if parts else None
@@ -455,6 +477,12 @@ def prepare_dataset(inputs: str | Sequence[str], output: str, *, text_column: st
             json.dump(metadata, f, indent=1)
         _check_output(output, overwrite)  # it may have appeared meanwhile
         _publish(tmp, output, replace and os.path.lexists(output))
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        raise DataError(f"{output}: the disk is full ({e.filename or tmp}): preparing needs about "
+                        f"twice the dataset's size free while it runs (its tokens, then the "
+                        f"shards); nothing was written") from None
     finally:
         if os.path.lexists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)

@@ -90,6 +90,15 @@ def expand_inputs(patterns: str | Sequence[str], *, notes: bool = True) -> list[
         files, before = [], len(skipped)
         for m in matched:
             files.extend(_files_under(m, skipped) if os.path.isdir(m) else [m])
+        shards = [f for f in files if f.endswith((".docs.npy", ".bin"))
+                  and os.path.basename(f).startswith("shard_")
+                  and not os.path.isfile(os.path.join(os.path.dirname(os.path.dirname(f)),
+                                                      "metadata.json"))]
+        if shards:  # binary token shards are no text: a prepared dataset without its metadata
+            raise DataError(f"{item} holds token shards of a prepared lmscale dataset ({shards[0]}) "
+                            f"but no readable metadata.json above them: an incomplete copy? Copy "
+                            f"the dataset folder whole (metadata.json with its split folders), "
+                            f"or prepare it again; shard files are not text to train on")
         if not files:
             raise DataError(f"{item} holds no files" + (" but hidden ones (names starting with '.')"
                                                       if len(skipped) > before else ""))

@@ -26,13 +26,14 @@ from flax import nnx
 from lmscale.cli import EXIT_DIVERGED
 from lmscale.config import derive, save_config, validate, with_global_batch
 from lmscale.distributed import check_same_config, process_0_says
-from lmscale.data.dataset import TokenDataset
+from lmscale.data.dataset import TokenDataset, dataset_fingerprint
 from lmscale.models import architecture, flops_per_token
 from lmscale.models.lm import unused_qrnn_note
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.checkpoints import CheckpointError, Checkpointer, check_same_model
 from lmscale.training.resume import (PROVENANCE_KEYS, archive_previous_run, check_resumable,
-                                     keep_config_history, provenance, resumed_derived)
+                                     check_same_dataset, keep_config_history, provenance,
+                                     resumed_derived)
 from lmscale.training.step_timer import StepTimer
 from lmscale.training.stop import StopSignal
 from lmscale.training.workdir_lock import locked_workdir
@@ -99,6 +100,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
 
     dataset = TokenDataset.open(resolve_dataset(config.data, workdir, progress=interactive,
                                                 resuming=saved is not None))
+    fingerprint = dataset_fingerprint(dataset.path)
+    if saved is not None:  # the same data the recorded steps were counted on
+        check_same_dataset(saved, dataset.path, fingerprint, workdir)
     batcher = train_batcher(dataset, config)
     val = dataset.split("val") if "val" in dataset.split_names else None
     if val is not None:  # a split too small to validate on fails now, not after training
@@ -120,7 +124,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
                               abstract=saved is not None, mesh=mesh)
     graphdef, state = setup.graphdef, setup.state
     initial_carry = nnx.merge(graphdef, state.params).initial_carry  # reads shapes, not params
-    derived.update(dataset=os.path.abspath(dataset.path), devices=mesh.size,
+    derived.update(dataset=os.path.abspath(dataset.path), dataset_fingerprint=fingerprint,
+                   devices=mesh.size,
                    processes=jax.process_count(), params=setup.num_params,
                    train_flops_per_token=3 * flops_per_token(config.model, vocab_size,
                                                              config.train.seq_len),

@@ -145,6 +145,18 @@ def check_same_optimizer(old: dict[str, Any], new: dict[str, Any], where: str, *
                 f"--config.resume=false to start afresh (the old run is archived)")
 
 
+def check_same_dataset(saved: dict[str, Any], path: str, fingerprint: str, where: str) -> None:
+    """Refuses a resume on a prepared dataset whose files changed since the checkpoint (say
+    prepared again in place with --overwrite): its steps were counted on the other data."""
+    recorded = (saved.get("derived") or {}).get("dataset_fingerprint")
+    if recorded and recorded != fingerprint:
+        raise CheckpointMismatchError(
+            f"{where} was trained on the dataset {path} as it was then, and its files have "
+            f"changed since (prepared again?): the recorded steps were counted on other data, "
+            f"so resuming on it is refused; restore the dataset, use a new --workdir, or "
+            f"--config.resume=false to start afresh (the old run is archived)")
+
+
 def resumed_derived(derived: dict[str, Any], saved: dict[str, Any],
                     config: ml_collections.ConfigDict) -> dict[str, Any]:
     """``derived`` with the recorded decay horizon kept when no decay setting changed."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
@@ -134,3 +135,35 @@ def test_bad_options(corpus_dir, tmp_path, kw, match):
     with pytest.raises(DataError, match=match):
         prepare(str(corpus_dir), tmp_path / "out", **kw)
     assert leftovers(tmp_path / "out") == []
+
+
+def test_a_full_disk_is_one_error_and_leaves_nothing(small_disk, tmp_path):
+    """A prepare into a full disk ended in a traceback (OSError 28), found after its first pass."""
+    text = tmp_path / "corpus.txt"
+    text.write_text("a line of text to tokenize.\n" * 40_000)  # 1.1 MB: 2.2 MB of uint16 tokens
+    out = small_disk / "ds"
+    with pytest.raises(DataError, match=r"ds: the disk is full .*needs about twice the dataset's "
+                                        r"size free"):
+        prepare_dataset(str(text), str(out), split=(8, 1, 1), progress=False)
+    assert os.listdir(small_disk) == []  # no half dataset, no temporary folder
+
+
+def test_a_killed_prepares_temporary_folder_is_removed_by_the_next(tmp_path):
+    """A SIGKILLed prepare leaves OUTPUT.tmp-PID (hundreds of MB on a real corpus) that no
+    later prepare removed; one whose process still runs is left alone."""
+    import subprocess
+    import sys
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        text = tmp_path / "corpus.txt"
+        text.write_text("a line of text.\n" * 200)
+        for pid in (gone, alive.pid):
+            os.makedirs(tmp_path / f"ds.tmp-{pid}")
+            (tmp_path / f"ds.tmp-{pid}" / "tokens.bin").write_bytes(b"\0" * 1000)
+        prepare_dataset(str(text), str(tmp_path / "ds"), split=(8, 1, 1), progress=False)
+        assert not (tmp_path / f"ds.tmp-{gone}").exists()
+        assert (tmp_path / f"ds.tmp-{alive.pid}").exists()
+    finally:
+        alive.kill()

@@ -164,3 +164,17 @@ def test_tokenizer_sample_of_a_large_txt_leaves_out_its_byte_order_mark(tmp_path
     p.write_bytes(b"\xef\xbb\xbf" + b"the cat sat on the mat.\n" * 2000)
     texts = list(sample_texts([str(p)], 4000))  # a window sample: the file is larger
     assert texts and texts[0].startswith("the cat") and "\ufeff" not in "".join(texts)
+
+
+def test_a_prepared_dataset_without_its_metadata_is_not_read_as_text(tmp_path):
+    """An incomplete copy of a dataset (metadata.json left behind) was prepared as text: its
+    binary shards were tokenized and trained on, silently."""
+    from lmscale.data.prepare import prepare_dataset
+    (tmp_path / "t.txt").write_text("some text to prepare. " * 400)
+    out = prepare_dataset(str(tmp_path / "t.txt"), str(tmp_path / "ds"), split=(8, 1, 1),
+                          shard_tokens=1024, progress=False)
+    os.remove(os.path.join(out, "metadata.json"))
+    for given in (out, os.path.join(out, "train")):
+        with pytest.raises(DataError, match=r"holds token shards of a prepared lmscale dataset .* "
+                                            r"but no readable metadata.json above them"):
+            expand_inputs(given)

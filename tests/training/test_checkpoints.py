@@ -69,22 +69,6 @@ def test_first_save_slices_only_large_arrays_and_reads_standard_save_checkpoints
     assert out["standard_save"], out
 
 
-@pytest.fixture
-def small_disk(tmp_path, request):
-    """A 1.8 MB tmpfs (or the size given as the fixture's param; root only, skipped
-    elsewhere), unmounted after the test."""
-    import subprocess
-    mount = tmp_path / "small_disk"
-    mount.mkdir()
-    size = getattr(request, "param", "1800k")
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
-                          capture_output=True)
-    if made.returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=True)  # lazily: orbax may hold files
-
-
 def test_a_full_disk_is_one_error_naming_the_checkpoint(small_disk, corpus, capfd):
     """A save into a full disk printed 512 lines (orbax's threads' tracebacks, then the
     interpreter's shutdown noise); one CheckpointError names the checkpoint and the latest

@@ -429,3 +429,23 @@ def test_a_prepared_datasets_runs_resume_whatever_the_tokenizer_fields_say(tmp_p
     bad.data.train, bad.data.sp_model = str(text), str(tmp_path / "m.model")
     with pytest.raises(ConfigError, match="data.sp_model is for data.tokenizer=sentencepiece"):
         validate(bad)
+
+
+def test_a_dataset_prepared_again_in_place_is_not_resumed_on(tmp_path, corpus):
+    """prepare --overwrite into the run's dataset folder, then a resume: it went on silently
+    with other data (steps_per_epoch 19 -> 21, losses apart from the uninterrupted run)."""
+    from lmscale.data.prepare import prepare_dataset
+    data = str(tmp_path / "ds")
+    prepare_dataset(corpus, data, split=(8, 1, 1), shard_tokens=4096, progress=False)
+    config = lambda steps: tiny_config(data, **{**BASE, "train.steps": steps})
+    workdir = str(tmp_path / "run")
+    train(config(4), workdir)
+    train(config(6), workdir)  # the same dataset: resumes
+    other = tmp_path / "other.txt"
+    import glob
+    other.write_text("".join(open(p).read() for p in sorted(glob.glob(corpus))).upper())
+    prepare_dataset(str(other), data, split=(8, 1, 1), shard_tokens=4096, overwrite=True,
+                    progress=False)
+    with pytest.raises(CheckpointMismatchError, match=r"was trained on the dataset .* its files "
+                                                      r"have changed since \(prepared again\?\)"):
+        train(config(8), workdir)
