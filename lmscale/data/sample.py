@@ -111,7 +111,9 @@ def _jsonl_windows(path: str, size: int, share: int, field: str, options: dict) 
 
 
 def _record_text(raw: bytes, path: str, at: int, field: str, options: dict) -> str | None:
-    """The text of the JSONL record ``raw`` (None: null, as the reader skips it). A record the
+    """The text of the JSONL record ``raw`` (None: null or without the field, as the reader
+    skips those past a record with it; a file whose first record lacks it is refused in the
+    reader's first pass). A record the
     reader refuses is the reader's error, read from the file's start (its line number)."""
     try:
         obj = json.loads(raw)
@@ -119,6 +121,8 @@ def _record_text(raw: bytes, path: str, at: int, field: str, options: dict) -> s
         obj = None
     if isinstance(obj, dict) and field in obj and (obj[field] is None or isinstance(obj[field], str)):
         return obj[field]
+    if isinstance(obj, dict) and field not in obj:  # skipped by the reader past its first record
+        return None
     for _ in iter_pieces([path], **options):  # raises at the first record it refuses
         pass
     raise DataError(f"{path}: the record at byte {at:,} has no string field {field!r}")

@@ -148,6 +148,10 @@ def _iter_txt(path: str, txt_mode: str) -> Iterator[tuple[bytes, bool]]:
 
 
 def _iter_jsonl(path: str, field: str) -> Iterator[tuple[bytes, bool]]:
+    """A record without ``field`` is an error until one with it was read (a mistyped
+    --text_field); after that it is skipped, as a null text is, and counted in a note (the
+    Amazon reviews have records without reviewText: hours into a prepare, they aborted it)."""
+    seen, missing, first_missing = False, 0, 0
     with open_input(path, "rb") as f:
         first = True
         for lineno, raw in enumerate(f, 1):
@@ -164,14 +168,21 @@ def _iter_jsonl(path: str, field: str) -> Iterator[tuple[bytes, bool]]:
             if not isinstance(obj, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             if field not in obj:
-                raise DataError(f"{path}:{lineno}: no field {field!r}; keys are {sorted(obj)} "
-                                f"(name the text's: --text_field, or data.text_field)")
+                if not seen:
+                    raise DataError(f"{path}:{lineno}: no field {field!r}; keys are {sorted(obj)} "
+                                    f"(name the text's: --text_field, or data.text_field)")
+                missing, first_missing = missing + 1, first_missing or lineno
+                continue
+            seen = True
             value = obj[field]
             if value is None:
                 continue
             if not isinstance(value, str):
                 raise DataError(f"{path}:{lineno}: field {field!r} is a {type(value).__name__}, not a string")
             yield value.encode("utf-8"), True
+    if missing:
+        print(f"note: {path}: {missing} record(s) without the field {field!r} skipped (the "
+              f"first at line {first_missing})", file=sys.stderr, flush=True)
 
 
 def _iter_csv(path: str, column: str) -> Iterator[tuple[bytes, bool]]:

@@ -64,10 +64,20 @@ def test_csv_without_column_lists_columns(tmp_path):
 
 def test_jsonl_without_field_lists_keys(tmp_path):
     with open(tmp_path / "d.jsonl", "w") as f:
-        f.write(json.dumps({"text": "a" * 50}) + "\n" + json.dumps({"body": "b", "id": 3}) + "\n")
-    with pytest.raises(DataError, match=r"d\.jsonl:2: no field 'text'; keys are \['body', 'id'\]"):
+        f.write(json.dumps({"body": "b", "id": 3}) + "\n" + json.dumps({"text": "a" * 50}) + "\n")
+    with pytest.raises(DataError, match=r"d\.jsonl:1: no field 'text'; keys are \['body', 'id'\]"):
         prepare(str(tmp_path / "d.jsonl"), tmp_path / "out")
     assert leftovers(tmp_path / "out") == []
+
+
+def test_a_later_record_without_the_field_is_skipped_and_counted(tmp_path, capfd):
+    """The Amazon reviews hold records without reviewText: one aborted a prepare hours in."""
+    with open(tmp_path / "d.jsonl", "w") as f:
+        for i in range(40):
+            f.write(json.dumps({"text": f"review {i} " * 20} if i not in (7, 30) else {"id": i}) + "\n")
+    out = prepare(str(tmp_path / "d.jsonl"), tmp_path / "out")
+    assert TokenDataset.open(out).metadata["total_documents"] == 38
+    assert "d.jsonl: 2 record(s) without the field 'text' skipped (the first at line 8)" in capfd.readouterr().err
 
 
 @pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
