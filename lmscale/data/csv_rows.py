@@ -13,7 +13,8 @@ doubled and newlines). A tab-separated file (``delimiter="\\t"``) is read line b
 TSV files usually are (GLUE's, for one): each line is one row, its fields are split at every
 tab, and a double quote is a character of the text like any other, except that a field
 written with CSV quoting (Python's csv and pandas quote a field holding a quote: the whole
-field in quotes, its own quotes doubled) is read back as the text it quotes.
+field in quotes, its own quotes doubled) is read back as the text it quotes; a field quoted
+whole with no doubled quote inside ("Hello") is a quotation and kept as it is.
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ def _unquoted(field: str) -> str:
     read back as the text it quotes; any other field as it is (a text starting with a quote)."""
     if len(field) >= 2 and field[0] == field[-1] == '"':
         inner = field[1:-1]
-        if '"' not in inner.replace('""', ""):
+        # A CSV writer quotes a field of one line for the quotes it holds (doubled inside): a
+        # text quoted whole without them ("Hello") is a quotation, kept as it is.
+        if '""' in inner and '"' not in inner.replace('""', ""):
             return inner.replace('""', '"')
     return field

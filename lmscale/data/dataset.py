@@ -158,11 +158,8 @@ class TokenDataset:
             doc_path = os.path.join(self.path, doc_file)
             if not os.path.isfile(doc_path):
                 raise DataError(f"{self.path}: document-start file {doc_file} is missing")
-            try:  # memory-mapped: 8 bytes a document would be GBs of RAM in every process
-                try:
-                    starts = np.load(doc_path, mmap_mode="r", allow_pickle=False)
-                except ValueError:  # an empty array (a shard inside one document) has no map
-                    starts = np.load(doc_path, allow_pickle=False)
+            try:  # in memory (8 bytes a document): a map each would double the open files
+                starts = np.load(doc_path, allow_pickle=False)
             except (ValueError, OSError) as e:
                 raise DataError(f"{self.path}: document-start file {doc_file} is unreadable ({e})") from None
             if starts.ndim != 1 or starts.dtype != np.int64:

@@ -8,7 +8,7 @@ Pass 2 cuts the stream into ``cycles * sum(split)`` contiguous shards of near-eq
 assigns them to splits evenly within each cycle (val/test interleaved with train, as in
 the paper's 1000/1/1 shards), and copies each shard's range into its own file.
 
-Everything is written into ``<output>.tmp-<pid>`` and renamed to ``output`` at the end,
+Everything is written into ``<output>.tmp-<host>-<pid>`` and renamed to ``output`` at the end,
 so a failed or interrupted run leaves nothing that looks like a dataset.
 
 Layout of ``output``::
@@ -27,6 +27,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -346,24 +347,31 @@ def _publish(tmp: str, output: str, replace: bool) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
+# The machine in a prepare's temporary folder's name: only this machine's processes can be
+# told dead (a shared filesystem may hold another machine's live prepare).
+_HOST = socket.gethostname().replace(os.sep, "_") or "host"
+
+
 def _remove_abandoned(output: str) -> None:
-    """Removes the OUTPUT.tmp-PID folders of prepares that were killed (their process is
-    gone): a SIGKILL leaves up to a few times the input's size there, never read."""
+    """Removes the OUTPUT.tmp-HOST-PID folders of this machine's prepares that were killed
+    (their process is gone): a SIGKILL leaves up to a few times the input's size there."""
     parent, name = os.path.split(os.path.abspath(output))
+    prefix = f"{name}.tmp-{_HOST}-"
     for entry in os.listdir(parent or ".") if os.path.isdir(parent or ".") else []:
-        if not entry.startswith(f"{name}.tmp-") or not entry[len(name) + 5:].isdigit():
+        if not entry.startswith(prefix) or not entry[len(prefix):].isdigit():
             continue
-        pid = int(entry[len(name) + 5:])
         try:
-            os.kill(pid, 0)
+            os.kill(int(entry[len(prefix):]), 0)
             continue  # a prepare still running (or a pid reused: left alone)
         except ProcessLookupError:
             pass
         except PermissionError:
             continue
-        shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
-        print(f"note: removed {os.path.join(parent, entry)}, left by a prepare that was killed",
-              file=sys.stderr, flush=True)
+        folder = os.path.join(parent, entry)
+        shutil.rmtree(folder, ignore_errors=True)
+        if not os.path.lexists(folder):
+            print(f"note: removed {folder}, left by a prepare that was killed", file=sys.stderr,
+                  flush=True)
 
 
 def prepare_dataset(inputs: str | Sequence[str], output: str, *, text_column: str | None = None,
@@ -428,7 +436,7 @@ def prepare_dataset(inputs: str | Sequence[str], output: str, *, text_column: st
               f"{'; '.join(lossy)}: decoding does not give back the text exactly, and bpc "
               f"counts the bytes of its pieces, not of the text (lmscale trains its own "
               f"without these: --vocab_size instead of --sp_model)", file=sys.stderr, flush=True)
-    tmp = f"{output}.tmp-{os.getpid()}"
+    tmp = f"{output}.tmp-{_HOST}-{os.getpid()}"
     if os.path.lexists(tmp):
         shutil.rmtree(tmp)
     _remove_abandoned(output)

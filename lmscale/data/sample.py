@@ -14,6 +14,7 @@ ever in memory.
 from __future__ import annotations
 
 import codecs
+import functools
 import json
 import math
 from collections.abc import Iterator, Sequence
@@ -94,8 +95,10 @@ def _jsonl_windows(path: str, size: int, share: int, field: str, options: dict) 
             budget, first = left // (count - i), True
             while pos < stop and budget > 0:
                 raw = f.readline()
+                if not raw:  # the end of the file (shorter than when its size was read)
+                    break
                 at, pos = pos, pos + len(raw)
-                if not raw or not raw.strip():
+                if not raw.strip():
                     continue
                 text = _record_text(raw, path, at, field, options)
                 if text is None:
@@ -110,6 +113,21 @@ def _jsonl_windows(path: str, size: int, share: int, field: str, options: dict) 
                     yield text
 
 
+@functools.lru_cache(maxsize=64)
+def _first_record_has(path: str, field: str) -> bool:
+    """Whether the first record of the JSONL file ``path`` has ``field`` (if not, the reader
+    refuses the file: a mistyped --text_field, said with the keys there)."""
+    with open(path, "rb") as f:
+        for raw in f:
+            if raw.strip():
+                try:
+                    obj = json.loads(raw.lstrip().removeprefix(codecs.BOM_UTF8))
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    return False
+                return isinstance(obj, dict) and field in obj
+    return False
+
+
 def _record_text(raw: bytes, path: str, at: int, field: str, options: dict) -> str | None:
     """The text of the JSONL record ``raw`` (None: null or without the field, as the reader
     skips those past a record with it; a file whose first record lacks it is refused in the
@@ -121,8 +139,8 @@ def _record_text(raw: bytes, path: str, at: int, field: str, options: dict) -> s
         obj = None
     if isinstance(obj, dict) and field in obj and (obj[field] is None or isinstance(obj[field], str)):
         return obj[field]
-    if isinstance(obj, dict) and field not in obj:  # skipped by the reader past its first record
-        return None
+    if isinstance(obj, dict) and field not in obj and _first_record_has(path, field):
+        return None  # skipped by the reader, as past a record with the field
     for _ in iter_pieces([path], **options):  # raises at the first record it refuses
         pass
     raise DataError(f"{path}: the record at byte {at:,} has no string field {field!r}")

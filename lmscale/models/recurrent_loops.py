@@ -4,7 +4,7 @@
 the weight gradients are formed after the reverse loop); ``recurrent_segments`` runs them
 segment by segment for remat; ``forward_with`` is the decoder's step (no residuals).
 
-Forward (per step t, keep_t = 1 - reset_t):  h, c <- keep_t * (h, c);
+Forward (per step t, keep_t = 1 - reset_t):  h, c <- (h, c) where keep_t, else 0;
   mLSTM: u = h W_mh, m = xm_t * u with xm_t = x_t W_mx, z = x_t W_x + m W_h + b;
   LSTM:  z = x_t W_x + h W_h + b;
   i, f, g, o = sigmoid/sigmoid/tanh/sigmoid(split(z)); c' = f c + i g; h' = o tanh(c').

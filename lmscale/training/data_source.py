@@ -225,6 +225,16 @@ def _prepare_in_workdir(data: ml_collections.ConfigDict, workdir: str, progress:
         with open(request_path) as f:
             recorded = json.load(f)
         old_sources = recorded.pop("sources", None)  # absent before 2026-12-04: not compared
+        if recorded != request and resuming:  # refused before the run's data is replaced
+            key = next(k for k in sorted(set(recorded) | set(request))
+                       if recorded.get(k) != request.get(k))
+            from lmscale.training.checkpoints import CheckpointMismatchError
+            name = "data.train" if key == "inputs" else f"data.{key}"
+            raise CheckpointMismatchError(
+                f"{workdir} was trained on {target}, prepared with {name}={recorded.get(key)!r}; "
+                f"resuming it with {name}={request.get(key)!r} would prepare it again, and the "
+                f"recorded steps were counted on the other: refused; use the same value, a new "
+                f"--workdir, or --config.resume=false to start afresh (the old run is archived)")
         if recorded == request:
             if old_sources is None or sources is None or old_sources == sources:
                 return target

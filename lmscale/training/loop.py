@@ -306,7 +306,8 @@ def _already_trained(workdir: str, start: int, steps: int, is_main: bool) -> dic
 
 
 class DivergedError(CheckpointError):
-    """The parameters are no longer finite at ``step``: the state is not saved."""
+    """The run cannot go on at ``step``: its parameters are no longer finite (the state is not
+    saved), or float16 skipped every step for a while (``precision.SkippedRun``)."""
 
     exit_status = EXIT_DIVERGED
 

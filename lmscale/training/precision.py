@@ -117,7 +117,9 @@ STUCK_STEPS = 50
 
 
 class SkippedRun:
-    """Host-side, at each log record: the steps skipped in a row that ended at loss scale 1."""
+    """Host-side, at each log record: the steps skipped in a row (whole log windows of them,
+    so checked every ``train.log_every`` steps), an error once they are STUCK_STEPS or more
+    and the loss scale has come down to 1."""
 
     def __init__(self, step: int, skipped: int) -> None:
         self.last_step, self.last_skipped, self.run = step, skipped, 0
@@ -125,13 +127,13 @@ class SkippedRun:
     def after_log(self, step: int, skipped: int, scale: float, dynamic: bool) -> str | None:
         """The error to stop with once STUCK_STEPS steps in a row were skipped at scale 1."""
         window = step - self.last_step
-        every = dynamic and window > 0 and skipped - self.last_skipped == window and scale <= 1.0
-        self.run = self.run + window if every else 0
+        every = dynamic and window > 0 and skipped - self.last_skipped == window
+        self.run = self.run + window if every else 0  # the weights are those before the run
         self.last_step, self.last_skipped = step, skipped
-        if self.run < STUCK_STEPS:
+        if self.run < STUCK_STEPS or scale > 1.0:
             return None
-        return (f"float16: the last {self.run} steps were all skipped, at the lowest loss scale "
-                f"(1): the gradients are not finite even unscaled (the float16 forward overflows, "
+        return (f"float16: the last {self.run} steps were all skipped, down to the lowest loss "
+                f"scale (1): the gradients are not finite even unscaled (the float16 forward overflows, "
                 f"or the run diverged); the weights are those of step {step - self.run}. Resume "
                 f"in bfloat16 (--config.precision.compute=bfloat16) or with a lower optim.lr")
 

@@ -77,8 +77,10 @@ def test_a_tab_separated_file_has_no_quoting(tmp_path):
     with open(tmp_path / "w.tsv", "w", newline="") as f:
         csv.writer(f, delimiter="\t").writerows([["sentence", "label"], ['She said "great movie"', 1],
                                                  ['"quoted"', 0], ["plain", 1]])
+        f.write('"Hello"\t1\n""\t0\n')  # quoted whole by its author, and an empty quotation
     assert (tmp_path / "w.tsv").read_text().splitlines()[1] == '"She said ""great movie"""\t1'
-    assert load_labeled(str(tmp_path / "w.tsv")).texts == ['She said "great movie"', '"quoted"', "plain"]
+    assert load_labeled(str(tmp_path / "w.tsv")).texts == ['She said "great movie"', '"quoted"', "plain",
+                                                           '"Hello"', '""']
     with open(tmp_path / "c.csv", "w", newline="") as f:  # a .csv keeps CSV's quoting
         csv.writer(f).writerows([["sentence", "label"], ['a, "b"\nc', 1]])
     assert load_labeled(str(tmp_path / "c.csv")).texts == ['a, "b"\nc']

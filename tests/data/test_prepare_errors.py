@@ -159,8 +159,10 @@ def test_a_full_disk_is_one_error_and_leaves_nothing(small_disk, tmp_path):
 
 
 def test_a_killed_prepares_temporary_folder_is_removed_by_the_next(tmp_path):
-    """A SIGKILLed prepare leaves OUTPUT.tmp-PID (hundreds of MB on a real corpus) that no
-    later prepare removed; one whose process still runs is left alone."""
+    """A SIGKILLed prepare leaves OUTPUT.tmp-HOST-PID (hundreds of MB on a real corpus) that
+    no later prepare removed; one whose process still runs, or another machine's (a shared
+    filesystem), is left alone."""
+    from lmscale.data.prepare import _HOST
     import subprocess
     import sys
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
@@ -169,11 +171,11 @@ def test_a_killed_prepares_temporary_folder_is_removed_by_the_next(tmp_path):
     try:
         text = tmp_path / "corpus.txt"
         text.write_text("a line of text.\n" * 200)
-        for pid in (gone, alive.pid):
-            os.makedirs(tmp_path / f"ds.tmp-{pid}")
-            (tmp_path / f"ds.tmp-{pid}" / "tokens.bin").write_bytes(b"\0" * 1000)
+        folders = [f"ds.tmp-{_HOST}-{gone}", f"ds.tmp-{_HOST}-{alive.pid}", f"ds.tmp-elsewhere-{gone}"]
+        for folder in folders:
+            os.makedirs(tmp_path / folder)
+            (tmp_path / folder / "tokens.bin").write_bytes(b"\0" * 1000)
         prepare_dataset(str(text), str(tmp_path / "ds"), split=(8, 1, 1), progress=False)
-        assert not (tmp_path / f"ds.tmp-{gone}").exists()
-        assert (tmp_path / f"ds.tmp-{alive.pid}").exists()
+        assert [(tmp_path / f).exists() for f in folders] == [False, True, True]
     finally:
         alive.kill()

@@ -84,3 +84,12 @@ def test_csv_and_compressed_jsonl_give_their_first_documents(tmp_path):
     for path in (c, z):
         texts = list(sample_texts([str(path)], 30_000))
         assert texts == lines[:len(texts)] and second_half_share(texts) == 0
+
+
+def test_a_mistyped_field_is_the_readers_error_with_the_keys(tmp_path):
+    """Records past the first without the field are skipped; if the first lacks it too, the
+    field is mistyped: the reader's error naming the keys, not "no text to train on"."""
+    p = tmp_path / "body.jsonl"
+    p.write_text("".join(json.dumps({"body": f"row {i}\n"}) + "\n" for i in range(5000)))
+    with pytest.raises(DataError, match=r"body\.jsonl:1: no field 'text'; keys are \['body'\]"):
+        list(sample_texts([str(p)], 64_000))

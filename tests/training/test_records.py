@@ -449,3 +449,15 @@ def test_a_dataset_prepared_again_in_place_is_not_resumed_on(tmp_path, corpus):
     with pytest.raises(CheckpointMismatchError, match=r"was trained on the dataset .* its files "
                                                       r"have changed since \(prepared again\?\)"):
         train(config(8), workdir)
+
+
+def test_a_resume_with_other_preparation_settings_is_refused_before_replacing_the_data(base_run, tmp_path):
+    """data.shard_tokens changed on resume: WORKDIR/data was prepared again in place, and only
+    then the resume refused (on the new fingerprint) with the old data gone."""
+    corpus, workdir = copy_run(base_run, tmp_path)
+    meta = os.path.join(workdir, "data", "metadata.json")
+    before = open(meta).read()
+    with pytest.raises(CheckpointMismatchError, match=r"prepared with data.shard_tokens=.*; resuming "
+                                                      r"it with data.shard_tokens=20000 would prepare"):
+        train(tiny_config(corpus, **{**BASE, "train.steps": 6, "data.shard_tokens": 20000}), workdir)
+    assert open(meta).read() == before
