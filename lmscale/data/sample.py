@@ -51,10 +51,11 @@ def _window_count(share: int) -> int:
 def _windows(path: str, size: int, share: int) -> Iterator[str]:
     """``share`` bytes of ``path`` in windows at evenly spaced offsets, cut at newlines."""
     count = _window_count(share)
-    width = max(1, share // count)
+    left = share  # what a window's cut edges leave unread goes to the windows after it
     with open(path, "rb") as f:
         for i in range(count):
             offset = i * size // count
+            width = max(1, left // (count - i))
             f.seek(offset)
             data = f.read(width)
             if offset == 0:
@@ -63,6 +64,7 @@ def _windows(path: str, size: int, share: int) -> Iterator[str]:
                 data = data[nl + 1:]  # start at a line start
             if offset + width < size and (nl := data.rfind(b"\n")) >= 0:
                 data = data[:nl + 1]  # end at a line end
+            left -= len(data)
             text = data.decode("utf-8", errors="ignore")  # drops characters cut at the edges
             if text:
                 yield text
