@@ -358,6 +358,10 @@ def _remove_abandoned(output: str) -> None:
     parent, name = os.path.split(os.path.abspath(output))
     prefix = f"{name}.tmp-{_HOST}-"
     for entry in os.listdir(parent or ".") if os.path.isdir(parent or ".") else []:
+        if entry.startswith(f"{name}.tmp-") and entry[len(name) + 5:].isdigit():  # before hosts
+            print(f"note: {os.path.join(parent, entry)} may be left by a killed prepare (of an "
+                  f"older lmscale, which did not name its machine): remove it if no prepare is "
+                  f"writing it", file=sys.stderr, flush=True)
         if not entry.startswith(prefix) or not entry[len(prefix):].isdigit():
             continue
         try:

@@ -143,7 +143,7 @@ def _record_text(raw: bytes, path: str, at: int, field: str, options: dict) -> s
         return obj[field]
     if isinstance(obj, dict) and field not in obj and _first_record_has(path, field):
         return None  # skipped by the reader, as past a record with the field
-    for _ in iter_pieces([path], **options):  # raises at the first record it refuses
+    for _ in iter_pieces([path], notes=False, **options):  # raises at the first record it refuses
         pass
     raise DataError(f"{path}: the record at byte {at:,} has no string field {field!r}")
 
@@ -153,7 +153,7 @@ def _head(path: str, share: int, options: dict) -> Iterator[str]:
     one cut to fit if it alone is larger)."""
     left = share
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    for data, _ in iter_pieces([path], **options):
+    for data, _ in iter_pieces([path], notes=False, **options):
         if left <= 0 or (len(data) > left and left < share):
             return
         data = data[:left]

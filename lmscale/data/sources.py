@@ -147,11 +147,11 @@ def _iter_txt(path: str, txt_mode: str) -> Iterator[tuple[bytes, bool]]:
             first = False
 
 
-def _iter_jsonl(path: str, field: str) -> Iterator[tuple[bytes, bool]]:
+def _iter_jsonl(path: str, field: str, notes: bool = True) -> Iterator[tuple[bytes, bool]]:
     """A record without ``field`` is an error until one with it was read (a mistyped
     --text_field); after that it is skipped, as a null text is, and counted in a note (the
     Amazon reviews have records without reviewText: hours into a prepare, they aborted it)."""
-    seen, missing, first_missing = False, 0, 0
+    seen, missing, first_missing, nulls = False, 0, 0, 0
     with open_input(path, "rb") as f:
         first = True
         for lineno, raw in enumerate(f, 1):
@@ -176,13 +176,16 @@ def _iter_jsonl(path: str, field: str) -> Iterator[tuple[bytes, bool]]:
             seen = True
             value = obj[field]
             if value is None:
+                nulls += 1
                 continue
             if not isinstance(value, str):
                 raise DataError(f"{path}:{lineno}: field {field!r} is a {type(value).__name__}, not a string")
             yield value.encode("utf-8"), True
-    if missing:
-        print(f"note: {path}: {missing} record(s) without the field {field!r} skipped (the "
-              f"first at line {first_missing})", file=sys.stderr, flush=True)
+    if (missing or nulls) and notes:
+        counts = [f"{missing} without the field {field!r} (the first at line {first_missing})"
+                  if missing else "", f"{nulls} with a null {field!r}" if nulls else ""]
+        print(f"note: {path}: records skipped: {'; '.join(c for c in counts if c)}",
+              file=sys.stderr, flush=True)
 
 
 def _iter_csv(path: str, column: str) -> Iterator[tuple[bytes, bool]]:
@@ -196,8 +199,10 @@ def _iter_csv(path: str, column: str) -> Iterator[tuple[bytes, bool]]:
 
 
 def iter_pieces(paths: Sequence[str], *, text_column: str | None = None,
-                text_field: str | None = None, txt_mode: str = "file") -> Iterator[tuple[bytes, bool]]:
-    """Streams ``(data, starts_document)`` pieces of ``paths`` in order.
+                text_field: str | None = None, txt_mode: str = "file",
+                notes: bool = True) -> Iterator[tuple[bytes, bool]]:
+    """Streams ``(data, starts_document)`` pieces of ``paths`` in order (``notes``: say how
+    many JSONL records had no text; the SentencePiece sample's reads do not).
 
     A document is a piece with ``starts_document`` True followed by the pieces with False;
     only whole ``.txt`` files (``txt_mode="file"``) come in more than one piece, so a huge
@@ -216,7 +221,7 @@ def iter_pieces(paths: Sequence[str], *, text_column: str | None = None,
             if kind == "csv":
                 yield from _iter_csv(path, text_column or "text")
             elif kind == "jsonl":
-                yield from _iter_jsonl(path, text_field or "text")
+                yield from _iter_jsonl(path, text_field or "text", notes)
             else:
                 yield from _iter_txt(path, txt_mode)
         except FileNotFoundError:

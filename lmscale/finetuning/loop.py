@@ -45,7 +45,8 @@ from lmscale.training.in_flight import InFlight
 from lmscale.training.precision import LossScale, Policy, print_compute_hint
 from lmscale.training.restore import TrainedLM, load_trained
 from lmscale.training.schedules import batch_and_rate_note, warmup_note
-from lmscale.training.resume import RUN_FILES, archive_previous_run, check_same_optimizer
+from lmscale.training.resume import (RUN_FILES, archive_previous_run, check_same_optimizer,
+                                     resumed_derived)
 from lmscale.training.state import TrainState, host_zeros, initial_state, placed_on, state_shardings
 from lmscale.training.step_timer import StepTimer
 from lmscale.training.stop import StopSignal
@@ -180,6 +181,24 @@ def check_used_in_fine_tuning(config: ml_collections.ConfigDict) -> None:
                               f"rate per part, on whole texts); leave it at {off!r}")
 
 
+def optim_as_begun(config: ml_collections.ConfigDict, saved: dict[str, Any] | None,
+                   workdir: str) -> ml_collections.ConfigDict:
+    """``config.optim``, or, resuming a fine-tune begun before fine-tuning applied weight decay
+    (its record has no ``optim.weight_decay_style``) with the same ``optim.weight_decay``,
+    that setting off as it trained (a note says so): its checkpoints have no decay step."""
+    old = ((saved or {}).get("config") or {}).get("optim") or {}
+    if (saved is None or "weight_decay_style" in old or config.optim.weight_decay <= 0
+            or old.get("weight_decay") != config.optim.weight_decay):
+        return config.optim
+    if jax.process_index() == 0:
+        print(f"note: {workdir} began before fine-tuning applied optim.weight_decay (it was "
+              f"recorded, not applied): it goes on without it, as it trained "
+              f"(--config.resume=false starts afresh with it)", file=sys.stderr, flush=True)
+    optim = ml_collections.ConfigDict(config.optim.to_dict())
+    optim.weight_decay = 0.0
+    return optim
+
+
 def check_not_a_language_model_run(workdir: str, init_from: str) -> None:
     """Refuses a fine-tuning workdir that is the LM's (``init_from``) or holds another
     language-model training run: its checkpoints would be taken for a classifier's (a
@@ -213,6 +232,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
         on_exit.push(lambda kind, *_, c=opened: c.abandon() if kind else None)
     # A resumed run restores into the state's shapes: no initial state is computed.
     resuming = checkpointer.latest_step() is not None
+    saved = checkpointer.read_meta() if resuming else None  # the record resumed from
 
     policy = Policy.from_compute(config.precision.compute)
     if ft.lm_init not in LM_INITS:
@@ -235,9 +255,12 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
     decay = config.optim.decay_steps or steps
     if config.optim.decay_epochs > 0:
         decay = min(decay, max(1, int(np.ceil(config.optim.decay_epochs * batches.steps_per_epoch))))
+    if saved is not None:  # the decay horizon the run began with, as lmscale.train keeps it
+        decay = resumed_derived({"steps": steps, "decay_steps": decay}, saved, config)["decay_steps"]
     lr = scaled_lr(config.optim, config.train.batch_size)
     head_lr = ft.head_lr or lr
-    tx, schedules = make_finetune_optimizer(config.optim, decay, lr=lr, head_lr=head_lr,
+    optim = optim_as_begun(config, saved, workdir)
+    tx, schedules = make_finetune_optimizer(optim, decay, lr=lr, head_lr=head_lr,
                                             freeze_steps=ft.freeze_steps)
     @jax.jit  # one program: eagerly, each of a schedule's operations was one, in every process
     def logged_lrs(head_step: jax.Array, lm_step: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -247,15 +270,17 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
                  "num_classes": num_classes, **{f"finetune.{k}": ft[k] for k in HEAD_FIELDS}}
     state = init_finetune_state(config, policy, tx, params, mesh, abstract=resuming)
     shardings = state_shardings(state, mesh)
-    if resuming:
-        meta = checkpointer.read_meta()
+    if saved is not None:
+        meta = saved
         check_same_model(meta["signature"], signature, workdir)
         check_same_start(meta, config, lm.step, workdir)
-        check_same_optimizer(meta.get("config") or {}, config.to_dict(), workdir, fine_tuning=True)
+        check_same_optimizer(meta.get("config") or {}, {**config.to_dict(), "optim": optim.to_dict()},
+                             workdir, fine_tuning=True)
         state = checkpointer.restore(state, shardings)
     start = int(jax.device_get(state.step))
     derived = {"steps": steps, "steps_per_epoch": batches.steps_per_epoch, "decay_steps": decay,
-               "lr": lr, "head_lr": head_lr, "num_classes": num_classes, "class_names": class_names,
+               "lr": lr, "head_lr": head_lr, "weight_decay": optim.weight_decay,
+               "num_classes": num_classes, "class_names": class_names,
                "class_weights": None if cw is None else cw.tolist(),
                "init_from": os.path.abspath(config.init_from), "lm_step": lm.step,
                "lm_init": ft.lm_init,

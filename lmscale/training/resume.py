@@ -176,7 +176,9 @@ def resumed_derived(derived: dict[str, Any], saved: dict[str, Any],
                   f"new schedule from here, {horizon}", file=sys.stderr, flush=True)
         return derived
     changed = old_derived.get("steps") != derived["steps"]  # since the checkpoint's run
-    if changed and old_derived["decay_steps"] != derived["decay_steps"] and jax.process_index() == 0:
+    matters = new.get("optim", {}).get("schedule") != "constant"  # a horizon to keep
+    if (changed and matters and old_derived["decay_steps"] != derived["decay_steps"]
+            and jax.process_index() == 0):
         print(f"note: train.steps is {derived['steps']} (it was {old_derived.get('steps')}); the "
               f"learning rate keeps the decay horizon of {old_derived['decay_steps']} steps the "
               f"run started with (set optim.decay_steps to change it)",

@@ -46,10 +46,11 @@ def warmup_note(schedule: str, warmup_steps: int, steps: int, decay_steps: int) 
         return (f"note: optim.warmup_steps={warmup_steps} is not shorter than the run's {steps} "
                 f"steps: the learning rate rises to {(steps - 1) / warmup_steps:.1%} of its peak "
                 f"at most")
-    if schedule in ("linear", "cosine") and warmup_steps >= decay_steps:
-        return (f"note: optim.warmup_steps={warmup_steps} is not shorter than the decay horizon "
-                f"of {decay_steps} steps: the {schedule} decay drops the learning rate from its "
-                f"peak to 0 in one step")
+    if schedule in ("linear", "cosine") and decay_steps - warmup_steps <= 1:  # (derive() keeps
+        # the horizon past the warmup by one step)
+        return (f"note: optim.warmup_steps={warmup_steps} leaves the {schedule} decay no room "
+                f"(its horizon is {decay_steps} steps): the learning rate drops from its peak "
+                f"to 0 in one step")
     return None
 
 

@@ -74,10 +74,13 @@ def test_a_later_record_without_the_field_is_skipped_and_counted(tmp_path, capfd
     """The Amazon reviews hold records without reviewText: one aborted a prepare hours in."""
     with open(tmp_path / "d.jsonl", "w") as f:
         for i in range(40):
-            f.write(json.dumps({"text": f"review {i} " * 20} if i not in (7, 30) else {"id": i}) + "\n")
+            f.write(json.dumps({"text": f"review {i} " * 20} if i not in (7, 30, 33) else
+                               {"id": i} if i != 33 else {"text": None}) + "\n")
     out = prepare(str(tmp_path / "d.jsonl"), tmp_path / "out")
-    assert TokenDataset.open(out).metadata["total_documents"] == 38
-    assert "d.jsonl: 2 record(s) without the field 'text' skipped (the first at line 8)" in capfd.readouterr().err
+    assert TokenDataset.open(out).metadata["total_documents"] == 37
+    err = capfd.readouterr().err
+    assert err.count("note: ") == 1 and ("d.jsonl: records skipped: 2 without the field 'text' "
+                                         "(the first at line 8); 1 with a null 'text'") in err
 
 
 @pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
@@ -158,7 +161,7 @@ def test_a_full_disk_is_one_error_and_leaves_nothing(small_disk, tmp_path):
     assert os.listdir(small_disk) == []  # no half dataset, no temporary folder
 
 
-def test_a_killed_prepares_temporary_folder_is_removed_by_the_next(tmp_path):
+def test_a_killed_prepares_temporary_folder_is_removed_by_the_next(tmp_path, capfd):
     """A SIGKILLed prepare leaves OUTPUT.tmp-HOST-PID (hundreds of MB on a real corpus) that
     no later prepare removed; one whose process still runs, or another machine's (a shared
     filesystem), is left alone."""
@@ -177,5 +180,10 @@ def test_a_killed_prepares_temporary_folder_is_removed_by_the_next(tmp_path):
             (tmp_path / folder / "tokens.bin").write_bytes(b"\0" * 1000)
         prepare_dataset(str(text), str(tmp_path / "ds"), split=(8, 1, 1), progress=False)
         assert [(tmp_path / f).exists() for f in folders] == [False, True, True]
+        os.makedirs(tmp_path / "ds.tmp-12345")  # an older lmscale's name, without the host
+        capfd.readouterr()
+        prepare_dataset(str(text), str(tmp_path / "ds"), split=(8, 1, 1), overwrite=True,
+                        progress=False)
+        assert "ds.tmp-12345 may be left by a killed prepare (of an older lmscale" in capfd.readouterr().err
     finally:
         alive.kill()

@@ -449,3 +449,37 @@ def test_optimizer_settings_are_applied_or_refused(sst_run, data, tmp_path, caps
     assert differ(plain["lm"]["embedding"]["embedding"], decayed["lm"]["embedding"]["embedding"])
     assert all(differ(a, b) for a, b in zip(jax.tree.leaves(plain["head"]),
                                             jax.tree.leaves(decayed["head"])) if a.ndim >= 2)
+
+
+def test_a_resumed_fine_tune_keeps_its_decay_horizon(sst_run, data, tmp_path, capsys):
+    """Re-run with more train.steps, a fine-tune stretched its schedule: the rate jumped back
+    up (8.5e-4 at step 20, 2.5e-3 at 25). It keeps the horizon it began with, as training does."""
+    from lmscale.finetuning.loop import finetune
+    from lmscale.training.metrics import read_metrics
+    workdir = str(tmp_path / "ft")
+    common = {"optim.schedule": "linear", "finetune.freeze_steps": 0, "train.log_every": 1,
+              "train.eval_every": 4, "checkpoint.every": 4}
+    finetune(ft_config(sst_run, data["sst_train"], data["sst_val"], **common, **{"train.steps": 4}), workdir)
+    capsys.readouterr()
+    finetune(ft_config(sst_run, data["sst_train"], data["sst_val"], **common, **{"train.steps": 6}), workdir)
+    assert "keeps the decay horizon of 4 steps" in capsys.readouterr().err
+    lrs = [r["lr"] for r in read_metrics(workdir) if r["split"] == "train"]
+    assert len(lrs) == 6 and lrs[4:] == [0.0, 0.0]  # past the horizon: 0, not back up
+    assert json.load(open(os.path.join(workdir, "config.json")))["derived"]["decay_steps"] == 4
+
+
+def test_a_fine_tune_begun_before_weight_decay_applied_resumes_without_it():
+    """Its record says optim.weight_decay=0.01 (ignored then): the same command resumes, without
+    decay and said so, instead of being refused for an optimizer it never had."""
+    from lmscale.config import default_config
+    from lmscale.finetuning.loop import optim_as_begun
+    from lmscale.training.resume import check_same_optimizer
+    config = default_config()
+    config.optim.weight_decay = 0.01
+    old = config.to_dict()
+    del old["optim"]["weight_decay_style"], old["optim"]["weight_decay_on"]
+    optim = optim_as_begun(config, {"config": old}, "W")
+    assert optim.weight_decay == 0.0 and config.optim.weight_decay == 0.01
+    check_same_optimizer(old, {**config.to_dict(), "optim": optim.to_dict()}, "W", fine_tuning=True)
+    assert optim_as_begun(config, {"config": config.to_dict()}, "W") is config.optim  # recorded since
+    assert optim_as_begun(config, None, "W") is config.optim  # a new run

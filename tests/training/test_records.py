@@ -88,6 +88,16 @@ def test_raising_train_steps_keeps_the_decay_horizon(base_run, tmp_path, capfd):
     assert old["train"]["steps"] == 4
 
 
+def test_a_constant_rate_run_extended_has_no_horizon_note(base_run, tmp_path, capfd):
+    """A constant schedule has no decay horizon to keep: the note about it was noise."""
+    corpus, workdir = copy_run(base_run, tmp_path)
+    constant = {**BASE, "optim.schedule": "constant", "optim.warmup_steps": 0}
+    train(tiny_config(corpus, **{**constant, "train.steps": 2}), str(tmp_path / "c"))
+    capfd.readouterr()
+    train(tiny_config(corpus, **{**constant, "train.steps": 4}), str(tmp_path / "c"))
+    assert "decay horizon" not in capfd.readouterr().err
+
+
 def test_resume_false_archives_the_previous_run_and_starts_afresh(base_run, tmp_path):
     corpus, workdir = copy_run(base_run, tmp_path)
     config = tiny_config(corpus, **{**BASE, "train.steps": 2})

@@ -66,7 +66,7 @@ def test_a_warmup_that_does_not_fit_the_run_is_noted():
     assert note.startswith("note: optim.warmup_steps=5000 is not shorter than the run's 10 steps")
     schedule = make_schedule("cosine", 1.0, warmup_steps=5000, decay_steps=10)
     assert f"{max(float(schedule(s)) for s in range(10)):.1%} of its peak" in note  # 0.2%
-    assert "decay drops" in warmup_note("linear", 100, 200, 100)
+    assert "leaves the linear decay no room (its horizon is 101 steps)" in warmup_note("linear", 100, 200, 101)
     assert warmup_note("constant", 100, 200, 100) is None  # no decay to cut short
     for fits in (("linear", 100, 1000, 1000), ("cosine", 0, 5, 5), ("slanted_triangular", 100, 5, 5)):
         assert warmup_note(*fits) is None
