@@ -225,9 +225,11 @@ def _prepare_in_workdir(data: ml_collections.ConfigDict, workdir: str, progress:
         with open(request_path) as f:
             recorded = json.load(f)
         old_sources = recorded.pop("sources", None)  # absent before 2026-12-04: not compared
-        if recorded != request and resuming:  # refused before the run's data is replaced
-            key = next(k for k in sorted(set(recorded) | set(request))
-                       if recorded.get(k) != request.get(k))
+        moved = [k for k in sorted(recorded) if recorded[k] != request.get(k)]
+        if resuming and not moved:  # keys only a newer lmscale records: the same request
+            recorded = request
+        if moved and resuming:  # refused before the run's data is replaced
+            key = moved[0]
             from lmscale.training.checkpoints import CheckpointMismatchError
             name = "data.train" if key == "inputs" else f"data.{key}"
             raise CheckpointMismatchError(

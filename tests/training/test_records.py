@@ -471,3 +471,16 @@ def test_a_resume_with_other_preparation_settings_is_refused_before_replacing_th
                                                       r"it with data.shard_tokens=20000 would prepare"):
         train(tiny_config(corpus, **{**BASE, "train.steps": 6, "data.shard_tokens": 20000}), workdir)
     assert open(meta).read() == before
+
+
+def test_a_workdir_whose_data_request_lacks_newer_keys_resumes(base_run, tmp_path):
+    """An older lmscale recorded fewer keys in data_request.json: a plain resume must not read
+    that as changed preparation settings (refused) or prepare the data again."""
+    corpus, workdir = copy_run(base_run, tmp_path)
+    path = os.path.join(workdir, "data_request.json")
+    request = json.load(open(path))
+    request.pop("shard_tokens")
+    json.dump(request, open(path, "w"))
+    meta = open(os.path.join(workdir, "data", "metadata.json")).read()
+    train(tiny_config(corpus, **{**BASE, "train.steps": 6}), workdir)
+    assert open(os.path.join(workdir, "data", "metadata.json")).read() == meta
