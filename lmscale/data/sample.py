@@ -17,6 +17,7 @@ import codecs
 import functools
 import json
 import math
+import os
 from collections.abc import Iterator, Sequence
 from typing import BinaryIO
 
@@ -55,7 +56,8 @@ def _windows(path: str, size: int, share: int) -> Iterator[str]:
     with open(path, "rb") as f:
         for i in range(count):
             offset = i * size // count
-            width = max(1, left // (count - i))
+            stretch = (i + 1) * size // count - offset  # no window reads into the next one's
+            width = max(1, min(left // (count - i), stretch))
             f.seek(offset)
             data = f.read(width)
             if offset == 0:
@@ -115,8 +117,13 @@ def _jsonl_windows(path: str, size: int, share: int, field: str, options: dict) 
                     yield text
 
 
-@functools.lru_cache(maxsize=64)
 def _first_record_has(path: str, field: str) -> bool:
+    st = os.stat(path)  # a file replaced under the same path is read again
+    return _first_record_has_cached(path, field, (st.st_mtime_ns, st.st_size))
+
+
+@functools.lru_cache(maxsize=64)
+def _first_record_has_cached(path: str, field: str, stamp: tuple[int, int]) -> bool:
     """Whether the first record of the JSONL file ``path`` has ``field`` (if not, the reader
     refuses the file: a mistyped --text_field, said with the keys there)."""
     with open(path, "rb") as f:

@@ -187,7 +187,9 @@ def optim_as_begun(config: ml_collections.ConfigDict, saved: dict[str, Any] | No
     (its record has no ``optim.weight_decay_style``) with the same ``optim.weight_decay``,
     that setting off as it trained (a note says so): its checkpoints have no decay step."""
     old = ((saved or {}).get("config") or {}).get("optim") or {}
-    if (saved is None or "weight_decay_style" in old or config.optim.weight_decay <= 0
+    applied = ((saved or {}).get("derived") or {}).get("weight_decay")  # recorded since
+    began_without = "weight_decay_style" not in old or applied == 0.0
+    if (saved is None or not began_without or config.optim.weight_decay <= 0
             or old.get("weight_decay") != config.optim.weight_decay):
         return config.optim
     if jax.process_index() == 0:
@@ -197,6 +199,15 @@ def optim_as_begun(config: ml_collections.ConfigDict, saved: dict[str, Any] | No
     optim = ml_collections.ConfigDict(config.optim.to_dict())
     optim.weight_decay = 0.0
     return optim
+
+
+def as_applied(meta: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint record's config with the weight decay its run applied (``derived``), which
+    a run continued from one begun before fine-tuning applied it does not (``optim_as_begun``)."""
+    config, applied = meta.get("config") or {}, (meta.get("derived") or {}).get("weight_decay")
+    if applied is None or "optim" not in config:
+        return config
+    return {**config, "optim": {**config["optim"], "weight_decay": applied}}
 
 
 def check_not_a_language_model_run(workdir: str, init_from: str) -> None:
@@ -274,7 +285,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
         meta = saved
         check_same_model(meta["signature"], signature, workdir)
         check_same_start(meta, config, lm.step, workdir)
-        check_same_optimizer(meta.get("config") or {}, {**config.to_dict(), "optim": optim.to_dict()},
+        check_same_optimizer(as_applied(meta), {**config.to_dict(), "optim": optim.to_dict()},
                              workdir, fine_tuning=True)
         state = checkpointer.restore(state, shardings)
     start = int(jax.device_get(state.step))

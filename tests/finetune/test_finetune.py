@@ -483,3 +483,13 @@ def test_a_fine_tune_begun_before_weight_decay_applied_resumes_without_it():
     check_same_optimizer(old, {**config.to_dict(), "optim": optim.to_dict()}, "W", fine_tuning=True)
     assert optim_as_begun(config, {"config": config.to_dict()}, "W") is config.optim  # recorded since
     assert optim_as_begun(config, None, "W") is config.optim  # a new run
+    # Its checkpoints since record the config as given and the decay applied (0): a second
+    # resume with the same command goes on without it too (it failed in orbax).
+    from lmscale.finetuning.loop import as_applied
+    since = {"config": config.to_dict(), "derived": {"weight_decay": 0.0}}
+    again = optim_as_begun(config, since, "W")
+    assert again.weight_decay == 0.0
+    check_same_optimizer(as_applied(since), {**config.to_dict(), "optim": again.to_dict()}, "W",
+                         fine_tuning=True)
+    applied = {"config": config.to_dict(), "derived": {"weight_decay": 0.01}}
+    assert optim_as_begun(config, applied, "W") is config.optim  # a run that applied it
