@@ -81,3 +81,23 @@ def test_missing_or_wrong_size_shard(dataset_dir):
     os.remove(shard)
     with pytest.raises(DataError, match="val/shard_00000.bin is missing"):
         TokenDataset.open(dataset_dir)
+
+
+def test_document_starts_are_read_when_first_needed(tmp_path):
+    """Every process held every shard's document starts (8 bytes a document: ~1.6 GB for 200 M
+    reviews) though only reset_on_documents reads them: read from the header at open, the
+    array when a shard's starts are first asked for; a damaged file is still refused at open."""
+    from lmscale.data.dataset import LazyDocStarts
+    from lmscale.data.prepare import prepare_dataset
+    (tmp_path / "t.txt").write_text("".join(f"document {i}.\n" for i in range(3000)))
+    out = prepare_dataset(str(tmp_path / "t.txt"), str(tmp_path / "ds"), txt_mode="line",
+                          split=(8, 1, 1), shard_tokens=2048, progress=False)
+    train = TokenDataset.open(out).split("train")
+    assert isinstance(train.doc_starts, LazyDocStarts) and train.doc_starts._loaded == {}
+    assert train.num_documents == sum(len(d) for d in train.doc_starts)  # counts = arrays
+    assert len(train.doc_starts._loaded) == train.num_shards
+    name = train.doc_starts.paths[1]
+    with open(name, "r+b") as f:  # a damaged header
+        f.write(b"\0" * 16)
+    with pytest.raises(DataError, match="document-start file .* is unreadable"):
+        TokenDataset.open(out)
