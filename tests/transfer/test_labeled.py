@@ -7,15 +7,14 @@ import pytest
 
 from lmscale.data.errors import DataError
 from lmscale.transfer.labeled import load_labeled, require_binary
-from tests.transfer.conftest import SST
 
 
-@pytest.mark.shared_data
 def test_reads_sst_and_semeval_multilabel():
-    d = load_labeled(str(SST / "val.csv"))
+    from tests.conftest import shared_data
+    d = load_labeled(str(shared_data("sst_binary") / "val.csv"))
     assert len(d) == 872 and set(np.unique(d.labels)) == {0, 1}
     require_binary(d, "label")
-    sem = load_labeled(str(SST.parent / "semeval2018_ec" / "val.csv"), text_column="Tweet",
+    sem = load_labeled(str(shared_data("semeval2018_ec") / "val.csv"), text_column="Tweet",
                        label_column="anger,joy,fear")
     assert sem.labels.shape == (886, 3)
     with pytest.raises(DataError, match="3 label columns"):
