@@ -98,6 +98,7 @@ class SplitData:
     shards: list[np.memmap]
     doc_starts: list[np.ndarray]
     label: str = ""  # what errors call it ("" = "split 'NAME'"; e.g. "the text of FILES")
+    vocab_size: int | None = None  # ids of its tokenizer (a batcher checks what it reads)
     shard_lengths: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
@@ -204,7 +205,8 @@ class TokenDataset:
                                 f"says {entry['documents']}")
             doc_paths.append(doc_path)
             doc_counts.append(count)
-        return SplitData(name, shards, LazyDocStarts(doc_paths, doc_counts))
+        return SplitData(name, shards, LazyDocStarts(doc_paths, doc_counts),
+                         vocab_size=self.tokenizer.vocab_size)
 
     def split(self, name: str) -> SplitData:
         """The split ``name``; DataError naming the available ones if missing."""

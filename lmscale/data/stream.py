@@ -18,16 +18,12 @@ id, not a model that diverges.
 
 from __future__ import annotations
 
-import functools
-import json
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
-from lmscale.data.dataset import METADATA, SplitData
+from lmscale.data.dataset import SplitData
 from lmscale.data.errors import DataError
-from lmscale.data.tokenizer import tokenizer_from_dict
 
 
 @dataclass(frozen=True)
@@ -40,41 +36,14 @@ class LMBatch:
     resets: np.ndarray  # bool, True = zero the state before consuming inputs[:, t]
 
 
-@functools.lru_cache(maxsize=16)
-def _recorded_vocab_size(folder: str, stamp: tuple[int, int]) -> int | None:
-    """The vocabulary size of the tokenizer the dataset ``folder``'s metadata.json names
-    (``stamp``: its mtime and size, so a rewritten file is read again)."""
-    try:
-        with open(os.path.join(folder, METADATA), encoding="utf-8") as f:
-            return int(tokenizer_from_dict(json.load(f)["tokenizer"], base_dir=folder).vocab_size)
-    except (OSError, ValueError, KeyError, TypeError, DataError):
-        return None
-
-
-def dataset_vocab_size(split: SplitData) -> int | None:
-    """The vocabulary size of the dataset ``split``'s shard files belong to (read from the
-    metadata.json in a folder above the first shard file; None if there is none)."""
-    name = getattr(split.shards[0], "filename", None) if split.shards else None
-    if not name:
-        return None
-    folder = os.path.dirname(os.path.abspath(name))
-    for _ in range(3):  # shards are SPLIT/shard_NNNNN.bin in the dataset folder
-        meta = os.path.join(folder, METADATA)
-        if os.path.isfile(meta):
-            st = os.stat(meta)
-            return _recorded_vocab_size(folder, (st.st_mtime_ns, st.st_size))
-        folder = os.path.dirname(folder)
-    return None
-
-
 class StreamBatcher:
     """Deterministic [batch_size, seq_len] LM batches over one split (see module doc)."""
 
     def __init__(self, split: SplitData, batch_size: int, seq_len: int, *,
                  reset_on_documents: bool = False, shuffle_shards: bool = False, seed: int = 0,
                  vocab_size: int | None = None) -> None:
-        """``vocab_size``: ids read must be below it (default: the vocabulary of the dataset
-        the split's shard files belong to; no check where none is found)."""
+        """``vocab_size``: ids read must be below it (default: the split's, its dataset's
+        tokenizer's; no check where it has none)."""
         if int(batch_size) != batch_size or batch_size < 1:
             raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
         if int(seq_len) != seq_len or seq_len < 1:
@@ -96,7 +65,7 @@ class StreamBatcher:
                                 f"{int(n)} tokens, seq_len is {self.seq_len}; use shorter sequences or "
                                 f"larger shards")
         self._epoch_cache: tuple[int, np.ndarray, np.ndarray] | None = None
-        self.vocab_size = int(vocab_size) if vocab_size is not None else dataset_vocab_size(split)
+        self.vocab_size = int(vocab_size) if vocab_size is not None else split.vocab_size
 
     @property
     def steps_per_epoch(self) -> int:
