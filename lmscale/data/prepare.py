@@ -27,7 +27,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -38,6 +37,7 @@ from tqdm import tqdm
 from lmscale.data.builtin import builtin_paths, is_builtin
 from lmscale.data.dataset import FORMAT, METADATA, SPLITS, VERSION, is_dataset
 from lmscale.data.errors import DataError
+from lmscale.data.prepare_tmp import remove_abandoned, temporary_folder
 from lmscale.data.sample import sample_texts
 from lmscale.data.sources import (TXT_MODES, expand_inputs, file_kind, input_size, iter_pieces,
                                   segments)
@@ -347,37 +347,6 @@ def _publish(tmp: str, output: str, replace: bool) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-# The machine in a prepare's temporary folder's name: only this machine's processes can be
-# told dead (a shared filesystem may hold another machine's live prepare).
-_HOST = socket.gethostname().replace(os.sep, "_") or "host"
-
-
-def _remove_abandoned(output: str) -> None:
-    """Removes the OUTPUT.tmp-HOST-PID folders of this machine's prepares that were killed
-    (their process is gone): a SIGKILL leaves up to a few times the input's size there."""
-    parent, name = os.path.split(os.path.abspath(output))
-    prefix = f"{name}.tmp-{_HOST}-"
-    for entry in os.listdir(parent or ".") if os.path.isdir(parent or ".") else []:
-        if entry.startswith(f"{name}.tmp-") and entry[len(name) + 5:].isdigit():  # before hosts
-            print(f"note: {os.path.join(parent, entry)} may be left by a killed prepare (of an "
-                  f"older lmscale, which did not name its machine): remove it if no prepare is "
-                  f"writing it", file=sys.stderr, flush=True)
-        if not entry.startswith(prefix) or not entry[len(prefix):].isdigit():
-            continue
-        try:
-            os.kill(int(entry[len(prefix):]), 0)
-            continue  # a prepare still running (or a pid reused: left alone)
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue
-        folder = os.path.join(parent, entry)
-        shutil.rmtree(folder, ignore_errors=True)
-        if not os.path.lexists(folder):
-            print(f"note: removed {folder}, left by a prepare that was killed", file=sys.stderr,
-                  flush=True)
-
-
 def prepare_dataset(inputs: str | Sequence[str], output: str, *, text_column: str | None = None,
                     text_field: str | None = None, txt_mode: str = "file",
                     split: Sequence[int] = (98, 1, 1), shard_tokens: int = 2**27,
@@ -440,10 +409,10 @@ def prepare_dataset(inputs: str | Sequence[str], output: str, *, text_column: st
               f"{'; '.join(lossy)}: decoding does not give back the text exactly, and bpc "
               f"counts the bytes of its pieces, not of the text (lmscale trains its own "
               f"without these: --vocab_size instead of --sp_model)", file=sys.stderr, flush=True)
-    tmp = f"{output}.tmp-{_HOST}-{os.getpid()}"
+    tmp = temporary_folder(output)
     if os.path.lexists(tmp):
         shutil.rmtree(tmp)
-    _remove_abandoned(output)
+    remove_abandoned(output)
     os.makedirs(tmp)
     try:
         path_ends: list[int] | None = [] if parts else None

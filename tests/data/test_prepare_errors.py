@@ -165,7 +165,7 @@ def test_a_killed_prepares_temporary_folder_is_removed_by_the_next(tmp_path, cap
     """A SIGKILLed prepare leaves OUTPUT.tmp-HOST-PID (hundreds of MB on a real corpus) that
     no later prepare removed; one whose process still runs, or another machine's (a shared
     filesystem), is left alone."""
-    from lmscale.data.prepare import _HOST
+    from lmscale.data.prepare_tmp import HOST as _HOST
     import subprocess
     import sys
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
