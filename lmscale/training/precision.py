@@ -189,8 +189,10 @@ def faster_compute_hint(compute: str, platform: str, flags: set[str],
     state and gate math) runs 1.5x (256 units) to 2x (1024) as fast with the same validation
     BPC, and featurizing 2-3x (benchmarks/README.md). Without AMX the bfloat16 matmuls are
     slower than float32's: the 1024-unit mLSTM step took 1.7-1.9x as long in bfloat16 (float16
-    level with float32), so float32 stays the default and a bfloat16 run is told. ``flags``
-    empty (not read): no hint.
+    level with float32), so float32 stays the default and a bfloat16 run is told. AMX has no
+    float16 path: there a float16 run (loss scaling, made for GPUs) took 1.5-1.6x as long as
+    float32 (the quickstart, 585 vs 372 ms) and is pointed to bfloat16. ``flags`` empty (not
+    read): no hint.
     """
     if platform != "cpu" or not flags:
         return None
@@ -198,6 +200,9 @@ def faster_compute_hint(compute: str, platform: str, flags: set[str],
     if compute == "float32" and amx:
         return f"this CPU has AMX, which runs bfloat16 matmuls: {advice.to_bfloat16} " \
                "(benchmarks/README.md)"
+    if compute == "float16" and amx:
+        return "this CPU's AMX runs bfloat16 matmuls, not float16 (float16 steps took ~1.6x " \
+               f"float32's here): {advice.to_bfloat16} (benchmarks/README.md)"
     if compute == "bfloat16" and not amx:
         return "this CPU has no AMX, so its bfloat16 matmuls are slower than float32's: " \
                f"{advice.to_float32} (benchmarks/README.md)"

@@ -123,7 +123,8 @@ def test_cpu_flags_read_from_cpuinfo(tmp_path):
     ("float32", "cpu", {"avx512f", "avx512_bf16"}, None),  # no AMX
     ("bfloat16", "cpu", {"amx_bf16"}, None),  # already
     ("bfloat16", "cpu", {"avx512f", "avx512_bf16"}, "float32"),  # no AMX: slower than float32
-    ("float16", "cpu", {"avx512f"}, None),  # level with float32 on this CPU
+    ("float16", "cpu", {"avx512f"}, None),  # level with float32 without AMX
+    ("float16", "cpu", {"avx512_fp16", "amx_bf16"}, "bfloat16"),  # no AMX float16: 1.6x slower
     ("bfloat16", "cpu", set(), None),  # flags not read (not Linux)
     ("float32", "gpu", {"amx_bf16"}, None),  # the host CPU does not run the step
     ("bfloat16", "gpu", {"avx512f"}, None),
