@@ -44,7 +44,7 @@ from lmscale.training.optimizer import make_finetune_optimizer
 from lmscale.training.in_flight import InFlight
 from lmscale.training.precision import LossScale, Policy, print_compute_hint
 from lmscale.training.restore import TrainedLM, load_trained
-from lmscale.training.schedules import batch_and_rate_note, warmup_note
+from lmscale.training.schedules import batch_and_rate_note, finetune_warmup_notes
 from lmscale.training.resume import (RUN_FILES, archive_previous_run, check_same_optimizer,
                                      resumed_derived)
 from lmscale.training.state import TrainState, host_zeros, initial_state, placed_on, state_shardings
@@ -305,7 +305,8 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
     if is_main:
         print_compute_hint(config.precision.compute, mesh.devices.flat[0])
         for note in (batch_and_rate_note(config, mesh.size, lr),
-                     warmup_note(config.optim.schedule, config.optim.warmup_steps, steps, decay)):
+                     *finetune_warmup_notes(config.optim.schedule, config.optim.warmup_steps,
+                                            steps, decay, ft.freeze_steps)):
             if note:
                 print(note, file=sys.stderr, flush=True)
         lm.tokenizer.save(workdir)  # the run is self-contained for lmscale.classify

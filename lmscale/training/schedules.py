@@ -54,6 +54,25 @@ def warmup_note(schedule: str, warmup_steps: int, steps: int, decay_steps: int) 
     return None
 
 
+def finetune_warmup_notes(schedule: str, warmup_steps: int, steps: int, decay_steps: int,
+                          freeze_steps: int) -> list[str]:
+    """:func:`warmup_note` for both parts of a fine-tune: the head's schedule runs from step 0,
+    the LM's from ``freeze_steps`` over the rest (``make_finetune_optimizer``), so a warmup
+    the head completes can leave the LM below its peak; an LM frozen for the whole run is said."""
+    notes = [warmup_note(schedule, warmup_steps, steps, decay_steps)]
+    if freeze_steps >= steps:
+        notes.append(f"note: finetune.freeze_steps={freeze_steps} is not shorter than the run's "
+                     f"{steps} steps: the LM stays frozen throughout (only the head trains)")
+    elif freeze_steps > 0 and notes[0] is None:
+        lm = warmup_note(schedule, warmup_steps, steps - freeze_steps,
+                         max(decay_steps - freeze_steps, warmup_steps + 1))
+        if lm:
+            notes.append(lm.replace("the run's", f"the LM's (after finetune.freeze_steps="
+                                    f"{freeze_steps})").replace("the learning rate",
+                                                                 "the LM's learning rate"))
+    return [n for n in notes if n]
+
+
 def batch_and_rate_note(config, devices: int, lr: float) -> str | None:
     """What the run's global batch and peak rate became, when the config derives them
     (``train.per_device_batch_size``, ``optim.lr_scaling``): a GPU config started on a CPU

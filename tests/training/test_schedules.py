@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from lmscale.training.schedules import make_schedule, warmup_note
+from lmscale.training.schedules import finetune_warmup_notes, make_schedule, warmup_note
 
 
 def test_linear_decays_to_zero_at_decay_steps():
@@ -84,3 +84,16 @@ def test_a_derived_batch_and_rate_are_said():
         "batch 128, scaled linear, capped at 0.003)")
     from lmscale.config import default_config
     assert batch_and_rate_note(default_config(), 2, 5e-4) is None  # nothing derived
+
+
+def test_a_finetunes_warmup_note_counts_the_lms_steps_after_its_freeze():
+    """The LM's schedule starts at finetune.freeze_steps: 100 warmup steps in a 150-step run
+    fit the head, but the LM (unfrozen at 100) gets 50 and reaches 49 % of its peak."""
+    assert finetune_warmup_notes("linear", 100, 300, 300, 0) == []
+    assert finetune_warmup_notes("linear", 100, 300, 300, 100) == []
+    (note,) = finetune_warmup_notes("constant", 100, 150, 150, 100)
+    assert "not shorter than the LM's (after finetune.freeze_steps=100) 50 steps" in note
+    assert "the LM's learning rate rises to 49.0% of its peak" in note
+    (note,) = finetune_warmup_notes("linear", 20, 100, 100, 100)
+    assert "the LM stays frozen throughout" in note
+    assert len(finetune_warmup_notes("linear", 200, 100, 100, 0)) == 1  # the head's, said once
