@@ -46,6 +46,7 @@ from lmscale.training.metrics import MetricsWriter, add_perplexity, read_metrics
 from lmscale.training.ntasgd import NTASGDMonitor, eval_params, switch_on
 from lmscale.training.precision import LossScale, SkippedRun, print_compute_hint
 from lmscale.training.schedules import batch_and_rate_note, warmup_note
+from lmscale.training.fits import check_step_fits_host
 from lmscale.training.setup import build_train_setup, jit_train_step
 from lmscale.training.state import host_zeros, zero_acc
 from lmscale.training.steps import make_eval_step
@@ -216,6 +217,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
             batch = batch_arrays(batcher, step, train_rows, rows_sharding)
             compiles = step == start
             timer.before(compiles, state)
+            if compiles:  # a GPU config on a CPU host: one error, not the OOM killer's "Killed"
+                check_step_fits_host(train_step, (state, batch))
             state, metrics = train_step(state, batch)
             timer.after(compiles, metrics)
             in_flight.add(metrics)
