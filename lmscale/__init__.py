@@ -15,10 +15,11 @@ def load_lm(workdir: str, step: int | None = None, compute: str = "float32") -> 
     return _load(workdir, step, compute)
 
 
-def load_classifier(path: str) -> Any:
-    """A fine-tuned run or transfer output for notebooks: ``.predict(texts)`` -> (probs, labels)."""
+def load_classifier(path: str, batch_size: int = 64) -> Any:
+    """A fine-tuned run or transfer output for notebooks: ``.predict(texts)`` -> (probs, labels),
+    ``batch_size`` texts at a time."""
     from lmscale.finetuning.classifier import load_classifier as _load
-    return _load(path)
+    return _load(path, batch_size)
 
 
 def use_cpu_cores(batch_size: int, devices: int = 0) -> int | None:

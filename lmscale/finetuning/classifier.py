@@ -26,6 +26,7 @@ from lmscale.finetuning.steps import make_predict_fn
 from lmscale.pretrained.preprocess import get_preprocessor
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.checkpoints import CheckpointMismatchError, Checkpointer
+from lmscale.training.precision import Policy
 from lmscale.transfer.classify import TRANSFER_FILES
 
 
@@ -45,7 +46,10 @@ class LoadedClassifier:
 
 
 class FinetunedClassifier(LoadedClassifier):
-    """A ``lmscale.finetune`` run: its best checkpoint (the latest if none is marked)."""
+    """A ``lmscale.finetune`` run: its best checkpoint (the latest if none is marked), its
+    matmuls in the dtype it was fine-tuned and validated in (``precision.compute``): the
+    multi-label thresholds were tuned on those probabilities, and its reported test metrics
+    are what ``predict`` reproduces."""
 
     def __init__(self, workdir: str, batch_size: int = 64) -> None:
         config, derived = load_config(os.path.join(workdir, "config.json"))
@@ -64,7 +68,8 @@ class FinetunedClassifier(LoadedClassifier):
             self.multilabel = bool(config.finetune.multilabel)
             self.mesh = mesh_lib.make_mesh()
             graphdef, like, self.max_len = init_classifier(
-                config, signature["vocab_size"], len(self.class_names), abstract=True)
+                config, signature["vocab_size"], len(self.class_names),
+                Policy.from_compute(config.precision.compute).compute, abstract=True)
             self.params = checkpointer.restore_params(like, mesh_lib.replicated(self.mesh), step)
         finally:
             checkpointer.close()

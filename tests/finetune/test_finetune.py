@@ -493,3 +493,18 @@ def test_a_fine_tune_begun_before_weight_decay_applied_resumes_without_it():
                          fine_tuning=True)
     applied = {"config": config.to_dict(), "derived": {"weight_decay": 0.01}}
     assert optim_as_begun(config, applied, "W") is config.optim  # a run that applied it
+
+
+def test_a_classifier_fine_tuned_in_bfloat16_predicts_as_it_was_validated(sst_run, data, tmp_path):
+    """load_classifier ran every fine-tuned run in float32: a bfloat16 fine-tune's thresholds
+    and reported metrics came from bfloat16 probabilities, which its classifier did not give
+    (up to 5.6e-4 apart here). It computes in the run's precision.compute now."""
+    from lmscale.finetuning.classifier import load_classifier
+    from lmscale.finetuning.loop import finetune
+    run = str(tmp_path / "bf16")
+    finetune(ft_config(sst_run, data["sst_train"], data["sst_val"], **{
+        "train.steps": 4, "precision.compute": "bfloat16"}), run)
+    saved = list(csv.DictReader(open(os.path.join(run, "val_predictions.csv"))))
+    texts = [r["sentence"] for r in csv.DictReader(open(data["sst_val"]))]
+    probs = load_classifier(run, batch_size=32).predict_proba(texts)[:, 1]
+    np.testing.assert_allclose(probs, [float(r["p_1"]) for r in saved], atol=1e-6)
