@@ -260,17 +260,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         get_kind(config.model.kind).validate(config.model, config.train)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    for key in ("train.steps", "train.batch_size", "train.stop_sync_every",
-                "train.seq_len", "train.log_every", "train.eval_batch_size", "checkpoint.every",
-                "checkpoint.keep"):
-        section, name = key.split(".")
-        value = config[section][name]
-        if not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{key} must be a positive integer, got {value!r}")
-    if config.train.epochs < 0:
-        raise ConfigError("train.epochs must be >= 0")
-    if config.train.eval_every < 0 or config.train.eval_steps < 0:
-        raise ConfigError("train.eval_every and train.eval_steps must be >= 0")
+    _check_positive_ints(config, ("train.seq_len",))
+    if config.train.eval_steps < 0:
+        raise ConfigError("train.eval_steps must be >= 0")
     if not config.train.per_device_batch_size and config.train.batch_size % num_devices:
         raise ConfigError(
             f"train.batch_size={config.train.batch_size} is not divisible by the {num_devices} devices; "
@@ -308,8 +300,16 @@ def bptt_max(train: ml_collections.ConfigDict) -> int:
 
 def validate_run_settings(config: ml_collections.ConfigDict) -> None:
     """The settings LM training and fine-tuning share: the optimizer (``validate_optim``),
-    the per-device batch, the precision and the all-reduce's dtype."""
+    the per-device batch, the step counts (a fine-tune with checkpoint.every=0 failed with a
+    ZeroDivisionError after its first step), the precision and the all-reduce's dtype."""
     validate_optim(config.optim)
+    _check_positive_ints(config, ("train.steps", "train.batch_size", "train.stop_sync_every",
+                                  "train.log_every", "train.eval_batch_size", "checkpoint.every",
+                                  "checkpoint.keep"))
+    if config.train.epochs < 0:
+        raise ConfigError("train.epochs must be >= 0")
+    if config.train.eval_every < 0:
+        raise ConfigError("train.eval_every must be >= 0")
     if config.train.per_device_batch_size < 0:
         raise ConfigError(f"train.per_device_batch_size must be >= 0, got {config.train.per_device_batch_size}")
     if config.precision.compute not in COMPUTE_DTYPES:
@@ -322,6 +322,14 @@ def validate_run_settings(config: ml_collections.ConfigDict) -> None:
     if config.parallel.grad_reduce_dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"parallel.grad_reduce_dtype must be 'float32' or 'bfloat16', got "
                           f"{config.parallel.grad_reduce_dtype!r}")
+
+
+def _check_positive_ints(config: ml_collections.ConfigDict, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        section, name = key.split(".")
+        value = config[section][name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{key} must be a positive integer, got {value!r}")
 
 
 def validate_optim(o: ml_collections.ConfigDict) -> None:

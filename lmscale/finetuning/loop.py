@@ -40,7 +40,7 @@ from lmscale.pretrained.preprocess import preprocessor_for
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.checkpoints import CheckpointMismatchError, Checkpointer, check_same_model
 from lmscale.training.metrics import MetricsWriter
-from lmscale.training.optimizer import make_finetune_optimizer
+from lmscale.training.optimizer import finetune_applied_lrs, make_finetune_optimizer
 from lmscale.training.in_flight import InFlight
 from lmscale.training.precision import LossScale, Policy, print_compute_hint
 from lmscale.training.restore import TrainedLM, load_trained
@@ -273,9 +273,8 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
     optim = optim_as_begun(config, saved, workdir)
     tx, schedules = make_finetune_optimizer(optim, decay, lr=lr, head_lr=head_lr,
                                             freeze_steps=ft.freeze_steps)
-    @jax.jit  # one program: eagerly, each of a schedule's operations was one, in every process
-    def logged_lrs(head_step: jax.Array, lm_step: jax.Array) -> tuple[jax.Array, jax.Array]:
-        return schedules["head"](head_step), schedules["lm"](lm_step)
+    # One program: eagerly, each of a schedule's operations was one, in every process.
+    logged_lrs = jax.jit(lambda opt_state: finetune_applied_lrs(opt_state, schedules, ft.freeze_steps))
     signature = {**{f"model.{k}": v for k, v in config.model.items()},
                  "data.tokenizer": lm.tokenizer.to_dict(), "vocab_size": lm.tokenizer.vocab_size,
                  "num_classes": num_classes, **{f"finetune.{k}": ft[k] for k in HEAD_FIELDS}}
@@ -362,14 +361,13 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
             if step % config.train.log_every == 0 or step == steps:
                 acc, metrics, ls = jax.device_get((state.acc, metrics, state.loss_scale))
                 n = max(int(acc["steps"]), 1)
-                lm_count = max(step - ft.freeze_steps - 1, 0)
-                head_lr_now, lm_lr_now = logged_lrs(step - 1, lm_count)
+                head_lr_now, lm_lr_now = jax.device_get(logged_lrs(state.opt_state))
                 record = {"step": step, "split": "train", "loss": float(acc["loss"]) / n,
                           "aux_lm_loss": float(acc["aux_loss"]) / n,
                           # multi-label: the fraction of labels right (per-label accuracy)
                           accuracy_name: float(acc["correct"]) / max(float(acc["rows"]), 1.0),
                           "lr": float(head_lr_now),
-                          "lm_lr": 0.0 if step <= ft.freeze_steps else float(lm_lr_now),
+                          "lm_lr": float(lm_lr_now),
                           "grad_norm": float(metrics["grad_norm"]), "loss_scale": float(ls.scale),
                           "skipped": int(ls.skipped), "epoch": step / batches.steps_per_epoch,
                           **dict(zip(("steps_per_s", "texts_per_s"),

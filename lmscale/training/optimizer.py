@@ -148,3 +148,25 @@ def make_finetune_optimizer(optim: ml_collections.ConfigDict, decay_steps: int, 
     if optim.clip > 0:
         tx = optax.chain(optax.clip_by_global_norm(optim.clip), tx)
     return tx, schedules
+
+
+def finetune_applied_lrs(opt_state: Any, schedules: dict[str, optax.Schedule],
+                         freeze_steps: int) -> tuple[jax.Array, jax.Array]:
+    """(head, LM) learning rates of the last update :func:`make_finetune_optimizer`'s state
+    ``opt_state`` applied, read from its own counts: a skipped step (float16 overflow) advances
+    none of them, so a rate computed from the step number ran ahead of the one applied. The
+    LM's is 0 while it was held (frozen)."""
+    is_partition = lambda x: isinstance(x, optax.PartitionState)
+    parts = next(s for s in jax.tree.leaves(opt_state, is_leaf=is_partition) if is_partition(s))
+    is_hold = lambda x: isinstance(x, HoldState)
+    hold = next(s for s in jax.tree.leaves(parts.inner_states["lm"], is_leaf=is_hold) if is_hold(s))
+    head_count = _schedule_count(parts.inner_states["head"])
+    lm_count = _schedule_count(hold.inner)
+    head = schedules["head"](jnp.maximum(head_count - 1, 0))
+    lm = jnp.where(hold.count <= freeze_steps, 0.0, schedules["lm"](jnp.maximum(lm_count - 1, 0)))
+    return head, lm
+
+
+def _schedule_count(opt_state: Any) -> jax.Array:
+    is_schedule = lambda x: isinstance(x, optax.ScaleByScheduleState)
+    return next(s for s in jax.tree.leaves(opt_state, is_leaf=is_schedule) if is_schedule(s)).count

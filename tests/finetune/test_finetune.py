@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -19,25 +18,6 @@ from flax import nnx
 from tests.conftest import REPO, TINY_TRANSFORMER, lowered_programs, shared_data, tiny_config
 
 EMOTIONS = "anger,anticipation,disgust,fear,joy,love,optimism,pessimism,sadness,surprise,trust"
-
-
-def _head(src: Path, dst: Path, rows: int) -> str:
-    with open(src, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        lines = [next(reader) for _ in range(rows + 1)]
-    with open(dst, "w", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerows(lines)
-    return str(dst)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> dict[str, str]:
-    d = tmp_path_factory.mktemp("labeled")
-    sst, sem = shared_data("sst_binary"), shared_data("semeval2018_ec")
-    return {"sst_train": _head(sst / "train.csv", d / "sst_train.csv", 256),
-            "sst_val": _head(sst / "val.csv", d / "sst_val.csv", 64),
-            "sem_train": _head(sem / "train.csv", d / "sem_train.csv", 128),
-            "sem_val": _head(sem / "val.csv", d / "sem_val.csv", 64)}
 
 
 @pytest.fixture(scope="module")
@@ -494,17 +474,3 @@ def test_a_fine_tune_begun_before_weight_decay_applied_resumes_without_it():
     applied = {"config": config.to_dict(), "derived": {"weight_decay": 0.01}}
     assert optim_as_begun(config, applied, "W") is config.optim  # a run that applied it
 
-
-def test_a_classifier_fine_tuned_in_bfloat16_predicts_as_it_was_validated(sst_run, data, tmp_path):
-    """load_classifier ran every fine-tuned run in float32: a bfloat16 fine-tune's thresholds
-    and reported metrics came from bfloat16 probabilities, which its classifier did not give
-    (up to 5.6e-4 apart here). It computes in the run's precision.compute now."""
-    from lmscale.finetuning.classifier import load_classifier
-    from lmscale.finetuning.loop import finetune
-    run = str(tmp_path / "bf16")
-    finetune(ft_config(sst_run, data["sst_train"], data["sst_val"], **{
-        "train.steps": 4, "precision.compute": "bfloat16"}), run)
-    saved = list(csv.DictReader(open(os.path.join(run, "val_predictions.csv"))))
-    texts = [r["sentence"] for r in csv.DictReader(open(data["sst_val"]))]
-    probs = load_classifier(run, batch_size=32).predict_proba(texts)[:, 1]
-    np.testing.assert_allclose(probs, [float(r["p_1"]) for r in saved], atol=1e-6)

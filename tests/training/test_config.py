@@ -67,6 +67,16 @@ def test_bad_values_name_the_key(key, value, match):
         validate(locked(**{key: value}))
 
 
+@pytest.mark.parametrize("key", ["checkpoint.every", "train.log_every", "train.steps",
+                                 "checkpoint.keep", "train.eval_batch_size"])
+def test_fine_tunings_step_counts_are_checked_too(key):
+    """The settings both tools share are checked in validate_run_settings, which fine-tuning
+    calls: checkpoint.every=0 passed it and failed with a ZeroDivisionError after the first step."""
+    from lmscale.config import validate_run_settings
+    with pytest.raises(ConfigError, match=f"{key} must be a positive integer, got 0"):
+        validate_run_settings(locked(**{key: 0}))
+
+
 def test_locked_config_rejects_typo():
     c = locked()
     with pytest.raises(AttributeError):

@@ -1,0 +1,29 @@
+"""Fixtures of the fine-tuning tests: the labeled data sets, cut to a few rows."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import shared_data
+
+
+def _head(src: Path, dst: Path, rows: int) -> str:
+    with open(src, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        lines = [next(reader) for _ in range(rows + 1)]
+    with open(dst, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(lines)
+    return str(dst)
+
+
+@pytest.fixture(scope="session")
+def data(tmp_path_factory) -> dict[str, str]:
+    d = tmp_path_factory.mktemp("labeled")
+    sst, sem = shared_data("sst_binary"), shared_data("semeval2018_ec")
+    return {"sst_train": _head(sst / "train.csv", d / "sst_train.csv", 256),
+            "sst_val": _head(sst / "val.csv", d / "sst_val.csv", 64),
+            "sem_train": _head(sem / "train.csv", d / "sem_train.csv", 128),
+            "sem_val": _head(sem / "val.csv", d / "sem_val.csv", 64)}
