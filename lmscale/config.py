@@ -139,7 +139,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.optim.lr_drop_factor = 0.1  # factor of each drop in optim.lr_drop_epochs (AWD: divide by 10)
     c.optim.ntasgd_nonmono = 5  # ntasgd: the n of the non-monotone trigger (AWD --nonmono)
     c.optim.lr = 5e-4  # peak learning rate at optim.base_batch_size (paper: 5e-4 at batch 128)
-    c.optim.lr_scaling = "none"  # rescale optim.lr for the global batch B: "none", "linear" (B/base), "sqrt"
+    c.optim.lr_scaling = "none"  # rescale optim.lr for the global batch B: "none", "linear" (B/base), "sqrt"; B counts rows (sequences): train.grad_accum_steps lengthens each row, it adds none
     c.optim.base_batch_size = 128  # the batch that optim.lr is given for (used by optim.lr_scaling)
     c.optim.lr_max = 0.0  # cap on the rescaled learning rate; 0 = no cap (paper's 32k run: 3e-3)
     # After warmup: "constant", "linear" (to 0), "cosine" (to 0), or "slanted_triangular"
@@ -147,7 +147,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.optim.schedule = "linear"
     c.optim.stlr_ratio = 100.0  # slanted_triangular: peak over lowest learning rate
     c.optim.stlr_cut_frac = 0.002  # slanted_triangular: fraction of the decay horizon spent rising
-    c.optim.warmup_steps = 0  # linear warmup from 0 to optim.lr over this many steps
+    c.optim.warmup_steps = 0  # linear warmup from 0 to the peak rate (optim.lr, scaled by optim.lr_scaling and capped) over this many steps; not with slanted_triangular
     c.optim.decay_steps = 0  # the step where the decay reaches 0; 0 = train.steps
     c.optim.decay_epochs = 0.0  # if > 0, decay over at most this many epochs of the training data
     c.optim.clip = 1.0  # clip gradients by global norm; 0 = no clipping
@@ -349,6 +349,12 @@ def validate_optim(o: ml_collections.ConfigDict) -> None:
         raise ConfigError("optim.base_batch_size must be >= 1 and optim.lr_max >= 0")
     if o.stlr_ratio < 1 or not 0 < o.stlr_cut_frac < 1:
         raise ConfigError("optim.stlr_ratio must be >= 1 and optim.stlr_cut_frac in (0, 1)")
+    if o.schedule == "slanted_triangular" and o.warmup_steps:
+        # It has no warmup, and the horizon was stretched past the warmup: a 600-step run with
+        # warmup_steps=1000 ended at 60 % of its triangle, never back down.
+        raise ConfigError(f"optim.warmup_steps={o.warmup_steps} does not apply to the "
+                          f"slanted_triangular schedule (it rises over optim.stlr_cut_frac of "
+                          f"its horizon): set it to 0")
     if o.weight_decay < 0:
         raise ConfigError(f"optim.weight_decay must be >= 0, got {o.weight_decay}")
     if o.weight_decay_style not in WEIGHT_DECAY_STYLES:

@@ -13,6 +13,7 @@ final.png and curves.png.
 
 from __future__ import annotations
 
+import math
 import shlex
 import sys
 
@@ -37,6 +38,11 @@ _T_TEST = flags.DEFINE_string("transfer_test", None, "Labeled test texts for tra
 _T_TEXT = flags.DEFINE_string("text_column", "sentence", "Transfer: column/field holding the text.")
 _T_LABEL = flags.DEFINE_string("label_column", "label", "Transfer: column/field holding the 0/1 label.")
 flags.mark_flags_as_required(["config", "sweep", "workdir"])
+# nan passes lower_bound: a factor of nan turned divergence detection off silently.
+flags.register_validator("divergence_factor", lambda v: not math.isnan(v),
+                         message="must be a number (inf: never stop a point for its loss)")
+flags.register_validator("cpu_budget_minutes", lambda v: v is None or math.isfinite(v),
+                         message="must be a finite number")
 
 
 def main(argv: list[str]) -> None:

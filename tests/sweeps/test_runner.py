@@ -253,3 +253,16 @@ def test_a_second_signal_stops_the_points_at_once(tiny):
     trainers = subprocess.run(["pgrep", "-f", f"lmscale.train .*workdir={out}/"],
                               capture_output=True, text=True).stdout.split()
     assert not trainers, trainers  # none left running on, orphaned
+
+
+@pytest.mark.parametrize("flag, value", [("divergence_factor", "nan"),
+                                         ("cpu_budget_minutes", "nan")])
+def test_a_nan_flag_is_refused_before_any_point_runs(tiny, tmp_path, flag, value):
+    """nan passes absl's lower_bound: --divergence_factor=nan turned divergence detection off
+    (a loss going 5.5 -> 217 was reported ok)."""
+    sweep = write_sweep(tmp_path / "s.py", "def get_sweep():\n    return {'grid': {'model.hidden': [8]}}\n")
+    cli = subprocess.run([sys.executable, "-m", "lmscale.sweep", f"--config={tiny / 'tiny.py'}",
+                          f"--sweep={sweep}", f"--workdir={tmp_path / 'out'}", f"--{flag}={value}"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 1 and f"--{flag}" in cli.stderr, cli.stderr[-1000:]
+    assert not (tmp_path / "out").exists()
