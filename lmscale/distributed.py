@@ -236,20 +236,25 @@ def check_same_config(config: object) -> None:
     """Multi-process runs: refuses to start when the processes were given different configs
     (another --config.* flag on one host): each would initialize and update its own replica,
     and the "replicated" parameters would silently differ."""
-    import jax
-    if jax.process_count() == 1:
-        return
-    import hashlib
-
-    import numpy as np
-    from jax.experimental import multihost_utils
-
     from lmscale.config import ConfigError
-    digest = hashlib.sha256(config.to_json(sort_keys=True).encode()).digest()[:8]
-    mine = np.frombuffer(digest, np.int32)
-    every = np.asarray(multihost_utils.process_allgather(mine)).reshape(jax.process_count(), -1)
-    differ = [i for i in range(len(every)) if not np.array_equal(every[i], every[0])]
+    differ = processes_that_differ(config.to_json(sort_keys=True))
     if differ:
         raise ConfigError(f"process(es) {differ} were started with another config than process 0 "
                           f"(other --config.* flags or config file): every process of a run must "
                           f"be given the same command")
+
+
+def processes_that_differ(text: str) -> list[int]:
+    """The processes whose ``text`` differs from process 0's (compared by a hash, gathered
+    from every process: all must call it); [] in a single-process run."""
+    import jax
+    if jax.process_count() == 1:
+        return []
+    import hashlib
+
+    import numpy as np
+    from jax.experimental import multihost_utils
+    digest = hashlib.sha256(text.encode()).digest()[:8]
+    mine = np.frombuffer(digest, np.int32)
+    every = np.asarray(multihost_utils.process_allgather(mine)).reshape(jax.process_count(), -1)
+    return [i for i in range(len(every)) if not np.array_equal(every[i], every[0])]

@@ -25,7 +25,8 @@ from flax import nnx
 
 from lmscale.cli import EXIT_DIVERGED
 from lmscale.config import derive, save_config, validate, with_global_batch
-from lmscale.distributed import check_same_config, process_0_says
+from lmscale.data.errors import DataError
+from lmscale.distributed import check_same_config, process_0_says, processes_that_differ
 from lmscale.data.dataset import TokenDataset, dataset_fingerprint
 from lmscale.models import architecture, flops_per_token
 from lmscale.models.lm import unused_qrnn_note
@@ -102,6 +103,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
     dataset = TokenDataset.open(resolve_dataset(config.data, workdir, progress=interactive,
                                                 resuming=saved is not None))
     fingerprint = dataset_fingerprint(dataset.path)
+    differ = processes_that_differ(fingerprint)
+    if differ:  # e.g. a relative data.train from another working directory, or node-local copies
+        raise DataError(f"process(es) {differ} read another dataset than process 0 from "
+                        f"data.train={config.data.train!r} (a relative path resolved in another "
+                        f"working directory, or node-local copies that differ): every process of "
+                        f"a run must read the same data")
     if saved is not None:  # the same data the recorded steps were counted on
         check_same_dataset(saved, dataset.path, fingerprint, workdir)
     batcher = train_batcher(dataset, config)

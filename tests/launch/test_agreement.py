@@ -15,12 +15,13 @@ from tests.launch.test_local import _launcher_module
 from tests.launch.test_stop import finish
 
 
-def run_two(commands: list[list[str]], timeout: float = 240) -> list[tuple[int, str]]:
-    """Two processes of one run (1 CPU device each), each with its own command."""
+def run_two(commands: list[list[str]], timeout: float = 240,
+            cwds: tuple = (REPO, REPO)) -> list[tuple[int, str]]:
+    """Two processes of one run (1 CPU device each), each with its own command (and folder)."""
     local = _launcher_module()
     address = f"127.0.0.1:{local.free_port()}"
-    procs = [subprocess.Popen(cmd, cwd=REPO, env=local.process_env(dict(os.environ), pid, 2,
-                                                                    address, 1, None),
+    procs = [subprocess.Popen(cmd, cwd=cwds[pid], env=local.process_env(dict(os.environ), pid, 2,
+                                                                         address, 1, None),
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
              for pid, cmd in enumerate(commands)]
     return finish(procs, timeout)
@@ -63,6 +64,28 @@ def test_a_workdir_that_is_not_shared_is_refused_at_the_start(tmp_path, corpus):
         assert status == 1, err[-2000:]
         assert "is not one folder for all processes: process(es) [1] do not see process 0's" in \
             "\n".join(error_lines(err)), err[-2000:]
+
+
+def test_processes_reading_other_data_under_one_path_are_refused(tmp_path, corpus):
+    """The same relative data.train from two working directories (or node-local copies that
+    differ): the run trained on a mix of two corpora, exit 0. The processes compare the
+    prepared dataset's fingerprint with process 0's now."""
+    other = write_corpus(tmp_path / "other", lines=40, files=2)
+    for name, text in (("a", corpus), ("b", other)):
+        (tmp_path / name).mkdir()
+        subprocess.run([sys.executable, "-m", "lmscale.prepare", f"--input={text}",
+                        f"--output={tmp_path / name / 'ds'}", "--split=8,1,1", "--progress=false"],
+                       cwd=REPO, check=True, capture_output=True)
+    config = f"--config={os.path.join(REPO, 'configs', 'quickstart.py')}"
+    cmd = [config if a.startswith("--config=") else a for a in command(tmp_path / "run", "ds")]
+    results = run_two([cmd, cmd], cwds=(tmp_path / "a", tmp_path / "b"))
+    for status, err in results:
+        assert status == 1, err[-2000:]
+        assert error_lines(err) == ["error: process(es) [1] read another dataset than process 0 "
+                                    "from data.train='ds' (a relative path resolved in another "
+                                    "working directory, or node-local copies that differ): every "
+                                    "process of a run must read the same data"], err[-2000:]
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_a_coordinator_port_in_use_is_one_line(tmp_path, corpus):
