@@ -122,3 +122,21 @@ def test_a_workdir_in_use_is_refused_on_every_process(tmp_path, corpus):
     assert f"is in use by another lmscale process (pid {os.getpid()})" in err0
     assert error_lines(err1) == [f"error: process 0 refused {run}: it is in use by another "
                                  f"lmscale process (see process 0's error)"], err1[-2000:]
+
+
+@pytest.mark.parametrize("env", [
+    {"LMSCALE_NUM_PROCESSES": "2", "LMSCALE_PROCESS_ID": "1",
+     "LMSCALE_COORDINATOR_ADDRESS": "127.0.0.1:1234"},  # what launch/local.py sets
+    {"SLURM_NTASKS": "2"},  # srun with two tasks (the rest of its variables left out)
+])
+def test_finetune_started_as_several_processes_says_it_runs_as_one(tmp_path, env):
+    """Under launch/local.py each process began its own fine-tune in the one workdir until the
+    workdir lock stopped all but one (config.json then said 1 device)."""
+    proc = subprocess.run([sys.executable, "-m", "lmscale.finetune",
+                           "--config=configs/finetune_sst.py", f"--workdir={tmp_path / 'ft'}"],
+                          cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert error_lines(proc.stderr) == [l for l in proc.stderr.splitlines() if l.strip()], proc.stderr
+    assert "lmscale.finetune runs as one process" in proc.stderr, proc.stderr
+    assert not (tmp_path / "ft").exists()
