@@ -140,9 +140,10 @@ def initialize(coordinator_address: str | None, num_processes: int | None, proce
                                cluster_detection_method="deactivate" if explicit else None,
                                initialization_timeout=timeout_s)
     if num_processes is not None and jax.process_count() != num_processes:
-        raise DistributedError(
-            f"this process was started as one of {num_processes} processes, and the run has "
-            f"{jax.process_count()} (as process 0 was told): give every process the same count")
+        why = (f"this process was started as one of {num_processes} processes, and the run has "
+               f"{jax.process_count()} (as process 0 was told): give every process the same count")
+        _leave_word(why)
+        raise DistributedError(why)
 
 
 def join(group: ProcessGroup | None, timeout_s: int) -> None:
@@ -256,5 +257,33 @@ def processes_that_differ(text: str) -> list[int]:
     from jax.experimental import multihost_utils
     digest = hashlib.sha256(text.encode()).digest()[:8]
     mine = np.frombuffer(digest, np.int32)
-    every = np.asarray(multihost_utils.process_allgather(mine)).reshape(jax.process_count(), -1)
+    try:
+        every = np.asarray(multihost_utils.process_allgather(mine)).reshape(jax.process_count(), -1)
+    except jax.errors.JaxRuntimeError:  # a process left before it joined (a Gloo timeout here)
+        from lmscale.config import ConfigError
+        raise ConfigError(f"a process of the run left before the processes agreed on their "
+                          f"settings ({_word_left() or 'see its error'})") from None
     return [i for i in range(len(every)) if not np.array_equal(every[i], every[0])]
+
+
+_LEFT = "lmscale/left/"  # the coordinator's key-value store: why a process left the run
+
+
+def _leave_word(why: str) -> None:
+    """Tells the processes that stay why this one leaves (read by :func:`_word_left`); a
+    process whose peer left waited in its first collective and died with a Gloo traceback."""
+    try:
+        from jax._src import distributed as state  # no public key-value API
+        state.global_state.client.key_value_set(f"{_LEFT}{state.global_state.process_id}", why)
+    except Exception:  # best effort: the caller raises its own error anyway
+        pass
+
+
+def _word_left() -> str | None:
+    """What the processes that left said, "process k: ..."; None where none could be read."""
+    try:
+        from jax._src import distributed as state
+        said = state.global_state.client.key_value_dir_get(_LEFT)
+    except Exception:
+        return None
+    return "; ".join(f"process {key.rsplit('/', 1)[-1]}: {why}" for key, why in sorted(said)) or None

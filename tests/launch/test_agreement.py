@@ -140,3 +140,18 @@ def test_finetune_started_as_several_processes_says_it_runs_as_one(tmp_path, env
     assert error_lines(proc.stderr) == [l for l in proc.stderr.splitlines() if l.strip()], proc.stderr
     assert "lmscale.finetune runs as one process" in proc.stderr, proc.stderr
     assert not (tmp_path / "ft").exists()
+
+
+def test_a_process_told_another_count_is_named_by_the_one_left_waiting(tmp_path, corpus):
+    """Process 1 said why it left (its count differs), and process 0 died ~30 s later in its
+    first collective with a Gloo DEADLINE_EXCEEDED traceback: now one line that repeats why."""
+    run = tmp_path / "run"
+    (status0, err0), (status1, err1) = run_two(
+        [command(run, corpus), command(run, corpus, "--num_processes=3")], timeout=180)
+    why = ("this process was started as one of 3 processes, and the run has 2 (as process 0 "
+           "was told): give every process the same count")
+    assert status1 == 1 and error_lines(err1) == [f"error: {why}"], err1[-2000:]
+    assert status0 == 1, err0[-2000:]
+    assert error_lines(err0) == [f"error: a process of the run left before the processes agreed "
+                                 f"on their settings (process 1: {why})"], err0[-2000:]
+    assert "Traceback" not in err0, err0[-2000:]
