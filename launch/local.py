@@ -225,6 +225,26 @@ class Launch:
         return failed
 
 
+def failure_summary(pid: int, status: int, returncodes: dict[int, int], stopped_by_us: list[int],
+                    sent: dict[int, int], address: str) -> str:
+    """The launch's error line: the first process that failed (``pid``, ``status``), those the
+    launcher's signal then ended, and those that failed on their own."""
+    message = describe_exit(pid, status, address, sent.get(pid))
+    # Those the launcher's signal ended; the others were ending on their own (the same error).
+    stopped = [p for p in stopped_by_us if returncodes[p] in (-signal.SIGTERM, -signal.SIGKILL)
+               or (returncodes[p] == 0 and p in sent)]  # a trainer's clean stop
+    if stopped:
+        message += f"; stopped process{'es' if len(stopped) > 1 else ''} " \
+                   f"{', '.join(map(str, stopped))}"
+    # Those that failed on their own: while being stopped, or at the same time as the first
+    # (gone before the launcher stopped anyone: "failed too" used to leave them out).
+    also = [p for p, code in returncodes.items() if p != pid and p not in stopped and code]
+    if also:
+        message += f"; process{'es' if len(also) > 1 else ''} {', '.join(map(str, also))} " \
+                   f"failed too"
+    return message
+
+
 def main(argv: list[str]) -> int:
     """Runs the launch; returns the exit status (0 when every process exited 0)."""
     args, command = parse_args(argv)
@@ -259,18 +279,8 @@ def main(argv: list[str]) -> int:
     if failed is None:
         return 0
     pid, status = failed
-    message = describe_exit(pid, status, address, launch.sent.get(pid))
-    # Those the launcher's signal ended; the others were ending on their own (the same error).
-    stopped = [p for p in launch.stopped if launch.procs[p].returncode in (-signal.SIGTERM,
-                                                                          -signal.SIGKILL)
-               or (launch.procs[p].returncode == 0 and p in launch.sent)]  # a trainer's clean stop
-    if stopped:
-        message += f"; stopped process{'es' if len(stopped) > 1 else ''} " \
-                   f"{', '.join(map(str, stopped))}"
-    also = [p for p in launch.stopped if p not in stopped and launch.procs[p].returncode]
-    if also:
-        message += f"; process{'es' if len(also) > 1 else ''} {', '.join(map(str, also))} " \
-                   f"failed too"
+    returncodes = {p: proc.returncode for p, proc in launch.procs.items()}
+    message = failure_summary(pid, status, returncodes, launch.stopped, launch.sent, address)
     print(f"error: {message}", file=sys.stderr, flush=True)
     return 1
 

@@ -270,3 +270,13 @@ def test_a_process_that_stops_cleanly_on_the_launchers_signal_is_said_stopped(tm
     assert proc.returncode == 1
     assert "error: process 0 exited with status 4" in proc.stderr
     assert "stopped process 1" in proc.stderr, proc.stderr
+
+
+def test_processes_failing_at_the_same_time_are_all_named():
+    """Two processes failing together (each refusing the same thing in one collective): the
+    second had exited before the launcher stopped anyone, and the summary left it out."""
+    local = _launcher_module()
+    line = local.failure_summary(0, 1, {0: 1, 1: 1}, [], {}, "127.0.0.1:1")
+    assert line == "process 0 exited with status 1 (its error is above); process 1 failed too"
+    stopped = local.failure_summary(0, 1, {0: 1, 1: -15, 2: 3}, [1, 2], {1: 15, 2: 15}, "a:1")
+    assert stopped.endswith("; stopped process 1; process 2 failed too"), stopped
