@@ -203,7 +203,7 @@ def _tokenize(paths: list[str], tmp: str, tokenizer: Tokenizer, progress: bool,
     begins: list[bool] = []
     continues: list[bool] = []
     invalid: dict[str, int] = {}  # a subword/word tokenizer's segments of invalid UTF-8, per file
-    spaces: dict[str, int] = {}  # SentencePiece: segments holding its space symbol U+2581, per file
+    spaces: dict[str, int] = {}  # SentencePiece without byte fallback: segments holding U+2581, per file
     sentencepiece = isinstance(tokenizer, SentencePieceTokenizer)
 
     def flush() -> None:
@@ -232,7 +232,7 @@ def _tokenize(paths: list[str], tmp: str, tokenizer: Tokenizer, progress: bool,
             for data, starts_doc, goes_on in segments(pieces, recut, ENCODE_BYTES):
                 if recut and not _utf8(data):
                     invalid[path] = invalid.get(path, 0) + 1
-                if sentencepiece and "\u2581".encode() in data:
+                if sentencepiece and not tokenizer.keeps_space_symbol and "\u2581".encode() in data:
                     spaces[path] = spaces.get(path, 0) + 1
                 batch.append(data)
                 begins.append(starts_doc)

@@ -4,7 +4,9 @@
 iterator over a bounded sample of text (``lmscale.data.sample``), with options chosen so
 that ``decode(encode(text)) == text`` exactly for any valid UTF-8 text: identity
 normalization, no dummy prefix, whitespace kept as is, byte fallback for characters
-outside the vocabulary (so there are no unknown tokens). The model file travels with a
+outside the vocabulary (so there are no unknown tokens). A literal U+2581 "▁", which
+SentencePiece itself reads as its space symbol, is encoded as its three byte-fallback
+pieces (text without it is encoded by SentencePiece alone). The model file travels with a
 dataset or workdir as ``tokenizer.model``; ``to_dict()`` names it with its SHA-256.
 """
 
@@ -29,6 +31,8 @@ MIN_VOCAB_SIZE = 260  # 256 byte-fallback pieces + <unk> + a few characters
 MAX_SENTENCE_BYTES = 4096  # training sentences: line-aligned chunks of at most this many bytes
 MAX_SPAN_CHARS = 16384  # encoding: paragraphs longer than this are encoded in groups of lines
 _PARAGRAPHS = re.compile(r"(\n\n+)")
+SPACE_SYMBOL = "\u2581"  # SentencePiece's meta symbol for " "
+_SPACE_SYMBOLS = re.compile(f"({SPACE_SYMBOL}+)")
 
 
 def _sentencepiece():
@@ -91,6 +95,10 @@ class SentencePieceTokenizer(FileTokenizer):
         self._set_payload(model_proto)
         self._vocab_size = pieces + 1
         self._byte_lengths: np.ndarray | None = None
+        # The byte-fallback ids of a literal "▁" (SentencePiece would read it as a space, and
+        # decode it as one); None for a model without byte fallback.
+        escape = [self._sp.piece_to_id(f"<0x{b:02X}>") for b in SPACE_SYMBOL.encode("utf-8")]
+        self._space_symbol_ids = escape if all(self._sp.is_byte(i) for i in escape) else None
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "SentencePieceTokenizer":
@@ -133,6 +141,12 @@ class SentencePieceTokenizer(FileTokenizer):
         return smallest_uint_dtype(self._vocab_size)
 
     @property
+    def keeps_space_symbol(self) -> bool:
+        """Whether a literal "▁" (U+2581) round-trips (as its byte-fallback pieces, 3 bytes);
+        False for a model without byte fallback, which reads it as a space."""
+        return self._space_symbol_ids is not None
+
+    @property
     def processor(self) -> Any:
         """The underlying ``sentencepiece.SentencePieceProcessor`` (piece ids = our ids - 1)."""
         return self._sp
@@ -148,20 +162,39 @@ class SentencePieceTokenizer(FileTokenizer):
 
     def encode(self, text: str | bytes) -> np.ndarray:
         """Token ids [n] (``token_dtype``) of ``text`` (bytes are read as UTF-8), encoded
-        span by span (see ``spans``)."""
+        span by span (see ``spans``); each literal "▁" (U+2581) as its byte-fallback pieces,
+        so that it decodes as itself and counts its 3 bytes (SentencePiece alone reads it as
+        a space)."""
         return self.encode_batch([text])[0]
 
     def encode_batch(self, texts: Sequence[str | bytes]) -> tuple[np.ndarray, np.ndarray]:
         """Ids of all ``texts`` concatenated (``token_dtype``) and each text's token count
         (int64), each text encoded as ``encode`` does: one SentencePiece call for all."""
-        per_text = [spans(self._text(t)) for t in texts]
+        escape = self._space_symbol_ids
+        per_text = [self._escaped(spans(self._text(t))) if escape else spans(self._text(t))
+                    for t in texts]
         flat = list(itertools.chain.from_iterable(per_text))
-        pieces = self._sp.encode(flat) if flat else []
+        literal = [escape is not None and s[0] == SPACE_SYMBOL for s in flat]  # runs of "▁"
+        encoded = iter(self._sp.encode([s for s, lit in zip(flat, literal) if not lit])
+                       if not all(literal) else [])
+        pieces = [escape * len(s) if lit else next(encoded) for s, lit in zip(flat, literal)]
         span_counts = np.fromiter((len(p) for p in pieces), dtype=np.int64, count=len(pieces))
         ids = np.fromiter(itertools.chain.from_iterable(pieces), dtype=np.int64, count=int(span_counts.sum()))
         owner = np.repeat(np.arange(len(texts)), [len(s) for s in per_text])
         counts = np.bincount(owner, weights=span_counts, minlength=len(texts)).astype(np.int64)
         return (ids + 1).astype(self.token_dtype), counts
+
+    @staticmethod
+    def _escaped(parts: list[str]) -> list[str]:
+        """``parts`` with each run of "▁" cut out as a part of its own (a text without "▁":
+        the same list, so its ids are SentencePiece's)."""
+        out: list[str] = []
+        for part in parts:
+            if SPACE_SYMBOL in part:
+                out.extend(p for p in _SPACE_SYMBOLS.split(part) if p)
+            else:
+                out.append(part)
+        return out
 
     def decode(self, ids: Any) -> str:
         """Text of ``ids``, dropping padding; DataError for ids outside the vocabulary."""
@@ -209,7 +242,7 @@ class SentencePieceTokenizer(FileTokenizer):
             out.append("it removes extra whitespace")
         if not proto.trainer_spec.byte_fallback:
             out.append("it has no byte fallback (characters outside its vocabulary are <unk>, "
-                       "counted as 0 bytes)")
+                       "counted as 0 bytes; a literal U+2581 is read as a space)")
         return out
 
     def unsampled_ids(self) -> tuple[int, ...]:

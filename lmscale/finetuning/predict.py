@@ -68,12 +68,13 @@ def write_predictions(path: str, texts: Sequence[str], probs: np.ndarray, pred: 
 def read_texts(path: str, text_column: str) -> list[str]:
     """The texts of a .csv/.tsv (column ``text_column``) or .jsonl (field) file; DataError names
     the file and the columns there when the column is missing, or the file and line of bad
-    JSON, of a line that is not a JSON object, of a text that is not a string (null) or empty."""
+    JSON, of a line that is not a JSON object, of a text that is not a string (null), empty or
+    only whitespace."""
     import json
 
     from lmscale.data.csv_rows import csv_rows
     from lmscale.data.errors import DataError
-    from lmscale.transfer.labeled import json_kind
+    from lmscale.transfer.labeled import checked_text, json_kind
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file")
     from lmscale.data.compression import format_extension, open_input
@@ -81,10 +82,7 @@ def read_texts(path: str, text_column: str) -> list[str]:
     texts: list[str] = []
 
     def add(text: str, line: int) -> None:
-        if not text.strip():
-            raise DataError(f"{path}:{line}: row {len(texts) + 1} has an empty {text_column!r}; "
-                            "every text needs at least one character")
-        texts.append(text)
+        texts.append(checked_text(text, f"{path}:{line}", len(texts) + 1, text_column))
 
     if ext in (".csv", ".tsv"):
         for line, row in csv_rows(path, [text_column], "\t" if ext == ".tsv" else ",",

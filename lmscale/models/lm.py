@@ -308,20 +308,12 @@ AWD_FIELDS = {"embed_dropout": 0.0, "input_dropout": 0.0, "hidden_dropout": 0.0,
               "qrnn_zoneout": 0.0, "qrnn_pooling": "sequential"}
 
 
-QRNN_FIELDS = ("qrnn_window", "qrnn_zoneout", "qrnn_pooling")  # read by model.kind="qrnn" only
-
-
-def unused_qrnn_note(model_config: Any) -> str | None:
-    """A note naming QRNN settings moved from their defaults in a model of another kind,
-    which ignores them (config.json records them as given)."""
-    if model_config.kind == "qrnn":
-        return None
-    moved = [f"model.{n}={_field(model_config, n)!r}" for n in QRNN_FIELDS
-             if _field(model_config, n) != AWD_FIELDS[n]]
-    if not moved:
-        return None
-    return (f"note: {', '.join(moved)} {'is a setting' if len(moved) == 1 else 'are settings'} "
-            f"of model.kind='qrnn', unused by model.kind={model_config.kind!r}")
+# The settings read by the recurrent kinds only (registry.unused_settings_note; defaults: off)
+RECURRENT_SETTINGS = {n: AWD_FIELDS[n] for n in (
+    "embed_dropout", "input_dropout", "hidden_dropout", "output_dropout", "weight_dropout",
+    "ar_alpha", "tar_beta", "adaptive_cutoffs")}
+# ... and by model.kind="qrnn" only
+QRNN_SETTINGS = {n: AWD_FIELDS[n] for n in ("qrnn_window", "qrnn_zoneout", "qrnn_pooling")}
 
 
 def _field(model_config: Any, name: str) -> Any:
@@ -437,4 +429,6 @@ _FIELDS = ("embed", "hidden", "layers", "weight_norm", "tie_embeddings", "adapti
 for _name in LAYER_TYPES:
     register(ModelKind(name=_name, fields=_FIELDS + (("qrnn_window",) if _name == "qrnn" else ()),
                        build=_build, validate=_validate, flops_per_token=_flops,
-                       describe=_describe))
+                       describe=_describe,
+                       settings={**RECURRENT_SETTINGS,
+                                 **(QRNN_SETTINGS if _name == "qrnn" else {})}))

@@ -57,7 +57,9 @@ class ModelKind:
     ``fields``: the ``config.model`` fields that define the architecture (what a checkpoint
     must match; dropouts are not among them). ``validate(model_config, train_config)`` raises
     ValueError naming the bad key. ``flops_per_token(model_config, vocab_size, seq_len)``:
-    forward matmul FLOPs per token (training is about 3x).
+    forward matmul FLOPs per token (training is about 3x). ``settings``: the optional
+    ``config.model`` settings this kind reads that not every kind does (regularizers and
+    options; name -> the default, which leaves them off), for :func:`unused_settings_note`.
     """
 
     name: str
@@ -66,6 +68,7 @@ class ModelKind:
     validate: Callable[[Any, Any], None]
     flops_per_token: Callable[[Any, int, int], int]
     describe: Callable[[Any], str]  # one line for humans: "mlstm hidden 4096 embed 64 layers 1"
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
 
 
 _KINDS: dict[str, ModelKind] = {}
@@ -103,6 +106,36 @@ def architecture(model_config: Any) -> dict[str, Any]:
     """The fields that define the architecture of ``model_config`` (its kind's ``fields``)."""
     kind = get_kind(model_config.kind)
     return {"kind": kind.name, **{f: model_config[f] for f in kind.fields}}
+
+
+def unused_settings_note(model_config: Any) -> str | None:
+    """A note naming the settings of other kinds (their ``settings``) moved from their
+    defaults in a model of ``model_config.kind``, which ignores them (config.json records
+    them as given; a config can be rerun as another kind for comparison). None when there
+    are none. Sizes (``hidden``, ``d_model``, ...) are not named: they show in ``describe``.
+    """
+    own = get_kind(model_config.kind).settings
+    owners: dict[str, list[str]] = {}
+    defaults: dict[str, Any] = {}
+    for name in model_kinds():
+        for field, default in _KINDS[name].settings.items():
+            if field not in own:
+                owners.setdefault(field, []).append(name)
+                defaults[field] = default
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for field, kinds in owners.items():
+        value = model_config.get(field, defaults[field])
+        if value != defaults[field]:
+            groups.setdefault(tuple(kinds), []).append(f"model.{field}={value!r}")
+    if not groups:
+        return None
+    parts = []
+    for kinds, moved in groups.items():
+        what = "is a setting" if len(moved) == 1 else "are settings"
+        of = (f"model.kind={kinds[0]!r}" if len(kinds) == 1 else
+              "model.kind " + ", ".join(map(repr, kinds[:-1])) + f" or {kinds[-1]!r}")
+        parts.append(f"{', '.join(moved)} {what} of {of}")
+    return f"note: {'; '.join(parts)}, unused by model.kind={model_config.kind!r}"
 
 
 def uses_dropout(model_config: Any) -> bool:

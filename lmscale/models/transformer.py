@@ -424,6 +424,11 @@ def _validate(model_config: Any, train_config: Any) -> None:
     for name in ("weight_norm", "tie_embeddings", "scan_layers"):
         if not isinstance(m[name], bool):
             raise ValueError(f"model.{name} must be a bool, got {m[name]!r}")
+    cutoffs = m.get("adaptive_cutoffs", "")
+    if cutoffs:  # its head is a full softmax: the logits would be raw scores, not adaptive
+        raise ValueError(f"model.adaptive_cutoffs={cutoffs!r} is not supported by "
+                         f"model.kind='transformer' (its output head is a full softmax); "
+                         f"set --config.model.adaptive_cutoffs= or use a recurrent kind")
     seq_len = train_config.seq_len if train_config is not None else None
     if seq_len is not None and seq_len > m.max_len:
         raise ValueError(f"train.seq_len={seq_len} exceeds model.max_len={m.max_len} "
@@ -457,4 +462,5 @@ register(ModelKind(name="transformer",
                    fields=("layers", "d_model", "heads", "d_ff", "max_len", "norm", "positions",
                            "tie_embeddings", "weight_norm"),
                    build=_build, validate=_validate, flops_per_token=_flops,
-                   describe=_describe))
+                   describe=_describe,
+                   settings={"attn_dropout": 0.0, "ff_dropout": 0.0, "scan_layers": True}))

@@ -81,12 +81,17 @@ def _label(value: Any, where: str, column: str) -> int:
     return int(f)
 
 
-def _text(text: str, where: str, row: int, column: str) -> str:
-    """``text``, unless it is empty: then an error at ``where`` (file:line), row ``row`` (the
-    data rows counted from 1)."""
-    if not text.strip():
+def checked_text(text: str, where: str, row: int, column: str) -> str:
+    """``text``, unless it is empty or only whitespace (a blank cell: a word model reads no
+    token of it): then an error at ``where`` (file:line), row ``row`` (the data rows counted
+    from 1). Transfer, fine-tuning and classify read texts through this."""
+    if not text:
         raise DataError(f"{where}: row {row} has an empty {column!r}; every text needs at "
                         "least one character")
+    if not text.strip():
+        shown = repr(text) if len(text) <= 20 else f"{len(text)} whitespace characters"
+        raise DataError(f"{where}: row {row} has only whitespace in {column!r} ({shown}); "
+                        "every text needs a character other than whitespace")
     return text
 
 
@@ -94,7 +99,7 @@ def _read_csv(path: str, text_column: str, label_names: list[str], delimiter: st
               ) -> tuple[list[str], list[list[int]]]:
     texts, rows = [], []
     for line, row in csv_rows(path, [text_column, *label_names], delimiter):
-        texts.append(_text(row[text_column], f"{path}:{line}", len(texts) + 1, text_column))
+        texts.append(checked_text(row[text_column], f"{path}:{line}", len(texts) + 1, text_column))
         rows.append([_label(row[c], f"{path}:{line}", c) for c in label_names])
     return texts, rows
 
@@ -129,7 +134,7 @@ def _read_jsonl(path: str, text_field: str, label_names: list[str]) -> tuple[lis
             if not isinstance(obj[text_field], str):
                 raise DataError(f"{path}:{i}: field {text_field!r} is "
                                 f"{json_kind(obj[text_field])}, not a string")
-            texts.append(_text(obj[text_field], f"{path}:{i}", len(texts) + 1, text_field))
+            texts.append(checked_text(obj[text_field], f"{path}:{i}", len(texts) + 1, text_field))
             rows.append([_label(obj[k], f"{path}:{i}", k) for k in label_names])
     return texts, rows
 
@@ -145,7 +150,7 @@ def _read_tfds(name: str, text_key: str, label_names: list[str]) -> tuple[list[s
                 raise DataError(f"tfds:{name}: no feature {key!r}; features are {sorted(ex)}")
         text = ex[text_key]
         text = text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text)
-        texts.append(_text(text, f"tfds:{name}", len(texts) + 1, text_key))
+        texts.append(checked_text(text, f"tfds:{name}", len(texts) + 1, text_key))
         rows.append([int(ex[k]) for k in label_names])
     return texts, rows
 

@@ -219,5 +219,8 @@ def test_an_outside_model_that_does_not_round_trip_and_a_literal_space_symbol_ar
     blocks.write_text("a bar\u2581chart\n" + text.read_text(), encoding="utf-8")
     prepare_dataset([str(blocks)], str(tmp_path / "b"), tokenizer=own, split=(1, 0, 0),
                     progress=False)
-    err = capsys.readouterr().err
-    assert f"SentencePiece's own space symbol, in {blocks} (1)" in err and "normalizes" not in err
+    err = capsys.readouterr().err  # own model: "▁" kept (its byte-fallback pieces), no note
+    assert "space symbol" not in err and "normalizes" not in err
+    prepare_dataset([str(blocks)], str(tmp_path / "c"), tokenizer=outside, split=(1, 0, 0),
+                    progress=False)
+    assert f"SentencePiece's own space symbol, in {blocks} (1)" in capsys.readouterr().err

@@ -367,7 +367,7 @@ def test_bad_input_one_line_errors(sst_run, data, tmp_path):
         finetune(ft_config(sst_run, str(negative), str(negative)), str(tmp_path / "n"))
     empty = tmp_path / "empty.csv"
     empty.write_text("sentence,label\ngood,1\n  ,0\n")
-    with pytest.raises(DataError, match="row 2 has an empty 'sentence'"):
+    with pytest.raises(DataError, match="row 2 has only whitespace in 'sentence'"):
         finetune(ft_config(sst_run, str(empty), str(empty)), str(tmp_path / "e"))
     assert not any((tmp_path / d).exists() for d in ("m", "c", "e"))  # nothing half-written
     # The LM's own workdir, or another LM run's, is not a fine-tuning workdir (it was refused

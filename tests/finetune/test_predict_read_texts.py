@@ -16,7 +16,7 @@ from lmscale.finetuning.predict import read_texts
     ('{"text": 5}', r"bad\.jsonl:3: field 'text' is a number, not a string"),
     ('["good film"]', r"bad\.jsonl:3: an array, not a JSON object"),
     ('{"body": "x"}', r"bad\.jsonl:3: no field 'text'; keys are \['body'\] \(set --text_column\)"),
-    ('{"text": "  "}', r"bad\.jsonl:3: row 2 has an empty 'text'"),
+    ('{"text": "  "}', r"bad\.jsonl:3: row 2 has only whitespace in 'text' \('  '\)"),
 ])
 def test_a_bad_jsonl_line_is_a_one_line_error_naming_it(tmp_path, line, message):
     path = tmp_path / "bad.jsonl"

@@ -218,12 +218,12 @@ def test_qrnn_settings_in_another_kind_are_noted():
     """--config.model.qrnn_zoneout=0.5 on an LSTM trained without zoneout, and config.json
     recorded 0.5 as if applied, without a word."""
     from lmscale.config import default_config
-    from lmscale.models.lm import unused_qrnn_note
+    from lmscale.models.registry import unused_settings_note
     model = default_config().model
     model.kind = "lstm"
-    assert unused_qrnn_note(model) is None  # defaults: nothing to say
+    assert unused_settings_note(model) is None  # defaults: nothing to say
     model.qrnn_zoneout, model.qrnn_window = 0.5, 1
-    assert unused_qrnn_note(model) == ("note: model.qrnn_window=1, model.qrnn_zoneout=0.5 are "
-                                       "settings of model.kind='qrnn', unused by model.kind='lstm'")
+    assert unused_settings_note(model) == ("note: model.qrnn_window=1, model.qrnn_zoneout=0.5 are "
+                                           "settings of model.kind='qrnn', unused by model.kind='lstm'")
     model.kind = "qrnn"
-    assert unused_qrnn_note(model) is None
+    assert unused_settings_note(model) is None

@@ -106,7 +106,7 @@ def test_an_empty_text_names_its_file_and_line(tmp_path):
         load_labeled(str(p))
     q = tmp_path / "e.jsonl"
     q.write_text('{"text": "good", "y": 1}\n\n{"text": " ", "y": 0}\n')
-    with pytest.raises(DataError, match=r"e.jsonl:3: row 2 has an empty 'text'"):
+    with pytest.raises(DataError, match=r"e.jsonl:3: row 2 has only whitespace in 'text' \(' '\)"):
         load_labeled(str(q), text_column="text", label_column="y")
 
 
