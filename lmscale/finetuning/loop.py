@@ -348,11 +348,15 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
     step = start
     in_flight = InFlight()  # bounded async dispatch (lmscale/training/in_flight.py)
     accuracy_name = "label_accuracy" if ft.multilabel else "accuracy"
+    compiled: set[tuple[bool, tuple[int, ...]]] = set()
     with StopSignal(config.train.stop_sync_every) as stop:
         while step < steps and not stop.should_stop(step):
             batch = put_batch(batches.batch(step), mesh, BATCH_KEYS)
-            # The first step, and the first with the LM unfrozen, compile their program.
-            compiles = step == start or (step == ft.freeze_steps and step > start)
+            # Each batch width (bucket) compiles its program, frozen and unfrozen: those steps
+            # are left out of the throughput (only the first and the unfreezing were before).
+            program = (step >= ft.freeze_steps, batch["tokens"].shape)
+            compiles = program not in compiled
+            compiled.add(program)
             timer.before(compiles, state)
             state, metrics = step_fn(step >= ft.freeze_steps)(state, batch)
             timer.after(compiles, metrics)

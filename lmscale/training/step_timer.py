@@ -1,9 +1,9 @@
 """Throughput of a training loop's logging windows, the steps that compile left out.
 
-A step that compiles its program (a loop's first; fine-tuning's first with the LM unfrozen)
-takes seconds against milliseconds: timed alone (the work queued before it waited for
-first), it is left out of its window's steps and seconds, and its own seconds are kept as
-``compile_s``. A window of only such a step has no rate (None).
+A step that compiles its program (a loop's first; fine-tuning's first of each batch width,
+frozen and unfrozen) takes seconds against milliseconds: timed alone (the work queued before
+it waited for first), it is left out of its window's steps and seconds, and its seconds are
+added to ``compile_s``. A window of only such steps has no rate (None).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class StepTimer:
             jax.block_until_ready(outputs)
             seconds = time.perf_counter() - self._t
             self.start += seconds  # out of the window
-            self.compile_s = seconds
+            self.compile_s = (self.compile_s or 0.0) + seconds
         else:
             self.steps += 1
 
