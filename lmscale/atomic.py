@@ -2,8 +2,9 @@
 
 ``atomic_write(path)`` opens a temporary file beside ``path`` and renames it over ``path``
 once the block succeeds; on an error the temporary file is removed and ``path`` keeps its
-previous content. Every record lmscale writes outside orbax (configs, results, thresholds,
-best/sweep status, classifiers, predictions, caches, tokenizer files) goes through it.
+previous content (an OSError, e.g. a full disk, then names ``path``). Every record lmscale
+writes outside orbax (configs, results, thresholds, best/sweep status, classifiers,
+predictions, caches, tokenizer files) goes through it.
 """
 
 from __future__ import annotations
@@ -22,9 +23,13 @@ def atomic_write(path: str, mode: str = "w", **open_kwargs: Any) -> Iterator[IO]
         with open(tmp, mode, **open_kwargs) as f:
             yield f
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as e:
+        with contextlib.suppress(OSError):
             os.remove(tmp)
+        if isinstance(e, OSError) and e.errno is not None and e.filename in (None, tmp):
+            # A full disk (no file name, from write/close) or a read-only folder (the temporary
+            # file's name): the error names the file being written.
+            raise OSError(e.errno, e.strerror or os.strerror(e.errno), path) from e
         raise
 
 

@@ -12,11 +12,11 @@ OUTPUT.metrics.json). Input: .csv/.tsv/.jsonl; OUTPUT may not be the input.
 
 from __future__ import annotations
 
-import json
 import os
 
 from absl import app, flags
 
+from lmscale.atomic import write_json
 from lmscale.cli import parse_flags, run_cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A fine-tuned run, or a transfer output / LM workdir.")
@@ -60,8 +60,7 @@ def classify() -> dict:
     if _LABELS.value:
         m = classification_metrics(probs, data.labels, clf.multilabel, clf.class_names, clf.thresholds)
         print(format_table({"input": m}))
-        with open(_OUTPUT.value + ".metrics.json", "w") as f:
-            json.dump(m, f, indent=2)
+        write_json(_OUTPUT.value + ".metrics.json", m, indent=2)  # all or nothing
         return m
     return {}
 

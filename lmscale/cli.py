@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import sys
 from typing import Callable, TypeVar
@@ -12,6 +14,53 @@ T = TypeVar("T")
 # Exit status of a training tool whose parameters stopped being finite (``DivergedError``), so
 # that a caller (the sweep runner) tells a diverged run from a failed one.
 EXIT_DIVERGED = 3
+
+# OSErrors of writing that are the machine's state, not a bug: one line naming the file.
+_WRITE_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                 errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied"}
+
+
+class OutputError(Exception):
+    """A folder a tool writes to cannot take files; the message says which and what to do."""
+
+
+def writable_folder(path: str, hint: str, create: bool = False) -> str:
+    """Checks, before any work, that files can be written in the folder ``path`` (not there
+    yet: in its nearest existing parent, where it would be made; ``create``: made now); else
+    OutputError: ``cannot write in PATH (cause); HINT``. Returns ``path``."""
+    import tempfile
+    try:
+        if create:
+            os.makedirs(path, exist_ok=True)
+        probe_in = os.path.abspath(path)
+        while not os.path.exists(probe_in) and os.path.dirname(probe_in) != probe_in:
+            probe_in = os.path.dirname(probe_in)
+        if not os.path.isdir(probe_in):
+            raise NotADirectoryError(errno.ENOTDIR, f"{probe_in} is not a folder")
+        fd, probe = tempfile.mkstemp(dir=probe_in, prefix=".write-test-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        if isinstance(e, FileExistsError) or e.errno in _WRITE_ERRNOS or e.errno == errno.ENOTDIR:
+            cause = e.strerror or str(e)
+            raise OutputError(f"cannot write in {path} ({cause}); {hint}") from None
+        raise
+    return path
+
+
+def os_error_line(e: OSError) -> str:
+    """``the disk is full writing FILE (No space left on device): ...`` and the like."""
+    name = e.filename
+    if isinstance(name, str):
+        name = re.sub(r"\.tmp-\d+(\.npy)?$", "", name)  # an atomic write's temporary file
+    cause = (e.strerror or os.strerror(e.errno)) if e.errno else str(e)
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" writing {name}" if name else ""
+        return (f"{_WRITE_ERRNOS[e.errno]}{where} ({cause}): free some space or write "
+                f"elsewhere, and run again")
+    if name is None:
+        return f"{_WRITE_ERRNOS.get(e.errno, 'error')} ({cause})"
+    return f"cannot {'write' if e.errno == errno.EROFS else 'access'} {name} ({cause})"
 
 
 def run_cli(fn: Callable[[], T]) -> T:
@@ -27,9 +76,14 @@ def run_cli(fn: Callable[[], T]) -> T:
     try:
         use_compile_cache()
         return fn()
-    except (ConfigError, DataError, CheckpointError, FileNotFoundError) as e:
+    except (ConfigError, DataError, CheckpointError, FileNotFoundError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(getattr(e, "exit_status", 1))
+    except OSError as e:  # a full disk, a read-only or forbidden folder: one line, exit 1
+        if e.errno not in _WRITE_ERRNOS:
+            raise
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
+        sys.exit(1)
 
 
 def _quiet_library_logs() -> None:
@@ -39,13 +93,54 @@ def _quiet_library_logs() -> None:
         logging.set_verbosity(logging.WARNING)
 
 
+_JSON_PARSER: type | None = None
+
+
+def _json_config_parser() -> type:
+    """A ConfigFileFlagParser that also takes a run's saved ``config.json``."""
+    global _JSON_PARSER
+    if _JSON_PARSER is None:
+        from ml_collections.config_flags import config_flags
+
+        class ConfigFileOrJsonParser(config_flags.ConfigFileFlagParser):
+            """``--config=configs/NAME.py`` as ml_collections loads it, or ``--config=WORKDIR/
+            config.json``: the resolved config a run saved (``lmscale.config.load_config``), its
+            ``derived`` section (values the run worked out, recorded) not applied."""
+
+            def parse(self, path: str) -> object:
+                if not str(path).lower().endswith(".json"):
+                    return super().parse(path)
+                from lmscale.config import load_config
+                if not os.path.isfile(path):
+                    raise ValueError(f"{path}: no such file")
+                try:
+                    config, _derived = load_config(path)
+                except (AttributeError, TypeError):  # JSON, but not an object of sections
+                    raise ValueError(f"{path} is not a config.json written by lmscale (a JSON "
+                                     f"object of config sections)") from None
+                return config
+
+        _JSON_PARSER = ConfigFileOrJsonParser
+    return _JSON_PARSER
+
+
+def _accept_json_configs(flag_values: object) -> None:
+    """Every config-file flag (``--config``) also takes a run's config.json."""
+    from ml_collections.config_flags import config_flags
+    for name in list(flag_values):
+        flag = flag_values[name]
+        if type(flag.parser) is config_flags.ConfigFileFlagParser:
+            flag.parser = _json_config_parser()(flag.parser.name, flag.parser._lock_config)
+
+
 def _check_config_values(flag_values: object) -> None:
     """A config file whose ``get_config()`` returns something else than a ConfigDict (a dict,
     None) is one error line, not an AttributeError at the config's first use."""
     import ml_collections
+    from ml_collections.config_flags import config_flags
     for name in list(flag_values):
         flag = flag_values[name]
-        if type(flag.parser).__name__ != "ConfigFileFlagParser" or flag.value is None:
+        if not isinstance(flag.parser, config_flags.ConfigFileFlagParser) or flag.value is None:
             continue
         if not isinstance(flag.value, ml_collections.ConfigDict):
             print(f"error: --{name}={flag.serialize().split('=', 1)[-1]}: get_config() returned "
@@ -58,10 +153,12 @@ def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing where a bad flag or config override is one line on stderr, exit 1.
 
     Pass as ``app.run(main, flags_parser=parse_flags)``. Typos in ``--config.a.b=V`` fail
-    here (the config is locked) with ml_collections' "did you mean" hint.
+    here (the config is locked) with ml_collections' "did you mean" hint. ``--config`` also
+    takes a run's saved ``WORKDIR/config.json`` (its ``derived`` section is not applied).
     """
     from absl import flags
     try:
+        _accept_json_configs(flags.FLAGS)
         rest = flags.FLAGS(argv)
         for name in list(flags.FLAGS):
             # A config file that failed to load: ml_collections keeps the error for the first

@@ -15,7 +15,8 @@ import sys
 
 from absl import app, flags
 
-from lmscale.cli import parse_flags, run_cli
+from lmscale.atomic import write_json
+from lmscale.cli import parse_flags, run_cli, writable_folder
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained (or imported) LM's run directory.")
 _PROMPT = flags.DEFINE_string("prompt", "\n", "Text to continue.")
@@ -32,7 +33,8 @@ _STATE = flags.DEFINE_enum("neuron_state", None, ["cell", "hidden"], "State the 
                            "default: the model's first (cell for mLSTM/LSTM).")
 _HEATMAP_UNIT = flags.DEFINE_integer("heatmap_unit", None, "Unit shown in the heatmap "
                                      "(default: --neuron, else the transfer's neuron if known).")
-_OUTPUT = flags.DEFINE_string("output", None, "Output folder; default WORKDIR/generate.")
+_OUTPUT = flags.DEFINE_string("output", None, "Output folder; default WORKDIR/generate (a "
+                              "read-only workdir: give a folder elsewhere).")
 _COMPUTE = flags.DEFINE_enum("compute", "float32", ["float32", "bfloat16", "float16"],
                              "The LM's matmul dtype (float32 accumulation and states); bfloat16 "
                              "is faster on CPUs with AMX and on GPUs.")
@@ -48,6 +50,11 @@ def main(argv: list[str]) -> None:
     from lmscale.transfer.featurize import preprocess_texts, unit_trace
 
     def run() -> dict:
+        out = _OUTPUT.value or os.path.join(_WORKDIR.value, "generate")
+        if _OUTPUT.value or os.path.isdir(_WORKDIR.value):  # else load_trained says what is wrong
+            # Before loading and sampling: a read-only workdir fails at once, with the way out.
+            writable_folder(out, "pass --output=FOLDER to write the samples elsewhere"
+                            if not _OUTPUT.value else "pass another --output folder")
         lm = load_trained(_WORKDIR.value, compute=_COMPUTE.value)
         length = _LENGTH.value
         max_len = lm.model().max_len
@@ -62,15 +69,13 @@ def main(argv: list[str]) -> None:
                          top_k=_TOP_K.value, top_p=_TOP_P.value, samples=_SAMPLES.value,
                          seed=_SEED.value, neuron=_NEURON.value, neuron_value=_VALUE.value,
                          neuron_state=neuron_state)
-        out = _OUTPUT.value or os.path.join(_WORKDIR.value, "generate")
         os.makedirs(out, exist_ok=True)
         record = {"prompt": _PROMPT.value, "length": length, "seed": _SEED.value,
                   "neuron": _NEURON.value, "neuron_value": _VALUE.value,
                   "neuron_state": neuron_state if _NEURON.value is not None else None,
                   "temperature": _TEMPERATURE.value, "top_k": _TOP_K.value, "top_p": _TOP_P.value,
                   "compute": lm.compute, "samples": texts}
-        with open(os.path.join(out, "samples.json"), "w") as f:
-            json.dump(record, f, indent=2)
+        write_json(os.path.join(out, "samples.json"), record, indent=2)  # all or nothing
         for name in ("heatmap.png", "heatmap.html"):  # an earlier call's, of other samples
             if os.path.exists(os.path.join(out, name)):
                 os.remove(os.path.join(out, name))

@@ -18,7 +18,6 @@ XLA CPU compiler; a GPU compile of the same program differs somewhat).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -26,6 +25,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from lmscale.atomic import write_json
 from lmscale.cli import parse_flags, run_cli
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -127,8 +127,7 @@ def main(argv: list[str]) -> None:
                                 "latency_us": _LATENCY.value, "rows": rows}
         print(format_projection(rows, _FLOPS.value, _BANDWIDTH.value))
     if _JSON.value:
-        with open(_JSON.value, "w") as f:
-            json.dump(result, f, indent=2)
+        run_cli(lambda: write_json(_JSON.value, result, indent=2))  # a full disk: one line
     sys.exit(0)
 
 

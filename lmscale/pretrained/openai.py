@@ -35,6 +35,7 @@ import os
 
 import numpy as np
 
+from lmscale.atomic import atomic_write, write_json
 from lmscale.data.tokenizer import ByteTokenizer
 from lmscale.pretrained.errors import ConvertError
 from lmscale.pretrained.weights import LMWeights
@@ -236,9 +237,9 @@ def save_openai(weights: LMWeights, dst: str) -> list[str]:
     paths = []
     for i, arr in enumerate(arrays):
         paths.append(os.path.join(dst, f"{i}.npy"))
-        np.save(paths[-1], arr, allow_pickle=False)
+        with atomic_write(paths[-1], "wb") as f:  # a full disk leaves no torn array file
+            np.save(f, arr, allow_pickle=False)
     if weights.preprocess != "openai":
         paths.append(os.path.join(dst, SIDECAR))
-        with open(paths[-1], "w") as f:
-            json.dump({"preprocess": weights.preprocess}, f)
+        write_json(paths[-1], {"preprocess": weights.preprocess})
     return paths

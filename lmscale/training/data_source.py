@@ -16,6 +16,7 @@ import sys
 import jax
 import ml_collections
 
+from lmscale.atomic import write_json
 from lmscale.config import parse_split
 from lmscale.data.builtin import is_builtin
 from lmscale.data.dataset import METADATA, TokenDataset, is_dataset
@@ -222,8 +223,7 @@ def _prepare_in_workdir(data: ml_collections.ConfigDict, workdir: str, progress:
     request, sources = _request(data), _sources(data)
     request_path = os.path.join(workdir, "data_request.json")
     if is_dataset(target) and os.path.exists(request_path):
-        with open(request_path) as f:
-            recorded = json.load(f)
+        recorded = _read_request(request_path, target)
         old_sources = recorded.pop("sources", None)  # absent before 2026-12-04: not compared
         moved = [k for k in sorted(recorded) if recorded[k] != request.get(k)]
         if resuming and not moved:  # keys only a newer lmscale records: the same request
@@ -260,9 +260,24 @@ def _prepare_in_workdir(data: ml_collections.ConfigDict, workdir: str, progress:
                     test_inputs=split_inputs(data.test) or None)
     if sources is not None:
         request["sources"] = sources
-    with open(request_path, "w") as f:
-        json.dump(request, f, indent=2)
+    write_json(request_path, request, indent=2)  # all or nothing: a torn record stops every resume
     return target
+
+
+def _read_request(path: str, target: str) -> dict:
+    """data_request.json (how ``target`` was prepared); DataError naming it when it is not a
+    JSON object (torn by a full disk or a kill, emptied, edited)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            recorded = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        reason = f"not valid JSON: {e}"
+    else:
+        if isinstance(recorded, dict):
+            return recorded
+        reason = f"a JSON {type(recorded).__name__}, not an object"
+    raise DataError(f"{path} is unreadable ({reason}); it records how {target} was prepared: "
+                    f"delete it to have the data prepared again and the file written anew")
 
 
 def train_batcher(dataset: TokenDataset, config: ml_collections.ConfigDict) -> StreamBatcher:

@@ -26,6 +26,10 @@ _TEXT = flags.DEFINE_string("text_column", "sentence", "Column/field holding the
 _LABEL = flags.DEFINE_string("label_column", "label", "Column/field holding the 0/1 label; several "
                              "comma-separated 0/1 columns make it multi-label (one model per label).")
 _OUTPUT = flags.DEFINE_string("output", None, "Output folder; default WORKDIR/transfer.")
+_FEATURES_DIR = flags.DEFINE_string(
+    "features_dir", None, "Folder caching the LM's features of the texts (a re-run with other "
+    "classifier settings skips the LM); default WORKDIR/features, or OUTPUT/features when the "
+    "workdir cannot be written (read-only, shared); an empty value caches nothing.")
 _STATE = flags.DEFINE_enum("state", None, ["cell", "hidden"], "Which state to take; default: the "
                            "model's own (cell for mLSTM/LSTM, hidden for the transformer).")
 _POOLING = flags.DEFINE_enum("pooling", "last", ["last", "mean", "max", "min"],
@@ -59,6 +63,7 @@ def main(argv: list[str]) -> None:
         label_column=_LABEL.value, output=_OUTPUT.value, state=_STATE.value,
         pooling=_POOLING.value, all_layers=_ALL_LAYERS.value, baseline=_BASELINE.value,
         batch_size=_BATCH.value, progress=sys.stderr.isatty(), compute=_COMPUTE.value,
+        features_dir=_FEATURES_DIR.value,
         **({} if _C.value is None else {"Cs": _C.value})))
     pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"
     if r.get("multilabel"):

@@ -18,6 +18,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from lmscale.atomic import atomic_write  # noqa: E402
+
+
+def _save(fig: plt.Figure, path: str, dpi: int) -> None:
+    """``fig.savefig(path)`` written atomically: a full disk leaves the earlier file, if any."""
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format=os.path.splitext(path)[1][1:] or "png", dpi=dpi)
+
 
 def neuron_histogram(values: np.ndarray, labels: np.ndarray, path: str, *, unit: int,
                      class_names: Sequence[str] = ("negative", "positive")) -> None:
@@ -32,8 +40,10 @@ def neuron_histogram(values: np.ndarray, labels: np.ndarray, path: str, *, unit:
     ax.set_title(f"Unit {unit} by class")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        _save(fig, path, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def weights_plot(coef: np.ndarray, path: str, *, top: int = 5) -> None:
@@ -50,8 +60,10 @@ def weights_plot(coef: np.ndarray, path: str, *, top: int = 5) -> None:
     ax.set_ylabel("weight")
     ax.set_title(f"L1 logistic regression weights ({int(np.count_nonzero(coef))} of {len(coef)} non-zero)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        _save(fig, path, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def _colors(values: np.ndarray, center: float, scale: float, sign: int) -> np.ndarray:
@@ -99,8 +111,10 @@ def heatmap_png(texts: Sequence[str | bytes], traces: Sequence[np.ndarray], path
     with warnings.catch_warnings(record=True) as caught:  # drawn here: a warning per glyph
         warnings.simplefilter("always")
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
-    plt.close(fig)
+        try:
+            _save(fig, path, dpi=120)
+        finally:
+            plt.close(fig)
     missing = [w for w in caught if "missing from font" in str(w.message)]
     for w in caught:
         if w not in missing:
@@ -129,7 +143,7 @@ def heatmap_html(texts: Sequence[str | bytes], traces: Sequence[np.ndarray], pat
                          f"{html.escape(ch)}</span>")
         parts.append("<p>" + "".join(spans) + "</p>")
     parts.append("</body>")
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_write(path, "w", encoding="utf-8") as f:
         f.write("\n".join(parts))
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from sklearn.preprocessing import StandardScaler
 
 from lmscale.atomic import write_json
+from lmscale.cli import OutputError, writable_folder
 from lmscale.training.restore import TrainedLM, load_trained, weights_fingerprint, with_compute
 from lmscale.transfer import plots
 from lmscale.transfer.baseline import ngram_features
@@ -32,11 +33,13 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
                  output: str | None = None, state: str | None = None, pooling: str = "last",
                  all_layers: bool = False, baseline: str = "words", batch_size: int = 64,
                  Cs: Sequence[float] = C_GRID, examples: int = 6, seed: int = 0,
-                 progress: bool = False, lm: TrainedLM | None = None, compute: str = "float32"
-                 ) -> dict[str, Any]:
+                 progress: bool = False, lm: TrainedLM | None = None, compute: str = "float32",
+                 features_dir: str | None = None) -> dict[str, Any]:
     """Runs the whole transfer; returns the results dict also written to OUTPUT/results.json.
 
-    ``output`` defaults to WORKDIR/transfer. Features are cached in WORKDIR/features.
+    ``output`` defaults to WORKDIR/transfer. Features are cached in ``features_dir``, by default
+    WORKDIR/features, or OUTPUT/features when the workdir cannot be written (read-only, shared);
+    ``features_dir=""`` caches nothing.
     ``compute``: the LM's matmul dtype while featurizing (``restore.with_compute``).
     ``Cs``: the inverse L1 strengths tried (numbers or their strings, all > 0).
     """
@@ -55,9 +58,17 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
                 check_labels(splits[name].labels, False, 2, spec, splits[name].label_names,
                              "binary classification", several_columns_hint="a binary task "
                              "takes one label column")
+    # The folders written are checked before the LM is loaded and any text featurized.
+    given_output = output
+    output = output or os.path.join(workdir, "transfer")
+    if given_output or os.path.isdir(workdir):  # else load_trained says what is wrong
+        writable_folder(output, "pass --output=FOLDER to write the results elsewhere"
+                        if not given_output else "pass another --output folder")
+        cache = _features_dir(workdir, output, features_dir)
+    else:
+        cache = os.path.join(workdir, "features") if features_dir is None else features_dir or None
     lm = with_compute(lm, compute) if lm is not None else load_trained(workdir, compute=compute)
     state = feature_state(lm, state)
-    output = output or os.path.join(workdir, "transfer")
     os.makedirs(output, exist_ok=True)
 
     model = lm.model()
@@ -71,7 +82,7 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
     feats: dict[str, np.ndarray] = {}
     t0 = time.perf_counter()
     for name, data in splits.items():
-        feats[name] = cached_featurize(lm, data.texts, os.path.join(workdir, "features"), **options)
+        feats[name] = cached_featurize(lm, data.texts, cache, **options)
     feat_s = time.perf_counter() - t0
     y = {name: data.labels for name, data in splits.items()}
     x_test, y_test = feats.get("test"), y.get("test")
@@ -157,6 +168,24 @@ def _multilabel(lm: TrainedLM, workdir: str, splits: dict[str, Labeled],
     results["featurization"] = _featurization(splits, feat_s)
     _write_results(output, results)
     return results
+
+
+def _features_dir(workdir: str, output: str, features_dir: str | None) -> str | None:
+    """The feature cache's folder (see ``run_transfer``), checked writable; None: no cache."""
+    if features_dir == "":
+        return None
+    if features_dir is not None:
+        return writable_folder(features_dir, "pass another --features_dir, or "
+                                             "--features_dir= to cache no features")
+    default = os.path.join(workdir, "features")
+    try:
+        return writable_folder(default, "")
+    except OutputError:
+        fallback = os.path.join(output, "features")
+        print(f"note: {workdir} cannot be written: the features are cached in {fallback} "
+              f"(--features_dir chooses the folder)", file=sys.stderr, flush=True)
+        return writable_folder(fallback, "pass --features_dir=FOLDER, or --features_dir= to "
+                                         "cache no features")
 
 
 def _featurization(splits: dict[str, Labeled], seconds: float) -> dict[str, Any]:

@@ -1,0 +1,221 @@
+"""Records the tools write survive a full disk or a read-only folder: written atomically (an
+earlier good file is kept), the error one line naming the file and the cause; a run's
+config.json is accepted back as --config."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, tiny_train_command, write_corpus
+
+
+def _fill(disk: Path) -> None:
+    """Fills the tmpfs ``disk`` to the last page."""
+    with open(disk / "fill", "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+
+
+def _one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr[-3000:]
+    return lines[0]
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """read_only(folder) -> a read-only bind mount of ``folder`` (root only), unmounted after."""
+    mounts = []
+
+    def mount(folder: Path) -> Path:
+        target = tmp_path / f"ro{len(mounts)}"
+        target.mkdir()
+        made = subprocess.run(["mount", "--bind", str(folder), str(target)], capture_output=True)
+        if made.returncode:
+            pytest.skip("cannot bind-mount here (needs root)")
+        mounts.append(target)
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(target)], check=True)
+        return target
+
+    yield mount
+    for target in mounts:
+        subprocess.run(["umount", "-l", str(target)], check=True)
+
+
+def test_atomic_write_on_a_full_disk_keeps_the_old_file_and_names_the_file(small_disk):
+    from lmscale.atomic import write_json
+    path = small_disk / "record.json"
+    write_json(str(path), {"good": 1})
+    _fill(small_disk)
+    with pytest.raises(OSError) as caught:
+        write_json(str(path), {"big": "x" * 3_000_000})
+    assert caught.value.filename == str(path)
+    assert json.loads(path.read_text()) == {"good": 1}
+    assert sorted(p.name for p in small_disk.iterdir()) == ["fill", "record.json"]
+
+
+def test_heatmap_html_and_png_are_written_atomically(small_disk):
+    from lmscale.transfer import plots
+    traces = [np.linspace(-1, 1, 5)]
+    plots.heatmap_html(["hello"], traces, str(small_disk / "h.html"), unit=1)
+    before = (small_disk / "h.html").read_text()
+    _fill(small_disk)
+    with pytest.raises(OSError):
+        plots.heatmap_html(["hello" * 20000], [np.zeros(100000)], str(small_disk / "h.html"), unit=1)
+    assert (small_disk / "h.html").read_text() == before
+    with pytest.raises(OSError):
+        plots.heatmap_png(["hello"], traces, str(small_disk / "h.png"), unit=1)
+    assert not (small_disk / "h.png").exists()
+    assert not [p for p in small_disk.iterdir() if ".tmp-" in p.name]
+
+
+def test_run_cli_turns_a_full_disk_or_read_only_folder_into_one_line(capsys):
+    import errno
+
+    from lmscale.cli import run_cli
+
+    def fails(e: OSError):
+        def fn():
+            raise e
+        return fn
+
+    with pytest.raises(SystemExit) as ended:
+        run_cli(fails(OSError(errno.ENOSPC, "No space left on device", "/x/out.json.tmp-12")))
+    assert ended.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: the disk is full writing /x/out.json (No space left on device)")
+    with pytest.raises(SystemExit):
+        run_cli(fails(OSError(errno.EROFS, "Read-only file system", "/ro/samples.json")))
+    assert capsys.readouterr().err.strip() == ("error: cannot write /ro/samples.json "
+                                              "(Read-only file system)")
+    with pytest.raises(SystemExit):  # unchanged
+        run_cli(fails(FileNotFoundError(errno.ENOENT, "No such file or directory", "/nope")))
+    assert capsys.readouterr().err.strip() == "error: [Errno 2] No such file or directory: '/nope'"
+    with pytest.raises(OSError):  # other OSErrors are not the user's: a traceback
+        run_cli(fails(OSError(errno.EIO, "Input/output error")))
+
+
+def test_generate_on_a_full_disk_keeps_the_earlier_samples(sst_run, small_disk):
+    out = small_disk / "gen"
+    command = [sys.executable, "-m", "lmscale.generate", f"--workdir={sst_run}", "--prompt=The",
+               f"--output={out}"]
+    first = subprocess.run([*command, "--length=8"], cwd=REPO, capture_output=True, text=True,
+                           timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    good = (out / "samples.json").read_text()
+    _fill(small_disk)
+    proc = subprocess.run([*command, "--length=300", "--samples=40"], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1
+    line = _one_error_line(proc.stderr)
+    assert f"the disk is full writing {out}/samples.json" in line
+    assert (out / "samples.json").read_text() == good
+
+
+def test_generate_in_a_read_only_workdir_says_to_pass_output(sst_run, tmp_path, read_only):
+    workdir = tmp_path / "lm"
+    shutil.copytree(sst_run, workdir, ignore=shutil.ignore_patterns("generate", "transfer"))
+    ro = read_only(workdir)
+    proc = subprocess.run([sys.executable, "-m", "lmscale.generate", f"--workdir={ro}",
+                           "--prompt=x", "--length=5"], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 1
+    line = _one_error_line(proc.stderr)
+    assert f"cannot write in {ro}/generate" in line and "--output=" in line
+
+
+def test_transfer_from_a_read_only_workdir_caches_features_in_the_output(sst_run, tmp_path,
+                                                                          read_only, capsys):
+    from lmscale.cli import OutputError
+    from lmscale.training.restore import load_trained
+    from lmscale.transfer.run import run_transfer
+    workdir = tmp_path / "lm"
+    shutil.copytree(sst_run, workdir, ignore=shutil.ignore_patterns("generate", "transfer",
+                                                                    "features"))
+    ro = read_only(workdir)
+    rows = ["sentence,label"] + [f"{w} movie {i},{i % 2}" for i in range(12)
+                                 for w in (["good"] if i % 2 else ["bad"])]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    csv = str(tmp_path / "t.csv")
+    with pytest.raises(OutputError, match=rf"cannot write in {ro}/transfer .*--output="):
+        run_transfer(str(ro), csv, csv, baseline="none", Cs=[1.0], examples=1)
+    out = tmp_path / "out"
+    lm = load_trained(str(ro))
+    run_transfer(str(ro), csv, csv, output=str(out), baseline="none", Cs=[1.0], examples=1, lm=lm)
+    assert f"the features are cached in {out}/features" in capsys.readouterr().err
+    assert len(list((out / "features").glob("*.npy"))) == 1
+    elsewhere = tmp_path / "feats"
+    run_transfer(str(ro), csv, csv, output=str(out), baseline="none", Cs=[1.0], examples=1, lm=lm,
+                 features_dir=str(elsewhere))
+    assert len(list(elsewhere.glob("*.npy"))) == 1
+    run_transfer(str(ro), csv, csv, output=str(tmp_path / "out2"), baseline="none", Cs=[1.0],
+                 examples=1, lm=lm, features_dir="")
+    assert not (tmp_path / "out2" / "features").exists()
+
+
+def test_transfer_cli_has_a_features_dir_flag():
+    proc = subprocess.run([sys.executable, "-m", "lmscale.transfer", "--helpfull"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert "--features_dir" in proc.stdout
+
+
+def _train(workdir, corpus, *flags, **overrides):
+    return subprocess.run(tiny_train_command(workdir, corpus, *flags, **overrides), cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_a_torn_data_request_is_one_line_saying_to_delete_it(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus", files=2, lines=100)
+    workdir = tmp_path / "w"
+    first = _train(workdir, corpus, **{"train.steps": 2, "checkpoint.every": 2})
+    assert first.returncode == 0, first.stderr[-2000:]
+    request = workdir / "data_request.json"
+    assert json.loads(request.read_text())  # written (atomically: no leftover temporary file)
+    assert not list(workdir.glob("data_request.json.tmp-*"))
+    request.write_text(request.read_text()[:20])
+    proc = _train(workdir, corpus, **{"train.steps": 4, "checkpoint.every": 2})
+    assert proc.returncode == 1
+    line = _one_error_line(proc.stderr)
+    assert f"{request} is unreadable (not valid JSON" in line and "delete it" in line
+    request.write_text("")
+    line = _one_error_line(_train(workdir, corpus, **{"train.steps": 4}).stderr)
+    assert "data_request.json is unreadable" in line
+    request.unlink()  # as the message says: the run goes on
+    proc = _train(workdir, corpus, **{"train.steps": 4, "checkpoint.every": 2})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(request.read_text())
+
+
+def test_a_runs_config_json_is_accepted_as_config(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus", files=2, lines=100)
+    first = _train(tmp_path / "a", corpus, **{"train.steps": 2, "checkpoint.every": 2,
+                                              "model.hidden": 24})
+    assert first.returncode == 0, first.stderr[-2000:]
+    saved = json.loads((tmp_path / "a" / "config.json").read_text())
+    proc = subprocess.run([sys.executable, "-m", "lmscale.train",
+                           f"--config={tmp_path}/a/config.json", f"--workdir={tmp_path}/b",
+                           "--config.train.steps=3"], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    again = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert again["model"] == saved["model"] and again["model"]["hidden"] == 24
+    assert again["train"] == {**saved["train"], "steps": 3}
+    assert again["derived"]["steps"] == 3  # derived is worked out again, not applied
+    assert again["derived"]["dataset"] == os.path.join(str(tmp_path / "b"), "data")
+    (tmp_path / "bad.json").write_text('{"model": {"hiden": 3}}')
+    proc = subprocess.run([sys.executable, "-m", "lmscale.train", f"--config={tmp_path}/bad.json",
+                           f"--workdir={tmp_path}/c"], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 1
+    assert "unknown config key model.hiden" in _one_error_line(proc.stderr)
