@@ -2,9 +2,11 @@
 
 With ``checkpoint.keep_best`` the loop offers the weights it validated (NT-ASGD: the
 averaged ones) after every validation pass; a new lowest loss saves them, parameters only, in
-``WORKDIR/best/<step>/`` (an orbax CheckpointManager keeping one: written to a temporary
-folder and renamed, so a crash leaves the previous best) and records ``WORKDIR/best.json``
-(``step``, ``loss``, ``averaged``). awd-lstm-lm keeps the same model (``model_save`` on a new
+``WORKDIR/best/<step>/`` (an orbax CheckpointManager: written to a temporary folder and
+renamed, so a crash leaves the previous best) and records ``WORKDIR/best.json`` (``step``,
+``loss``, ``averaged``). The previous best is deleted only once best.json names the new one:
+a run stopped at any moment leaves best.json naming weights that are on disk (the folder a
+stop left behind besides them is removed at the next start). awd-lstm-lm keeps the same model (``model_save`` on a new
 best validation loss) and scores the test set with it; here ``lmscale.eval --best`` does.
 """
 
@@ -42,13 +44,21 @@ class BestKeeper:
         record = read_best(workdir) if enabled else None
         self.loss = float(record["loss"]) if record else math.inf
         if enabled:
-            options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
+            # Every step kept (max_to_keep None): ``offer`` deletes the old one itself, after
+            # best.json names the new (orbax's max_to_keep=1 deleted it before).
+            options = ocp.CheckpointManagerOptions(max_to_keep=None, create=True,
                                                    enable_async_checkpointing=False)
             self.manager = ocp.CheckpointManager(os.path.join(self.workdir, BEST_DIR), options=options,
                                                  item_names=("params",))
+            if record and int(record["step"]) in self.manager.all_steps():
+                self._keep_only(int(record["step"]))  # what a stop after saving left
+            elif record:  # an older lmscale stopped mid-offer: the next validation records anew
+                self.loss = math.inf
 
     def offer(self, step: int, loss: float, params: Any, averaged: bool) -> bool:
-        """Keeps ``params`` if ``loss`` is the lowest yet; True when it did."""
+        """Keeps ``params`` if ``loss`` is the lowest yet; True when it did. In this order, so
+        that a stop between any two leaves best.json naming weights on disk: save
+        ``best/<step>``, write best.json, delete the previous best."""
         if not self.enabled or not loss < self.loss:
             return False
         if step not in self.manager.all_steps():
@@ -59,7 +69,15 @@ class BestKeeper:
         if jax.process_index() == 0:
             write_json(os.path.join(self.workdir, BEST_JSON),
                        {"step": int(step), "loss": float(loss), "averaged": bool(averaged)})
+        self._keep_only(int(step))
         return True
+
+    def _keep_only(self, step: int) -> None:
+        """Deletes the best weights of every step but ``step`` (called by every process; orbax
+        deletes on process 0, which has written best.json before)."""
+        for old in sorted(self.manager.all_steps()):
+            if old != step:
+                self.manager.delete(old)
 
     def close(self) -> None:
         if self.manager is not None:
@@ -73,9 +91,17 @@ def restore_best_params(workdir: str, like: Any, sharding: jax.sharding.Sharding
         raise FileNotFoundError(f"{workdir} kept no best weights ({BEST_JSON} is missing; train "
                                 f"with --config.checkpoint.keep_best=true)")
     step = int(record["step"])
+    folder = os.path.join(os.path.abspath(workdir), BEST_DIR)
+    if not os.path.isdir(os.path.join(folder, str(step))):  # an older lmscale stopped mid-offer
+        held = sorted(int(n) for n in os.listdir(folder) if n.isdigit()) if os.path.isdir(folder) else []
+        raise FileNotFoundError(
+            f"{os.path.join(workdir, BEST_JSON)} names the weights of step {step}, which "
+            f"{folder} does not hold (it holds {held or 'none'}: the run stopped while replacing "
+            f"its best weights); read a checkpoint instead (without --best): a training run that "
+            f"goes on in {workdir} records its next validated weights as the best")
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), like)
     restored = ocp.PyTreeCheckpointer().restore(
-        os.path.join(os.path.abspath(workdir), BEST_DIR, str(step), "params"),  # orbax: absolute
+        os.path.join(folder, str(step), "params"),  # orbax: absolute
         args=ocp.args.PyTreeRestore(item=abstract,
                                     restore_args=jax.tree.map(
                                         lambda _: ocp.ArrayRestoreArgs(sharding=sharding), like)))

@@ -97,6 +97,15 @@ class CheckpointMismatchError(CheckpointError):
     """The workdir's checkpoint belongs to a different model or run."""
 
 
+class ModelMismatchError(CheckpointMismatchError):
+    """``check_same_model``'s: ``key`` is ``saved`` in the checkpoint and ``current`` in the
+    config compared with it (for callers that word the way out for their own tool)."""
+
+    def __init__(self, message: str, key: str, saved: Any, current: Any) -> None:
+        super().__init__(message)
+        self.key, self.saved, self.current = key, saved, current
+
+
 class UnreadableCheckpointError(CheckpointError):
     """A checkpoint folder that is corrupt, truncated or missing files."""
 
@@ -348,15 +357,40 @@ def check_same_model(saved: dict[str, Any], current: dict[str, Any], directory: 
         if key not in saved and key.startswith("model.") and key[6:] in defaults:
             old = defaults[key[6:]]
         if old != current.get(key):
-            raise CheckpointMismatchError(
-                f"{directory} holds a checkpoint of a different model: {key} is "
-                f"{old!r} there and {current.get(key)!r} here; use another --workdir, "
-                f"the same model config, or --config.resume=false to start afresh (the old "
-                f"run is archived)")
+            if key == "train.batch_size":  # the carry's rows, not the model
+                message = (
+                    f"{directory}'s checkpoint was trained with a global batch of {old} "
+                    f"(train.batch_size) and this run's is {current.get(key)}: the model's "
+                    f"carried state has one row per sequence of the batch, so the run resumes "
+                    f"only with a batch of {old}; set train.batch_size={old} (with "
+                    f"train.per_device_batch_size=0: a per-device batch changes with the device "
+                    f"count), use another --workdir, or --config.resume=false to start afresh "
+                    f"(the old run is archived)")
+            else:
+                message = (
+                    f"{directory} holds a checkpoint of a different model: {key} is "
+                    f"{old!r} there and {current.get(key)!r} here; use another --workdir, "
+                    f"the same model config, or --config.resume=false to start afresh (the old "
+                    f"run is archived)")
+            raise ModelMismatchError(message, key, old, current.get(key))
+
+
+# Where tensorstore's spec (a page of JSON) begins in an error's text: older orbax appends it
+# as " [tensorstore_spec ...]"; newer orbax ends its "Encountered error while reading array
+# index: (slices...)" with ". See full TensorStore details: <bound method pybind11...spec of
+# TensorStore({...". The cause (e.g. "... Truncated Zstd-compressed stream") is the chained
+# exception that orbax raised it from.
+_SPEC = re.compile(r" \[tensorstore_spec|\.? See full TensorStore details")
 
 
 def _short(error: BaseException) -> str:
-    """An exception as one short line."""
+    """An exception as one short line: without tensorstore's spec, and where orbax wrapped the
+    real error in a message that only says which slice of an array failed, that error."""
     text = " ".join(str(error).split()) or type(error).__name__
-    text = re.split(r" \[tensorstore_spec", text)[0]  # tensorstore's spec: a page of JSON
+    head, *spec = _SPEC.split(text, maxsplit=1)
+    if spec:
+        cause = error.__cause__ or error.__context__
+        if "while reading array index" in head and cause is not None and cause is not error:
+            return _short(cause)
+        text = head
     return text if len(text) < 300 else text[:297] + "..."

@@ -28,7 +28,8 @@ from lmscale.data.prepare import prepare_dataset
 from lmscale.data.tokenizer import tokenizer_from_dict
 from lmscale.models import model_params
 from lmscale.training import mesh as mesh_lib
-from lmscale.training.checkpoints import Checkpointer, UnreadableCheckpointError, check_same_model
+from lmscale.training.checkpoints import (Checkpointer, CheckpointMismatchError, ModelMismatchError,
+                                          UnreadableCheckpointError, check_same_model)
 from lmscale.training.evaluate import evaluate_split
 from lmscale.training.steps import make_eval_step
 
@@ -194,8 +195,17 @@ def _restore_step(checkpointer: Checkpointer, workdir: str, config: ml_collectio
     # Shapes only: nothing is initialized just to be replaced.
     graphdef, like = model_params(config.model, vocab_size, abstract=True)
     from lmscale.training.loop import model_signature  # the same rule as training
-    check_same_model(signature, model_signature(config, tokenizer.to_dict(), vocab_size, True),
-                     workdir, ignore=("train.batch_size",))  # the carry is not restored
+    try:
+        check_same_model(signature, model_signature(config, tokenizer.to_dict(), vocab_size, True),
+                         workdir, ignore=("train.batch_size",))  # the carry is not restored
+    except ModelMismatchError as e:  # training's way out (--config.resume) is no flag here
+        record = os.path.join(checkpointer.path(step), "meta", "metadata")
+        raise CheckpointMismatchError(
+            f"{os.path.join(workdir, 'config.json')} does not describe checkpoint "
+            f"{checkpointer.path(step)}: {e.key} is {e.current!r} in config.json and "
+            f"{e.saved!r} in the checkpoint (config.json edited, or the checkpoint copied from "
+            f"another run); restore config.json to the config the checkpoint was trained with "
+            f"(recorded in {record}), or read a checkpoint of this model") from None
     if best:
         from lmscale.training.best import restore_best_params
         params, step = restore_best_params(workdir, like, mesh_lib.replicated(mesh))

@@ -20,6 +20,7 @@ features/, generate/), move to ``archive/<time>/`` (nothing is deleted).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -30,7 +31,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from lmscale.config import load_config
+from lmscale.atomic import write_json
 from lmscale.training.checkpoints import CheckpointMismatchError
 
 # Derived values that came with the weights and must survive every later run in the workdir.
@@ -72,7 +73,10 @@ def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict, wh
     new = config.to_dict()
     fields = RESUME_FIELDS
     if _get(new, "data.tokenizer") == "sentencepiece":
-        fields += SENTENCEPIECE_FIELDS
+        if _get(new, "data.sp_model"):  # the model file defines the vocabulary: its bytes count
+            fields += ("data.sp_model",)
+        else:  # a model trained while preparing: these define it
+            fields += SENTENCEPIECE_FIELDS
     if _get(new, "data.tokenizer") == "word":
         fields += WORD_FIELDS
     fields += SPLIT_FIELDS + tuple(DEFAULTED_FIELDS)
@@ -85,13 +89,60 @@ def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict, wh
             before = ""
         if before is None and key in DEFAULTED_FIELDS:
             before = DEFAULTED_FIELDS[key]
+        if key == "data.sp_model" and before and _same_sp_model(saved, _get(new, key)):
+            continue  # the same model file, wherever it lies now
         if before != _get(new, key):
             raise CheckpointMismatchError(
                 f"{where} was trained with {key}={before!r}; resuming it with "
                 f"{key}={_get(new, key)!r} is refused (the recorded steps were trained on the "
                 f"other); use the same value, a new --workdir, or --config.resume=false "
                 f"to start afresh (the old run is archived)")
+    check_same_batch(saved, new, where)
     check_same_optimizer(old, new, where)
+
+
+def _same_sp_model(saved: dict[str, Any], path: str) -> bool:
+    """Whether the SentencePiece model file at ``path`` is the one the checkpoint's tokenizer
+    was (its SHA-256, recorded in the signature); False where either is unknown."""
+    recorded = ((saved.get("signature") or {}).get("data.tokenizer") or {}).get("sha256")
+    if not recorded:
+        return False
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest() == recorded
+    except OSError:  # reported where the data is read
+        return False
+
+
+def check_same_batch(saved: dict[str, Any], new: dict[str, Any], where: str) -> None:
+    """Refuses a resume with another global batch for a model that carries state between
+    batches (its checkpoint has one carry row per sequence; the signature then records
+    ``train.batch_size``), saying how the batch came to change: with
+    ``train.per_device_batch_size`` the device count sets it."""
+    recorded = (saved.get("signature") or {}).get("train.batch_size")
+    now = _get(new, "train.batch_size")
+    if recorded is None or recorded == now:
+        return
+    old = saved.get("config") or {}
+    devices = (saved.get("derived") or {}).get("devices")
+
+    def how(config: dict[str, Any], count: Any) -> str:
+        per_device = _get(config, "train.per_device_batch_size") or 0
+        return (f"{per_device} per device x {count} devices" if per_device and count else
+                "train.batch_size")
+
+    per_device_now = _get(new, "train.per_device_batch_size") or 0
+    count_now = now // per_device_now if per_device_now else None
+    way = (f"run it on {devices} devices again, or set train.batch_size={recorded} with "
+           f"train.per_device_batch_size=0" if per_device_now and devices
+           and recorded % per_device_now == 0 and recorded // per_device_now == devices
+           else f"set train.batch_size={recorded}"
+           + (" with train.per_device_batch_size=0" if per_device_now else ""))
+    raise CheckpointMismatchError(
+        f"{where} was trained with a global batch of {recorded} "
+        f"({how(old, devices)}); this run's is {now} ({how(new, count_now)}), and the model's carried state holds one row per "
+        f"sequence of the batch, so resuming with another batch is refused; {way}, use a new "
+        f"--workdir, or --config.resume=false to start afresh (the old run is archived)")
 
 
 # Settings whose being on or off adds or removes a link of the optimizer chain
@@ -186,25 +237,72 @@ def resumed_derived(derived: dict[str, Any], saved: dict[str, Any],
     return {**derived, "decay_steps": old_derived["decay_steps"]}
 
 
+def _read_record(path: str) -> dict[str, Any] | None:
+    """A config.json as written (None where it is not a JSON object: hand-damaged, torn)."""
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except ValueError:  # invalid JSON, or not UTF-8
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _set_aside_unreadable(workdir: str, path: str, label: str) -> str:
+    """Moves an unreadable config.json to ``history/config.<label>.unreadable.json`` (a name
+    of its own: nothing is overwritten); returns where."""
+    history = os.path.join(workdir, "history")
+    os.makedirs(history, exist_ok=True)
+    target, n = os.path.join(history, f"config.{label}.unreadable.json"), 1
+    while os.path.exists(target):
+        n += 1
+        target = os.path.join(history, f"config.{label}.unreadable-{n}.json")
+    shutil.move(path, target)
+    return target
+
+
 def provenance(workdir: str, saved: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Provenance recorded in the workdir's config.json, else in the checkpoint's meta."""
+    """Provenance recorded in the workdir's config.json, else in the checkpoint's meta.
+
+    An unreadable config.json (hand-damaged, torn) is no reason to stop a resume: the
+    checkpoint's record holds the run's config and derived values. Process 0 moves the broken
+    file to ``history/config.<time>.unreadable.json`` and writes config.json again from that
+    record (so that a run that is already trained, which writes no new config.json, leaves a
+    readable one for eval, generate and transfer)."""
     path = os.path.join(workdir, "config.json")
     found: dict[str, Any] = {}
     if saved and saved.get("derived"):
         found.update({k: saved["derived"][k] for k in PROVENANCE_KEYS if k in saved["derived"]})
     if os.path.exists(path):
-        _, derived = load_config(path)
+        try:
+            record = _read_record(path)
+        except FileNotFoundError:  # process 0 set it aside meanwhile (below)
+            return found
+        if record is None:
+            if saved and saved.get("config") and jax.process_index() == 0:
+                kept = _set_aside_unreadable(workdir, path, time.strftime("%Y%m%d-%H%M%S"))
+                write_json(path, {**saved["config"], "derived": saved.get("derived") or {}},
+                           indent=2, sort_keys=True)
+                print(f"note: {path} was not a readable config record; it is kept as {kept}, "
+                      f"and written again from the checkpoint's record", file=sys.stderr,
+                      flush=True)
+            return found
+        derived = record.get("derived") or {}
         found.update({k: derived[k] for k in PROVENANCE_KEYS if k in derived})
     return found
 
 
 def keep_config_history(workdir: str, new_record: dict[str, Any], start: int) -> None:
-    """Before config.json is replaced by a different config, keeps the old one in history/."""
+    """Before config.json is replaced by a different config, keeps the old one in history/
+    (an unreadable one as ``history/config.<start>.unreadable.json``)."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         return
-    with open(path) as f:
-        old = json.load(f)
+    old = _read_record(path)
+    if old is None:
+        kept = _set_aside_unreadable(workdir, path, str(start))
+        print(f"note: {path} was not a readable config record; it is kept as {kept}, and "
+              f"written again from this run's config", file=sys.stderr, flush=True)
+        return
     strip = lambda r: {k: v for k, v in r.items() if k != "derived"}
     if strip(old) == strip(new_record):
         return

@@ -126,7 +126,21 @@ def _agree_on_workdir(workdir: str, refused: Exception | None) -> None:
         sees = os.path.exists(path)
     blind = np.flatnonzero(np.asarray(multihost_utils.process_allgather(np.int32(sees))) == 0)
     if len(blind):
-        raise CheckpointError(
-            f"{workdir} is not one folder for all processes: process(es) {blind.tolist()} do not "
-            f"see process 0's {path}; the workdir must be on a filesystem shared by all "
-            f"processes")
+        raise not_shared_error(workdir, blind.tolist(), jax.process_index())
+
+
+def not_shared_error(workdir: str, blind: list[int], me: int) -> CheckpointError:
+    """The error of process ``me`` when processes ``blind`` do not see the lock file process 0
+    made in its workdir: ``workdir`` is this process's, which is process 0's own folder only on
+    process 0 (elsewhere it may be another folder, or the same name on another disk)."""
+    path = os.path.join(workdir, LOCK_FILE)
+    if me == 0:
+        where = f"process 0's {path}"
+    else:
+        where = (f"process 0's lock file (this process, {me}, "
+                 f"{'looked for it as' if me in blind else 'sees it as'} {path}, in the "
+                 f"--workdir it was given)")
+    return CheckpointError(
+        f"{workdir} is not one folder for all processes: process(es) {blind} do not see "
+        f"{where}; give every process the same --workdir, on a filesystem shared by all "
+        f"processes")
