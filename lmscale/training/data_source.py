@@ -101,6 +101,29 @@ def _request(data: ml_collections.ConfigDict) -> dict:
     return request
 
 
+def _same_request_value(key: str, recorded: object, now: object) -> bool:
+    """Whether a data_request.json value is what the run asks for now: a SentencePiece model
+    file by its contents (the same file moved or copied elsewhere prepares the same data)."""
+    if key == "sp_model" and isinstance(recorded, dict) and isinstance(now, dict):
+        return recorded.get("sha256") == now.get("sha256")
+    return recorded == now
+
+
+def sp_model_note(data: ml_collections.ConfigDict) -> str | None:
+    """A note naming the SentencePiece training settings given with ``data.sp_model`` (the
+    model file defines the vocabulary: they are not used; config.json records them as given)."""
+    if data.tokenizer != SENTENCEPIECE or not data.sp_model:
+        return None
+    from lmscale.config import default_config
+    default = default_config().data
+    moved = [f"data.{k}={data[k]!r}" for k in ("vocab_size", "sp_model_type", "sp_sample_bytes")
+             if data[k] != default[k]]
+    if not moved:
+        return None
+    return (f"note: {', '.join(moved)} not used: data.sp_model={data.sp_model!r} is the "
+            f"tokenizer (these train one)")
+
+
 def _sources(data: ml_collections.ConfigDict) -> list[list] | None:
     """[path, bytes, mtime_ns] of each text file ``data.train`` / ``val`` / ``test`` name (a
     file edited under the same path changes them), or None where they cannot be read (a
@@ -220,14 +243,17 @@ def _prepare_in_workdir(data: ml_collections.ConfigDict, workdir: str, progress:
     (prepared with the same settings from the same files; see ``resolve_dataset``)."""
     spec = str(data.train)
     target = os.path.join(workdir, "data")
+    note = sp_model_note(data)
+    if note:
+        print(note, file=sys.stderr, flush=True)
     request, sources = _request(data), _sources(data)
     request_path = os.path.join(workdir, "data_request.json")
     if is_dataset(target) and os.path.exists(request_path):
         recorded = _read_request(request_path, target)
         old_sources = recorded.pop("sources", None)  # absent before 2026-12-04: not compared
-        moved = [k for k in sorted(recorded) if recorded[k] != request.get(k)]
-        if resuming and not moved:  # keys only a newer lmscale records: the same request
-            recorded = request
+        moved = [k for k in sorted(recorded) if not _same_request_value(k, recorded[k], request.get(k))]
+        if resuming and not moved:  # keys only a newer lmscale records, or the same sp_model
+            recorded = request  # file moved: the same request
         if moved and resuming:  # refused before the run's data is replaced
             key = moved[0]
             from lmscale.training.checkpoints import CheckpointMismatchError

@@ -284,3 +284,21 @@ def test_process_1_does_not_call_its_own_lock_file_process_0s():
     assert "give every process the same --workdir" in on_1
     on_0 = str(not_shared_error("/p0/run", [1], 0))
     assert "process(es) [1] do not see process 0's /p0/run/.lock" in on_0, on_0
+
+
+def test_the_same_sentencepiece_file_moved_resumes_end_to_end_and_unused_settings_are_noted(
+        sp_model, tmp_path, capsys):
+    """The data request recorded the model's path as well as its hash: the same file moved
+    was refused by the data check after the resume check let it through. And the settings
+    that train a model (vocab_size, ...) given with sp_model are said to be unused."""
+    corpus, model = sp_model
+    workdir = str(tmp_path / "run")
+    sp = {**BASE, "train.steps": 2, "data.tokenizer": "sentencepiece", "data.sp_model": model}
+    train(tiny_config(corpus, **sp), workdir)
+    moved = str(tmp_path / "elsewhere.model")
+    shutil.copyfile(model, moved)
+    capsys.readouterr()
+    train(tiny_config(corpus, **{**sp, "train.steps": 4, "data.sp_model": moved,
+                                 "data.vocab_size": 1000}), workdir)
+    assert sorted(Checkpointer(workdir, read_only=True).steps()) == [2, 4]
+    assert "data.vocab_size=1000 not used: data.sp_model=" in capsys.readouterr().err
