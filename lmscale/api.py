@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import jax
@@ -28,7 +29,6 @@ class LM:
 
     def __init__(self, trained: TrainedLM) -> None:
         self.trained = trained
-        self._chunk_nats_fn = jax.jit(self._chunk_nats)
 
     @property
     def config(self) -> Any:
@@ -145,19 +145,11 @@ class LM:
         text = grid.owner
         same = (text[:, 1:] == text[:, :-1]) & (text[:, 1:] >= 0)
         weights = (same & scored[:, 1:]).astype(np.float32)
-        carry, row_nats = self._chunk_nats_fn(
+        carry, row_nats = _chunk_nats_fn(self.trained.graphdef)(
             self.trained.params, carry, self._put(grid.tokens[:, :-1]),
             self._put(grid.resets[:, :-1]), self._put(grid.tokens[:, 1:]), self._put(weights))
         np.add.at(nats, text[:, :-1][weights > 0], np.asarray(row_nats)[weights > 0])
         return carry
-
-    def _chunk_nats(self, params: Any, carry: Any, tokens: jax.Array, resets: jax.Array,
-                    targets: jax.Array, weights: jax.Array) -> tuple[Any, jax.Array]:
-        """(new carry, nats of each target [B, t] times its weight)."""
-        logits, carry = nnx.merge(self.trained.graphdef, params)(tokens, carry, resets)
-        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-        nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-        return carry, nll * weights
 
     def featurize(self, texts: Sequence[str], **options: Any) -> np.ndarray:
         """Features [N, F]; options as :func:`lmscale.transfer.featurize.featurize`."""
@@ -167,6 +159,22 @@ class LM:
         """Samples; options as :func:`lmscale.generation.generate`."""
         from lmscale.generation import generate
         return generate(self.trained, prompt, length, **options)
+
+
+@functools.lru_cache(maxsize=32)
+def _chunk_nats_fn(graphdef: nnx.GraphDef) -> Any:
+    """jit(params, carry, tokens [B, t], resets [B, t], targets [B, t], weights [B, t]) ->
+    (new carry, nats of each target [B, t] times its weight). Cached per model graph (as
+    featurize's programs are), not per ``LM``: a second ``load_lm`` of the same model (a
+    notebook's cell run again) reuses the compiled program."""
+    def _chunk_nats(params: Any, carry: Any, tokens: jax.Array, resets: jax.Array,
+                    targets: jax.Array, weights: jax.Array) -> tuple[Any, jax.Array]:
+        logits, carry = nnx.merge(graphdef, params)(tokens, carry, resets)
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+        return carry, nll * weights
+
+    return jax.jit(_chunk_nats)
 
 
 def _counted_lookup(targets: list[tuple[np.ndarray, np.ndarray]], plan: Any) -> Any:

@@ -4,14 +4,16 @@ With ``neuron``/``neuron_value`` the unit's value in the last layer's state (the
 state by default: the state the sentiment neuron is read from) is overwritten after every
 character, prompt included — how Radford et al. wrote positive or negative reviews on
 demand. Sampling: temperature (0 = greedy), top-k, top-p (nucleus); the padding id is
-never sampled. The whole prompt-then-sample loop is one jitted ``lax.scan``.
+never sampled. The whole prompt-then-sample loop is one jitted loop, compiled once for all
+values of these settings, the held unit and its value, the seed and prompts of up to a
+power-of-two length (``_sampler``).
 """
 
 from __future__ import annotations
 
 import functools
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,18 +24,28 @@ from lmscale.data.errors import DataError
 from lmscale.training.restore import TrainedLM, prepared_weights
 
 
-def filter_logits(logits: jax.Array, *, temperature: float, top_k: int, top_p: float,
+def filter_logits(logits: jax.Array, *, temperature: Any, top_k: Any, top_p: Any,
                   banned: int | tuple[int, ...] | None) -> jax.Array:
     """Log-probabilities [B, V] after temperature, top-k and top-p; removed entries -inf
-    (``banned``: ids never sampled, e.g. padding)."""
+    (``banned``: ids never sampled, e.g. padding). The settings may be traced scalars (one
+    compiled sampler serves all their values): a traced ``top_k`` (0: keep all) is found by a
+    sort, not ``lax.top_k`` (whose k is a shape); a traced ``top_p`` is always applied, which
+    with 1.0 can drop tokens of (rounded) zero probability; a Python int 0 / float 1.0 skips
+    the filter."""
     logits = logits.astype(jnp.float32)
     if banned is not None and banned != ():
         logits = logits.at[:, jnp.asarray(banned)].set(-jnp.inf)
-    logits = logits / max(temperature, 1e-6)
-    if top_k > 0:
-        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
-        logits = jnp.where(logits < kth, -jnp.inf, logits)
-    if top_p < 1.0:
+    logits = logits / jnp.maximum(temperature, jnp.float32(1e-6))
+    if isinstance(top_k, (int, np.integer)):
+        if top_k > 0:
+            kth = jax.lax.top_k(logits, int(top_k))[0][:, -1:]
+            logits = jnp.where(logits < kth, -jnp.inf, logits)
+    else:  # the top_k-th largest (the same value lax.top_k gives), or -inf for 0: keep all
+        ranked = jnp.sort(logits, axis=-1)[:, ::-1]
+        kth = jax.lax.dynamic_slice_in_dim(ranked, jnp.clip(top_k - 1, 0, logits.shape[-1] - 1),
+                                           1, axis=-1)
+        logits = jnp.where(logits < jnp.where(top_k > 0, kth, -jnp.inf), -jnp.inf, logits)
+    if not isinstance(top_p, (int, float)) or top_p < 1.0:
         sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
         probs = jax.nn.softmax(sorted_logits, axis=-1)
         before = jnp.cumsum(probs, axis=-1) - probs  # mass of the strictly more likely tokens
@@ -42,51 +54,87 @@ def filter_logits(logits: jax.Array, *, temperature: float, top_k: int, top_p: f
     return jax.nn.log_softmax(logits, axis=-1)
 
 
+class Settings(NamedTuple):
+    """The sampler's runtime values, one scalar each (NumPy: passing them makes no program),
+    so that a sweep over them runs one compiled program: the prompt's length (``first``; the
+    prompt array is padded to a bucket), temperature, top-k, top-p, the held unit and its
+    value. Whether each is used at all (greedy, top-k, top-p, a unit held) is part of the
+    program (``_sampler``'s keys)."""
+    first: np.ndarray
+    temperature: np.ndarray
+    top_k: np.ndarray
+    top_p: np.ndarray
+    neuron: np.ndarray
+    value: np.ndarray
+
+    @classmethod
+    def of(cls, first: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+           neuron: int | None = None, value: float = 0.0) -> "Settings":
+        return cls(np.int32(first), np.float32(temperature), np.int32(top_k), np.float32(top_p),
+                   np.int32(neuron or 0), np.float32(value))
+
+
+def prompt_bucket(tokens: int, cap: int | None = None) -> int:
+    """The prompt width a program is compiled for: the next power of two from 8 (at most
+    ``cap``, a transformer's room for the prompt), so prompts of other lengths reuse it."""
+    width = max(8, 1 << max(tokens - 1, 0).bit_length())
+    return max(tokens, min(width, cap)) if cap is not None else width
+
+
 @functools.lru_cache(maxsize=32)
-def _sampler(graphdef: nnx.GraphDef, length: int, temperature: float, top_k: int, top_p: float,
-             neuron: int | None, value: float, state: str,
-             banned: tuple[int, ...] | None) -> Callable:
+def _sampler(graphdef: nnx.GraphDef, length: int, greedy: bool, top_k: bool, top_p: bool,
+             hold: bool, state: str | None, banned: tuple[int, ...] | int | None) -> Callable:
     """The jitted prompt-then-sample program; cached, so that generating again with the same
-    model and settings reuses the compiled program (jit caches per function object)."""
-    def run(params: Any, prepared: Any, prompt: jax.Array, seed: jax.Array) -> jax.Array:
+    model and kind of settings reuses the compiled program (jit caches per function object).
+    Its keys are what changes the program's shapes or work: the length, greedy or sampled,
+    whether top-k / top-p filter and a unit (of ``state``) is held; their values are the
+    ``Settings`` argument, the prompt's length included (the prompt's width is its bucket)."""
+    def run(params: Any, prepared: Any, prompt: jax.Array, seed: jax.Array,
+            settings: Settings) -> jax.Array:
         # ``prepared``: the weights as the step reads them (``prepared_weights``), made
         # outside: XLA does not hoist that work out of the loops below, and per token it cost
         # more than the step itself (a 4096-unit mLSTM: 136 -> 17 ms a token).
         model = nnx.merge(graphdef, params)
-        batch = prompt.shape[0]
-        fix = ((lambda s: s) if neuron is None
-               else (lambda s: model.fix_unit(s, neuron, value, state)))
+        batch, first = prompt.shape[0], settings.first
+        fix = ((lambda s: model.fix_unit(s, settings.neuron, settings.value, state)) if hold
+               else (lambda s: s))
 
         def feed(decode_state: Any, token: jax.Array) -> tuple[Any, jax.Array]:
             logits, decode_state = model.decode_step(token, decode_state, prepared)
             return fix(decode_state), logits
 
         def pick(logits: jax.Array, k: jax.Array) -> jax.Array:
-            logp = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p, banned=banned)
-            return (jnp.argmax(logp, axis=-1) if temperature == 0
+            logp = filter_logits(logits, temperature=settings.temperature,
+                                 top_k=settings.top_k if top_k else 0,
+                                 top_p=settings.top_p if top_p else 1.0, banned=banned)
+            return (jnp.argmax(logp, axis=-1) if greedy
                     else jax.random.categorical(k, logp, axis=-1)).astype(jnp.int32)
 
-        # One scan feeds the prompt and then the samples, so the decoder is compiled once, not
-        # twice (with two scans); no [P, B, V] logits are kept, and no step is spent on the
-        # last sample. Step i feeds prompt[i] while i < P, else a token sampled from the last
-        # logits with key i - P (the same tokens as two scans); the last sample is drawn after
-        # the scan.
+        # One loop feeds the prompt and then the samples, so the decoder is compiled once, not
+        # twice (with two loops); no [P, B, V] logits are kept, and no step is spent on the
+        # last sample. Step i feeds prompt[i] while i < first, else a token sampled from the
+        # last logits with key i - first; the last sample is drawn after the loop. The loop
+        # runs first + length - 1 steps (a runtime count: the prompt's padding is never fed).
         # The key is made here, not eagerly by the caller (one small program fewer a process).
-        first, keys = prompt.shape[1], jax.random.split(jax.random.PRNGKey(seed), length)
-        padded = jnp.pad(prompt.T, ((0, length - 1), (0, 0)))  # [P + length - 1, B]: the steps
+        keys = jax.random.split(jax.random.PRNGKey(seed), length)
+        steps = prompt.shape[1] + length - 1  # the most steps: a full bucket
+        padded = jnp.pad(prompt.T, ((0, length - 1), (0, 0)))  # [steps, B]
 
-        def step(carry: tuple[Any, jax.Array], i: jax.Array) -> tuple[tuple[Any, jax.Array], jax.Array]:
-            decode_state, last = carry
+        def step(i: jax.Array, carry: tuple[Any, jax.Array, jax.Array]
+                 ) -> tuple[Any, jax.Array, jax.Array]:
+            decode_state, last, fed = carry
             token = jax.lax.cond(i < first, lambda: padded[i],
                                  lambda: pick(last, keys[jnp.maximum(i - first, 0)]))
             decode_state, logits = feed(decode_state, token)
-            return (decode_state, logits.astype(jnp.float32)), token
+            return decode_state, logits.astype(jnp.float32), fed.at[i].set(token)
 
-        decode_state = fix(model.init_decode(batch, first + length))
+        decode_state = fix(model.init_decode(batch, prompt.shape[1] + length))
         shape = jax.eval_shape(feed, decode_state, padded[0])[1].shape
         logits0 = jnp.zeros(shape, jnp.float32)
-        (_, last), fed = jax.lax.scan(step, (decode_state, logits0), jnp.arange(padded.shape[0]))
-        tokens = jnp.concatenate([fed[first:], pick(last, keys[-1])[None]], axis=0)
+        _, last, fed = jax.lax.fori_loop(0, first + length - 1, step,
+                                         (decode_state, logits0, jnp.zeros((steps, batch), jnp.int32)))
+        sampled = jax.lax.dynamic_slice_in_dim(fed, first, length - 1, axis=0)
+        tokens = jnp.concatenate([sampled, pick(last, keys[-1])[None]], axis=0)
         return tokens.T  # [B, length]
 
     return jax.jit(run)
@@ -102,7 +150,9 @@ def generate(lm: TrainedLM, prompt: str, length: int = 200, *, temperature: floa
     A model with a length limit (the transformer's ``max_len``) generates at most that many
     tokens, prompt included; its key/value cache makes each new token one step. The
     decoder's copy of the weights is kept in ``lm`` for the next call (``prepared_weights``;
-    ``lm.decode_cache.clear()`` frees it).
+    ``lm.decode_cache.clear()`` frees it). One compiled program serves every temperature,
+    top-k, top-p, neuron and neuron value, seed and prompt length (up to a power of two) of
+    the same length, samples and kind of settings (greedy or not, filters on or off).
     """
     _check_request(prompt, length=length, samples=samples, seed=seed, top_k=top_k,
                    temperature=temperature, top_p=top_p)
@@ -145,13 +195,18 @@ def generate(lm: TrainedLM, prompt: str, length: int = 200, *, temperature: floa
     unsampled = getattr(lm.tokenizer, "unsampled_ids", None)
     banned = (tuple(unsampled()) if unsampled is not None else
               () if lm.tokenizer.pad_id is None else (int(lm.tokenizer.pad_id),))
-    fn = _sampler(lm.graphdef, length, float(temperature), int(top_k), float(top_p), neuron,
-                  float(neuron_value), neuron_state, banned)
-    prompts = np.tile(ids, (samples, 1))  # numpy: jnp.asarray would be a program of its own
+    hold = neuron is not None
+    fn = _sampler(lm.graphdef, length, temperature == 0, top_k > 0, top_p < 1.0, hold,
+                  neuron_state if hold else None, banned)
+    width = prompt_bucket(len(ids), None if model.max_len is None else model.max_len - length)
+    prompts = np.zeros((samples, width), np.int32)  # numpy: jnp.asarray would be a program
+    prompts[:, :len(ids)] = ids
+    settings = Settings.of(len(ids), temperature, top_k, top_p, neuron, neuron_value)
     # uint32 seed: the key PRNGKey(seed) makes of any Python int (it keeps the low 32 bits)
-    tokens = np.asarray(fn(lm.params, prepared_weights(lm), prompts, np.uint32(seed % 2**32)))
+    tokens = np.asarray(fn(lm.params, prepared_weights(lm), prompts, np.uint32(seed % 2**32),
+                           settings))
     head = lm.tokenizer.decode(ids)
-    return [prompt + _continuation(lm.tokenizer, ids, row, head) for row in tokens]
+    return [prompt + _continuation(lm.tokenizer, ids, row, head, prompt) for row in tokens]
 
 
 def _check_request(prompt: Any, **numbers: Any) -> None:
@@ -178,11 +233,17 @@ def _check_request(prompt: Any, **numbers: Any) -> None:
 
 
 def _continuation(tokenizer: Any, prompt_ids: np.ndarray, new_ids: np.ndarray,
-                  head: str | None = None) -> str:
+                  head: str | None = None, prompt: str | None = None) -> str:
     """The text the new tokens add after the prompt: decoded together with the prompt, so
     that words and word pieces get their separating space, then the prompt's own decoding
     (``head``, decoded here if not given) cut off; the new tokens alone if the prompt does
-    not decode to a prefix."""
+    not decode to a prefix. ``prompt``: the text as given; where it ends in whitespace its
+    tokens dropped (a word tokenizer's "the king "), that whitespace separates the new words
+    and the tokenizer's separating space is left out (not "the king  like")."""
     head = tokenizer.decode(prompt_ids) if head is None else head
     whole = tokenizer.decode(np.concatenate([prompt_ids, np.asarray(new_ids, prompt_ids.dtype)]))
-    return whole[len(head):] if whole.startswith(head) else tokenizer.decode(new_ids)
+    text = whole[len(head):] if whole.startswith(head) else tokenizer.decode(new_ids)
+    if (prompt is not None and prompt[-1:].isspace() and not head[-1:].isspace()
+            and text.startswith(" ")):
+        text = text[1:]
+    return text

@@ -192,10 +192,10 @@ def test_decoder_weights_are_kept_until_the_params_change(kind):
 def _generation_hlo(lm, length: int, prompt: jax.Array) -> str:
     """The compiled text of generation's program (temperature 1, no filters, no neuron)."""
     from lmscale import generation
-    fn = generation._sampler(lm.graphdef, length, 1.0, 0, 1.0, None, 0.0,
-                             lm.model().feature_states[0], lm.tokenizer.pad_id)
-    return fn.lower(lm.params, generation.prepared_weights(lm), prompt,
-                    np.uint32(0)).compile().as_text()
+    fn = generation._sampler(lm.graphdef, length, False, False, False, False, None,
+                             lm.tokenizer.pad_id)
+    return fn.lower(lm.params, generation.prepared_weights(lm), prompt, np.uint32(0),
+                    generation.Settings.of(prompt.shape[1])).compile().as_text()
 
 
 @pytest.mark.parametrize("kind", ["mlstm", "lstm", "transformer", "transformer_tied",
