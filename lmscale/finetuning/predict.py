@@ -10,6 +10,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from lmscale.atomic import atomic_write
 from lmscale.finetuning.data import eval_batches
 from lmscale.training import mesh as mesh_lib
 
@@ -55,14 +56,12 @@ def write_predictions(path: str, texts: Sequence[str], probs: np.ndarray, pred: 
     def labels(row: np.ndarray | int) -> list[Any]:
         return [int(v) for v in row] if multilabel else [class_names[int(row)]]
 
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_write(path, "w", newline="", encoding="utf-8") as f:  # no temporary left behind
         w = csv.writer(f)
         w.writerow(header)
         for i, text in enumerate(texts):
             w.writerow([text, *[f"{p:.6f}" for p in probs[i]], *labels(pred[i]),
                         *(labels(gold[i]) if gold is not None else [])])
-    os.replace(tmp, path)
 
 
 def read_texts(path: str, text_column: str) -> list[str]:

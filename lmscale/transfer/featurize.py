@@ -36,6 +36,7 @@ import tqdm
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from lmscale.atomic import atomic_write
 from lmscale.data.errors import DataError
 from lmscale.data.texts import text_list
 from lmscale.training import mesh as mesh_lib
@@ -285,12 +286,14 @@ def cached_featurize(lm: TrainedLM, texts: Sequence[str], cache_dir: str | None,
         h.update(t.encode("utf-8", errors="surrogatepass"))
     path = os.path.join(cache_dir, f"{h.hexdigest()[:32]}.npy")
     if os.path.exists(path):
-        cached = np.load(path, allow_pickle=False)
-        if cached.shape[0] == len(texts):
+        try:
+            cached = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError):  # damaged (e.g. by hand): computed again
+            cached = None
+        if cached is not None and cached.shape[0] == len(texts):
             return cached
     feats = featurize(lm, texts, **options)
     os.makedirs(cache_dir, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}.npy"
-    np.save(tmp, feats)
-    os.replace(tmp, path)
+    with atomic_write(path, "wb") as f:  # all or nothing, no temporary left behind
+        np.save(f, feats)
     return feats

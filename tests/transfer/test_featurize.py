@@ -182,6 +182,12 @@ def test_unit_trace_and_cache(tmp_path):
     cached_featurize(dataclasses.replace(lm, derived={"preprocess": "openai"}), TEXTS,
                      str(tmp_path))
     assert len(list(tmp_path.iterdir())) == 4
+    # A damaged cache file (torn by an older lmscale, edited) is computed again, not an
+    # UnpicklingError/ValueError traceback.
+    (cache_file,) = [p for p in tmp_path.iterdir() if np.array_equal(np.load(p), a)]
+    cache_file.write_bytes(b"\x93NUMPY garbage")
+    np.testing.assert_array_equal(cached_featurize(lm, TEXTS, str(tmp_path)), a)
+    assert len(list(tmp_path.iterdir())) == 4  # rewritten in place, no temporary left
 
 
 def test_empty_text_is_an_error():
