@@ -470,17 +470,23 @@ def save_config(config: ml_collections.ConfigDict, derived: dict[str, Any], path
 
 
 def load_config(path: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
-    """Reads a config.json written by ``save_config``: (locked config, derived values).
-
-    Fields missing from an older file keep their defaults; unknown fields are an error.
-    """
+    """Reads a config.json written by ``save_config``: (locked config, derived values)."""
     try:
         with open(path) as f:
             record = json.load(f)
     except ValueError as e:
         raise ConfigError(f"{path} is not valid JSON ({e}); it is written by lmscale: restore "
                           f"it, or let a training run in that workdir write it again") from None
-    derived = record.pop("derived", {})
+    return config_from_record(record, path)
+
+
+def config_from_record(record: dict[str, Any], path: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
+    """(locked config, derived values) of a record as ``save_config`` writes it (``path`` names
+    it in errors); fields missing from an older record keep their defaults, unknown ones fail."""
+    if not isinstance(record, dict):
+        raise ConfigError(f"{path} is a JSON {type(record).__name__}, not a config record")
+    record = dict(record)
+    derived = record.pop("derived", {}) or {}
     config = default_config()
     _update(config, record, prefix="", path=path)
     config.lock()

@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import hashlib
 import os
+import sys
 import tempfile
 from typing import Any, Callable
 
@@ -21,14 +22,14 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from lmscale.config import COMPUTE_DTYPES, ConfigError, load_config
+from lmscale.config import COMPUTE_DTYPES, ConfigError, config_from_record, load_config
 from lmscale.data.dataset import TokenDataset, is_dataset
 from lmscale.data.errors import DataError
 from lmscale.data.prepare import prepare_dataset
 from lmscale.data.tokenizer import tokenizer_from_dict
 from lmscale.models import model_params
 from lmscale.training import mesh as mesh_lib
-from lmscale.training.checkpoints import (Checkpointer, CheckpointMismatchError, ModelMismatchError,
+from lmscale.training.checkpoints import (CheckpointError, Checkpointer, CheckpointMismatchError, ModelMismatchError,
                                           UnreadableCheckpointError, check_same_model)
 from lmscale.training.evaluate import evaluate_split
 from lmscale.training.steps import make_eval_step
@@ -137,7 +138,7 @@ def load_trained(workdir: str, step: int | None = None, mesh: Mesh | None = None
     config_path = os.path.join(workdir, "config.json")
     if not os.path.exists(config_path):
         raise FileNotFoundError(f"{workdir} is not a training run: {config_path} does not exist")
-    config, derived = load_config(config_path)
+    config, derived = _run_config(workdir, config_path)
     if "class_names" in derived:  # a lmscale.finetune run: a classifier, not a language model
         raise FileNotFoundError(
             f"{workdir} is a fine-tuned classifier (lmscale.finetune), not a language model: "
@@ -174,6 +175,31 @@ def load_trained(workdir: str, step: int | None = None, mesh: Mesh | None = None
     lm = TrainedLM(config=config, derived=derived, tokenizer=tokenizer, graphdef=graphdef,
                    params=params, step=step, mesh=mesh, workdir=os.path.abspath(workdir))
     return with_compute(lm, compute, vocab_size)
+
+
+def _run_config(workdir: str, config_path: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
+    """The run's config and derived values from its config.json; where that is unreadable
+    (torn, hand-damaged), from the newest checkpoint's own record of them, with a note (the
+    file is left as it is: the next training run in the workdir sets it aside and writes it
+    again)."""
+    try:
+        return load_config(config_path)
+    except ConfigError as e:
+        reader = Checkpointer(workdir, read_only=True)
+        try:
+            steps = reader.steps()
+            meta = reader.read_meta(steps[0]) if steps else {}
+        except CheckpointError:
+            meta = {}
+        finally:
+            reader.close()
+        if not meta.get("config"):
+            raise
+        config, derived = config_from_record({**meta["config"], "derived": meta.get("derived")},
+                                             f"{reader.path(steps[0])} (its config record)")
+        print(f"note: {e}; using the config recorded in checkpoint {reader.path(steps[0])}",
+              file=sys.stderr, flush=True)
+        return config, derived
 
 
 def _step_number(step: Any) -> int:

@@ -79,6 +79,21 @@ def test_a_damaged_config_json_of_a_finished_run_is_written_again(base_run, tmp_
     assert load_trained(workdir).step == 4
 
 
+def test_inference_reads_a_damaged_config_json_from_the_checkpoints_record(base_run, tmp_path,
+                                                                            capfd):
+    """eval/generate/transfer refused a damaged config.json until a training run rewrote it:
+    they read the checkpoint's own record of the config (saying so) and leave the file."""
+    _, workdir = copy_run(base_run, tmp_path)
+    path = os.path.join(workdir, "config.json")
+    with open(path, "w") as f:
+        f.write("{")
+    lm = load_trained(workdir)
+    assert lm.step == 4 and lm.config.model.hidden == 32 and lm.derived["steps"] == 4
+    assert "using the config recorded in checkpoint" in capfd.readouterr().err
+    with open(path) as f:
+        assert f.read() == "{"  # left for the next training run to set aside
+
+
 def test_an_unreadable_checkpoint_names_its_cause_not_tensorstores_spec(base_run, tmp_path):
     """The line read "Encountered error while reading array index: (slice(0, 257, 1), ...).
     See full TensorStore details: <bound method pybind11_detail_function_record_v1_...spec of
