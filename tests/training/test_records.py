@@ -18,10 +18,8 @@ from lmscale.training.checkpoints import (CheckpointError, CheckpointMismatchErr
 from lmscale.training.loop import train
 from lmscale.training.metrics import read_metrics
 from lmscale.training.restore import load_trained
-from tests.conftest import REPO, tiny_config, tiny_train_command, write_corpus, xla_flags
-
-BASE = {"train.steps": 4, "train.log_every": 1, "train.eval_every": 0, "train.eval_steps": 1,
-        "checkpoint.every": 2}
+from tests.conftest import REPO, tiny_config, tiny_train_command, xla_flags
+from tests.training.conftest import BASE, copy_run
 
 
 def steps_on_disk(workdir: str) -> list[int]:
@@ -30,24 +28,6 @@ def steps_on_disk(workdir: str) -> list[int]:
 
 def meta_path(workdir: str, step: int) -> str:
     return os.path.join(workdir, "checkpoints", str(step), "meta", "metadata")
-
-
-@pytest.fixture(scope="module")
-def base_run(tmp_path_factory):
-    """A finished 4-step run (checkpoints 2 and 4), copied by each test that changes it."""
-    root = tmp_path_factory.mktemp("records")
-    corpus = write_corpus(root / "corpus")
-    workdir = str(root / "run")
-    train(tiny_config(corpus, **BASE), workdir)
-    return corpus, workdir
-
-
-def copy_run(base_run, tmp_path) -> tuple[str, str]:
-    corpus, workdir = base_run
-    target = str(tmp_path / "run")
-    shutil.copytree(workdir, target)
-    # The copy's prepared data is its own (data.train names the raw corpus).
-    return corpus, target
 
 
 @pytest.mark.parametrize("key, value", [("train.seq_len", 8), ("data.split", "7,1,1"),
@@ -179,10 +159,11 @@ def test_a_run_diverging_before_its_first_checkpoint_says_there_is_none(tmp_path
         train(config, str(tmp_path / "run"))
 
 
-def test_a_torn_metrics_line_is_dropped_and_a_broken_config_json_is_one_error(base_run, tmp_path):
+def test_a_torn_metrics_line_is_dropped_and_a_broken_config_json_is_one_error(base_run, tmp_path,
+                                                                             capfd):
     """A crash or a full disk mid-write leaves half a line in metrics.jsonl: the resume drops it
-    (json.loads raised on it at every resume); a hand-broken config.json names itself."""
-    from lmscale.config import ConfigError
+    (json.loads raised on it at every resume); a hand-broken config.json names itself (and the
+    inference tools read the checkpoint's record of the config instead)."""
     corpus, workdir = copy_run(base_run, tmp_path)
     with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
         f.write('{"step": 110, "split": "tr')
@@ -190,8 +171,8 @@ def test_a_torn_metrics_line_is_dropped_and_a_broken_config_json_is_one_error(ba
     assert [r["step"] for r in read_metrics(workdir) if r["split"] == "train"] == [1, 2, 3, 4, 5, 6]
     with open(os.path.join(workdir, "config.json"), "a") as f:
         f.write("{ broken")
-    with pytest.raises(ConfigError, match="config.json is not valid JSON"):
-        load_trained(workdir)
+    assert load_trained(workdir).step == 6
+    assert "config.json is not valid JSON" in capfd.readouterr().err
 
 
 def test_a_second_run_in_a_busy_workdir_is_refused(base_run, tmp_path):

@@ -19,26 +19,7 @@ from lmscale.training.checkpoints import (CheckpointMismatchError, Checkpointer,
 from lmscale.training.loop import train
 from lmscale.training.restore import load_trained
 from tests.conftest import tiny_config, write_corpus
-
-BASE = {"train.steps": 4, "train.log_every": 1, "train.eval_every": 0, "train.eval_steps": 1,
-        "checkpoint.every": 2}
-
-
-@pytest.fixture(scope="module")
-def base_run(tmp_path_factory):
-    """A finished 4-step run (checkpoints 2 and 4), copied by each test that changes it."""
-    root = tmp_path_factory.mktemp("resume_messages")
-    corpus = write_corpus(root / "corpus")
-    workdir = str(root / "run")
-    train(tiny_config(corpus, **BASE), workdir)
-    return corpus, workdir
-
-
-def copy_run(base_run, tmp_path) -> tuple[str, str]:
-    corpus, workdir = base_run
-    target = str(tmp_path / "run")
-    shutil.copytree(workdir, target)
-    return corpus, target
+from tests.training.conftest import BASE, copy_run
 
 
 @pytest.mark.parametrize("damage", ["torn", "not an object"])
