@@ -208,6 +208,10 @@ def forward(st: Static, x: jax.Array, fw: dict[str, jax.Array], h0: jax.Array, c
     hidden = fw["wh_t"].shape[1]
     x_lead = jnp.transpose(x, (0, 2, 1))  # [T, in, B]
     wh_t, wmh_t, wx_t, bias = fw["wh_t"], fw.get("wmh_t"), fw["wx_t"], fw["bias"]
+    if n_t == 1:  # XLA drops a loop of one trip and folds the transposes into its dots: in
+        # bfloat16, a form XLA:CPU's DotThunk rejects at run time ("BF16 x BF16 = F32"; an
+        # evaluation's 1-token tail). A barrier keeps the transposed weights arrays of their own.
+        wh_t, wmh_t, wx_t = jax.lax.optimization_barrier((wh_t, wmh_t, wx_t))
     sh, smh = fw.get("s_h"), fw.get("s_mh")  # a product's result is multiplied by these
     keep_l = None if keep is None else jnp.swapaxes(keep, 1, 2)  # [T, 1, B]
 
