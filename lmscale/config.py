@@ -260,7 +260,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         get_kind(config.model.kind).validate(config.model, config.train)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    _check_positive_ints(config, ("train.seq_len",))
+    _check_positive_ints(config, ("train.seq_len", "train.batch_size"))  # before divisibility
     if config.train.eval_steps < 0:
         raise ConfigError("train.eval_steps must be >= 0")
     if not config.train.per_device_batch_size and config.train.batch_size % num_devices:

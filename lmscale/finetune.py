@@ -34,10 +34,10 @@ def refuse_several_processes(env: dict[str, str]) -> None:
     from lmscale.distributed import DistributedError, resolve
     try:
         group = resolve(None, None, None, env)
-        how = f"process {group.rank} of {group.size}, from {group.source}" if group else None
-    except DistributedError:  # a half-set multi-process environment (SLURM_NTASKS=2 alone)
-        how = "its environment describes several"
-    if how:
+    except DistributedError:  # a half-set environment: an sbatch script's own (SLURM_NTASKS
+        return  # without a step's variables) runs one process
+    if group is not None:
+        how = f"process {group.rank} of {group.size}, from {group.source}"
         print(f"error: lmscale.finetune runs as one process (over every device of its host), "
               f"and this one was started as one of several ({how}): start it once, without "
               f"launch/local.py (or with srun --ntasks=1)", file=sys.stderr)

@@ -51,7 +51,12 @@ class BestKeeper:
             self.manager = ocp.CheckpointManager(os.path.join(self.workdir, BEST_DIR), options=options,
                                                  item_names=("params",))
             if record and int(record["step"]) in self.manager.all_steps():
-                self._keep_only(int(record["step"]))  # what a stop after saving left
+                # What a stop after saving left. Every process lists the steps before any
+                # deletes (orbax deletes on process 0, then waits for the others' delete).
+                if jax.process_count() > 1:
+                    from jax.experimental import multihost_utils
+                    multihost_utils.sync_global_devices("lmscale: best steps listed")
+                self._keep_only(int(record["step"]))
             elif record:  # an older lmscale stopped mid-offer: the next validation records anew
                 self.loss = math.inf
 

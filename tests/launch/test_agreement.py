@@ -127,7 +127,8 @@ def test_a_workdir_in_use_is_refused_on_every_process(tmp_path, corpus):
 @pytest.mark.parametrize("env", [
     {"LMSCALE_NUM_PROCESSES": "2", "LMSCALE_PROCESS_ID": "1",
      "LMSCALE_COORDINATOR_ADDRESS": "127.0.0.1:1234"},  # what launch/local.py sets
-    {"SLURM_NTASKS": "2"},  # srun with two tasks (the rest of its variables left out)
+    {"SLURM_NTASKS": "2", "SLURM_JOB_ID": "1", "SLURM_STEP_NODELIST": "localhost",
+     "SLURM_PROCID": "1", "SLURM_LOCALID": "1"},  # a task of srun --ntasks=2
 ])
 def test_finetune_started_as_several_processes_says_it_runs_as_one(tmp_path, env):
     """Under launch/local.py each process began its own fine-tune in the one workdir until the
@@ -155,3 +156,10 @@ def test_a_process_told_another_count_is_named_by_the_one_left_waiting(tmp_path,
     assert error_lines(err0) == [f"error: a process of the run left before the processes agreed "
                                  f"on their settings (process 1: {why})"], err0[-2000:]
     assert "Traceback" not in err0, err0[-2000:]
+
+
+def test_finetune_in_an_sbatch_scripts_own_environment_runs_as_its_one_process():
+    """A plain `python -m lmscale.finetune` in an sbatch --ntasks=4 script inherits
+    SLURM_NTASKS=4 without a step's variables: one process, not refused."""
+    from lmscale.finetune import refuse_several_processes
+    refuse_several_processes({"SLURM_NTASKS": "4", "SLURM_JOB_ID": "1", "SLURM_PROCID": "0"})

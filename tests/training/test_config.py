@@ -196,3 +196,8 @@ def test_paper_configs_follow_the_seeds_published_schedules():
     transformer = config_from_file("configs/transformer_amazon.py")
     assert (transformer.train.steps, transformer.optim.schedule) == (670_000, "cosine")
     assert (transformer.model.dropout, transformer.model.ff_dropout, transformer.model.attn_dropout) == (0.1, 0.1, 0.0)
+
+
+def test_a_negative_batch_is_named_as_such_not_as_indivisible():
+    with pytest.raises(ConfigError, match="train.batch_size must be a positive integer, got -3"):
+        validate(locked(**{"train.batch_size": -3}), 2)
