@@ -72,7 +72,8 @@ class LM:
         packed in ``batch_size`` rows (as ``featurize``): end to end by a recurrent LM; by a
         model with a length limit (``max_len``) in rows of a few widths, a long text in
         consecutive windows of that many tokens (each read without the ones before it).
-        NaN for a text with no counted token (a single token, unframed)."""
+        NaN for a text with no counted byte: a single token, unframed, or a word model's
+        one-word text (its only counted target, ``<eos>``, stands for no byte of the text)."""
         limit = self.trained.model().max_len
         targets = [self._targets(ids) for ids in encode_texts(self.trained, texts)]  # read once
         table = self.trained.tokenizer.byte_lengths()
