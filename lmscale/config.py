@@ -460,13 +460,10 @@ def derive(config: ml_collections.ConfigDict, steps_per_epoch: int) -> dict[str,
 
 def save_config(config: ml_collections.ConfigDict, derived: dict[str, Any], path: str) -> None:
     """Writes the resolved config (all fields plus "derived") as JSON, atomically."""
-    record = config.to_dict()
-    record["derived"] = derived
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=2, sort_keys=True)
+    from lmscale.atomic import atomic_write  # no temporary left behind by a failed write
+    with atomic_write(path) as f:
+        json.dump({**config.to_dict(), "derived": derived}, f, indent=2, sort_keys=True)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 def load_config(path: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
