@@ -3,8 +3,8 @@
     python -m lmscale.finetune --config=configs/finetune_sst.py --workdir=runs/sst_ft \
         --config.init_from=runs/sst_lm
 
-The head reads the final cell state (the sentiment-neuron feature) and the mean hidden
-state; the LM is frozen for the first 100 steps while the head warms up, then everything
+The head reads the model's default state (mLSTM/LSTM: the cell state, the sentiment neuron's;
+transformer: the hidden state), its last value and its mean over the text; the LM is frozen for the first 100 steps while the head warms up, then everything
 trains with a slanted-triangular schedule (head at 10x the LM's peak learning rate).
 """
 

@@ -8,8 +8,9 @@ Transfer features are the final block's output at the last token (``--pooling=me
 the average over the sentence).
 
     python -m lmscale.train --config=configs/sst_transformer.py --workdir=runs/sst_transformer
-    python -m lmscale.transfer --workdir=runs/sst_transformer --train=SST/train.csv \
-        --val=SST/val.csv --test=SST/test.csv --text_column=sentence --label_column=label
+    SST=$(python -m lmscale.datasets fetch sst_binary)
+    python -m lmscale.transfer --workdir=runs/sst_transformer --train=$SST/train.csv \
+        --val=$SST/val.csv --test=$SST/test.csv --text_column=sentence --label_column=label
 """
 
 from lmscale.config import default_config

@@ -53,7 +53,7 @@ REGISTRY: dict[str, Dataset] = {
                           "519cea7ed4d22fe7ec4eccbb3d5ba6d88902a3b15ce129f476aa8364463a9fc7")),
         source="Stanford Sentiment Treebank, binary sentences, as shipped by OpenAI's "
                "generating-reviews-discovering-sentiment (MIT); SST itself: Socher et al. 2013",
-        usage="CSV with columns sentence,label: --train=DIR/train.csv --val=DIR/val.csv "
+        usage="CSV with columns label,sentence: --train=DIR/train.csv --val=DIR/val.csv "
               "--test=DIR/test.csv --text_column=sentence --label_column=label"),
     "tinyshakespeare": Dataset(
         files=(RemoteFile("input.txt", "https://raw.githubusercontent.com/karpathy/char-rnn/"
@@ -168,8 +168,10 @@ def main(argv: list[str]) -> int:
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(folder)
-    print(REGISTRY[args[1]].usage.replace("DIR", folder))
+    print(folder, flush=True)  # stdout: the folder alone (SST=$(python -m lmscale.datasets ...))
+    # How to use it goes to stderr: printed after the folder on stdout, it met a closed pipe
+    # under `| head -1` (a BrokenPipeError traceback).
+    print(REGISTRY[args[1]].usage.replace("DIR", folder), file=sys.stderr)
     return 0
 
 

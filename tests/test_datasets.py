@@ -100,8 +100,13 @@ def test_cli_fetch_prints_the_folder_and_usage(mirror, tmp_path):
                           f"--to={tmp_path / 'ts'}"], cwd=REPO, env=env, capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines()[0] == str(tmp_path / "ts")
-    assert f"--config.data.train={tmp_path / 'ts'}/input.txt" in out.stdout
+    assert out.stdout.splitlines() == [str(tmp_path / "ts")]  # $(...) takes the folder alone
+    assert f"--config.data.train={tmp_path / 'ts'}/input.txt" in out.stderr
+    # `| head -1` (README) closed the pipe before the usage line: a BrokenPipeError traceback
+    piped = subprocess.run(f"{sys.executable} -m lmscale.datasets fetch tinyshakespeare "
+                           f"--to={tmp_path / 'ts'} | head -1", shell=True, cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert piped.stdout.strip() == str(tmp_path / "ts") and "Traceback" not in piped.stderr
 
 
 def test_registry_checksums_match_the_known_copies(tmp_path, monkeypatch):

@@ -36,7 +36,8 @@ def get_sweep(cpu_budget_minutes=None):
         per_point = cpu_budget_minutes * 60 / points - CPU_OVERHEAD_S
         chars = min(FULL_CHARS, max(per_point, 5) * CPU_CHARS_PER_S)
     return {
-        "description": (f"Global batch x learning-rate rule on a 128-unit mLSTM (tinyshakespeare); "
+        "description": (f"Global batch x learning-rate rule on the base config's model (benchmarks: a "
+                        f"128-unit mLSTM on tinyshakespeare); "
                         f"batches = the paper's / 64, base batch 2, 5e-4 at the base; "
                         f"{chars / 1e6:.2f} M characters per point, linear decay to 0."),
         "grid": {
