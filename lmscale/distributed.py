@@ -233,6 +233,24 @@ def process_0_says(flag: bool) -> bool:
     return bool(int(multihost_utils.broadcast_one_to_all(np.int32(flag))))
 
 
+def refuse_several_processes(tool: str, env: Mapping[str, str]) -> None:
+    """For a tool that runs as one process over its host's devices (fine-tuning): started by
+    launch/local.py or ``srun`` with several tasks, each task began its own run in the one
+    workdir until the workdir lock stopped all but one. One line from every task now (exit
+    1), before any work. A half-set environment (an sbatch script's own: SLURM_NTASKS without
+    a step's variables) is one process."""
+    try:
+        group = resolve(None, None, None, env)
+    except DistributedError:
+        return
+    if group is not None:
+        print(f"error: {tool} runs as one process (over every device of its host), and this "
+              f"one was started as one of several (process {group.rank} of {group.size}, from "
+              f"{group.source}): start it once, without launch/local.py (or with srun "
+              f"--ntasks=1)", file=sys.stderr)
+        sys.exit(1)
+
+
 def check_same_config(config: object) -> None:
     """Multi-process runs: refuses to start when the processes were given different configs
     (another --config.* flag on one host): each would initialize and update its own replica,

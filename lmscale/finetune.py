@@ -27,28 +27,12 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of the classifier
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def refuse_several_processes(env: dict[str, str]) -> None:
-    """Fine-tuning runs as one process over its host's devices. Started by launch/local.py or
-    ``srun`` with several tasks, each task began its own fine-tune in the one workdir until
-    the workdir lock stopped all but one: one line now, from every task, before any work."""
-    from lmscale.distributed import DistributedError, resolve
-    try:
-        group = resolve(None, None, None, env)
-    except DistributedError:  # a half-set environment: an sbatch script's own (SLURM_NTASKS
-        return  # without a step's variables) runs one process
-    if group is not None:
-        how = f"process {group.rank} of {group.size}, from {group.source}"
-        print(f"error: lmscale.finetune runs as one process (over every device of its host), "
-              f"and this one was started as one of several ({how}): start it once, without "
-              f"launch/local.py (or with srun --ntasks=1)", file=sys.stderr)
-        sys.exit(1)
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     import os
-    refuse_several_processes(dict(os.environ))
+    from lmscale.distributed import refuse_several_processes
+    refuse_several_processes("lmscale.finetune", dict(os.environ))
     from lmscale.training.host_memory import restart_with_huge_pages
     restart_with_huge_pages(_CONFIG.value.parallel.cpu_huge_pages, entry=__name__ == "__main__")
     from lmscale.training.host_devices import split_host

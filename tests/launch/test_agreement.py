@@ -161,5 +161,6 @@ def test_a_process_told_another_count_is_named_by_the_one_left_waiting(tmp_path,
 def test_finetune_in_an_sbatch_scripts_own_environment_runs_as_its_one_process():
     """A plain `python -m lmscale.finetune` in an sbatch --ntasks=4 script inherits
     SLURM_NTASKS=4 without a step's variables: one process, not refused."""
-    from lmscale.finetune import refuse_several_processes
-    refuse_several_processes({"SLURM_NTASKS": "4", "SLURM_JOB_ID": "1", "SLURM_PROCID": "0"})
+    from lmscale.distributed import refuse_several_processes
+    refuse_several_processes("lmscale.finetune",
+                             {"SLURM_NTASKS": "4", "SLURM_JOB_ID": "1", "SLURM_PROCID": "0"})
