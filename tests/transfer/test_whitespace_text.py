@@ -38,3 +38,15 @@ def test_empty_stays_empty_and_padded_text_is_kept(tmp_path):
     padded.write_text('sentence,label\n"  good ",1\n')
     assert read_texts(str(padded), "sentence") == ["  good "]
     assert load_labeled(str(padded)).texts == ["  good "]
+
+
+def test_a_lone_surrogate_is_named_where_it_is_by_both_readers(tmp_path):
+    """JSON's "\\ud800" decodes to a lone surrogate, which has no UTF-8: a UnicodeEncodeError
+    traceback naming nothing, after earlier splits were already featurized."""
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"text": "fine", "y": 1}\n{"text": "bad \\ud800 one", "y": 0}\n')
+    message = r"s.jsonl:2: row 2 has '\\ud800' at character 4 of 'text', a lone UTF-16 surrogate"
+    with pytest.raises(DataError, match=message):
+        load_labeled(str(path), text_column="text", label_column="y")
+    with pytest.raises(DataError, match=message):
+        read_texts(str(path), "text")
