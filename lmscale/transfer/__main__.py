@@ -63,7 +63,7 @@ def main(argv: list[str]) -> None:
         label_column=_LABEL.value, output=_OUTPUT.value, state=_STATE.value,
         pooling=_POOLING.value, all_layers=_ALL_LAYERS.value, baseline=_BASELINE.value,
         batch_size=_BATCH.value, progress=sys.stderr.isatty(), compute=_COMPUTE.value,
-        features_dir=_FEATURES_DIR.value,
+        features_dir=_FEATURES_DIR.value, stages=True,
         **({} if _C.value is None else {"Cs": _C.value})))
     pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"
     if r.get("multilabel"):

@@ -34,7 +34,7 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
                  all_layers: bool = False, baseline: str = "words", batch_size: int = 64,
                  Cs: Sequence[float] = C_GRID, examples: int = 6, seed: int = 0,
                  progress: bool = False, lm: TrainedLM | None = None, compute: str = "float32",
-                 features_dir: str | None = None) -> dict[str, Any]:
+                 features_dir: str | None = None, stages: bool = False) -> dict[str, Any]:
     """Runs the whole transfer; returns the results dict also written to OUTPUT/results.json.
 
     ``output`` defaults to WORKDIR/transfer. Features are cached in ``features_dir``, by default
@@ -79,11 +79,17 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
               f"ones of this tied model are left out", file=sys.stderr, flush=True)
     options = dict(state=state, pooling=pooling, all_layers=all_layers, batch_size=batch_size,
                    progress=progress)
+    # ``stages``: a line as each stage starts (a log without a terminal, under nohup or SLURM,
+    # stayed silent through a 100k-text fit); progress bars stay for terminals.
+    say = (lambda line: print(line, file=sys.stderr, flush=True)) if stages else (lambda line: None)
     feats: dict[str, np.ndarray] = {}
     t0 = time.perf_counter()
     for name, data in splits.items():
+        say(f"featurizing {name}: {len(data.texts)} texts")
         feats[name] = cached_featurize(lm, data.texts, cache, **options)
     feat_s = time.perf_counter() - t0
+    say(f"fitting L1 logistic regressions (C in {list(Cs)}) on {len(splits['train'].texts)} "
+        f"texts x {feats['train'].shape[1]} features ({feat_s:.1f} s featurizing)")
     y = {name: data.labels for name, data in splits.items()}
     x_test, y_test = feats.get("test"), y.get("test")
 

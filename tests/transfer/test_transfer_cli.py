@@ -33,6 +33,8 @@ def test_transfer_end_to_end_on_sst(sst_run, tmp_path):
                     f"--test={SST}/test.csv", f"--output={out}", C)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "neuron" in proc.stdout and "baseline" in proc.stdout
+    # a log without a terminal says each stage as it starts (it was silent through a long fit)
+    assert "featurizing train: " in proc.stderr and "fitting L1 logistic regressions" in proc.stderr
     r = json.loads((out / "results.json").read_text())
     for key in ("train_accuracy", "val_accuracy", "test_accuracy"):
         assert 0.0 <= r["all_features"][key] <= 1.0
