@@ -11,7 +11,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from lmscale.atomic import atomic_write
-from lmscale.finetuning.data import eval_batches
+from lmscale.finetuning.data import EVAL_TOKENS, eval_batches
 from lmscale.training import mesh as mesh_lib
 
 
@@ -29,7 +29,8 @@ def predict_probs(predict_fn: Callable, params: Any, ids: Sequence[np.ndarray], 
     in their order. ``batch_size`` is rounded up to a multiple of the devices."""
     rows = -(-batch_size // mesh.size) * mesh.size
     out: np.ndarray | None = None
-    for index, batch in eval_batches(ids, rows, pad=pad, bucket=bucket, max_len=max_len):
+    for index, batch in eval_batches(ids, rows, pad=pad, bucket=bucket, max_len=max_len,
+                                     max_tokens=EVAL_TOKENS, multiple=mesh.size):
         b = put_batch(batch, mesh, ("tokens", "lengths"))
         probs = np.asarray(jax.device_get(predict_fn(params, b["tokens"], b["lengths"])), np.float64)
         if out is None:
