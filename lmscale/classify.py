@@ -13,6 +13,7 @@ OUTPUT.metrics.json). Input: .csv/.tsv/.jsonl; OUTPUT may not be the input.
 from __future__ import annotations
 
 import os
+import sys
 
 from absl import app, flags
 
@@ -53,6 +54,8 @@ def classify() -> dict:
                      f"its classes {', '.join(clf.class_names)}: give --labels its one column")
     else:
         texts = read_texts(_INPUT.value, _TEXT.value)
+    print(f"classifying {len(texts)} texts ({sum(map(len, texts))} characters)", file=sys.stderr,
+          flush=True)  # a log learns the size before the wait (nothing was said until the end)
     probs, pred = clf.predict(texts)
     write_predictions(_OUTPUT.value, texts, probs, pred, clf.class_names, clf.multilabel,
                       gold=data.labels if _LABELS.value else None)

@@ -147,8 +147,9 @@ def test_sst_learns_restores_freezes_and_classify_reproduces(sst_run, data, tmp_
                                                           jax.tree.leaves(lm_params)))
     # classify CLI on the run reproduces the run's own validation predictions
     out = str(tmp_path / "pred.csv")
-    _cli("lmscale.classify", f"--workdir={run}", f"--input={data['sst_val']}",
-         "--text_column=sentence", f"--output={out}", "--labels=label")
+    said = _cli("lmscale.classify", f"--workdir={run}", f"--input={data['sst_val']}",
+                "--text_column=sentence", f"--output={out}", "--labels=label").stderr
+    assert "classifying 64 texts (" in said  # before the wait, for a log
     mine = list(csv.DictReader(open(out)))
     saved = list(csv.DictReader(open(os.path.join(run, "val_predictions.csv"))))
     assert [r["predicted"] for r in mine] == [r["predicted"] for r in saved]
