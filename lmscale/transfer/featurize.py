@@ -27,6 +27,7 @@ import functools
 import hashlib
 import json
 import os
+import sys
 from typing import Any, Callable, Sequence
 
 import jax
@@ -82,9 +83,17 @@ def feature_state(lm: TrainedLM, state: str | None) -> str:
 
 
 def _fit_length(lm: TrainedLM, ids: list[np.ndarray]) -> list[np.ndarray]:
-    """Texts cut to their last ``max_len`` tokens for a model with a length limit."""
+    """Texts cut to their last ``max_len`` tokens for a model with a length limit, said in a
+    note when any is (a 20k-character text read as its last 256 tokens was cut silently)."""
     limit = lm.model().max_len
-    return ids if limit is None else [x[-limit:] for x in ids]
+    if limit is None:
+        return ids
+    cut = [len(x) for x in ids if len(x) > limit]
+    if cut:
+        print(f"note: {len(cut)} of {len(ids)} texts are longer than the model's max_len="
+              f"{limit} tokens (the longest {max(cut)}): their last {limit} tokens are read",
+              file=sys.stderr, flush=True)
+    return [x[-limit:] for x in ids]
 
 
 def featurize(lm: TrainedLM, texts: Sequence[str], *, state: str | None = None,

@@ -27,3 +27,15 @@ def test_long_texts_come_in_fewer_rows_and_every_text_once():
     assert batches[-1][1]["tokens"].shape[0] == 8  # the short ones: full batches
     unbounded = list(eval_batches(ids, 8, pad=0, bucket=32, max_len=None))
     assert unbounded[0][1]["tokens"].shape == (8, 5024)  # before: 8 rows of 5024
+
+
+def test_texts_cut_to_max_len_are_said(capfd):
+    """A transformer classifier reads a text's last max_len tokens: said, not silent."""
+    from lmscale.data.tokenizer import ByteTokenizer
+    from lmscale.finetuning.data import encode
+    ids = encode(ByteTokenizer(), lambda t: t, ["short", "x" * 40, "y" * 90], 32, source="f.csv")
+    assert [len(x) for x in ids] == [5, 32, 32]
+    assert ("note: f.csv: 2 of 3 texts are longer than the model's max_len=32 tokens (the "
+            "longest 90): their last 32 tokens are read") in capfd.readouterr().err
+    encode(ByteTokenizer(), lambda t: t, ["x" * 90], None)
+    assert capfd.readouterr().err == ""  # no limit: nothing cut, nothing said

@@ -84,7 +84,7 @@ def test_texts_packed_in_few_rows_read_as_if_alone(kind):
 
 @pytest.mark.parametrize("pooling,reduce", [("last", lambda h: h[-1]), ("mean", np.mean),
                                             ("max", np.max), ("min", np.min)])
-def test_transformer_reads_texts_packed_in_rows_as_if_alone(pooling, reduce):
+def test_transformer_reads_texts_packed_in_rows_as_if_alone(pooling, reduce, capfd):
     """A transformer reads several texts in a row, positions and attention restarting at each
     (``resets``): every layer's output at each text's end, or pooled over it, as the text read
     alone; texts over max_len (64) cut to their last 64 tokens."""
@@ -92,6 +92,9 @@ def test_transformer_reads_texts_packed_in_rows_as_if_alone(pooling, reduce):
     rng = np.random.default_rng(0)
     texts = TEXTS + ["".join(chr(97 + c) for c in rng.integers(0, 26, n)) for n in (1, 9, 30, 64, 65, 90)]
     feats = featurize(lm, texts, pooling=pooling, batch_size=2, all_layers=True)
+    # the two texts over max_len are said (they were cut silently)
+    assert (f"note: 2 of {len(texts)} texts are longer than the model's max_len=64 tokens (the "
+            f"longest 90): their last 64 tokens are read") in capfd.readouterr().err
     model = nnx.merge(lm.graphdef, lm.params)
     for i, text in enumerate(texts):
         ids = lm.tokenizer.encode(text)[-64:]
