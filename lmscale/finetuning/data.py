@@ -16,12 +16,12 @@ loss sum needs no reduction other than the step's one all-reduce.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from typing import Sequence
 
 import numpy as np
 
 from lmscale.data.errors import DataError
+from lmscale.data.texts import last_tokens
 
 POOL = 50  # batches per length-sorted pool
 
@@ -40,20 +40,14 @@ def encode(tokenizer: object, preprocess: object, texts: Sequence[str], max_len:
            source: str = "texts", number_from: int = 1) -> list[np.ndarray]:
     """Token ids (int32) of each preprocessed text, cut to its last ``max_len`` tokens if set;
     an empty text is an error naming it from ``number_from`` (1: a file's texts; 0: a list's)."""
-    out, cut = [], []
+    out = []
     for i, text in enumerate(texts):
         ids = np.asarray(tokenizer.encode(preprocess(text)), np.int32)
         if len(ids) == 0:
             raise DataError(f"{source}: text {i + number_from} is empty; every text needs at "
                             f"least one token")
-        if max_len is not None and len(ids) > max_len:
-            cut.append(len(ids))
-        out.append(ids if max_len is None else ids[-max_len:])
-    if cut:  # said, as featurize says it
-        print(f"note: {source}: {len(cut)} of {len(out)} texts are longer than the model's "
-              f"max_len={max_len} tokens (the longest {max(cut)}): their last {max_len} tokens "
-              f"are read", file=sys.stderr, flush=True)
-    return out
+        out.append(ids)
+    return last_tokens(out, max_len, source)  # cut texts said, as featurize says them
 
 
 def width_for(lengths: np.ndarray, bucket: int, max_len: int | None) -> int:

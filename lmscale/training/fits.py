@@ -67,14 +67,14 @@ def check_step_fits_host(step: Callable[..., Any], args: tuple[Any, ...],
     if available is None:
         return
     # Arguments' devices: the mesh may use fewer of this host's devices than it has.
-    used = {d for leaf in jax.tree.leaves(args) if isinstance(leaf, jax.Array)
-            for d in leaf.sharding.device_set if d.process_index == jax.process_index()}
+    devices = len({d for leaf in jax.tree.leaves(args) if isinstance(leaf, jax.Array)
+                   for d in leaf.sharding.device_set}) or 1
     per_device = step_new_bytes(step.lower(*args).compile())
-    need = per_device * max(len(used), 1)
+    need = per_device * devices
     if need > available:
         raise ConfigError(
             f"the training step needs {_size(need)} of this host's memory beyond the "
-            f"model's state ({_size(per_device)} on each of {max(len(used), 1)} CPU "
+            f"model's state ({_size(per_device)} on each of {devices} CPU "
             f"devices, from the compiled step's memory analysis) and {_size(available)} "
             f"is available: lower train.batch_size (or train.per_device_batch_size) or "
             f"train.seq_len, or recompute activations (model.remat='segments' for recurrent models, "

@@ -160,13 +160,16 @@ def finetune_applied_lrs(opt_state: Any, schedules: dict[str, optax.Schedule],
     parts = next(s for s in jax.tree.leaves(opt_state, is_leaf=is_partition) if is_partition(s))
     is_hold = lambda x: isinstance(x, HoldState)
     hold = next(s for s in jax.tree.leaves(parts.inner_states["lm"], is_leaf=is_hold) if is_hold(s))
-    head_count = _schedule_count(parts.inner_states["head"])
-    lm_count = _schedule_count(hold.inner)
+    head_count = schedule_count(parts.inner_states["head"])
+    lm_count = schedule_count(hold.inner)
     head = schedules["head"](jnp.maximum(head_count - 1, 0))
     lm = jnp.where(hold.count <= freeze_steps, 0.0, schedules["lm"](jnp.maximum(lm_count - 1, 0)))
     return head, lm
 
 
-def _schedule_count(opt_state: Any) -> jax.Array:
+def schedule_count(opt_state: Any, default: jax.Array | None = None) -> jax.Array:
+    """The count of the (first) learning-rate schedule in ``opt_state`` (``default`` if it has
+    none)."""
     is_schedule = lambda x: isinstance(x, optax.ScaleByScheduleState)
-    return next(s for s in jax.tree.leaves(opt_state, is_leaf=is_schedule) if is_schedule(s)).count
+    found = [s for s in jax.tree.leaves(opt_state, is_leaf=is_schedule) if is_schedule(s)]
+    return found[0].count if found else default

@@ -37,6 +37,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 from lmscale.models.registry import training_forward
 from lmscale.training.loss import byte_count, cross_entropy_sums, mean_loss
 from lmscale.training.mesh import DATA_AXIS
+from lmscale.training.optimizer import schedule_count
 from lmscale.training.precision import all_finite, select_tree
 from lmscale.training.state import TrainState
 
@@ -238,13 +239,6 @@ def make_eval_step(graphdef: nnx.GraphDef, byte_lengths: np.ndarray | None = Non
         return carry, jnp.stack([nats, count, _bytes(batch, count, byte_lengths)])
 
     return eval_step
-
-
-def schedule_count(opt_state: Any, default: jax.Array) -> jax.Array:
-    """The count of the optimizer's learning-rate schedule (``default`` if it has none)."""
-    is_schedule = lambda x: isinstance(x, optax.ScaleByScheduleState)
-    found = [s for s in jax.tree.leaves(opt_state, is_leaf=is_schedule) if is_schedule(s)]
-    return found[0].count if found else default
 
 
 def _bytes(batch: Batch, count: jax.Array, byte_lengths: np.ndarray | None) -> jax.Array:

@@ -27,7 +27,6 @@ import functools
 import hashlib
 import json
 import os
-import sys
 from typing import Any, Callable, Sequence
 
 import jax
@@ -39,7 +38,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lmscale.atomic import atomic_write
 from lmscale.data.errors import DataError
-from lmscale.data.texts import text_list
+from lmscale.data.texts import last_tokens, text_list
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.restore import TrainedLM, prepared_weights, weights_fingerprint
 from lmscale.training.state import zero_carry
@@ -85,15 +84,7 @@ def feature_state(lm: TrainedLM, state: str | None) -> str:
 def _fit_length(lm: TrainedLM, ids: list[np.ndarray]) -> list[np.ndarray]:
     """Texts cut to their last ``max_len`` tokens for a model with a length limit, said in a
     note when any is (a 20k-character text read as its last 256 tokens was cut silently)."""
-    limit = lm.model().max_len
-    if limit is None:
-        return ids
-    cut = [len(x) for x in ids if len(x) > limit]
-    if cut:
-        print(f"note: {len(cut)} of {len(ids)} texts are longer than the model's max_len="
-              f"{limit} tokens (the longest {max(cut)}): their last {limit} tokens are read",
-              file=sys.stderr, flush=True)
-    return [x[-limit:] for x in ids]
+    return last_tokens(ids, lm.model().max_len)
 
 
 def featurize(lm: TrainedLM, texts: Sequence[str], *, state: str | None = None,
