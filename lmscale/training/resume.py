@@ -20,7 +20,6 @@ features/, generate/), move to ``archive/<time>/`` (nothing is deleted).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -107,9 +106,9 @@ def _same_sp_model(saved: dict[str, Any], path: str) -> bool:
     recorded = ((saved.get("signature") or {}).get("data.tokenizer") or {}).get("sha256")
     if not recorded:
         return False
+    from lmscale.datasets import sha256_of
     try:
-        with open(path, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest() == recorded
+        return sha256_of(path) == recorded
     except OSError:  # reported where the data is read
         return False
 
