@@ -100,10 +100,11 @@ class Classifier(nnx.Module):
         """Logits float32 [B, K]."""
         return self.head(self.features(tokens, lengths, carry), dropout_keys)
 
-    def lm_logits(self, tokens: jax.Array, carry: Any = None) -> jax.Array:
-        """Next-token logits float32 [B, T, V] of the LM on the texts (fresh zero carry)."""
+    def lm_logits(self, tokens: jax.Array, carry: Any = None,
+                  resets: jax.Array | None = None) -> jax.Array:
+        """Next-token logits float32 [B, T, V] of the LM on the texts (None: a fresh zero carry)."""
         carry = self.lm.initial_carry(tokens.shape[0]) if carry is None else carry
-        logits, _ = self.lm(tokens, carry)
+        logits, _ = self.lm(tokens, carry, resets)
         return logits
 
 

@@ -34,6 +34,7 @@ from lmscale.data.errors import DataError
 from lmscale.finetuning.data import Encoded, TrainBatches, class_weights_from, encode
 from lmscale.finetuning.head import init_classifier
 from lmscale.finetuning.predict import predict_probs, put_batch, write_predictions
+from lmscale.finetuning.truncated import check_grad_tokens, long_text_note
 from lmscale.finetuning.steps import BATCH_KEYS, make_finetune_step, make_predict_fn, zero_acc
 from lmscale.models import built_in_one_program
 from lmscale.pretrained.preprocess import preprocessor_for
@@ -252,6 +253,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
     graphdef, params, max_len = init_classifier(config, lm.tokenizer.vocab_size, num_classes,
                                                 policy.compute, abstract=resuming,
                                                 lm_params=pretrained)
+    check_grad_tokens(ft.grad_tokens, max_len)
     pad = lm.tokenizer.pad_id or 0
     prep = preprocessor_for(lm.derived)
     enc = {n: Encoded(encode(lm.tokenizer, prep, d.texts, max_len, d.source),
@@ -305,7 +307,8 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
         print_compute_hint(config.precision.compute, mesh.devices.flat[0])
         for note in (batch_and_rate_note(config, mesh.size, lr),
                      *finetune_warmup_notes(config.optim.schedule, config.optim.warmup_steps,
-                                            steps, decay, ft.freeze_steps)):
+                                            steps, decay, ft.freeze_steps),
+                     long_text_note(max(map(len, enc["train"].ids)), ft.grad_tokens, max_len)):
             if note:
                 print(note, file=sys.stderr, flush=True)
         lm.tokenizer.save(workdir)  # the run is self-contained for lmscale.classify
@@ -320,7 +323,8 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
             fn = make_finetune_step(graphdef, tx, mesh, multilabel=ft.multilabel, class_weights=cw,
                                     aux_weight=ft.aux_lm_weight, train_lm=train_lm,
                                     dropout=ft.head_dropout > 0,
-                                    grad_reduce_dtype=jnp.dtype(config.parallel.grad_reduce_dtype))
+                                    grad_reduce_dtype=jnp.dtype(config.parallel.grad_reduce_dtype),
+                                    grad_tokens=ft.grad_tokens)
             rows = mesh_lib.batch_sharded(mesh)
             step_fns[train_lm] = jax.jit(fn, in_shardings=(shardings, dict.fromkeys(BATCH_KEYS, rows)),
                                          out_shardings=(shardings, mesh_lib.replicated(mesh)),

@@ -12,6 +12,9 @@ row_weights float32 [B], lm_weights float32 [B, W].
 
 Loss = classification loss + ``aux_weight`` x next-token LM loss on the texts, whose targets
 are the real tokens only (``lm_weights``; sentiment-discovery's mask counted the padding).
+With ``grad_tokens`` (``finetune.grad_tokens``), a batch wider than that is read in pieces
+and back-propagated through each text's last ``grad_tokens`` tokens only (truncated.py).
+
 While the LM is frozen (``train_lm`` False) its parameters are under ``stop_gradient``: no
 backward pass through it, its gradients are zeros and only the head's are all-reduced.
 """
@@ -27,6 +30,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, PartitionSpec as P
 
+from lmscale.finetuning import truncated
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.loss import cross_entropy_sums
 from lmscale.training.mesh import DATA_AXIS
@@ -78,8 +82,8 @@ def correct_count(logits: jax.Array, labels: jax.Array, row_weights: jax.Array,
 
 def make_finetune_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, mesh: Mesh, *,
                        multilabel: bool, class_weights: np.ndarray | None, aux_weight: float,
-                       train_lm: bool, dropout: bool, grad_reduce_dtype: Any = jnp.float32
-                       ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+                       train_lm: bool, dropout: bool, grad_reduce_dtype: Any = jnp.float32,
+                       grad_tokens: int = 0) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """Returns ``step(state, batch) -> (state, metrics)``; pure, to be jitted over ``mesh``.
 
     ``state.acc`` accumulates the SUMS and "steps" between train log records.
@@ -91,19 +95,35 @@ def make_finetune_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
         rows = batch["tokens"].shape[0]
         keys = row_dropout_keys(key, jax.lax.axis_index(DATA_AXIS) * rows, rows) if dropout else None
         local_params = jax.lax.pcast(params, DATA_AXIS, to="varying")
+        carry = jax.lax.pcast(nnx.merge(graphdef, params).lm.initial_carry(rows), DATA_AXIS,
+                              to="varying")
+        lm_in = {"tokens": batch["tokens"], "lm_weights": batch["lm_weights"], "resets": None}
+        in_pieces = truncated.splits(batch["tokens"].shape[1], grad_tokens)
+        if in_pieces:  # the text before its last piece: read here, outside the gradient
+            aligned = truncated.aligned_batch(batch["tokens"], batch["lengths"],
+                                              batch["lm_weights"], grad_tokens)
+            lm_in = truncated.last_piece(aligned, grad_tokens)
+            # The auxiliary loss: the mean over the last pieces' targets of the global batch.
+            total = jax.lax.psum(jnp.sum(lm_in["lm_weights"]), DATA_AXIS)
+            lm_in["lm_weights"] = jnp.where(total > 0, lm_in["lm_weights"] / total, 0.0)
+            prefix = truncated.read_prefix(nnx.merge(graphdef, local_params), aligned,
+                                           grad_tokens, carry)
 
         def loss_fn(p: Any) -> tuple[jax.Array, jax.Array]:
             if not train_lm:
                 p = jax.tree_util.tree_map_with_path(
                     lambda path, x: jax.lax.stop_gradient(x) if part(path) == "lm" else x, p)
             model = nnx.merge(graphdef, p)
-            carry = jax.lax.pcast(model.lm.initial_carry(rows), DATA_AXIS, to="varying")
-            logits = model(batch["tokens"], batch["lengths"], keys, carry)
+            if in_pieces:
+                features = truncated.window_features(model, lm_in, batch["lengths"], prefix)
+                logits, lm_carry = model.head(features, keys), prefix[0]
+            else:
+                logits, lm_carry = model(batch["tokens"], batch["lengths"], keys, carry), carry
             loss = classification_loss(logits, batch["labels"], batch["row_weights"], multilabel, cw)
             aux = jnp.zeros((), jnp.float32)
-            if aux_weight > 0:
-                aux = aux_lm_loss(model.lm_logits(batch["tokens"], carry), batch["tokens"],
-                                  batch["lm_weights"])
+            if aux_weight > 0:  # in pieces: the last piece's targets only
+                aux = aux_lm_loss(model.lm_logits(lm_in["tokens"], lm_carry, lm_in["resets"]),
+                                  lm_in["tokens"], lm_in["lm_weights"])
             right, real = correct_count(logits, batch["labels"], batch["row_weights"], multilabel)
             return (loss + aux_weight * aux) * scale, jnp.stack([loss, aux, right, real])
 
