@@ -9,7 +9,8 @@ one text's length of each other.
 
 ``pack`` makes the plan; ``chunk`` cuts the [rows, width] token grid into the [rows, t]
 pieces an LM reads in turn (its state carried between them), with the positions where
-texts end, so the features are picked there.
+texts end, so the features are picked there. A piece finds its texts by one sorted search
+per row (``chunk_texts``), so its host work is its rows' texts, whatever the longest text.
 
 A model that carries no state (the transformer) reads a row in one call, its attention
 masked to each text (the same ``resets``). ``pack_bins`` packs for it: rows of a few widths
@@ -36,10 +37,12 @@ class Packing:
     length: np.ndarray  # int [N]
     rows: int
     width: int  # the longest row's tokens
-    by_stop: np.ndarray  # int [N]: the texts in the order they end (start + length)
-    stops: np.ndarray  # int [N]: their ends in that order
     by_row: np.ndarray  # int [N]: the texts by row, then start
     row_first: np.ndarray  # int [rows + 1]: row r's texts are by_row[row_first[r]:row_first[r + 1]]
+    # by_row's starts and ends, each plus row * (width + 1): increasing, so one searchsorted
+    # finds every row's texts around a column (``chunk``)
+    row_starts: np.ndarray  # int [N]
+    row_stops: np.ndarray  # int [N]
 
     @property
     def efficiency(self) -> float:
@@ -84,11 +87,12 @@ def pack(lengths: Sequence[int], rows: int) -> Packing:
 
 def _plan(row: np.ndarray, start: np.ndarray, length: np.ndarray, rows: int, width: int
           ) -> Packing:
-    by_stop = np.argsort(start + length, kind="stable")
     by_row = np.lexsort((start, row))
-    return Packing(row=row, start=start, length=length, rows=rows, width=width,
-                   by_stop=by_stop, stops=(start + length)[by_stop], by_row=by_row,
-                   row_first=np.searchsorted(row[by_row], np.arange(rows + 1)))
+    base = row[by_row] * (width + 1)
+    return Packing(row=row, start=start, length=length, rows=rows, width=width, by_row=by_row,
+                   row_first=np.searchsorted(row[by_row], np.arange(rows + 1)),
+                   row_starts=base + start[by_row],
+                   row_stops=base + (start + length)[by_row])
 
 
 def pack_bins(lengths: Sequence[int], limit: int, narrowest: int = 32
@@ -184,15 +188,9 @@ def chunk(packing: Packing, ids: Sequence[np.ndarray], offset: int, t: int, slot
     ends = np.zeros((packing.rows, slots), np.int32)
     texts = np.full((packing.rows, slots), -1, np.int64)
     used = np.zeros(packing.rows, np.int64)
-    stop = packing.start + packing.length
-    # The texts that overlap the piece end in (offset, offset + t + longest): a slice in
-    # end order, so a piece costs what it holds, not the number of texts.
-    longest = int(packing.length.max(initial=0))
-    lo_i, hi_i = np.searchsorted(packing.stops, [offset, offset + t + longest], side="right")
-    for i in packing.by_stop[lo_i:hi_i]:
-        if packing.start[i] >= offset + t:
-            continue
-        r, s, e = packing.row[i], packing.start[i], stop[i]
+    for i in chunk_texts(packing, offset, t):
+        r, s = packing.row[i], packing.start[i]
+        e = s + packing.length[i]
         lo, hi = max(s, offset), min(e, offset + t)
         tokens[r, lo - offset:hi - offset] = ids[i][lo - s:hi - s]
         owner[r, lo - offset:hi - offset] = i
@@ -205,3 +203,18 @@ def chunk(packing: Packing, ids: Sequence[np.ndarray], offset: int, t: int, slot
                                  f"at {offset}")
             ends[r, k], texts[r, k], used[r] = e - 1 - offset, i, k + 1
     return Chunk(tokens=tokens, resets=resets, owner=owner, ends=ends, texts=texts)
+
+
+def chunk_texts(packing: Packing, offset: int, t: int) -> np.ndarray:
+    """The texts with a token in columns [offset, offset + t), by row then start: per row
+    those that end after ``offset`` and start before ``offset + t``, found by one search per
+    row, so a piece costs its rows and the texts it holds (not the longest text, nor N)."""
+    base = np.arange(packing.rows, dtype=np.int64) * (packing.width + 1)
+    first = np.searchsorted(packing.row_stops, base + min(max(offset, 0), packing.width),
+                            side="right")
+    stop = np.searchsorted(packing.row_starts, base + min(max(offset + t, 0), packing.width),
+                           side="left")
+    count = np.maximum(stop - first, 0)
+    # the ranges [first[r], stop[r]) joined
+    at = np.repeat(first - (np.cumsum(count) - count), count) + np.arange(int(count.sum()))
+    return packing.by_row[at]
