@@ -268,19 +268,33 @@ def unit_trace(lm: TrainedLM, text: str, unit: int, *, state: str | None = None,
                            np.repeat(per_token, lengths[skipped:])])
 
 
+CACHE_BLOCK_TEXTS = 8192  # texts per cache file: an interrupted featurize keeps its blocks
+
+
 def cached_featurize(lm: TrainedLM, texts: Sequence[str], cache_dir: str | None, **options: Any
                      ) -> np.ndarray:
     """``featurize`` with an on-disk cache keyed by the weights' content
     (``weights_fingerprint``: a workdir retrained in place misses), the preprocessing, the
-    compute dtype, the texts and the options."""
+    compute dtype, the texts and the options. Texts are cached in blocks of
+    ``CACHE_BLOCK_TEXTS``, each file written when its block is done: a transfer interrupted
+    in a 100k-text split goes on from its last finished block (a split of at most a block is
+    one file, keyed as before blocks)."""
     texts = text_list(texts)  # read once: the key and the features take the same texts
     if not cache_dir:
         return featurize(lm, texts, **options)
     key_options = {k: v for k, v in options.items() if k not in ("progress", "batch_size", "chunk")}
-    h = hashlib.sha256(json.dumps({"weights": weights_fingerprint(lm),
-                                   "preprocess": lm.derived.get("preprocess", "none"),
-                                   **key_options, "compute": lm.compute},
-                                  sort_keys=True).encode())
+    common = json.dumps({"weights": weights_fingerprint(lm),
+                         "preprocess": lm.derived.get("preprocess", "none"),
+                         **key_options, "compute": lm.compute}, sort_keys=True).encode()
+    blocks = [texts[i:i + CACHE_BLOCK_TEXTS] for i in range(0, len(texts), CACHE_BLOCK_TEXTS)]
+    return np.concatenate([_cached_block(lm, block, cache_dir, common, options)
+                           for block in blocks or [texts]])
+
+
+def _cached_block(lm: TrainedLM, texts: list[str], cache_dir: str, common: bytes,
+                  options: dict[str, Any]) -> np.ndarray:
+    """One block's features: read from its cache file, or computed and written atomically."""
+    h = hashlib.sha256(common)
     for t in texts:
         h.update(len(t).to_bytes(8, "little"))
         h.update(t.encode("utf-8", errors="surrogatepass"))

@@ -193,6 +193,26 @@ def test_unit_trace_and_cache(tmp_path):
     assert len(list(tmp_path.iterdir())) == 4  # rewritten in place, no temporary left
 
 
+def test_the_cache_keeps_the_finished_blocks_of_an_interrupted_split(tmp_path, monkeypatch):
+    from lmscale.transfer import featurize as featurize_module
+    lm = random_lm()
+    texts = (TEXTS * 3)[:7]
+    whole = featurize(lm, texts)
+    monkeypatch.setattr(featurize_module, "CACHE_BLOCK_TEXTS", 3)
+    done = cached_featurize(lm, texts[:6], str(tmp_path))  # a run stopped after two blocks
+    assert len(list(tmp_path.iterdir())) == 2
+    np.testing.assert_allclose(done, whole[:6], rtol=1e-5, atol=1e-6)
+    # The next run reads those blocks (marked here to tell read from recomputed) and computes
+    # the third.
+    (first,) = [p for p in tmp_path.iterdir() if np.array_equal(np.load(p), done[:3])]
+    np.save(first, done[:3] + 1.0)
+    again = cached_featurize(lm, texts, str(tmp_path))
+    np.testing.assert_array_equal(again[:3], done[:3] + 1.0)
+    np.testing.assert_array_equal(again[3:6], done[3:])
+    np.testing.assert_allclose(again[6:], whole[6:], rtol=1e-5, atol=1e-6)
+    assert len(list(tmp_path.iterdir())) == 3
+
+
 def test_empty_text_is_an_error():
     with pytest.raises(DataError, match="text 1 is empty"):
         featurize(random_lm(), ["fine", ""])
