@@ -34,12 +34,13 @@ from lmscale.data.errors import DataError
 from lmscale.finetuning.data import Encoded, TrainBatches, class_weights_from, encode
 from lmscale.finetuning.head import init_classifier
 from lmscale.finetuning.predict import predict_probs, put_batch, write_predictions
-from lmscale.finetuning.truncated import check_grad_tokens, long_text_note
+from lmscale.finetuning.truncated import check_grad_tokens, fits_advice, fits_what, long_text_note
 from lmscale.finetuning.steps import BATCH_KEYS, make_finetune_step, make_predict_fn, zero_acc
 from lmscale.models import built_in_one_program
 from lmscale.pretrained.preprocess import preprocessor_for
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.checkpoints import CheckpointMismatchError, Checkpointer, check_same_model
+from lmscale.training.fits import check_step_fits_host
 from lmscale.training.metrics import MetricsWriter
 from lmscale.training.optimizer import finetune_applied_lrs, make_finetune_optimizer
 from lmscale.training.in_flight import InFlight
@@ -362,6 +363,10 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
             compiles = program not in compiled
             compiled.add(program)
             timer.before(compiles, state)
+            if compiles:  # one error, not the OOM killer's "Killed" (long texts on a CPU)
+                check_step_fits_host(step_fn(step >= ft.freeze_steps), (state, batch),
+                                     what=fits_what(batch, ft.grad_tokens),
+                                     advice=fits_advice(ft.grad_tokens, max_len))
             state, metrics = step_fn(step >= ft.freeze_steps)(state, batch)
             timer.after(compiles, metrics)
             in_flight.add(metrics)

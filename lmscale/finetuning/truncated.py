@@ -146,3 +146,20 @@ def long_text_note(longest: int, grad_tokens: int, max_len: int | None) -> str |
             "through whole texts keeps every position's activations (memory grows with the "
             "batch times its longest text); --config.finetune.grad_tokens=1024 back-propagates "
             "through each text's last 1024 tokens only (README, Fine-tuning)")
+
+
+def fits_what(batch: dict[str, Any], grad_tokens: int) -> str:
+    """The fine-tuning step, as the host-memory check names it: its batch's shape."""
+    rows, width = batch["tokens"].shape
+    pieces = f", read in pieces of {grad_tokens}" if splits(width, grad_tokens) else ""
+    return f"the fine-tuning step on {rows} texts {width} tokens wide{pieces}"
+
+
+def fits_advice(grad_tokens: int, max_len: int | None) -> str:
+    """What to lower when a fine-tuning step does not fit the host."""
+    pieces = ("" if max_len is not None else
+              f"a smaller finetune.grad_tokens (now {grad_tokens}), " if grad_tokens else
+              "finetune.grad_tokens=1024 (long texts read in pieces, the gradient through "
+              "their last 1024 tokens), ")
+    return (f"lower train.batch_size, set {pieces}or shorten the longest texts; this step "
+            "may be meant for a larger host")

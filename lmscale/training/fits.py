@@ -54,13 +54,21 @@ def step_new_bytes(compiled: Any) -> int:
     return max(0, mem.temp_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes)
 
 
+TRAINING_ADVICE = ("lower train.batch_size (or train.per_device_batch_size) or train.seq_len, "
+                   "or recompute activations (model.remat='segments' for recurrent models, "
+                   "'block' for transformers; `python -m lmscale.plan --config=... "
+                   "--memory_gib=N` plans it); this config may be meant for GPUs")
+
+
 def check_step_fits_host(step: Callable[..., Any], args: tuple[Any, ...],
-                         available: int | None = None) -> None:
+                         available: int | None = None, *, what: str = "the training step",
+                         advice: str = TRAINING_ADVICE) -> None:
     """Raises ConfigError when the jitted ``step`` on ``args`` (its first call's arguments)
     would allocate more than this CPU host has available; does nothing on accelerators and in
     multi-process runs.
 
-    ``available`` None: read from /proc/meminfo (MemAvailable + SwapFree)."""
+    ``available`` None: read from /proc/meminfo (MemAvailable + SwapFree). ``what`` names
+    the step in the error and ``advice`` says what to lower (fine-tuning has its own)."""
     if jax.process_count() > 1 or jax.local_devices()[0].platform != "cpu":
         return
     available = available_host_bytes() if available is None else available
@@ -73,10 +81,7 @@ def check_step_fits_host(step: Callable[..., Any], args: tuple[Any, ...],
     need = per_device * devices
     if need > available:
         raise ConfigError(
-            f"the training step needs {_size(need)} of this host's memory beyond the "
+            f"{what} needs {_size(need)} of this host's memory beyond the "
             f"model's state ({_size(per_device)} on each of {devices} CPU "
             f"devices, from the compiled step's memory analysis) and {_size(available)} "
-            f"is available: lower train.batch_size (or train.per_device_batch_size) or "
-            f"train.seq_len, or recompute activations (model.remat='segments' for recurrent models, "
-            f"'block' for transformers; `python -m lmscale.plan --config=... --memory_gib=N` "
-            f"plans it); this config may be meant for GPUs")
+            f"is available: {advice}")

@@ -190,3 +190,23 @@ def test_long_training_texts_read_whole_get_a_note():
     assert truncated.long_text_note(100_000, grad_tokens=512, max_len=None) is None
     assert truncated.long_text_note(100_000, grad_tokens=0, max_len=256) is None  # cut to max_len
     assert truncated.long_text_note(truncated.LONG_TEXT_TOKENS, 0, None) is None
+
+
+def test_a_fine_tuning_step_too_large_for_the_host_is_refused_naming_grad_tokens(
+        sst_run, data, tmp_path, monkeypatch):
+    """Long texts on a CPU host: one error at the width's first step, not the OOM killer's
+    "Killed" (tests/training/test_fits.py has the check itself)."""
+    from lmscale.finetuning.loop import finetune
+    from lmscale.training import fits
+    from tests.finetune.test_finetune import ft_config
+    from tests.training.test_fits import _meminfo
+    monkeypatch.setattr(fits, "MEMINFO", _meminfo(tmp_path, 100))  # 100 kB available
+    config = ft_config(sst_run, data["sst_train"], data["sst_val"], **{"train.steps": 2})
+    with pytest.raises(ConfigError, match=r"the fine-tuning step on 16 texts \d+ tokens wide "
+                                          r"needs .* set finetune.grad_tokens=1024"):
+        finetune(config, str(tmp_path / "ft"))
+    config = ft_config(sst_run, data["sst_train"], data["sst_val"], **{
+        "train.steps": 2, "finetune.grad_tokens": 32})
+    with pytest.raises(ConfigError, match=r"read in pieces of 32 needs .* a smaller "
+                                          r"finetune.grad_tokens \(now 32\)"):
+        finetune(config, str(tmp_path / "ft2"))
