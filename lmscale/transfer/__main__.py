@@ -45,6 +45,11 @@ _COMPUTE = flags.DEFINE_enum("compute", "float32", ["float32", "bfloat16", "floa
                              "states); bfloat16 is ~3x faster on CPUs with AMX and on GPUs.")
 _C = flags.DEFINE_list("C", None, "Inverse L1 strengths to fit, comma-separated (the best on val is "
                        "kept); default 2^-8, 2^-7, ..., 2^1.")
+_SEARCH_ROWS = flags.DEFINE_integer(
+    "search_rows", None, "With more training texts than this, each C search fits on a "
+    "stratified subsample of this many and only the chosen C on all of them (a 100k-text fit "
+    "takes minutes per C); at or below it, every text. 0: always every text. Default: "
+    "lmscale.transfer.classify.SEARCH_ROWS (20000).", lower_bound=0)
 flags.mark_flags_as_required(["workdir", "train", "val"])
 
 
@@ -64,6 +69,7 @@ def main(argv: list[str]) -> None:
         pooling=_POOLING.value, all_layers=_ALL_LAYERS.value, baseline=_BASELINE.value,
         batch_size=_BATCH.value, progress=sys.stderr.isatty(), compute=_COMPUTE.value,
         features_dir=_FEATURES_DIR.value, stages=True,
+        **({} if _SEARCH_ROWS.value is None else {"search_rows": _SEARCH_ROWS.value}),
         **({} if _C.value is None else {"Cs": _C.value})))
     pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"
     if r.get("multilabel"):
@@ -76,8 +82,11 @@ def main(argv: list[str]) -> None:
                           f"Jaccard {part[name]['jaccard']:.4f}")
         return
     a, n = r["all_features"], r["neuron"]
+    searched = ("" if a.get("search_rows", 0) >= a.get("train_rows", 0) else
+                f"; C searched on {a['search_rows']} of {a['train_rows']} training texts")
     print(f"all {r['features']['dimensions']} features: test {pct(a['test_accuracy'])} "
-          f"(val {pct(a['val_accuracy'])}, C={a['C']:g}, {a['nonzero_weights']} non-zero weights)")
+          f"(val {pct(a['val_accuracy'])}, C={a['C']:g}, {a['nonzero_weights']} non-zero "
+          f"weights{searched})")
     how = ("" if n.get("selected_by", "weight") == "weight" else
            ", the unit most correlated with the label: the L1 fit kept no unit")
     print(f"neuron {n['index']} (sign {n['sign']:+d}{how}) alone: test {pct(n['test_accuracy'])} "

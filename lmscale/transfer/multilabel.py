@@ -7,6 +7,9 @@ that maximizes the label's F1 (as fine-tuning does), and the C whose tuned F1 is
 The K chosen models then predict val and test with their tuned thresholds, scored by the
 same metrics as ``lmscale.finetune`` (macro/micro F1, Jaccard, per class), so the two compare
 directly. A label with a single value in train gets a constant probability (its train rate).
+On a train set of more than ``search_rows`` texts the Cs are tried on a random subsample of
+that many (``search_subsample_multilabel``) and each label's chosen C is fitted again on all
+rows, as ``classify.fit_l1`` does for one label.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from lmscale.transfer.metrics import classification_metrics, tune_thresholds
-from lmscale.transfer.classify import C_GRID, fit_many
+from lmscale.transfer.classify import C_GRID, SEARCH_ROWS, fit_many
 
 
 @dataclasses.dataclass
@@ -28,6 +31,8 @@ class MultiLabelFit:
     thresholds: np.ndarray
     Cs: list[float | None]
     metrics: dict[str, dict[str, Any]]
+    search_rows: int = 0  # training rows the C search fitted on (all of them, or a subsample)
+    train_rows: int = 0
 
     def probs(self, x: Any) -> np.ndarray:
         """Per-label probabilities [N, K] of (standardized) features x [N, F]."""
@@ -35,7 +40,8 @@ class MultiLabelFit:
 
     def summary(self) -> dict[str, Any]:
         return {"C_per_label": self.Cs, "thresholds": self.thresholds.tolist(),
-                "nonzero_weights": int(np.count_nonzero(self.coef)), **self.metrics}
+                "nonzero_weights": int(np.count_nonzero(self.coef)),
+                "search_rows": self.search_rows, "train_rows": self.train_rows, **self.metrics}
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
@@ -50,18 +56,38 @@ def _tuned_f1(p: np.ndarray, y: np.ndarray) -> float:
     return 2 * tp / denom if denom else 0.0
 
 
+def search_subsample_multilabel(y: np.ndarray, rows: int, seed: int = 0) -> np.ndarray | None:
+    """Sorted indices of a random subsample of ``rows`` of the label rows y [N, K], plus for a
+    label whose 0s or 1s it missed one row of each missing value (so every label that varies
+    in train varies in the search), or None when the search takes every row (``rows`` 0 or
+    N <= ``rows``)."""
+    n = len(y)
+    if rows == 0 or n <= rows:
+        return None
+    rng = np.random.default_rng(seed)
+    picked = rng.permutation(n)[:rows]
+    extra = [rng.choice(np.flatnonzero(y[:, j] == value))
+             for j in range(y.shape[1]) for value in (0, 1)
+             if np.any(y[:, j] == value) and not np.any(y[picked, j] == value)]
+    return np.unique(np.concatenate([picked, np.asarray(extra, np.int64)]))
+
+
 def fit_l1_multilabel(x_train: Any, y_train: np.ndarray, x_val: Any, y_val: np.ndarray,
                       x_test: Any = None, y_test: np.ndarray | None = None, *,
                       class_names: Sequence[str], Cs: Sequence[float] = C_GRID,
-                      seed: int = 0, n_jobs: int | None = None) -> MultiLabelFit:
+                      seed: int = 0, n_jobs: int | None = None,
+                      search_rows: int = SEARCH_ROWS) -> MultiLabelFit:
     """Fits one L1 model per label column of ``y_train`` [N, K] and C (all of them at once,
-    ``fit_many``); see the module docstring."""
+    ``fit_many``; on a subsample of ``search_rows`` texts when there are more, then the
+    chosen Cs on all of them); see the module docstring."""
     y_train, y_val = np.asarray(y_train, np.int64), np.asarray(y_val, np.int64)
     k, f = y_train.shape[1], x_train.shape[1]
     coef, intercept = np.zeros((k, f)), np.zeros(k)
     chosen: list[float | None] = []
     separable = [j for j in range(k) if len(np.unique(y_train[:, j])) > 1]
-    models = iter(fit_many(x_train, [(y_train[:, j], C) for j in separable for C in Cs],
+    rows = search_subsample_multilabel(y_train, search_rows, seed)
+    x_search, y_search = (x_train, y_train) if rows is None else (x_train[rows], y_train[rows])
+    models = iter(fit_many(x_search, [(y_search[:, j], C) for j in separable for C in Cs],
                            seed, n_jobs))
     for j in range(k):
         if j not in separable:  # nothing to separate: the train rate
@@ -78,7 +104,12 @@ def fit_l1_multilabel(x_train: Any, y_train: np.ndarray, x_val: Any, y_val: np.n
         _, C, model = best
         coef[j], intercept[j] = model.coef_[0], model.intercept_[0]
         chosen.append(C)
+    if rows is not None:  # each label's chosen C on every row
+        refits = fit_many(x_train, [(y_train[:, j], chosen[j]) for j in separable], seed, n_jobs)
+        for j, model in zip(separable, refits):
+            coef[j], intercept[j] = model.coef_[0], model.intercept_[0]
     fit = MultiLabelFit(coef, intercept, np.full(k, 0.5), chosen, {})
+    fit.search_rows, fit.train_rows = (len(y_train) if rows is None else len(rows)), len(y_train)
     fit.thresholds = tune_thresholds(fit.probs(x_val), y_val)
     splits = {"train": (x_train, y_train), "val": (x_val, y_val)}
     if x_test is not None and y_test is not None:

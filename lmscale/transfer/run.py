@@ -20,8 +20,9 @@ from lmscale.cli import OutputError, writable_folder
 from lmscale.training.restore import TrainedLM, load_trained, weights_fingerprint, with_compute
 from lmscale.transfer import plots
 from lmscale.transfer.baseline import ngram_features
-from lmscale.transfer.classify import (C_GRID, fit_l1, inverse_strengths, neuron_summary,
-                                      save_transfer_classifier, top_k_sweep)
+from lmscale.data.errors import DataError
+from lmscale.transfer.classify import (C_GRID, SEARCH_ROWS, fit_l1, inverse_strengths,
+                                      neuron_summary, save_transfer_classifier, top_k_sweep)
 from lmscale.transfer.featurize import (cached_featurize, feature_state, layer_and_unit,
                                        preprocess_texts, unit_trace)
 from lmscale.transfer.labeled import Labeled, check_labels, load_labeled, require_binary
@@ -34,7 +35,8 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
                  all_layers: bool = False, baseline: str = "words", batch_size: int = 64,
                  Cs: Sequence[float] = C_GRID, examples: int = 6, seed: int = 0,
                  progress: bool = False, lm: TrainedLM | None = None, compute: str = "float32",
-                 features_dir: str | None = None, stages: bool = False) -> dict[str, Any]:
+                 features_dir: str | None = None, stages: bool = False,
+                 search_rows: int = SEARCH_ROWS) -> dict[str, Any]:
     """Runs the whole transfer; returns the results dict also written to OUTPUT/results.json.
 
     ``output`` defaults to WORKDIR/transfer. Features are cached in ``features_dir``, by default
@@ -42,8 +44,14 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
     ``features_dir=""`` caches nothing.
     ``compute``: the LM's matmul dtype while featurizing (``restore.with_compute``).
     ``Cs``: the inverse L1 strengths tried (numbers or their strings, all > 0).
+    ``search_rows``: with more training texts, each C search (all features, neuron, top k,
+    baseline) fits on a stratified subsample of that many and refits the chosen C on all of
+    them (``classify.fit_l1``; multi-label: a random subsample, each label's C refitted); 0:
+    every text.
     """
     Cs = inverse_strengths(Cs)
+    if search_rows < 0:
+        raise DataError(f"search_rows must be >= 0 (0: all training texts), got {search_rows}")
     splits: dict[str, Labeled] = {}  # read and checked first: bad input fails before any work
     multilabel = len([c for c in label_column.split(",") if c.strip()]) > 1
     for name, spec in (("train", train), ("val", val), ("test", test)):
@@ -88,8 +96,12 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
         say(f"featurizing {name}: {len(data.texts)} texts")
         feats[name] = cached_featurize(lm, data.texts, cache, **options)
     feat_s = time.perf_counter() - t0
-    say(f"fitting L1 logistic regressions (C in {list(Cs)}) on {len(splits['train'].texts)} "
-        f"texts x {feats['train'].shape[1]} features ({feat_s:.1f} s featurizing)")
+    n_train = len(splits["train"].texts)
+    sampled = (f"; C searched on a {'random' if multilabel else 'stratified'} subsample of "
+               f"{search_rows} texts, the chosen C refitted on all {n_train}"
+               if 0 < search_rows < n_train else "")
+    say(f"fitting L1 logistic regressions (C in {list(Cs)}) on {n_train} "
+        f"texts x {feats['train'].shape[1]} features ({feat_s:.1f} s featurizing){sampled}")
     y = {name: data.labels for name, data in splits.items()}
     x_test, y_test = feats.get("test"), y.get("test")
 
@@ -104,15 +116,17 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
             "all_layers": all_layers, "compute": lm.compute}
     if multilabel:
         return _multilabel(lm, workdir, splits, feats, y, scaler, info, output, baseline, Cs,
-                           seed, feat_s)
-    fit = fit_l1(feats["train"], y["train"], feats["val"], y["val"], x_test, y_test, Cs=Cs, seed=seed)
+                           seed, feat_s, search_rows)
+    fit = fit_l1(feats["train"], y["train"], feats["val"], y["val"], x_test, y_test, Cs=Cs,
+                 seed=seed, search_rows=search_rows)
     # The fitted classifier, as plain arrays + JSON, for lmscale.classify / load_classifier.
     save_transfer_classifier(output, fit.model.coef_, fit.model.intercept_, scaler,
                              fit.model.classes_, {**info, "C": fit.C})
+    say("the neuron alone, then the top k units")
     neuron = neuron_summary(fit, feats["train"], y["train"], feats["val"], y["val"], x_test, y_test,
-                            Cs=Cs, seed=seed)
+                            Cs=Cs, seed=seed, search_rows=search_rows)
     sweep = top_k_sweep(fit, feats["train"], y["train"], feats["val"], y["val"], x_test, y_test,
-                        Cs=Cs, seed=seed)
+                        Cs=Cs, seed=seed, search_rows=search_rows)
     results: dict[str, Any] = {
         "lm": {"workdir": os.path.abspath(workdir), "step": lm.step,
                "model": lm.config.model.to_dict()},
@@ -129,7 +143,7 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
         mats = ngram_features(baseline, *texts)
         bx = dict(zip([n for n in ("train", "val", "test") if n in splits], mats[:-1]))
         base = fit_l1(bx["train"], y["train"], bx["val"], y["val"], bx.get("test"), y_test,
-                      Cs=Cs, seed=seed)
+                      Cs=Cs, seed=seed, search_rows=search_rows)
         results["baseline"] = {"features": f"{baseline} n-grams", "vocabulary": mats[-1],
                                **base.summary()}
     results["featurization"] = _featurization(splits, feat_s)
@@ -142,12 +156,13 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
 def _multilabel(lm: TrainedLM, workdir: str, splits: dict[str, Labeled],
                 feats: dict[str, np.ndarray], y: dict[str, np.ndarray], scaler: Any,
                 info: dict[str, Any], output: str, baseline: str, Cs: Sequence[float], seed: int,
-                feat_s: float) -> dict[str, Any]:
+                feat_s: float, search_rows: int) -> dict[str, Any]:
     """The multi-label transfer: per-label L1 models and thresholds, the n-gram baseline."""
     from lmscale.transfer.metrics import format_table
     names = splits["train"].label_names
     fit = fit_l1_multilabel(feats["train"], y["train"], feats["val"], y["val"], feats.get("test"),
-                            y.get("test"), class_names=names, Cs=Cs, seed=seed)
+                            y.get("test"), class_names=names, Cs=Cs, seed=seed,
+                            search_rows=search_rows)
     save_transfer_classifier(output, fit.coef, fit.intercept, scaler, names,
                              {**info, "multilabel": True, "thresholds": fit.thresholds.tolist(),
                               "C_per_label": fit.Cs})
@@ -168,7 +183,8 @@ def _multilabel(lm: TrainedLM, workdir: str, splits: dict[str, Labeled],
         mats = ngram_features(baseline, *[splits[n].texts for n in present])
         bx = dict(zip(present, mats[:-1]))
         base = fit_l1_multilabel(bx["train"], y["train"], bx["val"], y["val"], bx.get("test"),
-                                 y.get("test"), class_names=names, Cs=Cs, seed=seed)
+                                 y.get("test"), class_names=names, Cs=Cs, seed=seed,
+                            search_rows=search_rows)
         results["baseline"] = {"features": f"{baseline} n-grams", "vocabulary": mats[-1],
                                **base.summary()}
     results["featurization"] = _featurization(splits, feat_s)

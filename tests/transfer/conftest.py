@@ -41,3 +41,13 @@ def _trained(config, seed: int, dtype) -> TrainedLM:
 
 
 SST = SHARED_DATA / "sst_binary"
+
+
+def write_labeled(path, rows) -> str:
+    """A labeled CSV (columns sentence,label) of ``rows`` (text, label); returns its path."""
+    import csv
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["sentence", "label"])
+        w.writerows(rows)
+    return str(path)

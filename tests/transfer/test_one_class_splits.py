@@ -4,22 +4,13 @@ classes"), though its accuracy is well defined."""
 
 from __future__ import annotations
 
-import csv
 import json
 
 import pytest
 
 from lmscale.data.errors import DataError
 from lmscale.transfer.run import run_transfer
-from tests.transfer.conftest import random_lm
-
-
-def _write(path, rows):
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["sentence", "label"])
-        w.writerows(rows)
-    return str(path)
+from tests.transfer.conftest import random_lm, write_labeled as _write
 
 
 def test_val_and_test_of_one_class_are_scored(tmp_path):
