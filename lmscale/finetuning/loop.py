@@ -32,6 +32,7 @@ from lmscale.config import (ConfigError, check_known_fields, load_config, save_c
                             validate_run_settings, with_global_batch)
 from lmscale.data.errors import DataError
 from lmscale.finetuning.data import Encoded, TrainBatches, class_weights_from, encode
+from lmscale.finetuning import layer_rates
 from lmscale.finetuning.head import init_classifier
 from lmscale.finetuning.predict import predict_probs, put_batch, write_predictions
 from lmscale.finetuning.truncated import check_grad_tokens, fits_advice, fits_what, long_text_note
@@ -274,8 +275,9 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
     lr = scaled_lr(config.optim, config.train.batch_size)
     head_lr = ft.head_lr or lr
     optim = optim_as_begun(config, saved, workdir)
+    rates = layer_rates.checked(ft.layer_lr_decay, config.model.layers)
     tx, schedules = make_finetune_optimizer(optim, decay, lr=lr, head_lr=head_lr,
-                                            freeze_steps=ft.freeze_steps)
+                                            freeze_steps=ft.freeze_steps, layer_factor=rates)
     # One program: eagerly, each of a schedule's operations was one, in every process.
     logged_lrs = jax.jit(lambda opt_state: finetune_applied_lrs(opt_state, schedules, ft.freeze_steps))
     signature = {**{f"model.{k}": v for k, v in config.model.items()},
@@ -293,6 +295,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
     start = int(jax.device_get(state.step))
     derived = {"steps": steps, "steps_per_epoch": batches.steps_per_epoch, "decay_steps": decay,
                "lr": lr, "head_lr": head_lr, "weight_decay": optim.weight_decay,
+               "lm_layer_lrs": layer_rates.peak_rates(lr, ft.layer_lr_decay, config.model.layers),
                "num_classes": num_classes, "class_names": class_names,
                "class_weights": None if cw is None else cw.tolist(),
                "init_from": os.path.abspath(config.init_from), "lm_step": lm.step,

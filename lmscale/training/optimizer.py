@@ -14,7 +14,7 @@ parameters of two or more dimensions (GPT-2's and nanoGPT's rule).
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -79,12 +79,28 @@ def matrices(params: Any) -> Any:
 
 
 def scaled_with_decay(optim: ml_collections.ConfigDict, schedule: optax.Schedule, *,
-                      adam: bool) -> list[optax.GradientTransformation]:
+                      adam: bool, rate: Any = None) -> list[optax.GradientTransformation]:
     """The links from the (clipped) gradient to the step: weight decay where its style puts
-    it, Adam's scaling (``adam``; else plain SGD), and the learning rate ``schedule``."""
+    it, Adam's scaling (``adam``; else plain SGD), and the learning rate ``schedule``
+    (``rate``: a transformation of the schedule to use instead, with the same state)."""
     before, after = weight_decay(optim)
     scale = [optax.scale_by_adam(b1=optim.b1, b2=optim.b2, eps=optim.eps)] if adam else []
-    return before + scale + after + [optax.scale_by_learning_rate(schedule)]
+    return before + scale + after + [rate or optax.scale_by_learning_rate(schedule)]
+
+
+def scale_by_rate_per_leaf(schedule: optax.Schedule, factor: Callable[[tuple, Any], Any]
+                           ) -> optax.GradientTransformation:
+    """``optax.scale_by_learning_rate(schedule)`` with each leaf's rate times ``factor(path,
+    leaf)`` (a scalar, or an array broadcast along the leaf): the same state
+    (``ScaleByScheduleState``), so a checkpoint's optimizer state fits whatever the factors."""
+    plain = optax.scale_by_learning_rate(schedule)
+
+    def update(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
+        scaled, new_state = plain.update(updates, state, params)
+        return jax.tree_util.tree_map_with_path(
+            lambda path, u: u * jnp.asarray(factor(path, u), u.dtype), scaled), new_state
+
+    return optax.GradientTransformation(plain.init, update)
 
 
 def scale_by_step_factor() -> optax.GradientTransformationExtraArgs:
@@ -128,20 +144,24 @@ def hold_for(inner: optax.GradientTransformation, steps: int) -> optax.GradientT
 
 
 def make_finetune_optimizer(optim: ml_collections.ConfigDict, decay_steps: int, *, lr: float,
-                            head_lr: float, freeze_steps: int
+                            head_lr: float, freeze_steps: int, layer_factor: Any = None
                             ) -> tuple[optax.GradientTransformation, dict[str, optax.Schedule]]:
     """Clip by global norm, then Adam (with ``optim.weight_decay`` as configured) per part (``optax.multi_transform`` over the top-level
     keys "lm" and "head" of the parameters): the head at ``head_lr`` from step 0, the LM at
-    ``lr`` held for its first ``freeze_steps`` updates, its schedule running over the rest.
-    Returns (transformation, {"lm": schedule, "head": schedule}) (schedules of each part's count)."""
+    ``lr`` held for its first ``freeze_steps`` updates, its schedule running over the rest;
+    ``layer_factor(path, leaf)`` (``finetuning.layer_rates``): each LM leaf's rate factor.
+    Returns (transformation, {"lm": schedule, "head": schedule}) (schedules of each part's count;
+    the LM's is its top layer's)."""
     def sched(peak: float, steps: int) -> optax.Schedule:
         return make_schedule(optim.schedule, peak, warmup_steps=optim.warmup_steps,
                              decay_steps=max(steps, optim.warmup_steps + 1),
                              ratio=optim.stlr_ratio, cut_frac=optim.stlr_cut_frac)
 
     schedules = {"lm": sched(lr, decay_steps - freeze_steps), "head": sched(head_lr, decay_steps)}
-    adam = lambda s: optax.chain(*scaled_with_decay(optim, s, adam=True))
-    parts = {"lm": hold_for(adam(schedules["lm"]), freeze_steps), "head": adam(schedules["head"])}
+    adam = lambda s, rate=None: optax.chain(*scaled_with_decay(optim, s, adam=True, rate=rate))
+    lm_rate = None if layer_factor is None else scale_by_rate_per_leaf(schedules["lm"], layer_factor)
+    parts = {"lm": hold_for(adam(schedules["lm"], lm_rate), freeze_steps),
+             "head": adam(schedules["head"])}
     label = lambda params: jax.tree_util.tree_map_with_path(
         lambda path, _: str(getattr(path[0], "key", path[0])), params)
     tx = optax.multi_transform(parts, label)
