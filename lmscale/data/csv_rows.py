@@ -20,10 +20,11 @@ whole with no doubled quote inside ("Hello") is a quotation and kept as it is.
 from __future__ import annotations
 
 import csv
+import re
 import sys
-from typing import Iterator, Sequence
+from typing import IO, Iterator, Sequence
 
-from lmscale.data.compression import open_input
+from lmscale.data.compression import compression, open_input
 from lmscale.data.errors import DataError
 
 
@@ -37,8 +38,10 @@ def csv_rows(path: str, columns: Sequence[str], delimiter: str = ",", *,
     try:
         with open_input(path, "r", encoding="utf-8-sig", newline="") as f:
             quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-            reader = csv.DictReader(f, delimiter=delimiter, quoting=quoting)
+            lines = _Lines(f)
+            reader = csv.DictReader(lines, delimiter=delimiter, quoting=quoting)
             fields = reader.fieldnames
+            lines.read.clear()
             if fields is None:
                 if empty_ok:
                     return
@@ -59,9 +62,12 @@ def csv_rows(path: str, columns: Sequence[str], delimiter: str = ",", *,
                         f"({hint})")
                 if delimiter == "\t":
                     row = {k: _unquoted(v) for k, v in row.items()}
+                elif lines.ended:  # csv reads an open quote at the end as a field: not here
+                    _check_closed(path, lines.read, reader.line_num, delimiter)
+                lines.read.clear()
                 yield reader.line_num, row
     except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid UTF-8 ({e})") from None
+        raise DataError(_not_utf8(path, e)) from None
     except csv.Error as e:
         raise DataError(f"{path}: bad CSV ({e})") from None
 
@@ -76,3 +82,77 @@ def _unquoted(field: str) -> str:
         if '""' in inner and '"' not in inner.replace('""', ""):
             return inner.replace('""', '"')
     return field
+
+
+class _Lines:
+    """The lines of ``f`` for a csv reader, keeping those of the row being read (``read``,
+    cleared by the caller after each row) and whether the file has ended (``ended``)."""
+
+    def __init__(self, f: IO[str]) -> None:
+        self.f, self.read, self.ended = f, [], False
+
+    def __iter__(self) -> "_Lines":
+        return self
+
+    def __next__(self) -> str:
+        line = self.f.readline()
+        if not line:
+            self.ended = True
+            raise StopIteration
+        self.read.append(line)
+        return line
+
+
+def _check_closed(path: str, lines: list[str], last_line: int, delimiter: str) -> None:
+    """Refuses the file's last row if a quoted field in it is never closed: csv's reader
+    (not strict) returns such a field with the rest of the file in it, silently."""
+    text = "".join(lines)
+    special = re.compile(f'[{re.escape(delimiter)}\r\n"]')
+    i, at_start, opened = 0, True, None
+    while True:
+        if opened is not None:  # inside a quoted field: "" is a quote, " closes it
+            j = text.find('"', i)
+            if j < 0:
+                break
+            if text.startswith('"', j + 1):
+                i = j + 2
+                continue
+            opened, at_start, i = None, False, j + 1
+            continue
+        m = special.search(text, i)
+        if m is None:
+            return
+        if m.group() == '"' and at_start and m.start() == i:
+            opened, i = i, i + 1
+            continue
+        at_start, i = m.group() != '"', m.end()
+    line, seen = last_line - len(lines) + 1, 0
+    for piece in lines:  # the line holding the opening quote
+        if seen + len(piece) > opened:
+            break
+        seen, line = seen + len(piece), line + 1
+    raise DataError(f"{path}:{line}: a quoted field opens on this line and is never closed (the "
+                    f"rest of the file, {last_line - line + 1} line(s), would be one text): close "
+                    f"it, or double a quote inside a quoted text (\"\")")
+
+
+def _not_utf8(path: str, error: UnicodeDecodeError) -> str:
+    """The error for invalid UTF-8 in ``path``: its line and byte offset (the decoder's own
+    position is one in its read buffer, not in the file) and how to convert it."""
+    where = ""
+    try:
+        with open_input(path, "rb") as f:
+            offset = 0
+            for number, raw in enumerate(f, 1):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    where = (f":{number}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte "
+                             f"{offset + e.start:,} of the {'decompressed ' if compression(path) else ''}file)")
+                    break
+                offset += len(raw)
+    except OSError:
+        pass
+    where = where or f": not valid UTF-8 ({error.reason})"
+    return (f"{path}{where}: convert it to UTF-8, e.g. iconv -f latin1 -t utf-8 (latin1 is a "
+            f"guess: name its real encoding)")

@@ -30,16 +30,34 @@ def _read_metadata(path: str) -> dict[str, Any]:
         with open(meta_path, encoding="utf-8") as f:
             meta = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{meta_path}: invalid JSON ({e})") from None
+        empty = os.path.getsize(meta_path) == 0
+        raise DataError(f"{meta_path}: {'empty' if empty else f'invalid JSON ({e})'}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise DataError(f"{meta_path}: format is not {FORMAT!r}")
-    if meta.get("version") != VERSION:
-        raise DataError(f"{meta_path}: version {meta.get('version')!r} is not supported (expected {VERSION})")
+    version = meta.get("version")
+    if version != VERSION:
+        newer = isinstance(version, int) and version > VERSION
+        raise DataError(f"{meta_path}: version {version!r} is not supported by this lmscale (it reads "
+                        f"version {VERSION})" + (": prepared by a newer lmscale; upgrade lmscale, "
+                                                 "or prepare the text again with this one"
+                                                 if newer else ""))
     if meta.get("dtype") not in DTYPES:
         raise DataError(f"{meta_path}: dtype {meta.get('dtype')!r} is not supported (expected one of {list(DTYPES)})")
     if not isinstance(meta.get("splits"), dict) or not meta["splits"]:
         raise DataError(f"{meta_path}: no splits")
     return meta
+
+
+def dataset_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` is not a readable prepared dataset (None: it is): for a folder that
+    looks like one (token shards) yet is refused, the reason ``is_dataset`` does not say."""
+    try:
+        _read_metadata(os.fspath(path))
+    except DataError as e:
+        return str(e)
+    except OSError as e:
+        return f"{os.path.join(os.fspath(path), METADATA)}: unreadable ({e.strerror or e})"
+    return None
 
 
 def is_dataset(path: str | os.PathLike) -> bool:

@@ -37,11 +37,13 @@ from tqdm import tqdm
 from lmscale.data.builtin import builtin_paths, is_builtin
 from lmscale.data.dataset import FORMAT, METADATA, SPLITS, VERSION, is_dataset
 from lmscale.data.errors import DataError
+from lmscale.data.input_checks import check_contents
 from lmscale.data.prepare_tmp import remove_abandoned, temporary_folder
 from lmscale.data.sample import sample_texts
 from lmscale.data.sources import (TXT_MODES, expand_inputs, file_kind, input_size, iter_pieces,
                                   segments)
 from lmscale.data.spm import SentencePieceTokenizer, SentencePieceTraining, train_sentencepiece
+from lmscale.data.tfds import is_tfds
 from lmscale.data.tokenizer import ByteTokenizer, Tokenizer
 from lmscale.data.words import WordCounter, WordTokenizer, WordTraining, build_vocabulary
 
@@ -71,14 +73,21 @@ def assign_splits(split: Sequence[int]) -> list[int]:
     return order
 
 
-def shard_plan(total_tokens: int, split: Sequence[int], shard_tokens: int) -> list[tuple[int, int, int]]:
-    """``(split index, start, stop)`` of every shard in stream order."""
+def shard_plan(total_tokens: int, split: Sequence[int], shard_tokens: int,
+               source: str = "") -> list[tuple[int, int, int]]:
+    """``(split index, start, stop)`` of every shard in stream order (``source``: the
+    inputs, named by the error for a corpus too small for the split's shards)."""
     per_cycle = sum(split)
     cycles = max(1, math.ceil(total_tokens / (per_cycle * shard_tokens)))
     n = cycles * per_cycle
     if total_tokens < 2 * n:
-        raise DataError(f"corpus too small: {total_tokens} tokens for {n} shards "
-                        f"({cycles} cycle(s) of split {tuple(split)}); need at least {2 * n} tokens")
+        fits = [s for s in ("8,1,1", "1,1,1", "1,0,0") if 2 * sum(map(int, s.split(","))) <= total_tokens]
+        way = (f"use fewer shards per cycle with --split (data.split), e.g. {fits[0]}"
+               f"{', or 1,0,0 (no val/test)' if fits[0] != '1,0,0' else ' (no val/test)'}; or "
+               if fits else "")
+        raise DataError(f"corpus too small: {total_tokens} tokens for {n} shards ({cycles} "
+                        f"cycle(s) of split {tuple(split)}); need at least {2 * n} tokens"
+                        f"{f' (text: {source})' if source else ''}: {way}give more text")
     bounds = [i * total_tokens // n for i in range(n + 1)]
     order = assign_splits(split) * cycles
     return [(order[i], bounds[i], bounds[i + 1]) for i in range(n)]
@@ -120,6 +129,13 @@ def _text_inputs(paths: Sequence[str], output: str) -> list[str]:
                             f"which is not text: train on it as data.train, or give its text files")
         keep.append(path)
     return keep
+
+
+def _named(paths: Sequence[str], source: Sequence[str]) -> str:
+    """The inputs as an error names them: up to three files, else what was asked for."""
+    if 0 < len(paths) <= 3:
+        return ", ".join(paths)
+    return f"{', '.join(map(str, source))} ({len(paths)} files)"
 
 
 def check_text_options(paths: Sequence[str], text_column: str | None,
@@ -377,13 +393,18 @@ def prepare_dataset(inputs: str | Sequence[str], output: str, *, text_column: st
     paths = _text_inputs(paths, output)
     if not paths:
         raise DataError(f"no input files outside the output folder {output}")
+    for path in paths:  # before a tokenizer is trained on binary bytes
+        if not is_tfds(path):
+            check_contents(path)
     parts = None  # explicit splits: the paths of train, val, test
     if val_inputs or test_inputs:
         held_out = [_text_inputs(expand_inputs(x), output) if x else [] for x in (val_inputs, test_inputs)]
+        for path in (p for part in held_out for p in part if not is_tfds(p)):
+            check_contents(path)
         # A folder or glob of train text often holds the val/test files too (PTB, WikiText):
         # they are held out of training, not read twice.
-        apart = {os.path.abspath(p) for part in held_out for p in part}
-        train = [p for p in paths if os.path.abspath(p) not in apart]
+        apart = {os.path.realpath(p) for part in held_out for p in part}
+        train = [p for p in paths if os.path.realpath(p) not in apart]
         if len(train) < len(paths):
             print(f"note: the val/test files are left out of the training inputs "
                   f"({len(paths) - len(train)} of {len(paths)})", file=sys.stderr, flush=True)
@@ -432,7 +453,7 @@ def prepare_dataset(inputs: str | Sequence[str], output: str, *, text_column: st
                     raise DataError(f"no {name} text in {given}")
             plan = explicit_plan(part_tokens, shard_tokens)
         else:
-            plan = shard_plan(total, split, shard_tokens)
+            plan = shard_plan(total, split, shard_tokens, source=_named(paths, source))
         remap, raw_itemsize = None, np.dtype(tokenizer.token_dtype).itemsize
         if word_training is not None:
             tokenizer, remap = build_vocabulary(tokenizer, _train_counts(tmp, plan, total, tokenizer.vocab_size),

@@ -20,7 +20,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from lmscale.data.compression import (READ_ERRORS, compression, decompressed_size,
                                       format_extension, open_input)
 from lmscale.data.csv_rows import csv_rows
+from lmscale.data.dataset import dataset_problem
 from lmscale.data.errors import DataError
+from lmscale.data.input_checks import (check_file, leftover_refusal, prepare_leftover,
+                                       run_folder, run_refusal)
 from lmscale.data.tfds import is_tfds, iter_examples, iter_text
 
 TXT_MODES = ("file", "line")
@@ -52,27 +55,80 @@ def split_inputs(patterns: str | Sequence[str]) -> list[str]:
     return out
 
 
-def _files_under(folder: str, skipped: list[str]) -> list[str]:
-    """The files under ``folder`` but hidden ones and those in hidden folders (appended to
-    ``skipped``)."""
+def _identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of what ``path`` leads to, None where it leads nowhere."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _files_under(folder: str, skipped: list[str], passed: list[str]) -> list[str]:
+    """The files under ``folder``, symbolic links to folders followed (each folder once: a
+    link back up is no loop), less hidden ones and those in hidden folders (appended to
+    ``skipped``) and lmscale's run folders and a killed prepare's leftovers (to ``passed``)."""
     found = []
-    for root, dirs, files in os.walk(folder):
+    seen = {_identity(folder)}
+    for root, dirs, files in os.walk(folder, followlinks=True):
         skipped.extend(os.path.join(root, d) for d in sorted(dirs) if d.startswith("."))
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        keep = []
+        for d in sorted(d for d in dirs if not d.startswith(".")):
+            path = os.path.join(root, d)
+            if run_folder(path) or prepare_leftover(path):
+                passed.append(path)
+            elif (key := _identity(path)) not in seen:
+                seen.add(key)
+                keep.append(d)
+        dirs[:] = keep
         skipped.extend(os.path.join(root, f) for f in sorted(files) if f.startswith("."))
         found.extend(os.path.join(root, f) for f in files if not f.startswith("."))
     return found
 
 
+def _check_shards(item: str, files: list[str]) -> None:
+    """Refuses token shards among ``files`` unless they belong to a readable dataset (then
+    ``prepare._text_inputs`` refuses them, naming it): a copy without its metadata.json, or
+    with one that is empty, torn or of a newer lmscale."""
+    problems: dict[str, str | None] = {}
+    for f in files:
+        if not (f.endswith((".docs.npy", ".bin")) and os.path.basename(f).startswith("shard_")):
+            continue
+        folder = os.path.dirname(os.path.dirname(f)) or "."
+        if not os.path.isfile(os.path.join(folder, "metadata.json")):
+            raise DataError(f"{item} holds token shards of a prepared lmscale dataset ({f}) "
+                            f"but no readable metadata.json above them: an incomplete copy? Copy "
+                            f"the dataset folder whole (metadata.json with its split folders), "
+                            f"or prepare it again; shard files are not text to train on")
+        if folder not in problems:
+            problems[folder] = dataset_problem(folder)
+        if problems[folder]:
+            raise DataError(f"{folder} looks like a prepared lmscale dataset (token shards: {f}), "
+                            f"and it cannot be read: {problems[folder]}; copy the dataset folder "
+                            f"again whole, or prepare it again from its text (lmscale.prepare "
+                            f"--overwrite); shard files are not text to train on")
+
+
+def _note(notes: bool, count: int, what: str, paths: list[str]) -> None:
+    if count and notes:
+        named = ", ".join(os.path.normpath(p) for p in paths[:3])
+        print(f"note: skipped {count} {what} in the input folders: {named}"
+              f"{', ...' if len(paths) > 3 else ''}", file=sys.stderr, flush=True)
+
+
 def expand_inputs(patterns: str | Sequence[str], *, notes: bool = True) -> list[str]:
     """Sorted, de-duplicated file paths for comma-separated/listed paths, globs and folders
-    (``tfds:NAME/SPLIT`` items are kept as they are). ``notes``: say what hidden files and
-    folders were skipped under a folder (a hidden file named itself is read)."""
+    (``tfds:NAME/SPLIT`` items are kept as they are); a file reached by several paths
+    (symbolic links) is listed once. ``notes``: say what hidden files and folders, run
+    folders and prepare leftovers were skipped under a folder (a hidden file named itself is
+    read; a run folder or leftover named itself is refused). Files that cannot be read as
+    text are refused: ``input_checks.check_file``."""
     items = split_inputs(patterns)
     if not items:
         raise DataError("no input paths given")
     paths: set[str] = set()
     skipped: list[str] = []
+    passed: list[str] = []
     for item in items:
         if is_tfds(item):
             paths.add(item)
@@ -80,6 +136,13 @@ def expand_inputs(patterns: str | Sequence[str], *, notes: bool = True) -> list[
         item = os.path.expanduser(item)
         if os.path.exists(item):
             matched = [item]
+            if os.path.isdir(item) and run_folder(item):
+                raise DataError(run_refusal(item))
+            if os.path.isdir(item) and prepare_leftover(item):
+                raise DataError(leftover_refusal(item))
+        elif os.path.islink(item):
+            check_file(item)  # a broken link: says so
+            matched = []
         elif glob.has_magic(item):
             matched = sorted(glob.glob(item, recursive=True))
             if not matched:
@@ -87,28 +150,36 @@ def expand_inputs(patterns: str | Sequence[str], *, notes: bool = True) -> list[
         else:
             from lmscale.datasets import fetch_hint
             raise DataError(f"no such file or directory: {item}{fetch_hint(item)}")
-        files, before = [], len(skipped)
+        files, hidden, left = [], len(skipped), len(passed)
         for m in matched:
-            files.extend(_files_under(m, skipped) if os.path.isdir(m) else [m])
-        shards = [f for f in files if f.endswith((".docs.npy", ".bin"))
-                  and os.path.basename(f).startswith("shard_")
-                  and not os.path.isfile(os.path.join(os.path.dirname(os.path.dirname(f)),
-                                                      "metadata.json"))]
-        if shards:  # binary token shards are no text: a prepared dataset without its metadata
-            raise DataError(f"{item} holds token shards of a prepared lmscale dataset ({shards[0]}) "
-                            f"but no readable metadata.json above them: an incomplete copy? Copy "
-                            f"the dataset folder whole (metadata.json with its split folders), "
-                            f"or prepare it again; shard files are not text to train on")
+            if not os.path.isdir(m):
+                files.append(m)
+            elif m != item and (run_folder(m) or prepare_leftover(m)):
+                passed.append(m)  # matched by a glob: skipped as under a folder
+            else:
+                files.extend(_files_under(m, skipped, passed))
+        _check_shards(item, files)
         if not files:
-            raise DataError(f"{item} holds no files" + (" but hidden ones (names starting with '.')"
-                                                      if len(skipped) > before else ""))
+            but = [w for w, n in (("hidden ones (names starting with '.')", len(skipped) - hidden),
+                                  ("lmscale run folders or prepare leftovers", len(passed) - left)) if n]
+            raise DataError(f"{item} holds no files" + (f" but {' and '.join(but)}" if but else ""))
         paths.update(os.path.normpath(f) for f in files)
-    if skipped and notes:
-        named = ", ".join(os.path.normpath(p) for p in skipped[:3])
-        print(f"note: skipped {len(skipped)} hidden file(s)/folder(s) (names starting with '.') "
-              f"in the input folders: {named}{', ...' if len(skipped) > 3 else ''}",
-              file=sys.stderr, flush=True)
-    return sorted(paths)
+    _note(notes, len(skipped), "hidden file(s)/folder(s) (names starting with '.')", skipped)
+    runs = [p for p in passed if run_folder(p)]
+    leftovers = [p for p in passed if p not in runs]
+    _note(notes, len(runs), "lmscale run folder(s) (workdirs: checkpoints, metrics; not text)", runs)
+    _note(notes, len(leftovers), "temporary folder(s) of killed or running prepares (token ids, "
+          "not text; preparing that output again removes them)", leftovers)
+    out, seen = [], {}
+    for path in sorted(paths):
+        if not is_tfds(path):
+            check_file(path)
+            key = _identity(path)
+            if key in seen:
+                continue  # the same file through a symbolic link: read once
+            seen[key] = path
+        out.append(path)
+    return out
 
 
 def file_kind(path: str) -> str:
@@ -153,8 +224,9 @@ def _iter_jsonl(path: str, field: str, notes: bool = True) -> Iterator[tuple[byt
     Amazon reviews have records without reviewText: hours into a prepare, they aborted it)."""
     seen, missing, first_missing, nulls = False, 0, 0, 0
     with open_input(path, "rb") as f:
-        first = True
+        first, offset = True, 0
         for lineno, raw in enumerate(f, 1):
+            offset += len(raw)
             if not raw.strip():
                 continue
             if first and raw.lstrip().removeprefix(BOM).startswith(b"["):
@@ -163,7 +235,13 @@ def _iter_jsonl(path: str, field: str, notes: bool = True) -> Iterator[tuple[byt
             first = False
             try:
                 obj = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            except UnicodeDecodeError as e:
+                at = offset - len(raw) + e.start if raw[:2] not in UTF16_BOMS else None
+                raise DataError(f"{path}:{lineno}: not valid UTF-8 (byte 0x{e.object[e.start]:02x}"
+                                f"{f' at byte {at:,} of the file' if at is not None else ''}): "
+                                f"convert it to UTF-8, e.g. iconv -f latin1 -t utf-8 (latin1 is "
+                                f"a guess: name its real encoding)") from None
+            except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{lineno}: invalid JSON ({e})") from None
             if not isinstance(obj, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
@@ -229,6 +307,8 @@ def iter_pieces(paths: Sequence[str], *, text_column: str | None = None,
             raise DataError(f"no such file or directory: {path}{fetch_hint(path)}") from None
         except IsADirectoryError:
             raise DataError(f"{path} is a directory, not a file") from None
+        except PermissionError:
+            raise DataError(f"{path}: permission denied (make it readable, or leave it out)") from None
         except READ_ERRORS as e:
             if not compression(path):
                 raise
@@ -311,4 +391,10 @@ def input_size(path: str) -> int:
     """Bytes of text in an input file (0 for a tfds: input, whose size is not known in
     advance; a compressed file's decompressed size, recorded or estimated:
     ``compression.decompressed_size``)."""
-    return 0 if is_tfds(path) else decompressed_size(path)
+    if is_tfds(path):
+        return 0
+    try:
+        return decompressed_size(path)
+    except OSError:
+        check_file(path)  # a file gone since it was listed, or a broken link: says which
+        raise
