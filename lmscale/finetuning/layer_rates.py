@@ -28,20 +28,27 @@ def _keys(path: tuple) -> list[str]:
     return [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
 
 
+def group_of(path: tuple, num_layers: int) -> int | None:
+    """The depth group of an LM parameter (0 = the top, ``num_layers`` = the embeddings; module
+    docstring), or None for a stacked leaf (one group per row)."""
+    keys = _keys(path)
+    if STACKED_LAYERS in keys:
+        return None
+    if "layers" in keys[:-1]:
+        return num_layers - 1 - int(keys[keys.index("layers") + 1])
+    if any(k in EMBEDDINGS for k in keys):
+        return num_layers
+    return 0
+
+
 def layer_factor(decay: float, num_layers: int) -> Callable[[tuple, Any], Any]:
     """``factor(path, leaf)``: the leaf's rate factor, 1 / decay^group (module docstring); an
     array of one factor per layer, broadcast along the leaf, for a stacked leaf."""
     def factor(path: tuple, leaf: Any) -> Any:
-        keys = _keys(path)
-        if STACKED_LAYERS in keys:  # [L, ...]: row l is layer l (0 the lowest)
+        group = group_of(path, num_layers)
+        if group is None:  # [L, ...]: row l is layer l (0 the lowest)
             depth = num_layers - 1 - jnp.arange(leaf.shape[0], dtype=jnp.float32)
             return (decay ** -depth).reshape((-1,) + (1,) * (leaf.ndim - 1))
-        if "layers" in keys[:-1]:
-            group = num_layers - 1 - int(keys[keys.index("layers") + 1])
-        elif any(k in EMBEDDINGS for k in keys):
-            group = num_layers
-        else:
-            group = 0
         return decay ** -float(group)
     return factor
 
@@ -72,3 +79,57 @@ def peak_rates(lr: float, decay: float, num_layers: int) -> list[float]:
     """The LM's peak rate of each group, from the top layer down to the embeddings (what
     config.json's derived values record)."""
     return [lr / decay ** g for g in range(num_layers + 1)]
+
+
+def unfreeze_starts(unfreeze_every: int, freeze_steps: int, num_layers: int) -> list[int] | None:
+    """Gradual unfreezing (ULMFiT; ``finetune.unfreeze_every``): the step each depth group starts
+    training, top first: freeze_steps, then one more group every ``unfreeze_every`` steps
+    down to the embeddings; None when off (0: the whole LM at ``freeze_steps``)."""
+    if unfreeze_every < 0:
+        raise ConfigError(f"finetune.unfreeze_every must be >= 0 (0 = the whole LM unfreezes "
+                          f"at once), got {unfreeze_every}")
+    if not unfreeze_every:
+        return None
+    return [freeze_steps + g * unfreeze_every for g in range(num_layers + 1)]
+
+
+def check_unfreezable(lm_params: Any, num_layers: int) -> None:
+    """Refuses gradual unfreezing for a model whose layers share parameter arrays (a
+    transformer's stacked blocks): each group needs its own Adam state to start from."""
+    for path, _ in jax.tree_util.tree_flatten_with_path(lm_params)[0]:
+        if group_of(path, num_layers) is None:
+            raise ConfigError(
+                "finetune.unfreeze_every unfreezes the LM a layer at a time, and this model "
+                f"stacks its layers' parameters in one array ({jax.tree_util.keystr(path)}: a "
+                "transformer's blocks); use finetune.freeze_steps and finetune.layer_lr_decay "
+                "instead, or leave unfreeze_every at 0")
+
+
+def unfrozen_groups(step: int, starts: list[int] | None, freeze_steps: int,
+                    num_layers: int) -> int:
+    """How many LM depth groups train at ``step`` (0-based), top first: all or none without
+    gradual unfreezing."""
+    if starts is None:
+        return num_layers + 1 if step >= freeze_steps else 0
+    return sum(step >= s for s in starts)
+
+
+def trains_top(groups: int, num_layers: int) -> Callable[[tuple], bool] | None:
+    """Predicate on an LM parameter's path: whether it is among the top ``groups`` groups
+    (None when every group trains)."""
+    if groups >= num_layers + 1:
+        return None
+    return lambda path: group_of(path, num_layers) < groups
+
+
+def unfreezing_note(starts: list[int] | None, steps: int) -> str | None:
+    """A start-up line with the plan, and the groups it never reaches within ``steps``."""
+    if starts is None:
+        return None
+    top = len(starts) - 2  # the last layer's index
+    names = [("embeddings" if g == top + 1 else f"layer {top - g}") + f" from step {s}"
+             for g, s in enumerate(starts)]
+    late = [s for s in starts if s >= steps]
+    return ("gradual unfreezing: " + ", ".join(names) +
+            (f"; {len(late)} group(s) start after train.steps={steps} and stay frozen"
+             if late else ""))

@@ -15,6 +15,7 @@ there (thresholds.json) and used for every later prediction; results.json holds 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -275,9 +276,17 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
     lr = scaled_lr(config.optim, config.train.batch_size)
     head_lr = ft.head_lr or lr
     optim = optim_as_begun(config, saved, workdir)
-    rates = layer_rates.checked(ft.layer_lr_decay, config.model.layers)
+    layers = config.model.layers
+    rates = layer_rates.checked(ft.layer_lr_decay, layers)
+    starts = layer_rates.unfreeze_starts(ft.unfreeze_every, ft.freeze_steps, layers)
+    groups = None
+    if starts is not None:
+        layer_rates.check_unfreezable(params["lm"], layers)
+        groups = (functools.partial(layer_rates.group_of, num_layers=layers), starts,
+                  [1.0 / ft.layer_lr_decay ** g for g in range(layers + 1)])
     tx, schedules = make_finetune_optimizer(optim, decay, lr=lr, head_lr=head_lr,
-                                            freeze_steps=ft.freeze_steps, layer_factor=rates)
+                                            freeze_steps=ft.freeze_steps, layer_factor=rates,
+                                            groups=groups)
     # One program: eagerly, each of a schedule's operations was one, in every process.
     logged_lrs = jax.jit(lambda opt_state: finetune_applied_lrs(opt_state, schedules, ft.freeze_steps))
     signature = {**{f"model.{k}": v for k, v in config.model.items()},
@@ -312,7 +321,8 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
         for note in (batch_and_rate_note(config, mesh.size, lr),
                      *finetune_warmup_notes(config.optim.schedule, config.optim.warmup_steps,
                                             steps, decay, ft.freeze_steps),
-                     long_text_note(max(map(len, enc["train"].ids)), ft.grad_tokens, max_len)):
+                     long_text_note(max(map(len, enc["train"].ids)), ft.grad_tokens, max_len),
+                     layer_rates.unfreezing_note(starts, steps)):
             if note:
                 print(note, file=sys.stderr, flush=True)
         lm.tokenizer.save(workdir)  # the run is self-contained for lmscale.classify
@@ -320,20 +330,22 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
     meta = {"signature": signature, "precision": config.precision.compute,
             "config": config.to_dict(), "derived": derived}
 
-    step_fns: dict[bool, Any] = {}
+    step_fns: dict[int, Any] = {}
 
-    def step_fn(train_lm: bool) -> Any:
-        if train_lm not in step_fns:
+    def step_fn(unfrozen: int) -> Any:
+        """The step with the LM's top ``unfrozen`` depth groups trained (all: layers + 1)."""
+        if unfrozen not in step_fns:
             fn = make_finetune_step(graphdef, tx, mesh, multilabel=ft.multilabel, class_weights=cw,
-                                    aux_weight=ft.aux_lm_weight, train_lm=train_lm,
+                                    aux_weight=ft.aux_lm_weight, train_lm=unfrozen > 0,
+                                    trains=layer_rates.trains_top(unfrozen, layers),
                                     dropout=ft.head_dropout > 0,
                                     grad_reduce_dtype=jnp.dtype(config.parallel.grad_reduce_dtype),
                                     grad_tokens=ft.grad_tokens)
             rows = mesh_lib.batch_sharded(mesh)
-            step_fns[train_lm] = jax.jit(fn, in_shardings=(shardings, dict.fromkeys(BATCH_KEYS, rows)),
+            step_fns[unfrozen] = jax.jit(fn, in_shardings=(shardings, dict.fromkeys(BATCH_KEYS, rows)),
                                          out_shardings=(shardings, mesh_lib.replicated(mesh)),
                                          donate_argnums=0)
-        return step_fns[train_lm]
+        return step_fns[unfrozen]
 
     predict_fn = make_predict_fn(graphdef, mesh, ft.multilabel)
     settings = dict(batch_size=config.train.eval_batch_size, pad=pad, bucket=ft.bucket_width,
@@ -362,15 +374,16 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
             batch = put_batch(batches.batch(step), mesh, BATCH_KEYS)
             # Each batch width (bucket) compiles its program, frozen and unfrozen: those steps
             # are left out of the throughput (only the first and the unfreezing were before).
-            program = (step >= ft.freeze_steps, batch["tokens"].shape)
+            unfrozen = layer_rates.unfrozen_groups(step, starts, ft.freeze_steps, layers)
+            program = (unfrozen, batch["tokens"].shape)
             compiles = program not in compiled
             compiled.add(program)
             timer.before(compiles, state)
             if compiles:  # one error, not the OOM killer's "Killed" (long texts on a CPU)
-                check_step_fits_host(step_fn(step >= ft.freeze_steps), (state, batch),
+                check_step_fits_host(step_fn(unfrozen), (state, batch),
                                      what=fits_what(batch, ft.grad_tokens),
                                      advice=fits_advice(ft.grad_tokens, max_len))
-            state, metrics = step_fn(step >= ft.freeze_steps)(state, batch)
+            state, metrics = step_fn(unfrozen)(state, batch)
             timer.after(compiles, metrics)
             in_flight.add(metrics)
             step += 1

@@ -16,7 +16,9 @@ With ``grad_tokens`` (``finetune.grad_tokens``), a batch wider than that is read
 and back-propagated through each text's last ``grad_tokens`` tokens only (truncated.py).
 
 While the LM is frozen (``train_lm`` False) its parameters are under ``stop_gradient``: no
-backward pass through it, its gradients are zeros and only the head's are all-reduced.
+backward pass through it, its gradients are zeros and only the head's are all-reduced. With
+``trains`` (gradual unfreezing: a predicate on a parameter's path), the same holds for each
+parameter it leaves out.
 """
 
 from __future__ import annotations
@@ -83,13 +85,17 @@ def correct_count(logits: jax.Array, labels: jax.Array, row_weights: jax.Array,
 def make_finetune_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, mesh: Mesh, *,
                        multilabel: bool, class_weights: np.ndarray | None, aux_weight: float,
                        train_lm: bool, dropout: bool, grad_reduce_dtype: Any = jnp.float32,
-                       grad_tokens: int = 0) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+                       grad_tokens: int = 0, trains: Callable[[tuple], bool] | None = None
+                       ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """Returns ``step(state, batch) -> (state, metrics)``; pure, to be jitted over ``mesh``.
 
     ``state.acc`` accumulates the SUMS and "steps" between train log records.
     ``grad_reduce_dtype``: the gradients' dtype in the all-reduce (``parallel.grad_reduce_dtype``).
     """
     cw = None if class_weights is None or not multilabel else jnp.asarray(class_weights, jnp.float32)
+    frozen = lambda path: part(path) == "lm" and (not train_lm or (trains is not None
+                                                                   and not trains(path)))
+    frozen_any = not train_lm or trains is not None
 
     def local(params: Any, batch: Batch, key: jax.Array, scale: jax.Array) -> tuple[Any, jax.Array]:
         rows = batch["tokens"].shape[0]
@@ -110,9 +116,9 @@ def make_finetune_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                                            grad_tokens, carry)
 
         def loss_fn(p: Any) -> tuple[jax.Array, jax.Array]:
-            if not train_lm:
+            if frozen_any:
                 p = jax.tree_util.tree_map_with_path(
-                    lambda path, x: jax.lax.stop_gradient(x) if part(path) == "lm" else x, p)
+                    lambda path, x: jax.lax.stop_gradient(x) if frozen(path) else x, p)
             model = nnx.merge(graphdef, p)
             if in_pieces:
                 features = truncated.window_features(model, lm_in, batch["lengths"], prefix)
@@ -128,17 +134,16 @@ def make_finetune_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
             return (loss + aux_weight * aux) * scale, jnp.stack([loss, aux, right, real])
 
         grads, sums = jax.grad(loss_fn, has_aux=True)(local_params)
-        if train_lm:
+        if not frozen_any:
             return allreduce(grads, sums, grad_reduce_dtype)
-        # Frozen LM: its gradients are zeros on every device; reduce the head's only.
+        # Frozen parameters' gradients are zeros on every device; reduce the others only.
         flat, treedef = jax.tree_util.tree_flatten_with_path(grads)
-        head = [g for path, g in flat if part(path) == "head"]
-        head, sums = allreduce(head, sums, grad_reduce_dtype)
-        it = iter(head)
+        trained = [g for path, g in flat if not frozen(path)]
+        trained, sums = allreduce(trained, sums, grad_reduce_dtype)
+        it = iter(trained)
         zeros = [jnp.zeros_like(x) for x in jax.tree.leaves(params)]  # replicated, not varying
         return jax.tree_util.tree_unflatten(
-            treedef, [next(it) if part(path) == "head" else z
-                      for (path, _), z in zip(flat, zeros)]), sums
+            treedef, [z if frozen(path) else next(it) for (path, _), z in zip(flat, zeros)]), sums
 
     sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P(), P()),
                             out_specs=(P(), P()))

@@ -144,12 +144,17 @@ def hold_for(inner: optax.GradientTransformation, steps: int) -> optax.GradientT
 
 
 def make_finetune_optimizer(optim: ml_collections.ConfigDict, decay_steps: int, *, lr: float,
-                            head_lr: float, freeze_steps: int, layer_factor: Any = None
+                            head_lr: float, freeze_steps: int, layer_factor: Any = None,
+                            groups: Any = None
                             ) -> tuple[optax.GradientTransformation, dict[str, optax.Schedule]]:
     """Clip by global norm, then Adam (with ``optim.weight_decay`` as configured) per part (``optax.multi_transform`` over the top-level
     keys "lm" and "head" of the parameters): the head at ``head_lr`` from step 0, the LM at
     ``lr`` held for its first ``freeze_steps`` updates, its schedule running over the rest;
     ``layer_factor(path, leaf)`` (``finetuning.layer_rates``): each LM leaf's rate factor.
+    ``groups`` (gradual unfreezing): (group_of(path) -> int, [start step of each group],
+    [rate factor of each group]): the LM is one Adam per depth group ("lm0" the top, ...),
+    each held until its start, its schedule running from there at ``lr`` times its factor
+    (``layer_factor`` is then unused).
     Returns (transformation, {"lm": schedule, "head": schedule}) (schedules of each part's count;
     the LM's is its top layer's)."""
     def sched(peak: float, steps: int) -> optax.Schedule:
@@ -162,8 +167,17 @@ def make_finetune_optimizer(optim: ml_collections.ConfigDict, decay_steps: int, 
     lm_rate = None if layer_factor is None else scale_by_rate_per_leaf(schedules["lm"], layer_factor)
     parts = {"lm": hold_for(adam(schedules["lm"], lm_rate), freeze_steps),
              "head": adam(schedules["head"])}
-    label = lambda params: jax.tree_util.tree_map_with_path(
-        lambda path, _: str(getattr(path[0], "key", path[0])), params)
+    top = lambda path: str(getattr(path[0], "key", path[0]))
+    label = lambda params: jax.tree_util.tree_map_with_path(lambda path, _: top(path), params)
+    if groups is not None:
+        group_of, starts, factors = groups
+        del parts["lm"]
+        for g, (start, factor) in enumerate(zip(starts, factors)):
+            schedules[f"lm{g}"] = sched(lr * factor, decay_steps - start)
+            parts[f"lm{g}"] = hold_for(adam(schedules[f"lm{g}"]), start)
+        schedules["lm"] = schedules["lm0"]
+        label = lambda params: jax.tree_util.tree_map_with_path(
+            lambda path, _: top(path) if top(path) == "head" else f"lm{group_of(path)}", params)
     tx = optax.multi_transform(parts, label)
     if optim.clip > 0:
         tx = optax.chain(optax.clip_by_global_norm(optim.clip), tx)
@@ -179,7 +193,8 @@ def finetune_applied_lrs(opt_state: Any, schedules: dict[str, optax.Schedule],
     is_partition = lambda x: isinstance(x, optax.PartitionState)
     parts = next(s for s in jax.tree.leaves(opt_state, is_leaf=is_partition) if is_partition(s))
     is_hold = lambda x: isinstance(x, HoldState)
-    hold = next(s for s in jax.tree.leaves(parts.inner_states["lm"], is_leaf=is_hold) if is_hold(s))
+    lm = parts.inner_states["lm" if "lm" in parts.inner_states else "lm0"]  # lm0: the top group
+    hold = next(s for s in jax.tree.leaves(lm, is_leaf=is_hold) if is_hold(s))
     head_count = schedule_count(parts.inner_states["head"])
     lm_count = schedule_count(hold.inner)
     head = schedules["head"](jnp.maximum(head_count - 1, 0))

@@ -147,7 +147,8 @@ def check_same_batch(saved: dict[str, Any], new: dict[str, Any], where: str) -> 
 # Settings whose being on or off adds or removes a link of the optimizer chain
 # (``optimizer.make_optimizer``), and so changes the optimizer state's tree; absent from an
 # older checkpoint: off (0 / False).
-OPTIMIZER_LINKS = ("optim.clip", "optim.weight_decay", "train.variable_bptt")
+OPTIMIZER_LINKS = ("optim.clip", "optim.weight_decay", "train.variable_bptt",
+                   "finetune.unfreeze_every")  # on: one Adam per LM layer group
 # With weight decay on, these place or mask its link (their value in an older checkpoint).
 WEIGHT_DECAY_FORM = {"optim.weight_decay_style": "coupled", "optim.weight_decay_on": "all"}
 
@@ -164,7 +165,7 @@ def optimizer_layout(config: dict[str, Any], *, fine_tuning: bool = False) -> di
     if not fine_tuning:
         layout["optim.name"] = _get(config, "optim.name") or "adam"
     for key in OPTIMIZER_LINKS:
-        if fine_tuning and key == "train.variable_bptt":
+        if key == ("train.variable_bptt" if fine_tuning else "finetune.unfreeze_every"):
             continue
         layout[key] = _get(config, key) or 0
     if fine_tuning and _get(config, "optim.weight_decay_style") is None:

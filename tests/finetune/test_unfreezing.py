@@ -1,0 +1,123 @@
+"""``finetune.unfreeze_every``: gradual unfreezing (ULMFiT), the LM's layers joining the training
+from the top, each bit-identical to the pretrained LM until its step."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from lmscale.config import ConfigError
+from lmscale.finetuning import layer_rates
+from lmscale.training.resume import CheckpointMismatchError, check_same_optimizer
+from tests.conftest import TINY_TRANSFORMER, shared_data, tiny_config
+
+
+def test_the_plan_and_its_groups():
+    assert layer_rates.unfreeze_starts(0, 5, 2) is None
+    assert layer_rates.unfreeze_starts(3, 5, 2) == [5, 8, 11]
+    assert [layer_rates.unfrozen_groups(s, [5, 8, 11], 5, 2) for s in (4, 5, 7, 8, 11, 99)] == \
+        [0, 1, 1, 2, 3, 3]
+    assert [layer_rates.unfrozen_groups(s, None, 5, 2) for s in (4, 5)] == [0, 3]
+    assert layer_rates.unfreezing_note([5, 8, 11], 10) == (
+        "gradual unfreezing: layer 1 from step 5, layer 0 from step 8, embeddings from step 11; "
+        "1 group(s) start after train.steps=10 and stay frozen")
+    with pytest.raises(ConfigError, match="unfreeze_every must be >= 0"):
+        layer_rates.unfreeze_starts(-1, 0, 2)
+    from lmscale.finetuning.head import init_classifier
+    import jax.numpy as jnp
+    _, params, _ = init_classifier(tiny_config("x", **TINY_TRANSFORMER), 257, 2, jnp.float32)
+    with pytest.raises(ConfigError, match="stacks its layers' parameters .* blocks"):
+        layer_rates.check_unfreezable(params["lm"], 2)
+
+
+def test_a_resume_that_turns_gradual_unfreezing_on_or_off_is_refused():
+    old = {"optim": {"clip": 0.25, "weight_decay": 0.0}, "finetune": {"unfreeze_every": 0}}
+    new = {"optim": {"clip": 0.25, "weight_decay": 0.0}, "finetune": {"unfreeze_every": 10}}
+    with pytest.raises(CheckpointMismatchError, match="finetune.unfreeze_every=0; resuming it "
+                                                      "with finetune.unfreeze_every=10"):
+        check_same_optimizer(old, new, "runs/ft", fine_tuning=True)
+    check_same_optimizer(new, {**new, "finetune": {"unfreeze_every": 20}}, "runs/ft",
+                         fine_tuning=True)  # another pace: the same state
+
+
+@pytest.fixture(scope="module")
+def two_layer_lm(tmp_path_factory) -> str:
+    from lmscale.training.loop import train
+    workdir = str(tmp_path_factory.mktemp("lm2") / "run")
+    train(tiny_config(f"{shared_data('sst_binary')}/train.csv", **{
+        "model.layers": 2, "data.text_column": "sentence", "data.split": "8,1,0",
+        "train.steps": 4, "train.eval_every": 0}), workdir)
+    return workdir
+
+
+def test_layers_join_from_the_top_each_untouched_until_its_step(two_layer_lm, data, tmp_path,
+                                                                 capsys):
+    from lmscale.finetuning.classifier import load_classifier
+    from lmscale.finetuning.loop import finetune
+    from lmscale.training.checkpoints import Checkpointer
+    from lmscale.training.metrics import read_metrics
+    from lmscale.training.restore import load_trained
+    from tests.finetune.test_finetune import ft_config
+    run = str(tmp_path / "ft")
+    finetune(ft_config(two_layer_lm, data["sst_train"], data["sst_val"], **{
+        "train.steps": 5, "finetune.freeze_steps": 1, "finetune.unfreeze_every": 1,
+        "finetune.layer_lr_decay": 2.0, "finetune.aux_lm_weight": 0.1, "checkpoint.every": 1, "checkpoint.keep": 10,
+        "train.log_every": 1, "train.progress_bar": True}), run)
+    assert ("gradual unfreezing: layer 1 from step 1, layer 0 from step 2, embeddings from "
+            "step 3") in capsys.readouterr().err
+    pretrained = jax.device_get(load_trained(two_layer_lm).params)
+    like = load_classifier(run).params
+    ck = Checkpointer(run, async_save=False)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    at = {k: jax.device_get(ck.restore_params(like, device, k)) for k in range(1, 6)}
+    ck.close()
+    # (the decoder learns from the auxiliary LM loss only)
+    parts = {"decoder": lambda p: p["decoder"], "layer 1": lambda p: p["layers"][1],
+             "layer 0": lambda p: p["layers"][0], "embedding": lambda p: p["embedding"]}
+    # checkpoint k holds k updates (steps 0..k-1): a group starting at step s first moves in s+1
+    first_moved = {"decoder": 2, "layer 1": 2, "layer 0": 3, "embedding": 4}
+    for name, pick in parts.items():
+        for k in range(1, 6):
+            same = all(np.array_equal(a, b) for a, b in zip(
+                jax.tree.leaves(pick(at[k]["lm"])), jax.tree.leaves(pick(pretrained))))
+            assert same == (k < first_moved[name]), (name, k)
+    # The logged LM rate is the top group's: 0 while frozen, the rate from step 2 on.
+    lm_lrs = [r["lm_lr"] for r in read_metrics(run) if r["split"] == "train"]
+    assert lm_lrs[0] == 0.0 and all(lr == pytest.approx(3e-3) for lr in lm_lrs[1:])
+
+
+def test_each_group_starts_its_own_adam_at_its_step_at_its_rate():
+    """The first update of a group that joins at step s is Adam's first step (bias-corrected
+    from 1, not from s) at lr / d^g: one Adam state per group."""
+    import functools
+    import jax.numpy as jnp
+    import optax
+    from lmscale.config import default_config
+    from lmscale.finetuning.head import init_classifier
+    from lmscale.training.optimizer import make_finetune_optimizer
+    _, params, _ = init_classifier(tiny_config("x", **{"model.layers": 2}), 257, 2, jnp.float32)
+    grads = jax.tree.map(lambda p: jnp.cos(jnp.arange(p.size, dtype=jnp.float32)).reshape(p.shape),
+                         params)
+    o = default_config().optim
+    with o.unlocked():
+        o.clip, o.schedule, o.warmup_steps = 0.0, "constant", 0
+    lr, d, starts = 1e-2, 2.0, [1, 2, 3]
+    groups = (functools.partial(layer_rates.group_of, num_layers=2), starts,
+              [1.0, 1 / d, 1 / d ** 2])
+    tx, _ = make_finetune_optimizer(o, 10, lr=lr, head_lr=lr, freeze_steps=1, groups=groups)
+    state, updates = tx.init(params), []
+    for _ in range(4):
+        u, state = tx.update(grads, state, params)
+        updates.append(jax.device_get(u))
+    adam = lambda rate: optax.adam(rate, b1=o.b1, b2=o.b2, eps=o.eps)
+    flat_updates = [jax.tree.leaves(u["lm"]) for u in updates]
+    for i, (path, g) in enumerate(jax.tree_util.tree_flatten_with_path(grads["lm"])[0]):
+        group = layer_rates.group_of(path, 2)
+        first, _ = adam(lr / d ** group).update(g, adam(lr / d ** group).init(g))
+        for step, leaves in enumerate(flat_updates):
+            if step < starts[group]:
+                np.testing.assert_array_equal(leaves[i], 0.0)
+            elif step == starts[group]:
+                np.testing.assert_allclose(leaves[i], np.asarray(first), rtol=1e-5,
+                                           err_msg=jax.tree_util.keystr(path))
