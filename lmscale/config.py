@@ -272,6 +272,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
             f"use a multiple of {num_devices} (or set train.per_device_batch_size)")
     validate_run_settings(config)
     parse_split(config.data.split)
+    from lmscale.config_checks import validate_awd  # it reads this module's helpers
     validate_awd(config)
 
 
@@ -366,55 +367,6 @@ def validate_optim(o: ml_collections.ConfigDict) -> None:
     if o.weight_decay_on not in WEIGHT_DECAY_ON:
         raise ConfigError(f"optim.weight_decay_on must be one of {list(WEIGHT_DECAY_ON)}, got "
                           f"{o.weight_decay_on!r}")
-
-
-def validate_awd(config: ml_collections.ConfigDict) -> None:
-    """Word-level data, AWD optimizers and variable BPTT settings."""
-    d, o, t = config.data, config.optim, config.train
-    if not isinstance(d.word_min_count, int) or d.word_min_count < 1:
-        raise ConfigError(f"data.word_min_count must be a positive integer, got {d.word_min_count!r}")
-    if not isinstance(d.word_vocab_size, int) or d.word_vocab_size < 0 or 0 < d.word_vocab_size <= 3:
-        raise ConfigError(f"data.word_vocab_size must be 0 (no cap) or > 3, got {d.word_vocab_size!r}")
-    if o.name not in OPTIMIZERS:
-        raise ConfigError(f"optim.name must be one of {list(OPTIMIZERS)}, got {o.name!r}")
-    parse_epochs(o.lr_drop_epochs)
-    if not 0 < o.lr_drop_factor <= 1:
-        raise ConfigError(f"optim.lr_drop_factor must be in (0, 1], got {o.lr_drop_factor}")
-    if not isinstance(o.ntasgd_nonmono, int) or o.ntasgd_nonmono < 0:
-        raise ConfigError(f"optim.ntasgd_nonmono must be an integer >= 0, got {o.ntasgd_nonmono!r}")
-    if not isinstance(t.bptt_bucket, int) or t.bptt_bucket < 1:
-        raise ConfigError(f"train.bptt_bucket must be a positive integer, got {t.bptt_bucket!r}")
-    if not isinstance(t.bptt_max, int) or t.bptt_max < 0 or (t.bptt_max and t.bptt_max < t.seq_len):
-        raise ConfigError(f"train.bptt_max must be 0 (seq_len + 15) or >= train.seq_len={t.seq_len}, "
-                          f"got {t.bptt_max!r}")
-    if t.variable_bptt:
-        from lmscale.data.variable_bptt import MIN_LEN
-        shortest = -(-MIN_LEN // t.bptt_bucket) * t.bptt_bucket  # lengths are multiples of it
-        if shortest > bptt_max(t):
-            raise ConfigError(f"train.bptt_bucket={t.bptt_bucket}: every length would be a "
-                              f"multiple of it, {shortest} or more, above the longest "
-                              f"train.bptt_max={bptt_max(t)}; use a bucket of at most "
-                              f"{bptt_max(t)}")
-    if o.name == "ntasgd" and not t.eval_every:
-        raise ConfigError("optim.name='ntasgd' switches to averaging on the validation passes "
-                          "every train.eval_every steps: set train.eval_every > 0")
-    if config.data.sp_model and config.data.tokenizer != "sentencepiece":
-        raise ConfigError(f"data.sp_model is for data.tokenizer=sentencepiece, not "
-                          f"data.tokenizer={config.data.tokenizer!r} (it would be ignored)")
-    if not isinstance(t.grad_accum_steps, int) or t.grad_accum_steps < 1:
-        raise ConfigError(f"train.grad_accum_steps must be a positive integer, got {t.grad_accum_steps!r}")
-    if t.grad_accum_steps > 1 and t.variable_bptt:
-        raise ConfigError("train.grad_accum_steps > 1 and train.variable_bptt cannot be combined "
-                          "(accumulated segments have one fixed length)")
-    if config.parallel.cpu_devices < 0:
-        raise ConfigError(f"parallel.cpu_devices must be >= 0 (0 = one per core), got "
-                          f"{config.parallel.cpu_devices}")
-    if not isinstance(config.parallel.cpu_huge_pages, bool):
-        raise ConfigError(f"parallel.cpu_huge_pages must be True or False, got "
-                          f"{config.parallel.cpu_huge_pages!r}")
-    if t.variable_bptt and config.model.kind == "transformer" and bptt_max(t) > config.model.max_len:
-        raise ConfigError(f"train.variable_bptt: the longest sequence {bptt_max(t)} (train.bptt_max) "
-                          f"exceeds model.max_len={config.model.max_len}")
 
 
 def with_global_batch(config: ml_collections.ConfigDict, num_devices: int) -> ml_collections.ConfigDict:
