@@ -36,7 +36,8 @@ from lmscale.finetuning.data import Encoded, TrainBatches, class_weights_from, e
 from lmscale.finetuning import layer_rates
 from lmscale.finetuning.head import init_classifier
 from lmscale.finetuning.predict import predict_probs, put_batch, write_predictions
-from lmscale.finetuning.truncated import check_grad_tokens, fits_advice, fits_what, long_text_note
+from lmscale.finetuning.truncated import (check_grad_tokens, fits_advice, fits_what, long_text_note,
+                                         resume_note)
 from lmscale.finetuning.steps import BATCH_KEYS, make_finetune_step, make_predict_fn, zero_acc
 from lmscale.models import built_in_one_program
 from lmscale.pretrained.preprocess import preprocessor_for
@@ -165,8 +166,19 @@ def finetune(config: ml_collections.ConfigDict, workdir: str,
     splits, num_classes, class_names = load_splits(ft)  # bad data fails before any work
     lm = load_lm(config.init_from)
     config = resolve_config(config, lm)
+    check_lm_settings(config, lm)  # before the workdir gets any folder
     with locked_workdir(workdir), contextlib.ExitStack() as on_exit:
         return _finetune(config, workdir, mesh, lm, splits, num_classes, class_names, on_exit)
+
+
+def check_lm_settings(config: ml_collections.ConfigDict, lm: TrainedLM) -> None:
+    """Refuses fine-tuning settings this LM cannot take (``grad_tokens``, ``layer_lr_decay``,
+    ``unfreeze_every``), naming the setting."""
+    ft, layers = config.finetune, config.model.layers
+    check_grad_tokens(ft.grad_tokens, lm.model().max_len, ft.aux_lm_weight)
+    layer_rates.checked(ft.layer_lr_decay, layers)
+    if layer_rates.unfreeze_starts(ft.unfreeze_every, ft.freeze_steps, layers) is not None:
+        layer_rates.check_unfreezable(lm.params, layers)
 
 
 # Training settings fine-tuning has no use for, with the value that means "off".
@@ -256,7 +268,6 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
     graphdef, params, max_len = init_classifier(config, lm.tokenizer.vocab_size, num_classes,
                                                 policy.compute, abstract=resuming,
                                                 lm_params=pretrained)
-    check_grad_tokens(ft.grad_tokens, max_len)
     pad = lm.tokenizer.pad_id or 0
     prep = preprocessor_for(lm.derived)
     enc = {n: Encoded(encode(lm.tokenizer, prep, d.texts, max_len, d.source),
@@ -281,7 +292,6 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
     starts = layer_rates.unfreeze_starts(ft.unfreeze_every, ft.freeze_steps, layers)
     groups = None
     if starts is not None:
-        layer_rates.check_unfreezable(params["lm"], layers)
         groups = (functools.partial(layer_rates.group_of, num_layers=layers), starts,
                   [1.0 / ft.layer_lr_decay ** g for g in range(layers + 1)])
     tx, schedules = make_finetune_optimizer(optim, decay, lr=lr, head_lr=head_lr,
@@ -311,6 +321,11 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
                "lm_init": ft.lm_init,
                "preprocess": lm.derived.get("preprocess", "none"), "devices": mesh.size,
                "precision": str(policy), "texts": {n: len(d) for n, d in splits.items()}}
+    if resuming and is_main:
+        before = ((saved or {}).get("config") or {}).get("finetune", {}).get("grad_tokens", 0)
+        note = resume_note(before, ft.grad_tokens, start)
+        if note:
+            print(note, file=sys.stderr, flush=True)
     if progress and resuming:  # as lmscale.train says it
         print(f"{workdir} is already fine-tuned to step {start} (train.steps={steps}): nothing "
               f"to train; its results again" if start >= steps else

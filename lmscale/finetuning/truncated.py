@@ -28,9 +28,15 @@ import jax.numpy as jnp
 from lmscale.config import ConfigError
 
 
-def check_grad_tokens(grad_tokens: int, max_len: int | None) -> None:
-    """Refuses a negative ``finetune.grad_tokens``, or a positive one for a model with a
-    length limit (it keeps no state from one piece of a text to the next)."""
+def check_grad_tokens(grad_tokens: int, max_len: int | None, aux_lm_weight: float = 0.0) -> None:
+    """Refuses a negative ``finetune.grad_tokens``, a positive one for a model with a length
+    limit (it keeps no state from one piece of a text to the next), and 1 with the auxiliary
+    LM loss (it counts the targets inside each text's last K tokens: K - 1 of them)."""
+    if grad_tokens == 1 and aux_lm_weight > 0:
+        raise ConfigError("finetune.grad_tokens=1 leaves finetune.aux_lm_weight's loss no target "
+                          "(it counts the next-token targets inside each text's last grad_tokens "
+                          "tokens: grad_tokens - 1 a text); use grad_tokens >= 2, or "
+                          "aux_lm_weight=0")
     if grad_tokens < 0:
         raise ConfigError(f"finetune.grad_tokens must be >= 0 (0 = the whole text), got {grad_tokens}")
     if grad_tokens and max_len is not None:
@@ -163,3 +169,13 @@ def fits_advice(grad_tokens: int, max_len: int | None) -> str:
               "their last 1024 tokens), ")
     return (f"lower train.batch_size, set {pieces}or shorten the longest texts; this step "
             "may be meant for a larger host")
+
+
+def resume_note(before: int, now: int, step: int) -> str | None:
+    """A line when a resumed fine-tune reads texts otherwise than it did (``grad_tokens`` does
+    not shape the saved state, so the resume is accepted; config.json keeps the new value)."""
+    if before == now:
+        return None
+    how = lambda k: f"grad_tokens={k}" + (" (whole texts)" if k == 0 else "")
+    return (f"note: resumed at step {step} with finetune.{how(now)}; the steps before it "
+            f"trained with finetune.{how(before)}")

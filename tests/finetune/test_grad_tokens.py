@@ -158,10 +158,15 @@ def test_a_model_without_state_between_pieces_is_refused():
     with pytest.raises(ConfigError, match="grad_tokens must be >= 0"):
         truncated.check_grad_tokens(-1, max_len=None)
     truncated.check_grad_tokens(64, max_len=None)
+    with pytest.raises(ConfigError, match="grad_tokens=1 leaves finetune.aux_lm_weight's loss no "
+                                          "target"):
+        truncated.check_grad_tokens(1, max_len=None, aux_lm_weight=0.1)
+    truncated.check_grad_tokens(1, max_len=None)
+    truncated.check_grad_tokens(2, max_len=None, aux_lm_weight=0.1)
 
 
 def test_a_fine_tune_in_pieces_runs_records_its_setting_and_refuses_a_transformer(
-        sst_run, data, tmp_path):
+        sst_run, data, tmp_path, capsys):
     from lmscale.config import load_config
     from lmscale.finetuning.loop import finetune
     from lmscale.training.loop import train
@@ -176,12 +181,18 @@ def test_a_fine_tune_in_pieces_runs_records_its_setting_and_refuses_a_transforme
     train_recs = [r for r in read_metrics(run) if r["split"] == "train"]
     assert train_recs and all(np.isfinite(r["loss"]) and r["aux_lm_loss"] > 0 for r in train_recs)
     assert 0.0 <= results["metrics"]["val"]["accuracy"] <= 1.0
+    capsys.readouterr()
+    finetune(ft_config(sst_run, data["sst_train"], data["sst_val"], **{
+        **overrides, "train.steps": 6, "finetune.grad_tokens": 64}), run)  # a resume
+    assert ("note: resumed at step 4 with finetune.grad_tokens=64; the steps before it trained "
+            "with finetune.grad_tokens=32") in capsys.readouterr().err
     lm = str(tmp_path / "tlm")
     train(tiny_config(f"{shared_data('sst_binary')}/train.csv", **TINY_TRANSFORMER, **{
         "data.text_column": "sentence", "data.split": "8,1,0", "train.steps": 2,
         "train.eval_every": 0}), lm)
     with pytest.raises(ConfigError, match="carries no state"):
         finetune(ft_config(lm, data["sst_train"], data["sst_val"], **overrides), str(tmp_path / "t"))
+    assert not os.path.exists(tmp_path / "t")  # refused before the workdir got any folder
 
 
 def test_long_training_texts_read_whole_get_a_note():
