@@ -36,7 +36,7 @@ _WEIGHT_NORM = flags.DEFINE_enum("weight_norm", "auto", ("auto", "true", "false"
                                  "Recurrent matrices as g/v (true) or plain (false); auto keeps the "
                                  "source's form (OpenAI's layout always has g).")
 _BATCH = flags.DEFINE_integer("batch_size", 0, "train.batch_size of a written workdir (the rows of its "
-                              "saved RNN carry); 0 = the config default.")
+                              "saved RNN carry); 0 = the config default.", lower_bound=0)
 _STEP = flags.DEFINE_integer("step", -1, "Checkpoint step of an lmscale --src; -1 = the latest.")
 _PREPROCESS = flags.DEFINE_enum("preprocess", "auto", ("auto", "none", "openai"),
                                 "Text preprocessing the model expects; auto: the source's (OpenAI's "
@@ -60,19 +60,23 @@ def convert(source: str, src: str, dst: str, layout: str, weight_norm: str = "au
     if os.path.exists(dst) and (layout == "sentiment-discovery" or not os.path.isdir(dst)
                                 or os.listdir(dst)):
         raise ConvertError(f"{dst} already exists; expected a new {LAYOUT_OUTPUTS[layout]}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
+        raise ConvertError(f"--batch_size must be an integer >= 0 (0 = the config default), "
+                           f"got {batch_size!r}")
+    _check_destination(dst, layout)
     if source == "openai":
         weights = openai.load_openai(src)
     elif source == "sentiment-discovery":
         weights = sentiment_discovery.load_pt(src)
     else:
         weights = workdir.read_workdir(src, step)
+    notes = _floored_notes(source, weights)  # of the weights as read, before any conversion
     if wn is not None:
         weights = weights.with_weight_norm(wn)
     if preprocess != "auto":
         from lmscale.pretrained.preprocess import get_preprocessor
         get_preprocessor(preprocess)
         weights = dataclasses.replace(weights, preprocess=preprocess)
-    notes = []
     if layout == "lmscale":
         out = workdir.write_workdir(weights, dst, batch_size=batch_size or None)
     elif layout == "openai":
@@ -91,6 +95,7 @@ def convert(source: str, src: str, dst: str, layout: str, weight_norm: str = "au
             notes.append(f"the model expects preprocess {weights.preprocess!r}, which a .pt "
                          f"cannot record: import it with --preprocess={weights.preprocess}")
         out = os.path.abspath(sentiment_discovery.save_pt(weights, dst))
+    notes.extend(weights.source.get("notes", []))
     if weights.source.get("ignored_keys"):
         notes.append(f"ignored non-LM keys: {weights.source['ignored_keys']}")
     return {"from": source, "src": src, "layout": layout, "to": out, "kind": weights.kind,
@@ -99,6 +104,39 @@ def convert(source: str, src: str, dst: str, layout: str, weight_norm: str = "au
             "weight_norm": weights.weight_norm or layout == "openai",
             "tokenizer": weights.tokenizer.to_dict(), "preprocess": weights.preprocess,
             "notes": notes}
+
+
+def _check_destination(dst: str, layout: str) -> None:
+    """ConvertError, before any work, unless ``dst`` can be made: its nearest existing parent
+    must be a folder that takes files."""
+    from lmscale.cli import OutputError, writable_folder
+    from lmscale.pretrained.errors import ConvertError
+    expected = f"expected a new {LAYOUT_OUTPUTS[layout]} path"
+    parent = os.path.dirname(os.path.abspath(dst))
+    while not os.path.exists(parent) and os.path.dirname(parent) != parent:
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ConvertError(f"{dst}: {parent} is a file, not a folder; {expected}")
+    try:
+        writable_folder(parent, expected)
+    except OutputError as e:
+        raise ConvertError(str(e)) from None
+    except OSError as e:
+        raise ConvertError(f"cannot write in {parent} ({e.strerror or e}); {expected}") from None
+
+
+def _floored_notes(source: str, weights: Any) -> list[str]:
+    """Notes naming the weight-norm columns of ``weights`` whose norm is below 1e-6 (set by
+    the floor of ||v||^2 at 1e-12, not by g / ||v||), in the source's own names."""
+    from lmscale.pretrained import openai, sentiment_discovery
+    from lmscale.pretrained.weights import floored_note
+    if source == "openai":
+        return openai.floored_notes(weights)
+    if source == "sentiment-discovery":
+        return sentiment_discovery.floored_notes(weights)
+    return [floored_note(f"{path}/v column{'s' if len(cols) > 1 else ''}", cols,
+                                 "as in training")
+            for path, cols in weights.floored_columns().items()]
 
 
 def main(argv: list[str]) -> None:

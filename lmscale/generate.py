@@ -50,6 +50,11 @@ def main(argv: list[str]) -> None:
     from lmscale.transfer.featurize import preprocess_texts, unit_trace
 
     def run() -> dict:
+        from lmscale.data.errors import DataError
+        from lmscale.pretrained.workdir import unconverted_hint
+        hint = unconverted_hint(_WORKDIR.value)
+        if hint:  # OpenAI's files or a .pt given as the run: the convert command to run first
+            raise DataError(hint)
         out = _OUTPUT.value or os.path.join(_WORKDIR.value, "generate")
         if _OUTPUT.value or os.path.isdir(_WORKDIR.value):  # else load_trained says what is wrong
             # Before loading and sampling: a read-only workdir fails at once, with the way out.
@@ -72,7 +77,10 @@ def main(argv: list[str]) -> None:
         os.makedirs(out, exist_ok=True)
         record = {"prompt": _PROMPT.value, "length": length, "seed": _SEED.value,
                   "neuron": _NEURON.value, "neuron_value": _VALUE.value,
-                  "neuron_state": neuron_state if _NEURON.value is not None else None,
+                  # the state the unit was held in: given, the transfer's, else generate's
+                  # default (the model's first feature state, the cell state of an mLSTM)
+                  "neuron_state": (neuron_state or lm.model().feature_states[0])
+                  if _NEURON.value is not None else None,
                   "temperature": _TEMPERATURE.value, "top_k": _TOP_K.value, "top_p": _TOP_P.value,
                   "compute": lm.compute, "samples": texts}
         write_json(os.path.join(out, "samples.json"), record, indent=2)  # all or nothing

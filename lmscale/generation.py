@@ -155,7 +155,7 @@ def generate(lm: TrainedLM, prompt: str, length: int = 200, *, temperature: floa
     the same length, samples and kind of settings (greedy or not, filters on or off).
     """
     _check_request(prompt, length=length, samples=samples, seed=seed, top_k=top_k,
-                   temperature=temperature, top_p=top_p)
+                   temperature=temperature, top_p=top_p, neuron_value=neuron_value)
     if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
         raise DataError("need temperature >= 0, 0 < top_p <= 1 and top_k >= 0")
     if top_k > lm.tokenizer.vocab_size:
@@ -211,8 +211,9 @@ def generate(lm: TrainedLM, prompt: str, length: int = 200, *, temperature: floa
 
 def _check_request(prompt: Any, **numbers: Any) -> None:
     """One-line DataErrors for a prompt that is not a non-empty str and for counts (length,
-    samples, seed, top_k) that are not integers or settings (temperature, top_p) that are
-    not numbers."""
+    samples, seed, top_k) that are not integers or settings (temperature, top_p,
+    neuron_value) that are not finite numbers (NaN would sample NUL bytes and write NaN,
+    invalid JSON, into samples.json)."""
     if not isinstance(prompt, str):
         hint = ("; decode it first (prompt.decode('utf-8'))" if isinstance(prompt, (bytes, bytearray))
                 else "; give one prompt per call" if isinstance(prompt, (list, tuple)) else "")
@@ -222,10 +223,12 @@ def _check_request(prompt: Any, **numbers: Any) -> None:
         raise DataError("the prompt is empty: give at least one character to start from")
     for name, value in numbers.items():
         integer = not isinstance(value, bool) and isinstance(value, (int, np.integer))
-        if name in ("temperature", "top_p"):
+        if name in ("temperature", "top_p", "neuron_value"):
             ok = integer or isinstance(value, (float, np.floating))
             if not ok:
                 raise DataError(f"{name} must be a number, got {value!r}")
+            if not np.isfinite(value):
+                raise DataError(f"{name} must be a finite number, got {float(value)}")
         elif not integer:
             raise DataError(f"{name} must be an integer, got {value!r}")
         elif name in ("length", "samples") and value < 1:

@@ -21,15 +21,22 @@ from lmscale.models.dtypes import at_least_float32
 
 Initializer = Callable[[jax.Array, tuple[int, ...], Any], jax.Array]
 
+# Floor of ||v||^2, as TensorFlow's l2_normalize (OpenAI's released mLSTM): x * rsqrt(max(sum
+# x^2, 1e-12)). A no-op for any column of norm >= 1e-6 (max returns its argument unchanged, so
+# values and gradients are bit-identical); an all-zero column gives a zero column of w, not NaN.
+NORM_SQ_FLOOR = 1e-12
+
 
 def unit_scale(g: jax.Array, v: jax.Array) -> jax.Array:
     """g [out], v [in, out] -> s [out] = g / ||v||_in, so that w = v * s.
 
-    Computed in at least float32 (float64 stays float64, for gradient checks).
+    Computed in at least float32 (float64 stays float64, for gradient checks). ||v||^2 is
+    floored at ``NORM_SQ_FLOOR`` as TensorFlow's l2_normalize does (a zero column: s = 1e6 g,
+    w = 0, finite).
     """
     dtype = at_least_float32(v.dtype)
     v = v.astype(dtype)
-    return g.astype(dtype) * jax.lax.rsqrt(jnp.sum(v * v, axis=0))
+    return g.astype(dtype) * jax.lax.rsqrt(jnp.maximum(jnp.sum(v * v, axis=0), NORM_SQ_FLOOR))
 
 
 def weight_norm(g: jax.Array, v: jax.Array) -> jax.Array:

@@ -17,9 +17,10 @@ files ``model/0.npy`` ... ``model/14.npy``, consumed in order by the TensorFlow 
 Equations (x @ W): m = (x wmx) * (h wmh); z = x wx + m wh + b; i, f, o, u = split(z, 4);
 c' = s(f) c + s(i) tanh(u); h' = s(o) tanh(c'), each matrix w = l2_normalize(v, axis=0) * g.
 The mapping to lmscale is exact: lmscale's weight norm is the same g * v / ||v|| over the
-input axis (TensorFlow floors ||v||^2 at 1e-12, which matters only for a column of norm
-below 1e-6), and the gate blocks move from (i, f, o, u) to lmscale's (i, f, g, o) with the
-block permutation [0, 1, 3, 2] (its own inverse) on every 4H axis: wx, wh, b, gx, gh.
+input axis, with ||v||^2 floored at 1e-12 as TensorFlow's l2_normalize does (which matters
+only for a column of norm below 1e-6: a zero column gives a zero column of w; ``convert``
+notes such columns, ``floored_notes``), and the gate blocks move from (i, f, o, u) to
+lmscale's (i, f, g, o) with the block permutation [0, 1, 3, 2] (its own inverse) on every 4H axis: wx, wh, b, gx, gh.
 
 OpenAI's text preprocessing (``lmscale.pretrained.preprocess.openai_preprocess``) is recorded
 with the imported model. An exported model that expects another (an lmscale run: none) gets a
@@ -38,7 +39,7 @@ import numpy as np
 from lmscale.atomic import atomic_write, write_json
 from lmscale.data.tokenizer import ByteTokenizer
 from lmscale.pretrained.errors import ConvertError
-from lmscale.pretrained.weights import LMWeights
+from lmscale.pretrained.weights import LMWeights, floored_note
 
 NUM_FILES = 15
 WH_FILES = (2, 3, 4, 5)
@@ -85,6 +86,9 @@ def read_npy(path: str, what: str) -> np.ndarray:
     """A float .npy array as float32; never unpickles. Errors name ``path`` and ``what``."""
     if not os.path.isfile(path):
         raise ConvertError(f"{path} is missing; expected {what}")
+    not_npy = _not_npy(path)
+    if not_npy:
+        raise ConvertError(f"{path} is not a .npy file ({not_npy}); expected {what}")
     try:
         arr = np.load(path, allow_pickle=False)
     except ValueError as e:
@@ -107,6 +111,36 @@ def read_npy(path: str, what: str) -> np.ndarray:
         raise ConvertError(f"{path} holds {int(bad.sum())} non-finite values (NaN/inf in float32, "
                            f"the first {arr[first]} at index {list(first)}); expected {what}")
     return arr
+
+
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def _not_npy(path: str) -> str | None:
+    """What ``path`` is when it is neither a .npy file nor something np.load reads with its
+    own clear error (an .npz archive, a pickle, an empty file): a Git LFS pointer, an HTML
+    page or other text (a failed download), or unknown bytes; None otherwise."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return None  # np.load says what is wrong
+    if not head or head.startswith(NPY_MAGIC) or head.startswith(b"PK\x03\x04") \
+            or head[:1] == b"\x80":  # empty / .npy / .npz / a pickle: np.load's own messages
+        return None
+    text = head.decode("utf-8", errors="replace")
+    first = text.strip().splitlines()[0][:60] if text.strip() else ""
+    if head.startswith(b"version https://git-lfs"):
+        return (f"a Git LFS pointer, {first!r}...: the weights were never downloaded; run "
+                f"git lfs pull in the clone of OpenAI's repository, or download the file again")
+    lowered = text.lstrip().lower()
+    if lowered.startswith(("<!doctype", "<html", "<?xml", "<head", "<body")):
+        return (f"an HTML page, starting {first!r}: a failed download (an error or login "
+                f"page); download the file again")
+    printable = sum(c.isprintable() or c in "\r\n\t" for c in text) / max(len(text), 1)
+    if "\ufffd" not in text and printable > 0.95:
+        return (f"text, starting {first!r}: likely a failed download; download the file again")
+    return f"it starts with {head[:8]!r}, not the .npy magic {NPY_MAGIC!r}"
 
 
 def _check_shape(path: str, arr: np.ndarray, expected: tuple[int, ...], what: str) -> None:
@@ -173,6 +207,31 @@ def load_openai(src: str) -> LMWeights:
     return weights
 
 
+def floored_notes(weights: LMWeights) -> list[str]:
+    """One note per OpenAI file whose weight-norm matrix has columns of norm below 1e-6 (the
+    floor of ||v||^2 at 1e-12 sets their scale: w = g * v * 1e6, a zero column for a zero v;
+    OpenAI's l2_normalize does the same), naming OpenAI's columns; [] if none."""
+    found = weights.floored_columns()
+    if not found:
+        return []
+    H = weights.hidden
+    by_file: dict[str, list[int]] = {}
+    for path, cols in found.items():
+        name = path.rsplit("/", 1)[-1]
+        for j in cols:
+            block, r = GATE_ORDER[j // H] if name in ("w_x", "w_h") else 0, j % H
+            if name == "w_x":
+                by_file.setdefault("1.npy (wx)", []).append(block * H + r)
+            elif name == "w_h":
+                by_file.setdefault(f"{2 + block}.npy (wh block {1 + block} of 4)", []).append(r)
+            else:
+                label = "6.npy (wmx)" if name == "w_mx" else "7.npy (wmh)"
+                by_file.setdefault(label, []).append(j)
+    return [floored_note(f"{label} column{'s' if len(cols) > 1 else ''}", sorted(cols),
+                          "OpenAI's l2_normalize does the same")
+            for label, cols in sorted(by_file.items(), key=lambda kv: int(kv[0].split(".")[0]))]
+
+
 def is_release(folder: str, embed: int, hidden: int) -> bool:
     """Whether ``folder`` looks like OpenAI's own model, whose sentiment unit is known: its
     (E, H) is the release's and no lmscale.json marks it as an lmscale export."""
@@ -190,8 +249,10 @@ def _recorded_preprocess(folder: str) -> str:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConvertError(f"{path} is unreadable ({e}); expected {{\"preprocess\": NAME}} as "
                            f"lmscale's export writes it") from None
-    from lmscale.pretrained.preprocess import get_preprocessor
-    get_preprocessor(name)  # an unknown name is an error naming the known ones
+    from lmscale.pretrained.preprocess import PREPROCESSORS
+    if not isinstance(name, str) or name not in PREPROCESSORS:
+        raise ConvertError(f"{path} names unknown text preprocessing {name!r}; expected one of "
+                           f"{sorted(PREPROCESSORS)} (as lmscale's export writes it)")
     return name
 
 

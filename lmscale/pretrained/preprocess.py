@@ -66,11 +66,14 @@ def framing_for(derived: Mapping[str, Any]) -> tuple[bytes, bytes]:
 
 def prompt_for(derived: Mapping[str, Any], prompt: str) -> str | bytes:
     """A generation prompt as the run's model reads it: preprocessed, without the closing
-    framing (the continuation comes there), unless the prompt itself ends in whitespace."""
+    framing (the continuation comes there), unless the prompt itself ends in whitespace after
+    some text. A prompt that preprocessing empties (whitespace only, e.g. the CLI's "\\n")
+    is the opening framing alone: the start of a text (OpenAI's: "\\n ", never "\\n  ")."""
     text = preprocessor_for(derived)(prompt)
-    _, after = framing_for(derived)
-    if after and not prompt[-1:].isspace():
+    before, after = framing_for(derived)
+    if after:
         encoded = text if isinstance(text, bytes) else text.encode("utf-8", "surrogateescape")
-        if encoded.endswith(after):
+        empty = encoded == before + after  # nothing left between the framing
+        if (empty or not prompt[-1:].isspace()) and encoded.endswith(after):
             return encoded[:-len(after)]
     return text

@@ -41,7 +41,8 @@ import numpy as np
 
 from lmscale.data.tokenizer import ByteTokenizer
 from lmscale.pretrained.errors import ConvertError
-from lmscale.pretrained.weights import MATRICES, LMWeights, from_weight_norm, to_weight_norm
+from lmscale.pretrained.weights import (MATRICES, LMWeights, floored_note, from_weight_norm,
+                                         to_weight_norm)
 
 # lmscale matrix name <- sentiment-discovery parameter name
 TORCH_NAMES = {"w_x": "w_ih", "w_h": "w_hh", "w_mx": "w_mih", "w_mh": "w_mhh"}
@@ -67,12 +68,29 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _to_numpy(x: Any) -> np.ndarray | None:
-    """A torch tensor or array-like as float32 NumPy; None for non-array values."""
+    """A float torch tensor or array as float32 NumPy; None for non-array values and for
+    arrays of other dtypes (``_dtype_name`` says which)."""
     if hasattr(x, "detach"):  # torch.Tensor, without importing torch
+        if not getattr(x, "is_floating_point", lambda: True)():
+            return None
         return x.detach().cpu().float().numpy().astype(np.float32)
     if isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.floating):
         return x.astype(np.float32)
     return None
+
+
+def _dtype_name(x: Any) -> str | None:
+    """The dtype of a torch tensor or NumPy array (None for other values)."""
+    if hasattr(x, "detach") or isinstance(x, np.ndarray):
+        return str(getattr(x, "dtype", "?"))
+    return None
+
+
+def _is_lm_key(key: str) -> bool:
+    """Whether ``key`` names a tensor of the language model (the recurrent weights, the
+    embedding or the decoder)."""
+    return bool(_RNN_KEY.search(key) or re.search(r"(?:^|\.)(?:encoder\.weight|decoder\.weight|"
+                                                  r"decoder\.bias)$", key))
 
 
 def from_state_dict(state_dict: Mapping[str, Any], name: str, *,
@@ -108,6 +126,9 @@ def from_state_dict(state_dict: Mapping[str, Any], name: str, *,
     for key, value in flat.items():
         arr = _to_numpy(value)
         m = _RNN_KEY.search(key)
+        if arr is None and _dtype_name(value) is not None and _is_lm_key(key):
+            raise ConvertError(f"{name}: {key} has dtype {_dtype_name(value)}; expected the "
+                               f"float weights of {EXPECTED}")
         if arr is None:
             ignored.append(key)
         elif m:
@@ -124,6 +145,11 @@ def from_state_dict(state_dict: Mapping[str, Any], name: str, *,
             dec_b = take(dec_b, key, arr)
         else:
             ignored.append(key)
+    if dec_w is None and dec_b is None and any(k.startswith("classifier.") for k in flat):
+        raise ConvertError(f"{name} is a sentiment-discovery classifier checkpoint (encoder + "
+                           f"classifier, e.g. a .clf file) without the language model's decoder; "
+                           f"expected the language model's checkpoint (e.g. mlstm.pt), "
+                           f"{EXPECTED}")
     for value, key in ((emb, "encoder.encoder.weight"), (dec_w, "decoder.weight"),
                        (dec_b, "decoder.bias")):
         if value is None:
@@ -136,6 +162,15 @@ def from_state_dict(state_dict: Mapping[str, Any], name: str, *,
         raise ConvertError(f"{name}: encoder.encoder.weight has shape {tuple(emb.shape)}; expected "
                            f"[257, E] (id = byte + 1) or [256, E] (id = byte)")
     V, E = emb.shape
+    # H from the first layer's w_hh [4H, H] (else the decoder), so that a decoder of another
+    # width is blamed, not the recurrent weights
+    w_hh = rnn.get((0, "w_hh", "w"), rnn.get((0, "w_hh", "v")))
+    H_from = ("rnns.0.w_hh" if w_hh is not None and w_hh.ndim == 2
+              and w_hh.shape[0] == 4 * w_hh.shape[1] else None)
+    if H_from is not None and dec_w.ndim == 2 and dec_w.shape[1] != w_hh.shape[1]:
+        raise ConvertError(f"{name}: decoder.weight has shape {tuple(dec_w.shape)}; expected "
+                           f"[{V}, {w_hh.shape[1]}] (H = {w_hh.shape[1]} from {H_from} of shape "
+                           f"{tuple(w_hh.shape)})")
     if dec_w.ndim != 2 or dec_w.shape[0] != V:
         raise ConvertError(f"{name}: decoder.weight has shape {tuple(dec_w.shape)}; expected [{V}, H]")
     H = dec_w.shape[1]
@@ -147,6 +182,7 @@ def from_state_dict(state_dict: Mapping[str, Any], name: str, *,
     wn = file_wn if weight_norm is None else weight_norm
     params: dict[str, np.ndarray] = {"embedding/embedding": emb, "decoder/kernel": dec_w.T.copy(),
                                      "decoder/bias": dec_b}
+    bias_free: list[int] = []
     for l in range(layers):
         in_features = E if l == 0 else H
         shapes = {"w_ih": (4 * H, in_features), "w_hh": (4 * H, H), "w_mih": (H, in_features),
@@ -155,6 +191,10 @@ def from_state_dict(state_dict: Mapping[str, Any], name: str, *,
             theirs = TORCH_NAMES[ours]
             key = f"rnns.{l}.{theirs}"
             out, inp = shapes[theirs]
+            if (l, theirs, "w") in rnn and ((l, theirs, "g") in rnn or (l, theirs, "v") in rnn):
+                parts = "/".join(f"{key}_{p}" for p in ("g", "v") if (l, theirs, p) in rnn)
+                raise ConvertError(f"{name} holds both {key} and {parts}; expected one form of "
+                                   f"each matrix (plain, or weight-normed _g and _v)")
             if (l, theirs, "w") in rnn:
                 w = rnn[(l, theirs, "w")]
                 _check(name, key, w, (out, inp))
@@ -176,19 +216,47 @@ def from_state_dict(state_dict: Mapping[str, Any], name: str, *,
             else:
                 params[f"{p}/kernel"] = v
         bias = np.zeros(4 * H, np.float64)
-        for b in ("b_ih", "b_hh"):
-            if (l, b, "w") in rnn:
-                _check(name, f"rnns.{l}.{b}", rnn[(l, b, "w")], (4 * H,))
-                bias += rnn[(l, b, "w")]
+        present = [b for b in ("b_ih", "b_hh") if (l, b, "w") in rnn]
+        if len(present) == 1:  # a cell has both biases (bias=True) or neither (bias=False)
+            missing = "b_hh" if present == ["b_ih"] else "b_ih"
+            raise ConvertError(f"{name} has rnns.{l}.{present[0]} but no rnns.{l}.{missing}; "
+                               f"expected both biases of each layer (or neither: a cell built "
+                               f"with bias=False)")
+        if not present:
+            bias_free.append(l)
+        for b in present:
+            _check(name, f"rnns.{l}.{b}", rnn[(l, b, "w")], (4 * H,))
+            bias += rnn[(l, b, "w")]
         params[f"layers/{l}/bias"] = bias.astype(np.float32)
     if kind == "lstm" and any(k[1] == "w_mhh" for k in rnn):
         raise ConvertError(f"{name} has w_mhh but no w_mih; expected both (mLSTM) or neither (LSTM)")
+    if bias_free and len(bias_free) != layers:  # bias is one setting of all the layers
+        raise ConvertError(f"{name} has no rnns.N.b_ih/b_hh for layers {bias_free} but has them "
+                           f"for the others; expected both biases of every layer")
     tokenizer = ByteTokenizer.sentiment_discovery() if V == 257 else ByteTokenizer.openai()
+    source = {"format": "sentiment-discovery", "path": os.path.abspath(name),
+              "weight_norm_in_file": file_wn, "ignored_keys": sorted(ignored)}
+    if bias_free:
+        source["notes"] = ["no rnns.N.b_ih/b_hh: imported with zero bias, as a cell built with "
+                           "bias=False (RNNModel's cells always have both; if this checkpoint "
+                           "came from one, it lost its biases)"]
     weights = LMWeights(kind=kind, tokenizer=tokenizer, params=params, preprocess="none",
-                        source={"format": "sentiment-discovery", "path": os.path.abspath(name),
-                                "weight_norm_in_file": file_wn, "ignored_keys": sorted(ignored)})
+                        source=source)
     weights.check(name)
     return weights
+
+
+def floored_notes(weights: LMWeights) -> list[str]:
+    """One note per weight-norm matrix whose v has rows (lmscale: columns) of norm below 1e-6,
+    named as sentiment-discovery's keys: lmscale floors ||v||^2 at 1e-12 (w's row is
+    g * v * 1e6, zero for a zero row), where PyTorch's weight norm divides by 0 (NaN)."""
+    inverse = {ours: theirs for ours, theirs in TORCH_NAMES.items()}
+    notes = []
+    for path, rows in weights.floored_columns().items():
+        _, l, ours = path.split("/")
+        notes.append(floored_note(f"rnns.{l}.{inverse[ours]}_v row{'s' if len(rows) > 1 else ''}",
+                                   rows, "in sentiment-discovery (no floor) the model is NaN"))
+    return notes
 
 
 def _check(name: str, key: str, arr: np.ndarray, shape: tuple[int, ...]) -> None:
@@ -242,6 +310,11 @@ def _torch(path: str) -> Any:
 
 def load_pt(path: str, *, weight_norm: bool | None = None) -> LMWeights:
     """Reads a sentiment-discovery .pt checkpoint with ``torch.load(weights_only=True)``."""
+    if os.path.isdir(path):
+        hint = ("; it holds 0.npy, OpenAI's layout: use --from=openai"
+                if os.path.exists(os.path.join(path, "0.npy"))
+                or os.path.exists(os.path.join(path, "model", "0.npy")) else "")
+        raise ConvertError(f"{path} is a folder; expected {EXPECTED} saved as a .pt file{hint}")
     if not os.path.isfile(path):
         raise ConvertError(f"{path} is missing; expected {EXPECTED} saved as a .pt file")
     torch = _torch(path)

@@ -27,6 +27,7 @@ from flax import nnx
 
 from lmscale.data.tokenizer import ByteTokenizer
 from lmscale.models import MODEL_KINDS, RecurrentLM, build_model
+from lmscale.models.weight_norm import NORM_SQ_FLOOR
 from lmscale.pretrained.errors import ConvertError
 
 MATRICES: dict[str, tuple[str, ...]] = {"mlstm": ("w_x", "w_mx", "w_mh", "w_h"),
@@ -69,9 +70,30 @@ def to_weight_norm(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def from_weight_norm(g: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """g [out], v [in, out] -> w = g * v / ||v|| (norm over ``in``), computed in float64."""
+    """g [out], v [in, out] -> w = g * v / ||v|| (norm over ``in``), computed in float64.
+
+    ||v||^2 is floored at ``NORM_SQ_FLOOR`` as in the model (``weight_norm.unit_scale``) and
+    TensorFlow's l2_normalize: a zero column of v gives a zero column of w (not NaN).
+    """
     v64 = np.asarray(v, np.float64)
-    return (np.asarray(g, np.float64) * v64 / np.sqrt(np.sum(v64 ** 2, axis=0))).astype(np.float32)
+    norm = np.sqrt(np.maximum(np.sum(v64 ** 2, axis=0), NORM_SQ_FLOOR))
+    return (np.asarray(g, np.float64) * v64 / norm).astype(np.float32)
+
+
+def floored_columns(v: np.ndarray) -> list[int]:
+    """Columns of v [in, out] whose squared norm (float32, as the model sums it) is below
+    ``NORM_SQ_FLOOR``, so that the floor sets their scale: g * v * 1e6, not g * v / ||v||
+    (a zero column: a zero column of w, where an unfloored weight norm gives NaN)."""
+    v32 = np.asarray(v, np.float32)
+    return [int(j) for j in np.flatnonzero(np.sum(v32 * v32, axis=0) < NORM_SQ_FLOOR)]
+
+
+def floored_note(what: str, cols: list[int], original: str) -> str:
+    """A convert note: ``what`` (a file or key and "columns") ``cols`` have a norm below 1e-6,
+    so the floor sets their scale; ``original``: what the source's own code does there."""
+    shown = ", ".join(str(c) for c in cols[:10]) + (f", ... ({len(cols)} in all)" if len(cols) > 10 else "")
+    return (f"{what} {shown}: norm below 1e-6; weight norm floors ||v||^2 at 1e-12, so w there "
+            f"is g * v * 1e6 (zero where v is all zero), not NaN; {original}")
 
 
 @dataclasses.dataclass
@@ -117,6 +139,19 @@ class LMWeights:
         if f"{p}/kernel" in self.params:
             return self.params[f"{p}/kernel"]
         return from_weight_norm(self.params[f"{p}/g"], self.params[f"{p}/v"])
+
+    def floored_columns(self) -> dict[str, list[int]]:
+        """{``layers/L/NAME``: columns} of each weight-norm matrix whose v has columns of norm
+        below 1e-6 (``floored_columns``); empty for a model without weight norm."""
+        found = {}
+        for l in range(self.layers):
+            for name in MATRICES.get(self.kind, ()):
+                p = f"layers/{l}/{name}"
+                if f"{p}/v" in self.params:
+                    cols = floored_columns(self.params[f"{p}/v"])
+                    if cols:
+                        found[p] = cols
+        return found
 
     def with_weight_norm(self, on: bool) -> "LMWeights":
         """A copy whose recurrent matrices are all g/v (``on``) or all plain kernels."""

@@ -136,8 +136,10 @@ def load_trained(workdir: str, step: int | None = None, mesh: Mesh | None = None
         raise ConfigError(f"the best weights and step {step} name two different weights of "
                           f"{workdir}: give one (best: those validated best, at their own step)")
     config_path = os.path.join(workdir, "config.json")
-    if not os.path.exists(config_path):
-        raise FileNotFoundError(f"{workdir} is not a training run: {config_path} does not exist")
+    if not os.path.exists(config_path):  # OpenAI's files or a .pt: the convert command to run
+        from lmscale.pretrained.workdir import unconverted_hint
+        raise FileNotFoundError(unconverted_hint(workdir) or
+                                f"{workdir} is not a training run: {config_path} does not exist")
     config, derived = _run_config(workdir, config_path)
     if "class_names" in derived:  # a lmscale.finetune run: a classifier, not a language model
         raise FileNotFoundError(
