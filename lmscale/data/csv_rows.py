@@ -52,6 +52,8 @@ def csv_rows(path: str, columns: Sequence[str], delimiter: str = ",", *,
                     raise DataError(f"{path}: no column {col!r}; columns are {list(fields)}"
                                     + (f" ({column_hint})" if column_hint else ""))
             for row in reader:
+                if delimiter != "\t" and lines.ended:  # an open quote swallowed the rest
+                    _check_closed(path, lines.read, reader.line_num, delimiter)
                 if None in row or None in row.values():
                     n = len(fields) + len(row.get(None) or ()) - list(row.values()).count(None)
                     hint = ("a tab-separated file has no quoting: a text may hold no tab or "
@@ -62,8 +64,6 @@ def csv_rows(path: str, columns: Sequence[str], delimiter: str = ",", *,
                         f"({hint})")
                 if delimiter == "\t":
                     row = {k: _unquoted(v) for k, v in row.items()}
-                elif lines.ended:  # csv reads an open quote at the end as a field: not here
-                    _check_closed(path, lines.read, reader.line_num, delimiter)
                 lines.read.clear()
                 yield reader.line_num, row
     except UnicodeDecodeError as e:

@@ -163,11 +163,12 @@ def fits_what(batch: dict[str, Any], grad_tokens: int) -> str:
 
 def fits_advice(grad_tokens: int, max_len: int | None) -> str:
     """What to lower when a fine-tuning step does not fit the host."""
-    pieces = ("" if max_len is not None else
-              f"a smaller finetune.grad_tokens (now {grad_tokens}), " if grad_tokens else
+    if max_len is not None:  # texts are already cut to max_len tokens
+        return "lower train.batch_size; this step may be meant for a larger host"
+    pieces = (f"a smaller finetune.grad_tokens (now {grad_tokens})" if grad_tokens else
               "finetune.grad_tokens=1024 (long texts read in pieces, the gradient through "
-              "their last 1024 tokens), ")
-    return (f"lower train.batch_size, set {pieces}or shorten the longest texts; this step "
+              "their last 1024 tokens)")
+    return (f"lower train.batch_size, set {pieces}, or shorten the longest texts; this step "
             "may be meant for a larger host")
 
 

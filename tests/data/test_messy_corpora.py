@@ -174,6 +174,12 @@ def test_unterminated_csv_quote_names_the_line(tmp_path):
     path.write_text("\n".join(rows) + "\n")
     with pytest.raises(DataError, match=r"u\.csv:11: a quoted field opens on this line and is never closed"):
         _prepare(tmp_path, str(path), text_column="text")
+    # an open quote in the text column before another one (text,label): named too, not taken
+    # for a row of too few fields
+    first = tmp_path / "first.csv"
+    first.write_text('text,label\nok,1\n"never closed,0\nmore text\n')
+    with pytest.raises(DataError, match=r"first\.csv:3: a quoted field opens on this line"):
+        list(csv_rows(str(first), ["text", "label"]))
     # a closed quote at the end, with or without a final newline, is fine
     path.write_text('id,text\n1,"a, ""quoted""\nline"\n2,"last"')
     assert [row["text"] for _, row in csv_rows(str(path), ["text"])] == ['a, "quoted"\nline', "last"]

@@ -201,6 +201,8 @@ def test_long_training_texts_read_whole_get_a_note():
     assert truncated.long_text_note(100_000, grad_tokens=512, max_len=None) is None
     assert truncated.long_text_note(100_000, grad_tokens=0, max_len=256) is None  # cut to max_len
     assert truncated.long_text_note(truncated.LONG_TEXT_TOKENS, 0, None) is None
+    assert truncated.fits_advice(0, 256) == ("lower train.batch_size; this step may be meant "
+                                             "for a larger host")  # a transformer
 
 
 def test_a_fine_tuning_step_too_large_for_the_host_is_refused_naming_grad_tokens(
