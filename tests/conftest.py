@@ -100,6 +100,7 @@ LONGEST_TEST_FILES = (
     "tests/training/test_kill.py",  # 64
     "tests/benchmarks/test_gpu_check.py",  # ~60 (51 alone; added after the list was measured)
     "tests/models/test_recurrent_vjp.py",  # 57
+    "tests/finetune/test_grad_tokens.py",  # ~54 (added after the list was measured)
     "tests/training/test_loop.py",  # 53
     "tests/transfer/test_featurize.py",  # 52
     "tests/sweeps/test_runner.py",  # 52
