@@ -69,9 +69,9 @@ def factors_by_name(params: Any, decay: float, num_layers: int) -> dict[str, Any
 def checked(decay: float, num_layers: int) -> Callable[[tuple, Any], Any] | None:
     """``layer_factor`` for ``finetune.layer_lr_decay`` (None at 1: every layer at the LM's
     rate); refuses a non-positive decay."""
-    if not decay > 0:  # NaN too
-        raise ConfigError(f"finetune.layer_lr_decay must be > 0 (1 = every LM layer at the LM's "
-                          f"rate, ULMFiT 2.6), got {decay}")
+    if not 0 < decay < float("inf"):  # NaN too
+        raise ConfigError(f"finetune.layer_lr_decay must be a finite number > 0 (1 = every LM "
+                          f"layer at the LM's rate, ULMFiT 2.6), got {decay}")
     return None if decay == 1.0 else layer_factor(decay, num_layers)
 
 
@@ -122,14 +122,35 @@ def trains_top(groups: int, num_layers: int) -> Callable[[tuple], bool] | None:
     return lambda path: group_of(path, num_layers) < groups
 
 
-def unfreezing_note(starts: list[int] | None, steps: int) -> str | None:
-    """A start-up line with the plan, and the groups it never reaches within ``steps``."""
+def _group_name(g: int, num_layers: int) -> str:
+    return "embeddings" if g == num_layers else f"layer {num_layers - 1 - g}"
+
+
+def rates_note(lr: float, decay: float, num_layers: int) -> str | None:
+    """A start-up line with each group's peak rate (``layer_lr_decay`` != 1)."""
+    if decay == 1.0:
+        return None
+    rates = peak_rates(lr, decay, num_layers)
+    return ("discriminative rates: " + ", ".join(
+        f"{_group_name(g, num_layers)} {r:.3g}" for g, r in enumerate(rates)) +
+        (" (lower layers faster than the top: layer_lr_decay < 1)" if decay < 1 else ""))
+
+
+def unfreezing_note(starts: list[int] | None, steps: int, decay_steps: int | None = None,
+                    warmup_steps: int = 0) -> str | None:
+    """A start-up line with the plan (steps count applied updates: float16's skipped steps
+    apply none), the groups it never reaches within ``steps``, and those whose schedule
+    (from their start to ``decay_steps``) ends within its warmup."""
     if starts is None:
         return None
-    top = len(starts) - 2  # the last layer's index
-    names = [("embeddings" if g == top + 1 else f"layer {top - g}") + f" from step {s}"
-             for g, s in enumerate(starts)]
+    layers = len(starts) - 1
+    names = [f"{_group_name(g, layers)} from step {s}" for g, s in enumerate(starts)]
     late = [s for s in starts if s >= steps]
+    horizon = steps if decay_steps is None else decay_steps
+    short = [_group_name(g, layers) for g, s in enumerate(starts)
+             if s < steps and warmup_steps and horizon - s <= warmup_steps]
     return ("gradual unfreezing: " + ", ".join(names) +
             (f"; {len(late)} group(s) start after train.steps={steps} and stay frozen"
-             if late else ""))
+             if late else "") +
+            (f"; the schedule of {', '.join(short)} ends within its optim.warmup_steps="
+             f"{warmup_steps} (it never reaches its peak rate)" if short else ""))

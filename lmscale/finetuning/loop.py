@@ -36,8 +36,9 @@ from lmscale.finetuning.data import Encoded, TrainBatches, class_weights_from, e
 from lmscale.finetuning import layer_rates
 from lmscale.finetuning.head import init_classifier
 from lmscale.finetuning.predict import predict_probs, put_batch, write_predictions
-from lmscale.finetuning.truncated import (check_grad_tokens, fits_advice, fits_what, long_text_note,
-                                         resume_note)
+from lmscale.finetuning.truncated import fits_advice, fits_what, long_text_note
+from lmscale.finetuning.settings import (check_lm_settings, check_used_in_fine_tuning,
+                                        resumed_otherwise)
 from lmscale.finetuning.steps import BATCH_KEYS, make_finetune_step, make_predict_fn, zero_acc
 from lmscale.models import built_in_one_program
 from lmscale.pretrained.preprocess import preprocessor_for
@@ -51,7 +52,7 @@ from lmscale.training.precision import LossScale, Policy, print_compute_hint
 from lmscale.training.restore import TrainedLM, load_trained
 from lmscale.training.schedules import batch_and_rate_note, finetune_warmup_notes
 from lmscale.training.resume import (RUN_FILES, archive_previous_run, check_same_optimizer,
-                                     resumed_derived)
+                                     keep_config_history, resumed_derived)
 from lmscale.training.state import TrainState, host_zeros, initial_state, placed_on, state_shardings
 from lmscale.training.step_timer import StepTimer
 from lmscale.training.stop import StopSignal
@@ -169,32 +170,6 @@ def finetune(config: ml_collections.ConfigDict, workdir: str,
     check_lm_settings(config, lm)  # before the workdir gets any folder
     with locked_workdir(workdir), contextlib.ExitStack() as on_exit:
         return _finetune(config, workdir, mesh, lm, splits, num_classes, class_names, on_exit)
-
-
-def check_lm_settings(config: ml_collections.ConfigDict, lm: TrainedLM) -> None:
-    """Refuses fine-tuning settings this LM cannot take (``grad_tokens``, ``layer_lr_decay``,
-    ``unfreeze_every``), naming the setting."""
-    ft, layers = config.finetune, config.model.layers
-    check_grad_tokens(ft.grad_tokens, lm.model().max_len, ft.aux_lm_weight)
-    layer_rates.checked(ft.layer_lr_decay, layers)
-    if layer_rates.unfreeze_starts(ft.unfreeze_every, ft.freeze_steps, layers) is not None:
-        layer_rates.check_unfreezable(lm.params, layers)
-
-
-# Training settings fine-tuning has no use for, with the value that means "off".
-NOT_IN_FINE_TUNING = {"optim.name": "adam", "optim.lr_drop_epochs": "", "train.grad_accum_steps": 1,
-                      "train.variable_bptt": False}
-
-
-def check_used_in_fine_tuning(config: ml_collections.ConfigDict) -> None:
-    """Refuses a setting of LM training that fine-tuning would ignore (its optimizer is Adam
-    per part, its batches whole texts), rather than record it in config.json as if applied."""
-    for key, off in NOT_IN_FINE_TUNING.items():
-        section, name = key.split(".")
-        if config[section][name] != off:
-            raise ConfigError(f"{key}={config[section][name]!r} is a setting of language-model "
-                              f"training that fine-tuning does not use (it trains with Adam, one "
-                              f"rate per part, on whole texts); leave it at {off!r}")
 
 
 def optim_as_begun(config: ml_collections.ConfigDict, saved: dict[str, Any] | None,
@@ -322,9 +297,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
                "preprocess": lm.derived.get("preprocess", "none"), "devices": mesh.size,
                "precision": str(policy), "texts": {n: len(d) for n, d in splits.items()}}
     if resuming and is_main:
-        before = ((saved or {}).get("config") or {}).get("finetune", {}).get("grad_tokens", 0)
-        note = resume_note(before, ft.grad_tokens, start)
-        if note:
+        for note in resumed_otherwise(saved, config, start):
             print(note, file=sys.stderr, flush=True)
     if progress and resuming:  # as lmscale.train says it
         print(f"{workdir} is already fine-tuned to step {start} (train.steps={steps}): nothing "
@@ -337,10 +310,13 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
                      *finetune_warmup_notes(config.optim.schedule, config.optim.warmup_steps,
                                             steps, decay, ft.freeze_steps),
                      long_text_note(max(map(len, enc["train"].ids)), ft.grad_tokens, max_len),
-                     layer_rates.unfreezing_note(starts, steps)):
+                     layer_rates.rates_note(lr, ft.layer_lr_decay, layers),
+                     layer_rates.unfreezing_note(starts, steps, decay, config.optim.warmup_steps)):
             if note:
                 print(note, file=sys.stderr, flush=True)
         lm.tokenizer.save(workdir)  # the run is self-contained for lmscale.classify
+        if resuming:  # a config resumed otherwise: the old record kept in history/
+            keep_config_history(workdir, {**config.to_dict(), "derived": derived}, start)
         save_config(config, derived, os.path.join(workdir, "config.json"))
     meta = {"signature": signature, "precision": config.precision.compute,
             "config": config.to_dict(), "derived": derived}

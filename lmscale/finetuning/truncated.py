@@ -171,12 +171,3 @@ def fits_advice(grad_tokens: int, max_len: int | None) -> str:
     return (f"lower train.batch_size, set {pieces}, or shorten the longest texts; this step "
             "may be meant for a larger host")
 
-
-def resume_note(before: int, now: int, step: int) -> str | None:
-    """A line when a resumed fine-tune reads texts otherwise than it did (``grad_tokens`` does
-    not shape the saved state, so the resume is accepted; config.json keeps the new value)."""
-    if before == now:
-        return None
-    how = lambda k: f"grad_tokens={k}" + (" (whole texts)" if k == 0 else "")
-    return (f"note: resumed at step {step} with finetune.{how(now)}; the steps before it "
-            f"trained with finetune.{how(before)}")

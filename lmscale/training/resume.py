@@ -147,8 +147,11 @@ def check_same_batch(saved: dict[str, Any], new: dict[str, Any], where: str) -> 
 # Settings whose being on or off adds or removes a link of the optimizer chain
 # (``optimizer.make_optimizer``), and so changes the optimizer state's tree; absent from an
 # older checkpoint: off (0 / False).
-OPTIMIZER_LINKS = ("optim.clip", "optim.weight_decay", "train.variable_bptt",
-                   "finetune.unfreeze_every")  # on: one Adam per LM layer group
+OPTIMIZER_LINKS = ("optim.clip", "optim.weight_decay", "train.variable_bptt")
+# Fine-tuning's holds (``optimizer.hold_for``): the steps at which the LM (and, unfreezing
+# gradually, each layer group: one Adam per group) starts, built into the optimizer state's
+# counts; another value on resume would hold again what had started training.
+FINETUNE_HOLDS = ("finetune.unfreeze_every", "finetune.freeze_steps")
 # With weight decay on, these place or mask its link (their value in an older checkpoint).
 WEIGHT_DECAY_FORM = {"optim.weight_decay_style": "coupled", "optim.weight_decay_on": "all"}
 
@@ -165,9 +168,12 @@ def optimizer_layout(config: dict[str, Any], *, fine_tuning: bool = False) -> di
     if not fine_tuning:
         layout["optim.name"] = _get(config, "optim.name") or "adam"
     for key in OPTIMIZER_LINKS:
-        if key == ("train.variable_bptt" if fine_tuning else "finetune.unfreeze_every"):
+        if fine_tuning and key == "train.variable_bptt":
             continue
         layout[key] = _get(config, key) or 0
+    if fine_tuning:
+        for key in FINETUNE_HOLDS:  # absent in older records: 0
+            layout[key] = _get(config, key) or 0
     if fine_tuning and _get(config, "optim.weight_decay_style") is None:
         layout["optim.weight_decay"] = 0
     if layout["optim.weight_decay"]:
@@ -191,9 +197,11 @@ def check_same_optimizer(old: dict[str, Any], new: dict[str, Any], where: str, *
         if not same:
             raise CheckpointMismatchError(
                 f"{where} was trained with {key}={b!r}; resuming it with "
-                f"{key}={_get(new, key)!r} is refused (the optimizer state differs: its chain "
-                f"of steps is not the same); use the same setting, a new --workdir, or "
-                f"--config.resume=false to start afresh (the old run is archived)")
+                f"{key}={_get(new, key)!r} is refused (the optimizer state differs: "
+                + ("its holds count from the start, and what trained would be held again"
+                   if key in FINETUNE_HOLDS else "its chain of steps is not the same")
+                + "); use the same setting, a new --workdir, or --config.resume=false to "
+                "start afresh (the old run is archived)")
 
 
 def check_same_dataset(saved: dict[str, Any], path: str, fingerprint: str, where: str) -> None:

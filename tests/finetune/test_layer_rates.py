@@ -67,15 +67,15 @@ def test_adam_steps_scale_by_each_layers_factor_and_the_state_is_unchanged(overr
 
 
 def test_bad_decay_is_refused_and_one_changes_nothing():
-    for bad in (0.0, -1.0, float("nan")):
-        with pytest.raises(ConfigError, match="layer_lr_decay must be > 0"):
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="layer_lr_decay must be a finite number > 0"):
             layer_rates.checked(bad, 2)
     assert layer_rates.checked(1.0, 2) is None
     assert layer_rates.peak_rates(1.0, 2.0, 2) == [1.0, 0.5, 0.25]
 
 
 def test_a_fine_tune_moves_the_embeddings_by_the_factor_and_records_the_rates(sst_run, data,
-                                                                              tmp_path):
+                                                                              tmp_path, capsys):
     """One Adam step from the same start: the 1-layer LM's embedding moves 1/2.6 as far."""
     import os
     from lmscale.config import load_config
@@ -93,6 +93,13 @@ def test_a_fine_tune_moves_the_embeddings_by_the_factor_and_records_the_rates(ss
         moved[d] = np.asarray(params["lm"]["embedding"]["embedding"]) - np.asarray(start)
         derived = load_config(os.path.join(run, "config.json"))[1]
         assert derived["lm_layer_lrs"] == pytest.approx([3e-3, 3e-3 / d])
+    # A resume with another decay is accepted (the state does not depend on it), said, and
+    # the old record kept in history/.
+    finetune(ft_config(sst_run, data["sst_train"], data["sst_val"], **{
+        "train.steps": 2, "finetune.layer_lr_decay": 1.0}), str(tmp_path / "ft2.6"))
+    assert ("note: resumed at step 1 with finetune.layer_lr_decay=1.0; the steps before it "
+            "trained with finetune.layer_lr_decay=2.6") in capsys.readouterr().err
+    assert os.listdir(tmp_path / "ft2.6" / "history")
     changed = np.abs(moved[1.0]) > 1e-4  # a full Adam step (3e-3 at the first), not rounding
     assert changed.any()
     np.testing.assert_allclose(moved[2.6][changed], moved[1.0][changed] / 2.6, rtol=1e-3)
