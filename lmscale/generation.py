@@ -155,7 +155,8 @@ def generate(lm: TrainedLM, prompt: str, length: int = 200, *, temperature: floa
     the same length, samples and kind of settings (greedy or not, filters on or off).
     """
     _check_request(prompt, length=length, samples=samples, seed=seed, top_k=top_k,
-                   temperature=temperature, top_p=top_p, neuron_value=neuron_value)
+                   temperature=temperature, top_p=top_p,
+                   **({} if neuron is None else {"neuron_value": neuron_value}))
     if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
         raise DataError("need temperature >= 0, 0 < top_p <= 1 and top_k >= 0")
     if top_k > lm.tokenizer.vocab_size:

@@ -147,10 +147,13 @@ def unfreezing_note(starts: list[int] | None, steps: int, decay_steps: int | Non
     names = [f"{_group_name(g, layers)} from step {s}" for g, s in enumerate(starts)]
     late = [s for s in starts if s >= steps]
     horizon = steps if decay_steps is None else decay_steps
+    past = [_group_name(g, layers) for g, s in enumerate(starts) if horizon <= s < steps]
     short = [_group_name(g, layers) for g, s in enumerate(starts)
-             if s < steps and warmup_steps and horizon - s <= warmup_steps]
+             if s < min(steps, horizon) and warmup_steps and horizon - s <= warmup_steps]
     return ("gradual unfreezing: " + ", ".join(names) +
             (f"; {len(late)} group(s) start after train.steps={steps} and stay frozen"
              if late else "") +
-            (f"; the schedule of {', '.join(short)} ends within its optim.warmup_steps="
-             f"{warmup_steps} (it never reaches its peak rate)" if short else ""))
+            (f"; {', '.join(past)} start(s) after the decay horizon (step {horizon}): at the "
+             "rate the schedule ends at" if past else "") +
+            (f"; {', '.join(short)} start(s) within optim.warmup_steps={warmup_steps} of the "
+             f"decay horizon (step {horizon}): the warmup runs past it" if short else ""))

@@ -255,7 +255,9 @@ def floored_notes(weights: LMWeights) -> list[str]:
     for path, rows in weights.floored_columns().items():
         _, l, ours = path.split("/")
         notes.append(floored_note(f"rnns.{l}.{inverse[ours]}_v row{'s' if len(rows) > 1 else ''}",
-                                   rows, "in sentiment-discovery (no floor) the model is NaN"))
+                                   rows, "sentiment-discovery's weight norm has no floor: NaN for an "
+                                   "all-zero row, a full-norm row for a tiny one, so the import "
+                                   "differs there"))
     return notes
 
 

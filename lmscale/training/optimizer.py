@@ -173,9 +173,11 @@ def make_finetune_optimizer(optim: ml_collections.ConfigDict, decay_steps: int, 
         group_of, starts, factors = groups
         del parts["lm"]
         for g, (start, factor) in enumerate(zip(starts, factors)):
-            # A group starting at or after the decay horizon: the rest of the LM is at 0 by then.
-            schedules[f"lm{g}"] = (sched(lr * factor, decay_steps - start)
-                                   if start < decay_steps else optax.constant_schedule(0.0))
+            # A group starting at or after the decay horizon: at the rate a schedule of this kind
+            # ends at, as the rest of the LM by then (linear, cosine: 0; constant: its peak).
+            schedules[f"lm{g}"] = (sched(lr * factor, decay_steps - start) if start < decay_steps
+                                   else optax.constant_schedule(
+                                       float(sched(lr * factor, 1)(2 ** 30))))
             parts[f"lm{g}"] = hold_for(adam(schedules[f"lm{g}"]), start)
         schedules["lm"] = schedules["lm0"]
         label = lambda params: jax.tree_util.tree_map_with_path(

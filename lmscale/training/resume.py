@@ -198,8 +198,9 @@ def check_same_optimizer(old: dict[str, Any], new: dict[str, Any], where: str, *
             raise CheckpointMismatchError(
                 f"{where} was trained with {key}={b!r}; resuming it with "
                 f"{key}={_get(new, key)!r} is refused (the optimizer state differs: "
-                + ("its holds count from the start, and what trained would be held again"
-                   if key in FINETUNE_HOLDS else "its chain of steps is not the same")
+                + ("its holds, which keep the LM or a layer group frozen until its step, "
+                   "count from the run's start" if key in FINETUNE_HOLDS
+                   else "its chain of steps is not the same")
                 + "); use the same setting, a new --workdir, or --config.resume=false to "
                 "start afresh (the old run is archived)")
 

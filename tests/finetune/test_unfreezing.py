@@ -24,8 +24,11 @@ def test_the_plan_and_its_groups():
         "1 group(s) start after train.steps=10 and stay frozen")
     assert layer_rates.unfreezing_note([5, 8, 11], 20, 20, warmup_steps=10) == (
         "gradual unfreezing: layer 1 from step 5, layer 0 from step 8, embeddings from step 11; "
-        "the schedule of embeddings ends within its optim.warmup_steps=10 (it never reaches its "
-        "peak rate)")
+        "embeddings start(s) within optim.warmup_steps=10 of the decay horizon (step 20): the "
+        "warmup runs past it")
+    assert layer_rates.unfreezing_note([5, 8, 11], 20, 10) == (
+        "gradual unfreezing: layer 1 from step 5, layer 0 from step 8, embeddings from step 11; "
+        "embeddings start(s) after the decay horizon (step 10): at the rate the schedule ends at")
     assert layer_rates.rates_note(1.0, 2.0, 2) == (
         "discriminative rates: layer 1 1, layer 0 0.5, embeddings 0.25")
     with pytest.raises(ConfigError, match="unfreeze_every must be >= 0"):
@@ -45,7 +48,7 @@ def test_a_resume_that_moves_the_holds_is_refused():
     for old, new, key in [(run(0), run(10), "unfreeze_every=0"), (run(5), run(10), "unfreeze_every=5"),
                           (run(5, 2), run(5, 4), "freeze_steps=2")]:
         with pytest.raises(CheckpointMismatchError, match=f"finetune.{key}; resuming it .* "
-                                                          "would be held again"):
+                                                          "count from the run's start"):
             check_same_optimizer(old, new, "runs/ft", fine_tuning=True)
     check_same_optimizer(run(5, 2), run(5, 2), "runs/ft", fine_tuning=True)
     older = {"optim": {"clip": 0.25, "weight_decay": 0.0}, "finetune": {"freeze_steps": 0}}
@@ -123,13 +126,19 @@ def test_each_group_starts_its_own_adam_at_its_step_at_its_rate():
         updates.append(jax.device_get(u))
     adam = lambda rate: optax.adam(rate, b1=o.b1, b2=o.b2, eps=o.eps)
     flat_updates = [jax.tree.leaves(u["lm"]) for u in updates]
-    # A group starting at or after the decay horizon never moves (the rest of the LM is at 0).
-    tx3, _ = make_finetune_optimizer(o, 3, lr=lr, head_lr=lr, freeze_steps=1, groups=groups)
-    state3, embedding_moves = tx3.init(params), []
-    for _ in range(5):
-        u, state3 = tx3.update(grads, state3, params)
-        embedding_moves.append(float(jnp.max(jnp.abs(u["lm"]["embedding"]["embedding"][...]))))
-    assert embedding_moves == [0.0] * 5
+    # A group starting at or after the decay horizon: at the rate its schedule ends at, as the
+    # rest of the LM by then (linear: 0, it never moves; constant: its peak, it trains).
+    for schedule, moves in (("linear", False), ("constant", True)):
+        with o.unlocked():
+            o.schedule = schedule
+        tx3, _ = make_finetune_optimizer(o, 3, lr=lr, head_lr=lr, freeze_steps=1, groups=groups)
+        state3, embedding_moves = tx3.init(params), []
+        for _ in range(5):
+            u, state3 = tx3.update(grads, state3, params)
+            embedding_moves.append(float(jnp.max(jnp.abs(u["lm"]["embedding"]["embedding"][...]))))
+        assert embedding_moves[:3] == [0.0] * 3 and (embedding_moves[3] > 0) == moves, schedule
+    with o.unlocked():
+        o.schedule = "constant"
     for i, (path, g) in enumerate(jax.tree_util.tree_flatten_with_path(grads["lm"])[0]):
         group = layer_rates.group_of(path, 2)
         first, _ = adam(lr / d ** group).update(g, adam(lr / d ** group).init(g))
