@@ -157,6 +157,12 @@ def parse_flags(argv: list[str]) -> list[str]:
     takes a run's saved ``WORKDIR/config.json`` (its ``derived`` section is not applied).
     """
     from absl import flags
+    import signal
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # Started in the background by a script (its shell ignores SIGINT for `&` jobs): a
+        # `kill -INT` or the script's Ctrl-C would not stop the tool. Training and fine-tuning
+        # install their own handlers before this (early_signals, training.stop).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         _accept_json_configs(flags.FLAGS)
         rest = flags.FLAGS(argv)

@@ -269,6 +269,7 @@ def unit_trace(lm: TrainedLM, text: str, unit: int, *, state: str | None = None,
 
 
 CACHE_BLOCK_TEXTS = 8192  # texts per cache file: an interrupted featurize keeps its blocks
+LONG_IN_BLOCK = CACHE_BLOCK_TEXTS // 64  # a text this many times the median: in a block of its own
 
 
 def cached_featurize(lm: TrainedLM, texts: Sequence[str], cache_dir: str | None, **options: Any
@@ -286,9 +287,28 @@ def cached_featurize(lm: TrainedLM, texts: Sequence[str], cache_dir: str | None,
     common = json.dumps({"weights": weights_fingerprint(lm),
                          "preprocess": lm.derived.get("preprocess", "none"),
                          **key_options, "compute": lm.compute}, sort_keys=True).encode()
-    blocks = [texts[i:i + CACHE_BLOCK_TEXTS] for i in range(0, len(texts), CACHE_BLOCK_TEXTS)]
-    return np.concatenate([_cached_block(lm, block, cache_dir, common, options)
-                           for block in blocks or [texts]])
+    out = None
+    for index in cache_blocks([len(t) for t in texts]):
+        feats = _cached_block(lm, [texts[i] for i in index], cache_dir, common, options)
+        if out is None:
+            out = np.zeros((len(texts),) + feats.shape[1:], feats.dtype)
+        out[index] = feats
+    return out
+
+
+def cache_blocks(lengths: Sequence[int]) -> list[np.ndarray]:
+    """The texts' indices in cache blocks: one block for at most ``CACHE_BLOCK_TEXTS`` texts;
+    else blocks of that many in order, the long texts (over ``LONG_IN_BLOCK`` times the median
+    length: longer than a row of a block of typical texts) in blocks of their own at the end,
+    since a block packs its texts alone: a 200k-character text among 8192 short ones kept its
+    row busy while the others idled (a 100k-text split read 2.3x slower than in one pass)."""
+    n = len(lengths)
+    if n <= CACHE_BLOCK_TEXTS:
+        return [np.arange(n)]
+    lengths = np.asarray(lengths)
+    long = lengths > LONG_IN_BLOCK * max(float(np.median(lengths)), 1.0)
+    split = lambda idx: [idx[i:i + CACHE_BLOCK_TEXTS] for i in range(0, len(idx), CACHE_BLOCK_TEXTS)]
+    return split(np.flatnonzero(~long)) + split(np.flatnonzero(long))
 
 
 def _cached_block(lm: TrainedLM, texts: list[str], cache_dir: str, common: bytes,
