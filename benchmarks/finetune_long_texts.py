@@ -91,8 +91,8 @@ def main() -> None:
     if args.one is not None:
         print(json.dumps(one_run(args, args.one)))
         return
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
+    from lmscale.training.bench import append_jsonl, git_commit
+    commit = git_commit()  # "+dirty" if the library's code changed
     for k in (int(x) for x in args.grad_tokens.split(",")):
         cmd = [sys.executable, __file__, "--one", str(k)] + [
             f"--{name}={getattr(args, name)}" for name in ("rows", "chars", "hidden", "pooling", "steps")]
@@ -104,8 +104,7 @@ def main() -> None:
                   "date": time.strftime("%Y-%m-%d %H:%M")}
         print(json.dumps(record), flush=True)
         if args.out:
-            with open(args.out, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_jsonl(record, args.out)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import time
 
 import numpy as np
@@ -56,8 +55,8 @@ def main() -> None:
     from joblib.externals.loky import get_reusable_executor
     from lmscale.transfer.classify import fit_l1
     x, y, xv, yv = features(args.rows, args.features)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
+    from lmscale.training.bench import append_jsonl, git_commit
+    commit = git_commit()  # "+dirty" if the library's code changed
     for search_rows in (int(s) for s in args.search_rows.split(",")):
         cpu, start = cpu_seconds(), time.perf_counter()
         fit = fit_l1(x, y, xv, yv, search_rows=search_rows)
@@ -70,8 +69,7 @@ def main() -> None:
                   "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M")}
         print(json.dumps(record), flush=True)
         if args.out:
-            with open(args.out, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_jsonl(record, args.out)
 
 
 if __name__ == "__main__":
