@@ -24,6 +24,14 @@ class OutputError(Exception):
     """A folder a tool writes to cannot take files; the message says which and what to do."""
 
 
+def nearest_existing(path: str) -> str:
+    """``path`` made absolute, or its nearest parent that exists (where it would be made)."""
+    found = os.path.abspath(path)
+    while not os.path.exists(found) and os.path.dirname(found) != found:
+        found = os.path.dirname(found)
+    return found
+
+
 def writable_folder(path: str, hint: str, create: bool = False) -> str:
     """Checks, before any work, that files can be written in the folder ``path`` (not there
     yet: in its nearest existing parent, where it would be made; ``create``: made now); else
@@ -32,9 +40,7 @@ def writable_folder(path: str, hint: str, create: bool = False) -> str:
     try:
         if create:
             os.makedirs(path, exist_ok=True)
-        probe_in = os.path.abspath(path)
-        while not os.path.exists(probe_in) and os.path.dirname(probe_in) != probe_in:
-            probe_in = os.path.dirname(probe_in)
+        probe_in = nearest_existing(path)
         if not os.path.isdir(probe_in):
             raise NotADirectoryError(errno.ENOTDIR, f"{probe_in} is not a folder")
         fd, probe = tempfile.mkstemp(dir=probe_in, prefix=".write-test-")

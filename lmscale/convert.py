@@ -109,12 +109,10 @@ def convert(source: str, src: str, dst: str, layout: str, weight_norm: str = "au
 def _check_destination(dst: str, layout: str) -> None:
     """ConvertError, before any work, unless ``dst`` can be made: its nearest existing parent
     must be a folder that takes files."""
-    from lmscale.cli import OutputError, writable_folder
+    from lmscale.cli import OutputError, nearest_existing, writable_folder
     from lmscale.pretrained.errors import ConvertError
     expected = f"expected a new {LAYOUT_OUTPUTS[layout]} path"
-    parent = os.path.dirname(os.path.abspath(dst))
-    while not os.path.exists(parent) and os.path.dirname(parent) != parent:
-        parent = os.path.dirname(parent)
+    parent = nearest_existing(os.path.dirname(os.path.abspath(dst)))
     if not os.path.isdir(parent):
         raise ConvertError(f"{dst}: {parent} is a file, not a folder; {expected}")
     try:
