@@ -93,6 +93,16 @@ def check_file(path: str) -> None:
     check_name(path)
 
 
+def unreadable(path: str, e: BaseException) -> DataError | None:
+    """The one line for an input that cannot be read, without permission or as a damaged
+    compressed file; None for another error (the caller's own case)."""
+    if isinstance(e, PermissionError):
+        return DataError(f"{path}: permission denied (make it readable, or leave it out)")
+    if compression(path):
+        return DataError(f"{path}: cannot read it as a {compression(path)} file ({e})")
+    return None
+
+
 def check_contents(path: str) -> None:
     """Refuses a file whose start (decompressed) is binary: a known magic number (a misnamed
     archive or table) or NUL bytes, which text does not hold (UTF-16 text, with a byte order
@@ -102,12 +112,8 @@ def check_contents(path: str) -> None:
             head = f.read(HEAD_BYTES)
     except FileNotFoundError:
         raise DataError(f"{path}: no such file (removed or renamed since it was listed?)") from None
-    except PermissionError:
-        raise DataError(f"{path}: permission denied (make it readable, or leave it out)") from None
     except READ_ERRORS as e:
-        if not compression(path):
-            raise DataError(f"{path}: cannot read it ({e})") from None
-        raise DataError(f"{path}: cannot read it as a {compression(path)} file ({e})") from None
+        raise (unreadable(path, e) or DataError(f"{path}: cannot read it ({e})")) from None
     for magic, name, ext in _MAGIC:
         if head.startswith(magic):
             if ext in (".gz", ".xz") and not compression(path):

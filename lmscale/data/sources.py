@@ -17,13 +17,12 @@ import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 
-from lmscale.data.compression import (READ_ERRORS, compression, decompressed_size,
-                                      format_extension, open_input)
+from lmscale.data.compression import READ_ERRORS, decompressed_size, format_extension, open_input
 from lmscale.data.csv_rows import csv_rows
 from lmscale.data.dataset import dataset_problem
 from lmscale.data.errors import DataError
 from lmscale.data.input_checks import (check_file, leftover_refusal, prepare_leftover,
-                                       run_folder, run_refusal)
+                                       run_folder, run_refusal, unreadable)
 from lmscale.data.tfds import is_tfds, iter_examples, iter_text
 
 TXT_MODES = ("file", "line")
@@ -307,12 +306,11 @@ def iter_pieces(paths: Sequence[str], *, text_column: str | None = None,
             raise DataError(f"no such file or directory: {path}{fetch_hint(path)}") from None
         except IsADirectoryError:
             raise DataError(f"{path} is a directory, not a file") from None
-        except PermissionError:
-            raise DataError(f"{path}: permission denied (make it readable, or leave it out)") from None
         except READ_ERRORS as e:
-            if not compression(path):
+            error = unreadable(path, e)
+            if error is None:
                 raise
-            raise DataError(f"{path}: cannot read it as a {compression(path)} file ({e})") from None
+            raise error from None
 
 
 def _cut(data: bytes, limit: int) -> int:
