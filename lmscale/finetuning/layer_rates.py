@@ -13,6 +13,7 @@ row), ``embedding`` / ``position_embedding``; every other LM parameter is at the
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -65,7 +66,6 @@ def factors_by_name(params: Any, decay: float, num_layers: int) -> dict[str, Any
     return out
 
 
-
 def checked(decay: float, num_layers: int) -> Callable[[tuple, Any], Any] | None:
     """``layer_factor`` for ``finetune.layer_lr_decay`` (None at 1: every layer at the LM's
     rate); refuses a non-positive decay."""
@@ -91,6 +91,15 @@ def unfreeze_starts(unfreeze_every: int, freeze_steps: int, num_layers: int) -> 
     if not unfreeze_every:
         return None
     return [freeze_steps + g * unfreeze_every for g in range(num_layers + 1)]
+
+
+def optimizer_groups(starts: list[int] | None, decay: float, num_layers: int) -> Any:
+    """``make_finetune_optimizer``'s ``groups`` for gradual unfreezing: (group of a path, each
+    group's start, each group's rate factor); None when off."""
+    if starts is None:
+        return None
+    return (functools.partial(group_of, num_layers=num_layers), starts,
+            peak_rates(1.0, decay, num_layers))
 
 
 def check_unfreezable(lm_params: Any, num_layers: int) -> None:

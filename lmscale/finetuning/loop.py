@@ -15,7 +15,6 @@ there (thresholds.json) and used for every later prediction; results.json holds 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import sys
@@ -265,10 +264,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
     layers = config.model.layers
     rates = layer_rates.checked(ft.layer_lr_decay, layers)
     starts = layer_rates.unfreeze_starts(ft.unfreeze_every, ft.freeze_steps, layers)
-    groups = None
-    if starts is not None:
-        groups = (functools.partial(layer_rates.group_of, num_layers=layers), starts,
-                  [1.0 / ft.layer_lr_decay ** g for g in range(layers + 1)])
+    groups = layer_rates.optimizer_groups(starts, ft.layer_lr_decay, layers)
     tx, schedules = make_finetune_optimizer(optim, decay, lr=lr, head_lr=head_lr,
                                             freeze_steps=ft.freeze_steps, layer_factor=rates,
                                             groups=groups)
@@ -289,7 +285,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
     start = int(jax.device_get(state.step))
     derived = {"steps": steps, "steps_per_epoch": batches.steps_per_epoch, "decay_steps": decay,
                "lr": lr, "head_lr": head_lr, "weight_decay": optim.weight_decay,
-               "lm_layer_lrs": layer_rates.peak_rates(lr, ft.layer_lr_decay, config.model.layers),
+               "lm_layer_lrs": layer_rates.peak_rates(lr, ft.layer_lr_decay, layers),
                "num_classes": num_classes, "class_names": class_names,
                "class_weights": None if cw is None else cw.tolist(),
                "init_from": os.path.abspath(config.init_from), "lm_step": lm.step,

@@ -164,14 +164,14 @@ def make_finetune_optimizer(optim: ml_collections.ConfigDict, decay_steps: int, 
 
     schedules = {"lm": sched(lr, decay_steps - freeze_steps), "head": sched(head_lr, decay_steps)}
     adam = lambda s, rate=None: optax.chain(*scaled_with_decay(optim, s, adam=True, rate=rate))
-    lm_rate = None if layer_factor is None else scale_by_rate_per_leaf(schedules["lm"], layer_factor)
-    parts = {"lm": hold_for(adam(schedules["lm"], lm_rate), freeze_steps),
-             "head": adam(schedules["head"])}
+    parts = {"head": adam(schedules["head"])}
     top = lambda path: str(getattr(path[0], "key", path[0]))
-    label = lambda params: jax.tree_util.tree_map_with_path(lambda path, _: top(path), params)
-    if groups is not None:
+    if groups is None:
+        lm_rate = None if layer_factor is None else scale_by_rate_per_leaf(schedules["lm"], layer_factor)
+        parts["lm"] = hold_for(adam(schedules["lm"], lm_rate), freeze_steps)
+        label = lambda params: jax.tree_util.tree_map_with_path(lambda path, _: top(path), params)
+    else:
         group_of, starts, factors = groups
-        del parts["lm"]
         for g, (start, factor) in enumerate(zip(starts, factors)):
             # A group starting at or after the decay horizon: at the rate a schedule of this kind
             # ends at, as the rest of the LM by then (linear, cosine: 0; constant: its peak).

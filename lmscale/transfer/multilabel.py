@@ -108,8 +108,9 @@ def fit_l1_multilabel(x_train: Any, y_train: np.ndarray, x_val: Any, y_val: np.n
         refits = fit_many(x_train, [(y_train[:, j], chosen[j]) for j in separable], seed, n_jobs)
         for j, model in zip(separable, refits):
             coef[j], intercept[j] = model.coef_[0], model.intercept_[0]
-    fit = MultiLabelFit(coef, intercept, np.full(k, 0.5), chosen, {})
-    fit.search_rows, fit.train_rows = (len(y_train) if rows is None else len(rows)), len(y_train)
+    fit = MultiLabelFit(coef, intercept, np.full(k, 0.5), chosen, {},
+                        search_rows=len(y_train) if rows is None else len(rows),
+                        train_rows=len(y_train))
     fit.thresholds = tune_thresholds(fit.probs(x_val), y_val)
     splits = {"train": (x_train, y_train), "val": (x_val, y_val)}
     if x_test is not None and y_test is not None:
