@@ -8,7 +8,8 @@
 
 Random-weight mLSTMs (speed does not depend on the weights) of ``--hidden`` units, and the
 models of the ``--config`` files (random weights, bytes), over the SST binary test
-sentences (../shared/data/sst_binary/test.csv, 1821 texts), in each ``--compute`` dtype
+sentences (``--data``; default: SST's test.csv as ``python -m lmscale.datasets fetch
+sst_binary`` gives it, 1821 texts), in each ``--compute`` dtype
 (``restore.with_compute``). ``first_seconds``: the first call, compiling included; then the
 median of ``--rounds`` whole ``featurize`` calls (compilation excluded). Utilization =
 forward FLOPs of the real characters (``flops_per_token`` at length 1, without the output
@@ -47,7 +48,6 @@ from lmscale.transfer import featurize as current
 from lmscale.transfer import packing
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SST_TEST = os.path.join(HERE, "..", "..", "shared", "data", "sst_binary", "test.csv")
 
 
 def load_module(path: str):
@@ -90,9 +90,13 @@ def main() -> None:
     p.add_argument("--compute", default="float32", help="comma-separated dtypes")
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--before", default="", help="an older featurize.py to time against")
-    p.add_argument("--data", default=SST_TEST)
+    p.add_argument("--data", default="", help="a CSV with a sentence column (default: SST's "
+                   "test.csv, fetched with lmscale.datasets if absent)")
     p.add_argument("--out", default=os.path.join(HERE, "results.jsonl"))
     args = p.parse_args()
+    if not args.data:
+        from lmscale.datasets import fetch
+        args.data = os.path.join(fetch("sst_binary"), "test.csv")
     with open(args.data, newline="", encoding="utf-8") as f:
         texts = [row["sentence"] for row in csv.DictReader(f)]
     texts = texts[:args.texts] if args.texts else texts
