@@ -36,17 +36,13 @@ from lmscale.finetuning import truncated
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.loss import cross_entropy_sums
 from lmscale.training.mesh import DATA_AXIS
+from lmscale.training.optimizer import part
 from lmscale.training.state import TrainState
 from lmscale.training.steps import allreduce, apply_update, row_dropout_keys
 
 Batch = dict[str, jax.Array]
 BATCH_KEYS = ("tokens", "lengths", "labels", "row_weights", "lm_weights")
 SUMS = ("loss", "aux_loss", "correct", "rows")  # per-step metric sums, in the all-reduce
-
-
-def part(path: tuple) -> str:
-    """"lm" or "head": the top-level key of a parameter's path."""
-    return str(getattr(path[0], "key", path[0]))
 
 
 def classification_loss(logits: jax.Array, labels: jax.Array, row_weights: jax.Array,

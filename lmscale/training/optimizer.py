@@ -143,6 +143,11 @@ def hold_for(inner: optax.GradientTransformation, steps: int) -> optax.GradientT
     return optax.GradientTransformation(init, update)
 
 
+def part(path: tuple) -> str:
+    """A classifier parameter's part, "lm" or "head": the top-level key of its path."""
+    return str(getattr(path[0], "key", path[0]))
+
+
 def make_finetune_optimizer(optim: ml_collections.ConfigDict, decay_steps: int, *, lr: float,
                             head_lr: float, freeze_steps: int, layer_factor: Any = None,
                             groups: Any = None
@@ -165,11 +170,10 @@ def make_finetune_optimizer(optim: ml_collections.ConfigDict, decay_steps: int, 
     schedules = {"lm": sched(lr, decay_steps - freeze_steps), "head": sched(head_lr, decay_steps)}
     adam = lambda s, rate=None: optax.chain(*scaled_with_decay(optim, s, adam=True, rate=rate))
     parts = {"head": adam(schedules["head"])}
-    top = lambda path: str(getattr(path[0], "key", path[0]))
     if groups is None:
         lm_rate = None if layer_factor is None else scale_by_rate_per_leaf(schedules["lm"], layer_factor)
         parts["lm"] = hold_for(adam(schedules["lm"], lm_rate), freeze_steps)
-        label = lambda params: jax.tree_util.tree_map_with_path(lambda path, _: top(path), params)
+        label = lambda params: jax.tree_util.tree_map_with_path(lambda path, _: part(path), params)
     else:
         group_of, starts, factors = groups
         for g, (start, factor) in enumerate(zip(starts, factors)):
@@ -181,7 +185,7 @@ def make_finetune_optimizer(optim: ml_collections.ConfigDict, decay_steps: int, 
             parts[f"lm{g}"] = hold_for(adam(schedules[f"lm{g}"]), start)
         schedules["lm"] = schedules["lm0"]
         label = lambda params: jax.tree_util.tree_map_with_path(
-            lambda path, _: top(path) if top(path) == "head" else f"lm{group_of(path)}", params)
+            lambda path, _: part(path) if part(path) == "head" else f"lm{group_of(path)}", params)
     tx = optax.multi_transform(parts, label)
     if optim.clip > 0:
         tx = optax.chain(optax.clip_by_global_norm(optim.clip), tx)
