@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lmscale.config import ConfigError
 from lmscale.models.transformer import STACKED_LAYERS
@@ -29,12 +30,12 @@ def _keys(path: tuple) -> list[str]:
     return [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
 
 
-def group_of(path: tuple, num_layers: int) -> int | None:
+def group_of(path: tuple, num_layers: int, row: int | None = None) -> int | None:
     """The depth group of an LM parameter (0 = the top, ``num_layers`` = the embeddings; module
-    docstring), or None for a stacked leaf (one group per row)."""
+    docstring); for a stacked leaf (one layer a row), that of its row ``row``, None without."""
     keys = _keys(path)
     if STACKED_LAYERS in keys:
-        return None
+        return None if row is None else num_layers - 1 - row
     if "layers" in keys[:-1]:
         return num_layers - 1 - int(keys[keys.index("layers") + 1])
     if any(k in EMBEDDINGS for k in keys):
@@ -102,18 +103,6 @@ def optimizer_groups(starts: list[int] | None, decay: float, num_layers: int) ->
             peak_rates(1.0, decay, num_layers))
 
 
-def check_unfreezable(lm_params: Any, num_layers: int) -> None:
-    """Refuses gradual unfreezing for a model whose layers share parameter arrays (a
-    transformer's stacked blocks): each group needs its own Adam state to start from."""
-    for path, _ in jax.tree_util.tree_flatten_with_path(lm_params)[0]:
-        if group_of(path, num_layers) is None:
-            raise ConfigError(
-                "finetune.unfreeze_every unfreezes the LM a layer at a time, and this model "
-                f"stacks its layers' parameters in one array ({jax.tree_util.keystr(path)}: a "
-                "transformer's blocks); use finetune.freeze_steps and finetune.layer_lr_decay "
-                "instead, or leave unfreeze_every at 0")
-
-
 def unfrozen_groups(step: int, starts: list[int] | None, freeze_steps: int,
                     num_layers: int) -> int:
     """How many LM depth groups train at ``step`` (0-based), top first: all or none without
@@ -123,12 +112,19 @@ def unfrozen_groups(step: int, starts: list[int] | None, freeze_steps: int,
     return sum(step >= s for s in starts)
 
 
-def trains_top(groups: int, num_layers: int) -> Callable[[tuple], bool] | None:
-    """Predicate on an LM parameter's path: whether it is among the top ``groups`` groups
-    (None when every group trains)."""
+def trains_top(groups: int, num_layers: int) -> Callable[[tuple], Any] | None:
+    """``trains(path)``: whether an LM parameter is among the top ``groups`` groups — a bool,
+    or for a stacked leaf a bool per row (numpy [num_layers]); None when every group trains."""
     if groups >= num_layers + 1:
         return None
-    return lambda path: group_of(path, num_layers) < groups
+
+    def trains(path: tuple) -> Any:
+        group = group_of(path, num_layers)
+        if group is None:  # row l is layer l: group num_layers - 1 - l
+            rows = np.arange(num_layers) >= num_layers - groups
+            return bool(rows[0]) if rows.all() or not rows.any() else rows
+        return group < groups
+    return trains
 
 
 def _group_name(g: int, num_layers: int) -> str:

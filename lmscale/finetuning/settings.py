@@ -19,8 +19,7 @@ def check_lm_settings(config: ml_collections.ConfigDict, lm: TrainedLM) -> None:
     ft, layers = config.finetune, config.model.layers
     check_grad_tokens(ft.grad_tokens, lm.model().max_len, ft.aux_lm_weight)
     layer_rates.checked(ft.layer_lr_decay, layers)
-    if layer_rates.unfreeze_starts(ft.unfreeze_every, ft.freeze_steps, layers) is not None:
-        layer_rates.check_unfreezable(lm.params, layers)
+    layer_rates.unfreeze_starts(ft.unfreeze_every, ft.freeze_steps, layers)
 
 
 # Settings a resume may change (the saved state does not depend on them), said when it does.

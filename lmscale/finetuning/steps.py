@@ -18,7 +18,8 @@ and back-propagated through each text's last ``grad_tokens`` tokens only (trunca
 While the LM is frozen (``train_lm`` False) its parameters are under ``stop_gradient``: no
 backward pass through it, its gradients are zeros and only the head's are all-reduced. With
 ``trains`` (gradual unfreezing: a predicate on a parameter's path), the same holds for each
-parameter it leaves out.
+parameter it leaves out; for a stacked leaf it may give a bool per row (the rows it leaves
+out get zero gradients; the backward still runs through them).
 """
 
 from __future__ import annotations
@@ -89,9 +90,19 @@ def make_finetune_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     ``grad_reduce_dtype``: the gradients' dtype in the all-reduce (``parallel.grad_reduce_dtype``).
     """
     cw = None if class_weights is None or not multilabel else jnp.asarray(class_weights, jnp.float32)
-    frozen = lambda path: part(path) == "lm" and (not train_lm or (trains is not None
-                                                                   and not trains(path)))
+    # A parameter trains wholly (True), not at all (False), or in some rows (a stacked leaf's
+    # bool per row: a transformer's blocks joining one by one).
+    trained = lambda path: part(path) == "head" or (train_lm and (trains is None or trains(path)))
+    frozen = lambda path: trained(path) is False
     frozen_any = not train_lm or trains is not None
+
+    def hold(path: tuple, x: jax.Array) -> jax.Array:
+        rows = trained(path)
+        if rows is True:
+            return x
+        if rows is False:
+            return jax.lax.stop_gradient(x)
+        return jnp.where(rows.reshape((-1,) + (1,) * (x.ndim - 1)), x, jax.lax.stop_gradient(x))
 
     def local(params: Any, batch: Batch, key: jax.Array, scale: jax.Array) -> tuple[Any, jax.Array]:
         rows = batch["tokens"].shape[0]
@@ -113,8 +124,7 @@ def make_finetune_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
 
         def loss_fn(p: Any) -> tuple[jax.Array, jax.Array]:
             if frozen_any:
-                p = jax.tree_util.tree_map_with_path(
-                    lambda path, x: jax.lax.stop_gradient(x) if frozen(path) else x, p)
+                p = jax.tree_util.tree_map_with_path(hold, p)
             model = nnx.merge(graphdef, p)
             if in_pieces:
                 features = truncated.window_features(model, lm_in, batch["lengths"], prefix)

@@ -156,10 +156,11 @@ def make_finetune_optimizer(optim: ml_collections.ConfigDict, decay_steps: int, 
     keys "lm" and "head" of the parameters): the head at ``head_lr`` from step 0, the LM at
     ``lr`` held for its first ``freeze_steps`` updates, its schedule running over the rest;
     ``layer_factor(path, leaf)`` (``finetuning.layer_rates``): each LM leaf's rate factor.
-    ``groups`` (gradual unfreezing): (group_of(path) -> int, [start step of each group],
-    [rate factor of each group]): the LM is one Adam per depth group ("lm0" the top, ...),
-    each held until its start, its schedule running from there at ``lr`` times its factor
-    (``layer_factor`` is then unused).
+    ``groups`` (gradual unfreezing): (group_of(path, row=None) -> int, [start step of each
+    group], [rate factor of each group]): the LM is one Adam per depth group ("lm0" the top,
+    ...), each held until its start, its schedule running from there at ``lr`` times its factor
+    (``layer_factor`` is then unused); a leaf whose group_of is None stacks one layer a row
+    (a transformer's blocks): each row joins its layer's group (``multi_transform_by_rows``).
     Returns (transformation, {"lm": schedule, "head": schedule}) (schedules of each part's count;
     the LM's is its top layer's)."""
     def sched(peak: float, steps: int) -> optax.Schedule:
@@ -173,7 +174,8 @@ def make_finetune_optimizer(optim: ml_collections.ConfigDict, decay_steps: int, 
     if groups is None:
         lm_rate = None if layer_factor is None else scale_by_rate_per_leaf(schedules["lm"], layer_factor)
         parts["lm"] = hold_for(adam(schedules["lm"], lm_rate), freeze_steps)
-        label = lambda params: jax.tree_util.tree_map_with_path(lambda path, _: part(path), params)
+        tx = optax.multi_transform(parts, lambda params: jax.tree_util.tree_map_with_path(
+            lambda path, _: part(path), params))
     else:
         group_of, starts, factors = groups
         for g, (start, factor) in enumerate(zip(starts, factors)):
@@ -184,12 +186,55 @@ def make_finetune_optimizer(optim: ml_collections.ConfigDict, decay_steps: int, 
                                        float(sched(lr * factor, 1)(2 ** 30))))
             parts[f"lm{g}"] = hold_for(adam(schedules[f"lm{g}"]), start)
         schedules["lm"] = schedules["lm0"]
-        label = lambda params: jax.tree_util.tree_map_with_path(
-            lambda path, _: part(path) if part(path) == "head" else f"lm{group_of(path)}", params)
-    tx = optax.multi_transform(parts, label)
+        tx = multi_transform_by_rows(
+            parts, lambda path, row: "head" if part(path) == "head" else f"lm{group_of(path, row=row)}",
+            stacked=lambda path: part(path) == "lm" and group_of(path) is None)
     if optim.clip > 0:
         tx = optax.chain(optax.clip_by_global_norm(optim.clip), tx)
     return tx, schedules
+
+
+def multi_transform_by_rows(parts: dict[str, optax.GradientTransformation],
+                            label: Callable[[tuple, int | None], str],
+                            stacked: Callable[[tuple], bool]) -> optax.GradientTransformation:
+    """``optax.multi_transform(parts, ...)`` where a leaf that ``stacked(path)`` marks ([L, ...],
+    one layer a row) is split into its L rows, each labeled ``label(path, row)`` with a state of
+    its own (its own Adam moments and count: a transformer's block joins the training at its
+    own step); other leaves are labeled ``label(path, None)``. The rows' updates are stacked
+    back. A tree without stacked leaves gets the plain ``multi_transform`` and its state."""
+    def rows(tree: Any) -> tuple[list[Any], list[str]] | None:
+        flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+        if not any(stacked(path) for path, _ in flat):
+            return None
+        leaves, labels = [], []
+        for path, x in flat:
+            split = stacked(path)
+            leaves += [x[i] for i in range(x.shape[0])] if split else [x]
+            labels += [label(path, i) for i in range(x.shape[0])] if split else [label(path, None)]
+        return leaves, labels
+
+    def plain(tree: Any) -> optax.GradientTransformation:
+        return optax.multi_transform(parts, lambda t: jax.tree_util.tree_map_with_path(
+            lambda path, _: label(path, None), t))
+
+    def init(params: Any) -> Any:
+        split = rows(params)
+        return plain(params).init(params) if split is None else \
+            optax.multi_transform(parts, split[1]).init(split[0])
+
+    def update(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
+        split = rows(updates)
+        if split is None:
+            return plain(updates).update(updates, state, params)
+        leaves, labels = split
+        new, state = optax.multi_transform(parts, labels).update(
+            leaves, state, None if params is None else rows(params)[0])
+        flat, treedef = jax.tree_util.tree_flatten_with_path(updates)
+        it = iter(new)
+        return treedef.unflatten([jnp.stack([next(it) for _ in range(x.shape[0])])
+                                  if stacked(path) else next(it) for path, x in flat]), state
+
+    return optax.GradientTransformation(init, update)
 
 
 def finetune_applied_lrs(opt_state: Any, schedules: dict[str, optax.Schedule],

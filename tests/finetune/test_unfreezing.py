@@ -33,11 +33,13 @@ def test_the_plan_and_its_groups():
         "discriminative rates: layer 1 1, layer 0 0.5, embeddings 0.25")
     with pytest.raises(ConfigError, match="unfreeze_every must be >= 0"):
         layer_rates.unfreeze_starts(-1, 0, 2)
-    from lmscale.finetuning.head import init_classifier
-    import jax.numpy as jnp
-    _, params, _ = init_classifier(tiny_config("x", **TINY_TRANSFORMER), 257, 2, jnp.float32)
-    with pytest.raises(ConfigError, match="stacks its layers' parameters .* blocks"):
-        layer_rates.check_unfreezable(params["lm"], 2)
+    # A transformer's stacked blocks: row l is layer l, trained once its group is.
+    blocks = (jax.tree_util.DictKey("lm"), jax.tree_util.DictKey("blocks"),
+              jax.tree_util.DictKey("qkv"))
+    assert [layer_rates.group_of(blocks, 3, row=r) for r in (None, 0, 2)] == [None, 2, 0]
+    rows = [layer_rates.trains_top(g, 3)(blocks) for g in (0, 1, 2, 3)]
+    assert rows[0] is False and rows[3] is True and layer_rates.trains_top(4, 3) is None
+    assert [list(r) for r in rows[1:3]] == [[False, False, True], [False, True, True]]
 
 
 def test_a_resume_that_moves_the_holds_is_refused():
@@ -55,18 +57,20 @@ def test_a_resume_that_moves_the_holds_is_refused():
     check_same_optimizer(older, run(0), "runs/ft", fine_tuning=True)  # recorded before the field
 
 
-@pytest.fixture(scope="module")
-def two_layer_lm(tmp_path_factory) -> str:
+@pytest.fixture(scope="module", params=["mlstm", "transformer"])
+def two_layer_lm(request, tmp_path_factory) -> str:
     from lmscale.training.loop import train
     workdir = str(tmp_path_factory.mktemp("lm2") / "run")
-    train(tiny_config(f"{shared_data('sst_binary')}/train.csv", **{
-        "model.layers": 2, "data.text_column": "sentence", "data.split": "8,1,0",
+    model = TINY_TRANSFORMER if request.param == "transformer" else {"model.layers": 2}
+    train(tiny_config(f"{shared_data('sst_binary')}/train.csv", **model, **{
+        "data.text_column": "sentence", "data.split": "8,1,0", "data.shard_tokens": 65536,
         "train.steps": 4, "train.eval_every": 0}), workdir)
     return workdir
 
 
 def test_layers_join_from_the_top_each_untouched_until_its_step(two_layer_lm, data, tmp_path,
                                                                  capsys):
+    """A transformer's blocks (one array, a layer a row) join row by row, as recurrent layers."""
     from lmscale.finetuning.classifier import load_classifier
     from lmscale.finetuning.loop import finetune
     from lmscale.training.checkpoints import Checkpointer
@@ -89,6 +93,11 @@ def test_layers_join_from_the_top_each_untouched_until_its_step(two_layer_lm, da
     # (the decoder learns from the auxiliary LM loss only)
     parts = {"decoder": lambda p: p["decoder"], "layer 1": lambda p: p["layers"][1],
              "layer 0": lambda p: p["layers"][0], "embedding": lambda p: p["embedding"]}
+    if "blocks" in pretrained:
+        row = lambda r: lambda p: jax.tree.map(lambda x: x[r], p["blocks"])
+        parts = {"decoder": lambda p: (p["head"], p["head_bias"]), "layer 1": row(1),
+                 "layer 0": row(0), "embedding": lambda p: (p["embedding"],
+                                                            p["position_embedding"])}
     # checkpoint k holds k updates (steps 0..k-1): a group starting at step s first moves in s+1
     first_moved = {"decoder": 2, "layer 1": 2, "layer 0": 3, "embedding": 4}
     for name, pick in parts.items():
@@ -101,16 +110,19 @@ def test_layers_join_from_the_top_each_untouched_until_its_step(two_layer_lm, da
     assert lm_lrs[0] == 0.0 and all(lr == pytest.approx(3e-3) for lr in lm_lrs[1:])
 
 
-def test_each_group_starts_its_own_adam_at_its_step_at_its_rate():
+@pytest.mark.parametrize("model", [{"model.layers": 2}, TINY_TRANSFORMER],
+                         ids=["mlstm", "transformer"])
+def test_each_group_starts_its_own_adam_at_its_step_at_its_rate(model):
     """The first update of a group that joins at step s is Adam's first step (bias-corrected
-    from 1, not from s) at lr / d^g: one Adam state per group."""
+    from 1, not from s) at lr / d^g: one Adam state per group (per row of a transformer's
+    stacked blocks)."""
     import functools
     import jax.numpy as jnp
     import optax
     from lmscale.config import default_config
     from lmscale.finetuning.head import init_classifier
     from lmscale.training.optimizer import make_finetune_optimizer
-    _, params, _ = init_classifier(tiny_config("x", **{"model.layers": 2}), 257, 2, jnp.float32)
+    _, params, _ = init_classifier(tiny_config("x", **model), 257, 2, jnp.float32)
     grads = jax.tree.map(lambda p: jnp.cos(jnp.arange(p.size, dtype=jnp.float32)).reshape(p.shape),
                          params)
     o = default_config().optim
@@ -135,16 +147,61 @@ def test_each_group_starts_its_own_adam_at_its_step_at_its_rate():
         state3, embedding_moves = tx3.init(params), []
         for _ in range(5):
             u, state3 = tx3.update(grads, state3, params)
-            embedding_moves.append(float(jnp.max(jnp.abs(u["lm"]["embedding"]["embedding"][...]))))
+            embedding_moves.append(float(jnp.max(jnp.abs(jax.tree.leaves(u["lm"]["embedding"])[0]))))
         assert embedding_moves[:3] == [0.0] * 3 and (embedding_moves[3] > 0) == moves, schedule
     with o.unlocked():
         o.schedule = "constant"
     for i, (path, g) in enumerate(jax.tree_util.tree_flatten_with_path(grads["lm"])[0]):
-        group = layer_rates.group_of(path, 2)
-        first, _ = adam(lr / d ** group).update(g, adam(lr / d ** group).init(g))
-        for step, leaves in enumerate(flat_updates):
-            if step < starts[group]:
-                np.testing.assert_array_equal(leaves[i], 0.0)
-            elif step == starts[group]:
-                np.testing.assert_allclose(leaves[i], np.asarray(first), rtol=1e-5,
-                                           err_msg=jax.tree_util.keystr(path))
+        stacked = layer_rates.group_of(path, 2) is None
+        for row in range(g.shape[0]) if stacked else [None]:
+            group = layer_rates.group_of(path, 2, row=row)
+            pick = (lambda x: x[row]) if stacked else (lambda x: x)
+            first, _ = adam(lr / d ** group).update(pick(g), adam(lr / d ** group).init(pick(g)))
+            for step, leaves in enumerate(flat_updates):
+                if step < starts[group]:
+                    np.testing.assert_array_equal(pick(leaves[i]), 0.0)
+                elif step == starts[group]:
+                    np.testing.assert_allclose(pick(leaves[i]), np.asarray(first), rtol=1e-5,
+                                               err_msg=f"{jax.tree_util.keystr(path)} {row}")
+
+
+def test_the_step_gives_a_stacked_leaf_gradients_in_its_trained_rows_only():
+    """With the top block of two trained (``trains_top(1, 2)``), one SGD step at rate 1 moves
+    row 1 of every block parameter by exactly its full-training gradient, row 0 and the
+    embeddings not at all: the frozen rows give nothing to the global norm a clip reads."""
+    import jax.numpy as jnp
+    import optax
+    from lmscale.finetuning.data import make_batch
+    from lmscale.finetuning.head import init_classifier
+    from lmscale.finetuning.loop import init_finetune_state
+    from lmscale.finetuning.steps import BATCH_KEYS, make_finetune_step
+    from lmscale.training import mesh as mesh_lib
+    from lmscale.training.precision import Policy
+    config = tiny_config("unused.txt", **TINY_TRANSFORMER)
+    graphdef, params, _ = init_classifier(config, 257, 2, jnp.float32)
+    mesh, tx = mesh_lib.make_mesh(), optax.sgd(1.0)
+    rng = np.random.default_rng(0)
+    texts = [rng.integers(1, 257, n).astype(np.int32) for n in (5, 17, 30, 9)]
+    batch = make_batch(texts, np.arange(4) % 2, 4, pad=0, bucket=16, max_len=32,
+                       row_weights=np.ones(4, np.float32))
+
+    def delta(trains):
+        state = init_finetune_state(config, Policy.from_compute("float32"), tx, params, mesh)
+        step = jax.jit(make_finetune_step(graphdef, tx, mesh, multilabel=False,
+                                          class_weights=None, aux_weight=0.5, train_lm=True,
+                                          dropout=False, trains=trains))
+        before = jax.device_get(state.params)
+        after, metrics = step(state, {k: batch[k] for k in BATCH_KEYS})
+        return (jax.tree.map(lambda a, b: a - b, before, jax.device_get(after.params))["lm"],
+                float(metrics["grad_norm"]))
+
+    full, full_norm = delta(None)
+    top, top_norm = delta(layer_rates.trains_top(1, 2))
+    for (path, f), t in zip(jax.tree_util.tree_flatten_with_path(full["blocks"])[0],
+                            jax.tree.leaves(top["blocks"])):
+        np.testing.assert_array_equal(t[0], 0.0, err_msg=jax.tree_util.keystr(path))
+        np.testing.assert_allclose(t[1], f[1], rtol=1e-5, atol=3e-7)  # (after - before: ulps of the weights)
+        assert np.abs(f[0]).max() > 0
+    for name in ("embedding", "position_embedding"):
+        np.testing.assert_array_equal(top[name], 0.0)
+    assert 0 < top_norm < full_norm
