@@ -19,6 +19,7 @@ from flax import nnx
 
 from lmscale.config import ConfigError
 from lmscale.models import build_model, built_in_one_program
+from lmscale.models.param_paths import path_names
 
 POOLINGS = ("last", "mean", "max")
 ACTIVATIONS = {"relu": jax.nn.relu, "gelu": jax.nn.gelu, "tanh": jnp.tanh}
@@ -145,14 +146,13 @@ def init_classifier(config: Any, vocab_size: int, num_classes: int, dtype: Any =
 
 def with_lm_params(params: Any, lm_params: Any) -> Any:
     """``params`` with every "lm" leaf replaced by ``lm_params``'s leaf at the same path."""
-    key = lambda path: tuple(str(getattr(p, "key", getattr(p, "name", p))) for p in path)
-    saved = {key(path): x for path, x in jax.tree_util.tree_flatten_with_path(lm_params)[0]}
+    saved = {path_names(path): x for path, x in jax.tree_util.tree_flatten_with_path(lm_params)[0]}
 
     def pick(path: tuple, x: Any) -> Any:
-        if key(path[:1]) != ("lm",):
+        if path_names(path[:1]) != ("lm",):
             return x
-        y = saved[key(path[1:])]
+        y = saved[path_names(path[1:])]
         if y.shape != x.shape:
-            raise ConfigError(f"LM parameter {key(path)} has shape {y.shape}, expected {x.shape}")
+            raise ConfigError(f"LM parameter {path_names(path)} has shape {y.shape}, expected {x.shape}")
         return y
     return jax.tree_util.tree_map_with_path(pick, params)

@@ -21,19 +21,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from lmscale.config import ConfigError
+from lmscale.models.param_paths import path_names
 from lmscale.models.transformer import STACKED_LAYERS
 
 EMBEDDINGS = ("embedding", "position_embedding")
 
 
-def _keys(path: tuple) -> list[str]:
-    return [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
-
-
 def group_of(path: tuple, num_layers: int, row: int | None = None) -> int | None:
     """The depth group of an LM parameter (0 = the top, ``num_layers`` = the embeddings; module
     docstring); for a stacked leaf (one layer a row), that of its row ``row``, None without."""
-    keys = _keys(path)
+    keys = list(path_names(path))
     if STACKED_LAYERS in keys:
         return None if row is None else num_layers - 1 - row
     if "layers" in keys[:-1]:

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from lmscale.models.param_paths import path_names
 from lmscale.models.transformer import STACKED_LAYERS
 from lmscale.training.ntasgd import average_after_switch
 from lmscale.training.schedules import make_schedule, with_drops
@@ -72,7 +73,7 @@ def matrices(params: Any) -> Any:
     layer axis of a transformer's stacked ``blocks`` not counted), False for biases, norm
     scales and weight-norm gains."""
     def is_matrix(path: tuple, p: Any) -> bool:
-        stacked = any(getattr(k, "key", None) == STACKED_LAYERS for k in path)
+        stacked = STACKED_LAYERS in path_names(path)
         return jnp.ndim(p) - int(stacked) >= 2
 
     return jax.tree_util.tree_map_with_path(is_matrix, params)
@@ -145,7 +146,7 @@ def hold_for(inner: optax.GradientTransformation, steps: int) -> optax.GradientT
 
 def part(path: tuple) -> str:
     """A classifier parameter's part, "lm" or "head": the top-level key of its path."""
-    return str(getattr(path[0], "key", path[0]))
+    return path_names(path[:1])[0]
 
 
 def make_finetune_optimizer(optim: ml_collections.ConfigDict, decay_steps: int, *, lr: float,
