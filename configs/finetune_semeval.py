@@ -2,7 +2,9 @@
 (multi-label: one sigmoid per emotion; thresholds tuned per emotion on val to maximize F1).
 
     python -m lmscale.finetune --config=configs/finetune_semeval.py --workdir=runs/semeval_ft \
-        --config.init_from=runs/semeval_lm
+        --config.init_from=runs/sst_lm
+
+(runs/sst_lm: configs/sst_lm.py; any lmscale LM works, an in-domain one better.)
 
 The data set ships train and val only: val picks the best checkpoint and the thresholds,
 so its scores are optimistic (as in the task papers' validation numbers).

@@ -147,15 +147,15 @@ def unfreezing_note(starts: list[int] | None, steps: int, decay_steps: int | Non
         return None
     layers = len(starts) - 1
     names = [f"{_group_name(g, layers)} from step {s}" for g, s in enumerate(starts)]
-    late = [s for s in starts if s >= steps]
+    late = [_group_name(g, layers) for g, s in enumerate(starts) if s >= steps]
     horizon = steps if decay_steps is None else decay_steps
     past = [_group_name(g, layers) for g, s in enumerate(starts) if horizon <= s < steps]
     short = [_group_name(g, layers) for g, s in enumerate(starts)
              if s < min(steps, horizon) and warmup_steps and horizon - s <= warmup_steps]
     return ("gradual unfreezing: " + ", ".join(names) +
-            (f"; {len(late)} group(s) start after train.steps={steps} and stay frozen"
+            (f"; {', '.join(late)} start(s) at or after train.steps={steps} and stay frozen"
              if late else "") +
-            (f"; {', '.join(past)} start(s) after the decay horizon (step {horizon}): at the "
-             "rate the schedule ends at" if past else "") +
+            (f"; {', '.join(past)} start(s) at or after the decay horizon (step {horizon}): at "
+             "the rate the schedule ends at" if past else "") +
             (f"; {', '.join(short)} start(s) within optim.warmup_steps={warmup_steps} of the "
              f"decay horizon (step {horizon}): the warmup runs past it" if short else ""))

@@ -145,7 +145,12 @@ LONG_TEXT_TOKENS = 8192  # a longest training text past this gets the note below
 
 def long_text_note(longest: int, grad_tokens: int, max_len: int | None) -> str | None:
     """A start-up note when whole-text back-propagation meets long texts (memory grows with
-    batch x longest text: 8 texts of 100k bytes took 6 GB at 128 units), else None."""
+    batch x longest text: 8 texts of 100k bytes took 6 GiB at 128 units), or when
+    ``grad_tokens`` bounds nothing (no training text is longer), else None."""
+    if grad_tokens and longest <= grad_tokens:
+        return (f"note: finetune.grad_tokens={grad_tokens} is not shorter than the longest "
+                f"training text ({longest} tokens): every text back-propagates whole, as with "
+                "grad_tokens=0")
     if grad_tokens or max_len is not None or longest <= LONG_TEXT_TOKENS:
         return None
     return (f"note: the longest training text has {longest} tokens, and back-propagating "

@@ -21,14 +21,15 @@ def test_the_plan_and_its_groups():
     assert [layer_rates.unfrozen_groups(s, None, 5, 2) for s in (4, 5)] == [0, 3]
     assert layer_rates.unfreezing_note([5, 8, 11], 10) == (
         "gradual unfreezing: layer 1 from step 5, layer 0 from step 8, embeddings from step 11; "
-        "1 group(s) start after train.steps=10 and stay frozen")
+        "embeddings start(s) at or after train.steps=10 and stay frozen")
     assert layer_rates.unfreezing_note([5, 8, 11], 20, 20, warmup_steps=10) == (
         "gradual unfreezing: layer 1 from step 5, layer 0 from step 8, embeddings from step 11; "
         "embeddings start(s) within optim.warmup_steps=10 of the decay horizon (step 20): the "
         "warmup runs past it")
     assert layer_rates.unfreezing_note([5, 8, 11], 20, 10) == (
         "gradual unfreezing: layer 1 from step 5, layer 0 from step 8, embeddings from step 11; "
-        "embeddings start(s) after the decay horizon (step 10): at the rate the schedule ends at")
+        "embeddings start(s) at or after the decay horizon (step 10): at the rate the schedule "
+        "ends at")
     assert layer_rates.rates_note(1.0, 2.0, 2) == (
         "discriminative rates: layer 1 1, layer 0 0.5, embeddings 0.25")
     with pytest.raises(ConfigError, match="unfreeze_every must be >= 0"):
