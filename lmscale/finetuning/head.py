@@ -109,11 +109,47 @@ class Classifier(nnx.Module):
         return logits
 
 
+def _split(spec: Any) -> tuple[str, ...]:
+    """A comma-separated setting's items ("last, mean" -> ("last", "mean"))."""
+    return tuple(x.strip() for x in str(spec).split(",") if x.strip())
+
+
+def head_widths(spec: Any) -> tuple[int, ...]:
+    """``finetune.head_hidden`` ("512,256") as widths; ConfigError unless positive integers."""
+    try:
+        widths = tuple(int(h) for h in _split(spec))
+    except ValueError:
+        widths = (0,)
+    if any(w <= 0 for w in widths):
+        raise ConfigError(f'finetune.head_hidden must be comma-separated positive integers '
+                          f'(e.g. "256" or "512,256"), got {spec!r}')
+    return widths
+
+
+def check_head_settings(finetune: Any, feature_states: Sequence[str] | None = None) -> None:
+    """Refuses ``finetune.pooling``, ``head_hidden``, ``head_activation``, ``head_dropout`` and,
+    given the LM's ``feature_states``, ``state`` that ``build_classifier`` cannot take: a
+    ConfigError naming the setting (flax's module constructor raised it as a traceback)."""
+    poolings = _split(finetune.pooling)
+    if not poolings or any(p not in POOLINGS for p in poolings):
+        raise ConfigError(f"finetune.pooling must be one or more of {', '.join(POOLINGS)} "
+                          f"(comma-separated), got {finetune.pooling!r}")
+    head_widths(finetune.head_hidden)
+    if finetune.head_activation not in ACTIVATIONS:
+        raise ConfigError(f"finetune.head_activation must be one of "
+                          f"{', '.join(sorted(ACTIVATIONS))}, got {finetune.head_activation!r}")
+    if not 0.0 <= finetune.head_dropout < 1.0:
+        raise ConfigError(f"finetune.head_dropout must be in [0, 1), got {finetune.head_dropout!r}")
+    if feature_states is not None and any(s not in feature_states for s in _split(finetune.state)):
+        raise ConfigError(f"finetune.state must be one or more of {', '.join(feature_states)} "
+                          f"(comma-separated: this model's states; \"\" = {feature_states[0]}), "
+                          f"got {finetune.state!r}")
+
+
 def build_classifier(lm: nnx.Module, num_classes: int, finetune: Any, seed: int) -> Classifier:
     """The classifier that ``config.finetune`` describes, around ``lm``; the head from ``seed``."""
-    split = lambda s: tuple(x.strip() for x in str(s).split(",") if x.strip())
-    return Classifier(lm, num_classes, states=split(finetune.state), poolings=split(finetune.pooling),
-                      hidden=tuple(int(h) for h in split(finetune.head_hidden)),
+    return Classifier(lm, num_classes, states=_split(finetune.state),
+                      poolings=_split(finetune.pooling), hidden=head_widths(finetune.head_hidden),
                       activation=finetune.head_activation, dropout=finetune.head_dropout,
                       rngs=nnx.Rngs(seed + 7))
 

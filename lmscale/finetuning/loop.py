@@ -36,8 +36,8 @@ from lmscale.finetuning import layer_rates
 from lmscale.finetuning.head import init_classifier
 from lmscale.finetuning.predict import predict_probs, put_batch, write_predictions
 from lmscale.finetuning.truncated import fits_advice, fits_what, long_text_note
-from lmscale.finetuning.settings import (check_lm_settings, check_used_in_fine_tuning,
-                                        resumed_otherwise)
+from lmscale.finetuning.settings import (check_lm_settings, check_task_settings,
+                                        check_used_in_fine_tuning, resumed_otherwise)
 from lmscale.finetuning.steps import BATCH_KEYS, make_finetune_step, make_predict_fn, zero_acc
 from lmscale.models import built_in_one_program
 from lmscale.pretrained.preprocess import preprocessor_for
@@ -89,7 +89,9 @@ def load_splits(ft: ml_collections.ConfigDict) -> tuple[dict[str, Labeled], int,
     """Labeled train/val(/test) checked against the task: (splits, classes, class names)."""
     if not ft.train or not ft.val:
         raise ConfigError("finetune.train and finetune.val must both be given")
-    splits = {name: load_labeled(spec, text_column=ft.text_column, label_column=ft.label_column)
+    hint = "set --config.finetune.text_column / --config.finetune.label_column"
+    splits = {name: load_labeled(spec, text_column=ft.text_column, label_column=ft.label_column,
+                                 column_hint=hint)
               for name, spec in (("train", ft.train), ("val", ft.val), ("test", ft.test)) if spec}
     names = splits["train"].label_names
     if ft.multilabel:
@@ -159,6 +161,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str,
     ft = config.finetune
     if ft.best_metric not in METRICS:
         raise ConfigError(f"finetune.best_metric must be one of {list(METRICS)}, got {ft.best_metric!r}")
+    check_task_settings(ft)  # num_classes, multilabel, the head: before any data is read
     if config.train.batch_size % mesh.size:
         raise ConfigError(f"train.batch_size={config.train.batch_size} is not divisible by the "
                           f"{mesh.size} devices")

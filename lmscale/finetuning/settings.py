@@ -9,14 +9,32 @@ import ml_collections
 
 from lmscale.config import ConfigError
 from lmscale.finetuning import layer_rates
+from lmscale.finetuning.head import check_head_settings
 from lmscale.finetuning.truncated import check_grad_tokens
 from lmscale.training.restore import TrainedLM
 
 
+def check_task_settings(ft: ml_collections.ConfigDict) -> None:
+    """Refuses ``config.finetune`` settings of the task and head that no LM can take
+    (``num_classes``, ``multilabel`` with one label column, ``pooling``, ``head_hidden``,
+    ``head_activation``, ``head_dropout``), naming the setting, before any data is read or
+    folder made."""
+    columns = [c.strip() for c in ft.label_column.split(",") if c.strip()]
+    if ft.multilabel and len(columns) == 1:  # labels [N]: a [B, B] sigmoid loss
+        raise ConfigError(f"finetune.multilabel=true needs two or more 0/1 label columns, and "
+                          f"finetune.label_column={ft.label_column!r} names one; for one binary "
+                          f"label leave finetune.multilabel=false (a softmax over classes 0 and 1)")
+    if not ft.multilabel and (ft.num_classes < 0 or ft.num_classes == 1):  # multi-label: unused
+        raise ConfigError(f"finetune.num_classes={ft.num_classes}: classification needs 2 or "
+                          f"more classes (0 = the largest train label + 1)")
+    check_head_settings(ft)
+
+
 def check_lm_settings(config: ml_collections.ConfigDict, lm: TrainedLM) -> None:
-    """Refuses fine-tuning settings this LM cannot take (``grad_tokens``, ``layer_lr_decay``,
-    ``unfreeze_every``), naming the setting."""
+    """Refuses fine-tuning settings this LM cannot take (``state``, ``grad_tokens``,
+    ``layer_lr_decay``, ``unfreeze_every``), naming the setting."""
     ft, layers = config.finetune, config.model.layers
+    check_head_settings(ft, lm.model().feature_states)
     check_grad_tokens(ft.grad_tokens, lm.model().max_len, ft.aux_lm_weight)
     layer_rates.checked(ft.layer_lr_decay, layers)
     layer_rates.unfreeze_starts(ft.unfreeze_every, ft.freeze_steps, layers)

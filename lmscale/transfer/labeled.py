@@ -33,22 +33,27 @@ class Labeled:
         return len(self.texts)
 
 
-def load_labeled(spec: str, *, text_column: str = "sentence", label_column: str = "label") -> Labeled:
-    """Reads ``spec``: a .csv/.tsv/.jsonl file, or ``tfds:NAME/SPLIT`` (tensorflow-datasets)."""
+def load_labeled(spec: str, *, text_column: str = "sentence", label_column: str = "label",
+                 column_hint: str = "") -> Labeled:
+    """Reads ``spec``: a .csv/.tsv/.jsonl file, or ``tfds:NAME/SPLIT`` (tensorflow-datasets).
+    ``column_hint``: appended to a missing column's error, the settings that name the columns
+    (e.g. "set --text_column / --label_column")."""
+    hint = f" ({column_hint})" if column_hint else ""
     label_names = [c.strip() for c in label_column.split(",") if c.strip()]
     if not label_names:
         raise DataError("no label column given")
     if spec.startswith("tfds:"):
-        texts, rows = _read_tfds(spec[len("tfds:"):], text_column, label_names)
+        texts, rows = _read_tfds(spec[len("tfds:"):], text_column, label_names, hint)
     else:
         if not os.path.exists(spec):
             from lmscale.datasets import fetch_hint
             raise DataError(f"{spec}: no such file{fetch_hint(spec)}")
         ext = format_extension(spec)  # reviews.csv.gz: ".csv"
         if ext in (".csv", ".tsv"):
-            texts, rows = _read_csv(spec, text_column, label_names, "\t" if ext == ".tsv" else ",")
+            texts, rows = _read_csv(spec, text_column, label_names, "\t" if ext == ".tsv" else ",",
+                                    column_hint)
         elif ext in (".jsonl", ".json"):
-            texts, rows = _read_jsonl(spec, text_column, label_names)
+            texts, rows = _read_jsonl(spec, text_column, label_names, hint)
         else:
             raise DataError(f"{spec}: unsupported file type {ext!r}; expected .csv, .tsv or .jsonl "
                             "(or tfds:NAME/SPLIT)")
@@ -101,10 +106,11 @@ def checked_text(text: str, where: str, row: int, column: str) -> str:
     return text
 
 
-def _read_csv(path: str, text_column: str, label_names: list[str], delimiter: str
-              ) -> tuple[list[str], list[list[int]]]:
+def _read_csv(path: str, text_column: str, label_names: list[str], delimiter: str,
+              column_hint: str = "") -> tuple[list[str], list[list[int]]]:
     texts, rows = [], []
-    for line, row in csv_rows(path, [text_column, *label_names], delimiter):
+    for line, row in csv_rows(path, [text_column, *label_names], delimiter,
+                              column_hint=column_hint):
         texts.append(checked_text(row[text_column], f"{path}:{line}", len(texts) + 1, text_column))
         rows.append([_label(row[c], f"{path}:{line}", c) for c in label_names])
     return texts, rows
@@ -121,7 +127,8 @@ def json_kind(value: Any) -> str:
     return kinds.get(type(value), type(value).__name__)
 
 
-def _read_jsonl(path: str, text_field: str, label_names: list[str]) -> tuple[list[str], list[list[int]]]:
+def _read_jsonl(path: str, text_field: str, label_names: list[str], hint: str = ""
+                ) -> tuple[list[str], list[list[int]]]:
     texts, rows = [], []
     with open_input(path, "r", encoding="utf-8") as f:
         for i, line in enumerate(f, start=1):
@@ -136,7 +143,7 @@ def _read_jsonl(path: str, text_field: str, label_names: list[str]) -> tuple[lis
                                 "must be one object with the text and label fields")
             for key in [text_field, *label_names]:
                 if key not in obj:
-                    raise DataError(f"{path}:{i}: no field {key!r}; keys are {sorted(obj)}")
+                    raise DataError(f"{path}:{i}: no field {key!r}; keys are {sorted(obj)}{hint}")
             if not isinstance(obj[text_field], str):
                 raise DataError(f"{path}:{i}: field {text_field!r} is "
                                 f"{json_kind(obj[text_field])}, not a string")
@@ -145,7 +152,8 @@ def _read_jsonl(path: str, text_field: str, label_names: list[str]) -> tuple[lis
     return texts, rows
 
 
-def _read_tfds(name: str, text_key: str, label_names: list[str]) -> tuple[list[str], list[list[int]]]:
+def _read_tfds(name: str, text_key: str, label_names: list[str], hint: str = ""
+               ) -> tuple[list[str], list[list[int]]]:
     """``NAME/SPLIT`` (e.g. ``glue/sst2/validation``: the last part is the split)."""
     spec = PREFIX + name
     parse_tfds(spec)
@@ -153,7 +161,7 @@ def _read_tfds(name: str, text_key: str, label_names: list[str]) -> tuple[list[s
     for ex in iter_examples(spec):
         for key in [text_key, *label_names]:
             if key not in ex:
-                raise DataError(f"tfds:{name}: no feature {key!r}; features are {sorted(ex)}")
+                raise DataError(f"tfds:{name}: no feature {key!r}; features are {sorted(ex)}{hint}")
         text = ex[text_key]
         text = text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text)
         texts.append(checked_text(text, f"tfds:{name}", len(texts) + 1, text_key))

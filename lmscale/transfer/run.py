@@ -56,7 +56,8 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
     multilabel = len([c for c in label_column.split(",") if c.strip()]) > 1
     for name, spec in (("train", train), ("val", val), ("test", test)):
         if spec:
-            splits[name] = load_labeled(spec, text_column=text_column, label_column=label_column)
+            splits[name] = load_labeled(spec, text_column=text_column, label_column=label_column,
+                                        column_hint="set --text_column / --label_column")
             if multilabel:
                 check_labels(splits[name].labels, True, len(splits[name].label_names), spec,
                              splits[name].label_names)
