@@ -26,7 +26,28 @@ def test_long_texts_come_in_fewer_rows_and_every_text_once():
     assert [b["tokens"].shape[0] for _, b in batches][:2] == [2, 2]  # the long ones: 2 a batch
     assert batches[-1][1]["tokens"].shape[0] == 8  # the short ones: full batches
     unbounded = list(eval_batches(ids, 8, pad=0, bucket=32, max_len=None))
-    assert unbounded[0][1]["tokens"].shape == (8, 5024)  # before: 8 rows of 5024
+    assert unbounded[0][1]["tokens"].shape == (8, 5120)  # before: 8 rows of 5024 (eval_width)
+
+
+def test_prediction_widths_grow_by_quarter_octaves_past_eight_buckets():
+    """Each width compiles a prediction program: texts of 1 to 2,000 tokens met 63 widths at
+    bucket 32 (6,000 of them: 49 programs, 44 s of a 65 s classify), now 20; up to 8 buckets
+    the widths are the bucket's multiples as before, and a text gets at most a quarter more
+    padding than ``width_for``'s."""
+    from lmscale.finetuning.data import eval_width, width_for
+    widths = {n: eval_width(n, 32, None) for n in range(1, 2001)}
+    assert len(set(widths.values())) == 20
+    for n, w in widths.items():
+        exact = width_for(np.asarray([n]), 32, None)
+        assert w % 32 == 0 and n <= exact <= w <= 1.25 * exact, (n, w)
+        if n <= 256:
+            assert w == exact
+    assert eval_width(300, 32, 256) == 256  # capped at the model's max_len
+    rng = np.random.default_rng(1)
+    ids = [np.ones(n, np.int32) for n in rng.integers(1, 2001, size=3000)]
+    shapes = {b["tokens"].shape[1] for _, b in eval_batches(ids, 16, pad=0, bucket=32,
+                                                             max_len=None)}
+    assert shapes <= set(widths.values()) and len(shapes) <= 20
 
 
 def test_texts_cut_to_max_len_are_said(capfd):
