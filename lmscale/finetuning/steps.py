@@ -52,6 +52,9 @@ def classification_loss(logits: jax.Array, labels: jax.Array, row_weights: jax.A
     classes of the sigmoid cross entropy (labels [B, K], times ``class_weights`` [K])."""
     logits = logits.astype(jnp.float32)
     if multilabel:
+        if labels.shape != logits.shape:  # [B] against [B, 1] would broadcast to [B, B]
+            raise ValueError(f"multi-label labels {labels.shape} must have the logits' shape "
+                             f"{logits.shape}")
         per = optax.sigmoid_binary_cross_entropy(logits, labels.astype(jnp.float32))
         if class_weights is not None:
             per = per * class_weights

@@ -149,8 +149,8 @@ def long_text_note(longest: int, grad_tokens: int, max_len: int | None) -> str |
     ``grad_tokens`` bounds nothing (no training text is longer), else None."""
     if grad_tokens and longest <= grad_tokens:
         return (f"note: finetune.grad_tokens={grad_tokens} is not shorter than the longest "
-                f"training text ({longest} tokens): every text back-propagates whole, as with "
-                "grad_tokens=0")
+                f"training text ({longest} tokens): no text's gradient is cut (the gradients "
+                "of grad_tokens=0)")
     if grad_tokens or max_len is not None or longest <= LONG_TEXT_TOKENS:
         return None
     return (f"note: the longest training text has {longest} tokens, and back-propagating "

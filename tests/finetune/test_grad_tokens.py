@@ -203,7 +203,7 @@ def test_long_training_texts_read_whole_get_a_note():
     assert truncated.long_text_note(truncated.LONG_TEXT_TOKENS, 0, None) is None
     assert truncated.long_text_note(900, grad_tokens=1024, max_len=None) == (
         "note: finetune.grad_tokens=1024 is not shorter than the longest training text (900 "
-        "tokens): every text back-propagates whole, as with grad_tokens=0")
+        "tokens): no text's gradient is cut (the gradients of grad_tokens=0)")
     assert truncated.long_text_note(1025, grad_tokens=1024, max_len=None) is None
     assert truncated.fits_advice(0, 256) == ("lower train.batch_size; this step may be meant "
                                              "for a larger host")  # a transformer
