@@ -18,8 +18,10 @@ Each run is ``python -m lmscale.finetune`` in a fresh process, in ``--workdirs/S
 (its output in ``SETTING_sSEED.log`` beside it); its ``results.json`` gives one JSON line
 appended to ``--out``: setting, seed, steps, val/test accuracy, val/test macro F1, best step,
 the wall seconds of the process and the repo's commit at its end. A run already in ``--out`` is
-skipped, so re-running the same command resumes the grid (an interrupted fine-tune resumes from
-its checkpoint: its wall seconds are then the second process's only, and ``resumed`` says so).
+skipped (the same setting, seed, steps, LM and ``--extra`` flags), so re-running the same command
+resumes the grid (an interrupted fine-tune resumes from its checkpoint: its wall seconds are then
+the second process's only, and ``resumed`` says so). Runs with other ``--extra`` flags need
+another ``--workdirs`` (the run folders are named by setting and seed only).
 """
 
 from __future__ import annotations
@@ -43,15 +45,16 @@ SETTINGS = {
 }
 
 
-def _done(path: str) -> set[tuple[str, int, int, str]]:
-    """(setting, seed, steps, init_from) of the runs already recorded in ``path``."""
+def _done(path: str) -> set[tuple[str, int, int, str, tuple[str, ...]]]:
+    """(setting, seed, steps, init_from, extra flags) of the runs already recorded in ``path``."""
     done = set()
     if os.path.exists(path):
         with open(path) as f:
             for line in f:
                 if line.strip():
                     r = json.loads(line)
-                    done.add((r["setting"], r["seed"], r["steps"], r["init_from"]))
+                    done.add((r["setting"], r["seed"], r["steps"], r["init_from"],
+                              tuple(r.get("extra", []))))
     return done
 
 
@@ -113,7 +116,7 @@ def main() -> None:
     # seed-major order: a grid stopped early still has every setting at the first seeds
     for seed in (int(s) for s in args.seeds.split(",")):
         for setting in settings:
-            if (setting, seed, args.steps, args.init_from) in done:
+            if (setting, seed, args.steps, args.init_from, tuple(args.extra)) in done:
                 print(f"[{setting}_s{seed}] already in {args.out}: skipped", flush=True)
                 continue
             record = one_run(args, setting, seed)
