@@ -95,12 +95,12 @@ def make_finetune_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     cw = None if class_weights is None or not multilabel else jnp.asarray(class_weights, jnp.float32)
     # A parameter trains wholly (True), not at all (False), or in some rows (a stacked leaf's
     # bool per row: a transformer's blocks joining one by one).
-    trained = lambda path: part(path) == "head" or (train_lm and (trains is None or trains(path)))
-    frozen = lambda path: trained(path) is False
+    training = lambda path: part(path) == "head" or (train_lm and (trains is None or trains(path)))
+    frozen = lambda path: training(path) is False
     frozen_any = not train_lm or trains is not None
 
     def hold(path: tuple, x: jax.Array) -> jax.Array:
-        rows = trained(path)
+        rows = training(path)
         if rows is True:
             return x
         if rows is False:
@@ -126,9 +126,16 @@ def make_finetune_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                                            grad_tokens, carry)
 
         def loss_fn(p: Any) -> tuple[jax.Array, jax.Array]:
+            frozen_rows = 0
             if frozen_any:
+                masks = [m for m in (training(path) for path, _ in
+                                     jax.tree_util.tree_flatten_with_path(p)[0])
+                         if not isinstance(m, bool)]
+                frozen_rows = int(np.argmax(masks[0])) if masks else 0  # leading False rows
                 p = jax.tree_util.tree_map_with_path(hold, p)
             model = nnx.merge(graphdef, p)
+            if frozen_rows:  # its lowest blocks run apart, forward only (models/transformer.py)
+                model.lm.frozen_layers = frozen_rows
             if in_pieces:
                 features = truncated.window_features(model, lm_in, batch["lengths"], prefix)
                 logits, lm_carry = model.head(features, keys), prefix[0]

@@ -273,19 +273,32 @@ class TransformerLM(nnx.Module):
     def _apply_blocks(self, x: jax.Array, apply: Callable, xs: Any) -> tuple[jax.Array, Any]:
         """Run ``apply(params_l, x, layer, xs_l) -> (x, y_l)`` over the layers (scan or loop).
 
-        Returns (x, ys stacked along a leading layer axis)."""
+        Returns (x, ys stacked along a leading layer axis). With ``frozen_layers`` = k set on
+        the model (gradual unfreezing sets it per step), the lowest k blocks' parameters are
+        under ``stop_gradient`` and scanned apart from the rest: no backward pass through them
+        when nothing below them trains (one scan over every block would run it, for zeros)."""
         graphdef, params = nnx.split(self.blocks)
         step = lambda p, x, l, xs_l: apply(nnx.merge(graphdef, p), x, l, xs_l)
         if self.remat == "block":
             step = jax.checkpoint(step, prevent_cse=not self.scan_layers)
         layer_ids = jnp.arange(self.num_layers, dtype=jnp.int32)
+        frozen = getattr(self, "frozen_layers", 0)
         if self.scan_layers:
-            return jax.lax.scan(lambda x, a: step(a[0], x, a[1], a[2]), x,
-                                (params, layer_ids, xs))
+            run = lambda p, x, ids, xs: jax.lax.scan(lambda x, a: step(a[0], x, a[1], a[2]), x,
+                                                     (p, ids, xs))
+            if not 0 < frozen < self.num_layers:
+                return run(params, x, layer_ids, xs)
+            low = lambda a: jax.tree.map(lambda v: v[:frozen], a)
+            high = lambda a: jax.tree.map(lambda v: v[frozen:], a)
+            x, ys_low = run(jax.lax.stop_gradient(low(params)), x, layer_ids[:frozen], low(xs))
+            x, ys_high = run(high(params), x, layer_ids[frozen:], high(xs))
+            return x, jax.tree.map(lambda a, b: jnp.concatenate([a, b]), ys_low, ys_high)
         ys = []
         for l in range(self.num_layers):
             take = lambda a: a[l]
-            x, y = step(jax.tree.map(take, params), x, layer_ids[l], jax.tree.map(take, xs))
+            p_l = jax.tree.map(take, params)
+            x, y = step(jax.lax.stop_gradient(p_l) if l < frozen else p_l, x, layer_ids[l],
+                        jax.tree.map(take, xs))
             ys.append(y)
         return x, jax.tree.map(lambda *a: jnp.stack(a), *ys)
 

@@ -169,7 +169,8 @@ def test_each_group_starts_its_own_adam_at_its_step_at_its_rate(model):
 def test_the_step_gives_a_stacked_leaf_gradients_in_its_trained_rows_only():
     """With the top block of two trained (``trains_top(1, 2)``), one SGD step at rate 1 moves
     row 1 of every block parameter by exactly its full-training gradient, row 0 and the
-    embeddings not at all: the frozen rows give nothing to the global norm a clip reads."""
+    embeddings not at all: the frozen rows give nothing to the global norm a clip reads; and
+    the frozen block runs forward only."""
     import jax.numpy as jnp
     import optax
     from lmscale.finetuning.data import make_batch
@@ -186,18 +187,26 @@ def test_the_step_gives_a_stacked_leaf_gradients_in_its_trained_rows_only():
     batch = make_batch(texts, np.arange(4) % 2, 4, pad=0, bucket=16, max_len=32,
                        row_weights=np.ones(4, np.float32))
 
+    block_passes = {}
+
     def delta(trains):
         state = init_finetune_state(config, Policy.from_compute("float32"), tx, params, mesh)
-        step = jax.jit(make_finetune_step(graphdef, tx, mesh, multilabel=False,
-                                          class_weights=None, aux_weight=0.5, train_lm=True,
-                                          dropout=False, trains=trains))
+        step = make_finetune_step(graphdef, tx, mesh, multilabel=False, class_weights=None,
+                                  aux_weight=0.5, train_lm=True, dropout=False, trains=trains)
+        inputs = {k: batch[k] for k in BATCH_KEYS}
+        block_passes[trains is None] = sum(_scan_lengths(jax.make_jaxpr(step)(state, inputs).jaxpr))
+        step = jax.jit(step)
         before = jax.device_get(state.params)
-        after, metrics = step(state, {k: batch[k] for k in BATCH_KEYS})
+        after, metrics = step(state, inputs)
         return (jax.tree.map(lambda a, b: a - b, before, jax.device_get(after.params))["lm"],
                 float(metrics["grad_norm"]))
 
     full, full_norm = delta(None)
     top, top_norm = delta(layer_rates.trains_top(1, 2))
+    # Blocks run by the step's scans, in its two LM passes (the head's features, the aux loss):
+    # all trained, 2 forward + 2 backward each; the top one, the frozen block forward only
+    # (scanned apart) and the top block forward and backward (one scan over both: 8 as well).
+    assert block_passes == {True: 8, False: 6}, block_passes
     for (path, f), t in zip(jax.tree_util.tree_flatten_with_path(full["blocks"])[0],
                             jax.tree.leaves(top["blocks"])):
         np.testing.assert_array_equal(t[0], 0.0, err_msg=jax.tree_util.keystr(path))
@@ -206,3 +215,17 @@ def test_the_step_gives_a_stacked_leaf_gradients_in_its_trained_rows_only():
     for name in ("embedding", "position_embedding"):
         np.testing.assert_array_equal(top[name], 0.0)
     assert 0 < top_norm < full_norm
+
+
+def _scan_lengths(jaxpr) -> list[int]:
+    """The ``length`` of every ``scan`` in a jaxpr, nested ones included."""
+    out = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "scan":
+            out.append(eqn.params["length"])
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (list, tuple)) else [value]:
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    out += _scan_lengths(inner)
+    return out
