@@ -74,13 +74,9 @@ class Classifier(nnx.Module):
                  poolings: Sequence[str] = ("last",), hidden: Sequence[int] = (),
                  activation: str = "relu", dropout: float = 0.0, rngs: nnx.Rngs) -> None:
         states = tuple(states) or lm.feature_states[:1]
-        for s in states:
-            if s not in lm.feature_states:
-                raise ValueError(f"finetune.state must be among {list(lm.feature_states)} for "
-                                 f"this model, got {s!r}")
-        for p in poolings:
-            if p not in POOLINGS:
-                raise ValueError(f"finetune.pooling must be among {list(POOLINGS)}, got {p!r}")
+        check_choices("finetune.state", states, lm.feature_states, ",".join(states),
+                      _states_note(lm.feature_states))
+        check_choices("finetune.pooling", poolings, POOLINGS, ",".join(poolings))
         self.lm = lm
         self.states, self.poolings = states, tuple(poolings)
         in_dim = len(states) * len(self.poolings) * lm.feature_width
@@ -126,24 +122,34 @@ def head_widths(spec: Any) -> tuple[int, ...]:
     return widths
 
 
+def check_choices(key: str, items: Sequence[str], allowed: Sequence[str], given: str,
+                  note: str = "", required: bool = False) -> None:
+    """ConfigError naming ``key`` (a comma list, as ``given``) unless every one of its
+    ``items`` is ``allowed`` (and, ``required``, there is one)."""
+    if (required and not items) or any(i not in allowed for i in items):
+        raise ConfigError(f"{key} must be one or more of {', '.join(allowed)} "
+                          f"(comma-separated{note}), got {given!r}")
+
+
+def _states_note(feature_states: Sequence[str]) -> str:
+    return f": this model's states; \"\" = {feature_states[0]}"
+
+
 def check_head_settings(finetune: Any, feature_states: Sequence[str] | None = None) -> None:
     """Refuses ``finetune.pooling``, ``head_hidden``, ``head_activation``, ``head_dropout`` and,
     given the LM's ``feature_states``, ``state`` that ``build_classifier`` cannot take: a
     ConfigError naming the setting (flax's module constructor raised it as a traceback)."""
-    poolings = _split(finetune.pooling)
-    if not poolings or any(p not in POOLINGS for p in poolings):
-        raise ConfigError(f"finetune.pooling must be one or more of {', '.join(POOLINGS)} "
-                          f"(comma-separated), got {finetune.pooling!r}")
+    check_choices("finetune.pooling", _split(finetune.pooling), POOLINGS, finetune.pooling,
+                  required=True)
     head_widths(finetune.head_hidden)
     if finetune.head_activation not in ACTIVATIONS:
         raise ConfigError(f"finetune.head_activation must be one of "
                           f"{', '.join(sorted(ACTIVATIONS))}, got {finetune.head_activation!r}")
     if not 0.0 <= finetune.head_dropout < 1.0:
         raise ConfigError(f"finetune.head_dropout must be in [0, 1), got {finetune.head_dropout!r}")
-    if feature_states is not None and any(s not in feature_states for s in _split(finetune.state)):
-        raise ConfigError(f"finetune.state must be one or more of {', '.join(feature_states)} "
-                          f"(comma-separated: this model's states; \"\" = {feature_states[0]}), "
-                          f"got {finetune.state!r}")
+    if feature_states is not None:
+        check_choices("finetune.state", _split(finetune.state), feature_states, finetune.state,
+                      _states_note(feature_states))
 
 
 def build_classifier(lm: nnx.Module, num_classes: int, finetune: Any, seed: int) -> Classifier:

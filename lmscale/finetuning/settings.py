@@ -12,6 +12,7 @@ from lmscale.finetuning import layer_rates
 from lmscale.finetuning.head import check_head_settings
 from lmscale.finetuning.truncated import check_grad_tokens
 from lmscale.training.restore import TrainedLM
+from lmscale.transfer.labeled import label_columns
 
 
 def check_task_settings(ft: ml_collections.ConfigDict) -> None:
@@ -19,8 +20,7 @@ def check_task_settings(ft: ml_collections.ConfigDict) -> None:
     (``num_classes``, ``multilabel`` with one label column, ``pooling``, ``head_hidden``,
     ``head_activation``, ``head_dropout``), naming the setting, before any data is read or
     folder made."""
-    columns = [c.strip() for c in ft.label_column.split(",") if c.strip()]
-    if ft.multilabel and len(columns) == 1:  # labels [N]: a [B, B] sigmoid loss
+    if ft.multilabel and len(label_columns(ft.label_column)) == 1:  # labels [N]: a [B, B] sigmoid loss
         raise ConfigError(f"finetune.multilabel=true needs two or more 0/1 label columns, and "
                           f"finetune.label_column={ft.label_column!r} names one; for one binary "
                           f"label leave finetune.multilabel=false (a softmax over classes 0 and 1)")

@@ -19,7 +19,8 @@ While the LM is frozen (``train_lm`` False) its parameters are under ``stop_grad
 backward pass through it, its gradients are zeros and only the head's are all-reduced. With
 ``trains`` (gradual unfreezing: a predicate on a parameter's path), the same holds for each
 parameter it leaves out; for a stacked leaf it may give a bool per row (the rows it leaves
-out get zero gradients; the backward still runs through them).
+out get zero gradients; a transformer's leading frozen blocks run forward only, scanned apart:
+``TransformerLM.frozen_layers``).
 """
 
 from __future__ import annotations

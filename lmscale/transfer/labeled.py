@@ -33,13 +33,18 @@ class Labeled:
         return len(self.texts)
 
 
+def label_columns(label_column: str) -> list[str]:
+    """The label column names of a comma-separated ``label_column`` (two or more: multi-label)."""
+    return [c.strip() for c in label_column.split(",") if c.strip()]
+
+
 def load_labeled(spec: str, *, text_column: str = "sentence", label_column: str = "label",
                  column_hint: str = "") -> Labeled:
     """Reads ``spec``: a .csv/.tsv/.jsonl file, or ``tfds:NAME/SPLIT`` (tensorflow-datasets).
     ``column_hint``: appended to a missing column's error, the settings that name the columns
     (e.g. "set --text_column / --label_column")."""
     hint = f" ({column_hint})" if column_hint else ""
-    label_names = [c.strip() for c in label_column.split(",") if c.strip()]
+    label_names = label_columns(label_column)
     if not label_names:
         raise DataError("no label column given")
     if spec.startswith("tfds:"):

@@ -25,7 +25,8 @@ from lmscale.transfer.classify import (C_GRID, SEARCH_ROWS, fit_l1, inverse_stre
                                       neuron_summary, save_transfer_classifier, top_k_sweep)
 from lmscale.transfer.featurize import (cached_featurize, feature_state, layer_and_unit,
                                        preprocess_texts, unit_trace)
-from lmscale.transfer.labeled import Labeled, check_labels, load_labeled, require_binary
+from lmscale.transfer.labeled import (Labeled, check_labels, label_columns, load_labeled,
+                                      require_binary)
 from lmscale.transfer.multilabel import fit_l1_multilabel
 
 
@@ -53,7 +54,7 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
     if search_rows < 0:
         raise DataError(f"search_rows must be >= 0 (0: all training texts), got {search_rows}")
     splits: dict[str, Labeled] = {}  # read and checked first: bad input fails before any work
-    multilabel = len([c for c in label_column.split(",") if c.strip()]) > 1
+    multilabel = len(label_columns(label_column)) > 1
     for name, spec in (("train", train), ("val", val), ("test", test)):
         if spec:
             splits[name] = load_labeled(spec, text_column=text_column, label_column=label_column,
