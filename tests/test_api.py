@@ -128,7 +128,7 @@ def test_each_call_compiles_only_its_own_programs():
     ``PRNGKey`` or ``jnp.asarray`` is a small program of its own; each was one before)."""
     from tests.conftest import script_result
     out = script_result(_TOOL_PROGRAMS)
-    assert out == {"generate": ["jit(prepare_decode)", "jit(run)"], "featurize": ["jit(fn)"],
+    assert out == {"generate": ["jit(prepare_decode)", "jit(run)"], "featurize": ["jit(read_packed_chunk)"],
                    "unit_trace": ["jit(unit_values)"], "score": ["jit(_chunk_nats)"],
                    "evaluate": ["jit(eval_step)"]}, out
 

@@ -21,8 +21,7 @@ from lmscale.data.tokenizer import tokenizer_from_dict
 from lmscale.finetuning.data import encode
 from lmscale.finetuning.head import init_classifier
 from lmscale.transfer.metrics import predict_labels
-from lmscale.finetuning.predict import predict_probs
-from lmscale.finetuning.steps import make_predict_fn
+from lmscale.finetuning.predict import Predictor
 from lmscale.pretrained.preprocess import get_preprocessor
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.checkpoints import CheckpointMismatchError, Checkpointer
@@ -75,9 +74,8 @@ class FinetunedClassifier(LoadedClassifier):
             checkpointer.close()
         self.step, self.workdir = step, workdir
         self.preprocess = get_preprocessor(derived.get("preprocess", "none"))
-        self.predict_fn = make_predict_fn(graphdef, self.mesh, self.multilabel)
-        self.settings = dict(batch_size=batch_size, pad=self.tokenizer.pad_id or 0,
-                             bucket=config.finetune.bucket_width, max_len=self.max_len)
+        self.predictor = Predictor(graphdef, self.mesh, self.multilabel, tokenizer=self.tokenizer,
+                                   config=config, derived=derived, batch_size=batch_size)
         self.thresholds = None
         thresholds_path = os.path.join(workdir, "thresholds.json")
         if self.multilabel and os.path.exists(thresholds_path):
@@ -86,7 +84,7 @@ class FinetunedClassifier(LoadedClassifier):
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         ids = encode(self.tokenizer, self.preprocess, text_list(texts), self.max_len,
                      number_from=0)
-        return predict_probs(self.predict_fn, self.params, ids, self.mesh, **self.settings)
+        return self.predictor(self.params, ids)
 
 
 def _load_transfer_lm(folder: str, info: dict[str, Any]) -> Any:

@@ -10,7 +10,8 @@ Training batches are a pure function of the step (exact resume): per epoch a see
 permutation of the texts, cut into pools of ``POOL`` batches, each pool sorted by length (little
 padding) and cut into batches, and the batches shuffled; the epoch's remainder (< B texts)
 is left out. Loss weights are normalized over the global batch on the host, so a device's
-loss sum needs no reduction other than the step's one all-reduce.
+loss sum needs no reduction other than the step's one all-reduce. Prediction reads texts
+packed end to end instead (``predict.Predictor``).
 """
 
 from __future__ import annotations
@@ -56,25 +57,11 @@ def width_for(lengths: np.ndarray, bucket: int, max_len: int | None) -> int:
     return width if max_len is None else min(width, max_len)
 
 
-def eval_width(length: int, bucket: int, max_len: int | None) -> int:
-    """The padded width of a prediction batch whose longest text has ``length`` tokens:
-    ``width_for``'s number of buckets n rounded up to 4 steps per doubling (n in
-    [2^k, 2^(k+1)), k >= 3, to a multiple of 2^(k-2): at most a quarter more padding), capped
-    at ``max_len``. Every width compiles its own prediction program and each text is read once:
-    texts up to 2,000 tokens at ``bucket_width`` 32 met 63 widths (6,000 texts: 49 programs,
-    44 s of a 65 s classify) and meet 20. Up to 8 buckets (SST at 32) the widths are
-    ``width_for``'s."""
-    n = -(-length // bucket)
-    step = 1 << max(0, n.bit_length() - 3)
-    width = -(-n // step) * step * bucket
-    return width if max_len is None else min(width, max_len)
-
-
 def make_batch(ids: Sequence[np.ndarray], labels: np.ndarray, rows: int, *, pad: int,
-               bucket: int, max_len: int | None, row_weights: np.ndarray,
-               width: int | None = None) -> dict[str, np.ndarray]:
+               bucket: int, max_len: int | None, row_weights: np.ndarray
+               ) -> dict[str, np.ndarray]:
     """A batch of ``rows`` rows from the given texts (fewer: filler rows of one pad token and
-    weight 0), ``width`` wide (None: ``width_for`` the texts; at least their longest). Returns
+    weight 0), ``width_for`` the texts wide. Returns
     tokens int32 [rows, W], lengths int32 [rows], labels int32 [rows] or
     float32 [rows, K], row_weights float32 [rows] (summing to 1 over real rows), and
     lm_weights float32 [rows, W] (1 / real targets on positions t whose next token t + 1
@@ -82,7 +69,7 @@ def make_batch(ids: Sequence[np.ndarray], labels: np.ndarray, rows: int, *, pad:
     n = len(ids)
     lengths = np.ones(rows, np.int32)
     lengths[:n] = [len(x) for x in ids]
-    width = width_for(lengths, bucket, max_len) if width is None else width
+    width = width_for(lengths, bucket, max_len)
     tokens = np.full((rows, width), pad, np.int32)
     for r, x in enumerate(ids):
         tokens[r, :len(x)] = x
@@ -137,35 +124,6 @@ class TrainBatches:
             weights = self.class_weights[labels].astype(np.float32)
         return make_batch([self.data.ids[i] for i in index], labels, self.batch_size, pad=self.pad,
                           bucket=self.bucket, max_len=self.max_len, row_weights=weights)
-
-
-# Prediction batches hold at most this many token positions (rows x width): a recurrent
-# model's states of every position are kept, so 40 texts of 100k characters in one 64-row
-# batch (its filler rows as wide as the longest) took 6.9 GB with a 128-unit LM.
-EVAL_TOKENS = 1 << 17
-
-
-def eval_batches(ids: Sequence[np.ndarray], batch_size: int, *, pad: int, bucket: int,
-                 max_len: int | None, num_labels: int = 0, max_tokens: int | None = None,
-                 multiple: int = 1):
-    """Yields (indices, batch) over all texts, longest first, in batches of ``batch_size`` rows
-    (the last one padded with filler rows), ``eval_width`` wide; with ``max_tokens``, batches
-    of long texts have fewer rows (a multiple of ``multiple``, at least one multiple) so that
-    rows x width stays within it where it can. Labels are zeros (prediction only)."""
-    order = np.argsort([-len(x) for x in ids], kind="stable")
-    shape = (len(ids), num_labels) if num_labels else (len(ids),)
-    dummy = np.zeros(shape, np.int32)
-    start = 0
-    while start < len(order):
-        rows = batch_size
-        width = eval_width(len(ids[order[start]]), bucket, max_len)  # the longest text first
-        if max_tokens is not None:
-            rows = min(batch_size, max(multiple, max_tokens // width // multiple * multiple))
-        index = order[start:start + rows]
-        start += rows
-        yield index, make_batch([ids[i] for i in index], dummy[index], rows, pad=pad,
-                                bucket=bucket, max_len=max_len,
-                                row_weights=np.ones(len(index), np.float32), width=width)
 
 
 def class_weights_from(spec: str, labels: np.ndarray, num_classes: int) -> np.ndarray | None:

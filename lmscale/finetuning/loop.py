@@ -34,11 +34,11 @@ from lmscale.data.errors import DataError
 from lmscale.finetuning.data import Encoded, TrainBatches, class_weights_from, encode
 from lmscale.finetuning import layer_rates
 from lmscale.finetuning.head import init_classifier
-from lmscale.finetuning.predict import predict_probs, put_batch, write_predictions
+from lmscale.finetuning.predict import Predictor, put_batch, write_predictions
 from lmscale.finetuning.truncated import fits_advice, fits_what, long_text_note
 from lmscale.finetuning.settings import (check_lm_settings, check_task_settings,
                                         check_used_in_fine_tuning, resumed_otherwise)
-from lmscale.finetuning.steps import BATCH_KEYS, make_finetune_step, make_predict_fn, zero_acc
+from lmscale.finetuning.steps import BATCH_KEYS, make_finetune_step, zero_acc
 from lmscale.models import built_in_one_program
 from lmscale.pretrained.preprocess import preprocessor_for
 from lmscale.training import mesh as mesh_lib
@@ -337,14 +337,13 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
                                          donate_argnums=0)
         return step_fns[unfrozen]
 
-    predict_fn = make_predict_fn(graphdef, mesh, ft.multilabel)
-    settings = dict(batch_size=config.train.eval_batch_size, pad=pad, bucket=ft.bucket_width,
-                    max_len=max_len)
+    predict = Predictor(graphdef, mesh, ft.multilabel, tokenizer=lm.tokenizer, config=config,
+                        derived=lm.derived, batch_size=config.train.eval_batch_size)
     val_ids = enc["val"].ids[:ft.max_val_texts or None]
     val_labels = enc["val"].labels[:len(val_ids)]
 
     def validate(params: Any) -> tuple[dict[str, Any], np.ndarray, np.ndarray | None]:
-        probs = predict_probs(predict_fn, params, val_ids, mesh, **settings)
+        probs = predict(params, val_ids)
         thresholds = tune_thresholds(probs, val_labels) if ft.multilabel else None
         return (classification_metrics(probs, val_labels, ft.multilabel, class_names, thresholds),
                 probs, thresholds)
@@ -426,17 +425,14 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
     best_ckpt.wait()
     params = best_ckpt.restore_params(state.params, mesh_lib.replicated(mesh), best["step"])
     best_ckpt.close()
-    return _final_results(workdir, params, predict_fn, enc, splits, ft, class_names, settings,
-                          mesh, best, is_main)
+    return _final_results(workdir, params, predict, enc, splits, ft, class_names, best, is_main)
 
 
-def _final_results(workdir: str, params: Any, predict_fn: Any, enc: dict[str, Encoded],
+def _final_results(workdir: str, params: Any, predict: Predictor, enc: dict[str, Encoded],
                    splits: dict[str, Labeled], ft: Any, class_names: list[str],
-                   settings: dict[str, Any], mesh: Any, best: dict[str, Any], is_main: bool
-                   ) -> dict[str, Any]:
+                   best: dict[str, Any], is_main: bool) -> dict[str, Any]:
     """Best parameters on all of val (thresholds tuned there) and on test; results.json."""
-    probs = {n: predict_probs(predict_fn, params, enc[n].ids, mesh, **settings)
-             for n in ("val", "test") if n in enc}
+    probs = {n: predict(params, enc[n].ids) for n in ("val", "test") if n in enc}
     thresholds = tune_thresholds(probs["val"], enc["val"].labels) if ft.multilabel else None
     results = {"best": best, "thresholds": None if thresholds is None else
                dict(zip(class_names, thresholds.tolist())), "metrics": {}}

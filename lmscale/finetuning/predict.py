@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import csv
+import functools
 import os
 from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
+from flax import nnx
 from jax.sharding import Mesh
 
 from lmscale.atomic import atomic_write
-from lmscale.finetuning.data import EVAL_TOKENS, eval_batches
 from lmscale.training import mesh as mesh_lib
 
 
@@ -23,20 +24,64 @@ def put_batch(batch: dict[str, np.ndarray], mesh: Mesh, keys: Sequence[str]) -> 
     return {k: mesh_lib.put_global(batch[k][start:stop], sharding, rows) for k in keys}
 
 
-def predict_probs(predict_fn: Callable, params: Any, ids: Sequence[np.ndarray], mesh: Mesh, *,
-                  batch_size: int, pad: int, bucket: int, max_len: int | None) -> np.ndarray:
-    """Probabilities [N, K] (float64) of ``predict_fn(params, tokens, lengths)`` over all texts,
-    in their order. ``batch_size`` is rounded up to a multiple of the devices."""
-    rows = -(-batch_size // mesh.size) * mesh.size
-    out: np.ndarray | None = None
-    for index, batch in eval_batches(ids, rows, pad=pad, bucket=bucket, max_len=max_len,
-                                     max_tokens=EVAL_TOKENS, multiple=mesh.size):
-        b = put_batch(batch, mesh, ("tokens", "lengths"))
-        probs = np.asarray(jax.device_get(predict_fn(params, b["tokens"], b["lengths"])), np.float64)
-        if out is None:
-            out = np.zeros((len(ids), probs.shape[1]), np.float64)
-        out[index] = probs[:len(index)]
-    return out
+PREDICT_CHUNK = 128  # tokens a recurrent LM reads per call
+
+# Features a head call reads: the last call is padded to it, so the head compiles once.
+HEAD_ROWS = 1024
+
+
+class Predictor:
+    """Probabilities float64 [N, K] (softmax, or one sigmoid per class with ``multilabel``)
+    of the classifier ``graphdef`` with parameters ``params`` over token ids (each text
+    non-empty, within the LM's ``max_len``): ``Predictor(...)(params, ids)``.
+
+    The classifier's LM reads the texts packed end to end (``transfer.featurize.
+    packed_features``, as the frozen-LM transfer does: a recurrent LM in ``batch_size`` rows,
+    its state reset at each text's first token; a transformer in rows of a few widths, its
+    attention restarting at each text), so a text is read as if alone, from a zero carry, as
+    in training; the pooled states it gives (each of the head's states x poolings) go
+    through the head. Padding is only the rows' tails, and the programs compiled do not grow
+    with the number of text lengths: one per chunk shape (recurrent) or row width (transformer),
+    and the head's. Texts go in blocks (``transfer.featurize.cache_blocks``: at most 8,192
+    texts, long ones apart), so the features held are a block's."""
+
+    def __init__(self, graphdef: nnx.GraphDef, mesh: Mesh, multilabel: bool, *,
+                 tokenizer: Any, config: Any, derived: dict[str, Any], batch_size: int) -> None:
+        self.graphdef, self.mesh, self.multilabel = graphdef, mesh, multilabel
+        self.tokenizer, self.config, self.derived = tokenizer, config, derived
+        self.batch_size, self.chunk = batch_size, PREDICT_CHUNK
+        self.head = _head_probs_fn(graphdef, multilabel)
+
+    def __call__(self, params: Any, ids: Sequence[np.ndarray]) -> np.ndarray:
+        from lmscale.training.restore import TrainedLM
+        from lmscale.transfer.featurize import cache_blocks, packed_features
+        model = nnx.merge(self.graphdef, params)
+        lm_graphdef, lm_params = nnx.split(model.lm, nnx.Param)
+        lm = TrainedLM(config=self.config, derived=self.derived, tokenizer=self.tokenizer,
+                       graphdef=lm_graphdef, params=lm_params, step=0, mesh=self.mesh,
+                       compute=self.config.precision.compute)
+        pairs = [(s, p) for s in model.states for p in model.poolings]
+        out = np.zeros((len(ids), model.head.layers[-1].out_features), np.float64)
+        for index in cache_blocks([len(x) for x in ids]):
+            feats = packed_features(lm, [ids[i] for i in index], pairs,
+                                    batch_size=self.batch_size, chunk=self.chunk)
+            for first in range(0, len(index), HEAD_ROWS):
+                block = np.zeros((HEAD_ROWS, feats.shape[1]), np.float32)
+                part = feats[first:first + HEAD_ROWS]
+                block[:len(part)] = part
+                probs = np.asarray(jax.device_get(self.head(params, block)), np.float64)
+                out[index[first:first + len(part)]] = probs[:len(part)]
+        return out
+
+
+@functools.lru_cache(maxsize=8)
+def _head_probs_fn(graphdef: nnx.GraphDef, multilabel: bool) -> Callable:
+    """jit(params, features float32 [HEAD_ROWS, D]) -> probabilities float32 [HEAD_ROWS, K]
+    of the classifier's head; deterministic (no dropout)."""
+    def head_probs(params: Any, features: jax.Array) -> jax.Array:
+        logits = nnx.merge(graphdef, params).head(features)
+        return jax.nn.sigmoid(logits) if multilabel else jax.nn.softmax(logits, axis=-1)
+    return jax.jit(head_probs)
 
 
 def write_predictions(path: str, texts: Sequence[str], probs: np.ndarray, pred: np.ndarray,

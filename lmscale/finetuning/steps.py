@@ -1,4 +1,4 @@
-"""The fine-tuning step and the prediction step, jitted over the run's mesh.
+"""The fine-tuning step, jitted over the run's mesh (prediction: ``predict.Predictor``).
 
 The same machinery as LM training (lmscale.training.steps): the loss and its gradients run per
 device under ``jax.shard_map`` on the device's rows, the parameters marked device-varying so
@@ -35,7 +35,6 @@ from flax import nnx
 from jax.sharding import Mesh, PartitionSpec as P
 
 from lmscale.finetuning import truncated
-from lmscale.training import mesh as mesh_lib
 from lmscale.training.loss import cross_entropy_sums
 from lmscale.training.mesh import DATA_AXIS
 from lmscale.training.optimizer import part
@@ -183,14 +182,3 @@ def make_finetune_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
 def zero_acc() -> dict[str, jax.Array]:
     """The running sums of a fine-tuning state (float32 SUMS and int32 steps)."""
     return {**{k: jnp.zeros((), jnp.float32) for k in SUMS}, "steps": jnp.zeros((), jnp.int32)}
-
-
-def make_predict_fn(graphdef: nnx.GraphDef, mesh: Mesh, multilabel: bool) -> Callable:
-    """jit(params, tokens [B, W], lengths [B]) -> probabilities float32 [B, K] (softmax or
-    sigmoids), rows sharded in, replicated out; deterministic (no dropout)."""
-    def fn(params: Any, tokens: jax.Array, lengths: jax.Array) -> jax.Array:
-        logits = nnx.merge(graphdef, params)(tokens, lengths)
-        return jax.nn.sigmoid(logits) if multilabel else jax.nn.softmax(logits, axis=-1)
-
-    rows, rep = mesh_lib.batch_sharded(mesh), mesh_lib.replicated(mesh)
-    return jax.jit(fn, in_shardings=(rep, rows, rows), out_shardings=rep)

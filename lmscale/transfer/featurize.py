@@ -100,33 +100,52 @@ def featurize(lm: TrainedLM, texts: Sequence[str], *, state: str | None = None,
     if pooling not in POOLINGS:
         raise DataError(f"pooling must be one of {list(POOLINGS)}, got {pooling!r}")
     ids = _fit_length(lm, encode_texts(lm, texts))
+    return packed_features(lm, ids, ((state, pooling),), all_layers=all_layers,
+                           batch_size=batch_size, chunk=chunk, progress=progress)
+
+
+Pair = tuple[str, str]  # (state, pooling), e.g. ("cell", "mean")
+
+
+def packed_features(lm: TrainedLM, ids: Sequence[np.ndarray], pairs: Sequence[Pair], *,
+                    all_layers: bool = False, batch_size: int = 64, chunk: int = 128,
+                    progress: bool = False) -> np.ndarray:
+    """Features [N, P x L x F] float32 of the token ids ``ids`` (each non-empty, within the
+    model's ``max_len``), read packed (see the module docstring): for each (state, pooling) of
+    ``pairs`` in turn, the last layer's (``all_layers``: every layer's, side by side) pooled
+    state; one pass over the texts reads them all (a fine-tuned classifier's head takes
+    several, e.g. the last and the mean cell state)."""
+    pairs = tuple((str(s), str(p)) for s, p in pairs)
     if lm.model().max_len is not None:
-        out = _featurize_bins(lm, ids, state, pooling, all_layers, batch_size, progress)
+        out = _featurize_bins(lm, ids, pairs, all_layers, batch_size, progress)
     else:
         rows = packing.rows_for(batch_size, len(ids), lm.mesh.size)
-        out = _featurize_packed(lm, ids, state, pooling, all_layers, rows, chunk, progress)
-    if pooling == "mean":
-        out /= np.asarray([len(x) for x in ids], np.float32)[:, None]
+        out = _featurize_packed(lm, ids, pairs, all_layers, rows, chunk, progress)
+    width = out.shape[1] // len(pairs)
+    lengths = np.asarray([len(x) for x in ids], np.float32)[:, None]
+    for p, (_, pooling) in enumerate(pairs):
+        if pooling == "mean":  # read as sums
+            out[:, p * width:(p + 1) * width] /= lengths
     return out
 
 
-def _featurize_packed(lm: TrainedLM, ids: list[np.ndarray], state: str, pooling: str,
+def _featurize_packed(lm: TrainedLM, ids: Sequence[np.ndarray], pairs: tuple[Pair, ...],
                       all_layers: bool, rows: int, chunk: int, progress: bool) -> np.ndarray:
     """A recurrent LM over the texts packed into ``rows`` rows (``packing``); mean pools
     are returned as sums."""
     model = lm.model()
     layers = model.num_layers if all_layers else 1
     plan = packing.pack([len(x) for x in ids], rows)
-    slots = 1 << (packing.ends_per_chunk(plan, chunk) - 1).bit_length()  # few compiles
+    slots = _slots(packing.ends_per_chunk(plan, chunk))
     row_sharded = mesh_lib.batch_sharded(lm.mesh)
-    step = _packed_chunk_fn(lm.graphdef, state, pooling, all_layers)
+    step = _packed_chunk_fn(lm.graphdef, pairs, all_layers)
     prepared = prepared_weights(lm)  # weight norm and layouts once, not once per chunk
     carry = zero_carry(model.initial_carry, rows, row_sharded)
-    acc = None
-    if pooling != "last":
-        acc = jax.device_put(np.zeros((layers, rows, model.feature_width), np.float32),
-                             NamedSharding(lm.mesh, P(None, mesh_lib.DATA_AXIS)))
-    out = np.zeros((len(ids), layers * model.feature_width), np.float32)
+    acc_sharding = NamedSharding(lm.mesh, P(None, mesh_lib.DATA_AXIS))
+    acc = tuple(None if pooling == "last" else
+                jax.device_put(np.zeros((layers, rows, model.feature_width), np.float32),
+                               acc_sharding) for _, pooling in pairs)
+    out = np.zeros((len(ids), len(pairs) * layers * model.feature_width), np.float32)
     collect = functools.partial(_collect, out)
     put = lambda a: jax.device_put(a, row_sharded)
     pending = None  # the previous chunk's picks, read after the next chunk is dispatched
@@ -143,49 +162,94 @@ def _featurize_packed(lm: TrainedLM, ids: list[np.ndarray], state: str, pooling:
     return out
 
 
+def _slots(most: int) -> int:
+    """Text ends a row of a piece has room for: ``most`` rounded up to a power of two, at
+    least 8, so that pieces of texts of other lengths compile nothing new (1, 2 and 4 ends
+    each compiled the reader again)."""
+    return max(8, 1 << (most - 1).bit_length())
+
+
 def _collect(out: np.ndarray, picked: jax.Array, texts: np.ndarray) -> None:
-    """out[texts] = picked [L, rows, slots, F] where texts [rows, slots] >= 0, layers side by side."""
+    """out[texts] = picked [P x L, rows, slots, F] where texts [rows, slots] >= 0, the pairs'
+    layers side by side."""
     per_slot = np.transpose(np.asarray(picked), (1, 2, 0, 3))
     used = texts >= 0
     out[texts[used]] = per_slot[used].reshape(-1, out.shape[1])
 
 
 @functools.lru_cache(maxsize=32)
-def _packed_chunk_fn(graphdef: nnx.GraphDef, state: str, pooling: str, all_layers: bool
+def _packed_chunk_fn(graphdef: nnx.GraphDef, pairs: tuple[Pair, ...], all_layers: bool
                      ) -> Callable:
-    """jit(params, prepared, carry, acc, tokens [B, t], resets [B, t], ends [B, K]) ->
-    (carry, acc, picked [L, B, K, F]): the chunk read from ``carry``, the state resetting
-    where ``resets``; picked: the state (or the text's running pool so far) at ``ends``;
-    acc [L, B, F] (None for "last", or where no text continues from an earlier chunk);
-    ``prepared``: ``prepared_weights`` (None: the model takes none).
+    """jit(params, prepared, carry, accs, tokens [B, t], resets [B, t], ends [B, K]) ->
+    (carry, accs, picked [P x L, B, K, F]): the chunk read from ``carry``, the state resetting
+    where ``resets``; picked: for each (state, pooling) of ``pairs``, the state (or the text's
+    running pool so far) at ``ends``; accs: per pair [L, B, F] (None for "last", or where no
+    text continues from an earlier chunk); ``prepared``: ``prepared_weights`` (None: the model
+    takes none).
 
-    Pools run within each text: a segmented scan over the chunk (restarting at resets),
-    continued from ``acc``, the pool so far of the text each row was reading."""
-    op = {"mean": jnp.add, "max": jnp.maximum, "min": jnp.minimum}.get(pooling)
+    Pools run within each text (restarting at resets), continued from the pair's acc, the
+    pool so far of the text each row was reading: a mean's sum as one product of each ended
+    text's 0/1 span over the chunk with the states (a segmented scan over [L, B, t, F] took a
+    sixth of the SST featurization), max and min by a segmented scan."""
+    def picked_pool(x: jax.Array, acc: jax.Array | None, resets: jax.Array, ends: jax.Array,
+                    pooling: str) -> tuple[jax.Array, jax.Array | None]:
+        """x [L, B, t, F] -> (the pool at ``ends`` [L, B, K, F], the acc at the chunk's end)."""
+        if pooling == "last":
+            return jnp.take_along_axis(x, ends[None, :, :, None], axis=2), acc
+        if pooling == "mean":
+            return _span_sums(x, acc, resets, ends)
+        op = {"max": jnp.maximum, "min": jnp.minimum}[pooling]
 
-    def combine(a: tuple, b: tuple) -> tuple:
-        (starts_a, va), (starts_b, vb) = a, b
-        return starts_a | starts_b, jnp.where(starts_b, vb, op(va, vb))
+        def combine(a: tuple, b: tuple) -> tuple:
+            (starts_a, va), (starts_b, vb) = a, b
+            return starts_a | starts_b, jnp.where(starts_b, vb, op(va, vb))
 
-    def fn(params: Any, prepared: Any, carry: Any, acc: jax.Array | None, tokens: jax.Array,
-           resets: jax.Array, ends: jax.Array) -> tuple[Any, Any, jax.Array]:
+        starts = jnp.broadcast_to(resets[None, :, :, None], x.shape)
+        if acc is not None:
+            x = x.at[:, :, 0].set(jnp.where(starts[:, :, 0], x[:, :, 0], op(acc, x[:, :, 0])))
+        _, x = jax.lax.associative_scan(combine, (starts, x), axis=2)
+        return (jnp.take_along_axis(x, ends[None, :, :, None], axis=2),
+                None if acc is None else x[:, :, -1])
+
+    def read_packed_chunk(params: Any, prepared: Any, carry: Any, accs: tuple, tokens: jax.Array,
+                          resets: jax.Array, ends: jax.Array) -> tuple[Any, Any, jax.Array]:
         model = nnx.merge(graphdef, params)
         out = (model.features(tokens, carry, resets) if prepared is None
                else model.features(tokens, carry, resets, prepared))
-        x = out[state] if all_layers else out[state][-1:]  # [L, B, t, F] float32
-        if op is not None:
-            starts = jnp.broadcast_to(resets[None, :, :, None], x.shape)
-            if acc is not None:
-                x = x.at[:, :, 0].set(jnp.where(starts[:, :, 0], x[:, :, 0], op(acc, x[:, :, 0])))
-            _, x = jax.lax.associative_scan(combine, (starts, x), axis=2)
-            acc = None if acc is None else x[:, :, -1]
-        picked = jnp.take_along_axis(x, ends[None, :, :, None], axis=2)
-        return out["carry"], acc, picked
+        picks, new_accs = [], []
+        for (state, pooling), acc in zip(pairs, accs):
+            x = out[state] if all_layers else out[state][-1:]  # [L, B, t, F] float32
+            picked, acc = picked_pool(x, acc, resets, ends, pooling)
+            picks.append(picked)
+            new_accs.append(acc)
+        return out["carry"], tuple(new_accs), jnp.concatenate(picks, axis=0)
 
-    return jax.jit(fn)
+    return jax.jit(read_packed_chunk)
 
 
-def _featurize_bins(lm: TrainedLM, ids: list[np.ndarray], state: str, pooling: str,
+def _span_sums(x: jax.Array, acc: jax.Array | None, resets: jax.Array, ends: jax.Array
+               ) -> tuple[jax.Array, jax.Array | None]:
+    """Sums of x [L, B, t, F] over each text's positions in the chunk up to ``ends`` [B, K]
+    (from its reset, or from the chunk's start plus ``acc`` [L, B, F] for the text a row
+    continues), and the same at the chunk's last position (the next acc). float32 products
+    at full precision (no TF32 on GPUs)."""
+    t = x.shape[2]
+    at = jnp.arange(t)
+    first = jax.lax.cummax(jnp.where(resets, at[None, :], -1), axis=1)  # [B, t]: its text's reset
+    begins = jnp.take_along_axis(first, ends, axis=1)  # [B, K]; -1: began in an earlier chunk
+    spans = (at >= jnp.maximum(begins, 0)[..., None]) & (at <= ends[..., None])  # [B, K, t]
+    sums = jnp.einsum("bkt,lbtf->lbkf", spans.astype(x.dtype), x,
+                      precision=jax.lax.Precision.HIGHEST)
+    if acc is None:
+        return sums, None
+    sums = sums + jnp.where((begins < 0)[None, :, :, None], acc[:, :, None, :], 0.0)
+    tail = at[None, :] >= jnp.maximum(first[:, -1:], 0)  # [B, t]: the text at the chunk's end
+    carried = jnp.einsum("bt,lbtf->lbf", tail.astype(x.dtype), x,
+                         precision=jax.lax.Precision.HIGHEST)
+    return sums, carried + jnp.where((first[:, -1] < 0)[None, :, None], acc, 0.0)
+
+
+def _featurize_bins(lm: TrainedLM, ids: Sequence[np.ndarray], pairs: tuple[Pair, ...],
                     all_layers: bool, batch_size: int, progress: bool) -> np.ndarray:
     """A stateless LM (``max_len``) over the texts packed into rows of a few widths
     (``packing.pack_bins``), ``batch_size`` rows of one width a call; mean pools are returned
@@ -194,8 +258,8 @@ def _featurize_bins(lm: TrainedLM, ids: list[np.ndarray], state: str, pooling: s
     layers = model.num_layers if all_layers else 1
     row_sharded = mesh_lib.batch_sharded(lm.mesh)
     put = lambda a: jax.device_put(a, row_sharded)
-    step = _packed_chunk_fn(lm.graphdef, state, pooling, all_layers)
-    out = np.zeros((len(ids), layers * model.feature_width), np.float32)
+    step = _packed_chunk_fn(lm.graphdef, pairs, all_layers)
+    out = np.zeros((len(ids), len(pairs) * layers * model.feature_width), np.float32)
     calls = []  # (texts of the width, its plan, rows a call, the call's first row)
     for texts, plan in packing.pack_bins([len(x) for x in ids], model.max_len):
         rows = packing.rows_for(batch_size, plan.rows, lm.mesh.size)
@@ -203,10 +267,10 @@ def _featurize_bins(lm: TrainedLM, ids: list[np.ndarray], state: str, pooling: s
     pending = None  # the previous call's picks, read after the next call is dispatched
     for texts, plan, rows, first in tqdm.tqdm(calls, disable=not progress, desc="featurizing",
                                               unit="batch"):
-        slots = 1 << (packing.texts_per_row(plan) - 1).bit_length()  # few compiles
+        slots = _slots(packing.texts_per_row(plan))
         piece = packing.rows_piece(plan, [ids[i] for i in texts], first, rows, slots,
                                    lm.tokenizer.pad_id or 0)
-        _, _, picked = step(lm.params, None, model.initial_carry(rows), None,
+        _, _, picked = step(lm.params, None, model.initial_carry(rows), (None,) * len(pairs),
                             put(piece.tokens), put(piece.resets), put(piece.ends))
         if pending is not None:
             _collect(out, *pending)
