@@ -87,6 +87,7 @@ def main() -> None:
     p.add_argument("--texts", type=int, default=0, help="use only the first N texts (0 = all)")
     p.add_argument("--batch", type=int, default=128, help="rows (featurize's batch_size)")
     p.add_argument("--chunk", type=int, default=128)
+    p.add_argument("--pooling", default="last", help="last, mean, max or min")
     p.add_argument("--compute", default="float32", help="comma-separated dtypes")
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--before", default="", help="an older featurize.py to time against")
@@ -114,7 +115,8 @@ def main() -> None:
             lm = with_compute(random_lm(model, tok), compute)
             width = lm.model().feature_width
             peak = matmul_rate(jnp.dtype(compute))["flop_per_s"]
-            run = {name: (lambda f=f: f(lm, texts, batch_size=args.batch, chunk=args.chunk))
+            run = {name: (lambda f=f: f(lm, texts, batch_size=args.batch, chunk=args.chunk,
+                                        pooling=args.pooling))
                    for name, f in versions.items()}
             features, first = {}, {}
             for name, f in run.items():  # warm-up: compiles
@@ -134,7 +136,8 @@ def main() -> None:
                           **({"hidden": model} if isinstance(model, int)
                              else {"config": model, "kind": lm.config.model.kind}),
                           "compute": compute, "texts": len(texts), "chars": chars,
-                          "batch": args.batch, "chunk": args.chunk, "seconds": s,
+                          "batch": args.batch, "chunk": args.chunk, "pooling": args.pooling,
+                          "seconds": s,
                           "first_seconds": first[name], "all_seconds": seconds[name], "texts_per_s": len(texts) / s,
                           "chars_per_s": chars / s, "flop_per_s": flops * chars / s,
                           "utilization": flops * chars / s / peak, "matmul_flop_per_s": peak,
