@@ -26,7 +26,8 @@ _TEXT = flags.DEFINE_string("text_column", "text", "Column/field holding the tex
 _OUTPUT = flags.DEFINE_string("output", None, "Predictions CSV to write.")
 _LABELS = flags.DEFINE_string("labels", None, "Label column(s) of the input to score against "
                               "(comma-separated for multi-label).")
-_BATCH = flags.DEFINE_integer("batch_size", 64, "Texts per batch.")
+_BATCH = flags.DEFINE_integer("batch_size", 64, "Rows read side by side, the texts packed end to "
+                               "end in them (more rows: faster, more memory).")
 flags.mark_flags_as_required(["workdir", "input", "output"])
 
 

@@ -122,7 +122,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.bptt_bucket = 5  # variable_bptt: lengths are rounded to a multiple of this (one compiled step per length)
     c.train.log_every = 50  # steps between train records in metrics.jsonl and the progress bar
     c.train.eval_every = 500  # steps between validation passes (and one at the end); 0 = only at the end
-    c.train.eval_batch_size = 64  # rows of the validation stream (reduced if the split is small)
+    c.train.eval_batch_size = 64  # rows of the validation stream (reduced if the split is small); fine-tuning: rows the val/test texts are packed into
     c.train.eval_steps = 0  # max validation steps per pass; 0 = the whole validation split
     c.train.progress_bar = True  # progress on stderr: a tqdm bar on a terminal, else a plain line every train.log_every steps
     c.train.stop_sync_every = 10  # multi-process: steps between the processes' agreement on a SIGTERM/SIGINT stop
