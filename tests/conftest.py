@@ -118,6 +118,7 @@ LONGEST_TEST_FILES = (
     "tests/training/test_grad_accum.py",  # 22
     "tests/training/test_plan.py",  # 20
     "tests/test_compile_cache.py",  # 20
+    "tests/training/test_best_multiprocess.py",  # ~20 (two processes; added after the list was measured)
 )
 
 
