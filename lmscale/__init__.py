@@ -17,7 +17,7 @@ def load_lm(workdir: str, step: int | None = None, compute: str = "float32") -> 
 
 def load_classifier(path: str, batch_size: int = 64) -> Any:
     """A fine-tuned run or transfer output for notebooks: ``.predict(texts)`` -> (probs, labels),
-    ``batch_size`` texts at a time."""
+    the texts packed end to end in ``batch_size`` rows read side by side."""
     from lmscale.finetuning.classifier import load_classifier as _load
     return _load(path, batch_size)
 
