@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
@@ -38,8 +38,16 @@ def read_best(workdir: str) -> dict[str, Any] | None:
 class BestKeeper:
     """Saves the parameters offered with a lower validation loss than any before."""
 
-    def __init__(self, workdir: str, enabled: bool) -> None:
+    def __init__(self, workdir: str, enabled: bool,
+                 checkpoints_saved: Callable[[], None] | None = None) -> None:
+        """``checkpoints_saved``: waits for the run's own checkpointer's pending save
+        (``Checkpointer.wait``), called before each save and delete with several processes:
+        orbax finishes an async save in a background thread with barriers whose names do not
+        name the manager, and the same barrier entered twice at once by one process fails
+        ("Barrier ThreadSaveMultiHostValueHolder:set_value_start is already ongoing": a
+        two-process keep_best run's checkpoint save at step 2, the best weights' at 4)."""
         self.workdir, self.enabled = os.path.abspath(workdir), bool(enabled)
+        self._wait = checkpoints_saved if jax.process_count() > 1 else None
         self.manager = None
         record = read_best(workdir) if enabled else None
         self.loss = float(record["loss"]) if record else math.inf
@@ -66,6 +74,8 @@ class BestKeeper:
         ``best/<step>``, write best.json, delete the previous best."""
         if not self.enabled or not loss < self.loss:
             return False
+        if self._wait is not None:
+            self._wait()
         if step not in self.manager.all_steps():
             self.manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)),
                               force=True)

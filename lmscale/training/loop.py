@@ -192,7 +192,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
     if is_main:
         _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), after_step=start)
     writer = MetricsWriter(workdir, resumed_from=start)
-    best = BestKeeper(workdir, config.checkpoint.keep_best)
+    best = BestKeeper(workdir, config.checkpoint.keep_best, checkpoints_saved=checkpointer.wait)
     last: dict[str, Any] = {}
 
     def run_eval(step: int) -> dict[str, Any] | None:

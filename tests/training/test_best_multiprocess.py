@@ -110,3 +110,39 @@ def test_two_processes_resume_a_stop_mid_replacement_of_the_best_weights(tmp_pat
     assert len(jax.tree.leaves(best.params)) == len(jax.tree.leaves(same_step.params)) > 0
     for a, b in zip(jax.tree.leaves(best.params), jax.tree.leaves(same_step.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+# lmscale.train whose process 0 finishes each async checkpoint save 8 seconds late
+# (orbax's finalize thread of the checkpoints' manager; a private method: without it, no delay).
+SLOW_SAVE = """
+import os, runpy, sys, time
+from lmscale.training import checkpoints
+manager = checkpoints.ocp.CheckpointManager
+finalize = getattr(manager, "_finalize", None)
+def late(self, *args, **kwargs):
+    if self.directory.name == "checkpoints" and os.environ.get("LMSCALE_PROCESS_ID") == "0":
+        time.sleep(8)
+    return finalize(self, *args, **kwargs)
+if finalize is not None:
+    manager._finalize = late
+runpy.run_module("lmscale.train", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_best_weights_wait_for_a_checkpoint_still_being_finished(tmp_path):
+    """Orbax finishes an async checkpoint save in a background thread with barriers named the
+    same for every manager; the best weights' save entered the same barrier from the main
+    thread while process 0 was still finishing the step-2 checkpoint: "Barrier
+    ThreadSaveMultiHostValueHolder:set_value_start is already ongoing" (seen once in CI). The
+    best weights now wait for the checkpoint first: with process 0 finishing each checkpoint
+    8 s late (process 1 meanwhile validates at step 4 and saves its best weights), the run
+    completes with its checkpoints and best weights (without the wait: both processes hung,
+    killed at the timeout)."""
+    corpus = write_corpus(tmp_path / "corpus", files=2, lines=200)
+    run = tmp_path / "run"
+    cmd = command(run, corpus, 6)
+    slow = [sys.executable, "-c", SLOW_SAVE, *cmd[cmd.index("lmscale.train") + 1:]]
+    for status, err in run_two([slow, cmd], timeout=120):
+        assert status == 0, err[-3000:]
+    assert checkpoint_steps(run) == [2, 4, 6]
+    assert best_steps(run) == [best_json(run)["step"]]
