@@ -3,7 +3,7 @@ resumed after a stop in the middle of replacing its best weights: every process 
 steps before process 0 deletes the one best.json does not name (best.py's "lmscale: best steps
 listed" barrier; orbax deletes on process 0, then waits for every process's own delete).
 
-Process 1 of the resumed run lists the best steps a few seconds late (SLOW_START), so that
+Process 1 of the resumed run lists the best steps a few seconds late (``late``), so that
 without a barrier between listing and deleting, process 0 deletes the extra step before
 process 1 lists it; process 1 then deletes nothing and process 0 waits for it in orbax's
 delete barrier (a hang, here a process killed at the timeout). With orbax 0.12.8
@@ -27,25 +27,33 @@ from tests.launch.test_agreement import run_two
 from tests.launch.test_local import checkpoint_steps
 
 
-# lmscale.train on process 1, listing the steps of best/ DELAY seconds late. The delay is
-# taken in CheckpointManager's listing (a private orbax method; without it, no delay): orbax's
-# constructor first waits for every process (its create_directory barrier), so a delay
-# before the constructor would be waited out there and leave the race window milliseconds wide.
-DELAY = 3
-SLOW_START = f"""
+def late(command: list[str], method: str, folder: str, process: int, seconds: float,
+         say: str = "") -> list[str]:
+    """``command`` (``python -m lmscale.train ...``) run so that on process ``process`` orbax's
+    CheckpointManager ``method`` (a private method; without it, no delay) of the manager of
+    ``folder`` ("best", "checkpoints") starts ``seconds`` late, printing ``say`` then."""
+    script = f"""
 import os, runpy, sys, time
-from lmscale.training import best
-manager = best.ocp.CheckpointManager
-load = getattr(manager, "_load_checkpoint_infos", None)
+from orbax.checkpoint import CheckpointManager as manager
+original = getattr(manager, {method!r}, None)
 def late(self, *args, **kwargs):
-    if self.directory.name == "best" and os.environ.get("LMSCALE_PROCESS_ID") == "1":
-        time.sleep({DELAY})
-        print("test: best steps listed late", file=sys.stderr, flush=True)
-    return load(self, *args, **kwargs)
-if load is not None:
-    manager._load_checkpoint_infos = late
+    if self.directory.name == {folder!r} and os.environ.get("LMSCALE_PROCESS_ID") == "{process}":
+        time.sleep({seconds})
+        if {say!r}:
+            print({say!r}, file=sys.stderr, flush=True)
+    return original(self, *args, **kwargs)
+if original is not None:
+    setattr(manager, {method!r}, late)
 runpy.run_module("lmscale.train", run_name="__main__", alter_sys=True)
 """
+    return [sys.executable, "-c", script, *command[command.index("lmscale.train") + 1:]]
+
+
+# Process 1 of the resumed run lists the steps of best/ DELAY seconds late. The delay is taken
+# in CheckpointManager's listing: orbax's constructor first waits for every process (its
+# create_directory barrier), so a delay before the constructor would be waited out there and
+# leave the race window milliseconds wide.
+DELAY = 3
 
 
 def command(workdir, corpus, steps: int) -> list[str]:
@@ -87,7 +95,8 @@ def test_two_processes_resume_a_stop_mid_replacement_of_the_best_weights(tmp_pat
     resume = command(run, corpus, 8)
     assert resume[1:3] == ["-m", "lmscale.train"]
     start = time.monotonic()
-    results = run_two([resume, [sys.executable, "-c", SLOW_START, *resume[3:]]], timeout=90)
+    results = run_two([resume, late(resume, "_load_checkpoint_infos", "best", 1, DELAY,
+                                    "test: best steps listed late")], timeout=90)
     elapsed = time.monotonic() - start
     for status, err in results:  # a hang is a process killed at the timeout (-9)
         assert status == 0, (status, elapsed, err[-3000:])
@@ -112,23 +121,6 @@ def test_two_processes_resume_a_stop_mid_replacement_of_the_best_weights(tmp_pat
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-# lmscale.train whose process 0 finishes each async checkpoint save 8 seconds late
-# (orbax's finalize thread of the checkpoints' manager; a private method: without it, no delay).
-SLOW_SAVE = """
-import os, runpy, sys, time
-from lmscale.training import checkpoints
-manager = checkpoints.ocp.CheckpointManager
-finalize = getattr(manager, "_finalize", None)
-def late(self, *args, **kwargs):
-    if self.directory.name == "checkpoints" and os.environ.get("LMSCALE_PROCESS_ID") == "0":
-        time.sleep(8)
-    return finalize(self, *args, **kwargs)
-if finalize is not None:
-    manager._finalize = late
-runpy.run_module("lmscale.train", run_name="__main__", alter_sys=True)
-"""
-
-
 def test_best_weights_wait_for_a_checkpoint_still_being_finished(tmp_path):
     """Orbax finishes an async checkpoint save in a background thread with barriers named the
     same for every manager; the best weights' save entered the same barrier from the main
@@ -141,7 +133,8 @@ def test_best_weights_wait_for_a_checkpoint_still_being_finished(tmp_path):
     corpus = write_corpus(tmp_path / "corpus", files=2, lines=200)
     run = tmp_path / "run"
     cmd = command(run, corpus, 6)
-    slow = [sys.executable, "-c", SLOW_SAVE, *cmd[cmd.index("lmscale.train") + 1:]]
+    # process 0 finishes each async checkpoint save (orbax's finalize thread) 8 s late
+    slow = late(cmd, "_finalize", "checkpoints", 0, 8)
     for status, err in run_two([slow, cmd], timeout=120):
         assert status == 0, err[-3000:]
     assert checkpoint_steps(run) == [2, 4, 6]
