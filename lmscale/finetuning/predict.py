@@ -24,8 +24,6 @@ def put_batch(batch: dict[str, np.ndarray], mesh: Mesh, keys: Sequence[str]) -> 
     return {k: mesh_lib.put_global(batch[k][start:stop], sharding, rows) for k in keys}
 
 
-PREDICT_CHUNK = 128  # tokens a recurrent LM reads per call
-
 # Features a head call reads: the last call is padded to it, so the head compiles once.
 HEAD_ROWS = 1024
 
@@ -47,9 +45,8 @@ class Predictor:
 
     def __init__(self, graphdef: nnx.GraphDef, mesh: Mesh, multilabel: bool, *,
                  tokenizer: Any, config: Any, derived: dict[str, Any], batch_size: int) -> None:
-        self.graphdef, self.mesh, self.multilabel = graphdef, mesh, multilabel
+        self.graphdef, self.mesh, self.batch_size = graphdef, mesh, batch_size
         self.tokenizer, self.config, self.derived = tokenizer, config, derived
-        self.batch_size, self.chunk = batch_size, PREDICT_CHUNK
         self.head = _head_probs_fn(graphdef, multilabel)
 
     def __call__(self, params: Any, ids: Sequence[np.ndarray]) -> np.ndarray:
@@ -64,7 +61,7 @@ class Predictor:
         out = np.zeros((len(ids), model.head.layers[-1].out_features), np.float64)
         for index in cache_blocks([len(x) for x in ids]):
             feats = packed_features(lm, [ids[i] for i in index], pairs,
-                                    batch_size=self.batch_size, chunk=self.chunk)
+                                    batch_size=self.batch_size)
             for first in range(0, len(index), HEAD_ROWS):
                 block = np.zeros((HEAD_ROWS, feats.shape[1]), np.float32)
                 part = feats[first:first + HEAD_ROWS]

@@ -41,7 +41,8 @@ class BestKeeper:
     def __init__(self, workdir: str, enabled: bool,
                  checkpoints_saved: Callable[[], None] | None = None) -> None:
         """``checkpoints_saved``: waits for the run's own checkpointer's pending save
-        (``Checkpointer.wait``), called before each save and delete with several processes:
+        (``Checkpointer.wait``), called before the best weights are saved, with several
+        processes (the start-up's deletes come before any save):
         orbax finishes an async save in a background thread with barriers whose names do not
         name the manager, and the same barrier entered twice at once by one process fails
         ("Barrier ThreadSaveMultiHostValueHolder:set_value_start is already ongoing": a
