@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from typing import Any
 
 import numpy as np
 
@@ -32,6 +33,9 @@ class FileTokenizer:
     equal when their bytes are (``sha256``)."""
 
     file_name: str  # the file ``save`` writes into a directory
+    kind: str  # its "kind" in a tokenizer description (``to_dict``)
+    file_key: str  # the description's key naming the file
+    noun: str  # what the file is, for messages ("SentencePiece model")
 
     def _set_payload(self, payload: bytes) -> None:
         self.payload = bytes(payload)
@@ -40,6 +44,35 @@ class FileTokenizer:
     def save(self, directory: str) -> None:
         """Writes ``directory/<file_name>`` (atomically; kept if already identical)."""
         write_file_once(os.path.join(directory, self.file_name), self.payload)
+
+    @classmethod
+    def from_file(cls, path: str) -> "FileTokenizer":
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], base_dir: str | None) -> "FileTokenizer":
+        """Loads ``base_dir/<d[file_key]>`` (a description from ``to_dict``) and checks its
+        SHA-256 and vocabulary size against the description's; DataError names the file."""
+        unknown = set(d) - {"kind", cls.file_key, "sha256", "vocab_size"}
+        if unknown:
+            raise DataError(f"unknown keys {sorted(unknown)} in {cls.kind} tokenizer description")
+        name = d.get(cls.file_key)
+        if not isinstance(name, str) or not name or os.path.isabs(name):
+            raise DataError(f"{cls.kind} tokenizer description needs a relative file name in "
+                            f"{cls.file_key!r}, got {name!r}")
+        if base_dir is None:
+            raise DataError(f"{cls.kind} tokenizer: the folder holding {name} is not known (base_dir)")
+        path = os.path.join(base_dir, name)
+        if not os.path.isfile(path):
+            raise DataError(f"{cls.noun} {path} is missing")
+        tok = cls.from_file(path)
+        if d.get("sha256") is not None and d["sha256"] != tok.sha256:
+            raise DataError(f"{cls.noun} {path} has SHA-256 {tok.sha256[:12]}…, the description "
+                            f"says {str(d['sha256'])[:12]}…: the file was changed or replaced")
+        if d.get("vocab_size") is not None and d["vocab_size"] != tok.vocab_size:
+            raise DataError(f"{cls.noun} {path} has {tok.vocab_size} ids, the description says "
+                            f"{d['vocab_size']}")
+        return tok
 
     def __eq__(self, other: object) -> bool:
         return type(other) is type(self) and other.sha256 == self.sha256

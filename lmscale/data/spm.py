@@ -81,6 +81,7 @@ class SentencePieceTokenizer(FileTokenizer):
 
     pad_id: int | None = 0
     file_name = MODEL_FILE
+    kind, file_key, noun = "sentencepiece", "model", "SentencePiece model"
 
     def __init__(self, model_proto: bytes, *, name: str = "SentencePiece model") -> None:
         spm = _sentencepiece()
@@ -108,29 +109,6 @@ class SentencePieceTokenizer(FileTokenizer):
             raise DataError(f"SentencePiece model {path} does not exist")
         with open(path, "rb") as f:
             return cls(f.read(), name=path)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], base_dir: str | None) -> "SentencePieceTokenizer":
-        """Loads ``base_dir/<d["model"]>`` and checks its SHA-256 and vocabulary size."""
-        unknown = set(d) - {"kind", "model", "sha256", "vocab_size"}
-        if unknown:
-            raise DataError(f"unknown keys {sorted(unknown)} in sentencepiece tokenizer description")
-        model = d.get("model")
-        if not isinstance(model, str) or not model or os.path.isabs(model):
-            raise DataError(f"sentencepiece tokenizer description needs a relative model file name, got {model!r}")
-        if base_dir is None:
-            raise DataError(f"sentencepiece tokenizer: the folder holding {model} is not known (base_dir)")
-        path = os.path.join(base_dir, model)
-        if not os.path.isfile(path):
-            raise DataError(f"SentencePiece model {path} is missing")
-        tok = cls.from_file(path)
-        if d.get("sha256") is not None and d["sha256"] != tok.sha256:
-            raise DataError(f"SentencePiece model {path} has SHA-256 {tok.sha256[:12]}…, the "
-                            f"description says {str(d['sha256'])[:12]}…: the file was changed or replaced")
-        if d.get("vocab_size") is not None and d["vocab_size"] != tok.vocab_size:
-            raise DataError(f"SentencePiece model {path} has {tok.vocab_size} ids, the description "
-                            f"says {d['vocab_size']}")
-        return tok
 
     @property
     def vocab_size(self) -> int:

@@ -74,6 +74,7 @@ class WordTokenizer(FileTokenizer):
 
     pad_id: int | None = PAD_ID
     file_name = VOCAB_FILE
+    kind, file_key, noun = "word", "vocab", "word vocabulary"
 
     def __init__(self, words: Sequence[str], *, unk_bytes: int, min_count: int = 1,
                  max_size: int = 0) -> None:
@@ -104,26 +105,6 @@ class WordTokenizer(FileTokenizer):
                        max_size=d.get("max_size", 0))
         except (ValueError, KeyError, TypeError) as e:
             raise DataError(f"{path} is not a word vocabulary ({type(e).__name__}: {e})") from None
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], base_dir: str | None) -> "WordTokenizer":
-        """Loads ``base_dir/<d["vocab"]>`` and checks its SHA-256 and size."""
-        unknown = set(d) - {"kind", "vocab", "sha256", "vocab_size"}
-        if unknown:
-            raise DataError(f"unknown keys {sorted(unknown)} in word tokenizer description")
-        name = d.get("vocab")
-        if not isinstance(name, str) or not name or os.path.isabs(name):
-            raise DataError(f"word tokenizer description needs a relative vocabulary file name, got {name!r}")
-        if base_dir is None:
-            raise DataError(f"word tokenizer: the folder holding {name} is not known (base_dir)")
-        tok = cls.from_file(os.path.join(base_dir, name))
-        if d.get("sha256") is not None and d["sha256"] != tok.sha256:
-            raise DataError(f"word vocabulary {os.path.join(base_dir, name)} has SHA-256 "
-                            f"{tok.sha256[:12]}…, the description says {str(d['sha256'])[:12]}…")
-        if d.get("vocab_size") is not None and d["vocab_size"] != tok.vocab_size:
-            raise DataError(f"word vocabulary {os.path.join(base_dir, name)} has {tok.vocab_size} "
-                            f"ids, the description says {d['vocab_size']}")
-        return tok
 
     @property
     def vocab_size(self) -> int:

@@ -112,14 +112,12 @@ def read_texts(path: str, text_column: str) -> list[str]:
     the file and the columns there when the column is missing, or the file and line of bad
     JSON, of a line that is not a JSON object, of a text that is not a string (null), empty or
     only whitespace."""
-    import json
-
     from lmscale.data.csv_rows import csv_rows
     from lmscale.data.errors import DataError
-    from lmscale.transfer.labeled import checked_text, json_kind
+    from lmscale.transfer.labeled import checked_text, jsonl_records
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file")
-    from lmscale.data.compression import format_extension, open_input
+    from lmscale.data.compression import format_extension
     ext = format_extension(path)  # texts.csv.gz: ".csv"
     texts: list[str] = []
 
@@ -131,24 +129,8 @@ def read_texts(path: str, text_column: str) -> list[str]:
                                   column_hint="set --text_column"):
             add(row[text_column], line)
     elif ext in (".jsonl", ".json"):
-        with open_input(path, "r", encoding="utf-8") as f:
-            for i, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{i}: bad JSON ({e.msg})") from None
-                if not isinstance(obj, dict):
-                    raise DataError(f"{path}:{i}: {json_kind(obj)}, not a JSON object; each "
-                                    f"line must be one object with the field {text_column!r}")
-                if text_column not in obj:
-                    raise DataError(f"{path}:{i}: no field {text_column!r}; keys are {sorted(obj)}"
-                                    " (set --text_column)")
-                if not isinstance(obj[text_column], str):
-                    raise DataError(f"{path}:{i}: field {text_column!r} is "
-                                    f"{json_kind(obj[text_column])}, not a string")
-                add(obj[text_column], i)
+        for line, obj in jsonl_records(path, text_column, hint=" (set --text_column)"):
+            add(obj[text_column], line)
     else:
         raise DataError(f"{path}: unsupported file type {ext!r}; expected .csv, .tsv or .jsonl")
     if not texts:

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -132,9 +132,13 @@ def json_kind(value: Any) -> str:
     return kinds.get(type(value), type(value).__name__)
 
 
-def _read_jsonl(path: str, text_field: str, label_names: list[str], hint: str = ""
-                ) -> tuple[list[str], list[list[int]]]:
-    texts, rows = [], []
+def jsonl_records(path: str, text_field: str, other_fields: Sequence[str] = (), hint: str = ""
+                  ) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of each non-blank line of a JSONL file, each holding
+    ``text_field`` as a string and ``other_fields``; DataError naming the file and line of bad
+    JSON, of a line that is not a JSON object, of a missing field (with the keys there and
+    ``hint``) and of a text that is not a string (null)."""
+    fields = (f"the field {text_field!r}" if not other_fields else "the text and label fields")
     with open_input(path, "r", encoding="utf-8") as f:
         for i, line in enumerate(f, start=1):
             if not line.strip():
@@ -145,15 +149,22 @@ def _read_jsonl(path: str, text_field: str, label_names: list[str], hint: str = 
                 raise DataError(f"{path}:{i}: bad JSON ({e.msg})") from None
             if not isinstance(obj, dict):
                 raise DataError(f"{path}:{i}: {json_kind(obj)}, not a JSON object; each line "
-                                "must be one object with the text and label fields")
-            for key in [text_field, *label_names]:
+                                f"must be one object with {fields}")
+            for key in [text_field, *other_fields]:
                 if key not in obj:
                     raise DataError(f"{path}:{i}: no field {key!r}; keys are {sorted(obj)}{hint}")
             if not isinstance(obj[text_field], str):
                 raise DataError(f"{path}:{i}: field {text_field!r} is "
                                 f"{json_kind(obj[text_field])}, not a string")
-            texts.append(checked_text(obj[text_field], f"{path}:{i}", len(texts) + 1, text_field))
-            rows.append([_label(obj[k], f"{path}:{i}", k) for k in label_names])
+            yield i, obj
+
+
+def _read_jsonl(path: str, text_field: str, label_names: list[str], hint: str = ""
+                ) -> tuple[list[str], list[list[int]]]:
+    texts, rows = [], []
+    for i, obj in jsonl_records(path, text_field, label_names, hint):
+        texts.append(checked_text(obj[text_field], f"{path}:{i}", len(texts) + 1, text_field))
+        rows.append([_label(obj[k], f"{path}:{i}", k) for k in label_names])
     return texts, rows
 
 
