@@ -190,11 +190,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.finetune.head_hidden = ""  # MLP hidden widths, comma-separated ("" = a linear head)
     c.finetune.head_activation = "relu"  # MLP activation: relu, gelu or tanh
     c.finetune.head_dropout = 0.0  # dropout on the features and MLP hidden layers (training only)
-    c.finetune.class_weights = ""  # loss weight per class, comma-separated, or "balanced" (inverse frequency); "" = all 1
+    c.finetune.class_weights = ""  # loss weight per class (> 0), comma-separated, or "balanced" (N / (K x count): inverse frequency; multi-label: count = the label's positives, and the weight scales the label's whole sigmoid loss, negatives too); "" = all 1
     c.finetune.aux_lm_weight = 0.0  # weight of the auxiliary next-token LM loss on the texts (real tokens only); 0 = off
     c.finetune.freeze_steps = 0  # the LM stays frozen (bit-identical) for the first this many steps
     c.finetune.lm_init = "pretrained"  # "pretrained": the LM starts from init_from's parameters; "random": same architecture and tokenizer, fresh weights (the control)
-    c.finetune.head_lr = 0.0  # peak learning rate of the head; 0 = the LM's (optim.lr)
+    c.finetune.head_lr = 0.0  # peak learning rate of the head, used as given; 0 = the LM's (optim.lr after optim.lr_scaling and lr_max)
     c.finetune.bucket_width = 32  # batch widths are rounded up to a multiple of this many tokens; each width compiles its own step (two with freeze_steps): larger buckets, fewer compiles, more padding (benchmarks/README.md, fine-tuning)
     c.finetune.best_metric = "accuracy"  # val metric that picks the best checkpoint: accuracy, macro_f1, micro_f1, jaccard or loss
     c.finetune.layer_lr_decay = 1.0  # discriminative rates (ULMFiT: 2.6): each LM layer learns at the rate of the one above / this, the embeddings lowest (finetuning/layer_rates.py); 1 = every layer at the LM's rate
@@ -338,7 +338,7 @@ def _check_positive_ints(config: ml_collections.ConfigDict, keys: tuple[str, ...
 
 def validate_optim(o: ml_collections.ConfigDict) -> None:
     """The ``optim`` fields that training and fine-tuning share: schedule, rate, clipping,
-    batch scaling and weight decay."""
+    batch scaling, Adam's b1, b2 and eps, and weight decay."""
     if o.schedule not in SCHEDULES:
         raise ConfigError(f"optim.schedule must be one of {list(SCHEDULES)}, got {o.schedule!r}")
     if o.lr <= 0:
@@ -359,6 +359,11 @@ def validate_optim(o: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"optim.warmup_steps={o.warmup_steps} does not apply to the "
                           f"slanted_triangular schedule (it rises over optim.stlr_cut_frac of "
                           f"its horizon): set it to 0")
+    for key in ("b1", "b2"):  # b1 = 1.5 ran, and the run then stopped on "not finite" params
+        if not 0 <= o[key] < 1:
+            raise ConfigError(f"optim.{key} (Adam's moment decay) must be in [0, 1), got {o[key]!r}")
+    if not o.eps > 0:
+        raise ConfigError(f"optim.eps must be > 0, got {o.eps!r}")
     if o.weight_decay < 0:
         raise ConfigError(f"optim.weight_decay must be >= 0, got {o.weight_decay}")
     if o.weight_decay_style not in WEIGHT_DECAY_STYLES:

@@ -31,8 +31,9 @@ from lmscale.cli import parse_flags, run_cli
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file in configs/.", lock_config=True)
 _DEVICES = flags.DEFINE_integer(
-    "devices", 0, "Devices to plan for; 0 = all devices here. On a CPU-only machine, this many "
-    "virtual CPU devices are created.", lower_bound=0)
+    "devices", 0, "Devices to plan for; 0 = all devices here (a CPU host split as lmscale.train "
+    "splits it: parallel.cpu_devices). On a CPU-only machine, this many virtual CPU devices are "
+    "created.", lower_bound=0)
 _JSON = flags.DEFINE_string("json", "", "Also write the full result to this JSON file.")
 _FLOPS = flags.DEFINE_float("flops_per_s", 0.0, "Sustained training FLOP/s per device for the "
                             "projection (measured with lmscale.bench, or peak x utilization).",
@@ -91,6 +92,9 @@ def main(argv: list[str]) -> None:
     import jax
     if _DEVICES.value > 0:  # before any device query; only used if the default backend is CPU
         jax.config.update("jax_num_cpu_devices", _DEVICES.value)
+    else:  # a CPU host split as lmscale.train splits it (parallel.cpu_devices)
+        from lmscale.training.host_devices import split_host
+        run_cli(lambda: split_host(_CONFIG.value))
     from lmscale.config import ConfigError
     from lmscale.models.recurrent import scan_options
     from lmscale.training.plan import fit, format_fit, format_plan, plan

@@ -140,7 +140,8 @@ def class_weights_from(spec: str, labels: np.ndarray, num_classes: int) -> np.nd
     except ValueError:
         raise DataError(f"finetune.class_weights must be 'balanced' or {num_classes} numbers, "
                         f"got {spec!r}") from None
-    if len(w) != num_classes or np.any(w < 0):
+    if len(w) != num_classes or np.any(w <= 0):
+        # A weight of 0 made its class's texts count as filler rows in the logged accuracy.
         raise DataError(f"finetune.class_weights has {len(w)} values; the task has {num_classes} "
-                        "classes (each weight >= 0)")
+                        "classes (each weight > 0)")
     return w

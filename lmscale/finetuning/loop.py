@@ -36,8 +36,9 @@ from lmscale.finetuning import layer_rates
 from lmscale.finetuning.head import init_classifier
 from lmscale.finetuning.predict import Predictor, put_batch, write_predictions
 from lmscale.finetuning.truncated import fits_advice, fits_what, long_text_note
-from lmscale.finetuning.settings import (check_lm_settings, check_task_settings,
-                                        check_used_in_fine_tuning, resumed_otherwise)
+from lmscale.finetuning.settings import (check_lm_settings, check_model_from_lm,
+                                        check_task_settings, check_used_in_fine_tuning,
+                                        lm_dropout_note, resumed_otherwise)
 from lmscale.finetuning.steps import BATCH_KEYS, make_finetune_step, zero_acc
 from lmscale.models import built_in_one_program
 from lmscale.pretrained.preprocess import preprocessor_for
@@ -77,7 +78,8 @@ def load_lm(path: str) -> TrainedLM:
 
 
 def resolve_config(config: ml_collections.ConfigDict, lm: TrainedLM) -> ml_collections.ConfigDict:
-    """The run's config with the LM's model section (its architecture; dropouts are the LM's)."""
+    """The run's config with the LM's model section: its architecture, and the dropouts it was
+    trained with (recorded; fine-tuning reads the texts without them, ``lm_dropout_note``)."""
     record = config.to_dict()
     record["model"] = lm.config.model.to_dict()
     out = ml_collections.ConfigDict(record)
@@ -115,20 +117,35 @@ FINETUNE_RUN_FILES = RUN_FILES + ("results.json", "thresholds.json", "val_predic
 def check_same_start(meta: dict[str, Any], config: ml_collections.ConfigDict, lm_step: int,
                      workdir: str) -> None:
     """Refuses to resume a fine-tune from another start than it was begun with (the LM
-    workdir, its step, ``finetune.lm_init``) or on other training texts, naming the field:
-    the run's weights and config.json would otherwise say different things."""
+    workdir, its step, ``finetune.lm_init``), on other training texts or batches, or choosing
+    its best checkpoint otherwise (``best_metric``, ``max_val_texts``: the best so far would be
+    compared with another score), naming the field: the run's weights and config.json would
+    otherwise say different things."""
     old_config, old = meta.get("config") or {}, meta.get("derived") or {}
+    ft, train = config.finetune, config.train
     now = {"init_from": os.path.abspath(config.init_from), "lm_step": lm_step,
-           "finetune.lm_init": config.finetune.lm_init, "finetune.train": config.finetune.train}
+           "finetune.lm_init": ft.lm_init, "finetune.train": ft.train,
+           "train.batch_size": train.batch_size, "finetune.best_metric": ft.best_metric,
+           "finetune.max_val_texts": ft.max_val_texts}
+    section = lambda key: (old_config.get(key.split(".")[0]) or {}).get(key.split(".")[1])
     before = {"init_from": old.get("init_from"), "lm_step": old.get("lm_step"),
               "finetune.lm_init": old.get("lm_init"),
-              "finetune.train": (old_config.get("finetune") or {}).get("train")}
+              **{key: section(key) for key in now if key.startswith(("finetune.", "train."))
+                 and key != "finetune.lm_init"}}
+    devices = old.get("devices")
+    why = {"finetune.best_metric": " (the best checkpoint so far was chosen by it)",
+           "finetune.max_val_texts": " (the best checkpoint so far was scored on those texts)",
+           "train.batch_size": " (a step's texts follow from the step and the batch: another "
+                               "would read others from here on"
+                               + (f"; with train.per_device_batch_size={train.per_device_batch_size}"
+                                  f" the device count sets it, {devices} then"
+                                  if train.per_device_batch_size and devices else "") + ")"}
     for key, value in now.items():
         if before[key] is not None and before[key] != value:
             what = "the LM's checkpoint step" if key == "lm_step" else key
             raise CheckpointMismatchError(
                 f"{workdir} was fine-tuned with {what}={before[key]!r}; resuming it with "
-                f"{value!r} is refused; use the same value, a new --workdir, or "
+                f"{value!r} is refused{why.get(key, '')}; use the same value, a new --workdir, or "
                 f"--config.resume=false to start afresh (the old run is archived)")
 
 
@@ -168,6 +185,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str,
     check_not_a_language_model_run(workdir, config.init_from)
     splits, num_classes, class_names = load_splits(ft)  # bad data fails before any work
     lm = load_lm(config.init_from)
+    check_model_from_lm(config, lm)
     config = resolve_config(config, lm)
     check_lm_settings(config, lm)  # before the workdir gets any folder
     with locked_workdir(workdir), contextlib.ExitStack() as on_exit:
@@ -236,7 +254,8 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
         on_exit.push(lambda kind, *_, c=opened: c.abandon() if kind else None)
     # A resumed run restores into the state's shapes: no initial state is computed.
     resuming = checkpointer.latest_step() is not None
-    saved = checkpointer.read_meta() if resuming else None  # the record resumed from
+    fallback = config.checkpoint.fallback  # an unreadable newest checkpoint: the one before
+    saved = checkpointer.newest_usable(checkpointer.read_meta, fallback) if resuming else None
 
     policy = Policy.from_compute(config.precision.compute)
     if ft.lm_init not in LM_INITS:
@@ -279,12 +298,15 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
     state = init_finetune_state(config, policy, tx, params, mesh, abstract=resuming)
     shardings = state_shardings(state, mesh)
     if saved is not None:
-        meta = saved
-        check_same_model(meta["signature"], signature, workdir)
-        check_same_start(meta, config, lm.step, workdir)
-        check_same_optimizer(as_applied(meta), {**config.to_dict(), "optim": optim.to_dict()},
-                             workdir, fine_tuning=True)
-        state = checkpointer.restore(state, shardings)
+        def restore(step: int) -> Any:
+            meta = checkpointer.read_meta(step)
+            check_same_model(meta["signature"], signature, workdir)
+            check_same_start(meta, config, lm.step, workdir)
+            check_same_optimizer(as_applied(meta), {**config.to_dict(), "optim": optim.to_dict()},
+                                 workdir, fine_tuning=True)
+            return checkpointer.restore(state, shardings, step)
+
+        state = checkpointer.newest_usable(restore, fallback)
     start = int(jax.device_get(state.step))
     derived = {"steps": steps, "steps_per_epoch": batches.steps_per_epoch, "decay_steps": decay,
                "lr": lr, "head_lr": head_lr, "weight_decay": optim.weight_decay,
@@ -305,10 +327,14 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
               file=sys.stderr, flush=True)
     if is_main:
         print_compute_hint(config.precision.compute, mesh.devices.flat[0])
-        for note in (batch_and_rate_note(config, mesh.size, lr),
+        rate_note = batch_and_rate_note(config, mesh.size, lr)
+        if rate_note and ft.head_lr:  # a rate given for the head is used as is
+            rate_note += f"; the head's finetune.head_lr={ft.head_lr:g}, as given (not scaled)"
+        for note in (rate_note,
                      *finetune_warmup_notes(config.optim.schedule, config.optim.warmup_steps,
                                             steps, decay, ft.freeze_steps),
                      long_text_note(max(map(len, enc["train"].ids)), ft.grad_tokens, max_len),
+                     lm_dropout_note(lm),
                      layer_rates.rates_note(lr, ft.layer_lr_decay, layers),
                      layer_rates.unfreezing_note(starts, steps, decay, config.optim.warmup_steps)):
             if note:

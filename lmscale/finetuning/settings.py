@@ -7,7 +7,7 @@ from typing import Any
 
 import ml_collections
 
-from lmscale.config import ConfigError
+from lmscale.config import ConfigError, default_config
 from lmscale.finetuning import layer_rates
 from lmscale.finetuning.head import check_head_settings
 from lmscale.finetuning.truncated import check_grad_tokens
@@ -18,8 +18,8 @@ from lmscale.transfer.labeled import label_columns
 def check_task_settings(ft: ml_collections.ConfigDict) -> None:
     """Refuses ``config.finetune`` settings of the task and head that no LM can take
     (``num_classes``, ``multilabel`` with one label column, ``pooling``, ``head_hidden``,
-    ``head_activation``, ``head_dropout``), naming the setting, before any data is read or
-    folder made."""
+    ``head_activation``, ``head_dropout``) or none (a negative count, rate or weight), naming
+    the setting, before any data is read or folder made."""
     if ft.multilabel and len(label_columns(ft.label_column)) == 1:  # labels [N]: a [B, B] sigmoid loss
         raise ConfigError(f"finetune.multilabel=true needs two or more 0/1 label columns, and "
                           f"finetune.label_column={ft.label_column!r} names one; for one binary "
@@ -27,6 +27,12 @@ def check_task_settings(ft: ml_collections.ConfigDict) -> None:
     if not ft.multilabel and (ft.num_classes < 0 or ft.num_classes == 1):  # multi-label: unused
         raise ConfigError(f"finetune.num_classes={ft.num_classes}: classification needs 2 or "
                           f"more classes (0 = the largest train label + 1)")
+    for key in ("max_val_texts", "head_lr", "freeze_steps", "aux_lm_weight"):
+        if ft[key] < 0:
+            raise ConfigError(f"finetune.{key} must be >= 0, got {ft[key]!r}")
+    if ft.bucket_width < 1:
+        raise ConfigError(f"finetune.bucket_width must be >= 1 (tokens a batch's width is "
+                          f"rounded up to), got {ft.bucket_width!r}")
     check_head_settings(ft)
 
 
@@ -60,17 +66,56 @@ def resumed_otherwise(saved: dict[str, Any] | None, config: ml_collections.Confi
     return notes
 
 
-# Training settings fine-tuning has no use for, with the value that means "off".
-NOT_IN_FINE_TUNING = {"optim.name": "adam", "optim.lr_drop_epochs": "", "train.grad_accum_steps": 1,
-                      "train.variable_bptt": False}
+# Settings of LM training that fine-tuning has no use for (each must keep its default_config
+# value), with what fine-tuning does instead; every data.* setting is one too.
+NOT_IN_FINE_TUNING = {
+    "optim.name": "it trains with Adam, one rate per part",
+    "optim.lr_drop_epochs": "it trains with Adam, one rate per part",
+    "train.grad_accum_steps": "each step reads one batch of whole texts",
+    "train.seq_len": "it reads whole texts; finetune.grad_tokens bounds the back-propagation "
+                     "through long ones",
+    "train.variable_bptt": "it reads whole texts",
+    "train.bptt_max": "it reads whole texts",
+    "train.bptt_bucket": "it reads whole texts; finetune.bucket_width rounds the batch widths",
+    "train.eval_steps": "it validates on whole texts; finetune.max_val_texts bounds the "
+                        "validation during training",
+}
+DATA_NOTE = "it reads finetune.train/val/test with the LM's own tokenizer"
 
 
 def check_used_in_fine_tuning(config: ml_collections.ConfigDict) -> None:
-    """Refuses a setting of LM training that fine-tuning would ignore (its optimizer is Adam
-    per part, its batches whole texts), rather than record it in config.json as if applied."""
-    for key, off in NOT_IN_FINE_TUNING.items():
+    """Refuses a setting of LM training that fine-tuning would ignore, rather than record it
+    in config.json as if applied, naming it and what fine-tuning does instead."""
+    defaults = default_config()
+    keys = [*NOT_IN_FINE_TUNING, *(f"data.{name}" for name in defaults.data)]
+    for key in keys:
         section, name = key.split(".")
-        if config[section][name] != off:
-            raise ConfigError(f"{key}={config[section][name]!r} is a setting of language-model "
-                              f"training that fine-tuning does not use (it trains with Adam, one "
-                              f"rate per part, on whole texts); leave it at {off!r}")
+        value, off = config[section][name], defaults[section][name]
+        if value != off:
+            raise ConfigError(f"{key}={value!r} is a setting of language-model training that "
+                              f"fine-tuning does not use ({NOT_IN_FINE_TUNING.get(key, DATA_NOTE)}); "
+                              f"leave it at {off!r}")
+
+
+def check_model_from_lm(config: ml_collections.ConfigDict, lm: TrainedLM) -> None:
+    """Refuses a ``model.*`` setting that differs from both its default and the LM's: the model
+    is ``init_from``'s LM (``resolve_config``), so the setting would be recorded, not applied."""
+    defaults, lm_model = default_config().model, lm.config.model
+    for name, value in config.model.items():
+        if name in lm_model and value != defaults[name] and value != lm_model[name]:
+            dropout = (" (fine-tuning reads the texts without the LM's dropouts; "
+                       "finetune.head_dropout regularizes the head)"
+                       if name == "dropout" or name.endswith(("_dropout", "_zoneout")) else "")
+            raise ConfigError(f"model.{name}={value!r}: a fine-tune's model is init_from's LM, "
+                              f"whose model.{name} is {lm_model[name]!r}; leave it unset{dropout}")
+
+
+def lm_dropout_note(lm: TrainedLM) -> str | None:
+    """A start-up note when the LM was trained with dropout: fine-tuning reads the texts
+    without it (its features are deterministic), which an AWD-LSTM user may not expect."""
+    drops = [f"model.{k}={v}" for k, v in lm.config.model.items()
+             if (k == "dropout" or k.endswith(("_dropout", "_zoneout"))) and float(v) > 0]
+    if not drops:
+        return None
+    return (f"note: the LM was trained with dropout ({', '.join(drops)}); fine-tuning reads the "
+            "texts without it (finetune.head_dropout regularizes the head)")

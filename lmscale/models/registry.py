@@ -111,8 +111,8 @@ def architecture(model_config: Any) -> dict[str, Any]:
 def unused_settings_note(model_config: Any) -> str | None:
     """A note naming the settings of other kinds (their ``settings``) moved from their
     defaults in a model of ``model_config.kind``, which ignores them (config.json records
-    them as given; a config can be rerun as another kind for comparison). None when there
-    are none. Sizes (``hidden``, ``d_model``, ...) are not named: they show in ``describe``.
+    them as given; a config can be rerun as another kind for comparison), and a recurrent
+    model's between-layer dropouts set with one layer. None when there are none. Sizes (``hidden``, ``d_model``, ...) are not named: they show in ``describe``.
     """
     own = get_kind(model_config.kind).settings
     owners: dict[str, list[str]] = {}
@@ -127,15 +127,23 @@ def unused_settings_note(model_config: Any) -> str | None:
         value = model_config.get(field, defaults[field])
         if value != defaults[field]:
             groups.setdefault(tuple(kinds), []).append(f"model.{field}={value!r}")
-    if not groups:
-        return None
     parts = []
     for kinds, moved in groups.items():
         what = "is a setting" if len(moved) == 1 else "are settings"
         of = (f"model.kind={kinds[0]!r}" if len(kinds) == 1 else
               "model.kind " + ", ".join(map(repr, kinds[:-1])) + f" or {kinds[-1]!r}")
         parts.append(f"{', '.join(moved)} {what} of {of}")
-    return f"note: {'; '.join(parts)}, unused by model.kind={model_config.kind!r}"
+    note = f"note: {'; '.join(parts)}, unused by model.kind={model_config.kind!r}" if parts else None
+    # A recurrent kind drops between stacked layers with these: one layer has no such place.
+    between = [f"model.{f}={model_config[f]!r}" for f in ("dropout", "hidden_dropout")
+               if "hidden_dropout" in own and int(model_config.layers) == 1
+               and float(model_config.get(f, 0.0)) > 0]
+    if between:
+        one = (f"note: {', '.join(between)} drop{'s' if len(between) == 1 else ''} between "
+               f"stacked layers, unused with model.layers=1 (model.input_dropout and "
+               f"output_dropout drop the layer's input and output)")
+        note = one if note is None else f"{note}\n{one}"
+    return note
 
 
 def uses_dropout(model_config: Any) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from lmscale.config import derive, step_width, validate, with_global_batch
+from lmscale.config import bptt_max, derive, step_width, validate, with_global_batch
 from lmscale.models import architecture, flops_per_token, get_kind
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.hlo_stats import all_reduces
@@ -42,7 +42,7 @@ def plan(config: ml_collections.ConfigDict, devices: list[jax.Device] | None = N
                               lr=derived["lr"], abstract=True)
     step, shardings = jit_train_step(setup, mesh)
     batch, seq = config.train.batch_size, config.train.seq_len
-    width = step_width(config.train)  # seq x grad_accum_steps tokens per row per step
+    width = longest_width(config.train)  # the memory of the longest step there is
     rows = mesh_lib.batch_sharded(mesh)
     abstract_batch = {k: jax.ShapeDtypeStruct((batch, width), BATCH_DTYPES[k], sharding=rows)
                       for k in BATCH_KEYS}
@@ -70,6 +70,7 @@ def plan(config: ml_collections.ConfigDict, devices: list[jax.Device] | None = N
         "global_batch": batch,
         "per_device_batch": batch // mesh.size,
         "seq_len": width,  # tokens per row per step (train.seq_len x train.grad_accum_steps)
+        "variable_bptt": bool(config.train.variable_bptt),  # seq_len: the longest step's
         "lr": derived["lr"],
         "flops_per_token_forward": fwd,
         "flops_per_token_train": 3 * fwd,
@@ -85,6 +86,17 @@ def plan(config: ml_collections.ConfigDict, devices: list[jax.Device] | None = N
         "all_reduce_bytes_requested": sum(int(op["bytes"]) for op in requested),
         "parameter_bytes_float32": 4 * setup.num_params,
     }
+
+
+def longest_width(train: ml_collections.ConfigDict) -> int:
+    """Tokens per row of the longest training step: ``step_width``, or with
+    ``train.variable_bptt`` the longest length it draws (``bptt_max`` rounded down to a
+    multiple of ``bptt_bucket``; a plan at ``seq_len`` understated its memory)."""
+    if not train.variable_bptt:
+        return step_width(train)
+    from lmscale.data.variable_bptt import MIN_LEN
+    bucket = int(train.bptt_bucket)
+    return max(-(-MIN_LEN // bucket) * bucket, bptt_max(train) // bucket * bucket)
 
 
 def _loops(config: ml_collections.ConfigDict) -> str | None:
@@ -106,7 +118,9 @@ def format_plan(p: dict[str, Any]) -> str:
         f"{p['params'] / 1e6:.1f} M params",
         f"precision      {p['precision']}",
         f"devices        {p['devices']} ({p['platform']}); batch {p['global_batch']} global = "
-        f"{p['per_device_batch']} per device x seq {p['seq_len']}; lr {p['lr']:.3g}"
+        f"{p['per_device_batch']} per device x seq {p['seq_len']}"
+        + (" (the longest variable-BPTT step)" if p.get("variable_bptt") else "")
+        + f"; lr {p['lr']:.3g}"
         + (f"; {p['recurrence_loops']}-major recurrence loops" if p.get("recurrence_loops")
            else ""),
         f"FLOPs          {p['flops_per_token_forward'] / 1e6:.1f} M/token forward, "

@@ -32,6 +32,35 @@ from tests.finetune.test_finetune import ft_config
                                 "classes (0 = the largest train label + 1)"),
     ("finetune.num_classes", -3, "finetune.num_classes=-3: classification needs 2 or more "
                                  "classes (0 = the largest train label + 1)"),
+    # Each ran: the last 10 val texts dropped, the head's gradient ascended, the LM unfrozen
+    # with a stretched horizon, the auxiliary loss off; bucket_width=0 a ZeroDivisionError.
+    ("finetune.max_val_texts", -10, "finetune.max_val_texts must be >= 0, got -10"),
+    ("finetune.head_lr", -0.01, "finetune.head_lr must be >= 0, got -0.01"),
+    ("finetune.freeze_steps", -5, "finetune.freeze_steps must be >= 0, got -5"),
+    ("finetune.aux_lm_weight", -1.0, "finetune.aux_lm_weight must be >= 0, got -1.0"),
+    ("finetune.bucket_width", 0, "finetune.bucket_width must be >= 1 (tokens a batch's width "
+                                 "is rounded up to), got 0"),
+    # LM training's settings: recorded in config.json as if applied, changing nothing
+    ("train.seq_len", 8, "train.seq_len=8 is a setting of language-model training that "
+                         "fine-tuning does not use (it reads whole texts; finetune.grad_tokens "
+                         "bounds the back-propagation through long ones); leave it at 256"),
+    ("train.eval_steps", 1, "train.eval_steps=1 is a setting of language-model training that "
+                            "fine-tuning does not use (it validates on whole texts; "
+                            "finetune.max_val_texts bounds the validation during training); "
+                            "leave it at 0"),
+    ("train.bptt_max", 40, "train.bptt_max=40 is a setting of language-model training that "
+                           "fine-tuning does not use (it reads whole texts); leave it at 0"),
+    ("data.reset_on_documents", True, "data.reset_on_documents=True is a setting of "
+                                      "language-model training that fine-tuning does not use (it "
+                                      "reads finetune.train/val/test with the LM's own "
+                                      "tokenizer); leave it at False"),
+    # the model is init_from's LM: a different value was recorded, not applied
+    ("model.output_dropout", 0.5, "model.output_dropout=0.5: a fine-tune's model is init_from's "
+                                  "LM, whose model.output_dropout is 0.0; leave it unset "
+                                  "(fine-tuning reads the texts without the LM's dropouts; "
+                                  "finetune.head_dropout regularizes the head)"),
+    ("model.hidden", 64, "model.hidden=64: a fine-tune's model is init_from's LM, whose "
+                         "model.hidden is 32; leave it unset"),
 ])
 def test_a_bad_head_setting_is_one_line_naming_it_and_writes_nothing(sst_run, data, tmp_path,
                                                                      key, value, message):
@@ -93,3 +122,65 @@ def test_the_multilabel_loss_refuses_labels_that_would_broadcast():
     assert float(classification_loss(logits, labels[:, None], w, True)) == pytest.approx(right, rel=1e-5)
     with pytest.raises(ValueError, match=r"labels \(4,\) must have the logits' shape \(4, 1\)"):
         classification_loss(logits, labels, w, True)
+
+
+def test_the_lms_dropouts_are_said_and_an_unreadable_checkpoint_falls_back(sst_run, data,
+                                                                            tmp_path, capsys):
+    """checkpoint.fallback was ignored by fine-tuning (an unreadable newest checkpoint stopped
+    the resume even with it); an LM trained with dropout was fine-tuned without it, unsaid; a
+    model setting equal to the LM's is no refusal."""
+    import json
+    import os
+    import shutil
+    from lmscale.finetuning.loop import finetune
+    from lmscale.training.checkpoints import UnreadableCheckpointError
+    from lmscale.training.metrics import read_metrics
+    lm = tmp_path / "lm"
+    shutil.copytree(sst_run, lm, ignore=shutil.ignore_patterns("best", "transfer", "features"))
+    record = json.load(open(lm / "config.json"))
+    record["model"]["output_dropout"] = 0.3
+    json.dump(record, open(lm / "config.json", "w"))
+    kw = {"train.steps": 4, "train.eval_every": 4, "checkpoint.every": 2,
+          "model.output_dropout": 0.3}
+    workdir = str(tmp_path / "ft")
+    finetune(ft_config(str(lm), data["sst_train"], data["sst_val"], **kw), workdir)
+    assert ("note: the LM was trained with dropout (model.output_dropout=0.3); fine-tuning reads "
+            "the texts without it (finetune.head_dropout regularizes the head)"
+            in capsys.readouterr().err)
+    os.remove(os.path.join(workdir, "checkpoints", "4", "state", "manifest.ocdbt"))
+    with pytest.raises(UnreadableCheckpointError,
+                       match=r"checkpoints/4 is unreadable.*--config.checkpoint.fallback=true "
+                             r"resumes from the previous one \(step 2\)"):
+        finetune(ft_config(str(lm), data["sst_train"], data["sst_val"], **{**kw, "train.steps": 6}),
+                 workdir)
+    finetune(ft_config(str(lm), data["sst_train"], data["sst_val"],
+                       **{**kw, "train.steps": 6, "checkpoint.fallback": True}), workdir)
+    assert os.listdir(os.path.join(workdir, "unreadable_checkpoints"))[0].startswith("4-")
+    assert sorted(map(int, os.listdir(os.path.join(workdir, "checkpoints")))) == [2, 4, 6]
+    train = [r["step"] for r in read_metrics(workdir) if r["split"] == "train"]
+    assert train == [2, 4, 6], train  # steps 3 and 4 trained again from step 2
+
+    # A resume that would choose its best checkpoint otherwise, or read other batches, is
+    # refused: best_metric=loss compared losses with the accuracy kept in best.json (the best
+    # stayed at its old step), and a per-device batch on another device count changed the
+    # global batch and so every later step's texts, both silently.
+    from lmscale.training.checkpoints import CheckpointMismatchError
+    for key, value, why in (
+            ("finetune.best_metric", "loss", "the best checkpoint so far was chosen by it"),
+            ("finetune.max_val_texts", 10, "the best checkpoint so far was scored on those texts"),
+            ("train.batch_size", 8, "a step's texts follow from the step and the batch")):
+        with pytest.raises(CheckpointMismatchError, match=re.escape(
+                f"was fine-tuned with {key}=") + f".* is refused \\({why}"):
+            finetune(ft_config(str(lm), data["sst_train"], data["sst_val"],
+                               **{**kw, "train.steps": 8, key: value}), workdir)
+
+
+@pytest.mark.parametrize("spec", ["0,1", "1,-1", "1"])
+def test_class_weights_must_be_positive_and_one_per_class(spec):
+    """A weight of 0 made its class's real rows count as filler in the logged accuracy (rows of
+    weight 0 are the batch's filler): 4 texts of which 1 right read as 1/1."""
+    from lmscale.finetuning.data import class_weights_from
+    with pytest.raises(DataError, match=r"finetune.class_weights has \d values; the task has 2 "
+                                        r"classes \(each weight > 0\)"):
+        class_weights_from(spec, np.array([0, 1, 1]), 2)
+    np.testing.assert_allclose(class_weights_from("0.5,2", np.array([0, 1]), 2), [0.5, 2.0])

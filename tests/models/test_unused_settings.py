@@ -62,3 +62,23 @@ def test_a_transformer_run_prints_the_note(corpus, tmp_path, capfd):
             "'qrnn', unused by model.kind='transformer'") in capfd.readouterr().err
     with open(os.path.join(workdir, "config.json")) as f:
         assert json.load(f)["model"]["weight_dropout"] == 0.5  # recorded as given, and noted
+
+
+def test_between_layer_dropouts_of_one_recurrent_layer_are_noted():
+    """model.dropout and hidden_dropout drop between stacked layers: with model.layers=1 (the
+    quickstart, the paper's mLSTM) they changed nothing, bit for bit, and nothing said so."""
+    model = default_config().model
+    model.dropout, model.hidden_dropout = 0.5, 0.25
+    assert unused_settings_note(model) == (
+        "note: model.dropout=0.5, model.hidden_dropout=0.25 drop between stacked layers, unused "
+        "with model.layers=1 (model.input_dropout and output_dropout drop the layer's input and "
+        "output)")
+    model.layers = 2
+    assert unused_settings_note(model) is None
+    assert unused_settings_note(_transformer(dropout=0.5, layers=1)) is None  # its blocks' dropout
+    model.layers, model.hidden_dropout, model.attn_dropout = 1, 0.0, 0.1
+    assert unused_settings_note(model).split("\n") == [
+        "note: model.attn_dropout=0.1 is a setting of model.kind='transformer', unused by "
+        "model.kind='mlstm'",
+        "note: model.dropout=0.5 drops between stacked layers, unused with model.layers=1 "
+        "(model.input_dropout and output_dropout drop the layer's input and output)"]

@@ -63,6 +63,10 @@ def test_derived_lr_uses_the_global_batch():
     ("data.split", "1,1", "data.split"),
     # slanted_triangular has no warmup; the warmup stretched its horizon past the run
     ("optim.warmup_steps", 1000, "warmup_steps=1000 does not apply to the slanted_triangular"),
+    # Adam's: b1 = 1.5 ran ten steps, then stopped on parameters "not finite" (blaming lr/clip)
+    ("optim.b1", 1.5, r"optim.b1 \(Adam's moment decay\) must be in \[0, 1\), got 1.5"),
+    ("optim.b2", -1.0, r"optim.b2 \(Adam's moment decay\) must be in \[0, 1\), got -1.0"),
+    ("optim.eps", 0.0, "optim.eps must be > 0, got 0.0"),
 ])
 def test_bad_values_name_the_key(key, value, match):
     extra = {"optim.schedule": "slanted_triangular"} if key == "optim.warmup_steps" else {}

@@ -131,3 +131,24 @@ def test_plan_compiles_the_recurrence_loops_the_target_runs():
     assert (batch["memory_per_device_bytes"]["temporaries"]
             != feature["memory_per_device_bytes"]["temporaries"])
     assert batch["flops_per_step_train"] == feature["flops_per_step_train"]
+
+
+def test_plan_of_variable_bptt_compiles_its_longest_step_on_the_cores_train_uses(tmp_path):
+    """With train.variable_bptt the plan compiled at seq_len, while training compiles steps
+    up to train.bptt_max (a "fits" verdict could OOM); and on a CPU host it planned one device
+    where lmscale.train splits the host (parallel.cpu_devices)."""
+    def plan_of(*flags: str) -> dict:
+        out = tmp_path / "plan.json"
+        proc = subprocess.run(
+            [sys.executable, "-m", "lmscale.plan", "--config=configs/awd_lstm_word_cpu.py",
+             "--config.model.hidden=32", "--config.model.embed=16",
+             "--config.data.word_vocab_size=1000", f"--json={out}", *flags],
+            cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return {**json.loads(out.read_text()), "stdout": proc.stdout}
+    longest = plan_of("--config.train.bptt_max=200", "--config.parallel.cpu_devices=2")
+    assert longest["seq_len"] == 200 and longest["variable_bptt"] and longest["devices"] == 2
+    assert "seq 200 (the longest variable-BPTT step)" in longest["stdout"]
+    fixed = plan_of("--config.train.variable_bptt=false", "--config.parallel.cpu_devices=1")
+    assert fixed["seq_len"] == 35 and fixed["devices"] == 1 and not fixed["variable_bptt"]
+    assert longest["memory_per_device_bytes"]["temporaries"] > fixed["memory_per_device_bytes"]["temporaries"]
