@@ -30,33 +30,20 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lmscale.models import LSTMLayer, MLSTMLayer
 from lmscale.models.recurrent import scan_options
 from tests.models.helpers import layer_weights, randomize_params
 from tests.models.numpy_reference import np_rnn, np_weight_norm
+from tests.models.test_recurrent import B, H, IN, LAYERS, T, inputs, make_resets
 
-B, T, IN, H = 3, 7, 5, 8
-LAYERS = {"mlstm": MLSTMLayer, "lstm": LSTMLayer}
 FORWARD_TOL = {jnp.float32: dict(atol=1e-5, rtol=1e-5),
                jnp.bfloat16: dict(atol=6e-3, rtol=0),
                jnp.float16: dict(atol=1e-3, rtol=0)}
 
 
-def _resets() -> np.ndarray:
-    r = np.zeros((B, T), bool)
-    r[0, 0] = r[0, 4] = True
-    r[1, 2] = r[1, 6] = True
-    return r
-
-
 def _inputs(seed: int = 0):
-    rng = np.random.default_rng(seed)
-    xs = rng.normal(size=(B, T, IN)).astype(np.float32)
-    h0 = rng.uniform(-0.8, 0.8, (B, H)).astype(np.float32)
-    c0 = rng.uniform(-1.5, 1.5, (B, H)).astype(np.float32)
-    probe_h = rng.normal(size=(B, T, H))
-    probe_c = rng.normal(size=(B, H))
-    return xs, h0, c0, probe_h, probe_c
+    """test_recurrent's inputs, and random probes of the outputs for a scalar loss."""
+    rng = np.random.default_rng(seed + 1000)
+    return (*inputs(seed), rng.normal(size=(B, T, H)), rng.normal(size=(B, H)))
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16], ids=["f32", "bf16", "f16"])
@@ -66,7 +53,7 @@ def test_forward_matches_numpy_in_each_layout_and_dtype(kind, layout, dtype):
     layer = LAYERS[kind](IN, H, weight_norm=True, dtype=dtype, rngs=nnx.Rngs(1))
     randomize_params(layer, seed=2)
     xs, h0, c0, _, _ = _inputs()
-    resets = _resets()
+    resets = make_resets()
     with scan_options(layout=layout):
         hs, (h, c), cs = layer(jnp.asarray(xs), (jnp.asarray(h0), jnp.asarray(c0)),
                                jnp.asarray(resets), return_cells=True)
@@ -92,7 +79,7 @@ def test_custom_backward_matches_finite_differences_of_numpy(kind, layout):
     layer = LAYERS[kind](IN, H, weight_norm=True, rngs=nnx.Rngs(3))
     randomize_params(layer, seed=4)
     xs, h0, c0, probe_h, probe_c = _inputs(5)
-    resets = _resets()
+    resets = make_resets()
     graphdef, params = nnx.split(layer, nnx.Param)
 
     def loss(params, xs, h0, c0):
