@@ -11,6 +11,7 @@ from lmscale.config import ConfigError, default_config
 from lmscale.finetuning import layer_rates
 from lmscale.finetuning.head import check_head_settings
 from lmscale.finetuning.truncated import check_grad_tokens
+from lmscale.models.registry import is_dropout_field
 from lmscale.training.restore import TrainedLM
 from lmscale.transfer.labeled import label_columns
 
@@ -105,7 +106,7 @@ def check_model_from_lm(config: ml_collections.ConfigDict, lm: TrainedLM) -> Non
         if name in lm_model and value != defaults[name] and value != lm_model[name]:
             dropout = (" (fine-tuning reads the texts without the LM's dropouts; "
                        "finetune.head_dropout regularizes the head)"
-                       if name == "dropout" or name.endswith(("_dropout", "_zoneout")) else "")
+                       if is_dropout_field(name) else "")
             raise ConfigError(f"model.{name}={value!r}: a fine-tune's model is init_from's LM, "
                               f"whose model.{name} is {lm_model[name]!r}; leave it unset{dropout}")
 
@@ -114,7 +115,7 @@ def lm_dropout_note(lm: TrainedLM) -> str | None:
     """A start-up note when the LM was trained with dropout: fine-tuning reads the texts
     without it (its features are deterministic), which an AWD-LSTM user may not expect."""
     drops = [f"model.{k}={v}" for k, v in lm.config.model.items()
-             if (k == "dropout" or k.endswith(("_dropout", "_zoneout"))) and float(v) > 0]
+             if is_dropout_field(k) and float(v) > 0]
     if not drops:
         return None
     return (f"note: the LM was trained with dropout ({', '.join(drops)}); fine-tuning reads the "

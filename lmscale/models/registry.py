@@ -146,11 +146,15 @@ def unused_settings_note(model_config: Any) -> str | None:
     return note
 
 
+def is_dropout_field(name: str) -> bool:
+    """Whether ``config.model.<name>`` is a dropout rate (``dropout``, ``*_dropout``,
+    ``*_zoneout``)."""
+    return name == "dropout" or name.endswith(("_dropout", "_zoneout"))
+
+
 def uses_dropout(model_config: Any) -> bool:
-    """Whether any dropout field of ``model_config`` (``dropout``, ``*_dropout``, ``*_zoneout``)
-    is above 0."""
-    return any(float(model_config[k]) > 0 for k in model_config.keys()
-               if k == "dropout" or k.endswith("_dropout") or k.endswith("_zoneout"))
+    """Whether any dropout field of ``model_config`` is above 0."""
+    return any(float(model_config[k]) > 0 for k in model_config.keys() if is_dropout_field(k))
 
 
 def training_forward(model: nnx.Module, tokens: Any, carry: Any, resets: Any, *,
