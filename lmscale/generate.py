@@ -55,12 +55,17 @@ def main(argv: list[str]) -> None:
         hint = unconverted_hint(_WORKDIR.value)
         if hint:  # OpenAI's files or a .pt given as the run: the convert command to run first
             raise DataError(hint)
+        _check_neuron_flags()
         out = _OUTPUT.value or os.path.join(_WORKDIR.value, "generate")
         if _OUTPUT.value or os.path.isdir(_WORKDIR.value):  # else load_trained says what is wrong
             # Before loading and sampling: a read-only workdir fails at once, with the way out.
             writable_folder(out, "pass --output=FOLDER to write the samples elsewhere"
                             if not _OUTPUT.value else "pass another --output folder")
         lm = load_trained(_WORKDIR.value, compute=_COMPUTE.value)
+        width = lm.model().feature_width
+        if _HEATMAP_UNIT.value is not None and not 0 <= _HEATMAP_UNIT.value < width:
+            raise DataError(f"--heatmap_unit={_HEATMAP_UNIT.value} is outside the last layer's "
+                            f"{width} units (0..{width - 1})")  # was said after sampling
         length = _LENGTH.value
         max_len = lm.model().max_len
         if not flags.FLAGS["length"].present and max_len is not None and length > max_len // 2:
@@ -107,12 +112,24 @@ def main(argv: list[str]) -> None:
     print(f"written to {result['output']}")
 
 
+def _check_neuron_flags() -> None:
+    """Refuses --neuron_value without --neuron, and --neuron_state without --neuron or
+    --heatmap_unit: they were ignored (samples identical, samples.json recording the value)."""
+    from lmscale.data.errors import DataError
+    if _NEURON.value is None and flags.FLAGS["neuron_value"].present:
+        raise DataError("--neuron_value holds the unit --neuron names: give --neuron too")
+    if _NEURON.value is None and _HEATMAP_UNIT.value is None and _STATE.value is not None:
+        raise DataError("--neuron_state is the state of --neuron (or of --heatmap_unit): give "
+                        "one of them too")
+
+
 def _transfer_neuron(workdir: str, width: int, step: int
                      ) -> tuple[int, str | None, int, int] | None:
     """(unit in its layer, state, layer, sign) of the neuron `lmscale.transfer` found (in
     WORKDIR/transfer): the state it read, and with --all_layers the layer of the index in the
     layers' states side by side (``width`` units each); None without a transfer, or with one
-    of the LM at another step than ``step`` (its neuron is of other weights: said in a note)."""
+    of the LM at another step than ``step`` (its neuron is of other weights: said in a note),
+    or with a multi-label one (no neuron)."""
     path = os.path.join(workdir, "transfer", "results.json")
     if not os.path.exists(path):
         return None
@@ -123,7 +140,9 @@ def _transfer_neuron(workdir: str, width: int, step: int
         print(f"note: {path} is of the LM at step {of_step}, not this one's {step}: its neuron is "
               f"not used (re-run lmscale.transfer for this LM's)", file=sys.stderr, flush=True)
         return None
-    neuron, features = results["neuron"], results.get("features", {})
+    neuron, features = results.get("neuron"), results.get("features", {})
+    if not neuron:  # a multi-label transfer finds no neuron
+        return None
     from lmscale.transfer.featurize import layer_and_unit
     layer, unit = layer_and_unit(int(neuron["index"]), width, bool(features.get("all_layers")))
     return unit, features.get("state"), layer, int(neuron["sign"]) or 1

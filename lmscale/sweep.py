@@ -55,9 +55,14 @@ def main(argv: list[str]) -> None:
     if bool(_T_TRAIN.value) != bool(_T_VAL.value) or (_T_TEST.value and not _T_TRAIN.value):
         print("error: transfer needs both --transfer_train and --transfer_val", file=sys.stderr)
         sys.exit(1)
+    unused = [f"--{f.name}" for f in (_T_TEXT, _T_LABEL) if flags.FLAGS[f.name].present]
+    if unused and not _T_TRAIN.value:  # they were ignored
+        print(f"error: {' and '.join(unused)} name the transfer's columns; give "
+              f"--transfer_train and --transfer_val too, or leave them out", file=sys.stderr)
+        sys.exit(1)
     transfer = (TransferSets(_T_TRAIN.value, _T_VAL.value, _T_TEST.value, _T_TEXT.value, _T_LABEL.value)
                 if _T_TRAIN.value else None)
-    overrides = [a for a in sys.argv[1:] if a.startswith("--config.")]
+    overrides = _config_overrides()
     command = "python -m lmscale.sweep " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
     def go() -> dict:
@@ -86,13 +91,15 @@ def main(argv: list[str]) -> None:
 
 def _config_path() -> str:
     """The --config file path as given (without a ':' override suffix)."""
-    args = sys.argv[1:]
-    for i, arg in enumerate(args):
-        if arg.startswith("--config="):
-            return arg.split("=", 1)[1]
-        if arg == "--config" and i + 1 < len(args):
-            return args[i + 1]
-    raise app.UsageError("--config is required")
+    return config_flags.get_config_filename(flags.FLAGS["config"])
+
+
+def _config_overrides() -> list[str]:
+    """The sweep command's ``--config.*`` overrides as every point's flags, as absl parsed them:
+    given with '=', with a space, or in a --flagfile (the raw argv's '--config.' arguments
+    dropped the last two: every point trained the file's values, or failed on a split value)."""
+    from lmscale.sweeps.grid import override_flags
+    return override_flags(config_flags.get_override_values(flags.FLAGS["config"]))
 
 
 if __name__ == "__main__":

@@ -129,3 +129,29 @@ def test_the_transfers_neuron_is_held_in_its_state_and_a_stale_transfer_is_not_u
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"is of the LM at step {lm.step + 100}, not this one's {lm.step}" in proc.stderr
     assert not (workdir / "generate" / "heatmap.png").exists()  # no unit of this LM known
+
+
+def test_neuron_flags_without_their_unit_and_a_multilabel_transfer(sst_run, tmp_path):
+    """--neuron_value and --neuron_state without --neuron were ignored (samples identical,
+    samples.json recording the value); a bad --heatmap_unit was said after sampling; a
+    multi-label transfer in WORKDIR/transfer (no neuron) made every call a KeyError."""
+    import shutil
+    run = lambda workdir, *flags: subprocess.run(
+        [sys.executable, "-m", "lmscale.generate", f"--workdir={workdir}", "--length=4",
+         "--temperature=0", f"--output={tmp_path / 'out'}", *flags],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    for flags, message in ((["--neuron_value=5"], "--neuron_value holds the unit --neuron names"),
+                           (["--neuron_state=hidden"], "--neuron_state is the state of --neuron"),
+                           (["--heatmap_unit=999"], "--heatmap_unit=999 is outside the last "
+                                                    "layer's 32 units (0..31)")):
+        proc = run(sst_run, *flags)
+        assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
+        assert not (tmp_path / "out" / "samples.json").exists()  # nothing sampled first
+    workdir = tmp_path / "lm"
+    shutil.copytree(sst_run, workdir, ignore=shutil.ignore_patterns("transfer", "generate"))
+    (workdir / "transfer").mkdir()
+    (workdir / "transfer" / "results.json").write_text(json.dumps(
+        {"multilabel": True, "labels": ["a", "b"], "features": {"state": "cell"}}))
+    proc = run(workdir, "--heatmap_unit=2", "--neuron_state=hidden")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "out" / "heatmap.png").exists()

@@ -23,15 +23,21 @@ class TransferSets:
     def check(self) -> None:
         """Reads each labeled set once (files, columns, labels), so that a typo is found
         before the sweep trains, not after every point has (DataError naming it)."""
-        from lmscale.transfer.labeled import load_labeled
+        from lmscale.data.errors import DataError
+        from lmscale.transfer.labeled import label_columns, load_labeled
+        if len(label_columns(self.label_column)) != 1:  # its report reads one binary task
+            raise DataError(f"--label_column={self.label_column!r}: a sweep's transfer scores one "
+                            "0/1 label column (the sentiment neuron's task); run lmscale.transfer "
+                            "on a point for several labels")
         for path in (self.train, self.val, self.test):
             if path:
                 load_labeled(path, text_column=self.text_column, label_column=self.label_column)
 
 
 def transfer_summary(results: dict[str, Any]) -> dict[str, Any]:
-    """The numbers a sweep report shows from a transfer results.json."""
-    a, n = results["all_features"], results["neuron"]
+    """The numbers a sweep report shows from a transfer results.json (a multi-label one, made
+    by lmscale.transfer in a point's folder, has no neuron)."""
+    a, n = results["all_features"], results.get("neuron") or {}
     return {"test_accuracy": a.get("test_accuracy"), "val_accuracy": a.get("val_accuracy"),
             "neuron": n.get("index"), "neuron_test_accuracy": n.get("test_accuracy"),
             "dimensions": results["features"]["dimensions"]}
