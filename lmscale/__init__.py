@@ -15,9 +15,10 @@ def load_lm(workdir: str, step: int | None = None, compute: str = "float32") -> 
     return _load(workdir, step, compute)
 
 
-def load_classifier(path: str, batch_size: int = 64) -> Any:
+def load_classifier(path: str, batch_size: int = 0) -> Any:
     """A fine-tuned run or transfer output for notebooks: ``.predict(texts)`` -> (probs, labels),
-    the texts packed end to end in ``batch_size`` rows read side by side."""
+    the texts packed end to end in ``batch_size`` rows read side by side (0: a fine-tuned
+    run's validation rows, ``train.eval_batch_size``; else 64)."""
     from lmscale.finetuning.classifier import load_classifier as _load
     return _load(path, batch_size)
 

@@ -52,10 +52,15 @@ _WORKDIR = flags.DEFINE_string("workdir", "/tmp/lmscale_bench",
 _MATMUL_N = flags.DEFINE_integer("matmul_n", 0, "Size of the peak-rate matmul (0 = by device).",
                                  lower_bound=0)
 _LABEL = flags.DEFINE_string("label", "", "Free text stored with the record.")
+# A clone's benchmarks/results.jsonl; an installed package has no benchmarks/ beside it (the
+# record went into site-packages/benchmarks/): then the current folder.
+_CLONE_BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                 "benchmarks")
 _OUT = flags.DEFINE_string(
-    "out", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        "benchmarks", "results.jsonl"),
-    "Append the JSON record here ('' = do not write).")
+    "out", os.path.join(_CLONE_BENCHMARKS, "results.jsonl") if os.path.isdir(_CLONE_BENCHMARKS)
+    else "lmscale_bench.jsonl",
+    "Append the JSON record here ('' = do not write); default: the repository's "
+    "benchmarks/results.jsonl, or lmscale_bench.jsonl here for an installed lmscale.")
 flags.mark_flags_as_required(["config"])
 
 

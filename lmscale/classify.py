@@ -26,8 +26,10 @@ _TEXT = flags.DEFINE_string("text_column", "text", "Column/field holding the tex
 _OUTPUT = flags.DEFINE_string("output", None, "Predictions CSV to write.")
 _LABELS = flags.DEFINE_string("labels", None, "Label column(s) of the input to score against "
                               "(comma-separated for multi-label).")
-_BATCH = flags.DEFINE_integer("batch_size", 64, "Rows read side by side, the texts packed end to "
-                               "end in them (more rows: faster, more memory).")
+_BATCH = flags.DEFINE_integer("batch_size", 0, "Rows read side by side, the texts packed end to "
+                               "end in them (more rows: faster, more memory); 0 = a fine-tuned "
+                               "run's validation rows (train.eval_batch_size), else 64.",
+                              lower_bound=0)
 flags.mark_flags_as_required(["workdir", "input", "output"])
 
 
@@ -72,6 +74,13 @@ def classify() -> dict:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    # A fine-tuned run predicts on the devices its validation ran on: its val_predictions.csv
+    # again to the last digit (1e-6 apart on a few rows on one device).
+    from lmscale.finetuning.classifier import classifier_folder
+    from lmscale.training.host_devices import split_host_like_run
+    found = run_cli(lambda: classifier_folder(_WORKDIR.value))
+    if found is not None and found[0] == "finetuned":
+        run_cli(lambda: split_host_like_run(found[1]))
     run_cli(classify)
 
 

@@ -146,3 +146,17 @@ def test_negative_matmul_n_is_one_line_error_before_timing(tmp_path):
     assert p.returncode == 1 and p.stderr.strip() == (
         "error: flag --matmul_n=-5: -5 is not a non-negative integer"), p.stderr[-2000:]
     assert not (tmp_path / "r").exists()
+
+
+def test_no_warmup_and_an_autodiff_record_names_no_loops(tmp_path):
+    """--warmup=0 (allowed) raised UnboundLocalError after compiling; an autodiff step's record
+    named the hand-written backward's layout and factors it never ran ("batch", "float32")."""
+    out = tmp_path / "r.jsonl"
+    cmd = [sys.executable, "-m", "lmscale.bench", "--config=configs/quickstart.py",
+           "--config.model.hidden=16", "--config.model.embed=8", "--config.train.batch_size=4",
+           "--config.train.seq_len=8", "--steps=2", "--warmup=0", "--matmul_n=128", f"--out={out}",
+           "--grad=autodiff", "--layout=batch", "--factors=float32"]
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert r["grad"] == "autodiff" and r["layout"] is None and r["factors"] is None

@@ -50,8 +50,10 @@ class FinetunedClassifier(LoadedClassifier):
     multi-label thresholds were tuned on those probabilities, and its reported test metrics
     are what ``predict`` reproduces."""
 
-    def __init__(self, workdir: str, batch_size: int = 64) -> None:
+    def __init__(self, workdir: str, batch_size: int = 0) -> None:
+        """``batch_size`` 0: the rows its validation read (``train.eval_batch_size``)."""
         config, derived = load_config(os.path.join(workdir, "config.json"))
+        batch_size = batch_size or int(config.train.eval_batch_size)
         ckpt_dir = workdir
         best_path = os.path.join(workdir, "best.json")
         if os.path.exists(best_path):
@@ -160,14 +162,29 @@ class TransferClassifier(LoadedClassifier):
         return np.stack([1.0 - p[:, 0], p[:, 0]], axis=1)
 
 
-def load_classifier(path: str, batch_size: int = 64) -> LoadedClassifier:
-    """The classifier saved at ``path`` (a fine-tuned run, a transfer output, or an LM workdir
-    with a transfer output in ``transfer/``); FileNotFoundError if it holds none."""
+def classifier_folder(path: str) -> tuple[str, str] | None:
+    """Where ``path`` keeps a classifier: ("transfer", folder) for a transfer output (``path``
+    or its ``transfer/``), ("finetuned", path) for a fine-tuned run, None for neither."""
     for folder in (path, os.path.join(path, "transfer")):
         if all(os.path.exists(os.path.join(folder, f)) for f in TRANSFER_FILES):
-            return TransferClassifier(folder, batch_size)
+            return "transfer", folder
     config_path = os.path.join(path, "config.json")
     if os.path.exists(config_path) and load_config(config_path)[0].init_from:
-        return FinetunedClassifier(path, batch_size)
-    raise FileNotFoundError(f"{path} holds no classifier: neither a fine-tuned run (lmscale.finetune) "
-                            "nor a transfer output with classifier.json (re-run lmscale.transfer)")
+        return "finetuned", path
+    return None
+
+
+def load_classifier(path: str, batch_size: int = 0) -> LoadedClassifier:
+    """The classifier saved at ``path`` (a fine-tuned run, a transfer output, or an LM workdir
+    with a transfer output in ``transfer/``); FileNotFoundError if it holds none.
+    ``batch_size``: rows the texts are packed into; 0 = a fine-tuned run's validation rows
+    (``train.eval_batch_size``: its predictions again, to the last digit, on as many devices),
+    else 64."""
+    found = classifier_folder(path)
+    if found is None:
+        raise FileNotFoundError(f"{path} holds no classifier: neither a fine-tuned run "
+                                "(lmscale.finetune) nor a transfer output with classifier.json "
+                                "(re-run lmscale.transfer)")
+    kind, folder = found
+    return (TransferClassifier(folder, batch_size or 64) if kind == "transfer"
+            else FinetunedClassifier(folder, batch_size))
