@@ -34,8 +34,14 @@ class Labeled:
 
 
 def label_columns(label_column: str) -> list[str]:
-    """The label column names of a comma-separated ``label_column`` (two or more: multi-label)."""
-    return [c.strip() for c in label_column.split(",") if c.strip()]
+    """The label column names of a comma-separated ``label_column`` (two or more: multi-label);
+    DataError if one is named twice ("label,label" became a two-label task of one label)."""
+    names = [c.strip() for c in label_column.split(",") if c.strip()]
+    twice = sorted({c for c in names if names.count(c) > 1})
+    if twice:
+        raise DataError(f"label column(s) {', '.join(map(repr, twice))} named twice in "
+                        f"{label_column!r}")
+    return names
 
 
 def load_labeled(spec: str, *, text_column: str = "sentence", label_column: str = "label",

@@ -22,7 +22,8 @@ from lmscale.transfer import plots
 from lmscale.transfer.baseline import ngram_features
 from lmscale.data.errors import DataError
 from lmscale.transfer.classify import (C_GRID, SEARCH_ROWS, fit_l1, inverse_strengths,
-                                      neuron_summary, save_transfer_classifier, top_k_sweep)
+                                      neuron_summary, save_transfer_classifier, search_subsample,
+                                      top_k_sweep)
 from lmscale.transfer.featurize import (cached_featurize, feature_state, layer_and_unit,
                                        preprocess_texts, unit_trace)
 from lmscale.transfer.labeled import (Labeled, check_labels, label_columns, load_labeled,
@@ -68,6 +69,8 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
                 check_labels(splits[name].labels, False, 2, spec, splits[name].label_names,
                              "binary classification", several_columns_hint="a binary task "
                              "takes one label column")
+    if not multilabel:  # a subsample too small for both classes: said now, not after featurizing
+        search_subsample(splits["train"].labels, search_rows)
     # The folders written are checked before the LM is loaded and any text featurized.
     given_output = output
     output = output or os.path.join(workdir, "transfer")

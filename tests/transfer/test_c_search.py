@@ -148,3 +148,13 @@ def test_multilabel_searches_on_a_subsample_and_refits_each_labels_C_on_all():
     whole = fit_l1_multilabel(xtr, ytr, xva, yva, class_names=names, Cs=CS, search_rows=0, n_jobs=1)
     np.testing.assert_array_equal(small.coef, whole.coef)
     assert small.Cs == whole.Cs and small.summary()["search_rows"] == 1200
+
+
+def test_a_search_subsample_too_small_for_both_classes_is_refused_before_featurizing(tmp_path):
+    """search_rows=1 was refused only after the train and val texts were featurized."""
+    from lmscale.data.errors import DataError
+    from lmscale.transfer.run import run_transfer
+    path = tmp_path / "d.csv"
+    path.write_text("sentence,label\ngood,1\nbad,0\nfine,1\n")
+    with pytest.raises(DataError, match="search_rows=1 cannot hold one row of each of the 2 classes"):
+        run_transfer(str(tmp_path / "no_lm_here"), str(path), str(path), search_rows=1)

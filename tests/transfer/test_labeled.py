@@ -118,3 +118,14 @@ def test_a_jsonl_line_that_is_no_object_or_has_no_string_text_says_so(tmp_path):
     p.write_text('{"text": "good", "y": 1}\n{"text": null, "y": 0}\n')
     with pytest.raises(DataError, match=r"a.jsonl:2: field 'text' is null, not a string"):
         load_labeled(str(p), text_column="text", label_column="y")
+
+
+def test_a_label_column_named_twice_is_refused(tmp_path):
+    """--label_column=label,label became a two-label task of one label: the neuron search,
+    heatmaps and binary accuracy skipped without a word."""
+    from lmscale.transfer.labeled import label_columns
+    path = tmp_path / "d.csv"
+    path.write_text("sentence,label\ngood,1\nbad,0\n")
+    with pytest.raises(DataError, match="label column\\(s\\) 'label' named twice in 'label, label'"):
+        load_labeled(str(path), label_column="label, label")
+    assert label_columns("anger, joy") == ["anger", "joy"]
