@@ -42,6 +42,8 @@ _PREPROCESS = flags.DEFINE_enum("preprocess", "auto", ("auto", "none", "openai")
                                 "Text preprocessing the model expects; auto: the source's (OpenAI's "
                                 "files: openai unless their lmscale.json names another; a .pt: none).")
 flags.mark_flags_as_required(["from", "src", "to"])
+flags.register_validator("step", lambda n: n >= -1,
+                         message="expected a checkpoint step, or -1 (the latest)")
 
 
 def convert(source: str, src: str, dst: str, layout: str, weight_norm: str = "auto",
@@ -57,12 +59,22 @@ def convert(source: str, src: str, dst: str, layout: str, weight_norm: str = "au
     wn = {"auto": None, "true": True, "false": False}[weight_norm]
     if layout == "openai" and wn is False:
         raise ConvertError("OpenAI's layout always stores weight-norm gains; use --weight_norm=auto or true")
+    if layout != "sentiment-discovery" and dst.lower().endswith(".pt"):
+        raise ConvertError(f"--to={dst}: --layout={layout} writes a "
+                           f"{LAYOUT_OUTPUTS[layout].split()[0]}, not a .pt file; give a folder "
+                           f"name, or --layout=sentiment-discovery to write a .pt file")
     if os.path.exists(dst) and (layout == "sentiment-discovery" or not os.path.isdir(dst)
                                 or os.listdir(dst)):
         raise ConvertError(f"{dst} already exists; expected a new {LAYOUT_OUTPUTS[layout]}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
         raise ConvertError(f"--batch_size must be an integer >= 0 (0 = the config default), "
                            f"got {batch_size!r}")
+    if step is not None and source != "lmscale":
+        raise ConvertError(f"--step picks a checkpoint of an lmscale workdir (--from=lmscale); "
+                           f"--from={source} has one set of weights: drop --step")
+    if batch_size and layout != "lmscale":
+        raise ConvertError(f"--batch_size sets train.batch_size of a written workdir "
+                           f"(--layout=lmscale); --layout={layout} records none: drop it")
     _check_destination(dst, layout)
     if source == "openai":
         weights = openai.load_openai(src)

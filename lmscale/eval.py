@@ -41,6 +41,29 @@ _COMPUTE = flags.DEFINE_enum("compute", None, ["float32", "bfloat16", "float16"]
 flags.mark_flags_as_required(["workdir"])
 flags.register_validator("max_steps", lambda n: n >= -1, message="expected a count of batches, 0 "
                          "(the whole split) or -1 (the run's train.eval_steps)")
+flags.register_validator("step", lambda n: n >= -1,
+                         message="expected a checkpoint step, or -1 (the latest)")
+
+
+def _check_data_flags() -> None:
+    """Refuses --split, --text_column and --text_field where --data gives them no effect."""
+    from lmscale.config import ConfigError
+    from lmscale.data.dataset import is_dataset
+    from lmscale.data.prepare import check_text_options
+    from lmscale.data.sources import expand_inputs
+    data = _DATA.value
+    if not data or is_dataset(data):
+        for flag in ("text_column", "text_field"):
+            if flags.FLAGS[flag].value:
+                where = f"--data={data}" if data else "the run's own dataset"
+                raise ConfigError(f"--{flag} is for text files given as --data; {where} is a "
+                                  f"prepared dataset, its text already tokenized: drop --{flag}")
+        return
+    if flags.FLAGS["split"].present:
+        raise ConfigError(f"--split is for a prepared dataset; --data={data} is text files, "
+                          f"evaluated whole: drop --split")
+    if _COLUMN.value or _FIELD.value:
+        check_text_options(expand_inputs(data, notes=False), _COLUMN.value, _FIELD.value)
 
 
 def main(argv: list[str]) -> None:
@@ -48,6 +71,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from lmscale.training.host_devices import split_host_like_run
     from lmscale.training.restore import evaluate_data, load_trained, run_dataset, with_compute
+    run_cli(_check_data_flags)
     run_cli(lambda: split_host_like_run(_WORKDIR.value))  # the devices the run trained on
 
     def run() -> dict:

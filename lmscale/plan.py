@@ -74,7 +74,7 @@ def _json_folder() -> None:
 def _projection_counts() -> list[int]:
     """The --project device counts, checked with the projection's other flags."""
     from lmscale.config import ConfigError
-    if (_FLOPS.value > 0 or _BANDWIDTH.value > 0 or _PROJECT.value) and not (
+    if (_FLOPS.value > 0 or _BANDWIDTH.value > 0 or _LATENCY.value > 0 or _PROJECT.value) and not (
             _FLOPS.value > 0 and _BANDWIDTH.value > 0):
         raise ConfigError("a projection needs both --flops_per_s and --bandwidth_gbps (> 0), got "
                           f"{_FLOPS.value:g} and {_BANDWIDTH.value:g}")

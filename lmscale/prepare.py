@@ -19,6 +19,7 @@ Bad input prints one ``error: ...`` line on stderr and exits 1.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -28,8 +29,9 @@ from lmscale.cli import parse_flags
 from lmscale.data.builtin import builtin_paths, is_builtin
 from lmscale.data.errors import DataError
 from lmscale.data.prepare import check_text_options, prepare_dataset
-from lmscale.data.sources import expand_inputs, split_inputs
+from lmscale.data.sources import expand_inputs, file_kind, split_inputs
 from lmscale.data.spm import MODEL_TYPES, SentencePieceTokenizer, SentencePieceTraining
+from lmscale.data.tfds import is_tfds
 from lmscale.data.tokenizer import ByteTokenizer, Tokenizer
 from lmscale.data.words import WordTraining
 
@@ -109,6 +111,16 @@ def make_tokenizer() -> Tokenizer | SentencePieceTraining:
                                  sample_bytes=_SP_SAMPLE_BYTES.value)
 
 
+def _check_held_out(val: list[str], test: list[str]) -> None:
+    """Refuses a file given to both --val and --test (test text that is also validation's)."""
+    key = lambda p: p if is_tfds(p) else os.path.realpath(p)
+    shared = sorted({key(p) for p in val} & {key(p) for p in test})
+    if shared:
+        raise DataError(f"--val and --test both name {shared[0]}"
+                        f"{f' (and {len(shared) - 1} more)' if len(shared) > 1 else ''}: the "
+                        f"test text must be held out of validation; give each its own files")
+
+
 def prepare_main() -> str:
     if not _INPUT.value:
         raise DataError("--input is required (text paths/globs or python_stdlib)")
@@ -120,11 +132,18 @@ def prepare_main() -> str:
     if flags.FLAGS["split"].present and (_VAL.value or _TEST.value):
         raise DataError("--split does not apply with --val/--test: each part is the text given "
                         "for it")
-    if _TEXT_COLUMN.value or _TEXT_FIELD.value:
+    if _VAL.value and _TEST.value:
+        _check_held_out(expand_inputs(_VAL.value, notes=False),
+                        expand_inputs(_TEST.value, notes=False))
+    if _TEXT_COLUMN.value or _TEXT_FIELD.value or _TXT_MODE.value != "file":
         paths = builtin_paths(inputs) if isinstance(inputs, str) else expand_inputs(inputs, notes=False)
         for extra in (_VAL.value, _TEST.value):
             paths += expand_inputs(extra, notes=False) if extra else []
         check_text_options(paths, _TEXT_COLUMN.value, _TEXT_FIELD.value)
+        kinds = sorted({file_kind(p) for p in paths})
+        if _TXT_MODE.value != "file" and "txt" not in kinds:
+            raise DataError(f"--txt_mode={_TXT_MODE.value} splits plain text files, and the "
+                            f"inputs are {'/'.join(kinds)} files (one document per row)")
     return prepare_dataset(inputs, _OUTPUT.value, text_column=_TEXT_COLUMN.value,
                            text_field=_TEXT_FIELD.value, txt_mode=_TXT_MODE.value,
                            split=parse_split(_SPLIT.value), shard_tokens=_SHARD_TOKENS.value,

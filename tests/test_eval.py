@@ -15,3 +15,39 @@ def test_max_steps_below_minus_one_is_one_line_error(tmp_path):
     assert p.returncode == 1 and p.stderr.strip() == (
         "error: flag --max_steps=-5: expected a count of batches, 0 (the whole split) or -1 (the "
         "run's train.eval_steps)"), p.stderr[-2000:]
+
+
+def run_eval(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lmscale.eval", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_step_below_minus_one_is_one_line_error(tmp_path):
+    """--step=-7 was taken as -1 (the latest checkpoint)."""
+    p = run_eval(f"--workdir={tmp_path}", "--step=-7")
+    assert p.returncode == 1 and p.stderr.strip() == (
+        "error: flag --step=-7: expected a checkpoint step, or -1 (the latest)"), p.stderr[-2000:]
+
+
+def test_split_and_text_options_that_text_files_ignore_are_refused(tmp_path):
+    """A .txt --data was read whole ("split": "all"), its --split and --text_column ignored;
+    refused before the workdir (here empty) is read."""
+    text = tmp_path / "small.txt"
+    text.write_text("some text\n")
+    p = run_eval(f"--workdir={tmp_path}", f"--data={text}", "--split=test")
+    assert p.returncode == 1 and p.stderr.strip() == (
+        f"error: --split is for a prepared dataset; --data={text} is text files, evaluated "
+        f"whole: drop --split"), p.stderr[-2000:]
+    p = run_eval(f"--workdir={tmp_path}", f"--data={text}", "--text_column=foo")
+    assert p.returncode == 1 and p.stderr.strip() == (
+        "error: --text_column=foo names a CSV/TSV column, and the inputs are txt files"
+    ), p.stderr[-2000:]
+    table = tmp_path / "small.csv"
+    table.write_text("foo\nsome text\n")
+    p = run_eval(f"--workdir={tmp_path}", f"--data={table}", "--text_column=foo")
+    # A CSV's column applies: the error is the (empty) workdir's.
+    assert p.returncode == 1 and "--text_column" not in p.stderr, p.stderr[-2000:]
+    p = run_eval(f"--workdir={tmp_path}", "--text_field=body")  # the run's prepared dataset
+    assert p.returncode == 1 and p.stderr.strip() == (
+        "error: --text_field is for text files given as --data; the run's own dataset is a "
+        "prepared dataset, its text already tokenized: drop --text_field"), p.stderr[-2000:]

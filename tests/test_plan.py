@@ -49,3 +49,11 @@ def test_json_folder_is_created_or_refused_before_the_compile(tmp_path):
                 f"--json={out}", timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(out.read_text())["devices"] == 1
+
+
+def test_latency_without_the_projection_flags_is_refused_before_the_compile():
+    """--latency_us alone was dropped: no projection, no word."""
+    proc = plan(HUGE, "--latency_us=5")
+    assert proc.returncode == 1 and proc.stderr.strip() == (
+        "error: a projection needs both --flops_per_s and --bandwidth_gbps (> 0), got 0 and 0"
+    ), proc.stderr[-2000:]

@@ -12,6 +12,7 @@ models and F1-tuned thresholds, macro/micro F1 and Jaccard as ``lmscale.finetune
 
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import app, flags
@@ -39,7 +40,7 @@ _ALL_LAYERS = flags.DEFINE_bool("all_layers", False, "Concatenate the states of 
 _BASELINE = flags.DEFINE_enum("baseline", "words", ["words", "chars", "none"],
                               "n-gram baseline computed on the same splits.")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Rows of texts featurized in parallel (a recurrent "
-                              "LM reads several texts in turn in each row).")
+                              "LM reads several texts in turn in each row).", lower_bound=1)
 _COMPUTE = flags.DEFINE_enum("compute", "float32", ["float32", "bfloat16", "float16"],
                              "The LM's matmul dtype while featurizing (float32 accumulation and "
                              "states); bfloat16 is ~3x faster on CPUs with AMX and on GPUs.")
@@ -53,9 +54,24 @@ _SEARCH_ROWS = flags.DEFINE_integer(
 flags.mark_flags_as_required(["workdir", "train", "val"])
 
 
+def _check_test_held_out() -> None:
+    """Refuses a --test that is the --train file: its accuracy would be the training fit's."""
+    from lmscale.config import ConfigError
+    train, test = _TRAIN.value, _TEST.value
+    if not test:
+        return
+    same = train == test or (os.path.isfile(train) and os.path.isfile(test)
+                             and os.path.samefile(train, test))
+    if same:
+        raise ConfigError(f"--test={test} is the --train file: its accuracy would be measured "
+                          f"on the texts the classifier was fit on; give held-out texts or drop "
+                          f"--test")
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    run_cli(_check_test_held_out)  # before the LM is read
     import jax
 
     from lmscale.training.precision import FEATURIZE_ADVICE, print_compute_hint

@@ -165,3 +165,34 @@ def test_a_killed_runs_temporary_folder_is_never_read_and_sigterm_removes_it(tmp
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "interrupted: nothing written" in err, err[-2000:]
     assert not list(tmp_path.glob("out*"))
+
+
+def test_txt_mode_without_plain_text_inputs_is_refused(tmp_path):
+    """--txt_mode=line on CSV/JSONL inputs was ignored (the same tokens as without it)."""
+    (tmp_path / "d.csv").write_text("text\nhello there\nhow are you\n")
+    (tmp_path / "d.jsonl").write_text('{"text": "hello"}\n')
+    (tmp_path / "d.txt").write_text("hello there\nhow are you\n")
+    out = tmp_path / "out"
+    p = run(f"--input={tmp_path / 'd.csv'},{tmp_path / 'd.jsonl'}", f"--output={out}",
+            "--txt_mode=line")
+    assert p.returncode == 1 and p.stderr.strip() == (
+        "error: --txt_mode=line splits plain text files, and the inputs are csv/jsonl files (one "
+        "document per row)"), p.stderr[-2000:]
+    assert not out.exists()
+    p = run(f"--input={tmp_path / 'd.csv'}", f"--val={tmp_path / 'd.txt'}", f"--output={out}",
+            "--txt_mode=line", "--progress=false")
+    assert p.returncode == 0, p.stderr[-2000:]
+
+
+def test_one_file_for_both_val_and_test_is_refused(tmp_path):
+    """--val=F --test=F made a test split that is the validation text, without a word."""
+    for name in ("train", "held"):
+        (tmp_path / f"{name}.txt").write_text(f"the {name} text\n" * 30)
+    os.symlink(tmp_path / "held.txt", tmp_path / "link.txt")
+    out = tmp_path / "out"
+    p = run(f"--input={tmp_path / 'train.txt'}", f"--val={tmp_path / 'held.txt'}",
+            f"--test={tmp_path / 'link.txt'}", f"--output={out}")
+    assert p.returncode == 1 and p.stderr.strip() == (
+        f"error: --val and --test both name {tmp_path / 'held.txt'}: the test text must be held "
+        f"out of validation; give each its own files"), p.stderr[-2000:]
+    assert not out.exists()

@@ -1,0 +1,59 @@
+"""``python -m lmscale.convert``: a flag that would be ignored, or a --to of the wrong kind,
+is one ``error:`` line before anything is read or written."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+from tests.pretrained import reference as ref
+
+
+@pytest.fixture(scope="module")
+def openai_files(tmp_path_factory) -> str:
+    folder = str(tmp_path_factory.mktemp("flags") / "openai")
+    ref.write_openai_files(folder, 8, 16, seed=3)
+    return folder
+
+
+def convert(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, "-m", "lmscale.convert", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args, message", [
+    ((), "--layout=lmscale writes a workdir, not a .pt file; give a folder name, or "
+         "--layout=sentiment-discovery to write a .pt file"),
+    (("--layout=openai",), "--layout=openai writes a folder, not a .pt file; give a folder "
+                           "name, or --layout=sentiment-discovery to write a .pt file"),
+])
+def test_a_pt_destination_of_a_folder_layout_is_refused(openai_files, tmp_path, args, message):
+    """--to=X.pt with a folder layout made a folder named X.pt."""
+    dst = tmp_path / "model.pt"
+    proc = convert("--from=openai", f"--src={openai_files}", f"--to={dst}", *args)
+    assert proc.returncode == 1 and proc.stderr.strip() == f"error: --to={dst}: {message}", \
+        proc.stderr[-2000:]
+    assert not dst.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--step=777",), "--step picks a checkpoint of an lmscale workdir (--from=lmscale); "
+                      "--from=openai has one set of weights: drop --step"),
+    (("--batch_size=4", "--layout=openai"), "--batch_size sets train.batch_size of a written "
+     "workdir (--layout=lmscale); --layout=openai records none: drop it"),
+    (("--batch_size=4", "--layout=sentiment-discovery"), "--batch_size sets train.batch_size of "
+     "a written workdir (--layout=lmscale); --layout=sentiment-discovery records none: drop it"),
+    (("--step=-5",), "flag --step=-5: expected a checkpoint step, or -1 (the latest)"),
+])
+def test_flags_that_would_be_ignored_are_refused(openai_files, tmp_path, args, message):
+    """--step with a non-lmscale --from, --batch_size with a layout that records none, and
+    --step=-5 (taken as -1, the latest) were silently ignored."""
+    dst = tmp_path / "out"
+    proc = convert("--from=openai", f"--src={openai_files}", f"--to={dst}", *args)
+    assert proc.returncode == 1 and proc.stderr.strip() == f"error: {message}", proc.stderr[-2000:]
+    assert not dst.exists()

@@ -1,0 +1,44 @@
+"""``python -m lmscale.transfer``: flags refused in one line before the LM is read."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def run_tool(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lmscale.transfer", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+
+
+def labeled(tmp_path) -> str:
+    path = tmp_path / "train.csv"
+    path.write_text("sentence,label\ngood,1\nbad,0\n")
+    return str(path)
+
+
+def test_batch_size_below_one_is_refused(tmp_path):
+    """--batch_size=0 (or -3) featurized one row at a time, without a word."""
+    train = labeled(tmp_path)
+    for n in ("0", "-3"):
+        p = run_tool(f"--workdir={tmp_path}", f"--train={train}", f"--val={train}",
+                     f"--batch_size={n}")
+        assert p.returncode == 1 and p.stderr.strip() == (
+            f"error: flag --batch_size={n}: {n} is not a positive integer"
+        ), p.stderr[-2000:]
+
+
+def test_test_file_that_is_the_training_file_is_refused(tmp_path):
+    """--test=--train's file gave a "test" accuracy of the texts the classifier was fit on."""
+    train = labeled(tmp_path)
+    os.symlink(train, tmp_path / "link.csv")
+    for test in (train, str(tmp_path / "link.csv")):
+        p = run_tool(f"--workdir={tmp_path}", f"--train={train}", f"--val={train}",
+                     f"--test={test}")
+        assert p.returncode == 1 and p.stderr.strip() == (
+            f"error: --test={test} is the --train file: its accuracy would be measured on the "
+            f"texts the classifier was fit on; give held-out texts or drop --test"
+        ), p.stderr[-2000:]
