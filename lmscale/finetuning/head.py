@@ -1,7 +1,8 @@
 """The classifier: any lmscale LM with a classification head on pooled features of its states.
 
 Features of a text (each row read from position 0 with a fresh zero carry, padded at the
-end): for each LM state in ``states`` ("cell", "hidden", ...: the model's ``feature_states``)
+end; in training steps with the LM's own dropouts times ``finetune.lm_dropout``, ULMFiT's
+drop_mult, when > 0): for each LM state in ``states`` ("cell", "hidden", ...: the model's ``feature_states``)
 and each pooling in ``poolings`` — "last" (the state after the last real token: the final
 hidden or cell state), "mean" or "max" over the real tokens — the last layer's [B, F] vector,
 concatenated to [B, len(states) * len(poolings) * F]. The head is a linear layer or an MLP
@@ -20,8 +21,10 @@ from flax import nnx
 from lmscale.config import ConfigError
 from lmscale.models import build_model, built_in_one_program
 from lmscale.models.param_paths import path_names
+from lmscale.models.registry import with_dropouts_scaled
 
 POOLINGS = ("last", "mean", "max")
+LM_DROPOUT_TAG = 0x4C4D  # folded into a row's key for the LM's masks (the head's use the key)
 ACTIVATIONS = {"relu": jax.nn.relu, "gelu": jax.nn.gelu, "tanh": jnp.tanh}
 
 
@@ -72,30 +75,45 @@ class Classifier(nnx.Module):
 
     def __init__(self, lm: nnx.Module, num_classes: int, *, states: Sequence[str] = (),
                  poolings: Sequence[str] = ("last",), hidden: Sequence[int] = (),
-                 activation: str = "relu", dropout: float = 0.0, rngs: nnx.Rngs) -> None:
+                 activation: str = "relu", dropout: float = 0.0, lm_dropout: bool = False,
+                 rngs: nnx.Rngs) -> None:
         states = tuple(states) or lm.feature_states[:1]
         check_choices("finetune.state", states, lm.feature_states, ",".join(states),
                       _states_note(lm.feature_states))
         check_choices("finetune.pooling", poolings, POOLINGS, ",".join(poolings))
         self.lm = lm
+        self.lm_dropout = bool(lm_dropout)  # training reads the texts with the LM's dropouts
         self.states, self.poolings = states, tuple(poolings)
         in_dim = len(states) * len(self.poolings) * lm.feature_width
         self.head = Head(in_dim, num_classes, hidden, activation, dropout, rngs=rngs)
 
-    def features(self, tokens: jax.Array, lengths: jax.Array, carry: Any = None) -> jax.Array:
+    def features(self, tokens: jax.Array, lengths: jax.Array, carry: Any = None,
+                 dropout_keys: jax.Array | None = None, step_key: jax.Array | None = None
+                 ) -> jax.Array:
         """tokens int32 [B, T] (each row a text from position 0, padded), lengths [B] -> [B, D].
 
         ``carry``: the LM's zero carry (None: ``initial_carry``; under shard_map pass it
-        device-varying)."""
+        device-varying). ``dropout_keys`` [B, 2] and ``step_key`` [2] (training): the LM's own
+        dropouts when it was built with them (``lm_dropout``), else deterministic."""
         carry = self.lm.initial_carry(tokens.shape[0]) if carry is None else carry
-        out = self.lm.features(tokens, carry)
+        out = self.lm.features(tokens, carry, **self.lm_dropout_keys(dropout_keys, step_key))
         return jnp.concatenate([pool(out[s][-1], lengths, p)
                                 for s in self.states for p in self.poolings], axis=-1)
 
+    def lm_dropout_keys(self, dropout_keys: jax.Array | None, step_key: jax.Array | None
+                        ) -> dict[str, jax.Array | None]:
+        """The LM's dropout keys from the rows' (masks apart from the head's), or none."""
+        if dropout_keys is None or not self.lm_dropout:
+            return {}
+        rows = jax.vmap(lambda k: jax.random.fold_in(k, LM_DROPOUT_TAG))(dropout_keys)
+        return {"dropout_key": rows, "step_key": step_key}
+
     def __call__(self, tokens: jax.Array, lengths: jax.Array,
-                 dropout_keys: jax.Array | None = None, carry: Any = None) -> jax.Array:
+                 dropout_keys: jax.Array | None = None, carry: Any = None,
+                 step_key: jax.Array | None = None) -> jax.Array:
         """Logits float32 [B, K]."""
-        return self.head(self.features(tokens, lengths, carry), dropout_keys)
+        return self.head(self.features(tokens, lengths, carry, dropout_keys, step_key),
+                         dropout_keys)
 
     def lm_logits(self, tokens: jax.Array, carry: Any = None,
                   resets: jax.Array | None = None) -> jax.Array:
@@ -157,7 +175,7 @@ def build_classifier(lm: nnx.Module, num_classes: int, finetune: Any, seed: int)
     return Classifier(lm, num_classes, states=_split(finetune.state),
                       poolings=_split(finetune.pooling), hidden=head_widths(finetune.head_hidden),
                       activation=finetune.head_activation, dropout=finetune.head_dropout,
-                      rngs=nnx.Rngs(seed + 7))
+                      lm_dropout=finetune.lm_dropout > 0, rngs=nnx.Rngs(seed + 7))
 
 
 def init_classifier(config: Any, vocab_size: int, num_classes: int, dtype: Any = jnp.float32, *,
@@ -173,7 +191,9 @@ def init_classifier(config: Any, vocab_size: int, num_classes: int, dtype: Any =
     model's raises ConfigError naming it."""
     def init_classifier_params(*inputs: Any) -> tuple[tuple[nnx.GraphDef, int], Any]:
         """``inputs``: () or (the trained LM's parameters, traced)."""
-        lm = build_model(config.model, vocab_size, rngs=nnx.Rngs(config.seed), dtype=dtype)
+        # The LM's dropout rates times finetune.lm_dropout (0: none; its features deterministic)
+        lm = build_model(with_dropouts_scaled(config.model, config.finetune.lm_dropout),
+                         vocab_size, rngs=nnx.Rngs(config.seed), dtype=dtype)
         graphdef, params = nnx.split(build_classifier(lm, num_classes, config.finetune, config.seed),
                                      nnx.Param)
         if inputs:

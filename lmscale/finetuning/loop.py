@@ -79,7 +79,7 @@ def load_lm(path: str) -> TrainedLM:
 
 def resolve_config(config: ml_collections.ConfigDict, lm: TrainedLM) -> ml_collections.ConfigDict:
     """The run's config with the LM's model section: its architecture, and the dropouts it was
-    trained with (recorded; fine-tuning reads the texts without them, ``lm_dropout_note``)."""
+    trained with (recorded; training steps apply them times ``finetune.lm_dropout``)."""
     record = config.to_dict()
     record["model"] = lm.config.model.to_dict()
     out = ml_collections.ConfigDict(record)
@@ -334,7 +334,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
                      *finetune_warmup_notes(config.optim.schedule, config.optim.warmup_steps,
                                             steps, decay, ft.freeze_steps),
                      long_text_note(max(map(len, enc["train"].ids)), ft.grad_tokens, max_len),
-                     lm_dropout_note(lm),
+                     lm_dropout_note(lm, ft.lm_dropout),
                      layer_rates.rates_note(lr, ft.layer_lr_decay, layers),
                      layer_rates.unfreezing_note(starts, steps, decay, config.optim.warmup_steps)):
             if note:
@@ -354,7 +354,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
             fn = make_finetune_step(graphdef, tx, mesh, multilabel=ft.multilabel, class_weights=cw,
                                     aux_weight=ft.aux_lm_weight, train_lm=unfrozen > 0,
                                     trains=layer_rates.trains_top(unfrozen, layers),
-                                    dropout=ft.head_dropout > 0,
+                                    dropout=ft.head_dropout > 0 or ft.lm_dropout > 0,
                                     grad_reduce_dtype=jnp.dtype(config.parallel.grad_reduce_dtype),
                                     grad_tokens=ft.grad_tokens)
             rows = mesh_lib.batch_sharded(mesh)

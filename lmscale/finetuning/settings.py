@@ -11,7 +11,7 @@ from lmscale.config import ConfigError, default_config
 from lmscale.finetuning import layer_rates
 from lmscale.finetuning.head import check_head_settings
 from lmscale.finetuning.truncated import check_grad_tokens
-from lmscale.models.registry import is_dropout_field
+from lmscale.models.registry import feature_dropouts, is_dropout_field
 from lmscale.training.restore import TrainedLM
 from lmscale.transfer.labeled import label_columns
 
@@ -39,9 +39,10 @@ def check_task_settings(ft: ml_collections.ConfigDict) -> None:
 
 def check_lm_settings(config: ml_collections.ConfigDict, lm: TrainedLM) -> None:
     """Refuses fine-tuning settings this LM cannot take (``state``, ``grad_tokens``,
-    ``layer_lr_decay``, ``unfreeze_every``), naming the setting."""
+    ``layer_lr_decay``, ``unfreeze_every``, ``lm_dropout``), naming the setting."""
     ft, layers = config.finetune, config.model.layers
     check_head_settings(ft, lm.model().feature_states)
+    check_lm_dropout(ft.lm_dropout, lm)
     check_grad_tokens(ft.grad_tokens, lm.model().max_len, ft.aux_lm_weight)
     layer_rates.checked(ft.layer_lr_decay, layers)
     layer_rates.unfreeze_starts(ft.unfreeze_every, ft.freeze_steps, layers)
@@ -104,19 +105,41 @@ def check_model_from_lm(config: ml_collections.ConfigDict, lm: TrainedLM) -> Non
     defaults, lm_model = default_config().model, lm.config.model
     for name, value in config.model.items():
         if name in lm_model and value != defaults[name] and value != lm_model[name]:
-            dropout = (" (fine-tuning reads the texts without the LM's dropouts; "
-                       "finetune.head_dropout regularizes the head)"
+            dropout = (" (fine-tuning applies the LM's own dropouts times "
+                       "finetune.lm_dropout; finetune.head_dropout regularizes the head)"
                        if is_dropout_field(name) else "")
             raise ConfigError(f"model.{name}={value!r}: a fine-tune's model is init_from's LM, "
                               f"whose model.{name} is {lm_model[name]!r}; leave it unset{dropout}")
 
 
-def lm_dropout_note(lm: TrainedLM) -> str | None:
-    """A start-up note when the LM was trained with dropout: fine-tuning reads the texts
-    without it (its features are deterministic), which an AWD-LSTM user may not expect."""
-    drops = [f"model.{k}={v}" for k, v in lm.config.model.items()
-             if is_dropout_field(k) and float(v) > 0]
+def check_lm_dropout(factor: float, lm: TrainedLM) -> None:
+    """Refuses a negative ``finetune.lm_dropout``, one that would scale a rate to 1 or more,
+    and one for an LM without dropout in its states (it would change nothing)."""
+    if factor < 0:
+        raise ConfigError(f"finetune.lm_dropout must be >= 0 (a multiple of the LM's own dropout "
+                          f"rates), got {factor!r}")
+    drops = feature_dropouts(lm.config.model)
+    if factor > 0 and not drops:
+        raise ConfigError(f"finetune.lm_dropout={factor!r} scales the LM's own dropout rates that "
+                          f"reach its states, and this LM has none (output_dropout, the "
+                          f"decoder's, does not); use finetune.head_dropout")
+    every = {k: float(v) for k, v in lm.config.model.items() if is_dropout_field(k)}
+    for name, rate in every.items():  # each is scaled (with_dropouts_scaled)
+        if rate * factor >= 1:
+            raise ConfigError(f"finetune.lm_dropout={factor!r} makes model.{name}={rate} a rate of "
+                              f"{rate * factor:g}; rates must stay below 1")
+
+
+def lm_dropout_note(lm: TrainedLM, factor: float) -> str | None:
+    """A start-up note when the LM was trained with dropout: what fine-tuning applies of it
+    (``finetune.lm_dropout``; none by default, which an AWD-LSTM user may not expect)."""
+    drops = feature_dropouts(lm.config.model)
     if not drops:
         return None
-    return (f"note: the LM was trained with dropout ({', '.join(drops)}); fine-tuning reads the "
-            "texts without it (finetune.head_dropout regularizes the head)")
+    trained = ", ".join(f"model.{k}={v:g}" for k, v in drops.items())
+    if factor > 0:
+        return (f"note: the LM's dropouts ({trained}) apply in training steps times "
+                f"finetune.lm_dropout={factor:g}")
+    return (f"note: the LM was trained with dropout ({trained}); fine-tuning reads the texts "
+            "without it (finetune.lm_dropout=0.5 applies half of each rate, ULMFiT's classifier "
+            "recipe; finetune.head_dropout regularizes the head)")

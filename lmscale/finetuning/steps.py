@@ -15,6 +15,10 @@ are the real tokens only (``lm_weights``; sentiment-discovery's mask counted the
 With ``grad_tokens`` (``finetune.grad_tokens``), a batch wider than that is read in pieces
 and back-propagated through each text's last ``grad_tokens`` tokens only (truncated.py).
 
+With ``dropout`` each row gets a key (``row_dropout_keys``, so 1 and N devices draw alike):
+the head's dropout and, for a classifier built with them (``finetune.lm_dropout``), the LM's
+own, its per-pass masks (embedding dropout, weight drop) from the step's key.
+
 While the LM is frozen (``train_lm`` False) its parameters are under ``stop_gradient``: no
 backward pass through it, its gradients are zeros and only the head's are all-reduced. With
 ``trains`` (gradual unfreezing: a predicate on a parameter's path), the same holds for each
@@ -39,7 +43,7 @@ from lmscale.training.loss import cross_entropy_sums
 from lmscale.training.mesh import DATA_AXIS
 from lmscale.training.optimizer import part
 from lmscale.training.state import TrainState
-from lmscale.training.steps import allreduce, apply_update, row_dropout_keys
+from lmscale.training.steps import allreduce, apply_update, row_dropout_keys, step_dropout_key
 
 Batch = dict[str, jax.Array]
 BATCH_KEYS = ("tokens", "lengths", "labels", "row_weights", "lm_weights")
@@ -110,6 +114,7 @@ def make_finetune_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     def local(params: Any, batch: Batch, key: jax.Array, scale: jax.Array) -> tuple[Any, jax.Array]:
         rows = batch["tokens"].shape[0]
         keys = row_dropout_keys(key, jax.lax.axis_index(DATA_AXIS) * rows, rows) if dropout else None
+        step_key = step_dropout_key(key) if dropout else None  # the same on every device
         local_params = jax.lax.pcast(params, DATA_AXIS, to="varying")
         carry = jax.lax.pcast(nnx.merge(graphdef, params).lm.initial_carry(rows), DATA_AXIS,
                               to="varying")
@@ -123,7 +128,7 @@ def make_finetune_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
             total = jax.lax.psum(jnp.sum(lm_in["lm_weights"]), DATA_AXIS)
             lm_in["lm_weights"] = jnp.where(total > 0, lm_in["lm_weights"] / total, 0.0)
             prefix = truncated.read_prefix(nnx.merge(graphdef, local_params), aligned,
-                                           grad_tokens, carry)
+                                           grad_tokens, carry, keys, step_key)
 
         def loss_fn(p: Any) -> tuple[jax.Array, jax.Array]:
             frozen_rows = 0
@@ -137,10 +142,12 @@ def make_finetune_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
             if frozen_rows:  # its lowest blocks run apart, forward only (models/transformer.py)
                 model.lm.frozen_layers = frozen_rows
             if in_pieces:
-                features = truncated.window_features(model, lm_in, batch["lengths"], prefix)
+                features = truncated.window_features(model, lm_in, batch["lengths"], prefix,
+                                                     keys, step_key)
                 logits, lm_carry = model.head(features, keys), prefix[0]
             else:
-                logits, lm_carry = model(batch["tokens"], batch["lengths"], keys, carry), carry
+                logits = model(batch["tokens"], batch["lengths"], keys, carry, step_key)
+                lm_carry = carry
             loss = classification_loss(logits, batch["labels"], batch["row_weights"], multilabel, cw)
             aux = jnp.zeros((), jnp.float32)
             if aux_weight > 0:  # in pieces: the last piece's targets only

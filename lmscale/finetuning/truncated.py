@@ -85,17 +85,20 @@ def _pool_parts(out: dict[str, Any], valid: jax.Array, states: tuple[str, ...]
     return parts
 
 
-def read_prefix(classifier: Any, aligned: dict[str, jax.Array], grad_tokens: int, carry: Any
+def read_prefix(classifier: Any, aligned: dict[str, jax.Array], grad_tokens: int, carry: Any,
+                dropout_keys: jax.Array | None = None, step_key: jax.Array | None = None
                 ) -> tuple[Any, dict[str, dict[str, jax.Array]]]:
     """Reads every piece but the last, K tokens at a time: (the carry entering the last piece,
     per state the sum and max over the real tokens read). Call it outside the gradient (or on
-    parameters under ``stop_gradient``): its results are constants of the loss."""
+    parameters under ``stop_gradient``): its results are constants of the loss. The keys: as
+    ``Classifier.features`` (the LM's locked masks hold over the whole text, every piece)."""
     rows, width = aligned["tokens"].shape
     pieces = width // grad_tokens - 1
     as_pieces = lambda a: jnp.swapaxes(a[:, :pieces * grad_tokens].reshape(
         rows, pieces, grad_tokens), 0, 1)  # [n - 1, B, K]
     xs = (as_pieces(aligned["tokens"]), as_pieces(aligned["resets"]), as_pieces(aligned["valid"]))
     lm, states = classifier.lm, classifier.states
+    drop = classifier.lm_dropout_keys(dropout_keys, step_key)
     width_f = lm.feature_width
     init = {s: {"sum": jnp.zeros((rows, width_f), jnp.float32),
                 "max": jnp.full((rows, width_f), -jnp.inf, jnp.float32)} for s in states}
@@ -105,7 +108,7 @@ def read_prefix(classifier: Any, aligned: dict[str, jax.Array], grad_tokens: int
     def body(acc: tuple[Any, Any], piece: tuple[jax.Array, ...]) -> tuple[tuple[Any, Any], None]:
         carry, parts = acc
         tokens, resets, valid = piece
-        out = lm.features(tokens, carry, resets)
+        out = lm.features(tokens, carry, resets, **drop)
         new = _pool_parts(out, valid, states)
         parts = {s: {"sum": parts[s]["sum"] + new[s]["sum"],
                      "max": jnp.maximum(parts[s]["max"], new[s]["max"])} for s in states}
@@ -121,11 +124,14 @@ def last_piece(aligned: dict[str, jax.Array], grad_tokens: int) -> dict[str, jax
 
 
 def window_features(classifier: Any, piece: dict[str, jax.Array], lengths: jax.Array,
-                    prefix: tuple[Any, dict[str, dict[str, jax.Array]]]) -> jax.Array:
+                    prefix: tuple[Any, dict[str, dict[str, jax.Array]]],
+                    dropout_keys: jax.Array | None = None, step_key: jax.Array | None = None
+                    ) -> jax.Array:
     """Features [B, D] of the whole texts (as ``Classifier.features``), the last piece read
     from ``read_prefix``'s carry: gradients flow through this piece only."""
     carry, parts = prefix
-    out = classifier.lm.features(piece["tokens"], carry, piece["resets"])
+    out = classifier.lm.features(piece["tokens"], carry, piece["resets"],
+                                 **classifier.lm_dropout_keys(dropout_keys, step_key))
     new = _pool_parts(out, piece["valid"], classifier.states)
     feats = []
     for s in classifier.states:

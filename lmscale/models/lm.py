@@ -273,17 +273,19 @@ class RecurrentLM(nnx.Module):
         return self._decode(hs), new_carry, penalty
 
     def features(self, tokens: jax.Array, carry: Carry | None,
-                 resets: jax.Array | None = None, prepared: tuple[Any, ...] | None = None
+                 resets: jax.Array | None = None, prepared: tuple[Any, ...] | None = None, *,
+                 dropout_key: jax.Array | None = None, step_key: jax.Array | None = None
                  ) -> dict[str, Any]:
-        """Per-layer states for featurization (no dropout, no decoder).
+        """Per-layer states for featurization (no decoder; dropout only with ``dropout_key``
+        and ``step_key`` as in ``__call__``: fine-tuning with ``finetune.lm_dropout``).
 
         Returns {"hidden": [L, B, T, H], "cell": [L, B, T, H] (float32), "carry": new carry},
         L = ``num_layers`` (the trailing layers as wide as the last). The final cell state of
         a text is ``cell[-1, :, -1]``. ``prepared``: from ``prepare_decode``, made once for
         many calls (else weight norm and layouts are redone in each).
         """
-        _, _, new_carry, all_hs, all_cs = self._run(tokens, carry, resets, None, None, True,
-                                                    prepared)
+        _, _, new_carry, all_hs, all_cs = self._run(tokens, carry, resets, dropout_key, step_key,
+                                                    True, prepared)
         to_btf = lambda a: jnp.swapaxes(a.astype(jnp.float32), 0, 1)
         n = self.num_layers
         return {"hidden": jnp.stack([to_btf(h) for h in all_hs[-n:]]),

@@ -152,6 +152,34 @@ def is_dropout_field(name: str) -> bool:
     return name == "dropout" or name.endswith(("_dropout", "_zoneout"))
 
 
+def feature_dropouts(model_config: Any) -> dict[str, float]:
+    """The dropout rates above 0 that reach a model's states (its features; fine-tuning's
+    ``finetune.lm_dropout`` scales them): its kind's own dropout fields but ``output_dropout``
+    (the decoder's input only) and, with one recurrent layer, those between stacked layers."""
+    own = get_kind(model_config.kind).settings
+    one_recurrent_layer = "hidden_dropout" in own and int(model_config.layers) == 1
+    rates = {}
+    for name in model_config.keys():
+        if not is_dropout_field(name) or (name != "dropout" and name not in own):
+            continue
+        if name == "output_dropout" or (one_recurrent_layer and name in ("dropout", "hidden_dropout")):
+            continue
+        if float(model_config[name]) > 0:
+            rates[name] = float(model_config[name])
+    return rates
+
+
+def with_dropouts_scaled(model_config: Any, factor: float) -> Any:
+    """A copy of ``model_config`` with every dropout rate times ``factor`` (ULMFiT's drop_mult:
+    fine-tuning's ``finetune.lm_dropout``)."""
+    import ml_collections
+    scaled = ml_collections.ConfigDict(model_config.to_dict())
+    for name in scaled.keys():
+        if is_dropout_field(name):
+            scaled[name] = float(scaled[name]) * float(factor)
+    return scaled
+
+
 def uses_dropout(model_config: Any) -> bool:
     """Whether any dropout field of ``model_config`` is above 0."""
     return any(float(model_config[k]) > 0 for k in model_config.keys() if is_dropout_field(k))

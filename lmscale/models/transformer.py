@@ -355,11 +355,14 @@ class TransformerLM(nnx.Module):
         x, _ = self._run(tokens, resets, dropout_key)
         return self._logits(x), ()
 
-    def features(self, tokens: jax.Array, carry: Any = (), resets: jax.Array | None = None
+    def features(self, tokens: jax.Array, carry: Any = (), resets: jax.Array | None = None, *,
+                 dropout_key: jax.Array | None = None, step_key: jax.Array | None = None
                  ) -> dict[str, Any]:
         """{"hidden": float32 [L, B, T, d] (each block's output; for pre-norm the last entry
-        after the final LN), "carry": ()}; deterministic."""
-        x, hidden = self._run(tokens, resets, None, collect=True)
+        after the final LN), "carry": ()}; deterministic unless ``dropout_key`` (as
+        ``__call__``'s; ``step_key`` unused: no per-pass masks)."""
+        del step_key
+        x, hidden = self._run(tokens, resets, dropout_key, collect=True)
         if self.final_norm is not None:
             hidden = hidden.at[-1].set(x)
         return {"hidden": hidden, "carry": ()}

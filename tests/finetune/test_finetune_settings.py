@@ -57,8 +57,9 @@ from tests.finetune.test_finetune import ft_config
     # the model is init_from's LM: a different value was recorded, not applied
     ("model.output_dropout", 0.5, "model.output_dropout=0.5: a fine-tune's model is init_from's "
                                   "LM, whose model.output_dropout is 0.0; leave it unset "
-                                  "(fine-tuning reads the texts without the LM's dropouts; "
-                                  "finetune.head_dropout regularizes the head)"),
+                                  "(fine-tuning applies the LM's own dropouts times "
+                                  "finetune.lm_dropout; finetune.head_dropout regularizes the "
+                                  "head)"),
     ("model.hidden", 64, "model.hidden=64: a fine-tune's model is init_from's LM, whose "
                          "model.hidden is 32; leave it unset"),
 ])
@@ -138,14 +139,15 @@ def test_the_lms_dropouts_are_said_and_an_unreadable_checkpoint_falls_back(sst_r
     lm = tmp_path / "lm"
     shutil.copytree(sst_run, lm, ignore=shutil.ignore_patterns("best", "transfer", "features"))
     record = json.load(open(lm / "config.json"))
-    record["model"]["output_dropout"] = 0.3
+    record["model"]["input_dropout"] = 0.3
     json.dump(record, open(lm / "config.json", "w"))
     kw = {"train.steps": 4, "train.eval_every": 4, "checkpoint.every": 2,
-          "model.output_dropout": 0.3}
+          "model.input_dropout": 0.3}
     workdir = str(tmp_path / "ft")
     finetune(ft_config(str(lm), data["sst_train"], data["sst_val"], **kw), workdir)
-    assert ("note: the LM was trained with dropout (model.output_dropout=0.3); fine-tuning reads "
-            "the texts without it (finetune.head_dropout regularizes the head)"
+    assert ("note: the LM was trained with dropout (model.input_dropout=0.3); fine-tuning reads "
+            "the texts without it (finetune.lm_dropout=0.5 applies half of each rate, ULMFiT's "
+            "classifier recipe; finetune.head_dropout regularizes the head)"
             in capsys.readouterr().err)
     os.remove(os.path.join(workdir, "checkpoints", "4", "state", "manifest.ocdbt"))
     with pytest.raises(UnreadableCheckpointError,
