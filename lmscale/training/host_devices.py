@@ -103,7 +103,13 @@ def split_cpu_host(batch_size: int, devices: int = 0, *, per_device_batch_size: 
     if devices < 0:
         from lmscale.config import ConfigError
         raise ConfigError(f"parallel.cpu_devices must be >= 0 (0 = one per core), got {devices}")
-    if user_device_count(env) is not None or jax.config.jax_num_cpu_devices > 0:
+    chosen = user_device_count(env)
+    if chosen is not None and devices and chosen != devices:  # was ignored silently
+        import sys
+        print(f"note: the environment sets {chosen} CPU devices (XLA_FLAGS or "
+              f"JAX_NUM_CPU_DEVICES); {devices} asked for (parallel.cpu_devices, or the run's "
+              f"record) is not applied", file=sys.stderr, flush=True)
+    if chosen is not None or jax.config.jax_num_cpu_devices > 0:
         return None
     if xla_bridge.backends_are_initialized() or (multi_process and devices == 0):
         return None
@@ -128,6 +134,7 @@ def split_host_like_run(workdir: str) -> int | None:
     config, derived = load_config(path)
     # The count the run recorded: also one chosen outside the config (XLA_FLAGS, a 2 x 2
     # launch), which parallel.cpu_devices does not say.
+    # It wins over the config's (which a user-set count overrode: eval missed the logged loss).
     recorded = int(derived.get("devices") or 0)
-    return split_cpu_host(config.train.batch_size, int(config.parallel.cpu_devices) or recorded,
+    return split_cpu_host(config.train.batch_size, recorded or int(config.parallel.cpu_devices),
                           per_device_batch_size=config.train.per_device_batch_size)

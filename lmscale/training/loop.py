@@ -217,7 +217,19 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
                     dynamic_ncols=True, smoothing=0.1)
     timer = StepTimer()  # the first step compiles: its seconds are not throughput
     step = start
-    skipped_run = SkippedRun(start, int(jax.device_get(state.loss_scale.skipped)))
+    # float16's steps skipped in a row go on from the checkpoint's count (a new precision
+    # starts its own loss scale, and its count from 0)
+    same_precision = saved is not None and saved.get("precision") == config.precision.compute
+    skipped_run = SkippedRun(start, int(jax.device_get(state.loss_scale.skipped)),
+                             (saved or {}).get("skipped_in_a_row", 0) if same_precision else 0)
+
+    def save(state: Any) -> None:
+        """``save_finite`` with the skipped steps in a row, up to this step, in the record."""
+        if state.loss_scale.dynamic:
+            meta["skipped_in_a_row"] = skipped_run.advance(
+                step, int(jax.device_get(state.loss_scale.skipped)), True)
+        save_finite(checkpointer, state, meta)
+
     in_flight = InFlight()  # bounded async dispatch (see in_flight.py)
     with StopSignal(config.train.stop_sync_every) as stop:
         while step < steps and not stop.should_stop(step):
@@ -279,11 +291,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
                 if monitor:
                     meta["ntasgd"] = monitor.record()
             if step % config.checkpoint.every == 0 and step < steps:
-                save_finite(checkpointer, state, meta)
+                save(state)
             if evaluating or step % config.checkpoint.every == 0:
                 timer.reset()
         bar.close()
-        save_finite(checkpointer, state, meta)
+        save(state)
         checkpointer.close()
     best.close()
     writer.close()

@@ -117,19 +117,28 @@ STUCK_STEPS = 50
 
 
 class SkippedRun:
-    """Host-side, at each log record: the steps skipped in a row (whole log windows of them,
-    so checked every ``train.log_every`` steps), an error once they are STUCK_STEPS or more
-    and the loss scale has come down to 1."""
+    """Host-side, at each log record and checkpoint: the steps skipped in a row (whole windows
+    of them, so checked every ``train.log_every`` steps), an error once they are STUCK_STEPS
+    or more and the loss scale has come down to 1."""
 
-    def __init__(self, step: int, skipped: int) -> None:
-        self.last_step, self.last_skipped, self.run = step, skipped, 0
+    def __init__(self, step: int, skipped: int, run: int = 0) -> None:
+        """``run``: the steps skipped in a row before ``step`` (a resumed run's checkpoint
+        record keeps it: each start counted from 0, so a run stopped more often than every
+        STUCK_STEPS steps never stopped, and a resumed one named the wrong step)."""
+        self.last_step, self.last_skipped, self.run = step, skipped, int(run)
+
+    def advance(self, step: int, skipped: int, dynamic: bool) -> int:
+        """Counts the steps since the last call into the run (all skipped) or ends it; the run."""
+        window = step - self.last_step
+        if window > 0:
+            every = dynamic and skipped - self.last_skipped == window
+            self.run = self.run + window if every else 0  # the weights are those before the run
+            self.last_step, self.last_skipped = step, skipped
+        return self.run
 
     def after_log(self, step: int, skipped: int, scale: float, dynamic: bool) -> str | None:
         """The error to stop with once STUCK_STEPS steps in a row were skipped at scale 1."""
-        window = step - self.last_step
-        every = dynamic and window > 0 and skipped - self.last_skipped == window
-        self.run = self.run + window if every else 0  # the weights are those before the run
-        self.last_step, self.last_skipped = step, skipped
+        self.advance(step, skipped, dynamic)
         if self.run < STUCK_STEPS or scale > 1.0:
             return None
         return (f"float16: the last {self.run} steps were all skipped, down to the lowest loss "

@@ -114,15 +114,17 @@ def _same_sp_model(saved: dict[str, Any], path: str) -> bool:
 
 
 def check_same_batch(saved: dict[str, Any], new: dict[str, Any], where: str) -> None:
-    """Refuses a resume with another global batch for a model that carries state between
-    batches (its checkpoint has one carry row per sequence; the signature then records
-    ``train.batch_size``), saying how the batch came to change: with
-    ``train.per_device_batch_size`` the device count sets it."""
-    recorded = (saved.get("signature") or {}).get("train.batch_size")
+    """Refuses a resume with another global batch, saying how the batch came to change (with
+    ``train.per_device_batch_size`` the device count sets it): a model that carries state
+    between batches has one carry row per sequence (its signature records the batch); for
+    any model the stream's rows are batch-size stretches of the text, so another batch
+    re-reads text already trained on and shifts the epochs (a transformer resumed silently)."""
+    old = saved.get("config") or {}
+    carried = (saved.get("signature") or {}).get("train.batch_size")
+    recorded = carried if carried is not None else _get(old, "train.batch_size")
     now = _get(new, "train.batch_size")
     if recorded is None or recorded == now:
         return
-    old = saved.get("config") or {}
     devices = (saved.get("derived") or {}).get("devices")
 
     def how(config: dict[str, Any], count: Any) -> str:
@@ -139,9 +141,12 @@ def check_same_batch(saved: dict[str, Any], new: dict[str, Any], where: str) -> 
            + (" with train.per_device_batch_size=0" if per_device_now else ""))
     raise CheckpointMismatchError(
         f"{where} was trained with a global batch of {recorded} "
-        f"({how(old, devices)}); this run's is {now} ({how(new, count_now)}), and the model's carried state holds one row per "
-        f"sequence of the batch, so resuming with another batch is refused; {way}, use a new "
-        f"--workdir, or --config.resume=false to start afresh (the old run is archived)")
+        f"({how(old, devices)}); this run's is {now} ({how(new, count_now)}), and "
+        + ("the model's carried state holds one row per sequence of the batch" if carried is not None
+           else "the data's rows are batch-size stretches of the text (another batch re-reads "
+                "text already trained on and shifts the epochs)")
+        + f", so resuming with another batch is refused; {way}, use a new --workdir, or "
+        f"--config.resume=false to start afresh (the old run is archived)")
 
 
 # Settings whose being on or off adds or removes a link of the optimizer chain

@@ -97,19 +97,26 @@ def test_use_cpu_cores_refuses_a_batch_size_below_one():
             lmscale.use_cpu_cores(bad)
 
 
-def test_eval_uses_the_device_count_the_run_recorded(tmp_path):
+@pytest.mark.parametrize("cpu_devices", [0, 1])
+def test_eval_uses_the_device_count_the_run_recorded(tmp_path, cpu_devices):
     """A run trained on 4 devices chosen with XLA_FLAGS (not parallel.cpu_devices): eval ran on
-    the host's automatic count and missed the logged validation in the 7th digit."""
+    the host's automatic count and missed the logged validation in the 7th digit; with
+    parallel.cpu_devices=1 set too, eval took the config's 1 over the recorded 4, and the run
+    ignored it without a word."""
     import re
 
     from tests.conftest import tiny_train_command, write_corpus, xla_flags
     corpus = write_corpus(tmp_path / "corpus")
     workdir = tmp_path / "run"
     env = {**os.environ, "XLA_FLAGS": xla_flags(4), "JAX_PLATFORMS": "cpu"}
-    subprocess.run(tiny_train_command(workdir, corpus, **{"train.steps": 4, "train.batch_size": 8,
+    trained = subprocess.run(tiny_train_command(workdir, corpus, **{"train.steps": 4, "train.batch_size": 8,
                                                           "train.eval_batch_size": 4,
-                                                          "parallel.cpu_devices": 0}),
-                   cwd=REPO, env=env, check=True, capture_output=True, timeout=300)
+                                                          "parallel.cpu_devices": cpu_devices}),
+                   cwd=REPO, env=env, check=True, capture_output=True, text=True, timeout=300)
+    if cpu_devices:
+        assert ("note: the environment sets 4 CPU devices (XLA_FLAGS or JAX_NUM_CPU_DEVICES); 1 "
+                "asked for (parallel.cpu_devices, or the run's record) is not applied"
+                in trained.stderr), trained.stderr[-2000:]
     logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     [val] = [r for r in logged if r["split"] == "val"]
     assert json.loads((workdir / "config.json").read_text())["derived"]["devices"] == 4

@@ -170,3 +170,23 @@ def test_a_diverging_float16_run_ends_with_the_error(tmp_path, corpus):
                                     "train.eval_every": 0, "checkpoint.every": 1000})
     with pytest.raises(DivergedError, match="float16: the last [0-9]+ steps were all skipped"):
         train(config, str(tmp_path / "run"))
+
+
+def test_a_resumed_float16_run_counts_the_steps_skipped_before_its_stop(tmp_path, corpus):
+    """Each start counted the steps skipped in a row from 0: a run stopped more often than
+    every STUCK_STEPS steps never stopped on them, and a resumed one named the step it resumed
+    at as the weights' (all its steps had been skipped). The count now travels in the record."""
+    from lmscale.training.loop import DivergedError, train
+    from tests.conftest import tiny_config
+    kw = {"precision.compute": "float16", "precision.loss_scale_init": 1.0, "optim.lr": 1000.0,
+          "optim.clip": 0.0, "optim.schedule": "constant", "optim.warmup_steps": 0,
+          "train.log_every": 5, "train.eval_every": 0, "checkpoint.every": 10}
+    said = {}
+    for name, first in (("whole", None), ("parts", 48)):
+        workdir = str(tmp_path / name)
+        if first:
+            train(tiny_config(corpus, **{**kw, "train.steps": first}), workdir)
+        with pytest.raises(DivergedError, match="float16: the last [0-9]+ steps") as stuck:
+            train(tiny_config(corpus, **{**kw, "train.steps": 150}), workdir)
+        said[name] = (str(stuck.value), stuck.value.step)
+    assert said["parts"] == said["whole"], said

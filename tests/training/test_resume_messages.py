@@ -259,9 +259,6 @@ def test_a_per_device_batch_resumed_on_another_device_count_names_the_device_cou
     assert "run it on 4 devices again, or set train.batch_size=8 with " \
            "train.per_device_batch_size=0" in message, message
     check_resumable(saved, with_global_batch(tiny_config(corpus, **per_device), 4), "W")
-    # A model without carried state records no batch in its signature: any batch resumes.
-    check_resumable({**saved, "signature": {}},
-                    with_global_batch(tiny_config(corpus, **per_device), 2), "W")
     # The signature check that follows words it so too.
     with pytest.raises(CheckpointMismatchError) as error:
         check_same_model({"train.batch_size": 8}, {"train.batch_size": 4}, "W")
@@ -298,3 +295,22 @@ def test_the_same_sentencepiece_file_moved_resumes_end_to_end_and_unused_setting
                                  "data.vocab_size": 1000}), workdir)
     assert sorted(Checkpointer(workdir, read_only=True).steps()) == [2, 4]
     assert "data.vocab_size=1000 not used: data.sp_model=" in capsys.readouterr().err
+
+
+def test_a_model_without_a_carry_resumed_with_another_batch_is_refused(base_run):
+    """A transformer resumed with another global batch (per_device_batch_size on another device
+    count) went on silently: the stream's rows are batch-size stretches of the text, so it
+    re-read text it had trained on, and the logged epoch went backwards (0.0094 -> 0.0053)."""
+    from lmscale.config import with_global_batch
+    from lmscale.training.resume import check_resumable
+    from tests.conftest import TINY_TRANSFORMER
+    corpus, _ = base_run
+    per_device = {**BASE, **TINY_TRANSFORMER, "train.per_device_batch_size": 2}
+    before = with_global_batch(tiny_config(corpus, **per_device), 4)
+    saved = {"config": before.to_dict(), "signature": {}, "derived": {"devices": 4}}
+    check_resumable(saved, with_global_batch(tiny_config(corpus, **per_device), 4), "W")
+    with pytest.raises(CheckpointMismatchError) as error:
+        check_resumable(saved, with_global_batch(tiny_config(corpus, **per_device), 2), "W")
+    message = str(error.value)
+    assert "global batch of 8 (2 per device x 4 devices); this run's is 4" in message, message
+    assert "the data's rows are batch-size stretches of the text" in message
