@@ -56,8 +56,9 @@ _LABEL = flags.DEFINE_string("label", "", "Free text stored with the record.")
 # record went into site-packages/benchmarks/): then the current folder.
 _CLONE_BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                  "benchmarks")
+_IN_A_CLONE = os.path.isfile(os.path.join(_CLONE_BENCHMARKS, "gpu_check.sh"))  # lmscale's own
 _OUT = flags.DEFINE_string(
-    "out", os.path.join(_CLONE_BENCHMARKS, "results.jsonl") if os.path.isdir(_CLONE_BENCHMARKS)
+    "out", os.path.join(_CLONE_BENCHMARKS, "results.jsonl") if _IN_A_CLONE
     else "lmscale_bench.jsonl",
     "Append the JSON record here ('' = do not write); default: the repository's "
     "benchmarks/results.jsonl, or lmscale_bench.jsonl here for an installed lmscale.")

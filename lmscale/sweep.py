@@ -57,7 +57,8 @@ def main(argv: list[str]) -> None:
         sys.exit(1)
     unused = [f"--{f.name}" for f in (_T_TEXT, _T_LABEL) if flags.FLAGS[f.name].present]
     if unused and not _T_TRAIN.value:  # they were ignored
-        print(f"error: {' and '.join(unused)} name the transfer's columns; give "
+        print(f"error: {' and '.join(unused)} name{'' if len(unused) > 1 else 's'} the "
+              f"transfer's columns; give "
               f"--transfer_train and --transfer_val too, or leave them out", file=sys.stderr)
         sys.exit(1)
     transfer = (TransferSets(_T_TRAIN.value, _T_VAL.value, _T_TEST.value, _T_TEXT.value, _T_LABEL.value)

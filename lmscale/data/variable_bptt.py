@@ -30,6 +30,13 @@ MIN_LEN = 5  # AWD-LSTM's floor on a drawn length
 _STREAM = 0x5EB7  # separates these draws from other uses of the seed
 
 
+def length_bounds(max_len: int, bucket: int) -> tuple[int, int]:
+    """(shortest, longest) length a step draws: MIN_LEN rounded up to ``bucket``, ``max_len``
+    (train.bptt_max) rounded down to it (``lmscale.plan`` compiles the longest)."""
+    shortest = -(-MIN_LEN // int(bucket)) * int(bucket)
+    return shortest, max(shortest, (int(max_len) // int(bucket)) * int(bucket))
+
+
 class VariableBPTTBatcher(StreamBatcher):
     """Batches of a variable number of columns, ``batch(step)`` [rows, length(step)]."""
 
@@ -42,8 +49,7 @@ class VariableBPTTBatcher(StreamBatcher):
             raise DataError(f"variable BPTT needs bucket >= 1 and max_len >= seq_len, got "
                             f"bucket={bucket}, max_len={max_len}")
         self.bucket = int(bucket)
-        self.min_len = -(-MIN_LEN // self.bucket) * self.bucket
-        self.max_len = max(self.min_len, (int(max_len) // self.bucket) * self.bucket)
+        self.min_len, self.max_len = length_bounds(max_len, bucket)
         if self.row_length - 1 < self.max_len:
             raise DataError(f"split {split.name!r} has {self.num_tokens} tokens: too few for batch_size "
                             f"{self.batch_size} x (train.bptt_max {self.max_len} + 1)")

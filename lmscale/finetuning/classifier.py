@@ -178,8 +178,8 @@ def load_classifier(path: str, batch_size: int = 0) -> LoadedClassifier:
     """The classifier saved at ``path`` (a fine-tuned run, a transfer output, or an LM workdir
     with a transfer output in ``transfer/``); FileNotFoundError if it holds none.
     ``batch_size``: rows the texts are packed into; 0 = a fine-tuned run's validation rows
-    (``train.eval_batch_size``: its predictions again, to the last digit, on as many devices),
-    else 64."""
+    (``train.eval_batch_size``), else 64. On as many devices as the run validated on (the
+    ``classify`` tool splits a CPU host so), that gives its predictions again to the last digit."""
     found = classifier_folder(path)
     if found is None:
         raise FileNotFoundError(f"{path} holds no classifier: neither a fine-tuned run "

@@ -37,13 +37,14 @@ from lmscale.finetuning.head import init_classifier
 from lmscale.finetuning.predict import Predictor, put_batch, write_predictions
 from lmscale.finetuning.truncated import fits_advice, fits_what, long_text_note
 from lmscale.finetuning.settings import (check_lm_settings, check_model_from_lm,
-                                        check_task_settings, check_used_in_fine_tuning,
-                                        lm_dropout_note, resumed_otherwise)
+                                        check_same_start, check_task_settings,
+                                        check_used_in_fine_tuning, lm_dropout_note,
+                                        resumed_otherwise)
 from lmscale.finetuning.steps import BATCH_KEYS, make_finetune_step, zero_acc
 from lmscale.models import built_in_one_program
 from lmscale.pretrained.preprocess import preprocessor_for
 from lmscale.training import mesh as mesh_lib
-from lmscale.training.checkpoints import CheckpointMismatchError, Checkpointer, check_same_model
+from lmscale.training.checkpoints import Checkpointer, check_same_model
 from lmscale.training.fits import check_step_fits_host
 from lmscale.training.metrics import MetricsWriter
 from lmscale.training.optimizer import finetune_applied_lrs, make_finetune_optimizer
@@ -112,41 +113,6 @@ def load_splits(ft: ml_collections.ConfigDict) -> tuple[dict[str, Labeled], int,
 
 # A fine-tune's files: moved to WORKDIR/archive/<time>/ by --config.resume=false.
 FINETUNE_RUN_FILES = RUN_FILES + ("results.json", "thresholds.json", "val_predictions.csv")
-
-
-def check_same_start(meta: dict[str, Any], config: ml_collections.ConfigDict, lm_step: int,
-                     workdir: str) -> None:
-    """Refuses to resume a fine-tune from another start than it was begun with (the LM
-    workdir, its step, ``finetune.lm_init``), on other training texts or batches, or choosing
-    its best checkpoint otherwise (``best_metric``, ``max_val_texts``: the best so far would be
-    compared with another score), naming the field: the run's weights and config.json would
-    otherwise say different things."""
-    old_config, old = meta.get("config") or {}, meta.get("derived") or {}
-    ft, train = config.finetune, config.train
-    now = {"init_from": os.path.abspath(config.init_from), "lm_step": lm_step,
-           "finetune.lm_init": ft.lm_init, "finetune.train": ft.train,
-           "train.batch_size": train.batch_size, "finetune.best_metric": ft.best_metric,
-           "finetune.max_val_texts": ft.max_val_texts}
-    section = lambda key: (old_config.get(key.split(".")[0]) or {}).get(key.split(".")[1])
-    before = {"init_from": old.get("init_from"), "lm_step": old.get("lm_step"),
-              "finetune.lm_init": old.get("lm_init"),
-              **{key: section(key) for key in now if key.startswith(("finetune.", "train."))
-                 and key != "finetune.lm_init"}}
-    devices = old.get("devices")
-    why = {"finetune.best_metric": " (the best checkpoint so far was chosen by it)",
-           "finetune.max_val_texts": " (the best checkpoint so far was scored on those texts)",
-           "train.batch_size": " (a step's texts follow from the step and the batch: another "
-                               "would read others from here on"
-                               + (f"; with train.per_device_batch_size={train.per_device_batch_size}"
-                                  f" the device count sets it, {devices} then"
-                                  if train.per_device_batch_size and devices else "") + ")"}
-    for key, value in now.items():
-        if before[key] is not None and before[key] != value:
-            what = "the LM's checkpoint step" if key == "lm_step" else key
-            raise CheckpointMismatchError(
-                f"{workdir} was fine-tuned with {what}={before[key]!r}; resuming it with "
-                f"{value!r} is refused{why.get(key, '')}; use the same value, a new --workdir, or "
-                f"--config.resume=false to start afresh (the old run is archived)")
 
 
 def init_finetune_state(config: ml_collections.ConfigDict, policy: Policy,
@@ -298,15 +264,16 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
     state = init_finetune_state(config, policy, tx, params, mesh, abstract=resuming)
     shardings = state_shardings(state, mesh)
     if saved is not None:
-        def restore(step: int) -> Any:
+        def restore(step: int) -> tuple[Any, dict[str, Any]]:
             meta = checkpointer.read_meta(step)
             check_same_model(meta["signature"], signature, workdir)
             check_same_start(meta, config, lm.step, workdir)
             check_same_optimizer(as_applied(meta), {**config.to_dict(), "optim": optim.to_dict()},
                                  workdir, fine_tuning=True)
-            return checkpointer.restore(state, shardings, step)
+            return checkpointer.restore(state, shardings, step), meta
 
-        state = checkpointer.newest_usable(restore, fallback)
+        # the record of the checkpoint restored (a fallback's, not the one set aside)
+        state, saved = checkpointer.newest_usable(restore, fallback)
     start = int(jax.device_get(state.step))
     derived = {"steps": steps, "steps_per_epoch": batches.steps_per_epoch, "decay_steps": decay,
                "lr": lr, "head_lr": head_lr, "weight_decay": optim.weight_decay,

@@ -3,6 +3,7 @@ training's settings it has no use for, and against the run it resumes."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import ml_collections
@@ -12,6 +13,7 @@ from lmscale.finetuning import layer_rates
 from lmscale.finetuning.head import check_head_settings
 from lmscale.finetuning.truncated import check_grad_tokens
 from lmscale.models.registry import feature_dropouts, is_dropout_field
+from lmscale.training.checkpoints import CheckpointMismatchError
 from lmscale.training.restore import TrainedLM
 from lmscale.transfer.labeled import label_columns
 
@@ -48,8 +50,43 @@ def check_lm_settings(config: ml_collections.ConfigDict, lm: TrainedLM) -> None:
     layer_rates.unfreeze_starts(ft.unfreeze_every, ft.freeze_steps, layers)
 
 
+def check_same_start(meta: dict[str, Any], config: ml_collections.ConfigDict, lm_step: int,
+                     workdir: str) -> None:
+    """Refuses to resume a fine-tune from another start than it was begun with (the LM
+    workdir, its step, ``finetune.lm_init``), on other training texts or batches, or choosing
+    its best checkpoint otherwise (``best_metric``, ``max_val_texts``: the best so far would be
+    compared with another score), naming the field: the run's weights and config.json would
+    otherwise say different things."""
+    old_config, old = meta.get("config") or {}, meta.get("derived") or {}
+    ft, train = config.finetune, config.train
+    now = {"init_from": os.path.abspath(config.init_from), "lm_step": lm_step,
+           "finetune.lm_init": ft.lm_init, "finetune.train": ft.train,
+           "train.batch_size": train.batch_size, "finetune.best_metric": ft.best_metric,
+           "finetune.max_val_texts": ft.max_val_texts}
+    section = lambda key: (old_config.get(key.split(".")[0]) or {}).get(key.split(".")[1])
+    before = {"init_from": old.get("init_from"), "lm_step": old.get("lm_step"),
+              "finetune.lm_init": old.get("lm_init"),
+              **{key: section(key) for key in now if key.startswith(("finetune.", "train."))
+                 and key != "finetune.lm_init"}}
+    devices = old.get("devices")
+    why = {"finetune.best_metric": " (the best checkpoint so far was chosen by it)",
+           "finetune.max_val_texts": " (the best checkpoint so far was scored on those texts)",
+           "train.batch_size": " (a step's texts follow from the step and the batch: another "
+                               "would read others from here on"
+                               + (f"; with train.per_device_batch_size={train.per_device_batch_size}"
+                                  f" the device count sets it, {devices} then"
+                                  if train.per_device_batch_size and devices else "") + ")"}
+    for key, value in now.items():
+        if before[key] is not None and before[key] != value:
+            what = "the LM's checkpoint step" if key == "lm_step" else key
+            raise CheckpointMismatchError(
+                f"{workdir} was fine-tuned with {what}={before[key]!r}; resuming it with "
+                f"{value!r} is refused{why.get(key, '')}; use the same value, a new --workdir, or "
+                f"--config.resume=false to start afresh (the old run is archived)")
+
+
 # Settings a resume may change (the saved state does not depend on them), said when it does.
-RESUMABLE_CHANGES = ("finetune.grad_tokens", "finetune.layer_lr_decay")
+RESUMABLE_CHANGES = ("finetune.grad_tokens", "finetune.layer_lr_decay", "finetune.lm_dropout")
 
 
 def resumed_otherwise(saved: dict[str, Any] | None, config: ml_collections.ConfigDict,
@@ -57,7 +94,8 @@ def resumed_otherwise(saved: dict[str, Any] | None, config: ml_collections.Confi
     """Lines for the ``RESUMABLE_CHANGES`` a resumed fine-tune changes (config.json keeps the
     new values; the old record goes to history/)."""
     old = (saved or {}).get("config") or {}
-    defaults = {"finetune.grad_tokens": 0, "finetune.layer_lr_decay": 1.0}
+    defaults = {"finetune.grad_tokens": 0, "finetune.layer_lr_decay": 1.0,
+                "finetune.lm_dropout": 0.0}
     notes = []
     for key in RESUMABLE_CHANGES:
         section, name = key.split(".")
@@ -123,8 +161,7 @@ def check_lm_dropout(factor: float, lm: TrainedLM) -> None:
         raise ConfigError(f"finetune.lm_dropout={factor!r} scales the LM's own dropout rates that "
                           f"reach its states, and this LM has none (output_dropout, the "
                           f"decoder's, does not); use finetune.head_dropout")
-    every = {k: float(v) for k, v in lm.config.model.items() if is_dropout_field(k)}
-    for name, rate in every.items():  # each is scaled (with_dropouts_scaled)
+    for name, rate in drops.items():  # each is scaled (with_dropouts_scaled)
         if rate * factor >= 1:
             raise ConfigError(f"finetune.lm_dropout={factor!r} makes model.{name}={rate} a rate of "
                               f"{rate * factor:g}; rates must stay below 1")

@@ -112,7 +112,8 @@ def unused_settings_note(model_config: Any) -> str | None:
     """A note naming the settings of other kinds (their ``settings``) moved from their
     defaults in a model of ``model_config.kind``, which ignores them (config.json records
     them as given; a config can be rerun as another kind for comparison), and a recurrent
-    model's between-layer dropouts set with one layer. None when there are none. Sizes (``hidden``, ``d_model``, ...) are not named: they show in ``describe``.
+    model's between-layer dropouts set with one layer. None when there are none. Sizes
+    (``hidden``, ``d_model``, ...) are not named: they show in ``describe``.
     """
     own = get_kind(model_config.kind).settings
     owners: dict[str, list[str]] = {}
@@ -153,16 +154,18 @@ def is_dropout_field(name: str) -> bool:
 
 
 def feature_dropouts(model_config: Any) -> dict[str, float]:
-    """The dropout rates above 0 that reach a model's states (its features; fine-tuning's
-    ``finetune.lm_dropout`` scales them): its kind's own dropout fields but ``output_dropout``
-    (the decoder's input only) and, with one recurrent layer, those between stacked layers."""
+    """The dropout rates above 0 that reach a model's states in training and vanish at
+    evaluation (fine-tuning's ``finetune.lm_dropout`` scales them): its kind's own dropout
+    fields but ``output_dropout`` (the decoder's input only), a QRNN's zoneout (evaluation
+    reads f times 1 - zoneout: it stays as trained) and, with one recurrent layer, those
+    between stacked layers."""
     own = get_kind(model_config.kind).settings
     one_recurrent_layer = "hidden_dropout" in own and int(model_config.layers) == 1
     rates = {}
     for name in model_config.keys():
-        if not is_dropout_field(name) or (name != "dropout" and name not in own):
-            continue
-        if name == "output_dropout" or (one_recurrent_layer and name in ("dropout", "hidden_dropout")):
+        if (not is_dropout_field(name) or name.endswith("_zoneout")
+                or (name != "dropout" and name not in own) or name == "output_dropout"
+                or (one_recurrent_layer and name in ("dropout", "hidden_dropout"))):
             continue
         if float(model_config[name]) > 0:
             rates[name] = float(model_config[name])
@@ -170,13 +173,15 @@ def feature_dropouts(model_config: Any) -> dict[str, float]:
 
 
 def with_dropouts_scaled(model_config: Any, factor: float) -> Any:
-    """A copy of ``model_config`` with every dropout rate times ``factor`` (ULMFiT's drop_mult:
-    fine-tuning's ``finetune.lm_dropout``)."""
+    """A copy of ``model_config`` whose ``feature_dropouts`` are times ``factor`` (ULMFiT's
+    drop_mult: fine-tuning's ``finetune.lm_dropout``); its other dropouts, never drawn in
+    fine-tuning, 0; zoneout as trained."""
     import ml_collections
     scaled = ml_collections.ConfigDict(model_config.to_dict())
+    applied = feature_dropouts(model_config)
     for name in scaled.keys():
-        if is_dropout_field(name):
-            scaled[name] = float(scaled[name]) * float(factor)
+        if is_dropout_field(name) and not name.endswith("_zoneout"):
+            scaled[name] = applied.get(name, 0.0) * float(factor)
     return scaled
 
 

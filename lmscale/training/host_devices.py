@@ -104,7 +104,8 @@ def split_cpu_host(batch_size: int, devices: int = 0, *, per_device_batch_size: 
         from lmscale.config import ConfigError
         raise ConfigError(f"parallel.cpu_devices must be >= 0 (0 = one per core), got {devices}")
     chosen = user_device_count(env)
-    if chosen is not None and devices and chosen != devices:  # was ignored silently
+    if (chosen is not None and devices and chosen != devices and not multi_process
+            and cpu_runs_the_step(env)):  # was ignored silently
         import sys
         print(f"note: the environment sets {chosen} CPU devices (XLA_FLAGS or "
               f"JAX_NUM_CPU_DEVICES); {devices} asked for (parallel.cpu_devices, or the run's "

@@ -94,9 +94,8 @@ def longest_width(train: ml_collections.ConfigDict) -> int:
     multiple of ``bptt_bucket``; a plan at ``seq_len`` understated its memory)."""
     if not train.variable_bptt:
         return step_width(train)
-    from lmscale.data.variable_bptt import MIN_LEN
-    bucket = int(train.bptt_bucket)
-    return max(-(-MIN_LEN // bucket) * bucket, bptt_max(train) // bucket * bucket)
+    from lmscale.data.variable_bptt import length_bounds
+    return length_bounds(bptt_max(train), train.bptt_bucket)[1]
 
 
 def _loops(config: ml_collections.ConfigDict) -> str | None:

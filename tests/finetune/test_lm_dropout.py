@@ -43,7 +43,7 @@ def test_the_rates_are_scaled_and_the_masks_are_the_lms_own(dropout_lm, data):
     from lmscale.finetuning.head import LM_DROPOUT_TAG
     model = _classifier(dropout_lm, data, 0.5)
     lm = model.lm
-    assert (lm.input_dropout, lm.layers[0].weight_drop, lm.output_dropout) == (0.2, 0.15, 0.3)
+    assert (lm.input_dropout, lm.layers[0].weight_drop, lm.output_dropout) == (0.2, 0.15, 0.0)
     tokens = jnp.asarray(np.random.default_rng(0).integers(1, 200, (4, 12)), jnp.int32)
     lengths = jnp.asarray([12, 5, 9, 1])
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key_data(jax.random.key(3)), i))(
@@ -71,7 +71,7 @@ def test_the_rates_are_scaled_and_the_masks_are_the_lms_own(dropout_lm, data):
     (-0.5, "dropout", "finetune.lm_dropout must be >= 0"),
     (0.5, "plain", "finetune.lm_dropout=0.5 scales the LM's own dropout rates that reach its "
                    "states, and this LM has none"),
-    (2.0, "dropout", "finetune.lm_dropout=2.0 makes model.output_dropout=0.6 a rate of 1.2; "
+    (3.0, "dropout", "finetune.lm_dropout=3.0 makes model.input_dropout=0.4 a rate of 1.2; "
                      "rates must stay below 1"),
 ])
 def test_bad_factors_are_refused_before_any_folder(sst_run, dropout_lm, data, tmp_path, factor,
@@ -105,3 +105,35 @@ def test_a_fine_tune_with_the_lms_dropouts_trains_otherwise_and_resumes_exactly(
     losses = lambda run: [r["loss"] for r in read_metrics(run) if r["split"] == "train"]
     assert losses(runs["half"]) != losses(runs["none"])  # the masks reach the loss
     assert losses(runs["parts"]) == losses(runs["half"])  # and follow the step: resumed exactly
+
+
+def test_only_the_rates_that_vanish_at_evaluation_are_scaled():
+    """A QRNN's zoneout is part of its evaluation (f times 1 - zoneout): scaled with the others,
+    the default lm_dropout=0 read the texts otherwise than the LM (0.018 apart) and prediction
+    depended on the factor; output_dropout, never drawn in fine-tuning, made factors refused."""
+    from flax import nnx
+    from lmscale.config import default_config
+    from lmscale.models import build_model
+    from lmscale.models.registry import feature_dropouts, with_dropouts_scaled
+    model = default_config().model
+    model.kind, model.layers, model.hidden, model.embed = "qrnn", 2, 16, 8
+    model.qrnn_zoneout, model.input_dropout, model.output_dropout = 0.3, 0.2, 0.6
+    assert feature_dropouts(model) == {"input_dropout": 0.2}
+    for factor in (0.0, 0.5):
+        scaled = with_dropouts_scaled(model, factor)
+        assert (scaled.qrnn_zoneout, scaled.input_dropout, scaled.output_dropout) == (
+            0.3, 0.2 * factor, 0.0)
+        lm, again = (build_model(m, 40, rngs=nnx.Rngs(0)) for m in (model, scaled))
+        tokens = jnp.asarray(np.random.default_rng(1).integers(1, 40, (3, 9)), jnp.int32)
+        np.testing.assert_array_equal(lm.features(tokens, None)["cell"],
+                                      again.features(tokens, None)["cell"])
+
+
+def test_a_resume_with_another_factor_is_said():
+    from lmscale.config import default_config
+    from lmscale.finetuning.settings import resumed_otherwise
+    config = default_config()
+    config.finetune.lm_dropout = 0.5
+    assert resumed_otherwise({"config": {"finetune": {}}}, config, 40) == [
+        "note: resumed at step 40 with finetune.lm_dropout=0.5; the steps before it trained "
+        "with finetune.lm_dropout=0.0"]

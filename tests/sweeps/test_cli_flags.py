@@ -45,7 +45,7 @@ def test_flags_it_would_ignore_or_fail_on_after_training_are_refused_first(tiny,
     for flags, message in (
             ([f"--transfer_train={labeled}", f"--transfer_val={labeled}", "--label_column=a,b"],
              "--label_column='a,b': a sweep's transfer scores one 0/1 label column"),
-            (["--text_column=review"], "--text_column name the transfer's columns; give "
+            (["--text_column=review"], "--text_column names the transfer's columns; give "
                                        "--transfer_train and --transfer_val too")):
         out = tmp_path / "refused"
         proc = _sweep(tiny, out, *flags)
