@@ -5,14 +5,16 @@
     python benchmarks/ulmfit_settings.py --init_from=runs/sst_lm2 --data=DIR \
         --seeds 0,1 --steps 400 --settings baseline,both
 
-Fine-tunes one trained LM (``--init_from``) with ``configs/finetune_sst.py`` under four
+Fine-tunes one trained LM (``--init_from``) with ``configs/finetune_sst.py`` under these
 settings, each with every ``--seeds`` value (``--config.seed``):
 
 - ``baseline``: the config as it is (LM frozen for ``freeze_steps``, then all of it at once);
 - ``layer_lr_decay``: ``finetune.layer_lr_decay=2.6`` (discriminative fine-tuning);
 - ``unfreeze_every``: ``finetune.unfreeze_every=100`` (gradual unfreezing after
   ``freeze_steps``: the top layer first, one group below every 100 steps);
-- ``both``: the two together.
+- ``both``: the two together;
+- ``lm_dropout``: ``finetune.lm_dropout=0.5`` (the LM's own dropouts at half their rates,
+  ULMFiT's classifier drop_mult; for an LM trained with dropout, e.g. an AWD-LSTM).
 
 Each run is ``python -m lmscale.finetune`` in a fresh process, in ``--workdirs/SETTING_sSEED``
 (its output in ``SETTING_sSEED.log`` beside it); its ``results.json`` gives one JSON line
@@ -42,6 +44,7 @@ SETTINGS = {
     "layer_lr_decay": ["--config.finetune.layer_lr_decay=2.6"],
     "unfreeze_every": ["--config.finetune.unfreeze_every=100"],
     "both": ["--config.finetune.layer_lr_decay=2.6", "--config.finetune.unfreeze_every=100"],
+    "lm_dropout": ["--config.finetune.lm_dropout=0.5"],  # an LM trained with dropout only
 }
 
 
@@ -96,8 +99,8 @@ def main() -> None:
     p.add_argument("--data", required=True, help="folder with train.csv, val.csv, test.csv")
     p.add_argument("--config", default="configs/finetune_sst.py", help="relative to --repo")
     p.add_argument("--repo", default=REPO, help="where the runs start (configs/ resolves there)")
-    p.add_argument("--settings", default=",".join(SETTINGS),
-                   help="comma list of " + ", ".join(SETTINGS))
+    p.add_argument("--settings", default=",".join(s for s in SETTINGS if s != "lm_dropout"),
+                   help="comma list of " + ", ".join(SETTINGS) + " (lm_dropout: not by default)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--workdirs", default="runs/ulmfit_settings")
