@@ -135,16 +135,21 @@ def unused_settings_note(model_config: Any) -> str | None:
               "model.kind " + ", ".join(map(repr, kinds[:-1])) + f" or {kinds[-1]!r}")
         parts.append(f"{', '.join(moved)} {what} of {of}")
     note = f"note: {'; '.join(parts)}, unused by model.kind={model_config.kind!r}" if parts else None
-    # A recurrent kind drops between stacked layers with these: one layer has no such place.
-    between = [f"model.{f}={model_config[f]!r}" for f in ("dropout", "hidden_dropout")
-               if "hidden_dropout" in own and int(model_config.layers) == 1
-               and float(model_config.get(f, 0.0)) > 0]
+    between = [f"model.{f}={model_config[f]!r}" for f in _unused_between_layers(model_config)
+               if float(model_config.get(f, 0.0)) > 0]
     if between:
         one = (f"note: {', '.join(between)} drop{'s' if len(between) == 1 else ''} between "
                f"stacked layers, unused with model.layers=1 (model.input_dropout and "
                f"output_dropout drop the layer's input and output)")
         note = one if note is None else f"{note}\n{one}"
     return note
+
+
+def _unused_between_layers(model_config: Any) -> tuple[str, ...]:
+    """The dropout fields a recurrent kind applies between stacked layers, when it has one
+    layer (no such place); () otherwise."""
+    recurrent = "hidden_dropout" in get_kind(model_config.kind).settings
+    return ("dropout", "hidden_dropout") if recurrent and int(model_config.layers) == 1 else ()
 
 
 def is_dropout_field(name: str) -> bool:
@@ -160,12 +165,12 @@ def feature_dropouts(model_config: Any) -> dict[str, float]:
     reads f times 1 - zoneout: it stays as trained) and, with one recurrent layer, those
     between stacked layers."""
     own = get_kind(model_config.kind).settings
-    one_recurrent_layer = "hidden_dropout" in own and int(model_config.layers) == 1
+    unused = _unused_between_layers(model_config)
     rates = {}
     for name in model_config.keys():
         if (not is_dropout_field(name) or name.endswith("_zoneout")
                 or (name != "dropout" and name not in own) or name == "output_dropout"
-                or (one_recurrent_layer and name in ("dropout", "hidden_dropout"))):
+                or name in unused):
             continue
         if float(model_config[name]) > 0:
             rates[name] = float(model_config[name])
