@@ -40,7 +40,8 @@ def main(argv: list[str]) -> None:
     with cli_signals():  # a signal outside the steps: one line (stop.py)
         run_cli(lambda: split_host(_CONFIG.value))  # before any device is touched
         from lmscale.finetuning.loop import finetune
-        run_cli(lambda: finetune(_CONFIG.value, _WORKDIR.value))
+        given = config_flags.get_override_values(flags.FLAGS["config"])  # --config.* as parsed
+        run_cli(lambda: finetune(_CONFIG.value, _WORKDIR.value, given=given))
     sys.exit(0)
 
 

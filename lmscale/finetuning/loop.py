@@ -18,7 +18,7 @@ import contextlib
 import json
 import os
 import sys
-from typing import Any
+from typing import Any, Collection
 
 import jax
 import jax.numpy as jnp
@@ -134,11 +134,13 @@ def init_finetune_state(config: ml_collections.ConfigDict, policy: Policy,
 
 
 def finetune(config: ml_collections.ConfigDict, workdir: str,
-             devices: list[jax.Device] | None = None) -> dict[str, Any]:
-    """Fine-tunes (or resumes) the classifier in ``workdir``; returns the results dict."""
+             devices: list[jax.Device] | None = None, given: Collection[str] = ()) -> dict[str, Any]:
+    """Fine-tunes (or resumes) the classifier in ``workdir``; returns the results dict.
+    ``given``: the fields the caller set (the CLI's ``--config.*`` flags), checked even at
+    their default (a ``model.*`` one against the LM's; one fine-tuning does not use refused)."""
     check_known_fields(config)
     validate_run_settings(config)
-    check_used_in_fine_tuning(config)
+    check_used_in_fine_tuning(config, given)
     mesh = mesh_lib.make_mesh(devices)
     config = with_global_batch(config, mesh.size)
     ft = config.finetune
@@ -151,7 +153,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str,
     check_not_a_language_model_run(workdir, config.init_from)
     splits, num_classes, class_names = load_splits(ft)  # bad data fails before any work
     lm = load_lm(config.init_from)
-    check_model_from_lm(config, lm)
+    check_model_from_lm(config, lm, given)
     config = resolve_config(config, lm)
     check_lm_settings(config, lm)  # before the workdir gets any folder
     with locked_workdir(workdir), contextlib.ExitStack() as on_exit:

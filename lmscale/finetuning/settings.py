@@ -4,7 +4,7 @@ training's settings it has no use for, and against the run it resumes."""
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Collection
 
 import ml_collections
 
@@ -123,26 +123,32 @@ NOT_IN_FINE_TUNING = {
 DATA_NOTE = "it reads finetune.train/val/test with the LM's own tokenizer"
 
 
-def check_used_in_fine_tuning(config: ml_collections.ConfigDict) -> None:
-    """Refuses a setting of LM training that fine-tuning would ignore, rather than record it
-    in config.json as if applied, naming it and what fine-tuning does instead."""
+def check_used_in_fine_tuning(config: ml_collections.ConfigDict, given: Collection[str] = ()
+                              ) -> None:
+    """Refuses a setting of LM training that fine-tuning would ignore (set to another value
+    than its default, or named in ``given``: the fields the caller set), rather than record
+    it in config.json as if applied, naming it and what fine-tuning does instead."""
     defaults = default_config()
     keys = [*NOT_IN_FINE_TUNING, *(f"data.{name}" for name in defaults.data)]
     for key in keys:
         section, name = key.split(".")
         value, off = config[section][name], defaults[section][name]
-        if value != off:
+        if value != off or key in given:
             raise ConfigError(f"{key}={value!r} is a setting of language-model training that "
                               f"fine-tuning does not use ({NOT_IN_FINE_TUNING.get(key, DATA_NOTE)}); "
-                              f"leave it at {off!r}")
+                              + (f"leave it at {off!r}" if value != off else "leave it unset"))
 
 
-def check_model_from_lm(config: ml_collections.ConfigDict, lm: TrainedLM) -> None:
-    """Refuses a ``model.*`` setting that differs from both its default and the LM's: the model
-    is ``init_from``'s LM (``resolve_config``), so the setting would be recorded, not applied."""
+def check_model_from_lm(config: ml_collections.ConfigDict, lm: TrainedLM,
+                        given: Collection[str] = ()) -> None:
+    """Refuses a ``model.*`` setting that differs from the LM's where it differs from its
+    default or is named in ``given`` (fields the caller set, e.g. the CLI's ``--config.*``
+    flags: ``model.hidden=4096``, the default, on a 64-unit LM): the model is ``init_from``'s
+    LM (``resolve_config``), so the setting would be recorded, not applied."""
     defaults, lm_model = default_config().model, lm.config.model
     for name, value in config.model.items():
-        if name in lm_model and value != defaults[name] and value != lm_model[name]:
+        if (name in lm_model and value != lm_model[name]
+                and (value != defaults[name] or f"model.{name}" in given)):
             dropout = (" (fine-tuning applies the LM's own dropouts times "
                        "finetune.lm_dropout; finetune.head_dropout regularizes the head)"
                        if is_dropout_field(name) else "")

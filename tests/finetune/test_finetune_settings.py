@@ -186,3 +186,28 @@ def test_class_weights_must_be_positive_and_one_per_class(spec):
                                         r"classes \(each weight > 0\)"):
         class_weights_from(spec, np.array([0, 1, 1]), 2)
     np.testing.assert_allclose(class_weights_from("0.5,2", np.array([0, 1]), 2), [0.5, 2.0])
+
+
+def test_a_model_setting_given_at_its_default_is_checked_against_the_lm(sst_run, data, tmp_path):
+    """``--config.model.hidden=4096`` (the default) on a 32-unit LM was replaced by the LM's 32
+    unsaid (only a value other than the default was compared); now the flags given are, and
+    an unused setting given at its default (``--config.train.seq_len=256``) is refused too."""
+    from lmscale.finetuning.loop import finetune
+    config = ft_config(sst_run, data["sst_train"], data["sst_val"], **{"model.hidden": 4096})
+    with pytest.raises(ConfigError, match=re.escape(
+            "model.hidden=4096: a fine-tune's model is init_from's LM, whose model.hidden is 32")):
+        finetune(config, str(tmp_path / "ft"), given={"model.hidden": 4096})
+    assert not (tmp_path / "ft").exists()
+    from tests.finetune.test_finetune import _cli
+    p = _cli("lmscale.finetune", "--config=configs/finetune_sst.py", f"--workdir={tmp_path / 'cli'}",
+             f"--config.init_from={sst_run}", f"--config.finetune.train={data['sst_train']}",
+             f"--config.finetune.val={data['sst_val']}", "--config.model.hidden=4096", ok=False)
+    assert "model.hidden=4096: a fine-tune's model is init_from's LM" in p.stderr, p.stderr
+    assert not (tmp_path / "cli").exists()
+    config = ft_config(sst_run, data["sst_train"], data["sst_val"])  # seq_len at its default
+    with pytest.raises(ConfigError, match=re.escape(
+            "train.seq_len=256 is a setting of language-model training that fine-tuning does "
+            "not use (it reads whole texts; finetune.grad_tokens bounds the back-propagation "
+            "through long ones); leave it unset")):
+        finetune(config, str(tmp_path / "ft"), given={"train.seq_len": 256})
+    assert not (tmp_path / "ft").exists()
