@@ -191,7 +191,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.finetune.head_activation = "relu"  # MLP activation: relu, gelu or tanh
     c.finetune.head_dropout = 0.0  # dropout on the features and MLP hidden layers (training only)
     c.finetune.lm_dropout = 0.0  # the LM's own dropouts in training steps, as a multiple of the rates it was trained with (ULMFiT's drop_mult, 0.5 in its classifier); 0 = none (the texts read deterministically)
-    c.finetune.class_weights = ""  # loss weight per class (> 0), comma-separated, or "balanced" (N / (K x count): inverse frequency; multi-label: count = the label's positives, and the weight scales the label's whole sigmoid loss, negatives too); "" = all 1
+    c.finetune.class_weights = ""  # loss weight per class (> 0), comma-separated, or "balanced" (N / (K x count): inverse frequency; multi-label: count = the label's positives, and the weight scales the label's whole sigmoid loss, negatives too: finetune.pos_weights weighs the positives only); "" = all 1
+    c.finetune.pos_weights = ""  # multi-label only: weight of each label's positive term in its sigmoid loss (PyTorch's pos_weight), comma-separated (> 0), or "balanced" (the label's negatives / positives in the train split); "" = all 1
     c.finetune.aux_lm_weight = 0.0  # weight of the auxiliary next-token LM loss on the texts (real tokens only); 0 = off
     c.finetune.freeze_steps = 0  # the LM stays frozen (bit-identical) for the first this many steps
     c.finetune.lm_init = "pretrained"  # "pretrained": the LM starts from init_from's parameters; "random": same architecture and tokenizer, fresh weights (the control)

@@ -145,3 +145,24 @@ def class_weights_from(spec: str, labels: np.ndarray, num_classes: int) -> np.nd
         raise DataError(f"finetune.class_weights has {len(w)} values; the task has {num_classes} "
                         "classes (each weight > 0)")
     return w
+
+
+def pos_weights_from(spec: str, labels: np.ndarray) -> np.ndarray | None:
+    """A multi-label task's weight on each label's positive term (PyTorch's ``pos_weight``):
+    "" -> None; "balanced" -> negatives / positives of the label in ``labels`` [N, K] (a
+    label without positives: N); "w0,w1,..." -> those K weights (each > 0)."""
+    spec = str(spec).strip()
+    if not spec:
+        return None
+    k = labels.shape[1]
+    if spec == "balanced":
+        positives = labels.sum(axis=0).astype(np.float64)
+        return ((len(labels) - positives) / np.maximum(positives, 1.0)).astype(np.float32)
+    try:
+        w = np.asarray([float(x) for x in spec.split(",")], np.float32)
+    except ValueError:
+        raise DataError(f"finetune.pos_weights must be 'balanced' or {k} numbers, got {spec!r}") from None
+    if len(w) != k or not np.all(np.isfinite(w)) or np.any(w <= 0):
+        raise DataError(f"finetune.pos_weights has {len(w)} values; the task has {k} labels "
+                        f"(each weight > 0), got {spec!r}")
+    return w

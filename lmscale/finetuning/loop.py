@@ -31,7 +31,8 @@ from lmscale.atomic import write_json
 from lmscale.config import (ConfigError, check_known_fields, load_config, save_config, scaled_lr,
                             validate_run_settings, with_global_batch)
 from lmscale.data.errors import DataError
-from lmscale.finetuning.data import Encoded, TrainBatches, class_weights_from, encode
+from lmscale.finetuning.data import (Encoded, TrainBatches, class_weights_from, encode,
+                                     pos_weights_from)
 from lmscale.finetuning import layer_rates
 from lmscale.finetuning.head import init_classifier
 from lmscale.finetuning.predict import Predictor, put_batch, write_predictions
@@ -238,6 +239,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
                       d.labels.astype(np.float32) if ft.multilabel else d.labels)
            for n, d in splits.items()}
     cw = class_weights_from(ft.class_weights, splits["train"].labels, num_classes)
+    pw = pos_weights_from(ft.pos_weights, splits["train"].labels) if ft.multilabel else None
     batches = TrainBatches(enc["train"], config.train.batch_size, seed=config.seed, pad=pad,
                            bucket=ft.bucket_width, max_len=max_len, class_weights=cw)
     steps = config.train.steps
@@ -282,6 +284,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
                "lm_layer_lrs": layer_rates.peak_rates(lr, ft.layer_lr_decay, layers),
                "num_classes": num_classes, "class_names": class_names,
                "class_weights": None if cw is None else cw.tolist(),
+               "pos_weights": None if pw is None else pw.tolist(),
                "init_from": os.path.abspath(config.init_from), "lm_step": lm.step,
                "lm_init": ft.lm_init,
                "preprocess": lm.derived.get("preprocess", "none"), "devices": mesh.size,
@@ -321,7 +324,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
         """The step with the LM's top ``unfrozen`` depth groups trained (all: layers + 1)."""
         if unfrozen not in step_fns:
             fn = make_finetune_step(graphdef, tx, mesh, multilabel=ft.multilabel, class_weights=cw,
-                                    aux_weight=ft.aux_lm_weight, train_lm=unfrozen > 0,
+                                    pos_weights=pw, aux_weight=ft.aux_lm_weight, train_lm=unfrozen > 0,
                                     trains=layer_rates.trains_top(unfrozen, layers),
                                     dropout=ft.head_dropout > 0 or ft.lm_dropout > 0,
                                     grad_reduce_dtype=jnp.dtype(config.parallel.grad_reduce_dtype),

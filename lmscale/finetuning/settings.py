@@ -21,7 +21,7 @@ from lmscale.transfer.labeled import label_columns
 def check_task_settings(ft: ml_collections.ConfigDict) -> None:
     """Refuses ``config.finetune`` settings of the task and head that no LM can take
     (``num_classes``, ``multilabel`` with one label column, ``pooling``, ``head_hidden``,
-    ``head_activation``, ``head_dropout``) or none (a negative count, rate or weight), naming
+    ``head_activation``, ``head_dropout``, ``pos_weights`` without ``multilabel``) or none (a negative count, rate or weight), naming
     the setting, before any data is read or folder made."""
     if ft.multilabel and len(label_columns(ft.label_column)) == 1:  # labels [N]: a [B, B] sigmoid loss
         raise ConfigError(f"finetune.multilabel=true needs two or more 0/1 label columns, and "
@@ -36,6 +36,10 @@ def check_task_settings(ft: ml_collections.ConfigDict) -> None:
     if ft.bucket_width < 1:
         raise ConfigError(f"finetune.bucket_width must be >= 1 (tokens a batch's width is "
                           f"rounded up to), got {ft.bucket_width!r}")
+    if str(ft.pos_weights).strip() and not ft.multilabel:
+        raise ConfigError(f"finetune.pos_weights={ft.pos_weights!r} weighs the positive labels of "
+                          f"a multi-label task (finetune.multilabel=true); a single-label task "
+                          f"weighs its classes with finetune.class_weights")
     check_head_settings(ft)
 
 
@@ -86,7 +90,8 @@ def check_same_start(meta: dict[str, Any], config: ml_collections.ConfigDict, lm
 
 
 # Settings a resume may change (the saved state does not depend on them), said when it does.
-RESUMABLE_CHANGES = ("finetune.grad_tokens", "finetune.layer_lr_decay", "finetune.lm_dropout")
+RESUMABLE_CHANGES = ("finetune.grad_tokens", "finetune.layer_lr_decay", "finetune.lm_dropout",
+                     "finetune.class_weights", "finetune.pos_weights")
 
 
 def resumed_otherwise(saved: dict[str, Any] | None, config: ml_collections.ConfigDict,
@@ -95,7 +100,7 @@ def resumed_otherwise(saved: dict[str, Any] | None, config: ml_collections.Confi
     new values; the old record goes to history/)."""
     old = (saved or {}).get("config") or {}
     defaults = {"finetune.grad_tokens": 0, "finetune.layer_lr_decay": 1.0,
-                "finetune.lm_dropout": 0.0}
+                "finetune.lm_dropout": 0.0, "finetune.class_weights": "", "finetune.pos_weights": ""}
     notes = []
     for key in RESUMABLE_CHANGES:
         section, name = key.split(".")

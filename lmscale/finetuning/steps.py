@@ -51,15 +51,22 @@ SUMS = ("loss", "aux_loss", "correct", "rows")  # per-step metric sums, in the a
 
 
 def classification_loss(logits: jax.Array, labels: jax.Array, row_weights: jax.Array,
-                        multilabel: bool, class_weights: jax.Array | None = None) -> jax.Array:
+                        multilabel: bool, class_weights: jax.Array | None = None,
+                        pos_weights: jax.Array | None = None) -> jax.Array:
     """Weighted sum over rows of the softmax cross entropy (labels [B]) or of the mean over
-    classes of the sigmoid cross entropy (labels [B, K], times ``class_weights`` [K])."""
+    classes of the sigmoid cross entropy (labels [B, K], times ``class_weights`` [K]), its
+    positive term -y log(sigmoid(z)) times ``pos_weights`` [K] (PyTorch's ``pos_weight``)."""
     logits = logits.astype(jnp.float32)
     if multilabel:
         if labels.shape != logits.shape:  # [B] against [B, 1] would broadcast to [B, B]
             raise ValueError(f"multi-label labels {labels.shape} must have the logits' shape "
                              f"{logits.shape}")
-        per = optax.sigmoid_binary_cross_entropy(logits, labels.astype(jnp.float32))
+        y = labels.astype(jnp.float32)
+        if pos_weights is None:
+            per = optax.sigmoid_binary_cross_entropy(logits, y)
+        else:
+            per = -(pos_weights * y * jax.nn.log_sigmoid(logits)
+                    + (1.0 - y) * jax.nn.log_sigmoid(-logits))
         if class_weights is not None:
             per = per * class_weights
         per_row = jnp.mean(per, axis=-1)
@@ -88,6 +95,7 @@ def correct_count(logits: jax.Array, labels: jax.Array, row_weights: jax.Array,
 
 def make_finetune_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, mesh: Mesh, *,
                        multilabel: bool, class_weights: np.ndarray | None, aux_weight: float,
+                       pos_weights: np.ndarray | None = None,
                        train_lm: bool, dropout: bool, grad_reduce_dtype: Any = jnp.float32,
                        grad_tokens: int = 0, trains: Callable[[tuple], bool] | None = None
                        ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
@@ -97,6 +105,7 @@ def make_finetune_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     ``grad_reduce_dtype``: the gradients' dtype in the all-reduce (``parallel.grad_reduce_dtype``).
     """
     cw = None if class_weights is None or not multilabel else jnp.asarray(class_weights, jnp.float32)
+    pw = None if pos_weights is None else jnp.asarray(pos_weights, jnp.float32)
     # A parameter trains wholly (True), not at all (False), or in some rows (a stacked leaf's
     # bool per row: a transformer's blocks joining one by one).
     training = lambda path: part(path) == "head" or (train_lm and (trains is None or trains(path)))
@@ -148,7 +157,8 @@ def make_finetune_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
             else:
                 logits = model(batch["tokens"], batch["lengths"], keys, carry, step_key)
                 lm_carry = carry
-            loss = classification_loss(logits, batch["labels"], batch["row_weights"], multilabel, cw)
+            loss = classification_loss(logits, batch["labels"], batch["row_weights"], multilabel, cw,
+                                       pw)
             aux = jnp.zeros((), jnp.float32)
             if aux_weight > 0:  # in pieces: the last piece's targets only
                 aux = aux_lm_loss(model.lm_logits(lm_in["tokens"], lm_carry, lm_in["resets"]),

@@ -108,9 +108,11 @@ def np_softmax_ce(z, y, w):
     return float(np.sum(w * (lse - z[np.arange(len(y)), y])))
 
 
-def np_sigmoid_ce(z, y, w, c=None):
+def np_sigmoid_ce(z, y, w, c=None, pw=None):
+    """-(pw y log(sigmoid(z)) + (1 - y) log(1 - sigmoid(z))), from softplus(-z) = -log(sigmoid(z))."""
     z = np.asarray(z, np.float64)
-    per = np.maximum(z, 0) - y * z + np.log1p(np.exp(-np.abs(z)))
+    softplus = lambda x: np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
+    per = (1.0 if pw is None else pw) * y * softplus(-z) + (1 - y) * softplus(z)
     if c is not None:
         per = per * c
     return float(np.sum(w * per.mean(-1)))
@@ -128,11 +130,12 @@ def test_classification_losses_match_numpy(dtype):
                                     False))
     np.testing.assert_allclose(got, np_softmax_ce(zr, y, w), **TOL)
     ym = (rng.random((B, K)) < 0.5).astype(np.float32)
-    cw = np.array([0.5, 1.0, 2.0])
-    for c in (None, cw):
+    cw, pws = np.array([0.5, 1.0, 2.0]), np.array([3.0, 0.25, 1.0])
+    as_jax = lambda x: None if x is None else jnp.asarray(x, jnp.float32)
+    for c, pw in ((None, None), (cw, None), (None, pws), (cw, pws)):
         got = float(classification_loss(jnp.asarray(z, dtype), jnp.asarray(ym), jnp.asarray(w, jnp.float32),
-                                        True, None if c is None else jnp.asarray(c, jnp.float32)))
-        np.testing.assert_allclose(got, np_sigmoid_ce(zr, ym, w, c), **TOL)
+                                        True, as_jax(c), as_jax(pw)))
+        np.testing.assert_allclose(got, np_sigmoid_ce(zr, ym, w, c, pw), **TOL)
 
 
 def test_classification_loss_gradient_is_the_closed_form():
@@ -154,6 +157,14 @@ def test_classification_loss_gradient_is_the_closed_form():
     g = jax.grad(lambda z: classification_loss(z, jnp.asarray(ym), jnp.asarray(w, jnp.float32), True,
                                                jnp.asarray(c, jnp.float32)))(jnp.asarray(z))
     want = w[:, None] * c[None] * (1 / (1 + np.exp(-z64)) - ym) / K
+    np.testing.assert_allclose(np.asarray(g, np.float64), want, **TOL)
+    # with pos_weight a: d/dz [-(a y log s + (1 - y) log(1 - s))] = s (a y + 1 - y) - a y
+    a = np.array([3.0, 0.25, 1.0])
+    g = jax.grad(lambda z: classification_loss(z, jnp.asarray(ym), jnp.asarray(w, jnp.float32), True,
+                                               jnp.asarray(c, jnp.float32),
+                                               jnp.asarray(a, jnp.float32)))(jnp.asarray(z))
+    s = 1 / (1 + np.exp(-z64))
+    want = w[:, None] * c[None] * (s * (a * ym + 1 - ym) - a * ym) / K
     np.testing.assert_allclose(np.asarray(g, np.float64), want, **TOL)
 
 
