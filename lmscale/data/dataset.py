@@ -91,6 +91,64 @@ class LazyDocStarts(Sequence[np.ndarray]):
         return self._loaded[index]
 
 
+class MappedShards(Sequence[np.memmap]):
+    """A split's shard files as token memmaps [n_i], each mapped when first read and at most
+    ``max_open`` at a time (the least recently read unmapped first): every map holds a file
+    descriptor (Python's mmap keeps its own), and a split of 1,000 shards (the paper's
+    ``--split=1000,1,1``) mapped whole ran into the common limit of 1,024 open files, failing
+    the checkpoint saves. ``lengths``: the tokens of each shard, from the metadata."""
+
+    def __init__(self, paths: list[str], lengths: list[int], dtype: np.dtype,
+                 max_open: int | None = None) -> None:
+        import threading
+        from collections import OrderedDict
+        self.paths, self.lengths, self.dtype = paths, lengths, dtype
+        self.max_open = max_open or open_files_for_maps(len(paths))
+        self._mapped: OrderedDict[int, np.memmap] = OrderedDict()
+        self._lock = threading.Lock()  # a prefetch thread and the loop may read one split
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> np.memmap:  # type: ignore[override]
+        index = range(len(self.paths))[index]
+        with self._lock:
+            if index in self._mapped:
+                self._mapped.move_to_end(index)
+                return self._mapped[index]
+            while len(self._mapped) >= self.max_open:
+                self._mapped.popitem(last=False)  # its map (and descriptor) goes with its last view
+            try:
+                data = np.memmap(self.paths[index], dtype=self.dtype, mode="r",
+                                 shape=(self.lengths[index],))
+            except OSError as e:
+                raise DataError(f"shard file {self.paths[index]} is unreadable "
+                                f"({e.strerror or e})") from None
+            self._mapped[index] = data
+            return data
+
+
+def open_files_for_maps(shards: int, spare: int = 256) -> int:
+    """How many of ``shards`` maps to keep open: all of them where the process may open that
+    many files besides ``spare`` for everything else (the soft limit raised toward the hard
+    one where needed, as a process may), else what the limit leaves (at least 8)."""
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        return shards
+    unlimited = resource.RLIM_INFINITY
+    want = shards + spare
+    if soft != unlimited and soft < want:
+        try:
+            raised = want if hard == unlimited else min(want, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+        except (OSError, ValueError):
+            pass
+    return shards if soft == unlimited else max(8, min(shards, soft - spare))
+
+
 def _doc_count(path: str) -> int:
     """The number of document starts in the .docs.npy at ``path``, read from its header
     (DataError unless it is a 1-D int64 array)."""
@@ -109,11 +167,11 @@ def _doc_count(path: str) -> int:
 
 @dataclass
 class SplitData:
-    """One split: its shards as token memmaps [n_i] (the dataset's dtype) and document starts
-    (shard-local, int64)."""
+    """One split: its shards as token arrays [n_i] (the dataset's dtype; a prepared dataset's
+    are memmaps, ``MappedShards``) and document starts (shard-local, int64)."""
 
     name: str
-    shards: list[np.memmap]
+    shards: Sequence[np.ndarray]
     doc_starts: list[np.ndarray]
     label: str = ""  # what errors call it ("" = "split 'NAME'"; e.g. "the text of FILES")
     vocab_size: int | None = None  # ids of its tokenizer (a batcher checks what it reads)
@@ -123,7 +181,9 @@ class SplitData:
         if len(self.shards) != len(self.doc_starts):
             raise DataError(f"{self.described}: {len(self.shards)} shards but "
                             f"{len(self.doc_starts)} document-start arrays")
-        self.shard_lengths = np.array([len(s) for s in self.shards], dtype=np.int64)
+        lengths = getattr(self.shards, "lengths", None)  # MappedShards: without mapping them
+        self.shard_lengths = np.array(lengths if lengths is not None else
+                                      [len(s) for s in self.shards], dtype=np.int64)
 
     @property
     def described(self) -> str:
@@ -199,7 +259,7 @@ class TokenDataset:
         entries = self.metadata["splits"][name].get("shards")
         if not isinstance(entries, list) or not entries:
             raise DataError(f"{self.path}: split {name!r} lists no shards")
-        shards, doc_paths, doc_counts = [], [], []
+        bin_paths, lengths, doc_paths, doc_counts = [], [], [], []
         for i, entry in enumerate(entries):
             try:
                 file, doc_file, tokens = entry["file"], entry["docs"], int(entry["tokens"])
@@ -213,7 +273,8 @@ class TokenDataset:
             if size != width * tokens or tokens < 1:
                 raise DataError(f"{self.path}: shard file {file} has {size} bytes, metadata says "
                                 f"{tokens} tokens ({width * tokens} bytes)")
-            shards.append(np.memmap(bin_path, dtype=self.dtype, mode="r", shape=(tokens,)))
+            bin_paths.append(bin_path)
+            lengths.append(tokens)
             doc_path = os.path.join(self.path, doc_file)
             if not os.path.isfile(doc_path):
                 raise DataError(f"{self.path}: document-start file {doc_file} is missing")
@@ -223,7 +284,8 @@ class TokenDataset:
                                 f"says {entry['documents']}")
             doc_paths.append(doc_path)
             doc_counts.append(count)
-        return SplitData(name, shards, LazyDocStarts(doc_paths, doc_counts),
+        return SplitData(name, MappedShards(bin_paths, lengths, self.dtype),
+                         LazyDocStarts(doc_paths, doc_counts),
                          vocab_size=self.tokenizer.vocab_size)
 
     def split(self, name: str) -> SplitData:
