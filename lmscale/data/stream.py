@@ -94,6 +94,10 @@ class StreamBatcher:
     def epoch_of(self, step: int) -> int:
         return int(step) // self.steps_per_epoch
 
+    def epochs_done(self, steps: int) -> float:
+        """Epochs (with the fraction of the current one) that ``steps`` steps have read."""
+        return int(steps) / self.steps_per_epoch
+
     def shard_order(self, epoch: int) -> np.ndarray:
         """Shard indices in the order the epoch's virtual stream concatenates them."""
         n = len(self.split.shards)

@@ -104,6 +104,13 @@ class VariableBPTTBatcher(StreamBatcher):
     def epoch_of(self, step: int) -> int:
         return self.locate(step)[0]
 
+    def epochs_done(self, steps: int) -> float:
+        """Epochs (with the fraction of the current one) that ``steps`` steps have read: each
+        epoch has its own count of steps (``steps_per_epoch`` is epoch 0's; step / it drifted
+        by about an epoch in 186)."""
+        epoch, k = self.locate(steps)
+        return epoch + k / len(self.epoch_plan(epoch)[0])
+
     def length_of(self, step: int) -> int:
         epoch, k = self.locate(step)
         return int(self.epoch_plan(epoch)[1][k])

@@ -212,7 +212,6 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
                             file=sys.stderr)
         return record
 
-    tokens_per_step = derived["tokens_per_step"]
     bar = tqdm.tqdm(total=steps, initial=start, disable=not interactive, unit="step",
                     dynamic_ncols=True, smoothing=0.1)
     timer = StepTimer()  # the first step compiles: its seconds are not throughput
@@ -254,10 +253,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
                           "bits_per_token": bits_per_char(loss),
                           "lr": float(metrics["lr"]), "grad_norm": float(metrics["grad_norm"]),
                           "loss_scale": float(ls.scale), "skipped": int(ls.skipped),
-                          "epoch": step / batcher.steps_per_epoch}
+                          "epoch": batcher.epochs_done(step)}
                 stuck = skipped_run.after_log(step, int(ls.skipped), float(ls.scale), ls.dynamic)
+                # the tokens the steps scored (variable BPTT: their own lengths, not seq_len's)
                 record.update(zip(("steps_per_s", "tokens_per_s", "chars_per_s"),
-                                  timer.rates(1, tokens_per_step, bytes_per_step)))
+                                  timer.rates(1, count / steps_in_acc, bytes_per_step)))
                 if timer.compile_s is not None:
                     record["first_step_s"] = timer.compile_s
                 chars_s = (f"{record['chars_per_s']:.3g}" if timer.steps else

@@ -40,6 +40,14 @@ def test_lengths_positions_and_epochs_are_a_function_of_the_step(tmp_path, corpu
     # consecutive steps continue the same text in every row
     a, c = b.batch(1), b.batch(2)
     assert np.array_equal(a.targets[:, -1], c.inputs[:, 0])
+    # the epochs done (logged as "epoch"): each epoch's own count of steps, not epoch 0's
+    counts = [len(b.epoch_plan(e)[0]) for e in range(6)]
+    assert len(set(counts)) > 1  # else this would not tell the two apart
+    for epoch in range(6):
+        first = sum(counts[:epoch])
+        assert b.epochs_done(first) == epoch
+        assert b.epochs_done(first + counts[epoch] // 2) == epoch + (counts[epoch] // 2) / counts[epoch]
+    assert b.epochs_done(sum(counts)) != sum(counts) / b.steps_per_epoch
 
 
 def test_bounded_programs_scaled_lr_and_bitwise_resume(tmp_path, corpus):
@@ -57,6 +65,11 @@ def test_bounded_programs_scaled_lr_and_bitwise_resume(tmp_path, corpus):
     assert last["train_programs"] == len(set(lengths)) <= len(b.lengths())  # one per length
     train_records = [r for r in read_metrics(full) if r["split"] == "train"]
     np.testing.assert_allclose([r["lr"] for r in train_records], [3e-3 * n / 8 for n in lengths], rtol=1e-6)
+    timed = [r for r in train_records if r["tokens_per_s"] is not None]
+    assert timed  # a byte model: the tokens are the bytes (tokens_per_s was batch x seq_len's)
+    np.testing.assert_allclose([r["tokens_per_s"] for r in timed], [r["chars_per_s"] for r in timed],
+                               rtol=1e-6)
+    assert [r["epoch"] for r in train_records] == [b.epochs_done(r["step"]) for r in train_records]
 
     split = str(tmp_path / "split")
     train(tiny_config(corpus, **{**overrides, "train.steps": 4}), split)
