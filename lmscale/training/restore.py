@@ -258,12 +258,25 @@ def _averaged_params(checkpointer: Checkpointer, config: ml_collections.ConfigDi
 
 
 def run_dataset(lm: TrainedLM) -> str:
-    """The prepared dataset the run trained on (where its validation split is)."""
-    path = lm.derived.get("dataset")
-    if not path or not is_dataset(path):
-        raise FileNotFoundError(f"{lm.workdir} records no prepared training dataset "
-                                f"({path or 'none, e.g. an imported model'}); pass --data")
-    return path
+    """The prepared dataset the run trained on (where its validation split is): the recorded
+    path if its files are the ones recorded (``dataset_fingerprint``), else the workdir's own
+    ``data/`` if they are (a run copied or moved: the recorded path is the original's, whose
+    data may since be another run's); FileNotFoundError naming what was found otherwise."""
+    from lmscale.data.dataset import dataset_fingerprint
+    path, recorded = lm.derived.get("dataset"), lm.derived.get("dataset_fingerprint")
+    own = os.path.join(lm.workdir, "data")
+    candidates = [p for p in dict.fromkeys([path, own]) if p and is_dataset(p)]
+    if not recorded:  # a run recorded before fingerprints: the recorded path as it is
+        candidates = [path] if path and is_dataset(path) else []
+    for candidate in candidates:
+        if not recorded or dataset_fingerprint(candidate) == recorded:
+            return candidate
+    if candidates:
+        raise FileNotFoundError(f"{lm.workdir}: the dataset it trained on is no longer at "
+                                f"{' or '.join(candidates)} (the files there differ from the ones "
+                                f"it recorded: prepared again?); pass --data")
+    raise FileNotFoundError(f"{lm.workdir} records no prepared training dataset "
+                            f"({path or 'none, e.g. an imported model'}); pass --data")
 
 
 def evaluate_data(lm: TrainedLM, data: str, *, split: str = "val", batch_size: int | None = None,

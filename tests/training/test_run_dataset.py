@@ -1,0 +1,41 @@
+"""The dataset a run's evaluation reads by default (``run_dataset``): the one it trained on,
+found by its recorded fingerprint, also when the run was copied or moved."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+
+import pytest
+
+from lmscale.training.loop import train
+from lmscale.training.metrics import read_metrics
+from lmscale.training.restore import evaluate_data, load_trained, run_dataset
+from tests.conftest import tiny_config, write_corpus
+
+
+def test_a_copied_run_evaluates_its_own_data_not_the_originals_retrained_one(tmp_path):
+    """``eval`` of a copy read the original workdir's data/ by its recorded absolute path, which
+    a later run there had prepared from other text: a BPC of the wrong text, unsaid."""
+    first = write_corpus(tmp_path / "first", lines=300)
+    other = write_corpus(tmp_path / "other", files=2, lines=500)
+    original, copy = str(tmp_path / "original"), str(tmp_path / "copy")
+    train(tiny_config(first, **{"train.steps": 4}), original)
+    shutil.copytree(original, copy)
+    assert load_trained(copy).derived["dataset"] == os.path.join(original, "data")
+    again = tiny_config(other, **{"train.steps": 4})
+    again.resume = False  # archives the first run and prepares the other text in data/
+    train(again, original)
+    lm = load_trained(copy)
+    assert run_dataset(lm) == os.path.join(copy, "data")
+    logged = [r for r in read_metrics(copy) if r["split"] == "val"][-1]
+    assert evaluate_data(lm, run_dataset(lm))["bpc"] == logged["bpc"]
+    shutil.rmtree(original)  # moved, not copied: "records no prepared training dataset" before
+    assert run_dataset(load_trained(copy)) == os.path.join(copy, "data")
+    with open(os.path.join(copy, "data", "metadata.json"), "a") as f:
+        f.write(" ")  # its files are no longer the ones it trained on
+    with pytest.raises(FileNotFoundError, match=re.escape(
+            f"{copy}: the dataset it trained on is no longer at {os.path.join(copy, 'data')} "
+            f"(the files there differ from the ones it recorded: prepared again?); pass --data")):
+        run_dataset(load_trained(copy))
