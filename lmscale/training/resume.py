@@ -90,6 +90,8 @@ def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict, wh
             before = DEFAULTED_FIELDS[key]
         if key == "data.sp_model" and before and _same_sp_model(saved, _get(new, key)):
             continue  # the same model file, wherever it lies now
+        if key == "data.train" and _same_prepared_dataset(saved, str(_get(new, key))):
+            continue  # the same prepared dataset, however its path is spelled
         if before != _get(new, key):
             raise CheckpointMismatchError(
                 f"{where} was trained with {key}={before!r}; resuming it with "
@@ -98,6 +100,15 @@ def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict, wh
                 f"to start afresh (the old run is archived)")
     check_same_batch(saved, new, where)
     check_same_optimizer(old, new, where)
+
+
+def _same_prepared_dataset(saved: dict[str, Any], path: str) -> bool:
+    """Whether ``path`` is a prepared dataset with the files the checkpoint's run trained on
+    (its recorded ``dataset_fingerprint``): "prep" and "../prep" from another directory, an
+    absolute path or a symlink name the same data; False where either is unknown."""
+    recorded = (saved.get("derived") or {}).get("dataset_fingerprint")
+    from lmscale.data.dataset import dataset_fingerprint, is_dataset
+    return bool(recorded) and is_dataset(path) and dataset_fingerprint(path) == recorded
 
 
 def _same_sp_model(saved: dict[str, Any], path: str) -> bool:

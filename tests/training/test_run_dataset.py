@@ -39,3 +39,26 @@ def test_a_copied_run_evaluates_its_own_data_not_the_originals_retrained_one(tmp
             f"{copy}: the dataset it trained on is no longer at {os.path.join(copy, 'data')} "
             f"(the files there differ from the ones it recorded: prepared again?); pass --data")):
         run_dataset(load_trained(copy))
+
+
+def test_a_resume_names_the_same_prepared_dataset_any_way(tmp_path, monkeypatch):
+    """``data.train=prep`` resumed from another directory as ``../prep`` (or by its absolute
+    path, or a symlink) was refused as "trained on the other"; the same files are the same
+    data (its recorded fingerprint), and another dataset is still refused."""
+    from lmscale.data.prepare import prepare_dataset
+    from lmscale.training.checkpoints import CheckpointMismatchError
+    prepare_dataset(write_corpus(tmp_path / "text"), str(tmp_path / "prep"), split=(8, 1, 1),
+                    progress=False)
+    prepare_dataset(write_corpus(tmp_path / "text2", files=2, lines=500), str(tmp_path / "prep2"),
+                    split=(8, 1, 1), progress=False)
+    os.symlink(tmp_path / "prep", tmp_path / "link")
+    (tmp_path / "elsewhere").mkdir()
+    run = str(tmp_path / "run")
+    monkeypatch.chdir(tmp_path)
+    train(tiny_config("prep", **{"train.steps": 2}), run)
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    for steps, spelled in ((4, "../prep"), (6, str(tmp_path / "prep")), (8, "../link")):
+        assert train(tiny_config(spelled, **{"train.steps": steps}), run)["step"] == steps
+    with pytest.raises(CheckpointMismatchError, match=re.escape(
+            "was trained with data.train='../link'; resuming it with data.train='../prep2' is refused")):
+        train(tiny_config("../prep2", **{"train.steps": 10}), run)
