@@ -25,8 +25,8 @@ class MetricsWriter:
         events after it (a purge step), which a run killed between its last log and its last
         checkpoint had written."""
         self.enabled = jax.process_index() == 0
-        self.path = os.path.join(workdir, "metrics.jsonl")
-        self._file = open(self.path, "a") if self.enabled else None
+        self.workdir, self.path = workdir, os.path.join(workdir, "metrics.jsonl")
+        self._file = open(self.path, "ab", buffering=0) if self.enabled else None
         self._tb = None
         if self.enabled and tensorboard:
             from tensorboardX import SummaryWriter
@@ -41,29 +41,87 @@ class MetricsWriter:
         if not self.enabled:
             return
         clean = {k: _plain(v) for k, v in record.items()}
-        self._file.write(json.dumps(clean) + "\n")
-        self._file.flush()
+        self._append((json.dumps(clean) + "\n").encode())
         if self._tb is not None:
             split, step = clean["split"], clean["step"]
-            for key, value in clean.items():
-                if key not in ("step", "split") and isinstance(value, (int, float)) \
-                        and math.isfinite(value):
-                    self._tb.add_scalar(f"{split}/{key}", value, step)
-            self._tb.flush()
+            try:
+                for key, value in clean.items():
+                    if key not in ("step", "split") and isinstance(value, (int, float)) \
+                            and math.isfinite(value):
+                        self._tb.add_scalar(f"{split}/{key}", value, step)
+                self._tb.flush()
+            except OSError as e:
+                self._drop_tensorboard()
+                raise OSError(e.errno, e.strerror, os.path.join(self.workdir, "tb")) from None
+
+    def _append(self, line: bytes) -> None:
+        """Appends one whole line or nothing: a full disk mid-line left a torn record that
+        JSON readers of the file failed on; the OSError names the file (a write's did not)."""
+        fd = self._file.fileno()
+        end = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError as e:
+            try:
+                os.ftruncate(fd, end)
+            except OSError:
+                pass
+            raise OSError(e.errno, e.strerror, self.path) from None
+
+    def _drop_tensorboard(self) -> None:
+        """Closes the TensorBoard writer after a failed write (a full disk), its unwritable
+        events dropped: tensorboardX otherwise retried them at exit and in its thread, each
+        failure a traceback after the run's one-line error."""
+        tb, self._tb = self._tb, None
+        for writer in (getattr(tb, "all_writers", None) or {}).values():
+            try:  # tensorboardX's record file (private): its pending bytes go nowhere
+                writer.event_writer._ev_writer._py_recordio_writer._writer = _Discard()
+            except AttributeError:
+                pass
+        try:
+            tb.close()
+        except OSError:
+            pass
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
         if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+            try:
+                self._tb.close()
+                self._tb = None
+            except OSError as e:
+                self._drop_tensorboard()
+                raise OSError(e.errno, e.strerror, os.path.join(self.workdir, "tb")) from None
+
+
+class _Discard:
+    """A file that takes bytes and keeps none (no ``fileno``: nothing to fsync)."""
+
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
-    """All records of a run, in order."""
+    """All records of a run, in order; a last line cut off mid-record (a process killed while
+    writing it) is left out, as a resumed run drops it."""
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [line for line in f if line.strip()]
+    if lines and not lines[-1].endswith("\n"):
+        try:
+            json.loads(lines[-1])
+        except json.JSONDecodeError:
+            lines.pop()
+    return [json.loads(line) for line in lines]
 
 
 def add_perplexity(record: dict[str, Any], word_level: bool) -> dict[str, Any]:

@@ -65,10 +65,12 @@ def hold_workdir(workdir: str) -> IO[str] | None:
             f"finish or stop it, or use another --workdir") from None
     except OSError:  # no flock on this filesystem: run unlocked
         return f
-    f.seek(0)
-    f.truncate()
-    f.write(str(os.getpid()))
-    f.flush()
+    try:  # unbuffered: a full disk fails here, naming the file (a write's error names none)
+        os.ftruncate(f.fileno(), 0)
+        os.pwrite(f.fileno(), str(os.getpid()).encode(), 0)
+    except OSError as e:
+        f.close()
+        raise OSError(e.errno, e.strerror, path) from None
     return f
 
 

@@ -66,3 +66,67 @@ def test_two_writers_in_one_second_keep_both_event_files(tmp_path):
     files = sorted(os.listdir(tmp_path / "tb"))
     assert len(files) == 2, files
     assert visible_scalars(str(tmp_path / "tb"), "train/loss") == {1: 1.0, 2: 2.0}
+
+
+def test_a_full_disk_leaves_whole_lines_and_an_error_naming_the_file(tmp_path, monkeypatch):
+    """A full disk mid-record left a torn line (JSON readers of metrics.jsonl failed on it) and
+    an error naming no file; the line is written whole or not at all now, and a torn last line
+    (a process killed while writing it) is left out by read_metrics."""
+    import errno
+    import json
+    import pytest
+    from lmscale.training import metrics
+    writer = metrics.MetricsWriter(str(tmp_path), tensorboard=False)
+    writer.write({"step": 1, "split": "train", "bpc": 1.5})
+    real_write = os.write
+
+    def half_then_full(fd, data):  # the disk fills after the first few bytes of the line
+        if len(data) > 8:
+            return real_write(fd, bytes(data[:8]))
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(metrics.os, "write", half_then_full)
+    with pytest.raises(OSError) as error:
+        writer.write({"step": 2, "split": "train", "bpc": 1.25})
+    monkeypatch.undo()
+    assert error.value.errno == errno.ENOSPC and error.value.filename == writer.path
+    writer.close()
+    assert open(writer.path).read() == json.dumps({"step": 1, "split": "train", "bpc": 1.5}) + "\n"
+    with open(writer.path, "a") as f:
+        f.write('{"step": 3, "split": "tr')  # killed mid-line
+    assert read_metrics(str(tmp_path)) == [{"step": 1, "split": "train", "bpc": 1.5}]
+
+
+def test_a_full_disk_under_tensorboard_is_one_error_naming_its_folder(tmp_path):
+    """tensorboardX's failed flush raised an OSError naming no file, then retried at exit and in
+    its thread: two tracebacks after the run's one-line error. In a child process (exit hooks)."""
+    import subprocess
+    import sys
+    from tests.conftest import REPO
+    script = f"""
+import errno, os
+from lmscale.training.metrics import MetricsWriter
+w = MetricsWriter({str(tmp_path)!r})
+w.write({{"step": 1, "split": "train", "bpc": 1.5}})
+
+class Full:  # a buffered file on a full disk: writes are kept, a flush fails
+    def write(self, data):
+        return len(data)
+    def flush(self):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    def close(self):
+        self.flush()
+
+for fw in w._tb.all_writers.values():  # tensorboardX's record file: the disk is full
+    fw.event_writer._ev_writer._py_recordio_writer._writer = Full()
+try:
+    w.write({{"step": 2, "split": "train", "bpc": 1.25}})
+except OSError as e:
+    print("error", e.errno, e.filename)
+w.close()
+"""
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.split() == ["error", "28", str(tmp_path / "tb")]
+    assert "Traceback" not in p.stderr and "Exception" not in p.stderr, p.stderr
