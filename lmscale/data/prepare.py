@@ -38,7 +38,7 @@ from lmscale.data.builtin import builtin_paths, is_builtin
 from lmscale.data.dataset import FORMAT, METADATA, SPLITS, VERSION, is_dataset
 from lmscale.data.errors import DataError
 from lmscale.data.input_checks import check_contents
-from lmscale.data.prepare_tmp import remove_abandoned, temporary_folder
+from lmscale.data.prepare_tmp import make_output_folder, remove_abandoned, temporary_folder
 from lmscale.data.sample import sample_texts
 from lmscale.data.sources import (TXT_MODES, expand_inputs, file_kind, input_size, iter_pieces,
                                   segments)
@@ -416,7 +416,7 @@ def prepare_dataset(inputs: str | Sequence[str], output: str, *, text_column: st
     replace = _check_output(output, overwrite)
     parent = os.path.dirname(output)
     if parent:
-        os.makedirs(parent, exist_ok=True)
+        make_output_folder(parent, output)
     training = tokenizer if isinstance(tokenizer, SentencePieceTraining) else None
     word_training = tokenizer if isinstance(tokenizer, WordTraining) else None
     if word_training is not None:  # provisional ids now; the vocabulary once the splits are known
@@ -434,7 +434,7 @@ def prepare_dataset(inputs: str | Sequence[str], output: str, *, text_column: st
     if os.path.lexists(tmp):
         shutil.rmtree(tmp)
     remove_abandoned(output)
-    os.makedirs(tmp)
+    make_output_folder(tmp, output)
     try:
         path_ends: list[int] | None = [] if parts else None
         total, documents = _tokenize(paths, tmp, tokenizer, progress, path_ends, text_column=text_column,

@@ -1,12 +1,15 @@
-"""A prepare's temporary folder, OUTPUT.tmp-HOST-PID, renamed to OUTPUT when complete; and the
-removal of those a killed prepare of this machine left (prepare.py)."""
+"""A prepare's temporary folder, OUTPUT.tmp-HOST-PID, renamed to OUTPUT when complete; the
+removal of those a killed prepare of this machine left; the output's folders (prepare.py)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import socket
 import sys
+
+from lmscale.data.errors import DataError
 
 # The machine in a prepare's temporary folder's name: only this machine's processes can be
 # told dead (a shared filesystem may hold another machine's live prepare).
@@ -42,3 +45,16 @@ def remove_abandoned(output: str) -> None:
 def temporary_folder(output: str) -> str:
     """This process's temporary folder for ``output``."""
     return f"{output}.tmp-{HOST}-{os.getpid()}"
+
+
+def make_output_folder(path: str, output: str) -> None:
+    """``os.makedirs`` for ``output``, a failure one DataError naming the folder (was a traceback)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:  # a file where a folder should be; a read-only or forbidden folder
+        blocked = os.fspath(e.filename)
+        while not os.path.lexists(blocked) and os.path.dirname(blocked) != blocked:
+            blocked = os.path.dirname(blocked)  # the file in the way
+        where = (f"{blocked} is a file, not a folder" if e.errno in (errno.EEXIST, errno.ENOTDIR)
+                 else f"{os.path.dirname(os.path.abspath(e.filename))} cannot be written ({e.strerror})")
+        raise DataError(f"cannot make the output {output}: {where}") from None

@@ -187,3 +187,13 @@ def test_a_killed_prepares_temporary_folder_is_removed_by_the_next(tmp_path, cap
         assert "ds.tmp-12345 may be left by a killed prepare (of an older lmscale" in capfd.readouterr().err
     finally:
         alive.kill()
+
+
+def test_an_output_under_a_file_is_one_error_naming_it(corpus_dir, tmp_path):
+    """An --output below a regular file (or in a read-only folder) was a raw FileExistsError /
+    OSError traceback from os.makedirs."""
+    (tmp_path / "afile").write_text("not a folder")
+    with pytest.raises(DataError, match=f"^cannot make the output {tmp_path}/afile/sub/ds: "
+                                        f"{tmp_path}/afile is a file, not a folder$"):
+        prepare(str(corpus_dir), tmp_path / "afile" / "sub" / "ds")
+    assert (tmp_path / "afile").read_text() == "not a folder"
