@@ -158,6 +158,11 @@ def test_sst_learns_restores_freezes_and_classify_reproduces(sst_run, data, tmp_
     refused = _cli("lmscale.classify", f"--workdir={run}", f"--input={out}", "--text_column=text",
                    f"--output={out}", ok=False)  # it overwrote its input
     assert "--output is the input file" in refused.stderr
+    # a folder as --output: found only after classifying every text (a traceback) before
+    refused = _cli("lmscale.classify", f"--workdir={run}", f"--input={data['sst_val']}",
+                   "--text_column=sentence", f"--output={tmp_path}", ok=False)
+    assert refused.stderr.strip() == (f"error: --output={tmp_path} is a folder: give the "
+                                      f"predictions CSV's file path (e.g. {tmp_path}/predictions.csv)")
     # to the last digit: on the devices and in the rows its validation read (1e-6 apart on a
     # few rows before, on one device and 64 rows)
     assert [(r["p_0"], r["p_1"]) for r in mine] == [(r["p_0"], r["p_1"]) for r in saved]
