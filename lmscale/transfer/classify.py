@@ -258,7 +258,10 @@ def save_transfer_classifier(folder: str, coef: np.ndarray, intercept: np.ndarra
     """Writes fitted logistic regression(s) and their standardization as plain arrays
     (classifier.npz: coef [K, F], intercept [K], mean [F], scale [F]; K = 1 for a binary task,
     one row per label for multi-label) + classifier.json (classes, and for multi-label
-    ``"multilabel": true`` and the tuned ``thresholds``)."""
+    ``"multilabel": true`` and the tuned ``thresholds``). The old json goes first: a failure
+    between the two files (a full disk) left a new npz read with another fit's settings."""
+    if os.path.exists(os.path.join(folder, "classifier.json")):
+        os.remove(os.path.join(folder, "classifier.json"))  # the pair is whole once it is back
     with atomic_write(os.path.join(folder, "classifier.npz"), "wb") as f:
         np.savez(f, coef=np.asarray(coef, np.float64), intercept=np.asarray(intercept, np.float64),
                  mean=scaler.mean_.astype(np.float64), scale=scaler.scale_.astype(np.float64))

@@ -124,9 +124,6 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
                            seed, feat_s, search_rows)
     fit = fit_l1(feats["train"], y["train"], feats["val"], y["val"], x_test, y_test, Cs=Cs,
                  seed=seed, search_rows=search_rows)
-    # The fitted classifier, as plain arrays + JSON, for lmscale.classify / load_classifier.
-    save_transfer_classifier(output, fit.model.coef_, fit.model.intercept_, scaler,
-                             fit.model.classes_, {**info, "C": fit.C})
     say("the neuron alone, then the top k units")
     neuron = neuron_summary(fit, feats["train"], y["train"], feats["val"], y["val"], x_test, y_test,
                             Cs=Cs, seed=seed, search_rows=search_rows)
@@ -152,8 +149,12 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
         results["baseline"] = {"features": f"{baseline} n-grams", "vocabulary": mats[-1],
                                **base.summary()}
     results["featurization"] = _featurization(splits, feat_s)
+    _forget_results(output)
     results["plots"] = _plots(lm, splits, raw_feats, fit, neuron["index"], neuron["sign"], output,
                               examples, state)
+    # The fitted classifier, as plain arrays + JSON, for lmscale.classify / load_classifier.
+    save_transfer_classifier(output, fit.model.coef_, fit.model.intercept_, scaler,
+                             fit.model.classes_, {**info, "C": fit.C})
     _write_results(output, results)
     return results
 
@@ -168,9 +169,6 @@ def _multilabel(lm: TrainedLM, workdir: str, splits: dict[str, Labeled],
     fit = fit_l1_multilabel(feats["train"], y["train"], feats["val"], y["val"], feats.get("test"),
                             y.get("test"), class_names=names, Cs=Cs, seed=seed,
                             search_rows=search_rows)
-    save_transfer_classifier(output, fit.coef, fit.intercept, scaler, names,
-                             {**info, "multilabel": True, "thresholds": fit.thresholds.tolist(),
-                              "C_per_label": fit.Cs})
     results: dict[str, Any] = {
         "multilabel": True, "labels": names,
         "lm": {"workdir": os.path.abspath(workdir), "step": lm.step,
@@ -193,8 +191,19 @@ def _multilabel(lm: TrainedLM, workdir: str, splits: dict[str, Labeled],
         results["baseline"] = {"features": f"{baseline} n-grams", "vocabulary": mats[-1],
                                **base.summary()}
     results["featurization"] = _featurization(splits, feat_s)
+    _forget_results(output)
+    save_transfer_classifier(output, fit.coef, fit.intercept, scaler, names,
+                             {**info, "multilabel": True, "thresholds": fit.thresholds.tolist(),
+                              "C_per_label": fit.Cs})
     _write_results(output, results)
     return results
+
+
+def _forget_results(output: str) -> None:
+    """Removes an earlier run's results.json before this run writes anything else: a failure
+    part way (a full disk) left it describing another classifier than the one saved."""
+    if os.path.exists(os.path.join(output, "results.json")):
+        os.remove(os.path.join(output, "results.json"))
 
 
 def _features_dir(workdir: str, output: str, features_dir: str | None) -> str | None:
