@@ -26,11 +26,14 @@ _TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Sampling temperature; 0 =
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Sample among the k most likely only; 0 = off.")
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass; 1 = off.")
 _SAMPLES = flags.DEFINE_integer("samples", 1, "Independent samples.")
-_SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
-_NEURON = flags.DEFINE_integer("neuron", None, "Unit of the last layer to hold fixed.")
+_SEED = flags.DEFINE_integer("seed", 0, "Random seed, 0 <= seed < 2**32 (the key's 32 bits; "
+                             "others are refused).")
+_NEURON = flags.DEFINE_integer("neuron", None, "Unit of the last layer to hold fixed (from "
+                               "the start, and after every token, prompt included).")
 _VALUE = flags.DEFINE_float("neuron_value", 0.0, "Value the unit is held at.")
 _STATE = flags.DEFINE_enum("neuron_state", None, ["cell", "hidden"], "State the unit lives in; "
-                           "default: the model's first (cell for mLSTM/LSTM).")
+                           "default: the model's first (cell for mLSTM/LSTM/QRNN; a QRNN holds "
+                           "a unit only in its cell state).")
 _HEATMAP_UNIT = flags.DEFINE_integer("heatmap_unit", None, "Unit shown in the heatmap "
                                      "(default: --neuron, else the transfer's neuron if known).")
 _OUTPUT = flags.DEFINE_string("output", None, "Output folder; default WORKDIR/generate (a "
@@ -66,6 +69,10 @@ def main(argv: list[str]) -> None:
         if _HEATMAP_UNIT.value is not None and not 0 <= _HEATMAP_UNIT.value < width:
             raise DataError(f"--heatmap_unit={_HEATMAP_UNIT.value} is outside the last layer's "
                             f"{width} units (0..{width - 1})")  # was said after sampling
+        states = lm.model().feature_states  # the heatmap's (a held unit's: generate checks)
+        if _NEURON.value is None and _STATE.value is not None and _STATE.value not in states:
+            raise DataError(f"--neuron_state must be one of {list(states)} for a "
+                            f"{lm.config.model.kind} model, got {_STATE.value!r}")
         length = _LENGTH.value
         max_len = lm.model().max_len
         if not flags.FLAGS["length"].present and max_len is not None and length > max_len // 2:

@@ -1,10 +1,11 @@
 """Sampling text from a trained LM, optionally with one unit held at a fixed value.
 
 With ``neuron``/``neuron_value`` the unit's value in the last layer's state (the cell
-state by default: the state the sentiment neuron is read from) is overwritten after every
-character, prompt included — how Radford et al. wrote positive or negative reviews on
-demand. Sampling: temperature (0 = greedy), top-k, top-p (nucleus); the padding id is
-never sampled. The whole prompt-then-sample loop is one jitted loop, compiled once for all
+state by default: the state the sentiment neuron is read from) is held from the start: set
+in the initial (zero) state before the first token is read, and again after every token,
+prompt included — how Radford et al. wrote positive or negative reviews on demand.
+Sampling: temperature (0 = greedy), top-k, top-p (nucleus); the padding id is never
+sampled. The whole prompt-then-sample loop is one jitted loop, compiled once for all
 values of these settings, the held unit and its value, the seed and prompts of up to a
 power-of-two length (``_sampler``).
 """
@@ -12,6 +13,7 @@ power-of-two length (``_sampler``).
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from typing import Any, Callable, NamedTuple
 
@@ -146,7 +148,10 @@ def generate(lm: TrainedLM, prompt: str, length: int = 200, *, temperature: floa
              ) -> list[str]:
     """``samples`` continuations of ``prompt`` (each returned with the prompt in front).
 
-    ``neuron_state`` None: the model's first feature state (a recurrent model's cell state).
+    ``seed``: 0 <= seed < 2**32 (the key's 32 bits; others would repeat these samples).
+    ``neuron``: held from the start, in the initial state and after every token, prompt
+    included. ``neuron_state`` None: the model's first feature state (a recurrent model's
+    cell state); a QRNN holds only its cell state (its hidden state is not carried).
     A model with a length limit (the transformer's ``max_len``) generates at most that many
     tokens, prompt included; its key/value cache makes each new token one step. The
     decoder's copy of the weights is kept in ``lm`` for the next call (``prepared_weights``;
@@ -171,8 +176,11 @@ def generate(lm: TrainedLM, prompt: str, length: int = 200, *, temperature: floa
         if not 0 <= neuron < model.feature_width:
             raise DataError(f"neuron {neuron} is outside the last layer's {model.feature_width} "
                             f"units 0..{model.feature_width - 1}")
-        if neuron_state not in model.feature_states:
-            raise DataError(f"neuron_state must be one of {list(model.feature_states)}, got {neuron_state!r}")
+        holdable = holdable_states(model)
+        if neuron_state not in holdable:
+            raise DataError(f"neuron_state must be one of {list(holdable)} for a "
+                            f"{lm.config.model.kind} model (the states a neuron can be held "
+                            f"in), got {neuron_state!r}")
     from lmscale.pretrained.preprocess import prompt_for
     ids = lm.tokenizer.encode(prompt_for(lm.derived, prompt)).astype(np.int32)  # e.g. OpenAI's framing
     if ids.size == 0:  # a word model's whitespace: no context to sample from (all-zero logits)
@@ -196,6 +204,7 @@ def generate(lm: TrainedLM, prompt: str, length: int = 200, *, temperature: floa
     unsampled = getattr(lm.tokenizer, "unsampled_ids", None)
     banned = (tuple(unsampled()) if unsampled is not None else
               () if lm.tokenizer.pad_id is None else (int(lm.tokenizer.pad_id),))
+    _check_memory(length, samples)
     hold = neuron is not None
     fn = _sampler(lm.graphdef, length, temperature == 0, top_k > 0, top_p < 1.0, hold,
                   neuron_state if hold else None, banned)
@@ -203,8 +212,8 @@ def generate(lm: TrainedLM, prompt: str, length: int = 200, *, temperature: floa
     prompts = np.zeros((samples, width), np.int32)  # numpy: jnp.asarray would be a program
     prompts[:, :len(ids)] = ids
     settings = Settings.of(len(ids), temperature, top_k, top_p, neuron, neuron_value)
-    # uint32 seed: the key PRNGKey(seed) makes of any Python int (it keeps the low 32 bits)
-    tokens = np.asarray(fn(lm.params, prepared_weights(lm), prompts, np.uint32(seed % 2**32),
+    # uint32 seed: the key PRNGKey(seed) makes (_check_request keeps it in [0, 2**32))
+    tokens = np.asarray(fn(lm.params, prepared_weights(lm), prompts, np.uint32(seed),
                            settings))
     head = lm.tokenizer.decode(ids)
     return [prompt + _continuation(lm.tokenizer, ids, row, head, prompt) for row in tokens]
@@ -222,6 +231,13 @@ def _check_request(prompt: Any, **numbers: Any) -> None:
         raise DataError(f"the prompt must be a str, got {got}{hint}")
     if not prompt:
         raise DataError("the prompt is empty: give at least one character to start from")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate: e.g. a byte a terminal could not decode
+        char = ord(prompt[e.start])
+        what = (f"byte 0x{char - 0xDC00:02x}, which the terminal's encoding could not decode"
+                if 0xDC80 <= char <= 0xDCFF else f"a lone surrogate U+{char:04X}")
+        raise DataError(f"the prompt is not valid UTF-8 at character {e.start}: {what}") from None
     for name, value in numbers.items():
         integer = not isinstance(value, bool) and isinstance(value, (int, np.integer))
         if name in ("temperature", "top_p", "neuron_value"):
@@ -234,6 +250,56 @@ def _check_request(prompt: Any, **numbers: Any) -> None:
             raise DataError(f"{name} must be an integer, got {value!r}")
         elif name in ("length", "samples") and value < 1:
             raise DataError(f"{name} must be >= 1, got {value}")
+        elif name == "length" and value > 2**30:
+            raise DataError(f"length must be at most 2**30 (the sampler counts its steps in "
+                            f"int32), got {value}")
+        elif name == "seed" and not 0 <= value < 2**32:
+            raise DataError(f"seed must be in [0, 2**32) (the key's 32 bits), got {value}")
+
+
+def holdable_states(model: Any) -> tuple[str, ...]:
+    """The states a unit of ``model``'s last layer can be held in (``fix_unit``'s ``which``):
+    its layer's ``holdable_states`` (a QRNN carries only its cell state), else its
+    ``feature_states``."""
+    layers = getattr(model, "layers", None)
+    return getattr(layers[-1] if layers else None, "holdable_states", model.feature_states)
+
+
+# Bytes a generated token takes: once (the program's [length] keys: 12, measured with XLA's
+# memory analysis) and per sample (its [length, samples] token buffers: 12, measured; the
+# tokens in NumPy and their text after: about 8). A length of 10**6 with 1 sample: ~32 MB.
+_BYTES_PER_TOKEN, _BYTES_PER_SAMPLE_TOKEN = 12, 20
+
+
+def _check_memory(length: int, samples: int) -> None:
+    """A one-line DataError where the buffers of ``length`` tokens (allocated up front)
+    would need more than the memory available (the host's, and a GPU's where it says)."""
+    need = length * (_BYTES_PER_TOKEN + _BYTES_PER_SAMPLE_TOKEN * samples)
+    free = _available_memory()
+    if free is not None and need > free:
+        raise DataError(f"length {length} with {samples} sample(s) needs about "
+                        f"{need / 2**30:.1f} GiB for its token buffers, more than the "
+                        f"{free / 2**30:.1f} GiB available: generate fewer tokens")
+
+
+def _available_memory() -> int | None:
+    """Bytes free for new buffers: the host's (MemAvailable, else its free pages), at most
+    the first device's free memory where it reports it (a GPU); None if unknown."""
+    free = None
+    try:
+        with open("/proc/meminfo") as f:
+            free = next(int(line.split()[1]) * 1024 for line in f
+                        if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        try:
+            free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+        except (AttributeError, OSError, ValueError):
+            pass
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "bytes_limit" in stats:
+        device = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+        free = device if free is None else min(free, device)
+    return free
 
 
 def _continuation(tokenizer: Any, prompt_ids: np.ndarray, new_ids: np.ndarray,

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import matplotlib.image
+import pytest
 
 from tests.conftest import REPO
 
@@ -155,3 +156,56 @@ def test_neuron_flags_without_their_unit_and_a_multilabel_transfer(sst_run, tmp_
     proc = run(workdir, "--heatmap_unit=2", "--neuron_state=hidden")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "out" / "heatmap.png").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory) -> dict[str, str]:
+    """Workdirs of a QRNN and a transformer trained for 2 steps (kind -> workdir)."""
+    from lmscale.training.loop import train
+    from tests.conftest import TINY_TRANSFORMER, tiny_config, write_corpus
+    root = tmp_path_factory.mktemp("gen_runs")
+    corpus = write_corpus(root / "corpus")
+    runs = {}
+    for kind, overrides in (("qrnn", {"model.kind": "qrnn"}), ("transformer", TINY_TRANSFORMER)):
+        runs[kind] = str(root / kind)
+        train(tiny_config(corpus, **overrides, **{"train.steps": 2, "checkpoint.every": 2}),
+              runs[kind])
+    return runs
+
+
+def _generate(workdir: str, *flags: str | bytes) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lmscale.generate", f"--workdir={workdir}",
+                           "--length=5", *flags], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_a_qrnns_hidden_state_is_refused_before_sampling(tiny_runs, tmp_path):
+    """A QRNN carries only c: --neuron_state=hidden was a 13-frame ValueError traceback."""
+    proc = _generate(tiny_runs["qrnn"], "--neuron=1", "--neuron_state=hidden",
+                     f"--output={tmp_path}")
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        "error: neuron_state must be one of ['cell'] for a qrnn model (the states a neuron can "
+        "be held in), got 'hidden'"], proc.stderr[-2000:]
+    assert not (tmp_path / "samples.json").exists()
+    proc = _generate(tiny_runs["qrnn"], "--neuron=1", "--neuron_state=cell", f"--output={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_a_heatmap_state_the_model_lacks_is_refused_before_sampling(tiny_runs, tmp_path):
+    """A transformer's --neuron_state=cell for the heatmap was said after sampling (and
+    writing samples.json), the samples never printed."""
+    proc = _generate(tiny_runs["transformer"], "--neuron_state=cell", "--heatmap_unit=1",
+                     f"--output={tmp_path}")
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        "error: --neuron_state must be one of ['hidden'] for a transformer model, got 'cell'"
+    ], proc.stderr[-2000:]
+    assert not (tmp_path / "samples.json").exists()
+
+
+def test_a_prompt_that_is_not_utf8_is_refused_in_one_line(tiny_runs, tmp_path):
+    """A byte the terminal's encoding cannot decode (Python's surrogate escape) was a raw
+    UnicodeEncodeError from the tokenizer."""
+    proc = _generate(tiny_runs["qrnn"], b"--prompt=ab\xffc", f"--output={tmp_path}")
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        "error: the prompt is not valid UTF-8 at character 2: byte 0xff, which the terminal's "
+        "encoding could not decode"], proc.stderr[-2000:]

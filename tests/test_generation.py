@@ -61,8 +61,9 @@ def test_fixed_neuron_changes_the_text_and_sampling_is_seeded():
     lm = random_lm(hidden=16)
     free = generate(lm, "A", 30, temperature=1.0, seed=1, samples=2)
     assert free == generate(lm, "A", 30, temperature=1.0, seed=1, samples=2)
-    # the key is PRNGKey(seed)'s, which keeps a seed's low 32 bits
-    assert free == generate(lm, "A", 30, temperature=1.0, seed=2**32 + 1, samples=2)
+    # the key is PRNGKey(seed)'s 32 bits: other seeds are refused (they repeat these)
+    with pytest.raises(DataError, match=r"^seed must be in \[0, 2\*\*32\)"):
+        generate(lm, "A", 30, temperature=1.0, seed=2**32 + 1, samples=2)
     assert free != generate(lm, "A", 30, temperature=1.0, seed=2, samples=2)
     assert free[0] != free[1]
     held = generate(lm, "A", 30, temperature=0.0, neuron=2, neuron_value=-20.0)

@@ -151,9 +151,11 @@ class QRNNLayer(nnx.Module):
                          zoneout=self.zoneout, zoneout_keys=row_keys, pooling=self.pooling,
                          dtype=self.dtype, return_cells=return_cells)
 
+    holdable_states = ("cell",)  # fix_unit's ``which``: h is not carried
+
     def fix_unit(self, carry: tuple[jax.Array, ...], unit: int, value: float, which: str
                  ) -> tuple[jax.Array, ...]:
         """The carry with unit ``unit`` of c set (``which`` "cell"; h is not carried)."""
-        if which != "cell":
+        if which not in self.holdable_states:
             raise ValueError(f"a QRNN carries only its cell state c; which must be 'cell', got {which!r}")
         return (carry[0].at[:, unit].set(value), *carry[1:])
