@@ -6,7 +6,7 @@ import errno
 import os
 import re
 import sys
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 T = TypeVar("T")
 
@@ -155,6 +155,33 @@ def _check_config_values(flag_values: object) -> None:
             sys.exit(1)
 
 
+# The tools' flags and config fields that name files or folders. A shell leaves "~" in
+# "--workdir=~/runs/x" as it is (only an argument starting with it is expanded): the run
+# went to ./~/runs/x, and inputs were found (sources.py expands them) while outputs were not.
+PATH_FLAGS = ("workdir", "output", "input", "data", "train", "val", "test", "to", "src", "out",
+              "json", "sp_model", "sweep", "transfer_train", "transfer_val", "transfer_test",
+              "features_dir")
+PATH_FIELDS = ("init_from", "data.train", "data.sp_model", "finetune.train", "finetune.val",
+               "finetune.test")
+
+
+def _expand_home(FLAGS: Any) -> None:
+    """``~`` and ``~user`` at the start of a path flag or config field: the home folder."""
+    home = lambda v: os.path.expanduser(v) if isinstance(v, str) and v.startswith("~") else v
+    for name in PATH_FLAGS:
+        if name in FLAGS and FLAGS[name].value is not None:
+            value = FLAGS[name].value
+            expanded = [home(v) for v in value] if isinstance(value, list) else home(value)
+            if expanded != value:
+                FLAGS[name].value = expanded
+    config = FLAGS["config"].value if "config" in FLAGS else None
+    for field in PATH_FIELDS if config is not None else ():
+        section, _, name = field.rpartition(".")
+        holder = config[section] if section else config
+        if name in holder and home(holder[name]) != holder[name]:
+            holder[name] = home(holder[name])
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing where a bad flag or config override is one line on stderr, exit 1.
 
@@ -181,6 +208,7 @@ def parse_flags(argv: list[str]) -> list[str]:
                 print(f"error: --{name}: {reason}", file=sys.stderr)
                 sys.exit(1)
         _check_config_values(flags.FLAGS)
+        _expand_home(flags.FLAGS)
         return rest
     except (AttributeError, KeyError) as e:  # unknown key in a locked ConfigDict
         text = str(e.args[0] if e.args else e).replace("\\", "")
