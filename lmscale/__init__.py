@@ -11,16 +11,18 @@ def load_lm(workdir: str, step: int | None = None, compute: str = "float32") -> 
     """Loads a trained LM for notebooks: ``.score``, ``.featurize``, ``.generate`` (see
     lmscale.api); ``compute="bfloat16"`` runs its matmuls in bfloat16 (faster on CPUs with
     AMX and on GPUs)."""
+    import os
     from lmscale.api import load_lm as _load
-    return _load(workdir, step, compute)
+    return _load(os.path.expanduser(workdir) if isinstance(workdir, str) else workdir, step, compute)
 
 
 def load_classifier(path: str, batch_size: int = 0) -> Any:
     """A fine-tuned run or transfer output for notebooks: ``.predict(texts)`` -> (probs, labels),
     the texts packed end to end in ``batch_size`` rows read side by side (0: a fine-tuned
     run's validation rows, ``train.eval_batch_size``; else 64)."""
+    import os
     from lmscale.finetuning.classifier import load_classifier as _load
-    return _load(path, batch_size)
+    return _load(os.path.expanduser(path) if isinstance(path, str) else path, batch_size)
 
 
 def use_cpu_cores(batch_size: int, devices: int = 0) -> int | None:

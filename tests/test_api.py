@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 import jax
 import numpy as np
@@ -179,3 +180,10 @@ def test_generation_reads_the_prompt_with_the_models_preprocessing(capfd):
     assert "left out" not in capfd.readouterr().err
     generate(framed, prompt, 64 - len(prompt))  # 15 tokens with the framing: 2 left out
     assert "the prompt's first 2 of 15 tokens are left out" in capfd.readouterr().err
+
+
+def test_a_workdir_under_the_home_folder_can_be_named_with_a_tilde(sst_run, monkeypatch):
+    """lmscale.load_lm("~/runs/x") in a notebook: "not a training run" (Python keeps the ~)."""
+    home, name = os.path.split(sst_run)
+    monkeypatch.setenv("HOME", home)
+    assert lmscale.load_lm(f"~/{name}").score(["a film"]) == lmscale.load_lm(sst_run).score(["a film"])
