@@ -161,8 +161,8 @@ def _check_config_values(flag_values: object) -> None:
 PATH_FLAGS = ("workdir", "output", "input", "data", "train", "val", "test", "to", "src", "out",
               "json", "sp_model", "sweep", "transfer_train", "transfer_val", "transfer_test",
               "features_dir")
-PATH_FIELDS = ("init_from", "data.train", "data.sp_model", "finetune.train", "finetune.val",
-               "finetune.test")
+PATH_FIELDS = ("init_from", "data.train", "data.val", "data.test", "data.sp_model",
+               "finetune.train", "finetune.val", "finetune.test")
 
 
 def _expand_home(FLAGS: Any) -> None:

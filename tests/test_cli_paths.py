@@ -33,3 +33,15 @@ def test_a_tilde_in_path_flags_and_config_fields_is_the_home_folder(tmp_path):
     assert p.returncode == 1
     assert f"{tmp_path}/home/no_lm" in p.stderr, p.stderr  # init_from expanded, the data read
     assert not os.path.exists(os.path.join(REPO, "~"))
+
+
+def test_a_run_in_a_workdir_under_the_home_folder(tmp_path):
+    from tests.conftest import TINY_TRAIN_FLAGS
+    home = tmp_path / "home"
+    (home / "text").mkdir(parents=True)
+    (home / "text" / "a.txt").write_text("the cat sat on the mat.\n" * 400)
+    flags = [f"--config.{k}={v}" for k, v in TINY_TRAIN_FLAGS.items()]
+    p = _tool("lmscale.train", home, "--config=configs/quickstart.py", "--workdir=~/run",
+              "--config.data.train=~/text/a.txt", "--config.train.steps=2", *flags)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert (home / "run" / "config.json").exists() and not os.path.exists(os.path.join(REPO, "~"))

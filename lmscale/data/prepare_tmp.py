@@ -56,5 +56,6 @@ def make_output_folder(path: str, output: str) -> None:
         while not os.path.lexists(blocked) and os.path.dirname(blocked) != blocked:
             blocked = os.path.dirname(blocked)  # the file in the way
         where = (f"{blocked} is a file, not a folder" if e.errno in (errno.EEXIST, errno.ENOTDIR)
-                 else f"{os.path.dirname(os.path.abspath(e.filename))} cannot be written ({e.strerror})")
+                 else f"{blocked} cannot be written ({e.strerror})"
+                 if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else f"{e.filename}: {e.strerror}")
         raise DataError(f"cannot make the output {output}: {where}") from None

@@ -94,6 +94,10 @@ class StreamBatcher:
     def epoch_of(self, step: int) -> int:
         return int(step) // self.steps_per_epoch
 
+    def tokens_in_step(self, step: int) -> int:
+        """Input tokens of the global batch of ``step`` (rows x its length)."""
+        return self.tokens_per_step
+
     def epochs_done(self, steps: int) -> float:
         """Epochs (with the fraction of the current one) that ``steps`` steps have read."""
         return int(steps) / self.steps_per_epoch

@@ -104,6 +104,9 @@ class VariableBPTTBatcher(StreamBatcher):
     def epoch_of(self, step: int) -> int:
         return self.locate(step)[0]
 
+    def tokens_in_step(self, step: int) -> int:
+        return self.batch_size * self.length_of(step)
+
     def epochs_done(self, steps: int) -> float:
         """Epochs (with the fraction of the current one) that ``steps`` steps have read: each
         epoch has its own count of steps (``steps_per_epoch`` is epoch 0's; step / it drifted

@@ -81,7 +81,8 @@ def check_same_start(meta: dict[str, Any], config: ml_collections.ConfigDict, lm
                                   f" the device count sets it, {devices} then"
                                   if train.per_device_batch_size and devices else "") + ")"}
     for key, value in now.items():
-        if before[key] is not None and before[key] != value:
+        home = isinstance(before[key], str) and os.path.expanduser(before[key]) == value  # "~/x"
+        if before[key] is not None and before[key] != value and not home:
             what = "the LM's checkpoint step" if key == "lm_step" else key
             raise CheckpointMismatchError(
                 f"{workdir} was fine-tuned with {what}={before[key]!r}; resuming it with "

@@ -230,6 +230,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
         save_finite(checkpointer, state, meta)
 
     in_flight = InFlight()  # bounded async dispatch (see in_flight.py)
+    window_tokens, window_steps = 0, 0  # input tokens of the steps since the last train record
     with StopSignal(config.train.stop_sync_every) as stop:
         while step < steps and not stop.should_stop(step):
             batch = batch_arrays(batcher, step, train_rows, rows_sharding)
@@ -240,6 +241,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
             state, metrics = train_step(state, batch)
             timer.after(compiles, metrics)
             in_flight.add(metrics)
+            window_tokens += batcher.tokens_in_step(step)  # variable BPTT: its own length
+            window_steps += 1
             step += 1
             bar.update(1)
             logging = step % config.train.log_every == 0 or step == steps
@@ -255,9 +258,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
                           "loss_scale": float(ls.scale), "skipped": int(ls.skipped),
                           "epoch": batcher.epochs_done(step)}
                 stuck = skipped_run.after_log(step, int(ls.skipped), float(ls.scale), ls.dynamic)
-                # the tokens the steps scored (variable BPTT: their own lengths, not seq_len's)
                 record.update(zip(("steps_per_s", "tokens_per_s", "chars_per_s"),
-                                  timer.rates(1, count / steps_in_acc, bytes_per_step)))
+                                  timer.rates(1, window_tokens / window_steps, bytes_per_step)))
+                window_tokens, window_steps = 0, 0
                 if timer.compile_s is not None:
                     record["first_step_s"] = timer.compile_s
                 chars_s = (f"{record['chars_per_s']:.3g}" if timer.steps else

@@ -269,8 +269,11 @@ def run_dataset(lm: TrainedLM) -> str:
     if not recorded:  # a run recorded before fingerprints: the recorded path as it is
         candidates = [path] if path and is_dataset(path) else []
     for candidate in candidates:
-        if not recorded or dataset_fingerprint(candidate) == recorded:
-            return candidate
+        try:
+            if not recorded or dataset_fingerprint(candidate) == recorded:
+                return candidate
+        except OSError:  # a shard file gone: not the data it trained on; the next may be
+            continue
     if candidates:
         raise FileNotFoundError(f"{lm.workdir}: the dataset it trained on is no longer at "
                                 f"{' or '.join(candidates)} (the files there differ from the ones "

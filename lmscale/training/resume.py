@@ -41,6 +41,8 @@ RESUME_FIELDS = ("train.seq_len", "data.train", "data.split", "data.tokenizer")
 SENTENCEPIECE_FIELDS = ("data.vocab_size", "data.sp_model_type", "data.sp_model")
 # ... and these, compared with "" for a checkpoint that predates them.
 SPLIT_FIELDS = ("data.val", "data.test")
+# Path fields a run may have recorded with a "~" (before the tools expanded it: cli.py).
+HOME_PATHS = ("data.train", "data.val", "data.test", "data.sp_model")
 # ... and these, compared with their default for a checkpoint that predates them.
 DEFAULTED_FIELDS = {"train.grad_accum_steps": 1}
 # ... and, in a word-level run, these.
@@ -90,7 +92,10 @@ def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict, wh
             before = DEFAULTED_FIELDS[key]
         if key == "data.sp_model" and before and _same_sp_model(saved, _get(new, key)):
             continue  # the same model file, wherever it lies now
-        if key == "data.train" and _same_prepared_dataset(saved, str(_get(new, key))):
+        if key in HOME_PATHS and isinstance(before, str) and os.path.expanduser(before) == _get(new, key):
+            continue  # "~/corpus" recorded before the tools expanded it (cli.PATH_FIELDS)
+        if (key == "data.train" and before != _get(new, key)
+                and _same_prepared_dataset(saved, str(_get(new, key)))):
             continue  # the same prepared dataset, however its path is spelled
         if before != _get(new, key):
             raise CheckpointMismatchError(
@@ -108,7 +113,10 @@ def _same_prepared_dataset(saved: dict[str, Any], path: str) -> bool:
     absolute path or a symlink name the same data; False where either is unknown."""
     recorded = (saved.get("derived") or {}).get("dataset_fingerprint")
     from lmscale.data.dataset import dataset_fingerprint, is_dataset
-    return bool(recorded) and is_dataset(path) and dataset_fingerprint(path) == recorded
+    try:
+        return bool(recorded) and is_dataset(path) and dataset_fingerprint(path) == recorded
+    except OSError:  # a shard file gone: opening the dataset names it
+        return False
 
 
 def _same_sp_model(saved: dict[str, Any], path: str) -> bool:

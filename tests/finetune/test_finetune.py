@@ -163,6 +163,11 @@ def test_sst_learns_restores_freezes_and_classify_reproduces(sst_run, data, tmp_
                    "--text_column=sentence", f"--output={tmp_path}", ok=False)
     assert refused.stderr.strip() == (f"error: --output={tmp_path} is a folder: give the "
                                       f"predictions CSV's file path (e.g. {tmp_path}/predictions.csv)")
+    refused = _cli("lmscale.classify", f"--workdir={run}", f"--input={data['sst_val']}",
+                   "--text_column=sentence", f"--output={tmp_path}/no/p.csv", ok=False)
+    assert refused.stderr.strip() == (f"error: {tmp_path}/no/p.csv: the folder {tmp_path}/no "
+                                      f"does not exist")
+    assert "classifying" not in refused.stderr  # said before the work
     # to the last digit: on the devices and in the rows its validation read (1e-6 apart on a
     # few rows before, on one device and 64 rows)
     assert [(r["p_0"], r["p_1"]) for r in mine] == [(r["p_0"], r["p_1"]) for r in saved]

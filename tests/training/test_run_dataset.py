@@ -31,6 +31,9 @@ def test_a_copied_run_evaluates_its_own_data_not_the_originals_retrained_one(tmp
     assert run_dataset(lm) == os.path.join(copy, "data")
     logged = [r for r in read_metrics(copy) if r["split"] == "val"][-1]
     assert evaluate_data(lm, run_dataset(lm))["bpc"] == logged["bpc"]
+    shard = next((tmp_path / "original" / "data" / "train").glob("*.bin"))
+    shard.unlink()  # the original's data damaged: a raw FileNotFoundError hid the copy's own
+    assert run_dataset(load_trained(copy)) == os.path.join(copy, "data")
     shutil.rmtree(original)  # moved, not copied: "records no prepared training dataset" before
     assert run_dataset(load_trained(copy)) == os.path.join(copy, "data")
     with open(os.path.join(copy, "data", "metadata.json"), "a") as f:
@@ -62,3 +65,16 @@ def test_a_resume_names_the_same_prepared_dataset_any_way(tmp_path, monkeypatch)
     with pytest.raises(CheckpointMismatchError, match=re.escape(
             "was trained with data.train='../link'; resuming it with data.train='../prep2' is refused")):
         train(tiny_config("../prep2", **{"train.steps": 10}), run)
+    from lmscale.data.errors import DataError
+    next((tmp_path / "prep" / "train").glob("*.bin")).unlink()  # a shard gone: named, not raw
+    with pytest.raises(DataError, match="is missing"):
+        train(tiny_config("../link", **{"train.steps": 10}), run)
+
+
+def test_a_path_recorded_with_a_tilde_resumes_under_its_expansion(tmp_path):
+    """Runs recorded "~/corpus" as given (the tools expand it now): the same command would be
+    refused as other data."""
+    from lmscale.training.resume import check_resumable
+    old = tiny_config("~/corpus/*.txt")
+    new = tiny_config(os.path.expanduser("~/corpus/*.txt"))
+    check_resumable({"config": old.to_dict()}, new, "run")  # no CheckpointMismatchError

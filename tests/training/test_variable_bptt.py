@@ -66,9 +66,9 @@ def test_bounded_programs_scaled_lr_and_bitwise_resume(tmp_path, corpus):
     train_records = [r for r in read_metrics(full) if r["split"] == "train"]
     np.testing.assert_allclose([r["lr"] for r in train_records], [3e-3 * n / 8 for n in lengths], rtol=1e-6)
     timed = [r for r in train_records if r["tokens_per_s"] is not None]
-    assert timed  # a byte model: the tokens are the bytes (tokens_per_s was batch x seq_len's)
-    np.testing.assert_allclose([r["tokens_per_s"] for r in timed], [r["chars_per_s"] for r in timed],
-                               rtol=1e-6)
+    assert timed  # each step's own rows x length (tokens_per_s was batch x seq_len's)
+    np.testing.assert_allclose([r["tokens_per_s"] / r["steps_per_s"] for r in timed],
+                               [4 * lengths[r["step"] - 1] for r in timed], rtol=1e-6)
     assert [r["epoch"] for r in train_records] == [b.epochs_done(r["step"]) for r in train_records]
 
     split = str(tmp_path / "split")
