@@ -9,12 +9,10 @@ and biases are the decoder's (tied to the embedding when ``model.tie_embeddings`
 no projection. No cut-offs: exactly the full softmax. The result sums to 1 over [0, V).
 
 Memory and compute: ``adaptive_log_probs`` returns full-vocabulary log-probabilities
-[..., V] float32, so that the trainer's cross entropy (log_softmax of log-probs is the
-identity), evaluation and sampling use it unchanged. This costs what a full softmax costs —
-all V logits are formed (H·V multiply-adds per token, plus H·k for the tombstones) and
-[B, T, V] float32 is held for the backward pass, about twice over with the loss's own
-log_softmax. It does *not* buy the adaptive softmax's speed: that needs a loss that forms
-only each target's cluster (not implemented; the trainer's loss takes full logits).
+[..., V] float32, which sampling, featurizing and the API's scores read. This costs what a
+full softmax costs — all V logits are formed (H·V multiply-adds per token, plus H·k for the
+tombstones). The training and evaluation steps' loss does not form them
+(``adaptive_loss.py``: the head, and each target's own cluster only).
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from flax import nnx
 
 from lmscale.config import DEFAULT_REMAT_STEPS, ConfigError
 from lmscale.models import fast_dot, regularizers
+from lmscale.models.adaptive_loss import adaptive_nll_sums
 from lmscale.models.adaptive_softmax import AdaptiveTails, adaptive_log_probs, parse_cutoffs
 from lmscale.models.initializers import symmetric_uniform
 from lmscale.models.qrnn import POOLINGS, QRNNLayer
@@ -266,11 +267,31 @@ class RecurrentLM(nnx.Module):
         ``ar_alpha`` and ``tar_beta`` are 0): AR on the last layer's dropped output, TAR on
         its undropped output; the batch's penalty is the mean over rows."""
         hs, top, new_carry, _, _ = self._run(tokens, carry, resets, dropout_key, step_key, False)
-        penalty = None
+        return self._decode(hs), new_carry, self._penalty(hs, top)
+
+    def _penalty(self, hs: jax.Array, top: jax.Array) -> jax.Array | None:
         if self.ar_alpha > 0.0 or self.tar_beta > 0.0:
-            penalty = (regularizers.activation_penalty(hs, self.ar_alpha)
-                       + regularizers.temporal_penalty(top, self.tar_beta))
-        return self._decode(hs), new_carry, penalty
+            return (regularizers.activation_penalty(hs, self.ar_alpha)
+                    + regularizers.temporal_penalty(top, self.tar_beta))
+        return None
+
+    def adaptive_loss(self, tokens: jax.Array, carry: Carry | None, resets: jax.Array | None,
+                      targets: jax.Array, weights: jax.Array, *,
+                      dropout_key: jax.Array | None = None, step_key: jax.Array | None = None
+                      ) -> tuple[jax.Array, jax.Array, Carry, jax.Array | None]:
+        """With adaptive cut-offs: as ``regularized_call``, the targets' summed NLL and count
+        (float32) in place of the log-probabilities, without forming the V-wide logits
+        (``adaptive_loss.py``). targets int [B, T], weights [B, T]."""
+        hs, top, new_carry, _, _ = self._run(tokens, carry, resets, dropout_key, step_key, False)
+        steps, rows, width = hs.shape
+        flat = lambda x: jnp.swapaxes(x, 0, 1).reshape(steps * rows)  # [B, T] -> [T * B]
+        words = self.embedding.embedding[...] if self.tied else self.decoder.kernel[...]
+        bias = self.decoder_bias[...] if self.tied else self.decoder.bias[...]
+        nats, count = adaptive_nll_sums(
+            hs.reshape(steps * rows, width), words, bias, self.tails.tail_vectors[...],
+            self.tails.tail_bias[...], self.cutoffs, flat(targets), flat(weights), self.dtype,
+            words_transposed=self.tied)
+        return nats, count, new_carry, self._penalty(hs, top)
 
     def features(self, tokens: jax.Array, carry: Carry | None,
                  resets: jax.Array | None = None, prepared: tuple[Any, ...] | None = None, *,
@@ -404,7 +425,9 @@ def _flops(model_config: Any, vocab_size: int, seq_len: int = 1) -> int:
     ``seq_len`` does not matter. With input I and width H: mLSTM layer I*4H + I*H + H*H +
     H*4H multiply-adds; LSTM: I*4H + H*4H; QRNN: k*I*3H (window k: 2 on the first layer,
     ``qrnn_window``, else 1); decoder: H*V (tied or not), plus H*k' for the adaptive
-    softmax's k' tombstones (all clusters' logits are formed). Training is about 3x this.
+    softmax's k' tombstones (all clusters' logits, as inference forms them; the training
+    loss forms only the head's and each target's cluster's, ``adaptive_loss.py``, so for
+    training with cut-offs this is an upper bound). Training is about 3x this.
     """
     kind, embed = model_config.kind, int(model_config.embed)
     sizes = layer_sizes(model_config)

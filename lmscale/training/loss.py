@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +23,22 @@ def cross_entropy_sums(logits: jax.Array, targets: jax.Array, weights: jax.Array
     nll = -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
     weights = weights.astype(jnp.float32)
     return jnp.sum(nll * weights), jnp.sum(weights)
+
+
+def lm_loss_sums(model: Any, inputs: jax.Array, carry: Any, resets: Any, targets: jax.Array,
+                 weights: jax.Array, *, dropout_key: Any = None, step_key: Any = None
+                 ) -> tuple[jax.Array, jax.Array, Any, Any]:
+    """(summed NLL, counted targets, new carry, AR/TAR penalty [B] or None) of any model on a
+    batch: ``cross_entropy_sums`` of its training forward pass, or, for a model with an
+    adaptive softmax (``cutoffs``), its ``adaptive_loss``, which forms no V-wide logits."""
+    from lmscale.models.registry import training_forward
+    if getattr(model, "cutoffs", ()):
+        return model.adaptive_loss(inputs, carry, resets, targets, weights,
+                                   dropout_key=dropout_key, step_key=step_key)
+    logits, new_carry, penalty = training_forward(model, inputs, carry, resets,
+                                                  dropout_key=dropout_key, step_key=step_key)
+    nats, count = cross_entropy_sums(logits, targets, weights)
+    return nats, count, new_carry, penalty
 
 
 def byte_count(targets: jax.Array, weights: jax.Array, byte_lengths: jax.Array) -> jax.Array:

@@ -34,8 +34,7 @@ from flax import nnx
 from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh, PartitionSpec as P
 
-from lmscale.models.registry import training_forward
-from lmscale.training.loss import byte_count, cross_entropy_sums, mean_loss
+from lmscale.training.loss import byte_count, lm_loss_sums, mean_loss
 from lmscale.training.mesh import DATA_AXIS
 from lmscale.training.optimizer import schedule_count
 from lmscale.training.precision import all_finite, select_tree
@@ -137,10 +136,9 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
 
         def loss_fn(p: Any) -> tuple[jax.Array, tuple[Any, jax.Array, jax.Array]]:
             model = nnx.merge(graphdef, p)
-            logits, new_carry, penalty = training_forward(
-                model, batch["inputs"], carry, batch["resets"], dropout_key=row_keys,
-                step_key=step_key)
-            nats, count = cross_entropy_sums(logits, batch["targets"], batch["weights"])
+            nats, count, new_carry, penalty = lm_loss_sums(
+                model, batch["inputs"], carry, batch["resets"], batch["targets"], batch["weights"],
+                dropout_key=row_keys, step_key=step_key)
             # Normalized by the static number of target slots (corrected after the reduction),
             # times the loss scale S (1 unless float16).
             loss = nats * (scale / global_targets)
@@ -234,8 +232,8 @@ def make_eval_step(graphdef: nnx.GraphDef, byte_lengths: np.ndarray | None = Non
 
     def eval_step(params: Any, carry: Any, batch: Batch) -> tuple[Any, jax.Array]:
         model = nnx.merge(graphdef, params)
-        logits, carry = model(batch["inputs"], carry, batch["resets"])
-        nats, count = cross_entropy_sums(logits, batch["targets"], batch["weights"])
+        nats, count, carry, _ = lm_loss_sums(model, batch["inputs"], carry, batch["resets"],
+                                             batch["targets"], batch["weights"])
         return carry, jnp.stack([nats, count, _bytes(batch, count, byte_lengths)])
 
     return eval_step

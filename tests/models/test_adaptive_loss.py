@@ -1,0 +1,125 @@
+"""The adaptive softmax's loss without V-wide logits (models/adaptive_loss.py) against a NumPy
+reference written from the equations (head softmax over the head words and one tombstone per
+tail cluster; a tail word: its tombstone's log-probability plus its cluster's), and against
+autodiff of the full ``adaptive_log_probs``. Tolerances: float32 sums rtol 1e-5, gradients
+atol 1e-5; bfloat16 products rtol 2e-2 of the float32 sum."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from lmscale.models import adaptive_loss, build_model
+from lmscale.models.adaptive_loss import adaptive_nll_sums
+from lmscale.models.adaptive_softmax import adaptive_log_probs
+from lmscale.training.loss import cross_entropy_sums, lm_loss_sums
+
+N, H, V, CUTS = 300, 16, 50, (10, 25, 40)
+
+
+def _data(seed: int = 0, empty_cluster: bool = False, all_counted: bool = False,
+          one_cluster: bool = False):
+    rng = np.random.default_rng(seed)
+    h = rng.normal(size=(N, H)).astype(np.float32)
+    words = (rng.normal(size=(V, H)) * 0.3).astype(np.float32)
+    bias = (rng.normal(size=V) * 0.1).astype(np.float32)
+    tails = (rng.normal(size=(3, H)) * 0.3).astype(np.float32)
+    tail_bias = (rng.normal(size=3) * 0.1).astype(np.float32)
+    targets = rng.integers(0, 25 if empty_cluster else V, N)  # no target in clusters 2 and 3
+    weights = (rng.random(N) < 0.9).astype(np.float32)
+    if all_counted:  # fractional weights, none 0
+        weights = rng.uniform(0.2, 1.0, N).astype(np.float32)
+    if one_cluster:  # every target in cluster 1, every row counted: the last chunk's padding
+        targets = rng.integers(CUTS[0], CUTS[1], N)  # rows (row 0) must not count
+        weights = rng.uniform(0.2, 1.0, N).astype(np.float32)
+    return h, words, bias, tails, tail_bias, targets, weights
+
+
+def np_adaptive_nll(h, words, bias, tails, tail_bias, targets, weights) -> float:
+    h, words, tails = (np.asarray(x, np.float64) for x in (h, words, tails))
+    logits = h @ words.T + bias
+    lse = lambda x: np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1)) + x.max(-1)
+    head = np.concatenate([logits[:, :CUTS[0]], h @ tails.T + tail_bias], -1)
+    total, bounds = 0.0, (0, *CUTS, V)
+    for n, y in enumerate(targets):
+        if y < CUTS[0]:
+            lp = head[n, y] - lse(head[n])
+        else:
+            i = int(np.searchsorted(CUTS, y, side="right"))  # 1..k
+            a, b = bounds[i], bounds[i + 1]
+            lp = (head[n, CUTS[0] + i - 1] - lse(head[n])) + logits[n, y] - lse(logits[n, a:b])
+        total -= weights[n] * lp
+    return total
+
+
+def _full(h, words, bias, tails, tail_bias, targets, weights):
+    lp = adaptive_log_probs(h @ words.T + bias, h @ tails.T + tail_bias, CUTS)
+    return jnp.sum(-jnp.take_along_axis(lp, jnp.asarray(targets)[:, None], -1)[:, 0] * weights)
+
+
+@pytest.mark.parametrize("chunk", [32, 1024], ids=["chunked", "one_chunk"])
+@pytest.mark.parametrize("data", ["masked", "empty_clusters", "fractional", "one_cluster"])
+def test_sums_and_gradients_match_the_equations_and_the_full_softmax(monkeypatch, chunk, data):
+    monkeypatch.setattr(adaptive_loss, "CHUNK", chunk)
+    h, words, bias, tails, tail_bias, targets, weights = _data(
+        0, empty_cluster=data == "empty_clusters", all_counted=data == "fractional",
+        one_cluster=data == "one_cluster")
+    mine = lambda h, w, b, t, tb: adaptive_nll_sums(h, w, b, t, tb, CUTS, jnp.asarray(targets),
+                                                    jnp.asarray(weights), jnp.float32, True)
+    nats, count = jax.jit(mine)(h, words, bias, tails, tail_bias)
+    np.testing.assert_allclose(float(nats), np_adaptive_nll(h, words, bias, tails, tail_bias,
+                                                            targets, weights), rtol=1e-5)
+    np.testing.assert_allclose(float(count), weights.sum(), rtol=1e-6)
+    args = (jnp.asarray(h), jnp.asarray(words), jnp.asarray(bias), jnp.asarray(tails),
+            jnp.asarray(tail_bias))
+    got = jax.jit(jax.grad(lambda *a: mine(*a)[0], argnums=(0, 1, 2, 3, 4)))(*args)
+    want = jax.grad(lambda *a: _full(*a, targets, weights), argnums=(0, 1, 2, 3, 4))(*args)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-5)
+    # a decoder kernel [H, V] (an untied model) gives the same sum and its gradient transposed
+    kernel_loss = lambda k: adaptive_nll_sums(args[0], k, args[2], args[3], args[4], CUTS,
+                                              jnp.asarray(targets), jnp.asarray(weights),
+                                              jnp.float32, False)[0]
+    np.testing.assert_allclose(float(kernel_loss(args[1].T)), float(nats), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(jax.grad(kernel_loss)(args[1].T)),
+                               np.asarray(got[1]).T, atol=1e-5)
+
+
+def test_bfloat16_products_stay_close_to_the_float32_sum():
+    h, words, bias, tails, tail_bias, targets, weights = _data(1)
+    got = adaptive_nll_sums(jnp.asarray(h, jnp.bfloat16), jnp.asarray(words), jnp.asarray(bias),
+                            jnp.asarray(tails), jnp.asarray(tail_bias), CUTS, jnp.asarray(targets),
+                            jnp.asarray(weights), jnp.bfloat16, True)[0]
+    np.testing.assert_allclose(float(got), np_adaptive_nll(h, words, bias, tails, tail_bias,
+                                                           targets, weights), rtol=2e-2)
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_the_trainer_loss_of_a_model_with_cutoffs_is_its_log_probs_nll(tied):
+    """``lm_loss_sums`` (the training and evaluation steps' loss) of a QRNN with an adaptive
+    softmax equals the NLL of the log-probabilities the model returns (which generation reads),
+    in value and in the parameters' gradients."""
+    import ml_collections
+    config = ml_collections.ConfigDict(dict(kind="qrnn", hidden=12, embed=8, layers=2,
+                                            dropout=0.0, weight_norm=False, qrnn_window=2,
+                                            tie_embeddings=tied, adaptive_cutoffs="10,25"))
+    model = build_model(config, 40, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model)
+    rng = np.random.default_rng(2)
+    tokens = jnp.asarray(rng.integers(0, 40, (3, 7)), jnp.int32)
+    targets = jnp.asarray(rng.integers(0, 40, (3, 7)), jnp.int32)
+    weights = jnp.asarray(rng.random((3, 7)) < 0.8, jnp.float32)
+
+    def fast(p):
+        return lm_loss_sums(nnx.merge(graphdef, p), tokens, None, None, targets, weights)[0]
+
+    def full(p):
+        return cross_entropy_sums(nnx.merge(graphdef, p)(tokens, None)[0], targets, weights)[0]
+
+    np.testing.assert_allclose(float(jax.jit(fast)(params)), float(full(params)), rtol=1e-5)
+    for g, w in zip(jax.tree.leaves(jax.jit(jax.grad(fast))(params)),
+                    jax.tree.leaves(jax.grad(full)(params))):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=2e-5)
