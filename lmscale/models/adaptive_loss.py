@@ -90,9 +90,10 @@ def _chunk_logits(dtype: Any, h: jax.Array, words: jax.Array, bias: jax.Array, o
 def _cluster_fwd(dtype: Any, h: jax.Array, words: jax.Array, bias: jax.Array, targets: jax.Array,
                  weights: jax.Array) -> tuple[jax.Array, tuple[Any, ...]]:
     order, count, size = _chunks(weights)
+    cast = words.astype(dtype)  # once, not in every chunk (a tail cluster's [S, H])
 
     def body(j: jax.Array, total: jax.Array) -> jax.Array:
-        rows, real, _, z = _chunk_logits(dtype, h, words, bias, order, count, size, j)
+        rows, real, _, z = _chunk_logits(dtype, h, cast, bias, order, count, size, j)
         nll = jax.nn.logsumexp(z, axis=-1) - jnp.take_along_axis(z, targets[rows][:, None], -1)[:, 0]
         return total + jnp.sum(jnp.where(real, weights[rows] * nll, 0.0))
 
@@ -104,14 +105,15 @@ def _cluster_fwd(dtype: Any, h: jax.Array, words: jax.Array, bias: jax.Array, ta
 def _cluster_bwd(dtype: Any, res: tuple[Any, ...], g: jax.Array) -> tuple[Any, ...]:
     h, words, bias, targets, weights, order, count = res
     size = min(CHUNK, h.shape[0])
+    cast = words.astype(dtype)
 
     def body(j: jax.Array, grads: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
         dh, dwords, dbias = grads
-        rows, real, hj, z = _chunk_logits(dtype, h, words, bias, order, count, size, j)
+        rows, real, hj, z = _chunk_logits(dtype, h, cast, bias, order, count, size, j)
         coef = jnp.where(real, weights[rows] * g, 0.0)[:, None]
         dz = coef * (jax.nn.softmax(z, axis=-1)
                      - jax.nn.one_hot(targets[rows], z.shape[-1], dtype=jnp.float32))  # [C, S]
-        dh = dh.at[rows].add(fast_dot.dense(dz, words, dtype))  # rows past count add zeros
+        dh = dh.at[rows].add(fast_dot.dense(dz, cast, dtype))  # rows past count add zeros
         dwords = dwords + fast_dot.dense(dz.T, hj, dtype)
         return dh, dwords, dbias + jnp.sum(dz, axis=0)
 
