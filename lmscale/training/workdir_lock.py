@@ -85,8 +85,10 @@ def locked_workdir(workdir: str) -> Iterator[None]:
     lock, refused = None, None
     try:
         lock = hold_workdir(workdir)
-    except WorkdirInUseError as e:
-        refused = e
+    except (WorkdirInUseError, CheckpointError, OSError) as e:  # e.g. a full disk: the other
+        refused = e  # processes learn it below (they waited in a collective for minutes)
+        if created and jax.process_index() == 0 and set(os.listdir(workdir)) <= {LOCK_FILE}:
+            shutil.rmtree(workdir, ignore_errors=True)
     try:
         if jax.process_count() > 1:
             _agree_on_workdir(workdir, refused)
@@ -119,7 +121,7 @@ def _agree_on_workdir(workdir: str, refused: Exception | None) -> None:
         if refused is not None:
             raise refused
         raise WorkdirInUseError(f"process 0 refused {workdir}: it is in use by another lmscale "
-                                f"process (see process 0's error)")
+                                f"process, or cannot be written (see process 0's error)")
     path, sees = os.path.join(workdir, LOCK_FILE), True
     if jax.process_index() != 0:
         deadline = time.monotonic() + 10.0  # a network filesystem may show a new file late

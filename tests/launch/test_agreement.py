@@ -121,7 +121,22 @@ def test_a_workdir_in_use_is_refused_on_every_process(tmp_path, corpus):
     assert status0 == status1 == 1
     assert f"is in use by another lmscale process (pid {os.getpid()})" in err0
     assert error_lines(err1) == [f"error: process 0 refused {run}: it is in use by another "
-                                 f"lmscale process (see process 0's error)"], err1[-2000:]
+                                 f"lmscale process, or cannot be written (see process 0's "
+                                 f"error)"], err1[-2000:]
+
+
+def test_a_workdir_process_0_cannot_lock_is_refused_on_every_process(tmp_path, corpus):
+    """Process 0 could not write its lock (here a folder where the lock file goes; a full disk
+    alike) and said so; process 1 waited on the agreement's collective until a Gloo timeout."""
+    run = tmp_path / "run"
+    (run / ".lock").mkdir(parents=True)
+    (status0, err0), (status1, err1) = run_two([command(run, corpus), command(run, corpus)],
+                                               timeout=60)
+    assert status0 == status1 == 1
+    assert f"cannot write in the workdir {run}" in err0, err0[-2000:]
+    assert error_lines(err1) == [f"error: process 0 refused {run}: it is in use by another "
+                                 f"lmscale process, or cannot be written (see process 0's "
+                                 f"error)"], err1[-2000:]
 
 
 @pytest.mark.parametrize("env", [
