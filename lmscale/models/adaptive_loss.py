@@ -40,8 +40,9 @@ def adaptive_nll_sums(h: jax.Array, words: jax.Array, bias: jax.Array, tail_vect
     tail_bias [k]; targets int [N]; weights [N] (0: not counted). Products in ``dtype`` with
     float32 sums.
     """
-    targets = targets.astype(jnp.int32)
-    weights = weights.astype(jnp.float32)
+    h, words, bias = jnp.asarray(h), jnp.asarray(words), jnp.asarray(bias)  # NumPy eagerly too
+    targets = jnp.asarray(targets, jnp.int32)
+    weights = jnp.asarray(weights, jnp.float32)
     vocab = bias.shape[0]
     bounds = (0, *cutoffs, vocab)
     head = cutoffs[0]
