@@ -38,7 +38,7 @@ def classify() -> dict:
     from lmscale.finetuning.classifier import load_classifier
     from lmscale.transfer.labeled import check_labels
     from lmscale.transfer.metrics import classification_metrics, format_table
-    from lmscale.finetuning.predict import write_predictions
+    from lmscale.finetuning.predict import predictions_folder, write_predictions
     from lmscale.finetuning.predict import read_texts
     from lmscale.transfer.labeled import load_labeled
 
@@ -48,11 +48,9 @@ def classify() -> dict:
     if os.path.isdir(_OUTPUT.value):  # found only after classifying every text
         raise DataError(f"--output={_OUTPUT.value} is a folder: give the predictions CSV's file "
                         f"path (e.g. {os.path.join(_OUTPUT.value, 'predictions.csv')})")
-    folder = os.path.dirname(os.path.abspath(_OUTPUT.value))
-    if not os.path.isdir(folder):  # as write_predictions says it, before the work
-        raise DataError(f"{_OUTPUT.value}: the folder {folder} does not exist")
     from lmscale.cli import writable_folder
-    writable_folder(folder, "pass --output=FILE to write the predictions elsewhere")
+    writable_folder(predictions_folder(_OUTPUT.value),  # as write_predictions, before the work
+                    "pass --output=FILE to write the predictions elsewhere")
     clf = load_classifier(_WORKDIR.value, _BATCH.value)  # fails before reading a large input
     if _LABELS.value:
         data = load_labeled(_INPUT.value, text_column=_TEXT.value, label_column=_LABELS.value)

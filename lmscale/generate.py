@@ -65,19 +65,20 @@ def main(argv: list[str]) -> None:
             writable_folder(out, "pass --output=FOLDER to write the samples elsewhere"
                             if not _OUTPUT.value else "pass another --output folder")
         lm = load_trained(_WORKDIR.value, compute=_COMPUTE.value)
-        width = lm.model().feature_width
+        model = lm.model()
+        width = model.feature_width
         if _HEATMAP_UNIT.value is not None and not 0 <= _HEATMAP_UNIT.value < width:
             raise DataError(f"--heatmap_unit={_HEATMAP_UNIT.value} is outside the last layer's "
                             f"{width} units (0..{width - 1})")  # was said after sampling
-        states = lm.model().feature_states  # the heatmap's (a held unit's: generate checks)
+        states = model.feature_states  # the heatmap's (a held unit's: generate checks)
         if _NEURON.value is None and _STATE.value is not None and _STATE.value not in states:
             raise DataError(f"--neuron_state must be one of {list(states)} for a "
                             f"{lm.config.model.kind} model, got {_STATE.value!r}")
         length = _LENGTH.value
-        max_len = lm.model().max_len
+        max_len = model.max_len
         if not flags.FLAGS["length"].present and max_len is not None and length > max_len // 2:
             length = max_len // 2  # the default, for a transformer: room for the prompt too
-        found = _transfer_neuron(_WORKDIR.value, lm.model().feature_width, lm.step)
+        found = _transfer_neuron(_WORKDIR.value, width, lm.step)
         neuron_state = _STATE.value
         if (neuron_state is None and found is not None and found[1]
                 and (_NEURON.value, -1) == (found[0], found[2])):
@@ -91,7 +92,7 @@ def main(argv: list[str]) -> None:
                   "neuron": _NEURON.value, "neuron_value": _VALUE.value,
                   # the state the unit was held in: given, the transfer's, else generate's
                   # default (the model's first feature state, the cell state of an mLSTM)
-                  "neuron_state": (neuron_state or lm.model().feature_states[0])
+                  "neuron_state": (neuron_state or states[0])
                   if _NEURON.value is not None else None,
                   "temperature": _TEMPERATURE.value, "top_k": _TOP_K.value, "top_p": _TOP_P.value,
                   "compute": lm.compute, "samples": texts}

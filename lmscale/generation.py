@@ -285,12 +285,9 @@ def _check_memory(length: int, samples: int) -> None:
 def _available_memory() -> int | None:
     """Bytes free for new buffers: the host's (MemAvailable, else its free pages), at most
     the first device's free memory where it reports it (a GPU); None if unknown."""
-    free = None
-    try:
-        with open("/proc/meminfo") as f:
-            free = next(int(line.split()[1]) * 1024 for line in f
-                        if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):
+    from lmscale.training.fits import available_host_bytes
+    free = available_host_bytes(swap=False)
+    if free is None:  # not Linux
         try:
             free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
         except (AttributeError, OSError, ValueError):

@@ -232,6 +232,15 @@ def dataset_fingerprint(path: str | os.PathLike, edge_bytes: int = 4096) -> str:
     return digest.hexdigest()[:16]
 
 
+def has_fingerprint(path: str | os.PathLike, recorded: str) -> bool:
+    """Whether ``path`` is a prepared dataset whose ``dataset_fingerprint`` is ``recorded``
+    (False for one with a shard file gone: not the data recorded)."""
+    try:
+        return is_dataset(path) and dataset_fingerprint(path) == recorded
+    except OSError:
+        return False
+
+
 class TokenDataset:
     """A prepared dataset folder: metadata, tokenizer and splits."""
 

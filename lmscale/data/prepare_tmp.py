@@ -52,9 +52,8 @@ def make_output_folder(path: str, output: str) -> None:
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:  # a file where a folder should be; a read-only or forbidden folder
-        blocked = os.fspath(e.filename)
-        while not os.path.lexists(blocked) and os.path.dirname(blocked) != blocked:
-            blocked = os.path.dirname(blocked)  # the file in the way
+        from lmscale.cli import nearest_existing
+        blocked = nearest_existing(os.fspath(e.filename))  # the file in the way
         where = (f"{blocked} is a file, not a folder" if e.errno in (errno.EEXIST, errno.ENOTDIR)
                  else f"{blocked} cannot be written ({e.strerror})"
                  if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else f"{e.filename}: {e.strerror}")

@@ -81,16 +81,22 @@ def _head_probs_fn(graphdef: nnx.GraphDef, multilabel: bool) -> Callable:
     return jax.jit(head_probs)
 
 
+def predictions_folder(path: str) -> str:
+    """The existing folder the predictions CSV ``path`` goes in; DataError naming it if missing."""
+    from lmscale.data.errors import DataError
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise DataError(f"{path}: the folder {folder} does not exist")
+    return folder
+
+
 def write_predictions(path: str, texts: Sequence[str], probs: np.ndarray, pred: np.ndarray,
                       class_names: Sequence[str], multilabel: bool,
                       gold: np.ndarray | None = None) -> None:
     """CSV: text, p_<class> per class, then the predicted label (``predicted``; multi-label: a
     0/1 ``predicted_<class>`` per class) and, given ``gold``, the true one (``gold``, or
     ``gold_<class>``). Written to a temporary file renamed at the end."""
-    from lmscale.data.errors import DataError
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise DataError(f"{path}: the folder {folder} does not exist")
+    predictions_folder(path)
     header = ["text", *[f"p_{c}" for c in class_names]]
     header += [f"predicted_{c}" for c in class_names] if multilabel else ["predicted"]
     if gold is not None:

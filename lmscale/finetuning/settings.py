@@ -15,14 +15,16 @@ from lmscale.finetuning.truncated import check_grad_tokens
 from lmscale.models.registry import feature_dropouts, is_dropout_field
 from lmscale.training.checkpoints import CheckpointMismatchError
 from lmscale.training.restore import TrainedLM
+from lmscale.training.resume import recorded_with_home
 from lmscale.transfer.labeled import label_columns
 
 
 def check_task_settings(ft: ml_collections.ConfigDict) -> None:
     """Refuses ``config.finetune`` settings of the task and head that no LM can take
     (``num_classes``, ``multilabel`` with one label column, ``pooling``, ``head_hidden``,
-    ``head_activation``, ``head_dropout``, ``pos_weights`` without ``multilabel``) or none (a negative count, rate or weight), naming
-    the setting, before any data is read or folder made."""
+    ``head_activation``, ``head_dropout``, ``pos_weights`` without ``multilabel``) or none (a
+    negative count, rate or weight), naming the setting, before any data is read or folder
+    made."""
     if ft.multilabel and len(label_columns(ft.label_column)) == 1:  # labels [N]: a [B, B] sigmoid loss
         raise ConfigError(f"finetune.multilabel=true needs two or more 0/1 label columns, and "
                           f"finetune.label_column={ft.label_column!r} names one; for one binary "
@@ -81,8 +83,8 @@ def check_same_start(meta: dict[str, Any], config: ml_collections.ConfigDict, lm
                                   f" the device count sets it, {devices} then"
                                   if train.per_device_batch_size and devices else "") + ")"}
     for key, value in now.items():
-        home = isinstance(before[key], str) and os.path.expanduser(before[key]) == value  # "~/x"
-        if before[key] is not None and before[key] != value and not home:
+        if (before[key] is not None and before[key] != value
+                and not recorded_with_home(before[key], value)):
             what = "the LM's checkpoint step" if key == "lm_step" else key
             raise CheckpointMismatchError(
                 f"{workdir} was fine-tuned with {what}={before[key]!r}; resuming it with "
@@ -99,13 +101,12 @@ def resumed_otherwise(saved: dict[str, Any] | None, config: ml_collections.Confi
                       step: int) -> list[str]:
     """Lines for the ``RESUMABLE_CHANGES`` a resumed fine-tune changes (config.json keeps the
     new values; the old record goes to history/)."""
-    old = (saved or {}).get("config") or {}
-    defaults = {"finetune.grad_tokens": 0, "finetune.layer_lr_decay": 1.0,
-                "finetune.lm_dropout": 0.0, "finetune.class_weights": "", "finetune.pos_weights": ""}
+    old, defaults = (saved or {}).get("config") or {}, default_config()
     notes = []
-    for key in RESUMABLE_CHANGES:
+    for key in RESUMABLE_CHANGES:  # a record from before a field existed: its default
         section, name = key.split(".")
-        before, now = (old.get(section) or {}).get(name, defaults[key]), config[section][name]
+        before = (old.get(section) or {}).get(name, defaults[section][name])
+        now = config[section][name]
         if before != now:
             notes.append(f"note: resumed at step {step} with {key}={now!r}; the steps before it "
                          f"trained with {key}={before!r}")

@@ -235,14 +235,18 @@ class RecurrentLM(nnx.Module):
         # backward for 2-byte dtypes), then [T, B, V] -> [B, T, V] (a transposing batched
         # form, "tbh,hv->btv", with a float32 result of bfloat16 operands is not supported by
         # the XLA CPU backend; the V-wide logits are the cheaper transpose).
-        if self.tied:  # the unmasked embedding matrix [V, E]
-            logits = (fast_dot.dense(hs, self.embedding.embedding[...], dt, w_transposed=True)
-                      + self.decoder_bias[...])
-        else:
-            logits = fast_dot.dense(hs, self.decoder.kernel[...], dt) + self.decoder.bias[...]
+        words, bias = self._decoder_weights()
+        logits = fast_dot.dense(hs, words, dt, w_transposed=self.tied) + bias
         if self.cutoffs:
             logits = adaptive_log_probs(logits, self.tails(hs.astype(dt)), self.cutoffs)
         return jnp.swapaxes(logits, 0, 1)
+
+    def _decoder_weights(self) -> tuple[jax.Array, jax.Array]:
+        """(word vectors, bias [V]): tied, the unmasked embedding matrix [V, E] (used
+        transposed); else the decoder's kernel [H, V]."""
+        if self.tied:
+            return self.embedding.embedding[...], self.decoder_bias[...]
+        return self.decoder.kernel[...], self.decoder.bias[...]
 
     def __call__(self, tokens: jax.Array, carry: Carry | None, resets: jax.Array | None = None,
                  *, dropout_key: jax.Array | None = None, step_key: jax.Array | None = None
@@ -285,8 +289,7 @@ class RecurrentLM(nnx.Module):
         hs, top, new_carry, _, _ = self._run(tokens, carry, resets, dropout_key, step_key, False)
         steps, rows, width = hs.shape
         flat = lambda x: jnp.swapaxes(x, 0, 1).reshape(steps * rows)  # [B, T] -> [T * B]
-        words = self.embedding.embedding[...] if self.tied else self.decoder.kernel[...]
-        bias = self.decoder_bias[...] if self.tied else self.decoder.bias[...]
+        words, bias = self._decoder_weights()
         nats, count = adaptive_nll_sums(
             hs.reshape(steps * rows, width), words, bias, self.tails.tail_vectors[...],
             self.tails.tail_bias[...], self.cutoffs, flat(targets), flat(weights), self.dtype,

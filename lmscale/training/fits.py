@@ -25,8 +25,9 @@ GiB = 1024 ** 3
 MEMINFO = "/proc/meminfo"
 
 
-def available_host_bytes(path: str | None = None) -> int | None:
-    """MemAvailable + SwapFree of this Linux host in bytes (None where not readable).
+def available_host_bytes(path: str | None = None, swap: bool = True) -> int | None:
+    """MemAvailable + SwapFree (``swap``; else MemAvailable alone) of this Linux host in bytes
+    (None where not readable).
 
     ``path`` None: ``MEMINFO``."""
     fields: dict[str, int] = {}
@@ -41,7 +42,7 @@ def available_host_bytes(path: str | None = None) -> int | None:
         return None
     if "MemAvailable" not in fields:
         return None
-    return fields["MemAvailable"] + fields.get("SwapFree", 0)
+    return fields["MemAvailable"] + (fields.get("SwapFree", 0) if swap else 0)
 
 
 def _size(n: int) -> str:

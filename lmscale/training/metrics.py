@@ -51,8 +51,7 @@ class MetricsWriter:
                         self._tb.add_scalar(f"{split}/{key}", value, step)
                 self._tb.flush()
             except OSError as e:
-                self._drop_tensorboard()
-                raise OSError(e.errno, e.strerror, os.path.join(self.workdir, "tb")) from None
+                raise self._tensorboard_failed(e) from None
 
     def _append(self, line: bytes) -> None:
         """Appends one whole line or nothing: a full disk mid-line left a torn record that
@@ -69,6 +68,12 @@ class MetricsWriter:
             except OSError:
                 pass
             raise OSError(e.errno, e.strerror, self.path) from None
+
+    def _tensorboard_failed(self, error: OSError) -> OSError:
+        """``error`` of a TensorBoard write, naming its folder (tensorboardX's names none),
+        the writer dropped (``_drop_tensorboard``)."""
+        self._drop_tensorboard()
+        return OSError(error.errno, error.strerror, os.path.join(self.workdir, "tb"))
 
     def _drop_tensorboard(self) -> None:
         """Closes the TensorBoard writer after a failed write (a full disk), its unwritable
@@ -94,8 +99,7 @@ class MetricsWriter:
                 self._tb.close()
                 self._tb = None
             except OSError as e:
-                self._drop_tensorboard()
-                raise OSError(e.errno, e.strerror, os.path.join(self.workdir, "tb")) from None
+                raise self._tensorboard_failed(e) from None
 
 
 class _Discard:

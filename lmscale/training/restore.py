@@ -262,18 +262,15 @@ def run_dataset(lm: TrainedLM) -> str:
     path if its files are the ones recorded (``dataset_fingerprint``), else the workdir's own
     ``data/`` if they are (a run copied or moved: the recorded path is the original's, whose
     data may since be another run's); FileNotFoundError naming what was found otherwise."""
-    from lmscale.data.dataset import dataset_fingerprint
+    from lmscale.data.dataset import has_fingerprint
     path, recorded = lm.derived.get("dataset"), lm.derived.get("dataset_fingerprint")
     own = os.path.join(lm.workdir, "data")
     candidates = [p for p in dict.fromkeys([path, own]) if p and is_dataset(p)]
     if not recorded:  # a run recorded before fingerprints: the recorded path as it is
         candidates = [path] if path and is_dataset(path) else []
     for candidate in candidates:
-        try:
-            if not recorded or dataset_fingerprint(candidate) == recorded:
-                return candidate
-        except OSError:  # a shard file gone: not the data it trained on; the next may be
-            continue
+        if not recorded or has_fingerprint(candidate, recorded):
+            return candidate
     if candidates:
         raise FileNotFoundError(f"{lm.workdir}: the dataset it trained on is no longer at "
                                 f"{' or '.join(candidates)} (the files there differ from the ones "

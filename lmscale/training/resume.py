@@ -92,8 +92,8 @@ def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict, wh
             before = DEFAULTED_FIELDS[key]
         if key == "data.sp_model" and before and _same_sp_model(saved, _get(new, key)):
             continue  # the same model file, wherever it lies now
-        if key in HOME_PATHS and isinstance(before, str) and os.path.expanduser(before) == _get(new, key):
-            continue  # "~/corpus" recorded before the tools expanded it (cli.PATH_FIELDS)
+        if key in HOME_PATHS and recorded_with_home(before, _get(new, key)):
+            continue
         if (key == "data.train" and before != _get(new, key)
                 and _same_prepared_dataset(saved, str(_get(new, key)))):
             continue  # the same prepared dataset, however its path is spelled
@@ -107,16 +107,19 @@ def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict, wh
     check_same_optimizer(old, new, where)
 
 
+def recorded_with_home(before: Any, now: Any) -> bool:
+    """Whether ``before`` is a path recorded with a "~" (before the tools expanded it:
+    cli.PATH_FIELDS) that is ``now``."""
+    return isinstance(before, str) and os.path.expanduser(before) == now
+
+
 def _same_prepared_dataset(saved: dict[str, Any], path: str) -> bool:
     """Whether ``path`` is a prepared dataset with the files the checkpoint's run trained on
     (its recorded ``dataset_fingerprint``): "prep" and "../prep" from another directory, an
     absolute path or a symlink name the same data; False where either is unknown."""
     recorded = (saved.get("derived") or {}).get("dataset_fingerprint")
-    from lmscale.data.dataset import dataset_fingerprint, is_dataset
-    try:
-        return bool(recorded) and is_dataset(path) and dataset_fingerprint(path) == recorded
-    except OSError:  # a shard file gone: opening the dataset names it
-        return False
+    from lmscale.data.dataset import has_fingerprint
+    return bool(recorded) and has_fingerprint(path, recorded)  # a shard gone: opening names it
 
 
 def _same_sp_model(saved: dict[str, Any], path: str) -> bool:

@@ -22,6 +22,7 @@ def _meminfo(tmp_path, available_kb: int, swap_kb: int = 0) -> str:
 
 def test_available_memory_is_read_from_meminfo(tmp_path):
     assert fits.available_host_bytes(_meminfo(tmp_path, 2048, swap_kb=1024)) == 3072 * 1024
+    assert fits.available_host_bytes(_meminfo(tmp_path, 2048, swap_kb=1024), swap=False) == 2048 * 1024
     (tmp_path / "bad").write_text("MemTotal: 5 kB\n")  # an old kernel: no MemAvailable
     assert fits.available_host_bytes(str(tmp_path / "bad")) is None
     assert fits.available_host_bytes(str(tmp_path / "absent")) is None
