@@ -211,6 +211,19 @@ class SplitData:
                             f"{shard_index} of {n} tokens")
         return np.array(self.shards[shard_index][start:stop])
 
+    def id_counts(self, vocab_size: int, max_tokens: int = 1 << 20, max_shards: int = 16
+                  ) -> np.ndarray:
+        """How often each id occurs in a sample of the split: int64 [vocab_size]. The
+        sample: the first ``max_tokens / n`` tokens of n <= ``max_shards`` shards spread over
+        the split (all of a small split), so a large corpus costs one quick read."""
+        counts = np.zeros(int(vocab_size), np.int64)
+        chosen = np.unique(np.linspace(0, self.num_shards - 1, min(self.num_shards, max_shards)
+                                       ).round().astype(int)) if self.num_shards else []
+        for i in chosen:
+            tokens = self.read(int(i), 0, min(int(self.shard_lengths[i]), max_tokens // len(chosen)))
+            counts += np.bincount(tokens.astype(np.int64), minlength=counts.shape[0])[:counts.shape[0]]
+        return counts
+
 
 def dataset_fingerprint(path: str | os.PathLike, edge_bytes: int = 4096) -> str:
     """A short hash of a prepared dataset's contents as far as cheaply readable: its

@@ -12,11 +12,14 @@ Memory and compute: ``adaptive_log_probs`` returns full-vocabulary log-probabili
 [..., V] float32, which sampling, featurizing and the API's scores read. This costs what a
 full softmax costs — all V logits are formed (H·V multiply-adds per token, plus H·k for the
 tombstones). The training and evaluation steps' loss does not form them
-(``adaptive_loss.py``: the head, and each target's own cluster only).
+(``adaptive_loss.py``: the head, and each target's own cluster only), so their cost
+depends on how the targets fall into the clusters (``tail_shares``): FLOP counts for
+training take the shares measured on the data, or Zipf's law where there is none.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -38,6 +41,41 @@ def parse_cutoffs(spec: str, vocab_size: int | None = None) -> tuple[int, ...]:
         raise ValueError(f"model.adaptive_cutoffs must be below the vocabulary size {vocab_size}, "
                          f"got {spec!r}")
     return cuts
+
+
+def zipf_id_counts(vocab_size: int) -> np.ndarray:
+    """Zipf's law over a frequency-ranked vocabulary: id i (1 <= i < V) weighs 1/i, id 0
+    (padding, never a target) 0. float64 [V]. The word tokenizer numbers words by descending
+    count (``data/words.py``), so this approximates a natural-language corpus' targets."""
+    counts = np.zeros(int(vocab_size), np.float64)
+    counts[1:] = 1.0 / np.arange(1, int(vocab_size), dtype=np.float64)
+    return counts
+
+
+def tail_shares(cutoffs: tuple[int, ...], id_counts: np.ndarray) -> tuple[float, ...]:
+    """The fraction of targets in each tail cluster [c_i, c_{i+1}) (k floats; the head's is
+    1 minus their sum). ``id_counts`` [V]: how often each id is a target (counts, or
+    weights such as ``zipf_id_counts``)."""
+    counts = np.asarray(id_counts, np.float64)
+    total = counts.sum()
+    if not cutoffs or total <= 0:
+        return tuple(0.0 for _ in cutoffs)
+    bounds = (*cutoffs, counts.shape[0])
+    return tuple(float(counts[bounds[i]:bounds[i + 1]].sum() / total) for i in range(len(cutoffs)))
+
+
+def loss_logits_per_token(cutoffs: tuple[int, ...], vocab_size: int,
+                          shares: tuple[float, ...] | None) -> float:
+    """Logits per token the training loss forms (each costs H multiply-adds): all V (+ k
+    tombstones) with ``shares`` None — what ``adaptive_log_probs`` forms —, else the head's
+    c_1 + k and, for the ``shares[i]`` of tokens whose target lies in cluster i, that
+    cluster's c_{i+1} - c_i (the loop's padding rows, at most a chunk per cluster, are not
+    counted). No cut-offs: V."""
+    if not cutoffs or shares is None:
+        return float(vocab_size + len(cutoffs))
+    bounds = (*cutoffs, int(vocab_size))
+    return cutoffs[0] + len(cutoffs) + sum(
+        s * (bounds[i + 1] - bounds[i]) for i, s in enumerate(shares))
 
 
 def adaptive_log_probs(logits: jax.Array, tail_logits: jax.Array, cutoffs: tuple[int, ...]

@@ -27,7 +27,8 @@ from flax import nnx
 from lmscale.config import DEFAULT_REMAT_STEPS, ConfigError
 from lmscale.models import fast_dot, regularizers
 from lmscale.models.adaptive_loss import adaptive_nll_sums
-from lmscale.models.adaptive_softmax import AdaptiveTails, adaptive_log_probs, parse_cutoffs
+from lmscale.models.adaptive_softmax import (AdaptiveTails, adaptive_log_probs,
+                                             loss_logits_per_token, parse_cutoffs)
 from lmscale.models.initializers import symmetric_uniform
 from lmscale.models.qrnn import POOLINGS, QRNNLayer
 from lmscale.models.recurrent import LSTMLayer, MLSTMLayer
@@ -420,7 +421,8 @@ def layer_sizes(model_config: Any) -> tuple[int, ...]:
                  for l in range(n))
 
 
-def _flops(model_config: Any, vocab_size: int, seq_len: int = 1) -> int:
+def _flops(model_config: Any, vocab_size: int, seq_len: int = 1,
+           tail_shares: tuple[float, ...] | None = None) -> int:
     """Forward matmul FLOPs per token (2 per multiply-add): recurrent layers + decoder.
 
     The embedding is a lookup (no FLOPs); gate nonlinearities, fo-pooling, weight norm and
@@ -428,14 +430,16 @@ def _flops(model_config: Any, vocab_size: int, seq_len: int = 1) -> int:
     ``seq_len`` does not matter. With input I and width H: mLSTM layer I*4H + I*H + H*H +
     H*4H multiply-adds; LSTM: I*4H + H*4H; QRNN: k*I*3H (window k: 2 on the first layer,
     ``qrnn_window``, else 1); decoder: H*V (tied or not), plus H*k' for the adaptive
-    softmax's k' tombstones (all clusters' logits, as inference forms them; the training
-    loss forms only the head's and each target's cluster's, ``adaptive_loss.py``, so for
-    training with cut-offs this is an upper bound). Training is about 3x this.
+    softmax's k' tombstones (all clusters' logits, as inference forms them). The training
+    loss forms only the head's and each target's cluster's (``adaptive_loss.py``):
+    ``tail_shares`` (the fraction of targets in each tail cluster, ``tail_shares`` of
+    adaptive_softmax.py) counts those instead. Training is about 3x this.
     """
     kind, embed = model_config.kind, int(model_config.embed)
     sizes = layer_sizes(model_config)
     top = sizes[-1]
-    macs = top * (vocab_size + len(parse_cutoffs(_field(model_config, "adaptive_cutoffs"))))
+    cutoffs = parse_cutoffs(_field(model_config, "adaptive_cutoffs"))
+    macs = round(top * loss_logits_per_token(cutoffs, vocab_size, tail_shares))
     for l, h in enumerate(sizes):
         i = embed if l == 0 else sizes[l - 1]
         if kind == "qrnn":

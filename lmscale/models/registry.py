@@ -57,7 +57,8 @@ class ModelKind:
     ``fields``: the ``config.model`` fields that define the architecture (what a checkpoint
     must match; dropouts are not among them). ``validate(model_config, train_config)`` raises
     ValueError naming the bad key. ``flops_per_token(model_config, vocab_size, seq_len)``:
-    forward matmul FLOPs per token (training is about 3x). ``settings``: the optional
+    forward matmul FLOPs per token (training is about 3x); a kind with an adaptive softmax
+    also takes ``tail_shares`` (see :func:`flops_per_token`). ``settings``: the optional
     ``config.model`` settings this kind reads that not every kind does (regularizers and
     options; name -> the default, which leaves them off), for :func:`unused_settings_note`.
     """
@@ -66,7 +67,7 @@ class ModelKind:
     fields: tuple[str, ...]
     build: Callable[..., nnx.Module]  # (model_config, vocab_size, *, rngs, dtype) -> module
     validate: Callable[[Any, Any], None]
-    flops_per_token: Callable[[Any, int, int], int]
+    flops_per_token: Callable[..., int]
     describe: Callable[[Any], str]  # one line for humans: "mlstm hidden 4096 embed 64 layers 1"
     settings: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
 
@@ -97,9 +98,18 @@ def build_model(model_config: Any, vocab_size: int, *, rngs: nnx.Rngs,
     return get_kind(model_config.kind).build(model_config, vocab_size, rngs=rngs, dtype=dtype)
 
 
-def flops_per_token(model_config: Any, vocab_size: int, seq_len: int = 1) -> int:
-    """Forward matmul FLOPs per token of ``model_config`` at sequence length ``seq_len``."""
-    return int(get_kind(model_config.kind).flops_per_token(model_config, vocab_size, seq_len))
+def flops_per_token(model_config: Any, vocab_size: int, seq_len: int = 1,
+                    tail_shares: tuple[float, ...] | None = None) -> int:
+    """Forward matmul FLOPs per token of ``model_config`` at sequence length ``seq_len``.
+
+    With ``model.adaptive_cutoffs``, all V logits are counted (what inference forms) unless
+    ``tail_shares`` gives the fraction of targets in each tail cluster: then the training
+    loss's logits (the head's, and each target's cluster's; ``adaptive_softmax.tail_shares``).
+    """
+    kind = get_kind(model_config.kind)
+    if tail_shares is None:
+        return int(kind.flops_per_token(model_config, vocab_size, seq_len))
+    return int(kind.flops_per_token(model_config, vocab_size, seq_len, tail_shares=tail_shares))
 
 
 def architecture(model_config: Any) -> dict[str, Any]:

@@ -8,7 +8,9 @@ ends with ``block_until_ready``, and the reported time is the median of N steps.
 FLOPs (analytic, matmuls only, 2 per multiply-add): the forward cost per token is
 ``lmscale.models.flops_per_token(model, V, seq_len=S)``; for an mLSTM layer with input I and
 hidden H it is 2 (4IH + IH + H^2 + 4H^2), for an LSTM layer 2 (4IH + 4H^2), plus 2 H V for
-the decoder. A training step costs
+the decoder (with ``model.adaptive_cutoffs``: H (c_1 + k) for the head and, for the share of
+targets in each tail cluster, H times that cluster's size; the batch's targets are then drawn
+by Zipf's law and their shares counted). A training step costs
 
     train FLOPs per token = 3 x forward   (forward + gradients w.r.t. activations + w.r.t.
                                             weights, each one pass of every matmul)
@@ -44,6 +46,7 @@ import numpy as np
 
 from lmscale.config import scaled_lr, step_width, validate, with_global_batch
 from lmscale.models import flops_per_token
+from lmscale.models.adaptive_softmax import parse_cutoffs, tail_shares, zipf_id_counts
 from lmscale.models.recurrent import SCANNED_KINDS, ScanOptions, scan_options
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.host_memory import huge_pages_on
@@ -54,9 +57,16 @@ BYTE_VOCAB = 257
 
 
 def train_flops_per_token(model_config: ml_collections.ConfigDict, vocab_size: int,
-                          seq_len: int) -> int:
-    """3 x the forward matmul FLOPs per token (see the module docstring)."""
-    return 3 * int(flops_per_token(model_config, vocab_size, seq_len=seq_len))
+                          seq_len: int, id_counts: np.ndarray | None = None) -> int:
+    """3 x the forward matmul FLOPs per token (see the module docstring). With
+    ``model.adaptive_cutoffs`` the loss forms the head's logits and each target's cluster's:
+    counted at the share of targets in each tail cluster that ``id_counts`` [V] (how often
+    each id is a target) gives, or Zipf's law over the frequency-ranked ids when None."""
+    shares = None
+    cutoffs = parse_cutoffs(model_config.get("adaptive_cutoffs", ""))
+    if cutoffs:
+        shares = tail_shares(cutoffs, zipf_id_counts(vocab_size) if id_counts is None else id_counts)
+    return 3 * int(flops_per_token(model_config, vocab_size, seq_len=seq_len, tail_shares=shares))
 
 
 def recompute_flops_per_token(model_config: ml_collections.ConfigDict, seq_len: int) -> int:
@@ -108,14 +118,21 @@ def square_matmul(dtype: Any = jnp.float32, n: int | None = None,
 
 
 def random_batch(batch: int, seq: int, vocab: int, seed: int = 0,
-                 reset_every: int = 0) -> dict[str, np.ndarray]:
-    """A batch of random tokens; ``reset_every`` > 0 puts a reset every that many positions."""
+                 reset_every: int = 0, zipf: bool = False) -> dict[str, np.ndarray]:
+    """A batch of random tokens, uniform over [1, vocab) — or, ``zipf``, drawn by Zipf's law
+    over the ids (``zipf_id_counts``: what an adaptive softmax's cost depends on; uniform
+    targets would put nearly all of them in its last cluster). ``reset_every`` > 0 puts a
+    reset every that many positions."""
     rng = np.random.default_rng(seed)
     resets = np.zeros((batch, seq), bool)
     if reset_every > 0:
         resets.reshape(-1)[::reset_every] = True
-    return {"inputs": rng.integers(1, vocab, (batch, seq)).astype(np.int32),
-            "targets": rng.integers(1, vocab, (batch, seq)).astype(np.int32),
+    if zipf:
+        p = zipf_id_counts(vocab)
+        draw = lambda: rng.choice(vocab, (batch, seq), p=p / p.sum())  # noqa: E731
+    else:
+        draw = lambda: rng.integers(1, vocab, (batch, seq))  # noqa: E731
+    return {"inputs": draw().astype(np.int32), "targets": draw().astype(np.int32),
             "weights": np.ones((batch, seq), np.float32), "resets": resets}
 
 
@@ -157,7 +174,8 @@ def compile_step(config: ml_collections.ConfigDict, vocab_size: int = BYTE_VOCAB
     state = setup.state
     rows = mesh_lib.batch_sharded(mesh)
     host = random_batch(config.train.batch_size, step_width(config.train), vocab_size,
-                        seed=config.seed, reset_every=reset_every)
+                        seed=config.seed, reset_every=reset_every,
+                        zipf=bool(parse_cutoffs(config.model.get("adaptive_cutoffs", ""))))
     batch = {k: jax.device_put(host[k], rows) for k in BATCH_KEYS}
     t = time.perf_counter()
     compiled = step.lower(state, batch).compile()
@@ -184,7 +202,9 @@ def time_step(config: ml_collections.ConfigDict, *, steps: int = 10, warmup: int
     batch_size = config.train.per_device_batch_size * n_dev or config.train.batch_size
     tokens = batch_size * step_width(config.train)
     step_s = float(np.median(times))
-    per_token = train_flops_per_token(config.model, vocab_size, config.train.seq_len)
+    targets = np.asarray(jax.device_get(batch["targets"])).reshape(-1)  # the loss's cost
+    per_token = train_flops_per_token(config.model, vocab_size, config.train.seq_len,
+                                      id_counts=np.bincount(targets, minlength=vocab_size))
     again = recompute_flops_per_token(config.model, config.train.seq_len)
     return {"step_s": step_s, "step_s_all": [round(x, 5) for x in times],
             "compile_s": round(compile_s, 2), "tokens_per_step": tokens,

@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import tqdm
 from flax import nnx
 
@@ -28,7 +29,7 @@ from lmscale.config import derive, save_config, validate, with_global_batch
 from lmscale.data.errors import DataError
 from lmscale.distributed import check_same_config, process_0_says, processes_that_differ
 from lmscale.data.dataset import TokenDataset, dataset_fingerprint
-from lmscale.models import architecture, flops_per_token
+from lmscale.models import architecture
 from lmscale.models.registry import unused_settings_note
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.checkpoints import CheckpointError, Checkpointer, check_same_model
@@ -42,6 +43,7 @@ from lmscale.training.data_source import resolve_dataset, train_batcher
 from lmscale.training.evaluate import batch_arrays, eval_stream, evaluate_split
 from lmscale.training.in_flight import InFlight
 from lmscale.training.loss import bits_per_char
+from lmscale.training.bench import train_flops_per_token
 from lmscale.training.best import BestKeeper
 from lmscale.training.metrics import MetricsWriter, add_perplexity, read_metrics
 from lmscale.training.ntasgd import NTASGDMonitor, eval_params, switch_on
@@ -135,8 +137,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
     derived.update(dataset=os.path.abspath(dataset.path), dataset_fingerprint=fingerprint,
                    devices=mesh.size,
                    processes=jax.process_count(), params=setup.num_params,
-                   train_flops_per_token=3 * flops_per_token(config.model, vocab_size,
-                                                             config.train.seq_len),
+                   train_flops_per_token=train_flops_per_token(
+                       config.model, vocab_size, config.train.seq_len,
+                       id_counts=_loss_id_counts(config, dataset, vocab_size)),
                    precision=str(setup.policy), **provenance(workdir, saved))
     train_step, shardings = jit_train_step(setup, mesh)
 
@@ -310,6 +313,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
     last["stopped_by_signal"] = stop.signal if stop.stopping else None
     last["stopped"] = stop.stopping  # by a signal here or in another process
     return last
+
+
+def _loss_id_counts(config: ml_collections.ConfigDict, dataset: Any, vocab_size: int
+                    ) -> np.ndarray | None:
+    """With adaptive cut-offs, the training split's id counts (a sample): the share of
+    targets in each cluster sets the loss's FLOPs. None otherwise (not read)."""
+    if not str(config.model.get("adaptive_cutoffs", "")).strip():
+        return None
+    return dataset.split("train").id_counts(vocab_size)
 
 
 def _already_trained(workdir: str, start: int, steps: int, is_main: bool) -> dict[str, Any]:

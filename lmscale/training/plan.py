@@ -18,6 +18,8 @@ import ml_collections
 
 from lmscale.config import bptt_max, derive, step_width, validate, with_global_batch
 from lmscale.models import architecture, flops_per_token, get_kind
+from lmscale.models.adaptive_softmax import parse_cutoffs, tail_shares, zipf_id_counts
+from lmscale.training.bench import train_flops_per_token
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.hlo_stats import all_reduces
 from lmscale.training.setup import BATCH_KEYS, build_train_setup, jit_train_step
@@ -56,6 +58,8 @@ def plan(config: ml_collections.ConfigDict, devices: list[jax.Device] | None = N
     # all-reduce to float32 (and combines it with the sums); NCCL on GPUs reduces bfloat16.
     requested = all_reduces(lowered.as_text(dialect="hlo"))
     fwd = flops_per_token(config.model, vocab_size, seq)
+    train_per_token = train_flops_per_token(config.model, vocab_size, seq)  # Zipf's targets
+    cutoffs = parse_cutoffs(config.model.get("adaptive_cutoffs", ""))
     per_device = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes \
         - mem.alias_size_in_bytes
     return {
@@ -72,9 +76,12 @@ def plan(config: ml_collections.ConfigDict, devices: list[jax.Device] | None = N
         "seq_len": width,  # tokens per row per step (train.seq_len x train.grad_accum_steps)
         "variable_bptt": bool(config.train.variable_bptt),  # seq_len: the longest step's
         "lr": derived["lr"],
-        "flops_per_token_forward": fwd,
-        "flops_per_token_train": 3 * fwd,
-        "flops_per_step_train": 3 * fwd * batch * width,
+        "flops_per_token_forward": fwd,  # inference's: every logit
+        # 3 x forward; with adaptive cut-offs the loss forms the head's logits and each
+        # target's cluster's, at the shares Zipf's law gives (``tail_shares``)
+        "flops_per_token_train": train_per_token,
+        "flops_per_step_train": train_per_token * batch * width,
+        "tail_shares": list(tail_shares(cutoffs, zipf_id_counts(vocab_size))) if cutoffs else None,
         "memory_per_device_bytes": {
             "arguments": mem.argument_size_in_bytes, "outputs": mem.output_size_in_bytes,
             "temporaries": mem.temp_size_in_bytes, "aliased (donated)": mem.alias_size_in_bytes,
@@ -123,7 +130,11 @@ def format_plan(p: dict[str, Any]) -> str:
         + (f"; {p['recurrence_loops']}-major recurrence loops" if p.get("recurrence_loops")
            else ""),
         f"FLOPs          {p['flops_per_token_forward'] / 1e6:.1f} M/token forward, "
-        f"{p['flops_per_step_train'] / 1e12:.2f} TFLOP per train step",
+        f"{p['flops_per_step_train'] / 1e12:.2f} TFLOP per train step"
+        + (f" (adaptive softmax: the loss forms the head's logits and the target's cluster's, "
+           f"{p['flops_per_token_train'] / 3e6:.1f} M/token forward at Zipf's law's "
+           f"{', '.join(f'{100 * x:.1f}' for x in p['tail_shares'])} % of targets in the tail "
+           f"clusters)" if p.get("tail_shares") else ""),
         f"memory/device  {m['total'] / gib:.2f} GiB = args {m['arguments'] / gib:.2f} + outputs "
         f"{m['outputs'] / gib:.2f} + temps {m['temporaries'] / gib:.2f} - donated "
         f"{m['aliased (donated)'] / gib:.2f}",

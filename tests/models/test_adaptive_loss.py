@@ -123,3 +123,39 @@ def test_the_trainer_loss_of_a_model_with_cutoffs_is_its_log_probs_nll(tied):
     for g, w in zip(jax.tree.leaves(jax.jit(jax.grad(fast))(params)),
                     jax.tree.leaves(jax.grad(full)(params))):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=2e-5)
+
+
+def test_flops_count_the_logits_the_loss_forms():
+    """FLOPs of a model with cut-offs: inference forms all V logits (+ k tombstones); the
+    training loss the head's c_1 + k and each target's own cluster's, counted here token by
+    token. ``plan``/``bench``/``train`` counted all V for training (at WT103's cut-offs 2.3x
+    the QRNN's true FLOPs)."""
+    from lmscale.config import default_config
+    from lmscale.models import flops_per_token
+    from lmscale.models.adaptive_softmax import loss_logits_per_token, tail_shares, zipf_id_counts
+    from lmscale.training.bench import train_flops_per_token
+    targets = _data()[5]
+    bounds = (0, *CUTS, V)
+    per_token = [CUTS[0] + len(CUTS) + (0 if y < CUTS[0] else
+                 bounds[np.searchsorted(CUTS, y, side="right") + 1]
+                 - bounds[np.searchsorted(CUTS, y, side="right")]) for y in targets]
+    counts = np.bincount(targets, minlength=V)
+    shares = tail_shares(CUTS, counts)
+    assert loss_logits_per_token(CUTS, V, shares) == pytest.approx(np.mean(per_token), rel=1e-12)
+    assert loss_logits_per_token(CUTS, V, None) == V + 3 and loss_logits_per_token((), V, None) == V
+    c = default_config().model
+    c.kind, c.hidden, c.embed, c.layers, c.adaptive_cutoffs = "lstm", H, 8, 1, "10,25,40"
+    layers = 8 * 4 * H + H * 4 * H
+    assert flops_per_token(c, V) == 2 * (layers + H * (V + 3))  # inference: every logit
+    assert flops_per_token(c, V, tail_shares=shares) == 2 * (layers + round(H * np.mean(per_token)))
+    assert train_flops_per_token(c, V, 4, id_counts=counts) == 3 * flops_per_token(
+        c, V, tail_shares=shares)
+    # No data: Zipf's law over the frequency-ranked ids (padding 0 never a target).
+    zipf = [sum(1 / i for i in range(a, b)) for a, b in zip(bounds[1:], bounds[2:])]
+    harmonic = sum(1 / i for i in range(1, V))
+    np.testing.assert_allclose(tail_shares(CUTS, zipf_id_counts(V)), np.array(zipf) / harmonic,
+                               rtol=1e-12)
+    assert train_flops_per_token(c, V, 4) == 3 * flops_per_token(
+        c, V, tail_shares=tail_shares(CUTS, zipf_id_counts(V)))
+    c.adaptive_cutoffs = ""  # without cut-offs nothing changes
+    assert train_flops_per_token(c, V, 4, id_counts=counts) == 3 * 2 * (layers + H * V)

@@ -1,0 +1,71 @@
+"""The FLOPs that plan, bench and train report for a model with an adaptive softmax: the
+training loss forms the head's logits and each target's cluster's, not all V (which is what
+they counted before: at WT103's cut-offs 2.3x a QRNN's true FLOPs)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from lmscale.models import flops_per_token
+from lmscale.models.adaptive_softmax import tail_shares, zipf_id_counts
+from lmscale.training.bench import train_flops_per_token
+from tests.conftest import tiny_config
+
+V, CUTS = 400, "20,100"
+
+
+def _word_qrnn(train: str, **overrides):
+    return tiny_config(train, **{"model.kind": "qrnn", "model.hidden": 16, "model.embed": 8,
+                                 "model.adaptive_cutoffs": CUTS, "data.tokenizer": "word",
+                                 **overrides})
+
+
+def test_plan_counts_the_loss_at_zipf_shares_and_inference_at_every_logit():
+    from lmscale.training.plan import format_plan, plan
+    config = _word_qrnn("unused.txt")
+    p = plan(config, vocab_size=V)
+    shares = tail_shares((20, 100), zipf_id_counts(V))
+    assert p["tail_shares"] == list(shares) and 0.3 < sum(shares) < 0.6
+    assert p["flops_per_token_forward"] == flops_per_token(config.model, V)
+    assert p["flops_per_token_train"] == 3 * flops_per_token(config.model, V, tail_shares=shares)
+    assert p["flops_per_token_train"] < 0.7 * 3 * p["flops_per_token_forward"]
+    assert p["flops_per_step_train"] == p["flops_per_token_train"] * 4 * 16
+    assert "adaptive softmax: the loss forms the head's logits" in format_plan(p)
+    without = plan(tiny_config("unused.txt"), vocab_size=V)
+    assert without["tail_shares"] is None
+    assert without["flops_per_token_train"] == 3 * without["flops_per_token_forward"]
+
+
+def test_bench_draws_zipf_targets_and_counts_their_clusters():
+    from lmscale.training import bench
+    config = _word_qrnn("unused.txt")
+    r = bench.time_step(config, steps=1, warmup=0, vocab_size=V)
+    targets = bench.random_batch(4, 16, V, seed=config.seed, zipf=True)["targets"]
+    assert (targets < 20).mean() > 0.4  # uniform targets: 5 %
+    assert r["train_flops_per_token"] == train_flops_per_token(
+        config.model, V, 16, id_counts=np.bincount(targets.reshape(-1), minlength=V))
+    assert r["train_flops_per_token"] < 3 * flops_per_token(config.model, V)
+
+
+def test_a_run_records_the_loss_flops_of_its_own_training_text(tmp_path):
+    from lmscale.data.dataset import TokenDataset
+    from lmscale.training.loop import train
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(300)]
+    p = np.arange(1, 301, dtype=float) ** -1.0
+    lines = [" ".join(rng.choice(words, 12, p=p / p.sum())) for _ in range(400)]
+    text = tmp_path / "words.txt"
+    text.write_text("\n".join(lines) + "\n")
+    config = _word_qrnn(str(text), **{"train.steps": 2, "train.eval_every": 0})
+    train(config, str(tmp_path / "run"))
+    derived = json.loads((tmp_path / "run" / "config.json").read_text())["derived"]
+    split = TokenDataset.open(derived["dataset"]).split("train")
+    vocab = TokenDataset.open(derived["dataset"]).tokenizer.vocab_size
+    counts = np.bincount(np.concatenate([split.read(i, 0, int(n)) for i, n in
+                                         enumerate(split.shard_lengths)]).astype(np.int64),
+                         minlength=vocab)
+    assert derived["train_flops_per_token"] == train_flops_per_token(
+        config.model, vocab, 16, id_counts=counts)  # a small split is read whole
+    assert derived["train_flops_per_token"] < 3 * flops_per_token(config.model, vocab)
