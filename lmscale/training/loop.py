@@ -233,19 +233,22 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
         save_finite(checkpointer, state, meta)
 
     in_flight = InFlight()  # bounded async dispatch (see in_flight.py)
-    window_tokens, window_steps = 0, 0  # input tokens of the steps since the last train record
+    window_tokens, window_steps = 0, 0  # input tokens of the timed steps since the last record
+    widths = set()  # the step widths compiled: variable BPTT compiles a program per length
     with StopSignal(config.train.stop_sync_every) as stop:
         while step < steps and not stop.should_stop(step):
             batch = batch_arrays(batcher, step, train_rows, rows_sharding)
-            compiles = step == start
+            compiles = batch["inputs"].shape[1] not in widths
+            widths.add(batch["inputs"].shape[1])
             timer.before(compiles, state)
             if compiles:  # a GPU config on a CPU host: one error, not the OOM killer's "Killed"
                 check_step_fits_host(train_step, (state, batch))
             state, metrics = train_step(state, batch)
             timer.after(compiles, metrics)
             in_flight.add(metrics)
-            window_tokens += batcher.tokens_in_step(step)  # variable BPTT: its own length
-            window_steps += 1
+            if not compiles:  # the rates' steps (variable BPTT: each its own length)
+                window_tokens += batcher.tokens_in_step(step)
+                window_steps += 1
             step += 1
             bar.update(1)
             logging = step % config.train.log_every == 0 or step == steps
@@ -262,7 +265,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
                           "epoch": batcher.epochs_done(step)}
                 stuck = skipped_run.after_log(step, int(ls.skipped), float(ls.scale), ls.dynamic)
                 record.update(zip(("steps_per_s", "tokens_per_s", "chars_per_s"),
-                                  timer.rates(1, window_tokens / window_steps, bytes_per_step)))
+                                  timer.rates(1, window_tokens / max(window_steps, 1),
+                                              bytes_per_step)))
                 window_tokens, window_steps = 0, 0
                 if timer.compile_s is not None:
                     record["first_step_s"] = timer.compile_s

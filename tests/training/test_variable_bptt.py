@@ -65,6 +65,13 @@ def test_bounded_programs_scaled_lr_and_bitwise_resume(tmp_path, corpus):
     assert last["train_programs"] == len(set(lengths)) <= len(b.lengths())  # one per length
     train_records = [r for r in read_metrics(full) if r["split"] == "train"]
     np.testing.assert_allclose([r["lr"] for r in train_records], [3e-3 * n / 8 for n in lengths], rtol=1e-6)
+    # A step that compiles a new length's program is left out of the rates (only the run's
+    # first was: the windows with a new length logged rates 8-30x too low); its seconds are
+    # first_step_s. log_every 1: a record per step.
+    first_of_length = [lengths.index(n) == k for k, n in enumerate(lengths)]
+    assert sum(first_of_length) >= 2
+    assert [r["tokens_per_s"] is None for r in train_records] == first_of_length
+    assert [r.get("first_step_s", 0) > 0 for r in train_records] == first_of_length
     timed = [r for r in train_records if r["tokens_per_s"] is not None]
     assert timed  # each step's own rows x length (tokens_per_s was batch x seq_len's)
     np.testing.assert_allclose([r["tokens_per_s"] / r["steps_per_s"] for r in timed],
