@@ -59,7 +59,7 @@ class LM:
         before, after = framing_for(self.trained.derived)
         lengths = tok.byte_lengths()[ids]
         ends = np.cumsum(lengths)  # bytes up to and including each token
-        total = int(ends[-1]) if len(ends) else 0
+        total = ends[-1] if len(ends) else 0  # a word model's <unk>: a fraction
         scored = (ends - lengths >= len(before)) & (ends <= total - len(after))
         scored[0] = False  # nothing before it to predict it from
         return ids, scored

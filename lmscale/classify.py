@@ -63,7 +63,8 @@ def classify() -> dict:
                      f"its classes {', '.join(clf.class_names)}: give --labels its one column")
     else:
         texts = read_texts(_INPUT.value, _TEXT.value)
-    print(f"classifying {len(texts)} texts ({sum(map(len, texts))} characters)", file=sys.stderr,
+    print(f"classifying {len(texts)} texts ({sum(len(t.encode('utf-8')) for t in texts)} "
+          f"bytes of UTF-8)", file=sys.stderr,
           flush=True)  # a log learns the size before the wait (nothing was said until the end)
     probs, pred = clf.predict(texts)
     write_predictions(_OUTPUT.value, texts, probs, pred, clf.class_names, clf.multilabel,

@@ -3,9 +3,10 @@
 Every tokenizer has the same interface (what data preparation, training, eval, transfer
 and generation use): ``vocab_size``, ``pad_id`` (int or None), ``token_dtype`` (the
 smallest unsigned dtype holding every id: shards are stored in it), ``encode(text) -> ids``,
-``decode(ids) -> str``, ``byte_lengths() -> int32 [vocab_size]`` (UTF-8 bytes of text each
+``decode(ids) -> str``, ``byte_lengths() -> [vocab_size]`` (UTF-8 bytes of text each
 id stands for, 0 for padding/control ids: bits per character are counted per byte with
-it, so they compare across tokenizers), ``to_dict()`` (JSON description) and
+it, so they compare across tokenizers; int32, or float32 for a word vocabulary, whose
+``<unk>`` stands for its mean), ``to_dict()`` (JSON description) and
 ``save(directory)`` (writes any files the description refers to, e.g. a model file, into
 ``directory``); ``tokenizer_from_dict(d, base_dir)`` rebuilds one, reading those files from
 ``base_dir``.

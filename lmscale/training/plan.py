@@ -121,7 +121,7 @@ def format_plan(p: dict[str, Any]) -> str:
     m = p["memory_per_device_bytes"]
     lines = [
         f"model          {p['model_summary']}, vocabulary {p['vocab_size']}: "
-        f"{p['params'] / 1e6:.1f} M params",
+        f"{p['params'] / 1e6:.4g} M params",
         f"precision      {p['precision']}",
         f"devices        {p['devices']} ({p['platform']}); batch {p['global_batch']} global = "
         f"{p['per_device_batch']} per device x seq {p['seq_len']}"

@@ -301,7 +301,7 @@ def unit_trace(lm: TrainedLM, text: str, unit: int, *, state: str | None = None,
     spans = getattr(lm.tokenizer, "text_byte_lengths", None)
     lengths = spans(preprocess_texts(lm, [text])[0]) if spans else None
     if lengths is None or len(lengths) != len(full):
-        lengths = lm.tokenizer.byte_lengths()[full]
+        lengths = np.rint(lm.tokenizer.byte_lengths()[full]).astype(np.int64)  # <unk>: its mean
     skipped = len(full) - len(ids)
     return np.concatenate([np.full(int(lengths[:skipped].sum()), np.nan, np.float32),
                            np.repeat(per_token, lengths[skipped:])])

@@ -57,6 +57,14 @@ def test_byte_lengths_word_plus_separator_eos_zero_unk_mean():
     lengths = tok.byte_lengths()
     assert lengths[tok.index["aa"]] == 3 and lengths[EOS_ID] == 0 and lengths[PAD_ID] == 0
     assert lengths[UNK_ID] == 3  # mean of 2 and 4
+    # The mean is kept as a fraction (it was rounded to a whole byte: 0.5 byte per <unk>).
+    tok = vocab_of("aa b aa b aa\nccc\n", min_count=3)  # b b ccc: (2 + 2 + 4) / 3
+    assert tok.unk_bytes == pytest.approx(8 / 3, abs=1e-6)
+    assert tok.byte_lengths()[UNK_ID] == pytest.approx(8 / 3, rel=1e-6)
+    old = WordTokenizer(tok.words, unk_bytes=3)  # a vocab.json of before: its int kept
+    assert old.unk_bytes == 3 and old.sha256 != tok.sha256 and '"unk_bytes": 3,' in old.payload.decode()
+    with pytest.raises(DataError, match="unk_bytes must be a positive number, got 'x'"):
+        WordTokenizer(tok.words, unk_bytes="x")
     line = "aa aa aa\n"
     assert int(lengths[tok.encode(line)].sum()) == len(line.encode())
 
