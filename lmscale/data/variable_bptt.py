@@ -110,9 +110,11 @@ class VariableBPTTBatcher(StreamBatcher):
     def epochs_done(self, steps: int) -> float:
         """Epochs (with the fraction of the current one) that ``steps`` steps have read: each
         epoch has its own count of steps (``steps_per_epoch`` is epoch 0's; step / it drifted
-        by about an epoch in 186)."""
+        by about an epoch in 186), the fraction of its tokens read (its steps' lengths vary:
+        a fraction of its steps was up to 5 % off)."""
         epoch, k = self.locate(steps)
-        return epoch + k / len(self.epoch_plan(epoch)[0])
+        positions, lengths = self.epoch_plan(epoch)
+        return epoch + float(positions[k]) / float(positions[-1] + lengths[-1])
 
     def length_of(self, step: int) -> int:
         epoch, k = self.locate(step)
