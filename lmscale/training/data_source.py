@@ -210,7 +210,10 @@ def resolve_dataset(data: ml_collections.ConfigDict, workdir: str, *, progress: 
     barrier and fail with a pointer to process 0's error if it could not prepare.
     """
     spec = str(data.train)
-    if is_dataset(spec):
+    prepared = is_dataset(spec)
+    if jax.process_count() > 1:  # each process sees its own filesystem: one branch for all
+        _check_every_process_sees(spec, prepared)
+    if prepared:
         if jax.process_index() == 0:
             _note_unused(data, spec)
         return spec
@@ -235,6 +238,21 @@ def resolve_dataset(data: ml_collections.ConfigDict, workdir: str, *, progress: 
                         f"({jax.process_index()}) cannot see: the workdir must be on a filesystem "
                         f"shared by all processes")
     return target
+
+
+def _check_every_process_sees(spec: str, prepared: bool) -> None:
+    """Raises on every process when ``data.train`` is a prepared dataset on some processes and
+    not on others (a folder missing on one host: process 0 went on to train, the others to
+    wait for it to prepare, and the run hung in two different collectives)."""
+    from lmscale.distributed import processes_that_differ
+    differ = processes_that_differ(str(prepared))
+    if differ:
+        others = ", ".join(map(str, differ))
+        on_0 = prepared if jax.process_index() not in differ else not prepared  # process 0's
+        where = "on process 0 but not on" if on_0 else "not on process 0 but on"
+        raise DataError(f"data.train={spec!r} is a prepared dataset {where} process"
+                        f"{'es' if len(differ) > 1 else ''} {others}: every process must see the "
+                        f"same data (a filesystem shared by all hosts, or the same copy on each)")
 
 
 def _prepare_in_workdir(data: ml_collections.ConfigDict, workdir: str, progress: bool,

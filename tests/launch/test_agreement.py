@@ -88,6 +88,27 @@ def test_processes_reading_other_data_under_one_path_are_refused(tmp_path, corpu
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_a_dataset_missing_on_one_host_is_refused_on_every_process(tmp_path, corpus):
+    """A prepared dataset that process 1 cannot see (a host without the copy): process 0 went
+    on to train and process 1 to wait for it to prepare — two collectives, a hang that SIGTERM
+    did not end."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    subprocess.run([sys.executable, "-m", "lmscale.prepare", f"--input={corpus}",
+                    f"--output={tmp_path / 'a' / 'ds'}", "--split=8,1,1", "--progress=false"],
+                   cwd=REPO, check=True, capture_output=True)
+    config = f"--config={os.path.join(REPO, 'configs', 'quickstart.py')}"
+    cmd = [config if a.startswith("--config=") else a for a in command(tmp_path / "run", "ds")]
+    results = run_two([cmd, cmd], timeout=120, cwds=(tmp_path / "a", tmp_path / "b"))
+    for status, err in results:
+        assert status == 1, err[-2000:]
+        assert error_lines(err) == ["error: data.train='ds' is a prepared dataset on process 0 "
+                                    "but not on process 1: every process must see the same data "
+                                    "(a filesystem shared by all hosts, or the same copy on "
+                                    "each)"], err[-2000:]
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_a_coordinator_port_in_use_is_one_line(tmp_path, corpus):
     """Process 0 crashed in jax (a segmentation fault) on a taken port; an address with a
     scheme passed the check and aborted after the timeout."""
