@@ -142,7 +142,7 @@ def initialize(coordinator_address: str | None, num_processes: int | None, proce
     if num_processes is not None and jax.process_count() != num_processes:
         why = (f"this process was started as one of {num_processes} processes, and the run has "
                f"{jax.process_count()} (as process 0 was told): give every process the same count")
-        _leave_word(why)
+        leave_word(why)
         raise DistributedError(why)
 
 
@@ -280,15 +280,15 @@ def processes_that_differ(text: str) -> list[int]:
     except jax.errors.JaxRuntimeError:  # a process left before it joined (a Gloo timeout here)
         from lmscale.config import ConfigError
         raise ConfigError(f"a process of the run left before the processes agreed on their "
-                          f"settings ({_word_left() or 'see its error'})") from None
+                          f"settings ({word_left() or 'see its error'})") from None
     return [i for i in range(len(every)) if not np.array_equal(every[i], every[0])]
 
 
 _LEFT = "lmscale/left/"  # the coordinator's key-value store: why a process left the run
 
 
-def _leave_word(why: str) -> None:
-    """Tells the processes that stay why this one leaves (read by :func:`_word_left`); a
+def leave_word(why: str) -> None:
+    """Tells the processes that stay why this one leaves (read by :func:`word_left`); a
     process whose peer left waited in its first collective and died with a Gloo traceback."""
     try:
         from jax._src import distributed as state  # no public key-value API
@@ -297,7 +297,7 @@ def _leave_word(why: str) -> None:
         pass
 
 
-def _word_left() -> str | None:
+def word_left() -> str | None:
     """What the processes that left said, "process k: ..."; None where none could be read."""
     try:
         from jax._src import distributed as state

@@ -111,6 +111,8 @@ class UnreadableCheckpointError(CheckpointError):
 
 
 _NO_SPACE = "No space left on device"  # strerror(ENOSPC), in orbax's/tensorstore's messages
+_TMP_SUFFIX = ".orbax-checkpoint-tmp"  # a save in progress writes below STEP + this
+BACKGROUND_FAILURES: list[BaseException] = []  # this process's failed background saves (orbax's log)
 
 
 def disk_full(error: BaseException) -> bool:
@@ -119,21 +121,30 @@ def disk_full(error: BaseException) -> bool:
 
 
 class _DiskFullLogs(logging.Filter):
-    """Orbax logs a failed save from each of its threads (a page of tracebacks), and the save
-    raises at the next save or at the end (``Checkpointer`` says it in one line). When the
-    disk is full those logs become one line at once: a run that saves rarely would otherwise
-    train on for hours with no word."""
+    """Orbax logs a failed save from each of its threads (a page of tracebacks), and the run
+    stops at its next train record (several processes: at the next save; ``Checkpointer.check``
+    says it in one line). Those logs
+    become one line at once: a disk that is full, or a save folder this process cannot write
+    (a host whose mount of a shared workdir is read-only)."""
 
     said = False
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        if not (_NO_SPACE in record.getMessage() or (error and disk_full(error))):
+        message = record.getMessage()
+        full = _NO_SPACE in message or bool(error and disk_full(error))
+        unwritable = isinstance(error, (OSError, ValueError)) and _TMP_SUFFIX in str(error)
+        if error is not None and "in background save thread" in message:
+            # orbax raises it once, from the wait of a thread that, with several processes,
+            # may never end (``Checkpointer._previous_finished``): kept for ``check``
+            BACKGROUND_FAILURES.append(error)
+        if not (full or unwritable):
             return True
         if not _DiskFullLogs.said:
             _DiskFullLogs.said = True
-            print("warning: a checkpoint could not be written: the disk is full (the run stops "
-                  "at its next save, naming the latest complete checkpoint)", file=sys.stderr,
+            why = "the disk is full" if full else _short(error)
+            print(f"warning: a checkpoint could not be written: {why} (the run stops soon, "
+                  f"naming the latest complete checkpoint)", file=sys.stderr,
                   flush=True)
         return False
 
@@ -169,6 +180,8 @@ class Checkpointer:
         delete the one a training run in the same workdir is writing."""
         self.workdir = os.path.abspath(workdir)
         self.directory = os.path.join(self.workdir, "checkpoints")
+        self.failed = False  # a save of this process failed (``check``)
+        self._background_failures()  # a previous run's in this process (a notebook, tests)
         if read_only and not os.path.isdir(self.directory):
             raise FileNotFoundError(f"{workdir} holds no checkpoint ({self.directory} does not exist)")
         if not read_only:
@@ -206,6 +219,7 @@ class Checkpointer:
         if step in self.manager.all_steps():
             return
         meta = {"format": FORMAT_VERSION, **meta}
+        self._previous_finished()
         try:  # saves asynchronously: waits for the previous save first, raising its failure
             self.manager.save(step, args=ocp.args.Composite(
                 state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta)), force=force)
@@ -222,10 +236,14 @@ class Checkpointer:
             return error
         which = f"checkpoint {failed.group(1)}" if failed else "a checkpoint"
         why = "the disk is full" if disk_full(error) else _short(error)
+        # On disk (orbax's list can hold the failed step: with several processes, another
+        # process's part may finish): a complete checkpoint's folder is its bare step.
         try:
-            latest = self.manager.latest_step()
-        except Exception:  # noqa: BLE001 - the message is what matters
-            latest = None
+            done = [int(n) for n in os.listdir(self.directory) if n.isdigit()
+                    and not (failed and int(n) == int(failed.group(1)))]
+        except OSError:
+            done = []
+        latest = max(done, default=None)
         then = (f"the latest complete checkpoint is {latest} (re-run to resume from it once the "
                 f"cause is fixed)" if latest is not None else
                 "no checkpoint is complete yet (a re-run starts afresh once the cause is fixed)")
@@ -313,7 +331,59 @@ class Checkpointer:
             multihost_utils.sync_global_devices(f"lmscale set aside checkpoint {step}")
         self.manager.reload()
 
+    def check(self) -> None:
+        """Raises ``save``'s one line if an asynchronous save has failed since the last look,
+        without waiting for one in progress (called at every train record too). With several
+        processes the error says to exit at once (``exit_at_once``): orbax's threads wait in
+        barriers for this process's part, and an ordinary exit would join them."""
+        mine = self._background_failures()
+        if mine:
+            failure = mine[0]
+        else:
+            try:
+                self.manager.check_for_errors()
+                return
+            except (OSError, ValueError) as e:
+                failure = e
+        self.failed = True
+        error = self._save_failed(failure)
+        if jax.process_count() > 1:
+            from lmscale.distributed import leave_word
+            leave_word(f"{error}")  # the others, waiting for its part, stop too
+            error.exit_at_once = True  # type: ignore[attr-defined]
+        raise error from None
+
+    def _background_failures(self) -> list[BaseException]:
+        """The failed background saves logged for this folder since the last look (taken)."""
+        mine = [e for e in BACKGROUND_FAILURES if self.directory in str(e)]
+        for e in mine:
+            BACKGROUND_FAILURES.remove(e)
+        return mine
+
+    def _previous_finished(self) -> None:
+        """Waits for the previous asynchronous save on every process, raising on the one whose
+        part failed. orbax's own wait (in its next save) joined a thread held in a barrier for
+        the failed process's part, which that process waited in too: with several processes,
+        a save that failed on one host (its mount of the workdir read-only, its disk full)
+        hung the run with no word until a 20-minute timeout."""
+        in_progress = getattr(self.manager, "is_saving_in_progress", None)
+        if jax.process_count() > 1 and in_progress is not None:
+            from lmscale.distributed import word_left
+            polls = 0
+            while in_progress():  # this process's flag (cleared once every process is done)
+                self.check()
+                polls += 1
+                if polls % 10 == 0 and (word := word_left()):  # a process whose part failed
+                    error = CheckpointError(f"a checkpoint could not be written by another "
+                                            f"process of the run ({word})")
+                    error.exit_at_once = True  # type: ignore[attr-defined]
+                    self.failed = True
+                    raise error
+                time.sleep(0.05)
+        self.check()
+
     def wait(self) -> None:
+        self._previous_finished()
         try:
             self.manager.wait_until_finished()
         except (OSError, ValueError) as e:
@@ -325,7 +395,10 @@ class Checkpointer:
 
     def abandon(self) -> None:
         """After an error: closes orbax's manager, its pending save completing or failing
-        quietly (the error being raised is the one to see)."""
+        quietly (the error being raised is the one to see). Not after a save that failed on
+        this process of several: the manager's close waits for the other processes' part."""
+        if self.failed and jax.process_count() > 1:
+            return
         try:
             self.manager.close()
         except Exception:  # noqa: BLE001 - e.g. the full disk the raised error names

@@ -43,7 +43,7 @@ from lmscale.training.data_source import resolve_dataset, train_batcher
 from lmscale.training.evaluate import batch_arrays, eval_stream, evaluate_split
 from lmscale.training.in_flight import InFlight
 from lmscale.training.loss import bits_per_char
-from lmscale.training.bench import train_flops_per_token
+from lmscale.training.bench import adaptive_cutoffs, train_flops_per_token
 from lmscale.training.best import BestKeeper
 from lmscale.training.metrics import MetricsWriter, add_perplexity, read_metrics
 from lmscale.training.ntasgd import NTASGDMonitor, eval_params, switch_on
@@ -253,6 +253,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
             bar.update(1)
             logging = step % config.train.log_every == 0 or step == steps
             if logging:
+                if jax.process_count() == 1:  # a failed background save: now (several
+                    checkpointer.check()  # processes learn it together, at the next save)
                 acc, metrics, ls = jax.device_get((state.acc, metrics, state.loss_scale))
                 count, steps_in_acc = max(float(acc["count"]), 1.0), max(int(acc["steps"]), 1)
                 loss = float(acc["nats"]) / count
@@ -289,6 +291,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
             scheduled = bool(config.train.eval_every) and step % config.train.eval_every == 0
             evaluating = scheduled or step == steps
             if evaluating:
+                if step == steps and not scheduled:  # the end's extra validation, which may be
+                    save(state)  # long (a signal waits for it): the weights are saved first
                 record = run_eval(step)
                 # NT-ASGD decides on the scheduled validations only: the end of a run that a
                 # later one continues (train.steps raised) is not on the grid.
@@ -323,7 +327,7 @@ def _loss_id_counts(config: ml_collections.ConfigDict, dataset: Any, vocab_size:
                     ) -> np.ndarray | None:
     """With adaptive cut-offs, the training split's id counts (a sample): the share of
     targets in each cluster sets the loss's FLOPs. None otherwise (not read)."""
-    if not str(config.model.get("adaptive_cutoffs", "")).strip():
+    if not adaptive_cutoffs(config.model):
         return None
     return dataset.split("train").id_counts(vocab_size)
 

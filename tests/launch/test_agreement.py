@@ -109,6 +109,39 @@ def test_a_dataset_missing_on_one_host_is_refused_on_every_process(tmp_path, cor
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+# Process 1's checkpoint writes fail as on a host whose mount of the shared workdir is
+# read-only (orbax writes each process's array metadata through this Python function).
+_READ_ONLY_HOST = """
+import errno, runpy, sys
+from orbax.checkpoint._src.path import async_path
+async def refused(path, *args, **kwargs):
+    raise OSError(errno.EROFS, "Read-only file system", str(path))
+async_path.write_text = refused
+sys.argv = ["lmscale.train", *sys.argv[1:]]
+runpy.run_module("lmscale.train", run_name="__main__")
+"""
+
+
+def test_a_checkpoint_that_fails_on_one_host_stops_every_process(tmp_path, corpus):
+    """Orbax's wait for a save whose part failed on one process joined a thread held in a
+    barrier for that part: both processes hung, silently, until a 20-minute timeout (process 1
+    printed orbax's tracebacks). Now process 1 names the checkpoint and the others stop too."""
+    run = tmp_path / "run"
+    cmd = tiny_train_command(run, corpus, "--initialization_timeout=60",
+                             **{"train.steps": 12, "checkpoint.every": 4, "train.log_every": 2})
+    results = run_two([cmd, [sys.executable, "-c", _READ_ONLY_HOST, *cmd[3:]]], timeout=150)
+    (status_0, err_0), (status_1, err_1) = results
+    assert status_1 == 1 and error_lines(err_1) == [
+        f"error: checkpoint 4 could not be written in {run / 'checkpoints'}: [Errno 30] Read-only "
+        f"file system: '{run / 'checkpoints'}/4.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/"
+        f"array_metadatas/process_1'; no checkpoint is complete yet (a re-run starts afresh "
+        f"once the cause is fixed)"], err_1[-3000:]
+    assert "Traceback" not in err_1, err_1[-3000:]
+    assert status_0 == 1 and error_lines(err_0) == [
+        f"error: a checkpoint could not be written by another process of the run (process 1: "
+        f"{error_lines(err_1)[0][len('error: '):]})"], err_0[-3000:]
+
+
 def test_a_coordinator_port_in_use_is_one_line(tmp_path, corpus):
     """Process 0 crashed in jax (a segmentation fault) on a taken port; an address with a
     scheme passed the check and aborted after the timeout."""

@@ -266,3 +266,23 @@ def test_a_resume_in_another_precision_keeps_the_count_of_skipped_steps(tmp_path
     resumed = [r for r in read_metrics(workdir) if r["split"] == "train" and r["step"] > 4]
     assert [r["skipped"] for r in resumed] == [skipped[-1]] * 2
     assert [r["loss_scale"] for r in resumed] == [1.0, 1.0]
+
+
+def test_the_ends_extra_validation_comes_after_the_last_checkpoint(tmp_path, corpus, monkeypatch):
+    """With eval_every past the end, the run's last validation (the whole split at
+    train.eval_steps=0) ran before the final save: a stop signal waited for it, and a
+    scheduler's kill after its grace lost every step since the last checkpoint (a WT103-sized
+    vocabulary: 16 CPU-minutes, nothing saved). The weights are saved first now."""
+    from lmscale.training import loop
+    seen = []
+    real = loop.evaluate_split
+
+    def spy(*args, **kwargs):  # what the disk holds when the final validation starts
+        names = os.listdir(tmp_path / "run" / "checkpoints")
+        seen.append(any(n.split(".")[0] == "6" for n in names))  # "6" or its save in progress
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "evaluate_split", spy)
+    loop.train(tiny_config(corpus, **{"train.steps": 6, "train.eval_every": 100,
+                                      "checkpoint.every": 4}), str(tmp_path / "run"))
+    assert seen == [True]
