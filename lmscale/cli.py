@@ -77,13 +77,19 @@ def run_cli(fn: Callable[[], T]) -> T:
     from lmscale.compile_cache import use_compile_cache
     from lmscale.config import ConfigError
     from lmscale.data.errors import DataError
+    from lmscale.models.registry import UnknownModelKind
     from lmscale.training.checkpoints import CheckpointError
     _quiet_library_logs()
     try:
         use_compile_cache()
         return fn()
-    except (ConfigError, DataError, CheckpointError, FileNotFoundError, OutputError) as e:
+    except (ConfigError, DataError, CheckpointError, FileNotFoundError, OutputError,
+            UnknownModelKind) as e:
         print(f"error: {e}", file=sys.stderr)
+        if getattr(e, "exit_at_once", False):  # library threads stuck waiting for other processes
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(getattr(e, "exit_status", 1))
         sys.exit(getattr(e, "exit_status", 1))
     except OSError as e:  # a full disk, a read-only or forbidden folder: one line, exit 1
         if e.errno not in _WRITE_ERRNOS:

@@ -258,11 +258,14 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     if not isinstance(config.data.train, str) or not config.data.train.strip():
         raise ConfigError(f"data.train must name the training text (a prepared dataset, text "
                           f"paths/globs or 'python_stdlib'), got {config.data.train!r}")
-    from lmscale.models import get_kind, model_kinds  # JAX: not at import (module doc)
-    if config.model.kind not in model_kinds():
-        raise ConfigError(f"model.kind must be one of {list(model_kinds())}, got {config.model.kind!r}")
+    from lmscale.models import get_kind  # JAX: not at import (module doc)
+    from lmscale.models.registry import UnknownModelKind
     try:
-        get_kind(config.model.kind).validate(config.model, config.train)
+        kind = get_kind(config.model.kind)
+    except UnknownModelKind as e:  # names the kinds and how to add one's own
+        raise ConfigError(str(e)) from None
+    try:
+        kind.validate(config.model, config.train)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     _check_positive_ints(config, ("train.seq_len", "train.batch_size"))  # before divisibility

@@ -3,7 +3,9 @@
 ``build_model`` makes the module of ``config.model.kind``; ``flops_per_token`` counts its
 forward matmul FLOPs (a training step, forward + backward, costs about 3x that). Kinds:
 "mlstm", "lstm" and "qrnn" (:class:`RecurrentLM`, with the AWD-LSTM regularizers) and
-"transformer"; a family registers itself when its file is imported.
+"transformer" (``MODEL_KINDS``); a family registers itself when its file is imported, a
+family of your own too (``registry.load_plugins``: ``LMSCALE_MODEL_MODULES`` or the
+``lmscale.models`` entry points).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from lmscale.models.registry import (ModelKind, architecture, build_model, flops
 from lmscale.models.weight_norm import Matrix, WeightNormMatrix, weight_norm
 from lmscale.models.building import built_in_one_program, model_params
 
-MODEL_KINDS: tuple[str, ...] = model_kinds()
+MODEL_KINDS: tuple[str, ...] = ("lstm", "mlstm", "qrnn", "transformer")  # the built-in kinds
 
 
 def count_params(model: nnx.Module) -> int:

@@ -2,7 +2,10 @@
 
 The trainer is model-agnostic: it only talks to a :class:`ModelKind` (registered under
 ``model.kind``) and to the module it builds, which implements the language-model interface
-below. A new family is one file that defines its module and registers its kind.
+below. A new family is one file that defines its module and registers its kind: inside the
+package, imported by ``lmscale/models/__init__.py``; or a module of your own, found by every
+tool through ``LMSCALE_MODEL_MODULES`` or a package's ``lmscale.models`` entry points
+(:func:`load_plugins`; ``examples/gru_kind.py`` is one, with its NumPy check).
 
 The module interface (an ``nnx.Module``; all arrays batch-major):
 
@@ -15,9 +18,11 @@ The module interface (an ``nnx.Module``; all arrays batch-major):
   new segment before ``tokens[b, t]`` (a recurrent model zeroes its state, a transformer
   stops attention across it). ``dropout_key``: None (deterministic), one key, or one key per
   row ([B, 2]) so that a row's masks do not depend on the batch it is in.
-* ``features(tokens, carry, resets=None) -> dict``: per-layer states for transfer, float32
-  [L, B, T, F], under each name of ``feature_states`` (e.g. "cell", "hidden"), plus
-  ``"carry"``: the new carry.
+* ``features(tokens, carry, resets=None, prepared=None, *, dropout_key=None,
+  step_key=None) -> dict``: per-layer states for transfer, float32 [L, B, T, F], under each
+  name of ``feature_states`` (e.g. "cell", "hidden"), plus ``"carry"``: the new carry.
+  ``prepared``: ``prepare_decode``'s (featurizing passes it when that is not None); the keys
+  as ``regularized_call``'s (fine-tuning with ``finetune.lm_dropout`` passes them).
 * ``feature_states``: tuple of names ``features`` returns; the first is the default.
 * ``feature_width``: F; ``num_layers``: L.
 * ``max_len``: the longest sequence the model reads at once (None: unbounded, state carried).
@@ -39,6 +44,16 @@ The module interface (an ``nnx.Module``; all arrays batch-major):
   batch the trainer adds to the training loss only (never to the logged loss or BPC); None
   when there is none. :func:`training_forward` calls it, or ``__call__`` for models
   without it (penalty None), so a model without it needs no change.
+
+Conventions the tools rely on: ``config.model.layers`` is the depth (fine-tuning's layer
+groups); the parameters of layer i live under ``layers[i]`` (or a transformer's ``blocks``)
+and the embedding under ``embedding`` — ``finetune.layer_lr_decay``/``unfreeze_every`` give
+any other parameter the top layer's group; the last layer's ``holdable_states`` (optional)
+names the states generation may hold (default ``feature_states``); the CLI's state flags
+(``--state``, ``--neuron_state``) take "cell" or "hidden". A kind reads existing
+``config.model`` fields (``embed``, ``hidden``, ``layers``, ``dropout``...): a field of
+its own must be added to ``config.default_config``. On CPUs, a bfloat16 matmul must return
+bfloat16 (XLA:CPU has no bfloat16 x bfloat16 = float32 dot): ``fast_dot.dense`` does it.
 """
 
 from __future__ import annotations
@@ -82,14 +97,57 @@ def register(kind: ModelKind) -> ModelKind:
     return kind
 
 
+PLUGIN_GROUP = "lmscale.models"  # entry points naming modules that register model kinds
+PLUGIN_ENV = "LMSCALE_MODEL_MODULES"  # comma-separated modules that register model kinds
+
+
+class UnknownModelKind(ValueError):
+    """``model.kind`` names no registered kind (the CLI says it in one line)."""
+
+
 def model_kinds() -> tuple[str, ...]:
+    """The registered kinds: the built-in ones and those of plugins (:func:`load_plugins`)."""
+    load_plugins()
     return tuple(sorted(_KINDS))
 
 
 def get_kind(name: str) -> ModelKind:
     if name not in _KINDS:
-        raise ValueError(f"unknown model.kind {name!r}; expected one of {list(model_kinds())}")
+        load_plugins()
+    if name not in _KINDS:
+        raise UnknownModelKind(
+            f"unknown model.kind {name!r}; expected one of {list(model_kinds())} (a kind of "
+            f"your own registers itself when its module is imported: name the module in "
+            f"{PLUGIN_ENV}=module[,module...], or declare it under the {PLUGIN_GROUP!r} entry "
+            f"points of an installed package)")
     return _KINDS[name]
+
+
+_LOADED: set[str] = set()  # plugin modules imported (each once)
+
+
+def load_plugins() -> None:
+    """Imports the modules that register model kinds of their own: those named in the
+    ``LMSCALE_MODEL_MODULES`` environment variable (importable from ``sys.path``, e.g. by
+    ``PYTHONPATH``) and the ``lmscale.models`` entry points of installed packages. Every tool
+    reaches its kinds through :func:`get_kind`, so a run of a plugin kind trains, resumes,
+    evaluates, generates and transfers as a built-in one does (the tools that read a run's
+    config.json included). A module that fails to import raises, naming it."""
+    import importlib
+    import os
+    from importlib.metadata import entry_points
+    names = [(n.strip(), PLUGIN_ENV) for n in os.environ.get(PLUGIN_ENV, "").split(",") if n.strip()]
+    names += [(e.value.split(":")[0], f"entry point {e.name!r}") for e in entry_points(group=PLUGIN_GROUP)]
+    for module, source in names:
+        if module in _LOADED:
+            continue
+        _LOADED.add(module)
+        try:
+            importlib.import_module(module)
+        except Exception as e:  # any error of the user's module: named, not a bare traceback
+            _LOADED.discard(module)
+            raise UnknownModelKind(f"cannot import the model module {module!r} ({source}): "
+                                   f"{type(e).__name__}: {e}") from e
 
 
 def build_model(model_config: Any, vocab_size: int, *, rngs: nnx.Rngs,

@@ -45,7 +45,7 @@ import ml_collections
 import numpy as np
 
 from lmscale.config import scaled_lr, step_width, validate, with_global_batch
-from lmscale.models import flops_per_token
+from lmscale.models import flops_per_token, get_kind
 from lmscale.models.adaptive_softmax import parse_cutoffs, tail_shares, zipf_id_counts
 from lmscale.models.recurrent import SCANNED_KINDS, ScanOptions, scan_options
 from lmscale.training import mesh as mesh_lib
@@ -63,10 +63,18 @@ def train_flops_per_token(model_config: ml_collections.ConfigDict, vocab_size: i
     counted at the share of targets in each tail cluster that ``id_counts`` [V] (how often
     each id is a target) gives, or Zipf's law over the frequency-ranked ids when None."""
     shares = None
-    cutoffs = parse_cutoffs(model_config.get("adaptive_cutoffs", ""))
+    cutoffs = adaptive_cutoffs(model_config)
     if cutoffs:
         shares = tail_shares(cutoffs, zipf_id_counts(vocab_size) if id_counts is None else id_counts)
     return 3 * int(flops_per_token(model_config, vocab_size, seq_len=seq_len, tail_shares=shares))
+
+
+def adaptive_cutoffs(model_config: ml_collections.ConfigDict) -> tuple[int, ...]:
+    """The cut-offs of a kind with an adaptive softmax (its ``fields`` name
+    ``adaptive_cutoffs``); () for the others, which leave the setting unused."""
+    if "adaptive_cutoffs" not in get_kind(model_config.kind).fields:
+        return ()
+    return parse_cutoffs(model_config.get("adaptive_cutoffs", ""))
 
 
 def recompute_flops_per_token(model_config: ml_collections.ConfigDict, seq_len: int) -> int:
@@ -175,7 +183,7 @@ def compile_step(config: ml_collections.ConfigDict, vocab_size: int = BYTE_VOCAB
     rows = mesh_lib.batch_sharded(mesh)
     host = random_batch(config.train.batch_size, step_width(config.train), vocab_size,
                         seed=config.seed, reset_every=reset_every,
-                        zipf=bool(parse_cutoffs(config.model.get("adaptive_cutoffs", ""))))
+                        zipf=bool(adaptive_cutoffs(config.model)))
     batch = {k: jax.device_put(host[k], rows) for k in BATCH_KEYS}
     t = time.perf_counter()
     compiled = step.lower(state, batch).compile()

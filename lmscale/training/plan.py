@@ -18,8 +18,8 @@ import ml_collections
 
 from lmscale.config import bptt_max, derive, step_width, validate, with_global_batch
 from lmscale.models import architecture, flops_per_token, get_kind
-from lmscale.models.adaptive_softmax import parse_cutoffs, tail_shares, zipf_id_counts
-from lmscale.training.bench import train_flops_per_token
+from lmscale.models.adaptive_softmax import tail_shares, zipf_id_counts
+from lmscale.training.bench import adaptive_cutoffs, train_flops_per_token
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.hlo_stats import all_reduces
 from lmscale.training.setup import BATCH_KEYS, build_train_setup, jit_train_step
@@ -59,7 +59,7 @@ def plan(config: ml_collections.ConfigDict, devices: list[jax.Device] | None = N
     requested = all_reduces(lowered.as_text(dialect="hlo"))
     fwd = flops_per_token(config.model, vocab_size, seq)
     train_per_token = train_flops_per_token(config.model, vocab_size, seq)  # Zipf's targets
-    cutoffs = parse_cutoffs(config.model.get("adaptive_cutoffs", ""))
+    cutoffs = adaptive_cutoffs(config.model)
     per_device = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes \
         - mem.alias_size_in_bytes
     return {

@@ -1,0 +1,111 @@
+"""A model family of one's own (examples/gru_kind.py): its equations against NumPy, and every
+tool finding it through LMSCALE_MODEL_MODULES — those that read a run's config.json too (they
+refused the kind in a traceback: only a config file could import it)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+from lmscale.models import build_model, registry
+from tests.conftest import REPO, tiny_train_command, write_corpus
+
+EXAMPLES = os.path.join(str(REPO), "examples")
+B, T, V, E, H = 3, 7, 20, 8, 16
+
+
+@pytest.fixture(scope="module")
+def gru():
+    sys.path.insert(0, EXAMPLES)
+    try:
+        yield importlib.import_module("gru_kind")  # registers model.kind="gru"
+    finally:
+        sys.path.remove(EXAMPLES)
+        registry._KINDS.pop("gru", None)  # the other tests of this process see the built-ins
+        sys.modules.pop("gru_kind", None)
+
+
+def _numpy_gru(model, tokens, resets, h0):
+    """Logits [B, T, V] and each layer's last h, float64, from the GRU equations."""
+    sig = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
+    x = np.asarray(model.embedding.embedding[...], np.float64)[tokens]
+    last = []
+    for l, layer in enumerate(model.layers):
+        wi, wh, bi, bh = (np.asarray(a[...], np.float64) for a in (layer.wi, layer.wh, layer.bi, layer.bh))
+        h, out = h0[l].copy(), np.zeros((B, T, H))
+        for t in range(T):
+            h[resets[:, t]] = 0
+            gi, gh = x[:, t] @ wi + bi, h @ wh + bh
+            r, z = sig(gi[:, :H] + gh[:, :H]), sig(gi[:, H:2 * H] + gh[:, H:2 * H])
+            h = (1 - z) * np.tanh(gi[:, 2 * H:] + r * gh[:, 2 * H:]) + z * h
+            out[:, t] = h
+        x = out
+        last.append(h)
+    kernel, bias = (np.asarray(a[...], np.float64) for a in (model.decoder.kernel, model.decoder.bias))
+    return x @ kernel + bias, last
+
+
+def test_the_example_kind_follows_its_equations(gru):
+    config = ml_collections.ConfigDict(dict(kind="gru", embed=E, hidden=H, layers=2, dropout=0.0))
+    model = build_model(config, V, rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, V, (B, T)).astype(np.int32)
+    resets = np.zeros((B, T), bool)
+    resets[1, 4] = True
+    h0 = [rng.normal(size=(B, H)) * 0.5 for _ in range(2)]
+    want, want_last = _numpy_gru(model, tokens, resets, h0)
+    carry = tuple(jnp.asarray(h, jnp.float32) for h in h0)
+    got, new = model(jnp.asarray(tokens), carry, jnp.asarray(resets))
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)  # float32 vs float64
+    for c, w in zip(new, want_last):
+        np.testing.assert_allclose(np.asarray(c), w, atol=1e-5)
+    plain, _ = _numpy_gru(model, tokens, np.zeros((B, T), bool), h0)
+    state = carry
+    for t in range(T):  # one token at a time, as generation reads it
+        logits, state = model.decode_step(jnp.asarray(tokens[:, t]), state)
+        np.testing.assert_allclose(np.asarray(logits), plain[:, t], atol=1e-5)
+
+
+def _tool(args: list[str], plugin: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([EXAMPLES, str(REPO)]))
+    env.pop("LMSCALE_MODEL_MODULES", None)
+    if plugin:
+        env["LMSCALE_MODEL_MODULES"] = "gru_kind"
+    return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_every_tool_finds_a_kind_named_in_the_environment(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus")
+    run = tmp_path / "run"
+    train = _tool(tiny_train_command(run, corpus, **{"model.kind": "gru", "train.steps": 6,
+                                                     "checkpoint.every": 6}))
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert json.loads((run / "config.json").read_text())["model"]["kind"] == "gru"
+    eval_ = _tool([sys.executable, "-m", "lmscale.eval", f"--workdir={run}", "--max_steps=2"])
+    assert eval_.returncode == 0 and "bpc" in eval_.stdout, eval_.stderr[-3000:]
+    sample = _tool([sys.executable, "-m", "lmscale.generate", f"--workdir={run}", "--length=20",
+                    "--prompt=ab", "--neuron=3", "--neuron_value=1.0",
+                    f"--output={tmp_path / 'samples'}"])
+    assert sample.returncode == 0 and sample.stdout.strip(), sample.stderr[-3000:]
+    # Without the module named: one line naming the way to add it (was a ValueError traceback).
+    refused = _tool([sys.executable, "-m", "lmscale.eval", f"--workdir={run}"], plugin=False)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
+    assert refused.stderr.strip().splitlines()[-1].startswith(
+        "error: unknown model.kind 'gru'; expected one of ['lstm', 'mlstm', 'qrnn', "
+        "'transformer'] (a kind of your own registers itself when its module is imported: "
+        "name the module in LMSCALE_MODEL_MODULES=module[,module...]"), refused.stderr[-3000:]
+    env_bad = dict(os.environ, LMSCALE_MODEL_MODULES="no_such_module_here")
+    bad = subprocess.run([sys.executable, "-m", "lmscale.eval", f"--workdir={run}"], cwd=REPO,
+                         env=env_bad, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1] == (
+        "error: cannot import the model module 'no_such_module_here' (LMSCALE_MODEL_MODULES): "
+        "ModuleNotFoundError: No module named 'no_such_module_here'"), bad.stderr[-3000:]
