@@ -23,6 +23,13 @@ from lmscale.training.restore import TrainedLM, load_trained
 from lmscale.training.state import zero_carry
 from lmscale.transfer.featurize import encode_texts, featurize
 
+# Bytes of one call's V-wide float32 logits ([rows, t, V]) that scoring a model with a full
+# softmax allows itself: the chunk length (recurrent) or rows per call (length-limited) is
+# chosen to keep under it. A word vocabulary of 267,735 in 32 rows of 128 was 4.4 GB an array.
+SCORE_LOGITS_BYTES = 512 * 2**20
+CHUNK_STEPS = 128  # the inputs read a call by a recurrent LM (fewer only for a wide softmax)
+MIN_CHUNK_STEPS = 8
+
 
 class LM:
     """A trained language model with a small, NumPy-in / NumPy-out interface."""
@@ -98,13 +105,14 @@ class LM:
     def _packed_nats(self, targets: list[tuple[np.ndarray, np.ndarray]], rows: int
                      ) -> np.ndarray:
         """Summed nats of each text's scored tokens, the texts packed into rows (``packing``:
-        the state reset at each text's start); chunks of 128 inputs, the state carried."""
+        the state reset at each text's start); chunks of ``_chunk_steps`` inputs (128, fewer
+        for a wide full softmax), the state carried."""
         from lmscale.transfer import packing
         ids = [x for x, _ in targets]
         rows = packing.rows_for(rows, len(ids), self.trained.mesh.size)
         plan = packing.pack([len(x) for x in ids], rows)
         counted = _counted_lookup(targets, plan)
-        t, pad = 128, self.trained.tokenizer.pad_id or 0
+        t, pad = self._chunk_steps(rows), self.trained.tokenizer.pad_id or 0
         slots = packing.ends_per_chunk(plan, t) + 1  # t + 1 columns hold one more end
         carry = zero_carry(self.trained.model().initial_carry, rows,
                            mesh_lib.batch_sharded(self.trained.mesh))
@@ -123,10 +131,12 @@ class LM:
         from lmscale.transfer import packing
         nats = np.zeros(len(targets), np.float64)
         pad = self.trained.tokenizer.pad_id or 0
+        wide = self._logits_width()  # at most SCORE_LOGITS_BYTES of logits a call
         for texts, plan in packing.pack_bins([len(x) for x, _ in targets], limit + 1):
             mine = [targets[i] for i in texts]
             counted = _counted_lookup(mine, plan)
-            count = packing.rows_for(rows, plan.rows, self.trained.mesh.size)
+            fit = rows if wide is None else max(1, SCORE_LOGITS_BYTES // (plan.width * wide * 4))
+            count = packing.rows_for(min(rows, fit), plan.rows, self.trained.mesh.size)
             part = np.zeros(len(mine), np.float64)
             for first in range(0, plan.rows, count):
                 grid = packing.rows_piece(plan, [x for x, _ in mine], first, count,
@@ -135,6 +145,24 @@ class LM:
                                counted(grid.owner, 0))
             nats[texts] += part
         return nats
+
+    def _logits_width(self) -> int | None:
+        """V of the logits a scoring call forms per token, None where it forms none V-wide
+        (an adaptive softmax: ``adaptive_token_nll``)."""
+        model = self.trained.model()
+        if getattr(model, "cutoffs", ()):
+            return None
+        return int(getattr(model, "vocab_size", None) or self.trained.tokenizer.vocab_size)
+
+    def _chunk_steps(self, rows: int) -> int:
+        """Inputs a call of a recurrent LM reads: ``CHUNK_STEPS``, fewer (down to
+        ``MIN_CHUNK_STEPS``) where rows x t x V float32 logits would pass
+        ``SCORE_LOGITS_BYTES``."""
+        wide = self._logits_width()
+        if wide is None:
+            return CHUNK_STEPS
+        fit = SCORE_LOGITS_BYTES // (rows * wide * 4)
+        return int(min(CHUNK_STEPS, max(MIN_CHUNK_STEPS, fit)))
 
     def _put(self, a: Any) -> Any:
         return jax.device_put(a, mesh_lib.batch_sharded(self.trained.mesh))
@@ -165,15 +193,21 @@ class LM:
 @functools.lru_cache(maxsize=32)
 def _chunk_nats_fn(graphdef: nnx.GraphDef) -> Any:
     """jit(params, carry, tokens [B, t], resets [B, t], targets [B, t], weights [B, t]) ->
-    (new carry, nats of each target [B, t] times its weight). Cached per model graph (as
+    (new carry, nats of each target [B, t] times its weight): with an adaptive softmax
+    (``cutoffs``) the model's ``adaptive_token_nll`` (no V-wide logits); else
+    logsumexp(logits) - the target's logit. Cached per model graph (as
     featurize's programs are), not per ``LM``: a second ``load_lm`` of the same model (a
     notebook's cell run again) reuses the compiled program."""
     def _chunk_nats(params: Any, carry: Any, tokens: jax.Array, resets: jax.Array,
                     targets: jax.Array, weights: jax.Array) -> tuple[Any, jax.Array]:
-        logits, carry = nnx.merge(graphdef, params)(tokens, carry, resets)
-        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-        nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-        return carry, nll * weights
+        model = nnx.merge(graphdef, params)
+        if getattr(model, "cutoffs", ()):  # an adaptive softmax: no V-wide logits
+            nll, carry = model.adaptive_token_nll(tokens, carry, resets, targets, weights)
+            return carry, nll * weights
+        logits, carry = model(tokens, carry, resets)
+        logits = logits.astype(jnp.float32)  # logsumexp - the target's: no log_softmax [B, t, V]
+        picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+        return carry, (jax.nn.logsumexp(logits, axis=-1) - picked) * weights
 
     return jax.jit(_chunk_nats)
 

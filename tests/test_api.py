@@ -187,3 +187,122 @@ def test_a_workdir_under_the_home_folder_can_be_named_with_a_tilde(sst_run, monk
     home, name = os.path.split(sst_run)
     monkeypatch.setenv("HOME", home)
     assert lmscale.load_lm(f"~/{name}").score(["a film"]) == lmscale.load_lm(sst_run).score(["a film"])
+
+
+def _word_lm(kind: str, cutoffs: str, tied: bool, words: int = 300, seed: int = 0):
+    """A random word LM (3 specials + ``words`` words "w0".. in id order, so "w{i}" is id
+    3 + i) with adaptive ``cutoffs`` ("" : a full softmax), weights scaled up (not uniform)."""
+    import dataclasses
+    from lmscale.api import LM
+    from lmscale.data.words import SPECIALS, WordTokenizer
+    from lmscale.models import model_params
+    from tests.transfer.conftest import random_lm
+    tok = WordTokenizer([*SPECIALS, *(f"w{i}" for i in range(words))], unk_bytes=3)
+    lm = random_lm()
+    config = lm.config.copy_and_resolve_references()
+    m = config.model
+    m.kind, m.layers, m.hidden, m.embed = kind, 2, 12, 8
+    m.tie_embeddings, m.adaptive_cutoffs, m.weight_norm = tied, cutoffs, False
+    if kind == "qrnn":
+        m.qrnn_window = 2
+    graphdef, params = model_params(m, tok.vocab_size, seed=seed)
+    params = jax.tree.map(lambda x: x * 3.0, params)
+    return LM(dataclasses.replace(lm, config=config, tokenizer=tok, graphdef=graphdef,
+                                  params=params, decode_cache={}))
+
+
+def _word_texts(rng, words: int = 300):
+    """Texts of random words; the first holds a word of every cluster of (20, 60, 150)."""
+    every = "w0 w5 w30 w100 w17 w250 w299 w60 w149 w150 w1"
+    return [every] + [" ".join(f"w{i}" for i in rng.integers(0, words, n))
+                      + ("\n" if n % 2 else "") for n in (1, 2, 5, 9, 30, 140, 3, 17)]
+
+
+def reference_word_bpc(lm, text):
+    """The old formula, text alone in NumPy (float64): the model's full log-probabilities
+    (``adaptive_log_probs`` with cut-offs, else logits), log-softmaxed; the nats of the
+    scored targets over their bytes."""
+    from lmscale.transfer.featurize import encode_texts
+    model = nnx.merge(lm.trained.graphdef, lm.trained.params)
+    [ids] = encode_texts(lm.trained, [text])
+    ids, scored = lm._targets(ids)
+    if len(ids) < 2 or not scored.any():
+        return np.nan
+    out = np.asarray(model(ids[None, :-1].astype(np.int32), None)[0][0], np.float64)
+    logp = out - out.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    nats = -logp[np.arange(len(ids) - 1), ids[1:]][scored[1:]].sum()
+    table = lm.trained.tokenizer.byte_lengths()
+    total = table[ids[scored]].sum()
+    return nats / math.log(2) / total if total > 0 else np.nan
+
+
+@pytest.mark.parametrize("kind,tied", [("qrnn", True), ("qrnn", False), ("lstm", True),
+                                       ("lstm", False)])
+def test_a_word_model_with_cutoffs_scores_without_the_full_softmax(kind, tied, monkeypatch):
+    """An adaptive softmax is scored by ``adaptive_token_nll`` (the head's logits and each
+    target's own cluster's: no [rows, 128, V] logits, which at V = 267,735 took 12 GB and
+    113 s for 40 texts): the same scores as the full log-probabilities, a text with targets
+    in every cluster, texts packed in 3 rows across chunks; nothing V-wide in the program."""
+    from lmscale.api import _chunk_nats_fn
+    lm = _word_lm(kind, "20,60,150", tied)
+    texts = _word_texts(np.random.default_rng(1))
+    [ids] = [lm.trained.tokenizer.encode(texts[0])]
+    cluster = np.searchsorted((20, 60, 150), ids, side="right")
+    assert set(cluster[1:].tolist()) == {0, 1, 2, 3}  # targets in the head and every tail
+    got = lm.score(texts, batch_size=3)
+    want = [reference_word_bpc(lm, t) for t in texts]
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert np.isnan(got[1]) and np.isfinite(np.delete(got, 1)).all()  # text 1: one word
+    # The compiled program's arrays: none as wide as the vocabulary for all tokens.
+    rows, t, vocab = 3, 128, lm.trained.tokenizer.vocab_size
+    z = np.zeros((rows, t), np.int32)
+    carry = lm.trained.model().initial_carry(rows)
+    text = _chunk_nats_fn(lm.trained.graphdef).lower(
+        lm.trained.params, carry, z, z.astype(bool), z, z.astype(np.float32)).as_text()
+    assert not any(f"{s}x{vocab}x" in text for s in (f"{rows}x{t}", f"{t}x{rows}", rows * t))
+
+
+def test_a_wide_full_softmax_is_scored_in_shorter_chunks(monkeypatch):
+    """A full softmax (no cut-offs) reads t inputs a call with rows x t x V float32 logits
+    under ``SCORE_LOGITS_BYTES``: at a budget that allows 12 columns of 3 rows, t = 12 and
+    the texts (one of 141 words, across 12 chunks) score as with 128 and as the old formula;
+    the floor is 8 columns; bytes keep 128."""
+    from lmscale import api
+    lm = _word_lm("qrnn", "", False)
+    texts = _word_texts(np.random.default_rng(2))
+    vocab = lm.trained.tokenizer.vocab_size
+    wide = lm.score(texts, batch_size=3)
+    assert lm._chunk_steps(3) == 128
+    np.testing.assert_allclose(wide, [reference_word_bpc(lm, t) for t in texts], rtol=1e-5)
+    monkeypatch.setattr(api, "SCORE_LOGITS_BYTES", 3 * 12 * vocab * 4 + 5)
+    assert lm._chunk_steps(3) == 12 and lm._chunk_steps(1) == 36
+    np.testing.assert_allclose(lm.score(texts, batch_size=3), wide, rtol=1e-5)
+    monkeypatch.setattr(api, "SCORE_LOGITS_BYTES", 1)
+    assert lm._chunk_steps(3) == 8
+    np.testing.assert_allclose(lm.score(texts, batch_size=3), wide, rtol=1e-5)
+    monkeypatch.undo()
+    assert api.LM(lm.trained)._chunk_steps(32) == 128
+    byte_lm = api.LM(__import__("tests.transfer.conftest", fromlist=["random_lm"]).random_lm())
+    assert byte_lm._chunk_steps(32) == 128
+    # The default budget at WikiText-103's vocabulary in 32 rows: 15 columns (was 128).
+    monkeypatch.setattr(api.LM, "_logits_width", lambda self: 267_735)
+    assert lm._chunk_steps(32) == 15
+
+
+def test_a_transformer_with_a_wide_softmax_reads_fewer_rows_a_call(monkeypatch):
+    """The length-limited path forms [rows, max_len + 1, V] logits a call: bounded by
+    ``SCORE_LOGITS_BYTES`` (here to one row a call); the scores are those of 8 rows a call."""
+    from lmscale import api
+    from tests.transfer.conftest import random_transformer_lm
+    lm = api.LM(random_transformer_lm())
+    texts = ["a fine, moving film.", "zq", "the plot is thin " * 9, "ok then", "x" * 70]
+    want = lm.score(texts, batch_size=8)
+    calls = []
+    real = api.LM._add_nats
+    monkeypatch.setattr(api.LM, "_add_nats",
+                        lambda self, nats, carry, grid, scored: calls.append(grid.tokens.shape)
+                        or real(self, nats, carry, grid, scored))
+    monkeypatch.setattr(api, "SCORE_LOGITS_BYTES", 1)
+    np.testing.assert_allclose(lm.score(texts, batch_size=8), want, rtol=1e-5)
+    assert calls and all(shape[0] == 1 for shape in calls)

@@ -40,9 +40,51 @@ def adaptive_nll_sums(h: jax.Array, words: jax.Array, bias: jax.Array, tail_vect
     tail_bias [k]; targets int [N]; weights [N] (0: not counted). Products in ``dtype`` with
     float32 sums.
     """
+    head_nll, cluster, word_rows, bounds = _head_nll(h, words, bias, tail_vectors, tail_bias,
+                                                     cutoffs, targets, dtype, words_transposed)
+    h, bias = jnp.asarray(h), jnp.asarray(bias)  # NumPy eagerly too
+    weights = jnp.asarray(weights, jnp.float32)
+    targets = jnp.asarray(targets, jnp.int32)
+    nats = jnp.sum(weights * head_nll)
+    for i in range(1, len(bounds) - 1):
+        a, b = bounds[i], bounds[i + 1]
+        mine = jnp.where(cluster == i, weights, 0.0)
+        nats = nats + _cluster_nll(jnp.dtype(dtype), h, word_rows(a, b), bias[a:b],
+                                   jnp.clip(targets - a, 0, b - a - 1), mine)
+    return nats, jnp.sum(weights)
+
+
+def adaptive_token_nll(h: jax.Array, words: jax.Array, bias: jax.Array, tail_vectors: jax.Array,
+                       tail_bias: jax.Array, cutoffs: tuple[int, ...], targets: jax.Array,
+                       dtype: Any, words_transposed: bool, counted: jax.Array | None = None
+                       ) -> jax.Array:
+    """The NLL in nats of every target [N] float32 (no gradient: scoring), arguments as
+    ``adaptive_nll_sums``: the head's c_1 + k logits for all rows, a tail cluster's only for
+    the rows whose target lies in it, ``CHUNK`` rows at a time. ``counted`` [N] (optional):
+    the rows wanted; the others' tail clusters are not formed and their NLL is 0."""
+    targets = jnp.asarray(targets, jnp.int32)
+    head_nll, cluster, word_rows, bounds = _head_nll(h, words, bias, tail_vectors, tail_bias,
+                                                     cutoffs, targets, dtype, words_transposed)
+    wanted = (jnp.ones(targets.shape, bool) if counted is None
+              else jnp.asarray(counted) != 0)
+    nll = jnp.where(wanted, head_nll, 0.0)
+    h, bias = jnp.asarray(h), jnp.asarray(bias)
+    for i in range(1, len(bounds) - 1):
+        a, b = bounds[i], bounds[i + 1]
+        mine = (wanted & (cluster == i)).astype(jnp.float32)
+        nll = nll + _cluster_token_nll(jnp.dtype(dtype), h, word_rows(a, b), bias[a:b],
+                                       jnp.clip(targets - a, 0, b - a - 1), mine)
+    return jax.lax.stop_gradient(nll)
+
+
+def _head_nll(h: jax.Array, words: jax.Array, bias: jax.Array, tail_vectors: jax.Array,
+              tail_bias: jax.Array, cutoffs: tuple[int, ...], targets: jax.Array, dtype: Any,
+              words_transposed: bool) -> tuple[jax.Array, jax.Array, Any, tuple[int, ...]]:
+    """(Each row's NLL under the head softmax [N] (of its word, or of its cluster's
+    tombstone), its target's cluster [N] (0: the head), word_rows(a, b) -> the word vectors
+    [b - a, H], the cluster bounds (0, *cutoffs, V))."""
     h, words, bias = jnp.asarray(h), jnp.asarray(words), jnp.asarray(bias)  # NumPy eagerly too
     targets = jnp.asarray(targets, jnp.int32)
-    weights = jnp.asarray(weights, jnp.float32)
     vocab = bias.shape[0]
     bounds = (0, *cutoffs, vocab)
     head = cutoffs[0]
@@ -53,13 +95,24 @@ def adaptive_nll_sums(h: jax.Array, words: jax.Array, bias: jax.Array, tail_vect
     cluster = jnp.searchsorted(jnp.asarray(cutoffs, jnp.int32), targets, side="right")  # 0 = head
     head_index = jnp.where(cluster == 0, targets, head + cluster - 1)
     picked = jnp.take_along_axis(head_all, head_index[:, None], axis=-1)[:, 0]
-    nats = jnp.sum(weights * (jax.nn.logsumexp(head_all, axis=-1) - picked))
-    for i in range(1, len(bounds) - 1):
-        a, b = bounds[i], bounds[i + 1]
-        mine = jnp.where(cluster == i, weights, 0.0)
-        nats = nats + _cluster_nll(jnp.dtype(dtype), h, word_rows(a, b), bias[a:b],
-                                   jnp.clip(targets - a, 0, b - a - 1), mine)
-    return nats, jnp.sum(weights)
+    return jax.nn.logsumexp(head_all, axis=-1) - picked, cluster, word_rows, bounds
+
+
+def _cluster_token_nll(dtype: Any, h: jax.Array, words: jax.Array, bias: jax.Array,
+                       targets: jax.Array, mask: jax.Array) -> jax.Array:
+    """[N]: logsumexp(z_n) - z_n[targets_n] (z_n = words · h_n + bias) for the rows with a
+    nonzero ``mask``, 0 elsewhere; the cluster's logits formed for those rows only."""
+    order, count, size = _chunks(mask)
+    cast = words.astype(dtype)
+
+    def body(j: jax.Array, out: jax.Array) -> jax.Array:
+        rows, real, _, z = _chunk_logits(dtype, h, cast, bias, order, count, size, j)
+        picked = jnp.take_along_axis(z, targets[rows][:, None], -1)[:, 0]
+        nll = jax.nn.logsumexp(z, axis=-1) - picked
+        return out.at[rows].add(jnp.where(real, nll, 0.0))  # rows past count add zeros
+
+    zero = varying_like(jnp.zeros(mask.shape, jnp.float32), h, words, bias, mask)
+    return jax.lax.fori_loop(0, (count + size - 1) // size, body, zero)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))

@@ -26,7 +26,7 @@ from flax import nnx
 
 from lmscale.config import DEFAULT_REMAT_STEPS, ConfigError
 from lmscale.models import fast_dot, regularizers
-from lmscale.models.adaptive_loss import adaptive_nll_sums
+from lmscale.models.adaptive_loss import adaptive_nll_sums, adaptive_token_nll
 from lmscale.models.adaptive_softmax import (AdaptiveTails, adaptive_log_probs,
                                              loss_logits_per_token, parse_cutoffs)
 from lmscale.models.initializers import symmetric_uniform
@@ -296,6 +296,23 @@ class RecurrentLM(nnx.Module):
             self.tails.tail_bias[...], self.cutoffs, flat(targets), flat(weights), self.dtype,
             words_transposed=self.tied)
         return nats, count, new_carry, self._penalty(hs, top)
+
+    def adaptive_token_nll(self, tokens: jax.Array, carry: Carry | None,
+                           resets: jax.Array | None, targets: jax.Array,
+                           counted: jax.Array | None = None) -> tuple[jax.Array, Carry]:
+        """With adaptive cut-offs, scoring (no dropout, no gradient): (each target's NLL
+        float32 [B, T], new carry), without forming the V-wide logits (``adaptive_loss.py``);
+        targets int [B, T]; ``counted`` [B, T] (optional): the targets wanted, 0 for the
+        others (their tail clusters not formed)."""
+        hs, _, new_carry, _, _ = self._run(tokens, carry, resets, None, None, False)
+        steps, rows, width = hs.shape
+        flat = lambda x: jnp.swapaxes(x, 0, 1).reshape(steps * rows)  # [B, T] -> [T * B]
+        words, bias = self._decoder_weights()
+        nll = adaptive_token_nll(
+            hs.reshape(steps * rows, width), words, bias, self.tails.tail_vectors[...],
+            self.tails.tail_bias[...], self.cutoffs, flat(targets), self.dtype,
+            words_transposed=self.tied, counted=None if counted is None else flat(counted))
+        return jnp.swapaxes(nll.reshape(steps, rows), 0, 1), new_carry
 
     def features(self, tokens: jax.Array, carry: Carry | None,
                  resets: jax.Array | None = None, prepared: tuple[Any, ...] | None = None, *,

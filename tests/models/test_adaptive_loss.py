@@ -159,3 +159,27 @@ def test_flops_count_the_logits_the_loss_forms():
         c, V, tail_shares=tail_shares(CUTS, zipf_id_counts(V)))
     c.adaptive_cutoffs = ""  # without cut-offs nothing changes
     assert train_flops_per_token(c, V, 4, id_counts=counts) == 3 * 2 * (layers + H * V)
+
+
+@pytest.mark.parametrize("counted", [False, True], ids=["all", "counted"])
+def test_the_nll_of_every_token_without_v_wide_logits(counted):
+    """``adaptive_token_nll`` (scoring): each target's NLL [N] equals the NumPy reference's,
+    row by row (a target in every cluster; uncounted rows 0, their clusters not formed), and
+    its weighted sum ``adaptive_nll_sums``; tied and untied word layouts alike."""
+    from lmscale.models.adaptive_loss import adaptive_token_nll
+    h, words, bias, tails, tail_bias, targets, weights = _data(seed=3)
+    assert set(np.searchsorted(CUTS, targets, side="right").tolist()) == {0, 1, 2, 3}
+    mask = weights if counted else None
+    want = np.array([np_adaptive_nll(h[n:n + 1], words, bias, tails, tail_bias, targets[n:n + 1],
+                                     np.ones(1)) for n in range(N)])
+    if counted:
+        want = want * (weights != 0)
+    fn = jax.jit(adaptive_token_nll, static_argnums=(5, 7, 8))
+    for layout, transposed in ((words, True), (words.T.copy(), False)):
+        got = np.asarray(fn(h, layout, bias, tails, tail_bias, CUTS, targets, jnp.float32,
+                            transposed, mask))
+        assert got.shape == (N,) and got.dtype == np.float32
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    total = adaptive_nll_sums(h, words, bias, tails, tail_bias, CUTS, targets, weights,
+                              jnp.float32, True)[0]
+    np.testing.assert_allclose(float(np.sum(got * weights)), float(total), rtol=1e-5)
