@@ -297,10 +297,10 @@ def evaluate_data(lm: TrainedLM, data: str, *, split: str = "val", batch_size: i
             if key != "max_steps" and value < 1:
                 raise ConfigError(f"{key} must be a positive integer, got {value}")
             settings[key] = value
-    max_len = lm.config.model.get("max_len") if lm.config.model.kind == "transformer" else None
+    max_len = lm.model().max_len  # the interface's: any kind that reads a bounded length
     if max_len and settings["seq_len"] > max_len:
-        raise ConfigError(f"seq_len {settings['seq_len']} is longer than the transformer's "
-                          f"model.max_len={max_len}: evaluate with a seq_len of at most {max_len}")
+        raise ConfigError(f"seq_len {settings['seq_len']} is longer than the {lm.config.model.kind} "
+                          f"model's max_len={max_len}: evaluate with a seq_len of at most {max_len}")
     text_column = text_column or lm.config.data.get("text_column") or None
     text_field = text_field or lm.config.data.get("text_field") or None
     if is_dataset(data):

@@ -231,7 +231,7 @@ def test_eval_of_a_transformer_past_its_max_len_is_one_line(tmp_path, corpus):
                            f"--seq_len={max_len + 1}"], cwd=REPO, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    assert f"longer than the transformer's model.max_len={max_len}" in proc.stderr
+    assert f"longer than the transformer model's max_len={max_len}" in proc.stderr
 
 
 def test_a_resume_whose_first_step_is_logged_leaves_out_the_compile(tmp_path, corpus, capsys):
