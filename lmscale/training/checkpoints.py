@@ -112,7 +112,7 @@ class UnreadableCheckpointError(CheckpointError):
 
 _NO_SPACE = "No space left on device"  # strerror(ENOSPC), in orbax's/tensorstore's messages
 _TMP_SUFFIX = ".orbax-checkpoint-tmp"  # a save in progress writes below STEP + this
-BACKGROUND_FAILURES: list[BaseException] = []  # this process's failed background saves (orbax's log)
+BACKGROUND_FAILURES: list[tuple[str, BaseException]] = []  # this process's failed background saves (orbax's log record, its error)
 
 
 def disk_full(error: BaseException) -> bool:
@@ -137,7 +137,7 @@ class _DiskFullLogs(logging.Filter):
         if error is not None and "in background save thread" in message:
             # orbax raises it once, from the wait of a thread that, with several processes,
             # may never end (``Checkpointer._previous_finished``): kept for ``check``
-            BACKGROUND_FAILURES.append(error)
+            BACKGROUND_FAILURES.append((message, error))
         if not (full or unwritable):
             return True
         if not _DiskFullLogs.said:
@@ -355,10 +355,10 @@ class Checkpointer:
 
     def _background_failures(self) -> list[BaseException]:
         """The failed background saves logged for this folder since the last look (taken)."""
-        mine = [e for e in BACKGROUND_FAILURES if self.directory in str(e)]
-        for e in mine:
-            BACKGROUND_FAILURES.remove(e)
-        return mine
+        mine = [f for f in BACKGROUND_FAILURES if self.directory in f"{f[0]} {f[1]}"]
+        for f in mine:  # orbax's record names the step's folder ("directory: ...")
+            BACKGROUND_FAILURES.remove(f)
+        return [error for _, error in mine]
 
     def _previous_finished(self) -> None:
         """Waits for the previous asynchronous save on every process, raising on the one whose
