@@ -259,8 +259,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         raise ConfigError(f"data.train must name the training text (a prepared dataset, text "
                           f"paths/globs or 'python_stdlib'), got {config.data.train!r}")
     from lmscale.models import get_kind  # JAX: not at import (module doc)
-    from lmscale.models.registry import UnknownModelKind
+    from lmscale.models.registry import UnknownModelKind, load_plugins
     try:
+        load_plugins()  # a broken plugin fails here, on every process, not later on one
         kind = get_kind(config.model.kind)
     except UnknownModelKind as e:  # names the kinds and how to add one's own
         raise ConfigError(str(e)) from None

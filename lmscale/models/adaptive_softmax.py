@@ -9,9 +9,9 @@ and biases are the decoder's (tied to the embedding when ``model.tie_embeddings`
 no projection. No cut-offs: exactly the full softmax. The result sums to 1 over [0, V).
 
 Memory and compute: ``adaptive_log_probs`` returns full-vocabulary log-probabilities
-[..., V] float32, which sampling, featurizing and the API's scores read. This costs what a
-full softmax costs — all V logits are formed (H·V multiply-adds per token, plus H·k for the
-tombstones). The training and evaluation steps' loss does not form them
+[..., V] float32, which sampling and featurizing read. This costs what a full softmax
+costs — all V logits are formed (H·V multiply-adds per token, plus H·k for the
+tombstones). The training and evaluation steps' loss and the API's scores do not form them
 (``adaptive_loss.py``: the head, and each target's own cluster only), so their cost
 depends on how the targets fall into the clusters (``tail_shares``): FLOP counts for
 training take the shares measured on the data, or Zipf's law where there is none.

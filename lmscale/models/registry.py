@@ -136,17 +136,21 @@ def load_plugins() -> None:
     import importlib
     import os
     from importlib.metadata import entry_points
-    names = [(n.strip(), PLUGIN_ENV) for n in os.environ.get(PLUGIN_ENV, "").split(",") if n.strip()]
-    names += [(e.value.split(":")[0], f"entry point {e.name!r}") for e in entry_points(group=PLUGIN_GROUP)]
-    for module, source in names:
-        if module in _LOADED:
+    loaders = [(n.strip(), PLUGIN_ENV, lambda n=n.strip(): importlib.import_module(n))
+               for n in os.environ.get(PLUGIN_ENV, "").split(",") if n.strip()]
+    loaders += [(e.value, f"entry point {e.name!r}", e.load) for e in entry_points(group=PLUGIN_GROUP)]
+    for name, source, load in loaders:
+        if name in _LOADED:
             continue
-        _LOADED.add(module)
+        _LOADED.add(name)
+        before = dict(_KINDS)
         try:
-            importlib.import_module(module)
+            load()
         except Exception as e:  # any error of the user's module: named, not a bare traceback
-            _LOADED.discard(module)
-            raise UnknownModelKind(f"cannot import the model module {module!r} ({source}): "
+            _LOADED.discard(name)
+            _KINDS.clear()  # a kind it registered before failing is not half there
+            _KINDS.update(before)
+            raise UnknownModelKind(f"cannot import the model module {name!r} ({source}): "
                                    f"{type(e).__name__}: {e}") from e
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from lmscale.data.tokenizer import ByteTokenizer
-from lmscale.models import RecurrentLM, build_model, model_kinds
+from lmscale.models import MODEL_KINDS, RecurrentLM, build_model
 from lmscale.models.weight_norm import NORM_SQ_FLOOR
 from lmscale.pretrained.errors import ConvertError
 
@@ -176,8 +176,8 @@ class LMWeights:
 
     def check(self, name: str) -> None:
         """Raises ConvertError (naming ``name``) unless the params are exactly a RecurrentLM's."""
-        if self.kind not in model_kinds():
-            raise ConvertError(f"{name}: model kind {self.kind!r}, expected one of {list(model_kinds())}")
+        if self.kind not in MODEL_KINDS:
+            raise ConvertError(f"{name}: model kind {self.kind!r}, expected one of {sorted(MODEL_KINDS)}")
         for key in ("embedding/embedding", "decoder/kernel", "decoder/bias", "layers/0/bias"):
             if key not in self.params:
                 raise ConvertError(f"{name}: no parameter {key}")

@@ -19,7 +19,7 @@ from typing import Any
 import ml_collections
 
 from lmscale.config import default_config, save_config
-from lmscale.models import count_params, flops_per_token
+from lmscale.models import count_params
 from lmscale.pretrained.errors import ConvertError
 from lmscale.pretrained.weights import LMWeights, params_to_numpy, tokenizer_name
 
@@ -43,6 +43,7 @@ def write_workdir(weights: LMWeights, workdir: str, *, batch_size: int | None = 
     ``workdir`` must not exist or be empty. ``batch_size`` sets ``train.batch_size`` (the rows
     of the saved RNN carry, part of the model signature); default: the config default.
     """
+    from lmscale.training.bench import train_flops_per_token
     from lmscale.training.checkpoints import Checkpointer
     from lmscale.training.loop import model_signature
     from lmscale.training.optimizer import make_optimizer
@@ -64,7 +65,7 @@ def write_workdir(weights: LMWeights, workdir: str, *, batch_size: int | None = 
     derived: dict[str, Any] = {
         "steps": 0,
         "params": count_params(model),
-        "train_flops_per_token": 3 * flops_per_token(config.model, vocab),
+        "train_flops_per_token": train_flops_per_token(config.model, vocab, 1),
         "preprocess": weights.preprocess,
         "pretrained": dict(weights.source),
     }

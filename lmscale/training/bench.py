@@ -65,7 +65,11 @@ def train_flops_per_token(model_config: ml_collections.ConfigDict, vocab_size: i
     shares = None
     cutoffs = adaptive_cutoffs(model_config)
     if cutoffs:
-        shares = tail_shares(cutoffs, zipf_id_counts(vocab_size) if id_counts is None else id_counts)
+        if id_counts is not None and len(id_counts) != vocab_size:
+            raise ValueError(f"id_counts has {len(id_counts)} entries, the vocabulary {vocab_size}")
+        if id_counts is None or not np.sum(id_counts) > 0:  # no data, or none sampled
+            id_counts = zipf_id_counts(vocab_size)
+        shares = tail_shares(cutoffs, id_counts)
     return 3 * int(flops_per_token(model_config, vocab_size, seq_len=seq_len, tail_shares=shares))
 
 

@@ -138,6 +138,7 @@ class _DiskFullLogs(logging.Filter):
             # orbax raises it once, from the wait of a thread that, with several processes,
             # may never end (``Checkpointer._previous_finished``): kept for ``check``
             BACKGROUND_FAILURES.append((message, error))
+            del BACKGROUND_FAILURES[:-16]  # another folder's are never taken: kept few
         if not (full or unwritable):
             return True
         if not _DiskFullLogs.said:
@@ -186,6 +187,7 @@ class Checkpointer:
             raise FileNotFoundError(f"{workdir} holds no checkpoint ({self.directory} does not exist)")
         if not read_only:
             _filter_disk_full_logs()
+            _DiskFullLogs.said = False  # each run says it once
             _remove_emptied_steps(self.directory)  # every process: none lists one half-gone
         # (Not orbax's own read_only option: it logs a warning at every construction.)
         options = ocp.CheckpointManagerOptions(
@@ -343,10 +345,15 @@ class Checkpointer:
             try:
                 self.manager.check_for_errors()
                 return
-            except (OSError, ValueError) as e:
+            except Exception as e:  # noqa: BLE001 - with several processes, any failure
+                if not isinstance(e, (OSError, ValueError)) and jax.process_count() == 1:
+                    raise
                 failure = e
         self.failed = True
         error = self._save_failed(failure)
+        if not isinstance(error, CheckpointError):  # one the message does not know: named
+            error = CheckpointError(f"a checkpoint could not be written in {self.directory}: "
+                                    f"{type(failure).__name__}: {_short(failure)}")
         if jax.process_count() > 1:
             from lmscale.distributed import leave_word
             leave_word(f"{error}")  # the others, waiting for its part, stop too

@@ -44,8 +44,8 @@ def lm_loss_sums(model: Any, inputs: jax.Array, carry: Any, resets: Any, targets
 def byte_count(targets: jax.Array, weights: jax.Array, byte_lengths: jax.Array) -> jax.Array:
     """UTF-8 bytes of text the counted targets stand for: sum(weights * byte_lengths[targets]).
 
-    ``byte_lengths`` int [V] from the tokenizer (all 1 for a byte tokenizer, so this equals the
-    target count). Bits per character are nats / ln 2 / this, comparable across tokenizers.
+    ``byte_lengths`` [V] from the tokenizer (all 1 for a byte tokenizer, so this equals the
+    target count; a word vocabulary's ``<unk>`` a fraction). Bits per character are nats / ln 2 / this, comparable across tokenizers.
     """
     lengths = jnp.asarray(byte_lengths, jnp.float32)[targets.astype(jnp.int32)]
     return jnp.sum(lengths * weights.astype(jnp.float32))

@@ -119,9 +119,10 @@ def format_plan(p: dict[str, Any]) -> str:
     """A human-readable summary of :func:`plan`'s result."""
     gib = 2.0**30
     m = p["memory_per_device_bytes"]
+    params = p["params"] / 1e6
     lines = [
         f"model          {p['model_summary']}, vocabulary {p['vocab_size']}: "
-        f"{p['params'] / 1e6:.4g} M params",
+        f"{f'{params:.1f}' if params >= 0.1 else f'{params:.2g}'} M params",
         f"precision      {p['precision']}",
         f"devices        {p['devices']} ({p['platform']}); batch {p['global_batch']} global = "
         f"{p['per_device_batch']} per device x seq {p['seq_len']}"

@@ -66,7 +66,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """Returns ``train_step(state, batch) -> (state, metrics)``; pure, to be jitted over ``mesh``.
 
-    ``byte_lengths`` int [V]: UTF-8 bytes per token id (None: one per token).
+    ``byte_lengths`` [V]: UTF-8 bytes per token id (None: one per token; a word vocabulary's
+    ``<unk>`` a fraction).
     ``lr_length_base`` > 0 (variable BPTT): the step's learning rate is scaled by the batch's
     length / ``lr_length_base`` (a constant of each compiled length; ``tx`` must take it, see
     ``optimizer.make_optimizer(step_factor=True)``).

@@ -69,3 +69,12 @@ def test_a_run_records_the_loss_flops_of_its_own_training_text(tmp_path):
     assert derived["train_flops_per_token"] == train_flops_per_token(
         config.model, vocab, 16, id_counts=counts)  # a small split is read whole
     assert derived["train_flops_per_token"] < 3 * flops_per_token(config.model, vocab)
+
+
+def test_counts_of_no_target_fall_back_to_zipf_and_a_wrong_length_is_refused():
+    import pytest
+    config = _word_qrnn("unused.txt")
+    zipf = train_flops_per_token(config.model, V, 16)
+    assert train_flops_per_token(config.model, V, 16, id_counts=np.zeros(V, np.int64)) == zipf
+    with pytest.raises(ValueError, match="id_counts has 399 entries, the vocabulary 400"):
+        train_flops_per_token(config.model, V, 16, id_counts=np.ones(V - 1))
