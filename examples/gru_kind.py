@@ -11,7 +11,9 @@ interface). Every tool finds it once its module is importable and named:
 (or, from a package of your own, an entry point in its pyproject.toml:
 ``[project.entry-points."lmscale.models"] gru = "my_package.gru_kind"``; in a notebook,
 ``import gru_kind`` before ``lmscale.load_lm``). It reads the existing config fields
-``model.embed``, ``hidden``, ``layers`` and ``dropout`` (between layers); its carry is one
+``model.embed``, ``hidden``, ``layers`` and ``dropout`` (between layers), and one of its
+own, ``model.gru_update_bias`` (added to the update gate's initial bias: > 0 keeps more of h;
+a config file adds it, ``c.model.gru_update_bias = 1.0`` before ``c.lock()``); its carry is one
 h [B, H] per layer; its one feature state is "hidden" (transfer, and a neuron held while
 generating). tests/examples/test_gru_kind.py checks it against NumPy and runs the tools on it.
 
@@ -20,8 +22,6 @@ GRU (PyTorch's convention), per layer, x [B, I], h [B, H]:
   z = sigmoid(x Wi_z + bi_z + h Wh_z + bh_z)
   n = tanh(x Wi_n + bi_n + r * (h Wh_n + bh_n))
   h' = (1 - z) * n + z * h
-Uses config fields model.embed, model.hidden, model.layers, model.dropout (between layers).
-Carry: a tuple with one array h [B, H] per layer (no (h, c) pair).
 """
 
 from __future__ import annotations
@@ -42,12 +42,14 @@ def _uniform(scale):
 
 
 class GRULayer(nnx.Module):
-    def __init__(self, in_features: int, hidden: int, *, dtype: Any, rngs: nnx.Rngs):
+    def __init__(self, in_features: int, hidden: int, *, dtype: Any, rngs: nnx.Rngs,
+                 update_bias: float = 0.0):
         s = 1.0 / hidden ** 0.5
         self.hidden, self.dtype = hidden, dtype
         self.wi = nnx.Param(_uniform(s)(rngs.params(), (in_features, 3 * hidden)))
         self.wh = nnx.Param(_uniform(s)(rngs.params(), (hidden, 3 * hidden)))
-        self.bi = nnx.Param(_uniform(s)(rngs.params(), (3 * hidden,)))
+        bias = _uniform(s)(rngs.params(), (3 * hidden,))  # z's part + update_bias: keeps h
+        self.bi = nnx.Param(bias.at[hidden:2 * hidden].add(update_bias))
         self.bh = nnx.Param(_uniform(s)(rngs.params(), (3 * hidden,)))
 
     def scan(self, x_tm: jax.Array, h0: jax.Array, resets_tm: jax.Array | None) -> tuple[jax.Array, jax.Array]:
@@ -78,11 +80,13 @@ class GRULM(nnx.Module):
     max_len = None
 
     def __init__(self, *, vocab_size: int, embed: int, hidden: int, layers: int,
-                 dropout: float = 0.0, dtype: Any = jnp.float32, rngs: nnx.Rngs):
+                 dropout: float = 0.0, update_bias: float = 0.0, dtype: Any = jnp.float32,
+                 rngs: nnx.Rngs):
         self.vocab_size, self.hidden, self.dropout, self.dtype = vocab_size, hidden, float(dropout), dtype
         self.embedding = nnx.Embed(vocab_size, embed, dtype=dtype,
                                    embedding_init=_uniform(0.1), rngs=rngs)
-        self.layers = nnx.List([GRULayer(embed if l == 0 else hidden, hidden, dtype=dtype, rngs=rngs)
+        self.layers = nnx.List([GRULayer(embed if l == 0 else hidden, hidden, dtype=dtype,
+                                         rngs=rngs, update_bias=update_bias)
                                 for l in range(layers)])
         self.decoder = nnx.Linear(hidden, vocab_size, dtype=dtype, kernel_init=_uniform(0.1),
                                   bias_init=jax.nn.initializers.zeros, rngs=rngs)
@@ -151,7 +155,8 @@ class GRULM(nnx.Module):
 
 def _build(m, vocab_size, *, rngs, dtype=jnp.float32):
     return GRULM(vocab_size=vocab_size, embed=int(m.embed), hidden=int(m.hidden),
-                 layers=int(m.layers), dropout=float(m.dropout), dtype=dtype, rngs=rngs)
+                 layers=int(m.layers), dropout=float(m.dropout),
+                 update_bias=float(m.get("gru_update_bias", 0.0)), dtype=dtype, rngs=rngs)
 
 
 def _validate(m, train_config):
@@ -172,5 +177,8 @@ def _describe(m):
     return f"gru hidden {m.hidden} embed {m.embed} layers {m.layers}"
 
 
+# settings: the kind's own config fields and their defaults (a config file adds them before
+# c.lock(); config.json records them; other kinds' runs are told they are unused).
 KIND = register(ModelKind(name="gru", fields=("embed", "hidden", "layers"), build=_build,
-                          validate=_validate, flops_per_token=_flops, describe=_describe))
+                          validate=_validate, flops_per_token=_flops, describe=_describe,
+                          settings={"gru_update_bias": 0.0}))

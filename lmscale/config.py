@@ -241,7 +241,7 @@ def check_known_fields(config: ml_collections.ConfigDict) -> None:
                 else [f"{prefix}{k}"]
         return out
 
-    known = flat(default_config())
+    known = flat(default_config()) + [f"model.{name}" for name in _own_settings(config)]
     unknown = sorted(set(flat(config)) - set(known))
     if unknown:
         hints = []
@@ -250,6 +250,23 @@ def check_known_fields(config: ml_collections.ConfigDict) -> None:
             hints.append(f"{name} (did you mean {close[0]}?)" if close else name)
         raise ConfigError(f"unknown config field{'s' if len(unknown) > 1 else ''} "
                           f"{', '.join(hints)}: lmscale/config.py lists every field")
+
+
+BUILT_IN_KINDS = ("lstm", "mlstm", "qrnn", "transformer")
+
+
+def _own_settings(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The ``model`` fields a kind of one's own declares (its ``ModelKind.settings``): a
+    config file adds them (``c.model.gate_bias = 1.0`` before ``c.lock()``); () for the
+    built-in kinds, whose fields ``default_config`` lists, and for an unknown kind."""
+    kind = config.get("model", {}).get("kind")
+    if kind in BUILT_IN_KINDS or not isinstance(kind, str):
+        return ()
+    from lmscale.models.registry import UnknownModelKind, get_kind
+    try:
+        return tuple(get_kind(kind).settings)
+    except UnknownModelKind:
+        return ()  # said by validate
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
@@ -451,6 +468,11 @@ def config_from_record(record: dict[str, Any], path: str) -> tuple[ml_collection
     record = dict(record)
     derived = record.pop("derived", {}) or {}
     config = default_config()
+    kind = (record.get("model") or {}).get("kind")
+    if isinstance(kind, str) and kind not in BUILT_IN_KINDS:  # a kind of one's own: its own
+        for name, value in (record.get("model") or {}).items():  # fields as recorded (its
+            if name not in config.model:  # module, which declares them, is not imported here:
+                config.model[name] = value  # this runs while flags are parsed, before JAX)
     _update(config, record, prefix="", path=path)
     config.lock()
     return config, derived

@@ -51,8 +51,9 @@ and the embedding under ``embedding`` — ``finetune.layer_lr_decay``/``unfreeze
 any other parameter the top layer's group; the last layer's ``holdable_states`` (optional)
 names the states generation may hold (default ``feature_states``); the CLI's state flags
 (``--state``, ``--neuron_state``) take "cell" or "hidden". A kind reads existing
-``config.model`` fields (``embed``, ``hidden``, ``layers``, ``dropout``...): a field of
-its own must be added to ``config.default_config``. On CPUs, a bfloat16 matmul must return
+``config.model`` fields (``embed``, ``hidden``, ``layers``, ``dropout``...) and fields of
+its own, declared in its ``settings`` (a config file adds them before ``c.lock()``;
+config.json records them). On CPUs, a bfloat16 matmul must return
 bfloat16 (XLA:CPU has no bfloat16 x bfloat16 = float32 dot): ``fast_dot.dense`` does it.
 """
 

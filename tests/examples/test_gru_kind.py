@@ -109,3 +109,36 @@ def test_every_tool_finds_a_kind_named_in_the_environment(tmp_path):
     assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1] == (
         "error: cannot import the model module 'no_such_module_here' (LMSCALE_MODEL_MODULES): "
         "ModuleNotFoundError: No module named 'no_such_module_here'"), bad.stderr[-3000:]
+
+
+def test_a_kind_of_ones_own_has_config_fields_of_its_own(tmp_path):
+    """A field of the kind's own (its ModelKind.settings) was "unknown config field": only
+    default_config's were allowed. A config file adds it; config.json keeps it for the tools
+    that read the run; a misspelt one is still refused."""
+    corpus = write_corpus(tmp_path / "corpus")
+    config = tmp_path / "gru_config.py"
+    config.write_text(
+        "from lmscale.config import default_config\n"
+        "def get_config():\n"
+        "    c = default_config()\n"
+        f"    c.data.train = {str(corpus)!r}\n"
+        "    c.data.split = '8,1,1'\n"
+        "    c.model.kind, c.model.hidden, c.model.embed = 'gru', 32, 16\n"
+        "    c.model.gru_update_bias = 1.0\n"
+        "    c.train.batch_size, c.train.seq_len, c.train.steps = 4, 16, 4\n"
+        "    c.train.eval_every, c.train.progress_bar = 0, False\n"
+        "    c.lock()\n"
+        "    return c\n")
+    run = tmp_path / "run"
+    train = _tool([sys.executable, "-m", "lmscale.train", f"--config={config}",
+                   f"--workdir={run}", "--config.model.gru_update_bias=2.0"])
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert json.loads((run / "config.json").read_text())["model"]["gru_update_bias"] == 2.0
+    eval_ = _tool([sys.executable, "-m", "lmscale.eval", f"--workdir={run}", "--max_steps=2"])
+    assert eval_.returncode == 0, eval_.stderr[-3000:]
+    config.write_text(config.read_text().replace("gru_update_bias", "gru_updte_bias"))
+    typo = _tool([sys.executable, "-m", "lmscale.train", f"--config={config}",
+                  f"--workdir={tmp_path / 'typo'}"])
+    assert typo.returncode == 1 and typo.stderr.strip().splitlines()[-1] == (
+        "error: unknown config field model.gru_updte_bias (did you mean "
+        "model.gru_update_bias?): lmscale/config.py lists every field"), typo.stderr[-3000:]
