@@ -23,6 +23,7 @@ from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -80,12 +81,15 @@ def find_average(opt_state: Any) -> AverageState | None:
 
 def switch_on(opt_state: Any, step: int, sharding: jax.sharding.Sharding | None = None) -> Any:
     """``opt_state`` with averaging switched on at ``step`` (scalars placed with ``sharding``)."""
-    put = (lambda x: jax.device_put(x, sharding)) if sharding is not None else (lambda x: x)
+    # Host values: a device array put on a sharding over several processes' devices made an
+    # array orbax could not save ("input arrays must have one shard each": a 2-process run
+    # failed at the first checkpoint after the switch).
+    put = (lambda x: jax.device_put(x, sharding)) if sharding is not None else jnp.asarray
 
     def on(s: Any) -> Any:
         if not _is_average(s):
             return s
-        return s._replace(active=put(jnp.ones((), bool)), start=put(jnp.full((), step, jnp.int32)))
+        return s._replace(active=put(np.ones((), bool)), start=put(np.full((), step, np.int32)))
 
     return jax.tree.map(on, opt_state, is_leaf=_is_average)
 
