@@ -128,6 +128,21 @@ def _group_name(g: int, num_layers: int) -> str:
     return "embeddings" if g == num_layers else f"layer {num_layers - 1 - g}"
 
 
+def ungrouped_note(lm_params: Any, num_layers: int, decay: float,
+                   unfreeze_every: int) -> str | None:
+    """A warning when layer-wise rates or unfreezing are asked for and no LM parameter lies
+    below the top group (a model family of one's own whose parameters are not named
+    ``layers[i]`` / ``embedding``: every parameter at the top's rate, unfrozen with it)."""
+    if decay == 1.0 and not unfreeze_every:
+        return None
+    leaves = jax.tree_util.tree_flatten_with_path(lm_params)[0]
+    if any(group_of(path, num_layers) != 0 for path, _ in leaves):
+        return None
+    return ("warning: finetune.layer_lr_decay / unfreeze_every group the LM's parameters by "
+            "their names (layers[i], embedding), and none of this LM's has them: all train as "
+            "its top layer (lmscale/models/registry.py: the conventions)")
+
+
 def rates_note(lr: float, decay: float, num_layers: int) -> str | None:
     """A start-up line with each group's peak rate (``layer_lr_decay`` != 1)."""
     if decay == 1.0:

@@ -308,6 +308,8 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
                      long_text_note(max(map(len, enc["train"].ids)), ft.grad_tokens, max_len),
                      lm_dropout_note(lm, ft.lm_dropout),
                      layer_rates.rates_note(lr, ft.layer_lr_decay, layers),
+                     layer_rates.ungrouped_note(lm.params, layers, ft.layer_lr_decay,
+                                                ft.unfreeze_every),
                      layer_rates.unfreezing_note(starts, steps, decay, config.optim.warmup_steps)):
             if note:
                 print(note, file=sys.stderr, flush=True)

@@ -103,3 +103,17 @@ def test_a_fine_tune_moves_the_embeddings_by_the_factor_and_records_the_rates(ss
     changed = np.abs(moved[1.0]) > 1e-4  # a full Adam step (3e-3 at the first), not rounding
     assert changed.any()
     np.testing.assert_allclose(moved[2.6][changed], moved[1.0][changed] / 2.6, rtol=1e-3)
+
+
+def test_a_model_whose_parameters_have_no_layer_names_is_warned_about():
+    """A model family of one's own naming its parameters otherwise (``cells``) had every one
+    in the top group: layer_lr_decay and unfreeze_every did nothing, unsaid."""
+    import numpy as np
+
+    from lmscale.finetuning.layer_rates import ungrouped_note
+    other = {"cells": [np.zeros(2), np.zeros(2)], "decoder": np.zeros(3)}
+    named = {"layers": [np.zeros(2), np.zeros(2)], "embedding": np.zeros(3)}
+    assert "none of this LM's has them" in ungrouped_note(other, 2, 2.6, 0)
+    assert "none of this LM's has them" in ungrouped_note(other, 2, 1.0, 1)
+    assert ungrouped_note(other, 2, 1.0, 0) is None  # neither asked for
+    assert ungrouped_note(named, 2, 2.6, 1) is None
