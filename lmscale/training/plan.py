@@ -115,14 +115,20 @@ def _loops(config: ml_collections.ConfigDict) -> str | None:
     return current_scan_options().loops_layout(remat_steps(config.model), config.train.seq_len)
 
 
+def _millions(x: float) -> str:
+    """x in millions: one decimal, or two significant digits below 0.1 (a small model's
+    0.038 M, not 0.0 M)."""
+    m = x / 1e6
+    return f"{m:.1f}" if m >= 0.1 else f"{m:.2g}"
+
+
 def format_plan(p: dict[str, Any]) -> str:
     """A human-readable summary of :func:`plan`'s result."""
     gib = 2.0**30
     m = p["memory_per_device_bytes"]
-    params = p["params"] / 1e6
     lines = [
         f"model          {p['model_summary']}, vocabulary {p['vocab_size']}: "
-        f"{f'{params:.1f}' if params >= 0.1 else f'{params:.2g}'} M params",
+        f"{_millions(p['params'])} M params",
         f"precision      {p['precision']}",
         f"devices        {p['devices']} ({p['platform']}); batch {p['global_batch']} global = "
         f"{p['per_device_batch']} per device x seq {p['seq_len']}"
@@ -130,10 +136,10 @@ def format_plan(p: dict[str, Any]) -> str:
         + f"; lr {p['lr']:.3g}"
         + (f"; {p['recurrence_loops']}-major recurrence loops" if p.get("recurrence_loops")
            else ""),
-        f"FLOPs          {p['flops_per_token_forward'] / 1e6:.1f} M/token forward, "
+        f"FLOPs          {_millions(p['flops_per_token_forward'])} M/token forward, "
         f"{p['flops_per_step_train'] / 1e12:.2f} TFLOP per train step"
         + (f" (adaptive softmax: the loss forms the head's logits and the target's cluster's, "
-           f"{p['flops_per_token_train'] / 3e6:.1f} M/token forward at Zipf's law's "
+           f"{_millions(p['flops_per_token_train'] / 3)} M/token forward at Zipf's law's "
            f"{', '.join(f'{100 * x:.1f}' for x in p['tail_shares'])} % of targets in the tail "
            f"clusters)" if p.get("tail_shares") else ""),
         f"memory/device  {m['total'] / gib:.2f} GiB = args {m['arguments'] / gib:.2f} + outputs "
