@@ -123,9 +123,8 @@ def disk_full(error: BaseException) -> bool:
 class _DiskFullLogs(logging.Filter):
     """Orbax logs a failed save from each of its threads (a page of tracebacks), and the run
     stops at its next train record (several processes: at the next save; ``Checkpointer.check``
-    says it in one line). Those logs
-    become one line at once: a disk that is full, or a save folder this process cannot write
-    (a host whose mount of a shared workdir is read-only)."""
+    says it in one line). Those logs become one line at once: a disk that is full, or a save
+    folder this process cannot write (a host whose mount of a shared workdir is read-only)."""
 
     said = False
 
