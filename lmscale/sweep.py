@@ -87,6 +87,11 @@ def main(argv: list[str]) -> None:
     if failed:
         print(f"error: {len(failed)} point(s) did not finish: {', '.join(failed)} (see their train.log)",
               file=sys.stderr)
+    untransferred = out.get("transfer_failed") or {}
+    if untransferred:
+        print(f"error: the transfer of {len(untransferred)} point(s) failed: "
+              f"{', '.join(untransferred)} (the others are in the report)", file=sys.stderr)
+    if failed or untransferred:
         sys.exit(1)
 
 

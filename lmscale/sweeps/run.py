@@ -37,6 +37,7 @@ def run_sweep(base: ml_collections.ConfigDict, config_file: str, sweep_file: str
     check_data(base, sweep, workdir)
     claim(workdir, base.to_dict(), sweep, config_file, sweep_file)
     lock = lock_sweep(workdir)
+    transfer_failed: dict[str, str] = {}
     try:
         t0, usage0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
         runner = Runner(workdir, RunOptions(config_file, list(config_flags), parallel, divergence_factor,
@@ -57,13 +58,14 @@ def run_sweep(base: ml_collections.ConfigDict, config_file: str, sweep_file: str
         if transfer is not None:
             ok = [os.path.join(workdir, p.name) for p in sweep.points
                   if (read_status(os.path.join(workdir, p.name)) or {}).get("status") == "ok"]
-            transfer_points(ok, transfer, log)
+            transfer_failed = transfer_points(ok, transfer, log)[1]
         results = write_report(workdir, sweep, title=title, command=command, totals=_totals(workdir))
     finally:
         lock.release()
     log(f"sweep: report in {os.path.join(workdir, 'report.md')} and report.html")
     return {"sweep": sweep, "results": results, "trained": runner.trained,
-            "report": os.path.join(workdir, "report.md")}
+            "report": os.path.join(workdir, "report.md"),
+            "transfer_failed": {os.path.basename(d): e for d, e in transfer_failed.items()}}
 
 
 def check_data(base: ml_collections.ConfigDict, sweep: Sweep, workdir: str) -> None:

@@ -1,7 +1,9 @@
 """Sentiment transfer of a sweep's finished points (lmscale.transfer's library function).
 
 Each ``ok`` point is transferred once: the results land in DIR/NAME/transfer/results.json
-and a re-run reads them instead of featurizing again.
+and a re-run reads them instead of featurizing again — unless they were made from other
+labeled sets (then transferred again: a re-run naming new sets reported the old sets'
+numbers under the new command). A point whose transfer fails is named; the others go on.
 """
 
 from __future__ import annotations
@@ -43,26 +45,62 @@ def transfer_summary(results: dict[str, Any]) -> dict[str, Any]:
             "dimensions": results["features"]["dimensions"]}
 
 
-def read_transfer(point_dir: str) -> dict[str, Any] | None:
+def read_transfer(point_dir: str, sets: TransferSets | None = None) -> dict[str, Any] | None:
+    """The summary of a point's transfer results; None without them, or (``sets`` given)
+    when they were made from other labeled sets or columns."""
     path = os.path.join(point_dir, "transfer", "results.json")
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        return transfer_summary(json.load(f))
+    try:
+        with open(path) as f:
+            results = json.load(f)
+    except ValueError:  # torn or hand-damaged: transferred again
+        return None
+    if sets is not None and not _made_from(results, sets):
+        return None
+    return transfer_summary(results)
 
 
-def transfer_points(point_dirs: list[str], sets: TransferSets,
-                    log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
-    """Transfers every point folder lacking results; returns {folder: summary} for all of them."""
+def _made_from(results: dict[str, Any], sets: TransferSets) -> bool:
+    """Whether ``results`` were made from ``sets`` (each split's file, compared as paths)."""
+    recorded = results.get("data") or {}
+    for name, spec in (("train", sets.train), ("val", sets.val), ("test", sets.test)):
+        source = (recorded.get(name) or {}).get("source")
+        if not spec or source is None:
+            if bool(spec) != (source is not None):
+                return False
+            continue
+        if os.path.realpath(os.path.expanduser(str(source))) != os.path.realpath(os.path.expanduser(spec)):
+            return False
+    columns = results.get("columns") or {}  # recorded since this check: compared when there
+    return all(columns.get(k, v) == v for k, v in (("text", sets.text_column),
+                                                   ("label", sets.label_column)))
+
+
+def transfer_points(point_dirs: list[str], sets: TransferSets, log: Callable[[str], None]
+                    ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Transfers every point folder lacking results from ``sets``; returns ({folder: summary}
+    of those transferred, {folder: the one-line error} of those whose transfer failed)."""
+    from lmscale.config import ConfigError
+    from lmscale.data.errors import DataError
+    from lmscale.training.checkpoints import CheckpointError
     from lmscale.transfer.run import run_transfer
-    out = {}
+    out, failed = {}, {}
     for point_dir in point_dirs:
-        summary = read_transfer(point_dir)
+        name = os.path.basename(point_dir)
+        summary = read_transfer(point_dir, sets)
         if summary is None:
-            log(f"sweep: transfer {os.path.basename(point_dir)}")
-            results = run_transfer(point_dir, sets.train, sets.val, sets.test,
-                                   text_column=sets.text_column, label_column=sets.label_column,
-                                   baseline="none", examples=2)
+            again = " (again: its results were made from other labeled sets)" \
+                if read_transfer(point_dir) is not None else ""
+            log(f"sweep: transfer {name}{again}")
+            try:
+                results = run_transfer(point_dir, sets.train, sets.val, sets.test,
+                                       text_column=sets.text_column, label_column=sets.label_column,
+                                       baseline="none", examples=2)
+            except (ConfigError, DataError, CheckpointError, FileNotFoundError, OSError) as e:
+                failed[point_dir] = str(e)
+                log(f"sweep: transfer {name} failed: {e}")
+                continue
             summary = transfer_summary(results)
         out[point_dir] = summary
-    return out
+    return out, failed

@@ -134,6 +134,7 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
                "model": lm.config.model.to_dict()},
         "data": {name: {"source": d.source, "texts": len(d), "positive_fraction": float(np.mean(d.labels))}
                  for name, d in splits.items()},
+        "columns": {"text": text_column, "label": label_column},
         "features": {"state": state, "pooling": pooling, "all_layers": all_layers,
                      "compute": lm.compute, "dimensions": int(feats["train"].shape[1]), "standardized": True},
         "all_features": fit.summary(),

@@ -50,3 +50,29 @@ def test_sweep_transfers_its_points_and_checks_the_sets_first(tiny: Path):
     saved = json.loads((out / "hidden-16" / "transfer" / "results.json").read_text())
     assert saved["all_features"]["val_accuracy"] == point["transfer"]["val_accuracy"]
     assert "transfer test acc" in (out / "report.md").read_text()
+
+
+def test_other_sets_are_transferred_again_and_a_failed_transfer_spares_the_others(tiny: Path):
+    """A re-run naming other labeled sets reused the old sets' results under the new command;
+    one point whose transfer failed (its checkpoints gone) ended the sweep before the others
+    were transferred and before the report was written."""
+    import shutil
+    sweep_file = write_sweep(tiny / "two.py", """
+        def get_sweep():
+            return {"grid": {"model.hidden": [8, 16]}}
+    """)
+    train, val = write_labeled(tiny / "t1.csv", 40, 0), write_labeled(tiny / "v1.csv", 20, 1)
+    out = tiny / "again"
+    run_sweep(base_config(tiny), str(tiny / "tiny.py"), sweep_file, str(out),
+              transfer=TransferSets(train, val), **QUIET)
+    other_train = write_labeled(tiny / "t2.csv", 30, 2)
+    shutil.rmtree(out / "hidden-8" / "checkpoints")
+    lines = []
+    result = run_sweep(base_config(tiny), str(tiny / "tiny.py"), sweep_file, str(out),
+                       transfer=TransferSets(other_train, val), poll_seconds=0.1, log=lines.append)
+    assert "sweep: transfer hidden-16 (again: its results were made from other labeled sets)" in lines
+    saved = json.loads((out / "hidden-16" / "transfer" / "results.json").read_text())
+    assert saved["data"]["train"]["source"] == other_train and saved["data"]["train"]["texts"] == 30
+    assert list(result["transfer_failed"]) == ["hidden-8"]
+    assert "holds no checkpoint" in result["transfer_failed"]["hidden-8"]
+    assert any(line.startswith("sweep: transfer hidden-8 failed: ") for line in lines)
