@@ -78,6 +78,10 @@ def main(argv: list[str]) -> None:
         except SweepInterrupted as e:
             print(str(e), file=sys.stderr)
             sys.exit(1)
+        except KeyboardInterrupt:  # between the points' training, e.g. in the transfer
+            print("sweep interrupted (Ctrl-C): the finished points are kept; re-run the same "
+                  "command to go on", file=sys.stderr)
+            sys.exit(130)
 
     out = run_cli(go)
     failed = [r["point"].name for r in out["results"] if r["status"] not in ("ok", "div")]

@@ -99,8 +99,17 @@ def _totals(workdir: str) -> dict[str, str]:
     path = os.path.join(workdir, "sweep_runs.jsonl")
     if not os.path.exists(path):
         return {}
+    runs = []
     with open(path) as f:
-        runs = [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            try:
+                run = json.loads(line)
+            except ValueError:  # a torn last line (a full disk): the others still count
+                continue
+            if isinstance(run, dict) and {"wall_s", "cpu_s", "parallel"} <= set(run):
+                runs.append(run)
+    if not runs:
+        return {}
     wall, cpu = sum(r["wall_s"] for r in runs), sum(r["cpu_s"] for r in runs)
     return {"Sweep time (training, over its invocations)":
             f"{wall / 60:.1f} min wall, {cpu / 60:.1f} min CPU ({len(runs)} invocation(s), "

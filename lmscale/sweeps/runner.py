@@ -185,7 +185,9 @@ class Runner:
                     job.proc.wait(timeout=10)
                 except (ProcessLookupError, subprocess.TimeoutExpired):
                     pass
-            raise KeyboardInterrupt
+            raise SweepInterrupted("sweep stopped at once by a second signal: the running points "
+                                   "were killed without a checkpoint (re-run the same command to "
+                                   "resume them from their last one)")
         self.stopping = True
         self.options.log(f"sweep: signal {signum}; stopping the running points (those past their "
                          f"first step save a checkpoint)")
@@ -258,6 +260,8 @@ class Runner:
             # Where a re-run resumes: the checkpoint the trainer saved as it stopped (the last
             # logged step can be a few steps before it).
             status.update(status="interrupted", step=_saved_step(job.dir) or status["step"])
+        elif returncode < 0:  # not the trainer's own error (its log's last line was a hint)
+            status.update(status="failed", error=_killed(-returncode))
         else:
             status.update(status="failed", error=_last_error(os.path.join(job.dir, "train.log")))
         write_status(job.dir, status)
@@ -282,6 +286,17 @@ def _divergence_at_save(log_path: str, records: list[dict[str, Any]]) -> dict[st
     step = int(found.group(1)) if found else max((r["step"] for r in records), default=0)
     return {"step": step, "loss": None,
             "reason": f"parameters not finite at step {step} (found at a checkpoint save)"}
+
+
+def _killed(signum: int) -> str:
+    """A trainer ended by a signal, in words (SIGKILL: often the out-of-memory killer)."""
+    import signal
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = f"signal {signum}"
+    why = " — often the out-of-memory killer" if signum == signal.SIGKILL else ""
+    return f"killed by {name}{why} (re-run the sweep to resume it from its last checkpoint)"
 
 
 def _last_error(log_path: str) -> str:

@@ -33,8 +33,14 @@ def claim(workdir: str, base_config: dict[str, Any], sweep: Sweep, config_file: 
     identity = _normal({"base_config": base_config, "points": [p.to_dict() for p in sweep.points]})
     path = os.path.join(workdir, IDENTITY_FILE)
     if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
+        try:
+            with open(path) as f:
+                saved = json.load(f)
+            if not isinstance(saved, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:
+            raise SweepError(f"{path} is damaged ({e}): it records which sweep {workdir} holds; "
+                             f"restore it, or use another --workdir") from None
         if saved.get("points") != identity["points"]:
             old = {p["name"]: p for p in saved.get("points", [])}
             new = {p["name"]: p for p in identity["points"]}
@@ -130,8 +136,12 @@ def read_status(point_dir: str) -> dict[str, Any] | None:
     path = os.path.join(point_dir, STATUS_FILE)
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            status = json.load(f)
+    except ValueError:  # torn or hand-damaged: as if missing (the point's folder tells the rest)
+        return None
+    return status if isinstance(status, dict) else None
 
 
 def write_status(point_dir: str, status: dict[str, Any]) -> None:

@@ -253,6 +253,8 @@ def test_a_second_signal_stops_the_points_at_once(tiny):
     trainers = subprocess.run(["pgrep", "-f", f"lmscale.train .*workdir={out}/"],
                               capture_output=True, text=True).stdout.split()
     assert not trainers, trainers  # none left running on, orphaned
+    said = log.read_text()  # one line, not a KeyboardInterrupt traceback
+    assert "Traceback" not in said and "sweep stopped at once by a second signal" in said, said[-2000:]
 
 
 @pytest.mark.parametrize("flag, value", [("divergence_factor", "nan"),
@@ -266,3 +268,42 @@ def test_a_nan_flag_is_refused_before_any_point_runs(tiny, tmp_path, flag, value
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert cli.returncode == 1 and f"--{flag}" in cli.stderr, cli.stderr[-1000:]
     assert not (tmp_path / "out").exists()
+
+
+def test_damaged_sweep_files_are_one_line_or_recovered(tiny, finished):
+    """A torn sweep_status.json, sweep_runs.jsonl or sweep.json was a JSONDecodeError
+    traceback on every later run of the sweep."""
+    import shutil
+    out, sweep_file, _ = finished
+    copy = tiny / "damaged"
+    shutil.copytree(out, copy)
+    (copy / "lr-0.003" / "sweep_status.json").write_text('{"status": "o')
+    with open(copy / "sweep_runs.jsonl", "a") as f:
+        f.write('{"time": "2026-')  # a full disk's torn line
+    again = run_sweep(base_config(tiny), str(tiny / "tiny.py"), sweep_file, str(copy), **QUIET)
+    assert [r["status"] for r in again["results"]] == ["div", "ok"]  # recovered from its folder
+    assert "Sweep time" in (copy / "report.md").read_text()
+    (copy / "sweep.json").write_text('{"points": [')
+    with pytest.raises(SweepError, match=r"sweep.json is damaged \(.*\): it records which sweep"):
+        run_sweep(base_config(tiny), str(tiny / "tiny.py"), sweep_file, str(copy), **QUIET)
+
+
+def test_a_trainer_killed_by_a_signal_is_said_so(tiny):
+    """A point's trainer killed (the out-of-memory killer's SIGKILL) was reported with its log's
+    last line, a start-up hint."""
+    sweep_file = write_sweep(tiny / "sigkill.py", """
+        def get_sweep():
+            return {"grid": {"model.hidden": [16]},
+                    "derived": lambda p: {"train.steps": 100000, "train.log_every": 500,
+                                          "checkpoint.every": 100000}}
+    """)
+    out, log = tiny / "sigkill_sweep", tiny / "sigkill.log"
+    proc = start_sweep(tiny, sweep_file, out, log)
+    pattern = f"lmscale.train .*workdir={out}/"
+    wait_until(lambda: subprocess.run(["pgrep", "-f", pattern]).returncode == 0, proc,
+               "the point's trainer never started")
+    subprocess.run(["pkill", "-KILL", "-f", pattern], check=True)
+    proc.wait(timeout=120)
+    status = json.loads((out / "hidden-16" / "sweep_status.json").read_text())
+    assert status["status"] == "failed" and status["error"].startswith(
+        "killed by SIGKILL — often the out-of-memory killer"), status
