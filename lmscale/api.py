@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any, Sequence
 
 import jax
@@ -21,7 +22,7 @@ from lmscale.training import mesh as mesh_lib
 from lmscale.training.loss import bits_per_char
 from lmscale.training.restore import TrainedLM, load_trained
 from lmscale.training.state import zero_carry
-from lmscale.transfer.featurize import encode_texts, featurize
+from lmscale.transfer.featurize import encode_texts, featurize, positive_int
 
 # Bytes of one call's V-wide float32 logits ([rows, t, V]) that scoring a model with a full
 # softmax allows itself: the chunk length (recurrent) or rows per call (length-limited) is
@@ -81,6 +82,7 @@ class LM:
         consecutive windows of that many tokens (each read without the ones before it).
         NaN for a text with no counted byte: a single token, unframed, or a word model's
         one-word text (its only counted target, ``<eos>``, stands for no byte of the text)."""
+        batch_size = positive_int("batch_size", batch_size)
         limit = self.trained.model().max_len
         targets = [self._targets(ids) for ids in encode_texts(self.trained, texts)]  # read once
         table = self.trained.tokenizer.byte_lengths()
@@ -232,4 +234,6 @@ def _counted_lookup(targets: list[tuple[np.ndarray, np.ndarray]], plan: Any) -> 
 def load_lm(workdir: str, step: int | None = None, compute: str = "float32") -> LM:
     """The latest (or given) checkpoint of a training run or imported model; ``compute``: the
     matmuls' dtype ("bfloat16": ~3x faster featurizing on CPUs with AMX and on GPUs)."""
+    if not isinstance(workdir, (str, os.PathLike)):  # None was a TypeError from posixpath
+        raise TypeError(f"workdir must be a run's folder (a str or path), got {workdir!r}")
     return LM(load_trained(workdir, step, compute=compute))

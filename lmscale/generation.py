@@ -173,6 +173,8 @@ def generate(lm: TrainedLM, prompt: str, length: int = 200, *, temperature: floa
         if not hasattr(model, "fix_unit"):
             raise DataError(f"a {lm.config.model.kind} model has no state to hold a neuron in: "
                             f"a neuron needs a recurrent model (mlstm, lstm, qrnn)")
+        if isinstance(neuron, (bool, np.bool_)) or not isinstance(neuron, (int, np.integer)):
+            raise DataError(f"neuron must be a unit's index (an integer), got {neuron!r}")
         if not 0 <= neuron < model.feature_width:
             raise DataError(f"neuron {neuron} is outside the last layer's {model.feature_width} "
                             f"units 0..{model.feature_width - 1}")

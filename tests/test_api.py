@@ -306,3 +306,29 @@ def test_a_transformer_with_a_wide_softmax_reads_fewer_rows_a_call(monkeypatch):
     monkeypatch.setattr(api, "SCORE_LOGITS_BYTES", 1)
     np.testing.assert_allclose(lm.score(texts, batch_size=8), want, rtol=1e-5)
     assert calls and all(shape[0] == 1 for shape in calls)
+
+
+def test_bad_arguments_are_one_clear_error():
+    """batch_size 0/-3/True was read as 1 row and 2.5/None failed deep in the packing; a chunk
+    of -1 returned zeros and 0 a ZeroDivisionError; a neuron of 1.5 held unit 1; a lone
+    surrogate was a UnicodeEncodeError from the tokenizer; load_lm(None) a posixpath error."""
+    from lmscale.api import LM, load_lm
+    from lmscale.generation import generate
+    from lmscale.transfer.featurize import featurize
+    from tests.transfer.conftest import random_lm
+    trained = random_lm(hidden=16)
+    for bad in (0, -3, True, 2.5, None):
+        with pytest.raises(DataError, match=f"batch_size must be a positive integer, got {bad!r}"):
+            LM(trained).score(["a text"], batch_size=bad)
+        with pytest.raises(DataError, match=f"batch_size must be a positive integer, got {bad!r}"):
+            featurize(trained, ["a text"], batch_size=bad)
+    for bad in (0, -1):
+        with pytest.raises(DataError, match=f"chunk must be a positive integer, got {bad}"):
+            featurize(trained, ["a text"], chunk=bad)
+    with pytest.raises(DataError, match="neuron must be a unit's index \\(an integer\\), got 1.5"):
+        generate(trained, "The", 5, neuron=1.5, neuron_value=1.0)
+    with pytest.raises(DataError, match="text 0 is not valid Unicode \\(surrogates not allowed"):
+        LM(trained).score(["\udcff"])
+    with pytest.raises(TypeError, match="workdir must be a run's folder \\(a str or path\\), got None"):
+        load_lm(None)
+    assert np.all(np.isfinite(LM(trained).score(["a text", "another"], batch_size=np.int64(2))))

@@ -186,5 +186,8 @@ def load_classifier(path: str, batch_size: int = 0) -> LoadedClassifier:
                                 "(lmscale.finetune) nor a transfer output with classifier.json "
                                 "(re-run lmscale.transfer)")
     kind, folder = found
+    if batch_size != 0:  # 0: the default; else a positive number of rows (-1 was taken)
+        from lmscale.transfer.featurize import positive_int
+        batch_size = positive_int("batch_size", batch_size)
     return (TransferClassifier(folder, batch_size or 64) if kind == "transfer"
             else FinetunedClassifier(folder, batch_size))

@@ -63,11 +63,25 @@ def encode_texts(lm: TrainedLM, texts: Sequence[str]) -> list[np.ndarray]:
     for i, t in enumerate(texts):
         if not t:
             raise DataError(f"text {i} is empty: the model reads no token of it")
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as e:  # a lone surrogate (text read with errors="surrogateescape")
+            raise DataError(f"text {i} is not valid Unicode ({e.reason} at character "
+                            f"{e.start}): it has no UTF-8 bytes to read") from None
     ids = [lm.tokenizer.encode(t) for t in preprocess_texts(lm, texts)]
     for i, x in enumerate(ids):
         if len(x) == 0:
             raise DataError(f"text {i} is empty: the model reads no token of it")
     return ids
+
+
+def positive_int(name: str, value: Any) -> int:
+    """``value`` as a positive int (NumPy ints too), else a DataError naming ``name``: a
+    batch_size of 0, -3 or True was read as 1 row, 2.5 or None failed deep in the packing,
+    a chunk of -1 returned zeros."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise DataError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 def feature_state(lm: TrainedLM, state: str | None) -> str:
@@ -99,6 +113,7 @@ def featurize(lm: TrainedLM, texts: Sequence[str], *, state: str | None = None,
     state = feature_state(lm, state)
     if pooling not in POOLINGS:
         raise DataError(f"pooling must be one of {list(POOLINGS)}, got {pooling!r}")
+    batch_size, chunk = positive_int("batch_size", batch_size), positive_int("chunk", chunk)
     ids = _fit_length(lm, encode_texts(lm, texts))
     return packed_features(lm, ids, ((state, pooling),), all_layers=all_layers,
                            batch_size=batch_size, chunk=chunk, progress=progress)

@@ -277,3 +277,22 @@ def test_all_layers_of_a_tied_model_says_which_layers_it_takes(tmp_path, capsys)
     assert results["features"]["dimensions"] == 8
     assert ("note: all_layers concatenates the last 1 of 2 layers (those as wide as the last, "
             "8 units); the wider ones of this tied model are left out") in capsys.readouterr().err
+
+
+def test_a_growing_number_of_texts_compiles_one_program_per_power_of_two():
+    """A notebook featurizing or scoring 1, 2, 3 ... texts compiled a program for every count
+    (20 calls: 20 compiles, +170 MB): the rows are rounded up to a power of two (padding)."""
+    from lmscale.api import LM
+    from lmscale.transfer.featurize import featurize
+    from tests.conftest import lowered_programs
+    from tests.transfer.conftest import random_lm
+    lm = random_lm(hidden=23)  # a size no other test compiles
+    texts = [f"text number {i}" for i in range(8)]
+    with lowered_programs() as built:
+        feats = [featurize(lm, texts[:n]) for n in range(1, 9)]
+        scores = [LM(lm).score(texts[:n]) for n in range(1, 9)]
+    assert built.count("jit(read_packed_chunk)") == 4, built  # 1, 2, 4, 8 rows (was 8)
+    assert built.count("jit(_chunk_nats)") == 4, built
+    for n in range(1, 8):  # the padding rows change nothing
+        np.testing.assert_allclose(feats[n - 1], feats[7][:n], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(scores[n - 1], scores[7][:n], rtol=1e-5)

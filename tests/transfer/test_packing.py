@@ -70,10 +70,13 @@ def test_chunks_rebuild_the_rows_with_resets_at_starts_and_every_end_once(t):
             [packing.chunk(plan, ids, o, t, slots - 1, pad=0) for o in range(0, plan.width, t)]
 
 
-def test_rows_are_no_more_than_the_texts_and_a_multiple_of_the_devices():
+def test_rows_are_the_texts_power_of_two_at_most_the_batch_and_a_multiple_of_the_devices():
     assert packing.rows_for(64, 1000, 8) == 64
-    assert packing.rows_for(64, 5, 2) == 6  # 5 texts: 5 rows, rounded up to 2 devices
+    assert packing.rows_for(64, 5, 2) == 8  # 5 texts: 8 rows (a power of two: one program)
+    assert packing.rows_for(20, 17, 1) == 20  # never more than the batch
+    assert packing.rows_for(64, 3, 1) == 4 and packing.rows_for(64, 4, 1) == 4
     assert packing.rows_for(3, 1000, 8) == 8  # at least one row per device
+    assert packing.rows_for(6, 5, 4) == 8  # 6 rows at most, rounded up to the 4 devices
     assert packing.rows_for(64, 0, 4) == 4
 
 
