@@ -11,7 +11,9 @@ from typing import Any, Callable
 
 import ml_collections
 
+from lmscale.atomic import write_json
 from lmscale.sweeps.divergence import DEFAULT_FACTOR
+from lmscale.sweeps.grid import SweepError
 from lmscale.sweeps.grid import Sweep, expand, load_sweep_spec
 from lmscale.sweeps.report import write_report
 from lmscale.sweeps.runner import Runner, RunOptions
@@ -37,6 +39,11 @@ def run_sweep(base: ml_collections.ConfigDict, config_file: str, sweep_file: str
     check_data(base, sweep, workdir)
     claim(workdir, base.to_dict(), sweep, config_file, sweep_file)
     lock = lock_sweep(workdir)
+    try:
+        check_same_text(base, sweep, workdir)
+    except BaseException:
+        lock.release()
+        raise
     transfer_failed: dict[str, str] = {}
     try:
         t0, usage0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -86,6 +93,45 @@ def check_data(base: ml_collections.ConfigDict, sweep: Sweep, workdir: str) -> N
             if spec and spec not in seen and not is_builtin(spec) and not is_dataset(spec):
                 seen.add(spec)
                 expand_inputs(spec, notes=False)  # DataError naming the file, how to fetch it
+
+
+TEXT_FILE = "sweep_text.json"  # the text files' sizes and times when the sweep began
+
+
+def check_same_text(base: ml_collections.ConfigDict, sweep: Sweep, workdir: str) -> None:
+    """Records the text files the points read (size, modification time) at the sweep's first
+    run; a re-run with points still to train refuses text changed since (its finished points
+    read the old text, the ones to come would read the new: a sweep of two corpora, said only
+    in a resumed point's train.log). Built-in corpora and prepared datasets are not recorded."""
+    from lmscale.training.data_source import _changed_sources, _sources
+    path = os.path.join(workdir, TEXT_FILE)
+    now: dict[str, list] = {}
+    for point in sweep.points:
+        data = base.data.copy_and_resolve_references()
+        with data.unlocked():
+            for key, value in point.overrides.items():
+                if key.startswith("data."):
+                    data[key.split(".", 1)[1]] = value
+        sources = _sources(data)
+        if sources:
+            now[point.name] = sources
+    if not os.path.exists(path):
+        write_json(path, now)
+        return
+    try:
+        with open(path) as f:
+            then = json.load(f)
+    except ValueError:  # torn: recorded again
+        write_json(path, now)
+        return
+    for point in sweep.points:
+        if is_finished(os.path.join(workdir, point.name)) or point.name not in then:
+            continue
+        if point.name in now and now[point.name] != then[point.name]:
+            raise SweepError(f"the text of point {point.name} changed since the sweep began "
+                             f"({_changed_sources(then[point.name], now[point.name])}): the points "
+                             f"trained so far read the old text; restore it, or use another "
+                             f"--workdir for the new")
 
 
 def _log_invocation(workdir: str, wall: float, cpu: float, parallel: int, trained: list[str]) -> None:

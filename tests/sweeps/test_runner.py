@@ -307,3 +307,29 @@ def test_a_trainer_killed_by_a_signal_is_said_so(tiny):
     status = json.loads((out / "hidden-16" / "sweep_status.json").read_text())
     assert status["status"] == "failed" and status["error"].startswith(
         "killed by SIGKILL — often the out-of-memory killer"), status
+
+
+def test_text_changed_under_the_same_path_is_refused_while_points_remain(tiny, tmp_path):
+    """A corpus edited between two runs of a sweep: the finished points had read the old text,
+    the rest trained on the new, and only a resumed point's train.log said so."""
+    import shutil
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat and looked at the dog. " * 400)
+    base = base_config(tiny)
+    with base.unlocked():
+        base.data.train = str(corpus)
+    sweep_file = write_sweep(tiny / "text.py", """
+        def get_sweep():
+            return {"grid": {"model.hidden": [8, 16]}}
+    """)
+    out = tmp_path / "text_sweep"
+    run_sweep(base, str(tiny / "tiny.py"), sweep_file, str(out), **QUIET)
+    assert json.loads((out / "sweep_text.json").read_text())["hidden-8"][0][0] == str(corpus)
+    again = run_sweep(base, str(tiny / "tiny.py"), sweep_file, str(out), **QUIET)
+    assert again["trained"] == []  # nothing changed, nothing left: as before
+    shutil.rmtree(out / "hidden-16")  # a point still to train
+    corpus.write_text("a wholly other text about ships and the sea. " * 500)
+    with pytest.raises(SweepError, match=r"the text of point hidden-16 changed since the sweep "
+                                         r"began \(.*corpus.txt.*\): the points trained so far "
+                                         r"read the old text"):
+        run_sweep(base, str(tiny / "tiny.py"), sweep_file, str(out), **QUIET)
