@@ -94,8 +94,13 @@ def _head_nll(h: jax.Array, words: jax.Array, bias: jax.Array, tail_vectors: jax
     head_all = jnp.concatenate([head_logits, tombstones], axis=-1)  # [N, c_1 + k]
     cluster = jnp.searchsorted(jnp.asarray(cutoffs, jnp.int32), targets, side="right")  # 0 = head
     head_index = jnp.where(cluster == 0, targets, head + cluster - 1)
-    picked = jnp.take_along_axis(head_all, head_index[:, None], axis=-1)[:, 0]
-    return jax.nn.logsumexp(head_all, axis=-1) - picked, cluster, word_rows, bounds
+    return _nll(head_all, head_index), cluster, word_rows, bounds
+
+
+def _nll(logits: jax.Array, index: jax.Array) -> jax.Array:
+    """logsumexp(logits) - logits[index] of each row: logits [N, S], index int [N] -> [N]."""
+    picked = jnp.take_along_axis(logits, index[:, None], axis=-1)[:, 0]
+    return jax.nn.logsumexp(logits, axis=-1) - picked
 
 
 def _cluster_token_nll(dtype: Any, h: jax.Array, words: jax.Array, bias: jax.Array,
@@ -107,8 +112,7 @@ def _cluster_token_nll(dtype: Any, h: jax.Array, words: jax.Array, bias: jax.Arr
 
     def body(j: jax.Array, out: jax.Array) -> jax.Array:
         rows, real, _, z = _chunk_logits(dtype, h, cast, bias, order, count, size, j)
-        picked = jnp.take_along_axis(z, targets[rows][:, None], -1)[:, 0]
-        nll = jax.nn.logsumexp(z, axis=-1) - picked
+        nll = _nll(z, targets[rows])
         return out.at[rows].add(jnp.where(real, nll, 0.0))  # rows past count add zeros
 
     zero = varying_like(jnp.zeros(mask.shape, jnp.float32), h, words, bias, mask)
@@ -148,7 +152,7 @@ def _cluster_fwd(dtype: Any, h: jax.Array, words: jax.Array, bias: jax.Array, ta
 
     def body(j: jax.Array, total: jax.Array) -> jax.Array:
         rows, real, _, z = _chunk_logits(dtype, h, cast, bias, order, count, size, j)
-        nll = jax.nn.logsumexp(z, axis=-1) - jnp.take_along_axis(z, targets[rows][:, None], -1)[:, 0]
+        nll = _nll(z, targets[rows])
         return total + jnp.sum(jnp.where(real, weights[rows] * nll, 0.0))
 
     zero = varying_like(jnp.zeros((), jnp.float32), h, words, bias, weights)  # in shard_map

@@ -288,13 +288,9 @@ class RecurrentLM(nnx.Module):
         (float32) in place of the log-probabilities, without forming the V-wide logits
         (``adaptive_loss.py``). targets int [B, T], weights [B, T]."""
         hs, top, new_carry, _, _ = self._run(tokens, carry, resets, dropout_key, step_key, False)
-        steps, rows, width = hs.shape
-        flat = lambda x: jnp.swapaxes(x, 0, 1).reshape(steps * rows)  # [B, T] -> [T * B]
-        words, bias = self._decoder_weights()
-        nats, count = adaptive_nll_sums(
-            hs.reshape(steps * rows, width), words, bias, self.tails.tail_vectors[...],
-            self.tails.tail_bias[...], self.cutoffs, flat(targets), flat(weights), self.dtype,
-            words_transposed=self.tied)
+        h, softmax, flat = self._adaptive_inputs(hs)
+        nats, count = adaptive_nll_sums(h, *softmax, flat(targets), flat(weights), self.dtype,
+                                        words_transposed=self.tied)
         return nats, count, new_carry, self._penalty(hs, top)
 
     def adaptive_token_nll(self, tokens: jax.Array, carry: Carry | None,
@@ -305,14 +301,20 @@ class RecurrentLM(nnx.Module):
         targets int [B, T]; ``counted`` [B, T] (optional): the targets wanted, 0 for the
         others (their tail clusters not formed)."""
         hs, _, new_carry, _, _ = self._run(tokens, carry, resets, None, None, False)
+        h, softmax, flat = self._adaptive_inputs(hs)
+        nll = adaptive_token_nll(h, *softmax, flat(targets), self.dtype, words_transposed=self.tied,
+                                 counted=None if counted is None else flat(counted))
+        return jnp.swapaxes(nll.reshape(hs.shape[:2]), 0, 1), new_carry
+
+    def _adaptive_inputs(self, hs: jax.Array) -> tuple[jax.Array, tuple[Any, ...], Any]:
+        """What ``adaptive_loss.py`` reads of a forward pass: the output states [T * B, H]
+        (time-major rows), the softmax (words, bias, tail vectors, tail bias, cut-offs), and
+        ``flat``: [B, T] -> [T * B] in the same row order."""
         steps, rows, width = hs.shape
-        flat = lambda x: jnp.swapaxes(x, 0, 1).reshape(steps * rows)  # [B, T] -> [T * B]
-        words, bias = self._decoder_weights()
-        nll = adaptive_token_nll(
-            hs.reshape(steps * rows, width), words, bias, self.tails.tail_vectors[...],
-            self.tails.tail_bias[...], self.cutoffs, flat(targets), self.dtype,
-            words_transposed=self.tied, counted=None if counted is None else flat(counted))
-        return jnp.swapaxes(nll.reshape(steps, rows), 0, 1), new_carry
+        flat = lambda x: jnp.swapaxes(x, 0, 1).reshape(steps * rows)  # noqa: E731
+        softmax = (*self._decoder_weights(), self.tails.tail_vectors[...],
+                   self.tails.tail_bias[...], self.cutoffs)
+        return hs.reshape(steps * rows, width), softmax, flat
 
     def features(self, tokens: jax.Array, carry: Carry | None,
                  resets: jax.Array | None = None, prepared: tuple[Any, ...] | None = None, *,

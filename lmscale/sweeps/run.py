@@ -13,8 +13,7 @@ import ml_collections
 
 from lmscale.atomic import write_json
 from lmscale.sweeps.divergence import DEFAULT_FACTOR
-from lmscale.sweeps.grid import SweepError
-from lmscale.sweeps.grid import Sweep, expand, load_sweep_spec
+from lmscale.sweeps.grid import Point, Sweep, SweepError, expand, load_sweep_spec
 from lmscale.sweeps.report import write_report
 from lmscale.sweeps.runner import Runner, RunOptions
 from lmscale.sweeps.transfer import TransferSets, transfer_points
@@ -39,13 +38,9 @@ def run_sweep(base: ml_collections.ConfigDict, config_file: str, sweep_file: str
     check_data(base, sweep, workdir)
     claim(workdir, base.to_dict(), sweep, config_file, sweep_file)
     lock = lock_sweep(workdir)
-    try:
-        check_same_text(base, sweep, workdir)
-    except BaseException:
-        lock.release()
-        raise
     transfer_failed: dict[str, str] = {}
     try:
+        check_same_text(base, sweep, workdir)
         t0, usage0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
         runner = Runner(workdir, RunOptions(config_file, list(config_flags), parallel, divergence_factor,
                                             poll_seconds, log=log))
@@ -88,11 +83,21 @@ def check_data(base: ml_collections.ConfigDict, sweep: Sweep, workdir: str) -> N
     for point in sweep.points:
         if is_finished(os.path.join(workdir, point.name)):
             continue
-        for key in ("data.train", "data.val", "data.test"):
-            spec = str(point.overrides.get(key, base.data[key.split(".")[1]]) or "")
+        data = point_data(base, point)
+        for key in ("train", "val", "test"):
+            spec = str(data[key] or "")
             if spec and spec not in seen and not is_builtin(spec) and not is_dataset(spec):
                 seen.add(spec)
                 expand_inputs(spec, notes=False)  # DataError naming the file, how to fetch it
+
+
+def point_data(base: ml_collections.ConfigDict, point: Point) -> ml_collections.ConfigDict:
+    """The ``data`` section a point trains with: the base's, with the point's ``data.*``."""
+    data = base.data.copy_and_resolve_references()
+    for key, value in point.overrides.items():
+        if key.startswith("data."):
+            data[key.split(".", 1)[1]] = value
+    return data
 
 
 TEXT_FILE = "sweep_text.json"  # the text files' sizes and times when the sweep began
@@ -103,16 +108,11 @@ def check_same_text(base: ml_collections.ConfigDict, sweep: Sweep, workdir: str)
     run; a re-run with points still to train refuses text changed since (its finished points
     read the old text, the ones to come would read the new: a sweep of two corpora, said only
     in a resumed point's train.log). Built-in corpora and prepared datasets are not recorded."""
-    from lmscale.training.data_source import _changed_sources, _sources
+    from lmscale.training.data_source import changed_sources, text_sources
     path = os.path.join(workdir, TEXT_FILE)
     now: dict[str, list] = {}
     for point in sweep.points:
-        data = base.data.copy_and_resolve_references()
-        with data.unlocked():
-            for key, value in point.overrides.items():
-                if key.startswith("data."):
-                    data[key.split(".", 1)[1]] = value
-        sources = _sources(data)
+        sources = text_sources(point_data(base, point))
         if sources:
             now[point.name] = sources
     if not os.path.exists(path):
@@ -129,7 +129,7 @@ def check_same_text(base: ml_collections.ConfigDict, sweep: Sweep, workdir: str)
             continue
         if point.name in now and now[point.name] != then[point.name]:
             raise SweepError(f"the text of point {point.name} changed since the sweep began "
-                             f"({_changed_sources(then[point.name], now[point.name])}): the points "
+                             f"({changed_sources(then[point.name], now[point.name])}): the points "
                              f"trained so far read the old text; restore it, or use another "
                              f"--workdir for the new")
 

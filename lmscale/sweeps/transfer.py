@@ -45,32 +45,32 @@ def transfer_summary(results: dict[str, Any]) -> dict[str, Any]:
             "dimensions": results["features"]["dimensions"]}
 
 
-def read_transfer(point_dir: str, sets: TransferSets | None = None) -> dict[str, Any] | None:
-    """The summary of a point's transfer results; None without them, or (``sets`` given)
-    when they were made from other labeled sets or columns."""
+def read_transfer(point_dir: str) -> dict[str, Any] | None:
+    """The summary of a point's transfer results; None without them."""
+    results = _read_results(point_dir)
+    return None if results is None else transfer_summary(results)
+
+
+def _read_results(point_dir: str) -> dict[str, Any] | None:
+    """A point's transfer results.json; None without one (or a torn one: transferred again)."""
     path = os.path.join(point_dir, "transfer", "results.json")
     if not os.path.exists(path):
         return None
     try:
         with open(path) as f:
-            results = json.load(f)
-    except ValueError:  # torn or hand-damaged: transferred again
+            return json.load(f)
+    except ValueError:
         return None
-    if sets is not None and not _made_from(results, sets):
-        return None
-    return transfer_summary(results)
 
 
 def _made_from(results: dict[str, Any], sets: TransferSets) -> bool:
     """Whether ``results`` were made from ``sets`` (each split's file, compared as paths)."""
     recorded = results.get("data") or {}
+    same_file = lambda a, b: os.path.realpath(os.path.expanduser(str(a))) == \
+        os.path.realpath(os.path.expanduser(str(b)))  # noqa: E731
     for name, spec in (("train", sets.train), ("val", sets.val), ("test", sets.test)):
         source = (recorded.get(name) or {}).get("source")
-        if not spec or source is None:
-            if bool(spec) != (source is not None):
-                return False
-            continue
-        if os.path.realpath(os.path.expanduser(str(source))) != os.path.realpath(os.path.expanduser(spec)):
+        if bool(spec) != (source is not None) or (spec and not same_file(source, spec)):
             return False
     columns = results.get("columns") or {}  # recorded since this check: compared when there
     return all(columns.get(k, v) == v for k, v in (("text", sets.text_column),
@@ -88,10 +88,12 @@ def transfer_points(point_dirs: list[str], sets: TransferSets, log: Callable[[st
     out, failed = {}, {}
     for point_dir in point_dirs:
         name = os.path.basename(point_dir)
-        summary = read_transfer(point_dir, sets)
-        if summary is None:
+        results = _read_results(point_dir)
+        if results is not None and _made_from(results, sets):
+            out[point_dir] = transfer_summary(results)
+        else:
             again = " (again: its results were made from other labeled sets)" \
-                if read_transfer(point_dir) is not None else ""
+                if results is not None else ""
             log(f"sweep: transfer {name}{again}")
             try:
                 results = run_transfer(point_dir, sets.train, sets.val, sets.test,
@@ -101,6 +103,5 @@ def transfer_points(point_dirs: list[str], sets: TransferSets, log: Callable[[st
                 failed[point_dir] = str(e)
                 log(f"sweep: transfer {name} failed: {e}")
                 continue
-            summary = transfer_summary(results)
-        out[point_dir] = summary
+            out[point_dir] = transfer_summary(results)
     return out, failed

@@ -62,15 +62,22 @@ def train_flops_per_token(model_config: ml_collections.ConfigDict, vocab_size: i
     ``model.adaptive_cutoffs`` the loss forms the head's logits and each target's cluster's:
     counted at the share of targets in each tail cluster that ``id_counts`` [V] (how often
     each id is a target) gives, or Zipf's law over the frequency-ranked ids when None."""
-    shares = None
-    cutoffs = adaptive_cutoffs(model_config)
-    if cutoffs:
-        if id_counts is not None and len(id_counts) != vocab_size:
-            raise ValueError(f"id_counts has {len(id_counts)} entries, the vocabulary {vocab_size}")
-        if id_counts is None or not np.sum(id_counts) > 0:  # no data, or none sampled
-            id_counts = zipf_id_counts(vocab_size)
-        shares = tail_shares(cutoffs, id_counts)
+    shares = loss_tail_shares(model_config, vocab_size, id_counts)
     return 3 * int(flops_per_token(model_config, vocab_size, seq_len=seq_len, tail_shares=shares))
+
+
+def loss_tail_shares(model_config: ml_collections.ConfigDict, vocab_size: int,
+                     id_counts: np.ndarray | None = None) -> tuple[float, ...] | None:
+    """The share of targets in each tail cluster of a model with adaptive cut-offs, from
+    ``id_counts`` [V] (Zipf's law when None or all 0); None for a model without them."""
+    cutoffs = adaptive_cutoffs(model_config)
+    if not cutoffs:
+        return None
+    if id_counts is not None and len(id_counts) != vocab_size:
+        raise ValueError(f"id_counts has {len(id_counts)} entries, the vocabulary {vocab_size}")
+    if id_counts is None or not np.sum(id_counts) > 0:  # no data, or none sampled
+        id_counts = zipf_id_counts(vocab_size)
+    return tail_shares(cutoffs, id_counts)
 
 
 def adaptive_cutoffs(model_config: ml_collections.ConfigDict) -> tuple[int, ...]:

@@ -124,7 +124,7 @@ def sp_model_note(data: ml_collections.ConfigDict) -> str | None:
             f"tokenizer (these train one)")
 
 
-def _sources(data: ml_collections.ConfigDict) -> list[list] | None:
+def text_sources(data: ml_collections.ConfigDict) -> list[list] | None:
     """[path, bytes, mtime_ns] of each text file ``data.train`` / ``val`` / ``test`` name (a
     file edited under the same path changes them), or None where they cannot be read (a
     built-in corpus, or text moved away since it was prepared)."""
@@ -144,8 +144,8 @@ def _sources(data: ml_collections.ConfigDict) -> list[list] | None:
     return out
 
 
-def _changed_sources(old: list[list], new: list[list]) -> str:
-    """What differs between two ``_sources`` lists, in words (the first few files)."""
+def changed_sources(old: list[list], new: list[list]) -> str:
+    """What differs between two ``text_sources`` lists, in words (the first few files)."""
     was, now = {p: (n, t) for p, n, t in old}, {p: (n, t) for p, n, t in new}
     said = [f"{p} is new" for p in now if p not in was]
     said += [f"{p} is gone" for p in was if p not in now]
@@ -264,7 +264,7 @@ def _prepare_in_workdir(data: ml_collections.ConfigDict, workdir: str, progress:
     note = sp_model_note(data)
     if note:
         print(note, file=sys.stderr, flush=True)
-    request, sources = _request(data), _sources(data)
+    request, sources = _request(data), text_sources(data)
     request_path = os.path.join(workdir, "data_request.json")
     if is_dataset(target) and os.path.exists(request_path):
         recorded = _read_request(request_path, target)
@@ -285,7 +285,7 @@ def _prepare_in_workdir(data: ml_collections.ConfigDict, workdir: str, progress:
             if old_sources is None or sources is None or old_sources == sources:
                 return target
             changed = (f"note: the text changed since {target} was prepared from it "
-                       f"({_changed_sources(old_sources, sources)}); ")
+                       f"({changed_sources(old_sources, sources)}); ")
             if resuming:
                 print(f"{changed}this resumed run goes on with the prepared data, which its "
                       f"steps were counted on. To train on the new text, start afresh "

@@ -45,7 +45,8 @@ def byte_count(targets: jax.Array, weights: jax.Array, byte_lengths: jax.Array) 
     """UTF-8 bytes of text the counted targets stand for: sum(weights * byte_lengths[targets]).
 
     ``byte_lengths`` [V] from the tokenizer (all 1 for a byte tokenizer, so this equals the
-    target count; a word vocabulary's ``<unk>`` a fraction). Bits per character are nats / ln 2 / this, comparable across tokenizers.
+    target count; a word vocabulary's ``<unk>`` a fraction). Bits per character are
+    nats / ln 2 / this, comparable across tokenizers.
     """
     lengths = jnp.asarray(byte_lengths, jnp.float32)[targets.astype(jnp.int32)]
     return jnp.sum(lengths * weights.astype(jnp.float32))

@@ -18,8 +18,7 @@ import ml_collections
 
 from lmscale.config import bptt_max, derive, step_width, validate, with_global_batch
 from lmscale.models import architecture, flops_per_token, get_kind
-from lmscale.models.adaptive_softmax import tail_shares, zipf_id_counts
-from lmscale.training.bench import adaptive_cutoffs, train_flops_per_token
+from lmscale.training.bench import loss_tail_shares, train_flops_per_token
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.hlo_stats import all_reduces
 from lmscale.training.setup import BATCH_KEYS, build_train_setup, jit_train_step
@@ -59,7 +58,7 @@ def plan(config: ml_collections.ConfigDict, devices: list[jax.Device] | None = N
     requested = all_reduces(lowered.as_text(dialect="hlo"))
     fwd = flops_per_token(config.model, vocab_size, seq)
     train_per_token = train_flops_per_token(config.model, vocab_size, seq)  # Zipf's targets
-    cutoffs = adaptive_cutoffs(config.model)
+    shares = loss_tail_shares(config.model, vocab_size)
     per_device = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes \
         - mem.alias_size_in_bytes
     return {
@@ -81,7 +80,7 @@ def plan(config: ml_collections.ConfigDict, devices: list[jax.Device] | None = N
         # target's cluster's, at the shares Zipf's law gives (``tail_shares``)
         "flops_per_token_train": train_per_token,
         "flops_per_step_train": train_per_token * batch * width,
-        "tail_shares": list(tail_shares(cutoffs, zipf_id_counts(vocab_size))) if cutoffs else None,
+        "tail_shares": None if shares is None else list(shares),
         "memory_per_device_bytes": {
             "arguments": mem.argument_size_in_bytes, "outputs": mem.output_size_in_bytes,
             "temporaries": mem.temp_size_in_bytes, "aliased (donated)": mem.alias_size_in_bytes,

@@ -41,6 +41,19 @@ def command(workdir, corpus, *flags: str) -> list[str]:
                               **{"train.steps": 4, "checkpoint.every": 2})
 
 
+def prepare(text, output) -> None:
+    subprocess.run([sys.executable, "-m", "lmscale.prepare", f"--input={text}",
+                    f"--output={output}", "--split=8,1,1", "--progress=false"], cwd=REPO,
+                   check=True, capture_output=True)
+
+
+def command_reading_ds(run) -> list[str]:
+    """``command`` of a run whose data.train is "ds", relative to each process's folder (its
+    config by absolute path)."""
+    config = f"--config={os.path.join(REPO, 'configs', 'quickstart.py')}"
+    return [config if a.startswith("--config=") else a for a in command(run, "ds")]
+
+
 def test_processes_given_other_configs_are_refused(tmp_path, corpus):
     """Process 1 with another seed and lr trained its own replica (both exited 0 before)."""
     run = tmp_path / "run"
@@ -56,9 +69,7 @@ def test_processes_given_other_configs_are_refused(tmp_path, corpus):
 def test_a_workdir_that_is_not_shared_is_refused_at_the_start(tmp_path, corpus):
     """Host-local workdirs: process 0 trained, then both hung at the first checkpoint (10 min)."""
     data = tmp_path / "data"
-    subprocess.run([sys.executable, "-m", "lmscale.prepare", f"--input={corpus}",
-                    f"--output={data}", "--split=8,1,1", "--progress=false"], cwd=REPO, check=True,
-                   capture_output=True)
+    prepare(corpus, data)
     results = run_two([command(tmp_path / "a", data), command(tmp_path / "b", data)], timeout=120)
     for status, err in results:
         assert status == 1, err[-2000:]
@@ -73,11 +84,8 @@ def test_processes_reading_other_data_under_one_path_are_refused(tmp_path, corpu
     other = write_corpus(tmp_path / "other", lines=40, files=2)
     for name, text in (("a", corpus), ("b", other)):
         (tmp_path / name).mkdir()
-        subprocess.run([sys.executable, "-m", "lmscale.prepare", f"--input={text}",
-                        f"--output={tmp_path / name / 'ds'}", "--split=8,1,1", "--progress=false"],
-                       cwd=REPO, check=True, capture_output=True)
-    config = f"--config={os.path.join(REPO, 'configs', 'quickstart.py')}"
-    cmd = [config if a.startswith("--config=") else a for a in command(tmp_path / "run", "ds")]
+        prepare(text, tmp_path / name / "ds")
+    cmd = command_reading_ds(tmp_path / "run")
     results = run_two([cmd, cmd], cwds=(tmp_path / "a", tmp_path / "b"))
     for status, err in results:
         assert status == 1, err[-2000:]
@@ -94,11 +102,8 @@ def test_a_dataset_missing_on_one_host_is_refused_on_every_process(tmp_path, cor
     did not end."""
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    subprocess.run([sys.executable, "-m", "lmscale.prepare", f"--input={corpus}",
-                    f"--output={tmp_path / 'a' / 'ds'}", "--split=8,1,1", "--progress=false"],
-                   cwd=REPO, check=True, capture_output=True)
-    config = f"--config={os.path.join(REPO, 'configs', 'quickstart.py')}"
-    cmd = [config if a.startswith("--config=") else a for a in command(tmp_path / "run", "ds")]
+    prepare(corpus, tmp_path / "a" / "ds")
+    cmd = command_reading_ds(tmp_path / "run")
     results = run_two([cmd, cmd], timeout=120, cwds=(tmp_path / "a", tmp_path / "b"))
     for status, err in results:
         assert status == 1, err[-2000:]

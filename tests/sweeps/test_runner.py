@@ -96,6 +96,19 @@ def start_sweep(tiny, sweep_file, out, log=None) -> subprocess.Popen:
                             stderr=open(log, "w") if log else subprocess.DEVNULL)
 
 
+def start_endless_point(tiny, name: str) -> tuple[Path, Path, subprocess.Popen]:
+    """(out, log, process) of a sweep of one point that trains until stopped (hidden-16),
+    its files named after ``name``."""
+    sweep_file = write_sweep(tiny / f"{name}.py", """
+        def get_sweep():
+            return {"grid": {"model.hidden": [16]},
+                    "derived": lambda p: {"train.steps": 100000, "train.log_every": 500,
+                                          "checkpoint.every": 100000}}
+    """)
+    out, log = tiny / f"{name}_sweep", tiny / f"{name}.log"
+    return out, log, start_sweep(tiny, sweep_file, out, log)
+
+
 def wait_until(ready, proc: subprocess.Popen, what: str) -> None:
     """Polls ``ready()`` until true; fails naming ``what`` if the sweep ends or 300 s pass."""
     deadline = time.time() + 300
@@ -233,14 +246,7 @@ def test_a_second_signal_stops_the_points_at_once(tiny):
     """The runner's second signal unwound it, and its points got the parent-death SIGTERM,
     which a trainer now takes as the first signal again: they ran on, orphaned, to a
     checkpoint. They are killed before the runner exits: none is left running."""
-    sweep_file = write_sweep(tiny / "stop2.py", """
-        def get_sweep():
-            return {"grid": {"model.hidden": [16]},
-                    "derived": lambda p: {"train.steps": 100000, "train.log_every": 500,
-                                          "checkpoint.every": 100000}}
-    """)
-    out, log = tiny / "stop2_sweep", tiny / "stop2.log"
-    proc = start_sweep(tiny, sweep_file, out, log)
+    out, log, proc = start_endless_point(tiny, "stop2")
     try:
         wait_until((out / "hidden-16" / "tb").exists, proc, "the point never started")
         time.sleep(1.0)
@@ -291,14 +297,7 @@ def test_damaged_sweep_files_are_one_line_or_recovered(tiny, finished):
 def test_a_trainer_killed_by_a_signal_is_said_so(tiny):
     """A point's trainer killed (the out-of-memory killer's SIGKILL) was reported with its log's
     last line, a start-up hint."""
-    sweep_file = write_sweep(tiny / "sigkill.py", """
-        def get_sweep():
-            return {"grid": {"model.hidden": [16]},
-                    "derived": lambda p: {"train.steps": 100000, "train.log_every": 500,
-                                          "checkpoint.every": 100000}}
-    """)
-    out, log = tiny / "sigkill_sweep", tiny / "sigkill.log"
-    proc = start_sweep(tiny, sweep_file, out, log)
+    out, log, proc = start_endless_point(tiny, "sigkill")
     pattern = f"lmscale.train .*workdir={out}/"
     wait_until(lambda: subprocess.run(["pgrep", "-f", pattern]).returncode == 0, proc,
                "the point's trainer never started")
