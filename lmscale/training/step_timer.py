@@ -3,7 +3,8 @@
 A step that compiles its program (a loop's first; fine-tuning's first of each batch width,
 frozen and unfrozen) takes seconds against milliseconds: timed alone (the work queued before
 it waited for first), it is left out of its window's steps and seconds, and its seconds are
-added to ``compile_s``. A window of only such steps has no rate (None).
+added to ``compile_s``; a window whose first steps compile starts after them. A window of
+only such steps has no rate (None).
 """
 
 from __future__ import annotations
@@ -33,9 +34,12 @@ class StepTimer:
     def after(self, compiles: bool, outputs: Any) -> None:
         if compiles:
             jax.block_until_ready(outputs)
-            seconds = time.perf_counter() - self._t
-            self.start += seconds  # out of the window
-            self.compile_s = (self.compile_s or 0.0) + seconds
+            now = time.perf_counter()
+            if self.steps:
+                self.start += now - self._t  # out of the window
+            else:  # the window starts here: what came before (the loop's set-up, the first
+                self.start = now  # batch's reading) is not the timed steps' either
+            self.compile_s = (self.compile_s or 0.0) + now - self._t
         else:
             self.steps += 1
 
