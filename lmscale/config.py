@@ -297,6 +297,17 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     parse_split(config.data.split)
     from lmscale.config_checks import validate_awd  # it reads this module's helpers
     validate_awd(config)
+    if config.train.variable_bptt:  # the kind's length bound against the longest drawn length
+        from lmscale.data.variable_bptt import length_bounds
+        longest = length_bounds(bptt_max(config.train), config.train.bptt_bucket)[1]
+        drawn = config.train.copy_and_resolve_references()
+        drawn.seq_len = longest
+        try:
+            kind.validate(config.model, drawn)
+        except ValueError as e:
+            raise ConfigError(f"train.variable_bptt draws sequences of up to {longest} tokens "
+                              f"(train.bptt_max={bptt_max(config.train)} rounded to "
+                              f"train.bptt_bucket): {e}") from None
 
 
 OPTIMIZERS = ("adam", "sgd", "ntasgd")

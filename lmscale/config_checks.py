@@ -52,6 +52,3 @@ def validate_awd(config: ml_collections.ConfigDict) -> None:
     if not isinstance(config.parallel.cpu_huge_pages, bool):
         raise ConfigError(f"parallel.cpu_huge_pages must be True or False, got "
                           f"{config.parallel.cpu_huge_pages!r}")
-    if t.variable_bptt and config.model.kind == "transformer" and bptt_max(t) > config.model.max_len:
-        raise ConfigError(f"train.variable_bptt: the longest sequence {bptt_max(t)} (train.bptt_max) "
-                          f"exceeds model.max_len={config.model.max_len}")

@@ -205,3 +205,17 @@ def test_paper_configs_follow_the_seeds_published_schedules():
 def test_a_negative_batch_is_named_as_such_not_as_indivisible():
     with pytest.raises(ConfigError, match="train.batch_size must be a positive integer, got -3"):
         validate(locked(**{"train.batch_size": -3}), 2)
+
+
+def test_variable_bptt_lengths_are_checked_against_the_kinds_bound():
+    """The longest drawn length against the kind's own check (a model with a length bound
+    failed at the step that drew it: the check was the transformer's config field only)."""
+    c = default_config()
+    c.data.train = "corpus"
+    c.model.kind, c.model.max_len = "transformer", 64
+    c.train.variable_bptt, c.train.seq_len = True, 50  # lengths up to 65 rounded to 5: 65
+    with pytest.raises(ConfigError, match=r"^train.variable_bptt draws sequences of up to 65 "
+                       r"tokens \(train.bptt_max=65 .*: train.seq_len=65 exceeds model.max_len=64"):
+        validate(c)
+    c.train.bptt_max, c.train.bptt_bucket = 66, 8  # 66 rounded down to 8: 64, within the bound
+    validate(c)
