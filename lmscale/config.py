@@ -295,19 +295,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
             f"use a multiple of {num_devices} (or set train.per_device_batch_size)")
     validate_run_settings(config)
     parse_split(config.data.split)
-    from lmscale.config_checks import validate_awd  # it reads this module's helpers
+    from lmscale.config_checks import check_longest_drawn, validate_awd  # they read this module
     validate_awd(config)
-    if config.train.variable_bptt:  # the kind's length bound against the longest drawn length
-        from lmscale.data.variable_bptt import length_bounds
-        longest = length_bounds(bptt_max(config.train), config.train.bptt_bucket)[1]
-        drawn = config.train.copy_and_resolve_references()
-        drawn.seq_len = longest
-        try:
-            kind.validate(config.model, drawn)
-        except ValueError as e:
-            raise ConfigError(f"train.variable_bptt draws sequences of up to {longest} tokens "
-                              f"(train.bptt_max={bptt_max(config.train)} rounded to "
-                              f"train.bptt_bucket): {e}") from None
+    if config.train.variable_bptt:
+        check_longest_drawn(config, kind)
 
 
 OPTIMIZERS = ("adam", "sgd", "ntasgd")

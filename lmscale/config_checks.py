@@ -3,6 +3,8 @@ settings (``config.validate`` calls them), apart from config.py's defaults and l
 
 from __future__ import annotations
 
+from typing import Any
+
 import ml_collections
 
 from lmscale.config import OPTIMIZERS, ConfigError, bptt_max, parse_epochs
@@ -52,3 +54,18 @@ def validate_awd(config: ml_collections.ConfigDict) -> None:
     if not isinstance(config.parallel.cpu_huge_pages, bool):
         raise ConfigError(f"parallel.cpu_huge_pages must be True or False, got "
                           f"{config.parallel.cpu_huge_pages!r}")
+
+
+def check_longest_drawn(config: ml_collections.ConfigDict, kind: Any) -> None:
+    """Variable BPTT: the model kind's own validation at the longest length a step draws (a
+    kind with a length bound failed at the step that drew it)."""
+    from lmscale.data.variable_bptt import length_bounds
+    longest = length_bounds(bptt_max(config.train), config.train.bptt_bucket)[1]
+    drawn = config.train.copy_and_resolve_references()
+    drawn.seq_len = longest
+    try:
+        kind.validate(config.model, drawn)
+    except ValueError as e:
+        raise ConfigError(f"train.variable_bptt draws sequences of up to {longest} tokens "
+                          f"(train.bptt_max={bptt_max(config.train)} rounded to "
+                          f"train.bptt_bucket): {e}") from None
