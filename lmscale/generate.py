@@ -31,9 +31,9 @@ _SEED = flags.DEFINE_integer("seed", 0, "Random seed, 0 <= seed < 2**32 (the key
 _NEURON = flags.DEFINE_integer("neuron", None, "Unit of the last layer to hold fixed (from "
                                "the start, and after every token, prompt included).")
 _VALUE = flags.DEFINE_float("neuron_value", 0.0, "Value the unit is held at.")
-_STATE = flags.DEFINE_enum("neuron_state", None, ["cell", "hidden"], "State the unit lives in; "
-                           "default: the model's first (cell for mLSTM/LSTM/QRNN; a QRNN holds "
-                           "a unit only in its cell state).")
+_STATE = flags.DEFINE_string("neuron_state", None, "State the unit lives in, one the model "
+                             "holds; default: its first (cell for mLSTM/LSTM/QRNN; a QRNN holds "
+                             "a unit only in its cell state; a kind of one's own: its own names).")
 _HEATMAP_UNIT = flags.DEFINE_integer("heatmap_unit", None, "Unit shown in the heatmap "
                                      "(default: --neuron, else the transfer's neuron if known).")
 _OUTPUT = flags.DEFINE_string("output", None, "Output folder; default WORKDIR/generate (a "
@@ -71,7 +71,7 @@ def main(argv: list[str]) -> None:
             raise DataError(f"--heatmap_unit={_HEATMAP_UNIT.value} is outside the last layer's "
                             f"{width} units (0..{width - 1})")  # was said after sampling
         states = model.feature_states  # the heatmap's (a held unit's: generate checks)
-        if _NEURON.value is None and _STATE.value is not None and _STATE.value not in states:
+        if _NEURON.value is None and _STATE.value and _STATE.value not in states:
             raise DataError(f"--neuron_state must be one of {list(states)} for a "
                             f"{lm.config.model.kind} model, got {_STATE.value!r}")
         length = _LENGTH.value
@@ -79,7 +79,7 @@ def main(argv: list[str]) -> None:
         if not flags.FLAGS["length"].present and max_len is not None and length > max_len // 2:
             length = max_len // 2  # the default, for a transformer: room for the prompt too
         found = _transfer_neuron(_WORKDIR.value, width, lm.step)
-        neuron_state = _STATE.value
+        neuron_state = _STATE.value or None
         if (neuron_state is None and found is not None and found[1]
                 and (_NEURON.value, -1) == (found[0], found[2])):
             neuron_state = found[1]  # the transfer's neuron, held in the state it was read from

@@ -50,7 +50,7 @@ groups); the parameters of layer i live under ``layers[i]`` (or a transformer's 
 and the embedding under ``embedding`` — ``finetune.layer_lr_decay``/``unfreeze_every`` give
 any other parameter the top layer's group; the last layer's ``holdable_states`` (optional)
 names the states generation may hold (default ``feature_states``); the CLI's state flags
-(``--state``, ``--neuron_state``) take "cell" or "hidden". A kind reads existing
+(``--state``, ``--neuron_state``) take these names. A kind reads existing
 ``config.model`` fields (``embed``, ``hidden``, ``layers``, ``dropout``...) and fields of
 its own, declared in its ``settings`` (a config file adds them before ``c.lock()``;
 config.json records them). On CPUs, a bfloat16 matmul must return

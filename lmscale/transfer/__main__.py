@@ -31,8 +31,9 @@ _FEATURES_DIR = flags.DEFINE_string(
     "features_dir", None, "Folder caching the LM's features of the texts (a re-run with other "
     "classifier settings skips the LM); default WORKDIR/features, or OUTPUT/features when the "
     "workdir cannot be written (read-only, shared); an empty value caches nothing.")
-_STATE = flags.DEFINE_enum("state", None, ["cell", "hidden"], "Which state to take; default: the "
-                           "model's own (cell for mLSTM/LSTM, hidden for the transformer).")
+_STATE = flags.DEFINE_string("state", None, "Which of the model's states to take; default: its "
+                             "own (cell for mLSTM/LSTM, hidden for the transformer; a kind of "
+                             "one's own: its feature_states).")
 _POOLING = flags.DEFINE_enum("pooling", "last", ["last", "mean", "max", "min"],
                              "Pooling over the text: the state after the last character, or mean/max/min.")
 _ALL_LAYERS = flags.DEFINE_bool("all_layers", False, "Concatenate the states of all layers (a "

@@ -142,3 +142,67 @@ def test_a_kind_of_ones_own_has_config_fields_of_its_own(tmp_path):
     assert typo.returncode == 1 and typo.stderr.strip().splitlines()[-1] == (
         "error: unknown config field model.gru_updte_bias (did you mean "
         "model.gru_update_bias?): lmscale/config.py lists every field"), typo.stderr[-3000:]
+
+
+PLUGIN_WITH_OWN_STATE = '''
+import dataclasses
+import gru_kind
+from lmscale.models.registry import register
+
+
+class RenamedStateGRU(gru_kind.GRULM):
+    feature_states = ("h",)
+
+    def features(self, *args, **kwargs):
+        out = super().features(*args, **kwargs)
+        return {"h": out["hidden"], "carry": out["carry"]}
+
+    def fix_unit(self, state, unit, value, which):
+        if which != "h":
+            raise ValueError(f"which must be 'h', got {which!r}")
+        return super().fix_unit(state, unit, value, "hidden")
+
+
+def _build(m, vocab_size, *, rngs, dtype=None):
+    model = gru_kind._build(m, vocab_size, rngs=rngs, **({} if dtype is None else {"dtype": dtype}))
+    model.__class__ = RenamedStateGRU
+    return model
+
+
+register(dataclasses.replace(gru_kind.KIND, name="gru_h", build=_build))
+'''
+
+
+def test_the_state_flags_take_the_kinds_own_state_names(tmp_path):
+    """--state (transfer) and --neuron_state (generate) were cell/hidden only: a kind whose
+    states have other names could not be asked for them (absl's enum refused them)."""
+    (tmp_path / "gru_h_kind.py").write_text(PLUGIN_WITH_OWN_STATE)
+    corpus = write_corpus(tmp_path / "corpus")
+    rows = [("1" if i % 2 else "0", ("a good film " if i % 2 else "a bad film ") * (1 + i % 3))
+            for i in range(40)]
+    for name in ("train", "val"):
+        (tmp_path / f"{name}.csv").write_text(
+            "label,sentence\n" + "".join(f"{label},{text}\n" for label, text in rows))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), EXAMPLES, str(REPO)]),
+               LMSCALE_MODEL_MODULES="gru_h_kind")
+
+    def tool(args):
+        return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+    run = tmp_path / "run"
+    train = tool(tiny_train_command(run, corpus, **{"model.kind": "gru_h", "train.steps": 4,
+                                                    "checkpoint.every": 4}))
+    assert train.returncode == 0, train.stderr[-3000:]
+    transfer = tool([sys.executable, "-m", "lmscale.transfer", f"--workdir={run}", "--state=h",
+                     f"--train={tmp_path / 'train.csv'}", f"--val={tmp_path / 'val.csv'}",
+                     f"--output={tmp_path / 'transfer'}", "--baseline=none", "--C=0.5"])
+    assert transfer.returncode == 0, transfer.stderr[-3000:]
+    assert json.loads((tmp_path / "transfer" / "results.json").read_text())["features"]["state"] == "h"
+    sample = tool([sys.executable, "-m", "lmscale.generate", f"--workdir={run}", "--length=8",
+                   "--prompt=ab", "--neuron=3", "--neuron_state=h", f"--output={tmp_path / 's'}"])
+    assert sample.returncode == 0, sample.stderr[-3000:]
+    assert json.loads((tmp_path / "s" / "samples.json").read_text())["neuron_state"] == "h"
+    wrong = tool([sys.executable, "-m", "lmscale.generate", f"--workdir={run}", "--length=8",
+                  "--neuron=3", "--neuron_state=cell", f"--output={tmp_path / 's2'}"])
+    assert wrong.returncode == 1 and "Traceback" not in wrong.stderr, wrong.stderr[-3000:]
+    assert "'h'" in wrong.stderr.strip().splitlines()[-1], wrong.stderr[-3000:]
