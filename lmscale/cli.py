@@ -121,7 +121,7 @@ def _json_config_parser() -> type:
 
             def parse(self, path: str) -> object:
                 if not str(path).lower().endswith(".json"):
-                    return super().parse(path)
+                    return _with_kind_settings(super().parse(path), f"--{self.name}.model.")
                 from lmscale.config import load_config
                 if not os.path.isfile(path):
                     raise ValueError(f"{path}: no such file")
@@ -134,6 +134,29 @@ def _json_config_parser() -> type:
 
         _JSON_PARSER = ConfigFileOrJsonParser
     return _JSON_PARSER
+
+
+_ARGV: list[str] = []  # the command line parse_flags reads (the config parser looks at it)
+
+
+def _with_kind_settings(config: object, prefix: str) -> object:
+    """The fields of a kind of one's own (its ``ModelKind.settings``) that a ``--config.model.
+    NAME=`` override sets and the config file did not add, added at their defaults for the
+    override to apply (ml_collections refused a field the locked config lacks). Plugins are
+    imported only then: a config file still loads without JAX."""
+    import ml_collections
+    model = config.get("model") if isinstance(config, ml_collections.ConfigDict) else None
+    named = {a[len(prefix):].split("=", 1)[0] for a in _ARGV if a.startswith(prefix)}
+    missing = {n for n in named if "." not in n} - set(model or ())
+    if not missing or model is None:
+        return config
+    from lmscale.models.registry import get_kind, load_plugins, model_kinds
+    load_plugins()
+    settings = {k: v for kind in model_kinds() for k, v in get_kind(kind).settings.items()}
+    with config.unlocked():
+        for name in sorted(missing & set(settings)):
+            model[name] = settings[name]
+    return config
 
 
 def _accept_json_configs(flag_values: object) -> None:
@@ -204,6 +227,7 @@ def parse_flags(argv: list[str]) -> list[str]:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         _accept_json_configs(flags.FLAGS)
+        _ARGV[:] = argv
         rest = flags.FLAGS(argv)
         for name in list(flags.FLAGS):
             # A config file that failed to load: ml_collections keeps the error for the first

@@ -142,6 +142,16 @@ def test_a_kind_of_ones_own_has_config_fields_of_its_own(tmp_path):
     assert typo.returncode == 1 and typo.stderr.strip().splitlines()[-1] == (
         "error: unknown config field model.gru_updte_bias (did you mean "
         "model.gru_update_bias?): lmscale/config.py lists every field"), typo.stderr[-3000:]
+    # From the command line, on a config file that does not add it (was "unknown config key").
+    cli = _tool(tiny_train_command(tmp_path / "cli", corpus, **{
+        "model.kind": "gru", "train.steps": 2, "model.gru_update_bias": 1.5}))
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    assert json.loads((tmp_path / "cli" / "config.json").read_text())["model"]["gru_update_bias"] == 1.5
+    cli_typo = _tool(tiny_train_command(tmp_path / "cli_typo", corpus, **{
+        "model.kind": "gru", "train.steps": 2, "model.gru_updte_bias": 1.5}))
+    assert cli_typo.returncode == 1 and cli_typo.stderr.strip().splitlines()[-1].startswith(
+        "error: unknown config key 'gru_updte_bias' in --config.model.gru_updte_bias=1.5"), \
+        cli_typo.stderr[-3000:]
 
 
 PLUGIN_WITH_OWN_STATE = '''
