@@ -6,6 +6,8 @@ Used by data preparation (a text feature per example, streamed) and by
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -38,11 +40,79 @@ def import_tfds() -> Any:
     return tensorflow_datasets
 
 
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def _data_dir(tfds: Any) -> str:
+    """Where TFDS looks for prepared data: TFDS_DATA_DIR as it was when TFDS was imported."""
+    return str(tfds.core.constants.DATA_DIR)
+
+
+def _builder(spec: str, dataset_name: str, tfds: Any) -> Any:
+    """The builder of ``NAME[/CONFIG][:VERSION]``, prepared (downloaded by TFDS if it is a
+    catalog data set not yet on disk); one-line DataErrors for a name, config or version
+    that is not there and for a failed download."""
+    try:
+        builder = tfds.builder(dataset_name)
+    except tfds.core.registered.DatasetNotFoundError:
+        data_dir = _data_dir(tfds)
+        base = dataset_name.split("/")[0].split(":")[0]
+        folder = os.path.join(data_dir, base)
+        there = sorted(f for f in os.listdir(folder) if not f.startswith(".")) if os.path.isdir(folder) else []
+        found = (f"; {folder} holds {', '.join(there)} (configs or versions: NAME/CONFIG:VERSION)"
+                 if there else "")
+        raise DataError(f"{spec}: TensorFlow Datasets has no data set {dataset_name!r} (not in its "
+                        f"catalog, nor prepared under {data_dir}, set by TFDS_DATA_DIR){found}") from None
+    except Exception as e:  # a catalog builder that fails to load (a missing dependency)
+        raise DataError(f"{spec}: TensorFlow Datasets cannot load {dataset_name!r}: "
+                        f"{_first_line(e)}") from None
+    if not builder.is_prepared():
+        print(f"note: {spec}: downloading and preparing {dataset_name} into {_data_dir(tfds)} "
+              "(TensorFlow Datasets; once)", file=sys.stderr, flush=True)
+        try:
+            builder.download_and_prepare()
+        except Exception as e:
+            raise DataError(f"{spec}: TensorFlow Datasets could not download and prepare "
+                            f"{dataset_name!r}: {type(e).__name__}: {_first_line(e)}") from None
+    return builder
+
+
+def _split_size(spec: str, builder: Any, split: str) -> int:
+    """Examples in ``split`` (slices and ``a+b`` included); DataError for an unknown or
+    malformed split, or one with no examples."""
+    names = sorted(builder.info.splits)
+    try:
+        size = builder.info.splits[split].num_examples
+    except (KeyError, ValueError, AssertionError) as e:
+        known = f"unknown split {split!r}" if "Unknown split" in str(e) else (
+            f"bad split {split!r} ({_first_line(e).split(' See format')[0]})")
+        raise DataError(f"{spec}: {known}; the splits are {', '.join(names)} (slices: "
+                        "train[:10%], train[100:200], train+test)") from None
+    if not size:
+        raise DataError(f"{spec}: split {split!r} has no examples (the splits are "
+                        f"{', '.join(f'{n} ({builder.info.splits[n].num_examples})' for n in names)})")
+    return size
+
+
 def iter_examples(spec: str) -> Iterator[dict[str, Any]]:
-    """The examples of ``tfds:NAME/SPLIT`` as dicts of NumPy values, streamed."""
+    """The examples of ``tfds:NAME/SPLIT`` as dicts of NumPy values, streamed: ArrayRecord
+    data through a data source (no TensorFlow), TFRecord data through tf.data."""
     dataset_name, split = parse_tfds(spec)
     tfds = import_tfds()
-    yield from tfds.as_numpy(tfds.load(dataset_name, split=split))
+    builder = _builder(spec, dataset_name, tfds)
+    _split_size(spec, builder, split)
+    if builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD:
+        yield from builder.as_data_source(split=split)
+        return
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        raise DataError(f"{spec}: this data set is stored as {builder.info.file_format.value} files, "
+                        "which TensorFlow Datasets reads with TensorFlow: pip install tensorflow-cpu "
+                        "(or tensorflow)") from None
+    yield from tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))
 
 
 def text_feature(example: dict[str, Any], key: str, spec: str) -> str:

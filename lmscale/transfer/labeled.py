@@ -18,7 +18,7 @@ import numpy as np
 from lmscale.data.compression import format_extension, open_input
 from lmscale.data.csv_rows import csv_rows
 from lmscale.data.errors import DataError
-from lmscale.data.tfds import PREFIX, iter_examples, parse_tfds
+from lmscale.data.tfds import PREFIX, iter_examples, parse_tfds, text_feature
 
 
 @dataclasses.dataclass
@@ -184,11 +184,23 @@ def _read_tfds(name: str, text_key: str, label_names: list[str], hint: str = ""
         for key in [text_key, *label_names]:
             if key not in ex:
                 raise DataError(f"tfds:{name}: no feature {key!r}; features are {sorted(ex)}{hint}")
-        text = ex[text_key]
-        text = text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text)
+        text = text_feature(ex, text_key, spec)  # a number or an array is no text
         texts.append(checked_text(text, f"tfds:{name}", len(texts) + 1, text_key))
-        rows.append([int(ex[k]) for k in label_names])
+        rows.append([_tfds_label(ex[k], f"tfds:{name}: row {len(texts)}", k) for k in label_names])
     return texts, rows
+
+
+def _tfds_label(value: Any, where: str, key: str) -> int:
+    """A tfds label feature's class id: a scalar integer (a ClassLabel, an int); a float
+    that is an integer; text of one. A sequence or a fraction is a one-line DataError."""
+    if getattr(value, "ndim", 0) != 0:
+        raise DataError(f"{where}: label {key!r} is an array of shape {tuple(value.shape)}, not one "
+                        "class id (several 0/1 label features: --label_column=a,b,c)")
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    return _label(value, where, key)
 
 
 SEVERAL_COLUMNS_HINT = "set finetune.multilabel=true for several 0/1 columns"

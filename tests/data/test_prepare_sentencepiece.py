@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -141,7 +142,8 @@ def test_sample_is_bounded_and_spread(tmp_path, monkeypatch):
                                                           for p in paths)
 
 
-def test_tfds_input_without_the_extra(tmp_path):
+def test_tfds_input_without_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # as if not installed (no download)
     with pytest.raises(DataError, match=r"pip install 'lmscale\[tfds\]'"):
         prepare_dataset("tfds:imdb_reviews/train", str(tmp_path / "out"), text_field="text", progress=False)
     assert leftovers(tmp_path / "out") == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -70,14 +72,12 @@ def test_empty_text_and_non_binary_labels(tmp_path):
         load_labeled(str(r))
 
 
-def test_missing_file_and_tfds_without_the_extra(tmp_path):
+def test_missing_file_and_tfds_without_the_extra(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="nope.csv: no such file"):
         load_labeled(str(tmp_path / "nope.csv"))
-    try:
-        import tensorflow_datasets  # noqa: F401
-    except ImportError:
-        with pytest.raises(DataError, match=r"pip install 'lmscale\[tfds\]'"):
-            load_labeled("tfds:glue/sst2/validation")
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # as if not installed
+    with pytest.raises(DataError, match=r"pip install 'lmscale\[tfds\]'"):
+        load_labeled("tfds:glue/sst2/validation")
 
 
 @pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf"])
