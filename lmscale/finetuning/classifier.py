@@ -24,8 +24,9 @@ from lmscale.transfer.metrics import predict_labels
 from lmscale.finetuning.predict import Predictor
 from lmscale.pretrained.preprocess import get_preprocessor
 from lmscale.training import mesh as mesh_lib
-from lmscale.training.checkpoints import CheckpointMismatchError, Checkpointer
+from lmscale.training.checkpoints import CheckpointMismatchError
 from lmscale.training.precision import Policy
+from lmscale.training.restore import open_reader
 from lmscale.transfer.classify import TRANSFER_FILES
 
 
@@ -58,7 +59,7 @@ class FinetunedClassifier(LoadedClassifier):
         best_path = os.path.join(workdir, "best.json")
         if os.path.exists(best_path):
             ckpt_dir, step = os.path.join(workdir, "best"), json.load(open(best_path))["step"]
-        checkpointer = Checkpointer(ckpt_dir, read_only=True)
+        checkpointer = open_reader(ckpt_dir)  # a fine-tune still running: listed again
         try:
             step = step if ckpt_dir != workdir else checkpointer.latest_step()
             if step is None:

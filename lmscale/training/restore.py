@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import hashlib
 import os
+import time
 import sys
 import tempfile
 from typing import Any, Callable
@@ -147,13 +148,16 @@ def load_trained(workdir: str, step: int | None = None, mesh: Mesh | None = None
             f"load it with lmscale.load_classifier({str(workdir)!r}); the LM it started from is "
             f"{config.get('init_from') or 'named by its config.json init_from'}")
     step = None if step is None else _step_number(step)
-    checkpointer = Checkpointer(workdir, keep=config.checkpoint.keep, read_only=True)
     latest = step is None
     mesh = mesh or mesh_lib.make_mesh()
-    try:
-        for attempt in range(3):  # a training run in the workdir may rotate the newest away
+    for attempt in range(3):  # a training run in the workdir may rotate the newest away
+        checkpointer = open_reader(workdir, config.checkpoint.keep)  # lists the steps
+        try:
             on_disk = checkpointer.steps()  # newest first
             step = (on_disk[0] if on_disk else None) if latest else step
+            if step is None and attempt < 2 and _step_folders(checkpointer.directory):
+                time.sleep(0.1)  # listed while the newest appeared and the oldest went
+                continue
             if step is None:
                 raise FileNotFoundError(f"{workdir} holds no checkpoint (looked in {checkpointer.directory})")
             if not best and step not in on_disk:
@@ -164,19 +168,43 @@ def load_trained(workdir: str, step: int | None = None, mesh: Mesh | None = None
                     checkpointer, workdir, config, derived, step, best, mesh)
                 break
             except UnreadableCheckpointError:
+                time.sleep(0.2)  # a deletion under way (its files go first, then its folder)
                 if best or os.path.isdir(checkpointer.path(step)):
                     raise
-                checkpointer.manager.reload()  # removed while being read: list the steps again
-                if not latest or attempt == 2:
+                if not latest or attempt == 2:  # removed while being read
                     raise FileNotFoundError(
                         f"checkpoint {checkpointer.path(step)} was removed while being read (a "
                         f"training run in {workdir} keeps its newest {config.checkpoint.keep}); "
-                        f"its steps are now {sorted(checkpointer.steps())}") from None
-    finally:
-        checkpointer.close()
+                        f"its steps are now {_step_folders(checkpointer.directory)}") from None
+        finally:
+            checkpointer.close()
     lm = TrainedLM(config=config, derived=derived, tokenizer=tokenizer, graphdef=graphdef,
                    params=params, step=step, mesh=mesh, workdir=os.path.abspath(workdir))
     return with_compute(lm, compute, vocab_size)
+
+
+def open_reader(workdir: str, keep: int = 3) -> Checkpointer:
+    """A read-only Checkpointer of ``workdir``. Orbax reads each step folder's time as it
+    lists them, and a run training in the workdir may delete one meanwhile (a raw
+    FileNotFoundError in 1 % of loads while a run saved every step): listed again, 3 times."""
+    for _ in range(3):
+        try:
+            return Checkpointer(workdir, keep=keep, read_only=True)
+        except FileNotFoundError as e:
+            if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+                raise  # nothing to read: named by the Checkpointer
+            error = e
+            time.sleep(0.1)
+    raise FileNotFoundError(f"the checkpoints of {workdir} kept changing while being listed "
+                            f"(a training run rotating them: {error})")
+
+
+def _step_folders(directory: str) -> list[int]:
+    """The step numbers of the folders in ``directory`` (orbax's listing aside), ascending."""
+    try:
+        return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+    except FileNotFoundError:
+        return []
 
 
 def _run_config(workdir: str, config_path: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:

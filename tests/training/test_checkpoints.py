@@ -115,3 +115,51 @@ def test_a_full_disk_before_any_checkpoint_says_there_is_none(small_disk, corpus
     with pytest.raises(CheckpointError, match=r"the disk is full; no checkpoint is complete yet "
                                               r"\(a re-run starts afresh"):
         train(config, str(small_disk / "run"))
+
+
+def test_loading_a_run_while_it_rotates_its_checkpoints(tmp_path, corpus, caplog):
+    """A notebook loading the LM of a run still training: orbax reads each step folder as it
+    lists them, and the run deletes its oldest meanwhile — a raw FileNotFoundError (1 % of
+    loads while a run saved every step) or an unreadable half-deleted checkpoint, and
+    "Metadata file does not exist" lines. Here a thread rotates real checkpoint folders (a
+    new one appears by a rename, as orbax's do; the oldest is deleted file by file)."""
+    import os
+    import shutil
+    import threading
+    import time
+
+    from lmscale.training.loop import train
+    from lmscale.training.restore import load_trained
+    from tests.conftest import tiny_config
+    run = tmp_path / "run"
+    train(tiny_config(corpus, **{"train.eval_every": 0, "checkpoint.every": 2, "train.steps": 2}),
+          str(run))
+    folder = run / "checkpoints"
+    done = threading.Event()
+
+    def rotate() -> None:  # keeps the newest 3, as a run does; each one deleted over ~0.1 s
+        shutil.copytree(folder / "2", folder / "1")
+        shutil.copytree(folder / "2", folder / "3")
+        step = 3
+        while not done.is_set():
+            shutil.copytree(folder / str(step), folder / f"{step + 1}.tmp")
+            os.rename(folder / f"{step + 1}.tmp", folder / str(step + 1))
+            step += 1
+            for root, dirs, files in os.walk(folder / str(step - 3), topdown=False):
+                for name in files:
+                    os.remove(os.path.join(root, name))
+                    time.sleep(0.005)
+                for name in dirs:
+                    os.rmdir(os.path.join(root, name))
+            os.rmdir(folder / str(step - 3))
+
+    caplog.set_level("WARNING")
+    thread = threading.Thread(target=rotate, daemon=True)
+    thread.start()
+    try:
+        steps = [load_trained(str(run)).step for _ in range(60)]
+    finally:
+        done.set()
+        thread.join()
+    assert len(steps) == 60 and steps == sorted(steps)
+    assert not [r for r in caplog.records if "Metadata file does not exist" in r.getMessage()]
