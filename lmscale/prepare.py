@@ -40,7 +40,8 @@ SENTENCEPIECE = "sentencepiece"
 WORD = "word"
 
 _INPUT = flags.DEFINE_multi_string("input", None, "Text files, globs or folders (repeatable, comma "
-                                   "separated), or a built-in corpus name (python_stdlib).")
+                                   "separated), a built-in corpus name (python_stdlib), or "
+                                   "tfds:NAME/SPLIT (TensorFlow Datasets: the tfds extra).")
 _OUTPUT = flags.DEFINE_string("output", None, "Folder to write the prepared dataset to.")
 _TEXT_COLUMN = flags.DEFINE_string("text_column", None, "CSV/TSV column holding the text (default 'text').")
 _TEXT_FIELD = flags.DEFINE_string("text_field", None, "JSONL field holding the text (default 'text').")
