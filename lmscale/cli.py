@@ -130,7 +130,7 @@ def _json_config_parser() -> type:
                 except (AttributeError, TypeError):  # JSON, but not an object of sections
                     raise ValueError(f"{path} is not a config.json written by lmscale (a JSON "
                                      f"object of config sections)") from None
-                return config
+                return _with_kind_settings(config, f"--{self.name}.model.")
 
         _JSON_PARSER = ConfigFileOrJsonParser
     return _JSON_PARSER
