@@ -78,7 +78,9 @@ def outcome(r: dict[str, Any]) -> str:
         return f"div (step {r['divergence']['step']})" if r.get("divergence") else "div"
     if r["status"] != "ok":
         return r["status"]
-    return f"{r['val_bpc']:.3f}" if r["val_bpc"] is not None else "ok (no val)"
+    if r["val_bpc"] is not None:
+        return f"{r['val_bpc']:.3f}"
+    return "ok (no val)" if r["train"] else "ok (no metrics.jsonl)"  # deleted, or moved
 
 
 def _pct(x: float | None) -> str:

@@ -36,3 +36,25 @@ def test_a_point_failed_before_its_config_shows_its_known_lr_and_steps(tiny, tmp
     claim(str(scaled), base.to_dict(), sweep, str(tiny / "tiny.py"), sweep_file)
     assert point_result(str(scaled), sweep.points[0])["lr"] is None
     assert point_result(str(scaled), sweep.points[0])["steps"] == 50
+
+
+def test_a_finished_point_without_its_metrics_says_so(tiny, tmp_path):
+    """A finished point whose metrics.jsonl was deleted read "ok (no val)", as if it had
+    trained without validation."""
+    import json
+    sweep_file = write_sweep(tmp_path / "s.py", """
+        def get_sweep():
+            return {"grid": {"optim.lr": [2e-3, 5e-3]}}
+    """)
+    base = base_config(tiny)
+    sweep = expand(load_sweep_spec(sweep_file), base)
+    out = tmp_path / "out"
+    claim(str(out), base.to_dict(), sweep, str(tiny / "tiny.py"), sweep_file)
+    for point in sweep.points:
+        (out / point.name).mkdir()
+        write_status(str(out / point.name), {"status": "ok", "step": 20})
+    (out / sweep.points[1].name / "metrics.jsonl").write_text(
+        json.dumps({"step": 20, "split": "train", "loss": 2.0, "bpc": 2.9}) + "\n")
+    write_report(str(out), sweep, title="t")
+    report = (out / "report.md").read_text()
+    assert "ok (no metrics.jsonl)" in report and "ok (no val)" in report, report
