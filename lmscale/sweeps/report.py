@@ -115,9 +115,12 @@ def write_report(workdir: str, sweep: Sweep, *, title: str, command: str = "",
         with open(notes) as f:
             blocks.append(("md", f.read()))
 
+    # without a --transfer_test set, the transfer's validation accuracies (were "–" throughout)
+    split = "test" if any((r["transfer"] or {}).get("test_accuracy") is not None
+                          for r in results) else "val"
     header = [*sweep.axes, "lr", "status", "val BPC", "steps", "wall s", "CPU s"]
     if has_transfer:
-        header += ["transfer test acc", "neuron test acc"]
+        header += [f"transfer {split} acc", f"neuron {split} acc"]
     rows = []
     for r in results:
         row = [_fmt(r["point"].values[a]) for a in sweep.axes]
@@ -125,14 +128,14 @@ def write_report(workdir: str, sweep: Sweep, *, title: str, command: str = "",
                 f"{r['step']}/{r['steps'] or '?'}", _num(r["wall_s"]), _num(r["cpu_s"])]
         if has_transfer:
             t = r["transfer"] or {}
-            row += [_pct(t.get("test_accuracy")), _pct(t.get("neuron_test_accuracy"))]
+            row += [_pct(t.get(f"{split}_accuracy")), _pct(t.get(f"neuron_{split}_accuracy"))]
         rows.append(row)
     blocks += [("h2", "All points"), ("table", header, rows)]
 
     for a, b in itertools.combinations(range(len(sweep.axes)), 2):
-        blocks += _pair_tables(sweep, results, a, b, has_transfer)
+        blocks += _pair_tables(sweep, results, a, b, split if has_transfer else None)
 
-    final = _final_plot(workdir, sweep, results) if len(sweep.axes) <= 2 else None
+    final = _final_plot(workdir, sweep, results, split) if len(sweep.axes) <= 2 else None
     if final:
         blocks += [("h2", "Final validation BPC"), ("img", final, "final validation BPC per point")]
     png = _curves(workdir, sweep, results)
@@ -150,7 +153,9 @@ def _num(x: float | None) -> str:
 
 
 def _pair_tables(sweep: Sweep, results: list[dict[str, Any]], a: int, b: int,
-                 has_transfer: bool) -> list[Block]:
+                 transfer_split: str | None) -> list[Block]:
+    """A table of cells per pair of axes; ``transfer_split``: the accuracy cells show ("test",
+    "val"), None for none."""
     axis_a, axis_b = sweep.axes[a], sweep.axes[b]
     others = [x for i, x in enumerate(sweep.axes) if i not in (a, b)]
     blocks: list[Block] = []
@@ -164,8 +169,8 @@ def _pair_tables(sweep: Sweep, results: list[dict[str, Any]], a: int, b: int,
                 want = {**where, axis_a: va, axis_b: vb}
                 r = next(r for r in results if all(r["point"].values[k] == v for k, v in want.items()))
                 cell = f"{outcome(r)} · {r['step']} steps · {_num(r['wall_s'])} s"
-                if has_transfer and r["transfer"]:
-                    cell += f" · acc {_pct(r['transfer']['test_accuracy'])}"
+                if transfer_split and r["transfer"]:
+                    cell += f" · {transfer_split} acc {_pct(r['transfer'][f'{transfer_split}_accuracy'])}"
                 row.append(cell)
             rows.append(row)
         blocks += [("h2", f"Validation BPC: {title}"),
@@ -223,7 +228,8 @@ def _curves(workdir: str, sweep: Sweep, results: list[dict[str, Any]]) -> str | 
     return "curves.png"
 
 
-def _final_plot(workdir: str, sweep: Sweep, results: list[dict[str, Any]]) -> str | None:
+def _final_plot(workdir: str, sweep: Sweep, results: list[dict[str, Any]],
+                transfer_split: str = "test") -> str | None:
     """final.png: final validation BPC against the first axis, a line per value of the second
     (diverged points as x at the top); transfer accuracy on a second axis for a 1-axis sweep."""
     if not any(r["val_bpc"] is not None for r in results):
@@ -252,11 +258,11 @@ def _final_plot(workdir: str, sweep: Sweep, results: list[dict[str, Any]]) -> st
     ax.grid(alpha=0.3)
     if len(series) > 1:
         ax.legend(fontsize=8)
-    accs = [(r["transfer"] or {}).get("test_accuracy") for r in results]
+    accs = [(r["transfer"] or {}).get(f"{transfer_split}_accuracy") for r in results]
     if len(sweep.axes) == 1 and any(a is not None for a in accs):
         ax2 = ax.twinx()
         ax2.plot(range(len(xs)), [math.nan if a is None else 100 * a for a in accs], "s--", color="tab:red")
-        ax2.set_ylabel("transfer test accuracy, %", color="tab:red")
+        ax2.set_ylabel(f"transfer {transfer_split} accuracy, %", color="tab:red")
     fig.tight_layout()
     fig.savefig(os.path.join(workdir, "final.png"), dpi=110)
     plt.close(fig)

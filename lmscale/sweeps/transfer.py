@@ -42,6 +42,7 @@ def transfer_summary(results: dict[str, Any]) -> dict[str, Any]:
     a, n = results["all_features"], results.get("neuron") or {}
     return {"test_accuracy": a.get("test_accuracy"), "val_accuracy": a.get("val_accuracy"),
             "neuron": n.get("index"), "neuron_test_accuracy": n.get("test_accuracy"),
+            "neuron_val_accuracy": n.get("val_accuracy"),
             "dimensions": results["features"]["dimensions"]}
 
 
