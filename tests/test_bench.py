@@ -160,3 +160,52 @@ def test_no_warmup_and_an_autodiff_record_names_no_loops(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     r = json.loads(out.read_text())
     assert r["grad"] == "autodiff" and r["layout"] is None and r["factors"] is None
+
+
+def _git(cwd, *args):
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def test_git_commit_of_an_installed_lmscale_is_not_the_surrounding_projects(tmp_path, monkeypatch):
+    """lmscale installed (not editable) into a virtualenv inside the user's own repository, its
+    ``.venv`` ignored there: the records named the user's project's commit as lmscale's."""
+    import importlib.util
+    project = tmp_path / "project"
+    installed = project / ".venv" / "lib" / "site-packages" / "lmscale" / "training"
+    installed.mkdir(parents=True)
+    (installed / "bench.py").write_text(Path(bench.__file__).read_text())
+    (project / ".gitignore").write_text(".venv\n")
+    _git(project, "init", "-q")
+    _git(project, "add", ".gitignore")
+    _git(project, "-c", "user.email=u@example.com", "-c", "user.name=u", "commit", "-q", "-m", "x")
+    theirs = _git(project, "rev-parse", "--short", "HEAD")
+    spec = importlib.util.spec_from_file_location("installed_bench", installed / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "installed_commit", lambda: "", raising=False)
+    assert module.git_commit() == ""
+    assert not module.git_commit().startswith(theirs)
+    # lmscale's own checkout (this one, where this file is tracked) still names its commit.
+    if (REPO / ".git").exists():
+        assert bench.git_commit().startswith(_git(REPO, "rev-parse", "--short", "HEAD"))
+
+
+def test_installed_commit_reads_pips_record_of_a_git_install(monkeypatch):
+    from importlib import metadata
+
+    class Dist:
+        def __init__(self, text):
+            self.text = text
+
+        def read_text(self, name):
+            return self.text if name == "direct_url.json" else None
+
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    record = {"url": "https://github.com/x/lmscale", "vcs_info": {"vcs": "git", "commit_id": sha}}
+    monkeypatch.setattr(metadata, "distribution", lambda name: Dist(json.dumps(record)))
+    assert bench.installed_commit() == sha[:7]
+    monkeypatch.setattr(metadata, "distribution", lambda name: Dist('{"url": "file:///x", "dir_info": {}}'))
+    assert bench.installed_commit() == ""
+    monkeypatch.setattr(metadata, "distribution", lambda name: Dist(None))
+    assert bench.installed_commit() == ""

@@ -310,9 +310,32 @@ def train_process(args: list[str], cwd: str) -> tuple[float, Any]:
     return wall, usage
 
 
+def installed_commit() -> str:
+    """The commit pip recorded for an lmscale installed from git (``pip install git+URL@REF``:
+    the distribution's ``direct_url.json``), short; "" for any other install."""
+    from importlib import metadata
+    try:
+        direct = json.loads(metadata.distribution("lmscale").read_text("direct_url.json") or "{}")
+        return str(direct.get("vcs_info", {}).get("commit_id", ""))[:7]
+    except (metadata.PackageNotFoundError, ValueError, AttributeError):
+        return ""
+
+
 def git_commit(path: str | None = None) -> str:
-    """The checkout's short commit (with "+dirty" if any tracked file changed), or ""."""
+    """The checkout's short commit (with "+dirty" if any tracked file changed), or "".
+
+    Without ``path``: lmscale's own checkout, found only where this file is tracked there. An
+    lmscale installed into a virtualenv inside another project's repository (``.venv/lib/
+    .../site-packages``, ignored by that repository) is not that repository's code: its commit
+    is the one pip recorded for a ``git+`` install (:func:`installed_commit`), else ""."""
     cwd = path or os.path.dirname(os.path.abspath(__file__))
+    if path is None:
+        try:
+            subprocess.run(["git", "ls-files", "--error-unmatch", "--",
+                            os.path.basename(__file__)], cwd=cwd, check=True,
+                           capture_output=True, text=True)
+        except (OSError, subprocess.CalledProcessError):
+            return installed_commit()
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd, check=True,
                              capture_output=True, text=True).stdout.strip()

@@ -31,7 +31,10 @@ def neuron_histogram(values: np.ndarray, labels: np.ndarray, path: str, *, unit:
                      class_names: Sequence[str] = ("negative", "positive")) -> None:
     """Overlaid histograms of one unit's feature value per class."""
     fig, ax = plt.subplots(figsize=(7, 4))
-    bins = np.histogram_bin_edges(values, bins=40)
+    # Edges in float64: a float32 unit whose values span fewer than 40 float32 steps (a
+    # nearly constant unit) has no 40 distinct float32 edges, and NumPy refuses them
+    # (ValueError: Too many bins for data range), ending the transfer after its fits.
+    bins = np.histogram_bin_edges(np.asarray(values, np.float64), bins=40)
     for cls, name, color in zip((0, 1), class_names, ("tab:red", "tab:green")):
         ax.hist(values[labels == cls], bins=bins, alpha=0.55, color=color,
                 label=f"{name} ({int(np.sum(labels == cls))})")
