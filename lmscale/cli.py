@@ -211,6 +211,29 @@ def _expand_home(FLAGS: Any) -> None:
             holder[name] = home(holder[name])
 
 
+PARENT_ENV = "LMSCALE_DIE_WITH_PARENT"  # a sweep's pid, in the environment of its trainers
+
+
+def die_with_parent() -> None:
+    """A tool started by a sweep (``LMSCALE_DIE_WITH_PARENT``: the sweep's pid) gets SIGTERM
+    when the sweep process dies (Linux's PR_SET_PDEATHSIG), so a trainer saves and stops. Asked
+    for here, by the tool itself: the sweep's ``preexec_fn`` ran Python between fork and exec
+    in its multithreaded process (JAX warned of a deadlock at every point). A sweep that died
+    before this ends the tool at once; the variable is not passed on to the tool's children."""
+    parent = os.environ.pop(PARENT_ENV, None)
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if str(os.getppid()) != parent:  # reparented: the sweep is gone
+        print("error: the sweep that started this tool has ended", file=sys.stderr)
+        sys.exit(1)
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing where a bad flag or config override is one line on stderr, exit 1.
 
@@ -220,6 +243,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     """
     from absl import flags
     import signal
+    die_with_parent()
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         # Started in the background by a script (its shell ignores SIGINT for `&` jobs): a
         # `kill -INT` or the script's Ctrl-C would not stop the tool. Training and fine-tuning

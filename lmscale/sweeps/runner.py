@@ -5,7 +5,8 @@ file, the sweep command's ``--config.*`` overrides and the point's fields. While
 the runner reads its metrics.jsonl: a diverged loss (divergence.py) stops it with SIGTERM
 (the trainer saves and exits) and marks it ``div``. Finished points (``ok``/``div``) are
 never retrained. A SIGTERM/SIGINT to the sweep is passed to the points, which save; if the
-sweep process dies outright, its points get SIGTERM from the kernel (PR_SET_PDEATHSIG).
+sweep process dies outright, its points get SIGTERM from the kernel (PR_SET_PDEATHSIG, which
+each trainer asks for itself: ``cli.die_with_parent``).
 A point's lock is held by its trainer too, so a re-run waits for a previous one to exit.
 
 With several GPUs, ``parallel`` processes get disjoint CUDA_VISIBLE_DEVICES groups; on CPU
@@ -14,7 +15,6 @@ each of them runs as one device (``JAX_NUM_CPU_DEVICES=1``), as the K processes 
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import json
 import re
@@ -26,7 +26,7 @@ import sys
 import time
 from typing import Any, Callable
 
-from lmscale.cli import EXIT_DIVERGED
+from lmscale.cli import EXIT_DIVERGED, PARENT_ENV
 from lmscale.sweeps.divergence import DEFAULT_FACTOR, find_divergence, read_records
 from lmscale.sweeps.grid import Point, SweepError, override_flags
 from lmscale.sweeps.workdir import LOCK_FILE, Lock, is_finished, read_status, write_status
@@ -103,14 +103,6 @@ def idle_groups_note(parallel: int, to_run: int, envs: list[dict[str, str]]) -> 
 def train_command(point: Point, point_dir: str, options: RunOptions) -> list[str]:
     return [options.python, "-m", "lmscale.train", f"--config={options.config_file}",
             f"--workdir={point_dir}", *options.config_flags, *override_flags(point.overrides)]
-
-
-def _die_with_parent() -> None:
-    """In the child: SIGTERM when the sweep process dies (Linux), so the trainer saves and stops."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def completed(point_dir: str) -> int | None:
@@ -215,8 +207,9 @@ class Runner:
         log_file.write(f"$ {' '.join(command)}\n")
         log_file.flush()
         proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
-                                pass_fds=(lock.fd,), preexec_fn=_die_with_parent)
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", **env,
+                                     PARENT_ENV: str(os.getpid())},  # cli.die_with_parent
+                                pass_fds=(lock.fd,))
         write_status(point_dir, {"status": "running", "point": point.to_dict(), "command": command,
                                  "pid": proc.pid, "wall_s": prior.get("wall_s", 0.0),
                                  "cpu_s": prior.get("cpu_s", 0.0)})

@@ -5,10 +5,12 @@ holding another sweep is refused in one line."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -117,6 +119,14 @@ def wait_until(ready, proc: subprocess.Popen, what: str) -> None:
         time.sleep(0.05)
 
 
+def _proc_state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((line for line in f if line.startswith("State:")), "")
+    except OSError:
+        return "zombie"  # gone meanwhile
+
+
 def test_killed_sweep_resumes_unfinished_points_only(tiny):
     sweep_file = write_sweep(tiny / "kill.py", """
         def get_sweep():
@@ -132,10 +142,20 @@ def test_killed_sweep_resumes_unfinished_points_only(tiny):
     finally:
         proc.send_signal(signal.SIGKILL)  # no chance to clean up: its trainer gets SIGTERM from the kernel
         proc.wait()
+    trainer = json.loads((out / "hidden-16" / "sweep_status.json").read_text())["pid"]
+    deadline = time.time() + 120
+    while os.path.exists(f"/proc/{trainer}") and "zombie" not in _proc_state(trainer):
+        assert time.time() < deadline, "the trainer outlived its sweep"
+        time.sleep(0.2)
     first = (out / "hidden-8" / "metrics.jsonl").read_bytes()
     assert json.loads((out / "hidden-8" / "sweep_status.json").read_text())["status"] == "ok"
 
-    result = run_sweep(base_config(tiny), str(tiny / "tiny.py"), sweep_file, str(out), **QUIET)
+    import jax.numpy as jnp
+    jnp.zeros(1).block_until_ready()  # JAX's threads running, as in a notebook's sweep
+    with warnings.catch_warnings(record=True) as caught:  # the trainers ask for the SIGTERM
+        warnings.simplefilter("always")  # themselves: no fork-with-threads warning per point
+        result = run_sweep(base_config(tiny), str(tiny / "tiny.py"), sweep_file, str(out), **QUIET)
+    assert not [w for w in caught if "fork" in str(w.message)], [str(w.message) for w in caught]
     assert result["trained"] == ["hidden-16"]
     assert (out / "hidden-8" / "metrics.jsonl").read_bytes() == first
     records = [json.loads(line) for line in second.read_text().splitlines()]
