@@ -100,9 +100,15 @@ def idle_groups_note(parallel: int, to_run: int, envs: list[dict[str, str]]) -> 
             f"where train.per_device_batch_size sets it)")
 
 
-def train_command(point: Point, point_dir: str, options: RunOptions) -> list[str]:
+def train_command(point: Point, point_dir: str, options: RunOptions,
+                  env: dict[str, str] | None = None) -> list[str]:
+    """The point's ``lmscale.train`` command. A CPU slot's one device (``JAX_NUM_CPU_DEVICES``
+    in ``env``) is also said as ``parallel.cpu_devices``, so that the logged command and the
+    point's config.json rerun it on as many devices (bit for bit) when started by hand."""
+    devices = (env or {}).get("JAX_NUM_CPU_DEVICES")
     return [options.python, "-m", "lmscale.train", f"--config={options.config_file}",
-            f"--workdir={point_dir}", *options.config_flags, *override_flags(point.overrides)]
+            f"--workdir={point_dir}", *options.config_flags, *override_flags(point.overrides),
+            *([f"--config.parallel.cpu_devices={devices}"] if devices else [])]
 
 
 def completed(point_dir: str) -> int | None:
@@ -202,7 +208,7 @@ class Runner:
                 self._waiting.add(point.name)
             return None
         prior = read_status(point_dir) or {}
-        command = train_command(point, point_dir, self.options)
+        command = train_command(point, point_dir, self.options, env)
         log_file = open(os.path.join(point_dir, "train.log"), "a")
         log_file.write(f"$ {' '.join(command)}\n")
         log_file.flush()

@@ -352,3 +352,21 @@ def test_text_changed_under_the_same_path_is_refused_while_points_remain(tiny, t
                                          r"began \(.*corpus.txt.*\): the points trained so far "
                                          r"read the old text"):
         run_sweep(base, str(tiny / "tiny.py"), sweep_file, str(out), **QUIET)
+
+
+def test_a_cpu_slot_records_its_one_device_in_the_command(monkeypatch, tmp_path):
+    """--parallel=K on CPU runs each point as one device (JAX_NUM_CPU_DEVICES=1): the command
+    (train.log, sweep_status.json) and so the point's config.json say so, or rerunning them by
+    hand splits the host into one device per core and the run differs (~1e-7 from step 1)."""
+    from lmscale.sweeps.grid import Point
+    from lmscale.sweeps.runner import RunOptions, device_groups, train_command
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: (_ for _ in ()).throw(OSError("no nvidia-smi")))
+    envs = device_groups(2)
+    assert envs == [{"JAX_NUM_CPU_DEVICES": "1"}] * 2
+    point = Point(name="seed-3", values={"seed": 3}, overrides={"seed": 3})
+    for env in envs:
+        command = train_command(point, str(tmp_path / "p"), RunOptions("c.py", ["--config.train.steps=3"]), env)
+        assert command[-1] == "--config.parallel.cpu_devices=1"
+    assert not any("cpu_devices" in a for a in
+                   train_command(point, str(tmp_path / "p"), RunOptions("c.py", []), {}))
