@@ -86,6 +86,24 @@ def _projection_counts() -> list[int]:
     return counts
 
 
+def _recorded_vocab_size() -> int | None:
+    """``--config=WORKDIR/config.json``: the vocabulary of the dataset that run trained on
+    (``derived.dataset``); a word-level config alone does not fix it (it was refused, asking
+    to prepare the data the run had prepared). None for a config file, or no such dataset."""
+    path = str(config_flags.get_config_filename(flags.FLAGS["config"]))
+    if not path.lower().endswith(".json"):
+        return None
+    from lmscale.config import load_config
+    from lmscale.data.dataset import is_dataset
+    from lmscale.training.data_source import vocab_size_of
+    dataset = load_config(path)[1].get("dataset")
+    if not dataset or not is_dataset(str(dataset)):
+        return None
+    data = _CONFIG.value.data.copy_and_resolve_references()
+    data.train = str(dataset)
+    return vocab_size_of(data)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -109,7 +127,7 @@ def main(argv: list[str]) -> None:
                              f"{devices[0].platform} devices are visible")
         devices = devices[:_DEVICES.value] if _DEVICES.value else devices
         with scan_options(layout=_LAYOUT.value):
-            return devices, plan(_CONFIG.value, devices)
+            return devices, plan(_CONFIG.value, devices, _recorded_vocab_size())
 
     def run_fit() -> dict:
         with scan_options(layout=_LAYOUT.value):

@@ -78,3 +78,15 @@ def test_counts_of_no_target_fall_back_to_zipf_and_a_wrong_length_is_refused():
     assert train_flops_per_token(config.model, V, 16, id_counts=np.zeros(V, np.int64)) == zipf
     with pytest.raises(ValueError, match="id_counts has 399 entries, the vocabulary 400"):
         train_flops_per_token(config.model, V, 16, id_counts=np.ones(V - 1))
+    # lmscale.plan of the run's config.json: the vocabulary of the data it prepared (a word
+    # config alone does not fix it: it was refused, asking to prepare that data).
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    proc = subprocess.run([sys.executable, "-m", "lmscale.plan",
+                           f"--config={tmp_path / 'run' / 'config.json'}",
+                           f"--json={tmp_path / 'plan.json'}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((tmp_path / "plan.json").read_text())["vocab_size"] == vocab
