@@ -69,15 +69,6 @@ def test_a_run_records_the_loss_flops_of_its_own_training_text(tmp_path):
     assert derived["train_flops_per_token"] == train_flops_per_token(
         config.model, vocab, 16, id_counts=counts)  # a small split is read whole
     assert derived["train_flops_per_token"] < 3 * flops_per_token(config.model, vocab)
-
-
-def test_counts_of_no_target_fall_back_to_zipf_and_a_wrong_length_is_refused():
-    import pytest
-    config = _word_qrnn("unused.txt")
-    zipf = train_flops_per_token(config.model, V, 16)
-    assert train_flops_per_token(config.model, V, 16, id_counts=np.zeros(V, np.int64)) == zipf
-    with pytest.raises(ValueError, match="id_counts has 399 entries, the vocabulary 400"):
-        train_flops_per_token(config.model, V, 16, id_counts=np.ones(V - 1))
     # lmscale.plan of the run's config.json: the vocabulary of the data it prepared (a word
     # config alone does not fix it: it was refused, asking to prepare that data).
     import subprocess
@@ -90,3 +81,12 @@ def test_counts_of_no_target_fall_back_to_zipf_and_a_wrong_length_is_refused():
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((tmp_path / "plan.json").read_text())["vocab_size"] == vocab
+
+
+def test_counts_of_no_target_fall_back_to_zipf_and_a_wrong_length_is_refused():
+    import pytest
+    config = _word_qrnn("unused.txt")
+    zipf = train_flops_per_token(config.model, V, 16)
+    assert train_flops_per_token(config.model, V, 16, id_counts=np.zeros(V, np.int64)) == zipf
+    with pytest.raises(ValueError, match="id_counts has 399 entries, the vocabulary 400"):
+        train_flops_per_token(config.model, V, 16, id_counts=np.ones(V - 1))
