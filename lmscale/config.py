@@ -37,7 +37,7 @@ class ConfigError(ValueError):
 def default_config() -> ml_collections.ConfigDict:
     """Every field of a run, with its default. Returned unlocked; configs lock it."""
     c = ml_collections.ConfigDict()
-    c.seed = 0  # seeds parameter init, dropout and (optional) shard shuffling
+    c.seed = 0  # seeds parameter init, dropout, shard shuffling (optional), variable-BPTT lengths; fine-tuning: head init and batch order
     c.resume = True  # continue from the workdir's latest checkpoint; False: archive the previous run (WORKDIR/archive/) and start afresh
 
     c.data = ml_collections.ConfigDict()
