@@ -8,21 +8,27 @@ from lmscale.sweeps.workdir import claim, write_status
 from tests.sweeps.conftest import base_config, write_sweep
 
 
-def test_a_point_failed_before_its_config_shows_its_known_lr_and_steps(tiny, tmp_path):
-    """A point that failed before writing config.json showed "lr –" and "0/?" though its
-    settings give both; a learning rate of a per-device batch under a scaling rule stays –."""
-    sweep_file = write_sweep(tmp_path / "s.py", """
-        def get_sweep():
-            return {"grid": {"optim.lr": [2e-3, 5e-3]},
-                    "derived": lambda p: {"train.steps": 50 if p["optim.lr"] < 3e-3 else 70}}
-    """)
-    base = base_config(tiny)
+def _points_with_status(tiny, tmp_path, base, sweep_source: str, status: dict):
+    """A claimed sweep folder whose every point has ``status`` and nothing else."""
+    sweep_file = write_sweep(tmp_path / "s.py", sweep_source)
     sweep = expand(load_sweep_spec(sweep_file), base)
     out = tmp_path / "out"
     claim(str(out), base.to_dict(), sweep, str(tiny / "tiny.py"), sweep_file)
     for point in sweep.points:
         (out / point.name).mkdir()
-        write_status(str(out / point.name), {"status": "failed", "step": 0})
+        write_status(str(out / point.name), status)
+    return sweep_file, sweep, out
+
+
+def test_a_point_failed_before_its_config_shows_its_known_lr_and_steps(tiny, tmp_path):
+    """A point that failed before writing config.json showed "lr –" and "0/?" though its
+    settings give both; a learning rate of a per-device batch under a scaling rule stays –."""
+    base = base_config(tiny)
+    sweep_file, sweep, out = _points_with_status(tiny, tmp_path, base, """
+        def get_sweep():
+            return {"grid": {"optim.lr": [2e-3, 5e-3]},
+                    "derived": lambda p: {"train.steps": 50 if p["optim.lr"] < 3e-3 else 70}}
+    """, {"status": "failed", "step": 0})
     results = write_report(str(out), sweep, title="t")
     assert [(r["status"], r["lr"], r["steps"]) for r in results] == [
         ("failed", 2e-3, 50), ("failed", 5e-3, 70)]
@@ -42,17 +48,10 @@ def test_a_finished_point_without_its_metrics_says_so(tiny, tmp_path):
     """A finished point whose metrics.jsonl was deleted read "ok (no val)", as if it had
     trained without validation."""
     import json
-    sweep_file = write_sweep(tmp_path / "s.py", """
+    _, sweep, out = _points_with_status(tiny, tmp_path, base_config(tiny), """
         def get_sweep():
             return {"grid": {"optim.lr": [2e-3, 5e-3]}}
-    """)
-    base = base_config(tiny)
-    sweep = expand(load_sweep_spec(sweep_file), base)
-    out = tmp_path / "out"
-    claim(str(out), base.to_dict(), sweep, str(tiny / "tiny.py"), sweep_file)
-    for point in sweep.points:
-        (out / point.name).mkdir()
-        write_status(str(out / point.name), {"status": "ok", "step": 20})
+    """, {"status": "ok", "step": 20})
     (out / sweep.points[1].name / "metrics.jsonl").write_text(
         json.dumps({"step": 20, "split": "train", "loss": 2.0, "bpc": 2.9}) + "\n")
     write_report(str(out), sweep, title="t")
