@@ -86,19 +86,25 @@ def _projection_counts() -> list[int]:
     return counts
 
 
-def _recorded_vocab_size() -> int | None:
-    """``--config=WORKDIR/config.json``: the vocabulary of the dataset that run trained on
-    (``derived.dataset``); a word-level config alone does not fix it (it was refused, asking
-    to prepare the data the run had prepared). None for a config file, or no such dataset."""
-    path = str(config_flags.get_config_filename(flags.FLAGS["config"]))
-    if not path.lower().endswith(".json"):
-        return None
-    from lmscale.config import load_config
-    from lmscale.data.dataset import is_dataset
+def _vocab_size() -> int | None:
+    """The vocabulary to plan for: None (the config's data fixes it), or, for a word-level
+    ``--config=WORKDIR/config.json`` whose data alone does not (it was refused, asking to
+    prepare the data the run had prepared), that of the dataset the run trained on
+    (``derived.dataset``). Overrides of ``data`` on the command line come first."""
+    from lmscale.data.errors import DataError
     from lmscale.training.data_source import vocab_size_of
-    dataset = load_config(path)[1].get("dataset")
-    if not dataset or not is_dataset(str(dataset)):
+    try:
+        vocab_size_of(_CONFIG.value.data)
         return None
+    except DataError:
+        path = str(config_flags.get_config_filename(flags.FLAGS["config"]))
+        if not path.lower().endswith(".json"):
+            raise
+        from lmscale.config import load_config
+        from lmscale.data.dataset import is_dataset
+        dataset = load_config(path)[1].get("dataset")
+        if not dataset or not is_dataset(str(dataset)):
+            raise
     data = _CONFIG.value.data.copy_and_resolve_references()
     data.train = str(dataset)
     return vocab_size_of(data)
@@ -127,7 +133,7 @@ def main(argv: list[str]) -> None:
                              f"{devices[0].platform} devices are visible")
         devices = devices[:_DEVICES.value] if _DEVICES.value else devices
         with scan_options(layout=_LAYOUT.value):
-            return devices, plan(_CONFIG.value, devices, _recorded_vocab_size())
+            return devices, plan(_CONFIG.value, devices, _vocab_size())
 
     def run_fit() -> dict:
         with scan_options(layout=_LAYOUT.value):

@@ -81,6 +81,10 @@ def test_a_run_records_the_loss_flops_of_its_own_training_text(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((tmp_path / "plan.json").read_text())["vocab_size"] == vocab
+    capped = subprocess.run([*proc.args, "--config.data.word_vocab_size=150"], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert capped.returncode == 0, capped.stderr[-2000:]  # the command line's data first
+    assert json.loads((tmp_path / "plan.json").read_text())["vocab_size"] == 150
 
 
 def test_counts_of_no_target_fall_back_to_zipf_and_a_wrong_length_is_refused():
