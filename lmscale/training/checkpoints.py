@@ -12,8 +12,6 @@ checkpoint is one line naming its folder (and, with ``fallback``, skipped).
 
 from __future__ import annotations
 
-import errno
-import logging
 import os
 import re
 import shutil
@@ -24,6 +22,8 @@ from typing import Any, Callable
 import jax
 import orbax.checkpoint as ocp
 
+from lmscale.training.orbax_logs import (BACKGROUND_FAILURES, DiskFullLogs, disk_full,
+                                         filter_disk_full_logs, listing_quietly, short_error)
 from lmscale.training.state import TrainState
 
 # Version of what a checkpoint holds (the TrainState layout and the meta record). Raise it
@@ -110,65 +110,6 @@ class UnreadableCheckpointError(CheckpointError):
     """A checkpoint folder that is corrupt, truncated or missing files."""
 
 
-_NO_SPACE = "No space left on device"  # strerror(ENOSPC), in orbax's/tensorstore's messages
-_TMP_SUFFIX = ".orbax-checkpoint-tmp"  # a save in progress writes below STEP + this
-BACKGROUND_FAILURES: list[tuple[str, BaseException]] = []  # this process's failed background saves (orbax's log record, its error)
-
-
-def disk_full(error: BaseException) -> bool:
-    """Whether ``error`` is a write that found no space left."""
-    return getattr(error, "errno", None) == errno.ENOSPC or _NO_SPACE in str(error)
-
-
-class _DiskFullLogs(logging.Filter):
-    """Orbax logs a failed save from each of its threads (a page of tracebacks), and the run
-    stops at its next train record (several processes: at the next save; ``Checkpointer.check``
-    says it in one line). Those logs become one line at once: a disk that is full, or a save
-    folder this process cannot write (a host whose mount of a shared workdir is read-only)."""
-
-    said = False
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        message = record.getMessage()
-        full = _NO_SPACE in message or bool(error and disk_full(error))
-        unwritable = isinstance(error, (OSError, ValueError)) and _TMP_SUFFIX in str(error)
-        if error is not None and "in background save thread" in message:
-            # orbax raises it once, from the wait of a thread that, with several processes,
-            # may never end (``Checkpointer._previous_finished``): kept for ``check``
-            BACKGROUND_FAILURES.append((message, error))
-            del BACKGROUND_FAILURES[:-16]  # another folder's are never taken: kept few
-        if not (full or unwritable):
-            return True
-        if not _DiskFullLogs.said:
-            _DiskFullLogs.said = True
-            why = "the disk is full" if full else _short(error)
-            print(f"warning: a checkpoint could not be written: {why} (the run stops soon, "
-                  f"naming the latest complete checkpoint)", file=sys.stderr,
-                  flush=True)
-        return False
-
-
-def _filter_disk_full_logs() -> None:
-    """Installs ``_DiskFullLogs`` on absl's logger once (by the first Checkpointer)."""
-    absl_logger = logging.getLogger("absl")
-    if not any(isinstance(f, _DiskFullLogs) for f in absl_logger.filters):
-        absl_logger.addFilter(_DiskFullLogs())
-
-
-class _LiveRunListings(logging.Filter):
-    """A reader (``read_only``) of a run still training lists step folders that the run is
-    deleting or finishing: orbax logged "Metadata file does not exist" for each (55 lines in
-    400 loads of a training run's LM). Dropped for the folders being read, while read."""
-
-    directories: list[str] = []  # a folder per open reader (two readers: listed twice)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not (message.startswith("Metadata file does not exist")
-                    and any(d + os.sep in message for d in self.directories))
-
-
 def _remove_emptied_steps(directory: str) -> None:
     """Removes empty step folders: a run killed while orbax deleted an old checkpoint leaves
     its folder empty, and every later start logged "Metadata file does not exist" for it."""
@@ -198,14 +139,9 @@ class Checkpointer:
         if read_only and not os.path.isdir(self.directory):
             raise FileNotFoundError(f"{workdir} holds no checkpoint ({self.directory} does not exist)")
         self.read_only = read_only
-        if read_only:
-            absl_logger = logging.getLogger("absl")
-            if not any(isinstance(f, _LiveRunListings) for f in absl_logger.filters):
-                absl_logger.addFilter(_LiveRunListings())
-            _LiveRunListings.directories.append(self.directory)
         if not read_only:
-            _filter_disk_full_logs()
-            _DiskFullLogs.said = False  # each run says it once
+            filter_disk_full_logs()
+            DiskFullLogs.said = False  # each run says it once
             _remove_emptied_steps(self.directory)  # every process: none lists one half-gone
         # (Not orbax's own read_only option: it logs a warning at every construction.)
         options = ocp.CheckpointManagerOptions(
@@ -213,13 +149,10 @@ class Checkpointer:
             enable_async_checkpointing=async_save and not read_only)
         state_handler = ocp.PyTreeCheckpointHandler(
             type_handler_registry=_type_handlers(MIN_REPLICA_SLICE_BYTES))
-        try:
+        with listing_quietly(self.directory, read_only):
             self.manager = ocp.CheckpointManager(
                 self.directory, options=options,
                 item_handlers={"state": state_handler, "meta": ocp.JsonCheckpointHandler()})
-        except BaseException:
-            self._forget_reader()
-            raise
         # orbax >= 0.12 removes a crashed save's temporary folders in a thread of its own and
         # waits for it only at the first save: a run that fails before (bad data, a refused
         # resume) exited while it ran, and its "cannot schedule new futures after interpreter
@@ -259,7 +192,7 @@ class Checkpointer:
                                                       or isinstance(error, OSError)):
             return error
         which = f"checkpoint {failed.group(1)}" if failed else "a checkpoint"
-        why = "the disk is full" if disk_full(error) else _short(error)
+        why = "the disk is full" if disk_full(error) else short_error(error)
         # On disk (orbax's list can hold the failed step: with several processes, another
         # process's part may finish): a complete checkpoint's folder is its bare step.
         try:
@@ -281,7 +214,7 @@ class Checkpointer:
             meta = dict(restored["meta"])
         except Exception as e:  # orbax/tensorstore raise many types for missing or damaged files
             raise UnreadableCheckpointError(
-                f"checkpoint {self.path(step)} is unreadable: {_short(e)}") from None
+                f"checkpoint {self.path(step)} is unreadable: {short_error(e)}") from None
         check_format(meta, self.path(step))
         return meta
 
@@ -296,7 +229,7 @@ class Checkpointer:
                     abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))))
         except Exception as e:
             raise UnreadableCheckpointError(
-                f"checkpoint {self.path(step)} is unreadable: {_short(e)}") from None
+                f"checkpoint {self.path(step)} is unreadable: {short_error(e)}") from None
         return restored["state"]
 
     def restore_params(self, like: Any, sharding: jax.sharding.Sharding, step: int) -> Any:
@@ -319,7 +252,7 @@ class Checkpointer:
                                             partial_restore=True))
         except Exception as e:
             raise UnreadableCheckpointError(
-                f"checkpoint {self.path(step)} is unreadable: {_short(e)}") from None
+                f"checkpoint {self.path(step)} is unreadable: {short_error(e)}") from None
         return restored[name]
 
     def newest_usable(self, use: Callable[[int], Any], fallback: bool) -> Any:
@@ -375,7 +308,7 @@ class Checkpointer:
         error = self._save_failed(failure)
         if not isinstance(error, CheckpointError):  # one the message does not know: named
             error = CheckpointError(f"a checkpoint could not be written in {self.directory}: "
-                                    f"{type(failure).__name__}: {_short(failure)}")
+                                    f"{type(failure).__name__}: {short_error(failure)}")
         if jax.process_count() > 1:
             from lmscale.distributed import leave_word
             leave_word(f"{error}")  # the others, waiting for its part, stop too
@@ -421,11 +354,6 @@ class Checkpointer:
     def close(self) -> None:
         self.wait()
         self.manager.close()
-        self._forget_reader()
-
-    def _forget_reader(self) -> None:
-        if self.read_only and self.directory in _LiveRunListings.directories:
-            _LiveRunListings.directories.remove(self.directory)
 
     def abandon(self) -> None:
         """After an error: closes orbax's manager, its pending save completing or failing
@@ -480,24 +408,3 @@ def check_same_model(saved: dict[str, Any], current: dict[str, Any], directory: 
                     f"the same model config, or --config.resume=false to start afresh (the old "
                     f"run is archived)")
             raise ModelMismatchError(message, key, old, current.get(key))
-
-
-# Where tensorstore's spec (a page of JSON) begins in an error's text: older orbax appends it
-# as " [tensorstore_spec ...]"; newer orbax ends its "Encountered error while reading array
-# index: (slices...)" with ". See full TensorStore details: <bound method pybind11...spec of
-# TensorStore({...". The cause (e.g. "... Truncated Zstd-compressed stream") is the chained
-# exception that orbax raised it from.
-_SPEC = re.compile(r" \[tensorstore_spec|\.? See full TensorStore details")
-
-
-def _short(error: BaseException) -> str:
-    """An exception as one short line: without tensorstore's spec, and where orbax wrapped the
-    real error in a message that only says which slice of an array failed, that error."""
-    text = " ".join(str(error).split()) or type(error).__name__
-    head, *spec = _SPEC.split(text, maxsplit=1)
-    if spec:
-        cause = error.__cause__ or error.__context__
-        if "while reading array index" in head and cause is not None and cause is not error:
-            return _short(cause)
-        text = head
-    return text if len(text) < 300 else text[:297] + "..."
