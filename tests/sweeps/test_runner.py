@@ -147,6 +147,8 @@ def test_killed_sweep_resumes_unfinished_points_only(tiny):
     while os.path.exists(f"/proc/{trainer}") and "zombie" not in _proc_state(trainer):
         assert time.time() < deadline, "the trainer outlived its sweep"
         time.sleep(0.2)
+    stopped_at = max(json.loads(line)["step"] for line in second.read_text().splitlines())
+    assert stopped_at < 1000  # stopped by the SIGTERM, not an orphan that trained to its end
     first = (out / "hidden-8" / "metrics.jsonl").read_bytes()
     assert json.loads((out / "hidden-8" / "sweep_status.json").read_text())["status"] == "ok"
 
@@ -370,3 +372,14 @@ def test_a_cpu_slot_records_its_one_device_in_the_command(monkeypatch, tmp_path)
         assert command[-1] == "--config.parallel.cpu_devices=1"
     assert not any("cpu_devices" in a for a in
                    train_command(point, str(tmp_path / "p"), RunOptions("c.py", []), {}))
+
+
+def test_a_trainer_whose_sweep_is_gone_ends_at_once():
+    """A sweep that died between starting a trainer and the trainer's asking for its
+    parent-death signal: the trainer (reparented) ends at once instead of training alone."""
+    env = dict(os.environ, LMSCALE_DIE_WITH_PARENT="1")  # not this child's parent
+    proc = subprocess.run([sys.executable, "-c", "from lmscale.cli import die_with_parent\n"
+                           "die_with_parent()\nprint('trained')"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "trained" not in proc.stdout
+    assert proc.stderr.strip() == "error: the sweep that started this tool has ended"
