@@ -152,7 +152,10 @@ def _with_kind_settings(config: object, prefix: str) -> object:
         return config
     from lmscale.models.registry import get_kind, load_plugins, model_kinds
     load_plugins()
-    settings = {k: v for kind in model_kinds() for k, v in get_kind(kind).settings.items()}
+    kinds = [a.split("=", 1)[1] for a in _ARGV if a.startswith(f"{prefix}kind=")]
+    kind = kinds[-1] if kinds else model.get("kind")  # its own settings' defaults win
+    order = [k for k in model_kinds() if k != kind] + ([kind] if kind in model_kinds() else [])
+    settings = {k: v for name in order for k, v in get_kind(name).settings.items()}
     with config.unlocked():
         for name in sorted(missing & set(settings)):
             model[name] = settings[name]
@@ -252,7 +255,10 @@ def parse_flags(argv: list[str]) -> list[str]:
     try:
         _accept_json_configs(flags.FLAGS)
         _ARGV[:] = argv
-        rest = flags.FLAGS(argv)
+        try:
+            rest = flags.FLAGS(argv)
+        finally:
+            _ARGV.clear()  # a later parse of another command line does not see this one
         for name in list(flags.FLAGS):
             # A config file that failed to load: ml_collections keeps the error for the first
             # use of the config, where it surfaced as two tracebacks.
