@@ -57,15 +57,17 @@ def validate_awd(config: ml_collections.ConfigDict) -> None:
 
 
 def check_longest_drawn(config: ml_collections.ConfigDict, kind: Any) -> None:
-    """Variable BPTT: the model kind's own validation at the longest length a step draws (a
-    kind with a length bound failed at the step that drew it)."""
+    """Variable BPTT: the model kind's own validation at every length a step may draw (a
+    kind with a length bound, or another rule on lengths, failed at the step that drew one)."""
     from lmscale.data.variable_bptt import length_bounds
-    longest = length_bounds(bptt_max(config.train), config.train.bptt_bucket)[1]
+    bucket = config.train.bptt_bucket
+    shortest, longest = length_bounds(bptt_max(config.train), bucket)
     drawn = config.train.copy_and_resolve_references()
-    drawn.seq_len = longest
-    try:
-        kind.validate(config.model, drawn)
-    except ValueError as e:
-        raise ConfigError(f"train.variable_bptt draws sequences of up to {longest} tokens "
-                          f"(train.bptt_max={bptt_max(config.train)} rounded to "
-                          f"train.bptt_bucket): {e}") from None
+    for length in range(longest, shortest - 1, -bucket):
+        drawn.seq_len = length
+        try:
+            kind.validate(config.model, drawn)
+        except ValueError as e:
+            raise ConfigError(f"train.variable_bptt draws sequences of {shortest} to {longest} "
+                              f"tokens (train.bptt_max={bptt_max(config.train)}, in steps of "
+                              f"train.bptt_bucket={bucket}): {e}") from None

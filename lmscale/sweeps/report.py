@@ -47,7 +47,8 @@ def point_result(workdir: str, point: Point) -> dict[str, Any]:
             "steps": derived.get("steps"), "lr": derived.get("lr"),
             "tokens_per_step": derived.get("tokens_per_step"), "params": derived.get("params"),
             "wall_s": status.get("wall_s"), "cpu_s": status.get("cpu_s"),
-            "transfer": read_transfer(d), "train": train, "val": val}
+            "transfer": read_transfer(d), "train": train, "val": val,
+            "metrics_file": os.path.exists(os.path.join(d, "metrics.jsonl"))}
 
 
 def planned(workdir: str, point: Point) -> dict[str, Any]:
@@ -80,7 +81,9 @@ def outcome(r: dict[str, Any]) -> str:
         return r["status"]
     if r["val_bpc"] is not None:
         return f"{r['val_bpc']:.3f}"
-    return "ok (no val)" if r["train"] else "ok (no metrics.jsonl)"  # deleted, or moved
+    if r["train"]:
+        return "ok (no val)"
+    return "ok (no records)" if r["metrics_file"] else "ok (no metrics.jsonl)"  # deleted/moved
 
 
 def _pct(x: float | None) -> str:

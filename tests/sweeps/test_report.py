@@ -50,10 +50,12 @@ def test_a_finished_point_without_its_metrics_says_so(tiny, tmp_path):
     import json
     _, sweep, out = _points_with_status(tiny, tmp_path, base_config(tiny), """
         def get_sweep():
-            return {"grid": {"optim.lr": [2e-3, 5e-3]}}
+            return {"grid": {"optim.lr": [2e-3, 5e-3, 8e-3]}}
     """, {"status": "ok", "step": 20})
     (out / sweep.points[1].name / "metrics.jsonl").write_text(
         json.dumps({"step": 20, "split": "train", "loss": 2.0, "bpc": 2.9}) + "\n")
+    (out / sweep.points[2].name / "metrics.jsonl").write_text("")
     write_report(str(out), sweep, title="t")
     report = (out / "report.md").read_text()
-    assert "ok (no metrics.jsonl)" in report and "ok (no val)" in report, report
+    for said in ("ok (no metrics.jsonl)", "ok (no val)", "ok (no records)"):
+        assert report.count(said) == 1, report
