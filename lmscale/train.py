@@ -60,6 +60,23 @@ def join_processes() -> None:
         sys.exit(1)
 
 
+def note_other_devices(config_path: str, workdir: str) -> None:
+    """``--config=RUN/config.json`` into another workdir on another number of devices than
+    RUN recorded: said, as the rerun then agrees with RUN to ~1e-5, not bit for bit (a CPU
+    host splits into one device per core by default)."""
+    import jax
+    from lmscale.config import load_config
+    if (not config_path.lower().endswith(".json") or jax.process_index() != 0
+            or os.path.abspath(os.path.dirname(config_path)) == os.path.abspath(workdir)):
+        return  # a config file, or the run resumed in its own workdir (said by its resume)
+    recorded = int(load_config(config_path)[1].get("devices") or 0)
+    if recorded and recorded != jax.device_count():
+        print(f"note: {config_path} is of a run on {recorded} devices and this one has "
+              f"{jax.device_count()}: their results agree to about 1e-5, not bit for bit "
+              f"(--config.parallel.cpu_devices={recorded} splits a CPU host as it was)",
+              file=sys.stderr, flush=True)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -68,6 +85,8 @@ def main(argv: list[str]) -> None:
     from lmscale.training.stop import cli_signals
     with cli_signals():  # a signal outside the steps: one line (stop.py)
         join_processes()
+        note_other_devices(str(config_flags.get_config_filename(flags.FLAGS["config"])),
+                           _WORKDIR.value)
         from lmscale.training.loop import perplexity_note, train
         result = run_cli(lambda: train(_CONFIG.value, _WORKDIR.value))
         import jax
