@@ -11,9 +11,9 @@ import dataclasses
 import functools
 import hashlib
 import os
-import time
 import sys
 import tempfile
+import time
 from typing import Any, Callable
 
 import jax
