@@ -67,7 +67,8 @@ def check_longest_drawn(config: ml_collections.ConfigDict, kind: Any) -> None:
         drawn.seq_len = length
         try:
             kind.validate(config.model, drawn)
-        except ValueError as e:
+        except ValueError as e:  # the kind names the length it checked as train.seq_len
+            why = str(e).replace(f"train.seq_len={length}", f"a drawn length of {length}")
             raise ConfigError(f"train.variable_bptt draws sequences of {shortest} to {longest} "
                               f"tokens (train.bptt_max={bptt_max(config.train)}, in steps of "
-                              f"train.bptt_bucket={bucket}): {e}") from None
+                              f"train.bptt_bucket={bucket}): {why}") from None

@@ -215,7 +215,7 @@ def test_variable_bptt_lengths_are_checked_against_the_kinds_bound():
     c.model.kind, c.model.max_len = "transformer", 64
     c.train.variable_bptt, c.train.seq_len = True, 50  # lengths up to 65 rounded to 5: 65
     with pytest.raises(ConfigError, match=r"^train.variable_bptt draws sequences of \d+ to 65 "
-                       r"tokens \(train.bptt_max=65, .*: train.seq_len=65 exceeds model.max_len=64"):
+                       r"tokens \(train.bptt_max=65, .*: a drawn length of 65 exceeds model.max_len=64"):
         validate(c)
     c.train.bptt_max, c.train.bptt_bucket = 66, 8  # 66 rounded down to 8: 64, within the bound
     validate(c)
