@@ -148,7 +148,7 @@ def test_prepare_cli(tfds_dir, tmp_path):
     assert ok.returncode == 0, ok.stderr
     assert "20 documents" in ok.stdout + ok.stderr
     assert sorted(documents(tmp_path / "ok")) == sorted(TEXTS)
-    bad = run("--input=tfds:lmscale_tfds_text/train", f"--val=tfds:lmscale_tfds_text/validation",
+    bad = run("--input=tfds:lmscale_tfds_text/train", "--val=tfds:lmscale_tfds_text/validation",
               f"--output={tmp_path / 'bad'}")
     assert bad.returncode == 1
     assert "Traceback" not in bad.stderr
