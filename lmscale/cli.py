@@ -269,6 +269,7 @@ def parse_flags(argv: list[str]) -> list[str]:
                 sys.exit(1)
         _check_config_values(flags.FLAGS)
         _expand_home(flags.FLAGS)
+        _quiet_library_logs()  # also for the tools that do not go through run_cli (prepare)
         return rest
     except (AttributeError, KeyError) as e:  # unknown key in a locked ConfigDict
         text = str(e.args[0] if e.args else e).replace("\\", "")

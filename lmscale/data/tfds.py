@@ -31,7 +31,10 @@ def parse_tfds(spec: str) -> tuple[str, str]:
 
 
 def import_tfds() -> Any:
-    """The ``tensorflow_datasets`` module, or a one-line DataError saying how to install it."""
+    """The ``tensorflow_datasets`` module, or a one-line DataError saying how to install it.
+    TensorFlow's C++ INFO/WARNING lines (its CPU-feature banner) are off unless
+    ``TF_CPP_MIN_LOG_LEVEL`` is set (TFDS's own INFO lines: the tools' absl level, WARNING)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         import tensorflow_datasets
     except ImportError:
