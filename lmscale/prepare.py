@@ -85,8 +85,11 @@ def summary(metadata: dict, output: str) -> str:
     tok = metadata["tokenizer"]
     vocab = f", SentencePiece vocabulary of {tok['vocab_size']:,} ids" if tok.get("kind") == "sentencepiece" else ""
     vocab = f", word vocabulary of {tok['vocab_size']:,} ids" if tok.get("kind") == WORD else vocab
+    tfds = sum(is_tfds(f) for f in metadata["files"])  # tfds:NAME/SPLIT inputs are no files
+    files = len(metadata["files"]) - tfds
+    read = " and ".join([n(files, "file")] * bool(files or not tfds) + [n(tfds, "TFDS split")] * bool(tfds))
     return (f"Prepared {n(metadata['total_tokens'], 'token')} in {n(metadata['total_documents'], 'document')} "
-            f"from {n(len(metadata['files']), 'file')} into {output} ({'; '.join(parts)}{vocab}).")
+            f"from {read} into {output} ({'; '.join(parts)}{vocab}).")
 
 
 def make_tokenizer() -> Tokenizer | SentencePieceTraining:

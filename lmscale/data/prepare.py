@@ -43,7 +43,7 @@ from lmscale.data.sample import sample_texts
 from lmscale.data.sources import (TXT_MODES, expand_inputs, file_kind, input_size, iter_pieces,
                                   segments)
 from lmscale.data.spm import SentencePieceTokenizer, SentencePieceTraining, train_sentencepiece
-from lmscale.data.tfds import is_tfds
+from lmscale.data.tfds import check_tfds, is_tfds
 from lmscale.data.tokenizer import ByteTokenizer, Tokenizer
 from lmscale.data.words import WordCounter, WordTokenizer, WordTraining, build_vocabulary
 
@@ -363,6 +363,14 @@ def _publish(tmp: str, output: str, replace: bool) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
+def _check_input(path: str) -> None:
+    """A file's contents (not binary), or a tfds split's existence, before anything is read."""
+    if is_tfds(path):
+        check_tfds(path)
+    else:
+        check_contents(path)
+
+
 def prepare_dataset(inputs: str | Sequence[str], output: str, *, text_column: str | None = None,
                     text_field: str | None = None, txt_mode: str = "file",
                     split: Sequence[int] = (98, 1, 1), shard_tokens: int = 2**27,
@@ -394,13 +402,12 @@ def prepare_dataset(inputs: str | Sequence[str], output: str, *, text_column: st
     if not paths:
         raise DataError(f"no input files outside the output folder {output}")
     for path in paths:  # before a tokenizer is trained on binary bytes
-        if not is_tfds(path):
-            check_contents(path)
+        _check_input(path)
     parts = None  # explicit splits: the paths of train, val, test
     if val_inputs or test_inputs:
         held_out = [_text_inputs(expand_inputs(x), output) if x else [] for x in (val_inputs, test_inputs)]
-        for path in (p for part in held_out for p in part if not is_tfds(p)):
-            check_contents(path)
+        for path in (p for part in held_out for p in part):
+            _check_input(path)
         # A folder or glob of train text often holds the val/test files too (PTB, WikiText):
         # they are held out of training, not read twice.
         apart = {os.path.realpath(p) for part in held_out for p in part}

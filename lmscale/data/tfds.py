@@ -99,6 +99,15 @@ def _split_size(spec: str, builder: Any, split: str) -> int:
     return size
 
 
+def check_tfds(spec: str) -> None:
+    """That ``tfds:NAME/SPLIT`` names a data set and a split with examples (one-line
+    DataErrors), before any input is read: a bad --val split was said after the training
+    text was tokenized."""
+    dataset_name, split = parse_tfds(spec)
+    tfds = import_tfds()
+    _split_size(spec, _builder(spec, dataset_name, tfds), split)
+
+
 def iter_examples(spec: str) -> Iterator[dict[str, Any]]:
     """The examples of ``tfds:NAME/SPLIT`` as dicts of NumPy values, streamed: ArrayRecord
     data through a data source (no TensorFlow), TFRecord data through tf.data."""

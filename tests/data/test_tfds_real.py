@@ -146,7 +146,7 @@ def test_prepare_cli(tfds_dir, tmp_path):
                                        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     ok = run("--input=tfds:lmscale_tfds_text/train", "--split=8,1,1", f"--output={tmp_path / 'ok'}")
     assert ok.returncode == 0, ok.stderr
-    assert "20 documents" in ok.stdout + ok.stderr
+    assert "20 documents from 1 TFDS split into" in ok.stdout  # was "from 1 file"
     assert sorted(documents(tmp_path / "ok")) == sorted(TEXTS)
     bad = run("--input=tfds:lmscale_tfds_text/train", "--val=tfds:lmscale_tfds_text/validation",
               f"--output={tmp_path / 'bad'}")
