@@ -99,22 +99,21 @@ def _split_size(spec: str, builder: Any, split: str) -> int:
     return size
 
 
-def check_tfds(spec: str) -> None:
+def check_tfds(spec: str) -> tuple[Any, Any, str]:
     """That ``tfds:NAME/SPLIT`` names a data set and a split with examples (one-line
-    DataErrors), before any input is read: a bad --val split was said after the training
-    text was tokenized."""
+    DataErrors; prepare asks before any input is read: a bad --val split was said after the
+    training text was tokenized); returns (the tfds module, the builder, the split)."""
     dataset_name, split = parse_tfds(spec)
     tfds = import_tfds()
-    _split_size(spec, _builder(spec, dataset_name, tfds), split)
+    builder = _builder(spec, dataset_name, tfds)
+    _split_size(spec, builder, split)
+    return tfds, builder, split
 
 
 def iter_examples(spec: str) -> Iterator[dict[str, Any]]:
     """The examples of ``tfds:NAME/SPLIT`` as dicts of NumPy values, streamed: ArrayRecord
     data through a data source (no TensorFlow), TFRecord data through tf.data."""
-    dataset_name, split = parse_tfds(spec)
-    tfds = import_tfds()
-    builder = _builder(spec, dataset_name, tfds)
-    _split_size(spec, builder, split)
+    tfds, builder, split = check_tfds(spec)
     if builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD:
         yield from builder.as_data_source(split=split)
         return

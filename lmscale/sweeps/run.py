@@ -60,7 +60,7 @@ def run_sweep(base: ml_collections.ConfigDict, config_file: str, sweep_file: str
         if transfer is not None:
             ok = [os.path.join(workdir, p.name) for p in sweep.points
                   if (read_status(os.path.join(workdir, p.name)) or {}).get("status") == "ok"]
-            transfer_failed = transfer_points(ok, transfer, log)[1]
+            transfer_failed = transfer_points(ok, transfer, log)
         results = write_report(workdir, sweep, title=title, command=command, totals=_totals(workdir))
     finally:
         lock.release()

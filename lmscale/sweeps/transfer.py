@@ -79,30 +79,25 @@ def _made_from(results: dict[str, Any], sets: TransferSets) -> bool:
 
 
 def transfer_points(point_dirs: list[str], sets: TransferSets, log: Callable[[str], None]
-                    ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-    """Transfers every point folder lacking results from ``sets``; returns ({folder: summary}
-    of those transferred, {folder: the one-line error} of those whose transfer failed)."""
+                    ) -> dict[str, str]:
+    """Transfers every point folder lacking results from ``sets`` (the report reads them from
+    the folders); returns {folder: the one-line error} of those whose transfer failed."""
     from lmscale.config import ConfigError
     from lmscale.data.errors import DataError
     from lmscale.training.checkpoints import CheckpointError
     from lmscale.transfer.run import run_transfer
-    out, failed = {}, {}
+    failed = {}
     for point_dir in point_dirs:
         name = os.path.basename(point_dir)
         results = _read_results(point_dir)
         if results is not None and _made_from(results, sets):
-            out[point_dir] = transfer_summary(results)
-        else:
-            again = " (again: its results were made from other labeled sets)" \
-                if results is not None else ""
-            log(f"sweep: transfer {name}{again}")
-            try:
-                results = run_transfer(point_dir, sets.train, sets.val, sets.test,
-                                       text_column=sets.text_column, label_column=sets.label_column,
-                                       baseline="none", examples=2)
-            except (ConfigError, DataError, CheckpointError, FileNotFoundError, OSError) as e:
-                failed[point_dir] = str(e)
-                log(f"sweep: transfer {name} failed: {e}")
-                continue
-            out[point_dir] = transfer_summary(results)
-    return out, failed
+            continue
+        again = " (again: its results were made from other labeled sets)" if results is not None else ""
+        log(f"sweep: transfer {name}{again}")
+        try:
+            run_transfer(point_dir, sets.train, sets.val, sets.test, text_column=sets.text_column,
+                         label_column=sets.label_column, baseline="none", examples=2)
+        except (ConfigError, DataError, CheckpointError, FileNotFoundError, OSError) as e:
+            failed[point_dir] = str(e)
+            log(f"sweep: transfer {name} failed: {e}")
+    return failed

@@ -138,7 +138,6 @@ class Checkpointer:
         self._background_failures()  # a previous run's in this process (a notebook, tests)
         if read_only and not os.path.isdir(self.directory):
             raise FileNotFoundError(f"{workdir} holds no checkpoint ({self.directory} does not exist)")
-        self.read_only = read_only
         if not read_only:
             filter_disk_full_logs()
             DiskFullLogs.said = False  # each run says it once
