@@ -136,6 +136,18 @@ def _json_config_parser() -> type:
     return _JSON_PARSER
 
 
+def recorded_run(flag: str = "config") -> tuple[str, dict[str, Any]] | None:
+    """(path, ``derived`` section) of the run's config.json that ``--flag`` names (the values
+    the run worked out, which the parsed config leaves out); None for a config file."""
+    from absl import flags
+    from ml_collections.config_flags import config_flags
+    path = str(config_flags.get_config_filename(flags.FLAGS[flag]))
+    if not path.lower().endswith(".json"):
+        return None
+    from lmscale.config import load_config
+    return path, load_config(path)[1]
+
+
 _ARGV: list[str] = []  # the command line parse_flags reads (the config parser looks at it)
 
 

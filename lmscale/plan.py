@@ -26,7 +26,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from lmscale.atomic import write_json
-from lmscale.cli import parse_flags, run_cli
+from lmscale.cli import parse_flags, recorded_run, run_cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file in configs/.", lock_config=True)
@@ -97,12 +97,9 @@ def _vocab_size() -> int | None:
         vocab_size_of(_CONFIG.value.data)
         return None
     except DataError:
-        path = str(config_flags.get_config_filename(flags.FLAGS["config"]))
-        if not path.lower().endswith(".json"):
-            raise
-        from lmscale.config import load_config
         from lmscale.data.dataset import is_dataset
-        dataset = load_config(path)[1].get("dataset")
+        recorded = recorded_run()
+        dataset = recorded[1].get("dataset") if recorded else None
         if not dataset or not is_dataset(str(dataset)):
             raise
     data = _CONFIG.value.data.copy_and_resolve_references()

@@ -22,7 +22,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from lmscale.cli import parse_flags, run_cli
+from lmscale.cli import parse_flags, recorded_run, run_cli
 from lmscale.distributed import (ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID, DistributedError,
                                  join, resolve)
 
@@ -60,16 +60,16 @@ def join_processes() -> None:
         sys.exit(1)
 
 
-def note_other_devices(config_path: str, workdir: str) -> None:
+def note_other_devices(workdir: str) -> None:
     """``--config=RUN/config.json`` into another workdir on another number of devices than
     RUN recorded: said, as the rerun then agrees with RUN to ~1e-5, not bit for bit (a CPU
     host splits into one device per core by default)."""
     import jax
-    from lmscale.config import load_config
-    if (not config_path.lower().endswith(".json") or jax.process_index() != 0
-            or os.path.abspath(os.path.dirname(config_path)) == os.path.abspath(workdir)):
+    run = recorded_run()
+    if (run is None or jax.process_index() != 0
+            or os.path.abspath(os.path.dirname(run[0])) == os.path.abspath(workdir)):
         return  # a config file, or the run resumed in its own workdir (said by its resume)
-    recorded = int(load_config(config_path)[1].get("devices") or 0)
+    config_path, recorded = run[0], int(run[1].get("devices") or 0)
     if recorded and recorded != jax.device_count():
         print(f"note: {config_path} is of a run on {recorded} devices and this one has "
               f"{jax.device_count()}: their results agree to about 1e-5, not bit for bit "
@@ -85,8 +85,7 @@ def main(argv: list[str]) -> None:
     from lmscale.training.stop import cli_signals
     with cli_signals():  # a signal outside the steps: one line (stop.py)
         join_processes()
-        note_other_devices(str(config_flags.get_config_filename(flags.FLAGS["config"])),
-                           _WORKDIR.value)
+        note_other_devices(_WORKDIR.value)
         from lmscale.training.loop import perplexity_note, train
         result = run_cli(lambda: train(_CONFIG.value, _WORKDIR.value))
         import jax
