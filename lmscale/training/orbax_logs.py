@@ -51,11 +51,16 @@ class DiskFullLogs(logging.Filter):
         return False
 
 
-def filter_disk_full_logs() -> None:
-    """Installs ``DiskFullLogs`` on absl's logger once (by the first Checkpointer)."""
+def _install_once(kind: type[logging.Filter]) -> None:
+    """A filter of class ``kind`` on absl's logger (orbax logs through it), once a process."""
     absl_logger = logging.getLogger("absl")
-    if not any(isinstance(f, DiskFullLogs) for f in absl_logger.filters):
-        absl_logger.addFilter(DiskFullLogs())
+    if not any(isinstance(f, kind) for f in absl_logger.filters):
+        absl_logger.addFilter(kind())
+
+
+def filter_disk_full_logs() -> None:
+    """Installs ``DiskFullLogs`` (by the first Checkpointer)."""
+    _install_once(DiskFullLogs)
 
 
 class _LiveRunListings(logging.Filter):
@@ -79,9 +84,7 @@ def listing_quietly(directory: str, read_only: bool) -> Iterator[None]:
     if not read_only:
         yield
         return
-    absl_logger = logging.getLogger("absl")
-    if not any(isinstance(f, _LiveRunListings) for f in absl_logger.filters):
-        absl_logger.addFilter(_LiveRunListings())
+    _install_once(_LiveRunListings)
     _LiveRunListings.directories.append(directory)
     try:
         yield
