@@ -71,7 +71,8 @@ def os_error_line(e: OSError) -> str:
 
 def run_cli(fn: Callable[[], T]) -> T:
     """Calls ``fn``; a user error (bad data, config or workdir) prints ``error: ...`` and exits 1
-    (``EXIT_DIVERGED`` for a run whose parameters stopped being finite).
+    (``EXIT_DIVERGED`` for a run whose parameters stopped being finite); Ctrl-C prints one
+    line and exits 130.
 
     Turns on the persistent compilation cache first (``lmscale.compile_cache``)."""
     from lmscale.compile_cache import use_compile_cache
@@ -96,6 +97,11 @@ def run_cli(fn: Callable[[], T]) -> T:
             raise
         print(f"error: {os_error_line(e)}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt as e:  # Ctrl-C: was a traceback through JAX's frames
+        if type(e) is not KeyboardInterrupt:  # a training tool's SignalExit: cli_signals says it
+            raise
+        print("interrupted (Ctrl-C)", file=sys.stderr)
+        sys.exit(130)
 
 
 def _quiet_library_logs() -> None:

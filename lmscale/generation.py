@@ -7,7 +7,7 @@ prompt included — how Radford et al. wrote positive or negative reviews on dem
 Sampling: temperature (0 = greedy), top-k, top-p (nucleus); the padding id is never
 sampled. The whole prompt-then-sample loop is one jitted loop, compiled once for all
 values of these settings, the held unit and its value, the seed and prompts of up to a
-power-of-two length (``_sampler``).
+power-of-two length (``_sampler``), and run in windows of steps so that Ctrl-C stops it.
 """
 
 from __future__ import annotations
@@ -90,62 +90,121 @@ def _sampler(graphdef: nnx.GraphDef, length: int, greedy: bool, top_k: bool, top
     model and kind of settings reuses the compiled program (jit caches per function object).
     Its keys are what changes the program's shapes or work: the length, greedy or sampled,
     whether top-k / top-p filter and a unit (of ``state``) is held; their values are the
-    ``Settings`` argument, the prompt's length included (the prompt's width is its bucket)."""
-    def run(params: Any, prepared: Any, prompt: jax.Array, seed: jax.Array,
-            settings: Settings) -> jax.Array:
+    ``Settings`` argument, the prompt's length included (the prompt's width is its bucket).
+
+    One loop feeds the prompt and then the samples, so the decoder is compiled once, not
+    twice (with two loops); no [P, B, V] logits are kept, and no step is spent on the last
+    sample. Step i feeds prompt[i] while i < first, else a token sampled from the last logits
+    with key i - first; the last sample is drawn after the loop. The loop runs first +
+    length - 1 steps, a runtime count (the prompt's padding is never fed), in windows of
+    steps [start, stop), runtime values too: one call per window of the same program, which
+    takes the carry (keys [length, 2], decoder state, last logits, fed tokens [steps, B])
+    the last call returned, or makes it where start is 0 (``empty_carry``: zeros of its
+    shapes, not read). Between windows Ctrl-C is taken and progress shown (one call for the
+    whole loop made a long generation uninterruptible). Returns the carry and the last
+    sample drawn from its logits (the sample after the loop, once the last window ran)."""
+    def begin(params: Any, prompt: jax.Array, seed: jax.Array, settings: Settings) -> Any:
+        model, fix = _held(graphdef, params, settings, hold, state)
+        batch, steps = prompt.shape[0], prompt.shape[1] + length - 1  # the most: a full bucket
+        decode_state = fix(model.init_decode(batch, prompt.shape[1] + length))
+        shape = jax.eval_shape(lambda s, t: model.decode_step(t, s)[0], decode_state,
+                               prompt[:, 0]).shape
+        # The keys are made here, not eagerly by the caller (one small program fewer).
+        return (jax.random.split(jax.random.PRNGKey(seed), length), decode_state,
+                jnp.zeros(shape, jnp.float32), jnp.zeros((steps, batch), jnp.int32))
+
+    def pick(logits: jax.Array, k: jax.Array, settings: Settings) -> jax.Array:
+        logp = filter_logits(logits, temperature=settings.temperature,
+                             top_k=settings.top_k if top_k else 0,
+                             top_p=settings.top_p if top_p else 1.0, banned=banned)
+        return (jnp.argmax(logp, axis=-1) if greedy
+                else jax.random.categorical(k, logp, axis=-1)).astype(jnp.int32)
+
+    def run(params: Any, prepared: Any, prompt: jax.Array, seed: jax.Array, settings: Settings,
+            carry: Any, start: jax.Array, stop: jax.Array) -> tuple[Any, jax.Array]:
         # ``prepared``: the weights as the step reads them (``prepared_weights``), made
-        # outside: XLA does not hoist that work out of the loops below, and per token it cost
+        # outside: XLA does not hoist that work out of the loop below, and per token it cost
         # more than the step itself (a 4096-unit mLSTM: 136 -> 17 ms a token).
-        model = nnx.merge(graphdef, params)
-        batch, first = prompt.shape[0], settings.first
-        fix = ((lambda s: model.fix_unit(s, settings.neuron, settings.value, state)) if hold
-               else (lambda s: s))
-
-        def feed(decode_state: Any, token: jax.Array) -> tuple[Any, jax.Array]:
-            logits, decode_state = model.decode_step(token, decode_state, prepared)
-            return fix(decode_state), logits
-
-        def pick(logits: jax.Array, k: jax.Array) -> jax.Array:
-            logp = filter_logits(logits, temperature=settings.temperature,
-                                 top_k=settings.top_k if top_k else 0,
-                                 top_p=settings.top_p if top_p else 1.0, banned=banned)
-            return (jnp.argmax(logp, axis=-1) if greedy
-                    else jax.random.categorical(k, logp, axis=-1)).astype(jnp.int32)
-
-        # One loop feeds the prompt and then the samples, so the decoder is compiled once, not
-        # twice (with two loops); no [P, B, V] logits are kept, and no step is spent on the
-        # last sample. Step i feeds prompt[i] while i < first, else a token sampled from the
-        # last logits with key i - first; the last sample is drawn after the loop. The loop
-        # runs first + length - 1 steps (a runtime count: the prompt's padding is never fed).
-        # The key is made here, not eagerly by the caller (one small program fewer a process).
-        keys = jax.random.split(jax.random.PRNGKey(seed), length)
-        steps = prompt.shape[1] + length - 1  # the most steps: a full bucket
+        model, fix = _held(graphdef, params, settings, hold, state)
+        keys, decode_state, last, fed = jax.lax.cond(
+            start == 0, lambda: begin(params, prompt, seed, settings), lambda: carry)
+        first = settings.first
         padded = jnp.pad(prompt.T, ((0, length - 1), (0, 0)))  # [steps, B]
 
-        def step(i: jax.Array, carry: tuple[Any, jax.Array, jax.Array]
+        def step(i: jax.Array, loop: tuple[Any, jax.Array, jax.Array]
                  ) -> tuple[Any, jax.Array, jax.Array]:
-            decode_state, last, fed = carry
+            decode_state, last, fed = loop
             token = jax.lax.cond(i < first, lambda: padded[i],
-                                 lambda: pick(last, keys[jnp.maximum(i - first, 0)]))
-            decode_state, logits = feed(decode_state, token)
-            return decode_state, logits.astype(jnp.float32), fed.at[i].set(token)
+                                 lambda: pick(last, keys[jnp.maximum(i - first, 0)], settings))
+            logits, decode_state = model.decode_step(token, decode_state, prepared)
+            return fix(decode_state), logits.astype(jnp.float32), fed.at[i].set(token)
 
-        decode_state = fix(model.init_decode(batch, prompt.shape[1] + length))
-        shape = jax.eval_shape(feed, decode_state, padded[0])[1].shape
-        logits0 = jnp.zeros(shape, jnp.float32)
-        _, last, fed = jax.lax.fori_loop(0, first + length - 1, step,
-                                         (decode_state, logits0, jnp.zeros((steps, batch), jnp.int32)))
-        sampled = jax.lax.dynamic_slice_in_dim(fed, first, length - 1, axis=0)
-        tokens = jnp.concatenate([sampled, pick(last, keys[-1])[None]], axis=0)
-        return tokens.T  # [B, length]
+        decode_state, last, fed = jax.lax.fori_loop(start, stop, step, (decode_state, last, fed))
+        return (keys, decode_state, last, fed), pick(last, keys[-1], settings)
 
-    return jax.jit(run)
+    shapes: dict[tuple[int, ...], Any] = {}  # the carry's, by the prompts' [B, width]
+
+    def empty_carry(params: Any, prompt: np.ndarray, seed: np.uint32, settings: Settings) -> Any:
+        if prompt.shape not in shapes:  # traced once (no program), not at every call
+            shapes[prompt.shape] = jax.eval_shape(begin, params, prompt, seed, settings)
+        return jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), shapes[prompt.shape])
+
+    program = jax.jit(run, donate_argnums=5)
+    program.empty_carry = empty_carry
+    return program
+
+
+def _held(graphdef: nnx.GraphDef, params: Any, settings: Settings, hold: bool,
+          state: str | None) -> tuple[Any, Callable]:
+    """The model, and the function that sets the held unit in a decoder state (or returns
+    the state as it is when no unit is held)."""
+    model = nnx.merge(graphdef, params)
+    if not hold:
+        return model, lambda s: s
+    return model, lambda s: model.fix_unit(s, settings.neuron, settings.value, state)
+
+
+# The first window's steps; later windows are sized from the measured rate to take about
+# WINDOW_SECONDS each (Ctrl-C waits at most that long; a window's call costs ~0.1 ms).
+FIRST_WINDOW, WINDOW_SECONDS = 64, 0.25
+
+
+def _sample(fn: Callable, lm: TrainedLM, prompts: np.ndarray, seed: int, settings: Settings,
+            length: int, progress: bool) -> np.ndarray:
+    """Runs ``fn``'s loop of ``settings.first + length - 1`` steps in windows; [B, length]
+    tokens. ``progress``: a bar on stderr for a generation that takes more than a second."""
+    import time
+
+    import tqdm
+    params, prepared = lm.params, prepared_weights(lm)
+    seed = np.uint32(seed)  # the key PRNGKey(seed) makes (_check_request keeps it in 32 bits)
+    carry = fn.empty_carry(params, prompts, seed, settings)
+    first = int(settings.first)
+    total, done, window = first + length - 1, 0, FIRST_WINDOW
+    with tqdm.tqdm(total=length, unit="token", delay=1.0, disable=not progress,
+                   file=sys.stderr, leave=False) as bar:
+        while True:
+            stop = min(done + window, total)
+            began = time.perf_counter()
+            carry, last = fn(params, prepared, prompts, seed, settings, carry, np.int32(done),
+                             np.int32(stop))
+            last = np.asarray(last)  # waits for the window
+            seconds = time.perf_counter() - began
+            bar.update(max(stop - max(done, first), 0))  # step i >= first samples a token
+            if done > 0:  # the first window's time holds the compile
+                window = max(1, int((stop - done) * WINDOW_SECONDS / max(seconds, 1e-6)))
+            done = stop
+            if done >= total:
+                break
+        bar.update(length - bar.n)
+    fed = np.asarray(carry[3])[first:first + length - 1]  # [length - 1, B]
+    return np.concatenate([fed, last[None]], axis=0).T
 
 
 def generate(lm: TrainedLM, prompt: str, length: int = 200, *, temperature: float = 1.0,
              top_k: int = 0, top_p: float = 1.0, samples: int = 1, seed: int = 0,
-             neuron: int | None = None, neuron_value: float = 0.0, neuron_state: str | None = None
-             ) -> list[str]:
+             neuron: int | None = None, neuron_value: float = 0.0, neuron_state: str | None = None,
+             progress: bool = False) -> list[str]:
     """``samples`` continuations of ``prompt`` (each returned with the prompt in front).
 
     ``seed``: 0 <= seed < 2**32 (the key's 32 bits; others would repeat these samples).
@@ -158,6 +217,8 @@ def generate(lm: TrainedLM, prompt: str, length: int = 200, *, temperature: floa
     ``lm.decode_cache.clear()`` frees it). One compiled program serves every temperature,
     top-k, top-p, neuron and neuron value, seed and prompt length (up to a power of two) of
     the same length, samples and kind of settings (greedy or not, filters on or off).
+    The loop runs in windows of about a quarter second: Ctrl-C (KeyboardInterrupt) stops it
+    within one; ``progress``: a bar on stderr once it has taken a second.
     """
     _check_request(prompt, length=length, samples=samples, seed=seed, top_k=top_k,
                    temperature=temperature, top_p=top_p,
@@ -214,9 +275,7 @@ def generate(lm: TrainedLM, prompt: str, length: int = 200, *, temperature: floa
     prompts = np.zeros((samples, width), np.int32)  # numpy: jnp.asarray would be a program
     prompts[:, :len(ids)] = ids
     settings = Settings.of(len(ids), temperature, top_k, top_p, neuron, neuron_value)
-    # uint32 seed: the key PRNGKey(seed) makes (_check_request keeps it in [0, 2**32))
-    tokens = np.asarray(fn(lm.params, prepared_weights(lm), prompts, np.uint32(seed),
-                           settings))
+    tokens = _sample(fn, lm, prompts, seed, settings, length, progress)
     head = lm.tokenizer.decode(ids)
     return [prompt + _continuation(lm.tokenizer, ids, row, head, prompt) for row in tokens]
 

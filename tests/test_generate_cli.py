@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import matplotlib.image
 import pytest
@@ -209,3 +213,30 @@ def test_a_prompt_that_is_not_utf8_is_refused_in_one_line(tiny_runs, tmp_path):
     assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
         "error: the prompt is not valid UTF-8 at character 2: byte 0xff, which the terminal's "
         "encoding could not decode"], proc.stderr[-2000:]
+
+
+def test_ctrl_c_stops_a_long_generation_in_one_line(tiny_runs, tmp_path):
+    """The progress bar shows a long generation (on stderr); Ctrl-C stops it within a window
+    with one line and exit 130, writing nothing (it waited for every token, then printed a
+    traceback through JAX's frames)."""
+    proc = subprocess.Popen([sys.executable, "-m", "lmscale.generate",
+                             f"--workdir={tiny_runs['qrnn']}", "--length=2000000",
+                             f"--output={tmp_path}"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        seen = b""
+        while not re.search(rb"\d+/2000000 \[", seen):  # the bar: sampling is under way
+            chunk = os.read(proc.stderr.fileno(), 4096)
+            assert chunk, seen.decode(errors="replace")[-2000:]  # ended without a bar
+            seen += chunk
+        sent = time.perf_counter()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        waited = time.perf_counter() - sent
+    finally:
+        proc.kill()
+    err = err.decode()
+    assert proc.returncode == 130, (seen.decode(errors="replace") + err)[-2000:]
+    assert err.strip().splitlines()[-1] == "interrupted (Ctrl-C)" and "Traceback" not in err, err
+    assert waited < 5, waited
+    assert not (tmp_path / "samples.json").exists()

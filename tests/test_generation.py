@@ -195,8 +195,10 @@ def _generation_hlo(lm, length: int, prompt: jax.Array) -> str:
     from lmscale import generation
     fn = generation._sampler(lm.graphdef, length, False, False, False, False, None,
                              lm.tokenizer.pad_id)
-    return fn.lower(lm.params, generation.prepared_weights(lm), prompt, np.uint32(0),
-                    generation.Settings.of(prompt.shape[1])).compile().as_text()
+    settings, seed = generation.Settings.of(prompt.shape[1]), np.uint32(0)
+    carry = fn.empty_carry(lm.params, prompt, seed, settings)
+    return fn.lower(lm.params, generation.prepared_weights(lm), prompt, seed, settings, carry,
+                    np.int32(0), np.int32(length)).compile().as_text()
 
 
 @pytest.mark.parametrize("kind", ["mlstm", "lstm", "transformer", "transformer_tied",
@@ -319,3 +321,45 @@ def test_sentencepiece_generation_never_samples_unknown_or_control_pieces(tmp_pa
     lm = dataclasses.replace(lm, tokenizer=tok, graphdef=graphdef, params=params, decode_cache={})
     out = generate(lm, "the", 20, temperature=1.0, seed=1, samples=4)
     assert all("\u2047" not in s and len(s) > len("the") for s in out), out
+
+
+@pytest.mark.parametrize("kind", ["mlstm", "transformer"])
+def test_windows_of_any_size_sample_the_same_tokens(kind, monkeypatch):
+    """The loop runs in windows of steps (runtime bounds, one program): windows of 1 or 3
+    steps give the tokens one window for the whole loop gives (sampled, seeded, a held
+    neuron for the mLSTM; the transformer's cache carried from window to window)."""
+    from lmscale import generation
+    lm = random_transformer_lm() if kind == "transformer" else random_lm(hidden=16)
+    held = {} if kind == "transformer" else dict(neuron=3, neuron_value=1.5)
+    request = dict(temperature=1.0, top_p=0.9, samples=2, seed=7, **held)
+    whole = generate(lm, "The film", 20, **request)  # 27 steps < FIRST_WINDOW: one window
+    monkeypatch.setattr(generation, "WINDOW_SECONDS", 0.0)  # later windows: 1 step
+    for first in (1, 3):
+        monkeypatch.setattr(generation, "FIRST_WINDOW", first)
+        assert generate(lm, "The film", 20, **request) == whole
+
+
+def test_ctrl_c_stops_a_long_generation_within_a_window(capfd):
+    """A KeyboardInterrupt (Ctrl-C, a notebook's interrupt button) is taken between windows
+    of about a quarter second: one call for the whole loop kept it waiting for every token
+    (here ~30 s). With ``progress`` a bar counts the tokens on stderr."""
+    import _thread
+    import threading
+    import time
+    lm = random_lm(hidden=64)
+    fired = []
+
+    def interrupt() -> None:
+        fired.append(time.perf_counter())
+        _thread.interrupt_main()
+
+    timer = threading.Timer(3.0, interrupt)
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            generate(lm, "a", 300_000, progress=True)
+        waited = time.perf_counter() - fired[0]
+    finally:
+        timer.cancel()
+    assert waited < 2.0, waited
+    assert re.search(r"\d+/300000 \[", capfd.readouterr().err)
