@@ -46,6 +46,7 @@ from lmscale.models import built_in_one_program
 from lmscale.pretrained.preprocess import preprocessor_for
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.checkpoints import Checkpointer, check_same_model
+from lmscale.training.diverged import check_finite, save_finite
 from lmscale.training.fits import check_step_fits_host
 from lmscale.training.metrics import MetricsWriter
 from lmscale.training.optimizer import finetune_applied_lrs, make_finetune_optimizer
@@ -66,6 +67,9 @@ from lmscale.transfer.metrics import (METRICS, better, classification_metrics, f
 HEAD_FIELDS = ("multilabel", "state", "pooling", "head_hidden", "head_activation")
 LM_INITS = ("pretrained", "random")
 
+
+# The settings a diverged fine-tune names (``DivergedError``).
+LOWER = "optim.lr, finetune.head_lr or optim.clip"
 
 def load_lm(path: str) -> TrainedLM:
     """The LM of ``init_from``; a one-line error unless it is an lmscale LM workdir."""
@@ -353,6 +357,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
     if is_main:
         _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), start)
     writer = MetricsWriter(workdir, resumed_from=start)
+    on_exit.push(lambda kind, *_: writer.abandon() if kind else None)
     timer = StepTimer()  # the steps that compile are left out of the throughput
     step = start
     in_flight = InFlight()  # bounded async dispatch (lmscale/training/in_flight.py)
@@ -400,6 +405,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
                 state = state.replace(acc=jax.device_put(host_zeros(zero_acc), mesh_lib.replicated(mesh)))
                 timer.reset()
             if (config.train.eval_every and step % config.train.eval_every == 0) or step == steps:
+                check_finite(checkpointer, state, LOWER)  # a NaN classifier was kept as "best"
                 m, _, _ = validate(state.params)
                 writer.write({"step": step, "split": "val",
                               **{k: v for k, v in m.items() if k != "per_class"}})
@@ -414,8 +420,8 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
                           f"at step {best['step']})", file=sys.stderr, flush=True)
                 timer.reset()
             if step % config.checkpoint.every == 0 and step < steps:
-                checkpointer.save(state, meta)
-        checkpointer.save(state, meta)
+                save_finite(checkpointer, state, meta, LOWER)
+        save_finite(checkpointer, state, meta, LOWER)
         checkpointer.close()
     writer.close()
     if stop.signal is not None:

@@ -18,13 +18,11 @@ import sys
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
 from flax import nnx
 
-from lmscale.cli import EXIT_DIVERGED
 from lmscale.config import derive, save_config, validate, with_global_batch
 from lmscale.data.errors import DataError
 from lmscale.distributed import check_same_config, process_0_says, processes_that_differ
@@ -32,7 +30,7 @@ from lmscale.data.dataset import TokenDataset, dataset_fingerprint
 from lmscale.models import architecture
 from lmscale.models.registry import unused_settings_note
 from lmscale.training import mesh as mesh_lib
-from lmscale.training.checkpoints import CheckpointError, Checkpointer, check_same_model
+from lmscale.training.checkpoints import Checkpointer, check_same_model
 from lmscale.training.resume import (PROVENANCE_KEYS, archive_previous_run, check_resumable,
                                      check_same_dataset, keep_config_history, provenance,
                                      resumed_derived)
@@ -45,6 +43,7 @@ from lmscale.training.in_flight import InFlight
 from lmscale.training.loss import bits_per_char
 from lmscale.training.bench import adaptive_cutoffs, train_flops_per_token
 from lmscale.training.best import BestKeeper
+from lmscale.training.diverged import DivergedError, save_finite
 from lmscale.training.metrics import MetricsWriter, add_perplexity, read_metrics
 from lmscale.training.ntasgd import NTASGDMonitor, eval_params, switch_on
 from lmscale.training.precision import LossScale, SkippedRun, print_compute_hint
@@ -195,6 +194,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
     if is_main:
         _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), after_step=start)
     writer = MetricsWriter(workdir, resumed_from=start)
+    on_exit.push(lambda kind, *_: writer.abandon() if kind else None)
     best = BestKeeper(workdir, config.checkpoint.keep_best, checkpoints_saved=checkpointer.wait)
     last: dict[str, Any] = {}
 
@@ -217,6 +217,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
 
     bar = tqdm.tqdm(total=steps, initial=start, disable=not interactive, unit="step",
                     dynamic_ncols=True, smoothing=0.1)
+    on_exit.push(lambda kind, *_: bar.close() if kind else None)
     timer = StepTimer()  # the first step compiles: its seconds are not throughput
     step = start
     # float16's steps skipped in a row go on from the checkpoint's count (a new precision
@@ -348,42 +349,6 @@ def _already_trained(workdir: str, start: int, steps: int, is_main: bool) -> dic
               f"do. Raise --config.train.steps to train on, or --config.resume=false to start "
               f"over (the run is archived)", file=sys.stderr)
     return last
-
-
-class DivergedError(CheckpointError):
-    """The run cannot go on at ``step``: its parameters are no longer finite (the state is not
-    saved), or float16 skipped every step for a while (``precision.SkippedRun``)."""
-
-    exit_status = EXIT_DIVERGED
-
-    def __init__(self, message: str, step: int) -> None:
-        super().__init__(message)
-        self.step = step
-
-
-@jax.jit
-def _all_finite(params: Any) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)]))
-
-
-def save_finite(checkpointer: Checkpointer, state: Any, meta: dict[str, Any]) -> None:
-    """Saves ``state`` unless its parameters hold NaN or inf (a diverged run, or a damaged
-    checkpoint resumed): saving them would rotate the last good checkpoints away."""
-    if not bool(_all_finite(state.params)):
-        step = int(jax.device_get(state.step))
-        checkpointer.close()  # an earlier save still being written completes
-        latest = checkpointer.latest_step()
-        if latest is None:  # diverged before the first checkpoint
-            raise DivergedError(
-                f"the parameters are not finite at step {step}: not saved, and no checkpoint "
-                f"was written before it; start over (--config.resume=false) with a lower "
-                f"optim.lr or optim.clip", step)
-        raise DivergedError(
-            f"the parameters are not finite at step {step}: not saved, and the checkpoints "
-            f"before it are kept (the latest: step {latest}, in {checkpointer.directory}); "
-            f"resume from there with a lower optim.lr or optim.clip, or "
-            f"--config.checkpoint.fallback=true past a damaged one", step)
-    checkpointer.save(state, meta)
 
 
 def eval_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -90,6 +90,15 @@ class MetricsWriter:
         except OSError:
             pass
 
+    def abandon(self) -> None:
+        """After an error: closes both files, quietly (the error being raised is the one to
+        see). Left open, each run that raised in a notebook kept TensorBoard's writer thread,
+        its queue's thread, the events file and pipes."""
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - e.g. the full disk the raised error names
+            pass
+
     def close(self) -> None:
         if self._file is not None:
             self._file.close()

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -154,9 +155,18 @@ def test_a_run_diverging_before_its_first_checkpoint_says_there_is_none(tmp_path
     config = tiny_config(corpus, **{"train.steps": 12, "optim.lr": float("inf"),
                                     "optim.schedule": "constant", "optim.warmup_steps": 0,
                                     "checkpoint.every": 4, "train.eval_every": 0})
+    threads = {t.ident for t in threading.enumerate()}
     with pytest.raises(DivergedError, match="not finite at step 4: not saved, and no checkpoint "
                                             "was written before it; start over"):
         train(config, str(tmp_path / "run"))
+    # What the run opened is closed (a notebook's run that raised kept TensorBoard's writer
+    # thread, its queue's thread, the events file and pipes, one set a run)
+    events = [f for f in os.listdir("/proc/self/fd")
+              if "tfevents" in os.path.realpath(f"/proc/self/fd/{f}")]
+    assert events == [], events
+    left = [t.name for t in threading.enumerate() if t.ident not in threads and t.is_alive()
+            and t.name != "tqdm_monitor"]
+    assert left == [], left
 
 
 def test_a_torn_metrics_line_is_dropped_and_a_broken_config_json_is_one_error(base_run, tmp_path,
