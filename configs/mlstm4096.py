@@ -21,6 +21,7 @@ def get_config():
     config.model.embed = 64
     config.model.layers = 1
     config.model.weight_norm = True  # on the recurrent weights only
+    config.model.two_biases = True  # sentiment-discovery's b_ih and b_hh, trained apart
     config.train.batch_size = 128
     config.train.seq_len = 256
     config.train.steps = 10_000_000  # an upper bound; train.epochs ends the run

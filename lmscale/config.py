@@ -76,6 +76,9 @@ def default_config() -> ml_collections.ConfigDict:
     # Recurrent models (mlstm, lstm)
     c.model.embed = 64  # embedding width
     c.model.hidden = 4096  # recurrent state width per layer
+    # mlstm/lstm: the gate bias as PyTorch's and sentiment-discovery's two trained vectors b_ih + b_hh, each
+    # U(+-1/sqrt(hidden)) (Adam moves their sum twice as fast; the clip norm counts it twice); False: one, zero at start
+    c.model.two_biases = False
     # Transformer (decoder-only, fairseq-style as sentiment-discovery's)
     c.model.d_model = 768  # residual stream width
     c.model.heads = 8  # attention heads (d_model must be divisible by it)

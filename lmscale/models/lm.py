@@ -71,7 +71,8 @@ class RecurrentLM(nnx.Module):
                  weight_drop: float = 0.0, ar_alpha: float = 0.0, tar_beta: float = 0.0,
                  tie_embeddings: bool = False, adaptive_cutoffs: str = "",
                  qrnn_window: int = 2, qrnn_zoneout: float = 0.0,
-                 qrnn_pooling: str = "sequential", remat_steps: int = 0, rngs: nnx.Rngs):
+                 qrnn_pooling: str = "sequential", remat_steps: int = 0,
+                 two_biases: bool = False, rngs: nnx.Rngs):
         if kind not in LAYER_TYPES:
             raise ValueError(f"unknown model.kind {kind!r}; expected one of {sorted(LAYER_TYPES)}")
         if layers < 1:
@@ -90,6 +91,7 @@ class RecurrentLM(nnx.Module):
         self.ar_alpha, self.tar_beta = float(ar_alpha), float(tar_beta)
         self.tied = bool(tie_embeddings)
         self.remat_steps = int(remat_steps)  # mlstm/lstm layers: recurrent.MLSTMLayer's
+        self.two_biases = bool(two_biases)  # mlstm/lstm layers: b_ih + b_hh (recurrent.py)
         try:  # the vocabulary is known only now, from the data: a config error
             self.cutoffs = parse_cutoffs(adaptive_cutoffs, vocab_size)
         except ValueError as e:
@@ -124,7 +126,7 @@ class RecurrentLM(nnx.Module):
                              dtype=self.dtype, rngs=rngs)
         return LAYER_TYPES[self.kind](in_features, size, weight_norm=weight_norm,
                                       weight_drop=weight_drop, remat_steps=self.remat_steps,
-                                      dtype=self.dtype, rngs=rngs)
+                                      two_biases=self.two_biases, dtype=self.dtype, rngs=rngs)
 
     feature_states = ("cell", "hidden")
     max_len = None  # reads any length: the state is carried
@@ -351,7 +353,7 @@ def _dropout_mask(key: jax.Array, layer: int, keep: float, shape: tuple[int, ...
 AWD_FIELDS = {"embed_dropout": 0.0, "input_dropout": 0.0, "hidden_dropout": 0.0,
               "output_dropout": 0.0, "weight_dropout": 0.0, "ar_alpha": 0.0, "tar_beta": 0.0,
               "tie_embeddings": False, "adaptive_cutoffs": "", "qrnn_window": 2,
-              "qrnn_zoneout": 0.0, "qrnn_pooling": "sequential"}
+              "qrnn_zoneout": 0.0, "qrnn_pooling": "sequential", "two_biases": False}
 
 
 # The settings read by the recurrent kinds only (registry.unused_settings_note; defaults: off)
@@ -360,6 +362,8 @@ RECURRENT_SETTINGS = {n: AWD_FIELDS[n] for n in (
     "ar_alpha", "tar_beta", "adaptive_cutoffs")}
 # ... and by model.kind="qrnn" only
 QRNN_SETTINGS = {n: AWD_FIELDS[n] for n in ("qrnn_window", "qrnn_zoneout", "qrnn_pooling")}
+# ... and by the LSTMs (mlstm, lstm) only
+LSTM_SETTINGS = {"two_biases": AWD_FIELDS["two_biases"]}
 
 
 def _field(model_config: Any, name: str) -> Any:
@@ -382,7 +386,8 @@ def _build(model_config: Any, vocab_size: int, *, rngs: nnx.Rngs, dtype: Any = j
                        adaptive_cutoffs=str(f("adaptive_cutoffs")),
                        qrnn_window=int(f("qrnn_window")), qrnn_zoneout=float(f("qrnn_zoneout")),
                        qrnn_pooling=str(f("qrnn_pooling")),
-                       remat_steps=remat_steps(model_config), rngs=rngs)
+                       remat_steps=remat_steps(model_config),
+                       two_biases=bool(f("two_biases")), rngs=rngs)
 
 
 REMATS = ("none", "segments")  # model.remat of the mlstm and lstm kinds (qrnn: "none")
@@ -478,8 +483,9 @@ def _describe(m: Any) -> str:
 
 _FIELDS = ("embed", "hidden", "layers", "weight_norm", "tie_embeddings", "adaptive_cutoffs")
 for _name in LAYER_TYPES:
-    register(ModelKind(name=_name, fields=_FIELDS + (("qrnn_window",) if _name == "qrnn" else ()),
+    register(ModelKind(name=_name, fields=_FIELDS + (("qrnn_window",) if _name == "qrnn"
+                                                     else ("two_biases",)),
                        build=_build, validate=_validate, flops_per_token=_flops,
                        describe=_describe,
                        settings={**RECURRENT_SETTINGS,
-                                 **(QRNN_SETTINGS if _name == "qrnn" else {})}))
+                                 **(QRNN_SETTINGS if _name == "qrnn" else LSTM_SETTINGS)}))

@@ -252,10 +252,14 @@ class _RecurrentLayer(nnx.Module):
     kind: str = ""  # recurrent_loops.Static's name of the cell: "mlstm" or "lstm"
 
     def __init__(self, in_features: int, hidden: int, *, weight_norm: bool = True,
-                 weight_drop: float = 0.0, remat_steps: int = 0, dtype: Any = jnp.float32,
-                 rngs: nnx.Rngs):
+                 weight_drop: float = 0.0, remat_steps: int = 0, two_biases: bool = False,
+                 dtype: Any = jnp.float32, rngs: nnx.Rngs):
         """``remat_steps`` > 0: the training backward recomputes the forward in segments of
-        that many steps, saving only their starting states (``mlstm_scan``)."""
+        that many steps, saving only their starting states (``mlstm_scan``). ``two_biases``:
+        the gate bias is ``bias`` + ``bias_h`` [4H], PyTorch's and sentiment-discovery's
+        b_ih + b_hh, each drawn from U(+-1/sqrt(H)) and trained as a parameter of its own
+        (Adam moves their sum at twice the rate of one bias, and the clip norm counts its
+        gradient twice); else one ``bias``, zero at the start."""
         init = recurrent_uniform(hidden)
         mat = lambda i, o: make_matrix(i, o, weight_norm=weight_norm, init=init, rngs=rngs)
         self.in_features, self.hidden, self.dtype = in_features, hidden, dtype
@@ -265,7 +269,16 @@ class _RecurrentLayer(nnx.Module):
             self.w_mx = mat(in_features, hidden)
             self.w_mh = mat(hidden, hidden)
         self.w_h = mat(hidden, 4 * hidden)
-        self.bias = nnx.Param(jnp.zeros((4 * hidden,), jnp.float32))
+        if two_biases:
+            self.bias = nnx.Param(init(rngs.params(), (4 * hidden,), jnp.float32))
+            self.bias_h = nnx.Param(init(rngs.params(), (4 * hidden,), jnp.float32))
+        else:
+            self.bias = nnx.Param(jnp.zeros((4 * hidden,), jnp.float32))
+
+    def gate_bias(self) -> jax.Array:
+        """The bias [4H] added to the gates' pre-activations (``bias`` + ``bias_h`` with two)."""
+        bias_h = getattr(self, "bias_h", None)
+        return self.bias[...] if bias_h is None else self.bias[...] + bias_h[...]
 
     def _scan(self, xs: jax.Array, carry: Carry, resets: jax.Array | None,
               return_cells: bool, step_key: jax.Array | None = None) -> ScanResult:
@@ -301,7 +314,7 @@ class _RecurrentLayer(nnx.Module):
         m = self.multiplicative
         w_mh, s_mh = self.w_mh.factors() if m else (None, None)
         w_h, s_h = self.w_h.factors()
-        return recurrent_loops.forward_weights(self._static(), self.w_x(), self.bias[...],
+        return recurrent_loops.forward_weights(self._static(), self.w_x(), self.gate_bias(),
                                                self.w_mx() if m else None, w_mh, w_h, s_mh, s_h)
 
     def decode(self, xs: jax.Array, carry: Carry, weights: dict[str, jax.Array],
@@ -359,8 +372,8 @@ class MLSTMLayer(_RecurrentLayer):
         # Weight drop on both matrices that act on the state: W_mh (h -> m) and W_h (m -> z).
         w_mh, s_mh = self._recurrent_factors("w_mh", step_key, 0)
         w_h, s_h = self._recurrent_factors("w_h", step_key, 1)
-        return mlstm_scan(xs, carry, self.w_x(), self.w_mx(), w_mh, w_h, self.bias[...], resets,
-                          dtype=self.dtype, return_cells=return_cells, w_mh_scale=s_mh,
+        return mlstm_scan(xs, carry, self.w_x(), self.w_mx(), w_mh, w_h, self.gate_bias(),
+                          resets, dtype=self.dtype, return_cells=return_cells, w_mh_scale=s_mh,
                           w_h_scale=s_h, remat_steps=self.remat_steps)
 
 
@@ -372,5 +385,5 @@ class LSTMLayer(_RecurrentLayer):
     def _scan(self, xs: jax.Array, carry: Carry, resets: jax.Array | None,
               return_cells: bool, step_key: jax.Array | None = None) -> ScanResult:
         w_h, s_h = self._recurrent_factors("w_h", step_key, 1)
-        return lstm_scan(xs, carry, self.w_x(), w_h, self.bias[...], resets, dtype=self.dtype,
+        return lstm_scan(xs, carry, self.w_x(), w_h, self.gate_bias(), resets, dtype=self.dtype,
                          return_cells=return_cells, w_h_scale=s_h, remat_steps=self.remat_steps)

@@ -18,8 +18,10 @@ m = (x W_mih^T) * (h W_mhh^T); z = x W_ih^T + b_ih + m W_hh^T + b_hh; i, f, g, o
 (torch's lstm_cell) is the same without m (h in its place).
 
 The mapping: W (out, in) -> lmscale (in, out) by transposing; g [out, 1] -> g [out], v -> v^T
-(the same norm, per output unit); b_ih + b_hh -> bias (lmscale has one bias; exact up to the
-float32 rounding of one addition; exported as b_ih = bias, b_hh = 0). Vocabulary: 257 rows
+(the same norm, per output unit); b_ih + b_hh -> bias (an imported model has one bias; exact up
+to the float32 rounding of one addition; exported as b_ih = bias, b_hh = 0, and a model trained
+with ``model.two_biases`` as the sum of its two). One bias gives the same forward, not the
+same training: sentiment-discovery's Adam moves the pair's sum twice as fast. Vocabulary: 257 rows
 (id = byte + 1, padding 0; the current code's CharacterLevelTokenizer) -> the
 ``sentiment_discovery`` tokenizer; 256 rows (id = byte; older releases) -> ``openai``.
 Not representable, and refused: the transformer models, recurrent output projections

@@ -234,9 +234,13 @@ def path_key(path: tuple[Any, ...]) -> str:
 
 
 def params_to_numpy(state: Any) -> dict[str, np.ndarray]:
-    """An nnx.State of parameters -> {path: float32 NumPy array}."""
+    """An nnx.State of parameters -> {path: float32 NumPy array}; a layer's two biases
+    (``model.two_biases``) as the one ``bias`` they add up to (the layouts' b_ih + b_hh)."""
     leaves = jax.tree_util.tree_flatten_with_path(state)[0]
-    return {path_key(path): np.asarray(jax.device_get(x), np.float32) for path, x in leaves}
+    params = {path_key(path): np.asarray(jax.device_get(x), np.float32) for path, x in leaves}
+    for key in [k for k in params if k.endswith("/bias_h")]:
+        params[key[:-2]] = params[key[:-2]] + params.pop(key)
+    return params
 
 
 def weights_from_model(model: RecurrentLM, tokenizer: ByteTokenizer, *, preprocess: str = "none",
