@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -58,7 +59,7 @@ class FinetunedClassifier(LoadedClassifier):
         ckpt_dir = workdir
         best_path = os.path.join(workdir, "best.json")
         if os.path.exists(best_path):
-            ckpt_dir, step = os.path.join(workdir, "best"), json.load(open(best_path))["step"]
+            ckpt_dir, step = os.path.join(workdir, "best"), json.loads(Path(best_path).read_text())["step"]
         checkpointer = open_reader(ckpt_dir)  # a fine-tune still running: listed again
         try:
             step = step if ckpt_dir != workdir else checkpointer.latest_step()
@@ -82,7 +83,7 @@ class FinetunedClassifier(LoadedClassifier):
         self.thresholds = None
         thresholds_path = os.path.join(workdir, "thresholds.json")
         if self.multilabel and os.path.exists(thresholds_path):
-            self.thresholds = np.asarray(json.load(open(thresholds_path))["thresholds"])
+            self.thresholds = np.asarray(json.loads(Path(thresholds_path).read_text())["thresholds"])
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         ids = encode(self.tokenizer, self.preprocess, text_list(texts), self.max_len,

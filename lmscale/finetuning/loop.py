@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from pathlib import Path
 import sys
 from typing import Any, Collection
 
@@ -353,7 +354,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
                 probs, thresholds)
 
     best_path = os.path.join(workdir, "best.json")
-    best = json.load(open(best_path)) if os.path.exists(best_path) else None
+    best = json.loads(Path(best_path).read_text()) if os.path.exists(best_path) else None
     if is_main:
         _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), start)
     writer = MetricsWriter(workdir, resumed_from=start)
