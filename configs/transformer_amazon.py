@@ -15,8 +15,13 @@ Reasoning (the seed: NVIDIA/sentiment-discovery's transformer, fairseq's decoder
   attention probabilities (--attention-dropout 0.0).
 - 670,000 steps, cosine to 0 there (the seed's experiments/train_transformer_singlenode.sh:
   --train-iters 670000 --decay-style cosine; about 3 days on 8 V100s).
-- One difference: lmscale's untied output head has a bias (32,001 parameters more than the
-  seed's bias-free output projection).
+- No gradient clipping: the seed's --clip defaults to 0 and its transformer script passes
+  none (the clip of 1 in its write-up is the mLSTM's). Attention's q, k, v start as one
+  Xavier-uniform (3d, d) matrix, fairseq's in_proj.
+- Differences: lmscale's untied output head has a bias (32,001 parameters more than the
+  seed's bias-free output projection); positions count time steps (the seed's pretrain.py
+  feeds [T, B] batches to a make_positions that counts along dim 1, so its learned
+  "positions" index the batch slot: a bug not copied).
 
     python -m lmscale.prepare --input='/data/amazon/*.json' --text_field=reviewText \
         --output=/data/amazon_sp32k --tokenizer=sentencepiece --vocab_size=32000 --split=1000,1,1
@@ -60,7 +65,7 @@ def get_config():
     config.optim.lr_scaling = "none"
     config.optim.schedule = "cosine"
     config.optim.warmup_steps = 0
-    config.optim.clip = 1.0
+    config.optim.clip = 0.0  # none, as the seed's transformer (see above)
     config.precision.compute = "float16"
     config.checkpoint.every = 5000
     config.lock()

@@ -55,12 +55,6 @@ def _normal(std: float):
     return jax.nn.initializers.normal(stddev=std)
 
 
-def _qkv_init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
-    """(d, 3d): q, k, v each Xavier-uniform as a (d, d) matrix."""
-    d = shape[0]
-    return jnp.concatenate([_xavier(k, (d, d), dtype) for k in jax.random.split(key, 3)], axis=1)
-
-
 def _dense(x: jax.Array, w: jax.Array, b: jax.Array | None, dtype: Any) -> jax.Array:
     """x [..., in] @ w [in, out] in ``dtype`` (+ b), returned float32 (``fast_dot.dense``)."""
     y = fast_dot.dense(x, w, dtype)
@@ -124,7 +118,10 @@ class Block(nnx.Module):
         mat = lambda i, o, init=_xavier: make_matrix(i, o, weight_norm=weight_norm, init=init,
                                                       rngs=rngs)
         zeros = lambda n: nnx.Param(jnp.zeros((n,), jnp.float32))
-        self.qkv, self.qkv_bias = mat(d_model, 3 * d_model, _qkv_init), zeros(3 * d_model)
+        # fairseq's in_proj, as sentiment-discovery's model/transformer_utils.py: one Xavier-
+        # uniform over the fused (d, 3d) matrix, bound sqrt(6 / 4d) (each of q, k, v as a (d, d)
+        # Xavier was sqrt(2) wider; newer fairseq: each with gain 1/sqrt(2), the same bound)
+        self.qkv, self.qkv_bias = mat(d_model, 3 * d_model), zeros(3 * d_model)
         self.out, self.out_bias = mat(d_model, d_model), zeros(d_model)
         self.fc1, self.fc1_bias = mat(d_model, d_ff), zeros(d_ff)
         self.fc2, self.fc2_bias = mat(d_ff, d_model), zeros(d_model)

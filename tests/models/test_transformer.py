@@ -295,3 +295,19 @@ def test_training_flops_match_xla_cost_analysis(remat):
     print(f"training FLOPs/token: XLA {measured:.0f}, formula {predicted}, "
           f"ratio {measured / predicted:.3f}")
     assert abs(measured / predicted - 1) < 0.10
+
+
+@pytest.mark.parametrize("weight_norm", [True, False])
+def test_the_fused_qkv_starts_as_fairseqs_in_proj(weight_norm):
+    """sentiment-discovery's attention (fairseq's in_proj) draws q, k and v as one Xavier-
+    uniform (3d, d) matrix: bound sqrt(6 / 4d), std sqrt(1 / 2d). Each drawn as a (d, d)
+    Xavier was sqrt(2) wider (attention logits at the start twice as spread)."""
+    d = 256
+    block = Block(d, 4, 4 * d, norm="post", weight_norm=weight_norm, rngs=nnx.Rngs(0))
+    w = np.asarray(block.matrices()["qkv"])  # the effective matrix (v at the start)
+    assert w.shape == (d, 3 * d)
+    bound = (6 / (4 * d)) ** 0.5
+    assert np.abs(w).max() <= bound and np.abs(w).max() > 0.99 * bound
+    np.testing.assert_allclose(w.std(), (1 / (2 * d)) ** 0.5, rtol=0.02)
+    for part in np.split(w, 3, axis=1):  # q, k, v alike
+        np.testing.assert_allclose(part.std(), w.std(), rtol=0.03)
