@@ -25,6 +25,7 @@ def get_config():
     config = config_from_file(os.path.join(HERE, "awd_lstm_char.py"))
     config.unlock()
     config.model.kind = "qrnn"  # --model QRNN
+    config.model.two_biases = False  # the LSTM configs' b_ih + b_hh: a QRNN has one bias
     config.model.layers = 4  # --nlayers 4
     config.model.embed = 400  # --emsize 400
     config.model.hidden = 2500  # --nhid 2500

@@ -17,6 +17,7 @@ def get_config():
     config = config_from_file(os.path.join(HERE, "awd_lstm_char_cpu.py"))
     config.unlock()
     config.model.kind = "qrnn"
+    config.model.two_biases = False  # the LSTM configs' b_ih + b_hh: a QRNN has one bias
     config.model.layers = 2
     config.model.embed = 128
     config.model.hidden = 512

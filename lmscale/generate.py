@@ -5,8 +5,8 @@ r"""Generate text with a trained LM, optionally holding one unit (the sentiment 
 
 Prints the samples and writes them, with a heatmap of the unit over each sample
 (PNG and HTML), to --output (default WORKDIR/generate). A generation that takes more than a
-second shows a progress bar on stderr; Ctrl-C stops it within a quarter second, writing
-nothing.
+second shows a progress bar on a terminal's stderr; Ctrl-C stops it within a quarter second,
+writing nothing.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def main(argv: list[str]) -> None:
         texts = generate(lm, _PROMPT.value, length, temperature=_TEMPERATURE.value,
                          top_k=_TOP_K.value, top_p=_TOP_P.value, samples=_SAMPLES.value,
                          seed=_SEED.value, neuron=_NEURON.value, neuron_value=_VALUE.value,
-                         neuron_state=neuron_state, progress=True)
+                         neuron_state=neuron_state, progress=sys.stderr.isatty())
         os.makedirs(out, exist_ok=True)
         record = {"prompt": _PROMPT.value, "length": length, "seed": _SEED.value,
                   "neuron": _NEURON.value, "neuron_value": _VALUE.value,

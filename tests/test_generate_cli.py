@@ -219,23 +219,40 @@ def test_ctrl_c_stops_a_long_generation_in_one_line(tiny_runs, tmp_path):
     """The progress bar shows a long generation (on stderr); Ctrl-C stops it within a window
     with one line and exit 130, writing nothing (it waited for every token, then printed a
     traceback through JAX's frames)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+    terminal, stderr = pty.openpty()  # the bar is drawn on a terminal only, here 24 x 80
+    fcntl.ioctl(stderr, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
     proc = subprocess.Popen([sys.executable, "-m", "lmscale.generate",
                              f"--workdir={tiny_runs['qrnn']}", "--length=2000000",
                              f"--output={tmp_path}"], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+                            stderr=stderr)
+    os.close(stderr)
     try:
         seen = b""
         while not re.search(rb"\d+/2000000 \[", seen):  # the bar: sampling is under way
-            chunk = os.read(proc.stderr.fileno(), 4096)
+            chunk = os.read(terminal, 4096)
             assert chunk, seen.decode(errors="replace")[-2000:]  # ended without a bar
             seen += chunk
         sent = time.perf_counter()
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
         waited = time.perf_counter() - sent
+        err = b""
+        while True:  # the rest of stderr (a pty's read fails with EIO once the writer is gone)
+            try:
+                chunk = os.read(terminal, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            err += chunk
     finally:
         proc.kill()
-    err = err.decode()
+        os.close(terminal)
+    err = err.decode().replace("\r\n", "\n")
     assert proc.returncode == 130, (seen.decode(errors="replace") + err)[-2000:]
     assert err.strip().splitlines()[-1] == "interrupted (Ctrl-C)" and "Traceback" not in err, err
     assert waited < 5, waited

@@ -400,10 +400,26 @@ def check_same_model(saved: dict[str, Any], current: dict[str, Any], directory: 
                     f"train.per_device_batch_size=0: a per-device batch changes with the device "
                     f"count), use another --workdir, or --config.resume=false to start afresh "
                     f"(the old run is archived)")
+            elif key not in saved and key.startswith("model."):  # e.g. model.two_biases
+                message = (
+                    f"{directory}'s checkpoint records no {key} (made before that setting, or "
+                    f"imported): its model has the default {key}={_flag_value(old)}, and this "
+                    f"config sets {_flag_value(current.get(key))}; resume it with "
+                    f"--config.{key}={_flag_value(old)}, or use another --workdir")
             else:
                 message = (
                     f"{directory} holds a checkpoint of a different model: {key} is "
                     f"{old!r} there and {current.get(key)!r} here; use another --workdir, "
-                    f"the same model config, or --config.resume=false to start afresh (the old "
-                    f"run is archived)")
+                    f"the same model config{_as_flag(key, old)}, or --config.resume=false to "
+                    f"start afresh (the old run is archived)")
             raise ModelMismatchError(message, key, old, current.get(key))
+
+
+def _flag_value(value: Any) -> str:
+    """``value`` as a --config flag takes it (booleans lower-case)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _as_flag(key: str, value: Any) -> str:
+    """" (--config.KEY=VALUE)" for a config key a flag sets (model.*), else ""."""
+    return f" (--config.{key}={_flag_value(value)})" if key.startswith("model.") else ""

@@ -314,3 +314,27 @@ def test_a_model_without_a_carry_resumed_with_another_batch_is_refused(base_run)
     message = str(error.value)
     assert "global batch of 8 (2 per device x 4 devices); this run's is 4" in message, message
     assert "the data's rows are batch-size stretches of the text" in message
+
+
+def test_a_checkpoint_from_before_two_biases_names_the_flag_that_resumes_it():
+    """configs/mlstm4096.py sets model.two_biases: a run it started before the setting (or a
+    converted workdir, one bias) was "a different model" with --config.resume=false to start
+    afresh as the way out of a paper-scale run; it names --config.model.two_biases=false."""
+    from lmscale.config import config_from_file
+    from lmscale.training.loop import model_signature
+    from tests.conftest import REPO
+    config = config_from_file(str(REPO / "configs" / "mlstm4096.py"))
+    tokenizer = {"kind": "byte", "ids": "sentiment_discovery"}
+    current = model_signature(config, tokenizer, 257)
+    old = {k: v for k, v in current.items() if k != "model.two_biases"}
+    with pytest.raises(CheckpointMismatchError) as error:
+        check_same_model(old, current, "W")
+    assert str(error.value) == (
+        "W's checkpoint records no model.two_biases (made before that setting, or imported): its "
+        "model has the default model.two_biases=false, and this config sets true; resume it with "
+        "--config.model.two_biases=false, or use another --workdir")
+    check_same_model(old, current | {"model.two_biases": False}, "W")  # the flag resumes it
+    with pytest.raises(CheckpointMismatchError, match=r"different model: model.hidden is 4096 "
+                                                      r"there and 512 here; .* the same model "
+                                                      r"config \(--config.model.hidden=4096\)"):
+        check_same_model(current, current | {"model.hidden": 512}, "W")
