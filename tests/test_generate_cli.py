@@ -257,3 +257,20 @@ def test_ctrl_c_stops_a_long_generation_in_one_line(tiny_runs, tmp_path):
     assert err.strip().splitlines()[-1] == "interrupted (Ctrl-C)" and "Traceback" not in err, err
     assert waited < 5, waited
     assert not (tmp_path / "samples.json").exists()
+
+
+def test_the_heatmap_of_a_long_sample_shows_its_first_characters(tiny_runs, tmp_path):
+    """A heatmap drew every character of every sample: 300,000 tokens x 2 samples ran for 11
+    minutes in 13 GB without finishing the PNG. It shows each sample's first HEATMAP_CHARS
+    characters (said in a note); the samples themselves are whole."""
+    from lmscale.generate import HEATMAP_CHARS
+    length = HEATMAP_CHARS + 500
+    proc = _generate(tiny_runs["qrnn"], f"--length={length}", "--heatmap_unit=1",
+                     "--prompt=ab", f"--output={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"note: the heatmap shows the first {HEATMAP_CHARS} characters of each sample" \
+        in proc.stderr
+    assert len(json.loads((tmp_path / "samples.json").read_text())["samples"][0]) > HEATMAP_CHARS
+    page = (tmp_path / "heatmap.html").read_text()
+    assert page.count("<span title=") == HEATMAP_CHARS
+    assert (tmp_path / "heatmap.png").exists()
