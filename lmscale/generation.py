@@ -15,11 +15,13 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import time
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tqdm
 from flax import nnx
 
 from lmscale.data.errors import DataError
@@ -173,9 +175,6 @@ def _sample(fn: Callable, lm: TrainedLM, prompts: np.ndarray, seed: int, setting
             length: int, progress: bool) -> np.ndarray:
     """Runs ``fn``'s loop of ``settings.first + length - 1`` steps in windows; [B, length]
     tokens. ``progress``: a bar on stderr for a generation that takes more than a second."""
-    import time
-
-    import tqdm
     params, prepared = lm.params, prepared_weights(lm)
     seed = np.uint32(seed)  # the key PRNGKey(seed) makes (_check_request keeps it in 32 bits)
     carry = fn.empty_carry(params, prompts, seed, settings)

@@ -17,8 +17,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from pathlib import Path
 import sys
+from pathlib import Path
 from typing import Any, Collection
 
 import jax
@@ -71,6 +71,7 @@ LM_INITS = ("pretrained", "random")
 
 # The settings a diverged fine-tune names (``DivergedError``).
 LOWER = "optim.lr, finetune.head_lr or optim.clip"
+
 
 def load_lm(path: str) -> TrainedLM:
     """The LM of ``init_from``; a one-line error unless it is an lmscale LM workdir."""

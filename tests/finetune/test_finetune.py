@@ -489,29 +489,3 @@ def test_a_fine_tune_begun_before_weight_decay_applied_resumes_without_it():
                          fine_tuning=True)
     applied = {"config": config.to_dict(), "derived": {"weight_decay": 0.01}}
     assert optim_as_begun(config, applied, "W") is config.optim  # a run that applied it
-
-
-
-def test_a_diverged_fine_tune_stops_and_keeps_no_nan_classifier(sst_run, data, tmp_path):
-    """A fine-tune whose parameters stopped being finite (here an infinite learning rate)
-    ran to its end, kept its NaN classifier as the "best" (one class predicted for every
-    text) and saved NaN checkpoints: it stops at its first evaluation with the LM loop's
-    one error, writes no best weights, and closes what it opened."""
-    import threading
-    from lmscale.finetuning.loop import finetune
-    from lmscale.training.diverged import DivergedError
-    threads = {t.ident for t in threading.enumerate()}
-    config = ft_config(sst_run, data["sst_train"], data["sst_val"],
-                       **{"optim.lr": float("inf"), "finetune.head_lr": float("inf")})
-    run = tmp_path / "ft"
-    with pytest.raises(DivergedError, match=r"^the parameters are not finite at step 4: not "
-                                            r"saved, and no checkpoint was written before it; "
-                                            r"start over \(--config.resume=false\) with a lower "
-                                            r"optim.lr, finetune.head_lr or optim.clip$"):
-        finetune(config, str(run))
-    assert not (run / "best.json").exists() and not (run / "results.json").exists()
-    events = [f for f in os.listdir("/proc/self/fd")
-              if "tfevents" in os.path.realpath(f"/proc/self/fd/{f}")]
-    assert events == []
-    assert [t.name for t in threading.enumerate()
-            if t.ident not in threads and t.name != "tqdm_monitor"] == []
