@@ -35,6 +35,10 @@ _LAYOUT = flags.DEFINE_enum("layout", "lmscale", LAYOUTS, "Layout to write.")
 _WEIGHT_NORM = flags.DEFINE_enum("weight_norm", "auto", ("auto", "true", "false"),
                                  "Recurrent matrices as g/v (true) or plain (false); auto keeps the "
                                  "source's form (OpenAI's layout always has g).")
+_TWO_BIASES = flags.DEFINE_enum("two_biases", "auto", ("auto", "true", "false"),
+                                "The gate bias as two trained vectors, PyTorch's b_ih and b_hh "
+                                "(true: model.two_biases), or one (false: their sum); auto keeps the "
+                                "source's (a .pt: two; OpenAI's files: one).")
 _BATCH = flags.DEFINE_integer("batch_size", 0, "train.batch_size of a written workdir (the rows of its "
                               "saved RNN carry); 0 = the config default.", lower_bound=0)
 _STEP = flags.DEFINE_integer("step", -1, "Checkpoint step of an lmscale --src; -1 = the latest.")
@@ -47,18 +51,23 @@ flags.register_validator("step", lambda n: n >= -1,
 
 
 def convert(source: str, src: str, dst: str, layout: str, weight_norm: str = "auto",
-            batch_size: int = 0, step: int | None = None, preprocess: str = "auto"
-            ) -> dict[str, Any]:
+            batch_size: int = 0, step: int | None = None, preprocess: str = "auto",
+            two_biases: str = "auto") -> dict[str, Any]:
     """Reads ``src`` in layout ``source`` and writes ``dst`` in ``layout``; returns a summary.
     ``preprocess`` ("auto": the source's) replaces the preprocessing the model is recorded
-    to expect."""
+    to expect; ``weight_norm`` and ``two_biases`` ("auto", "true", "false") the form of the
+    recurrent matrices and of the gate bias (the same function either way)."""
     from lmscale.data.tokenizer import ByteTokenizer
     from lmscale.pretrained import openai, sentiment_discovery, workdir
     from lmscale.pretrained.errors import ConvertError
 
     wn = {"auto": None, "true": True, "false": False}[weight_norm]
+    biases = {"auto": None, "true": True, "false": False}[two_biases]
     if layout == "openai" and wn is False:
         raise ConvertError("OpenAI's layout always stores weight-norm gains; use --weight_norm=auto or true")
+    if layout == "openai" and biases:
+        raise ConvertError("OpenAI's layout has one gate bias b; use --two_biases=auto or false "
+                           "(two are written as their sum)")
     if layout != "sentiment-discovery" and dst.lower().endswith(".pt"):
         raise ConvertError(f"--to={dst}: --layout={layout} writes a "
                            f"{LAYOUT_OUTPUTS[layout].split()[0]}, not a .pt file; give a folder "
@@ -85,6 +94,8 @@ def convert(source: str, src: str, dst: str, layout: str, weight_norm: str = "au
     notes = _floored_notes(source, weights)  # of the weights as read, before any conversion
     if wn is not None:
         weights = weights.with_weight_norm(wn)
+    if biases is not None:
+        weights = weights.with_two_biases(biases)
     if preprocess != "auto":
         from lmscale.pretrained.preprocess import get_preprocessor
         get_preprocessor(preprocess)
@@ -114,6 +125,7 @@ def convert(source: str, src: str, dst: str, layout: str, weight_norm: str = "au
             "layers": weights.layers, "hidden": weights.hidden, "embed": weights.embed,
             "vocab_size": weights.vocab_size,
             "weight_norm": weights.weight_norm or layout == "openai",
+            "two_biases": weights.two_biases and layout != "openai",
             "tokenizer": weights.tokenizer.to_dict(), "preprocess": weights.preprocess,
             "notes": notes}
 
@@ -154,7 +166,8 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     summary = run_cli(lambda: convert(_FROM.value, _SRC.value, _TO.value, _LAYOUT.value,
                                       _WEIGHT_NORM.value, _BATCH.value,
-                                      None if _STEP.value < 0 else _STEP.value, _PREPROCESS.value))
+                                      None if _STEP.value < 0 else _STEP.value, _PREPROCESS.value,
+                                      _TWO_BIASES.value))
     print(json.dumps(summary))
 
 

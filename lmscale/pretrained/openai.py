@@ -259,7 +259,8 @@ def _recorded_preprocess(folder: str) -> str:
 def openai_arrays(weights: LMWeights) -> list[np.ndarray]:
     """The 15 arrays of OpenAI's layout (0.npy ... 14.npy) for a single-layer mLSTM.
 
-    A model without weight norm gets g = ||w|| per column (exact). A sentiment-discovery
+    A model without weight norm gets g = ||w|| per column (exact); one with two biases, their
+    sum as OpenAI's one b (the same forward). A sentiment-discovery
     vocabulary (257, id = byte + 1) loses its padding row 0: the cell and hidden states and
     the 256 byte logits are unchanged, but OpenAI's softmax runs over the 256 bytes only, so
     probabilities are renormalized without the padding id (negligible when padding was never
@@ -269,7 +270,7 @@ def openai_arrays(weights: LMWeights) -> list[np.ndarray]:
         raise ConvertError(f"OpenAI's layout holds a single-layer mLSTM; this model is a "
                            f"{weights.layers}-layer {weights.kind}")
     weights.check("model")
-    w = weights.with_weight_norm(True).params
+    w = weights.with_weight_norm(True).with_two_biases(False).params  # OpenAI's one b
     emb, out_w, out_b = w["embedding/embedding"], w["decoder/kernel"], w["decoder/bias"]
     tok = weights.tokenizer
     if tok != ByteTokenizer.openai():

@@ -18,10 +18,11 @@ m = (x W_mih^T) * (h W_mhh^T); z = x W_ih^T + b_ih + m W_hh^T + b_hh; i, f, g, o
 (torch's lstm_cell) is the same without m (h in its place).
 
 The mapping: W (out, in) -> lmscale (in, out) by transposing; g [out, 1] -> g [out], v -> v^T
-(the same norm, per output unit); b_ih + b_hh -> bias (an imported model has one bias; exact up
-to the float32 rounding of one addition; exported as b_ih = bias, b_hh = 0, and a model trained
-with ``model.two_biases`` as the sum of its two). One bias gives the same forward, not the
-same training: sentiment-discovery's Adam moves the pair's sum twice as fast. Vocabulary: 257 rows
+(the same norm, per output unit); b_ih -> bias and b_hh -> bias_h (``model.two_biases``: both
+trained apart, as sentiment-discovery's Adam trains them, so training an import on follows its
+recipe), or, with ``two_biases=False``, b_ih + b_hh -> one bias (the same forward; Adam would
+move that one at half the pair's rate). Exported: bias -> b_ih, bias_h -> b_hh (zero for a
+model with one bias). Vocabulary: 257 rows
 (id = byte + 1, padding 0; the current code's CharacterLevelTokenizer) -> the
 ``sentiment_discovery`` tokenizer; 256 rows (id = byte; older releases) -> ``openai``.
 Not representable, and refused: the transformer models, recurrent output projections
@@ -96,13 +97,15 @@ def _is_lm_key(key: str) -> bool:
 
 
 def from_state_dict(state_dict: Mapping[str, Any], name: str, *,
-                    weight_norm: bool | None = None) -> LMWeights:
+                    weight_norm: bool | None = None, two_biases: bool | None = None) -> LMWeights:
     """A sentiment-discovery RNNModel state dict (nested or flat; tensors or arrays) -> LMWeights.
 
     ``weight_norm``: None keeps the checkpoint's form (g/v if it has any), True/False converts
-    (plain -> g/v: v = W^T, g = ||W|| per output row, exact). ``name`` (the file) is used in
-    errors. Keys outside the language model (e.g. a classifier head) are ignored and listed in
-    ``source["ignored_keys"]``.
+    (plain -> g/v: v = W^T, g = ||W|| per output row, exact). ``two_biases``: None keeps the
+    checkpoint's b_ih and b_hh apart (one zero bias for a checkpoint without biases), False
+    sums them into one, True keeps two (zeros where there are none). ``name`` (the file) is
+    used in errors. Keys outside the language model (e.g. a classifier head) are ignored and
+    listed in ``source["ignored_keys"]``.
     """
     if not isinstance(state_dict, Mapping):
         raise ConvertError(f"{name} holds a {type(state_dict).__name__}; expected {EXPECTED}")
@@ -217,7 +220,6 @@ def from_state_dict(state_dict: Mapping[str, Any], name: str, *,
                 params[f"{p}/g"], params[f"{p}/v"] = g, v
             else:
                 params[f"{p}/kernel"] = v
-        bias = np.zeros(4 * H, np.float64)
         present = [b for b in ("b_ih", "b_hh") if (l, b, "w") in rnn]
         if len(present) == 1:  # a cell has both biases (bias=True) or neither (bias=False)
             missing = "b_hh" if present == ["b_ih"] else "b_ih"
@@ -228,8 +230,9 @@ def from_state_dict(state_dict: Mapping[str, Any], name: str, *,
             bias_free.append(l)
         for b in present:
             _check(name, f"rnns.{l}.{b}", rnn[(l, b, "w")], (4 * H,))
-            bias += rnn[(l, b, "w")]
-        params[f"layers/{l}/bias"] = bias.astype(np.float32)
+        zero = np.zeros(4 * H, np.float32)
+        params[f"layers/{l}/bias"] = rnn.get((l, "b_ih", "w"), zero)
+        params[f"layers/{l}/bias_h"] = rnn.get((l, "b_hh", "w"), zero)
     if kind == "lstm" and any(k[1] == "w_mhh" for k in rnn):
         raise ConvertError(f"{name} has w_mhh but no w_mih; expected both (mLSTM) or neither (LSTM)")
     if bias_free and len(bias_free) != layers:  # bias is one setting of all the layers
@@ -244,6 +247,8 @@ def from_state_dict(state_dict: Mapping[str, Any], name: str, *,
                            "came from one, it lost its biases)"]
     weights = LMWeights(kind=kind, tokenizer=tokenizer, params=params, preprocess="none",
                         source=source)
+    if two_biases is False or (two_biases is None and bias_free):
+        weights = weights.with_two_biases(False)
     weights.check(name)
     return weights
 
@@ -273,9 +278,9 @@ def to_state_dict(weights: LMWeights, *, weight_norm: bool | None = None) -> dic
 
     ``weight_norm`` None keeps the model's form; g/v are written as ``w_g`` [out, 1] and
     ``w_v`` [out, in] (what sentiment-discovery's loaders accept after ``apply_weight_norm``).
-    The bias goes to b_ih with b_hh = 0. A 256-id model (id = byte) gets the padding id 0
-    prepended: a zero embedding row, a zero decoder row and decoder bias ``PAD_LOGIT``, so the
-    byte probabilities are unchanged.
+    ``bias`` goes to b_ih, ``bias_h`` to b_hh (zero for a model with one bias). A 256-id
+    model (id = byte) gets the padding id 0 prepended: a zero embedding row, a zero decoder
+    row and decoder bias ``PAD_LOGIT``, so the byte probabilities are unchanged.
     """
     weights.check("model")
     wn = weights.weight_norm if weight_norm is None else weight_norm
@@ -297,8 +302,10 @@ def to_state_dict(weights: LMWeights, *, weight_norm: bool | None = None) -> dic
                 rnn[f"{key}_v"] = np.ascontiguousarray(w[f"{p}/v"].T)
             else:
                 rnn[key] = np.ascontiguousarray(w[f"{p}/kernel"].T)
-        rnn[f"rnns.{l}.b_ih"] = w[f"layers/{l}/bias"].copy()
-        rnn[f"rnns.{l}.b_hh"] = np.zeros_like(w[f"layers/{l}/bias"])
+        bias = w[f"layers/{l}/bias"]
+        rnn[f"rnns.{l}.b_ih"] = bias.copy()
+        rnn[f"rnns.{l}.b_hh"] = w[f"layers/{l}/bias_h"].copy() if weights.two_biases \
+            else np.zeros_like(bias)
     return {"encoder": {"encoder": {"weight": np.ascontiguousarray(emb)}, "rnn": rnn},
             "decoder": {"weight": np.ascontiguousarray(dec_w), "bias": dec_b.copy()}}
 
@@ -312,7 +319,8 @@ def _torch(path: str) -> Any:
     return torch
 
 
-def load_pt(path: str, *, weight_norm: bool | None = None) -> LMWeights:
+def load_pt(path: str, *, weight_norm: bool | None = None,
+            two_biases: bool | None = None) -> LMWeights:
     """Reads a sentiment-discovery .pt checkpoint with ``torch.load(weights_only=True)``."""
     if os.path.isdir(path):
         hint = ("; it holds 0.npy, OpenAI's layout: use --from=openai"
@@ -335,7 +343,7 @@ def load_pt(path: str, *, weight_norm: bool | None = None) -> LMWeights:
         detail = reason.group(1) if reason else text[:200]
         raise ConvertError(f"{path} is not a readable PyTorch file ({type(e).__name__}: {detail}); "
                            f"expected {EXPECTED}") from None
-    return from_state_dict(state_dict, path, weight_norm=weight_norm)
+    return from_state_dict(state_dict, path, weight_norm=weight_norm, two_biases=two_biases)
 
 
 def save_pt(weights: LMWeights, path: str, *, weight_norm: bool | None = None) -> str:

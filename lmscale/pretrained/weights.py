@@ -8,7 +8,8 @@ one into a workdir and back. ``params`` is keyed by the model's nnx.Param paths 
   layers/L/w_x [in, 4H], layers/L/w_mx [in, H], layers/L/w_mh [H, H], layers/L/w_h [H, 4H],
       each either .../g [out] and .../v [in, out] (weight norm: w = g * v / ||v|| over ``in``)
       or .../kernel [in, out]; LSTM layers have w_x and w_h only
-  layers/L/bias [4H]
+  layers/L/bias [4H], and layers/L/bias_h [4H] for a model with two (``model.two_biases``:
+      PyTorch's b_ih and b_hh, trained apart; the gate bias is their sum)
   decoder/kernel [H, V], decoder/bias [V]
 
 All arrays are float32. Weight norm is all or nothing for a model (``model.weight_norm``).
@@ -133,6 +134,28 @@ class LMWeights:
     def weight_norm(self) -> bool:
         return "layers/0/w_x/g" in self.params
 
+    @property
+    def two_biases(self) -> bool:
+        return "layers/0/bias_h" in self.params
+
+    def gate_bias(self, layer: int) -> np.ndarray:
+        """The bias [4H] added to ``layer``'s gates (the sum of two, float32 as the model adds)."""
+        bias = self.params[f"layers/{layer}/bias"]
+        return bias + self.params[f"layers/{layer}/bias_h"] if self.two_biases else bias
+
+    def with_two_biases(self, on: bool) -> "LMWeights":
+        """A copy with two biases (``on``: the one as ``bias`` and a zero ``bias_h``, exact)
+        or one (their float32 sum: the gate bias the model adds, so the same forward)."""
+        if on == self.two_biases:
+            return self
+        params = {k: v for k, v in self.params.items() if not k.endswith("/bias_h")}
+        for l in range(self.layers):
+            if on:
+                params[f"layers/{l}/bias_h"] = np.zeros_like(self.params[f"layers/{l}/bias"])
+            else:
+                params[f"layers/{l}/bias"] = self.gate_bias(l)
+        return dataclasses.replace(self, params=params)
+
     def matrix(self, layer: int, name: str) -> np.ndarray:
         """The effective (in, out) float32 matrix ``name`` of ``layer``, whatever its form."""
         p = f"layers/{layer}/{name}"
@@ -157,7 +180,9 @@ class LMWeights:
         """A copy whose recurrent matrices are all g/v (``on``) or all plain kernels."""
         params = {k: v for k, v in self.params.items() if not k.startswith("layers/")}
         for l in range(self.layers):
-            params[f"layers/{l}/bias"] = self.params[f"layers/{l}/bias"]
+            for b in ("bias", "bias_h"):
+                if f"layers/{l}/{b}" in self.params:
+                    params[f"layers/{l}/{b}"] = self.params[f"layers/{l}/{b}"]
             for name in MATRICES[self.kind]:
                 p = f"layers/{l}/{name}"
                 if on and f"{p}/g" in self.params:
@@ -172,7 +197,8 @@ class LMWeights:
         """The ``model`` config section of this model (dropout 0)."""
         return ml_collections.ConfigDict(dict(kind=self.kind, embed=self.embed, hidden=self.hidden,
                                               layers=self.layers, dropout=0.0,
-                                              weight_norm=self.weight_norm))
+                                              weight_norm=self.weight_norm,
+                                              two_biases=self.two_biases))
 
     def check(self, name: str) -> None:
         """Raises ConvertError (naming ``name``) unless the params are exactly a RecurrentLM's."""
@@ -182,11 +208,12 @@ class LMWeights:
             if key not in self.params:
                 raise ConvertError(f"{name}: no parameter {key}")
         expected = expected_shapes(self.kind, self.vocab_size, self.embed, self.hidden,
-                                   self.layers, self.weight_norm)
+                                   self.layers, self.weight_norm, self.two_biases)
         if set(expected) != set(self.params):
             diff = sorted(set(expected) ^ set(self.params))
             raise ConvertError(f"{name}: parameters {diff} do not fit a {self.layers}-layer "
-                               f"{self.kind} (weight_norm={self.weight_norm})")
+                               f"{self.kind} (weight_norm={self.weight_norm}, "
+                               f"two_biases={self.two_biases})")
         for key, shape in expected.items():
             got = tuple(self.params[key].shape)
             if got != shape:
@@ -207,13 +234,15 @@ class LMWeights:
 
 
 def expected_shapes(kind: str, vocab: int, embed: int, hidden: int, layers: int,
-                    weight_norm: bool) -> dict[str, tuple[int, ...]]:
+                    weight_norm: bool, two_biases: bool = False) -> dict[str, tuple[int, ...]]:
     """Every parameter path of a RecurrentLM with its shape."""
     shapes: dict[str, tuple[int, ...]] = {"embedding/embedding": (vocab, embed),
                                           "decoder/kernel": (hidden, vocab),
                                           "decoder/bias": (vocab,)}
     for l in range(layers):
         shapes[f"layers/{l}/bias"] = (4 * hidden,)
+        if two_biases:
+            shapes[f"layers/{l}/bias_h"] = (4 * hidden,)
         for name, (i, o) in matrix_shapes(kind, embed if l == 0 else hidden, hidden).items():
             if weight_norm:
                 shapes[f"layers/{l}/{name}/g"], shapes[f"layers/{l}/{name}/v"] = (o,), (i, o)
@@ -234,13 +263,9 @@ def path_key(path: tuple[Any, ...]) -> str:
 
 
 def params_to_numpy(state: Any) -> dict[str, np.ndarray]:
-    """An nnx.State of parameters -> {path: float32 NumPy array}; a layer's two biases
-    (``model.two_biases``) as the one ``bias`` they add up to (the layouts' b_ih + b_hh)."""
+    """An nnx.State of parameters -> {path: float32 NumPy array}."""
     leaves = jax.tree_util.tree_flatten_with_path(state)[0]
-    params = {path_key(path): np.asarray(jax.device_get(x), np.float32) for path, x in leaves}
-    for key in [k for k in params if k.endswith("/bias_h")]:
-        params[key[:-2]] = params[key[:-2]] + params.pop(key)
-    return params
+    return {path_key(path): np.asarray(jax.device_get(x), np.float32) for path, x in leaves}
 
 
 def weights_from_model(model: RecurrentLM, tokenizer: ByteTokenizer, *, preprocess: str = "none",

@@ -12,6 +12,8 @@ from flax import nnx
 
 from lmscale.models import build_model
 from lmscale.models.registry import unused_settings_note
+from lmscale.pretrained.openai import openai_arrays
+from lmscale.pretrained.sentiment_discovery import to_state_dict
 from lmscale.pretrained.weights import path_key, weights_from_model
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.loss import cross_entropy_sums
@@ -126,9 +128,10 @@ def test_adam_moves_the_sum_of_two_biases_twice_as_fast():
     assert norm2 > norm1
 
 
-def test_the_other_kinds_note_the_setting_and_exports_fold_the_pair():
-    """A transformer or QRNN reads no two_biases (said in the unused-settings note); the
-    layouts' one bias of a two-bias model is their sum (the same logits)."""
+def test_the_other_kinds_note_the_setting_and_exports_keep_or_fold_the_pair():
+    """A transformer or QRNN reads no two_biases (said in the unused-settings note); a
+    two-bias model's weights keep both (sentiment-discovery's b_ih and b_hh), and OpenAI's
+    one bias is their sum (the same logits)."""
     for kind in (TINY_TRANSFORMER, {"model.kind": "qrnn"}):
         note = unused_settings_note(tiny_config("unused", **kind, **{"model.two_biases": True}).model)
         assert note is not None and "two_biases" in note, note
@@ -137,8 +140,15 @@ def test_the_other_kinds_note_the_setting_and_exports_fold_the_pair():
     model = build_model(_config("mlstm", True, **{"model.layers": 1}).model, 257,
                         rngs=nnx.Rngs(0))
     weights = weights_from_model(model, ByteTokenizer.sentiment_discovery())
-    assert not any(k.endswith("bias_h") for k in weights.params)
+    assert weights.two_biases and weights.model_config().two_biases
+    np.testing.assert_array_equal(weights.params["layers/0/bias_h"],
+                                  np.asarray(model.layers[0].bias_h[...]))
+    rnn = to_state_dict(weights)["encoder"]["rnn"]
+    np.testing.assert_array_equal(rnn["rnns.0.b_hh"], weights.params["layers/0/bias_h"])
+    folded = weights.with_two_biases(False)
+    np.testing.assert_array_equal(openai_arrays(folded)[7], openai_arrays(weights)[7])  # b
     tokens = jnp.asarray(_batch()["inputs"])
     want, _ = model(tokens, model.initial_carry(B))
-    got, _ = weights.to_model()(tokens, model.initial_carry(B))
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+    for w in (weights, folded):
+        got, _ = w.to_model()(tokens, model.initial_carry(B))
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)

@@ -16,10 +16,11 @@ from lmscale.pretrained.weights import LMWeights, expected_shapes
 
 def random_weights(kind: str = "mlstm", *, tokenizer: ByteTokenizer = ByteTokenizer.openai(),
                    embed: int = 8, hidden: int = 16, layers: int = 1, weight_norm: bool = True,
-                   seed: int = 0) -> LMWeights:
+                   two_biases: bool = False, seed: int = 0) -> LMWeights:
     """Every param uniform(-0.5, 0.5); weight-norm gains uniform(0.5, 1.5) (so g != ||v||)."""
     rng = np.random.default_rng(seed)
-    shapes = expected_shapes(kind, tokenizer.vocab_size, embed, hidden, layers, weight_norm)
+    shapes = expected_shapes(kind, tokenizer.vocab_size, embed, hidden, layers, weight_norm,
+                             two_biases)
     params = {k: (rng.uniform(0.5, 1.5, s) if k.endswith("/g") else rng.uniform(-0.5, 0.5, s)
                   ).astype(np.float32) for k, s in shapes.items()}
     return LMWeights(kind=kind, tokenizer=tokenizer, params=params)

@@ -57,27 +57,50 @@ def test_weight_norm_conversions_keep_the_function():
                                sd["encoder"]["rnn"]["rnns.0.w_ih"].T, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("kind,weight_norm", [("mlstm", True), ("mlstm", False), ("lstm", True)])
-def test_lmscale_export_import_identical(kind, weight_norm):
-    weights = random_weights(kind, tokenizer=SD, layers=2, weight_norm=weight_norm, seed=5)
-    back = from_state_dict(to_state_dict(weights), "exported.pt")
+@pytest.mark.parametrize("kind,weight_norm,two_biases", [("mlstm", True, True), ("mlstm", False, False),
+                                                         ("lstm", True, True), ("lstm", False, False)])
+def test_lmscale_export_import_identical(kind, weight_norm, two_biases):
+    weights = random_weights(kind, tokenizer=SD, layers=2, weight_norm=weight_norm,
+                             two_biases=two_biases, seed=5)
+    back = from_state_dict(to_state_dict(weights), "exported.pt", two_biases=two_biases)
     assert set(back.params) == set(weights.params) and back.kind == kind
     for key, value in weights.params.items():
         np.testing.assert_array_equal(back.params[key], value, err_msg=key)
 
 
-def test_state_dict_round_trip_and_bias_sum():
-    sd = ref.make_sd_state_dict(257, E, H, 2, weight_norm=True, seed=3, zero_b_hh=True)
-    again = flatten(to_state_dict(from_state_dict(sd, "a.pt")))
-    original = flatten(sd)
+@pytest.mark.parametrize("two_biases,zero_b_hh", [(None, False), (False, True)])
+def test_state_dict_round_trip(two_biases, zero_b_hh):
+    """b_ih and b_hh come back as they were: kept apart (the default), or, folded into one
+    bias, when b_hh was zero."""
+    sd = ref.make_sd_state_dict(257, E, H, 2, weight_norm=True, seed=3, zero_b_hh=zero_b_hh)
+    weights = from_state_dict(sd, "a.pt", two_biases=two_biases)
+    assert weights.two_biases == (two_biases is None)
+    again, original = flatten(to_state_dict(weights)), flatten(sd)
     assert set(again) == set(original)
     for key, value in original.items():
         assert again[key].shape == value.shape, key
         np.testing.assert_array_equal(again[key], value, err_msg=key)
-    sd = ref.make_sd_state_dict(257, E, H, 1, seed=4)  # b_hh != 0: folded into the one bias
+
+
+def test_the_two_biases_are_imported_apart_or_summed():
+    """Kept apart, b_ih -> bias and b_hh -> bias_h, as sentiment-discovery trains them (and
+    the workdir's config says model.two_biases); summed with two_biases=False; the same
+    function either way."""
+    sd = ref.make_sd_state_dict(257, E, H, 1, seed=4)
     rnn = sd["encoder"]["rnn"]
-    np.testing.assert_allclose(from_state_dict(sd, "b.pt").params["layers/0/bias"],
+    apart, summed = from_state_dict(sd, "b.pt"), from_state_dict(sd, "b.pt", two_biases=False)
+    np.testing.assert_array_equal(apart.params["layers/0/bias"], rnn["rnns.0.b_ih"])
+    np.testing.assert_array_equal(apart.params["layers/0/bias_h"], rnn["rnns.0.b_hh"])
+    assert apart.model_config().two_biases and not summed.model_config().two_biases
+    assert "layers/0/bias_h" not in summed.params
+    np.testing.assert_allclose(summed.params["layers/0/bias"],
                                rnn["rnns.0.b_ih"] + rnn["rnns.0.b_hh"], rtol=0, atol=1e-7)
+    for a, b in zip(run_lmscale(apart.to_model(), TEXTS, SD), run_lmscale(summed.to_model(), TEXTS, SD)):
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+    again = apart.with_two_biases(False).with_two_biases(True)  # one -> two: a zero bias_h
+    assert not again.params["layers/0/bias_h"].any()
+    np.testing.assert_array_equal(again.gate_bias(0), apart.gate_bias(0))
 
 
 def test_openai_to_sentiment_discovery(tmp_path):
