@@ -52,6 +52,10 @@ _SEARCH_ROWS = flags.DEFINE_integer(
     "stratified subsample of this many and only the chosen C on all of them (a 100k-text fit "
     "takes minutes per C); at or below it, every text. 0: always every text. Default: "
     "lmscale.transfer.classify.SEARCH_ROWS (20000).", lower_bound=0)
+_STANDARDIZE = flags.DEFINE_bool(
+    "standardize", True, "Scale each unit to mean 0, variance 1 on train before the L1 fits "
+    "(C then weighs every unit alike); false fits raw features, as OpenAI's utils.py (with "
+    "its grid, --C=0.00390625,0.0078125,0.015625,0.03125,0.0625,0.125,0.25,0.5,1).")
 flags.mark_flags_as_required(["workdir", "train", "val"])
 
 
@@ -85,7 +89,7 @@ def main(argv: list[str]) -> None:
         label_column=_LABEL.value, output=_OUTPUT.value, state=_STATE.value,
         pooling=_POOLING.value, all_layers=_ALL_LAYERS.value, baseline=_BASELINE.value,
         batch_size=_BATCH.value, progress=sys.stderr.isatty(), compute=_COMPUTE.value,
-        features_dir=_FEATURES_DIR.value, stages=True,
+        features_dir=_FEATURES_DIR.value, stages=True, standardize=_STANDARDIZE.value,
         **({} if _SEARCH_ROWS.value is None else {"search_rows": _SEARCH_ROWS.value}),
         **({} if _C.value is None else {"Cs": _C.value})))
     pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"
@@ -108,6 +112,11 @@ def main(argv: list[str]) -> None:
            ", the unit most correlated with the label: the L1 fit kept no unit")
     print(f"neuron {n['index']} (sign {n['sign']:+d}{how}) alone: test {pct(n['test_accuracy'])} "
           f"(val {pct(n['val_accuracy'])})")
+    if "recorded_unit" in r:
+        u = r["recorded_unit"]
+        print(f"the import's recorded sentiment unit {u['index']} (rank {u['rank'] + 1} by "
+              f"|weight|, sign {u['sign']:+d}) alone: test {pct(u['test_accuracy'])} "
+              f"(val {pct(u['val_accuracy'])})")
     if "baseline" in r:
         b = r["baseline"]
         print(f"baseline {b['features']}: test {pct(b['test_accuracy'])} (val {pct(b['val_accuracy'])})")

@@ -2,11 +2,16 @@
 the fitted classifier saved as plain arrays (``save_transfer_classifier``; read back by
 ``lmscale.finetuning.classifier.load_classifier``).
 
-The recipe of Radford et al. (2017): fit an L1 logistic regression for each C of a log
-grid, keep the C with the best validation accuracy; the L1 penalty makes most weights
-zero, and ranking units by |weight| finds the few that carry the label. The top unit is
-the "sentiment neuron"; re-fitting on the top k units for k = 1, 2, 4, ... shows how much
-of the accuracy a handful of units hold. scikit-learn does the fitting (liblinear).
+After Radford et al. (2017): fit an L1 logistic regression for each C of a log grid, keep
+the C with the best validation accuracy; the L1 penalty makes most weights zero, and
+ranking units by |weight| finds the few that carry the label. The top unit is the
+"sentiment neuron"; re-fitting on the top k units for k = 1, 2, 4, ... shows how much of
+the accuracy a handful of units hold. scikit-learn does the fitting (liblinear). Where it
+departs from OpenAI's utils.py (``train_with_reg_cv``): the pipeline standardizes the
+features first (``run_transfer(standardize=False)`` fits them raw, as OpenAI did), the
+default grid runs to 2^1 (OpenAI's: 2^-8 ... 2^0, ``OPENAI_C_GRID``), and the neuron is the
+top unit of this fit (OpenAI's demo plots its model's unit 2388 by index; an imported
+model's recorded unit is reported beside it, ``neuron_summary(unit=...)``).
 
 On a large train set (100k texts: minutes per fit) the C search runs on a stratified
 subsample of ``SEARCH_ROWS`` rows and only the chosen C is fitted on all rows
@@ -28,6 +33,7 @@ from lmscale.atomic import atomic_write, write_json
 from lmscale.data.errors import DataError
 
 C_GRID: tuple[float, ...] = tuple(float(c) for c in 2.0 ** np.arange(-8, 2))  # 2^-8 ... 2^1
+OPENAI_C_GRID: tuple[float, ...] = C_GRID[:-1]  # 2^-8 ... 2^0: utils.py's train_with_reg_cv
 # Below this many feature values (rows x features, or a sparse matrix's stored ones) the fits
 # run in this process: starting and feeding worker processes cost more than they save.
 PARALLEL_MIN_VALUES = 100_000
@@ -228,16 +234,19 @@ def top_k_sweep(fit: Fit, x_train: np.ndarray, y_train: np.ndarray, x_val: np.nd
 def neuron_summary(fit: Fit, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
                    y_val: np.ndarray, x_test: np.ndarray | None = None,
                    y_test: np.ndarray | None = None, *, Cs: Sequence[float] = C_GRID,
-                   seed: int = 0, search_rows: int = SEARCH_ROWS) -> dict[str, Any]:
-    """The top unit (``ranked_units``): index, its sign, and the accuracy of a classifier on
-    it alone.
+                   seed: int = 0, search_rows: int = SEARCH_ROWS,
+                   unit: int | None = None) -> dict[str, Any]:
+    """The top unit (``ranked_units``; or ``unit``, e.g. a model's known sentiment unit, with
+    its ``rank`` there, 0 = the top): index, its sign, and the accuracy of a classifier on it
+    alone.
 
     ``sign`` is the unit's own direction: that of the classifier on it alone (of its
     covariance with the label when that kept no weight) — what its heatmap and a neuron held
     at a value in generation mean. The all-features fit's weight (``weight``, its sign
     ``sign_in_fit``) can point the other way: there a unit may correct the others."""
     scores = _unit_scores(fit, x_train, y_train)
-    unit = int(_by_magnitude(scores)[0])
+    order = _by_magnitude(scores)
+    unit = int(order[0]) if unit is None else int(unit)
     alone = fit_l1(x_train[:, [unit]], y_train, x_val[:, [unit]], y_val,
                    None if x_test is None else x_test[:, [unit]], y_test, Cs=Cs, seed=seed,
                    search_rows=search_rows)
@@ -245,7 +254,8 @@ def neuron_summary(fit: Fit, x_train: np.ndarray, y_train: np.ndarray, x_val: np
     own = [float(alone.coef[0]), float(np.asarray(x_train[:, unit], np.float64) @ (y - y.mean())),
            float(scores[unit])]
     sign = int(np.sign(next((v for v in own if v != 0), 0.0)))
-    return {"index": unit, "sign": sign, "sign_in_fit": int(np.sign(scores[unit])),
+    return {"index": unit, "rank": int(np.flatnonzero(order == unit)[0]), "sign": sign,
+            "sign_in_fit": int(np.sign(scores[unit])),
             "weight": float(fit.coef[unit]), "selected_by": selected_by(fit),
             **{k: v for k, v in alone.summary().items() if k != "val_accuracy_by_C"}}
 
@@ -256,15 +266,18 @@ TRANSFER_FILES = ("classifier.json", "classifier.npz")  # what save_transfer_cla
 def save_transfer_classifier(folder: str, coef: np.ndarray, intercept: np.ndarray, scaler: Any,
                              classes: Sequence[Any], info: dict[str, Any]) -> None:
     """Writes fitted logistic regression(s) and their standardization as plain arrays
-    (classifier.npz: coef [K, F], intercept [K], mean [F], scale [F]; K = 1 for a binary task,
+    (classifier.npz: coef [K, F], intercept [K], mean [F], scale [F] (0 and 1 for a scaler
+    fitted with_mean=False, with_std=False: raw features); K = 1 for a binary task,
     one row per label for multi-label) + classifier.json (classes, and for multi-label
     ``"multilabel": true`` and the tuned ``thresholds``). The old json goes first: a failure
     between the two files (a full disk) left a new npz read with another fit's settings."""
     if os.path.exists(os.path.join(folder, "classifier.json")):
         os.remove(os.path.join(folder, "classifier.json"))  # the pair is whole once it is back
+    width = np.asarray(coef).shape[-1]
     with atomic_write(os.path.join(folder, "classifier.npz"), "wb") as f:
         np.savez(f, coef=np.asarray(coef, np.float64), intercept=np.asarray(intercept, np.float64),
-                 mean=scaler.mean_.astype(np.float64), scale=scaler.scale_.astype(np.float64))
+                 mean=np.zeros(width) if scaler.mean_ is None else scaler.mean_.astype(np.float64),
+                 scale=np.ones(width) if scaler.scale_ is None else scaler.scale_.astype(np.float64))
     record = {"kind": "transfer_logistic_regression",
               "classes": [c if isinstance(c, str) else int(c) for c in classes], **info}
     if "lm_workdir" in info:  # also from here: the two move together (WORKDIR/transfer)

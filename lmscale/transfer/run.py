@@ -38,7 +38,7 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
                  Cs: Sequence[float] = C_GRID, examples: int = 6, seed: int = 0,
                  progress: bool = False, lm: TrainedLM | None = None, compute: str = "float32",
                  features_dir: str | None = None, stages: bool = False,
-                 search_rows: int = SEARCH_ROWS) -> dict[str, Any]:
+                 search_rows: int = SEARCH_ROWS, standardize: bool = True) -> dict[str, Any]:
     """Runs the whole transfer; returns the results dict also written to OUTPUT/results.json.
 
     ``output`` defaults to WORKDIR/transfer. Features are cached in ``features_dir``, by default
@@ -49,7 +49,10 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
     ``search_rows``: with more training texts, each C search (all features, neuron, top k,
     baseline) fits on a stratified subsample of that many and refits the chosen C on all of
     them (``classify.fit_l1``; multi-label: a random subsample, each label's C refitted); 0:
-    every text.
+    every text. ``standardize``: each unit scaled to mean 0 and variance 1 on train before
+    the fits (False: raw features, as OpenAI's utils.py fits them).
+    A model whose import recorded its sentiment unit (OpenAI's 2388) gets it reported beside
+    the unit this fit finds (``recorded_unit``: its rank, sign and accuracy alone).
     """
     Cs = inverse_strengths(Cs)
     if search_rows < 0:
@@ -111,8 +114,9 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
     x_test, y_test = feats.get("test"), y.get("test")
 
     # Standardized with train statistics: C then means the same for every unit, |weight|
-    # ranks units by their effect, and liblinear converges several times faster.
-    scaler = StandardScaler().fit(feats["train"])
+    # ranks units by their effect, and liblinear converges several times faster. Without,
+    # sklearn's no-op scaler (mean_ and scale_ None: saved as 0 and 1).
+    scaler = StandardScaler(with_mean=standardize, with_std=standardize).fit(feats["train"])
     raw_feats = feats
     feats = {name: scaler.transform(f).astype(np.float32) for name, f in feats.items()}
     x_test = feats.get("test")
@@ -129,6 +133,14 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
                             Cs=Cs, seed=seed, search_rows=search_rows)
     sweep = top_k_sweep(fit, feats["train"], y["train"], feats["val"], y["val"], x_test, y_test,
                         Cs=Cs, seed=seed, search_rows=search_rows)
+    recorded = lm.derived.get("pretrained", {}).get("sentiment_unit")
+    if recorded is not None and int(recorded) < feats["train"].shape[1] and recorded != neuron["index"]:
+        say(f"the imported model's recorded sentiment unit {recorded} alone")
+        recorded = neuron_summary(fit, feats["train"], y["train"], feats["val"], y["val"], x_test,
+                                  y_test, Cs=Cs, seed=seed, search_rows=search_rows,
+                                  unit=int(recorded))
+    elif recorded is not None:
+        recorded = neuron if recorded == neuron["index"] else None
     results: dict[str, Any] = {
         "lm": {"workdir": os.path.abspath(workdir), "step": lm.step,
                "model": lm.config.model.to_dict()},
@@ -136,10 +148,12 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
                  for name, d in splits.items()},
         "columns": {"text": text_column, "label": label_column},
         "features": {"state": state, "pooling": pooling, "all_layers": all_layers,
-                     "compute": lm.compute, "dimensions": int(feats["train"].shape[1]), "standardized": True},
+                     "compute": lm.compute, "dimensions": int(feats["train"].shape[1]),
+                     "standardized": standardize},
         "all_features": fit.summary(),
         "neuron": neuron,
         "top_k": sweep,
+        **({} if recorded is None else {"recorded_unit": recorded}),
     }
     if baseline != "none":
         texts = [splits[n].texts for n in ("train", "val", "test") if n in splits]
@@ -178,7 +192,7 @@ def _multilabel(lm: TrainedLM, workdir: str, splits: dict[str, Labeled],
                      "positive_fraction": dict(zip(names, np.mean(d.labels, 0).tolist()))}
                  for n, d in splits.items()},
         "features": {**{k: info[k] for k in ("state", "pooling", "all_layers", "compute")},
-                     "dimensions": int(feats["train"].shape[1]), "standardized": True},
+                     "dimensions": int(feats["train"].shape[1]), "standardized": bool(scaler.with_std)},
         "all_features": fit.summary(),
     }
     print(format_table({n: m for n, m in fit.metrics.items() if n != "train"}))
