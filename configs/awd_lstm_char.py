@@ -9,16 +9,27 @@ with main.py's defaults for the rest: tied weights (args.tied = True), --clip 0.
 variable-length BPTT, validation batch 10.
 PTB-char (README "Character level Penn Treebank (PTB) with LSTM": --epochs 500 --emsize 200
 --nhid 1000 --dropouth 0.25 --dropouti 0.1 --dropout 0.1 --wdrop 0.5 --bptt 150 --lr 2e-3
---when 300 400):
+--when 300 400): awd reads getdata.sh's ptb.char.{train,valid,test}.txt (characters separated
+by spaces, "_" between words) as words, each line ending in <eos>, so the word tokenizer:
+    --config.data.train=data/pennchar/train.txt --config.data.val=data/pennchar/valid.txt
+    --config.data.test=data/pennchar/test.txt --config.data.tokenizer=word
     --config.model.embed=200 --config.model.hidden=1000 --config.model.hidden_dropout=0.25
     --config.model.output_dropout=0.1 --config.model.weight_dropout=0.5 --config.train.seq_len=150
     --config.optim.lr=2e-3 --config.train.epochs=500 --config.optim.lr_drop_epochs=300,400
+    --config.train.eval_every=265 --config.checkpoint.every=265   # ~ one epoch, as awd evaluates
+awd's "bpc" there is bits per character token: compare lmscale's ``bits_per_token`` (its
+``bpc`` divides by the file's bytes, which count each character's separating space too).
 
-Data: the bytes of enwik8 (awd's prep_enwik8.py also models bytes; its split is the first
-90M / next 5M / last 5M, ours spreads val/test shards through the file: data.split 90,5,5).
+Data: the bytes of enwik8, split as awd's prep_enwik8.py splits it: the first 90M bytes train,
+the next 5M validation, the last 5M test (prep_enwik8.py writes each byte as a number for its
+word loader; lmscale reads the bytes themselves):
+    head -c 90000000 enwik8 > data/enwik8/train.txt
+    tail -c +90000001 enwik8 | head -c 5000000 > data/enwik8/valid.txt
+    tail -c 5000000 enwik8 > data/enwik8/test.txt
 
-    python -m lmscale.train --config=configs/awd_lstm_char.py --workdir=runs/awd_enwik8 \
-        --config.data.train=data/enwik8/enwik8
+    python -m lmscale.train --config=configs/awd_lstm_char.py --workdir=runs/awd_enwik8
+    python -m lmscale.eval --workdir=runs/awd_enwik8 --split=test --best --batch_size=1
+(awd scores the test set at batch 1: one state carried through the whole split.)
 """
 
 from lmscale.config import default_config
@@ -26,9 +37,10 @@ from lmscale.config import default_config
 
 def get_config():
     config = default_config()
-    config.data.train = "data/enwik8/enwik8"  # raw enwik8 (100M bytes); bytes as tokens
+    config.data.train = "data/enwik8/train.txt"  # enwik8's first 90M bytes; bytes as tokens
+    config.data.val = "data/enwik8/valid.txt"  # the next 5M
+    config.data.test = "data/enwik8/test.txt"  # the last 5M
     config.data.txt_mode = "file"
-    config.data.split = "90,5,5"
     config.data.shard_tokens = 10**6
     config.model.kind = "lstm"  # --model LSTM (default)
     config.model.layers = 3  # --nlayers 3
@@ -62,5 +74,6 @@ def get_config():
     config.optim.lr_drop_epochs = "25,35"  # --when 25 35: divide the learning rate by 10
     config.optim.lr_drop_factor = 0.1
     config.checkpoint.every = 3500
+    config.checkpoint.keep_best = True  # awd saves the best validation model and tests it
     config.lock()
     return config

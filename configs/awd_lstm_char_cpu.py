@@ -24,6 +24,7 @@ def get_config():
     config = config_from_file(os.path.join(HERE, "awd_lstm_char.py"))
     config.unlock()
     config.data.train = data_path("tinyshakespeare", "input.txt")  # python -m lmscale.datasets fetch tinyshakespeare
+    config.data.val = config.data.test = ""  # cut from data.train by data.split
     config.data.split = "98,1,1"
     config.data.shard_tokens = 2**27
     config.model.tie_embeddings = False  # see above

@@ -6,10 +6,15 @@ Source: awd-lstm-lm README, "Penn Treebank (PTB)":
 with main.py's defaults for everything else (model LSTM, --emsize 400 --nhid 1150 --nlayers 3,
 --lr 30 --clip 0.25 --bptt 70, --dropout 0.4 --dropoute 0.1 --wdrop 0.5, --alpha 2 --beta 1,
 --wdecay 1.2e-6, --nonmono 5, --optimizer sgd, i.e. NT-ASGD, tied weights; validation batch 10).
-README: ~61.2 / 58.8 validation / test perplexity before fine-tuning.
+README: ~61.2 / 58.8 validation / test perplexity before fine-tuning (awd's finetune.py, a
+second NT-ASGD run from the best model, gives its 58.8 / 56.5; lmscale has no such stage).
 WikiText-2 (README "WikiText-2 (WT2)": --epochs 750 --dropouth 0.2 --seed 1882, batch 80,
-dropouti 0.65): --config.train.batch_size=80 --config.model.hidden_dropout=0.2
---config.model.input_dropout=0.65 --config.seed=1882 --config.train.epochs=750.
+dropouti 0.65): --config.data.train=data/wikitext-2/train.txt
+--config.data.val=data/wikitext-2/valid.txt --config.data.test=data/wikitext-2/test.txt
+--config.train.batch_size=80 --config.model.hidden_dropout=0.2
+--config.model.input_dropout=0.65 --config.seed=1882 --config.train.epochs=750
+--config.train.eval_every=390 --config.checkpoint.every=390 (one epoch of WT2's 2.1M tokens
+at 80 x ~67.8: NT-ASGD counts evaluations, so they must stay epochs).
 
 Data: awd-lstm-lm's getdata.sh files (Mikolov's PTB, already <unk>-ed): train, valid and test
 as whole splits (data.val, data.test), words with an <eos> per line (data.tokenizer="word"),
@@ -20,7 +25,8 @@ train.bptt_bucket (one compiled step per length); evaluation happens every train
 steps (≈ one PTB epoch here; awd: every epoch, and NT-ASGD counts evaluations).
 
     python -m lmscale.train --config=configs/awd_lstm_word.py --workdir=runs/awd_ptb
-    python -m lmscale.eval --workdir=runs/awd_ptb --split=test --best   # test perplexity
+    python -m lmscale.eval --workdir=runs/awd_ptb --split=test --best --batch_size=1
+(test perplexity at batch 1, as awd's test_batch_size: one state through the whole split.)
 """
 
 from lmscale.config import default_config
@@ -52,7 +58,7 @@ def get_config():
     config.train.variable_bptt = True  # awd's length draw, LR scaled by length / bptt
     config.train.epochs = 500.0  # --epoch 500
     config.train.steps = 10**9  # bounded by train.epochs
-    config.train.eval_every = 663  # ≈ one epoch of PTB's 929k training words at 20 x ~70
+    config.train.eval_every = 686  # ≈ one epoch: PTB's 930k training tokens at 20 x ~67.8 (the mean variable length)
     config.train.eval_batch_size = 10  # eval_batch_size = 10
     config.train.log_every = 200  # --log-interval 200
     config.optim.name = "ntasgd"  # --optimizer sgd: SGD, then ASGD on the non-monotone trigger
@@ -63,7 +69,7 @@ def get_config():
     config.optim.warmup_steps = 0
     config.optim.clip = 0.25  # --clip 0.25
     config.optim.weight_decay = 1.2e-6  # --wdecay, coupled L2 as torch SGD's weight_decay
-    config.checkpoint.every = 663
+    config.checkpoint.every = 686
     config.checkpoint.keep_best = True  # awd saves the best validation model and tests it
     config.lock()
     return config

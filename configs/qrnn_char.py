@@ -10,8 +10,8 @@ model.py's QRNN: window 2 on the first layer and 1 above (save_prev_x=True: the 
 batch's last input is carried), output gate, zoneout 0, weight drop on each layer's
 projection, tied weights (the last layer 400 wide).
 
-    python -m lmscale.train --config=configs/qrnn_char.py --workdir=runs/qrnn_enwik8 \
-        --config.data.train=data/enwik8/enwik8
+    python -m lmscale.train --config=configs/qrnn_char.py --workdir=runs/qrnn_enwik8
+(the data as configs/awd_lstm_char.py: enwik8 cut into train.txt, valid.txt and test.txt.)
 """
 
 import os

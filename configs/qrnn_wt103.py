@@ -13,10 +13,15 @@ SplitCrossEntropyLoss with splits [2800, 20000, 76000] for a vocabulary over 75,
 
 Data: awd-lstm-lm getdata.sh's wiki.{train,valid,test}.tokens (already <unk>-ed) as whole
 splits; a word tokenizer with an <eos> per line keeps all 267k training words. One epoch is
-~103 M words / (60 x ~137) ≈ 12.5k steps.
+~103 M words / (60 x ~137) ≈ 12.5k steps. The cut-offs split a differently ordered
+vocabulary: lmscale numbers words by descending training count (<pad>, <unk>, <eos> first),
+awd's data.py by first appearance in train, valid, test, so its head cluster holds the first
+2,800 distinct words of the file and lmscale's the 2,800 most frequent: a different
+clustering, not awd's model exactly (the 33.0 need not reproduce to the decimal).
 
     python -m lmscale.train --config=configs/qrnn_wt103.py --workdir=runs/qrnn_wt103
-    python -m lmscale.eval --workdir=runs/qrnn_wt103 --split=test --best
+    python -m lmscale.eval --workdir=runs/qrnn_wt103 --split=test --best --batch_size=1
+(test perplexity at batch 1, as awd's test_batch_size.)
 """
 
 from lmscale.config import default_config
