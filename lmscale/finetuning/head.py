@@ -4,7 +4,8 @@ Features of a text (each row read from position 0 with a fresh zero carry, padde
 end; in training steps with the LM's own dropouts times ``finetune.lm_dropout``, ULMFiT's
 drop_mult, when > 0): for each LM state in ``states`` ("cell", "hidden", ...: the model's
 ``feature_states``) and each pooling in ``poolings`` — "last" (the state after the last real
-token: the final hidden or cell state), "mean" or "max" over the real tokens — the last
+token: the final hidden or cell state; sentiment-discovery's fine-tuning takes the one before
+it, README "Fine-tuning"), "mean" or "max" over the real tokens — the last
 layer's [B, F] vector, concatenated to [B, len(states) * len(poolings) * F]. The head is a
 linear layer or an MLP (hidden widths, activation, dropout) after a LayerNorm of the
 features, to K outputs: logits of a softmax (single-label) or of one sigmoid per class
