@@ -5,7 +5,7 @@ end; in training steps with the LM's own dropouts times ``finetune.lm_dropout``,
 drop_mult, when > 0): for each LM state in ``states`` ("cell", "hidden", ...: the model's
 ``feature_states``) and each pooling in ``poolings`` — "last" (the state after the last real
 token: the final hidden or cell state; sentiment-discovery's fine-tuning takes the one before
-it, README "Fine-tuning"), "mean" or "max" over the real tokens — the last
+it, README "Fine-tuning"), "mean", "max" or "min" over the real tokens — the last
 layer's [B, F] vector, concatenated to [B, len(states) * len(poolings) * F]. The head is a
 linear layer or an MLP (hidden widths, activation, dropout) after a LayerNorm of the
 features, to K outputs: logits of a softmax (single-label) or of one sigmoid per class
@@ -25,7 +25,7 @@ from lmscale.models import build_model, built_in_one_program
 from lmscale.models.param_paths import path_names
 from lmscale.models.registry import with_dropouts_scaled
 
-POOLINGS = ("last", "mean", "max")
+POOLINGS = ("last", "mean", "max", "min")  # as the transfer's (sentiment-discovery's concat-min)
 LM_DROPOUT_TAG = 0x4C4D  # folded into a row's key for the LM's masks (the head's use the key)
 ACTIVATIONS = {"relu": jax.nn.relu, "gelu": jax.nn.gelu, "tanh": jnp.tanh}
 
@@ -39,6 +39,8 @@ def pool(x: jax.Array, lengths: jax.Array, pooling: str) -> jax.Array:
         return jnp.sum(jnp.where(valid, x, 0.0), axis=1) / lengths[:, None].astype(x.dtype)
     if pooling == "max":
         return jnp.max(jnp.where(valid, x, -jnp.inf), axis=1)
+    if pooling == "min":
+        return jnp.min(jnp.where(valid, x, jnp.inf), axis=1)
     raise ValueError(f"pooling must be one of {list(POOLINGS)}, got {pooling!r}")
 
 

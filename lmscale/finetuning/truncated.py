@@ -5,7 +5,7 @@ characters took 6 GB at 128 units. With ``grad_tokens`` = K, a batch wider than 
 ULMFiT's "BPTT for text classification" does: each text's tokens before its last K are read
 without gradient, K at a time with the state carried (memory bounded by B x K), and the
 gradient flows through the last K only. The features are those of the whole text, as
-prediction computes them: "last" is the final state, "mean"/"max" pool over every real token,
+prediction computes them: "last" is the final state, "mean"/"max"/"min" pool over every real token,
 the earlier ones' contributions entering as constants.
 
 To give every row the same split, the step lays the batch out right-aligned: each text ends at
@@ -75,13 +75,14 @@ def aligned_batch(tokens: jax.Array, lengths: jax.Array, lm_weights: jax.Array,
 
 def _pool_parts(out: dict[str, Any], valid: jax.Array, states: tuple[str, ...]
                 ) -> dict[str, dict[str, jax.Array]]:
-    """Per state, the last layer's sum and max over the real tokens of a piece [B, F]."""
+    """Per state, the last layer's sum, max and min over the real tokens of a piece [B, F]."""
     parts = {}
     for s in states:
         x = out[s][-1]  # [B, K, F] float32
         v = valid[:, :, None]
         parts[s] = {"sum": jnp.sum(jnp.where(v, x, 0.0), axis=1),
-                    "max": jnp.max(jnp.where(v, x, -jnp.inf), axis=1)}
+                    "max": jnp.max(jnp.where(v, x, -jnp.inf), axis=1),
+                    "min": jnp.min(jnp.where(v, x, jnp.inf), axis=1)}
     return parts
 
 
@@ -89,7 +90,7 @@ def read_prefix(classifier: Any, aligned: dict[str, jax.Array], grad_tokens: int
                 dropout_keys: jax.Array | None = None, step_key: jax.Array | None = None
                 ) -> tuple[Any, dict[str, dict[str, jax.Array]]]:
     """Reads every piece but the last, K tokens at a time: (the carry entering the last piece,
-    per state the sum and max over the real tokens read). Call it outside the gradient (or on
+    per state the sum, max and min over the real tokens read). Call it outside the gradient (or on
     parameters under ``stop_gradient``): its results are constants of the loss. The keys: as
     ``Classifier.features`` (the LM's locked masks hold over the whole text, every piece)."""
     rows, width = aligned["tokens"].shape
@@ -101,7 +102,8 @@ def read_prefix(classifier: Any, aligned: dict[str, jax.Array], grad_tokens: int
     drop = classifier.lm_dropout_keys(dropout_keys, step_key)
     width_f = lm.feature_width
     init = {s: {"sum": jnp.zeros((rows, width_f), jnp.float32),
-                "max": jnp.full((rows, width_f), -jnp.inf, jnp.float32)} for s in states}
+                "max": jnp.full((rows, width_f), -jnp.inf, jnp.float32),
+                "min": jnp.full((rows, width_f), jnp.inf, jnp.float32)} for s in states}
     init = jax.tree.map(lambda z, c=jax.tree.leaves(carry)[0]: z + jnp.zeros_like(c[:, :1], z.dtype),
                         init)  # as device-varying as the carry (under shard_map)
 
@@ -111,7 +113,8 @@ def read_prefix(classifier: Any, aligned: dict[str, jax.Array], grad_tokens: int
         out = lm.features(tokens, carry, resets, **drop)
         new = _pool_parts(out, valid, states)
         parts = {s: {"sum": parts[s]["sum"] + new[s]["sum"],
-                     "max": jnp.maximum(parts[s]["max"], new[s]["max"])} for s in states}
+                     "max": jnp.maximum(parts[s]["max"], new[s]["max"]),
+                     "min": jnp.minimum(parts[s]["min"], new[s]["min"])} for s in states}
         return (out["carry"], parts), None
 
     (carry, parts), _ = jax.lax.scan(body, (carry, init), xs)
@@ -141,8 +144,10 @@ def window_features(classifier: Any, piece: dict[str, jax.Array], lengths: jax.A
             elif p == "mean":
                 total = parts[s]["sum"] + new[s]["sum"]
                 feats.append(total / lengths[:, None].astype(total.dtype))
-            else:
+            elif p == "max":
                 feats.append(jnp.maximum(parts[s]["max"], new[s]["max"]))
+            else:
+                feats.append(jnp.minimum(parts[s]["min"], new[s]["min"]))
     return jnp.concatenate(feats, axis=-1)
 
 

@@ -62,7 +62,7 @@ def test_head_on_both_lms_pads_and_cuts(sst_run, transformer_lm):
     from lmscale.training.restore import load_trained
     for workdir, states in ((sst_run, ("cell", "hidden")), (transformer_lm, ("hidden",))):
         lm = load_trained(workdir)
-        clf = Classifier(lm.model(), 3, states=states, poolings=("last", "mean", "max"),
+        clf = Classifier(lm.model(), 3, states=states, poolings=("last", "mean", "max", "min"),
                          hidden=(8,), rngs=nnx.Rngs(0))
         long_text = "a remarkably long sentence " * 5
         ids = encode(lm.tokenizer, lambda t: t, ["good film", long_text], lm.model().max_len)
@@ -70,7 +70,7 @@ def test_head_on_both_lms_pads_and_cuts(sst_run, transformer_lm):
         b = make_batch(ids, np.zeros(2, np.int64), 2, pad=0, bucket=8, max_len=lm.model().max_len,
                        row_weights=np.ones(2))
         feats = clf.features(jnp.asarray(b["tokens"]), jnp.asarray(b["lengths"]))
-        assert feats.shape == (2, len(states) * 3 * lm.model().feature_width)
+        assert feats.shape == (2, len(states) * 4 * lm.model().feature_width)
         alone = clf.features(jnp.asarray(ids[0][None]), jnp.asarray([len(ids[0])]))
         np.testing.assert_allclose(feats[0], alone[0], rtol=1e-5, atol=1e-5)
         assert clf(jnp.asarray(b["tokens"]), jnp.asarray(b["lengths"])).shape == (2, 3)

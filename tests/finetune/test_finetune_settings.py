@@ -15,9 +15,9 @@ from tests.finetune.test_finetune import ft_config
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("finetune.pooling", "avg", "finetune.pooling must be one or more of last, mean, max "
+    ("finetune.pooling", "avg", "finetune.pooling must be one or more of last, mean, max, min "
                                 "(comma-separated), got 'avg'"),
-    ("finetune.pooling", "last,avg", "finetune.pooling must be one or more of last, mean, max "
+    ("finetune.pooling", "last,avg", "finetune.pooling must be one or more of last, mean, max, min "
                                      "(comma-separated), got 'last,avg'"),
     ("finetune.state", "cel", "finetune.state must be one or more of cell, hidden "
                               "(comma-separated: this model's states; \"\" = cell), got 'cel'"),

@@ -33,7 +33,7 @@ KINDS = {"mlstm": {"model.layers": 2}, "lstm": {"model.kind": "lstm"},
 LENGTHS = (1, 5, 17, 40, 23)  # tokens; K = 8 below: shorter than, equal to none of, longer than K
 
 
-def _classifier(kind: str, poolings: str = "last,mean,max", states: str = "") -> tuple:
+def _classifier(kind: str, poolings: str = "last,mean,max,min", states: str = "") -> tuple:
     config = tiny_config("unused.txt", **KINDS[kind])
     with config.unlocked():
         config.finetune.pooling, config.finetune.state = poolings, states
@@ -107,7 +107,7 @@ def _reference_grads(graphdef, params, texts, labels, weights, k: int, aux_weigh
 def step_delta(kind: str, grad_tokens: int, aux_weight: float) -> tuple[Any, Any, dict]:
     """(params, params before - after one SGD step at rate 1 = the step's gradient, batch)
     of a fine-tuning step on this process's devices."""
-    config, graphdef, params = _classifier(kind, poolings="last,mean,max")
+    config, graphdef, params = _classifier(kind)
     mesh = mesh_lib.make_mesh()
     tx = optax.sgd(1.0)
     state = init_finetune_state(config, Policy.from_compute("float32"), tx, params, mesh)

@@ -41,7 +41,8 @@ def np_pool(x: np.ndarray, lengths: np.ndarray, pooling: str) -> np.ndarray:
     out = []
     for row, n in zip(np.asarray(x, np.float64), lengths):
         real = row[:n]
-        out.append({"last": real[-1], "mean": real.mean(0), "max": real.max(0)}[pooling])
+        out.append({"last": real[-1], "mean": real.mean(0), "max": real.max(0),
+                    "min": real.min(0)}[pooling])
     return np.stack(out)
 
 
@@ -69,7 +70,7 @@ def _rounded(x, dtype):
     return np.asarray(jnp.asarray(x, dtype), np.float64)
 
 
-@pytest.mark.parametrize("pooling", ["last", "mean", "max"])
+@pytest.mark.parametrize("pooling", ["last", "mean", "max", "min"])
 def test_pool_over_real_tokens_matches_numpy(pooling):
     """float32 only: the LM's features reach ``pool`` as float32 whatever the compute dtype
     (checked below); a bfloat16 mean would sum in bfloat16 (0.45 % off, seen)."""

@@ -26,7 +26,7 @@ FAMILIES = {
 }
 
 
-def classifier(family: str, *, pooling: str = "last,mean,max", state: str = "",
+def classifier(family: str, *, pooling: str = "last,mean,max,min", state: str = "",
                multilabel: bool = False, compute=jnp.float32, classes: int = 3):
     """(config, graphdef, params) of a random classifier, its LM's weights scaled up so
     states are not tiny (a pool over a text then differs from its last state)."""
