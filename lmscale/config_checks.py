@@ -10,6 +10,15 @@ import ml_collections
 from lmscale.config import OPTIMIZERS, ConfigError, bptt_max, parse_epochs
 
 
+def refuse_init_from(config: ml_collections.ConfigDict) -> None:
+    """``init_from`` belongs to fine-tuning; an LM run given it trained from random weights."""
+    if config.get("init_from"):
+        raise ConfigError(f"init_from={config.init_from!r} is read by lmscale.finetune (the LM a "
+                          f"classifier starts from); an LM run trains on from its --workdir's "
+                          f"checkpoint: to train those weights further, pass their workdir (or a "
+                          f"copy of it) as --workdir and drop init_from")
+
+
 def validate_awd(config: ml_collections.ConfigDict) -> None:
     """Word-level data, AWD optimizers and variable BPTT settings."""
     d, o, t = config.data, config.optim, config.train

@@ -294,7 +294,8 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
                "init_from": os.path.abspath(config.init_from), "lm_step": lm.step,
                "lm_init": ft.lm_init,
                "preprocess": lm.derived.get("preprocess", "none"), "devices": mesh.size,
-               "precision": str(policy), "texts": {n: len(d) for n, d in splits.items()}}
+               "precision": str(policy), "texts": {n: len(d) for n, d in splits.items()},
+               **({"pretrained": lm.derived["pretrained"]} if "pretrained" in lm.derived else {})}
     if resuming and is_main:
         for note in resumed_otherwise(saved, config, start):
             print(note, file=sys.stderr, flush=True)

@@ -52,7 +52,7 @@ TORCH_NAMES = {"w_x": "w_ih", "w_h": "w_hh", "w_mx": "w_mih", "w_mh": "w_mhh"}
 PAD_LOGIT = -1.0e4  # decoder bias of the padding id added when exporting a 256-id model
 _RNN_KEY = re.compile(r"(?:^|\.)rnns\.(\d+)\.(w_ih|w_hh|w_mih|w_mhh|w_ho|b_ih|b_hh)(?:_(g|v))?$")
 _TRANSFORMER_HINTS = ("self_attn", "embed_tokens", "embed_positions", "embed_out", "layer_norms",
-                      "in_proj_weight")
+                      "in_proj_weight", "wte.", "c_attn")  # fairseq's (the seed's), GPT-2's
 EXPECTED = ("a sentiment-discovery language-model state dict (RNNModel.state_dict(): "
             "encoder.encoder.weight, encoder.rnn.rnns.N.w_ih/w_hh/w_mih/w_mhh/b_ih/b_hh, "
             "decoder.weight/bias)")
@@ -340,7 +340,9 @@ def load_pt(path: str, *, weight_norm: bool | None = None,
                                f"which are never unpickled (torch.load weights_only=True); "
                                f"expected {EXPECTED}") from None
         reason = re.search(r"WeightsUnpickler error:\s*(.*?)\s*(?:Check the documentation|$)", text)
-        detail = reason.group(1) if reason else text[:200]
+        detail = reason.group(1) if reason else text.split(". ")[0][:300]
+        if re.search(r"central directory|unexpected EOF|file too short", text, re.I):
+            detail = "the file is truncated or damaged: its zip archive is incomplete"
         raise ConvertError(f"{path} is not a readable PyTorch file ({type(e).__name__}: {detail}); "
                            f"expected {EXPECTED}") from None
     return from_state_dict(state_dict, path, weight_norm=weight_norm, two_biases=two_biases)
@@ -356,7 +358,7 @@ def save_pt(weights: LMWeights, path: str, *, weight_norm: bool | None = None) -
     def to_torch(node: Any) -> Any:
         if isinstance(node, dict):
             return {k: to_torch(v) for k, v in node.items()}
-        return torch.from_numpy(np.ascontiguousarray(node))
+        return torch.from_numpy(np.array(node, copy=True))  # writable: torch warns otherwise
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     torch.save(to_torch(tree), path)

@@ -376,8 +376,10 @@ def check_format(meta: dict[str, Any], where: str) -> None:
 
 
 def check_same_model(saved: dict[str, Any], current: dict[str, Any], directory: str,
-                     ignore: tuple[str, ...] = ()) -> None:
+                     ignore: tuple[str, ...] = (), step: int | None = None) -> None:
     """Raises CheckpointMismatchError naming the first differing field (the kind first).
+    ``step`` 0: the checkpoint is an import (``lmscale.convert``; training saves none at 0),
+    whose carried state is zeros: another batch is said to need a re-import.
 
     A ``model.*`` field the checkpoint does not record (it predates the field) counts as the
     field's default, so adding a field with a default keeps old checkpoints readable.
@@ -391,7 +393,15 @@ def check_same_model(saved: dict[str, Any], current: dict[str, Any], directory: 
         if key not in saved and key.startswith("model.") and key[6:] in defaults:
             old = defaults[key[6:]]
         if old != current.get(key):
-            if key == "train.batch_size":  # the carry's rows, not the model
+            if key == "train.batch_size" and step == 0:  # an import: nothing trained yet
+                message = (
+                    f"{directory} holds imported weights (lmscale.convert) saved with "
+                    f"train.batch_size={old} (the rows of their zero carried state), and this "
+                    f"run's batch is {current.get(key)}: import them again with python -m "
+                    f"lmscale.convert ... --batch_size={current.get(key)} (into a new workdir), "
+                    f"or set train.batch_size={old}; --config.resume=false would start from "
+                    f"random weights, not the imported ones")
+            elif key == "train.batch_size":  # the carry's rows, not the model
                 message = (
                     f"{directory}'s checkpoint was trained with a global batch of {old} "
                     f"(train.batch_size) and this run's is {current.get(key)}: the model's "

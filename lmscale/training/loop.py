@@ -149,7 +149,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
 
         def restore(step: int) -> tuple[Any, dict[str, Any]]:
             meta = checkpointer.read_meta(step)
-            check_same_model(meta["signature"], signature, workdir)
+            check_same_model(meta["signature"], signature, workdir, step=step)
             return checkpointer.restore(like, shardings, step), meta
 
         state, saved = checkpointer.newest_usable(restore, config.checkpoint.fallback)
