@@ -48,6 +48,7 @@ def get_config():
     config.model.hidden = 1840  # --nhid 1840 (the last layer is 400 wide: tied)
     config.model.tie_embeddings = True  # args.tied = True
     config.model.weight_norm = False  # awd has none
+    config.model.io_init = "uniform"  # model.py init_weights: embedding and decoder U(-0.1, 0.1)
     config.model.two_biases = True  # torch.nn.LSTM's bias_ih and bias_hh, trained apart
     config.model.embed_dropout = 0.0  # --dropoute 0
     config.model.input_dropout = 0.1  # --dropouti 0.1

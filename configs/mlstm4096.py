@@ -22,6 +22,7 @@ def get_config():
     config.model.layers = 1
     config.model.weight_norm = True  # on the recurrent weights only
     config.model.two_biases = True  # sentiment-discovery's b_ih and b_hh, trained apart
+    config.model.io_init = "pytorch"  # its RNNModel's nn.Embedding N(0, 1), nn.Linear decoder U(+-1/sqrt(H))
     config.train.batch_size = 128
     config.train.seq_len = 256
     config.train.steps = 10_000_000  # an upper bound; train.epochs ends the run

@@ -39,6 +39,7 @@ def get_config():
     config.model.hidden = 2500  # --nhid 2500 (the last layer is 400 wide: tied)
     config.model.tie_embeddings = True
     config.model.weight_norm = False
+    config.model.io_init = "uniform"  # model.py init_weights: embedding and decoder U(-0.1, 0.1)
     config.model.adaptive_cutoffs = "2800,20000,76000"  # splitcross splits for WT103
     config.model.qrnn_window = 2
     config.model.embed_dropout = 0.0  # --dropoute 0

@@ -2,7 +2,7 @@
 
 Needs no download (the corpus is the running Python's own stdlib, ~4.7 MB) and finishes
 in a few minutes on 2 CPU cores, with validation BPC falling from 8 (uniform over 257
-ids) to well under 3.
+ids) to about 2.1.
 
     python -m lmscale.train --config=configs/quickstart.py --workdir=runs/quickstart
 """
@@ -17,6 +17,7 @@ def get_config():
     config.model.kind = "mlstm"
     config.model.hidden = 256  # small enough for a CPU; the paper uses 4096
     config.model.embed = 64
+    config.model.io_init = "pytorch"  # sentiment-discovery's embedding / decoder init: 2.10 val BPC at 600 (U(+-0.1): 2.55)
     config.train.steps = 600
     config.train.batch_size = 32
     config.train.seq_len = 128

@@ -10,7 +10,8 @@ vocabulary add ``--config.data.tokenizer=sentencepiece --config.data.vocab_size=
 
 Measured on 2 CPU cores (quiet, 2026-12-01): 2 min 28 s wall including data preparation
 (3 min 03 s with model.remat="none"), validation BPC 3.16 / 2.71 / 2.53 at steps 200 / 400 /
-600 (the mLSTM quickstart: 2.55 at 600 in 50 s); with q, k, v drawn as one fused matrix
+600 (the mLSTM quickstart: 2.55 at 600 in 50 s, 2.10 since it draws its embedding and
+decoder as sentiment-discovery, model.io_init); with q, k, v drawn as one fused matrix
 (fairseq's init, 2026-12-05): 3.14 / 2.71 / 2.53.
 """
 

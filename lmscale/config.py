@@ -79,6 +79,9 @@ def default_config() -> ml_collections.ConfigDict:
     # mlstm/lstm: the gate bias as PyTorch's and sentiment-discovery's two trained vectors b_ih + b_hh, each
     # U(+-1/sqrt(hidden)) (Adam moves their sum twice as fast; the clip norm counts it twice); False: one, zero at start
     c.model.two_biases = False
+    # mlstm/lstm/qrnn: embedding and untied decoder init: "uniform" U(+-0.1) both (awd-lstm-lm), or "pytorch":
+    # N(0, 1) and U(+-1/sqrt(hidden)), nn.Embedding's and nn.Linear's (sentiment-discovery's RNNModel); decoder bias 0
+    c.model.io_init = "uniform"
     # Transformer (decoder-only, fairseq-style as sentiment-discovery's)
     c.model.d_model = 768  # residual stream width
     c.model.heads = 8  # attention heads (d_model must be divisible by it)
@@ -189,7 +192,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.finetune.multilabel = False  # a sigmoid per label column (else one softmax over the classes)
     c.finetune.num_classes = 0  # single-label classes; 0 = max train label + 1 (labels outside 0..K-1 are an error)
     c.finetune.state = ""  # LM states pooled into features, comma-separated ("cell,hidden"); "" = the model's default
-    c.finetune.pooling = "last"  # poolings over the text, comma-separated: last (final state), mean, max
+    c.finetune.pooling = "last"  # poolings over the text, comma-separated: last (final state), mean, max, min
     c.finetune.head_hidden = ""  # MLP hidden widths, comma-separated ("" = a linear head)
     c.finetune.head_activation = "relu"  # MLP activation: relu, gelu or tanh
     c.finetune.head_dropout = 0.0  # dropout on the features and MLP hidden layers (training only)
@@ -298,7 +301,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
             f"use a multiple of {num_devices} (or set train.per_device_batch_size)")
     validate_run_settings(config)
     parse_split(config.data.split)
-    from lmscale.config_checks import check_longest_drawn, validate_awd  # they read this module
+    from lmscale.config_checks import check_longest_drawn, refuse_init_from, validate_awd
+    refuse_init_from(config)  # (config_checks reads this module)
     validate_awd(config)
     if config.train.variable_bptt:
         check_longest_drawn(config, kind)

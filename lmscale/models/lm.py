@@ -72,7 +72,7 @@ class RecurrentLM(nnx.Module):
                  tie_embeddings: bool = False, adaptive_cutoffs: str = "",
                  qrnn_window: int = 2, qrnn_zoneout: float = 0.0,
                  qrnn_pooling: str = "sequential", remat_steps: int = 0,
-                 two_biases: bool = False, rngs: nnx.Rngs):
+                 two_biases: bool = False, io_init: str = "uniform", rngs: nnx.Rngs):
         if kind not in LAYER_TYPES:
             raise ValueError(f"unknown model.kind {kind!r}; expected one of {sorted(LAYER_TYPES)}")
         if layers < 1:
@@ -98,8 +98,9 @@ class RecurrentLM(nnx.Module):
             raise ConfigError(f"{e} (this data's tokenizer has {vocab_size} ids: lower the "
                               f"cut-offs, or set --config.model.adaptive_cutoffs= for a full "
                               f"softmax)") from None
-        self.embedding = nnx.Embed(vocab_size, embed, dtype=dtype,
-                                   embedding_init=symmetric_uniform(0.1), rngs=rngs)
+        pytorch = io_init == "pytorch"  # else "uniform" (_validate checks the name)
+        self.embedding = nnx.Embed(vocab_size, embed, dtype=dtype, rngs=rngs, embedding_init=(
+            jax.nn.initializers.normal(1.0) if pytorch else symmetric_uniform(0.1)))
         # awd: inner layers `hidden` wide, the last `embed` wide when tied.
         self.sizes = tuple(embed if (self.tied and l == layers - 1) else hidden
                            for l in range(layers))
@@ -111,9 +112,8 @@ class RecurrentLM(nnx.Module):
         if self.tied:
             self.decoder_bias = nnx.Param(jnp.zeros((vocab_size,), jnp.float32))
         else:
-            self.decoder = nnx.Linear(top, vocab_size, dtype=dtype,
-                                      kernel_init=symmetric_uniform(0.1),
-                                      bias_init=jax.nn.initializers.zeros, rngs=rngs)
+            self.decoder = nnx.Linear(top, vocab_size, dtype=dtype, kernel_init=symmetric_uniform(
+                1.0 / top ** 0.5 if pytorch else 0.1), bias_init=jax.nn.initializers.zeros, rngs=rngs)
         if self.cutoffs:
             self.tails = AdaptiveTails(top, self.cutoffs)
 
@@ -353,13 +353,18 @@ def _dropout_mask(key: jax.Array, layer: int, keep: float, shape: tuple[int, ...
 AWD_FIELDS = {"embed_dropout": 0.0, "input_dropout": 0.0, "hidden_dropout": 0.0,
               "output_dropout": 0.0, "weight_dropout": 0.0, "ar_alpha": 0.0, "tar_beta": 0.0,
               "tie_embeddings": False, "adaptive_cutoffs": "", "qrnn_window": 2,
-              "qrnn_zoneout": 0.0, "qrnn_pooling": "sequential", "two_biases": False}
+              "qrnn_zoneout": 0.0, "qrnn_pooling": "sequential", "two_biases": False,
+              "io_init": "uniform"}
+# model.io_init: the embedding's and untied decoder's init (the decoder bias starts at 0):
+# awd-lstm-lm's U(+-0.1) for both, or PyTorch's defaults as sentiment-discovery's RNNModel
+# has them, nn.Embedding's N(0, 1) and nn.Linear's U(+-1/sqrt(H))
+IO_INITS = ("uniform", "pytorch")
 
 
 # The settings read by the recurrent kinds only (registry.unused_settings_note; defaults: off)
 RECURRENT_SETTINGS = {n: AWD_FIELDS[n] for n in (
     "embed_dropout", "input_dropout", "hidden_dropout", "output_dropout", "weight_dropout",
-    "ar_alpha", "tar_beta", "adaptive_cutoffs")}
+    "ar_alpha", "tar_beta", "adaptive_cutoffs", "io_init")}
 # ... and by model.kind="qrnn" only
 QRNN_SETTINGS = {n: AWD_FIELDS[n] for n in ("qrnn_window", "qrnn_zoneout", "qrnn_pooling")}
 # ... and by the LSTMs (mlstm, lstm) only
@@ -387,7 +392,7 @@ def _build(model_config: Any, vocab_size: int, *, rngs: nnx.Rngs, dtype: Any = j
                        qrnn_window=int(f("qrnn_window")), qrnn_zoneout=float(f("qrnn_zoneout")),
                        qrnn_pooling=str(f("qrnn_pooling")),
                        remat_steps=remat_steps(model_config),
-                       two_biases=bool(f("two_biases")), rngs=rngs)
+                       two_biases=bool(f("two_biases")), io_init=str(f("io_init")), rngs=rngs)
 
 
 REMATS = ("none", "segments")  # model.remat of the mlstm and lstm kinds (qrnn: "none")
@@ -423,6 +428,9 @@ def _validate(model_config: Any, train_config: Any) -> None:
     if _field(model_config, "qrnn_pooling") not in POOLINGS:
         raise ValueError(f"model.qrnn_pooling must be one of {list(POOLINGS)}, "
                          f"got {_field(model_config, 'qrnn_pooling')!r}")
+    if _field(model_config, "io_init") not in IO_INITS:
+        raise ValueError(f"model.io_init must be one of {list(IO_INITS)}, "
+                         f"got {_field(model_config, 'io_init')!r}")
     parse_cutoffs(_field(model_config, "adaptive_cutoffs"))
     remat = model_config.get("remat", "none")
     allowed = ("none",) if model_config.kind == "qrnn" else REMATS
