@@ -10,7 +10,8 @@ Reasoning (Puri et al. 2018, "Converging on 40GB of Text in Four Hours"):
   global batches above 2048 (analysis/reproduction.md: "a linear decay rate over 100k steps");
   at 3 epochs the rate is still about 0.86 x 3e-3. --config.optim.decay_epochs=3 decays to 0
   at the run's end instead.
-- No shuffling between epochs (data.shuffle_shards=False), as the paper.
+- The reviews read in a random order, the state reset every 100 (configs/mlstm4096.py); the
+  same order each epoch (data.shuffle_shards=False).
 - float16 with dynamic loss scaling; float32 master weights and Adam state.
 
     sbatch launch/slurm_mlstm.sbatch configs/mlstm4096_128gpu.py runs/mlstm4096_32k

@@ -5,7 +5,10 @@ Reasoning:
   activation memory, see `python -m lmscale.plan --config=configs/mlstm4096_8gpu.py
   --devices=8`), so the global batch is 8 x 256 = 2048.
 - Learning rate: the base 5e-4 per 128 sequences, scaled linearly with the global batch
-  (2048 / 128 = 16x -> 8e-3) and capped at 3e-3, as the seed capped it; Adam, clip 1.
+  (2048 / 128 = 16x -> 8e-3) and capped at 3e-3, as the seed capped it; Adam, clip 1 (its
+  analysis/reproduction.md's; its script passes no --clip, default 0, and its fp16 path
+  clipped the master gradients before they were copied in, so its fp16 runs were in effect
+  unclipped: --config.optim.clip=0 for that).
 - Schedule as the seed's own 8-GPU script (experiments/train_mlstm_singlenode.sh: --lr 3e-3
   --decay-style linear --constant-decay 100000 --train-iters 73000): linear decay over a
   fixed 100k-step horizon, the run stopped after one epoch (73k steps of 2048 x 256 on its

@@ -41,9 +41,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.resume = True  # continue from the workdir's latest checkpoint; False: archive the previous run (WORKDIR/archive/) and start afresh
 
     c.data = ml_collections.ConfigDict()
-    # Training text: a prepared dataset folder (see `lmscale.prepare`), raw text
-    # paths/globs (comma separated; prepared on the fly into WORKDIR/data), or the name of
-    # a built-in corpus that needs no download ("python_stdlib").
+    # Training text: a prepared dataset folder (see `lmscale.prepare`), raw text paths/globs (comma
+    # separated; prepared on the fly into WORKDIR/data), or a built-in corpus ("python_stdlib").
     c.data.train = "python_stdlib"
     # Validation / test text given on its own (paths/globs, e.g. PTB's or WikiText's files): then
     # data.train is all training text and data.split is not used. "" = cut from data.train.
@@ -62,7 +61,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.word_min_count = 1  # word: a word seen fewer times in the training split is <unk>
     c.data.word_vocab_size = 0  # word: most ids (<pad>, <unk>, <eos> included; most frequent words kept); 0 = no cap
     c.data.reset_on_documents = False  # also zero the RNN state at document starts (shards always reset)
-    c.data.shuffle_shards = False  # seeded shuffle of shard order per epoch (paper: no shuffling)
+    c.data.reset_every_documents = 0  # zero it at every N-th document of a shard (sentiment-discovery: shards of 100 reviews); 0 = off
+    c.data.shuffle_shards = False  # seeded shuffle of shard order per epoch
+    c.data.shuffle_documents = False  # preparing: the documents in a random order (seed), as sentiment-discovery's sets
 
     c.model = ml_collections.ConfigDict()
     c.model.kind = "mlstm"  # "mlstm" (multiplicative LSTM), "lstm", "qrnn" or "transformer"
@@ -301,11 +302,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
             f"use a multiple of {num_devices} (or set train.per_device_batch_size)")
     validate_run_settings(config)
     parse_split(config.data.split)
-    from lmscale.config_checks import check_longest_drawn, refuse_init_from, validate_awd
-    refuse_init_from(config)  # (config_checks reads this module)
-    validate_awd(config)
+    from lmscale import config_checks as checks  # it reads this module
+    checks.refuse_init_from(config)
+    checks.check_document_resets(config)
+    checks.validate_awd(config)
     if config.train.variable_bptt:
-        check_longest_drawn(config, kind)
+        checks.check_longest_drawn(config, kind)
 
 
 OPTIMIZERS = ("adam", "sgd", "ntasgd")

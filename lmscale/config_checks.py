@@ -19,6 +19,16 @@ def refuse_init_from(config: ml_collections.ConfigDict) -> None:
                           f"copy of it) as --workdir and drop init_from")
 
 
+def check_document_resets(config: ml_collections.ConfigDict) -> None:
+    """``data.reset_every_documents``: a count >= 0, not beside ``reset_on_documents`` (N = 1)."""
+    every = config.data.get("reset_every_documents", 0)
+    if every < 0:
+        raise ConfigError(f"data.reset_every_documents must be >= 0 (0: off), got {every}")
+    if config.data.reset_on_documents and every > 1:
+        raise ConfigError(f"data.reset_on_documents resets at every document and "
+                          f"data.reset_every_documents={every} at every {every}th: set one")
+
+
 def validate_awd(config: ml_collections.ConfigDict) -> None:
     """Word-level data, AWD optimizers and variable BPTT settings."""
     d, o, t = config.data, config.optim, config.train

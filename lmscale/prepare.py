@@ -3,6 +3,7 @@
     python -m lmscale.prepare --input='corpus/**/*.txt' --output=data/corpus \\
         [--text_column=NAME | --text_field=NAME] [--txt_mode=file|line] \\
         [--split=98,1,1] [--shard_tokens=N] [--tokenizer=sentiment_discovery|openai] [--overwrite]
+        [--shuffle_documents=SEED]   # documents in a random order (sentiment-discovery's)
 
     # SentencePiece: train one on a sample of the corpus (stored in the dataset), or reuse one
     python -m lmscale.prepare ... --tokenizer=sentencepiece --vocab_size=8000 \\
@@ -67,6 +68,10 @@ _VAL = flags.DEFINE_string("val", None, "Validation text on its own (paths/globs
 _TEST = flags.DEFINE_string("test", None, "Test text on its own (as --val).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing prepared dataset at --output.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars on stderr (when it is a terminal).")
+_SHUFFLE = flags.DEFINE_integer("shuffle_documents", None, "Write the documents in a random order drawn "
+                                "from this seed (each of train, --val, --test within itself), as "
+                                "sentiment-discovery shuffles its reviews; default: input order.",
+                                lower_bound=0)
 
 
 def parse_split(text: str) -> tuple[int, int, int]:
@@ -153,7 +158,8 @@ def prepare_main() -> str:
                            split=parse_split(_SPLIT.value), shard_tokens=_SHARD_TOKENS.value,
                            tokenizer=tokenizer, overwrite=_OVERWRITE.value,
                            progress=_PROGRESS.value and sys.stderr.isatty(),
-                           val_inputs=_VAL.value or None, test_inputs=_TEST.value or None)
+                           val_inputs=_VAL.value or None, test_inputs=_TEST.value or None,
+                           shuffle_seed=_SHUFFLE.value)
 
 
 def _interrupt(signum: int, frame: object) -> None:

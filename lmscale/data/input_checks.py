@@ -158,3 +158,18 @@ def run_refusal(path: str) -> str:
     return (f"{path} is an lmscale run folder (a workdir: config.json, checkpoints, metrics), "
             f"not text: give its text files, or its prepared dataset ({os.path.join(path, 'data')}) "
             f"if it has one")
+
+
+def per_file(counts: dict[str, int]) -> str:
+    """"a.txt (3), b.txt (1) (pieces of text per file)", the first three files named."""
+    named = ", ".join(f"{p} ({n})" for p, n in list(counts.items())[:3])
+    return f"{named}{', ...' if len(counts) > 3 else ''} (pieces of text per file)"
+
+
+def is_utf8(data: bytes) -> bool:
+    """Whether ``data`` is valid UTF-8."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True

@@ -37,9 +37,10 @@ from tqdm import tqdm
 from lmscale.data.builtin import builtin_paths, is_builtin
 from lmscale.data.dataset import FORMAT, METADATA, SPLITS, VERSION, is_dataset
 from lmscale.data.errors import DataError
-from lmscale.data.input_checks import check_contents
+from lmscale.data.input_checks import check_contents, is_utf8, per_file
 from lmscale.data.prepare_tmp import make_output_folder, remove_abandoned, temporary_folder
 from lmscale.data.sample import sample_texts
+from lmscale.data.shuffle import shuffle_documents
 from lmscale.data.sources import (TXT_MODES, expand_inputs, file_kind, input_size, iter_pieces,
                                   segments)
 from lmscale.data.spm import SentencePieceTokenizer, SentencePieceTraining, train_sentencepiece
@@ -246,7 +247,7 @@ def _tokenize(paths: list[str], tmp: str, tokenizer: Tokenizer, progress: bool,
             size, read, shown = input_size(path), 0, 0
             pieces = iter_pieces([path], **source_options)
             for data, starts_doc, goes_on in segments(pieces, recut, ENCODE_BYTES):
-                if recut and not _utf8(data):
+                if recut and not is_utf8(data):
                     invalid[path] = invalid.get(path, 0) + 1
                 if sentencepiece and not tokenizer.keeps_space_symbol and "\u2581".encode() in data:
                     spaces[path] = spaces.get(path, 0) + 1
@@ -267,31 +268,16 @@ def _tokenize(paths: list[str], tmp: str, tokenizer: Tokenizer, progress: bool,
                 path_ends.append(tokens)
         flush()
     if invalid:
-        print(f"note: invalid UTF-8 in {_per_file(invalid)}: the "
+        print(f"note: invalid UTF-8 in {per_file(invalid)}: the "
               f"{'word' if isinstance(tokenizer, WordCounter) else 'subword'} "
               f"tokenizer reads their invalid bytes as U+FFFD, so the token counts and the bpc "
               f"denominators (bytes) are those of the text with U+FFFD in their place",
               file=sys.stderr, flush=True)
     if spaces:
         print(f"note: the text holds U+2581 (\u2581), SentencePiece's own space symbol, in "
-              f"{_per_file(spaces)}: it is read as a space, decoded as one and counted as 1 "
+              f"{per_file(spaces)}: it is read as a space, decoded as one and counted as 1 "
               f"byte, not 3", file=sys.stderr, flush=True)
     return tokens, documents
-
-
-def _per_file(counts: dict[str, int]) -> str:
-    """"a.txt (3), b.txt (1) (pieces of text per file)", the first three files named."""
-    named = ", ".join(f"{p} ({n})" for p, n in list(counts.items())[:3])
-    return f"{named}{', ...' if len(counts) > 3 else ''} (pieces of text per file)"
-
-
-def _utf8(data: bytes) -> bool:
-    """Whether ``data`` is valid UTF-8."""
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def _write_shards(tmp: str, plan: list[tuple[int, int, int]], names: list[str], documents: int,
@@ -377,7 +363,8 @@ def prepare_dataset(inputs: str | Sequence[str], output: str, *, text_column: st
                     tokenizer: Tokenizer | SentencePieceTraining | WordTraining | None = None,
                     overwrite: bool = False, progress: bool = True,
                     val_inputs: str | Sequence[str] | None = None,
-                    test_inputs: str | Sequence[str] | None = None) -> str:
+                    test_inputs: str | Sequence[str] | None = None,
+                    shuffle_seed: int | None = None) -> str:
     """Tokenizes ``inputs`` (paths/globs/folders, ``tfds:NAME/SPLIT`` or a built-in corpus
     name) into ``output``, with ``tokenizer`` (default: sentiment-discovery bytes), or with
     a SentencePiece model trained first on a sample of the inputs if it is a
@@ -387,8 +374,8 @@ def prepare_dataset(inputs: str | Sequence[str], output: str, *, text_column: st
     ``ceil(T / (sum(split) * shard_tokens)) * sum(split)`` near-equal shards. Unless the
     validation / test text is given on its own (``val_inputs``, ``test_inputs``: e.g. PTB's
     or WikiText's files): then ``inputs`` is all training text, ``split`` is not used, and each
-    part is cut into shards of at most ``shard_tokens``. Returns
-    ``output``. Raises DataError on bad input, leaving no output and no temporary folder.
+    part is cut into shards of at most ``shard_tokens``. ``shuffle_seed``: the documents of
+    each part in a random order from it (``lmscale.data.shuffle``). Returns ``output``. Raises DataError on bad input, leaving no output and no temporary folder.
     """
     split = _check_args(split, shard_tokens, txt_mode)
     tokenizer = tokenizer or ByteTokenizer()
@@ -462,6 +449,9 @@ def prepare_dataset(inputs: str | Sequence[str], output: str, *, text_column: st
         else:
             plan = shard_plan(total, split, shard_tokens, source=_named(paths, source))
         remap, raw_itemsize = None, np.dtype(tokenizer.token_dtype).itemsize
+        if shuffle_seed is not None:
+            documents = shuffle_documents(os.path.join(tmp, TOKENS_FILE), os.path.join(tmp, DOCS_FILE),
+                                          total, raw_itemsize, shuffle_seed, ends[1:] if parts else ())
         if word_training is not None:
             tokenizer, remap = build_vocabulary(tokenizer, _train_counts(tmp, plan, total, tokenizer.vocab_size),
                                                 word_training)
@@ -477,6 +467,7 @@ def prepare_dataset(inputs: str | Sequence[str], output: str, *, text_column: st
             "options": {"text_column": text_column, "text_field": text_field, "txt_mode": txt_mode,
                         "split": None if parts else list(split), "shard_tokens": shard_tokens,
                         "split_inputs": {"val": val_inputs, "test": test_inputs} if parts else None,
+                        "shuffle_seed": shuffle_seed,
                         "tokenizer_training": (training or word_training).to_dict()
                         if (training or word_training) else None},
             "num_shards": len(plan), "cycles": len(plan) // sum(split),

@@ -7,9 +7,10 @@ later. So the recurrent state a row carries from step k to k + 1 continues the s
 text, and every batch is a pure function of the global step (resuming needs only it).
 
 ``resets[r, t]`` (zero the state before ``inputs[r, t]``) marks shard starts, the start
-of a row's stretch (k == 0, t == 0) and, with ``reset_on_documents``, document starts.
-``weights[r, t]`` is 0 where the target is a shard start (or a document start, with
-``reset_on_documents``): predicting across an unrelated boundary is not counted.
+of a row's stretch (k == 0, t == 0) and, with ``reset_on_documents``, document starts
+(an integer N: every N-th document of a shard, counted from its first: sentiment-discovery
+resets its state at each of its shards of 100 reviews). ``weights[r, t]`` is 0 where the
+target is such a start: predicting across an unrelated boundary is not counted.
 
 Every batch read is checked against the vocabulary (one max over the ids read): an id
 outside it, which only a damaged shard file holds, is a DataError naming the file and the
@@ -19,6 +20,7 @@ id, not a model that diverges.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -36,14 +38,23 @@ class LMBatch:
     resets: np.ndarray  # bool, True = zero the state before consuming inputs[:, t]
 
 
+def document_resets(data_config: Any) -> int:
+    """Every how many documents of a shard the state is zeroed (0: never): 1 with
+    ``data.reset_on_documents``, else ``data.reset_every_documents``."""
+    if data_config.reset_on_documents:
+        return 1
+    return int(data_config.get("reset_every_documents", 0))
+
+
 class StreamBatcher:
     """Deterministic [batch_size, seq_len] LM batches over one split (see module doc)."""
 
     def __init__(self, split: SplitData, batch_size: int, seq_len: int, *,
-                 reset_on_documents: bool = False, shuffle_shards: bool = False, seed: int = 0,
+                 reset_on_documents: bool | int = False, shuffle_shards: bool = False, seed: int = 0,
                  vocab_size: int | None = None) -> None:
-        """``vocab_size``: ids read must be below it (default: the split's, its dataset's
-        tokenizer's; no check where it has none)."""
+        """``reset_on_documents``: True (or 1) resets at every document start, N at every N-th
+        (``document_resets``). ``vocab_size``: ids read must be below it (default: the
+        split's, its dataset's tokenizer's; no check where it has none)."""
         if int(batch_size) != batch_size or batch_size < 1:
             raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
         if int(seq_len) != seq_len or seq_len < 1:
@@ -51,7 +62,11 @@ class StreamBatcher:
         self.split = split
         self.batch_size = int(batch_size)
         self.seq_len = int(seq_len)
-        self.reset_on_documents = bool(reset_on_documents)
+        if int(reset_on_documents) != reset_on_documents or reset_on_documents < 0:
+            raise DataError(f"reset_on_documents must be a bool or a count >= 0, got "
+                            f"{reset_on_documents!r}")
+        self.reset_every = int(reset_on_documents)  # True: 1
+        self.reset_on_documents = self.reset_every > 0
         self.shuffle_shards = bool(shuffle_shards)
         self.seed = int(seed)
         self.num_tokens = int(split.shard_lengths.sum())
@@ -157,7 +172,10 @@ class StreamBatcher:
                 if self.reset_on_documents:
                     starts = self.split.doc_starts[shard]
                     a, b = np.searchsorted(starts, [lo, hi], side="left")
-                    doc_start[j, starts[a:b] - lo + filled] = True
+                    picked = np.arange(a, b)  # the shard's documents a .. b - 1
+                    if self.reset_every > 1:
+                        picked = picked[picked % self.reset_every == 0]
+                    doc_start[j, starts[picked] - lo + filled] = True
                 filled += hi - lo
                 i += 1
         # One pass over the ids read; as uint32, an id of a uint32 shard >= 2**31 (negative

@@ -41,7 +41,7 @@ class VariableBPTTBatcher(StreamBatcher):
     """Batches of a variable number of columns, ``batch(step)`` [rows, length(step)]."""
 
     def __init__(self, split: SplitData, batch_size: int, seq_len: int, *, max_len: int,
-                 bucket: int = 5, reset_on_documents: bool = False, shuffle_shards: bool = False,
+                 bucket: int = 5, reset_on_documents: bool | int = False, shuffle_shards: bool = False,
                  seed: int = 0) -> None:
         super().__init__(split, batch_size, seq_len, reset_on_documents=reset_on_documents,
                          shuffle_shards=shuffle_shards, seed=seed)

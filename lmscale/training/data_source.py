@@ -23,7 +23,7 @@ from lmscale.data.dataset import METADATA, TokenDataset, is_dataset
 from lmscale.data.errors import DataError
 from lmscale.data.prepare import prepare_dataset
 from lmscale.data.sources import split_inputs
-from lmscale.data.stream import StreamBatcher
+from lmscale.data.stream import StreamBatcher, document_resets
 from lmscale.data.spm import SentencePieceTokenizer, SentencePieceTraining
 from lmscale.data.tokenizer import ByteTokenizer, Tokenizer, tokenizer_from_dict
 from lmscale.data.words import WordTraining
@@ -83,7 +83,7 @@ def vocab_size_of(data: ml_collections.ConfigDict) -> int:
     return tokenizer.vocab_size
 
 
-def _request(data: ml_collections.ConfigDict) -> dict:
+def _request(data: ml_collections.ConfigDict, seed: int = 0) -> dict:
     """What WORKDIR/data was prepared from (data_request.json): re-prepared when it changes."""
     request = {"inputs": str(data.train), "text_column": data.text_column, "text_field": data.text_field,
                "txt_mode": data.txt_mode, "split": data.split, "shard_tokens": data.shard_tokens,
@@ -98,6 +98,8 @@ def _request(data: ml_collections.ConfigDict) -> dict:
         request.update(word_min_count=data.word_min_count, word_vocab_size=data.word_vocab_size)
     if data.val or data.test:  # splits given as their own text
         request.update(val=data.val, test=data.test)
+    if data.get("shuffle_documents"):  # the order's seed (unshuffled requests stay as before)
+        request["shuffle_documents"] = int(seed)
     return request
 
 
@@ -159,7 +161,7 @@ def changed_sources(old: list[list], new: list[list]) -> str:
 # The data.* fields that say how text is prepared: a prepared dataset has its own.
 PREPARE_FIELDS = ("tokenizer", "split", "vocab_size", "sp_model", "sp_model_type", "sp_sample_bytes",
                   "word_min_count", "word_vocab_size", "text_column", "text_field", "txt_mode",
-                  "shard_tokens", "val", "test")
+                  "shard_tokens", "val", "test", "shuffle_documents")
 
 
 def _prepared_with(metadata: dict) -> dict:
@@ -171,7 +173,8 @@ def _prepared_with(metadata: dict) -> dict:
     out = {"tokenizer": names[0] if names else kind,
            "split": ",".join(map(str, options["split"])) if options.get("split") else None,
            "text_column": options.get("text_column") or "", "text_field": options.get("text_field") or "",
-           "txt_mode": options.get("txt_mode"), "shard_tokens": options.get("shard_tokens")}
+           "txt_mode": options.get("txt_mode"), "shard_tokens": options.get("shard_tokens"),
+           "shuffle_documents": options.get("shuffle_seed") is not None}
     if kind == SENTENCEPIECE:
         out.update(vocab_size=training.get("vocab_size"), sp_model_type=training.get("model_type"),
                    sp_sample_bytes=training.get("sample_bytes"))
@@ -200,7 +203,7 @@ def _note_unused(data: ml_collections.ConfigDict, spec: str) -> None:
 
 
 def resolve_dataset(data: ml_collections.ConfigDict, workdir: str, *, progress: bool = True,
-                    resuming: bool = False) -> str:
+                    resuming: bool = False, seed: int = 0) -> str:
     """Returns the folder of a prepared dataset for ``data.train``, preparing it if needed.
 
     The text files' sizes and times are recorded with it (WORKDIR/data_request.json): text
@@ -208,6 +211,7 @@ def resolve_dataset(data: ml_collections.ConfigDict, workdir: str, *, progress: 
     checkpoints goes on with the data its steps were counted on; a note says so).
     With several processes only process 0 checks and prepares; the others wait for it at a
     barrier and fail with a pointer to process 0's error if it could not prepare.
+    ``seed`` orders the documents with ``data.shuffle_documents``.
     """
     spec = str(data.train)
     prepared = is_dataset(spec)
@@ -218,12 +222,12 @@ def resolve_dataset(data: ml_collections.ConfigDict, workdir: str, *, progress: 
             _note_unused(data, spec)
         return spec
     if jax.process_count() == 1:
-        return _prepare_in_workdir(data, workdir, progress, resuming)
+        return _prepare_in_workdir(data, workdir, progress, resuming, seed)
     from lmscale.distributed import process_0_says
     target, failure = None, None
     if jax.process_index() == 0:
         try:
-            target = _prepare_in_workdir(data, workdir, progress, resuming)
+            target = _prepare_in_workdir(data, workdir, progress, resuming, seed)
         except Exception as e:  # re-raised below, once the others know
             failure = e
     # A collective: every process waits here until process 0 is done.
@@ -256,7 +260,7 @@ def _check_every_process_sees(spec: str, prepared: bool) -> None:
 
 
 def _prepare_in_workdir(data: ml_collections.ConfigDict, workdir: str, progress: bool,
-                        resuming: bool = False) -> str:
+                        resuming: bool = False, seed: int = 0) -> str:
     """Prepares ``data.train`` (text or a built-in corpus) into WORKDIR/data unless it is there
     (prepared with the same settings from the same files; see ``resolve_dataset``)."""
     spec = str(data.train)
@@ -264,7 +268,7 @@ def _prepare_in_workdir(data: ml_collections.ConfigDict, workdir: str, progress:
     note = sp_model_note(data)
     if note:
         print(note, file=sys.stderr, flush=True)
-    request, sources = _request(data), text_sources(data)
+    request, sources = _request(data, seed), text_sources(data)
     request_path = os.path.join(workdir, "data_request.json")
     if is_dataset(target) and os.path.exists(request_path):
         recorded = _read_request(request_path, target)
@@ -301,7 +305,8 @@ def _prepare_in_workdir(data: ml_collections.ConfigDict, workdir: str, progress:
                     shard_tokens=data.shard_tokens, tokenizer=make_tokenizer(data),
                     overwrite=True, progress=progress,
                     val_inputs=split_inputs(data.val) or None,
-                    test_inputs=split_inputs(data.test) or None)
+                    test_inputs=split_inputs(data.test) or None,
+                    shuffle_seed=int(seed) if data.get("shuffle_documents") else None)
     if sources is not None:
         request["sources"] = sources
     write_json(request_path, request, indent=2)  # all or nothing: a torn record stops every resume
@@ -332,9 +337,9 @@ def train_batcher(dataset: TokenDataset, config: ml_collections.ConfigDict) -> S
         from lmscale.data.variable_bptt import VariableBPTTBatcher
         return VariableBPTTBatcher(dataset.split("train"), config.train.batch_size, config.train.seq_len,
                                    max_len=bptt_max(config.train), bucket=config.train.bptt_bucket,
-                                   reset_on_documents=config.data.reset_on_documents,
+                                   reset_on_documents=document_resets(config.data),
                                    shuffle_shards=config.data.shuffle_shards, seed=config.seed)
     from lmscale.config import step_width  # seq_len x grad_accum_steps: k segments per row
     return StreamBatcher(dataset.split("train"), config.train.batch_size, step_width(config.train),
-                         reset_on_documents=config.data.reset_on_documents,
+                         reset_on_documents=document_resets(config.data),
                          shuffle_shards=config.data.shuffle_shards, seed=config.seed)

@@ -26,7 +26,7 @@ from lmscale.training.state import zero_carry
 
 
 def eval_stream(split: SplitData, batch_size: int, seq_len: int,
-                reset_on_documents: bool = False) -> StreamBatcher:
+                reset_on_documents: bool | int = False) -> StreamBatcher:
     """A stream over a whole split with ``batch_size`` rows, fewer if the split is small
     (the most rows that still get one full sequence each), whatever the device count."""
     rows = min(batch_size, split.num_tokens // (seq_len + 1))
@@ -38,7 +38,7 @@ def eval_stream(split: SplitData, batch_size: int, seq_len: int,
 
 def evaluate_split(eval_step: Callable, params: Any, initial_carry: Callable[[int], Any],
                    split: SplitData, mesh: Mesh, *, batch_size: int, seq_len: int,
-                   reset_on_documents: bool = False, max_steps: int = 0) -> dict[str, float]:
+                   reset_on_documents: bool | int = False, max_steps: int = 0) -> dict[str, float]:
     """Runs ``eval_step`` over the split (all of it, or the first ``max_steps`` batches).
     All of it scores every target but each row's first token (read with a zero state) and
     the split's last ``tokens mod rows``: the rows' tails after the last full step are one

@@ -27,6 +27,7 @@ from lmscale.config import derive, save_config, validate, with_global_batch
 from lmscale.data.errors import DataError
 from lmscale.distributed import check_same_config, process_0_says, processes_that_differ
 from lmscale.data.dataset import TokenDataset, dataset_fingerprint
+from lmscale.data.stream import document_resets
 from lmscale.models import architecture
 from lmscale.models.registry import unused_settings_note
 from lmscale.training import mesh as mesh_lib
@@ -102,7 +103,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
             reader.close()
 
     dataset = TokenDataset.open(resolve_dataset(config.data, workdir, progress=interactive,
-                                                resuming=saved is not None))
+                                                resuming=saved is not None, seed=config.seed))
     fingerprint = dataset_fingerprint(dataset.path)
     differ = processes_that_differ(fingerprint)
     if differ:  # e.g. a relative data.train from another working directory, or node-local copies
@@ -354,7 +355,7 @@ def _already_trained(workdir: str, start: int, steps: int, is_main: bool) -> dic
 def eval_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """The evaluation settings of a run: validation in training and ``lmscale.eval`` share them."""
     return {"batch_size": config.train.eval_batch_size, "seq_len": config.train.seq_len,
-            "reset_on_documents": config.data.reset_on_documents,
+            "reset_on_documents": document_resets(config.data),
             "max_steps": config.train.eval_steps}
 
 

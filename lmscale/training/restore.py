@@ -314,7 +314,7 @@ def evaluate_data(lm: TrainedLM, data: str, *, split: str = "val", batch_size: i
     """Loss and BPC of ``lm`` on a split of a prepared dataset, or on text files (paths/globs).
 
     Settings left None are the run's own (``train.eval_batch_size``, ``train.seq_len``,
-    ``train.eval_steps``, the CSV column / JSONL field of its text; ``data.reset_on_documents``
+    ``train.eval_steps``, the CSV column / JSONL field of its text; its document resets
     always), so a run's validation split gives exactly the BPC its training logged (read
     ``lm`` in the run's ``precision.compute``, as ``lmscale.eval`` does).
     """

@@ -29,9 +29,9 @@ def reference(split, batch_size, seq_len, step, *, reset_on_documents=False, ord
     offsets = np.concatenate([[0], np.cumsum([len(split.shards[i]) for i in order])])
     boundary = np.zeros(len(stream) + 1, dtype=bool)
     boundary[offsets[:-1]] = True
-    if reset_on_documents:
+    if reset_on_documents:  # True, or N: every N-th document of each shard from its first
         for base, i in zip(offsets, order):
-            boundary[base + split.doc_starts[i]] = True
+            boundary[base + split.doc_starts[i][::int(reset_on_documents)]] = True
     L = len(stream) // batch_size
     k = step % ((L - 1) // seq_len)
     rows = []
@@ -49,7 +49,7 @@ def assert_batch_equal(a: LMBatch, b: LMBatch) -> None:
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
 
 
-@pytest.mark.parametrize("reset_on_documents", [False, True])
+@pytest.mark.parametrize("reset_on_documents", [False, True, 2, 3])
 @pytest.mark.parametrize("batch_size, seq_len", [(3, 7), (5, 16), (1, 50)])
 def test_matches_reference(dataset, batch_size, seq_len, reset_on_documents):
     split = dataset.split("train")
@@ -64,6 +64,15 @@ def test_matches_reference(dataset, batch_size, seq_len, reset_on_documents):
         want = reference(split, batch_size, seq_len, step, reset_on_documents=reset_on_documents)
         for name, w in zip(("inputs", "targets", "weights", "resets"), want):
             np.testing.assert_array_equal(getattr(got, name), w, err_msg=f"{name} step {step}")
+
+
+def test_every_nth_document_resets_fewer_and_a_bad_count_is_refused(dataset):
+    split = dataset.split("train")
+    counts = {n: sum(int(StreamBatcher(split, 3, 7, reset_on_documents=n).batch(k).resets.sum())
+                     for k in range(20)) for n in (True, 2, 3, False)}
+    assert counts[True] > counts[2] > counts[3] > counts[False] > 0, counts
+    with pytest.raises(DataError, match="reset_on_documents must be a bool or a count >= 0"):
+        StreamBatcher(split, 3, 7, reset_on_documents=-1)
 
 
 def test_rows_are_contiguous_across_steps(dataset):
