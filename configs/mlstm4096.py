@@ -5,10 +5,10 @@ sequences, gradients clipped to norm 1, learning rate decayed linearly to 0 over
 epoch of the data. Point data.train at your corpus (a prepared dataset folder, or text
 paths/globs), e.g. the Amazon reviews prepared with --split=1000,1,1. As sentiment-discovery
 reads them (analysis/reproduction.md, data_utils): the reviews in a random order ("each of
-the three sets internally shuffled": data.shuffle_documents, when the text is prepared in
-the workdir; lmscale.prepare --shuffle_documents=SEED for a dataset prepared apart), and
-the state reset at the start of each of its shards of 100 reviews
-(data.reset_every_documents=100).
+the three sets are internally shuffled"; here the whole text is shuffled before the split
+cuts it, data.shuffle_documents, when the text is prepared in the workdir; lmscale.prepare
+--shuffle_documents=SEED for a dataset prepared apart), and the state reset at the start of
+each of its shards of 100 reviews (data.reset_every_documents=100).
 
     python -m lmscale.train --config=configs/mlstm4096.py --workdir=runs/mlstm4096 \
         --config.data.train=/data/amazon_prepared
@@ -21,7 +21,7 @@ def get_config():
     config = default_config()
     config.data.train = "python_stdlib"  # replace with your corpus
     config.data.split = "1000,1,1"  # the paper's train/val/test shard counts
-    config.data.shuffle_documents = True  # the reviews in a random order (seeded by config.seed)
+    config.data.shuffle_documents = True  # the reviews in a random order (the same for every run)
     config.data.reset_every_documents = 100  # the seed's samples_per_shard: state reset every 100 reviews
     config.model.kind = "mlstm"
     config.model.hidden = 4096

@@ -80,7 +80,7 @@ def main(argv: list[str]) -> None:
         if _PIPELINE.value or _LOOP.value:
             from lmscale.data.dataset import TokenDataset
             from lmscale.training.data_source import resolve_dataset, train_batcher
-            path = resolve_dataset(config.data, _WORKDIR.value, progress=False, seed=config.seed)
+            path = resolve_dataset(config.data, _WORKDIR.value, progress=False)
             batcher = train_batcher(TokenDataset.open(path), config)
         return bench.run_bench(config, steps=_STEPS.value, warmup=_WARMUP.value, grad=_GRAD.value,
                                unroll=_UNROLL.value, layout=_LAYOUT.value,

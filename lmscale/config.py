@@ -63,7 +63,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.reset_on_documents = False  # also zero the RNN state at document starts (shards always reset)
     c.data.reset_every_documents = 0  # zero it at every N-th document of a shard (sentiment-discovery: shards of 100 reviews); 0 = off
     c.data.shuffle_shards = False  # seeded shuffle of shard order per epoch
-    c.data.shuffle_documents = False  # preparing: the documents in a random order (seed), as sentiment-discovery's sets
+    c.data.shuffle_documents = False  # preparing: the documents in a random order (one for all runs), as sentiment-discovery's
 
     c.model = ml_collections.ConfigDict()
     c.model.kind = "mlstm"  # "mlstm" (multiplicative LSTM), "lstm", "qrnn" or "transformer"

@@ -378,6 +378,8 @@ def prepare_dataset(inputs: str | Sequence[str], output: str, *, text_column: st
     each part in a random order from it (``lmscale.data.shuffle``). Returns ``output``. Raises DataError on bad input, leaving no output and no temporary folder.
     """
     split = _check_args(split, shard_tokens, txt_mode)
+    if shuffle_seed is not None and (int(shuffle_seed) != shuffle_seed or shuffle_seed < 0):
+        raise DataError(f"shuffle_seed must be an integer >= 0, got {shuffle_seed!r}")
     tokenizer = tokenizer or ByteTokenizer()
     output = os.path.normpath(os.fspath(output))
     if isinstance(inputs, str) and is_builtin(inputs):

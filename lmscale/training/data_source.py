@@ -83,7 +83,12 @@ def vocab_size_of(data: ml_collections.ConfigDict) -> int:
     return tokenizer.vocab_size
 
 
-def _request(data: ml_collections.ConfigDict, seed: int = 0) -> dict:
+# data.shuffle_documents' order: one for every run (not config.seed), so that runs of other
+# seeds read the same documents in the same order and validate on the same text.
+SHUFFLE_SEED = 0
+
+
+def _request(data: ml_collections.ConfigDict) -> dict:
     """What WORKDIR/data was prepared from (data_request.json): re-prepared when it changes."""
     request = {"inputs": str(data.train), "text_column": data.text_column, "text_field": data.text_field,
                "txt_mode": data.txt_mode, "split": data.split, "shard_tokens": data.shard_tokens,
@@ -98,8 +103,8 @@ def _request(data: ml_collections.ConfigDict, seed: int = 0) -> dict:
         request.update(word_min_count=data.word_min_count, word_vocab_size=data.word_vocab_size)
     if data.val or data.test:  # splits given as their own text
         request.update(val=data.val, test=data.test)
-    if data.get("shuffle_documents"):  # the order's seed (unshuffled requests stay as before)
-        request["shuffle_documents"] = int(seed)
+    # Recorded on or off (a record without it: off), so turning it either way re-prepares.
+    request["shuffle_documents"] = bool(data.get("shuffle_documents", False))
     return request
 
 
@@ -203,7 +208,7 @@ def _note_unused(data: ml_collections.ConfigDict, spec: str) -> None:
 
 
 def resolve_dataset(data: ml_collections.ConfigDict, workdir: str, *, progress: bool = True,
-                    resuming: bool = False, seed: int = 0) -> str:
+                    resuming: bool = False) -> str:
     """Returns the folder of a prepared dataset for ``data.train``, preparing it if needed.
 
     The text files' sizes and times are recorded with it (WORKDIR/data_request.json): text
@@ -211,7 +216,6 @@ def resolve_dataset(data: ml_collections.ConfigDict, workdir: str, *, progress: 
     checkpoints goes on with the data its steps were counted on; a note says so).
     With several processes only process 0 checks and prepares; the others wait for it at a
     barrier and fail with a pointer to process 0's error if it could not prepare.
-    ``seed`` orders the documents with ``data.shuffle_documents``.
     """
     spec = str(data.train)
     prepared = is_dataset(spec)
@@ -222,12 +226,12 @@ def resolve_dataset(data: ml_collections.ConfigDict, workdir: str, *, progress: 
             _note_unused(data, spec)
         return spec
     if jax.process_count() == 1:
-        return _prepare_in_workdir(data, workdir, progress, resuming, seed)
+        return _prepare_in_workdir(data, workdir, progress, resuming)
     from lmscale.distributed import process_0_says
     target, failure = None, None
     if jax.process_index() == 0:
         try:
-            target = _prepare_in_workdir(data, workdir, progress, resuming, seed)
+            target = _prepare_in_workdir(data, workdir, progress, resuming)
         except Exception as e:  # re-raised below, once the others know
             failure = e
     # A collective: every process waits here until process 0 is done.
@@ -260,7 +264,7 @@ def _check_every_process_sees(spec: str, prepared: bool) -> None:
 
 
 def _prepare_in_workdir(data: ml_collections.ConfigDict, workdir: str, progress: bool,
-                        resuming: bool = False, seed: int = 0) -> str:
+                        resuming: bool = False) -> str:
     """Prepares ``data.train`` (text or a built-in corpus) into WORKDIR/data unless it is there
     (prepared with the same settings from the same files; see ``resolve_dataset``)."""
     spec = str(data.train)
@@ -268,11 +272,12 @@ def _prepare_in_workdir(data: ml_collections.ConfigDict, workdir: str, progress:
     note = sp_model_note(data)
     if note:
         print(note, file=sys.stderr, flush=True)
-    request, sources = _request(data, seed), text_sources(data)
+    request, sources = _request(data), text_sources(data)
     request_path = os.path.join(workdir, "data_request.json")
     if is_dataset(target) and os.path.exists(request_path):
         recorded = _read_request(request_path, target)
         old_sources = recorded.pop("sources", None)  # absent before 2026-12-04: not compared
+        recorded.setdefault("shuffle_documents", False)  # absent before 2026-12-05: off
         moved = [k for k in sorted(recorded) if not _same_request_value(k, recorded[k], request.get(k))]
         if resuming and not moved:  # keys only a newer lmscale records, or the same sp_model
             recorded = request  # file moved: the same request
@@ -306,7 +311,7 @@ def _prepare_in_workdir(data: ml_collections.ConfigDict, workdir: str, progress:
                     overwrite=True, progress=progress,
                     val_inputs=split_inputs(data.val) or None,
                     test_inputs=split_inputs(data.test) or None,
-                    shuffle_seed=int(seed) if data.get("shuffle_documents") else None)
+                    shuffle_seed=SHUFFLE_SEED if data.get("shuffle_documents") else None)
     if sources is not None:
         request["sources"] = sources
     write_json(request_path, request, indent=2)  # all or nothing: a torn record stops every resume

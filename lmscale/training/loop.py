@@ -103,7 +103,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
             reader.close()
 
     dataset = TokenDataset.open(resolve_dataset(config.data, workdir, progress=interactive,
-                                                resuming=saved is not None, seed=config.seed))
+                                                resuming=saved is not None))
     fingerprint = dataset_fingerprint(dataset.path)
     differ = processes_that_differ(fingerprint)
     if differ:  # e.g. a relative data.train from another working directory, or node-local copies

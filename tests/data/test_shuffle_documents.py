@@ -33,10 +33,15 @@ def _documents(dataset: TokenDataset, split: str) -> list[bytes]:
     return docs
 
 
-@pytest.mark.parametrize("bucket_tokens", [shuffle.BUCKET_TOKENS, 97])  # one bucket; many
-def test_the_documents_are_the_same_in_a_seeded_random_order(tmp_path, monkeypatch, bucket_tokens):
-    monkeypatch.setattr(shuffle, "BUCKET_TOKENS", bucket_tokens)
-    monkeypatch.setattr(shuffle, "CHUNK_TOKENS", 300)
+@pytest.mark.parametrize("buckets", [False, True])  # one bucket (the part in memory); many
+def test_the_documents_are_the_same_in_a_seeded_random_order(tmp_path, monkeypatch, buckets):
+    read = []
+    if buckets:  # ~96 buckets, scattered 300 tokens at a time, copied 50 at a time
+        monkeypatch.setattr(shuffle, "BUCKET_TOKENS", 97)
+        monkeypatch.setattr(shuffle, "CHUNK_TOKENS", 300)
+        monkeypatch.setattr(shuffle, "GATHER_TOKENS", 50)
+        real = shuffle._bucket_documents
+        monkeypatch.setattr(shuffle, "_bucket_documents", lambda *a: read.append(1) or real(*a))
     texts = make_docs(300, seed=2, min_len=3, max_len=60)
     write_txt_files(tmp_path / "in", texts)
     kw = dict(split=(1, 0, 0), shard_tokens=10**6, progress=False)
@@ -50,8 +55,8 @@ def test_the_documents_are_the_same_in_a_seeded_random_order(tmp_path, monkeypat
     assert first != original and first == again and other != first  # seeded, random
     meta = json.loads((tmp_path / "b" / "metadata.json").read_text())
     assert meta["options"]["shuffle_seed"] == 5 and meta["total_documents"] == 300
-    # no bucket files left behind
-    assert not [f for f in os.listdir(tmp_path) if "bucket" in f]
+    assert (len(read) > 50) == buckets  # the bucket files were (or were not) used
+    assert not [f for f in os.listdir(tmp_path) if "bucket" in f]  # none left behind
 
 
 def test_explicit_splits_are_shuffled_each_within_itself(tmp_path):
@@ -72,21 +77,50 @@ def test_explicit_splits_are_shuffled_each_within_itself(tmp_path):
 
 
 def test_a_run_prepares_shuffled_and_resets_every_n_documents(tmp_path):
+    from lmscale.training.checkpoints import CheckpointMismatchError
+    from lmscale.training.data_source import resolve_dataset
     write_txt_files(tmp_path / "in", make_docs(200, seed=0, min_len=5, max_len=40))
+    plain = tiny_config(str(tmp_path / "in"))
     config = tiny_config(str(tmp_path / "in"), **{"data.shuffle_documents": True,
                                                   "data.reset_every_documents": 3})
     validate(config)
-    from lmscale.training.data_source import resolve_dataset
-    path = resolve_dataset(config.data, str(tmp_path / "run"), progress=False, seed=7)
-    assert json.loads((tmp_path / "run" / "data_request.json").read_text())["shuffle_documents"] == 7
+    run = tmp_path / "run"
+    resolve_dataset(plain.data, str(run), progress=False)
+    # turned on while resuming: refused (it trained on the unshuffled text), not ignored
+    with pytest.raises(CheckpointMismatchError, match="data.shuffle_documents=False; resuming it "
+                                                      "with data.shuffle_documents=True"):
+        resolve_dataset(config.data, str(run), progress=False, resuming=True)
+    path = resolve_dataset(config.data, str(run), progress=False)  # a new run: prepared again
+    assert json.loads((run / "data_request.json").read_text())["shuffle_documents"] is True
     dataset = TokenDataset.open(path)
-    assert json.loads((tmp_path / "run" / "data" / "metadata.json").read_text())[
-        "options"]["shuffle_seed"] == 7
+    meta = json.loads((run / "data" / "metadata.json").read_text())
+    assert meta["options"]["shuffle_seed"] == 0  # one order for every run, whatever config.seed
     batcher = train_batcher(dataset, config)
     assert batcher.reset_every == 3 == document_resets(config.data)
     bad = tiny_config("x", **{"data.reset_on_documents": True, "data.reset_every_documents": 3})
     with pytest.raises(ConfigError, match="data.reset_on_documents resets at every document"):
         validate(bad)
+
+
+def test_edge_cases_keep_every_document(tmp_path):
+    """Zero-length documents (one at the very end), a document longer than a bucket and than
+    a copy, an empty part, and a negative seed refused."""
+    docs = [np.arange(n, dtype="<u2") + 7 * i for i, n in enumerate([3, 0, 5, 400, 2, 0])]
+    tokens = np.concatenate(docs)
+    starts = np.cumsum([0] + [len(d) for d in docs[:-1]])
+    for bucket_tokens in (None, 50):
+        (tmp_path / "t.raw").write_bytes(tokens.tobytes())
+        (tmp_path / "d.raw").write_bytes(starts.astype("<i8").tobytes())
+        n = shuffle.shuffle_documents(str(tmp_path / "t.raw"), str(tmp_path / "d.raw"), len(tokens),
+                                      2, 3, part_ends=(8, 8, len(tokens)), bucket_tokens=bucket_tokens)
+        got_t = np.fromfile(tmp_path / "t.raw", "<u2")
+        got_s = np.fromfile(tmp_path / "d.raw", "<i8")
+        assert n == len(got_s) == 6
+        pieces = np.split(got_t, got_s[1:])
+        for ours, theirs in ((pieces[:3], docs[:3]), (pieces[3:], docs[3:])):  # each part within
+            assert sorted(p.tobytes() for p in ours) == sorted(d.tobytes() for d in theirs)
+    with pytest.raises(Exception, match="shuffle_seed must be an integer >= 0"):
+        prepare_dataset(str(tmp_path / "t.raw"), str(tmp_path / "x"), shuffle_seed=-1)
 
 
 def test_words_and_the_cli(tmp_path):
