@@ -469,7 +469,7 @@ def prepare_dataset(inputs: str | Sequence[str], output: str, *, text_column: st
             "options": {"text_column": text_column, "text_field": text_field, "txt_mode": txt_mode,
                         "split": None if parts else list(split), "shard_tokens": shard_tokens,
                         "split_inputs": {"val": val_inputs, "test": test_inputs} if parts else None,
-                        "shuffle_seed": shuffle_seed,
+                        **({} if shuffle_seed is None else {"shuffle_seed": shuffle_seed}),
                         "tokenizer_training": (training or word_training).to_dict()
                         if (training or word_training) else None},
             "num_shards": len(plan), "cycles": len(plan) // sum(split),

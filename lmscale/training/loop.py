@@ -33,7 +33,7 @@ from lmscale.models.registry import unused_settings_note
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.checkpoints import Checkpointer, check_same_model
 from lmscale.training.resume import (PROVENANCE_KEYS, archive_previous_run, check_resumable,
-                                     check_same_dataset, keep_config_history, provenance,
+                                     check_same_dataset, init_note, keep_config_history, provenance,
                                      resumed_derived)
 from lmscale.training.step_timer import StepTimer
 from lmscale.training.stop import StopSignal
@@ -169,7 +169,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
             print(f"resuming {workdir} from its checkpoint at step {start} (of "
                   f"{derived['steps']})", file=sys.stderr, flush=True)
         print_compute_hint(config.precision.compute, mesh.devices.flat[0])
-        for note in (unused_settings_note(config.model),
+        for note in (unused_settings_note(config.model), init_note(saved, config),
                      batch_and_rate_note(config, mesh.size, derived["lr"]),
                      warmup_note(config.optim.schedule, config.optim.warmup_steps,
                                  derived["steps"], derived["decay_steps"])):

@@ -327,6 +327,20 @@ def provenance(workdir: str, saved: dict[str, Any] | None = None) -> dict[str, A
     return found
 
 
+def init_note(saved: dict[str, Any] | None, config: ml_collections.ConfigDict) -> str | None:
+    """A resumed run whose ``model.io_init`` differs from the one its weights were drawn with
+    (its checkpoint's config; "uniform" before the setting): said, as it changes nothing."""
+    old = (saved or {}).get("config")
+    if not old or config.model.kind not in ("mlstm", "lstm", "qrnn"):
+        return None
+    drawn = (old.get("model") or {}).get("io_init", "uniform")
+    if drawn == config.model.io_init:
+        return None
+    return (f"note: model.io_init={config.model.io_init!r} draws a new run's first weights; this "
+            f"run's were drawn {drawn!r} (its checkpoint), and resuming goes on from them "
+            f"(config.json records the setting as given; the earlier one is in history/)")
+
+
 def keep_config_history(workdir: str, new_record: dict[str, Any], start: int) -> None:
     """Before config.json is replaced by a different config, keeps the old one in history/
     (an unreadable one as ``history/config.<start>.unreadable.json``)."""
