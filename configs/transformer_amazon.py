@@ -21,7 +21,15 @@ Reasoning (the seed: NVIDIA/sentiment-discovery's transformer, fairseq's decoder
 - Differences: lmscale's untied output head has a bias (32,001 parameters more than the
   seed's bias-free output projection); positions count time steps (the seed's pretrain.py
   feeds [T, B] batches to a make_positions that counts along dim 1, so its learned
-  "positions" index the batch slot: a bug not copied).
+  "positions" index the batch slot: a bug not copied). The tokenizer sees other text and
+  keeps it whole: the seed cleans every text first (process_str: HTML tags out, unidecode to
+  ASCII, html.unescape, whitespace collapsed, framed "\n " + text + " "), trains on its
+  corpus cut at '.', with SentencePiece's defaults (nmt_nfkc, a dummy prefix, whitespace
+  collapsed, digits merged, coverage 1.0, no byte fallback); lmscale trains on a sample of
+  the raw text with identity normalization, whitespace and newlines kept, digits split,
+  coverage 0.9995 and byte fallback (lossless: the text decodes back exactly). So the pieces
+  and ids differ; --sp_model=the seed's ama_32k_tokenizer.model encodes with its model
+  (not its cleaning; prepare names its lossy settings).
 
     python -m lmscale.prepare --input='/data/amazon/*.json' --text_field=reviewText \
         --output=/data/amazon_sp32k --tokenizer=sentencepiece --vocab_size=32000 --split=1000,1,1

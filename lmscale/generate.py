@@ -33,6 +33,10 @@ _SEED = flags.DEFINE_integer("seed", 0, "Random seed, 0 <= seed < 2**32 (the key
 _NEURON = flags.DEFINE_integer("neuron", None, "Unit of the last layer to hold fixed (from "
                                "the start, and after every token, prompt included).")
 _VALUE = flags.DEFINE_float("neuron_value", 0.0, "Value the unit is held at.")
+_POLARITY = flags.DEFINE_bool("neuron_polarity", False, "Multiply --neuron_value by the sign "
+                              "lmscale.transfer found for the unit (its own direction), so that "
+                              "a positive value means its positive class, as sentiment-discovery's "
+                              "generate.py multiplies --overwrite by the classifier's sign.")
 _STATE = flags.DEFINE_string("neuron_state", None, "State the unit lives in, one the model "
                              "holds; default: its first (cell for mLSTM/LSTM/QRNN; a QRNN holds "
                              "a unit only in its cell state; a kind of one's own: its own names).")
@@ -88,13 +92,26 @@ def main(argv: list[str]) -> None:
         if (neuron_state is None and found is not None and found[1]
                 and (_NEURON.value, -1) == (found[0], found[2])):
             neuron_state = found[1]  # the transfer's neuron, held in the state it was read from
+        value = _VALUE.value
+        if _POLARITY.value:  # the transfer's own sign of this unit (h = o tanh(c): the same in
+            # either state)
+            if found is None or (_NEURON.value, -1) != (found[0], found[2]):
+                raise DataError(f"--neuron_polarity takes the sign lmscale.transfer found for "
+                                f"--neuron={_NEURON.value}, and {_WORKDIR.value}/transfer found "
+                                + ("no neuron of this LM" if found is None else
+                                   f"unit {found[0]} of " + ("the last layer" if found[2] == -1
+                                                             else f"layer {found[2]}")
+                                   + f" ({found[1]} state)")
+                                + ": run lmscale.transfer, or give the signed --neuron_value")
+            value *= found[3]
         texts = generate(lm, _PROMPT.value, length, temperature=_TEMPERATURE.value,
                          top_k=_TOP_K.value, top_p=_TOP_P.value, samples=_SAMPLES.value,
-                         seed=_SEED.value, neuron=_NEURON.value, neuron_value=_VALUE.value,
+                         seed=_SEED.value, neuron=_NEURON.value, neuron_value=value,
                          neuron_state=neuron_state, progress=sys.stderr.isatty())
         os.makedirs(out, exist_ok=True)
         record = {"prompt": _PROMPT.value, "length": length, "seed": _SEED.value,
-                  "neuron": _NEURON.value, "neuron_value": _VALUE.value,
+                  "neuron": _NEURON.value, "neuron_value": value,
+                  "neuron_polarity": _POLARITY.value,
                   # the state the unit was held in: given, the transfer's, else generate's
                   # default (the model's first feature state, the cell state of an mLSTM)
                   "neuron_state": (neuron_state or states[0])
@@ -135,6 +152,8 @@ def _check_neuron_flags() -> None:
     from lmscale.data.errors import DataError
     if _NEURON.value is None and flags.FLAGS["neuron_value"].present:
         raise DataError("--neuron_value holds the unit --neuron names: give --neuron too")
+    if _NEURON.value is None and _POLARITY.value:
+        raise DataError("--neuron_polarity signs the value --neuron is held at: give --neuron too")
     if _NEURON.value is None and _HEATMAP_UNIT.value is None and _STATE.value is not None:
         raise DataError("--neuron_state is the state of --neuron (or of --heatmap_unit): give "
                         "one of them too")

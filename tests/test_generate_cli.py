@@ -127,6 +127,18 @@ def test_the_transfers_neuron_is_held_in_its_state_and_a_stale_transfer_is_not_u
     assert record["samples"] == [held["hidden"]] and record["neuron_state"] == "hidden"
     assert run("--neuron=3", "--neuron_value=0.9", "--neuron_state=cell").returncode == 0
     assert json.loads((workdir / "generate" / "samples.json").read_text())["samples"] == [held["cell"]]
+    # --neuron_polarity: the value times the unit's sign (-1 here), as sentiment-discovery's
+    # generate.py signs --overwrite; a unit the transfer did not find is refused
+    proc = run("--neuron=3", "--neuron_value=0.9", "--neuron_polarity")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads((workdir / "generate" / "samples.json").read_text())
+    assert record["neuron_value"] == -0.9 and record["neuron_polarity"] is True
+    assert record["samples"] == generate(lm, "The movie", 12, temperature=0.0, neuron=3,
+                                         neuron_value=-0.9, neuron_state="hidden")
+    proc = run("--neuron=4", "--neuron_value=0.9", "--neuron_polarity")
+    assert proc.returncode != 0 and "--neuron_polarity takes the sign lmscale.transfer found for " \
+        "--neuron=4" in proc.stderr and "found unit 3 of the last layer (hidden state)" in proc.stderr, \
+        proc.stderr[-2000:]
 
     results["lm"]["step"] = lm.step + 100  # the LM was retrained after the transfer
     (workdir / "transfer" / "results.json").write_text(json.dumps(results))
@@ -147,6 +159,7 @@ def test_neuron_flags_without_their_unit_and_a_multilabel_transfer(sst_run, tmp_
         cwd=REPO, capture_output=True, text=True, timeout=600)
     for flags, message in ((["--neuron_value=5"], "--neuron_value holds the unit --neuron names"),
                            (["--neuron_state=hidden"], "--neuron_state is the state of --neuron"),
+                           (["--neuron_polarity"], "--neuron_polarity signs the value --neuron"),
                            (["--heatmap_unit=999"], "--heatmap_unit=999 is outside the last "
                                                     "layer's 32 units (0..31)")):
         proc = run(sst_run, *flags)
