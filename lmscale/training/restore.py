@@ -314,8 +314,8 @@ def evaluate_data(lm: TrainedLM, data: str, *, split: str = "val", batch_size: i
     """Loss and BPC of ``lm`` on a split of a prepared dataset, or on text files (paths/globs).
 
     Settings left None are the run's own (``train.eval_batch_size``, ``train.seq_len``,
-    ``train.eval_steps``, the CSV column / JSONL field of its text; its document resets
-    always), so a run's validation split gives exactly the BPC its training logged (read
+    ``train.eval_steps``, the CSV column / JSONL field of its text; its .txt documents
+    (``data.txt_mode``) and their resets always), so a run's validation split gives exactly the BPC its training logged (read
     ``lm`` in the run's ``precision.compute``, as ``lmscale.eval`` does).
     """
     from lmscale.training.loop import eval_settings
@@ -341,6 +341,7 @@ def evaluate_data(lm: TrainedLM, data: str, *, split: str = "val", batch_size: i
     with tempfile.TemporaryDirectory(prefix="lmscale-eval-") as tmp:
         path = prepare_dataset([p for p in data.split(",") if p], os.path.join(tmp, "data"),
                                text_column=text_column, text_field=text_field, split=(1, 0, 0),
+                               txt_mode=lm.config.data.get("txt_mode", "file"),  # its documents
                                shard_tokens=2**40, tokenizer=lm.tokenizer, progress=False)
         text = TokenDataset.open(path).split("train")
         text.label = f"the text of {data}"  # the one split of the text is no split of the user's

@@ -142,3 +142,26 @@ def test_words_and_the_cli(tmp_path):
                "--txt_mode=line", "--split=1,0,0", "--shuffle_documents=1", "--tokenizer=word")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert _documents(TokenDataset.open(str(tmp_path / "c")), "train") == b
+
+
+def test_eval_of_text_files_reads_their_documents_as_the_run_did(tmp_path):
+    """``evaluate_data`` on .txt files prepared them one document a file whatever the run's
+    ``data.txt_mode``, so a line-mode run's resets (every N-th line) were not its own there."""
+    import dataclasses
+
+    from lmscale.training.restore import evaluate_data
+    from tests.transfer.conftest import random_lm
+    text = tmp_path / "lines.txt"
+    text.write_text("".join(f"line {i} of a short text\n" for i in range(300)))
+    lm = random_lm(hidden=16)
+    config = lm.config.copy_and_resolve_references()
+    config.data.txt_mode, config.data.reset_every_documents = "line", 3
+    config.train.eval_batch_size, config.train.seq_len = 2, 32
+    lm = dataclasses.replace(lm, config=config)
+    prepared = {mode: prepare_dataset(str(text), str(tmp_path / mode), txt_mode=mode,
+                                      split=(1, 0, 0), shard_tokens=2**40, tokenizer=lm.tokenizer,
+                                      progress=False) for mode in ("line", "file")}
+    got = evaluate_data(lm, str(text), max_steps=0)
+    as_lines, as_file = (evaluate_data(lm, prepared[m], split="train", max_steps=0)
+                         for m in ("line", "file"))
+    assert got == as_lines and got["loss"] != as_file["loss"]
