@@ -14,7 +14,7 @@ Reasoning (Puri et al. 2018, "Converging on 40GB of Text in Four Hours"):
   same order each epoch (data.shuffle_shards=False).
 - float16 with dynamic loss scaling; float32 master weights and Adam state.
 
-    sbatch launch/slurm_mlstm.sbatch configs/mlstm4096_128gpu.py runs/mlstm4096_32k
+    sbatch --nodes=16 launch/slurm_mlstm.sbatch configs/mlstm4096_128gpu.py runs/mlstm4096_32k
 """
 
 import os

@@ -205,6 +205,11 @@ def _note_unused(data: ml_collections.ConfigDict, spec: str) -> None:
         print(f"note: data.train {spec} is a prepared dataset, with its own tokenizer and "
               f"splits: {', '.join(unused)} not used (settings for preparing text)",
               file=sys.stderr, flush=True)
+    if data.get("shuffle_documents") and own and not own.get("shuffle_documents"):
+        print(f"warning: data.shuffle_documents asks for the documents in a random order, and "
+              f"{spec} holds them in the order of its input: prepare it again with "
+              f"lmscale.prepare ... --shuffle_documents=SEED (this run reads them in order)",
+              file=sys.stderr, flush=True)
 
 
 def resolve_dataset(data: ml_collections.ConfigDict, workdir: str, *, progress: bool = True,

@@ -135,6 +135,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
     graphdef, state = setup.graphdef, setup.state
     initial_carry = nnx.merge(graphdef, state.params).initial_carry  # reads shapes, not params
     derived.update(dataset=os.path.abspath(dataset.path), dataset_fingerprint=fingerprint,
+                   # the order its documents were prepared in: a seed, or None (input order)
+                   dataset_shuffle_seed=(dataset.metadata.get("options") or {}).get("shuffle_seed"),
                    devices=mesh.size,
                    processes=jax.process_count(), params=setup.num_params,
                    train_flops_per_token=train_flops_per_token(

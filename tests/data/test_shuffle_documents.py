@@ -165,3 +165,23 @@ def test_eval_of_text_files_reads_their_documents_as_the_run_did(tmp_path):
     as_lines, as_file = (evaluate_data(lm, prepared[m], split="train", max_steps=0)
                          for m in ("line", "file"))
     assert got == as_lines and got["loss"] != as_file["loss"]
+
+
+def test_a_prepared_dataset_in_input_order_is_warned_and_the_run_records_its_order(tmp_path, capsys):
+    """data.train a prepared folder: config.json said shuffle_documents=true for a run that read
+    the documents in their input order (one note among others said it unused)."""
+    from lmscale.config import load_config
+    from lmscale.training.loop import train
+    write_txt_files(tmp_path / "in", make_docs(200, seed=0, min_len=20, max_len=60))
+    for name, seed in (("plain", None), ("mixed", 4)):
+        path = prepare_dataset(str(tmp_path / "in"), str(tmp_path / name), split=(8, 1, 0),
+                               shard_tokens=2000, progress=False, shuffle_seed=seed)
+        config = tiny_config(path, **{"data.shuffle_documents": True, "train.steps": 2,
+                                      "train.eval_every": 0, "data.split": "8,1,0"})
+        capsys.readouterr()
+        train(config, str(tmp_path / f"run_{name}"))
+        warned = "data.shuffle_documents asks for the documents in a random order" in \
+            capsys.readouterr().err
+        assert warned == (seed is None)
+        _, derived = load_config(str(tmp_path / f"run_{name}" / "config.json"))
+        assert derived["dataset_shuffle_seed"] == seed
