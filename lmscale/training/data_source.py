@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import Any
 
 import jax
 import ml_collections
@@ -86,6 +87,15 @@ def vocab_size_of(data: ml_collections.ConfigDict) -> int:
 # data.shuffle_documents' order: one for every run (not config.seed), so that runs of other
 # seeds read the same documents in the same order and validate on the same text.
 SHUFFLE_SEED = 0
+
+
+def _recorded_shuffle(value: Any) -> Any:
+    """A record's shuffle_documents: absent (before 2026-12-05) is off; an integer (a seed,
+    recorded for a few commits of 2026-12-05) is on when it is ``SHUFFLE_SEED``, else that
+    seed's own order."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    return True if value == SHUFFLE_SEED else f"seed {value}"
 
 
 def _request(data: ml_collections.ConfigDict) -> dict:
@@ -282,7 +292,7 @@ def _prepare_in_workdir(data: ml_collections.ConfigDict, workdir: str, progress:
     if is_dataset(target) and os.path.exists(request_path):
         recorded = _read_request(request_path, target)
         old_sources = recorded.pop("sources", None)  # absent before 2026-12-04: not compared
-        recorded.setdefault("shuffle_documents", False)  # absent before 2026-12-05: off
+        recorded["shuffle_documents"] = _recorded_shuffle(recorded.get("shuffle_documents"))
         moved = [k for k in sorted(recorded) if not _same_request_value(k, recorded[k], request.get(k))]
         if resuming and not moved:  # keys only a newer lmscale records, or the same sp_model
             recorded = request  # file moved: the same request

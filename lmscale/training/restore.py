@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import json
 import os
 import sys
 import tempfile
@@ -24,7 +25,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from lmscale.config import COMPUTE_DTYPES, ConfigError, config_from_record, load_config
-from lmscale.data.dataset import TokenDataset, is_dataset
+from lmscale.data.dataset import METADATA, TokenDataset, is_dataset
 from lmscale.data.errors import DataError
 from lmscale.data.prepare import prepare_dataset
 from lmscale.data.tokenizer import tokenizer_from_dict
@@ -314,9 +315,10 @@ def evaluate_data(lm: TrainedLM, data: str, *, split: str = "val", batch_size: i
     """Loss and BPC of ``lm`` on a split of a prepared dataset, or on text files (paths/globs).
 
     Settings left None are the run's own (``train.eval_batch_size``, ``train.seq_len``,
-    ``train.eval_steps``, the CSV column / JSONL field of its text; its .txt documents
-    (``data.txt_mode``) and their resets always), so a run's validation split gives exactly the BPC its training logged (read
-    ``lm`` in the run's ``precision.compute``, as ``lmscale.eval`` does).
+    ``train.eval_steps``; text files are read as the run's own text was prepared,
+    ``_text_options``; its document resets always), so a run's validation split gives
+    exactly the BPC its training logged (read ``lm`` in the run's ``precision.compute``, as
+    ``lmscale.eval`` does).
     """
     from lmscale.training.loop import eval_settings
     settings = eval_settings(lm.config)
@@ -329,8 +331,7 @@ def evaluate_data(lm: TrainedLM, data: str, *, split: str = "val", batch_size: i
     if max_len and settings["seq_len"] > max_len:
         raise ConfigError(f"seq_len {settings['seq_len']} is longer than the {lm.config.model.kind} "
                           f"model's max_len={max_len}: evaluate with a seq_len of at most {max_len}")
-    text_column = text_column or lm.config.data.get("text_column") or None
-    text_field = text_field or lm.config.data.get("text_field") or None
+    text_column, text_field, txt_mode = _text_options(lm, text_column, text_field)
     if is_dataset(data):
         dataset = TokenDataset.open(data)
         if dataset.tokenizer.to_dict() != lm.tokenizer.to_dict():
@@ -341,11 +342,27 @@ def evaluate_data(lm: TrainedLM, data: str, *, split: str = "val", batch_size: i
     with tempfile.TemporaryDirectory(prefix="lmscale-eval-") as tmp:
         path = prepare_dataset([p for p in data.split(",") if p], os.path.join(tmp, "data"),
                                text_column=text_column, text_field=text_field, split=(1, 0, 0),
-                               txt_mode=lm.config.data.get("txt_mode", "file"),  # its documents
+                               txt_mode=txt_mode,
                                shard_tokens=2**40, tokenizer=lm.tokenizer, progress=False)
         text = TokenDataset.open(path).split("train")
         text.label = f"the text of {data}"  # the one split of the text is no split of the user's
         return _evaluate(lm, text, settings)
+
+
+def _text_options(lm: TrainedLM, text_column: str | None, text_field: str | None
+                  ) -> tuple[str | None, str | None, str]:
+    """(CSV column, JSONL field, .txt mode) the run's own text was prepared with: its prepared
+    dataset's record (``derived.dataset``, or ``data.train`` when that is a folder prepared
+    apart, whose settings the config does not hold), else its config's; given ones win."""
+    data, options = lm.config.data, {}
+    for path in (lm.derived.get("dataset"), str(data.train)):
+        if path and is_dataset(path):
+            with open(os.path.join(path, METADATA), encoding="utf-8") as f:
+                options = json.load(f).get("options") or {}
+            break
+    return (text_column or options.get("text_column") or data.get("text_column") or None,
+            text_field or options.get("text_field") or data.get("text_field") or None,
+            options.get("txt_mode") or data.get("txt_mode", "file"))
 
 
 def _evaluate(lm: TrainedLM, split: Any, settings: dict[str, Any]) -> dict[str, float]:

@@ -328,17 +328,18 @@ def provenance(workdir: str, saved: dict[str, Any] | None = None) -> dict[str, A
 
 
 def init_note(saved: dict[str, Any] | None, config: ml_collections.ConfigDict) -> str | None:
-    """A resumed run whose ``model.io_init`` differs from the one its weights were drawn with
-    (its checkpoint's config; "uniform" before the setting): said, as it changes nothing."""
+    """A resume whose ``model.io_init`` differs from its checkpoint's config ("uniform" before
+    the setting): said, as it changes nothing (only a new run's first weights are drawn)."""
     old = (saved or {}).get("config")
     if not old or config.model.kind not in ("mlstm", "lstm", "qrnn"):
         return None
-    drawn = (old.get("model") or {}).get("io_init", "uniform")
-    if drawn == config.model.io_init:
+    recorded = (old.get("model") or {}).get("io_init", "uniform")
+    if recorded == config.model.io_init:
         return None
-    return (f"note: model.io_init={config.model.io_init!r} draws a new run's first weights; this "
-            f"run's were drawn {drawn!r} (its checkpoint), and resuming goes on from them "
-            f"(config.json records the setting as given; the earlier one is in history/)")
+    return (f"note: model.io_init is {config.model.io_init!r} here and {recorded!r} in the "
+            f"checkpoint's config; it draws only a new run's first weights, so this resumed run "
+            f"goes on from its checkpoint's weights, drawn when it started (config.json records "
+            f"the setting as given; the earlier configs are in history/)")
 
 
 def keep_config_history(workdir: str, new_record: dict[str, Any], start: int) -> None:

@@ -165,6 +165,12 @@ def test_eval_of_text_files_reads_their_documents_as_the_run_did(tmp_path):
     as_lines, as_file = (evaluate_data(lm, prepared[m], split="train", max_steps=0)
                          for m in ("line", "file"))
     assert got == as_lines and got["loss"] != as_file["loss"]
+    # a run on a folder prepared apart: its config holds no txt_mode (the default, "file");
+    # the folder's record says how its text was read
+    config = config.copy_and_resolve_references()
+    config.data.txt_mode, config.data.train = "file", prepared["line"]
+    apart = dataclasses.replace(lm, config=config)
+    assert evaluate_data(apart, str(text), max_steps=0) == as_lines
 
 
 def test_a_prepared_dataset_in_input_order_is_warned_and_the_run_records_its_order(tmp_path, capsys):
@@ -185,3 +191,40 @@ def test_a_prepared_dataset_in_input_order_is_warned_and_the_run_records_its_ord
         assert warned == (seed is None)
         _, derived = load_config(str(tmp_path / f"run_{name}" / "config.json"))
         assert derived["dataset_shuffle_seed"] == seed
+
+
+@pytest.mark.parametrize("bucket_tokens", [None, 50_000])  # one bucket; many
+def test_a_disk_that_fills_while_shuffling_is_the_disk_full_error(small_disk, tmp_path,
+                                                                  monkeypatch, bucket_tokens):
+    """numpy's tofile raised a bare OSError ('N requested and M written', no errno) past
+    prepare's disk-full message, and could cut a bucket file short without a word."""
+    from lmscale.data.errors import DataError
+    if bucket_tokens:
+        monkeypatch.setattr(shuffle, "BUCKET_TOKENS", bucket_tokens)
+    text = tmp_path / "corpus.txt"
+    text.write_text("".join(f"line {i} of the text to shuffle.\n" for i in range(20_000)))
+    with pytest.raises(DataError, match=r"ds: the disk is full"):  # ~640 KB: tokens fit once
+        prepare_dataset(str(text), str(small_disk / "ds"), txt_mode="line", split=(1, 0, 0),
+                        shard_tokens=2**40, progress=False, shuffle_seed=0)
+    assert os.listdir(small_disk) == []  # nothing left
+
+
+def test_a_request_recorded_with_a_seed_reads_as_its_order(tmp_path):
+    """A few commits recorded data.shuffle_documents as config.seed (an integer): 0 read as
+    off (False == 0), so a shuffled workdir resumed unshuffled silently."""
+    from lmscale.training.checkpoints import CheckpointMismatchError
+    from lmscale.training.data_source import resolve_dataset
+    write_txt_files(tmp_path / "in", make_docs(60, seed=0, min_len=5, max_len=40))
+    on = tiny_config(str(tmp_path / "in"), **{"data.shuffle_documents": True})
+    off = tiny_config(str(tmp_path / "in"))
+    run = tmp_path / "run"
+    resolve_dataset(on.data, str(run), progress=False)
+    request = json.loads((run / "data_request.json").read_text())
+    for recorded, accepted in ((0, on), (1, None)):
+        (run / "data_request.json").write_text(json.dumps({**request, "shuffle_documents": recorded}))
+        for config in (on, off):
+            if config is accepted:
+                resolve_dataset(config.data, str(run), progress=False, resuming=True)
+            else:
+                with pytest.raises(CheckpointMismatchError, match="data.shuffle_documents"):
+                    resolve_dataset(config.data, str(run), progress=False, resuming=True)

@@ -69,9 +69,9 @@ def test_the_recipes_set_their_sources_init(name, expected):
     assert config_from_file(str(REPO / "configs" / f"{name}.py")).model.io_init == expected
 
 
-def test_a_resume_with_another_init_says_its_weights_were_drawn_otherwise(tmp_path, corpus, capsys):
+def test_a_resume_with_another_init_says_it_changes_nothing(tmp_path, corpus, capsys):
     """Resuming changes nothing (the weights come from the checkpoint), but config.json then
-    records the setting as given: a note says how this run's weights were drawn."""
+    records the setting as given: a note says the setting differs from the checkpoint's."""
     from lmscale.training.loop import train
     base = {"train.steps": 2, "train.eval_every": 0, "checkpoint.every": 2}
     train(tiny_config(corpus, **base), str(tmp_path / "run"))
@@ -79,8 +79,8 @@ def test_a_resume_with_another_init_says_its_weights_were_drawn_otherwise(tmp_pa
     train(tiny_config(corpus, **{**base, "train.steps": 4, "model.io_init": "pytorch"}),
           str(tmp_path / "run"))
     err = capsys.readouterr().err
-    assert "model.io_init='pytorch' draws a new run's first weights; this run's were drawn " \
-           "'uniform' (its checkpoint)" in err, err
+    assert "model.io_init is 'pytorch' here and 'uniform' in the checkpoint's config; it draws " \
+           "only a new run's first weights" in err, err
     train(tiny_config(corpus, **{**base, "train.steps": 6, "model.io_init": "pytorch"}),
           str(tmp_path / "run"))
     assert "io_init" not in capsys.readouterr().err  # step 4's checkpoint records it: said once
