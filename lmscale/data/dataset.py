@@ -60,13 +60,18 @@ def dataset_problem(path: str | os.PathLike) -> str | None:
     return None
 
 
+def dataset_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The checked metadata.json of the prepared dataset at ``path``; None where ``path`` is
+    not one (``is_dataset``), read once."""
+    try:
+        return _read_metadata(os.fspath(path))
+    except (DataError, OSError):
+        return None
+
+
 def is_dataset(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a folder with a readable lmscale-tokens metadata.json."""
-    try:
-        _read_metadata(os.fspath(path))
-    except (DataError, OSError):
-        return False
-    return True
+    return dataset_metadata(path) is not None
 
 
 class LazyDocStarts(Sequence[np.ndarray]):

@@ -20,7 +20,7 @@ import ml_collections
 from lmscale.atomic import write_json
 from lmscale.config import parse_split
 from lmscale.data.builtin import is_builtin
-from lmscale.data.dataset import METADATA, TokenDataset, is_dataset
+from lmscale.data.dataset import TokenDataset, dataset_metadata, is_dataset
 from lmscale.data.errors import DataError
 from lmscale.data.prepare import prepare_dataset
 from lmscale.data.sources import split_inputs
@@ -69,9 +69,9 @@ def vocab_size_of(data: ml_collections.ConfigDict) -> int:
     preparing data: a prepared ``data.train``'s own tokenizer; bytes 257 (sentiment_discovery)
     or 256 (openai); sentencepiece ``data.vocab_size + 1``, or ``data.sp_model``'s."""
     spec = str(data.train)
-    if is_dataset(spec):
-        with open(os.path.join(spec, METADATA), encoding="utf-8") as f:
-            return tokenizer_from_dict(json.load(f).get("tokenizer"), base_dir=spec).vocab_size
+    metadata = dataset_metadata(spec)
+    if metadata is not None:
+        return tokenizer_from_dict(metadata.get("tokenizer"), base_dir=spec).vocab_size
     tokenizer = make_tokenizer(data)
     if isinstance(tokenizer, WordTraining):
         if not tokenizer.max_size:
@@ -203,10 +203,10 @@ def _note_unused(data: ml_collections.ConfigDict, spec: str) -> None:
     than the dataset's own) that do not apply to the prepared dataset ``spec``."""
     from lmscale.config import default_config
     default = default_config().data
+    metadata = dataset_metadata(spec)
     try:
-        with open(os.path.join(spec, METADATA), encoding="utf-8") as f:
-            own = _prepared_with(json.load(f))
-    except (OSError, ValueError, AttributeError):
+        own = _prepared_with(metadata) if metadata is not None else {}
+    except AttributeError:  # options of another shape than prepare writes
         own = {}
     same = lambda key, value: str(value).replace(" ", "") == str(own.get(key)).replace(" ", "")
     unused = [f"data.{k}={data[k]!r}" for k in PREPARE_FIELDS

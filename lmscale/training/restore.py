@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import json
 import os
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from lmscale.config import COMPUTE_DTYPES, ConfigError, config_from_record, load_config
-from lmscale.data.dataset import METADATA, TokenDataset, is_dataset
+from lmscale.data.dataset import TokenDataset, dataset_metadata, is_dataset
 from lmscale.data.errors import DataError
 from lmscale.data.prepare import prepare_dataset
 from lmscale.data.tokenizer import tokenizer_from_dict
@@ -356,9 +355,9 @@ def _text_options(lm: TrainedLM, text_column: str | None, text_field: str | None
     apart, whose settings the config does not hold), else its config's; given ones win."""
     data, options = lm.config.data, {}
     for path in (lm.derived.get("dataset"), str(data.train)):
-        if path and is_dataset(path):
-            with open(os.path.join(path, METADATA), encoding="utf-8") as f:
-                options = json.load(f).get("options") or {}
+        metadata = dataset_metadata(path) if path else None
+        if metadata is not None:
+            options = metadata.get("options") or {}
             break
     return (text_column or options.get("text_column") or data.get("text_column") or None,
             text_field or options.get("text_field") or data.get("text_field") or None,
