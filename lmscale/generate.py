@@ -96,13 +96,13 @@ def main(argv: list[str]) -> None:
         if _POLARITY.value:  # the transfer's own sign of this unit (h = o tanh(c): the same in
             # either state)
             if found is None or (_NEURON.value, -1) != (found[0], found[2]):
+                what = "no neuron of this LM"
+                if found is not None:
+                    layer = "the last layer" if found[2] == -1 else f"layer {found[2]}"
+                    what = f"unit {found[0]} of {layer} ({found[1]} state)"
                 raise DataError(f"--neuron_polarity takes the sign lmscale.transfer found for "
                                 f"--neuron={_NEURON.value}, and {_WORKDIR.value}/transfer found "
-                                + ("no neuron of this LM" if found is None else
-                                   f"unit {found[0]} of " + ("the last layer" if found[2] == -1
-                                                             else f"layer {found[2]}")
-                                   + f" ({found[1]} state)")
-                                + ": run lmscale.transfer, or give the signed --neuron_value")
+                                f"{what}: run lmscale.transfer, or give the signed --neuron_value")
             value *= found[3]
         texts = generate(lm, _PROMPT.value, length, temperature=_TEMPERATURE.value,
                          top_k=_TOP_K.value, top_p=_TOP_P.value, samples=_SAMPLES.value,

@@ -375,7 +375,8 @@ def prepare_dataset(inputs: str | Sequence[str], output: str, *, text_column: st
     validation / test text is given on its own (``val_inputs``, ``test_inputs``: e.g. PTB's
     or WikiText's files): then ``inputs`` is all training text, ``split`` is not used, and each
     part is cut into shards of at most ``shard_tokens``. ``shuffle_seed``: the documents of
-    each part in a random order from it (``lmscale.data.shuffle``). Returns ``output``. Raises DataError on bad input, leaving no output and no temporary folder.
+    each part in a random order from it (``lmscale.data.shuffle``). Returns ``output``.
+    Raises DataError on bad input, leaving no output and no temporary folder.
     """
     split = _check_args(split, shard_tokens, txt_mode)
     if shuffle_seed is not None and (int(shuffle_seed) != shuffle_seed or shuffle_seed < 0):

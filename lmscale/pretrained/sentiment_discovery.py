@@ -284,7 +284,7 @@ def to_state_dict(weights: LMWeights, *, weight_norm: bool | None = None) -> dic
     """
     weights.check("model")
     wn = weights.weight_norm if weight_norm is None else weight_norm
-    w = weights.with_weight_norm(wn).params
+    w = weights.with_weight_norm(wn).with_two_biases(True).params  # one bias: a zero b_hh
     emb, dec_w, dec_b = w["embedding/embedding"], w["decoder/kernel"].T, w["decoder/bias"]
     if weights.tokenizer == ByteTokenizer.openai():
         emb = np.concatenate([np.zeros((1, emb.shape[1]), np.float32), emb])
@@ -302,10 +302,8 @@ def to_state_dict(weights: LMWeights, *, weight_norm: bool | None = None) -> dic
                 rnn[f"{key}_v"] = np.ascontiguousarray(w[f"{p}/v"].T)
             else:
                 rnn[key] = np.ascontiguousarray(w[f"{p}/kernel"].T)
-        bias = w[f"layers/{l}/bias"]
-        rnn[f"rnns.{l}.b_ih"] = bias.copy()
-        rnn[f"rnns.{l}.b_hh"] = w[f"layers/{l}/bias_h"].copy() if weights.two_biases \
-            else np.zeros_like(bias)
+        rnn[f"rnns.{l}.b_ih"] = w[f"layers/{l}/bias"].copy()
+        rnn[f"rnns.{l}.b_hh"] = w[f"layers/{l}/bias_h"].copy()
     return {"encoder": {"encoder": {"weight": np.ascontiguousarray(emb)}, "rnn": rnn},
             "decoder": {"weight": np.ascontiguousarray(dec_w), "bias": dec_b.copy()}}
 

@@ -330,8 +330,9 @@ def provenance(workdir: str, saved: dict[str, Any] | None = None) -> dict[str, A
 def init_note(saved: dict[str, Any] | None, config: ml_collections.ConfigDict) -> str | None:
     """A resume whose ``model.io_init`` differs from its checkpoint's config ("uniform" before
     the setting): said, as it changes nothing (only a new run's first weights are drawn)."""
+    from lmscale.models import get_kind
     old = (saved or {}).get("config")
-    if not old or config.model.kind not in ("mlstm", "lstm", "qrnn"):
+    if not old or "io_init" not in get_kind(config.model.kind).settings:  # the kinds that read it
         return None
     recorded = (old.get("model") or {}).get("io_init", "uniform")
     if recorded == config.model.io_init:

@@ -133,14 +133,14 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
                             Cs=Cs, seed=seed, search_rows=search_rows)
     sweep = top_k_sweep(fit, feats["train"], y["train"], feats["val"], y["val"], x_test, y_test,
                         Cs=Cs, seed=seed, search_rows=search_rows)
-    recorded = lm.derived.get("pretrained", {}).get("sentiment_unit")
-    if recorded is not None and int(recorded) < feats["train"].shape[1] and recorded != neuron["index"]:
-        say(f"the imported model's recorded sentiment unit {recorded} alone")
+    known, recorded = lm.derived.get("pretrained", {}).get("sentiment_unit"), None
+    if known is not None and int(known) == neuron["index"]:
+        recorded = neuron
+    elif known is not None and int(known) < feats["train"].shape[1]:
+        say(f"the imported model's recorded sentiment unit {known} alone")
         recorded = neuron_summary(fit, feats["train"], y["train"], feats["val"], y["val"], x_test,
                                   y_test, Cs=Cs, seed=seed, search_rows=search_rows,
-                                  unit=int(recorded))
-    elif recorded is not None:
-        recorded = neuron if recorded == neuron["index"] else None
+                                  unit=int(known))
     results: dict[str, Any] = {
         "lm": {"workdir": os.path.abspath(workdir), "step": lm.step,
                "model": lm.config.model.to_dict()},
