@@ -1,13 +1,26 @@
-"""Checks of the word-level data, AWD optimizer, variable-BPTT, accumulation and CPU-parallel
-settings (``config.validate`` calls them), apart from config.py's defaults and loading."""
+"""Checks of the config's numbers (finite), the word-level data, AWD optimizer, variable-BPTT,
+accumulation and CPU-parallel settings (``config.validate`` calls them), apart from config.py's
+defaults and loading."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import ml_collections
 
 from lmscale.config import OPTIMIZERS, ConfigError, bptt_max, parse_epochs
+
+
+def check_finite_numbers(config: ml_collections.ConfigDict, prefix: str = "") -> None:
+    """Refuses a NaN or infinite number in any field: ``--config.optim.lr=nan`` passed the
+    checks written as ``lr <= 0`` (False for NaN), trained, and stopped on parameters that
+    were not finite, advising a lower optim.lr."""
+    for key, value in config.items():
+        if isinstance(value, (dict, ml_collections.ConfigDict)):
+            check_finite_numbers(value, f"{prefix}{key}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{prefix}{key} must be a finite number, got {value!r}")
 
 
 def refuse_init_from(config: ml_collections.ConfigDict) -> None:

@@ -24,8 +24,9 @@ import re
 import sys
 from typing import IO, Iterator, Sequence
 
-from lmscale.data.compression import compression, open_input
+from lmscale.data.compression import READ_ERRORS, compression, open_input
 from lmscale.data.errors import DataError
+from lmscale.data.input_checks import unreadable
 
 
 def csv_rows(path: str, columns: Sequence[str], delimiter: str = ",", *,
@@ -51,6 +52,10 @@ def csv_rows(path: str, columns: Sequence[str], delimiter: str = ",", *,
                 if col not in fields:
                     raise DataError(f"{path}: no column {col!r}; columns are {list(fields)}"
                                     + (f" ({column_hint})" if column_hint else ""))
+                if fields.count(col) > 1:  # csv.DictReader keeps the last one's fields, silently
+                    raise DataError(f"{path}: the header names the column {col!r} "
+                                    f"{fields.count(col)} times (columns: {list(fields)}); "
+                                    f"rename all but one, so that it is clear which one to read")
             for row in reader:
                 if delimiter != "\t" and lines.ended:  # an open quote swallowed the rest
                     _check_closed(path, lines.read, reader.line_num, delimiter)
@@ -67,9 +72,20 @@ def csv_rows(path: str, columns: Sequence[str], delimiter: str = ",", *,
                 lines.read.clear()
                 yield reader.line_num, row
     except UnicodeDecodeError as e:
-        raise DataError(_not_utf8(path, e)) from None
+        raise DataError(not_utf8(path, e)) from None
     except csv.Error as e:
         raise DataError(f"{path}: bad CSV ({e})") from None
+    except READ_ERRORS as e:  # a damaged .gz (EOFError, BadGzipFile), a file not readable
+        error = read_error(path, e)
+        if error is None:
+            raise
+        raise error from None
+
+
+def read_error(path: str, error: BaseException) -> DataError | None:
+    """``unreadable``'s one line for ``error`` (a damaged compressed file, no permission),
+    None for another error, which the caller re-raises (a file not found has its own line)."""
+    return None if isinstance(error, FileNotFoundError) else unreadable(path, error)
 
 
 def _unquoted(field: str) -> str:
@@ -136,7 +152,7 @@ def _check_closed(path: str, lines: list[str], last_line: int, delimiter: str) -
                     f"it, or double a quote inside a quoted text (\"\")")
 
 
-def _not_utf8(path: str, error: UnicodeDecodeError) -> str:
+def not_utf8(path: str, error: UnicodeDecodeError) -> str:
     """The error for invalid UTF-8 in ``path``: its line and byte offset (the decoder's own
     position is one in its read buffer, not in the file) and how to convert it."""
     where = ""

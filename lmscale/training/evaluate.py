@@ -25,6 +25,25 @@ from lmscale.training.loss import LN2
 from lmscale.training.state import zero_carry
 
 
+def without_validation(config: Any, dataset_path: str) -> str | None:
+    """For a dataset with no "val" split: a DataError when the config needs validation losses
+    (``checkpoint.keep_best``, NT-ASGD's switch), which such a run kept none of and said
+    nothing about; else a note when ``train.eval_every`` asked for validation."""
+    needs = [name for name, on in (("checkpoint.keep_best=true", config.checkpoint.keep_best),
+                                   ("optim.name='ntasgd' (it switches on validation losses)",
+                                    config.optim.name == "ntasgd")) if on]
+    way = ("give it a validation part (data.split or lmscale.prepare's --split=TRAIN,VAL,TEST "
+           "with VAL >= 1, or data.val / --val=FILES)")
+    if needs:
+        raise DataError(f"{dataset_path} has no validation split, and {' and '.join(needs)} "
+                        f"needs one: {way}")
+    if config.train.eval_every > 0:
+        return (f"note: {dataset_path} has no validation split: this run reports no validation "
+                f"loss (train.eval_every={config.train.eval_every} finds nothing to evaluate); "
+                f"to have one, {way}")
+    return None
+
+
 def eval_stream(split: SplitData, batch_size: int, seq_len: int,
                 reset_on_documents: bool | int = False) -> StreamBatcher:
     """A stream over a whole split with ``batch_size`` rows, fewer if the split is small

@@ -39,7 +39,7 @@ from lmscale.training.step_timer import StepTimer
 from lmscale.training.stop import StopSignal
 from lmscale.training.workdir_lock import locked_workdir
 from lmscale.training.data_source import resolve_dataset, train_batcher
-from lmscale.training.evaluate import batch_arrays, eval_stream, evaluate_split
+from lmscale.training.evaluate import batch_arrays, eval_stream, evaluate_split, without_validation
 from lmscale.training.in_flight import InFlight
 from lmscale.training.loss import bits_per_char
 from lmscale.training.bench import adaptive_cutoffs, train_flops_per_token
@@ -115,6 +115,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
         check_same_dataset(saved, dataset.path, fingerprint, workdir)
     batcher = train_batcher(dataset, config)
     val = dataset.split("val") if "val" in dataset.split_names else None
+    no_val_note = without_validation(config, dataset.path) if val is None else None
     if val is not None:  # a split too small to validate on fails now, not after training
         eval_stream(val, **{k: v for k, v in eval_settings(config).items() if k != "max_steps"})
     # Opened once the data is known good: a run refused over its data leaves no checkpoints/.
@@ -171,7 +172,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
             print(f"resuming {workdir} from its checkpoint at step {start} (of "
                   f"{derived['steps']})", file=sys.stderr, flush=True)
         print_compute_hint(config.precision.compute, mesh.devices.flat[0])
-        for note in (unused_settings_note(config.model), init_note(saved, config),
+        for note in (unused_settings_note(config.model), init_note(saved, config), no_val_note,
                      batch_and_rate_note(config, mesh.size, derived["lr"]),
                      warmup_note(config.optim.schedule, config.optim.warmup_steps,
                                  derived["steps"], derived["decay_steps"])):

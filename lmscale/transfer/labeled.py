@@ -15,8 +15,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from lmscale.data.compression import format_extension, open_input
-from lmscale.data.csv_rows import csv_rows
+from lmscale.data.compression import READ_ERRORS, format_extension, open_input
+from lmscale.data.csv_rows import csv_rows, not_utf8, read_error
 from lmscale.data.errors import DataError
 from lmscale.data.tfds import PREFIX, iter_examples, parse_tfds, text_feature
 
@@ -88,12 +88,17 @@ def require_binary(data: Labeled, label_column: str) -> None:
 
 
 def _label(value: Any, where: str, column: str) -> int:
+    """A class id: an integer, or a number or text of one ("1", "1.0"); a fraction, a
+    number past 2^31 (1e20 overflowed the int64 array with no file named) or text Python's
+    float() alone reads ("1_0", "nan") is a DataError at ``where``."""
     try:
         f = float(value)
+        if isinstance(value, str) and "_" in value:  # float("1_0") == 10.0
+            raise ValueError(value)
     except (TypeError, ValueError):
         raise DataError(f"{where}: label {column!r} is {value!r}, not a number") from None
-    if not math.isfinite(f) or f != int(f):  # nan, inf: int() would raise
-        raise DataError(f"{where}: label {column!r} is {value!r}, not an integer class")
+    if not math.isfinite(f) or f != int(f) or abs(f) >= 2 ** 31:  # nan, inf: int() raises
+        raise DataError(f"{where}: label {column!r} is {value!r}, not an integer class id")
     return int(f)
 
 
@@ -145,7 +150,21 @@ def jsonl_records(path: str, text_field: str, other_fields: Sequence[str] = (), 
     JSON, of a line that is not a JSON object, of a missing field (with the keys there and
     ``hint``) and of a text that is not a string (null)."""
     fields = (f"the field {text_field!r}" if not other_fields else "the text and label fields")
-    with open_input(path, "r", encoding="utf-8") as f:
+    try:
+        yield from _jsonl_objects(path, text_field, other_fields, hint, fields)
+    except UnicodeDecodeError as e:
+        raise DataError(not_utf8(path, e)) from None
+    except READ_ERRORS as e:  # a damaged .gz
+        error = read_error(path, e)
+        if error is None:
+            raise
+        raise error from None
+
+
+def _jsonl_objects(path: str, text_field: str, other_fields: Sequence[str], hint: str,
+                   fields: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    # utf-8-sig: a byte order mark is read as nothing, as in a CSV file and a prepared corpus
+    with open_input(path, "r", encoding="utf-8-sig") as f:
         for i, line in enumerate(f, start=1):
             if not line.strip():
                 continue

@@ -84,3 +84,58 @@ def test_a_tab_separated_file_has_no_quoting(tmp_path):
     with open(tmp_path / "c.csv", "w", newline="") as f:  # a .csv keeps CSV's quoting
         csv.writer(f).writerows([["sentence", "label"], ['a, "b"\nc', 1]])
     assert load_labeled(str(tmp_path / "c.csv")).texts == ['a, "b"\nc']
+
+
+def test_a_column_named_twice_is_refused_by_every_reader(tmp_path):
+    """csv.DictReader keeps the last of two equal names: the labels (or texts) of the other
+    column were read, silently."""
+    path = tmp_path / "a.csv"
+    path.write_text("label,text,label\n1,good,0\n0,bad,1\n")
+    message = ("a.csv: the header names the column 'label' 2 times (columns: ['label', 'text', "
+               "'label'])")
+    for read in (lambda: load_labeled(str(path), text_column="text", label_column="label"),
+                 lambda: list(csv_rows(str(path), ["label"]))):
+        with pytest.raises(DataError) as e:
+            read()
+        assert message in str(e.value)
+    path.write_text("text,text\ngood film,bad film\n")
+    for read in (lambda: read_texts(str(path), "text"),
+                 lambda: list(iter_pieces([str(path)], text_column="text"))):
+        with pytest.raises(DataError, match="names the column 'text' 2 times"):
+            read()
+    # A repeated column nothing reads is no one's concern.
+    path.write_text("text,note,note\nfine,a,b\n")
+    assert read_texts(str(path), "text") == ["fine"]
+
+
+@pytest.mark.parametrize("suffix, body", [
+    (".csv.gz", "label,text\n" + "".join(f"{i % 2},text number {i * 7919 % 10007}\n"
+                                        for i in range(4000))),
+    (".jsonl.gz", "".join(f'{{"text": "text number {i * 7919 % 10007}", "label": {i % 2}}}\n'
+                          for i in range(4000)))])
+def test_a_damaged_compressed_file_is_one_line_for_labeled_texts_and_texts_to_classify(
+        tmp_path, suffix, body):
+    """Transfer, fine-tuning and classify ended in a traceback (EOFError, BadGzipFile) where
+    prepare said which file it could not read."""
+    import gzip
+    data = gzip.compress(body.encode())
+    cut, fake = tmp_path / f"cut{suffix}", tmp_path / f"fake{suffix}"
+    cut.write_bytes(data[:len(data) // 2])
+    fake.write_text(body[:200])  # not compressed at all
+    for path, why in ((cut, "Compressed file ended"), (fake, "Not a gzipped file")):
+        for read in (lambda: load_labeled(str(path), text_column="text", label_column="label"),
+                     lambda: read_texts(str(path), "text")):
+            with pytest.raises(DataError, match=f"{path.name}: cannot read it as a .gz file "
+                                                f"\\({why}"):
+                read()
+
+
+def test_a_byte_order_mark_starts_a_jsonl_file_as_it_starts_a_csv_file(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"text": "fine", "label": 1}\n{"text": "bad", "label": 0}\n')
+    data = load_labeled(str(path), text_column="text", label_column="label")
+    assert data.texts == ["fine", "bad"] and data.labels.tolist() == [1, 0]
+    assert read_texts(str(path), "text") == ["fine", "bad"]
+    path.write_bytes(b'{"text": "caf\xe9", "label": 1}\n')  # latin-1: named as the CSV reader does
+    with pytest.raises(DataError, match=r"a.jsonl:1: not valid UTF-8 \(byte 0xe9 at byte 13"):
+        load_labeled(str(path), text_column="text", label_column="label")

@@ -84,6 +84,19 @@ def test_fine_tunings_step_counts_are_checked_too(key):
         validate_run_settings(locked(**{key: 0}))
 
 
+@pytest.mark.parametrize("key,value", [("optim.lr", float("nan")), ("optim.clip", float("nan")),
+                                       ("optim.lr_max", float("inf")),
+                                       ("optim.weight_decay", float("nan")),
+                                       ("precision.loss_scale_init", float("inf"))])
+def test_a_number_that_is_nan_or_infinite_is_refused_by_training_and_fine_tuning(key, value):
+    """--config.optim.lr=nan passed ``lr <= 0`` (False for NaN), trained, and stopped on
+    parameters that were not finite, advising a lower optim.lr."""
+    from lmscale.config import validate_run_settings
+    for check in (validate, validate_run_settings):
+        with pytest.raises(ConfigError, match=f"{key} must be a finite number, got {value!r}"):
+            check(locked(**{key: value}))
+
+
 def test_locked_config_rejects_typo():
     c = locked()
     with pytest.raises(AttributeError):

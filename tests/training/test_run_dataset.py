@@ -78,3 +78,22 @@ def test_a_path_recorded_with_a_tilde_resumes_under_its_expansion(tmp_path):
     old = tiny_config("~/corpus/*.txt")
     new = tiny_config(os.path.expanduser("~/corpus/*.txt"))
     check_resumable({"config": old.to_dict()}, new, "run")  # no CheckpointMismatchError
+
+
+def test_a_dataset_without_validation_is_refused_where_a_setting_needs_it_and_noted_else(
+        tmp_path, capsys):
+    """A dataset prepared with no validation part trained with keep_best (an empty best/, and
+    eval --best then said to set keep_best) or NT-ASGD (its switch never came), without a word."""
+    from lmscale.data.errors import DataError
+    corpus = write_corpus(tmp_path / "text", lines=200)
+    for setting in ({"checkpoint.keep_best": True}, {"optim.name": "ntasgd"}):
+        config = tiny_config(corpus, **{"data.split": "4,0,0", "train.steps": 4}, **setting)
+        with pytest.raises(DataError, match="has no validation split, and "
+                                            f"{re.escape(next(iter(setting)))}.* needs one"):
+            train(config, str(tmp_path / "refused"))
+        assert not os.path.exists(tmp_path / "refused" / "checkpoints")
+    capsys.readouterr()
+    train(tiny_config(corpus, **{"data.split": "4,0,0", "train.steps": 4,
+                                 "train.eval_every": 2}), str(tmp_path / "noted"))
+    assert "has no validation split: this run reports no validation loss" in capsys.readouterr().err
+    assert not [r for r in read_metrics(str(tmp_path / "noted")) if r["split"] == "val"]

@@ -97,6 +97,18 @@ def test_a_label_of_nan_or_inf_is_a_one_line_error_naming_the_file_and_line(tmp_
         load_labeled(str(r), label_column="a,b")
 
 
+@pytest.mark.parametrize("value, why", [("1e20", "not an integer class id"),
+                                        ("-3000000000", "not an integer class id"),
+                                        ("1_0", "not a number")])
+def test_a_label_too_large_for_a_class_id_or_with_an_underscore_is_named(tmp_path, value, why):
+    """1e20 overflowed the int64 labels with a traceback naming no file; float() read "1_0"
+    as 10."""
+    p = tmp_path / "v.csv"
+    p.write_text(f"sentence,label\ngood,1\nodd,{value}\n")
+    with pytest.raises(DataError, match=f"v.csv:3: label 'label' is '{value}', {why}"):
+        load_labeled(str(p))
+
+
 def test_an_empty_text_names_its_file_and_line(tmp_path):
     """The empty-text error counted data rows ("row 2") where every other error names the
     file's line: with a quoted newline before it, the two differ."""
