@@ -356,7 +356,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
                 probs, thresholds)
 
     best_path = os.path.join(workdir, "best.json")
-    best = json.loads(Path(best_path).read_text()) if os.path.exists(best_path) else None
+    best = _recorded_best(best_ckpt, best_path, is_main)
     if is_main:
         _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), start)
     writer = MetricsWriter(workdir, resumed_from=start)
@@ -414,8 +414,12 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
                               **{k: v for k, v in m.items() if k != "per_class"}})
                 value = m[ft.best_metric]
                 if best is None or better(ft.best_metric, value, best["value"]):
-                    best_ckpt.save(state, meta)
                     best = {"step": step, "metric": ft.best_metric, "value": value}
+                    # The record travels in the checkpoint, and best.json names it once it is
+                    # on disk: written beside an asynchronous save, best.json named a step a
+                    # failed save or a kill never completed (and keep=1 had deleted the old).
+                    best_ckpt.save(state, {**meta, "best": best})
+                    best_ckpt.wait()
                     if is_main:
                         _write_json(best_path, best)
                 if progress:
@@ -435,6 +439,23 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
     params = best_ckpt.restore_params(state.params, mesh_lib.replicated(mesh), best["step"])
     best_ckpt.close()
     return _final_results(workdir, params, predict, enc, splits, ft, class_names, best, is_main)
+
+
+def _recorded_best(best_ckpt: Checkpointer, best_path: str, is_main: bool) -> dict[str, Any] | None:
+    """The best state so far of a resumed fine-tune: the record in its best checkpoint (what a
+    stop between the save and best.json left: best.json written again from it); an older
+    run's best.json when it names the checkpoint kept; else none (validation records anew)."""
+    step = best_ckpt.latest_step()
+    if step is None:
+        return None
+    best = best_ckpt.read_meta(step).get("best")
+    if best is None and os.path.exists(best_path):  # saved before the record travelled with it
+        best = json.loads(Path(best_path).read_text())
+        if int(best["step"]) != step:
+            return None
+    if is_main and best is not None:
+        _write_json(best_path, best)
+    return best
 
 
 def _final_results(workdir: str, params: Any, predict: Predictor, enc: dict[str, Encoded],

@@ -211,3 +211,29 @@ def test_a_model_setting_given_at_its_default_is_checked_against_the_lm(sst_run,
             "through long ones); leave it unset")):
         finetune(config, str(tmp_path / "ft"), given={"train.seq_len": 256})
     assert not (tmp_path / "ft").exists()
+
+
+def test_the_best_record_travels_in_its_checkpoint(sst_run, data, tmp_path):
+    """best.json was written beside the best weights' asynchronous save: a failed save (a full
+    disk) or a kill left it naming weights never completed (keep=1 had deleted the old ones),
+    and a resumed run whose best.json named them failed at its end restoring them. The best
+    checkpoint now carries the record, and best.json names it once it is on disk."""
+    import json
+    import os
+    from lmscale.finetuning.loop import finetune
+    from lmscale.training.checkpoints import Checkpointer
+    kw = {"train.steps": 4, "train.eval_every": 2, "checkpoint.every": 2}
+    workdir = str(tmp_path / "ft")
+    finetune(ft_config(sst_run, data["sst_train"], data["sst_val"], **kw), workdir)
+    best = json.load(open(os.path.join(workdir, "best.json")))
+    kept = Checkpointer(os.path.join(workdir, "best"), keep=1, read_only=True)
+    assert kept.steps() == [best["step"]] and kept.read_meta()["best"] == best
+    kept.close()
+    # What a stop between a best save and best.json leaves: best.json naming weights that are
+    # gone, with a score no later validation beats.
+    json.dump({"step": 1, "metric": "accuracy", "value": 1.0},
+              open(os.path.join(workdir, "best.json"), "w"))
+    results = finetune(ft_config(sst_run, data["sst_train"], data["sst_val"],
+                                 **{**kw, "train.steps": 6}), workdir)
+    assert results["best"]["step"] in (best["step"], 6) and results["best"]["value"] < 1.0
+    assert json.load(open(os.path.join(workdir, "best.json"))) == results["best"]
