@@ -35,3 +35,25 @@ def test_sentiment_neuron_notebook_runs(tmp_path, monkeypatch):
     # The demo LM's mean-pooled states beat chance on SST's test set (~61 % measured; the
     # classes are ~50/50, so one binomial standard deviation is ~1.2 points).
     assert results["all_features"]["test_accuracy"] > 0.56, results["all_features"]
+
+
+@pytest.mark.parametrize("where", ["examples", "root", "elsewhere"])
+def test_the_first_cell_installs_the_clone_it_is_opened_in(tmp_path, monkeypatch, where):
+    """Opened from a clone's examples/ folder with lmscale not installed, the first cell cloned
+    a second copy of the repository into examples/lmscale (over the network) and installed
+    that. Its install step, run with lmscale reported missing and the commands recorded."""
+    import importlib.util
+    import subprocess
+    nb = nbformat.read(REPO / "examples" / "sentiment_neuron.ipynb", as_version=4)
+    setup = nb.cells[1].source.split("\nimport lmscale\n")[0]
+    ran = []
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "lmscale" else real_find_spec(name, *a))
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: ran.append(cmd))
+    monkeypatch.setattr("sys.path", list(__import__("sys").path))  # the cell inserts into it
+    monkeypatch.chdir({"examples": REPO / "examples", "root": REPO, "elsewhere": tmp_path}[where])
+    exec(setup, {})
+    clone = REPO if where != "elsewhere" else tmp_path / "lmscale"
+    assert [cmd[-1] for cmd in ran if "pip" in cmd] == [str(clone)]
+    assert any("clone" in cmd for cmd in ran) == (where == "elsewhere"), ran
