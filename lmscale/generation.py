@@ -222,8 +222,14 @@ def generate(lm: TrainedLM, prompt: str, length: int = 200, *, temperature: floa
     _check_request(prompt, length=length, samples=samples, seed=seed, top_k=top_k,
                    temperature=temperature, top_p=top_p,
                    **({} if neuron is None else {"neuron_value": neuron_value}))
-    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
-        raise DataError("need temperature >= 0, 0 < top_p <= 1 and top_k >= 0")
+    for bad, what in ((temperature < 0, f"temperature must be >= 0 (0: greedy), got {temperature!r}"),
+                      (not 0 < top_p <= 1, f"top_p must be in (0, 1] (1: no filter), got {top_p!r}"),
+                      (top_k < 0, f"top_k must be >= 0 (0: no filter), got {top_k!r}"),
+                      (neuron is None and neuron_value != 0,
+                       f"neuron_value={neuron_value!r} holds no unit: give neuron=<the unit's "
+                       f"index> too")):
+        if bad:
+            raise DataError(what)
     if top_k > lm.tokenizer.vocab_size:
         raise DataError(f"top_k {top_k} is more than the model's {lm.tokenizer.vocab_size} tokens "
                         f"(0 keeps them all)")

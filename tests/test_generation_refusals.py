@@ -30,6 +30,18 @@ def test_a_qrnns_neuron_is_refused_in_its_hidden_state_and_held_in_its_cell_stat
                             neuron_state="cell")
 
 
+@pytest.mark.parametrize("settings, message", [
+    ({"temperature": -1.0}, r"temperature must be >= 0 \(0: greedy\), got -1.0"),
+    ({"top_p": 1.5}, r"top_p must be in \(0, 1\] \(1: no filter\), got 1.5"),
+    ({"top_k": -2}, r"top_k must be >= 0 \(0: no filter\), got -2"),
+    # ignored: ordinary samples, as if the unit had no effect
+    ({"neuron_value": 3.0}, r"neuron_value=3.0 holds no unit: give neuron=<the unit's index> too")])
+def test_each_bad_sampling_setting_is_named_with_its_value(settings, message):
+    """One message named all three ranges and no value."""
+    with pytest.raises(DataError, match=f"^{message}$"):
+        generate(random_lm(hidden=16), "ab", 4, **settings)
+
+
 @pytest.mark.parametrize("prompt, message", [
     ("ab\udcffc", "character 2: byte 0xff, which the terminal's encoding could not decode"),
     ("\ud800x", "character 0: a lone surrogate U+D800")])

@@ -299,10 +299,11 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
     if resuming and is_main:
         for note in resumed_otherwise(saved, config, start):
             print(note, file=sys.stderr, flush=True)
-    if progress and resuming:  # as lmscale.train says it
+    if resuming and start >= steps and is_main:  # as lmscale.train says it, bar or not
         print(f"{workdir} is already fine-tuned to step {start} (train.steps={steps}): nothing "
-              f"to train; its results again" if start >= steps else
-              f"resuming {workdir} from its checkpoint at step {start} (of {steps})",
+              f"to train; its results again", file=sys.stderr, flush=True)
+    elif progress and resuming:
+        print(f"resuming {workdir} from its checkpoint at step {start} (of {steps})",
               file=sys.stderr, flush=True)
     if is_main:
         print_compute_hint(config.precision.compute, mesh.devices.flat[0])
@@ -438,7 +439,8 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
     best_ckpt.wait()
     params = best_ckpt.restore_params(state.params, mesh_lib.replicated(mesh), best["step"])
     best_ckpt.close()
-    return _final_results(workdir, params, predict, enc, splits, ft, class_names, best, is_main)
+    results = _final_results(workdir, params, predict, enc, splits, ft, class_names, best, is_main)
+    return {**results, "already_trained": start >= steps}  # as lmscale.train's record says
 
 
 def _recorded_best(best_ckpt: Checkpointer, best_path: str, is_main: bool) -> dict[str, Any] | None:

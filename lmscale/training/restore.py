@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import json
 import os
 import sys
 import tempfile
@@ -127,6 +128,29 @@ def with_compute(lm: TrainedLM, compute: str, vocab_size: int | None = None) -> 
     return dataclasses.replace(lm, graphdef=graphdef, decode_cache={}, compute=compute)
 
 
+def _not_a_run(workdir: str, config_path: str) -> str:
+    """Why ``workdir`` (with no config.json) is no training run, with the way on: OpenAI's
+    files or a .pt (the convert command), a file, a transfer output (its loader and LM)."""
+    from lmscale.pretrained.workdir import unconverted_hint
+    hint = unconverted_hint(workdir)
+    if hint:
+        return hint
+    if os.path.isfile(workdir):
+        return (f"{workdir} is a file, not a training run: give the run's folder (the one "
+                f"holding config.json and checkpoints/)")
+    record = os.path.join(workdir, "classifier.json")  # what lmscale.transfer saves
+    if os.path.exists(record):
+        try:
+            with open(record) as f:
+                lm = json.load(f).get("lm_workdir")
+        except (OSError, ValueError, AttributeError):
+            lm = None
+        return (f"{workdir} is a transfer output (lmscale.transfer's classifier), not a language "
+                f"model: load it with lmscale.load_classifier({str(workdir)!r})"
+                + (f"; the LM it read is {lm}" if lm else ""))
+    return f"{workdir} is not a training run: {config_path} does not exist"
+
+
 def load_trained(workdir: str, step: int | None = None, mesh: Mesh | None = None,
                  best: bool = False, compute: str = "float32") -> TrainedLM:
     """Restores the parameters of the latest (or given) checkpoint of ``workdir``; ``best``:
@@ -137,10 +161,8 @@ def load_trained(workdir: str, step: int | None = None, mesh: Mesh | None = None
         raise ConfigError(f"the best weights and step {step} name two different weights of "
                           f"{workdir}: give one (best: those validated best, at their own step)")
     config_path = os.path.join(workdir, "config.json")
-    if not os.path.exists(config_path):  # OpenAI's files or a .pt: the convert command to run
-        from lmscale.pretrained.workdir import unconverted_hint
-        raise FileNotFoundError(unconverted_hint(workdir) or
-                                f"{workdir} is not a training run: {config_path} does not exist")
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(_not_a_run(workdir, config_path))
     config, derived = _run_config(workdir, config_path)
     if "class_names" in derived:  # a lmscale.finetune run: a classifier, not a language model
         raise FileNotFoundError(

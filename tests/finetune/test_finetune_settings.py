@@ -213,7 +213,7 @@ def test_a_model_setting_given_at_its_default_is_checked_against_the_lm(sst_run,
     assert not (tmp_path / "ft").exists()
 
 
-def test_the_best_record_travels_in_its_checkpoint(sst_run, data, tmp_path):
+def test_the_best_record_travels_in_its_checkpoint(sst_run, data, tmp_path, capsys):
     """best.json was written beside the best weights' asynchronous save: a failed save (a full
     disk) or a kill left it naming weights never completed (keep=1 had deleted the old ones),
     and a resumed run whose best.json named them failed at its end restoring them. The best
@@ -237,3 +237,11 @@ def test_the_best_record_travels_in_its_checkpoint(sst_run, data, tmp_path):
                                  **{**kw, "train.steps": 6}), workdir)
     assert results["best"]["step"] in (best["step"], 6) and results["best"]["value"] < 1.0
     assert json.load(open(os.path.join(workdir, "best.json"))) == results["best"]
+    assert not results["already_trained"]
+    # Run again, finished: said without a progress bar too (a notebook's second call printed
+    # the same tables as if it had trained again), and in the record.
+    capsys.readouterr()
+    again = finetune(ft_config(sst_run, data["sst_train"], data["sst_val"],
+                               **{**kw, "train.steps": 6}), workdir)
+    assert again["already_trained"] and again["best"] == results["best"]
+    assert f"{workdir} is already fine-tuned to step 6 (train.steps=6)" in capsys.readouterr().err

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -259,3 +260,16 @@ def test_every_tool_given_openais_folder_names_the_convert_command(tmp_path):
         load_trained(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="is not a training run"):
         load_trained(str(tmp_path / "absent"))
+    # A file, and a transfer output: said as such (both were "WORKDIR/config.json does not
+    # exist", the transfer output's loader unnamed).
+    (tmp_path / "train.csv").write_text("label,sentence\n1,good\n")
+    with pytest.raises(FileNotFoundError, match=r"train.csv is a file, not a training run: give "
+                                                r"the run's folder"):
+        load_trained(str(tmp_path / "train.csv"))
+    (tmp_path / "transfer").mkdir()
+    (tmp_path / "transfer" / "classifier.json").write_text('{"lm_workdir": "/runs/lm"}')
+    with pytest.raises(FileNotFoundError, match=re.escape(
+            f"{tmp_path / 'transfer'} is a transfer output (lmscale.transfer's classifier), not a "
+            f"language model: load it with lmscale.load_classifier('{tmp_path / 'transfer'}'); "
+            f"the LM it read is /runs/lm")):
+        load_trained(str(tmp_path / "transfer"))
