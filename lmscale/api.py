@@ -33,7 +33,8 @@ MIN_CHUNK_STEPS = 8
 
 
 class LM:
-    """A trained language model with a small, NumPy-in / NumPy-out interface."""
+    """A trained language model with a small interface: lists of texts in, NumPy arrays
+    (``score``, ``featurize``) or texts (``generate``) out."""
 
     def __init__(self, trained: TrainedLM) -> None:
         self.trained = trained
@@ -187,7 +188,10 @@ class LM:
         return featurize(self.trained, texts, **options)
 
     def generate(self, prompt: str, length: int = 200, **options: Any) -> list[str]:
-        """Samples; options as :func:`lmscale.generation.generate`."""
+        """``samples`` (default 1) continuations of ``prompt``, each a str with the prompt in
+        front; ``length`` counts tokens (bytes of a byte-level model: a multi-byte character is
+        several, so fewer characters may come out). Options (temperature, top_k, top_p, seed,
+        samples, neuron, neuron_value, neuron_state) as :func:`lmscale.generation.generate`."""
         from lmscale.generation import generate
         return generate(self.trained, prompt, length, **options)
 
@@ -233,7 +237,9 @@ def _counted_lookup(targets: list[tuple[np.ndarray, np.ndarray]], plan: Any) -> 
 
 def load_lm(workdir: str, step: int | None = None, compute: str = "float32") -> LM:
     """The latest (or given) checkpoint of a training run or imported model; ``compute``: the
-    matmuls' dtype ("bfloat16": ~3x faster featurizing on CPUs with AMX and on GPUs)."""
+    matmuls' dtype ("bfloat16": ~3x faster featurizing on CPUs with AMX and on GPUs).
+    FileNotFoundError (saying why and the way on) for a folder that is no LM run (a
+    classifier's, weights still to convert) or a step it does not hold."""
     if not isinstance(workdir, (str, os.PathLike)):  # None was a TypeError from posixpath
         raise TypeError(f"workdir must be a run's folder (a str or path), got {workdir!r}")
     return LM(load_trained(workdir, step, compute=compute))

@@ -107,7 +107,8 @@ def featurize(lm: TrainedLM, texts: Sequence[str], *, state: str | None = None,
     """Features [N, F] float32 of ``texts`` (F = feature width, or layers x it with ``all_layers``).
 
     ``state`` None: the model's default ("cell" for recurrent models, "hidden" otherwise).
-    ``batch_size``: rows read side by side (rounded up to a multiple of the devices, and
+    ``pooling``: "last" (the state after a text's last token), or "mean", "max" or "min" over
+    its tokens. ``batch_size``: rows read side by side (rounded up to a multiple of the devices, and
     down to the rows there are); ``chunk``: tokens per call of a recurrent LM.
     """
     state = feature_state(lm, state)
