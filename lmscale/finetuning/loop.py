@@ -352,7 +352,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
 
     def validate(params: Any) -> tuple[dict[str, Any], np.ndarray, np.ndarray | None]:
         probs = predict(params, val_ids)
-        thresholds = tune_thresholds(probs, val_labels) if ft.multilabel else None
+        thresholds = tune_thresholds(probs, val_labels, ft.threshold_metric) if ft.multilabel else None
         return (classification_metrics(probs, val_labels, ft.multilabel, class_names, thresholds),
                 probs, thresholds)
 
@@ -465,7 +465,8 @@ def _final_results(workdir: str, params: Any, predict: Predictor, enc: dict[str,
                    best: dict[str, Any], is_main: bool) -> dict[str, Any]:
     """Best parameters on all of val (thresholds tuned there) and on test; results.json."""
     probs = {n: predict(params, enc[n].ids) for n in ("val", "test") if n in enc}
-    thresholds = tune_thresholds(probs["val"], enc["val"].labels) if ft.multilabel else None
+    thresholds = (tune_thresholds(probs["val"], enc["val"].labels, ft.threshold_metric)
+                  if ft.multilabel else None)
     results = {"best": best, "thresholds": None if thresholds is None else
                dict(zip(class_names, thresholds.tolist())), "metrics": {}}
     for name, pr in probs.items():
@@ -475,7 +476,8 @@ def _final_results(workdir: str, params: Any, predict: Predictor, enc: dict[str,
         if thresholds is not None:
             _write_json(os.path.join(workdir, "thresholds.json"),
                         {"classes": class_names, "thresholds": thresholds.tolist(),
-                         "step": best["step"], "tuned_on": ft.val})
+                         "step": best["step"], "tuned_on": ft.val,
+                         "tuned_for": ft.threshold_metric})
         from lmscale.transfer.metrics import predict_labels
         write_predictions(os.path.join(workdir, "val_predictions.csv"), splits["val"].texts,
                           probs["val"], predict_labels(probs["val"], ft.multilabel, thresholds),

@@ -38,6 +38,14 @@ def check_task_settings(ft: ml_collections.ConfigDict) -> None:
     if ft.bucket_width < 1:
         raise ConfigError(f"finetune.bucket_width must be >= 1 (tokens a batch's width is "
                           f"rounded up to), got {ft.bucket_width!r}")
+    from lmscale.transfer.metrics import THRESHOLD_METRICS
+    if ft.threshold_metric not in THRESHOLD_METRICS:
+        raise ConfigError(f"finetune.threshold_metric must be one of {list(THRESHOLD_METRICS)}, "
+                          f"got {ft.threshold_metric!r}")
+    if ft.threshold_metric != "f1" and not ft.multilabel:
+        raise ConfigError(f"finetune.threshold_metric={ft.threshold_metric!r} tunes a multi-label "
+                          f"task's thresholds (finetune.multilabel=true); a single-label task "
+                          f"predicts its most probable class")
     if str(ft.pos_weights).strip() and not ft.multilabel:
         raise ConfigError(f"finetune.pos_weights={ft.pos_weights!r} weighs the positive labels of "
                           f"a multi-label task (finetune.multilabel=true); a single-label task "
@@ -68,7 +76,8 @@ def check_same_start(meta: dict[str, Any], config: ml_collections.ConfigDict, lm
     now = {"init_from": os.path.abspath(config.init_from), "lm_step": lm_step,
            "finetune.lm_init": ft.lm_init, "finetune.train": ft.train,
            "train.batch_size": train.batch_size, "finetune.best_metric": ft.best_metric,
-           "finetune.max_val_texts": ft.max_val_texts}
+           "finetune.max_val_texts": ft.max_val_texts,
+           "finetune.threshold_metric": ft.get("threshold_metric", "f1")}
     section = lambda key: (old_config.get(key.split(".")[0]) or {}).get(key.split(".")[1])
     before = {"init_from": old.get("init_from"), "lm_step": old.get("lm_step"),
               "finetune.lm_init": old.get("lm_init"),
@@ -77,6 +86,8 @@ def check_same_start(meta: dict[str, Any], config: ml_collections.ConfigDict, lm
     devices = old.get("devices")
     why = {"finetune.best_metric": " (the best checkpoint so far was chosen by it)",
            "finetune.max_val_texts": " (the best checkpoint so far was scored on those texts)",
+           "finetune.threshold_metric": " (the best checkpoint so far was scored with thresholds "
+                                        "tuned for it)",
            "train.batch_size": " (a step's texts follow from the step and the batch: another "
                                "would read others from here on"
                                + (f"; with train.per_device_batch_size={train.per_device_batch_size}"

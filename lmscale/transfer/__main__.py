@@ -56,6 +56,10 @@ _STANDARDIZE = flags.DEFINE_bool(
     "standardize", True, "Scale each unit to mean 0, variance 1 on train before the L1 fits "
     "(C then weighs every unit alike); false fits raw features, as OpenAI's utils.py (with "
     "its grid, --C=0.00390625,0.0078125,0.015625,0.03125,0.0625,0.125,0.25,0.5,1).")
+_THRESHOLD_METRIC = flags.DEFINE_enum(
+    "threshold_metric", "f1", ["f1", "jaccard", "micro_f1"],
+    "Multi-label: the val thresholds maximize each label's F1, or go on to the best per-text "
+    "Jaccard (SemEval-2018 E-c's score) or micro F1 of all labels together.")
 flags.mark_flags_as_required(["workdir", "train", "val"])
 
 
@@ -90,6 +94,7 @@ def main(argv: list[str]) -> None:
         pooling=_POOLING.value, all_layers=_ALL_LAYERS.value, baseline=_BASELINE.value,
         batch_size=_BATCH.value, progress=sys.stderr.isatty(), compute=_COMPUTE.value,
         features_dir=_FEATURES_DIR.value, stages=True, standardize=_STANDARDIZE.value,
+        threshold_metric=_THRESHOLD_METRIC.value,
         **({} if _SEARCH_ROWS.value is None else {"search_rows": _SEARCH_ROWS.value}),
         **({} if _C.value is None else {"Cs": _C.value})))
     pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"

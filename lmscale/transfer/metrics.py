@@ -5,9 +5,13 @@ text right, and ``label_accuracy``, the fraction of labels right), per-class
 precision / recall / F1 / support, macro and micro F1, and the Jaccard index (multi-label:
 per-text |true ∩ predicted| / |true ∪ predicted| averaged over texts, SemEval-2018 E-c's
 official metric, 1 when both are empty; single-label: macro over classes), plus the mean
-log loss of the probabilities. ``tune_thresholds`` picks, per class, the threshold on the
-validation probabilities that maximizes that class's F1 (sentiment-discovery's automatic
-thresholding).
+log loss of the probabilities; multi-label also ``label_jaccard`` (per class
+TP / (TP + FP + FN), averaged over classes: sentiment-discovery's "jacc"). ``tune_thresholds``
+picks, per class, the threshold on the validation probabilities that maximizes that class's
+F1 (sentiment-discovery's automatic thresholding), or, for ``metric`` "jaccard" or
+"micro_f1", goes on from there one class at a time to the thresholds that maximize that
+metric of all classes together (coordinate ascent, as sentiment-discovery's --global-tweaks
+does by random nudges).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from sklearn.metrics import (accuracy_score, f1_score, jaccard_score,
                              precision_recall_curve, precision_recall_fscore_support)
 
 METRICS = ("accuracy", "macro_f1", "micro_f1", "jaccard", "loss")
+THRESHOLD_METRICS = ("f1", "jaccard", "micro_f1")  # what tune_thresholds maximizes
+_CANDIDATES = 256  # thresholds tried per class and pass of the coordinate ascent (at most)
 
 
 def predict_labels(probs: np.ndarray, multilabel: bool, thresholds: np.ndarray | None = None
@@ -30,12 +36,15 @@ def predict_labels(probs: np.ndarray, multilabel: bool, thresholds: np.ndarray |
     return (probs >= t[None, :]).astype(np.int64)
 
 
-def tune_thresholds(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def tune_thresholds(probs: np.ndarray, labels: np.ndarray, metric: str = "f1") -> np.ndarray:
     """Per class k, the threshold t (predict p >= t) maximizing F1 of column k on these
     probabilities [N, K] and 0/1 labels [N, K]; among ties the largest F1's lowest threshold.
     t lies halfway between the lowest probability predicted positive and the next lower one,
     so the same texts scored again (other hardware, float rounding) get the same labels.
-    A class with no positive example keeps 0.5."""
+    A class with no positive example keeps 0.5. ``metric`` "jaccard" (per text, SemEval's) or
+    "micro_f1": from those, :func:`_ascend` to the thresholds maximizing it over all classes."""
+    if metric not in THRESHOLD_METRICS:
+        raise ValueError(f"threshold metric must be one of {list(THRESHOLD_METRICS)}, got {metric!r}")
     labels = np.asarray(labels).astype(np.int64)
     out = np.full(probs.shape[1], 0.5)
     for k in range(probs.shape[1]):
@@ -47,7 +56,54 @@ def tune_thresholds(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
         t = float(thresholds[int(np.argmax(f1[:-1]))])  # the last point has no threshold
         below = probs[:, k][probs[:, k] < t]
         out[k] = (t + float(below.max())) / 2 if below.size else t / 2
-    return out
+    return out if metric == "f1" else _ascend(probs, labels.astype(bool), out, metric)
+
+
+def _ascend(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray, metric: str,
+            passes: int = 10) -> np.ndarray:
+    """Coordinate ascent on ``metric`` of all classes together: each class's threshold in
+    turn set to the candidate (halfway between two of its distinct probabilities, or past
+    either end; at most ``_CANDIDATES``, by quantile) that scores best with the others held,
+    kept unless another scores strictly better (so the metric never falls); until a pass
+    changes none."""
+    t = thresholds.copy()
+    for _ in range(passes):
+        changed = False
+        for k in range(probs.shape[1]):
+            pred, rest = probs >= t[None, :], np.delete(np.arange(probs.shape[1]), k)
+            candidates = np.union1d(_candidates(probs[:, k]), [t[k]])  # the current one too
+            on = probs[None, :, k] >= candidates[:, None]  # [C, N]
+            y = labels[None, :, k]
+            if metric == "jaccard":  # per text, 1 when both label sets are empty (as reported)
+                inter = (pred[:, rest] & labels[:, rest]).sum(1)[None] + (on & y)
+                union = (pred[:, rest] | labels[:, rest]).sum(1)[None] + (on | y)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    score = np.where(union == 0, 1.0, inter / union).mean(1)
+            else:  # micro F1: 2 TP / (2 TP + FP + FN) over every class's decisions
+                tp = (pred[:, rest] & labels[:, rest]).sum() + (on & y).sum(1)
+                wrong = (pred[:, rest] != labels[:, rest]).sum() + (on != y).sum(1)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    score = np.nan_to_num(2 * tp / (2 * tp + wrong))
+            now = score[np.searchsorted(candidates, t[k])]
+            best = int(np.argmax(score))
+            if score[best] > now:
+                changed |= candidates[best] != t[k]
+                t[k] = candidates[best]
+        if not changed:
+            break
+    return t
+
+
+def _candidates(p: np.ndarray) -> np.ndarray:
+    """Thresholds for one class's probabilities: halfway between consecutive distinct values,
+    below the lowest (half of it) and above the highest (halfway to 1); by quantile when more
+    than ``_CANDIDATES``."""
+    values = np.unique(p)
+    mids = np.concatenate([[values[0] / 2], (values[1:] + values[:-1]) / 2,
+                           [(values[-1] + 1) / 2]])
+    if len(mids) > _CANDIDATES:
+        mids = np.unique(mids[np.linspace(0, len(mids) - 1, _CANDIDATES).round().astype(int)])
+    return mids
 
 
 def classification_metrics(probs: np.ndarray, labels: np.ndarray, multilabel: bool,
@@ -67,7 +123,9 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, multilabel: bo
     else:
         loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], eps, 1.0))))
         jaccard = float(jaccard_score(labels, pred, average="macro", labels=classes, zero_division=0))
-    label_accuracy = {"label_accuracy": float(np.mean(labels == pred))} if multilabel else {}
+    label_accuracy = {"label_accuracy": float(np.mean(labels == pred)),
+                      "label_jaccard": float(jaccard_score(labels, pred, average="macro",
+                                                           zero_division=0))} if multilabel else {}
     return {
         "accuracy": float(accuracy_score(labels, pred)),
         **label_accuracy,

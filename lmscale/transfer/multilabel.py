@@ -33,6 +33,7 @@ class MultiLabelFit:
     metrics: dict[str, dict[str, Any]]
     search_rows: int = 0  # training rows the C search fitted on (all of them, or a subsample)
     train_rows: int = 0
+    threshold_metric: str = "f1"  # what the thresholds maximize on val (tune_thresholds)
 
     def probs(self, x: Any) -> np.ndarray:
         """Per-label probabilities [N, K] of (standardized) features x [N, F]."""
@@ -40,6 +41,7 @@ class MultiLabelFit:
 
     def summary(self) -> dict[str, Any]:
         return {"C_per_label": self.Cs, "thresholds": self.thresholds.tolist(),
+                "threshold_metric": self.threshold_metric,
                 "nonzero_weights": int(np.count_nonzero(self.coef)),
                 "search_rows": self.search_rows, "train_rows": self.train_rows, **self.metrics}
 
@@ -76,10 +78,13 @@ def fit_l1_multilabel(x_train: Any, y_train: np.ndarray, x_val: Any, y_val: np.n
                       x_test: Any = None, y_test: np.ndarray | None = None, *,
                       class_names: Sequence[str], Cs: Sequence[float] = C_GRID,
                       seed: int = 0, n_jobs: int | None = None,
-                      search_rows: int = SEARCH_ROWS) -> MultiLabelFit:
+                      search_rows: int = SEARCH_ROWS, threshold_metric: str = "f1"
+                      ) -> MultiLabelFit:
     """Fits one L1 model per label column of ``y_train`` [N, K] and C (all of them at once,
     ``fit_many``; on a subsample of ``search_rows`` texts when there are more, then the
-    chosen Cs on all of them); see the module docstring."""
+    chosen Cs on all of them); see the module docstring. The K models' val thresholds
+    maximize ``threshold_metric`` (``tune_thresholds``; each label's C is chosen by its own
+    tuned F1 whatever it is)."""
     y_train, y_val = np.asarray(y_train, np.int64), np.asarray(y_val, np.int64)
     k, f = y_train.shape[1], x_train.shape[1]
     coef, intercept = np.zeros((k, f)), np.zeros(k)
@@ -111,7 +116,8 @@ def fit_l1_multilabel(x_train: Any, y_train: np.ndarray, x_val: Any, y_val: np.n
     fit = MultiLabelFit(coef, intercept, np.full(k, 0.5), chosen, {},
                         search_rows=len(y_train) if rows is None else len(rows),
                         train_rows=len(y_train))
-    fit.thresholds = tune_thresholds(fit.probs(x_val), y_val)
+    fit.thresholds = tune_thresholds(fit.probs(x_val), y_val, threshold_metric)
+    fit.threshold_metric = threshold_metric
     splits = {"train": (x_train, y_train), "val": (x_val, y_val)}
     if x_test is not None and y_test is not None:
         splits["test"] = (x_test, y_test)

@@ -38,7 +38,8 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
                  Cs: Sequence[float] = C_GRID, examples: int = 6, seed: int = 0,
                  progress: bool = False, lm: TrainedLM | None = None, compute: str = "float32",
                  features_dir: str | None = None, stages: bool = False,
-                 search_rows: int = SEARCH_ROWS, standardize: bool = True) -> dict[str, Any]:
+                 search_rows: int = SEARCH_ROWS, standardize: bool = True,
+                 threshold_metric: str = "f1") -> dict[str, Any]:
     """Runs the whole transfer; returns the results dict also written to OUTPUT/results.json.
 
     ``output`` defaults to WORKDIR/transfer. Features are cached in ``features_dir``, by default
@@ -50,7 +51,8 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
     baseline) fits on a stratified subsample of that many and refits the chosen C on all of
     them (``classify.fit_l1``; multi-label: a random subsample, each label's C refitted); 0:
     every text. ``standardize``: each unit scaled to mean 0 and variance 1 on train before
-    the fits (False: raw features, as OpenAI's utils.py fits them).
+    the fits (False: raw features, as OpenAI's utils.py fits them). ``threshold_metric``
+    (multi-label): what the val thresholds maximize (``metrics.tune_thresholds``).
     A model whose import recorded its sentiment unit (OpenAI's 2388) gets it reported beside
     the unit this fit finds (``recorded_unit``: its rank, sign and accuracy alone).
     """
@@ -59,6 +61,7 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
         raise DataError(f"search_rows must be >= 0 (0: all training texts), got {search_rows}")
     splits: dict[str, Labeled] = {}  # read and checked first: bad input fails before any work
     multilabel = len(label_columns(label_column)) > 1
+    check_threshold_metric(threshold_metric, multilabel)
     for name, spec in (("train", train), ("val", val), ("test", test)):
         if spec:
             splits[name] = load_labeled(spec, text_column=text_column, label_column=label_column,
@@ -125,7 +128,7 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
             "all_layers": all_layers, "compute": lm.compute}
     if multilabel:
         return _multilabel(lm, workdir, splits, feats, y, scaler, info, output, baseline, Cs,
-                           seed, feat_s, search_rows)
+                           seed, feat_s, search_rows, threshold_metric)
     fit = fit_l1(feats["train"], y["train"], feats["val"], y["val"], x_test, y_test, Cs=Cs,
                  seed=seed, search_rows=search_rows)
     say("the neuron alone, then the top k units")
@@ -174,16 +177,28 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
     return results
 
 
+def check_threshold_metric(metric: str, multilabel: bool) -> None:
+    """``threshold_metric`` one of ``THRESHOLD_METRICS``, and other than "f1" only for a
+    multi-label task (a single-label one takes its most probable class)."""
+    from lmscale.transfer.metrics import THRESHOLD_METRICS
+    if metric not in THRESHOLD_METRICS:
+        raise DataError(f"threshold_metric must be one of {list(THRESHOLD_METRICS)}, got {metric!r}")
+    if metric != "f1" and not multilabel:
+        raise DataError(f"threshold_metric={metric!r} tunes the thresholds of several label "
+                        f"columns (a multi-label task); one label column takes its most "
+                        f"probable class")
+
+
 def _multilabel(lm: TrainedLM, workdir: str, splits: dict[str, Labeled],
                 feats: dict[str, np.ndarray], y: dict[str, np.ndarray], scaler: Any,
                 info: dict[str, Any], output: str, baseline: str, Cs: Sequence[float], seed: int,
-                feat_s: float, search_rows: int) -> dict[str, Any]:
+                feat_s: float, search_rows: int, threshold_metric: str) -> dict[str, Any]:
     """The multi-label transfer: per-label L1 models and thresholds, the n-gram baseline."""
     from lmscale.transfer.metrics import format_table
     names = splits["train"].label_names
     fit = fit_l1_multilabel(feats["train"], y["train"], feats["val"], y["val"], feats.get("test"),
                             y.get("test"), class_names=names, Cs=Cs, seed=seed,
-                            search_rows=search_rows)
+                            search_rows=search_rows, threshold_metric=threshold_metric)
     results: dict[str, Any] = {
         "multilabel": True, "labels": names,
         "lm": {"workdir": os.path.abspath(workdir), "step": lm.step,
@@ -202,14 +217,14 @@ def _multilabel(lm: TrainedLM, workdir: str, splits: dict[str, Labeled],
         bx = dict(zip(present, mats[:-1]))
         base = fit_l1_multilabel(bx["train"], y["train"], bx["val"], y["val"], bx.get("test"),
                                  y.get("test"), class_names=names, Cs=Cs, seed=seed,
-                            search_rows=search_rows)
+                                 search_rows=search_rows, threshold_metric=threshold_metric)
         results["baseline"] = {"features": f"{baseline} n-grams", "vocabulary": mats[-1],
                                **base.summary()}
     results["featurization"] = _featurization(splits, feat_s)
     _forget_results(output)
     save_transfer_classifier(output, fit.coef, fit.intercept, scaler, names,
                              {**info, "multilabel": True, "thresholds": fit.thresholds.tolist(),
-                              "C_per_label": fit.Cs})
+                              "threshold_metric": threshold_metric, "C_per_label": fit.Cs})
     _write_results(output, results)
     return results
 
