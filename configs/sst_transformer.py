@@ -39,8 +39,8 @@ def get_config():
     config.model.tie_embeddings = True
     config.model.dropout = 0.1  # a small corpus read many times
     config.train.steps = 1200
-    config.train.batch_size = 32
-    config.train.seq_len = 64
+    config.train.batch_size = 16
+    config.train.seq_len = 128  # = model.max_len: every position trained (2048 tokens a step)
     config.train.log_every = 50
     config.train.eval_every = 300
     config.train.eval_batch_size = 16

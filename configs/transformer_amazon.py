@@ -30,6 +30,10 @@ Reasoning (the seed: NVIDIA/sentiment-discovery's transformer, fairseq's decoder
   coverage 0.9995 and byte fallback (lossless: the text decodes back exactly). So the pieces
   and ids differ; --sp_model=the seed's ama_32k_tokenizer.model encodes with its model
   (not its cleaning; prepare names its lossy settings).
+- As the seed: reviews are concatenated and attention crosses them within a sequence (no
+  data.reset_on_documents), and of the 256 learned positions training reaches the first 64
+  only (the run says so; featurizing or generating past 64 tokens reads positions never
+  trained, and lmscale.api's score reads windows of 64). --config.model.max_len=64 has none.
 
     python -m lmscale.prepare --input='/data/amazon/*.json' --text_field=reviewText \
         --output=/data/amazon_sp32k --tokenizer=sentencepiece --vocab_size=32000 --split=1000,1,1

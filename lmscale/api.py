@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lmscale.models.registry import trained_length
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.loss import bits_per_char
 from lmscale.training.restore import TrainedLM, load_trained
@@ -84,7 +85,9 @@ class LM:
         NaN for a text with no counted byte: a single token, unframed, or a word model's
         one-word text (its only counted target, ``<eos>``, stands for no byte of the text)."""
         batch_size = positive_int("batch_size", batch_size)
-        limit = self.trained.model().max_len
+        # A model with a length limit reads windows of the length it was trained at (a
+        # transformer's learned positions past train.seq_len are never trained).
+        limit = trained_length(self.trained.config) or self.trained.model().max_len
         targets = [self._targets(ids) for ids in encode_texts(self.trained, texts)]  # read once
         table = self.trained.tokenizer.byte_lengths()
         byte_totals = np.array([table[ids[scored]].sum() for ids, scored in targets], np.float64)

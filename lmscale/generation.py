@@ -25,6 +25,7 @@ import tqdm
 from flax import nnx
 
 from lmscale.data.errors import DataError
+from lmscale.models.registry import untrained_positions_note
 from lmscale.training.restore import TrainedLM, prepared_weights
 
 
@@ -269,6 +270,10 @@ def generate(lm: TrainedLM, prompt: str, length: int = 200, *, temperature: floa
               f"the transformer reads at most max_len={model.max_len} tokens, {length} of them "
               f"generated", file=sys.stderr, flush=True)
         ids = ids[-keep:]
+    note = untrained_positions_note(lm.config, len(ids) + length,
+                                    f"the prompt's {len(ids)} tokens and the {length} generated run")
+    if note:
+        print(note, file=sys.stderr, flush=True)
     unsampled = getattr(lm.tokenizer, "unsampled_ids", None)
     banned = (tuple(unsampled()) if unsampled is not None else
               () if lm.tokenizer.pad_id is None else (int(lm.tokenizer.pad_id),))

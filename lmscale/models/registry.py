@@ -86,6 +86,11 @@ class ModelKind:
     flops_per_token: Callable[..., int]
     describe: Callable[[Any], str]  # one line for humans: "mlstm hidden 4096 embed 64 layers 1"
     settings: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
+    # (model_config, train_config) -> the longest sequence training reaches when the model
+    # reads longer ones with parameters it never trains (a transformer's learned positions past
+    # train.seq_len), else None: see :func:`trained_length`.
+    trained_length: Callable[[Any, Any], int | None] | None = dataclasses.field(default=None,
+                                                                               compare=False)
 
 
 _KINDS: dict[str, ModelKind] = {}
@@ -173,6 +178,39 @@ def flops_per_token(model_config: Any, vocab_size: int, seq_len: int = 1,
     if tail_shares is None:
         return int(kind.flops_per_token(model_config, vocab_size, seq_len))
     return int(kind.flops_per_token(model_config, vocab_size, seq_len, tail_shares=tail_shares))
+
+
+def trained_length(config: Any) -> int | None:
+    """The longest sequence a run of ``config`` trains its model on, when the model reads
+    longer ones with parameters that training never reaches (a transformer's learned
+    positions from ``train.seq_len`` to ``model.max_len``); None when every length it reads is
+    trained (recurrent kinds, sinusoidal positions, seq_len = max_len)."""
+    kind = get_kind(config.model.kind)
+    return None if kind.trained_length is None else kind.trained_length(config.model, config.train)
+
+
+def untrained_positions_note(config: Any, longest: int, what: str) -> str | None:
+    """A note when ``what`` (e.g. "3 of 100 texts run") reads ``longest`` tokens, past
+    :func:`trained_length`; None when it does not."""
+    trained = trained_length(config)
+    if trained is None or longest <= trained:
+        return None
+    return (f"note: {what} past the {trained} positions this LM was trained at "
+            f"(train.seq_len={config.train.seq_len}, model.max_len={config.model.max_len}): "
+            f"its positions {trained}..{config.model.max_len - 1} were never trained, so what "
+            f"it reads there is unreliable")
+
+
+def trained_length_note(config: Any) -> str | None:
+    """For a training run: a note when it trains only the first of the model's positions."""
+    trained = trained_length(config)
+    if trained is None:
+        return None
+    return (f"note: model.max_len={config.model.max_len} is longer than the {trained} tokens "
+            f"this run trains on (train.seq_len={config.train.seq_len}): its learned positions "
+            f"{trained}..{config.model.max_len - 1} are never trained, and featurizing, scoring "
+            f"or generating past {trained} tokens reads them; set model.max_len={trained}, or "
+            f"train.seq_len={config.model.max_len}")
 
 
 def architecture(model_config: Any) -> dict[str, Any]:

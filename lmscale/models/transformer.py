@@ -13,7 +13,7 @@ Parameters are float32; matmuls run in the compute ``dtype``; LayerNorm, softmax
 residual stream and the logits are float32. The L blocks' parameters are stacked along a
 leading layer axis (one ``Block`` module whose params are [L, ...]) and applied by one
 ``jax.lax.scan`` (``scan_layers=True``) or a Python loop over the same params; both give
-the same numbers and the same checkpoint layout. Decoding (``decode_step``) loops over the
+the same numbers (to rounding, ~1e-6 in float32) and the same checkpoint layout. Decoding (``decode_step``) loops over the
 layers in Python, on per-layer params and matrices that ``prepare_decode`` slices and
 normalizes once per generated sequence, with one key/value cache per layer updated in
 place. Like RecurrentLM, the module holds parameters only: dropout draws from an explicit
@@ -448,6 +448,18 @@ def _validate(model_config: Any, train_config: Any) -> None:
                          "(the longest sequence the transformer has positions for)")
 
 
+def _trained_length(model_config: Any, train_config: Any) -> int | None:
+    """Learned positions: training reaches the first ``longest`` rows of the table (a
+    position counts from the window's start or the last reset, so it stays below the longest
+    sequence drawn), the rest keep their initial values; None when that covers max_len or
+    the positions are sinusoidal (computed, not learned)."""
+    if model_config.positions != "learned" or train_config is None:
+        return None
+    from lmscale.config import bptt_max
+    longest = bptt_max(train_config) if train_config.get("variable_bptt") else train_config.seq_len
+    return int(longest) if longest < model_config.max_len else None
+
+
 def _flops(model_config: Any, vocab_size: int, seq_len: int = 1) -> int:
     """Forward FLOPs per token = 2 N + 4 L T d, training (forward + backward) = 3x that =
     6 N + 12 L T d.
@@ -475,5 +487,5 @@ register(ModelKind(name="transformer",
                    fields=("layers", "d_model", "heads", "d_ff", "max_len", "norm", "positions",
                            "tie_embeddings", "weight_norm"),
                    build=_build, validate=_validate, flops_per_token=_flops,
-                   describe=_describe,
+                   describe=_describe, trained_length=_trained_length,
                    settings={"attn_dropout": 0.0, "ff_dropout": 0.0, "scan_layers": True}))

@@ -27,6 +27,7 @@ import functools
 import hashlib
 import json
 import os
+import sys
 from typing import Any, Callable, Sequence
 
 import jax
@@ -39,6 +40,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from lmscale.atomic import atomic_write
 from lmscale.data.errors import DataError
 from lmscale.data.texts import last_tokens, text_list
+from lmscale.models.registry import trained_length, untrained_positions_note
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.restore import TrainedLM, prepared_weights, weights_fingerprint
 from lmscale.training.state import zero_carry
@@ -97,8 +99,17 @@ def feature_state(lm: TrainedLM, state: str | None) -> str:
 
 def _fit_length(lm: TrainedLM, ids: list[np.ndarray]) -> list[np.ndarray]:
     """Texts cut to their last ``max_len`` tokens for a model with a length limit, said in a
-    note when any is (a 20k-character text read as its last 256 tokens was cut silently)."""
-    return last_tokens(ids, lm.model().max_len)
+    note when any is (a 20k-character text read as its last 256 tokens was cut silently), and
+    a note when any still reads positions its training never reached (``trained_length``)."""
+    ids = last_tokens(ids, lm.model().max_len)
+    trained = trained_length(lm.config)
+    if trained is not None and ids:
+        over = sum(len(x) > trained for x in ids)
+        note = untrained_positions_note(lm.config, max(map(len, ids)),
+                                        f"{over} of {len(ids)} texts run")
+        if note:
+            print(note, file=sys.stderr, flush=True)
+    return ids
 
 
 def featurize(lm: TrainedLM, texts: Sequence[str], *, state: str | None = None,
@@ -108,8 +119,8 @@ def featurize(lm: TrainedLM, texts: Sequence[str], *, state: str | None = None,
 
     ``state`` None: the model's default ("cell" for recurrent models, "hidden" otherwise).
     ``pooling``: "last" (the state after a text's last token), or "mean", "max" or "min" over
-    its tokens. ``batch_size``: rows read side by side (rounded up to a multiple of the devices, and
-    down to the rows there are); ``chunk``: tokens per call of a recurrent LM.
+    its tokens. ``batch_size``: rows read side by side (rounded up to a multiple of the
+    devices, and down to the rows there are); ``chunk``: tokens per call of a recurrent LM.
     """
     state = feature_state(lm, state)
     if pooling not in POOLINGS:

@@ -229,10 +229,12 @@ def test_multilabel_transformer_thresholds_reused_by_classify(transformer_lm, da
     config = ft_config(transformer_lm, data["sem_train"], data["sem_val"], **{
         "finetune.multilabel": True, "finetune.text_column": "Tweet",
         "finetune.label_column": EMOTIONS, "finetune.best_metric": "jaccard",
-        "finetune.pooling": "last,max", "finetune.class_weights": "balanced"})
+        "finetune.pooling": "last,max", "finetune.class_weights": "balanced",
+        "finetune.threshold_metric": "jaccard"})
     results = finetune(config, run)
     saved = json.load(open(os.path.join(run, "thresholds.json")))
     assert saved["classes"] == EMOTIONS.split(",") and len(saved["thresholds"]) == 11
+    assert saved["tuned_for"] == "jaccard"
     clf = load_classifier(run)
     np.testing.assert_array_equal(clf.thresholds, saved["thresholds"])
     from lmscale.transfer.labeled import load_labeled
@@ -243,6 +245,8 @@ def test_multilabel_transformer_thresholds_reused_by_classify(transformer_lm, da
     from sklearn.metrics import jaccard_score
     assert jaccard_score(val.labels, pred, average="samples", zero_division=1.0) == pytest.approx(
         results["metrics"]["val"]["jaccard"], abs=1e-6)
+    from lmscale.transfer.metrics import tune_thresholds  # tuned for the val Jaccard
+    np.testing.assert_allclose(saved["thresholds"], tune_thresholds(probs, val.labels, "jaccard"))
     from lmscale.training.metrics import read_metrics
     train_records = [r for r in read_metrics(run) if r["split"] == "train"]
     assert train_records and all("label_accuracy" in r and "accuracy" not in r
