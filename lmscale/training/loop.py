@@ -339,7 +339,11 @@ def _loss_id_counts(config: ml_collections.ConfigDict, dataset: Any, vocab_size:
 
 
 def _already_trained(workdir: str, start: int, steps: int, is_main: bool) -> dict[str, Any]:
-    """What a re-run of a finished run returns: its last records, said so; nothing written."""
+    """What a re-run of a finished run returns: its last records, said so; nothing trained.
+    metrics.jsonl loses the records past the checkpoint (a run killed after its last save
+    had logged them), as a resume's would."""
+    if is_main:
+        _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), after_step=start)
     try:
         records = [r for r in read_metrics(workdir) if r.get("step", 0) <= start]
     except (OSError, ValueError):  # no or a damaged metrics.jsonl: the checkpoint still stands

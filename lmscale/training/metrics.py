@@ -23,7 +23,8 @@ class MetricsWriter:
         """``resumed_from``: the step a resumed run restarts at. metrics.jsonl keeps the records
         up to it (the loop truncates the rest); TensorBoard is told to drop the earlier run's
         events after it (a purge step), which a run killed between its last log and its last
-        checkpoint had written."""
+        checkpoint had written; a run starting at 0 drops every earlier event (one killed
+        before its first checkpoint)."""
         self.enabled = jax.process_index() == 0
         self.workdir, self.path = workdir, os.path.join(workdir, "metrics.jsonl")
         self._file = open(self.path, "ab", buffering=0) if self.enabled else None
@@ -34,7 +35,7 @@ class MetricsWriter:
             # the same second (a notebook's second train()) wrote over the first run's file.
             # The nanosecond suffix keeps each file apart and the names in time order.
             self._tb = SummaryWriter(os.path.join(workdir, "tb"),
-                                     purge_step=resumed_from + 1 if resumed_from else None,
+                                     purge_step=resumed_from + 1,
                                      filename_suffix=f".{time.time_ns():020d}")
 
     def write(self, record: dict[str, Any]) -> None:

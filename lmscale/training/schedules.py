@@ -34,6 +34,10 @@ def make_schedule(kind: str, lr: float, *, warmup_steps: int, decay_steps: int,
     if warmup_steps > 0:
         warmup = optax.linear_schedule(0.0, lr, warmup_steps)
         body = optax.join_schedules([warmup, body], boundaries=[warmup_steps])
+    if kind in ("linear", "cosine"):  # exactly 0 from the horizon on (jitted, the reciprocal
+        # rounding left 7.7e-11 past a linear decay's end: README says it stays at 0)
+        decayed = body
+        body = lambda step: jnp.where(jnp.asarray(step) >= decay_steps, 0.0, decayed(step))
     return _not_negative(body)
 
 

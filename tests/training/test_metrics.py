@@ -130,3 +130,30 @@ w.close()
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.split() == ["error", "28", str(tmp_path / "tb")]
     assert "Traceback" not in p.stderr and "Exception" not in p.stderr, p.stderr
+
+
+def test_a_restart_from_no_checkpoint_drops_the_lost_run_from_tensorboard(tmp_path, corpus):
+    """A run killed before its first checkpoint starts again at step 0: metrics.jsonl is
+    emptied, and TensorBoard must drop the lost run's points too (no purge step was written
+    at a start from 0)."""
+    workdir = str(tmp_path / "run")
+    settings = {"train.steps": 8, "train.eval_every": 0, "checkpoint.every": 100}
+    train(tiny_config(corpus, **settings, **{"train.log_every": 2}), workdir)
+    shutil.rmtree(os.path.join(workdir, "checkpoints", "8"))  # a kill -9 before the only save
+    train(tiny_config(corpus, **{**settings, "train.steps": 4}, **{"train.log_every": 4}), workdir)
+    logged = {r["step"]: r["loss"] for r in read_metrics(workdir) if r["split"] == "train"}
+    shown = visible_scalars(os.path.join(workdir, "tb"), "train/loss")
+    assert sorted(shown) == sorted(logged) == [4]  # showed 2, 4, 6, 8 (6 and 8 of the lost run)
+
+
+def test_a_finished_rerun_drops_the_records_past_its_checkpoint(tmp_path, corpus):
+    """Killed after its last save with records logged past it, then re-run with as many steps
+    as that save: "already trained", and metrics.jsonl kept the lost steps' records."""
+    workdir = str(tmp_path / "run")
+    settings = {"train.steps": 8, "train.eval_every": 0, "checkpoint.every": 4,
+                "train.log_every": 2}
+    train(tiny_config(corpus, **settings), workdir)
+    shutil.rmtree(os.path.join(workdir, "checkpoints", "8"))  # a kill -9 before the last save
+    again = train(tiny_config(corpus, **{**settings, "train.steps": 4}), workdir)
+    assert again["already_trained"]
+    assert [r["step"] for r in read_metrics(workdir) if r["split"] == "train"] == [2, 4]

@@ -32,6 +32,10 @@ def test_past_the_horizon_the_rate_is_zero_not_below_it_jitted(kind):
     s = jax.jit(make_schedule(kind, 3e-3, warmup_steps=20, decay_steps=30))
     assert [float(s(step)) for step in (30, 31, 40, 1000)] == [0.0, 0.0, 0.0, 0.0]
     assert float(s(29)) > 0
+    # above it, too: lr 3e-3, warmup 10, horizon 3000 gave 7.7e-11 from 3000 on
+    s = jax.jit(make_schedule(kind, 3e-3, warmup_steps=10, decay_steps=3000))
+    assert [float(s(step)) for step in (3000, 3024, 5000)] == [0.0, 0.0, 0.0]
+    assert float(s(2999)) > 0
 
 
 def test_cosine_and_constant():
