@@ -32,7 +32,8 @@ def test_top_k_and_top_p_against_numpy():
 def test_greedy_generation_with_a_fixed_neuron_matches_a_hand_loop(neuron):
     lm = random_lm(layers=2, hidden=16)
     value = 3.0
-    [text] = generate(lm, "The film", 12, temperature=0.0, neuron=neuron, neuron_value=value)
+    [text] = generate(lm, "The film", 12, temperature=0.0, neuron=neuron,
+                      neuron_value=value if neuron is not None else 0.0)
     model = nnx.merge(lm.graphdef, lm.params)
     step = jax.jit(lambda p, t, c: nnx.merge(lm.graphdef, p)(t, c))
 

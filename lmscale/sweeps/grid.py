@@ -121,12 +121,24 @@ def expand(spec: dict[str, Any], base: ml_collections.ConfigDict) -> Sweep:
     for combo in itertools.product(*choices):
         values = {axis: value for axis, (value, _) in zip(axes, combo)}
         overrides: dict[str, Any] = {}
-        for _, fields in combo:
-            overrides.update(fields)
+        setter: dict[str, str] = {}  # field -> the axis that set it
+        for axis, (_, fields) in zip(axes, combo):
+            for field, value in fields.items():
+                if field in overrides and setter[field] != axis:  # the last one won, the
+                    # point's name and the report showing the other's value
+                    raise SweepError(f"axes {setter[field]!r} and {axis!r} both set {field} "
+                                     f"({overrides[field]!r} and {value!r}): set each field "
+                                     f"on one axis")
+                overrides[field], setter[field] = value, axis
         if derived is not None:
             extra = derived({**values, **overrides})
             if not isinstance(extra, dict):
                 raise SweepError("the sweep's 'derived' must return a dict of fields")
+            for field, value in extra.items():
+                if field in overrides and overrides[field] != value:
+                    raise SweepError(f"the sweep's 'derived' sets {field}={value!r} over axis "
+                                     f"{setter[field]!r}'s {overrides[field]!r} (point "
+                                     f"{point_name(values)}): derive other fields only")
             overrides.update(extra)
         points.append(Point(point_name(values), values, overrides))
     for point in points:
@@ -136,6 +148,11 @@ def expand(spec: dict[str, Any], base: ml_collections.ConfigDict) -> Sweep:
         twins = sorted({n for n in names if names.count(n) > 1})
         raise SweepError(f"points of the grid share a name (their folder): {twins}; values that "
                          f"differ only past the name's precision cannot be told apart")
+    runs = [tuple(sorted((k, repr(v)) for k, v in p.overrides.items())) for p in points]
+    if len(set(runs)) != len(runs):  # two labels of one run: trained twice
+        twins = sorted({p.name for p, r in zip(points, runs) if runs.count(r) > 1})
+        raise SweepError(f"points {twins} set the same fields to the same values: one run "
+                         f"under several names; drop all but one")
     return Sweep(axes, {a: [v for v, _ in opts] for a, opts in zip(axes, choices)}, points,
                  spec.get("description", ""))
 
@@ -145,6 +162,11 @@ def point_config(base: ml_collections.ConfigDict, overrides: dict[str, Any]) -> 
     config = copy.deepcopy(base)
     for field, value in overrides.items():
         parent, key = _resolve(config, field)
+        held = parent[key]  # ml_collections takes a bool for an int field (True == 1); the
+        # trainer's flag parser then refused "true", the point failing after the sweep began
+        if held is not None and isinstance(value, bool) != isinstance(held, bool):
+            raise SweepError(f"swept field {field}={value!r}: the field holds "
+                             f"{type(held).__name__} values, like {held!r}")
         try:
             setattr(parent, key, value)
         except (TypeError, ValueError, KeyError, AttributeError) as e:

@@ -86,6 +86,20 @@ def device_groups(parallel: int) -> list[dict[str, str]]:
     return groups
 
 
+def per_device_batch_note(points: list[Point], parallel: int) -> str | None:
+    """A note when points set ``train.per_device_batch_size``: their global batch (and rate)
+    follows the devices of their slot, which ``--parallel`` sets (a re-run with another one
+    trained the points left at other batches, unsaid)."""
+    if not any(p.overrides.get("train.per_device_batch_size") for p in points):
+        return None
+    where = ("on a CPU host one device each, on GPUs its group" if parallel > 1
+             else "all the host's")
+    return (f"note: the points set train.per_device_batch_size: each trains a global batch of "
+            f"it times its devices ({where} with --parallel={parallel}), the learning rate "
+            f"scaled for that batch; another --parallel gives the points left other batches, "
+            f"and a point stopped under one does not resume under another")
+
+
 def idle_groups_note(parallel: int, to_run: int, envs: list[dict[str, str]]) -> str | None:
     """A note when fewer points are left than GPU groups: the groups (and so each point's
     device count and global batch) follow --parallel, and the extra groups stay idle."""
@@ -140,9 +154,10 @@ class Runner:
         if not pending:
             return
         envs = device_groups(self.options.parallel)
-        note = idle_groups_note(self.options.parallel, len(pending), envs)
-        if note:
-            self.options.log(note)
+        for note in (idle_groups_note(self.options.parallel, len(pending), envs),
+                     per_device_batch_note(pending, self.options.parallel)):
+            if note:
+                self.options.log(note)
         free = list(range(self.options.parallel))
         running: dict[int, tuple[_Job, int]] = {}
         self._running = running  # for _on_signal's second signal
@@ -280,9 +295,17 @@ def _saved_step(point_dir: str) -> int | None:
 
 def _divergence_at_save(log_path: str, records: list[dict[str, Any]]) -> dict[str, Any]:
     """The divergence record of a trainer that exited ``EXIT_DIVERGED``: its parameters were
-    not finite at a checkpoint save (its error line names the step) before any logged loss was."""
-    found = re.search(r"not finite at step (\d+)", _last_error(log_path))
+    not finite at a checkpoint save, or its logged loss far above a uniform guess's
+    (``train.divergence_factor``), before this sweep's own rule saw it (its error line names
+    the step)."""
+    error = _last_error(log_path)
+    found = re.search(r"at step (\d+)", error)
     step = int(found.group(1)) if found else max((r["step"] for r in records), default=0)
+    loss = re.search(r"training loss is ([0-9.e+-]+) nats", error)
+    if loss:
+        return {"step": step, "loss": float(loss.group(1)),
+                "reason": f"loss {loss.group(1)} at step {step} above the trainer's "
+                          f"train.divergence_factor x a uniform guess's"}
     return {"step": step, "loss": None,
             "reason": f"parameters not finite at step {step} (found at a checkpoint save)"}
 

@@ -78,6 +78,17 @@ def _made_from(results: dict[str, Any], sets: TransferSets) -> bool:
                                                    ("label", sets.label_column)))
 
 
+def _edited_since(point_dir: str, sets: TransferSets) -> bool:
+    """Whether a labeled file was written after the point's results.json (edited in place:
+    compared as paths only, its old accuracies stayed in the report)."""
+    made = os.path.getmtime(os.path.join(point_dir, "transfer", "results.json"))
+    for spec in (sets.train, sets.val, sets.test):
+        path = os.path.expanduser(str(spec)) if spec else ""
+        if path and os.path.isfile(path) and os.path.getmtime(path) > made:
+            return True
+    return False
+
+
 def transfer_points(point_dirs: list[str], sets: TransferSets, log: Callable[[str], None]
                     ) -> dict[str, str]:
     """Transfers every point folder lacking results from ``sets`` (the report reads them from
@@ -90,9 +101,14 @@ def transfer_points(point_dirs: list[str], sets: TransferSets, log: Callable[[st
     for point_dir in point_dirs:
         name = os.path.basename(point_dir)
         results = _read_results(point_dir)
-        if results is not None and _made_from(results, sets):
-            continue
-        again = " (again: its results were made from other labeled sets)" if results is not None else ""
+        again = ""
+        if results is not None:
+            if not _made_from(results, sets):
+                again = " (again: its results were made from other labeled sets)"
+            elif _edited_since(point_dir, sets):
+                again = " (again: a labeled file was written since its results)"
+            else:
+                continue
         log(f"sweep: transfer {name}{again}")
         try:
             run_transfer(point_dir, sets.train, sets.val, sets.test, text_column=sets.text_column,

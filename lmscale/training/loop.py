@@ -44,7 +44,7 @@ from lmscale.training.in_flight import InFlight
 from lmscale.training.loss import bits_per_char
 from lmscale.training.bench import adaptive_cutoffs, train_flops_per_token
 from lmscale.training.best import BestKeeper
-from lmscale.training.diverged import DivergedError, save_finite
+from lmscale.training.diverged import DivergedError, check_loss, save_finite
 from lmscale.training.metrics import MetricsWriter, add_perplexity, read_metrics
 from lmscale.training.ntasgd import NTASGDMonitor, eval_params, switch_on
 from lmscale.training.precision import LossScale, SkippedRun, print_compute_hint
@@ -294,6 +294,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
                 timer.reset()
                 if stuck:  # float16 skipping every step to the run's end, silently
                     raise DivergedError(stuck, step)
+                check_loss(checkpointer, loss, step, vocab_size, config.train.divergence_factor,
+                           skips_steps=bool(ls.dynamic))
             scheduled = bool(config.train.eval_every) and step % config.train.eval_every == 0
             evaluating = scheduled or step == steps
             if evaluating:

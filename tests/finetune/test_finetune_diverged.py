@@ -20,7 +20,7 @@ def test_a_diverged_fine_tune_stops_and_keeps_no_nan_classifier(sst_run, data, t
     from lmscale.training.diverged import DivergedError
     threads = {t.ident for t in threading.enumerate()}
     config = ft_config(sst_run, data["sst_train"], data["sst_val"],
-                       **{"optim.lr": float("inf"), "finetune.head_lr": float("inf")})
+                       **{"optim.lr": 3e38, "finetune.head_lr": 3e38})
     run = tmp_path / "ft"
     with pytest.raises(DivergedError, match=r"^the parameters are not finite at step 4: not "
                                             r"saved, and no checkpoint was written before it; "

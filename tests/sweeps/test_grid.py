@@ -46,6 +46,17 @@ def test_expand_fields_named_axes_and_derived(tiny):
     ('{"optim.lr": [1.0000001e-3, 1.0000002e-3]}',
      "points of the grid share a name (their folder): ['lr-0.001']; values that differ only past "
      "the name's precision cannot be told apart"),  # "the same values" before
+    # Two axes setting one field: the last won, the point's name and report showed the other.
+    ('{"model.hidden": [32], "r": {"a": {"model.hidden": 64}}}',
+     "axes 'model.hidden' and 'r' both set model.hidden (32 and 64): set each field on one axis"),
+    # A bool for an int field passed here and failed in the trainer's flag parser.
+    ('{"model.hidden": [True]}', "swept field model.hidden=True: the field holds int values"),
+    # Two labels of one run: trained twice.
+    ('{"r": {"a": {"optim.lr": 1e-3}, "b": {"optim.lr": 1e-3}}}',
+     "points ['r-a', 'r-b'] set the same fields to the same values: one run under several names"),
+    ('{"train.batch_size": [4, 8]}, "derived": lambda p: {"train.batch_size": 16}',
+     "the sweep's 'derived' sets train.batch_size=16 over axis 'train.batch_size''s 4 (point "
+     "batch_size-4): derive other fields only"),
 ])
 def test_bad_grid_is_one_line_error(tiny, grid, message):
     path = write_sweep(tiny / "bad.py", f"def get_sweep():\n    return {{'grid': {grid}}}\n")
@@ -99,3 +110,17 @@ def test_more_gpu_groups_than_points_is_noted(monkeypatch):
     assert idle_groups_note(4, 4, device_groups(4)) is None  # every group busy
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert idle_groups_note(4, 2, device_groups(4)) is None  # CPU: no groups, fewer processes
+
+
+def test_points_setting_a_per_device_batch_are_told_their_batch_follows_parallel():
+    """--parallel changed such points' global batches (and rates) between re-runs, unsaid."""
+    from lmscale.sweeps.grid import Point
+    from lmscale.sweeps.runner import per_device_batch_note
+    plain, per_device = Point("a", {}, {"optim.lr": 1e-3}), Point(
+        "b", {}, {"train.per_device_batch_size": 4})
+    assert per_device_batch_note([plain], 2) is None
+    note = per_device_batch_note([plain, per_device], 2)
+    assert note.startswith("note: the points set train.per_device_batch_size: each trains a "
+                           "global batch of it times its devices (on a CPU host one device "
+                           "each, on GPUs its group with --parallel=2)")
+    assert "(all the host's with --parallel=1)" in per_device_batch_note([per_device], 1)

@@ -53,6 +53,18 @@ def test_sweep_transfers_its_points_and_checks_the_sets_first(tiny: Path):
     report = (out / "report.md").read_text()
     assert "| transfer val acc | neuron val acc |" in report, report
     assert f"| {100 * point['transfer']['val_accuracy']:.1f} % |" in report, report
+    # The val file edited in place: transferred again (compared as a path, the old accuracies
+    # stayed).
+    import os
+    write_labeled(tiny / "v.csv", 10, 3)
+    made = os.path.getmtime(out / "hidden-16" / "transfer" / "results.json")
+    os.utime(tiny / "v.csv", (made + 5, made + 5))
+    lines = []
+    run_sweep(base_config(tiny), str(tiny / "tiny.py"), sweep_file, str(out),
+              transfer=TransferSets(train, val), poll_seconds=0.1, log=lines.append)
+    assert "sweep: transfer hidden-16 (again: a labeled file was written since its results)" in lines
+    saved = json.loads((out / "hidden-16" / "transfer" / "results.json").read_text())
+    assert saved["data"]["val"]["texts"] == 10
 
 
 def test_other_sets_are_transferred_again_and_a_failed_transfer_spares_the_others(tiny: Path):

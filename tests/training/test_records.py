@@ -6,6 +6,7 @@ inference, and the eval / progress behaviour of the command-line tools."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -136,13 +137,13 @@ def test_a_retrained_workdir_neither_reuses_features_nor_a_classifier_of_its_old
 
 
 def test_a_run_whose_parameters_stop_being_finite_saves_nothing_more(base_run, tmp_path):
-    """A diverged run (here an infinite lr from step 4 on) is stopped at its next save with one error,
+    """A diverged run (here an lr of 3e38 from step 4 on: no longer finite by step 6; no loss logged before) is stopped at its next save with one error,
     and the good checkpoints are kept rather than rotated away by NaN ones."""
     from lmscale.training.loop import DivergedError
     corpus, workdir = copy_run(base_run, tmp_path)
-    config = tiny_config(corpus, **{**BASE, "train.steps": 12, "optim.lr": float("inf"),
+    config = tiny_config(corpus, **{**BASE, "train.steps": 12, "optim.lr": 3e38,
                                     "optim.decay_steps": 4, "optim.schedule": "constant",
-                                    "checkpoint.keep": 2})
+                                    "checkpoint.keep": 2, "train.log_every": 100})
     with pytest.raises(DivergedError, match="the parameters are not finite at step 6: not saved"
                                             r".* \(the latest: step 4, in "):
         train(config, workdir)
@@ -152,7 +153,7 @@ def test_a_run_whose_parameters_stop_being_finite_saves_nothing_more(base_run, t
 def test_a_run_diverging_before_its_first_checkpoint_says_there_is_none(tmp_path, corpus):
     """It said "the checkpoints before it are kept ... resume from there" of an empty folder."""
     from lmscale.training.loop import DivergedError
-    config = tiny_config(corpus, **{"train.steps": 12, "optim.lr": float("inf"),
+    config = tiny_config(corpus, **{"train.steps": 12, "optim.lr": 3e38, "train.log_every": 100,
                                     "optim.schedule": "constant", "optim.warmup_steps": 0,
                                     "checkpoint.every": 4, "train.eval_every": 0})
     threads = {t.ident for t in threading.enumerate()}
@@ -475,3 +476,22 @@ def test_a_workdir_whose_data_request_lacks_newer_keys_resumes(base_run, tmp_pat
     meta = open(os.path.join(workdir, "data", "metadata.json")).read()
     train(tiny_config(corpus, **{**BASE, "train.steps": 6}), workdir)
     assert open(os.path.join(workdir, "data", "metadata.json")).read() == meta
+
+
+def test_a_loss_far_above_a_uniform_guess_stops_the_run_before_it_saves(tmp_path, corpus):
+    """lr 100 without clipping: a finite loss ~20x a uniform guess's, exit 0, and the rotated
+    checkpoints all held the diverged weights."""
+    from lmscale.training.loop import DivergedError
+    from lmscale.training.metrics import read_metrics
+    kw = {"train.steps": 40, "optim.lr": 100.0, "optim.clip": 0.0, "optim.warmup_steps": 0,
+          "optim.schedule": "constant", "checkpoint.every": 2, "train.eval_every": 0}
+    workdir = str(tmp_path / "run")
+    with pytest.raises(DivergedError, match=r"the training loss is [0-9.e+]+ nats a token, "
+                                            r"above 1.5 x the 5.55 of a uniform guess over the "
+                                            r"257 tokens at step (\d+): the run diverged") as e:
+        train(tiny_config(corpus, **kw), workdir)
+    stopped = e.value.step
+    logged = [r for r in read_metrics(workdir) if r["split"] == "train"]
+    assert logged[-1]["step"] == stopped and logged[-1]["loss"] > 1.5 * math.log(257)
+    assert all(s < stopped for s in steps_on_disk(workdir))  # its weights were not saved
+    train(tiny_config(corpus, **{**kw, "train.divergence_factor": 0.0}), str(tmp_path / "on"))
