@@ -12,6 +12,7 @@ sequence length, document resets and eval_steps), so both report the same BPC.
 from __future__ import annotations
 
 import json
+import os
 
 from absl import app, flags
 
@@ -84,7 +85,8 @@ def main(argv: list[str]) -> None:
                                text_field=_FIELD.value)
         from lmscale.data.dataset import is_dataset
         split = _SPLIT.value if is_dataset(data) else "all"  # text files: all of their text
-        return {"step": lm.step, "data": data, "split": split, "compute": lm.compute, **result}
+        return {"workdir": os.path.abspath(_WORKDIR.value), "step": lm.step, "best": _BEST.value,
+                "data": data, "split": split, "compute": lm.compute, **result}
 
     result = run_cli(run)
     print(json.dumps(result))

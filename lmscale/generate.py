@@ -57,7 +57,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from lmscale.generation import generate
-    from lmscale.training.restore import load_trained
+    from lmscale.training.restore import lm_record, load_trained
     from lmscale.transfer import plots
     from lmscale.transfer.featurize import preprocess_texts, unit_trace
 
@@ -109,7 +109,8 @@ def main(argv: list[str]) -> None:
                          seed=_SEED.value, neuron=_NEURON.value, neuron_value=value,
                          neuron_state=neuron_state, progress=sys.stderr.isatty())
         os.makedirs(out, exist_ok=True)
-        record = {"prompt": _PROMPT.value, "length": length, "seed": _SEED.value,
+        record = {"lm": lm_record(lm, _WORKDIR.value),  # which weights wrote them
+                  "prompt": _PROMPT.value, "length": length, "seed": _SEED.value,
                   "neuron": _NEURON.value, "neuron_value": value,
                   "neuron_polarity": _POLARITY.value,
                   # the state the unit was held in: given, the transfer's, else generate's
@@ -135,7 +136,11 @@ def main(argv: list[str]) -> None:
                       f"sample", file=sys.stderr, flush=True)
             traces = [unit_trace(lm, t, unit, state=state, layer=layer) for t in mapped]
             shown = preprocess_texts(lm, mapped)  # the traces follow the text as the LM read it
-            plots.heatmap_png(shown, traces, os.path.join(out, "heatmap.png"), unit=unit, sign=sign)
+            # the LM reading each sample back with nothing held (a held unit was set at every
+            # step of the sampling, and looked, traced here, as if the hold had failed)
+            read = " as the LM reads the sample back, unheld" if _NEURON.value is not None else ""
+            plots.heatmap_png(shown, traces, os.path.join(out, "heatmap.png"), unit=unit,
+                              sign=sign, read=read)
             plots.heatmap_html(shown, traces, os.path.join(out, "heatmap.html"), unit=unit, sign=sign)
         return {"texts": texts, "output": out}
 

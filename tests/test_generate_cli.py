@@ -25,6 +25,13 @@ def test_generate_greedy_in_bfloat16_with_a_held_neuron(sst_run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     record = json.loads((tmp_path / "samples.json").read_text())
     assert record["compute"] == "bfloat16" and record["neuron"] == 3
+    from lmscale.training.restore import load_trained, weights_fingerprint
+    lm = load_trained(sst_run)  # which weights wrote the samples (it named none)
+    assert record["lm"] == {"workdir": str(sst_run), "step": lm.step,
+                            "weights": weights_fingerprint(lm),
+                            "model": {"kind": "mlstm", **{k: lm.config.model[k] for k in
+                                                          record["lm"]["model"] if k != "kind"}}}
+    assert "d_model" not in record["lm"]["model"]  # not every kind's defaults
     first, second = record["samples"]
     assert first == second  # greedy: both samples alike
     assert first.startswith("The movie") and len(first.encode()) >= len("The movie") + 24

@@ -15,6 +15,7 @@ there (thresholds.json) and used for every later prediction; results.json holds 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -53,7 +54,7 @@ from lmscale.training.metrics import MetricsWriter
 from lmscale.training.optimizer import finetune_applied_lrs, make_finetune_optimizer
 from lmscale.training.in_flight import InFlight
 from lmscale.training.precision import LossScale, Policy, print_compute_hint
-from lmscale.training.restore import TrainedLM, load_trained
+from lmscale.training.restore import TrainedLM, load_trained, weights_fingerprint
 from lmscale.training.schedules import batch_and_rate_note, finetune_warmup_notes
 from lmscale.training.resume import (RUN_FILES, archive_previous_run, check_same_optimizer,
                                      keep_config_history, resumed_derived)
@@ -118,6 +119,7 @@ def load_splits(ft: ml_collections.ConfigDict) -> tuple[dict[str, Labeled], int,
     return splits, k, class_names
 
 
+_write_json = functools.partial(write_json, indent=2)  # results.json, best.json, thresholds.json
 # A fine-tune's files: moved to WORKDIR/archive/<time>/ by --config.resume=false.
 FINETUNE_RUN_FILES = RUN_FILES + ("results.json", "thresholds.json", "val_predictions.csv")
 
@@ -439,7 +441,10 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
     best_ckpt.wait()
     params = best_ckpt.restore_params(state.params, mesh_lib.replicated(mesh), best["step"])
     best_ckpt.close()
-    results = _final_results(workdir, params, predict, enc, splits, ft, class_names, best, is_main)
+    started = {"workdir": os.path.abspath(config.init_from), "step": lm.step,
+               "weights": weights_fingerprint(lm), "init": ft.lm_init}  # results.json's "lm"
+    results = _final_results(workdir, params, predict, enc, splits, ft, class_names, best,
+                             is_main, started)
     return {**results, "already_trained": start >= steps}  # as lmscale.train's record says
 
 
@@ -462,13 +467,15 @@ def _recorded_best(best_ckpt: Checkpointer, best_path: str, is_main: bool) -> di
 
 def _final_results(workdir: str, params: Any, predict: Predictor, enc: dict[str, Encoded],
                    splits: dict[str, Labeled], ft: Any, class_names: list[str],
-                   best: dict[str, Any], is_main: bool) -> dict[str, Any]:
-    """Best parameters on all of val (thresholds tuned there) and on test; results.json."""
+                   best: dict[str, Any], is_main: bool, started: dict[str, Any]
+                   ) -> dict[str, Any]:
+    """Best parameters on all of val (thresholds tuned there) and on test; results.json
+    (with ``started``: the LM the classifier started from)."""
     probs = {n: predict(params, enc[n].ids) for n in ("val", "test") if n in enc}
     thresholds = (tune_thresholds(probs["val"], enc["val"].labels, ft.threshold_metric)
                   if ft.multilabel else None)
     results = {"best": best, "thresholds": None if thresholds is None else
-               dict(zip(class_names, thresholds.tolist())), "metrics": {}}
+               dict(zip(class_names, thresholds.tolist())), "metrics": {}, "lm": started}
     for name, pr in probs.items():
         results["metrics"][name] = classification_metrics(pr, enc[name].labels, ft.multilabel,
                                                           class_names, thresholds)
@@ -485,10 +492,6 @@ def _final_results(workdir: str, params: Any, predict: Predictor, enc: dict[str,
         _write_json(os.path.join(workdir, "results.json"), results)
         print(format_table(results["metrics"]))
     return results
-
-
-def _write_json(path: str, record: dict[str, Any]) -> None:
-    write_json(path, record, indent=2)
 
 
 def _truncate_metrics(path: str, after_step: int) -> None:

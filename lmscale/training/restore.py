@@ -30,6 +30,7 @@ from lmscale.data.errors import DataError
 from lmscale.data.prepare import prepare_dataset
 from lmscale.data.tokenizer import tokenizer_from_dict
 from lmscale.models import model_params
+from lmscale.models.registry import architecture
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.checkpoints import (CheckpointError, Checkpointer, CheckpointMismatchError, ModelMismatchError,
                                           UnreadableCheckpointError, check_same_model)
@@ -102,6 +103,13 @@ def weights_fingerprint(lm: TrainedLM) -> str:
     digest = h.hexdigest()[:32]
     lm.decode_cache["fingerprint"] = ([leaf for _, leaf in leaves], digest)
     return digest
+
+
+def lm_record(lm: TrainedLM, workdir: str) -> dict[str, Any]:
+    """Which LM made an output: its folder, step, weights' fingerprint (what a saved
+    classifier checks) and architecture (its kind's fields, not every kind's defaults)."""
+    return {"workdir": os.path.abspath(workdir), "step": lm.step,
+            "weights": weights_fingerprint(lm), "model": architecture(lm.config.model)}
 
 
 def _check_compute(compute: str) -> None:

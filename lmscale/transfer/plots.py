@@ -28,8 +28,10 @@ def _save(fig: plt.Figure, path: str, dpi: int) -> None:
 
 
 def neuron_histogram(values: np.ndarray, labels: np.ndarray, path: str, *, unit: int,
-                     class_names: Sequence[str] = ("negative", "positive")) -> None:
-    """Overlaid histograms of one unit's feature value per class."""
+                     class_names: Sequence[str] = ("negative", "positive"), split: str = ""
+                     ) -> None:
+    """Overlaid histograms of one unit's feature value per class (``split``: whose texts,
+    said in the title)."""
     fig, ax = plt.subplots(figsize=(7, 4))
     # Edges in float64: a float32 unit whose values span fewer than 40 float32 steps (a
     # nearly constant unit) has no 40 distinct float32 edges, and NumPy refuses them
@@ -40,7 +42,7 @@ def neuron_histogram(values: np.ndarray, labels: np.ndarray, path: str, *, unit:
                 label=f"{name} ({int(np.sum(labels == cls))})")
     ax.set_xlabel(f"unit {unit} value")
     ax.set_ylabel("texts")
-    ax.set_title(f"Unit {unit} by class")
+    ax.set_title(f"Unit {unit} by class" + (f" ({split} texts)" if split else ""))
     ax.legend()
     fig.tight_layout()
     try:
@@ -85,12 +87,12 @@ def _color_range(traces: Sequence[np.ndarray]) -> tuple[float, float]:
 
 
 def heatmap_png(texts: Sequence[str | bytes], traces: Sequence[np.ndarray], path: str, *,
-                unit: int, sign: int = 1, width: int = 80) -> None:
+                unit: int, sign: int = 1, width: int = 80, read: str = "") -> None:
     """Each text's characters on a grid, colored by the unit's value after that character.
 
     ``traces[i]`` has one value per UTF-8 byte of ``texts[i]`` (a str, or the UTF-8 bytes the
     model read, decoded here; invalid bytes show as U+FFFD); a character takes the value
-    after its last byte.
+    after its last byte. ``read``: how the traces were read, said in the title.
     """
     rows: list[tuple[str, np.ndarray]] = []
     for text, trace in zip(texts, traces):
@@ -109,7 +111,7 @@ def heatmap_png(texts: Sequence[str | bytes], traces: Sequence[np.ndarray], path
             ax.add_patch(plt.Rectangle((c, r), 1, 1, color=color, linewidth=0))
             ax.text(c + 0.5, r + 0.55, ch if ch.isprintable() else " ", ha="center",
                     va="center", fontsize=7, family="monospace")
-    ax.set_title(f"unit {unit} after each character (median {center:.2f}): "
+    ax.set_title(f"unit {unit} after each character{read} (median {center:.2f}): "
                  "green = towards positive, red = towards negative", fontsize=9)
     with warnings.catch_warnings(record=True) as caught:  # drawn here: a warning per glyph
         warnings.simplefilter("always")

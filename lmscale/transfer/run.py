@@ -17,7 +17,8 @@ from sklearn.preprocessing import StandardScaler
 
 from lmscale.atomic import write_json
 from lmscale.cli import OutputError, writable_folder
-from lmscale.training.restore import TrainedLM, load_trained, weights_fingerprint, with_compute
+from lmscale.training.restore import (TrainedLM, lm_record, load_trained, weights_fingerprint,
+                                      with_compute)
 from lmscale.transfer import plots
 from lmscale.transfer.baseline import ngram_features
 from lmscale.data.errors import DataError
@@ -145,8 +146,7 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
                                   y_test, Cs=Cs, seed=seed, search_rows=search_rows,
                                   unit=int(known))
     results: dict[str, Any] = {
-        "lm": {"workdir": os.path.abspath(workdir), "step": lm.step,
-               "model": lm.config.model.to_dict()},
+        "lm": lm_record(lm, workdir),
         "data": {name: {"source": d.source, "texts": len(d), "positive_fraction": float(np.mean(d.labels))}
                  for name, d in splits.items()},
         "columns": {"text": text_column, "label": label_column},
@@ -201,8 +201,7 @@ def _multilabel(lm: TrainedLM, workdir: str, splits: dict[str, Labeled],
                             search_rows=search_rows, threshold_metric=threshold_metric)
     results: dict[str, Any] = {
         "multilabel": True, "labels": names,
-        "lm": {"workdir": os.path.abspath(workdir), "step": lm.step,
-               "model": lm.config.model.to_dict()},
+        "lm": lm_record(lm, workdir),
         "data": {n: {"source": d.source, "texts": len(d),
                      "positive_fraction": dict(zip(names, np.mean(d.labels, 0).tolist()))}
                  for n, d in splits.items()},
@@ -266,14 +265,15 @@ def _write_results(output: str, results: dict[str, Any]) -> None:
 
 def _plots(lm: TrainedLM, splits: dict[str, Labeled], feats: dict[str, np.ndarray], fit: Any,
            unit: int, sign: int, output: str, examples: int, state: str) -> dict[str, str]:
-    """The histogram, weights and heatmap plots; ``sign``: the unit's own (``neuron_summary``),
-    which colours the heatmap."""
+    """The histogram, weights and heatmap plots (their paths, and the split whose texts they
+    show); ``sign``: the unit's own (``neuron_summary``), which colours the heatmap."""
     shown = "test" if "test" in splits else "val"
     paths = {"histogram": os.path.join(output, "neuron_histogram.png"),
              "weights": os.path.join(output, "weights.png"),
              "heatmap": os.path.join(output, "neuron_heatmap.png"),
              "heatmap_html": os.path.join(output, "neuron_heatmap.html")}
-    plots.neuron_histogram(feats[shown][:, unit], splits[shown].labels, paths["histogram"], unit=unit)
+    plots.neuron_histogram(feats[shown][:, unit], splits[shown].labels, paths["histogram"],
+                           unit=unit, split=shown)
     plots.weights_plot(fit.coef, paths["weights"])
     data = splits[shown]
     picks = _examples(data, examples)
@@ -285,7 +285,7 @@ def _plots(lm: TrainedLM, splits: dict[str, Labeled], feats: dict[str, np.ndarra
     sign = 1 if sign >= 0 else -1
     plots.heatmap_png(texts, traces, paths["heatmap"], unit=unit, sign=sign)
     plots.heatmap_html(texts, traces, paths["heatmap_html"], unit=unit, sign=sign)
-    return paths
+    return {**paths, "split": shown}  # the histogram's and the heatmap's texts
 
 
 def _examples(data: Labeled, n: int) -> list[int]:

@@ -238,6 +238,11 @@ def test_the_best_record_travels_in_its_checkpoint(sst_run, data, tmp_path, caps
     assert results["best"]["step"] in (best["step"], 6) and results["best"]["value"] < 1.0
     assert json.load(open(os.path.join(workdir, "best.json"))) == results["best"]
     assert not results["already_trained"]
+    from lmscale.training.restore import load_trained, weights_fingerprint  # which LM it began from
+    lm = load_trained(sst_run)
+    assert json.load(open(os.path.join(workdir, "results.json")))["lm"] == {
+        "workdir": os.path.abspath(sst_run), "step": lm.step, "weights": weights_fingerprint(lm),
+        "init": "pretrained"}
     # Run again, finished: said without a progress bar too (a notebook's second call printed
     # the same tables as if it had trained again), and in the record.
     capsys.readouterr()

@@ -217,6 +217,7 @@ def test_eval_tool_reads_the_run_as_it_trained_and_checks_its_flags(tmp_path):
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["bpc"] == logged and result["compute"] == "bfloat16"
+    assert result["workdir"] == os.path.abspath(workdir) and result["best"] is False
     proc = eval_(f"--data={data}")  # the run's data.text_column, not 'text'
     assert proc.returncode == 0, proc.stderr
     proc = eval_("--batch_size=-1")

@@ -42,6 +42,9 @@ def test_raw_features_fit_as_openais_utils_and_the_recorded_unit_is_reported(sst
                            Cs=Cs, examples=1, standardize=False, features_dir="")
     assert results["features"]["standardized"] is False
     assert json.loads((out / "results.json").read_text())["recorded_unit"] == results["recorded_unit"]
+    from lmscale.training.restore import weights_fingerprint  # which LM: its weights too
+    assert results["lm"]["weights"] == weights_fingerprint(lm) and results["lm"]["step"] == lm.step
+    assert results["plots"]["split"] == "test"  # whose texts the histogram and heatmap show
     # OpenAI's utils.py from the same raw features: one fit per C, the best on val (ties: the
     # smaller C, its argmax over an ascending grid), that model's test accuracy
     split = {"train": train, "val": val, "test": test}
