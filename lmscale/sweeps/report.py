@@ -113,6 +113,12 @@ def write_report(workdir: str, sweep: Sweep, *, title: str, command: str = "",
     if totals:
         line += " " + " ".join(f"{k}: {v}." for k, v in totals.items())
     blocks.append(("p", line))
+    scored = [r for r in results if r["status"] == "ok" and r["val_bpc"] is not None]
+    best = min(scored, key=lambda r: r["val_bpc"], default=None)  # diverged/failed: never
+    if best is not None:
+        blocks.append(("p", f"Lowest validation BPC: {best['point'].name} "
+                            f"({best['val_bpc']:.3f}), marked * below. Each point's command is "
+                            f"the first line of its NAME/train.log."))
     notes = os.path.join(workdir, "notes.md")
     if os.path.exists(notes):
         with open(notes) as f:
@@ -127,7 +133,8 @@ def write_report(workdir: str, sweep: Sweep, *, title: str, command: str = "",
     rows = []
     for r in results:
         row = [_fmt(r["point"].values[a]) for a in sweep.axes]
-        row += ["–" if r["lr"] is None else f"{r['lr']:.3g}", r["status"], outcome(r),
+        row += ["–" if r["lr"] is None else f"{r['lr']:.3g}", r["status"],
+                outcome(r) + (" *" if r is best else ""),
                 f"{r['step']}/{r['steps'] or '?'}", _num(r["wall_s"]), _num(r["cpu_s"])]
         if has_transfer:
             t = r["transfer"] or {}

@@ -49,6 +49,10 @@ def test_diverging_point_is_div_and_sweep_continues(finished):
     assert ok[-1]["split"] == "val" and ok[-1]["step"] == 20
     report = (out / "report.md").read_text()
     assert "div (step" in report and f"{ok[-1]['bpc']:.3f}" in report
+    # the best point named and marked (a diverged one never is), its command where it is
+    assert (f"Lowest validation BPC: lr-0.003 ({ok[-1]['bpc']:.3f}), marked * below. Each "
+            f"point's command is the first line of its NAME/train.log.") in report
+    assert f"| {ok[-1]['bpc']:.3f} * |" in report and report.count(" * |") == 1
     assert (out / "curves.png").stat().st_size > 1000 and (out / "report.html").exists()
 
 
