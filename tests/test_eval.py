@@ -51,3 +51,16 @@ def test_split_and_text_options_that_text_files_ignore_are_refused(tmp_path):
     assert p.returncode == 1 and p.stderr.strip() == (
         "error: --text_field is for text files given as --data; the run's own dataset is a "
         "prepared dataset, its text already tokenized: drop --text_field"), p.stderr[-2000:]
+
+
+def test_text_too_short_to_score_is_said_in_evals_words(tmp_path):
+    """A 1-byte file was "corpus too small: 1 tokens for 1 shards (1 cycle(s) of split
+    (1, 0, 0))": preparation's words, of settings eval's user never gave."""
+    import pytest
+    from lmscale.data.errors import DataError
+    from lmscale.training.restore import evaluate_data
+    from tests.transfer.conftest import random_lm
+    (tmp_path / "one.txt").write_text("x")
+    with pytest.raises(DataError, match=r"one.txt holds 1 token\(s\) for this model's tokenizer: "
+                                        r"scoring needs at least 2"):
+        evaluate_data(random_lm(hidden=16), str(tmp_path / "one.txt"))

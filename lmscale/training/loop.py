@@ -34,7 +34,7 @@ from lmscale.training import mesh as mesh_lib
 from lmscale.training.checkpoints import Checkpointer, check_same_model
 from lmscale.training.resume import (PROVENANCE_KEYS, archive_previous_run, check_resumable,
                                      check_same_dataset, init_note, keep_config_history, provenance,
-                                     resumed_derived)
+                                     refuse_classifier_run, resumed_derived)
 from lmscale.training.step_timer import StepTimer
 from lmscale.training.stop import StopSignal
 from lmscale.training.workdir_lock import locked_workdir
@@ -90,6 +90,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
     progress = config.train.progress_bar and is_main
     interactive = progress and sys.stderr.isatty()  # a bar on a terminal, plain lines in logs
 
+    refuse_classifier_run(workdir)
     if not config.resume:
         archive_previous_run(workdir)
     saved = None  # the meta record of the checkpoint resumed from

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -369,10 +370,17 @@ def evaluate_data(lm: TrainedLM, data: str, *, split: str = "val", batch_size: i
                             f"themselves (--data=PATHS), which are tokenized as the model reads")
         return _evaluate(lm, dataset.split(split), settings)
     with tempfile.TemporaryDirectory(prefix="lmscale-eval-") as tmp:
-        path = prepare_dataset([p for p in data.split(",") if p], os.path.join(tmp, "data"),
-                               text_column=text_column, text_field=text_field, split=(1, 0, 0),
-                               txt_mode=txt_mode,
-                               shard_tokens=2**40, tokenizer=lm.tokenizer, progress=False)
+        try:
+            path = prepare_dataset([p for p in data.split(",") if p], os.path.join(tmp, "data"),
+                                   text_column=text_column, text_field=text_field,
+                                   split=(1, 0, 0), txt_mode=txt_mode, shard_tokens=2**40,
+                                   tokenizer=lm.tokenizer, progress=False)
+        except DataError as e:  # said in prepare's words (shards, a split of 1,0,0): eval's here
+            found = re.match(r"corpus too small: (\d+) tokens", str(e))
+            if not found:
+                raise
+            raise DataError(f"{data} holds {found.group(1)} token(s) for this model's tokenizer: "
+                            f"scoring needs at least 2 (one to predict the next from)") from None
         text = TokenDataset.open(path).split("train")
         text.label = f"the text of {data}"  # the one split of the text is no split of the user's
         return _evaluate(lm, text, settings)

@@ -59,6 +59,19 @@ def _get(config: dict[str, Any], key: str) -> Any:
     return config.get(section, {}).get(name)
 
 
+def refuse_classifier_run(workdir: str) -> None:
+    """Refuses to train an LM in a fine-tuned classifier's folder (lmscale.finetune's): it
+    was refused field by field ("was trained with train.seq_len=256 ..."), not as what it is."""
+    path = os.path.join(workdir, "config.json")
+    record = _read_record(path) if os.path.isfile(path) else None
+    derived = (record or {}).get("derived") or {}
+    if "class_names" in derived and os.path.isdir(os.path.join(workdir, "checkpoints")):
+        raise CheckpointMismatchError(
+            f"{workdir} holds a fine-tuned classifier (lmscale.finetune), not a language "
+            f"model's training run: train the LM in another --workdir (this classifier started "
+            f"from {derived.get('init_from') or 'the LM its config.json names'})")
+
+
 def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict, where: str) -> None:
     """Refuses a resume whose config changes a field of ``RESUME_FIELDS``, naming it (of the
     data.* fields only data.train when it is a prepared dataset: its own split and tokenizer

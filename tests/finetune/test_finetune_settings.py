@@ -250,3 +250,15 @@ def test_the_best_record_travels_in_its_checkpoint(sst_run, data, tmp_path, caps
                                **{**kw, "train.steps": 6}), workdir)
     assert again["already_trained"] and again["best"] == results["best"]
     assert f"{workdir} is already fine-tuned to step 6 (train.steps=6)" in capsys.readouterr().err
+    # An LM trained into the classifier's folder: refused as what it is (was field by field),
+    # before anything is archived.
+    from lmscale.training.checkpoints import CheckpointMismatchError
+    from lmscale.training.loop import train
+    from tests.conftest import tiny_config
+    for resume in (True, False):
+        lm_config = tiny_config(data["sst_train"])
+        lm_config.resume = resume
+        with pytest.raises(CheckpointMismatchError, match=f"{workdir} holds a fine-tuned "
+                                                          f"classifier \\(lmscale.finetune\\)"):
+            train(lm_config, workdir)
+    assert not os.path.exists(os.path.join(workdir, "archive"))
