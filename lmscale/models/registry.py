@@ -224,7 +224,7 @@ def unused_settings_note(model_config: Any) -> str | None:
     defaults in a model of ``model_config.kind``, which ignores them (config.json records
     them as given; a config can be rerun as another kind for comparison), and a recurrent
     model's between-layer dropouts set with one layer. None when there are none. Sizes
-    (``hidden``, ``d_model``, ...) are not named: they show in ``describe``.
+    (``hidden``, ``d_model``, ...) are not named: a training run prints its ``describe`` line.
     """
     own = get_kind(model_config.kind).settings
     owners: dict[str, list[str]] = {}

@@ -29,7 +29,7 @@ from lmscale.distributed import check_same_config, process_0_says, processes_tha
 from lmscale.data.dataset import TokenDataset, dataset_fingerprint
 from lmscale.data.stream import document_resets
 from lmscale.models import architecture
-from lmscale.models.registry import trained_length_note, unused_settings_note
+from lmscale.models.registry import get_kind, trained_length_note, unused_settings_note
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.checkpoints import Checkpointer, check_same_model
 from lmscale.training.resume import (PROVENANCE_KEYS, archive_previous_run, check_resumable,
@@ -173,6 +173,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
             print(f"resuming {workdir} from its checkpoint at step {start} (of "
                   f"{derived['steps']})", file=sys.stderr, flush=True)
         print_compute_hint(config.precision.compute, mesh.devices.flat[0])
+        # What trains (a size of another kind, model.hidden of a transformer, was ignored unsaid)
+        print(f"model: {get_kind(config.model.kind).describe(config.model)}, "
+              f"{derived['params']:,} parameters, vocabulary {vocab_size:,}",
+              file=sys.stderr, flush=True)
         for note in (unused_settings_note(config.model), trained_length_note(config),
                      init_note(saved, config), no_val_note,
                      batch_and_rate_note(config, mesh.size, derived["lr"]),

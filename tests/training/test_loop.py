@@ -24,9 +24,13 @@ def strip(records):
     return [{k: r[k] for k in COMPARED if k in r} for r in records]
 
 
-def test_train_writes_metrics_config_checkpoints_and_learns(tmp_path, corpus):
+def test_train_writes_metrics_config_checkpoints_and_learns(tmp_path, corpus, capsys):
     workdir = str(tmp_path / "run")
     result = train(tiny_config(corpus, **{"train.steps": 40, "optim.lr": 1e-2}), workdir)
+    params = json.load(open(os.path.join(workdir, "config.json")))["derived"]["params"]
+    # what trains, progress bar or not (a size of another kind was ignored unsaid)
+    assert (f"model: mlstm hidden 32 embed 16 layers 1, {params:,} parameters, vocabulary 257"
+            in capsys.readouterr().err)
     records = read_metrics(workdir)
     train_records = [r for r in records if r["split"] == "train"]
     val_records = [r for r in records if r["split"] == "val"]
