@@ -149,6 +149,10 @@ def test_texts_step_and_top_k_are_checked(sst_run):
         lm.score(["ok text", ""])
     with pytest.raises(DataError, match="text 1 is a int, not a str"):
         lm.featurize(["ok", 3])
+    with pytest.raises(DataError, match=r"text 1 is a float, not a str \(NaN: a missing value"):
+        lm.featurize(["ok", float("nan")])  # an empty cell of a pandas column
+    with pytest.raises(DataError, match=r"text 0 is a bytes, not a str \(decode it"):
+        lm.featurize([b"ok"])
     step = lm.trained.step
     assert lmscale.load_lm(sst_run, step=str(step)).trained.step == step
     with pytest.raises(ValueError, match="step must be a checkpoint's step number"):

@@ -20,7 +20,10 @@ def text_list(texts: Any) -> list[str]:
         raise DataError(f"texts must be a list of strings, got {type(texts).__name__}") from None
     for i, text in enumerate(out):
         if not isinstance(text, str):
-            raise DataError(f"text {i} is a {type(text).__name__}, not a str")
+            hint = (" (NaN: a missing value, e.g. an empty cell pandas read; drop those rows)"
+                    if isinstance(text, float) and text != text else
+                    " (decode it: text.decode('utf-8'))" if isinstance(text, bytes) else "")
+            raise DataError(f"text {i} is a {type(text).__name__}, not a str{hint}")
     return out
 
 
