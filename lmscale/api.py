@@ -81,7 +81,8 @@ class LM:
         imported OpenAI model's does; the framing itself is never counted). The texts are read
         packed in ``batch_size`` rows (as ``featurize``): end to end by a recurrent LM; by a
         model with a length limit (``max_len``) in rows of a few widths, a long text in
-        consecutive windows of that many tokens (each read without the ones before it).
+        consecutive windows of the length it was trained at (``registry.trained_length``, else
+        ``max_len``), each read without the tokens before it.
         NaN for a text with no counted byte: a single token, unframed, or a word model's
         one-word text (its only counted target, ``<eos>``, stands for no byte of the text)."""
         batch_size = positive_int("batch_size", batch_size)

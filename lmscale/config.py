@@ -127,7 +127,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.bptt_max = 0  # variable_bptt: longest sequence; 0 = seq_len + 15 (3 standard deviations)
     c.train.bptt_bucket = 5  # variable_bptt: lengths are rounded to a multiple of this (one compiled step per length)
     c.train.log_every = 50  # steps between train records in metrics.jsonl and the progress bar
-    c.train.divergence_factor = 1.5  # a logged train loss above this x ln(vocab) (a uniform guess's) stops the run as diverged, before its next save; 0 = only a loss that is not finite
+    c.train.divergence_factor = 3.0  # a train loss (logged, or at a save) above this x ln(vocab), a uniform guess's, stops the run as diverged, unsaved; 0 = only one that is not finite
     c.train.eval_every = 500  # steps between validation passes (and one at the end); 0 = only at the end
     c.train.eval_batch_size = 64  # rows of the validation stream (reduced if the split is small); fine-tuning: rows the val/test texts are packed into
     c.train.eval_steps = 0  # max validation steps per pass; 0 = the whole validation split
@@ -295,8 +295,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     _check_positive_ints(config, ("train.seq_len", "train.batch_size"))  # before divisibility
-    if config.train.eval_steps < 0 or config.train.divergence_factor < 0:
-        raise ConfigError("train.eval_steps and train.divergence_factor must be >= 0")
+    if config.train.eval_steps < 0:
+        raise ConfigError("train.eval_steps must be >= 0")
     if not config.train.per_device_batch_size and config.train.batch_size % num_devices:
         raise ConfigError(
             f"train.batch_size={config.train.batch_size} is not divisible by the {num_devices} devices; "

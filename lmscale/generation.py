@@ -226,7 +226,7 @@ def generate(lm: TrainedLM, prompt: str, length: int = 200, *, temperature: floa
     for bad, what in ((temperature < 0, f"temperature must be >= 0 (0: greedy), got {temperature!r}"),
                       (not 0 < top_p <= 1, f"top_p must be in (0, 1] (1: no filter), got {top_p!r}"),
                       (top_k < 0, f"top_k must be >= 0 (0: no filter), got {top_k!r}"),
-                      (neuron is None and neuron_value != 0,
+                      (neuron is None and bool(neuron_value),
                        f"neuron_value={neuron_value!r} holds no unit: give neuron=<the unit's "
                        f"index> too")):
         if bad:

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import sys
-from pathlib import Path
 from typing import Any, Collection
 
 import jax
@@ -36,6 +34,7 @@ from lmscale.data.errors import DataError
 from lmscale.finetuning.data import (Encoded, TrainBatches, class_weights_from, encode,
                                      pos_weights_from)
 from lmscale.finetuning import layer_rates
+from lmscale.finetuning.best import keep_best, recorded_best
 from lmscale.finetuning.head import init_classifier
 from lmscale.finetuning.predict import Predictor, put_batch, write_predictions
 from lmscale.finetuning.truncated import fits_advice, fits_what, long_text_note
@@ -359,7 +358,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
                 probs, thresholds)
 
     best_path = os.path.join(workdir, "best.json")
-    best = _recorded_best(best_ckpt, best_path, is_main)
+    best = recorded_best(best_ckpt, best_path, is_main)
     if is_main:
         _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), start)
     writer = MetricsWriter(workdir, resumed_from=start)
@@ -418,13 +417,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
                 value = m[ft.best_metric]
                 if best is None or better(ft.best_metric, value, best["value"]):
                     best = {"step": step, "metric": ft.best_metric, "value": value}
-                    # The record travels in the checkpoint, and best.json names it once it is
-                    # on disk: written beside an asynchronous save, best.json named a step a
-                    # failed save or a kill never completed (and keep=1 had deleted the old).
-                    best_ckpt.save(state, {**meta, "best": best})
-                    best_ckpt.wait()
-                    if is_main:
-                        _write_json(best_path, best)
+                    keep_best(best_ckpt, state, {**meta, "best": best}, best_path, is_main)
                 if progress:
                     print(f"step {step}: val {ft.best_metric} {value:.4f} (best {best['value']:.4f} "
                           f"at step {best['step']})", file=sys.stderr, flush=True)
@@ -438,6 +431,10 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
         best_ckpt.close()
         print(f"stopped by signal {stop.signal} at step {step}; checkpoint saved, re-run to resume")
         return {"step": step, "stopped_by_signal": stop.signal}
+    if best is None:  # an older run resumed at its end, its best record lost: its last state
+        best = {"step": step, "metric": ft.best_metric,
+                "value": validate(state.params)[0][ft.best_metric]}
+        keep_best(best_ckpt, state, {**meta, "best": best}, best_path, is_main)
     best_ckpt.wait()
     params = best_ckpt.restore_params(state.params, mesh_lib.replicated(mesh), best["step"])
     best_ckpt.close()
@@ -446,23 +443,6 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
     results = _final_results(workdir, params, predict, enc, splits, ft, class_names, best,
                              is_main, started)
     return {**results, "already_trained": start >= steps}  # as lmscale.train's record says
-
-
-def _recorded_best(best_ckpt: Checkpointer, best_path: str, is_main: bool) -> dict[str, Any] | None:
-    """The best state so far of a resumed fine-tune: the record in its best checkpoint (what a
-    stop between the save and best.json left: best.json written again from it); an older
-    run's best.json when it names the checkpoint kept; else none (validation records anew)."""
-    step = best_ckpt.latest_step()
-    if step is None:
-        return None
-    best = best_ckpt.read_meta(step).get("best")
-    if best is None and os.path.exists(best_path):  # saved before the record travelled with it
-        best = json.loads(Path(best_path).read_text())
-        if int(best["step"]) != step:
-            return None
-    if is_main and best is not None:
-        _write_json(best_path, best)
-    return best
 
 
 def _final_results(workdir: str, params: Any, predict: Predictor, enc: dict[str, Encoded],

@@ -306,6 +306,9 @@ def _divergence_at_save(log_path: str, records: list[dict[str, Any]]) -> dict[st
         return {"step": step, "loss": float(loss.group(1)),
                 "reason": f"loss {loss.group(1)} at step {step} above the trainer's "
                           f"train.divergence_factor x a uniform guess's"}
+    if "training loss is not finite" in error:
+        return {"step": step, "loss": None,
+                "reason": f"non-finite loss at step {step} (found by the trainer, before a log)"}
     return {"step": step, "loss": None,
             "reason": f"parameters not finite at step {step} (found at a checkpoint save)"}
 

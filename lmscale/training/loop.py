@@ -237,7 +237,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
                              (saved or {}).get("skipped_in_a_row", 0) if same_precision else 0)
 
     def save(state: Any) -> None:
-        """``save_finite`` with the skipped steps in a row, up to this step, in the record."""
+        """``save_finite`` with the skipped steps in a row, up to this step, in the record;
+        the loss of the steps since the last log checked first (``check_loss``: a save between
+        two logs rotated good checkpoints away with diverged, finite weights)."""
+        acc = jax.device_get(state.acc)
+        if float(acc["count"]) > 0:
+            check_loss(checkpointer, float(acc["nats"]) / float(acc["count"]), step, vocab_size,
+                       config.train.divergence_factor, skips_steps=bool(state.loss_scale.dynamic))
         if state.loss_scale.dynamic:
             meta["skipped_in_a_row"] = skipped_run.advance(
                 step, int(jax.device_get(state.loss_scale.skipped)), True)

@@ -103,7 +103,7 @@ def _fit_length(lm: TrainedLM, ids: list[np.ndarray]) -> list[np.ndarray]:
     a note when any still reads positions its training never reached (``trained_length``)."""
     ids = last_tokens(ids, lm.model().max_len)
     trained = trained_length(lm.config)
-    if trained is not None and ids:
+    if trained is not None and ids and jax.process_index() == 0:
         over = sum(len(x) > trained for x in ids)
         note = untrained_positions_note(lm.config, max(map(len, ids)),
                                         f"{over} of {len(ids)} texts run")

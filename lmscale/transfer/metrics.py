@@ -96,11 +96,14 @@ def _ascend(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray, metri
 
 def _candidates(p: np.ndarray) -> np.ndarray:
     """Thresholds for one class's probabilities: halfway between consecutive distinct values,
-    below the lowest (half of it) and above the highest (halfway to 1); by quantile when more
-    than ``_CANDIDATES``."""
+    below the lowest (half of it) and above the highest (halfway to 1; past a probability of
+    exactly 1, which float32 sigmoids give: none predicted); by quantile when more than
+    ``_CANDIDATES``."""
     values = np.unique(p)
-    mids = np.concatenate([[values[0] / 2], (values[1:] + values[:-1]) / 2,
-                           [(values[-1] + 1) / 2]])
+    if not values.size:
+        return np.array([0.5])
+    top = (values[-1] + 1) / 2 if values[-1] < 1 else np.nextafter(values[-1], np.inf)
+    mids = np.concatenate([[values[0] / 2], (values[1:] + values[:-1]) / 2, [top]])
     if len(mids) > _CANDIDATES:
         mids = np.unique(mids[np.linspace(0, len(mids) - 1, _CANDIDATES).round().astype(int)])
     return mids

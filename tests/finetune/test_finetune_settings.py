@@ -250,6 +250,20 @@ def test_the_best_record_travels_in_its_checkpoint(sst_run, data, tmp_path, caps
                                **{**kw, "train.steps": 6}), workdir)
     assert again["already_trained"] and again["best"] == results["best"]
     assert f"{workdir} is already fine-tuned to step 6 (train.steps=6)" in capsys.readouterr().err
+    # A run of an older lmscale (no record in its best checkpoint) whose best.json names
+    # weights never written, re-run at its end: its last state validated as the best (a
+    # TypeError on best None)
+    step = results["best"]["step"]
+    meta = os.path.join(workdir, "best", "checkpoints", str(step), "meta", "metadata")
+    record = json.load(open(meta))
+    del record["best"]
+    json.dump(record, open(meta, "w"))
+    json.dump({"step": step + 100, "metric": "accuracy", "value": 0.9},
+              open(os.path.join(workdir, "best.json"), "w"))
+    old = finetune(ft_config(sst_run, data["sst_train"], data["sst_val"],
+                             **{**kw, "train.steps": 6}), workdir)
+    assert old["best"]["step"] == 6 and old["best"]["metric"] == "accuracy"
+    assert json.load(open(os.path.join(workdir, "best.json"))) == old["best"]
     # An LM trained into the classifier's folder: refused as what it is (was field by field),
     # before anything is archived.
     from lmscale.training.checkpoints import CheckpointMismatchError

@@ -57,7 +57,7 @@ def test_diverging_point_is_div_and_sweep_continues(finished):
 
 
 def test_a_point_whose_parameters_diverge_before_a_log_is_div(tiny):
-    """Parameters not finite (lr 3e38: past float32 by the second update) found at a checkpoint save (step 2), before any logged loss (every
+    """A loss not finite (lr 3e38: past float32 by the second update) found at a checkpoint save (step 2), before any logged loss (every
     10 steps): the trainer exits EXIT_DIVERGED and the point is "div", not "failed"."""
     sweep_file = write_sweep(tiny / "inf.py", """
         def get_sweep():
@@ -71,7 +71,8 @@ def test_a_point_whose_parameters_diverge_before_a_log_is_div(tiny):
     assert point["status"] == "div", point
     status = json.loads((out / point["point"].name / "sweep_status.json").read_text())
     assert status["returncode"] == 3 and status["divergence"] == {
-        "step": 2, "loss": None, "reason": "parameters not finite at step 2 (found at a checkpoint save)"}
+        "step": 2, "loss": None, "reason": "non-finite loss at step 2 (found by the trainer, "
+                                           "before a log)"}
     assert "div (step 2)" in (out / "report.md").read_text()
 
 

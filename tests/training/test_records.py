@@ -144,8 +144,10 @@ def test_a_run_whose_parameters_stop_being_finite_saves_nothing_more(base_run, t
     config = tiny_config(corpus, **{**BASE, "train.steps": 12, "optim.lr": 3e38,
                                     "optim.decay_steps": 4, "optim.schedule": "constant",
                                     "checkpoint.keep": 2, "train.log_every": 100})
-    with pytest.raises(DivergedError, match="the parameters are not finite at step 6: not saved"
-                                            r".* \(the latest: step 4, in "):
+    # (the loss of the steps since the last log, checked at the save, finds it first; the
+    # parameters' check, when it is not: float16, a save right after a log, fine-tuning)
+    with pytest.raises(DivergedError, match="(the parameters are|the training loss is) not "
+                                            r"finite at step 6.* \(the latest: step 4, in "):
         train(config, workdir)
     assert steps_on_disk(workdir) == [2, 4] and load_trained(workdir).step == 4
 
@@ -157,8 +159,9 @@ def test_a_run_diverging_before_its_first_checkpoint_says_there_is_none(tmp_path
                                     "optim.schedule": "constant", "optim.warmup_steps": 0,
                                     "checkpoint.every": 4, "train.eval_every": 0})
     threads = {t.ident for t in threading.enumerate()}
-    with pytest.raises(DivergedError, match="not finite at step 4: not saved, and no checkpoint "
-                                            "was written before it; start over"):
+    with pytest.raises(DivergedError, match="not finite at step 4: (not saved, and|the run "
+                                            "diverged and is stopped unsaved;) no checkpoint "
+                                            "was written before it(;|:) start over"):
         train(config, str(tmp_path / "run"))
     # What the run opened is closed (a notebook's run that raised kept TensorBoard's writer
     # thread, its queue's thread, the events file and pipes, one set a run)
@@ -487,11 +490,17 @@ def test_a_loss_far_above_a_uniform_guess_stops_the_run_before_it_saves(tmp_path
           "optim.schedule": "constant", "checkpoint.every": 2, "train.eval_every": 0}
     workdir = str(tmp_path / "run")
     with pytest.raises(DivergedError, match=r"the training loss is [0-9.e+]+ nats a token, "
-                                            r"above 1.5 x the 5.55 of a uniform guess over the "
+                                            r"above 3 x the 5.55 of a uniform guess over the "
                                             r"257 tokens at step (\d+): the run diverged") as e:
         train(tiny_config(corpus, **kw), workdir)
     stopped = e.value.step
     logged = [r for r in read_metrics(workdir) if r["split"] == "train"]
-    assert logged[-1]["step"] == stopped and logged[-1]["loss"] > 1.5 * math.log(257)
+    assert logged[-1]["step"] == stopped and logged[-1]["loss"] > 3 * math.log(257)
     assert all(s < stopped for s in steps_on_disk(workdir))  # its weights were not saved
     train(tiny_config(corpus, **{**kw, "train.divergence_factor": 0.0}), str(tmp_path / "on"))
+    # A save between two logs checks the steps since the last one (it saved diverged, finite
+    # weights over the good ones, then advised resuming from them).
+    with pytest.raises(DivergedError, match=r"above 3 x the 5.55 .* at step 2: the run diverged "
+                                            r"and is stopped unsaved; no checkpoint was written"):
+        train(tiny_config(corpus, **{**kw, "train.log_every": 30}), str(tmp_path / "saves"))
+    assert steps_on_disk(str(tmp_path / "saves")) == []

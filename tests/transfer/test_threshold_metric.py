@@ -123,3 +123,13 @@ def test_fine_tuning_refuses_a_threshold_metric_it_cannot_use():
         config.finetune.threshold_metric = "acc"
     with pytest.raises(ConfigError, match="finetune.threshold_metric must be one of"):
         check_task_settings(config.finetune)
+
+
+def test_a_label_can_be_switched_off_past_a_probability_of_exactly_one():
+    """float32 sigmoids give 1.0: the candidate "above the highest" was (1 + 1) / 2 = 1.0,
+    which still predicted those rows (a reviewer's case: Jaccard 0.5 where 1.0 was there)."""
+    probs = np.array([[1.0, 0.2], [1.0, 0.8], [0.3, 0.9]], np.float32)
+    labels = np.array([[0, 1], [0, 1], [0, 1]])
+    tuned = tune_thresholds(probs, labels, "jaccard")
+    assert tuned[0] > 1.0
+    assert classification_metrics(probs, labels, True, ["a", "b"], tuned)["jaccard"] == 1.0
