@@ -56,7 +56,7 @@ from lmscale.training.precision import LossScale, Policy, print_compute_hint
 from lmscale.training.restore import TrainedLM, load_trained, weights_fingerprint
 from lmscale.training.schedules import batch_and_rate_note, finetune_warmup_notes
 from lmscale.training.resume import (RUN_FILES, archive_previous_run, check_same_optimizer,
-                                     keep_config_history, resumed_derived)
+                                     keep_config_history, resumed_derived, software_versions)
 from lmscale.training.state import TrainState, host_zeros, initial_state, placed_on, state_shardings
 from lmscale.training.step_timer import StepTimer
 from lmscale.training.stop import StopSignal
@@ -293,7 +293,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
                "class_weights": None if cw is None else cw.tolist(),
                "pos_weights": None if pw is None else pw.tolist(),
                "init_from": os.path.abspath(config.init_from), "lm_step": lm.step,
-               "lm_init": ft.lm_init,
+               "lm_init": ft.lm_init, "software": software_versions(),
                "preprocess": lm.derived.get("preprocess", "none"), "devices": mesh.size,
                "precision": str(policy), "texts": {n: len(d) for n, d in splits.items()},
                **({"pretrained": lm.derived["pretrained"]} if "pretrained" in lm.derived else {})}

@@ -34,7 +34,7 @@ from lmscale.training import mesh as mesh_lib
 from lmscale.training.checkpoints import Checkpointer, check_same_model
 from lmscale.training.resume import (PROVENANCE_KEYS, archive_previous_run, check_resumable,
                                      check_same_dataset, init_note, keep_config_history, provenance,
-                                     refuse_classifier_run, resumed_derived)
+                                     refuse_classifier_run, resumed_derived, software_versions)
 from lmscale.training.step_timer import StepTimer
 from lmscale.training.stop import StopSignal
 from lmscale.training.workdir_lock import locked_workdir
@@ -144,7 +144,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
                    train_flops_per_token=train_flops_per_token(
                        config.model, vocab_size, config.train.seq_len,
                        id_counts=_loss_id_counts(config, dataset, vocab_size)),
-                   precision=str(setup.policy), **provenance(workdir, saved))
+                   precision=str(setup.policy), software=software_versions(),
+                   **provenance(workdir, saved))
     train_step, shardings = jit_train_step(setup, mesh)
 
     signature = model_signature(config, tokenizer.to_dict(), vocab_size,

@@ -309,6 +309,33 @@ def _set_aside_unreadable(workdir: str, path: str, label: str) -> str:
     return target
 
 
+def software_versions() -> dict[str, str]:
+    """What a run was made with, for config.json's ``derived.software``: Python, lmscale (and
+    its git commit when it runs from a checkout, "+" when that has uncommitted changes), JAX,
+    jaxlib, flax, optax, orbax-checkpoint and NumPy."""
+    import importlib.metadata
+    import platform
+    import subprocess
+    found = {"python": platform.python_version()}
+    for name in ("lmscale", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy"):
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if os.path.exists(os.path.join(root, ".git")):  # a checkout (an install has no commit)
+        try:
+            git = lambda *a: subprocess.run(["git", "-C", root, *a], capture_output=True,
+                                            text=True, timeout=10)
+            head = git("rev-parse", "--short=12", "HEAD")
+            if head.returncode == 0:
+                dirty = git("status", "--porcelain", "--untracked-files=no", "lmscale").stdout
+                found["lmscale_commit"] = head.stdout.strip() + ("+" if dirty.strip() else "")
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return found
+
+
 def provenance(workdir: str, saved: dict[str, Any] | None = None) -> dict[str, Any]:
     """Provenance recorded in the workdir's config.json, else in the checkpoint's meta.
 

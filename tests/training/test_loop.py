@@ -42,6 +42,11 @@ def test_train_writes_metrics_config_checkpoints_and_learns(tmp_path, corpus, ca
     assert result["val"]["bpc"] == val_records[-1]["bpc"]
     config = json.load(open(os.path.join(workdir, "config.json")))
     assert config["model"]["hidden"] == 32 and config["derived"]["steps"] == 40
+    import importlib.metadata  # what the run was made with, to reproduce it
+    software = config["derived"]["software"]
+    import jax
+    assert software["jax"] == jax.__version__ and software["lmscale"] == importlib.metadata.version(
+        "lmscale") and {"python", "flax", "optax", "orbax-checkpoint", "numpy"} <= set(software)
     assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))
                   if s.isdigit()) == [32, 36, 40]
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(os.path.join(workdir, "tb")))
