@@ -40,11 +40,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.resume = True  # continue from the workdir's latest checkpoint; False: archive the previous run (WORKDIR/archive/) and start afresh
 
     c.data = ml_collections.ConfigDict()
-    # Training text: a prepared dataset folder (see `lmscale.prepare`), raw text paths/globs (comma
-    # separated; prepared on the fly into WORKDIR/data), or a built-in corpus ("python_stdlib").
+    # Training text: a prepared dataset folder (`lmscale.prepare`), raw text paths/globs (comma separated; prepared on the fly into WORKDIR/data), or a built-in corpus ("python_stdlib").
     c.data.train = "python_stdlib"
-    # Validation / test text given on its own (paths/globs, e.g. PTB's or WikiText's files): then
-    # data.train is all training text and data.split is not used. "" = cut from data.train.
+    # Validation / test text given on its own (paths/globs, e.g. PTB's or WikiText's files): then data.train is all training text and data.split is not used. "" = cut from data.train.
     c.data.val = ""
     c.data.test = ""
     c.data.text_column = ""  # CSV column holding the text when data.train is raw CSV ("" = "text")
