@@ -23,7 +23,8 @@ from lmscale.cli import parse_flags, run_cli, writable_folder
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained (or imported) LM's run directory.")
 _PROMPT = flags.DEFINE_string("prompt", "\n", "Text to continue.")
 _LENGTH = flags.DEFINE_integer("length", 200, "Tokens to generate (bytes for a byte-level model); "
-                               "not given, a transformer generates at most half its max_len.")
+                               "not given, a transformer generates at most half the length "
+                               "it was trained at (max_len, or train.seq_len when shorter).")
 _TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Sampling temperature; 0 = greedy.")
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Sample among the k most likely only; 0 = off.")
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass; 1 = off.")
@@ -84,7 +85,8 @@ def main(argv: list[str]) -> None:
             raise DataError(f"--neuron_state must be one of {list(states)} for a "
                             f"{lm.config.model.kind} model, got {_STATE.value!r}")
         length = _LENGTH.value
-        max_len = model.max_len
+        from lmscale.models.registry import trained_length  # positions past it never trained
+        max_len = trained_length(lm.config) or model.max_len
         if not flags.FLAGS["length"].present and max_len is not None and length > max_len // 2:
             length = max_len // 2  # the default, for a transformer: room for the prompt too
         found = _transfer_neuron(_WORKDIR.value, width, lm.step)

@@ -271,7 +271,8 @@ def generate(lm: TrainedLM, prompt: str, length: int = 200, *, temperature: floa
               f"generated", file=sys.stderr, flush=True)
         ids = ids[-keep:]
     note = untrained_positions_note(lm.config, len(ids) + length,
-                                    f"the prompt's {len(ids)} tokens and the {length} generated run")
+                                    f"the prompt's {len(ids)} token{'s' * (len(ids) != 1)} and "
+                                    f"the {length} generated run")
     if note:
         print(note, file=sys.stderr, flush=True)
     unsampled = getattr(lm.tokenizer, "unsampled_ids", None)

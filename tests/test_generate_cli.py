@@ -226,6 +226,21 @@ def test_a_heatmap_state_the_model_lacks_is_refused_before_sampling(tiny_runs, t
     assert not (tmp_path / "samples.json").exists()
 
 
+def test_a_transformers_default_length_stays_within_its_trained_positions(tiny_runs, tmp_path):
+    """max_len 32 trained at seq_len 16: the default was max_len // 2 = 16 tokens after the
+    prompt, reading positions training never reached."""
+    proc = subprocess.run([sys.executable, "-m", "lmscale.generate",
+                           f"--workdir={tiny_runs['transformer']}", f"--output={tmp_path}",
+                           "--temperature=0"], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((tmp_path / "samples.json").read_text())["length"] == 8
+    assert "never trained" not in proc.stderr
+    proc = _generate(tiny_runs["transformer"], "--length=20", f"--output={tmp_path}")
+    assert proc.returncode == 0 and "the prompt's 1 token and the 20 generated run past the 16 " \
+        "positions this LM was trained at" in proc.stderr, proc.stderr[-2000:]
+
+
 def test_a_prompt_that_is_not_utf8_is_refused_in_one_line(tiny_runs, tmp_path):
     """A byte the terminal's encoding cannot decode (Python's surrogate escape) was a raw
     UnicodeEncodeError from the tokenizer."""
