@@ -359,6 +359,13 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
 
     best_path = os.path.join(workdir, "best.json")
     best = recorded_best(best_ckpt, best_path, is_main)
+    kept = best_ckpt.latest_step()
+    if best is None and kept is not None:  # kept weights whose record was lost (an older run
+        # stopped between its save and best.json): scored again, not taken over by a worse one
+        value = validate(best_ckpt.restore_params(state.params, mesh_lib.replicated(mesh), kept))
+        best = {"step": kept, "metric": ft.best_metric, "value": value[0][ft.best_metric]}
+        if is_main:
+            _write_json(best_path, best)
     if is_main:
         _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), start)
     writer = MetricsWriter(workdir, resumed_from=start)
@@ -431,7 +438,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
         best_ckpt.close()
         print(f"stopped by signal {stop.signal} at step {step}; checkpoint saved, re-run to resume")
         return {"step": step, "stopped_by_signal": stop.signal}
-    if best is None:  # an older run resumed at its end, its best record lost: its last state
+    if best is None:  # a run resumed at its end that kept no best weights: its last state
         best = {"step": step, "metric": ft.best_metric,
                 "value": validate(state.params)[0][ft.best_metric]}
         keep_best(best_ckpt, state, {**meta, "best": best}, best_path, is_main)

@@ -83,6 +83,8 @@ def check_same_start(meta: dict[str, Any], config: ml_collections.ConfigDict, lm
               "finetune.lm_init": old.get("lm_init"),
               **{key: section(key) for key in now if key.startswith(("finetune.", "train."))
                  and key != "finetune.lm_init"}}
+    if old_config.get("finetune") and before["finetune.threshold_metric"] is None:
+        before["finetune.threshold_metric"] = "f1"  # a run from before the setting: all it had
     devices = old.get("devices")
     why = {"finetune.best_metric": " (the best checkpoint so far was chosen by it)",
            "finetune.max_val_texts": " (the best checkpoint so far was scored on those texts)",

@@ -251,8 +251,8 @@ def test_the_best_record_travels_in_its_checkpoint(sst_run, data, tmp_path, caps
     assert again["already_trained"] and again["best"] == results["best"]
     assert f"{workdir} is already fine-tuned to step 6 (train.steps=6)" in capsys.readouterr().err
     # A run of an older lmscale (no record in its best checkpoint) whose best.json names
-    # weights never written, re-run at its end: its last state validated as the best (a
-    # TypeError on best None)
+    # weights never written, re-run at its end: the kept weights scored again (a TypeError on
+    # best None; then the last state, worse, replaced them)
     step = results["best"]["step"]
     meta = os.path.join(workdir, "best", "checkpoints", str(step), "meta", "metadata")
     record = json.load(open(meta))
@@ -262,8 +262,9 @@ def test_the_best_record_travels_in_its_checkpoint(sst_run, data, tmp_path, caps
               open(os.path.join(workdir, "best.json"), "w"))
     old = finetune(ft_config(sst_run, data["sst_train"], data["sst_val"],
                              **{**kw, "train.steps": 6}), workdir)
-    assert old["best"]["step"] == 6 and old["best"]["metric"] == "accuracy"
+    assert old["best"] == results["best"]  # the same weights and texts, scored again
     assert json.load(open(os.path.join(workdir, "best.json"))) == old["best"]
+    assert os.listdir(os.path.join(workdir, "best", "checkpoints")) == [str(step)]
     # An LM trained into the classifier's folder: refused as what it is (was field by field),
     # before anything is archived.
     from lmscale.training.checkpoints import CheckpointMismatchError
@@ -276,3 +277,21 @@ def test_the_best_record_travels_in_its_checkpoint(sst_run, data, tmp_path, caps
                                                           f"classifier \\(lmscale.finetune\\)"):
             train(lm_config, workdir)
     assert not os.path.exists(os.path.join(workdir, "archive"))
+
+
+def test_a_run_from_before_threshold_metric_resumes_as_f1_only():
+    """An older multi-label fine-tune (no finetune.threshold_metric in its record) resumed with
+    jaccard went on silently, comparing Jaccard-tuned scores with its F1-tuned best."""
+    from lmscale.finetuning.settings import check_same_start
+    from lmscale.training.checkpoints import CheckpointMismatchError
+    config = ft_config("/lm", "/t.csv", "/v.csv", **{"finetune.multilabel": True,
+                                                     "finetune.threshold_metric": "jaccard"})
+    old = config.to_dict()
+    del old["finetune"]["threshold_metric"]
+    meta = {"config": old, "derived": {"init_from": "/lm", "lm_step": 3, "lm_init": "pretrained"}}
+    with pytest.raises(CheckpointMismatchError, match="finetune.threshold_metric='f1'"):
+        check_same_start(meta, config, 3, "/run")
+    with config.unlocked():
+        config.finetune.threshold_metric = "f1"
+    check_same_start(meta, config, 3, "/run")
+
