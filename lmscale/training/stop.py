@@ -51,6 +51,12 @@ class StopSignal:
         if _RECEIVED:  # a start-up signal whose SignalExit was swallowed: stop at the start
             self.signal = _RECEIVED[-1]
             _RECEIVED.clear()
+            if self.processes == 1:  # no step run yet: unwound now, as cli_signals says it
+                # (the loop stopped silently without a progress bar; several processes agree
+                # on the stop at their first step instead)
+                for sig, handler in self._previous.items():
+                    signal.signal(sig, handler)
+                raise SignalExit(self.signal)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
