@@ -208,9 +208,9 @@ def trained_length_note(config: Any) -> str | None:
         return None
     return (f"note: model.max_len={config.model.max_len} is longer than the {trained} tokens "
             f"this run trains on (train.seq_len={config.train.seq_len}): its learned positions "
-            f"{trained}..{config.model.max_len - 1} are never trained, and featurizing, scoring "
-            f"or generating past {trained} tokens reads them; set model.max_len={trained}, or "
-            f"train.seq_len={config.model.max_len}")
+            f"{trained}..{config.model.max_len - 1} are never trained, and featurizing or "
+            f"generating past {trained} tokens reads them (scoring reads windows of {trained}); "
+            f"set model.max_len={trained}, or train.seq_len={config.model.max_len}")
 
 
 def architecture(model_config: Any) -> dict[str, Any]:

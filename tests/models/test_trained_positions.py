@@ -41,9 +41,9 @@ def test_the_trained_length_of_each_kind_and_setting():
     assert trained_length(recurrent) is None and trained_length_note(recurrent) is None
     assert trained_length_note(_config()) == (
         "note: model.max_len=64 is longer than the 16 tokens this run trains on "
-        "(train.seq_len=16): its learned positions 16..63 are never trained, and featurizing, "
-        "scoring or generating past 16 tokens reads them; set model.max_len=16, or "
-        "train.seq_len=64")
+        "(train.seq_len=16): its learned positions 16..63 are never trained, and featurizing "
+        "or generating past 16 tokens reads them (scoring reads windows of 16); set "
+        "model.max_len=16, or train.seq_len=64")
 
 
 def test_training_leaves_the_positions_past_seq_len_as_drawn_and_says_so(tmp_path, capsys):
