@@ -29,7 +29,8 @@ def _normal(obj: Any) -> Any:
 
 def claim(workdir: str, base_config: dict[str, Any], sweep: Sweep, config_file: str,
           sweep_file: str) -> None:
-    """Writes DIR/sweep.json, or checks that DIR holds this same sweep (else a SweepError)."""
+    """Writes DIR/sweep.json, or checks that DIR holds this same sweep, or this one with values
+    added to its axes (extended: recorded, its points kept); else a SweepError."""
     identity = _normal({"base_config": base_config, "points": [p.to_dict() for p in sweep.points]})
     path = os.path.join(workdir, IDENTITY_FILE)
     if os.path.exists(path):
@@ -41,15 +42,24 @@ def claim(workdir: str, base_config: dict[str, Any], sweep: Sweep, config_file: 
         except ValueError as e:
             raise SweepError(f"{path} is damaged ({e}): it records which sweep {workdir} holds; "
                              f"restore it, or use another --workdir") from None
-        if saved.get("points") != identity["points"]:
-            old = {p["name"]: p for p in saved.get("points", [])}
-            new = {p["name"]: p for p in identity["points"]}
+        old = {p["name"]: p for p in saved.get("points", [])}
+        new = {p["name"]: p for p in identity["points"]}
+        # Values added to its axes (the same axes, every point it has unchanged): extended,
+        # its finished points kept (a new folder trained them all again)
+        grown = (set(old) < set(new) and all(old[n] == new[n] for n in old)
+                 and saved.get("axes") == sweep.axes)
+        if saved.get("points") != identity["points"] and not grown:
             raise SweepError(f"{workdir} holds a different sweep ({saved.get('sweep_file')}, "
-                             f"{len(old)} points): {_point_difference(old, new)}; use another --workdir")
+                             f"{len(old)} points): {_point_difference(old, new)}; use another "
+                             f"--workdir (values added to its axes extend it)")
         keys = _diff_keys(saved.get("base_config", {}), identity["base_config"], _defaults())
         if keys:
             raise SweepError(f"{workdir} holds a different sweep: its base config differs in "
                              f"{', '.join(keys[:3])}; use another --workdir")
+        if grown:
+            extended = [*saved.get("extended", []), {"at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                                    "points_added": sorted(set(new) - set(old))}]
+            _write_json(path, {**saved, "points": identity["points"], "extended": extended})
         return
     if os.path.isdir(workdir) and [n for n in os.listdir(workdir) if not n.startswith(".")]:
         raise SweepError(f"{workdir} is not empty and holds no {IDENTITY_FILE}: not a sweep folder")

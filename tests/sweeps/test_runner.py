@@ -97,6 +97,33 @@ def test_folder_of_another_sweep_is_refused(tiny, finished):
     assert len(cli.stderr.strip().splitlines()) == 1
 
 
+def test_values_added_to_an_axis_extend_the_sweep_and_keep_its_points(tiny, finished):
+    """Another learning rate for the same sweep was refused ("holds a different sweep"): a
+    new folder trained every point again."""
+    import shutil
+    out, _, _ = finished
+    grown = tiny / "grown_sweep"
+    shutil.copytree(out, grown)
+    before = {p: (grown / p / "metrics.jsonl").read_bytes() for p in ("lr-100", "lr-0.003")}
+    more = write_sweep(tiny / "lr3.py", """
+        def get_sweep():
+            return {"grid": {"optim.lr": [100.0, 3e-3, 1e-3]}}
+    """)
+    again = run_sweep(base_config(tiny), str(tiny / "tiny.py"), more, str(grown), **QUIET)
+    assert again["trained"] == ["lr-0.001"]
+    assert {p: (grown / p / "metrics.jsonl").read_bytes() for p in before} == before
+    assert [r["status"] for r in again["results"]] == ["div", "ok", "ok"]
+    record = json.loads((grown / "sweep.json").read_text())
+    assert [p["name"] for p in record["points"]] == ["lr-100", "lr-0.003", "lr-0.001"]
+    assert record["extended"][0]["points_added"] == ["lr-0.001"]
+    fewer = write_sweep(tiny / "lr1.py", """
+        def get_sweep():
+            return {"grid": {"optim.lr": [3e-3]}}
+    """)
+    with pytest.raises(SweepError, match="its point lr-0.001 is not in this one"):
+        run_sweep(base_config(tiny), str(tiny / "tiny.py"), fewer, str(grown), **QUIET)
+
+
 def start_sweep(tiny, sweep_file, out, log=None) -> subprocess.Popen:
     """``python -m lmscale.sweep`` of the tiny config over ``sweep_file`` into ``out`` (its
     log lines into the file ``log``, if given)."""
