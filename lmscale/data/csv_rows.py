@@ -76,16 +76,10 @@ def csv_rows(path: str, columns: Sequence[str], delimiter: str = ",", *,
     except csv.Error as e:
         raise DataError(f"{path}: bad CSV ({e})") from None
     except READ_ERRORS as e:  # a damaged .gz (EOFError, BadGzipFile), a file not readable
-        error = read_error(path, e)
+        error = unreadable(path, e)
         if error is None:
             raise
         raise error from None
-
-
-def read_error(path: str, error: BaseException) -> DataError | None:
-    """``unreadable``'s one line for ``error`` (a damaged compressed file, no permission),
-    None for another error, which the caller re-raises (a file not found has its own line)."""
-    return None if isinstance(error, FileNotFoundError) else unreadable(path, error)
 
 
 def _unquoted(field: str) -> str:

@@ -95,7 +95,10 @@ def check_file(path: str) -> None:
 
 def unreadable(path: str, e: BaseException) -> DataError | None:
     """The one line for an input that cannot be read, without permission or as a damaged
-    compressed file; None for another error (the caller's own case)."""
+    compressed file; None for another error (the caller's own case; a file not found has its
+    own line wherever it is read, not "cannot read it as a .gz file")."""
+    if isinstance(e, FileNotFoundError):
+        return None
     if isinstance(e, PermissionError):
         return DataError(f"{path}: permission denied (make it readable, or leave it out)")
     if compression(path):

@@ -16,7 +16,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from lmscale.data.compression import READ_ERRORS, format_extension, open_input
-from lmscale.data.csv_rows import csv_rows, not_utf8, read_error
+from lmscale.data.csv_rows import csv_rows, not_utf8
+from lmscale.data.input_checks import unreadable
 from lmscale.data.errors import DataError
 from lmscale.data.tfds import PREFIX, iter_examples, parse_tfds, text_feature
 
@@ -155,7 +156,7 @@ def jsonl_records(path: str, text_field: str, other_fields: Sequence[str] = (), 
     except UnicodeDecodeError as e:
         raise DataError(not_utf8(path, e)) from None
     except READ_ERRORS as e:  # a damaged .gz
-        error = read_error(path, e)
+        error = unreadable(path, e)
         if error is None:
             raise
         raise error from None
