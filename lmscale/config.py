@@ -339,8 +339,8 @@ def validate_run_settings(config: ml_collections.ConfigDict) -> None:
     """The settings LM training and fine-tuning share: the optimizer (``validate_optim``),
     the per-device batch, the step counts (a fine-tune with checkpoint.every=0 failed with a
     ZeroDivisionError after its first step), the precision, the all-reduce's dtype; finite."""
-    from lmscale.config_checks import check_finite_numbers  # it reads this module
-    check_finite_numbers(config)
+    from lmscale.config_checks import check_numbers  # it reads this module
+    check_numbers(config)
     validate_optim(config.optim)
     _check_positive_ints(config, ("train.steps", "train.batch_size", "train.stop_sync_every",
                                   "train.log_every", "train.eval_batch_size", "checkpoint.every",

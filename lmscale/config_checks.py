@@ -12,13 +12,19 @@ import ml_collections
 from lmscale.config import OPTIMIZERS, ConfigError, bptt_max, parse_epochs
 
 
+def check_numbers(config: ml_collections.ConfigDict) -> None:
+    """Refuses a NaN or infinite number in any field (``check_finite_numbers``) and a negative
+    ``train.divergence_factor``."""
+    check_finite_numbers(config)
+    if config.train.get("divergence_factor", 0) < 0:
+        raise ConfigError(f"train.divergence_factor must be >= 0 (0: stop only on a loss that "
+                          f"is not finite), got {config.train.divergence_factor!r}")
+
+
 def check_finite_numbers(config: ml_collections.ConfigDict, prefix: str = "") -> None:
     """Refuses a NaN or infinite number in any field: ``--config.optim.lr=nan`` passed the
     checks written as ``lr <= 0`` (False for NaN), trained, and stopped on parameters that
-    were not finite, advising a lower optim.lr. (And a negative train.divergence_factor.)"""
-    if not prefix and config.train.get("divergence_factor", 0) < 0:
-        raise ConfigError(f"train.divergence_factor must be >= 0 (0: stop only on a loss that "
-                          f"is not finite), got {config.train.divergence_factor!r}")
+    were not finite, advising a lower optim.lr."""
     for key, value in config.items():
         if isinstance(value, (dict, ml_collections.ConfigDict)):
             check_finite_numbers(value, f"{prefix}{key}.")
