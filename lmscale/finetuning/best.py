@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from lmscale.atomic import write_json
 from lmscale.training.checkpoints import Checkpointer
@@ -23,10 +23,13 @@ def keep_best(best_ckpt: Checkpointer, state: Any, meta: dict[str, Any], best_pa
         write_json(best_path, meta["best"], indent=2)
 
 
-def recorded_best(best_ckpt: Checkpointer, best_path: str, is_main: bool) -> dict[str, Any] | None:
+def recorded_best(best_ckpt: Checkpointer, best_path: str, is_main: bool,
+                  score: Callable[[int], dict[str, Any]]) -> dict[str, Any] | None:
     """The best state so far of a resumed fine-tune: the record in its best checkpoint (what a
     stop between the save and best.json left: best.json written again from it); an older
-    run's best.json when it names the checkpoint kept; else none (validation records anew)."""
+    run's best.json when it names the checkpoint kept; else ``score(step)`` of the kept
+    weights (an older run stopped between its save and best.json: scored again, not taken
+    over by a worse state); None when it kept none."""
     step = best_ckpt.latest_step()
     if step is None:
         return None
@@ -34,7 +37,9 @@ def recorded_best(best_ckpt: Checkpointer, best_path: str, is_main: bool) -> dic
     if best is None and os.path.exists(best_path):  # saved before the record travelled with it
         best = json.loads(Path(best_path).read_text())
         if int(best["step"]) != step:
-            return None
-    if is_main and best is not None:
+            best = None
+    if best is None:
+        best = score(step)
+    if is_main:
         write_json(best_path, best, indent=2)
     return best

@@ -358,14 +358,9 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
                 probs, thresholds)
 
     best_path = os.path.join(workdir, "best.json")
-    best = recorded_best(best_ckpt, best_path, is_main)
-    kept = best_ckpt.latest_step()
-    if best is None and kept is not None:  # kept weights whose record was lost (an older run
-        # stopped between its save and best.json): scored again, not taken over by a worse one
-        value = validate(best_ckpt.restore_params(state.params, mesh_lib.replicated(mesh), kept))
-        best = {"step": kept, "metric": ft.best_metric, "value": value[0][ft.best_metric]}
-        if is_main:
-            _write_json(best_path, best)
+    best = recorded_best(best_ckpt, best_path, is_main, lambda kept: {
+        "step": kept, "metric": ft.best_metric, "value": validate(best_ckpt.restore_params(
+            state.params, mesh_lib.replicated(mesh), kept))[0][ft.best_metric]})
     if is_main:
         _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), start)
     writer = MetricsWriter(workdir, resumed_from=start)
