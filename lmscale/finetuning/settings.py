@@ -38,14 +38,11 @@ def check_task_settings(ft: ml_collections.ConfigDict) -> None:
     if ft.bucket_width < 1:
         raise ConfigError(f"finetune.bucket_width must be >= 1 (tokens a batch's width is "
                           f"rounded up to), got {ft.bucket_width!r}")
-    from lmscale.transfer.metrics import THRESHOLD_METRICS
-    if ft.threshold_metric not in THRESHOLD_METRICS:
-        raise ConfigError(f"finetune.threshold_metric must be one of {list(THRESHOLD_METRICS)}, "
-                          f"got {ft.threshold_metric!r}")
-    if ft.threshold_metric != "f1" and not ft.multilabel:
-        raise ConfigError(f"finetune.threshold_metric={ft.threshold_metric!r} tunes a multi-label "
-                          f"task's thresholds (finetune.multilabel=true); a single-label task "
-                          f"predicts its most probable class")
+    from lmscale.transfer.metrics import threshold_metric_problem
+    problem = threshold_metric_problem(ft.threshold_metric, ft.multilabel,
+                                       "finetune.threshold_metric")
+    if problem:
+        raise ConfigError(problem)
     if str(ft.pos_weights).strip() and not ft.multilabel:
         raise ConfigError(f"finetune.pos_weights={ft.pos_weights!r} weighs the positive labels of "
                           f"a multi-label task (finetune.multilabel=true); a single-label task "

@@ -27,6 +27,18 @@ THRESHOLD_METRICS = ("f1", "jaccard", "micro_f1")  # what tune_thresholds maximi
 _CANDIDATES = 256  # thresholds tried per class and pass of the coordinate ascent (at most)
 
 
+def threshold_metric_problem(metric: str, multilabel: bool, name: str) -> str | None:
+    """Why ``metric`` (the setting ``name``) cannot tune this task's thresholds, or None: it
+    must be one of ``THRESHOLD_METRICS``, and other than "f1" only for a multi-label task (a
+    single-label one takes its most probable class)."""
+    if metric not in THRESHOLD_METRICS:
+        return f"{name} must be one of {list(THRESHOLD_METRICS)}, got {metric!r}"
+    if metric != "f1" and not multilabel:
+        return (f"{name}={metric!r} tunes the thresholds of a multi-label task (several label "
+                f"columns); a single-label task predicts its most probable class")
+    return None
+
+
 def predict_labels(probs: np.ndarray, multilabel: bool, thresholds: np.ndarray | None = None
                    ) -> np.ndarray:
     """Single-label: argmax [N]; multi-label: probs >= threshold per class (0.5 if none), 0/1 [N, K]."""

@@ -178,15 +178,11 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
 
 
 def check_threshold_metric(metric: str, multilabel: bool) -> None:
-    """``threshold_metric`` one of ``THRESHOLD_METRICS``, and other than "f1" only for a
-    multi-label task (a single-label one takes its most probable class)."""
-    from lmscale.transfer.metrics import THRESHOLD_METRICS
-    if metric not in THRESHOLD_METRICS:
-        raise DataError(f"threshold_metric must be one of {list(THRESHOLD_METRICS)}, got {metric!r}")
-    if metric != "f1" and not multilabel:
-        raise DataError(f"threshold_metric={metric!r} tunes the thresholds of several label "
-                        f"columns (a multi-label task); one label column takes its most "
-                        f"probable class")
+    """``threshold_metric`` can tune this task's thresholds (``threshold_metric_problem``)."""
+    from lmscale.transfer.metrics import threshold_metric_problem
+    problem = threshold_metric_problem(metric, multilabel, "threshold_metric")
+    if problem:
+        raise DataError(problem)
 
 
 def _multilabel(lm: TrainedLM, workdir: str, splits: dict[str, Labeled],
