@@ -9,8 +9,7 @@ are computed in one place, ``derive()``, once the training data is known, and sa
 with the run in ``WORKDIR/config.json`` under ``"derived"``.
 
 Importing this module (as every config file does, while the command line is parsed) does not
-import JAX: a tool may still restart its process with other settings then
-(training/host_memory.py), and JAX's import is most of a start-up's first seconds.
+import JAX: a tool may still restart its process with other settings then (host_memory.py).
 """
 
 from __future__ import annotations
@@ -90,6 +89,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.attn_dropout = 0.0  # dropout on attention probabilities (training only)
     c.model.ff_dropout = 0.0  # dropout after the feed-forward activation (training only)
     c.model.tie_embeddings = False  # output head = token embedding transposed (the seed: untied); recurrent kinds: the last layer is model.embed wide
+    c.model.init = "fairseq"  # "fairseq" (the seed's: Xavier-uniform projections, N(0, 1/d) embeddings and head) or "gpt2" (N(0, 0.02^2), the residual projections out and fc2 scaled by 1/sqrt(2 layers))
     # Recompute activations in the backward pass (less memory, more compute). Transformer:
     # "none" or "block" (each block's). mlstm/lstm: "none" or "segments": the forward keeps
     # only the state every model.remat_steps steps, the backward recomputes each segment's

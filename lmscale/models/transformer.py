@@ -1,6 +1,6 @@
 """TransformerLM: decoder-only transformer language model (fairseq / sentiment-discovery).
 
-    x_0 = sqrt(d) * E[tokens] + P[positions];  x_0 = Drop(x_0)
+    x_0 = sqrt(d) * E[tokens] + P[positions];  x_0 = Drop(x_0)   (init "gpt2": E[tokens] + P)
     post-norm ("post", the seed):  x = LN(x + Drop(Attn(x)));  x = LN(x + Drop(FF(x)))
     pre-norm ("pre"):              x = x + Drop(Attn(LN(x)));  x = x + Drop(FF(LN(x))); final LN
     FF(x) = FC2(Drop_ff(GeLU_tanh(FC1(x))));  logits = x W_out + b_out  (or x E^T if tied)
@@ -39,6 +39,8 @@ from lmscale.models.registry import ModelKind, register
 from lmscale.models.weight_norm import make_matrix
 
 NORMS = ("post", "pre")
+INITS = ("fairseq", "gpt2")
+GPT2_STD = 0.02  # GPT-2's initializer range (its residual projections: / sqrt(2 layers))
 POSITIONS = ("learned", "sinusoidal")
 REMATS = ("none", "block")
 LN_EPS = 1e-5
@@ -113,18 +115,19 @@ class Block(nnx.Module):
     ``ln_attn``, ``ln_ff`` (LayerNorm)."""
 
     def __init__(self, d_model: int, heads: int, d_ff: int, *, norm: str, weight_norm: bool,
-                 rngs: nnx.Rngs):
+                 rngs: nnx.Rngs, init: str = "fairseq", layers: int = 1):
         self.heads, self.norm = heads, norm
-        mat = lambda i, o, init=_xavier: make_matrix(i, o, weight_norm=weight_norm, init=init,
-                                                      rngs=rngs)
+        gpt2 = init == "gpt2"  # GPT-2: every matrix N(0, 0.02^2), out and fc2 / sqrt(2 L)
+        scaled = _normal(GPT2_STD / math.sqrt(2 * layers)) if gpt2 else _xavier
+        mat = lambda i, o, init=_normal(GPT2_STD) if gpt2 else _xavier: make_matrix(
+            i, o, weight_norm=weight_norm, init=init, rngs=rngs)
         zeros = lambda n: nnx.Param(jnp.zeros((n,), jnp.float32))
-        # fairseq's in_proj, as sentiment-discovery's model/transformer_utils.py: one Xavier-
-        # uniform over the fused (d, 3d) matrix, bound sqrt(6 / 4d) (each of q, k, v as a (d, d)
-        # Xavier was sqrt(2) wider; newer fairseq: each with gain 1/sqrt(2), the same bound)
+        # fairseq's in_proj (the seed's): one Xavier-uniform over the fused (d, 3d) matrix,
+        # bound sqrt(6 / 4d) (newer fairseq: q, k, v each with gain 1/sqrt(2), the same bound)
         self.qkv, self.qkv_bias = mat(d_model, 3 * d_model), zeros(3 * d_model)
-        self.out, self.out_bias = mat(d_model, d_model), zeros(d_model)
+        self.out, self.out_bias = mat(d_model, d_model, scaled), zeros(d_model)
         self.fc1, self.fc1_bias = mat(d_model, d_ff), zeros(d_ff)
-        self.fc2, self.fc2_bias = mat(d_ff, d_model), zeros(d_model)
+        self.fc2, self.fc2_bias = mat(d_ff, d_model, scaled), zeros(d_model)
         self.ln_attn, self.ln_ff = LayerNorm(d_model), LayerNorm(d_model)
 
     def matrices(self) -> dict[str, jax.Array]:
@@ -165,7 +168,7 @@ class Block(nnx.Module):
 
 def check_args(*, layers: Any, d_model: Any, heads: Any, d_ff: Any, max_len: Any, norm: Any,
                positions: Any, remat: Any, dropout: Any, attn_dropout: Any, ff_dropout: Any,
-               **_: Any) -> None:
+               init: Any = "fairseq", **_: Any) -> None:
     """Raise ValueError naming the bad ``model.*`` key."""
     for name, value in (("layers", layers), ("d_model", d_model), ("heads", heads),
                         ("d_ff", d_ff), ("max_len", max_len)):
@@ -174,9 +177,13 @@ def check_args(*, layers: Any, d_model: Any, heads: Any, d_ff: Any, max_len: Any
     if d_model % heads:
         raise ValueError(f"model.d_model={d_model} is not divisible by model.heads={heads}")
     for name, value, allowed in (("norm", norm, NORMS), ("positions", positions, POSITIONS),
-                                 ("remat", remat, REMATS)):
+                                 ("remat", remat, REMATS), ("init", init, INITS)):
         if value not in allowed:
             raise ValueError(f"model.{name} must be one of {list(allowed)}, got {value!r}")
+    if init == "gpt2" and positions == "sinusoidal":  # amplitude 1 against embeddings of 0.02
+        raise ValueError("model.init='gpt2' adds token embeddings of scale 0.02 unscaled, which "
+                         "sinusoidal positions (amplitude 1) would swamp: use "
+                         "model.positions='learned' (GPT-2's) or model.init='fairseq'")
     for name, value in (("dropout", dropout), ("attn_dropout", attn_dropout),
                         ("ff_dropout", ff_dropout)):
         if not 0.0 <= float(value) < 1.0:
@@ -195,7 +202,10 @@ class TransformerLM(nnx.Module):
     normal(0, d^-1/2), never weight-normed); ``blocks``: one Block with every param stacked
     [L, ...]; ``final_norm`` (pre-norm only); ``head`` (d, V) (normal(0, d^-1/2), weight-normed
     with ``weight_norm``) and ``head_bias`` [V] unless ``tie_embeddings`` (then logits =
-    x E^T, no bias). Block projections Xavier-uniform, biases zero.
+    x E^T, no bias). Block projections Xavier-uniform, biases zero. ``init`` "gpt2": GPT-2's
+    (and nanoGPT's) instead: embeddings, positions, projections and head N(0, 0.02^2), the
+    residual projections ``out`` and ``fc2`` N(0, (0.02 / sqrt(2 L))^2), and the token
+    embeddings added unscaled (GPT-2 has no sqrt(d)).
     """
 
     feature_states = ("hidden",)
@@ -204,21 +214,23 @@ class TransformerLM(nnx.Module):
                  max_len: int, norm: str = "post", positions: str = "learned",
                  dropout: float = 0.0, attn_dropout: float = 0.0, ff_dropout: float = 0.0,
                  weight_norm: bool = False, tie_embeddings: bool = False, remat: str = "none",
-                 scan_layers: bool = True, dtype: Any = jnp.float32, rngs: nnx.Rngs):
+                 scan_layers: bool = True, init: str = "fairseq", dtype: Any = jnp.float32,
+                 rngs: nnx.Rngs):
         check_args(layers=layers, d_model=d_model, heads=heads, d_ff=d_ff, max_len=max_len,
                    norm=norm, positions=positions, remat=remat, dropout=dropout,
-                   attn_dropout=attn_dropout, ff_dropout=ff_dropout)
+                   attn_dropout=attn_dropout, ff_dropout=ff_dropout, init=init)
         self.vocab_size, self.d_model, self.heads = vocab_size, d_model, heads
         self.max_len, self.norm, self.positions = max_len, norm, positions
         self.remat, self.scan_layers = remat, scan_layers
         self.rates = (float(attn_dropout), float(dropout), float(ff_dropout), float(dropout))
         self.dropout, self.dtype, self.tie_embeddings = float(dropout), dtype, bool(tie_embeddings)
-        init = _normal(d_model ** -0.5)
-        self.embedding = nnx.Param(init(rngs.params(), (vocab_size, d_model), jnp.float32))
-        self.position_embedding = (nnx.Param(init(rngs.params(), (max_len, d_model), jnp.float32))
+        self.embed_scale = 1.0 if init == "gpt2" else math.sqrt(d_model)
+        init_fn = _normal(GPT2_STD if init == "gpt2" else d_model ** -0.5)
+        self.embedding = nnx.Param(init_fn(rngs.params(), (vocab_size, d_model), jnp.float32))
+        self.position_embedding = (nnx.Param(init_fn(rngs.params(), (max_len, d_model), jnp.float32))
                                    if positions == "learned" else None)
-        blocks = [Block(d_model, heads, d_ff, norm=norm, weight_norm=weight_norm, rngs=rngs)
-                  for _ in range(layers)]
+        blocks = [Block(d_model, heads, d_ff, norm=norm, weight_norm=weight_norm, rngs=rngs,
+                        init=init, layers=layers) for _ in range(layers)]
         states = [nnx.split(b)[1] for b in blocks]
         self.blocks = nnx.merge(nnx.split(blocks[0])[0],
                                 jax.tree.map(lambda *a: jnp.stack(a), *states))
@@ -227,7 +239,7 @@ class TransformerLM(nnx.Module):
         if self.tie_embeddings:
             self.head, self.head_bias = None, None
         else:
-            self.head = make_matrix(d_model, vocab_size, weight_norm=weight_norm, init=init,
+            self.head = make_matrix(d_model, vocab_size, weight_norm=weight_norm, init=init_fn,
                                     rngs=rngs)
             self.head_bias = nnx.Param(jnp.zeros((vocab_size,), jnp.float32))
 
@@ -241,8 +253,9 @@ class TransformerLM(nnx.Module):
 
     # ---- pieces -------------------------------------------------------------------------
     def _embed(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
-        """int [B, T] x2 -> float32 [B, T, d] = sqrt(d) E[tokens] + P[positions]."""
-        x = self.embedding[...][tokens] * math.sqrt(self.d_model)
+        """int [B, T] x2 -> float32 [B, T, d] = sqrt(d) E[tokens] + P[positions] (init "gpt2":
+        E[tokens] + P[positions])."""
+        x = self.embedding[...][tokens] * self.embed_scale
         if self.position_embedding is not None:
             return x + self.position_embedding[...][positions]
         return x + sinusoidal(positions, self.d_model)
@@ -426,14 +439,16 @@ def _build(model_config: Any, vocab_size: int, *, rngs: nnx.Rngs, dtype: Any = j
                          norm=m.norm, positions=m.positions, dropout=float(m.dropout),
                          attn_dropout=float(m.attn_dropout), ff_dropout=float(m.ff_dropout),
                          weight_norm=bool(m.weight_norm), tie_embeddings=bool(m.tie_embeddings),
-                         remat=m.remat, scan_layers=bool(m.scan_layers), dtype=dtype, rngs=rngs)
+                         remat=m.remat, scan_layers=bool(m.scan_layers),
+                         init=m.get("init", "fairseq"), dtype=dtype, rngs=rngs)
 
 
 def _validate(model_config: Any, train_config: Any) -> None:
     m = model_config
     check_args(layers=m.layers, d_model=m.d_model, heads=m.heads, d_ff=m.d_ff,
                max_len=m.max_len, norm=m.norm, positions=m.positions, remat=m.remat,
-               dropout=m.dropout, attn_dropout=m.attn_dropout, ff_dropout=m.ff_dropout)
+               dropout=m.dropout, attn_dropout=m.attn_dropout, ff_dropout=m.ff_dropout,
+               init=m.get("init", "fairseq"))
     for name in ("weight_norm", "tie_embeddings", "scan_layers"):
         if not isinstance(m[name], bool):
             raise ValueError(f"model.{name} must be a bool, got {m[name]!r}")
@@ -478,14 +493,16 @@ def _flops(model_config: Any, vocab_size: int, seq_len: int = 1) -> int:
 def _describe(m: Any) -> str:
     extra = "".join([" sinusoidal" if m.positions == "sinusoidal" else "",
                      " tied" if m.tie_embeddings else "",
-                     " weight-norm" if m.weight_norm else ""])
+                     " weight-norm" if m.weight_norm else "",
+                     " gpt2-init" if m.get("init", "fairseq") == "gpt2" else ""])
     return (f"transformer {m.layers}x{m.d_model} heads {m.heads} ff {m.d_ff} "
             f"max_len {m.max_len} {m.norm}-norm{extra}")
 
 
 register(ModelKind(name="transformer",
                    fields=("layers", "d_model", "heads", "d_ff", "max_len", "norm", "positions",
-                           "tie_embeddings", "weight_norm"),
+                           "tie_embeddings", "weight_norm", "init"),
                    build=_build, validate=_validate, flops_per_token=_flops,
                    describe=_describe, trained_length=_trained_length,
-                   settings={"attn_dropout": 0.0, "ff_dropout": 0.0, "scan_layers": True}))
+                   settings={"attn_dropout": 0.0, "ff_dropout": 0.0, "scan_layers": True,
+                             "init": "fairseq"}))

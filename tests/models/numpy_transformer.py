@@ -1,7 +1,8 @@
 """Independent float64 NumPy reference of the decoder-only transformer, from the equations.
 
 Batch-major, x @ W convention, one query at a time for attention:
-  x = sqrt(d) E[tok] + P[pos]      (pos restarts at 0 at each reset; P learned or sinusoidal)
+  x = sqrt(d) E[tok] + P[pos]      (pos restarts at 0 at each reset; P learned or sinusoidal;
+                                   GPT-2's parameterization: E[tok] + P[pos], embed_scale=1)
   post: x = LN(x + Attn(x));  x = LN(x + FF(x))
   pre:  x = x + Attn(LN(x));  x = x + FF(LN(x));  final LN after the last block
   Attn: q, k, v = x Wq + bq, x Wk + bk, x Wv + bv split into heads; token t attends to tokens
@@ -87,12 +88,13 @@ def np_block(x: np.ndarray, w: dict, heads: int, norm: str, seg: np.ndarray) -> 
 
 
 def np_transformer(tokens: np.ndarray, weights: dict, *, heads: int, norm: str,
-                   resets: np.ndarray | None = None):
+                   resets: np.ndarray | None = None, embed_scale: float | None = None):
     """weights: embedding [V, d], positions [max_len, d] or None (sinusoidal), blocks (list of
     block dicts), final_scale/final_bias (pre-norm), head [d, V], head_bias [V] or None.
 
     Returns (logits [B, T, V], hidden [L, B, T, d]) in float64 (the last hidden entry is
-    after the final LN for pre-norm).
+    after the final LN for pre-norm). ``embed_scale``: the token embeddings' factor (None:
+    sqrt(d)).
     """
     tokens = np.asarray(tokens)
     B, T = tokens.shape
@@ -100,7 +102,7 @@ def np_transformer(tokens: np.ndarray, weights: dict, *, heads: int, norm: str,
     d = emb.shape[1]
     seg, pos = np_segments(None if resets is None else np.asarray(resets), B, T)
     table = weights.get("positions")
-    x = math.sqrt(d) * emb[tokens]
+    x = (math.sqrt(d) if embed_scale is None else embed_scale) * emb[tokens]
     x = x + (np.asarray(table, np.float64)[pos] if table is not None else np_sinusoidal(pos, d))
     hidden = []
     for w in weights["blocks"]:
