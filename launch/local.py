@@ -246,7 +246,8 @@ def failure_summary(pid: int, status: int, returncodes: dict[int, int], stopped_
 
 
 def main(argv: list[str]) -> int:
-    """Runs the launch; returns the exit status (0 when every process exited 0)."""
+    """Runs the launch; returns the exit status: 0 when every process exited 0, else the first
+    failed process's own (1 where a signal ended it; 2: the launch could not start)."""
     args, command = parse_args(argv)
     environ = dict(os.environ)
     gpus = visible_gpus(environ) if args.platform != "cpu" else []
@@ -282,7 +283,9 @@ def main(argv: list[str]) -> int:
     returncodes = {p: proc.returncode for p, proc in launch.procs.items()}
     message = failure_summary(pid, status, returncodes, launch.stopped, launch.sent, address)
     print(f"error: {message}", file=sys.stderr, flush=True)
-    return 1
+    # the first failed process's own status (the trainer's 3: diverged), as srun passes it on;
+    # 1 for a process ended by a signal
+    return status if 0 < status < 256 else 1
 
 
 if __name__ == "__main__":

@@ -81,6 +81,8 @@ def classify() -> dict:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from lmscale.distributed import refuse_several_processes
+    refuse_several_processes("lmscale.classify", dict(os.environ))  # each task did the whole job
     # A fine-tuned run predicts on the devices its validation ran on: its val_predictions.csv
     # again to the last digit (1e-6 apart on a few rows on one device).
     from lmscale.finetuning.classifier import classifier_folder

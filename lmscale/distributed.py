@@ -127,6 +127,10 @@ def initialize(coordinator_address: str | None, num_processes: int | None, proce
                    f"{num_processes or '?'}: connecting to coordinator "
                    f"{coordinator_address or '(from the cluster)'} (timeout {timeout_s} s)")
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives across processes
+    # jax's preemption service installs a C++ SIGTERM handler over cli_signals' (a scheduler's
+    # or Ctrl-C's stop during start-up was logged and ignored: the run trained to its end);
+    # lmscale's processes agree on a stop themselves (training/stop.py)
+    jax.config.update("jax_enable_preemption_service", False)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     threads = cpu_pool_size(os.environ, cpus, jax.config.jax_num_cpu_devices)
     if threads is not None:
@@ -144,6 +148,21 @@ def initialize(coordinator_address: str | None, num_processes: int | None, proce
                f"{jax.process_count()} (as process 0 was told): give every process the same count")
         leave_word(why)
         raise DistributedError(why)
+    check_same_device_counts([d.process_index for d in jax.devices()])
+
+
+def check_same_device_counts(owners: list[int]) -> None:
+    """Every process must bring as many devices (``owners``: each global device's process):
+    the batch is split evenly among them, and the first gather of unequal shares failed with
+    "cannot reshape array of size 3 into shape (2,2)". Every process sees the same list, so
+    all raise the one error without a collective."""
+    counts = {p: owners.count(p) for p in sorted(set(owners))}
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"process {p}: {n}" for p, n in counts.items())
+        raise DistributedError(
+            f"the processes have different numbers of devices ({listed}): every process of a "
+            f"run must bring as many (the same CUDA_VISIBLE_DEVICES count, GPUs per task, or "
+            f"XLA_FLAGS=--xla_force_host_platform_device_count / parallel.cpu_devices on CPU)")
 
 
 def join(group: ProcessGroup | None, timeout_s: int) -> None:
@@ -234,17 +253,18 @@ def process_0_says(flag: bool) -> bool:
 
 
 def refuse_several_processes(tool: str, env: Mapping[str, str]) -> None:
-    """For a tool that runs as one process over its host's devices (fine-tuning): started by
-    launch/local.py or ``srun`` with several tasks, each task began its own run in the one
-    workdir until the workdir lock stopped all but one. One line from every task now (exit
-    1), before any work. A half-set environment (an sbatch script's own: SLURM_NTASKS without
-    a step's variables) is one process."""
+    """For a tool that runs as one process over its host's devices (all but training):
+    started by launch/local.py or ``srun`` with several tasks, each task did the whole job
+    (fine-tuning: its own run in the one workdir until the workdir lock stopped all but one;
+    transfer: the same files written by each; eval: its line once per task). One line from
+    every task now (exit 1), before any work. A half-set environment (an sbatch script's own:
+    SLURM_NTASKS without a step's variables) is one process."""
     try:
         group = resolve(None, None, None, env)
     except DistributedError:
         return
     if group is not None:
-        print(f"error: {tool} runs as one process (over every device of its host), and this "
+        print(f"error: {tool} runs as one process (over the devices of its host), and this "
               f"one was started as one of several (process {group.rank} of {group.size}, from "
               f"{group.source}): start it once, without launch/local.py (or with srun "
               f"--ntasks=1)", file=sys.stderr)

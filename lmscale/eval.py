@@ -70,6 +70,8 @@ def _check_data_flags() -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from lmscale.distributed import refuse_several_processes
+    refuse_several_processes("lmscale.eval", dict(os.environ))  # each task did the whole job
     from lmscale.training.host_devices import split_host_like_run
     from lmscale.training.restore import evaluate_data, load_trained, run_dataset, with_compute
     run_cli(_check_data_flags)

@@ -57,6 +57,8 @@ HEATMAP_CHARS = 5000
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from lmscale.distributed import refuse_several_processes
+    refuse_several_processes("lmscale.generate", dict(os.environ))  # each task did the whole job
     from lmscale.generation import generate
     from lmscale.training.restore import lm_record, load_trained
     from lmscale.transfer import plots

@@ -170,6 +170,8 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
         sys.exit(1)
+    from lmscale.distributed import refuse_several_processes
+    refuse_several_processes("lmscale.prepare", dict(os.environ))  # each task wrote the output
     from lmscale.data.dataset import TokenDataset
     # SIGTERM (a scheduler) unwinds like Ctrl-C, so the temporary folder is removed either way.
     signal.signal(signal.SIGTERM, _interrupt)

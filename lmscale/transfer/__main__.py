@@ -80,6 +80,8 @@ def _check_test_held_out() -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from lmscale.distributed import refuse_several_processes
+    refuse_several_processes("lmscale.transfer", dict(os.environ))  # each task did the whole job
     run_cli(_check_test_held_out)  # before the LM is read
     import jax
 

@@ -232,6 +232,32 @@ def test_a_process_told_another_count_is_named_by_the_one_left_waiting(tmp_path,
     assert "Traceback" not in err0, err0[-2000:]
 
 
+@pytest.mark.parametrize("tool,flags", [
+    ("lmscale.eval", ["--workdir=RUN"]),
+    ("lmscale.generate", ["--workdir=RUN"]),
+    ("lmscale.transfer", ["--workdir=RUN", "--train=a.csv", "--val=b.csv"]),
+    ("lmscale.classify", ["--workdir=RUN", "--input=a.csv", "--output=p.csv"]),
+    ("lmscale.prepare", ["--input=a.txt", "--output=OUT"]),
+])
+def test_the_other_tools_started_as_several_processes_say_they_run_as_one(tmp_path, tool, flags):
+    """Under launch/local.py (or srun with several tasks) each process did the whole job:
+    transfer wrote the same transfer/ and features/ files from every process, eval printed
+    its line once per process."""
+    env = {"LMSCALE_NUM_PROCESSES": "2", "LMSCALE_PROCESS_ID": "1",
+           "LMSCALE_COORDINATOR_ADDRESS": "127.0.0.1:1234"}
+    flags = [f.replace("RUN", str(tmp_path / "run")).replace("OUT", str(tmp_path / "out"))
+             for f in flags]
+    proc = subprocess.run([sys.executable, "-m", tool, *flags], cwd=tmp_path,
+                          env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert [l for l in proc.stderr.splitlines() if l.strip()] == [
+        f"error: {tool} runs as one process (over the devices of its host), and this one was "
+        f"started as one of several (process 1 of 2, from LMSCALE_* environment): start it "
+        f"once, without "
+        f"launch/local.py (or with srun --ntasks=1)"], proc.stderr
+    assert not os.listdir(tmp_path)
+
+
 def test_finetune_in_an_sbatch_scripts_own_environment_runs_as_its_one_process():
     """A plain `python -m lmscale.finetune` in an sbatch --ntasks=4 script inherits
     SLURM_NTASKS=4 without a step's variables: one process, not refused."""
