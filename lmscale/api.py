@@ -239,11 +239,13 @@ def _counted_lookup(targets: list[tuple[np.ndarray, np.ndarray]], plan: Any) -> 
     return lookup
 
 
-def load_lm(workdir: str, step: int | None = None, compute: str = "float32") -> LM:
-    """The latest (or given) checkpoint of a training run or imported model; ``compute``: the
+def load_lm(workdir: str, step: int | None = None, compute: str = "float32",
+            best: bool = False) -> LM:
+    """The latest (or given) checkpoint of a training run or imported model; ``best``: the
+    weights that validated best instead (``checkpoint.keep_best``); ``compute``: the
     matmuls' dtype ("bfloat16": ~3x faster featurizing on CPUs with AMX and on GPUs).
     FileNotFoundError (saying why and the way on) for a folder that is no LM run (a
     classifier's, weights still to convert) or a step it does not hold."""
     if not isinstance(workdir, (str, os.PathLike)):  # None was a TypeError from posixpath
         raise TypeError(f"workdir must be a run's folder (a str or path), got {workdir!r}")
-    return LM(load_trained(workdir, step, compute=compute))
+    return LM(load_trained(workdir, step, best=best, compute=compute))

@@ -307,3 +307,14 @@ def parse_flags(argv: list[str]) -> list[str]:
     except Exception as e:  # config file that fails to load, bad override value, ...
         print(f"error: {type(e).__name__}: {e}".replace("\n", " "), file=sys.stderr)
     sys.exit(1)
+
+
+def define_weights_flags() -> Callable[[], dict[str, Any]]:
+    """``--step`` and ``--best`` of a tool that reads an LM's weights (eval, generate,
+    transfer); returns a function giving ``load_trained``'s ``step`` and ``best`` from them."""
+    from absl import flags
+    step = flags.DEFINE_integer("step", -1, "Checkpoint step; -1 = the latest.")
+    best = flags.DEFINE_bool("best", False, "The weights with the lowest validation loss (a run "
+                             "with checkpoint.keep_best; NT-ASGD: averaged) instead of a "
+                             "checkpoint's.")
+    return lambda: {"step": None if step.value < 0 else step.value, "best": best.value}

@@ -16,7 +16,7 @@ import os
 
 from absl import app, flags
 
-from lmscale.cli import parse_flags, run_cli
+from lmscale.cli import define_weights_flags, parse_flags, run_cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.")
 _DATA = flags.DEFINE_string("data", None, "A prepared dataset folder, or text paths/globs; "
@@ -29,9 +29,7 @@ _SEQ = flags.DEFINE_integer("seq_len", 0, "Tokens per step; 0 = the run's train.
 _STEPS = flags.DEFINE_integer("max_steps", -1, "Batches to evaluate; 0 = the whole split "
                               "(every token but each row's first, which has no context, and "
                               "the last tokens-mod-rows), -1 = the run's train.eval_steps.")
-_STEP = flags.DEFINE_integer("step", -1, "Checkpoint step; -1 = the latest.")
-_BEST = flags.DEFINE_bool("best", False, "The weights with the lowest validation loss "
-                          "(a run with checkpoint.keep_best; NT-ASGD: averaged) instead of a checkpoint's.")
+_WEIGHTS = define_weights_flags()  # --step, --best
 _COLUMN = flags.DEFINE_string("text_column", None, "CSV column holding the text; default: the "
                               "run's data.text_column.")
 _FIELD = flags.DEFINE_string("text_field", None, "JSONL field holding the text; default: the "
@@ -78,7 +76,7 @@ def main(argv: list[str]) -> None:
     run_cli(lambda: split_host_like_run(_WORKDIR.value))  # the devices the run trained on
 
     def run() -> dict:
-        lm = load_trained(_WORKDIR.value, None if _STEP.value < 0 else _STEP.value, best=_BEST.value)
+        lm = load_trained(_WORKDIR.value, **_WEIGHTS())
         lm = with_compute(lm, _COMPUTE.value or lm.config.precision.compute)
         data = _DATA.value or run_dataset(lm)
         result = evaluate_data(lm, data, split=_SPLIT.value, batch_size=_BATCH.value or None,
@@ -87,7 +85,7 @@ def main(argv: list[str]) -> None:
                                text_field=_FIELD.value)
         from lmscale.data.dataset import is_dataset
         split = _SPLIT.value if is_dataset(data) else "all"  # text files: all of their text
-        return {"workdir": os.path.abspath(_WORKDIR.value), "step": lm.step, "best": _BEST.value,
+        return {"workdir": os.path.abspath(_WORKDIR.value), "step": lm.step, "best": _WEIGHTS()["best"],
                 "data": data, "split": split, "compute": lm.compute, **result}
 
     result = run_cli(run)

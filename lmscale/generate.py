@@ -18,7 +18,7 @@ import sys
 from absl import app, flags
 
 from lmscale.atomic import write_json
-from lmscale.cli import parse_flags, run_cli, writable_folder
+from lmscale.cli import define_weights_flags, parse_flags, run_cli, writable_folder
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained (or imported) LM's run directory.")
 _PROMPT = flags.DEFINE_string("prompt", "\n", "Text to continue.")
@@ -48,6 +48,7 @@ _OUTPUT = flags.DEFINE_string("output", None, "Output folder; default WORKDIR/ge
 _COMPUTE = flags.DEFINE_enum("compute", "float32", ["float32", "bfloat16", "float16"],
                              "The LM's matmul dtype (float32 accumulation and states); bfloat16 "
                              "is faster on CPUs with AMX and on GPUs.")
+_WEIGHTS = define_weights_flags()  # --step, --best
 flags.mark_flags_as_required(["workdir"])
 # Characters of each sample the heatmap shows: a PNG draws a patch and a glyph per character
 # (300,000 tokens x 2 samples ran for 11 minutes and 13 GB without finishing it).
@@ -76,7 +77,7 @@ def main(argv: list[str]) -> None:
             # Before loading and sampling: a read-only workdir fails at once, with the way out.
             writable_folder(out, "pass --output=FOLDER to write the samples elsewhere"
                             if not _OUTPUT.value else "pass another --output folder")
-        lm = load_trained(_WORKDIR.value, compute=_COMPUTE.value)
+        lm = load_trained(_WORKDIR.value, compute=_COMPUTE.value, **_WEIGHTS())
         model = lm.model()
         width = model.feature_width
         if _HEATMAP_UNIT.value is not None and not 0 <= _HEATMAP_UNIT.value < width:

@@ -109,7 +109,9 @@ def _load_transfer_lm(folder: str, info: dict[str, Any]) -> Any:
         if not os.path.isfile(os.path.join(path, "config.json")):
             continue
         try:
-            lm = load_trained(path, info["lm_step"], compute=info.get("compute", "float32"))
+            best = bool(info.get("lm_best"))  # fit on the weights kept as validated best
+            lm = load_trained(path, None if best else info["lm_step"], best=best,
+                              compute=info.get("compute", "float32"))
         except (FileNotFoundError, CheckpointError) as e:
             errors.append(e)
             continue
@@ -117,8 +119,8 @@ def _load_transfer_lm(folder: str, info: dict[str, Any]) -> Any:
         if fit_on is not None and fit_on != weights_fingerprint(lm):
             errors.append(CheckpointMismatchError(
                 f"{folder}: this classifier was fit on the features of other weights than "
-                f"{path} now holds at step {info['lm_step']} (the LM was retrained or its "
-                f"checkpoint replaced since); re-run lmscale.transfer"))
+                f"{path} now holds at step {info['lm_step']}{' (best)' if best else ''} (the LM "
+                f"was retrained or its checkpoint replaced since); re-run lmscale.transfer"))
             continue
         info["lm_workdir"] = path
         return lm

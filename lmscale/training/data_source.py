@@ -161,6 +161,21 @@ def text_sources(data: ml_collections.ConfigDict) -> list[list] | None:
     return out
 
 
+def same_text_files(workdir: str, data: ml_collections.ConfigDict) -> bool:
+    """Whether ``data.train`` / ``val`` / ``test`` name text files with the names and sizes
+    WORKDIR/data was prepared from (its data_request.json's sources, in order): the run's
+    text under another path (moved to another machine, or a relative path spelled from
+    elsewhere). A resume reads WORKDIR/data, not the text; False where either is unknown."""
+    try:
+        with open(os.path.join(workdir, "data_request.json"), encoding="utf-8") as f:
+            recorded = json.load(f).get("sources")
+    except (OSError, ValueError, AttributeError):
+        return False
+    now = text_sources(data)
+    key = lambda sources: [(os.path.basename(p), n) for p, n, _ in sources]
+    return bool(recorded) and now is not None and key(recorded) == key(now)
+
+
 def changed_sources(old: list[list], new: list[list]) -> str:
     """What differs between two ``text_sources`` lists, in words (the first few files)."""
     was, now = {p: (n, t) for p, n, t in old}, {p: (n, t) for p, n, t in new}
@@ -296,6 +311,15 @@ def _prepare_in_workdir(data: ml_collections.ConfigDict, workdir: str, progress:
         moved = [k for k in sorted(recorded) if not _same_request_value(k, recorded[k], request.get(k))]
         if resuming and not moved:  # keys only a newer lmscale records, or the same sp_model
             recorded = request  # file moved: the same request
+        paths = {"inputs": "data.train", "val": "data.val", "test": "data.test"}
+        if resuming and moved and set(moved) <= set(paths) and same_text_files(workdir, data):
+            print(f"note: {', '.join(f'{paths[k]}={request.get(k)!r}' for k in moved)} names "
+                  f"the text {target} was prepared from ({', '.join(repr(recorded.get(k)) for k in moved)}) "
+                  f"under another path: the same file names and sizes; the resumed run goes on "
+                  f"with {target}", file=sys.stderr, flush=True)
+            if jax.process_index() == 0:  # where its text is now (later changes: said there)
+                write_json(request_path, {**request, "sources": sources}, indent=2)
+            return target
         if moved and resuming:  # refused before the run's data is replaced
             key = moved[0]
             from lmscale.training.checkpoints import CheckpointMismatchError

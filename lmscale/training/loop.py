@@ -99,7 +99,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
         try:
             if reader.latest_step() is not None:  # refuse a changed run before touching its data
                 saved = reader.newest_usable(reader.read_meta, config.checkpoint.fallback)
-                check_resumable(saved, config, reader.directory)
+                check_resumable(saved, config, reader.directory, workdir)
         finally:
             reader.close()
 

@@ -55,6 +55,7 @@ class TrainedLM:
     decode_cache: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False,
                                                      compare=False)
     compute: str = "float32"  # the matmuls' operand dtype (``with_compute``)
+    best: bool = False  # the weights kept as validated best (WORKDIR/best/), not a checkpoint's
 
     def model(self) -> nnx.Module:
         return nnx.merge(self.graphdef, self.params)
@@ -107,9 +108,10 @@ def weights_fingerprint(lm: TrainedLM) -> str:
 
 
 def lm_record(lm: TrainedLM, workdir: str) -> dict[str, Any]:
-    """Which LM made an output: its folder, step, weights' fingerprint (what a saved
-    classifier checks) and architecture (its kind's fields, not every kind's defaults)."""
-    return {"workdir": os.path.abspath(workdir), "step": lm.step,
+    """Which LM made an output: its folder, step (``best``: its weights kept as validated
+    best), weights' fingerprint (what a saved classifier checks) and architecture (its
+    kind's fields, not every kind's defaults)."""
+    return {"workdir": os.path.abspath(workdir), "step": lm.step, **({"best": True} if lm.best else {}),
             "weights": weights_fingerprint(lm), "model": architecture(lm.config.model)}
 
 
@@ -198,10 +200,15 @@ def load_trained(workdir: str, step: int | None = None, mesh: Mesh | None = None
                 tokenizer, vocab_size, graphdef, params, step = _restore_step(
                     checkpointer, workdir, config, derived, step, best, mesh)
                 break
-            except UnreadableCheckpointError:
+            except UnreadableCheckpointError as e:
                 time.sleep(0.2)  # a deletion under way (its files go first, then its folder)
                 if best or os.path.isdir(checkpointer.path(step)):
-                    raise
+                    older = [s for s in on_disk if s < step]
+                    if best or not older:
+                        raise
+                    raise UnreadableCheckpointError(
+                        f"{e}; --step={older[0]} reads the one before it (lmscale.eval, generate "
+                        f"and transfer; load_lm(..., step={older[0]}))") from None
                 if not latest or attempt == 2:  # removed while being read
                     raise FileNotFoundError(
                         f"checkpoint {checkpointer.path(step)} was removed while being read (a "
@@ -210,7 +217,8 @@ def load_trained(workdir: str, step: int | None = None, mesh: Mesh | None = None
         finally:
             checkpointer.close()
     lm = TrainedLM(config=config, derived=derived, tokenizer=tokenizer, graphdef=graphdef,
-                   params=params, step=step, mesh=mesh, workdir=os.path.abspath(workdir))
+                   params=params, step=step, mesh=mesh, workdir=os.path.abspath(workdir),
+                   best=best)
     return with_compute(lm, compute, vocab_size)
 
 

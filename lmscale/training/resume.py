@@ -72,7 +72,8 @@ def refuse_classifier_run(workdir: str) -> None:
             f"from {derived.get('init_from') or 'the LM its config.json names'})")
 
 
-def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict, where: str) -> None:
+def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict, where: str,
+                    workdir: str | None = None) -> None:
     """Refuses a resume whose config changes a field of ``RESUME_FIELDS``, naming it (of the
     data.* fields only data.train when it is a prepared dataset: its own split and tokenizer
     are used, whatever the others say).
@@ -85,6 +86,7 @@ def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict, wh
     if not old or not _get(old, "data.train"):
         return
     new = config.to_dict()
+    from lmscale.training.data_source import same_text_files
     fields = RESUME_FIELDS
     if _get(new, "data.tokenizer") == "sentencepiece":
         if _get(new, "data.sp_model"):  # the model file defines the vocabulary: its bytes count
@@ -110,6 +112,18 @@ def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict, wh
         if (key == "data.train" and before != _get(new, key)
                 and _same_prepared_dataset(saved, str(_get(new, key)))):
             continue  # the same prepared dataset, however its path is spelled
+        in_workdir = bool(workdir) and os.path.isfile(os.path.join(workdir, "data_request.json"))
+        if (key in ("data.train", "data.val", "data.test") and before != _get(new, key)
+                and in_workdir and same_text_files(workdir, config.data)):
+            continue  # its text under another path (said when WORKDIR/data is opened)
+        if key == "data.train" and before != _get(new, key) and in_workdir:
+            raise CheckpointMismatchError(
+                f"{where} was trained with data.train={before!r}; resuming it with "
+                f"data.train={_get(new, key)!r} is refused (its steps were trained on the "
+                f"other, and these files differ from it in names or sizes); a resume reads "
+                f"the run's prepared {os.path.join(workdir, 'data')}: give the old value "
+                f"(it need not exist any more), or a new --workdir, or --config.resume=false "
+                f"to start afresh (the old run is archived)")
         if before != _get(new, key):
             raise CheckpointMismatchError(
                 f"{where} was trained with {key}={before!r}; resuming it with "

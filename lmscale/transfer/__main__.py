@@ -17,7 +17,7 @@ import sys
 
 from absl import app, flags
 
-from lmscale.cli import parse_flags, run_cli
+from lmscale.cli import define_weights_flags, parse_flags, run_cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained (or imported) LM's run directory.")
 _TRAIN = flags.DEFINE_string("train", None, "Labeled training texts: .csv/.jsonl or tfds:NAME/SPLIT.")
@@ -60,6 +60,7 @@ _THRESHOLD_METRIC = flags.DEFINE_enum(
     "threshold_metric", "f1", ["f1", "jaccard", "micro_f1"],
     "Multi-label: the val thresholds maximize each label's F1, or go on to the best per-text "
     "Jaccard (SemEval-2018 E-c's score) or micro F1 of all labels together.")
+_WEIGHTS = define_weights_flags()  # --step, --best
 flags.mark_flags_as_required(["workdir", "train", "val"])
 
 
@@ -96,7 +97,7 @@ def main(argv: list[str]) -> None:
         pooling=_POOLING.value, all_layers=_ALL_LAYERS.value, baseline=_BASELINE.value,
         batch_size=_BATCH.value, progress=sys.stderr.isatty(), compute=_COMPUTE.value,
         features_dir=_FEATURES_DIR.value, stages=True, standardize=_STANDARDIZE.value,
-        threshold_metric=_THRESHOLD_METRIC.value,
+        threshold_metric=_THRESHOLD_METRIC.value, **_WEIGHTS(),
         **({} if _SEARCH_ROWS.value is None else {"search_rows": _SEARCH_ROWS.value}),
         **({} if _C.value is None else {"Cs": _C.value})))
     pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"

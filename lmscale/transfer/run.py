@@ -40,7 +40,8 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
                  progress: bool = False, lm: TrainedLM | None = None, compute: str = "float32",
                  features_dir: str | None = None, stages: bool = False,
                  search_rows: int = SEARCH_ROWS, standardize: bool = True,
-                 threshold_metric: str = "f1") -> dict[str, Any]:
+                 threshold_metric: str = "f1", step: int | None = None,
+                 best: bool = False) -> dict[str, Any]:
     """Runs the whole transfer; returns the results dict also written to OUTPUT/results.json.
 
     ``output`` defaults to WORKDIR/transfer. Features are cached in ``features_dir``, by default
@@ -53,7 +54,8 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
     them (``classify.fit_l1``; multi-label: a random subsample, each label's C refitted); 0:
     every text. ``standardize``: each unit scaled to mean 0 and variance 1 on train before
     the fits (False: raw features, as OpenAI's utils.py fits them). ``threshold_metric``
-    (multi-label): what the val thresholds maximize (``metrics.tune_thresholds``).
+    (multi-label): what the val thresholds maximize (``metrics.tune_thresholds``). ``step``
+    / ``best``: which of the run's weights (``load_trained``; default its latest checkpoint).
     A model whose import recorded its sentiment unit (OpenAI's 2388) gets it reported beside
     the unit this fit finds (``recorded_unit``: its rank, sign and accuracy alone).
     """
@@ -87,7 +89,8 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
         cache = _features_dir(workdir, output, features_dir)
     else:
         cache = os.path.join(workdir, "features") if features_dir is None else features_dir or None
-    lm = with_compute(lm, compute) if lm is not None else load_trained(workdir, compute=compute)
+    lm = (with_compute(lm, compute) if lm is not None
+          else load_trained(workdir, step, best=best, compute=compute))
     state = feature_state(lm, state)
     os.makedirs(output, exist_ok=True)
 
@@ -125,7 +128,7 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
     feats = {name: scaler.transform(f).astype(np.float32) for name, f in feats.items()}
     x_test = feats.get("test")
     info = {"lm_workdir": os.path.abspath(workdir), "lm_step": lm.step,
-            "lm_weights": weights_fingerprint(lm), "state": state, "pooling": pooling,
+            **({"lm_best": True} if lm.best else {}), "lm_weights": weights_fingerprint(lm), "state": state, "pooling": pooling,
             "all_layers": all_layers, "compute": lm.compute}
     if multilabel:
         return _multilabel(lm, workdir, splits, feats, y, scaler, info, output, baseline, Cs,

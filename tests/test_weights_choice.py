@@ -1,0 +1,91 @@
+"""Which of a run's weights the tools read: --step and --best in eval, generate and transfer
+(generate and transfer read only the latest before: the weights kept as validated best, the
+model awd-lstm-lm reports, could be scored but not sampled or transferred), what the outputs
+record, and the way on past an unreadable newest checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, tiny_config, write_corpus
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """8 steps that improve, then 8 at a learning rate that makes it worse: best/ holds an
+    earlier step than the latest checkpoint (16)."""
+    from lmscale.training.loop import train
+    root = tmp_path_factory.mktemp("weights")
+    corpus = write_corpus(root / "corpus")
+    workdir = str(root / "run")
+    settings = {"train.eval_every": 4, "checkpoint.every": 4, "checkpoint.keep_best": True,
+                "checkpoint.keep": 5}
+    train(tiny_config(corpus, **settings, **{"train.steps": 8}), workdir)
+    train(tiny_config(corpus, **settings, **{"train.steps": 16, "optim.lr": 5.0, "train.divergence_factor": 0.0,
+                                              "optim.warmup_steps": 0}), workdir)
+    best = json.load(open(os.path.join(workdir, "best.json")))
+    assert best["step"] < 16, best  # the premise: the late steps validated worse
+    texts = root / "labeled.csv"
+    with open(texts, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["sentence", "label"])
+        for i in range(40):
+            w.writerow([f"the {'red' if i % 2 else 'big'} cat sat on mat {i}.", i % 2])
+    return workdir, best["step"], str(texts)
+
+
+def _tool(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_generate_samples_from_the_best_weights_or_a_given_step(run, tmp_path):
+    workdir, best_step, _ = run
+    for flag, step, best in (("--best", best_step, True), ("--step=4", 4, False)):
+        out = tmp_path / flag.strip("-").replace("=", "")
+        proc = _tool("lmscale.generate", f"--workdir={workdir}", f"--output={out}", flag,
+                     "--length=8", "--samples=1")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        lm = json.loads((out / "samples.json").read_text())["lm"]
+        assert lm["step"] == step and lm.get("best", False) is best, lm
+
+
+def test_transfer_from_the_best_weights_and_its_classifier_reads_them_again(run, tmp_path):
+    workdir, best_step, texts = run
+    out = tmp_path / "transfer"
+    proc = _tool("lmscale.transfer", f"--workdir={workdir}", f"--train={texts}",
+                 f"--val={texts}", f"--output={out}", "--best", "--baseline=none",
+                 "--C=0.125,1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["lm"]["step"] == best_step and results["lm"]["best"] is True
+    from lmscale.finetuning.classifier import load_classifier
+    from lmscale.training.restore import load_trained, weights_fingerprint
+    clf = load_classifier(str(out))
+    assert weights_fingerprint(clf.lm) == weights_fingerprint(load_trained(workdir, best=True))
+    assert weights_fingerprint(clf.lm) != weights_fingerprint(load_trained(workdir))
+    probs = clf.predict_proba(["the red cat sat on mat 1."])
+    assert probs.shape == (1, 2)
+
+
+def test_an_unreadable_newest_checkpoint_names_the_step_before_it(run, tmp_path):
+    import shutil
+    workdir, _, _ = run
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy)
+    for path in glob.glob(str(copy / "checkpoints" / "16" / "state" / "**" / "*"), recursive=True):
+        if os.path.isfile(path) and os.path.getsize(path) > 100:
+            os.truncate(path, 100)
+    proc = _tool("lmscale.eval", f"--workdir={copy}")
+    assert proc.returncode == 1
+    assert "is unreadable" in proc.stderr and "--step=12 reads the one before it" in proc.stderr, \
+        proc.stderr[-2000:]
+    proc = _tool("lmscale.eval", f"--workdir={copy}", "--step=12")
+    assert proc.returncode == 0, proc.stderr[-2000:]
