@@ -89,3 +89,19 @@ def test_an_unreadable_newest_checkpoint_names_the_step_before_it(run, tmp_path)
         proc.stderr[-2000:]
     proc = _tool("lmscale.eval", f"--workdir={copy}", "--step=12")
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_fine_tuning_starts_from_the_best_weights_given_as_run_best(run, tmp_path):
+    """--config.init_from=RUN/best: a fine-tune could start only from a run's latest
+    checkpoint (and RUN/best was "not an lmscale LM workdir")."""
+    from lmscale.finetuning.loop import finetune
+    from lmscale.training.restore import load_trained
+    from tests.finetune.test_finetune import ft_config
+    workdir, best_step, texts = run
+    ft = str(tmp_path / "ft")
+    finetune(ft_config(os.path.join(workdir, "best"), texts, texts, **{
+        "train.steps": 2, "train.eval_every": 2, "checkpoint.every": 2,
+        "train.batch_size": 8}), ft)
+    derived = json.load(open(os.path.join(ft, "config.json")))["derived"]
+    assert derived["lm_step"] == best_step
+    assert load_trained(os.path.join(workdir, "best")).best

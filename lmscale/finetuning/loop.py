@@ -47,13 +47,14 @@ from lmscale.models import built_in_one_program
 from lmscale.pretrained.preprocess import preprocessor_for
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.checkpoints import Checkpointer, check_same_model
-from lmscale.training.diverged import check_finite, save_finite
+from lmscale.training.diverged import DivergedError, check_finite, save_finite
 from lmscale.training.fits import check_step_fits_host
 from lmscale.training.metrics import MetricsWriter
 from lmscale.training.optimizer import finetune_applied_lrs, make_finetune_optimizer
 from lmscale.training.in_flight import InFlight
-from lmscale.training.precision import LossScale, Policy, print_compute_hint
-from lmscale.training.restore import TrainedLM, load_trained, weights_fingerprint
+from lmscale.training.precision import (LossScale, Policy, SkippedRun, print_compute_hint,
+                                        resumed_loss_scale)
+from lmscale.training.restore import TrainedLM, best_folder, load_trained, weights_fingerprint
 from lmscale.training.schedules import batch_and_rate_note, finetune_warmup_notes
 from lmscale.training.resume import (RUN_FILES, archive_previous_run, check_same_optimizer,
                                      keep_config_history, resumed_derived, software_versions)
@@ -77,7 +78,7 @@ def load_lm(path: str) -> TrainedLM:
     """The LM of ``init_from``; a one-line error unless it is an lmscale LM workdir."""
     if not path:
         raise ConfigError("init_from is empty: give --config.init_from=LM_WORKDIR (a trained LM run)")
-    config_path = os.path.join(path, "config.json")
+    config_path = os.path.join(best_folder(path)[0], "config.json")  # RUN/best: RUN's best weights
     if not os.path.exists(config_path):
         raise ConfigError(f"init_from={path} is not an lmscale LM workdir: no config.json there")
     if load_config(config_path)[0].init_from:
@@ -274,6 +275,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
                  "num_classes": num_classes, **{f"finetune.{k}": ft[k] for k in HEAD_FIELDS}}
     state = init_finetune_state(config, policy, tx, params, mesh, abstract=resuming)
     shardings = state_shardings(state, mesh)
+    precision_note = None
     if saved is not None:
         def restore(step: int) -> tuple[Any, dict[str, Any]]:
             meta = checkpointer.read_meta(step)
@@ -285,7 +287,12 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
 
         # the record of the checkpoint restored (a fallback's, not the one set aside)
         state, saved = checkpointer.newest_usable(restore, fallback)
+        state, precision_note = resumed_loss_scale(state, saved.get("precision"), policy,
+                                                   config.precision, shardings.loss_scale)
     start = int(jax.device_get(state.step))
+    same_precision = resuming and not precision_note  # float16's steps skipped in a row go on
+    skipped_run = SkippedRun(start, int(jax.device_get(state.loss_scale.skipped)),
+                             saved.get("skipped_in_a_row", 0) if same_precision else 0)
     derived = {"steps": steps, "steps_per_epoch": batches.steps_per_epoch, "decay_steps": decay,
                "lr": lr, "head_lr": head_lr, "weight_decay": optim.weight_decay,
                "lm_layer_lrs": layer_rates.peak_rates(lr, ft.layer_lr_decay, layers),
@@ -298,8 +305,9 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
                "precision": str(policy), "texts": {n: len(d) for n, d in splits.items()},
                **({"pretrained": lm.derived["pretrained"]} if "pretrained" in lm.derived else {})}
     if resuming and is_main:
-        for note in resumed_otherwise(saved, config, start):
-            print(note, file=sys.stderr, flush=True)
+        for note in (*resumed_otherwise(saved, config, start), precision_note):
+            if note:
+                print(note, file=sys.stderr, flush=True)
     if resuming and start >= steps and is_main:  # as lmscale.train says it, bar or not
         print(f"{workdir} is already fine-tuned to step {start} (train.steps={steps}): nothing "
               f"to train; its results again", file=sys.stderr, flush=True)
@@ -370,6 +378,13 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
     in_flight = InFlight()  # bounded async dispatch (lmscale/training/in_flight.py)
     accuracy_name = "label_accuracy" if ft.multilabel else "accuracy"
     compiled: set[tuple[bool, tuple[int, ...]]] = set()
+    def save(state: Any) -> None:
+        """``save_finite`` with float16's steps skipped in a row in the record."""
+        if state.loss_scale.dynamic:
+            meta["skipped_in_a_row"] = skipped_run.advance(
+                step, int(jax.device_get(state.loss_scale.skipped)), True)
+        save_finite(checkpointer, state, meta, LOWER)
+
     with StopSignal(config.train.stop_sync_every) as stop:
         while step < steps and not stop.should_stop(step):
             batch = put_batch(batches.batch(step), mesh, BATCH_KEYS)
@@ -405,6 +420,9 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
                 if timer.compile_s is not None:
                     record["first_step_s"] = timer.compile_s
                 writer.write(record)
+                stuck = skipped_run.after_log(step, int(ls.skipped), float(ls.scale), ls.dynamic)
+                if stuck:  # float16 skipping every step to the end: a NaN classifier, exit 0
+                    raise DivergedError(stuck, step)
                 if progress:
                     print(f"step {step}/{steps}: loss {record['loss']:.4f} "
                           f"{accuracy_name.replace('_', ' ')} {record[accuracy_name]:.4f} "
@@ -425,8 +443,8 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
                           f"at step {best['step']})", file=sys.stderr, flush=True)
                 timer.reset()
             if step % config.checkpoint.every == 0 and step < steps:
-                save_finite(checkpointer, state, meta, LOWER)
-        save_finite(checkpointer, state, meta, LOWER)
+                save(state)
+        save(state)
         checkpointer.close()
     writer.close()
     if stop.signal is not None:

@@ -47,7 +47,7 @@ from lmscale.training.best import BestKeeper
 from lmscale.training.diverged import DivergedError, check_loss, save_finite
 from lmscale.training.metrics import MetricsWriter, add_perplexity, read_metrics
 from lmscale.training.ntasgd import NTASGDMonitor, eval_params, switch_on
-from lmscale.training.precision import LossScale, SkippedRun, print_compute_hint
+from lmscale.training.precision import SkippedRun, print_compute_hint, resumed_loss_scale
 from lmscale.training.schedules import batch_and_rate_note, warmup_note
 from lmscale.training.fits import check_step_fits_host
 from lmscale.training.setup import build_train_setup, jit_train_step
@@ -140,6 +140,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
                    # the order its documents were prepared in: a seed, or None (input order)
                    dataset_shuffle_seed=(dataset.metadata.get("options") or {}).get("shuffle_seed"),
                    devices=mesh.size,
+                   # what the data was tokenized with (a prepared dataset's own: data.* may
+                   # name another, unused), and the model's vocabulary
+                   tokenizer=tokenizer.to_dict(), vocab_size=vocab_size,
                    processes=jax.process_count(), params=setup.num_params,
                    train_flops_per_token=train_flops_per_token(
                        config.model, vocab_size, config.train.seq_len,
@@ -150,6 +153,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
 
     signature = model_signature(config, tokenizer.to_dict(), vocab_size,
                                 carries=bool(jax.tree.leaves(state.carry)))
+    precision_note = None
     if saved is not None:
         like = state
 
@@ -159,12 +163,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
             return checkpointer.restore(like, shardings, step), meta
 
         state, saved = checkpointer.newest_usable(restore, config.checkpoint.fallback)
-        if saved.get("precision") != config.precision.compute:
-            # A new precision starts its own loss scale (float16: loss_scale_init, not the
-            # inert 1 of a float32/bfloat16 checkpoint); the run's count of skipped steps goes on.
-            fresh_scale = LossScale.for_precision(setup.policy, config.precision).replace(
-                skipped=jax.device_get(state.loss_scale.skipped))
-            state = state.replace(loss_scale=jax.device_put(fresh_scale, shardings.loss_scale))
+        state, precision_note = resumed_loss_scale(state, saved.get("precision"), setup.policy,
+                                                   config.precision, shardings.loss_scale)
     start = int(jax.device_get(state.step))
     if saved is not None and start >= derived["steps"]:
         checkpointer.close()
@@ -179,7 +179,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
               f"{derived['params']:,} parameters, vocabulary {vocab_size:,}",
               file=sys.stderr, flush=True)
         for note in (unused_settings_note(config.model), trained_length_note(config),
-                     init_note(saved, config), no_val_note,
+                     init_note(saved, config), no_val_note, precision_note,
                      batch_and_rate_note(config, mesh.size, derived["lr"]),
                      warmup_note(config.optim.schedule, config.optim.warmup_steps,
                                  derived["steps"], derived["decay_steps"])):

@@ -162,12 +162,26 @@ def _not_a_run(workdir: str, config_path: str) -> str:
     return f"{workdir} is not a training run: {config_path} does not exist"
 
 
+def best_folder(path: str) -> tuple[str, bool]:
+    """(workdir, True) for a run's ``WORKDIR/best`` (the weights kept as validated best:
+    ``--config.init_from=RUN/best`` fine-tunes from them), else (path, False)."""
+    parent = os.path.dirname(os.path.normpath(path))
+    if (os.path.basename(os.path.normpath(path)) == "best"
+            and not os.path.isfile(os.path.join(path, "config.json"))
+            and os.path.isfile(os.path.join(parent, "config.json"))):
+        return parent, True
+    return path, False
+
+
 def load_trained(workdir: str, step: int | None = None, mesh: Mesh | None = None,
                  best: bool = False, compute: str = "float32") -> TrainedLM:
-    """Restores the parameters of the latest (or given) checkpoint of ``workdir``; ``best``:
-    the weights with the lowest validation loss (``checkpoint.keep_best``, in WORKDIR/best/);
+    """Restores the parameters of the latest (or given) checkpoint of ``workdir``; ``best``
+    (or ``workdir`` given as WORKDIR/best): the weights with the lowest validation loss
+    (``checkpoint.keep_best``, in WORKDIR/best/);
     ``compute``: the matmuls' dtype for inference (``with_compute``)."""
     _check_compute(compute)  # before the restore, which is the slow part
+    workdir, in_best = best_folder(workdir)
+    best = best or in_best
     if best and step is not None:
         raise ConfigError(f"the best weights and step {step} name two different weights of "
                           f"{workdir}: give one (best: those validated best, at their own step)")

@@ -273,11 +273,17 @@ def check_same_dataset(saved: dict[str, Any], path: str, fingerprint: str, where
 
 def resumed_derived(derived: dict[str, Any], saved: dict[str, Any],
                     config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """``derived`` with the recorded decay horizon kept when no decay setting changed."""
+    """``derived`` with the recorded decay horizon kept when no decay setting changed; a new
+    peak learning rate, or steps past a horizon where the rate is 0, said."""
     old, old_derived = saved.get("config"), saved.get("derived") or {}
     if not old or "decay_steps" not in old_derived:
         return derived
     new = config.to_dict()
+    if (None not in (old_derived.get("lr"), derived.get("lr"))
+            and old_derived["lr"] != derived["lr"] and jax.process_index() == 0):  # optim.lr, its scaling or the batch: unsaid before
+        print(f"note: the peak learning rate is {derived.get('lr'):.4g} from here (it was "
+              f"{old_derived['lr']:.4g}): the schedule goes on at the new rate",
+              file=sys.stderr, flush=True)
     moved = [f"{k} {_get(old, k)!r} -> {_get(new, k)!r}" for k in DECAY_FIELDS
              if _get(old, k) != _get(new, k)]
     if moved:  # the schedule is the new config's: said, since the rate may jump at the resume
@@ -293,10 +299,13 @@ def resumed_derived(derived: dict[str, Any], saved: dict[str, Any],
     matters = new.get("optim", {}).get("schedule") != "constant"  # a horizon to keep
     if (changed and matters and old_derived["decay_steps"] != derived["decay_steps"]
             and jax.process_index() == 0):
+        zero = (derived["steps"] > old_derived["decay_steps"]
+                and new["optim"]["schedule"] in ("linear", "cosine"))
         print(f"note: train.steps is {derived['steps']} (it was {old_derived.get('steps')}); the "
               f"learning rate keeps the decay horizon of {old_derived['decay_steps']} steps the "
-              f"run started with (set optim.decay_steps to change it)",
-              file=sys.stderr, flush=True)
+              f"run started with (set optim.decay_steps to change it)"
+              + (f": past it the {new['optim']['schedule']} rate is 0, and those steps leave "
+                 f"the weights as they are" if zero else ""), file=sys.stderr, flush=True)
     return {**derived, "decay_steps": old_derived["decay_steps"]}
 
 

@@ -22,6 +22,8 @@ import numpy as np
 from sklearn.metrics import (accuracy_score, f1_score, jaccard_score,
                              precision_recall_curve, precision_recall_fscore_support)
 
+from lmscale.data.errors import DataError
+
 METRICS = ("accuracy", "macro_f1", "micro_f1", "jaccard", "loss")
 THRESHOLD_METRICS = ("f1", "jaccard", "micro_f1")  # what tune_thresholds maximizes
 _CANDIDATES = 256  # thresholds tried per class and pass of the coordinate ascent (at most)
@@ -39,9 +41,20 @@ def threshold_metric_problem(metric: str, multilabel: bool, name: str) -> str | 
     return None
 
 
+def check_finite_probs(probs: np.ndarray) -> None:
+    """DataError unless every probability [N, K] is finite, counting the texts that are not."""
+    bad = int(np.sum(~np.all(np.isfinite(probs), axis=-1)))
+    if bad:
+        raise DataError(f"{bad} of {len(probs)} texts' class probabilities are not finite (NaN "
+                        f"or inf): the model's forward overflowed (in float16 compute its range "
+                        f"is small: bfloat16 or float32 reads the same weights)")
+
+
 def predict_labels(probs: np.ndarray, multilabel: bool, thresholds: np.ndarray | None = None
                    ) -> np.ndarray:
-    """Single-label: argmax [N]; multi-label: probs >= threshold per class (0.5 if none), 0/1 [N, K]."""
+    """Single-label: argmax [N]; multi-label: probs >= threshold per class (0.5 if none), 0/1 [N, K].
+    DataError where a probability is not finite (argmax took NaN rows as class 0, silently)."""
+    check_finite_probs(probs)
     if not multilabel:
         return np.argmax(probs, axis=-1)
     t = np.full(probs.shape[1], 0.5) if thresholds is None else np.asarray(thresholds)
@@ -57,6 +70,7 @@ def tune_thresholds(probs: np.ndarray, labels: np.ndarray, metric: str = "f1") -
     "micro_f1": from those, :func:`_ascend` to the thresholds maximizing it over all classes."""
     if metric not in THRESHOLD_METRICS:
         raise ValueError(f"threshold metric must be one of {list(THRESHOLD_METRICS)}, got {metric!r}")
+    check_finite_probs(probs)
     labels = np.asarray(labels).astype(np.int64)
     out = np.full(probs.shape[1], 0.5)
     for k in range(probs.shape[1]):

@@ -51,3 +51,54 @@ def test_a_classifier_fine_tuned_in_bfloat16_predicts_as_it_was_validated(sst_ru
     texts = [r["sentence"] for r in csv.DictReader(open(data["sst_val"]))]
     probs = load_classifier(run, batch_size=32).predict_proba(texts)[:, 1]
     np.testing.assert_allclose(probs, [float(r["p_1"]) for r in saved], atol=1e-6)
+
+
+def test_a_fine_tune_resumed_in_another_precision_starts_its_loss_scale(sst_run, data, tmp_path,
+                                                                         capsys):
+    """lmscale.train restarts the loss scale on a precision change; a fine-tune kept the
+    checkpoint's: float32 -> float16 trained at scale 1 (small float16 gradients underflow,
+    unsaid), float16 -> float32 logged float16's leftover scale."""
+    from lmscale.finetuning.loop import finetune
+    from lmscale.training.metrics import read_metrics
+    base = {"train.log_every": 1, "train.eval_every": 0, "checkpoint.every": 2}
+    run = str(tmp_path / "ft")
+    finetune(ft_config(sst_run, data["sst_train"], data["sst_val"],
+                       **base, **{"train.steps": 2}), run)
+    capsys.readouterr()
+    finetune(ft_config(sst_run, data["sst_train"], data["sst_val"], **base, **{
+        "train.steps": 4, "precision.compute": "float16"}), run)
+    assert ("note: resuming in float16 (the checkpoint trained in float32): its loss scale "
+            "starts at 4.29497e+09") in capsys.readouterr().err
+    scales = {r["step"]: r["loss_scale"] for r in read_metrics(run) if r["split"] == "train"}
+    assert scales[3] >= 2.0 ** 20, scales  # from 2^32 (one overflow at most halves it)
+    finetune(ft_config(sst_run, data["sst_train"], data["sst_val"],
+                       **base, **{"train.steps": 6}), run)
+    scales = {r["step"]: r["loss_scale"] for r in read_metrics(run) if r["split"] == "train"}
+    assert scales[5] == scales[6] == 1.0, scales
+
+
+def test_a_float16_fine_tune_skipping_every_step_stops_instead_of_saving_nan(sst_run, data,
+                                                                             tmp_path):
+    """Every step overflowing at loss scale 1 ran to the end, exited 0 and kept a classifier
+    whose float16 probabilities were NaN (classify then said class 0 for every text); it
+    stops as lmscale.train does (exit 3)."""
+    from lmscale.finetuning.loop import finetune
+    from lmscale.training.diverged import DivergedError
+    from lmscale.training.precision import STUCK_STEPS
+    config = ft_config(sst_run, data["sst_train"], data["sst_val"], **{
+        "train.steps": STUCK_STEPS + 20, "train.log_every": 10, "train.eval_every": 0,
+        "checkpoint.every": 1000, "precision.compute": "float16",
+        "precision.loss_scale_init": 2.0, "optim.lr": 1000.0, "finetune.head_lr": 1000.0})
+    with pytest.raises(DivergedError, match="float16: the last .* steps were all skipped"):
+        finetune(config, str(tmp_path / "boom"))
+
+
+def test_probabilities_that_are_not_finite_are_refused_not_read_as_class_0():
+    from lmscale.data.errors import DataError
+    from lmscale.transfer.metrics import predict_labels, tune_thresholds
+    probs = np.array([[0.2, 0.8], [np.nan, np.nan], [0.6, 0.4]])
+    with pytest.raises(DataError, match="1 of 3 texts' class probabilities are not finite"):
+        predict_labels(probs, False)
+    with pytest.raises(DataError, match="not finite"):
+        tune_thresholds(probs, np.array([[0, 1], [1, 0], [1, 0]]))
+    assert list(predict_labels(probs[[0, 2]], False)) == [1, 0]

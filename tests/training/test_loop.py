@@ -265,15 +265,20 @@ def test_a_resume_whose_first_step_is_logged_leaves_out_the_compile(tmp_path, co
     assert records[16]["chars_per_s"] > 0 and records[24]["chars_per_s"] > 0
 
 
-def test_a_resume_in_another_precision_keeps_the_count_of_skipped_steps(tmp_path, corpus):
+def test_a_resume_in_another_precision_keeps_the_count_of_skipped_steps(tmp_path, corpus,
+                                                                        capsys):
     """float16 from a 2^32 loss scale skips its first steps; resumed in bfloat16 (a new loss
-    scale), the logged ``skipped`` went back to 0, as if none had been skipped."""
+    scale), the logged ``skipped`` went back to 0, as if none had been skipped. The change is
+    said (only history/ recorded it)."""
     workdir = str(tmp_path / "run")
     base = {"train.log_every": 1, "train.eval_every": 0, "checkpoint.every": 4}
     train(tiny_config(corpus, **{**base, "train.steps": 4, "precision.compute": "float16"}), workdir)
     skipped = [r["skipped"] for r in read_metrics(workdir) if r["split"] == "train"]
     assert skipped[-1] > 0, skipped
+    capsys.readouterr()
     train(tiny_config(corpus, **{**base, "train.steps": 6, "precision.compute": "bfloat16"}), workdir)
+    assert ("note: resuming in bfloat16 (the checkpoint trained in float16): no loss scale"
+            in capsys.readouterr().err)
     resumed = [r for r in read_metrics(workdir) if r["split"] == "train" and r["step"] > 4]
     assert [r["skipped"] for r in resumed] == [skipped[-1]] * 2
     assert [r["loss_scale"] for r in resumed] == [1.0, 1.0]

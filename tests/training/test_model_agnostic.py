@@ -125,6 +125,12 @@ def test_sentencepiece_run_is_self_contained_and_counts_bits_per_byte(tmp_path, 
         assert r["bpc"] < r["bits_per_token"]
         if r["split"] == "val":
             assert r["bpc"] * r["chars"] == pytest.approx(r["bits_per_token"] * r["tokens"], rel=1e-9)
+    # Its prepared data trained on as a dataset, data.tokenizer left at its (byte) default:
+    # config.json said "sentiment_discovery" and nothing of the pieces the run read.
+    other = str(tmp_path / "on_the_dataset")
+    train(transformer_config(os.path.join(workdir, "data"), **{"train.steps": 2}), other)
+    derived = json.load(open(os.path.join(other, "config.json")))["derived"]
+    assert derived["tokenizer"]["kind"] == "sentencepiece" and derived["vocab_size"] == 301
     shutil.rmtree(os.path.join(workdir, "data"))  # the workdir alone is enough
     lm = lmscale.load_lm(workdir)
     assert lm.trained.tokenizer.vocab_size == 301

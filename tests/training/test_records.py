@@ -54,7 +54,9 @@ def test_raising_train_steps_keeps_the_decay_horizon(base_run, tmp_path, capfd):
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
     assert [r["lr"] for r in records[4:]] == [0.0, 0.0]
     assert ("note: train.steps is 6 (it was 4); the learning rate keeps the decay horizon of "
-            "4 steps the run started with") in capfd.readouterr().err
+            "4 steps the run started with (set optim.decay_steps to change it): past it the "
+            "linear rate is 0, and those steps leave the weights as they are"
+            ) in capfd.readouterr().err
     train(tiny_config(corpus, **{**BASE, "train.steps": 6}), workdir)  # nothing changed: no note
     assert "note: train.steps" not in capfd.readouterr().err
     config = json.load(open(os.path.join(workdir, "config.json")))
@@ -67,6 +69,16 @@ def test_raising_train_steps_keeps_the_decay_horizon(base_run, tmp_path, capfd):
     # config.json is the current config; the one it replaced is history
     old = json.load(open(os.path.join(workdir, "history", "config.4.json")))
     assert old["train"]["steps"] == 4
+
+
+def test_a_new_peak_learning_rate_is_said_at_the_resume(base_run, tmp_path, capfd):
+    """optim.lr 3e-3 -> 1e-3 at a resume changed the rate unsaid (history/ recorded it)."""
+    corpus, workdir = copy_run(base_run, tmp_path)
+    train(tiny_config(corpus, **{**BASE, "train.steps": 6, "optim.lr": 1e-3,
+                                 "optim.decay_steps": 6}), workdir)
+    err = capfd.readouterr().err
+    assert ("note: the peak learning rate is 0.001 from here (it was 0.003): the schedule goes "
+            "on at the new rate") in err, err
 
 
 def test_a_constant_rate_run_extended_has_no_horizon_note(base_run, tmp_path, capfd):
