@@ -35,6 +35,7 @@ def import_tfds() -> Any:
     TensorFlow's C++ INFO/WARNING lines (its CPU-feature banner) are off unless
     ``TF_CPP_MIN_LOG_LEVEL`` is set (TFDS's own INFO lines: the tools' absl level, WARNING)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # TF 2.21 prints its oneDNN banner anyway
     try:
         import tensorflow_datasets
     except ImportError:
@@ -44,8 +45,14 @@ def import_tfds() -> Any:
 
 
 def _first_line(error: BaseException) -> str:
+    """The error's first line, with the lines after it where it ends in a colon (a list it
+    introduces) and TFDS's "Did you mean" line, joined by "; "."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
+    if not lines:
+        return type(error).__name__
+    said = lines[:4] if lines[0].endswith(":") else lines[:1]
+    said += [line for line in lines[len(said):] if line.startswith("Did you mean")]
+    return "; ".join(said)
 
 
 def _data_dir(tfds: Any) -> str:
@@ -78,7 +85,9 @@ def _builder(spec: str, dataset_name: str, tfds: Any) -> Any:
             builder.download_and_prepare()
         except Exception as e:
             raise DataError(f"{spec}: TensorFlow Datasets could not download and prepare "
-                            f"{dataset_name!r}: {type(e).__name__}: {_first_line(e)}") from None
+                            f"{dataset_name!r}: {type(e).__name__}: {_first_line(e)} (without "
+                            f"internet: `tfds build {dataset_name} --data_dir=DIR` on a machine "
+                            f"with it, then copy DIR here and set TFDS_DATA_DIR to it)") from None
     return builder
 
 
@@ -115,7 +124,7 @@ def iter_examples(spec: str) -> Iterator[dict[str, Any]]:
     data through a data source (no TensorFlow), TFRecord data through tf.data."""
     tfds, builder, split = check_tfds(spec)
     if builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD:
-        yield from builder.as_data_source(split=split)
+        yield from batched_reads(builder.as_data_source(split=split))
         return
     try:
         import tensorflow  # noqa: F401
@@ -126,10 +135,18 @@ def iter_examples(spec: str) -> Iterator[dict[str, Any]]:
     yield from tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))
 
 
+def batched_reads(source: Any, size: int = 1024) -> Iterator[Any]:
+    """The records of a TFDS data source in order, read ``size`` at a time (one by one, a
+    57 MB ArrayRecord corpus took 30 s to read against 3 s for the same text as JSONL)."""
+    for start in range(0, len(source), size):
+        yield from source.__getitems__(list(range(start, min(start + size, len(source)))))
+
+
 def text_feature(example: dict[str, Any], key: str, spec: str) -> str:
     """The text feature ``key`` of one example (bytes are decoded as UTF-8)."""
     if key not in example:
-        raise DataError(f"{spec}: no feature {key!r}; features are {sorted(example)}")
+        raise DataError(f"{spec}: no feature {key!r}; features are {sorted(example)} (the "
+                        f"text's: --text_field, or data.text_field)")
     value = example[key]
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")

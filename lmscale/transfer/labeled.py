@@ -213,6 +213,8 @@ def _read_tfds(name: str, text_key: str, label_names: list[str], hint: str = ""
 def _tfds_label(value: Any, where: str, key: str) -> int:
     """A tfds label feature's class id: a scalar integer (a ClassLabel, an int); a float
     that is an integer; text of one. A sequence or a fraction is a one-line DataError."""
+    if isinstance(value, (list, tuple)):  # an ArrayRecord data source's sequence feature
+        value = np.asarray(value)
     if getattr(value, "ndim", 0) != 0:
         raise DataError(f"{where}: label {key!r} is an array of shape {tuple(value.shape)}, not one "
                         "class id (several 0/1 label features: --label_column=a,b,c)")
