@@ -287,6 +287,10 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"--compute {','.join(unknown)}: the peer runs only {', '.join(PEER_SCANS)}")
     if not a.peer.is_file():
         ap.error(f"no peer at {a.peer} (give --peer)")
+    if not os.access(a.torch_python, os.X_OK):  # was a traceback after lmscale's side compiled
+        ap.error(f"no PyTorch interpreter at {a.torch_python}: make the peer's environment as "
+                 f"its README says (python3 -m venv ~/torch-peer; ~/torch-peer/bin/pip install "
+                 f"torch), or give --torch_python")
     rows = []
     for text in a.shapes.split(","):
         hidden, batch, seq = (int(v) for v in text.split("x"))
