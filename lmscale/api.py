@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lmscale.data.errors import DataError
 from lmscale.models.registry import trained_length
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.loss import bits_per_char
@@ -195,8 +196,22 @@ class LM:
         """``samples`` (default 1) continuations of ``prompt``, each a str with the prompt in
         front; ``length`` counts tokens (bytes of a byte-level model: a multi-byte character is
         several, so fewer characters may come out). Options (temperature, top_k, top_p, seed,
-        samples, neuron, neuron_value, neuron_state) as :func:`lmscale.generation.generate`."""
+        samples, neuron, neuron_value, neuron_state) as :func:`lmscale.generation.generate`;
+        ``neuron_polarity=True`` multiplies neuron_value by the sign ``lmscale.transfer`` found
+        for that unit (in WORKDIR/transfer), and holds it in the state the transfer read."""
         from lmscale.generation import generate
+        if options.pop("neuron_polarity", False):
+            from lmscale.transfer.found_neuron import polarity_sign, transfer_neuron
+            from lmscale.training.restore import weights_fingerprint
+            lm = self.trained
+            found = transfer_neuron(lm.workdir, lm.model().feature_width, lm.step,
+                                    weights_fingerprint(lm))
+            neuron = options.get("neuron")
+            if neuron is None:
+                raise DataError("neuron_polarity signs the value neuron= is held at: give neuron too")
+            options["neuron_value"] = options.get("neuron_value", 0.0) * polarity_sign(
+                found, neuron, lm.workdir)
+            options.setdefault("neuron_state", found[1])
         return generate(self.trained, prompt, length, **options)
 
 

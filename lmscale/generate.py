@@ -11,7 +11,6 @@ writing nothing.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -61,7 +60,8 @@ def main(argv: list[str]) -> None:
     from lmscale.distributed import refuse_several_processes
     refuse_several_processes("lmscale.generate", dict(os.environ))  # each task did the whole job
     from lmscale.generation import generate
-    from lmscale.training.restore import lm_record, load_trained
+    from lmscale.training.restore import lm_record, load_trained, weights_fingerprint
+    from lmscale.transfer.found_neuron import polarity_sign, transfer_neuron
     from lmscale.transfer import plots
     from lmscale.transfer.featurize import preprocess_texts, unit_trace
 
@@ -92,7 +92,7 @@ def main(argv: list[str]) -> None:
         max_len = trained_length(lm.config) or model.max_len
         if not flags.FLAGS["length"].present and max_len is not None and length > max_len // 2:
             length = max_len // 2  # the default, for a transformer: room for the prompt too
-        found = _transfer_neuron(_WORKDIR.value, width, lm.step)
+        found = transfer_neuron(_WORKDIR.value, width, lm.step, weights_fingerprint(lm))
         neuron_state = _STATE.value or None
         if (neuron_state is None and found is not None and found[1]
                 and (_NEURON.value, -1) == (found[0], found[2])):
@@ -100,22 +100,15 @@ def main(argv: list[str]) -> None:
         value = _VALUE.value
         if _POLARITY.value:  # the transfer's own sign of this unit (h = o tanh(c): the same in
             # either state)
-            if found is None or (_NEURON.value, -1) != (found[0], found[2]):
-                what = "no neuron of this LM"
-                if found is not None:
-                    layer = "the last layer" if found[2] == -1 else f"layer {found[2]}"
-                    what = f"unit {found[0]} of {layer} ({found[1]} state)"
-                raise DataError(f"--neuron_polarity takes the sign lmscale.transfer found for "
-                                f"--neuron={_NEURON.value}, and {_WORKDIR.value}/transfer found "
-                                f"{what}: run lmscale.transfer, or give the signed --neuron_value")
-            value *= found[3]
+            value *= polarity_sign(found, _NEURON.value, _WORKDIR.value, "--neuron_polarity")
+        read: dict = {}  # what the model read of the prompt (a transformer: its last tokens)
         texts = generate(lm, _PROMPT.value, length, temperature=_TEMPERATURE.value,
                          top_k=_TOP_K.value, top_p=_TOP_P.value, samples=_SAMPLES.value,
                          seed=_SEED.value, neuron=_NEURON.value, neuron_value=value,
-                         neuron_state=neuron_state, progress=sys.stderr.isatty())
+                         neuron_state=neuron_state, progress=sys.stderr.isatty(), read=read)
         os.makedirs(out, exist_ok=True)
         record = {"lm": lm_record(lm, _WORKDIR.value),  # which weights wrote them
-                  "prompt": _PROMPT.value, "length": length, "seed": _SEED.value,
+                  "prompt": _PROMPT.value, **read, "length": length, "seed": _SEED.value,
                   "neuron": _NEURON.value, "neuron_value": value,
                   "neuron_polarity": _POLARITY.value,
                   # the state the unit was held in: given, the transfer's, else generate's
@@ -146,7 +139,8 @@ def main(argv: list[str]) -> None:
             read = " as the LM reads the sample back, unheld" if _NEURON.value is not None else ""
             plots.heatmap_png(shown, traces, os.path.join(out, "heatmap.png"), unit=unit,
                               sign=sign, read=read)
-            plots.heatmap_html(shown, traces, os.path.join(out, "heatmap.html"), unit=unit, sign=sign)
+            plots.heatmap_html(shown, traces, os.path.join(out, "heatmap.html"), unit=unit,
+                               sign=sign, read=read)
         return {"texts": texts, "output": out}
 
     result = run_cli(run)
@@ -167,31 +161,6 @@ def _check_neuron_flags() -> None:
     if _NEURON.value is None and _HEATMAP_UNIT.value is None and _STATE.value is not None:
         raise DataError("--neuron_state is the state of --neuron (or of --heatmap_unit): give "
                         "one of them too")
-
-
-def _transfer_neuron(workdir: str, width: int, step: int
-                     ) -> tuple[int, str | None, int, int] | None:
-    """(unit in its layer, state, layer, sign) of the neuron `lmscale.transfer` found (in
-    WORKDIR/transfer): the state it read, and with --all_layers the layer of the index in the
-    layers' states side by side (``width`` units each); None without a transfer, or with one
-    of the LM at another step than ``step`` (its neuron is of other weights: said in a note),
-    or with a multi-label one (no neuron)."""
-    path = os.path.join(workdir, "transfer", "results.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        results = json.load(f)
-    of_step = (results.get("lm") or {}).get("step")
-    if of_step is not None and of_step != step:
-        print(f"note: {path} is of the LM at step {of_step}, not this one's {step}: its neuron is "
-              f"not used (re-run lmscale.transfer for this LM's)", file=sys.stderr, flush=True)
-        return None
-    neuron, features = results.get("neuron"), results.get("features", {})
-    if not neuron:  # a multi-label transfer finds no neuron
-        return None
-    from lmscale.transfer.featurize import layer_and_unit
-    layer, unit = layer_and_unit(int(neuron["index"]), width, bool(features.get("all_layers")))
-    return unit, features.get("state"), layer, int(neuron["sign"]) or 1
 
 
 if __name__ == "__main__":

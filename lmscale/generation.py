@@ -204,7 +204,7 @@ def _sample(fn: Callable, lm: TrainedLM, prompts: np.ndarray, seed: int, setting
 def generate(lm: TrainedLM, prompt: str, length: int = 200, *, temperature: float = 1.0,
              top_k: int = 0, top_p: float = 1.0, samples: int = 1, seed: int = 0,
              neuron: int | None = None, neuron_value: float = 0.0, neuron_state: str | None = None,
-             progress: bool = False) -> list[str]:
+             progress: bool = False, read: dict[str, Any] | None = None) -> list[str]:
     """``samples`` continuations of ``prompt`` (each returned with the prompt in front).
 
     ``seed``: 0 <= seed < 2**32 (the key's 32 bits; others would repeat these samples).
@@ -218,7 +218,9 @@ def generate(lm: TrainedLM, prompt: str, length: int = 200, *, temperature: floa
     top-k, top-p, neuron and neuron value, seed and prompt length (up to a power of two) of
     the same length, samples and kind of settings (greedy or not, filters on or off).
     The loop runs in windows of about a quarter second: Ctrl-C (KeyboardInterrupt) stops it
-    within one; ``progress``: a bar on stderr once it has taken a second.
+    within one; ``progress``: a bar on stderr once it has taken a second. ``read``: a dict
+    given is filled with what the model read of the prompt: {"prompt_tokens": how many,
+    "prompt_read": their text} (a transformer reads only its last max_len - length tokens).
     """
     _check_request(prompt, length=length, samples=samples, seed=seed, top_k=top_k,
                    temperature=temperature, top_p=top_p,
@@ -288,6 +290,8 @@ def generate(lm: TrainedLM, prompt: str, length: int = 200, *, temperature: floa
     settings = Settings.of(len(ids), temperature, top_k, top_p, neuron, neuron_value)
     tokens = _sample(fn, lm, prompts, seed, settings, length, progress)
     head = lm.tokenizer.decode(ids)
+    if read is not None:
+        read.update(prompt_tokens=len(ids), prompt_read=head)
     return [prompt + _continuation(lm.tokenizer, ids, row, head, prompt) for row in tokens]
 
 

@@ -146,6 +146,17 @@ def test_the_transfers_neuron_is_held_in_its_state_and_a_stale_transfer_is_not_u
     assert proc.returncode != 0 and "--neuron_polarity takes the sign lmscale.transfer found for " \
         "--neuron=4" in proc.stderr and "found unit 3 of the last layer (hidden state)" in proc.stderr, \
         proc.stderr[-2000:]
+    # the held run's HTML heatmap says it traces the sample read back unheld (the PNG did)
+    assert "as the LM reads the sample back, unheld" in (
+        workdir / "generate" / "heatmap.html").read_text(encoding="utf-8")
+    # the Python API signs the value too (it had no neuron_polarity: a TypeError)
+    import lmscale
+    api_lm = lmscale.load_lm(str(workdir))
+    assert api_lm.generate("The movie", 12, temperature=0.0, neuron=3, neuron_value=0.9,
+                           neuron_polarity=True) == record["samples"]
+    from lmscale.data.errors import DataError
+    with pytest.raises(DataError, match="neuron_polarity takes the sign .* found unit 3"):
+        api_lm.generate("The movie", 12, neuron=4, neuron_value=0.9, neuron_polarity=True)
 
     results["lm"]["step"] = lm.step + 100  # the LM was retrained after the transfer
     (workdir / "transfer" / "results.json").write_text(json.dumps(results))

@@ -292,7 +292,9 @@ def test_a_transformer_prompt_past_max_len_keeps_its_last_tokens(capfd):
     those tokens given alone. A length of max_len or more is refused in one line."""
     lm = random_transformer_lm(max_len=16)
     long_prompt = "abcdefghijklmnopqrstuvwxyz"
-    got = generate(lm, long_prompt, 6, temperature=0.0)[0]
+    read = {}  # what it read: samples.json recorded only the prompt given
+    got = generate(lm, long_prompt, 6, temperature=0.0, read=read)[0]
+    assert read == {"prompt_tokens": 10, "prompt_read": long_prompt[-10:]}
     assert "left out" in capfd.readouterr().err
     assert got.startswith(long_prompt)
     tail = generate(lm, long_prompt[-10:], 6, temperature=0.0)[0]  # 10 = 16 - 6 bytes

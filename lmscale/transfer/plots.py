@@ -132,12 +132,14 @@ def heatmap_png(texts: Sequence[str | bytes], traces: Sequence[np.ndarray], path
 
 
 def heatmap_html(texts: Sequence[str | bytes], traces: Sequence[np.ndarray], path: str, *,
-                 unit: int, sign: int = 1) -> None:
-    """The same heatmap as a standalone HTML page (hover a character for its value)."""
+                 unit: int, sign: int = 1, read: str = "") -> None:
+    """The same heatmap as a standalone HTML page (hover a character for its value); ``read``
+    as ``heatmap_png``'s, in its heading."""
     center, scale = _color_range(traces)
     parts = [f"<!doctype html><meta charset='utf-8'><title>unit {unit}</title>",
              "<body style='font-family:monospace;max-width:60em'>",
-             f"<h3>unit {unit} (median {center:.2f}): green = towards positive, "
+             f"<h3>unit {unit} after each character{html.escape(read)} (median {center:.2f}): "
+             "green = towards positive, "
              "red = towards negative</h3>"]
     for text, trace in zip(texts, traces):
         chars, vals = _per_char(text, trace)
