@@ -97,7 +97,11 @@ def _label(value: Any, where: str, column: str) -> int:
         if isinstance(value, str) and "_" in value:  # float("1_0") == 10.0
             raise ValueError(value)
     except (TypeError, ValueError):
-        raise DataError(f"{where}: label {column!r} is {value!r}, not a number") from None
+        named = (f": classes are ids 0, 1, ...; map class names to them first (e.g. pandas: "
+                 f"df[{column!r}] = df[{column!r}].map({{'negative': 0, 'positive': 1}}))"
+                 if isinstance(value, str) and value.strip() and not any(
+                     c.isspace() for c in value.strip()) else "")  # a class name, not a text
+        raise DataError(f"{where}: label {column!r} is {value!r}, not a number{named}") from None
     if not math.isfinite(f) or f != int(f) or abs(f) >= 2 ** 31:  # nan, inf: int() raises
         raise DataError(f"{where}: label {column!r} is {value!r}, not an integer class id")
     return int(f)

@@ -68,7 +68,11 @@ def test_empty_text_and_non_binary_labels(tmp_path):
         require_binary(load_labeled(str(q)), "label")
     r = tmp_path / "words.csv"
     r.write_text("sentence,label\na,pos\n")
-    with pytest.raises(DataError, match="label 'label' is 'pos', not a number"):
+    with pytest.raises(DataError, match="label 'label' is 'pos', not a number: classes are ids "
+                                        r"0, 1, ...; map class names to them first \(e.g. pandas"):
+        load_labeled(str(r))
+    r.write_text("sentence,label\na,a whole sentence\n")  # a text column named as the label
+    with pytest.raises(DataError, match="label 'label' is 'a whole sentence', not a number$"):
         load_labeled(str(r))
 
 
