@@ -6,8 +6,10 @@ Source: awd-lstm-lm README, "Penn Treebank (PTB)":
 with main.py's defaults for everything else (model LSTM, --emsize 400 --nhid 1150 --nlayers 3,
 --lr 30 --clip 0.25 --bptt 70, --dropout 0.4 --dropoute 0.1 --wdrop 0.5, --alpha 2 --beta 1,
 --wdecay 1.2e-6, --nonmono 5, --optimizer sgd, i.e. NT-ASGD, tied weights; validation batch 10).
-README: ~61.2 / 58.8 validation / test perplexity before fine-tuning (awd's finetune.py, a
-second NT-ASGD run from the best model, gives its 58.8 / 56.5; lmscale has no such stage).
+README: ~61.2 / 58.8 validation / test perplexity before fine-tuning; awd's finetune.py (ASGD
+averaging from its first step, from the best model, until the same rule fires) gives its
+58.8 / 56.5: here a second run, --config.optim.name=asgd
+--config.train.start_from=runs/awd_ptb/best --workdir=runs/awd_ptb_ft (README).
 WikiText-2 (README "WikiText-2 (WT2)": --epochs 750 --dropouth 0.2 --seed 1882, batch 80,
 dropouti 0.65): --config.data.train=data/wikitext-2/train.txt
 --config.data.val=data/wikitext-2/valid.txt --config.data.test=data/wikitext-2/test.txt

@@ -1,8 +1,7 @@
 """The run configuration: every field with its meaning, validation, and derived values.
 
-Configs are data. ``default_config()`` defines every field once, with a comment; the
-files in ``configs/`` start from it, change what they need and return it locked, so
-that a typo in ``--config.x.y=...`` fails instead of being silently ignored.
+Configs are data. ``default_config()`` defines every field once, with a comment; ``configs/``
+files change what they need and return it locked (a typo in ``--config.x.y=...`` fails).
 
 Values that follow from others (steps per epoch, the decay horizon, tokens per step)
 are computed in one place, ``derive()``, once the training data is known, and saved
@@ -113,6 +112,7 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 1000  # optimizer steps to run in total (a resumed run continues up to this)
+    c.train.start_from = ""  # a new LM run starts from another run's weights (RUN/best: its best; RUN: its latest, averaged under NT-ASGD), optimizer state fresh (awd-lstm-lm finetune.py); ignored once this run has checkpoints
     c.train.epochs = 0.0  # if > 0, stop after at most this many epochs of the training data
     c.train.batch_size = 128  # global batch: sequences (stream rows) per step over all devices
     c.train.per_device_batch_size = 0  # if > 0, the global batch is this x the device count (replaces train.batch_size)
@@ -133,16 +133,16 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.stop_sync_every = 10  # multi-process: steps between the processes' agreement on a SIGTERM/SIGINT stop
 
     c.optim = ml_collections.ConfigDict()
-    # "adam" (the default), "sgd" (plain, as AWD-LSTM), or "ntasgd": SGD that switches to averaging
-    # the weights (ASGD) when validation loss is worse than the best of those more than
-    # optim.ntasgd_nonmono evaluations ago; the averaged weights are then validated and exported.
+    # "adam" (the default), "sgd" (plain, as AWD-LSTM), "ntasgd": SGD that switches to averaging the weights (ASGD) when
+    # validation loss is worse than the best of those more than optim.ntasgd_nonmono evaluations ago (the averaged weights are then
+    # validated and exported), or "asgd": averaging from the first step, the same rule ending the run (awd-lstm-lm finetune.py)
     c.optim.name = "adam"
     c.optim.weight_decay = 0.0  # weight decay factor wd (0 = none); its form and reach are the next two fields
     c.optim.weight_decay_style = "coupled"  # "coupled": L2, wd * param added to the clipped gradient before SGD/Adam (torch's weight_decay, AWD-LSTM); "decoupled": AdamW, lr * wd * param subtracted beside the Adam step (GPT, nanoGPT)
     c.optim.weight_decay_on = "all"  # parameters decayed: "all" (torch, AWD-LSTM) or "matrices" (those of 2+ dims, embeddings included; biases, norm scales and weight-norm gains not: GPT-2, nanoGPT)
     c.optim.lr_drop_epochs = ""  # comma-separated epochs after which the learning rate is multiplied by optim.lr_drop_factor (AWD --when)
     c.optim.lr_drop_factor = 0.1  # factor of each drop in optim.lr_drop_epochs (AWD: divide by 10)
-    c.optim.ntasgd_nonmono = 5  # ntasgd: the n of the non-monotone trigger (AWD --nonmono)
+    c.optim.ntasgd_nonmono = 5  # ntasgd/asgd: the n of the non-monotone trigger (AWD --nonmono)
     c.optim.lr = 5e-4  # peak learning rate at optim.base_batch_size (paper: 5e-4 at batch 128)
     c.optim.lr_scaling = "none"  # rescale optim.lr for the global batch B: "none", "linear" (B/base), "sqrt"; B counts rows (sequences): train.grad_accum_steps lengthens each row, it adds none
     c.optim.base_batch_size = 128  # the batch that optim.lr is given for (used by optim.lr_scaling)
@@ -309,7 +309,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         checks.check_longest_drawn(config, kind)
 
 
-OPTIMIZERS = ("adam", "sgd", "ntasgd")
+OPTIMIZERS = ("adam", "sgd", "ntasgd", "asgd")
 WEIGHT_DECAY_STYLES = ("coupled", "decoupled")
 WEIGHT_DECAY_ON = ("all", "matrices")
 

@@ -31,7 +31,7 @@ def without_validation(config: Any, dataset_path: str) -> str | None:
     nothing about; else a note when ``train.eval_every`` asked for validation."""
     needs = [name for name, on in (("checkpoint.keep_best=true", config.checkpoint.keep_best),
                                    ("optim.name='ntasgd' (it switches on validation losses)",
-                                    config.optim.name == "ntasgd")) if on]
+                                    config.optim.name in ("ntasgd", "asgd"))) if on]
     way = ("give it a validation part (data.split or lmscale.prepare's --split=TRAIN,VAL,TEST "
            "with VAL >= 1, or data.val / --val=FILES)")
     if needs:

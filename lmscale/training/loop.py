@@ -165,7 +165,18 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
         state, saved = checkpointer.newest_usable(restore, config.checkpoint.fallback)
         state, precision_note = resumed_loss_scale(state, saved.get("precision"), setup.policy,
                                                    config.precision, shardings.loss_scale)
+    started_from = None
+    if saved is None and config.train.get("start_from"):  # awd's finetune.py: new optimizer, given weights
+        from lmscale.training.start_from import start_params
+        params, started_from = start_params(config, tokenizer.to_dict(), state.params,
+                                            mesh_lib.replicated(mesh))
+        opt_state = jax.jit(setup.tx.init, out_shardings=shardings.opt_state)(params)
+        state = state.replace(params=params, opt_state=opt_state)
+        derived["started_from"] = started_from
     start = int(jax.device_get(state.step))
+    if saved is not None and ((saved.get("ntasgd") or {}).get("stop_step") is not None):
+        checkpointer.close()  # ASGD's rule ended this run: a re-run trains no further
+        return _already_trained(workdir, start, derived["steps"], is_main, stopped_by_rule=True)
     if saved is not None and start >= derived["steps"]:
         checkpointer.close()
         return _already_trained(workdir, start, derived["steps"], is_main)
@@ -192,8 +203,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
             "config": config.to_dict(), "derived": derived}
     # NT-ASGD: the validation history and switch step travel in each checkpoint's record.
     monitor = None
-    if config.optim.name == "ntasgd":
-        monitor = NTASGDMonitor(config.optim.ntasgd_nonmono, (saved or {}).get("ntasgd"))
+    if config.optim.name in ("ntasgd", "asgd"):
+        monitor = NTASGDMonitor(config.optim.ntasgd_nonmono, (saved or {}).get("ntasgd"),
+                                stops=config.optim.name == "asgd")
         meta["ntasgd"] = monitor.record()
 
     rows_sharding = mesh_lib.batch_sharded(mesh)
@@ -253,8 +265,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
     in_flight = InFlight()  # bounded async dispatch (see in_flight.py)
     window_tokens, window_steps = 0, 0  # input tokens of the timed steps since the last record
     widths = set()  # the step widths compiled: variable BPTT compiles a program per length
+    rule_stopped = False
+    if started_from is not None and val is not None:
+        run_eval(0)  # the weights started from (finetune.py's stored_loss; best/ starts with them)
     with StopSignal(config.train.stop_sync_every) as stop:
-        while step < steps and not stop.should_stop(step):
+        while step < steps and not stop.should_stop(step) and not rule_stopped:
             batch = batch_arrays(batcher, step, train_rows, rows_sharding)
             compiles = batch["inputs"].shape[1] not in widths
             widths.add(batch["inputs"].shape[1])
@@ -316,7 +331,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
                 record = run_eval(step)
                 # NT-ASGD decides on the scheduled validations only: the end of a run that a
                 # later one continues (train.steps raised) is not on the grid.
-                if (monitor and record and scheduled
+                if (monitor and monitor.stops and record and scheduled
+                        and monitor.after_validation(record["loss"], step)):
+                    rule_stopped = True  # finetune.py's "Done!": the rule on the averaged losses
+                    if progress:
+                        tqdm.tqdm.write(f"step {step}: ASGD stops (validation worse than the best "
+                                        f"of those more than {monitor.nonmono} passes ago)",
+                                        file=sys.stderr)
+                elif (monitor and not monitor.stops and record and scheduled
                         and monitor.after_validation(record["loss"], step)):
                     state = state.replace(opt_state=switch_on(state.opt_state, step, replicated))
                     if progress:
@@ -324,7 +346,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
                                         file=sys.stderr)
                 if monitor:
                     meta["ntasgd"] = monitor.record()
-            if step % config.checkpoint.every == 0 and step < steps:
+            if step % config.checkpoint.every == 0 and step < steps and not rule_stopped:
                 save(state)
             if evaluating or step % config.checkpoint.every == 0:
                 timer.reset()
@@ -340,6 +362,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
     last["train_programs"] = getattr(train_step, "_cache_size", lambda: None)()  # compiled shapes
     last["stopped_by_signal"] = stop.signal if stop.stopping else None
     last["stopped"] = stop.stopping  # by a signal here or in another process
+    last["stopped_by_rule"] = rule_stopped
     return last
 
 
@@ -352,8 +375,10 @@ def _loss_id_counts(config: ml_collections.ConfigDict, dataset: Any, vocab_size:
     return dataset.split("train").id_counts(vocab_size)
 
 
-def _already_trained(workdir: str, start: int, steps: int, is_main: bool) -> dict[str, Any]:
+def _already_trained(workdir: str, start: int, steps: int, is_main: bool,
+                     stopped_by_rule: bool = False) -> dict[str, Any]:
     """What a re-run of a finished run returns: its last records, said so; nothing trained.
+    ``stopped_by_rule``: optim.name="asgd" ended it before train.steps.
     metrics.jsonl loses the records past the checkpoint (a run killed after its last save
     had logged them), as a resume's would."""
     if is_main:
@@ -367,7 +392,12 @@ def _already_trained(workdir: str, start: int, steps: int, is_main: bool) -> dic
     for record in records:
         if record.get("split") in ("train", "val"):
             last[record["split"]] = record
-    if is_main:
+    if is_main and stopped_by_rule:
+        print(f"{workdir} was ended at step {start} (of train.steps={steps}) by optim.name="
+              f"'asgd''s rule, its validation loss worse than the best of those more than "
+              f"optim.ntasgd_nonmono passes before: nothing to do (--config.resume=false starts "
+              f"over; the run is archived)", file=sys.stderr)
+    elif is_main:
         print(f"{workdir} is already trained to step {start} (train.steps={steps}): nothing to "
               f"do. Raise --config.train.steps to train on, or --config.resume=false to start "
               f"over (the run is archived)", file=sys.stderr)

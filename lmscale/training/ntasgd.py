@@ -4,9 +4,11 @@ The trigger is salesforce/awd-lstm-lm main.py's code rule (not the paper's typo)
 validation pass with loss ``v``, with ``history`` the losses of the earlier passes (before
 the switch), switch when ``len(history) > n and v > min(history[:-n])`` — validation is
 worse than the best of those more than ``n`` evaluations ago. From the switch on, every
-update is followed by a running average of the weights (torch ASGD with t0=0, lambd=0:
-``ax += (p - ax) / k`` after the k-th update since the switch), and the averaged weights are
-what validation, eval/export and generation use; training continues on the raw ones.
+update is followed by a running average of the weights, torch ASGD's with t0=0, lambd=0
+(what awd-lstm-lm switches to): after the k-th update since the switch ``ax = p`` for k <= 2,
+else ``ax += (p - ax) / (k - 1)`` — torch updates its weight mu = 1/max(1, k - t0) after each
+step, so the average is of the iterates 2..k, not 1..k. The averaged weights are what
+validation, eval/export and generation use; training continues on the raw ones.
 
 Where the pieces live, so that a resumed run decides exactly as an uninterrupted one:
 
@@ -45,12 +47,15 @@ def should_switch(history: Sequence[float], val_loss: float, nonmono: int) -> bo
     return val_loss > min(older)
 
 
-def average_after_switch() -> optax.GradientTransformation:
+def average_after_switch(from_start: bool = False) -> optax.GradientTransformation:
     """The last link of the chain: updates pass unchanged; once ``active``, the parameters
-    after each update (params + updates) are averaged into ``avg``."""
+    after each update (params + updates) are averaged into ``avg``. ``from_start``: active
+    from the first update (``optim.name="asgd"``: awd-lstm-lm finetune.py's
+    ``ASGD(t0=0, lambd=0)`` created before its first step)."""
 
     def init(params: Any) -> AverageState:
-        return AverageState(active=jnp.zeros((), bool), start=jnp.full((), -1, jnp.int32),
+        return AverageState(active=jnp.full((), from_start, bool),
+                            start=jnp.full((), 0 if from_start else -1, jnp.int32),
                             count=jnp.zeros((), jnp.int32), avg=jax.tree.map(jnp.array, params))
 
     def update(updates: Any, state: AverageState, params: Any = None) -> tuple[Any, AverageState]:
@@ -60,8 +65,8 @@ def average_after_switch() -> optax.GradientTransformation:
         new = optax.apply_updates(params, updates)
 
         def mix(a: jax.Array, p: jax.Array) -> jax.Array:
-            k = jnp.maximum(count, 1).astype(a.dtype)
-            running = jnp.where(count == 1, p, a + (p - a) / k)
+            k = jnp.maximum(count - 1, 1).astype(a.dtype)  # torch's mu, one update behind
+            running = jnp.where(count <= 2, p, a + (p - a) / k)
             return jnp.where(state.active, running, a)
 
         return updates, state._replace(count=count, avg=jax.tree.map(mix, state.avg, new))
@@ -111,14 +116,28 @@ class NTASGDMonitor:
     starts from the restored checkpoint's record, so it decides exactly as the original.
     """
 
-    def __init__(self, nonmono: int, record: dict[str, Any] | None = None) -> None:
-        self.nonmono = int(nonmono)
+    def __init__(self, nonmono: int, record: dict[str, Any] | None = None,
+                 stops: bool = False) -> None:
+        """``stops``: ASGD from the first step (``optim.name="asgd"``, awd's finetune.py):
+        averaging is on from step 0 and the same rule ends the run (``stop_step``)."""
+        self.nonmono, self.stops = int(nonmono), bool(stops)
         record = record or {}
         self.history: list[float] = [float(v) for v in record.get("val_history", [])]
-        self.switch_step: int | None = record.get("switch_step")
+        self.switch_step: int | None = record.get("switch_step", 0 if stops else None)
+        self.stop_step: int | None = record.get("stop_step")
 
     def after_validation(self, val_loss: float, step: int) -> bool:
-        """Records a pass (before the switch); True when averaging must start now."""
+        """Records a pass (before the switch); True when averaging must start now (``stops``:
+        when the run must end now: finetune.py's ``len(h) > n and v > min(h[:-n])`` on the
+        averaged weights' losses, its history starting empty)."""
+        if self.stops:
+            if self.stop_step is not None:
+                return True
+            stop = should_switch(self.history, val_loss, self.nonmono)
+            self.history.append(float(val_loss))
+            if stop:
+                self.stop_step = int(step)
+            return stop
         if self.switch_step is not None:
             return False
         switch = should_switch(self.history, val_loss, self.nonmono)
@@ -128,5 +147,8 @@ class NTASGDMonitor:
         return switch
 
     def record(self) -> dict[str, Any]:
-        return {"val_history": list(self.history), "switch_step": self.switch_step,
-                "nonmono": self.nonmono}
+        record = {"val_history": list(self.history), "switch_step": self.switch_step,
+                  "nonmono": self.nonmono}
+        if self.stops:
+            record["stop_step"] = self.stop_step
+        return record

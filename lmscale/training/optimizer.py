@@ -43,16 +43,16 @@ def make_optimizer(optim: ml_collections.ConfigDict, decay_steps: int, lr: float
     if lr_drop_steps:
         schedule = with_drops(schedule, lr_drop_steps, optim.lr_drop_factor)
     name = optim.get("name", "adam")
-    if name not in ("adam", "sgd", "ntasgd"):
-        raise ValueError(f"optim.name must be one of ['adam', 'sgd', 'ntasgd'], got {name!r}")
+    if name not in ("adam", "sgd", "ntasgd", "asgd"):
+        raise ValueError(f"optim.name must be one of ['adam', 'sgd', 'ntasgd', 'asgd'], got {name!r}")
     parts = []
     if optim.clip > 0:
         parts.append(optax.clip_by_global_norm(optim.clip))
     parts += scaled_with_decay(optim, schedule, adam=name == "adam")
     if step_factor:
         parts.append(scale_by_step_factor())
-    if name == "ntasgd":
-        parts.append(average_after_switch())
+    if name in ("ntasgd", "asgd"):
+        parts.append(average_after_switch(from_start=name == "asgd"))
     return optax.chain(*parts), schedule
 
 

@@ -320,7 +320,7 @@ def _restore_step(checkpointer: Checkpointer, workdir: str, config: ml_collectio
         params, step = restore_best_params(workdir, like, mesh_lib.replicated(mesh))
     else:
         params = checkpointer.restore_params(like, mesh_lib.replicated(mesh), step)
-    if config.optim.name == "ntasgd" and not best:  # NT-ASGD: the averaged weights, once averaging is on
+    if config.optim.name in ("ntasgd", "asgd") and not best:  # NT-ASGD: the averaged weights, once averaging is on
         params = _averaged_params(checkpointer, config, derived, like, params, mesh, step)
     return tokenizer, vocab_size, graphdef, params, step
 

@@ -1,0 +1,40 @@
+"""A new LM run that starts from another run's weights (``train.start_from``).
+
+awd-lstm-lm's finetune.py: the model main.py saved (its best validation weights, averaged
+under NT-ASGD) is loaded and trained on with a fresh ``ASGD(t0=0, lambd=0)``, averaging from
+the first step (``optim.name="asgd"``). Here ``train.start_from=RUN/best`` (or ``RUN``: its
+latest checkpoint, averaged where NT-ASGD averaged) gives the parameters; the optimizer
+state, step, carried state and data position start afresh. Only parameters travel: the
+architecture and the tokenizer must be the run's own. Read once, when the run has no
+checkpoint; a resumed run goes on from its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+from lmscale.config import ConfigError
+from lmscale.models import architecture
+
+
+def start_params(config: Any, tokenizer: dict[str, Any], like: Any, sharding: Any
+                 ) -> tuple[Any, dict[str, Any]]:
+    """(parameters placed like ``like`` with ``sharding``, a provenance record) of
+    ``config.train.start_from``; ConfigError if that run's model or tokenizer differs."""
+    from lmscale.training.restore import load_trained
+    lm = load_trained(config.train.start_from)
+    theirs, ours = architecture(lm.config.model), architecture(config.model)
+    differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+    if differ:
+        raise ConfigError(f"train.start_from={config.train.start_from!r} is another model: "
+                         + ", ".join(f"model.{k} {theirs.get(k)!r} there, {ours.get(k)!r} here"
+                                     for k in differ))
+    if lm.tokenizer.to_dict() != tokenizer:
+        raise ConfigError(f"train.start_from={config.train.start_from!r} reads another "
+                          f"tokenization ({lm.tokenizer.to_dict()} there, {tokenizer} here): "
+                          f"train on the data it was prepared with")
+    params = jax.tree.map(lambda x, s: jax.device_put(x, s.sharding if hasattr(s, "sharding") else sharding),
+                          lm.params, like)
+    return params, {"workdir": lm.workdir, "step": lm.step, "best": lm.best}
