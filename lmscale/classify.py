@@ -40,7 +40,7 @@ def classify() -> dict:
     from lmscale.transfer.metrics import classification_metrics, format_table
     from lmscale.finetuning.predict import predictions_folder, write_predictions
     from lmscale.finetuning.predict import read_texts
-    from lmscale.transfer.labeled import load_labeled
+    from lmscale.transfer.labeled import index_classes, load_labeled
 
     if os.path.abspath(_OUTPUT.value) == os.path.abspath(_INPUT.value):
         raise DataError(f"--output is the input file {_INPUT.value}: write the predictions to "
@@ -55,6 +55,8 @@ def classify() -> dict:
     if _LABELS.value:
         data = load_labeled(_INPUT.value, text_column=_TEXT.value, label_column=_LABELS.value)
         texts = data.texts
+        if not clf.multilabel:  # classes by name ("positive"): the classifier's ids for them
+            index_classes({"input": data}, known=clf.class_names)
         if clf.multilabel and data.label_names != clf.class_names:
             raise DataError(f"--labels names {data.label_names}; the classifier's classes are "
                             f"{clf.class_names}")

@@ -142,7 +142,8 @@ class TransferClassifier(LoadedClassifier):
             self.arrays = {k: z[k] for k in z.files}
         # Features in the dtype the classifier was fit on (--compute of lmscale.transfer).
         self.lm = _load_transfer_lm(folder, self.info)
-        self.class_names = [str(c) for c in self.info["classes"]]
+        # the labels' names where they were names ("negative", "positive"), else the ids
+        self.class_names = [str(c) for c in self.info.get("class_names") or self.info["classes"]]
         self.multilabel = bool(self.info.get("multilabel", False))
         self.thresholds = (np.asarray(self.info["thresholds"], np.float64) if self.multilabel
                            else None)

@@ -19,9 +19,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
+import ml_collections
 import numpy as np
 
+from lmscale.config import ConfigError
 from lmscale.data.errors import DataError
+from lmscale.transfer.labeled import Labeled, check_labels, index_classes, load_labeled
 from lmscale.data.texts import last_tokens
 
 POOL = 50  # batches per length-sorted pool
@@ -166,3 +169,33 @@ def pos_weights_from(spec: str, labels: np.ndarray) -> np.ndarray | None:
         raise DataError(f"finetune.pos_weights has {len(w)} values; the task has {k} labels "
                         f"(each weight > 0), got {spec!r}")
     return w
+
+
+def load_splits(ft: ml_collections.ConfigDict) -> tuple[dict[str, Labeled], int, list[str]]:
+    """Labeled train/val(/test) checked against the task: (splits, classes, class names)."""
+    if not ft.train or not ft.val:
+        raise ConfigError("finetune.train and finetune.val must both be given")
+    hint = "set --config.finetune.text_column / --config.finetune.label_column"
+    splits = {name: load_labeled(spec, text_column=ft.text_column, label_column=ft.label_column,
+                                 column_hint=hint)
+              for name, spec in (("train", ft.train), ("val", ft.val), ("test", ft.test)) if spec}
+    names = splits["train"].label_names
+    named = index_classes(splits)  # "negative"/"positive": ids by their sorted names
+    if ft.multilabel:
+        k, class_names = len(names), list(names)
+    elif named is not None:
+        k, class_names = len(named), named
+        if ft.num_classes and ft.num_classes != k:
+            raise ConfigError(f"finetune.num_classes={ft.num_classes}, and {ft.train} names "
+                              f"{k} classes ({', '.join(named[:10])}): set 0 (from the names)")
+    else:
+        k = ft.num_classes or int(splits["train"].labels.max()) + 1
+        class_names = [str(i) for i in range(k)]
+    if k < 2:
+        raise DataError(f"{ft.train}: one class only; classification needs two or more")
+    origin = ("finetune.num_classes" if ft.num_classes and named is None else
+              f"the class names of {ft.train}" if named is not None else
+              f"finetune.num_classes=0: the largest label of {ft.train}")
+    for d in splits.values():
+        check_labels(d.labels, ft.multilabel, k, d.source, d.label_names, origin)
+    return splits, k, class_names

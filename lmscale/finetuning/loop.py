@@ -30,8 +30,7 @@ from jax.sharding import Mesh
 from lmscale.atomic import write_json
 from lmscale.config import (ConfigError, check_known_fields, load_config, save_config, scaled_lr,
                             validate_run_settings, with_global_batch)
-from lmscale.data.errors import DataError
-from lmscale.finetuning.data import (Encoded, TrainBatches, class_weights_from, encode,
+from lmscale.finetuning.data import (Encoded, TrainBatches, class_weights_from, encode, load_splits,
                                      pos_weights_from)
 from lmscale.finetuning import layer_rates
 from lmscale.finetuning.best import keep_best, recorded_best
@@ -62,7 +61,7 @@ from lmscale.training.state import TrainState, host_zeros, initial_state, placed
 from lmscale.training.step_timer import StepTimer
 from lmscale.training.stop import StopSignal
 from lmscale.training.workdir_lock import locked_workdir
-from lmscale.transfer.labeled import Labeled, check_labels, load_labeled
+from lmscale.transfer.labeled import Labeled
 from lmscale.transfer.metrics import (METRICS, better, classification_metrics, format_table,
                                       tune_thresholds)
 
@@ -94,29 +93,6 @@ def resolve_config(config: ml_collections.ConfigDict, lm: TrainedLM) -> ml_colle
     out = ml_collections.ConfigDict(record)
     out.lock()
     return out
-
-
-def load_splits(ft: ml_collections.ConfigDict) -> tuple[dict[str, Labeled], int, list[str]]:
-    """Labeled train/val(/test) checked against the task: (splits, classes, class names)."""
-    if not ft.train or not ft.val:
-        raise ConfigError("finetune.train and finetune.val must both be given")
-    hint = "set --config.finetune.text_column / --config.finetune.label_column"
-    splits = {name: load_labeled(spec, text_column=ft.text_column, label_column=ft.label_column,
-                                 column_hint=hint)
-              for name, spec in (("train", ft.train), ("val", ft.val), ("test", ft.test)) if spec}
-    names = splits["train"].label_names
-    if ft.multilabel:
-        k, class_names = len(names), list(names)
-    else:
-        k = ft.num_classes or int(splits["train"].labels.max()) + 1
-        class_names = [str(i) for i in range(k)]
-        if k < 2:
-            raise DataError(f"{ft.train}: one class only; classification needs two or more")
-    origin = ("finetune.num_classes" if ft.num_classes else
-              f"finetune.num_classes=0: the largest label of {ft.train}")
-    for d in splits.values():
-        check_labels(d.labels, ft.multilabel, k, d.source, d.label_names, origin)
-    return splits, k, class_names
 
 
 _write_json = functools.partial(write_json, indent=2)  # results.json, best.json, thresholds.json

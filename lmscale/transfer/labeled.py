@@ -71,10 +71,63 @@ def load_labeled(spec: str, *, text_column: str = "sentence", label_column: str 
                             "(or tfds:NAME/SPLIT)")
     if not texts:
         raise DataError(f"{spec}: no rows")
+    return Labeled(texts=texts, labels=_label_array(rows, spec, label_names), source=spec,
+                   label_names=label_names)
+
+
+MAX_CLASS_NAMES = 100  # distinct class names a label column may hold (more: text, or ids)
+
+
+def _label_array(rows: list[list[int | str]], spec: str, names: list[str]) -> np.ndarray:
+    """int64 labels [N] or [N, K]; one column of class names: str [N] (``index_classes``
+    numbers them). DataError for names in a multi-label column, a column mixing ids and
+    names, or more than MAX_CLASS_NAMES names or than 10 and half the rows (a text column
+    named as the label)."""
+    for k, name in enumerate(names):
+        given = [r[k] for r in rows if isinstance(r[k], str)]
+        if not given:
+            continue
+        if len(names) > 1:
+            raise DataError(f"{spec}: label column {name!r} has {given[0]!r}; multi-label "
+                            f"columns must be 0 or 1")
+        if len(given) < len(rows):
+            number = next(r[k] for r in rows if not isinstance(r[k], str))
+            raise DataError(f"{spec}: label column {name!r} mixes class ids ({number}) and "
+                            f"class names ({given[0]!r}): give one or the other")
+        distinct = sorted(set(given))
+        if len(distinct) > MAX_CLASS_NAMES or len(distinct) > max(10, len(rows) // 2):
+            raise DataError(f"{spec}: label column {name!r} has {len(distinct)} distinct "
+                            f"values that are no numbers in {len(rows)} rows ({distinct[0]!r}, "
+                            f"...): a text column? class names are at most {MAX_CLASS_NAMES}, "
+                            f"and fewer than half the rows; give ids 0, 1, ...")
+        return np.asarray(given, dtype=str)
     labels = np.asarray(rows, dtype=np.int64)
-    if labels.shape[1] == 1:
-        labels = labels[:, 0]
-    return Labeled(texts=texts, labels=labels, source=spec, label_names=label_names)
+    return labels[:, 0] if labels.shape[1] == 1 else labels
+
+
+def index_classes(splits: dict[str, Labeled], known: Sequence[str] | None = None
+                  ) -> list[str] | None:
+    """Numbers class names: each split's str labels become ids 0..K-1 in place, by the
+    sorted names of ``splits["train"]`` (or ``known``: a saved classifier's classes);
+    returns the names, or None where the labels are ids already (every split must be one
+    or the other). DataError naming the file and the name not among them."""
+    named = {n: d for n, d in splits.items() if d.labels.dtype.kind == "U"}
+    if not named:
+        return None
+    if len(named) < len(splits):
+        ids, names = (sorted(set(splits) - set(named))[0], sorted(named)[0])
+        raise DataError(f"{splits[names].source} labels its classes by name and "
+                        f"{splits[ids].source} by id: give both the same way")
+    classes = list(known) if known is not None else sorted(set(splits["train"].labels.tolist()))
+    index = {c: i for i, c in enumerate(classes)}
+    for d in named.values():
+        unknown = sorted(set(d.labels.tolist()) - set(index))
+        if unknown:
+            whose = "the classifier's" if known is not None else "those of the training texts"
+            raise DataError(f"{d.source}: class {unknown[0]!r} is not one of the classes "
+                            f"{classes[:10]} ({whose})")
+        d.labels = np.asarray([index[c] for c in d.labels.tolist()], dtype=np.int64)
+    return classes
 
 
 def require_binary(data: Labeled, label_column: str) -> None:
@@ -88,20 +141,22 @@ def require_binary(data: Labeled, label_column: str) -> None:
                         "binary classification needs exactly two classes, 0 and 1")
 
 
-def _label(value: Any, where: str, column: str) -> int:
-    """A class id: an integer, or a number or text of one ("1", "1.0"); a fraction, a
-    number past 2^31 (1e20 overflowed the int64 array with no file named) or text Python's
-    float() alone reads ("1_0", "nan") is a DataError at ``where``."""
+def _label(value: Any, where: str, column: str) -> int | str:
+    """A class id: an integer, or a number or text of one ("1", "1.0"); or a class name, text
+    that is no number ("positive": ``index_classes`` numbers the names). A fraction, a number
+    past 2^31 (1e20 overflowed the int64 array with no file named), an empty label or one
+    that is neither (null, a list) is a DataError at ``where``; "1_0", which Python's float()
+    reads as 10, is a name."""
+    if isinstance(value, str) and not value.strip():
+        raise DataError(f"{where}: label {column!r} is empty")
     try:
         f = float(value)
         if isinstance(value, str) and "_" in value:  # float("1_0") == 10.0
             raise ValueError(value)
     except (TypeError, ValueError):
-        named = (f": classes are ids 0, 1, ...; map class names to them first (e.g. pandas: "
-                 f"df[{column!r}] = df[{column!r}].map({{'negative': 0, 'positive': 1}}))"
-                 if isinstance(value, str) and value.strip() and not any(
-                     c.isspace() for c in value.strip()) else "")  # a class name, not a text
-        raise DataError(f"{where}: label {column!r} is {value!r}, not a number{named}") from None
+        if isinstance(value, str):
+            return value.strip()  # a class name
+        raise DataError(f"{where}: label {column!r} is {value!r}, not a number") from None
     if not math.isfinite(f) or f != int(f) or abs(f) >= 2 ** 31:  # nan, inf: int() raises
         raise DataError(f"{where}: label {column!r} is {value!r}, not an integer class id")
     return int(f)

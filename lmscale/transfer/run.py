@@ -27,8 +27,8 @@ from lmscale.transfer.classify import (C_GRID, SEARCH_ROWS, fit_l1, inverse_stre
                                       top_k_sweep)
 from lmscale.transfer.featurize import (cached_featurize, feature_state, layer_and_unit,
                                        preprocess_texts, unit_trace)
-from lmscale.transfer.labeled import (Labeled, check_labels, label_columns, load_labeled,
-                                      require_binary)
+from lmscale.transfer.labeled import (Labeled, check_labels, index_classes, label_columns,
+                                      load_labeled, require_binary)
 from lmscale.transfer.multilabel import fit_l1_multilabel
 
 
@@ -69,6 +69,13 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
         if spec:
             splits[name] = load_labeled(spec, text_column=text_column, label_column=label_column,
                                         column_hint="set --text_column / --label_column")
+    class_names = index_classes(splits)  # "negative"/"positive": ids by their sorted names
+    if class_names is not None and len(class_names) != 2:
+        raise DataError(f"{train}: label column {label_column!r} names {len(class_names)} "
+                        f"classes ({', '.join(class_names[:10])}); the transfer's classifier is "
+                        f"binary: two classes (lmscale.finetune takes more)")
+    for name, spec in (("train", train), ("val", val), ("test", test)):
+        if spec:
             if multilabel:
                 check_labels(splits[name].labels, True, len(splits[name].label_names), spec,
                              splits[name].label_names)
@@ -128,8 +135,9 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
     feats = {name: scaler.transform(f).astype(np.float32) for name, f in feats.items()}
     x_test = feats.get("test")
     info = {"lm_workdir": os.path.abspath(workdir), "lm_step": lm.step,
-            **({"lm_best": True} if lm.best else {}), "lm_weights": weights_fingerprint(lm), "state": state, "pooling": pooling,
-            "all_layers": all_layers, "compute": lm.compute}
+            **({"class_names": class_names} if class_names else {}),
+            **({"lm_best": True} if lm.best else {}), "lm_weights": weights_fingerprint(lm),
+            "state": state, "pooling": pooling, "all_layers": all_layers, "compute": lm.compute}
     if multilabel:
         return _multilabel(lm, workdir, splits, feats, y, scaler, info, output, baseline, Cs,
                            seed, feat_s, search_rows, threshold_metric)
@@ -153,6 +161,7 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
         "data": {name: {"source": d.source, "texts": len(d), "positive_fraction": float(np.mean(d.labels))}
                  for name, d in splits.items()},
         "columns": {"text": text_column, "label": label_column},
+        **({"classes": class_names} if class_names else {}),  # class 1: the second (sorted)
         "features": {"state": state, "pooling": pooling, "all_layers": all_layers,
                      "compute": lm.compute, "dimensions": int(feats["train"].shape[1]),
                      "standardized": standardize},
