@@ -334,7 +334,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
                 if (monitor and monitor.stops and record and scheduled
                         and monitor.after_validation(record["loss"], step)):
                     rule_stopped = True  # finetune.py's "Done!": the rule on the averaged losses
-                    if progress:
+                    if is_main:  # said with or without a bar: the run ends before train.steps
                         tqdm.tqdm.write(f"step {step}: ASGD stops (validation worse than the best "
                                         f"of those more than {monitor.nonmono} passes ago)",
                                         file=sys.stderr)

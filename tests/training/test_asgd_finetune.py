@@ -80,9 +80,10 @@ def test_a_run_started_from_another_runs_best_weights_with_asgd(tmp_path, corpus
     # the rule (scripted: worse at the second pass) ends the run before train.steps
     monkeypatch.setattr(ntasgd, "should_switch", lambda history, loss, n: len(history) >= 1)
     ruled = str(tmp_path / "ruled")
+    capsys.readouterr()
     result = train(tiny_config(corpus, **asgd), ruled)
     assert result["stopped_by_rule"] and result["step"] == 4
-    capsys.readouterr()
+    assert "step 4: ASGD stops" in capsys.readouterr().err  # said without a progress bar too
     again = train(tiny_config(corpus, **asgd), ruled)
     assert again["already_trained"] and "was ended at step 4 (of train.steps=8) by optim.name=" \
         "'asgd''s rule" in capsys.readouterr().err
