@@ -12,7 +12,7 @@ Measured on 2 CPU cores (quiet, 2026-12-01): 2 min 28 s wall including data prep
 (3 min 03 s with model.remat="none"), validation BPC 3.16 / 2.71 / 2.53 at steps 200 / 400 /
 600 (the mLSTM quickstart: 2.55 at 600 in 50 s, 2.10 since it draws its embedding and
 decoder as sentiment-discovery, model.io_init); with q, k, v drawn as one fused matrix
-(fairseq's init, 2026-12-05): 3.14 / 2.71 / 2.53; with GPT-2's initialization (model.init,
+(fairseq's init, 2026-12-05): 3.14 / 2.71 / 2.53; with nanoGPT's initialization (model.init,
 2026-12-06, run back to back with fairseq's on a 2-core VM shared with other jobs):
 3.07 / 2.65 / 2.47.
 """

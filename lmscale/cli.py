@@ -309,12 +309,21 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(1)
 
 
-def define_weights_flags() -> Callable[[], dict[str, Any]]:
+def define_weights_flags() -> Callable[[str], dict[str, Any]]:
     """``--step`` and ``--best`` of a tool that reads an LM's weights (eval, generate,
-    transfer); returns a function giving ``load_trained``'s ``step`` and ``best`` from them."""
+    transfer); returns a function of ``--workdir`` giving ``load_trained``'s ``workdir``,
+    ``step`` and ``best``: a workdir given as RUN/best is RUN with ``best`` (the tools'
+    outputs, records and the transfer's neuron are then RUN's, not inside its best/)."""
     from absl import flags
     step = flags.DEFINE_integer("step", -1, "Checkpoint step; -1 = the latest.")
     best = flags.DEFINE_bool("best", False, "The weights with the lowest validation loss (a run "
                              "with checkpoint.keep_best; NT-ASGD: averaged) instead of a "
                              "checkpoint's.")
-    return lambda: {"step": None if step.value < 0 else step.value, "best": best.value}
+
+    def weights(workdir: str) -> dict[str, Any]:
+        from lmscale.training.restore import best_folder
+        run, in_best = best_folder(workdir)
+        return {"workdir": run, "step": None if step.value < 0 else step.value,
+                "best": best.value or in_best}
+
+    return weights

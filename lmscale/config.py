@@ -88,7 +88,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.attn_dropout = 0.0  # dropout on attention probabilities (training only)
     c.model.ff_dropout = 0.0  # dropout after the feed-forward activation (training only)
     c.model.tie_embeddings = False  # output head = token embedding transposed (the seed: untied); recurrent kinds: the last layer is model.embed wide
-    c.model.init = "fairseq"  # "fairseq" (the seed's: Xavier-uniform projections, N(0, 1/d) embeddings and head) or "gpt2" (N(0, 0.02^2), the residual projections out and fc2 scaled by 1/sqrt(2 layers))
+    c.model.init = "fairseq"  # "fairseq" (the seed's: Xavier-uniform projections, N(0, 1/d) embeddings and head) or "gpt2" (nanoGPT's, after the GPT-2 paper: N(0, 0.02^2), out and fc2 scaled by 1/sqrt(2 layers), embeddings unscaled)
     # Recompute activations in the backward pass (less memory, more compute). Transformer:
     # "none" or "block" (each block's). mlstm/lstm: "none" or "segments": the forward keeps
     # only the state every model.remat_steps steps, the backward recomputes each segment's

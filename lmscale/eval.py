@@ -76,7 +76,7 @@ def main(argv: list[str]) -> None:
     run_cli(lambda: split_host_like_run(_WORKDIR.value))  # the devices the run trained on
 
     def run() -> dict:
-        lm = load_trained(_WORKDIR.value, **_WEIGHTS())
+        lm = load_trained(**_WEIGHTS(_WORKDIR.value))
         lm = with_compute(lm, _COMPUTE.value or lm.config.precision.compute)
         data = _DATA.value or run_dataset(lm)
         result = evaluate_data(lm, data, split=_SPLIT.value, batch_size=_BATCH.value or None,
@@ -85,7 +85,7 @@ def main(argv: list[str]) -> None:
                                text_field=_FIELD.value)
         from lmscale.data.dataset import is_dataset
         split = _SPLIT.value if is_dataset(data) else "all"  # text files: all of their text
-        return {"workdir": os.path.abspath(_WORKDIR.value), "step": lm.step, "best": _WEIGHTS()["best"],
+        return {"workdir": lm.workdir, "step": lm.step, "best": lm.best,
                 "data": data, "split": split, "compute": lm.compute, **result}
 
     result = run_cli(run)

@@ -72,12 +72,14 @@ def main(argv: list[str]) -> None:
         if hint:  # OpenAI's files or a .pt given as the run: the convert command to run first
             raise DataError(hint)
         _check_neuron_flags()
-        out = _OUTPUT.value or os.path.join(_WORKDIR.value, "generate")
-        if _OUTPUT.value or os.path.isdir(_WORKDIR.value):  # else load_trained says what is wrong
+        weights = _WEIGHTS(_WORKDIR.value)  # RUN/best: RUN's best weights, outputs in RUN
+        workdir = weights.pop("workdir")
+        out = _OUTPUT.value or os.path.join(workdir, "generate")
+        if _OUTPUT.value or os.path.isdir(workdir):  # else load_trained says what is wrong
             # Before loading and sampling: a read-only workdir fails at once, with the way out.
             writable_folder(out, "pass --output=FOLDER to write the samples elsewhere"
                             if not _OUTPUT.value else "pass another --output folder")
-        lm = load_trained(_WORKDIR.value, compute=_COMPUTE.value, **_WEIGHTS())
+        lm = load_trained(workdir, compute=_COMPUTE.value, **weights)
         model = lm.model()
         width = model.feature_width
         if _HEATMAP_UNIT.value is not None and not 0 <= _HEATMAP_UNIT.value < width:
@@ -92,7 +94,7 @@ def main(argv: list[str]) -> None:
         max_len = trained_length(lm.config) or model.max_len
         if not flags.FLAGS["length"].present and max_len is not None and length > max_len // 2:
             length = max_len // 2  # the default, for a transformer: room for the prompt too
-        found = transfer_neuron(_WORKDIR.value, width, lm.step, weights_fingerprint(lm))
+        found = transfer_neuron(workdir, width, lm.step, weights_fingerprint(lm))
         neuron_state = _STATE.value or None
         if (neuron_state is None and found is not None and found[1]
                 and (_NEURON.value, -1) == (found[0], found[2])):
@@ -100,14 +102,14 @@ def main(argv: list[str]) -> None:
         value = _VALUE.value
         if _POLARITY.value:  # the transfer's own sign of this unit (h = o tanh(c): the same in
             # either state)
-            value *= polarity_sign(found, _NEURON.value, _WORKDIR.value, "--neuron_polarity")
+            value *= polarity_sign(found, _NEURON.value, workdir, "--neuron_polarity")
         read: dict = {}  # what the model read of the prompt (a transformer: its last tokens)
         texts = generate(lm, _PROMPT.value, length, temperature=_TEMPERATURE.value,
                          top_k=_TOP_K.value, top_p=_TOP_P.value, samples=_SAMPLES.value,
                          seed=_SEED.value, neuron=_NEURON.value, neuron_value=value,
                          neuron_state=neuron_state, progress=sys.stderr.isatty(), read=read)
         os.makedirs(out, exist_ok=True)
-        record = {"lm": lm_record(lm, _WORKDIR.value),  # which weights wrote them
+        record = {"lm": lm_record(lm, workdir),  # which weights wrote them
                   "prompt": _PROMPT.value, **read, "length": length, "seed": _SEED.value,
                   "neuron": _NEURON.value, "neuron_value": value,
                   "neuron_polarity": _POLARITY.value,

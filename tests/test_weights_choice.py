@@ -105,3 +105,38 @@ def test_fine_tuning_starts_from_the_best_weights_given_as_run_best(run, tmp_pat
     derived = json.load(open(os.path.join(ft, "config.json")))["derived"]
     assert derived["lm_step"] == best_step
     assert load_trained(os.path.join(workdir, "best")).best
+
+
+def test_run_best_given_as_the_workdir_is_the_runs_best_weights_with_the_runs_outputs(run, tmp_path):
+    """--workdir=RUN/best read the best weights but wrote RUN/best/generate and
+    RUN/best/transfer (inside the orbax folder; that classifier could not be loaded), and
+    eval said "best": false."""
+    workdir, best_step, texts = run
+    best_dir = os.path.join(workdir, "best")
+    proc = _tool("lmscale.eval", f"--workdir={best_dir}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    said = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert said["best"] is True and said["step"] == best_step and said["workdir"] == workdir
+    proc = _tool("lmscale.generate", f"--workdir={best_dir}", "--length=4", "--samples=1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lm = json.loads(open(os.path.join(workdir, "generate", "samples.json")).read())["lm"]
+    assert lm["best"] is True and lm["workdir"] == workdir
+    assert not os.path.exists(os.path.join(best_dir, "generate"))
+    from lmscale.finetuning.classifier import load_classifier
+    from lmscale.transfer.run import run_transfer
+    results = run_transfer(best_dir, texts, texts, output=str(tmp_path / "t"), baseline="none",
+                           Cs=[1.0])
+    assert results["lm"]["best"] is True and results["lm"]["workdir"] == workdir
+    assert load_classifier(str(tmp_path / "t")).lm.best
+
+
+def test_a_start_from_that_is_no_run_is_refused_before_any_data_is_prepared(tmp_path):
+    from lmscale.config import ConfigError
+    from lmscale.training.loop import train
+    from tests.conftest import tiny_config, write_corpus
+    corpus = write_corpus(tmp_path / "corpus", files=1)
+    work = tmp_path / "run"
+    with pytest.raises(ConfigError, match="train.start_from='.*nope/best' is no lmscale LM run"):
+        train(tiny_config(corpus, **{"train.start_from": str(tmp_path / "nope" / "best")}),
+              str(work))
+    assert not (work / "data").exists() and not (work / "checkpoints").exists()

@@ -98,7 +98,7 @@ def _load_transfer_lm(folder: str, info: dict[str, Any]) -> Any:
     it was fit on (``info["lm_weights"]``); sets ``info["lm_workdir"]`` to it. Errors name
     where it looked."""
     from lmscale.training.checkpoints import CheckpointError
-    from lmscale.training.restore import load_trained, weights_fingerprint
+    from lmscale.training.restore import best_folder, load_trained, weights_fingerprint
     candidates = []
     if info.get("lm_workdir_from_here"):
         candidates.append(os.path.normpath(os.path.join(folder, info["lm_workdir_from_here"])))
@@ -106,10 +106,11 @@ def _load_transfer_lm(folder: str, info: dict[str, Any]) -> Any:
         candidates.append(info["lm_workdir"])
     errors: list[Exception] = []
     for path in candidates:
+        path, in_best = best_folder(path)  # fit on RUN/best (before it was read as RUN --best)
         if not os.path.isfile(os.path.join(path, "config.json")):
             continue
         try:
-            best = bool(info.get("lm_best"))  # fit on the weights kept as validated best
+            best = bool(info.get("lm_best")) or in_best  # fit on the weights validated best
             lm = load_trained(path, None if best else info["lm_step"], best=best,
                               compute=info.get("compute", "float32"))
         except (FileNotFoundError, CheckpointError) as e:

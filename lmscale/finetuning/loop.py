@@ -335,8 +335,15 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
     val_ids = enc["val"].ids[:ft.max_val_texts or None]
     val_labels = enc["val"].labels[:len(val_ids)]
 
+    step = start  # the loop's (validate names it in its error)
+
     def validate(params: Any) -> tuple[dict[str, Any], np.ndarray, np.ndarray | None]:
         probs = predict(params, val_ids)
+        if not np.all(np.isfinite(probs)):  # finite weights (check_finite): float16's range
+            raise DivergedError(f"the validation probabilities are not finite at step {step} "
+                                f"(the weights are: the {config.precision.compute} forward "
+                                f"overflows); resume in bfloat16 "
+                                f"(--config.precision.compute=bfloat16) or float32", step)
         thresholds = tune_thresholds(probs, val_labels, ft.threshold_metric) if ft.multilabel else None
         return (classification_metrics(probs, val_labels, ft.multilabel, class_names, thresholds),
                 probs, thresholds)
@@ -350,7 +357,6 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
     writer = MetricsWriter(workdir, resumed_from=start)
     on_exit.push(lambda kind, *_: writer.abandon() if kind else None)
     timer = StepTimer()  # the steps that compile are left out of the throughput
-    step = start
     in_flight = InFlight()  # bounded async dispatch (lmscale/training/in_flight.py)
     accuracy_name = "label_accuracy" if ft.multilabel else "accuracy"
     compiled: set[tuple[bool, tuple[int, ...]]] = set()

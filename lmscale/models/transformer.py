@@ -10,14 +10,12 @@ Causal multi-head self-attention (softmax in float32) restricted to the token's 
 positions restart at 0 there, so a document read mid-batch is modelled as if alone.
 
 Parameters are float32; matmuls run in the compute ``dtype``; LayerNorm, softmax, the
-residual stream and the logits are float32. The L blocks' parameters are stacked along a
-leading layer axis (one ``Block`` module whose params are [L, ...]) and applied by one
-``jax.lax.scan`` (``scan_layers=True``) or a Python loop over the same params; both give
-the same numbers (to rounding, ~1e-6 in float32) and the same checkpoint layout. Decoding (``decode_step``) loops over the
-layers in Python, on per-layer params and matrices that ``prepare_decode`` slices and
-normalizes once per generated sequence, with one key/value cache per layer updated in
-place. Like RecurrentLM, the module holds parameters only: dropout draws from an explicit
-``dropout_key``.
+residual stream and the logits are float32. The L blocks' parameters are stacked [L, ...]
+and applied by one ``jax.lax.scan`` (``scan_layers=True``) or a Python loop (the same
+numbers to ~1e-6, the same checkpoint layout). Decoding (``decode_step``) loops over the
+layers on per-layer params and matrices that ``prepare_decode`` slices and normalizes once
+per sequence, one key/value cache per layer updated in place. The module holds parameters
+only: dropout draws from an explicit ``dropout_key``.
 
 The attention input projection is one fused (d, 3d) matrix [q | k | v] (fairseq's
 ``in_proj``); with weight norm each output unit has its own scale, so this is exactly
@@ -40,7 +38,7 @@ from lmscale.models.weight_norm import make_matrix
 
 NORMS = ("post", "pre")
 INITS = ("fairseq", "gpt2")
-GPT2_STD = 0.02  # GPT-2's initializer range (its residual projections: / sqrt(2 layers))
+GPT2_STD = 0.02  # nanoGPT's, after the GPT-2 paper (its residual projections: / sqrt(2 layers))
 POSITIONS = ("learned", "sinusoidal")
 REMATS = ("none", "block")
 LN_EPS = 1e-5
@@ -64,10 +62,8 @@ def _dense(x: jax.Array, w: jax.Array, b: jax.Array | None, dtype: Any) -> jax.A
 
 
 def sinusoidal(positions: jax.Array, dim: int) -> jax.Array:
-    """fairseq's sinusoidal embeddings: int [...] -> float32 [..., dim] = [sin | cos].
-
-    Frequencies exp(-i * ln(10000) / (dim/2 - 1)), i < dim/2; an odd dim gets a zero column.
-    """
+    """fairseq's sinusoidal embeddings: int [...] -> float32 [..., dim] = [sin | cos], with
+    frequencies exp(-i * ln(10000) / (dim/2 - 1)), i < dim/2; an odd dim gets a zero column."""
     half = dim // 2
     freq = jnp.exp(jnp.arange(half, dtype=jnp.float32) * -(math.log(10000.0) / max(half - 1, 1)))
     angles = positions.astype(jnp.float32)[..., None] * freq
@@ -79,8 +75,7 @@ def sinusoidal(positions: jax.Array, dim: int) -> jax.Array:
 
 def _per_row(key: jax.Array) -> bool:
     """True for one key per row: raw uint32 [B, 2] or typed keys [B]."""
-    typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-    return key.ndim == (1 if typed else 2)
+    return key.ndim == (1 if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else 2)
 
 
 def dropout(key: jax.Array, site: jax.Array | int, rate: float, x: jax.Array) -> jax.Array:
@@ -182,17 +177,15 @@ def check_args(*, layers: Any, d_model: Any, heads: Any, d_ff: Any, max_len: Any
             raise ValueError(f"model.{name} must be one of {list(allowed)}, got {value!r}")
     if init == "gpt2" and positions == "sinusoidal":  # amplitude 1 against embeddings of 0.02
         raise ValueError("model.init='gpt2' adds token embeddings of scale 0.02 unscaled, which "
-                         "sinusoidal positions (amplitude 1) would swamp: use "
-                         "model.positions='learned' (GPT-2's) or model.init='fairseq'")
+                         "sinusoidal positions (amplitude 1) would swamp: use model.positions="
+                         "'learned' (GPT-2's) or model.init='fairseq'")
     for name, value in (("dropout", dropout), ("attn_dropout", attn_dropout),
                         ("ff_dropout", ff_dropout)):
         if not 0.0 <= float(value) < 1.0:
             raise ValueError(f"model.{name} must be in [0, 1), got {value}")
 
 
-# The attribute holding every block's params stacked [L, ...] (the optimizer's weight-decay
-# mask reads per-layer shapes through it).
-STACKED_LAYERS = "blocks"
+STACKED_LAYERS = "blocks"  # every block's params stacked [L, ...] (the weight-decay mask reads it)
 
 
 class TransformerLM(nnx.Module):
@@ -202,8 +195,8 @@ class TransformerLM(nnx.Module):
     normal(0, d^-1/2), never weight-normed); ``blocks``: one Block with every param stacked
     [L, ...]; ``final_norm`` (pre-norm only); ``head`` (d, V) (normal(0, d^-1/2), weight-normed
     with ``weight_norm``) and ``head_bias`` [V] unless ``tie_embeddings`` (then logits =
-    x E^T, no bias). Block projections Xavier-uniform, biases zero. ``init`` "gpt2": GPT-2's
-    (and nanoGPT's) instead: embeddings, positions, projections and head N(0, 0.02^2), the
+    x E^T, no bias). Block projections Xavier-uniform, biases zero. ``init`` "gpt2": nanoGPT's,
+    after the GPT-2 paper (OpenAI's released code draws positions at 0.01, unscaled), instead: embeddings, positions, projections and head N(0, 0.02^2), the
     residual projections ``out`` and ``fc2`` N(0, (0.02 / sqrt(2 L))^2), and the token
     embeddings added unscaled (GPT-2 has no sqrt(d)).
     """
@@ -389,11 +382,10 @@ class TransformerLM(nnx.Module):
                 "pos": jnp.zeros((), jnp.int32)}
 
     def prepare_decode(self) -> dict[str, Any]:
-        """What ``decode_step`` reads, computed once per generated sequence: per layer the
-        block's params (sliced from the stack) and its matrices (weight norm applied,
-        transposed for ``kv_cache.dense_t``), and the output matrix transposed ([V, d]), in the
-        compute dtype. Per token, slicing the stacked params and normalizing the matrices
-        took 3x the step's own work (``benchmarks/README.md``)."""
+        """What ``decode_step`` reads, once per generated sequence: per layer the block's
+        params (sliced) and matrices (weight norm applied, transposed for ``kv_cache.dense_t``)
+        and the output matrix transposed ([V, d]), in the compute dtype (per token this took
+        3x the step's own work: ``benchmarks/README.md``)."""
         graphdef, params = nnx.split(self.blocks)
         # All layers' matrices at once (vmapped over the stack), then sliced: per layer, the
         # 12-layer model's compile took 2.8 s for this alone, 12 copies of the same fusions.

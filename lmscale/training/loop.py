@@ -102,6 +102,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
                 check_resumable(saved, config, reader.directory, workdir)
         finally:
             reader.close()
+    if saved is None and config.train.get("start_from"):  # before the data is prepared
+        from lmscale.training.start_from import check_start_from
+        check_start_from(config)
 
     dataset = TokenDataset.open(resolve_dataset(config.data, workdir, progress=interactive,
                                                 resuming=saved is not None))

@@ -116,15 +116,15 @@ def resumed_loss_scale(state: Any, saved_precision: Any, policy: "Policy", preci
     compute dtype than ``saved_precision``: the new precision starts its own loss scale
     (float16: ``precision.loss_scale_init``, not the inert 1 of a float32/bfloat16 checkpoint;
     float32 after float16: 1, not float16's leftover); the count of skipped steps goes on."""
-    if saved_precision == precision.compute:
-        return state, None
+    if saved_precision is None or saved_precision == precision.compute:
+        return state, None  # None: a checkpoint from before the record (none is left to read)
     fresh = LossScale.for_precision(policy, precision).replace(
         skipped=jax.device_get(state.loss_scale.skipped))
     state = state.replace(loss_scale=jax.device_put(fresh, sharding))
     scale = (f"its loss scale starts at {precision.loss_scale_init:g}" if fresh.dynamic
              else "no loss scale")
     return state, (f"note: resuming in {precision.compute} (the checkpoint trained in "
-                   f"{saved_precision or 'float32'}): {scale}")
+                   f"{saved_precision}): {scale}")
 
 
 # Steps skipped in a row, ending at the lowest loss scale (1), after which a float16 run is

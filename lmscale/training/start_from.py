@@ -11,12 +11,33 @@ checkpoint; a resumed run goes on from its own.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
 
-from lmscale.config import ConfigError
+from lmscale.config import ConfigError, load_config
 from lmscale.models import architecture
+
+
+def check_start_from(config: Any) -> None:
+    """Before any data is prepared: ``train.start_from`` is a run whose architecture is this
+    config's (a missing path or another model was said after the data was prepared, with a
+    message that did not name the setting)."""
+    from lmscale.training.restore import best_folder
+    given = config.train.start_from
+    run, best = best_folder(given)
+    path = os.path.join(run, "config.json")
+    if not os.path.isfile(path) or (best and not os.path.isfile(os.path.join(run, "best.json"))):
+        what = "weights kept as validated best (checkpoint.keep_best)" if best else "config.json"
+        raise ConfigError(f"train.start_from={given!r} is no lmscale LM run: no {what} there "
+                          f"(RUN/best for a run's best weights, RUN for its latest)")
+    theirs, ours = architecture(load_config(path)[0].model), architecture(config.model)
+    differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+    if differ:
+        raise ConfigError(f"train.start_from={given!r} is another model: "
+                          + ", ".join(f"model.{k} {theirs.get(k)!r} there, {ours.get(k)!r} here"
+                                      for k in differ))
 
 
 def start_params(config: Any, tokenizer: dict[str, Any], like: Any, sharding: Any
@@ -24,13 +45,8 @@ def start_params(config: Any, tokenizer: dict[str, Any], like: Any, sharding: An
     """(parameters placed like ``like`` with ``sharding``, a provenance record) of
     ``config.train.start_from``; ConfigError if that run's model or tokenizer differs."""
     from lmscale.training.restore import load_trained
+    check_start_from(config)
     lm = load_trained(config.train.start_from)
-    theirs, ours = architecture(lm.config.model), architecture(config.model)
-    differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
-    if differ:
-        raise ConfigError(f"train.start_from={config.train.start_from!r} is another model: "
-                         + ", ".join(f"model.{k} {theirs.get(k)!r} there, {ours.get(k)!r} here"
-                                     for k in differ))
     if lm.tokenizer.to_dict() != tokenizer:
         raise ConfigError(f"train.start_from={config.train.start_from!r} reads another "
                           f"tokenization ({lm.tokenizer.to_dict()} there, {tokenizer} here): "

@@ -97,7 +97,8 @@ def main(argv: list[str]) -> None:
         pooling=_POOLING.value, all_layers=_ALL_LAYERS.value, baseline=_BASELINE.value,
         batch_size=_BATCH.value, progress=sys.stderr.isatty(), compute=_COMPUTE.value,
         features_dir=_FEATURES_DIR.value, stages=True, standardize=_STANDARDIZE.value,
-        threshold_metric=_THRESHOLD_METRIC.value, **_WEIGHTS(),
+        threshold_metric=_THRESHOLD_METRIC.value,
+        **{k: v for k, v in _WEIGHTS(_WORKDIR.value).items() if k != "workdir"},
         **({} if _SEARCH_ROWS.value is None else {"search_rows": _SEARCH_ROWS.value}),
         **({} if _C.value is None else {"Cs": _C.value})))
     pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"

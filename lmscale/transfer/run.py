@@ -17,8 +17,8 @@ from sklearn.preprocessing import StandardScaler
 
 from lmscale.atomic import write_json
 from lmscale.cli import OutputError, writable_folder
-from lmscale.training.restore import (TrainedLM, lm_record, load_trained, weights_fingerprint,
-                                      with_compute)
+from lmscale.training.restore import (TrainedLM, best_folder, lm_record, load_trained,
+                                      weights_fingerprint, with_compute)
 from lmscale.transfer import plots
 from lmscale.transfer.baseline import ngram_features
 from lmscale.data.errors import DataError
@@ -59,6 +59,8 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
     A model whose import recorded its sentiment unit (OpenAI's 2388) gets it reported beside
     the unit this fit finds (``recorded_unit``: its rank, sign and accuracy alone).
     """
+    workdir, in_best = best_folder(workdir)  # RUN/best: RUN's best weights, outputs in RUN
+    best = best or in_best
     Cs = inverse_strengths(Cs)
     if search_rows < 0:
         raise DataError(f"search_rows must be >= 0 (0: all training texts), got {search_rows}")

@@ -102,3 +102,18 @@ def test_probabilities_that_are_not_finite_are_refused_not_read_as_class_0():
     with pytest.raises(DataError, match="not finite"):
         tune_thresholds(probs, np.array([[0, 1], [1, 0], [1, 0]]))
     assert list(predict_labels(probs[[0, 2]], False)) == [1, 0]
+
+
+def test_a_float16_validation_that_overflows_stops_the_fine_tune(sst_run, data, tmp_path):
+    """Finite weights whose float16 forward overflows gave NaN validation probabilities: kept
+    as "best" (NaN compares as nothing) and argmax-ed to class 0; now a DivergedError naming
+    the step and the way on (exit 3)."""
+    from lmscale.finetuning.loop import finetune
+    from lmscale.training.diverged import DivergedError
+    config = ft_config(sst_run, data["sst_train"], data["sst_val"], **{
+        "train.steps": 10, "train.log_every": 5, "train.eval_every": 5,
+        "checkpoint.every": 1000, "precision.compute": "float16",
+        "precision.loss_scale_init": 2.0, "optim.lr": 1000.0, "finetune.head_lr": 1000.0})
+    with pytest.raises(DivergedError, match="validation probabilities are not finite at step 5 "
+                                            r"\(the weights are: the float16 forward overflows\)"):
+        finetune(config, str(tmp_path / "boom"))

@@ -1,4 +1,5 @@
-"""model.init: the seed's (fairseq) initialization or GPT-2's, checked from its definition.
+"""model.init: the seed's (fairseq) initialization or nanoGPT's ("gpt2", after the GPT-2
+paper), checked from its definition.
 
 GPT-2 (and nanoGPT): every matrix and embedding drawn N(0, 0.02^2), the two projections that
 write into the residual stream (attention ``out``, feed-forward ``fc2``) N(0, (0.02 /
