@@ -130,21 +130,16 @@ class NTASGDMonitor:
         """Records a pass (before the switch); True when averaging must start now (``stops``:
         when the run must end now: finetune.py's ``len(h) > n and v > min(h[:-n])`` on the
         averaged weights' losses, its history starting empty)."""
-        if self.stops:
-            if self.stop_step is not None:
-                return True
-            stop = should_switch(self.history, val_loss, self.nonmono)
-            self.history.append(float(val_loss))
-            if stop:
-                self.stop_step = int(step)
-            return stop
-        if self.switch_step is not None:
-            return False
-        switch = should_switch(self.history, val_loss, self.nonmono)
+        decided = self.stop_step if self.stops else self.switch_step
+        if decided is not None:  # asgd: stopped already; ntasgd: switched (no more history)
+            return self.stops
+        fires = should_switch(self.history, val_loss, self.nonmono)
         self.history.append(float(val_loss))
-        if switch:
+        if fires and self.stops:
+            self.stop_step = int(step)
+        elif fires:
             self.switch_step = int(step)
-        return switch
+        return fires
 
     def record(self) -> dict[str, Any]:
         record = {"val_history": list(self.history), "switch_step": self.switch_step,
