@@ -7,13 +7,15 @@ from typing import Any
 from lmscale.data.errors import DataError
 
 
-def load_lm(workdir: str, step: int | None = None, compute: str = "float32") -> Any:
+def load_lm(workdir: str, step: int | None = None, compute: str = "float32",
+            best: bool = False) -> Any:
     """Loads a trained LM for notebooks: ``.score``, ``.featurize``, ``.generate`` (see
     lmscale.api); ``compute="bfloat16"`` runs its matmuls in bfloat16 (faster on CPUs with
-    AMX and on GPUs)."""
+    AMX and on GPUs); ``best``: the weights validated best (``checkpoint.keep_best``)."""
     import os
     from lmscale.api import load_lm as _load
-    return _load(os.path.expanduser(workdir) if isinstance(workdir, str) else workdir, step, compute)
+    return _load(os.path.expanduser(workdir) if isinstance(workdir, str) else workdir, step,
+                 compute, best)
 
 
 def load_classifier(path: str, batch_size: int = 0) -> Any:

@@ -321,7 +321,7 @@ def define_weights_flags() -> Callable[[str], dict[str, Any]]:
                              "checkpoint's.")
 
     def weights(workdir: str) -> dict[str, Any]:
-        from lmscale.training.restore import best_folder
+        from lmscale.training.run_paths import best_folder
         run, in_best = best_folder(workdir)
         return {"workdir": run, "step": None if step.value < 0 else step.value,
                 "best": best.value or in_best}

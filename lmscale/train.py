@@ -94,7 +94,7 @@ def main(argv: list[str]) -> None:
             # stopped by a signal has no final validation: its last one is said as such.
             val = result["val"]
             which = "last" if result.get("stopped") else "final"
-            ended = (f" (ended by optim.name='asgd''s rule before train.steps="
+            ended = (f" (the asgd rule ended the run before train.steps="
                      f"{_CONFIG.value.train.steps})" if result.get("stopped_by_rule") else "")
             print(f"step {val['step']}: {which} val bpc {val['bpc']:.4f}{perplexity_note(val)}{ended}")
     sys.exit(0)

@@ -140,3 +140,30 @@ def test_a_start_from_that_is_no_run_is_refused_before_any_data_is_prepared(tmp_
         train(tiny_config(corpus, **{"train.start_from": str(tmp_path / "nope" / "best")}),
               str(work))
     assert not (work / "data").exists() and not (work / "checkpoints").exists()
+
+
+def test_the_packages_load_lm_takes_best(run):
+    """README: `load_lm(workdir, best=True)`; lmscale.load_lm (the package's) had no best."""
+    import lmscale
+    workdir, best_step, _ = run
+    assert lmscale.load_lm(workdir, best=True).trained.step == best_step
+    assert lmscale.load_lm(os.path.join(workdir, "best")).trained.best
+
+
+def test_eval_of_run_best_splits_the_host_as_the_run_did(run, tmp_path):
+    """--workdir=RUN/best evaluated on one device where the run trained on two (it looked
+    for RUN/best/config.json): a loss ~1e-7 off the logged one. In a fresh process, as the
+    tools call it before JAX starts, on a copy of the run's record saying 2 devices."""
+    workdir, _, _ = run
+    record = json.load(open(os.path.join(workdir, "config.json")))
+    record["derived"]["devices"] = 2
+    copy = tmp_path / "two"
+    (copy / "best").mkdir(parents=True)
+    (copy / "config.json").write_text(json.dumps(record))
+    code = ("import sys; from lmscale.training.host_devices import split_host_like_run; "
+            "print(split_host_like_run(sys.argv[1]))")
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+    got = [subprocess.run([sys.executable, "-c", code, str(path)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120).stdout.strip()
+           for path in (copy, copy / "best")]
+    assert got == ["2", "2"], got

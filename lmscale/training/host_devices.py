@@ -129,7 +129,8 @@ def split_host_like_run(workdir: str) -> int | None:
     validation exactly. Nothing when the workdir has no config.json (the tool reports that
     itself)."""
     from lmscale.config import load_config
-    path = os.path.join(workdir, "config.json")
+    from lmscale.training.run_paths import best_folder
+    path = os.path.join(best_folder(workdir)[0], "config.json")  # RUN/best: RUN's record
     if not os.path.isfile(path):
         return None
     config, derived = load_config(path)

@@ -176,6 +176,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
         opt_state = jax.jit(setup.tx.init, out_shardings=shardings.opt_state)(params)
         state = state.replace(params=params, opt_state=opt_state)
         derived["started_from"] = started_from
+        if is_main:
+            print(f"note: starting from {started_from['workdir']}'s "
+                  f"{'best weights' if started_from['best'] else 'latest weights'} (step "
+                  f"{started_from['step']}; train.start_from): optimizer, step and data "
+                  f"position start afresh", file=sys.stderr, flush=True)
     start = int(jax.device_get(state.step))
     if saved is not None and ((saved.get("ntasgd") or {}).get("stop_step") is not None):
         checkpointer.close()  # ASGD's rule ended this run: a re-run trains no further
@@ -396,10 +401,10 @@ def _already_trained(workdir: str, start: int, steps: int, is_main: bool,
         if record.get("split") in ("train", "val"):
             last[record["split"]] = record
     if is_main and stopped_by_rule:
-        print(f"{workdir} was ended at step {start} (of train.steps={steps}) by optim.name="
-              f"'asgd''s rule, its validation loss worse than the best of those more than "
-              f"optim.ntasgd_nonmono passes before: nothing to do (--config.resume=false starts "
-              f"over; the run is archived)", file=sys.stderr)
+        print(f"{workdir} was ended at step {start} (of train.steps={steps}) by the asgd rule "
+              f"(optim.name='asgd'), its validation loss worse than the best of those more "
+              f"than optim.ntasgd_nonmono passes before: nothing to do (--config.resume=false "
+              f"starts over; the run is archived)", file=sys.stderr)
     elif is_main:
         print(f"{workdir} is already trained to step {start} (train.steps={steps}): nothing to "
               f"do. Raise --config.train.steps to train on, or --config.resume=false to start "

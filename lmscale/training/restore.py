@@ -35,6 +35,7 @@ from lmscale.models.registry import architecture
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.checkpoints import (CheckpointError, Checkpointer, CheckpointMismatchError, ModelMismatchError,
                                           UnreadableCheckpointError, check_same_model)
+from lmscale.training.run_paths import best_folder
 from lmscale.training.evaluate import evaluate_split
 from lmscale.training.steps import make_eval_step
 
@@ -160,17 +161,6 @@ def _not_a_run(workdir: str, config_path: str) -> str:
                 f"model: load it with lmscale.load_classifier({str(workdir)!r})"
                 + (f"; the LM it read is {lm}" if lm else ""))
     return f"{workdir} is not a training run: {config_path} does not exist"
-
-
-def best_folder(path: str) -> tuple[str, bool]:
-    """(workdir, True) for a run's ``WORKDIR/best`` (the weights kept as validated best:
-    ``--config.init_from=RUN/best`` fine-tunes from them), else (path, False)."""
-    parent = os.path.dirname(os.path.normpath(path))
-    if (os.path.basename(os.path.normpath(path)) == "best"
-            and not os.path.isfile(os.path.join(path, "config.json"))
-            and os.path.isfile(os.path.join(parent, "config.json"))):
-        return parent, True
-    return path, False
 
 
 def load_trained(workdir: str, step: int | None = None, mesh: Mesh | None = None,

@@ -24,7 +24,7 @@ def check_start_from(config: Any) -> None:
     """Before any data is prepared: ``train.start_from`` is a run whose architecture is this
     config's (a missing path or another model was said after the data was prepared, with a
     message that did not name the setting)."""
-    from lmscale.training.restore import best_folder
+    from lmscale.training.run_paths import best_folder
     given = config.train.start_from
     run, best = best_folder(given)
     path = os.path.join(run, "config.json")

@@ -64,7 +64,10 @@ def test_a_run_started_from_another_runs_best_weights_with_asgd(tmp_path, corpus
     asgd = {**NTASGD_LSTM, "optim.name": "asgd", "train.steps": 8,
             "train.start_from": os.path.join(base, "best")}
     whole = str(tmp_path / "whole")
+    capsys.readouterr()
     train(tiny_config(corpus, **asgd), whole)
+    assert (f"note: starting from {base}'s best weights (step {best['step']}; "
+            f"train.start_from)") in capsys.readouterr().err
     val = [r for r in read_metrics(whole) if r["split"] == "val"]
     assert val[0]["step"] == 0 and val[0]["loss"] == pytest.approx(best["loss"], rel=1e-6)
     assert [r["step"] for r in val] == [0, 2, 4, 6, 8] and all(r["averaged"] for r in val[1:])
@@ -85,8 +88,8 @@ def test_a_run_started_from_another_runs_best_weights_with_asgd(tmp_path, corpus
     assert result["stopped_by_rule"] and result["step"] == 4
     assert "step 4: ASGD stops" in capsys.readouterr().err  # said without a progress bar too
     again = train(tiny_config(corpus, **asgd), ruled)
-    assert again["already_trained"] and "was ended at step 4 (of train.steps=8) by optim.name=" \
-        "'asgd''s rule" in capsys.readouterr().err
+    assert again["already_trained"] and "was ended at step 4 (of train.steps=8) by the asgd " \
+        "rule (optim.name='asgd')" in capsys.readouterr().err
 
     with pytest.raises(ConfigError, match="is another model: model.hidden 32 there, 48 here"):
         train(tiny_config(corpus, **{**asgd, "model.hidden": 48}), str(tmp_path / "other"))
