@@ -315,15 +315,23 @@ def define_weights_flags() -> Callable[[str], dict[str, Any]]:
     ``step`` and ``best``: a workdir given as RUN/best is RUN with ``best`` (the tools'
     outputs, records and the transfer's neuron are then RUN's, not inside its best/)."""
     from absl import flags
-    step = flags.DEFINE_integer("step", -1, "Checkpoint step; -1 = the latest.")
-    best = flags.DEFINE_bool("best", False, "The weights with the lowest validation loss (a run "
-                             "with checkpoint.keep_best; NT-ASGD: averaged) instead of a "
-                             "checkpoint's.")
+
+    def define(kind: Callable[..., Any], name: str, default: Any, about: str) -> Callable[[], Any]:
+        # Another tool module imported into this process (a notebook, the tests: convert has
+        # a --step of this meaning) defined it: absl refused a second definition.
+        if name in flags.FLAGS:
+            return lambda: flags.FLAGS[name].value
+        holder = kind(name, default, about)
+        return lambda: holder.value
+
+    step = define(flags.DEFINE_integer, "step", -1, "Checkpoint step; -1 = the latest.")
+    best = define(flags.DEFINE_bool, "best", False, "The weights with the lowest validation "
+                  "loss (a run with checkpoint.keep_best; NT-ASGD: averaged) instead of a "
+                  "checkpoint's.")
 
     def weights(workdir: str) -> dict[str, Any]:
         from lmscale.training.run_paths import best_folder
         run, in_best = best_folder(workdir)
-        return {"workdir": run, "step": None if step.value < 0 else step.value,
-                "best": best.value or in_best}
+        return {"workdir": run, "step": None if step() < 0 else step(), "best": best() or in_best}
 
     return weights

@@ -167,3 +167,12 @@ def test_eval_of_run_best_splits_the_host_as_the_run_did(run, tmp_path):
                           capture_output=True, text=True, timeout=120).stdout.strip()
            for path in (copy, copy / "best")]
     assert got == ["2", "2"], got
+
+
+def test_generate_imports_beside_convert_whose_step_flag_it_shares():
+    """lmscale.convert defines --step (the same meaning): importing lmscale.generate after it
+    in one process (the test suite's workers) raised DuplicateFlagError."""
+    code = "import lmscale.convert, lmscale.generate; print('ok')"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.stdout.strip() == "ok", proc.stderr[-2000:]
