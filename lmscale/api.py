@@ -203,12 +203,11 @@ class LM:
         if options.pop("neuron_polarity", False):
             from lmscale.transfer.found_neuron import polarity_sign, transfer_neuron
             from lmscale.training.restore import weights_fingerprint
-            lm = self.trained
+            lm, neuron = self.trained, options.get("neuron")
+            if neuron is None:  # before the transfer's record is read
+                raise DataError("neuron_polarity signs the value neuron= is held at: give neuron too")
             found = transfer_neuron(lm.workdir, lm.model().feature_width, lm.step,
                                     weights_fingerprint(lm))
-            neuron = options.get("neuron")
-            if neuron is None:
-                raise DataError("neuron_polarity signs the value neuron= is held at: give neuron too")
             options["neuron_value"] = options.get("neuron_value", 0.0) * polarity_sign(
                 found, neuron, lm.workdir)
             options.setdefault("neuron_state", found[1])

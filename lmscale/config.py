@@ -63,8 +63,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.kind = "mlstm"  # "mlstm" (multiplicative LSTM), "lstm", "qrnn" or "transformer"
     c.model.layers = 1  # stacked recurrent layers / transformer blocks
-    # Dropout (training only): recurrent models between stacked layers; the transformer on
-    # each block's residual branches (after attention and after the feed-forward) and embeddings.
+    # Dropout (training only): recurrent models between stacked layers; the transformer on each block's residual branches and embeddings.
     c.model.dropout = 0.0
     # Weight norm g*v/|v|: recurrent models on the recurrent matrices; the transformer on every
     # block matrix and the output head (never on embeddings).
@@ -309,7 +308,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         checks.check_longest_drawn(config, kind)
 
 
-OPTIMIZERS = ("adam", "sgd", "ntasgd", "asgd")
+AVERAGING_OPTIMIZERS = ("ntasgd", "asgd")  # average the weights: validation, eval and export read the average
+OPTIMIZERS = ("adam", "sgd", *AVERAGING_OPTIMIZERS)
 WEIGHT_DECAY_STYLES = ("coupled", "decoupled")
 WEIGHT_DECAY_ON = ("all", "matrices")
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import ml_collections
 
-from lmscale.config import OPTIMIZERS, ConfigError, bptt_max, parse_epochs
+from lmscale.config import AVERAGING_OPTIMIZERS, OPTIMIZERS, ConfigError, bptt_max, parse_epochs
 
 
 def check_numbers(config: ml_collections.ConfigDict) -> None:
@@ -78,7 +78,7 @@ def validate_awd(config: ml_collections.ConfigDict) -> None:
                               f"multiple of it, {shortest} or more, above the longest "
                               f"train.bptt_max={bptt_max(t)}; use a bucket of at most "
                               f"{bptt_max(t)}")
-    if o.name in ("ntasgd", "asgd") and not t.eval_every:
+    if o.name in AVERAGING_OPTIMIZERS and not t.eval_every:
         what = "switches to averaging" if o.name == "ntasgd" else "decides when to stop"
         raise ConfigError(f"optim.name={o.name!r} {what} on the validation passes every "
                           f"train.eval_every steps: set train.eval_every > 0")

@@ -98,7 +98,8 @@ def _load_transfer_lm(folder: str, info: dict[str, Any]) -> Any:
     it was fit on (``info["lm_weights"]``); sets ``info["lm_workdir"]`` to it. Errors name
     where it looked."""
     from lmscale.training.checkpoints import CheckpointError
-    from lmscale.training.restore import best_folder, load_trained, weights_fingerprint
+    from lmscale.training.restore import load_trained, weights_fingerprint
+    from lmscale.training.run_paths import best_folder
     candidates = []
     if info.get("lm_workdir_from_here"):
         candidates.append(os.path.normpath(os.path.join(folder, info["lm_workdir_from_here"])))

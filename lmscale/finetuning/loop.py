@@ -53,7 +53,8 @@ from lmscale.training.optimizer import finetune_applied_lrs, make_finetune_optim
 from lmscale.training.in_flight import InFlight
 from lmscale.training.precision import (LossScale, Policy, SkippedRun, print_compute_hint,
                                         resumed_loss_scale)
-from lmscale.training.restore import TrainedLM, best_folder, load_trained, weights_fingerprint
+from lmscale.training.restore import TrainedLM, load_trained, weights_fingerprint
+from lmscale.training.run_paths import best_folder
 from lmscale.training.schedules import batch_and_rate_note, finetune_warmup_notes
 from lmscale.training.resume import (RUN_FILES, archive_previous_run, check_same_optimizer,
                                      keep_config_history, resumed_derived, software_versions)

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from lmscale.config import AVERAGING_OPTIMIZERS
 from lmscale.data.dataset import SplitData
 from lmscale.data.errors import DataError
 from lmscale.data.stream import StreamBatcher
@@ -30,8 +31,10 @@ def without_validation(config: Any, dataset_path: str) -> str | None:
     (``checkpoint.keep_best``, NT-ASGD's switch), which such a run kept none of and said
     nothing about; else a note when ``train.eval_every`` asked for validation."""
     needs = [name for name, on in (("checkpoint.keep_best=true", config.checkpoint.keep_best),
-                                   ("optim.name='ntasgd' (it switches on validation losses)",
-                                    config.optim.name in ("ntasgd", "asgd"))) if on]
+                                   (f"optim.name={config.optim.name!r} (it "
+                                    f"{'switches' if config.optim.name == 'ntasgd' else 'stops'} "
+                                    f"on validation losses)",
+                                    config.optim.name in AVERAGING_OPTIMIZERS)) if on]
     way = ("give it a validation part (data.split or lmscale.prepare's --split=TRAIN,VAL,TEST "
            "with VAL >= 1, or data.val / --val=FILES)")
     if needs:

@@ -23,7 +23,7 @@ import numpy as np
 import tqdm
 from flax import nnx
 
-from lmscale.config import derive, save_config, validate, with_global_batch
+from lmscale.config import AVERAGING_OPTIMIZERS, derive, save_config, validate, with_global_batch
 from lmscale.data.errors import DataError
 from lmscale.distributed import check_same_config, process_0_says, processes_that_differ
 from lmscale.data.dataset import TokenDataset, dataset_fingerprint
@@ -211,7 +211,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
             "config": config.to_dict(), "derived": derived}
     # NT-ASGD: the validation history and switch step travel in each checkpoint's record.
     monitor = None
-    if config.optim.name in ("ntasgd", "asgd"):
+    if config.optim.name in AVERAGING_OPTIMIZERS:
         monitor = NTASGDMonitor(config.optim.ntasgd_nonmono, (saved or {}).get("ntasgd"),
                                 stops=config.optim.name == "asgd")
         meta["ntasgd"] = monitor.record()
@@ -339,15 +339,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
                 record = run_eval(step)
                 # NT-ASGD decides on the scheduled validations only: the end of a run that a
                 # later one continues (train.steps raised) is not on the grid.
-                if (monitor and monitor.stops and record and scheduled
-                        and monitor.after_validation(record["loss"], step)):
+                fired = (monitor and record and scheduled
+                         and monitor.after_validation(record["loss"], step))
+                if fired and monitor.stops:
                     rule_stopped = True  # finetune.py's "Done!": the rule on the averaged losses
                     if is_main:  # said with or without a bar: the run ends before train.steps
                         tqdm.tqdm.write(f"step {step}: ASGD stops (validation worse than the best "
                                         f"of those more than {monitor.nonmono} passes ago)",
                                         file=sys.stderr)
-                elif (monitor and not monitor.stops and record and scheduled
-                        and monitor.after_validation(record["loss"], step)):
+                elif fired:
                     state = state.replace(opt_state=switch_on(state.opt_state, step, replicated))
                     if progress:
                         tqdm.tqdm.write(f"step {step}: NT-ASGD switches to averaging",

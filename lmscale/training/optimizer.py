@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from lmscale.config import AVERAGING_OPTIMIZERS, OPTIMIZERS
 from lmscale.models.param_paths import path_names
 from lmscale.models.transformer import STACKED_LAYERS
 from lmscale.training.ntasgd import average_after_switch
@@ -43,15 +44,15 @@ def make_optimizer(optim: ml_collections.ConfigDict, decay_steps: int, lr: float
     if lr_drop_steps:
         schedule = with_drops(schedule, lr_drop_steps, optim.lr_drop_factor)
     name = optim.get("name", "adam")
-    if name not in ("adam", "sgd", "ntasgd", "asgd"):
-        raise ValueError(f"optim.name must be one of ['adam', 'sgd', 'ntasgd', 'asgd'], got {name!r}")
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optim.name must be one of {list(OPTIMIZERS)}, got {name!r}")
     parts = []
     if optim.clip > 0:
         parts.append(optax.clip_by_global_norm(optim.clip))
     parts += scaled_with_decay(optim, schedule, adam=name == "adam")
     if step_factor:
         parts.append(scale_by_step_factor())
-    if name in ("ntasgd", "asgd"):
+    if name in AVERAGING_OPTIMIZERS:
         parts.append(average_after_switch(from_start=name == "asgd"))
     return optax.chain(*parts), schedule
 

@@ -25,7 +25,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from lmscale.config import COMPUTE_DTYPES, ConfigError, config_from_record, load_config
+from lmscale.config import (AVERAGING_OPTIMIZERS, COMPUTE_DTYPES, ConfigError, config_from_record,
+                            load_config)
 from lmscale.data.dataset import TokenDataset, dataset_metadata, is_dataset
 from lmscale.data.errors import DataError
 from lmscale.data.prepare import prepare_dataset
@@ -310,7 +311,7 @@ def _restore_step(checkpointer: Checkpointer, workdir: str, config: ml_collectio
         params, step = restore_best_params(workdir, like, mesh_lib.replicated(mesh))
     else:
         params = checkpointer.restore_params(like, mesh_lib.replicated(mesh), step)
-    if config.optim.name in ("ntasgd", "asgd") and not best:  # NT-ASGD: the averaged weights, once averaging is on
+    if config.optim.name in AVERAGING_OPTIMIZERS and not best:  # the averaged weights, once averaging is on
         params = _averaged_params(checkpointer, config, derived, like, params, mesh, step)
     return tokenizer, vocab_size, graphdef, params, step
 

@@ -87,6 +87,8 @@ def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict, wh
         return
     new = config.to_dict()
     from lmscale.training.data_source import same_text_files
+    # a run prepared from text into WORKDIR/data (a resume reads that, not the text)
+    in_workdir = bool(workdir) and os.path.isfile(os.path.join(workdir, "data_request.json"))
     fields = RESUME_FIELDS
     if _get(new, "data.tokenizer") == "sentencepiece":
         if _get(new, "data.sp_model"):  # the model file defines the vocabulary: its bytes count
@@ -112,7 +114,6 @@ def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict, wh
         if (key == "data.train" and before != _get(new, key)
                 and _same_prepared_dataset(saved, str(_get(new, key)))):
             continue  # the same prepared dataset, however its path is spelled
-        in_workdir = bool(workdir) and os.path.isfile(os.path.join(workdir, "data_request.json"))
         if (key in ("data.train", "data.val", "data.test") and before != _get(new, key)
                 and in_workdir and same_text_files(workdir, config.data)):
             continue  # its text under another path (said when WORKDIR/data is opened)

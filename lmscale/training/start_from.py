@@ -43,9 +43,9 @@ def check_start_from(config: Any) -> None:
 def start_params(config: Any, tokenizer: dict[str, Any], like: Any, sharding: Any
                  ) -> tuple[Any, dict[str, Any]]:
     """(parameters placed like ``like`` with ``sharding``, a provenance record) of
-    ``config.train.start_from``; ConfigError if that run's model or tokenizer differs."""
+    ``config.train.start_from`` (``check_start_from`` passed: the architecture is ours);
+    ConfigError if that run's tokenizer differs."""
     from lmscale.training.restore import load_trained
-    check_start_from(config)
     lm = load_trained(config.train.start_from)
     if lm.tokenizer.to_dict() != tokenizer:
         raise ConfigError(f"train.start_from={config.train.start_from!r} reads another "

@@ -92,13 +92,13 @@ def main(argv: list[str]) -> None:
     run_cli(lambda: print_compute_hint(_COMPUTE.value, jax.devices()[0], FEATURIZE_ADVICE))
 
     r = run_cli(lambda: run_transfer(
-        _WORKDIR.value, _TRAIN.value, _VAL.value, _TEST.value, text_column=_TEXT.value,
+        train=_TRAIN.value, val=_VAL.value, test=_TEST.value, text_column=_TEXT.value,
         label_column=_LABEL.value, output=_OUTPUT.value, state=_STATE.value,
         pooling=_POOLING.value, all_layers=_ALL_LAYERS.value, baseline=_BASELINE.value,
         batch_size=_BATCH.value, progress=sys.stderr.isatty(), compute=_COMPUTE.value,
         features_dir=_FEATURES_DIR.value, stages=True, standardize=_STANDARDIZE.value,
         threshold_metric=_THRESHOLD_METRIC.value,
-        **{k: v for k, v in _WEIGHTS(_WORKDIR.value).items() if k != "workdir"},
+        **_WEIGHTS(_WORKDIR.value),  # workdir (RUN/best: RUN), step, best
         **({} if _SEARCH_ROWS.value is None else {"search_rows": _SEARCH_ROWS.value}),
         **({} if _C.value is None else {"Cs": _C.value})))
     pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"

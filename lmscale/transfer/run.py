@@ -17,8 +17,9 @@ from sklearn.preprocessing import StandardScaler
 
 from lmscale.atomic import write_json
 from lmscale.cli import OutputError, writable_folder
-from lmscale.training.restore import (TrainedLM, best_folder, lm_record, load_trained,
-                                      weights_fingerprint, with_compute)
+from lmscale.training.restore import (TrainedLM, lm_record, load_trained, weights_fingerprint,
+                                      with_compute)
+from lmscale.training.run_paths import best_folder
 from lmscale.transfer import plots
 from lmscale.transfer.baseline import ngram_features
 from lmscale.data.errors import DataError
