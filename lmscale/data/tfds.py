@@ -135,6 +135,16 @@ def iter_examples(spec: str) -> Iterator[dict[str, Any]]:
     yield from tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))
 
 
+def class_label_names(spec: str, key: str) -> list[str] | None:
+    """The class names of ``tfds:NAME/SPLIT``'s feature ``key`` where it is a ClassLabel
+    (sst2's label: ["negative", "positive"], class id i named names[i]), else None."""
+    tfds, builder, _ = check_tfds(spec)
+    feature = builder.info.features[key] if key in builder.info.features else None
+    if isinstance(feature, tfds.features.ClassLabel) and feature.num_classes:
+        return [str(n) for n in feature.names]
+    return None
+
+
 def batched_reads(source: Any, size: int = 1024) -> Iterator[Any]:
     """The records of a TFDS data source in order, read ``size`` at a time (one by one, a
     57 MB ArrayRecord corpus took 30 s to read against 3 s for the same text as JSONL)."""

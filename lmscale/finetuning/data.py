@@ -180,7 +180,7 @@ def load_splits(ft: ml_collections.ConfigDict) -> tuple[dict[str, Labeled], int,
                                  column_hint=hint)
               for name, spec in (("train", ft.train), ("val", ft.val), ("test", ft.test)) if spec}
     names = splits["train"].label_names
-    named = index_classes(splits)  # "negative"/"positive": ids by their sorted names
+    named = index_classes(splits)  # by name: ids in sorted order; a TFDS ClassLabel: its names
     if ft.multilabel:
         k, class_names = len(names), list(names)
     elif named is not None:

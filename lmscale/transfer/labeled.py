@@ -19,16 +19,19 @@ from lmscale.data.compression import READ_ERRORS, format_extension, open_input
 from lmscale.data.csv_rows import csv_rows, not_utf8
 from lmscale.data.input_checks import unreadable
 from lmscale.data.errors import DataError
-from lmscale.data.tfds import PREFIX, iter_examples, parse_tfds, text_feature
+from lmscale.data.tfds import PREFIX, class_label_names, iter_examples, parse_tfds, text_feature
 
 
 @dataclasses.dataclass
 class Labeled:
-    """texts [N]; labels int64 [N] (one column) or [N, K] (several); the source, for messages."""
+    """texts [N]; labels int64 [N] (one column) or [N, K] (several); the source, for messages;
+    ``class_names``: the names of class ids 0..K-1 where the data declares them (a TFDS
+    ClassLabel: sst2's "negative", "positive"), else None."""
     texts: list[str]
     labels: np.ndarray
     source: str
     label_names: list[str]
+    class_names: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -54,8 +57,11 @@ def load_labeled(spec: str, *, text_column: str = "sentence", label_column: str 
     label_names = label_columns(label_column)
     if not label_names:
         raise DataError("no label column given")
+    class_names = None
     if spec.startswith("tfds:"):
         texts, rows = _read_tfds(spec[len("tfds:"):], text_column, label_names, hint)
+        if len(label_names) == 1:
+            class_names = class_label_names(spec, label_names[0])
     else:
         if not os.path.exists(spec):
             from lmscale.datasets import fetch_hint
@@ -72,7 +78,7 @@ def load_labeled(spec: str, *, text_column: str = "sentence", label_column: str 
     if not texts:
         raise DataError(f"{spec}: no rows")
     return Labeled(texts=texts, labels=_label_array(rows, spec, label_names), source=spec,
-                   label_names=label_names)
+                   label_names=label_names, class_names=class_names)
 
 
 MAX_CLASS_NAMES = 100  # distinct class names a label column may hold (more: text, or ids)
@@ -109,11 +115,12 @@ def index_classes(splits: dict[str, Labeled], known: Sequence[str] | None = None
                   ) -> list[str] | None:
     """Numbers class names: each split's str labels become ids 0..K-1 in place, by the
     sorted names of ``splits["train"]`` (or ``known``: a saved classifier's classes);
-    returns the names, or None where the labels are ids already (every split must be one
-    or the other). DataError naming the file and the name not among them."""
+    returns the names. Labels that are ids already: the names the training data declares
+    for them (a TFDS ClassLabel's, in its order), else None. Every split must give its
+    classes the same way: DataError naming the file and the name not among them."""
     named = {n: d for n, d in splits.items() if d.labels.dtype.kind == "U"}
     if not named:
-        return None
+        return None if known is not None else declared_classes(splits)
     if len(named) < len(splits):
         ids, names = (sorted(set(splits) - set(named))[0], sorted(named)[0])
         raise DataError(f"{splits[names].source} labels its classes by name and "
@@ -128,6 +135,18 @@ def index_classes(splits: dict[str, Labeled], known: Sequence[str] | None = None
                             f"{classes[:10]} ({whose})")
         d.labels = np.asarray([index[c] for c in d.labels.tolist()], dtype=np.int64)
     return classes
+
+
+def declared_classes(splits: dict[str, Labeled]) -> list[str] | None:
+    """The class names ``splits["train"]`` declares for its ids (None: none declared);
+    DataError where another split declares other names for the same ids."""
+    train = splits["train"].class_names
+    for d in splits.values():
+        if train is not None and d.class_names is not None and d.class_names != train:
+            raise DataError(f"{d.source} names its classes {d.class_names[:10]}, "
+                            f"{splits['train'].source} {train[:10]}: the same ids must name "
+                            "the same classes")
+    return train
 
 
 def require_binary(data: Labeled, label_column: str) -> None:

@@ -72,7 +72,7 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
         if spec:
             splits[name] = load_labeled(spec, text_column=text_column, label_column=label_column,
                                         column_hint="set --text_column / --label_column")
-    class_names = index_classes(splits)  # "negative"/"positive": ids by their sorted names
+    class_names = index_classes(splits)  # by name: ids in sorted order; a TFDS ClassLabel: its names
     if class_names is not None and len(class_names) != 2:
         raise DataError(f"{train}: label column {label_column!r} names {len(class_names)} "
                         f"classes ({', '.join(class_names[:10])}); the transfer's classifier is "
@@ -164,7 +164,7 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
         "data": {name: {"source": d.source, "texts": len(d), "positive_fraction": float(np.mean(d.labels))}
                  for name, d in splits.items()},
         "columns": {"text": text_column, "label": label_column},
-        **({"classes": class_names} if class_names else {}),  # class 1: the second (sorted)
+        **({"classes": class_names} if class_names else {}),  # class 1: the second (sorted, or the ClassLabel's)
         "features": {"state": state, "pooling": pooling, "all_layers": all_layers,
                      "compute": lm.compute, "dimensions": int(feats["train"].shape[1]),
                      "standardized": standardize},

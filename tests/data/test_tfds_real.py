@@ -185,3 +185,27 @@ def test_labeled_features_of_the_wrong_kind_are_one_line_errors(tfds_dir, kw, me
     pytest.importorskip("tensorflow")
     with pytest.raises(DataError, match=message):
         load_labeled("tfds:lmscale_tfds_labeled/sst/train", **kw)
+
+
+@pytest.mark.parametrize("store", ["data", "data_ar"])
+def test_a_class_labels_names_name_the_classes(data_dir, monkeypatch, store):
+    """sst2's label is ClassLabel(names=["negative", "positive"]): fine-tuning and the transfer
+    named its classes 0 and 1 (and counted them from the largest training label)."""
+    if store == "data":
+        pytest.importorskip("tensorflow")
+    use_data_dir(monkeypatch, data_dir / store)
+    from lmscale.config import default_config
+    from lmscale.finetuning.data import load_splits
+    from lmscale.transfer.labeled import index_classes
+    ft = default_config().finetune
+    ft.train, ft.val = "tfds:lmscale_tfds_labeled/sst/train", "tfds:lmscale_tfds_labeled/sst/test"
+    ft.text_column, ft.label_column = "sentence", "label"
+    splits, k, names = load_splits(ft)
+    assert (k, names) == (2, ["negative", "positive"])
+    assert [dict(LABELED)[t] for t in splits["train"].texts] == splits["train"].labels.tolist()
+    ft.num_classes = 3
+    with pytest.raises(Exception, match=r"num_classes=3, and .* names 2 classes \(negative, positive\)"):
+        load_splits(ft)
+    assert index_classes({"train": load_labeled("tfds:lmscale_tfds_labeled/sst/train", label_column="idx")}) is None
+    several = load_labeled("tfds:lmscale_tfds_labeled/sst/train", label_column="pos,neg")
+    assert several.class_names is None
