@@ -56,6 +56,7 @@ from lmscale.training.precision import (LossScale, Policy, SkippedRun, print_com
 from lmscale.training.restore import TrainedLM, load_trained, weights_fingerprint
 from lmscale.training.run_paths import best_folder
 from lmscale.training.schedules import batch_and_rate_note, finetune_warmup_notes
+from lmscale.training.command_log import record_command
 from lmscale.training.resume import (RUN_FILES, archive_previous_run, check_same_optimizer,
                                      keep_config_history, resumed_derived, software_versions)
 from lmscale.training.state import TrainState, host_zeros, initial_state, placed_on, state_shardings
@@ -311,6 +312,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
         if resuming:  # a config resumed otherwise: the old record kept in history/
             keep_config_history(workdir, {**config.to_dict(), "derived": derived}, start)
         save_config(config, derived, os.path.join(workdir, "config.json"))
+        record_command(workdir, start, jax.process_count(), mesh.size)
     meta = {"signature": signature, "precision": config.precision.compute,
             "config": config.to_dict(), "derived": derived}
 

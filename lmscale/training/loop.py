@@ -32,6 +32,7 @@ from lmscale.models import architecture
 from lmscale.models.registry import get_kind, trained_length_note, unused_settings_note
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.checkpoints import Checkpointer, check_same_model
+from lmscale.training.command_log import record_command
 from lmscale.training.resume import (PROVENANCE_KEYS, archive_previous_run, check_resumable,
                                      check_same_dataset, init_note, keep_config_history, provenance,
                                      refuse_classifier_run, resumed_derived, software_versions)
@@ -207,6 +208,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
         tokenizer.save(workdir)  # the workdir is self-contained (e.g. a SentencePiece model)
         keep_config_history(workdir, {**config.to_dict(), "derived": derived}, start)
         save_config(config, derived, os.path.join(workdir, "config.json"))
+        record_command(workdir, start, jax.process_count(), mesh.size)
     meta = {"signature": signature, "precision": config.precision.compute,
             "config": config.to_dict(), "derived": derived}
     # NT-ASGD: the validation history and switch step travel in each checkpoint's record.

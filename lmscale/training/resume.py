@@ -50,6 +50,7 @@ WORD_FIELDS = ("data.word_min_count", "data.word_vocab_size")
 # Settings that define the decay horizon; unchanged, a resume keeps the recorded horizon.
 DECAY_FIELDS = ("optim.schedule", "optim.decay_steps", "optim.decay_epochs", "optim.warmup_steps")
 RUN_FILES = ("checkpoints", "metrics.jsonl", "tb", "config.json", "history", "best", "best.json",
+             "commands.log",
              # ... and what the tools made from its weights (transfer, features, generate).
              "transfer", "features", "generate")
 
