@@ -202,7 +202,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.finetune.lm_init = "pretrained"  # "pretrained": the LM starts from init_from's parameters; "random": same architecture and tokenizer, fresh weights (the control)
     c.finetune.head_lr = 0.0  # peak learning rate of the head, used as given; 0 = the LM's (optim.lr after optim.lr_scaling and lr_max)
     c.finetune.bucket_width = 32  # batch widths are rounded up to a multiple of this many tokens; each width compiles its own step (two with freeze_steps): larger buckets, fewer compiles, more padding (benchmarks/README.md, fine-tuning)
-    c.finetune.best_metric = "accuracy"  # val metric that picks the best checkpoint: accuracy, macro_f1, micro_f1, jaccard or loss
+    c.finetune.best_metric = "accuracy"  # val metric that picks the best checkpoint: accuracy, macro_f1, micro_f1, jaccard, mcc or loss
     c.finetune.threshold_metric = "f1"  # multi-label: the val thresholds maximize each label's F1 ("f1"), or go on to the best per-text Jaccard ("jaccard", SemEval's score) or micro F1 of all labels together
     c.finetune.layer_lr_decay = 1.0  # discriminative rates (ULMFiT: 2.6): each LM layer learns at the rate of the one above / this, the embeddings lowest (finetuning/layer_rates.py); 1 = every layer at the LM's rate
     c.finetune.unfreeze_every = 0  # gradual unfreezing (ULMFiT): after freeze_steps the LM's top layer trains, one more group below every this many steps, the embeddings last (a transformer's blocks one by one too); 0 = the whole LM at once

@@ -5,8 +5,11 @@ text right, and ``label_accuracy``, the fraction of labels right), per-class
 precision / recall / F1 / support, macro and micro F1, and the Jaccard index (multi-label:
 per-text |true ∩ predicted| / |true ∪ predicted| averaged over texts, SemEval-2018 E-c's
 official metric, 1 when both are empty; single-label: macro over classes), plus the mean
-log loss of the probabilities; multi-label also ``label_jaccard`` (per class
-TP / (TP + FP + FN), averaged over classes: sentiment-discovery's "jacc"). ``tune_thresholds``
+log loss of the probabilities, and Matthews' correlation ``mcc`` (single-label: of all
+classes together, Gorodkin's K-class form; multi-label: each label's, averaged: sentiment-
+discovery's "mcc"; 0 where a class is never or always predicted); multi-label also
+``label_jaccard`` (per class TP / (TP + FP + FN), averaged over classes: sentiment-discovery's
+"jacc"). ``tune_thresholds``
 picks, per class, the threshold on the validation probabilities that maximizes that class's
 F1 (sentiment-discovery's automatic thresholding), or, for ``metric`` "jaccard" or
 "micro_f1", goes on from there one class at a time to the thresholds that maximize that
@@ -24,7 +27,7 @@ from sklearn.metrics import (accuracy_score, f1_score, jaccard_score,
 
 from lmscale.data.errors import DataError
 
-METRICS = ("accuracy", "macro_f1", "micro_f1", "jaccard", "loss")
+METRICS = ("accuracy", "macro_f1", "micro_f1", "jaccard", "mcc", "loss")
 THRESHOLD_METRICS = ("f1", "jaccard", "micro_f1")  # what tune_thresholds maximizes
 _CANDIDATES = 256  # thresholds tried per class and pass of the coordinate ascent (at most)
 
@@ -149,9 +152,11 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, multilabel: bo
         q = np.clip(probs, eps, 1 - eps)
         loss = float(-np.mean(labels * np.log(q) + (1 - labels) * np.log(1 - q)))
         jaccard = float(jaccard_score(labels, pred, average="samples", zero_division=1.0))
+        mcc = float(np.mean([matthews(labels[:, j], pred[:, j], 2) for j in range(k)]))
     else:
         loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], eps, 1.0))))
         jaccard = float(jaccard_score(labels, pred, average="macro", labels=classes, zero_division=0))
+        mcc = matthews(labels, pred, k)
     label_accuracy = {"label_accuracy": float(np.mean(labels == pred)),
                       "label_jaccard": float(jaccard_score(labels, pred, average="macro",
                                                            zero_division=0))} if multilabel else {}
@@ -161,11 +166,23 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, multilabel: bo
         "macro_f1": float(f1_score(labels, pred, average="macro", labels=classes, zero_division=0)),
         "micro_f1": float(f1_score(labels, pred, average="micro", labels=classes, zero_division=0)),
         "jaccard": jaccard,
+        "mcc": mcc,
         "loss": loss,
         "texts": int(len(labels)),
         "per_class": {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
                              "support": int(s[i])} for i, name in enumerate(class_names)},
     }
+
+
+def matthews(labels: np.ndarray, pred: np.ndarray, k: int) -> float:
+    """Matthews' correlation of class ids [N] (Gorodkin's K-class form, the binary one at K = 2):
+    (c·s − Σ p_k t_k) / √((s² − Σ p_k²)(s² − Σ t_k²)), c right of s, t_k and p_k the true and
+    predicted counts of class k; 0 where a class is the only one true or predicted (where
+    scikit-learn's matthews_corrcoef warns: one label column of a multi-label task does)."""
+    s, c = len(labels), int(np.sum(labels == pred))
+    t_k, p_k = np.bincount(labels, minlength=k), np.bincount(pred, minlength=k)
+    d = float(s * s - np.sum(p_k * p_k)) * float(s * s - np.sum(t_k * t_k))
+    return 0.0 if d == 0 else float(c * s - np.sum(p_k * t_k)) / float(np.sqrt(d))
 
 
 def better(metric: str, value: float, best: float | None) -> bool:
@@ -183,6 +200,7 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
                     if "label_accuracy" in m else f"accuracy {m['accuracy']:.4f}")
         lines.append(f"{split}: {accuracy}  macro F1 {m['macro_f1']:.4f}  "
                      f"micro F1 {m['micro_f1']:.4f}  Jaccard {m['jaccard']:.4f}  "
+                     f"MCC {m['mcc']:.4f}  "
                      f"loss {m['loss']:.4f}  ({m['texts']} texts)")
         width = max(len(n) for n in m["per_class"])
         lines.append(f"  {'class':<{width}}  precision  recall     F1  support")

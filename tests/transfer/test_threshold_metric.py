@@ -6,6 +6,7 @@ sentiment-discovery's automatic thresholding), or on from there to the best per-
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,7 +87,7 @@ def test_a_transfer_tunes_for_the_metric_given_and_its_classifier_applies_them(s
                                                                                 tmp_path):
     sem = shared_data("semeval2018_ec")
     for name in ("train", "val"):
-        lines = open(f"{sem}/{name}.csv", encoding="utf-8").read().splitlines()[:161]
+        lines = Path(f"{sem}/{name}.csv").read_text(encoding="utf-8").splitlines()[:161]
         (tmp_path / f"{name}.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     train, val = str(tmp_path / "train.csv"), str(tmp_path / "val.csv")
     kw = dict(lm=load_trained(sst_run), text_column="Tweet", label_column="anger,joy,fear",

@@ -1,0 +1,55 @@
+"""Matthews' correlation in classification_metrics against NumPy written from its
+definitions: binary (TP·TN − FP·FN) / √((TP+FP)(TP+FN)(TN+FP)(TN+FN)), Gorodkin's K-class
+form (c·s − Σ p_k t_k) / √((s² − Σ p_k²)(s² − Σ t_k²)), and multi-label the mean of each
+label's binary MCC (sentiment-discovery's "mcc"); 0 where a denominator is 0."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import matthews_corrcoef
+
+from lmscale.transfer.metrics import METRICS, classification_metrics, format_table
+
+
+def binary_mcc(y: np.ndarray, p: np.ndarray) -> float:
+    tp, tn = np.sum((y == 1) & (p == 1)), np.sum((y == 0) & (p == 0))
+    fp, fn = np.sum((y == 0) & (p == 1)), np.sum((y == 1) & (p == 0))
+    d = float(tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)
+    return 0.0 if d == 0 else float(tp * tn - fp * fn) / np.sqrt(d)
+
+
+def k_class_mcc(y: np.ndarray, p: np.ndarray, k: int) -> float:
+    s, c = len(y), np.sum(y == p)
+    t_k, p_k = np.bincount(y, minlength=k), np.bincount(p, minlength=k)
+    d = (s ** 2 - np.sum(p_k ** 2)) * (s ** 2 - np.sum(t_k ** 2))
+    return 0.0 if d == 0 else float(c * s - np.sum(p_k * t_k)) / np.sqrt(float(d))
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_single_label_mcc_matches_the_definition(k):
+    rng = np.random.default_rng(k)
+    labels = rng.integers(0, k, 300)
+    logits = rng.normal(size=(300, k)) + 1.5 * np.eye(k)[labels]  # better than chance
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    m = classification_metrics(probs, labels, False, [str(i) for i in range(k)])
+    want = k_class_mcc(labels, probs.argmax(1), k)
+    assert 0.2 < want < 1 and m["mcc"] == pytest.approx(want, abs=1e-12)
+    assert m["mcc"] == pytest.approx(matthews_corrcoef(labels, probs.argmax(1)), abs=1e-12)
+    if k == 2:
+        assert m["mcc"] == pytest.approx(binary_mcc(labels, probs.argmax(1)), abs=1e-12)
+    assert f"MCC {want:.4f}" in format_table({"val": m}) and "mcc" in METRICS
+
+
+def test_multilabel_mcc_is_the_mean_of_each_labels():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, (200, 4))
+    probs = np.clip(0.6 * labels + 0.5 * rng.random((200, 4)), 0, 1)
+    probs[:, 3] = 0.1  # never predicted: that label's MCC is 0
+    labels[:, 2] = 0  # never true (scikit-learn warns where it is also never predicted)
+    thresholds = np.array([0.5, 0.4, 1.0, 0.5])  # label 2: never predicted either
+    m = classification_metrics(probs, labels, True, list("abcd"), thresholds)
+    pred = (probs >= thresholds).astype(int)
+    per_label = [binary_mcc(labels[:, j], pred[:, j]) for j in range(4)]
+    assert per_label[2:] == [0, 0] and min(per_label[:2]) > 0.2
+    assert m["mcc"] == pytest.approx(np.mean(per_label), abs=1e-12)
