@@ -86,7 +86,9 @@ def summary(metadata: dict, output: str) -> str:
     def n(count: int, noun: str) -> str:
         return f"{count:,} {noun}{'' if count == 1 else 's'}"
     parts = [f"{name}: {n(s['tokens'], 'token')}, {n(s['documents'], 'document')}, "
-             f"{n(len(s['shards']), 'shard')}" for name, s in metadata["splits"].items()]
+             f"{n(len(s['shards']), 'shard')}"
+             + (f", {s['unk_tokens'] / s['tokens']:.2%} <unk>" if "unk_tokens" in s else "")
+             for name, s in metadata["splits"].items()]
     tok = metadata["tokenizer"]
     vocab = f", SentencePiece vocabulary of {tok['vocab_size']:,} ids" if tok.get("kind") == "sentencepiece" else ""
     vocab = f", word vocabulary of {tok['vocab_size']:,} ids" if tok.get("kind") == WORD else vocab

@@ -46,7 +46,8 @@ from lmscale.data.sources import (TXT_MODES, expand_inputs, file_kind, input_siz
 from lmscale.data.spm import SentencePieceTokenizer, SentencePieceTraining, train_sentencepiece
 from lmscale.data.tfds import check_tfds, is_tfds
 from lmscale.data.tokenizer import ByteTokenizer, Tokenizer
-from lmscale.data.words import WordCounter, WordTokenizer, WordTraining, build_vocabulary
+from lmscale.data.words import (UNK_ID, WordCounter, WordTokenizer, WordTraining, build_vocabulary,
+                                unk_note)
 
 COPY_TOKENS = 1 << 23  # tokens per chunk when copying a shard out of the raw file
 DOC_FLUSH = 1 << 16  # document starts buffered before appending them to their file
@@ -286,7 +287,7 @@ def _write_shards(tmp: str, plan: list[tuple[int, int, int]], names: list[str], 
     """Pass 2: copies each planned range into its shard files; returns metadata["splits"].
 
     ``remap`` (word vocabularies): the raw file holds provisional uint32 ids (``itemsize`` 4),
-    written as ``remap[id]`` in ``out_dtype``."""
+    written as ``remap[id]`` in ``out_dtype``; each split's ``unk_tokens`` counts its <unk>s."""
     starts = np.memmap(os.path.join(tmp, DOCS_FILE), dtype="<i8", mode="r", shape=(documents,))
     splits: dict[str, Any] = {}
     with open(os.path.join(tmp, TOKENS_FILE), "rb") as src:
@@ -306,8 +307,9 @@ def _write_shards(tmp: str, plan: list[tuple[int, int, int]], names: list[str], 
                     if len(chunk) != itemsize * n:
                         raise DataError(f"temporary token file ended early at token {start}")
                     if remap is not None:
-                        chunk = remap[np.frombuffer(chunk, dtype="<u4")].astype(
-                            np.dtype(out_dtype).newbyteorder("<")).tobytes()
+                        words = remap[np.frombuffer(chunk, dtype="<u4")]
+                        entry["unk_tokens"] = entry.get("unk_tokens", 0) + int(np.sum(words == UNK_ID))
+                        chunk = words.astype(np.dtype(out_dtype).newbyteorder("<")).tobytes()
                     dst.write(chunk)
                     left -= n
             lo, hi = np.searchsorted(starts, [start, stop], side="left")
@@ -461,6 +463,8 @@ def prepare_dataset(inputs: str | Sequence[str], output: str, *, text_column: st
         dtype = np.dtype(tokenizer.token_dtype)
         splits = _write_shards(tmp, plan, list(SPLITS), documents, raw_itemsize, progress,
                                remap=remap, out_dtype=dtype)
+        if (note := unk_note(splits, word_training)) is not None:
+            print(note, file=sys.stderr, flush=True)
         tokenizer.save(tmp)
         os.remove(os.path.join(tmp, TOKENS_FILE))
         os.remove(os.path.join(tmp, DOCS_FILE))

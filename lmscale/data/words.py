@@ -280,3 +280,48 @@ def build_vocabulary(counter: WordCounter, train_counts: np.ndarray, training: W
     tokenizer = WordTokenizer([*SPECIALS, *(words[i] for i in order)], unk_bytes=max(unk_bytes, 1.0),
                               min_count=training.min_count, max_size=training.max_size)
     return tokenizer, remap
+
+
+def unk_note(splits: dict[str, Any], training: WordTraining | None) -> str | None:
+    """A note where the training split holds no <unk> and val or test do: their words outside
+    the vocabulary are scored as a class the model never saw as a target (awd-lstm-lm's
+    corpora are <unk>-ed in every split; a raw corpus at min_count=1 is not)."""
+    if training is None or "train" not in splits or splits["train"].get("unk_tokens", 0):
+        return None
+    held = {n: s["unk_tokens"] / s["tokens"] for n, s in splits.items()
+            if n != "train" and s.get("unk_tokens") and s["tokens"]}
+    if not held:
+        return None
+    shares = ", ".join(f"{n} {share:.2%}" for n, share in held.items())
+    return (f"note: the training split holds no <unk>, and {shares} of the other splits' words "
+            f"are <unk> (not in the vocabulary): the model never learns to predict <unk>, so "
+            f"they score high loss; {training.option_prefix}min_count=2 (or more) makes the "
+            f"rarest training words <unk>, as WikiText's corpora are")
+
+
+UNKNOWN_NOTE_SHARE = 0.02  # a share of words outside the vocabulary worth a note
+
+
+def unknown_words_note(tokenizer: Any, texts: Sequence[str | bytes], ids: Sequence[np.ndarray],
+                       what: str = "the texts") -> str | None:
+    """A note where at least ``UNKNOWN_NOTE_SHARE`` of the words a word model read in
+    ``texts`` (as ``ids``) are outside its vocabulary: read as <unk>, they carry no meaning to
+    featurize or classify (SST's raw sentences against a vocabulary of lower-cased, split text
+    lose nearly half). A literal "<unk>" in the text (WikiText's) is no unknown word. None for
+    other tokenizers."""
+    if not isinstance(tokenizer, WordTokenizer) or not ids:
+        return None
+    total = sum(len(x) for x in ids)
+    literal = sum(t.count(UNK if isinstance(t, str) else UNK.encode()) for t in texts)
+    unknown = sum(int(np.sum(np.asarray(x) == UNK_ID)) for x in ids) - literal
+    if not total or unknown < UNKNOWN_NOTE_SHARE * total:
+        return None
+    examples: list[str] = []
+    for t in texts:
+        examples += [w for w in tokenizer.unknown_words(t) if w not in examples][:8 - len(examples)]
+        if len(examples) >= 8:
+            break
+    return (f"note: {unknown / total:.1%} of the {total:,} tokens of {what} are words outside "
+            f"the model's vocabulary (e.g. {', '.join(map(repr, examples))}), each read as "
+            f"<unk>: a word model reads text split as its training corpus was (punctuation "
+            f"apart, the same case)")

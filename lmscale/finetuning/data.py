@@ -17,6 +17,7 @@ packed end to end instead (``predict.Predictor``).
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Sequence
 
 import ml_collections
@@ -26,6 +27,7 @@ from lmscale.config import ConfigError
 from lmscale.data.errors import DataError
 from lmscale.transfer.labeled import Labeled, check_labels, index_classes, load_labeled
 from lmscale.data.texts import last_tokens
+from lmscale.data.words import unknown_words_note
 
 POOL = 50  # batches per length-sorted pool
 
@@ -51,6 +53,8 @@ def encode(tokenizer: object, preprocess: object, texts: Sequence[str], max_len:
             raise DataError(f"{source}: text {i + number_from} is empty; every text needs at "
                             f"least one token")
         out.append(ids)
+    if (note := unknown_words_note(tokenizer, texts, out, source)):
+        print(note, file=sys.stderr, flush=True)
     return last_tokens(out, max_len, source)  # cut texts said, as featurize says them
 
 

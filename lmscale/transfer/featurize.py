@@ -40,6 +40,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from lmscale.atomic import atomic_write
 from lmscale.data.errors import DataError
 from lmscale.data.texts import last_tokens, text_list
+from lmscale.data.words import unknown_words_note
 from lmscale.models.registry import trained_length, untrained_positions_note
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.restore import TrainedLM, prepared_weights, weights_fingerprint
@@ -70,10 +71,13 @@ def encode_texts(lm: TrainedLM, texts: Sequence[str]) -> list[np.ndarray]:
         except UnicodeEncodeError as e:  # a lone surrogate (text read with errors="surrogateescape")
             raise DataError(f"text {i} is not valid Unicode ({e.reason} at character "
                             f"{e.start}): it has no UTF-8 bytes to read") from None
-    ids = [lm.tokenizer.encode(t) for t in preprocess_texts(lm, texts)]
+    read = preprocess_texts(lm, texts)
+    ids = [lm.tokenizer.encode(t) for t in read]
     for i, x in enumerate(ids):
         if len(x) == 0:
             raise DataError(f"text {i} is empty: the model reads no token of it")
+    if (note := unknown_words_note(lm.tokenizer, read, ids, f"these {len(ids):,} texts")):
+        print(note, file=sys.stderr, flush=True)
     return ids
 
 

@@ -186,3 +186,39 @@ def test_invalid_utf8_in_word_text_is_said_in_a_note(tmp_path, capsys):
     assert f"note: invalid UTF-8 in {path} (1)" in err and "the word tokenizer" in err, err
     tok = TokenDataset.open(out).tokenizer
     assert "caf\ufffd" in tok.index  # read as U+FFFD, as the note says
+
+
+def test_prepare_counts_each_splits_unk_and_notes_a_training_split_without_any(tmp_path, capsys):
+    """A raw corpus at min_count 1 has no <unk> in train, while val/test words outside the
+    vocabulary become <unk>: a class the model never trains on, said nowhere before."""
+    from lmscale.prepare import summary
+    (tmp_path / "train.txt").write_text("a b c a b\nc a d\n" * 20)
+    (tmp_path / "val.txt").write_text("a b zz\nc yy a b c a\n")  # 2 of 11 tokens (<eos>s too) unknown
+    out = prepare_dataset(str(tmp_path / "train.txt"), str(tmp_path / "raw"), tokenizer=WordTraining(),
+                          val_inputs=str(tmp_path / "val.txt"), progress=False)
+    note = capsys.readouterr().err
+    assert "note: the training split holds no <unk>, and val 18.18% of the other splits' words " \
+           "are <unk>" in note and "--word_min_count=2 (or more)" in note
+    meta = json.loads((tmp_path / "raw" / "metadata.json").read_text())
+    assert [meta["splits"][n]["unk_tokens"] for n in ("train", "val")] == [0, 2]
+    assert "train: 200 tokens, 1 document, 1 shard, 0.00% <unk>; val: 11 tokens, 1 document, " \
+           "1 shard, 18.18% <unk>" in summary(meta, out)
+    prepare_dataset(str(tmp_path / "train.txt"), str(tmp_path / "rare"), val_inputs=str(tmp_path / "val.txt"),
+                    tokenizer=WordTraining(min_count=21), progress=False)  # d (20 times): <unk>
+    assert "no <unk>" not in capsys.readouterr().err
+
+
+def test_texts_read_mostly_as_unk_are_noted_with_examples(capsys):
+    """SST's raw sentences against a vocabulary of split, lower-cased text: nearly half its
+    words were <unk> in transfer and fine-tuning, unsaid (generate alone said it)."""
+    from lmscale.data.words import SPECIALS, unknown_words_note
+    words = WordTokenizer([*SPECIALS, "the", "film", "is", "good", ","], unk_bytes=3)
+    texts = ["The film , is good", "the film is good", "the <unk> is good"]
+    ids = [words.encode(t) for t in texts]
+    note = unknown_words_note(words, texts, ids, "train.csv")
+    assert note.startswith("note: 7.7% of the 13 tokens of train.csv are words outside the "
+                           "model's vocabulary (e.g. 'The'), each read as <unk>")
+    assert unknown_words_note(words, texts[1:], ids[1:], "x") is None  # a literal <unk> is none
+    from lmscale.finetuning.data import encode
+    encode(words, lambda t: t, ["The Film is Good."] * 3, None, "val.csv")
+    assert "75.0% of the 12 tokens of val.csv" in capsys.readouterr().err
