@@ -208,6 +208,7 @@ def compare(hidden: int, batch: int, seq: int, compute: str, a: argparse.Namespa
         sides[f"peer_{scan}"] = Side(f"peer {scan}", [a.torch_python, *me[1:], "--worker", "peer",
                                                       "--scan", scan, "--peer", str(a.peer),
                                                       *shape])
+    load_before = os.getloadavg()[0]  # taken before the sides start (their compiles load it)
     try:
         info = {name: side.ready() for name, side in sides.items()}
         tokens = {name: i.pop("tokens_per_step") for name, i in info.items()}
@@ -246,6 +247,10 @@ def compare(hidden: int, batch: int, seq: int, compute: str, a: argparse.Namespa
             "ratios": [round(r, 3) for r in ratios],
             "sides": {name: {k: v for k, v in i.items() if k != "ready"} for name, i in info.items()},
             "commit": commit,
+            # Another process on the machine skews the ratio (a loaded 2-core machine measured
+            # 5.7x where a quiet one gives ~1.1x): the 1-minute load before and after the rounds.
+            "load_1min_before": round(load_before, 2), "load_1min_after": round(os.getloadavg()[0], 2),
+            "cpus": os.cpu_count(),
             "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
@@ -291,6 +296,10 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"no PyTorch interpreter at {a.torch_python}: make the peer's environment as "
                  f"its README says (python3 -m venv ~/torch-peer; ~/torch-peer/bin/pip install "
                  f"torch), or give --torch_python")
+    if os.getloadavg()[0] > 0.5:
+        print(f"warning: the machine's 1-minute load is {os.getloadavg()[0]:.2f} before the "
+              f"rounds: other work shares the cores and skews the ratio (recorded in each row)",
+              file=sys.stderr, flush=True)
     rows = []
     for text in a.shapes.split(","):
         hidden, batch, seq = (int(v) for v in text.split("x"))
