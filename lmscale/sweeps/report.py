@@ -106,6 +106,8 @@ def write_report(workdir: str, sweep: Sweep, *, title: str, command: str = "",
     if command:
         blocks.append(("code", command))
     counts = {s: sum(r["status"] == s for r in results) for s in ("ok", "div", "failed", "interrupted", "not run")}
+    for other in sorted({r["status"] for r in results} - set(counts)):  # "running": killed unsaid
+        counts[other] = sum(r["status"] == other for r in results)
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     wall = sum(r["wall_s"] or 0 for r in results)
     cpu = sum(r["cpu_s"] or 0 for r in results)

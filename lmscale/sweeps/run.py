@@ -35,6 +35,7 @@ def run_sweep(base: ml_collections.ConfigDict, config_file: str, sweep_file: str
         transfer.check()
     spec = load_sweep_spec(sweep_file, cpu_budget_minutes)
     sweep: Sweep = expand(spec, base)
+    check_flags_not_swept(config_flags, sweep)
     check_data(base, sweep, workdir)
     claim(workdir, base.to_dict(), sweep, config_file, sweep_file)
     lock = lock_sweep(workdir)
@@ -68,6 +69,21 @@ def run_sweep(base: ml_collections.ConfigDict, config_file: str, sweep_file: str
     return {"sweep": sweep, "results": results, "trained": runner.trained,
             "report": os.path.join(workdir, "report.md"),
             "transfer_failed": {os.path.basename(d): e for d, e in transfer_failed.items()}}
+
+
+def check_flags_not_swept(config_flags: list[str], sweep: Sweep) -> None:
+    """SweepError where a ``--config.X`` flag of the sweep command sets a field a point sets
+    too (an axis or the sweep's ``derived``): the point's flag comes last and wins, so the
+    command's value was dropped unsaid (--config.train.steps=20 trained 1016 steps)."""
+    given = {f.split("=", 1)[0].removeprefix("--config."): f for f in config_flags}
+    for point in sweep.points:
+        both = [k for k in point.overrides if k in given]
+        if both:
+            k = both[0]
+            raise SweepError(f"{given[k]}: the sweep sets {k} for its points ({k}="
+                             f"{point.overrides[k]!r} at {point.name}, by an axis or its "
+                             f"derived values), which would override the flag: drop the flag, "
+                             f"or change the sweep file")
 
 
 def check_data(base: ml_collections.ConfigDict, sweep: Sweep, workdir: str) -> None:

@@ -189,21 +189,32 @@ class Runner:
                                    "to resume")
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        if self.stopping:  # a second signal: stop the points at once, without a checkpoint
+        if self.stopping and signum == signal.SIGTERM:  # the same request again (a scheduler
+            # repeats it; `timeout` signals the process, then its group), as the trainer takes
+            # it (training/stop.py): the points still stop at a checkpoint
+            self.options.log("sweep: SIGTERM again; the running points still stop at a "
+                             "checkpoint (a second Ctrl-C stops them at once)")
+            return
+        if self.stopping:  # a second Ctrl-C: stop the points at once, without a checkpoint
             # (SIGKILL: a trainer may not have taken its first signal yet, and the parent-
-            # death SIGTERM would only ask it again to stop at a checkpoint).
-            for job, _ in getattr(self, "_running", {}).values():
+            # death SIGTERM would only ask it again to stop at a checkpoint). Each killed
+            # point's status says so (it stayed "running").
+            for job, _ in list(getattr(self, "_running", {}).values()):
                 try:
                     job.proc.kill()
-                    job.proc.wait(timeout=10)
-                except (ProcessLookupError, subprocess.TimeoutExpired):
+                except ProcessLookupError:
                     pass
+                try:
+                    _, wait_status, usage = os.wait4(job.proc.pid, 0)
+                except ChildProcessError:  # reaped already
+                    continue
+                self._finish(job, os.waitstatus_to_exitcode(wait_status), usage)
             raise SweepInterrupted("sweep stopped at once by a second signal: the running points "
                                    "were killed without a checkpoint (re-run the same command to "
                                    "resume them from their last one)")
         self.stopping = True
         self.options.log(f"sweep: signal {signum}; stopping the running points (those past their "
-                         f"first step save a checkpoint)")
+                         f"first step save a checkpoint; a second Ctrl-C stops them at once)")
 
     def _signal(self, job: _Job, signum: int) -> None:
         if not getattr(job, "_signalled", False):

@@ -49,7 +49,7 @@ from lmscale.training.diverged import DivergedError, check_loss, save_finite
 from lmscale.training.metrics import MetricsWriter, add_perplexity, read_metrics
 from lmscale.training.ntasgd import NTASGDMonitor, eval_params, switch_on
 from lmscale.training.precision import SkippedRun, print_compute_hint, resumed_loss_scale
-from lmscale.training.schedules import batch_and_rate_note, warmup_note
+from lmscale.training.schedules import batch_and_rate_note, horizon_note, warmup_note
 from lmscale.training.fits import check_step_fits_host
 from lmscale.training.setup import build_train_setup, jit_train_step
 from lmscale.training.state import host_zeros, zero_acc
@@ -202,7 +202,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
                      init_note(saved, config), no_val_note, precision_note,
                      batch_and_rate_note(config, mesh.size, derived["lr"]),
                      warmup_note(config.optim.schedule, config.optim.warmup_steps,
-                                 derived["steps"], derived["decay_steps"])):
+                                 derived["steps"], derived["decay_steps"]),
+                     horizon_note(config.optim, derived["steps"], derived["decay_steps"])):
             if note:
                 print(note, file=sys.stderr, flush=True)
         tokenizer.save(workdir)  # the workdir is self-contained (e.g. a SentencePiece model)

@@ -7,6 +7,7 @@ gets exactly the learning rates an uninterrupted one would.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import jax.numpy as jnp
 import optax
@@ -56,6 +57,19 @@ def warmup_note(schedule: str, warmup_steps: int, steps: int, decay_steps: int) 
                 f"(its horizon is {decay_steps} steps): the learning rate drops from its peak "
                 f"to 0 in one step")
     return None
+
+
+def horizon_note(optim: Any, steps: int, decay_steps: int) -> str | None:
+    """A note when ``optim.decay_steps`` or ``optim.decay_epochs`` ends a linear/cosine decay
+    before the run ends: the steps past it train at rate 0 and change no weight (said nowhere;
+    a horizon kept by a resume that raised train.steps is said where the resume is)."""
+    explicit = optim.decay_steps or optim.decay_epochs
+    if not explicit or optim.schedule not in ("linear", "cosine") or decay_steps >= steps:
+        return None
+    setting = "optim.decay_steps" if optim.decay_steps else "optim.decay_epochs"
+    return (f"note: the {optim.schedule} decay reaches 0 at step {decay_steps} ({setting}): the "
+            f"run's steps {decay_steps + 1}-{steps} train at rate 0 and leave the weights as "
+            f"they are")
 
 
 def finetune_warmup_notes(schedule: str, warmup_steps: int, steps: int, decay_steps: int,

@@ -46,7 +46,10 @@ def test_flags_it_would_ignore_or_fail_on_after_training_are_refused_first(tiny,
             ([f"--transfer_train={labeled}", f"--transfer_val={labeled}", "--label_column=a,b"],
              "--label_column='a,b': a sweep's transfer scores one 0/1 label column"),
             (["--text_column=review"], "--text_column names the transfer's columns; give "
-                                       "--transfer_train and --transfer_val too")):
+                                       "--transfer_train and --transfer_val too"),
+            # The point's own flag came last and won: the command's value was dropped unsaid.
+            (["--config.optim.lr=0.5"], "--config.optim.lr=0.5: the sweep sets optim.lr for its "
+                                        "points (optim.lr=0.003 at ")):
         out = tmp_path / "refused"
         proc = _sweep(tiny, out, *flags)
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]

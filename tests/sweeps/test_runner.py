@@ -299,11 +299,15 @@ def test_stop_message_is_true_of_points_stopped_before_their_first_step(tiny, tm
                                   "to resume")
 
 
-def test_a_second_signal_stops_the_points_at_once(tiny):
+@pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM])
+def test_a_second_ctrl_c_stops_the_points_at_once_and_a_second_sigterm_at_a_checkpoint(tiny, second):
     """The runner's second signal unwound it, and its points got the parent-death SIGTERM,
     which a trainer now takes as the first signal again: they ran on, orphaned, to a
-    checkpoint. They are killed before the runner exits: none is left running."""
-    out, log, proc = start_endless_point(tiny, "stop2")
+    checkpoint. A second Ctrl-C kills them before the runner exits (none is left running,
+    each marked interrupted: their status said "running"); a repeated SIGTERM (`timeout`
+    signals the process, then its group) is the same request, as in the trainer: they were
+    killed mid-save."""
+    out, log, proc = start_endless_point(tiny, f"stop2{second.name}")
     try:
         wait_until((out / "hidden-16" / "tb").exists, proc, "the point never started")
         time.sleep(1.0)
@@ -311,13 +315,20 @@ def test_a_second_signal_stops_the_points_at_once(tiny):
         proc.send_signal(signal.SIGTERM)
         wait_until(lambda: "stopping the running points" in log.read_text(), proc,
                    "the sweep never took the first signal")
-        proc.send_signal(signal.SIGTERM)  # while its point saves
+        proc.send_signal(second)  # while its point saves
         proc.wait(timeout=120)
     trainers = subprocess.run(["pgrep", "-f", f"lmscale.train .*workdir={out}/"],
                               capture_output=True, text=True).stdout.split()
     assert not trainers, trainers  # none left running on, orphaned
     said = log.read_text()  # one line, not a KeyboardInterrupt traceback
-    assert "Traceback" not in said and "sweep stopped at once by a second signal" in said, said[-2000:]
+    status = json.loads((out / "hidden-16" / "sweep_status.json").read_text())
+    assert "Traceback" not in said and status["status"] == "interrupted", said[-2000:]
+    if second == signal.SIGINT:
+        assert "sweep stopped at once by a second signal" in said, said[-2000:]
+    else:
+        assert "SIGTERM again; the running points still stop at a checkpoint" in said
+        assert "sweep stopped by a signal; the running points stopped" in said
+        assert status["step"] > 0 and os.path.isdir(out / "hidden-16" / "checkpoints" / str(status["step"]))
 
 
 @pytest.mark.parametrize("flag, value", [("divergence_factor", "nan"),

@@ -101,3 +101,18 @@ def test_a_finetunes_warmup_note_counts_the_lms_steps_after_its_freeze():
     (note,) = finetune_warmup_notes("linear", 20, 100, 100, 100)
     assert "the LM stays frozen throughout" in note
     assert len(finetune_warmup_notes("linear", 200, 100, 100, 0)) == 1  # the head's, said once
+
+
+def test_a_decay_set_to_end_before_the_run_is_noted_with_its_steps_at_rate_zero():
+    """optim.decay_steps=60 of an 80-step linear run: steps 61-80 ran at rate 0, unsaid."""
+    from lmscale.config import default_config, derive
+    from lmscale.training.schedules import horizon_note
+    config = default_config()
+    config.train.steps, config.optim.schedule, config.optim.decay_steps = 80, "linear", 60
+    derived = derive(config, 1000)
+    assert horizon_note(config.optim, derived["steps"], derived["decay_steps"]) == (
+        "note: the linear decay reaches 0 at step 60 (optim.decay_steps): the run's steps 61-80 "
+        "train at rate 0 and leave the weights as they are")
+    for schedule, decay in (("linear", 0), ("constant", 60), ("cosine", 80)):  # no such steps
+        config.optim.schedule, config.optim.decay_steps = schedule, decay
+        assert horizon_note(config.optim, 80, derive(config, 1000)["decay_steps"]) is None
