@@ -150,7 +150,7 @@ def from_state_dict(state_dict: Mapping[str, Any], name: str, *,
             dec_b = take(dec_b, key, arr)
         else:
             ignored.append(key)
-    if dec_w is None and dec_b is None and any(k.startswith("classifier.") for k in flat):
+    if dec_w is None and dec_b is None and any("classifier" in k.split(".")[:-1] for k in flat):
         raise ConvertError(f"{name} is a sentiment-discovery classifier checkpoint (encoder + "
                            f"classifier, e.g. a .clf file) without the language model's decoder; "
                            f"expected the language model's checkpoint (e.g. mlstm.pt), "
@@ -212,6 +212,10 @@ def from_state_dict(state_dict: Mapping[str, Any], name: str, *,
                                        f"[{out}, 1] (one gain per output row)")
                 g, v = (g_t.reshape(out), v_t.T.copy()) if wn else (
                     None, from_weight_norm(g_t.reshape(out), v_t.T))
+            elif (l, theirs, "g") in rnn or (l, theirs, "v") in rnn:
+                have, lack = ("g", "v") if (l, theirs, "g") in rnn else ("v", "g")
+                raise ConvertError(f"{name} has {key}_{have} but no {key}_{lack}; expected both "
+                                   f"parts of the weight-normed matrix (or a plain {key})")
             else:
                 raise ConvertError(f"{name} has no {key} (nor {key}_g/{key}_v); expected the "
                                    f"{layers}-layer {kind}'s matrices")
@@ -333,6 +337,12 @@ def load_pt(path: str, *, weight_norm: bool | None = None,
     except Exception as e:  # UnpicklingError, zip / EOF / magic-number errors differ by version
         text = " ".join(str(e).split())
         found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if isinstance(e, pickle.UnpicklingError) and found and found.group(1) == "argparse.Namespace":
+            raise ConvertError(f"{path} holds Python objects other than tensors "
+                               f"(argparse.Namespace), which are never unpickled: it is laid out "
+                               f"as sentiment-discovery's finetune_classifier.py saves a "
+                               f"classifier (.clf: {{'sd': ..., 'args': ...}}); convert the "
+                               f"language model's checkpoint (e.g. mlstm.pt), {EXPECTED}") from None
         if isinstance(e, pickle.UnpicklingError) and found:
             raise ConvertError(f"{path} holds Python objects other than tensors ({found.group(1)}), "
                                f"which are never unpickled (torch.load weights_only=True); "

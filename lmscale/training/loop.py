@@ -176,6 +176,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
                                             mesh_lib.replicated(mesh))
         opt_state = jax.jit(setup.tx.init, out_shardings=shardings.opt_state)(params)
         state = state.replace(params=params, opt_state=opt_state)
+        derived.update(started_from.pop("carried"))  # e.g. OpenAI's framing of each text
         derived["started_from"] = started_from
         if is_main:
             print(f"note: starting from {started_from['workdir']}'s "

@@ -44,7 +44,9 @@ def start_params(config: Any, tokenizer: dict[str, Any], like: Any, sharding: An
                  ) -> tuple[Any, dict[str, Any]]:
     """(parameters placed like ``like`` with ``sharding``, a provenance record) of
     ``config.train.start_from`` (``check_start_from`` passed: the architecture is ours);
-    ConfigError if that run's tokenizer differs."""
+    ConfigError if that run's tokenizer differs. The record's ``carried``: the source's
+    provenance (an imported OpenAI model's ``preprocess`` framing), which comes with its
+    weights into the new run's derived values."""
     from lmscale.training.restore import load_trained
     lm = load_trained(config.train.start_from)
     if lm.tokenizer.to_dict() != tokenizer:
@@ -53,4 +55,6 @@ def start_params(config: Any, tokenizer: dict[str, Any], like: Any, sharding: An
                           f"train on the data it was prepared with")
     params = jax.tree.map(lambda x, s: jax.device_put(x, s.sharding if hasattr(s, "sharding") else sharding),
                           lm.params, like)
-    return params, {"workdir": lm.workdir, "step": lm.step, "best": lm.best}
+    from lmscale.training.resume import PROVENANCE_KEYS
+    carried = {k: lm.derived[k] for k in PROVENANCE_KEYS if k in lm.derived}
+    return params, {"workdir": lm.workdir, "step": lm.step, "best": lm.best, "carried": carried}

@@ -215,6 +215,11 @@ def test_a_classifier_checkpoint_is_identified():
     with pytest.raises(ConvertError, match=r"^semeval\.clf is a sentiment-discovery classifier "
                                            r"checkpoint .* without the language model's decoder"):
         from_state_dict(clf, "semeval.clf")
+    # finetune_classifier.py saves {'sd': {'lm_encoder': ..., 'classifier': ...}, 'args': ...}
+    # (the args are refused as Python objects; without them the generic "no decoder" was said)
+    saved = {"sd": {"lm_encoder": sd["encoder"], "classifier": clf["classifier"]}}
+    with pytest.raises(ConvertError, match=r"^ft\.clf is a sentiment-discovery classifier "):
+        from_state_dict(saved, "ft.clf")
 
 
 def test_a_folder_given_as_pt_is_named_a_folder(files):

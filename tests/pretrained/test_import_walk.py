@@ -67,3 +67,25 @@ def test_a_truncated_pt_says_so(tmp_path):
     with pytest.raises(ConvertError, match=r"lm\.pt is not a readable PyTorch file \(\w+: the file "
                                            r"is truncated or damaged"):
         load_pt(str(path))
+
+
+def test_a_run_started_from_an_openai_import_keeps_its_framing(tmp_path, corpus):
+    """train.start_from an OpenAI import: the new run recorded no preprocess, so featurize,
+    transfer, score and generate on it read texts without OpenAI's '\\n ' + text + ' '."""
+    import json
+
+    from lmscale.pretrained import preprocessor_for
+    from lmscale.pretrained.openai import load_openai
+    ref.write_openai_files(str(tmp_path / "oa"), 8, 16, seed=0)
+    imported = write_workdir(load_openai(str(tmp_path / "oa")), str(tmp_path / "imported"), batch_size=4)
+    config, _ = load_config(os.path.join(imported, "config.json"))
+    overrides = {f"model.{k}": v for k, v in config.model.items()}
+    overrides.update({"data.tokenizer": "openai", "train.steps": 2, "train.eval_every": 0,
+                      "train.start_from": imported})
+    run = str(tmp_path / "run")
+    train(tiny_config(corpus, **overrides), run)
+    derived = json.load(open(os.path.join(run, "config.json")))["derived"]
+    source = json.load(open(os.path.join(imported, "config.json")))["derived"]
+    assert derived["preprocess"] == source["preprocess"] == "openai"
+    assert derived["pretrained"] == source["pretrained"] and "carried" not in derived["started_from"]
+    assert preprocessor_for(derived)("hi") == b"\n hi "

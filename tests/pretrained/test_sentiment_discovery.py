@@ -148,7 +148,7 @@ def test_bad_state_dicts():
         from_state_dict(sd, "s.pt")
     sd = good()
     del sd["encoder"]["rnn"]["rnns.0.w_hh_g"]
-    with pytest.raises(ConvertError, match=r"^m\.pt has no rnns\.0\.w_hh \(nor rnns\.0\.w_hh_g"):
+    with pytest.raises(ConvertError, match=r"^m\.pt has rnns\.0\.w_hh_v but no rnns\.0\.w_hh_g"):
         from_state_dict(sd, "m.pt")
     sd = good()
     sd["encoder"]["rnn"]["rnns.0.w_ho"] = np.zeros((H, H), np.float32)
