@@ -277,24 +277,31 @@ def _check(name: str, key: str, arr: np.ndarray, shape: tuple[int, ...]) -> None
         raise ConvertError(f"{name}: {key} has shape {tuple(arr.shape)}; expected {list(shape)}")
 
 
-def to_state_dict(weights: LMWeights, *, weight_norm: bool | None = None) -> dict[str, Any]:
+def to_state_dict(weights: LMWeights, *, weight_norm: bool | None = None, rows: int = 257
+                  ) -> dict[str, Any]:
     """LMWeights -> a nested RNNModel state dict of float32 NumPy arrays.
 
     ``weight_norm`` None keeps the model's form; g/v are written as ``w_g`` [out, 1] and
     ``w_v`` [out, in] (what sentiment-discovery's loaders accept after ``apply_weight_norm``).
     ``bias`` goes to b_ih, ``bias_h`` to b_hh (zero for a model with one bias). A 256-id
     model (id = byte) gets the padding id 0 prepended: a zero embedding row, a zero decoder
-    row and decoder bias ``PAD_LOGIT``, so the byte probabilities are unchanged.
+    row and decoder bias ``PAD_LOGIT``, so the byte probabilities are unchanged. ``rows`` 256
+    writes id = byte instead (sentiment-discovery's older releases; ntoken=256): a 257-id
+    model's padding row dropped, as OpenAI's layout drops it.
     """
+    if rows not in (256, 257):
+        raise ConvertError(f"a sentiment-discovery state dict has 257 or 256 rows, not {rows}")
     weights.check("model")
     wn = weights.weight_norm if weight_norm is None else weight_norm
     w = weights.with_weight_norm(wn).with_two_biases(True).params  # one bias: a zero b_hh
     emb, dec_w, dec_b = w["embedding/embedding"], w["decoder/kernel"].T, w["decoder/bias"]
-    if weights.tokenizer == ByteTokenizer.openai():
+    if weights.tokenizer == ByteTokenizer.sentiment_discovery() and rows == 256:
+        emb, dec_w, dec_b = emb[1:], dec_w[1:], dec_b[1:]
+    elif weights.tokenizer == ByteTokenizer.openai() and rows == 257:
         emb = np.concatenate([np.zeros((1, emb.shape[1]), np.float32), emb])
         dec_w = np.concatenate([np.zeros((1, dec_w.shape[1]), np.float32), dec_w])
         dec_b = np.concatenate([np.full((1,), PAD_LOGIT, np.float32), dec_b])
-    elif weights.tokenizer != ByteTokenizer.sentiment_discovery():
+    elif weights.tokenizer not in (ByteTokenizer.sentiment_discovery(), ByteTokenizer.openai()):
         raise ConvertError(f"sentiment-discovery's layout uses byte ids; cannot map tokenizer "
                            f"{weights.tokenizer.to_dict()}")
     rnn: dict[str, np.ndarray] = {}
@@ -356,12 +363,13 @@ def load_pt(path: str, *, weight_norm: bool | None = None,
     return from_state_dict(state_dict, path, weight_norm=weight_norm, two_biases=two_biases)
 
 
-def save_pt(weights: LMWeights, path: str, *, weight_norm: bool | None = None) -> str:
+def save_pt(weights: LMWeights, path: str, *, weight_norm: bool | None = None,
+            rows: int = 257) -> str:
     """Writes ``to_state_dict(weights)`` as torch tensors with ``torch.save``; never overwrites."""
     if os.path.exists(path):
         raise ConvertError(f"{path} already exists; expected a new .pt file name")
     torch = _torch(path)
-    tree = to_state_dict(weights, weight_norm=weight_norm)
+    tree = to_state_dict(weights, weight_norm=weight_norm, rows=rows)
 
     def to_torch(node: Any) -> Any:
         if isinstance(node, dict):

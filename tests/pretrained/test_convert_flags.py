@@ -49,6 +49,8 @@ def test_a_pt_destination_of_a_folder_layout_is_refused(openai_files, tmp_path, 
     (("--batch_size=4", "--layout=sentiment-discovery"), "--batch_size sets train.batch_size of "
      "a written workdir (--layout=lmscale); --layout=sentiment-discovery records none: drop it"),
     (("--step=-5",), "flag --step=-5: expected a checkpoint step, or -1 (the latest)"),
+    (("--pt_vocab=256",), "--pt_vocab sets the rows of a written .pt (--layout="
+                          "sentiment-discovery); --layout=lmscale has its own: drop it"),
 ])
 def test_flags_that_would_be_ignored_are_refused(openai_files, tmp_path, args, message):
     """--step with a non-lmscale --from, --batch_size with a layout that records none, and

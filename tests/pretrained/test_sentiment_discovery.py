@@ -228,3 +228,24 @@ def test_pt_with_python_objects_is_refused(tmp_path):
     garbage.write_bytes(b"\x00" * 64)
     with pytest.raises(ConvertError, match=r"garbage\.pt is not a readable PyTorch file"):
         load_pt(str(garbage))
+
+
+@pytest.mark.parametrize("rows", [256, 257])
+def test_a_pt_of_either_row_count_round_trips_with_pt_vocab(rows):
+    """A 256-row .pt (id = byte: older releases, ntoken=256) came back with 257 rows, which
+    sentiment-discovery's RNNModel(ntoken=256) refuses; rows=256 writes id = byte, from either
+    tokenizer (a 257-id model's padding row dropped)."""
+    sd = ref.make_sd_state_dict(rows, E, H, 1, weight_norm=True, seed=8)
+    weights = from_state_dict(sd, "r.pt")
+    again, original = flatten(to_state_dict(weights, rows=rows)), flatten(sd)
+    assert set(again) == set(original)
+    for key, value in original.items():
+        np.testing.assert_array_equal(again[key], value, err_msg=key)
+    other = flatten(to_state_dict(weights, rows=513 - rows))  # the other count: shifted by one
+    first = 1 if rows == 256 else 0  # the row of byte 0 in the written dict
+    assert other["encoder.encoder.weight"].shape == (513 - rows, E)
+    np.testing.assert_array_equal(other["encoder.encoder.weight"][first],
+                                  original["encoder.encoder.weight"][1 - first])
+    np.testing.assert_array_equal(other["decoder.bias"][first:], original["decoder.bias"][1 - first:])
+    with pytest.raises(ConvertError, match="257 or 256 rows, not 300"):
+        to_state_dict(weights, rows=300)
