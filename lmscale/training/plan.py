@@ -114,6 +114,15 @@ def _loops(config: ml_collections.ConfigDict) -> str | None:
     return current_scan_options().loops_layout(remat_steps(config.model), config.train.seq_len)
 
 
+def _flop(count: float) -> str:
+    """A FLOP count in the unit that shows it: 1.23 TFLOP, 45.6 GFLOP, 812 MFLOP (a tiny
+    model's step printed as 0.00 TFLOP)."""
+    for scale, unit in ((1e12, "TFLOP"), (1e9, "GFLOP"), (1e6, "MFLOP")):
+        if count >= scale:
+            return f"{count / scale:.3g} {unit}"
+    return f"{count:.3g} FLOP"
+
+
 def _millions(x: float) -> str:
     """x in millions: one decimal, or two significant digits below 0.1 (a small model's
     0.038 M, not 0.0 M)."""
@@ -136,7 +145,7 @@ def format_plan(p: dict[str, Any]) -> str:
         + (f"; {p['recurrence_loops']}-major recurrence loops" if p.get("recurrence_loops")
            else ""),
         f"FLOPs          {_millions(p['flops_per_token_forward'])} M/token forward, "
-        f"{p['flops_per_step_train'] / 1e12:.2f} TFLOP per train step"
+        f"{_flop(p['flops_per_step_train'])} per train step"
         + (f" (adaptive softmax: the loss forms the head's logits and the target's cluster's, "
            f"{_millions(p['flops_per_token_train'] / 3)} M/token forward at Zipf's law's "
            f"{', '.join(f'{100 * x:.1f}' for x in p['tail_shares'])} % of targets in the tail "
