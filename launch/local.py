@@ -35,6 +35,7 @@ from typing import IO
 
 # The same names as lmscale.distributed; repeated so that the launcher imports nothing heavy.
 ENV_COORDINATOR = "LMSCALE_COORDINATOR_ADDRESS"
+ENV_LAUNCH = "LMSCALE_LAUNCH_COMMAND"  # this launch as typed, for WORKDIR/commands.log
 ENV_NUM_PROCESSES = "LMSCALE_NUM_PROCESSES"
 ENV_PROCESS_ID = "LMSCALE_PROCESS_ID"
 
@@ -102,6 +103,7 @@ def process_env(base: dict[str, str], process_id: int, num_processes: int, addre
     env = dict(base, **{ENV_COORDINATOR: address, ENV_NUM_PROCESSES: str(num_processes),
                         ENV_PROCESS_ID: str(process_id)})
     env["PYTHONUNBUFFERED"] = "1"  # lines arrive as they are written, also before an abort
+    env[ENV_LAUNCH] = launch_command(base)
     if gpus is not None:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[process_id * devices:(process_id + 1) * devices])
     else:
@@ -109,6 +111,18 @@ def process_env(base: dict[str, str], process_id: int, num_processes: int, addre
         env["XLA_FLAGS"] = f"{base['XLA_FLAGS']} {flag}" if base.get("XLA_FLAGS") else flag
         env["JAX_PLATFORMS"] = "cpu"
     return env
+
+
+def launch_command(environ: dict[str, str]) -> str:
+    """``cd CWD && [ENV=...] PYTHON launch/local.py ARGS``: this launch as typed, which the
+    run's commands.log records (process 0's own command would start one process, with the
+    XLA_FLAGS or CUDA_VISIBLE_DEVICES this launcher gave it)."""
+    import shlex
+    env = [f"{k}={shlex.quote(environ[k])}" for k in ("XLA_FLAGS", "CUDA_VISIBLE_DEVICES",
+                                                      "LMSCALE_DATA", "PYTHONPATH")
+           if environ.get(k)]
+    words = [*env, shlex.quote(sys.executable), *(shlex.quote(a) for a in sys.argv)]
+    return f"cd {shlex.quote(os.getcwd())} && " + " ".join(words)
 
 
 def describe_exit(process_id: int, returncode: int, address: str, sent: int | None = None) -> str:

@@ -147,10 +147,14 @@ def head_widths(spec: Any) -> tuple[int, ...]:
 def check_choices(key: str, items: Sequence[str], allowed: Sequence[str], given: str,
                   note: str = "", required: bool = False) -> None:
     """ConfigError naming ``key`` (a comma list, as ``given``) unless every one of its
-    ``items`` is ``allowed`` (and, ``required``, there is one)."""
+    ``items`` is ``allowed`` (and, ``required``, there is one), each once ("last,last" gave
+    the head the same feature twice)."""
     if (required and not items) or any(i not in allowed for i in items):
         raise ConfigError(f"{key} must be one or more of {', '.join(allowed)} "
                           f"(comma-separated{note}), got {given!r}")
+    twice = sorted({i for i in items if list(items).count(i) > 1})
+    if twice:
+        raise ConfigError(f"{key}={given!r} names {', '.join(twice)} twice: each feature once")
 
 
 def _states_note(feature_states: Sequence[str]) -> str:

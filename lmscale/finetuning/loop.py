@@ -56,6 +56,7 @@ from lmscale.training.precision import (LossScale, Policy, SkippedRun, print_com
 from lmscale.training.restore import TrainedLM, load_trained, weights_fingerprint
 from lmscale.training.run_paths import best_folder
 from lmscale.training.schedules import batch_and_rate_note, finetune_warmup_notes
+from lmscale.cli import errors_for_caller
 from lmscale.training.command_log import record_command
 from lmscale.training.resume import (RUN_FILES, archive_previous_run, check_same_optimizer,
                                      keep_config_history, resumed_derived, software_versions)
@@ -125,6 +126,13 @@ def finetune(config: ml_collections.ConfigDict, workdir: str,
     """Fine-tunes (or resumes) the classifier in ``workdir``; returns the results dict.
     ``given``: the fields the caller set (the CLI's ``--config.*`` flags), checked even at
     their default (a ``model.*`` one against the LM's; one fine-tuning does not use refused)."""
+    with errors_for_caller():  # from a notebook: "config.resume = False", not the flag
+        return _checked_finetune(config, workdir, devices, given)
+
+
+def _checked_finetune(config: ml_collections.ConfigDict, workdir: str,
+                      devices: list[jax.Device] | None, given: Collection[str]) -> dict[str, Any]:
+    """``finetune`` with its settings, data and LM checked before the workdir is touched."""
     check_known_fields(config)
     validate_run_settings(config)
     check_used_in_fine_tuning(config, given)

@@ -25,7 +25,11 @@ COMMANDS_LOG = "commands.log"
 # Environment variables that change what a run does or where it reads, recorded with it.
 RECORDED_ENV = ("XLA_FLAGS", "JAX_PLATFORMS", "CUDA_VISIBLE_DEVICES", "TFDS_DATA_DIR",
                 "LMSCALE_DATA", "LMSCALE_DATA_MIRROR", "LMSCALE_MODEL_MODULES",
-                "LMSCALE_COMPILE_CACHE")
+                "LMSCALE_COMPILE_CACHE", "PYTHONPATH")
+LAUNCH_ENV = "LMSCALE_LAUNCH_COMMAND"  # set by launch/local.py: the launch as typed
+# How the processes of a run of several found each other, named where no launch is known.
+JOIN_ENV = ("LMSCALE_NUM_PROCESSES", "LMSCALE_COORDINATOR_ADDRESS", "SLURM_JOB_ID",
+            "OMPI_COMM_WORLD_SIZE")
 
 
 def invocation(argv: Sequence[str] | None = None, module: str | None = None) -> str:
@@ -45,12 +49,24 @@ def invocation(argv: Sequence[str] | None = None, module: str | None = None) -> 
 
 def record_command(workdir: str, start: int, processes: int, devices: int) -> None:
     """Appends this start's comment and command to WORKDIR/commands.log (process 0 only;
-    an unwritable log is a note: it is no reason to stop a run)."""
+    an unwritable log is a note: it is no reason to stop a run). ``devices``: of all
+    processes. A run of several processes records its launch (launch/local.py's, which
+    starts them all), process 0's own command as a comment: pasted, it would start one
+    process with this one's devices; under another launcher, how they joined."""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    where = (f"{processes} process{'es' if processes > 1 else ''} x {devices} "
-             f"device{'s' if devices > 1 else ''}")
-    lines = (f"# {stamp}: start at step {start}, {where}, host {socket.gethostname()}\n"
-             f"{invocation()}\n")
+    where = (f"{processes} processes x {devices // processes} devices ({devices} in all)"
+             if processes > 1 else f"1 process x {devices} device{'s' if devices > 1 else ''}")
+    lines = f"# {stamp}: start at step {start}, {where}, host {socket.gethostname()}\n"
+    if processes == 1:
+        lines += f"{invocation()}\n"
+    elif os.environ.get(LAUNCH_ENV):
+        lines += (f"{os.environ[LAUNCH_ENV]}\n# (launch/local.py; process 0 ran: "
+                  f"{invocation()})\n")
+    else:
+        joined = ", ".join(f"{k}={os.environ[k]}" for k in JOIN_ENV if os.environ.get(k))
+        lines += (f"# process 0 of {processes} ran the command below "
+                  f"({joined or 'joined by flags'}); start every process as this run's were\n"
+                  f"# {invocation()}\n")
     path = os.path.join(workdir, COMMANDS_LOG)
     try:
         with open(path, "a", encoding="utf-8") as f:

@@ -31,6 +31,7 @@ from lmscale.data.stream import document_resets
 from lmscale.models import architecture
 from lmscale.models.registry import get_kind, trained_length_note, unused_settings_note
 from lmscale.training import mesh as mesh_lib
+from lmscale.cli import errors_for_caller, for_caller
 from lmscale.training.checkpoints import Checkpointer, check_same_model
 from lmscale.training.command_log import record_command
 from lmscale.training.resume import (PROVENANCE_KEYS, archive_previous_run, check_resumable,
@@ -76,11 +77,12 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 
     Data parallel over ``devices`` (default: every device of every process).
     """
-    mesh = mesh_lib.make_mesh(devices)
-    validate(config, mesh.size)  # a bad config writes nothing
-    check_same_config(config)
-    with locked_workdir(workdir), contextlib.ExitStack() as on_exit:
-        return _train(with_global_batch(config, mesh.size), workdir, mesh, on_exit)
+    with errors_for_caller():  # from a notebook: "config.resume = False", not the flag
+        mesh = mesh_lib.make_mesh(devices)
+        validate(config, mesh.size)  # a bad config writes nothing
+        check_same_config(config)
+        with locked_workdir(workdir), contextlib.ExitStack() as on_exit:
+            return _train(with_global_batch(config, mesh.size), workdir, mesh, on_exit)
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
@@ -189,9 +191,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
         return _already_trained(workdir, start, derived["steps"], is_main, stopped_by_rule=True)
     if saved is not None and start >= derived["steps"]:
         checkpointer.close()
-        return _already_trained(workdir, start, derived["steps"], is_main)
+        decayed = (config.optim.schedule in ("linear", "cosine")
+                   and derived["decay_steps"] <= start)
+        return _already_trained(workdir, start, derived["steps"], is_main,
+                                decayed_at=(config.optim.schedule, derived["decay_steps"])
+                                if decayed else None)
     if is_main:
-        if saved is not None and progress:
+        if saved is not None:  # without a bar too: a notebook's re-run said nothing of it
             print(f"resuming {workdir} from its checkpoint at step {start} (of "
                   f"{derived['steps']})", file=sys.stderr, flush=True)
         print_compute_hint(config.precision.compute, mesh.devices.flat[0])
@@ -367,9 +373,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
         checkpointer.close()
     best.close()
     writer.close()
-    if stop.stopping and progress:
+    if stop.stopping and is_main:  # without a bar too: a notebook's interrupt returns here
         print(f"stopped by signal {stop.signal or '(in another process)'} at step {step}; "
               f"checkpoint saved, re-run to resume")
+    if "val" not in last and stop.stopping:  # the run's last validation, if any (a resume's)
+        last.update(_last_records(workdir, step, ("val",)))
     last["step"] = step
     last["train_programs"] = getattr(train_step, "_cache_size", lambda: None)()  # compiled shapes
     last["stopped_by_signal"] = stop.signal if stop.stopping else None
@@ -388,32 +396,42 @@ def _loss_id_counts(config: ml_collections.ConfigDict, dataset: Any, vocab_size:
 
 
 def _already_trained(workdir: str, start: int, steps: int, is_main: bool,
-                     stopped_by_rule: bool = False) -> dict[str, Any]:
+                     stopped_by_rule: bool = False, decayed_at: tuple[str, int] | None = None
+                     ) -> dict[str, Any]:
     """What a re-run of a finished run returns: its last records, said so; nothing trained.
-    ``stopped_by_rule``: optim.name="asgd" ended it before train.steps.
+    ``stopped_by_rule``: optim.name="asgd" ended it before train.steps; ``decayed_at``: (the
+    schedule, its horizon) where a linear/cosine rate reached 0 by the run's end (raising
+    train.steps alone trains on at rate 0).
     metrics.jsonl loses the records past the checkpoint (a run killed after its last save
     had logged them), as a resume's would."""
     if is_main:
         _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), after_step=start)
-    try:
-        records = [r for r in read_metrics(workdir) if r.get("step", 0) <= start]
-    except (OSError, ValueError):  # no or a damaged metrics.jsonl: the checkpoint still stands
-        records = []
     last: dict[str, Any] = {"step": start, "train_programs": 0, "stopped_by_signal": None,
-                            "stopped": False, "already_trained": True}
-    for record in records:
-        if record.get("split") in ("train", "val"):
-            last[record["split"]] = record
+                            "stopped": False, "already_trained": True,
+                            **_last_records(workdir, start, ("train", "val"))}
     if is_main and stopped_by_rule:
         print(f"{workdir} was ended at step {start} (of train.steps={steps}) by the asgd rule "
               f"(optim.name='asgd'), its validation loss worse than the best of those more "
               f"than optim.ntasgd_nonmono passes before: nothing to do (--config.resume=false "
               f"starts over; the run is archived)", file=sys.stderr)
     elif is_main:
-        print(f"{workdir} is already trained to step {start} (train.steps={steps}): nothing to "
-              f"do. Raise --config.train.steps to train on, or --config.resume=false to start "
-              f"over (the run is archived)", file=sys.stderr)
+        raise_steps = ("Raise --config.train.steps to train on" if not decayed_at else
+                       f"Its {decayed_at[0]} learning rate reached 0 at step {decayed_at[1]}: "
+                       f"raise --config.train.steps and --config.optim.decay_steps to train on")
+        print(for_caller(f"{workdir} is already trained to step {start} (train.steps={steps}): "
+                         f"nothing to do. {raise_steps}, or --config.resume=false to start over "
+                         f"(the run is archived)"), file=sys.stderr)
     return last
+
+
+def _last_records(workdir: str, step: int, splits: tuple[str, ...]) -> dict[str, Any]:
+    """The last record of each of ``splits`` in metrics.jsonl up to ``step`` (none of a
+    missing or damaged file: the checkpoint still stands)."""
+    try:
+        records = [r for r in read_metrics(workdir) if r.get("step", 0) <= step]
+    except (OSError, ValueError):
+        records = []
+    return {r["split"]: r for r in records if r.get("split") in splits}
 
 
 def eval_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:

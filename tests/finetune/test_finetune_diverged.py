@@ -24,7 +24,7 @@ def test_a_diverged_fine_tune_stops_and_keeps_no_nan_classifier(sst_run, data, t
     run = tmp_path / "ft"
     with pytest.raises(DivergedError, match=r"^the parameters are not finite at step 4: not "
                                             r"saved, and no checkpoint was written before it; "
-                                            r"start over \(--config.resume=false\) with a lower "
+                                            r"start over \(config.resume = False\) with a lower "
                                             r"optim.lr, finetune.head_lr or optim.clip$"):
         finetune(config, str(run))
     assert not (run / "best.json").exists() and not (run / "results.json").exists()

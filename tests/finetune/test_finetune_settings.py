@@ -19,6 +19,8 @@ from tests.finetune.test_finetune import ft_config
                                 "(comma-separated), got 'avg'"),
     ("finetune.pooling", "last,avg", "finetune.pooling must be one or more of last, mean, max, min "
                                      "(comma-separated), got 'last,avg'"),
+    ("finetune.pooling", "last,mean,last", "finetune.pooling='last,mean,last' names last "
+                                           "twice: each feature once"),  # was the same feature twice
     ("finetune.state", "cel", "finetune.state must be one or more of cell, hidden "
                               "(comma-separated: this model's states; \"\" = cell), got 'cel'"),
     ("finetune.head_activation", "gleu", "finetune.head_activation must be one of gelu, relu, "
@@ -93,7 +95,7 @@ def test_a_missing_column_names_the_setting(sst_run, tmp_path, column, ext):
         path.write_text("sentence,label\ngood,1\nbad,0\n")
     else:
         path.write_text('{"sentence": "good", "label": 1}\n{"sentence": "bad", "label": 0}\n')
-    hint = "(set --config.finetune.text_column / --config.finetune.label_column)"
+    hint = "(set config.finetune.text_column / config.finetune.label_column)"  # the API's
     with pytest.raises(DataError, match=re.escape("'oops'; ") + ".*" + re.escape(hint)):
         finetune(ft_config(sst_run, str(path), str(path), **{column: "oops"}), str(tmp_path / "ft"))
 
@@ -151,7 +153,7 @@ def test_the_lms_dropouts_are_said_and_an_unreadable_checkpoint_falls_back(sst_r
             in capsys.readouterr().err)
     os.remove(os.path.join(workdir, "checkpoints", "4", "state", "manifest.ocdbt"))
     with pytest.raises(UnreadableCheckpointError,
-                       match=r"checkpoints/4 is unreadable.*--config.checkpoint.fallback=true "
+                       match=r"checkpoints/4 is unreadable.*config.checkpoint.fallback = True "
                              r"resumes from the previous one \(step 2\)"):
         finetune(ft_config(str(lm), data["sst_train"], data["sst_val"], **{**kw, "train.steps": 6}),
                  workdir)

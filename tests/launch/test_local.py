@@ -280,3 +280,16 @@ def test_processes_failing_at_the_same_time_are_all_named():
     assert line == "process 0 exited with status 1 (its error is above); process 1 failed too"
     stopped = local.failure_summary(0, 1, {0: 1, 1: -15, 2: 3}, [1, 2], {1: 15, 2: 15}, "a:1")
     assert stopped.endswith("; stopped process 1; process 2 failed too"), stopped
+
+
+def test_commands_log_records_the_launch_not_one_processs_command(runs):
+    """Process 0's own command, pasted, resumed as one process with its 2 devices; and
+    "2 processes x 4 devices" read as 8. The launch is recorded, and it runs again."""
+    log = (runs["two"] / "commands.log").read_text().splitlines()
+    assert len(log) == 6 and "start at step 0, 2 processes x 2 devices (4 in all)" in log[0]
+    assert "start at step 6, 2 processes x 2 devices (4 in all)" in log[3]
+    assert log[1].startswith(f"cd {REPO} && ") and f"{LAUNCHER} --num_processes=2 " in log[1]
+    assert log[2].startswith("# (launch/local.py; process 0 ran: ") and "-m lmscale.train" in log[2]
+    again = subprocess.run(["bash", "-c", log[1]], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "is already trained to step 8 (train.steps=6)" in again.stderr, again.stderr[-3000:]

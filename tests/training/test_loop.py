@@ -62,10 +62,53 @@ def test_rerun_of_a_finished_run_says_so_and_writes_nothing(tmp_path, corpus, ca
     again = train(config, workdir)  # printed nothing and returned no val record before
     assert again["already_trained"] and again["step"] == 8
     assert again["val"] == first["val"] and again["train"]["step"] == 8
-    assert "is already trained to step 8 (train.steps=8): nothing to do" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "is already trained to step 8 (train.steps=8): nothing to do" in said
+    # From the API (a notebook), config fields, not flags; raising train.steps alone trained
+    # on at the decayed rate 0 (the advice did nothing).
+    assert config.optim.schedule == "linear" and ("Its linear learning rate reached 0 at step 8: "
+            "raise config.train.steps and config.optim.decay_steps to train on, or "
+            "config.resume = False to start over") in said
     after = {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
              for d, _, fs in os.walk(workdir) for f in fs if not f.startswith(".lock")}
     assert after == files  # no checkpoint, config or metrics rewritten
+
+
+def test_an_interrupt_in_a_notebook_says_so_and_returns_the_last_validation(tmp_path, corpus,
+                                                                            capfd):
+    """A notebook's interrupt button (SIGINT) stops train() at a checkpoint and returns; with
+    no progress bar nothing said it stopped or, re-run, that it resumed, and the result had no
+    "val" (the notebook's next line raised KeyError)."""
+    import signal
+    import threading
+    import time
+
+    from lmscale.training.metrics import read_metrics
+    workdir = str(tmp_path / "run")
+    first = train(tiny_config(corpus, **{"train.steps": 4, "train.eval_every": 4}), workdir)
+
+    def interrupt() -> None:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if any(r["step"] >= 8 for r in read_metrics(workdir)):
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    capfd.readouterr()
+    thread = threading.Thread(target=interrupt)
+    thread.start()
+    result = train(tiny_config(corpus, **{"train.steps": 100000, "train.eval_every": 0,
+                                          "train.log_every": 1}), workdir)
+    thread.join()
+    out, err = capfd.readouterr()
+    assert result["stopped"] and result["stopped_by_signal"] == signal.SIGINT
+    assert result["val"] == first["val"]  # the run's last validation (step 4)
+    assert f"resuming {workdir} from its checkpoint at step 4" in err
+    assert f"stopped by signal 2 at step {result['step']}; checkpoint saved" in out
 
 
 def test_resume_equals_uninterrupted(tmp_path, corpus):

@@ -39,7 +39,7 @@ def test_resume_with_a_changed_data_field_is_refused_naming_it(base_run, tmp_pat
     data_before = sorted(os.listdir(os.path.join(workdir, "data")))
     with pytest.raises(CheckpointMismatchError, match=f"trained with {key}=") as error:
         train(tiny_config(corpus, **{**BASE, "train.steps": 6, key: value}), workdir)
-    assert "\n" not in str(error.value) and "--config.resume=false" in str(error.value)
+    assert "\n" not in str(error.value) and "config.resume = False" in str(error.value)  # API
     assert {name: open(os.path.join(workdir, name)).read() for name in before} == before
     assert sorted(os.listdir(os.path.join(workdir, "data"))) == data_before  # nothing lost
     assert steps_on_disk(workdir) == [2, 4]
@@ -243,7 +243,7 @@ def test_unreadable_latest_checkpoint_is_one_line_and_fallback_resumes(base_run,
         train(config, workdir)
     message = str(error.value)
     assert "\n" not in message and os.path.join(workdir, "checkpoints", "4") in message
-    assert "--config.checkpoint.fallback=true" in message and "step 2" in message
+    assert "config.checkpoint.fallback = True" in message and "step 2" in message
     with pytest.raises(UnreadableCheckpointError, match="checkpoints/4 is unreadable"):
         load_trained(workdir)
     train(tiny_config(corpus, **{**BASE, "train.steps": 6, "checkpoint.fallback": True}), workdir)
