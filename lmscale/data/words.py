@@ -325,3 +325,19 @@ def unknown_words_note(tokenizer: Any, texts: Sequence[str | bytes], ids: Sequen
             f"the model's vocabulary (e.g. {', '.join(map(repr, examples))}), each read as "
             f"<unk>: a word model reads text split as its training corpus was (punctuation "
             f"apart, the same case)")
+
+
+def unk_tokens_note(tokenizer: Any, shards: Sequence[Any], what: str) -> str | None:
+    """A note where at least ``UNKNOWN_NOTE_SHARE`` of the tokens a word model scores in
+    ``shards`` (token arrays) are <unk>: each is scored as one token, the probability of any
+    word outside the vocabulary, so a perplexity depends on how many there are (eval of a
+    user's text said nothing of them). None for other tokenizers."""
+    if not isinstance(tokenizer, WordTokenizer):
+        return None
+    total = sum(len(s) for s in shards)
+    unk = sum(int(np.count_nonzero(np.asarray(s) == UNK_ID)) for s in shards)
+    if not total or unk < UNKNOWN_NOTE_SHARE * total:
+        return None
+    return (f"note: {unk / total:.1%} of the {total:,} tokens of {what} are <unk> (words outside "
+            f"the model's vocabulary, or <unk> in the text), each scored as one token: the "
+            f"probability of any unknown word")

@@ -396,6 +396,9 @@ def evaluate_data(lm: TrainedLM, data: str, *, split: str = "val", batch_size: i
                             f"scoring needs at least 2 (one to predict the next from)") from None
         text = TokenDataset.open(path).split("train")
         text.label = f"the text of {data}"  # the one split of the text is no split of the user's
+        from lmscale.data.words import unk_tokens_note
+        if (note := unk_tokens_note(lm.tokenizer, text.shards, data)) and jax.process_index() == 0:
+            print(note, file=sys.stderr, flush=True)
         return _evaluate(lm, text, settings)
 
 

@@ -160,6 +160,12 @@ def test_raw_text_training_reports_perplexity(tmp_path, corpus, capsys):
     assert isinstance(lm.tokenizer, WordTokenizer)
     again = evaluate_data(lm, lm.derived["dataset"], split="val")
     assert again["loss"] == pytest.approx(last["val"]["loss"], rel=1e-6)
+    capsys.readouterr()
+    unseen = tmp_path / "unseen.txt"  # a text of the user's: half its words unknown (unsaid)
+    unseen.write_text(" ".join(f"zq{i} {w}" for i, w in enumerate(lm.tokenizer.words[3:13])) + "\n")
+    evaluate_data(lm, str(unseen))
+    assert (f"note: 47.6% of the 21 tokens of {unseen} are <unk> (words outside the model's "
+            "vocabulary, or <unk> in the text)") in capsys.readouterr().err
 
 
 def test_splits_given_as_their_own_files(tmp_path):
