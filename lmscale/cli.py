@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import re
 import sys
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, TypeVar
+
+from lmscale import messages
 
 T = TypeVar("T")
 
@@ -70,43 +71,6 @@ def os_error_line(e: OSError) -> str:
     return f"cannot {'write' if e.errno == errno.EROFS else 'access'} {name} ({cause})"
 
 
-_IN_CLI = False  # set while run_cli runs a tool: messages name its flags
-
-
-def for_caller(message: str) -> str:
-    """``message`` as its reader can act on it: unchanged in a command-line tool; from the
-    Python API (a notebook sets config fields and passes arguments), ``--config.a.b=v``
-    becomes ``config.a.b = v`` and "another --workdir" "another workdir"."""
-    if _IN_CLI:
-        return message
-
-    def value(text: str) -> str:
-        if text in ("true", "false"):
-            return text.title()
-        try:
-            float(text)
-            return text
-        except ValueError:
-            return repr(text)
-
-    message = re.sub(r"--config\.([\w.]+)=([^\s,;)]*)",
-                     lambda m: f"config.{m.group(1)} = {value(m.group(2))}", message)
-    message = re.sub(r"--config\.([\w.]+)", r"config.\1", message)
-    return re.sub(r"(another|a new) --workdir", r"\1 workdir", message)
-
-
-@contextlib.contextmanager
-def errors_for_caller() -> Iterator[None]:
-    """Errors leaving the block worded by :func:`for_caller` (the API's ``train`` and
-    ``finetune``: a notebook was told to pass --config.resume=false)."""
-    try:
-        yield
-    except Exception as e:
-        if len(e.args) == 1 and isinstance(e.args[0], str) and str(e) == e.args[0]:
-            e.args = (for_caller(e.args[0]),)
-        raise
-
-
 def run_cli(fn: Callable[[], T]) -> T:
     """Calls ``fn``; a user error (bad data, config or workdir) prints ``error: ...`` and exits 1
     (``EXIT_DIVERGED`` for a run whose parameters stopped being finite); Ctrl-C prints one
@@ -119,8 +83,7 @@ def run_cli(fn: Callable[[], T]) -> T:
     from lmscale.models.registry import UnknownModelKind
     from lmscale.training.checkpoints import CheckpointError
     _quiet_library_logs()
-    global _IN_CLI
-    _IN_CLI = True
+    messages.worded_for_command_line()
     try:
         use_compile_cache()
         return fn()

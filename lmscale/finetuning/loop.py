@@ -56,7 +56,7 @@ from lmscale.training.precision import (LossScale, Policy, SkippedRun, print_com
 from lmscale.training.restore import TrainedLM, load_trained, weights_fingerprint
 from lmscale.training.run_paths import best_folder
 from lmscale.training.schedules import batch_and_rate_note, finetune_warmup_notes
-from lmscale.cli import errors_for_caller
+from lmscale.messages import errors_for_caller
 from lmscale.training.command_log import record_command
 from lmscale.training.resume import (RUN_FILES, archive_previous_run, check_same_optimizer,
                                      keep_config_history, resumed_derived, software_versions)

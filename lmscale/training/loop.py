@@ -31,7 +31,7 @@ from lmscale.data.stream import document_resets
 from lmscale.models import architecture
 from lmscale.models.registry import get_kind, trained_length_note, unused_settings_note
 from lmscale.training import mesh as mesh_lib
-from lmscale.cli import errors_for_caller, for_caller
+from lmscale.messages import errors_for_caller, for_caller
 from lmscale.training.checkpoints import Checkpointer, check_same_model
 from lmscale.training.command_log import record_command
 from lmscale.training.resume import (PROVENANCE_KEYS, archive_previous_run, check_resumable,

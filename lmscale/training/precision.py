@@ -240,5 +240,5 @@ def print_compute_hint(compute: str, device: jax.Device,
     """Prints :func:`faster_compute_hint` for a run on ``device`` (the tools' start)."""
     hint = faster_compute_hint(compute, device.platform, cpu_flags(), advice)
     if hint:
-        from lmscale.cli import for_caller
+        from lmscale.messages import for_caller
         print(for_caller(f"hint: {hint}"))

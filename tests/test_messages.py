@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from lmscale import cli
-from lmscale.cli import errors_for_caller, for_caller
+from lmscale import messages
+from lmscale.messages import errors_for_caller, for_caller
 
 MESSAGE = ("use another --workdir, the same model config (--config.model.hidden=64), or "
            "--config.resume=false; raise --config.train.steps; data.x='a b' (set "
@@ -20,7 +20,7 @@ def test_the_api_is_told_config_fields_and_the_cli_its_flags(monkeypatch):
         "config.finetune.text_column / config.finetune.label_column)")
     assert for_caller("--config.data.train=corpus.txt --config.optim.lr=0.5") == (
         "config.data.train = 'corpus.txt' config.optim.lr = 0.5")
-    monkeypatch.setattr(cli, "_IN_CLI", True)
+    monkeypatch.setattr(messages, "_COMMAND_LINE", True)  # what run_cli sets
     assert for_caller(MESSAGE) == MESSAGE
 
 
