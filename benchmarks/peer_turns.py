@@ -208,7 +208,7 @@ def compare(hidden: int, batch: int, seq: int, compute: str, a: argparse.Namespa
         sides[f"peer_{scan}"] = Side(f"peer {scan}", [a.torch_python, *me[1:], "--worker", "peer",
                                                       "--scan", scan, "--peer", str(a.peer),
                                                       *shape])
-    load_before = os.getloadavg()[0]  # taken before the sides start (their compiles load it)
+    load_before = os.getloadavg()[0]  # as the sides start (before their compiles load it)
     try:
         info = {name: side.ready() for name, side in sides.items()}
         tokens = {name: i.pop("tokens_per_step") for name, i in info.items()}

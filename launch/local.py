@@ -36,6 +36,11 @@ from typing import IO
 # The same names as lmscale.distributed; repeated so that the launcher imports nothing heavy.
 ENV_COORDINATOR = "LMSCALE_COORDINATOR_ADDRESS"
 ENV_LAUNCH = "LMSCALE_LAUNCH_COMMAND"  # this launch as typed, for WORKDIR/commands.log
+# The environment variables recorded with it: lmscale/training/command_log.py's RECORDED_ENV
+# (this script imports no lmscale; a test keeps the two equal).
+RECORDED_ENV = ("XLA_FLAGS", "JAX_PLATFORMS", "CUDA_VISIBLE_DEVICES", "TFDS_DATA_DIR",
+                "LMSCALE_DATA", "LMSCALE_DATA_MIRROR", "LMSCALE_MODEL_MODULES",
+                "LMSCALE_COMPILE_CACHE", "PYTHONPATH")
 ENV_NUM_PROCESSES = "LMSCALE_NUM_PROCESSES"
 ENV_PROCESS_ID = "LMSCALE_PROCESS_ID"
 
@@ -118,9 +123,7 @@ def launch_command(environ: dict[str, str]) -> str:
     run's commands.log records (process 0's own command would start one process, with the
     XLA_FLAGS or CUDA_VISIBLE_DEVICES this launcher gave it)."""
     import shlex
-    env = [f"{k}={shlex.quote(environ[k])}" for k in ("XLA_FLAGS", "CUDA_VISIBLE_DEVICES",
-                                                      "LMSCALE_DATA", "PYTHONPATH")
-           if environ.get(k)]
+    env = [f"{k}={shlex.quote(environ[k])}" for k in RECORDED_ENV if environ.get(k)]
     words = [*env, shlex.quote(sys.executable), *(shlex.quote(a) for a in sys.argv)]
     return f"cd {shlex.quote(os.getcwd())} && " + " ".join(words)
 

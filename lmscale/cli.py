@@ -83,10 +83,10 @@ def run_cli(fn: Callable[[], T]) -> T:
     from lmscale.models.registry import UnknownModelKind
     from lmscale.training.checkpoints import CheckpointError
     _quiet_library_logs()
-    messages.worded_for_command_line()
     try:
         use_compile_cache()
-        return fn()
+        with messages.command_line():
+            return fn()
     except (ConfigError, DataError, CheckpointError, FileNotFoundError, OutputError,
             UnknownModelKind) as e:
         print(f"error: {e}", file=sys.stderr)

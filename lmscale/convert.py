@@ -45,11 +45,12 @@ _STEP = flags.DEFINE_integer("step", -1, "Checkpoint step of an lmscale --src; -
 _PREPROCESS = flags.DEFINE_enum("preprocess", "auto", ("auto", "none", "openai"),
                                 "Text preprocessing the model expects; auto: the source's (OpenAI's "
                                 "files: openai unless their lmscale.json names another; a .pt: none).")
-_PT_VOCAB = flags.DEFINE_enum("pt_vocab", "257", ("257", "256"),
+_PT_VOCAB = flags.DEFINE_enum("pt_vocab", "auto", ("auto", "257", "256"),
                               "Rows of a written .pt's embedding and decoder (--layout="
                               "sentiment-discovery): 257 (id = byte + 1, padding id 0: "
                               "sentiment-discovery's releases) or 256 (id = byte: its older ones, "
-                              "and a model whose RNNModel was built with ntoken=256).")
+                              "and a model whose RNNModel was built with ntoken=256); auto: a "
+                              ".pt source's own count, else 257.")
 flags.mark_flags_as_required(["from", "src", "to"])
 flags.register_validator("step", lambda n: n >= -1,
                          message="expected a checkpoint step, or -1 (the latest)")
@@ -57,12 +58,13 @@ flags.register_validator("step", lambda n: n >= -1,
 
 def convert(source: str, src: str, dst: str, layout: str, weight_norm: str = "auto",
             batch_size: int = 0, step: int | None = None, preprocess: str = "auto",
-            two_biases: str = "auto", pt_vocab: int = 257) -> dict[str, Any]:
+            two_biases: str = "auto", pt_vocab: int | None = None) -> dict[str, Any]:
     """Reads ``src`` in layout ``source`` and writes ``dst`` in ``layout``; returns a summary.
     ``preprocess`` ("auto": the source's) replaces the preprocessing the model is recorded
     to expect; ``weight_norm`` and ``two_biases`` ("auto", "true", "false") the form of the
     recurrent matrices and of the gate bias (the same function either way); ``pt_vocab`` the
-    rows of a written .pt (257: id = byte + 1; 256: id = byte)."""
+    rows of a written .pt (257: id = byte + 1; 256: id = byte; None: a .pt source's own
+    count, else 257)."""
     from lmscale.data.tokenizer import ByteTokenizer
     from lmscale.pretrained import openai, sentiment_discovery, workdir
     from lmscale.pretrained.errors import ConvertError
@@ -87,9 +89,9 @@ def convert(source: str, src: str, dst: str, layout: str, weight_norm: str = "au
     if step is not None and source != "lmscale":
         raise ConvertError(f"--step picks a checkpoint of an lmscale workdir (--from=lmscale); "
                            f"--from={source} has one set of weights: drop --step")
-    if pt_vocab not in (256, 257):
+    if pt_vocab not in (None, 256, 257):
         raise ConvertError(f"--pt_vocab must be 257 or 256, got {pt_vocab!r}")
-    if pt_vocab != 257 and layout != "sentiment-discovery":
+    if pt_vocab is not None and layout != "sentiment-discovery":
         raise ConvertError(f"--pt_vocab sets the rows of a written .pt (--layout="
                            f"sentiment-discovery); --layout={layout} has its own: drop it")
     if batch_size and layout != "lmscale":
@@ -122,6 +124,9 @@ def convert(source: str, src: str, dst: str, layout: str, weight_norm: str = "au
             notes.append(f"{openai.SIDECAR} records preprocess {weights.preprocess!r} for "
                          f"lmscale's import; OpenAI's own code frames every text its way")
     else:
+        if pt_vocab is None:  # a 256-row .pt (id = byte) goes back as it came
+            pt_vocab = 256 if (source == "sentiment-discovery"
+                               and weights.tokenizer == ByteTokenizer.openai()) else 257
         if weights.tokenizer == ByteTokenizer.openai() and pt_vocab == 257:
             notes.append(f"padding id 0 added (ids = byte + 1) with decoder bias "
                          f"{sentiment_discovery.PAD_LOGIT:g}; --pt_vocab=256 keeps id = byte")
@@ -180,7 +185,8 @@ def main(argv: list[str]) -> None:
     summary = run_cli(lambda: convert(_FROM.value, _SRC.value, _TO.value, _LAYOUT.value,
                                       _WEIGHT_NORM.value, _BATCH.value,
                                       None if _STEP.value < 0 else _STEP.value, _PREPROCESS.value,
-                                      _TWO_BIASES.value, int(_PT_VOCAB.value)))
+                                      _TWO_BIASES.value,
+                                      None if _PT_VOCAB.value == "auto" else int(_PT_VOCAB.value)))
     print(json.dumps(summary))
 
 

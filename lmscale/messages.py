@@ -15,36 +15,38 @@ import contextlib
 import re
 from typing import Iterator
 
-_COMMAND_LINE = False  # set by run_cli: messages name the tool's flags
+_COMMAND_LINE = False  # set while cli.run_cli runs a tool: messages name its flags
 
 
-def worded_for_command_line() -> None:
-    """Marks this process as a command-line tool (``cli.run_cli``): messages keep its flags."""
+@contextlib.contextmanager
+def command_line() -> Iterator[None]:
+    """Messages inside the block keep the tool's flags (``cli.run_cli``); as it was after (a
+    test or a notebook that ran a tool's main goes on with the API's wording)."""
     global _COMMAND_LINE
-    _COMMAND_LINE = True
-
-
-def _value(text: str) -> str:
-    """A flag's value as Python: true/false as True/False, a number as is, else quoted."""
-    if text in ("true", "false"):
-        return text.title()
+    was, _COMMAND_LINE = _COMMAND_LINE, True
     try:
-        float(text)
-        return text
-    except ValueError:
-        return repr(text)
+        yield
+    finally:
+        _COMMAND_LINE = was
+
+
+# --config.a.b=true/false/a number, the value ending the word: Python's assignment. Any other
+# value is left as written (a path may hold spaces, a list commas).
+_LITERAL_SETTING = re.compile(r"--config\.([\w.]+)=(true|false|-?[0-9][0-9.e+-]*?)"
+                              r"(?=[\s;:)]|[.,](?:\s|$)|$)")
+_PYTHON = {"true": "True", "false": "False"}
 
 
 def for_caller(message: str) -> str:
     """``message`` as its reader can act on it: unchanged in a command-line tool; from the
-    Python API, ``--config.a.b=v`` becomes ``config.a.b = v`` and "another --workdir"
-    "another workdir"."""
+    Python API, ``--config.a.b=v`` becomes ``config.a.b = v`` and another flag its argument
+    (``--text_column``: ``text_column``, as ``run_transfer`` and ``load_lm`` name them)."""
     if _COMMAND_LINE:
         return message
-    message = re.sub(r"--config\.([\w.]+)=([^\s,;)]*)",
-                     lambda m: f"config.{m.group(1)} = {_value(m.group(2))}", message)
-    message = re.sub(r"--config\.([\w.]+)", r"config.\1", message)
-    return re.sub(r"(another|a new) --workdir", r"\1 workdir", message)
+    message = _LITERAL_SETTING.sub(
+        lambda m: f"config.{m.group(1)} = {_PYTHON.get(m.group(2), m.group(2))}", message)
+    message = re.sub(r"--config\.([\w.]+)", r"config.\1", message)  # other values as written
+    return re.sub(r"(?<![\w/.-])--([a-z][a-z0-9_]*)\b", r"\1", message)
 
 
 @contextlib.contextmanager

@@ -13,15 +13,30 @@ MESSAGE = ("use another --workdir, the same model config (--config.model.hidden=
            "--config.finetune.text_column / --config.finetune.label_column)")
 
 
-def test_the_api_is_told_config_fields_and_the_cli_its_flags(monkeypatch):
+def test_the_api_is_told_config_fields_and_the_cli_its_flags():
     assert for_caller(MESSAGE) == (
         "use another workdir, the same model config (config.model.hidden = 64), or "
         "config.resume = False; raise config.train.steps; data.x='a b' (set "
         "config.finetune.text_column / config.finetune.label_column)")
     assert for_caller("--config.data.train=corpus.txt --config.optim.lr=0.5") == (
-        "config.data.train = 'corpus.txt' config.optim.lr = 0.5")
-    monkeypatch.setattr(messages, "_COMMAND_LINE", True)  # what run_cli sets
-    assert for_caller(MESSAGE) == MESSAGE
+        "config.data.train=corpus.txt config.optim.lr = 0.5")
+    assert for_caller("(set --text_column / --label_column); pass --output=DIR; --step=3 or "
+                      "--best; runs/a--b and /x/--y kept") == (
+        "(set text_column / label_column); pass output=DIR; step=3 or best; runs/a--b and "
+        "/x/--y kept")
+    with messages.command_line():  # what run_cli sets while its tool runs, and no longer
+        assert for_caller(MESSAGE) == MESSAGE
+    assert for_caller(MESSAGE) != MESSAGE
+    from lmscale.cli import run_cli
+    assert run_cli(lambda: for_caller(MESSAGE)) == MESSAGE and for_caller(MESSAGE) != MESSAGE
+    # A value other than true/false/a number is left as written: a path with spaces was cut
+    # at its first space and quoted in two ("= '/a' b/c").
+    assert for_caller("(--config.init_from=/My Drive/lm. starts) --config.pooling=last,mean "
+                      "--config.resume=false. --config.train.steps=N --config.data.split=8,1,1 "
+                      "--config.optim.lr=1e-3, --config.x=2.") == (
+        "(config.init_from=/My Drive/lm. starts) config.pooling=last,mean "
+        "config.resume = False. config.train.steps=N config.data.split=8,1,1 "
+        "config.optim.lr = 1e-3, config.x = 2.")
 
 
 def test_an_error_leaving_the_api_is_reworded_and_keeps_its_type():

@@ -312,7 +312,7 @@ def unknown_words_note(tokenizer: Any, texts: Sequence[str | bytes], ids: Sequen
     if not isinstance(tokenizer, WordTokenizer) or not ids:
         return None
     total = sum(len(x) for x in ids)
-    literal = sum(t.count(UNK if isinstance(t, str) else UNK.encode()) for t in texts)
+    literal = sum(w == UNK for t in texts for w in split_words(t, close=False))
     unknown = sum(int(np.sum(np.asarray(x) == UNK_ID)) for x in ids) - literal
     if not total or unknown < UNKNOWN_NOTE_SHARE * total:
         return None

@@ -56,7 +56,7 @@ from lmscale.training.precision import (LossScale, Policy, SkippedRun, print_com
 from lmscale.training.restore import TrainedLM, load_trained, weights_fingerprint
 from lmscale.training.run_paths import best_folder
 from lmscale.training.schedules import batch_and_rate_note, finetune_warmup_notes
-from lmscale.messages import errors_for_caller
+from lmscale.messages import errors_for_caller, for_caller
 from lmscale.training.command_log import record_command
 from lmscale.training.resume import (RUN_FILES, archive_previous_run, check_same_optimizer,
                                      keep_config_history, resumed_derived, software_versions)
@@ -167,9 +167,10 @@ def optim_as_begun(config: ml_collections.ConfigDict, saved: dict[str, Any] | No
             or old.get("weight_decay") != config.optim.weight_decay):
         return config.optim
     if jax.process_index() == 0:
-        print(f"note: {workdir} began before fine-tuning applied optim.weight_decay (it was "
-              f"recorded, not applied): it goes on without it, as it trained "
-              f"(--config.resume=false starts afresh with it)", file=sys.stderr, flush=True)
+        print(for_caller(f"note: {workdir} began before fine-tuning applied optim.weight_decay "
+                         f"(it was recorded, not applied): it goes on without it, as it "
+                         f"trained (--config.resume=false starts afresh with it)"),
+              file=sys.stderr, flush=True)
     optim = ml_collections.ConfigDict(config.optim.to_dict())
     optim.weight_decay = 0.0
     return optim

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from lmscale.config import ConfigError
+from lmscale.messages import for_caller
 
 
 def check_grad_tokens(grad_tokens: int, max_len: int | None, aux_lm_weight: float = 0.0) -> None:
@@ -164,10 +165,11 @@ def long_text_note(longest: int, grad_tokens: int, max_len: int | None) -> str |
                 "of grad_tokens=0)")
     if grad_tokens or max_len is not None or longest <= LONG_TEXT_TOKENS:
         return None
-    return (f"note: the longest training text has {longest} tokens, and back-propagating "
-            "through whole texts keeps every position's activations (memory grows with the "
-            "batch times its longest text); --config.finetune.grad_tokens=1024 back-propagates "
-            "through each text's last 1024 tokens only (README, Fine-tuning)")
+    return for_caller(
+        f"note: the longest training text has {longest} tokens, and back-propagating through "
+        "whole texts keeps every position's activations (memory grows with the batch times "
+        "its longest text); --config.finetune.grad_tokens=1024 back-propagates through each "
+        "text's last 1024 tokens only (README, Fine-tuning)")
 
 
 def fits_what(batch: dict[str, Any], grad_tokens: int) -> str:

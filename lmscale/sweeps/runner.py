@@ -192,7 +192,7 @@ class Runner:
         if self.stopping and signum == signal.SIGTERM:  # the same request again (a scheduler
             # repeats it; `timeout` signals the process, then its group), as the trainer takes
             # it (training/stop.py): the points still stop at a checkpoint
-            self.options.log("sweep: SIGTERM again; the running points still stop at a "
+            self.options.log("sweep: SIGTERM while stopping; the running points still stop at a "
                              "checkpoint (a second Ctrl-C stops them at once)")
             return
         if self.stopping:  # a second Ctrl-C: stop the points at once, without a checkpoint
@@ -200,13 +200,15 @@ class Runner:
             # death SIGTERM would only ask it again to stop at a checkpoint). Each killed
             # point's status says so (it stayed "running").
             for job, _ in list(getattr(self, "_running", {}).values()):
-                try:
-                    job.proc.kill()
+                if job.proc.returncode is not None:  # reaped and finished by _poll
+                    continue
+                try:  # not Popen.kill: its poll() would reap an exited point unfinished
+                    os.kill(job.proc.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
                 try:
                     _, wait_status, usage = os.wait4(job.proc.pid, 0)
-                except ChildProcessError:  # reaped already
+                except ChildProcessError:  # reaped by _poll as the signal came
                     continue
                 self._finish(job, os.waitstatus_to_exitcode(wait_status), usage)
             raise SweepInterrupted("sweep stopped at once by a second signal: the running points "

@@ -410,10 +410,11 @@ def _already_trained(workdir: str, start: int, steps: int, is_main: bool,
                             "stopped": False, "already_trained": True,
                             **_last_records(workdir, start, ("train", "val"))}
     if is_main and stopped_by_rule:
-        print(f"{workdir} was ended at step {start} (of train.steps={steps}) by the asgd rule "
-              f"(optim.name='asgd'), its validation loss worse than the best of those more "
-              f"than optim.ntasgd_nonmono passes before: nothing to do (--config.resume=false "
-              f"starts over; the run is archived)", file=sys.stderr)
+        print(for_caller(f"{workdir} was ended at step {start} (of train.steps={steps}) by the "
+                         f"asgd rule (optim.name='asgd'), its validation loss worse than the "
+                         f"best of those more than optim.ntasgd_nonmono passes before: nothing "
+                         f"to do (--config.resume=false starts over; the run is archived)"),
+              file=sys.stderr)
     elif is_main:
         raise_steps = ("Raise --config.train.steps to train on" if not decayed_at else
                        f"Its {decayed_at[0]} learning rate reached 0 at step {decayed_at[1]}: "

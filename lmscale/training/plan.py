@@ -117,10 +117,11 @@ def _loops(config: ml_collections.ConfigDict) -> str | None:
 def _flop(count: float) -> str:
     """A FLOP count in the unit that shows it: 1.23 TFLOP, 45.6 GFLOP, 812 MFLOP (a tiny
     model's step printed as 0.00 TFLOP)."""
-    for scale, unit in ((1e12, "TFLOP"), (1e9, "GFLOP"), (1e6, "MFLOP")):
+    for scale, unit in ((1e15, "PFLOP"), (1e12, "TFLOP"), (1e9, "GFLOP"), (1e6, "MFLOP"),
+                        (1e3, "kFLOP")):
         if count >= scale:
             return f"{count / scale:.3g} {unit}"
-    return f"{count:.3g} FLOP"
+    return f"{count:.0f} FLOP"
 
 
 def _millions(x: float) -> str:

@@ -7,7 +7,7 @@ per-text |true ∩ predicted| / |true ∪ predicted| averaged over texts, SemEva
 official metric, 1 when both are empty; single-label: macro over classes), plus the mean
 log loss of the probabilities, and Matthews' correlation ``mcc`` (single-label: of all
 classes together, Gorodkin's K-class form; multi-label: each label's, averaged: sentiment-
-discovery's "mcc"; 0 where a class is never or always predicted); multi-label also
+discovery's "mcc"; 0 where one class is all that is true or all that is predicted); multi-label also
 ``label_jaccard`` (per class TP / (TP + FP + FN), averaged over classes: sentiment-discovery's
 "jacc"). ``tune_thresholds``
 picks, per class, the threshold on the validation probabilities that maximizes that class's

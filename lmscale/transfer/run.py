@@ -17,6 +17,7 @@ from sklearn.preprocessing import StandardScaler
 
 from lmscale.atomic import write_json
 from lmscale.cli import OutputError, writable_folder
+from lmscale.messages import errors_for_caller
 from lmscale.training.restore import (TrainedLM, lm_record, load_trained, weights_fingerprint,
                                       with_compute)
 from lmscale.training.run_paths import best_folder
@@ -33,6 +34,7 @@ from lmscale.transfer.labeled import (Labeled, check_labels, index_classes, labe
 from lmscale.transfer.multilabel import fit_l1_multilabel
 
 
+@errors_for_caller()  # from a notebook: its arguments, not the flags (--text_column)
 def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
                  text_column: str = "sentence", label_column: str = "label",
                  output: str | None = None, state: str | None = None, pooling: str = "last",

@@ -131,8 +131,12 @@ def test_sst_learns_restores_freezes_and_classify_reproduces(sst_run, data, tmp_
         assert r["lm_lr"] == (0.0 if r["step"] <= 4 else
                               pytest.approx(float(schedules["lm"](r["step"] - 5)), rel=1e-6))
     assert {r["lm_lr"] > 0 for r in train_recs} == {False, True}
-    assert set(results["metrics"]["val"]) >= {"accuracy", "macro_f1", "micro_f1", "jaccard", "per_class"}
+    assert set(results["metrics"]["val"]) >= {"accuracy", "macro_f1", "micro_f1", "jaccard", "mcc",
+                                              "per_class"}
     assert json.load(open(os.path.join(run, "best.json")))["metric"] == "accuracy"
+    log = open(os.path.join(run, "commands.log")).read().splitlines()  # a start from Python
+    assert len(log) == 2 and "start at step 0, 1 process x" in log[0]
+    assert log[1].startswith("# started from Python: ")
     # Step 4 (all frozen): LM parameters bit-identical to the LM checkpoint; the head trained.
     from lmscale.training.checkpoints import Checkpointer
     ck = Checkpointer(run, async_save=False)

@@ -293,3 +293,15 @@ def test_commands_log_records_the_launch_not_one_processs_command(runs):
     again = subprocess.run(["bash", "-c", log[1]], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "is already trained to step 8 (train.steps=6)" in again.stderr, again.stderr[-3000:]
+
+
+def test_the_launchers_recorded_environment_is_the_command_logs():
+    """launch/local.py imports no lmscale and keeps its own copy of the names; a plugin
+    model's LMSCALE_MODEL_MODULES was missing from a recorded launch."""
+    import importlib.util
+
+    from lmscale.training.command_log import RECORDED_ENV
+    spec = importlib.util.spec_from_file_location("launch_local", REPO / "launch" / "local.py")
+    local = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(local)
+    assert local.RECORDED_ENV == RECORDED_ENV

@@ -59,3 +59,4 @@ def test_flags_that_would_be_ignored_are_refused(openai_files, tmp_path, args, m
     proc = convert("--from=openai", f"--src={openai_files}", f"--to={dst}", *args)
     assert proc.returncode == 1 and proc.stderr.strip() == f"error: {message}", proc.stderr[-2000:]
     assert not dst.exists()
+

@@ -59,3 +59,14 @@ def test_a_finished_point_without_its_metrics_says_so(tiny, tmp_path):
     report = (out / "report.md").read_text()
     for said in ("ok (no metrics.jsonl)", "ok (no val)", "ok (no records)"):
         assert report.count(said) == 1, report
+
+
+def test_a_point_left_running_is_counted_in_the_summary(tiny, tmp_path):
+    """A point killed before its status was written stayed "running": the summary counted
+    only the five statuses it knew ("2 points: ." of a two-point sweep)."""
+    _, sweep, out = _points_with_status(tiny, tmp_path, base_config(tiny), """
+        def get_sweep():
+            return {"grid": {"optim.lr": [2e-3, 5e-3]}}
+    """, {"status": "running", "step": 3})
+    write_report(str(out), sweep, title="t")
+    assert "2 points: 2 running." in (out / "report.md").read_text()

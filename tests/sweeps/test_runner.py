@@ -326,7 +326,7 @@ def test_a_second_ctrl_c_stops_the_points_at_once_and_a_second_sigterm_at_a_chec
     if second == signal.SIGINT:
         assert "sweep stopped at once by a second signal" in said, said[-2000:]
     else:
-        assert "SIGTERM again; the running points still stop at a checkpoint" in said
+        assert "SIGTERM while stopping; the running points still stop at a checkpoint" in said
         assert "sweep stopped by a signal; the running points stopped" in said
         assert status["step"] > 0 and os.path.isdir(out / "hidden-16" / "checkpoints" / str(status["step"]))
 

@@ -152,3 +152,10 @@ def test_plan_of_variable_bptt_compiles_its_longest_step_on_the_cores_train_uses
     fixed = plan_of("--config.train.variable_bptt=false", "--config.parallel.cpu_devices=1")
     assert fixed["seq_len"] == 35 and fixed["devices"] == 1 and not fixed["variable_bptt"]
     assert longest["memory_per_device_bytes"]["temporaries"] > fixed["memory_per_device_bytes"]["temporaries"]
+
+
+def test_a_steps_flops_are_printed_in_a_unit_that_shows_them():
+    """plan printed a tiny model's step as "0.00 TFLOP"."""
+    from lmscale.training.plan import _flop
+    assert [_flop(x) for x in (5.8e8, 4.2e13, 1.07e15, 512, 5.12e5)] == [
+        "580 MFLOP", "42 TFLOP", "1.07 PFLOP", "512 FLOP", "512 kFLOP"]

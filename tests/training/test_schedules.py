@@ -116,3 +116,4 @@ def test_a_decay_set_to_end_before_the_run_is_noted_with_its_steps_at_rate_zero(
     for schedule, decay in (("linear", 0), ("constant", 60), ("cosine", 80)):  # no such steps
         config.optim.schedule, config.optim.decay_steps = schedule, decay
         assert horizon_note(config.optim, 80, derive(config, 1000)["decay_steps"]) is None
+

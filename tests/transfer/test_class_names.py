@@ -111,3 +111,16 @@ def test_transfer_fine_tune_and_classify_on_named_classes(sst_run, tmp_path):
                        **{"train.steps": 2, "train.eval_every": 2, "checkpoint.every": 2}), ft)
     derived = json.load(open(f"{ft}/config.json"))["derived"]
     assert derived["class_names"] == ["negative", "positive"] and derived["num_classes"] == 2
+
+
+def test_splits_naming_the_same_ids_otherwise_are_refused():
+    """A data set's declared class names (a TFDS ClassLabel's) name the ids; a val split
+    declaring other names for them is refused, one declaring none takes train's."""
+    from lmscale.transfer.labeled import Labeled
+    ids = np.array([0, 1, 1])
+    split = lambda names, source: Labeled(["a", "b", "c"], ids.copy(), source, ["label"], names)
+    assert index_classes({"train": split(["neg", "pos"], "t"), "val": split(None, "v")}) == ["neg", "pos"]
+    with pytest.raises(DataError, match=r"^v names its classes \['pos', 'neg'\], t \['neg', 'pos'\]: "
+                                        r"the same ids must name the same classes"):
+        index_classes({"train": split(["neg", "pos"], "t"), "val": split(["pos", "neg"], "v")})
+    assert index_classes({"train": split(["neg", "pos"], "t")}, known=["0", "1"]) is None

@@ -1,5 +1,6 @@
-"""A missing text or label column in ``lmscale.transfer`` names the flag that sets it, as
-``prepare`` and ``classify`` do; ``load_labeled`` appends a caller's hint."""
+"""A missing text or label column in ``lmscale.transfer`` names the setting (flag, or the
+API's argument) that sets it, as ``prepare`` and ``classify`` do; ``load_labeled`` appends a
+caller's hint."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def test_transfer_names_the_flag_of_a_missing_column(tmp_path, flag, value):
     missing = value.split(",")[-1]
     with pytest.raises(DataError, match=re.escape(
             f"train.csv: no column {missing!r}; columns are ['sentence', 'label'] "
-            "(set --text_column / --label_column)")):
+            "(set text_column / label_column)")):  # from the API: its arguments
         run_transfer(str(tmp_path), path, path, lm=random_lm(), baseline="none", Cs=[1.0],
                      **{flag: value})
     assert not (tmp_path / "transfer").exists()
