@@ -429,3 +429,28 @@ def test_a_trainer_whose_sweep_is_gone_ends_at_once():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "trained" not in proc.stdout
     assert proc.stderr.strip() == "error: the sweep that started this tool has ended"
+
+
+def test_a_point_that_exited_unpolled_before_a_second_ctrl_c_gets_its_status(tmp_path):
+    """A point that ended after the first signal, not yet polled, when the second Ctrl-C came:
+    Popen.kill reaped it, wait4 found no child, and its status stayed "running" with its lock
+    held."""
+    from lmscale.sweeps.grid import Point
+    from lmscale.sweeps.runner import Runner, RunOptions, SweepInterrupted, _Job
+    from lmscale.sweeps.workdir import Lock, read_status
+    point_dir = tmp_path / "pt"
+    point_dir.mkdir()
+    lock = Lock(str(point_dir / "lock"))
+    assert lock.try_acquire()
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    while not os.path.exists(f"/proc/{proc.pid}") or "Z" not in _proc_state(proc.pid):
+        time.sleep(0.02)  # exited, unreaped (a zombie) as the main loop has not polled it yet
+    job = _Job(Point("pt", {"optim.lr": 1e-3}, {"optim.lr": 1e-3}), str(point_dir), proc, lock,
+               open(point_dir / "train.log", "w"), time.perf_counter(), {})
+    said = []
+    runner = Runner(str(tmp_path), RunOptions(str(tmp_path / "c.py"), [], log=said.append))
+    runner._running = {proc.pid: (job, 0)}
+    runner._on_signal(signal.SIGINT, None)
+    with pytest.raises(SweepInterrupted, match="stopped at once by a second signal"):
+        runner._on_signal(signal.SIGINT, None)
+    assert read_status(str(point_dir))["status"] == "interrupted" and lock.fd is None
