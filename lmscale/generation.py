@@ -109,7 +109,7 @@ def _sampler(graphdef: nnx.GraphDef, length: int, greedy: bool, top_k: bool, top
     def begin(params: Any, prompt: jax.Array, seed: jax.Array, settings: Settings) -> Any:
         model, fix = _held(graphdef, params, settings, hold, state)
         batch, steps = prompt.shape[0], prompt.shape[1] + length - 1  # the most: a full bucket
-        decode_state = fix(model.init_decode(batch, prompt.shape[1] + length))
+        decode_state = fix(model.init_decode(batch, steps))  # the last sample is never fed
         shape = jax.eval_shape(lambda s, t: model.decode_step(t, s)[0], decode_state,
                                prompt[:, 0]).shape
         # The keys are made here, not eagerly by the caller (one small program fewer).
@@ -263,16 +263,16 @@ def generate(lm: TrainedLM, prompt: str, length: int = 200, *, temperature: floa
         shown = unknown[:10] + (["..."] if len(unknown) > 10 else [])
         print(f"note: the prompt's words {shown} are not in the model's vocabulary; it reads "
               f"each as <unk>", file=sys.stderr, flush=True)
-    if model.max_len is not None and len(ids) + length > model.max_len:
-        if length >= model.max_len:
+    if model.max_len is not None and len(ids) + length - 1 > model.max_len:
+        if length > model.max_len:
             raise DataError(f"length {length}: a transformer with max_len {model.max_len} "
-                            f"generates at most {model.max_len - 1} tokens after a prompt")
-        keep = model.max_len - length  # the prompt's last tokens: what the model can read
+                            f"generates at most {model.max_len} tokens after a prompt")
+        keep = model.max_len - length + 1  # the prompt's last tokens: what the model can read
         print(f"note: the prompt's first {len(ids) - keep} of {len(ids)} tokens are left out: "
-              f"the transformer reads at most max_len={model.max_len} tokens, {length} of them "
+              f"the transformer reads at most max_len={model.max_len} tokens, {length - 1} of them "
               f"generated", file=sys.stderr, flush=True)
         ids = ids[-keep:]
-    note = untrained_positions_note(lm.config, len(ids) + length,
+    note = untrained_positions_note(lm.config, len(ids) + length - 1,
                                     f"the prompt's {len(ids)} token{'s' * (len(ids) != 1)} and "
                                     f"the {length} generated run")
     if note:
@@ -284,7 +284,7 @@ def generate(lm: TrainedLM, prompt: str, length: int = 200, *, temperature: floa
     hold = neuron is not None
     fn = _sampler(lm.graphdef, length, temperature == 0, top_k > 0, top_p < 1.0, hold,
                   neuron_state if hold else None, banned)
-    width = prompt_bucket(len(ids), None if model.max_len is None else model.max_len - length)
+    width = prompt_bucket(len(ids), None if model.max_len is None else model.max_len - length + 1)
     prompts = np.zeros((samples, width), np.int32)  # numpy: jnp.asarray would be a program
     prompts[:, :len(ids)] = ids
     settings = Settings.of(len(ids), temperature, top_k, top_p, neuron, neuron_value)

@@ -287,20 +287,26 @@ def test_transformer_decoding_copies_no_cache(dtype):
 
 
 def test_a_transformer_prompt_past_max_len_keeps_its_last_tokens(capfd):
-    """A prompt longer than max_len - length was refused ("ask for at most 0"): the model reads
-    its last max_len - length tokens, said in a note; greedy, the continuation is that of
-    those tokens given alone. A length of max_len or more is refused in one line."""
+    """A prompt longer than max_len - length + 1 was refused ("ask for at most 0"): the model
+    reads its last max_len - length + 1 tokens (the last sample is never read), said in a
+    note; greedy, the continuation is that of those tokens given alone. A length past
+    max_len is refused in one line (a 1-token prompt and max_len samples read max_len
+    positions: it was refused, and a full-length prompt lost a token it could read)."""
     lm = random_transformer_lm(max_len=16)
     long_prompt = "abcdefghijklmnopqrstuvwxyz"
     read = {}  # what it read: samples.json recorded only the prompt given
     got = generate(lm, long_prompt, 6, temperature=0.0, read=read)[0]
-    assert read == {"prompt_tokens": 10, "prompt_read": long_prompt[-10:]}
-    assert "left out" in capfd.readouterr().err
+    assert read == {"prompt_tokens": 11, "prompt_read": long_prompt[-11:]}
+    assert "tokens, 5 of them generated" in capfd.readouterr().err
     assert got.startswith(long_prompt)
-    tail = generate(lm, long_prompt[-10:], 6, temperature=0.0)[0]  # 10 = 16 - 6 bytes
-    assert got[len(long_prompt):] == tail[10:]
-    with pytest.raises(DataError, match="generates at most 15 tokens"):
-        generate(lm, "a", 16)
+    tail = generate(lm, long_prompt[-11:], 6, temperature=0.0)[0]  # 11 = 16 - 6 + 1 bytes
+    assert got[len(long_prompt):] == tail[11:]
+    read = {}
+    generate(lm, long_prompt[:16], 1, temperature=0.0, read=read)  # max_len tokens, one sample
+    assert read["prompt_tokens"] == 16 and "left out" not in capfd.readouterr().err
+    assert generate(lm, "a", 16, temperature=0.0)[0].startswith("a")  # reads positions 0..15
+    with pytest.raises(DataError, match="generates at most 16 tokens"):
+        generate(lm, "a", 17)
 
 
 def test_sentencepiece_generation_never_samples_unknown_or_control_pieces(tmp_path):

@@ -207,7 +207,7 @@ def trained_length_note(config: Any) -> str | None:
     if trained is None:
         return None
     return (f"note: model.max_len={config.model.max_len} is longer than the {trained} tokens "
-            f"this run trains on (train.seq_len={config.train.seq_len}): its learned positions "
+            f"this run trains on (train.seq_len={config.train.seq_len}): its positions "
             f"{trained}..{config.model.max_len - 1} are never trained, and featurizing or "
             f"generating past {trained} tokens reads them (scoring reads windows of {trained}); "
             f"set model.max_len={trained}, or train.seq_len={config.model.max_len}")

@@ -456,11 +456,12 @@ def _validate(model_config: Any, train_config: Any) -> None:
 
 
 def _trained_length(model_config: Any, train_config: Any) -> int | None:
-    """Learned positions: training reaches the first ``longest`` rows of the table (a
-    position counts from the window's start or the last reset, so it stays below the longest
-    sequence drawn), the rest keep their initial values; None when that covers max_len or
-    the positions are sinusoidal (computed, not learned)."""
-    if model_config.positions != "learned" or train_config is None:
+    """Training reads the first ``longest`` positions (a position counts from the window's
+    start or the last reset, so it stays below the longest sequence drawn): learned ones past
+    it keep their initial values, and sinusoidal ones, though computed at every length, are
+    never read in training (a 64-token-trained model scored 3.36 bits a token at positions
+    16-63, 3.76 at 64-95, 3.82 at 96-127); None when that covers max_len."""
+    if train_config is None:
         return None
     from lmscale.config import bptt_max
     longest = bptt_max(train_config) if train_config.get("variable_bptt") else train_config.seq_len

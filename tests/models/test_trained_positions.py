@@ -34,14 +34,14 @@ def test_the_trained_length_of_each_kind_and_setting():
     assert trained_length(_config(variable_bptt=True)) == 31  # seq_len + 15
     assert trained_length(_config(seq_len=64)) is None  # every position trained
     sinusoidal = _config()
-    sinusoidal.model.positions = "sinusoidal"  # computed, not learned
-    assert trained_length(sinusoidal) is None
+    sinusoidal.model.positions = "sinusoidal"  # computed at every length, trained at 16
+    assert trained_length(sinusoidal) == 16  # was None: score read untrained windows, unsaid
     recurrent = _config()
     recurrent.model.kind = "mlstm"
     assert trained_length(recurrent) is None and trained_length_note(recurrent) is None
     assert trained_length_note(_config()) == (
         "note: model.max_len=64 is longer than the 16 tokens this run trains on "
-        "(train.seq_len=16): its learned positions 16..63 are never trained, and featurizing "
+        "(train.seq_len=16): its positions 16..63 are never trained, and featurizing "
         "or generating past 16 tokens reads them (scoring reads windows of 16); set "
         "model.max_len=16, or train.seq_len=64")
 
@@ -57,7 +57,7 @@ def test_training_leaves_the_positions_past_seq_len_as_drawn_and_says_so(tmp_pat
     config.checkpoint.every = 3
     config.lock()
     train(config, str(tmp_path / "run"))
-    assert "its learned positions 8..23 are never trained" in capsys.readouterr().err
+    assert "its positions 8..23 are never trained" in capsys.readouterr().err
     tables = [np.asarray(jax.device_get(load_trained(str(tmp_path / "run"), step).params[
         "position_embedding"][...])) for step in (3, 6)]
     assert not np.allclose(tables[0][:8], tables[1][:8])  # trained
