@@ -37,3 +37,10 @@ def write_json(path: str, obj: Any, **dump_kwargs: Any) -> None:
     """``json.dump(obj, **dump_kwargs)`` to ``path``, atomically."""
     with atomic_write(path) as f:
         json.dump(obj, f, **dump_kwargs)
+
+
+def save_figure(fig: Any, path: str, dpi: int) -> None:
+    """``fig.savefig(path)`` (a matplotlib figure) written atomically: a full disk or a kill
+    leaves the earlier file, if any."""
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format=os.path.splitext(path)[1][1:] or "png", dpi=dpi)

@@ -69,13 +69,16 @@ def classify() -> dict:
           f"bytes of UTF-8)", file=sys.stderr,
           flush=True)  # a log learns the size before the wait (nothing was said until the end)
     probs, pred = clf.predict(texts)
+    metrics_path = _OUTPUT.value + ".metrics.json"
+    if os.path.exists(metrics_path):  # an earlier run's: it would sit beside other predictions
+        os.remove(metrics_path)
     write_predictions(_OUTPUT.value, texts, probs, pred, clf.class_names, clf.multilabel,
                       gold=data.labels if _LABELS.value else None)
     print(f"{len(texts)} texts classified; predictions in {_OUTPUT.value}")
     if _LABELS.value:
         m = classification_metrics(probs, data.labels, clf.multilabel, clf.class_names, clf.thresholds)
         print(format_table({"input": m}))
-        write_json(_OUTPUT.value + ".metrics.json", m, indent=2)  # all or nothing
+        write_json(metrics_path, m, indent=2)  # all or nothing
         return m
     return {}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -83,7 +84,14 @@ class FinetunedClassifier(LoadedClassifier):
         self.thresholds = None
         thresholds_path = os.path.join(workdir, "thresholds.json")
         if self.multilabel and os.path.exists(thresholds_path):
-            self.thresholds = np.asarray(json.loads(Path(thresholds_path).read_text())["thresholds"])
+            tuned = json.loads(Path(thresholds_path).read_text())
+            if tuned.get("step", step) != step:  # a run resumed past them, or still running
+                print(f"note: {thresholds_path} was tuned for step {tuned['step']}, and these "
+                      f"weights are step {step}'s (a fine-tune that went on, or is still "
+                      f"running): thresholds 0.5 until it ends and tunes them again",
+                      file=sys.stderr, flush=True)
+            else:
+                self.thresholds = np.asarray(tuned["thresholds"])
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         ids = encode(self.tokenizer, self.preprocess, text_list(texts), self.max_len,

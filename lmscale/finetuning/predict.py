@@ -85,6 +85,8 @@ def predictions_folder(path: str) -> str:
     """The existing folder the predictions CSV ``path`` goes in; DataError naming it if missing."""
     from lmscale.data.errors import DataError
     folder = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise DataError(f"{path}: {folder} is a file, not a folder")
     if not os.path.isdir(folder):
         raise DataError(f"{path}: the folder {folder} does not exist")
     return folder

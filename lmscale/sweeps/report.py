@@ -17,6 +17,7 @@ from typing import Any
 
 import ml_collections
 
+from lmscale.atomic import atomic_write, save_figure
 from lmscale.config import scaled_lr
 from lmscale.sweeps.divergence import read_records
 from lmscale.sweeps.grid import Point, Sweep
@@ -153,9 +154,9 @@ def write_report(workdir: str, sweep: Sweep, *, title: str, command: str = "",
     png = _curves(workdir, sweep, results)
     if png:
         blocks += [("h2", "Learning curves"), ("img", png, "training BPC against characters (tokens) trained on")]
-    with open(os.path.join(workdir, "report.md"), "w") as f:
+    with atomic_write(os.path.join(workdir, "report.md")) as f:  # a full disk keeps the last
         f.write(_markdown(blocks))
-    with open(os.path.join(workdir, "report.html"), "w") as f:
+    with atomic_write(os.path.join(workdir, "report.html")) as f:
         f.write(_html(blocks, title))
     return results
 
@@ -235,7 +236,7 @@ def _curves(workdir: str, sweep: Sweep, results: list[dict[str, Any]]) -> str | 
         axes[k // cols][k % cols].axis("off")
     fig.tight_layout()
     path = os.path.join(workdir, "curves.png")
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return "curves.png"
 
@@ -276,7 +277,7 @@ def _final_plot(workdir: str, sweep: Sweep, results: list[dict[str, Any]],
         ax2.plot(range(len(xs)), [math.nan if a is None else 100 * a for a in accs], "s--", color="tab:red")
         ax2.set_ylabel(f"transfer {transfer_split} accuracy, %", color="tab:red")
     fig.tight_layout()
-    fig.savefig(os.path.join(workdir, "final.png"), dpi=110)
+    save_figure(fig, os.path.join(workdir, "final.png"), dpi=110)
     plt.close(fig)
     return "final.png"
 

@@ -18,13 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lmscale.atomic import atomic_write  # noqa: E402
-
-
-def _save(fig: plt.Figure, path: str, dpi: int) -> None:
-    """``fig.savefig(path)`` written atomically: a full disk leaves the earlier file, if any."""
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format=os.path.splitext(path)[1][1:] or "png", dpi=dpi)
+from lmscale.atomic import atomic_write, save_figure as _save  # noqa: E402
 
 
 def neuron_histogram(values: np.ndarray, labels: np.ndarray, path: str, *, unit: int,

@@ -172,6 +172,11 @@ def test_sst_learns_restores_freezes_and_classify_reproduces(sst_run, data, tmp_
     assert refused.stderr.strip() == (f"error: {tmp_path}/no/p.csv: the folder {tmp_path}/no "
                                       f"does not exist")
     assert "classifying" not in refused.stderr  # said before the work
+    (tmp_path / "afile").write_text("")  # a file where the folder goes: "does not exist" was said
+    refused = _cli("lmscale.classify", f"--workdir={run}", f"--input={data['sst_val']}",
+                   "--text_column=sentence", f"--output={tmp_path}/afile/p.csv", ok=False)
+    assert refused.stderr.strip() == (f"error: {tmp_path}/afile/p.csv: {tmp_path}/afile is a "
+                                      f"file, not a folder")
     # to the last digit: on the devices and in the rows its validation read (1e-6 apart on a
     # few rows before, on one device and 64 rows)
     assert [(r["p_0"], r["p_1"]) for r in mine] == [(r["p_0"], r["p_1"]) for r in saved]
@@ -180,6 +185,10 @@ def test_sst_learns_restores_freezes_and_classify_reproduces(sst_run, data, tmp_
         load_trained(run)
     assert json.load(open(out + ".metrics.json"))["accuracy"] == pytest.approx(
         results["metrics"]["val"]["accuracy"])
+    # Again without --labels: the earlier metrics sat beside predictions they did not describe.
+    _cli("lmscale.classify", f"--workdir={run}", f"--input={data['sst_val']}",
+         "--text_column=sentence", f"--output={out}")
+    assert os.path.exists(out) and not os.path.exists(out + ".metrics.json")
 
 
 def test_exact_resume_bitwise(sst_run, data, tmp_path, capsys):
@@ -255,6 +264,15 @@ def test_multilabel_transformer_thresholds_reused_by_classify(transformer_lm, da
     train_records = [r for r in read_metrics(run) if r["split"] == "train"]
     assert train_records and all("label_accuracy" in r and "accuracy" not in r
                                  for r in train_records)
+    # Thresholds tuned for another step than best/'s (a run that went on past them and was
+    # killed, or is still running): applied to other weights, silently; now 0.5, said.
+    json.dump({**saved, "step": saved["step"] - 1}, open(os.path.join(run, "thresholds.json"), "w"))
+    import contextlib
+    import io
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert load_classifier(run).thresholds is None
+    assert f"was tuned for step {saved['step'] - 1}, and these weights are step " in err.getvalue()
 
 
 def test_thresholds_maximize_f1_and_metrics_match_sklearn():
