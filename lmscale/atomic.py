@@ -5,6 +5,12 @@ once the block succeeds; on an error the temporary file is removed and ``path`` 
 previous content (an OSError, e.g. a full disk, then names ``path``). Every record lmscale
 writes outside orbax (configs, results, thresholds, best/sweep status, classifiers,
 predictions, caches, tokenizer files) goes through it.
+
+A temporary file or folder is named ``PATH.tmp-HOST-PID``: a process killed outright (SIGKILL
+skips every cleanup) leaves it, and the next write of PATH removes those of this machine's
+dead processes (:func:`remove_abandoned`; a feature cache's block was left whole beside the
+real one, up to ~134 MB each). Folders published the same way (``prepare``, ``convert``)
+do so when they start.
 """
 
 from __future__ import annotations
@@ -12,13 +18,92 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
+import socket
+import sys
 from typing import IO, Any, Iterator
+
+# The machine in a temporary name: only this machine's processes can be told dead (a shared
+# filesystem may hold another machine's live write).
+HOST = socket.gethostname().replace(os.sep, "_") or "host"
+
+
+def temporary_name(path: str) -> str:
+    """This process's temporary file or folder for ``path``."""
+    return f"{path}.tmp-{HOST}-{os.getpid()}"
+
+
+def _dead(pid: str) -> bool:
+    """Whether the process ``pid`` of this machine is gone (a live or unknown one: False)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError, OverflowError):
+        return False
+    return False
+
+
+def remove_abandoned(path: str, what: str = "a process") -> None:
+    """Removes ``PATH.tmp-HOST-PID`` files and folders of this machine's dead processes, and
+    restores a ``PATH.trash-HOST-PID`` (an old output moved aside by :func:`publish`) where
+    PATH itself is missing (its process was killed between the two renames), else removes it.
+    ``what`` names the writer in the notes (``prepare``)."""
+    parent, name = os.path.split(os.path.abspath(path))
+    try:
+        entries = os.listdir(parent)
+    except OSError:
+        return
+    for kind in ("tmp", "trash"):
+        prefix = f"{name}.{kind}-{HOST}-"
+        for entry in entries:
+            if not entry.startswith(prefix) or not _dead(entry[len(prefix):]):
+                continue
+            left = os.path.join(parent, entry)
+            if kind == "trash" and not os.path.lexists(path):
+                os.rename(left, path)
+                print(f"note: {path} restored from {left}, where a killed {what} had moved it",
+                      file=sys.stderr, flush=True)
+                continue
+            with contextlib.suppress(OSError):
+                _remove(left)
+            if not os.path.lexists(left):
+                print(f"note: removed {left}, left by {what} that was killed", file=sys.stderr,
+                      flush=True)
+
+
+def publish(tmp: str, path: str) -> None:
+    """Renames the finished ``tmp`` to ``path``, an old ``path`` moved aside first
+    (``PATH.trash-HOST-PID``) and removed after: a kill between the renames leaves the old one,
+    which :func:`remove_abandoned` restores."""
+    if not os.path.lexists(path):
+        os.rename(tmp, path)
+        return
+    trash = f"{path}.trash-{HOST}-{os.getpid()}"
+    _remove(trash)
+    os.rename(path, trash)
+    try:
+        os.rename(tmp, path)
+    except BaseException:
+        os.rename(trash, path)
+        raise
+    _remove(trash)
+
+
+def _remove(path: str) -> None:
+    """Removes the file or folder ``path`` if it is there."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
 
 
 @contextlib.contextmanager
 def atomic_write(path: str, mode: str = "w", **open_kwargs: Any) -> Iterator[IO]:
     """``with atomic_write(path) as f: ...`` writes ``path`` all at once or not at all."""
-    tmp = f"{path}.tmp-{os.getpid()}"
+    remove_abandoned(path)
+    tmp = temporary_name(path)
     try:
         with open(tmp, mode, **open_kwargs) as f:
             yield f

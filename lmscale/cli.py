@@ -60,7 +60,7 @@ def os_error_line(e: OSError) -> str:
     """``the disk is full writing FILE (No space left on device): ...`` and the like."""
     name = e.filename
     if isinstance(name, str):
-        name = re.sub(r"\.tmp-\d+(\.npy)?$", "", name)  # an atomic write's temporary file
+        name = re.sub(r"\.tmp-(?:[^/]+-)?\d+(\.npy)?$", "", name)  # an atomic write's temporary file
     cause = (e.strerror or os.strerror(e.errno)) if e.errno else str(e)
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         where = f" writing {name}" if name else ""

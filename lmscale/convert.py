@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from typing import Any
 
 from absl import app, flags
@@ -80,6 +81,8 @@ def convert(source: str, src: str, dst: str, layout: str, weight_norm: str = "au
         raise ConvertError(f"--to={dst}: --layout={layout} writes a "
                            f"{LAYOUT_OUTPUTS[layout].split()[0]}, not a .pt file; give a folder "
                            f"name, or --layout=sentiment-discovery to write a .pt file")
+    from lmscale.atomic import publish, remove_abandoned, temporary_name
+    remove_abandoned(dst, "a convert")  # a killed convert's partial output (was left at DST)
     if os.path.exists(dst) and (layout == "sentiment-discovery" or not os.path.isdir(dst)
                                 or os.listdir(dst)):
         raise ConvertError(f"{dst} already exists; expected a new {LAYOUT_OUTPUTS[layout]}")
@@ -113,29 +116,38 @@ def convert(source: str, src: str, dst: str, layout: str, weight_norm: str = "au
         from lmscale.pretrained.preprocess import get_preprocessor
         get_preprocessor(preprocess)
         weights = dataclasses.replace(weights, preprocess=preprocess)
-    if layout == "lmscale":
-        out = workdir.write_workdir(weights, dst, batch_size=batch_size or None)
-    elif layout == "openai":
-        if weights.tokenizer == ByteTokenizer.sentiment_discovery():
-            notes.append("padding id 0 dropped: OpenAI's softmax covers the 256 bytes only")
-        openai.save_openai(weights, dst)
-        out = os.path.abspath(dst)
-        if weights.preprocess != "openai":
-            notes.append(f"{openai.SIDECAR} records preprocess {weights.preprocess!r} for "
-                         f"lmscale's import; OpenAI's own code frames every text its way")
-    else:
-        if pt_vocab is None:  # a 256-row .pt (id = byte) goes back as it came
-            pt_vocab = 256 if (source == "sentiment-discovery"
-                               and weights.tokenizer == ByteTokenizer.openai()) else 257
-        if weights.tokenizer == ByteTokenizer.openai() and pt_vocab == 257:
-            notes.append(f"padding id 0 added (ids = byte + 1) with decoder bias "
-                         f"{sentiment_discovery.PAD_LOGIT:g}; --pt_vocab=256 keeps id = byte")
-        elif weights.tokenizer == ByteTokenizer.sentiment_discovery() and pt_vocab == 256:
-            notes.append("padding id 0 dropped (--pt_vocab=256: id = byte)")
-        if weights.preprocess != "none":
-            notes.append(f"the model expects preprocess {weights.preprocess!r}, which a .pt "
-                         f"cannot record: import it with --preprocess={weights.preprocess}")
-        out = os.path.abspath(sentiment_discovery.save_pt(weights, dst, rows=pt_vocab))
+    tmp = temporary_name(dst)  # written whole, then renamed: a kill leaves no partial DST
+    try:
+        if layout == "lmscale":
+            workdir.write_workdir(weights, tmp, batch_size=batch_size or None)
+        elif layout == "openai":
+            if weights.tokenizer == ByteTokenizer.sentiment_discovery():
+                notes.append("padding id 0 dropped: OpenAI's softmax covers the 256 bytes only")
+            openai.save_openai(weights, tmp)
+            if weights.preprocess != "openai":
+                notes.append(f"{openai.SIDECAR} records preprocess {weights.preprocess!r} for "
+                             f"lmscale's import; OpenAI's own code frames every text its way")
+        else:
+            if pt_vocab is None:  # a 256-row .pt (id = byte) goes back as it came
+                pt_vocab = 256 if (source == "sentiment-discovery"
+                                   and weights.tokenizer == ByteTokenizer.openai()) else 257
+            if weights.tokenizer == ByteTokenizer.openai() and pt_vocab == 257:
+                notes.append(f"padding id 0 added (ids = byte + 1) with decoder bias "
+                             f"{sentiment_discovery.PAD_LOGIT:g}; --pt_vocab=256 keeps id = byte")
+            elif weights.tokenizer == ByteTokenizer.sentiment_discovery() and pt_vocab == 256:
+                notes.append("padding id 0 dropped (--pt_vocab=256: id = byte)")
+            if weights.preprocess != "none":
+                notes.append(f"the model expects preprocess {weights.preprocess!r}, which a .pt "
+                             f"cannot record: import it with --preprocess={weights.preprocess}")
+            sentiment_discovery.save_pt(weights, tmp, rows=pt_vocab)
+        publish(tmp, dst)
+    except BaseException:  # a failed write (a full disk) leaves nothing behind
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif os.path.lexists(tmp):
+            os.remove(tmp)
+        raise
+    out = os.path.abspath(dst)
     notes.extend(weights.source.get("notes", []))
     if weights.source.get("ignored_keys"):
         notes.append(f"ignored non-LM keys: {weights.source['ignored_keys']}")

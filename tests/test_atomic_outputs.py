@@ -148,7 +148,7 @@ def test_transfer_from_a_read_only_workdir_caches_features_in_the_output(sst_run
                                  for w in (["good"] if i % 2 else ["bad"])]
     (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
     csv = str(tmp_path / "t.csv")
-    with pytest.raises(OutputError, match=rf"cannot write in {ro}/transfer .*--output="):
+    with pytest.raises(OutputError, match=rf"cannot write in {ro}/transfer .*; pass output=FOLDER"):
         run_transfer(str(ro), csv, csv, baseline="none", Cs=[1.0], examples=1)
     out = tmp_path / "out"
     lm = load_trained(str(ro))
@@ -219,3 +219,26 @@ def test_a_runs_config_json_is_accepted_as_config(tmp_path):
                           timeout=600)
     assert proc.returncode == 1
     assert "unknown config key model.hiden" in _one_error_line(proc.stderr)
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):
+    """atomic_write's PATH.tmp-PID stayed for good after a SIGKILL (a feature cache's block,
+    up to ~134 MB, whole beside the real one); the next write of PATH removes this machine's
+    dead writers' (a live one's, or another machine's, is left)."""
+    import subprocess
+    import sys
+
+    from lmscale.atomic import HOST, write_json
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    path = tmp_path / "results.json"
+    left = [tmp_path / f"results.json.tmp-{HOST}-{gone}", tmp_path / f"results.json.tmp-{HOST}-{alive.pid}",
+            tmp_path / f"results.json.tmp-elsewhere-{gone}"]
+    try:
+        for f in left:
+            f.write_text("{half")
+        write_json(str(path), {"a": 1})
+    finally:
+        alive.kill()
+    assert [f.exists() for f in left] == [False, True, True] and path.read_text() == '{"a": 1}'

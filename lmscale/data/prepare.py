@@ -38,6 +38,7 @@ from lmscale.data.builtin import builtin_paths, is_builtin
 from lmscale.data.dataset import FORMAT, METADATA, SPLITS, VERSION, is_dataset
 from lmscale.data.errors import DataError
 from lmscale.data.input_checks import check_contents, is_utf8, per_file
+from lmscale.atomic import publish
 from lmscale.data.prepare_tmp import make_output_folder, remove_abandoned, temporary_folder
 from lmscale.data.sample import sample_texts
 from lmscale.data.shuffle import shuffle_documents
@@ -173,17 +174,18 @@ def _check_args(split: Sequence[int], shard_tokens: int, txt_mode: str) -> tuple
     return parts  # type: ignore[return-value]
 
 
-def _check_output(output: str, overwrite: bool) -> bool:
-    """Whether ``output`` exists and must be replaced; DataError if it may not be."""
+def _check_output(output: str, overwrite: bool) -> None:
+    """DataError unless ``output`` is missing, an empty folder, or a prepared dataset with
+    ``overwrite`` (replaced when the new one is complete)."""
     if not os.path.lexists(output):
-        return False
+        return
     if is_dataset(output):
         if not overwrite:
             raise DataError(f"{output} already holds a prepared dataset; pass overwrite=True "
                             f"(--overwrite) to replace it")
-        return True
+        return
     if os.path.isdir(output) and not os.listdir(output):
-        return True
+        return
     raise DataError(f"{output} exists and is not a prepared dataset; refusing to replace it")
 
 
@@ -334,23 +336,6 @@ def _train_counts(tmp: str, plan: list[tuple[int, int, int]], total: int, vocab_
     return counts
 
 
-def _publish(tmp: str, output: str, replace: bool) -> None:
-    """Renames ``tmp`` to ``output``, moving an old ``output`` aside and deleting it after."""
-    if not replace:
-        os.rename(tmp, output)
-        return
-    trash = f"{output}.trash-{os.getpid()}"
-    if os.path.lexists(trash):
-        shutil.rmtree(trash)
-    os.rename(output, trash)
-    try:
-        os.rename(tmp, output)
-    except BaseException:
-        os.rename(trash, output)
-        raise
-    shutil.rmtree(trash, ignore_errors=True)
-
-
 def _check_input(path: str) -> None:
     """A file's contents (not binary), or a tfds split's existence, before anything is read."""
     if is_tfds(path):
@@ -412,7 +397,8 @@ def prepare_dataset(inputs: str | Sequence[str], output: str, *, text_column: st
         parts = [train] + held_out
         paths = [p for part in parts for p in part]
         source += [f"{name}: {x}" for name, x in (("val", val_inputs), ("test", test_inputs)) if x]
-    replace = _check_output(output, overwrite)
+    remove_abandoned(output)  # a killed prepare's: its temporary folder, an old output moved aside
+    _check_output(output, overwrite)
     parent = os.path.dirname(output)
     if parent:
         make_output_folder(parent, output)
@@ -432,7 +418,6 @@ def prepare_dataset(inputs: str | Sequence[str], output: str, *, text_column: st
     tmp = temporary_folder(output)
     if os.path.lexists(tmp):
         shutil.rmtree(tmp)
-    remove_abandoned(output)
     make_output_folder(tmp, output)
     try:
         path_ends: list[int] | None = [] if parts else None
@@ -483,7 +468,7 @@ def prepare_dataset(inputs: str | Sequence[str], output: str, *, text_column: st
         with open(os.path.join(tmp, METADATA), "w", encoding="utf-8") as f:
             json.dump(metadata, f, indent=1)
         _check_output(output, overwrite)  # it may have appeared meanwhile
-        _publish(tmp, output, replace and os.path.lexists(output))
+        publish(tmp, output)  # an old output (--overwrite) moved aside, then removed
     except OSError as e:
         if e.errno != errno.ENOSPC:
             raise

@@ -5,46 +5,28 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
-import socket
 import sys
 
+from lmscale import atomic
 from lmscale.data.errors import DataError
-
-# The machine in a prepare's temporary folder's name: only this machine's processes can be
-# told dead (a shared filesystem may hold another machine's live prepare).
-HOST = socket.gethostname().replace(os.sep, "_") or "host"
-
 
 def remove_abandoned(output: str) -> None:
     """Removes the OUTPUT.tmp-HOST-PID folders of this machine's prepares that were killed
-    (their process is gone): a SIGKILL leaves up to a few times the input's size there."""
+    (their process is gone: a SIGKILL leaves up to a few times the input's size there), and
+    restores or removes an old OUTPUT a killed ``--overwrite`` had moved aside (atomic.py);
+    a folder of an older lmscale, which did not name its machine, is only named."""
     parent, name = os.path.split(os.path.abspath(output))
-    prefix = f"{name}.tmp-{HOST}-"
     for entry in os.listdir(parent or ".") if os.path.isdir(parent or ".") else []:
         if entry.startswith(f"{name}.tmp-") and entry[len(name) + 5:].isdigit():  # before hosts
             print(f"note: {os.path.join(parent, entry)} may be left by a killed prepare (of an "
                   f"older lmscale, which did not name its machine): remove it if no prepare is "
                   f"writing it", file=sys.stderr, flush=True)
-        if not entry.startswith(prefix) or not entry[len(prefix):].isdigit():
-            continue
-        try:
-            os.kill(int(entry[len(prefix):]), 0)
-            continue  # a prepare still running (or a pid reused: left alone)
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue
-        folder = os.path.join(parent, entry)
-        shutil.rmtree(folder, ignore_errors=True)
-        if not os.path.lexists(folder):
-            print(f"note: removed {folder}, left by a prepare that was killed", file=sys.stderr,
-                  flush=True)
+    atomic.remove_abandoned(output, "a prepare")
 
 
 def temporary_folder(output: str) -> str:
     """This process's temporary folder for ``output``."""
-    return f"{output}.tmp-{HOST}-{os.getpid()}"
+    return atomic.temporary_name(output)
 
 
 def make_output_folder(path: str, output: str) -> None:

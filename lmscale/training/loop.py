@@ -31,6 +31,7 @@ from lmscale.data.stream import document_resets
 from lmscale.models import architecture
 from lmscale.models.registry import get_kind, trained_length_note, unused_settings_note
 from lmscale.training import mesh as mesh_lib
+from lmscale.atomic import atomic_write
 from lmscale.messages import errors_for_caller, for_caller
 from lmscale.training.checkpoints import Checkpointer, check_same_model
 from lmscale.training.command_log import record_command
@@ -459,10 +460,8 @@ def _truncate_metrics(path: str, after_step: int) -> None:
         lines = [line for line in f if line.strip()]
     keep = [line for line in lines if _step_of(line) <= after_step]
     if len(keep) != len(lines):
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
+        with atomic_write(path) as f:
             f.writelines(keep)
-        os.replace(tmp, path)
 
 
 def perplexity_note(record: dict[str, Any]) -> str:

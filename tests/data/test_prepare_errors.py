@@ -165,7 +165,7 @@ def test_a_killed_prepares_temporary_folder_is_removed_by_the_next(tmp_path, cap
     """A SIGKILLed prepare leaves OUTPUT.tmp-HOST-PID (hundreds of MB on a real corpus) that
     no later prepare removed; one whose process still runs, or another machine's (a shared
     filesystem), is left alone."""
-    from lmscale.data.prepare_tmp import HOST as _HOST
+    from lmscale.atomic import HOST as _HOST
     import subprocess
     import sys
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
@@ -197,3 +197,28 @@ def test_an_output_under_a_file_is_one_error_naming_it(corpus_dir, tmp_path):
                                         f"{tmp_path}/afile is a file, not a folder$"):
         prepare(str(corpus_dir), tmp_path / "afile" / "sub" / "ds")
     assert (tmp_path / "afile").read_text() == "not a folder"
+
+
+def test_an_old_dataset_a_killed_overwrite_moved_aside_is_restored_or_removed(tmp_path, capfd):
+    """prepare --overwrite killed between its two renames left OUTPUT.trash-PID (a whole old
+    dataset) for good, and OUTPUT missing; the next prepare puts it back (then refuses to
+    replace it without --overwrite), or removes it where OUTPUT is there."""
+    import subprocess
+    import sys
+
+    from lmscale.atomic import HOST
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    text = tmp_path / "corpus.txt"
+    text.write_text("a line of text.\n" * 200)
+    out = tmp_path / "ds"
+    prepare_dataset(str(text), str(out), split=(8, 1, 1), progress=False)
+    trash = tmp_path / f"ds.trash-{HOST}-{gone}"
+    os.rename(out, trash)  # killed after moving the old one aside, before the new one came
+    with pytest.raises(DataError, match="already holds a prepared dataset"):
+        prepare_dataset(str(text), str(out), split=(8, 1, 1), progress=False)
+    assert f"note: {out} restored from {trash}" in capfd.readouterr().err
+    assert TokenDataset.open(str(out)).split("train").num_tokens > 0 and not trash.exists()
+    os.makedirs(trash)  # a leftover beside a complete OUTPUT: removed
+    prepare_dataset(str(text), str(out), split=(8, 1, 1), overwrite=True, progress=False)
+    assert not trash.exists() and f"removed {trash}" in capfd.readouterr().err

@@ -60,3 +60,22 @@ def test_flags_that_would_be_ignored_are_refused(openai_files, tmp_path, args, m
     assert proc.returncode == 1 and proc.stderr.strip() == f"error: {message}", proc.stderr[-2000:]
     assert not dst.exists()
 
+
+
+@pytest.mark.parametrize("layout", ["lmscale", "openai"])
+def test_a_killed_converts_partial_output_is_no_destination(openai_files, tmp_path, layout):
+    """convert wrote into DST file by file: killed, it left a partial folder (0.npy..7.npy, or
+    checkpoints/ without config.json) that the same command then refused ("already exists").
+    It writes DST.tmp-HOST-PID and renames it; a dead process's is removed by the next."""
+    from lmscale.atomic import HOST
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    dst = tmp_path / "out"
+    partial = tmp_path / f"out.tmp-{HOST}-{gone}"
+    partial.mkdir()
+    (partial / "0.npy").write_bytes(b"half")
+    proc = convert("--from=openai", f"--src={openai_files}", f"--to={dst}", f"--layout={layout}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not partial.exists() and f"removed {partial}, left by a convert" in proc.stderr
+    assert (dst / ("config.json" if layout == "lmscale" else "14.npy")).exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
