@@ -14,8 +14,10 @@ def load_lm(workdir: str, step: int | None = None, compute: str = "float32",
     AMX and on GPUs); ``best``: the weights validated best (``checkpoint.keep_best``)."""
     import os
     from lmscale.api import load_lm as _load
-    return _load(os.path.expanduser(workdir) if isinstance(workdir, str) else workdir, step,
-                 compute, best)
+    from lmscale.messages import errors_for_caller
+    with errors_for_caller():  # config fields and arguments, not the tools' flags
+        return _load(os.path.expanduser(workdir) if isinstance(workdir, str) else workdir, step,
+                     compute, best)
 
 
 def load_classifier(path: str, batch_size: int = 0) -> Any:
@@ -24,7 +26,9 @@ def load_classifier(path: str, batch_size: int = 0) -> Any:
     run's validation rows, ``train.eval_batch_size``; else 64)."""
     import os
     from lmscale.finetuning.classifier import load_classifier as _load
-    return _load(os.path.expanduser(path) if isinstance(path, str) else path, batch_size)
+    from lmscale.messages import errors_for_caller
+    with errors_for_caller():
+        return _load(os.path.expanduser(path) if isinstance(path, str) else path, batch_size)
 
 
 def use_cpu_cores(batch_size: int, devices: int = 0) -> int | None:

@@ -37,16 +37,28 @@ _LITERAL_SETTING = re.compile(r"--config\.([\w.]+)=(true|false|-?[0-9][0-9.e+-]*
 _PYTHON = {"true": "True", "false": "False"}
 
 
+# Commands to paste into a shell (`python -m lmscale.plan --config=...`, python -m
+# lmscale.convert --from=... up to a comma): their flags stay flags.
+_VERBATIM = re.compile(r"(`[^`]*`|python -m lmscale\.\w+[^,;)`]*)")
+
+
 def for_caller(message: str) -> str:
     """``message`` as its reader can act on it: unchanged in a command-line tool; from the
     Python API, ``--config.a.b=v`` becomes ``config.a.b = v`` and another flag its argument
-    (``--text_column``: ``text_column``, as ``run_transfer`` and ``load_lm`` name them)."""
+    (``--text_column``: ``text_column``, as ``run_transfer`` and ``load_lm`` name them);
+    a shell command quoted in it (a tool to run, ``XLA_FLAGS=--...``) stays as it is."""
     if _COMMAND_LINE:
         return message
+    parts = _VERBATIM.split(message)
+    return "".join(p if i % 2 else _reworded(p) for i, p in enumerate(parts))
+
+
+def _reworded(message: str) -> str:
+    """:func:`for_caller`'s rewording of text that quotes no command."""
     message = _LITERAL_SETTING.sub(
         lambda m: f"config.{m.group(1)} = {_PYTHON.get(m.group(2), m.group(2))}", message)
     message = re.sub(r"--config\.([\w.]+)", r"config.\1", message)  # other values as written
-    return re.sub(r"(?<![\w/.-])--([a-z][a-z0-9_]*)\b", r"\1", message)
+    return re.sub(r"(?<![\w/.=-])--([a-z][a-z0-9_]*)\b", r"\1", message)
 
 
 @contextlib.contextmanager

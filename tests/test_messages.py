@@ -29,6 +29,14 @@ def test_the_api_is_told_config_fields_and_the_cli_its_flags():
     assert for_caller(MESSAGE) != MESSAGE
     from lmscale.cli import run_cli
     assert run_cli(lambda: for_caller(MESSAGE)) == MESSAGE and for_caller(MESSAGE) != MESSAGE
+    # A command to paste stays one: "python -m lmscale.convert from=openai src=..." was said
+    assert for_caller("import them first with python -m lmscale.convert --from=openai --src=X "
+                      "--to=WORKDIR, then pass --workdir=WORKDIR; run `python -m lmscale.plan "
+                      "--config=... --memory_gib=N`; XLA_FLAGS=--xla_force_host_platform_"
+                      "device_count=8") == (
+        "import them first with python -m lmscale.convert --from=openai --src=X --to=WORKDIR, "
+        "then pass workdir=WORKDIR; run `python -m lmscale.plan --config=... --memory_gib=N`; "
+        "XLA_FLAGS=--xla_force_host_platform_device_count=8")
     # A value other than true/false/a number is left as written: a path with spaces was cut
     # at its first space and quoted in two ("= '/a' b/c").
     assert for_caller("(--config.init_from=/My Drive/lm. starts) --config.pooling=last,mean "
@@ -46,3 +54,12 @@ def test_an_error_leaving_the_api_is_reworded_and_keeps_its_type():
     with pytest.raises(KeyError):  # str(e) is not its message: left as it is
         with errors_for_caller():
             raise KeyError("--config.x=1")
+
+
+def test_load_lm_names_config_fields(sst_run):
+    """lmscale.load_lm(run, best=True) of a run that kept no best weights said "train with
+    --config.checkpoint.keep_best=true" where run_transfer(best=True) said the field."""
+    import lmscale
+    with pytest.raises(Exception, match=r"config\.checkpoint\.keep_best = True") as e:
+        lmscale.load_lm(sst_run, best=True)
+    assert "--config" not in str(e.value)

@@ -292,10 +292,10 @@ def unk_note(splits: dict[str, Any], training: WordTraining | None) -> str | Non
             if n != "train" and s.get("unk_tokens") and s["tokens"]}
     if not held:
         return None
-    shares = ", ".join(f"{n} {share:.2%}" for n, share in held.items())
-    return (f"note: the training split holds no <unk>, and {shares} of the other splits' words "
-            f"are <unk> (not in the vocabulary): the model never learns to predict <unk>, so "
-            f"they score high loss; {training.option_prefix}min_count=2 (or more) makes the "
+    shares = "; ".join(f"{share:.2%} of {n}'s tokens" for n, share in held.items())
+    return (f"note: the training split holds no <unk>, while <unk> (a word not in the "
+            f"vocabulary) is {shares}: the model never learns to predict <unk>, so those "
+            f"tokens score high loss; {training.option_prefix}min_count=2 (or more) makes the "
             f"rarest training words <unk>, as WikiText's corpora are")
 
 

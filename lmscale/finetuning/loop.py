@@ -444,7 +444,8 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
     if stop.signal is not None:
         best_ckpt.close()
         print(f"stopped by signal {stop.signal} at step {step}; checkpoint saved, re-run to resume")
-        return {"step": step, "stopped_by_signal": stop.signal}
+        return {"step": step, "stopped": True, "stopped_by_signal": stop.signal,
+                "best": best}  # the best so far (None before any validation): re-run to go on
     if best is None:  # a run resumed at its end that kept no best weights: its last state
         best = {"step": step, "metric": ft.best_metric,
                 "value": validate(state.params)[0][ft.best_metric]}
@@ -456,7 +457,8 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
                "weights": weights_fingerprint(lm), "init": ft.lm_init}  # results.json's "lm"
     results = _final_results(workdir, params, predict, enc, splits, ft, class_names, best,
                              is_main, started)
-    return {**results, "already_trained": start >= steps}  # as lmscale.train's record says
+    return {**results, "already_trained": start >= steps,  # as lmscale.train's record says
+            "stopped": False}
 
 
 def _final_results(workdir: str, params: Any, predict: Predictor, enc: dict[str, Encoded],

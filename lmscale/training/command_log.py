@@ -54,7 +54,8 @@ def record_command(workdir: str, start: int, processes: int, devices: int) -> No
     starts them all), process 0's own command as a comment: pasted, it would start one
     process with this one's devices; under another launcher, how they joined."""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    where = (f"{processes} processes x {devices // processes} devices ({devices} in all)"
+    each = devices // processes
+    where = (f"{processes} processes x {each} device{'s' if each > 1 else ''} ({devices} in all)"
              if processes > 1 else f"1 process x {devices} device{'s' if devices > 1 else ''}")
     lines = f"# {stamp}: start at step {start}, {where}, host {socket.gethostname()}\n"
     if processes == 1:

@@ -59,9 +59,11 @@ def preprocess_texts(lm: TrainedLM, texts: Sequence[str]) -> list[str | bytes]:
     return [prep(t) for t in texts]
 
 
-def encode_texts(lm: TrainedLM, texts: Sequence[str]) -> list[np.ndarray]:
+def encode_texts(lm: TrainedLM, texts: Sequence[str], unknown_note: bool = True
+                 ) -> list[np.ndarray]:
     """Token ids of each (preprocessed) text with the LM's own tokenizer; empty texts are an
-    error (0-based index: the model reads nothing from them)."""
+    error (0-based index: the model reads nothing from them). ``unknown_note``: a word model's
+    note on words outside its vocabulary (not for a heatmap's one example text)."""
     texts = text_list(texts)
     for i, t in enumerate(texts):
         if not t:
@@ -76,7 +78,8 @@ def encode_texts(lm: TrainedLM, texts: Sequence[str]) -> list[np.ndarray]:
     for i, x in enumerate(ids):
         if len(x) == 0:
             raise DataError(f"text {i} is empty: the model reads no token of it")
-    if (note := unknown_words_note(lm.tokenizer, read, ids, f"these {len(ids):,} texts")):
+    what = "this text" if len(ids) == 1 else f"these {len(ids):,} texts"
+    if unknown_note and (note := unknown_words_note(lm.tokenizer, read, ids, what)):
         print(note, file=sys.stderr, flush=True)
     return ids
 
@@ -315,7 +318,7 @@ def unit_trace(lm: TrainedLM, text: str, unit: int, *, state: str | None = None,
         raise DataError(f"layer {layer} is out of range: the model has {model.num_layers} layers")
     if not 0 <= unit < model.feature_width:
         raise DataError(f"unit {unit} is out of range: a layer's state has {model.feature_width} units")
-    (full,) = encode_texts(lm, [text])
+    (full,) = encode_texts(lm, [text], unknown_note=False)  # the split's note said it
     (ids,) = _fit_length(lm, [full])
     # Padded after the text to a multiple of 64 tokens, so texts of similar length share one
     # compiled program (the states before the padding do not depend on it).

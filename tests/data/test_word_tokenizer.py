@@ -203,8 +203,8 @@ def test_prepare_counts_each_splits_unk_and_notes_a_training_split_without_any(t
     out = prepare_dataset(str(tmp_path / "train.txt"), str(tmp_path / "raw"), tokenizer=WordTraining(),
                           val_inputs=str(tmp_path / "val.txt"), progress=False)
     note = capsys.readouterr().err
-    assert "note: the training split holds no <unk>, and val 18.18% of the other splits' words " \
-           "are <unk>" in note and "--word_min_count=2 (or more)" in note
+    assert "note: the training split holds no <unk>, while <unk> (a word not in the vocabulary) " \
+           "is 18.18% of val's tokens" in note and "--word_min_count=2 (or more)" in note
     meta = json.loads((tmp_path / "raw" / "metadata.json").read_text())
     assert [meta["splits"][n]["unk_tokens"] for n in ("train", "val")] == [0, 2]
     assert "train: 200 tokens, 1 document, 1 shard, 0.00% <unk>; val: 11 tokens, 1 document, " \

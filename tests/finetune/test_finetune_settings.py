@@ -297,3 +297,38 @@ def test_a_run_from_before_threshold_metric_resumes_as_f1_only():
         config.finetune.threshold_metric = "f1"
     check_same_start(meta, config, 3, "/run")
 
+
+
+def test_an_interrupted_fine_tune_returns_stopped_and_its_best_so_far(sst_run, data, tmp_path,
+                                                                     capfd):
+    """A notebook's interrupt (SIGINT) stopped finetune() at a checkpoint and it returned only
+    {"step", "stopped_by_signal"}: the cell's next line, results["metrics"], raised KeyError
+    with nothing saying why; train() returns "stopped" and its last validation."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from lmscale.finetuning.loop import finetune
+    from lmscale.training.metrics import read_metrics
+    run = str(tmp_path / "ft")
+
+    def interrupt() -> None:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if any(r["split"] == "val" for r in read_metrics(run)):
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    thread = threading.Thread(target=interrupt)
+    thread.start()
+    result = finetune(ft_config(sst_run, data["sst_train"], data["sst_val"], **{
+        "train.steps": 100000, "train.eval_every": 2, "train.log_every": 1}), run)
+    thread.join()
+    assert result["stopped"] and result["stopped_by_signal"] == signal.SIGINT
+    assert result["best"]["step"] >= 2 and result["best"]["metric"] == "accuracy"
+    assert f"stopped by signal 2 at step {result['step']}" in capfd.readouterr().out

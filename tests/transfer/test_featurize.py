@@ -239,7 +239,7 @@ def test_empty_text_is_an_error():
         featurize(random_lm(), ["fine", ""])
 
 
-def test_a_word_models_trace_covers_the_text_as_written():
+def test_a_word_models_trace_covers_the_text_as_written(capsys):
     """A word's bytes vary and <unk> stands for any word: the trace follows this text's words
     (the vocabulary's typical lengths made it too short, and transfer's heatmap crashed)."""
     from lmscale.data.words import SPECIALS, WordTokenizer
@@ -251,8 +251,14 @@ def test_a_word_models_trace_covers_the_text_as_written():
     graphdef, params = model_params(lm.config.model, words.vocab_size, seed=0)
     lm = dataclasses.replace(lm, tokenizer=words, graphdef=graphdef, params=params,
                              decode_cache={})
+    capsys.readouterr()
     trace = unit_trace(lm, text, 3)
     assert trace.shape == (len(text.encode()),) and np.isfinite(trace).all()
+    assert "outside the model's vocabulary" not in capsys.readouterr().err  # a heatmap's text:
+    # the transfer said it six times, "these 1 texts", after the splits' notes
+    from lmscale.transfer.featurize import encode_texts
+    encode_texts(lm, [text])
+    assert "of this text are words outside the model's vocabulary" in capsys.readouterr().err
     assert len(set(trace[3:11].tolist())) == 1 and trace[11] != trace[10]  # " zzyzxqq": one token
 
 
