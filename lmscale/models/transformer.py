@@ -456,11 +456,9 @@ def _validate(model_config: Any, train_config: Any) -> None:
 
 
 def _trained_length(model_config: Any, train_config: Any) -> int | None:
-    """Training reads the first ``longest`` positions (a position counts from the window's
-    start or the last reset, so it stays below the longest sequence drawn): learned ones past
-    it keep their initial values, and sinusoidal ones, though computed at every length, are
-    never read in training (a 64-token-trained model scored 3.36 bits a token at positions
-    16-63, 3.76 at 64-95, 3.82 at 96-127); None when that covers max_len."""
+    """Training reads the first ``longest`` positions (counted from the window's start or the
+    last reset): learned ones past it keep their initial values, sinusoidal ones are never
+    read in training (README: bits per token past it); None when that covers max_len."""
     if train_config is None:
         return None
     from lmscale.config import bptt_max

@@ -275,29 +275,6 @@ def test_multilabel_transformer_thresholds_reused_by_classify(transformer_lm, da
     assert f"was tuned for step {saved['step'] - 1}, and these weights are step " in err.getvalue()
 
 
-def test_thresholds_maximize_f1_and_metrics_match_sklearn():
-    from sklearn.metrics import f1_score
-    from lmscale.transfer.metrics import classification_metrics, tune_thresholds
-    rng = np.random.default_rng(0)
-    labels = (rng.random((200, 3)) < [0.1, 0.5, 0.8]).astype(int)
-    probs = np.clip(labels * 0.3 + rng.random((200, 3)) * 0.7, 0, 1)
-    t = tune_thresholds(probs, labels)
-    for k in range(3):
-        best = max(f1_score(labels[:, k], probs[:, k] >= c) for c in np.unique(probs[:, k]))
-        assert f1_score(labels[:, k], probs[:, k] >= t[k]) == pytest.approx(best)
-    m = classification_metrics(probs, labels, True, ["a", "b", "c"], t)
-    pred = (probs >= t).astype(int)
-    assert m["macro_f1"] == pytest.approx(f1_score(labels, pred, average="macro"))
-    assert m["micro_f1"] == pytest.approx(f1_score(labels, pred, average="micro"))
-    from sklearn.metrics import accuracy_score
-    # Two accuracies, each named: every label of a text right, and the fraction of labels right.
-    assert m["accuracy"] == pytest.approx(accuracy_score(labels, pred))
-    assert m["label_accuracy"] == pytest.approx(accuracy_score(labels.ravel(), pred.ravel()))
-    from lmscale.transfer.metrics import format_table
-    assert format_table({"val": m}).startswith(
-        f"val: subset accuracy {m['accuracy']:.4f}  label accuracy {m['label_accuracy']:.4f}  ")
-
-
 def test_classify_transfer_output(sst_run, data, tmp_path):
     from lmscale.finetuning.classifier import load_classifier
     from lmscale.transfer.labeled import load_labeled

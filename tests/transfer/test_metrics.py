@@ -1,7 +1,8 @@
-"""Matthews' correlation in classification_metrics against NumPy written from its
-definitions: binary (TP·TN − FP·FN) / √((TP+FP)(TP+FN)(TN+FP)(TN+FN)), Gorodkin's K-class
-form (c·s − Σ p_k t_k) / √((s² − Σ p_k²)(s² − Σ t_k²)), and multi-label the mean of each
-label's binary MCC (sentiment-discovery's "mcc"); 0 where a denominator is 0."""
+"""transfer/metrics.py: per-class thresholds and the metrics against scikit-learn; Matthews'
+correlation against NumPy written from its definitions: binary
+(TP·TN − FP·FN) / √((TP+FP)(TP+FN)(TN+FP)(TN+FN)), Gorodkin's K-class form
+(c·s − Σ p_k t_k) / √((s² − Σ p_k²)(s² − Σ t_k²)), and multi-label the mean of each label's
+binary MCC (sentiment-discovery's "mcc"); 0 where a denominator is 0."""
 
 from __future__ import annotations
 
@@ -53,3 +54,27 @@ def test_multilabel_mcc_is_the_mean_of_each_labels():
     per_label = [binary_mcc(labels[:, j], pred[:, j]) for j in range(4)]
     assert per_label[2:] == [0, 0] and min(per_label[:2]) > 0.2
     assert m["mcc"] == pytest.approx(np.mean(per_label), abs=1e-12)
+
+
+def test_thresholds_maximize_f1_and_metrics_match_sklearn():
+    from sklearn.metrics import f1_score
+
+    from lmscale.transfer.metrics import tune_thresholds
+    rng = np.random.default_rng(0)
+    labels = (rng.random((200, 3)) < [0.1, 0.5, 0.8]).astype(int)
+    probs = np.clip(labels * 0.3 + rng.random((200, 3)) * 0.7, 0, 1)
+    t = tune_thresholds(probs, labels)
+    for k in range(3):
+        best = max(f1_score(labels[:, k], probs[:, k] >= c) for c in np.unique(probs[:, k]))
+        assert f1_score(labels[:, k], probs[:, k] >= t[k]) == pytest.approx(best)
+    m = classification_metrics(probs, labels, True, ["a", "b", "c"], t)
+    pred = (probs >= t).astype(int)
+    assert m["macro_f1"] == pytest.approx(f1_score(labels, pred, average="macro"))
+    assert m["micro_f1"] == pytest.approx(f1_score(labels, pred, average="micro"))
+    from sklearn.metrics import accuracy_score
+    # Two accuracies, each named: every label of a text right, and the fraction of labels right.
+    assert m["accuracy"] == pytest.approx(accuracy_score(labels, pred))
+    assert m["label_accuracy"] == pytest.approx(accuracy_score(labels.ravel(), pred.ravel()))
+    from lmscale.transfer.metrics import format_table
+    assert format_table({"val": m}).startswith(
+        f"val: subset accuracy {m['accuracy']:.4f}  label accuracy {m['label_accuracy']:.4f}  ")
