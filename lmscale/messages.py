@@ -5,8 +5,8 @@ Errors and notes deep in the library name the way out as the tools' flags
 (``--config.resume=false``), which a notebook user calling ``train(config, workdir)`` cannot
 pass. ``run_cli`` marks the process as a command-line tool; elsewhere :func:`for_caller`
 rewrites the flags as the config fields and arguments they set (``config.resume = False``),
-and :func:`errors_for_caller` does so for the errors leaving the API's ``train`` and
-``finetune``.
+and :func:`errors_for_caller` does so for the errors leaving the API's ``train``,
+``finetune``, ``run_transfer``, ``load_lm`` and ``load_classifier``.
 """
 
 from __future__ import annotations
