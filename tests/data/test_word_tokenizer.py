@@ -197,18 +197,20 @@ def test_invalid_utf8_in_word_text_is_said_in_a_note(tmp_path, capsys):
 def test_prepare_counts_each_splits_unk_and_notes_a_training_split_without_any(tmp_path, capsys):
     """A raw corpus at min_count 1 has no <unk> in train, while val/test words outside the
     vocabulary become <unk>: a class the model never trains on, said nowhere before."""
-    from lmscale.prepare import summary
     (tmp_path / "train.txt").write_text("a b c a b\nc a d\n" * 20)
     (tmp_path / "val.txt").write_text("a b zz\nc yy a b c a\n")  # 2 of 11 tokens (<eos>s too) unknown
-    out = prepare_dataset(str(tmp_path / "train.txt"), str(tmp_path / "raw"), tokenizer=WordTraining(),
-                          val_inputs=str(tmp_path / "val.txt"), progress=False)
+    prepare_dataset(str(tmp_path / "train.txt"), str(tmp_path / "raw"), tokenizer=WordTraining(),
+                    val_inputs=str(tmp_path / "val.txt"), progress=False)
     note = capsys.readouterr().err
     assert "note: the training split holds no <unk>, while <unk> (a word not in the vocabulary) " \
            "is 18.18% of val's tokens" in note and "--word_min_count=2 (or more)" in note
     meta = json.loads((tmp_path / "raw" / "metadata.json").read_text())
     assert [meta["splits"][n]["unk_tokens"] for n in ("train", "val")] == [0, 2]
+    run = subprocess.run([sys.executable, "-m", "lmscale.prepare", f"--input={tmp_path / 'train.txt'}",
+                          f"--val={tmp_path / 'val.txt'}", f"--output={tmp_path / 'cli'}",
+                          "--tokenizer=word"], capture_output=True, text=True, cwd=REPO)
     assert "train: 200 tokens, 1 document, 1 shard, 0.00% <unk>; val: 11 tokens, 1 document, " \
-           "1 shard, 18.18% <unk>" in summary(meta, out)
+           "1 shard, 18.18% <unk>" in run.stdout, run.stderr[-2000:]  # the tool's summary
     prepare_dataset(str(tmp_path / "train.txt"), str(tmp_path / "rare"), val_inputs=str(tmp_path / "val.txt"),
                     tokenizer=WordTraining(min_count=21), progress=False)  # d (20 times): <unk>
     assert "no <unk>" not in capsys.readouterr().err

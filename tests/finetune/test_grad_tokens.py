@@ -199,7 +199,7 @@ def test_a_fine_tune_in_pieces_runs_records_its_setting_and_refuses_a_transforme
 
 def test_long_training_texts_read_whole_get_a_note():
     note = truncated.long_text_note(100_000, grad_tokens=0, max_len=None)
-    assert "100000 tokens" in note and "finetune.grad_tokens=1024" in note
+    assert "100000 tokens" in note and "config.finetune.grad_tokens = 1024" in note  # the API's
     assert truncated.long_text_note(100_000, grad_tokens=512, max_len=None) is None
     assert truncated.long_text_note(100_000, grad_tokens=0, max_len=256) is None  # cut to max_len
     assert truncated.long_text_note(truncated.LONG_TEXT_TOKENS, 0, None) is None

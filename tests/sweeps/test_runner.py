@@ -291,7 +291,7 @@ def test_stop_message_is_true_of_points_stopped_before_their_first_step(tiny, tm
     runner = Runner(str(tmp_path / "out"), RunOptions(str(tiny / "tiny.py"), [], log=lines.append))
     runner._on_signal(signal.SIGTERM, None)  # before any point started
     assert lines == [f"sweep: signal {int(signal.SIGTERM)}; stopping the running points (those past "
-                     f"their first step save a checkpoint)"]
+                     f"their first step save a checkpoint; a second Ctrl-C stops them at once)"]
     with pytest.raises(SweepInterrupted) as stopped:
         runner.run(expand(load_sweep_spec(sweep_file), base_config(tiny)).points)
     assert str(stopped.value) == ("sweep stopped by a signal; the running points stopped (those past "
