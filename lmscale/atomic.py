@@ -66,7 +66,7 @@ def remove_abandoned(path: str, what: str = "a process") -> None:
                       file=sys.stderr, flush=True)
                 continue
             with contextlib.suppress(OSError):
-                _remove(left)
+                remove_path(left)
             if not os.path.lexists(left):
                 print(f"note: removed {left}, left by {what} that was killed", file=sys.stderr,
                       flush=True)
@@ -80,18 +80,18 @@ def publish(tmp: str, path: str) -> None:
         os.rename(tmp, path)
         return
     trash = f"{path}.trash-{HOST}-{os.getpid()}"
-    _remove(trash)
+    remove_path(trash)
     os.rename(path, trash)
     try:
         os.rename(tmp, path)
     except BaseException:
         os.rename(trash, path)
         raise
-    _remove(trash)
+    remove_path(trash)
 
 
-def _remove(path: str) -> None:
-    """Removes the file or folder ``path`` if it is there."""
+def remove_path(path: str) -> None:
+    """Removes the file or folder ``path`` if it is there (a folder's errors ignored)."""
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path, ignore_errors=True)
     else:

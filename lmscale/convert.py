@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 from typing import Any
 
 from absl import app, flags
@@ -81,7 +80,7 @@ def convert(source: str, src: str, dst: str, layout: str, weight_norm: str = "au
         raise ConvertError(f"--to={dst}: --layout={layout} writes a "
                            f"{LAYOUT_OUTPUTS[layout].split()[0]}, not a .pt file; give a folder "
                            f"name, or --layout=sentiment-discovery to write a .pt file")
-    from lmscale.atomic import publish, remove_abandoned, temporary_name
+    from lmscale.atomic import publish, remove_abandoned, remove_path, temporary_name
     remove_abandoned(dst, "a convert")  # a killed convert's partial output (was left at DST)
     if os.path.exists(dst) and (layout == "sentiment-discovery" or not os.path.isdir(dst)
                                 or os.listdir(dst)):
@@ -141,12 +140,8 @@ def convert(source: str, src: str, dst: str, layout: str, weight_norm: str = "au
                              f"cannot record: import it with --preprocess={weights.preprocess}")
             sentiment_discovery.save_pt(weights, tmp, rows=pt_vocab)
         publish(tmp, dst)
-    except BaseException:  # a failed write (a full disk) leaves nothing behind
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif os.path.lexists(tmp):
-            os.remove(tmp)
-        raise
+    finally:  # a failed write (a full disk) leaves nothing behind; published, it is gone
+        remove_path(tmp)
     out = os.path.abspath(dst)
     notes.extend(weights.source.get("notes", []))
     if weights.source.get("ignored_keys"):

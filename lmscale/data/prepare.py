@@ -38,7 +38,7 @@ from lmscale.data.builtin import builtin_paths, is_builtin
 from lmscale.data.dataset import FORMAT, METADATA, SPLITS, VERSION, is_dataset
 from lmscale.data.errors import DataError
 from lmscale.data.input_checks import check_contents, is_utf8, per_file
-from lmscale.atomic import publish
+from lmscale.atomic import publish, remove_path
 from lmscale.data.prepare_tmp import make_output_folder, remove_abandoned, temporary_folder
 from lmscale.data.sample import sample_texts
 from lmscale.data.shuffle import shuffle_documents
@@ -476,6 +476,5 @@ def prepare_dataset(inputs: str | Sequence[str], output: str, *, text_column: st
                         f"twice the dataset's size free while it runs (its tokens, then the "
                         f"shards); nothing was written") from None
     finally:
-        if os.path.lexists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
+        remove_path(tmp)
     return output

@@ -302,6 +302,12 @@ def unk_note(splits: dict[str, Any], training: WordTraining | None) -> str | Non
 UNKNOWN_NOTE_SHARE = 0.02  # a share of words outside the vocabulary worth a note
 
 
+def _unk_count(ids: Sequence[Any]) -> tuple[int, int]:
+    """(<unk> tokens, tokens) of token arrays ``ids``."""
+    return (sum(int(np.count_nonzero(np.asarray(x) == UNK_ID)) for x in ids),
+            sum(len(x) for x in ids))
+
+
 def unknown_words_note(tokenizer: Any, texts: Sequence[str | bytes], ids: Sequence[np.ndarray],
                        what: str = "the texts") -> str | None:
     """A note where at least ``UNKNOWN_NOTE_SHARE`` of the words a word model read in
@@ -311,9 +317,8 @@ def unknown_words_note(tokenizer: Any, texts: Sequence[str | bytes], ids: Sequen
     other tokenizers."""
     if not isinstance(tokenizer, WordTokenizer) or not ids:
         return None
-    total = sum(len(x) for x in ids)
-    literal = sum(w == UNK for t in texts for w in split_words(t, close=False))
-    unknown = sum(int(np.sum(np.asarray(x) == UNK_ID)) for x in ids) - literal
+    unk, total = _unk_count(ids)
+    unknown = unk - sum(w == UNK for t in texts for w in split_words(t, close=False))  # literal
     if not total or unknown < UNKNOWN_NOTE_SHARE * total:
         return None
     examples: list[str] = []
@@ -334,8 +339,7 @@ def unk_tokens_note(tokenizer: Any, shards: Sequence[Any], what: str) -> str | N
     user's text said nothing of them). None for other tokenizers."""
     if not isinstance(tokenizer, WordTokenizer):
         return None
-    total = sum(len(s) for s in shards)
-    unk = sum(int(np.count_nonzero(np.asarray(s) == UNK_ID)) for s in shards)
+    unk, total = _unk_count(shards)
     if not total or unk < UNKNOWN_NOTE_SHARE * total:
         return None
     return (f"note: {unk / total:.1%} of the {total:,} tokens of {what} are <unk> (words outside "

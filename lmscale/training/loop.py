@@ -51,7 +51,8 @@ from lmscale.training.diverged import DivergedError, check_loss, save_finite
 from lmscale.training.metrics import MetricsWriter, add_perplexity, read_metrics
 from lmscale.training.ntasgd import NTASGDMonitor, eval_params, switch_on
 from lmscale.training.precision import SkippedRun, print_compute_hint, resumed_loss_scale
-from lmscale.training.schedules import batch_and_rate_note, horizon_note, warmup_note
+from lmscale.training.schedules import (DECAYS_TO_ZERO, batch_and_rate_note, horizon_note,
+                                        warmup_note)
 from lmscale.training.fits import check_step_fits_host
 from lmscale.training.setup import build_train_setup, jit_train_step
 from lmscale.training.state import host_zeros, zero_acc
@@ -192,8 +193,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
         return _already_trained(workdir, start, derived["steps"], is_main, stopped_by_rule=True)
     if saved is not None and start >= derived["steps"]:
         checkpointer.close()
-        decayed = (config.optim.schedule in ("linear", "cosine")
-                   and derived["decay_steps"] <= start)
+        decayed = config.optim.schedule in DECAYS_TO_ZERO and derived["decay_steps"] <= start
         return _already_trained(workdir, start, derived["steps"], is_main,
                                 decayed_at=(config.optim.schedule, derived["decay_steps"])
                                 if decayed else None)

@@ -32,6 +32,7 @@ import ml_collections
 
 from lmscale.atomic import write_json
 from lmscale.training.checkpoints import CheckpointMismatchError
+from lmscale.training.schedules import DECAYS_TO_ZERO
 
 # Derived values that came with the weights and must survive every later run in the workdir.
 PROVENANCE_KEYS = ("preprocess", "pretrained")
@@ -302,7 +303,7 @@ def resumed_derived(derived: dict[str, Any], saved: dict[str, Any],
     if (changed and matters and old_derived["decay_steps"] != derived["decay_steps"]
             and jax.process_index() == 0):
         zero = (derived["steps"] > old_derived["decay_steps"]
-                and new["optim"]["schedule"] in ("linear", "cosine"))
+                and new["optim"]["schedule"] in DECAYS_TO_ZERO)
         print(f"note: train.steps is {derived['steps']} (it was {old_derived.get('steps')}); the "
               f"learning rate keeps the decay horizon of {old_derived['decay_steps']} steps the "
               f"run started with (set optim.decay_steps to change it)"

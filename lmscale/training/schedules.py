@@ -12,6 +12,8 @@ from typing import Any
 import jax.numpy as jnp
 import optax
 
+DECAYS_TO_ZERO = ("linear", "cosine")  # schedules whose rate is 0 from their horizon on
+
 
 def make_schedule(kind: str, lr: float, *, warmup_steps: int, decay_steps: int,
                   ratio: float = 100.0, cut_frac: float = 0.002) -> optax.Schedule:
@@ -35,7 +37,7 @@ def make_schedule(kind: str, lr: float, *, warmup_steps: int, decay_steps: int,
     if warmup_steps > 0:
         warmup = optax.linear_schedule(0.0, lr, warmup_steps)
         body = optax.join_schedules([warmup, body], boundaries=[warmup_steps])
-    if kind in ("linear", "cosine"):  # exactly 0 from the horizon on (jitted, the reciprocal
+    if kind in DECAYS_TO_ZERO:  # exactly 0 from the horizon on (jitted, the reciprocal
         # rounding left 7.7e-11 past a linear decay's end: README says it stays at 0)
         decayed = body
         body = lambda step: jnp.where(jnp.asarray(step) >= decay_steps, 0.0, decayed(step))
@@ -51,7 +53,7 @@ def warmup_note(schedule: str, warmup_steps: int, steps: int, decay_steps: int) 
         return (f"note: optim.warmup_steps={warmup_steps} is not shorter than the run's {steps} "
                 f"steps: the learning rate rises to {(steps - 1) / warmup_steps:.1%} of its peak "
                 f"at most")
-    if schedule in ("linear", "cosine") and decay_steps - warmup_steps <= 1:  # (derive() keeps
+    if schedule in DECAYS_TO_ZERO and decay_steps - warmup_steps <= 1:  # (derive() keeps
         # the horizon past the warmup by one step)
         return (f"note: optim.warmup_steps={warmup_steps} leaves the {schedule} decay no room "
                 f"(its horizon is {decay_steps} steps): the learning rate drops from its peak "
@@ -64,7 +66,7 @@ def horizon_note(optim: Any, steps: int, decay_steps: int) -> str | None:
     before the run ends: the steps past it train at rate 0 and change no weight (said nowhere;
     a horizon kept by a resume that raised train.steps is said where the resume is)."""
     explicit = optim.decay_steps or optim.decay_epochs
-    if not explicit or optim.schedule not in ("linear", "cosine") or decay_steps >= steps:
+    if not explicit or optim.schedule not in DECAYS_TO_ZERO or decay_steps >= steps:
         return None
     setting = "optim.decay_steps" if optim.decay_steps else "optim.decay_epochs"
     return (f"note: the {optim.schedule} decay reaches 0 at step {decay_steps} ({setting}): the "
