@@ -70,17 +70,20 @@ def classify() -> dict:
           flush=True)  # a log learns the size before the wait (nothing was said until the end)
     probs, pred = clf.predict(texts)
     metrics_path = _OUTPUT.value + ".metrics.json"
-    if os.path.exists(metrics_path):  # an earlier run's: it would sit beside other predictions
-        os.remove(metrics_path)
-    write_predictions(_OUTPUT.value, texts, probs, pred, clf.class_names, clf.multilabel,
-                      gold=data.labels if _LABELS.value else None)
+    m = (classification_metrics(probs, data.labels, clf.multilabel, clf.class_names,
+                                clf.thresholds) if _LABELS.value else {})
+    from lmscale.folder_lock import writing_into
+    with writing_into(predictions_folder(_OUTPUT.value), "classify"):  # a pair of one run
+        if os.path.exists(metrics_path):  # an earlier run's: it would sit beside other predictions
+            os.remove(metrics_path)
+        write_predictions(_OUTPUT.value, texts, probs, pred, clf.class_names, clf.multilabel,
+                          gold=data.labels if _LABELS.value else None)
+        if m:
+            write_json(metrics_path, m, indent=2)  # all or nothing
     print(f"{len(texts)} texts classified; predictions in {_OUTPUT.value}")
-    if _LABELS.value:
-        m = classification_metrics(probs, data.labels, clf.multilabel, clf.class_names, clf.thresholds)
+    if m:
         print(format_table({"input": m}))
-        write_json(metrics_path, m, indent=2)  # all or nothing
-        return m
-    return {}
+    return m
 
 
 def main(argv: list[str]) -> None:

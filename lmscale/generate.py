@@ -119,10 +119,6 @@ def main(argv: list[str]) -> None:
                   if _NEURON.value is not None else None,
                   "temperature": _TEMPERATURE.value, "top_k": _TOP_K.value, "top_p": _TOP_P.value,
                   "compute": lm.compute, "samples": texts}
-        write_json(os.path.join(out, "samples.json"), record, indent=2)  # all or nothing
-        for name in ("heatmap.png", "heatmap.html"):  # an earlier call's, of other samples
-            if os.path.exists(os.path.join(out, name)):
-                os.remove(os.path.join(out, name))
         unit = _HEATMAP_UNIT.value if _HEATMAP_UNIT.value is not None else _NEURON.value
         state, layer, sign = neuron_state, -1, 1
         if unit is None and found is not None:  # the transfer's neuron, read as it was found
@@ -136,13 +132,20 @@ def main(argv: list[str]) -> None:
                       f"sample", file=sys.stderr, flush=True)
             traces = [unit_trace(lm, t, unit, state=state, layer=layer) for t in mapped]
             shown = preprocess_texts(lm, mapped)  # the traces follow the text as the LM read it
-            # the LM reading each sample back with nothing held (a held unit was set at every
-            # step of the sampling, and looked, traced here, as if the hold had failed)
-            read = " as the LM reads the sample back, unheld" if _NEURON.value is not None else ""
-            plots.heatmap_png(shown, traces, os.path.join(out, "heatmap.png"), unit=unit,
-                              sign=sign, read=read)
-            plots.heatmap_html(shown, traces, os.path.join(out, "heatmap.html"), unit=unit,
-                               sign=sign, read=read)
+        # the LM reading each sample back with nothing held (a held unit was set at every
+        # step of the sampling, and looked, traced here, as if the hold had failed)
+        read = " as the LM reads the sample back, unheld" if _NEURON.value is not None else ""
+        from lmscale.folder_lock import writing_into
+        with writing_into(out, "generate"):  # samples.json and the heatmap of one run
+            write_json(os.path.join(out, "samples.json"), record, indent=2)  # all or nothing
+            for name in ("heatmap.png", "heatmap.html"):  # an earlier call's, of other samples
+                if os.path.exists(os.path.join(out, name)):
+                    os.remove(os.path.join(out, name))
+            if unit is not None:
+                plots.heatmap_png(shown, traces, os.path.join(out, "heatmap.png"), unit=unit,
+                                  sign=sign, read=read)
+                plots.heatmap_html(shown, traces, os.path.join(out, "heatmap.html"), unit=unit,
+                                   sign=sign, read=read)
         return {"texts": texts, "output": out}
 
     result = run_cli(run)

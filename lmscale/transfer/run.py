@@ -17,6 +17,7 @@ from sklearn.preprocessing import StandardScaler
 
 from lmscale.atomic import write_json
 from lmscale.cli import OutputError, writable_folder
+from lmscale.folder_lock import writing_into
 from lmscale.messages import errors_for_caller
 from lmscale.training.restore import (TrainedLM, lm_record, load_trained, weights_fingerprint,
                                       with_compute)
@@ -184,13 +185,14 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
         results["baseline"] = {"features": f"{baseline} n-grams", "vocabulary": mats[-1],
                                **base.summary()}
     results["featurization"] = _featurization(splits, feat_s)
-    _forget_results(output)
-    results["plots"] = _plots(lm, splits, raw_feats, fit, neuron["index"], neuron["sign"], output,
-                              examples, state)
-    # The fitted classifier, as plain arrays + JSON, for lmscale.classify / load_classifier.
-    save_transfer_classifier(output, fit.model.coef_, fit.model.intercept_, scaler,
-                             fit.model.classes_, {**info, "C": fit.C})
-    _write_results(output, results)
+    with writing_into(output, "transfer"):  # its files from one run: another may end with it
+        _forget_results(output)
+        results["plots"] = _plots(lm, splits, raw_feats, fit, neuron["index"], neuron["sign"],
+                                  output, examples, state)
+        # The fitted classifier, as plain arrays + JSON, for lmscale.classify / load_classifier.
+        save_transfer_classifier(output, fit.model.coef_, fit.model.intercept_, scaler,
+                                 fit.model.classes_, {**info, "C": fit.C})
+        _write_results(output, results)
     return results
 
 
@@ -233,11 +235,13 @@ def _multilabel(lm: TrainedLM, workdir: str, splits: dict[str, Labeled],
         results["baseline"] = {"features": f"{baseline} n-grams", "vocabulary": mats[-1],
                                **base.summary()}
     results["featurization"] = _featurization(splits, feat_s)
-    _forget_results(output)
-    save_transfer_classifier(output, fit.coef, fit.intercept, scaler, names,
-                             {**info, "multilabel": True, "thresholds": fit.thresholds.tolist(),
-                              "threshold_metric": threshold_metric, "C_per_label": fit.Cs})
-    _write_results(output, results)
+    with writing_into(output, "transfer"):
+        _forget_results(output)
+        save_transfer_classifier(output, fit.coef, fit.intercept, scaler, names,
+                                 {**info, "multilabel": True,
+                                  "thresholds": fit.thresholds.tolist(),
+                                  "threshold_metric": threshold_metric, "C_per_label": fit.Cs})
+        _write_results(output, results)
     return results
 
 
