@@ -99,9 +99,35 @@ def remove_path(path: str) -> None:
             os.remove(path)
 
 
+def is_special(path: str) -> bool:
+    """Whether ``path`` is written in place: ``-`` (standard output, for the tools that take
+    it), a device (/dev/null, a terminal), a pipe or a socket (its links followed), or a path
+    in /dev or /proc (/dev/stdout redirected to a file: replacing the file would leave the
+    shell's redirection, a ``>>`` append's earlier lines included, on the old one)."""
+    if path == "-":
+        return True
+    if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
+        return True
+    return any(p == d or p.startswith(d + os.sep) for d in ("/dev", "/proc")
+               for p in (os.path.abspath(path), os.path.realpath(path)))
+
+
 @contextlib.contextmanager
 def atomic_write(path: str, mode: str = "w", **open_kwargs: Any) -> Iterator[IO]:
-    """``with atomic_write(path) as f: ...`` writes ``path`` all at once or not at all."""
+    """``with atomic_write(path) as f: ...`` writes ``path`` all at once or not at all.
+
+    A symbolic link's target is written (renamed over, the link became a plain file and its
+    target kept the old content); a device or pipe (``is_special``: /dev/stdout, a shell's
+    ``>(gzip > x)``) is written in place, as it cannot be replaced (root renamed a file of
+    predictions over /dev/stdout, the link every later process writes through)."""
+    if is_special(path):
+        if path == "-":
+            raise ValueError("atomic_write writes files: '-' (standard output) is the caller's")
+        with open(path, mode, **open_kwargs) as f:
+            yield f
+        return
+    if os.path.islink(path):
+        path = os.path.realpath(path)
     remove_abandoned(path)
     tmp = temporary_name(path)
     try:

@@ -7,7 +7,9 @@ Writes one row per input text: the text, p_<class> per class, and the predicted 
 (``predicted``, single-label) or a 0/1 ``predicted_<class>`` column per class (multi-label,
 with the thresholds tuned on validation). With --labels the input's label column(s) are
 copied (``gold``, ``gold_<class>``) and scored (metrics printed and written to
-OUTPUT.metrics.json). Input: .csv/.tsv/.jsonl; OUTPUT may not be the input.
+OUTPUT.metrics.json). Input: .csv/.tsv/.jsonl; OUTPUT may not be the input. ``--output=-``
+(or /dev/stdout, a pipe) writes the CSV to standard output, what is said to stderr, and no
+metrics file.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from lmscale.cli import parse_flags, run_cli
 _WORKDIR = flags.DEFINE_string("workdir", None, "A fine-tuned run, or a transfer output / LM workdir.")
 _INPUT = flags.DEFINE_string("input", None, "Texts to classify: .csv/.tsv/.jsonl.")
 _TEXT = flags.DEFINE_string("text_column", "text", "Column/field holding the text.")
-_OUTPUT = flags.DEFINE_string("output", None, "Predictions CSV to write.")
+_OUTPUT = flags.DEFINE_string("output", None, "Predictions CSV to write (- : standard output).")
 _LABELS = flags.DEFINE_string("labels", None, "Label column(s) of the input to score against "
                               "(comma-separated for multi-label).")
 _BATCH = flags.DEFINE_integer("batch_size", 0, "Rows read side by side, the texts packed end to "
@@ -42,15 +44,19 @@ def classify() -> dict:
     from lmscale.finetuning.predict import read_texts
     from lmscale.transfer.labeled import index_classes, load_labeled
 
+    from lmscale.atomic import is_special
+    stream = is_special(_OUTPUT.value)  # "-", /dev/stdout, a pipe: written in place, no metrics
+    said = sys.stderr if stream else sys.stdout  # file beside it; what is said stays off the CSV
     if os.path.abspath(_OUTPUT.value) == os.path.abspath(_INPUT.value):
         raise DataError(f"--output is the input file {_INPUT.value}: write the predictions to "
                         f"another file (the input would be replaced)")
-    if os.path.isdir(_OUTPUT.value):  # found only after classifying every text
+    if not stream and os.path.isdir(_OUTPUT.value):  # found only after classifying every text
         raise DataError(f"--output={_OUTPUT.value} is a folder: give the predictions CSV's file "
                         f"path (e.g. {os.path.join(_OUTPUT.value, 'predictions.csv')})")
     from lmscale.cli import writable_folder
-    writable_folder(predictions_folder(_OUTPUT.value),  # as write_predictions, before the work
-                    "pass --output=FILE to write the predictions elsewhere")
+    if not stream:
+        writable_folder(predictions_folder(_OUTPUT.value),  # as write_predictions, before work
+                        "pass --output=FILE to write the predictions elsewhere")
     clf = load_classifier(_WORKDIR.value, _BATCH.value)  # fails before reading a large input
     if _LABELS.value:
         data = load_labeled(_INPUT.value, text_column=_TEXT.value, label_column=_LABELS.value)
@@ -72,17 +78,22 @@ def classify() -> dict:
     metrics_path = _OUTPUT.value + ".metrics.json"
     m = (classification_metrics(probs, data.labels, clf.multilabel, clf.class_names,
                                 clf.thresholds) if _LABELS.value else {})
-    from lmscale.folder_lock import writing_into
-    with writing_into(predictions_folder(_OUTPUT.value), "classify"):  # a pair of one run
-        if os.path.exists(metrics_path):  # an earlier run's: it would sit beside other predictions
-            os.remove(metrics_path)
-        write_predictions(_OUTPUT.value, texts, probs, pred, clf.class_names, clf.multilabel,
-                          gold=data.labels if _LABELS.value else None)
-        if m:
-            write_json(metrics_path, m, indent=2)  # all or nothing
-    print(f"{len(texts)} texts classified; predictions in {_OUTPUT.value}")
+    gold = data.labels if _LABELS.value else None
+    if stream:
+        write_predictions(_OUTPUT.value, texts, probs, pred, clf.class_names, clf.multilabel, gold)
+    else:
+        from lmscale.folder_lock import writing_into
+        with writing_into(predictions_folder(_OUTPUT.value), "classify"):  # a pair of one run
+            if os.path.exists(metrics_path):  # an earlier run's: beside other predictions
+                os.remove(metrics_path)
+            write_predictions(_OUTPUT.value, texts, probs, pred, clf.class_names, clf.multilabel,
+                              gold)
+            if m:
+                write_json(metrics_path, m, indent=2)  # all or nothing
+    where = "standard output" if _OUTPUT.value == "-" else _OUTPUT.value
+    print(f"{len(texts)} texts classified; predictions in {where}", file=said)
     if m:
-        print(format_table({"input": m}))
+        print(format_table({"input": m}), file=said)
     return m
 
 

@@ -64,6 +64,10 @@ def csv_rows(path: str, columns: Sequence[str], delimiter: str = ",", *,
                     hint = ("a tab-separated file has no quoting: a text may hold no tab or "
                             "newline" if delimiter == "\t" else "a comma inside a text must be "
                             "quoted")
+                    if n < len(fields):  # a short row: no comma to blame
+                        sep = "tab" if delimiter == "\t" else "comma"
+                        hint = (f"a row needs every column, an empty one as a {sep} with "
+                                f"nothing after it")
                     raise DataError(
                         f"{path}:{reader.line_num}: {n} fields, and the header has {len(fields)} "
                         f"({hint})")
@@ -164,5 +168,14 @@ def not_utf8(path: str, error: UnicodeDecodeError) -> str:
     except OSError:
         pass
     where = where or f": not valid UTF-8 ({error.reason})"
+    try:
+        with open_input(path, "rb") as f:
+            start = f.read(2)
+    except OSError:
+        start = b""
+    if start in (b"\xff\xfe", b"\xfe\xff"):  # Excel's "Unicode Text", PowerShell's > ...
+        return (f"{path}{where}: it is UTF-16 (it starts with the byte order mark "
+                f"0x{start[0]:02x} 0x{start[1]:02x}): convert it to UTF-8, e.g. iconv -f utf-16 "
+                f"-t utf-8")
     return (f"{path}{where}: convert it to UTF-8, e.g. iconv -f latin1 -t utf-8 (latin1 is a "
             f"guess: name its real encoding)")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import os
+import sys
 from typing import Any, Callable, Sequence
 
 import jax
@@ -12,7 +14,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from lmscale.atomic import atomic_write
+from lmscale.atomic import atomic_write, is_special
 from lmscale.training import mesh as mesh_lib
 
 
@@ -98,7 +100,8 @@ def write_predictions(path: str, texts: Sequence[str], probs: np.ndarray, pred: 
     """CSV: text, p_<class> per class, then the predicted label (``predicted``; multi-label: a
     0/1 ``predicted_<class>`` per class) and, given ``gold``, the true one (``gold``, or
     ``gold_<class>``). Written to a temporary file renamed at the end."""
-    predictions_folder(path)
+    if not is_special(path):
+        predictions_folder(path)
     header = ["text", *[f"p_{c}" for c in class_names]]
     header += [f"predicted_{c}" for c in class_names] if multilabel else ["predicted"]
     if gold is not None:
@@ -107,7 +110,12 @@ def write_predictions(path: str, texts: Sequence[str], probs: np.ndarray, pred: 
     def labels(row: np.ndarray | int) -> list[Any]:
         return [int(v) for v in row] if multilabel else [class_names[int(row)]]
 
-    with atomic_write(path, "w", newline="", encoding="utf-8") as f:  # no temporary left behind
+    if path == "-":  # standard output (``classify --output=-``)
+        sys.stdout.flush()
+        out: Any = contextlib.nullcontext(sys.stdout)
+    else:  # no temporary left behind; a device (/dev/stdout) written in place
+        out = atomic_write(path, "w", newline="", encoding="utf-8")
+    with out as f:
         w = csv.writer(f)
         w.writerow(header)
         for i, text in enumerate(texts):

@@ -1,0 +1,96 @@
+"""Predictions to standard output or a device: ``-`` writes the CSV to stdout, and a device or
+pipe (/dev/stdout, /dev/null, a shell's ``>(gzip)``) is written in place. Renaming a
+temporary file over /dev/stdout replaced the link itself (as root) with a file of
+predictions, and ``-`` made a file named "-"; a link to a file became a plain file."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+
+import numpy as np
+
+from lmscale.atomic import atomic_write, is_special
+from lmscale.finetuning.predict import write_predictions
+
+
+def test_special_paths(tmp_path):
+    assert is_special("-") and is_special("/dev/stdout") and is_special("/dev/null")
+    assert is_special("/proc/self/fd/1")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert is_special(str(fifo))
+    assert not is_special(str(tmp_path / "p.csv"))  # not there yet: a file to be
+    (tmp_path / "p.csv").write_text("old")
+    assert not is_special(str(tmp_path / "p.csv")) and not is_special(str(tmp_path))
+
+
+def test_dash_writes_the_csv_to_stdout_and_no_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write_predictions("-", ["a, b", "c\nd"], np.array([[0.25, 0.75], [0.5, 0.5]]),
+                      np.array([1, 0]), ["neg", "pos"], multilabel=False)
+    rows = list(csv.reader(io.StringIO(capsys.readouterr().out, newline="")))
+    assert rows == [["text", "p_neg", "p_pos", "predicted"],
+                    ["a, b", "0.250000", "0.750000", "pos"],
+                    ["c\nd", "0.500000", "0.500000", "neg"]]
+    assert os.listdir(tmp_path) == []
+
+
+def test_devices_are_written_in_place_and_kept():
+    before = os.lstat("/dev/null"), os.path.islink("/dev/stdout")
+    write_predictions("/dev/null", ["a"], np.array([[0.5, 0.5]]), np.array([0]), ["0", "1"], False)
+    with atomic_write("/dev/stdout") as f:  # a link into /proc: never renamed over
+        f.write("")
+    assert (os.lstat("/dev/null"), os.path.islink("/dev/stdout")) == before
+    assert not [n for n in os.listdir("/dev") if ".tmp-" in n]
+
+
+def test_a_pipe_is_written_in_place(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        write_predictions(str(fifo), ["a"], np.array([[0.5, 0.5]]), np.array([1]), ["0", "1"],
+                          False)
+        assert os.read(reader, 4096).decode().splitlines()[1] == "a,0.500000,0.500000,1"
+    finally:
+        os.close(reader)
+    assert fifo.is_fifo()
+
+
+def test_a_link_keeps_pointing_at_the_rewritten_file(tmp_path):
+    real = tmp_path / "real.csv"
+    real.write_text("old\n")
+    link = tmp_path / "link.csv"
+    link.symlink_to(real)
+    write_predictions(str(link), ["a"], np.array([[0.5, 0.5]]), np.array([0]), ["0", "1"], False)
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert real.read_text().startswith("text,p_0,p_1,predicted")
+
+
+def test_classify_to_standard_output(sst_run, tmp_path):
+    """``classify --output=- --labels=...``: stdout holds the CSV alone (what is said, the
+    metrics table included, goes to stderr), and no file is written."""
+    import subprocess
+    import sys
+
+    from lmscale.transfer.run import run_transfer
+    from tests.conftest import REPO
+    rows = ["sentence,label"] + [f"{'good' if i % 2 else 'bad'} movie {i},{i % 2}"
+                                 for i in range(12)]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    csv_path, out = str(tmp_path / "t.csv"), str(tmp_path / "tr")
+    run_transfer(sst_run, csv_path, csv_path, output=out, baseline="none", Cs=[1.0], examples=1,
+                 features_dir="")
+    proc = subprocess.run([sys.executable, "-m", "lmscale.classify", f"--workdir={out}",
+                           f"--input={csv_path}", "--text_column=sentence", "--labels=label",
+                           "--output=-"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = list(csv.DictReader(io.StringIO(proc.stdout, newline="")))
+    assert [r["text"] for r in got] == [r.split(",")[0] for r in rows[1:]]
+    assert [r["gold"] for r in got] == [str(i % 2) for i in range(12)]
+    assert "12 texts classified; predictions in standard output" in proc.stderr
+    assert "accuracy" in proc.stderr
+    assert sorted(os.listdir(tmp_path)) == ["t.csv", "tr"]
