@@ -430,14 +430,21 @@ def scaled_lr(optim: ml_collections.ConfigDict, batch_size: int) -> float:
     return min(lr, optim.lr_max) if optim.lr_max > 0 else lr
 
 
-def derive(config: ml_collections.ConfigDict, steps_per_epoch: int) -> dict[str, Any]:
-    """Values that follow from the config and the training data; the one place they are computed."""
+def horizon(config: ml_collections.ConfigDict, steps_per_epoch: int) -> tuple[int, int]:
+    """(steps, decay steps): ``train.steps`` capped by ``train.epochs``, ``optim.decay_steps``
+    (0: the steps) by ``optim.decay_epochs``; not yet clamped against the warmup."""
     steps = config.train.steps
     if config.train.epochs > 0:
         steps = min(steps, max(1, math.ceil(config.train.epochs * steps_per_epoch)))
     decay_steps = config.optim.decay_steps or steps
     if config.optim.decay_epochs > 0:
         decay_steps = min(decay_steps, max(1, math.ceil(config.optim.decay_epochs * steps_per_epoch)))
+    return steps, decay_steps
+
+
+def derive(config: ml_collections.ConfigDict, steps_per_epoch: int) -> dict[str, Any]:
+    """Values that follow from the config and the training data; the one place they are computed."""
+    steps, decay_steps = horizon(config, steps_per_epoch)
     tokens_per_step = config.train.batch_size * step_width(config.train)
     return {
         "steps": steps,

@@ -28,8 +28,8 @@ import optax
 from jax.sharding import Mesh
 
 from lmscale.atomic import write_json
-from lmscale.config import (ConfigError, check_known_fields, load_config, save_config, scaled_lr,
-                            validate_run_settings, with_global_batch)
+from lmscale.config import (ConfigError, check_known_fields, horizon, load_config, save_config,
+                            scaled_lr, validate_run_settings, with_global_batch)
 from lmscale.finetuning.data import (Encoded, TrainBatches, class_weights_from, encode, load_splits,
                                      pos_weights_from)
 from lmscale.finetuning import layer_rates
@@ -237,12 +237,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
     pw = pos_weights_from(ft.pos_weights, splits["train"].labels) if ft.multilabel else None
     batches = TrainBatches(enc["train"], config.train.batch_size, seed=config.seed, pad=pad,
                            bucket=ft.bucket_width, max_len=max_len, class_weights=cw)
-    steps = config.train.steps
-    if config.train.epochs > 0:
-        steps = min(steps, max(1, int(np.ceil(config.train.epochs * batches.steps_per_epoch))))
-    decay = config.optim.decay_steps or steps
-    if config.optim.decay_epochs > 0:
-        decay = min(decay, max(1, int(np.ceil(config.optim.decay_epochs * batches.steps_per_epoch))))
+    steps, decay = horizon(config, batches.steps_per_epoch)
     if saved is not None:  # the decay horizon the run began with, as lmscale.train keeps it
         decay = resumed_derived({"steps": steps, "decay_steps": decay}, saved, config)["decay_steps"]
     lr = scaled_lr(config.optim, config.train.batch_size)
