@@ -107,11 +107,15 @@ def _shuffled_part(tokens: np.ndarray, bounds: np.ndarray, buckets: int,
             last = int(np.searchsorted(starts, starts[first] + CHUNK_TOKENS, side="left"))
             last = max(last, first + 1)
             pick = rng.integers(buckets, size=last - first)
+            # The chunk's tokens mapped on their own: pages read through the whole file's map
+            # stayed in the process's RSS until the end (a 1 GB corpus: 1.9 GB peak).
+            lo_tok, hi_tok = int(starts[first]), int(starts[last - 1] + lengths[last - 1])
+            chunk = _read_tokens(tokens, tokens_path, lo_tok, hi_tok)
             for k in np.unique(pick):
                 mine = np.flatnonzero(pick == k) + first
                 with open(names[k], "ab") as f:  # a record: lengths, tokens, its two counts
                     f.write(np.asarray(lengths[mine], "<i8").tobytes())
-                    _write_documents(tokens, starts[mine], lengths[mine], f)
+                    _write_documents(chunk, starts[mine] - lo_tok, lengths[mine], f)
                     f.write(np.asarray([len(mine), int(lengths[mine].sum())], "<i8").tobytes())
             first = last
         for name in names:  # gather: each bucket's documents in a random order
@@ -127,6 +131,16 @@ def _shuffled_part(tokens: np.ndarray, bounds: np.ndarray, buckets: int,
         for name in names:
             if os.path.exists(name):
                 os.remove(name)
+
+
+def _read_tokens(tokens: np.ndarray, path: str, lo: int, hi: int) -> np.ndarray:
+    """Tokens [lo, hi) of the raw file at ``path`` (``tokens``: its map, for the dtype), mapped
+    on their own: their pages leave the process when the caller drops the array (a document
+    longer than a chunk is never read whole into memory)."""
+    if not isinstance(tokens, np.memmap) or hi == lo:
+        return tokens[lo:hi]
+    return np.memmap(path, dtype=tokens.dtype, mode="r", offset=lo * tokens.dtype.itemsize,
+                     shape=(hi - lo,))
 
 
 def _bucket_documents(name: str, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
