@@ -164,7 +164,11 @@ def prepare_main() -> str:
                            shuffle_seed=_SHUFFLE.value)
 
 
+_SIGNALLED: list[int] = []  # the signal that stopped the run: its exit status is 128 + it
+
+
 def _interrupt(signum: int, frame: object) -> None:
+    _SIGNALLED.append(signum)
     raise KeyboardInterrupt
 
 
@@ -185,7 +189,7 @@ def main(argv: list[str]) -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted: nothing written (the output is as it was)", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(128 + (_SIGNALLED[0] if _SIGNALLED else signal.SIGINT))  # 143 after SIGTERM
 
 
 if __name__ == "__main__":

@@ -77,7 +77,7 @@ def main(argv: list[str]) -> None:
             sys.exit(1)
         except SweepInterrupted as e:
             print(str(e), file=sys.stderr)
-            sys.exit(1)
+            sys.exit(128 + e.signum)  # stopped, not failed: 143 after SIGTERM, 130 Ctrl-C
         except KeyboardInterrupt:  # between the points' training, e.g. in the transfer
             print("sweep interrupted (Ctrl-C): the finished points are kept; re-run the same "
                   "command to go on", file=sys.stderr)

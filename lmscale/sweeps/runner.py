@@ -44,8 +44,13 @@ class RunOptions:
 
 
 class SweepInterrupted(Exception):
-    """The sweep was stopped by a signal; its running points stopped (those past their first
+    """The sweep was stopped by a signal (``signum``: the one that ended it; the command exits
+    128 + it, as a process a signal ends); its running points stopped (those past their first
     step saved a checkpoint) and re-running resumes them."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
 
 
 @dataclasses.dataclass
@@ -141,7 +146,7 @@ class Runner:
     def __init__(self, workdir: str, options: RunOptions) -> None:
         self.workdir = workdir
         self.options = options
-        self.stopping = False
+        self.stopping = 0  # the signal stopping the sweep (0: none)
         self.trained: list[str] = []  # names of the points this call started a trainer for
         self._waiting: set[str] = set()
 
@@ -186,7 +191,7 @@ class Runner:
         if self.stopping:
             raise SweepInterrupted("sweep stopped by a signal; the running points stopped (those past "
                                    "their first step saved a checkpoint); re-run the same command "
-                                   "to resume")
+                                   "to resume", self.stopping)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self.stopping and signum == signal.SIGTERM:  # the same request again (a scheduler
@@ -213,8 +218,8 @@ class Runner:
                 self._finish(job, os.waitstatus_to_exitcode(wait_status), usage)
             raise SweepInterrupted("sweep stopped at once by a second signal: the running points "
                                    "were killed without a checkpoint (re-run the same command to "
-                                   "resume them from their last one)")
-        self.stopping = True
+                                   "resume them from their last one)", signum)
+        self.stopping = signum  # the first signal: the exit status of a clean stop
         self.options.log(f"sweep: signal {signum}; stopping the running points (those past their "
                          f"first step save a checkpoint; a second Ctrl-C stops them at once)")
 

@@ -219,6 +219,7 @@ def test_a_stopped_point_reports_the_step_it_saved(tiny):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM  # 143, as a process SIGTERM ends
     status = json.loads((out / "hidden-16" / "sweep_status.json").read_text())
     saved = [int(n.name) for n in (out / "hidden-16" / "checkpoints").iterdir() if n.name.isdigit()]
     assert status["status"] == "interrupted" and saved and status["step"] == max(saved) > 0
@@ -323,6 +324,7 @@ def test_a_second_ctrl_c_stops_the_points_at_once_and_a_second_sigterm_at_a_chec
     said = log.read_text()  # one line, not a KeyboardInterrupt traceback
     status = json.loads((out / "hidden-16" / "sweep_status.json").read_text())
     assert "Traceback" not in said and status["status"] == "interrupted", said[-2000:]
+    assert proc.returncode == 128 + second, (proc.returncode, said[-2000:])  # stopped, not failed
     if second == signal.SIGINT:
         assert "sweep stopped at once by a second signal" in said, said[-2000:]
     else:
