@@ -48,6 +48,8 @@ def run(path: str, texts: list[str], lm: object) -> np.ndarray:
 
 
 def main() -> None:
+    if not sys.argv[1:] or any(a.startswith("-") or not os.path.isfile(a) for a in sys.argv[1:]):
+        sys.exit(__doc__)  # --help, or a path that is no file: the usage
     rng = np.random.default_rng(0)
     letters = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz     ", np.uint8)
     lengths = list(rng.integers(50, 301, 100_000)) + [200_000] * int(os.environ.get("LONG", 5))

@@ -88,23 +88,29 @@ def main() -> None:
     parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results.jsonl"))
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.steps < 2:  # the first step compiles; the records time the ones after it
+        parser.error(f"--steps must be at least 2, got {args.steps}")
     if args.one is not None:
         print(json.dumps(one_run(args, args.one)))
         return
     from lmscale.training.bench import append_jsonl, git_commit
     commit = git_commit()  # "+dirty" if the library's code changed
+    failed = []
     for k in (int(x) for x in args.grad_tokens.split(",")):
         cmd = [sys.executable, __file__, "--one", str(k)] + [
             f"--{name}={getattr(args, name)}" for name in ("rows", "chars", "hidden", "pooling", "steps")]
         run = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
         if run.returncode != 0:
             print(f"grad_tokens={k}: failed (rc {run.returncode}): {run.stderr.strip()[-500:]}")
+            failed.append(k)
             continue
         record = {**json.loads(run.stdout.strip().splitlines()[-1]), "commit": commit,
                   "date": time.strftime("%Y-%m-%d %H:%M")}
         print(json.dumps(record), flush=True)
         if args.out:
             append_jsonl(record, args.out)
+    if failed:
+        sys.exit(f"error: grad_tokens {failed} failed (above)")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 
 import jax
@@ -99,18 +98,17 @@ def main() -> None:
         cases = [(256, 32, 128), (1024, 64, 256)]
     else:
         cases = [(h, args.batch or 64, args.seq or 256) for h in args.hidden]
+    from lmscale.training.bench import git_commit, host_info
     peak = matmul_rate()
-    device = jax.devices()[0]
-    host = {"platform": device.platform, "device": device.device_kind, "devices": jax.device_count(),
-            "cpus": os.cpu_count(), "machine": platform.machine(), "jax": jax.__version__,
-            "matmul_flop_per_s": peak}
-    print(json.dumps({"host": host}))
+    host = {**host_info(), "matmul_flop_per_s": peak}
+    commit = git_commit()  # "+dirty" if the library's code changed
+    print(json.dumps({"host": host, "commit": commit}))
     for hidden, batch, seq in cases:
         cfg = default_config().model
         cfg.kind, cfg.hidden, cfg.embed = args.kind, hidden, 64
         result = step_throughput(cfg, batch, seq, args.steps)
         result["utilization"] = result["flop_per_s"] / peak
-        result.update(host=host, date=time.strftime("%Y-%m-%d"))
+        result.update(host=host, date=time.strftime("%Y-%m-%d"), commit=commit)
         print(json.dumps(result))
         with open(args.out, "a") as f:
             f.write(json.dumps(result) + "\n")

@@ -32,7 +32,8 @@ def features(n: int, f: int, seed: int = 0, n_val: int = 10_000) -> tuple[np.nda
     x = rng.standard_normal((total, f), dtype=np.float32) + shared @ mix
     w = np.zeros(f, np.float32)
     w[7] = 1.5
-    w[rng.choice(f, 40, replace=False)] += rng.normal(0, 0.25, 40).astype(np.float32)
+    k = min(40, f)  # units with a small weight besides unit 7
+    w[rng.choice(f, k, replace=False)] += rng.normal(0, 0.25, k).astype(np.float32)
     logit = x @ w / np.sqrt(1 + 0.25 * np.sum(mix[:, 7] ** 2))
     y = (rng.random(total) < 1 / (1 + np.exp(-logit))).astype(np.int64)
     x = (x - x[:n].mean(0)) / x[:n].std(0)
@@ -52,6 +53,8 @@ def main() -> None:
     parser.add_argument("--search_rows", default="0,20000")
     parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results.jsonl"))
     args = parser.parse_args()
+    if args.features < 8:  # unit 7 is the planted one
+        parser.error(f"--features must be at least 8, got {args.features}")
     from joblib.externals.loky import get_reusable_executor
     from lmscale.transfer.classify import fit_l1
     x, y, xv, yv = features(args.rows, args.features)

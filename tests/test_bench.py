@@ -162,6 +162,19 @@ def test_no_warmup_and_an_autodiff_record_names_no_loops(tmp_path):
     assert r["grad"] == "autodiff" and r["layout"] is None and r["factors"] is None
 
 
+def test_grad_accum_record_counts_rows_not_segments():
+    """With train.grad_accum_steps = k a row holds k segments: the record's batch is the rows
+    (the config's batch), not rows x k, and tokens per step are rows x k x seq_len."""
+    c = small_config("mlstm", hidden=16, batch=4, seq=8)
+    c.unlock()
+    c.train.grad_accum_steps = 2
+    c.lock()
+    r = bench.run_bench(c, steps=1, warmup=0, matmul_n=64)
+    assert r["batch"] == 4 and r["grad_accum_steps"] == 2
+    assert r["tokens_per_step"] == 4 * 2 * 8
+    assert "| 4 x 2x8 |" in bench.format_table([r])
+
+
 def _git(cwd, *args):
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
                           text=True).stdout.strip()

@@ -381,7 +381,9 @@ def run_bench(config: ml_collections.ConfigDict, *, steps: int = 10, warmup: int
         m.kind, DTYPES[compute], False, remat_steps(m), config.train.seq_len)
     custom_loops = grad == "custom" and m.kind in SCANNED_KINDS
     record = {"label": label, "kind": m.kind, "model": get_kind(m.kind).describe(m),
-              "architecture": architecture(m), "layers": m.layers, "batch": step["tokens_per_step"] // config.train.seq_len,
+              "architecture": architecture(m), "layers": m.layers,
+              "batch": step["tokens_per_step"] // step_width(config.train),  # rows
+              "grad_accum_steps": int(config.train.get("grad_accum_steps", 1)),
               "seq": config.train.seq_len, "vocab_size": vocab_size, "compute": compute,
               "grad": grad, "unroll": static.unroll if custom_loops else unroll or 1,
               # the hand-written backward's loops: none under autodiff or without a recurrence
@@ -456,6 +458,12 @@ def append_jsonl(record: dict[str, Any], path: str) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def _segments(r: dict[str, Any]) -> str:
+    """``2x`` where a row holds grad_accum_steps = 2 segments of ``seq`` tokens, else ``""``."""
+    k = r.get("grad_accum_steps", 1)
+    return f"{k}x" if k > 1 else ""
+
+
 def format_table(records: list[dict[str, Any]]) -> str:
     """A markdown table of bench records."""
     lines = ["| model | batch x seq | compute | grad | step | chars/s | train MFLOP/token | "
@@ -465,7 +473,7 @@ def format_table(records: list[dict[str, Any]]) -> str:
         mem = r.get("memory_bytes") or {}
         pipe = r.get("pipeline")
         lines.append(
-            f"| {r['model']} | {r['batch']} x {r['seq']} | {r['compute']} "
+            f"| {r['model']} | {r['batch']} x {_segments(r)}{r['seq']} | {r['compute']} "
             f"| {_grad_cell(r)} | {1e3 * r['step_s']:.1f} ms | {_rate_cell(r, 1e3, 'k')} "
             f"| {r['train_flops_per_token'] / 1e6:.2f} | {r['flop_per_s'] / 1e9:.1f} "
             f"| {r['matmul']['flop_per_s'] / 1e9:.0f} | {_of_matmul_cell(r)} "
