@@ -332,16 +332,20 @@ def unknown_words_note(tokenizer: Any, texts: Sequence[str | bytes], ids: Sequen
             f"apart, the same case)")
 
 
-def unk_tokens_note(tokenizer: Any, shards: Sequence[Any], what: str) -> str | None:
+def unk_tokens_note(tokenizer: Any, shards: Sequence[Any], what: str,
+                    trained: float | None = None) -> str | None:
     """A note where at least ``UNKNOWN_NOTE_SHARE`` of the tokens a word model scores in
     ``shards`` (token arrays) are <unk>: each is scored as one token, the probability of any
     word outside the vocabulary, so a perplexity depends on how many there are (eval of a
-    user's text said nothing of them). None for other tokenizers."""
+    user's text said nothing of them). ``trained``: the training split's <unk> share, said
+    beside it (WikiText's test text is as <unk>-ed as its training text). None for other
+    tokenizers."""
     if not isinstance(tokenizer, WordTokenizer):
         return None
     unk, total = _unk_count(shards)
     if not total or unk < UNKNOWN_NOTE_SHARE * total:
         return None
+    beside = f"; the model's training split: {trained:.1%}" if trained is not None else ""
     return (f"note: {unk / total:.1%} of the {total:,} tokens of {what} are <unk> (words outside "
-            f"the model's vocabulary, or <unk> in the text), each scored as one token: the "
-            f"probability of any unknown word")
+            f"the model's vocabulary, or <unk> in the text{beside}), each scored as one token: "
+            f"the probability of any unknown word")

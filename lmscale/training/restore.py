@@ -397,9 +397,20 @@ def evaluate_data(lm: TrainedLM, data: str, *, split: str = "val", batch_size: i
         text = TokenDataset.open(path).split("train")
         text.label = f"the text of {data}"  # the one split of the text is no split of the user's
         from lmscale.data.words import unk_tokens_note
-        if (note := unk_tokens_note(lm.tokenizer, text.shards, data)) and jax.process_index() == 0:
+        if (note := unk_tokens_note(lm.tokenizer, text.shards, data, _trained_unk_share(lm))
+                ) and jax.process_index() == 0:
             print(note, file=sys.stderr, flush=True)
         return _evaluate(lm, text, settings)
+
+
+def _trained_unk_share(lm: TrainedLM) -> float | None:
+    """The <unk> share of the run's training split (its prepared dataset's record), or None
+    where that dataset is gone or recorded none (a run prepared before it was counted)."""
+    try:
+        train = TokenDataset.open(run_dataset(lm)).metadata["splits"]["train"]
+    except (FileNotFoundError, KeyError, DataError, OSError):
+        return None
+    return train["unk_tokens"] / train["tokens"] if "unk_tokens" in train and train["tokens"] else None
 
 
 def _text_options(lm: TrainedLM, text_column: str | None, text_field: str | None

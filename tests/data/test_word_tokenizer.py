@@ -164,8 +164,11 @@ def test_raw_text_training_reports_perplexity(tmp_path, corpus, capsys):
     unseen = tmp_path / "unseen.txt"  # a text of the user's: half its words unknown (unsaid)
     unseen.write_text(" ".join(f"zq{i} {w}" for i, w in enumerate(lm.tokenizer.words[3:13])) + "\n")
     evaluate_data(lm, str(unseen))
+    train_split = TokenDataset.open(lm.derived["dataset"]).metadata["splits"]["train"]
+    assert train_split["unk_tokens"] == 0  # min_count 1: every training word in the vocabulary
     assert (f"note: 47.6% of the 21 tokens of {unseen} are <unk> (words outside the model's "
-            "vocabulary, or <unk> in the text)") in capsys.readouterr().err
+            "vocabulary, or <unk> in the text; the model's training split: 0.0%)"
+            ) in capsys.readouterr().err
 
 
 def test_splits_given_as_their_own_files(tmp_path):
