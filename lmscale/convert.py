@@ -115,6 +115,8 @@ def convert(source: str, src: str, dst: str, layout: str, weight_norm: str = "au
         from lmscale.pretrained.preprocess import get_preprocessor
         get_preprocessor(preprocess)
         weights = dataclasses.replace(weights, preprocess=preprocess)
+    if layout == "sentiment-discovery":
+        sentiment_discovery._torch(dst)  # a missing torch named with DST, not its temporary name
     tmp = temporary_name(dst)  # written whole, then renamed: a kill leaves no partial DST
     try:
         if layout == "lmscale":

@@ -116,11 +116,19 @@ def fetch(name: str, to: str | None = None, *, timeout: float = 60.0) -> str:
     mirror = os.environ.get("LMSCALE_DATA_MIRROR", "").rstrip("/")
     for remote in REGISTRY[name].files:
         path = os.path.join(folder, remote.name)
-        if os.path.exists(path) and sha256_of(path) == remote.sha256:
+        present = sha256_of(path) if os.path.exists(path) else None
+        if present == remote.sha256:
             continue
         if mirror:
             remote = dataclasses.replace(remote, url=f"{mirror}/{name}/{remote.name}")
-        _download(remote, path, timeout)
+        try:
+            _download(remote, path, timeout)
+        except DataError as e:  # by hand, a user needs every file and why the one there is not it
+            others = [r.name for r in REGISTRY[name].files if r.name != remote.name]
+            raise DataError(str(e) + (f"; the file there now has sha256 {present}, not that one"
+                                      if present else "")
+                            + (f"; {name} also needs {', '.join(others)} in {folder}"
+                               if others else "")) from None
     return folder
 
 

@@ -3,6 +3,7 @@ is one ``error:`` line before anything is read or written."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -79,3 +80,13 @@ def test_a_killed_converts_partial_output_is_no_destination(openai_files, tmp_pa
     assert not partial.exists() and f"removed {partial}, left by a convert" in proc.stderr
     assert (dst / ("config.json" if layout == "lmscale" else "14.npy")).exists()
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is not None, reason="torch is installed")
+def test_an_export_to_pt_without_torch_names_the_destination(openai_files, tmp_path):
+    dst = tmp_path / "lm.pt"
+    r = convert("--from=openai", f"--src={openai_files}", f"--to={dst}",
+                "--layout=sentiment-discovery")
+    assert r.returncode != 0
+    assert f"error: {dst}: PyTorch files need torch" in r.stderr, r.stderr
+    assert ".tmp-" not in r.stderr and not os.listdir(tmp_path)
