@@ -19,7 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 # are skipped, saying why.
 SHARED_DATA = Path(os.environ.get("LMSCALE_TEST_SHARED_DATA", REPO.parent / "shared" / "data"))
 SHARED_DATA_MISSING = (f"needs the maintainers' data sets in {SHARED_DATA} (SST binary, "
-                       f"SemEval-2018 E-c, tinyshakespeare), absent here")
+                       f"SemEval-2018 E-c, tinyshakespeare), absent here; LMSCALE_TEST_SHARED_DATA "
+                       f"names another folder (README, Quick start)")
 
 
 def shared_data(*parts: str) -> Path:

@@ -14,10 +14,10 @@ import pytest
 
 from lmscale.data.errors import DataError
 from lmscale.datasets import REGISTRY, data_path, fetch, sha256_of
-from tests.conftest import REPO, SHARED_DATA
+from tests.conftest import REPO, SHARED_DATA, SHARED_DATA_MISSING
 
 SHAKESPEARE = SHARED_DATA / "tinyshakespeare" / "input.txt"
-pytestmark = pytest.mark.skipif(not SHAKESPEARE.exists(), reason="needs the shared data copies")
+pytestmark = pytest.mark.skipif(not SHAKESPEARE.exists(), reason=SHARED_DATA_MISSING)
 
 
 class _Server:
