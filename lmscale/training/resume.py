@@ -133,8 +133,25 @@ def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict, wh
                 f"{key}={_get(new, key)!r} is refused (the recorded steps were trained on the "
                 f"other); use the same value, a new --workdir, or --config.resume=false "
                 f"to start afresh (the old run is archived)")
+    was, now = _data_order(old), _data_order(new)
+    if was != now:  # the step -> batch map: a mid-epoch resume would re-read and skip text
+        said = lambda o: (f"data.shuffle_shards={o[0]}"
+                          + (f", seed={o[1]!r}" if o[1] is not None else ""))
+        raise CheckpointMismatchError(
+            f"{where} was trained with {said(was)}; resuming it with {said(now)} is refused "
+            f"(the order of the training stream changes: the current epoch would read some "
+            f"text twice and some never, and the carried state would go on into other text); "
+            f"use the same values, a new --workdir, or --config.resume=false to start afresh")
     check_same_batch(saved, new, where)
     check_same_optimizer(old, new, where)
+
+
+def _data_order(config: dict[str, Any]) -> tuple[bool, Any]:
+    """What of a config the training stream's order depends on beyond its shape:
+    data.shuffle_shards, and the seed where it draws the order or the BPTT lengths."""
+    shuffled = bool(_get(config, "data.shuffle_shards"))
+    drawn = bool(_get(config, "train.variable_bptt"))
+    return shuffled, (config.get("seed") if shuffled or drawn else None)
 
 
 def recorded_with_home(before: Any, now: Any) -> bool:

@@ -491,3 +491,29 @@ def test_a_workdir_whose_data_request_lacks_newer_keys_resumes(base_run, tmp_pat
     train(tiny_config(corpus, **{**BASE, "train.steps": 6}), workdir)
     assert open(os.path.join(workdir, "data", "metadata.json")).read() == meta
 
+
+def test_resume_refuses_a_changed_stream_order():
+    """data.shuffle_shards, or the seed while it draws the order or the BPTT lengths, decide
+    which text step s reads: a resume that changes them re-reads and skips text mid-epoch."""
+    from lmscale.config import default_config
+    from lmscale.training.checkpoints import CheckpointMismatchError
+    from lmscale.training.resume import check_resumable
+    old = default_config()
+    new = default_config()
+    new.seed = 1  # in-order stream: the seed moves no text
+    check_resumable({"config": old.to_dict()}, new, "W")
+    new = default_config()
+    new.data.shuffle_shards = True
+    with pytest.raises(CheckpointMismatchError, match="data.shuffle_shards"):
+        check_resumable({"config": old.to_dict()}, new, "W")
+    old.data.shuffle_shards = True
+    new = default_config()
+    new.data.shuffle_shards, new.seed = True, 1
+    with pytest.raises(CheckpointMismatchError, match="seed=1"):
+        check_resumable({"config": old.to_dict()}, new, "W")
+    old = default_config()
+    old.train.variable_bptt = True
+    new = default_config()
+    new.train.variable_bptt, new.seed = True, 2
+    with pytest.raises(CheckpointMismatchError, match="seed"):
+        check_resumable({"config": old.to_dict()}, new, "W")
