@@ -70,6 +70,9 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from lmscale.training.host_memory import restart_with_huge_pages
     restart_with_huge_pages(_CONFIG.value.parallel.cpu_huge_pages, entry=__name__ == "__main__")
+    if _OUT.value and os.path.isdir(_OUT.value):
+        raise app.UsageError(f"--out={_OUT.value} is a folder; give the JSONL file to append the "
+                             f"record to (or --out= to write none)")
     from lmscale.training import bench
     from lmscale.training.host_devices import split_host
     run_cli(lambda: split_host(_CONFIG.value))  # before any device is touched

@@ -339,7 +339,7 @@ def validate_run_settings(config: ml_collections.ConfigDict) -> None:
     """The settings LM training and fine-tuning share: the optimizer (``validate_optim``),
     the per-device batch, the step counts (a fine-tune with checkpoint.every=0 failed with a
     ZeroDivisionError after its first step), the precision, the all-reduce's dtype; finite."""
-    from lmscale.config_checks import check_numbers  # it reads this module
+    from lmscale.config_checks import check_numbers, validate_optim  # they read this module
     check_numbers(config)
     validate_optim(config.optim)
     _check_positive_ints(config, ("train.steps", "train.batch_size", "train.stop_sync_every",
@@ -347,6 +347,9 @@ def validate_run_settings(config: ml_collections.ConfigDict) -> None:
                                   "checkpoint.keep"))
     if config.train.epochs < 0:
         raise ConfigError("train.epochs must be >= 0")
+    if not 0 <= config.seed < 2**32:  # JAX keys keep 32 bits: -1 ran as 2**32 - 1, silently
+        raise ConfigError(f"seed must be in [0, 2**32) (a JAX key's 32 bits: a larger or "
+                          f"negative seed would run as another one), got {config.seed}")
     if config.train.eval_every < 0:
         raise ConfigError("train.eval_every must be >= 0")
     if config.train.per_device_batch_size < 0:
@@ -369,44 +372,6 @@ def _check_positive_ints(config: ml_collections.ConfigDict, keys: tuple[str, ...
         value = config[section][name]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{key} must be a positive integer, got {value!r}")
-
-
-def validate_optim(o: ml_collections.ConfigDict) -> None:
-    """The ``optim`` fields that training and fine-tuning share: schedule, rate, clipping,
-    batch scaling, Adam's b1, b2 and eps, and weight decay."""
-    if o.schedule not in SCHEDULES:
-        raise ConfigError(f"optim.schedule must be one of {list(SCHEDULES)}, got {o.schedule!r}")
-    if o.lr <= 0:
-        raise ConfigError(f"optim.lr must be > 0, got {o.lr}")
-    if o.warmup_steps < 0 or o.decay_steps < 0 or o.clip < 0:
-        raise ConfigError("optim.warmup_steps, optim.decay_steps and optim.clip must be >= 0")
-    if o.decay_epochs < 0:
-        raise ConfigError(f"optim.decay_epochs must be >= 0, got {o.decay_epochs}")
-    if o.lr_scaling not in LR_SCALINGS:
-        raise ConfigError(f"optim.lr_scaling must be one of {list(LR_SCALINGS)}, got {o.lr_scaling!r}")
-    if o.base_batch_size < 1 or o.lr_max < 0:
-        raise ConfigError("optim.base_batch_size must be >= 1 and optim.lr_max >= 0")
-    if o.stlr_ratio < 1 or not 0 < o.stlr_cut_frac < 1:
-        raise ConfigError("optim.stlr_ratio must be >= 1 and optim.stlr_cut_frac in (0, 1)")
-    if o.schedule == "slanted_triangular" and o.warmup_steps:
-        # It has no warmup, and the horizon was stretched past the warmup: a 600-step run with
-        # warmup_steps=1000 ended at 60 % of its triangle, never back down.
-        raise ConfigError(f"optim.warmup_steps={o.warmup_steps} does not apply to the "
-                          f"slanted_triangular schedule (it rises over optim.stlr_cut_frac of "
-                          f"its horizon): set it to 0")
-    for key in ("b1", "b2"):  # b1 = 1.5 ran, and the run then stopped on "not finite" params
-        if not 0 <= o[key] < 1:
-            raise ConfigError(f"optim.{key} (Adam's moment decay) must be in [0, 1), got {o[key]!r}")
-    if not o.eps > 0:
-        raise ConfigError(f"optim.eps must be > 0, got {o.eps!r}")
-    if o.weight_decay < 0:
-        raise ConfigError(f"optim.weight_decay must be >= 0, got {o.weight_decay}")
-    if o.weight_decay_style not in WEIGHT_DECAY_STYLES:
-        raise ConfigError(f"optim.weight_decay_style must be one of {list(WEIGHT_DECAY_STYLES)}, "
-                          f"got {o.weight_decay_style!r}")
-    if o.weight_decay_on not in WEIGHT_DECAY_ON:
-        raise ConfigError(f"optim.weight_decay_on must be one of {list(WEIGHT_DECAY_ON)}, got "
-                          f"{o.weight_decay_on!r}")
 
 
 def with_global_batch(config: ml_collections.ConfigDict, num_devices: int) -> ml_collections.ConfigDict:

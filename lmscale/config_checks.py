@@ -1,6 +1,6 @@
-"""Checks of the config's numbers (finite), the word-level data, AWD optimizer, variable-BPTT,
-accumulation and CPU-parallel settings (``config.validate`` calls them), apart from config.py's
-defaults and loading."""
+"""Checks of the config's numbers (finite), the optimizer, the word-level data, AWD optimizer,
+variable-BPTT, accumulation and CPU-parallel settings (``config.validate`` calls them), apart
+from config.py's defaults and loading."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from typing import Any
 
 import ml_collections
 
-from lmscale.config import AVERAGING_OPTIMIZERS, OPTIMIZERS, ConfigError, bptt_max, parse_epochs
+from lmscale.config import (AVERAGING_OPTIMIZERS, LR_SCALINGS, OPTIMIZERS, SCHEDULES,
+                            WEIGHT_DECAY_ON, WEIGHT_DECAY_STYLES, ConfigError, bptt_max,
+                            parse_epochs)
 
 
 def check_numbers(config: ml_collections.ConfigDict) -> None:
@@ -114,3 +116,41 @@ def check_longest_drawn(config: ml_collections.ConfigDict, kind: Any) -> None:
             raise ConfigError(f"train.variable_bptt draws sequences of {shortest} to {longest} "
                               f"tokens (train.bptt_max={bptt_max(config.train)}, in steps of "
                               f"train.bptt_bucket={bucket}): {why}") from None
+
+
+def validate_optim(o: ml_collections.ConfigDict) -> None:
+    """The ``optim`` fields that training and fine-tuning share: schedule, rate, clipping,
+    batch scaling, Adam's b1, b2 and eps, and weight decay."""
+    if o.schedule not in SCHEDULES:
+        raise ConfigError(f"optim.schedule must be one of {list(SCHEDULES)}, got {o.schedule!r}")
+    if o.lr <= 0:
+        raise ConfigError(f"optim.lr must be > 0, got {o.lr}")
+    if o.warmup_steps < 0 or o.decay_steps < 0 or o.clip < 0:
+        raise ConfigError("optim.warmup_steps, optim.decay_steps and optim.clip must be >= 0")
+    if o.decay_epochs < 0:
+        raise ConfigError(f"optim.decay_epochs must be >= 0, got {o.decay_epochs}")
+    if o.lr_scaling not in LR_SCALINGS:
+        raise ConfigError(f"optim.lr_scaling must be one of {list(LR_SCALINGS)}, got {o.lr_scaling!r}")
+    if o.base_batch_size < 1 or o.lr_max < 0:
+        raise ConfigError("optim.base_batch_size must be >= 1 and optim.lr_max >= 0")
+    if o.stlr_ratio < 1 or not 0 < o.stlr_cut_frac < 1:
+        raise ConfigError("optim.stlr_ratio must be >= 1 and optim.stlr_cut_frac in (0, 1)")
+    if o.schedule == "slanted_triangular" and o.warmup_steps:
+        # It has no warmup, and the horizon was stretched past the warmup: a 600-step run with
+        # warmup_steps=1000 ended at 60 % of its triangle, never back down.
+        raise ConfigError(f"optim.warmup_steps={o.warmup_steps} does not apply to the "
+                          f"slanted_triangular schedule (it rises over optim.stlr_cut_frac of "
+                          f"its horizon): set it to 0")
+    for key in ("b1", "b2"):  # b1 = 1.5 ran, and the run then stopped on "not finite" params
+        if not 0 <= o[key] < 1:
+            raise ConfigError(f"optim.{key} (Adam's moment decay) must be in [0, 1), got {o[key]!r}")
+    if not o.eps > 0:
+        raise ConfigError(f"optim.eps must be > 0, got {o.eps!r}")
+    if o.weight_decay < 0:
+        raise ConfigError(f"optim.weight_decay must be >= 0, got {o.weight_decay}")
+    if o.weight_decay_style not in WEIGHT_DECAY_STYLES:
+        raise ConfigError(f"optim.weight_decay_style must be one of {list(WEIGHT_DECAY_STYLES)}, "
+                          f"got {o.weight_decay_style!r}")
+    if o.weight_decay_on not in WEIGHT_DECAY_ON:
+        raise ConfigError(f"optim.weight_decay_on must be one of {list(WEIGHT_DECAY_ON)}, got "
+                          f"{o.weight_decay_on!r}")

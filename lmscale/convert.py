@@ -191,6 +191,8 @@ def _floored_notes(source: str, weights: Any) -> list[str]:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not _TO.value:
+        raise app.UsageError("--to is empty: give the output workdir, folder or .pt file")
     summary = run_cli(lambda: convert(_FROM.value, _SRC.value, _TO.value, _LAYOUT.value,
                                       _WEIGHT_NORM.value, _BATCH.value,
                                       None if _STEP.value < 0 else _STEP.value, _PREPROCESS.value,

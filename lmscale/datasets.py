@@ -112,6 +112,9 @@ def fetch(name: str, to: str | None = None, *, timeout: float = 60.0) -> str:
     if name not in REGISTRY:
         raise DataError(f"unknown data set {name!r}; known: {sorted(REGISTRY)}")
     folder = os.path.abspath(to or os.path.join(cache_root(), name))
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise DataError(f"--to={to or folder}: {folder} is a file, not a folder; give a folder to "
+                        f"put {name}'s files in")
     os.makedirs(folder, exist_ok=True)
     mirror = os.environ.get("LMSCALE_DATA_MIRROR", "").rstrip("/")
     for remote in REGISTRY[name].files:

@@ -222,3 +222,12 @@ def test_installed_commit_reads_pips_record_of_a_git_install(monkeypatch):
     assert bench.installed_commit() == ""
     monkeypatch.setattr(metadata, "distribution", lambda name: Dist(None))
     assert bench.installed_commit() == ""
+
+
+def test_out_that_is_a_folder_is_refused_before_the_bench(tmp_path):
+    """--out naming a folder: the whole bench ran, then IsADirectoryError's traceback."""
+    proc = subprocess.run([sys.executable, "-m", "lmscale.bench", "--config=configs/quickstart.py",
+                           f"--out={tmp_path}"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert f"--out={tmp_path} is a folder" in proc.stderr

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 
 import pytest
 
 from lmscale.data.errors import DataError
 from lmscale.datasets import fetch
+from tests.conftest import REPO
 
 
 @pytest.fixture
@@ -31,3 +34,15 @@ def test_offline_error_says_the_file_there_is_not_the_one(offline):
     (offline / "tinyshakespeare" / "input.txt").write_text("not it\n")
     with pytest.raises(DataError, match=r"the file there now has sha256 [0-9a-f]{64}, not that one"):
         fetch("tinyshakespeare")
+
+
+def test_fetch_to_a_file_is_one_line(tmp_path):
+    """--to naming a file: a DataError naming it, not FileExistsError's traceback."""
+    f = tmp_path / "a_file.txt"
+    f.write_text("x")
+    with pytest.raises(DataError, match="is a file, not a folder"):
+        fetch("sst_binary", str(f))
+    r = subprocess.run([sys.executable, "-m", "lmscale.datasets", "fetch", "sst_binary",
+                        f"--to={f}"], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "is a file, not a folder" in r.stderr

@@ -25,7 +25,8 @@ import numpy as np
 
 from lmscale.config import ConfigError
 from lmscale.data.errors import DataError
-from lmscale.transfer.labeled import Labeled, check_labels, index_classes, load_labeled
+from lmscale.transfer.labeled import (Labeled, check_held_out, check_labels, index_classes,
+                                      load_labeled)
 from lmscale.data.texts import last_tokens
 from lmscale.data.words import unknown_words_note
 
@@ -179,6 +180,8 @@ def load_splits(ft: ml_collections.ConfigDict) -> tuple[dict[str, Labeled], int,
     """Labeled train/val(/test) checked against the task: (splits, classes, class names)."""
     if not ft.train or not ft.val:
         raise ConfigError("finetune.train and finetune.val must both be given")
+    check_held_out(ft.train, ft.val, ft.test, ("finetune.train", "finetune.val", "finetune.test"),
+                   "the best weights are chosen")
     hint = "set --config.finetune.text_column / --config.finetune.label_column"
     splits = {name: load_labeled(spec, text_column=ft.text_column, label_column=ft.label_column,
                                  column_hint=hint)

@@ -63,6 +63,8 @@ def claim(workdir: str, base_config: dict[str, Any], sweep: Sweep, config_file: 
         return
     if os.path.isdir(workdir) and [n for n in os.listdir(workdir) if not n.startswith(".")]:
         raise SweepError(f"{workdir} is not empty and holds no {IDENTITY_FILE}: not a sweep folder")
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise SweepError(f"--workdir={workdir} is a file, not a folder: give the sweep's folder")
     os.makedirs(workdir, exist_ok=True)
     record = {"config_file": config_file, "sweep_file": sweep_file, "axes": sweep.axes,
               "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **identity}

@@ -65,17 +65,10 @@ flags.mark_flags_as_required(["workdir", "train", "val"])
 
 
 def _check_test_held_out() -> None:
-    """Refuses a --test that is the --train file: its accuracy would be the training fit's."""
-    from lmscale.config import ConfigError
-    train, test = _TRAIN.value, _TEST.value
-    if not test:
-        return
-    same = train == test or (os.path.isfile(train) and os.path.isfile(test)
-                             and os.path.samefile(train, test))
-    if same:
-        raise ConfigError(f"--test={test} is the --train file: its accuracy would be measured "
-                          f"on the texts the classifier was fit on; give held-out texts or drop "
-                          f"--test")
+    """Refuses a --test that is the --train file; notes a --val that is."""
+    from lmscale.transfer.labeled import check_held_out
+    check_held_out(_TRAIN.value, _VAL.value, _TEST.value, ("--train", "--val", "--test"),
+                   "C is chosen (the largest wins)")
 
 
 def main(argv: list[str]) -> None:

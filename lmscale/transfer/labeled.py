@@ -328,3 +328,23 @@ def check_labels(labels: np.ndarray, multilabel: bool, num_classes: int, source:
     if bad:
         raise DataError(f"{source}: label column {names[0]!r} has values {bad[:5]} outside the "
                         f"classes 0..{num_classes - 1} (of {classes_from}); class ids run from 0")
+
+
+def check_held_out(train: str, val: str | None, test: str | None, names: Sequence[str],
+                   chooses: str) -> None:
+    """Refuses a test split that is the training file (its score would be the training
+    fit's); notes a val split that is (``chooses``, what val picks, is then picked on the
+    texts fitted: a smoke test may mean it). ``names``: how the caller names train, val and
+    test (``--train``, or ``finetune.train``)."""
+    def same(a: str, b: str) -> bool:
+        return a == b or (os.path.isfile(a) and os.path.isfile(b) and os.path.samefile(a, b))
+
+    if val and same(train, val):
+        import sys
+        print(f"note: {names[1]}={val} is the {names[0]} file: {chooses}, and val scores "
+              f"reported, on the texts the classifier is fit on; give held-out texts for a "
+              f"meaningful choice", file=sys.stderr, flush=True)
+    if test and same(train, test):
+        raise DataError(f"{names[2]}={test} is the {names[0]} file: its scores would be "
+                        f"measured on the texts the classifier was fit on; give held-out texts "
+                        f"or leave {names[2]} out")

@@ -90,3 +90,10 @@ def test_an_export_to_pt_without_torch_names_the_destination(openai_files, tmp_p
     assert r.returncode != 0
     assert f"error: {dst}: PyTorch files need torch" in r.stderr, r.stderr
     assert ".tmp-" not in r.stderr and not os.listdir(tmp_path)
+
+
+def test_an_empty_destination_is_refused_first(openai_files):
+    """--to= converted everything, then said "No such file or directory: '.tmp-...' -> ''"."""
+    r = convert("--from=openai", f"--src={openai_files}", "--to=")
+    assert r.returncode != 0 and "--to is empty" in r.stderr and "Traceback" not in r.stderr, \
+        r.stderr[-2000:]

@@ -62,3 +62,12 @@ def test_a_multilabel_transfer_in_a_point_does_not_break_the_report():
     summary = transfer_summary({"all_features": {"test_accuracy": 0.5, "val_accuracy": 0.6},
                                 "features": {"dimensions": 16}, "multilabel": True})
     assert summary["neuron"] is None and summary["dimensions"] == 16
+
+
+def test_a_workdir_that_is_a_file_is_one_line(tiny, tmp_path):
+    """--workdir naming a file: FileExistsError's traceback, after the sweep was read."""
+    out = tmp_path / "a_file"
+    out.write_text("x")
+    proc = _sweep(tiny, out)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert f"--workdir={out} is a file, not a folder" in proc.stderr

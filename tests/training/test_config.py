@@ -232,3 +232,15 @@ def test_variable_bptt_lengths_are_checked_against_the_kinds_bound():
         validate(c)
     c.train.bptt_max, c.train.bptt_bucket = 66, 8  # 66 rounded down to 8: 64, within the bound
     validate(c)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 99999999999999])
+def test_seed_outside_a_keys_32_bits_is_refused(seed):
+    """A JAX key keeps 32 bits: seed -1 trained exactly as 2**32 - 1, silently."""
+    def with_seed(value):
+        c = locked()
+        c.seed = value
+        return c
+    with pytest.raises(ConfigError, match=f"seed must be in \\[0, 2\\*\\*32\\).*got {seed}"):
+        validate(with_seed(seed))
+    validate(with_seed(2**32 - 1))

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lmscale.config import ConfigError, default_config, validate_optim
+from lmscale.config import ConfigError, default_config
+from lmscale.config_checks import validate_optim
 from lmscale.training.optimizer import make_finetune_optimizer, make_optimizer, matrices
 
 LR, WD, EPS = 0.1, 0.5, 1e-8

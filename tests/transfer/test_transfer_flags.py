@@ -31,14 +31,18 @@ def test_batch_size_below_one_is_refused(tmp_path):
         ), p.stderr[-2000:]
 
 
-def test_test_file_that_is_the_training_file_is_refused(tmp_path):
-    """--test=--train's file gave a "test" accuracy of the texts the classifier was fit on."""
+def test_test_file_that_is_the_training_file_is_refused_and_a_val_file_noted(tmp_path):
+    """--test=--train's file gave a "test" accuracy of the texts the classifier was fit on;
+    --val=--train's chose C on them, unsaid."""
     train = labeled(tmp_path)
     os.symlink(train, tmp_path / "link.csv")
     for test in (train, str(tmp_path / "link.csv")):
-        p = run_tool(f"--workdir={tmp_path}", f"--train={train}", f"--val={train}",
+        p = run_tool(f"--workdir={tmp_path}", f"--train={train}", f"--val={test}",
                      f"--test={test}")
-        assert p.returncode == 1 and p.stderr.strip() == (
-            f"error: --test={test} is the --train file: its accuracy would be measured on the "
-            f"texts the classifier was fit on; give held-out texts or drop --test"
-        ), p.stderr[-2000:]
+        assert p.returncode == 1 and p.stderr.strip().splitlines() == [
+            f"note: --val={test} is the --train file: C is chosen (the largest wins), and val "
+            f"scores reported, on the texts the classifier is fit on; give held-out texts for a "
+            f"meaningful choice",
+            f"error: --test={test} is the --train file: its scores would be measured on the "
+            f"texts the classifier was fit on; give held-out texts or leave --test out"
+        ], p.stderr[-2000:]
