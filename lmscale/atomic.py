@@ -108,7 +108,8 @@ def is_special(path: str) -> bool:
         return True
     if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
         return True
-    return any(p == d or p.startswith(d + os.sep) for d in ("/dev", "/proc")
+    return any((p == d or p.startswith(d + os.sep)) and not p.startswith("/dev/shm/")
+               for d in ("/dev", "/proc")  # /dev/shm: a tmpfs of files like any other
                for p in (os.path.abspath(path), os.path.realpath(path)))
 
 

@@ -22,6 +22,7 @@ def test_special_paths(tmp_path):
     os.mkfifo(fifo)
     assert is_special(str(fifo))
     assert not is_special(str(tmp_path / "p.csv"))  # not there yet: a file to be
+    assert not is_special("/dev/shm/p.csv")  # a tmpfs of files
     (tmp_path / "p.csv").write_text("old")
     assert not is_special(str(tmp_path / "p.csv")) and not is_special(str(tmp_path))
 
