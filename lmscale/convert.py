@@ -116,7 +116,7 @@ def convert(source: str, src: str, dst: str, layout: str, weight_norm: str = "au
         get_preprocessor(preprocess)
         weights = dataclasses.replace(weights, preprocess=preprocess)
     if layout == "sentiment-discovery":
-        sentiment_discovery._torch(dst)  # a missing torch named with DST, not its temporary name
+        sentiment_discovery.require_torch(dst)  # missing torch named with DST, not a temporary
     tmp = temporary_name(dst)  # written whole, then renamed: a kill leaves no partial DST
     try:
         if layout == "lmscale":

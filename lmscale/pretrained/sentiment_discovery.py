@@ -319,7 +319,7 @@ def to_state_dict(weights: LMWeights, *, weight_norm: bool | None = None, rows: 
             "decoder": {"weight": np.ascontiguousarray(dec_w), "bias": dec_b.copy()}}
 
 
-def _torch(path: str) -> Any:
+def require_torch(path: str) -> Any:
     try:
         import torch
     except ImportError:
@@ -338,7 +338,7 @@ def load_pt(path: str, *, weight_norm: bool | None = None,
         raise ConvertError(f"{path} is a folder; expected {EXPECTED} saved as a .pt file{hint}")
     if not os.path.isfile(path):
         raise ConvertError(f"{path} is missing; expected {EXPECTED} saved as a .pt file")
-    torch = _torch(path)
+    torch = require_torch(path)
     try:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError, zip / EOF / magic-number errors differ by version
@@ -368,7 +368,7 @@ def save_pt(weights: LMWeights, path: str, *, weight_norm: bool | None = None,
     """Writes ``to_state_dict(weights)`` as torch tensors with ``torch.save``; never overwrites."""
     if os.path.exists(path):
         raise ConvertError(f"{path} already exists; expected a new .pt file name")
-    torch = _torch(path)
+    torch = require_torch(path)
     tree = to_state_dict(weights, weight_norm=weight_norm, rows=rows)
 
     def to_torch(node: Any) -> Any:
