@@ -117,3 +117,21 @@ def test_a_model_whose_parameters_have_no_layer_names_is_warned_about():
     assert "none of this LM's has them" in ungrouped_note(other, 2, 1.0, 1)
     assert ungrouped_note(other, 2, 1.0, 0) is None  # neither asked for
     assert ungrouped_note(named, 2, 2.6, 1) is None
+
+
+@pytest.mark.parametrize("groups", [None, "gradual"])
+def test_the_fine_tuning_chain_clips_the_whole_gradient_by_its_global_norm(groups):
+    """optim.clip bounds the global norm of the LM's and the head's gradients together before
+    each part's Adam (removing the clip from make_finetune_optimizer passed every test)."""
+    o = default_config().optim
+    o.update(schedule="constant", warmup_steps=0, clip=1.0, weight_decay=0.0, eps=1.0)
+    params = {"lm": {"w": jnp.array([3.0, -1.0])}, "head": {"b": jnp.array([0.5])}}
+    grads = {"lm": {"w": jnp.array([6.0, 0.0])}, "head": {"b": jnp.array([8.0])}}  # norm 10
+    groups_arg = None if groups is None else (lambda path, row=None: 0, [0], [1.0])
+    tx, _ = make_finetune_optimizer(o, 10, lr=1.0, head_lr=1.0, freeze_steps=0,
+                                    groups=groups_arg)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    # eps=1 makes Adam's first step g / (|g| + 1): it sees the clipped gradient g / 10
+    for got, g in ((updates["lm"]["w"], grads["lm"]["w"]), (updates["head"]["b"], grads["head"]["b"])):
+        c = np.asarray(g) / 10.0
+        np.testing.assert_allclose(got, -c / (np.abs(c) + 1.0), rtol=1e-5)
