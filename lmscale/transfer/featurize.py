@@ -345,8 +345,8 @@ CACHE_BLOCK_TEXTS = 8192  # texts per cache file: an interrupted featurize keeps
 LONG_IN_BLOCK = CACHE_BLOCK_TEXTS // 64  # a text this many times the median: in a block of its own
 
 
-def cached_featurize(lm: TrainedLM, texts: Sequence[str], cache_dir: str | None, **options: Any
-                     ) -> np.ndarray:
+def cached_featurize(lm: TrainedLM, texts: Sequence[str], cache_dir: str | None, *,
+                     report: Callable[[str], None] | None = None, **options: Any) -> np.ndarray:
     """``featurize`` with an on-disk cache keyed by the weights' content
     (``weights_fingerprint``: a workdir retrained in place misses), the preprocessing, the
     compute dtype, the texts and the options. Texts are cached in blocks of
@@ -361,8 +361,13 @@ def cached_featurize(lm: TrainedLM, texts: Sequence[str], cache_dir: str | None,
                          "preprocess": lm.derived.get("preprocess", "none"),
                          **key_options, "compute": lm.compute}, sort_keys=True).encode()
     out = None
-    for index in cache_blocks([len(t) for t in texts]):
+    blocks = cache_blocks([len(t) for t in texts])
+    done = 0
+    for b, index in enumerate(blocks):
         feats = _cached_block(lm, [texts[i] for i in index], cache_dir, common, options)
+        done += len(index)
+        if report is not None and len(blocks) > 1:  # a log's only sign of life in a long split
+            report(f"  block {b + 1}/{len(blocks)}: {done}/{len(texts)} texts")
         if out is None:
             out = np.zeros((len(texts),) + feats.shape[1:], feats.dtype)
         out[index] = feats

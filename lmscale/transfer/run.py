@@ -122,7 +122,8 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
     t0 = time.perf_counter()
     for name, data in splits.items():
         say(f"featurizing {name}: {len(data.texts)} texts")
-        feats[name] = cached_featurize(lm, data.texts, cache, **options)
+        feats[name] = cached_featurize(lm, data.texts, cache, report=say if stages else None,
+                                       **options)
     feat_s = time.perf_counter() - t0
     n_train = len(splits["train"].texts)
     sampled = (f"; C searched on a {'random' if multilabel else 'stratified'} subsample of "
@@ -177,6 +178,7 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
         **({} if recorded is None else {"recorded_unit": recorded}),
     }
     if baseline != "none":
+        say(f"the {baseline} n-gram baseline")
         texts = [splits[n].texts for n in ("train", "val", "test") if n in splits]
         mats = ngram_features(baseline, *texts)
         bx = dict(zip([n for n in ("train", "val", "test") if n in splits], mats[:-1]))

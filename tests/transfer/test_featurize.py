@@ -215,6 +215,18 @@ def test_the_cache_keeps_the_finished_blocks_of_an_interrupted_split(tmp_path, m
     assert len(list(tmp_path.iterdir())) == 3
 
 
+def test_a_split_of_several_blocks_reports_each_finished_block(tmp_path, monkeypatch):
+    from lmscale.transfer import featurize as featurize_module
+    lm = random_lm()
+    monkeypatch.setattr(featurize_module, "CACHE_BLOCK_TEXTS", 3)
+    lines = []
+    cached_featurize(lm, (TEXTS * 3)[:7], str(tmp_path), report=lines.append)
+    assert lines == ["  block 1/3: 3/7 texts", "  block 2/3: 6/7 texts", "  block 3/3: 7/7 texts"]
+    lines.clear()
+    cached_featurize(lm, TEXTS[:2], str(tmp_path), report=lines.append)  # one block: no line
+    assert lines == []
+
+
 def test_long_texts_of_a_large_split_get_a_cache_block_of_their_own(tmp_path, monkeypatch):
     """A block packs its texts alone: a very long text among short ones kept one row busy
     while the others idled (a 100k-text split with five 200k-character texts: 2.3x slower)."""
