@@ -120,7 +120,9 @@ def main(argv: list[str]) -> None:
                   "temperature": _TEMPERATURE.value, "top_k": _TOP_K.value, "top_p": _TOP_P.value,
                   "compute": lm.compute, "samples": texts}
         unit = _HEATMAP_UNIT.value if _HEATMAP_UNIT.value is not None else _NEURON.value
-        state, layer, sign = neuron_state, -1, 1
+        # sign None: a unit whose direction no transfer found (the heatmap says higher/lower,
+        # not "towards positive", for it)
+        state, layer, sign = neuron_state, -1, None
         if unit is None and found is not None:  # the transfer's neuron, read as it was found
             unit, state, layer, sign = found
         elif found is not None and (unit, -1, state or found[1]) == (found[0], found[2], found[1]):

@@ -214,11 +214,14 @@ def _curves(workdir: str, sweep: Sweep, results: list[dict[str, Any]]) -> str | 
                 continue
             per = r["tokens_per_step"] or 1
             xs = [t["step"] * per / 1e6 for t in r["train"]]
-            ys = [t["bpc"] if t["bpc"] is not None and math.isfinite(t["bpc"]) else top for t in r["train"]]
+            # above the axis' top (a diverged point's last loss): drawn at the top, not off it
+            ys = [min(t["bpc"], top) if t["bpc"] is not None and math.isfinite(t["bpc"]) else top
+                  for t in r["train"]]
             label = ", ".join(f"{a.rsplit('.', 1)[-1]}={_fmt(r['point'].values[a])}"
                               for a in sweep.axes if panel is None or a != first)
             label += " (div)" if r["status"] == "div" else ""
-            (line,) = ax.plot(xs, ys, label=label, linewidth=1.2, linestyle="--" if r["status"] == "div" else "-")
+            (line,) = ax.plot(xs, ys, label=label, linewidth=1.2, linestyle="--" if r["status"] == "div" else "-",
+                              marker="." if len(xs) == 1 else None)  # one record: no line to see
             if r["val"]:
                 ax.plot([v["step"] * per / 1e6 for v in r["val"]], [v["bpc"] for v in r["val"]], "o",
                         color=line.get_color(), markersize=4)

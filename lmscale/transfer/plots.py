@@ -49,7 +49,13 @@ def weights_plot(coef: np.ndarray, path: str, *, top: int = 5) -> None:
     """The logistic-regression weight of every unit, the largest |weights| labeled."""
     fig, ax = plt.subplots(figsize=(9, 3.5))
     units = np.arange(len(coef))
-    ax.bar(units, coef, width=1.0, color="tab:blue")
+    nz = np.flatnonzero(coef)
+    # Lines, not width-1 bars: with thousands of units a bar is under a pixel wide and
+    # antialiasing erased most of them (a 4096-unit fit showed labels over empty space).
+    ax.vlines(units[nz], 0, coef[nz], color="tab:blue", linewidth=1.2)
+    ax.plot(units[nz], coef[nz], "o", color="tab:blue", markersize=2.5)
+    ax.set_xlim(-0.5 - 0.01 * len(coef), len(coef) - 0.5 + 0.01 * len(coef))
+    ax.margins(y=0.15)  # room for the labels of the largest bars inside the frame
     for u in np.argsort(-np.abs(coef))[:top]:
         if coef[u] != 0:
             ax.annotate(str(int(u)), (u, coef[u]), textcoords="offset points",
@@ -65,10 +71,18 @@ def weights_plot(coef: np.ndarray, path: str, *, top: int = 5) -> None:
         plt.close(fig)
 
 
-def _colors(values: np.ndarray, center: float, scale: float, sign: int) -> np.ndarray:
+def _legend(sign: int | None) -> str:
+    """What the colours mean: a direction only where the unit's sign is known."""
+    if sign is None:  # a unit no transfer read: higher / lower, not a class
+        return "green = higher, red = lower"
+    return "green = towards positive, red = towards negative"
+
+
+def _colors(values: np.ndarray, center: float, scale: float, sign: int | None) -> np.ndarray:
     """RGBA [T, 4] on a red - yellow - green map around ``center``; ``sign`` -1 flips it, so
     that green always means the direction the classifier reads as positive."""
     cmap = plt.get_cmap("RdYlGn")
+    sign = 1 if sign is None else sign
     return cmap(np.clip(0.5 + 0.5 * sign * (values - center) / max(scale, 1e-8), 0.0, 1.0))
 
 
@@ -81,7 +95,7 @@ def _color_range(traces: Sequence[np.ndarray]) -> tuple[float, float]:
 
 
 def heatmap_png(texts: Sequence[str | bytes], traces: Sequence[np.ndarray], path: str, *,
-                unit: int, sign: int = 1, width: int = 80, read: str = "") -> None:
+                unit: int, sign: int | None = 1, width: int = 80, read: str = "") -> None:
     """Each text's characters on a grid, colored by the unit's value after that character.
 
     ``traces[i]`` has one value per UTF-8 byte of ``texts[i]`` (a str, or the UTF-8 bytes the
@@ -106,7 +120,7 @@ def heatmap_png(texts: Sequence[str | bytes], traces: Sequence[np.ndarray], path
             ax.text(c + 0.5, r + 0.55, ch if ch.isprintable() else " ", ha="center",
                     va="center", fontsize=7, family="monospace")
     ax.set_title(f"unit {unit} after each character{read} (median {center:.2f}): "
-                 "green = towards positive, red = towards negative", fontsize=9)
+                 f"{_legend(sign)}", fontsize=9)
     with warnings.catch_warnings(record=True) as caught:  # drawn here: a warning per glyph
         warnings.simplefilter("always")
         fig.tight_layout()
@@ -126,15 +140,14 @@ def heatmap_png(texts: Sequence[str | bytes], traces: Sequence[np.ndarray], path
 
 
 def heatmap_html(texts: Sequence[str | bytes], traces: Sequence[np.ndarray], path: str, *,
-                 unit: int, sign: int = 1, read: str = "") -> None:
+                 unit: int, sign: int | None = 1, read: str = "") -> None:
     """The same heatmap as a standalone HTML page (hover a character for its value); ``read``
     as ``heatmap_png``'s, in its heading."""
     center, scale = _color_range(traces)
     parts = [f"<!doctype html><meta charset='utf-8'><title>unit {unit}</title>",
              "<body style='font-family:monospace;max-width:60em'>",
              f"<h3>unit {unit} after each character{html.escape(read)} (median {center:.2f}): "
-             "green = towards positive, "
-             "red = towards negative</h3>"]
+             f"{_legend(sign)}</h3>"]
     for text, trace in zip(texts, traces):
         chars, vals = _per_char(text, trace)
         spans = []

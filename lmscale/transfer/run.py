@@ -310,8 +310,12 @@ def _plots(lm: TrainedLM, splits: dict[str, Labeled], feats: dict[str, np.ndarra
 def _examples(data: Labeled, n: int) -> list[int]:
     """Up to n short texts, alternating classes, for the heatmap."""
     order = np.argsort([len(t) for t in data.texts], kind="stable")
-    short = [i for i in order if 40 <= len(data.texts[i]) <= 160] or list(order)
-    by_class = {c: [i for i in short if data.labels[i] == c] for c in (0, 1)}
+    # short texts of each class, or that class's shortest when it has none in 40..160 (a
+    # class without one was left out of the heatmap)
+    by_class = {}
+    for c in (0, 1):
+        mine = [i for i in order if data.labels[i] == c]
+        by_class[c] = [i for i in mine if 40 <= len(data.texts[i]) <= 160] or mine
     picks = []
     for k in range(n):
         pool = by_class[k % 2]

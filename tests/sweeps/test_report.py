@@ -70,3 +70,35 @@ def test_a_point_left_running_is_counted_in_the_summary(tiny, tmp_path):
     """, {"status": "running", "step": 3})
     write_report(str(out), sweep, title="t")
     assert "2 points: 2 running." in (out / "report.md").read_text()
+
+
+def test_a_diverged_points_curve_is_drawn_at_the_top_not_off_the_axes(tmp_path):
+    """A diverged point's last train BPC (455 here) was plotted at its value, above the axes'
+    top of 8.5: its line and x marker were invisible, only its legend entry showed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from unittest import mock
+    from lmscale.sweeps import report
+
+    point = mock.Mock(values={"lr": 50.0}, name="lr-50")
+    ok = mock.Mock(values={"lr": 1e-3}, name="lr-0.001")
+    sweep = mock.Mock(axes=["lr"], axis_values={"lr": [1e-3, 50.0]})
+    results = [{"point": ok, "status": "ok", "tokens_per_step": 100, "val": [],
+                "train": [{"step": s, "bpc": 8.0 - s / 100} for s in (10, 20, 30)]},
+               {"point": point, "status": "div", "tokens_per_step": 100, "val": [],
+                "train": [{"step": 10, "bpc": 455.0}]}]
+    drawn = []
+    real = plt.Axes.plot
+
+    def spy(ax, *args, **kwargs):
+        lines = real(ax, *args, **kwargs)
+        drawn.append(ax)
+        return lines
+
+    with mock.patch.object(plt.Axes, "plot", spy):
+        report._curves(str(tmp_path), sweep, results)
+    ax = drawn[0]
+    low, high = ax.get_ylim()
+    ys = [y for line in ax.get_lines() for y in line.get_ydata()]
+    assert all(low <= y <= high for y in ys), (ys, (low, high))

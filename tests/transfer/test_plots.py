@@ -32,3 +32,33 @@ def test_a_histogram_of_a_nearly_constant_float32_unit(tmp_path):
     values = np.array([one, one, np.nextafter(one, np.float32(2)), one], np.float32)
     plots.neuron_histogram(values, np.array([0, 1, 0, 1]), str(tmp_path / "h.png"), unit=7)
     assert (tmp_path / "h.png").stat().st_size > 0
+
+
+def test_every_weight_of_a_4096_unit_fit_is_drawn(tmp_path):
+    """Width-1 bars of 4096 units were under a pixel wide: antialiasing erased most of them,
+    leaving the top-|weight| labels over empty space."""
+    coef = np.zeros(4096)
+    units = np.arange(40) * 100 + 37
+    coef[units] = np.where(np.arange(40) % 2, 1.0, -1.0) * np.linspace(0.5, 2.0, 40)
+    plots.weights_plot(coef, str(tmp_path / "w.png"))
+    image = matplotlib.image.imread(tmp_path / "w.png")[..., :3]
+    blue = (image[..., 2] > 0.6) & (image[..., 0] < 0.3)  # tab:blue, fully drawn
+    columns = np.flatnonzero(blue.sum(axis=0) > 5)
+    runs = 1 + int(np.sum(np.diff(columns) > 1)) if len(columns) else 0
+    assert runs >= 35, runs
+
+
+def test_a_unit_of_unknown_direction_is_not_said_to_point_towards_positive(tmp_path):
+    plots.heatmap_html(["hi"], [np.array([0.0, 1.0])], str(tmp_path / "h.html"), unit=1, sign=None)
+    page = (tmp_path / "h.html").read_text()
+    assert "green = higher, red = lower" in page and "positive" not in page
+    plots.heatmap_html(["hi"], [np.array([0.0, 1.0])], str(tmp_path / "h.html"), unit=1, sign=-1)
+    assert "towards positive" in (tmp_path / "h.html").read_text()
+
+
+def test_the_heatmap_shows_both_classes_when_one_has_no_text_of_40_to_160_chars():
+    from lmscale.transfer.labeled import Labeled
+    from lmscale.transfer.run import _examples
+    data = Labeled(["a wonderful, moving and funny film about friends", "x" * 400],
+                   np.array([1, 0]), "t", ["label"])
+    assert sorted(_examples(data, 6)) == [0, 1]
