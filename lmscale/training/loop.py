@@ -233,9 +233,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
     train_rows = mesh_lib.local_rows(mesh, config.train.batch_size)
 
     steps = derived["steps"]
+    # A start at step 0 keeps no earlier record: a train.start_from run killed before its first
+    # checkpoint had logged its step-0 validation, which the re-run logs again.
+    kept = start if start > 0 else -1
     if is_main:
-        _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), after_step=start)
-    writer = MetricsWriter(workdir, resumed_from=start)
+        _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), after_step=kept)
+    writer = MetricsWriter(workdir, resumed_from=kept)
     on_exit.push(lambda kind, *_: writer.abandon() if kind else None)
     best = BestKeeper(workdir, config.checkpoint.keep_best, checkpoints_saved=checkpointer.wait)
     last: dict[str, Any] = {}
@@ -404,9 +407,10 @@ def _already_trained(workdir: str, start: int, steps: int, is_main: bool,
     schedule, its horizon) where a linear/cosine rate reached 0 by the run's end (raising
     train.steps alone trains on at rate 0).
     metrics.jsonl loses the records past the checkpoint (a run killed after its last save
-    had logged them), as a resume's would."""
+    had logged them), as a resume's would, and TensorBoard too (a purge step)."""
     if is_main:
         _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), after_step=start)
+        MetricsWriter(workdir, resumed_from=start).close()
     last: dict[str, Any] = {"step": start, "train_programs": 0, "stopped_by_signal": None,
                             "stopped": False, "already_trained": True,
                             **_last_records(workdir, start, ("train", "val"))}

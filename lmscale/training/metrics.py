@@ -23,8 +23,8 @@ class MetricsWriter:
         """``resumed_from``: the step a resumed run restarts at. metrics.jsonl keeps the records
         up to it (the loop truncates the rest); TensorBoard is told to drop the earlier run's
         events after it (a purge step), which a run killed between its last log and its last
-        checkpoint had written; a run starting at 0 drops every earlier event (one killed
-        before its first checkpoint)."""
+        checkpoint had written; ``resumed_from=-1`` drops every earlier event, step 0's
+        included (a run starting at 0: one killed before its first checkpoint)."""
         self.enabled = jax.process_index() == 0
         self.workdir, self.path = workdir, os.path.join(workdir, "metrics.jsonl")
         self._file = open(self.path, "ab", buffering=0) if self.enabled else None
