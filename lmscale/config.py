@@ -434,13 +434,17 @@ def save_config(config: ml_collections.ConfigDict, derived: dict[str, Any], path
 
 
 def load_config(path: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
-    """Reads a config.json written by ``save_config``: (locked config, derived values)."""
+    """Reads a config.json written by ``save_config``: (locked config, derived values), with
+    ``resume`` true: ``resume=false`` is what one start did (archive, start afresh), and a
+    rerun from the run's config.json replayed it, archiving the run it meant to resume."""
     try:
         with open(path) as f:
             record = json.load(f)
     except ValueError as e:
         raise ConfigError(f"{path} is not valid JSON ({e}); it is written by lmscale: restore "
                           f"it, or let a training run in that workdir write it again") from None
+    if isinstance(record, dict) and "resume" in record:
+        record = {**record, "resume": True}
     return config_from_record(record, path)
 
 
