@@ -16,6 +16,7 @@ do so when they start.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -113,6 +114,24 @@ def is_special(path: str) -> bool:
                for p in (os.path.abspath(path), os.path.realpath(path)))
 
 
+def _standard_stream(path: str, binary: bool) -> IO | None:
+    """sys.stdout or sys.stderr (or its buffer) where ``path`` is the very file it writes
+    (/dev/stdout, /proc/self/fd/1), else None."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            fs = os.fstat(stream.fileno())
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            continue
+        if (fs.st_dev, fs.st_ino) == (st.st_dev, st.st_ino):
+            stream.flush()
+            return stream.buffer if binary else stream
+    return None
+
+
 @contextlib.contextmanager
 def atomic_write(path: str, mode: str = "w", **open_kwargs: Any) -> Iterator[IO]:
     """``with atomic_write(path) as f: ...`` writes ``path`` all at once or not at all.
@@ -124,7 +143,15 @@ def atomic_write(path: str, mode: str = "w", **open_kwargs: Any) -> Iterator[IO]
     if is_special(path):
         if path == "-":
             raise ValueError("atomic_write writes files: '-' (standard output) is the caller's")
-        with open(path, mode, **open_kwargs) as f:
+        std = _standard_stream(path, "b" in mode)
+        if std is not None:  # /dev/stdout as this process's own stdout: through it, in order
+            sys.stdout.flush()
+            yield std
+            std.flush()
+            return
+        # appended, never truncated: /dev/stdout or /proc/self/fd/N may name a regular file
+        # (a shell's ``>>`` log, or one already holding this run's earlier lines)
+        with open(path, mode.replace("w", "a"), **open_kwargs) as f:
             yield f
         return
     if os.path.islink(path):

@@ -18,6 +18,7 @@ XLA CPU compiler; a GPU compile of the same program differs somewhat).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -151,7 +152,9 @@ def main(argv: list[str]) -> None:
         result["projection"] = {"flops_per_s": _FLOPS.value, "bandwidth_gbps": _BANDWIDTH.value,
                                 "latency_us": _LATENCY.value, "rows": rows}
         print(format_projection(rows, _FLOPS.value, _BANDWIDTH.value))
-    if _JSON.value:
+    if _JSON.value == "-":  # standard output (atomic_write refuses "-")
+        print(json.dumps(result, indent=2, default=str), flush=True)
+    elif _JSON.value:
         run_cli(lambda: write_json(_JSON.value, result, indent=2))  # a full disk: one line
     sys.exit(0)
 

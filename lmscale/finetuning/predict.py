@@ -115,12 +115,21 @@ def write_predictions(path: str, texts: Sequence[str], probs: np.ndarray, pred: 
         out: Any = contextlib.nullcontext(sys.stdout)
     else:  # no temporary left behind; a device (/dev/stdout) written in place
         out = atomic_write(path, "w", newline="", encoding="utf-8")
-    with out as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        for i, text in enumerate(texts):
-            w.writerow([text, *[f"{p:.6f}" for p in probs[i]], *labels(pred[i]),
-                        *(labels(gold[i]) if gold is not None else [])])
+    try:
+        with out as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            for i, text in enumerate(texts):
+                w.writerow([text, *[f"{p:.6f}" for p in probs[i]], *labels(pred[i]),
+                            *(labels(gold[i]) if gold is not None else [])])
+            f.flush()
+    except BrokenPipeError:
+        if not is_special(path):
+            raise
+        # the reader left (``--output=- | head``): the rest is unwanted, as for any filter;
+        # stdout pointed at /dev/null so that the interpreter's last flush raises nothing
+        if path == "-" or path in ("/dev/stdout", "/proc/self/fd/1"):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def read_texts(path: str, text_column: str) -> list[str]:

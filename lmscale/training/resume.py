@@ -134,9 +134,11 @@ def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict, wh
                 f"other); use the same value, a new --workdir, or --config.resume=false "
                 f"to start afresh (the old run is archived)")
     was, now = _data_order(old), _data_order(new)
-    if was != now:  # the step -> batch map: a mid-epoch resume would re-read and skip text
-        said = lambda o: (f"data.shuffle_shards={o[0]}"
-                          + (f", seed={o[1]!r}" if o[1] is not None else ""))
+    changed = [k for k in {**was, **now} if was.get(k) != now.get(k)]
+    switches = [k for k in changed if k in ("data.shuffle_shards", "train.variable_bptt")]
+    changed = switches or changed  # a switch turned: what it draws with is beside the point
+    if changed:  # the step -> batch map: a mid-epoch resume would re-read and skip text
+        said = lambda o: ", ".join(f"{k}={o.get(k)!r}" for k in changed)
         raise CheckpointMismatchError(
             f"{where} was trained with {said(was)}; resuming it with {said(now)} is refused "
             f"(the order of the training stream changes: the current epoch would read some "
@@ -146,12 +148,22 @@ def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict, wh
     check_same_optimizer(old, new, where)
 
 
-def _data_order(config: dict[str, Any]) -> tuple[bool, Any]:
+def _data_order(config: dict[str, Any]) -> dict[str, Any]:
     """What of a config the training stream's order depends on beyond its shape:
-    data.shuffle_shards, and the seed where it draws the order or the BPTT lengths."""
+    data.shuffle_shards, train.variable_bptt with the lengths it draws (train.bptt_max, as
+    ``config.bptt_max`` reads it, and train.bptt_bucket), and the seed where it draws the
+    order or the lengths (NumPy draws them from the whole seed). Fields a record predates
+    read as their defaults."""
     shuffled = bool(_get(config, "data.shuffle_shards"))
     drawn = bool(_get(config, "train.variable_bptt"))
-    return shuffled, (config.get("seed") if shuffled or drawn else None)
+    order: dict[str, Any] = {"data.shuffle_shards": shuffled, "train.variable_bptt": drawn}
+    if drawn:
+        seq_len = int(_get(config, "train.seq_len") or 0)
+        order["train.bptt_max"] = int(_get(config, "train.bptt_max") or 0) or seq_len + 15
+        bucket = _get(config, "train.bptt_bucket")
+        order["train.bptt_bucket"] = 5 if bucket is None else int(bucket)
+    order["seed"] = config.get("seed") if shuffled or drawn else None
+    return order
 
 
 def recorded_with_home(before: Any, now: Any) -> bool:

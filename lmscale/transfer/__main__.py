@@ -64,19 +64,11 @@ _WEIGHTS = define_weights_flags()  # --step, --best
 flags.mark_flags_as_required(["workdir", "train", "val"])
 
 
-def _check_test_held_out() -> None:
-    """Refuses a --test that is the --train file; notes a --val that is."""
-    from lmscale.transfer.labeled import check_held_out
-    check_held_out(_TRAIN.value, _VAL.value, _TEST.value, ("--train", "--val", "--test"),
-                   "C is chosen (the largest wins)")
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from lmscale.distributed import refuse_several_processes
     refuse_several_processes("lmscale.transfer", dict(os.environ))  # each task did the whole job
-    run_cli(_check_test_held_out)  # before the LM is read
     import jax
 
     from lmscale.training.precision import FEATURIZE_ADVICE, print_compute_hint

@@ -341,9 +341,11 @@ def check_held_out(train: str, val: str | None, test: str | None, names: Sequenc
 
     if val and same(train, val):
         import sys
-        print(f"note: {names[1]}={val} is the {names[0]} file: {chooses}, and val scores "
-              f"reported, on the texts the classifier is fit on; give held-out texts for a "
-              f"meaningful choice", file=sys.stderr, flush=True)
+
+        from lmscale.messages import for_caller
+        print(for_caller(f"note: {names[1]}={val} is the {names[0]} file: {chooses}, and val "
+                         f"scores reported, on the texts the classifier is fit on; give held-out "
+                         f"texts for a meaningful choice"), file=sys.stderr, flush=True)
     if test and same(train, test):
         raise DataError(f"{names[2]}={test} is the {names[0]} file: its scores would be "
                         f"measured on the texts the classifier was fit on; give held-out texts "

@@ -30,8 +30,8 @@ from lmscale.transfer.classify import (C_GRID, SEARCH_ROWS, fit_l1, inverse_stre
                                       top_k_sweep)
 from lmscale.transfer.featurize import (cached_featurize, feature_state, layer_and_unit,
                                        preprocess_texts, unit_trace)
-from lmscale.transfer.labeled import (Labeled, check_labels, index_classes, label_columns,
-                                      load_labeled, require_binary)
+from lmscale.transfer.labeled import (Labeled, check_held_out, check_labels, index_classes,
+                                      label_columns, load_labeled, require_binary)
 from lmscale.transfer.multilabel import fit_l1_multilabel
 
 
@@ -65,6 +65,8 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
     """
     workdir, in_best = best_folder(workdir)  # RUN/best: RUN's best weights, outputs in RUN
     best = best or in_best
+    check_held_out(train, val, test, ("--train", "--val", "--test"),  # "train" from Python
+                   "C is chosen (the largest wins)")
     Cs = inverse_strengths(Cs)
     if search_rows < 0:
         raise DataError(f"search_rows must be >= 0 (0: all training texts), got {search_rows}")

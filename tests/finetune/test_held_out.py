@@ -1,6 +1,6 @@
-"""Fine-tuning's val and test files against its training file: a test file that is the
-training file is refused (its scores were the fit's), a val file that is is noted (the best
-weights were chosen on the texts trained on, unsaid)."""
+"""Val and test files against the training file, in fine-tuning and the transfer (its API
+too): a test file that is the training file is refused (its scores were the fit's), a val
+file that is is noted (the best weights, or C, were chosen on the texts fitted, unsaid)."""
 
 from __future__ import annotations
 
@@ -32,3 +32,14 @@ def test_held_out_splits(tmp_path, capsys):
     with pytest.raises(DataError, match=r"finetune.test=\S+train.csv is the finetune.train "
                                         r"file: its scores would be measured"):
         load_splits(_ft(str(train), str(val), str(train)))
+
+
+def test_run_transfer_checks_its_splits_in_the_apis_words(tmp_path, capsys):
+    """The transfer's check ran in its command line only: run_transfer (a notebook's, the
+    sweep's --transfer_test) scored a test file that was the training file."""
+    from lmscale.transfer.run import run_transfer
+    train = tmp_path / "train.csv"
+    train.write_text("sentence,label\n" + "".join(f"text {i},{i % 2}\n" for i in range(8)))
+    with pytest.raises(DataError, match=rf"^test={train} is the train file: its scores would "):
+        run_transfer(str(tmp_path / "no_run"), str(train), str(train), str(train))
+    assert f"note: val={train} is the train file: C is chosen" in capsys.readouterr().err

@@ -38,12 +38,23 @@ def test_dash_writes_the_csv_to_stdout_and_no_file(tmp_path, monkeypatch, capsys
     assert os.listdir(tmp_path) == []
 
 
-def test_devices_are_written_in_place_and_kept():
+def test_devices_are_written_in_place_and_kept(monkeypatch):
+    """/dev/null and /dev/stdout written in place, never replaced. os.replace is guarded: a
+    regression fails here instead of renaming a file over /dev/null as root (a mutation run
+    of the unguarded test left the machine's /dev/null a regular file)."""
+    real_replace = os.replace
+
+    def guarded(src, dst, *args, **kwargs):
+        assert not os.path.realpath(dst).startswith(("/dev/", "/proc/")), f"renamed over {dst}"
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", guarded)
     before = os.lstat("/dev/null"), os.path.islink("/dev/stdout")
     write_predictions("/dev/null", ["a"], np.array([[0.5, 0.5]]), np.array([0]), ["0", "1"], False)
     with atomic_write("/dev/stdout") as f:  # a link into /proc: never renamed over
         f.write("")
-    assert (os.lstat("/dev/null"), os.path.islink("/dev/stdout")) == before
+    assert (os.lstat("/dev/null").st_rdev, os.path.islink("/dev/stdout")) == (before[0].st_rdev,
+                                                                               before[1])
     assert not [n for n in os.listdir("/dev") if ".tmp-" in n]
 
 
@@ -77,7 +88,6 @@ def test_classify_to_standard_output(sst_run, tmp_path):
     import sys
 
     from lmscale.transfer.run import run_transfer
-    from tests.conftest import REPO
     rows = ["sentence,label"] + [f"{'good' if i % 2 else 'bad'} movie {i},{i % 2}"
                                  for i in range(12)]
     (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
@@ -95,3 +105,56 @@ def test_classify_to_standard_output(sst_run, tmp_path):
     assert "12 texts classified; predictions in standard output" in proc.stderr
     assert "accuracy" in proc.stderr
     assert sorted(os.listdir(tmp_path)) == ["t.csv", "tr"]
+
+
+def test_dev_stdout_redirected_to_a_file_keeps_its_earlier_lines(tmp_path):
+    """``cmd --output=/dev/stdout >> log``: /dev/stdout is then the log, a regular file;
+    opened with "w" it was truncated (the log's earlier lines and the run's own printed lines
+    lost). Written through sys.stdout, nothing before it is lost and later prints follow."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    log = tmp_path / "log.txt"
+    log.write_text("earlier line\n")
+    code = ("print('said before', flush=True)\n"
+            "from lmscale.atomic import write_json\n"
+            "write_json('/dev/stdout', {'a': 1})\n"
+            "print('\\nsaid after')\n")
+    with open(log, "a") as out:
+        subprocess.run([sys.executable, "-c", code], cwd=REPO, stdout=out, check=True,
+                       timeout=120)
+    assert log.read_text() == 'earlier line\nsaid before\n{"a": 1}\nsaid after\n'
+
+
+def test_plan_json_dash_is_standard_output(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    proc = subprocess.run([sys.executable, "-m", "lmscale.plan",
+                           "--config=configs/sst_transformer.py", "--json=-"], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout[proc.stdout.index("\n{") + 1:])["vocab_size"] > 0
+    assert not os.path.exists(os.path.join(REPO, "-"))
+
+
+def test_a_reader_that_leaves_early_is_no_traceback(tmp_path):
+    """``classify --output=- | head``: once head exits, the rest of a CSV larger than a pipe's
+    buffer raised BrokenPipeError through the CLI's error handling (a traceback, exit 1)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    code = ("import numpy as np\nfrom lmscale.cli import run_cli\n"
+            "from lmscale.finetuning.predict import write_predictions\nn = 100000\n"
+            "run_cli(lambda: write_predictions('-', [f't{i}' for i in range(n)], "
+            "np.full((n, 2), 0.5), np.zeros(n, int), ['neg', 'pos'], False))\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout.readline() == b"text,p_neg,p_pos,predicted\r\n"
+    proc.stdout.close()  # as head does after its lines
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and "Traceback" not in err, err[-2000:]

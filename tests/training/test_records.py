@@ -517,3 +517,26 @@ def test_resume_refuses_a_changed_stream_order():
     new.train.variable_bptt, new.seed = True, 2
     with pytest.raises(CheckpointMismatchError, match="seed"):
         check_resumable({"config": old.to_dict()}, new, "W")
+
+
+def test_resume_refuses_changed_bptt_draws_and_names_the_field():
+    """train.bptt_max and train.bptt_bucket shape the drawn lengths as much as the seed (a
+    bucket of 8 instead of 5 put step 100 at token 24,816 instead of 24,790), and turning
+    variable_bptt on was refused naming only data.shuffle_shards, the same on both sides."""
+    from lmscale.config import default_config
+    from lmscale.training.checkpoints import CheckpointMismatchError
+    from lmscale.training.resume import check_resumable
+    old = default_config()
+    old.train.variable_bptt = True
+    for key, value in (("bptt_bucket", 8), ("bptt_max", old.train.seq_len)):
+        new = default_config()
+        new.train.variable_bptt = True
+        new.train[key] = value
+        with pytest.raises(CheckpointMismatchError, match=f"train.{key}="):
+            check_resumable({"config": old.to_dict()}, new, "W")
+    with pytest.raises(CheckpointMismatchError, match="train.variable_bptt=False; resuming it "
+                                                      "with train.variable_bptt=True"):
+        check_resumable({"config": default_config().to_dict()}, old, "W")
+    recorded = old.to_dict()
+    del recorded["train"]["bptt_bucket"]  # a record that predates it: its default
+    check_resumable({"config": recorded}, old, "W")
