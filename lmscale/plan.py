@@ -35,7 +35,7 @@ _DEVICES = flags.DEFINE_integer(
     "devices", 0, "Devices to plan for; 0 = all devices here (a CPU host split as lmscale.train "
     "splits it: parallel.cpu_devices). On a CPU-only machine, this many virtual CPU devices are "
     "created.", lower_bound=0)
-_JSON = flags.DEFINE_string("json", "", "Also write the full result to this JSON file.")
+_JSON = flags.DEFINE_string("json", "", "Also write the full result to this JSON file (-: to standard output).")
 _FLOPS = flags.DEFINE_float("flops_per_s", 0.0, "Sustained training FLOP/s per device for the "
                             "projection (measured with lmscale.bench, or peak x utilization).",
                             lower_bound=0.0)
