@@ -146,8 +146,19 @@ def atomic_write(path: str, mode: str = "w", **open_kwargs: Any) -> Iterator[IO]
         std = _standard_stream(path, "b" in mode)
         if std is not None:  # /dev/stdout as this process's own stdout: through it, in order
             sys.stdout.flush()
-            yield std
-            std.flush()
+            buffer = getattr(std, "buffer", None)
+            if "b" in mode or buffer is None:
+                yield std
+                std.flush()
+                return
+            # the caller's encoding and newline (UTF-8 CSV), as open() gave them, not the stream's
+            text = io.TextIOWrapper(buffer, **{k: v for k, v in open_kwargs.items()
+                                              if k in ("encoding", "errors", "newline")})
+            try:
+                yield text
+                text.flush()
+            finally:
+                text.detach()  # the stream's buffer stays open
             return
         # appended, never truncated: /dev/stdout or /proc/self/fd/N may name a regular file
         # (a shell's ``>>`` log, or one already holding this run's earlier lines)

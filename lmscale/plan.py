@@ -138,10 +138,13 @@ def main(argv: list[str]) -> None:
             return fit(_CONFIG.value, devices, result, _MEMORY.value)
 
     devices, result = run_cli(run)
-    print(format_plan(result))
+    # --json=- (or /dev/stdout): standard output is the JSON alone (| jq), the tables on stderr
+    said = (sys.stderr if _JSON.value in ("-", "/dev/stdout", "/dev/fd/1", "/proc/self/fd/1")
+            else sys.stdout)
+    print(format_plan(result), file=said)
     if _MEMORY.value > 0:
         result["fit"] = run_cli(run_fit)
-        print(format_fit(result, result["fit"]))
+        print(format_fit(result, result["fit"]), file=said)
     if _FLOPS.value > 0 or _BANDWIDTH.value > 0:
         from lmscale.training.projection import format_projection, project
         from lmscale.training.data_source import one_byte_tokens
@@ -151,7 +154,7 @@ def main(argv: list[str]) -> None:
                                        _LATENCY.value, bytes_per_token=per_token))
         result["projection"] = {"flops_per_s": _FLOPS.value, "bandwidth_gbps": _BANDWIDTH.value,
                                 "latency_us": _LATENCY.value, "rows": rows}
-        print(format_projection(rows, _FLOPS.value, _BANDWIDTH.value))
+        print(format_projection(rows, _FLOPS.value, _BANDWIDTH.value), file=said)
     if _JSON.value == "-":  # standard output (atomic_write refuses "-")
         print(json.dumps(result, indent=2, default=str), flush=True)
     elif _JSON.value:

@@ -242,3 +242,18 @@ def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):
     finally:
         alive.kill()
     assert [f.exists() for f in left] == [False, True, True] and path.read_text() == '{"a": 1}'
+
+
+def test_dev_stdout_keeps_the_callers_encoding(tmp_path):
+    """/dev/stdout written through sys.stdout: in the encoding the caller opened it with
+    (UTF-8), not the stream's (a latin-1 terminal raised UnicodeEncodeError)."""
+    import subprocess
+    import sys
+    out = tmp_path / "out.csv"
+    code = ("from lmscale.atomic import atomic_write\n"
+            "with atomic_write('/dev/stdout', 'w', newline='', encoding='utf-8') as f:\n"
+            "    f.write('caf\\u00e9 \\u2603\\r\\n')\n")
+    with open(out, "wb") as f:
+        subprocess.run([sys.executable, "-c", code], stdout=f, check=True,
+                       env={**__import__("os").environ, "PYTHONIOENCODING": "latin-1"})
+    assert out.read_bytes() == "café ☃\r\n".encode("utf-8")

@@ -57,3 +57,11 @@ def test_latency_without_the_projection_flags_is_refused_before_the_compile():
     assert proc.returncode == 1 and proc.stderr.strip() == (
         "error: a projection needs both --flops_per_s and --bandwidth_gbps (> 0), got 0 and 0"
     ), proc.stderr[-2000:]
+
+
+def test_json_dash_is_the_json_alone_on_stdout():
+    """--json=-: standard output parses as JSON (the tables were printed before it)."""
+    proc = plan("--config.model.hidden=32", "--json=-", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["devices"] >= 1
+    assert "FLOPs" in proc.stderr

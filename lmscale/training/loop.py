@@ -233,9 +233,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
     train_rows = mesh_lib.local_rows(mesh, config.train.batch_size)
 
     steps = derived["steps"]
-    # A start at step 0 keeps no earlier record: a train.start_from run killed before its first
-    # checkpoint had logged its step-0 validation, which the re-run logs again.
-    kept = start if start > 0 else -1
+    # A start at step 0 with no checkpoint keeps no earlier record: a train.start_from run
+    # killed before its first checkpoint had logged its step-0 validation, which the re-run
+    # logs again. A restored step-0 checkpoint (a stop as the steps began) keeps it: the
+    # resume does not validate step 0 again.
+    kept = start if start > 0 or saved is not None else -1
     if is_main:
         _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), after_step=kept)
     writer = MetricsWriter(workdir, resumed_from=kept)

@@ -127,20 +127,6 @@ def test_dev_stdout_redirected_to_a_file_keeps_its_earlier_lines(tmp_path):
     assert log.read_text() == 'earlier line\nsaid before\n{"a": 1}\nsaid after\n'
 
 
-def test_plan_json_dash_is_standard_output(tmp_path):
-    import json
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-    proc = subprocess.run([sys.executable, "-m", "lmscale.plan",
-                           "--config=configs/sst_transformer.py", "--json=-"], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert json.loads(proc.stdout[proc.stdout.index("\n{") + 1:])["vocab_size"] > 0
-    assert not os.path.exists(os.path.join(REPO, "-"))
-
-
 def test_a_reader_that_leaves_early_is_no_traceback(tmp_path):
     """``classify --output=- | head``: once head exits, the rest of a CSV larger than a pipe's
     buffer raised BrokenPipeError through the CLI's error handling (a traceback, exit 1)."""
