@@ -411,8 +411,8 @@ def _already_trained(workdir: str, start: int, steps: int, is_main: bool,
     metrics.jsonl loses the records past the checkpoint (a run killed after its last save
     had logged them), as a resume's would, and TensorBoard too (a purge step)."""
     if is_main:
-        _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), after_step=start)
-        MetricsWriter(workdir, resumed_from=start).close()
+        if _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), after_step=start):
+            MetricsWriter(workdir, resumed_from=start).close()  # TensorBoard's purge too
     last: dict[str, Any] = {"step": start, "train_programs": 0, "stopped_by_signal": None,
                             "stopped": False, "already_trained": True,
                             **_last_records(workdir, start, ("train", "val"))}
@@ -458,16 +458,18 @@ def _step_of(line: str) -> float:
         return float("inf")
 
 
-def _truncate_metrics(path: str, after_step: int) -> None:
-    """Drops records past the restored step (written after the last checkpoint of a crashed run)."""
+def _truncate_metrics(path: str, after_step: int) -> bool:
+    """Drops records past the restored step (written after the last checkpoint of a crashed
+    run); whether there were any."""
     if not os.path.exists(path):
-        return
+        return False
     with open(path) as f:
         lines = [line for line in f if line.strip()]
     keep = [line for line in lines if _step_of(line) <= after_step]
     if len(keep) != len(lines):
         with atomic_write(path) as f:
             f.writelines(keep)
+    return len(keep) != len(lines)
 
 
 def perplexity_note(record: dict[str, Any]) -> str:
