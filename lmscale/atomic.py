@@ -114,9 +114,9 @@ def is_special(path: str) -> bool:
                for p in (os.path.abspath(path), os.path.realpath(path)))
 
 
-def _standard_stream(path: str, binary: bool) -> IO | None:
-    """sys.stdout or sys.stderr (or its buffer) where ``path`` is the very file it writes
-    (/dev/stdout, /proc/self/fd/1), else None."""
+def _standard_stream(path: str) -> IO | None:
+    """sys.stdout or sys.stderr where ``path`` is the very file it writes (/dev/stdout,
+    /proc/self/fd/1), else None."""
     try:
         st = os.stat(path)
     except OSError:
@@ -127,9 +127,15 @@ def _standard_stream(path: str, binary: bool) -> IO | None:
         except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
             continue
         if (fs.st_dev, fs.st_ino) == (st.st_dev, st.st_ino):
-            stream.flush()
-            return stream.buffer if binary else stream
+            return stream
     return None
+
+
+def writes_stdout(path: str) -> bool:
+    """Whether writing ``path`` writes this process's standard output: ``-``, or a device
+    path that is it (/dev/stdout, /dev/fd/1, /proc/self/fd/1); what a tool says then goes to
+    stderr, and a reader that leaves early (``| head``) ends the output, not the tool."""
+    return path == "-" or (is_special(path) and _standard_stream(path) is sys.stdout)
 
 
 @contextlib.contextmanager
@@ -143,13 +149,15 @@ def atomic_write(path: str, mode: str = "w", **open_kwargs: Any) -> Iterator[IO]
     if is_special(path):
         if path == "-":
             raise ValueError("atomic_write writes files: '-' (standard output) is the caller's")
-        std = _standard_stream(path, "b" in mode)
+        std = _standard_stream(path)
         if std is not None:  # /dev/stdout as this process's own stdout: through it, in order
             sys.stdout.flush()
+            std.flush()
             buffer = getattr(std, "buffer", None)
-            if "b" in mode or buffer is None:
-                yield std
-                std.flush()
+            if buffer is None or "b" in mode:  # bytes to the buffer; a stream without one:
+                out = buffer if buffer is not None else std  # text as it encodes it
+                yield out
+                out.flush()
                 return
             # the caller's encoding and newline (UTF-8 CSV), as open() gave them, not the stream's
             text = io.TextIOWrapper(buffer, **{k: v for k, v in open_kwargs.items()

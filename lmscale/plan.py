@@ -139,8 +139,8 @@ def main(argv: list[str]) -> None:
 
     devices, result = run_cli(run)
     # --json=- (or /dev/stdout): standard output is the JSON alone (| jq), the tables on stderr
-    said = (sys.stderr if _JSON.value in ("-", "/dev/stdout", "/dev/fd/1", "/proc/self/fd/1")
-            else sys.stdout)
+    from lmscale.atomic import writes_stdout
+    said = sys.stderr if writes_stdout(_JSON.value) else sys.stdout
     print(format_plan(result), file=said)
     if _MEMORY.value > 0:
         result["fit"] = run_cli(run_fit)

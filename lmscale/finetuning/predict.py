@@ -14,7 +14,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from lmscale.atomic import atomic_write, is_special
+from lmscale.atomic import atomic_write, is_special, writes_stdout
 from lmscale.training import mesh as mesh_lib
 
 
@@ -128,7 +128,7 @@ def write_predictions(path: str, texts: Sequence[str], probs: np.ndarray, pred: 
             raise
         # the reader left (``--output=- | head``): the rest is unwanted, as for any filter;
         # stdout pointed at /dev/null so that the interpreter's last flush raises nothing
-        if path == "-" or path in ("/dev/stdout", "/proc/self/fd/1"):
+        if writes_stdout(path):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 

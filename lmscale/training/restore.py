@@ -396,8 +396,10 @@ def evaluate_data(lm: TrainedLM, data: str, *, split: str = "val", batch_size: i
                             f"scoring needs at least 2 (one to predict the next from)") from None
         text = TokenDataset.open(path).split("train")
         text.label = f"the text of {data}"  # the one split of the text is no split of the user's
-        from lmscale.data.words import unk_tokens_note
-        if (note := unk_tokens_note(lm.tokenizer, text.shards, data, _trained_unk_share(lm))
+        from lmscale.data.words import WordTokenizer, unk_tokens_note
+        # the training split's share: its dataset opened and fingerprinted for word models only
+        trained = _trained_unk_share(lm) if isinstance(lm.tokenizer, WordTokenizer) else None
+        if (note := unk_tokens_note(lm.tokenizer, text.shards, data, trained)
                 ) and jax.process_index() == 0:
             print(note, file=sys.stderr, flush=True)
         return _evaluate(lm, text, settings)

@@ -158,8 +158,12 @@ def _data_order(config: dict[str, Any]) -> dict[str, Any]:
     drawn = bool(_get(config, "train.variable_bptt"))
     order: dict[str, Any] = {"data.shuffle_shards": shuffled, "train.variable_bptt": drawn}
     if drawn:
-        seq_len = int(_get(config, "train.seq_len") or 0)
-        order["train.bptt_max"] = int(_get(config, "train.bptt_max") or 0) or seq_len + 15
+        from types import SimpleNamespace
+
+        from lmscale.config import bptt_max
+        train = SimpleNamespace(bptt_max=_get(config, "train.bptt_max") or 0,  # a record's
+                                seq_len=_get(config, "train.seq_len") or 0)  # dict, as config
+        order["train.bptt_max"] = bptt_max(train)
         bucket = _get(config, "train.bptt_bucket")
         order["train.bptt_bucket"] = 5 if bucket is None else int(bucket)
     order["seed"] = config.get("seed") if shuffled or drawn else None
