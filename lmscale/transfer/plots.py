@@ -94,9 +94,11 @@ def _color_range(traces: Sequence[np.ndarray]) -> tuple[float, float]:
     return center, float(np.max(np.abs(values - center)))
 
 
-def heatmap_png(texts: Sequence[str | bytes], traces: Sequence[np.ndarray], path: str, *,
-                unit: int, sign: int | None = 1, width: int = 80, read: str = "") -> None:
-    """Each text's characters on a grid, colored by the unit's value after that character.
+def heatmap_figure(texts: Sequence[str | bytes], traces: Sequence[np.ndarray], *,
+                   unit: int, sign: int | None = 1, width: int = 80, read: str = ""):
+    """The heatmap as a matplotlib Figure (shown inline in a notebook; ``heatmap_png`` saves
+    it): each text's characters on a grid, colored by the unit's value after that character,
+    with a color bar that gives the values the colors stand for.
 
     ``traces[i]`` has one value per UTF-8 byte of ``texts[i]`` (a str, or the UTF-8 bytes the
     model read, decoded here; invalid bytes show as U+FFFD); a character takes the value
@@ -109,7 +111,7 @@ def heatmap_png(texts: Sequence[str | bytes], traces: Sequence[np.ndarray], path
             rows.append((chars[s:s + width], vals[s:s + width]))
         rows.append(("", np.zeros(0)))
     center, scale = _color_range(traces)
-    fig_h = 0.28 * len(rows) + 0.6
+    fig_h = 0.28 * len(rows) + 1.1
     fig, ax = plt.subplots(figsize=(width * 0.11 + 0.4, fig_h))
     ax.set_xlim(0, width)
     ax.set_ylim(len(rows), 0)
@@ -121,10 +123,25 @@ def heatmap_png(texts: Sequence[str | bytes], traces: Sequence[np.ndarray], path
                     va="center", fontsize=7, family="monospace")
     ax.set_title(f"unit {unit} after each character{read} (median {center:.2f}): "
                  f"{_legend(sign)}", fontsize=9)
+    # The same map _colors draws from: value center +- scale across it, flipped for sign -1.
+    half = max(scale, 1e-8)
+    bar = plt.cm.ScalarMappable(matplotlib.colors.Normalize(center - half, center + half),
+                                plt.get_cmap("RdYlGn_r" if sign == -1 else "RdYlGn"))
+    cbar = fig.colorbar(bar, ax=ax, orientation="horizontal", fraction=0.9 / fig_h, pad=0.02,
+                        aspect=40, shrink=0.6)
+    cbar.set_label(f"unit {unit} value", fontsize=8)
+    cbar.ax.tick_params(labelsize=7)
+    return fig
+
+
+def heatmap_png(texts: Sequence[str | bytes], traces: Sequence[np.ndarray], path: str, *,
+                unit: int, sign: int | None = 1, width: int = 80, read: str = "") -> None:
+    """``heatmap_figure`` saved as a PNG at ``path``; characters the font lacks are said."""
     with warnings.catch_warnings(record=True) as caught:  # drawn here: a warning per glyph
         warnings.simplefilter("always")
-        fig.tight_layout()
+        fig = heatmap_figure(texts, traces, unit=unit, sign=sign, width=width, read=read)
         try:
+            fig.tight_layout()
             _save(fig, path, dpi=120)
         finally:
             plt.close(fig)

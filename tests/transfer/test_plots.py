@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 
 import matplotlib.image
+import matplotlib.pyplot
 import numpy as np
 
 from lmscale.transfer import plots
@@ -62,3 +63,26 @@ def test_the_heatmap_shows_both_classes_when_one_has_no_text_of_40_to_160_chars(
     data = Labeled(["a wonderful, moving and funny film about friends", "x" * 400],
                    np.array([1, 0]), "t", ["label"])
     assert sorted(_examples(data, 6)) == [0, 1]
+
+
+def test_the_heatmap_has_a_color_bar_reading_the_values_its_cells_are_colored_by():
+    """The PNG said only the median: a reader could not tell what value a color stood for.
+    Its bar spans the cells' color range, and a value's color on it is the cell's color,
+    also when a negative unit flips the map."""
+    text = "good, bad"
+    trace = np.linspace(-2.0, 3.0, len(text))
+    for sign in (1, -1):
+        fig = plots.heatmap_figure([text], [trace], unit=5, sign=sign)
+        try:
+            grid, bar = fig.axes
+            center = float(np.median(trace))
+            half = float(np.max(np.abs(trace - center)))
+            np.testing.assert_allclose(sorted(bar.get_xlim()), [center - half, center + half])
+            [solids] = [c for c in bar.collections if c.norm.vmin is not None]
+            cells = [p.get_facecolor() for p in grid.patches]
+            assert len(cells) == len(text)
+            for value, cell in zip(trace, cells):
+                # one of the map's 256 entries apart at most (each rounds its lookup)
+                np.testing.assert_allclose(solids.to_rgba(value), cell, atol=0.015)
+        finally:
+            matplotlib.pyplot.close(fig)
