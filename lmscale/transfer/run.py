@@ -126,6 +126,7 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
         say(f"featurizing {name}: {len(data.texts)} texts")
         feats[name] = cached_featurize(lm, data.texts, cache, report=say if stages else None,
                                        **options)
+        check_finite_features(feats[name], data, lm.compute)
     feat_s = time.perf_counter() - t0
     n_train = len(splits["train"].texts)
     sampled = (f"; C searched on a {'random' if multilabel else 'stratified'} subsample of "
@@ -198,6 +199,20 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
                                  fit.model.classes_, {**info, "C": fit.C})
         _write_results(output, results)
     return results
+
+
+def check_finite_features(feats: np.ndarray, data: Labeled, compute: str) -> None:
+    """DataError unless every feature [N, F] of ``data``'s texts is finite: NaN reached the
+    fits as a scikit-learn traceback advising to impute missing values."""
+    bad = np.flatnonzero(~np.all(np.isfinite(feats), axis=1))
+    if len(bad):
+        first = data.texts[bad[0]]
+        cause = ("float16's range overflowed in the model's matmuls (--compute=bfloat16 or "
+                 "float32 reads the same weights)" if compute == "float16" else
+                 "the LM's weights or states overflowed (a diverged or damaged checkpoint?)")
+        raise DataError(f"{data.source}: the features of {len(bad)} of {len(feats)} texts are "
+                        f"not finite (NaN or inf; the first, text {bad[0]}: "
+                        f"{first[:40]!r}{'...' if len(first) > 40 else ''}): {cause}")
 
 
 def check_threshold_metric(metric: str, multilabel: bool) -> None:
