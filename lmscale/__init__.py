@@ -27,6 +27,8 @@ def load_classifier(path: str, batch_size: int = 0) -> Any:
     import os
     from lmscale.finetuning.classifier import load_classifier as _load
     from lmscale.messages import errors_for_caller
+    if not isinstance(path, (str, os.PathLike)):  # None was a TypeError from posixpath
+        raise TypeError(f"path must be a classifier's folder (a str or path), got {path!r}")
     with errors_for_caller():
         return _load(os.path.expanduser(path) if isinstance(path, str) else path, batch_size)
 
@@ -43,6 +45,11 @@ def use_cpu_cores(batch_size: int, devices: int = 0) -> int | None:
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be the global batch size (an int >= 1), got {batch_size!r}")
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 0:
+        raise ValueError(f"devices must be an int >= 0 (0: one per core), got {devices!r}")
+    if devices and batch_size % devices:  # train() refused it only after JAX had started
+        raise ValueError(f"devices={devices} does not divide batch_size={batch_size}: give a "
+                         f"divisor of it, or 0 (one per core, reduced to a count that divides it)")
     from lmscale.training.host_devices import split_cpu_host
     return split_cpu_host(batch_size, devices)
 

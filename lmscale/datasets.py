@@ -113,8 +113,9 @@ def fetch(name: str, to: str | None = None, *, timeout: float = 60.0) -> str:
         raise DataError(f"unknown data set {name!r}; known: {sorted(REGISTRY)}")
     folder = os.path.abspath(to or os.path.join(cache_root(), name))
     if os.path.exists(folder) and not os.path.isdir(folder):
-        raise DataError(f"--to={to or folder}: {folder} is a file, not a folder; give a folder to "
-                        f"put {name}'s files in")
+        from lmscale.messages import for_caller  # fetch(to=) from Python, --to= from the tool
+        raise DataError(for_caller(f"--to={to or folder}: {folder} is a file, not a folder; give "
+                                   f"a folder to put {name}'s files in"))
     os.makedirs(folder, exist_ok=True)
     mirror = os.environ.get("LMSCALE_DATA_MIRROR", "").rstrip("/")
     for remote in REGISTRY[name].files:
@@ -174,8 +175,10 @@ def main(argv: list[str]) -> int:
     if len(args) != 2 or args[0] != "fetch":
         print("usage: python -m lmscale.datasets fetch NAME [--to=DIR] | list", file=sys.stderr)
         return 2
+    from lmscale.messages import command_line
     try:
-        folder = fetch(args[1], to)
+        with command_line():  # its errors name the tool's flags (--to=)
+            folder = fetch(args[1], to)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

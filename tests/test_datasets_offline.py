@@ -46,3 +46,13 @@ def test_fetch_to_a_file_is_one_line(tmp_path):
                         f"--to={f}"], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     assert "is a file, not a folder" in r.stderr
+    assert f"error: --to={f}:" in r.stderr  # the tool names its flag
+
+
+def test_fetch_to_a_file_from_python_names_the_argument(tmp_path):
+    """fetch(to=...) from a notebook: its argument, not the tool's --to= flag."""
+    f = tmp_path / "a_file.txt"
+    f.write_text("x")
+    with pytest.raises(DataError) as e:
+        fetch("sst_binary", str(f))
+    assert str(e.value).startswith(f"to={f}: ") and "--" not in str(e.value)

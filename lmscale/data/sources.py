@@ -247,7 +247,7 @@ def _iter_jsonl(path: str, field: str, notes: bool = True) -> Iterator[tuple[byt
             if field not in obj:
                 if not seen:
                     raise DataError(f"{path}:{lineno}: no field {field!r}; keys are {sorted(obj)} "
-                                    f"(name the text's: --text_field, or data.text_field)")
+                                    f"(name the text's: --text_field of lmscale.prepare, or --config.data.text_field)")
                 missing, first_missing = missing + 1, first_missing or lineno
                 continue
             seen = True
@@ -270,7 +270,8 @@ def _iter_csv(path: str, column: str) -> Iterator[tuple[bytes, bool]]:
     # An empty file has no rows (a corpus may hold some); a row with other fields than the
     # header is an error naming its line.
     for _, row in csv_rows(path, [column], delimiter, empty_ok=True,
-                           column_hint="name the text's: --text_column, or data.text_column"):
+                           column_hint="name the text's: --text_column of lmscale.prepare, or "
+                                       "--config.data.text_column"):
         if row[column]:
             yield row[column].encode("utf-8"), True
 

@@ -222,3 +222,20 @@ def test_an_old_dataset_a_killed_overwrite_moved_aside_is_restored_or_removed(tm
     os.makedirs(trash)  # a leftover beside a complete OUTPUT: removed
     prepare_dataset(str(text), str(out), split=(8, 1, 1), overwrite=True, progress=False)
     assert not trash.exists() and f"removed {trash}" in capfd.readouterr().err
+
+
+def test_a_missing_text_column_names_the_config_field_from_python(tmp_path):
+    """train(config, workdir) on a CSV without the column: the hint was "text_column, or
+    data.text_column" (train takes no text_column; data.text_column is no flag either)."""
+    from lmscale.data.sources import iter_pieces
+    from lmscale.messages import command_line, errors_for_caller
+    f = tmp_path / "a.csv"
+    f.write_text("label,sentence\n1,good\n")
+    with pytest.raises(DataError) as api:
+        with errors_for_caller():
+            list(iter_pieces([str(f)]))
+    assert "or config.data.text_column)" in str(api.value) and "--" not in str(api.value)
+    with pytest.raises(DataError) as cli:
+        with command_line():
+            list(iter_pieces([str(f)]))
+    assert "--text_column of lmscale.prepare, or --config.data.text_column" in str(cli.value)

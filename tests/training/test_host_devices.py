@@ -97,6 +97,23 @@ def test_use_cpu_cores_refuses_a_batch_size_below_one():
             lmscale.use_cpu_cores(bad)
 
 
+def test_use_cpu_cores_names_a_bad_device_count_before_jax_starts():
+    """devices='2' was a TypeError from '<'; -1 named parallel.cpu_devices, not the argument;
+    3 for a batch of 32 was applied, and train() refused it only once JAX had started."""
+    import lmscale
+    for bad in ("2", -1, 1.5, True):
+        with pytest.raises(ValueError, match=f"devices must be an int >= 0 \\(0: one per core\\), got {bad!r}"):
+            lmscale.use_cpu_cores(32, bad)
+    with pytest.raises(ValueError, match="devices=3 does not divide batch_size=32"):
+        lmscale.use_cpu_cores(32, 3)
+
+
+def test_load_classifier_names_a_path_that_is_no_path():
+    import lmscale
+    with pytest.raises(TypeError, match="path must be a classifier's folder \\(a str or path\\), got None"):
+        lmscale.load_classifier(None)
+
+
 @pytest.mark.parametrize("cpu_devices", [0, 1])
 def test_eval_uses_the_device_count_the_run_recorded(tmp_path, cpu_devices):
     """A run trained on 4 devices chosen with XLA_FLAGS (not parallel.cpu_devices): eval ran on
