@@ -31,6 +31,9 @@ class ConfigError(ValueError):
     """A configuration value that cannot work; the message names the key."""
 
 
+MAX_LOSS_SCALE = 2.0**64  # the dynamic loss scale's cap: far above any float16 gradient's need
+
+
 def default_config() -> ml_collections.ConfigDict:
     """Every field of a run, with its default. Returned unlocked; configs lock it."""
     c = ml_collections.ConfigDict()
@@ -357,10 +360,12 @@ def validate_run_settings(config: ml_collections.ConfigDict) -> None:
     if config.precision.compute not in COMPUTE_DTYPES:
         raise ConfigError(f"precision.compute must be one of {list(COMPUTE_DTYPES)}, "
                           f"got {config.precision.compute!r}")
-    if (config.precision.loss_scale_init < 1 or config.precision.loss_scale_factor <= 1
-            or config.precision.loss_scale_window < 1):
-        raise ConfigError("precision.loss_scale_init must be >= 1, loss_scale_factor > 1 and "
-                          "loss_scale_window >= 1")
+    p = config.precision
+    if (not 1 <= p.loss_scale_init <= MAX_LOSS_SCALE or not 1 < p.loss_scale_factor < math.inf
+            or p.loss_scale_window < 1):  # 2**128 was inf in float32: every step skipped
+        raise ConfigError(f"precision.loss_scale_init must be in [1, 2**64], loss_scale_factor "
+                          f"> 1 and finite, and loss_scale_window >= 1; got "
+                          f"{p.loss_scale_init:g}, {p.loss_scale_factor:g}, {p.loss_scale_window}")
     if config.parallel.grad_reduce_dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"parallel.grad_reduce_dtype must be 'float32' or 'bfloat16', got "
                           f"{config.parallel.grad_reduce_dtype!r}")

@@ -21,6 +21,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from lmscale.config import MAX_LOSS_SCALE
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -102,8 +104,11 @@ class LossScale:
         if not self.dynamic:
             return self
         grown = self.good_steps + 1 >= self.window
+        # Capped: a scale grown past float32's range is inf, and inf halved stays inf (every
+        # later step skipped, and the stuck-run stop, at S = 1, never reached).
         scale = jnp.where(finite,
-                          jnp.where(grown, self.scale * self.factor, self.scale),
+                          jnp.where(grown, jnp.minimum(self.scale * self.factor, MAX_LOSS_SCALE),
+                                    self.scale),
                           jnp.maximum(self.scale / self.factor, 1.0))
         good = jnp.where(finite & ~grown, self.good_steps + 1, 0)
         return self.replace(scale=scale.astype(jnp.float32), good_steps=good.astype(jnp.int32),
