@@ -25,8 +25,8 @@ import numpy as np
 
 from lmscale.config import ConfigError
 from lmscale.data.errors import DataError
-from lmscale.transfer.labeled import (Labeled, check_held_out, check_labels, index_classes,
-                                      load_labeled)
+from lmscale.transfer.labeled import (Labeled, check_held_out, check_labels, constant_labels,
+                                      index_classes, load_labeled)
 from lmscale.data.texts import last_tokens
 from lmscale.data.words import unknown_words_note
 
@@ -205,4 +205,5 @@ def load_splits(ft: ml_collections.ConfigDict) -> tuple[dict[str, Labeled], int,
               f"finetune.num_classes=0: the largest label of {ft.train}")
     for d in splits.values():
         check_labels(d.labels, ft.multilabel, k, d.source, d.label_names, origin)
+    constant_labels(splits["train"])  # said once; their thresholds stay 0.5 (the loop)
     return splits, k, class_names

@@ -64,7 +64,7 @@ from lmscale.training.state import TrainState, host_zeros, initial_state, placed
 from lmscale.training.step_timer import StepTimer
 from lmscale.training.stop import StopSignal
 from lmscale.training.workdir_lock import locked_workdir
-from lmscale.transfer.labeled import Labeled
+from lmscale.transfer.labeled import Labeled, constant_labels
 from lmscale.transfer.metrics import (METRICS, better, classification_metrics, format_table,
                                       tune_thresholds)
 
@@ -341,6 +341,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
                         derived=lm.derived, batch_size=config.train.eval_batch_size)
     val_ids = enc["val"].ids[:ft.max_val_texts or None]
     val_labels = enc["val"].labels[:len(val_ids)]
+    constant = constant_labels(splits["train"], note=False)  # thresholds 0.5 (load_splits said)
 
     step = start  # the loop's (validate names it in its error)
 
@@ -351,7 +352,8 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
                                 f"(the weights are: the {config.precision.compute} forward "
                                 f"overflows); resume in bfloat16 "
                                 f"(--config.precision.compute=bfloat16) or float32", step)
-        thresholds = tune_thresholds(probs, val_labels, ft.threshold_metric) if ft.multilabel else None
+        thresholds = (tune_thresholds(probs, val_labels, ft.threshold_metric, fixed=constant)
+                      if ft.multilabel else None)
         return (classification_metrics(probs, val_labels, ft.multilabel, class_names, thresholds),
                 probs, thresholds)
 
@@ -463,7 +465,8 @@ def _final_results(workdir: str, params: Any, predict: Predictor, enc: dict[str,
     """Best parameters on all of val (thresholds tuned there) and on test; results.json
     (with ``started``: the LM the classifier started from)."""
     probs = {n: predict(params, enc[n].ids) for n in ("val", "test") if n in enc}
-    thresholds = (tune_thresholds(probs["val"], enc["val"].labels, ft.threshold_metric)
+    thresholds = (tune_thresholds(probs["val"], enc["val"].labels, ft.threshold_metric,
+                                  fixed=constant_labels(splits["train"], note=False))
                   if ft.multilabel else None)
     results = {"best": best, "thresholds": None if thresholds is None else
                dict(zip(class_names, thresholds.tolist())), "metrics": {}, "lm": started}

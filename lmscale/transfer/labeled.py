@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -304,6 +305,21 @@ def _tfds_label(value: Any, where: str, key: str) -> int:
 
 
 SEVERAL_COLUMNS_HINT = "set finetune.multilabel=true for several 0/1 columns"
+
+
+def constant_labels(train: Labeled, note: bool = True) -> list[int]:
+    """The multi-label columns [N, K] of ``train`` that hold one value in every text (an
+    emotion no training tweet has): nothing can be learned for them, so they keep a threshold
+    of 0.5 (their train value) rather than one tuned on val's rate. ``note``: say so."""
+    if train.labels.ndim != 2:
+        return []
+    constant = [j for j in range(train.labels.shape[1]) if len(np.unique(train.labels[:, j])) == 1]
+    for j in constant if note else ():
+        value = int(train.labels[0, j])
+        print(f"note: {train.source}: label column {train.label_names[j]!r} is {value} in every "
+              f"text: it is predicted {'for every text' if value else 'for no text'}",
+              file=sys.stderr, flush=True)
+    return constant
 
 
 def check_labels(labels: np.ndarray, multilabel: bool, num_classes: int, source: str,

@@ -64,20 +64,23 @@ def predict_labels(probs: np.ndarray, multilabel: bool, thresholds: np.ndarray |
     return (probs >= t[None, :]).astype(np.int64)
 
 
-def tune_thresholds(probs: np.ndarray, labels: np.ndarray, metric: str = "f1") -> np.ndarray:
+def tune_thresholds(probs: np.ndarray, labels: np.ndarray, metric: str = "f1",
+                    fixed: Sequence[int] = ()) -> np.ndarray:
     """Per class k, the threshold t (predict p >= t) maximizing F1 of column k on these
     probabilities [N, K] and 0/1 labels [N, K]; among ties the largest F1's lowest threshold.
     t lies halfway between the lowest probability predicted positive and the next lower one,
     so the same texts scored again (other hardware, float rounding) get the same labels.
     A class with no positive example keeps 0.5. ``metric`` "jaccard" (per text, SemEval's) or
-    "micro_f1": from those, :func:`_ascend` to the thresholds maximizing it over all classes."""
+    "micro_f1": from those, :func:`_ascend` to the thresholds maximizing it over all classes.
+    Classes in ``fixed`` keep 0.5 (a label constant in train: its probability is constant, and
+    a threshold tuned on val would predict it for every text or none by val's rate)."""
     if metric not in THRESHOLD_METRICS:
         raise ValueError(f"threshold metric must be one of {list(THRESHOLD_METRICS)}, got {metric!r}")
     check_finite_probs(probs)
     labels = np.asarray(labels).astype(np.int64)
     out = np.full(probs.shape[1], 0.5)
     for k in range(probs.shape[1]):
-        if labels[:, k].sum() == 0:
+        if labels[:, k].sum() == 0 or k in fixed:
             continue
         precision, recall, thresholds = precision_recall_curve(labels[:, k], probs[:, k])
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -85,11 +88,11 @@ def tune_thresholds(probs: np.ndarray, labels: np.ndarray, metric: str = "f1") -
         t = float(thresholds[int(np.argmax(f1[:-1]))])  # the last point has no threshold
         below = probs[:, k][probs[:, k] < t]
         out[k] = (t + float(below.max())) / 2 if below.size else t / 2
-    return out if metric == "f1" else _ascend(probs, labels.astype(bool), out, metric)
+    return out if metric == "f1" else _ascend(probs, labels.astype(bool), out, metric, fixed)
 
 
 def _ascend(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray, metric: str,
-            passes: int = 10) -> np.ndarray:
+            fixed: Sequence[int] = (), passes: int = 10) -> np.ndarray:
     """Coordinate ascent on ``metric`` of all classes together: each class's threshold in
     turn set to the candidate (halfway between two of its distinct probabilities, or past
     either end; at most ``_CANDIDATES``, by quantile) that scores best with the others held,
@@ -98,7 +101,7 @@ def _ascend(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray, metri
     t = thresholds.copy()
     for _ in range(passes):
         changed = False
-        for k in range(probs.shape[1]):
+        for k in (k for k in range(probs.shape[1]) if k not in fixed):
             pred, rest = probs >= t[None, :], np.delete(np.arange(probs.shape[1]), k)
             candidates = np.union1d(_candidates(probs[:, k]), [t[k]])  # the current one too
             on = probs[None, :, k] >= candidates[:, None]  # [C, N]

@@ -116,7 +116,11 @@ def fit_l1_multilabel(x_train: Any, y_train: np.ndarray, x_val: Any, y_val: np.n
     fit = MultiLabelFit(coef, intercept, np.full(k, 0.5), chosen, {},
                         search_rows=len(y_train) if rows is None else len(rows),
                         train_rows=len(y_train))
-    fit.thresholds = tune_thresholds(fit.probs(x_val), y_val, threshold_metric)
+    # A label with one value in train has a constant probability, which a threshold tuned on
+    # val puts on either side (its val F1 is best predicting it for every text): it keeps its
+    # train value (0.5: the rate is 1e-6 or 1 - 1e-6), and the others are tuned around it.
+    fit.thresholds = tune_thresholds(fit.probs(x_val), y_val, threshold_metric,
+                                     fixed=[j for j in range(k) if j not in separable])
     fit.threshold_metric = threshold_metric
     splits = {"train": (x_train, y_train), "val": (x_val, y_val)}
     if x_test is not None and y_test is not None:

@@ -30,8 +30,8 @@ from lmscale.transfer.classify import (C_GRID, SEARCH_ROWS, fit_l1, inverse_stre
                                       top_k_sweep)
 from lmscale.transfer.featurize import (cached_featurize, feature_state, layer_and_unit,
                                        preprocess_texts, unit_trace)
-from lmscale.transfer.labeled import (Labeled, check_held_out, check_labels, index_classes,
-                                      label_columns, load_labeled, require_binary)
+from lmscale.transfer.labeled import (Labeled, check_held_out, check_labels, constant_labels,
+                                      index_classes, label_columns, load_labeled, require_binary)
 from lmscale.transfer.multilabel import fit_l1_multilabel
 
 
@@ -93,6 +93,8 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
                 check_labels(splits[name].labels, False, 2, spec, splits[name].label_names,
                              "binary classification", several_columns_hint="a binary task "
                              "takes one label column")
+    if multilabel:  # a label that never varies in train: nothing is learned for it
+        constant_labels(splits["train"])
     if not multilabel:  # a subsample too small for both classes: said now, not after featurizing
         search_subsample(splits["train"].labels, search_rows)
     # The folders written are checked before the LM is loaded and any text featurized.
