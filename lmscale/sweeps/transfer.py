@@ -26,7 +26,7 @@ class TransferSets:
         """Reads each labeled set once (files, columns, labels), so that a typo is found
         before the sweep trains, not after every point has (DataError naming it)."""
         from lmscale.data.errors import DataError
-        from lmscale.transfer.labeled import label_columns, load_labeled
+        from lmscale.transfer.labeled import check_held_out, label_columns, load_labeled
         if len(label_columns(self.label_column)) != 1:  # its report reads one binary task
             raise DataError(f"--label_column={self.label_column!r}: a sweep's transfer scores one "
                             "0/1 label column (the sentiment neuron's task); run lmscale.transfer "
@@ -34,6 +34,11 @@ class TransferSets:
         for path in (self.train, self.val, self.test):
             if path:
                 load_labeled(path, text_column=self.text_column, label_column=self.label_column)
+        # A test set that is the train file fails every point's transfer (lmscale.transfer
+        # refuses it): refused here, before the sweep trains them all.
+        check_held_out(self.train, self.val, self.test,
+                       ("--transfer_train", "--transfer_val", "--transfer_test"),
+                       "C is chosen (the largest wins)")
 
 
 def transfer_summary(results: dict[str, Any]) -> dict[str, Any]:

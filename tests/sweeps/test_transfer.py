@@ -91,3 +91,15 @@ def test_other_sets_are_transferred_again_and_a_failed_transfer_spares_the_other
     assert list(result["transfer_failed"]) == ["hidden-8"]
     assert "holds no checkpoint" in result["transfer_failed"]["hidden-8"]
     assert any(line.startswith("sweep: transfer hidden-8 failed: ") for line in lines)
+
+
+def test_a_test_set_that_is_the_train_file_is_refused_before_training(tiny: Path):
+    sweep_file = write_sweep(tiny / "h.py", """
+        def get_sweep():
+            return {"grid": {"model.hidden": [16]}}
+    """)
+    train, val = write_labeled(tiny / "t.csv", 40, 0), write_labeled(tiny / "v.csv", 20, 1)
+    with pytest.raises(DataError, match="--transfer_test=.* is the --transfer_train file"):
+        run_sweep(base_config(tiny), str(tiny / "tiny.py"), sweep_file, str(tiny / "same"),
+                  transfer=TransferSets(train, val, train), **QUIET)  # every transfer failed after training
+    assert not (tiny / "same").exists()
