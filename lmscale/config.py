@@ -461,9 +461,10 @@ def config_from_record(record: dict[str, Any], path: str) -> tuple[ml_collection
     record = dict(record)
     derived = record.pop("derived", {}) or {}
     config = default_config()
-    kind = (record.get("model") or {}).get("kind")
+    model = record.get("model") if isinstance(record.get("model"), dict) else {}  # else: _update says
+    kind = model.get("kind")
     if isinstance(kind, str) and kind not in BUILT_IN_KINDS:  # a kind of one's own: its own
-        for name, value in (record.get("model") or {}).items():  # fields as recorded (its
+        for name, value in model.items():  # fields as recorded (its
             if name not in config.model:  # module, which declares them, is not imported here:
                 config.model[name] = value  # this runs while flags are parsed, before JAX)
     _update(config, record, prefix="", path=path)
@@ -475,7 +476,16 @@ def _update(config: ml_collections.ConfigDict, values: dict[str, Any], prefix: s
     for key, value in values.items():
         if key not in config:
             raise ConfigError(f"{path}: unknown config key {prefix}{key}")
-        if isinstance(value, dict):
+        section = isinstance(config[key], ml_collections.ConfigDict)
+        if isinstance(value, dict) and section:
             _update(config[key], value, f"{prefix}{key}.", path)
-        else:
+            continue
+        if section:
+            raise ConfigError(f"{path}: {prefix}{key} is a JSON {type(value).__name__} "
+                              f"({value!r}), not a section of fields")
+        try:
             config[key] = value
+        except (TypeError, ValueError) as e:  # ml_collections refuses another type
+            expected = type(config[key]).__name__
+            raise ConfigError(f"{path}: {prefix}{key} is {value!r} ({type(value).__name__}); "
+                              f"it takes a value of type {expected}") from e

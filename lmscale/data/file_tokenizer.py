@@ -22,6 +22,9 @@ def write_file_once(path: str, payload: bytes) -> None:
         with open(path, "rb") as f:
             if f.read() == payload:
                 return
+        import sys  # another file in its place (hand-replaced, damaged): replaced, said so
+        print(f"note: {path} differed from the run's tokenizer; written again from its own copy",
+              file=sys.stderr)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with atomic_write(path, "wb") as f:
         f.write(payload)

@@ -186,7 +186,14 @@ def _check_output(output: str, overwrite: bool) -> None:
         return
     if os.path.isdir(output) and not os.listdir(output):
         return
-    raise DataError(f"{output} exists and is not a prepared dataset; refusing to replace it")
+    from lmscale.data.dataset import _read_metadata
+    why = ""
+    if os.path.isdir(output):
+        try:
+            _read_metadata(output)
+        except DataError as e:  # metadata.json torn or removed: say so, not only "not a dataset"
+            why = f" ({e})"
+    raise DataError(f"{output} exists and is not a prepared dataset{why}; refusing to replace it")
 
 
 def _encode(tokenizer: Tokenizer, batch: list[bytes], continues: list[bool]

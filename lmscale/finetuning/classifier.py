@@ -26,7 +26,7 @@ from lmscale.transfer.metrics import predict_labels
 from lmscale.finetuning.predict import Predictor
 from lmscale.pretrained.preprocess import get_preprocessor
 from lmscale.training import mesh as mesh_lib
-from lmscale.training.checkpoints import CheckpointMismatchError
+from lmscale.training.checkpoints import CheckpointError, CheckpointMismatchError
 from lmscale.training.precision import Policy
 from lmscale.training.restore import open_reader
 from lmscale.transfer.classify import TRANSFER_FILES
@@ -59,13 +59,20 @@ class FinetunedClassifier(LoadedClassifier):
         batch_size = batch_size or int(config.train.eval_batch_size)
         ckpt_dir = workdir
         best_path = os.path.join(workdir, "best.json")
+        step = None
         if os.path.exists(best_path):
-            ckpt_dir, step = os.path.join(workdir, "best"), json.loads(Path(best_path).read_text())["step"]
+            ckpt_dir = os.path.join(workdir, "best")
+            try:
+                step = int(json.loads(Path(best_path).read_text())["step"])
+            except (ValueError, KeyError, TypeError) as e:  # torn or hand-edited: the best
+                print(f"note: {best_path} is unreadable ({type(e).__name__}: {e}); reading the "
+                      f"latest checkpoint in {ckpt_dir} (a resumed lmscale.finetune writes it "
+                      f"again)", file=sys.stderr)
         checkpointer = open_reader(ckpt_dir)  # a fine-tune still running: listed again
         try:
-            step = step if ckpt_dir != workdir else checkpointer.latest_step()
+            step = step if step is not None else checkpointer.latest_step()
             if step is None:
-                raise FileNotFoundError(f"{workdir} holds no checkpoint yet")
+                raise FileNotFoundError(f"{ckpt_dir} holds no checkpoint yet")
             signature = checkpointer.read_meta(step)["signature"]
             self.tokenizer = tokenizer_from_dict(signature["data.tokenizer"], base_dir=workdir)
             self.class_names = list(derived["class_names"])
@@ -142,14 +149,43 @@ def _load_transfer_lm(folder: str, info: dict[str, Any]) -> Any:
         + "; put the LM's workdir back, or re-run lmscale.transfer on where it is now")
 
 
+TRANSFER_INFO_KEYS = ("classes", "state", "pooling", "all_layers", "lm_workdir", "lm_step")
+TRANSFER_ARRAYS = ("mean", "scale", "coef", "intercept")
+
+
+def _read_transfer_files(folder: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """classifier.json and classifier.npz of a transfer output, checked: a damaged or
+    hand-edited file is one CheckpointError naming it (was a traceback)."""
+    import zipfile
+    json_path, npz_path = (os.path.join(folder, f) for f in TRANSFER_FILES)
+    again = "it is written by lmscale.transfer: restore it, or re-run lmscale.transfer"
+    try:
+        with open(json_path, encoding="utf-8") as f:
+            info = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        raise CheckpointError(f"{json_path} is not valid JSON ({e}); {again}") from None
+    missing = ([k for k in TRANSFER_INFO_KEYS if k not in info] if isinstance(info, dict)
+               else ["(not a JSON object)"])
+    if missing:
+        raise CheckpointError(f"{json_path} lacks {', '.join(missing)}; {again}")
+    try:
+        with np.load(npz_path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (ValueError, EOFError, zipfile.BadZipFile, OSError) as e:
+        if isinstance(e, OSError) and e.errno is not None:
+            raise
+        raise CheckpointError(f"{npz_path} is damaged ({type(e).__name__}: {e}); {again}") from None
+    missing = [k for k in TRANSFER_ARRAYS if k not in arrays]
+    if missing:
+        raise CheckpointError(f"{npz_path} lacks the arrays {', '.join(missing)}; {again}")
+    return info, arrays
+
+
 class TransferClassifier(LoadedClassifier):
     """A ``lmscale.transfer`` output: frozen-LM features -> standardize -> logistic regression."""
 
     def __init__(self, folder: str, batch_size: int = 64) -> None:
-        with open(os.path.join(folder, "classifier.json")) as f:
-            self.info = json.load(f)
-        with np.load(os.path.join(folder, "classifier.npz"), allow_pickle=False) as z:
-            self.arrays = {k: z[k] for k in z.files}
+        self.info, self.arrays = _read_transfer_files(folder)
         # Features in the dtype the classifier was fit on (--compute of lmscale.transfer).
         self.lm = _load_transfer_lm(folder, self.info)
         # the labels' names where they were names ("negative", "positive"), else the ids
@@ -197,6 +233,13 @@ def load_classifier(path: str, batch_size: int = 0) -> LoadedClassifier:
     ``classify`` tool splits a CPU host so), that gives its predictions again to the last digit."""
     found = classifier_folder(path)
     if found is None:
+        for folder in (path, os.path.join(path, "transfer")):  # one of the two files gone
+            present = [f for f in TRANSFER_FILES if os.path.exists(os.path.join(folder, f))]
+            if present:
+                gone = [f for f in TRANSFER_FILES if f not in present]
+                raise FileNotFoundError(f"{folder} holds {present[0]} but not {gone[0]}: a "
+                                        "transfer output needs both; restore it, or re-run "
+                                        "lmscale.transfer")
         raise FileNotFoundError(f"{path} holds no classifier: neither a fine-tuned run "
                                 "(lmscale.finetune) nor a transfer output with classifier.json "
                                 "(re-run lmscale.transfer)")

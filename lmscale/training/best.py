@@ -15,12 +15,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
 
 from lmscale.atomic import write_json
+from lmscale.training.checkpoints import CheckpointError
 
 BEST_DIR = "best"
 BEST_JSON = "best.json"
@@ -31,8 +33,30 @@ def read_best(workdir: str) -> dict[str, Any] | None:
     path = os.path.join(workdir, BEST_JSON)
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        int(record["step"]), float(record["loss"])
+    except (ValueError, KeyError, TypeError) as e:  # torn or hand-edited: one line, not a traceback
+        raise CheckpointError(f"{path} is damaged ({type(e).__name__}: {e}); it names the best "
+                              f"weights in {os.path.join(workdir, BEST_DIR)} and their validation "
+                              f"loss: restore it") from None
+    return record
+
+
+def _record_from_metrics(workdir: str, steps: list[int]) -> dict[str, Any] | None:
+    """What best.json said, worked out again where it is gone or damaged but ``best/`` holds
+    weights: the newest kept step and its validation loss in metrics.jsonl; None if not logged."""
+    from lmscale.training.metrics import read_metrics
+    if not steps:
+        return None
+    step = max(steps)
+    try:
+        vals = [r for r in read_metrics(workdir) if r.get("split") == "val" and r.get("step") == step]
+    except (OSError, ValueError):
+        vals = []
+    return ({"step": step, "loss": float(vals[-1]["loss"]),
+             "averaged": bool(vals[-1].get("averaged", False))} if vals else None)
 
 
 class BestKeeper:
@@ -50,7 +74,11 @@ class BestKeeper:
         self.workdir, self.enabled = os.path.abspath(workdir), bool(enabled)
         self._wait = checkpoints_saved if jax.process_count() > 1 else None
         self.manager = None
-        record = read_best(workdir) if enabled else None
+        damaged = None
+        try:
+            record = read_best(workdir) if enabled else None
+        except ValueError as e:  # CheckpointError: best.json torn or hand-edited
+            record, damaged = None, e
         self.loss = float(record["loss"]) if record else math.inf
         if enabled:
             # Every step kept (max_to_keep None): ``offer`` deletes the old one itself, after
@@ -59,6 +87,26 @@ class BestKeeper:
                                                    enable_async_checkpointing=False)
             self.manager = ocp.CheckpointManager(os.path.join(self.workdir, BEST_DIR), options=options,
                                                  item_names=("params",))
+            kept = sorted(self.manager.all_steps())
+            if record is None and kept:  # best.json gone or damaged, the weights still here:
+                record = _record_from_metrics(self.workdir, kept)  # never replaced unseen by worse
+                if record is None:
+                    raise damaged or CheckpointError(
+                        f"{os.path.join(self.workdir, BEST_DIR)} holds best weights (step "
+                        f"{kept[-1]}) but {BEST_JSON}, which records their validation loss, is "
+                        f"missing and metrics.jsonl has no validation record of that step: "
+                        f"restore {BEST_JSON}, or move {BEST_DIR}/ aside to start a new best")
+                if jax.process_index() == 0:
+                    print(f"note: {os.path.join(self.workdir, BEST_JSON)} was "
+                          f"{'damaged' if damaged else 'missing'}; the best weights kept (step "
+                          f"{record['step']}, validation loss {record['loss']:.4f} in "
+                          f"metrics.jsonl) stay the best until a lower one; {BEST_JSON} "
+                          f"written again", file=sys.stderr)
+                    path = os.path.join(self.workdir, BEST_JSON)
+                    if damaged:  # the hand-edited/torn file kept beside, not lost
+                        os.replace(path, path + ".damaged")
+                    write_json(path, record)
+                self.loss = float(record["loss"])
             if record and int(record["step"]) in self.manager.all_steps():
                 # What a stop after saving left. Every process lists the steps before any
                 # deletes (orbax deletes on process 0, then waits for the others' delete).

@@ -229,6 +229,11 @@ class Checkpointer:
         except Exception as e:
             raise UnreadableCheckpointError(
                 f"checkpoint {self.path(step)} is unreadable: {short_error(e)}") from None
+        held = int(jax.device_get(restored["state"].step))
+        if held != step:  # a folder copied or renamed into checkpoints/: resuming from it would
+            raise UnreadableCheckpointError(  # go back silently and rotate the real ones away
+                f"checkpoint {self.path(step)} holds the state of step {held}, not {step} (a "
+                f"checkpoint folder copied or renamed into {self.directory}?): move it out")
         return restored["state"]
 
     def restore_params(self, like: Any, sharding: jax.sharding.Sharding, step: int) -> Any:

@@ -343,12 +343,29 @@ def run_dataset(lm: TrainedLM) -> str:
     for candidate in candidates:
         if not recorded or has_fingerprint(candidate, recorded):
             return candidate
+    damage = [why for why in map(_dataset_damage, dict.fromkeys(p for p in (path, own) if p))
+              if why]  # a shard truncated or gone, metadata.json torn: say which, not "prepared again?"
+    if damage:
+        raise FileNotFoundError(f"{lm.workdir}: the dataset it trained on is damaged: "
+                                f"{'; '.join(damage)}; restore it, or pass --data")
     if candidates:
         raise FileNotFoundError(f"{lm.workdir}: the dataset it trained on is no longer at "
                                 f"{' or '.join(candidates)} (the files there differ from the ones "
                                 f"it recorded: prepared again?); pass --data")
     raise FileNotFoundError(f"{lm.workdir} records no prepared training dataset "
                             f"({path or 'none, e.g. an imported model'}); pass --data")
+
+
+def _dataset_damage(path: str) -> str | None:
+    """What is wrong with the prepared dataset at ``path`` (a shard missing or of another size,
+    metadata.json missing or unreadable), or None where it opens (or is no dataset folder)."""
+    if not os.path.isdir(path) or not os.listdir(path):
+        return None
+    try:
+        TokenDataset.open(path)
+    except (DataError, OSError) as e:
+        return str(e)
+    return None
 
 
 def evaluate_data(lm: TrainedLM, data: str, *, split: str = "val", batch_size: int | None = None,

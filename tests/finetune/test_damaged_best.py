@@ -1,0 +1,30 @@
+"""A fine-tuned run whose best.json is torn: classify read it with json.loads, a traceback;
+it says so and reads the best checkpoint, whose predictions are the same."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from tests.finetune.test_finetune import ft_config
+
+
+def test_a_torn_best_json_still_classifies_with_the_best_weights(sst_run, data, tmp_path, capfd):
+    from lmscale.finetuning.classifier import load_classifier
+    from lmscale.finetuning.loop import finetune
+    from lmscale.transfer.labeled import load_labeled
+    run = str(tmp_path / "ft")
+    finetune(ft_config(sst_run, data["sst_train"], data["sst_val"],
+                       **{"train.steps": 4, "train.eval_every": 2, "checkpoint.every": 2}), run)
+    texts = load_labeled(data["sst_val"]).texts[:16]
+    whole = load_classifier(run)
+    before = whole.predict(texts)[0]
+    path = os.path.join(run, "best.json")
+    with open(path, "w") as f:
+        f.write('{"step": ')
+    capfd.readouterr()
+    torn = load_classifier(run)
+    assert f"note: {path} is unreadable" in capfd.readouterr().err
+    assert torn.step == whole.step
+    np.testing.assert_array_equal(torn.predict(texts)[0], before)

@@ -1,0 +1,142 @@
+"""Hand-edited or torn files of a run: one error naming the file, never a traceback."""
+import json
+
+import numpy as np
+import pytest
+
+from lmscale.config import ConfigError, config_from_record, default_config
+
+
+def test_config_json_wrong_type_and_non_section_name_the_key(tmp_path):
+    record = default_config().to_dict()
+    record["model"]["hidden"] = "big"
+    with pytest.raises(ConfigError, match=r"model.hidden is 'big' \(str\); it takes a value of type int"):
+        config_from_record(record, "run/config.json")
+    record = default_config().to_dict()
+    record["model"] = 5
+    with pytest.raises(ConfigError, match="model is a JSON int"):
+        config_from_record(record, "run/config.json")
+
+
+def test_damaged_best_json_is_one_error(tmp_path):
+    from lmscale.training.best import read_best
+    from lmscale.training.checkpoints import CheckpointError
+    (tmp_path / "best.json").write_text('{"step": 2')
+    with pytest.raises(CheckpointError, match="best.json is damaged"):
+        read_best(str(tmp_path))
+
+
+@pytest.mark.parametrize("damage", ["npz_empty", "npz_cut", "json_cut", "json_key", "npz_key"])
+def test_damaged_transfer_classifier_files_are_one_error(tmp_path, damage):
+    from lmscale.finetuning.classifier import _read_transfer_files
+    from lmscale.training.checkpoints import CheckpointError
+    info = {"classes": [0, 1], "state": "cell", "pooling": "last", "all_layers": False,
+            "lm_workdir": "lm", "lm_step": 2}
+    arrays = {k: np.zeros((1, 3)) for k in ("mean", "scale", "coef", "intercept")}
+    if damage == "json_key":
+        del info["pooling"]
+    if damage == "npz_key":
+        del arrays["coef"]
+    (tmp_path / "classifier.json").write_text(json.dumps(info))
+    np.savez(tmp_path / "classifier.npz", **arrays)
+    npz = tmp_path / "classifier.npz"
+    if damage == "npz_empty":
+        npz.write_bytes(b"")
+    if damage == "npz_cut":
+        npz.write_bytes(npz.read_bytes()[:100])
+    if damage == "json_cut":
+        (tmp_path / "classifier.json").write_text(json.dumps(info)[:20])
+    with pytest.raises(CheckpointError, match=r"classifier\.(json|npz)"):
+        _read_transfer_files(str(tmp_path))
+
+
+@pytest.fixture
+def best_run(tmp_path):
+    """8 steps that improve with best/ kept (best.json names the last validated step)."""
+    from lmscale.training.loop import train
+    from tests.conftest import tiny_config, write_corpus
+    corpus = write_corpus(tmp_path / "corpus")
+    workdir = str(tmp_path / "run")
+    settings = {"train.eval_every": 4, "checkpoint.every": 4, "checkpoint.keep_best": True}
+    train(tiny_config(corpus, **settings, **{"train.steps": 8}), workdir)
+    worse = tiny_config(corpus, **settings, **{"train.steps": 12, "optim.lr": 50.0,
+                                               "train.divergence_factor": 0.0,
+                                               "optim.warmup_steps": 0})
+    return workdir, worse
+
+
+@pytest.mark.parametrize("damage", ["missing", "torn"])
+def test_best_weights_outlive_a_lost_best_json(best_run, damage, capfd):
+    """best.json gone (or torn) and a resume that validates worse: the best weights were
+    deleted for the worse ones (the record's loss read as inf), silently; a torn file was a
+    JSONDecodeError traceback."""
+    import os
+
+    from lmscale.training.loop import train
+    workdir, worse = best_run
+    path = os.path.join(workdir, "best.json")
+    before = json.load(open(path))
+    if damage == "missing":
+        os.remove(path)
+    else:
+        open(path, "w").write('{"step": 8, "lo')
+    capfd.readouterr()
+    train(worse, workdir)
+    after = json.load(open(path))
+    assert after["step"] == before["step"] == 8
+    assert after["loss"] == pytest.approx(before["loss"], rel=1e-6)
+    assert sorted(os.listdir(os.path.join(workdir, "best"))) == ["8"]
+    err = capfd.readouterr().err
+    assert f"note: {path} was {'missing' if damage == 'missing' else 'damaged'}; the best " \
+           f"weights kept (step 8" in err, err
+    if damage == "torn":
+        assert open(path + ".damaged").read() == '{"step": 8, "lo'  # kept, not lost
+
+
+def test_a_checkpoint_folder_copied_to_another_step_is_not_resumed_from(best_run):
+    """checkpoints/4 copied to checkpoints/99: the resume went back to step 4 silently (and
+    rotated the real checkpoints away); it names the folder, and checkpoint.fallback moves it
+    aside and resumes from the real latest."""
+    import os
+    import shutil
+
+    from lmscale.training.checkpoints import UnreadableCheckpointError
+    from lmscale.training.loop import train
+    from tests.conftest import tiny_config
+    workdir, worse = best_run
+    ckpts = os.path.join(workdir, "checkpoints")
+    shutil.copytree(os.path.join(ckpts, "4"), os.path.join(ckpts, "99"))
+    corpus = worse.data.train
+    more = tiny_config(corpus, **{"train.steps": 12, "train.eval_every": 4, "checkpoint.every": 4})
+    with pytest.raises(UnreadableCheckpointError, match=r"holds the state of step 4, not 99"):
+        train(more, workdir)
+    assert sorted(os.listdir(ckpts), key=int) == ["4", "8", "99"]  # nothing rotated away
+    result = train(tiny_config(corpus, **{"train.steps": 12, "train.eval_every": 4,
+                                          "checkpoint.every": 4, "checkpoint.fallback": True}),
+                   workdir)
+    assert result["step"] == 12
+    assert "99" not in os.listdir(ckpts)
+
+
+def test_a_damaged_dataset_is_named_by_eval_and_by_prepare(best_run):
+    """A truncated shard of the run's dataset: eval said "the files there differ from the
+    ones it trained on (prepared again?)"; a torn metadata.json: prepare said only "is not a
+    prepared dataset". Each now says what is wrong with which file."""
+    import glob
+    import os
+
+    from lmscale.data.errors import DataError
+    from lmscale.data.prepare import prepare_dataset
+    from lmscale.training.restore import load_trained, run_dataset
+    workdir, worse = best_run
+    data = os.path.join(workdir, "data")
+    shard = sorted(glob.glob(os.path.join(data, "**", "*.bin"), recursive=True))[0]
+    with open(shard, "r+b") as f:
+        f.truncate(os.path.getsize(shard) - 2)
+    with pytest.raises(FileNotFoundError, match=r"the dataset it trained on is damaged: .*"
+                       + os.path.basename(shard)):
+        run_dataset(load_trained(workdir))
+    with open(os.path.join(data, "metadata.json"), "w") as f:
+        f.write('{"vocab')
+    with pytest.raises(DataError, match=r"is not a prepared dataset \(.*metadata\.json"):
+        prepare_dataset(worse.data.train, data, split=(8, 1, 1), progress=False)
