@@ -25,7 +25,8 @@ from flax import nnx
 
 from lmscale.config import AVERAGING_OPTIMIZERS, derive, save_config, validate, with_global_batch
 from lmscale.data.errors import DataError
-from lmscale.distributed import check_same_config, process_0_says, processes_that_differ
+from lmscale.distributed import (check_same_config, leave_word, process_0_says,
+                                 processes_that_differ)
 from lmscale.data.dataset import TokenDataset, dataset_fingerprint
 from lmscale.data.stream import document_resets
 from lmscale.models import architecture
@@ -81,7 +82,12 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     """
     with errors_for_caller():  # from a notebook: "config.resume = False", not the flag
         mesh = mesh_lib.make_mesh(devices)
-        validate(config, mesh.size)  # a bad config writes nothing
+        try:
+            validate(config, mesh.size)  # a bad config writes nothing
+        except Exception as e:  # the others wait in check_same_config's gather: say why
+            if jax.process_count() > 1:
+                leave_word(str(e))
+            raise
         check_same_config(config)
         with locked_workdir(workdir), contextlib.ExitStack() as on_exit:
             return _train(with_global_batch(config, mesh.size), workdir, mesh, on_exit)
@@ -214,10 +220,25 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
                      horizon_note(config.optim, derived["steps"], derived["decay_steps"])):
             if note:
                 print(note, file=sys.stderr, flush=True)
-        tokenizer.save(workdir)  # the workdir is self-contained (e.g. a SentencePiece model)
-        keep_config_history(workdir, {**config.to_dict(), "derived": derived}, start)
-        save_config(config, derived, os.path.join(workdir, "config.json"))
-        record_command(workdir, start, jax.process_count(), mesh.size)
+    # Process 0's own writes: agreed on before the next collective (a failure here left the
+    # others in the first step's collective and process 0 in jax's shutdown barrier: a hang).
+    kept = start if start > 0 or saved is not None else -1
+    failure = None
+    if is_main:
+        try:
+            tokenizer.save(workdir)  # the workdir is self-contained (e.g. a SentencePiece model)
+            keep_config_history(workdir, {**config.to_dict(), "derived": derived}, start)
+            save_config(config, derived, os.path.join(workdir, "config.json"))
+            record_command(workdir, start, jax.process_count(), mesh.size)
+            _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), after_step=kept)
+        except Exception as e:  # raised below, once the others know
+            failure = e
+    if not process_0_says(failure is None):
+        if failure is not None:
+            raise failure
+        from lmscale.cli import OutputError
+        raise OutputError(f"process 0 could not write the run's files in {workdir} (config.json, "
+                          f"commands.log, metrics.jsonl); see its error")
     meta = {"signature": signature, "precision": config.precision.compute,
             "config": config.to_dict(), "derived": derived}
     # NT-ASGD: the validation history and switch step travel in each checkpoint's record.
@@ -237,9 +258,6 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
     # killed before its first checkpoint had logged its step-0 validation, which the re-run
     # logs again. A restored step-0 checkpoint (a stop as the steps began) keeps it: the
     # resume does not validate step 0 again.
-    kept = start if start > 0 or saved is not None else -1
-    if is_main:
-        _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), after_step=kept)
     writer = MetricsWriter(workdir, resumed_from=kept)
     on_exit.push(lambda kind, *_: writer.abandon() if kind else None)
     best = BestKeeper(workdir, config.checkpoint.keep_best, checkpoints_saved=checkpointer.wait)

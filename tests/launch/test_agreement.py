@@ -264,3 +264,37 @@ def test_finetune_in_an_sbatch_scripts_own_environment_runs_as_its_one_process()
     from lmscale.distributed import refuse_several_processes
     refuse_several_processes("lmscale.finetune",
                              {"SLURM_NTASKS": "4", "SLURM_JOB_ID": "1", "SLURM_PROCID": "0"})
+
+
+def test_a_previous_run_process_0_cannot_archive_is_refused_on_every_process(tmp_path, corpus):
+    """resume=false over a run whose archive/ process 0 cannot create (here a file there): process
+    0 raised (a traceback) between its move and the barrier after it; process 1 waited at the
+    barrier and process 0 at jax's shutdown barrier, both until it timed out (5 min, SIGABRT)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("")
+    (run / "archive").write_text("")
+    cmd = command(run, corpus, "--config.resume=false")
+    (status0, err0), (status1, err1) = run_two([cmd, cmd], timeout=90)
+    assert status0 == status1 == 1, err0[-2000:] + err1[-2000:]
+    assert error_lines(err0) == [f"error: cannot move the previous run in {run} to {run}/archive "
+                                 f"(resume=false): [Errno 17] File exists: '{run}/archive'"], err0[-2000:]
+    assert error_lines(err1) == [f"error: process 0 could not move the previous run in {run} to "
+                                 f"{run}/archive (resume=false); see its error"], err1[-2000:]
+
+
+def test_a_run_file_process_0_cannot_write_stops_every_process(tmp_path, corpus):
+    """Process 0 alone writes config.json, history/, commands.log and truncates metrics.jsonl:
+    one of those failing (here history/ is a file, the resumed config differs) raised on process
+    0 while process 1 went on into the first step's collective: both hung (process 0 in jax's
+    shutdown barrier) until killed; SIGTERM did not end them."""
+    run = tmp_path / "run"
+    assert [s for s, _ in run_two([command(run, corpus), command(run, corpus)])] == [0, 0]
+    (run / "history").write_text("")
+    more = command(run, corpus, "--config.train.steps=6")
+    (status0, err0), (status1, err1) = run_two([more, more], timeout=90)
+    assert status0 == status1 == 1, err0[-2000:] + err1[-2000:]
+    assert "File exists" in err0, err0[-2000:]
+    assert error_lines(err1) == [f"error: process 0 could not write the run's files in {run} "
+                                 f"(config.json, commands.log, metrics.jsonl); see its error"], \
+        err1[-2000:]
