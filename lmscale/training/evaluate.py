@@ -48,13 +48,24 @@ def without_validation(config: Any, dataset_path: str) -> str | None:
 
 
 def eval_stream(split: SplitData, batch_size: int, seq_len: int,
-                reset_on_documents: bool | int = False) -> StreamBatcher:
-    """A stream over a whole split with ``batch_size`` rows, fewer if the split is small
-    (the most rows that still get one full sequence each), whatever the device count."""
-    rows = min(batch_size, split.num_tokens // (seq_len + 1))
-    if rows < 1:
+                reset_on_documents: bool | int = False, carried: bool = True) -> StreamBatcher:
+    """A stream over a whole split with ``batch_size`` rows, whatever the device count.
+
+    A split too small for rows of ``seq_len + 1`` tokens: a model that carries its state
+    (``carried``, the recurrent kinds) reads it in shorter steps, keeping its rows: with the
+    state carried the step length does not change which targets are scored, the number of
+    rows does (each row's first token is not), so its result does not depend on ``seq_len``
+    (it took fewer rows, and scored other targets under another ``--seq_len``); fewer rows
+    only where a row would hold fewer than 2 tokens. A transformer, whose context is the step,
+    keeps full steps in fewer rows (the most that still get one each)."""
+    if split.num_tokens < seq_len + 1:
         raise DataError(f"{split.described} has {split.num_tokens} tokens: too few for one "
                         f"sequence of seq_len {seq_len}")
+    if carried:
+        rows = min(batch_size, split.num_tokens // 2)
+        seq_len = min(seq_len, split.num_tokens // rows - 1)
+    else:
+        rows = min(batch_size, split.num_tokens // (seq_len + 1))
     return StreamBatcher(split, rows, seq_len, reset_on_documents=reset_on_documents)
 
 
@@ -70,7 +81,8 @@ def evaluate_split(eval_step: Callable, params: Any, initial_carry: Callable[[in
     step (``steps.make_eval_step``); ``initial_carry(rows)`` the model's zero carry. Returns
     loss (nats per token), bpc (bits per UTF-8 byte), bits_per_token, tokens and chars scored.
     """
-    stream = eval_stream(split, batch_size, seq_len, reset_on_documents)
+    carried = bool(jax.tree.leaves(jax.eval_shape(lambda: initial_carry(1))))
+    stream = eval_stream(split, batch_size, seq_len, reset_on_documents, carried)
     steps = stream.steps_per_epoch if max_steps <= 0 else min(max_steps, stream.steps_per_epoch)
     padded = -(-stream.batch_size // mesh.size) * mesh.size
     rows = mesh_lib.local_rows(mesh, padded)
