@@ -48,7 +48,7 @@ from lmscale.training import mesh as mesh_lib
 from lmscale.training.checkpoints import Checkpointer, check_same_model
 from lmscale.training.diverged import DivergedError, check_finite, save_finite
 from lmscale.training.fits import check_step_fits_host
-from lmscale.training.metrics import MetricsWriter
+from lmscale.training.metrics import MetricsWriter, truncate_metrics
 from lmscale.training.optimizer import finetune_applied_lrs, make_finetune_optimizer
 from lmscale.training.in_flight import InFlight
 from lmscale.training.precision import (LossScale, Policy, SkippedRun, print_compute_hint,
@@ -362,7 +362,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
         "step": kept, "metric": ft.best_metric, "value": validate(best_ckpt.restore_params(
             state.params, mesh_lib.replicated(mesh), kept))[0][ft.best_metric]})
     if is_main:
-        _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), start)
+        truncate_metrics(os.path.join(workdir, "metrics.jsonl"), start)
     writer = MetricsWriter(workdir, resumed_from=start)
     on_exit.push(lambda kind, *_: writer.abandon() if kind else None)
     timer = StepTimer()  # the steps that compile are left out of the throughput
@@ -486,8 +486,3 @@ def _final_results(workdir: str, params: Any, predict: Predictor, enc: dict[str,
         _write_json(os.path.join(workdir, "results.json"), results)
         print(format_table(results["metrics"]))
     return results
-
-
-def _truncate_metrics(path: str, after_step: int) -> None:
-    from lmscale.training.loop import _truncate_metrics as truncate  # the LM trainer's rule
-    truncate(path, after_step)

@@ -12,7 +12,6 @@ uninterrupted one. What a resume may change is decided in resume.py.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 from typing import Any
@@ -32,7 +31,6 @@ from lmscale.data.stream import document_resets
 from lmscale.models import architecture
 from lmscale.models.registry import get_kind, trained_length_note, unused_settings_note
 from lmscale.training import mesh as mesh_lib
-from lmscale.atomic import atomic_write
 from lmscale.messages import errors_for_caller, for_caller
 from lmscale.training.checkpoints import Checkpointer, check_same_model
 from lmscale.training.command_log import record_command
@@ -49,7 +47,8 @@ from lmscale.training.loss import bits_per_char
 from lmscale.training.bench import adaptive_cutoffs, train_flops_per_token
 from lmscale.training.best import BestKeeper
 from lmscale.training.diverged import DivergedError, check_loss, save_finite
-from lmscale.training.metrics import MetricsWriter, add_perplexity, read_metrics
+from lmscale.training.metrics import (MetricsWriter, add_perplexity, read_metrics,
+                                      truncate_metrics)
 from lmscale.training.ntasgd import NTASGDMonitor, eval_params, switch_on
 from lmscale.training.precision import SkippedRun, print_compute_hint, resumed_loss_scale
 from lmscale.training.schedules import (DECAYS_TO_ZERO, batch_and_rate_note, horizon_note,
@@ -230,7 +229,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
             keep_config_history(workdir, {**config.to_dict(), "derived": derived}, start)
             save_config(config, derived, os.path.join(workdir, "config.json"))
             record_command(workdir, start, jax.process_count(), mesh.size)
-            _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), after_step=kept)
+            truncate_metrics(os.path.join(workdir, "metrics.jsonl"), after_step=kept)
         except Exception as e:  # raised below, once the others know
             failure = e
     if not process_0_says(failure is None):
@@ -429,7 +428,7 @@ def _already_trained(workdir: str, start: int, steps: int, is_main: bool,
     metrics.jsonl loses the records past the checkpoint (a run killed after its last save
     had logged them), as a resume's would, and TensorBoard too (a purge step)."""
     if is_main:
-        if _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), after_step=start):
+        if truncate_metrics(os.path.join(workdir, "metrics.jsonl"), after_step=start):
             MetricsWriter(workdir, resumed_from=start).close()  # TensorBoard's purge too
     last: dict[str, Any] = {"step": start, "train_programs": 0, "stopped_by_signal": None,
                             "stopped": False, "already_trained": True,
@@ -465,29 +464,6 @@ def eval_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return {"batch_size": config.train.eval_batch_size, "seq_len": config.train.seq_len,
             "reset_on_documents": document_resets(config.data),
             "max_steps": config.train.eval_steps}
-
-
-def _step_of(line: str) -> float:
-    """The step of a metrics record; a torn line (a crash or a full disk mid-write) is past
-    every step, so it is dropped with the records after the checkpoint."""
-    try:
-        return json.loads(line)["step"]
-    except (ValueError, KeyError, TypeError):
-        return float("inf")
-
-
-def _truncate_metrics(path: str, after_step: int) -> bool:
-    """Drops records past the restored step (written after the last checkpoint of a crashed
-    run); whether there were any."""
-    if not os.path.exists(path):
-        return False
-    with open(path) as f:
-        lines = [line for line in f if line.strip()]
-    keep = [line for line in lines if _step_of(line) <= after_step]
-    if len(keep) != len(lines):
-        with atomic_write(path) as f:
-            f.writelines(keep)
-    return len(keep) != len(lines)
 
 
 def perplexity_note(record: dict[str, Any]) -> str:

@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from typing import Any
 
 import jax
+
+from lmscale.atomic import atomic_write
 
 
 class MetricsWriter:
@@ -127,15 +130,70 @@ class _Discard:
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
     """All records of a run, in order; a last line cut off mid-record (a process killed while
-    writing it) is left out, as a resumed run drops it."""
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        lines = [line for line in f if line.strip()]
-    if lines and not lines[-1].endswith("\n"):
-        try:
-            json.loads(lines[-1])
-        except json.JSONDecodeError:
-            lines.pop()
-    return [json.loads(line) for line in lines]
+    writing it) is left out, as a resumed run drops it; another line that is no record (a
+    hand edit, a damaged disk) is left out with a note naming it (it was a traceback)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    with open(path) as f:
+        lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+    records, bad = [], []
+    for i, (n, line) in enumerate(lines):
+        record = _record(line)
+        if record is not None:
+            records.append(record)
+        elif i < len(lines) - 1:
+            bad.append(n)
+    if bad:
+        print(f"note: {path}: line(s) {_listed(bad)} are not JSON records (a hand edit or a "
+              f"damaged disk?): left out", file=sys.stderr, flush=True)
+    return records
+
+
+def _record(line: str) -> dict[str, Any] | None:
+    """The metrics record on ``line``, or None where it is none (torn, not JSON, no step)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("step"), int) else None
+
+
+def _listed(numbers: list[int]) -> str:
+    return ", ".join(map(str, numbers[:10])) + (f" and {len(numbers) - 10} more" if len(numbers) > 10 else "")
+
+
+def truncate_metrics(path: str, after_step: int) -> bool:
+    """Drops the records past the restored step (written after the last checkpoint of a
+    crashed run) and a torn last line; whether any record was dropped. Other lines that are
+    no record (a hand edit, a damaged disk) are moved to ``metrics.jsonl.damaged``, said so:
+    their step unknown, they were dropped with the later records, silently."""
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+    keep, dropped, damaged = [], False, []
+    for i, (n, line) in enumerate(lines):
+        record = _record(line)
+        if record is None:
+            if i < len(lines) - 1:  # a crash tears only the last line
+                damaged.append((n, line))
+            else:
+                dropped = True
+        elif record["step"] <= after_step:
+            keep.append(line)
+        else:
+            dropped = True
+    unterminated = bool(keep) and not keep[-1].endswith("\n")  # the next record glued to it
+    keep = [line if line.endswith("\n") else line + "\n" for line in keep]
+    if damaged:
+        with open(path + ".damaged", "a") as f:  # kept, not lost
+            f.writelines(line if line.endswith("\n") else line + "\n" for _, line in damaged)
+        print(f"note: {path}: line(s) {_listed([n for n, _ in damaged])} are not JSON records "
+              f"(a hand edit or a damaged disk?): moved to {path}.damaged", file=sys.stderr,
+              flush=True)
+    if dropped or damaged or unterminated:
+        with atomic_write(path) as f:
+            f.writelines(keep)
+    return dropped
 
 
 def add_perplexity(record: dict[str, Any], word_level: bool) -> dict[str, Any]:

@@ -140,3 +140,27 @@ def test_a_damaged_dataset_is_named_by_eval_and_by_prepare(best_run):
         f.write('{"vocab')
     with pytest.raises(DataError, match=r"is not a prepared dataset \(.*metadata\.json"):
         prepare_dataset(worse.data.train, data, split=(8, 1, 1), progress=False)
+
+
+def test_a_line_of_metrics_jsonl_that_is_no_record_is_kept_aside_not_dropped(tmp_path, capfd):
+    """A hand-edited or damaged line mid-file: a resume dropped it silently (its step read as
+    past every step), and read_metrics raised JSONDecodeError. The torn last line of a crash is
+    still dropped; a last record without its newline gets one (the next was glued to it)."""
+    import os
+
+    from lmscale.training.metrics import read_metrics, truncate_metrics
+    path = tmp_path / "metrics.jsonl"
+    records = [{"step": s, "split": "train", "loss": 1.0 / s} for s in (1, 2, 3, 4)]
+    lines = [json.dumps(r) + "\n" for r in records]
+    path.write_text(lines[0] + "not json, typed by hand\n" + lines[1] + lines[2] + lines[3]
+                    + '{"step": 5, "spl')
+    assert [r["step"] for r in read_metrics(str(tmp_path))] == [1, 2, 3, 4]
+    assert "line(s) 2 are not JSON records" in capfd.readouterr().err
+    assert truncate_metrics(str(path), after_step=3) is True
+    assert path.read_text() == lines[0] + lines[1] + lines[2]
+    assert (tmp_path / "metrics.jsonl.damaged").read_text() == "not json, typed by hand\n"
+    assert "moved to " + str(path) + ".damaged" in capfd.readouterr().err
+    path.write_text(lines[0] + lines[1].rstrip("\n"))  # a whole record, unterminated
+    assert truncate_metrics(str(path), after_step=3) is False
+    assert path.read_text() == lines[0] + lines[1]
+    assert os.path.getsize(tmp_path / "metrics.jsonl.damaged") == len("not json, typed by hand\n")
