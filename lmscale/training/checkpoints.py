@@ -281,15 +281,22 @@ class Checkpointer:
         raise FileNotFoundError(f"{self.workdir} holds no checkpoint (looked in {self.directory})")
 
     def set_aside(self, step: int) -> None:
-        """Moves checkpoint ``step`` to WORKDIR/unreadable_checkpoints/<step>-<time> (process 0)."""
+        """Moves checkpoint ``step`` to WORKDIR/unreadable_checkpoints/<step>-<time> (process 0;
+        the others learn whether it could: a failed move left them at a barrier, a hang)."""
+        from lmscale.distributed import process_0_says
+        failure = None
         if jax.process_index() == 0:
             target = os.path.join(self.workdir, "unreadable_checkpoints",
                                   f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            shutil.move(self.path(step), target)
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-            multihost_utils.sync_global_devices(f"lmscale set aside checkpoint {step}")
+            try:
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                shutil.move(self.path(step), target)
+            except OSError as e:
+                failure = e
+        if not process_0_says(failure is None):
+            raise CheckpointError(f"cannot move the unreadable checkpoint {self.path(step)} "
+                                  f"aside (checkpoint.fallback): "
+                                  f"{short_error(failure) if failure else 'see process 0'}")
         self.manager.reload()
 
     def check(self) -> None:

@@ -164,3 +164,23 @@ def test_a_line_of_metrics_jsonl_that_is_no_record_is_kept_aside_not_dropped(tmp
     assert truncate_metrics(str(path), after_step=3) is False
     assert path.read_text() == lines[0] + lines[1]
     assert os.path.getsize(tmp_path / "metrics.jsonl.damaged") == len("not json, typed by hand\n")
+
+
+def test_an_unreadable_checkpoint_that_cannot_be_moved_aside_is_one_error(best_run):
+    """checkpoint.fallback where unreadable_checkpoints/ cannot be made (a file there): a
+    FileExistsError traceback (with several processes, the others waited at a barrier)."""
+    import os
+    import shutil
+
+    from lmscale.training.checkpoints import CheckpointError
+    from lmscale.training.loop import train
+    from tests.conftest import tiny_config
+    workdir, worse = best_run
+    ckpts = os.path.join(workdir, "checkpoints")
+    shutil.copytree(os.path.join(ckpts, "4"), os.path.join(ckpts, "99"))
+    open(os.path.join(workdir, "unreadable_checkpoints"), "w").close()
+    with pytest.raises(CheckpointError, match=r"cannot move the unreadable checkpoint .*99 aside "
+                                              r"\(checkpoint.fallback\): "):
+        train(tiny_config(worse.data.train, **{"train.steps": 12, "checkpoint.fallback": True}),
+              workdir)
+    assert sorted(os.listdir(ckpts), key=int) == ["4", "8", "99"]
