@@ -89,24 +89,7 @@ class BestKeeper:
                                                  item_names=("params",))
             kept = sorted(self.manager.all_steps())
             if record is None and kept:  # best.json gone or damaged, the weights still here:
-                record = _record_from_metrics(self.workdir, kept)  # never replaced unseen by worse
-                if record is None:
-                    raise damaged or CheckpointError(
-                        f"{os.path.join(self.workdir, BEST_DIR)} holds best weights (step "
-                        f"{kept[-1]}) but {BEST_JSON}, which records their validation loss, is "
-                        f"missing and metrics.jsonl has no validation record of that step: "
-                        f"restore {BEST_JSON}, or move {BEST_DIR}/ aside to start a new best")
-                if jax.process_index() == 0:
-                    print(f"note: {os.path.join(self.workdir, BEST_JSON)} was "
-                          f"{'damaged' if damaged else 'missing'}; the best weights kept (step "
-                          f"{record['step']}, validation loss {record['loss']:.4f} in "
-                          f"metrics.jsonl) stay the best until a lower one; {BEST_JSON} "
-                          f"written again", file=sys.stderr)
-                    path = os.path.join(self.workdir, BEST_JSON)
-                    if damaged:  # the hand-edited/torn file kept beside, not lost
-                        os.replace(path, path + ".damaged")
-                    write_json(path, record)
-                self.loss = float(record["loss"])
+                record = self._recovered(kept, damaged)  # never replaced unseen by worse
             if record and int(record["step"]) in self.manager.all_steps():
                 # What a stop after saving left. Every process lists the steps before any
                 # deletes (orbax deletes on process 0, then waits for the others' delete).
@@ -116,6 +99,31 @@ class BestKeeper:
                 self._keep_only(int(record["step"]))
             elif record:  # an older lmscale stopped mid-offer: the next validation records anew
                 self.loss = math.inf
+
+    def _recovered(self, kept: list[int], damaged: Exception | None) -> dict[str, Any] | None:
+        """best.json rebuilt from metrics.jsonl's validation record of the newest kept step
+        (written again, a damaged one kept as ``best.json.damaged``), said; None where that
+        step's validation was never logged (a stop between saving the weights and logging):
+        the next validation replaces them, as before best.json was written."""
+        path = os.path.join(self.workdir, BEST_JSON)
+        record = _record_from_metrics(self.workdir, kept)
+        if jax.process_index() == 0:
+            was = "damaged" if damaged else "missing"
+            if record is None:
+                print(f"note: {path} is {was}, and metrics.jsonl holds no validation of the "
+                      f"best weights kept (step {kept[-1]}): the next validation replaces them",
+                      file=sys.stderr)
+            else:
+                print(f"note: {path} was {was}; the best weights kept (step {record['step']}, "
+                      f"validation loss {record['loss']:.4f} in metrics.jsonl) stay the best "
+                      f"until a lower one; {BEST_JSON} written again", file=sys.stderr)
+            if damaged:  # the hand-edited/torn file kept beside, not lost
+                os.replace(path, path + ".damaged")
+            if record is not None:
+                write_json(path, record)
+        if record is not None:
+            self.loss = float(record["loss"])
+        return record
 
     def offer(self, step: int, loss: float, params: Any, averaged: bool) -> bool:
         """Keeps ``params`` if ``loss`` is the lowest yet; True when it did. In this order, so

@@ -184,3 +184,21 @@ def test_an_unreadable_checkpoint_that_cannot_be_moved_aside_is_one_error(best_r
         train(tiny_config(worse.data.train, **{"train.steps": 12, "checkpoint.fallback": True}),
               workdir)
     assert sorted(os.listdir(ckpts), key=int) == ["4", "8", "99"]
+
+
+def test_best_weights_whose_validation_was_never_logged_are_replaced_by_the_next(best_run, capfd):
+    """A stop between saving best/<step> and writing best.json, on a run's first offer (its
+    validation record is written after the offer): the resume goes on, said, and the next
+    validation replaces those weights, as before best.json could be rebuilt."""
+    import os
+
+    from lmscale.training.loop import train
+    workdir, worse = best_run
+    os.remove(os.path.join(workdir, "best.json"))
+    path = os.path.join(workdir, "metrics.jsonl")
+    lines = [line for line in open(path) if not ('"val"' in line and '"step": 8' in line)]
+    open(path, "w").writelines(lines)
+    capfd.readouterr()
+    train(worse, workdir)
+    assert "metrics.jsonl holds no validation of the best weights kept (step 8)" in capfd.readouterr().err
+    assert json.load(open(os.path.join(workdir, "best.json")))["step"] == 12
