@@ -1,8 +1,9 @@
 """Atomic file writes: a reader (or a crash) never sees a half-written file.
 
 ``atomic_write(path)`` opens a temporary file beside ``path`` and renames it over ``path``
-once the block succeeds; on an error the temporary file is removed and ``path`` keeps its
-previous content (an OSError, e.g. a full disk, then names ``path``). Every record lmscale
+once the block succeeds, flushed to the disk first (a power loss leaves the new content or
+the old); on an error the temporary file is removed and ``path`` keeps its previous content
+(an OSError, e.g. a full disk, then names ``path``). Every record lmscale
 writes outside orbax (configs, results, thresholds, best/sweep status, classifiers,
 predictions, caches, tokenizer files) goes through it.
 
@@ -73,12 +74,40 @@ def remove_abandoned(path: str, what: str = "a process") -> None:
                       flush=True)
 
 
+def sync_folder(path: str) -> None:
+    """Flushes the folder ``path``'s entries (a rename into it) to the disk; where the file
+    system cannot (some network ones), nothing."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def sync_tree(folder: str) -> None:
+    """Flushes every file of ``folder`` and the folders themselves to the disk: a folder
+    renamed into place after a power loss holds what was written, not empty files."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                os.fsync(f.fileno())
+        sync_folder(root)
+
+
 def publish(tmp: str, path: str) -> None:
-    """Renames the finished ``tmp`` to ``path``, an old ``path`` moved aside first
-    (``PATH.trash-HOST-PID``) and removed after: a kill between the renames leaves the old one,
-    which :func:`remove_abandoned` restores."""
+    """Renames the finished ``tmp`` (flushed to the disk first) to ``path``, an old ``path``
+    moved aside first (``PATH.trash-HOST-PID``) and removed after: a kill between the renames
+    leaves the old one, which :func:`remove_abandoned` restores."""
+    sync_tree(tmp)
+    parent = os.path.dirname(os.path.abspath(path))
     if not os.path.lexists(path):
         os.rename(tmp, path)
+        sync_folder(parent)
         return
     trash = f"{path}.trash-{HOST}-{os.getpid()}"
     remove_path(trash)
@@ -88,6 +117,7 @@ def publish(tmp: str, path: str) -> None:
     except BaseException:
         os.rename(trash, path)
         raise
+    sync_folder(parent)
     remove_path(trash)
 
 
@@ -180,7 +210,10 @@ def atomic_write(path: str, mode: str = "w", **open_kwargs: Any) -> Iterator[IO]
     try:
         with open(tmp, mode, **open_kwargs) as f:
             yield f
+            f.flush()  # on the disk before the rename: after a power loss the file holds
+            os.fsync(f.fileno())  # the new content or the old, not an empty file
         os.replace(tmp, path)
+        sync_folder(os.path.dirname(path) or ".")
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.remove(tmp)

@@ -257,3 +257,32 @@ def test_dev_stdout_keeps_the_callers_encoding(tmp_path):
         subprocess.run([sys.executable, "-c", code], stdout=f, check=True,
                        env={**__import__("os").environ, "PYTHONIOENCODING": "latin-1"})
     assert out.read_bytes() == "café ☃\r\n".encode("utf-8")
+
+
+def test_what_is_renamed_into_place_is_on_the_disk_first(tmp_path, monkeypatch):
+    """No write was flushed before its rename: after a power loss a file renamed over the old
+    one (best.json, a feature block) or a prepared dataset's shard could be empty. The file is
+    fsynced before the rename and its folder after (os.fsync observed, not replaced)."""
+    from lmscale import atomic
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+    target = tmp_path / "record.json"
+    atomic.write_json(str(target), {"a": 1})
+    assert synced[0] == atomic.temporary_name(str(target)) and synced[-1] == str(tmp_path)
+    assert json.loads(target.read_text()) == {"a": 1}
+    synced.clear()
+    tmp = tmp_path / "out.tmp"
+    (tmp / "train").mkdir(parents=True)
+    (tmp / "train" / "shard_0.bin").write_bytes(b"\1" * 100)
+    (tmp / "metadata.json").write_text("{}")
+    (tmp_path / "out").mkdir()  # an old output: moved aside, replaced
+    atomic.publish(str(tmp), str(tmp_path / "out"))
+    assert {str(tmp / "train" / "shard_0.bin"), str(tmp / "metadata.json"), str(tmp),
+            str(tmp / "train")} <= set(synced[:-1])
+    assert synced[-1] == str(tmp_path)  # the rename itself
+    assert (tmp_path / "out" / "train" / "shard_0.bin").read_bytes() == b"\1" * 100
