@@ -195,14 +195,13 @@ def _curves(workdir: str, sweep: Sweep, results: list[dict[str, Any]]) -> str | 
     """curves.png: a panel per value of the first axis, a line per point (training BPC)."""
     if not any(r["train"] for r in results):
         return None
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: a notebook's backend is left alone
     first = sweep.axes[0]
     panels = sweep.axis_values[first] if len(sweep.axes) > 1 else [None]
     cols = 2 if len(panels) == 4 else min(len(panels), 3)
     rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False)
+    fig = Figure(figsize=(5.2 * cols, 3.8 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     finite = [r2["bpc"] for r in results for r2 in r["train"] if r2["bpc"] is not None and math.isfinite(r2["bpc"])]
     top = min(max(finite, default=8.5), 8.5)
     low = min(finite, default=0.0)
@@ -240,7 +239,7 @@ def _curves(workdir: str, sweep: Sweep, results: list[dict[str, Any]]) -> str | 
     fig.tight_layout()
     path = os.path.join(workdir, "curves.png")
     save_figure(fig, path, dpi=110)
-    plt.close(fig)
+    fig.clear()
     return "curves.png"
 
 
@@ -250,13 +249,12 @@ def _final_plot(workdir: str, sweep: Sweep, results: list[dict[str, Any]],
     (diverged points as x at the top); transfer accuracy on a second axis for a 1-axis sweep."""
     if not any(r["val_bpc"] is not None for r in results):
         return None
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: a notebook's backend is left alone
     first = sweep.axes[0]
     xs = sweep.axis_values[first]
     series = sweep.axis_values[sweep.axes[1]] if len(sweep.axes) == 2 else [None]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.subplots()
     done = [r["val_bpc"] for r in results if r["status"] == "ok" and r["val_bpc"] is not None]
     top = max(done, default=8.0) + 0.3
     for value in series:
@@ -281,7 +279,7 @@ def _final_plot(workdir: str, sweep: Sweep, results: list[dict[str, Any]],
         ax2.set_ylabel(f"transfer {transfer_split} accuracy, %", color="tab:red")
     fig.tight_layout()
     save_figure(fig, os.path.join(workdir, "final.png"), dpi=110)
-    plt.close(fig)
+    fig.clear()
     return "final.png"
 
 

@@ -1,7 +1,8 @@
 """Pictures of the sentiment neuron: class histograms, classifier weights, character heatmaps.
 
-matplotlib with the headless Agg backend (works on servers and in CI); PNG files, and
-the heatmap also as a standalone HTML page (inline styles, no scripts).
+matplotlib Figures drawn without pyplot (no backend chosen: works on servers and in CI, and a
+notebook's own backend, e.g. the inline one, is left as it is); PNG files, and the heatmap also
+as a standalone HTML page (inline styles, no scripts).
 """
 
 from __future__ import annotations
@@ -13,12 +14,21 @@ import warnings
 from typing import Sequence
 
 import matplotlib
+import matplotlib.cm
+import matplotlib.colors
+import matplotlib.patches
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from lmscale.atomic import atomic_write, save_figure as _save
 
-from lmscale.atomic import atomic_write, save_figure as _save  # noqa: E402
+
+def _figure(figsize: tuple[float, float]) -> tuple[Figure, object]:
+    """A Figure and its one Axes, not registered with pyplot: importing this module used to
+    call ``matplotlib.use("Agg")``, which switched a notebook's backend (its inline plots
+    stopped showing after ``run_transfer``)."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots()
 
 
 def neuron_histogram(values: np.ndarray, labels: np.ndarray, path: str, *, unit: int,
@@ -26,7 +36,7 @@ def neuron_histogram(values: np.ndarray, labels: np.ndarray, path: str, *, unit:
                      ) -> None:
     """Overlaid histograms of one unit's feature value per class (``split``: whose texts,
     said in the title)."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _figure((7, 4))
     # Edges in float64: a float32 unit whose values span fewer than 40 float32 steps (a
     # nearly constant unit) has no 40 distinct float32 edges, and NumPy refuses them
     # (ValueError: Too many bins for data range), ending the transfer after its fits.
@@ -42,12 +52,12 @@ def neuron_histogram(values: np.ndarray, labels: np.ndarray, path: str, *, unit:
     try:
         _save(fig, path, dpi=110)
     finally:
-        plt.close(fig)
+        fig.clear()  # not in pyplot: freed with the Figure
 
 
 def weights_plot(coef: np.ndarray, path: str, *, top: int = 5) -> None:
     """The logistic-regression weight of every unit, the largest |weights| labeled."""
-    fig, ax = plt.subplots(figsize=(9, 3.5))
+    fig, ax = _figure((9, 3.5))
     units = np.arange(len(coef))
     nz = np.flatnonzero(coef)
     # Lines, not width-1 bars: with thousands of units a bar is under a pixel wide and
@@ -68,7 +78,7 @@ def weights_plot(coef: np.ndarray, path: str, *, top: int = 5) -> None:
     try:
         _save(fig, path, dpi=110)
     finally:
-        plt.close(fig)
+        fig.clear()  # not in pyplot: freed with the Figure
 
 
 def _legend(sign: int | None) -> str:
@@ -81,7 +91,7 @@ def _legend(sign: int | None) -> str:
 def _colors(values: np.ndarray, center: float, scale: float, sign: int | None) -> np.ndarray:
     """RGBA [T, 4] on a red - yellow - green map around ``center``; ``sign`` -1 flips it, so
     that green always means the direction the classifier reads as positive."""
-    cmap = plt.get_cmap("RdYlGn")
+    cmap = matplotlib.colormaps["RdYlGn"]
     sign = 1 if sign is None else sign
     return cmap(np.clip(0.5 + 0.5 * sign * (values - center) / max(scale, 1e-8), 0.0, 1.0))
 
@@ -112,21 +122,21 @@ def heatmap_figure(texts: Sequence[str | bytes], traces: Sequence[np.ndarray], *
         rows.append(("", np.zeros(0)))
     center, scale = _color_range(traces)
     fig_h = 0.28 * len(rows) + 1.1
-    fig, ax = plt.subplots(figsize=(width * 0.11 + 0.4, fig_h))
+    fig, ax = _figure((width * 0.11 + 0.4, fig_h))
     ax.set_xlim(0, width)
     ax.set_ylim(len(rows), 0)
     ax.axis("off")
     for r, (chars, vals) in enumerate(rows):
         for c, (ch, color) in enumerate(zip(chars, _colors(vals, center, scale, sign))):
-            ax.add_patch(plt.Rectangle((c, r), 1, 1, color=color, linewidth=0))
+            ax.add_patch(matplotlib.patches.Rectangle((c, r), 1, 1, color=color, linewidth=0))
             ax.text(c + 0.5, r + 0.55, ch if ch.isprintable() else " ", ha="center",
                     va="center", fontsize=7, family="monospace")
     ax.set_title(f"unit {unit} after each character{read} (median {center:.2f}): "
                  f"{_legend(sign)}", fontsize=9)
     # The same map _colors draws from: value center +- scale across it, flipped for sign -1.
     half = max(scale, 1e-8)
-    bar = plt.cm.ScalarMappable(matplotlib.colors.Normalize(center - half, center + half),
-                                plt.get_cmap("RdYlGn_r" if sign == -1 else "RdYlGn"))
+    bar = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(center - half, center + half),
+                                matplotlib.colormaps["RdYlGn_r" if sign == -1 else "RdYlGn"])
     cbar = fig.colorbar(bar, ax=ax, orientation="horizontal", fraction=0.9 / fig_h, pad=0.02,
                         aspect=40, shrink=0.6)
     cbar.set_label(f"unit {unit} value", fontsize=8)
@@ -144,7 +154,7 @@ def heatmap_png(texts: Sequence[str | bytes], traces: Sequence[np.ndarray], path
             fig.tight_layout()
             _save(fig, path, dpi=120)
         finally:
-            plt.close(fig)
+            fig.clear()  # not in pyplot: freed with the Figure
     missing = [w for w in caught if "missing from font" in str(w.message)]
     for w in caught:
         if w not in missing:

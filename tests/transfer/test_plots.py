@@ -86,3 +86,22 @@ def test_the_heatmap_has_a_color_bar_reading_the_values_its_cells_are_colored_by
                 np.testing.assert_allclose(solids.to_rgba(value), cell, atol=0.015)
         finally:
             matplotlib.pyplot.close(fig)
+
+
+def test_importing_the_plots_leaves_a_notebooks_matplotlib_backend_and_figures_alone(tmp_path):
+    """``matplotlib.use("Agg")`` at import switched a Jupyter kernel's inline backend to Agg
+    after ``run_transfer`` (or ``import lmscale.transfer.run``): the user's own plots in later
+    cells stopped showing. Drawn without pyplot, nothing joins the user's pyplot figures."""
+    import subprocess
+    import sys
+    code = (
+        "import matplotlib; matplotlib.use('svg'); import matplotlib.pyplot as plt\n"
+        "import numpy as np; plt.figure()\n"
+        "from lmscale.transfer import plots\n"
+        f"plots.neuron_histogram(np.arange(6.0), np.array([0, 1] * 3), {str(tmp_path / 'h.png')!r}, unit=1)\n"
+        f"plots.heatmap_png(['ab'], [np.zeros(2)], {str(tmp_path / 'm.png')!r}, unit=1)\n"
+        "plots.heatmap_figure(['ab'], [np.zeros(2)], unit=1)\n"
+        "print(matplotlib.get_backend(), plt.get_fignums())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["svg", "[1]"]
+    assert matplotlib.image.imread(tmp_path / "h.png").ndim == 3
