@@ -58,8 +58,9 @@ from lmscale.training.run_paths import best_folder
 from lmscale.training.schedules import batch_and_rate_note, finetune_warmup_notes
 from lmscale.messages import errors_for_caller, for_caller
 from lmscale.training.command_log import record_command
-from lmscale.training.resume import (RUN_FILES, archive_previous_run, check_same_optimizer,
-                                     keep_config_history, resumed_derived, software_versions)
+from lmscale.training.archive import archive_previous_run
+from lmscale.training.resume import (RUN_FILES, check_same_optimizer, keep_config_history,
+                                     resumed_derived, software_versions)
 from lmscale.training.state import TrainState, host_zeros, initial_state, placed_on, state_shardings
 from lmscale.training.step_timer import StepTimer
 from lmscale.training.stop import StopSignal

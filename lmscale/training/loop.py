@@ -34,8 +34,9 @@ from lmscale.training import mesh as mesh_lib
 from lmscale.messages import errors_for_caller, for_caller
 from lmscale.training.checkpoints import Checkpointer, check_same_model
 from lmscale.training.command_log import record_command
-from lmscale.training.resume import (PROVENANCE_KEYS, archive_previous_run, check_resumable,
-                                     check_same_dataset, init_note, keep_config_history, provenance,
+from lmscale.training.archive import archive_previous_run
+from lmscale.training.resume import (PROVENANCE_KEYS, check_resumable, check_same_dataset,
+                                     init_note, keep_config_history, provenance,
                                      refuse_classifier_run, resumed_derived, software_versions)
 from lmscale.training.step_timer import StepTimer
 from lmscale.training.stop import StopSignal

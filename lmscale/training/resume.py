@@ -442,27 +442,6 @@ def init_note(saved: dict[str, Any] | None, config: ml_collections.ConfigDict) -
             f"the setting as given; the earlier configs are in history/)")
 
 
-def _archive(workdir: str, names: tuple[str, ...]) -> str | None:
-    """Process 0's part of :func:`archive_previous_run`: the move; the folder, or None."""
-    present = [name for name in names if os.path.exists(os.path.join(workdir, name))]
-    if not present:
-        return None
-    stamp = os.path.join(workdir, "archive", time.strftime("%Y%m%d-%H%M%S"))
-    os.makedirs(os.path.dirname(stamp), exist_ok=True)
-    target, n = stamp, 1
-    while True:  # a folder of its own: two archives in one second must not merge
-        try:
-            os.mkdir(target)
-            break
-        except FileExistsError:
-            n += 1
-            target = f"{stamp}-{n}"
-    for name in present:
-        shutil.move(os.path.join(workdir, name), os.path.join(target, name))
-    print(f"resume=false: the previous run moved to {target}", file=sys.stderr, flush=True)
-    return target
-
-
 def keep_config_history(workdir: str, new_record: dict[str, Any], start: int) -> None:
     """Before config.json is replaced by a different config, keeps the old one in history/
     (an unreadable one as ``history/config.<start>.unreadable.json``)."""
@@ -480,26 +459,3 @@ def keep_config_history(workdir: str, new_record: dict[str, Any], start: int) ->
         return
     os.makedirs(os.path.join(workdir, "history"), exist_ok=True)
     shutil.copyfile(path, os.path.join(workdir, "history", f"config.{start}.json"))
-
-
-def archive_previous_run(workdir: str, names: tuple[str, ...] = RUN_FILES) -> str | None:
-    """Moves a previous run's files (``names``) to WORKDIR/archive/<time>/ (process 0; all
-    wait)."""
-    target, failure = None, None
-    if jax.process_index() == 0:
-        try:
-            target = _archive(workdir, names)
-        except OSError as e:  # said once the others know (they waited at a barrier for 5 min)
-            failure = e
-    if jax.process_count() > 1:
-        from lmscale.distributed import process_0_says
-        ok = process_0_says(failure is None)
-        if failure is None and not ok:
-            from lmscale.cli import OutputError
-            raise OutputError(f"process 0 could not move the previous run in {workdir} to "
-                              f"{workdir}/archive (resume=false); see its error")
-    if failure is not None:
-        from lmscale.cli import OutputError
-        raise OutputError(f"cannot move the previous run in {workdir} to {workdir}/archive "
-                          f"(resume=false): {failure}") from None
-    return target

@@ -381,14 +381,14 @@ def test_cli_logs_plain_progress_lines_and_eval_defaults_to_the_runs_val_split(t
 def test_two_archives_in_one_second_keep_both(tmp_path, monkeypatch):
     """resume=false archives into archive/<second>/: a second archive in the same second
     merged into the first (its config.json and metrics.jsonl replaced the first's)."""
-    from lmscale.training import resume
-    monkeypatch.setattr(resume.time, "strftime", lambda fmt: "20261204-120000")  # one second
+    from lmscale.training import archive
+    monkeypatch.setattr(archive.time, "strftime", lambda fmt: "20261204-120000")  # one second
     workdir = tmp_path / "run"
     for run in ("first", "second"):
         (workdir / "checkpoints" / run).mkdir(parents=True)
         (workdir / "config.json").write_text(run)
         (workdir / "metrics.jsonl").write_text(run)
-        resume.archive_previous_run(str(workdir))
+        archive.archive_previous_run(str(workdir))
     first, second = workdir / "archive" / "20261204-120000", workdir / "archive" / "20261204-120000-2"
     assert (first / "config.json").read_text() == "first" and (first / "checkpoints" / "first").is_dir()
     assert (second / "metrics.jsonl").read_text() == "second"
