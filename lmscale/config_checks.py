@@ -40,7 +40,8 @@ def refuse_init_from(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"init_from={config.init_from!r} is read by lmscale.finetune (the LM a "
                           f"classifier starts from); an LM run trains on from its --workdir's "
                           f"checkpoint: to train those weights further, pass their workdir (or a "
-                          f"copy of it) as --workdir and drop init_from")
+                          f"copy of it) as --workdir, or start a new run from them with "
+                          f"--config.train.start_from={config.init_from}, and drop init_from")
 
 
 def check_document_resets(config: ml_collections.ConfigDict) -> None:

@@ -176,3 +176,39 @@ def test_generate_imports_beside_convert_whose_step_flag_it_shares():
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
     assert proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("layout", ["pt", "openai"])
+def test_a_start_from_at_weights_still_to_import_names_the_convert_command(tmp_path, layout):
+    """train.start_from at a sentiment-discovery .pt or OpenAI's folder of .npy files (what a
+    user holding those weights tries first): the convert command to run, as eval's --workdir
+    says, not only "no config.json there"."""
+    from lmscale.config import ConfigError
+    from lmscale.training.loop import train
+    corpus = write_corpus(tmp_path / "corpus", files=1)
+    if layout == "pt":
+        src = tmp_path / "mlstm.pt"
+        src.write_bytes(b"PK")  # never read: the name and kind say what it is
+        want = "lmscale.convert --from=sentiment-discovery"
+    else:
+        src = tmp_path / "model"
+        src.mkdir()
+        (src / "0.npy").write_bytes(b"")
+        want = "lmscale.convert --from=openai"
+    work = tmp_path / "run"
+    with pytest.raises(ConfigError, match=f"train.start_from=.*{want} --src=.* --to=WORKDIR, "
+                                          f"then pass (--)?config.train.start_from=WORKDIR"):
+        train(tiny_config(corpus, **{"train.start_from": str(src)}), str(work))
+    assert not (work / "data").exists() and not (work / "checkpoints").exists()
+
+
+def test_init_from_in_an_lm_run_names_train_start_from(tmp_path):
+    """An LM run given fine-tuning's init_from (a user continuing an imported model): the
+    refusal names train.start_from, the way to start a new run from those weights."""
+    from lmscale.config import ConfigError
+    from lmscale.training.loop import train
+    corpus = write_corpus(tmp_path / "corpus", files=1)
+    with pytest.raises(ConfigError, match=r"init_from=.* (--)?config\.train\.start_from=.*imported"):
+        config = tiny_config(corpus)
+        config.init_from = str(tmp_path / "imported")
+        train(config, str(tmp_path / "run"))

@@ -28,6 +28,11 @@ def check_start_from(config: Any) -> None:
     given = config.train.start_from
     run, best = best_folder(given)
     path = os.path.join(run, "config.json")
+    if not os.path.isfile(path):  # weights still to import: the convert command to run first
+        from lmscale.pretrained.workdir import unconverted_hint
+        hint = unconverted_hint(run, then="--config.train.start_from=WORKDIR")
+        if hint:
+            raise ConfigError(f"train.start_from={given!r}: {hint}")
     if not os.path.isfile(path) or (best and not os.path.isfile(os.path.join(run, "best.json"))):
         what = "weights kept as validated best (checkpoint.keep_best)" if best else "config.json"
         raise ConfigError(f"train.start_from={given!r} is no lmscale LM run: no {what} there "
