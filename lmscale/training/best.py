@@ -88,8 +88,12 @@ class BestKeeper:
             self.manager = ocp.CheckpointManager(os.path.join(self.workdir, BEST_DIR), options=options,
                                                  item_names=("params",))
             kept = sorted(self.manager.all_steps())
-            if record is None and kept:  # best.json gone or damaged, the weights still here:
-                record = self._recovered(kept, damaged)  # never replaced unseen by worse
+            # best.json gone or damaged, the weights still here: never replaced unseen by
+            # worse. Decided together, before process 0 writes it again (a process reading it
+            # later would take the other path, and _recovered's agreement would hang).
+            from lmscale.distributed import process_0_says
+            if process_0_says(record is None and bool(kept)):
+                record = self._recovered(kept, damaged)
             if record and int(record["step"]) in self.manager.all_steps():
                 # What a stop after saving left. Every process lists the steps before any
                 # deletes (orbax deletes on process 0, then waits for the others' delete).
@@ -117,10 +121,21 @@ class BestKeeper:
                 print(f"note: {path} was {was}; the best weights kept (step {record['step']}, "
                       f"validation loss {record['loss']:.4f} in metrics.jsonl) stay the best "
                       f"until a lower one; {BEST_JSON} written again", file=sys.stderr)
-            if damaged:  # the hand-edited/torn file kept beside, not lost
-                os.replace(path, path + ".damaged")
-            if record is not None:
-                write_json(path, record)
+        failure = None
+        if jax.process_index() == 0:
+            try:
+                if damaged:  # the hand-edited/torn file kept beside, not lost
+                    os.replace(path, path + ".damaged")
+                if record is not None:
+                    write_json(path, record)
+            except OSError as e:  # e.g. the full disk that tore it: raised below, on every process
+                failure = e
+        from lmscale.distributed import process_0_says
+        if not process_0_says(failure is None):
+            if failure is not None:
+                raise failure
+            raise CheckpointError(f"process 0 could not write {path} again (or keep the damaged "
+                                  f"one aside); see its error")
         if record is not None:
             self.loss = float(record["loss"])
         return record

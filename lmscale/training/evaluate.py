@@ -69,6 +69,22 @@ def eval_stream(split: SplitData, batch_size: int, seq_len: int,
     return StreamBatcher(split, rows, seq_len, reset_on_documents=reset_on_documents)
 
 
+def carries_state(initial_carry: Callable[[int], Any]) -> bool:
+    """Whether a model's carry holds anything (the recurrent kinds; a transformer's is ())."""
+    return bool(jax.tree.leaves(jax.eval_shape(lambda: initial_carry(1))))
+
+
+def unscored_note(stream: StreamBatcher, split: SplitData) -> str | None:
+    """A note where validation's rows leave more than 2 % of the split's targets unscored
+    (each row's first token is read from a zero state): a small split read as many rows."""
+    share = stream.batch_size / split.num_tokens
+    if share <= 0.02:
+        return None
+    return (f"note: validation reads {split.described} ({split.num_tokens:,} tokens) as "
+            f"{stream.batch_size} rows (train.eval_batch_size), and a row's first token is not "
+            f"scored: {share:.0%} of them; a smaller train.eval_batch_size scores more")
+
+
 def evaluate_split(eval_step: Callable, params: Any, initial_carry: Callable[[int], Any],
                    split: SplitData, mesh: Mesh, *, batch_size: int, seq_len: int,
                    reset_on_documents: bool | int = False, max_steps: int = 0) -> dict[str, float]:
@@ -81,8 +97,8 @@ def evaluate_split(eval_step: Callable, params: Any, initial_carry: Callable[[in
     step (``steps.make_eval_step``); ``initial_carry(rows)`` the model's zero carry. Returns
     loss (nats per token), bpc (bits per UTF-8 byte), bits_per_token, tokens and chars scored.
     """
-    carried = bool(jax.tree.leaves(jax.eval_shape(lambda: initial_carry(1))))
-    stream = eval_stream(split, batch_size, seq_len, reset_on_documents, carried)
+    stream = eval_stream(split, batch_size, seq_len, reset_on_documents,
+                         carries_state(initial_carry))
     steps = stream.steps_per_epoch if max_steps <= 0 else min(max_steps, stream.steps_per_epoch)
     padded = -(-stream.batch_size // mesh.size) * mesh.size
     rows = mesh_lib.local_rows(mesh, padded)

@@ -42,7 +42,8 @@ from lmscale.training.step_timer import StepTimer
 from lmscale.training.stop import StopSignal
 from lmscale.training.workdir_lock import locked_workdir
 from lmscale.training.data_source import resolve_dataset, train_batcher
-from lmscale.training.evaluate import batch_arrays, eval_stream, evaluate_split, without_validation
+from lmscale.training.evaluate import (batch_arrays, carries_state, eval_stream, evaluate_split,
+                                       unscored_note, without_validation)
 from lmscale.training.in_flight import InFlight
 from lmscale.training.loss import bits_per_char
 from lmscale.training.bench import adaptive_cutoffs, train_flops_per_token
@@ -150,6 +151,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
                               abstract=saved is not None, mesh=mesh)
     graphdef, state = setup.graphdef, setup.state
     initial_carry = nnx.merge(graphdef, state.params).initial_carry  # reads shapes, not params
+    rows_note = None if val is None else unscored_note(eval_stream(
+        val, **{k: v for k, v in eval_settings(config).items() if k != "max_steps"},
+        carried=carries_state(initial_carry)), val)
     derived.update(dataset=os.path.abspath(dataset.path), dataset_fingerprint=fingerprint,
                    # the order its documents were prepared in: a seed, or None (input order)
                    dataset_shuffle_seed=(dataset.metadata.get("options") or {}).get("shuffle_seed"),
@@ -213,7 +217,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
               f"{derived['params']:,} parameters, vocabulary {vocab_size:,}",
               file=sys.stderr, flush=True)
         for note in (unused_settings_note(config.model), trained_length_note(config),
-                     init_note(saved, config), no_val_note, precision_note,
+                     init_note(saved, config), no_val_note, rows_note, precision_note,
                      batch_and_rate_note(config, mesh.size, derived["lr"]),
                      warmup_note(config.optim.schedule, config.optim.warmup_steps,
                                  derived["steps"], derived["decay_steps"]),

@@ -298,3 +298,21 @@ def test_a_run_file_process_0_cannot_write_stops_every_process(tmp_path, corpus)
     assert error_lines(err1) == [f"error: process 0 could not write the run's files in {run} "
                                  f"(config.json, commands.log, metrics.jsonl); see its error"], \
         err1[-2000:]
+
+
+def test_a_best_json_process_0_cannot_write_again_stops_every_process(tmp_path, corpus):
+    """A damaged best.json is rebuilt from metrics.jsonl by process 0 alone (the damaged one
+    moved aside, the record written again): a failure there (a full disk, the very cause of a
+    torn file; here best.json.damaged is a folder) raised on process 0 only, while process 1
+    went on to the barrier after listing the best steps: both hung for 5 minutes (SIGABRT)."""
+    run = tmp_path / "run"
+    best = ("--config.checkpoint.keep_best=true", "--config.train.eval_every=2")
+    assert [s for s, _ in run_two([command(run, corpus, *best)] * 2)] == [0, 0]
+    (run / "best.json").write_text('{"st')
+    (run / "best.json.damaged" / "x").mkdir(parents=True)
+    more = command(run, corpus, *best, "--config.train.steps=6")
+    (status0, err0), (status1, err1) = run_two([more, more], timeout=90)
+    assert status0 == status1 == 1, err0[-2000:] + err1[-2000:]
+    assert "Is a directory" in err0, err0[-2000:]
+    assert error_lines(err1) == [f"error: process 0 could not write {run}/best.json again (or "
+                                 f"keep the damaged one aside); see its error"], err1[-2000:]

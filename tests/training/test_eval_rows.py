@@ -38,8 +38,23 @@ def test_a_transformer_keeps_full_steps_in_fewer_rows(tmp_path, corpus):
     from lmscale.training.restore import evaluate_data, load_trained
     lm = load_trained(workdir)
     text = tmp_path / "held_out.txt"
-    text.write_text("the cat sat on the mat and the dog ran to the big red house.\n" * 2)
+    text.write_text("the cat sat on the mat and the dog ran to the big red house.\n")
     n = len(lm.tokenizer.encode(text.read_text()))
     got = evaluate_data(lm, str(text), batch_size=8, seq_len=16, max_steps=0)
     rows = n // 17  # full 16-token steps: the most rows that still get one each
     assert rows < 8 and got["tokens"] == rows * (n // rows - 1)
+    assert got["tokens"] != 8 * (n // 8 - 1)  # not the carried kinds' 8 rows of shorter steps
+
+
+def test_a_small_validation_split_read_as_many_rows_is_said(tmp_path, corpus, capfd):
+    """Rows kept at train.eval_batch_size on a small split leave each row's first token
+    unscored: a note gives the share and the way to score more (said once, at the start)."""
+    from lmscale.training.loop import train
+    workdir = str(tmp_path / "many")
+    train(tiny_config(corpus, **{"train.steps": 2, "train.eval_batch_size": 128}), workdir)
+    err = capfd.readouterr().err
+    assert err.count("note: validation reads ") == 1, err
+    assert "as 128 rows (train.eval_batch_size), and a row's first token is not scored" in err
+    train(tiny_config(corpus, **{"train.steps": 2, "train.eval_batch_size": 2}),
+          str(tmp_path / "few"))
+    assert "note: validation reads " not in capfd.readouterr().err
