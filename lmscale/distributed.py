@@ -8,7 +8,9 @@ settings come from, first match wins:
 2. the environment ``LMSCALE_COORDINATOR_ADDRESS``, ``LMSCALE_NUM_PROCESSES``,
    ``LMSCALE_PROCESS_ID`` (what ``launch/local.py`` sets; a flag beats its variable),
 3. a SLURM job step with more than one task (``srun``) or an Open MPI job (``mpirun``):
-   jax's own cluster detection finds all three (and, on GPUs, one device per task),
+   jax's own cluster detection finds the count and the rank (and, on GPUs, one device per
+   task); a SLURM step's coordinator is named here (:func:`slurm_coordinator`), on a port
+   of its job *and step*, which process 0 checks is free,
 4. otherwise one process: nothing to initialize.
 
 ``resolve`` is the pure decision; ``initialize`` calls ``jax.distributed.initialize``. An
@@ -21,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import re
 import socket
 import sys
 from typing import Mapping
@@ -99,6 +102,11 @@ def resolve(coordinator_address: str | None, num_processes: int | None, process_
             f"job); missing {', '.join(missing)}")
     kind, rank, size = cluster
     source = f"{source} and {kind}" if source else kind
+    if count is not None and count != size:
+        raise DistributedError(f"--num_processes={count} but this {kind} job step has {size} tasks: "
+                               f"leave --num_processes out (the step's task count is used)")
+    if kind == "SLURM" and address is None:
+        address = slurm_coordinator(env)
     if kind == "Open MPI" and OMPI_URI not in env:
         # jax detects Open MPI by this variable only; without it (Open MPI 5) pass all three.
         if address is None:
@@ -112,7 +120,7 @@ def resolve(coordinator_address: str | None, num_processes: int | None, process_
 
 
 def initialize(coordinator_address: str | None, num_processes: int | None, process_id: int | None,
-               timeout_s: int, *, message: str | None = None) -> None:
+               timeout_s: int, *, message: str | None = None, rank: int | None = None) -> None:
     """``jax.distributed.initialize`` with a bounded wait, after one line on stderr.
 
     None values are left to jax's cluster detection (SLURM, Open MPI). Must run before any
@@ -138,7 +146,7 @@ def initialize(coordinator_address: str | None, num_processes: int | None, proce
     print(message, file=sys.stderr, flush=True)
     # All three given: no cluster detection, which would also narrow a SLURM/MPI task to one GPU.
     explicit = None not in (coordinator_address, num_processes, process_id)
-    if coordinator_address is not None and process_id == 0:
+    if coordinator_address is not None and (process_id if process_id is not None else rank) == 0:
         _check_port_free(coordinator_address)
     jax.distributed.initialize(coordinator_address, num_processes, process_id,
                                cluster_detection_method="deactivate" if explicit else None,
@@ -170,7 +178,7 @@ def join(group: ProcessGroup | None, timeout_s: int) -> None:
     process. Must run before any device query, like :func:`initialize`."""
     if group is not None:
         initialize(group.coordinator_address, group.num_processes, group.process_id, timeout_s,
-                   message=group.describe(timeout_s))
+                   message=group.describe(timeout_s), rank=group.rank)
 
 
 def cpu_pool_size(env: Mapping[str, str], cpus: int, num_cpu_devices: int = -1) -> int | None:
@@ -235,10 +243,44 @@ def _cluster(env: Mapping[str, str]) -> tuple[str, int, int] | None:
             raise DistributedError(
                 f"SLURM_NTASKS={env['SLURM_NTASKS']} but {', '.join(missing)} unset: start one "
                 f"task per process with srun (or pass --num_processes=1 for a single process)")
-        return "SLURM", int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
+        size, rank = int(env["SLURM_NTASKS"]), _env_int(env, "SLURM_PROCID")
+        if rank is None or not 0 <= rank < size:
+            raise DistributedError(f"SLURM_PROCID={env['SLURM_PROCID']!r} is not a task id "
+                                   f"0..{size - 1} of SLURM_NTASKS={size}")
+        return "SLURM", rank, size
     if _env_int(env, "OMPI_COMM_WORLD_SIZE") not in (None, 0, 1):
         return "Open MPI", int(env.get("OMPI_COMM_WORLD_RANK", "0")), int(env["OMPI_COMM_WORLD_SIZE"])
     return None
+
+
+def slurm_coordinator(env: Mapping[str, str]) -> str:
+    """HOST:PORT of a SLURM step's coordinator: the step's first node, on ``JAX_COORDINATOR_PORT``
+    or a port of 61440..65535 from the job id and the step id. (jax's own choice is of the job
+    id only: two steps of one job on one first node, or two jobs 4096 ids apart sharing it,
+    met at one coordinator, and the later one's tasks aborted the running one with "task
+    unexpectedly tried to connect with a different incarnation".) Step 0 keeps jax's port."""
+    port = env.get("JAX_COORDINATOR_PORT", "").strip()
+    if not port:
+        job, step = _env_int(env, "SLURM_JOB_ID"), _env_int(env, "SLURM_STEP_ID") or 0
+        if job is None:
+            raise DistributedError("SLURM_JOB_ID unset: start the tasks with srun")
+        port = str(61440 + (job + 1031 * step) % 4096)  # 1031: odd, so 4096 steps differ
+    return f"{_first_host(env['SLURM_STEP_NODELIST'])}:{port}"
+
+
+def _first_host(nodelist: str) -> str:
+    """The first name of a SLURM host list: ``node[07-09,12],gpu1`` -> ``node07``,
+    ``rack1-[2-3]-ib`` -> ``rack1-2-ib`` (what ``scontrol show hostnames | head -1`` says)."""
+    host, i = [], 0
+    while i < len(nodelist) and nodelist[i] != ",":
+        if nodelist[i] == "[":
+            end = nodelist.index("]", i)
+            host.append(re.split(r"[,-]", nodelist[i + 1:end])[0])
+            i = end + 1
+        else:
+            host.append(nodelist[i])
+            i += 1
+    return "".join(host)
 
 
 def process_0_says(flag: bool) -> bool:

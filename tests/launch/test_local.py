@@ -205,7 +205,8 @@ SLURM = {"SLURM_JOB_ID": "77", "SLURM_STEP_NODELIST": "node[01-02]", "SLURM_NTAS
 
 
 def test_slurm_and_open_mpi_are_left_to_jax_detection():
-    assert resolve(None, None, None, SLURM) == ProcessGroup(None, None, None, 9, 16, "SLURM")
+    # count and rank from jax's detection; the coordinator named here: the first node, jax's port
+    assert resolve(None, None, None, SLURM) == ProcessGroup("node01:61517", None, None, 9, 16, "SLURM")
     ompi = {"OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_RANK": "2",
             "OMPI_MCA_orte_hnp_uri": "1531576320.0;tcp://10.96.0.1:34911"}
     assert resolve(None, None, None, ompi) == ProcessGroup(None, None, None, 2, 4, "Open MPI")
@@ -215,6 +216,28 @@ def test_slurm_and_open_mpi_are_left_to_jax_detection():
     assert resolve(None, 1, None, SLURM) is None  # --num_processes=1 runs one process anyway
 
 
+def test_two_steps_of_one_slurm_job_get_their_own_coordinators():
+    """Two multi-task steps of one job on one first node (`srun -n4 ... &` twice on an 8-GPU
+    node) had one coordinator port (jax's is of the job id alone): the second step's tasks
+    connected to the first's coordinator and aborted the running step ("unexpectedly tried to
+    connect with a different incarnation")."""
+    step = {**SLURM, "SLURM_STEP_NODELIST": "node01"}
+    ports = {resolve(None, None, None, {**step, "SLURM_STEP_ID": str(i)}).coordinator_address
+             for i in range(64)}
+    assert len(ports) == 64 and all(61440 <= int(a.rsplit(":")[1]) <= 65535 for a in ports)
+    assert resolve(None, None, None, {**step, "JAX_COORDINATOR_PORT": "7000"}
+                   ).coordinator_address == "node01:7000"  # jax's own override, honoured
+
+
+@pytest.mark.parametrize("nodelist, first", [
+    ("node01", "node01"), ("node01,gpu2", "node01"), ("node[07-09,12],gpu1", "node07"),
+    ("node[012,001-3]", "node012"), ("rack1-[2-3]-ib,x", "rack1-2-ib"), ("a[1-2]b[3-4]", "a1b3"),
+])
+def test_the_slurm_coordinator_is_the_steps_first_node(nodelist, first):
+    group = resolve(None, None, None, {**SLURM, "SLURM_STEP_NODELIST": nodelist})
+    assert group.coordinator_address.rsplit(":", 1)[0] == first
+
+
 @pytest.mark.parametrize("flags, env, message", [
     ((None, 2, 0), {}, "missing --coordinator_address"),
     (("127.0.0.1:1", None, None), {}, "missing --num_processes, --process_id"),
@@ -222,6 +245,9 @@ def test_slurm_and_open_mpi_are_left_to_jax_detection():
     (("nohost", 2, 0), {}, "must be HOST:PORT"),
     ((None, None, None), {"LMSCALE_NUM_PROCESSES": "two"}, "LMSCALE_NUM_PROCESSES must be an integer"),
     ((None, None, None), {**SLURM, "SLURM_STEP_NODELIST": None}, "SLURM_STEP_NODELIST unset"),
+    ((None, None, None), {**SLURM, "SLURM_PROCID": "16"}, "SLURM_PROCID='16' is not a task id 0..15"),
+    ((None, None, None), {**SLURM, "SLURM_PROCID": ""}, "SLURM_PROCID='' is not a task id"),
+    ((None, 4, None), SLURM, "--num_processes=4 but this SLURM job step has 16 tasks"),
     ((None, None, None), {"OMPI_COMM_WORLD_SIZE": "2"}, "pass --coordinator_address"),
 ])
 def test_incomplete_or_contradicting_settings_are_refused(flags, env, message):
