@@ -461,7 +461,8 @@ def config_from_record(record: dict[str, Any], path: str) -> tuple[ml_collection
     record = dict(record)
     derived = record.pop("derived", {}) or {}
     config = default_config()
-    model = record.get("model") if isinstance(record.get("model"), dict) else {}  # else: _update says
+    model = record.get("model")
+    model = model if isinstance(model, dict) else {}  # another type: _update says which
     kind = model.get("kind")
     if isinstance(kind, str) and kind not in BUILT_IN_KINDS:  # a kind of one's own: its own
         for name, value in model.items():  # fields as recorded (its

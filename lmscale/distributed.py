@@ -103,8 +103,8 @@ def resolve(coordinator_address: str | None, num_processes: int | None, process_
     kind, rank, size = cluster
     source = f"{source} and {kind}" if source else kind
     if count is not None and count != size:
-        raise DistributedError(f"--num_processes={count} but this {kind} job step has {size} tasks: "
-                               f"leave --num_processes out (the step's task count is used)")
+        raise DistributedError(f"--num_processes={count} but this {kind} job step has {size} "
+                               f"tasks: leave --num_processes out (the step's task count is used)")
     if kind == "SLURM" and address is None:
         address = slurm_coordinator(env)
     if kind == "Open MPI" and OMPI_URI not in env:

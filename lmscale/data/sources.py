@@ -247,7 +247,8 @@ def _iter_jsonl(path: str, field: str, notes: bool = True) -> Iterator[tuple[byt
             if field not in obj:
                 if not seen:
                     raise DataError(f"{path}:{lineno}: no field {field!r}; keys are {sorted(obj)} "
-                                    f"(name the text's: --text_field of lmscale.prepare, or --config.data.text_field)")
+                                    f"(name the text's: --text_field of lmscale.prepare, or "
+                                    f"--config.data.text_field)")
                 missing, first_missing = missing + 1, first_missing or lineno
                 continue
             seen = True

@@ -52,7 +52,8 @@ def _record_from_metrics(workdir: str, steps: list[int]) -> dict[str, Any] | Non
         return None
     step = max(steps)
     try:
-        vals = [r for r in read_metrics(workdir) if r.get("split") == "val" and r.get("step") == step]
+        vals = [r for r in read_metrics(workdir)
+                if r.get("split") == "val" and r.get("step") == step]
     except (OSError, ValueError):
         vals = []
     return ({"step": step, "loss": float(vals[-1]["loss"]),

@@ -158,7 +158,8 @@ def _record(line: str) -> dict[str, Any] | None:
 
 
 def _listed(numbers: list[int]) -> str:
-    return ", ".join(map(str, numbers[:10])) + (f" and {len(numbers) - 10} more" if len(numbers) > 10 else "")
+    more = f" and {len(numbers) - 10} more" if len(numbers) > 10 else ""
+    return ", ".join(map(str, numbers[:10])) + more
 
 
 def truncate_metrics(path: str, after_step: int) -> bool:

@@ -344,7 +344,7 @@ def run_dataset(lm: TrainedLM) -> str:
         if not recorded or has_fingerprint(candidate, recorded):
             return candidate
     damage = [why for why in map(_dataset_damage, dict.fromkeys(p for p in (path, own) if p))
-              if why]  # a shard truncated or gone, metadata.json torn: say which, not "prepared again?"
+              if why]  # a shard gone or cut, a torn metadata.json: named, not "prepared again?"
     if damage:
         raise FileNotFoundError(f"{lm.workdir}: the dataset it trained on is damaged: "
                                 f"{'; '.join(damage)}; restore it, or pass --data")

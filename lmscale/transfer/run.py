@@ -95,7 +95,7 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
                              "takes one label column")
     if multilabel:  # a label that never varies in train: nothing is learned for it
         constant_labels(splits["train"])
-    if not multilabel:  # a subsample too small for both classes: said now, not after featurizing
+    else:  # a subsample too small for both classes: said now, not after featurizing
         search_subsample(splits["train"].labels, search_rows)
     # The folders written are checked before the LM is loaded and any text featurized.
     given_output = output
