@@ -230,11 +230,13 @@ def load_trained(workdir: str, step: int | None = None, mesh: Mesh | None = None
 def open_reader(workdir: str, keep: int = 3) -> Checkpointer:
     """A read-only Checkpointer of ``workdir``. Orbax reads each step folder's time as it
     lists them, and a run training in the workdir may delete one meanwhile (a raw
-    FileNotFoundError in 1 % of loads while a run saved every step): listed again, 3 times."""
+    FileNotFoundError in 1 % of loads while a run saved every step, or orbax's
+    NotADirectoryError when the folder went between its exists() and is_dir()): listed
+    again, 3 times."""
     for _ in range(3):
         try:
             return Checkpointer(workdir, keep=keep, read_only=True)
-        except FileNotFoundError as e:
+        except (FileNotFoundError, NotADirectoryError) as e:
             if not os.path.isdir(os.path.join(workdir, "checkpoints")):
                 raise  # nothing to read: named by the Checkpointer
             error = e
