@@ -23,6 +23,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Any, Iterator
 
 import jax
@@ -141,10 +142,13 @@ def cli_signals() -> Iterator[None]:
         yield
     except SignalExit as e:
         _end(f"stopped by signal {e.signum} outside the training steps: nothing to save "
-             f"(re-run to start or resume)", 0 if e.signum == signal.SIGTERM else 130)
+             f"(re-run to start or resume)", 0 if e.signum == signal.SIGTERM else 130,
+             grace=True)
     except KeyboardInterrupt:
         _end(_SECOND_CTRL_C, 130)
 
+
+_COORDINATOR_GRACE_S = 3.0  # process 0's wait before it exits on a signal (see _end)
 
 _SECOND_CTRL_C = ("stopped at once by a second Ctrl-C: no checkpoint saved (the latest one "
                   "stands; re-run to resume from it)")
@@ -156,7 +160,16 @@ def _say(message: str) -> None:
     os.write(2, (message + "\n").encode())
 
 
-def _end(message: str, status: int) -> None:
+def _end(message: str, status: int, grace: bool = False) -> None:
+    """Says ``message`` and exits at once with ``status``. ``grace``: process 0 of several,
+    which hosts the coordinator, waits a moment first: the others take the same signal a
+    little later, and one still inside a collective when the coordinator went was aborted by
+    jax (SIGABRT, seen under load) instead of ending with its own line."""
+    from jax._src import distributed
+    state = distributed.global_state
+    if (grace and jax.distributed.is_initialized() and state.process_id == 0
+            and state.num_processes > 1):
+        time.sleep(_COORDINATOR_GRACE_S)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
