@@ -26,7 +26,7 @@ import os
 import re
 import socket
 import sys
-from typing import Mapping
+from typing import Callable, Mapping, TypeVar
 
 from lmscale.training.host_devices import forced_device_count
 
@@ -292,6 +292,28 @@ def process_0_says(flag: bool) -> bool:
     import numpy as np
     from jax.experimental import multihost_utils
     return bool(int(multihost_utils.broadcast_one_to_all(np.int32(flag))))
+
+
+T = TypeVar("T")
+
+
+def process_0_does(action: Callable[[], T], others_error: Callable[[], Exception],
+                   errors: tuple[type[BaseException], ...] = (OSError,)) -> T | None:
+    """``action()`` on process 0 alone (a file only it writes or moves), every process told
+    whether it succeeded before any goes on: one that failed between process 0's write and
+    the next collective left the others waiting there, and process 0 in jax's shutdown
+    barrier (a 5-minute hang, SIGTERM ignored). Process 0 raises its own error; the others
+    ``others_error()``, a line pointing at it. Returns the action's result (None elsewhere)."""
+    import jax
+    result, failure = None, None
+    if jax.process_index() == 0:
+        try:
+            result = action()
+        except errors as e:
+            failure = e
+    if not process_0_says(failure is None):
+        raise failure if failure is not None else others_error()
+    return result
 
 
 def refuse_several_processes(tool: str, env: Mapping[str, str]) -> None:

@@ -11,8 +11,6 @@ import shutil
 import sys
 import time
 
-import jax
-
 from lmscale.training.resume import RUN_FILES
 
 
@@ -38,23 +36,17 @@ def _archive(workdir: str, names: tuple[str, ...]) -> str | None:
 
 
 def archive_previous_run(workdir: str, names: tuple[str, ...] = RUN_FILES) -> str | None:
-    """Moves a previous run's files (``names``) to WORKDIR/archive/<time>/ (process 0; all
-    wait)."""
-    target, failure = None, None
-    if jax.process_index() == 0:
+    """Moves a previous run's files (``names``) to WORKDIR/archive/<time>/ (process 0, every
+    process told whether it could); the folder, or None where there was nothing to move."""
+    from lmscale.cli import OutputError
+    from lmscale.distributed import process_0_does
+
+    def move() -> str | None:
         try:
-            target = _archive(workdir, names)
-        except OSError as e:  # said once the others know (they waited at a barrier for 5 min)
-            failure = e
-    if jax.process_count() > 1:
-        from lmscale.distributed import process_0_says
-        ok = process_0_says(failure is None)
-        if failure is None and not ok:
-            from lmscale.cli import OutputError
-            raise OutputError(f"process 0 could not move the previous run in {workdir} to "
-                              f"{workdir}/archive (resume=false); see its error")
-    if failure is not None:
-        from lmscale.cli import OutputError
-        raise OutputError(f"cannot move the previous run in {workdir} to {workdir}/archive "
-                          f"(resume=false): {failure}") from None
-    return target
+            return _archive(workdir, names)
+        except OSError as e:
+            raise OutputError(f"cannot move the previous run in {workdir} to {workdir}/archive "
+                              f"(resume=false): {e}") from None
+    return process_0_does(move, lambda: OutputError(
+        f"process 0 could not move the previous run in {workdir} to {workdir}/archive "
+        f"(resume=false); see its error"), errors=(OutputError,))

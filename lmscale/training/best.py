@@ -122,21 +122,16 @@ class BestKeeper:
                 print(f"note: {path} was {was}; the best weights kept (step {record['step']}, "
                       f"validation loss {record['loss']:.4f} in metrics.jsonl) stay the best "
                       f"until a lower one; {BEST_JSON} written again", file=sys.stderr)
-        failure = None
-        if jax.process_index() == 0:
-            try:
-                if damaged:  # the hand-edited/torn file kept beside, not lost
-                    os.replace(path, path + ".damaged")
-                if record is not None:
-                    write_json(path, record)
-            except OSError as e:  # e.g. the full disk that tore it: raised below, on every process
-                failure = e
-        from lmscale.distributed import process_0_says
-        if not process_0_says(failure is None):
-            if failure is not None:
-                raise failure
-            raise CheckpointError(f"process 0 could not write {path} again (or keep the damaged "
-                                  f"one aside); see its error")
+
+        def write_again() -> None:  # e.g. the full disk that tore it: said on every process
+            if damaged:  # the hand-edited/torn file kept beside, not lost
+                os.replace(path, path + ".damaged")
+            if record is not None:
+                write_json(path, record)
+        from lmscale.distributed import process_0_does
+        process_0_does(write_again, lambda: CheckpointError(
+            f"process 0 could not write {path} again (or keep the damaged one aside); see its "
+            f"error"))
         if record is not None:
             self.loss = float(record["loss"])
         return record

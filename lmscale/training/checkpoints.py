@@ -283,21 +283,23 @@ class Checkpointer:
     def set_aside(self, step: int) -> None:
         """Moves checkpoint ``step`` to WORKDIR/unreadable_checkpoints/<step>-<time> (process 0;
         the others learn whether it could: a failed move left them at a barrier, a hang)."""
-        from lmscale.distributed import process_0_says
-        failure = None
-        if jax.process_index() == 0:
+        from lmscale.distributed import process_0_does
+
+        def move() -> None:
             target = os.path.join(self.workdir, "unreadable_checkpoints",
                                   f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
             try:
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 shutil.move(self.path(step), target)
             except OSError as e:
-                failure = e
-        if not process_0_says(failure is None):
-            raise CheckpointError(f"cannot move the unreadable checkpoint {self.path(step)} "
-                                  f"aside (checkpoint.fallback): "
-                                  f"{short_error(failure) if failure else 'see process 0'}")
+                raise self._cannot_move(step, short_error(e)) from None
+        process_0_does(move, lambda: self._cannot_move(step, "see process 0"),
+                       errors=(CheckpointError,))
         self.manager.reload()
+
+    def _cannot_move(self, step: int, why: str) -> CheckpointError:
+        return CheckpointError(f"cannot move the unreadable checkpoint {self.path(step)} aside "
+                               f"(checkpoint.fallback): {why}")
 
     def check(self) -> None:
         """Raises ``save``'s one line if an asynchronous save has failed since the last look,

@@ -24,7 +24,7 @@ from flax import nnx
 
 from lmscale.config import AVERAGING_OPTIMIZERS, derive, save_config, validate, with_global_batch
 from lmscale.data.errors import DataError
-from lmscale.distributed import (check_same_config, leave_word, process_0_says,
+from lmscale.distributed import (check_same_config, leave_word, process_0_does, process_0_says,
                                  processes_that_differ)
 from lmscale.data.dataset import TokenDataset, dataset_fingerprint
 from lmscale.data.stream import document_resets
@@ -227,22 +227,20 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
     # Process 0's own writes: agreed on before the next collective (a failure here left the
     # others in the first step's collective and process 0 in jax's shutdown barrier: a hang).
     kept = start if start > 0 or saved is not None else -1
-    failure = None
-    if is_main:
-        try:
-            tokenizer.save(workdir)  # the workdir is self-contained (e.g. a SentencePiece model)
-            keep_config_history(workdir, {**config.to_dict(), "derived": derived}, start)
-            save_config(config, derived, os.path.join(workdir, "config.json"))
-            record_command(workdir, start, jax.process_count(), mesh.size)
-            truncate_metrics(os.path.join(workdir, "metrics.jsonl"), after_step=kept)
-        except Exception as e:  # raised below, once the others know
-            failure = e
-    if not process_0_says(failure is None):
-        if failure is not None:
-            raise failure
+
+    def write_run_files() -> None:
+        tokenizer.save(workdir)  # the workdir is self-contained (e.g. a SentencePiece model)
+        keep_config_history(workdir, {**config.to_dict(), "derived": derived}, start)
+        save_config(config, derived, os.path.join(workdir, "config.json"))
+        record_command(workdir, start, jax.process_count(), mesh.size)
+        truncate_metrics(os.path.join(workdir, "metrics.jsonl"), after_step=kept)
+
+    def others_error() -> Exception:
         from lmscale.cli import OutputError
-        raise OutputError(f"process 0 could not write the run's files in {workdir} (config.json, "
-                          f"commands.log, metrics.jsonl); see its error")
+        return OutputError(f"process 0 could not write the run's files in {workdir} "
+                           f"(config.json, commands.log, metrics.jsonl); see its error")
+
+    process_0_does(write_run_files, others_error, errors=(Exception,))
     meta = {"signature": signature, "precision": config.precision.compute,
             "config": config.to_dict(), "derived": derived}
     # NT-ASGD: the validation history and switch step travel in each checkpoint's record.
