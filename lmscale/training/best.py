@@ -44,13 +44,10 @@ def read_best(workdir: str) -> dict[str, Any] | None:
     return record
 
 
-def _record_from_metrics(workdir: str, steps: list[int]) -> dict[str, Any] | None:
+def _record_from_metrics(workdir: str, step: int) -> dict[str, Any] | None:
     """What best.json said, worked out again where it is gone or damaged but ``best/`` holds
-    weights: the newest kept step and its validation loss in metrics.jsonl; None if not logged."""
+    the weights of ``step``: its validation loss in metrics.jsonl; None if not logged."""
     from lmscale.training.metrics import read_metrics
-    if not steps:
-        return None
-    step = max(steps)
     try:
         vals = [r for r in read_metrics(workdir)
                 if r.get("split") == "val" and r.get("step") == step]
@@ -95,7 +92,7 @@ class BestKeeper:
             from lmscale.distributed import process_0_says
             if process_0_says(record is None and bool(kept)):
                 record = self._recovered(kept, damaged)
-            if record and int(record["step"]) in self.manager.all_steps():
+            if record and int(record["step"]) in kept:
                 # What a stop after saving left. Every process lists the steps before any
                 # deletes (orbax deletes on process 0, then waits for the others' delete).
                 if jax.process_count() > 1:
@@ -111,7 +108,7 @@ class BestKeeper:
         step's validation was never logged (a stop between saving the weights and logging):
         the next validation replaces them, as before best.json was written."""
         path = os.path.join(self.workdir, BEST_JSON)
-        record = _record_from_metrics(self.workdir, kept)
+        record = _record_from_metrics(self.workdir, kept[-1])  # the newest kept
         if jax.process_index() == 0:
             was = "damaged" if damaged else "missing"
             if record is None:

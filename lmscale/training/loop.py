@@ -132,8 +132,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
     batcher = train_batcher(dataset, config)
     val = dataset.split("val") if "val" in dataset.split_names else None
     no_val_note = without_validation(config, dataset.path) if val is None else None
+    stream_settings = {k: v for k, v in eval_settings(config).items() if k != "max_steps"}
     if val is not None:  # a split too small to validate on fails now, not after training
-        eval_stream(val, **{k: v for k, v in eval_settings(config).items() if k != "max_steps"})
+        eval_stream(val, **stream_settings)
     # Opened once the data is known good: a run refused over its data leaves no checkpoints/.
     checkpointer = Checkpointer(workdir, keep=config.checkpoint.keep)
     on_exit.push(lambda kind, *_: checkpointer.abandon() if kind else None)
@@ -152,8 +153,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
     graphdef, state = setup.graphdef, setup.state
     initial_carry = nnx.merge(graphdef, state.params).initial_carry  # reads shapes, not params
     rows_note = None if val is None else unscored_note(eval_stream(
-        val, **{k: v for k, v in eval_settings(config).items() if k != "max_steps"},
-        carried=carries_state(initial_carry)), val)
+        val, **stream_settings, carried=carries_state(initial_carry)), val)
     derived.update(dataset=os.path.abspath(dataset.path), dataset_fingerprint=fingerprint,
                    # the order its documents were prepared in: a seed, or None (input order)
                    dataset_shuffle_seed=(dataset.metadata.get("options") or {}).get("shuffle_seed"),

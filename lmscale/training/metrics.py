@@ -133,19 +133,28 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
     writing it) is left out, as a resumed run drops it; another line that is no record (a
     hand edit, a damaged disk) is left out with a note naming it (it was a traceback)."""
     path = os.path.join(workdir, "metrics.jsonl")
-    with open(path) as f:
-        lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
-    records, bad = [], []
-    for i, (n, line) in enumerate(lines):
-        record = _record(line)
-        if record is not None:
-            records.append(record)
-        elif i < len(lines) - 1:
-            bad.append(n)
+    lines, bad = _read_lines(path)
     if bad:
-        print(f"note: {path}: line(s) {_listed(bad)} are not JSON records (a hand edit or a "
-              f"damaged disk?): left out", file=sys.stderr, flush=True)
-    return records
+        print(f"note: {path}: line(s) {_listed([n for n, _ in bad])} are not JSON records (a "
+              f"hand edit or a damaged disk?): left out", file=sys.stderr, flush=True)
+    return [record for _, record in lines if record is not None]
+
+
+def _read_lines(path: str) -> tuple[list[tuple[str, dict[str, Any] | None]],
+                                     list[tuple[int, str]]]:
+    """metrics.jsonl's non-blank lines as (line, its record or None for a torn last line),
+    and the other lines that are no record as (line number, line): a crash tears only the
+    last line, so one before it is a hand edit or a damaged disk."""
+    with open(path) as f:
+        numbered = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+    lines, bad = [], []
+    for i, (n, line) in enumerate(numbered):
+        record = _record(line)
+        if record is None and i < len(numbered) - 1:
+            bad.append((n, line))
+        else:
+            lines.append((line, record))
+    return lines, bad
 
 
 def _record(line: str) -> dict[str, Any] | None:
@@ -169,20 +178,9 @@ def truncate_metrics(path: str, after_step: int) -> bool:
     their step unknown, they were dropped with the later records, silently."""
     if not os.path.exists(path):
         return False
-    with open(path) as f:
-        lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
-    keep, dropped, damaged = [], False, []
-    for i, (n, line) in enumerate(lines):
-        record = _record(line)
-        if record is None:
-            if i < len(lines) - 1:  # a crash tears only the last line
-                damaged.append((n, line))
-            else:
-                dropped = True
-        elif record["step"] <= after_step:
-            keep.append(line)
-        else:
-            dropped = True
+    lines, damaged = _read_lines(path)
+    keep = [line for line, record in lines if record is not None and record["step"] <= after_step]
+    dropped = len(keep) < len(lines)  # later records, or a torn last line
     unterminated = bool(keep) and not keep[-1].endswith("\n")  # the next record glued to it
     keep = [line if line.endswith("\n") else line + "\n" for line in keep]
     if damaged:

@@ -307,13 +307,16 @@ def _tfds_label(value: Any, where: str, key: str) -> int:
 SEVERAL_COLUMNS_HINT = "set finetune.multilabel=true for several 0/1 columns"
 
 
+def constant_columns(labels: np.ndarray) -> list[int]:
+    """The columns of 0/1 labels [N, K] that hold one value in every row."""
+    return [j for j in range(labels.shape[1]) if len(np.unique(labels[:, j])) == 1]
+
+
 def constant_labels(train: Labeled, note: bool = True) -> list[int]:
     """The multi-label columns [N, K] of ``train`` that hold one value in every text (an
     emotion no training tweet has): nothing can be learned for them, so they keep a threshold
     of 0.5 (their train value) rather than one tuned on val's rate. ``note``: say so."""
-    if train.labels.ndim != 2:
-        return []
-    constant = [j for j in range(train.labels.shape[1]) if len(np.unique(train.labels[:, j])) == 1]
+    constant = constant_columns(train.labels) if train.labels.ndim == 2 else []
     for j in constant if note else ():
         value = int(train.labels[0, j])
         print(f"note: {train.source}: label column {train.label_names[j]!r} is {value} in every "
@@ -356,8 +359,6 @@ def check_held_out(train: str, val: str | None, test: str | None, names: Sequenc
         return a == b or (os.path.isfile(a) and os.path.isfile(b) and os.path.samefile(a, b))
 
     if val and same(train, val):
-        import sys
-
         from lmscale.messages import for_caller
         print(for_caller(f"note: {names[1]}={val} is the {names[0]} file: {chooses}, and val "
                          f"scores reported, on the texts the classifier is fit on; give held-out "

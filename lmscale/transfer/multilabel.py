@@ -21,6 +21,7 @@ import numpy as np
 
 from lmscale.transfer.metrics import classification_metrics, tune_thresholds
 from lmscale.transfer.classify import C_GRID, SEARCH_ROWS, fit_many
+from lmscale.transfer.labeled import constant_columns
 
 
 @dataclasses.dataclass
@@ -89,7 +90,8 @@ def fit_l1_multilabel(x_train: Any, y_train: np.ndarray, x_val: Any, y_val: np.n
     k, f = y_train.shape[1], x_train.shape[1]
     coef, intercept = np.zeros((k, f)), np.zeros(k)
     chosen: list[float | None] = []
-    separable = [j for j in range(k) if len(np.unique(y_train[:, j])) > 1]
+    constant = constant_columns(y_train)  # nothing to separate: the train rate
+    separable = [j for j in range(k) if j not in constant]
     rows = search_subsample_multilabel(y_train, search_rows, seed)
     x_search, y_search = (x_train, y_train) if rows is None else (x_train[rows], y_train[rows])
     models = iter(fit_many(x_search, [(y_search[:, j], C) for j in separable for C in Cs],
@@ -120,7 +122,7 @@ def fit_l1_multilabel(x_train: Any, y_train: np.ndarray, x_val: Any, y_val: np.n
     # val puts on either side (its val F1 is best predicting it for every text): it keeps its
     # train value (0.5: the rate is 1e-6 or 1 - 1e-6), and the others are tuned around it.
     fit.thresholds = tune_thresholds(fit.probs(x_val), y_val, threshold_metric,
-                                     fixed=[j for j in range(k) if j not in separable])
+                                     fixed=constant)
     fit.threshold_metric = threshold_metric
     splits = {"train": (x_train, y_train), "val": (x_val, y_val)}
     if x_test is not None and y_test is not None:
