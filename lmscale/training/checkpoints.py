@@ -20,6 +20,7 @@ import time
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from lmscale.training.orbax_logs import (BACKGROUND_FAILURES, DiskFullLogs, disk_full,
@@ -229,12 +230,18 @@ class Checkpointer:
         except Exception as e:
             raise UnreadableCheckpointError(
                 f"checkpoint {self.path(step)} is unreadable: {short_error(e)}") from None
-        held = int(jax.device_get(restored["state"].step))
-        if held != step:  # a folder copied or renamed into checkpoints/: resuming from it would
-            raise UnreadableCheckpointError(  # go back silently and rotate the real ones away
+        self._check_step(restored["state"].step, step)
+        return restored["state"]
+
+    def _check_step(self, held: jax.Array, step: int) -> None:
+        """Refuses a checkpoint whose state is of another step than its folder's name: a folder
+        copied or renamed into checkpoints/ (resuming from it would go back silently and rotate
+        the real ones away; evaluating it would report another step's weights as this one's)."""
+        held = int(jax.device_get(held))
+        if held != step:
+            raise UnreadableCheckpointError(
                 f"checkpoint {self.path(step)} holds the state of step {held}, not {step} (a "
                 f"checkpoint folder copied or renamed into {self.directory}?): move it out")
-        return restored["state"]
 
     def restore_params(self, like: Any, sharding: jax.sharding.Sharding, step: int) -> Any:
         """Only the parameters of a checkpoint (no optimizer state, no carry), for inference.
@@ -245,18 +252,20 @@ class Checkpointer:
         return self.restore_field("params", like, sharding, step)
 
     def restore_field(self, name: str, like: Any, sharding: jax.sharding.Sharding, step: int) -> Any:
-        """One field of a checkpoint's TrainState (e.g. "params", "opt_state"), alone."""
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), like)
-        restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), like)
+        """One field of a checkpoint's TrainState (e.g. "params", "opt_state"), alone (with the
+        state's step, checked against the folder's)."""
+        item = {name: like, "step": jax.ShapeDtypeStruct((), jnp.int32)}
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), item)
+        restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), item)
         try:
             restored = ocp.PyTreeCheckpointer().restore(
                 os.path.join(self.path(step), "state"),
-                args=ocp.args.PyTreeRestore(item={name: abstract},
-                                            restore_args={name: restore_args},
+                args=ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args,
                                             partial_restore=True))
         except Exception as e:
             raise UnreadableCheckpointError(
                 f"checkpoint {self.path(step)} is unreadable: {short_error(e)}") from None
+        self._check_step(restored["step"], step)
         return restored[name]
 
     def newest_usable(self, use: Callable[[int], Any], fallback: bool) -> Any:

@@ -95,17 +95,23 @@ def test_best_weights_outlive_a_lost_best_json(best_run, damage, capfd):
 
 def test_a_checkpoint_folder_copied_to_another_step_is_not_resumed_from(best_run):
     """checkpoints/4 copied to checkpoints/99: the resume went back to step 4 silently (and
-    rotated the real checkpoints away); it names the folder, and checkpoint.fallback moves it
-    aside and resumes from the real latest."""
+    rotated the real checkpoints away); eval, generate and transfer read step 4's weights as
+    step 99's. It names the folder, and checkpoint.fallback moves it aside and resumes from
+    the real latest."""
     import os
     import shutil
 
     from lmscale.training.checkpoints import UnreadableCheckpointError
     from lmscale.training.loop import train
+    from lmscale.training.restore import load_trained
     from tests.conftest import tiny_config
     workdir, worse = best_run
     ckpts = os.path.join(workdir, "checkpoints")
     shutil.copytree(os.path.join(ckpts, "4"), os.path.join(ckpts, "99"))
+    with pytest.raises(UnreadableCheckpointError,
+                       match=r"holds the state of step 4, not 99 .*--step=8 reads the one before"):
+        load_trained(workdir)
+    assert load_trained(workdir, step=8).step == 8
     corpus = worse.data.train
     more = tiny_config(corpus, **{"train.steps": 12, "train.eval_every": 4, "checkpoint.every": 4})
     with pytest.raises(UnreadableCheckpointError, match=r"holds the state of step 4, not 99"):
