@@ -47,7 +47,8 @@ _OUTPUT = flags.DEFINE_string("output", None, "Folder to write the prepared data
 _TEXT_COLUMN = flags.DEFINE_string("text_column", None, "CSV/TSV column holding the text (default 'text').")
 _TEXT_FIELD = flags.DEFINE_string("text_field", None, "JSONL field holding the text (default 'text').")
 _TXT_MODE = flags.DEFINE_enum("txt_mode", "file", ["file", "line"],
-                              "Plain text: one document per file, or per line.")
+                              "Plain text: one document per file, or per line (ended by \\n; a "
+                              "lone \\r, as old Mac files end lines, does not end one).")
 _SPLIT = flags.DEFINE_string("split", "98,1,1", "Shard counts per cycle: train,val,test (paper: 1000,1,1).")
 _SHARD_TOKENS = flags.DEFINE_integer("shard_tokens", 2**27, "Upper bound on tokens per shard.")
 _TOKENIZER = flags.DEFINE_enum("tokenizer", "sentiment_discovery", sorted([*TOKENIZERS, SENTENCEPIECE, WORD]),

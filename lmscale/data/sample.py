@@ -117,6 +117,15 @@ def _jsonl_windows(path: str, size: int, share: int, field: str, options: dict) 
                     yield text
 
 
+def is_encodable(text: str) -> bool:
+    """Whether ``text`` has UTF-8 bytes (no lone surrogate, as a JSON "\\ud83d" alone gives)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _first_record_has(path: str, field: str) -> bool:
     st = os.stat(path)  # a file replaced under the same path is read again
     return _first_record_has_cached(path, field, (st.st_mtime_ns, st.st_size))
@@ -147,7 +156,8 @@ def _record_text(raw: bytes, path: str, at: int, field: str, options: dict) -> s
     except (json.JSONDecodeError, UnicodeDecodeError):
         obj = None
     if isinstance(obj, dict) and field in obj and (obj[field] is None or isinstance(obj[field], str)):
-        return obj[field]
+        if obj[field] is None or is_encodable(obj[field]):
+            return obj[field]  # (a lone surrogate: the reader's error below, naming its line)
     if isinstance(obj, dict) and field not in obj and _first_record_has(path, field):
         return None  # skipped by the reader, as past a record with the field
     for _ in iter_pieces([path], notes=False, **options):  # raises at the first record it refuses

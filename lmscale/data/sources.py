@@ -258,7 +258,14 @@ def _iter_jsonl(path: str, field: str, notes: bool = True) -> Iterator[tuple[byt
                 continue
             if not isinstance(value, str):
                 raise DataError(f"{path}:{lineno}: field {field!r} is a {type(value).__name__}, not a string")
-            yield value.encode("utf-8"), True
+            try:
+                data = value.encode("utf-8")
+            except UnicodeEncodeError as e:  # a lone surrogate escape ("\\ud83d" alone)
+                raise DataError(f"{path}:{lineno}: field {field!r} has {value[e.start:e.end]!r} at "
+                                f"character {e.start}, a lone UTF-16 surrogate with no UTF-8 "
+                                f"encoding (JSON escapes a character outside the BMP as a pair, "
+                                f"e.g. \\ud83d\\ude00; a text cut between the two lost one)") from None
+            yield data, True
     if (missing or nulls) and notes:
         counts = [f"{missing} without the field {field!r} (the first at line {first_missing})"
                   if missing else "", f"{nulls} with a null {field!r}" if nulls else ""]

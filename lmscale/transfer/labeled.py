@@ -198,7 +198,7 @@ def checked_text(text: str, where: str, row: int, column: str) -> str:
     except UnicodeEncodeError as e:  # a lone surrogate ("\ud800" in JSON): no UTF-8 for it
         raise DataError(f"{where}: row {row} has {text[e.start:e.end]!r} at character {e.start} "
                         f"of {column!r}, a lone UTF-16 surrogate with no UTF-8 encoding (JSON "
-                        f"escapes a character outside the BMP as a pair: \ud83d\ude00)") from None
+                        f"escapes a character outside the BMP as a pair: \\ud83d\\ude00)") from None
     return text
 
 

@@ -104,6 +104,23 @@ def test_jsonl(tmp_path):
         list(iter_documents([str(bad)]))
 
 
+def test_jsonl_lone_surrogate_is_one_error_naming_its_line(tmp_path):
+    """A JSON "\\ud83d" without its pair (a tweet cut mid-emoji) has no UTF-8: one DataError
+    naming the file and line, from the reader and from the SentencePiece sample's windows,
+    not a UnicodeEncodeError traceback."""
+    from lmscale.data.sample import sample_texts
+    p = tmp_path / "t.jsonl"
+    lines = [json.dumps({"text": f"record {i} \u4e2d\u6587 \U0001F600 filler"}) for i in range(400)]
+    lines[200] = '{"text": "cut tweet \\ud83d"}'
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"t\.jsonl:201: field 'text' has '\\ud83d' at character 10, "
+                                        r"a lone UTF-16 surrogate") as e:
+        list(iter_documents([str(p)]))
+    str(e.value).encode("utf-8")  # the message itself is printable as UTF-8
+    with pytest.raises(DataError, match=r"t\.jsonl:201: .* lone UTF-16 surrogate"):
+        list(sample_texts([str(p)], p.stat().st_size // 2))  # windows over the whole file
+
+
 def test_csv_quoted_fields(tmp_path):
     p = tmp_path / "d.csv"
     rows = [{"id": "1", "body": 'a, "quoted" b'}, {"id": "2", "body": "multi\nline, text"},
