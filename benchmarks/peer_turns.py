@@ -77,7 +77,8 @@ def lmscale_worker(hidden: int, batch: int, seq: int, compute: str, warmup: int,
         box["state"], metrics = compiled(box["state"], data)
         jax.block_until_ready((box["state"], metrics))
 
-    from lmscale.training.bench import BYTE_VOCAB, git_commit, train_flops_per_token
+    from lmscale.training.bench import BYTE_VOCAB, git_commit
+    from lmscale.training.flops import train_flops_per_token
     from lmscale.training.host_memory import huge_pages_on
     _serve(step, batch * seq, warmup, devices=jax.device_count(),
            huge_pages=huge_pages_on(os.environ), jax=jax.__version__, commit=git_commit(),

@@ -21,17 +21,10 @@ from typing import Any
 
 import ml_collections
 
-SCHEDULES = ("constant", "linear", "cosine", "slanted_triangular")
-LR_SCALINGS = ("none", "linear", "sqrt")
-COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
-DEFAULT_REMAT_STEPS = 32  # model.remat_steps (configs that predate it: this)
-
-
-class ConfigError(ValueError):
-    """A configuration value that cannot work; the message names the key."""
-
-
-MAX_LOSS_SCALE = 2.0**64  # the dynamic loss scale's cap: far above any float16 gradient's need
+from lmscale import config_checks as checks
+from lmscale.config_checks import check_numbers, validate_optim
+from lmscale.config_values import (BUILT_IN_KINDS, COMPUTE_DTYPES, DEFAULT_REMAT_STEPS,
+                                   MAX_LOSS_SCALE, ConfigError, parse_epochs, step_width)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -260,9 +253,6 @@ def check_known_fields(config: ml_collections.ConfigDict) -> None:
                           f"{', '.join(hints)}: lmscale/config.py lists every field")
 
 
-BUILT_IN_KINDS = ("lstm", "mlstm", "qrnn", "transformer")
-
-
 def _own_settings(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     """The ``model`` fields a kind of one's own declares (its ``ModelKind.settings``): a
     config file adds them (``c.model.gate_bias = 1.0`` before ``c.lock()``); () for the
@@ -303,7 +293,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
             f"use a multiple of {num_devices} (or set train.per_device_batch_size)")
     validate_run_settings(config)
     parse_split(config.data.split)
-    from lmscale import config_checks as checks  # it reads this module
     checks.refuse_init_from(config)
     checks.check_document_resets(config)
     checks.validate_awd(config)
@@ -311,38 +300,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         checks.check_longest_drawn(config, kind)
 
 
-AVERAGING_OPTIMIZERS = ("ntasgd", "asgd")  # average the weights: validation, eval and export read the average
-OPTIMIZERS = ("adam", "sgd", *AVERAGING_OPTIMIZERS)
-WEIGHT_DECAY_STYLES = ("coupled", "decoupled")
-WEIGHT_DECAY_ON = ("all", "matrices")
-
-
-def parse_epochs(text: str) -> tuple[float, ...]:
-    """optim.lr_drop_epochs: "12" or "25,35" -> (12.0,) / (25.0, 35.0); "" -> ()."""
-    try:
-        epochs = tuple(float(p) for p in str(text).split(",") if p.strip())
-    except ValueError:
-        epochs = (-1.0,)
-    if any(e <= 0 for e in epochs):
-        raise ConfigError(f"optim.lr_drop_epochs must be positive epochs, comma-separated, got {text!r}")
-    return tuple(sorted(epochs))
-
-
-def step_width(train: ml_collections.ConfigDict) -> int:
-    """Tokens per row per training step: seq_len times train.grad_accum_steps."""
-    return int(train.seq_len) * int(train.get("grad_accum_steps", 1))
-
-
-def bptt_max(train: ml_collections.ConfigDict) -> int:
-    """The longest variable-BPTT sequence: train.bptt_max, or seq_len + 15."""
-    return int(train.bptt_max) or int(train.seq_len) + 15
-
-
 def validate_run_settings(config: ml_collections.ConfigDict) -> None:
     """The settings LM training and fine-tuning share: the optimizer (``validate_optim``),
     the per-device batch, the step counts (a fine-tune with checkpoint.every=0 failed with a
     ZeroDivisionError after its first step), the precision, the all-reduce's dtype; finite."""
-    from lmscale.config_checks import check_numbers, validate_optim  # they read this module
     check_numbers(config)
     validate_optim(config.optim)
     _check_positive_ints(config, ("train.steps", "train.batch_size", "train.stop_sync_every",

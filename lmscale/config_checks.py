@@ -9,9 +9,9 @@ from typing import Any
 
 import ml_collections
 
-from lmscale.config import (AVERAGING_OPTIMIZERS, LR_SCALINGS, OPTIMIZERS, SCHEDULES,
-                            WEIGHT_DECAY_ON, WEIGHT_DECAY_STYLES, ConfigError, bptt_max,
-                            parse_epochs)
+from lmscale.config_values import (AVERAGING_OPTIMIZERS, LR_SCALINGS, OPTIMIZERS, SCHEDULES,
+                                   WEIGHT_DECAY_ON, WEIGHT_DECAY_STYLES, ConfigError, bptt_max,
+                                   parse_epochs)
 
 
 def check_numbers(config: ml_collections.ConfigDict) -> None:

@@ -67,7 +67,7 @@ def main(argv: list[str]) -> None:
 
     def run() -> dict:
         from lmscale.data.errors import DataError
-        from lmscale.pretrained.workdir import unconverted_hint
+        from lmscale.pretrained.errors import unconverted_hint
         hint = unconverted_hint(_WORKDIR.value)
         if hint:  # OpenAI's files or a .pt given as the run: the convert command to run first
             raise DataError(hint)

@@ -23,7 +23,7 @@ from lmscale.models.registry import (ModelKind, architecture, build_model, flops
                                      get_kind, model_kinds, register, uses_dropout)
 from lmscale.models.weight_norm import Matrix, WeightNormMatrix, weight_norm
 from lmscale.models.building import built_in_one_program, model_params
-from lmscale.config import BUILT_IN_KINDS
+from lmscale.config_values import BUILT_IN_KINDS
 
 MODEL_KINDS: tuple[str, ...] = BUILT_IN_KINDS
 

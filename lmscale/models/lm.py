@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lmscale.config import DEFAULT_REMAT_STEPS, ConfigError
+from lmscale.config_values import DEFAULT_REMAT_STEPS, ConfigError
 from lmscale.models import fast_dot, regularizers
 from lmscale.models.adaptive_loss import adaptive_nll_sums, adaptive_token_nll
 from lmscale.models.adaptive_softmax import (AdaptiveTails, adaptive_log_probs,

@@ -461,7 +461,7 @@ def _trained_length(model_config: Any, train_config: Any) -> int | None:
     read in training (README: bits per token past it); None when that covers max_len."""
     if train_config is None:
         return None
-    from lmscale.config import bptt_max
+    from lmscale.config_values import bptt_max
     longest = bptt_max(train_config) if train_config.get("variable_bptt") else train_config.seq_len
     return int(longest) if longest < model_config.max_len else None
 

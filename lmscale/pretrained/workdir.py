@@ -43,9 +43,8 @@ def write_workdir(weights: LMWeights, workdir: str, *, batch_size: int | None = 
     ``workdir`` must not exist or be empty. ``batch_size`` sets ``train.batch_size`` (the rows
     of the saved RNN carry, part of the model signature); default: the config default.
     """
-    from lmscale.training.bench import train_flops_per_token
-    from lmscale.training.checkpoints import Checkpointer
-    from lmscale.training.loop import model_signature
+    from lmscale.training.checkpoints import Checkpointer, model_signature
+    from lmscale.training.flops import train_flops_per_token
     from lmscale.training.optimizer import make_optimizer
     from lmscale.training.state import create_state
 
@@ -71,27 +70,6 @@ def write_workdir(weights: LMWeights, workdir: str, *, batch_size: int | None = 
     }
     save_config(config, derived, os.path.join(workdir, "config.json"))
     return os.path.abspath(workdir)
-
-
-def unconverted_hint(path: str, then: str = "--workdir=WORKDIR") -> str | None:
-    """For a tool given ``path`` as its workdir: a one-line error when ``path`` is not a run
-    but weights still to import (OpenAI's folder of 0.npy ... 14.npy, a .pt checkpoint),
-    naming the ``lmscale.convert`` command that imports them; None otherwise (a run, or
-    something else: ``load_trained`` says what is wrong). ``then``: how the tool is given the
-    imported workdir (``--config.train.start_from=WORKDIR`` for a new LM run)."""
-    if os.path.isdir(path):
-        if os.path.exists(os.path.join(path, "config.json")):
-            return None
-        if os.path.exists(os.path.join(path, "0.npy")) or \
-                os.path.exists(os.path.join(path, "model", "0.npy")):
-            return (f"{path} holds OpenAI's released weights (0.npy ... 14.npy), not a training "
-                    f"run: import them first with python -m lmscale.convert --from=openai "
-                    f"--src={path} --to=WORKDIR, then pass {then}")
-    elif os.path.isfile(path) and path.endswith((".pt", ".pth", ".clf")):
-        return (f"{path} is a PyTorch checkpoint, not a training run: import a sentiment-discovery "
-                f"language model first with python -m lmscale.convert --from=sentiment-discovery "
-                f"--src={path} --to=WORKDIR, then pass {then}")
-    return None
 
 
 def read_workdir(workdir: str, step: int | None = None) -> LMWeights:

@@ -21,7 +21,10 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import orbax.checkpoint as ocp
+
+from lmscale.models import architecture
 
 from lmscale.training.orbax_logs import (BACKGROUND_FAILURES, DiskFullLogs, disk_full,
                                          filter_disk_full_logs, listing_quietly, short_error)
@@ -456,3 +459,15 @@ def _flag_value(value: Any) -> str:
 def _as_flag(key: str, value: Any) -> str:
     """" (--config.KEY=VALUE)" for a config key a flag sets (model.*), else ""."""
     return f" (--config.{key}={_flag_value(value)})" if key.startswith("model.") else ""
+
+
+def model_signature(config: ml_collections.ConfigDict, tokenizer: dict[str, Any], vocab_size: int,
+                    carries: bool = True) -> dict[str, Any]:
+    """What must match between a checkpoint and the config restoring it: the architecture,
+    the tokenizer, and, for a model that carries state, the batch (the carry's shape)."""
+    sig = {f"model.{k}": v for k, v in architecture(config.model).items()}
+    if carries:
+        sig["train.batch_size"] = config.train.batch_size  # the shape of the persisted carry
+    sig["data.tokenizer"] = tokenizer
+    sig["vocab_size"] = vocab_size
+    return sig

@@ -377,7 +377,7 @@ def train_batcher(dataset: TokenDataset, config: ml_collections.ConfigDict) -> S
     """The training stream: fixed ``train.seq_len`` columns, or variable-length BPTT
     (``train.variable_bptt``: lengths drawn per step, see ``lmscale.data.variable_bptt``)."""
     if config.train.variable_bptt:
-        from lmscale.config import bptt_max
+        from lmscale.config_values import bptt_max
         from lmscale.data.variable_bptt import VariableBPTTBatcher
         return VariableBPTTBatcher(dataset.split("train"), config.train.batch_size, config.train.seq_len,
                                    max_len=bptt_max(config.train), bucket=config.train.bptt_bucket,

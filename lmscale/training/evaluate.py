@@ -13,13 +13,14 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
+import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from lmscale.config import AVERAGING_OPTIMIZERS
+from lmscale.config_values import AVERAGING_OPTIMIZERS
 from lmscale.data.dataset import SplitData
 from lmscale.data.errors import DataError
-from lmscale.data.stream import StreamBatcher
+from lmscale.data.stream import StreamBatcher, document_resets
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.in_flight import InFlight
 from lmscale.training.loss import LN2
@@ -146,3 +147,10 @@ def _local(batcher: StreamBatcher, step: int, rows: tuple[int, int]) -> dict[str
     b = batcher.tail(rows) if step == TAIL else batcher.batch(step, rows=rows)
     return {"inputs": b.inputs.astype(np.int32), "targets": b.targets.astype(np.int32),
             "weights": b.weights.astype(np.float32), "resets": b.resets.astype(bool)}
+
+
+def eval_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The evaluation settings of a run: validation in training and ``lmscale.eval`` share them."""
+    return {"batch_size": config.train.eval_batch_size, "seq_len": config.train.seq_len,
+            "reset_on_documents": document_resets(config.data),
+            "max_steps": config.train.eval_steps}

@@ -22,17 +22,16 @@ import numpy as np
 import tqdm
 from flax import nnx
 
-from lmscale.config import AVERAGING_OPTIMIZERS, derive, save_config, validate, with_global_batch
+from lmscale.config import derive, save_config, validate, with_global_batch
+from lmscale.config_values import AVERAGING_OPTIMIZERS
 from lmscale.data.errors import DataError
 from lmscale.distributed import (check_same_config, leave_word, process_0_does, process_0_says,
                                  processes_that_differ)
 from lmscale.data.dataset import TokenDataset, dataset_fingerprint
-from lmscale.data.stream import document_resets
-from lmscale.models import architecture
 from lmscale.models.registry import get_kind, trained_length_note, unused_settings_note
 from lmscale.training import mesh as mesh_lib
 from lmscale.messages import errors_for_caller, for_caller
-from lmscale.training.checkpoints import Checkpointer, check_same_model
+from lmscale.training.checkpoints import Checkpointer, check_same_model, model_signature
 from lmscale.training.command_log import record_command
 from lmscale.training.archive import archive_previous_run
 from lmscale.training.resume import (PROVENANCE_KEYS, check_resumable, check_same_dataset,
@@ -42,11 +41,11 @@ from lmscale.training.step_timer import StepTimer
 from lmscale.training.stop import StopSignal
 from lmscale.training.workdir_lock import locked_workdir
 from lmscale.training.data_source import resolve_dataset, train_batcher
-from lmscale.training.evaluate import (batch_arrays, carries_state, eval_stream, evaluate_split,
-                                       unscored_note, without_validation)
+from lmscale.training.evaluate import (batch_arrays, carries_state, eval_settings, eval_stream,
+                                       evaluate_split, unscored_note, without_validation)
 from lmscale.training.in_flight import InFlight
 from lmscale.training.loss import bits_per_char
-from lmscale.training.bench import adaptive_cutoffs, train_flops_per_token
+from lmscale.training.flops import adaptive_cutoffs, train_flops_per_token
 from lmscale.training.best import BestKeeper
 from lmscale.training.diverged import DivergedError, check_loss, save_finite
 from lmscale.training.metrics import (MetricsWriter, add_perplexity, read_metrics,
@@ -60,19 +59,7 @@ from lmscale.training.setup import build_train_setup, jit_train_step
 from lmscale.training.state import host_zeros, zero_acc
 from lmscale.training.steps import make_eval_step
 
-__all__ = ["train", "model_signature", "eval_settings", "PROVENANCE_KEYS"]
-
-
-def model_signature(config: ml_collections.ConfigDict, tokenizer: dict[str, Any], vocab_size: int,
-                    carries: bool = True) -> dict[str, Any]:
-    """What must match between a checkpoint and the config restoring it: the architecture,
-    the tokenizer, and, for a model that carries state, the batch (the carry's shape)."""
-    sig = {f"model.{k}": v for k, v in architecture(config.model).items()}
-    if carries:
-        sig["train.batch_size"] = config.train.batch_size  # the shape of the persisted carry
-    sig["data.tokenizer"] = tokenizer
-    sig["vocab_size"] = vocab_size
-    return sig
+__all__ = ["train", "PROVENANCE_KEYS"]
 
 
 def train(config: ml_collections.ConfigDict, workdir: str,
@@ -460,13 +447,6 @@ def _last_records(workdir: str, step: int, splits: tuple[str, ...]) -> dict[str,
     except (OSError, ValueError):
         records = []
     return {r["split"]: r for r in records if r.get("split") in splits}
-
-
-def eval_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The evaluation settings of a run: validation in training and ``lmscale.eval`` share them."""
-    return {"batch_size": config.train.eval_batch_size, "seq_len": config.train.seq_len,
-            "reset_on_documents": document_resets(config.data),
-            "max_steps": config.train.eval_steps}
 
 
 def perplexity_note(record: dict[str, Any]) -> str:

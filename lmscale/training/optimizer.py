@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from lmscale.config import AVERAGING_OPTIMIZERS, OPTIMIZERS
+from lmscale.config_values import AVERAGING_OPTIMIZERS, OPTIMIZERS
 from lmscale.models.param_paths import path_names
 from lmscale.models.transformer import STACKED_LAYERS
 from lmscale.training.ntasgd import average_after_switch

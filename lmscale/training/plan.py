@@ -16,9 +16,10 @@ from typing import Any
 import jax
 import ml_collections
 
-from lmscale.config import bptt_max, derive, step_width, validate, with_global_batch
+from lmscale.config import derive, step_width, validate, with_global_batch
+from lmscale.config_values import bptt_max
 from lmscale.models import architecture, flops_per_token, get_kind
-from lmscale.training.bench import loss_tail_shares, train_flops_per_token
+from lmscale.training.flops import loss_tail_shares, train_flops_per_token
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.hlo_stats import all_reduces
 from lmscale.training.setup import BATCH_KEYS, build_train_setup, jit_train_step

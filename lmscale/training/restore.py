@@ -25,8 +25,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from lmscale.config import (AVERAGING_OPTIMIZERS, COMPUTE_DTYPES, ConfigError, config_from_record,
-                            load_config)
+from lmscale.config import COMPUTE_DTYPES, ConfigError, config_from_record, load_config
+from lmscale.config_values import AVERAGING_OPTIMIZERS
 from lmscale.data.dataset import TokenDataset, dataset_metadata, is_dataset
 from lmscale.data.errors import DataError
 from lmscale.data.prepare import prepare_dataset
@@ -35,9 +35,9 @@ from lmscale.models import model_params
 from lmscale.models.registry import architecture
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.checkpoints import (CheckpointError, Checkpointer, CheckpointMismatchError, ModelMismatchError,
-                                          UnreadableCheckpointError, check_same_model)
+                                          UnreadableCheckpointError, check_same_model, model_signature)
 from lmscale.training.run_paths import best_folder
-from lmscale.training.evaluate import evaluate_split
+from lmscale.training.evaluate import eval_settings, evaluate_split
 from lmscale.training.steps import make_eval_step
 
 
@@ -144,7 +144,7 @@ def with_compute(lm: TrainedLM, compute: str, vocab_size: int | None = None) -> 
 def _not_a_run(workdir: str, config_path: str) -> str:
     """Why ``workdir`` (with no config.json) is no training run, with the way on: OpenAI's
     files or a .pt (the convert command), a file, a transfer output (its loader and LM)."""
-    from lmscale.pretrained.workdir import unconverted_hint
+    from lmscale.pretrained.errors import unconverted_hint
     hint = unconverted_hint(workdir)
     if hint:
         return hint
@@ -296,7 +296,6 @@ def _restore_step(checkpointer: Checkpointer, workdir: str, config: ml_collectio
     vocab_size = signature["vocab_size"]
     # Shapes only: nothing is initialized just to be replaced.
     graphdef, like = model_params(config.model, vocab_size, abstract=True)
-    from lmscale.training.loop import model_signature  # the same rule as training
     try:
         check_same_model(signature, model_signature(config, tokenizer.to_dict(), vocab_size, True),
                          workdir, ignore=("train.batch_size",))  # the carry is not restored
@@ -382,7 +381,6 @@ def evaluate_data(lm: TrainedLM, data: str, *, split: str = "val", batch_size: i
     exactly the BPC its training logged (read ``lm`` in the run's ``precision.compute``, as
     ``lmscale.eval`` does).
     """
-    from lmscale.training.loop import eval_settings
     settings = eval_settings(lm.config)
     for key, value in (("batch_size", batch_size), ("seq_len", seq_len), ("max_steps", max_steps)):
         if value is not None:

@@ -160,7 +160,7 @@ def _data_order(config: dict[str, Any]) -> dict[str, Any]:
     if drawn:
         from types import SimpleNamespace
 
-        from lmscale.config import bptt_max
+        from lmscale.config_values import bptt_max
         train = SimpleNamespace(bptt_max=_get(config, "train.bptt_max") or 0,  # a record's
                                 seq_len=_get(config, "train.seq_len") or 0)  # dict, as config
         order["train.bptt_max"] = bptt_max(train)

@@ -29,7 +29,7 @@ def check_start_from(config: Any) -> None:
     run, best = best_folder(given)
     path = os.path.join(run, "config.json")
     if not os.path.isfile(path):  # weights still to import: the convert command to run first
-        from lmscale.pretrained.workdir import unconverted_hint
+        from lmscale.pretrained.errors import unconverted_hint
         hint = unconverted_hint(run, then="--config.train.start_from=WORKDIR")
         if hint:
             raise ConfigError(f"train.start_from={given!r}: {hint}")

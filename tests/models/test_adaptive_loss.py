@@ -133,7 +133,7 @@ def test_flops_count_the_logits_the_loss_forms():
     from lmscale.config import default_config
     from lmscale.models import flops_per_token
     from lmscale.models.adaptive_softmax import loss_logits_per_token, tail_shares, zipf_id_counts
-    from lmscale.training.bench import train_flops_per_token
+    from lmscale.training.flops import train_flops_per_token
     targets = _data()[5]
     bounds = (0, *CUTS, V)
     per_token = [CUTS[0] + len(CUTS) + (0 if y < CUTS[0] else

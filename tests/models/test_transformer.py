@@ -13,7 +13,7 @@ from flax import nnx
 from lmscale.config import default_config
 from lmscale.models import build_model, count_params, flops_per_token, get_kind
 from lmscale.models.transformer import Block, TransformerLM, sinusoidal
-from lmscale.training.bench import recompute_flops_per_token
+from lmscale.training.flops import recompute_flops_per_token
 from tests.models.helpers import randomize_params
 from tests.models.numpy_reference import np_weight_norm
 from tests.models.numpy_transformer import np_block, np_sinusoidal, np_transformer

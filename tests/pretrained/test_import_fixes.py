@@ -229,7 +229,7 @@ def test_a_folder_given_as_pt_is_named_a_folder(files):
 
 
 def test_unconverted_weights_name_the_convert_command(files, tmp_path):
-    from lmscale.pretrained.workdir import unconverted_hint
+    from lmscale.pretrained.errors import unconverted_hint
     hint = unconverted_hint(files)
     assert hint.startswith(f"{files} holds OpenAI's released weights")
     assert f"python -m lmscale.convert --from=openai --src={files} --to=WORKDIR" in hint

@@ -10,7 +10,7 @@ import numpy as np
 
 from lmscale.models import flops_per_token
 from lmscale.models.adaptive_softmax import tail_shares, zipf_id_counts
-from lmscale.training.bench import train_flops_per_token
+from lmscale.training.flops import train_flops_per_token
 from tests.conftest import tiny_config
 
 V, CUTS = 400, "20,100"

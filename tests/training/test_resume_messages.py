@@ -321,7 +321,7 @@ def test_a_checkpoint_from_before_two_biases_names_the_flag_that_resumes_it():
     converted workdir, one bias) was "a different model" with --config.resume=false to start
     afresh as the way out of a paper-scale run; it names --config.model.two_biases=false."""
     from lmscale.config import config_from_file
-    from lmscale.training.loop import model_signature
+    from lmscale.training.checkpoints import model_signature
     from tests.conftest import REPO
     config = config_from_file(str(REPO / "configs" / "mlstm4096.py"))
     tokenizer = {"kind": "byte", "ids": "sentiment_discovery"}
