@@ -17,7 +17,7 @@ import importlib.util
 import json
 import math
 import os
-from typing import Any
+from typing import Any, Protocol
 
 import ml_collections
 
@@ -361,31 +361,60 @@ def scaled_lr(optim: ml_collections.ConfigDict, batch_size: int) -> float:
     return min(lr, optim.lr_max) if optim.lr_max > 0 else lr
 
 
-def horizon(config: ml_collections.ConfigDict, steps_per_epoch: int) -> tuple[int, int]:
+class EpochSteps(Protocol):
+    """A training stream's conversion between epochs and steps (its epochs may differ in
+    length: variable BPTT draws each epoch's lengths anew)."""
+
+    def epoch_step(self, epochs: float) -> float: ...  # the step where ``epochs`` epochs end
+    def epochs_done(self, steps: int) -> float: ...  # epochs read by ``steps`` steps
+
+
+class UniformEpochs:
+    """Epochs of ``steps_per_epoch`` steps each."""
+
+    def __init__(self, steps_per_epoch: int) -> None:
+        self.steps_per_epoch = steps_per_epoch
+
+    def epoch_step(self, epochs: float) -> float:
+        return epochs * self.steps_per_epoch
+
+    def epochs_done(self, steps: int) -> float:
+        return steps / self.steps_per_epoch
+
+
+def horizon(config: ml_collections.ConfigDict, steps_per_epoch: int,
+            stream: EpochSteps | None = None) -> tuple[int, int]:
     """(steps, decay steps): ``train.steps`` capped by ``train.epochs``, ``optim.decay_steps``
-    (0: the steps) by ``optim.decay_epochs``; not yet clamped against the warmup."""
+    (0: the steps) by ``optim.decay_epochs``; not yet clamped against the warmup. Epochs end
+    where ``stream`` says (default: every ``steps_per_epoch`` steps)."""
+    stream = stream or UniformEpochs(steps_per_epoch)
     steps = config.train.steps
     if config.train.epochs > 0:
-        steps = min(steps, max(1, math.ceil(config.train.epochs * steps_per_epoch)))
+        steps = min(steps, max(1, math.ceil(stream.epoch_step(config.train.epochs))))
     decay_steps = config.optim.decay_steps or steps
     if config.optim.decay_epochs > 0:
-        decay_steps = min(decay_steps, max(1, math.ceil(config.optim.decay_epochs * steps_per_epoch)))
+        decay_steps = min(decay_steps, max(1, math.ceil(stream.epoch_step(config.optim.decay_epochs))))
     return steps, decay_steps
 
 
-def derive(config: ml_collections.ConfigDict, steps_per_epoch: int) -> dict[str, Any]:
-    """Values that follow from the config and the training data; the one place they are computed."""
-    steps, decay_steps = horizon(config, steps_per_epoch)
+def derive(config: ml_collections.ConfigDict, steps_per_epoch: int,
+           stream: EpochSteps | None = None) -> dict[str, Any]:
+    """Values that follow from the config and the training data; the one place they are
+    computed. ``stream``: the training batcher, where epochs end (settings given in epochs:
+    under variable BPTT each epoch has its own step count, and multiples of epoch 0's drifted
+    by e x the difference: awd's --when 138 steps early on enwik8)."""
+    stream = stream or UniformEpochs(steps_per_epoch)
+    steps, decay_steps = horizon(config, steps_per_epoch, stream)
     tokens_per_step = config.train.batch_size * step_width(config.train)
     return {
         "steps": steps,
         "steps_per_epoch": steps_per_epoch,
-        "epochs": steps / steps_per_epoch,
+        "epochs": stream.epochs_done(steps),
         "tokens_per_step": tokens_per_step,
         "batch_size": config.train.batch_size,
         "lr": scaled_lr(config.optim, config.train.batch_size),
         "decay_steps": max(decay_steps, config.optim.warmup_steps + 1),
-        **({"lr_drop_steps": [max(1, round(e * steps_per_epoch))
+        **({"lr_drop_steps": [max(1, round(stream.epoch_step(e)))
                               for e in parse_epochs(config.optim.lr_drop_epochs)]}
            if config.optim.lr_drop_epochs else {}),
     }

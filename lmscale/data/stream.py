@@ -117,6 +117,10 @@ class StreamBatcher:
         """Epochs (with the fraction of the current one) that ``steps`` steps have read."""
         return int(steps) / self.steps_per_epoch
 
+    def epoch_step(self, epochs: float) -> float:
+        """The step where ``epochs`` epochs end (settings given in epochs: ``config.derive``)."""
+        return float(epochs) * self.steps_per_epoch
+
     def shard_order(self, epoch: int) -> np.ndarray:
         """Shard indices in the order the epoch's virtual stream concatenates them."""
         n = len(self.split.shards)

@@ -92,14 +92,29 @@ class VariableBPTTBatcher(StreamBatcher):
             return super().steps_per_epoch
         return len(self.epoch_plan(0)[0])
 
+    def _epoch_start(self, epoch: int) -> int:
+        """The global step of ``epoch``'s first step."""
+        starts = self._epoch_starts
+        while len(starts) <= epoch:
+            starts.append(starts[-1] + len(self.epoch_plan(len(starts) - 1)[0]))
+        return starts[epoch]
+
     def locate(self, step: int) -> tuple[int, int]:
         """(epoch, index within the epoch) of a global step."""
         step = int(step)
         starts = self._epoch_starts
         while starts[-1] <= step:
-            starts.append(starts[-1] + len(self.epoch_plan(len(starts) - 1)[0]))
+            self._epoch_start(len(starts))
         epoch = int(np.searchsorted(starts, step, side="right")) - 1
         return epoch, step - starts[epoch]
+
+    def epoch_step(self, epochs: float) -> float:
+        """The step where ``epochs`` epochs end: each epoch its own step count, a fraction of
+        an epoch that fraction of its steps (settings given in epochs: ``config.derive``)."""
+        whole = int(epochs)
+        start = self._epoch_start(whole)
+        fraction = float(epochs) - whole
+        return start + fraction * len(self.epoch_plan(whole)[0]) if fraction else float(start)
 
     def epoch_of(self, step: int) -> int:
         return self.locate(step)[0]

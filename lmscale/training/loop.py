@@ -130,7 +130,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
     byte_lengths = tokenizer.byte_lengths()
     word_level = tokenizer.to_dict().get("kind") == "word"  # records also report perplexity
 
-    derived = derive(config, batcher.steps_per_epoch)
+    derived = derive(config, batcher.steps_per_epoch, batcher)
     if saved is not None:
         derived = resumed_derived(derived, saved, config)
     # A resumed run restores into the state's shapes: its initial state is never computed.

@@ -151,7 +151,7 @@ def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict, wh
 def _data_order(config: dict[str, Any]) -> dict[str, Any]:
     """What of a config the training stream's order depends on beyond its shape:
     data.shuffle_shards, train.variable_bptt with the lengths it draws (train.bptt_max, as
-    ``config.bptt_max`` reads it, and train.bptt_bucket), and the seed where it draws the
+    ``config_values.bptt_max`` reads it, and train.bptt_bucket), and the seed where it draws the
     order or the lengths (NumPy draws them from the whole seed). Fields a record predates
     read as their defaults."""
     shuffled = bool(_get(config, "data.shuffle_shards"))

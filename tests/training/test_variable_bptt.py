@@ -101,3 +101,24 @@ def test_a_bucket_above_the_longest_length_is_refused():
     validate(c)
     c.train.variable_bptt, c.train.bptt_bucket = False, 50  # not used: not checked
     validate(c)
+
+
+def test_epoch_settings_end_at_each_epochs_own_boundary(tmp_path, corpus):
+    """train.epochs, optim.lr_drop_epochs (awd's --when) and optim.decay_epochs under variable
+    BPTT: epochs have their own step counts, and multiples of epoch 0's drifted by e times
+    the difference (enwik8 at 128 x 200: the drops 138 and 182 steps early)."""
+    import math
+
+    from lmscale.config import default_config, derive
+    b = batcher(corpus, tmp_path, seq_len=20, max_len=35)
+    config = default_config()
+    config.train.steps, config.train.epochs = 10**6, 7.0
+    config.optim.lr_drop_epochs, config.optim.decay_epochs = "3,5", 4.5
+    d = derive(config, b.steps_per_epoch, b)
+    starts = [b.epoch_step(e) for e in range(8)]
+    assert starts[7] != 7 * b.steps_per_epoch  # epochs of their own lengths (else no test)
+    assert d["steps"] == starts[7] and b.epochs_done(d["steps"]) == d["epochs"] == 7.0
+    drops = d["lr_drop_steps"]
+    assert drops == [starts[3], starts[5]]
+    assert [b.epoch_of(s) for s in drops] == [3, 5] and [b.epoch_of(s - 1) for s in drops] == [2, 4]
+    assert d["decay_steps"] == math.ceil(starts[4] + 0.5 * (starts[5] - starts[4]))
