@@ -294,6 +294,15 @@ def parse_flags(argv: list[str]) -> list[str]:
         return rest
     except (AttributeError, KeyError) as e:  # unknown key in a locked ConfigDict
         text = str(e.args[0] if e.args else e).replace("\\", "")
+        if isinstance(e, AttributeError) and "has no attribute 'get_config'" in text:
+            # A file without get_config() (a sweep file, say) was "unknown config key
+            # 'config_config'", ml_collections' module name for it.
+            given = [a for a in argv[1:] if re.match(r"--\w+=.*\.py$", a)]
+            where = given[0] if given else "the config file"
+            print(f"error: {where} defines no get_config() (a config file returns "
+                  f"lmscale.config.default_config() with its fields, locked; a sweep file "
+                  f"goes to lmscale.sweep --sweep=)", file=sys.stderr)
+            sys.exit(1)
         # ml_collections quotes the key: Key "hiden" ..., or "'nosuch'" for a top-level one.
         found = (re.search(r"Attribute <class '[^']+'>\.(\S+) does not exist", text)  # a.int.x
                  or re.search(r"""Key\s+["']+([^"'\s]+)["']+""", text)

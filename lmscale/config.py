@@ -273,6 +273,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     if not isinstance(config.data.train, str) or not config.data.train.strip():
         raise ConfigError(f"data.train must name the training text (a prepared dataset, text "
                           f"paths/globs or 'python_stdlib'), got {config.data.train!r}")
+    checks.refuse_none(config, default_config())  # before the checks that compare values
     from lmscale.models import get_kind  # JAX: not at import (module doc)
     from lmscale.models.registry import UnknownModelKind, load_plugins
     try:
@@ -293,6 +294,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
             f"use a multiple of {num_devices} (or set train.per_device_batch_size)")
     validate_run_settings(config)
     parse_split(config.data.split)
+    if config.data.txt_mode not in ("file", "line"):  # data/sources.py's TXT_MODES; these two
+        # were refused by data preparation as "txt_mode ..." / "shard_tokens ...", without data.
+        raise ConfigError(f"data.txt_mode must be 'file' or 'line', got {config.data.txt_mode!r}")
+    _check_positive_ints(config, ("data.shard_tokens",))
     checks.refuse_init_from(config)
     checks.check_document_resets(config)
     checks.validate_awd(config)
@@ -304,6 +309,7 @@ def validate_run_settings(config: ml_collections.ConfigDict) -> None:
     """The settings LM training and fine-tuning share: the optimizer (``validate_optim``),
     the per-device batch, the step counts (a fine-tune with checkpoint.every=0 failed with a
     ZeroDivisionError after its first step), the precision, the all-reduce's dtype; finite."""
+    checks.refuse_none(config, default_config())  # before the checks that compare values
     check_numbers(config)
     validate_optim(config.optim)
     _check_positive_ints(config, ("train.steps", "train.batch_size", "train.stop_sync_every",

@@ -155,3 +155,18 @@ def validate_optim(o: ml_collections.ConfigDict) -> None:
     if o.weight_decay_on not in WEIGHT_DECAY_ON:
         raise ConfigError(f"optim.weight_decay_on must be one of {list(WEIGHT_DECAY_ON)}, got "
                           f"{o.weight_decay_on!r}")
+
+
+def refuse_none(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict,
+                prefix: str = "") -> None:
+    """A field left None (``null`` in a config.json, ``= None`` in a config file: ml_collections
+    takes None for a field of any type) was a TypeError traceback at its first comparison."""
+    for key, default in defaults.items():
+        if key not in config:
+            continue
+        if isinstance(default, ml_collections.ConfigDict):
+            if isinstance(config[key], (dict, ml_collections.ConfigDict)):
+                refuse_none(config[key], default, f"{prefix}{key}.")
+        elif config[key] is None and default is not None:
+            raise ConfigError(f"{prefix}{key} is None (null); it takes a value of type "
+                              f"{type(default).__name__} (default {default!r})")

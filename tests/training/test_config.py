@@ -196,6 +196,17 @@ def test_an_unknown_override_key_is_named(tmp_path, flag, message):
     assert proc.stderr.strip().splitlines() == [message]
 
 
+def test_a_file_without_get_config_is_named(tmp_path):
+    """A sweep file (or any file without get_config) given as --config read "unknown config
+    key 'config_config'" (audit)."""
+    proc = subprocess.run([sys.executable, "-m", "lmscale.train",
+                           "--config=configs/sweeps/lr_rules.py", f"--workdir={tmp_path / 'run'}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("error: --config=configs/sweeps/lr_rules.py defines no get_config()")
+
+
 def test_paper_configs_follow_the_seeds_published_schedules():
     """sentiment-discovery's published settings (experiments/train_mlstm_singlenode.sh:
     --lr 3e-3 --decay-style linear --constant-decay 100000 --train-iters 73000;
@@ -244,3 +255,37 @@ def test_seed_outside_a_keys_32_bits_is_refused(seed):
     with pytest.raises(ConfigError, match=f"seed must be in \\[0, 2\\*\\*32\\).*got {seed}"):
         validate(with_seed(seed))
     validate(with_seed(2**32 - 1))
+
+
+@pytest.mark.parametrize("path,where", [(("optim", "lr"), "config.json"), (("seed",), "config.json"),
+                                        (("data", "val"), "config file")])
+def test_a_field_left_none_is_one_config_error(tmp_path, path, where):
+    """``null`` in an edited config.json (or ``= None`` in a config file) was a TypeError
+    traceback in the checks ('<=' not supported between NoneType and int)."""
+    import json as json_lib
+    from lmscale.config import ConfigError, default_config, load_config, validate_run_settings
+    record = default_config().to_dict()
+    holder = record
+    for key in path[:-1]:
+        holder = holder[key]
+    holder[path[-1]] = None
+    if where == "config.json":
+        file = tmp_path / "config.json"
+        file.write_text(json_lib.dumps(record))
+        config, _ = load_config(str(file))
+    else:
+        config = default_config()
+        config.data.val = None
+    with pytest.raises(ConfigError, match=rf"^{'.'.join(path)} is None \(null\)"):
+        validate(config, 1)
+    with pytest.raises(ConfigError, match=rf"^{'.'.join(path)} is None \(null\)"):
+        validate_run_settings(config)  # fine-tuning's checks
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("data.txt_mode", "para", "data.txt_mode must be 'file' or 'line', got 'para'"),
+    ("data.shard_tokens", 0, "data.shard_tokens must be a positive integer, got 0")])
+def test_data_preparation_fields_are_named_with_their_section(key, value, message):
+    """Refused at preparation as "txt_mode must be ..." / "shard_tokens must be ..." (audit)."""
+    with pytest.raises(ConfigError, match=f"^{message}$"):
+        validate(locked(**{key: value}), 1)
