@@ -403,9 +403,35 @@ def _cached_block(lm: TrainedLM, texts: list[str], cache_dir: str, common: bytes
         except (OSError, ValueError, EOFError):  # damaged (e.g. by hand): computed again
             cached = None
         if cached is not None and cached.shape[0] == len(texts):
+            try:
+                os.utime(path)  # read now: ``unused_cache`` tells it from blocks of other calls
+            except OSError:  # a read-only cache is read as it is
+                pass
             return cached
     feats = featurize(lm, texts, **options)
     os.makedirs(cache_dir, exist_ok=True)
     with atomic_write(path, "wb") as f:  # all or nothing, no temporary left behind
         np.save(f, feats)
     return feats
+
+
+UNUSED_CACHE_NOTE_BYTES = 2**30  # cached features not read for this long are worth a note
+
+
+def unused_cache(cache_dir: str, since: float) -> tuple[int, int]:
+    """(files, bytes) of the feature blocks in ``cache_dir`` neither written nor read since
+    ``since`` (a time.time()): features of other weights (older checkpoints, a run retrained
+    in place), texts or options, kept for a call that asks for them again. Nothing prunes the
+    cache; a transfer says when these pass ``UNUSED_CACHE_NOTE_BYTES``."""
+    files = size = 0
+    try:
+        entries = list(os.scandir(cache_dir))
+    except OSError:
+        return 0, 0
+    for entry in entries:
+        try:
+            if entry.name.endswith(".npy") and entry.is_file() and entry.stat().st_mtime < since:
+                files, size = files + 1, size + entry.stat().st_size
+        except OSError:  # removed meanwhile
+            continue
+    return files, size

@@ -28,8 +28,9 @@ from lmscale.data.errors import DataError
 from lmscale.transfer.classify import (C_GRID, SEARCH_ROWS, fit_l1, inverse_strengths,
                                       neuron_summary, save_transfer_classifier, search_subsample,
                                       top_k_sweep)
-from lmscale.transfer.featurize import (cached_featurize, feature_state, layer_and_unit,
-                                       preprocess_texts, unit_trace)
+from lmscale.transfer.featurize import (UNUSED_CACHE_NOTE_BYTES, cached_featurize, feature_state,
+                                       layer_and_unit, preprocess_texts, unit_trace,
+                                       unused_cache)
 from lmscale.transfer.labeled import (Labeled, check_held_out, check_labels, constant_labels,
                                       index_classes, label_columns, load_labeled, require_binary)
 from lmscale.transfer.multilabel import fit_l1_multilabel
@@ -123,13 +124,15 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
     # stayed silent through a 100k-text fit); progress bars stay for terminals.
     say = (lambda line: print(line, file=sys.stderr, flush=True)) if stages else (lambda line: None)
     feats: dict[str, np.ndarray] = {}
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time() - 1.0  # (a file system's coarse mtimes)
     for name, data in splits.items():
         say(f"featurizing {name}: {len(data.texts)} texts")
         feats[name] = cached_featurize(lm, data.texts, cache, report=say if stages else None,
                                        **options)
         check_finite_features(feats[name], data, lm.compute)
     feat_s = time.perf_counter() - t0
+    if cache:
+        _unused_cache_note(cache, started)
     n_train = len(splits["train"].texts)
     sampled = (f"; C searched on a {'random' if multilabel else 'stratified'} subsample of "
                f"{search_rows} texts, the chosen C refitted on all {n_train}"
@@ -289,6 +292,17 @@ def _features_dir(workdir: str, output: str, features_dir: str | None) -> str | 
               f"(--features_dir chooses the folder)", file=sys.stderr, flush=True)
         return writable_folder(fallback, "pass --features_dir=FOLDER, or --features_dir= to "
                                          "cache no features")
+
+
+def _unused_cache_note(cache: str, since: float) -> None:
+    """Says how much of the feature cache this transfer did not use, past a GiB: nothing
+    prunes it, and a sweep over checkpoints of a 4096-unit LM adds ~0.2 GB a point."""
+    files, size = unused_cache(cache, since)
+    if size >= UNUSED_CACHE_NOTE_BYTES:
+        print(f"note: {cache} also holds {size / 2**30:.1f} GiB of cached features this transfer "
+              f"did not use ({files} file{'s' if files != 1 else ''}: of other weights, texts or "
+              f"options); delete them, or the folder, to free the space (a later transfer "
+              f"featurizes again what it needs)", file=sys.stderr, flush=True)
 
 
 def _featurization(splits: dict[str, Labeled], seconds: float) -> dict[str, Any]:

@@ -316,3 +316,43 @@ def test_a_growing_number_of_texts_compiles_one_program_per_power_of_two():
     for n in range(1, 8):  # the padding rows change nothing
         np.testing.assert_allclose(feats[n - 1], feats[7][:n], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(scores[n - 1], scores[7][:n], rtol=1e-5)
+
+
+def test_a_transfer_says_how_much_of_the_feature_cache_it_did_not_use(tmp_path, capsys):
+    """Nothing prunes the feature cache (a sweep over checkpoints of a 4096-unit LM adds
+    ~0.2 GB a point): past a GiB of blocks neither read nor written by this transfer, it says
+    so; the blocks it read count as used (read, not only written, since it started)."""
+    import csv
+    import os
+    import time
+
+    from lmscale.config import default_config
+    from lmscale.transfer.run import run_transfer
+    from tests.transfer.conftest import _trained
+    config = default_config()
+    config.model.kind, config.model.hidden, config.model.embed = "lstm", 16, 8
+    lm = _trained(config, 0, jnp.float32)
+    for name in ("train", "val"):
+        with open(tmp_path / f"{name}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["sentence", "label"])
+            w.writerows([(f"a {'good' if i % 2 else 'bad'} {name} film {i}", i % 2)
+                         for i in range(12)])
+    transfer = lambda: run_transfer(str(tmp_path), str(tmp_path / "train.csv"),
+                                    str(tmp_path / "val.csv"), lm=lm, baseline="none", Cs=[1.0],
+                                    examples=0)
+    transfer()
+    cache = tmp_path / "features"
+    used = sorted(os.listdir(cache))
+    assert len(used) == 2 and "GiB of cached features" not in capsys.readouterr().err
+    other = cache / ("0" * 32 + ".npy")  # another LM's block: sparse, 1.5 GiB apparent
+    with open(other, "wb") as f:
+        f.truncate(3 * 2**29)
+    day_ago = time.time() - 86400
+    for name in os.listdir(cache):
+        os.utime(cache / name, (day_ago, day_ago))
+    transfer()  # reads its two blocks from the cache
+    err = capsys.readouterr().err
+    assert (f"note: {cache} also holds 1.5 GiB of cached features this transfer did not use "
+            f"(1 file: of other weights, texts or options)") in err, err
+    assert sorted(os.listdir(cache)) == sorted(used + [other.name])  # nothing deleted
