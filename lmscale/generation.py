@@ -220,7 +220,7 @@ def generate(lm: TrainedLM, prompt: str, length: int = 200, *, temperature: floa
     The loop runs in windows of about a quarter second: Ctrl-C (KeyboardInterrupt) stops it
     within one; ``progress``: a bar on stderr once it has taken a second. ``read``: a dict
     given is filled with what the model read of the prompt: {"prompt_tokens": how many,
-    "prompt_read": their text} (a transformer reads only its last max_len - length tokens).
+    "prompt_read": their text} (a transformer reads only its last max_len - length + 1 tokens).
     """
     _check_request(prompt, length=length, samples=samples, seed=seed, top_k=top_k,
                    temperature=temperature, top_p=top_p,
