@@ -61,25 +61,50 @@ class VariableBPTTBatcher(StreamBatcher):
         return list(range(self.min_len, self.max_len + 1, self.bucket))
 
     def draw(self, epoch: int, count: int) -> np.ndarray:
-        """The first ``count`` lengths of ``epoch`` (before the epoch's end is applied)."""
+        """``count`` lengths of ``epoch`` (before the epoch's end is applied): ``count``
+        uniforms, then ``count`` normals of the epoch's generator (the normals, and so the
+        lengths, depend on ``count``; ``epoch_plan`` uses ``_epoch_draws``)."""
         rng = np.random.default_rng([self.seed, _STREAM, int(epoch)])
-        full = rng.random(count) < P_FULL
-        noise = rng.standard_normal(count)
+        return self._lengths(rng.random(count), rng.standard_normal(count))
+
+    def _lengths(self, uniform: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        full = uniform < P_FULL
         base = np.where(full, float(self.seq_len), self.seq_len / 2.0)
         drawn = np.maximum(MIN_LEN, np.trunc(base + SIGMA * noise)).astype(np.int64)  # int() as awd
         drawn = np.minimum(drawn, self.max_len)
         bucketed = np.rint(drawn / self.bucket).astype(np.int64) * self.bucket
         return np.clip(bucketed, self.min_len, self.max_len)
 
+    def _epoch_lengths(self, epoch: int) -> np.ndarray:
+        """The lengths ``draw(epoch, row_length // min_len + 1)`` gives (the draws that
+        cannot run out), computed a chunk at a time and only until they pass the row's
+        stretch: memory of the epoch's steps, not of row_length / min_len draws (a batch of
+        1 row over 234M tokens drew 47M lengths, 1.9 GB at its peak). The uniforms and the
+        normals come from two copies of the generator, the second advanced past the
+        ``count`` uniforms (each one 64-bit draw), so the values are the same."""
+        count = self.row_length // self.min_len + 1
+        seed = [self.seed, _STREAM, int(epoch)]
+        uniforms, normals = np.random.default_rng(seed), np.random.default_rng(seed)
+        normals.bit_generator.advance(count)
+        chunks, total, drawn = [], 0, 0
+        chunk = max(1024, 2 * (self.row_length // max(1, self.seq_len)))
+        while drawn < count and total <= self.row_length - 1:
+            n = min(chunk, count - drawn)
+            part = self._lengths(uniforms.random(n), normals.standard_normal(n))
+            chunks.append(part)
+            total += int(part.sum())
+            drawn += n
+        return np.concatenate(chunks)
+
     def epoch_plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """(positions, lengths) of ``epoch``'s steps in each row's stretch."""
         plan = self._epochs.get(epoch)
         if plan is None:
-            lengths = self.draw(epoch, self.row_length // self.min_len + 1)
+            lengths = self._epoch_lengths(epoch)
             ends = np.cumsum(lengths)
             n = int(np.searchsorted(ends, self.row_length - 1, side="right"))  # end + 1 target fits
             positions = np.concatenate([[0], ends[:n - 1]])
-            plan = (positions, lengths[:n])
+            plan = (positions, lengths[:n].copy())  # not a view that keeps every draw alive
             if len(self._epochs) > 4:
                 self._epochs.pop(next(iter(self._epochs)))
             self._epochs[epoch] = plan

@@ -122,3 +122,19 @@ def test_epoch_settings_end_at_each_epochs_own_boundary(tmp_path, corpus):
     assert drops == [starts[3], starts[5]]
     assert [b.epoch_of(s) for s in drops] == [3, 5] and [b.epoch_of(s - 1) for s in drops] == [2, 4]
     assert d["decay_steps"] == math.ceil(starts[4] + 0.5 * (starts[5] - starts[4]))
+
+
+def test_epoch_plan_draws_in_chunks_the_same_lengths(tmp_path, corpus):
+    """epoch_plan draws only the lengths an epoch uses (bounded memory), and they are the
+    lengths of ``draw(epoch, row_length // min_len + 1)``, the one call it used to make."""
+    for seq_len, bucket in ((70, 5), (10, 5), (33, 3)):
+        b = batcher(corpus, tmp_path / f"s{seq_len}", seq_len=seq_len, max_len=seq_len + 15,
+                    bucket=bucket)
+        for epoch in range(3):
+            everything = b.draw(epoch, b.row_length // b.min_len + 1)
+            ends = np.cumsum(everything)
+            n = int(np.searchsorted(ends, b.row_length - 1, side="right"))
+            positions, lengths = b.epoch_plan(epoch)
+            assert np.array_equal(lengths, everything[:n])
+            assert np.array_equal(positions, np.concatenate([[0], ends[:n - 1]]))
+            assert lengths.base is None or lengths.base.size == n  # no view of every draw
