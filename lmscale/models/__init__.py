@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from lmscale.models import lm as _recurrent_kinds  # noqa: F401  (registers mlstm, lstm, qrnn)
+from lmscale.models import recurrent_kinds as _recurrent_kinds  # noqa: F401  (registers mlstm, lstm, qrnn)
 from lmscale.models.lm import RecurrentLM
 from lmscale.models import transformer as _transformer_kind  # noqa: F401  (registers transformer)
 from lmscale.models.transformer import TransformerLM

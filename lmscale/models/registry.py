@@ -91,6 +91,11 @@ class ModelKind:
     # train.seq_len), else None: see :func:`trained_length`.
     trained_length: Callable[[Any, Any], int | None] | None = dataclasses.field(default=None,
                                                                                compare=False)
+    # (model_config, seq_len) -> forward FLOPs per token a training step computes again under
+    # the kind's model.remat (what the device executes beyond the model's 3x forward); None:
+    # the kind recomputes nothing (see :func:`recompute_flops_per_token`).
+    recompute_flops_per_token: Callable[[Any, int], int] | None = dataclasses.field(
+        default=None, compare=False)
 
 
 _KINDS: dict[str, ModelKind] = {}
@@ -178,6 +183,15 @@ def flops_per_token(model_config: Any, vocab_size: int, seq_len: int = 1,
     if tail_shares is None:
         return int(kind.flops_per_token(model_config, vocab_size, seq_len))
     return int(kind.flops_per_token(model_config, vocab_size, seq_len, tail_shares=tail_shares))
+
+
+def recompute_flops_per_token(model_config: Any, seq_len: int) -> int:
+    """Forward FLOPs per token a training step of ``model_config`` computes again under its
+    ``model.remat`` (0 for a kind that declares none: it recomputes nothing)."""
+    kind = get_kind(model_config.kind)
+    if kind.recompute_flops_per_token is None:
+        return 0
+    return int(kind.recompute_flops_per_token(model_config, seq_len))
 
 
 def trained_length(config: Any) -> int | None:

@@ -335,7 +335,7 @@ def run_bench(config: ml_collections.ConfigDict, *, steps: int = 10, warmup: int
     peak = matmul_rate(DTYPES[compute], matmul_n, devices=jax.devices())  # those the step ran on
     m = config.model
     from lmscale.models import architecture, get_kind
-    from lmscale.models.lm import remat_steps
+    from lmscale.models.recurrent_kinds import remat_steps
     # The loops as run (remat segments run the feature-major ones), their unroll and factors.
     static = ScanOptions(unroll=unroll, layout=layout, factors=factors).static(
         m.kind, DTYPES[compute], False, remat_steps(m), config.train.seq_len)

@@ -14,6 +14,7 @@ import ml_collections
 import numpy as np
 
 from lmscale.models import flops_per_token, get_kind
+from lmscale.models.registry import recompute_flops_per_token as recompute_flops
 from lmscale.models.adaptive_softmax import parse_cutoffs, tail_shares, zipf_id_counts
 
 
@@ -50,8 +51,9 @@ def adaptive_cutoffs(model_config: ml_collections.ConfigDict) -> tuple[int, ...]
 
 
 def recompute_flops_per_token(model_config: ml_collections.ConfigDict, seq_len: int) -> int:
-    """Forward FLOPs per token that a training step computes again with remat: the layers'
-    (``flops_per_token`` at vocabulary 0, no decoder); 0 without remat."""
+    """Forward FLOPs per token that a training step computes again with remat (the kind's
+    count: a transformer's blocks under "block", the mLSTM/LSTM recurrence alone under
+    "segments", its input projections being formed once outside the segments); 0 without."""
     if model_config.get("remat", "none") == "none":
         return 0
-    return int(flops_per_token(model_config, 0, seq_len=seq_len))
+    return recompute_flops(model_config, seq_len)

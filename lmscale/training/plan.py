@@ -57,8 +57,11 @@ def plan(config: ml_collections.ConfigDict, devices: list[jax.Device] | None = N
     # What the program asks for, before the backend's passes: XLA:CPU widens a bfloat16
     # all-reduce to float32 (and combines it with the sums); NCCL on GPUs reduces bfloat16.
     requested = all_reduces(lowered.as_text(dialect="hlo"))
-    fwd = flops_per_token(config.model, vocab_size, seq)
-    train_per_token = train_flops_per_token(config.model, vocab_size, seq)  # Zipf's targets
+    # A step's length: seq_len (each of grad_accum_steps segments'), or the longest drawn
+    # under variable BPTT (what ``width`` sizes; a transformer's attention grows with it)
+    step_len = width if config.train.variable_bptt else seq
+    fwd = flops_per_token(config.model, vocab_size, step_len)
+    train_per_token = train_flops_per_token(config.model, vocab_size, step_len)  # Zipf's targets
     shares = loss_tail_shares(config.model, vocab_size)
     per_device = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes \
         - mem.alias_size_in_bytes
@@ -108,7 +111,7 @@ def longest_width(train: ml_collections.ConfigDict) -> int:
 def _loops(config: ml_collections.ConfigDict) -> str | None:
     """The layout of the recurrence's loops the plan compiled (``scan_options``; "feature"
     under remat), None for a model without them."""
-    from lmscale.models.lm import remat_steps
+    from lmscale.models.recurrent_kinds import remat_steps
     from lmscale.models.recurrent import SCANNED_KINDS, current_scan_options
     if config.model.kind not in SCANNED_KINDS:
         return None
@@ -170,7 +173,7 @@ def with_remat(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict |
     """``config`` with ``model.remat="segments"``, when its model can recompute (mlstm, lstm)
     and does not yet; else None. ``model.remat_steps`` is lowered to a divisor of
     ``train.seq_len``, below half of it when it would make one segment (no saving)."""
-    from lmscale.models.lm import configured_remat_steps, remat_steps
+    from lmscale.models.recurrent_kinds import configured_remat_steps, remat_steps
     from lmscale.models.recurrent import SCANNED_KINDS
     from lmscale.models.recurrent_segments import largest_divisor
     if config.model.kind not in SCANNED_KINDS or remat_steps(config.model):

@@ -183,7 +183,7 @@ def test_bad_qrnn_fields_name_the_key():
                                   "qrnn_char_cpu"])
 def test_awd_and_qrnn_configs_validate(name):
     from lmscale.config import config_from_file, validate
-    from lmscale.models.lm import layer_sizes
+    from lmscale.models.recurrent_kinds import layer_sizes
     from tests.conftest import REPO
     config = config_from_file(str(REPO / "configs" / f"{name}.py"))
     validate(config)
