@@ -170,3 +170,23 @@ def test_small_splits_and_errors(dataset):
     b = StreamBatcher(val, 1, shortest - 1)  # the largest that fits
     assert b.steps_per_epoch >= 1
     np.testing.assert_array_equal(b.batch(0).inputs, reference(val, 1, shortest - 1, 0)[0])
+
+
+def test_row_length_a_multiple_of_seq_len_keeps_the_last_target_inside_the_row(dataset):
+    """A row of L tokens has L - 1 targets: with L % seq_len == 0 an epoch is L // seq_len - 1
+    steps (the last step would read the next row's first token, or past the stream's end)."""
+    split = dataset.split("train")
+    shortest = int(split.shard_lengths.min())
+    cases = [(b, s) for b in (1, 2, 3, 4) for s in range(2, shortest)
+             if (split.num_tokens // b) % s == 0]
+    assert cases, "the fixture has no row length with a divisor below the shortest shard"
+    for batch_size, seq_len in cases[:4]:
+        b = StreamBatcher(split, batch_size, seq_len)
+        L = split.num_tokens // batch_size
+        assert b.steps_per_epoch == (L - 1) // seq_len == L // seq_len - 1
+        assert b.tail_length == seq_len - 1
+        for step in range(b.steps_per_epoch + 1):
+            got = b.batch(step)
+            want = reference(split, batch_size, seq_len, step)
+            for name, w in zip(("inputs", "targets", "weights", "resets"), want):
+                np.testing.assert_array_equal(getattr(got, name), w, err_msg=f"{name} step {step}")

@@ -229,3 +229,24 @@ def test_a_fine_tuning_step_too_large_for_the_host_is_refused_naming_grad_tokens
     with pytest.raises(ConfigError, match=r"read in pieces of 32 needs .* a smaller "
                                           r"finetune.grad_tokens \(now 32\)"):
         finetune(config, str(tmp_path / "ft2"))
+
+
+def test_multilabel_class_weights_scale_the_step_loss():
+    """Class weights all 2: the multi-label loss the step sums is twice the unweighted one."""
+    config, graphdef, params = _classifier("qrnn", poolings="last")
+    mesh = mesh_lib.make_mesh()
+    rows = mesh_lib.batch_sharded(mesh)
+    batch = _batch(_texts(), rows=6)
+    batch["labels"] = np.eye(3, dtype=np.float32)[np.asarray(batch["labels"]) % 3]
+    losses = []
+    for weights in (None, np.full(3, 2.0, np.float32)):
+        tx = optax.sgd(0.0)
+        state = init_finetune_state(config, Policy.from_compute("float32"), tx, params, mesh)
+        step = make_finetune_step(graphdef, tx, mesh, multilabel=True, class_weights=weights,
+                                  aux_weight=0.0, train_lm=True, dropout=False)
+        step = jax.jit(step, in_shardings=(state_shardings(state, mesh),
+                                           dict.fromkeys(BATCH_KEYS, rows)))
+        after, _ = step(state, {k: batch[k] for k in BATCH_KEYS})
+        losses.append(float(after.acc["loss"]))
+    assert losses[0] > 0
+    np.testing.assert_allclose(losses[1], 2.0 * losses[0], rtol=1e-5)

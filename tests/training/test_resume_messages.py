@@ -338,3 +338,16 @@ def test_a_checkpoint_from_before_two_biases_names_the_flag_that_resumes_it():
                                                       r"there and 512 here; .* the same model "
                                                       r"config \(--config.model.hidden=4096\)"):
         check_same_model(current, current | {"model.hidden": 512}, "W")
+
+
+@pytest.mark.parametrize("now", [2, 8])
+@pytest.mark.parametrize("carried", [True, False])
+def test_another_batch_either_way_is_refused(now, carried):
+    """A larger global batch than the checkpoint's is refused like a smaller one."""
+    from lmscale.training.resume import check_same_batch
+    saved = {"config": {"train": {"batch_size": 4, "per_device_batch_size": 0}},
+             "signature": {"train.batch_size": 4} if carried else {}}
+    new = {"train": {"batch_size": now, "per_device_batch_size": 0}}
+    with pytest.raises(CheckpointMismatchError, match="global batch of 4"):
+        check_same_batch(saved, new, "the run")
+    check_same_batch(saved, {"train": {"batch_size": 4, "per_device_batch_size": 0}}, "the run")
