@@ -282,7 +282,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     except UnknownModelKind as e:  # names the kinds and how to add one's own
         raise ConfigError(str(e)) from None
     try:
-        kind.validate(config.model, config.train)
+        kind.validate(with_kind_settings(config.model), config.train)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     _check_positive_ints(config, ("train.seq_len", "train.batch_size"))  # before divisibility
@@ -347,7 +347,10 @@ def _check_positive_ints(config: ml_collections.ConfigDict, keys: tuple[str, ...
 
 
 def with_global_batch(config: ml_collections.ConfigDict, num_devices: int) -> ml_collections.ConfigDict:
-    """A locked copy whose ``train.batch_size`` is the global batch for ``num_devices``.
+    """A locked copy whose ``train.batch_size`` is the global batch for ``num_devices``, and
+    whose ``model`` holds its kind's own settings (a plugin's ``ModelKind.settings``) at their
+    defaults where the config never named them: config.json records them, and a kind that
+    lists one among its ``fields`` has it (its run stopped with a KeyError).
 
     ``train.per_device_batch_size`` > 0 gives per-device x devices; otherwise the config's
     global ``train.batch_size`` stands. Everything downstream reads ``train.batch_size``.
@@ -355,8 +358,18 @@ def with_global_batch(config: ml_collections.ConfigDict, num_devices: int) -> ml
     resolved = ml_collections.ConfigDict(config.to_dict())
     if config.train.per_device_batch_size > 0:
         resolved.train.batch_size = config.train.per_device_batch_size * num_devices
+    resolved.model = with_kind_settings(resolved.model)
     resolved.lock()
     return resolved
+
+
+def with_kind_settings(model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """``model`` with its kind's own settings (a plugin's ``ModelKind.settings``) added at
+    their defaults where it lacks them (the built-in kinds' are all fields already)."""
+    if model.kind in BUILT_IN_KINDS:
+        return model
+    from lmscale.models.registry import get_kind  # JAX: not at import (module doc)
+    return ml_collections.ConfigDict({**get_kind(model.kind).settings, **model.to_dict()})
 
 
 def scaled_lr(optim: ml_collections.ConfigDict, batch_size: int) -> float:

@@ -240,8 +240,9 @@ def generate(lm: TrainedLM, prompt: str, length: int = 200, *, temperature: floa
     neuron_state = neuron_state or model.feature_states[0]
     if neuron is not None:
         if not hasattr(model, "fix_unit"):
-            raise DataError(f"a {lm.config.model.kind} model has no state to hold a neuron in: "
-                            f"a neuron needs a recurrent model (mlstm, lstm, qrnn)")
+            raise DataError(f"a {lm.config.model.kind} model has no state to hold a neuron in "
+                            f"(its model defines no fix_unit): a neuron needs a model that "
+                            f"carries its state, as mlstm, lstm and qrnn do")
         if isinstance(neuron, (bool, np.bool_)) or not isinstance(neuron, (int, np.integer)):
             raise DataError(f"neuron must be a unit's index (an integer), got {neuron!r}")
         if not 0 <= neuron < model.feature_width:

@@ -52,8 +52,9 @@ any other parameter the top layer's group; the last layer's ``holdable_states`` 
 names the states generation may hold (default ``feature_states``); the CLI's state flags
 (``--state``, ``--neuron_state``) take these names. A kind reads existing
 ``config.model`` fields (``embed``, ``hidden``, ``layers``, ``dropout``...) and fields of
-its own, declared in its ``settings`` (a config file adds them before ``c.lock()``;
-config.json records them). On CPUs, a bfloat16 matmul must return
+its own, declared in its ``settings`` (a config file adds them before ``c.lock()``; a run
+whose config never names them has them at their defaults, and config.json records them; a
+setting that shapes the parameters belongs in ``fields`` too, so that a resume checks it). On CPUs, a bfloat16 matmul must return
 bfloat16 (XLA:CPU has no bfloat16 x bfloat16 = float32 dot): ``fast_dot.dense`` does it.
 """
 

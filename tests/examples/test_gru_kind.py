@@ -216,3 +216,28 @@ def test_the_state_flags_take_the_kinds_own_state_names(tmp_path):
                   "--neuron=3", "--neuron_state=cell", f"--output={tmp_path / 's2'}"])
     assert wrong.returncode == 1 and "Traceback" not in wrong.stderr, wrong.stderr[-3000:]
     assert "'h'" in wrong.stderr.strip().splitlines()[-1], wrong.stderr[-3000:]
+
+
+PLUGIN_SETTING_IN_FIELDS = '''
+import dataclasses
+import gru_kind
+from lmscale.models.registry import register
+
+register(dataclasses.replace(gru_kind.KIND, name="gru_w", fields=("embed", "hidden", "layers", "gru_update_bias"),
+                             settings={"gru_update_bias": 0.5}))
+'''
+
+
+def test_a_kinds_own_setting_not_given_is_recorded_at_its_default(tmp_path):
+    """A kind's own setting left at its default was absent from the config: config.json did
+    not record it, and a kind naming it among its ``fields`` (it defines the architecture)
+    stopped training with a KeyError traceback (registry.architecture)."""
+    corpus = write_corpus(tmp_path / "corpus")
+    (tmp_path / "gru_w_kind.py").write_text(PLUGIN_SETTING_IN_FIELDS)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), EXAMPLES, str(REPO)]),
+               LMSCALE_MODEL_MODULES="gru_w_kind")
+    run = tmp_path / "run"
+    train = subprocess.run(tiny_train_command(run, corpus, **{"model.kind": "gru_w", "train.steps": 2}),
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert json.loads((run / "config.json").read_text())["model"]["gru_update_bias"] == 0.5

@@ -107,7 +107,7 @@ def test_transformer_generation_uses_the_cache_and_matches_recompute(tmp_path, c
     assert text == lm.trained.tokenizer.decode(np.asarray(ids))
     with pytest.raises(Exception, match="max_len 32"):
         lm.generate("the cat", length=40)
-    with pytest.raises(Exception, match="a neuron needs a recurrent model \\(mlstm, lstm, qrnn\\)"):
+    with pytest.raises(Exception, match="no fix_unit\\): a neuron needs a model that carries its state"):
         lm.generate("the cat", length=4, neuron=0)
     feats = lm.featurize(["the cat sat", "a dog " * 20])  # the second is cut to its last 32 tokens
     assert feats.shape == (2, 32) and np.isfinite(feats).all()
