@@ -49,11 +49,12 @@ def label_columns(label_column: str) -> list[str]:
     return names
 
 
-def load_labeled(spec: str, *, text_column: str = "sentence", label_column: str = "label",
-                 column_hint: str = "") -> Labeled:
+def load_labeled(spec: str | os.PathLike[str], *, text_column: str = "sentence",
+                 label_column: str = "label", column_hint: str = "") -> Labeled:
     """Reads ``spec``: a .csv/.tsv/.jsonl file, or ``tfds:NAME/SPLIT`` (tensorflow-datasets).
     ``column_hint``: appended to a missing column's error, the settings that name the columns
     (e.g. "set --text_column / --label_column")."""
+    spec = os.fspath(spec)  # a pathlib.Path from a notebook: was an AttributeError (startswith)
     hint = f" ({column_hint})" if column_hint else ""
     label_names = label_columns(label_column)
     if not label_names:

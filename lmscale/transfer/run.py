@@ -64,6 +64,7 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
     A model whose import recorded its sentiment unit (OpenAI's 2388) gets it reported beside
     the unit this fit finds (``recorded_unit``: its rank, sign and accuracy alone).
     """
+    train, val, test = (s if s is None else os.fspath(s) for s in (train, val, test))  # Paths too
     workdir, in_best = best_folder(workdir)  # RUN/best: RUN's best weights, outputs in RUN
     best = best or in_best
     check_held_out(train, val, test, ("--train", "--val", "--test"),  # "train" from Python

@@ -142,3 +142,11 @@ def test_a_label_column_named_twice_is_refused(tmp_path):
     with pytest.raises(DataError, match="label column\\(s\\) 'label' named twice in 'label, label'"):
         load_labeled(str(path), label_column="label, label")
     assert label_columns("anger, joy") == ["anger", "joy"]
+
+
+def test_a_path_object_reads_as_its_str(tmp_path):
+    """A notebook's pathlib.Path (run_transfer(train=SST / "train.csv")) was an AttributeError."""
+    p = tmp_path / "d.csv"
+    p.write_text("label,sentence\n1,good\n0,bad\n")
+    d = load_labeled(p)
+    assert d.texts == ["good", "bad"] and d.labels.tolist() == [1, 0]
