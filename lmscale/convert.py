@@ -148,7 +148,9 @@ def convert(source: str, src: str, dst: str, layout: str, weight_norm: str = "au
     notes.extend(weights.source.get("notes", []))
     if weights.source.get("ignored_keys"):
         notes.append(f"ignored non-LM keys: {weights.source['ignored_keys']}")
-    return {"from": source, "src": src, "layout": layout, "to": out, "kind": weights.kind,
+    read = {"step": weights.source["step"]} if "step" in weights.source else {}  # the latest of a
+    return {"from": source, "src": src, **read, "layout": layout, "to": out,  # run still training
+            "kind": weights.kind,
             "layers": weights.layers, "hidden": weights.hidden, "embed": weights.embed,
             "vocab_size": pt_vocab if layout == "sentiment-discovery" else weights.vocab_size,
             "weight_norm": weights.weight_norm or layout == "openai",

@@ -30,14 +30,34 @@ def writing_into(folder: str, tool: str) -> Iterator[None]:
     which ``tool``'s note names after ``NOTE_AFTER_S``); ``folder`` must exist."""
     try:
         fd = os.open(folder, os.O_RDONLY)
+    except FileNotFoundError:  # made by this run at its start: moved away since
+        _still_there(-1, folder, tool)
+        raise
     except OSError:  # not openable as a folder here: the writes themselves will say why
         yield
         return
     try:
         _lock(fd, folder, tool)
+        _still_there(fd, folder, tool)
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def _still_there(fd: int, folder: str, tool: str) -> None:
+    """A one-line error where ``folder`` was moved or removed since this run opened it: a
+    ``lmscale.train --config.resume=false`` archives WORKDIR/transfer and generate/ (a transfer
+    running meanwhile ended with "[Errno 2] No such file or directory: .../neuron_histogram.png"
+    and left part of its files in archive/<time>/transfer)."""
+    try:
+        there = os.path.samestat(os.fstat(fd), os.stat(folder))
+    except OSError:
+        there = False
+    if not there:
+        from lmscale.cli import OutputError
+        raise OutputError(f"{folder} was moved or removed while this {tool} ran (a training run "
+                          f"started with --config.resume=false archives the previous run's "
+                          f"outputs): nothing was written; re-run it")
 
 
 def _lock(fd: int, folder: str, tool: str) -> None:

@@ -84,3 +84,22 @@ def test_transfer_classify_and_generate_write_their_files_after_another_writer(s
     _waits_then_writes([sys.executable, "-m", "lmscale.generate", f"--workdir={sst_run}",
                         "--prompt=The", "--length=8", f"--output={gen}"], gen,
                        gen / "samples.json")
+
+
+def test_a_folder_moved_away_is_said(tmp_path):
+    """A training run with resume=false archives WORKDIR/transfer while a transfer runs: one
+    line naming the folder, not "[Errno 2] No such file or directory: .../neuron_histogram.png"."""
+    import pytest
+
+    from lmscale.cli import OutputError
+    from lmscale.folder_lock import writing_into
+    out = tmp_path / "transfer"
+    out.mkdir()
+    os.rename(out, tmp_path / "archived")
+    with pytest.raises(OutputError, match="moved or removed while this transfer ran"):
+        with writing_into(str(out), "transfer"):
+            pass
+    out.mkdir()
+    (tmp_path / "archived").rename(tmp_path / "a2")
+    with writing_into(str(out), "transfer"):  # there: fine
+        pass

@@ -39,6 +39,7 @@ from lmscale.data.dataset import FORMAT, METADATA, SPLITS, VERSION, is_dataset
 from lmscale.data.errors import DataError
 from lmscale.data.input_checks import check_contents, is_utf8, per_file
 from lmscale.atomic import publish, remove_path
+from lmscale.folder_lock import writing_into
 from lmscale.data.prepare_tmp import make_output_folder, remove_abandoned, temporary_folder
 from lmscale.data.sample import sample_texts
 from lmscale.data.shuffle import shuffle_documents
@@ -474,8 +475,12 @@ def prepare_dataset(inputs: str | Sequence[str], output: str, *, text_column: st
         }
         with open(os.path.join(tmp, METADATA), "w", encoding="utf-8") as f:
             json.dump(metadata, f, indent=1)
-        _check_output(output, overwrite)  # it may have appeared meanwhile
-        publish(tmp, output)  # an old output (--overwrite) moved aside, then removed
+        # Checked again and published under the parent folder's lock: two prepares into one
+        # output both passed the check while fsyncing their shards, and the later one replaced
+        # the earlier one's output without --overwrite (both said "Prepared ... into OUTPUT").
+        with writing_into(parent or ".", "lmscale.prepare"):
+            _check_output(output, overwrite)  # it may have appeared meanwhile
+            publish(tmp, output)  # an old output (--overwrite) moved aside, then removed
     except OSError as e:
         if e.errno != errno.ENOSPC:
             raise

@@ -130,6 +130,11 @@ def _load_transfer_lm(folder: str, info: dict[str, Any]) -> Any:
             lm = load_trained(path, None if best else info["lm_step"], best=best,
                               compute=info.get("compute", "float32"))
         except (FileNotFoundError, CheckpointError) as e:
+            if not best and f"holds no checkpoint of step {info['lm_step']};" in str(e):
+                e = FileNotFoundError(  # rotated away by a run still training there
+                    f"{folder}: this classifier was fit on step {info['lm_step']} of {path}, "
+                    f"which no longer holds it ({str(e).split('; ', 1)[-1]}; a run still "
+                    f"training keeps its newest checkpoint.keep): re-run lmscale.transfer")
             errors.append(e)
             continue
         fit_on = info.get("lm_weights")  # absent in classifiers saved before it was kept

@@ -20,6 +20,7 @@ from typing import IO, Iterator
 import jax
 import numpy as np
 
+from lmscale.atomic import HOST
 from lmscale.training.checkpoints import CheckpointError
 
 LOCK_FILE = ".lock"
@@ -62,12 +63,15 @@ def hold_workdir(workdir: str) -> IO[str] | None:
         f.close()
         raise WorkdirInUseError(
             f"{workdir} is in use by another lmscale process (pid {holder}): wait for it to "
-            f"finish or stop it, or use another --workdir") from None
+            f"finish or stop it, or use another --workdir (the lock is the kernel's, released "
+            f"when that process exits however it exits: removing {path} lets two runs write "
+            f"the workdir at once)") from None
     except OSError:  # no flock on this filesystem: run unlocked
         return f
     try:  # unbuffered: a full disk fails here, naming the file (a write's error names none)
         os.ftruncate(f.fileno(), 0)
-        os.pwrite(f.fileno(), str(os.getpid()).encode(), 0)
+        # the machine too: on a shared filesystem the holder may be another machine's process
+        os.pwrite(f.fileno(), f"{os.getpid()} on {HOST}".encode(), 0)
     except OSError as e:
         f.close()
         raise OSError(e.errno, e.strerror, path) from None

@@ -197,3 +197,36 @@ def test_output_inside_inputs_is_not_read(tmp_path):
     prepare_dataset(str(tmp_path / "in"), out, split=(2, 1, 1), progress=False)
     prepare_dataset(str(tmp_path / "in"), out, split=(2, 1, 1), progress=False, overwrite=True)
     check_round_trip(out, docs)
+
+
+def test_output_appearing_before_publish_is_refused(tmp_path, monkeypatch):
+    """Two prepares into one output: the second to finish must not replace the first's without
+    --overwrite (both passed the existence check while fsyncing their shards, and both said
+    "Prepared ... into OUTPUT"): the output is checked and published under its parent's lock."""
+    import fcntl
+
+    from lmscale.data import prepare as prep_mod
+    text = tmp_path / "a.txt"
+    text.write_text("hello world\n" * 200)
+    out = str(tmp_path / "out")
+    real_publish = prep_mod.publish
+    seen = {}
+
+    def racing_publish(tmp, path):
+        # the parent folder is locked while the output is checked and published
+        fd = os.open(os.path.dirname(path), os.O_RDONLY)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+        seen["locked"] = True
+        return real_publish(tmp, path)
+
+    monkeypatch.setattr(prep_mod, "publish", racing_publish)
+    prep_mod.prepare_dataset(str(text), out, split=(8, 1, 1), shard_tokens=200, progress=False)
+    assert seen["locked"]
+    monkeypatch.undo()
+    with pytest.raises(DataError, match="already holds a prepared dataset"):
+        prep_mod.prepare_dataset(str(text), out, split=(9, 1, 1), shard_tokens=100, progress=False)
+    assert not [e for e in os.listdir(tmp_path) if ".tmp-" in e]

@@ -97,3 +97,15 @@ def test_an_empty_destination_is_refused_first(openai_files):
     r = convert("--from=openai", f"--src={openai_files}", "--to=")
     assert r.returncode != 0 and "--to is empty" in r.stderr and "Traceback" not in r.stderr, \
         r.stderr[-2000:]
+
+
+def test_an_export_says_the_step_it_read(openai_files, tmp_path):
+    """Exporting the latest checkpoint of a run still training: the summary names the step read
+    (the openai and .pt layouts record none in their files; eval, generate, transfer say it)."""
+    import json
+    run = str(tmp_path / "run")
+    assert convert("--from=openai", f"--src={openai_files}", f"--to={run}").returncode == 0
+    done = convert("--from=lmscale", f"--src={run}", f"--to={tmp_path / 'out'}", "--layout=openai")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["step"] == 0

@@ -147,6 +147,28 @@ def test_a_retrained_workdir_neither_reuses_features_nor_a_classifier_of_its_old
     load_classifier(kept).predict(["a fine film"])
 
 
+def test_a_classifier_of_a_step_a_running_run_rotated_away_says_re_run_transfer(base_run, tmp_path):
+    """A transfer of a run still training, classified later: its step was rotated away
+    (checkpoint.keep); was "RUN holds no checkpoint of step N; its steps are [...]"."""
+    import shutil
+
+    from lmscale import load_classifier
+    from lmscale.transfer.run import run_transfer
+    corpus, workdir = copy_run(base_run, tmp_path)
+    labeled = tmp_path / "labeled.csv"
+    labeled.write_text("sentence,label\n" + "".join(
+        f"{'a fine and warm film' if i % 2 else 'a dull and cold film'} {i},{i % 2}\n"
+        for i in range(24)))
+    kept = str(tmp_path / "kept")
+    run_transfer(workdir, str(labeled), str(labeled), output=kept, baseline="none", Cs=[1.0],
+                 examples=0)
+    latest = steps_on_disk(workdir)[-1]
+    shutil.rmtree(os.path.join(workdir, "checkpoints", str(latest)))  # as a rotation removes it
+    with pytest.raises(FileNotFoundError, match=f"fit on step {latest} of .* no longer holds it "
+                                                f".* re-run lmscale.transfer"):
+        load_classifier(kept)
+
+
 def test_a_run_whose_parameters_stop_being_finite_saves_nothing_more(base_run, tmp_path):
     """A diverged run (here an lr of 3e38 from step 4 on: no longer finite by step 6; no loss logged before) is stopped at its next save with one error,
     and the good checkpoints are kept rather than rotated away by NaN ones."""
@@ -203,12 +225,13 @@ def test_a_torn_metrics_line_is_dropped_and_a_broken_config_json_is_one_error(ba
 def test_a_second_run_in_a_busy_workdir_is_refused(base_run, tmp_path):
     """Two trainers on one workdir interleaved checkpoints and metrics (one crashed in orbax);
     the second is now refused naming the first's pid, and the lock goes with its holder."""
+    from lmscale.atomic import HOST
     from lmscale.training.workdir_lock import WorkdirInUseError, hold_workdir
     corpus, workdir = copy_run(base_run, tmp_path)
     held = hold_workdir(workdir)  # as a running trainer holds it
     before = open(os.path.join(workdir, "metrics.jsonl")).read()
     with pytest.raises(WorkdirInUseError, match=f"is in use by another lmscale process "
-                                                f"\\(pid {os.getpid()}\\)"):
+                                                f"\\(pid {os.getpid()} on {HOST}\\)"):
         train(tiny_config(corpus, **{**BASE, "train.steps": 6, "optim.decay_steps": 4}), workdir)
     assert open(os.path.join(workdir, "metrics.jsonl")).read() == before
     held.close()
