@@ -20,8 +20,13 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
+try:
+    import torch
+    import torch.nn.functional as F
+except ModuleNotFoundError as e:  # run with the lmscale venv's python by mistake
+    raise SystemExit(f"peer_autocast: {sys.executable} has no {e.name}: run it with the peer's "
+                     f"interpreter (python3 -m venv ~/torch-peer; ~/torch-peer/bin/pip install "
+                     f"torch; ~/torch-peer/bin/python benchmarks/peer_autocast.py ...)") from None
 
 DEFAULT_PEER = Path(__file__).resolve().parents[2] / "shared" / "peer" / "torch_mlstm.py"
 

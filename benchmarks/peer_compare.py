@@ -1,7 +1,7 @@
 """lmscale vs the PyTorch peer (../shared/peer/torch_mlstm.py), back to back, same shapes.
 
     python benchmarks/peer_compare.py [--repeats 3] [--torch_python ~/torch-peer/bin/python] \
-        [--compute float32,bfloat16]
+        [--compute float32,bfloat16] [--peer ../shared/peer/torch_mlstm.py]
 
 For each shape (hidden, batch, seq) and each repeat, runs in fresh processes, one after the
 other: ``python -m lmscale.bench`` on configs/quickstart.py with the shape as overrides
@@ -64,7 +64,11 @@ def run(cmd: list[str]) -> tuple[dict, float]:
     """Runs ``cmd``; returns (its last JSON line, CPU share used by other processes meanwhile)."""
     b0, t0 = _ticks()
     c0 = _children_ticks()
-    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True)
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if p.returncode != 0:  # its messages, not a bare CalledProcessError
+        sys.stderr.write(p.stdout[-4000:] + p.stderr[-4000:])
+        raise SystemExit(f"peer_compare: {' '.join(cmd[:3])} ... exited with {p.returncode}; "
+                         f"its messages are above")
     b1, t1 = _ticks()
     mine = _children_ticks() - c0
     other = max(0.0, (b1 - b0 - mine) / max(t1 - t0, 1))
@@ -88,6 +92,7 @@ def main() -> None:
     ap.add_argument("--compute", default="float32",
                     help="compute dtypes (float32, bfloat16), comma separated: lmscale and the "
                     "peer in each")
+    ap.add_argument("--peer", type=Path, default=PEER, help="the peer's torch_mlstm.py")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "peer_compare.jsonl"))
     ap.add_argument("--shapes", default=",".join("x".join(map(str, s)) for s in SHAPES),
                     help="hidden x batch x seq, comma separated")
@@ -96,6 +101,16 @@ def main() -> None:
     unknown = [c for c in a.compute.split(",") if c not in PEER_SCANS]
     if unknown:
         ap.error(f"--compute {','.join(unknown)}: the peer runs only {', '.join(PEER_SCANS)}")
+    # Checked before lmscale's side runs (it was a traceback after the first lmscale bench).
+    if not a.peer.is_file():
+        ap.error(f"no peer at {a.peer} (give --peer)")
+    if not os.access(a.torch_python, os.X_OK):
+        ap.error(f"no PyTorch interpreter at {a.torch_python}: make the peer's environment as "
+                 f"its README says (python3 -m venv ~/torch-peer; ~/torch-peer/bin/pip install "
+                 f"torch), or give --torch_python")
+    if subprocess.run([a.torch_python, "-c", "import torch"], capture_output=True).returncode:
+        ap.error(f"{a.torch_python} cannot import torch: install it there "
+                 f"({a.torch_python} -m pip install torch), or give --torch_python")
     rows = []
     for rep in range(a.repeats):
         for hidden, batch, seq in shapes:
@@ -112,8 +127,8 @@ def main() -> None:
             for compute in a.compute.split(","):
                 for scan in PEER_SCANS[compute]:
                     wait_quiet(0.3, a.quiet_wait)
-                    script = ([str(PEER)] if compute == "float32"
-                              else [str(AUTOCAST), "--peer", str(PEER)])
+                    script = ([str(a.peer)] if compute == "float32"
+                              else [str(AUTOCAST), "--peer", str(a.peer)])
                     peer[compute, scan] = run([a.torch_python, *script, "bench",
                                                "--hidden", str(hidden),
                                                "--batch", str(batch), "--seq", str(seq),

@@ -17,7 +17,9 @@ by Zipf's law and their shares counted). A training step costs
     FLOPs per step        = 3 x forward x B x S
 
 With remat (``model.remat``: "segments" for the mLSTM/LSTM, "block" for the transformer) the
-step also recomputes the layers' forward; those FLOPs (``recompute_flops_per_token``) are not
+step also recomputes part of the forward (the transformer's blocks; the mLSTM/LSTM's
+recurrence only, its input projections are kept: each kind's
+``ModelKind.recompute_flops_per_token``); those FLOPs (``recompute_flops_per_token``) are not
 the model's, so the record keeps both: ``flop_per_s`` / ``of_matmul_rate`` count the model's
 FLOPs (model FLOPs utilization), ``hardware_flop_per_s`` / ``hardware_of_matmul_rate`` add the
 recomputed ones (what the device executed).
