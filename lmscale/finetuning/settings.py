@@ -73,20 +73,23 @@ def check_same_start(meta: dict[str, Any], config: ml_collections.ConfigDict, lm
     now = {"init_from": os.path.abspath(config.init_from), "lm_step": lm_step,
            "finetune.lm_init": ft.lm_init, "finetune.train": ft.train,
            "train.batch_size": train.batch_size, "finetune.best_metric": ft.best_metric,
-           "finetune.max_val_texts": ft.max_val_texts,
-           "finetune.threshold_metric": ft.get("threshold_metric", "f1")}
+           "finetune.max_val_texts": ft.max_val_texts, "finetune.val": ft.val,
+           "finetune.threshold_metric": ft.get("threshold_metric", "f1"), "seed": config.seed}
     section = lambda key: (old_config.get(key.split(".")[0]) or {}).get(key.split(".")[1])
     before = {"init_from": old.get("init_from"), "lm_step": old.get("lm_step"),
               "finetune.lm_init": old.get("lm_init"),
               **{key: section(key) for key in now if key.startswith(("finetune.", "train."))
-                 and key != "finetune.lm_init"}}
+                 and key != "finetune.lm_init"}, "seed": old_config.get("seed")}
     if old_config.get("finetune") and before["finetune.threshold_metric"] is None:
         before["finetune.threshold_metric"] = "f1"  # a run from before the setting: all it had
     devices = old.get("devices")
     why = {"finetune.best_metric": " (the best checkpoint so far was chosen by it)",
            "finetune.max_val_texts": " (the best checkpoint so far was scored on those texts)",
+           "finetune.val": " (the best checkpoint so far was scored on those texts)",
            "finetune.threshold_metric": " (the best checkpoint so far was scored with thresholds "
                                         "tuned for it)",
+           "seed": " (each epoch's order of the training texts is drawn from it: another would "
+                   "read some of this epoch's texts twice and some never)",
            "train.batch_size": " (a step's texts follow from the step and the batch: another "
                                "would read others from here on"
                                + (f"; with train.per_device_batch_size={train.per_device_batch_size}"

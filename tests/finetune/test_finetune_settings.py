@@ -332,3 +332,33 @@ def test_an_interrupted_fine_tune_returns_stopped_and_its_best_so_far(sst_run, d
     assert result["stopped"] and result["stopped_by_signal"] == signal.SIGINT
     assert result["best"]["step"] >= 2 and result["best"]["metric"] == "accuracy"
     assert f"stopped by signal 2 at step {result['step']}" in capfd.readouterr().out
+
+
+def test_a_resume_with_another_seed_is_refused():
+    """A fine-tune resumed with another config.seed went on silently with another order of the
+    training texts (TrainBatches draws each epoch's permutation from the seed): mid-epoch,
+    some texts read twice and some never, as lmscale.train refuses."""
+    from lmscale.finetuning.settings import check_same_start
+    from lmscale.training.checkpoints import CheckpointMismatchError
+    config = ft_config("/lm", "/t.csv", "/v.csv")
+    meta = {"config": config.to_dict(), "derived": {"init_from": "/lm", "lm_step": 3,
+                                                    "lm_init": "pretrained"}}
+    check_same_start(meta, config, 3, "/run")
+    with config.unlocked():
+        config.seed = config.seed + 1
+    with pytest.raises(CheckpointMismatchError, match="seed=0.*order of the training texts"):
+        check_same_start(meta, config, 3, "/run")
+
+
+def test_a_resume_on_other_validation_texts_is_refused():
+    """A fine-tune resumed with another finetune.val compared the new texts' scores with a best
+    scored on the old ones (as max_val_texts, refused), said nowhere."""
+    from lmscale.finetuning.settings import check_same_start
+    from lmscale.training.checkpoints import CheckpointMismatchError
+    config = ft_config("/lm", "/t.csv", "/v.csv")
+    meta = {"config": config.to_dict(), "derived": {"init_from": "/lm", "lm_step": 3,
+                                                    "lm_init": "pretrained"}}
+    with config.unlocked():
+        config.finetune.val = "/other.csv"
+    with pytest.raises(CheckpointMismatchError, match="finetune.val='/v.csv'"):
+        check_same_start(meta, config, 3, "/run")
