@@ -52,3 +52,31 @@ def test_training_a_step_too_large_for_the_host_stops_before_it_runs(tmp_path, c
     monkeypatch.setattr(fits, "MEMINFO", _meminfo(tmp_path, 16 * 1024 * 1024))
     result = train(tiny_config(corpus, **{"train.steps": 2}), str(tmp_path / "small_host"))
     assert result["step"] == 2, result
+
+
+def test_a_memory_cgroup_limit_caps_what_is_available(tmp_path):
+    """Containers and Slurm jobs limit memory by cgroup while /proc/meminfo shows the whole
+    machine's: the check took a 2 GiB container on a 24 GiB host for 24 GiB."""
+    meminfo = _meminfo(tmp_path, 24 * 1024 * 1024)
+    v2 = tmp_path / "v2"
+    (v2 / "job").mkdir(parents=True)
+    (v2 / "job" / "memory.max").write_text(f"{2 * 2**30}\n")
+    (v2 / "job" / "memory.current").write_text(f"{2**30}\n")
+    (v2 / "job" / "memory.stat").write_text(f"anon 1\ninactive_file {2**28}\n")
+    cg = tmp_path / "cgroup_v2"
+    cg.write_text("0::/job\n")
+    assert fits.available_host_bytes(meminfo, proc_cgroup=str(cg), root=str(v2)) == 2**30 + 2**28
+    (v2 / "job" / "memory.max").write_text("max\n")  # unlimited: meminfo's
+    assert fits.available_host_bytes(meminfo, proc_cgroup=str(cg), root=str(v2)) == 24 * 2**30
+    v1 = tmp_path / "v1" / "memory"  # v1 in a container: the path is the host's, the mount its own
+    v1.mkdir(parents=True)
+    (v1 / "memory.limit_in_bytes").write_text(f"{4 * 2**30}\n")
+    (v1 / "memory.usage_in_bytes").write_text(f"{2**30}\n")
+    cg.write_text("4:memory:/docker/abc\n")
+    assert fits.available_host_bytes(meminfo, proc_cgroup=str(cg), root=str(tmp_path / "v1")) == 3 * 2**30
+
+
+def test_a_refusal_near_the_boundary_says_two_different_sizes():
+    """812 MiB needed, 800 available: said "needs 0.8 GiB ... and 0.8 GiB is available"."""
+    assert fits.sizes(812 * 2**20, 406 * 2**20, 800 * 2**20) == ["812 MiB", "406 MiB", "800 MiB"]
+    assert fits.sizes(3 * 2**30, 2**30, 2 * 2**30) == ["3.0 GiB", "1.0 GiB", "2.0 GiB"]
