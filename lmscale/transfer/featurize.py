@@ -346,13 +346,15 @@ LONG_IN_BLOCK = CACHE_BLOCK_TEXTS // 64  # a text this many times the median: in
 
 
 def cached_featurize(lm: TrainedLM, texts: Sequence[str], cache_dir: str | None, *,
-                     report: Callable[[str], None] | None = None, **options: Any) -> np.ndarray:
+                     report: Callable[[str], None] | None = None, used: set[str] | None = None,
+                     **options: Any) -> np.ndarray:
     """``featurize`` with an on-disk cache keyed by the weights' content
     (``weights_fingerprint``: a workdir retrained in place misses), the preprocessing, the
     compute dtype, the texts and the options. Texts are cached in blocks of
     ``CACHE_BLOCK_TEXTS``, each file written when its block is done: a transfer interrupted
     in a 100k-text split goes on from its last finished block (a split of at most a block is
-    one file, keyed as before blocks)."""
+    one file, keyed as before blocks). ``used``: a set given gets the names of the cache
+    files read or written (``unused_cache``)."""
     texts = text_list(texts)  # read once: the key and the features take the same texts
     if not cache_dir:
         return featurize(lm, texts, **options)
@@ -364,7 +366,7 @@ def cached_featurize(lm: TrainedLM, texts: Sequence[str], cache_dir: str | None,
     blocks = cache_blocks([len(t) for t in texts])
     done = 0
     for b, index in enumerate(blocks):
-        feats = _cached_block(lm, [texts[i] for i in index], cache_dir, common, options)
+        feats = _cached_block(lm, [texts[i] for i in index], cache_dir, common, options, used)
         done += len(index)
         if report is not None and len(blocks) > 1:  # a log's only sign of life in a long split
             report(f"  block {b + 1}/{len(blocks)}: {done}/{len(texts)} texts")
@@ -390,23 +392,21 @@ def cache_blocks(lengths: Sequence[int]) -> list[np.ndarray]:
 
 
 def _cached_block(lm: TrainedLM, texts: list[str], cache_dir: str, common: bytes,
-                  options: dict[str, Any]) -> np.ndarray:
+                  options: dict[str, Any], used: set[str] | None) -> np.ndarray:
     """One block's features: read from its cache file, or computed and written atomically."""
     h = hashlib.sha256(common)
     for t in texts:
         h.update(len(t).to_bytes(8, "little"))
         h.update(t.encode("utf-8", errors="surrogatepass"))
     path = os.path.join(cache_dir, f"{h.hexdigest()[:32]}.npy")
+    if used is not None:
+        used.add(os.path.basename(path))
     if os.path.exists(path):
         try:
             cached = np.load(path, allow_pickle=False)
         except (OSError, ValueError, EOFError):  # damaged (e.g. by hand): computed again
             cached = None
         if cached is not None and cached.shape[0] == len(texts):
-            try:
-                os.utime(path)  # read now: ``unused_cache`` tells it from blocks of other calls
-            except OSError:  # a read-only cache is read as it is
-                pass
             return cached
     feats = featurize(lm, texts, **options)
     os.makedirs(cache_dir, exist_ok=True)
@@ -415,14 +415,14 @@ def _cached_block(lm: TrainedLM, texts: list[str], cache_dir: str, common: bytes
     return feats
 
 
-UNUSED_CACHE_NOTE_BYTES = 2**30  # cached features not read for this long are worth a note
+UNUSED_CACHE_NOTE_BYTES = 2**30  # cached features a transfer did not use: worth a note past this
 
 
-def unused_cache(cache_dir: str, since: float) -> tuple[int, int]:
-    """(files, bytes) of the feature blocks in ``cache_dir`` neither written nor read since
-    ``since`` (a time.time()): features of other weights (older checkpoints, a run retrained
-    in place), texts or options, kept for a call that asks for them again. Nothing prunes the
-    cache; a transfer says when these pass ``UNUSED_CACHE_NOTE_BYTES``."""
+def unused_cache(cache_dir: str, used: set[str]) -> tuple[int, int]:
+    """(files, bytes) of the feature blocks in ``cache_dir`` other than ``used`` (the names
+    ``cached_featurize`` read or wrote): features of other weights (older checkpoints, a run
+    retrained in place), texts or options, kept for a call that asks for them again. Nothing
+    prunes the cache; a transfer says when these pass ``UNUSED_CACHE_NOTE_BYTES``."""
     files = size = 0
     try:
         entries = list(os.scandir(cache_dir))
@@ -430,7 +430,7 @@ def unused_cache(cache_dir: str, since: float) -> tuple[int, int]:
         return 0, 0
     for entry in entries:
         try:
-            if entry.name.endswith(".npy") and entry.is_file() and entry.stat().st_mtime < since:
+            if entry.name.endswith(".npy") and entry.name not in used and entry.is_file():
                 files, size = files + 1, size + entry.stat().st_size
         except OSError:  # removed meanwhile
             continue

@@ -125,15 +125,15 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
     # stayed silent through a 100k-text fit); progress bars stay for terminals.
     say = (lambda line: print(line, file=sys.stderr, flush=True)) if stages else (lambda line: None)
     feats: dict[str, np.ndarray] = {}
-    t0, started = time.perf_counter(), time.time() - 1.0  # (a file system's coarse mtimes)
+    t0, used = time.perf_counter(), set()
     for name, data in splits.items():
         say(f"featurizing {name}: {len(data.texts)} texts")
         feats[name] = cached_featurize(lm, data.texts, cache, report=say if stages else None,
-                                       **options)
+                                       used=used, **options)
         check_finite_features(feats[name], data, lm.compute)
     feat_s = time.perf_counter() - t0
     if cache:
-        _unused_cache_note(cache, started)
+        _unused_cache_note(cache, used)
     n_train = len(splits["train"].texts)
     sampled = (f"; C searched on a {'random' if multilabel else 'stratified'} subsample of "
                f"{search_rows} texts, the chosen C refitted on all {n_train}"
@@ -295,10 +295,10 @@ def _features_dir(workdir: str, output: str, features_dir: str | None) -> str | 
                                          "cache no features")
 
 
-def _unused_cache_note(cache: str, since: float) -> None:
+def _unused_cache_note(cache: str, used: set[str]) -> None:
     """Says how much of the feature cache this transfer did not use, past a GiB: nothing
     prunes it, and a sweep over checkpoints of a 4096-unit LM adds ~0.2 GB a point."""
-    files, size = unused_cache(cache, since)
+    files, size = unused_cache(cache, used)
     if size >= UNUSED_CACHE_NOTE_BYTES:
         print(f"note: {cache} also holds {size / 2**30:.1f} GiB of cached features this transfer "
               f"did not use ({files} file{'s' if files != 1 else ''}: of other weights, texts or "

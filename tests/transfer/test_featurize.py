@@ -321,7 +321,8 @@ def test_a_growing_number_of_texts_compiles_one_program_per_power_of_two():
 def test_a_transfer_says_how_much_of_the_feature_cache_it_did_not_use(tmp_path, capsys):
     """Nothing prunes the feature cache (a sweep over checkpoints of a 4096-unit LM adds
     ~0.2 GB a point): past a GiB of blocks neither read nor written by this transfer, it says
-    so; the blocks it read count as used (read, not only written, since it started)."""
+    so; the blocks it read from the cache count as used (whatever their times: a read-only
+    or another user's cache cannot have them renewed)."""
     import csv
     import os
     import time
@@ -349,7 +350,7 @@ def test_a_transfer_says_how_much_of_the_feature_cache_it_did_not_use(tmp_path, 
     with open(other, "wb") as f:
         f.truncate(3 * 2**29)
     day_ago = time.time() - 86400
-    for name in os.listdir(cache):
+    for name in os.listdir(cache):  # written long ago
         os.utime(cache / name, (day_ago, day_ago))
     transfer()  # reads its two blocks from the cache
     err = capsys.readouterr().err
