@@ -178,7 +178,7 @@ def test_a_workdir_in_use_is_refused_on_every_process(tmp_path, corpus):
     finally:
         held.close()
     assert status0 == status1 == 1
-    assert f"is in use by another lmscale process (pid {os.getpid()})" in err0
+    assert f"is in use by another lmscale process (pid {os.getpid()} on " in err0
     assert error_lines(err1) == [f"error: process 0 refused {run}: it is in use by another "
                                  f"lmscale process, or cannot be written (see process 0's "
                                  f"error)"], err1[-2000:]
