@@ -388,17 +388,9 @@ class EpochSteps(Protocol):
     def epochs_done(self, steps: int) -> float: ...  # epochs read by ``steps`` steps
 
 
-class UniformEpochs:
-    """Epochs of ``steps_per_epoch`` steps each."""
-
-    def __init__(self, steps_per_epoch: int) -> None:
-        self.steps_per_epoch = steps_per_epoch
-
-    def epoch_step(self, epochs: float) -> float:
-        return epochs * self.steps_per_epoch
-
-    def epochs_done(self, steps: int) -> float:
-        return steps / self.steps_per_epoch
+def _epoch_end(epochs: float, steps_per_epoch: int, stream: EpochSteps | None) -> float:
+    """The step where ``epochs`` epochs end: where ``stream`` says, else a multiple."""
+    return stream.epoch_step(epochs) if stream is not None else epochs * steps_per_epoch
 
 
 def horizon(config: ml_collections.ConfigDict, steps_per_epoch: int,
@@ -406,13 +398,13 @@ def horizon(config: ml_collections.ConfigDict, steps_per_epoch: int,
     """(steps, decay steps): ``train.steps`` capped by ``train.epochs``, ``optim.decay_steps``
     (0: the steps) by ``optim.decay_epochs``; not yet clamped against the warmup. Epochs end
     where ``stream`` says (default: every ``steps_per_epoch`` steps)."""
-    stream = stream or UniformEpochs(steps_per_epoch)
+    end = lambda epochs: max(1, math.ceil(_epoch_end(epochs, steps_per_epoch, stream)))
     steps = config.train.steps
     if config.train.epochs > 0:
-        steps = min(steps, max(1, math.ceil(stream.epoch_step(config.train.epochs))))
+        steps = min(steps, end(config.train.epochs))
     decay_steps = config.optim.decay_steps or steps
     if config.optim.decay_epochs > 0:
-        decay_steps = min(decay_steps, max(1, math.ceil(stream.epoch_step(config.optim.decay_epochs))))
+        decay_steps = min(decay_steps, end(config.optim.decay_epochs))
     return steps, decay_steps
 
 
@@ -422,18 +414,17 @@ def derive(config: ml_collections.ConfigDict, steps_per_epoch: int,
     computed. ``stream``: the training batcher, where epochs end (settings given in epochs:
     under variable BPTT each epoch has its own step count, and multiples of epoch 0's drifted
     by e x the difference: awd's --when 138 steps early on enwik8)."""
-    stream = stream or UniformEpochs(steps_per_epoch)
     steps, decay_steps = horizon(config, steps_per_epoch, stream)
     tokens_per_step = config.train.batch_size * step_width(config.train)
     return {
         "steps": steps,
         "steps_per_epoch": steps_per_epoch,
-        "epochs": stream.epochs_done(steps),
+        "epochs": stream.epochs_done(steps) if stream is not None else steps / steps_per_epoch,
         "tokens_per_step": tokens_per_step,
         "batch_size": config.train.batch_size,
         "lr": scaled_lr(config.optim, config.train.batch_size),
         "decay_steps": max(decay_steps, config.optim.warmup_steps + 1),
-        **({"lr_drop_steps": [max(1, round(stream.epoch_step(e)))
+        **({"lr_drop_steps": [max(1, round(_epoch_end(e, steps_per_epoch, stream)))
                               for e in parse_epochs(config.optim.lr_drop_epochs)]}
            if config.optim.lr_drop_epochs else {}),
     }

@@ -156,8 +156,6 @@ def _recompute_flops(model_config: Any, seq_len: int) -> int:
     """Forward FLOPs per token that ``model.remat="segments"`` computes again (mlstm, lstm):
     the recurrence only, h W_h (4 H^2 a layer) and the mLSTM's h W_mh (H^2); the input
     projections (x W_x, x W_mx) are formed once for the whole sequence, outside the segments."""
-    if remat_steps(model_config) == 0:
-        return 0
     per_h2 = 5 if model_config.kind == "mlstm" else 4
     return 2 * sum(per_h2 * h * h for h in layer_sizes(model_config))
 

@@ -93,7 +93,7 @@ class ModelKind:
     trained_length: Callable[[Any, Any], int | None] | None = dataclasses.field(default=None,
                                                                                compare=False)
     # (model_config, seq_len) -> forward FLOPs per token a training step computes again under
-    # the kind's model.remat (what the device executes beyond the model's 3x forward); None:
+    # the kind's model.remat, called only with remat on (what the device executes beyond the model's 3x forward); None:
     # the kind recomputes nothing (see :func:`recompute_flops_per_token`).
     recompute_flops_per_token: Callable[[Any, int], int] | None = dataclasses.field(
         default=None, compare=False)
@@ -188,9 +188,10 @@ def flops_per_token(model_config: Any, vocab_size: int, seq_len: int = 1,
 
 def recompute_flops_per_token(model_config: Any, seq_len: int) -> int:
     """Forward FLOPs per token a training step of ``model_config`` computes again under its
-    ``model.remat`` (0 for a kind that declares none: it recomputes nothing)."""
+    ``model.remat``: 0 without remat, and for a kind that declares no count (it recomputes
+    nothing); else the kind's count under its remat."""
     kind = get_kind(model_config.kind)
-    if kind.recompute_flops_per_token is None:
+    if model_config.get("remat", "none") == "none" or kind.recompute_flops_per_token is None:
         return 0
     return int(kind.recompute_flops_per_token(model_config, seq_len))
 

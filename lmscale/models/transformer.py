@@ -494,8 +494,7 @@ register(ModelKind(name="transformer",
                    fields=("layers", "d_model", "heads", "d_ff", "max_len", "norm", "positions",
                            "tie_embeddings", "weight_norm", "init"),
                    build=_build, validate=_validate, flops_per_token=_flops,
-                   recompute_flops_per_token=lambda m, seq_len: (  # remat="block": the blocks
-                       _flops(m, 0, seq_len) if m.get("remat", "none") == "block" else 0),
+                   recompute_flops_per_token=lambda m, seq_len: _flops(m, 0, seq_len),  # blocks
                    describe=_describe, trained_length=_trained_length,
                    settings={"attn_dropout": 0.0, "ff_dropout": 0.0, "scan_layers": True,
                              "init": "fairseq"}))

@@ -31,17 +31,23 @@ PROC_CGROUP = "/proc/self/cgroup"
 CGROUP_ROOT = "/sys/fs/cgroup"
 
 
-def _meminfo_bytes(path: str | None, swap: bool) -> int | None:
+def _kb_fields(path: str) -> dict[str, int]:
+    """The "Key: N kB" fields of a /proc file (meminfo, self/status) in bytes; {} if unreadable."""
     fields: dict[str, int] = {}
     try:
-        with open(MEMINFO if path is None else path) as f:
+        with open(path) as f:
             for line in f:
                 key, _, rest = line.partition(":")
                 parts = rest.split()
                 if parts and parts[0].isdigit():
                     fields[key] = int(parts[0]) * 1024  # kB
     except OSError:
-        return None
+        return {}
+    return fields
+
+
+def _meminfo_bytes(path: str | None, swap: bool) -> int | None:
+    fields = _kb_fields(MEMINFO if path is None else path)
     if "MemAvailable" not in fields:
         return None
     return fields["MemAvailable"] + (fields.get("SwapFree", 0) if swap else 0)
@@ -113,21 +119,10 @@ def available_host_bytes(path: str | None = None, swap: bool = True,
              if n is not None]
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     if soft != resource.RLIM_INFINITY:
-        mapped = _status_kb("VmSize")
+        mapped = _kb_fields("/proc/self/status").get("VmSize")
         if mapped is not None:
             found.append(max(0, soft - mapped))
     return min(found) if found else None
-
-
-def _status_kb(key: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
 
 
 def _size(n: int) -> str:

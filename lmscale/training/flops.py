@@ -14,8 +14,11 @@ import ml_collections
 import numpy as np
 
 from lmscale.models import flops_per_token, get_kind
-from lmscale.models.registry import recompute_flops_per_token as recompute_flops
+from lmscale.models.registry import recompute_flops_per_token  # each kind's count, under remat
 from lmscale.models.adaptive_softmax import parse_cutoffs, tail_shares, zipf_id_counts
+
+__all__ = ["train_flops_per_token", "loss_tail_shares", "adaptive_cutoffs",
+           "recompute_flops_per_token"]
 
 
 def train_flops_per_token(model_config: ml_collections.ConfigDict, vocab_size: int,
@@ -49,11 +52,3 @@ def adaptive_cutoffs(model_config: ml_collections.ConfigDict) -> tuple[int, ...]
         return ()
     return parse_cutoffs(model_config.get("adaptive_cutoffs", ""))
 
-
-def recompute_flops_per_token(model_config: ml_collections.ConfigDict, seq_len: int) -> int:
-    """Forward FLOPs per token that a training step computes again with remat (the kind's
-    count: a transformer's blocks under "block", the mLSTM/LSTM recurrence alone under
-    "segments", its input projections being formed once outside the segments); 0 without."""
-    if model_config.get("remat", "none") == "none":
-        return 0
-    return recompute_flops(model_config, seq_len)
