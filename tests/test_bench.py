@@ -168,6 +168,13 @@ def test_no_warmup_and_an_autodiff_record_names_no_loops(tmp_path):
     assert r["grad"] == "autodiff" and r["layout"] is None and r["factors"] is None
 
 
+def test_record_of_a_kind_without_the_recurrence_says_autodiff():
+    """A transformer's backward is autodiff whatever --grad says (its record said "custom")."""
+    r = bench.run_bench(small_config("transformer", hidden=16, batch=2, seq=8, layers=1,
+                                     heads=2, max_len=8), steps=1, warmup=0, matmul_n=64)
+    assert r["grad"] == "autodiff" and r["layout"] is None and r["factors"] is None
+
+
 def test_grad_accum_record_counts_rows_not_segments():
     """With train.grad_accum_steps = k a row holds k segments: the record's batch is the rows
     (the config's batch), not rows x k, and tokens per step are rows x k x seq_len."""

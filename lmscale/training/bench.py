@@ -347,7 +347,10 @@ def run_bench(config: ml_collections.ConfigDict, *, steps: int = 10, warmup: int
               "batch": step["tokens_per_step"] // step_width(config.train),  # rows
               "grad_accum_steps": int(config.train.get("grad_accum_steps", 1)),
               "seq": config.train.seq_len, "vocab_size": vocab_size, "compute": compute,
-              "grad": grad, "unroll": static.unroll if custom_loops else unroll or 1,
+              # the recurrence's backward: autodiff for a kind without one of its own (the
+              # transformer, the QRNN; recorded as asked before, e.g. "custom")
+              "grad": grad if m.kind in SCANNED_KINDS else "autodiff",
+              "unroll": static.unroll if custom_loops else unroll or 1,
               # the hand-written backward's loops: none under autodiff or without a recurrence
               # (recorded as asked before, e.g. "batch" for an autodiff or transformer step)
               "layout": static.layout if custom_loops else None,
