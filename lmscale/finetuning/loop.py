@@ -210,6 +210,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
     ft = config.finetune
     is_main = jax.process_index() == 0
     progress = config.train.progress_bar and is_main
+    fingerprints = {n: splits[n].fingerprint() for n in ("train", "val")}
     if not config.resume:
         archive_previous_run(workdir, FINETUNE_RUN_FILES)
 
@@ -263,7 +264,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
         def restore(step: int) -> tuple[Any, dict[str, Any]]:
             meta = checkpointer.read_meta(step)
             check_same_model(meta["signature"], signature, workdir)
-            check_same_start(meta, config, lm.step, workdir)
+            check_same_start(meta, config, lm.step, workdir, fingerprints)
             check_same_optimizer(as_applied(meta), {**config.to_dict(), "optim": optim.to_dict()},
                                  workdir, fine_tuning=True)
             return checkpointer.restore(state, shardings, step), meta
@@ -286,6 +287,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
                "lm_init": ft.lm_init, "software": software_versions(),
                "preprocess": lm.derived.get("preprocess", "none"), "devices": mesh.size,
                "precision": str(policy), "texts": {n: len(d) for n, d in splits.items()},
+               "texts_fingerprint": fingerprints,
                **({"pretrained": lm.derived["pretrained"]} if "pretrained" in lm.derived else {})}
     if resuming and is_main:
         for note in (*resumed_otherwise(saved, config, start), precision_note):

@@ -8,6 +8,7 @@ texts and their labels. Several label columns (comma separated) give multi-label
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -36,6 +37,17 @@ class Labeled:
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    def fingerprint(self) -> str:
+        """sha256 of the texts and labels in order: the same data read under another path
+        ("./v.csv", an absolute path, a link) has the same one, an edited file another."""
+        h = hashlib.sha256()
+        for text in self.texts:
+            b = text.encode("utf-8", "surrogatepass")
+            h.update(len(b).to_bytes(8, "little") + b)
+        h.update(str(self.labels.dtype).encode() + repr(self.labels.shape).encode())
+        h.update(np.ascontiguousarray(self.labels).tobytes())
+        return h.hexdigest()
 
 
 def label_columns(label_column: str) -> list[str]:

@@ -362,3 +362,34 @@ def test_a_resume_on_other_validation_texts_is_refused():
         config.finetune.val = "/other.csv"
     with pytest.raises(CheckpointMismatchError, match="finetune.val='/v.csv'"):
         check_same_start(meta, config, 3, "/run")
+
+
+def test_a_resume_names_the_validation_texts_by_content_not_path(sst_run, data, tmp_path):
+    """finetune.val was compared as text: the same file named through a link (or "./v.csv",
+    an absolute path) was refused, and the same path holding edited labels resumed silently,
+    its best compared with scores of other texts. The run records its data's fingerprint."""
+    import json
+    import os
+    import shutil
+    from lmscale.finetuning.loop import finetune
+    from lmscale.training.checkpoints import CheckpointMismatchError
+    val = tmp_path / "val.csv"
+    shutil.copy(data["sst_val"], val)
+    link = tmp_path / "link.csv"
+    link.symlink_to(val)
+    kw = {"train.steps": 2, "train.eval_every": 2, "checkpoint.every": 2}
+    workdir = str(tmp_path / "ft")
+    finetune(ft_config(sst_run, data["sst_train"], str(val), **kw), workdir)
+    derived = json.load(open(os.path.join(workdir, "config.json")))["derived"]
+    assert set(derived["texts_fingerprint"]) == {"train", "val"}
+    result = finetune(ft_config(sst_run, data["sst_train"], str(link), **{**kw, "train.steps": 3}),
+                      workdir)
+    assert not result["already_trained"]  # resumed at step 2, trained its third step
+    lines = val.read_text().splitlines()
+    label, text = lines[1].split(",", 1)
+    lines[1] = f"{1 - int(label)},{text}"  # one label flipped
+    val.write_text("\n".join(lines) + "\n")
+    with pytest.raises(CheckpointMismatchError, match=f"other texts or labels than finetune.val="
+                                                      f"'{re.escape(str(val))}'"):
+        finetune(ft_config(sst_run, data["sst_train"], str(val), **{**kw, "train.steps": 4}),
+                 workdir)
