@@ -275,8 +275,9 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
                                                    config.precision, shardings.loss_scale)
     start = int(jax.device_get(state.step))
     same_precision = resuming and not precision_note  # float16's steps skipped in a row go on
-    skipped_run = SkippedRun(start, int(jax.device_get(state.loss_scale.skipped)),
-                             saved.get("skipped_in_a_row", 0) if same_precision else 0)
+    skipped_run = SkippedRun.resumed(saved if resuming else None, same_precision, start,
+                                     int(jax.device_get(state.loss_scale.skipped)),
+                                     config.train.log_every)
     derived = {"steps": steps, "steps_per_epoch": batches.steps_per_epoch, "decay_steps": decay,
                "lr": lr, "head_lr": head_lr, "weight_decay": optim.weight_decay,
                "lm_layer_lrs": layer_rates.peak_rates(lr, ft.layer_lr_decay, layers),
@@ -377,6 +378,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
         if state.loss_scale.dynamic:
             meta["skipped_in_a_row"] = skipped_run.advance(
                 step, int(jax.device_get(state.loss_scale.skipped)), True)
+            meta["skipped_run"] = skipped_run.record()
         save_finite(checkpointer, state, meta, LOWER)
 
     with StopSignal(config.train.stop_sync_every) as stop:

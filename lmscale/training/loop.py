@@ -277,8 +277,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
     # float16's steps skipped in a row go on from the checkpoint's count (a new precision
     # starts its own loss scale, and its count from 0)
     same_precision = saved is not None and saved.get("precision") == config.precision.compute
-    skipped_run = SkippedRun(start, int(jax.device_get(state.loss_scale.skipped)),
-                             (saved or {}).get("skipped_in_a_row", 0) if same_precision else 0)
+    skipped_run = SkippedRun.resumed(saved, same_precision, start,
+                                     int(jax.device_get(state.loss_scale.skipped)),
+                                     config.train.log_every)
 
     def save(state: Any) -> None:
         """``save_finite`` with the skipped steps in a row, up to this step, in the record;
@@ -291,6 +292,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
         if state.loss_scale.dynamic:
             meta["skipped_in_a_row"] = skipped_run.advance(
                 step, int(jax.device_get(state.loss_scale.skipped)), True)
+            meta["skipped_run"] = skipped_run.record()
         save_finite(checkpointer, state, meta)
 
     in_flight = InFlight()  # bounded async dispatch (see in_flight.py)

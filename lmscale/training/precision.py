@@ -141,31 +141,63 @@ STUCK_STEPS = 50
 class SkippedRun:
     """Host-side, at each log record and checkpoint: the steps skipped in a row (whole windows
     of them, so checked every ``train.log_every`` steps), an error once they are STUCK_STEPS
-    or more and the loss scale has come down to 1."""
+    or more and the loss scale has come down to 1.
 
-    def __init__(self, step: int, skipped: int, run: int = 0) -> None:
+    ``every`` (``train.log_every``): the windows end at its multiples only, whenever the run
+    was stopped and resumed (a save or a stop between two of them counts the window so far
+    without ending it), so a resumed run counts as an uninterrupted one; 0: at every call."""
+
+    def __init__(self, step: int, skipped: int, run: int = 0, every: int = 0) -> None:
         """``run``: the steps skipped in a row before ``step`` (a resumed run's checkpoint
         record keeps it: each start counted from 0, so a run stopped more often than every
         STUCK_STEPS steps never stopped, and a resumed one named the wrong step)."""
         self.last_step, self.last_skipped, self.run = step, skipped, int(run)
+        self.every = int(every)
+
+    @classmethod
+    def resumed(cls, saved: dict | None, same_precision: bool, start: int, skipped: int,
+                every: int) -> "SkippedRun":
+        """From a checkpoint's record: its last window's start (``skipped_run``; a record from
+        before it: ``skipped_in_a_row`` up to the checkpoint), or afresh at ``start``."""
+        if saved is None or not same_precision:
+            return cls(start, skipped, 0, every)
+        record = saved.get("skipped_run")
+        if record:
+            return cls(int(record["step"]), int(record["skipped"]), int(record["run"]), every)
+        return cls(start, skipped, saved.get("skipped_in_a_row", 0), every)
+
+    def record(self) -> dict:
+        """What a checkpoint's record keeps: the start of the window in progress and the run
+        before it."""
+        return {"step": self.last_step, "skipped": self.last_skipped, "run": self.run}
+
+    def peek(self, step: int, skipped: int, dynamic: bool) -> int:
+        """The run up to ``step``, the window not ended."""
+        window = step - self.last_step
+        if window <= 0:
+            return self.run
+        every = dynamic and skipped - self.last_skipped == window
+        return self.run + window if every else 0
 
     def advance(self, step: int, skipped: int, dynamic: bool) -> int:
-        """Counts the steps since the last call into the run (all skipped) or ends it; the run."""
-        window = step - self.last_step
-        if window > 0:
-            every = dynamic and skipped - self.last_skipped == window
-            self.run = self.run + window if every else 0  # the weights are those before the run
+        """Counts the steps since the last call into the run (all skipped) or ends it; the run.
+        Off the ``every`` grid, the run so far without ending the window."""
+        run = self.peek(step, skipped, dynamic)
+        if self.every and step % self.every:
+            return run
+        if step > self.last_step:
+            self.run = run  # 0: the weights are those before the run
             self.last_step, self.last_skipped = step, skipped
         return self.run
 
     def after_log(self, step: int, skipped: int, scale: float, dynamic: bool) -> str | None:
         """The error to stop with once STUCK_STEPS steps in a row were skipped at scale 1."""
-        self.advance(step, skipped, dynamic)
-        if self.run < STUCK_STEPS or scale > 1.0:
+        run = self.advance(step, skipped, dynamic)
+        if run < STUCK_STEPS or scale > 1.0:
             return None
-        return (f"float16: the last {self.run} steps were all skipped, down to the lowest loss "
+        return (f"float16: the last {run} steps were all skipped, down to the lowest loss "
                 f"scale (1): the gradients are not finite even unscaled (the float16 forward overflows, "
-                f"or the run diverged); the weights are those of step {step - self.run}. Resume "
+                f"or the run diverged); the weights are those of step {step - run}. Resume "
                 f"in bfloat16 (--config.precision.compute=bfloat16) or with a lower optim.lr")
 
 

@@ -190,3 +190,26 @@ def test_a_resumed_float16_run_counts_the_steps_skipped_before_its_stop(tmp_path
             train(tiny_config(corpus, **{**kw, "train.steps": 150}), workdir)
         said[name] = (str(stuck.value), stuck.value.step)
     assert said["parts"] == said["whole"], said
+
+
+def test_a_stop_between_two_log_records_leaves_the_skipped_run_count_as_uninterrupted():
+    """A save or stop between two log records ended a window: a stretch of skipped steps that
+    began inside it was counted from the stop in the resumed run but from the next record in an
+    uninterrupted one, so the resumed run stopped a whole log_every earlier (a float16 run
+    logging every 40 steps, skipping from step 28 at scale 1: resumed at 30, stopped at 80
+    with "the last 50 steps"; uninterrupted, at 120 with "the last 80")."""
+    from lmscale.training.precision import SkippedRun
+
+    def stuck_at(stop: int | None) -> list:
+        run = SkippedRun(0, 0, every=40)
+        skipped = lambda s: max(0, s - 27)  # every step from 28 on skipped
+        if stop is not None:  # the checkpoint's record, and the resumed run from it
+            run.advance(stop, skipped(stop), True)
+            run = SkippedRun.resumed({"precision": "float16", "skipped_run": run.record()}, True,
+                                     stop, skipped(stop), 40)
+        return [(s, run.after_log(s, skipped(s), 1.0, True)) for s in (40, 80, 120)
+                if stop is None or s > stop]
+    whole, parts = stuck_at(None), stuck_at(30)
+    assert [x for x in whole if x[0] > 30] == parts
+    assert parts[-1][1] is not None and "the last 80 steps" in parts[-1][1]
+    assert parts[0][1] is None and parts[1][1] is None
