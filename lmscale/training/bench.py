@@ -50,7 +50,8 @@ from lmscale.config import scaled_lr, step_width, validate, with_global_batch
 from lmscale.models.adaptive_softmax import zipf_id_counts
 from lmscale.models.recurrent import SCANNED_KINDS, ScanOptions, scan_options
 from lmscale.training import mesh as mesh_lib
-from lmscale.training.flops import adaptive_cutoffs, recompute_flops_per_token, train_flops_per_token
+from lmscale.training.flops import (adaptive_cutoffs, adaptive_recompute_flops_per_token,
+                                    recompute_flops_per_token, train_flops_per_token)
 from lmscale.training.host_memory import huge_pages_on
 from lmscale.training.precision import DTYPES
 from lmscale.training.setup import BATCH_KEYS, build_train_setup, jit_train_step
@@ -184,9 +185,12 @@ def time_step(config: ml_collections.ConfigDict, *, steps: int = 10, warmup: int
     tokens = batch_size * step_width(config.train)
     step_s = float(np.median(times))
     targets = np.asarray(jax.device_get(batch["targets"])).reshape(-1)  # the loss's cost
+    id_counts = np.bincount(targets, minlength=vocab_size)
     per_token = train_flops_per_token(config.model, vocab_size, config.train.seq_len,
-                                      id_counts=np.bincount(targets, minlength=vocab_size))
-    again = recompute_flops_per_token(config.model, config.train.seq_len)
+                                      id_counts=id_counts)
+    again = (recompute_flops_per_token(config.model, config.train.seq_len)
+             + adaptive_recompute_flops_per_token(config.model, vocab_size,
+                                                  config.train.seq_len, id_counts))
     return {"step_s": step_s, "step_s_all": [round(x, 5) for x in times],
             "compile_s": round(compile_s, 2), "tokens_per_step": tokens,
             "tokens_per_s": tokens / step_s, "train_flops_per_token": per_token,

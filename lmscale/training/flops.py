@@ -18,7 +18,7 @@ from lmscale.models.registry import recompute_flops_per_token  # each kind's cou
 from lmscale.models.adaptive_softmax import parse_cutoffs, tail_shares, zipf_id_counts
 
 __all__ = ["train_flops_per_token", "loss_tail_shares", "adaptive_cutoffs",
-           "recompute_flops_per_token"]
+           "recompute_flops_per_token", "adaptive_recompute_flops_per_token"]
 
 
 def train_flops_per_token(model_config: ml_collections.ConfigDict, vocab_size: int,
@@ -29,6 +29,20 @@ def train_flops_per_token(model_config: ml_collections.ConfigDict, vocab_size: i
     each id is a target) gives, or Zipf's law over the frequency-ranked ids when None."""
     shares = loss_tail_shares(model_config, vocab_size, id_counts)
     return 3 * int(flops_per_token(model_config, vocab_size, seq_len=seq_len, tail_shares=shares))
+
+
+def adaptive_recompute_flops_per_token(model_config: ml_collections.ConfigDict, vocab_size: int,
+                                       seq_len: int, id_counts: np.ndarray | None = None) -> int:
+    """FLOPs per token the adaptive loss's backward forms again (``adaptive_loss._cluster_bwd``
+    recomputes each target's tail-cluster logits instead of keeping them): one more forward
+    pass of the tail clusters' matmuls, at the shares of ``loss_tail_shares``; 0 without
+    cut-offs. Not the model's FLOPs: bench adds them to the executed (hardware) count only."""
+    shares = loss_tail_shares(model_config, vocab_size, id_counts)
+    if shares is None:
+        return 0
+    return int(flops_per_token(model_config, vocab_size, seq_len=seq_len, tail_shares=shares)
+               - flops_per_token(model_config, vocab_size, seq_len=seq_len,
+                                 tail_shares=tuple(0.0 for _ in shares)))
 
 
 def loss_tail_shares(model_config: ml_collections.ConfigDict, vocab_size: int,

@@ -94,3 +94,15 @@ def test_counts_of_no_target_fall_back_to_zipf_and_a_wrong_length_is_refused():
     assert train_flops_per_token(config.model, V, 16, id_counts=np.zeros(V, np.int64)) == zipf
     with pytest.raises(ValueError, match="id_counts has 399 entries, the vocabulary 400"):
         train_flops_per_token(config.model, V, 16, id_counts=np.ones(V - 1))
+
+
+def test_adaptive_backward_recompute_is_counted_as_executed_not_as_model_flops():
+    """_cluster_bwd forms each target's tail-cluster logits again: one more forward of the
+    tail matmuls, H x sum(share_i x size_i) multiply-adds a token (hand count)."""
+    from lmscale.training.flops import adaptive_recompute_flops_per_token
+    config = _word_qrnn("unused.txt")
+    shares = tail_shares((20, 100), zipf_id_counts(V))
+    top = int(config.model.embed if config.model.tie_embeddings else config.model.hidden)
+    hand = 2 * top * (shares[0] * 80 + shares[1] * 300)
+    assert abs(adaptive_recompute_flops_per_token(config.model, V, 16) - hand) <= 2
+    assert adaptive_recompute_flops_per_token(tiny_config("unused.txt").model, V, 16) == 0
