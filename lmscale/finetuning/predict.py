@@ -133,13 +133,20 @@ def write_predictions(path: str, texts: Sequence[str], probs: np.ndarray, pred: 
 
 
 def read_texts(path: str, text_column: str) -> list[str]:
-    """The texts of a .csv/.tsv (column ``text_column``) or .jsonl (field) file; DataError names
-    the file and the columns there when the column is missing, or the file and line of bad
-    JSON, of a line that is not a JSON object, of a text that is not a string (null), empty or
-    only whitespace."""
+    """The texts of a .csv/.tsv (column ``text_column``) or .jsonl (field) file, or of a
+    ``tfds:NAME/SPLIT`` text feature; DataError names the file and the columns there when the
+    column is missing, or the file and line of bad JSON, of a line that is not a JSON object,
+    of a text that is not a string (null), empty or only whitespace."""
     from lmscale.data.csv_rows import csv_rows
     from lmscale.data.errors import DataError
-    from lmscale.transfer.labeled import checked_text, jsonl_records
+    from lmscale.data.tfds import PREFIX, is_tfds
+    from lmscale.transfer.labeled import checked_text, jsonl_records, read_tfds
+    if is_tfds(path):  # was "no such file" (with --labels, load_labeled read it)
+        path = path.strip()
+        texts, _ = read_tfds(path[len(PREFIX):], text_column, [], " (set --text_column)")
+        if not texts:
+            raise DataError(f"{path}: no rows")
+        return texts
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file")
     from lmscale.data.compression import format_extension

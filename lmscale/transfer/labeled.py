@@ -21,7 +21,8 @@ from lmscale.data.compression import READ_ERRORS, format_extension, open_input
 from lmscale.data.csv_rows import csv_rows, not_utf8
 from lmscale.data.input_checks import unreadable
 from lmscale.data.errors import DataError
-from lmscale.data.tfds import PREFIX, class_label_names, iter_examples, parse_tfds, text_feature
+from lmscale.data.tfds import (PREFIX, class_label_names, is_tfds, iter_examples, parse_tfds,
+                               text_feature)
 
 
 @dataclasses.dataclass
@@ -72,8 +73,9 @@ def load_labeled(spec: str | os.PathLike[str], *, text_column: str = "sentence",
     if not label_names:
         raise DataError("no label column given")
     class_names = None
-    if spec.startswith("tfds:"):
-        texts, rows = _read_tfds(spec[len("tfds:"):], text_column, label_names, hint)
+    if is_tfds(spec):  # " tfds:..." (prepare's is_tfds strips it) was "no such file"
+        spec = spec.strip()
+        texts, rows = read_tfds(spec[len("tfds:"):], text_column, label_names, hint)
         if len(label_names) == 1:
             class_names = class_label_names(spec, label_names[0])
     else:
@@ -286,9 +288,10 @@ def _read_jsonl(path: str, text_field: str, label_names: list[str], hint: str = 
     return texts, rows
 
 
-def _read_tfds(name: str, text_key: str, label_names: list[str], hint: str = ""
+def read_tfds(name: str, text_key: str, label_names: list[str], hint: str = ""
                ) -> tuple[list[str], list[list[int]]]:
-    """``NAME/SPLIT`` (e.g. ``glue/sst2/validation``: the last part is the split)."""
+    """Texts and label rows of ``NAME/SPLIT`` (e.g. ``glue/sst2/validation``: the last part is
+    the split); no ``label_names``: texts alone (rows empty)."""
     spec = PREFIX + name
     parse_tfds(spec)
     texts, rows = [], []

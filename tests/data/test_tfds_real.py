@@ -69,7 +69,13 @@ class LmscaleTfdsLabeled(tfds.core.GeneratorBasedBuilder, skip_registration=True
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("tfds")
-    for file_format, sub in (("tfrecord", "data"), ("array_record", "data_ar")):
+    formats = [("array_record", "data_ar")]  # written and read without TensorFlow
+    try:  # TFRecord files are written with it (the tfds extra alone: the ArrayRecord tests run)
+        import tensorflow  # noqa: F401
+        formats.append(("tfrecord", "data"))
+    except ImportError:
+        pass
+    for file_format, sub in formats:
         kw = dict(data_dir=str(root / sub), file_format=file_format)
         for builder in (LmscaleTfdsText(**kw), LmscaleTfdsLabeled(config="sst", **kw),
                         LmscaleTfdsLabeled(config="imdb", **kw)):
@@ -209,3 +215,27 @@ def test_a_class_labels_names_name_the_classes(data_dir, monkeypatch, store):
     assert index_classes({"train": load_labeled("tfds:lmscale_tfds_labeled/sst/train", label_column="idx")}) is None
     several = load_labeled("tfds:lmscale_tfds_labeled/sst/train", label_column="pos,neg")
     assert several.class_names is None
+
+
+@pytest.mark.parametrize("store", ["data", "data_ar"])
+def test_classify_reads_a_tfds_text_feature(data_dir, monkeypatch, store):
+    """classify --input=tfds:NAME/SPLIT without --labels: was "no such file" (with --labels,
+    load_labeled read it)."""
+    if store == "data":
+        pytest.importorskip("tensorflow")
+    use_data_dir(monkeypatch, data_dir / store)
+    from lmscale.finetuning.predict import read_texts
+    texts = read_texts("tfds:lmscale_tfds_labeled/sst/train", "sentence")
+    assert sorted(texts) == sorted(t for t, _ in LABELED)
+    assert sorted(read_texts("tfds:lmscale_tfds_text/test", "text")) == sorted(TEXTS[:6])  # Unicode
+    with pytest.raises(DataError, match=r"no feature 'text'; .*\(set --text_column\)"):
+        read_texts("tfds:lmscale_tfds_labeled/sst/train", "text")
+    with pytest.raises(DataError, match=r"unknown split 'nope'"):
+        read_texts("tfds:lmscale_tfds_labeled/sst/nope", "sentence")
+
+
+def test_labeled_spec_with_surrounding_spaces(data_dir, monkeypatch):
+    """prepare's is_tfds strips the spec; load_labeled took " tfds:..." for a file path."""
+    use_data_dir(monkeypatch, data_dir / "data_ar")
+    data = load_labeled(" tfds:lmscale_tfds_labeled/sst/train ")
+    assert len(data) == 16 and data.class_names == ["negative", "positive"]

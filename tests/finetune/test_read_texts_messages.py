@@ -35,3 +35,13 @@ def test_short_and_long_rows_get_their_own_hint(tmp_path):
     path.write_text("text,label\nhello,1,2\n")
     with pytest.raises(DataError, match=r"t\.csv:2: 3 fields.*a comma inside a text must be quoted"):
         read_texts(str(path), "text")
+
+
+def test_a_tfds_spec_without_the_extra_names_it():
+    """classify --input=tfds:NAME/SPLIT without --labels said "no such file" (read as a path);
+    without the optional extra it now says how to install it (the TFDS venv's tests read one)."""
+    import importlib.util
+    if importlib.util.find_spec("tensorflow_datasets") is not None:
+        pytest.skip("tensorflow-datasets installed: tests/data/test_tfds_real.py reads a spec")
+    with pytest.raises(DataError, match=r"pip install 'lmscale\[tfds\]'"):
+        read_texts(" tfds:imdb_reviews/train", "text")
