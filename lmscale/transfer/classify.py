@@ -207,8 +207,11 @@ def selected_by(fit: Fit) -> str:
 def _unit_scores(fit: Fit, x_train: np.ndarray, y_train: np.ndarray) -> np.ndarray:
     if selected_by(fit) == "weight":
         return fit.coef
-    y = np.asarray(y_train, np.float64)
-    return np.asarray(x_train, np.float64).T @ (y - y.mean())
+    y, x = np.asarray(y_train, np.float64), np.asarray(x_train, np.float64)
+    # correlation, not covariance: raw features (standardize=False) differ in scale, and a wide
+    # unit unrelated to the label outranked the one that tracks it (a constant unit scores 0)
+    std = x.std(axis=0)
+    return (x.T @ (y - y.mean())) / np.where(std > 0, std, np.inf)
 
 
 def top_k_sweep(fit: Fit, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,

@@ -126,3 +126,17 @@ def test_a_tie_on_val_goes_to_the_smaller_C_whatever_the_order_of_the_grid():
         ys = np.stack([y, y], 1)
         multi = fit_l1_multilabel(x[:60], ys[:60], x[60:], ys[60:], class_names=["a", "b"], Cs=Cs)
         assert multi.Cs == [0.5, 0.5], Cs
+
+
+def test_a_fit_that_keeps_no_unit_ranks_by_correlation_not_covariance():
+    """The L1 fit kept no weight: units were ranked by x.T @ (y - mean y), a covariance, so on
+    raw features (standardize=False, OpenAI's setup) a wide unit unrelated to the label
+    outranked the one that tracks it, said to be "the unit most correlated with the label"."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((400, 3))
+    x[:, 1] *= 100
+    y = (x[:, 0] + 3 * rng.standard_normal(400) > 0).astype(int)
+    fit = fit_l1(x[:300], y[:300], x[300:], y[300:], Cs=[1e-4])
+    assert fit.nonzero == 0
+    assert ranked_units(fit, x[:300], y[:300])[0] == 0
+    assert neuron_summary(fit, x[:300], y[:300], x[300:], y[300:], Cs=[1e-4])["index"] == 0
