@@ -37,10 +37,12 @@ def run_sweep(base: ml_collections.ConfigDict, config_file: str, sweep_file: str
     sweep: Sweep = expand(spec, base)
     check_flags_not_swept(config_flags, sweep)
     check_data(base, sweep, workdir)
-    claim(workdir, base.to_dict(), sweep, config_file, sweep_file)
+    # the lock first: a sweep refused as in use recorded its points in sweep.json (an extended
+    # grid's), and the running sweep's own command was refused after as "a different sweep"
     lock = lock_sweep(workdir)
     transfer_failed: dict[str, str] = {}
     try:
+        claim(workdir, base.to_dict(), sweep, config_file, sweep_file)
         check_same_text(base, sweep, workdir)
         t0, usage0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
         runner = Runner(workdir, RunOptions(config_file, list(config_flags), parallel, divergence_factor,

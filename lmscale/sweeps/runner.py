@@ -119,12 +119,19 @@ def idle_groups_note(parallel: int, to_run: int, envs: list[dict[str, str]]) -> 
             f"where train.per_device_batch_size sets it)")
 
 
+def gives_cpu_devices(options: RunOptions) -> bool:
+    """Whether the sweep command sets ``parallel.cpu_devices`` itself: each point then gets
+    that many CPU devices, not a CPU slot's one (appended after it, the slot's count won,
+    unsaid)."""
+    return any(f.startswith("--config.parallel.cpu_devices=") for f in options.config_flags)
+
+
 def train_command(point: Point, point_dir: str, options: RunOptions,
                   env: dict[str, str] | None = None) -> list[str]:
     """The point's ``lmscale.train`` command. A CPU slot's one device (``JAX_NUM_CPU_DEVICES``
     in ``env``) is also said as ``parallel.cpu_devices``, so that the logged command and the
     point's config.json rerun it on as many devices (bit for bit) when started by hand."""
-    devices = (env or {}).get("JAX_NUM_CPU_DEVICES")
+    devices = None if gives_cpu_devices(options) else (env or {}).get("JAX_NUM_CPU_DEVICES")
     return [options.python, "-m", "lmscale.train", f"--config={options.config_file}",
             f"--workdir={point_dir}", *options.config_flags, *override_flags(point.overrides),
             *([f"--config.parallel.cpu_devices={devices}"] if devices else [])]
@@ -159,6 +166,8 @@ class Runner:
         if not pending:
             return
         envs = device_groups(self.options.parallel)
+        if gives_cpu_devices(self.options):  # JAX_NUM_CPU_DEVICES=1 would win over it
+            envs = [{k: v for k, v in e.items() if k != "JAX_NUM_CPU_DEVICES"} for e in envs]
         for note in (idle_groups_note(self.options.parallel, len(pending), envs),
                      per_device_batch_note(pending, self.options.parallel)):
             if note:

@@ -63,9 +63,7 @@ def claim(workdir: str, base_config: dict[str, Any], sweep: Sweep, config_file: 
         return
     if os.path.isdir(workdir) and [n for n in os.listdir(workdir) if not n.startswith(".")]:
         raise SweepError(f"{workdir} is not empty and holds no {IDENTITY_FILE}: not a sweep folder")
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise SweepError(f"--workdir={workdir} is a file, not a folder: give the sweep's folder")
-    os.makedirs(workdir, exist_ok=True)
+    make_folder(workdir)
     record = {"config_file": config_file, "sweep_file": sweep_file, "axes": sweep.axes,
               "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **identity}
     _write_json(path, record)
@@ -136,8 +134,17 @@ class Lock:
             self.fd = None
 
 
+def make_folder(workdir: str) -> None:
+    """Makes the sweep's folder; a SweepError where ``workdir`` is a file."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise SweepError(f"--workdir={workdir} is a file, not a folder: give the sweep's folder")
+    os.makedirs(workdir, exist_ok=True)
+
+
 def lock_sweep(workdir: str) -> Lock:
-    """The sweep folder's lock: one sweep process per folder at a time."""
+    """The sweep folder's lock (the folder made if needed): one sweep process per folder at a
+    time. Taken before ``claim``: a sweep refused as in use must not rewrite sweep.json."""
+    make_folder(workdir)
     lock = Lock(os.path.join(workdir, LOCK_FILE))
     if not lock.try_acquire():
         raise SweepError(f"{workdir} is in use by another running sweep")

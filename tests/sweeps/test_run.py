@@ -22,3 +22,34 @@ def test_at_a_time_is_at_most_the_points_to_run(tiny, tmp_path, monkeypatch):
     run_sweep(base_config(tiny), str(tiny / "tiny.py"), sweep_file, str(out), parallel=1,
               log=lines.append)
     assert lines[2] == f"sweep: 2 points in {out} (1 at a time)"
+
+
+def test_a_sweep_refused_as_in_use_leaves_sweep_json_alone(tiny, tmp_path, monkeypatch):
+    """An extended grid started while another sweep held the folder was refused ("in use")
+    but had already recorded its points in sweep.json: the first command was refused after."""
+    import json
+
+    import pytest
+
+    from lmscale.sweeps import SweepError
+    from lmscale.sweeps.workdir import lock_sweep
+    monkeypatch.setattr(Runner, "run", lambda self, points: None)
+    small = write_sweep(tmp_path / "s.py", """
+        def get_sweep():
+            return {"grid": {"optim.lr": [1e-3, 3e-3]}}
+    """)
+    big = write_sweep(tmp_path / "b.py", """
+        def get_sweep():
+            return {"grid": {"optim.lr": [1e-3, 3e-3, 1e-2]}}
+    """)
+    out = tmp_path / "out"
+    run_sweep(base_config(tiny), str(tiny / "tiny.py"), small, str(out), log=lambda line: None)
+    before = json.loads((out / "sweep.json").read_text())
+    held = lock_sweep(str(out))  # the first sweep, still running
+    try:
+        with pytest.raises(SweepError, match="in use"):
+            run_sweep(base_config(tiny), str(tiny / "tiny.py"), big, str(out), log=lambda line: None)
+    finally:
+        held.release()
+    assert json.loads((out / "sweep.json").read_text()) == before
+    run_sweep(base_config(tiny), str(tiny / "tiny.py"), small, str(out), log=lambda line: None)

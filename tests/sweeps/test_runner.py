@@ -456,3 +456,15 @@ def test_a_point_that_exited_unpolled_before_a_second_ctrl_c_gets_its_status(tmp
     with pytest.raises(SweepInterrupted, match="stopped at once by a second signal"):
         runner._on_signal(signal.SIGINT, None)
     assert read_status(str(point_dir))["status"] == "interrupted" and lock.fd is None
+
+
+def test_a_command_cpu_device_count_is_kept_under_parallel():
+    """--parallel=2 --config.parallel.cpu_devices=2: the slot's 1 came after and won, unsaid."""
+    from lmscale.sweeps.grid import Point
+    from lmscale.sweeps.runner import RunOptions, train_command
+    point = Point("lr-0.001", {"optim.lr": 1e-3}, {"optim.lr": 1e-3})
+    given = RunOptions("c.py", ["--config.parallel.cpu_devices=2"], parallel=2)
+    command = train_command(point, "d", given, {"JAX_NUM_CPU_DEVICES": "1"})
+    assert [a for a in command if "cpu_devices" in a] == ["--config.parallel.cpu_devices=2"]
+    plain = RunOptions("c.py", [], parallel=2)
+    assert train_command(point, "d", plain, {"JAX_NUM_CPU_DEVICES": "1"})[-1] == "--config.parallel.cpu_devices=1"
