@@ -328,12 +328,17 @@ def define_weights_flags() -> Callable[[str], dict[str, Any]]:
     outputs, records and the transfer's neuron are then RUN's, not inside its best/)."""
     from absl import flags
 
+    # Listed by the calling tool's --help (absl shows only the main module's key flags;
+    # defined here, they would appear under --helpfull only).
+    caller = sys._getframe(1).f_globals.get("__name__", "")
+    module_name = sys.argv[0] if caller == "__main__" else caller
+
     def define(kind: Callable[..., Any], name: str, default: Any, about: str) -> Callable[[], Any]:
         # Another tool module imported into this process (a notebook, the tests: convert has
         # a --step of this meaning) defined it: absl refused a second definition.
         if name in flags.FLAGS:
             return lambda: flags.FLAGS[name].value
-        holder = kind(name, default, about)
+        holder = kind(name, default, about, module_name=module_name)
         return lambda: holder.value
 
     step = define(flags.DEFINE_integer, "step", -1, "Checkpoint step; -1 = the latest.")

@@ -23,3 +23,15 @@ def test_line_continuations_in_module_docstrings_are_kept():
         if "\\\n" in written and "\\\n" not in body[0].value.value:
             joined.append(os.path.relpath(path, REPO))
     assert joined == [], f"make these docstrings raw (r\"\"\"): {joined}"
+
+
+def test_the_weights_flags_are_listed_by_each_tools_help():
+    """--step and --best (cli.define_weights_flags) were listed under --helpfull only, filed
+    under lmscale/cli.py: absl's --help shows the main module's flags."""
+    import subprocess
+    import sys
+    for tool in ("lmscale.eval", "lmscale.generate", "lmscale.transfer"):
+        out = subprocess.run([sys.executable, "-m", tool, "--help"], capture_output=True,
+                             text=True, cwd=REPO, timeout=120)
+        text = out.stdout + out.stderr
+        assert "--[no]best:" in text and "--step:" in text, tool

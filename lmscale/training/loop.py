@@ -56,7 +56,7 @@ from lmscale.training.schedules import (DECAYS_TO_ZERO, batch_and_rate_note, hor
                                         warmup_note)
 from lmscale.training.fits import check_step_fits_host
 from lmscale.training.setup import build_train_setup, jit_train_step
-from lmscale.training.state import host_zeros, zero_acc
+from lmscale.training.state import host_zeros_like, zero_acc
 from lmscale.training.steps import make_eval_step
 
 __all__ = ["train", "PROVENANCE_KEYS"]
@@ -299,6 +299,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
     window_tokens, window_steps = 0, 0  # input tokens of the timed steps since the last record
     widths = set()  # the step widths compiled: variable BPTT compiles a program per length
     rule_stopped = False
+    acc_shapes = jax.eval_shape(zero_acc)  # once: a trace per train record grew JAX's cache
     if started_from is not None and val is not None:
         run_eval(0)  # the weights started from (finetune.py's stored_loss; best/ starts with them)
     with StopSignal(config.train.stop_sync_every) as stop:
@@ -350,7 +351,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
                     print(f"step {step}/{steps}: loss {loss:.4f} bpc {record['bpc']:.4f}"
                           f"{perplexity_note(record)} lr {record['lr']:.3e} {rate}",
                           file=sys.stderr, flush=True)
-                state = state.replace(acc=jax.device_put(host_zeros(zero_acc), replicated))
+                state = state.replace(acc=jax.device_put(host_zeros_like(acc_shapes), replicated))
                 timer.reset()
                 if stuck:  # float16 skipping every step to the run's end, silently
                     raise DivergedError(stuck, step)

@@ -36,7 +36,14 @@ def host_zeros(zeros_fn: Callable[[], Any]) -> Any:
     """NumPy zeros shaped like the arrays ``zeros_fn()`` returns (which must be zeros, such as
     ``zero_acc``), taken from ``jax.eval_shape``: resetting the sums eagerly compiled a small
     program per array in every process."""
-    return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), jax.eval_shape(zeros_fn))
+    return host_zeros_like(jax.eval_shape(zeros_fn))
+
+
+def host_zeros_like(shapes: Any) -> Any:
+    """Fresh NumPy zeros for ``jax.eval_shape``'s ``shapes``. A loop resetting the same zeros
+    keeps the shapes: ``jax.eval_shape`` of a module-level function (``zero_acc``) adds an
+    entry to JAX's tracing cache at every call (a new ``jit`` each time; ~2048 kept)."""
+    return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
 
 
 def zero_carry(initial_carry: Callable[[int], Any], rows: int, sharding: jax.sharding.Sharding
