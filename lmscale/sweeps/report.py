@@ -96,11 +96,14 @@ def _fmt(value: Any) -> str:
 
 
 def write_report(workdir: str, sweep: Sweep, *, title: str, command: str = "",
-                 totals: dict[str, float] | None = None) -> list[dict[str, Any]]:
+                 totals: dict[str, float] | None = None,
+                 transfer_failed: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Writes report.md, report.html, final.png and curves.png in ``workdir``; returns the point
-    results."""
+    results. ``transfer_failed``: {point name: error} of the transfers that failed (their cells
+    said "–", as a point never transferred)."""
     results = [point_result(workdir, p) for p in sweep.points]
-    has_transfer = any(r["transfer"] for r in results)
+    transfer_failed = transfer_failed or {}
+    has_transfer = any(r["transfer"] for r in results) or bool(transfer_failed)
     blocks: list[Block] = [("h1", title)]
     if sweep.description:
         blocks.append(("p", sweep.description))
@@ -139,11 +142,16 @@ def write_report(workdir: str, sweep: Sweep, *, title: str, command: str = "",
         row += ["–" if r["lr"] is None else f"{r['lr']:.3g}", r["status"],
                 outcome(r) + (" *" if r is best else ""),
                 f"{r['step']}/{r['steps'] or '?'}", _num(r["wall_s"]), _num(r["cpu_s"])]
-        if has_transfer:
+        if has_transfer and r["point"].name in transfer_failed:
+            row += ["failed", "failed"]
+        elif has_transfer:
             t = r["transfer"] or {}
             row += [_pct(t.get(f"{split}_accuracy")), _pct(t.get(f"neuron_{split}_accuracy"))]
         rows.append(row)
     blocks += [("h2", "All points"), ("table", header, rows)]
+    if transfer_failed:
+        blocks.append(("p", "Transfer failed: " + "; ".join(
+            f"{name}: {error}" for name, error in sorted(transfer_failed.items()))))
 
     for a, b in itertools.combinations(range(len(sweep.axes)), 2):
         blocks += _pair_tables(sweep, results, a, b, split if has_transfer else None)

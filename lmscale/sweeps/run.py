@@ -64,7 +64,9 @@ def run_sweep(base: ml_collections.ConfigDict, config_file: str, sweep_file: str
             ok = [os.path.join(workdir, p.name) for p in sweep.points
                   if (read_status(os.path.join(workdir, p.name)) or {}).get("status") == "ok"]
             transfer_failed = transfer_points(ok, transfer, log)
-        results = write_report(workdir, sweep, title=title, command=command, totals=_totals(workdir))
+        results = write_report(workdir, sweep, title=title, command=command, totals=_totals(workdir),
+                               transfer_failed={os.path.basename(d): e
+                                                for d, e in transfer_failed.items()})
     finally:
         lock.release()
     log(f"sweep: report in {os.path.join(workdir, 'report.md')} and report.html")

@@ -91,6 +91,11 @@ def test_other_sets_are_transferred_again_and_a_failed_transfer_spares_the_other
     assert list(result["transfer_failed"]) == ["hidden-8"]
     assert "holds no checkpoint" in result["transfer_failed"]["hidden-8"]
     assert any(line.startswith("sweep: transfer hidden-8 failed: ") for line in lines)
+    # The report said "–" for a failed transfer (or, as here, the old sets' accuracy)
+    report = (out / "report.md").read_text()
+    row = next(line for line in report.splitlines() if line.startswith("| 8 |"))
+    assert row.rstrip(" |").endswith("failed | failed"), row
+    assert "Transfer failed: hidden-8: " in report and "holds no checkpoint" in report
 
 
 def test_a_test_set_that_is_the_train_file_is_refused_before_training(tiny: Path):
