@@ -70,16 +70,16 @@ def check_same_start(meta: dict[str, Any], config: ml_collections.ConfigDict, lm
     otherwise say different things. ``fingerprints``: the train/val data's
     (``Labeled.fingerprint``); where the run recorded them they decide, not the paths' text."""
     old_config, old = meta.get("config") or {}, meta.get("derived") or {}
-    recorded = old.get("texts_fingerprint") or {}
-    for split in ("train", "val"):
-        if split in recorded and split in (fingerprints or {}):
-            if recorded[split] != fingerprints[split]:
-                raise CheckpointMismatchError(
-                    f"{workdir} was fine-tuned on other texts or labels than finetune.{split}="
-                    f"{config.finetune[split]!r} holds now (the file was edited or replaced); "
-                    f"resuming on them is refused (the steps so far, and the best checkpoint's "
-                    f"score, come from the old ones); restore the file, use a new --workdir, or "
-                    f"--config.resume=false to start afresh (the old run is archived)")
+    recorded, fingerprints = old.get("texts_fingerprint") or {}, fingerprints or {}
+    compared = [split for split in ("train", "val") if split in recorded and split in fingerprints]
+    for split in compared:
+        if recorded[split] != fingerprints[split]:
+            raise CheckpointMismatchError(
+                f"{workdir} was fine-tuned on other texts or labels than finetune.{split}="
+                f"{config.finetune[split]!r} holds now (the file was edited or replaced); "
+                f"resuming on them is refused (the steps so far, and the best checkpoint's "
+                f"score, come from the old ones); restore the file, use a new --workdir, or "
+                f"--config.resume=false to start afresh (the old run is archived)")
     ft, train = config.finetune, config.train
     now = {"init_from": os.path.abspath(config.init_from), "lm_step": lm_step,
            "finetune.lm_init": ft.lm_init, "finetune.train": ft.train,
@@ -107,9 +107,8 @@ def check_same_start(meta: dict[str, Any], config: ml_collections.ConfigDict, lm
                                   f" the device count sets it, {devices} then"
                                   if train.per_device_batch_size and devices else "") + ")"}
     for key, value in now.items():
-        if key in ("finetune.train", "finetune.val") and key[9:] in recorded and key[9:] in (
-                fingerprints or {}):
-            continue  # the same data, whatever path names it now
+        if key in [f"finetune.{split}" for split in compared]:
+            continue  # the same data (checked above), whatever path names it now
         if (before[key] is not None and before[key] != value
                 and not recorded_with_home(before[key], value)):
             what = "the LM's checkpoint step" if key == "lm_step" else key

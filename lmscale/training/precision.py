@@ -176,8 +176,8 @@ class SkippedRun:
         window = step - self.last_step
         if window <= 0:
             return self.run
-        every = dynamic and skipped - self.last_skipped == window
-        return self.run + window if every else 0
+        all_skipped = dynamic and skipped - self.last_skipped == window
+        return self.run + window if all_skipped else 0
 
     def advance(self, step: int, skipped: int, dynamic: bool) -> int:
         """Counts the steps since the last call into the run (all skipped) or ends it; the run.
