@@ -103,6 +103,10 @@ def write_report(workdir: str, sweep: Sweep, *, title: str, command: str = "",
     said "–", as a point never transferred)."""
     results = [point_result(workdir, p) for p in sweep.points]
     transfer_failed = transfer_failed or {}
+    for r in results:  # old results.json (other labeled sets) shown nowhere as this run's
+        r["transfer_failed"] = r["point"].name in transfer_failed
+        if r["transfer_failed"]:
+            r["transfer"] = None
     has_transfer = any(r["transfer"] for r in results) or bool(transfer_failed)
     blocks: list[Block] = [("h1", title)]
     if sweep.description:
@@ -190,7 +194,9 @@ def _pair_tables(sweep: Sweep, results: list[dict[str, Any]], a: int, b: int,
                 want = {**where, axis_a: va, axis_b: vb}
                 r = next(r for r in results if all(r["point"].values[k] == v for k, v in want.items()))
                 cell = f"{outcome(r)} · {r['step']} steps · {_num(r['wall_s'])} s"
-                if transfer_split and r["transfer"]:
+                if transfer_split and r.get("transfer_failed"):
+                    cell += " · transfer failed"
+                elif transfer_split and r["transfer"]:
                     cell += f" · {transfer_split} acc {_pct(r['transfer'][f'{transfer_split}_accuracy'])}"
                 row.append(cell)
             rows.append(row)

@@ -91,14 +91,17 @@ def device_groups(parallel: int) -> list[dict[str, str]]:
     return groups
 
 
-def per_device_batch_note(points: list[Point], parallel: int) -> str | None:
+def per_device_batch_note(points: list[Point], parallel: int,
+                          cpu_devices: str | None = None) -> str | None:
     """A note when points set ``train.per_device_batch_size``: their global batch (and rate)
     follows the devices of their slot, which ``--parallel`` sets (a re-run with another one
-    trained the points left at other batches, unsaid)."""
+    trained the points left at other batches, unsaid); ``cpu_devices``: the command's own
+    ``parallel.cpu_devices``, each CPU slot's count then."""
     if not any(p.overrides.get("train.per_device_batch_size") for p in points):
         return None
-    where = ("on a CPU host one device each, on GPUs its group" if parallel > 1
-             else "all the host's")
+    cpu = f"{cpu_devices} devices each (the command's parallel.cpu_devices)" if cpu_devices \
+        else "one device each"
+    where = (f"on a CPU host {cpu}, on GPUs its group" if parallel > 1 else "all the host's")
     return (f"note: the points set train.per_device_batch_size: each trains a global batch of "
             f"it times its devices ({where} with --parallel={parallel}), the learning rate "
             f"scaled for that batch; another --parallel gives the points left other batches, "
@@ -119,11 +122,13 @@ def idle_groups_note(parallel: int, to_run: int, envs: list[dict[str, str]]) -> 
             f"where train.per_device_batch_size sets it)")
 
 
-def gives_cpu_devices(options: RunOptions) -> bool:
-    """Whether the sweep command sets ``parallel.cpu_devices`` itself: each point then gets
+def given_cpu_devices(options: RunOptions) -> str | None:
+    """The sweep command's own ``parallel.cpu_devices``, if it sets it: each point then gets
     that many CPU devices, not a CPU slot's one (appended after it, the slot's count won,
     unsaid)."""
-    return any(f.startswith("--config.parallel.cpu_devices=") for f in options.config_flags)
+    given = [f.split("=", 1)[1] for f in options.config_flags
+             if f.startswith("--config.parallel.cpu_devices=")]
+    return given[-1] if given else None
 
 
 def train_command(point: Point, point_dir: str, options: RunOptions,
@@ -131,7 +136,7 @@ def train_command(point: Point, point_dir: str, options: RunOptions,
     """The point's ``lmscale.train`` command. A CPU slot's one device (``JAX_NUM_CPU_DEVICES``
     in ``env``) is also said as ``parallel.cpu_devices``, so that the logged command and the
     point's config.json rerun it on as many devices (bit for bit) when started by hand."""
-    devices = None if gives_cpu_devices(options) else (env or {}).get("JAX_NUM_CPU_DEVICES")
+    devices = None if given_cpu_devices(options) else (env or {}).get("JAX_NUM_CPU_DEVICES")
     return [options.python, "-m", "lmscale.train", f"--config={options.config_file}",
             f"--workdir={point_dir}", *options.config_flags, *override_flags(point.overrides),
             *([f"--config.parallel.cpu_devices={devices}"] if devices else [])]
@@ -166,10 +171,11 @@ class Runner:
         if not pending:
             return
         envs = device_groups(self.options.parallel)
-        if gives_cpu_devices(self.options):  # JAX_NUM_CPU_DEVICES=1 would win over it
+        if given_cpu_devices(self.options):  # JAX_NUM_CPU_DEVICES=1 would win over it
             envs = [{k: v for k, v in e.items() if k != "JAX_NUM_CPU_DEVICES"} for e in envs]
         for note in (idle_groups_note(self.options.parallel, len(pending), envs),
-                     per_device_batch_note(pending, self.options.parallel)):
+                     per_device_batch_note(pending, self.options.parallel,
+                                           given_cpu_devices(self.options))):
             if note:
                 self.options.log(note)
         free = list(range(self.options.parallel))

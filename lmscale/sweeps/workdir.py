@@ -61,9 +61,8 @@ def claim(workdir: str, base_config: dict[str, Any], sweep: Sweep, config_file: 
                                                     "points_added": sorted(set(new) - set(old))}]
             _write_json(path, {**saved, "points": identity["points"], "extended": extended})
         return
-    if os.path.isdir(workdir) and [n for n in os.listdir(workdir) if not n.startswith(".")]:
-        raise SweepError(f"{workdir} is not empty and holds no {IDENTITY_FILE}: not a sweep folder")
-    make_folder(workdir)
+    check_sweep_folder(workdir)
+    os.makedirs(workdir, exist_ok=True)
     record = {"config_file": config_file, "sweep_file": sweep_file, "axes": sweep.axes,
               "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **identity}
     _write_json(path, record)
@@ -134,17 +133,21 @@ class Lock:
             self.fd = None
 
 
-def make_folder(workdir: str) -> None:
-    """Makes the sweep's folder; a SweepError where ``workdir`` is a file."""
+def check_sweep_folder(workdir: str) -> None:
+    """A SweepError where ``workdir`` is a file, or a folder with other files and no
+    sweep.json: checked before the lock, which would leave its .sweep.lock there."""
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise SweepError(f"--workdir={workdir} is a file, not a folder: give the sweep's folder")
-    os.makedirs(workdir, exist_ok=True)
+    if (os.path.isdir(workdir) and not os.path.exists(os.path.join(workdir, IDENTITY_FILE))
+            and [n for n in os.listdir(workdir) if not n.startswith(".")]):
+        raise SweepError(f"{workdir} is not empty and holds no {IDENTITY_FILE}: not a sweep folder")
 
 
 def lock_sweep(workdir: str) -> Lock:
     """The sweep folder's lock (the folder made if needed): one sweep process per folder at a
     time. Taken before ``claim``: a sweep refused as in use must not rewrite sweep.json."""
-    make_folder(workdir)
+    check_sweep_folder(workdir)  # a user's folder refused keeps no .sweep.lock
+    os.makedirs(workdir, exist_ok=True)
     lock = Lock(os.path.join(workdir, LOCK_FILE))
     if not lock.try_acquire():
         raise SweepError(f"{workdir} is in use by another running sweep")

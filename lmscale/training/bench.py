@@ -19,8 +19,9 @@ by Zipf's law and their shares counted). A training step costs
 With remat (``model.remat``: "segments" for the mLSTM/LSTM, "block" for the transformer) the
 step also recomputes part of the forward (the transformer's blocks; the mLSTM/LSTM's
 recurrence only, its input projections are kept: each kind's
-``ModelKind.recompute_flops_per_token``); those FLOPs (``recompute_flops_per_token``) are not
-the model's, so the record keeps both: ``flop_per_s`` / ``of_matmul_rate`` count the model's
+``ModelKind.recompute_flops_per_token``), and an adaptive softmax's backward forms each
+target's tail-cluster logits again (one more tail forward); those FLOPs
+(``recompute_flops_per_token``) are not the model's, so the record keeps both: ``flop_per_s`` / ``of_matmul_rate`` count the model's
 FLOPs (model FLOPs utilization), ``hardware_flop_per_s`` / ``hardware_of_matmul_rate`` add the
 recomputed ones (what the device executed).
 

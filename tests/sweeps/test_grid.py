@@ -124,3 +124,6 @@ def test_points_setting_a_per_device_batch_are_told_their_batch_follows_parallel
                            "global batch of it times its devices (on a CPU host one device "
                            "each, on GPUs its group with --parallel=2)")
     assert "(all the host's with --parallel=1)" in per_device_batch_note([per_device], 1)
+    # the command's own parallel.cpu_devices is each CPU slot's count (it said "one device")
+    assert ("(on a CPU host 2 devices each (the command's parallel.cpu_devices), on GPUs its "
+            "group with --parallel=2)") in per_device_batch_note([per_device], 2, "2")

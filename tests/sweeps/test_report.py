@@ -102,3 +102,23 @@ def test_a_diverged_points_curve_is_drawn_at_the_top_not_off_the_axes(tmp_path):
     low, high = ax.get_ylim()
     ys = [y for line in ax.get_lines() for y in line.get_ydata()]
     assert all(low <= y <= high for y in ys), (ys, (low, high))
+
+
+def test_a_failed_transfer_shows_no_old_accuracy_in_the_pair_tables(tmp_path):
+    """The All points row said 'failed', the axis-pair cell the old results.json's accuracy."""
+    import json
+
+    from lmscale.sweeps.grid import Point, Sweep
+    from lmscale.sweeps.report import write_report
+    values = [{"model.hidden": h, "optim.lr": lr} for h in (8, 16) for lr in (1e-3, 3e-3)]
+    points = [Point(f"hidden-{v['model.hidden']}_lr-{v['optim.lr']}", v, v) for v in values]
+    sweep = Sweep(axes=["model.hidden", "optim.lr"],
+                  axis_values={"model.hidden": [8, 16], "optim.lr": [1e-3, 3e-3]}, points=points)
+    for p in points:
+        (tmp_path / p.name / "transfer").mkdir(parents=True)
+        (tmp_path / p.name / "transfer" / "results.json").write_text(json.dumps(
+            {"all_features": {"val_accuracy": 0.777}, "neuron": {}, "features": {"dimensions": 8}}))
+    write_report(str(tmp_path), sweep, title="t", transfer_failed={points[0].name: "gone"})
+    pair = [line for line in (tmp_path / "report.md").read_text().splitlines()
+            if line.startswith("| 8 |") and "steps" in line][0]
+    assert pair.count("val acc 77.7 %") == 1 and "transfer failed" in pair, pair

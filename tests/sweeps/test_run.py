@@ -53,3 +53,24 @@ def test_a_sweep_refused_as_in_use_leaves_sweep_json_alone(tiny, tmp_path, monke
         held.release()
     assert json.loads((out / "sweep.json").read_text()) == before
     run_sweep(base_config(tiny), str(tiny / "tiny.py"), small, str(out), log=lambda line: None)
+
+
+def test_a_refused_non_sweep_folder_keeps_no_lock_file(tiny, tmp_path, monkeypatch):
+    """The lock, taken before claim, left .sweep.lock in a user's folder refused as no sweep's."""
+    import os
+
+    import pytest
+
+    from lmscale.sweeps import SweepError
+    monkeypatch.setattr(Runner, "run", lambda self, points: None)
+    sweep_file = write_sweep(tmp_path / "s.py", """
+        def get_sweep():
+            return {"grid": {"optim.lr": [1e-3, 3e-3]}}
+    """)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(SweepError, match="not a sweep folder"):
+        run_sweep(base_config(tiny), str(tiny / "tiny.py"), sweep_file, str(mine),
+                  log=lambda line: None)
+    assert sorted(os.listdir(mine)) == ["notes.txt"]
