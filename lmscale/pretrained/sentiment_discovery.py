@@ -328,6 +328,27 @@ def require_torch(path: str) -> Any:
     return torch
 
 
+def _what_file(path: str) -> str | None:
+    """What a file that is no PyTorch checkpoint is, where its first bytes say (else None: a
+    checkpoint is a zip archive, or an older pickle, both binary from their first bytes)."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"\x93NUMPY"):
+        return ("it is a NumPy .npy array (OpenAI's layout is a folder of those: "
+                "--from=openai)")
+    if any(b < 32 and b not in b"\t\n\r" for b in head):  # binary (e.g. NULs)
+        return None
+    for cut in range(4):  # 512 bytes may end inside a character
+        try:
+            head[:len(head) - cut].decode("utf-8")
+            return "it is a text file"
+        except UnicodeDecodeError:
+            pass
+    return None
+
+
 def load_pt(path: str, *, weight_norm: bool | None = None,
             two_biases: bool | None = None) -> LMWeights:
     """Reads a sentiment-discovery .pt checkpoint with ``torch.load(weights_only=True)``."""
@@ -338,6 +359,9 @@ def load_pt(path: str, *, weight_norm: bool | None = None,
         raise ConvertError(f"{path} is a folder; expected {EXPECTED} saved as a .pt file{hint}")
     if not os.path.isfile(path):
         raise ConvertError(f"{path} is missing; expected {EXPECTED} saved as a .pt file")
+    what = _what_file(path)
+    if what:  # an empty, NumPy or text file: said so (torch said "KeyError: 101", "EOFError: ")
+        raise ConvertError(f"{path} is not a PyTorch file: {what}; expected {EXPECTED}")
     torch = require_torch(path)
     try:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)

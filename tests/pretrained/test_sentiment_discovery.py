@@ -186,7 +186,7 @@ class _Marker:
 @pytest.mark.skipif(HAS_TORCH, reason="torch is installed")
 def test_pt_without_torch_says_how_to_install(tmp_path):
     path = tmp_path / "m.pt"
-    path.write_bytes(b"not read")
+    path.write_bytes(b"PK\x03\x04\x00\x00 not read")  # a zip archive's first bytes, as a .pt's
     with pytest.raises(ConvertError, match=r"m\.pt: PyTorch files need torch.*lmscale\[torch\]"):
         load_pt(str(path))
 
@@ -228,6 +228,18 @@ def test_pt_with_python_objects_is_refused(tmp_path):
     garbage.write_bytes(b"\x00" * 64)
     with pytest.raises(ConvertError, match=r"garbage\.pt is not a readable PyTorch file"):
         load_pt(str(garbage))
+
+
+@pytest.mark.parametrize("content,says", [(b"", "the file is empty"),
+                                          (b"hello, not a checkpoint\n", "it is a text file"),
+                                          (b"\x93NUMPY\x01\x00v\x00{'descr'", r"it is a NumPy \.npy array")])
+def test_a_file_that_is_not_a_pt_says_what_it_is(tmp_path, content, says):
+    """torch said "EOFError: ", "KeyError: 101", "Unsupported operand 147" (and without torch,
+    to install it): said before torch is needed."""
+    path = tmp_path / "m.pt"
+    path.write_bytes(content)
+    with pytest.raises(ConvertError, match=rf"m\.pt is not a PyTorch file: {says}"):
+        load_pt(str(path))
 
 
 @pytest.mark.parametrize("rows", [256, 257])
