@@ -7,9 +7,9 @@ Writes one row per input text: the text, p_<class> per class, and the predicted 
 (``predicted``, single-label) or a 0/1 ``predicted_<class>`` column per class (multi-label,
 with the thresholds tuned on validation). With --labels the input's label column(s) are
 copied (``gold``, ``gold_<class>``) and scored (metrics printed and written to
-OUTPUT.metrics.json). Input: .csv/.tsv/.jsonl or tfds:NAME/SPLIT; OUTPUT may not be the input. ``--output=-``
-(or /dev/stdout, a pipe) writes the CSV to standard output, what is said to stderr, and no
-metrics file.
+OUTPUT.metrics.json). Input: .csv/.tsv/.jsonl or tfds:NAME/SPLIT; OUTPUT may not be the
+input. ``--output=-`` (or /dev/stdout, a pipe) writes the CSV to standard output, what is said
+to stderr, and no metrics file.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from lmscale.atomic import write_json
 from lmscale.cli import parse_flags, run_cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A fine-tuned run, or a transfer output / LM workdir.")
-_INPUT = flags.DEFINE_string("input", None, "Texts to classify: .csv/.tsv/.jsonl or tfds:NAME/SPLIT.")
+_INPUT = flags.DEFINE_string("input", None,
+                             "Texts to classify: .csv/.tsv/.jsonl or tfds:NAME/SPLIT.")
 _TEXT = flags.DEFINE_string("text_column", "text", "Column/field holding the text.")
 _OUTPUT = flags.DEFINE_string("output", None, "Predictions CSV to write (- : standard output).")
 _LABELS = flags.DEFINE_string("labels", None, "Label column(s) of the input to score against "

@@ -61,7 +61,8 @@ from lmscale.training.command_log import record_command
 from lmscale.training.archive import archive_previous_run
 from lmscale.training.resume import (RUN_FILES, check_same_optimizer, keep_config_history,
                                      resumed_derived, software_versions)
-from lmscale.training.state import TrainState, host_zeros_like, initial_state, placed_on, state_shardings
+from lmscale.training.state import (TrainState, host_zeros_like, initial_state, placed_on,
+                                    state_shardings)
 from lmscale.training.step_timer import StepTimer
 from lmscale.training.stop import StopSignal
 from lmscale.training.workdir_lock import locked_workdir
@@ -424,7 +425,8 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
                     print(f"step {step}/{steps}: loss {record['loss']:.4f} "
                           f"{accuracy_name.replace('_', ' ')} {record[accuracy_name]:.4f} "
                           f"lr {record['lr']:.2e}", file=sys.stderr, flush=True)
-                state = state.replace(acc=jax.device_put(host_zeros_like(acc_shapes), mesh_lib.replicated(mesh)))
+                state = state.replace(acc=jax.device_put(host_zeros_like(acc_shapes),
+                                                         mesh_lib.replicated(mesh)))
                 timer.reset()
             if (config.train.eval_every and step % config.train.eval_every == 0) or step == steps:
                 check_finite(checkpointer, state, LOWER)  # a NaN classifier was kept as "best"

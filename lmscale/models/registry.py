@@ -93,8 +93,9 @@ class ModelKind:
     trained_length: Callable[[Any, Any], int | None] | None = dataclasses.field(default=None,
                                                                                compare=False)
     # (model_config, seq_len) -> forward FLOPs per token a training step computes again under
-    # the kind's model.remat, called only with remat on (what the device executes beyond the model's 3x forward); None:
-    # the kind recomputes nothing (see :func:`recompute_flops_per_token`).
+    # the kind's model.remat, called only with remat on (what the device executes beyond the
+    # model's 3x forward); None: the kind recomputes nothing (see
+    # :func:`recompute_flops_per_token`).
     recompute_flops_per_token: Callable[[Any, int], int] | None = dataclasses.field(
         default=None, compare=False)
 

@@ -146,7 +146,7 @@ def write_report(workdir: str, sweep: Sweep, *, title: str, command: str = "",
         row += ["–" if r["lr"] is None else f"{r['lr']:.3g}", r["status"],
                 outcome(r) + (" *" if r is best else ""),
                 f"{r['step']}/{r['steps'] or '?'}", _num(r["wall_s"]), _num(r["cpu_s"])]
-        if has_transfer and r["point"].name in transfer_failed:
+        if has_transfer and r["transfer_failed"]:
             row += ["failed", "failed"]
         elif has_transfer:
             t = r["transfer"] or {}
@@ -194,7 +194,7 @@ def _pair_tables(sweep: Sweep, results: list[dict[str, Any]], a: int, b: int,
                 want = {**where, axis_a: va, axis_b: vb}
                 r = next(r for r in results if all(r["point"].values[k] == v for k, v in want.items()))
                 cell = f"{outcome(r)} · {r['step']} steps · {_num(r['wall_s'])} s"
-                if transfer_split and r.get("transfer_failed"):
+                if transfer_split and r["transfer_failed"]:
                     cell += " · transfer failed"
                 elif transfer_split and r["transfer"]:
                     cell += f" · {transfer_split} acc {_pct(r['transfer'][f'{transfer_split}_accuracy'])}"

@@ -63,16 +63,16 @@ def run_sweep(base: ml_collections.ConfigDict, config_file: str, sweep_file: str
         if transfer is not None:
             ok = [os.path.join(workdir, p.name) for p in sweep.points
                   if (read_status(os.path.join(workdir, p.name)) or {}).get("status") == "ok"]
-            transfer_failed = transfer_points(ok, transfer, log)
-        results = write_report(workdir, sweep, title=title, command=command, totals=_totals(workdir),
-                               transfer_failed={os.path.basename(d): e
-                                                for d, e in transfer_failed.items()})
+            transfer_failed = {os.path.basename(d): e
+                               for d, e in transfer_points(ok, transfer, log).items()}
+        results = write_report(workdir, sweep, title=title, command=command,
+                               totals=_totals(workdir), transfer_failed=transfer_failed)
     finally:
         lock.release()
     log(f"sweep: report in {os.path.join(workdir, 'report.md')} and report.html")
     return {"sweep": sweep, "results": results, "trained": runner.trained,
             "report": os.path.join(workdir, "report.md"),
-            "transfer_failed": {os.path.basename(d): e for d, e in transfer_failed.items()}}
+            "transfer_failed": transfer_failed}
 
 
 def check_flags_not_swept(config_flags: list[str], sweep: Sweep) -> None:

@@ -171,11 +171,11 @@ class Runner:
         if not pending:
             return
         envs = device_groups(self.options.parallel)
-        if given_cpu_devices(self.options):  # JAX_NUM_CPU_DEVICES=1 would win over it
+        cpu_devices = given_cpu_devices(self.options)
+        if cpu_devices:  # JAX_NUM_CPU_DEVICES=1 would win over it
             envs = [{k: v for k, v in e.items() if k != "JAX_NUM_CPU_DEVICES"} for e in envs]
         for note in (idle_groups_note(self.options.parallel, len(pending), envs),
-                     per_device_batch_note(pending, self.options.parallel,
-                                           given_cpu_devices(self.options))):
+                     per_device_batch_note(pending, self.options.parallel, cpu_devices)):
             if note:
                 self.options.log(note)
         free = list(range(self.options.parallel))

@@ -21,9 +21,10 @@ step also recomputes part of the forward (the transformer's blocks; the mLSTM/LS
 recurrence only, its input projections are kept: each kind's
 ``ModelKind.recompute_flops_per_token``), and an adaptive softmax's backward forms each
 target's tail-cluster logits again (one more tail forward); those FLOPs
-(``recompute_flops_per_token``) are not the model's, so the record keeps both: ``flop_per_s`` / ``of_matmul_rate`` count the model's
-FLOPs (model FLOPs utilization), ``hardware_flop_per_s`` / ``hardware_of_matmul_rate`` add the
-recomputed ones (what the device executed).
+(``recompute_flops_per_token``) are not the model's, so the record keeps both: ``flop_per_s``
+/ ``of_matmul_rate`` count the model's FLOPs (model FLOPs utilization),
+``hardware_flop_per_s`` / ``hardware_of_matmul_rate`` add the recomputed ones (what the
+device executed).
 
 Achieved FLOP/s = FLOPs per step / median step time; it is compared with the measured rate
 of a dense n x n matmul in the compute dtype, accumulated in float32 as the step's matmuls

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from lmscale.sweeps import run_sweep
+import json
+import os
+
+import pytest
+
+from lmscale.sweeps import SweepError, run_sweep
 from lmscale.sweeps.runner import Runner
+from lmscale.sweeps.workdir import lock_sweep
 from tests.sweeps.conftest import base_config, write_sweep
 
 
@@ -27,12 +33,6 @@ def test_at_a_time_is_at_most_the_points_to_run(tiny, tmp_path, monkeypatch):
 def test_a_sweep_refused_as_in_use_leaves_sweep_json_alone(tiny, tmp_path, monkeypatch):
     """An extended grid started while another sweep held the folder was refused ("in use")
     but had already recorded its points in sweep.json: the first command was refused after."""
-    import json
-
-    import pytest
-
-    from lmscale.sweeps import SweepError
-    from lmscale.sweeps.workdir import lock_sweep
     monkeypatch.setattr(Runner, "run", lambda self, points: None)
     small = write_sweep(tmp_path / "s.py", """
         def get_sweep():
@@ -57,11 +57,6 @@ def test_a_sweep_refused_as_in_use_leaves_sweep_json_alone(tiny, tmp_path, monke
 
 def test_a_refused_non_sweep_folder_keeps_no_lock_file(tiny, tmp_path, monkeypatch):
     """The lock, taken before claim, left .sweep.lock in a user's folder refused as no sweep's."""
-    import os
-
-    import pytest
-
-    from lmscale.sweeps import SweepError
     monkeypatch.setattr(Runner, "run", lambda self, points: None)
     sweep_file = write_sweep(tmp_path / "s.py", """
         def get_sweep():
