@@ -67,6 +67,12 @@ def refuse_classifier_run(workdir: str) -> None:
     path = os.path.join(workdir, "config.json")
     record = _read_record(path) if os.path.isfile(path) else None
     derived = (record or {}).get("derived") or {}
+    if record is None and os.path.isfile(os.path.join(workdir, "classifier.json")):
+        # lmscale.transfer's output (classifier.json, results.json): training here made the
+        # folder an LM run too, and load_lm then read that LM instead of naming the transfer.
+        raise CheckpointMismatchError(
+            f"{workdir} holds a transfer output (lmscale.transfer's classifier), not a language "
+            f"model's training run: train the LM in another --workdir")
     if "class_names" in derived and os.path.isdir(os.path.join(workdir, "checkpoints")):
         raise CheckpointMismatchError(
             f"{workdir} holds a fine-tuned classifier (lmscale.finetune), not a language "
