@@ -326,13 +326,27 @@ def refuse_several_processes(tool: str, env: Mapping[str, str]) -> None:
     try:
         group = resolve(None, None, None, env)
     except DistributedError:
-        return
+        group = _several_without_coordinator(env)
     if group is not None:
         print(f"error: {tool} runs as one process (over the devices of its host), and this "
               f"one was started as one of several (process {group.rank} of {group.size}, from "
               f"{group.source}): start it once, without launch/local.py (or with srun "
               f"--ntasks=1)", file=sys.stderr)
         sys.exit(1)
+
+
+def _several_without_coordinator(env: Mapping[str, str]) -> ProcessGroup | None:
+    """A launch of several processes that a trainer could not join (no coordinator to be
+    found), which a one-process tool must still refuse: an Open MPI 5 job (no
+    OMPI_MCA_orte_hnp_uri: ``mpirun -n 2 python -m lmscale.eval`` ran the whole job twice), or
+    LMSCALE_NUM_PROCESSES > 1 without an address. None for the half-set SLURM batch environment."""
+    for name, rank_name, source in ((ENV_NUM_PROCESSES, ENV_PROCESS_ID, "LMSCALE_* environment"),
+                                    ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "Open MPI")):
+        size, rank = env.get(name, "").strip(), env.get(rank_name, "").strip()
+        if size.isdigit() and int(size) > 1:
+            return ProcessGroup(None, int(size), None, int(rank) if rank.isdigit() else 0,
+                                int(size), source)
+    return None
 
 
 def check_same_config(config: object) -> None:

@@ -48,6 +48,9 @@ flags.register_validator("cpu_budget_minutes", lambda v: v is None or math.isfin
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    import os
+    from lmscale.distributed import refuse_several_processes
+    refuse_several_processes("lmscale.sweep", dict(os.environ))  # each task ran the whole sweep
     from lmscale.sweeps import SweepError, run_sweep
     from lmscale.sweeps.runner import SweepInterrupted
     from lmscale.sweeps.transfer import TransferSets

@@ -24,7 +24,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from lmscale.cli import EXIT_DIVERGED, PARENT_ENV
 from lmscale.sweeps.divergence import DEFAULT_FACTOR, find_divergence, read_records
@@ -63,6 +63,17 @@ class _Job:
     started: float
     prior: dict[str, Any]
     divergence: dict[str, Any] | None = None
+
+
+def single_process_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` for a point's trainer, one process whatever the sweep's environment says:
+    a sweep in a SLURM batch script of several tasks (SLURM_NTASKS without a step's
+    variables) had every point fail with "start one task per process with srun (or pass
+    --num_processes=1)", a flag the sweep gives no way to pass."""
+    from lmscale.distributed import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID
+    env = {k: v for k, v in environ.items() if k not in (ENV_COORDINATOR, ENV_PROCESS_ID)}
+    env[ENV_NUM_PROCESSES] = "1"
+    return env
 
 
 def device_groups(parallel: int) -> list[dict[str, str]]:
@@ -261,7 +272,8 @@ class Runner:
         log_file.write(f"$ {' '.join(command)}\n")
         log_file.flush()
         proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1", **env,
+                                env={**single_process_env(os.environ),
+                                     "PYTHONUNBUFFERED": "1", **env,
                                      PARENT_ENV: str(os.getpid())},  # cli.die_with_parent
                                 pass_fds=(lock.fd,))
         write_status(point_dir, {"status": "running", "point": point.to_dict(), "command": command,

@@ -316,3 +316,16 @@ def test_a_best_json_process_0_cannot_write_again_stops_every_process(tmp_path, 
     assert "Is a directory" in err0, err0[-2000:]
     assert error_lines(err1) == [f"error: process 0 could not write {run}/best.json again (or "
                                  f"keep the damaged one aside); see its error"], err1[-2000:]
+
+
+def test_a_tool_started_by_open_mpi_5_is_refused(capsys):
+    """`mpirun -n 2 python -m lmscale.eval` under Open MPI 5 (no OMPI_MCA_orte_hnp_uri): resolve
+    raised, which read as one process, and each rank did the whole job."""
+    import pytest
+
+    from lmscale.distributed import refuse_several_processes
+    with pytest.raises(SystemExit) as stop:
+        refuse_several_processes("lmscale.eval",
+                                 {"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "1"})
+    assert stop.value.code == 1
+    assert "process 1 of 2, from Open MPI" in capsys.readouterr().err
