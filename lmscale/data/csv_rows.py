@@ -64,7 +64,15 @@ def csv_rows(path: str, columns: Sequence[str], delimiter: str = ",", *,
                     hint = ("a tab-separated file has no quoting: a text may hold no tab or "
                             "newline" if delimiter == "\t" else "a comma inside a text must be "
                             "quoted")
-                    if n < len(fields):  # a short row: no comma to blame
+                    opened = [v for v in row.values() if isinstance(v, str)
+                              and v.startswith('"') and not v.endswith('"')]
+                    if n < len(fields) and delimiter == "\t" and opened:
+                        # pandas' to_csv(sep="\t") quotes a text holding a newline: one row a
+                        # line cuts it there ("a row needs every column" blamed a missing tab)
+                        hint = ("a quoted text going on past this line? a tab-separated file "
+                                "is read one row a line: a text may hold no newline (write "
+                                "the file as .csv, which quotes it)")
+                    elif n < len(fields):  # a short row: no comma to blame
                         sep = "tab" if delimiter == "\t" else "comma"
                         hint = (f"a row needs every column, an empty one as a {sep} with "
                                 f"nothing after it")

@@ -198,6 +198,14 @@ def load_splits(ft: ml_collections.ConfigDict) -> tuple[dict[str, Labeled], int,
     else:
         k = ft.num_classes or int(splits["train"].labels.max()) + 1
         class_names = [str(i) for i in range(k)]
+        if not ft.num_classes:  # K from the largest id: an id below it no text has is a gap
+            absent = sorted(set(range(k)) - set(np.unique(splits["train"].labels).tolist()))
+            if absent:  # labels 1..K (stars, AG News) made a class 0 that no text has
+                raise DataError(
+                    f"{ft.train}: label column {names[0]!r} has no text of class id(s) "
+                    f"{absent[:5]}, below its largest, {k - 1}; class ids run from 0 (labels "
+                    f"from 1? subtract 1): set finetune.num_classes={k} to keep a class no "
+                    f"training text has")
     if k < 2:
         raise DataError(f"{ft.train}: one class only; classification needs two or more")
     origin = ("finetune.num_classes" if ft.num_classes and named is None else

@@ -72,7 +72,7 @@ def load_labeled(spec: str | os.PathLike[str], *, text_column: str = "sentence",
     label_names = label_columns(label_column)
     if not label_names:
         raise DataError("no label column given")
-    class_names = None
+    class_names, lines = None, None
     if is_tfds(spec):  # " tfds:..." (prepare's is_tfds strips it) was "no such file"
         spec = spec.strip()
         texts, rows = read_tfds(spec[len("tfds:"):], text_column, label_names, hint)
@@ -84,38 +84,48 @@ def load_labeled(spec: str | os.PathLike[str], *, text_column: str = "sentence",
             raise DataError(f"{spec}: no such file{fetch_hint(spec)}")
         ext = format_extension(spec)  # reviews.csv.gz: ".csv"
         if ext in (".csv", ".tsv"):
-            texts, rows = _read_csv(spec, text_column, label_names, "\t" if ext == ".tsv" else ",",
-                                    column_hint)
+            texts, rows, lines = _read_csv(spec, text_column, label_names,
+                                           "\t" if ext == ".tsv" else ",", column_hint)
         elif ext in (".jsonl", ".json"):
-            texts, rows = _read_jsonl(spec, text_column, label_names, hint)
+            texts, rows, lines = _read_jsonl(spec, text_column, label_names, hint)
         else:
             raise DataError(f"{spec}: unsupported file type {ext!r}; expected .csv, .tsv or .jsonl "
                             "(or tfds:NAME/SPLIT)")
     if not texts:
         raise DataError(f"{spec}: no rows")
-    return Labeled(texts=texts, labels=_label_array(rows, spec, label_names), source=spec,
+    return Labeled(texts=texts, labels=_label_array(rows, spec, label_names, lines), source=spec,
                    label_names=label_names, class_names=class_names)
 
 
 MAX_CLASS_NAMES = 100  # distinct class names a label column may hold (more: text, or ids)
 
 
-def _label_array(rows: list[list[int | str]], spec: str, names: list[str]) -> np.ndarray:
+def _label_array(rows: list[list[int | str]], spec: str, names: list[str],
+                 lines: list[int] | None = None) -> np.ndarray:
     """int64 labels [N] or [N, K]; one column of class names: str [N] (``index_classes``
-    numbers them). DataError for names in a multi-label column, a column mixing ids and
-    names, or more than MAX_CLASS_NAMES names or than 10 and half the rows (a text column
-    named as the label)."""
+    numbers them; ``lines``: each row's line in ``spec``, named in errors). DataError for
+    names in a multi-label column, a column mixing ids and names, or more than
+    MAX_CLASS_NAMES names or than 10 and half the rows (a text column named as the label)."""
     for k, name in enumerate(names):
         given = [r[k] for r in rows if isinstance(r[k], str)]
         if not given:
             continue
+        def at(i: int) -> str:  # "FILE:LINE" of row i, where lines are known
+            return f"{spec}:{lines[i]}" if lines is not None else spec
+
+        first = next(i for i, r in enumerate(rows) if isinstance(r[k], str))
         if len(names) > 1:
-            raise DataError(f"{spec}: label column {name!r} has {given[0]!r}; multi-label "
+            raise DataError(f"{at(first)}: label column {name!r} has {given[0]!r}; multi-label "
                             f"columns must be 0 or 1")
         if len(given) < len(rows):
-            number = next(r[k] for r in rows if not isinstance(r[k], str))
-            raise DataError(f"{spec}: label column {name!r} mixes class ids ({number}) and "
-                            f"class names ({given[0]!r}): give one or the other")
+            ids = [i for i, r in enumerate(rows) if not isinstance(r[k], str)]
+            # the fewer kind is the odd one out (a typo "1O" among ids): its first row named
+            odd, kind, other = ((first, "a class name", "class ids") if len(given) <= len(ids)
+                                else (ids[0], "a class id", "class names"))
+            raise DataError(f"{at(odd)}: label column {name!r} is {rows[odd][k]!r}, {kind}, and "
+                            f"{max(len(ids), len(given))} of {len(rows)} rows hold {other} "
+                            f"(e.g. {rows[first if odd != first else ids[0]][k]!r}): give one "
+                            f"or the other")
         distinct = sorted(set(given))
         if len(distinct) > MAX_CLASS_NAMES or len(distinct) > max(10, len(rows) // 2):
             raise DataError(f"{spec}: label column {name!r} has {len(distinct)} distinct "
@@ -218,13 +228,14 @@ def checked_text(text: str, where: str, row: int, column: str) -> str:
 
 
 def _read_csv(path: str, text_column: str, label_names: list[str], delimiter: str,
-              column_hint: str = "") -> tuple[list[str], list[list[int]]]:
-    texts, rows = [], []
+              column_hint: str = "") -> tuple[list[str], list[list[int]], list[int]]:
+    texts, rows, lines = [], [], []
     for line, row in csv_rows(path, [text_column, *label_names], delimiter,
                               column_hint=column_hint):
         texts.append(checked_text(row[text_column], f"{path}:{line}", len(texts) + 1, text_column))
         rows.append([_label(row[c], f"{path}:{line}", c) for c in label_names])
-    return texts, rows
+        lines.append(line)
+    return texts, rows, lines
 
 
 def json_kind(value: Any) -> str:
@@ -259,14 +270,22 @@ def jsonl_records(path: str, text_field: str, other_fields: Sequence[str] = (), 
 def _jsonl_objects(path: str, text_field: str, other_fields: Sequence[str], hint: str,
                    fields: str) -> Iterator[tuple[int, dict[str, Any]]]:
     # utf-8-sig: a byte order mark is read as nothing, as in a CSV file and a prepared corpus
-    with open_input(path, "r", encoding="utf-8-sig") as f:
+    # newline="\n": a line ends at LF only, as JSONL's lines (and prepare's reader): a CR is
+    # JSON whitespace, which universal newlines split a record at ("bad JSON")
+    with open_input(path, "r", encoding="utf-8-sig", newline="\n") as f:
         for i, line in enumerate(f, start=1):
             if not line.strip():
                 continue
+            repeated: list[list[str]] = []  # each object's repeated keys, the outermost last
             try:
-                obj = json.loads(line)
+                obj = json.loads(line, object_pairs_hook=lambda pairs: _object(pairs, repeated))
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{i}: bad JSON ({e.msg})") from None
+            read = (text_field, *other_fields)
+            twice = [k for k in (repeated[-1] if repeated else ()) if k in read]
+            if isinstance(obj, dict) and twice:  # json keeps the last value, silently
+                raise DataError(f"{path}:{i}: the field {twice[0]!r} is given twice in one "
+                                f"object; give it once, so that it is clear which value to read")
             if not isinstance(obj, dict):
                 raise DataError(f"{path}:{i}: {json_kind(obj)}, not a JSON object; each line "
                                 f"must be one object with {fields}")
@@ -279,13 +298,27 @@ def _jsonl_objects(path: str, text_field: str, other_fields: Sequence[str], hint
             yield i, obj
 
 
+def _object(pairs: list[tuple[str, Any]], repeated: list[list[str]]) -> dict[str, Any]:
+    """A JSON object's dict, its repeated keys appended to ``repeated`` (inner objects are
+    built first: the outermost object's come last)."""
+    out: dict[str, Any] = {}
+    twice = []
+    for key, value in pairs:
+        if key in out:
+            twice.append(key)
+        out[key] = value
+    repeated.append(twice)
+    return out
+
+
 def _read_jsonl(path: str, text_field: str, label_names: list[str], hint: str = ""
-                ) -> tuple[list[str], list[list[int]]]:
-    texts, rows = [], []
+                ) -> tuple[list[str], list[list[int]], list[int]]:
+    texts, rows, lines = [], [], []
     for i, obj in jsonl_records(path, text_field, label_names, hint):
         texts.append(checked_text(obj[text_field], f"{path}:{i}", len(texts) + 1, text_field))
         rows.append([_label(obj[k], f"{path}:{i}", k) for k in label_names])
-    return texts, rows
+        lines.append(i)
+    return texts, rows, lines
 
 
 def read_tfds(name: str, text_key: str, label_names: list[str], hint: str = ""

@@ -139,3 +139,17 @@ def test_a_byte_order_mark_starts_a_jsonl_file_as_it_starts_a_csv_file(tmp_path)
     path.write_bytes(b'{"text": "caf\xe9", "label": 1}\n')  # latin-1: named as the CSV reader does
     with pytest.raises(DataError, match=r"a.jsonl:1: not valid UTF-8 \(byte 0xe9 at byte 13"):
         load_labeled(str(path), text_column="text", label_column="label")
+
+
+def test_tsv_text_quoted_past_its_line_is_said(tmp_path):
+    """pandas' to_csv(sep="\\t") quotes a text holding a newline; read one row a line, its
+    first line is a short row: the hint named a missing tab, not the newline."""
+    f = tmp_path / "t.tsv"
+    f.write_text('sentence\tlabel\n"line1\nline2"\t1\nbad\t0\n')
+    with pytest.raises(DataError, match=r"t.tsv:2: 1 fields, and the header has 2 \(a quoted text "
+                                        r"going on past this line\?"):
+        list(csv_rows(str(f), ["sentence", "label"], "\t"))
+    short = tmp_path / "s.tsv"
+    short.write_text('sentence\tlabel\n"quoted"\n')
+    with pytest.raises(DataError, match="an empty one as a tab with nothing after it"):
+        list(csv_rows(str(short), ["sentence", "label"], "\t"))

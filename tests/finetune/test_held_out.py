@@ -43,3 +43,16 @@ def test_run_transfer_checks_its_splits_in_the_apis_words(tmp_path, capsys):
     with pytest.raises(DataError, match=rf"^test={train} is the train file: its scores would "):
         run_transfer(str(tmp_path / "no_run"), str(train), str(train), str(train))
     assert f"note: val={train} is the train file: C is chosen" in capsys.readouterr().err
+
+
+def test_class_ids_from_one_are_refused(tmp_path):
+    """Labels 1/2 (ids counted from 1) made a 3-class task with a class 0 no text has, silently
+    (its F1 of 0 in the macro average); the transfer refuses the same file."""
+    train = tmp_path / "train.csv"
+    train.write_text("sentence,label\n" + "".join(f"text {i},{i % 2 + 1}\n" for i in range(8)))
+    with pytest.raises(DataError, match=r"no text of class id\(s\) \[0\], below its largest, 2; "
+                                        r"class ids run from 0"):
+        load_splits(_ft(str(train), str(train)))
+    c = _ft(str(train), str(train))
+    c.num_classes = 3  # said: a class no training text has is kept
+    assert load_splits(c)[1] == 3

@@ -44,7 +44,8 @@ def test_what_cannot_be_classes_is_refused_naming_it(tmp_path):
     with pytest.raises(DataError, match=r"v.csv: class 'neutral' is not one of the classes "
                                         r"\['neg', 'pos'\] \(those of the training texts\)"):
         index_classes({"train": train, "val": val})
-    with pytest.raises(DataError, match="mixes class ids \\(1\\) and class names \\('pos'\\)"):
+    with pytest.raises(DataError, match=r"m.csv:3: label column 'label' is 'pos', a class "
+                                        r"name, and 1 of 2 rows hold class ids \(e.g. 1\)"):
         load_labeled(_csv(tmp_path / "m.csv", [("a", "1"), ("b", "pos")]))
     with pytest.raises(DataError, match="label column 'joy' has 'yes'; multi-label columns "
                                         "must be 0 or 1"):

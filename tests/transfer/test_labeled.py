@@ -68,7 +68,8 @@ def test_empty_text_and_non_binary_labels(tmp_path):
         require_binary(load_labeled(str(q)), "label")
     r = tmp_path / "words.csv"  # class names: tests/transfer/test_class_names.py
     r.write_text("sentence,label\na,pos\nb,1\n")
-    with pytest.raises(DataError, match=r"mixes class ids \(1\) and class names \('pos'\)"):
+    with pytest.raises(DataError, match=r"words.csv:2: label column 'label' is 'pos', a "
+                                        r"class name, and 1 of 2 rows hold class ids \(e.g. 1\)"):
         load_labeled(str(r))
 
 
@@ -100,7 +101,8 @@ def test_a_label_of_nan_or_inf_is_a_one_line_error_naming_the_file_and_line(tmp_
 @pytest.mark.parametrize("value, why", [
     ("1e20", "v.csv:3: label 'label' is '1e20', not an integer class id"),
     ("-3000000000", "v.csv:3: label 'label' is '-3000000000', not an integer class id"),
-    ("1_0", r"v.csv: label column 'label' mixes class ids \(1\) and class names \('1_0'\)")])
+    ("1_0", r"v.csv:3: label column 'label' is '1_0', a class name, and 1 of 2 rows hold "
+             r"class ids \(e.g. 1\)")])
 def test_a_label_too_large_for_a_class_id_or_with_an_underscore_is_named(tmp_path, value, why):
     """1e20 overflowed the int64 labels with a traceback naming no file; float() read "1_0"
     as 10 (a class name now, not among ids)."""
@@ -150,3 +152,41 @@ def test_a_path_object_reads_as_its_str(tmp_path):
     p.write_text("label,sentence\n1,good\n0,bad\n")
     d = load_labeled(p)
     assert d.texts == ["good", "bad"] and d.labels.tolist() == [1, 0]
+
+
+def test_jsonl_lines_end_at_lf_and_repeated_fields_are_refused(tmp_path):
+    """A CR between a JSONL record's tokens is JSON whitespace (prepare reads the record): it
+    was split into two "lines" (bad JSON at line 1); a label given twice in one object was
+    read as its last value, silently (a CSV header naming a column twice is refused)."""
+    from lmscale.data.errors import DataError
+    from lmscale.transfer.labeled import load_labeled
+    cr = tmp_path / "cr.jsonl"
+    cr.write_bytes(b'{"sentence": "good",\r"label": 1}\r\n{"sentence": "bad", "label": 0}\n')
+    d = load_labeled(str(cr))
+    assert d.texts == ["good", "bad"] and d.labels.tolist() == [1, 0]
+    twice = tmp_path / "twice.jsonl"
+    twice.write_text('{"sentence": "good", "label": 1}\n'
+                     '{"sentence": "bad", "meta": {"label": 5, "label": 6}, "label": 0}\n'
+                     '{"sentence": "odd", "label": 1, "label": 0}\n')
+    with pytest.raises(DataError, match=r"twice.jsonl:3: the field 'label' is given twice"):
+        load_labeled(str(twice))
+
+
+def test_a_label_unlike_the_rest_is_named_by_its_line(tmp_path):
+    """A typo among 500 ids ("1O") was "mixes class ids and class names", no line named."""
+    lines = [f"text {i},{i % 2}\n" for i in range(500)]
+    lines.insert(300, "typo,1O\n")
+    p = tmp_path / "m.csv"
+    p.write_text("sentence,label\n" + "".join(lines))
+    with pytest.raises(DataError, match=r"m.csv:302: label column 'label' is '1O', a class name, "
+                                        r"and 500 of 501 rows hold class ids"):
+        load_labeled(str(p))
+    q = tmp_path / "n.jsonl"  # an id among names: the id's line
+    q.write_text('{"text": "a", "y": "pos"}\n{"text": "b", "y": "neg"}\n{"text": "c", "y": 1}\n')
+    with pytest.raises(DataError, match=r"n.jsonl:3: label column 'y' is 1, a class id, and 2 of "
+                                        r"3 rows hold class names \(e.g. 'pos'\)"):
+        load_labeled(str(q), text_column="text", label_column="y")
+    r = tmp_path / "ml.csv"
+    r.write_text("sentence,a,b\nx,0,1\ny,1,yes\n")
+    with pytest.raises(DataError, match=r"ml.csv:3: label column 'b' has 'yes'; multi-label"):
+        load_labeled(str(r), label_column="a,b")
