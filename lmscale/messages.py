@@ -71,3 +71,21 @@ def errors_for_caller() -> Iterator[None]:
         if len(e.args) == 1 and isinstance(e.args[0], str) and str(e) == e.args[0]:
             e.args = (for_caller(e.args[0]),)
         raise
+
+
+def check_call_arguments(workdir: object, config: object = None, *, wants_config: bool = False,
+                         name: str = "workdir") -> None:
+    """TypeError naming the argument for a notebook's slip: a folder that is not a str or
+    path (None was a TypeError from posixpath naming no argument) or, with ``wants_config``,
+    a config that is not a ConfigDict (a config file's path was an AttributeError on .get)."""
+    import os
+
+    import ml_collections
+
+    if not isinstance(workdir, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a folder (a str or path), got {workdir!r}")
+    if wants_config and not isinstance(config, ml_collections.ConfigDict):
+        hint = (" (a config file's path: load it with lmscale.config.config_from_file(path))"
+                if isinstance(config, (str, os.PathLike)) else "")
+        raise TypeError(f"config must be an ml_collections.ConfigDict, got "
+                        f"{type(config).__name__}{hint}")

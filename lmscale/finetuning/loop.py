@@ -56,7 +56,7 @@ from lmscale.training.precision import (LossScale, Policy, SkippedRun, print_com
 from lmscale.training.restore import TrainedLM, load_trained, weights_fingerprint
 from lmscale.training.run_paths import best_folder
 from lmscale.training.schedules import batch_and_rate_note, finetune_warmup_notes
-from lmscale.messages import errors_for_caller, for_caller
+from lmscale.messages import check_call_arguments, errors_for_caller, for_caller
 from lmscale.training.command_log import record_command
 from lmscale.training.archive import archive_previous_run
 from lmscale.training.resume import (RUN_FILES, check_same_optimizer, keep_config_history,
@@ -128,6 +128,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str,
     """Fine-tunes (or resumes) the classifier in ``workdir``; returns the results dict.
     ``given``: the fields the caller set (the CLI's ``--config.*`` flags), checked even at
     their default (a ``model.*`` one against the LM's; one fine-tuning does not use refused)."""
+    check_call_arguments(workdir, config, wants_config=True)
     with errors_for_caller():  # from a notebook: "config.resume = False", not the flag
         return _checked_finetune(config, workdir, devices, given)
 

@@ -30,7 +30,7 @@ from lmscale.distributed import (check_same_config, leave_word, process_0_does, 
 from lmscale.data.dataset import TokenDataset, dataset_fingerprint
 from lmscale.models.registry import get_kind, trained_length_note, unused_settings_note
 from lmscale.training import mesh as mesh_lib
-from lmscale.messages import errors_for_caller, for_caller
+from lmscale.messages import check_call_arguments, errors_for_caller, for_caller
 from lmscale.training.checkpoints import Checkpointer, check_same_model, model_signature
 from lmscale.training.command_log import record_command
 from lmscale.training.archive import archive_previous_run
@@ -68,6 +68,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 
     Data parallel over ``devices`` (default: every device of every process).
     """
+    check_call_arguments(workdir, config, wants_config=True)
     with errors_for_caller():  # from a notebook: "config.resume = False", not the flag
         mesh = mesh_lib.make_mesh(devices)
         try:

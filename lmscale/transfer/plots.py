@@ -198,5 +198,10 @@ def _per_char(text: str | bytes, trace: np.ndarray) -> tuple[str, np.ndarray]:
         text = bytes(text).decode("utf-8", errors="surrogateescape")
     sizes = [len(ch.encode("utf-8", errors="surrogateescape")) for ch in text]
     shown = "".join("\ufffd" if "\udc80" <= ch <= "\udcff" else ch for ch in text)
+    trace = np.asarray(trace)
+    if trace.shape != (sum(sizes),):  # a hand-made trace was an IndexError past its end
+        raise ValueError(f"a trace must hold one value per UTF-8 byte of its text: "
+                         f"{sum(sizes)} for {shown[:40]!r}, got shape {trace.shape} "
+                         f"(lmscale.transfer's unit traces have it)")
     ends = np.cumsum(sizes, dtype=np.int64) - 1
     return shown, np.asarray(trace)[ends] if len(text) else np.zeros(0)

@@ -105,3 +105,12 @@ def test_importing_the_plots_leaves_a_notebooks_matplotlib_backend_and_figures_a
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["svg", "[1]"]
     assert matplotlib.image.imread(tmp_path / "h.png").ndim == 3
+
+
+def test_a_trace_of_another_length_than_its_texts_bytes_is_refused_by_name(tmp_path):
+    """A hand-made trace shorter than its text was an IndexError from NumPy's indexing."""
+    import pytest
+    with pytest.raises(ValueError, match=r"one value per UTF-8 byte of its text: 3 for 'abc', "
+                                         r"got shape \(2,\)"):
+        plots.heatmap_png(["abc"], [np.zeros(2)], str(tmp_path / "h.png"), unit=1)
+    plots.heatmap_png(["abc"], [np.zeros(3)], str(tmp_path / "h.png"), unit=1)
