@@ -59,6 +59,9 @@ def _check_data_flags() -> None:
                                   f"prepared dataset, its text already tokenized: drop --{flag}")
         return
     if flags.FLAGS["split"].present:
+        # a prepared dataset whose metadata.json is damaged is said so (read as text files,
+        # it was told to drop --split)
+        expand_inputs(data, notes=False)
         raise ConfigError(f"--split is for a prepared dataset; --data={data} is text files, "
                           f"evaluated whole: drop --split")
     if _COLUMN.value or _FIELD.value:

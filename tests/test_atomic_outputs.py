@@ -154,11 +154,11 @@ def test_transfer_from_a_read_only_workdir_caches_features_in_the_output(sst_run
     lm = load_trained(str(ro))
     run_transfer(str(ro), csv, csv, output=str(out), baseline="none", Cs=[1.0], examples=1, lm=lm)
     assert f"the features are cached in {out}/features" in capsys.readouterr().err
-    assert len(list((out / "features").glob("*.npy"))) == 1
+    assert len(list((out / "features").glob("*.npz"))) == 1
     elsewhere = tmp_path / "feats"
     run_transfer(str(ro), csv, csv, output=str(out), baseline="none", Cs=[1.0], examples=1, lm=lm,
                  features_dir=str(elsewhere))
-    assert len(list(elsewhere.glob("*.npy"))) == 1
+    assert len(list(elsewhere.glob("*.npz"))) == 1
     run_transfer(str(ro), csv, csv, output=str(tmp_path / "out2"), baseline="none", Cs=[1.0],
                  examples=1, lm=lm, features_dir="")
     assert not (tmp_path / "out2" / "features").exists()

@@ -64,3 +64,14 @@ def test_text_too_short_to_score_is_said_in_evals_words(tmp_path):
     with pytest.raises(DataError, match=r"one.txt holds 1 token\(s\) for this model's tokenizer: "
                                         r"scoring needs at least 2"):
         evaluate_data(random_lm(hidden=16), str(tmp_path / "one.txt"))
+
+
+def test_split_of_a_dataset_with_a_damaged_metadata_json_says_the_dataset_is_damaged(tmp_path):
+    """Read as text files (its metadata.json unreadable), it was told to drop --split."""
+    ds = tmp_path / "ds"
+    (ds / "val").mkdir(parents=True)
+    (ds / "val" / "shard_00000.bin").write_bytes(b"\0" * 8)
+    (ds / "metadata.json").write_text("")
+    p = run_eval(f"--workdir={tmp_path}", f"--data={ds}", "--split=val")
+    assert p.returncode == 1 and "looks like a prepared lmscale dataset" in p.stderr, p.stderr
+    assert "drop --split" not in p.stderr

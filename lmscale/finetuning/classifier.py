@@ -60,8 +60,13 @@ class FinetunedClassifier(LoadedClassifier):
         ckpt_dir = workdir
         best_path = os.path.join(workdir, "best.json")
         step = None
+        best_dir = os.path.join(workdir, "best")
+        if os.path.exists(best_path) or os.path.isdir(os.path.join(best_dir, "checkpoints")):
+            # best/ without best.json: a kill between the best save and best.json, or a
+            # best.json deleted; the best checkpoint is still the classifier (the latest
+            # training checkpoint was read instead, silently)
+            ckpt_dir = best_dir
         if os.path.exists(best_path):
-            ckpt_dir = os.path.join(workdir, "best")
             try:
                 step = int(json.loads(Path(best_path).read_text())["step"])
             except (ValueError, KeyError, TypeError) as e:  # torn or hand-edited: the best
@@ -70,6 +75,13 @@ class FinetunedClassifier(LoadedClassifier):
                       f"again)", file=sys.stderr)
         checkpointer = open_reader(ckpt_dir)  # a fine-tune still running: listed again
         try:
+            if step is not None and ckpt_dir == best_dir and step not in checkpointer.steps():
+                latest = checkpointer.latest_step()  # a kill between the best save and best.json
+                if latest is not None:
+                    print(f"note: {best_path} names step {step}, which {best_dir} no longer "
+                          f"holds; reading its step {latest} (a resumed lmscale.finetune writes "
+                          f"best.json again)", file=sys.stderr)
+                    step = latest
             step = step if step is not None else checkpointer.latest_step()
             if step is None:
                 raise FileNotFoundError(f"{ckpt_dir} holds no checkpoint yet")

@@ -398,20 +398,33 @@ def _cached_block(lm: TrainedLM, texts: list[str], cache_dir: str, common: bytes
     for t in texts:
         h.update(len(t).to_bytes(8, "little"))
         h.update(t.encode("utf-8", errors="surrogatepass"))
-    path = os.path.join(cache_dir, f"{h.hexdigest()[:32]}.npy")
+    key = h.hexdigest()
+    path = os.path.join(cache_dir, f"{key[:32]}.npz")
     if used is not None:
         used.add(os.path.basename(path))
+    model = lm.model()
+    width = model.feature_width * (model.num_layers if options.get("all_layers") else 1)
     if os.path.exists(path):
+        import zipfile
+        why = None
         try:
-            cached = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError):  # damaged (e.g. by hand): computed again
-            cached = None
-        if cached is not None and cached.shape[0] == len(texts):
-            return cached
+            with np.load(path, allow_pickle=False) as z:
+                stored, cached = str(z["key"]), z["features"]
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+            why = f"unreadable ({type(e).__name__})"
+        else:
+            if stored != key:
+                why = "the features of other weights, texts or options (copied over it?)"
+            elif cached.dtype != np.float32 or cached.shape != (len(texts), width):
+                why = f"shaped {cached.shape} {cached.dtype}, not ({len(texts)}, {width}) float32"
+            else:
+                return cached
+        print(f"note: feature cache {path} is {why}: computed again and replaced",
+              file=sys.stderr, flush=True)
     feats = featurize(lm, texts, **options)
     os.makedirs(cache_dir, exist_ok=True)
     with atomic_write(path, "wb") as f:  # all or nothing, no temporary left behind
-        np.save(f, feats)
+        np.savez(f, features=feats, key=np.asarray(key))
     return feats
 
 
@@ -430,7 +443,7 @@ def unused_cache(cache_dir: str, used: set[str]) -> tuple[int, int]:
         return 0, 0
     for entry in entries:
         try:
-            if entry.name.endswith(".npy") and entry.name not in used and entry.is_file():
+            if entry.name.endswith((".npy", ".npz")) and entry.name not in used and entry.is_file():
                 files, size = files + 1, size + entry.stat().st_size
         except OSError:  # removed meanwhile
             continue

@@ -28,3 +28,17 @@ def test_a_torn_best_json_still_classifies_with_the_best_weights(sst_run, data, 
     assert f"note: {path} is unreadable" in capfd.readouterr().err
     assert torn.step == whole.step
     np.testing.assert_array_equal(torn.predict(texts)[0], before)
+    # best.json gone (deleted, or a first best saved and then killed before best.json): the
+    # best checkpoint still, not the latest training checkpoint read silently.
+    os.remove(path)
+    gone = load_classifier(run)
+    assert gone.step == whole.step
+    np.testing.assert_array_equal(gone.predict(texts)[0], before)
+    # best.json naming a step best/ no longer holds (a kill between the best save, keep=1
+    # having removed the old one, and best.json): its latest, with a note, not an orbax error.
+    with open(path, "w") as f:
+        f.write('{"step": %d, "metric": "accuracy", "value": 0.5}' % (whole.step - 1))
+    capfd.readouterr()
+    moved = load_classifier(run)
+    assert f"names step {whole.step - 1}, which" in capfd.readouterr().err
+    assert moved.step == whole.step

@@ -187,12 +187,18 @@ def test_unit_trace_and_cache(tmp_path):
     assert len(list(tmp_path.iterdir())) == 4
     # A damaged cache file (torn by an older lmscale, edited) is computed again, not an
     # UnpicklingError/ValueError traceback.
-    (cache_file,) = [p for p in tmp_path.iterdir() if np.array_equal(np.load(p), a)]
+    (cache_file,) = [p for p in tmp_path.iterdir() if np.array_equal(np.load(p)["features"], a)]
     # Computed again at the batch size that wrote it: other row packings agree to rounding
     # only (jax 0.12: 1 float32 ulp), and this compares bit for bit.
     cache_file.write_bytes(b"\x93NUMPY garbage")
     np.testing.assert_array_equal(cached_featurize(lm, TEXTS, str(tmp_path), batch_size=4), a)
     assert len(list(tmp_path.iterdir())) == 4  # rewritten in place, no temporary left
+    # Another block's content copied over it (another LM's, other texts; same shape): its
+    # stored key differs, so it is computed again, not read as these texts' features.
+    others = [p for p in tmp_path.iterdir() if p != cache_file]
+    for donor in others:
+        cache_file.write_bytes(donor.read_bytes())
+        np.testing.assert_array_equal(cached_featurize(lm, TEXTS, str(tmp_path), batch_size=4), a)
 
 
 def test_the_cache_keeps_the_finished_blocks_of_an_interrupted_split(tmp_path, monkeypatch):
@@ -206,8 +212,11 @@ def test_the_cache_keeps_the_finished_blocks_of_an_interrupted_split(tmp_path, m
     np.testing.assert_allclose(done, whole[:6], rtol=1e-5, atol=1e-6)
     # The next run reads those blocks (marked here to tell read from recomputed) and computes
     # the third.
-    (first,) = [p for p in tmp_path.iterdir() if np.array_equal(np.load(p), done[:3])]
-    np.save(first, done[:3] + 1.0)
+    (first,) = [p for p in tmp_path.iterdir()
+                if np.array_equal(np.load(p)["features"], done[:3])]
+    key = str(np.load(first)["key"])
+    with open(first, "wb") as f:
+        np.savez(f, features=done[:3] + 1.0, key=np.asarray(key))
     again = cached_featurize(lm, texts, str(tmp_path))
     np.testing.assert_array_equal(again[:3], done[:3] + 1.0)
     np.testing.assert_array_equal(again[3:6], done[3:])
