@@ -18,6 +18,7 @@ from absl import app, flags
 
 from lmscale.atomic import write_json
 from lmscale.cli import define_weights_flags, parse_flags, run_cli, writable_folder
+from lmscale.messages import draws_bar
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained (or imported) LM's run directory.")
 _PROMPT = flags.DEFINE_string("prompt", "\n", "Text to continue.")
@@ -107,7 +108,7 @@ def main(argv: list[str]) -> None:
         texts = generate(lm, _PROMPT.value, length, temperature=_TEMPERATURE.value,
                          top_k=_TOP_K.value, top_p=_TOP_P.value, samples=_SAMPLES.value,
                          seed=_SEED.value, neuron=_NEURON.value, neuron_value=value,
-                         neuron_state=neuron_state, progress=sys.stderr.isatty(), read=read)
+                         neuron_state=neuron_state, progress=draws_bar(sys.stderr), read=read)
         os.makedirs(out, exist_ok=True)
         record = {"lm": lm_record(lm, workdir),  # which weights wrote them
                   "prompt": _PROMPT.value, **read, "length": length, "seed": _SEED.value,

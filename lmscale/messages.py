@@ -89,3 +89,15 @@ def check_call_arguments(workdir: object, config: object = None, *, wants_config
                 if isinstance(config, (str, os.PathLike)) else "")
         raise TypeError(f"config must be an ml_collections.ConfigDict, got "
                         f"{type(config).__name__}{hint}")
+
+
+def draws_bar(stream: object) -> bool:
+    """Whether ``stream`` is a terminal a tqdm progress bar can be drawn on (else the tools
+    print plain lines): a pseudo-terminal of 0 columns (``script`` or ``docker run -t``
+    started from a non-terminal) is a tty where tqdm drew an empty bar, and the plain lines
+    were left out: no progress at all."""
+    import os
+    try:
+        return stream.isatty() and os.get_terminal_size(stream.fileno()).columns > 0
+    except (AttributeError, OSError, ValueError):
+        return False

@@ -35,6 +35,7 @@ from lmscale.data.spm import MODEL_TYPES, SentencePieceTokenizer, SentencePieceT
 from lmscale.data.tfds import is_tfds
 from lmscale.data.tokenizer import ByteTokenizer, Tokenizer
 from lmscale.data.words import WordTraining
+from lmscale.messages import draws_bar
 
 TOKENIZERS = {"sentiment_discovery": ByteTokenizer.sentiment_discovery, "openai": ByteTokenizer.openai}
 SENTENCEPIECE = "sentencepiece"
@@ -160,7 +161,7 @@ def prepare_main() -> str:
                            text_field=_TEXT_FIELD.value, txt_mode=_TXT_MODE.value,
                            split=parse_split(_SPLIT.value), shard_tokens=_SHARD_TOKENS.value,
                            tokenizer=tokenizer, overwrite=_OVERWRITE.value,
-                           progress=_PROGRESS.value and sys.stderr.isatty(),
+                           progress=_PROGRESS.value and draws_bar(sys.stderr),
                            val_inputs=_VAL.value or None, test_inputs=_TEST.value or None,
                            shuffle_seed=_SHUFFLE.value)
 

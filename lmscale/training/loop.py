@@ -30,7 +30,7 @@ from lmscale.distributed import (check_same_config, leave_word, process_0_does, 
 from lmscale.data.dataset import TokenDataset, dataset_fingerprint
 from lmscale.models.registry import get_kind, trained_length_note, unused_settings_note
 from lmscale.training import mesh as mesh_lib
-from lmscale.messages import check_call_arguments, errors_for_caller, for_caller
+from lmscale.messages import check_call_arguments, draws_bar, errors_for_caller, for_caller
 from lmscale.training.checkpoints import Checkpointer, check_same_model, model_signature
 from lmscale.training.command_log import record_command
 from lmscale.training.archive import archive_previous_run
@@ -88,7 +88,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
     abandons the checkpointer if the run raises (a notebook keeps no orbax threads)."""
     is_main = jax.process_index() == 0
     progress = config.train.progress_bar and is_main
-    interactive = progress and sys.stderr.isatty()  # a bar on a terminal, plain lines in logs
+    interactive = progress and draws_bar(sys.stderr)  # a bar on a terminal, plain lines in logs
 
     refuse_classifier_run(workdir)
     if not config.resume:

@@ -52,6 +52,9 @@ WORD_FIELDS = ("data.word_min_count", "data.word_vocab_size")
 DECAY_FIELDS = ("optim.schedule", "optim.decay_steps", "optim.decay_epochs", "optim.warmup_steps")
 RUN_FILES = ("checkpoints", "metrics.jsonl", "tb", "config.json", "history", "best", "best.json",
              "commands.log",
+             # ... what was set aside from it (corrupt checkpoints, damaged records): left,
+             # they sat beside the new run's files, a later fallback's adding to them
+             "unreadable_checkpoints", "metrics.jsonl.damaged", "best.json.damaged",
              # ... and what the tools made from its weights (transfer, features, generate).
              "transfer", "features", "generate")
 

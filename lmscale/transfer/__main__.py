@@ -18,6 +18,7 @@ import sys
 from absl import app, flags
 
 from lmscale.cli import define_weights_flags, parse_flags, run_cli
+from lmscale.messages import draws_bar
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained (or imported) LM's run directory.")
 _TRAIN = flags.DEFINE_string("train", None, "Labeled training texts: .csv/.jsonl or tfds:NAME/SPLIT.")
@@ -80,7 +81,7 @@ def main(argv: list[str]) -> None:
         train=_TRAIN.value, val=_VAL.value, test=_TEST.value, text_column=_TEXT.value,
         label_column=_LABEL.value, output=_OUTPUT.value, state=_STATE.value,
         pooling=_POOLING.value, all_layers=_ALL_LAYERS.value, baseline=_BASELINE.value,
-        batch_size=_BATCH.value, progress=sys.stderr.isatty(), compute=_COMPUTE.value,
+        batch_size=_BATCH.value, progress=draws_bar(sys.stderr), compute=_COMPUTE.value,
         features_dir=_FEATURES_DIR.value, stages=True, standardize=_STANDARDIZE.value,
         threshold_metric=_THRESHOLD_METRIC.value,
         **_WEIGHTS(_WORKDIR.value),  # workdir (RUN/best: RUN), step, best

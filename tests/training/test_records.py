@@ -16,6 +16,7 @@ import pytest
 
 from lmscale.training.checkpoints import (CheckpointError, CheckpointMismatchError, Checkpointer,
                                           UnreadableCheckpointError)
+from lmscale.training.archive import archive_previous_run
 from lmscale.training.loop import train
 from lmscale.training.metrics import read_metrics
 from lmscale.training.restore import load_trained
@@ -448,3 +449,14 @@ def test_a_workdir_whose_data_request_lacks_newer_keys_resumes(base_run, tmp_pat
     meta = open(os.path.join(workdir, "data", "metadata.json")).read()
     train(tiny_config(corpus, **{**BASE, "train.steps": 6}), workdir)
     assert open(os.path.join(workdir, "data", "metadata.json")).read() == meta
+
+
+def test_resume_false_archives_what_was_set_aside(tmp_path):
+    """unreadable_checkpoints/ and metrics.jsonl.damaged are the previous run's: archived."""
+    (tmp_path / "unreadable_checkpoints" / "4-x").mkdir(parents=True)
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "split": "train"}\n')
+    (tmp_path / "metrics.jsonl.damaged").write_text("garbage\n")
+    target = archive_previous_run(str(tmp_path))
+    assert sorted(os.listdir(target)) == ["metrics.jsonl", "metrics.jsonl.damaged",
+                                          "unreadable_checkpoints"]
+    assert sorted(os.listdir(tmp_path)) == ["archive"]
