@@ -17,6 +17,7 @@ do so when they start.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -215,13 +216,28 @@ def atomic_write(path: str, mode: str = "w", **open_kwargs: Any) -> Iterator[IO]
         os.replace(tmp, path)
         sync_folder(os.path.dirname(path) or ".")
     except BaseException as e:
+        # (asked before the temporary file is removed, which frees its blocks)
+        full = isinstance(e, OSError) and e.errno is None and _disk_full(path)
         with contextlib.suppress(OSError):
             os.remove(tmp)
+        if full:
+            # numpy's ``tofile`` (np.save to a file) reports a short write as "N requested and
+            # M written" with no errno: a full disk read as a traceback
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path) from e
         if isinstance(e, OSError) and e.errno is not None and e.filename in (None, tmp):
             # A full disk (no file name, from write/close) or a read-only folder (the temporary
             # file's name): the error names the file being written.
             raise OSError(e.errno, e.strerror or os.strerror(e.errno), path) from e
         raise
+
+
+def _disk_full(path: str) -> bool:
+    """Whether the file system holding ``path`` has no block left for an unprivileged user."""
+    try:
+        st = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 64 * 1024
 
 
 def write_json(path: str, obj: Any, **dump_kwargs: Any) -> None:

@@ -35,6 +35,7 @@ from lmscale.data.spm import MODEL_TYPES, SentencePieceTokenizer, SentencePieceT
 from lmscale.data.tfds import is_tfds
 from lmscale.data.tokenizer import ByteTokenizer, Tokenizer
 from lmscale.data.words import WordTraining
+from lmscale.early_signals import taken_signals
 from lmscale.messages import draws_bar
 
 TOKENIZERS = {"sentiment_discovery": ByteTokenizer.sentiment_discovery, "openai": ByteTokenizer.openai}
@@ -181,8 +182,11 @@ def main(argv: list[str]) -> None:
     from lmscale.distributed import refuse_several_processes
     refuse_several_processes("lmscale.prepare", dict(os.environ))  # each task wrote the output
     from lmscale.data.dataset import TokenDataset
-    # SIGTERM (a scheduler) unwinds like Ctrl-C, so the temporary folder is removed either way.
-    signal.signal(signal.SIGTERM, _interrupt)
+    # SIGTERM (a scheduler), SIGHUP (a closed terminal: it left OUTPUT.tmp-*) and SIGUSR1
+    # unwind like Ctrl-C, so the temporary folder is removed either way.
+    for sig in taken_signals():
+        if sig != signal.SIGINT:
+            signal.signal(sig, _interrupt)
     try:
         output = prepare_main()
         print(summary(TokenDataset.open(output).metadata, output))

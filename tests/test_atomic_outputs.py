@@ -286,3 +286,17 @@ def test_what_is_renamed_into_place_is_on_the_disk_first(tmp_path, monkeypatch):
             str(tmp / "train")} <= set(synced[:-1])
     assert synced[-1] == str(tmp_path)  # the rename itself
     assert (tmp_path / "out" / "train" / "shard_0.bin").read_bytes() == b"\1" * 100
+
+
+def test_a_short_numpy_write_on_a_full_disk_names_the_file_and_enospc(tmp_path, monkeypatch):
+    """np.save into a real file writes by ``tofile``, whose short write on a full disk is an
+    OSError with no errno ("N requested and M written"): it reached the user as a traceback."""
+    import errno as errno_module
+    from lmscale import atomic
+    monkeypatch.setattr(atomic, "_disk_full", lambda path: True)
+    path = str(tmp_path / "f.npy")
+    with pytest.raises(OSError) as e:
+        with atomic.atomic_write(path, "wb"):
+            raise OSError("221440 requested and 127968 written")
+    assert e.value.errno == errno_module.ENOSPC and e.value.filename == path
+    assert os.listdir(tmp_path) == []

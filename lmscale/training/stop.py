@@ -29,6 +29,8 @@ from typing import Any, Iterator
 import jax
 import numpy as np
 
+from lmscale.early_signals import REQUEST_SIGNALS, taken_signals
+
 
 class StopSignal:
     """Set by SIGTERM/SIGINT; ``should_stop(step)`` says whether to stop at this step boundary.
@@ -47,7 +49,7 @@ class StopSignal:
 
     def __enter__(self) -> "StopSignal":
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in taken_signals():
                 self._previous[sig] = signal.signal(sig, self._handle)
         if _RECEIVED:  # a start-up signal whose SignalExit was swallowed: stop at the start
             self.signal = _RECEIVED[-1]
@@ -82,7 +84,7 @@ class StopSignal:
         for sig, handler in self._previous.items():
             late = handler is _cli_handler or (handler == signal.SIG_DFL and self.stopping
                                                 and self.signal != signal.SIGINT)
-            if sig == signal.SIGTERM and late:
+            if sig in REQUEST_SIGNALS and late:
                 handler = signal.SIG_IGN
             signal.signal(sig, handler)
 
@@ -136,13 +138,13 @@ def cli_signals() -> Iterator[None]:
     abandoned checkpoint would otherwise print their tracebacks at shutdown.
     """
     if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in taken_signals():
             signal.signal(sig, _cli_handler)
     try:
         yield
     except SignalExit as e:
         _end(f"stopped by signal {e.signum} outside the training steps: nothing to save "
-             f"(re-run to start or resume)", 0 if e.signum == signal.SIGTERM else 130,
+             f"(re-run to start or resume)", 0 if e.signum in REQUEST_SIGNALS else 130,
              grace=True)
     except KeyboardInterrupt:
         _end(_SECOND_CTRL_C, 130)

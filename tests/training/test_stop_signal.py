@@ -7,15 +7,18 @@ import signal
 
 import pytest
 
+from lmscale.early_signals import REQUEST_SIGNALS
 from lmscale.training.stop import SignalExit, StopSignal
 
 
 @pytest.fixture
 def default_sigterm():
-    """SIGTERM at its default disposition (a command-line tool's) for the test, then as it was."""
-    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    """SIGTERM (and SIGHUP, SIGUSR1, taken as it) at their default disposition (a command-line
+    tool's) for the test, then as they were (a late one is left ignored: not to the next test)."""
+    previous = {s: signal.signal(s, signal.SIG_DFL) for s in REQUEST_SIGNALS}
     yield
-    signal.signal(signal.SIGTERM, previous)
+    for s, handler in previous.items():
+        signal.signal(s, handler)
 
 
 def test_a_run_without_a_signal_restores_the_handlers(default_sigterm):
@@ -119,3 +122,30 @@ def test_a_start_up_signal_swallowed_by_a_finalizer_stops_at_the_first_step():
         stop_module._RECEIVED.clear()
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGUSR1])
+def test_sighup_and_sigusr1_stop_with_a_checkpoint_as_sigterm_does(sig, default_sigterm):
+    """A closed terminal (SIGHUP) or Slurm's ``--signal=USR1@90`` killed the trainer by the
+    signal's default action, without a checkpoint (exit 129 / 138)."""
+    with StopSignal(every=1, processes=1) as stop:
+        os.kill(os.getpid(), sig)  # handled: the test goes on
+        assert stop.should_stop(1) and stop.signal == sig
+    assert signal.getsignal(sig) == signal.SIG_IGN  # a late one after the save: ignored
+
+
+def test_sighup_ignored_at_the_start_stays_ignored_under_nohup():
+    """``nohup python -m lmscale.train ...``: the run must outlive its terminal; taking SIGHUP
+    as a stop request would end it at the logout nohup was asked to survive."""
+    import subprocess
+    import sys
+    from tests.conftest import REPO
+    code = ("import signal; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
+            "signal.signal(signal.SIGUSR1, signal.SIG_DFL); "  # as a shell starts it
+            "from lmscale.early_signals import stop_quietly_while_starting, taken_signals; "
+            "stop_quietly_while_starting(); "
+            "print(signal.getsignal(signal.SIGHUP) == signal.SIG_IGN, "
+            "signal.SIGHUP in taken_signals(), signal.SIGUSR1 in taken_signals())")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                         text=True, timeout=60)
+    assert out.stdout.split() == ["True", "False", "True"], out.stderr
