@@ -402,8 +402,6 @@ def _cached_block(lm: TrainedLM, texts: list[str], cache_dir: str, common: bytes
     path = os.path.join(cache_dir, f"{key[:32]}.npz")
     if used is not None:
         used.add(os.path.basename(path))
-    model = lm.model()
-    width = model.feature_width * (model.num_layers if options.get("all_layers") else 1)
     if os.path.exists(path):
         import zipfile
         why = None
@@ -415,8 +413,8 @@ def _cached_block(lm: TrainedLM, texts: list[str], cache_dir: str, common: bytes
         else:
             if stored != key:
                 why = "the features of other weights, texts or options (copied over it?)"
-            elif cached.dtype != np.float32 or cached.shape != (len(texts), width):
-                why = f"shaped {cached.shape} {cached.dtype}, not ({len(texts)}, {width}) float32"
+            elif cached.dtype != np.float32 or cached.ndim != 2 or len(cached) != len(texts):
+                why = f"shaped {cached.shape} {cached.dtype}, not ({len(texts)}, F) float32"
             else:
                 return cached
         print(f"note: feature cache {path} is {why}: computed again and replaced",
