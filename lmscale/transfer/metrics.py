@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 from sklearn.metrics import (accuracy_score, f1_score, jaccard_score,
-                             precision_recall_curve, precision_recall_fscore_support)
+                             precision_recall_fscore_support)
 
 from lmscale.data.errors import DataError
 
@@ -82,10 +82,13 @@ def tune_thresholds(probs: np.ndarray, labels: np.ndarray, metric: str = "f1",
     for k in range(probs.shape[1]):
         if labels[:, k].sum() == 0 or k in fixed:
             continue
-        precision, recall, thresholds = precision_recall_curve(labels[:, k], probs[:, k])
-        with np.errstate(invalid="ignore", divide="ignore"):
-            f1 = np.nan_to_num(2 * precision * recall / (precision + recall))
-        t = float(thresholds[int(np.argmax(f1[:-1]))])  # the last point has no threshold
+        # F1 = 2 TP / (predicted + true) from integer counts: one rounding of an exact ratio,
+        # so equal F1s are equal floats and argmax takes the lowest of tied thresholds
+        values = np.unique(probs[:, k])  # ascending: each a threshold (predict p >= it)
+        predicted = len(probs) - np.searchsorted(np.sort(probs[:, k]), values, side="left")
+        positives = np.sort(probs[labels[:, k] == 1, k])
+        tp = len(positives) - np.searchsorted(positives, values, side="left")
+        t = float(values[int(np.argmax(2 * tp / (predicted + len(positives))))])
         below = probs[:, k][probs[:, k] < t]
         out[k] = (t + float(below.max())) / 2 if below.size else t / 2
     return out if metric == "f1" else _ascend(probs, labels.astype(bool), out, metric, fixed)

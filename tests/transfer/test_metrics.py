@@ -78,3 +78,15 @@ def test_thresholds_maximize_f1_and_metrics_match_sklearn():
     from lmscale.transfer.metrics import format_table
     assert format_table({"val": m}).startswith(
         f"val: subset accuracy {m['accuracy']:.4f}  label accuracy {m['label_accuracy']:.4f}  ")
+
+
+def test_tied_f1_takes_the_lowest_threshold():
+    """F1 2/3 at threshold 0.5 (5 predicted, 3 right) and at 0.7 (2 predicted, both right):
+    equal fractions, while 2PR/(P+R) rounds them apart (0.6666666666666665 and ...666), so a
+    float argmax took 0.7; the documented tie-break is the lowest threshold (0.4, between 0.3
+    and 0.5)."""
+    from lmscale.transfer.metrics import tune_thresholds
+    p = np.array([0.1, 0.0, 0.6, 0.3, 0.8, 0.7, 0.3, 0.5, 0.5])
+    y = np.array([0, 1, 0, 0, 1, 1, 0, 0, 1])
+    t = tune_thresholds(np.c_[p, p], np.c_[y, y])
+    assert t[0] == pytest.approx(0.4) and t[1] == pytest.approx(0.4)
