@@ -302,10 +302,10 @@ def batch_major(seq: jax.Array) -> jax.Array:
 def cast(st: Static, w_x: jax.Array, b: jax.Array, w_mx: jax.Array | None,
          w_mh: jax.Array | None, w_h: jax.Array, s_mh: jax.Array | None = None,
          s_h: jax.Array | None = None) -> dict[str, Any]:
-    """The matrices in the compute dtype, the scales (multiplying float32 results) in the
-    state dtype."""
+    """The matrices in the compute dtype; the scales (multiplying float32 results) and the
+    gate bias (added to float32 pre-activations) in the state dtype."""
     w = {"w_x": w_x, "b": b, "w_mx": w_mx, "w_mh": w_mh, "w_h": w_h, "s_mh": s_mh, "s_h": s_h}
-    dtype = lambda k: st.state_dtype if k.startswith("s_") else st.dtype
+    dtype = lambda k: st.state_dtype if k.startswith("s_") or k == "b" else st.dtype
     return {k: (None if v is None else v.astype(dtype(k))) for k, v in w.items()}
 
 
