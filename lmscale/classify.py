@@ -72,8 +72,10 @@ def classify() -> dict:
                      f"its classes {', '.join(clf.class_names)}: give --labels its one column")
     else:
         texts = read_texts(_INPUT.value, _TEXT.value)
+    step = getattr(clf, "step", None)  # a fine-tune still running: its best so far moves on
+    weights = f" with the weights of step {step}" if step is not None else ""
     print(f"classifying {len(texts)} texts ({sum(len(t.encode('utf-8')) for t in texts)} "
-          f"bytes of UTF-8)", file=sys.stderr,
+          f"bytes of UTF-8){weights}", file=sys.stderr,
           flush=True)  # a log learns the size before the wait (nothing was said until the end)
     probs, pred = clf.predict(texts)
     metrics_path = _OUTPUT.value + ".metrics.json"

@@ -28,7 +28,7 @@ from lmscale.pretrained.preprocess import get_preprocessor
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.checkpoints import CheckpointError, CheckpointMismatchError
 from lmscale.training.precision import Policy
-from lmscale.training.restore import open_reader
+from lmscale.training.restore import step_folders, open_reader
 from lmscale.transfer.classify import TRANSFER_FILES
 
 
@@ -61,7 +61,8 @@ class FinetunedClassifier(LoadedClassifier):
         best_path = os.path.join(workdir, "best.json")
         step = None
         best_dir = os.path.join(workdir, "best")
-        if os.path.exists(best_path) or os.path.isdir(os.path.join(best_dir, "checkpoints")):
+        # best/checkpoints/ itself is made at the fine-tune's start: a step in it is a best save
+        if os.path.exists(best_path) or step_folders(os.path.join(best_dir, "checkpoints")):
             # best/ without best.json: a kill between the best save and best.json, or a
             # best.json deleted; the best checkpoint is still the classifier (the latest
             # training checkpoint was read instead, silently)

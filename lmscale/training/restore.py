@@ -193,7 +193,7 @@ def load_trained(workdir: str, step: int | None = None, mesh: Mesh | None = None
         try:
             on_disk = checkpointer.steps()  # newest first
             step = (on_disk[0] if on_disk else None) if latest else step
-            if step is None and attempt < 2 and _step_folders(checkpointer.directory):
+            if step is None and attempt < 2 and step_folders(checkpointer.directory):
                 time.sleep(0.1)  # listed while the newest appeared and the oldest went
                 continue
             if step is None:
@@ -218,7 +218,7 @@ def load_trained(workdir: str, step: int | None = None, mesh: Mesh | None = None
                     raise FileNotFoundError(
                         f"checkpoint {checkpointer.path(step)} was removed while being read (a "
                         f"training run in {workdir} keeps its newest {config.checkpoint.keep}); "
-                        f"its steps are now {_step_folders(checkpointer.directory)}") from None
+                        f"its steps are now {step_folders(checkpointer.directory)}") from None
         finally:
             checkpointer.close()
     lm = TrainedLM(config=config, derived=derived, tokenizer=tokenizer, graphdef=graphdef,
@@ -245,7 +245,7 @@ def open_reader(workdir: str, keep: int = 3) -> Checkpointer:
                             f"(a training run rotating them: {error})")
 
 
-def _step_folders(directory: str) -> list[int]:
+def step_folders(directory: str) -> list[int]:
     """The step numbers of the folders in ``directory`` (orbax's listing aside), ascending."""
     try:
         return sorted(int(n) for n in os.listdir(directory) if n.isdigit())

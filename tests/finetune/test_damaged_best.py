@@ -42,3 +42,26 @@ def test_a_torn_best_json_still_classifies_with_the_best_weights(sst_run, data, 
     moved = load_classifier(run)
     assert f"names step {whole.step - 1}, which" in capfd.readouterr().err
     assert moved.step == whole.step
+
+
+def test_a_fine_tune_not_yet_validated_classifies_with_its_latest_checkpoint(sst_run, data,
+                                                                             tmp_path):
+    """A fine-tune still running before its first validation (or stopped then) has
+    checkpoints/ and an empty best/checkpoints/ (made at its start): classify said
+    "RUN/best holds no checkpoint yet"; it reads the latest checkpoint, as documented."""
+    import shutil
+
+    from lmscale.finetuning.classifier import load_classifier
+    from lmscale.finetuning.loop import finetune
+    from lmscale.transfer.labeled import load_labeled
+    run = str(tmp_path / "ft")
+    finetune(ft_config(sst_run, data["sst_train"], data["sst_val"],
+                       **{"train.steps": 4, "train.eval_every": 2, "checkpoint.every": 2}), run)
+    os.remove(os.path.join(run, "best.json"))
+    best_ckpts = os.path.join(run, "best", "checkpoints")
+    for name in os.listdir(best_ckpts):
+        shutil.rmtree(os.path.join(best_ckpts, name))
+    texts = load_labeled(data["sst_val"]).texts[:4]
+    clf = load_classifier(run)
+    assert clf.step == 4
+    assert len(clf.predict(texts)[0]) == 4
