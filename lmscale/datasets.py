@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import http.client
 import os
 import sys
+import uuid
 import urllib.error
 import urllib.request
 
@@ -109,26 +111,39 @@ def sha256_of(path: str) -> str:
 def fetch(name: str, to: str | None = None, *, timeout: float = 60.0) -> str:
     """The folder holding data set ``name`` (default ``cache_root()/name``), downloading and
     verifying whatever is missing. Raises DataError (one line) on any failure."""
+    if name in BY_HAND:  # was "unknown data set", though configs name it
+        where = os.path.abspath(to or os.path.join(cache_root(), name))
+        raise DataError(f"{name} cannot be fetched into {where}: {BY_HAND[name]}")
     if name not in REGISTRY:
         raise DataError(f"unknown data set {name!r}; known: {sorted(REGISTRY)}")
     folder = os.path.abspath(to or os.path.join(cache_root(), name))
     if os.path.exists(folder) and not os.path.isdir(folder):
         from lmscale.messages import for_caller  # fetch(to=) from Python, --to= from the tool
-        raise DataError(for_caller(f"--to={to or folder}: {folder} is a file, not a folder; give "
-                                   f"a folder to put {name}'s files in"))
-    os.makedirs(folder, exist_ok=True)
+        where = f"--to={to}" if to else "$LMSCALE_DATA/NAME" if os.environ.get("LMSCALE_DATA") \
+            else "the cache ~/.cache/lmscale/NAME"  # no --to given: it named a flag not passed
+        raise DataError(for_caller(f"{where.replace('NAME', name)}: {folder} is a file, not a "
+                                   f"folder; give a folder to put {name}'s files in"))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:  # read-only, forbidden, a file on the way: was a traceback
+        raise DataError(f"cannot create {folder} for {name}'s files ({e.strerror or e}); "
+                        f"give a writable folder") from None
     mirror = os.environ.get("LMSCALE_DATA_MIRROR", "").rstrip("/")
+    done: set[str] = set()  # files verified in the folder
     for remote in REGISTRY[name].files:
         path = os.path.join(folder, remote.name)
-        present = sha256_of(path) if os.path.exists(path) else None
+        present = sha256_of(path) if os.path.isfile(path) else None
         if present == remote.sha256:
+            done.add(remote.name)
             continue
         if mirror:
             remote = dataclasses.replace(remote, url=f"{mirror}/{name}/{remote.name}")
         try:
             _download(remote, path, timeout)
+            done.add(remote.name)
         except DataError as e:  # by hand, a user needs every file and why the one there is not it
-            others = [r.name for r in REGISTRY[name].files if r.name != remote.name]
+            others = [r.name for r in REGISTRY[name].files if r.name != remote.name
+                      and r.name not in done and not _valid(os.path.join(folder, r.name), r)]
             raise DataError(str(e) + (f"; the file there now has sha256 {present}, not that one"
                                       if present else "")
                             + (f"; {name} also needs {', '.join(others)} in {folder}"
@@ -136,30 +151,71 @@ def fetch(name: str, to: str | None = None, *, timeout: float = 60.0) -> str:
     return folder
 
 
-def _download(remote: RemoteFile, path: str, timeout: float) -> None:
-    tmp = f"{path}.part-{os.getpid()}"
+def _valid(path: str, remote: RemoteFile) -> bool:
+    return os.path.isfile(path) and sha256_of(path) == remote.sha256
+
+
+class _LocalWriteError(Exception):
+    """Writing the folder failed (read-only, full): not the download's fault."""
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
     try:
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError as e:
+        raise _LocalWriteError(e) from None
+
+
+def _download(remote: RemoteFile, path: str, timeout: float) -> None:
+    # Unique per call, not per process: two threads of one process fetching the same file
+    # shared one name, one renamed the other's half-written file into place.
+    tmp = f"{path}.part-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    fd = None
+    try:
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except OSError as e:
+            raise _LocalWriteError(e) from None
         h, size = hashlib.sha256(), 0
-        with urllib.request.urlopen(remote.url, timeout=timeout) as response, open(tmp, "wb") as out:
+        with urllib.request.urlopen(remote.url, timeout=timeout) as response:
             expected = response.headers.get("Content-Length")
             for block in iter(lambda: response.read(CHUNK), b""):
                 h.update(block)
-                out.write(block)
+                _write_all(fd, block)
                 size += len(block)
+        os.close(fd)
+        fd = None
         if expected is not None and size != int(expected):
             raise DataError(f"{remote.url}: transfer ended after {size} of {expected} bytes; "
                             f"nothing was saved, try again")
         if h.hexdigest() != remote.sha256:
             raise DataError(f"{remote.url}: sha256 {h.hexdigest()} is not the expected "
                             f"{remote.sha256}; nothing was saved")
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as e:
+            raise _LocalWriteError(e) from None
     except DataError:
         raise
-    except (urllib.error.URLError, OSError, ValueError) as e:
+    except _LocalWriteError as e:
+        cause = e.args[0]
+        raise DataError(f"cannot write {path} ({cause.strerror or cause}); nothing was saved: "
+                        f"give a writable folder with room for the file") from None
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
+        # HTTPException: a reply that is not HTTP (BadStatusLine) or a chunked transfer cut
+        # short (IncompleteRead) was a traceback
         reason = getattr(e, "reason", e)
+        if isinstance(e, http.client.HTTPException):
+            reason = f"not an HTTP reply, or one cut short: {type(e).__name__}"
+        elif isinstance(e, urllib.error.HTTPError):
+            reason = f"HTTP {e.code} {e.reason}"
         raise DataError(f"cannot download {remote.url} ({reason}); without a network, put the "
                         f"file there by hand as {path} (sha256 {remote.sha256})") from None
     finally:
+        if fd is not None:
+            os.close(fd)
         if os.path.exists(tmp):
             os.remove(tmp)
 
@@ -182,6 +238,9 @@ def main(argv: list[str]) -> int:
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: one line, as the other tools (the temporary file is gone)
+        print("interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
     print(folder, flush=True)  # stdout: the folder alone (SST=$(python -m lmscale.datasets ...))
     # How to use it goes to stderr: printed after the folder on stdout, it met a closed pipe
     # under `| head -1` (a BrokenPipeError traceback).

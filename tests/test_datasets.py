@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -35,6 +36,22 @@ class _Server:
                     self.send_error(404)
                     return
                 data = open(path, "rb").read()
+                if server.mode == "garbage":  # not HTTP at all
+                    self.wfile.write(b"GARBAGE\r\n\r\n")
+                    return
+                if server.mode == "chunked_cut":  # a chunked reply that stops mid-chunk
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                     + b"%x\r\n" % 5000 + data[:2000])
+                    return
+                if server.mode == "slow":  # whole, in 64 KiB pieces: fetches overlap
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    for i in range(0, len(data), 1 << 16):
+                        self.wfile.write(data[i:i + (1 << 16)])
+                        self.wfile.flush()
+                        time.sleep(0.05)
+                    return
                 body = data[:len(data) // 2] if server.mode == "truncate" else data
                 if server.mode == "corrupt":
                     body = b"X" + data[1:]
@@ -81,6 +98,51 @@ def test_bad_transfers_leave_nothing(mirror, tmp_path, mode, match):
     with pytest.raises(DataError, match=match):
         fetch("tinyshakespeare", str(tmp_path / "out"))
     assert os.listdir(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize("mode", ["garbage", "chunked_cut"])
+def test_a_reply_that_is_not_http_or_cut_short_is_one_line(mirror, tmp_path, mode):
+    mirror.mode = mode  # http.client's BadStatusLine / IncompleteRead were tracebacks
+    with pytest.raises(DataError, match=r"cannot download .*not an HTTP reply, or one cut short"):
+        fetch("tinyshakespeare", str(tmp_path / "out"), timeout=5)
+    assert os.listdir(tmp_path / "out") == []
+
+
+def test_a_folder_it_cannot_write_is_one_line_not_a_download_error(mirror, tmp_path):
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(DataError, match=r"cannot create \S*afile/sub for tinyshakespeare's files "
+                                        r"\(Not a directory\)"):
+        fetch("tinyshakespeare", str(tmp_path / "afile" / "sub"))
+    (tmp_path / "out" / "input.txt").mkdir(parents=True)  # a folder where the file goes
+    with pytest.raises(DataError, match=r"^cannot write \S*input.txt \(Is a directory\)"):
+        fetch("tinyshakespeare", str(tmp_path / "out"))
+    assert os.listdir(tmp_path / "out") == ["input.txt"] and mirror.requests == 1
+
+
+def test_two_threads_fetching_one_file_both_succeed_and_never_expose_a_broken_file(mirror,
+                                                                                  tmp_path):
+    """One process's fetches shared the temporary name FILE.part-PID: the first renamed the
+    other's half-written file into place (1 MiB of NULs), the second failed."""
+    mirror.mode = "slow"
+    results, want = [], REGISTRY["tinyshakespeare"].files[0].sha256
+    path = tmp_path / "out" / "input.txt"
+
+    def go():
+        try:
+            results.append(fetch("tinyshakespeare", str(tmp_path / "out")))
+        except DataError as e:
+            results.append(e)
+
+    threads = [threading.Thread(target=go) for _ in range(2)]
+    threads[0].start()
+    time.sleep(0.6)
+    threads[1].start()
+    while any(t.is_alive() for t in threads):
+        if path.exists():
+            assert sha256_of(str(path)) == want
+        time.sleep(0.01)
+    assert results == [str(tmp_path / "out")] * 2
+    assert os.listdir(tmp_path / "out") == ["input.txt"]
 
 
 def test_offline_error_says_where_to_put_the_file(tmp_path, monkeypatch):

@@ -56,3 +56,17 @@ def test_fetch_to_a_file_from_python_names_the_argument(tmp_path):
     with pytest.raises(DataError) as e:
         fetch("sst_binary", str(f))
     assert str(e.value).startswith(f"to={f}: ") and "--" not in str(e.value)
+
+
+def test_fetching_a_by_hand_set_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("LMSCALE_DATA", str(tmp_path))  # was "unknown data set", configs name it
+    with pytest.raises(DataError, match=r"semeval2018_ec cannot be fetched into \S*semeval2018_ec: "
+                                        r"SemEval-2018 Task 1 E-c is given out"):
+        fetch("semeval2018_ec")
+
+
+def test_a_file_in_the_cache_names_lmscale_data_not_an_unpassed_flag(tmp_path, monkeypatch):
+    monkeypatch.setenv("LMSCALE_DATA", str(tmp_path))
+    (tmp_path / "tinyshakespeare").write_text("")
+    with pytest.raises(DataError, match=r"^\$LMSCALE_DATA/tinyshakespeare: \S+ is a file"):
+        fetch("tinyshakespeare")
