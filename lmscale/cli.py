@@ -117,11 +117,29 @@ def _quiet_library_logs() -> None:
 _JSON_PARSER: type | None = None
 
 
+def _load_source(module_name: str, module_path: str) -> Any:
+    """``module_path`` executed as module ``module_name`` (what ml_collections' own
+    ``_load_source`` does with the deprecated ``load_module``)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(module_name, module_path)
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(f"cannot load config file {module_path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def _json_config_parser() -> type:
     """A ConfigFileFlagParser that also takes a run's saved ``config.json``."""
     global _JSON_PARSER
     if _JSON_PARSER is None:
         from ml_collections.config_flags import config_flags
+        if getattr(config_flags, "_load_source", None) is not None:
+            # ml_collections loads a config file with SourceFileLoader.load_module(), deprecated
+            # since Python 3.10 (a DeprecationWarning at every --config=FILE.py) and slated for
+            # removal: the same load through exec_module.
+            config_flags._load_source = _load_source
 
         class ConfigFileOrJsonParser(config_flags.ConfigFileFlagParser):
             """``--config=configs/NAME.py`` as ml_collections loads it, or ``--config=WORKDIR/
