@@ -75,3 +75,19 @@ def test_split_of_a_dataset_with_a_damaged_metadata_json_says_the_dataset_is_dam
     p = run_eval(f"--workdir={tmp_path}", f"--data={ds}", "--split=val")
     assert p.returncode == 1 and "looks like a prepared lmscale dataset" in p.stderr, p.stderr
     assert "drop --split" not in p.stderr
+
+
+def test_text_shorter_than_one_sequence_is_scored_whole_as_score_does(tmp_path):
+    """15 tokens under seq_len 32 were refused ("too few for one sequence of seq_len 32"),
+    with no way out named; read whole, they score what LM.score scores."""
+    import numpy as np
+
+    from lmscale.api import LM
+    from lmscale.training.restore import evaluate_data
+    from tests.transfer.conftest import random_lm
+    (tmp_path / "short.txt").write_text("short text here")
+    for kind in ("mlstm", "transformer"):
+        lm = random_lm(kind=kind, hidden=16)
+        got = evaluate_data(lm, str(tmp_path / "short.txt"), batch_size=1)
+        assert got["tokens"] == 14
+        np.testing.assert_allclose(got["bpc"], LM(lm).score(["short text here"])[0], rtol=1e-5)

@@ -413,6 +413,10 @@ def evaluate_data(lm: TrainedLM, data: str, *, split: str = "val", batch_size: i
                             f"scoring needs at least 2 (one to predict the next from)") from None
         text = TokenDataset.open(path).split("train")
         text.label = f"the text of {data}"  # the one split of the text is no split of the user's
+        if seq_len is None and text.num_tokens < settings["seq_len"] + 1:
+            # shorter than one of the run's sequences: read whole, as LM.score reads a text
+            # (it was refused, "too few for one sequence", with no way out for a transformer)
+            settings["seq_len"] = text.num_tokens - 1
         from lmscale.data.words import WordTokenizer, unk_tokens_note
         # the training split's share: its dataset opened and fingerprinted for word models only
         trained = _trained_unk_share(lm) if isinstance(lm.tokenizer, WordTokenizer) else None
