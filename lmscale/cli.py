@@ -121,12 +121,21 @@ def _load_source(module_name: str, module_path: str) -> Any:
     """``module_path`` executed as module ``module_name`` (what ml_collections' own
     ``_load_source`` does with the deprecated ``load_module``)."""
     import importlib.util
-    spec = importlib.util.spec_from_file_location(module_name, module_path)
+    import importlib.machinery
+    # the loader given: a file not named .py (configs/x.cfg) was loaded by SourceFileLoader,
+    # and spec_from_file_location finds no loader for it
+    spec = importlib.util.spec_from_file_location(
+        module_name, module_path,
+        loader=importlib.machinery.SourceFileLoader(module_name, module_path))
     if spec is None or spec.loader is None:
         raise FileNotFoundError(f"cannot load config file {module_path}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:  # as importlib (and load_module) do: no half-run module left behind
+        sys.modules.pop(module_name, None)
+        raise
     return module
 
 

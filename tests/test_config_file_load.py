@@ -20,3 +20,21 @@ def test_a_config_file_loads_with_deprecation_warnings_as_errors(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "load_module" not in proc.stderr
     assert "hidden 32" in proc.stdout
+
+
+def test_a_config_file_not_named_py_loads_and_a_failed_one_leaves_no_module(tmp_path):
+    """SourceFileLoader.load_module() took any file name; spec_from_file_location finds no
+    loader for one not ending in .py ("cannot load config file")."""
+    from lmscale.cli import _json_config_parser
+    parser = _json_config_parser()("config")
+    cfg = tmp_path / "quick.cfg"
+    cfg.write_text(open(os.path.join(REPO, "configs", "quickstart.py")).read())
+    assert parser.parse(str(cfg)).model.kind == "mlstm"
+    bad = tmp_path / "bad.py"
+    bad.write_text("def get_config(:\n")
+    sys.modules.pop("config_config", None)
+    try:
+        parser.parse(str(bad))
+    except SyntaxError:
+        pass
+    assert "config_config" not in sys.modules

@@ -332,13 +332,22 @@ def unit_trace(lm: TrainedLM, text: str, unit: int, *, state: str | None = None,
     per_token = np.asarray(values, np.float32)[:len(ids)]
     # Bytes per token: of this text where the tokenizer can say (words: a word's length varies
     # and <unk> stands for any), else the vocabulary's.
+    shown = preprocess_texts(lm, [text])[0]
     spans = getattr(lm.tokenizer, "text_byte_lengths", None)
-    lengths = spans(preprocess_texts(lm, [text])[0]) if spans else None
+    lengths = spans(shown) if spans else None
     if lengths is None or len(lengths) != len(full):
         lengths = np.rint(lm.tokenizer.byte_lengths()[full]).astype(np.int64)  # <unk>: its mean
     skipped = len(full) - len(ids)
-    return np.concatenate([np.full(int(lengths[:skipped].sum()), np.nan, np.float32),
-                           np.repeat(per_token, lengths[skipped:])])
+    trace = np.concatenate([np.full(int(lengths[:skipped].sum()), np.nan, np.float32),
+                            np.repeat(per_token, lengths[skipped:])])
+    # A tokenizer that does not give back the text (an imported SentencePiece model adding a
+    # space before it, removing whitespace, normalizing; <unk>'s mean length) counts other
+    # bytes: the trace is cut or NaN-padded to the text's, one value per byte as promised.
+    n = len(shown) if isinstance(shown, bytes) else len(
+        shown.encode("utf-8", errors="surrogateescape"))
+    if len(trace) != n:
+        trace = np.concatenate([trace[:n], np.full(max(n - len(trace), 0), np.nan, np.float32)])
+    return trace
 
 
 CACHE_BLOCK_TEXTS = 8192  # texts per cache file: an interrupted featurize keeps its blocks

@@ -366,3 +366,17 @@ def test_a_transfer_says_how_much_of_the_feature_cache_it_did_not_use(tmp_path, 
     assert (f"note: {cache} also holds 1.5 GiB of cached features this transfer did not use "
             f"(1 file: of other weights, texts or options)") in err, err
     assert sorted(os.listdir(cache)) == sorted(used + [other.name])  # nothing deleted
+
+
+def test_a_unit_trace_has_one_value_per_byte_of_its_text_whatever_the_tokenizer(monkeypatch):
+    """A tokenizer whose pieces count other bytes than the text's (an imported SentencePiece
+    model adding a space before each text): the trace was one value longer than the text,
+    and the heatmap refused it, failing lmscale.transfer before results.json."""
+    from lmscale.transfer import plots
+    lm = random_lm(layers=1)
+    lengths = np.asarray(lm.tokenizer.byte_lengths()).copy()
+    lengths[lm.tokenizer.encode(TEXTS[2])[0]] += 1  # the first byte's piece: one byte more
+    monkeypatch.setattr(type(lm.tokenizer), "byte_lengths", lambda self: lengths)
+    trace = unit_trace(lm, TEXTS[2], 3)
+    assert trace.shape == (len(TEXTS[2].encode()),)
+    plots.heatmap_figure([TEXTS[2]], [trace], unit=3)
