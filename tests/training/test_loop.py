@@ -226,7 +226,10 @@ def test_eval_tool_on_text_file_and_split(tmp_path, corpus):
     short = tmp_path / "short.txt"
     short.write_text("twelve bytes")
     with pytest.raises(DataError, match=rf"^the text of {short} has 12 tokens: too few for one "):
-        evaluate_data(lm, str(short))  # it named the temporary dataset's "split 'train'"
+        # it named the temporary dataset's "split 'train'"
+        evaluate_data(lm, str(short), seq_len=16)
+    # the run's own seq_len (not given): a text shorter than one sequence is read whole
+    assert evaluate_data(lm, str(short), batch_size=1)["tokens"] == 11
 
 
 def test_eval_tool_without_checkpoint(tmp_path):
