@@ -26,9 +26,8 @@ def load_classifier(path: str, batch_size: int = 0) -> Any:
     run's validation rows, ``train.eval_batch_size``; else 64)."""
     import os
     from lmscale.finetuning.classifier import load_classifier as _load
-    from lmscale.messages import errors_for_caller
-    if not isinstance(path, (str, os.PathLike)):  # None was a TypeError from posixpath
-        raise TypeError(f"path must be a classifier's folder (a str or path), got {path!r}")
+    from lmscale.messages import check_call_arguments, errors_for_caller
+    check_call_arguments(path, name="path", folder="a classifier's folder")
     with errors_for_caller():
         return _load(os.path.expanduser(path) if isinstance(path, str) else path, batch_size)
 

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any, Sequence
 
 import jax
@@ -19,6 +18,7 @@ import numpy as np
 from flax import nnx
 
 from lmscale.data.errors import DataError
+from lmscale.messages import check_call_arguments
 from lmscale.models.registry import trained_length
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.loss import bits_per_char
@@ -260,6 +260,5 @@ def load_lm(workdir: str, step: int | None = None, compute: str = "float32",
     matmuls' dtype ("bfloat16": ~3x faster featurizing on CPUs with AMX and on GPUs).
     FileNotFoundError (saying why and the way on) for a folder that is no LM run (a
     classifier's, weights still to convert) or a step it does not hold."""
-    if not isinstance(workdir, (str, os.PathLike)):  # None was a TypeError from posixpath
-        raise TypeError(f"workdir must be a run's folder (a str or path), got {workdir!r}")
+    check_call_arguments(workdir, folder="a run's folder")
     return LM(load_trained(workdir, step, best=best, compute=compute))

@@ -12,6 +12,7 @@ and :func:`errors_for_caller` does so for the errors leaving the API's ``train``
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from typing import Iterator
 
@@ -74,16 +75,15 @@ def errors_for_caller() -> Iterator[None]:
 
 
 def check_call_arguments(workdir: object, config: object = None, *, wants_config: bool = False,
-                         name: str = "workdir") -> None:
-    """TypeError naming the argument for a notebook's slip: a folder that is not a str or
-    path (None was a TypeError from posixpath naming no argument) or, with ``wants_config``,
-    a config that is not a ConfigDict (a config file's path was an AttributeError on .get)."""
-    import os
-
+                         name: str = "workdir", folder: str = "a folder") -> None:
+    """TypeError naming the argument for a notebook's slip: a folder (argument ``name``, what
+    it must be: ``folder``) that is not a str or path (None was a TypeError from posixpath
+    naming no argument) or, with ``wants_config``, a config that is not a ConfigDict (a
+    config file's path was an AttributeError on .get)."""
     import ml_collections
 
     if not isinstance(workdir, (str, os.PathLike)):
-        raise TypeError(f"{name} must be a folder (a str or path), got {workdir!r}")
+        raise TypeError(f"{name} must be {folder} (a str or path), got {workdir!r}")
     if wants_config and not isinstance(config, ml_collections.ConfigDict):
         hint = (" (a config file's path: load it with lmscale.config.config_from_file(path))"
                 if isinstance(config, (str, os.PathLike)) else "")
@@ -96,7 +96,6 @@ def draws_bar(stream: object) -> bool:
     print plain lines): a pseudo-terminal of 0 columns (``script`` or ``docker run -t``
     started from a non-terminal) is a tty where tqdm drew an empty bar, and the plain lines
     were left out: no progress at all."""
-    import os
     try:
         return stream.isatty() and os.get_terminal_size(stream.fileno()).columns > 0
     except (AttributeError, OSError, ValueError):

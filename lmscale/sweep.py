@@ -14,6 +14,7 @@ final.png and curves.png.
 from __future__ import annotations
 
 import math
+import os
 import shlex
 import sys
 
@@ -48,7 +49,6 @@ flags.register_validator("cpu_budget_minutes", lambda v: v is None or math.isfin
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    import os
     from lmscale.distributed import refuse_several_processes
     refuse_several_processes("lmscale.sweep", dict(os.environ))  # each task ran the whole sweep
     from lmscale.sweeps import SweepError, run_sweep

@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import sys
+import zipfile
 from typing import Any, Callable, Sequence
 
 import jax
@@ -412,7 +413,6 @@ def _cached_block(lm: TrainedLM, texts: list[str], cache_dir: str, common: bytes
     if used is not None:
         used.add(os.path.basename(path))
     if os.path.exists(path):
-        import zipfile
         why = None
         try:
             with np.load(path, allow_pickle=False) as z:

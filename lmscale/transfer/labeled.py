@@ -8,6 +8,7 @@ texts and their labels. Several label columns (comma separated) give multi-label
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -106,13 +107,13 @@ def _label_array(rows: list[list[int | str]], spec: str, names: list[str],
     numbers them; ``lines``: each row's line in ``spec``, named in errors). DataError for
     names in a multi-label column, a column mixing ids and names, or more than
     MAX_CLASS_NAMES names or than 10 and half the rows (a text column named as the label)."""
+    def at(i: int) -> str:  # "FILE:LINE" of row i, where lines are known
+        return f"{spec}:{lines[i]}" if lines is not None else spec
+
     for k, name in enumerate(names):
         given = [r[k] for r in rows if isinstance(r[k], str)]
         if not given:
             continue
-        def at(i: int) -> str:  # "FILE:LINE" of row i, where lines are known
-            return f"{spec}:{lines[i]}" if lines is not None else spec
-
         first = next(i for i, r in enumerate(rows) if isinstance(r[k], str))
         if len(names) > 1:
             raise DataError(f"{at(first)}: label column {name!r} has {given[0]!r}; multi-label "
@@ -120,12 +121,12 @@ def _label_array(rows: list[list[int | str]], spec: str, names: list[str],
         if len(given) < len(rows):
             ids = [i for i, r in enumerate(rows) if not isinstance(r[k], str)]
             # the fewer kind is the odd one out (a typo "1O" among ids): its first row named
-            odd, kind, other = ((first, "a class name", "class ids") if len(given) <= len(ids)
-                                else (ids[0], "a class id", "class names"))
+            odd, example, kind, other = (
+                (first, ids[0], "a class name", "class ids") if len(given) <= len(ids)
+                else (ids[0], first, "a class id", "class names"))
             raise DataError(f"{at(odd)}: label column {name!r} is {rows[odd][k]!r}, {kind}, and "
                             f"{max(len(ids), len(given))} of {len(rows)} rows hold {other} "
-                            f"(e.g. {rows[first if odd != first else ids[0]][k]!r}): give one "
-                            f"or the other")
+                            f"(e.g. {rows[example][k]!r}): give one or the other")
         distinct = sorted(set(given))
         if len(distinct) > MAX_CLASS_NAMES or len(distinct) > max(10, len(rows) // 2):
             raise DataError(f"{spec}: label column {name!r} has {len(distinct)} distinct "
@@ -272,16 +273,18 @@ def _jsonl_objects(path: str, text_field: str, other_fields: Sequence[str], hint
     # utf-8-sig: a byte order mark is read as nothing, as in a CSV file and a prepared corpus
     # newline="\n": a line ends at LF only, as JSONL's lines (and prepare's reader): a CR is
     # JSON whitespace, which universal newlines split a record at ("bad JSON")
+    read = (text_field, *other_fields)
+    repeated: list[list[str]] = []  # a line's objects' repeated keys, the outermost last
+    hook = functools.partial(_object, repeated=repeated)
     with open_input(path, "r", encoding="utf-8-sig", newline="\n") as f:
         for i, line in enumerate(f, start=1):
             if not line.strip():
                 continue
-            repeated: list[list[str]] = []  # each object's repeated keys, the outermost last
+            repeated.clear()
             try:
-                obj = json.loads(line, object_pairs_hook=lambda pairs: _object(pairs, repeated))
+                obj = json.loads(line, object_pairs_hook=hook)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{i}: bad JSON ({e.msg})") from None
-            read = (text_field, *other_fields)
             twice = [k for k in (repeated[-1] if repeated else ()) if k in read]
             if isinstance(obj, dict) and twice:  # json keeps the last value, silently
                 raise DataError(f"{path}:{i}: the field {twice[0]!r} is given twice in one "

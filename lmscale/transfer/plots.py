@@ -204,4 +204,4 @@ def _per_char(text: str | bytes, trace: np.ndarray) -> tuple[str, np.ndarray]:
                          f"{sum(sizes)} for {shown[:40]!r}, got shape {trace.shape} "
                          f"(lmscale.transfer's unit traces have it)")
     ends = np.cumsum(sizes, dtype=np.int64) - 1
-    return shown, np.asarray(trace)[ends] if len(text) else np.zeros(0)
+    return shown, trace[ends] if len(text) else np.zeros(0)
