@@ -4,9 +4,9 @@ Each point is an ordinary run in DIR/NAME (so it resumes) started with the sweep
 file, the sweep command's ``--config.*`` overrides and the point's fields. While it trains
 the runner reads its metrics.jsonl: a diverged loss (divergence.py) stops it with SIGTERM
 (the trainer saves and exits) and marks it ``div``. Finished points (``ok``/``div``) are
-never retrained. A SIGTERM/SIGINT to the sweep is passed to the points, which save; if the
-sweep process dies outright, its points get SIGTERM from the kernel (PR_SET_PDEATHSIG, which
-each trainer asks for itself: ``cli.die_with_parent``).
+never retrained. A SIGTERM/SIGINT (SIGHUP, SIGUSR1: as SIGTERM) to the sweep is passed to
+the points, which save; if the sweep process dies outright, its points get SIGTERM from the
+kernel (PR_SET_PDEATHSIG, which each trainer asks for itself: ``cli.die_with_parent``).
 A point's lock is held by its trainer too, so a re-run waits for a previous one to exit.
 
 With several GPUs, ``parallel`` processes get disjoint CUDA_VISIBLE_DEVICES groups; on CPU
@@ -27,6 +27,7 @@ import time
 from typing import Any, Callable, Mapping
 
 from lmscale.cli import EXIT_DIVERGED, PARENT_ENV
+from lmscale.early_signals import REQUEST_SIGNALS, taken_signals
 from lmscale.sweeps.divergence import DEFAULT_FACTOR, find_divergence, read_records
 from lmscale.sweeps.grid import Point, SweepError, override_flags
 from lmscale.sweeps.workdir import LOCK_FILE, Lock, is_finished, read_status, write_status
@@ -192,7 +193,9 @@ class Runner:
         free = list(range(self.options.parallel))
         running: dict[int, tuple[_Job, int]] = {}
         self._running = running  # for _on_signal's second signal
-        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        # SIGTERM, SIGINT, and as SIGTERM SIGHUP (a closed terminal) and SIGUSR1 (Slurm's
+        # --signal=USR1@T), unless ignored from the start (nohup), as the trainers take them
+        handlers = {s: signal.signal(s, self._on_signal) for s in taken_signals()}
         try:
             while pending or running:
                 while pending and free and not self.stopping:
@@ -220,11 +223,13 @@ class Runner:
                                    "to resume", self.stopping)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        if self.stopping and signum == signal.SIGTERM:  # the same request again (a scheduler
-            # repeats it; `timeout` signals the process, then its group), as the trainer takes
-            # it (training/stop.py): the points still stop at a checkpoint
-            self.options.log("sweep: SIGTERM while stopping; the running points still stop at a "
-                             "checkpoint (a second Ctrl-C stops them at once)")
+        if self.stopping and signum in REQUEST_SIGNALS:  # the same request again (a scheduler
+            # repeats it; `timeout` signals the process, then its group; a closed terminal
+            # sends SIGHUP to the group), as the trainer takes it (training/stop.py): the
+            # points still stop at a checkpoint
+            name = signal.Signals(signum).name
+            self.options.log(f"sweep: {name} while stopping; the running points still stop at a "
+                             f"checkpoint (a second Ctrl-C stops them at once)")
             return
         if self.stopping:  # a second Ctrl-C: stop the points at once, without a checkpoint
             # (SIGKILL: a trainer may not have taken its first signal yet, and the parent-

@@ -203,8 +203,11 @@ def test_killed_sweep_resumes_unfinished_points_only(tiny):
 
 
 def test_a_stopped_point_reports_the_step_it_saved(tiny):
-    """SIGTERM to the sweep: each running point saves where it stops, and its status names
-    that step (it named the last logged step: 0 here, logging every 500 steps)."""
+    """A stop request to the sweep: each running point saves where it stops, and its status
+    names that step (it named the last logged step: 0 here, logging every 500 steps). SIGHUP
+    (a closed terminal; SIGUSR1, Slurm's warning, alike) is a request as SIGTERM is (it ended
+    the sweep by its default action; the points, left with the status "running", saved on the
+    parent-death SIGTERM)."""
     sweep_file = write_sweep(tiny / "stop.py", """
         def get_sweep():
             return {"grid": {"model.hidden": [16]},
@@ -217,9 +220,9 @@ def test_a_stopped_point_reports_the_step_it_saved(tiny):
         wait_until(started.exists, proc, "the point never started")
         time.sleep(2.0)  # some steps
     finally:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGHUP)
         proc.wait(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM  # 143, as a process SIGTERM ends
+    assert proc.returncode == 128 + signal.SIGHUP  # 129, as a process SIGHUP ends
     status = json.loads((out / "hidden-16" / "sweep_status.json").read_text())
     saved = [int(n.name) for n in (out / "hidden-16" / "checkpoints").iterdir() if n.name.isdigit()]
     assert status["status"] == "interrupted" and saved and status["step"] == max(saved) > 0
