@@ -81,22 +81,47 @@ def stamp_unstamped_entries(folder: str) -> int:
     """Gives every entry without an access-time file one (its modification time); returns how
     many. JAX's eviction reads an ``-atime`` file beside each ``-cache`` entry and writes it
     only when eviction is on, so a folder filled without a cap (lmscale before the cap, or JAX
-    run on its own) would otherwise make every later write fail."""
+    run on its own) would otherwise make every later write fail.
+
+    JAX writes an entry in place, then its access time: an entry without one may also be a
+    write cut short (a full disk, a kill). Such an entry does not decompress, and JAX, finding
+    its key taken, never writes it again: every later start warned "Error reading persistent
+    compilation cache entry" and compiled the program anew. It is removed instead, so the
+    next compile writes it whole."""
     stamped = 0
     for name in os.listdir(folder):
         if not name.endswith("-cache"):
             continue
-        atime = os.path.join(folder, name[:-len("-cache")] + "-atime")
+        entry = os.path.join(folder, name)
+        atime = entry[:-len("-cache")] + "-atime"
         if os.path.exists(atime):
             continue
         try:
-            mtime_ns = os.stat(os.path.join(folder, name)).st_mtime_ns
+            if _torn(entry):
+                os.remove(entry)
+                continue
+            mtime_ns = os.stat(entry).st_mtime_ns
             with open(atime, "wb") as f:
                 f.write(mtime_ns.to_bytes(8, "little"))
             stamped += 1
         except OSError:  # removed meanwhile by another process's eviction
             continue
     return stamped
+
+
+def _torn(entry: str) -> bool:
+    """Whether a cache entry fails to decompress as JAX reads it (a write cut short)."""
+    try:
+        from jax._src.compilation_cache import decompress_executable
+    except ImportError:  # JAX's layout changed: keep every entry, as before this check
+        return False
+    with open(entry, "rb") as f:
+        data = f.read()
+    try:
+        decompress_executable(data)
+    except Exception:  # zstd's and zlib's errors alike
+        return True
+    return False
 
 
 def use_compile_cache(environ: Mapping[str, str] = os.environ) -> str | None:

@@ -157,18 +157,39 @@ def test_the_cache_is_kept_under_its_cap_least_recently_used_first(tmp_path):
 
 
 def test_a_folder_filled_without_a_cap_gets_access_times_and_stays_writable(tmp_path):
+    from jax._src.compilation_cache import compress_executable  # as JAX writes an entry
     cache = tmp_path / "cache"
     cache.mkdir()
-    (cache / "jit_old-0123-cache").write_bytes(b"x" * 1000)  # an entry from an uncapped run
+    entry = compress_executable(b"x" * 1000)
+    (cache / "jit_old-0123-cache").write_bytes(entry)  # an entry from an uncapped run
     assert stamp_unstamped_entries(str(cache)) == 1
     assert (cache / "jit_old-0123-atime").stat().st_size == 8
     assert stamp_unstamped_entries(str(cache)) == 0
-    (cache / "jit_older-4567-cache").write_bytes(b"y" * 1000)
+    (cache / "jit_older-4567-cache").write_bytes(entry)
     env = _env(cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     done = _run_python(_COMPILE_SIX, env)  # warnings are errors: no failed write
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(_entries(cache)) == 8
     assert (cache / "jit_older-4567-atime").exists()
+
+
+def test_an_entry_cut_short_is_written_again(tmp_path):
+    """JAX writes an entry in place, then its access time: a write cut short (a full disk, a
+    kill) left an entry that failed to decompress at every later start ("Error reading
+    persistent compilation cache entry", a warning: an error here) and was compiled anew
+    each time, as JAX never writes a key it finds taken. It is removed at the next start."""
+    cache = tmp_path / "cache"
+    env = _env(cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    assert _run_python(_COMPILE_SIX, env).returncode == 0
+    whole = _entries(cache)
+    torn = max(whole, key=whole.get)
+    data = (cache / torn).read_bytes()
+    (cache / torn).write_bytes(data[:len(data) // 2])
+    (cache / torn.replace("-cache", "-atime")).unlink()  # JAX had not got to it
+    again = _run_python(_COMPILE_SIX, env)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert _entries(cache) == whole  # written whole again
+    assert (cache / torn.replace("-cache", "-atime")).exists()
 
 
 # With the cache in JAX's own folder, another (uncapped) JAX process writes an entry beside
