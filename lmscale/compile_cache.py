@@ -88,24 +88,35 @@ def stamp_unstamped_entries(folder: str) -> int:
     its key taken, never writes it again: every later start warned "Error reading persistent
     compilation cache entry" and compiled the program anew. It is removed instead, so the
     next compile writes it whole."""
+    unstamped = [os.path.join(folder, name) for name in os.listdir(folder)
+                 if name.endswith("-cache")
+                 and not os.path.exists(os.path.join(folder, name[:-len("-cache")] + "-atime"))]
+    if not unstamped:
+        return 0
+    import filelock
+    try:  # JAX's own lock of the folder: an entry another process is writing is not read
+        lock = filelock.FileLock(os.path.join(folder, ".lockfile"), timeout=10)
+        lock.acquire()
+    except (filelock.Timeout, OSError):  # left for a later start
+        return 0
     stamped = 0
-    for name in os.listdir(folder):
-        if not name.endswith("-cache"):
-            continue
-        entry = os.path.join(folder, name)
-        atime = entry[:-len("-cache")] + "-atime"
-        if os.path.exists(atime):
-            continue
-        try:
-            if _torn(entry):
-                os.remove(entry)
+    try:
+        for entry in unstamped:
+            atime = entry[:-len("-cache")] + "-atime"
+            try:
+                if os.path.exists(atime):  # written meanwhile
+                    continue
+                if _torn(entry):
+                    os.remove(entry)
+                    continue
+                mtime_ns = os.stat(entry).st_mtime_ns
+                with open(atime, "wb") as f:
+                    f.write(mtime_ns.to_bytes(8, "little"))
+                stamped += 1
+            except OSError:  # removed meanwhile by another process's eviction
                 continue
-            mtime_ns = os.stat(entry).st_mtime_ns
-            with open(atime, "wb") as f:
-                f.write(mtime_ns.to_bytes(8, "little"))
-            stamped += 1
-        except OSError:  # removed meanwhile by another process's eviction
-            continue
+    finally:
+        lock.release()
     return stamped
 
 
