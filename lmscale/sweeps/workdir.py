@@ -55,7 +55,8 @@ def claim(workdir: str, base_config: dict[str, Any], sweep: Sweep, config_file: 
         keys = _diff_keys(saved.get("base_config", {}), identity["base_config"], _defaults())
         if keys:
             raise SweepError(f"{workdir} holds a different sweep: its base config differs in "
-                             f"{', '.join(keys[:3])}; use another --workdir")
+                             f"{', '.join(keys[:3])}; set the field as it was there "
+                             f"(--config.FIELD=VALUE) to continue it, or use another --workdir")
         if grown:
             extended = [*saved.get("extended", []), {"at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                                     "points_added": sorted(set(new) - set(old))}]
@@ -102,7 +103,13 @@ def _diff_keys(a: dict[str, Any], b: dict[str, Any], defaults: dict[str, Any], p
             if present == vd or (isinstance(present, dict) and isinstance(vd, dict)
                                  and not _diff_keys(present, vd, vd)):
                 continue
-            va, vb = (None if va is _MISSING else va), (None if vb is _MISSING else vb)
+            if isinstance(present, dict) or isinstance(vd, dict):
+                va, vb = (None if va is _MISSING else va), (None if vb is _MISSING else vb)
+            else:  # a field the sweep predates (or dropped) ran at its default there
+                there = f"absent there: its default {vd!r}" if va is _MISSING else f"{va!r} there"
+                here = f"absent here: its default {vd!r}" if vb is _MISSING else f"{vb!r} here"
+                keys.append(f"{prefix}{k} ({there}, {here})")
+                continue
         if isinstance(va, dict) and isinstance(vb, dict):
             keys += _diff_keys(va, vb, vd if isinstance(vd, dict) else {}, f"{prefix}{k}.")
         elif va != vb:

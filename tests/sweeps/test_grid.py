@@ -86,6 +86,25 @@ def test_sweep_folder_identity_survives_new_default_fields(tmp_path):
         claim(str(tmp_path), changed, sweep, "c.py", "s.py")
 
 
+def test_sweep_begun_before_a_field_names_its_default_and_how_to_continue(tmp_path):
+    """A sweep begun before model.io_init existed, continued with a config that sets it: the
+    refusal read "(None there, 'pytorch' here); use another --workdir" (the points it had
+    trained ran at the default, and setting it back continues the sweep)."""
+    from lmscale.config import default_config
+    from lmscale.sweeps.grid import Point, Sweep
+    from lmscale.sweeps.workdir import claim
+    sweep = Sweep(["seed"], {"seed": [0]}, [Point("seed-0", {"seed": 0}, {"seed": 0})])
+    base = default_config().to_dict()
+    older = {**base, "model": {k: v for k, v in base["model"].items() if k != "io_init"}}
+    claim(str(tmp_path), older, sweep, "c.py", "s.py")
+    changed = {**base, "model": {**base["model"], "io_init": "pytorch"}}
+    with pytest.raises(SweepError) as e:
+        claim(str(tmp_path), changed, sweep, "c.py", "s.py")
+    assert "model.io_init (absent there: its default 'uniform', 'pytorch' here)" in str(e.value)
+    assert "--config.FIELD=VALUE" in str(e.value) and "None" not in str(e.value)
+    claim(str(tmp_path), base, sweep, "c.py", "s.py")  # set back to the default: continues
+
+
 def test_parallel_points_get_disjoint_gpu_groups(monkeypatch):
     from lmscale.sweeps.runner import device_groups
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3,4")
