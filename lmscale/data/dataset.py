@@ -109,6 +109,11 @@ class MappedShards(Sequence[np.memmap]):
         from collections import OrderedDict
         self.paths, self.lengths, self.dtype = paths, lengths, dtype
         self.max_open = max_open or open_files_for_maps(len(paths))
+        # Each shard file's identity when the split was opened: a shard mapped later (lazily,
+        # or again after its map was evicted) from a dataset prepared again in place
+        # (``lmscale.prepare --overwrite``) was another file: read silently, or, shorter,
+        # a traceback from mmap ("mmap length is greater than file size").
+        self._identity = [_file_identity(p) for p in paths]
         self._mapped: OrderedDict[int, np.memmap] = OrderedDict()
         self._lock = threading.Lock()  # a prefetch thread and the loop may read one split
 
@@ -123,14 +128,27 @@ class MappedShards(Sequence[np.memmap]):
                 return self._mapped[index]
             while len(self._mapped) >= self.max_open:
                 self._mapped.popitem(last=False)  # its map (and descriptor) goes with its last view
+            path = self.paths[index]
+            if self._identity[index] is not None and _file_identity(path) != self._identity[index]:
+                raise DataError(f"shard file {path} changed while this process read its dataset "
+                                f"(prepared again in place, e.g. lmscale.prepare --overwrite?): "
+                                f"restore the dataset or prepare into another folder, then re-run")
             try:
-                data = np.memmap(self.paths[index], dtype=self.dtype, mode="r",
-                                 shape=(self.lengths[index],))
-            except OSError as e:
-                raise DataError(f"shard file {self.paths[index]} is unreadable "
-                                f"({e.strerror or e})") from None
+                data = np.memmap(path, dtype=self.dtype, mode="r", shape=(self.lengths[index],))
+            except (OSError, ValueError) as e:  # ValueError: shorter than its metadata says
+                raise DataError(f"shard file {path} is unreadable "
+                                f"({getattr(e, 'strerror', None) or e})") from None
             self._mapped[index] = data
             return data
+
+
+def _file_identity(path: str) -> tuple[int, int, int, int] | None:
+    """(device, inode, size, mtime) of ``path``; None where it cannot be read (said when mapped)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def open_files_for_maps(shards: int, spare: int = 256) -> int:

@@ -160,3 +160,23 @@ print("ok")
 """
     p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr[-2000:]
+
+
+@pytest.mark.parametrize("smaller", [True, False])
+def test_a_dataset_prepared_again_while_read_is_one_error(tmp_path, smaller):
+    """``lmscale.prepare --overwrite`` into the dataset a training run read: a shard the run
+    mapped afterwards was the new dataset's file, a traceback from mmap ("mmap length is
+    greater than file size") where it was shorter, else other tokens read silently. A shard
+    mapped before keeps its old tokens; one mapped after is one DataError."""
+    from lmscale.data.errors import DataError
+    write_txt_files(tmp_path / "in", make_docs(60, seed=1))
+    ds_dir = prepare_dataset(str(tmp_path / "in"), str(tmp_path / "ds"), split=(40, 1, 1),
+                             shard_tokens=50, progress=False)
+    train = TokenDataset.open(ds_dir).split("train")
+    first = np.array(train.shards[0])
+    write_txt_files(tmp_path / "in2", make_docs(6 if smaller else 200, seed=2))
+    prepare_dataset(str(tmp_path / "in2"), ds_dir, split=(40, 1, 1), shard_tokens=50,
+                    progress=False, overwrite=True)
+    np.testing.assert_array_equal(train.shards[0], first)  # mapped before: the old tokens
+    with pytest.raises(DataError, match="changed while this process read its dataset"):
+        train.shards[train.num_shards - 1]
