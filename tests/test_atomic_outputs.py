@@ -300,3 +300,24 @@ def test_a_short_numpy_write_on_a_full_disk_names_the_file_and_enospc(tmp_path, 
             raise OSError("221440 requested and 127968 written")
     assert e.value.errno == errno_module.ENOSPC and e.value.filename == path
     assert os.listdir(tmp_path) == []
+
+
+def test_an_errno_less_oserror_with_room_on_the_disk_is_not_said_as_enospc(tmp_path, monkeypatch):
+    """Only a full file system turns numpy's errno-less short write into ENOSPC: with room
+    left, the error is raised as it was (not blamed on the disk)."""
+    import errno
+    from lmscale import atomic
+    room = type("St", (), {"f_bavail": 1 << 20, "f_frsize": 4096})()
+    full = type("St", (), {"f_bavail": 0, "f_frsize": 4096})()
+    path = str(tmp_path / "f.npy")
+    monkeypatch.setattr(atomic.os, "statvfs", lambda p: room)
+    with pytest.raises(OSError) as e:
+        with atomic.atomic_write(path, "wb"):
+            raise OSError("something else")
+    assert e.value.errno is None and str(e.value) == "something else"
+    monkeypatch.setattr(atomic.os, "statvfs", lambda p: full)
+    with pytest.raises(OSError) as e:
+        with atomic.atomic_write(path, "wb"):
+            raise OSError("221440 requested and 127968 written")
+    assert e.value.errno == errno.ENOSPC and e.value.filename == path
+    assert os.listdir(tmp_path) == []

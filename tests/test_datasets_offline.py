@@ -70,3 +70,24 @@ def test_a_file_in_the_cache_names_lmscale_data_not_an_unpassed_flag(tmp_path, m
     (tmp_path / "tinyshakespeare").write_text("")
     with pytest.raises(DataError, match=r"^\$LMSCALE_DATA/tinyshakespeare: \S+ is a file"):
         fetch("tinyshakespeare")
+
+
+def test_a_failed_fetch_lists_only_the_files_still_missing(offline, monkeypatch):
+    """train.csv and test.csv already verified in the folder, val.csv failing: the error asks
+    for val.csv alone (it listed every other file of the set, those already there too)."""
+    import dataclasses
+    import hashlib
+    from lmscale import datasets
+    folder = offline / "sst_binary"
+    folder.mkdir()
+    files = []
+    for remote in datasets.REGISTRY["sst_binary"].files:
+        content = f"{remote.name}\n".encode()
+        if remote.name != "val.csv":
+            (folder / remote.name).write_bytes(content)
+        files.append(dataclasses.replace(remote, sha256=hashlib.sha256(content).hexdigest()))
+    monkeypatch.setitem(datasets.REGISTRY, "sst_binary", dataclasses.replace(
+        datasets.REGISTRY["sst_binary"], files=tuple(files)))
+    with pytest.raises(DataError, match=r"sst_binary/val\.csv") as e:
+        datasets.fetch("sst_binary")
+    assert "also needs" not in str(e.value), str(e.value)

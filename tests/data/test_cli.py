@@ -165,6 +165,18 @@ def test_a_killed_runs_temporary_folder_is_never_read_and_sigterm_removes_it(tmp
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143 and "interrupted: nothing written" in err, err[-2000:]  # 128 + SIGTERM
     assert not list(tmp_path.glob("out*"))
+    # SIGHUP (a closed terminal) alike: it killed prepare by its default action, leaving
+    # OUTPUT.tmp-* behind
+    proc = subprocess.Popen([sys.executable, "-m", "lmscale.prepare", f"--input={big}",
+                             f"--output={tmp_path / 'out'}", "--progress=false"], cwd=REPO,
+                            stderr=subprocess.PIPE, text=True)
+    while not list(tmp_path.glob("out.tmp-*")):
+        assert proc.poll() is None and time.time() < deadline + 60, "prepare ended before the signal"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGHUP)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 129 and "interrupted: nothing written" in err, err[-2000:]
+    assert not list(tmp_path.glob("out*"))
 
 
 def test_txt_mode_without_plain_text_inputs_is_refused(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -154,6 +155,8 @@ def test_sst_learns_restores_freezes_and_classify_reproduces(sst_run, data, tmp_
     said = _cli("lmscale.classify", f"--workdir={run}", f"--input={data['sst_val']}",
                 "--text_column=sentence", f"--output={out}", "--labels=label").stderr
     assert "classifying 64 texts (" in said  # before the wait, for a log
+    assert re.search(r"classifying 64 texts \(\d+ bytes of UTF-8\) with the weights of step \d+",
+                     said), said  # the step whose weights it reads
     mine = list(csv.DictReader(open(out)))
     saved = list(csv.DictReader(open(os.path.join(run, "val_predictions.csv"))))
     assert [r["predicted"] for r in mine] == [r["predicted"] for r in saved]

@@ -329,3 +329,14 @@ def test_a_tool_started_by_open_mpi_5_is_refused(capsys):
                                  {"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "1"})
     assert stop.value.code == 1
     assert "process 1 of 2, from Open MPI" in capsys.readouterr().err
+
+
+def test_lmscale_num_processes_without_a_coordinator_is_refused(capsys):
+    """LMSCALE_NUM_PROCESSES=2 without LMSCALE_COORDINATOR_ADDRESS: resolve raises, and a
+    one-process tool must still refuse it (each task would do the whole job)."""
+    from lmscale.distributed import refuse_several_processes
+    with pytest.raises(SystemExit) as stop:
+        refuse_several_processes("lmscale.eval",
+                                 {"LMSCALE_NUM_PROCESSES": "2", "LMSCALE_PROCESS_ID": "1"})
+    assert stop.value.code == 1
+    assert "process 1 of 2, from LMSCALE_* environment" in capsys.readouterr().err

@@ -28,3 +28,32 @@ def test_a_sweep_started_as_one_of_several_processes_is_refused(tmp_path):
     assert out.returncode == 1
     assert "lmscale.sweep runs as one process" in out.stderr and "process 1 of 2" in out.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_a_sweep_point_is_started_as_one_process_in_a_batch_script_of_several_tasks(
+        tmp_path, monkeypatch):
+    """The point's trainer gets single_process_env's environment (not the sweep's own: a
+    SLURM batch script of several tasks failed every point asking for --num_processes=1)."""
+    import pytest
+
+    from lmscale.sweeps import runner
+    from lmscale.sweeps.grid import Point
+    for k, v in {"SLURM_NTASKS": "2", "SLURM_JOB_ID": "99", "SLURM_PROCID": "0",
+                 "LMSCALE_COORDINATOR_ADDRESS": "127.0.0.1:1234",
+                 "LMSCALE_PROCESS_ID": "1", "LMSCALE_NUM_PROCESSES": "2"}.items():
+        monkeypatch.setenv(k, v)
+    seen = {}
+
+    class Started(Exception):
+        pass
+
+    def popen(command, env, **kwargs):  # the environment the trainer would start with
+        seen.update(env)
+        raise Started
+
+    monkeypatch.setattr(runner.subprocess, "Popen", popen)
+    r = runner.Runner(str(tmp_path), runner.RunOptions("configs/quickstart.py", []))
+    with pytest.raises(Started):
+        r._start(Point("a", {}, {}), {})
+    assert seen["LMSCALE_NUM_PROCESSES"] == "1"
+    assert "LMSCALE_COORDINATOR_ADDRESS" not in seen and "LMSCALE_PROCESS_ID" not in seen

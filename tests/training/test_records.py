@@ -460,3 +460,12 @@ def test_resume_false_archives_what_was_set_aside(tmp_path):
     assert sorted(os.listdir(target)) == ["metrics.jsonl", "metrics.jsonl.damaged",
                                           "unreadable_checkpoints"]
     assert sorted(os.listdir(tmp_path)) == ["archive"]
+
+
+def test_resume_false_archives_a_damaged_best_json_too(tmp_path):
+    """best.json.damaged (set aside by an earlier run) is the previous run's as well."""
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "split": "train"}\n')
+    (tmp_path / "best.json.damaged").write_text("{torn")
+    target = archive_previous_run(str(tmp_path))
+    assert sorted(os.listdir(target)) == ["best.json.damaged", "metrics.jsonl"]
+    assert sorted(os.listdir(tmp_path)) == ["archive"]

@@ -380,3 +380,33 @@ def test_a_unit_trace_has_one_value_per_byte_of_its_text_whatever_the_tokenizer(
     trace = unit_trace(lm, TEXTS[2], 3)
     assert trace.shape == (len(TEXTS[2].encode()),)
     plots.heatmap_figure([TEXTS[2]], [trace], unit=3)
+
+
+def test_a_unit_trace_shorter_than_its_text_is_nan_padded_to_its_bytes(monkeypatch):
+    """A tokenizer whose pieces count fewer bytes than the text (one removing whitespace):
+    the trace is padded with NaN to one value per byte (the longer case is cut)."""
+    text = "Q somewhat longer text"  # its first byte once
+    lm = random_lm(layers=1)
+    lengths = np.asarray(lm.tokenizer.byte_lengths()).copy()
+    lengths[lm.tokenizer.encode(text)[0]] = 0  # the first byte's piece: counted as no byte
+    monkeypatch.setattr(type(lm.tokenizer), "byte_lengths", lambda self: lengths)
+    trace = unit_trace(lm, text, 3)
+    assert trace.shape == (len(text.encode()),)
+    assert np.isnan(trace[-1]) and not np.isnan(trace[:-1]).any()
+
+
+@pytest.mark.parametrize("damage", ["float64", "rows"])
+def test_a_cache_block_of_another_dtype_or_rows_is_computed_again(tmp_path, damage):
+    """A block holding its key but float64 features, or not one row per text (written by hand,
+    or another version), is not read as these texts' features."""
+    texts = ["a", "short one", "a somewhat longer text"]
+    lm = random_lm(layers=1)
+    a = cached_featurize(lm, texts, str(tmp_path), batch_size=4)
+    (block,) = list(tmp_path.iterdir())
+    key = str(np.load(block)["key"])
+    with open(block, "wb") as f:
+        np.savez(f, features=a.astype(np.float64) + 1.0 if damage == "float64" else a[:2],
+                 key=np.asarray(key))
+    again = cached_featurize(lm, texts, str(tmp_path), batch_size=4)
+    assert again.dtype == np.float32
+    np.testing.assert_array_equal(again, a)
