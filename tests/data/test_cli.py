@@ -171,7 +171,7 @@ def test_a_killed_runs_temporary_folder_is_never_read_and_sigterm_removes_it(tmp
                              f"--output={tmp_path / 'out'}", "--progress=false"], cwd=REPO,
                             stderr=subprocess.PIPE, text=True)
     while not list(tmp_path.glob("out.tmp-*")):
-        assert proc.poll() is None and time.time() < deadline + 60, "prepare ended before the signal"
+        assert proc.poll() is None and time.time() < deadline + 60, "prepare ended first"
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGHUP)
     _, err = proc.communicate(timeout=60)
