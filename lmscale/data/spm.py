@@ -100,6 +100,15 @@ class SentencePieceTokenizer(FileTokenizer):
         # decode it as one); None for a model without byte fallback.
         escape = [self._sp.piece_to_id(f"<0x{b:02X}>") for b in SPACE_SYMBOL.encode("utf-8")]
         self._space_symbol_ids = escape if all(self._sp.is_byte(i) for i in escape) else None
+        # A model that adds a dummy prefix or removes extra whitespace (one trained elsewhere)
+        # treats each string's edges specially: encoding it paragraph by paragraph would add a
+        # "▁" at each paragraph's start, or drop the space between paragraphs. Such a model
+        # encodes each text whole, as SentencePiece alone does.
+        from sentencepiece import sentencepiece_model_pb2
+        proto = sentencepiece_model_pb2.ModelProto()
+        proto.ParseFromString(bytes(model_proto))
+        norm = proto.normalizer_spec
+        self._edge_sensitive = bool(norm.add_dummy_prefix or norm.remove_extra_whitespaces)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "SentencePieceTokenizer":
@@ -149,7 +158,8 @@ class SentencePieceTokenizer(FileTokenizer):
         """Ids of all ``texts`` concatenated (``token_dtype``) and each text's token count
         (int64), each text encoded as ``encode`` does: one SentencePiece call for all."""
         escape = self._space_symbol_ids
-        per_text = [self._escaped(spans(self._text(t))) if escape else spans(self._text(t))
+        split = (lambda t: [t] if t else []) if self._edge_sensitive else spans
+        per_text = [self._escaped(split(self._text(t))) if escape else split(self._text(t))
                     for t in texts]
         flat = list(itertools.chain.from_iterable(per_text))
         literal = [escape is not None and s[0] == SPACE_SYMBOL for s in flat]  # runs of "▁"

@@ -314,7 +314,11 @@ def unknown_words_note(tokenizer: Any, texts: Sequence[str | bytes], ids: Sequen
     ``texts`` (as ``ids``) are outside its vocabulary: read as <unk>, they carry no meaning to
     featurize or classify (SST's raw sentences against a vocabulary of lower-cased, split text
     lose nearly half). A literal "<unk>" in the text (WikiText's) is no unknown word. None for
-    other tokenizers."""
+    other tokenizers, except a SentencePiece model without byte fallback (one trained
+    elsewhere), whose <unk> is noted alike."""
+    from lmscale.data.spm import SentencePieceTokenizer
+    if isinstance(tokenizer, SentencePieceTokenizer) and ids:
+        return _sentencepiece_unknown_note(tokenizer, texts, ids, what)
     if not isinstance(tokenizer, WordTokenizer) or not ids:
         return None
     unk, total = _unk_count(ids)
@@ -330,6 +334,32 @@ def unknown_words_note(tokenizer: Any, texts: Sequence[str | bytes], ids: Sequen
             f"the model's vocabulary (e.g. {', '.join(map(repr, examples))}), each read as "
             f"<unk>: a word model reads text split as its training corpus was (punctuation "
             f"apart, the same case)")
+
+
+def _sentencepiece_unknown_note(tokenizer: Any, texts: Sequence[str | bytes],
+                                ids: Sequence[np.ndarray], what: str) -> str | None:
+    """``unknown_words_note`` for a SentencePiece model: None with byte fallback (no text
+    is unknown to it)."""
+    sp = tokenizer.processor
+    if tokenizer.keeps_space_symbol:
+        return None
+    unk_id = sp.unk_id() + 1
+    unk = sum(int(np.count_nonzero(np.asarray(x) == unk_id)) for x in ids)
+    total = sum(len(x) for x in ids)
+    if not total or unk < UNKNOWN_NOTE_SHARE * total:
+        return None
+    examples: list[str] = []
+    for t in texts:
+        t = t if isinstance(t, str) else bytes(t).decode("utf-8", errors="replace")
+        for p in sp.encode(t, return_type="proto").pieces:
+            s = p.surface.strip()[:20]
+            if p.id == sp.unk_id() and s and s not in examples:
+                examples.append(s)
+        if len(examples) >= 8:
+            break
+    return (f"note: {unk / total:.1%} of the {total:,} tokens of {what} are <unk>: text outside "
+            f"the SentencePiece model's vocabulary (e.g. {', '.join(map(repr, examples[:8]))}; "
+            f"it has no byte fallback), which carries no meaning to the model and counts 0 bytes")
 
 
 def unk_tokens_note(tokenizer: Any, shards: Sequence[Any], what: str,

@@ -51,3 +51,36 @@ def test_a_model_without_byte_fallback_reads_it_as_a_space():
     assert not outside.keeps_space_symbol
     assert outside.encode("a\u2581b").tolist() == outside.encode("a b").tolist()
     assert any("U+2581" in s for s in outside.lossy_settings())
+
+
+@pytest.mark.parametrize("options", [dict(add_dummy_prefix=True, remove_extra_whitespaces=False),
+                                     dict(add_dummy_prefix=False, remove_extra_whitespaces=True),
+                                     dict(add_dummy_prefix=True, remove_extra_whitespaces=True)])
+def test_a_model_with_dummy_prefix_or_whitespace_removal_keeps_sentencepiece_ids(options):
+    """Such a model (trained elsewhere) treats a string's edges specially: encoded paragraph
+    by paragraph it got a "▁" at each paragraph's start, or lost the space between them."""
+    import sentencepiece as spm
+    writer = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(TEXT.splitlines()), model_writer=writer,
+                                   vocab_size=120, model_type="bpe", minloglevel=2, **options)
+    tok = SentencePieceTokenizer(writer.getvalue())
+    for text in ["Para one.\n\nPara two.", "a\n\n\nb\n\n", "x" * 20000 + "\ny\n" + "z" * 20000]:
+        assert tok.encode(text).tolist() == [i + 1 for i in tok.processor.encode(text)]
+
+
+def test_unknown_pieces_of_a_model_without_byte_fallback_are_noted():
+    import sentencepiece as spm
+    from lmscale.data.words import unknown_words_note
+    writer = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(TEXT.splitlines()), model_writer=writer,
+                                   vocab_size=20, model_type="word", minloglevel=2)
+    outside = SentencePieceTokenizer(writer.getvalue())
+    texts = ["zebra xylophone the fox", "the quick brown fox"]
+    note = unknown_words_note(outside, texts, [outside.encode(t) for t in texts])
+    assert note and "<unk>" in note and "'zebra xylophone'" in note
+    assert unknown_words_note(outside, texts[1:], [outside.encode(texts[1])]) is None
+
+
+def test_a_model_with_byte_fallback_has_no_unknown_note(tok):
+    from lmscale.data.words import unknown_words_note
+    assert unknown_words_note(tok, ["zebra 🦓"], [tok.encode("zebra 🦓")]) is None
