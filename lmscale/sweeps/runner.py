@@ -30,6 +30,7 @@ from lmscale.cli import EXIT_DIVERGED, PARENT_ENV
 from lmscale.early_signals import REQUEST_SIGNALS, taken_signals
 from lmscale.sweeps.divergence import DEFAULT_FACTOR, find_divergence, read_records
 from lmscale.sweeps.grid import Point, SweepError, override_flags
+from lmscale.sweeps.report import planned
 from lmscale.sweeps.workdir import LOCK_FILE, Lock, is_finished, read_status, write_status
 
 
@@ -316,7 +317,16 @@ class Runner:
             "wall_s": job.prior.get("wall_s", 0.0) + time.perf_counter() - job.started,
             "cpu_s": job.prior.get("cpu_s", 0.0) + usage.ru_utime + usage.ru_stime,
             "step": max((r["step"] for r in records), default=0)}
-        if divergence is not None:
+        planned_steps = planned(self.workdir, job.point).get("steps")
+        if planned_steps is not None and status["step"] > planned_steps:
+            # another run (a hand-started lmscale.train with more steps) trained in the
+            # point's folder: its trainer found it "already trained" and the sweep reported
+            # the other run's results as this point's
+            status.update(status="failed", error=(
+                f"{job.dir} holds a run trained to step {status['step']}, past this point's "
+                f"{planned_steps} steps: another run trained in its folder; move that run "
+                f"elsewhere and re-run the sweep"))
+        elif divergence is not None:
             status.update(status="div", divergence=divergence)
         elif returncode == 0 and final is not None:
             status["status"] = "ok"

@@ -56,6 +56,29 @@ def test_diverging_point_is_div_and_sweep_continues(finished):
     assert (out / "curves.png").stat().st_size > 1000 and (out / "report.html").exists()
 
 
+def test_a_point_folder_holding_a_longer_run_is_failed_not_its_result(tiny, finished):
+    """A hand-started lmscale.train with more steps into a point's folder (the sweep had
+    marked the point failed: "in use by another lmscale process"): the re-run's trainer found
+    it "already trained" and the sweep reported the other run as the point, "ok at step 24",
+    its BPC in the report (and possibly the best)."""
+    import shutil
+
+    from lmscale.sweeps.grid import point_config
+    from lmscale.training.loop import train
+    out, sweep_file, _ = finished
+    other = tiny / "intruded_sweep"
+    shutil.copytree(out, other)
+    config = point_config(base_config(tiny), {"optim.lr": 3e-3})
+    with config.unlocked():
+        config.train.steps = 24  # the sweep's points train 20
+    train(config, str(other / "lr-0.003"))
+    (other / "lr-0.003" / "sweep_status.json").write_text('{"status": "failed"}')
+    again = run_sweep(base_config(tiny), str(tiny / "tiny.py"), sweep_file, str(other), **QUIET)
+    status = json.loads((other / "lr-0.003" / "sweep_status.json").read_text())
+    assert status["status"] == "failed" and "past this point's 20 steps" in status["error"], status
+    assert [r["status"] for r in again["results"]] == ["div", "failed"]
+
+
 def test_a_point_whose_parameters_diverge_before_a_log_is_div(tiny):
     """A loss not finite (lr 3e38: past float32 by the second update) found at a checkpoint save (step 2), before any logged loss (every
     10 steps): the trainer exits EXIT_DIVERGED and the point is "div", not "failed"."""
