@@ -32,12 +32,14 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Mapping
 
 OFF = ("", "0", "off", "false", "no", "none")
 DEFAULT_MAX_MB = 2048
 MIN_COMPILE_SECONDS = 0.25  # programs compiled faster than this are not written (module doc)
 UNLIMITED = ("unlimited", "-1")
+TORN_RECHECK_SECONDS = 0.25  # an entry that reads as cut short is stat'ed again after it
 _STAMPED: set[str] = set()  # folders this process has stamped (the tools may call twice)
 
 
@@ -93,6 +95,20 @@ def stamp_unstamped_entries(folder: str) -> int:
                  and not os.path.exists(os.path.join(folder, name[:-len("-cache")] + "-atime"))]
     if not unstamped:
         return 0
+    # Checked before taking the lock (reading and decompressing 1 GiB took ~17 s on the CI
+    # machine, while JAX's readers and writers of the folder wait at most 10 s for it); an
+    # entry is then removed or stamped under the lock only if still unstamped and unchanged.
+    checked = []
+    for entry in unstamped:
+        try:
+            st = os.stat(entry)
+            checked.append((entry, (st.st_size, st.st_mtime_ns), _torn(entry)))
+        except OSError:  # removed meanwhile by another process's eviction
+            continue
+    if any(torn for _, _, torn in checked):
+        # A JAX process without a cap writes an entry without the lock: one it is still
+        # writing reads as cut short, but grows meanwhile (checked again under the lock).
+        time.sleep(TORN_RECHECK_SECONDS)
     import filelock
     try:  # JAX's own lock of the folder: an entry another process is writing is not read
         lock = filelock.FileLock(os.path.join(folder, ".lockfile"), timeout=10)
@@ -101,17 +117,17 @@ def stamp_unstamped_entries(folder: str) -> int:
         return 0
     stamped = 0
     try:
-        for entry in unstamped:
+        for entry, identity, torn in checked:
             atime = entry[:-len("-cache")] + "-atime"
             try:
-                if os.path.exists(atime):  # written meanwhile
-                    continue
-                if _torn(entry):
+                st = os.stat(entry)
+                if os.path.exists(atime) or (st.st_size, st.st_mtime_ns) != identity:
+                    continue  # written meanwhile
+                if torn:
                     os.remove(entry)
                     continue
-                mtime_ns = os.stat(entry).st_mtime_ns
                 with open(atime, "wb") as f:
-                    f.write(mtime_ns.to_bytes(8, "little"))
+                    f.write(st.st_mtime_ns.to_bytes(8, "little"))
                 stamped += 1
             except OSError:  # removed meanwhile by another process's eviction
                 continue
@@ -120,14 +136,28 @@ def stamp_unstamped_entries(folder: str) -> int:
     return stamped
 
 
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
 def _torn(entry: str) -> bool:
-    """Whether a cache entry fails to decompress as JAX reads it (a write cut short)."""
+    """Whether a cache entry fails to decompress as JAX reads it (a write cut short). An
+    entry in the other compression (written by a JAX with zstd where this one has only
+    zlib, or the reverse: another environment sharing the folder) is not this JAX's to
+    judge, and is kept."""
     try:
-        from jax._src.compilation_cache import decompress_executable
-    except ImportError:  # JAX's layout changed: keep every entry, as before this check
+        from jax._src import compilation_cache as cc
+        decompress_executable = cc.decompress_executable
+    except (ImportError, AttributeError):  # JAX's layout changed: keep every entry
         return False
     with open(entry, "rb") as f:
         data = f.read()
+    if not data:
+        return True
+    uses_zstd = getattr(cc, "zstd", None) is not None or getattr(cc, "zstandard", None) is not None
+    is_zstd = data[:4] == _ZSTD_MAGIC
+    is_zlib = len(data) >= 2 and (data[0] & 0x0F) == 8 and (data[0] << 8 | data[1]) % 31 == 0
+    if not (is_zstd if uses_zstd else is_zlib):
+        return len(data) < 4 and (uses_zstd or len(data) < 2)  # too short to say: cut short
     try:
         decompress_executable(data)
     except Exception:  # zstd's and zlib's errors alike

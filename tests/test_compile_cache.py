@@ -218,3 +218,37 @@ def test_jax_own_folder_stays_writable_beside_uncapped_jax_processes(tmp_path):
     done = _run_python(_COMPILE_BESIDE_AN_UNCAPPED_WRITER, env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(_entries(cache)) == 4  # both programs written, beside the other process's two
+
+
+def test_an_entry_of_the_other_compression_is_kept_and_stamped(tmp_path):
+    """A folder shared with a JAX of another environment (zstd where this one has zlib, or
+    the reverse): its entries, unstamped when it runs without a cap, decompress here as
+    garbage, yet are whole: they are stamped, not removed."""
+    import zlib
+
+    from jax._src import compilation_cache as cc
+    uses_zstd = getattr(cc, "zstd", None) is not None or getattr(cc, "zstandard", None) is not None
+    # a whole zstd frame (an empty payload: `zstd -c < /dev/null`), or a whole zlib stream
+    other = (zlib.compress(b"x" * 1000) if uses_zstd
+             else bytes.fromhex("28b52ffd240001000099e9d851"))
+    (tmp_path / "jit_other-0-cache").write_bytes(other)
+    assert stamp_unstamped_entries(str(tmp_path)) == 1
+    assert (tmp_path / "jit_other-0-cache").read_bytes() == other
+
+
+def test_an_entry_still_being_written_without_the_lock_is_not_removed(tmp_path):
+    """A JAX process without a cap writes its entry without the folder's lock: read half
+    written, it was removed and the writer's whole entry lost (written into the removed file)."""
+    import threading
+
+    from jax._src.compilation_cache import compress_executable
+    data = compress_executable(os.urandom(300_000))
+    entry = tmp_path / "jit_w-0-cache"
+    with open(entry, "wb") as f:
+        f.write(data[:len(data) // 2])
+        f.flush()
+        finish = threading.Timer(0.05, lambda: (f.write(data[len(data) // 2:]), f.flush()))
+        finish.start()
+        stamp_unstamped_entries(str(tmp_path))
+        finish.join()
+    assert entry.read_bytes() == data

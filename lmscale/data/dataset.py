@@ -130,9 +130,17 @@ class MappedShards(Sequence[np.memmap]):
                 self._mapped.popitem(last=False)  # its map (and descriptor) goes with its last view
             path = self.paths[index]
             if self._identity[index] is not None and _file_identity(path) != self._identity[index]:
-                raise DataError(f"shard file {path} changed while this process read its dataset "
-                                f"(prepared again in place, e.g. lmscale.prepare --overwrite?): "
-                                f"restore the dataset or prepare into another folder, then re-run")
+                # (device, inode, size): prepare writes a new dataset's shards while the old
+                # ones still exist (new inodes); a changed mtime alone (touch, a scratch
+                # file system's purge-avoidance sweep, a backup tool) leaves the tokens alone
+                now = _file_identity(path)
+                if now is not None and now[:3] == self._identity[index][:3]:
+                    self._identity[index] = now
+                else:
+                    raise DataError(f"shard file {path} changed while this process read its "
+                                    f"dataset (prepared again in place, e.g. lmscale.prepare "
+                                    f"--overwrite?): restore the dataset or prepare into another "
+                                    f"folder, then re-run")
             try:
                 data = np.memmap(path, dtype=self.dtype, mode="r", shape=(self.lengths[index],))
             except (OSError, ValueError) as e:  # ValueError: shorter than its metadata says

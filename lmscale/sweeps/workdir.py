@@ -106,8 +106,10 @@ def _diff_keys(a: dict[str, Any], b: dict[str, Any], defaults: dict[str, Any], p
             if isinstance(present, dict) or isinstance(vd, dict):
                 va, vb = (None if va is _MISSING else va), (None if vb is _MISSING else vb)
             else:  # a field the sweep predates (or dropped) ran at its default there
-                there = f"absent there: its default {vd!r}" if va is _MISSING else f"{va!r} there"
-                here = f"absent here: its default {vd!r}" if vb is _MISSING else f"{vb!r} here"
+                default = ("no longer a field of lmscale" if vd is _MISSING
+                           else f"its default {vd!r}")
+                there = f"absent there: {default}" if va is _MISSING else f"{va!r} there"
+                here = f"absent here: {default}" if vb is _MISSING else f"{vb!r} here"
                 keys.append(f"{prefix}{k} ({there}, {here})")
                 continue
         if isinstance(va, dict) and isinstance(vb, dict):

@@ -146,3 +146,18 @@ def test_points_setting_a_per_device_batch_are_told_their_batch_follows_parallel
     # the command's own parallel.cpu_devices is each CPU slot's count (it said "one device")
     assert ("(on a CPU host 2 devices each (the command's parallel.cpu_devices), on GPUs its "
             "group with --parallel=2)") in per_device_batch_note([per_device], 2, "2")
+
+
+def test_sweep_with_a_field_lmscale_dropped_says_so(tmp_path):
+    """A sweep begun with a field lmscale no longer has: the refusal printed its 'default'
+    as a sentinel's repr ('<object object at 0x...>')."""
+    from lmscale.config import default_config
+    from lmscale.sweeps.grid import Point, Sweep
+    from lmscale.sweeps.workdir import claim
+    sweep = Sweep(["seed"], {"seed": [0]}, [Point("seed-0", {"seed": 0}, {"seed": 0})])
+    base = default_config().to_dict()
+    claim(str(tmp_path), {**base, "model": {**base["model"], "old_knob": 3}}, sweep, "c.py", "s.py")
+    with pytest.raises(SweepError) as e:
+        claim(str(tmp_path), base, sweep, "c.py", "s.py")
+    assert "model.old_knob (3 there, absent here: no longer a field of lmscale)" in str(e.value)
+    assert "object at" not in str(e.value)
