@@ -85,7 +85,7 @@ class LM:
         consecutive windows of the length it was trained at (``registry.trained_length``, else
         ``max_len``), each read without the tokens before it.
         NaN for a text with no counted byte: a single token, unframed, or a word model's
-        one-word line (``"good\n"``: its only target, ``<eos>``, stands for no byte of it)."""
+        one-word line (``"good\\n"``: its only target, ``<eos>``, stands for no byte of it)."""
         batch_size = positive_int("batch_size", batch_size)
         # A model with a length limit reads windows of the length it was trained at (a
         # transformer's learned positions past train.seq_len are never trained).

@@ -337,3 +337,9 @@ def test_bad_arguments_are_one_clear_error():
     with pytest.raises(TypeError, match="workdir must be a run's folder \\(a str or path\\), got None"):
         load_lm(None)
     assert np.all(np.isfinite(LM(trained).score(["a text", "another"], batch_size=np.int64(2))))
+
+
+def test_score_docstring_shows_its_newline_escaped():
+    """help(lm) printed ``"good`` and a bare line ``"``: a real newline in the docstring."""
+    from lmscale.api import LM
+    assert '``"good\\n"``' in LM.score.__doc__

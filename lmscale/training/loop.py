@@ -64,7 +64,10 @@ __all__ = ["train", "PROVENANCE_KEYS"]
 
 def train(config: ml_collections.ConfigDict, workdir: str,
           devices: list[jax.Device] | None = None) -> dict[str, Any]:
-    """Trains (or resumes) the run in ``workdir``; returns the last train and val records.
+    """Trains (or resumes) the run in ``workdir``; returns the last train and val records
+    (``"train"``, ``"val"``: metrics.jsonl's records) with ``step``, ``train_programs``,
+    ``stopped`` and ``stopped_by_signal`` (a signal stopped it at a checkpoint),
+    ``stopped_by_rule`` (the asgd rule ended it) and ``already_trained`` (nothing to do).
 
     Data parallel over ``devices`` (default: every device of every process).
     """
@@ -400,6 +403,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
     last["stopped_by_signal"] = stop.signal if stop.stopping else None
     last["stopped"] = stop.stopping  # by a signal here or in another process
     last["stopped_by_rule"] = rule_stopped
+    last["already_trained"] = False
     return last
 
 
@@ -425,7 +429,8 @@ def _already_trained(workdir: str, start: int, steps: int, is_main: bool,
         if truncate_metrics(os.path.join(workdir, "metrics.jsonl"), after_step=start):
             MetricsWriter(workdir, resumed_from=start).close()  # TensorBoard's purge too
     last: dict[str, Any] = {"step": start, "train_programs": 0, "stopped_by_signal": None,
-                            "stopped": False, "already_trained": True,
+                            "stopped": False, "stopped_by_rule": stopped_by_rule,
+                            "already_trained": True,
                             **_last_records(workdir, start, ("train", "val"))}
     if is_main and stopped_by_rule:
         print(for_caller(f"{workdir} was ended at step {start} (of train.steps={steps}) by the "

@@ -88,6 +88,7 @@ def test_a_run_started_from_another_runs_best_weights_with_asgd(tmp_path, corpus
     assert result["stopped_by_rule"] and result["step"] == 4
     assert "step 4: ASGD stops" in capsys.readouterr().err  # said without a progress bar too
     again = train(tiny_config(corpus, **asgd), ruled)
+    assert again["stopped_by_rule"] and set(again) == set(result)
     assert again["already_trained"] and "was ended at step 4 (of train.steps=8) by the asgd " \
         "rule (optim.name='asgd')" in capsys.readouterr().err
 

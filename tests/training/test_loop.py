@@ -61,6 +61,9 @@ def test_rerun_of_a_finished_run_says_so_and_writes_nothing(tmp_path, corpus, ca
     capsys.readouterr()
     again = train(config, workdir)  # printed nothing and returned no val record before
     assert again["already_trained"] and again["step"] == 8
+    # the same keys as a run that trained: a notebook reads either without a KeyError
+    assert set(again) == set(first) and not first["already_trained"]
+    assert again["stopped_by_rule"] is False
     assert again["val"] == first["val"] and again["train"]["step"] == 8
     said = capsys.readouterr().err
     assert "is already trained to step 8 (train.steps=8): nothing to do" in said
