@@ -120,7 +120,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.bptt_max = 0  # variable_bptt: longest sequence; 0 = seq_len + 15 (3 standard deviations)
     c.train.bptt_bucket = 5  # variable_bptt: lengths are rounded to a multiple of this (one compiled step per length)
     c.train.log_every = 50  # steps between train records in metrics.jsonl and the progress bar
-    c.train.divergence_factor = 3.0  # a train loss (logged, or at a save) above this x ln(vocab), a uniform guess's, stops the run as diverged, unsaved; 0 = only one that is not finite
+    c.train.divergence_factor = 3.0  # LM training: a train loss (logged, or at a save) above this x ln(vocab), a uniform guess's, stops the run as diverged, unsaved; 0 = only one that is not finite
     c.train.eval_every = 500  # steps between validation passes (and one at the end); 0 = only at the end
     c.train.eval_batch_size = 64  # rows of the validation stream (reduced if the split is small); fine-tuning: rows the val/test texts are packed into
     c.train.eval_steps = 0  # max validation steps per pass; 0 = the whole validation split
@@ -171,11 +171,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every = 1000  # steps between checkpoints (also at the end and on SIGTERM/SIGINT)
     c.checkpoint.keep = 3  # most recent checkpoints kept on disk
-    c.checkpoint.keep_best = False  # also keep the weights with the lowest validation loss (NT-ASGD: averaged) in WORKDIR/best/ (lmscale.eval --best)
+    c.checkpoint.keep_best = False  # LM training (a fine-tune always keeps its best): also keep the weights with the lowest validation loss (NT-ASGD: averaged) in WORKDIR/best/ (lmscale.eval --best)
     c.checkpoint.fallback = False  # resume from the previous checkpoint when the latest is unreadable (it is moved aside)
 
-    # Fine-tuning an LM into a classifier (`lmscale.finetune`); the LM language-model run whose
-    # parameters, model config, tokenizer and preprocessing the classifier starts from.
+    # Fine-tuning an LM into a classifier (`lmscale.finetune`; lmscale.train refuses these
+    # set); the LM language-model run whose parameters, model config, tokenizer and
+    # preprocessing the classifier starts from.
     c.init_from = ""  # fine-tuning: the trained LM's workdir (only its parameters are restored)
     c.finetune = ml_collections.ConfigDict()
     c.finetune.train = ""  # labeled training texts: .csv/.tsv/.jsonl or tfds:NAME/SPLIT
@@ -299,6 +300,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         raise ConfigError(f"data.txt_mode must be 'file' or 'line', got {config.data.txt_mode!r}")
     _check_positive_ints(config, ("data.shard_tokens",))
     checks.refuse_init_from(config)
+    checks.refuse_finetune_settings(config, default_config())
     checks.check_document_resets(config)
     checks.validate_awd(config)
     if config.train.variable_bptt:

@@ -44,6 +44,20 @@ def refuse_init_from(config: ml_collections.ConfigDict) -> None:
                           f"--config.train.start_from={config.init_from}, and drop init_from")
 
 
+def refuse_finetune_settings(config: ml_collections.ConfigDict,
+                             defaults: ml_collections.ConfigDict) -> None:
+    """``finetune.*`` belongs to fine-tuning; an LM run given them (``lmscale.train`` with a
+    fine-tuning config) trained an LM on ``data.train`` and recorded them as if applied."""
+    moved = [f"finetune.{k}={v!r}" for k, v in config.get("finetune", {}).items()
+             if k in defaults.finetune and v != defaults.finetune[k]]
+    if moved:
+        more = f" (and {len(moved) - 3} more)" if len(moved) > 3 else ""
+        raise ConfigError(f"{', '.join(moved[:3])}{more}: finetune.* settings are read by "
+                          f"lmscale.finetune (with --config.init_from=LM_WORKDIR); an LM run "
+                          f"trains on data.train={config.data.train!r} and does not use them: "
+                          f"run a fine-tuning config with lmscale.finetune, or drop them")
+
+
 def check_document_resets(config: ml_collections.ConfigDict) -> None:
     """``data.reset_every_documents``: a count >= 0, not beside ``reset_on_documents`` (N = 1)."""
     every = config.data.get("reset_every_documents", 0)

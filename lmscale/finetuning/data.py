@@ -148,10 +148,11 @@ def class_weights_from(spec: str, labels: np.ndarray, num_classes: int) -> np.nd
     except ValueError:
         raise DataError(f"finetune.class_weights must be 'balanced' or {num_classes} numbers, "
                         f"got {spec!r}") from None
-    if len(w) != num_classes or np.any(w <= 0):
-        # A weight of 0 made its class's texts count as filler rows in the logged accuracy.
+    if len(w) != num_classes or not np.all(np.isfinite(w)) or np.any(w <= 0):
+        # A weight of 0 made its class's texts count as filler rows in the logged accuracy;
+        # nan or inf trained on a loss of nan and blamed optim.lr.
         raise DataError(f"finetune.class_weights has {len(w)} values; the task has {num_classes} "
-                        "classes (each weight > 0)")
+                        f"classes (each weight > 0 and finite), got {spec!r}")
     return w
 
 

@@ -213,6 +213,11 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
     is_main = jax.process_index() == 0
     progress = config.train.progress_bar and is_main
     fingerprints = {n: splits[n].fingerprint() for n in ("train", "val")}
+    # Refused before the workdir is touched (a previous run archived, folders made):
+    if ft.lm_init not in LM_INITS:
+        raise ConfigError(f"finetune.lm_init must be one of {list(LM_INITS)}, got {ft.lm_init!r}")
+    cw = class_weights_from(ft.class_weights, splits["train"].labels, num_classes)
+    pw = pos_weights_from(ft.pos_weights, splits["train"].labels) if ft.multilabel else None
     if not config.resume:
         archive_previous_run(workdir, FINETUNE_RUN_FILES)
 
@@ -226,8 +231,6 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
     saved = checkpointer.newest_usable(checkpointer.read_meta, fallback) if resuming else None
 
     policy = Policy.from_compute(config.precision.compute)
-    if ft.lm_init not in LM_INITS:
-        raise ConfigError(f"finetune.lm_init must be one of {list(LM_INITS)}, got {ft.lm_init!r}")
     pretrained = jax.device_get(lm.params) if ft.lm_init == "pretrained" and not resuming else None
     graphdef, params, max_len = init_classifier(config, lm.tokenizer.vocab_size, num_classes,
                                                 policy.compute, abstract=resuming,
@@ -237,8 +240,6 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
     enc = {n: Encoded(encode(lm.tokenizer, prep, d.texts, max_len, d.source),
                       d.labels.astype(np.float32) if ft.multilabel else d.labels)
            for n, d in splits.items()}
-    cw = class_weights_from(ft.class_weights, splits["train"].labels, num_classes)
-    pw = pos_weights_from(ft.pos_weights, splits["train"].labels) if ft.multilabel else None
     batches = TrainBatches(enc["train"], config.train.batch_size, seed=config.seed, pad=pad,
                            bucket=ft.bucket_width, max_len=max_len, class_weights=cw)
     steps, decay = horizon(config, batches.steps_per_epoch)

@@ -152,6 +152,13 @@ NOT_IN_FINE_TUNING = {
     "train.bptt_bucket": "it reads whole texts; finetune.bucket_width rounds the batch widths",
     "train.eval_steps": "it validates on whole texts; finetune.max_val_texts bounds the "
                         "validation during training",
+    "train.start_from": "the classifier's LM starts from init_from's parameters",
+    "train.divergence_factor": "a fine-tune stops only on a loss or probabilities that are not "
+                               "finite",
+    "checkpoint.keep_best": "it always keeps the checkpoint of the best finetune.best_metric "
+                            "in WORKDIR/best",
+    "optim.ntasgd_nonmono": "it trains with Adam, one rate per part",
+    "optim.lr_drop_factor": "it trains with Adam, one rate per part",
 }
 DATA_NOTE = "it reads finetune.train/val/test with the LM's own tokenizer"
 

@@ -179,13 +179,15 @@ def test_the_lms_dropouts_are_said_and_an_unreadable_checkpoint_falls_back(sst_r
                                **{**kw, "train.steps": 8, key: value}), workdir)
 
 
-@pytest.mark.parametrize("spec", ["0,1", "1,-1", "1"])
+@pytest.mark.parametrize("spec", ["0,1", "1,-1", "1", "nan,1", "1,inf"])
 def test_class_weights_must_be_positive_and_one_per_class(spec):
     """A weight of 0 made its class's real rows count as filler in the logged accuracy (rows of
-    weight 0 are the batch's filler): 4 texts of which 1 right read as 1/1."""
+    weight 0 are the batch's filler): 4 texts of which 1 right read as 1/1. nan or inf trained
+    on a loss of nan and stopped advising a lower optim.lr."""
     from lmscale.finetuning.data import class_weights_from
     with pytest.raises(DataError, match=r"finetune.class_weights has \d values; the task has 2 "
-                                        r"classes \(each weight > 0\)"):
+                                        r"classes \(each weight > 0 and finite\), got "
+                                        + re.escape(repr(spec))):
         class_weights_from(spec, np.array([0, 1, 1]), 2)
     np.testing.assert_allclose(class_weights_from("0.5,2", np.array([0, 1]), 2), [0.5, 2.0])
 
@@ -393,3 +395,38 @@ def test_a_resume_names_the_validation_texts_by_content_not_path(sst_run, data, 
                                                       f"'{re.escape(str(val))}'"):
         finetune(ft_config(sst_run, data["sst_train"], str(val), **{**kw, "train.steps": 4}),
                  workdir)
+
+
+@pytest.mark.parametrize("key, value", [("train.start_from", "runs/other"),
+                                        ("train.divergence_factor", 0.001),
+                                        ("checkpoint.keep_best", True),
+                                        ("optim.ntasgd_nonmono", 7),
+                                        ("optim.lr_drop_factor", 0.5)])
+def test_lm_training_settings_fine_tuning_ignored_are_refused(key, value):
+    """Each ran a fine-tune identical to the one without it (test accuracy to the last digit)
+    and was recorded in config.json as if applied (train.start_from: as if the classifier
+    started from that run)."""
+    from lmscale.finetuning.settings import check_used_in_fine_tuning
+    from tests.training.test_config import locked
+    with pytest.raises(ConfigError, match=f"^{re.escape(key)}=.* fine-tuning does not use"):
+        check_used_in_fine_tuning(locked(**{key: value}))
+
+
+def test_bad_class_weights_leave_the_workdir_and_its_run_as_they_were(sst_run, data, tmp_path):
+    """With --config.resume=false a typo in finetune.class_weights archived the finished run in
+    the workdir first (WORKDIR/archive/, empty best/ and checkpoints/ left), then failed."""
+    from lmscale.finetuning.loop import finetune
+    workdir = tmp_path / "ft"
+    finetune(ft_config(sst_run, data["sst_train"], data["sst_val"], **{"train.steps": 2}),
+             str(workdir))
+    before = sorted(p.name for p in workdir.iterdir())
+    for spec in ("-1,1", "nan,1"):
+        with pytest.raises(DataError, match="finetune.class_weights has 2 values"):
+            finetune(ft_config(sst_run, data["sst_train"], data["sst_val"],
+                               **{"train.steps": 2, "resume": False,
+                                  "finetune.class_weights": spec}), str(workdir))
+    assert sorted(p.name for p in workdir.iterdir()) == before
+    with pytest.raises(DataError, match="finetune.class_weights"):
+        finetune(ft_config(sst_run, data["sst_train"], data["sst_val"],
+                           **{"finetune.class_weights": "0,1"}), str(tmp_path / "new"))
+    assert not (tmp_path / "new" / "checkpoints").exists()

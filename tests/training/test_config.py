@@ -289,3 +289,13 @@ def test_data_preparation_fields_are_named_with_their_section(key, value, messag
     """Refused at preparation as "txt_mode must be ..." / "shard_tokens must be ..." (audit)."""
     with pytest.raises(ConfigError, match=f"^{message}$"):
         validate(locked(**{key: value}), 1)
+
+
+@pytest.mark.parametrize("key,value", [("finetune.train", "labels.csv"), ("finetune.head_lr", 0.5)])
+def test_an_lm_run_refuses_fine_tuning_settings(key, value):
+    """lmscale.train --config=configs/finetune_sst.py trained an LM on data.train (the default
+    python_stdlib) and recorded finetune.* in config.json as if applied, without a word."""
+    with pytest.raises(ConfigError, match=rf"^{key}={value!r}: finetune\.\* settings are "
+                                          rf"read by lmscale\.finetune"):
+        validate(locked(**{key: value}))
+    validate(locked())  # the defaults pass
