@@ -22,15 +22,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import joblib  # scikit-learn's own dependency
 import numpy as np
-import sklearn
-from sklearn.linear_model import LogisticRegression
 
 from lmscale.atomic import atomic_write, write_json
 from lmscale.data.errors import DataError
+
+if TYPE_CHECKING:  # imported where fitted: scikit-learn takes ~0.8 s to import, and
+    # classify of a fine-tuned run imports this module for its file names alone
+    from sklearn.linear_model import LogisticRegression
 
 C_GRID: tuple[float, ...] = tuple(float(c) for c in 2.0 ** np.arange(-8, 2))  # 2^-8 ... 2^1
 OPENAI_C_GRID: tuple[float, ...] = C_GRID[:-1]  # 2^-8 ... 2^0: utils.py's train_with_reg_cv
@@ -62,6 +63,8 @@ def inverse_strengths(Cs: Sequence[float | str]) -> tuple[float, ...]:
 
 def l1_logistic_regression(C: float, seed: int = 0) -> LogisticRegression:
     """An unfitted L1 logistic regression (liblinear), spelled for old and new scikit-learn."""
+    import sklearn
+    from sklearn.linear_model import LogisticRegression
     major, minor = (int(x) for x in sklearn.__version__.split(".")[:2])
     if (major, minor) >= (1, 8):  # `penalty` is deprecated from 1.8: l1_ratio=1 is pure L1
         return LogisticRegression(C=C, l1_ratio=1.0, solver="liblinear", random_state=seed,
@@ -112,6 +115,7 @@ def fit_many(x: Any, tasks: Sequence[tuple[np.ndarray, float]], seed: int = 0,
     the models equal those fitted one after another, bit for bit (threads would share
     liblinear's random state and differ from run to run). Small problems
     (``PARALLEL_MIN_VALUES``) and one core run here."""
+    import joblib  # scikit-learn's own dependency
     workers = min(len(tasks), n_jobs or joblib.cpu_count())  # affinity and cgroups counted
     if workers < 2 or x.size < PARALLEL_MIN_VALUES:  # a sparse x: its stored values
         return [_fit_one(x, y, C, seed) for y, C in tasks]

@@ -22,8 +22,6 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
-from sklearn.metrics import (accuracy_score, f1_score, jaccard_score,
-                             precision_recall_fscore_support)
 
 from lmscale.data.errors import DataError
 
@@ -148,6 +146,10 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, multilabel: bo
                            class_names: Sequence[str], thresholds: np.ndarray | None = None
                            ) -> dict[str, Any]:
     """All metrics of probabilities [N, K] against labels ([N] ids or [N, K] 0/1)."""
+    # here, not at the top: scikit-learn takes ~0.8 s to import, and classify, fine-tuning
+    # and their refusals import this module without computing a metric
+    from sklearn.metrics import (accuracy_score, f1_score, jaccard_score,
+                                 precision_recall_fscore_support)
     labels = np.asarray(labels).astype(np.int64)
     pred = predict_labels(probs, multilabel, thresholds)
     k = probs.shape[1]
