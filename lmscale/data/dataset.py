@@ -129,12 +129,12 @@ class MappedShards(Sequence[np.memmap]):
             while len(self._mapped) >= self.max_open:
                 self._mapped.popitem(last=False)  # its map (and descriptor) goes with its last view
             path = self.paths[index]
-            if self._identity[index] is not None and _file_identity(path) != self._identity[index]:
+            now = _file_identity(path) if self._identity[index] is not None else None
+            if now is not None and now != self._identity[index]:  # (gone: unreadable, below)
                 # (device, inode, size): prepare writes a new dataset's shards while the old
                 # ones still exist (new inodes); a changed mtime alone (touch, a scratch
                 # file system's purge-avoidance sweep, a backup tool) leaves the tokens alone
-                now = _file_identity(path)
-                if now is not None and now[:3] == self._identity[index][:3]:
+                if now[:3] == self._identity[index][:3]:
                     self._identity[index] = now
                 else:
                     raise DataError(f"shard file {path} changed while this process read its "
