@@ -129,18 +129,20 @@ class MappedShards(Sequence[np.memmap]):
             while len(self._mapped) >= self.max_open:
                 self._mapped.popitem(last=False)  # its map (and descriptor) goes with its last view
             path = self.paths[index]
-            now = _file_identity(path) if self._identity[index] is not None else None
-            if now is not None and now != self._identity[index]:  # (gone: unreadable, below)
+            was = self._identity[index]
+            now = _file_identity(path) if was is not None else None
+            if was is not None and now != was:
                 # (device, inode, size): prepare writes a new dataset's shards while the old
                 # ones still exist (new inodes); a changed mtime alone (touch, a scratch
                 # file system's purge-avoidance sweep, a backup tool) leaves the tokens alone
-                if now[:3] == self._identity[index][:3]:
+                if now is not None and now[:3] == was[:3]:
                     self._identity[index] = now
                 else:
-                    raise DataError(f"shard file {path} changed while this process read its "
-                                    f"dataset (prepared again in place, e.g. lmscale.prepare "
-                                    f"--overwrite?): restore the dataset or prepare into another "
-                                    f"folder, then re-run")
+                    what = "is gone" if now is None else "is another file"
+                    raise DataError(f"shard file {path} {what}: it changed while this process "
+                                    f"read its dataset (prepared again in place, e.g. "
+                                    f"lmscale.prepare --overwrite, or removed?): restore the "
+                                    f"dataset or prepare into another folder, then re-run")
             try:
                 data = np.memmap(path, dtype=self.dtype, mode="r", shape=(self.lengths[index],))
             except (OSError, ValueError) as e:  # ValueError: shorter than its metadata says
