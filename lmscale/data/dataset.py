@@ -138,7 +138,7 @@ class MappedShards(Sequence[np.memmap]):
                 if now is not None and now[:3] == was[:3]:
                     self._identity[index] = now
                 else:
-                    what = "is gone" if now is None else "is another file"
+                    what = "is gone" if now is None else "was replaced or rewritten"
                     raise DataError(f"shard file {path} {what}: it changed while this process "
                                     f"read its dataset (prepared again in place, e.g. "
                                     f"lmscale.prepare --overwrite, or removed?): restore the "
