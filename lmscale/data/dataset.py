@@ -132,17 +132,14 @@ class MappedShards(Sequence[np.memmap]):
             was = self._identity[index]
             now = _file_identity(path) if was is not None else None
             if was is not None and now != was:
-                # (device, inode, size): prepare writes a new dataset's shards while the old
-                # ones still exist (new inodes); a changed mtime alone (touch, a scratch
-                # file system's purge-avoidance sweep, a backup tool) leaves the tokens alone
-                if now is not None and now[:3] == was[:3]:
-                    self._identity[index] = now
-                else:
-                    what = "is gone" if now is None else "was replaced or rewritten"
-                    raise DataError(f"shard file {path} {what}: it changed while this process "
-                                    f"read its dataset (prepared again in place, e.g. "
-                                    f"lmscale.prepare --overwrite, or removed?): restore the "
-                                    f"dataset or prepare into another folder, then re-run")
+                # prepare writes a new dataset's shards while the old ones still exist (new
+                # inodes); the mtime is left out: touch, a scratch file system's
+                # purge-avoidance sweep or a backup tool leave the tokens alone
+                what = "is gone" if now is None else "was replaced or rewritten"
+                raise DataError(f"shard file {path} {what}: it changed while this process "
+                                f"read its dataset (prepared again in place, e.g. "
+                                f"lmscale.prepare --overwrite, or removed?): restore the "
+                                f"dataset or prepare into another folder, then re-run")
             try:
                 data = np.memmap(path, dtype=self.dtype, mode="r", shape=(self.lengths[index],))
             except (OSError, ValueError) as e:  # ValueError: shorter than its metadata says
@@ -152,13 +149,13 @@ class MappedShards(Sequence[np.memmap]):
             return data
 
 
-def _file_identity(path: str) -> tuple[int, int, int, int] | None:
-    """(device, inode, size, mtime) of ``path``; None where it cannot be read (said when mapped)."""
+def _file_identity(path: str) -> tuple[int, int, int] | None:
+    """(device, inode, size) of ``path``; None where it cannot be read (said when mapped)."""
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    return (st.st_dev, st.st_ino, st.st_size)
 
 
 def open_files_for_maps(shards: int, spare: int = 256) -> int:

@@ -76,6 +76,14 @@ def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
+def _model_proto(model: bytes) -> Any:
+    """A model's settings (its ModelProto: normalizer and trainer specs)."""
+    from sentencepiece import sentencepiece_model_pb2
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(bytes(model))
+    return proto
+
+
 class SentencePieceTokenizer(FileTokenizer):
     """A loaded SentencePiece model; ``vocab_size`` = pieces + 1 (padding id 0)."""
 
@@ -104,10 +112,7 @@ class SentencePieceTokenizer(FileTokenizer):
         # treats each string's edges specially: encoding it paragraph by paragraph would add a
         # "▁" at each paragraph's start, or drop the space between paragraphs. Such a model
         # encodes each text whole, as SentencePiece alone does.
-        from sentencepiece import sentencepiece_model_pb2
-        proto = sentencepiece_model_pb2.ModelProto()
-        proto.ParseFromString(bytes(model_proto))
-        norm = proto.normalizer_spec
+        norm = _model_proto(model_proto).normalizer_spec
         self._edge_sensitive = bool(norm.add_dummy_prefix or norm.remove_extra_whitespaces)
 
     @classmethod
@@ -218,9 +223,7 @@ class SentencePieceTokenizer(FileTokenizer):
         """How this model (one trained elsewhere, given as ``--sp_model``) would not give back
         the text it encodes, or count its bytes exactly: lmscale trains with identity
         normalization, no dummy prefix, whitespace kept and byte fallback. Empty when none."""
-        from sentencepiece import sentencepiece_model_pb2
-        proto = sentencepiece_model_pb2.ModelProto()
-        proto.ParseFromString(self.payload)
+        proto = _model_proto(self.payload)
         norm, out = proto.normalizer_spec, []
         if norm.name not in ("identity", "") or norm.precompiled_charsmap:
             out.append(f"it normalizes the text ({norm.name})")

@@ -151,32 +151,34 @@ def test_sighup_ignored_at_the_start_stays_ignored_under_nohup():
     assert out.stdout.split() == ["True", "False", "True"], out.stderr
 
 
-_DEFAULT = ("import os, signal, time\n"
-            "for s in (signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM):\n"
-            "    signal.signal(s, signal.SIG_DFL)  # as a shell starts a tool\n")
+# A stop request before the steps (while starting: the interpreter's first handlers) and
+# outside them (cli_signals: joining processes, data, restore): the code that receives it, and
+# what it says.
+_OUTSIDE_THE_STEPS = {
+    "starting": ("from lmscale.early_signals import stop_quietly_while_starting\n"
+                 "stop_quietly_while_starting()\n"
+                 "os.kill(os.getpid(), signal.{sig}); time.sleep(30)\n",
+                 "while starting: nothing to save"),
+    "cli_signals": ("from lmscale.training.stop import cli_signals\n"
+                    "with cli_signals():\n"
+                    "    os.kill(os.getpid(), signal.{sig}); time.sleep(30)\n",
+                    "outside the training steps"),
+}
 
 
-def _python(code: str):
+@pytest.mark.parametrize("where", list(_OUTSIDE_THE_STEPS))
+@pytest.mark.parametrize("sig", ["SIGHUP", "SIGUSR1"])
+def test_sighup_and_sigusr1_outside_the_steps_exit_0_as_sigterm(where, sig):
+    """A stop request before the steps is a scheduler's stop: exit 0, not Ctrl-C's 130."""
     import subprocess
     import sys
 
     from tests.conftest import REPO
-    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
-
-
-@pytest.mark.parametrize("sig", ["SIGHUP", "SIGUSR1"])
-def test_sighup_and_sigusr1_while_starting_exit_0_as_sigterm(sig):
-    """A stop request before anything started is a scheduler's stop: exit 0, not Ctrl-C's 130."""
-    out = _python(_DEFAULT + "from lmscale.early_signals import stop_quietly_while_starting\n"
-                  "stop_quietly_while_starting()\n"
-                  f"os.kill(os.getpid(), signal.{sig}); time.sleep(30)\n")
-    assert out.returncode == 0 and "while starting: nothing to save" in out.stderr, out
-
-
-@pytest.mark.parametrize("sig", ["SIGHUP", "SIGUSR1"])
-def test_sighup_and_sigusr1_outside_the_steps_exit_0_as_sigterm(sig):
-    out = _python(_DEFAULT + "from lmscale.training.stop import cli_signals\n"
-                  "with cli_signals():\n"
-                  f"    os.kill(os.getpid(), signal.{sig}); time.sleep(30)\n")
-    assert out.returncode == 0 and "outside the training steps" in out.stderr, out
+    code, said = _OUTSIDE_THE_STEPS[where]
+    out = subprocess.run([sys.executable, "-c",
+                          "import os, signal, time\n"
+                          "for s in (signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM):\n"
+                          "    signal.signal(s, signal.SIG_DFL)  # as a shell starts a tool\n"
+                          + code.format(sig=sig)],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and said in out.stderr, out
