@@ -177,6 +177,8 @@ def atomic_write(path: str, mode: str = "w", **open_kwargs: Any) -> Iterator[IO]
     target kept the old content); a device or pipe (``is_special``: /dev/stdout, a shell's
     ``>(gzip > x)``) is written in place, as it cannot be replaced (root renamed a file of
     predictions over /dev/stdout, the link every later process writes through)."""
+    if "b" not in mode:  # UTF-8 whatever the locale (an ASCII one failed on "×" in a report)
+        open_kwargs.setdefault("encoding", "utf-8")
     if is_special(path):
         if path == "-":
             raise ValueError("atomic_write writes files: '-' (standard output) is the caller's")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import errno
+import io
 import os
 import re
 import sys
@@ -285,6 +288,31 @@ def die_with_parent() -> None:
         sys.exit(1)
 
 
+def _escape_unencodable(error: UnicodeError) -> tuple[str, int]:
+    """A codec error handler: lone surrogates (bytes of a path or argument that the locale
+    could not decode) written back as those bytes, any other character that the stream's
+    encoding lacks as a backslash escape (``\\xe9``)."""
+    try:
+        return codecs.lookup_error("surrogateescape")(error)
+    except UnicodeError:
+        return codecs.lookup_error("backslashreplace")(error)
+
+
+def tolerant_output_streams() -> None:
+    """Standard output and error that cannot fail on a character: under an ASCII locale
+    (``LC_ALL=C`` with ``PYTHONUTF8=0``) or ``PYTHONIOENCODING=ascii``, a generated text, a
+    path or a corpus line with "é" raised UnicodeEncodeError (a traceback) from ``print``;
+    it is escaped instead. Files are written as UTF-8 whatever the locale."""
+    codecs.register_error("lmscale_escape", _escape_unencodable)
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower()
+        encoding = encoding.replace("-", "").replace("_", "")
+        if encoding in ("utf8", "utf8sig") or not hasattr(stream, "reconfigure"):
+            continue
+        with contextlib.suppress(ValueError, io.UnsupportedOperation, AttributeError):
+            stream.reconfigure(errors="lmscale_escape")
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing where a bad flag or config override is one line on stderr, exit 1.
 
@@ -295,6 +323,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     from absl import flags
     import signal
     die_with_parent()
+    tolerant_output_streams()
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         # Started in the background by a script (its shell ignores SIGINT for `&` jobs): a
         # `kill -INT` or the script's Ctrl-C would not stop the tool. Training and fine-tuning

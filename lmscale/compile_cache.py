@@ -41,6 +41,7 @@ MIN_COMPILE_SECONDS = 0.25  # programs compiled faster than this are not written
 UNLIMITED = ("unlimited", "-1")
 TORN_RECHECK_SECONDS = 0.25  # an entry that reads as cut short is stat'ed again after it
 _STAMPED: set[str] = set()  # folders this process has stamped (the tools may call twice)
+_WARNED: set[str] = set()  # folders this process has said it cannot make
 
 
 def default_folder(environ: Mapping[str, str] = os.environ) -> str:
@@ -177,8 +178,10 @@ def use_compile_cache(environ: Mapping[str, str] = os.environ) -> str | None:
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as e:
-        print(f"warning: no compilation cache ({e}); set LMSCALE_COMPILE_CACHE to another "
-              f"folder, or to off", file=sys.stderr)
+        if folder not in _WARNED:  # once: the tools call this before each of their steps
+            _WARNED.add(folder)
+            print(f"warning: no compilation cache ({e}); set LMSCALE_COMPILE_CACHE to another "
+                  f"folder, or to off", file=sys.stderr)
         return None
     max_size = max_size_bytes(environ)
     if max_size != -1 and folder not in _STAMPED:

@@ -252,3 +252,12 @@ def test_an_entry_still_being_written_without_the_lock_is_not_removed(tmp_path):
         stamp_unstamped_entries(str(tmp_path))
         finish.join()
     assert entry.read_bytes() == data
+
+
+def test_an_unmakeable_compile_cache_is_said_once(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    environ = {"LMSCALE_COMPILE_CACHE": str(blocker / "xla")}
+    assert use_compile_cache(environ) is None
+    assert use_compile_cache(environ) is None
+    assert capsys.readouterr().err.count("warning: no compilation cache") == 1

@@ -320,3 +320,18 @@ def test_the_heatmap_of_a_long_sample_shows_its_first_characters(tiny_runs, tmp_
     page = (tmp_path / "heatmap.html").read_text()
     assert page.count("<span title=") == HEATMAP_CHARS
     assert (tmp_path / "heatmap.png").exists()
+
+
+def test_a_non_ascii_sample_prints_on_an_ascii_stdout(tiny_runs, tmp_path):
+    """Under PYTHONIOENCODING=ascii (or LC_ALL=C with PYTHONUTF8=0) printing a sample with
+    "é" was a UnicodeEncodeError traceback and exit 1, its samples file already written: the
+    characters are escaped on the terminal, the file keeps them."""
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    proc = subprocess.run([sys.executable, "-m", "lmscale.generate",
+                           f"--workdir={tiny_runs['qrnn']}", "--length=3", "--prompt=caf\u00e9 ",
+                           f"--output={tmp_path}"], cwd=REPO, capture_output=True, env=env,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
+    assert b"caf\\xe9 " in proc.stdout
+    saved = json.loads((tmp_path / "samples.json").read_text(encoding="utf-8"))
+    assert "caf\u00e9 " in json.dumps(saved, ensure_ascii=False)

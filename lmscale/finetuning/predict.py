@@ -7,7 +7,7 @@ import csv
 import functools
 import os
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -94,6 +94,25 @@ def predictions_folder(path: str) -> str:
     return folder
 
 
+@contextlib.contextmanager
+def _utf8_stdout() -> Iterator[Any]:
+    """Standard output as UTF-8 while the CSV is written, as its files are: under an ASCII
+    locale (``LC_ALL=C`` with ``PYTHONUTF8=0``, ``PYTHONIOENCODING=ascii``) a text with "é"
+    raised UnicodeEncodeError after the first rows."""
+    sys.stdout.flush()
+    before = (sys.stdout.encoding, sys.stdout.errors)
+    changed = hasattr(sys.stdout, "reconfigure") and before[0].lower().replace("-", "") != "utf8"
+    if changed:
+        sys.stdout.reconfigure(encoding="utf-8", errors="strict")
+    try:
+        yield sys.stdout
+    finally:
+        if changed:
+            with contextlib.suppress(Exception):  # a reader gone (BrokenPipeError) included
+                sys.stdout.flush()
+                sys.stdout.reconfigure(encoding=before[0], errors=before[1])
+
+
 def write_predictions(path: str, texts: Sequence[str], probs: np.ndarray, pred: np.ndarray,
                       class_names: Sequence[str], multilabel: bool,
                       gold: np.ndarray | None = None) -> None:
@@ -111,8 +130,7 @@ def write_predictions(path: str, texts: Sequence[str], probs: np.ndarray, pred: 
         return [int(v) for v in row] if multilabel else [class_names[int(row)]]
 
     if path == "-":  # standard output (``classify --output=-``)
-        sys.stdout.flush()
-        out: Any = contextlib.nullcontext(sys.stdout)
+        out: Any = _utf8_stdout()
     else:  # no temporary left behind; a device (/dev/stdout) written in place
         out = atomic_write(path, "w", newline="", encoding="utf-8")
     try:

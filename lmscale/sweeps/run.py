@@ -157,8 +157,8 @@ def check_same_text(base: ml_collections.ConfigDict, sweep: Sweep, workdir: str)
 def _log_invocation(workdir: str, wall: float, cpu: float, parallel: int, trained: list[str]) -> None:
     """Appends this invocation's training wall and CPU time to DIR/sweep_runs.jsonl."""
     with open(os.path.join(workdir, "sweep_runs.jsonl"), "a") as f:
-        f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "wall_s": wall, "cpu_s": cpu,
-                            "parallel": parallel, "trained": trained}) + "\n")
+        f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_s": wall,
+                            "cpu_s": cpu, "parallel": parallel, "trained": trained}) + "\n")
 
 
 def _totals(workdir: str) -> dict[str, str]:

@@ -58,14 +58,14 @@ def claim(workdir: str, base_config: dict[str, Any], sweep: Sweep, config_file: 
                              f"{', '.join(keys[:3])}; set the field as it was there "
                              f"(--config.FIELD=VALUE) to continue it, or use another --workdir")
         if grown:
-            extended = [*saved.get("extended", []), {"at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            extended = [*saved.get("extended", []), {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                                     "points_added": sorted(set(new) - set(old))}]
             _write_json(path, {**saved, "points": identity["points"], "extended": extended})
         return
     check_sweep_folder(workdir)
     os.makedirs(workdir, exist_ok=True)
     record = {"config_file": config_file, "sweep_file": sweep_file, "axes": sweep.axes,
-              "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **identity}
+              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **identity}
     _write_json(path, record)
 
 

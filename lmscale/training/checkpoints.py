@@ -128,6 +128,29 @@ def _remove_emptied_steps(directory: str) -> None:
                 pass
 
 
+def path_encoding_problem(path: str) -> str | None:
+    """Why orbax (tensorstore, which takes paths as UTF-8) cannot use the folder ``path`` in
+    this process, or None. Under a locale whose file names are not UTF-8 (``LC_ALL=C`` with
+    ``PYTHONUTF8=0``; an ISO-8859-1 one), a path with "é" reached tensorstore as characters
+    it cannot encode (a pybind11 "Unable to cast" traceback at the first save, after the
+    training steps, or "checkpoint ... is unreadable" for a reader); a folder whose name is
+    not UTF-8 (bytes kept as lone surrogates) is the same under any locale."""
+    encoding = sys.getfilesystemencoding().lower().replace("-", "").replace("_", "")
+    if path.isascii():
+        return None
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        pass
+    else:
+        if encoding == "utf8":
+            return None
+    return (f"{ascii(path)}: orbax writes and reads checkpoints by UTF-8 paths, and this "
+            f"process reads paths as {sys.getfilesystemencoding()} (the locale: LC_ALL, "
+            f"LC_CTYPE, LANG; or PYTHONUTF8=0), or the path is not UTF-8: run with PYTHONUTF8=1 "
+            f"(or LANG=C.UTF-8), or use a folder whose path is ASCII")
+
+
 class Checkpointer:
     """Saves and restores TrainStates in ``WORKDIR/checkpoints``."""
 
@@ -138,6 +161,9 @@ class Checkpointer:
         delete the one a training run in the same workdir is writing."""
         self.workdir = os.path.abspath(workdir)
         self.directory = os.path.join(self.workdir, "checkpoints")
+        problem = path_encoding_problem(self.directory)
+        if problem is not None:
+            raise CheckpointError(f"cannot use the checkpoints of {problem}")
         self.failed = False  # a save of this process failed (``check``)
         self._background_failures()  # a previous run's in this process (a notebook, tests)
         if read_only and not os.path.isdir(self.directory):

@@ -70,7 +70,7 @@ def record_command(workdir: str, start: int, processes: int, devices: int) -> No
                   f"# {invocation()}\n")
     path = os.path.join(workdir, COMMANDS_LOG)
     try:
-        with open(path, "a", encoding="utf-8") as f:
+        with open(path, "a", encoding="utf-8", errors="surrogateescape") as f:
             f.write(lines)
     except OSError as e:
         print(f"note: {path} not written ({e.strerror}); the run goes on", file=sys.stderr,

@@ -74,3 +74,11 @@ def test_dict_round_trip():
 def test_bad_settings():
     with pytest.raises(DataError):
         ByteTokenizer(offset=1, pad_id=5)  # pad would collide with a byte id
+
+
+def test_byte_lengths_count_no_byte_for_padding():
+    """Each byte id stands for one byte, the padding id for none (bpc counts text bytes)."""
+    from lmscale.data.tokenizer import ByteTokenizer
+    sd = ByteTokenizer.sentiment_discovery().byte_lengths()
+    assert sd.shape == (257,) and sd[0] == 0 and (sd[1:] == 1).all()
+    assert (ByteTokenizer.openai().byte_lengths() == 1).all()

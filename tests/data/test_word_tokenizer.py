@@ -233,3 +233,14 @@ def test_texts_read_mostly_as_unk_are_noted_with_examples(capsys):
     from lmscale.finetuning.data import encode
     encode(words, lambda t: t, ["The Film is Good."] * 3, None, "val.csv")
     assert "75.0% of the 12 tokens of val.csv" in capsys.readouterr().err
+
+
+def test_text_byte_lengths_cover_trailing_whitespace():
+    """The last token also stands for the whitespace after it: the lengths sum to the text's
+    UTF-8 bytes, so a per-token trace covers the text as written."""
+    from lmscale.data.words import WordTokenizer
+    tok = WordTokenizer(["<pad>", "<unk>", "<eos>", "a", "bé"], unk_bytes=2.0)
+    text = "a bé  \t"
+    lengths = tok.text_byte_lengths(text)
+    assert len(lengths) == len(tok.encode(text)) == 2
+    assert lengths.tolist() == [1, 7] and lengths.sum() == len(text.encode("utf-8"))

@@ -154,3 +154,16 @@ def test_a_training_step_is_bit_identical():
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = json.loads(proc.stdout.strip().splitlines()[-1])
     assert found == {case: 0 for case in CASES}
+
+
+def test_to_weight_norm_of_a_zero_column_is_a_unit_v_with_zero_g():
+    """A plain matrix's zero column becomes g = 0 and v = e_0 (norm 1), not v = 0: exported
+    as g/v, PyTorch's unfloored weight norm would divide 0 by 0 there (NaN), and the
+    import would note the column as floored."""
+    from lmscale.pretrained.weights import floored_columns, to_weight_norm
+    w = np.random.default_rng(2).normal(size=(6, 4)).astype(np.float32)
+    w[:, 1] = 0.0
+    g, v = to_weight_norm(w)
+    assert g[1] == 0 and v[:, 1].tolist() == [1.0, 0, 0, 0, 0, 0]
+    assert floored_columns(v) == []
+    np.testing.assert_allclose(from_weight_norm(g, v), w, rtol=1e-6, atol=1e-7)

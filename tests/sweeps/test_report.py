@@ -122,3 +122,22 @@ def test_a_failed_transfer_shows_no_old_accuracy_in_the_pair_tables(tmp_path):
     pair = [line for line in (tmp_path / "report.md").read_text().splitlines()
             if line.startswith("| 8 |") and "steps" in line][0]
     assert pair.count("val acc 77.7 %") == 1 and "transfer failed" in pair, pair
+
+
+def test_the_best_point_is_the_lowest_last_validation_bpc(tiny, tmp_path):
+    """Each point shows its last val BPC and the furthest step any record reached; the report
+    marks the point of the lowest last val BPC (not the first record's, nor the highest)."""
+    import json
+    _, sweep, out = _points_with_status(tiny, tmp_path, base_config(tiny), """
+        def get_sweep():
+            return {"grid": {"optim.lr": [2e-3, 5e-3, 8e-3]}}
+    """, {"status": "ok", "step": 10})
+    for i, (point, last) in enumerate(zip(sweep.points, (2.5, 2.1, 2.8))):
+        (out / point.name / "metrics.jsonl").write_text("".join(
+            json.dumps({"step": s, "split": "val", "loss": 2.0, "bpc": b}) + "\n"
+            for s, b in ((10, 3.0 + i / 10), (20, last))))
+    r = point_result(str(out), sweep.points[1])
+    assert (r["val_bpc"], r["val_step"], r["step"]) == (2.1, 20, 20)
+    write_report(str(out), sweep, title="t")
+    report = (out / "report.md").read_text()
+    assert f"Lowest validation BPC: {sweep.points[1].name} (2.100)" in report, report

@@ -30,6 +30,34 @@ def test_at_a_time_is_at_most_the_points_to_run(tiny, tmp_path, monkeypatch):
     assert lines[2] == f"sweep: 2 points in {out} (1 at a time)"
 
 
+def test_recorded_times_carry_their_utc_offset(tiny, tmp_path, monkeypatch):
+    """sweep.json's "created" and sweep_runs.jsonl's "time" were local clock times without a
+    zone, beside commands.log's UTC ones: a folder on a cluster read from elsewhere (TZ=Asia/
+    Kathmandu) could not be placed in time."""
+    import datetime
+    import time
+    monkeypatch.setenv("TZ", "Asia/Kathmandu")
+    time.tzset()
+    try:
+        sweep_file = write_sweep(tmp_path / "s.py", """
+            def get_sweep():
+                return {"grid": {"train.steps": [2]}}
+        """)
+        out = tmp_path / "out"
+        run_sweep(base_config(tiny), str(tiny / "tiny.py"), sweep_file, str(out), parallel=1,
+                  log=lambda line: None)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    created = json.loads((out / "sweep.json").read_text())["created"]
+    ran = json.loads((out / "sweep_runs.jsonl").read_text().splitlines()[-1])["time"]
+    for stamp in (created, ran):
+        when = datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S%z")
+        assert when.utcoffset() == datetime.timedelta(hours=5, minutes=45), stamp
+        now = datetime.datetime.now(datetime.timezone.utc)
+        assert abs((now - when).total_seconds()) < 600, stamp
+
+
 def test_a_sweep_refused_as_in_use_leaves_sweep_json_alone(tiny, tmp_path, monkeypatch):
     """An extended grid started while another sweep held the folder was refused ("in use")
     but had already recorded its points in sweep.json: the first command was refused after."""

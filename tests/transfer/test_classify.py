@@ -140,3 +140,53 @@ def test_a_fit_that_keeps_no_unit_ranks_by_correlation_not_covariance():
     assert fit.nonzero == 0
     assert ranked_units(fit, x[:300], y[:300])[0] == 0
     assert neuron_summary(fit, x[:300], y[:300], x[300:], y[300:], Cs=[1e-4])["index"] == 0
+
+
+def _signed_units(n: int = 400, seed: int = 0):
+    """Features [n, 4]: unit 2 tracks the label negatively (the strongest), unit 0 positively
+    (weaker), units 1 and 3 noise."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    x = rng.normal(size=(n, 4))
+    x[:, 2] -= 3.0 * (2 * y - 1)
+    x[:, 0] += 1.0 * (2 * y - 1)
+    return x, y
+
+
+def test_neuron_summary_rank_sign_and_sign_in_fit():
+    """The top unit is rank 0, a named unit its place in the order; a negatively tracking
+    unit's sign and sign_in_fit are -1 (mutants: rank + 1, sign_in_fit of |weight|)."""
+    from lmscale.transfer.classify import neuron_summary, ranked_units
+    x, y = _signed_units()
+    xv, yv = _signed_units(seed=1)
+    fit = fit_l1(x, y, xv, yv, Cs=(0.1, 1.0))
+    top = neuron_summary(fit, x, y, xv, yv, Cs=(0.1, 1.0))
+    assert (top["index"], top["rank"], top["sign"], top["sign_in_fit"]) == (2, 0, -1, -1)
+    order = ranked_units(fit, x, y)
+    second = neuron_summary(fit, x, y, xv, yv, Cs=(0.1, 1.0), unit=int(order[1]))
+    assert second["index"] == 0 and second["rank"] == 1 and second["sign"] == 1
+
+
+def test_top_k_sweep_stops_below_the_feature_count():
+    """k = 1, 2, ... below the feature count: the all-features fit is the last point of the
+    curve, not refitted as k = F (a mutant ran k <= F)."""
+    from lmscale.transfer.classify import top_k_sweep
+    x, y = _signed_units()
+    xv, yv = _signed_units(seed=1)
+    fit = fit_l1(x, y, xv, yv, Cs=(0.1, 1.0))
+    assert [r["k"] for r in top_k_sweep(fit, x, y, xv, yv, Cs=(0.1, 1.0))] == [1, 2]
+
+
+def test_search_subsample_gives_the_largest_remainders_the_extra_rows():
+    """Classes of 5, 3 and 2 rows, 5 drawn: quotas 2.5, 1.5, 1.0 -> 2, 1, 1 and the one row
+    left to the largest remainder (the first of the tied 0.5s): 3, 1, 1."""
+    from lmscale.transfer.classify import search_subsample
+    y = np.array([0] * 5 + [1] * 3 + [2] * 2)
+    rows = search_subsample(y, 5)
+    assert np.bincount(y[rows], minlength=3).tolist() == [3, 1, 1]
+
+
+def test_openai_grid_is_utils_train_with_reg_cv():
+    """OpenAI's utils.py searches C = 2^-8 ... 2^0."""
+    from lmscale.transfer.classify import OPENAI_C_GRID
+    assert OPENAI_C_GRID == tuple(2.0 ** k for k in range(-8, 1))

@@ -90,3 +90,24 @@ def test_tied_f1_takes_the_lowest_threshold():
     y = np.array([0, 1, 0, 0, 1, 1, 0, 0, 1])
     t = tune_thresholds(np.c_[p, p], np.c_[y, y])
     assert t[0] == pytest.approx(0.4) and t[1] == pytest.approx(0.4)
+
+
+def test_threshold_is_inclusive_and_loss_finite_at_zero_and_one():
+    """A probability equal to the threshold predicts the label (p >= t, 0.5 by default), and
+    the log loss of probabilities of exactly 0 and 1 against the other label is finite
+    (clipped at 1e-7), as float32 sigmoids give them."""
+    from lmscale.transfer.metrics import predict_labels
+    probs = np.array([[0.5, 0.0], [1.0, 0.25]])
+    assert predict_labels(probs, True).tolist() == [[1, 0], [1, 0]]
+    assert predict_labels(probs, True, np.array([0.5, 0.25])).tolist() == [[1, 0], [1, 1]]
+    labels = np.array([[0, 1], [0, 1]])
+    m = classification_metrics(probs, labels, True, ["a", "b"])
+    assert np.isfinite(m["loss"]) and m["loss"] == pytest.approx(
+        -np.mean(np.log([0.5, 1e-7, 1e-7, 0.25])), rel=1e-6)
+
+
+def test_better_loss_is_lower():
+    from lmscale.transfer.metrics import better
+    assert better("loss", 0.1, 0.2) and not better("loss", 0.3, 0.2)
+    assert better("accuracy", 0.3, 0.2) and not better("accuracy", 0.1, 0.2)
+    assert better("loss", 5.0, None)

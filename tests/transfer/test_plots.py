@@ -114,3 +114,26 @@ def test_a_trace_of_another_length_than_its_texts_bytes_is_refused_by_name(tmp_p
                                          r"got shape \(2,\)"):
         plots.heatmap_png(["abc"], [np.zeros(2)], str(tmp_path / "h.png"), unit=1)
     plots.heatmap_png(["abc"], [np.zeros(3)], str(tmp_path / "h.png"), unit=1)
+
+
+def test_color_range_centers_on_the_median():
+    """The color map's center is the median of the values (a few large ones do not move it),
+    its half-width the largest distance from it."""
+    assert plots._color_range([np.array([0.0, 0.0, 10.0]), np.array([0.0])]) == (0.0, 10.0)
+
+
+def test_the_weights_plot_labels_the_largest_magnitudes(tmp_path, monkeypatch):
+    """The labeled units are the largest |weights|, a negative one included (a mutant that
+    ranked the signed weights labeled the small positive ones instead)."""
+    labels: list[list[str]] = []
+    save = plots._save
+
+    def saved(fig, path, **kwargs):  # the real save, after reading the figure's labels
+        labels.append(sorted(t.get_text() for t in fig.axes[0].texts))
+        save(fig, path, **kwargs)
+
+    monkeypatch.setattr(plots, "_save", saved)
+    coef = np.array([0.1, -3.0, 0.0, 0.2, 2.0, 0.05, -0.01])
+    plots.weights_plot(coef, str(tmp_path / "w.png"), top=3)
+    assert labels == [["1", "3", "4"]]
+    assert matplotlib.image.imread(tmp_path / "w.png").shape[2] in (3, 4)
