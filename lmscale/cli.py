@@ -83,6 +83,7 @@ def run_cli(fn: Callable[[], T]) -> T:
     from lmscale.compile_cache import use_compile_cache
     from lmscale.config import ConfigError
     from lmscale.data.errors import DataError
+    from lmscale.models.interface_check import ModelInterfaceError
     from lmscale.models.registry import UnknownModelKind
     from lmscale.training.checkpoints import CheckpointError
     _quiet_library_logs()
@@ -91,7 +92,7 @@ def run_cli(fn: Callable[[], T]) -> T:
         with messages.command_line():
             return fn()
     except (ConfigError, DataError, CheckpointError, FileNotFoundError, OutputError,
-            UnknownModelKind) as e:
+            UnknownModelKind, ModelInterfaceError) as e:
         print(f"error: {e}", file=sys.stderr)
         if getattr(e, "exit_at_once", False):  # library threads stuck waiting for other processes
             sys.stdout.flush()

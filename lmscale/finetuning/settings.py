@@ -12,7 +12,7 @@ from lmscale.config import ConfigError, default_config
 from lmscale.finetuning import layer_rates
 from lmscale.finetuning.head import check_head_settings
 from lmscale.finetuning.truncated import check_grad_tokens
-from lmscale.models.registry import feature_dropouts, is_dropout_field
+from lmscale.models.registry import carries_state, feature_dropouts, is_dropout_field
 from lmscale.training.checkpoints import CheckpointMismatchError
 from lmscale.training.restore import TrainedLM
 from lmscale.training.resume import recorded_with_home
@@ -56,7 +56,9 @@ def check_lm_settings(config: ml_collections.ConfigDict, lm: TrainedLM) -> None:
     ft, layers = config.finetune, config.model.layers
     check_head_settings(ft, lm.model().feature_states)
     check_lm_dropout(ft.lm_dropout, lm)
-    check_grad_tokens(ft.grad_tokens, lm.model().max_len, ft.aux_lm_weight)
+    model = lm.model()
+    check_grad_tokens(ft.grad_tokens, model.max_len, ft.aux_lm_weight,
+                      carries_state(model.initial_carry))
     layer_rates.checked(ft.layer_lr_decay, layers)
     layer_rates.unfreeze_starts(ft.unfreeze_every, ft.freeze_steps, layers)
 

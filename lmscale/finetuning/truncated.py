@@ -11,7 +11,7 @@ the earlier ones' contributions entering as constants.
 To give every row the same split, the step lays the batch out right-aligned: each text ends at
 the last column, the padding goes in front, and a reset at the text's first token starts it
 from a zero state (so the padding read before it has no effect), in n x K columns
-(n = ceil(W / K)). A model that reads a bounded context and carries no state (the
+(n = ceil(W / K)). A model that reads a bounded context or carries no state (the
 transformer) cannot read a text in pieces; ``check_grad_tokens`` refuses it.
 
 Shapes: tokens int32 [B, W] right-padded as the data pipeline makes them (lengths [B]);
@@ -29,10 +29,12 @@ from lmscale.config import ConfigError
 from lmscale.messages import for_caller
 
 
-def check_grad_tokens(grad_tokens: int, max_len: int | None, aux_lm_weight: float = 0.0) -> None:
+def check_grad_tokens(grad_tokens: int, max_len: int | None, aux_lm_weight: float = 0.0,
+                      carries_state: bool = True) -> None:
     """Refuses a negative ``finetune.grad_tokens``, a positive one for a model with a length
-    limit (it keeps no state from one piece of a text to the next), and 1 with the auxiliary
-    LM loss (it counts the targets inside each text's last K tokens: K - 1 of them)."""
+    limit or one that carries no state (nothing of one piece of a text reaches the next),
+    and 1 with the auxiliary LM loss (it counts the targets inside each text's last K
+    tokens: K - 1 of them)."""
     if grad_tokens == 1 and aux_lm_weight > 0:
         raise ConfigError("finetune.grad_tokens=1 leaves finetune.aux_lm_weight's loss no target "
                           "(it counts the next-token targets inside each text's last grad_tokens "
@@ -40,6 +42,11 @@ def check_grad_tokens(grad_tokens: int, max_len: int | None, aux_lm_weight: floa
                           "aux_lm_weight=0")
     if grad_tokens < 0:
         raise ConfigError(f"finetune.grad_tokens must be >= 0 (0 = the whole text), got {grad_tokens}")
+    if grad_tokens and max_len is None and not carries_state:
+        raise ConfigError(
+            f"finetune.grad_tokens={grad_tokens} reads a text in pieces with the state carried; "
+            "this model carries no state from one piece to the next (its carry is empty), so "
+            "each piece would be read without the text before it: leave it at 0")
     if grad_tokens and max_len is not None:
         raise ConfigError(
             f"finetune.grad_tokens={grad_tokens} reads a text in pieces with the state carried; "

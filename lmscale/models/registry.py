@@ -5,7 +5,8 @@ The trainer is model-agnostic: it only talks to a :class:`ModelKind` (registered
 below. A new family is one file that defines its module and registers its kind: inside the
 package, imported by ``lmscale/models/__init__.py``; or a module of your own, found by every
 tool through ``LMSCALE_MODEL_MODULES`` or a package's ``lmscale.models`` entry points
-(:func:`load_plugins`; ``examples/gru_kind.py`` is one, with its NumPy check).
+(:func:`load_plugins`; ``examples/gru_kind.py`` is one, with its NumPy check); its module is
+checked against the interface when built (``interface_check``).
 
 The module interface (an ``nnx.Module``; all arrays batch-major):
 
@@ -169,8 +170,15 @@ def load_plugins() -> None:
 
 def build_model(model_config: Any, vocab_size: int, *, rngs: nnx.Rngs,
                 dtype: Any = jnp.float32) -> nnx.Module:
-    """The module of ``model_config.kind`` (parameters float32, matmuls in ``dtype``)."""
-    return get_kind(model_config.kind).build(model_config, vocab_size, rngs=rngs, dtype=dtype)
+    """The module of ``model_config.kind`` (parameters float32, matmuls in ``dtype``); a
+    kind of one's own is checked against the interface first (``interface_check``)."""
+    from lmscale.config_values import BUILT_IN_KINDS
+    kind = get_kind(model_config.kind)
+    model = kind.build(model_config, vocab_size, rngs=rngs, dtype=dtype)
+    if kind.name not in BUILT_IN_KINDS:
+        from lmscale.models.interface_check import check_module
+        check_module(kind.name, kind.describe(model_config), model, vocab_size)
+    return model
 
 
 def flops_per_token(model_config: Any, vocab_size: int, seq_len: int = 1,
@@ -321,6 +329,12 @@ def with_dropouts_scaled(model_config: Any, factor: float) -> Any:
 def uses_dropout(model_config: Any) -> bool:
     """Whether any dropout field of ``model_config`` is above 0."""
     return any(float(model_config[k]) > 0 for k in model_config.keys() if is_dropout_field(k))
+
+
+def carries_state(initial_carry: Callable[[int], Any]) -> bool:
+    """Whether a model's carry holds anything (the recurrent kinds; a transformer's is ())."""
+    import jax
+    return bool(jax.tree.leaves(jax.eval_shape(lambda: initial_carry(1))))
 
 
 def training_forward(model: nnx.Module, tokens: Any, carry: Any, resets: Any, *,

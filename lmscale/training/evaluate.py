@@ -21,6 +21,7 @@ from lmscale.config_values import AVERAGING_OPTIMIZERS
 from lmscale.data.dataset import SplitData
 from lmscale.data.errors import DataError
 from lmscale.data.stream import StreamBatcher, document_resets
+from lmscale.models.registry import carries_state
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.in_flight import InFlight
 from lmscale.training.loss import LN2
@@ -68,11 +69,6 @@ def eval_stream(split: SplitData, batch_size: int, seq_len: int,
     else:
         rows = min(batch_size, split.num_tokens // (seq_len + 1))
     return StreamBatcher(split, rows, seq_len, reset_on_documents=reset_on_documents)
-
-
-def carries_state(initial_carry: Callable[[int], Any]) -> bool:
-    """Whether a model's carry holds anything (the recurrent kinds; a transformer's is ())."""
-    return bool(jax.tree.leaves(jax.eval_shape(lambda: initial_carry(1))))
 
 
 def unscored_note(stream: StreamBatcher, split: SplitData) -> str | None:

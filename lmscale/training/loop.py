@@ -28,7 +28,8 @@ from lmscale.data.errors import DataError
 from lmscale.distributed import (check_same_config, leave_word, process_0_does, process_0_says,
                                  processes_that_differ)
 from lmscale.data.dataset import TokenDataset, dataset_fingerprint
-from lmscale.models.registry import get_kind, trained_length_note, unused_settings_note
+from lmscale.models.registry import (carries_state, get_kind, trained_length_note,
+                                     unused_settings_note)
 from lmscale.training import mesh as mesh_lib
 from lmscale.messages import check_call_arguments, draws_bar, errors_for_caller, for_caller
 from lmscale.training.checkpoints import Checkpointer, check_same_model, model_signature
@@ -41,7 +42,7 @@ from lmscale.training.step_timer import StepTimer
 from lmscale.training.stop import StopSignal
 from lmscale.training.workdir_lock import locked_workdir
 from lmscale.training.data_source import resolve_dataset, train_batcher
-from lmscale.training.evaluate import (batch_arrays, carries_state, eval_settings, eval_stream,
+from lmscale.training.evaluate import (batch_arrays, eval_settings, eval_stream,
                                        evaluate_split, unscored_note, without_validation)
 from lmscale.training.in_flight import InFlight
 from lmscale.training.loss import bits_per_char

@@ -42,7 +42,7 @@ from lmscale.atomic import atomic_write
 from lmscale.data.errors import DataError
 from lmscale.data.texts import last_tokens, text_list
 from lmscale.data.words import unknown_words_note
-from lmscale.models.registry import trained_length, untrained_positions_note
+from lmscale.models.registry import carries_state, trained_length, untrained_positions_note
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.restore import TrainedLM, prepared_weights, weights_fingerprint
 from lmscale.training.state import zero_carry
@@ -151,7 +151,10 @@ def packed_features(lm: TrainedLM, ids: Sequence[np.ndarray], pairs: Sequence[Pa
     state; one pass over the texts reads them all (a fine-tuned classifier's head takes
     several, e.g. the last and the mean cell state)."""
     pairs = tuple((str(s), str(p)) for s, p in pairs)
-    if lm.model().max_len is not None:
+    model = lm.model()
+    if model.max_len is not None or not carries_state(model.initial_carry):
+        # a model that carries nothing reads each text whole, bounded or not (the packed
+        # reader's chunks cut its context: a text's features depended on where it was packed)
         out = _featurize_bins(lm, ids, pairs, all_layers, batch_size, progress)
     else:
         rows = packing.rows_for(batch_size, len(ids), lm.mesh.size)
@@ -271,7 +274,8 @@ def _featurize_bins(lm: TrainedLM, ids: Sequence[np.ndarray], pairs: tuple[Pair,
     step = _packed_chunk_fn(lm.graphdef, pairs, all_layers)
     out = np.zeros((len(ids), len(pairs) * layers * model.feature_width), np.float32)
     calls = []  # (texts of the width, its plan, rows a call, the call's first row)
-    for texts, plan in packing.pack_bins([len(x) for x in ids], model.max_len):
+    lengths = [len(x) for x in ids]
+    for texts, plan in packing.pack_bins(lengths, model.max_len or max(lengths, default=1)):
         rows = packing.rows_for(batch_size, plan.rows, lm.mesh.size)
         calls += [(texts, plan, rows, first) for first in range(0, plan.rows, rows)]
     pending = None  # the previous call's picks, read after the next call is dispatched
@@ -297,7 +301,8 @@ def _unit_fn(graphdef: nnx.GraphDef, state: str) -> Callable:
     text of a padded width shares one program (indexing the device array eagerly compiled two
     small programs per text length)."""
     def unit_values(params: Any, tokens: jax.Array, layer: jax.Array, unit: jax.Array) -> jax.Array:
-        states = nnx.merge(graphdef, params).features(tokens, None)[state]  # [L, 1, T, F]
+        model = nnx.merge(graphdef, params)  # from a zero carry (the interface has no None)
+        states = model.features(tokens, model.initial_carry(1))[state]  # [L, 1, T, F]
         return jax.lax.dynamic_index_in_dim(states, layer, 0, keepdims=False)[0, :, unit]
     return jax.jit(unit_values)
 
