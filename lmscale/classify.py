@@ -60,7 +60,8 @@ def classify() -> dict:
                         "pass --output=FILE to write the predictions elsewhere")
     clf = load_classifier(_WORKDIR.value, _BATCH.value)  # fails before reading a large input
     if _LABELS.value:
-        data = load_labeled(_INPUT.value, text_column=_TEXT.value, label_column=_LABELS.value)
+        data = load_labeled(_INPUT.value, text_column=_TEXT.value, label_column=_LABELS.value,
+                            label_setting="--labels")
         texts = data.texts
         if not clf.multilabel:  # classes by name ("positive"): the classifier's ids for them
             index_classes({"input": data}, known=clf.class_names)

@@ -185,7 +185,7 @@ def load_splits(ft: ml_collections.ConfigDict) -> tuple[dict[str, Labeled], int,
                    "the best weights are chosen")
     hint = "set --config.finetune.text_column / --config.finetune.label_column"
     splits = {name: load_labeled(spec, text_column=ft.text_column, label_column=ft.label_column,
-                                 column_hint=hint)
+                                 column_hint=hint, label_setting="--config.finetune.label_column")
               for name, spec in (("train", ft.train), ("val", ft.val), ("test", ft.test)) if spec}
     names = splits["train"].label_names
     named = index_classes(splits)  # by name: ids in sorted order; a TFDS ClassLabel: its names

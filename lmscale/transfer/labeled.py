@@ -64,10 +64,13 @@ def label_columns(label_column: str) -> list[str]:
 
 
 def load_labeled(spec: str | os.PathLike[str], *, text_column: str = "sentence",
-                 label_column: str = "label", column_hint: str = "") -> Labeled:
+                 label_column: str = "label", column_hint: str = "",
+                 label_setting: str = "--label_column") -> Labeled:
     """Reads ``spec``: a .csv/.tsv/.jsonl file, or ``tfds:NAME/SPLIT`` (tensorflow-datasets).
     ``column_hint``: appended to a missing column's error, the settings that name the columns
-    (e.g. "set --text_column / --label_column")."""
+    (e.g. "set --text_column / --label_column"); ``label_setting``: the setting that names
+    the label columns, as the caller's user sets it (``--labels`` of lmscale.classify,
+    ``--config.finetune.label_column`` of a fine-tune)."""
     spec = os.fspath(spec)  # a pathlib.Path from a notebook: was an AttributeError (startswith)
     hint = f" ({column_hint})" if column_hint else ""
     label_names = label_columns(label_column)
@@ -76,7 +79,8 @@ def load_labeled(spec: str | os.PathLike[str], *, text_column: str = "sentence",
     class_names, lines = None, None
     if is_tfds(spec):  # " tfds:..." (prepare's is_tfds strips it) was "no such file"
         spec = spec.strip()
-        texts, rows = read_tfds(spec[len("tfds:"):], text_column, label_names, hint)
+        texts, rows = read_tfds(spec[len("tfds:"):], text_column, label_names, hint,
+                                label_setting)
         if len(label_names) == 1:
             class_names = class_label_names(spec, label_names[0])
     else:
@@ -324,8 +328,8 @@ def _read_jsonl(path: str, text_field: str, label_names: list[str], hint: str = 
     return texts, rows, lines
 
 
-def read_tfds(name: str, text_key: str, label_names: list[str], hint: str = ""
-               ) -> tuple[list[str], list[list[int]]]:
+def read_tfds(name: str, text_key: str, label_names: list[str], hint: str = "",
+              label_setting: str = "--label_column") -> tuple[list[str], list[list[int]]]:
     """Texts and label rows of ``NAME/SPLIT`` (e.g. ``glue/sst2/validation``: the last part is
     the split); no ``label_names``: texts alone (rows empty)."""
     spec = PREFIX + name
@@ -337,18 +341,19 @@ def read_tfds(name: str, text_key: str, label_names: list[str], hint: str = ""
                 raise DataError(f"tfds:{name}: no feature {key!r}; features are {sorted(ex)}{hint}")
         text = text_feature(ex, text_key, spec)  # a number or an array is no text
         texts.append(checked_text(text, f"tfds:{name}", len(texts) + 1, text_key))
-        rows.append([_tfds_label(ex[k], f"tfds:{name}: row {len(texts)}", k) for k in label_names])
+        rows.append([_tfds_label(ex[k], f"tfds:{name}: row {len(texts)}", k, label_setting)
+                     for k in label_names])
     return texts, rows
 
 
-def _tfds_label(value: Any, where: str, key: str) -> int:
+def _tfds_label(value: Any, where: str, key: str, label_setting: str = "--label_column") -> int:
     """A tfds label feature's class id: a scalar integer (a ClassLabel, an int); a float
     that is an integer; text of one. A sequence or a fraction is a one-line DataError."""
     if isinstance(value, (list, tuple)):  # an ArrayRecord data source's sequence feature
         value = np.asarray(value)
     if getattr(value, "ndim", 0) != 0:
         raise DataError(f"{where}: label {key!r} is an array of shape {tuple(value.shape)}, not one "
-                        "class id (several 0/1 label features: --label_column=a,b,c)")
+                        f"class id (several 0/1 label features: {label_setting}=a,b,c)")
     if hasattr(value, "item"):
         value = value.item()
     if isinstance(value, bytes):

@@ -3,6 +3,9 @@ batched reading of a data source, and a sequence label read from ArrayRecord dat
 
 from __future__ import annotations
 
+import re
+
+import numpy as np
 import pytest
 
 from lmscale.data.errors import DataError
@@ -51,3 +54,27 @@ def test_a_sequence_label_from_an_array_record_source_is_named_as_one():
     with pytest.raises(DataError, match=r"label 'tags' is an array of shape \(1,\), not one "
                                         r"class id \(several 0/1 label features"):
         _tfds_label([4], "tfds:x: row 1", "tags")
+
+
+@pytest.mark.parametrize("setting", ["--label_column", "--labels",
+                                     "--config.finetune.label_column"])
+def test_an_array_tfds_label_names_the_callers_setting(setting):
+    with pytest.raises(DataError, match=re.escape(f"{setting}=a,b,c")):
+        _tfds_label(np.array([0, 1]), "tfds:x/train: row 1", "label", setting)
+
+
+def test_a_fine_tune_is_told_its_label_setting(monkeypatch, capsys):
+    """finetune.data reads labels through load_labeled: the way out is its config field, not
+    lmscale.transfer's --label_column (which lmscale.finetune refuses as unknown). TFDS is an
+    optional extra, absent here: its reads give one example."""
+    import lmscale.transfer.labeled as labeled
+    from lmscale.config import default_config
+    from lmscale.finetuning.data import load_splits
+
+    monkeypatch.setattr(labeled, "parse_tfds", lambda spec: ("x", "train"))
+    monkeypatch.setattr(labeled, "iter_examples",
+                        lambda spec: iter([{"text": b"good", "label": np.array([0, 1])}]))
+    ft = default_config().finetune
+    ft.train, ft.val, ft.text_column = "tfds:x/train", "tfds:x/train", "text"
+    with pytest.raises(DataError, match=re.escape("--config.finetune.label_column=a,b,c")):
+        load_splits(ft)
