@@ -74,6 +74,25 @@ def os_error_line(e: OSError) -> str:
     return f"cannot {'write' if e.errno == errno.EROFS else 'access'} {name} ({cause})"
 
 
+def out_of_memory_line(e: BaseException) -> str | None:
+    """One line for XLA's "RESOURCE_EXHAUSTED: Out of memory" (a JaxRuntimeError traceback,
+    e.g. a state that fits the host but not what ``ulimit -v`` leaves), naming the memory and
+    what to lower; None for any other error."""
+    text = " ".join(str(e).split())
+    if "RESOURCE_EXHAUSTED" not in text or "Out of memory" not in text:
+        return None
+    import resource
+    import jax
+    platform = jax.devices()[0].platform
+    where = "this host's memory" if platform == "cpu" else f"the {platform} device's memory"
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    limit = ("" if platform != "cpu" or soft == resource.RLIM_INFINITY else
+             f" (this process may map at most {soft / 2 ** 30:.1f} GiB: ulimit -v)")
+    return (f"out of memory ({text[:160]}): the run does not fit {where}{limit}; lower "
+            f"train.batch_size or the model's size, or recompute activations (model.remat); "
+            f"`python -m lmscale.plan --config=... --memory_gib=N` says what fits")
+
+
 def run_cli(fn: Callable[[], T]) -> T:
     """Calls ``fn``; a user error (bad data, config or workdir) prints ``error: ...`` and exits 1
     (``EXIT_DIVERGED`` for a run whose parameters stopped being finite); Ctrl-C prints one
@@ -103,6 +122,12 @@ def run_cli(fn: Callable[[], T]) -> T:
         if e.errno not in _WRITE_ERRNOS:
             raise
         print(f"error: {os_error_line(e)}", file=sys.stderr)
+        sys.exit(1)
+    except RuntimeError as e:  # jax.errors.JaxRuntimeError: an allocation XLA was refused
+        line = out_of_memory_line(e)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt as e:  # Ctrl-C: was a traceback through JAX's frames
         if type(e) is not KeyboardInterrupt:  # a training tool's SignalExit: cli_signals says it

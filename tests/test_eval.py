@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -91,3 +92,22 @@ def test_text_shorter_than_one_sequence_is_scored_whole_as_score_does(tmp_path):
         got = evaluate_data(lm, str(tmp_path / "short.txt"), batch_size=1)
         assert got["tokens"] == 14
         np.testing.assert_allclose(got["bpc"], LM(lm).score(["short text here"])[0], rtol=1e-5)
+
+
+def test_a_full_temporary_folder_says_tmpdir_and_how_to_prepare_instead(small_disk, tmp_path,
+                                                                       monkeypatch):
+    """Text files are tokenized into TMPDIR: a full one was "the disk is full" of a folder
+    the user never named, with no way around it."""
+    import tempfile
+
+    import pytest
+    from lmscale.data.errors import DataError
+    from lmscale.training.restore import evaluate_data
+    from tests.transfer.conftest import random_lm
+    text = tmp_path / "big.txt"
+    text.write_text("a line of text to tokenize.\n" * 40_000)  # 2.2 MB of uint16 tokens
+    monkeypatch.setattr(tempfile, "tempdir", str(small_disk))
+    with pytest.raises(DataError, match=r"the disk is full .*tokenized into a temporary folder "
+                                        r"\(.*small_disk, TMPDIR\): set TMPDIR .*lmscale.prepare"):
+        evaluate_data(random_lm(hidden=16), str(text))
+    assert os.listdir(small_disk) == []

@@ -63,3 +63,20 @@ def test_load_lm_names_config_fields(sst_run):
     with pytest.raises(Exception, match=r"config\.checkpoint\.keep_best = True") as e:
         lmscale.load_lm(sst_run, best=True)
     assert "--config" not in str(e.value)
+
+
+def test_xlas_out_of_memory_is_one_line_naming_the_memory(capsys):
+    """RESOURCE_EXHAUSTED from XLA (a state that fits the host but not what ``ulimit -v``
+    leaves) was a JaxRuntimeError traceback through JAX's frames."""
+    import jax.numpy as jnp
+
+    from lmscale.cli import run_cli
+    with pytest.raises(SystemExit) as stop:
+        run_cli(lambda: jnp.zeros((2 ** 43,), jnp.float32).block_until_ready())  # 32 TiB
+    assert stop.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        "error: out of memory (RESOURCE_EXHAUSTED: Out of memory allocating 35184372088832 "
+        "bytes.): the run does not fit this host's memory"), err
+    with pytest.raises(RuntimeError, match="other"):  # any other runtime error: as it was
+        run_cli(lambda: (_ for _ in ()).throw(RuntimeError("other")))

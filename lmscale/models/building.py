@@ -29,14 +29,15 @@ Static = TypeVar("Static")
 
 
 def built_in_one_program(build: Callable[..., tuple[Static, Any]], *args: Any,
-                         abstract: bool = False, shardings: Callable[[Any], Any] | None = None
-                         ) -> tuple[Static, Any]:
+                         abstract: bool = False, shardings: Callable[[Any], Any] | None = None,
+                         check: Callable[[Any], None] | None = None) -> tuple[Static, Any]:
     """``build(*args) -> (static, arrays)``: (static, arrays computed by one jitted program),
     or with ``abstract`` (static, the arrays' ``jax.ShapeDtypeStruct``s). ``args``: arrays the
     program takes as inputs (not constants baked into it).
 
     ``shardings``: a function from the arrays' shapes to their shardings (a matching tree);
-    the program then computes the arrays placed so (ignored with ``abstract``)."""
+    the program then computes the arrays placed so (ignored with ``abstract``). ``check``:
+    called with the arrays' shapes before anything is computed (it may raise)."""
     statics: list[Static] = []
 
     @functools.wraps(build)  # the program is named after the builder (JAX_LOG_COMPILES, profiles)
@@ -45,12 +46,15 @@ def built_in_one_program(build: Callable[..., tuple[Static, Any]], *args: Any,
         statics.append(static)
         return tree
 
+    shapes = jax.eval_shape(arrays, *args) if abstract or shardings or check else None
+    if check is not None:
+        check(shapes)
     if abstract:
-        tree = jax.eval_shape(arrays, *args)
+        tree = shapes
     elif shardings is None:
         tree = jax.jit(arrays)(*args)
     else:
-        tree = jax.jit(arrays, out_shardings=shardings(jax.eval_shape(arrays, *args)))(*args)
+        tree = jax.jit(arrays, out_shardings=shardings(shapes))(*args)
     return statics[0], tree
 
 

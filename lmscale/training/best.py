@@ -142,15 +142,30 @@ class BestKeeper:
         if self._wait is not None:
             self._wait()
         if step not in self.manager.all_steps():
-            self.manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)),
-                              force=True)
-            self.manager.wait_until_finished()
+            try:
+                self.manager.save(step, force=True, args=ocp.args.Composite(
+                    params=ocp.args.StandardSave(params)))
+                self.manager.wait_until_finished()
+            except (OSError, ValueError) as e:  # tensorstore: ValueError("RESOURCE_EXHAUSTED: ...")
+                raise self._save_failed(step, e) from None
         self.loss = float(loss)
         if jax.process_index() == 0:
             write_json(os.path.join(self.workdir, BEST_JSON),
                        {"step": int(step), "loss": float(loss), "averaged": bool(averaged)})
         self._keep_only(int(step))
         return True
+
+    def _save_failed(self, step: int, error: BaseException) -> CheckpointError:
+        """One line for best weights that could not be written (a full disk: was a page of
+        tensorstore traceback): the previous best, named by best.json, stays."""
+        from lmscale.training.orbax_logs import disk_full, short_error
+        why = "the disk is full" if disk_full(error) else short_error(error)
+        kept = (f"the previous best weights (step {read_best(self.workdir)['step']}) stay"
+                if os.path.exists(os.path.join(self.workdir, BEST_JSON))
+                else "no best weights are kept yet")
+        return CheckpointError(f"the best weights of step {step} could not be written in "
+                               f"{os.path.join(self.workdir, BEST_DIR)}: {why}; {kept} (free "
+                               f"some space and re-run to resume from the latest checkpoint)")
 
     def _keep_only(self, step: int) -> None:
         """Deletes the best weights of every step but ``step`` (called by every process; orbax

@@ -150,6 +150,31 @@ TRAINING_ADVICE = ("lower train.batch_size (or train.per_device_batch_size) or t
                    "--memory_gib=N` plans it); this config may be meant for GPUs")
 
 
+STATE_ADVICE = ("use a smaller model (model.hidden, model.layers), or fewer CPU devices "
+                "(parallel.cpu_devices=1: each device holds the whole state); this config may "
+                "be meant for GPUs")
+
+
+def check_state_fits_host(shapes: Any, devices: int, available: int | None = None) -> None:
+    """Raises ConfigError when a training state of ``shapes`` (``jax.ShapeDtypeStruct``s:
+    parameters, optimizer moments, carry), held whole by each of this CPU host's ``devices``,
+    is larger than the memory available, before any of it is allocated. Without it a state
+    too large for ``ulimit -v`` failed in JAX's initialization with a traceback, or hung
+    (an allocation that failed in an asynchronous computation never completed, and SIGTERM
+    waited on it). Single-process CPU runs only, as :func:`check_step_fits_host`."""
+    if jax.process_count() > 1 or jax.local_devices()[0].platform != "cpu":
+        return
+    per_device = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(shapes))
+    available = available_host_bytes() if available is None else available
+    need = per_device * devices
+    if available is not None and need > available:
+        need_s, per_device_s, available_s = sizes(need, per_device, available)
+        raise ConfigError(
+            f"the model's training state (parameters, optimizer moments, carry: {per_device_s} "
+            f"on each of {devices} CPU devices) needs {need_s} of this host's memory and "
+            f"{available_s} is available: {STATE_ADVICE}")
+
+
 def check_step_fits_host(step: Callable[..., Any], args: tuple[Any, ...],
                          available: int | None = None, *, what: str = "the training step",
                          advice: str = TRAINING_ADVICE) -> None:

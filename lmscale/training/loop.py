@@ -141,7 +141,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
     # A resumed run restores into the state's shapes: its initial state is never computed.
     setup = build_train_setup(config, vocab_size, decay_steps=derived["decay_steps"], lr=derived["lr"],
                               byte_lengths=byte_lengths, lr_drop_steps=derived.get("lr_drop_steps", ()),
-                              abstract=saved is not None, mesh=mesh)
+                              abstract=saved is not None, mesh=mesh, check_fits=True)
     graphdef, state = setup.graphdef, setup.state
     initial_carry = nnx.merge(graphdef, state.params).initial_carry  # reads shapes, not params
     rows_note = None if val is None else unscored_note(eval_stream(

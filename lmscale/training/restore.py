@@ -406,6 +406,11 @@ def evaluate_data(lm: TrainedLM, data: str, *, split: str = "val", batch_size: i
                                    split=(1, 0, 0), txt_mode=txt_mode, shard_tokens=2**40,
                                    tokenizer=lm.tokenizer, progress=False)
         except DataError as e:  # said in prepare's words (shards, a split of 1,0,0): eval's here
+            if "the disk is full" in str(e):  # the temporary folder's disk, not the user's
+                raise DataError(f"{e}; the text files are tokenized into a temporary folder "
+                                f"({tempfile.gettempdir()}, TMPDIR): set TMPDIR to a folder "
+                                f"with room, or prepare them once (python -m lmscale.prepare "
+                                f"--input=... --output=DIR) and evaluate --data=DIR") from None
             found = re.match(r"corpus too small: (\d+) tokens", str(e))
             if not found:
                 raise

@@ -22,6 +22,7 @@ from jax.sharding import Mesh
 
 from lmscale.models import build_model, built_in_one_program, uses_dropout
 from lmscale.training import mesh as mesh_lib
+from lmscale.training.fits import check_state_fits_host
 from lmscale.training.optimizer import make_optimizer
 from lmscale.training.precision import LossScale, Policy
 from lmscale.training.state import TrainState, create_state, placed_on, state_shardings
@@ -52,14 +53,15 @@ def build_train_setup(config: ml_collections.ConfigDict, vocab_size: int, *, dec
                       lr: float, abstract: bool = False,
                       byte_lengths: np.ndarray | None = None,
                       lr_drop_steps: tuple[int, ...] | list[int] = (),
-                      mesh: Mesh | None = None) -> TrainSetup:
+                      mesh: Mesh | None = None, check_fits: bool = False) -> TrainSetup:
     """Model in the config's compute dtype, optax chain, and the initial state.
 
     ``config.train.batch_size`` must already be the global batch (``with_global_batch``).
     ``byte_lengths``: the tokenizer's bytes per id, for bits per character (None: 1 per id).
     ``lr_drop_steps``: ``derived["lr_drop_steps"]`` (optim.lr_drop_epochs in steps).
     ``mesh``: the state is computed placed as the train step takes it (``state_shardings``);
-    None: on the default device.
+    None: on the default device. ``check_fits``: a state larger than a CPU host's available
+    memory (each of its devices holding it) is refused before it is computed or restored.
     """
     policy = Policy.from_compute(config.precision.compute)
     variable = bool(config.train.variable_bptt)
@@ -72,8 +74,10 @@ def build_train_setup(config: ml_collections.ConfigDict, vocab_size: int, *, dec
         loss_scale = LossScale.for_precision(policy, config.precision)
         return create_state(model, tx, config.train.batch_size, config.seed, loss_scale)
 
+    devices = 1 if mesh is None else len(mesh.local_devices)
+    check = (lambda shapes: check_state_fits_host(shapes, devices)) if check_fits else None
     graphdef, state = built_in_one_program(initial_train_state, abstract=abstract,
-                                           shardings=placed_on(mesh))
+                                           shardings=placed_on(mesh), check=check)
     return TrainSetup(policy=policy, graphdef=graphdef, state=state, tx=tx, schedule=schedule,
                       dropout=uses_dropout(config.model), byte_lengths=byte_lengths,
                       lr_length_base=config.train.seq_len if variable else 0,

@@ -46,12 +46,30 @@ def test_training_a_step_too_large_for_the_host_stops_before_it_runs(tmp_path, c
     """The kernel's OOM killer ended such a run with a bare "Killed" (a GPU config, say
     configs/mlstm4096_8gpu.py, on a laptop): now one error before the first step, naming the
     settings to lower; a host with the memory trains as before."""
-    monkeypatch.setattr(fits, "MEMINFO", _meminfo(tmp_path, 100))  # 100 kB available
+    wide = {"train.steps": 2, "train.batch_size": 64, "train.seq_len": 64}  # logits: 4 MiB
+    monkeypatch.setattr(fits, "MEMINFO", _meminfo(tmp_path, 2048))  # the state (0.25 MiB) fits
     with pytest.raises(ConfigError, match=r"the training step needs .* train.seq_len"):
-        train(tiny_config(corpus, **{"train.steps": 2}), str(tmp_path / "small_host"))
+        train(tiny_config(corpus, **wide), str(tmp_path / "small_host"))
     monkeypatch.setattr(fits, "MEMINFO", _meminfo(tmp_path, 16 * 1024 * 1024))
-    result = train(tiny_config(corpus, **{"train.steps": 2}), str(tmp_path / "small_host"))
+    result = train(tiny_config(corpus, **wide), str(tmp_path / "small_host"))
     assert result["step"] == 2, result
+
+
+def test_a_state_larger_than_the_host_is_refused_before_it_is_made(tmp_path, corpus,
+                                                                   monkeypatch):
+    """A state larger than what ``ulimit -v`` leaves failed in JAX's initialization with a
+    47-line RESOURCE_EXHAUSTED traceback, or hung there ignoring SIGTERM (the 4096-d mLSTM
+    under a 2.4 GiB limit); each device holds the whole state."""
+    shapes = {"w": jax.ShapeDtypeStruct((1024, 256), jnp.float32)}  # 1 MiB
+    fits.check_state_fits_host(shapes, 2, available=2 * 2 ** 20)
+    with pytest.raises(ConfigError, match=r"training state \(parameters, optimizer moments, "
+                                          r"carry: 1.0 MiB on each of 3 CPU devices\) needs "
+                                          r"3.0 MiB .* and 2.0 MiB is available: use a smaller "
+                                          r"model .*parallel.cpu_devices=1"):
+        fits.check_state_fits_host(shapes, 3, available=2 * 2 ** 20)
+    monkeypatch.setattr(fits, "MEMINFO", _meminfo(tmp_path, 100))  # 100 kB available
+    with pytest.raises(ConfigError, match=r"the model's training state .* needs"):
+        train(tiny_config(corpus, **{"train.steps": 2}), str(tmp_path / "small_host"))
 
 
 def test_a_memory_cgroup_limit_caps_what_is_available(tmp_path):

@@ -1,0 +1,31 @@
+"""A full disk while saving the best weights (checkpoint.keep_best): one line, the previous
+best kept (was a page of tensorstore traceback)."""
+
+import json
+import os
+
+import jax.numpy as jnp
+import pytest
+
+from lmscale.training.best import BestKeeper
+from lmscale.training.checkpoints import CheckpointError
+
+
+def test_best_save_on_full_disk_is_one_line_and_keeps_previous(tmp_path, monkeypatch):
+    keeper = BestKeeper(str(tmp_path), enabled=True)
+    params = {"w": jnp.ones((4,))}
+    assert keeper.offer(1, 2.0, params, averaged=False)
+
+    def full(*args, **kwargs):  # what tensorstore raises on ENOSPC (seen on a 30 MB tmpfs)
+        raise ValueError('RESOURCE_EXHAUSTED: Error writing "w/0" in OCDBT database at local file '
+                         f'"{tmp_path}/best/2.orbax-checkpoint-tmp/params": Failed to write 141282 '
+                         "bytes to file 42: No space left on device [os_error_code='28']")
+
+    monkeypatch.setattr(keeper.manager, "save", full)
+    with pytest.raises(CheckpointError, match=r"best weights of step 2 could not be written .*"
+                                              r"the disk is full; the previous best weights "
+                                              r"\(step 1\) stay"):
+        keeper.offer(2, 1.0, params, averaged=False)
+    assert json.load(open(os.path.join(tmp_path, "best.json")))["step"] == 1
+    assert sorted(keeper.manager.all_steps()) == [1]
+    keeper.close()
