@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from dataclasses import dataclass, field
@@ -92,7 +93,7 @@ class LazyDocStarts(Sequence[np.ndarray]):
             try:
                 self._loaded[index] = np.load(self.paths[index], allow_pickle=False)
             except (ValueError, OSError) as e:
-                raise DataError(f"document-start file {self.paths[index]} is unreadable ({e})") from None
+                raise unreadable("document-start file", self.paths[index], e) from None
         return self._loaded[index]
 
 
@@ -143,8 +144,7 @@ class MappedShards(Sequence[np.memmap]):
             try:
                 data = np.memmap(path, dtype=self.dtype, mode="r", shape=(self.lengths[index],))
             except (OSError, ValueError) as e:  # ValueError: shorter than its metadata says
-                raise DataError(f"shard file {path} is unreadable "
-                                f"({getattr(e, 'strerror', None) or e})") from None
+                raise unreadable("shard file", path, e) from None
             self._mapped[index] = data
             return data
 
@@ -156,6 +156,20 @@ def _file_identity(path: str) -> tuple[int, int, int] | None:
     except OSError:
         return None
     return (st.st_dev, st.st_ino, st.st_size)
+
+
+def unreadable(what: str, path: str, error: BaseException) -> DataError:
+    """``what`` at ``path`` unreadable, and where the process ran out of file descriptors
+    (EMFILE: a low ``ulimit -n`` and many shards, feature blocks or checkpoint files), the
+    limit and how to raise it (the error alone named a shard, not the limit)."""
+    line = f"{what} {path} is unreadable ({getattr(error, 'strerror', None) or error})"
+    if getattr(error, "errno", None) == errno.EMFILE:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        line += (f": this process has as many files open as it may (ulimit -n: {soft}, at most "
+                 f"{'unlimited' if hard == resource.RLIM_INFINITY else hard}); raise the limit "
+                 f"(ulimit -n 4096) and re-run")
+    return DataError(line)
 
 
 def open_files_for_maps(shards: int, spare: int = 256) -> int:
@@ -189,7 +203,7 @@ def _doc_count(path: str) -> int:
                     else np.lib.format.read_array_header_2_0)
             shape, _, dtype = read(f)
     except (ValueError, OSError) as e:
-        raise DataError(f"document-start file {path} is unreadable ({e})") from None
+        raise unreadable("document-start file", path, e) from None
     if len(shape) != 1 or dtype != np.int64:
         raise DataError(f"document-start file {path} is not a 1-D int64 array")
     return int(shape[0])

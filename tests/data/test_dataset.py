@@ -13,6 +13,7 @@ from lmscale.data.errors import DataError
 from lmscale.data.prepare import prepare_dataset
 from lmscale.data.tokenizer import ByteTokenizer
 
+from tests.conftest import REPO
 from tests.data.helpers import make_docs, write_txt_files
 
 
@@ -195,3 +196,30 @@ def test_a_shard_only_touched_while_read_is_read_on(tmp_path):
     for p in (tmp_path / "ds").rglob("*"):
         os.utime(p, ns=(0, 10**18))
     np.testing.assert_array_equal(train.shards[last], expected)
+
+
+def test_running_out_of_file_descriptors_names_the_limit(tmp_path):
+    """Under a low ``ulimit -n`` a shard's map failed as "shard file ... is unreadable (Too
+    many open files)": the limit and how to raise it are said too."""
+    import subprocess
+    import sys
+    write_txt_files(tmp_path / "in", make_docs(20, seed=1))
+    ds_dir = prepare_dataset(str(tmp_path / "in"), str(tmp_path / "ds"), split=(8, 1, 1),
+                             shard_tokens=50, progress=False)
+    code = ("import os, resource, sys\n"
+            "from lmscale.data.dataset import TokenDataset\n"
+            "from lmscale.data.errors import DataError\n"
+            "train = TokenDataset.open(sys.argv[1]).split('train')\n"
+            "used = len(os.listdir('/proc/self/fd'))\n"
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (used, resource.getrlimit("
+            "resource.RLIMIT_NOFILE)[1]))\n"
+            "try:\n"
+            "    [train.read(i, 0, 1) for i in range(train.num_shards)]\n"
+            "except DataError as e:\n"
+            "    print(e)\n")
+    done = subprocess.run([sys.executable, "-c", code, ds_dir], capture_output=True, text=True,
+                          timeout=120, cwd=str(REPO))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert ("is unreadable (Too many open files): this process has as many files open as it "
+            "may (ulimit -n: ") in done.stdout, done.stdout
+    assert "raise the limit (ulimit -n 4096) and re-run" in done.stdout
