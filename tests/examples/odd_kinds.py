@@ -8,6 +8,7 @@
   in one call, as the transformer's do.
 * ``test_wide_logits``, ``test_no_carry``, ``test_float_count``: broken kinds (logits one
   wider than the vocabulary; no ``initial_carry``; a new carry whose count is float32).
+* ``test_blocks``: ``test_conv`` reading whole blocks of 4 tokens only (a length it requires).
 """
 
 from __future__ import annotations
@@ -133,6 +134,13 @@ class WideLogits(CausalConv):
         return jnp.concatenate([logits, logits[..., :1]], axis=-1), new
 
 
+class Blocks(CausalConv):
+    def __call__(self, tokens, carry, resets=None, *, dropout_key=None):
+        if tokens.shape[1] % 4:
+            raise ValueError(f"test_blocks reads blocks of 4 tokens, got {tokens.shape[1]}")
+        return super().__call__(tokens, carry, resets)
+
+
 class NoCarry(CausalConv):
     initial_carry = None
 
@@ -161,5 +169,5 @@ def _register(name: str, module: type) -> None:
 
 for _name, _module in (("test_counter", CounterRNN), ("test_conv", CausalConv),
                        ("test_wide_logits", WideLogits), ("test_no_carry", NoCarry),
-                       ("test_float_count", FloatCount)):
+                       ("test_float_count", FloatCount), ("test_blocks", Blocks)):
     _register(_name, _module)

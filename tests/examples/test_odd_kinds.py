@@ -20,7 +20,8 @@ from lmscale.models.interface_check import ModelInterfaceError
 from tests.conftest import REPO, tiny_config, tiny_train_command, write_corpus
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-KINDS = ("test_counter", "test_conv", "test_wide_logits", "test_no_carry", "test_float_count")
+KINDS = ("test_counter", "test_conv", "test_wide_logits", "test_no_carry", "test_float_count",
+         "test_blocks")
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +108,8 @@ def test_a_module_unlike_the_interface_is_refused_naming_what_differs(odd, kind,
     assert str(error.value).startswith(f"model.kind {kind!r} (its module ")
     assert says in str(error.value), str(error.value)
     config.kind = "test_counter"  # the good kinds pass
+    build_model(config, 20, rngs=nnx.Rngs(0))
+    config.kind = "test_blocks"  # one that cannot read the check's 3 tokens is not refused
     build_model(config, 20, rngs=nnx.Rngs(0))
 
 
