@@ -157,14 +157,17 @@ STATE_ADVICE = ("use a smaller model (model.hidden, model.layers), or fewer CPU 
 
 def check_state_fits_host(shapes: Any, devices: int, available: int | None = None) -> None:
     """Raises ConfigError when a training state of ``shapes`` (``jax.ShapeDtypeStruct``s:
-    parameters, optimizer moments, carry), held whole by each of this CPU host's ``devices``,
-    is larger than the memory available, before any of it is allocated. Without it a state
-    too large for ``ulimit -v`` failed in JAX's initialization with a traceback, or hung
-    (an allocation that failed in an asynchronous computation never completed, and SIGTERM
-    waited on it). Single-process CPU runs only, as :func:`check_step_fits_host`."""
+    parameters, optimizer moments, carry), held by each of this CPU host's ``devices`` (whole,
+    but for the carry's rows, split among them), is larger than the memory available, before
+    any of it is allocated. Without it a state too large for ``ulimit -v`` failed in JAX's
+    initialization with a traceback, or hung (an allocation that failed in an asynchronous
+    computation never completed, and SIGTERM waited on it). Single-process CPU runs only, as
+    :func:`check_step_fits_host`."""
     if jax.process_count() > 1 or jax.local_devices()[0].platform != "cpu":
         return
-    per_device = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(shapes))
+    size = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))  # noqa: E731
+    carry = size(getattr(shapes, "carry", ()))
+    per_device = size(shapes) - carry + -(-carry // devices)
     available = available_host_bytes() if available is None else available
     need = per_device * devices
     if available is not None and need > available:

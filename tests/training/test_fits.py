@@ -62,6 +62,13 @@ def test_a_state_larger_than_the_host_is_refused_before_it_is_made(tmp_path, cor
     under a 2.4 GiB limit); each device holds the whole state."""
     shapes = {"w": jax.ShapeDtypeStruct((1024, 256), jnp.float32)}  # 1 MiB
     fits.check_state_fits_host(shapes, 2, available=2 * 2 ** 20)
+    from lmscale.training.state import TrainState
+    state = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=shapes, opt_state=(),
+                       carry=jax.ShapeDtypeStruct((1024, 256), jnp.float32),  # 1 MiB of rows
+                       rng=jax.ShapeDtypeStruct((2,), jnp.uint32), acc={}, loss_scale=())
+    fits.check_state_fits_host(state, 2, available=3 * 2 ** 20 + 64)  # the rows split: 2 x 1.5
+    with pytest.raises(ConfigError, match=r"on each of 2 CPU devices\) needs 3 MiB"):
+        fits.check_state_fits_host(state, 2, available=3 * 2 ** 20)
     with pytest.raises(ConfigError, match=r"training state \(parameters, optimizer moments, "
                                           r"carry: 1.0 MiB on each of 3 CPU devices\) needs "
                                           r"3.0 MiB .* and 2.0 MiB is available: use a smaller "
