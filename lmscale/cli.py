@@ -74,10 +74,17 @@ def os_error_line(e: OSError) -> str:
     return f"cannot {'write' if e.errno == errno.EROFS else 'access'} {name} ({cause})"
 
 
+def _reads_with_batch_flag() -> bool:
+    """Whether this tool sizes its batches by ``--batch_size`` (eval, classify, transfer,
+    generate), not by a config's train.batch_size."""
+    from absl import flags
+    return "batch_size" in flags.FLAGS and "config" not in flags.FLAGS
+
+
 def out_of_memory_line(e: BaseException) -> str | None:
     """One line for XLA's "RESOURCE_EXHAUSTED: Out of memory" (a JaxRuntimeError traceback,
     e.g. a state that fits the host but not what ``ulimit -v`` leaves), naming the memory and
-    what to lower; None for any other error."""
+    what to lower (a tool with ``--batch_size``: that flag); None for any other error."""
     text = " ".join(str(e).split())
     if "RESOURCE_EXHAUSTED" not in text or "Out of memory" not in text:
         return None
@@ -88,6 +95,9 @@ def out_of_memory_line(e: BaseException) -> str | None:
     soft = resource.getrlimit(resource.RLIMIT_AS)[0]
     limit = ("" if platform != "cpu" or soft == resource.RLIM_INFINITY else
              f" (this process may map at most {soft / 2 ** 30:.1f} GiB: ulimit -v)")
+    if _reads_with_batch_flag():
+        return (f"out of memory ({text[:160]}): the run does not fit {where}{limit}; lower "
+                f"--batch_size")
     return (f"out of memory ({text[:160]}): the run does not fit {where}{limit}; lower "
             f"train.batch_size or the model's size, or recompute activations (model.remat); "
             f"`python -m lmscale.plan --config=... --memory_gib=N` says what fits")

@@ -80,3 +80,18 @@ def test_xlas_out_of_memory_is_one_line_naming_the_memory(capsys):
         "bytes.): the run does not fit this host's memory"), err
     with pytest.raises(RuntimeError, match="other"):  # any other runtime error: as it was
         run_cli(lambda: (_ for _ in ()).throw(RuntimeError("other")))
+
+
+def test_out_of_memory_in_a_tool_with_a_batch_flag_names_that_flag():
+    """eval, classify and lmscale.transfer size their batches by --batch_size: their
+    out-of-memory line said "lower train.batch_size ... lmscale.plan --config=...", a config
+    they do not take."""
+    from tests.conftest import script_result
+    result = script_result(
+        "import json, sys\n"
+        "import lmscale.eval  # defines --batch_size, as classify and lmscale.transfer do\n"
+        "from lmscale.cli import out_of_memory_line\n"
+        "print(json.dumps(out_of_memory_line(RuntimeError(\n"
+        "    'RESOURCE_EXHAUSTED: Out of memory allocating 8 bytes.'))))\n")
+    assert result.endswith("lower --batch_size"), result
+    assert "train.batch_size" not in result and "lmscale.plan" not in result

@@ -31,9 +31,9 @@ class ModelInterfaceError(ValueError):
 def check_module(kind: str, described: str, model: nnx.Module, vocab_size: int) -> None:
     """Raises ModelInterfaceError naming ``kind`` and what its module gets wrong: a missing
     method or attribute, logits not float [B, T, V], a new carry whose structure, shapes or
-    dtypes differ from ``initial_carry``'s (a leaf without the batch as its leading axis
-    too), features not [L, B, T, F] under each ``feature_states`` name, or a decode step whose
-    logits are not [B, V]."""
+    dtypes (a float's width aside) differ from ``initial_carry``'s (a leaf without the batch
+    as its leading axis too), features not [L, B, T, F] under each ``feature_states`` name,
+    or a decode step whose logits are not [B, V]."""
     key = (kind, vocab_size, described)
     if key in _CHECKED:
         return
@@ -97,12 +97,18 @@ def _expect_logits(where: str, call: str, logits: Any, shape: tuple[int, ...]) -
 
 
 def _expect_same_carry(where: str, call: str, carry: Any, new: Any) -> None:
-    """The new carry must be the initial one's like: the next batch reads it in its place."""
+    """The new carry must be the initial one's like: the next batch reads it in its place.
+    A float leaf of another width (a bfloat16 carry from float32 zeros) is not refused: the
+    tools read it so (the step is traced once more) and such a plugin trained and resumed."""
     def described(tree: Any) -> Any:
         return jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), tree)
+
+    def kinds(tree: Any) -> Any:
+        return jax.tree.map(lambda x: (tuple(x.shape), "float" if jnp.issubdtype(
+            x.dtype, jnp.floating) else str(x.dtype)), tree)
     if (jax.tree.structure(carry) != jax.tree.structure(new)
-            or described(carry) != described(new)):
+            or kinds(carry) != kinds(new)):
         raise ModelInterfaceError(
             f"{where}: {call} returned a new carry {described(new)} unlike initial_carry's "
             f"{described(carry)} (the next batch reads it in its place: the same structure, "
-            f"shapes and dtypes)")
+            f"shapes and kinds of dtype: float, int, bool)")

@@ -126,3 +126,17 @@ def test_the_trainer_refuses_a_broken_kind_in_one_line(tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: model.kind 'test_wide_logits' (its module WideLogits): "
                            "__call__ returned logits float32 (2, 3, 258)"), proc.stderr[-2000:]
+
+
+def test_a_carry_returned_in_another_float_width_is_not_refused():
+    """A plugin whose new carry is bfloat16 (its compute dtype) from float32 zeros trained and
+    resumed before the interface check; an int where a float was is still refused."""
+    import jax
+
+    from lmscale.models.interface_check import _expect_same_carry
+    f32 = (jax.ShapeDtypeStruct((2, 4), jnp.float32),)
+    _expect_same_carry("k", "__call__", f32, (jax.ShapeDtypeStruct((2, 4), jnp.bfloat16),))
+    with pytest.raises(ModelInterfaceError, match="unlike initial_carry's"):
+        _expect_same_carry("k", "__call__", f32, (jax.ShapeDtypeStruct((2, 4), jnp.int32),))
+    with pytest.raises(ModelInterfaceError, match="unlike initial_carry's"):
+        _expect_same_carry("k", "__call__", f32, (jax.ShapeDtypeStruct((2, 5), jnp.float32),))
