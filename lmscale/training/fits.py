@@ -155,26 +155,31 @@ STATE_ADVICE = ("use a smaller model (model.hidden, model.layers), or fewer CPU 
                 "be meant for GPUs")
 
 
-def check_state_fits_host(shapes: Any, devices: int, available: int | None = None) -> None:
+def check_state_fits_host(shapes: Any, devices: int, available: int | None = None, *,
+                          temp_per_device: int = 0) -> None:
     """Raises ConfigError when a training state of ``shapes`` (``jax.ShapeDtypeStruct``s:
     parameters, optimizer moments, carry), held by each of this CPU host's ``devices`` (whole,
     but for the carry's rows, split among them), is larger than the memory available, before
     any of it is allocated. Without it a state too large for ``ulimit -v`` failed in JAX's
     initialization with a traceback, or hung (an allocation that failed in an asynchronous
-    computation never completed, and SIGTERM waited on it). Single-process CPU runs only, as
-    :func:`check_step_fits_host`."""
+    computation never completed, and SIGTERM waited on it). ``temp_per_device``: the
+    temporaries of the program that computes the state, once compiled (random bits, casts:
+    the 8192-d mLSTM's 7.6 GiB state peaked at 16.5 GiB while computed). Single-process CPU
+    runs only, as :func:`check_step_fits_host`."""
     if jax.process_count() > 1 or jax.local_devices()[0].platform != "cpu":
         return
     size = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))  # noqa: E731
     carry = size(getattr(shapes, "carry", ()))
-    per_device = size(shapes) - carry + -(-carry // devices)
+    per_device = size(shapes) - carry + -(-carry // devices) + temp_per_device
     available = available_host_bytes() if available is None else available
     need = per_device * devices
     if available is not None and need > available:
         need_s, per_device_s, available_s = sizes(need, per_device, available)
         raise ConfigError(
-            f"the model's training state (parameters, optimizer moments, carry: {per_device_s} "
-            f"on each of {devices} CPU devices) needs {need_s} of this host's memory and "
+            f"the model's training state (parameters, optimizer moments, carry"
+            f"{', and the temporaries that compute it' if temp_per_device else ''}: "
+            f"{per_device_s} on each of {devices} CPU devices) needs {need_s} of this host's "
+            f"memory and "
             f"{available_s} is available: {STATE_ADVICE}")
 
 

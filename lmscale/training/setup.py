@@ -75,7 +75,8 @@ def build_train_setup(config: ml_collections.ConfigDict, vocab_size: int, *, dec
         return create_state(model, tx, config.train.batch_size, config.seed, loss_scale)
 
     devices = 1 if mesh is None else len(mesh.local_devices)
-    check = (lambda shapes: check_state_fits_host(shapes, devices)) if check_fits else None
+    check = ((lambda shapes, temp=0: check_state_fits_host(shapes, devices, temp_per_device=temp))
+             if check_fits else None)
     graphdef, state = built_in_one_program(initial_train_state, abstract=abstract,
                                            shardings=placed_on(mesh), check=check)
     return TrainSetup(policy=policy, graphdef=graphdef, state=state, tx=tx, schedule=schedule,

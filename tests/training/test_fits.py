@@ -105,3 +105,23 @@ def test_a_refusal_near_the_boundary_says_two_different_sizes():
     """812 MiB needed, 800 available: said "needs 0.8 GiB ... and 0.8 GiB is available"."""
     assert fits.sizes(812 * 2**20, 406 * 2**20, 800 * 2**20) == ["812 MiB", "406 MiB", "800 MiB"]
     assert fits.sizes(3 * 2**30, 2**30, 2 * 2**30) == ["3.0 GiB", "1.0 GiB", "2.0 GiB"]
+
+
+def test_the_initializing_programs_temporaries_count_with_the_state():
+    """configs/mlstm8192.py's 7.6 GiB state (2 CPU devices) peaked at 16.5 GiB while computed
+    (random bits, casts): under ulimit -v 11000000 it passed the state check and hung in JAX's
+    initialization ignoring SIGTERM; the compiled init program's temporaries now count."""
+    from lmscale.models.building import built_in_one_program
+    seen = []
+
+    def build():
+        w = jax.random.normal(jax.random.key(0), (512, 512), jnp.float32) * 2.0
+        return None, {"w": w.astype(jnp.bfloat16)}
+
+    def check(shapes, temp=0):
+        seen.append(temp)
+        fits.check_state_fits_host(shapes, 1, available=2 ** 20, temp_per_device=temp)
+
+    with pytest.raises(ConfigError, match=r"carry, and the temporaries that compute it"):
+        built_in_one_program(build, check=check)  # 0.5 MiB state fits, its float32 temps not
+    assert seen[0] == 0 and seen[1] >= 512 * 512 * 4, seen
