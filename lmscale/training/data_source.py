@@ -343,18 +343,39 @@ def _prepare_in_workdir(data: ml_collections.ConfigDict, workdir: str, progress:
             print(f"{changed}preparing it again", file=sys.stderr, flush=True)
     if not is_builtin(spec) and not spec.strip():
         raise DataError("data.train is empty: give a prepared dataset, text paths/globs or 'python_stdlib'")
-    prepare_dataset(spec if is_builtin(spec) else split_inputs(spec),
-                    target, text_column=data.text_column or None, text_field=data.text_field or None,
-                    txt_mode=data.txt_mode, split=parse_split(data.split),
-                    shard_tokens=data.shard_tokens, tokenizer=make_tokenizer(data),
-                    overwrite=True, progress=progress,
-                    val_inputs=split_inputs(data.val) or None,
-                    test_inputs=split_inputs(data.test) or None,
-                    shuffle_seed=SHUFFLE_SEED if data.get("shuffle_documents") else None)
+    try:
+        prepare_dataset(spec if is_builtin(spec) else split_inputs(spec),
+                        target, text_column=data.text_column or None,
+                        text_field=data.text_field or None,
+                        txt_mode=data.txt_mode, split=parse_split(data.split),
+                        shard_tokens=data.shard_tokens, tokenizer=make_tokenizer(data),
+                        overwrite=True, progress=progress,
+                        val_inputs=split_inputs(data.val) or None,
+                        test_inputs=split_inputs(data.test) or None,
+                        shuffle_seed=SHUFFLE_SEED if data.get("shuffle_documents") else None)
+    except DataError as e:
+        raise _missing_corpus(e, data) from None
     if sources is not None:
         request["sources"] = sources
     write_json(request_path, request, indent=2)  # all or nothing: a torn record stops every resume
     return target
+
+
+def _missing_corpus(error: DataError, data: ml_collections.ConfigDict) -> DataError:
+    """A missing text file named by ``data.train`` / ``val`` / ``test``, said with the setting
+    that names it and where such a corpus comes from (a GPU or paper config names one the
+    user fetches: "no such file or directory: data/penn/train.txt" said neither)."""
+    prefix = "no such file or directory: "
+    text = str(error)
+    if not text.startswith(prefix) or text.endswith(")"):  # a fetch hint already said
+        return error
+    missing = text[len(prefix):]
+    for name, value in (("data.train", data.train), ("data.val", data.val),
+                        ("data.test", data.test)):
+        if missing in split_inputs(str(value or "")):
+            return DataError(f"{name}={str(value)!r}: {text} (the config file's docstring says "
+                             f"where its corpus comes from; --config.{name}=PATHS names another)")
+    return error
 
 
 def _read_request(path: str, target: str) -> dict:

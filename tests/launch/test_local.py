@@ -103,8 +103,8 @@ def test_bad_data_on_process_0_stops_every_process(tmp_path):
     proc = launch(tmp_path / "run", tmp_path / "missing.txt", 2, processes=2, devices=1, timeout=120)
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]
-    assert any(line.startswith("error: no such file or directory:") and "missing.txt" in line
-               for line in errors)
+    assert any(line.startswith("error: data.train=") and "no such file or directory: " in line
+               and "missing.txt" in line for line in errors)
     assert errors[-1].startswith("error: process ")
     for line in errors:  # process 1's own message, unless the launcher stopped it first
         assert not line.startswith("[process 1]") or "process 0 could not prepare" in line

@@ -95,3 +95,23 @@ def test_preparation_settings_with_a_prepared_dataset_are_noted_and_do_not_block
     train(tiny_config(ds, **{"train.steps": 6, "checkpoint.every": 4}), workdir)  # split 8,1,1: its own
     assert "not used" not in capsys.readouterr().err
     assert os.path.isdir(os.path.join(workdir, "checkpoints", "6"))
+
+
+def test_a_missing_corpus_names_its_setting_and_where_such_a_corpus_comes_from(tmp_path,
+                                                                              corpus):
+    """configs/awd_lstm_word.py on a machine without awd-lstm-lm's files said only "no such
+    file or directory: data/penn/train.txt": neither the setting nor where to get it."""
+    import pytest
+
+    from lmscale.data.errors import DataError
+    from lmscale.training.loop import train
+    from tests.conftest import tiny_config
+    missing = str(tmp_path / "penn" / "train.txt")
+    with pytest.raises(DataError) as error:
+        train(tiny_config(missing), str(tmp_path / "run"))
+    assert str(error.value) == (  # called from Python: the field, not the flag
+        f"data.train={missing!r}: no such file or directory: {missing} (the config file's "
+        f"docstring says where its corpus comes from; config.data.train=PATHS names another)")
+    with pytest.raises(DataError, match=r"^data.val='.*valid.txt': no such file"):
+        train(tiny_config(corpus, **{"data.val": str(tmp_path / "valid.txt")}),
+              str(tmp_path / "run2"))
