@@ -183,6 +183,29 @@ def check_state_fits_host(shapes: Any, devices: int, available: int | None = Non
             f"{available_s} is available: {STATE_ADVICE}")
 
 
+CPU_CORE_FLOP_PER_S = 1e11  # a step's rate a core reaches at best (XLA:CPU's float32 matmuls)
+SLOW_STEP_S = 30  # a CPU step estimated longer than this is said before the first one
+
+
+def slow_cpu_step_note(flops_per_step: float, log_every: int, progress_bar: bool
+                       ) -> str | None:
+    """A note before the first step where one step would take minutes on this CPU host (a
+    GPU config: configs/mlstm4096.py is 17 TFLOP a step): without it the run printed nothing
+    for hours, its lines coming every ``train.log_every`` steps in a log. None elsewhere."""
+    if jax.process_count() > 1 or jax.local_devices()[0].platform != "cpu":
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    seconds = flops_per_step / (CPU_CORE_FLOP_PER_S * max(cores or 1, 1))
+    if seconds < SLOW_STEP_S:
+        return None
+    lines = "" if progress_bar else (f"; in a log its lines come every train.log_every="
+                                     f"{log_every} steps")
+    took = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} minutes"
+    return (f"note: a training step is {flops_per_step / 1e12:.1f} TFLOP: on this host's "
+            f"{cores} CPU core(s), at best ~{took} a step (this config may be meant for "
+            f"GPUs){lines}")
+
+
 def check_step_fits_host(step: Callable[..., Any], args: tuple[Any, ...],
                          available: int | None = None, *, what: str = "the training step",
                          advice: str = TRAINING_ADVICE) -> None:

@@ -55,7 +55,7 @@ from lmscale.training.ntasgd import NTASGDMonitor, eval_params, switch_on
 from lmscale.training.precision import SkippedRun, print_compute_hint, resumed_loss_scale
 from lmscale.training.schedules import (DECAYS_TO_ZERO, batch_and_rate_note, horizon_note,
                                         warmup_note)
-from lmscale.training.fits import check_step_fits_host
+from lmscale.training.fits import check_step_fits_host, slow_cpu_step_note
 from lmscale.training.setup import build_train_setup, jit_train_step
 from lmscale.training.state import host_zeros_like, zero_acc
 from lmscale.training.steps import make_eval_step
@@ -213,7 +213,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
                      batch_and_rate_note(config, mesh.size, derived["lr"]),
                      warmup_note(config.optim.schedule, config.optim.warmup_steps,
                                  derived["steps"], derived["decay_steps"]),
-                     horizon_note(config.optim, derived["steps"], derived["decay_steps"])):
+                     horizon_note(config.optim, derived["steps"], derived["decay_steps"]),
+                     slow_cpu_step_note(derived["train_flops_per_token"] * config.train.batch_size
+                                        * config.train.seq_len * config.train.grad_accum_steps,
+                                        config.train.log_every, interactive)):
             if note:
                 print(note, file=sys.stderr, flush=True)
     # Process 0's own writes: agreed on before the next collective (a failure here left the

@@ -125,3 +125,17 @@ def test_the_initializing_programs_temporaries_count_with_the_state():
     with pytest.raises(ConfigError, match=r"carry, and the temporaries that compute it"):
         built_in_one_program(build, check=check)  # 0.5 MiB state fits, its float32 temps not
     assert seen[0] == 0 and seen[1] >= 512 * 512 * 4, seen
+
+
+def test_a_step_of_minutes_on_this_cpu_is_said_before_the_first(monkeypatch):
+    """configs/mlstm4096.py on a CPU (17 TFLOP a step) printed nothing for hours in a log:
+    its lines come every train.log_every=100 steps."""
+    import os
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    note = fits.slow_cpu_step_note(17e12, 100, progress_bar=False)
+    assert note == ("note: a training step is 17.0 TFLOP: on this host's 2 CPU core(s), at best "
+                    "~85 s a step (this config may be meant for GPUs); in a log its lines come "
+                    "every train.log_every=100 steps")
+    assert fits.slow_cpu_step_note(120e12, 100, progress_bar=True).endswith(
+        "at best ~10 minutes a step (this config may be meant for GPUs)")
+    assert fits.slow_cpu_step_note(1e12, 100, progress_bar=False) is None  # ~5 s: no note
