@@ -90,6 +90,23 @@ def test_predictions_to_stdout_are_utf8_under_an_ascii_stdout():
         assert lines[-1] == "after"
 
 
+def test_stdout_is_given_back_its_encoding_after_the_predictions():
+    """Standard output is UTF-8 while the CSV is written only: a line printed after it is
+    escaped as the tools' other lines are under an ASCII stdout."""
+    code = ("import numpy as np\n"
+            "from lmscale.cli import tolerant_output_streams\n"
+            "from lmscale.finetuning.predict import write_predictions\n"
+            "tolerant_output_streams()\n"
+            "write_predictions('-', ['\\u597d'], np.array([[0.25, 0.75]]), np.array([1]),\n"
+            "                  ['neg', 'pos'], False)\n"
+            "print('caf\\u00e9')\n")
+    done = _python(code, {"PYTHONIOENCODING": "ascii"})
+    assert done.returncode == 0, done.stderr.decode()
+    lines = done.stdout.splitlines()
+    assert lines[1].startswith("\u597d,".encode("utf-8")), lines
+    assert lines[-1] == b"caf\\xe9", lines
+
+
 def test_checkpoint_paths_orbax_cannot_take_are_refused_in_one_line(tmp_path):
     from lmscale.training.checkpoints import path_encoding_problem
     assert path_encoding_problem("/tmp/runs/x") is None
@@ -111,3 +128,12 @@ def test_checkpoint_paths_orbax_cannot_take_are_refused_in_one_line(tmp_path):
     assert done.stdout.startswith(b"refused: cannot use the checkpoints of ")
     assert b"PYTHONUTF8=1" in done.stdout
 
+
+def test_a_path_under_a_non_utf8_file_system_encoding_is_refused(monkeypatch):
+    """Under an ISO-8859-1 locale "é" decodes to a character that encodes as UTF-8 too, and
+    still reaches tensorstore as bytes it cannot cast: refused, an ASCII path not."""
+    from lmscale.training.checkpoints import path_encoding_problem
+    monkeypatch.setattr(sys, "getfilesystemencoding", lambda: "iso8859-1")
+    problem = path_encoding_problem("/tmp/runs/\u00e9")
+    assert problem is not None and "reads paths as iso8859-1" in problem, problem
+    assert path_encoding_problem("/tmp/runs/x") is None

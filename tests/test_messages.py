@@ -95,3 +95,23 @@ def test_out_of_memory_in_a_tool_with_a_batch_flag_names_that_flag():
         "    'RESOURCE_EXHAUSTED: Out of memory allocating 8 bytes.'))))\n")
     assert result.endswith("lower --batch_size"), result
     assert "train.batch_size" not in result and "lmscale.plan" not in result
+
+
+def test_the_out_of_memory_line_names_a_ulimit_only_where_one_is_set(monkeypatch):
+    """The address-space limit (``ulimit -v``) is said where one is set, and nothing of it
+    without one; an error that is not XLA's "RESOURCE_EXHAUSTED: Out of memory" (tensorstore's
+    RESOURCE_EXHAUSTED of a full disk, say) is no out-of-memory line."""
+    import resource
+
+    from lmscale.cli import out_of_memory_line
+    oom = RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 8 bytes.")
+    unlimited = resource.RLIM_INFINITY
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (unlimited, unlimited))
+    line = out_of_memory_line(oom)
+    assert "this host's memory; lower " in line and "ulimit" not in line, line
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (3 * 2 ** 30, unlimited))
+    assert ("this host's memory (this process may map at most 3.0 GiB: ulimit -v); lower "
+            in out_of_memory_line(oom))
+    assert out_of_memory_line(RuntimeError("RESOURCE_EXHAUSTED: Error writing w/0: [errno 28] "
+                                           "No space left on device")) is None
+    assert out_of_memory_line(RuntimeError("Out of memory in the tokenizer's cache")) is None

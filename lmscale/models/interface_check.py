@@ -65,7 +65,8 @@ def _check_traced(where: str, model: nnx.Module, vocab_size: int, traced: Any) -
     for path, leaf in jax.tree_util.tree_leaves_with_path(carry):
         if not leaf.shape or leaf.shape[0] != rows:
             raise ModelInterfaceError(
-                f"{where}: initial_carry({rows}) gives a leaf {jax.tree_util.keystr(path)} of "
+                f"{where}: initial_carry({rows}) gives "
+                f"{'a leaf ' + jax.tree_util.keystr(path) if path else 'an array'} of "
                 f"shape {leaf.shape}; every leaf has the batch as its leading axis")
     zero = lambda: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), carry)  # noqa: E731
     logits, new = traced(lambda m: m(tokens, zero()))

@@ -367,9 +367,9 @@ def _missing_corpus(error: DataError, data: ml_collections.ConfigDict) -> DataEr
     user fetches: "no such file or directory: data/penn/train.txt" said neither)."""
     prefix = "no such file or directory: "
     text = str(error)
-    if not text.startswith(prefix) or text.endswith(")"):  # a fetch hint already said
+    if not text.startswith(prefix):
         return error
-    missing = text[len(prefix):]
+    missing = text[len(prefix):]  # a path with a fetch hint after it matches no setting: kept
     for name, value in (("data.train", data.train), ("data.val", data.val),
                         ("data.test", data.test)):
         if missing in split_inputs(str(value or "")):

@@ -223,3 +223,24 @@ def test_running_out_of_file_descriptors_names_the_limit(tmp_path):
     assert ("is unreadable (Too many open files): this process has as many files open as it "
             "may (ulimit -n: ") in done.stdout, done.stdout
     assert "raise the limit (ulimit -n 4096) and re-run" in done.stdout
+
+
+def test_a_document_start_file_past_the_file_limit_names_the_limit(tmp_path, monkeypatch):
+    """Opening a split reads each .docs.npy's header: where the process has no file
+    descriptor left, the limit and how to raise it are said, as for a shard."""
+    import errno
+
+    from lmscale.data import dataset
+    write_txt_files(tmp_path / "in", make_docs(20, seed=1))
+    ds_dir = prepare_dataset(str(tmp_path / "in"), str(tmp_path / "ds"), split=(8, 1, 1),
+                             shard_tokens=50, progress=False)
+
+    def no_descriptor(path, *args, **kwargs):
+        if str(path).endswith(".docs.npy"):
+            raise OSError(errno.EMFILE, "Too many open files", path)
+        return open(path, *args, **kwargs)
+
+    monkeypatch.setattr(dataset, "open", no_descriptor, raising=False)
+    with pytest.raises(DataError, match=r"document-start file .* is unreadable \(Too many open "
+                                        r"files\): .*ulimit -n 4096"):
+        TokenDataset.open(ds_dir).split("train")

@@ -140,3 +140,63 @@ def test_a_carry_returned_in_another_float_width_is_not_refused():
         _expect_same_carry("k", "__call__", f32, (jax.ShapeDtypeStruct((2, 4), jnp.int32),))
     with pytest.raises(ModelInterfaceError, match="unlike initial_carry's"):
         _expect_same_carry("k", "__call__", f32, (jax.ShapeDtypeStruct((2, 5), jnp.float32),))
+
+
+def _unlike(odd, name: str):
+    """A module built on odd_kinds' good kinds that gets one part of the interface wrong."""
+    class NoWidth(odd.CounterRNN):
+        feature_width = property(lambda self: self._no_such_attribute)
+
+    class BatchLast(odd.CausalConv):
+        def initial_carry(self, batch_size):
+            return jnp.zeros((1, batch_size))
+
+        def _run(self, tokens, carry, resets):
+            return super()._run(tokens, carry, resets)[0], carry
+
+    class IntLogits(odd.CausalConv):
+        def __call__(self, tokens, carry, resets=None, *, dropout_key=None):
+            logits, new = super().__call__(tokens, carry, resets)
+            return logits.astype(jnp.int32), new
+
+    class NarrowFeatures(odd.CounterRNN):
+        def features(self, tokens, carry, resets=None, prepared=None, *, dropout_key=None,
+                     step_key=None):
+            out = super().features(tokens, carry, resets)
+            return {**out, "hidden": out["hidden"][..., 1:]}
+
+    class FloatFeatureCarry(odd.CounterRNN):
+        def features(self, tokens, carry, resets=None, prepared=None, *, dropout_key=None,
+                     step_key=None):
+            out = super().features(tokens, carry, resets)
+            h, n = out["carry"]
+            return {**out, "carry": (h, n.astype(jnp.float32))}
+
+    class WideStep(odd.CounterRNN):
+        def decode_step(self, tokens, state, prepared=None):
+            logits, new = super().decode_step(tokens, state, prepared)
+            return logits[:, None], new
+
+    return {c.__name__: c for c in (NoWidth, BatchLast, IntLogits, NarrowFeatures,
+                                    FloatFeatureCarry, WideStep)}[name]
+
+
+@pytest.mark.parametrize("module, says", [
+    ("NoWidth", "lacks feature_width: the interface"),
+    ("BatchLast", "initial_carry(2) gives an array of shape (1, 2); every leaf has the batch "
+                  "as its leading axis"),
+    ("IntLogits", "__call__ returned logits int32 (2, 3, 20); expected a float array"),
+    ("NarrowFeatures", "features()['hidden'] is (1, 2, 3, 7); expected [layers, B, T, "
+                       "feature_width] = [1, 2, 3, 8]"),
+    ("FloatFeatureCarry", "features returned a new carry"),
+    ("WideStep", "decode_step returned logits float32 (2, 1, 20); expected a float array of "
+                 "shape (2, 20)"),
+])
+def test_each_part_of_the_interface_is_checked(odd, module, says):
+    """Each check of interface_check on its own: a module wrong in that part alone is refused
+    naming it (the kinds above cover a missing method, wide logits and a float carry)."""
+    from lmscale.models.interface_check import check_module
+    model = _unlike(odd, module)(20, 4, 8, nnx.Rngs(0))
+    with pytest.raises(ModelInterfaceError) as error:
+        check_module(f"test_{module}", "once", model, 20)
+    assert says in str(error.value), str(error.value)

@@ -29,3 +29,17 @@ def test_best_save_on_full_disk_is_one_line_and_keeps_previous(tmp_path, monkeyp
     assert json.load(open(os.path.join(tmp_path, "best.json")))["step"] == 1
     assert sorted(keeper.manager.all_steps()) == [1]
     keeper.close()
+
+
+def test_a_first_best_save_on_a_full_disk_says_none_is_kept(tmp_path, monkeypatch):
+    keeper = BestKeeper(str(tmp_path), enabled=True)
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(keeper.manager, "save", full)
+    with pytest.raises(CheckpointError, match=r"best weights of step 1 could not be written .*"
+                                              r"the disk is full; no best weights are kept yet"):
+        keeper.offer(1, 2.0, {"w": jnp.ones((4,))}, averaged=False)
+    assert not os.path.exists(os.path.join(tmp_path, "best.json"))
+    keeper.close()

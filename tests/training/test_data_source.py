@@ -115,3 +115,18 @@ def test_a_missing_corpus_names_its_setting_and_where_such_a_corpus_comes_from(t
     with pytest.raises(DataError, match=r"^data.val='.*valid.txt': no such file"):
         train(tiny_config(corpus, **{"data.val": str(tmp_path / "valid.txt")}),
               str(tmp_path / "run2"))
+
+
+def test_a_missing_corpus_whose_path_ends_in_a_parenthesis_names_its_setting(tmp_path):
+    """A folder such as "penn (old)" ends as a hint that was already said does: it was left
+    without the setting that names it."""
+    import ml_collections
+
+    from lmscale.data.errors import DataError
+    from lmscale.training.data_source import _missing_corpus
+    missing = str(tmp_path / "penn (old)")
+    data = ml_collections.ConfigDict({"train": missing, "val": "", "test": ""})
+    said = _missing_corpus(DataError(f"no such file or directory: {missing}"), data)
+    assert str(said).startswith(f"data.train={missing!r}: no such file or directory: "), said
+    hinted = DataError(f"no such file or directory: {missing}/a.txt (did you mean b.txt?)")
+    assert _missing_corpus(hinted, data) is hinted  # a hint already said: as it was
