@@ -95,12 +95,10 @@ def out_of_memory_line(e: BaseException) -> str | None:
     soft = resource.getrlimit(resource.RLIMIT_AS)[0]
     limit = ("" if platform != "cpu" or soft == resource.RLIM_INFINITY else
              f" (this process may map at most {soft / 2 ** 30:.1f} GiB: ulimit -v)")
-    if _reads_with_batch_flag():
-        return (f"out of memory ({text[:160]}): the run does not fit {where}{limit}; lower "
-                f"--batch_size")
-    return (f"out of memory ({text[:160]}): the run does not fit {where}{limit}; lower "
-            f"train.batch_size or the model's size, or recompute activations (model.remat); "
-            f"`python -m lmscale.plan --config=... --memory_gib=N` says what fits")
+    advice = ("--batch_size" if _reads_with_batch_flag() else
+              "train.batch_size or the model's size, or recompute activations (model.remat); "
+              "`python -m lmscale.plan --config=... --memory_gib=N` says what fits")
+    return f"out of memory ({text[:160]}): the run does not fit {where}{limit}; lower {advice}"
 
 
 def run_cli(fn: Callable[[], T]) -> T:
@@ -341,9 +339,8 @@ def tolerant_output_streams() -> None:
     it is escaped instead. Files are written as UTF-8 whatever the locale."""
     codecs.register_error("lmscale_escape", _escape_unencodable)
     for stream in (sys.stdout, sys.stderr):
-        encoding = (getattr(stream, "encoding", None) or "").lower()
-        encoding = encoding.replace("-", "").replace("_", "")
-        if encoding in ("utf8", "utf8sig") or not hasattr(stream, "reconfigure"):
+        if messages.is_utf8(getattr(stream, "encoding", None)) or not hasattr(stream,
+                                                                           "reconfigure"):
             continue
         with contextlib.suppress(ValueError, io.UnsupportedOperation, AttributeError):
             stream.reconfigure(errors="lmscale_escape")

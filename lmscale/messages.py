@@ -91,6 +91,16 @@ def check_call_arguments(workdir: object, config: object = None, *, wants_config
                         f"{type(config).__name__}{hint}")
 
 
+def is_utf8(encoding: str | None) -> bool:
+    """Whether ``encoding`` (a stream's, the file system's) is UTF-8 under any of its names
+    ("UTF-8", "utf8", "utf_8", "utf-8-sig"), as Python's codec registry resolves them."""
+    import codecs
+    try:
+        return codecs.lookup(encoding or "").name in ("utf-8", "utf-8-sig")
+    except LookupError:
+        return False
+
+
 def draws_bar(stream: object) -> bool:
     """Whether ``stream`` is a terminal a tqdm progress bar can be drawn on (else the tools
     print plain lines): a pseudo-terminal of 0 columns (``script`` or ``docker run -t``

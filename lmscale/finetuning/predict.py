@@ -15,6 +15,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from lmscale.atomic import atomic_write, is_special, writes_stdout
+from lmscale.messages import is_utf8
 from lmscale.training import mesh as mesh_lib
 
 
@@ -101,7 +102,7 @@ def _utf8_stdout() -> Iterator[Any]:
     raised UnicodeEncodeError after the first rows."""
     sys.stdout.flush()
     before = (sys.stdout.encoding, sys.stdout.errors)
-    changed = hasattr(sys.stdout, "reconfigure") and before[0].lower().replace("-", "") != "utf8"
+    changed = hasattr(sys.stdout, "reconfigure") and not is_utf8(before[0])
     if changed:
         sys.stdout.reconfigure(encoding="utf-8", errors="strict")
     try:

@@ -53,10 +53,9 @@ def check_task_settings(ft: ml_collections.ConfigDict) -> None:
 def check_lm_settings(config: ml_collections.ConfigDict, lm: TrainedLM) -> None:
     """Refuses fine-tuning settings this LM cannot take (``state``, ``grad_tokens``,
     ``layer_lr_decay``, ``unfreeze_every``, ``lm_dropout``), naming the setting."""
-    ft, layers = config.finetune, config.model.layers
-    check_head_settings(ft, lm.model().feature_states)
+    ft, layers, model = config.finetune, config.model.layers, lm.model()
+    check_head_settings(ft, model.feature_states)
     check_lm_dropout(ft.lm_dropout, lm)
-    model = lm.model()
     check_grad_tokens(ft.grad_tokens, model.max_len, ft.aux_lm_weight,
                       carries_state(model.initial_carry))
     layer_rates.checked(ft.layer_lr_decay, layers)

@@ -21,20 +21,20 @@ from flax import nnx
 _CALLABLE = ("initial_carry", "__call__", "features", "init_decode", "decode_step")
 _ATTRIBUTES = ("feature_states", "feature_width", "num_layers", "max_len")
 _ROWS, _TOKENS = 2, 3  # the traced batch
-_CHECKED: set[tuple[str, int, str]] = set()  # (kind, vocabulary, description) checked
+_CHECKED: set[tuple[str, int, str]] = set()  # (kind, vocabulary, architecture) checked
 
 
 class ModelInterfaceError(ValueError):
     """A kind's module lacks part of the model interface (the CLI says it in one line)."""
 
 
-def check_module(kind: str, described: str, model: nnx.Module, vocab_size: int) -> None:
+def check_module(kind: str, architecture: str, model: nnx.Module, vocab_size: int) -> None:
     """Raises ModelInterfaceError naming ``kind`` and what its module gets wrong: a missing
     method or attribute, logits not float [B, T, V], a new carry whose structure, shapes or
     dtypes (a float's width aside) differ from ``initial_carry``'s (a leaf without the batch
     as its leading axis too), features not [L, B, T, F] under each ``feature_states`` name,
     or a decode step whose logits are not [B, V]."""
-    key = (kind, vocab_size, described)
+    key = (kind, vocab_size, architecture)  # the fields that shape it (``registry.architecture``)
     if key in _CHECKED:
         return
     where = f"model.kind {kind!r} (its module {type(model).__name__})"

@@ -177,7 +177,8 @@ def build_model(model_config: Any, vocab_size: int, *, rngs: nnx.Rngs,
     model = kind.build(model_config, vocab_size, rngs=rngs, dtype=dtype)
     if kind.name not in BUILT_IN_KINDS:
         from lmscale.models.interface_check import check_module
-        check_module(kind.name, kind.describe(model_config), model, vocab_size)
+        check_module(kind.name, repr(sorted(architecture(model_config).items())), model,
+                     vocab_size)
     return model
 
 

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 
+from lmscale.messages import is_utf8
 from lmscale.models import architecture
 
 from lmscale.training.orbax_logs import (BACKGROUND_FAILURES, DiskFullLogs, disk_full,
@@ -135,16 +136,14 @@ def path_encoding_problem(path: str) -> str | None:
     it cannot encode (a pybind11 "Unable to cast" traceback at the first save, after the
     training steps, or "checkpoint ... is unreadable" for a reader); a folder whose name is
     not UTF-8 (bytes kept as lone surrogates) is the same under any locale."""
-    encoding = sys.getfilesystemencoding().lower().replace("-", "").replace("_", "")
     if path.isascii():
         return None
     try:
         path.encode("utf-8")
-    except UnicodeEncodeError:
-        pass
-    else:
-        if encoding == "utf8":
+        if is_utf8(sys.getfilesystemencoding()):
             return None
+    except UnicodeEncodeError:  # lone surrogates: bytes that are not UTF-8
+        pass
     return (f"{ascii(path)}: orbax writes and reads checkpoints by UTF-8 paths, and this "
             f"process reads paths as {sys.getfilesystemencoding()} (the locale: LC_ALL, "
             f"LC_CTYPE, LANG; or PYTHONUTF8=0), or the path is not UTF-8: run with PYTHONUTF8=1 "

@@ -150,6 +150,14 @@ TRAINING_ADVICE = ("lower train.batch_size (or train.per_device_batch_size) or t
                    "--memory_gib=N` plans it); this config may be meant for GPUs")
 
 
+def _checks_host() -> bool:
+    """Whether this process's host is asked before a step or state is made: single-process
+    CPU runs (accelerators name their own out-of-memory errors; the processes of a
+    multi-process run may share one host, and one refusing alone would leave the others
+    waiting in a collective)."""
+    return jax.process_count() == 1 and jax.local_devices()[0].platform == "cpu"
+
+
 STATE_ADVICE = ("use a smaller model (model.hidden, model.layers), or fewer CPU devices "
                 "(parallel.cpu_devices=1: each device holds the whole state); this config may "
                 "be meant for GPUs")
@@ -166,7 +174,7 @@ def check_state_fits_host(shapes: Any, devices: int, available: int | None = Non
     temporaries of the program that computes the state, once compiled (random bits, casts:
     the 8192-d mLSTM's 7.6 GiB state peaked at 16.5 GiB while computed). Single-process CPU
     runs only, as :func:`check_step_fits_host`."""
-    if jax.process_count() > 1 or jax.local_devices()[0].platform != "cpu":
+    if not _checks_host():
         return
     size = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))  # noqa: E731
     carry = size(getattr(shapes, "carry", ()))
@@ -192,7 +200,7 @@ def slow_cpu_step_note(flops_per_step: float, log_every: int, progress_bar: bool
     """A note before the first step where one step would take minutes on this CPU host (a
     GPU config: configs/mlstm4096.py is 17 TFLOP a step): without it the run printed nothing
     for hours, its lines coming every ``train.log_every`` steps in a log. None elsewhere."""
-    if jax.process_count() > 1 or jax.local_devices()[0].platform != "cpu":
+    if not _checks_host():
         return None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     seconds = flops_per_step / (CPU_CORE_FLOP_PER_S * max(cores or 1, 1))
@@ -215,7 +223,7 @@ def check_step_fits_host(step: Callable[..., Any], args: tuple[Any, ...],
 
     ``available`` None: ``available_host_bytes()`` after the compile. ``what`` names
     the step in the error and ``advice`` says what to lower (fine-tuning has its own)."""
-    if jax.process_count() > 1 or jax.local_devices()[0].platform != "cpu":
+    if not _checks_host():
         return
     # Arguments' devices: the mesh may use fewer of this host's devices than it has.
     devices = len({d for leaf in jax.tree.leaves(args) if isinstance(leaf, jax.Array)
