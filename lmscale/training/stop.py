@@ -28,6 +28,7 @@ from typing import Any, Iterator
 
 import jax
 import numpy as np
+import tqdm
 
 from lmscale.early_signals import REQUEST_SIGNALS, taken_signals
 
@@ -46,6 +47,7 @@ class StopSignal:
         self.processes = jax.process_count() if processes is None else processes
         self._previous: dict[int, Any] = {}
         self._repeated = False
+        self._acknowledgment: threading.Timer | None = None
 
     def __enter__(self) -> "StopSignal":
         if threading.current_thread() is threading.main_thread():
@@ -65,6 +67,9 @@ class StopSignal:
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signal is None:
             self.signal = signum
+            self._acknowledgment = threading.Timer(ACKNOWLEDGE_AFTER_S, self._acknowledge)
+            self._acknowledgment.daemon = True
+            self._acknowledgment.start()
         elif signum == signal.SIGINT:  # Ctrl-C again: stop now
             if self._previous.get(signal.SIGINT) is _cli_handler:
                 _end(_SECOND_CTRL_C, 130)  # here, not in a library's wait it would unwind
@@ -74,6 +79,20 @@ class StopSignal:
             _say(f"signal {signum} after signal {self.signal}: already stopping at the next step "
                  f"boundary (a second Ctrl-C stops without a checkpoint)")
 
+    def _acknowledge(self) -> None:
+        """Says that the signal was taken when the step boundary is slow to come (a step of a
+        large model on a CPU, its first step compiling, or the processes' next agreement):
+        without it a Ctrl-C looked ignored for as long. A thread's write to sys.stderr (a
+        progress bar's line), not the handler's: a notebook shows sys.stderr, not fd 2."""
+        if self.stopping:
+            return
+        where = ("the next step boundary" if self.processes == 1 else
+                 f"the next step the {self.processes} processes agree on (every "
+                 f"{self.every} steps, train.stop_sync_every)")
+        tqdm.tqdm.write(f"signal {self.signal} received: stopping at {where}, then saving a "
+                        f"checkpoint (a second Ctrl-C stops at once, without one)",
+                        file=sys.stderr)
+
     def __exit__(self, *exc: Any) -> None:
         """Restores the previous handlers, except that SIGTERM becomes ignored in a command-
         line tool (``cli_signals``), and after an agreed stop that SIGINT did not cause where
@@ -81,6 +100,8 @@ class StopSignal:
         stopped or finished and saved, and such a late signal must not turn the clean end into
         exit status -15 while the process closes its files and exits. (A notebook's stop by
         its interrupt button keeps SIGTERM as it was.)"""
+        if self._acknowledgment is not None:
+            self._acknowledgment.cancel()
         for sig, handler in self._previous.items():
             late = handler is _cli_handler or (handler == signal.SIG_DFL and self.stopping
                                                 and self.signal != signal.SIGINT)
@@ -95,6 +116,8 @@ class StopSignal:
             self.stopping = self.signal is not None
         elif step % self.every == 0:
             self.stopping = agreed_any(self.signal is not None)
+        if self.stopping and self._acknowledgment is not None:
+            self._acknowledgment.cancel()  # the stop's own line follows
         return self.stopping
 
 
@@ -150,6 +173,7 @@ def cli_signals() -> Iterator[None]:
         _end(_SECOND_CTRL_C, 130)
 
 
+ACKNOWLEDGE_AFTER_S = 2.0  # a first signal is said when its stop has not come this soon
 _COORDINATOR_GRACE_S = 3.0  # process 0's wait before it exits on a signal (see _end)
 
 _SECOND_CTRL_C = ("stopped at once by a second Ctrl-C: no checkpoint saved (the latest one "

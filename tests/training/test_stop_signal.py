@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import pytest
 
 from lmscale.early_signals import REQUEST_SIGNALS
+from lmscale.training import stop as stop_module
 from lmscale.training.stop import SignalExit, StopSignal
 
 
@@ -64,6 +66,41 @@ def test_a_repeated_sigterm_is_the_same_request_a_second_ctrl_c_stops_at_once(de
         assert stop.should_stop(1) and stop.signal == signal.SIGTERM
         with pytest.raises(KeyboardInterrupt):
             stop._handle(signal.SIGINT, None)
+
+
+def test_a_first_signal_whose_stop_is_slow_to_come_is_said(default_sigterm, monkeypatch,
+                                                           capsys):
+    """A Ctrl-C during a long step (a large model on a CPU, the first step compiling) looked
+    ignored until the step ended: after ACKNOWLEDGE_AFTER_S the signal is said, once."""
+    monkeypatch.setattr(stop_module, "ACKNOWLEDGE_AFTER_S", 0.05)
+    with StopSignal(every=1, processes=1) as stop:
+        stop._handle(signal.SIGINT, None)
+        stop._handle(signal.SIGTERM, None)  # a second request starts no second line
+        time.sleep(0.5)  # the step goes on
+        assert stop.should_stop(1)
+    err = capsys.readouterr().err
+    assert err.count("signal 2 received: stopping at the next step boundary, then saving a "
+                     "checkpoint (a second Ctrl-C stops at once, without one)") == 1, err
+
+
+def test_a_stop_that_comes_soon_is_not_said_twice(default_sigterm, monkeypatch, capsys):
+    """A step that ends before ACKNOWLEDGE_AFTER_S: only the loop's own "stopped" line."""
+    monkeypatch.setattr(stop_module, "ACKNOWLEDGE_AFTER_S", 0.3)
+    with StopSignal(every=1, processes=1) as stop:
+        stop._handle(signal.SIGTERM, None)
+        assert stop.should_stop(1)
+        time.sleep(0.6)  # the checkpoint being saved
+    time.sleep(0.1)
+    assert "received" not in capsys.readouterr().err
+
+
+def test_several_processes_are_told_when_they_agree(default_sigterm, monkeypatch, capsys):
+    monkeypatch.setattr(stop_module, "ACKNOWLEDGE_AFTER_S", 0.05)
+    with StopSignal(every=10, processes=2) as stop:
+        stop._handle(signal.SIGTERM, None)
+        time.sleep(0.5)
+    assert ("signal 15 received: stopping at the next step the 2 processes agree on (every 10 "
+            "steps, train.stop_sync_every)") in capsys.readouterr().err
 
 
 def test_in_a_command_line_tool_a_late_sigterm_is_ignored_after_the_steps():
