@@ -43,6 +43,7 @@ from lmscale.finetuning.settings import (check_lm_settings, check_model_from_lm,
                                         resumed_otherwise)
 from lmscale.finetuning.steps import BATCH_KEYS, make_finetune_step, zero_acc
 from lmscale.models import built_in_one_program
+from lmscale.models.registry import carries_state
 from lmscale.pretrained.preprocess import preprocessor_for
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.checkpoints import Checkpointer, check_same_model
@@ -235,6 +236,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
     graphdef, params, max_len = init_classifier(config, lm.tokenizer.vocab_size, num_classes,
                                                 policy.compute, abstract=resuming,
                                                 lm_params=pretrained)
+    stateful = carries_state(lm.model().initial_carry)  # else texts are read whole
     pad = lm.tokenizer.pad_id or 0
     prep = preprocessor_for(lm.derived)
     enc = {n: Encoded(encode(lm.tokenizer, prep, d.texts, max_len, d.source),
@@ -311,7 +313,8 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
         for note in (rate_note,
                      *finetune_warmup_notes(config.optim.schedule, config.optim.warmup_steps,
                                             steps, decay, ft.freeze_steps),
-                     long_text_note(max(map(len, enc["train"].ids)), ft.grad_tokens, max_len),
+                     long_text_note(max(map(len, enc["train"].ids)), ft.grad_tokens, max_len,
+                                    stateful),
                      lm_dropout_note(lm, ft.lm_dropout),
                      layer_rates.rates_note(lr, ft.layer_lr_decay, layers),
                      layer_rates.ungrouped_note(lm.params, layers, ft.layer_lr_decay,
@@ -398,7 +401,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
             if compiles:  # one error, not the OOM killer's "Killed" (long texts on a CPU)
                 check_step_fits_host(step_fn(unfrozen), (state, batch),
                                      what=fits_what(batch, ft.grad_tokens),
-                                     advice=fits_advice(ft.grad_tokens, max_len))
+                                     advice=fits_advice(ft.grad_tokens, max_len, stateful))
             state, metrics = step_fn(unfrozen)(state, batch)
             timer.after(compiles, metrics)
             in_flight.add(metrics)

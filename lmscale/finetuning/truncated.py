@@ -162,21 +162,27 @@ def window_features(classifier: Any, piece: dict[str, jax.Array], lengths: jax.A
 LONG_TEXT_TOKENS = 8192  # a longest training text past this gets the note below
 
 
-def long_text_note(longest: int, grad_tokens: int, max_len: int | None) -> str | None:
+def long_text_note(longest: int, grad_tokens: int, max_len: int | None,
+                   carries_state: bool = True) -> str | None:
     """A start-up note when whole-text back-propagation meets long texts (memory grows with
     batch x longest text: 8 texts of 100k bytes took 6 GiB at 128 units), or when
-    ``grad_tokens`` bounds nothing (no training text is longer), else None."""
+    ``grad_tokens`` bounds nothing (no training text is longer), else None. A kind without
+    a carry and without ``max_len`` (a plugin's) cannot read a text in pieces: the note names
+    what it can lower."""
     if grad_tokens and longest <= grad_tokens:
         return (f"note: finetune.grad_tokens={grad_tokens} is not shorter than the longest "
                 f"training text ({longest} tokens): no text's gradient is cut (the gradients "
                 "of grad_tokens=0)")
     if grad_tokens or max_len is not None or longest <= LONG_TEXT_TOKENS:
         return None
+    remedy = ("--config.finetune.grad_tokens=1024 back-propagates through each text's last "
+              "1024 tokens only (README, Fine-tuning)" if carries_state else
+              "this model carries no state, so it reads each text whole (finetune.grad_tokens "
+              "needs a carry): a smaller --config.train.batch_size or shorter texts need less")
     return for_caller(
         f"note: the longest training text has {longest} tokens, and back-propagating through "
         "whole texts keeps every position's activations (memory grows with the batch times "
-        "its longest text); --config.finetune.grad_tokens=1024 back-propagates through each "
-        "text's last 1024 tokens only (README, Fine-tuning)")
+        f"its longest text); {remedy}")
 
 
 def fits_what(batch: dict[str, Any], grad_tokens: int) -> str:
@@ -186,10 +192,13 @@ def fits_what(batch: dict[str, Any], grad_tokens: int) -> str:
     return f"the fine-tuning step on {rows} texts {width} tokens wide{pieces}"
 
 
-def fits_advice(grad_tokens: int, max_len: int | None) -> str:
+def fits_advice(grad_tokens: int, max_len: int | None, carries_state: bool = True) -> str:
     """What to lower when a fine-tuning step does not fit the host."""
     if max_len is not None:  # texts are already cut to max_len tokens
         return "lower train.batch_size; this step may be meant for a larger host"
+    if not carries_state:  # read whole: grad_tokens is refused for it
+        return ("lower train.batch_size or shorten the longest texts (this model carries no "
+                "state, so it reads each text whole); this step may be meant for a larger host")
     pieces = (f"a smaller finetune.grad_tokens (now {grad_tokens})" if grad_tokens else
               "finetune.grad_tokens=1024 (long texts read in pieces, the gradient through "
               "their last 1024 tokens)")

@@ -95,6 +95,28 @@ def test_fine_tuning_in_pieces_is_refused_for_a_kind_that_carries_nothing(traine
     check_lm_settings(config, trained["test_counter"])  # a carry: read in pieces
 
 
+def test_long_texts_of_a_kind_that_carries_nothing_are_not_told_to_use_grad_tokens(
+        trained, tmp_path, monkeypatch, capsys):
+    """The long-text note advised finetune.grad_tokens=1024, which such a kind refuses."""
+    from lmscale.finetuning import truncated
+    from lmscale.finetuning.loop import finetune
+    from tests.finetune.test_finetune import ft_config
+    monkeypatch.setattr(truncated, "LONG_TEXT_TOKENS", 50)
+    for split, rows in (("train", 4), ("val", 2)):
+        (tmp_path / f"{split}.csv").write_text("label,text\n" + "".join(
+            f"{i % 2},{'ab ' * (10 + 20 * i)}\n" for i in range(rows)))
+    settings = {"train.steps": 1, "train.eval_every": 0, "train.batch_size": 2,
+                "finetune.text_column": "text"}
+    finetune(ft_config(trained["test_conv"].workdir, str(tmp_path / "train.csv"),
+                       str(tmp_path / "val.csv"), **settings), str(tmp_path / "ft"))
+    err = capsys.readouterr().err
+    assert ("the longest training text has 210 tokens" in err
+            and "this model carries no state, so it reads each text whole" in err
+            and "grad_tokens=1024" not in err), err
+    assert truncated.fits_advice(0, None, carries_state=False).startswith(
+        "lower train.batch_size or shorten the longest texts (this model carries no state")
+
+
 @pytest.mark.parametrize("kind, says", [
     ("test_wide_logits", "__call__ returned logits float32 (2, 3, 21); expected a float array "
                          "of shape (2, 3, 20)"),
