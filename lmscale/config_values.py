@@ -5,6 +5,8 @@ model registry to validate a model's fields) so that neither imports the other b
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 
 SCHEDULES = ("constant", "linear", "cosine", "slanted_triangular")
@@ -35,7 +37,7 @@ def parse_epochs(text: str) -> tuple[float, ...]:
         epochs = tuple(float(p) for p in str(text).split(",") if p.strip())
     except ValueError:
         epochs = (-1.0,)
-    if any(e <= 0 for e in epochs):
+    if any(not 0 < e < math.inf for e in epochs):  # nan, inf: a traceback in derive()
         raise ConfigError(f"optim.lr_drop_epochs must be positive epochs, comma-separated, got {text!r}")
     return tuple(sorted(epochs))
 

@@ -80,7 +80,7 @@ def csv_rows(path: str, columns: Sequence[str], delimiter: str = ",", *,
                         f"{path}:{reader.line_num}: {n} fields, and the header has {len(fields)} "
                         f"({hint})")
                 if delimiter == "\t":
-                    row = {k: _unquoted(v) for k, v in row.items()}
+                    row = {k: _unquoted(v, len(fields) == 1) for k, v in row.items()}
                 lines.read.clear()
                 yield reader.line_num, row
     except UnicodeDecodeError as e:
@@ -94,9 +94,13 @@ def csv_rows(path: str, columns: Sequence[str], delimiter: str = ",", *,
         raise error from None
 
 
-def _unquoted(field: str) -> str:
+def _unquoted(field: str, alone: bool = False) -> str:
     """A tab-separated field as written with CSV quoting (quoted whole, inner quotes doubled)
-    read back as the text it quotes; any other field as it is (a text starting with a quote)."""
+    read back as the text it quotes; any other field as it is (a text starting with a quote).
+    ``alone``: the row's only field, which a CSV writer writes as "" when it is empty (an
+    empty line would be no row)."""
+    if alone and field == '""':
+        return ""
     if len(field) >= 2 and field[0] == field[-1] == '"':
         inner = field[1:-1]
         # A CSV writer quotes a field of one line for the quotes it holds (doubled inside): a

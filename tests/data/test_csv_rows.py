@@ -86,6 +86,18 @@ def test_a_tab_separated_file_has_no_quoting(tmp_path):
     assert load_labeled(str(tmp_path / "c.csv")).texts == ['a, "b"\nc']
 
 
+def test_a_one_column_tsv_written_by_a_csv_writer_reads_its_empty_text_back_empty(tmp_path):
+    """Python's csv (as pandas' to_csv(sep="\t")) writes a row of one empty field as "": read
+    as a text of two quotes, a corpus gained it as a document and classify scored it."""
+    with open(tmp_path / "t.tsv", "w", newline="") as f:
+        csv.writer(f, delimiter="\t").writerows([["text"], ["fine"], [""], ['"quoted"']])
+    assert (tmp_path / "t.tsv").read_text().splitlines()[2] == '""'
+    rows = [row["text"] for _, row in csv_rows(str(tmp_path / "t.tsv"), ["text"], "\t")]
+    assert rows == ["fine", "", '"quoted"']
+    with pytest.raises(DataError, match=r"t.tsv:3"):  # an empty text to classify, as in a .csv
+        read_texts(str(tmp_path / "t.tsv"), "text")
+
+
 def test_a_column_named_twice_is_refused_by_every_reader(tmp_path):
     """csv.DictReader keeps the last of two equal names: the labels (or texts) of the other
     column were read, silently."""

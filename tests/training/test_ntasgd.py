@@ -90,9 +90,10 @@ def test_learning_rate_drops_after_listed_epochs():
     assert derived["lr_drop_steps"] == [20, 30]
     _, schedule = make_optimizer(config.optim, 100, lr=1.0, lr_drop_steps=derived["lr_drop_steps"])
     assert [float(schedule(s)) for s in (0, 19, 20, 29, 30)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
-    config.optim.lr_drop_epochs = "2,x"
-    with pytest.raises(ConfigError, match="optim.lr_drop_epochs"):
-        validate(config)
+    for bad in ("2,x", "nan", "2,inf"):  # nan, inf: ValueError/OverflowError in derive()
+        config.optim.lr_drop_epochs = bad
+        with pytest.raises(ConfigError, match="optim.lr_drop_epochs"):
+            validate(config)
     assert "lr_drop_steps" not in derive(default_config(), 10)  # default derived values unchanged
 
 
