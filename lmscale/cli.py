@@ -74,17 +74,23 @@ def os_error_line(e: OSError) -> str:
     return f"cannot {'write' if e.errno == errno.EROFS else 'access'} {name} ({cause})"
 
 
-def _reads_with_batch_flag() -> bool:
-    """Whether this tool sizes its batches by ``--batch_size`` (eval, classify, transfer,
-    generate), not by a config's train.batch_size."""
+def _memory_advice() -> str:
+    """What to lower when this tool runs out of memory: ``--batch_size`` where it sizes the
+    batches (eval, classify, transfer), nothing in convert (its --batch_size is a written
+    workdir's setting: it holds the weights whole), else the training settings."""
     from absl import flags
-    return "batch_size" in flags.FLAGS and "config" not in flags.FLAGS
+    if "src" in flags.FLAGS and "layout" in flags.FLAGS:  # lmscale.convert
+        return "converting holds the weights whole: run it on a host with more memory"
+    if "batch_size" in flags.FLAGS and "config" not in flags.FLAGS:
+        return "lower --batch_size"
+    return ("lower train.batch_size or the model's size, or recompute activations "
+            "(model.remat); `python -m lmscale.plan --config=... --memory_gib=N` says what fits")
 
 
 def out_of_memory_line(e: BaseException) -> str | None:
     """One line for XLA's "RESOURCE_EXHAUSTED: Out of memory" (a JaxRuntimeError traceback,
     e.g. a state that fits the host but not what ``ulimit -v`` leaves), naming the memory and
-    what to lower (a tool with ``--batch_size``: that flag); None for any other error."""
+    what to lower (``_memory_advice``); None for any other error."""
     text = " ".join(str(e).split())
     if "RESOURCE_EXHAUSTED" not in text or "Out of memory" not in text:
         return None
@@ -95,10 +101,8 @@ def out_of_memory_line(e: BaseException) -> str | None:
     soft = resource.getrlimit(resource.RLIMIT_AS)[0]
     limit = ("" if platform != "cpu" or soft == resource.RLIM_INFINITY else
              f" (this process may map at most {soft / 2 ** 30:.1f} GiB: ulimit -v)")
-    advice = ("--batch_size" if _reads_with_batch_flag() else
-              "train.batch_size or the model's size, or recompute activations (model.remat); "
-              "`python -m lmscale.plan --config=... --memory_gib=N` says what fits")
-    return f"out of memory ({text[:160]}): the run does not fit {where}{limit}; lower {advice}"
+    return (f"out of memory ({text[:160]}): the run does not fit {where}{limit}; "
+            f"{_memory_advice()}")
 
 
 def run_cli(fn: Callable[[], T]) -> T:

@@ -97,6 +97,21 @@ def test_out_of_memory_in_a_tool_with_a_batch_flag_names_that_flag():
     assert "train.batch_size" not in result and "lmscale.plan" not in result
 
 
+def test_out_of_memory_in_convert_does_not_name_its_batch_flag():
+    """convert's --batch_size is a written workdir's train.batch_size: "lower --batch_size"
+    changed nothing of what it holds (the weights, whole)."""
+    from tests.conftest import script_result
+    result = script_result(
+        "import json, sys\n"
+        "import lmscale.convert\n"
+        "from lmscale.cli import out_of_memory_line\n"
+        "print(json.dumps(out_of_memory_line(RuntimeError(\n"
+        "    'RESOURCE_EXHAUSTED: Out of memory allocating 8 bytes.'))))\n")
+    assert result.endswith("converting holds the weights whole: run it on a host with more "
+                           "memory"), result
+    assert "batch_size" not in result and "lmscale.plan" not in result
+
+
 def test_the_out_of_memory_line_names_a_ulimit_only_where_one_is_set(monkeypatch):
     """The address-space limit (``ulimit -v``) is said where one is set, and nothing of it
     without one; an error that is not XLA's "RESOURCE_EXHAUSTED: Out of memory" (tensorstore's
