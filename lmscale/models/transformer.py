@@ -462,7 +462,9 @@ def _trained_length(model_config: Any, train_config: Any) -> int | None:
     if train_config is None:
         return None
     from lmscale.config_values import bptt_max
-    longest = bptt_max(train_config) if train_config.get("variable_bptt") else train_config.seq_len
+    from lmscale.data.variable_bptt import length_bounds  # bptt_max rounded down to a bucket
+    longest = (length_bounds(bptt_max(train_config), train_config.get("bptt_bucket", 5))[1]
+               if train_config.get("variable_bptt") else train_config.seq_len)
     return int(longest) if longest < model_config.max_len else None
 
 

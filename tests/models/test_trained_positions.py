@@ -31,7 +31,11 @@ def _config(**train):
 def test_the_trained_length_of_each_kind_and_setting():
     assert trained_length(_config()) == 16
     assert trained_length(_config(variable_bptt=True, bptt_max=40)) == 40
-    assert trained_length(_config(variable_bptt=True)) == 31  # seq_len + 15
+    # the longest drawn length: bptt_max (seq_len + 15 = 31) rounded down to a bucket of 5
+    assert trained_length(_config(variable_bptt=True)) == 30  # was 31: position 30 untrained
+    assert trained_length(_config(variable_bptt=True, bptt_max=44, bptt_bucket=4)) == 44
+    assert trained_length_note(_config(variable_bptt=True, bptt_max=47)).startswith(
+        "note: model.max_len=64 is longer than the 45 tokens")
     assert trained_length(_config(seq_len=64)) is None  # every position trained
     sinusoidal = _config()
     sinusoidal.model.positions = "sinusoidal"  # computed at every length, trained at 16
