@@ -190,3 +190,27 @@ def test_openai_grid_is_utils_train_with_reg_cv():
     """OpenAI's utils.py searches C = 2^-8 ... 2^0."""
     from lmscale.transfer.classify import OPENAI_C_GRID
     assert OPENAI_C_GRID == tuple(2.0 ** k for k in range(-8, 1))
+
+
+def test_fits_stopped_at_the_iteration_limit_are_one_note_naming_their_C(capfd):
+    """liblinear cycles on some small bags of words (100 tweets, C=8: still at 3000
+    iterations): scikit-learn's ConvergenceWarning, raw, advised more iterations, which no
+    setting gives and which do not help; now one note names the Cs."""
+    import csv
+    import warnings
+
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    from lmscale.transfer.classify import MAX_ITER
+    from tests.conftest import shared_data
+    with open(shared_data("semeval2018_ec", "train.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))[:100]
+    x = CountVectorizer(ngram_range=(1, 2), binary=True).fit_transform([r["Tweet"] for r in rows])
+    y = np.array([int(r["joy"]) for r in rows])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no raw warning
+        models = fit_many(x, [(y, C) for C in (1.0, 8.0)])
+    assert [int(np.max(m.n_iter_)) >= MAX_ITER for m in models] == [False, True]
+    assert capfd.readouterr().err == (
+        "note: liblinear stopped at its 300-iteration limit in 1 of 2 L1 fits (C=8): such a fit "
+        "may be a little off its optimum, and the search compares it on validation as it is\n")
