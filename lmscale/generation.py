@@ -211,12 +211,14 @@ def generate(lm: TrainedLM, prompt: str, length: int = 200, *, temperature: floa
     ``neuron``: held from the start, in the initial state and after every token, prompt
     included. ``neuron_state`` None: the model's first feature state (a recurrent model's
     cell state); a QRNN holds only its cell state (its hidden state is not carried).
-    A model with a length limit (the transformer's ``max_len``) generates at most that many
-    tokens, prompt included; its key/value cache makes each new token one step. The
-    decoder's copy of the weights is kept in ``lm`` for the next call (``prepared_weights``;
-    ``lm.decode_cache.clear()`` frees it). One compiled program serves every temperature,
-    top-k, top-p, neuron and neuron value, seed and prompt length (up to a power of two) of
-    the same length, samples and kind of settings (greedy or not, filters on or off).
+    A model with a length limit (the transformer's ``max_len``) reads at most that many
+    tokens: the prompt and all but the last generated one (``length`` <= max_len, the
+    prompt's first tokens left out to fit); its key/value cache makes each new token one
+    step. The decoder's copy of the weights is kept in ``lm`` for the next call
+    (``prepared_weights``; ``lm.decode_cache.clear()`` frees it). One compiled program
+    serves every temperature, top-k, top-p, neuron and neuron value, seed and prompt length
+    (up to a power of two) of the same length, samples and kind of settings (greedy or not,
+    filters on or off).
     The loop runs in windows of about a quarter second: Ctrl-C (KeyboardInterrupt) stops it
     within one; ``progress``: a bar on stderr once it has taken a second. ``read``: a dict
     given is filled with what the model read of the prompt: {"prompt_tokens": how many,

@@ -12,8 +12,9 @@ of each epoch follows from its draws, so ``step -> (epoch, position, length)`` n
 the seed: a resumed run reads exactly the batches an uninterrupted one would.
 
 Rows read their stretches exactly as ``StreamBatcher`` (same resets and weights);
-``steps_per_epoch`` is epoch 0's count (epochs differ by a step or so), used to convert
-epoch settings (train.epochs, optim.lr_drop_epochs) into steps.
+``steps_per_epoch`` is epoch 0's count (epochs differ by a step or so); epoch settings
+(train.epochs, optim.lr_drop_epochs, decay_epochs) are converted at each epoch's own end
+(``epoch_step``, ``config.derive``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Run metrics: JSON lines in WORKDIR/metrics.jsonl and TensorBoard event files.
 
-Every record has ``step``, ``split`` ("train" or "val") and ``bpc``. Only process 0
+Every record has ``step`` and ``split`` ("train" or "val"); an LM run's also ``bpc``
+(a fine-tune's have the classifier's loss and metrics instead: README). Only process 0
 writes; other processes get a writer that does nothing. TensorBoard files are written
 with tensorboardX, which needs no TensorFlow.
 """

@@ -14,9 +14,10 @@ the logged loss is the cross entropy alone.
 
 Data parallelism: the forward/backward pass runs per device under ``jax.shard_map`` on
 the device's rows, and the gradients of all parameters, with the loss sums, are averaged
-by exactly one all-reduce of one flat float32 vector (NCCL on GPUs). The optimizer update
-then runs replicated. Trap avoided: inside shard_map the gradient of a *replicated*
-parameter comes back already summed over devices (the transpose of its implicit
+by exactly one all-reduce of one flat float32 vector (NCCL on GPUs; with
+``parallel.grad_reduce_dtype`` bfloat16, the gradients' and a tiny float32 one: ``allreduce``).
+The optimizer update then runs replicated. Trap avoided: inside shard_map the gradient of a
+*replicated* parameter comes back already summed over devices (the transpose of its implicit
 broadcast), so a further psum/pmean would count it N times; the parameters are first
 marked device-varying (``lax.pcast``) so that each device's gradient stays local, and the
 single explicit psum is the only reduction.
