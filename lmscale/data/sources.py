@@ -18,7 +18,7 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 
 from lmscale.data.compression import READ_ERRORS, decompressed_size, format_extension, open_input
-from lmscale.data.csv_rows import csv_rows
+from lmscale.data.csv_rows import csv_rows, not_utf8
 from lmscale.data.dataset import dataset_problem
 from lmscale.data.errors import DataError
 from lmscale.data.input_checks import (check_file, leftover_refusal, prepare_leftover,
@@ -223,9 +223,8 @@ def _iter_jsonl(path: str, field: str, notes: bool = True) -> Iterator[tuple[byt
     Amazon reviews have records without reviewText: hours into a prepare, they aborted it)."""
     seen, missing, first_missing, nulls = False, 0, 0, 0
     with open_input(path, "rb") as f:
-        first, offset = True, 0
+        first = True
         for lineno, raw in enumerate(f, 1):
-            offset += len(raw)
             if not raw.strip():
                 continue
             if first and raw.lstrip().removeprefix(BOM).startswith(b"["):
@@ -234,12 +233,8 @@ def _iter_jsonl(path: str, field: str, notes: bool = True) -> Iterator[tuple[byt
             first = False
             try:
                 obj = json.loads(raw)
-            except UnicodeDecodeError as e:
-                at = offset - len(raw) + e.start if raw[:2] not in UTF16_BOMS else None
-                raise DataError(f"{path}:{lineno}: not valid UTF-8 (byte 0x{e.object[e.start]:02x}"
-                                f"{f' at byte {at:,} of the file' if at is not None else ''}): "
-                                f"convert it to UTF-8, e.g. iconv -f latin1 -t utf-8 (latin1 is "
-                                f"a guess: name its real encoding)") from None
+            except UnicodeDecodeError as e:  # the line and offset (decompressed), UTF-16 said
+                raise DataError(not_utf8(path, e)) from None
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{lineno}: invalid JSON ({e})") from None
             if not isinstance(obj, dict):

@@ -182,8 +182,9 @@ def _read_transfer_files(folder: str) -> tuple[dict[str, Any], dict[str, np.ndar
             info = json.load(f)
     except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
         raise CheckpointError(f"{json_path} is not valid JSON ({e}); {again}") from None
-    missing = ([k for k in TRANSFER_INFO_KEYS if k not in info] if isinstance(info, dict)
-               else ["(not a JSON object)"])
+    if not isinstance(info, dict):  # was "lacks (not a JSON object)"
+        raise CheckpointError(f"{json_path} is not a JSON object; {again}")
+    missing = [k for k in TRANSFER_INFO_KEYS if k not in info]
     if missing:
         raise CheckpointError(f"{json_path} lacks {', '.join(missing)}; {again}")
     try:

@@ -97,13 +97,20 @@ def lm_target_weights(lengths: np.ndarray, width: int) -> np.ndarray:
     return (np.arange(width)[None, :] + 1 < lengths[:, None]).astype(np.float32)
 
 
+def check_enough_texts(count: int, batch_size: int, source: str = "") -> None:
+    """Refuses fewer training texts than one batch (``finetune`` asks before the workdir is
+    touched: a previous run archived, folders made)."""
+    if count < batch_size:
+        raise DataError(f"{source}{': ' if source else ''}{count} training texts are fewer "
+                        f"than one batch of train.batch_size={batch_size}")
+
+
 class TrainBatches:
     """``batch(step)``: the global training batch of a step (see the module docstring)."""
 
     def __init__(self, data: Encoded, batch_size: int, *, seed: int, pad: int, bucket: int,
                  max_len: int | None, class_weights: np.ndarray | None = None) -> None:
-        if len(data) < batch_size:
-            raise DataError(f"{len(data)} training texts are fewer than one batch of {batch_size}")
+        check_enough_texts(len(data), batch_size)
         self.data, self.batch_size, self.seed = data, batch_size, seed
         self.pad, self.bucket, self.max_len = pad, bucket, max_len
         self.class_weights = class_weights
@@ -197,7 +204,12 @@ def load_splits(ft: ml_collections.ConfigDict) -> tuple[dict[str, Labeled], int,
             raise ConfigError(f"finetune.num_classes={ft.num_classes}, and {ft.train} names "
                               f"{k} classes ({', '.join(named[:10])}): set 0 (from the names)")
     else:
-        k = ft.num_classes or int(splits["train"].labels.max()) + 1
+        labels = splits["train"].labels
+        if not ft.num_classes and labels.min() < 0:  # -1/1: "no text of class 0"; -1/0: "one class"
+            raise DataError(f"{ft.train}: label column {names[0]!r} has negative values "
+                            f"{sorted(set(labels[labels < 0].tolist()))[:5]}; class ids run from "
+                            f"0 (labels -1 and 1? give 0 and 1)")
+        k = ft.num_classes or int(labels.max()) + 1
         class_names = [str(i) for i in range(k)]
         if not ft.num_classes:  # K from the largest id: an id below it no text has is a gap
             absent = sorted(set(range(k)) - set(np.unique(splits["train"].labels).tolist()))

@@ -30,8 +30,8 @@ from jax.sharding import Mesh
 from lmscale.atomic import write_json
 from lmscale.config import (ConfigError, check_known_fields, horizon, load_config, save_config,
                             scaled_lr, validate_run_settings, with_global_batch)
-from lmscale.finetuning.data import (Encoded, TrainBatches, class_weights_from, encode, load_splits,
-                                     pos_weights_from)
+from lmscale.finetuning.data import (Encoded, TrainBatches, check_enough_texts, class_weights_from,
+                                     encode, load_splits, pos_weights_from)
 from lmscale.finetuning import layer_rates
 from lmscale.finetuning.best import keep_best, recorded_best
 from lmscale.finetuning.head import init_classifier
@@ -217,6 +217,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
     # Refused before the workdir is touched (a previous run archived, folders made):
     if ft.lm_init not in LM_INITS:
         raise ConfigError(f"finetune.lm_init must be one of {list(LM_INITS)}, got {ft.lm_init!r}")
+    check_enough_texts(len(splits["train"]), config.train.batch_size, ft.train)
     cw = class_weights_from(ft.class_weights, splits["train"].labels, num_classes)
     pw = pos_weights_from(ft.pos_weights, splits["train"].labels) if ft.multilabel else None
     if not config.resume:

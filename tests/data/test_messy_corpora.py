@@ -197,6 +197,24 @@ def test_invalid_utf8_csv_names_line_offset_and_way_out(tmp_path):
                             f"a guess: name its real encoding)")
 
 
+def test_invalid_utf8_jsonl_as_the_csv_reader_says_it(tmp_path):
+    """A JSONL file's bad byte: its line and offset in the decompressed file; a UTF-16 file
+    (PowerShell's >) said to be one, not latin1 to convert (nor its first newline byte)."""
+    record = json.dumps({"text": "row ok"}).encode() + b"\n"
+    path = tmp_path / "latin1.jsonl.gz"
+    path.write_bytes(gzip.compress(record * 3 + b'{"text": "caf\xe9"}\n'))
+    with pytest.raises(DataError) as e:
+        _prepare(tmp_path, str(path))
+    offset = 3 * len(record) + len(b'{"text": "caf')
+    assert str(e.value).startswith(f"{path}:4: not valid UTF-8 (byte 0xe9 at byte {offset:,} of "
+                                   f"the decompressed file): convert it to UTF-8")
+    path = tmp_path / "u16.jsonl"
+    path.write_bytes((json.dumps({"text": WORDS}) + "\n").encode("utf-16") * 3)
+    with pytest.raises(DataError, match=r"u16\.jsonl:1: .* it is UTF-16 \(it starts with the byte "
+                       r"order mark 0xff 0xfe\): convert it to UTF-8, e\.g\. iconv -f utf-16"):
+        _prepare(tmp_path, str(path))
+
+
 # D10: a pipe
 def test_a_pipe_is_refused_as_not_a_regular_file(tmp_path):
     fifo = tmp_path / "pipe.txt"

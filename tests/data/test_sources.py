@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import sysconfig
 
 import pytest
@@ -102,6 +103,25 @@ def test_jsonl(tmp_path):
     bad.write_text('{"text": "ok"}\n{"text": \n')
     with pytest.raises(DataError, match=r"bad\.jsonl:2: invalid JSON"):
         list(iter_documents([str(bad)]))
+
+
+@pytest.mark.parametrize("record, message", [
+    ('["a list"]', "expected a JSON object, got list"),
+    ('"a string"', "expected a JSON object, got str"),
+    ('{"text": 5}', "field 'text' is a int, not a string"),
+    ('{"text": ["a", "b"]}', "field 'text' is a list, not a string"),
+])
+def test_jsonl_record_of_the_wrong_shape_names_its_line(tmp_path, record, message):
+    """A record that is no object, or whose text is no string: the file and line, from the
+    reader and from the SentencePiece sample alike (a record past the first, whose array
+    start is the reader's own line)."""
+    from lmscale.data.sample import sample_texts
+    p = tmp_path / "w.jsonl"
+    p.write_text(json.dumps({"text": "a first good record"}) + "\n" + record + "\n")
+    with pytest.raises(DataError, match=f"^{re.escape(f'{p}:2: {message}')}$"):
+        list(iter_documents([str(p)]))
+    with pytest.raises(DataError, match=f"^{re.escape(f'{p}:2: {message}')}$"):
+        list(sample_texts([str(p)], 1 << 20))
 
 
 def test_jsonl_lone_surrogate_is_one_error_naming_its_line(tmp_path):

@@ -384,8 +384,8 @@ def test_bad_input_one_line_errors(sst_run, data, tmp_path):
                  str(tmp_path / "c"))
     negative = tmp_path / "negative.csv"
     negative.write_text("sentence,label\ngood,1\nbad,0\nodd,-1\n")
-    with pytest.raises(DataError, match=r"values \[-1\] outside the classes 0..1 \(of "
-                                        r"finetune.num_classes=0: the largest label of "):
+    with pytest.raises(DataError, match=r"negative\.csv: label column 'label' has negative "
+                                        r"values \[-1\]; class ids run from 0"):
         finetune(ft_config(sst_run, str(negative), str(negative)), str(tmp_path / "n"))
     empty = tmp_path / "empty.csv"
     empty.write_text("sentence,label\ngood,1\n  ,0\n")

@@ -42,6 +42,10 @@ from tests.finetune.test_finetune import ft_config
     ("finetune.aux_lm_weight", -1.0, "finetune.aux_lm_weight must be >= 0, got -1.0"),
     ("finetune.bucket_width", 0, "finetune.bucket_width must be >= 1 (tokens a batch's width "
                                  "is rounded up to), got 0"),
+    ("finetune.best_metric", "f1", "finetune.best_metric must be one of ['accuracy', "
+                                   "'macro_f1', 'micro_f1', 'jaccard', 'mcc', 'loss'], got 'f1'"),
+    ("finetune.lm_init", "scratch", "finetune.lm_init must be one of ['pretrained', 'random'], "
+                                    "got 'scratch'"),
     # LM training's settings: recorded in config.json as if applied, changing nothing
     ("train.seq_len", 8, "train.seq_len=8 is a setting of language-model training that "
                          "fine-tuning does not use (it reads whole texts; finetune.grad_tokens "
@@ -77,12 +81,32 @@ def test_a_bad_head_setting_is_one_line_naming_it_and_writes_nothing(sst_run, da
     assert not workdir.exists()
 
 
+def test_an_empty_init_from_is_refused_by_name(data, tmp_path):
+    from lmscale.finetuning.loop import finetune
+    with pytest.raises(ConfigError, match=re.escape(
+            "init_from is empty: give config.init_from=LM_WORKDIR (a trained LM run)")):
+        finetune(ft_config("", data["sst_train"], data["sst_val"]), str(tmp_path / "ft"))
+    assert not (tmp_path / "ft").exists()
+
+
 def test_the_data_message_stays_for_data_of_one_class(sst_run, tmp_path):
     from lmscale.finetuning.loop import finetune
     zeros = tmp_path / "zeros.csv"
     zeros.write_text("sentence,label\ngood,0\nbad,0\n")
     with pytest.raises(DataError, match="zeros.csv: one class only; classification needs two or more"):
         finetune(ft_config(sst_run, str(zeros), str(zeros)), str(tmp_path / "ft"))
+    assert not (tmp_path / "ft").exists()
+
+
+def test_fewer_texts_than_a_batch_are_refused_before_any_folder(sst_run, tmp_path):
+    """Refused after the workdir got best/checkpoints/, checkpoints/ and .lock (and a run
+    there archived with resume=false), as the other refusals are not; the setting named."""
+    from lmscale.finetuning.loop import finetune
+    few = tmp_path / "few.csv"
+    few.write_text("sentence,label\ngood,1\nbad,0\nfine,1\n")
+    with pytest.raises(DataError, match=re.escape(
+            "few.csv: 3 training texts are fewer than one batch of train.batch_size=16")):
+        finetune(ft_config(sst_run, str(few), str(few)), str(tmp_path / "ft"))
     assert not (tmp_path / "ft").exists()
 
 
@@ -430,3 +454,20 @@ def test_bad_class_weights_leave_the_workdir_and_its_run_as_they_were(sst_run, d
         finetune(ft_config(sst_run, data["sst_train"], data["sst_val"],
                            **{"finetune.class_weights": "0,1"}), str(tmp_path / "new"))
     assert not (tmp_path / "new" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("labels, shown", [((-1, 1), "[-1]"), ((-1, 0), "[-1]"),
+                                           ((-2, -1), "[-2, -1]")])
+def test_negative_labels_are_named_as_such(tmp_path, labels, shown):
+    """Labels -1/1 (SVM-light's) were "no text of class id(s) [0] ... labels from 1? subtract
+    1: set finetune.num_classes=2" (then refused for the -1), and -1/0 "one class only"."""
+    from lmscale.config import default_config
+    from lmscale.finetuning.data import load_splits
+    path = tmp_path / "pm.csv"
+    path.write_text("sentence,label\n" + "".join(f"text {i},{y}\n" for i, y in enumerate(labels)))
+    ft = default_config().finetune
+    ft.train, ft.val, ft.text_column, ft.label_column = str(path), str(path), "sentence", "label"
+    with pytest.raises(DataError, match=re.escape(
+            f"pm.csv: label column 'label' has negative values {shown}; class ids run from 0 "
+            f"(labels -1 and 1? give 0 and 1)")):
+        load_splits(ft)
