@@ -131,6 +131,24 @@ def remove_path(path: str) -> None:
             os.remove(path)
 
 
+def links_out_of(folder: str) -> list[tuple[str, str]]:
+    """(link, target) of each symbolic link to a file under ``folder`` (linked folders not
+    entered; a dangling link included) whose target lies outside it: a write of the link's
+    name writes the target (``atomic_write``; an append opens it), so a run folder from
+    elsewhere (tar and rsync keep links) with ``commands.log -> ~/.bashrc`` had lmscale write
+    the user's files. A link to a folder (checkpoints on a bigger disk) is not one."""
+    root = os.path.realpath(folder)
+    found = []
+    for parent, _, files in os.walk(folder):  # links to folders are listed among the folders
+        for name in files:
+            path = os.path.join(parent, name)
+            if os.path.islink(path):
+                target = os.path.realpath(path)
+                if os.path.commonpath([root, target]) != root:
+                    found.append((path, target))
+    return found
+
+
 def is_special(path: str) -> bool:
     """Whether ``path`` is written in place: ``-`` (standard output, for the tools that take
     it), a device (/dev/null, a terminal), a pipe or a socket (its links followed), or a path

@@ -37,11 +37,15 @@ def nearest_existing(path: str) -> str:
     return found
 
 
-def writable_folder(path: str, hint: str, create: bool = False) -> str:
+def writable_folder(path: str, hint: str, create: bool = False, own: bool = False) -> str:
     """Checks, before any work, that files can be written in the folder ``path`` (not there
     yet: in its nearest existing parent, where it would be made; ``create``: made now); else
-    OutputError: ``cannot write in PATH (cause); HINT``. Returns ``path``."""
+    OutputError: ``cannot write in PATH (cause); HINT``. ``own``: a folder of the tool's own
+    files (transfer's, generate's): no link in it may lead a write out
+    (:func:`refuse_links_out`). Returns ``path``."""
     import tempfile
+    if own:
+        refuse_links_out(path)
     try:
         if create:
             os.makedirs(path, exist_ok=True)
@@ -57,6 +61,20 @@ def writable_folder(path: str, hint: str, create: bool = False) -> str:
             raise OutputError(f"cannot write in {path} ({cause}); {hint}") from None
         raise
     return path
+
+
+def refuse_links_out(folder: str) -> None:
+    """OutputError where a file in ``folder``, a folder whose files lmscale names (a workdir,
+    its transfer/, generate/, features/), is a symbolic link to a file outside it, which a
+    write would replace (``lmscale.atomic.links_out_of``)."""
+    from lmscale.atomic import links_out_of
+    found = links_out_of(folder) if os.path.isdir(folder) else []
+    if found:
+        link, target = found[0]
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise OutputError(f"{link} is a symbolic link to {target}, outside {folder}{more}: "
+                          f"writing it would write that file (a run folder from elsewhere may "
+                          f"carry such links); remove the link, or copy the file in its place")
 
 
 def os_error_line(e: OSError) -> str:

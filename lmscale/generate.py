@@ -79,7 +79,7 @@ def main(argv: list[str]) -> None:
         if _OUTPUT.value or os.path.isdir(workdir):  # else load_trained says what is wrong
             # Before loading and sampling: a read-only workdir fails at once, with the way out.
             writable_folder(out, "pass --output=FOLDER to write the samples elsewhere"
-                            if not _OUTPUT.value else "pass another --output folder")
+                            if not _OUTPUT.value else "pass another --output folder", own=True)
         lm = load_trained(workdir, compute=_COMPUTE.value, **weights)
         model = lm.model()
         width = model.feature_width

@@ -335,3 +335,18 @@ def test_a_non_ascii_sample_prints_on_an_ascii_stdout(tiny_runs, tmp_path):
     assert b"caf\\xe9 " in proc.stdout
     saved = json.loads((tmp_path / "samples.json").read_text(encoding="utf-8"))
     assert "caf\u00e9 " in json.dumps(saved, ensure_ascii=False)
+
+
+def test_a_link_out_of_the_output_folder_is_refused_not_written_through(tiny_runs, tmp_path):
+    """WORKDIR/generate/samples.json -> ~/.bashrc in a run folder from elsewhere: the samples
+    (the prompt and the model's text, "$(...)" run by a shell) replaced the user's file."""
+    outside, out = tmp_path / "bashrc", tmp_path / "out"
+    outside.write_text("# the user's own\n")
+    out.mkdir()
+    os.symlink(outside, out / "samples.json")
+    proc = _generate(tiny_runs["qrnn"], f"--output={out}")
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        f"error: {out}/samples.json is a symbolic link to {outside}, outside {out}: writing it "
+        f"would write that file (a run folder from elsewhere may carry such links); remove the "
+        f"link, or copy the file in its place"], proc.stderr[-2000:]
+    assert outside.read_text() == "# the user's own\n"

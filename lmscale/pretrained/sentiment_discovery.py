@@ -319,6 +319,11 @@ def to_state_dict(weights: LMWeights, *, weight_norm: bool | None = None, rows: 
             "decoder": {"weight": np.ascontiguousarray(dec_w), "bias": dec_b.copy()}}
 
 
+# The first torch whose torch.load(weights_only=True) is not known to run code from a crafted
+# file (before 2.6: CVE-2025-32434; before 2.10: CVE-2026-24747, its unpickler's memory).
+SAFE_TORCH = (2, 10)
+
+
 def require_torch(path: str) -> Any:
     try:
         import torch
@@ -363,6 +368,12 @@ def load_pt(path: str, *, weight_norm: bool | None = None,
     if what:  # an empty, NumPy or text file: said so (torch said "KeyError: 101", "EOFError: ")
         raise ConvertError(f"{path} is not a PyTorch file: {what}; expected {EXPECTED}")
     torch = require_torch(path)
+    version = re.match(r"(\d+)\.(\d+)", str(getattr(torch, "__version__", "")))
+    if version is None or tuple(map(int, version.groups())) < SAFE_TORCH:
+        raise ConvertError(f"{path}: torch {getattr(torch, '__version__', '?')} is too old to read "
+                           f"a .pt file safely (its weights_only=True loader can run code a "
+                           f"file carries: CVE-2025-32434, CVE-2026-24747); upgrade it: pip "
+                           f"install 'torch>={SAFE_TORCH[0]}.{SAFE_TORCH[1]}'")
     try:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError, zip / EOF / magic-number errors differ by version

@@ -16,7 +16,7 @@ import numpy as np
 from sklearn.preprocessing import StandardScaler
 
 from lmscale.atomic import write_json
-from lmscale.cli import OutputError, writable_folder
+from lmscale.cli import OutputError, refuse_links_out, writable_folder
 from lmscale.folder_lock import writing_into
 from lmscale.messages import check_call_arguments, errors_for_caller
 from lmscale.training.restore import (TrainedLM, lm_record, load_trained, weights_fingerprint,
@@ -105,7 +105,7 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
     output = output or os.path.join(workdir, "transfer")
     if given_output or os.path.isdir(workdir):  # else load_trained says what is wrong
         writable_folder(output, "pass --output=FOLDER to write the results elsewhere"
-                        if not given_output else "pass another --output folder")
+                        if not given_output else "pass another --output folder", own=True)
         cache = _features_dir(workdir, output, features_dir)
     else:
         cache = os.path.join(workdir, "features") if features_dir is None else features_dir or None
@@ -284,8 +284,9 @@ def _features_dir(workdir: str, output: str, features_dir: str | None) -> str | 
         return None
     if features_dir is not None:
         return writable_folder(features_dir, "pass another --features_dir, or "
-                                             "--features_dir= to cache no features")
+                                             "--features_dir= to cache no features", own=True)
     default = os.path.join(workdir, "features")
+    refuse_links_out(default)  # (not "cannot be written" below)
     try:
         return writable_folder(default, "")
     except OutputError:
@@ -293,7 +294,7 @@ def _features_dir(workdir: str, output: str, features_dir: str | None) -> str | 
         print(f"note: {workdir} cannot be written: the features are cached in {fallback} "
               f"(--features_dir chooses the folder)", file=sys.stderr, flush=True)
         return writable_folder(fallback, "pass --features_dir=FOLDER, or --features_dir= to "
-                                         "cache no features")
+                                         "cache no features", own=True)
 
 
 def _unused_cache_note(cache: str, used: set[str]) -> None:

@@ -261,3 +261,21 @@ def test_a_pt_of_either_row_count_round_trips_with_pt_vocab(rows):
     np.testing.assert_array_equal(other["decoder.bias"][first:], original["decoder.bias"][1 - first:])
     with pytest.raises(ConvertError, match="257 or 256 rows, not 300"):
         to_state_dict(weights, rows=300)
+
+
+def test_a_torch_whose_safe_load_runs_code_is_refused(tmp_path, monkeypatch):
+    """torch before 2.10 runs code from a crafted .pt even with weights_only=True (CVE-2025-32434,
+    CVE-2026-24747): the README's "never unpickled" held only with a new enough torch."""
+    import sys
+    import types
+    marker = tmp_path / "executed"
+    old = types.ModuleType("torch")
+    old.__version__ = "2.5.1+cpu"
+    old.load = lambda *a, **k: marker.write_text("ran")  # what a crafted file would get to do
+    monkeypatch.setitem(sys.modules, "torch", old)
+    path = tmp_path / "m.pt"
+    path.write_bytes(b"PK\x03\x04\x00\x00 a zip archive's first bytes, as a .pt's")
+    with pytest.raises(ConvertError, match=r"m\.pt: torch 2\.5\.1\+cpu is too old to read a "
+                                           r"\.pt file safely .* pip install 'torch>=2\.10'"):
+        load_pt(str(path))
+    assert not marker.exists()

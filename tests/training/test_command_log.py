@@ -46,3 +46,26 @@ def test_the_recorded_command_resumes_the_run_from_another_folder(tmp_path, corp
     log = (start / "runs" / "cmd" / "commands.log").read_text().splitlines()
     assert len(log) == 4 and "start at step 4, 1 process x 2 devices" in log[2]
     assert not os.listdir(elsewhere)
+
+
+def test_a_link_out_of_the_workdir_is_refused_not_written_through(tmp_path, corpus):
+    """A run folder from elsewhere (tar keeps links) with commands.log -> ~/.bashrc: training
+    in it appended the command line to the user's file."""
+    import pytest
+
+    from lmscale.training.checkpoints import CheckpointError
+    from lmscale.training.loop import train
+    from tests.conftest import tiny_config
+    outside, workdir = tmp_path / "bashrc", tmp_path / "run"
+    outside.write_text("# the user's own\n")
+    workdir.mkdir()
+    os.symlink(outside, workdir / "commands.log")
+    with pytest.raises(CheckpointError, match=r"commands\.log is a symbolic link to .*bashrc, "
+                                              r"outside .*run: writing it would write that file"):
+        train(tiny_config(corpus, **{"train.steps": 2}), str(workdir))
+    assert outside.read_text() == "# the user's own\n"
+    os.remove(workdir / "commands.log")
+    os.symlink("../run/inside.log", workdir / "commands.log")  # a link within the run: kept
+    (workdir / "inside.log").write_text("")
+    train(tiny_config(corpus, **{"train.steps": 2}), str(workdir))
+    assert "started from Python" in (workdir / "inside.log").read_text()
