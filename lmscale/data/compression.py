@@ -40,14 +40,16 @@ def open_input(path: str, mode: str = "rb", **kwargs: Any) -> IO:
     return opener(path, mode if "b" in mode else mode.replace("r", "rt"), **kwargs)
 
 
+DEFLATE_RATIO = 1032  # deflate's largest ratio of text to compressed bytes
 TEXT_RATIO = 3  # bytes of text per compressed byte, where the file does not say (bz2, xz)
 
 
 def decompressed_size(path: str) -> int:
     """The bytes a compressed file holds once decompressed, for progress and for sharing a
-    sample budget between inputs: a .gz file's own record of it (its last 4 bytes: exact
-    below 4 GiB), else ``TEXT_RATIO`` x its size (an estimate: bz2 and xz do not keep it
-    cheaply). An uncompressed file's size."""
+    sample budget between inputs: a .gz file's own record of it (its last 4 bytes, modulo
+    4 GiB: taken where the text cannot reach 4 GiB, or is not below the file's size), else
+    ``TEXT_RATIO`` x its size (an estimate: bz2 and xz do not keep it cheaply). An
+    uncompressed file's size."""
     size = os.path.getsize(path)
     kind = compression(path)
     if kind is None:
@@ -56,6 +58,9 @@ def decompressed_size(path: str) -> int:
         with open(path, "rb") as f:
             f.seek(-4, os.SEEK_END)
             recorded = struct.unpack("<I", f.read(4))[0]  # modulo 2^32
-        if recorded >= size:  # below 4 GiB (a wrapped count is smaller than the file, mostly)
+        # Exact where the text cannot reach 4 GiB (deflate expands at most DEFLATE_RATIO x; a
+        # small or incompressible file's text is shorter than the file itself); past that, a
+        # wrapped count is smaller than the file, mostly.
+        if recorded >= size or size * DEFLATE_RATIO < 2 ** 32:
             return recorded
     return TEXT_RATIO * size

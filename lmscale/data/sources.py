@@ -346,8 +346,9 @@ def segments(pieces: Iterable[tuple[bytes, bool]], recut: bool, limit: int
     see whole lines and words) a document arriving in one piece stays whole, and one read in
     several pieces is cut after newlines (or before spaces) instead of at the piece edges;
     ``continues``: the segment is such a cut, its document goes on in the next (a word
-    tokenizer does not close it with ``<eos>``); a cut is sought once a document has more
-    than ``limit`` bytes pending. Without ``recut`` ``continues`` is False.
+    tokenizer does not close it with ``<eos>``): as each further piece comes, after the last
+    newline pending, or, with none, once more than ``limit`` bytes are pending, before a space
+    (``_cut``). Without ``recut`` ``continues`` is False.
     """
     pending, pending_begins, new_doc = b"", False, False
     for data, begins in pieces:

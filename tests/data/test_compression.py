@@ -6,6 +6,7 @@ import bz2
 import gzip
 import json
 import lzma
+import random
 
 import pytest
 
@@ -77,3 +78,15 @@ def test_a_compressed_input_counts_its_text_for_the_sample_shares(tmp_path):
         assert decompressed_size(path) == TEXT_RATIO * (tmp_path / f"c.txt{suffix}").stat().st_size
     shares = _shares([str(tmp_path / "plain.txt"), str(tmp_path / "c.txt.gz")], 1000)
     assert shares == [500, 500]
+
+
+def test_a_small_or_incompressible_gz_input_counts_its_recorded_text(tmp_path):
+    """A .gz whose text is shorter than the file (a short text, or bytes that do not compress)
+    was sized at 3 x the file, its recorded size thrown away as a wrapped count: a 5-byte text
+    counted 75 bytes, and random bytes 3 x their size, in the sample shares and progress."""
+    from lmscale.data.compression import decompressed_size
+    (tmp_path / "short.txt.gz").write_bytes(gzip.compress(b"hello"))
+    assert decompressed_size(str(tmp_path / "short.txt.gz")) == 5
+    noise = random.Random(0).randbytes(3000)
+    (tmp_path / "noise.txt.gz").write_bytes(gzip.compress(noise))
+    assert decompressed_size(str(tmp_path / "noise.txt.gz")) == 3000
