@@ -298,6 +298,13 @@ def has_fingerprint(path: str | os.PathLike, recorded: str) -> bool:
         return False
 
 
+def within_folder(name: Any) -> bool:
+    """Whether ``name`` (read from a dataset's metadata) is a relative path that stays inside
+    its folder: no absolute path, no ``..`` (a dataset from elsewhere read files outside it)."""
+    return (isinstance(name, str) and bool(name) and not os.path.isabs(name)
+            and ".." not in name.replace("\\", "/").split("/"))
+
+
 class TokenDataset:
     """A prepared dataset folder: metadata, tokenizer and splits."""
 
@@ -331,6 +338,10 @@ class TokenDataset:
                 file, doc_file, tokens = entry["file"], entry["docs"], int(entry["tokens"])
             except (KeyError, TypeError, ValueError):
                 raise DataError(f"{self.path}: shard {i} of split {name!r} has a bad entry {entry!r}") from None
+            for named in (file, doc_file):  # a shared dataset's metadata.json: no file outside
+                if not within_folder(named):
+                    raise DataError(f"{self.path}: shard {i} of split {name!r} names {named!r}, "
+                                    f"not a file inside the dataset's folder")
             bin_path = os.path.join(self.path, file)
             if not os.path.isfile(bin_path):
                 raise DataError(f"{self.path}: shard file {file} is missing")

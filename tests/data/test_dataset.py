@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -82,6 +83,26 @@ def test_missing_or_wrong_size_shard(dataset_dir):
     os.remove(shard)
     with pytest.raises(DataError, match="val/shard_00000.bin is missing"):
         TokenDataset.open(dataset_dir)
+
+
+@pytest.mark.parametrize("field", ["file", "docs"])
+def test_a_shard_named_outside_the_dataset_is_refused(dataset_dir, tmp_path, field):
+    """A dataset from elsewhere whose metadata.json names ../ or absolute shard files had
+    training and eval map files outside its folder as tokens (a security review)."""
+    outside = tmp_path / "outside.bin"
+    shard = os.path.join(dataset_dir, "val", "shard_00000.bin")
+    outside.write_bytes(open(shard, "rb").read())
+    meta_path = os.path.join(dataset_dir, "metadata.json")
+    meta = json.load(open(meta_path))
+    for bad in ("../outside.bin", str(outside)):
+        entry = dict(meta["splits"]["val"]["shards"][0], **{field: bad})
+        edited = {**meta, "splits": {**meta["splits"], "val": {
+            **meta["splits"]["val"], "shards": [entry]}}}
+        with open(meta_path, "w") as f:
+            json.dump(edited, f)
+        with pytest.raises(DataError, match=re.escape(
+                f"shard 0 of split 'val' names {bad!r}, not a file inside the dataset's folder")):
+            TokenDataset.open(dataset_dir)
 
 
 def test_document_starts_are_read_when_first_needed(tmp_path):

@@ -101,6 +101,10 @@ def test_prepared_vocabulary_comes_from_the_training_split_only(tmp_path):
     meta = json.load(open(os.path.join(out, "metadata.json")))
     assert meta["tokenizer"]["kind"] == "word"
     assert tokenizer_from_dict(meta["tokenizer"], base_dir=out) == tok
+    (tmp_path / "vocab.json").write_bytes(open(os.path.join(out, "vocab.json"), "rb").read())
+    for outside in ("../vocab.json", str(tmp_path / "vocab.json")):  # a dataset from elsewhere
+        with pytest.raises(DataError, match="description needs a relative file name in 'vocab'"):
+            tokenizer_from_dict({**meta["tokenizer"], "vocab": outside}, base_dir=out)
     train = np.concatenate([np.asarray(s) for s in ds.split("train").shards])
     assert tok.decode(train[:6]).split("\n")[0].endswith("common")
 
