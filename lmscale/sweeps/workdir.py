@@ -143,13 +143,19 @@ class Lock:
 
 
 def check_sweep_folder(workdir: str) -> None:
-    """A SweepError where ``workdir`` is a file, or a folder with other files and no
-    sweep.json: checked before the lock, which would leave its .sweep.lock there."""
+    """A SweepError where ``workdir`` is a file, a folder with other files and no sweep.json,
+    or one holding a link to a file outside it (``cli.refuse_links_out``): checked before the
+    lock, which would leave its .sweep.lock there."""
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise SweepError(f"--workdir={workdir} is a file, not a folder: give the sweep's folder")
     if (os.path.isdir(workdir) and not os.path.exists(os.path.join(workdir, IDENTITY_FILE))
             and [n for n in os.listdir(workdir) if not n.startswith(".")]):
         raise SweepError(f"{workdir} is not empty and holds no {IDENTITY_FILE}: not a sweep folder")
+    from lmscale.cli import OutputError, refuse_links_out
+    try:  # a sweep folder from elsewhere: its points' train.log, report.md... written through
+        refuse_links_out(workdir)
+    except OutputError as e:
+        raise SweepError(str(e)) from None
 
 
 def lock_sweep(workdir: str) -> Lock:

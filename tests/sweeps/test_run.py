@@ -97,3 +97,16 @@ def test_a_refused_non_sweep_folder_keeps_no_lock_file(tiny, tmp_path, monkeypat
         run_sweep(base_config(tiny), str(tiny / "tiny.py"), sweep_file, str(mine),
                   log=lambda line: None)
     assert sorted(os.listdir(mine)) == ["notes.txt"]
+
+
+def test_a_sweep_folder_with_a_link_out_is_refused_before_its_lock(tmp_path):
+    """A sweep folder from elsewhere whose point's train.log links to a user's file: the
+    runner appended each trainer's output to it (a security review)."""
+    outside, sweep = tmp_path / "bashrc", tmp_path / "sweep"
+    outside.write_text("# the user's own\n")
+    (sweep / "lr_0.001").mkdir(parents=True)
+    (sweep / "sweep.json").write_text("{}")
+    os.symlink(outside, sweep / "lr_0.001" / "train.log")
+    with pytest.raises(SweepError, match=r"train\.log is a symbolic link to .*bashrc, outside "):
+        lock_sweep(str(sweep))
+    assert not (sweep / ".sweep.lock").exists() and outside.read_text() == "# the user's own\n"
