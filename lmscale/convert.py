@@ -148,14 +148,19 @@ def convert(source: str, src: str, dst: str, layout: str, weight_norm: str = "au
     notes.extend(weights.source.get("notes", []))
     if weights.source.get("ignored_keys"):
         notes.append(f"ignored non-LM keys: {weights.source['ignored_keys']}")
+    written = weights.tokenizer  # the ids of DST: OpenAI's layout and a 256-row .pt, id = byte
+    if layout == "openai" or (layout == "sentiment-discovery" and pt_vocab == 256):
+        written = ByteTokenizer.openai()
+    elif layout == "sentiment-discovery":
+        written = ByteTokenizer.sentiment_discovery()
     read = {"step": weights.source["step"]} if "step" in weights.source else {}  # the latest of a
     return {"from": source, "src": src, **read, "layout": layout, "to": out,  # run still training
             "kind": weights.kind,
             "layers": weights.layers, "hidden": weights.hidden, "embed": weights.embed,
-            "vocab_size": pt_vocab if layout == "sentiment-discovery" else weights.vocab_size,
+            "vocab_size": written.vocab_size,
             "weight_norm": weights.weight_norm or layout == "openai",
             "two_biases": weights.two_biases and layout != "openai",
-            "tokenizer": weights.tokenizer.to_dict(), "preprocess": weights.preprocess,
+            "tokenizer": written.to_dict(), "preprocess": weights.preprocess,
             "notes": notes}
 
 

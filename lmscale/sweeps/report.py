@@ -131,7 +131,7 @@ def write_report(workdir: str, sweep: Sweep, *, title: str, command: str = "",
                             f"the first line of its NAME/train.log."))
     notes = os.path.join(workdir, "notes.md")
     if os.path.exists(notes):
-        with open(notes) as f:
+        with open(notes, encoding="utf-8", errors="replace") as f:  # not the locale's
             blocks.append(("md", f.read()))
 
     # without a --transfer_test set, the transfer's validation accuracies (were "–" throughout)

@@ -274,7 +274,8 @@ class Runner:
             return None
         prior = read_status(point_dir) or {}
         command = train_command(point, point_dir, self.options, env)
-        log_file = open(os.path.join(point_dir, "train.log"), "a")
+        log_file = open(os.path.join(point_dir, "train.log"), "a", encoding="utf-8",
+                        errors="surrogateescape")  # a path's bytes as given, in any locale
         log_file.write(f"$ {' '.join(command)}\n")
         log_file.flush()
         proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
@@ -387,7 +388,7 @@ def _killed(signum: int) -> str:
 def _last_error(log_path: str) -> str:
     """The trainer's last meaningful output line (its one-line error, or the exception)."""
     try:
-        with open(log_path) as f:
+        with open(log_path, encoding="utf-8", errors="replace") as f:  # not the locale's
             lines = [line.strip() for line in f if line.strip()]
     except OSError:
         return "no log"

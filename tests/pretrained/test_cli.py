@@ -188,3 +188,19 @@ def test_models_outside_the_layouts_are_refused_in_one_line(tmp_path):
         with pytest.raises(ConvertError, match="holds a transformer on byte tokens: convert reads "
                                                "and writes byte-level mLSTM and LSTM models"):
             convert("lmscale", workdir, str(tmp_path / f"out_{layout}"), layout)
+
+
+def test_an_openai_export_of_a_257_id_model_summarizes_the_files_written(tmp_path):
+    """The summary of an export to OpenAI's layout gave the source's 257 ids (id = byte + 1,
+    padding 0): the files hold 256 rows, id = byte, as an import of them says."""
+    from lmscale.pretrained.workdir import write_workdir
+    workdir, export = str(tmp_path / "run"), str(tmp_path / "export")
+    write_workdir(random_weights(tokenizer=ByteTokenizer.sentiment_discovery(), seed=13), workdir)
+    proc = run("lmscale.convert", "--from=lmscale", f"--src={workdir}", f"--to={export}",
+               "--layout=openai")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["notes"][0].startswith("padding id 0 dropped")
+    back = load_openai(export)
+    assert np.load(os.path.join(export, "0.npy")).shape == (256, E) and back.vocab_size == 256
+    assert (summary["vocab_size"], summary["tokenizer"]) == (256, back.tokenizer.to_dict())

@@ -141,3 +141,33 @@ def test_the_best_point_is_the_lowest_last_validation_bpc(tiny, tmp_path):
     write_report(str(out), sweep, title="t")
     report = (out / "report.md").read_text()
     assert f"Lowest validation BPC: {sweep.points[1].name} (2.100)" in report, report
+
+
+def test_notes_are_read_as_utf8_under_an_ascii_locale(tiny, tmp_path):
+    """DIR/notes.md was read in the locale's encoding: under LC_ALL=C (PYTHONUTF8=0) a note
+    with an accent stopped the report with a UnicodeDecodeError traceback."""
+    import os
+    import subprocess
+    import sys
+    from tests.conftest import REPO
+    _, _, out = _points_with_status(tiny, tmp_path, base_config(tiny), """
+        def get_sweep():
+            return {"grid": {"optim.lr": [2e-3]}}
+    """, {"status": "ok", "step": 20})
+    (out / "notes.md").write_text("## Findings\n\nthe caf\u00e9 corpus <b>helps</b>\n",
+                                  encoding="utf-8")
+    code = ("import sys\n"
+            "from lmscale.sweeps import expand, load_sweep_spec\n"
+            "from lmscale.sweeps.report import write_report\n"
+            "from tests.sweeps.conftest import base_config\n"
+            "from pathlib import Path\n"
+            "sweep = expand(load_sweep_spec(sys.argv[1]), base_config(Path(sys.argv[2])))\n"
+            "write_report(sys.argv[3], sweep, title='t')\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("LANG", "LC_CTYPE", "PYTHONIOENCODING")}
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s.py"), str(tiny), str(out)],
+                          env={**env, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONPATH": str(REPO)},
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "the caf\u00e9 corpus <b>helps</b>" in (out / "report.md").read_text(encoding="utf-8")
+    assert ("<p>the caf\u00e9 corpus &lt;b&gt;helps&lt;/b&gt;</p>"
+            in (out / "report.html").read_text(encoding="utf-8"))

@@ -494,3 +494,20 @@ def test_a_command_cpu_device_count_is_kept_under_parallel():
     assert [a for a in command if "cpu_devices" in a] == ["--config.parallel.cpu_devices=2"]
     plain = RunOptions("c.py", [], parallel=2)
     assert train_command(point, "d", plain, {"JAX_NUM_CPU_DEVICES": "1"})[-1] == "--config.parallel.cpu_devices=1"
+
+
+def test_a_trainers_log_is_utf8_in_an_ascii_locale(tmp_path):
+    """train.log was opened in the locale's encoding: under LC_ALL=C (PYTHONUTF8=0) a
+    point's command naming a non-ASCII path was a UnicodeEncodeError, and its last error
+    read back from a UTF-8 log a UnicodeDecodeError (the sweep's traceback)."""
+    log = tmp_path / "train.log"
+    log.write_text("$ python -m lmscale.train\nerror: no such file: caf\u00e9.txt\n",
+                   encoding="utf-8")
+    code = ("import sys\nfrom lmscale.sweeps.runner import _last_error\n"
+            "print(ascii(_last_error(sys.argv[1])))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("LANG", "LC_CTYPE", "PYTHONIOENCODING")}
+    done = subprocess.run([sys.executable, "-c", code, str(log)], cwd=REPO, capture_output=True,
+                          text=True, timeout=120,
+                          env={**env, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ascii("error: no such file: caf\u00e9.txt")
