@@ -8,8 +8,8 @@ featurization does.
 
 Training batches are a pure function of the step (exact resume): per epoch a seeded
 permutation of the texts, cut into pools of ``POOL`` batches, each pool sorted by length (little
-padding) and cut into batches, and the batches shuffled; the epoch's remainder (< B texts)
-is left out. Loss weights are normalized over the global batch on the host, so a device's
+padding) and cut into batches, and the batches shuffled; the epoch's remainder (< B texts,
+random ones: cut from the permutation) is left out. Loss weights are normalized over the global batch on the host, so a device's
 loss sum needs no reduction other than the step's one all-reduce. Prediction reads texts
 packed end to end instead (``predict.Predictor``).
 """
@@ -122,11 +122,13 @@ class TrainBatches:
         """[steps_per_epoch, B] text indices of each batch of ``epoch``."""
         if self._epoch is None or self._epoch[0] != epoch:
             rng = np.random.default_rng([self.seed, epoch])
-            perm = rng.permutation(len(self.data))
+            # the remainder left out before the pools are sorted: random texts (it was the
+            # last pool's longest, under POOL batches of texts the same longest every epoch)
+            perm = rng.permutation(len(self.data))[:self.steps_per_epoch * self.batch_size]
             pool = POOL * self.batch_size
             perm = np.concatenate([p[np.argsort(self._lengths[p], kind="stable")]
                                    for p in np.split(perm, range(pool, len(perm), pool))])
-            batches = perm[:self.steps_per_epoch * self.batch_size].reshape(-1, self.batch_size)
+            batches = perm.reshape(-1, self.batch_size)
             self._epoch = (epoch, batches[rng.permutation(len(batches))])
         return self._epoch[1]
 

@@ -1,0 +1,42 @@
+"""Fine-tuning's training batches (``finetuning.data.TrainBatches``): which texts each epoch
+reads."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lmscale.finetuning.data import Encoded, TrainBatches
+
+
+def _batches(lengths, batch_size, seed=0):
+    ids = [np.ones(n, np.int32) for n in lengths]
+    data = Encoded(ids=ids, labels=np.arange(len(ids)) % 2)
+    return TrainBatches(data, batch_size, seed=seed, pad=0, bucket=8, max_len=None)
+
+
+def _texts_read(batches, epoch):
+    return {int(i) for row in batches._order(epoch) for i in row}
+
+
+def test_the_texts_left_out_of_an_epoch_are_random_not_the_longest():
+    """The remainder (< B texts) was cut after the pools were sorted by length: the longest
+    texts of the last pool, and under POOL batches of texts (one pool) the same longest
+    texts every epoch, never trained on."""
+    lengths = np.arange(1, 41)  # text i has i + 1 tokens: 40 texts, batches of 16, 8 left out
+    batches = _batches(lengths, 16)
+    seen = set()
+    for epoch in range(30):
+        read = _texts_read(batches, epoch)
+        assert len(read) == 32  # every epoch reads 2 batches of distinct texts
+        seen |= read
+    assert seen == set(range(40))  # the 8 longest were never read
+
+
+def test_batches_are_a_pure_function_of_the_step_and_sorted_within_a_pool():
+    lengths = np.random.default_rng(1).integers(1, 50, 100)
+    a, b = _batches(lengths, 10, seed=3), _batches(lengths, 10, seed=3)
+    for step in (0, 7, 12, 25):
+        np.testing.assert_array_equal(a.batch(step)["tokens"], b.batch(step)["tokens"])
+    rows = a._order(0)
+    widths = [lengths[row].max() - lengths[row].min() for row in rows]
+    assert max(widths) < lengths.max() - lengths.min()  # length-sorted: rows of like lengths
