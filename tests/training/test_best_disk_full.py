@@ -43,3 +43,13 @@ def test_a_first_best_save_on_a_full_disk_says_none_is_kept(tmp_path, monkeypatc
         keeper.offer(1, 2.0, {"w": jnp.ones((4,))}, averaged=False)
     assert not os.path.exists(os.path.join(tmp_path, "best.json"))
     keeper.close()
+
+
+def test_weights_orbax_cannot_save_are_not_called_a_failed_write(tmp_path):
+    """Any ValueError of the save was "could not be written ...: free some space" (a leaf
+    orbax has no handler for, say); only a write that failed is, as the checkpointer's."""
+    keeper = BestKeeper(str(tmp_path), enabled=True)
+    with pytest.raises(ValueError, match="Unsupported type") as e:
+        keeper.offer(1, 2.0, {"w": object()}, averaged=False)
+    assert not isinstance(e.value, CheckpointError)
+    keeper.close()
