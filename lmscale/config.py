@@ -319,6 +319,7 @@ def validate_run_settings(config: ml_collections.ConfigDict) -> None:
                                   "checkpoint.keep"))
     if config.train.epochs < 0:
         raise ConfigError("train.epochs must be >= 0")
+    checks.check_step_counts(config)
     if not 0 <= config.seed < 2**32:  # JAX keys keep 32 bits: -1 ran as 2**32 - 1, silently
         raise ConfigError(f"seed must be in [0, 2**32) (a JAX key's 32 bits: a larger or "
                           f"negative seed would run as another one), got {config.seed}")
@@ -331,9 +332,11 @@ def validate_run_settings(config: ml_collections.ConfigDict) -> None:
                           f"got {config.precision.compute!r}")
     p = config.precision
     if (not 1 <= p.loss_scale_init <= MAX_LOSS_SCALE or not 1 < p.loss_scale_factor < math.inf
-            or p.loss_scale_window < 1):  # 2**128 was inf in float32: every step skipped
+            or not 1 <= p.loss_scale_window < 2**31):  # 2**128 was inf in float32: every
+        # step skipped; the window is compared with an int32 count (2**31: an OverflowError
+        # traceback at the first float16 step)
         raise ConfigError(f"precision.loss_scale_init must be in [1, 2**64], loss_scale_factor "
-                          f"> 1 and finite, and loss_scale_window >= 1; got "
+                          f"> 1 and finite, and loss_scale_window in [1, 2**31 - 1]; got "
                           f"{p.loss_scale_init:g}, {p.loss_scale_factor:g}, {p.loss_scale_window}")
     if config.parallel.grad_reduce_dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"parallel.grad_reduce_dtype must be 'float32' or 'bfloat16', got "

@@ -34,6 +34,21 @@ def check_finite_numbers(config: ml_collections.ConfigDict, prefix: str = "") ->
             raise ConfigError(f"{prefix}{key} must be a finite number, got {value!r}")
 
 
+def check_step_counts(config: ml_collections.ConfigDict) -> None:
+    """The compiled step counts steps in int32: optim.decay_steps=3e9 (meant as "no decay"),
+    or a train.steps no train.epochs bounds, stopped the first step with an OverflowError."""
+    counts = {"optim.warmup_steps": config.optim.warmup_steps,
+              "optim.decay_steps": config.optim.decay_steps,
+              **({} if config.train.epochs else {"train.steps": config.train.steps})}
+    instead = {"optim.decay_steps": " (optim.schedule='constant' does not decay)",
+               "train.steps": " (a train.epochs bounds a large train.steps)"}
+    for key, value in counts.items():
+        if value >= 2**31:
+            raise ConfigError(f"{key}={value} is more steps than a run counts (at most "
+                              f"2**31 - 1: the step counter is int32); use a smaller value"
+                              f"{instead.get(key, '')}")
+
+
 def refuse_init_from(config: ml_collections.ConfigDict) -> None:
     """``init_from`` belongs to fine-tuning; an LM run given it trained from random weights."""
     if config.get("init_from"):
@@ -65,7 +80,8 @@ def check_document_resets(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"data.reset_every_documents must be >= 0 (0: off), got {every}")
     if config.data.reset_on_documents and every > 1:
         raise ConfigError(f"data.reset_on_documents resets at every document and "
-                          f"data.reset_every_documents={every} at every {every}th: set one")
+                          f"data.reset_every_documents={every} at the start of every {every} documents: "
+                          f"set one")
 
 
 def validate_awd(config: ml_collections.ConfigDict) -> None:

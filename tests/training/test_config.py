@@ -97,6 +97,29 @@ def test_a_number_that_is_nan_or_infinite_is_refused_by_training_and_fine_tuning
             check(locked(**{key: value}))
 
 
+@pytest.mark.parametrize("key", ["optim.decay_steps", "optim.warmup_steps", "train.steps"])
+def test_a_step_count_past_int32_is_refused_by_training_and_fine_tuning(key):
+    """The compiled step counts steps in int32: optim.decay_steps=3e9 (meant as "no decay")
+    passed the checks, and the first step stopped with an OverflowError traceback."""
+    import jax
+    import jax.numpy as jnp
+
+    from lmscale.config import validate_run_settings
+    from lmscale.training.schedules import make_schedule
+    for check in (validate, validate_run_settings):
+        with pytest.raises(ConfigError, match=f"^{key}=3000000000 is more steps than a run "
+                                              f"counts \\(at most 2\\*\\*31 - 1"):
+            check(locked(**{key: 3 * 10**9}))
+    validate(locked(**{key: 2**31 - 1}))
+    if key == "train.steps":  # bounded by train.epochs (awd's configs: 10**9 "bounded by epochs")
+        validate(locked(**{key: 3 * 10**9, "train.epochs": 1.0}))
+    else:  # the largest a schedule's compiled step takes
+        warmup = 2**31 - 2 if key == "optim.warmup_steps" else 0
+        schedule = make_schedule("linear", 1e-3, warmup_steps=warmup, decay_steps=2**31 - 1,
+                                 ratio=100.0, cut_frac=0.002)
+        assert float(jax.jit(schedule)(jnp.asarray(5, jnp.int32))) >= 0.0
+
+
 def test_locked_config_rejects_typo():
     c = locked()
     with pytest.raises(AttributeError):

@@ -80,6 +80,22 @@ def test_a_loss_scale_that_float32_cannot_hold_is_refused(field, value):
         validate(cfg)
 
 
+def test_a_loss_scale_window_past_int32_is_refused():
+    """The window is compared with an int32 count of good steps: 2**31 (a window meant to keep
+    S fixed) passed the checks, and the first float16 step stopped with an OverflowError
+    traceback, after the run had written its config.json."""
+    from lmscale.config import ConfigError, validate
+    cfg = default_config()
+    cfg.precision.loss_scale_window = 2**31
+    with pytest.raises(ConfigError, match=r"loss_scale_window in \[1, 2\*\*31 - 1\]; got "
+                                          r".*, 2147483648$"):
+        validate(cfg)
+    cfg.precision.loss_scale_window = 2**31 - 1  # the largest: a float16 step takes it
+    validate(cfg)
+    ls = LossScale.create(dynamic=True, window=cfg.precision.loss_scale_window)
+    assert int(jax.jit(lambda s: s.update(jnp.asarray(True)))(ls).good_steps) == 1
+
+
 def test_float16_run_skips_halves_grows_and_schedules_applied_updates_only():
     cfg = default_config()
     cfg.model.hidden, cfg.model.embed = 32, 16
