@@ -67,6 +67,27 @@ def test_text_too_short_to_score_is_said_in_evals_words(tmp_path):
         evaluate_data(random_lm(hidden=16), str(tmp_path / "one.txt"))
 
 
+def test_a_dataset_prepared_with_another_tokenizer_is_refused_naming_both(tmp_path):
+    """Raw bytes (openai) where the model reads bytes + 1: every id would be off by one."""
+    import pytest
+    from lmscale.data.errors import DataError
+    from lmscale.data.prepare import prepare_dataset
+    from lmscale.data.tokenizer import tokenizer_from_dict
+    from lmscale.training.restore import evaluate_data
+    from tests.transfer.conftest import random_lm
+    (tmp_path / "text.txt").write_text("the cat sat on the mat. " * 40)
+    path = prepare_dataset([str(tmp_path / "text.txt")], str(tmp_path / "ds"), split=(1, 0, 0),
+                           tokenizer=tokenizer_from_dict({"kind": "byte", "offset": 0,
+                                                          "pad_id": None}), progress=False)
+    lm = random_lm(hidden=16)
+    assert lm.tokenizer.to_dict()["offset"] == 1
+    with pytest.raises(DataError, match=r"ds was prepared with the tokenizer \{'kind': 'byte', "
+                                        r"'offset': 0.*\}; the model reads \{'kind': 'byte', "
+                                        r"'offset': 1.*pass the text files themselves"):
+        evaluate_data(lm, path, split="train")
+    assert evaluate_data(lm, str(tmp_path / "text.txt"))["tokens"] > 0  # its text is read
+
+
 def test_split_of_a_dataset_with_a_damaged_metadata_json_says_the_dataset_is_damaged(tmp_path):
     """Read as text files (its metadata.json unreadable), it was told to drop --split."""
     ds = tmp_path / "ds"

@@ -212,3 +212,16 @@ def test_init_from_in_an_lm_run_names_train_start_from(tmp_path):
         config = tiny_config(corpus)
         config.init_from = str(tmp_path / "imported")
         train(config, str(tmp_path / "run"))
+
+
+def test_the_best_weights_and_a_step_together_are_refused_before_anything_is_read(tmp_path):
+    """load_lm(best=True, step=N) (or RUN/best with a step) names two weights: one error,
+    before the run's records or weights are read."""
+    from lmscale.config import ConfigError
+    from lmscale.training.restore import load_trained
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{")  # RUN/best is told by it; not read
+    for workdir, best in ((tmp_path / "run", True), (tmp_path / "run" / "best", False)):
+        with pytest.raises(ConfigError, match=r"the best weights and step 2 name two different "
+                                              r"weights of .*run: give one"):
+            load_trained(str(workdir), step=2, best=best)

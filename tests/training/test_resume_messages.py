@@ -44,6 +44,45 @@ def test_a_damaged_config_json_is_set_aside_and_the_run_resumes(base_run, tmp_pa
     assert load_trained(workdir).step == 6
 
 
+def test_a_damaged_config_json_before_any_checkpoint_is_set_aside_not_overwritten(tmp_path,
+                                                                                  capfd):
+    """A run killed before its first checkpoint, its config.json torn: the new start keeps the
+    torn file in history/ (a name of its own each time, nothing overwritten) and writes it
+    again from its own config."""
+    corpus = write_corpus(tmp_path / "corpus")
+    workdir = str(tmp_path / "run")
+    os.makedirs(workdir)
+    path = os.path.join(workdir, "config.json")
+    for torn in ("{torn", "[1]"):
+        with open(path, "w") as f:
+            f.write(torn)
+        train(tiny_config(corpus, **{**BASE, "train.steps": 2}), workdir)
+        shutil.rmtree(os.path.join(workdir, "checkpoints"))  # as if killed before its save
+        assert "was not a readable config record; it is kept as " in capfd.readouterr().err
+        with open(path) as f:
+            assert json.load(f)["derived"]["steps"] == 2
+    history = os.path.join(workdir, "history")
+    assert sorted(os.listdir(history)) == ["config.0.unreadable-2.json",
+                                           "config.0.unreadable.json"]
+    with open(os.path.join(history, "config.0.unreadable-2.json")) as f:
+        assert f.read() == "[1]"
+
+
+def test_a_word_level_resume_with_another_vocabulary_setting_is_refused(tmp_path):
+    """data.word_min_count and data.word_vocab_size define a word run's vocabulary: another
+    value on resume is refused by name, before the data is prepared again."""
+    corpus = write_corpus(tmp_path / "corpus", files=2, lines=100)
+    workdir = str(tmp_path / "run")
+    words = {**BASE, "data.tokenizer": "word"}
+    train(tiny_config(corpus, **words), workdir)
+    for key, value in (("data.word_min_count", 2), ("data.word_vocab_size", 5)):
+        with pytest.raises(CheckpointMismatchError, match=f"was trained with {key}=(1|0); "
+                                                          f"resuming it with {key}={value} is "
+                                                          f"refused"):
+            train(tiny_config(corpus, **{**words, "train.steps": 6, key: value}), workdir)
+    assert train(tiny_config(corpus, **{**words, "train.steps": 6}), workdir)["step"] == 6
+
+
 def test_a_damaged_config_json_of_a_finished_run_is_written_again(base_run, tmp_path):
     """A run already trained writes no new config.json: the checkpoint's record does."""
     corpus, workdir = copy_run(base_run, tmp_path)

@@ -23,3 +23,19 @@ def test_training_into_a_transfer_output_is_refused(tmp_path, corpus):
         train(tiny_config(corpus, **{"train.steps": 2}), str(out))
     left = set(os.listdir(out)) - {".lock"}  # the workdir's lock file, if taken before
     assert left == {"classifier.json", "results.json"}
+
+
+def test_training_into_a_fine_tuned_classifier_is_refused(tmp_path, corpus):
+    """A fine-tune's folder (config.json naming its classes, checkpoints/): refused as what
+    it is, naming the LM it started from, and left as it was."""
+    run = tmp_path / "classifier"
+    (run / "checkpoints").mkdir(parents=True)
+    record = {"init_from": "lm", "derived": {"class_names": ["neg", "pos"],
+                                             "init_from": str(tmp_path / "lm")}}
+    (run / "config.json").write_text(json.dumps(record))
+    with pytest.raises(CheckpointMismatchError, match=r"holds a fine-tuned classifier \(lmscale"
+                                                      r"\.finetune\), not a language model's "
+                                                      r"training run: .*started from .*lm\)"):
+        train(tiny_config(corpus, **{"train.steps": 2}), str(run))
+    assert json.loads((run / "config.json").read_text()) == record
+    assert os.listdir(run / "checkpoints") == []
