@@ -31,6 +31,7 @@ from lmscale.data.texts import last_tokens
 from lmscale.data.words import unknown_words_note
 
 POOL = 50  # batches per length-sorted pool
+BATCH_ORDER = 2  # TrainBatches' order, recorded in a run (2: each epoch's remainder random)
 
 
 @dataclasses.dataclass

@@ -30,8 +30,8 @@ from jax.sharding import Mesh
 from lmscale.atomic import write_json
 from lmscale.config import (ConfigError, check_known_fields, horizon, load_config, save_config,
                             scaled_lr, validate_run_settings, with_global_batch)
-from lmscale.finetuning.data import (Encoded, TrainBatches, check_enough_texts, class_weights_from,
-                                     encode, load_splits, pos_weights_from)
+from lmscale.finetuning.data import (BATCH_ORDER, Encoded, TrainBatches, check_enough_texts,
+                                     class_weights_from, encode, load_splits, pos_weights_from)
 from lmscale.finetuning import layer_rates
 from lmscale.finetuning.best import keep_best, recorded_best
 from lmscale.finetuning.head import init_classifier
@@ -294,7 +294,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
                "lm_init": ft.lm_init, "software": software_versions(),
                "preprocess": lm.derived.get("preprocess", "none"), "devices": mesh.size,
                "precision": str(policy), "texts": {n: len(d) for n, d in splits.items()},
-               "texts_fingerprint": fingerprints,
+               "texts_fingerprint": fingerprints, "batch_order": BATCH_ORDER,
                **({"pretrained": lm.derived["pretrained"]} if "pretrained" in lm.derived else {})}
     if resuming and is_main:
         for note in (*resumed_otherwise(saved, config, start), precision_note):

@@ -11,6 +11,7 @@ import ml_collections
 from lmscale.config import ConfigError, default_config
 from lmscale.finetuning import layer_rates
 from lmscale.finetuning.head import check_head_settings
+from lmscale.finetuning.data import BATCH_ORDER
 from lmscale.finetuning.truncated import check_grad_tokens
 from lmscale.models.registry import carries_state, feature_dropouts, is_dropout_field
 from lmscale.training.checkpoints import CheckpointMismatchError
@@ -137,6 +138,12 @@ def resumed_otherwise(saved: dict[str, Any] | None, config: ml_collections.Confi
         if before != now:
             notes.append(f"note: resumed at step {step} with {key}={now!r}; the steps before it "
                          f"trained with {key}={before!r}")
+    recorded = (saved or {}).get("derived")  # every run's checkpoint records its derived values
+    if recorded is not None and (recorded.get("batch_order") or 1) < BATCH_ORDER:
+        notes.append(f"note: resumed at step {step} a fine-tune begun by an older lmscale, whose "
+                     f"epochs left out the longest texts of their last pool; from here each "
+                     f"epoch leaves out random ones (this epoch's order differs from step {step} "
+                     f"on: some of its texts are read twice, others not)")
     return notes
 
 

@@ -40,3 +40,19 @@ def test_batches_are_a_pure_function_of_the_step_and_sorted_within_a_pool():
     rows = a._order(0)
     widths = [lengths[row].max() - lengths[row].min() for row in rows]
     assert max(widths) < lengths.max() - lengths.min()  # length-sorted: rows of like lengths
+
+
+def test_a_fine_tune_begun_with_the_old_order_is_told_on_resume():
+    """A run begun before BATCH_ORDER 2 reads another order of its epoch from the resumed
+    step on: said, as a resume with changed settings is."""
+    from lmscale.config import default_config
+    from lmscale.finetuning.settings import resumed_otherwise
+    config = default_config()
+    old = {"config": config.to_dict(), "derived": {"lm_step": 3}}
+    notes = resumed_otherwise(old, config, 12)
+    assert notes == ["note: resumed at step 12 a fine-tune begun by an older lmscale, whose "
+                     "epochs left out the longest texts of their last pool; from here each "
+                     "epoch leaves out random ones (this epoch's order differs from step 12 on: "
+                     "some of its texts are read twice, others not)"]
+    new = {"config": config.to_dict(), "derived": {"lm_step": 3, "batch_order": 2}}
+    assert resumed_otherwise(new, config, 12) == []
