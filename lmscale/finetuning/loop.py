@@ -34,13 +34,13 @@ from lmscale.finetuning.data import (BATCH_ORDER, Encoded, TrainBatches, check_e
                                      class_weights_from, encode, load_splits, pos_weights_from)
 from lmscale.finetuning import layer_rates
 from lmscale.finetuning.best import keep_best, recorded_best
+from lmscale.training.best import set_aside_stale_best
 from lmscale.finetuning.head import init_classifier
 from lmscale.finetuning.predict import Predictor, put_batch, write_predictions
 from lmscale.finetuning.truncated import fits_advice, fits_what, long_text_note
-from lmscale.finetuning.settings import (check_lm_settings, check_model_from_lm,
-                                        check_same_start, check_task_settings,
-                                        check_used_in_fine_tuning, lm_dropout_note,
-                                        resumed_otherwise)
+from lmscale.finetuning.settings import (check_lm_settings, check_model_from_lm, check_same_start,
+                                        check_task_settings, check_used_in_fine_tuning,
+                                        lm_dropout_note, resumed_otherwise)
 from lmscale.finetuning.steps import BATCH_KEYS, make_finetune_step, zero_acc
 from lmscale.models import built_in_one_program
 from lmscale.models.registry import carries_state
@@ -224,11 +224,13 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
         archive_previous_run(workdir, FINETUNE_RUN_FILES)
 
     checkpointer = Checkpointer(workdir, keep=config.checkpoint.keep)
+    # A resumed run restores into the state's shapes: no initial state is computed.
+    resuming = checkpointer.latest_step() is not None
+    if not resuming:
+        set_aside_stale_best(workdir)
     best_ckpt = Checkpointer(os.path.join(workdir, "best"), keep=1)
     for opened in (checkpointer, best_ckpt):
         on_exit.push(lambda kind, *_, c=opened: c.abandon() if kind else None)
-    # A resumed run restores into the state's shapes: no initial state is computed.
-    resuming = checkpointer.latest_step() is not None
     fallback = config.checkpoint.fallback  # an unreadable newest checkpoint: the one before
     saved = checkpointer.newest_usable(checkpointer.read_meta, fallback) if resuming else None
 

@@ -14,7 +14,7 @@ import time
 from lmscale.training.resume import RUN_FILES
 
 
-def _archive(workdir: str, names: tuple[str, ...]) -> str | None:
+def _archive(workdir: str, names: tuple[str, ...], said: str) -> str | None:
     """Process 0's part of :func:`archive_previous_run`: the move; the folder, or None."""
     present = [name for name in names if os.path.exists(os.path.join(workdir, name))]
     if not present:
@@ -31,19 +31,21 @@ def _archive(workdir: str, names: tuple[str, ...]) -> str | None:
             target = f"{stamp}-{n}"
     for name in present:
         shutil.move(os.path.join(workdir, name), os.path.join(target, name))
-    print(f"resume=false: the previous run moved to {target}", file=sys.stderr, flush=True)
+    print(f"{said} {target}", file=sys.stderr, flush=True)
     return target
 
 
-def archive_previous_run(workdir: str, names: tuple[str, ...] = RUN_FILES) -> str | None:
+def archive_previous_run(workdir: str, names: tuple[str, ...] = RUN_FILES,
+                         said: str = "resume=false: the previous run moved to") -> str | None:
     """Moves a previous run's files (``names``) to WORKDIR/archive/<time>/ (process 0, every
-    process told whether it could); the folder, or None where there was nothing to move."""
+    process told whether it could); the folder, or None where there was nothing to move.
+    ``said``: the note, the folder appended."""
     from lmscale.cli import OutputError
     from lmscale.distributed import process_0_does
 
     def move() -> str | None:
         try:
-            return _archive(workdir, names)
+            return _archive(workdir, names, said)
         except OSError as e:
             raise OutputError(f"cannot move the previous run in {workdir} to {workdir}/archive "
                               f"(resume=false): {e}") from None

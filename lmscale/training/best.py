@@ -57,6 +57,16 @@ def _record_from_metrics(workdir: str, step: int) -> dict[str, Any] | None:
              "averaged": bool(vals[-1].get("averaged", False))} if vals else None)
 
 
+def set_aside_stale_best(workdir: str) -> None:
+    """A run (or fine-tune) that starts at step 0 with no checkpoint to resume keeps no best
+    weights of before: those of an attempt killed before its first checkpoint (its metrics
+    are dropped; maybe another model's) move to WORKDIR/archive/<time>/. They stayed the new
+    run's best: it never kept its own, and ``eval --best`` read the other weights."""
+    from lmscale.training.archive import archive_previous_run
+    archive_previous_run(workdir, (BEST_DIR, BEST_JSON, BEST_JSON + ".damaged"),
+                         said="no checkpoint to resume: the best weights kept before it moved to")
+
+
 class BestKeeper:
     """Saves the parameters offered with a lower validation loss than any before."""
 

@@ -47,7 +47,7 @@ from lmscale.training.evaluate import (batch_arrays, eval_settings, eval_stream,
 from lmscale.training.in_flight import InFlight
 from lmscale.training.loss import bits_per_char
 from lmscale.training.flops import adaptive_cutoffs, train_flops_per_token
-from lmscale.training.best import BestKeeper
+from lmscale.training.best import BestKeeper, set_aside_stale_best
 from lmscale.training.diverged import DivergedError, check_loss, save_finite
 from lmscale.training.metrics import (MetricsWriter, add_perplexity, read_metrics,
                                       truncate_metrics)
@@ -106,6 +106,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
                 check_resumable(saved, config, reader.directory, workdir)
         finally:
             reader.close()
+    if saved is None:  # step 0 afresh
+        set_aside_stale_best(workdir)
     if saved is None and config.train.get("start_from"):  # before the data is prepared
         from lmscale.training.start_from import check_start_from
         check_start_from(config)

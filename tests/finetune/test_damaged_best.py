@@ -65,3 +65,23 @@ def test_a_fine_tune_not_yet_validated_classifies_with_its_latest_checkpoint(sst
     clf = load_classifier(run)
     assert clf.step == 4
     assert len(clf.predict(texts)[0]) == 4
+
+
+def test_the_best_of_an_attempt_that_left_no_checkpoint_is_not_the_new_runs(sst_run, data,
+                                                                             tmp_path, capfd):
+    """A fine-tune killed after a validation and before its first checkpoint, run again: its
+    best state (another head, maybe another LM's) was taken over by the run starting afresh."""
+    import json
+    import shutil
+    from lmscale.finetuning.loop import finetune
+    run, every = tmp_path / "ft", {"train.steps": 4, "train.eval_every": 2, "checkpoint.every": 2}
+    finetune(ft_config(sst_run, data["sst_train"], data["sst_val"], **every), str(run))
+    shutil.rmtree(run / "checkpoints")  # what the kill left: best/ and best.json, no checkpoint
+    json.dump({"step": 4, "metric": "accuracy", "value": 1.0}, open(run / "best.json", "w"))
+    capfd.readouterr()
+    result = finetune(ft_config(sst_run, data["sst_train"], data["sst_val"],
+                                **every, **{"optim.lr": 1e-5}), str(run))
+    assert "the best weights kept before it moved to" in capfd.readouterr().err
+    assert json.load(open(run / "best.json"))["value"] < 1.0 and result["best"]["value"] < 1.0
+    (archived,) = os.listdir(run / "archive")
+    assert sorted(os.listdir(run / "archive" / archived)) == ["best", "best.json"]

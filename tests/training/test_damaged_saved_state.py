@@ -208,3 +208,35 @@ def test_best_weights_whose_validation_was_never_logged_are_replaced_by_the_next
     train(worse, workdir)
     assert "metrics.jsonl holds no validation of the best weights kept (step 8)" in capfd.readouterr().err
     assert json.load(open(os.path.join(workdir, "best.json")))["step"] == 12
+
+
+def test_best_weights_of_an_attempt_that_left_no_checkpoint_are_not_the_new_runs(best_run, capfd):
+    """A run killed (kill -9, the OOM killer) after a validation and before its first
+    checkpoint, run again as another model: a start at step 0, its metrics dropped, but the
+    killed attempt's best.json (a lower loss) stayed the new run's best, so the new run never
+    recorded its own, and ``eval --best`` read the other model's weights (a shape traceback;
+    with the same shapes, silently the wrong weights)."""
+    import os
+    import shutil
+
+    from lmscale.api import load_lm
+    from lmscale.training.loop import train
+    from lmscale.training.metrics import read_metrics
+    from tests.conftest import tiny_config
+    workdir, _ = best_run
+    shutil.rmtree(os.path.join(workdir, "checkpoints"))  # what the kill left: no checkpoint
+    corpus = json.load(open(os.path.join(workdir, "config.json")))["data"]["train"]
+    other = tiny_config(corpus, **{"model.hidden": 16, "train.steps": 4, "train.eval_every": 2,
+                                   "checkpoint.keep_best": True, "optim.lr": 1e-4})
+    capfd.readouterr()
+    train(other, workdir)
+    vals = [r for r in read_metrics(workdir) if r["split"] == "val"]
+    lowest = min(vals, key=lambda r: r["loss"])
+    best = json.load(open(os.path.join(workdir, "best.json")))
+    assert (best["step"], best["loss"]) == (lowest["step"], lowest["loss"]), (best, vals)
+    assert load_lm(workdir, best=True).hidden == 16
+    assert "the best weights kept before it moved to" in capfd.readouterr().err
+    archived = os.listdir(os.path.join(workdir, "archive"))
+    assert len(archived) == 1, archived
+    moved = os.listdir(os.path.join(workdir, "archive", archived[0]))
+    assert sorted(moved) == ["best", "best.json"], moved
