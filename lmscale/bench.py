@@ -65,17 +65,27 @@ _OUT = flags.DEFINE_string(
 flags.mark_flags_as_required(["config"])
 
 
+def _check_out() -> None:
+    """Refuses an --out that is a folder, or in a folder that cannot be made or written, before
+    the timing (a file in its way was a traceback after it; a folder, the usage text)."""
+    from lmscale.cli import OutputError, writable_folder
+    if os.path.isdir(_OUT.value):
+        raise OutputError(f"--out={_OUT.value} is a folder; give the JSONL file to append the "
+                          f"record to (or --out= to write none)")
+    writable_folder(os.path.dirname(os.path.abspath(_OUT.value)),
+                    "pass another --out, or --out= to write none")
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from lmscale.training.host_memory import restart_with_huge_pages
     restart_with_huge_pages(_CONFIG.value.parallel.cpu_huge_pages, entry=__name__ == "__main__")
-    if _OUT.value and os.path.isdir(_OUT.value):
-        raise app.UsageError(f"--out={_OUT.value} is a folder; give the JSONL file to append the "
-                             f"record to (or --out= to write none)")
     from lmscale.training import bench
     from lmscale.training.host_devices import split_host
     run_cli(lambda: split_host(_CONFIG.value))  # before any device is touched
+    if _OUT.value:
+        run_cli(_check_out)
 
     def run() -> dict:
         config = _CONFIG.value

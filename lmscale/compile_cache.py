@@ -73,7 +73,7 @@ def max_size_bytes(environ: Mapping[str, str] = os.environ) -> int:
         megabytes = float(value)
     except ValueError:
         megabytes = -1.0
-    if megabytes <= 0:
+    if not 0 < megabytes < float("inf"):  # nan, inf (a traceback converting it to bytes)
         from lmscale.config import ConfigError
         raise ConfigError(f"LMSCALE_COMPILE_CACHE_MAX_MB={value!r}: expected a positive number "
                           f"of MiB, or 'unlimited'")

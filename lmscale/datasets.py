@@ -224,6 +224,8 @@ def main(argv: list[str]) -> int:
     """``fetch NAME [--to=DIR]`` or ``list``; prints the folder or the registry."""
     args = [a for a in argv if not a.startswith("--to=")]
     to = next((a[len("--to="):] for a in argv if a.startswith("--to=")), None)
+    if to is not None:  # the shell leaves "~" after "--to=" as it is: it went to ./~/DIR
+        to = os.path.expanduser(to)
     if args == ["list"]:
         for name, d in sorted(REGISTRY.items()):
             print(f"{name}: {d.source}\n    {d.usage}")

@@ -154,6 +154,19 @@ def test_negative_matmul_n_is_one_line_error_before_timing(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_an_out_that_cannot_be_written_is_one_line_error_before_timing(tmp_path):
+    """--out in a folder that cannot be made (a file in its way) was FileExistsError's traceback
+    after the timed steps; --out naming a folder, the whole usage text before the line."""
+    (tmp_path / "a_file").write_text("x")
+    for out, said in ((tmp_path / "a_file" / "r.jsonl", f"error: cannot write in {tmp_path}/"
+                       f"a_file ("), (tmp_path, f"error: --out={tmp_path} is a folder; ")):
+        p = subprocess.run([sys.executable, "-m", "lmscale.bench", "--config=configs/quickstart.py",
+                            "--config.model.hidden=1000000", f"--out={out}"], cwd=REPO,
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 1 and p.stderr.startswith(said), p.stderr[-2000:]
+        assert len(p.stderr.strip().splitlines()) == 1, p.stderr[-2000:]
+
+
 def test_no_warmup_and_an_autodiff_record_names_no_loops(tmp_path):
     """--warmup=0 (allowed) raised UnboundLocalError after compiling; an autodiff step's record
     named the hand-written backward's layout and factors it never ran ("batch", "float32")."""

@@ -93,7 +93,7 @@ def test_the_size_cap_from_the_environment():
     assert max_size_bytes({"JAX_COMPILATION_CACHE_DIR": "/j"}) == -1
     assert max_size_bytes({"JAX_COMPILATION_CACHE_DIR": "/j",
                            "LMSCALE_COMPILE_CACHE_MAX_MB": "0.5"}) == 2**19
-    for bad in ("0", "lots", "-3"):
+    for bad in ("0", "lots", "-3", "nan", "inf", "1e400"):  # nan, inf: were tracebacks
         with pytest.raises(ConfigError, match="LMSCALE_COMPILE_CACHE_MAX_MB"):
             max_size_bytes({"LMSCALE_COMPILE_CACHE_MAX_MB": bad})
 

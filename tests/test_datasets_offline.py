@@ -91,3 +91,19 @@ def test_a_failed_fetch_lists_only_the_files_still_missing(offline, monkeypatch)
     with pytest.raises(DataError, match=r"sst_binary/val\.csv") as e:
         datasets.fetch("sst_binary")
     assert "also needs" not in str(e.value), str(e.value)
+
+
+def test_fetch_to_a_folder_in_the_home_folder(offline, tmp_path):
+    """--to=~/DIR (a shell leaves "~" after "=" as it is) was ./~/DIR, made in the current
+    folder; it is DIR in the home folder, as the other tools' path flags take it."""
+    import os
+    home, here = tmp_path / "home", tmp_path / "here"
+    home.mkdir()
+    here.mkdir()
+    env = {**os.environ, "HOME": str(home), "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-m", "lmscale.datasets", "fetch", "tinyshakespeare",
+                        "--to=~/data"], capture_output=True, text=True, cwd=here, env=env,
+                       timeout=60)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr  # offline: not fetched
+    assert f"put the file there by hand as {home / 'data' / 'input.txt'} " in r.stderr, r.stderr
+    assert (home / "data").is_dir() and not (here / "~").exists()

@@ -132,3 +132,26 @@ def test_a_full_temporary_folder_says_tmpdir_and_how_to_prepare_instead(small_di
                                         r"\(.*small_disk, TMPDIR\): set TMPDIR .*lmscale.prepare"):
         evaluate_data(random_lm(hidden=16), str(text))
     assert os.listdir(small_disk) == []
+
+
+def test_a_short_text_is_read_in_rows_of_one_of_the_runs_sequences(tmp_path):
+    """With the run's eval_batch_size (no batch_size given), a recurrent model read a text of
+    fewer than eval_batch_size x (seq_len + 1) tokens in that many rows of 2 tokens: half of
+    its bytes scored, each from one byte of context (a 34-byte sentence: 3.88 bpc over 17
+    bytes where LM.score said 2.07). Now in rows of one of the run's sequences at least."""
+    import numpy as np
+
+    from lmscale.api import LM
+    from lmscale.training.restore import evaluate_data
+    from tests.transfer.conftest import random_lm
+    lm = random_lm(kind="mlstm", hidden=16)
+    lm.config.train.seq_len = 16
+    assert lm.config.train.eval_batch_size > 2
+    (tmp_path / "short.txt").write_text("short text here")  # 15 tokens: in one row
+    got = evaluate_data(lm, str(tmp_path / "short.txt"))
+    assert got["tokens"] == 14
+    np.testing.assert_allclose(got["bpc"], LM(lm).score(["short text here"])[0], rtol=1e-5)
+    text = "a" * 40  # 40 tokens: 2 rows of 20, each row's first token unscored
+    (tmp_path / "two.txt").write_text(text)
+    for seq_len in (None, 8):  # the rows do not change with --seq_len
+        assert evaluate_data(lm, str(tmp_path / "two.txt"), seq_len=seq_len)["tokens"] == 38

@@ -65,3 +65,17 @@ def test_json_dash_is_the_json_alone_on_stdout():
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout)["devices"] >= 1
     assert "FLOPs" in proc.stderr
+
+
+def test_json_to_standard_output_is_the_json_alone():
+    """--json=- (and /dev/stdout): standard output holds the JSON alone (| jq), the tables
+    (the plan's, the fit's and the projection's) on stderr."""
+    for target in ("-", "/dev/stdout"):
+        proc = plan("--devices=1", "--config.model.hidden=32", "--config.model.embed=8",
+                    "--config.train.per_device_batch_size=2", "--config.train.seq_len=8",
+                    f"--json={target}", "--memory_gib=1", "--flops_per_s=1e12",
+                    "--bandwidth_gbps=10", timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        result = json.loads(proc.stdout)
+        assert result["devices"] == 1 and result["fit"] and result["projection"]["rows"]
+        assert "memory/device" in proc.stderr and "all-reduces" in proc.stderr

@@ -422,6 +422,16 @@ def evaluate_data(lm: TrainedLM, data: str, *, split: str = "val", batch_size: i
             # shorter than one of the run's sequences: read whole, as LM.score reads a text
             # (it was refused, "too few for one sequence", with no way out for a transformer)
             settings["seq_len"] = text.num_tokens - 1
+        if batch_size is None:
+            # rows of one of the run's sequences at least (a short text in one): the run's
+            # eval_batch_size rows cut a recurrent model's reading of a text of fewer than
+            # rows x (seq_len + 1) tokens into as many short rows (``eval_stream``), each row's
+            # first token unscored and the rest read with little context (34 bytes: 17 rows of
+            # 2, half of them scored, each from one byte: 3.88 bpc where LM.score said 2.07).
+            # The run's own seq_len, not --seq_len: the rows, and so the result, do not change
+            # with --seq_len.
+            settings["batch_size"] = max(1, min(settings["batch_size"], text.num_tokens
+                                                // (lm.config.train.seq_len + 1)))
         from lmscale.data.words import WordTokenizer, unk_tokens_note
         # the training split's share: its dataset opened and fingerprinted for word models only
         trained = _trained_unk_share(lm) if isinstance(lm.tokenizer, WordTokenizer) else None

@@ -335,6 +335,15 @@ def test_multilabel_transfer_per_label_models_and_classify(sst_run, data, tmp_pa
     from sklearn.metrics import f1_score
     assert f1_score(val.labels, pred, average="macro", zero_division=0) == pytest.approx(
         a["val"]["macro_f1"], abs=1e-6)
+    # --labels of other classes, or of the same in another order: refused, naming both
+    labels = EMOTIONS.split(",")
+    for given in (labels[:2], [labels[1], labels[0], *labels[2:]]):
+        p = _cli("lmscale.classify", f"--workdir={out}", f"--input={data['sem_val']}",
+                 "--text_column=Tweet", f"--labels={','.join(given)}",
+                 f"--output={tmp_path / 'ml.csv'}", ok=False)
+        assert p.stderr.strip() == (f"error: --labels names {given}; the classifier's classes "
+                                    f"are {labels}"), p.stderr[-2000:]
+    assert not (tmp_path / "ml.csv").exists()
     # The CLI prints every split of both models (the baseline's test was left out).
     p = _cli("lmscale.transfer", f"--workdir={sst_run}", f"--train={data['sem_train']}",
              f"--val={data['sem_val']}", f"--test={data['sem_val']}", "--text_column=Tweet",
