@@ -224,13 +224,12 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
         archive_previous_run(workdir, FINETUNE_RUN_FILES)
 
     checkpointer = Checkpointer(workdir, keep=config.checkpoint.keep)
-    # A resumed run restores into the state's shapes: no initial state is computed.
-    resuming = checkpointer.latest_step() is not None
-    if not resuming:
+    on_exit.push(lambda kind, *_: checkpointer.abandon() if kind else None)
+    resuming = checkpointer.latest_step() is not None  # restored into the state's shapes
+    if not resuming:  # before best/ is opened
         set_aside_stale_best(workdir)
     best_ckpt = Checkpointer(os.path.join(workdir, "best"), keep=1)
-    for opened in (checkpointer, best_ckpt):
-        on_exit.push(lambda kind, *_, c=opened: c.abandon() if kind else None)
+    on_exit.push(lambda kind, *_: best_ckpt.abandon() if kind else None)
     fallback = config.checkpoint.fallback  # an unreadable newest checkpoint: the one before
     saved = checkpointer.newest_usable(checkpointer.read_meta, fallback) if resuming else None
 

@@ -39,16 +39,17 @@ def archive_previous_run(workdir: str, names: tuple[str, ...] = RUN_FILES,
                          said: str = "resume=false: the previous run moved to") -> str | None:
     """Moves a previous run's files (``names``) to WORKDIR/archive/<time>/ (process 0, every
     process told whether it could); the folder, or None where there was nothing to move.
-    ``said``: the note, the folder appended."""
+    ``said``: the note, the folder appended (its words before ":" say why, in an error)."""
     from lmscale.cli import OutputError
     from lmscale.distributed import process_0_does
+    why = said.split(":")[0]
 
     def move() -> str | None:
         try:
             return _archive(workdir, names, said)
         except OSError as e:
             raise OutputError(f"cannot move the previous run in {workdir} to {workdir}/archive "
-                              f"(resume=false): {e}") from None
+                              f"({why}): {e}") from None
     return process_0_does(move, lambda: OutputError(
         f"process 0 could not move the previous run in {workdir} to {workdir}/archive "
-        f"(resume=false); see its error"), errors=(OutputError,))
+        f"({why}); see its error"), errors=(OutputError,))
