@@ -102,7 +102,7 @@ def search_subsample(y: np.ndarray, rows: int, seed: int = 0) -> np.ndarray | No
     return np.sort(np.concatenate(picked))
 
 
-MAX_ITER = 300  # liblinear's iterations per fit (a fit that reaches it cycles: more do not help)
+MAX_ITER = 300  # liblinear's iterations per fit (fits seen reaching it cycled: more did not help)
 
 
 def _fit_one(x: Any, y: np.ndarray, C: float, seed: int) -> LogisticRegression:
