@@ -131,15 +131,19 @@ def remove_path(path: str) -> None:
             os.remove(path)
 
 
-def links_out_of(folder: str) -> list[tuple[str, str]]:
+def links_out_of(folder: str, recursive: bool = True) -> list[tuple[str, str]]:
     """(link, target) of each symbolic link to a file under ``folder`` (linked folders not
     entered; a dangling link included) whose target lies outside it: a write of the link's
     name writes the target (``atomic_write``; an append opens it), so a run folder from
     elsewhere (tar and rsync keep links) with ``commands.log -> ~/.bashrc`` had lmscale write
-    the user's files. A link to a folder (checkpoints on a bigger disk) is not one."""
+    the user's files. A link to a folder (checkpoints on a bigger disk) is not one.
+    ``recursive`` False: the folder's own files only (a tool's output folder, which may be
+    the user's: ``--output=.`` beside a virtual environment's .venv/bin/python link)."""
     root = os.path.realpath(folder)
     found = []
-    for parent, _, files in os.walk(folder):  # links to folders are listed among the folders
+    for parent, folders, files in os.walk(folder):  # links to folders are listed as folders
+        if not recursive:
+            folders.clear()
         for name in files:
             path = os.path.join(parent, name)
             if os.path.islink(path):

@@ -41,11 +41,11 @@ def writable_folder(path: str, hint: str, create: bool = False, own: bool = Fals
     """Checks, before any work, that files can be written in the folder ``path`` (not there
     yet: in its nearest existing parent, where it would be made; ``create``: made now); else
     OutputError: ``cannot write in PATH (cause); HINT``. ``own``: a folder of the tool's own
-    files (transfer's, generate's): no link in it may lead a write out
-    (:func:`refuse_links_out`). Returns ``path``."""
+    files (transfer's, generate's): no link among its files may lead a write out
+    (:func:`refuse_links_out`; its subfolders are not the tool's). Returns ``path``."""
     import tempfile
     if own:
-        refuse_links_out(path)
+        refuse_links_out(path, recursive=False)
     try:
         if create:
             os.makedirs(path, exist_ok=True)
@@ -63,12 +63,13 @@ def writable_folder(path: str, hint: str, create: bool = False, own: bool = Fals
     return path
 
 
-def refuse_links_out(folder: str) -> None:
+def refuse_links_out(folder: str, recursive: bool = True) -> None:
     """OutputError where a file in ``folder``, a folder whose files lmscale names (a workdir,
     its transfer/, generate/, features/), is a symbolic link to a file outside it, which a
-    write would replace (``lmscale.atomic.links_out_of``)."""
+    write would replace (``lmscale.atomic.links_out_of``; ``recursive`` False: the folder's
+    own files, not its subfolders')."""
     from lmscale.atomic import links_out_of
-    found = links_out_of(folder) if os.path.isdir(folder) else []
+    found = links_out_of(folder, recursive) if os.path.isdir(folder) else []
     if found:
         link, target = found[0]
         more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""

@@ -350,3 +350,16 @@ def test_a_link_out_of_the_output_folder_is_refused_not_written_through(tiny_run
         f"would write that file (a run folder from elsewhere may carry such links); remove the "
         f"link, or copy the file in its place"], proc.stderr[-2000:]
     assert outside.read_text() == "# the user's own\n"
+
+
+def test_links_in_the_output_folders_subfolders_are_not_refused(tiny_runs, tmp_path):
+    """--output=. in a project beside its .venv (bin/python -> /usr/bin/python3, a link out)
+    was refused naming .venv/bin/python, a file generate never writes, after a walk of the
+    whole tree: only the folder's own files are the tool's."""
+    outside, out = tmp_path / "python3", tmp_path / "project"
+    outside.write_text("")
+    (out / ".venv" / "bin").mkdir(parents=True)
+    os.symlink(outside, out / ".venv" / "bin" / "python")
+    proc = _generate(tiny_runs["qrnn"], f"--output={out}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (out / "samples.json").is_file() and outside.read_text() == ""

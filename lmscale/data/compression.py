@@ -47,9 +47,9 @@ TEXT_RATIO = 3  # bytes of text per compressed byte, where the file does not say
 def decompressed_size(path: str) -> int:
     """The bytes a compressed file holds once decompressed, for progress and for sharing a
     sample budget between inputs: a .gz file's own record of it (its last 4 bytes, modulo
-    4 GiB: taken where the text cannot reach 4 GiB, or is not below the file's size), else
-    ``TEXT_RATIO`` x its size (an estimate: bz2 and xz do not keep it cheaply). An
-    uncompressed file's size."""
+    4 GiB: taken where it is not below the file's size), counted where the text cannot reach
+    4 GiB, else ``TEXT_RATIO`` x its size (an estimate: bz2 and xz do not keep it cheaply).
+    An uncompressed file's size."""
     size = os.path.getsize(path)
     kind = compression(path)
     if kind is None:
@@ -58,9 +58,13 @@ def decompressed_size(path: str) -> int:
         with open(path, "rb") as f:
             f.seek(-4, os.SEEK_END)
             recorded = struct.unpack("<I", f.read(4))[0]  # modulo 2^32
-        # Exact where the text cannot reach 4 GiB (deflate expands at most DEFLATE_RATIO x; a
-        # small or incompressible file's text is shorter than the file itself); past that, a
-        # wrapped count is smaller than the file, mostly.
-        if recorded >= size or size * DEFLATE_RATIO < 2 ** 32:
+        if recorded >= size:  # below 4 GiB (a wrapped count is smaller than the file, mostly)
             return recorded
+        # A text shorter than the file: a small or incompressible one, or a file of several
+        # members (cat a.gz b.gz; bgzip's empty last one), whose record is its last member's
+        # only (8 bytes, or 0: the file was left out of the SentencePiece sample). Counted
+        # where the text cannot reach 4 GiB (deflate expands at most DEFLATE_RATIO x).
+        if size * DEFLATE_RATIO < 2 ** 32:
+            with gzip.open(path, "rb") as f:
+                return sum(len(chunk) for chunk in iter(lambda: f.read(1 << 20), b""))
     return TEXT_RATIO * size

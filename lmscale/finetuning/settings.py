@@ -139,7 +139,12 @@ def resumed_otherwise(saved: dict[str, Any] | None, config: ml_collections.Confi
             notes.append(f"note: resumed at step {step} with {key}={now!r}; the steps before it "
                          f"trained with {key}={before!r}")
     recorded = (saved or {}).get("derived")  # every run's checkpoint records its derived values
-    if recorded is not None and (recorded.get("batch_order") or 1) < BATCH_ORDER:
+    texts = ((recorded or {}).get("texts") or {}).get("train")
+    per_epoch = (recorded or {}).get("steps_per_epoch")
+    if (recorded is not None and (recorded.get("batch_order") or 1) < BATCH_ORDER
+            # the orders differ only where an epoch leaves texts out, and from a step inside it
+            and not (texts and texts % config.train.batch_size == 0)
+            and not (per_epoch and step % per_epoch == 0)):
         notes.append(f"note: resumed at step {step} a fine-tune begun by an older lmscale, whose "
                      f"epochs left out the longest texts of their last pool; from here each "
                      f"epoch leaves out random ones (this epoch's order differs from step {step} "

@@ -286,7 +286,7 @@ def _features_dir(workdir: str, output: str, features_dir: str | None) -> str | 
         return writable_folder(features_dir, "pass another --features_dir, or "
                                              "--features_dir= to cache no features", own=True)
     default = os.path.join(workdir, "features")
-    refuse_links_out(default)  # (not "cannot be written" below)
+    refuse_links_out(default, recursive=False)  # (not "cannot be written" below)
     try:
         return writable_folder(default, "")
     except OutputError:

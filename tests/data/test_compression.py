@@ -90,3 +90,17 @@ def test_a_small_or_incompressible_gz_input_counts_its_recorded_text(tmp_path):
     noise = random.Random(0).randbytes(3000)
     (tmp_path / "noise.txt.gz").write_bytes(gzip.compress(noise))
     assert decompressed_size(str(tmp_path / "noise.txt.gz")) == 3000
+
+
+def test_a_gz_input_of_several_members_counts_all_of_its_text(tmp_path):
+    """cat a.gz b.gz (or bgzip, whose last member is empty): the last 4 bytes record the last
+    member's text only, and a file of 40 kB of text was sized 8 bytes (bgzip's: 0), so the
+    SentencePiece sample took 8 bytes of it (0: none)."""
+    from lmscale.data.compression import decompressed_size
+    from lmscale.data.sample import _shares
+    text = b"".join(b"line %d of the first member\n" % i for i in range(1500))
+    for last in (b"the end\n", b""):
+        path = tmp_path / f"members{len(last)}.txt.gz"
+        path.write_bytes(gzip.compress(text) + gzip.compress(last))
+        assert decompressed_size(str(path)) == len(text) + len(last)
+        assert _shares([str(path)], 10**6) == [len(text) + len(last)]

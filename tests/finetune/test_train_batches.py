@@ -56,3 +56,16 @@ def test_a_fine_tune_begun_with_the_old_order_is_told_on_resume():
                      "some of its texts are read twice, others not)"]
     new = {"config": config.to_dict(), "derived": {"lm_step": 3, "batch_order": 2}}
     assert resumed_otherwise(new, config, 12) == []
+
+
+def test_the_old_order_is_not_said_where_it_is_the_same():
+    """An epoch that leaves no text out (texts a multiple of the batch), or a resume at an
+    epoch's end, reads what the old order read: it was told that the order differs."""
+    from lmscale.config import default_config
+    from lmscale.finetuning.settings import resumed_otherwise
+    config = default_config()
+    config.train.batch_size = 16
+    for texts, step in ((64, 3), (70, 8)):  # 4 steps an epoch: no remainder; an epoch's end
+        old = {"config": config.to_dict(),
+               "derived": {"lm_step": 3, "texts": {"train": texts}, "steps_per_epoch": 4}}
+        assert resumed_otherwise(old, config, step) == []
