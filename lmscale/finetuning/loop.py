@@ -408,6 +408,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
             timer.after(compiles, metrics)
             in_flight.add(metrics)
             step += 1
+            stop.finishing = step == steps  # what a signal's acknowledgment says
             if step % config.train.log_every == 0 or step == steps:
                 acc, metrics, ls = jax.device_get((state.acc, metrics, state.loss_scale))
                 n = max(int(acc["steps"]), 1)

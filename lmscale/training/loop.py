@@ -327,6 +327,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
                 window_tokens += batcher.tokens_in_step(step)
                 window_steps += 1
             step += 1
+            stop.finishing = step == steps  # what a signal's acknowledgment says
             bar.update(1)
             logging = step % config.train.log_every == 0 or step == steps
             if logging:

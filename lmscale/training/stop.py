@@ -43,6 +43,7 @@ class StopSignal:
     def __init__(self, every: int = 10, processes: int | None = None) -> None:
         self.signal: int | None = None  # the signal this process received
         self.stopping = False  # agreed: every process stops at this step boundary
+        self.finishing = False  # set by the loop: its last step ran (its end's work goes on)
         self.every = max(int(every), 1)
         self.processes = jax.process_count() if processes is None else processes
         self._previous: dict[int, Any] = {}
@@ -89,9 +90,11 @@ class StopSignal:
         where = ("the next step boundary" if self.processes == 1 else
                  f"the next step the {self.processes} processes agree on (every "
                  f"{self.every} steps, train.stop_sync_every)")
-        tqdm.tqdm.write(f"signal {self.signal} received: stopping at {where}, then saving a "
-                        f"checkpoint (a second Ctrl-C stops at once, without one)",
-                        file=sys.stderr)
+        what = ("the run has taken its last step and ends when its last validation and save "
+                "are done (a second Ctrl-C stops at once, without the save)" if self.finishing
+                else f"stopping at {where}, then saving a checkpoint (a second Ctrl-C stops at "
+                     f"once, without one)")
+        tqdm.tqdm.write(f"signal {self.signal} received: {what}", file=sys.stderr)
 
     def __exit__(self, *exc: Any) -> None:
         """Restores the previous handlers, except that SIGTERM becomes ignored in a command-

@@ -83,6 +83,20 @@ def test_a_first_signal_whose_stop_is_slow_to_come_is_said(default_sigterm, monk
                      "checkpoint (a second Ctrl-C stops at once, without one)") == 1, err
 
 
+def test_a_signal_after_the_last_step_is_said_as_the_runs_end(default_sigterm, monkeypatch,
+                                                                capsys):
+    """After the last step (the end's validation and save still running) there is no next step
+    boundary to stop at: said as the end it is (an upgrade walk)."""
+    monkeypatch.setattr(stop_module, "ACKNOWLEDGE_AFTER_S", 0.05)
+    with StopSignal(every=1, processes=1) as stop:
+        stop.finishing = True  # what the loops set once step == steps
+        stop._handle(signal.SIGTERM, None)
+        time.sleep(0.5)  # the end's validation
+    assert ("signal 15 received: the run has taken its last step and ends when its last "
+            "validation and save are done (a second Ctrl-C stops at once, without the save)"
+            ) in capsys.readouterr().err
+
+
 def test_a_stop_that_comes_soon_is_not_said_twice(default_sigterm, monkeypatch, capsys):
     """A step that ends before ACKNOWLEDGE_AFTER_S: only the loop's own "stopped" line."""
     monkeypatch.setattr(stop_module, "ACKNOWLEDGE_AFTER_S", 0.3)
