@@ -101,6 +101,8 @@ def check_same_start(meta: dict[str, Any], config: ml_collections.ConfigDict, lm
            "finetune.val": " (the best checkpoint so far was scored on those texts)",
            "finetune.threshold_metric": " (the best checkpoint so far was scored with thresholds "
                                         "tuned for it)",
+           "lm_step": f" (the LM run {config.init_from} has trained on since: a fine-tune starts "
+                      f"from its newest checkpoint)",
            "seed": " (each epoch's order of the training texts is drawn from it: another would "
                    "read some of this epoch's texts twice and some never)",
            "train.batch_size": " (a step's texts follow from the step and the batch: another "
@@ -114,9 +116,11 @@ def check_same_start(meta: dict[str, Any], config: ml_collections.ConfigDict, lm
         if (before[key] is not None and before[key] != value
                 and not recorded_with_home(before[key], value)):
             what = "the LM's checkpoint step" if key == "lm_step" else key
+            same = ("" if key == "lm_step" else  # no setting chooses it: the LM's newest
+                    "use the same value, ")
             raise CheckpointMismatchError(
                 f"{workdir} was fine-tuned with {what}={before[key]!r}; resuming it with "
-                f"{value!r} is refused{why.get(key, '')}; use the same value, a new --workdir, or "
+                f"{value!r} is refused{why.get(key, '')}; {same}a new --workdir, or "
                 f"--config.resume=false to start afresh (the old run is archived)")
 
 

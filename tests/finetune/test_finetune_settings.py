@@ -471,3 +471,19 @@ def test_negative_labels_are_named_as_such(tmp_path, labels, shown):
             f"pm.csv: label column 'label' has negative values {shown}; class ids run from 0 "
             f"(labels -1 and 1? give 0 and 1)")):
         load_splits(ft)
+
+
+def test_a_resume_after_the_lm_trained_on_names_no_setting_to_set_back():
+    """The LM run trained on after the fine-tune began: "use the same value" named nothing a
+    user can set (a fine-tune starts from the LM's newest checkpoint)."""
+    from lmscale.finetuning.settings import check_same_start
+    from lmscale.training.checkpoints import CheckpointMismatchError
+    config = ft_config("/lm", "/t.csv", "/v.csv")
+    meta = {"config": config.to_dict(), "derived": {"init_from": "/lm", "lm_step": 40,
+                                                    "lm_init": "pretrained"}}
+    with pytest.raises(CheckpointMismatchError) as e:
+        check_same_start(meta, config, 60, "/run")
+    assert str(e.value) == (
+        "/run was fine-tuned with the LM's checkpoint step=40; resuming it with 60 is refused "
+        "(the LM run /lm has trained on since: a fine-tune starts from its newest checkpoint); "
+        "a new --workdir, or --config.resume=false to start afresh (the old run is archived)")
