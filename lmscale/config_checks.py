@@ -80,8 +80,8 @@ def check_document_resets(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"data.reset_every_documents must be >= 0 (0: off), got {every}")
     if config.data.reset_on_documents and every > 1:
         raise ConfigError(f"data.reset_on_documents resets at every document and "
-                          f"data.reset_every_documents={every} at the start of every {every} documents: "
-                          f"set one")
+                          f"data.reset_every_documents={every} at the start of every {every} "
+                          f"documents: set one")
 
 
 def validate_awd(config: ml_collections.ConfigDict) -> None:

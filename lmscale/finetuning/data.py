@@ -9,8 +9,9 @@ featurization does.
 Training batches are a pure function of the step (exact resume): per epoch a seeded
 permutation of the texts, cut into pools of ``POOL`` batches, each pool sorted by length (little
 padding) and cut into batches, and the batches shuffled; the epoch's remainder (< B texts,
-random ones: cut from the permutation) is left out. Loss weights are normalized over the global batch on the host, so a device's
-loss sum needs no reduction other than the step's one all-reduce. Prediction reads texts
+random ones: cut from the permutation) is left out. Loss weights are normalized over the
+global batch on the host, so a device's loss sum needs no reduction other than the step's one
+all-reduce. Prediction reads texts
 packed end to end instead (``predict.Predictor``).
 """
 
