@@ -130,3 +130,17 @@ def test_the_out_of_memory_line_names_a_ulimit_only_where_one_is_set(monkeypatch
     assert out_of_memory_line(RuntimeError("RESOURCE_EXHAUSTED: Error writing w/0: [errno 28] "
                                            "No space left on device")) is None
     assert out_of_memory_line(RuntimeError("Out of memory in the tokenizer's cache")) is None
+
+
+def test_out_of_memory_in_bench_gives_the_training_advice():
+    """bench has a --layout flag as convert does, and a config's training settings to lower:
+    not convert's "converting holds the weights whole"."""
+    from tests.conftest import script_result
+    result = script_result(
+        "import json, sys\n"
+        "import lmscale.bench\n"
+        "from lmscale.cli import out_of_memory_line\n"
+        "print(json.dumps(out_of_memory_line(RuntimeError(\n"
+        "    'RESOURCE_EXHAUSTED: Out of memory allocating 8 bytes.'))))\n")
+    assert "lower train.batch_size or the model's size" in result, result
+    assert "converting" not in result

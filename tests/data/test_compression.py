@@ -7,6 +7,7 @@ import gzip
 import json
 import lzma
 import random
+import struct
 
 import pytest
 
@@ -104,3 +105,18 @@ def test_a_gz_input_of_several_members_counts_all_of_its_text(tmp_path):
         path.write_bytes(gzip.compress(text) + gzip.compress(last))
         assert decompressed_size(str(path)) == len(text) + len(last)
         assert _shares([str(path)], 10**6) == [len(text) + len(last)]
+
+
+def test_a_large_gz_whose_record_may_have_wrapped_is_estimated(tmp_path):
+    """Past 2**32 / DEFLATE_RATIO bytes a .gz may hold 4 GiB of text or more, and its record
+    (modulo 4 GiB) below the file's size is taken for a wrapped count: a 4 GiB + 10 bytes text
+    of zeros compresses to about 4.2 MB and records 10."""
+    from lmscale.data.compression import TEXT_RATIO, decompressed_size
+    size = 4_200_000  # past 2**32 / 1032 (deflate's largest ratio)
+    path = tmp_path / "zeros.txt.gz"
+    with open(path, "wb") as f:  # a sparse file: only its size and last 4 bytes are read
+        f.write(b"\x1f\x8b")
+        f.truncate(size - 4)
+        f.seek(size - 4)
+        f.write(struct.pack("<I", 10))
+    assert decompressed_size(str(path)) == TEXT_RATIO * size

@@ -69,3 +69,35 @@ def test_the_old_order_is_not_said_where_it_is_the_same():
         old = {"config": config.to_dict(),
                "derived": {"lm_step": 3, "texts": {"train": texts}, "steps_per_epoch": 4}}
         assert resumed_otherwise(old, config, step) == []
+
+
+def test_as_many_texts_as_one_batch_are_enough():
+    """Fewer texts than a batch are refused; a batch's worth trains one step an epoch."""
+    import pytest
+
+    from lmscale.data.errors import DataError
+    from lmscale.finetuning.data import check_enough_texts
+    batches = _batches(np.arange(1, 17), 16)
+    assert batches.steps_per_epoch == 1 and _texts_read(batches, 0) == set(range(16))
+    check_enough_texts(16, 16, "t.csv")
+    with pytest.raises(DataError, match=r"^t\.csv: 15 training texts are fewer than one batch"):
+        check_enough_texts(15, 16, "t.csv")
+
+
+def test_a_fine_tune_of_this_order_records_it_and_resumes_without_the_note(sst_run, data,
+                                                                         tmp_path, capsys):
+    """A run records BATCH_ORDER in its derived values: a run begun by this lmscale is not
+    told on resume that it was begun with the old order."""
+    import os
+
+    from lmscale.config import load_config
+    from lmscale.finetuning.data import BATCH_ORDER
+    from lmscale.finetuning.loop import finetune
+    from tests.finetune.test_finetune import ft_config
+    run = str(tmp_path / "ft")
+    for steps in (1, 2):
+        finetune(ft_config(sst_run, data["sst_train"], data["sst_val"], **{
+            "train.steps": steps}), run)
+    assert load_config(os.path.join(run, "config.json"))[1]["batch_order"] == BATCH_ORDER
+    err = capsys.readouterr().err
+    assert "older lmscale" not in err

@@ -279,3 +279,27 @@ def test_a_torch_whose_safe_load_runs_code_is_refused(tmp_path, monkeypatch):
                                            r"\.pt file safely .* pip install 'torch>=2\.10'"):
         load_pt(str(path))
     assert not marker.exists()
+
+
+def test_torch_2_10_and_later_are_used(tmp_path, monkeypatch):
+    """The version is compared as numbers: 2.9 is refused; 2.10 (not "2.10" < "2.9"), the first
+    safe one, and later ones read the file."""
+    import sys
+    import types
+    path = tmp_path / "m.pt"
+    path.write_bytes(b"PK\x03\x04\x00\x00 a zip archive's first bytes, as a .pt's")
+    for version, used in (("2.9.1", False), ("2.10.0", True), ("2.11.0+cu128", True),
+                          ("3.0", True)):
+        calls = []
+        torch = types.ModuleType("torch")
+        torch.__version__ = version
+
+        def load(*a, calls=calls, **k):
+            calls.append(k)
+            raise RuntimeError("loader reached")
+        torch.load = load
+        monkeypatch.setitem(sys.modules, "torch", torch)
+        with pytest.raises(ConvertError) as e:
+            load_pt(str(path))
+        assert ("too old" not in str(e.value)) == used, (version, str(e.value))
+        assert calls == ([{"map_location": "cpu", "weights_only": True}] if used else [])

@@ -511,3 +511,25 @@ def test_a_trainers_log_is_utf8_in_an_ascii_locale(tmp_path):
                           env={**env, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == ascii("error: no such file: caf\u00e9.txt")
+
+
+def test_a_point_command_naming_a_non_ascii_folder_is_logged_in_an_ascii_locale(tmp_path):
+    """The trainer's command line heads its train.log: a sweep folder named café, under
+    LC_ALL=C (PYTHONUTF8=0), was a UnicodeEncodeError starting the point."""
+    code = ("import sys\n"
+            "from lmscale.sweeps.grid import Point\n"
+            "from lmscale.sweeps.runner import Runner, RunOptions\n"
+            "runner = Runner(sys.argv[1], RunOptions(sys.argv[1] + '/c.py', [], log=print))\n"
+            "job = runner._start(Point('pt', {'optim.lr': 1e-3}, {'optim.lr': 1e-3}), {})\n"
+            "job.proc.kill()\n"
+            "job.proc.wait()\n"
+            "job.log_file.close()\n")
+    workdir = tmp_path / "caf\u00e9"
+    workdir.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("LANG", "LC_CTYPE", "PYTHONIOENCODING")}
+    done = subprocess.run([sys.executable, "-c", code, str(workdir)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120,
+                          env={**env, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    head = (workdir / "pt" / "train.log").read_text(encoding="utf-8").splitlines()[0]
+    assert head.startswith("$ ") and f"{workdir}/pt" in head

@@ -53,3 +53,26 @@ def test_weights_orbax_cannot_save_are_not_called_a_failed_write(tmp_path):
         keeper.offer(1, 2.0, {"w": object()}, averaged=False)
     assert not isinstance(e.value, CheckpointError)
     keeper.close()
+
+
+@pytest.mark.parametrize("error,why", [
+    # tensorstore's ENOSPC naming no save folder (another write of the save)
+    ("RESOURCE_EXHAUSTED: Failed to write 141282 bytes to file 42: No space left on device",
+     "the disk is full"),
+    # a write below the save's folder that failed otherwise (a read-only remount)
+    ('PERMISSION_DENIED: Error writing "w/0" at local file "{dir}/best/1.orbax-checkpoint-tmp/'
+     'params": Permission denied', "PERMISSION_DENIED"),
+])
+def test_a_failed_write_said_either_way_is_one_line(tmp_path, monkeypatch, error, why):
+    """Each of the two signs of a failed write (no space left; the save's own folder named)
+    makes one line on its own."""
+    keeper = BestKeeper(str(tmp_path), enabled=True)
+
+    def failed(*args, **kwargs):
+        raise ValueError(error.format(dir=tmp_path))
+
+    monkeypatch.setattr(keeper.manager, "save", failed)
+    with pytest.raises(CheckpointError, match=r"best weights of step 1 could not be written .*"
+                                              + why):
+        keeper.offer(1, 2.0, {"w": jnp.ones((4,))}, averaged=False)
+    keeper.close()

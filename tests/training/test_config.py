@@ -98,6 +98,13 @@ def test_a_number_that_is_nan_or_infinite_is_refused_by_training_and_fine_tuning
 
 
 @pytest.mark.parametrize("key", ["optim.decay_steps", "optim.warmup_steps", "train.steps"])
+def test_the_first_step_count_past_int32_is_refused(key):
+    """2**31 itself is past int32's largest (2**31 - 1): refused, as 3e9 is."""
+    with pytest.raises(ConfigError, match=f"^{key}=2147483648 is more steps than a run counts"):
+        validate(locked(**{key: 2**31}))
+
+
+@pytest.mark.parametrize("key", ["optim.decay_steps", "optim.warmup_steps", "train.steps"])
 def test_a_step_count_past_int32_is_refused_by_training_and_fine_tuning(key):
     """The compiled step counts steps in int32: optim.decay_steps=3e9 (meant as "no decay")
     passed the checks, and the first step stopped with an OverflowError traceback."""

@@ -240,3 +240,20 @@ def test_best_weights_of_an_attempt_that_left_no_checkpoint_are_not_the_new_runs
     assert len(archived) == 1, archived
     moved = os.listdir(os.path.join(workdir, "archive", archived[0]))
     assert sorted(moved) == ["best", "best.json"], moved
+
+
+def test_a_fresh_start_sets_aside_every_file_of_the_best_weights_before(tmp_path, capfd):
+    """best/, best.json and a damaged best.json kept beside it all belong to the weights of
+    before: all three move to archive/<time>/, none left to the new run."""
+    import os
+
+    from lmscale.training.best import set_aside_stale_best
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best.json").write_text('{"step": 3}')
+    (tmp_path / "best.json.damaged").write_text("{")
+    set_aside_stale_best(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["archive"]
+    (moved,) = os.listdir(tmp_path / "archive")
+    assert sorted(os.listdir(tmp_path / "archive" / moved)) == [
+        "best", "best.json", "best.json.damaged"]
+    assert "the best weights kept before it moved to" in capfd.readouterr().err

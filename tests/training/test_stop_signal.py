@@ -233,3 +233,22 @@ def test_sighup_and_sigusr1_outside_the_steps_exit_0_as_sigterm(where, sig):
                           + code.format(sig=sig)],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and said in out.stderr, out
+
+
+def test_a_signal_is_said_only_while_its_stop_is_pending(default_sigterm, monkeypatch, capsys):
+    """Not said: a stop that comes within a fraction of a second (the constant's own delay),
+    a run that ends before its processes agree (the timer cancelled on exit), nor a stop
+    agreed as the timer's call starts (too late for its cancel)."""
+    with StopSignal(every=1, processes=1) as stop:
+        stop._handle(signal.SIGTERM, None)
+        time.sleep(0.2)
+        assert stop.should_stop(1)
+    monkeypatch.setattr(stop_module, "ACKNOWLEDGE_AFTER_S", 0.1)
+    with StopSignal(every=10, processes=2) as stop:
+        stop._handle(signal.SIGTERM, None)  # the run's last step before any agreement
+    time.sleep(0.4)
+    with StopSignal(every=1, processes=1) as stop:
+        stop._handle(signal.SIGTERM, None)
+        assert stop.should_stop(1)
+        stop._acknowledge()
+    assert "received" not in capsys.readouterr().err

@@ -46,3 +46,23 @@ def test_test_file_that_is_the_training_file_is_refused_and_a_val_file_noted(tmp
             f"error: --test={test} is the --train file: its scores would be measured on the "
             f"texts the classifier was fit on; give held-out texts or leave --test out"
         ], p.stderr[-2000:]
+
+
+def test_a_link_out_of_the_output_or_feature_folder_is_refused_before_the_lm_is_read(tmp_path):
+    """A run folder from elsewhere whose transfer/results.json, or features/ file, links to a
+    user's file: refused naming it, not written through (nor the cache moved elsewhere)."""
+    import pytest
+
+    from lmscale.cli import OutputError
+    from lmscale.transfer.run import run_transfer
+    train = labeled(tmp_path)
+    outside = tmp_path / "bashrc"
+    outside.write_text("kept\n")
+    for folder, name in (("transfer", "results.json"), ("features", "train.npz")):
+        workdir = tmp_path / f"run_{folder}"
+        (workdir / folder).mkdir(parents=True)
+        os.symlink(outside, workdir / folder / name)
+        with pytest.raises(OutputError, match=rf"{folder}/{name} is a symbolic link to "
+                                              rf"{outside}, outside "):
+            run_transfer(str(workdir), train, train)
+    assert outside.read_text() == "kept\n"
