@@ -122,10 +122,10 @@ def test_the_out_of_memory_line_names_a_ulimit_only_where_one_is_set(monkeypatch
     oom = RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 8 bytes.")
     unlimited = resource.RLIM_INFINITY
     monkeypatch.setattr(resource, "getrlimit", lambda which: (unlimited, unlimited))
-    line = out_of_memory_line(oom)
-    assert "this host's memory; lower " in line and "ulimit" not in line, line
+    line = out_of_memory_line(oom)  # its advice follows the tools' flags this process defined
+    assert "this host's memory; " in line and "ulimit" not in line, line
     monkeypatch.setattr(resource, "getrlimit", lambda which: (3 * 2 ** 30, unlimited))
-    assert ("this host's memory (this process may map at most 3.0 GiB: ulimit -v); lower "
+    assert ("this host's memory (this process may map at most 3.0 GiB: ulimit -v); "
             in out_of_memory_line(oom))
     assert out_of_memory_line(RuntimeError("RESOURCE_EXHAUSTED: Error writing w/0: [errno 28] "
                                            "No space left on device")) is None
