@@ -311,7 +311,9 @@ class Checkpointer:
                 previous = steps[i + 1] if i + 1 < len(steps) else None
                 if not fallback or previous is None:
                     hint = (f"; --config.checkpoint.fallback=true resumes from the previous one "
-                            f"(step {previous})" if previous is not None and not fallback else "")
+                            f"(step {previous})" if previous is not None else
+                            "; no checkpoint is left before it: --config.resume=false starts "
+                            "the run afresh (its files moved to archive/)")
                     raise UnreadableCheckpointError(f"{e}{hint}") from None
                 print(f"warning: {e}; moved aside, falling back to step {previous}", flush=True)
                 self.set_aside(step)

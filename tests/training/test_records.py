@@ -211,6 +211,21 @@ def test_unreadable_latest_checkpoint_is_one_line_and_fallback_resumes(base_run,
     assert os.listdir(os.path.join(workdir, "unreadable_checkpoints"))[0].startswith("4-")
 
 
+def test_every_checkpoint_unreadable_names_the_way_to_start_afresh(base_run, tmp_path):
+    """checkpoint.fallback set aside the newest and then stopped at the oldest with its error
+    alone: no way on was named."""
+    corpus, workdir = copy_run(base_run, tmp_path)
+    for step in (2, 4):
+        os.remove(os.path.join(workdir, "checkpoints", str(step), "state", "manifest.ocdbt"))
+    with pytest.raises(UnreadableCheckpointError) as error:
+        train(tiny_config(corpus, **{**BASE, "train.steps": 6, "checkpoint.fallback": True}),
+              workdir)
+    message = str(error.value)
+    assert os.path.join(workdir, "checkpoints", "2") in message and "\n" not in message
+    assert message.endswith("; no checkpoint is left before it: config.resume = False starts the "
+                            "run afresh (its files moved to archive/)"), message
+
+
 def test_fallback_past_a_damaged_checkpoint_prints_one_warning(base_run, tmp_path):
     """The CLI's output: one warning line, not tensorstore's spec nor the tens of "Event loop
     is closed" tracebacks of the failed restore's late callbacks (printed before)."""
