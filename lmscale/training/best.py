@@ -157,8 +157,8 @@ class BestKeeper:
                     params=ocp.args.StandardSave(params)))
                 self.manager.wait_until_finished()
             except (OSError, ValueError) as e:  # tensorstore: ValueError("RESOURCE_EXHAUSTED: ...")
-                from lmscale.training.orbax_logs import disk_full
-                if not (isinstance(e, OSError) or disk_full(e) or "orbax-checkpoint-tmp" in str(e)):
+                from lmscale.training.orbax_logs import failed_write
+                if not failed_write(e):
                     raise  # not a write that failed (weights orbax cannot save): as it is
                 raise self._save_failed(step, e) from None
         self.loss = float(loss)

@@ -28,7 +28,8 @@ from lmscale.messages import is_utf8
 from lmscale.models import architecture
 
 from lmscale.training.orbax_logs import (BACKGROUND_FAILURES, DiskFullLogs, disk_full,
-                                         filter_disk_full_logs, listing_quietly, short_error)
+                                         failed_write, filter_disk_full_logs, listing_quietly,
+                                         short_error)
 from lmscale.training.state import TrainState
 
 # Version of what a checkpoint holds (the TrainState layout and the meta record). Raise it
@@ -216,8 +217,7 @@ class Checkpointer:
         or wait): which checkpoint, why, and the latest complete one, still the one to resume.
         Other errors are returned as they are."""
         failed = re.search(r"checkpoints/(\d+)\.orbax-checkpoint-tmp", str(error))
-        if isinstance(error, CheckpointError) or not (failed or disk_full(error)
-                                                      or isinstance(error, OSError)):
+        if isinstance(error, CheckpointError) or not failed_write(error):
             return error
         which = f"checkpoint {failed.group(1)}" if failed else "a checkpoint"
         why = "the disk is full" if disk_full(error) else short_error(error)

@@ -22,6 +22,12 @@ def disk_full(error: BaseException) -> bool:
     return getattr(error, "errno", None) == errno.ENOSPC or _NO_SPACE in str(error)
 
 
+def failed_write(error: BaseException) -> bool:
+    """Whether a save's ``error`` is a write that failed (an OSError, a full disk, or
+    tensorstore's error naming a save folder in progress), not weights orbax cannot save."""
+    return isinstance(error, OSError) or disk_full(error) or _TMP_SUFFIX in str(error)
+
+
 class DiskFullLogs(logging.Filter):
     """Orbax logs a failed save from each of its threads (a page of tracebacks), and the run
     stops at its next train record (several processes: at the next save; ``Checkpointer.check``
