@@ -63,19 +63,21 @@ def writable_folder(path: str, hint: str, create: bool = False, own: bool = Fals
     return path
 
 
-def refuse_links_out(folder: str, recursive: bool = True) -> None:
-    """OutputError where a file in ``folder``, a folder whose files lmscale names (a workdir,
-    its transfer/, generate/, features/), is a symbolic link to a file outside it, which a
-    write would replace (``lmscale.atomic.links_out_of``; ``recursive`` False: the folder's
-    own files, not its subfolders')."""
+def refuse_links_out(folder: str, recursive: bool = True,
+                     error: type[Exception] = OutputError) -> None:
+    """``error`` (OutputError; a workdir's CheckpointError, a sweep's SweepError) where a file
+    in ``folder``, a folder whose files lmscale names (a workdir, its transfer/, generate/,
+    features/), is a symbolic link to a file outside it, which a write would replace
+    (``lmscale.atomic.links_out_of``; ``recursive`` False: the folder's own files, not its
+    subfolders')."""
     from lmscale.atomic import links_out_of
     found = links_out_of(folder, recursive) if os.path.isdir(folder) else []
     if found:
         link, target = found[0]
         more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
-        raise OutputError(f"{link} is a symbolic link to {target}, outside {folder}{more}: "
-                          f"writing it would write that file (a run folder from elsewhere may "
-                          f"carry such links); remove the link, or copy the file in its place")
+        raise error(f"{link} is a symbolic link to {target}, outside {folder}{more}: "
+                    f"writing it would write that file (a run folder from elsewhere may carry "
+                    f"such links); remove the link, or copy the file in its place")
 
 
 def os_error_line(e: OSError) -> str:

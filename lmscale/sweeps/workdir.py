@@ -151,11 +151,9 @@ def check_sweep_folder(workdir: str) -> None:
     if (os.path.isdir(workdir) and not os.path.exists(os.path.join(workdir, IDENTITY_FILE))
             and [n for n in os.listdir(workdir) if not n.startswith(".")]):
         raise SweepError(f"{workdir} is not empty and holds no {IDENTITY_FILE}: not a sweep folder")
-    from lmscale.cli import OutputError, refuse_links_out
-    try:  # a sweep folder from elsewhere: its points' train.log, report.md... written through
-        refuse_links_out(workdir)
-    except OutputError as e:
-        raise SweepError(str(e)) from None
+    from lmscale.cli import refuse_links_out
+    # a sweep folder from elsewhere: its points' train.log, report.md... written through
+    refuse_links_out(workdir, error=SweepError)
 
 
 def lock_sweep(workdir: str) -> Lock:

@@ -38,11 +38,9 @@ def make_workdir(workdir: str) -> None:
         raise CheckpointError("the workdir is empty: name a folder for the run (--workdir=DIR)")
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise CheckpointError(f"the workdir {workdir} is a file, not a folder")
-    from lmscale.cli import OutputError, refuse_links_out
-    try:  # commands.log, metrics.jsonl, config.json...: a link out would be written through
-        refuse_links_out(workdir)
-    except OutputError as e:
-        raise CheckpointError(str(e)) from None
+    from lmscale.cli import refuse_links_out
+    # commands.log, metrics.jsonl, config.json...: a link out would be written through
+    refuse_links_out(workdir, error=CheckpointError)
     try:
         os.makedirs(workdir, exist_ok=True)
     except OSError as e:
