@@ -153,6 +153,14 @@ def links_out_of(folder: str, recursive: bool = True) -> list[tuple[str, str]]:
     return found
 
 
+def within_folder(name: Any) -> bool:
+    """Whether ``name``, a file name read from a record in a folder (a dataset's metadata, a
+    tokenizer's description), is a relative path that stays inside that folder: no absolute
+    path, no ``..`` (a folder from elsewhere made lmscale read files outside it)."""
+    return (isinstance(name, str) and bool(name) and not os.path.isabs(name)
+            and ".." not in name.replace("\\", "/").split("/"))
+
+
 def is_special(path: str) -> bool:
     """Whether ``path`` is written in place: ``-`` (standard output, for the tools that take
     it), a device (/dev/null, a terminal), a pipe or a socket (its links followed), or a path

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from lmscale.atomic import within_folder
 from lmscale.data.errors import DataError
 from lmscale.data.tokenizer import Tokenizer, tokenizer_from_dict
 
@@ -296,13 +297,6 @@ def has_fingerprint(path: str | os.PathLike, recorded: str) -> bool:
         return is_dataset(path) and dataset_fingerprint(path) == recorded
     except OSError:
         return False
-
-
-def within_folder(name: Any) -> bool:
-    """Whether ``name`` (read from a dataset's metadata) is a relative path that stays inside
-    its folder: no absolute path, no ``..`` (a dataset from elsewhere read files outside it)."""
-    return (isinstance(name, str) and bool(name) and not os.path.isabs(name)
-            and ".." not in name.replace("\\", "/").split("/"))
 
 
 class TokenDataset:

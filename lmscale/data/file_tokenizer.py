@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from lmscale.atomic import atomic_write
+from lmscale.atomic import atomic_write, within_folder
 from lmscale.data.errors import DataError
 
 
@@ -60,8 +60,7 @@ class FileTokenizer:
         if unknown:
             raise DataError(f"unknown keys {sorted(unknown)} in {cls.kind} tokenizer description")
         name = d.get(cls.file_key)
-        if (not isinstance(name, str) or not name or os.path.isabs(name)
-                or ".." in name.replace("\\", "/").split("/")):  # a file inside the folder
+        if not within_folder(name):  # a file inside the folder
             raise DataError(f"{cls.kind} tokenizer description needs a relative file name in "
                             f"{cls.file_key!r}, got {name!r}")
         if base_dir is None:
