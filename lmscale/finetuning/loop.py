@@ -43,7 +43,6 @@ from lmscale.finetuning.settings import (check_lm_settings, check_model_from_lm,
                                         lm_dropout_note, resumed_otherwise)
 from lmscale.finetuning.steps import BATCH_KEYS, make_finetune_step, zero_acc
 from lmscale.models import built_in_one_program
-from lmscale.models.registry import carries_state
 from lmscale.pretrained.preprocess import preprocessor_for
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.checkpoints import Checkpointer, check_same_model
@@ -238,7 +237,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
     graphdef, params, max_len = init_classifier(config, lm.tokenizer.vocab_size, num_classes,
                                                 policy.compute, abstract=resuming,
                                                 lm_params=pretrained)
-    stateful = carries_state(lm.model().initial_carry)  # else texts are read whole
+    stateful = lm.carries_state()  # else texts are read whole
     pad = lm.tokenizer.pad_id or 0
     prep = preprocessor_for(lm.derived)
     enc = {n: Encoded(encode(lm.tokenizer, prep, d.texts, max_len, d.source),

@@ -13,7 +13,7 @@ from lmscale.finetuning import layer_rates
 from lmscale.finetuning.head import check_head_settings
 from lmscale.finetuning.data import BATCH_ORDER
 from lmscale.finetuning.truncated import check_grad_tokens
-from lmscale.models.registry import carries_state, feature_dropouts, is_dropout_field
+from lmscale.models.registry import feature_dropouts, is_dropout_field
 from lmscale.training.checkpoints import CheckpointMismatchError
 from lmscale.training.restore import TrainedLM
 from lmscale.training.resume import recorded_with_home
@@ -57,8 +57,7 @@ def check_lm_settings(config: ml_collections.ConfigDict, lm: TrainedLM) -> None:
     ft, layers, model = config.finetune, config.model.layers, lm.model()
     check_head_settings(ft, model.feature_states)
     check_lm_dropout(ft.lm_dropout, lm)
-    check_grad_tokens(ft.grad_tokens, model.max_len, ft.aux_lm_weight,
-                      carries_state(model.initial_carry))
+    check_grad_tokens(ft.grad_tokens, model.max_len, ft.aux_lm_weight, lm.carries_state())
     layer_rates.checked(ft.layer_lr_decay, layers)
     layer_rates.unfreeze_starts(ft.unfreeze_every, ft.freeze_steps, layers)
 

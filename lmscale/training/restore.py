@@ -32,7 +32,7 @@ from lmscale.data.errors import DataError
 from lmscale.data.prepare import prepare_dataset
 from lmscale.data.tokenizer import tokenizer_from_dict
 from lmscale.models import model_params
-from lmscale.models.registry import architecture
+from lmscale.models.registry import architecture, carries_state
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.checkpoints import (CheckpointError, Checkpointer, CheckpointMismatchError, ModelMismatchError,
                                           UnreadableCheckpointError, check_same_model, model_signature)
@@ -61,6 +61,16 @@ class TrainedLM:
 
     def model(self) -> nnx.Module:
         return nnx.merge(self.graphdef, self.params)
+
+    def carries_state(self) -> bool:
+        """``registry.carries_state`` of the model (a recurrent kind's; a transformer carries
+        nothing and reads texts whole), traced once per model structure."""
+        if self.graphdef not in _CARRIES:
+            _CARRIES[self.graphdef] = carries_state(self.model().initial_carry)
+        return _CARRIES[self.graphdef]
+
+
+_CARRIES: dict[nnx.GraphDef, bool] = {}  # graphdef -> whether its model carries a state
 
 
 @functools.lru_cache(maxsize=32)

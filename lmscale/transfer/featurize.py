@@ -42,7 +42,7 @@ from lmscale.atomic import atomic_write
 from lmscale.data.errors import DataError
 from lmscale.data.texts import last_tokens, text_list
 from lmscale.data.words import unknown_words_note
-from lmscale.models.registry import carries_state, trained_length, untrained_positions_note
+from lmscale.models.registry import trained_length, untrained_positions_note
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.restore import TrainedLM, prepared_weights, weights_fingerprint
 from lmscale.training.state import zero_carry
@@ -152,7 +152,7 @@ def packed_features(lm: TrainedLM, ids: Sequence[np.ndarray], pairs: Sequence[Pa
     several, e.g. the last and the mean cell state)."""
     pairs = tuple((str(s), str(p)) for s, p in pairs)
     model = lm.model()
-    if model.max_len is not None or not _carries(lm.graphdef, model):
+    if model.max_len is not None or not lm.carries_state():
         # a model that carries nothing reads each text whole, bounded or not (the packed
         # reader's chunks cut its context: a text's features depended on where it was packed)
         out = _featurize_bins(lm, ids, pairs, all_layers, batch_size, progress)
@@ -213,17 +213,6 @@ def _collect(out: np.ndarray, picked: jax.Array, texts: np.ndarray) -> None:
     per_slot = np.transpose(np.asarray(picked), (1, 2, 0, 3))
     used = texts >= 0
     out[texts[used]] = per_slot[used].reshape(-1, out.shape[1])
-
-
-_CARRIES: dict[nnx.GraphDef, bool] = {}  # graphdef -> whether its model carries a state
-
-
-def _carries(graphdef: nnx.GraphDef, model: nnx.Module) -> bool:
-    """``carries_state`` of the model, traced once per graphdef (a second featurize of the
-    same LM traces nothing)."""
-    if graphdef not in _CARRIES:
-        _CARRIES[graphdef] = carries_state(model.initial_carry)
-    return _CARRIES[graphdef]
 
 
 @functools.lru_cache(maxsize=32)
