@@ -104,7 +104,8 @@ LONGEST_TEST_FILES = (
     "tests/finetune/test_grad_tokens.py",  # ~54 (added after the list was measured)
     "tests/training/test_loop.py",  # 53
     "tests/transfer/test_featurize.py",  # 52
-    "tests/sweeps/test_runner.py",  # 52
+    "tests/sweeps/test_runner.py",  # ~36 with test_runner_stops.py's ~33: one 52-s file before
+    "tests/sweeps/test_runner_stops.py",
     "tests/launch/test_local.py",  # 49
     "tests/benchmarks/test_featurize_bench.py",  # 48
     "tests/models/test_awd_regularizers.py",  # 45
