@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import shared_data
+from tests.conftest import REPO, shared_data
+
+# SemEval-2018 E-c's label columns, in its files' order
+EMOTIONS = "anger,anticipation,disgust,fear,joy,love,optimism,pessimism,sadness,surprise,trust"
+
+
+def run_tool(module: str, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
+    """``python -m MODULE ARGS`` on the CPU; asserts it exits 0 (``ok``) or not."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    p = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                       cwd=REPO, env=env, timeout=300)
+    assert (p.returncode == 0) == ok, p.stderr[-2000:]
+    return p
 
 
 def _head(src: Path, dst: Path, rows: int) -> str:

@@ -1,5 +1,6 @@
 """Fine-tuning: head on mLSTM and transformer, learning, restore/freeze, resume, thresholds,
-aux-loss mask, classify on a fine-tuned run and on a transfer output, bad input."""
+aux-loss mask, classify on a fine-tuned run, bad input (classify on a transfer output:
+test_classify_transfer_output.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,6 @@ import csv
 import json
 import os
 import re
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,9 +15,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tests.conftest import REPO, TINY_TRANSFORMER, lowered_programs, shared_data, tiny_config
-
-EMOTIONS = "anger,anticipation,disgust,fear,joy,love,optimism,pessimism,sadness,surprise,trust"
+from tests.conftest import TINY_TRANSFORMER, lowered_programs, shared_data, tiny_config
+from tests.finetune.conftest import EMOTIONS, run_tool
 
 
 @pytest.fixture(scope="module")
@@ -152,8 +150,8 @@ def test_sst_learns_restores_freezes_and_classify_reproduces(sst_run, data, tmp_
                                                           jax.tree.leaves(lm_params)))
     # classify CLI on the run reproduces the run's own validation predictions
     out = str(tmp_path / "pred.csv")
-    said = _cli("lmscale.classify", f"--workdir={run}", f"--input={data['sst_val']}",
-                "--text_column=sentence", f"--output={out}", "--labels=label").stderr
+    said = run_tool("lmscale.classify", f"--workdir={run}", f"--input={data['sst_val']}",
+                    "--text_column=sentence", f"--output={out}", "--labels=label").stderr
     assert "classifying 64 texts (" in said  # before the wait, for a log
     assert re.search(r"classifying 64 texts \(\d+ bytes of UTF-8\) with the weights of step \d+",
                      said), said  # the step whose weights it reads
@@ -162,22 +160,22 @@ def test_sst_learns_restores_freezes_and_classify_reproduces(sst_run, data, tmp_
     assert [r["predicted"] for r in mine] == [r["predicted"] for r in saved]
     gold = [r["label"] for r in csv.DictReader(open(data["sst_val"]))]
     assert [r["gold"] for r in mine] == [r["gold"] for r in saved] == gold  # copied, named apart
-    refused = _cli("lmscale.classify", f"--workdir={run}", f"--input={out}", "--text_column=text",
-                   f"--output={out}", ok=False)  # it overwrote its input
+    refused = run_tool("lmscale.classify", f"--workdir={run}", f"--input={out}",
+                       "--text_column=text", f"--output={out}", ok=False)  # it overwrote its input
     assert "--output is the input file" in refused.stderr
     # a folder as --output: found only after classifying every text (a traceback) before
-    refused = _cli("lmscale.classify", f"--workdir={run}", f"--input={data['sst_val']}",
-                   "--text_column=sentence", f"--output={tmp_path}", ok=False)
+    refused = run_tool("lmscale.classify", f"--workdir={run}", f"--input={data['sst_val']}",
+                       "--text_column=sentence", f"--output={tmp_path}", ok=False)
     assert refused.stderr.strip() == (f"error: --output={tmp_path} is a folder: give the "
                                       f"predictions CSV's file path (e.g. {tmp_path}/predictions.csv)")
-    refused = _cli("lmscale.classify", f"--workdir={run}", f"--input={data['sst_val']}",
-                   "--text_column=sentence", f"--output={tmp_path}/no/p.csv", ok=False)
+    refused = run_tool("lmscale.classify", f"--workdir={run}", f"--input={data['sst_val']}",
+                       "--text_column=sentence", f"--output={tmp_path}/no/p.csv", ok=False)
     assert refused.stderr.strip() == (f"error: {tmp_path}/no/p.csv: the folder {tmp_path}/no "
                                       f"does not exist")
     assert "classifying" not in refused.stderr  # said before the work
     (tmp_path / "afile").write_text("")  # a file where the folder goes: "does not exist" was said
-    refused = _cli("lmscale.classify", f"--workdir={run}", f"--input={data['sst_val']}",
-                   "--text_column=sentence", f"--output={tmp_path}/afile/p.csv", ok=False)
+    refused = run_tool("lmscale.classify", f"--workdir={run}", f"--input={data['sst_val']}",
+                       "--text_column=sentence", f"--output={tmp_path}/afile/p.csv", ok=False)
     assert refused.stderr.strip() == (f"error: {tmp_path}/afile/p.csv: {tmp_path}/afile is a "
                                       f"file, not a folder")
     # to the last digit: on the devices and in the rows its validation read (1e-6 apart on a
@@ -189,8 +187,8 @@ def test_sst_learns_restores_freezes_and_classify_reproduces(sst_run, data, tmp_
     assert json.load(open(out + ".metrics.json"))["accuracy"] == pytest.approx(
         results["metrics"]["val"]["accuracy"])
     # Again without --labels: the earlier metrics sat beside predictions they did not describe.
-    _cli("lmscale.classify", f"--workdir={run}", f"--input={data['sst_val']}",
-         "--text_column=sentence", f"--output={out}")
+    run_tool("lmscale.classify", f"--workdir={run}", f"--input={data['sst_val']}",
+             "--text_column=sentence", f"--output={out}")
     assert os.path.exists(out) and not os.path.exists(out + ".metrics.json")
 
 
@@ -278,96 +276,12 @@ def test_multilabel_transformer_thresholds_reused_by_classify(transformer_lm, da
     assert f"was tuned for step {saved['step'] - 1}, and these weights are step " in err.getvalue()
 
 
-def test_classify_transfer_output(sst_run, data, tmp_path):
-    from lmscale.finetuning.classifier import load_classifier
-    from lmscale.transfer.labeled import load_labeled
-    from lmscale.transfer.run import run_transfer
-    out = str(tmp_path / "transfer")
-    r = run_transfer(sst_run, data["sst_train"], data["sst_val"], output=out, baseline="none",
-                     Cs=(0.25, 1.0), examples=2)
-    clf = load_classifier(out)
-    val = load_labeled(data["sst_val"])
-    _, pred = clf.predict(val.texts)
-    assert np.mean(pred == val.labels) == pytest.approx(r["all_features"]["val_accuracy"])
-    # Several label columns for this single-label classifier: said in classify's terms (it
-    # advised finetune.multilabel, a field classify has not).
-    p = _cli("lmscale.classify", f"--workdir={out}", f"--input={data['sem_val']}",
-             "--text_column=Tweet", "--labels=anger,joy", f"--output={tmp_path}/p.csv", ok=False)
-    assert p.stderr.strip().count("\n") == 0, p.stderr
-    assert ("2 label columns given (anger, joy); single-label needs one (the classifier is "
-            "single-label, its classes 0, 1: give --labels its one column)") in p.stderr
-
-
-def test_multilabel_transfer_per_label_models_and_classify(sst_run, data, tmp_path):
-    """Per-label L1 models equal scikit-learn fitted directly at the chosen C; thresholds are
-    tuned on val; the saved classifier (lmscale.classify) reproduces the val metrics."""
-    from sklearn.preprocessing import StandardScaler
-    from lmscale.finetuning.classifier import load_classifier
-    from lmscale.transfer.metrics import tune_thresholds
-    from lmscale.training.restore import load_trained
-    from lmscale.transfer.classify import l1_logistic_regression
-    from lmscale.transfer.featurize import featurize
-    from lmscale.transfer.labeled import load_labeled
-    from lmscale.transfer.run import run_transfer
-    out = str(tmp_path / "ml_transfer")
-    r = run_transfer(sst_run, data["sem_train"], data["sem_val"], text_column="Tweet",
-                     label_column=EMOTIONS, output=out, baseline="words", Cs=(0.25, 1.0))
-    assert r["multilabel"] and r["labels"] == EMOTIONS.split(",")
-    a = r["all_features"]
-    assert set(a) >= {"train", "val", "C_per_label", "thresholds"} and "neuron" not in r
-    assert 0 <= a["val"]["jaccard"] <= 1 and "baseline" in r and "val" in r["baseline"]
-    train = load_labeled(data["sem_train"], text_column="Tweet", label_column=EMOTIONS)
-    val = load_labeled(data["sem_val"], text_column="Tweet", label_column=EMOTIONS)
-    lm = load_trained(sst_run)
-    scaler = StandardScaler().fit(featurize(lm, train.texts))
-    x_train, x_val = (scaler.transform(featurize(lm, d.texts)) for d in (train, val))
-    probs = np.zeros((len(val), 11))
-    for k, C in enumerate(a["C_per_label"]):
-        if C is None:  # one value in train: the constant train rate
-            probs[:, k] = np.clip(train.labels[:, k].mean(), 1e-6, 1 - 1e-6)
-            continue
-        model = l1_logistic_regression(C).fit(x_train, train.labels[:, k])
-        probs[:, k] = model.predict_proba(x_val)[:, 1]
-    np.testing.assert_allclose(a["thresholds"], tune_thresholds(probs, val.labels), atol=1e-6)
-    clf = load_classifier(out)
-    got, pred = clf.predict(val.texts)
-    np.testing.assert_allclose(got, probs, atol=1e-5)
-    from sklearn.metrics import f1_score
-    assert f1_score(val.labels, pred, average="macro", zero_division=0) == pytest.approx(
-        a["val"]["macro_f1"], abs=1e-6)
-    # --labels of other classes, or of the same in another order: refused, naming both
-    labels = EMOTIONS.split(",")
-    for given in (labels[:2], [labels[1], labels[0], *labels[2:]]):
-        p = _cli("lmscale.classify", f"--workdir={out}", f"--input={data['sem_val']}",
-                 "--text_column=Tweet", f"--labels={','.join(given)}",
-                 f"--output={tmp_path / 'ml.csv'}", ok=False)
-        assert p.stderr.strip() == (f"error: --labels names {given}; the classifier's classes "
-                                    f"are {labels}"), p.stderr[-2000:]
-    assert not (tmp_path / "ml.csv").exists()
-    # The CLI prints every split of both models (the baseline's test was left out).
-    p = _cli("lmscale.transfer", f"--workdir={sst_run}", f"--train={data['sem_train']}",
-             f"--val={data['sem_val']}", f"--test={data['sem_val']}", "--text_column=Tweet",
-             f"--label_column={EMOTIONS}", f"--output={tmp_path / 'cli'}", "--C=0.25,1")
-    shown = [line.split(":")[0] for line in p.stdout.splitlines()
-             if "macro F1" in line and line.startswith(("all ", "baseline "))]
-    assert len(shown) == 4 and [s.rsplit(", ", 1)[1] for s in shown] == ["val", "test"] * 2
-    assert shown[2].startswith("baseline"), p.stdout
-
-
-def _cli(module: str, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    p = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                       cwd=REPO, env=env, timeout=300)
-    assert (p.returncode == 0) == ok, p.stderr[-2000:]
-    return p
-
-
 def test_bad_input_one_line_errors(sst_run, data, tmp_path):
     from lmscale.config import ConfigError
     from lmscale.data.errors import DataError
     from lmscale.finetuning.loop import finetune
-    p = _cli("lmscale.classify", f"--workdir={sst_run}/transfer", f"--input={data['sst_val']}",
-             "--text_column=text", f"--output={tmp_path}/p.csv", ok=False)
+    p = run_tool("lmscale.classify", f"--workdir={sst_run}/transfer", f"--input={data['sst_val']}",
+                 "--text_column=text", f"--output={tmp_path}/p.csv", ok=False)
     if "holds no classifier" not in p.stderr:  # no transfer output yet in this session
         assert "no column 'text'; columns are ['label', 'sentence']" in p.stderr
     assert p.stderr.strip().count("\n") == 0 and p.stderr.startswith("error: ")
