@@ -9,13 +9,13 @@ Only the LM's parameters come from ``config.init_from`` (its model config, token
 preprocessing too); the head starts fresh. Validation every ``train.eval_every`` steps; the
 best state by ``finetune.best_metric`` is kept in WORKDIR/best/ and named in best.json. At
 the end the best parameters predict the validation texts; multi-label thresholds are tuned
-there (thresholds.json) and used for every later prediction; results.json holds the metrics.
+there (thresholds.json) and used for every later prediction; results.json holds the metrics
+(finetuning/results.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import sys
 from typing import Any, Collection
@@ -27,7 +27,6 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from lmscale.atomic import write_json
 from lmscale.config import (ConfigError, check_known_fields, horizon, load_config, save_config,
                             scaled_lr, validate_run_settings, with_global_batch)
 from lmscale.finetuning.data import (BATCH_ORDER, Encoded, TrainBatches, check_enough_texts,
@@ -36,7 +35,8 @@ from lmscale.finetuning import layer_rates
 from lmscale.finetuning.best import keep_best, recorded_best
 from lmscale.training.best import set_aside_stale_best
 from lmscale.finetuning.head import init_classifier
-from lmscale.finetuning.predict import Predictor, put_batch, write_predictions
+from lmscale.finetuning.predict import Predictor, put_batch
+from lmscale.finetuning.results import final_results
 from lmscale.finetuning.truncated import fits_advice, fits_what, long_text_note
 from lmscale.finetuning.settings import (check_lm_settings, check_model_from_lm, check_same_start,
                                         check_task_settings, check_used_in_fine_tuning,
@@ -67,8 +67,7 @@ from lmscale.training.step_timer import StepTimer
 from lmscale.training.stop import StopSignal
 from lmscale.training.workdir_lock import locked_workdir
 from lmscale.transfer.labeled import Labeled, constant_labels
-from lmscale.transfer.metrics import (METRICS, better, classification_metrics, format_table,
-                                      tune_thresholds)
+from lmscale.transfer.metrics import METRICS, better, classification_metrics, tune_thresholds
 
 HEAD_FIELDS = ("multilabel", "state", "pooling", "head_hidden", "head_activation")
 LM_INITS = ("pretrained", "random")
@@ -100,7 +99,6 @@ def resolve_config(config: ml_collections.ConfigDict, lm: TrainedLM) -> ml_colle
     return out
 
 
-_write_json = functools.partial(write_json, indent=2)  # results.json, best.json, thresholds.json
 # A fine-tune's files: moved to WORKDIR/archive/<time>/ by --config.resume=false.
 FINETUNE_RUN_FILES = RUN_FILES + ("results.json", "thresholds.json", "val_predictions.csv")
 
@@ -467,37 +465,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
     best_ckpt.close()
     started = {"workdir": os.path.abspath(config.init_from), "step": lm.step,
                "weights": weights_fingerprint(lm), "init": ft.lm_init}  # results.json's "lm"
-    results = _final_results(workdir, params, predict, enc, splits, ft, class_names, best,
+    results = final_results(workdir, params, predict, enc, splits, ft, class_names, best,
                              is_main, started)
     return {**results, "already_trained": start >= steps,  # as lmscale.train's record says
             "stopped": False}
-
-
-def _final_results(workdir: str, params: Any, predict: Predictor, enc: dict[str, Encoded],
-                   splits: dict[str, Labeled], ft: Any, class_names: list[str],
-                   best: dict[str, Any], is_main: bool, started: dict[str, Any]
-                   ) -> dict[str, Any]:
-    """Best parameters on all of val (thresholds tuned there) and on test; results.json
-    (with ``started``: the LM the classifier started from)."""
-    probs = {n: predict(params, enc[n].ids) for n in ("val", "test") if n in enc}
-    thresholds = (tune_thresholds(probs["val"], enc["val"].labels, ft.threshold_metric,
-                                  fixed=constant_labels(splits["train"], note=False))
-                  if ft.multilabel else None)
-    results = {"best": best, "thresholds": None if thresholds is None else
-               dict(zip(class_names, thresholds.tolist())), "metrics": {}, "lm": started}
-    for name, pr in probs.items():
-        results["metrics"][name] = classification_metrics(pr, enc[name].labels, ft.multilabel,
-                                                          class_names, thresholds)
-    if is_main:
-        if thresholds is not None:
-            _write_json(os.path.join(workdir, "thresholds.json"),
-                        {"classes": class_names, "thresholds": thresholds.tolist(),
-                         "step": best["step"], "tuned_on": ft.val,
-                         "tuned_for": ft.threshold_metric})
-        from lmscale.transfer.metrics import predict_labels
-        write_predictions(os.path.join(workdir, "val_predictions.csv"), splits["val"].texts,
-                          probs["val"], predict_labels(probs["val"], ft.multilabel, thresholds),
-                          class_names, ft.multilabel, gold=splits["val"].labels)
-        _write_json(os.path.join(workdir, "results.json"), results)
-        print(format_table(results["metrics"]))
-    return results
