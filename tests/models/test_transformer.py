@@ -12,7 +12,8 @@ from flax import nnx
 
 from lmscale.config import default_config
 from lmscale.models import build_model, count_params, flops_per_token, get_kind
-from lmscale.models.transformer import Block, TransformerLM, sinusoidal
+from lmscale.models.transformer import TransformerLM
+from lmscale.models.transformer_block import Block, sinusoidal
 from lmscale.training.flops import recompute_flops_per_token
 from tests.models.helpers import randomize_params
 from tests.models.numpy_reference import np_weight_norm
