@@ -93,3 +93,23 @@ def smallest_uint_dtype(vocab_size: int) -> type:
         if vocab_size <= int(np.iinfo(dtype).max) + 1:
             return dtype
     raise DataError(f"vocabulary of {vocab_size} ids does not fit in uint32")
+
+
+def ids_to_decode(ids: Any, pad_id: int | None, first: int, vocab_size: int,
+                  tokenizer: str, ids_are: str) -> np.ndarray:
+    """``ids`` (any integer array-like) as flat int64 without ``pad_id``; DataError for ids
+    that are not integers or fall outside ``[first, vocab_size)``: "token id N out of range
+    for TOKENIZER (IDS_ARE)"."""
+    arr = np.asarray(ids)
+    if arr.size == 0:
+        return np.zeros(0, np.int64)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise DataError(f"token ids must be integers, got dtype {arr.dtype}")
+    arr = arr.reshape(-1).astype(np.int64)
+    if pad_id is not None:
+        arr = arr[arr != pad_id]
+    bad = (arr < first) | (arr >= vocab_size)
+    if bad.any():
+        raise DataError(f"token id {int(arr[bad][0])} out of range for {tokenizer} ({ids_are})")
+    return arr
+

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from lmscale.data.errors import DataError
-from lmscale.data.file_tokenizer import FileTokenizer, smallest_uint_dtype
+from lmscale.data.file_tokenizer import FileTokenizer, ids_to_decode, smallest_uint_dtype
 
 MODEL_FILE = "tokenizer.model"
 MODEL_TYPES = ("bpe", "unigram")
@@ -191,18 +191,9 @@ class SentencePieceTokenizer(FileTokenizer):
 
     def decode(self, ids: Any) -> str:
         """Text of ``ids``, dropping padding; DataError for ids outside the vocabulary."""
-        arr = np.asarray(ids)
-        if arr.size == 0:
-            return ""
-        if not np.issubdtype(arr.dtype, np.integer):
-            raise DataError(f"token ids must be integers, got dtype {arr.dtype}")
-        arr = arr.reshape(-1).astype(np.int64)
-        arr = arr[arr != 0]
-        bad = (arr < 1) | (arr >= self._vocab_size)
-        if bad.any():
-            raise DataError(f"token id {int(arr[bad][0])} out of range for this SentencePiece "
-                            f"tokenizer (ids are [1, {self._vocab_size - 1}], 0 is padding)")
-        return self._sp.decode((arr - 1).tolist())
+        arr = ids_to_decode(ids, 0, 1, self._vocab_size, "this SentencePiece tokenizer",
+                            f"ids are [1, {self._vocab_size - 1}], 0 is padding")
+        return self._sp.decode((arr - 1).tolist()) if arr.size else ""
 
     def byte_lengths(self) -> np.ndarray:
         """int32 [vocab_size]: UTF-8 bytes each id decodes to (▁ is a space, a byte-fallback

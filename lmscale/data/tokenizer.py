@@ -28,7 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from lmscale.data.errors import DataError
-from lmscale.data.file_tokenizer import smallest_uint_dtype
+from lmscale.data.file_tokenizer import ids_to_decode, smallest_uint_dtype
 from lmscale.data.spm import SentencePieceTokenizer
 from lmscale.data.words import WordTokenizer
 
@@ -105,18 +105,8 @@ class ByteTokenizer:
 
     def decode_bytes(self, ids: Any) -> bytes:
         """The bytes of ``ids`` (any int array-like), dropping pad ids."""
-        arr = np.asarray(ids)
-        if arr.size == 0:
-            return b""
-        if not np.issubdtype(arr.dtype, np.integer):
-            raise DataError(f"token ids must be integers, got dtype {arr.dtype}")
-        arr = arr.reshape(-1).astype(np.int64)
-        if self.pad_id is not None:
-            arr = arr[arr != self.pad_id]
-        bad = (arr < self.offset) | (arr >= self.vocab_size)
-        if bad.any():
-            raise DataError(f"token id {int(arr[bad][0])} out of range for byte tokenizer "
-                            f"(byte ids are [{self.offset}, {self.vocab_size - 1}])")
+        arr = ids_to_decode(ids, self.pad_id, self.offset, self.vocab_size, "byte tokenizer",
+                            f"byte ids are [{self.offset}, {self.vocab_size - 1}]")
         return (arr - self.offset).astype(np.uint8).tobytes()
 
     def decode(self, ids: Any) -> str:

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from lmscale.data.errors import DataError
-from lmscale.data.file_tokenizer import FileTokenizer, smallest_uint_dtype
+from lmscale.data.file_tokenizer import FileTokenizer, ids_to_decode, smallest_uint_dtype
 
 VOCAB_FILE = "vocab.json"
 PAD, UNK, EOS = "<pad>", "<unk>", "<eos>"
@@ -158,17 +158,8 @@ class WordTokenizer(FileTokenizer):
 
     def decode(self, ids: Any) -> str:
         """Words joined by spaces, ``<eos>`` as a newline; padding dropped."""
-        arr = np.asarray(ids)
-        if arr.size == 0:
-            return ""
-        if not np.issubdtype(arr.dtype, np.integer):
-            raise DataError(f"token ids must be integers, got dtype {arr.dtype}")
-        arr = arr.reshape(-1).astype(np.int64)
-        arr = arr[arr != PAD_ID]
-        bad = (arr < 0) | (arr >= self.vocab_size)
-        if bad.any():
-            raise DataError(f"token id {int(arr[bad][0])} out of range for this word tokenizer "
-                            f"(ids are [0, {self.vocab_size - 1}])")
+        arr = ids_to_decode(ids, PAD_ID, 0, self.vocab_size, "this word tokenizer",
+                            f"ids are [0, {self.vocab_size - 1}]")
         lines, line = [], []
         for i in arr.tolist():
             if i == EOS_ID:
