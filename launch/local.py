@@ -15,7 +15,8 @@ prefixed with ``[process k]``. When one process fails the others are stopped (SI
 then SIGKILL after ``--grace_s``) and the launcher says in words what happened and exits
 non-zero. SIGTERM or Ctrl-C to the launcher is passed on to every process as SIGTERM, on
 which lmscale.train checkpoints and exits; a second one kills them (SIGKILL), as does the
-launcher's own death. ``--process_ids=1`` starts only some of the processes (to debug, or
+launcher's own death. Ctrl-Z (SIGTSTP) stops every process with the launcher, and ``fg``
+continues them. ``--process_ids=1`` starts only some of the processes (to debug, or
 to see what a process does when the coordinator never comes up).
 """
 
@@ -217,6 +218,21 @@ class Launch:
         self.interrupts += 1
         self.signal_all(signal.SIGTERM if self.interrupts == 1 else signal.SIGKILL)
 
+    def suspend(self, signum: int, frame: object) -> None:
+        """Ctrl-Z (SIGTSTP) to the launcher: the processes, in sessions of their own, went on
+        training (process 0 printing over the shell's prompt); now they stop with it, all
+        together (one stopped alone past jax's 100-s heartbeat aborted the run), and go on
+        with it (``fg``, ``bg``, SIGCONT)."""
+        running = [p for p in self.procs.values() if p.poll() is None]
+        for proc in running:
+            proc.send_signal(signal.SIGSTOP)
+        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTSTP)  # stops here until continued
+        signal.signal(signal.SIGTSTP, self.suspend)
+        for proc in running:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+
     def wait(self, grace_s: float) -> tuple[int, int] | None:
         """Waits for all; returns (id, status) of the first that failed, after stopping the rest."""
         failed: tuple[int, int] | None = None
@@ -293,6 +309,7 @@ def main(argv: list[str]) -> int:
         return 2
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, launch.interrupt)
+    signal.signal(signal.SIGTSTP, launch.suspend)
     failed = launch.wait(args.grace_s)
     if failed is None:
         return 0

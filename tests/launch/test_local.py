@@ -331,3 +331,33 @@ def test_the_launchers_recorded_environment_is_the_command_logs():
     local = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(local)
     assert local.RECORDED_ENV == RECORDED_ENV
+
+
+def test_ctrl_z_stops_every_process_with_the_launcher_and_fg_continues_them(tmp_path):
+    """The processes run in sessions of their own: a Ctrl-Z (SIGTSTP) stopped the launcher
+    alone, and the run went on (one process stopped alone past jax's heartbeat aborted it)."""
+    import signal
+    ticks = [tmp_path / f"ticks{pid}" for pid in range(2)]
+    tick = f"{str(tmp_path)!r} + '/ticks' + os.environ['LMSCALE_PROCESS_ID']"
+    proc = subprocess.Popen([sys.executable, LAUNCHER, "--num_processes=2", "--platform=cpu",
+                             "--", sys.executable, "-c", "import os, time\n"
+                             f"path = {tick}\n"
+                             "while True:\n    open(path, 'a').write('.')\n    time.sleep(0.05)"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not all(t.exists() for t in ticks) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTSTP)
+        time.sleep(1)
+        sizes = [t.stat().st_size for t in ticks]
+        time.sleep(1)
+        assert [t.stat().st_size for t in ticks] == sizes  # stopped with the launcher
+        proc.send_signal(signal.SIGCONT)
+        time.sleep(1)
+        assert all(t.stat().st_size > s for t, s in zip(ticks, sizes))  # continued
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
