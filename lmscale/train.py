@@ -86,7 +86,8 @@ def main(argv: list[str]) -> None:
     with cli_signals():  # a signal outside the steps: one line (stop.py)
         join_processes()
         note_other_devices(_WORKDIR.value)
-        from lmscale.training.loop import perplexity_note, train
+        from lmscale.training.loop import train
+        from lmscale.training.run_records import perplexity_note
         result = run_cli(lambda: train(_CONFIG.value, _WORKDIR.value))
         import jax
         if "val" in result and jax.process_index() == 0:

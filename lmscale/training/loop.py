@@ -31,13 +31,15 @@ from lmscale.data.dataset import TokenDataset, dataset_fingerprint
 from lmscale.models.registry import (carries_state, get_kind, trained_length_note,
                                      unused_settings_note)
 from lmscale.training import mesh as mesh_lib
-from lmscale.messages import check_call_arguments, draws_bar, errors_for_caller, for_caller
+from lmscale.messages import check_call_arguments, draws_bar, errors_for_caller
 from lmscale.training.checkpoints import Checkpointer, check_same_model, model_signature
 from lmscale.training.command_log import record_command
 from lmscale.training.archive import archive_previous_run
 from lmscale.training.resume import (PROVENANCE_KEYS, check_resumable, check_same_dataset,
                                      init_note, keep_config_history, provenance,
                                      refuse_classifier_run, resumed_derived, software_versions)
+from lmscale.training.run_records import (already_trained, last_records, perplexity_note,
+                                          show_train_record, train_record)
 from lmscale.training.step_timer import StepTimer
 from lmscale.training.stop import StopSignal
 from lmscale.training.workdir_lock import locked_workdir
@@ -45,12 +47,10 @@ from lmscale.training.data_source import resolve_dataset, train_batcher
 from lmscale.training.evaluate import (batch_arrays, eval_settings, eval_stream,
                                        evaluate_split, unscored_note, without_validation)
 from lmscale.training.in_flight import InFlight
-from lmscale.training.loss import bits_per_char
 from lmscale.training.flops import adaptive_cutoffs, train_flops_per_token
 from lmscale.training.best import BestKeeper, set_aside_stale_best
 from lmscale.training.diverged import DivergedError, check_loss, save_finite
-from lmscale.training.metrics import (MetricsWriter, add_perplexity, read_metrics,
-                                      truncate_metrics)
+from lmscale.training.metrics import MetricsWriter, add_perplexity, truncate_metrics
 from lmscale.training.ntasgd import NTASGDMonitor, eval_params, switch_on
 from lmscale.training.precision import SkippedRun, print_compute_hint, resumed_loss_scale
 from lmscale.training.schedules import (DECAYS_TO_ZERO, batch_and_rate_note, horizon_note,
@@ -194,11 +194,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
     start = int(jax.device_get(state.step))
     if saved is not None and ((saved.get("ntasgd") or {}).get("stop_step") is not None):
         checkpointer.close()  # ASGD's rule ended this run: a re-run trains no further
-        return _already_trained(workdir, start, derived["steps"], is_main, stopped_by_rule=True)
+        return already_trained(workdir, start, derived["steps"], is_main, stopped_by_rule=True)
     if saved is not None and start >= derived["steps"]:
         checkpointer.close()
         decayed = config.optim.schedule in DECAYS_TO_ZERO and derived["decay_steps"] <= start
-        return _already_trained(workdir, start, derived["steps"], is_main,
+        return already_trained(workdir, start, derived["steps"], is_main,
                                 decayed_at=(config.optim.schedule, derived["decay_steps"])
                                 if decayed else None)
     if is_main:
@@ -334,40 +334,19 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
                 if jax.process_count() == 1:  # a failed background save: now (several
                     checkpointer.check()  # processes learn it together, at the next save)
                 acc, metrics, ls = jax.device_get((state.acc, metrics, state.loss_scale))
-                count, steps_in_acc = max(float(acc["count"]), 1.0), max(int(acc["steps"]), 1)
-                loss = float(acc["nats"]) / count
-                bytes_per_step = float(acc["bytes"]) / steps_in_acc
-                record = {"step": step, "split": "train", "loss": loss,
-                          "bpc": bits_per_char(float(acc["nats"]), float(acc["bytes"])),
-                          "bits_per_token": bits_per_char(loss),
-                          "lr": float(metrics["lr"]), "grad_norm": float(metrics["grad_norm"]),
-                          "loss_scale": float(ls.scale), "skipped": int(ls.skipped),
-                          "epoch": batcher.epochs_done(step)}
-                stuck = skipped_run.after_log(step, int(ls.skipped), float(ls.scale), ls.dynamic)
-                record.update(zip(("steps_per_s", "tokens_per_s", "chars_per_s"),
-                                  timer.rates(1, window_tokens / max(window_steps, 1),
-                                              bytes_per_step)))
+                record = train_record(step, acc, metrics, ls, batcher.epochs_done(step), timer,
+                                      window_tokens / max(window_steps, 1), word_level)
                 window_tokens, window_steps = 0, 0
-                if timer.compile_s is not None:
-                    record["first_step_s"] = timer.compile_s
-                chars_s = (f"{record['chars_per_s']:.3g}" if timer.steps else
-                           f"first step {timer.compile_s:.3g} s (compiling)")
-                rate = f"{chars_s} chars/s" if timer.steps else chars_s
-                record = add_perplexity(record, word_level)
+                stuck = skipped_run.after_log(step, int(ls.skipped), float(ls.scale), ls.dynamic)
                 writer.write(record)
                 last["train"] = record
-                bar.set_postfix(loss=f"{loss:.3f}", bpc=f"{record['bpc']:.3f}",
-                                lr=f"{record['lr']:.2e}", chars_s=chars_s)
-                if progress and not interactive:
-                    print(f"step {step}/{steps}: loss {loss:.4f} bpc {record['bpc']:.4f}"
-                          f"{perplexity_note(record)} lr {record['lr']:.3e} {rate}",
-                          file=sys.stderr, flush=True)
+                show_train_record(record, steps, timer, bar, plain=progress and not interactive)
                 state = state.replace(acc=jax.device_put(host_zeros_like(acc_shapes), replicated))
                 timer.reset()
                 if stuck:  # float16 skipping every step to the run's end, silently
                     raise DivergedError(stuck, step)
-                check_loss(checkpointer, loss, step, vocab_size, config.train.divergence_factor,
-                           skips_steps=bool(ls.dynamic))
+                check_loss(checkpointer, record["loss"], step, vocab_size,
+                           config.train.divergence_factor, skips_steps=bool(ls.dynamic))
             scheduled = bool(config.train.eval_every) and step % config.train.eval_every == 0
             evaluating = scheduled or step == steps
             if evaluating:
@@ -404,7 +383,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
         print(f"stopped by signal {stop.signal or '(in another process)'} at step {step}; "
               f"checkpoint saved, re-run to resume")
     if "val" not in last and stop.stopping:  # the run's last validation, if any (a resume's)
-        last.update(_last_records(workdir, step, ("val",)))
+        last.update(last_records(workdir, step, ("val",)))
     last["step"] = step
     last["train_programs"] = getattr(train_step, "_cache_size", lambda: None)()  # compiled shapes
     last["stopped_by_signal"] = stop.signal if stop.stopping else None
@@ -421,50 +400,3 @@ def _loss_id_counts(config: ml_collections.ConfigDict, dataset: Any, vocab_size:
     if not adaptive_cutoffs(config.model):
         return None
     return dataset.split("train").id_counts(vocab_size)
-
-
-def _already_trained(workdir: str, start: int, steps: int, is_main: bool,
-                     stopped_by_rule: bool = False, decayed_at: tuple[str, int] | None = None
-                     ) -> dict[str, Any]:
-    """What a re-run of a finished run returns: its last records, said so; nothing trained.
-    ``stopped_by_rule``: optim.name="asgd" ended it before train.steps; ``decayed_at``: (the
-    schedule, its horizon) where a linear/cosine rate reached 0 by the run's end (raising
-    train.steps alone trains on at rate 0).
-    metrics.jsonl loses the records past the checkpoint (a run killed after its last save
-    had logged them), as a resume's would, and TensorBoard too (a purge step)."""
-    if is_main:
-        if truncate_metrics(os.path.join(workdir, "metrics.jsonl"), after_step=start):
-            MetricsWriter(workdir, resumed_from=start).close()  # TensorBoard's purge too
-    last: dict[str, Any] = {"step": start, "train_programs": 0, "stopped_by_signal": None,
-                            "stopped": False, "stopped_by_rule": stopped_by_rule,
-                            "already_trained": True,
-                            **_last_records(workdir, start, ("train", "val"))}
-    if is_main and stopped_by_rule:
-        print(for_caller(f"{workdir} was ended at step {start} (of train.steps={steps}) by the "
-                         f"asgd rule (optim.name='asgd'), its validation loss worse than the "
-                         f"best of those more than optim.ntasgd_nonmono passes before: nothing "
-                         f"to do (--config.resume=false starts over; the run is archived)"),
-              file=sys.stderr)
-    elif is_main:
-        raise_steps = ("Raise --config.train.steps to train on" if not decayed_at else
-                       f"Its {decayed_at[0]} learning rate reached 0 at step {decayed_at[1]}: "
-                       f"raise --config.train.steps and --config.optim.decay_steps to train on")
-        print(for_caller(f"{workdir} is already trained to step {start} (train.steps={steps}): "
-                         f"nothing to do. {raise_steps}, or --config.resume=false to start over "
-                         f"(the run is archived)"), file=sys.stderr)
-    return last
-
-
-def _last_records(workdir: str, step: int, splits: tuple[str, ...]) -> dict[str, Any]:
-    """The last record of each of ``splits`` in metrics.jsonl up to ``step`` (none of a
-    missing or damaged file: the checkpoint still stands)."""
-    try:
-        records = [r for r in read_metrics(workdir) if r.get("step", 0) <= step]
-    except (OSError, ValueError):
-        records = []
-    return {r["split"]: r for r in records if r.get("split") in splits}
-
-
-def perplexity_note(record: dict[str, Any]) -> str:
-    """" perplexity P" for a word-level record (what word-level runs are compared by), else ""."""
-    return f" perplexity {record['perplexity']:.2f}" if "perplexity" in record else ""
