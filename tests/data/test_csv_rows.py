@@ -86,6 +86,14 @@ def test_a_tab_separated_file_has_no_quoting(tmp_path):
     assert load_labeled(str(tmp_path / "c.csv")).texts == ['a, "b"\nc']
 
 
+def test_a_tsv_text_in_quotes_with_a_lone_quote_inside_is_kept_as_written(tmp_path):
+    """A field quoted whole whose inner quotes are not all doubled was not written by a CSV
+    writer: it is the text as written (unquoting it dropped its outer quotes and a doubled one)."""
+    path = tmp_path / "q.tsv"
+    path.write_text('sentence\tlabel\n"a""b" c "d"\t1\n')
+    assert load_labeled(str(path)).texts == ['"a""b" c "d"']
+
+
 def test_a_one_column_tsv_written_by_a_csv_writer_reads_its_empty_text_back_empty(tmp_path):
     """Python's csv (as pandas' to_csv(sep="\t")) writes a row of one empty field as "": read
     as a text of two quotes, a corpus gained it as a document and classify scored it."""

@@ -43,6 +43,20 @@ def test_ids_by_count_unk_below_min_count_and_beyond_size():
     assert tok.vocab_size == 6 and tok.pad_id == PAD_ID and tok.token_dtype == np.uint8
 
 
+def test_ids_by_count_whatever_the_order_first_seen():
+    """The most frequent words get the first ids and are what max_size keeps, also where they
+    are seen last (a vocabulary in order of first occurrence kept the rarest)."""
+    assert vocab_of("a b b\nc c c\n").words[3:] == ["c", "b", "a"]
+    assert vocab_of("a b b\nc c c\n", max_size=4).words[3:] == ["c"]
+
+
+def test_a_literal_pad_in_the_text_is_unk_not_padding():
+    """"<pad>" written in a text is a word outside the vocabulary: id 0 would be padding,
+    dropped by the loss and the pooling."""
+    tok = vocab_of("a b\n")
+    assert list(tok.encode("a <pad> b")) == [tok.index["a"], UNK_ID, tok.index["b"]]
+
+
 def test_round_trip_and_decode_joins_with_spaces():
     text = "the cat sat\non the mat\n\nthe end\n"
     tok = vocab_of(text)

@@ -183,3 +183,16 @@ def test_correct_count_matches_numpy():
     right, rows = correct_count(jnp.asarray(z), jnp.asarray(ym), jnp.asarray(w, jnp.float32), True)
     want = np.sum(np.mean((z > 0) == (ym > 0.5), -1) * real)
     np.testing.assert_allclose(float(right), want, rtol=1e-6)
+
+
+def test_head_dropout_keeps_the_expected_input():
+    """Inverted dropout: the kept inputs are scaled by 1 / keep, so a linear head's logits
+    average, over masks, to those without dropout (unscaled, they shrank by keep in training
+    and came back whole at evaluation)."""
+    head = Head(16, 2, (), dropout=0.5, rngs=nnx.Rngs(0))
+    x = jnp.tile(jax.random.normal(jax.random.key(1), (1, 16)), (4096, 1))
+    keys = jax.random.split(jax.random.PRNGKey(2), 4096)  # [B, 2], one per row
+    dropped = np.asarray(head(x, keys)).mean(0)
+    whole = np.asarray(head(x[:1]))[0]
+    b = np.asarray(head.layers[0].bias[...])
+    np.testing.assert_allclose(dropped - b, whole - b, atol=0.1 * np.abs(whole - b).max())

@@ -101,3 +101,19 @@ def test_a_fine_tune_of_this_order_records_it_and_resumes_without_the_note(sst_r
     assert load_config(os.path.join(run, "config.json"))[1]["batch_order"] == BATCH_ORDER
     err = capsys.readouterr().err
     assert "older lmscale" not in err
+
+
+def test_class_weights_weigh_each_row_by_its_label():
+    ids = [np.ones(3, np.int32) for _ in range(8)]
+    data = Encoded(ids=ids, labels=np.array([0, 1] * 4))
+    batches = TrainBatches(data, 8, seed=0, pad=0, bucket=8, max_len=None,
+                           class_weights=np.array([1.0, 3.0], np.float32))
+    index = batches._order(0)[0]
+    w = batches.batch(0)["row_weights"]
+    np.testing.assert_allclose(w, np.where(data.labels[index] == 1, 3.0, 1.0) / 16, rtol=1e-6)
+
+
+def test_balanced_class_weights_are_n_over_k_times_the_count():
+    from lmscale.finetuning.data import class_weights_from
+    np.testing.assert_allclose(class_weights_from("balanced", np.array([0, 1, 1, 1]), 2),
+                               [2.0, 2 / 3], rtol=1e-6)

@@ -158,3 +158,14 @@ def test_a_search_subsample_too_small_for_both_classes_is_refused_before_featuri
     path.write_text("sentence,label\ngood,1\nbad,0\nfine,1\n")
     with pytest.raises(DataError, match="search_rows=1 cannot hold one row of each of the 2 classes"):
         run_transfer(str(tmp_path / "no_lm_here"), str(path), str(path), search_rows=1)
+
+
+def test_after_a_subsampled_search_the_accuracies_are_the_refitted_models():
+    """The chosen C refitted on every row: its val accuracy is that model's, not the subsample
+    model's of the search (the one recorded in ``val_accuracy_by_C``)."""
+    x, y = planted(n=900, f=30, unit=7, seed=3)
+    xtr, ytr, xva, yva = x[:600], y[:600], x[600:], y[600:]
+    fit = fit_l1(xtr, ytr, xva, yva, Cs=(2.0 ** -6,), search_rows=20, n_jobs=1)
+    assert fit.subsampled
+    assert fit.val_accuracy == fit.model.score(xva, yva)
+    assert fit.val_accuracy != fit.val_accuracy_by_C[2.0 ** -6]  # the two models differ here

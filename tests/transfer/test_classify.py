@@ -142,6 +142,18 @@ def test_a_fit_that_keeps_no_unit_ranks_by_correlation_not_covariance():
     assert neuron_summary(fit, x[:300], y[:300], x[300:], y[300:], Cs=[1e-4])["index"] == 0
 
 
+def test_a_fit_that_keeps_no_unit_ranks_by_correlation_whatever_a_units_mean():
+    """The correlation is with y - mean y: raw features (standardize=False) with a unit far
+    from 0 and unrelated to the label scored its mean times the positives, and it ranked first."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((400, 3))
+    x[:, 1] += 50
+    y = (x[:, 0] + 3 * rng.standard_normal(400) > 0).astype(int)
+    fit = fit_l1(x[:300], y[:300], x[300:], y[300:], Cs=[1e-4])
+    assert fit.nonzero == 0
+    assert ranked_units(fit, x[:300], y[:300])[0] == 0
+
+
 def _signed_units(n: int = 400, seed: int = 0):
     """Features [n, 4]: unit 2 tracks the label negatively (the strongest), unit 0 positively
     (weaker), units 1 and 3 noise."""

@@ -111,3 +111,52 @@ def test_better_loss_is_lower():
     assert better("loss", 0.1, 0.2) and not better("loss", 0.3, 0.2)
     assert better("accuracy", 0.3, 0.2) and not better("accuracy", 0.1, 0.2)
     assert better("loss", 5.0, None)
+
+
+def test_each_threshold_maximizes_its_class_f1_over_every_cut():
+    """Every cut of a class's probabilities scored by scikit-learn: the tuned threshold's F1 is
+    the best of them (a count of the texts predicted taken as p > t, not p >= t, chose predicting
+    every text over a better cut)."""
+    from sklearn.metrics import f1_score
+    from lmscale.transfer.metrics import tune_thresholds
+    probs = np.array([[0.3, 0.0], [0.0, 0.8], [0.9, 0.6], [0.7, 0.5], [0.9, 0.8], [0.0, 0.9],
+                      [0.0, 0.7]])
+    labels = np.array([[1, 0], [0, 1], [1, 1], [1, 0], [0, 0], [1, 0], [0, 0]])
+    t = tune_thresholds(probs, labels)
+    for k in range(2):
+        best = max(f1_score(labels[:, k], probs[:, k] >= c) for c in np.unique(probs[:, k]))
+        assert f1_score(labels[:, k], probs[:, k] >= t[k]) == pytest.approx(best)
+    assert t[0] == pytest.approx(0.15)  # 0.3 and up: F1 3/4 (every text: 8/11)
+
+
+def test_a_class_with_no_positive_example_keeps_one_half():
+    """No positive in val: every threshold's F1 is 0, and the lowest would predict it for
+    every text; it keeps 0.5."""
+    from lmscale.transfer.metrics import tune_thresholds
+    probs = np.array([[0.1, 0.2], [0.8, 0.3], [0.6, 0.9]])
+    labels = np.array([[0, 0], [1, 0], [1, 0]])
+    assert tune_thresholds(probs, labels)[1] == 0.5
+
+
+def test_the_ascent_keeps_a_threshold_that_ties_with_a_lower_one():
+    """One class, Jaccard per text: the cuts 0.2 and 0.8 both score 2/3; started at 0.8 the
+    ascent keeps it (it moves only for a strictly better score), not the first best."""
+    from lmscale.transfer.metrics import _ascend
+    probs, labels = np.array([[0.1], [0.3], [0.6]]), np.array([[False], [True], [False]])
+    assert _ascend(probs, labels, np.array([0.8]), "jaccard")[0] == 0.8
+
+
+@pytest.mark.parametrize("metric", ["jaccard", "micro_f1"])
+def test_ascended_thresholds_lie_between_probabilities(metric):
+    """A threshold equal to a probability flips on a rounding of that text's score; the
+    candidates lie halfway between two, or below the lowest (half of it), or above the top."""
+    from lmscale.transfer.metrics import tune_thresholds
+    probs = np.array([[0.3, 0.8, 0.5], [0.8, 0.9, 0.9], [0.8, 0.3, 0.9], [0.2, 0.3, 0.6],
+                      [0.7, 0.1, 0.3], [0.4, 0.8, 0.0], [0.9, 0.3, 0.6]])
+    labels = np.array([[0, 1, 0], [1, 0, 0], [1, 0, 1], [1, 1, 1], [1, 0, 1], [0, 0, 0],
+                       [1, 1, 1]])
+    rng = np.random.default_rng(0)
+    more = rng.random((40, 3)).round(2), (rng.random((40, 3)) < 0.5).astype(int)
+    for p, y in ((probs, labels), more):
+        t = tune_thresholds(p, y, metric)
+        assert not np.any(p == t[None, :]), t

@@ -151,3 +151,9 @@ def test_bad_plans_are_errors():
         packing.pack_bins([3, 300], 256)
     with pytest.raises(ValueError, match="text 0 has no tokens"):
         packing.pack_bins([0], 256)
+
+
+def test_a_bin_text_goes_to_a_row_it_fills_exactly():
+    """Best fit: a text as long as a row's room goes there, not to a new row."""
+    groups = packing.pack_bins([32, 16, 16], 32)
+    assert [plan.rows for _, plan in groups] == [2]
