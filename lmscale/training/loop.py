@@ -94,35 +94,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
     progress = config.train.progress_bar and is_main
     interactive = progress and draws_bar(sys.stderr)  # a bar on a terminal, plain lines in logs
 
-    refuse_classifier_run(workdir)
-    if not config.resume:
-        archive_previous_run(workdir)
-    saved = None  # the meta record of the checkpoint resumed from
-    if process_0_says(os.path.isdir(os.path.join(workdir, "checkpoints"))):
-        reader = Checkpointer(workdir, read_only=True)
-        try:
-            if reader.latest_step() is not None:  # refuse a changed run before touching its data
-                saved = reader.newest_usable(reader.read_meta, config.checkpoint.fallback)
-                check_resumable(saved, config, reader.directory, workdir)
-        finally:
-            reader.close()
-    if saved is None:  # step 0 afresh
-        set_aside_stale_best(workdir)
-    if saved is None and config.train.get("start_from"):  # before the data is prepared
-        from lmscale.training.start_from import check_start_from
-        check_start_from(config)
-
-    dataset = TokenDataset.open(resolve_dataset(config.data, workdir, progress=interactive,
-                                                resuming=saved is not None))
-    fingerprint = dataset_fingerprint(dataset.path)
-    differ = processes_that_differ(fingerprint)
-    if differ:  # e.g. a relative data.train from another working directory, or node-local copies
-        raise DataError(f"process(es) {differ} read another dataset than process 0 from "
-                        f"data.train={config.data.train!r} (a relative path resolved in another "
-                        f"working directory, or node-local copies that differ): every process of "
-                        f"a run must read the same data")
-    if saved is not None:  # the same data the recorded steps were counted on
-        check_same_dataset(saved, dataset.path, fingerprint, workdir)
+    saved = _checkpoint_to_resume(config, workdir)  # its meta record; None: step 0 afresh
+    dataset, fingerprint = _open_dataset(config, workdir, saved, interactive)
     batcher = train_batcher(dataset, config)
     val = dataset.split("val") if "val" in dataset.split_names else None
     no_val_note = without_validation(config, dataset.path) if val is None else None
@@ -179,18 +152,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
                                                    config.precision, shardings.loss_scale)
     started_from = None
     if saved is None and config.train.get("start_from"):  # awd's finetune.py: new optimizer, given weights
-        from lmscale.training.start_from import start_params
-        params, started_from = start_params(config, tokenizer.to_dict(), state.params,
-                                            mesh_lib.replicated(mesh))
-        opt_state = jax.jit(setup.tx.init, out_shardings=shardings.opt_state)(params)
-        state = state.replace(params=params, opt_state=opt_state)
-        derived.update(started_from.pop("carried"))  # e.g. OpenAI's framing of each text
-        derived["started_from"] = started_from
-        if is_main:
-            print(f"note: starting from {started_from['workdir']}'s "
-                  f"{'best weights' if started_from['best'] else 'latest weights'} (step "
-                  f"{started_from['step']}; train.start_from): optimizer, step and data "
-                  f"position start afresh", file=sys.stderr, flush=True)
+        state, started_from = _started_from(config, tokenizer, state, setup.tx, shardings, mesh,
+                                            derived)
     start = int(jax.device_get(state.step))
     if saved is not None and ((saved.get("ntasgd") or {}).get("stop_step") is not None):
         checkpointer.close()  # ASGD's rule ended this run: a re-run trains no further
@@ -202,25 +165,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
                                 decayed_at=(config.optim.schedule, derived["decay_steps"])
                                 if decayed else None)
     if is_main:
-        if saved is not None:  # without a bar too: a notebook's re-run said nothing of it
-            print(f"resuming {workdir} from its checkpoint at step {start} (of "
-                  f"{derived['steps']})", file=sys.stderr, flush=True)
-        print_compute_hint(config.precision.compute, mesh.devices.flat[0])
-        # What trains (a size of another kind, model.hidden of a transformer, was ignored unsaid)
-        print(f"model: {get_kind(config.model.kind).describe(config.model)}, "
-              f"{derived['params']:,} parameters, vocabulary {vocab_size:,}",
-              file=sys.stderr, flush=True)
-        for note in (unused_settings_note(config.model), trained_length_note(config),
-                     init_note(saved, config), no_val_note, rows_note, precision_note,
-                     batch_and_rate_note(config, mesh.size, derived["lr"]),
-                     warmup_note(config.optim.schedule, config.optim.warmup_steps,
-                                 derived["steps"], derived["decay_steps"]),
-                     horizon_note(config.optim, derived["steps"], derived["decay_steps"]),
-                     slow_cpu_step_note(derived["train_flops_per_token"] * config.train.batch_size
-                                        * config.train.seq_len * config.train.grad_accum_steps,
-                                        config.train.log_every, interactive)):
-            if note:
-                print(note, file=sys.stderr, flush=True)
+        _say_start(config, workdir, derived, saved, start, mesh, interactive,
+                   (no_val_note, rows_note, precision_note))
     # Process 0's own writes: agreed on before the next collective (a failure here left the
     # others in the first step's collective and process 0 in jax's shutdown barrier: a hang).
     kept = start if start > 0 or saved is not None else -1
@@ -391,6 +337,94 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
     last["stopped_by_rule"] = rule_stopped
     last["already_trained"] = False
     return last
+
+
+def _checkpoint_to_resume(config: ml_collections.ConfigDict, workdir: str
+                          ) -> dict[str, Any] | None:
+    """The meta record of the checkpoint this run resumes from (refused if the run changed
+    in a way a resume cannot take, before its data is touched), or None: step 0 afresh
+    (``config.resume`` False archives a previous run first; stale best weights set aside)."""
+    refuse_classifier_run(workdir)
+    if not config.resume:
+        archive_previous_run(workdir)
+    saved = None
+    if process_0_says(os.path.isdir(os.path.join(workdir, "checkpoints"))):
+        reader = Checkpointer(workdir, read_only=True)
+        try:
+            if reader.latest_step() is not None:  # refuse a changed run before touching its data
+                saved = reader.newest_usable(reader.read_meta, config.checkpoint.fallback)
+                check_resumable(saved, config, reader.directory, workdir)
+        finally:
+            reader.close()
+    if saved is None:  # step 0 afresh
+        set_aside_stale_best(workdir)
+    if saved is None and config.train.get("start_from"):  # before the data is prepared
+        from lmscale.training.start_from import check_start_from
+        check_start_from(config)
+    return saved
+
+
+def _open_dataset(config: ml_collections.ConfigDict, workdir: str, saved: dict[str, Any] | None,
+                  interactive: bool) -> tuple[TokenDataset, str]:
+    """The run's prepared dataset (prepared now if needed) and its fingerprint, the same in
+    every process and, resuming, the same the recorded steps were counted on."""
+    dataset = TokenDataset.open(resolve_dataset(config.data, workdir, progress=interactive,
+                                                resuming=saved is not None))
+    fingerprint = dataset_fingerprint(dataset.path)
+    differ = processes_that_differ(fingerprint)
+    if differ:  # e.g. a relative data.train from another working directory, or node-local copies
+        raise DataError(f"process(es) {differ} read another dataset than process 0 from "
+                        f"data.train={config.data.train!r} (a relative path resolved in another "
+                        f"working directory, or node-local copies that differ): every process of "
+                        f"a run must read the same data")
+    if saved is not None:  # the same data the recorded steps were counted on
+        check_same_dataset(saved, dataset.path, fingerprint, workdir)
+    return dataset, fingerprint
+
+
+def _started_from(config: ml_collections.ConfigDict, tokenizer: Any, state: Any, tx: Any,
+                  shardings: Any, mesh: Any, derived: dict[str, Any]) -> tuple[Any, dict]:
+    """``train.start_from`` (awd's finetune.py): ``state`` with the given run's weights and a
+    new optimizer state; what it started from, recorded in ``derived`` and said."""
+    from lmscale.training.start_from import start_params
+    params, started_from = start_params(config, tokenizer.to_dict(), state.params,
+                                        mesh_lib.replicated(mesh))
+    opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+    state = state.replace(params=params, opt_state=opt_state)
+    derived.update(started_from.pop("carried"))  # e.g. OpenAI's framing of each text
+    derived["started_from"] = started_from
+    if jax.process_index() == 0:
+        print(f"note: starting from {started_from['workdir']}'s "
+              f"{'best weights' if started_from['best'] else 'latest weights'} (step "
+              f"{started_from['step']}; train.start_from): optimizer, step and data "
+              f"position start afresh", file=sys.stderr, flush=True)
+    return state, started_from
+
+
+def _say_start(config: ml_collections.ConfigDict, workdir: str, derived: dict[str, Any],
+               saved: dict[str, Any] | None, start: int, mesh: Any, interactive: bool,
+               notes: tuple[str | None, ...]) -> None:
+    """What the run is, on stderr as it begins: resuming from where, the compute hint, the
+    model, and each note that applies (``notes``: the caller's, on its data and precision)."""
+    if saved is not None:  # without a bar too: a notebook's re-run said nothing of it
+        print(f"resuming {workdir} from its checkpoint at step {start} (of "
+              f"{derived['steps']})", file=sys.stderr, flush=True)
+    print_compute_hint(config.precision.compute, mesh.devices.flat[0])
+    # What trains (a size of another kind, model.hidden of a transformer, was ignored unsaid)
+    print(f"model: {get_kind(config.model.kind).describe(config.model)}, "
+          f"{derived['params']:,} parameters, vocabulary {derived['vocab_size']:,}",
+          file=sys.stderr, flush=True)
+    for note in (unused_settings_note(config.model), trained_length_note(config),
+                 init_note(saved, config), *notes,
+                 batch_and_rate_note(config, mesh.size, derived["lr"]),
+                 warmup_note(config.optim.schedule, config.optim.warmup_steps,
+                             derived["steps"], derived["decay_steps"]),
+                 horizon_note(config.optim, derived["steps"], derived["decay_steps"]),
+                 slow_cpu_step_note(derived["train_flops_per_token"] * config.train.batch_size
+                                    * config.train.seq_len * config.train.grad_accum_steps,
+                                    config.train.log_every, interactive)):
+        if note:
+            print(note, file=sys.stderr, flush=True)
 
 
 def _loss_id_counts(config: ml_collections.ConfigDict, dataset: Any, vocab_size: int
