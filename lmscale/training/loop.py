@@ -162,8 +162,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
         checkpointer.close()
         decayed = config.optim.schedule in DECAYS_TO_ZERO and derived["decay_steps"] <= start
         return already_trained(workdir, start, derived["steps"], is_main,
-                                decayed_at=(config.optim.schedule, derived["decay_steps"])
-                                if decayed else None)
+                               decayed_at=(config.optim.schedule, derived["decay_steps"])
+                               if decayed else None)
     if is_main:
         _say_start(config, workdir, derived, saved, start, mesh, interactive,
                    (no_val_note, rows_note, precision_note))
@@ -299,21 +299,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
                 if step == steps and not scheduled:  # the end's extra validation, which may be
                     save(state)  # long (a signal waits for it): the weights are saved first
                 record = run_eval(step)
-                # NT-ASGD decides on the scheduled validations only: the end of a run that a
-                # later one continues (train.steps raised) is not on the grid.
-                fired = (monitor and record and scheduled
-                         and monitor.after_validation(record["loss"], step))
-                if fired and monitor.stops:
-                    rule_stopped = True  # finetune.py's "Done!": the rule on the averaged losses
-                    if is_main:  # said with or without a bar: the run ends before train.steps
-                        tqdm.tqdm.write(f"step {step}: ASGD stops (validation worse than the best "
-                                        f"of those more than {monitor.nonmono} passes ago)",
-                                        file=sys.stderr)
-                elif fired:
-                    state = state.replace(opt_state=switch_on(state.opt_state, step, replicated))
-                    if progress:
-                        tqdm.tqdm.write(f"step {step}: NT-ASGD switches to averaging",
-                                        file=sys.stderr)
+                if monitor and record and scheduled:  # NT-ASGD: see _after_validation
+                    state, rule_stopped = _after_validation(monitor, record["loss"], step, state,
+                                                            replicated, progress)
                 if monitor:
                     meta["ntasgd"] = monitor.record()
             if step % config.checkpoint.every == 0 and step < steps and not rule_stopped:
@@ -337,6 +325,23 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
     last["stopped_by_rule"] = rule_stopped
     last["already_trained"] = False
     return last
+
+
+def _after_validation(monitor: NTASGDMonitor, loss: float, step: int, state: Any,
+                      replicated: Any, progress: bool) -> tuple[Any, bool]:
+    """NT-ASGD's rule on a scheduled validation's ``loss`` (only those: the end of a run that
+    a later one continues, train.steps raised, is not on the grid): (``state``, averaging
+    switched on if the rule fired; whether the run stops here, optim.name="asgd")."""
+    if not monitor.after_validation(loss, step):
+        return state, False
+    if monitor.stops:  # finetune.py's "Done!": the rule on the averaged losses
+        if jax.process_index() == 0:  # said with or without a bar: the run ends before train.steps
+            tqdm.tqdm.write(f"step {step}: ASGD stops (validation worse than the best of those "
+                            f"more than {monitor.nonmono} passes ago)", file=sys.stderr)
+        return state, True
+    if progress:
+        tqdm.tqdm.write(f"step {step}: NT-ASGD switches to averaging", file=sys.stderr)
+    return state.replace(opt_state=switch_on(state.opt_state, step, replicated)), False
 
 
 def _checkpoint_to_resume(config: ml_collections.ConfigDict, workdir: str
