@@ -96,7 +96,7 @@ def test_fine_tuning_starts_from_the_best_weights_given_as_run_best(run, tmp_pat
     checkpoint (and RUN/best was "not an lmscale LM workdir")."""
     from lmscale.finetuning.loop import finetune
     from lmscale.training.restore import load_trained
-    from tests.finetune.test_finetune import ft_config
+    from tests.finetune.conftest import ft_config
     workdir, best_step, texts = run
     ft = str(tmp_path / "ft")
     finetune(ft_config(os.path.join(workdir, "best"), texts, texts, **{

@@ -38,9 +38,10 @@ from lmscale.finetuning.head import init_classifier
 from lmscale.finetuning.predict import Predictor, put_batch
 from lmscale.finetuning.results import final_results
 from lmscale.finetuning.truncated import fits_advice, fits_what, long_text_note
-from lmscale.finetuning.settings import (check_lm_settings, check_model_from_lm, check_same_start,
+from lmscale.finetuning.settings import (as_applied, check_lm_settings, check_model_from_lm,
+                                        check_not_a_language_model_run, check_same_start,
                                         check_task_settings, check_used_in_fine_tuning,
-                                        lm_dropout_note, resumed_otherwise)
+                                        lm_dropout_note, optim_as_begun, resumed_otherwise)
 from lmscale.finetuning.steps import BATCH_KEYS, make_finetune_step, zero_acc
 from lmscale.models import built_in_one_program
 from lmscale.pretrained.preprocess import preprocessor_for
@@ -56,7 +57,7 @@ from lmscale.training.precision import (LossScale, Policy, SkippedRun, print_com
 from lmscale.training.restore import TrainedLM, load_trained, weights_fingerprint
 from lmscale.training.run_paths import best_folder
 from lmscale.training.schedules import batch_and_rate_note, finetune_warmup_notes
-from lmscale.messages import check_call_arguments, errors_for_caller, for_caller
+from lmscale.messages import check_call_arguments, errors_for_caller
 from lmscale.training.command_log import record_command
 from lmscale.training.archive import archive_previous_run
 from lmscale.training.resume import (RUN_FILES, check_same_optimizer, keep_config_history,
@@ -156,52 +157,6 @@ def _checked_finetune(config: ml_collections.ConfigDict, workdir: str,
         return _finetune(config, workdir, mesh, lm, splits, num_classes, class_names, on_exit)
 
 
-def optim_as_begun(config: ml_collections.ConfigDict, saved: dict[str, Any] | None,
-                   workdir: str) -> ml_collections.ConfigDict:
-    """``config.optim``, or, resuming a fine-tune begun before fine-tuning applied weight decay
-    (its record has no ``optim.weight_decay_style``) with the same ``optim.weight_decay``,
-    that setting off as it trained (a note says so): its checkpoints have no decay step."""
-    old = ((saved or {}).get("config") or {}).get("optim") or {}
-    applied = ((saved or {}).get("derived") or {}).get("weight_decay")  # recorded since
-    began_without = "weight_decay_style" not in old or applied == 0.0
-    if (saved is None or not began_without or config.optim.weight_decay <= 0
-            or old.get("weight_decay") != config.optim.weight_decay):
-        return config.optim
-    if jax.process_index() == 0:
-        print(for_caller(f"note: {workdir} began before fine-tuning applied optim.weight_decay "
-                         f"(it was recorded, not applied): it goes on without it, as it "
-                         f"trained (--config.resume=false starts afresh with it)"),
-              file=sys.stderr, flush=True)
-    optim = ml_collections.ConfigDict(config.optim.to_dict())
-    optim.weight_decay = 0.0
-    return optim
-
-
-def as_applied(meta: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint record's config with the weight decay its run applied (``derived``), which
-    a run continued from one begun before fine-tuning applied it does not (``optim_as_begun``)."""
-    config, applied = meta.get("config") or {}, (meta.get("derived") or {}).get("weight_decay")
-    if applied is None or "optim" not in config:
-        return config
-    return {**config, "optim": {**config["optim"], "weight_decay": applied}}
-
-
-def check_not_a_language_model_run(workdir: str, init_from: str) -> None:
-    """Refuses a fine-tuning workdir that is the LM's (``init_from``) or holds another
-    language-model training run: its checkpoints would be taken for a classifier's (a
-    "different model" refusal), and ``--config.resume=false`` would archive the LM."""
-    if init_from and os.path.abspath(workdir) == os.path.abspath(init_from):
-        raise ConfigError(f"--workdir={workdir} is the language model's own workdir "
-                          f"(init_from): give the fine-tuning run a workdir of its own")
-    config_path = os.path.join(workdir, "config.json")
-    if os.path.isfile(config_path) and os.path.isdir(os.path.join(workdir, "checkpoints")):
-        _, derived = load_config(config_path)
-        if "class_names" not in derived:
-            raise ConfigError(f"{workdir} holds a language-model training run (lmscale.train), "
-                              f"not a fine-tuning run: fine-tune into another --workdir "
-                              f"(--config.init_from={workdir} starts from that LM)")
-
-
 def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: TrainedLM,
               splits: dict[str, Labeled], num_classes: int, class_names: list[str],
               on_exit: contextlib.ExitStack) -> dict[str, Any]:
@@ -250,12 +205,8 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
     head_lr = ft.head_lr or lr
     optim = optim_as_begun(config, saved, workdir)
     layers = config.model.layers
-    rates = layer_rates.checked(ft.layer_lr_decay, layers)
     starts = layer_rates.unfreeze_starts(ft.unfreeze_every, ft.freeze_steps, layers)
-    groups = layer_rates.optimizer_groups(starts, ft.layer_lr_decay, layers)
-    tx, schedules = make_finetune_optimizer(optim, decay, lr=lr, head_lr=head_lr,
-                                            freeze_steps=ft.freeze_steps, layer_factor=rates,
-                                            groups=groups)
+    tx, schedules = _optimizer(optim, ft, layers, decay, lr, head_lr, starts)
     # One program: eagerly, each of a schedule's operations was one, in every process.
     logged_lrs = jax.jit(lambda opt_state: finetune_applied_lrs(opt_state, schedules, ft.freeze_steps))
     signature = {**{f"model.{k}": v for k, v in config.model.items()},
@@ -305,22 +256,9 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
         print(f"resuming {workdir} from its checkpoint at step {start} (of {steps})",
               file=sys.stderr, flush=True)
     if is_main:
-        print_compute_hint(config.precision.compute, mesh.devices.flat[0])
-        rate_note = batch_and_rate_note(config, mesh.size, lr)
-        if rate_note and ft.head_lr:  # a rate given for the head is used as is
-            rate_note += f"; the head's finetune.head_lr={ft.head_lr:g}, as given (not scaled)"
-        for note in (rate_note,
-                     *finetune_warmup_notes(config.optim.schedule, config.optim.warmup_steps,
-                                            steps, decay, ft.freeze_steps),
-                     long_text_note(max(map(len, enc["train"].ids)), ft.grad_tokens, max_len,
-                                    stateful),
-                     lm_dropout_note(lm, ft.lm_dropout),
-                     layer_rates.rates_note(lr, ft.layer_lr_decay, layers),
-                     layer_rates.ungrouped_note(lm.params, layers, ft.layer_lr_decay,
-                                                ft.unfreeze_every),
-                     layer_rates.unfreezing_note(starts, steps, decay, config.optim.warmup_steps)):
-            if note:
-                print(note, file=sys.stderr, flush=True)
+        _say_start(config, lm, mesh, lr, steps, decay, starts,
+                   long_text_note(max(map(len, enc["train"].ids)), ft.grad_tokens, max_len,
+                                  stateful))
         lm.tokenizer.save(workdir)  # the run is self-contained for lmscale.classify
         if resuming:  # a config resumed otherwise: the old record kept in history/
             keep_config_history(workdir, {**config.to_dict(), "derived": derived}, start)
@@ -407,21 +345,11 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
             step += 1
             stop.finishing = step == steps  # what a signal's acknowledgment says
             if step % config.train.log_every == 0 or step == steps:
-                acc, metrics, ls = jax.device_get((state.acc, metrics, state.loss_scale))
-                n = max(int(acc["steps"]), 1)
-                head_lr_now, lm_lr_now = jax.device_get(logged_lrs(state.opt_state))
-                record = {"step": step, "split": "train", "loss": float(acc["loss"]) / n,
-                          "aux_lm_loss": float(acc["aux_loss"]) / n,
-                          # multi-label: the fraction of labels right (per-label accuracy)
-                          accuracy_name: float(acc["correct"]) / max(float(acc["rows"]), 1.0),
-                          "lr": float(head_lr_now),
-                          "lm_lr": float(lm_lr_now),
-                          "grad_norm": float(metrics["grad_norm"]), "loss_scale": float(ls.scale),
-                          "skipped": int(ls.skipped), "epoch": step / batches.steps_per_epoch,
-                          **dict(zip(("steps_per_s", "texts_per_s"),
-                                     timer.rates(1, config.train.batch_size)))}
-                if timer.compile_s is not None:
-                    record["first_step_s"] = timer.compile_s
+                acc, metrics, ls, lrs = jax.device_get((state.acc, metrics, state.loss_scale,
+                                                        logged_lrs(state.opt_state)))
+                record = _train_record(step, acc, metrics, ls, lrs, accuracy_name,
+                                       step / batches.steps_per_epoch, timer,
+                                       config.train.batch_size)
                 writer.write(record)
                 stuck = skipped_run.after_log(step, int(ls.skipped), float(ls.scale), ls.dynamic)
                 if stuck:  # float16 skipping every step to the end: a NaN classifier, exit 0
@@ -466,6 +394,61 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
     started = {"workdir": os.path.abspath(config.init_from), "step": lm.step,
                "weights": weights_fingerprint(lm), "init": ft.lm_init}  # results.json's "lm"
     results = final_results(workdir, params, predict, enc, splits, ft, class_names, best,
-                             is_main, started)
+                            is_main, started)
     return {**results, "already_trained": start >= steps,  # as lmscale.train's record says
             "stopped": False}
+
+
+def _optimizer(optim: ml_collections.ConfigDict, ft: ml_collections.ConfigDict, layers: int,
+               decay: int, lr: float, head_lr: float, starts: Any
+               ) -> tuple[optax.GradientTransformation, Any]:
+    """The fine-tune's optimizer and its schedules: the head at ``head_lr``, the LM's layers
+    at ``lr`` times ``finetune.layer_lr_decay`` per layer down, each depth group from its
+    unfreezing step (``starts``), all frozen for ``finetune.freeze_steps``."""
+    rates = layer_rates.checked(ft.layer_lr_decay, layers)
+    groups = layer_rates.optimizer_groups(starts, ft.layer_lr_decay, layers)
+    return make_finetune_optimizer(optim, decay, lr=lr, head_lr=head_lr,
+                                   freeze_steps=ft.freeze_steps, layer_factor=rates,
+                                   groups=groups)
+
+
+def _say_start(config: ml_collections.ConfigDict, lm: TrainedLM, mesh: Mesh, lr: float,
+               steps: int, decay: int, starts: Any, long_text: str | None) -> None:
+    """The compute hint and each note that applies to this fine-tune, on stderr as it begins
+    (``long_text``: the note on its longest training text)."""
+    ft, layers = config.finetune, config.model.layers
+    print_compute_hint(config.precision.compute, mesh.devices.flat[0])
+    rate_note = batch_and_rate_note(config, mesh.size, lr)
+    if rate_note and ft.head_lr:  # a rate given for the head is used as is
+        rate_note += f"; the head's finetune.head_lr={ft.head_lr:g}, as given (not scaled)"
+    for note in (rate_note,
+                 *finetune_warmup_notes(config.optim.schedule, config.optim.warmup_steps,
+                                        steps, decay, ft.freeze_steps),
+                 long_text, lm_dropout_note(lm, ft.lm_dropout),
+                 layer_rates.rates_note(lr, ft.layer_lr_decay, layers),
+                 layer_rates.ungrouped_note(lm.params, layers, ft.layer_lr_decay,
+                                            ft.unfreeze_every),
+                 layer_rates.unfreezing_note(starts, steps, decay, config.optim.warmup_steps)):
+        if note:
+            print(note, file=sys.stderr, flush=True)
+
+
+def _train_record(step: int, acc: dict[str, Any], metrics: dict[str, Any], loss_scale: Any,
+                  lrs: tuple[Any, Any], accuracy_name: str, epoch: float, timer: StepTimer,
+                  batch_size: int) -> dict[str, Any]:
+    """The train record at ``step`` from host copies of the state's accumulators ``acc``
+    (loss, aux loss, rows right, steps since the last record), the step's ``metrics``, the
+    ``loss_scale`` and the (head, LM) learning rates applied; rates over ``timer``'s window."""
+    n = max(int(acc["steps"]), 1)
+    head_lr_now, lm_lr_now = lrs
+    record = {"step": step, "split": "train", "loss": float(acc["loss"]) / n,
+              "aux_lm_loss": float(acc["aux_loss"]) / n,
+              # multi-label: the fraction of labels right (per-label accuracy)
+              accuracy_name: float(acc["correct"]) / max(float(acc["rows"]), 1.0),
+              "lr": float(head_lr_now), "lm_lr": float(lm_lr_now),
+              "grad_norm": float(metrics["grad_norm"]), "loss_scale": float(loss_scale.scale),
+              "skipped": int(loss_scale.skipped), "epoch": epoch,
+              **dict(zip(("steps_per_s", "texts_per_s"), timer.rates(1, batch_size)))}
+    if timer.compile_s is not None:
+        record["first_step_s"] = timer.compile_s
+    return record

@@ -1,18 +1,23 @@
 """Fine-tuning settings checked before a run: against the LM it starts from, against LM
-training's settings it has no use for, and against the run it resumes."""
+training's settings it has no use for, against a workdir that is a language model's, and
+against the run it resumes (a run begun before fine-tuning applied weight decay goes on
+without it: ``optim_as_begun``)."""
 
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Collection
 
+import jax
 import ml_collections
 
-from lmscale.config import ConfigError, default_config
+from lmscale.config import ConfigError, default_config, load_config
 from lmscale.finetuning import layer_rates
 from lmscale.finetuning.head import check_head_settings
 from lmscale.finetuning.data import BATCH_ORDER
 from lmscale.finetuning.truncated import check_grad_tokens
+from lmscale.messages import for_caller
 from lmscale.models.registry import feature_dropouts, is_dropout_field
 from lmscale.training.checkpoints import CheckpointMismatchError
 from lmscale.training.restore import TrainedLM
@@ -242,3 +247,49 @@ def lm_dropout_note(lm: TrainedLM, factor: float) -> str | None:
     return (f"note: the LM was trained with dropout ({trained}); fine-tuning reads the texts "
             "without it (finetune.lm_dropout=0.5 applies half of each rate, ULMFiT's classifier "
             "recipe; finetune.head_dropout regularizes the head)")
+
+
+def check_not_a_language_model_run(workdir: str, init_from: str) -> None:
+    """Refuses a fine-tuning workdir that is the LM's (``init_from``) or holds another
+    language-model training run: its checkpoints would be taken for a classifier's (a
+    "different model" refusal), and ``--config.resume=false`` would archive the LM."""
+    if init_from and os.path.abspath(workdir) == os.path.abspath(init_from):
+        raise ConfigError(f"--workdir={workdir} is the language model's own workdir "
+                          f"(init_from): give the fine-tuning run a workdir of its own")
+    config_path = os.path.join(workdir, "config.json")
+    if os.path.isfile(config_path) and os.path.isdir(os.path.join(workdir, "checkpoints")):
+        _, derived = load_config(config_path)
+        if "class_names" not in derived:
+            raise ConfigError(f"{workdir} holds a language-model training run (lmscale.train), "
+                              f"not a fine-tuning run: fine-tune into another --workdir "
+                              f"(--config.init_from={workdir} starts from that LM)")
+
+
+def optim_as_begun(config: ml_collections.ConfigDict, saved: dict[str, Any] | None,
+                   workdir: str) -> ml_collections.ConfigDict:
+    """``config.optim``, or, resuming a fine-tune begun before fine-tuning applied weight decay
+    (its record has no ``optim.weight_decay_style``) with the same ``optim.weight_decay``,
+    that setting off as it trained (a note says so): its checkpoints have no decay step."""
+    old = ((saved or {}).get("config") or {}).get("optim") or {}
+    applied = ((saved or {}).get("derived") or {}).get("weight_decay")  # recorded since
+    began_without = "weight_decay_style" not in old or applied == 0.0
+    if (saved is None or not began_without or config.optim.weight_decay <= 0
+            or old.get("weight_decay") != config.optim.weight_decay):
+        return config.optim
+    if jax.process_index() == 0:
+        print(for_caller(f"note: {workdir} began before fine-tuning applied optim.weight_decay "
+                         f"(it was recorded, not applied): it goes on without it, as it "
+                         f"trained (--config.resume=false starts afresh with it)"),
+              file=sys.stderr, flush=True)
+    optim = ml_collections.ConfigDict(config.optim.to_dict())
+    optim.weight_decay = 0.0
+    return optim
+
+
+def as_applied(meta: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint record's config with the weight decay its run applied (``derived``), which
+    a run continued from one begun before fine-tuning applied it does not (``optim_as_begun``)."""
+    config, applied = meta.get("config") or {}, (meta.get("derived") or {}).get("weight_decay")
+    if applied is None or "optim" not in config:
+        return config
+    return {**config, "optim": {**config["optim"], "weight_decay": applied}}

@@ -100,7 +100,7 @@ def test_long_texts_of_a_kind_that_carries_nothing_are_not_told_to_use_grad_toke
     """The long-text note advised finetune.grad_tokens=1024, which such a kind refuses."""
     from lmscale.finetuning import truncated
     from lmscale.finetuning.loop import finetune
-    from tests.finetune.test_finetune import ft_config
+    from tests.finetune.conftest import ft_config
     monkeypatch.setattr(truncated, "LONG_TEXT_TOKENS", 50)
     for split, rows in (("train", 4), ("val", 2)):
         (tmp_path / f"{split}.csv").write_text("label,text\n" + "".join(

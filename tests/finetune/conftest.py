@@ -42,3 +42,23 @@ def data(tmp_path_factory) -> dict[str, str]:
             "sst_val": _head(sst / "val.csv", d / "sst_val.csv", 64),
             "sem_train": _head(sem / "train.csv", d / "sem_train.csv", 128),
             "sem_val": _head(sem / "val.csv", d / "sem_val.csv", 64)}
+
+
+def ft_config(init_from: str, train: str, val: str, **overrides):
+    """A tiny fine-tune's locked config: 8 steps of 16 texts from ``init_from`` on ``train``,
+    validated on ``val`` every 4 steps; ``overrides``: {"section.field": value}."""
+    from lmscale.config import default_config
+    c = default_config()
+    c.init_from = init_from
+    c.finetune.train, c.finetune.val = train, val
+    c.train.steps, c.train.batch_size, c.train.log_every = 8, 16, 2
+    c.train.eval_every, c.train.eval_batch_size, c.train.progress_bar = 4, 32, False
+    c.checkpoint.every = 4
+    c.finetune.bucket_width = 128  # few batch shapes: few compilations
+    c.optim.lr, c.finetune.head_lr, c.optim.warmup_steps = 3e-3, 1e-2, 0
+    c.optim.schedule = "constant"
+    for key, value in overrides.items():
+        section, _, name = key.rpartition(".")
+        (c[section] if section else c)[name] = value
+    c.lock()
+    return c

@@ -8,7 +8,7 @@ import csv
 import json
 import os
 
-from tests.finetune.test_finetune import EMOTIONS, ft_config
+from tests.finetune.conftest import EMOTIONS, ft_config
 
 
 def test_a_constant_label_is_said_and_keeps_its_train_value(sst_run, data, tmp_path, capfd):

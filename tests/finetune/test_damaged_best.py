@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from tests.finetune.test_finetune import ft_config
+from tests.finetune.conftest import ft_config
 
 
 def test_a_torn_best_json_still_classifies_with_the_best_weights(sst_run, data, tmp_path, capfd):

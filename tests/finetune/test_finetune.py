@@ -16,7 +16,7 @@ import pytest
 from flax import nnx
 
 from tests.conftest import TINY_TRANSFORMER, lowered_programs, shared_data, tiny_config
-from tests.finetune.conftest import EMOTIONS, run_tool
+from tests.finetune.conftest import EMOTIONS, ft_config, run_tool
 
 
 @pytest.fixture(scope="module")
@@ -28,24 +28,6 @@ def transformer_lm(tmp_path_factory) -> str:
         "train.steps": 4, "train.eval_every": 0})
     train(config, workdir)
     return workdir
-
-
-def ft_config(init_from: str, train: str, val: str, **overrides):
-    from lmscale.config import default_config
-    c = default_config()
-    c.init_from = init_from
-    c.finetune.train, c.finetune.val = train, val
-    c.train.steps, c.train.batch_size, c.train.log_every = 8, 16, 2
-    c.train.eval_every, c.train.eval_batch_size, c.train.progress_bar = 4, 32, False
-    c.checkpoint.every = 4
-    c.finetune.bucket_width = 128  # few batch shapes: few compilations
-    c.optim.lr, c.finetune.head_lr, c.optim.warmup_steps = 3e-3, 1e-2, 0
-    c.optim.schedule = "constant"
-    for key, value in overrides.items():
-        section, _, name = key.rpartition(".")
-        (c[section] if section else c)[name] = value
-    c.lock()
-    return c
 
 
 def _params(workdir: str, sub: str = "") -> dict:
@@ -397,7 +379,7 @@ def test_a_fine_tune_begun_before_weight_decay_applied_resumes_without_it():
     """Its record says optim.weight_decay=0.01 (ignored then): the same command resumes, without
     decay and said so, instead of being refused for an optimizer it never had."""
     from lmscale.config import default_config
-    from lmscale.finetuning.loop import optim_as_begun
+    from lmscale.finetuning.settings import optim_as_begun
     from lmscale.training.resume import check_same_optimizer
     config = default_config()
     config.optim.weight_decay = 0.01
@@ -410,7 +392,7 @@ def test_a_fine_tune_begun_before_weight_decay_applied_resumes_without_it():
     assert optim_as_begun(config, None, "W") is config.optim  # a new run
     # Its checkpoints since record the config as given and the decay applied (0): a second
     # resume with the same command goes on without it too (it failed in orbax).
-    from lmscale.finetuning.loop import as_applied
+    from lmscale.finetuning.settings import as_applied
     since = {"config": config.to_dict(), "derived": {"weight_decay": 0.0}}
     again = optim_as_begun(config, since, "W")
     assert again.weight_decay == 0.0

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tests.finetune.test_finetune import ft_config
+from tests.finetune.conftest import ft_config
 
 
 def test_a_diverged_fine_tune_stops_and_keeps_no_nan_classifier(sst_run, data, tmp_path):

@@ -10,7 +10,7 @@ from tests.pretrained.test_import_walk import imported_workdir
 
 def test_a_fine_tune_of_an_import_keeps_its_provenance(tmp_path, data):
     from lmscale.finetuning.loop import finetune
-    from tests.finetune.test_finetune import ft_config
+    from tests.finetune.conftest import ft_config
     workdir, _ = imported_workdir(tmp_path)
     run = str(tmp_path / "ft")
     finetune(ft_config(workdir, data["sst_train"], data["sst_val"],

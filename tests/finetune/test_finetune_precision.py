@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from tests.finetune.test_finetune import ft_config
+from tests.finetune.conftest import ft_config
 
 
 def test_the_logged_rates_are_those_applied_when_float16_skips_steps(sst_run, data, tmp_path):

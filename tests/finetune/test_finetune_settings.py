@@ -11,7 +11,7 @@ import pytest
 
 from lmscale.config import ConfigError
 from lmscale.data.errors import DataError
-from tests.finetune.test_finetune import ft_config
+from tests.finetune.conftest import ft_config
 
 
 @pytest.mark.parametrize("key, value, message", [
@@ -226,10 +226,12 @@ def test_a_model_setting_given_at_its_default_is_checked_against_the_lm(sst_run,
             "model.hidden=4096: a fine-tune's model is init_from's LM, whose model.hidden is 32")):
         finetune(config, str(tmp_path / "ft"), given={"model.hidden": 4096})
     assert not (tmp_path / "ft").exists()
-    from tests.finetune.test_finetune import _cli
-    p = _cli("lmscale.finetune", "--config=configs/finetune_sst.py", f"--workdir={tmp_path / 'cli'}",
-             f"--config.init_from={sst_run}", f"--config.finetune.train={data['sst_train']}",
-             f"--config.finetune.val={data['sst_val']}", "--config.model.hidden=4096", ok=False)
+    from tests.finetune.conftest import run_tool
+    p = run_tool("lmscale.finetune", "--config=configs/finetune_sst.py",
+                 f"--workdir={tmp_path / 'cli'}", f"--config.init_from={sst_run}",
+                 f"--config.finetune.train={data['sst_train']}",
+                 f"--config.finetune.val={data['sst_val']}", "--config.model.hidden=4096",
+                 ok=False)
     assert "model.hidden=4096: a fine-tune's model is init_from's LM" in p.stderr, p.stderr
     assert not (tmp_path / "cli").exists()
     config = ft_config(sst_run, data["sst_train"], data["sst_val"])  # seq_len at its default

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.conftest import lowered_programs
-from tests.finetune.test_finetune import ft_config
+from tests.finetune.conftest import ft_config
 
 
 def test_every_compiling_step_is_left_out_of_the_rates(sst_run, data, tmp_path):

@@ -174,7 +174,7 @@ def test_a_fine_tune_in_pieces_runs_records_its_setting_and_refuses_a_transforme
     from lmscale.training.loop import train
     from lmscale.training.metrics import read_metrics
     from tests.conftest import shared_data
-    from tests.finetune.test_finetune import ft_config
+    from tests.finetune.conftest import ft_config
     run = str(tmp_path / "ft")
     overrides = {"train.steps": 4, "finetune.grad_tokens": 32, "finetune.aux_lm_weight": 0.1,
                  "finetune.pooling": "last,mean"}  # widths of 128 and 256: read in pieces
@@ -217,7 +217,7 @@ def test_a_fine_tuning_step_too_large_for_the_host_is_refused_naming_grad_tokens
     "Killed" (tests/training/test_fits.py has the check itself)."""
     from lmscale.finetuning.loop import finetune
     from lmscale.training import fits
-    from tests.finetune.test_finetune import ft_config
+    from tests.finetune.conftest import ft_config
     from tests.training.test_fits import _meminfo
     monkeypatch.setattr(fits, "MEMINFO", _meminfo(tmp_path, 100))  # 100 kB available
     config = ft_config(sst_run, data["sst_train"], data["sst_val"], **{"train.steps": 2})

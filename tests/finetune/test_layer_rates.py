@@ -82,7 +82,7 @@ def test_a_fine_tune_moves_the_embeddings_by_the_factor_and_records_the_rates(ss
     from lmscale.finetuning.classifier import load_classifier
     from lmscale.finetuning.loop import finetune
     from lmscale.training.restore import load_trained
-    from tests.finetune.test_finetune import ft_config
+    from tests.finetune.conftest import ft_config
     start = jax.device_get(load_trained(sst_run).params)["embedding"]["embedding"]
     moved = {}
     for d in (1.0, 2.6):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from lmscale.config import ConfigError
-from tests.finetune.test_finetune import ft_config
+from tests.finetune.conftest import ft_config
 
 
 @pytest.fixture(scope="module")

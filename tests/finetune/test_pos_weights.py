@@ -12,7 +12,7 @@ import pytest
 
 from lmscale.config import ConfigError
 from lmscale.data.errors import DataError
-from tests.finetune.test_finetune import EMOTIONS, ft_config
+from tests.finetune.conftest import EMOTIONS, ft_config
 
 
 def test_balanced_is_negatives_over_positives_and_numbers_are_checked():

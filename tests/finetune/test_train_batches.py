@@ -93,7 +93,7 @@ def test_a_fine_tune_of_this_order_records_it_and_resumes_without_the_note(sst_r
     from lmscale.config import load_config
     from lmscale.finetuning.data import BATCH_ORDER
     from lmscale.finetuning.loop import finetune
-    from tests.finetune.test_finetune import ft_config
+    from tests.finetune.conftest import ft_config
     run = str(tmp_path / "ft")
     for steps in (1, 2):
         finetune(ft_config(sst_run, data["sst_train"], data["sst_val"], **{

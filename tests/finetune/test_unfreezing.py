@@ -77,7 +77,7 @@ def test_layers_join_from_the_top_each_untouched_until_its_step(two_layer_lm, da
     from lmscale.training.checkpoints import Checkpointer
     from lmscale.training.metrics import read_metrics
     from lmscale.training.restore import load_trained
-    from tests.finetune.test_finetune import ft_config
+    from tests.finetune.conftest import ft_config
     run = str(tmp_path / "ft")
     finetune(ft_config(two_layer_lm, data["sst_train"], data["sst_val"], **{
         "train.steps": 5, "finetune.freeze_steps": 1, "finetune.unfreeze_every": 1,

@@ -77,7 +77,7 @@ def finetune_losses(lm_workdir: str, out: str, devices: list) -> dict[str, dict]
     from lmscale.training.metrics import read_metrics
     from tests.conftest import SHARED_DATA
     from tests.finetune.conftest import _head
-    from tests.finetune.test_finetune import EMOTIONS, ft_config
+    from tests.finetune.conftest import EMOTIONS, ft_config
     sem = SHARED_DATA / "semeval2018_ec"
     if not sem.is_dir():  # a clone without the maintainers' data: the test says it is skipped
         return {}

@@ -106,7 +106,7 @@ def test_transfer_fine_tune_and_classify_on_named_classes(sst_run, tmp_path):
     assert "p_negative" in out.read_text().splitlines()[0]
 
     from lmscale.finetuning.loop import finetune
-    from tests.finetune.test_finetune import ft_config
+    from tests.finetune.conftest import ft_config
     ft = str(tmp_path / "ft")
     finetune(ft_config(sst_run, paths["train", "names"], paths["val", "names"],
                        **{"train.steps": 2, "train.eval_every": 2, "checkpoint.every": 2}), ft)
