@@ -64,7 +64,7 @@ class Head(nnx.Module):
         x = self.norm(x.astype(jnp.float32))
         for i, layer in enumerate(self.layers):
             if dropout_keys is not None and self.dropout > 0.0:
-                keep = 1.0 - self.dropout
+                keep = jnp.float32(1.0 - self.dropout)  # float32 uniforms under x64 too
                 mask = jax.vmap(lambda k: jax.random.bernoulli(jax.random.fold_in(k, i), keep,
                                                                x.shape[1:]))(dropout_keys)
                 x = jnp.where(mask, x / keep, 0.0)

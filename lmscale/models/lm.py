@@ -339,6 +339,7 @@ class RecurrentLM(nnx.Module):
 
 def _dropout_mask(key: jax.Array, layer: int, keep: float, shape: tuple[int, ...]) -> jax.Array:
     """Keep-mask [T, B, H] after ``layer``, from one key or from per-row keys [B, 2]."""
+    keep = jnp.float32(keep)  # JAX_ENABLE_X64: a Python float drew float64 uniforms (other masks)
     if key.ndim == 1:
         return jax.random.bernoulli(jax.random.fold_in(key, layer), keep, shape)
     steps, _, width = shape

@@ -21,7 +21,8 @@ import jax.numpy as jnp
 
 def _keep(key: jax.Array, tag: int, p: float, shape: tuple[int, ...]) -> jax.Array:
     """Bernoulli(1-p) keep mask of ``shape`` from ``fold_in(key, tag)``."""
-    return jax.random.bernoulli(jax.random.fold_in(key, tag), 1.0 - p, shape)
+    # float32 p: under JAX_ENABLE_X64 a Python float drew float64 uniforms (other masks)
+    return jax.random.bernoulli(jax.random.fold_in(key, tag), jnp.float32(1.0 - p), shape)
 
 
 def _scaled(mask: jax.Array, p: float, dtype) -> jax.Array:
@@ -67,6 +68,7 @@ def row_bernoulli(keys: jax.Array, tag: int, keep: float, steps: int, batch: int
                   ) -> jax.Array:
     """Per-element bool mask [T, B, F] (a new draw per time step), from row keys [B, 2] (each
     row's [T, F] from its own key) or one key [2]."""
+    keep = jnp.float32(keep)  # JAX_ENABLE_X64: a Python float drew float64 uniforms
     if keys.ndim == 1:
         return jax.random.bernoulli(jax.random.fold_in(keys, tag), keep, (steps, batch, width))
     per_row = jax.vmap(lambda k: jax.random.bernoulli(jax.random.fold_in(k, tag), keep,

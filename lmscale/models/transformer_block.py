@@ -61,7 +61,7 @@ def _per_row(key: jax.Array) -> bool:
 def dropout(key: jax.Array, site: jax.Array | int, rate: float, x: jax.Array) -> jax.Array:
     """Inverted dropout on x [B, ...] with key ``fold_in(key, site)``: one key, or per-row keys
     (each row's mask drawn from its own key, independent of the rest of the batch)."""
-    keep = 1.0 - rate
+    keep = jnp.float32(1.0 - rate)  # JAX_ENABLE_X64: a Python float drew float64 uniforms
     if _per_row(key):
         mask = jax.vmap(lambda k: jax.random.bernoulli(jax.random.fold_in(k, site), keep,
                                                        x.shape[1:]))(key)

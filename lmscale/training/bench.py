@@ -54,6 +54,7 @@ from lmscale.models.recurrent import SCANNED_KINDS, ScanOptions, scan_options
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.flops import (adaptive_cutoffs, adaptive_recompute_flops_per_token,
                                     recompute_flops_per_token, train_flops_per_token)
+from lmscale.training.fits import refuse_disabled_jit
 from lmscale.training.host_memory import huge_pages_on
 from lmscale.training.precision import DTYPES
 from lmscale.training.setup import BATCH_KEYS, build_train_setup, jit_train_step
@@ -329,6 +330,7 @@ def run_bench(config: ml_collections.ConfigDict, *, steps: int = 10, warmup: int
               loop_workdir: str | None = None) -> dict[str, Any]:
     """One benchmark record: the step, the matmul rate in the compute dtype, the pipeline,
     and (``loop_workdir``) the full training loop."""
+    refuse_disabled_jit("lmscale.bench")  # it times compiled programs
     compute = config.precision.compute
     from lmscale.data.errors import DataError
     from lmscale.training.data_source import one_byte_tokens, vocab_size_of

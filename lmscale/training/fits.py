@@ -214,6 +214,16 @@ def slow_cpu_step_note(flops_per_step: float, log_every: int, progress_bar: bool
             f"GPUs){lines}")
 
 
+def refuse_disabled_jit(what: str) -> None:
+    """ConfigError for JAX_DISABLE_JIT (``jax_disable_jit``): training compiles its programs
+    ahead of time (to check they fit), which JAX refuses without jit ("Disable jit is not
+    supported in the AOT path"), and its steps run op by op would take hours."""
+    if jax.config.jax_disable_jit:
+        raise ConfigError(f"JAX_DISABLE_JIT is set (jax_disable_jit): {what} compiles its "
+                          f"programs and does not run without jit; unset it (to debug, "
+                          f"JAX_DEBUG_NANS=1 or jax.debug.print work under jit)")
+
+
 def check_step_fits_host(step: Callable[..., Any], args: tuple[Any, ...],
                          available: int | None = None, *, what: str = "the training step",
                          advice: str = TRAINING_ADVICE) -> None:

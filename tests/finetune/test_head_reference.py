@@ -196,3 +196,15 @@ def test_head_dropout_keeps_the_expected_input():
     whole = np.asarray(head(x[:1]))[0]
     b = np.asarray(head.layers[0].bias[...])
     np.testing.assert_allclose(dropped - b, whole - b, atol=0.1 * np.abs(whole - b).max())
+
+
+def test_head_dropout_is_the_same_under_jax_enable_x64():
+    """JAX_ENABLE_X64=1 drew the head's dropout from float64 uniforms: other masks, so the
+    fine-tune a user's shell setting gave was not the one it gives without."""
+    head = Head(8, 3, hidden=(6,), dropout=0.4, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.PRNGKey(1), (5, 8))
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(2), i))(jnp.arange(5))
+    plain = head(x, keys)
+    with jax.enable_x64(True):
+        wide = head(x, keys)
+    np.testing.assert_array_equal(np.asarray(plain), np.asarray(wide))

@@ -251,3 +251,25 @@ def test_cutoffs_past_the_data_vocabulary_are_a_one_line_config_error(tmp_path, 
     lines = [l for l in p.stderr.splitlines() if l.startswith("error:")]
     assert len(lines) == 1 and "below the vocabulary size 257" in lines[0], p.stderr[-2000:]
     assert "adaptive_cutoffs=" in lines[0]
+
+
+def test_dropout_masks_do_not_change_under_jax_enable_x64():
+    """A user's JAX_ENABLE_X64=1 drew each keep mask from float64 uniforms (a Python float p):
+    other masks than the same run without it, and a resume across the setting not exact."""
+    from lmscale.models.transformer_block import dropout
+    key, keys = jax.random.PRNGKey(3), _row_keys(3)
+    x = jnp.ones((B, T, H), jnp.float32)
+
+    def masks():
+        return [reg.embedding_dropout(jnp.ones((V, I), jnp.float32), key, 1, 0.3),
+                reg.locked_mask(keys, 2, 0.3, B, H, jnp.float32),
+                reg.row_bernoulli(key, 4, 0.7, T, B, H), reg.row_bernoulli(keys, 4, 0.7, T, B, H),
+                lm_module._dropout_mask(key, 1, 0.7, (T, B, H)),
+                lm_module._dropout_mask(keys, 1, 0.7, (T, B, H)),
+                dropout(key, 5, 0.3, x), dropout(keys, 5, 0.3, x)]
+
+    plain = masks()
+    with jax.enable_x64(True):
+        wide = masks()
+    for a, b in zip(plain, wide):
+        assert a.dtype == b.dtype and np.array_equal(np.asarray(a), np.asarray(b))

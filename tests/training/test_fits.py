@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -9,7 +13,7 @@ import pytest
 from lmscale.config import ConfigError
 from lmscale.training import fits
 from lmscale.training.loop import train
-from tests.conftest import lowered_programs, tiny_config
+from tests.conftest import REPO, lowered_programs, tiny_config
 
 
 def _meminfo(tmp_path, available_kb: int, swap_kb: int = 0) -> str:
@@ -139,3 +143,30 @@ def test_a_step_of_minutes_on_this_cpu_is_said_before_the_first(monkeypatch):
     assert fits.slow_cpu_step_note(120e12, 100, progress_bar=True).endswith(
         "at best ~10 minutes a step (this config may be meant for GPUs)")
     assert fits.slow_cpu_step_note(1e12, 100, progress_bar=False) is None  # ~5 s: no note
+
+
+def test_disabled_jit_is_refused_in_words(corpus, tmp_path):
+    """JAX_DISABLE_JIT (a user debugging) crashed training with JAX's "Disable jit is not
+    supported in the AOT path" traceback, and fine-tuning ran its steps op by op for hours."""
+    from lmscale.config import default_config
+    from lmscale.finetuning.loop import finetune
+    with jax.disable_jit():
+        with pytest.raises(ConfigError, match="JAX_DISABLE_JIT is set .*: training compiles"):
+            train(tiny_config(corpus), str(tmp_path / "run"))
+        ft = default_config()
+        ft.init_from = str(tmp_path / "run")
+        with pytest.raises(ConfigError, match="JAX_DISABLE_JIT is set .*: fine-tuning compiles"):
+            finetune(ft, str(tmp_path / "ft"))
+    assert not (tmp_path / "run").exists() and not (tmp_path / "ft").exists()
+
+
+def test_bench_under_disabled_jit_is_refused_in_words():
+    """lmscale.bench times compiled programs: JAX_DISABLE_JIT was JAX's AOT traceback."""
+    p = subprocess.run([sys.executable, "-m", "lmscale.bench", "--config=configs/quickstart.py",
+                        "--config.model.hidden=16", "--config.train.batch_size=2",
+                        "--config.train.seq_len=8"], cwd=REPO, capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "JAX_DISABLE_JIT": "1"})
+    assert p.returncode == 1, p.stderr[-2000:]
+    assert p.stderr.strip().splitlines()[-1].startswith(
+        "error: JAX_DISABLE_JIT is set (jax_disable_jit): lmscale.bench compiles"), p.stderr
+
