@@ -21,9 +21,11 @@ import errno
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import sys
+import tempfile
 from typing import IO, Any, Iterator
 
 # The machine in a temporary name: only this machine's processes can be told dead (a shared
@@ -120,6 +122,24 @@ def publish(tmp: str, path: str) -> None:
         raise
     sync_folder(parent)
     remove_path(trash)
+
+
+def temporary_folder(prefix: str) -> tempfile.TemporaryDirectory:
+    """A ``TemporaryDirectory`` in TMPDIR named ``PREFIX-HOST-PID-*``, made once those that
+    this machine's dead processes left are removed: a process killed (SIGKILL, or a SIGTERM
+    taking its default action) skips the folder's cleanup, and nothing else removed it
+    (``lmscale.eval`` of a text file left the text's tokens there, 2 bytes a byte)."""
+    prefix = f"{prefix}-{HOST}-"
+    try:
+        entries = list(os.scandir(tempfile.gettempdir()))
+    except OSError:
+        entries = []
+    for entry in entries:  # PID-random: mkdtemp's random part has no "-"
+        found = re.fullmatch(r"(\d+)-[^-]+", entry.name[len(prefix):])
+        if (entry.name.startswith(prefix) and found and _dead(found.group(1))
+                and entry.is_dir(follow_symlinks=False)):
+            remove_path(entry.path)
+    return tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-")
 
 
 def remove_path(path: str) -> None:

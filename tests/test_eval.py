@@ -155,3 +155,37 @@ def test_a_short_text_is_read_in_rows_of_one_of_the_runs_sequences(tmp_path):
     (tmp_path / "two.txt").write_text(text)
     for seq_len in (None, 8):  # the rows do not change with --seq_len
         assert evaluate_data(lm, str(tmp_path / "two.txt"), seq_len=seq_len)["tokens"] == 38
+
+
+def test_the_temporary_folder_of_a_killed_evaluation_is_removed_by_the_next(tmp_path):
+    """Text files are tokenized into a folder in TMPDIR, 2 bytes a byte: an evaluation killed
+    (SIGKILL, or SIGTERM: eval keeps its default action) left it there, and nothing ever
+    removed it (a 33 MB text: 64 MB in /tmp per `timeout`ed lmscale.eval)."""
+    import signal
+    import tempfile
+    import time
+
+    from lmscale.training.restore import evaluate_data
+    from tests.transfer.conftest import random_lm
+    text, tmp = tmp_path / "big.txt", tmp_path / "tmp"
+    text.write_text("a line of text to tokenize.\n" * 40_000)
+    tmp.mkdir()
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from lmscale.training.restore import evaluate_data; "
+         "from tests.transfer.conftest import random_lm; "
+         "evaluate_data(random_lm(hidden=16), sys.argv[1])", str(text)],
+        cwd=REPO, env={**os.environ, "TMPDIR": str(tmp), "PYTHONPATH": str(REPO)})
+    deadline = time.monotonic() + 120
+    while not os.listdir(tmp) and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert os.listdir(tmp), "the evaluation ended before its temporary folder was made"
+    (tmp_path / "short.txt").write_text("short text here")
+    saved = tempfile.tempdir
+    tempfile.tempdir = str(tmp)
+    try:
+        evaluate_data(random_lm(hidden=16), str(tmp_path / "short.txt"), batch_size=1)
+    finally:
+        tempfile.tempdir = saved
+    assert os.listdir(tmp) == []

@@ -91,10 +91,15 @@ class BestKeeper:
         if enabled:
             # Every step kept (max_to_keep None): ``offer`` deletes the old one itself, after
             # best.json names the new (orbax's max_to_keep=1 deleted it before).
+            # A save cut short (a kill) is removed, as checkpoints/' are (Checkpointer).
             options = ocp.CheckpointManagerOptions(max_to_keep=None, create=True,
-                                                   enable_async_checkpointing=False)
+                                                   enable_async_checkpointing=False,
+                                                   cleanup_tmp_directories=True)
             self.manager = ocp.CheckpointManager(os.path.join(self.workdir, BEST_DIR), options=options,
                                                  item_names=("params",))
+            pending = getattr(self.manager, "_cleanup_tmp_directory_future", None)
+            if pending is not None:  # orbax >= 0.12 removes them in a thread (Checkpointer)
+                pending.result()
             kept = sorted(self.manager.all_steps())
             # best.json gone or damaged, the weights still here: never replaced unseen by
             # worse. Decided together, before process 0 writes it again (a process reading it

@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from lmscale.atomic import temporary_folder
 from lmscale.config import COMPUTE_DTYPES, ConfigError, config_from_record, load_config
 from lmscale.config_values import AVERAGING_OPTIMIZERS
 from lmscale.data.dataset import TokenDataset, dataset_metadata, is_dataset
@@ -409,7 +410,7 @@ def evaluate_data(lm: TrainedLM, data: str, *, split: str = "val", batch_size: i
                             f"; the model reads {lm.tokenizer.to_dict()}: pass the text files "
                             f"themselves (--data=PATHS), which are tokenized as the model reads")
         return _evaluate(lm, dataset.split(split), settings)
-    with tempfile.TemporaryDirectory(prefix="lmscale-eval-") as tmp:
+    with temporary_folder("lmscale-eval") as tmp:  # the text's tokens, 2 bytes a byte
         try:
             path = prepare_dataset([p for p in data.split(",") if p], os.path.join(tmp, "data"),
                                    text_column=text_column, text_field=text_field,

@@ -76,3 +76,20 @@ def test_a_failed_write_said_either_way_is_one_line(tmp_path, monkeypatch, error
                                               + why):
         keeper.offer(1, 2.0, {"w": jnp.ones((4,))}, averaged=False)
     keeper.close()
+
+
+def test_a_best_save_cut_short_is_removed_when_the_run_resumes(tmp_path):
+    """A kill mid-save of the best weights leaves best/<step>.orbax-checkpoint-tmp (a copy of
+    the parameters, up to the whole save): the run's checkpoints/ had its own removed at the
+    next start, best/ kept it for good unless the resumed run happened to save that step."""
+    import shutil
+    keeper = BestKeeper(str(tmp_path), enabled=True)
+    assert keeper.offer(2, 2.0, {"w": jnp.ones((4,))}, averaged=False)
+    keeper.close()
+    best = tmp_path / "best"
+    shutil.copytree(best / "2", best / "3.orbax-checkpoint-tmp")  # step 3's save, killed
+    keeper = BestKeeper(str(tmp_path), enabled=True)  # the resumed run
+    assert sorted(os.listdir(best)) == ["2"]
+    assert keeper.offer(4, 1.0, {"w": jnp.ones((4,))}, averaged=False)
+    assert sorted(os.listdir(best)) == ["4"]
+    keeper.close()
