@@ -73,33 +73,11 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
     Cs = inverse_strengths(Cs)
     if search_rows < 0:
         raise DataError(f"search_rows must be >= 0 (0: all training texts), got {search_rows}")
-    splits: dict[str, Labeled] = {}  # read and checked first: bad input fails before any work
     multilabel = len(label_columns(label_column)) > 1
     check_threshold_metric(threshold_metric, multilabel)
-    for name, spec in (("train", train), ("val", val), ("test", test)):
-        if spec:
-            splits[name] = load_labeled(spec, text_column=text_column, label_column=label_column,
-                                        column_hint="set --text_column / --label_column")
-    class_names = index_classes(splits)  # by name: ids in sorted order; a TFDS ClassLabel: its names
-    if class_names is not None and len(class_names) != 2:
-        raise DataError(f"{train}: label column {label_column!r} names {len(class_names)} "
-                        f"classes ({', '.join(class_names[:10])}); the transfer's classifier is "
-                        f"binary: two classes (lmscale.finetune takes more)")
-    for name, spec in (("train", train), ("val", val), ("test", test)):
-        if spec:
-            if multilabel:
-                check_labels(splits[name].labels, True, len(splits[name].label_names), spec,
-                             splits[name].label_names)
-            elif name == "train":  # the classifier learns both classes from train
-                require_binary(splits[name], label_column)
-            else:  # val and test are only scored: one class is enough (accuracy is defined)
-                check_labels(splits[name].labels, False, 2, spec, splits[name].label_names,
-                             "binary classification", several_columns_hint="a binary task "
-                             "takes one label column")
-    if multilabel:  # a label that never varies in train: nothing is learned for it
-        constant_labels(splits["train"])
-    else:  # a subsample too small for both classes: said now, not after featurizing
-        search_subsample(splits["train"].labels, search_rows)
+    # read and checked first: bad input fails before any work
+    splits, class_names = _read_splits({"train": train, "val": val, "test": test}, text_column,
+                                       label_column, multilabel, search_rows)
     # The folders written are checked before the LM is loaded and any text featurized.
     given_output = output
     output = output or os.path.join(workdir, "transfer")
@@ -189,13 +167,7 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
     }
     if baseline != "none":
         say(f"the {baseline} n-gram baseline")
-        texts = [splits[n].texts for n in ("train", "val", "test") if n in splits]
-        mats = ngram_features(baseline, *texts)
-        bx = dict(zip([n for n in ("train", "val", "test") if n in splits], mats[:-1]))
-        base = fit_l1(bx["train"], y["train"], bx["val"], y["val"], bx.get("test"), y_test,
-                      Cs=Cs, seed=seed, search_rows=search_rows)
-        results["baseline"] = {"features": f"{baseline} n-grams", "vocabulary": mats[-1],
-                               **base.summary()}
+        results["baseline"] = _ngram_baseline(baseline, splits, Cs, seed, search_rows)
     results["featurization"] = _featurization(splits, feat_s)
     with writing_into(output, "transfer"):  # its files from one run: another may end with it
         _forget_results(output)
@@ -206,6 +178,55 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
                                  fit.model.classes_, {**info, "C": fit.C})
         _write_results(output, results)
     return results
+
+
+def _read_splits(specs: dict[str, str | None], text_column: str, label_column: str,
+                 multilabel: bool, search_rows: int
+                 ) -> tuple[dict[str, Labeled], list[str] | None]:
+    """The labeled splits named in ``specs`` (train, val, test: a file or TFDS name, or None)
+    and their class names (None: integer labels), refused in one line where the task cannot
+    be learned or scored: more than two classes, one class in train, a label of a multi-label
+    task constant in train (a note), a search subsample too small for both classes."""
+    splits: dict[str, Labeled] = {}
+    for name, spec in specs.items():
+        if spec:
+            splits[name] = load_labeled(spec, text_column=text_column, label_column=label_column,
+                                        column_hint="set --text_column / --label_column")
+    class_names = index_classes(splits)  # by name: ids in sorted order; a TFDS ClassLabel: its names
+    if class_names is not None and len(class_names) != 2:
+        raise DataError(f"{specs['train']}: label column {label_column!r} names "
+                        f"{len(class_names)} classes ({', '.join(class_names[:10])}); the "
+                        f"transfer's classifier is binary: two classes (lmscale.finetune takes "
+                        f"more)")
+    for name, spec in specs.items():
+        if spec:
+            if multilabel:
+                check_labels(splits[name].labels, True, len(splits[name].label_names), spec,
+                             splits[name].label_names)
+            elif name == "train":  # the classifier learns both classes from train
+                require_binary(splits[name], label_column)
+            else:  # val and test are only scored: one class is enough (accuracy is defined)
+                check_labels(splits[name].labels, False, 2, spec, splits[name].label_names,
+                             "binary classification", several_columns_hint="a binary task "
+                             "takes one label column")
+    if multilabel:  # a label that never varies in train: nothing is learned for it
+        constant_labels(splits["train"])
+    else:  # a subsample too small for both classes: said now, not after featurizing
+        search_subsample(splits["train"].labels, search_rows)
+    return splits, class_names
+
+
+def _ngram_baseline(kind: str, splits: dict[str, Labeled], Cs: Sequence[float], seed: int,
+                    search_rows: int) -> dict[str, Any]:
+    """The binary task's L1 fit on ``kind`` n-gram counts of the same texts (results.json's
+    "baseline": what the LM's features are compared with)."""
+    names = [n for n in ("train", "val", "test") if n in splits]
+    mats = ngram_features(kind, *(splits[n].texts for n in names))
+    x = dict(zip(names, mats[:-1]))
+    y = {n: splits[n].labels for n in names}
+    fit = fit_l1(x["train"], y["train"], x["val"], y["val"], x.get("test"), y.get("test"),
+                 Cs=Cs, seed=seed, search_rows=search_rows)
+    return {"features": f"{kind} n-grams", "vocabulary": mats[-1], **fit.summary()}
 
 
 def check_finite_features(feats: np.ndarray, data: Labeled, compute: str) -> None:
