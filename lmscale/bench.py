@@ -94,7 +94,10 @@ def main(argv: list[str]) -> None:
             from lmscale.data.dataset import TokenDataset
             from lmscale.training.data_source import resolve_dataset, train_batcher
             path = resolve_dataset(config.data, _WORKDIR.value, progress=False)
-            batcher = train_batcher(TokenDataset.open(path), config)
+            import jax
+            from lmscale.config import with_global_batch  # per_device_batch_size x devices
+            batcher = train_batcher(TokenDataset.open(path),
+                                    with_global_batch(config, jax.device_count()))
         return bench.run_bench(config, steps=_STEPS.value, warmup=_WARMUP.value, grad=_GRAD.value,
                                unroll=_UNROLL.value, layout=_LAYOUT.value,
                                factors=_FACTORS.value,

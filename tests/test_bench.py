@@ -137,6 +137,21 @@ def test_bench_cli_writes_a_record(tmp_path):
     assert r["train_flops_per_token"] == 3 * 2 * (64 * 128 + 64 * 32 + 32 * 32 + 32 * 128 + 32 * 1001)
 
 
+def test_the_pipeline_reads_the_per_device_batch_times_the_devices(tmp_path):
+    """--pipeline timed batches of train.batch_size rows with train.per_device_batch_size set:
+    the step read 3 x 2 devices = 6 rows, the pipeline the config's default 128."""
+    out = tmp_path / "r.jsonl"
+    p = subprocess.run([sys.executable, "-m", "lmscale.bench", "--config=configs/quickstart.py",
+                        "--config.model.hidden=16", "--config.train.per_device_batch_size=3",
+                        "--config.parallel.cpu_devices=2", "--config.train.seq_len=8",
+                        "--steps=1", "--warmup=0", "--matmul_n=64", "--pipeline",
+                        f"--workdir={tmp_path / 'work'}", f"--out={out}"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert r["tokens_per_step"] == 6 * 8 and r["pipeline"]["batch_size"] == 6
+
+
 def test_bad_override_is_one_line_error():
     p = subprocess.run([sys.executable, "-m", "lmscale.bench", "--config=configs/quickstart.py",
                         "--config.model.hiden=32", "--out="], cwd=REPO, capture_output=True,

@@ -223,7 +223,8 @@ def time_interleaved(runs: list[dict[str, Any]], rounds: int, steps: int) -> Non
 
 def time_pipeline(batcher: Any, steps: int = 20, devices: list[jax.Device] | None = None
                   ) -> dict[str, Any]:
-    """Host batches/s of a ``StreamBatcher`` and the time to put one batch on the devices."""
+    """Host batches/s of a ``StreamBatcher`` (its global ``batch_size`` rows) and the time to
+    put one batch on the devices."""
     mesh = mesh_lib.make_mesh(devices)
     rows = mesh_lib.batch_sharded(mesh)
     batcher.batch(0)
@@ -237,7 +238,8 @@ def time_pipeline(batcher: Any, steps: int = 20, devices: list[jax.Device] | Non
         jax.block_until_ready({k: jax.device_put(v, rows) for k, v in arrays.items()})
     put_s = (time.perf_counter() - t) / steps
     tokens = batcher.batch_size * batcher.seq_len
-    return {"batch_s": host_s, "put_s": put_s, "tokens_per_s": tokens / (host_s + put_s)}
+    return {"batch_s": host_s, "put_s": put_s, "tokens_per_s": tokens / (host_s + put_s),
+            "batch_size": batcher.batch_size}
 
 
 def time_loop(config: ml_collections.ConfigDict, workdir: str, steps: int = 20) -> dict[str, Any]:
