@@ -1,4 +1,5 @@
-"""The one exception type of the data layer."""
+"""The one exception type of the data layer, and the hint a JSONL record that is not one
+line gets."""
 
 from __future__ import annotations
 
@@ -9,3 +10,16 @@ class DataError(ValueError):
     Messages are one line and name the file/column/field and numbers involved, so a CLI
     can print ``error: <message>`` without a traceback.
     """
+
+
+def cr_lines_hint(line: str | bytes, error: ValueError) -> str:
+    """A hint to add to a JSONL error ("; its records end with a carriage return alone ...")
+    where ``line`` failed to parse as one record ("Extra data") because the file's records
+    end with carriage returns alone (classic Mac line ends: the whole file is one line, its
+    records JSON whitespace apart); else ""."""
+    cr = "\r" if isinstance(line, str) else b"\r"
+    if getattr(error, "msg", "") != "Extra data" or cr not in line.rstrip():
+        return ""
+    return ("; its records end with a carriage return alone (\\r), not a newline: convert the "
+            "file, e.g. tr '\\r' '\\n' < IN > OUT")
+

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from lmscale.data.compression import READ_ERRORS, decompressed_size, format_extension, open_input
 from lmscale.data.csv_rows import csv_rows, not_utf8
 from lmscale.data.dataset import dataset_problem
-from lmscale.data.errors import DataError
+from lmscale.data.errors import DataError, cr_lines_hint
 from lmscale.data.input_checks import (check_file, leftover_refusal, prepare_leftover,
                                        run_folder, run_refusal, unreadable)
 from lmscale.data.tfds import is_tfds, iter_examples, iter_text
@@ -236,7 +236,8 @@ def _iter_jsonl(path: str, field: str, notes: bool = True) -> Iterator[tuple[byt
             except UnicodeDecodeError as e:  # the line and offset (decompressed), UTF-16 said
                 raise DataError(not_utf8(path, e)) from None
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({e})") from None
+                raise DataError(f"{path}:{lineno}: invalid JSON ({e}){cr_lines_hint(raw, e)}"
+                                ) from None
             if not isinstance(obj, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             if field not in obj:

@@ -21,7 +21,7 @@ import numpy as np
 from lmscale.data.compression import READ_ERRORS, format_extension, open_input
 from lmscale.data.csv_rows import csv_rows, not_utf8
 from lmscale.data.input_checks import unreadable
-from lmscale.data.errors import DataError
+from lmscale.data.errors import DataError, cr_lines_hint
 from lmscale.data.tfds import (PREFIX, class_label_names, is_tfds, iter_examples, parse_tfds,
                                text_feature)
 
@@ -288,7 +288,7 @@ def _jsonl_objects(path: str, text_field: str, other_fields: Sequence[str], hint
             try:
                 obj = json.loads(line, object_pairs_hook=hook)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{i}: bad JSON ({e.msg})") from None
+                raise DataError(f"{path}:{i}: bad JSON ({e.msg}){cr_lines_hint(line, e)}") from None
             twice = [k for k in (repeated[-1] if repeated else ()) if k in read]
             if isinstance(obj, dict) and twice:  # json keeps the last value, silently
                 raise DataError(f"{path}:{i}: the field {twice[0]!r} is given twice in one "

@@ -103,6 +103,11 @@ def test_jsonl(tmp_path):
     bad.write_text('{"text": "ok"}\n{"text": \n')
     with pytest.raises(DataError, match=r"bad\.jsonl:2: invalid JSON"):
         list(iter_documents([str(bad)]))
+    mac = tmp_path / "mac.jsonl"  # records ending with CR alone: one line, "Extra data"
+    mac.write_bytes(b'{"text": "one"}\r{"text": "two"}\r')
+    with pytest.raises(DataError, match=r"mac\.jsonl:1: invalid JSON \(Extra data.*\); its "
+                                        r"records end with a carriage return alone"):
+        list(iter_documents([str(mac)]))
 
 
 @pytest.mark.parametrize("record, message", [

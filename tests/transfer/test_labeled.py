@@ -170,6 +170,11 @@ def test_jsonl_lines_end_at_lf_and_repeated_fields_are_refused(tmp_path):
                      '{"sentence": "odd", "label": 1, "label": 0}\n')
     with pytest.raises(DataError, match=r"twice.jsonl:3: the field 'label' is given twice"):
         load_labeled(str(twice))
+    mac = tmp_path / "mac.jsonl"  # records ending with CR alone: a bad JSON line, said why
+    mac.write_bytes(b'{"sentence": "good", "label": 1}\r{"sentence": "bad", "label": 0}\r')
+    with pytest.raises(DataError, match=r"mac\.jsonl:1: bad JSON \(Extra data\); its records "
+                                        r"end with a carriage return alone \(\\r\)"):
+        load_labeled(str(mac))
 
 
 def test_a_label_unlike_the_rest_is_named_by_its_line(tmp_path):
