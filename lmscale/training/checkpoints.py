@@ -241,8 +241,7 @@ class Checkpointer:
             restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
             meta = dict(restored["meta"])
         except Exception as e:  # orbax/tensorstore raise many types for missing or damaged files
-            raise UnreadableCheckpointError(
-                f"checkpoint {self.path(step)} is unreadable: {short_error(e)}") from None
+            raise self._unreadable(step, e) from None
         check_format(meta, self.path(step))
         return meta
 
@@ -256,10 +255,22 @@ class Checkpointer:
                 state=ocp.args.PyTreeRestore(
                     abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))))
         except Exception as e:
-            raise UnreadableCheckpointError(
-                f"checkpoint {self.path(step)} is unreadable: {short_error(e)}") from None
+            raise self._unreadable(step, e) from None
         self._check_step(restored["state"].step, step)
         return restored["state"]
+
+    def _unreadable(self, step: int, error: Exception) -> BaseException:
+        """The error of a failed read of checkpoint ``step``: the KeyboardInterrupt itself
+        where orbax wrapped one (its reads catch BaseException and raise Exception from it):
+        Ctrl-C while a notebook loaded a run said "checkpoint ... is unreadable", and a
+        training run resuming with ``checkpoint.fallback`` moved its newest one aside."""
+        cause: BaseException | None = error
+        while cause is not None:
+            if isinstance(cause, KeyboardInterrupt):
+                return cause
+            cause = cause.__cause__ or cause.__context__
+        return UnreadableCheckpointError(
+            f"checkpoint {self.path(step)} is unreadable: {short_error(error)}")
 
     def _check_step(self, held: jax.Array, step: int) -> None:
         """Refuses a checkpoint whose state is of another step than its folder's name: a folder
@@ -291,8 +302,7 @@ class Checkpointer:
                 args=ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args,
                                             partial_restore=True))
         except Exception as e:
-            raise UnreadableCheckpointError(
-                f"checkpoint {self.path(step)} is unreadable: {short_error(e)}") from None
+            raise self._unreadable(step, e) from None
         self._check_step(restored["step"], step)
         return restored[name]
 
