@@ -372,3 +372,14 @@ def test_ctrl_c_stops_a_long_generation_within_a_window(capfd):
         timer.cancel()
     assert waited < 2.0, waited
     assert re.search(r"\d+/300000 \[", capfd.readouterr().err)
+
+
+def test_byte_generation_never_samples_the_padding_id():
+    """A byte model that gives the padding id all the mass (its output bias) samples bytes:
+    padding decodes to nothing, so a sample of it was the prompt alone."""
+    lm = random_lm(hidden=16)
+    assert lm.tokenizer.pad_id == 0 and not hasattr(lm.tokenizer, "unsampled_ids")
+    bias = lm.params["decoder"]["bias"]
+    bias[...] = bias[...].at[0].set(50.0)
+    out = generate(lm, "the", 8, temperature=1.0, seed=1, samples=2)
+    assert all(len(s.encode()) > len("the") for s in out), out

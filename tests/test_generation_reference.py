@@ -104,3 +104,15 @@ def test_ties_at_the_kth_value_are_kept_in_both_paths():
         want, keep = np_filter(np.asarray(x), 1.0, 2, 1.0, None)
         np.testing.assert_array_equal(np.isfinite(got), keep)
         np.testing.assert_allclose(got[keep], want[keep], atol=1e-6)
+
+
+def test_top_p_stops_at_the_token_whose_mass_reaches_p_exactly():
+    """Probabilities 1/4, 1/2, 1/4 (exact in float32) and top_p 0.5: the most likely token
+    alone holds 0.5, so the nucleus is that token (a token is kept while the mass before it
+    is < p, not <= p: that kept both ties of 1/4 too)."""
+    half = -np.float32(np.log(2))
+    x = jnp.asarray([[half, 0.0, half]], jnp.float32)
+    assert np.asarray(jax.nn.softmax(x)).tolist() == [[0.25, 0.5, 0.25]]
+    for p in (0.5, jnp.float32(0.5)):
+        got = np.asarray(filter_logits(x, temperature=1.0, top_k=0, top_p=p, banned=None))
+        assert got.tolist() == [[-np.inf, 0.0, -np.inf]]

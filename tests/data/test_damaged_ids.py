@@ -71,3 +71,15 @@ def test_validation_tail_and_explicit_vocab_size(prepared, tmp_path):
     with pytest.raises(DataError, match=r"val/shard_00000\.bin: token id 300 at token 0 "):
         b.batch(0)
     StreamBatcher(ds.split("val"), 1, 8, vocab_size=301).batch(0)  # a caller's vocabulary
+
+
+def test_an_id_past_int32_in_a_uint32_shard_is_caught():
+    """Batches are int32: a damaged uint32 shard's id >= 2**31 reads as a negative id, which
+    a max over the int32 window misses (an embedding lookup clamps it, silently)."""
+    from lmscale.data.dataset import SplitData
+    shards = [np.arange(40, dtype=np.uint32) % 7 for _ in range(2)]
+    shards[1][5] = 2**31 + 5
+    split = SplitData("train", shards, [np.zeros(1, np.int64)] * 2, vocab_size=1000)
+    with pytest.raises(DataError, match=r"token id 2147483653 at token 5 is outside the "
+                                        r"vocabulary of 1000 ids"):
+        every_batch(StreamBatcher(split, 2, 8))

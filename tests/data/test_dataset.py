@@ -265,3 +265,35 @@ def test_a_document_start_file_past_the_file_limit_names_the_limit(tmp_path, mon
     with pytest.raises(DataError, match=r"document-start file .* is unreadable \(Too many open "
                                         r"files\): .*ulimit -n 4096"):
         TokenDataset.open(ds_dir).split("train")
+
+
+def test_a_shard_rewritten_in_place_with_more_tokens_is_one_error(tmp_path):
+    """A shard file written over in place (same inode, ``cp`` onto it) with another length was
+    read silently as its first recorded tokens: its size is part of its identity."""
+    write_txt_files(tmp_path / "in", make_docs(60, seed=1))
+    ds_dir = prepare_dataset(str(tmp_path / "in"), str(tmp_path / "ds"), split=(4, 1, 1),
+                             shard_tokens=50, progress=False)
+    train = TokenDataset.open(ds_dir).split("train")
+    path = train.shards.paths[-1]
+    inode = os.stat(path).st_ino
+    with open(path, "r+b") as f:
+        f.write(b"\x07\x00" * (int(train.shard_lengths[-1]) + 3))
+    assert os.stat(path).st_ino == inode
+    with pytest.raises(DataError, match="was replaced or rewritten"):
+        train.shards[train.num_shards - 1]
+
+
+def test_a_document_start_file_of_another_count_or_an_empty_shard_is_refused(dataset_dir):
+    meta_path = os.path.join(dataset_dir, "metadata.json")
+    meta = json.loads(open(meta_path).read())
+    entry = meta["splits"]["val"]["shards"][0]
+    np.save(os.path.join(dataset_dir, entry["docs"]), np.arange(entry["documents"] + 2))
+    with pytest.raises(DataError, match=rf"has {entry['documents'] + 2} document starts, "
+                                        rf"metadata says {entry['documents']}"):
+        TokenDataset.open(dataset_dir)
+    np.save(os.path.join(dataset_dir, entry["docs"]), np.zeros(0, np.int64))
+    open(os.path.join(dataset_dir, entry["file"]), "wb").close()
+    entry.update(tokens=0, documents=0)
+    open(meta_path, "w").write(json.dumps(meta))
+    with pytest.raises(DataError, match="has 0 bytes, metadata says 0 tokens"):
+        TokenDataset.open(dataset_dir)

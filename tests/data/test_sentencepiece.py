@@ -147,3 +147,12 @@ def test_spans_join_to_the_text():
     assert "".join(parts) == text and all(parts)
     assert any(len(p) > spm_lib.MAX_SPAN_CHARS for p in parts)  # one line longer than the cap stays whole
     assert spm_lib.spans("a\n\nb\n\n\nc") == ["a\n\n", "b\n\n\n", "c"] and spm_lib.spans("") == []
+
+
+def test_unknown_and_control_pieces_count_no_bytes(tok):
+    """<unk> (a model without byte fallback gives it for an unseen character) decodes to
+    nothing and counts 0 bytes, not the 5 of its piece's name."""
+    sp = tok.processor
+    specials = [i for i in range(sp.get_piece_size()) if sp.is_unknown(i) or sp.is_control(i)]
+    assert sp.unk_id() in specials
+    assert all(tok.byte_lengths()[i + 1] == 0 for i in specials)

@@ -255,3 +255,35 @@ def test_the_scatter_keeps_the_corpus_out_of_memory(tmp_path):
     grew_mb = int(proc.stdout.strip())
     assert grew_mb < 96, f"peak RSS grew {grew_mb} MB shuffling 192 MB of tokens"
     assert os.path.getsize(path) == 2 * total
+
+
+def _shuffled_order(tmp_path, lengths, seed, part_ends=(), bucket_tokens=None):
+    """The input index of each document ``shuffle_documents`` writes (document i: ``i`` as
+    every one of its uint16 tokens), in output order."""
+    tokens = np.concatenate([np.full(n, i, "<u2") for i, n in enumerate(lengths)])
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype("<i8")
+    tok, docs = str(tmp_path / "tokens.raw"), str(tmp_path / "docs.raw")
+    tokens.tofile(tok)
+    starts.tofile(docs)
+    n = shuffle.shuffle_documents(tok, docs, len(tokens), 2, seed, part_ends, bucket_tokens)
+    out, new_starts = np.fromfile(tok, "<u2"), np.fromfile(docs, "<i8")
+    assert n == len(lengths) and len(new_starts) == n
+    return [int(out[s]) for s in new_starts]
+
+
+def test_each_bucket_is_permuted_not_only_scattered(tmp_path):
+    """Two buckets: scattered alone, each bucket's documents kept their input order (the
+    output two increasing runs); permuted, any order of two documents is as likely."""
+    lengths = [3 + i % 5 for i in range(40)]
+    order = _shuffled_order(tmp_path, lengths, 1, bucket_tokens=sum(lengths) // 2)
+    assert sorted(order) == list(range(40))
+    assert sum(a > b for a, b in zip(order, order[1:])) > 5  # descents: ~20 if random
+
+
+def test_parts_are_shuffled_with_their_own_draws(tmp_path):
+    """Two parts (train, val) of as many documents are not permuted alike: each part's
+    generator is seeded with the part's index too."""
+    lengths = [4] * 24
+    order = _shuffled_order(tmp_path, lengths, 3, part_ends=(48, 96))
+    first, second = order[:12], [i - 12 for i in order[12:]]
+    assert sorted(first) == sorted(second) == list(range(12)) and first != second

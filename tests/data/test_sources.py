@@ -219,3 +219,14 @@ def test_a_prepared_dataset_without_its_metadata_is_not_read_as_text(tmp_path):
         with pytest.raises(DataError, match=r"holds token shards of a prepared lmscale dataset .* "
                                             r"but no readable metadata.json above them"):
             expand_inputs(given)
+
+
+def test_segments_of_a_document_in_pieces_are_cut_after_a_newline():
+    """A subword/word tokenizer sees a document read in pieces cut after its newlines (a
+    line whole, its line end with it), the cut's ``continues`` True."""
+    from lmscale.data.sources import segments
+    pieces = [(b"one\ntw", True), (b"o\nthree", False), (b"x", True)]
+    assert list(segments(pieces, True, 100)) == [
+        (b"one\n", True, True), (b"two\nthree", False, False), (b"x", True, False)]
+    assert list(segments(pieces, False, 100)) == [
+        (b"one\ntw", True, False), (b"o\nthree", False, False), (b"x", True, False)]

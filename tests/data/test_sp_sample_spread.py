@@ -112,3 +112,35 @@ def test_long_lines_still_fill_the_share(tmp_path):
     near = int(0.95 * p.stat().st_size)
     lines = "".join(sample_texts([str(p)], near, txt_mode="line")).splitlines()
     assert len(set(lines)) == len(lines)
+
+
+def test_a_windowed_txt_sample_keeps_the_files_first_and_last_lines(tmp_path):
+    """The first window starts at the file's start (its first line is whole, not skipped as a
+    partial one) and a window that reaches the file's end keeps its last line, newline or not."""
+    lines = halves(2000, seed=4)
+    lines[0], lines[-1] = "first line of the file\n", "last line without a newline"
+    p = tmp_path / "edges.txt"
+    p.write_text("".join(lines))
+    sampled = "".join(sample_texts([str(p)], p.stat().st_size - 10)).splitlines(keepends=True)
+    assert sampled[0] == lines[0] and sampled[-1] == lines[-1]
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+def test_a_first_document_larger_than_the_share_is_cut_to_fit(tmp_path, kind):
+    """One document longer than the file's whole share gives the share's bytes of it, not
+    nothing (a CSV read from its head; a JSONL window's first record)."""
+    text = "".join(halves(400, seed=5))  # ~20 kB
+    p = tmp_path / f"big.{kind}"
+    if kind == "csv":
+        p.write_text('text\n"' + text + '"\n')
+    else:
+        p.write_text(json.dumps({"text": text}) + "\n" + json.dumps({"text": "short"}) + "\n")
+    got = "".join(sample_texts([str(p)], 5_000))
+    assert len(got.encode()) == 5_000 and text.startswith(got)
+
+
+def test_window_count_keeps_windows_at_most_window_bytes():
+    from lmscale.data.sample import MIN_WINDOWS, WINDOW_BYTES, _window_count
+    share = (MIN_WINDOWS + 1) * WINDOW_BYTES + 1
+    assert _window_count(share) == MIN_WINDOWS + 2  # ceil: none longer than WINDOW_BYTES
+    assert _window_count(WINDOW_BYTES // 2) == min(MIN_WINDOWS, WINDOW_BYTES // 2 // (1 << 14))

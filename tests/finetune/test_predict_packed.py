@@ -131,3 +131,19 @@ def test_texts_cut_to_max_len_are_said(capfd):
     assert [len(x) for x in ids] == [5, 32, 32]
     assert ("note: f.csv: 2 of 3 texts are longer than the model's max_len=32 tokens (the "
             "longest 90): their last 32 tokens are read") in capfd.readouterr().err
+
+
+def test_texts_in_several_blocks_with_long_ones_apart_keep_their_places(monkeypatch):
+    """Blocks of 4 texts, the long ones moved to blocks of their own at the end, and head calls
+    of 3 rows: each text's probabilities go back to its own row."""
+    from lmscale.finetuning import predict
+    from lmscale.transfer import featurize
+    monkeypatch.setattr(featurize, "CACHE_BLOCK_TEXTS", 4)
+    monkeypatch.setattr(featurize, "LONG_IN_BLOCK", 2)
+    monkeypatch.setattr(predict, "HEAD_ROWS", 3)
+    config, graphdef, params = classifier("lstm")
+    ids = texts_ids(11, seed=2, longest=120)
+    blocks = featurize.cache_blocks([len(x) for x in ids])
+    assert len(blocks) > 2 and np.concatenate(blocks).tolist() != list(range(11))
+    got = predictor(config, graphdef)(params, ids)
+    np.testing.assert_allclose(got, alone(graphdef, params, ids, False), atol=2e-6, rtol=0)
