@@ -297,6 +297,7 @@ def train_sentencepiece(texts: Iterable[str], options: SentencePieceTraining, *,
                         source: str) -> SentencePieceTokenizer:
     """Trains on ``texts`` (already a bounded sample; streamed, not held twice) and returns
     the tokenizer. ``source`` names the corpus in error messages."""
+    from lmscale.training.host_devices import usable_cores
     spm = _sentencepiece()
     sample_bytes = 0
     failure: list[BaseException] = []
@@ -321,7 +322,7 @@ def train_sentencepiece(texts: Iterable[str], options: SentencePieceTraining, *,
             # to the coverage it fell back to the bytes of "▁", decoded as "▁", 3 bytes counted.
             required_chars="\u2581",
             max_sentence_length=2 * MAX_SENTENCE_BYTES, unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1,
-            num_threads=min(os.cpu_count() or 1, 16), minloglevel=2)
+            num_threads=min(usable_cores(), 16), minloglevel=2)
     except RuntimeError as e:
         if failure:
             raise failure[0] from None

@@ -55,6 +55,7 @@ from lmscale.training import mesh as mesh_lib
 from lmscale.training.flops import (adaptive_cutoffs, adaptive_recompute_flops_per_token,
                                     recompute_flops_per_token, train_flops_per_token)
 from lmscale.training.fits import refuse_disabled_jit
+from lmscale.training.host_devices import usable_cores
 from lmscale.training.host_memory import huge_pages_on
 from lmscale.training.precision import DTYPES
 from lmscale.training.setup import BATCH_KEYS, build_train_setup, jit_train_step
@@ -320,8 +321,8 @@ def git_commit(path: str | None = None) -> str:
 def host_info() -> dict[str, Any]:
     d = jax.devices()[0]
     return {"platform": d.platform, "device": d.device_kind, "devices": jax.device_count(),
-            "cpus": os.cpu_count(), "machine": platform.machine(), "node": platform.node(),
-            "jax": jax.__version__,
+            "cpus": os.cpu_count(), "usable_cpus": usable_cores(),  # affinity, CPU quota
+            "machine": platform.machine(), "node": platform.node(), "jax": jax.__version__,
             "malloc_huge_pages": huge_pages_on(os.environ)}
 
 

@@ -24,11 +24,11 @@ from typing import Any, Callable
 import jax
 
 from lmscale.config import ConfigError
+from lmscale.training.cgroups import CGROUP_ROOT, PROC_CGROUP, cgroup_folders
+from lmscale.training.host_devices import usable_cores
 
 GiB = 1024 ** 3
 MEMINFO = "/proc/meminfo"
-PROC_CGROUP = "/proc/self/cgroup"
-CGROUP_ROOT = "/sys/fs/cgroup"
 
 
 def _kb_fields(path: str) -> dict[str, int]:
@@ -80,31 +80,17 @@ def cgroup_available_bytes(proc_cgroup: str = PROC_CGROUP, root: str = CGROUP_RO
     tightest of its own and its ancestors') still allow, page cache counted as free; None when
     none limits it (containers, Slurm jobs and systemd units limit memory this way, and
     /proc/meminfo shows the whole machine's)."""
-    try:
-        with open(proc_cgroup) as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
     best: int | None = None
-    for line in lines:
-        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
-        if controllers == "":  # v2
-            base, files = root, ("memory.max", "memory.current", "memory.stat", "inactive_file")
-        elif "memory" in controllers.split(","):  # v1
-            base, files = os.path.join(root, "memory"), ("memory.limit_in_bytes",
-                          "memory.usage_in_bytes", "memory.stat", "total_inactive_file")
-        else:
+    for folder, v2 in cgroup_folders("memory", proc_cgroup, root):
+        files = (("memory.max", "memory.current", "memory.stat", "inactive_file") if v2 else
+                 ("memory.limit_in_bytes", "memory.usage_in_bytes", "memory.stat",
+                  "total_inactive_file"))
+        limit = _read_int(os.path.join(folder, files[0]))
+        usage = _read_int(os.path.join(folder, files[1]))
+        if limit is None or usage is None or limit >= 2 ** 60:  # "max" / unlimited
             continue
-        # In a container the path is the host's; the namespace's own cgroup is the mount's root.
-        parts = [p for p in path.strip("/").split("/") if p]
-        candidates = [os.path.join(base, *parts[:i]) for i in range(len(parts), -1, -1)]
-        for folder in candidates:
-            limit = _read_int(os.path.join(folder, files[0]))
-            usage = _read_int(os.path.join(folder, files[1]))
-            if limit is None or usage is None or limit >= 2 ** 60:  # "max" / unlimited
-                continue
-            free = max(0, limit - usage + _inactive_file(os.path.join(folder, files[2]), files[3]))
-            best = free if best is None else min(best, free)
+        free = max(0, limit - usage + _inactive_file(os.path.join(folder, files[2]), files[3]))
+        best = free if best is None else min(best, free)
     return best
 
 
@@ -202,8 +188,8 @@ def slow_cpu_step_note(flops_per_step: float, log_every: int, progress_bar: bool
     for hours, its lines coming every ``train.log_every`` steps in a log. None elsewhere."""
     if not _checks_host():
         return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    seconds = flops_per_step / (CPU_CORE_FLOP_PER_S * max(cores or 1, 1))
+    cores = usable_cores()
+    seconds = flops_per_step / (CPU_CORE_FLOP_PER_S * cores)
     if seconds < SLOW_STEP_S:
         return None
     lines = "" if progress_bar else (f"; in a log its lines come every train.log_every="

@@ -21,18 +21,57 @@ multi-process runs keep one device per process unless told otherwise.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import re
 from typing import Callable, Mapping
 
 import ml_collections
 
+from lmscale.training.cgroups import CGROUP_ROOT, PROC_CGROUP, cgroup_folders
+
+
+def _read_ints(path: str) -> list[int] | None:
+    """The whitespace-separated non-negative integers of a file; None if unreadable or any
+    word is not one ("max", "-1": no limit)."""
+    try:
+        with open(path) as f:
+            words = f.read().split()
+    except OSError:
+        return None
+    return [int(w) for w in words] if words and all(w.isdigit() for w in words) else None
+
+
+def cgroup_cpu_quota(proc_cgroup: str | None = None, root: str | None = None) -> float | None:
+    """CPUs this process's cgroups' CFS quota allows (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``
+    / ``cpu.cfs_period_us``; the tightest of its own and its ancestors'), None when none
+    limits it. ``docker --cpus=2`` and Kubernetes CPU limits set it, and the affinity still
+    lists every core of the machine."""
+    best: float | None = None
+    for folder, v2 in cgroup_folders("cpu", proc_cgroup or PROC_CGROUP, root or CGROUP_ROOT):
+        if v2:
+            numbers = _read_ints(os.path.join(folder, "cpu.max")) or []
+        else:
+            quota, period = (_read_ints(os.path.join(folder, f"cpu.cfs_{name}_us"))
+                             for name in ("quota", "period"))
+            numbers = quota + period if quota and period else []
+        if len(numbers) == 2 and numbers[1] > 0:
+            cpus = numbers[0] / numbers[1]
+            best = cpus if best is None else min(best, cpus)
+    return best
+
 
 def usable_cores() -> int:
-    """Cores this process may run on (its CPU affinity), at least 1."""
+    """Cores this process may use, at least 1: its CPU affinity (taskset, a Slurm job's
+    cpuset, ``docker --cpuset-cpus``) capped by its cgroups' CPU quota rounded up
+    (``cgroup_cpu_quota``), as ``joblib.cpu_count`` counts them. One thread or device per
+    host core in a 2-CPU container of a 32-core host made its steps 3-5x slower."""
     if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
+        cores = max(1, len(os.sched_getaffinity(0)))
+    else:
+        cores = max(1, os.cpu_count() or 1)
+    quota = cgroup_cpu_quota()
+    return cores if quota is None else max(1, min(cores, math.ceil(quota)))
 
 
 def auto_device_count(cores: int, batch_size: int, per_device_batch_size: int = 0) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -111,6 +112,25 @@ def test_iterator_errors_are_not_swallowed():
 
     with pytest.raises(DataError, match="broken input"):
         train_sentencepiece(texts(), SentencePieceTraining(vocab_size=300), source="x")
+
+
+def test_training_threads_are_the_cores_this_process_may_use(monkeypatch):
+    """Under taskset, a Slurm job's cpuset or docker --cpuset-cpus, SentencePiece was given a
+    thread per core of the machine (os.cpu_count()), up to 16 on one allowed core."""
+    import sentencepiece
+    seen = []
+    real = sentencepiece.SentencePieceTrainer.train
+
+    def train(**kwargs):
+        seen.append(kwargs["num_threads"])
+        return real(**kwargs)
+
+    monkeypatch.setattr(sentencepiece.SentencePieceTrainer, "train", train)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    train_sentencepiece(iter([make_text(2000, seed=0)]), SentencePieceTraining(vocab_size=300),
+                        source="x")
+    assert seen == [1]
 
 
 def test_training_sentences_cut_at_lines_and_characters():

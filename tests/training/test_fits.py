@@ -145,6 +145,20 @@ def test_a_step_of_minutes_on_this_cpu_is_said_before_the_first(monkeypatch):
     assert fits.slow_cpu_step_note(1e12, 100, progress_bar=False) is None  # ~5 s: no note
 
 
+def test_the_slow_step_note_counts_the_cores_a_cpu_quota_allows(tmp_path, monkeypatch):
+    """In a 1-CPU container of an 8-core host the note counted 8 cores: ~21 s a step, said
+    nothing, and each step took minutes."""
+    from lmscale.training import host_devices
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    (tmp_path / "cgroup").write_text("0::/\n")
+    (tmp_path / "cpu.max").write_text("100000 100000\n")
+    monkeypatch.setattr(host_devices, "PROC_CGROUP", str(tmp_path / "cgroup"), raising=False)
+    monkeypatch.setattr(host_devices, "CGROUP_ROOT", str(tmp_path), raising=False)
+    assert fits.slow_cpu_step_note(17e12, 100, progress_bar=True) == (
+        "note: a training step is 17.0 TFLOP: on this host's 1 CPU core(s), at best ~3 minutes "
+        "a step (this config may be meant for GPUs)")
+
+
 def test_disabled_jit_is_refused_in_words(corpus, tmp_path):
     """JAX_DISABLE_JIT (a user debugging) crashed training with JAX's "Disable jit is not
     supported in the AOT path" traceback, and fine-tuning ran its steps op by op for hours."""

@@ -36,6 +36,34 @@ def test_hosts_with_an_accelerator_are_left_alone():
     assert not cpu_runs_the_step({"JAX_PLATFORMS": "cuda,cpu"}, none)
 
 
+def test_usable_cores_counts_the_affinity_and_the_cgroup_cpu_quota(tmp_path, monkeypatch):
+    """docker --cpus=2 and Kubernetes CPU limits set a CFS quota while the affinity lists every
+    core: a 2-CPU container of a 32-core host split into 32 devices, steps 3-5x slower."""
+    from lmscale.training import host_devices
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    cg = tmp_path / "cgroup"
+    monkeypatch.setattr(host_devices, "PROC_CGROUP", str(cg), raising=False)
+    monkeypatch.setattr(host_devices, "CGROUP_ROOT", str(tmp_path / "v2"), raising=False)
+    (tmp_path / "v2" / "job").mkdir(parents=True)
+    cg.write_text("0::/job\n")
+    (tmp_path / "v2" / "job" / "cpu.max").write_text("150000 100000\n")  # 1.5 CPUs: 2 threads
+    assert host_devices.usable_cores() == 2
+    (tmp_path / "v2" / "cpu.max").write_text("100000 100000\n")  # an ancestor's is tighter
+    assert host_devices.usable_cores() == 1
+    (tmp_path / "v2" / "cpu.max").write_text("max 100000\n")
+    (tmp_path / "v2" / "job" / "cpu.max").write_text("max 100000\n")  # no quota: the affinity
+    assert host_devices.usable_cores() == 8
+    v1 = tmp_path / "v1" / "cpu,cpuacct"  # v1 in a container: the mount is the cgroup's own
+    v1.mkdir(parents=True)
+    (v1 / "cpu.cfs_quota_us").write_text("300000\n")
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    cg.write_text("4:cpu,cpuacct:/docker/abc\n")
+    monkeypatch.setattr(host_devices, "CGROUP_ROOT", str(tmp_path / "v1"))
+    assert host_devices.usable_cores() == 3
+    (v1 / "cpu.cfs_quota_us").write_text("-1\n")  # unlimited
+    assert host_devices.usable_cores() == 8
+
+
 _PROBE = """
 import json, sys
 import jax
