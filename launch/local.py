@@ -16,7 +16,8 @@ then SIGKILL after ``--grace_s``) and the launcher says in words what happened a
 non-zero. SIGTERM or Ctrl-C to the launcher is passed on to every process as SIGTERM, on
 which lmscale.train checkpoints and exits; a second one kills them (SIGKILL), as does the
 launcher's own death. Ctrl-Z (SIGTSTP) stops every process with the launcher, and ``fg``
-continues them. ``--process_ids=1`` starts only some of the processes (to debug, or
+continues them (within jax's 100-s heartbeat: a longer stop ends the run as it continues, said
+so; a re-run resumes it). ``--process_ids=1`` starts only some of the processes (to debug, or
 to see what a process does when the coordinator never comes up).
 """
 
@@ -44,6 +45,7 @@ RECORDED_ENV = ("XLA_FLAGS", "JAX_PLATFORMS", "CUDA_VISIBLE_DEVICES", "TFDS_DATA
                 "LMSCALE_COMPILE_CACHE", "PYTHONPATH")
 ENV_NUM_PROCESSES = "LMSCALE_NUM_PROCESSES"
 ENV_PROCESS_ID = "LMSCALE_PROCESS_ID"
+HEARTBEAT_S = 100  # jax.distributed.initialize's heartbeat_timeout_seconds (lmscale keeps it)
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -178,6 +180,9 @@ class Launch:
         self.stopped: list[int] = []  # ids stopped by the launcher after another failed
         self.sent: dict[int, int] = {}  # id -> the last signal the launcher sent it
         self.interrupts = 0  # SIGTERM/SIGINT received by the launcher
+        self.paused_s = 0.0  # the longest stop (Ctrl-Z) of the processes with the launcher
+        # jax's heartbeat: a run of several processes (one alone joins no coordinator)
+        self.heartbeat = any(int(env[ENV_NUM_PROCESSES]) > 1 for env in envs.values())
         self.threads: list[threading.Thread] = []  # copying the piped processes' output
         on_fork = _parent_death_signal()
         try:
@@ -222,12 +227,21 @@ class Launch:
         """Ctrl-Z (SIGTSTP) to the launcher: the processes, in sessions of their own, went on
         training (process 0 printing over the shell's prompt); now they stop with it, all
         together (one stopped alone past jax's 100-s heartbeat aborted the run), and go on
-        with it (``fg``, ``bg``, SIGCONT)."""
+        with it (``fg``, ``bg``, SIGCONT). Stopped longer than the heartbeat, all together
+        too, the run ends as they go on (jax's coordinator finds every heartbeat stale): said
+        as the processes stop, and in the launch's error line."""
         running = [p for p in self.procs.values() if p.poll() is None]
         for proc in running:
             proc.send_signal(signal.SIGSTOP)
+        if self.heartbeat:
+            print(f"launch: {len(running)} process{'es' if len(running) != 1 else ''} stopped "
+                  f"with the launcher; continue them within {HEARTBEAT_S} s (fg, bg): a longer "
+                  f"stop ends the run as it continues (jax's heartbeat; a re-run resumes it)",
+                  file=sys.stderr, flush=True)
         signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        began = time.monotonic()
         os.kill(os.getpid(), signal.SIGTSTP)  # stops here until continued
+        self.paused_s = max(self.paused_s, time.monotonic() - began)
         signal.signal(signal.SIGTSTP, self.suspend)
         for proc in running:
             if proc.poll() is None:
@@ -316,6 +330,10 @@ def main(argv: list[str]) -> int:
     pid, status = failed
     returncodes = {p: proc.returncode for p, proc in launch.procs.items()}
     message = failure_summary(pid, status, returncodes, launch.stopped, launch.sent, address)
+    if status == -signal.SIGABRT and launch.paused_s:
+        message += (f"; the processes had been stopped with the launcher (Ctrl-Z) for "
+                    f"{launch.paused_s:.0f} s: past jax's {HEARTBEAT_S}-s heartbeat, the run "
+                    f"ends as it continues (re-run to resume from its last checkpoint)")
     print(f"error: {message}", file=sys.stderr, flush=True)
     # the first failed process's own status (the trainer's 3: diverged), as srun passes it on;
     # 1 for a process ended by a signal

@@ -97,6 +97,7 @@ LONGEST_TEST_FILES = (
     "tests/transfer/test_transfer_cli.py",  # 101
     "tests/training/test_data_parallel.py",  # 87
     "tests/finetune/test_finetune.py",  # 82 (with test_classify_transfer_output.py's tests)
+    "tests/finetune/test_classify_transfer_output.py",  # ~13
     "tests/training/test_model_agnostic.py",  # 64
     "tests/training/test_kill.py",  # 64
     "tests/benchmarks/test_gpu_check.py",  # ~60 (51 alone; added after the list was measured)

@@ -22,4 +22,3 @@ def cr_lines_hint(line: str | bytes, error: ValueError) -> str:
         return ""
     return ("; its records end with a carriage return alone (\\r), not a newline: convert the "
             "file, e.g. tr '\\r' '\\n' < IN > OUT")
-

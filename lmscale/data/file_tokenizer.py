@@ -112,4 +112,3 @@ def ids_to_decode(ids: Any, pad_id: int | None, first: int, vocab_size: int,
     if bad.any():
         raise DataError(f"token id {int(arr[bad][0])} out of range for {tokenizer} ({ids_are})")
     return arr
-

@@ -46,7 +46,8 @@ from lmscale.finetuning.steps import BATCH_KEYS, make_finetune_step, zero_acc
 from lmscale.models import built_in_one_program
 from lmscale.pretrained.preprocess import preprocessor_for
 from lmscale.training import mesh as mesh_lib
-from lmscale.training.checkpoints import Checkpointer, check_same_model
+from lmscale.training.checkpoints import Checkpointer
+from lmscale.training.model_signature import check_same_model
 from lmscale.training.diverged import DivergedError, check_finite, save_finite
 from lmscale.training.fits import check_step_fits_host, refuse_disabled_jit
 from lmscale.training.metrics import MetricsWriter, truncate_metrics

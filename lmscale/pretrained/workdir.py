@@ -43,7 +43,8 @@ def write_workdir(weights: LMWeights, workdir: str, *, batch_size: int | None = 
     ``workdir`` must not exist or be empty. ``batch_size`` sets ``train.batch_size`` (the rows
     of the saved RNN carry, part of the model signature); default: the config default.
     """
-    from lmscale.training.checkpoints import Checkpointer, model_signature
+    from lmscale.training.checkpoints import Checkpointer
+    from lmscale.training.model_signature import model_signature
     from lmscale.training.flops import train_flops_per_token
     from lmscale.training.optimizer import make_optimizer
     from lmscale.training.state import create_state

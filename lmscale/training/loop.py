@@ -32,7 +32,8 @@ from lmscale.models.registry import (carries_state, get_kind, trained_length_not
                                      unused_settings_note)
 from lmscale.training import mesh as mesh_lib
 from lmscale.messages import check_call_arguments, draws_bar, errors_for_caller
-from lmscale.training.checkpoints import Checkpointer, check_same_model, model_signature
+from lmscale.training.checkpoints import Checkpointer
+from lmscale.training.model_signature import check_same_model, model_signature
 from lmscale.training.command_log import record_command
 from lmscale.training.archive import archive_previous_run
 from lmscale.training.resume import (PROVENANCE_KEYS, check_resumable, check_same_dataset,
@@ -350,7 +351,8 @@ def _checkpoint_to_resume(config: ml_collections.ConfigDict, workdir: str
                           ) -> dict[str, Any] | None:
     """The meta record of the checkpoint this run resumes from (refused if the run changed
     in a way a resume cannot take, before its data is touched), or None: step 0 afresh
-    (``config.resume`` False archives a previous run first; stale best weights set aside)."""
+    (``config.resume`` False archives a previous run first; stale best weights set aside;
+    ``train.start_from``'s run checked)."""
     refuse_classifier_run(workdir)
     if not config.resume:
         archive_previous_run(workdir)

@@ -35,8 +35,9 @@ from lmscale.data.tokenizer import tokenizer_from_dict
 from lmscale.models import model_params
 from lmscale.models.registry import architecture, carries_state
 from lmscale.training import mesh as mesh_lib
-from lmscale.training.checkpoints import (CheckpointError, Checkpointer, CheckpointMismatchError, ModelMismatchError,
-                                          UnreadableCheckpointError, check_same_model, model_signature)
+from lmscale.training.checkpoints import (CheckpointError, Checkpointer, CheckpointMismatchError,
+                                          ModelMismatchError, UnreadableCheckpointError)
+from lmscale.training.model_signature import check_same_model, model_signature
 from lmscale.training.run_paths import best_folder
 from lmscale.training.evaluate import eval_settings, evaluate_split
 from lmscale.training.steps import make_eval_step

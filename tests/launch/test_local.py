@@ -361,3 +361,39 @@ def test_ctrl_z_stops_every_process_with_the_launcher_and_fg_continues_them(tmp_
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_ctrl_z_past_jaxs_heartbeat_is_said_as_the_processes_stop_and_when_the_run_ends(
+        tmp_path):
+    """Stopped together, the processes still found jax's heartbeats stale as they continued
+    (a stop past 100 s): the run aborted at `fg`, its error line blaming the coordinator or
+    another process, with nothing said of the stop."""
+    import signal
+    worker = tmp_path / "worker.py"
+    worker.write_text(
+        "import os, time\nimport jax\n"
+        "jax.distributed.initialize(os.environ['LMSCALE_COORDINATOR_ADDRESS'], "
+        "int(os.environ['LMSCALE_NUM_PROCESSES']), int(os.environ['LMSCALE_PROCESS_ID']), "
+        "heartbeat_timeout_seconds=3)  # the run's is 100 s\n"
+        f"open({str(tmp_path)!r} + '/up' + os.environ['LMSCALE_PROCESS_ID'], 'w').close()\n"
+        "time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, LAUNCHER, "--num_processes=2", "--platform=cpu",
+                             "--", sys.executable, str(worker)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while (not all((tmp_path / f"up{pid}").exists() for pid in range(2))
+               and time.monotonic() < deadline):
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTSTP)
+        time.sleep(8)  # past the heartbeat
+        proc.send_signal(signal.SIGCONT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 1, err[-2000:]
+    assert "launch: 2 processes stopped with the launcher; continue them within 100 s" in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: process ") and "(SIGABRT)" in last, err[-2000:]
+    assert "stopped with the launcher (Ctrl-Z) for " in last and "s heartbeat" in last

@@ -23,7 +23,8 @@ from lmscale.config import default_config
 from lmscale.models import get_kind
 from lmscale.models.registry import architecture
 from lmscale.models.transformer import TransformerLM
-from lmscale.training.checkpoints import CheckpointMismatchError, check_same_model
+from lmscale.training.checkpoints import CheckpointMismatchError
+from lmscale.training.model_signature import check_same_model
 from tests.models.helpers import randomize_params
 from tests.models.numpy_transformer import np_transformer
 from tests.models.test_transformer import model_weights

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -31,3 +32,9 @@ def copy_run(base_run, tmp_path) -> tuple[str, str]:
     target = str(tmp_path / "run")
     shutil.copytree(workdir, target)
     return corpus, target
+
+
+def steps_on_disk(workdir: str) -> list[int]:
+    """The steps of the complete checkpoints in ``workdir``, ascending."""
+    return sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+

@@ -16,7 +16,7 @@ from lmscale.training.restore import load_trained
 from lmscale.transfer.run import run_transfer
 from tests.conftest import REPO, tiny_config
 from tests.training.conftest import BASE, copy_run
-from tests.training.test_records import steps_on_disk
+from tests.training.conftest import steps_on_disk
 
 
 def transfer_kept(workdir: str, tmp_path) -> tuple[object, str]:

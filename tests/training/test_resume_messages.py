@@ -15,7 +15,8 @@ import shutil
 import pytest
 
 from lmscale.training.checkpoints import (CheckpointMismatchError, Checkpointer,
-                                          UnreadableCheckpointError, check_same_model)
+                                          UnreadableCheckpointError)
+from lmscale.training.model_signature import check_same_model
 from lmscale.training.loop import train
 from lmscale.training.restore import load_trained
 from tests.conftest import tiny_config, write_corpus
@@ -360,7 +361,7 @@ def test_a_checkpoint_from_before_two_biases_names_the_flag_that_resumes_it():
     converted workdir, one bias) was "a different model" with --config.resume=false to start
     afresh as the way out of a paper-scale run; it names --config.model.two_biases=false."""
     from lmscale.config import config_from_file
-    from lmscale.training.checkpoints import model_signature
+    from lmscale.training.model_signature import model_signature
     from tests.conftest import REPO
     config = config_from_file(str(REPO / "configs" / "mlstm4096.py"))
     tokenizer = {"kind": "byte", "ids": "sentiment_discovery"}
