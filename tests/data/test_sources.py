@@ -110,6 +110,17 @@ def test_jsonl(tmp_path):
         list(iter_documents([str(mac)]))
 
 
+@pytest.mark.parametrize("line", [
+    b'{"text": "one"} {"text": "two"}\r\n',  # CRLF ends: two records on one line, not CRs
+    b'{"text": \r "one",}\r{"text": "two"}',  # a carriage return, but another error
+])
+def test_the_carriage_return_hint_is_only_for_records_that_end_with_one(line):
+    from lmscale.data.errors import cr_lines_hint
+    with pytest.raises(ValueError) as error:
+        json.loads(line)
+    assert cr_lines_hint(line, error.value) == cr_lines_hint(line.decode(), error.value) == ""
+
+
 @pytest.mark.parametrize("record, message", [
     ('["a list"]', "expected a JSON object, got list"),
     ('"a string"', "expected a JSON object, got str"),

@@ -116,7 +116,7 @@ def test_prepared_vocabulary_comes_from_the_training_split_only(tmp_path):
     assert meta["tokenizer"]["kind"] == "word"
     assert tokenizer_from_dict(meta["tokenizer"], base_dir=out) == tok
     (tmp_path / "vocab.json").write_bytes(open(os.path.join(out, "vocab.json"), "rb").read())
-    for outside in ("../vocab.json", str(tmp_path / "vocab.json")):  # a dataset from elsewhere
+    for outside in ("../vocab.json", "..\\vocab.json", str(tmp_path / "vocab.json")):  # elsewhere
         with pytest.raises(DataError, match="description needs a relative file name in 'vocab'"):
             tokenizer_from_dict({**meta["tokenizer"], "vocab": outside}, base_dir=out)
     train = np.concatenate([np.asarray(s) for s in ds.split("train").shards])

@@ -238,6 +238,10 @@ def test_multilabel_transformer_thresholds_reused_by_classify(transformer_lm, da
     probs, pred = clf.predict(val.texts)
     assert pred.shape == (64, 11)
     np.testing.assert_array_equal(pred, (probs >= np.asarray(saved["thresholds"])).astype(int))
+    with open(os.path.join(run, "val_predictions.csv"), newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))  # its labels by the tuned thresholds, not 0.5
+    np.testing.assert_array_equal(
+        [[int(r[f"predicted_{c}"]) for c in EMOTIONS.split(",")] for r in rows], pred)
     from sklearn.metrics import jaccard_score
     assert jaccard_score(val.labels, pred, average="samples", zero_division=1.0) == pytest.approx(
         results["metrics"]["val"]["jaccard"], abs=1e-6)

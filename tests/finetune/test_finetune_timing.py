@@ -1,6 +1,9 @@
-"""Fine-tuning's throughput leaves out every step that compiles (each batch width's first)."""
+"""Fine-tuning's train records: the throughput leaves out every step that compiles (each batch
+width's first); a record is the mean of its window; the start-up notes."""
 
 from __future__ import annotations
+
+import pytest
 
 from tests.conftest import lowered_programs
 from tests.finetune.conftest import ft_config
@@ -24,3 +27,31 @@ def test_every_compiling_step_is_left_out_of_the_rates(sst_run, data, tmp_path):
     assert len(steps) >= 3, built  # several widths, frozen and not
     assert len(untimed) == len(steps), (untimed, steps)
     assert all(r["first_step_s"] > 0 for r in records if r["step"] in untimed)
+
+
+def test_a_train_record_is_the_mean_of_its_window_and_counts_texts_per_step(sst_run, data,
+                                                                            tmp_path, capsys):
+    """log_every=2's record at step 2 is the mean of log_every=1's at steps 1 and 2 (loss,
+    aux LM loss, accuracy: a fraction); texts/s is steps/s times the batch; the start-up notes
+    (grad_tokens longer than every training text, the head's rate as given) are said."""
+    from lmscale.finetuning.loop import finetune
+    from lmscale.training.metrics import read_metrics
+    records = {}
+    for every in (1, 2):
+        config = ft_config(sst_run, data["sst_train"], data["sst_val"], **{
+            "train.steps": 3, "train.log_every": every, "train.eval_every": 0,
+            "checkpoint.every": 100, "finetune.aux_lm_weight": 0.5, "finetune.bucket_width": 512,
+            "finetune.grad_tokens": 100_000, "train.per_device_batch_size": 16})
+        finetune(config, str(tmp_path / f"ft{every}"))
+        records[every] = [r for r in read_metrics(str(tmp_path / f"ft{every}"))
+                          if r["split"] == "train"]
+    err = capsys.readouterr().err
+    assert "note: finetune.grad_tokens=100000 is not shorter than the longest training text" in err
+    assert ("note: global batch 16 (16 per device x 1 devices), learning rate 0.003; the head's "
+            "finetune.head_lr=0.01, as given (not scaled)") in err
+    (whole, _), (one, two, _) = records[2], records[1]
+    for key in ("loss", "aux_lm_loss", "accuracy"):
+        assert whole[key] == pytest.approx((one[key] + two[key]) / 2, rel=1e-5), key
+    assert 0.0 <= whole["accuracy"] <= 1.0 and whole["aux_lm_loss"] > 0
+    timed = [r for r in records[1] + records[2] if r.get("steps_per_s")]
+    assert timed and all(r["texts_per_s"] == pytest.approx(16 * r["steps_per_s"]) for r in timed)

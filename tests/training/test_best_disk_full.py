@@ -93,3 +93,17 @@ def test_a_best_save_cut_short_is_removed_when_the_run_resumes(tmp_path):
     assert keeper.offer(4, 1.0, {"w": jnp.ones((4,))}, averaged=False)
     assert sorted(os.listdir(best)) == ["4"]
     keeper.close()
+
+
+def test_an_os_error_of_the_save_is_a_failed_write(tmp_path, monkeypatch):
+    """An OSError (a read-only remount, a folder gone) naming neither a full disk nor the
+    save's folder is a failed write too, as the checkpointer's."""
+    keeper = BestKeeper(str(tmp_path), enabled=True)
+
+    def failed(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(keeper.manager, "save", failed)
+    with pytest.raises(CheckpointError, match=r"best weights of step 1 could not be written "):
+        keeper.offer(1, 2.0, {"w": jnp.ones((4,))}, averaged=False)
+    keeper.close()

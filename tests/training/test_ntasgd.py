@@ -214,3 +214,11 @@ def test_ntasgd_without_scheduled_validations_is_refused():
     c = tiny_config("corpus", **{**NTASGD, "train.eval_every": 0})
     with pytest.raises(ConfigError, match="set train.eval_every > 0"):
         validate(c)
+
+
+def test_the_switch_to_averaging_is_said_on_the_progress_lines(tmp_path, corpus, monkeypatch,
+                                                               capfd):
+    monkeypatch.setattr(ntasgd, "should_switch", lambda history, loss, n: len(history) >= 1)
+    train(tiny_config(corpus, **{**NTASGD, "train.steps": 4, "train.progress_bar": True}),
+          str(tmp_path / "run"))
+    assert "step 4: NT-ASGD switches to averaging" in capfd.readouterr().err

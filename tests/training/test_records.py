@@ -30,6 +30,8 @@ def meta_path(workdir: str, step: int) -> str:
 
 @pytest.mark.parametrize("key, value", [("train.seq_len", 8), ("data.split", "7,1,1"),
                                         ("data.tokenizer", "openai"), ("data.train", "python_stdlib")])
+
+
 def test_resume_with_a_changed_data_field_is_refused_naming_it(base_run, tmp_path, key, value):
     corpus, workdir = copy_run(base_run, tmp_path)
     before = {name: open(os.path.join(workdir, name)).read() for name in ("config.json", "metrics.jsonl")}
@@ -86,6 +88,15 @@ def test_a_constant_rate_run_extended_has_no_horizon_note(base_run, tmp_path, ca
     capfd.readouterr()
     train(tiny_config(corpus, **{**constant, "train.steps": 4}), str(tmp_path / "c"))
     assert "decay horizon" not in capfd.readouterr().err
+
+
+def test_a_decay_ending_before_the_run_is_said_as_it_starts(corpus, tmp_path, capfd):
+    """optim.decay_steps=2 of a 3-step linear run: the run's own note on its steps at rate 0."""
+    train(tiny_config(corpus, **{"train.steps": 3, "train.eval_every": 0, "optim.decay_steps": 2,
+                                 "optim.warmup_steps": 0, "checkpoint.every": 3}),
+          str(tmp_path / "run"))
+    assert ("note: the linear decay reaches 0 at step 2 (optim.decay_steps): the run's steps 3-3 "
+            "train at rate 0") in capfd.readouterr().err
 
 
 def test_resume_false_archives_the_previous_run_and_starts_afresh(base_run, tmp_path):

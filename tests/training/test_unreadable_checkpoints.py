@@ -62,6 +62,23 @@ def test_ctrl_c_while_a_checkpoint_is_read_is_a_keyboard_interrupt(base_run, tmp
     assert load_trained(workdir).step == 4  # nothing was damaged
 
 
+def test_a_keyboard_interrupt_a_read_error_was_raised_in_is_raised_as_it_is(base_run, tmp_path):
+    """Ctrl-C while orbax handled it: the Exception raised in its ``except`` (implicitly
+    chained, ``__context__``) is the KeyboardInterrupt, not an unreadable checkpoint."""
+    _, workdir = copy_run(base_run, tmp_path)
+    reader = Checkpointer(workdir, read_only=True)
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise ValueError("read failed")  # noqa: B904 (the implicit chain is the point)
+    except ValueError as e:
+        assert isinstance(reader._unreadable(4, e), KeyboardInterrupt)
+        assert isinstance(reader._unreadable(4, ValueError("x")), UnreadableCheckpointError)
+    finally:
+        reader.close()
+
+
 def test_every_checkpoint_unreadable_names_the_way_to_start_afresh(base_run, tmp_path):
     """checkpoint.fallback set aside the newest and then stopped at the oldest with its error
     alone: no way on was named."""
