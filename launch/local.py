@@ -238,11 +238,12 @@ class Launch:
                   f"with the launcher; continue them within {HEARTBEAT_S} s (fg, bg): a longer "
                   f"stop ends the run as it continues (jax's heartbeat; a re-run resumes it)",
                   file=sys.stderr, flush=True)
-        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
         began = time.monotonic()
-        os.kill(os.getpid(), signal.SIGTSTP)  # stops here until continued
+        # Stops here until continued. SIGSTOP, not SIGTSTP's default action: the kernel
+        # discards that in an orphaned process group (a launcher started from a script that
+        # has exited), and the processes were continued at once.
+        os.kill(os.getpid(), signal.SIGSTOP)
         self.paused_s = max(self.paused_s, time.monotonic() - began)
-        signal.signal(signal.SIGTSTP, self.suspend)
         for proc in running:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGCONT)

@@ -27,6 +27,7 @@ from flax import nnx
 from lmscale.data.errors import DataError
 from lmscale.models.registry import untrained_positions_note
 from lmscale.training.restore import TrainedLM, prepared_weights
+from lmscale.training.state import DEFAULT_PRNG_IMPL
 
 
 def filter_logits(logits: jax.Array, *, temperature: Any, top_k: Any, top_p: Any,
@@ -291,7 +292,9 @@ def generate(lm: TrainedLM, prompt: str, length: int = 200, *, temperature: floa
     prompts = np.zeros((samples, width), np.int32)  # numpy: jnp.asarray would be a program
     prompts[:, :len(ids)] = ids
     settings = Settings.of(len(ids), temperature, top_k, top_p, neuron, neuron_value)
-    tokens = _sample(fn, lm, prompts, seed, settings, length, progress)
+    # threefry2x32's keys: a seed gives its samples whatever JAX_DEFAULT_PRNG_IMPL says
+    with jax.default_prng_impl(DEFAULT_PRNG_IMPL):
+        tokens = _sample(fn, lm, prompts, seed, settings, length, progress)
     head = lm.tokenizer.decode(ids)
     if read is not None:
         read.update(prompt_tokens=len(ids), prompt_read=head)

@@ -3,7 +3,10 @@ against a step-by-step loop written out by hand."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +16,7 @@ from flax import nnx
 
 from lmscale.data.errors import DataError
 from lmscale.generation import filter_logits, generate
+from tests.conftest import REPO
 from tests.transfer.conftest import random_lm, random_transformer_lm
 
 
@@ -383,3 +387,20 @@ def test_byte_generation_never_samples_the_padding_id():
     bias[...] = bias[...].at[0].set(50.0)
     out = generate(lm, "the", 8, temperature=1.0, seed=1, samples=2)
     assert all(len(s.encode()) > len("the") for s in out), out
+
+
+def test_a_seeds_samples_do_not_depend_on_jaxs_default_key_implementation():
+    """JAX_DEFAULT_PRNG_IMPL=rbg (set for speed elsewhere) gave a seed other samples."""
+    code = ("from lmscale.generation import generate\n"
+            "from tests.transfer.conftest import random_lm\n"
+            "print(ascii(generate(random_lm(hidden=16), 'the', 12, temperature=1.0, seed=3, "
+            "samples=2)))\n")
+    out = []
+    for impl in ("threefry2x32", "rbg"):
+        p = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                           text=True, timeout=300,
+                           env={**os.environ, "JAX_DEFAULT_PRNG_IMPL": impl,
+                                "PYTHONPATH": str(REPO)})
+        assert p.returncode == 0, p.stderr[-2000:]
+        out.append(p.stdout)
+    assert out[0] == out[1]

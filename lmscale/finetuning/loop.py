@@ -64,7 +64,7 @@ from lmscale.training.archive import archive_previous_run
 from lmscale.training.resume import (RUN_FILES, check_same_optimizer, keep_config_history,
                                      resumed_derived, software_versions)
 from lmscale.training.state import (TrainState, host_zeros_like, initial_state, placed_on,
-                                    state_shardings)
+                                    run_prng_impl, state_shardings)
 from lmscale.training.step_timer import StepTimer
 from lmscale.training.stop import StopSignal
 from lmscale.training.workdir_lock import locked_workdir
@@ -186,6 +186,8 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
     on_exit.push(lambda kind, *_: best_ckpt.abandon() if kind else None)
     fallback = config.checkpoint.fallback  # an unreadable newest checkpoint: the one before
     saved = checkpointer.newest_usable(checkpointer.read_meta, fallback) if resuming else None
+    prng_impl = run_prng_impl(saved)  # the run's keys, whatever JAX_DEFAULT_PRNG_IMPL says now
+    on_exit.enter_context(jax.default_prng_impl(prng_impl))
 
     policy = Policy.from_compute(config.precision.compute)
     pretrained = jax.device_get(lm.params) if ft.lm_init == "pretrained" and not resuming else None
@@ -244,7 +246,8 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
                "init_from": os.path.abspath(config.init_from), "lm_step": lm.step,
                "lm_init": ft.lm_init, "software": software_versions(),
                "preprocess": lm.derived.get("preprocess", "none"), "devices": mesh.size,
-               "precision": str(policy), "texts": {n: len(d) for n, d in splits.items()},
+               "precision": str(policy), "prng_impl": prng_impl,
+               "texts": {n: len(d) for n, d in splits.items()},
                "texts_fingerprint": fingerprints, "batch_order": BATCH_ORDER,
                **({"pretrained": lm.derived["pretrained"]} if "pretrained" in lm.derived else {})}
     if resuming and is_main:

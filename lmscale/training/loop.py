@@ -59,7 +59,7 @@ from lmscale.training.schedules import (DECAYS_TO_ZERO, batch_and_rate_note, hor
 from lmscale.training.fits import (check_step_fits_host, refuse_disabled_jit,
                                    slow_cpu_step_note)
 from lmscale.training.setup import build_train_setup, jit_train_step
-from lmscale.training.state import host_zeros_like, zero_acc
+from lmscale.training.state import host_zeros_like, run_prng_impl, zero_acc
 from lmscale.training.steps import make_eval_step
 
 __all__ = ["train", "PROVENANCE_KEYS"]
@@ -98,6 +98,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
     interactive = progress and draws_bar(sys.stderr)  # a bar on a terminal, plain lines in logs
 
     saved = _checkpoint_to_resume(config, workdir)  # its meta record; None: step 0 afresh
+    prng_impl = run_prng_impl(saved)  # the run's keys, whatever JAX_DEFAULT_PRNG_IMPL says now
+    on_exit.enter_context(jax.default_prng_impl(prng_impl))
     dataset, fingerprint = _open_dataset(config, workdir, saved, interactive)
     batcher = train_batcher(dataset, config)
     val = dataset.split("val") if "val" in dataset.split_names else None
@@ -135,7 +137,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
                    train_flops_per_token=train_flops_per_token(
                        config.model, vocab_size, config.train.seq_len,
                        id_counts=_loss_id_counts(config, dataset, vocab_size)),
-                   precision=str(setup.policy), software=software_versions(),
+                   precision=str(setup.policy), prng_impl=prng_impl,
+                   software=software_versions(),
                    **provenance(workdir, saved))
     train_step, shardings = jit_train_step(setup, mesh)
 

@@ -84,6 +84,22 @@ def initial_state(params: Any, tx: optax.GradientTransformation, *, carry: Any, 
     )
 
 
+# JAX's default before a run recorded its own (``derived.prng_impl``)
+DEFAULT_PRNG_IMPL = "threefry2x32"
+
+
+def run_prng_impl(saved: dict[str, Any] | None) -> str:
+    """The random-key implementation of a run: the one it began with (its checkpoint's
+    ``derived.prng_impl``; threefry2x32, JAX's default, where none is recorded), or JAX's
+    current default for a run that begins now (``JAX_DEFAULT_PRNG_IMPL``). Training and
+    fine-tuning run under it (``jax.default_prng_impl``): keys of another implementation
+    have another shape, and a run resumed under another setting read its key as an
+    unreadable checkpoint ("no checkpoint is left before it: start afresh")."""
+    if saved is None:
+        return str(jax.config.jax_default_prng_impl)
+    return str((saved.get("derived") or {}).get("prng_impl") or DEFAULT_PRNG_IMPL)
+
+
 def state_shardings(state: TrainState, mesh: Mesh) -> TrainState:
     """Replicated everything, except the carry (if any): split along the batch axis."""
     rep, rows = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
