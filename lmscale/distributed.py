@@ -28,7 +28,7 @@ import socket
 import sys
 from typing import Callable, Mapping, TypeVar
 
-from lmscale.training.host_devices import forced_device_count
+from lmscale.training.host_devices import affinity_cores, forced_device_count
 
 ENV_COORDINATOR = "LMSCALE_COORDINATOR_ADDRESS"
 ENV_NUM_PROCESSES = "LMSCALE_NUM_PROCESSES"
@@ -139,8 +139,7 @@ def initialize(coordinator_address: str | None, num_processes: int | None, proce
     # or Ctrl-C's stop during start-up was logged and ignored: the run trained to its end);
     # lmscale's processes agree on a stop themselves (training/stop.py)
     jax.config.update("jax_enable_preemption_service", False)
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    threads = cpu_pool_size(os.environ, cpus, jax.config.jax_num_cpu_devices)
+    threads = cpu_pool_size(os.environ, affinity_cores(), jax.config.jax_num_cpu_devices)
     if threads is not None:
         os.environ["PJRT_NPROC"] = str(threads)  # read when the CPU client is created, after this
     print(message, file=sys.stderr, flush=True)

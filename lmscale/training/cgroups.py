@@ -37,3 +37,15 @@ def cgroup_folders(controller: str, proc_cgroup: str = PROC_CGROUP, root: str = 
         for base in dict.fromkeys(bases):
             for i in range(len(parts), -1, -1):
                 yield os.path.join(base, *parts[:i]), v2
+
+
+def cgroup_ints(path: str) -> list[int] | None:
+    """The whitespace-separated non-negative integers of a cgroup file; None if unreadable or
+    any word is not one ("max", "-1": no limit)."""
+    try:
+        with open(path) as f:
+            words = f.read().split()
+    except OSError:
+        return None
+    return [int(w) for w in words] if words and all(w.isdigit() for w in words) else None
+

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import jax
 
 from lmscale.config import ConfigError
-from lmscale.training.cgroups import CGROUP_ROOT, PROC_CGROUP, cgroup_folders
+from lmscale.training.cgroups import CGROUP_ROOT, PROC_CGROUP, cgroup_folders, cgroup_ints
 from lmscale.training.host_devices import usable_cores
 
 GiB = 1024 ** 3
@@ -53,15 +53,6 @@ def _meminfo_bytes(path: str | None, swap: bool) -> int | None:
     return fields["MemAvailable"] + (fields.get("SwapFree", 0) if swap else 0)
 
 
-def _read_int(path: str) -> int | None:
-    try:
-        with open(path) as f:
-            text = f.read().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
-
-
 def _inactive_file(path: str, key: str) -> int:
     """Reclaimable page cache in a cgroup's memory.stat (charged to it, not in the way)."""
     try:
@@ -85,11 +76,11 @@ def cgroup_available_bytes(proc_cgroup: str = PROC_CGROUP, root: str = CGROUP_RO
         files = (("memory.max", "memory.current", "memory.stat", "inactive_file") if v2 else
                  ("memory.limit_in_bytes", "memory.usage_in_bytes", "memory.stat",
                   "total_inactive_file"))
-        limit = _read_int(os.path.join(folder, files[0]))
-        usage = _read_int(os.path.join(folder, files[1]))
-        if limit is None or usage is None or limit >= 2 ** 60:  # "max" / unlimited
+        limit, usage = (cgroup_ints(os.path.join(folder, name)) for name in files[:2])
+        if not limit or not usage or limit[0] >= 2 ** 60:  # "max" / unlimited
             continue
-        free = max(0, limit - usage + _inactive_file(os.path.join(folder, files[2]), files[3]))
+        free = max(0, limit[0] - usage[0]
+                   + _inactive_file(os.path.join(folder, files[2]), files[3]))
         best = free if best is None else min(best, free)
     return best
 

@@ -28,18 +28,7 @@ from typing import Callable, Mapping
 
 import ml_collections
 
-from lmscale.training.cgroups import CGROUP_ROOT, PROC_CGROUP, cgroup_folders
-
-
-def _read_ints(path: str) -> list[int] | None:
-    """The whitespace-separated non-negative integers of a file; None if unreadable or any
-    word is not one ("max", "-1": no limit)."""
-    try:
-        with open(path) as f:
-            words = f.read().split()
-    except OSError:
-        return None
-    return [int(w) for w in words] if words and all(w.isdigit() for w in words) else None
+from lmscale.training.cgroups import CGROUP_ROOT, PROC_CGROUP, cgroup_folders, cgroup_ints
 
 
 def cgroup_cpu_quota(proc_cgroup: str | None = None, root: str | None = None) -> float | None:
@@ -50,9 +39,9 @@ def cgroup_cpu_quota(proc_cgroup: str | None = None, root: str | None = None) ->
     best: float | None = None
     for folder, v2 in cgroup_folders("cpu", proc_cgroup or PROC_CGROUP, root or CGROUP_ROOT):
         if v2:
-            numbers = _read_ints(os.path.join(folder, "cpu.max")) or []
+            numbers = cgroup_ints(os.path.join(folder, "cpu.max")) or []
         else:
-            quota, period = (_read_ints(os.path.join(folder, f"cpu.cfs_{name}_us"))
+            quota, period = (cgroup_ints(os.path.join(folder, f"cpu.cfs_{name}_us"))
                              for name in ("quota", "period"))
             numbers = quota + period if quota and period else []
         if len(numbers) == 2 and numbers[1] > 0:
@@ -61,15 +50,20 @@ def cgroup_cpu_quota(proc_cgroup: str | None = None, root: str | None = None) ->
     return best
 
 
+def affinity_cores() -> int:
+    """Cores this process may run on (its CPU affinity; the machine's where none), at least 1:
+    what XLA sizes its CPU thread pool by, a CPU quota or not."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
 def usable_cores() -> int:
     """Cores this process may use, at least 1: its CPU affinity (taskset, a Slurm job's
     cpuset, ``docker --cpuset-cpus``) capped by its cgroups' CPU quota rounded up
     (``cgroup_cpu_quota``), as ``joblib.cpu_count`` counts them. One thread or device per
     host core in a 2-CPU container of a 32-core host made its steps 3-5x slower."""
-    if hasattr(os, "sched_getaffinity"):
-        cores = max(1, len(os.sched_getaffinity(0)))
-    else:
-        cores = max(1, os.cpu_count() or 1)
+    cores = affinity_cores()
     quota = cgroup_cpu_quota()
     return cores if quota is None else max(1, min(cores, math.ceil(quota)))
 
