@@ -23,6 +23,8 @@ import orbax.checkpoint as ocp
 
 from lmscale.atomic import write_json
 from lmscale.training.checkpoints import CheckpointError
+from lmscale.training.orbax_logs import (disk_full, failed_write, short_error,
+                                         tmp_cleanup_finished)
 
 BEST_DIR = "best"
 BEST_JSON = "best.json"
@@ -97,9 +99,7 @@ class BestKeeper:
                                                    cleanup_tmp_directories=True)
             self.manager = ocp.CheckpointManager(os.path.join(self.workdir, BEST_DIR), options=options,
                                                  item_names=("params",))
-            pending = getattr(self.manager, "_cleanup_tmp_directory_future", None)
-            if pending is not None:  # orbax >= 0.12 removes them in a thread (Checkpointer)
-                pending.result()
+            tmp_cleanup_finished(self.manager)
             kept = sorted(self.manager.all_steps())
             # best.json gone or damaged, the weights still here: never replaced unseen by
             # worse. Decided together, before process 0 writes it again (a process reading it
@@ -162,7 +162,6 @@ class BestKeeper:
                     params=ocp.args.StandardSave(params)))
                 self.manager.wait_until_finished()
             except (OSError, ValueError) as e:  # tensorstore: ValueError("RESOURCE_EXHAUSTED: ...")
-                from lmscale.training.orbax_logs import failed_write
                 if not failed_write(e):
                     raise  # not a write that failed (weights orbax cannot save): as it is
                 raise self._save_failed(step, e) from None
@@ -176,7 +175,6 @@ class BestKeeper:
     def _save_failed(self, step: int, error: BaseException) -> CheckpointError:
         """One line for best weights that could not be written (a full disk: was a page of
         tensorstore traceback): the previous best, named by best.json, stays."""
-        from lmscale.training.orbax_logs import disk_full, short_error
         why = "the disk is full" if disk_full(error) else short_error(error)
         kept = (f"the previous best weights (step {read_best(self.workdir)['step']}) stay"
                 if os.path.exists(os.path.join(self.workdir, BEST_JSON))

@@ -28,7 +28,7 @@ from lmscale.messages import is_utf8
 
 from lmscale.training.orbax_logs import (BACKGROUND_FAILURES, DiskFullLogs, disk_full,
                                          failed_write, filter_disk_full_logs, listing_quietly,
-                                         short_error)
+                                         short_error, tmp_cleanup_finished)
 from lmscale.training.state import TrainState
 
 # Version of what a checkpoint holds (the TrainState layout and the meta record). Raise it
@@ -181,13 +181,7 @@ class Checkpointer:
             self.manager = ocp.CheckpointManager(
                 self.directory, options=options,
                 item_handlers={"state": state_handler, "meta": ocp.JsonCheckpointHandler()})
-        # orbax >= 0.12 removes a crashed save's temporary folders in a thread of its own and
-        # waits for it only at the first save: a run that fails before (bad data, a refused
-        # resume) exited while it ran, and its "cannot schedule new futures after interpreter
-        # shutdown" traceback followed the one-line error. Waiting here costs a listing.
-        pending = getattr(self.manager, "_cleanup_tmp_directory_future", None)
-        if pending is not None:
-            pending.result()
+        tmp_cleanup_finished(self.manager)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()

@@ -11,6 +11,7 @@ import os
 import re
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 _NO_SPACE = "No space left on device"  # strerror(ENOSPC), in orbax's/tensorstore's messages
 _TMP_SUFFIX = ".orbax-checkpoint-tmp"  # a save in progress writes below STEP + this
@@ -117,3 +118,15 @@ def short_error(error: BaseException) -> str:
             return short_error(cause)
         text = head
     return text if len(text) < 300 else text[:297] + "..."
+
+
+def tmp_cleanup_finished(manager: Any) -> None:
+    """Waits for ``manager``'s removal of a crashed save's temporary folders: orbax >= 0.12
+    runs it in a thread of its own and waits for it only at the first save, so a run that
+    failed before (bad data, a refused resume) exited while it ran, and its "cannot schedule
+    new futures after interpreter shutdown" traceback followed the one-line error. Waiting
+    costs a listing."""
+    pending = getattr(manager, "_cleanup_tmp_directory_future", None)
+    if pending is not None:
+        pending.result()
+
