@@ -33,6 +33,12 @@ def shared_data(*parts: str) -> Path:
 os.environ.setdefault("LMSCALE_DATA", str(SHARED_DATA))
 
 
+# xdist's --dist loadfile (the README's command) with a worker crash costing its test, not the
+# run: xdist 3.8's own scheduler hung after one (tests/xdist_scheduling.py).
+with contextlib.suppress(ImportError):  # pytest without xdist runs the suite in one process
+    from tests import xdist_scheduling
+    pytest_xdist_make_scheduler = xdist_scheduling.pytest_xdist_make_scheduler
+
 _CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
 _OWN_CACHE: list[str] = []  # the cache folder this session made (removed at its end)
 
