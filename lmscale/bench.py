@@ -89,6 +89,8 @@ def main(argv: list[str]) -> None:
 
     def run() -> dict:
         config = _CONFIG.value
+        from lmscale.training.fits import refuse_disabled_jit
+        refuse_disabled_jit("lmscale.bench")  # before --pipeline prepares any data
         batcher = None
         if _PIPELINE.value or _LOOP.value:
             from lmscale.data.dataset import TokenDataset

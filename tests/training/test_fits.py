@@ -174,13 +174,18 @@ def test_disabled_jit_is_refused_in_words(corpus, tmp_path):
     assert not (tmp_path / "run").exists() and not (tmp_path / "ft").exists()
 
 
-def test_bench_under_disabled_jit_is_refused_in_words():
-    """lmscale.bench times compiled programs: JAX_DISABLE_JIT was JAX's AOT traceback."""
+@pytest.mark.parametrize("pipeline", [False, True])
+def test_bench_under_disabled_jit_is_refused_in_words(tmp_path, pipeline):
+    """lmscale.bench times compiled programs: JAX_DISABLE_JIT was JAX's AOT traceback; with
+    --pipeline it is refused before the data is prepared, not after."""
+    work = tmp_path / "bench"
+    extra = ["--pipeline", f"--workdir={work}"] if pipeline else []
     p = subprocess.run([sys.executable, "-m", "lmscale.bench", "--config=configs/quickstart.py",
                         "--config.model.hidden=16", "--config.train.batch_size=2",
-                        "--config.train.seq_len=8"], cwd=REPO, capture_output=True, text=True,
-                       timeout=300, env={**os.environ, "JAX_DISABLE_JIT": "1"})
+                        "--config.train.seq_len=8", *extra], cwd=REPO, capture_output=True,
+                       text=True, timeout=300, env={**os.environ, "JAX_DISABLE_JIT": "1"})
     assert p.returncode == 1, p.stderr[-2000:]
     assert p.stderr.strip().splitlines()[-1].startswith(
         "error: JAX_DISABLE_JIT is set (jax_disable_jit): lmscale.bench compiles"), p.stderr
+    assert not work.exists()
 
