@@ -201,6 +201,19 @@ def refuse_disabled_jit(what: str) -> None:
                           f"JAX_DEBUG_NANS=1 or jax.debug.print work under jit)")
 
 
+def refuse_debug_nans_in_float16(what: str, compute: str) -> None:
+    """ConfigError for JAX_DEBUG_NANS / JAX_DEBUG_INFS in float16 compute: dynamic loss
+    scaling finds its scale by overflowing (from 2**32 down, each step whose gradients are not
+    finite skipped), and JAX stopped the first step with a FloatingPointError traceback."""
+    set_ = [name for name, on in (("JAX_DEBUG_NANS", jax.config.jax_debug_nans),
+                                  ("JAX_DEBUG_INFS", jax.config.jax_debug_infs)) if on]
+    if set_ and compute == "float16":
+        raise ConfigError(f"{' and '.join(set_)} is set: {what} in float16 overflows on purpose "
+                          f"(dynamic loss scaling skips the steps whose gradients are not "
+                          f"finite), which JAX stops at; debug in bfloat16 or float32 "
+                          f"(--config.precision.compute=bfloat16), or unset it")
+
+
 def check_step_fits_host(step: Callable[..., Any], args: tuple[Any, ...],
                          available: int | None = None, *, what: str = "the training step",
                          advice: str = TRAINING_ADVICE) -> None:

@@ -189,3 +189,26 @@ def test_bench_under_disabled_jit_is_refused_in_words(tmp_path, pipeline):
         "error: JAX_DISABLE_JIT is set (jax_disable_jit): lmscale.bench compiles"), p.stderr
     assert not work.exists()
 
+
+
+@pytest.mark.parametrize("setting", ["debug_nans", "debug_infs"])
+def test_debug_nans_in_float16_is_refused_in_words(corpus, tmp_path, setting):
+    """JAX_DEBUG_NANS (a user hunting a NaN) stopped float16 training's first step with a
+    FloatingPointError traceback: dynamic loss scaling overflows on purpose. bfloat16 trains."""
+    from lmscale.config import default_config
+    from lmscale.finetuning.loop import finetune
+    name = f"JAX_{setting.upper()}"
+    config = tiny_config(corpus)
+    config.train.steps = 2
+    with getattr(jax, setting)(True):
+        config.precision.compute = "float16"
+        with pytest.raises(ConfigError, match=f"{name} is set: training in float16 overflows"):
+            train(config, str(tmp_path / "run16"))
+        ft = default_config()
+        ft.init_from = str(tmp_path / "run16")
+        ft.precision.compute = "float16"
+        with pytest.raises(ConfigError, match=f"{name} is set: fine-tuning in float16 over"):
+            finetune(ft, str(tmp_path / "ft"))
+        assert not (tmp_path / "run16").exists() and not (tmp_path / "ft").exists()
+        config.precision.compute = "bfloat16"
+        assert train(config, str(tmp_path / "run"))["step"] == 2
