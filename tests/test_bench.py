@@ -272,3 +272,17 @@ def test_out_that_is_a_folder_is_refused_before_the_bench(tmp_path):
                           timeout=120)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert f"--out={tmp_path} is a folder" in proc.stderr
+
+
+def test_a_step_too_large_for_the_host_is_refused_before_it_is_timed(tmp_path, monkeypatch):
+    """lmscale.bench of the paper's global batch (32768 x 256) on a CPU host was ended by the
+    kernel's OOM killer, a bare "Killed" (its 8.6 GB of logits): the step is checked as the
+    training loop checks it, one error before it runs."""
+    from lmscale.config import ConfigError
+    from lmscale.training import fits
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal: 24000000 kB\nMemFree: 1000 kB\nMemAvailable: 2048 kB\n"
+                       "SwapTotal: 0 kB\nSwapFree: 0 kB\n")  # 2 MiB: the state fits, the step not
+    monkeypatch.setattr(fits, "MEMINFO", str(meminfo))
+    with pytest.raises(ConfigError, match=r"the training step needs .* is available"):
+        bench.time_step(small_config("mlstm", hidden=32, batch=64, seq=64), steps=1, warmup=0)

@@ -54,7 +54,7 @@ from lmscale.models.recurrent import SCANNED_KINDS, ScanOptions, scan_options
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.flops import (adaptive_cutoffs, adaptive_recompute_flops_per_token,
                                     recompute_flops_per_token, train_flops_per_token)
-from lmscale.training.fits import refuse_disabled_jit
+from lmscale.training.fits import check_step_fits_host, refuse_disabled_jit
 from lmscale.training.host_devices import usable_cores
 from lmscale.training.host_memory import huge_pages_on
 from lmscale.training.precision import DTYPES
@@ -155,7 +155,9 @@ def compile_step(config: ml_collections.ConfigDict, vocab_size: int = BYTE_VOCAB
     config = with_global_batch(config, mesh.size)
     lr = scaled_lr(config.optim, config.train.batch_size)
     decay = max(config.optim.decay_steps or config.train.steps, config.optim.warmup_steps + 1)
-    setup = build_train_setup(config, vocab_size, decay_steps=decay, lr=lr, mesh=mesh)
+    # A GPU config on a CPU host: one error, not the kernel's OOM killer ("Killed")
+    setup = build_train_setup(config, vocab_size, decay_steps=decay, lr=lr, mesh=mesh,
+                              check_fits=True)
     step, _ = jit_train_step(setup, mesh)  # dropout as the model config says
     state = setup.state
     rows = mesh_lib.batch_sharded(mesh)
@@ -165,7 +167,9 @@ def compile_step(config: ml_collections.ConfigDict, vocab_size: int = BYTE_VOCAB
     batch = {k: jax.device_put(host[k], rows) for k in BATCH_KEYS}
     t = time.perf_counter()
     compiled = step.lower(state, batch).compile()
-    return compiled, state, batch, time.perf_counter() - t
+    compile_s = time.perf_counter() - t
+    check_step_fits_host(step, (state, batch), compiled=compiled)
+    return compiled, state, batch, compile_s
 
 
 def time_step(config: ml_collections.ConfigDict, *, steps: int = 10, warmup: int = 2,

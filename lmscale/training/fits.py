@@ -216,19 +216,20 @@ def refuse_debug_nans_in_float16(what: str, compute: str) -> None:
 
 def check_step_fits_host(step: Callable[..., Any], args: tuple[Any, ...],
                          available: int | None = None, *, what: str = "the training step",
-                         advice: str = TRAINING_ADVICE) -> None:
+                         advice: str = TRAINING_ADVICE, compiled: Any = None) -> None:
     """Raises ConfigError when the jitted ``step`` on ``args`` (its first call's arguments)
     would allocate more than this CPU host has available; does nothing on accelerators and in
     multi-process runs.
 
     ``available`` None: ``available_host_bytes()`` after the compile. ``what`` names
-    the step in the error and ``advice`` says what to lower (fine-tuning has its own)."""
+    the step in the error and ``advice`` says what to lower (fine-tuning has its own).
+    ``compiled``: ``step`` already compiled for ``args`` (not compiled again)."""
     if not _checks_host():
         return
     # Arguments' devices: the mesh may use fewer of this host's devices than it has.
     devices = len({d for leaf in jax.tree.leaves(args) if isinstance(leaf, jax.Array)
                    for d in leaf.sharding.device_set}) or 1
-    per_device = step_new_bytes(step.lower(*args).compile())
+    per_device = step_new_bytes(compiled or step.lower(*args).compile())
     # Read after the compile: what the compiler keeps resident (0.2-0.3 GiB measured for
     # small models on a 2-core host) is not available to the step's temporaries.
     available = available_host_bytes() if available is None else available
