@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import io
 import json
 import os
@@ -33,9 +34,34 @@ from typing import IO, Any, Iterator
 HOST = socket.gethostname().replace(os.sep, "_") or "host"
 
 
+# The longest file name most file systems take (NAME_MAX: ext4, xfs, tmpfs, NFS), in bytes.
+NAME_MAX = 255
+
+
+def marked_name(name: str) -> str:
+    """``name`` (a file name, no folder) as its temporary names begin: itself, or where
+    ``NAME.trash-HOST-PID`` would be longer than NAME_MAX, its start and a hash of it (a
+    valid 250-byte output name failed at its temporary file, "File name too long", once
+    the work was done)."""
+    raw = os.fsencode(name)
+    room = NAME_MAX - len(os.fsencode(f".trash-{HOST}-")) - 7  # 7: the longest PID (2**22)
+    if len(raw) <= room:
+        return name
+    cut = max(room - 17, 0)  # "~" and 16 hex digits
+    while cut and raw[cut] & 0xC0 == 0x80:  # not inside a UTF-8 character
+        cut -= 1
+    return os.fsdecode(raw[:cut]) + "~" + hashlib.sha256(raw).hexdigest()[:16]
+
+
+def _marked(path: str, kind: str, pid: int | str) -> str:
+    """``PATH.KIND-HOST-PID`` beside ``path``, its name shortened by :func:`marked_name`."""
+    parent, name = os.path.split(path)
+    return os.path.join(parent, f"{marked_name(name)}.{kind}-{HOST}-{pid}")
+
+
 def temporary_name(path: str) -> str:
     """This process's temporary file or folder for ``path``."""
-    return f"{path}.tmp-{HOST}-{os.getpid()}"
+    return _marked(path, "tmp", os.getpid())
 
 
 def _dead(pid: str) -> bool:
@@ -60,7 +86,7 @@ def remove_abandoned(path: str, what: str = "a process") -> None:
     except OSError:
         return
     for kind in ("tmp", "trash"):
-        prefix = f"{name}.{kind}-{HOST}-"
+        prefix = f"{marked_name(name)}.{kind}-{HOST}-"
         for entry in entries:
             if not entry.startswith(prefix) or not _dead(entry[len(prefix):]):
                 continue
@@ -112,7 +138,7 @@ def publish(tmp: str, path: str) -> None:
         os.rename(tmp, path)
         sync_folder(parent)
         return
-    trash = f"{path}.trash-{HOST}-{os.getpid()}"
+    trash = _marked(path, "trash", os.getpid())
     remove_path(trash)
     os.rename(path, trash)
     try:

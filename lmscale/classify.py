@@ -54,7 +54,13 @@ def classify() -> dict:
     if not stream and os.path.isdir(_OUTPUT.value):  # found only after classifying every text
         raise DataError(f"--output={_OUTPUT.value} is a folder: give the predictions CSV's file "
                         f"path (e.g. {os.path.join(_OUTPUT.value, 'predictions.csv')})")
+    from lmscale.atomic import NAME_MAX
     from lmscale.cli import writable_folder
+    longest = os.path.basename(_OUTPUT.value) + (".metrics.json" if _LABELS.value else "")
+    if not stream and len(os.fsencode(longest)) > NAME_MAX:  # found after classifying
+        raise DataError(f"--output={_OUTPUT.value}: the file name {longest} is "
+                        f"{len(os.fsencode(longest))} bytes, over the {NAME_MAX} a file system "
+                        f"takes: give a shorter name")
     if not stream:
         writable_folder(predictions_folder(_OUTPUT.value),  # as write_predictions, before work
                         "pass --output=FILE to write the predictions elsewhere")

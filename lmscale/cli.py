@@ -22,7 +22,8 @@ EXIT_DIVERGED = 3
 
 # OSErrors of writing that are the machine's state, not a bug: one line naming the file.
 _WRITE_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
-                 errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied"}
+                 errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                 errno.ENAMETOOLONG: "a name is too long"}
 
 
 class OutputError(Exception):

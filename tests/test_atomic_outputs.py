@@ -102,6 +102,10 @@ def test_run_cli_turns_a_full_disk_or_read_only_folder_into_one_line(capsys):
     with pytest.raises(SystemExit):  # unchanged
         run_cli(fails(FileNotFoundError(errno.ENOENT, "No such file or directory", "/nope")))
     assert capsys.readouterr().err.strip() == "error: [Errno 2] No such file or directory: '/nope'"
+    with pytest.raises(SystemExit):  # a name past NAME_MAX: was a traceback
+        run_cli(fails(OSError(errno.ENAMETOOLONG, "File name too long", "/x/" + "w" * 256)))
+    assert capsys.readouterr().err.strip() == (f"error: cannot access /x/{'w' * 256} "
+                                              f"(File name too long)")
     with pytest.raises(OSError):  # other OSErrors are not the user's: a traceback
         run_cli(fails(OSError(errno.EIO, "Input/output error")))
 
@@ -321,3 +325,28 @@ def test_an_errno_less_oserror_with_room_on_the_disk_is_not_said_as_enospc(tmp_p
             raise OSError("221440 requested and 127968 written")
     assert e.value.errno == errno.ENOSPC and e.value.filename == path
     assert os.listdir(tmp_path) == []
+
+
+def test_a_name_near_name_max_is_written_and_a_killed_writers_temporary_file_removed(tmp_path):
+    """A valid 246-byte output name (classify's predictions, prepare's folder) failed once the
+    work was done: its temporary name PATH.tmp-HOST-PID passed the 255 bytes of NAME_MAX."""
+    import subprocess
+    import sys
+
+    from lmscale.atomic import publish, temporary_name, write_json
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    for name in ("p" * 246 + ".json", "é" * 123 + ".json"):
+        path = tmp_path / name
+        tmp = temporary_name(str(path))
+        left = Path(tmp.rsplit("-", 1)[0] + f"-{gone}")
+        left.write_text("{half")
+        write_json(str(path), {"a": 1})
+        assert path.read_text() == '{"a": 1}' and not left.exists()
+        assert len(os.path.basename(tmp).encode()) <= 255 and tmp.startswith(str(path)[:-30])
+        os.makedirs(tmp)
+        publish(tmp, str(tmp_path / ("q" * 250)))  # a folder (prepare, convert): an old one
+        os.makedirs(tmp)  # moved aside to a trash name of the same length
+        publish(tmp, str(tmp_path / ("q" * 250)))
+    assert sorted(os.listdir(tmp_path)) == sorted(["p" * 246 + ".json", "é" * 123 + ".json",
+                                                   "q" * 250])

@@ -189,3 +189,16 @@ def test_the_temporary_folder_of_a_killed_evaluation_is_removed_by_the_next(tmp_
     finally:
         tempfile.tempdir = saved
     assert os.listdir(tmp) == []
+
+
+def test_text_files_with_a_comma_in_their_path_are_scored(tmp_path):
+    """eval --data split the paths at every comma ("no such file or directory: .../run"),
+    where training and prepare keep an existing path's commas."""
+    from lmscale.training.restore import evaluate_data
+    from tests.transfer.conftest import random_lm
+    (tmp_path / "run, v2").mkdir()
+    (tmp_path / "run, v2" / "a.txt").write_text("some text to score here")
+    (tmp_path / "b,c.txt").write_text("more text to score")
+    lm = random_lm(kind="mlstm", hidden=16)
+    got = evaluate_data(lm, f"{tmp_path}/run, v2,{tmp_path}/b,c.txt", batch_size=1)
+    assert got["tokens"] == 40  # both texts: 23 and 18 bytes, less the first token

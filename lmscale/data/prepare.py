@@ -38,7 +38,7 @@ from lmscale.data.builtin import builtin_paths, is_builtin
 from lmscale.data.dataset import FORMAT, METADATA, SPLITS, VERSION, is_dataset
 from lmscale.data.errors import DataError
 from lmscale.data.input_checks import check_contents, is_utf8, per_file
-from lmscale.atomic import publish, remove_path
+from lmscale.atomic import marked_name, publish, remove_path
 from lmscale.folder_lock import writing_into
 from lmscale.data.prepare_tmp import make_output_folder, remove_abandoned, temporary_folder
 from lmscale.data.sample import sample_texts
@@ -117,13 +117,14 @@ def _text_inputs(paths: Sequence[str], output: str) -> list[str]:
     ids and all); a prepared dataset's files are refused (its metadata.json read as JSONL)."""
     out = os.path.abspath(output)
     parent, base = os.path.dirname(out), os.path.basename(out)
+    marked = marked_name(base)  # a long name's temporary siblings begin shortened
     keep, datasets = [], {}
     for path in paths:
         full = os.path.abspath(path)
         rel = os.path.relpath(full, parent)
         top = rel.split(os.sep)[0]
-        if not rel.startswith("..") and (top == base or top.startswith(f"{base}.tmp-")
-                                         or top.startswith(f"{base}.trash-")):
+        if not rel.startswith("..") and (top == base or top.startswith(f"{marked}.tmp-")
+                                         or top.startswith(f"{marked}.trash-")):
             continue
         folder = os.path.dirname(full)
         if folder not in datasets:

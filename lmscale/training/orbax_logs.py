@@ -117,6 +117,8 @@ def short_error(error: BaseException) -> str:
         if "while reading array index" in head and cause is not None and cause is not error:
             return short_error(cause)
         text = head
+    # a long quoted path shortened, not the line's end: its cause ("File name too long")
+    text = re.sub(r'"([^"]{80,})"', lambda m: f'"{m[1][:30]}...{m[1][-40:]}"', text)
     return text if len(text) < 300 else text[:297] + "..."
 
 

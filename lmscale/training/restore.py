@@ -31,6 +31,7 @@ from lmscale.config_values import AVERAGING_OPTIMIZERS
 from lmscale.data.dataset import TokenDataset, dataset_metadata, is_dataset
 from lmscale.data.errors import DataError
 from lmscale.data.prepare import prepare_dataset
+from lmscale.data.sources import split_inputs
 from lmscale.data.tokenizer import tokenizer_from_dict
 from lmscale.models import model_params
 from lmscale.models.registry import architecture, carries_state
@@ -413,7 +414,7 @@ def evaluate_data(lm: TrainedLM, data: str, *, split: str = "val", batch_size: i
         return _evaluate(lm, dataset.split(split), settings)
     with temporary_folder("lmscale-eval") as tmp:  # the text's tokens, 2 bytes a byte
         try:
-            path = prepare_dataset([p for p in data.split(",") if p], os.path.join(tmp, "data"),
+            path = prepare_dataset(split_inputs(data), os.path.join(tmp, "data"),
                                    text_column=text_column, text_field=text_field,
                                    split=(1, 0, 0), txt_mode=txt_mode, shard_tokens=2**40,
                                    tokenizer=lm.tokenizer, progress=False)

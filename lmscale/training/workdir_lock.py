@@ -24,6 +24,12 @@ from lmscale.atomic import HOST
 from lmscale.training.checkpoints import CheckpointError
 
 LOCK_FILE = ".lock"
+# The longest path a run writes below its workdir, with room for longer steps and process
+# numbers: an orbax save's file, checkpoints/3.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/
+# ocdbt.process_0/d/<32 hex digits> (112 bytes), beyond PATH_MAX failed the first save, the
+# steps before it lost.
+DEEPEST_FILE = 160
+PATH_MAX = 4096  # Linux's longest path, in bytes
 
 
 class WorkdirInUseError(CheckpointError):
@@ -38,6 +44,12 @@ def make_workdir(workdir: str) -> None:
         raise CheckpointError("the workdir is empty: name a folder for the run (--workdir=DIR)")
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise CheckpointError(f"the workdir {workdir} is a file, not a folder")
+    length = len(os.fsencode(os.path.abspath(workdir)))
+    if length + DEEPEST_FILE >= PATH_MAX:
+        raise CheckpointError(f"the workdir's path is {length} bytes long and a checkpoint's "
+                              f"files lie up to {DEEPEST_FILE} bytes below it, past the "
+                              f"{PATH_MAX} bytes a path may have (PATH_MAX): use a shorter "
+                              f"path (the workdir: {workdir})")
     from lmscale.cli import refuse_links_out
     # commands.log, metrics.jsonl, config.json...: a link out would be written through
     refuse_links_out(workdir, error=CheckpointError)

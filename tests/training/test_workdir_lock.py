@@ -24,3 +24,25 @@ def test_a_workdir_that_cannot_be_a_folder_is_one_error(tmp_path, corpus, name, 
     with pytest.raises(CheckpointError, match=message):
         train(tiny_config(corpus), workdir)
     assert (tmp_path / "afile").read_text() == "not a folder"
+
+
+def test_a_workdir_too_deep_for_its_checkpoints_is_refused_before_training(tmp_path, corpus):
+    """A workdir 4000 bytes deep trained every step up to its first checkpoint, then failed
+    it, "File name too long" cut off the end of a 300-character line, and the steps lost."""
+    deep = tmp_path
+    while len(str(deep)) < 3800:
+        deep = deep / ("d" * 200)
+    deep.mkdir(parents=True)
+    workdir = deep / ("e" * (4000 - len(str(deep)) - 1))
+    with pytest.raises(CheckpointError, match=r"path is 4000 bytes long .* \(PATH_MAX\)"):
+        train(tiny_config(corpus), str(workdir))
+    assert not workdir.exists()
+
+
+def test_a_checkpoint_errors_long_paths_are_shortened_not_its_cause():
+    from lmscale.training.orbax_logs import short_error
+    path = "/x/" + "d/" * 2000 + "checkpoints/3.orbax-checkpoint-tmp/state"
+    error = OSError(f'Error writing "step/.zarray" at local file "{path}": Failed to open: '
+                    f'"{path}/d/7446": File name too long [os_error_code=\'36\']')
+    line = short_error(error)
+    assert len(line) < 300 and line.endswith("File name too long [os_error_code='36']")
