@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from lmscale.config import default_config
+from lmscale.data.errors import DataError
 from lmscale.models.recurrent import scan_options
 from lmscale.training import bench
 
@@ -157,6 +158,31 @@ def test_bad_override_is_one_line_error():
                         "--config.model.hiden=32", "--out="], cwd=REPO, capture_output=True,
                        text=True, timeout=120)
     assert p.returncode == 1 and p.stderr.startswith("error: unknown config key")
+
+
+@pytest.mark.parametrize("data, said", [
+    ({"sp_model": "missing.model"}, "SentencePiece model missing.model does not exist"),
+    ({"vocab_size": 30}, "data.vocab_size=30 is too small"),
+])
+def test_a_sentencepiece_vocabulary_error_gives_no_word_advice(data, said):
+    """Every vocabulary error was told to set data.word_vocab_size, a word tokenizer's
+    setting, which a SentencePiece model's size does not read."""
+    config = small_config("mlstm", hidden=32)
+    with config.unlocked():
+        config.data.tokenizer = "sentencepiece"
+        config.data.update(data)
+    with pytest.raises(DataError, match=said) as e:
+        bench.run_bench(config, steps=1, warmup=0)
+    assert "word_vocab_size" not in str(e.value)
+
+
+def test_a_word_tokenizer_without_a_size_is_told_to_set_it_once():
+    config = small_config("mlstm", hidden=32)
+    with config.unlocked():
+        config.data.tokenizer = "word"
+    with pytest.raises(DataError, match=r"or set data.word_vocab_size$") as e:
+        bench.run_bench(config, steps=1, warmup=0)
+    assert str(e.value).count("word_vocab_size") == 1  # bench said it again
 
 
 def test_negative_matmul_n_is_one_line_error_before_timing(tmp_path):

@@ -339,13 +339,10 @@ def run_bench(config: ml_collections.ConfigDict, *, steps: int = 10, warmup: int
     and (``loop_workdir``) the full training loop."""
     refuse_disabled_jit("lmscale.bench")  # it times compiled programs
     compute = config.precision.compute
-    from lmscale.data.errors import DataError
     from lmscale.training.data_source import one_byte_tokens, vocab_size_of
-    try:  # the tokenizer's vocabulary: the softmax is a large part of a subword model's step
-        vocab_size = vocab_size_of(config.data)
-    except DataError as e:
-        raise DataError(f"{e} (lmscale.bench needs the vocabulary size: set "
-                        f"--config.data.word_vocab_size=N)") from None
+    # the tokenizer's vocabulary (the softmax is a large part of a subword model's step); its
+    # errors say what to set (a word vocabulary's size: data.word_vocab_size)
+    vocab_size = vocab_size_of(config.data)
     step = time_step(config, steps=steps, warmup=warmup, grad=grad, unroll=unroll,
                      layout=layout, factors=factors, reset_every=reset_every,
                      vocab_size=vocab_size)

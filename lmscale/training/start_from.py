@@ -37,7 +37,12 @@ def check_start_from(config: Any) -> None:
         what = "weights kept as validated best (checkpoint.keep_best)" if best else "config.json"
         raise ConfigError(f"train.start_from={given!r} is no lmscale LM run: no {what} there "
                           f"(RUN/best for a run's best weights, RUN for its latest)")
-    theirs, ours = architecture(load_config(path)[0].model), architecture(config.model)
+    source, derived = load_config(path)
+    if "class_names" in derived:  # was said after the data was prepared, as load_classifier's
+        raise ConfigError(f"train.start_from={given!r} is a fine-tuned classifier "
+                          f"(lmscale.finetune), not a language model: start from the LM it "
+                          f"was fine-tuned from ({source.get('init_from') or 'its init_from'})")
+    theirs, ours = architecture(source.model), architecture(config.model)
     differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
     if differ:
         raise ConfigError(f"train.start_from={given!r} is another model: "
