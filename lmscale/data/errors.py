@@ -1,7 +1,9 @@
-"""The one exception type of the data layer, and the hint a JSONL record that is not one
-line gets."""
+"""The one exception type of the data layer, the hint a JSONL record that is not one line
+gets, and what a decoded JSON value is called in messages."""
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class DataError(ValueError):
@@ -22,3 +24,14 @@ def cr_lines_hint(line: str | bytes, error: ValueError) -> str:
         return ""
     return ("; its records end with a carriage return alone (\\r), not a newline: convert the "
             "file, e.g. tr '\\r' '\\n' < IN > OUT")
+
+
+def json_kind(value: Any) -> str:
+    """What a decoded JSON value is, for messages: "an array", "a string", "null"..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    kinds = {list: "an array", str: "a string", dict: "an object", int: "a number",
+             float: "a number"}
+    return kinds.get(type(value), type(value).__name__)

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from lmscale.data.compression import READ_ERRORS, decompressed_size, format_extension, open_input
 from lmscale.data.csv_rows import csv_rows, not_utf8
 from lmscale.data.dataset import dataset_problem
-from lmscale.data.errors import DataError, cr_lines_hint
+from lmscale.data.errors import DataError, cr_lines_hint, json_kind
 from lmscale.data.input_checks import (check_file, leftover_refusal, prepare_leftover,
                                        run_folder, run_refusal, unreadable)
 from lmscale.data.tfds import is_tfds, iter_examples, iter_text
@@ -239,7 +239,7 @@ def _iter_jsonl(path: str, field: str, notes: bool = True) -> Iterator[tuple[byt
                 raise DataError(f"{path}:{lineno}: invalid JSON ({e}){cr_lines_hint(raw, e)}"
                                 ) from None
             if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {json_kind(obj)}")
             if field not in obj:
                 if not seen:
                     raise DataError(f"{path}:{lineno}: no field {field!r}; keys are {sorted(obj)} "
@@ -253,7 +253,7 @@ def _iter_jsonl(path: str, field: str, notes: bool = True) -> Iterator[tuple[byt
                 nulls += 1
                 continue
             if not isinstance(value, str):
-                raise DataError(f"{path}:{lineno}: field {field!r} is a {type(value).__name__}, not a string")
+                raise DataError(f"{path}:{lineno}: field {field!r} is {json_kind(value)}, not a string")
             try:
                 data = value.encode("utf-8")
             except UnicodeEncodeError as e:  # a lone surrogate escape ("\\ud83d" alone)

@@ -21,7 +21,7 @@ import numpy as np
 from lmscale.data.compression import READ_ERRORS, format_extension, open_input
 from lmscale.data.csv_rows import csv_rows, not_utf8
 from lmscale.data.input_checks import unreadable
-from lmscale.data.errors import DataError, cr_lines_hint
+from lmscale.data.errors import DataError, cr_lines_hint, json_kind
 from lmscale.data.tfds import (PREFIX, class_label_names, is_tfds, iter_examples, parse_tfds,
                                text_feature)
 
@@ -241,17 +241,6 @@ def _read_csv(path: str, text_column: str, label_names: list[str], delimiter: st
         rows.append([_label(row[c], f"{path}:{line}", c) for c in label_names])
         lines.append(line)
     return texts, rows, lines
-
-
-def json_kind(value: Any) -> str:
-    """What a decoded JSON value is, for messages: "an array", "a string", "null"..."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    kinds = {list: "an array", str: "a string", dict: "an object", int: "a number",
-             float: "a number"}
-    return kinds.get(type(value), type(value).__name__)
 
 
 def jsonl_records(path: str, text_field: str, other_fields: Sequence[str] = (), hint: str = ""
