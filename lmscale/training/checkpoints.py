@@ -303,23 +303,32 @@ class Checkpointer:
         """``use(step)`` on the newest checkpoint it succeeds on.
 
         An UnreadableCheckpointError is raised as is (with a hint) unless ``fallback``: then
-        the unreadable checkpoint is moved to WORKDIR/unreadable_checkpoints/ (nothing is
-        deleted) and the previous one is tried. Other errors pass through.
+        the previous one is tried, and once one reads, those newer than it are moved to
+        WORKDIR/unreadable_checkpoints/ (nothing is deleted). Where none reads, none is moved:
+        one failure for every checkpoint is more likely this environment's than the files'
+        (all but the oldest were set aside before). Other errors pass through.
         """
         steps = self.steps()
+        unreadable: list[int] = []
         for i, step in enumerate(steps):
             try:
-                return use(step)
+                result = use(step)
             except UnreadableCheckpointError as e:
                 previous = steps[i + 1] if i + 1 < len(steps) else None
                 if not fallback or previous is None:
+                    newer = ", and none after it reads either (left in place)" if unreadable else ""
                     hint = (f"; --config.checkpoint.fallback=true resumes from the previous one "
                             f"(step {previous})" if previous is not None else
-                            "; no checkpoint is left before it: --config.resume=false starts "
-                            "the run afresh (its files moved to archive/)")
+                            f"; no checkpoint is left before it{newer}: --config.resume=false "
+                            f"starts the run afresh (its files moved to archive/)")
                     raise UnreadableCheckpointError(f"{e}{hint}") from None
-                print(f"warning: {e}; moved aside, falling back to step {previous}", flush=True)
-                self.set_aside(step)
+                print(f"warning: {e}; falling back to step {previous} (moved aside if that one "
+                      f"reads)", flush=True)
+                unreadable.append(step)
+                continue
+            for bad in unreadable:
+                self.set_aside(bad)
+            return result
         raise FileNotFoundError(f"{self.workdir} holds no checkpoint (looked in {self.directory})")
 
     def set_aside(self, step: int) -> None:
