@@ -23,19 +23,7 @@ FILES = {
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_crashed_worker_fails_its_test_and_the_run_goes_on(tmp_path: Path, workers: int):
-    for name, text in FILES.items():
-        (tmp_path / name).write_text(text)
-    (tmp_path / "pytest.ini").write_text("[pytest]\n")  # this folder is the run's root
-    (tmp_path / "conftest.py").write_text(
-        "from tests.xdist_scheduling import pytest_xdist_make_scheduler  # noqa: F401\n")
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_")}
-    command = [sys.executable, "-m", "pytest", "-n", str(workers), "--dist", "loadfile",
-               "-p", "no:cacheprovider", "-rA"]
-    try:  # xdist 3.8's own scheduler never ended this run (both worker counts)
-        run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=60,
-                             env={**env, "PYTHONPATH": str(REPO)})
-    except subprocess.TimeoutExpired as hung:
-        pytest.fail(f"the run hung after a worker crashed: {hung.stdout!r}")
+    run = run_pytest(tmp_path, FILES, workers)  # xdist 3.8's own never ended (both counts)
     assert run.returncode == 1, run.stdout[-3000:] + run.stderr[-3000:]
     assert "INTERNALERROR" not in run.stdout + run.stderr, run.stdout[-3000:]
     assert "= 2 failed, 6 passed in " in run.stdout.strip().splitlines()[-1], run.stdout[-3000:]
@@ -44,3 +32,58 @@ def test_a_crashed_worker_fails_its_test_and_the_run_goes_on(tmp_path: Path, wor
     for passed in ("test_a.py::test_a3", "test_b.py::test_after", "test_c.py::test_c1",
                    "test_d.py::test_last"):
         assert f"PASSED {passed}" in run.stdout, run.stdout[-3000:]
+
+
+def run_pytest(folder: Path, files: dict[str, str], workers: int,
+               conftest: str = "") -> subprocess.CompletedProcess:
+    """``pytest -n workers --dist loadfile`` over ``files`` in ``folder`` with the suite's
+    scheduler (and ``conftest``); fails the calling test where the run does not end in 60 s."""
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    (folder / "pytest.ini").write_text("[pytest]\n")  # this folder is the run's root
+    (folder / "conftest.py").write_text(
+        "from tests.xdist_scheduling import pytest_xdist_make_scheduler  # noqa: F401\n"
+        + conftest)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_")}
+    command = [sys.executable, "-m", "pytest", "-n", str(workers), "--dist", "loadfile",
+               "-p", "no:cacheprovider", "-rA"]
+    try:
+        return subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=60,
+                              env={**env, "PYTHONPATH": str(REPO)})
+    except subprocess.TimeoutExpired as hung:
+        pytest.fail(f"the run hung after a worker crashed: {hung.stdout!r}")
+
+
+def test_a_replacement_worker_that_collects_other_tests_ends_the_run(tmp_path: Path):
+    """A test module that fails to import in the replacement worker only (here by its name; a
+    crash can leave a half-written file behind): the run's tests cannot be sent to that worker,
+    and the run, which waited for it to take the crashed worker's files, hung."""
+    run = run_pytest(tmp_path, {
+        "test_a.py": "import os\ndef test_crash(): os._exit(1)\ndef test_after(): pass\n",
+        "test_z.py": "import os\nassert os.environ['PYTEST_XDIST_WORKER'] != 'gw1'\n"
+                     "def test_z1(): pass\n"}, workers=1)
+    out = run.stdout + run.stderr
+    assert run.returncode == 1 and "INTERNALERROR" not in out, out[-3000:]
+    assert "FAILED test_a.py::test_crash - worker 'gw0' crashed" in run.stdout, out[-3000:]
+    assert "Different tests were collected between gw0 and gw1" in run.stdout, out[-3000:]
+
+
+def test_a_worker_that_dies_before_the_first_distribution_is_replaced(tmp_path: Path):
+    """gw0 collects, then dies while gw1 still collects: its collection counted towards the
+    two the first distribution waits for, and that was sent to gw1 before gw1 had collected
+    (an internal error, KeyError)."""
+    died = tmp_path / "gw0-died"
+    conftest = (f"import os, pytest\n@pytest.hookimpl(tryfirst=True)\n"
+                f"def pytest_runtestloop(session):  # in gw0, once its collection is sent\n"
+                f"    if os.environ.get('PYTEST_XDIST_WORKER') == 'gw0':\n"
+                f"        open({str(died)!r}, 'w').close()\n        os._exit(1)\n")
+    run = run_pytest(tmp_path, {
+        "test_a.py": f"import os, time\n"
+                     f"if os.environ['PYTEST_XDIST_WORKER'] == 'gw1':\n"
+                     f"    while not os.path.exists({str(died)!r}):\n        time.sleep(0.1)\n"
+                     f"    time.sleep(3)  # gw0's replacement has started\n"
+                     f"def test_a1(): pass\ndef test_a2(): pass\n",
+        "test_b.py": "def test_b1(): pass\n"}, workers=2, conftest=conftest)
+    out = run.stdout + run.stderr
+    assert run.returncode == 0 and "INTERNALERROR" not in out, out[-3000:]
+    assert "= 3 passed in " in run.stdout.strip().splitlines()[-1], out[-3000:]

@@ -15,8 +15,10 @@ spent before the run is failed, the crashed test unnamed.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import pytest
+from xdist.report import report_collection_diff
 from xdist.scheduler import LoadFileScheduling
 from xdist.workermanage import WorkerController
 
@@ -27,8 +29,13 @@ class CrashTolerantLoadFileScheduling(LoadFileScheduling):
     no more work will come."""
 
     def remove_node(self, node: WorkerController) -> str | None:
-        """Forgets ``node`` (finished or crashed); returns the test it crashed on, if any."""
+        """Forgets ``node`` (finished or crashed); returns the test it crashed on, if any. A
+        worker that dies before the first distribution no longer counts towards the collections
+        that waits for (xdist 3.8 then sent work to a worker still collecting, an internal
+        error)."""
         workload = self.assigned_work.pop(node)
+        if self.collection is None:
+            self.registered_collections.pop(node, None)
         unfinished = OrderedDict()
         for scope, tests in workload.items():
             left = OrderedDict((nodeid, False) for nodeid, done in tests.items() if not done)
@@ -46,6 +53,22 @@ class CrashTolerantLoadFileScheduling(LoadFileScheduling):
         for other in self.nodes:
             self._top_up(other)
         return crashed
+
+    def add_node_collection(self, node: WorkerController, collection: Sequence[str]) -> None:
+        """The collection of ``node``; a replacement worker that collected other tests than
+        the run (a test module that failed to import there) is reported and shut down, and the
+        files queued for it dropped where no other worker will take them: xdist 3.8 kept it
+        waiting for work it could not be sent, and the run waited for it."""
+        super().add_node_collection(node, collection)
+        if node in self.registered_collections:
+            return
+        first = next(iter(self.registered_collections)).gateway.id
+        self.config.hook.pytest_collectreport(report=pytest.CollectReport(
+            nodeid=node.gateway.id, outcome="failed", result=[], longrepr=report_collection_diff(
+                self.collection, list(collection), first, node.gateway.id)))
+        node.shutdown()
+        if all(other.shutting_down for other in self.nodes):
+            self.workqueue.clear()
 
     def schedule(self) -> None:
         """The first distribution, or, once a replacement worker has collected, work for the
