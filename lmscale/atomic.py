@@ -59,6 +59,21 @@ def _marked(path: str, kind: str, pid: int | str) -> str:
     return os.path.join(parent, f"{marked_name(name)}.{kind}-{HOST}-{pid}")
 
 
+def kernel_path(path: str) -> str:
+    """``path`` normalized as the kernel reads it: ``os.path.normpath`` drops ``a/..`` as text,
+    which differs where ``a`` is a symbolic link (the kernel follows it, then goes up), so
+    a path with a ``..`` has its links resolved (a workdir ``link/../z`` had its data prepared
+    in one folder and looked for in another)."""
+    if os.pardir in path.split(os.sep):
+        return os.path.realpath(path)
+    return os.path.normpath(path)
+
+
+def absolute_path(path: str) -> str:
+    """``os.path.abspath`` as the kernel reads the path (:func:`kernel_path`)."""
+    return os.path.abspath(kernel_path(path))
+
+
 def temporary_name(path: str) -> str:
     """This process's temporary file or folder for ``path``."""
     return _marked(path, "tmp", os.getpid())

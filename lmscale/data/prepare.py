@@ -38,7 +38,7 @@ from lmscale.data.builtin import builtin_paths, is_builtin
 from lmscale.data.dataset import FORMAT, METADATA, SPLITS, VERSION, is_dataset
 from lmscale.data.errors import DataError
 from lmscale.data.input_checks import check_contents, is_utf8, per_file
-from lmscale.atomic import marked_name, publish, remove_path
+from lmscale.atomic import kernel_path, marked_name, publish, remove_path
 from lmscale.folder_lock import writing_into
 from lmscale.data.prepare_tmp import make_output_folder, remove_abandoned, temporary_folder
 from lmscale.data.sample import sample_texts
@@ -378,7 +378,7 @@ def prepare_dataset(inputs: str | Sequence[str], output: str, *, text_column: st
     if shuffle_seed is not None and (int(shuffle_seed) != shuffle_seed or shuffle_seed < 0):
         raise DataError(f"shuffle_seed must be an integer >= 0, got {shuffle_seed!r}")
     tokenizer = tokenizer or ByteTokenizer()
-    output = os.path.normpath(os.fspath(output))
+    output = kernel_path(os.fspath(output))
     if isinstance(inputs, str) and is_builtin(inputs):
         paths, source = builtin_paths(inputs), [inputs.strip()]
     else:

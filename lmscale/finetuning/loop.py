@@ -27,6 +27,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from lmscale.atomic import absolute_path
 from lmscale.config import (ConfigError, check_known_fields, horizon, load_config, save_config,
                             scaled_lr, validate_run_settings, with_global_batch)
 from lmscale.finetuning.data import (BATCH_ORDER, Encoded, TrainBatches, check_enough_texts,
@@ -245,7 +246,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
                "num_classes": num_classes, "class_names": class_names,
                "class_weights": None if cw is None else cw.tolist(),
                "pos_weights": None if pw is None else pw.tolist(),
-               "init_from": os.path.abspath(config.init_from), "lm_step": lm.step,
+               "init_from": absolute_path(config.init_from), "lm_step": lm.step,
                "lm_init": ft.lm_init, "software": software_versions(),
                "preprocess": lm.derived.get("preprocess", "none"), "devices": mesh.size,
                "precision": str(policy), "prng_impl": prng_impl,
@@ -398,7 +399,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
     best_ckpt.wait()
     params = best_ckpt.restore_params(state.params, mesh_lib.replicated(mesh), best["step"])
     best_ckpt.close()
-    started = {"workdir": os.path.abspath(config.init_from), "step": lm.step,
+    started = {"workdir": absolute_path(config.init_from), "step": lm.step,
                "weights": weights_fingerprint(lm), "init": ft.lm_init}  # results.json's "lm"
     results = final_results(workdir, params, predict, enc, splits, ft, class_names, best,
                             is_main, started)

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import jax
 import orbax.checkpoint as ocp
 
-from lmscale.atomic import write_json
+from lmscale.atomic import absolute_path, write_json
 from lmscale.training.checkpoints import CheckpointError
 from lmscale.training.orbax_logs import (disk_full, failed_write, short_error,
                                          tmp_cleanup_finished)
@@ -81,7 +81,7 @@ class BestKeeper:
         name the manager, and the same barrier entered twice at once by one process fails
         ("Barrier ThreadSaveMultiHostValueHolder:set_value_start is already ongoing": a
         two-process keep_best run's checkpoint save at step 2, the best weights' at 4)."""
-        self.workdir, self.enabled = os.path.abspath(workdir), bool(enabled)
+        self.workdir, self.enabled = absolute_path(workdir), bool(enabled)
         self._wait = checkpoints_saved if jax.process_count() > 1 else None
         self.manager = None
         damaged = None
@@ -202,7 +202,7 @@ def restore_best_params(workdir: str, like: Any, sharding: jax.sharding.Sharding
         raise FileNotFoundError(f"{workdir} kept no best weights ({BEST_JSON} is missing; train "
                                 f"with --config.checkpoint.keep_best=true)")
     step = int(record["step"])
-    folder = os.path.join(os.path.abspath(workdir), BEST_DIR)
+    folder = os.path.join(absolute_path(workdir), BEST_DIR)
     if not os.path.isdir(os.path.join(folder, str(step))):  # an older lmscale stopped mid-offer
         held = sorted(int(n) for n in os.listdir(folder) if n.isdigit()) if os.path.isdir(folder) else []
         raise FileNotFoundError(

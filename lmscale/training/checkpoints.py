@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from lmscale.atomic import absolute_path
 from lmscale.messages import is_utf8
 
 from lmscale.training.orbax_logs import (BACKGROUND_FAILURES, DiskFullLogs, disk_full,
@@ -158,7 +159,7 @@ class Checkpointer:
         """``read_only`` (inference, classifiers): the folder must exist (FileNotFoundError
         naming it, nothing created), and temporary folders are left alone: a reader must not
         delete the one a training run in the same workdir is writing."""
-        self.workdir = os.path.abspath(workdir)
+        self.workdir = absolute_path(workdir)
         self.directory = os.path.join(self.workdir, "checkpoints")
         problem = path_encoding_problem(self.directory)
         if problem is not None:

@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from lmscale.atomic import temporary_folder
+from lmscale.atomic import absolute_path, temporary_folder
 from lmscale.config import COMPUTE_DTYPES, ConfigError, config_from_record, load_config
 from lmscale.config_values import AVERAGING_OPTIMIZERS
 from lmscale.data.dataset import TokenDataset, dataset_metadata, is_dataset
@@ -126,7 +126,7 @@ def lm_record(lm: TrainedLM, workdir: str) -> dict[str, Any]:
     """Which LM made an output: its folder, step (``best``: its weights kept as validated
     best), weights' fingerprint (what a saved classifier checks) and architecture (its
     kind's fields, not every kind's defaults)."""
-    return {"workdir": os.path.abspath(workdir), "step": lm.step, **({"best": True} if lm.best else {}),
+    return {"workdir": absolute_path(workdir), "step": lm.step, **({"best": True} if lm.best else {}),
             "weights": weights_fingerprint(lm), "model": architecture(lm.config.model)}
 
 
@@ -235,7 +235,7 @@ def load_trained(workdir: str, step: int | None = None, mesh: Mesh | None = None
         finally:
             checkpointer.close()
     lm = TrainedLM(config=config, derived=derived, tokenizer=tokenizer, graphdef=graphdef,
-                   params=params, step=step, mesh=mesh, workdir=os.path.abspath(workdir),
+                   params=params, step=step, mesh=mesh, workdir=absolute_path(workdir),
                    best=best)
     return with_compute(lm, compute, vocab_size)
 

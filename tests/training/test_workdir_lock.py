@@ -46,3 +46,24 @@ def test_a_checkpoint_errors_long_paths_are_shortened_not_its_cause():
                     f'"{path}/d/7446": File name too long [os_error_code=\'36\']')
     line = short_error(error)
     assert len(line) < 300 and line.endswith("File name too long [os_error_code='36']")
+
+
+def test_a_workdir_through_a_link_and_dotdot_is_one_folder(tmp_path, corpus):
+    """``link/../run``, ``link`` a symbolic link: the kernel follows the link, then goes up, but
+    ``os.path.normpath``/``abspath`` drop ``link/..`` as text — the run's records went where
+    the kernel put them, its prepared data and checkpoints beside the link; the run failed
+    ("not a prepared dataset") and left folders in both places."""
+    from lmscale.training.restore import load_trained
+    elsewhere, here = tmp_path / "elsewhere" / "deep", tmp_path / "here"
+    elsewhere.mkdir(parents=True)
+    here.mkdir()
+    (here / "link").symlink_to(elsewhere)
+    workdir = f"{here}/link/../run"
+    config = tiny_config(corpus)
+    config.train.steps, config.checkpoint.every = 2, 2
+    train(config, workdir)
+    run = tmp_path / "elsewhere" / "run"  # where the kernel reads link/../run
+    assert sorted(p.name for p in here.iterdir()) == ["link"]
+    made = {p.name for p in run.iterdir()}
+    assert {"checkpoints", "data", "config.json", "metrics.jsonl"} <= made, made
+    assert load_trained(workdir).step == 2
