@@ -20,7 +20,7 @@ from typing import IO, Iterator
 import jax
 import numpy as np
 
-from lmscale.atomic import HOST
+from lmscale.atomic import HOST, absolute_path
 from lmscale.training.checkpoints import CheckpointError
 
 LOCK_FILE = ".lock"
@@ -44,7 +44,7 @@ def make_workdir(workdir: str) -> None:
         raise CheckpointError("the workdir is empty: name a folder for the run (--workdir=DIR)")
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise CheckpointError(f"the workdir {workdir} is a file, not a folder")
-    length = len(os.fsencode(os.path.abspath(workdir)))
+    length = len(os.fsencode(absolute_path(workdir)))
     if length + DEEPEST_FILE >= PATH_MAX:
         raise CheckpointError(f"the workdir's path is {length} bytes long and a checkpoint's "
                               f"files lie up to {DEEPEST_FILE} bytes below it, past the "
