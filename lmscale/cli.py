@@ -85,7 +85,9 @@ def os_error_line(e: OSError) -> str:
     """``the disk is full writing FILE (No space left on device): ...`` and the like."""
     name = e.filename
     if isinstance(name, str):
-        name = re.sub(r"\.tmp-(?:[^/]+-)?\d+(\.npy)?$", "", name)  # an atomic write's temporary file
+        # an atomic write's temporary file; a long name's begins cut short (atomic.marked_name)
+        name = re.sub(r"(~[0-9a-f]{16})?\.tmp-(?:[^/]+-)?\d+(\.npy)?$",
+                      lambda m: "..." if m[1] else "", name)
     cause = (e.strerror or os.strerror(e.errno)) if e.errno else str(e)
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         where = f" writing {name}" if name else ""

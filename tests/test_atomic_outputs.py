@@ -95,6 +95,13 @@ def test_run_cli_turns_a_full_disk_or_read_only_folder_into_one_line(capsys):
     assert ended.value.code == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: the disk is full writing /x/out.json (No space left on device)")
+    from lmscale.atomic import temporary_name
+    long = "/x/" + "p" * 246 + ".json"  # its temporary file's name begins cut short
+    with pytest.raises(SystemExit):  # it named a file "/x/ppp...p~5eead783faff669c"
+        run_cli(fails(OSError(errno.ENOSPC, "No space left on device", temporary_name(long))))
+    err = capsys.readouterr().err
+    assert f"writing {long[:200]}" in err and "p... (No space left on device)" in err
+    assert "~" not in err
     with pytest.raises(SystemExit):
         run_cli(fails(OSError(errno.EROFS, "Read-only file system", "/ro/samples.json")))
     assert capsys.readouterr().err.strip() == ("error: cannot write /ro/samples.json "
@@ -106,6 +113,9 @@ def test_run_cli_turns_a_full_disk_or_read_only_folder_into_one_line(capsys):
         run_cli(fails(OSError(errno.ENAMETOOLONG, "File name too long", "/x/" + "w" * 256)))
     assert capsys.readouterr().err.strip() == (f"error: cannot access /x/{'w' * 256} "
                                               f"(File name too long)")
+    with pytest.raises(SystemExit):  # no file named
+        run_cli(fails(OSError(errno.ENAMETOOLONG, "File name too long")))
+    assert capsys.readouterr().err.strip() == "error: a name is too long (File name too long)"
     with pytest.raises(OSError):  # other OSErrors are not the user's: a traceback
         run_cli(fails(OSError(errno.EIO, "Input/output error")))
 
@@ -350,3 +360,19 @@ def test_a_name_near_name_max_is_written_and_a_killed_writers_temporary_file_rem
         publish(tmp, str(tmp_path / ("q" * 250)))
     assert sorted(os.listdir(tmp_path)) == sorted(["p" * 246 + ".json", "é" * 123 + ".json",
                                                    "q" * 250])
+
+
+def test_a_marked_name_is_the_name_while_it_fits_and_else_cut_to_fit(tmp_path):
+    """NAME.trash-HOST-PID, with the longest PID (7 digits), within NAME_MAX's 255 bytes: a
+    name is kept whole while it fits and cut to fit past that, and two long names alike but
+    for their ends are kept apart (each one's temporary files would be the other's)."""
+    from lmscale.atomic import HOST, marked_name
+    room = 255 - len(f".trash-{HOST}-".encode()) - 7
+    for char in ("p", "é"):  # 1 and 2 bytes a character
+        for size in range(room - 2, room + 3):
+            name = "a" * (size % len(char.encode())) + char * (size // len(char.encode()))
+            marked = marked_name(name)
+            assert len(name.encode()) == size
+            assert marked == name if size <= room else len(marked.encode()) in (room - 1, room)
+            (tmp_path / f"{marked}.trash-{HOST}-4194303").write_text("")  # the file system's
+    assert marked_name("p" * 300 + "a") != marked_name("p" * 300 + "b")

@@ -312,3 +312,16 @@ def test_a_step_too_large_for_the_host_is_refused_before_it_is_timed(tmp_path, m
     monkeypatch.setattr(fits, "MEMINFO", str(meminfo))
     with pytest.raises(ConfigError, match=r"the training step needs .* is available"):
         bench.time_step(small_config("mlstm", hidden=32, batch=64, seq=64), steps=1, warmup=0)
+
+
+def test_a_state_too_large_for_the_host_is_refused_before_it_is_made(tmp_path, monkeypatch):
+    """The model's parameters and optimizer moments are checked before they are allocated, as
+    the training loop checks them: a GPU config's state was the OOM killer's "Killed"."""
+    from lmscale.config import ConfigError
+    from lmscale.training import fits
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal: 24000000 kB\nMemFree: 1000 kB\nMemAvailable: 16 kB\n"
+                       "SwapTotal: 0 kB\nSwapFree: 0 kB\n")  # 16 KiB: not the state
+    monkeypatch.setattr(fits, "MEMINFO", str(meminfo))
+    with pytest.raises(ConfigError, match=r"the model's training state .* is available"):
+        bench.time_step(small_config("mlstm", hidden=32), steps=1, warmup=0)

@@ -140,6 +140,23 @@ def test_inputs_that_are_not_text_or_options_that_do_not_apply_are_refused(tmp_p
     assert p.returncode == 1 and "belongs to the prepared dataset" in p.stderr  # its JSON as JSONL
 
 
+def test_the_temporary_folders_of_a_long_output_name_are_never_read(tmp_path):
+    """An output named near NAME_MAX has temporary siblings that begin with its name cut
+    short (atomic.marked_name): those of another prepare were read as text."""
+    from lmscale.atomic import HOST, marked_name
+    from lmscale.data.prepare import prepare_dataset
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("some text to prepare\n" * 50)
+    name = "p" * 250
+    for kind in ("tmp", "trash"):  # a live process's (this one's parent): left in place
+        leftover = corpus / f"{marked_name(name)}.{kind}-{HOST}-{os.getppid()}"
+        leftover.mkdir()
+        (leftover / "tokens.txt").write_text("x" * 5000)
+    out = prepare_dataset([str(corpus)], str(corpus / name), split=(1, 0, 0), progress=False)
+    assert TokenDataset.open(out).metadata["total_tokens"] == 1050
+
+
 def test_a_killed_runs_temporary_folder_is_never_read_and_sigterm_removes_it(tmp_path):
     """A SIGTERM left OUTPUT.tmp-PID behind, and the next run over the folder read its token
     ids as text."""

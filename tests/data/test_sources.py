@@ -126,6 +126,10 @@ def test_the_carriage_return_hint_is_only_for_records_that_end_with_one(line):
     ('"a string"', "expected a JSON object, got a string"),
     ('{"text": 5}', "field 'text' is a number, not a string"),
     ('{"text": ["a", "b"]}', "field 'text' is an array, not a string"),
+    ('null', "expected a JSON object, got null"),
+    ('{"text": true}', "field 'text' is a boolean, not a string"),
+    ('{"text": 1.5}', "field 'text' is a number, not a string"),
+    ('{"text": {"a": "b"}}', "field 'text' is an object, not a string"),
 ])
 def test_jsonl_record_of_the_wrong_shape_names_its_line(tmp_path, record, message):
     """A record that is no object, or whose text is no string: the file and line, from the

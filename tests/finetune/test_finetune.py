@@ -160,7 +160,7 @@ def test_sst_learns_restores_freezes_and_classify_reproduces(sst_run, data, tmp_
                        "--text_column=sentence", f"--output={tmp_path}/afile/p.csv", ok=False)
     assert refused.stderr.strip() == (f"error: {tmp_path}/afile/p.csv: {tmp_path}/afile is a "
                                       f"file, not a folder")
-    long = "p" * 240 + ".csv"  # a valid name, but not with ".metrics.json" after it
+    long = "é" * 120 + ".csv"  # a valid name (244 bytes), but not with ".metrics.json" after it
     refused = run_tool("lmscale.classify", f"--workdir={run}", f"--input={data['sst_val']}",
                        "--text_column=sentence", f"--output={tmp_path}/{long}", "--labels=label",
                        ok=False)
@@ -168,6 +168,10 @@ def test_sst_learns_restores_freezes_and_classify_reproduces(sst_run, data, tmp_
                                            f"over the 255 a file system takes: give a shorter "
                                            f"name"), refused.stderr
     assert "classifying" not in refused.stderr  # said before the work
+    longest = tmp_path / ("p" * 251 + ".csv")  # 255 bytes: NAME_MAX's, written
+    run_tool("lmscale.classify", f"--workdir={run}", f"--input={data['sst_val']}",
+             "--text_column=sentence", f"--output={longest}")
+    assert len(list(csv.DictReader(open(longest)))) == 64
     # to the last digit: on the devices and in the rows its validation read (1e-6 apart on a
     # few rows before, on one device and 64 rows)
     assert [(r["p_0"], r["p_1"]) for r in mine] == [(r["p_0"], r["p_1"]) for r in saved]

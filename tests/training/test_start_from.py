@@ -49,4 +49,7 @@ def test_a_fine_tuned_classifier_as_source_is_refused_by_name_before_the_data(tm
                                           r"model: start from the LM it was fine-tuned from "
                                           r"\(.*lm\)$"):
         train(tiny_config(corpus, **RUN, **{"train.start_from": tuned}), str(workdir))
+    with pytest.raises(ConfigError, match=r"is a fine-tuned classifier"):  # not "another model"
+        train(tiny_config(corpus, **RUN, **{"train.start_from": tuned, "model.hidden": 24}),
+              str(workdir))
     assert not (workdir / "data").exists()

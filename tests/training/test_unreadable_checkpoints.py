@@ -99,6 +99,20 @@ def test_every_checkpoint_unreadable_names_the_way_to_start_afresh(base_run, tmp
     assert not os.path.exists(os.path.join(workdir, "unreadable_checkpoints"))
 
 
+def test_fallback_past_two_damaged_checkpoints_moves_both_aside(base_run, tmp_path):
+    """The checkpoints newer than the one that reads are all moved aside, not the newest
+    alone: one left in place was in the way of the step retrained to it."""
+    corpus, workdir = copy_run(base_run, tmp_path)
+    train(tiny_config(corpus, **{**BASE, "train.steps": 6}), workdir)
+    for step in (4, 6):
+        os.remove(os.path.join(workdir, "checkpoints", str(step), "state", "manifest.ocdbt"))
+    train(tiny_config(corpus, **{**BASE, "train.steps": 8, "checkpoint.fallback": True}),
+          workdir)
+    aside = sorted(os.listdir(os.path.join(workdir, "unreadable_checkpoints")))
+    assert [name.split("-")[0] for name in aside] == ["4", "6"], aside
+    assert load_trained(workdir).step == 8
+
+
 def test_fallback_past_a_damaged_checkpoint_prints_one_warning(base_run, tmp_path):
     """The CLI's output: one warning line, not tensorstore's spec nor the tens of "Event loop
     is closed" tracebacks of the failed restore's late callbacks (printed before)."""

@@ -3,6 +3,8 @@ line when it cannot be a run's folder."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from lmscale.training.checkpoints import CheckpointError
@@ -39,6 +41,23 @@ def test_a_workdir_too_deep_for_its_checkpoints_is_refused_before_training(tmp_p
     assert not workdir.exists()
 
 
+def test_the_workdir_path_limit_is_in_bytes_of_the_absolute_path(tmp_path, monkeypatch):
+    """A relative workdir counts from the current folder, a character by its UTF-8 bytes; a
+    path is refused from 4096 - 160 bytes, the longest checkpoint file below it counted."""
+    from lmscale.training.workdir_lock import make_workdir
+    deep = tmp_path
+    while len(os.fsencode(deep)) < 3700:
+        deep = deep / ("é" * 100)
+    deep.mkdir(parents=True)
+    monkeypatch.chdir(deep)
+    fits = "e" * (4096 - 160 - 1 - len(os.fsencode(deep)) - 1)  # 3935 bytes in all
+    make_workdir(fits)
+    assert os.path.isdir(fits)
+    with pytest.raises(CheckpointError, match=r"path is 3936 bytes long"):
+        make_workdir(fits + "e")
+    assert not os.path.exists(fits + "e")
+
+
 def test_a_checkpoint_errors_long_paths_are_shortened_not_its_cause():
     from lmscale.training.orbax_logs import short_error
     path = "/x/" + "d/" * 2000 + "checkpoints/3.orbax-checkpoint-tmp/state"
@@ -46,6 +65,8 @@ def test_a_checkpoint_errors_long_paths_are_shortened_not_its_cause():
                     f'"{path}/d/7446": File name too long [os_error_code=\'36\']')
     line = short_error(error)
     assert len(line) < 300 and line.endswith("File name too long [os_error_code='36']")
+    assert '"step/.zarray"' in line and f'"{path[:30]}...' in line  # short quotes kept whole
+    assert 'tmp/state/d/7446": File name too long' in line  # a path's end: the file it names
 
 
 def test_a_workdir_through_a_link_and_dotdot_is_one_folder(tmp_path, corpus):
