@@ -210,5 +210,8 @@ def test_debug_nans_in_float16_is_refused_in_words(corpus, tmp_path, setting):
         with pytest.raises(ConfigError, match=f"{name} is set: fine-tuning in float16 over"):
             finetune(ft, str(tmp_path / "ft"))
         assert not (tmp_path / "run16").exists() and not (tmp_path / "ft").exists()
+        from lmscale.training import bench
+        with pytest.raises(ConfigError, match=f"{name} is set: lmscale.bench in float16 over"):
+            bench.run_bench(config, steps=1, warmup=0)  # it timed a FloatingPointError
         config.precision.compute = "bfloat16"
         assert train(config, str(tmp_path / "run"))["step"] == 2
