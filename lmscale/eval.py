@@ -12,6 +12,7 @@ sequence length, document resets and eval_steps), so both report the same BPC.
 from __future__ import annotations
 
 import json
+import math
 import os
 
 from absl import app, flags
@@ -88,6 +89,12 @@ def main(argv: list[str]) -> None:
                                text_field=_FIELD.value)
         from lmscale.data.dataset import is_dataset
         split = _SPLIT.value if is_dataset(data) else "all"  # text files: all of their text
+        if not math.isfinite(result["loss"]):  # was printed as NaN (not JSON), exit status 0
+            from lmscale.data.errors import DataError
+            why = (": the model's forward overflowed (in float16 compute its range is small: "
+                   "--compute=bfloat16 or float32 reads the same weights)"
+                   if lm.compute == "float16" else "")
+            raise DataError(f"the loss of {data} is not finite (NaN or inf){why}")
         return {"workdir": lm.workdir, "step": lm.step, "best": lm.best,
                 "data": data, "split": split, "compute": lm.compute, **result}
 

@@ -202,3 +202,21 @@ def test_text_files_with_a_comma_in_their_path_are_scored(tmp_path):
     lm = random_lm(kind="mlstm", hidden=16)
     got = evaluate_data(lm, f"{tmp_path}/run, v2,{tmp_path}/b,c.txt", batch_size=1)
     assert got["tokens"] == 40  # both texts: 23 and 18 bytes, less the first token
+
+
+def test_a_loss_that_is_not_finite_is_an_error_not_nan_in_the_json(tmp_path):
+    """A float16 evaluation that overflowed printed ``"loss": NaN`` (not JSON: JSON.parse, Go
+    and Rust refuse it) and exited 0; classify refuses such probabilities, naming float16."""
+    from tests.conftest import tiny_train_command, write_corpus
+    corpus = write_corpus(tmp_path / "corpus")
+    run = tmp_path / "run"
+    train = subprocess.run(tiny_train_command(run, corpus, **{
+        "train.steps": 4, "train.log_every": 2, "checkpoint.every": 4, "optim.lr": 1e30,
+        "optim.clip": 0, "optim.warmup_steps": 0, "train.divergence_factor": 0}),
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert train.returncode == 0, train.stderr[-2000:]
+    p = run_eval(f"--workdir={run}", "--compute=float16", "--max_steps=1")
+    assert p.returncode == 1 and p.stdout == "", (p.stdout, p.stderr[-2000:])
+    assert p.stderr.strip().endswith(
+        "is not finite (NaN or inf): the model's forward overflowed (in float16 compute its "
+        "range is small: --compute=bfloat16 or float32 reads the same weights)"), p.stderr[-2000:]
