@@ -18,14 +18,17 @@ DEFAULT_FACTOR = 1.5
 
 
 def find_divergence(records: list[dict[str, Any]], factor: float = DEFAULT_FACTOR) -> dict[str, Any] | None:
-    """The first diverged train record as ``{"step", "loss", "reason"}``, or None."""
+    """The first diverged train record as ``{"step", "loss", "reason"}``, or None; a loss
+    that is not finite is None (Python's ``NaN``/``Infinity`` are not JSON: JavaScript's,
+    Go's and Rust's parsers refused the sweep's status files)."""
     best = math.inf
     for record in records:
         if record.get("split") != "train":
             continue
         loss = record.get("loss")
-        if loss is None or not math.isfinite(loss):
-            return {"step": record["step"], "loss": loss, "reason": f"non-finite loss at step {record['step']}"}
+        if loss is None or not math.isfinite(loss):  # loss null: sweep_status.json stays JSON
+            return {"step": record["step"], "loss": None,
+                    "reason": f"non-finite loss at step {record['step']}"}
         if loss > factor * best:
             return {"step": record["step"], "loss": loss,
                     "reason": f"loss {loss:.3f} at step {record['step']} > {factor:g} x running minimum {best:.3f}"}

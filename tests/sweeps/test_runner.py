@@ -150,6 +150,9 @@ def test_divergence_rule():
     assert find_divergence([rec(2, 5.0), rec(4, 3.0), {"split": "val", "step": 4, "loss": 9.0}, rec(6, 4.4)]) is None
     assert find_divergence([rec(2, 5.0), rec(4, 3.0), rec(6, 4.6)])["step"] == 6
     assert find_divergence([rec(2, 5.0), rec(4, float("nan"))])["reason"] == "non-finite loss at step 4"
+    for loss in (float("nan"), float("inf")):  # strict JSON in sweep_status.json, no NaN
+        assert json.dumps(find_divergence([rec(2, 5.0), rec(4, loss)]), allow_nan=False) == (
+            '{"step": 4, "loss": null, "reason": "non-finite loss at step 4"}')
 
 
 def test_data_not_fetched_is_one_error_before_any_point(tiny, tmp_path, monkeypatch):
