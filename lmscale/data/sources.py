@@ -253,7 +253,8 @@ def _iter_jsonl(path: str, field: str, notes: bool = True) -> Iterator[tuple[byt
                 nulls += 1
                 continue
             if not isinstance(value, str):
-                raise DataError(f"{path}:{lineno}: field {field!r} is {json_kind(value)}, not a string")
+                raise DataError(f"{path}:{lineno}: field {field!r} is {json_kind(value)}, "
+                                f"not a string")
             try:
                 data = value.encode("utf-8")
             except UnicodeEncodeError as e:  # a lone surrogate escape ("\\ud83d" alone)

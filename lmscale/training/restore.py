@@ -126,7 +126,8 @@ def lm_record(lm: TrainedLM, workdir: str) -> dict[str, Any]:
     """Which LM made an output: its folder, step (``best``: its weights kept as validated
     best), weights' fingerprint (what a saved classifier checks) and architecture (its
     kind's fields, not every kind's defaults)."""
-    return {"workdir": absolute_path(workdir), "step": lm.step, **({"best": True} if lm.best else {}),
+    return {"workdir": absolute_path(workdir), "step": lm.step,
+            **({"best": True} if lm.best else {}),
             "weights": weights_fingerprint(lm), "model": architecture(lm.config.model)}
 
 
