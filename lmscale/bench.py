@@ -89,9 +89,8 @@ def main(argv: list[str]) -> None:
 
     def run() -> dict:
         config = _CONFIG.value
-        from lmscale.training.fits import refuse_debug_nans_in_float16, refuse_disabled_jit
-        refuse_disabled_jit("lmscale.bench")  # before --pipeline prepares any data
-        refuse_debug_nans_in_float16("lmscale.bench", config.precision.compute)
+        from lmscale.training.fits import refuse_jax_debugging
+        refuse_jax_debugging("lmscale.bench", config.precision.compute)  # before --pipeline's data
         batcher = None
         if _PIPELINE.value or _LOOP.value:
             from lmscale.data.dataset import TokenDataset

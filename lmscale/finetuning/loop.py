@@ -50,8 +50,7 @@ from lmscale.training import mesh as mesh_lib
 from lmscale.training.checkpoints import Checkpointer
 from lmscale.training.model_signature import check_same_model
 from lmscale.training.diverged import DivergedError, check_finite, save_finite
-from lmscale.training.fits import (check_step_fits_host, refuse_debug_nans_in_float16,
-                                   refuse_disabled_jit)
+from lmscale.training.fits import check_step_fits_host, refuse_jax_debugging
 from lmscale.training.metrics import MetricsWriter, truncate_metrics
 from lmscale.training.optimizer import finetune_applied_lrs, make_finetune_optimizer
 from lmscale.training.in_flight import InFlight
@@ -138,8 +137,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str,
 def _checked_finetune(config: ml_collections.ConfigDict, workdir: str,
                       devices: list[jax.Device] | None, given: Collection[str]) -> dict[str, Any]:
     """``finetune`` with its settings, data and LM checked before the workdir is touched."""
-    refuse_disabled_jit("fine-tuning")
-    refuse_debug_nans_in_float16("fine-tuning", config.precision.compute)
+    refuse_jax_debugging("fine-tuning", config.precision.compute)
     check_known_fields(config)
     validate_run_settings(config)
     check_used_in_fine_tuning(config, given)

@@ -54,8 +54,7 @@ from lmscale.models.recurrent import SCANNED_KINDS, ScanOptions, scan_options
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.flops import (adaptive_cutoffs, adaptive_recompute_flops_per_token,
                                     recompute_flops_per_token, train_flops_per_token)
-from lmscale.training.fits import (check_step_fits_host, refuse_debug_nans_in_float16,
-                                   refuse_disabled_jit)
+from lmscale.training.fits import check_step_fits_host, refuse_jax_debugging
 from lmscale.training.host_devices import usable_cores
 from lmscale.training.host_memory import huge_pages_on
 from lmscale.training.precision import DTYPES
@@ -338,9 +337,8 @@ def run_bench(config: ml_collections.ConfigDict, *, steps: int = 10, warmup: int
               loop_workdir: str | None = None) -> dict[str, Any]:
     """One benchmark record: the step, the matmul rate in the compute dtype, the pipeline,
     and (``loop_workdir``) the full training loop."""
-    refuse_disabled_jit("lmscale.bench")  # it times compiled programs
     compute = config.precision.compute
-    refuse_debug_nans_in_float16("lmscale.bench", compute)  # its float16 steps overflow
+    refuse_jax_debugging("lmscale.bench", compute)  # it times compiled programs
     from lmscale.training.data_source import one_byte_tokens, vocab_size_of
     # the tokenizer's vocabulary (the softmax is a large part of a subword model's step); its
     # errors say what to set (a word vocabulary's size: data.word_vocab_size)

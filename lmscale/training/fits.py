@@ -191,20 +191,18 @@ def slow_cpu_step_note(flops_per_step: float, log_every: int, progress_bar: bool
             f"GPUs){lines}")
 
 
-def refuse_disabled_jit(what: str) -> None:
-    """ConfigError for JAX_DISABLE_JIT (``jax_disable_jit``): training compiles its programs
-    ahead of time (to check they fit), which JAX refuses without jit ("Disable jit is not
-    supported in the AOT path"), and its steps run op by op would take hours."""
+def refuse_jax_debugging(what: str, compute: str) -> None:
+    """ConfigError for the JAX debugging settings training's programs cannot run under:
+    JAX_DISABLE_JIT (``jax_disable_jit``) — training compiles its programs ahead of time (to
+    check they fit), which JAX refuses without jit ("Disable jit is not supported in the AOT
+    path"), and its steps run op by op would take hours; JAX_DEBUG_NANS / JAX_DEBUG_INFS in
+    float16 ``compute`` — dynamic loss scaling finds its scale by overflowing (from 2**32
+    down, each step whose gradients are not finite skipped), and JAX stopped the first step
+    with a FloatingPointError traceback."""
     if jax.config.jax_disable_jit:
         raise ConfigError(f"JAX_DISABLE_JIT is set (jax_disable_jit): {what} compiles its "
                           f"programs and does not run without jit; unset it (to debug, "
                           f"JAX_DEBUG_NANS=1 or jax.debug.print work under jit)")
-
-
-def refuse_debug_nans_in_float16(what: str, compute: str) -> None:
-    """ConfigError for JAX_DEBUG_NANS / JAX_DEBUG_INFS in float16 compute: dynamic loss
-    scaling finds its scale by overflowing (from 2**32 down, each step whose gradients are not
-    finite skipped), and JAX stopped the first step with a FloatingPointError traceback."""
     set_ = [name for name, on in (("JAX_DEBUG_NANS", jax.config.jax_debug_nans),
                                   ("JAX_DEBUG_INFS", jax.config.jax_debug_infs)) if on]
     if set_ and compute == "float16":

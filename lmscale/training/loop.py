@@ -56,8 +56,7 @@ from lmscale.training.ntasgd import NTASGDMonitor, eval_params, switch_on
 from lmscale.training.precision import SkippedRun, print_compute_hint, resumed_loss_scale
 from lmscale.training.schedules import (DECAYS_TO_ZERO, batch_and_rate_note, horizon_note,
                                         warmup_note)
-from lmscale.training.fits import (check_step_fits_host, refuse_debug_nans_in_float16,
-                                   refuse_disabled_jit, slow_cpu_step_note)
+from lmscale.training.fits import check_step_fits_host, refuse_jax_debugging, slow_cpu_step_note
 from lmscale.training.setup import build_train_setup, jit_train_step
 from lmscale.training.state import host_zeros_like, run_prng_impl, zero_acc
 from lmscale.training.steps import make_eval_step
@@ -76,8 +75,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     """
     check_call_arguments(workdir, config, wants_config=True)
     with errors_for_caller():  # from a notebook: "config.resume = False", not the flag
-        refuse_disabled_jit("training")
-        refuse_debug_nans_in_float16("training", config.precision.compute)
+        refuse_jax_debugging("training", config.precision.compute)
         mesh = mesh_lib.make_mesh(devices)
         try:
             validate(config, mesh.size)  # a bad config writes nothing
