@@ -48,4 +48,3 @@ def cgroup_ints(path: str) -> list[int] | None:
     except OSError:
         return None
     return [int(w) for w in words] if words and all(w.isdigit() for w in words) else None
-

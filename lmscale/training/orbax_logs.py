@@ -131,4 +131,3 @@ def tmp_cleanup_finished(manager: Any) -> None:
     pending = getattr(manager, "_cleanup_tmp_directory_future", None)
     if pending is not None:
         pending.result()
-
