@@ -199,6 +199,16 @@ def script_result(script: str, **env: str) -> dict:
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
+def meminfo_file(tmp_path: Path, available_kb: int, swap_kb: int = 0) -> str:
+    """A /proc/meminfo of a host with ``available_kb`` available (and ``swap_kb`` of free
+    swap), for ``fits.MEMINFO``: the host-memory checks on a host as small as a test needs."""
+    path = tmp_path / "meminfo"
+    path.write_text(f"MemTotal:       24000000 kB\nMemFree:         1000000 kB\n"
+                    f"MemAvailable:   {available_kb:>9} kB\nSwapTotal:      {swap_kb} kB\n"
+                    f"SwapFree:       {swap_kb} kB\n")
+    return str(path)
+
+
 def write_corpus(folder: Path, files: int = 4, lines: int = 300) -> str:
     """Text files of simple, learnable English-like lines; returns a glob for them."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from lmscale.config import default_config
 from lmscale.data.errors import DataError
 from lmscale.models.recurrent import scan_options
 from lmscale.training import bench
+from tests.conftest import meminfo_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -306,10 +307,8 @@ def test_a_step_too_large_for_the_host_is_refused_before_it_is_timed(tmp_path, m
     training loop checks it, one error before it runs."""
     from lmscale.config import ConfigError
     from lmscale.training import fits
-    meminfo = tmp_path / "meminfo"
-    meminfo.write_text("MemTotal: 24000000 kB\nMemFree: 1000 kB\nMemAvailable: 2048 kB\n"
-                       "SwapTotal: 0 kB\nSwapFree: 0 kB\n")  # 2 MiB: the state fits, the step not
-    monkeypatch.setattr(fits, "MEMINFO", str(meminfo))
+    # 2 MiB: the state fits, the step not
+    monkeypatch.setattr(fits, "MEMINFO", meminfo_file(tmp_path, 2048))
     with pytest.raises(ConfigError, match=r"the training step needs .* is available"):
         bench.time_step(small_config("mlstm", hidden=32, batch=64, seq=64), steps=1, warmup=0)
 
@@ -319,9 +318,6 @@ def test_a_state_too_large_for_the_host_is_refused_before_it_is_made(tmp_path, m
     the training loop checks them: a GPU config's state was the OOM killer's "Killed"."""
     from lmscale.config import ConfigError
     from lmscale.training import fits
-    meminfo = tmp_path / "meminfo"
-    meminfo.write_text("MemTotal: 24000000 kB\nMemFree: 1000 kB\nMemAvailable: 16 kB\n"
-                       "SwapTotal: 0 kB\nSwapFree: 0 kB\n")  # 16 KiB: not the state
-    monkeypatch.setattr(fits, "MEMINFO", str(meminfo))
+    monkeypatch.setattr(fits, "MEMINFO", meminfo_file(tmp_path, 16))  # 16 KiB: not the state
     with pytest.raises(ConfigError, match=r"the model's training state .* is available"):
         bench.time_step(small_config("mlstm", hidden=32), steps=1, warmup=0)

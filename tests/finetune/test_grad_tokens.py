@@ -26,7 +26,8 @@ from lmscale.finetuning.steps import BATCH_KEYS, make_finetune_step
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.precision import Policy
 from lmscale.training.state import state_shardings
-from tests.conftest import TINY_TRANSFORMER, script_result, tiny_config, xla_flags
+from tests.conftest import (TINY_TRANSFORMER, meminfo_file, script_result, tiny_config,
+                            xla_flags)
 
 KINDS = {"mlstm": {"model.layers": 2}, "lstm": {"model.kind": "lstm"},
          "qrnn": {"model.kind": "qrnn", "model.layers": 2}}
@@ -218,8 +219,7 @@ def test_a_fine_tuning_step_too_large_for_the_host_is_refused_naming_grad_tokens
     from lmscale.finetuning.loop import finetune
     from lmscale.training import fits
     from tests.finetune.conftest import ft_config
-    from tests.training.test_fits import _meminfo
-    monkeypatch.setattr(fits, "MEMINFO", _meminfo(tmp_path, 100))  # 100 kB available
+    monkeypatch.setattr(fits, "MEMINFO", meminfo_file(tmp_path, 100))  # 100 kB available
     config = ft_config(sst_run, data["sst_train"], data["sst_val"], **{"train.steps": 2})
     with pytest.raises(ConfigError, match=r"the fine-tuning step on 16 texts \d+ tokens wide "
                                           r"needs .* set finetune.grad_tokens=1024"):

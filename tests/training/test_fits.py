@@ -13,20 +13,13 @@ import pytest
 from lmscale.config import ConfigError
 from lmscale.training import fits
 from lmscale.training.loop import train
-from tests.conftest import REPO, lowered_programs, tiny_config
+from tests.conftest import REPO, lowered_programs, meminfo_file, tiny_config
 
 
-def _meminfo(tmp_path, available_kb: int, swap_kb: int = 0) -> str:
-    path = tmp_path / "meminfo"
-    path.write_text(f"MemTotal:       24000000 kB\nMemFree:         1000000 kB\n"
-                    f"MemAvailable:   {available_kb:>9} kB\nSwapTotal:      {swap_kb} kB\n"
-                    f"SwapFree:       {swap_kb} kB\n")
-    return str(path)
-
-
-def test_available_memory_is_read_from_meminfo(tmp_path):
-    assert fits.available_host_bytes(_meminfo(tmp_path, 2048, swap_kb=1024)) == 3072 * 1024
-    assert fits.available_host_bytes(_meminfo(tmp_path, 2048, swap_kb=1024), swap=False) == 2048 * 1024
+def test_available_memory_is_read_frommeminfo_file(tmp_path):
+    assert fits.available_host_bytes(meminfo_file(tmp_path, 2048, swap_kb=1024)) == 3072 * 1024
+    assert fits.available_host_bytes(meminfo_file(tmp_path, 2048, swap_kb=1024),
+                                     swap=False) == 2048 * 1024
     (tmp_path / "bad").write_text("MemTotal: 5 kB\n")  # an old kernel: no MemAvailable
     assert fits.available_host_bytes(str(tmp_path / "bad")) is None
     assert fits.available_host_bytes(str(tmp_path / "absent")) is None
@@ -51,10 +44,10 @@ def test_training_a_step_too_large_for_the_host_stops_before_it_runs(tmp_path, c
     configs/mlstm4096_8gpu.py, on a laptop): now one error before the first step, naming the
     settings to lower; a host with the memory trains as before."""
     wide = {"train.steps": 2, "train.batch_size": 64, "train.seq_len": 64}  # logits: 4 MiB
-    monkeypatch.setattr(fits, "MEMINFO", _meminfo(tmp_path, 2048))  # the state (0.25 MiB) fits
+    monkeypatch.setattr(fits, "MEMINFO", meminfo_file(tmp_path, 2048))  # the state (0.25 MiB) fits
     with pytest.raises(ConfigError, match=r"the training step needs .* train.seq_len"):
         train(tiny_config(corpus, **wide), str(tmp_path / "small_host"))
-    monkeypatch.setattr(fits, "MEMINFO", _meminfo(tmp_path, 16 * 1024 * 1024))
+    monkeypatch.setattr(fits, "MEMINFO", meminfo_file(tmp_path, 16 * 1024 * 1024))
     result = train(tiny_config(corpus, **wide), str(tmp_path / "small_host"))
     assert result["step"] == 2, result
 
@@ -78,7 +71,7 @@ def test_a_state_larger_than_the_host_is_refused_before_it_is_made(tmp_path, cor
                                           r"3.0 MiB .* and 2.0 MiB is available: use a smaller "
                                           r"model .*parallel.cpu_devices=1"):
         fits.check_state_fits_host(shapes, 3, available=2 * 2 ** 20)
-    monkeypatch.setattr(fits, "MEMINFO", _meminfo(tmp_path, 100))  # 100 kB available
+    monkeypatch.setattr(fits, "MEMINFO", meminfo_file(tmp_path, 100))  # 100 kB available
     with pytest.raises(ConfigError, match=r"the model's training state .* needs"):
         train(tiny_config(corpus, **{"train.steps": 2}), str(tmp_path / "small_host"))
 
@@ -86,7 +79,7 @@ def test_a_state_larger_than_the_host_is_refused_before_it_is_made(tmp_path, cor
 def test_a_memory_cgroup_limit_caps_what_is_available(tmp_path):
     """Containers and Slurm jobs limit memory by cgroup while /proc/meminfo shows the whole
     machine's: the check took a 2 GiB container on a 24 GiB host for 24 GiB."""
-    meminfo = _meminfo(tmp_path, 24 * 1024 * 1024)
+    meminfo = meminfo_file(tmp_path, 24 * 1024 * 1024)
     v2 = tmp_path / "v2"
     (v2 / "job").mkdir(parents=True)
     (v2 / "job" / "memory.max").write_text(f"{2 * 2**30}\n")
@@ -188,7 +181,6 @@ def test_bench_under_disabled_jit_is_refused_in_words(tmp_path, pipeline):
     assert p.stderr.strip().splitlines()[-1].startswith(
         "error: JAX_DISABLE_JIT is set (jax_disable_jit): lmscale.bench compiles"), p.stderr
     assert not work.exists()
-
 
 
 @pytest.mark.parametrize("setting", ["debug_nans", "debug_infs"])
