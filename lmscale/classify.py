@@ -57,10 +57,10 @@ def classify() -> dict:
     from lmscale.atomic import NAME_MAX
     from lmscale.cli import writable_folder
     longest = os.path.basename(_OUTPUT.value) + (".metrics.json" if _LABELS.value else "")
-    if not stream and len(os.fsencode(longest)) > NAME_MAX:  # found after classifying
-        raise DataError(f"--output={_OUTPUT.value}: the file name {longest} is "
-                        f"{len(os.fsencode(longest))} bytes, over the {NAME_MAX} a file system "
-                        f"takes: give a shorter name")
+    size = len(os.fsencode(longest))
+    if not stream and size > NAME_MAX:  # found after classifying
+        raise DataError(f"--output={_OUTPUT.value}: the file name {longest} is {size} bytes, "
+                        f"over the {NAME_MAX} a file system takes: give a shorter name")
     if not stream:
         writable_folder(predictions_folder(_OUTPUT.value),  # as write_predictions, before work
                         "pass --output=FILE to write the predictions elsewhere")
