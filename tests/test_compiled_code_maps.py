@@ -1,0 +1,72 @@
+"""The suite's test processes free compiled programs before they near the kernel's limit on
+memory maps (tests/compiled_code_maps.py), where jaxlib died of SIGSEGV in a cache write."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.compiled_code_maps import max_map_count, memory_maps
+from tests.conftest import REPO, script_result
+
+# A module both test files import: programs of one jitted function (one per shape), kept by
+# JAX's cache while the function lives, and the process's count of maps when they were made.
+PROGRAMS = """
+import jax, jax.numpy as jnp
+from tests.compiled_code_maps import memory_maps
+step = jax.jit(lambda x: jnp.tanh(x @ x.T).sum(0) * jnp.exp(-x).mean())
+def compile_programs(count):
+    for n in range(1, count + 1):
+        step(jnp.ones((n, 3))).block_until_ready()
+    return memory_maps()
+"""
+
+
+def test_a_process_past_half_the_limit_frees_its_programs_at_the_end_of_a_file(tmp_path: Path):
+    """test_a holds maps past half vm.max_map_count and compiles 40 programs; at its file's end
+    the programs are freed, so test_b, in the same process, finds fewer maps (it found as many
+    before: JAX kept every program while its function lived)."""
+    held = max_map_count() // 2 + 100
+    (tmp_path / "programs.py").write_text(PROGRAMS)
+    (tmp_path / "test_a.py").write_text(
+        "import mmap\nfrom programs import compile_programs\nHELD = []\n"
+        "def test_a():\n"
+        f"    for i in range({held}):  # alternating, so the kernel cannot merge them\n"
+        "        protection = mmap.PROT_READ | (i % 2 and mmap.PROT_WRITE)\n"
+        "        HELD.append(mmap.mmap(-1, 4096, prot=protection))\n"
+        f"    open({str(tmp_path / 'count')!r}, 'w').write(str(compile_programs(40)))\n")
+    (tmp_path / "test_b.py").write_text(
+        "from tests.compiled_code_maps import memory_maps\n"
+        "def test_b():\n"
+        f"    before = int(open({str(tmp_path / 'count')!r}).read())\n"
+        "    assert memory_maps() < before - 40, (memory_maps(), before)\n")
+    (tmp_path / "conftest.py").write_text(
+        "from tests.compiled_code_maps import pytest_runtest_teardown  # noqa: F401\n")
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_")}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
+                          "test_a.py", "test_b.py"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300, env={**env, "PYTHONPATH": f"{REPO}:{tmp_path}"})
+    assert run.returncode == 0 and "2 passed" in run.stdout, run.stdout[-3000:] + run.stderr[-3000:]
+
+
+def test_release_compiled_programs_only_past_its_limit():
+    """Below its limit nothing is dropped; past it, the maps of the programs go (each program
+    holds several: code, read-only data, data)."""
+    result = script_result(
+        PROGRAMS + "from tests.compiled_code_maps import release_compiled_programs\n"
+        "import json\nmade = compile_programs(30)\nkept = release_compiled_programs(10 ** 9)\n"
+        "after_kept = memory_maps()\nreleased = release_compiled_programs(0)\n"
+        "print(json.dumps({'made': made, 'kept': kept, 'after_kept': after_kept,"
+        " 'released': released, 'after': memory_maps()}))\n")
+    assert result["kept"] is False and result["after_kept"] >= result["made"], result
+    assert result["released"] is True and result["after"] < result["made"] - 30, result
+
+
+def test_the_counts_read_the_system(tmp_path: Path):
+    assert memory_maps() > 0 and memory_maps(str(tmp_path / "none")) == 0
+    (tmp_path / "limit").write_text("262144\n")
+    assert max_map_count(str(tmp_path / "limit")) == 262144
+    assert max_map_count(str(tmp_path / "none")) == 65530
