@@ -34,10 +34,19 @@ os.environ.setdefault("LMSCALE_DATA", str(SHARED_DATA))
 
 
 # xdist's --dist loadfile (the README's command) with a worker crash costing its test, not the
-# run: xdist 3.8's own scheduler hung after one (tests/xdist_scheduling.py).
+# run: xdist 3.8's own scheduler hung after one; the test's report says how the worker died
+# (tests/xdist_scheduling.py).
 with contextlib.suppress(ImportError):  # pytest without xdist runs the suite in one process
     from tests import xdist_scheduling
     pytest_xdist_make_scheduler = xdist_scheduling.pytest_xdist_make_scheduler
+    pytest_configure_node = xdist_scheduling.pytest_configure_node
+    pytest_sessionstart = xdist_scheduling.pytest_sessionstart
+    pytest_handlecrashitem = xdist_scheduling.pytest_handlecrashitem
+
+# A test process's compiled programs freed before they pass the kernel's limit on memory maps,
+# where jaxlib's next compile-cache write died of SIGSEGV (tests/compiled_code_maps.py).
+from tests import compiled_code_maps  # noqa: E402
+pytest_runtest_teardown = compiled_code_maps.pytest_runtest_teardown
 
 _CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
 _OWN_CACHE: list[str] = []  # the cache folder this session made (removed at its end)

@@ -34,6 +34,23 @@ def test_a_crashed_worker_fails_its_test_and_the_run_goes_on(tmp_path: Path, wor
         assert f"PASSED {passed}" in run.stdout, run.stdout[-3000:]
 
 
+def test_a_crashed_test_s_report_says_how_its_worker_died(tmp_path: Path):
+    """A segfault's report quotes the worker's fatal-error dump (the signal, the test's line);
+    one that left none says so. The dump went to the worker's stderr, far above the report."""
+    run = run_pytest(tmp_path, {
+        "test_a.py": "import ctypes\ndef test_segfault():\n    ctypes.string_at(0)\n"
+                     "def test_after(): pass\n",
+        "test_b.py": "import os\ndef test_exit(): os._exit(3)\n"}, workers=1)
+    out = run.stdout + run.stderr
+    assert run.returncode == 1 and "1 passed" in run.stdout, out[-3000:]
+    report = run.stdout.split("crashed while running 'test_a.py::test_segfault'\n")[1]
+    assert report.startswith("its fatal-error dump (faulthandler):\nFatal Python error: "
+                             "Segmentation fault\n\nCurrent thread "), out[-3000:]
+    assert 'test_a.py", line 3 in test_segfault' in report.split("\n\n")[1], report
+    assert "worker 'gw1' crashed while running 'test_b.py::test_exit'\nit left no fatal-error " \
+           "dump: it exited (os._exit), or was killed by a signal" in run.stdout, out[-3000:]
+
+
 def run_pytest(folder: Path, files: dict[str, str], workers: int,
                conftest: str = "") -> subprocess.CompletedProcess:
     """``pytest -n workers --dist loadfile`` over ``files`` in ``folder`` with the suite's
@@ -42,7 +59,9 @@ def run_pytest(folder: Path, files: dict[str, str], workers: int,
         (folder / name).write_text(text)
     (folder / "pytest.ini").write_text("[pytest]\n")  # this folder is the run's root
     (folder / "conftest.py").write_text(
-        "from tests.xdist_scheduling import pytest_xdist_make_scheduler  # noqa: F401\n"
+        "from tests.xdist_scheduling import (  # noqa: F401\n"
+        "    pytest_configure_node, pytest_handlecrashitem, pytest_sessionstart,\n"
+        "    pytest_xdist_make_scheduler)\n"
         + conftest)
     env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_")}
     command = [sys.executable, "-m", "pytest", "-n", str(workers), "--dist", "loadfile",

@@ -10,10 +10,18 @@ so the replacement worker ran that test again (and crashed again), or was sent a
 nothing left to run, or its last test and no word that no more would come — a worker runs a
 test only once it knows the next one, or that there is none. In CI a hang is 90 minutes
 spent before the run is failed, the crashed test unnamed.
+
+A crashed test's report also says how its worker died: each worker writes Python's fatal-error
+dump (faulthandler: the signal and every thread's stack) to a file of its own, which the report
+quotes. It went to the workers' stderr, far above the report in a CI log that shows its end.
 """
 
 from __future__ import annotations
 
+import faulthandler
+import os
+import shutil
+import tempfile
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -109,3 +117,50 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> LoadFileS
     if config.getvalue("dist") == "loadfile":
         return CrashTolerantLoadFileScheduling(config, log)
     return None
+
+
+FATAL_ERRORS = "lmscale_fatal_errors"  # workerinput: the folder of the workers' dumps
+_FOLDER = pytest.StashKey[str]()  # the controller's copy of that folder
+_DUMP = pytest.StashKey[object]()  # a worker's open dump file (faulthandler writes to its fd)
+MAX_DUMP_LINES = 120  # of a dump quoted in a report, the crashed thread's stack first
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: WorkerController) -> None:
+    """Names the folder for the worker's fatal-error dump (made once, removed at the end)."""
+    config = node.config
+    if _FOLDER not in config.stash:
+        config.stash[_FOLDER] = tempfile.mkdtemp(prefix="lmscale-test-fatal-errors-")
+        config.add_cleanup(lambda: shutil.rmtree(config.stash[_FOLDER], ignore_errors=True))
+    node.workerinput[FATAL_ERRORS] = config.stash[_FOLDER]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """In a worker: its fatal-error dump goes to its file (after pytest's own faulthandler
+    setup, which sends it to stderr)."""
+    folder = getattr(session.config, "workerinput", {}).get(FATAL_ERRORS)
+    if folder:
+        dump = open(os.path.join(folder, session.config.workerinput["workerid"]), "w")
+        session.config.stash[_DUMP] = dump
+        faulthandler.enable(dump, all_threads=True)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_handlecrashitem(crashitem: str, report: pytest.TestReport,
+                           sched: LoadFileScheduling) -> None:
+    """The crashed worker's fatal-error dump, added to its test's report."""
+    folder = sched.config.stash.get(_FOLDER, None)
+    worker = report.node.gateway.id  # type: ignore[attr-defined]
+    try:
+        with open(os.path.join(folder or "", worker), errors="replace") as dump:
+            error, *threads = dump.read().strip().split("\n\n")
+    except (OSError, ValueError):
+        error, threads = "", []
+    threads.sort(key=lambda thread: not thread.startswith("Current thread"))  # the crashed first
+    lines = "\n\n".join([error, *threads]).strip().splitlines()
+    if len(lines) > MAX_DUMP_LINES:
+        lines = lines[:MAX_DUMP_LINES] + [f"... ({len(lines) - MAX_DUMP_LINES} lines more)"]
+    how = ("\n".join(["its fatal-error dump (faulthandler):", *lines]) if lines else
+           "it left no fatal-error dump: it exited (os._exit), or was killed by a signal Python "
+           "cannot catch (SIGKILL: the kernel's out-of-memory killer?)")
+    report.longrepr = f"{report.longrepr}\n{how}"
