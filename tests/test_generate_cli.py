@@ -301,7 +301,8 @@ def test_ctrl_c_stops_a_long_generation_in_one_line(tiny_runs, tmp_path):
     err = err.decode().replace("\r\n", "\n")
     assert proc.returncode == 130, (seen.decode(errors="replace") + err)[-2000:]
     assert err.strip().splitlines()[-1] == "interrupted (Ctrl-C)" and "Traceback" not in err, err
-    assert waited < 5, waited
+    # within a window and the exit (0.3-1.9 s here under load): 2,000,000 tokens take ~40 s
+    assert waited < 15, waited
     assert not (tmp_path / "samples.json").exists()
 
 
