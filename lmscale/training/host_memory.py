@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import os
 import platform
+import signal
 import sys
 from typing import Mapping
+
+from lmscale.early_signals import taken_signals
 
 THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
 TUNABLE = "glibc.malloc.hugetlb"
@@ -77,7 +80,18 @@ def restart_with_huge_pages(enabled: bool, *, entry: bool) -> None:
         return
     env = huge_pages_environment(os.environ, thp_mode(), glibc_version())
     if env is None:
+        if huge_pages_on(os.environ):  # restarted: a signal held through the exec is taken now
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, taken_signals())
         return
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+    # A signal that came while execve replaced the program was lost (its handler would have
+    # run at the next bytecode: the run went on as if it never came), or ended the new
+    # program before its handlers were in (exit 143). Blocked, it stays pending through the
+    # exec until the restarted program takes it, above; one that came before is taken here.
+    held = taken_signals()
+    signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+    finally:  # not restarted
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import pytest
 
 from lmscale.training.host_memory import (glibc_version, huge_pages_environment, huge_pages_on,
                                           thp_mode)
-from tests.conftest import REPO
+from tests.conftest import REPO, tiny_train_command, write_corpus
 
 
 def test_the_kernel_mode_is_the_bracketed_word(tmp_path):
@@ -69,3 +70,25 @@ def test_an_entry_point_restarts_once_and_its_malloc_gets_huge_pages():
 
     only, plain = probe("library")  # a main() called from a notebook or a test: no restart
     assert only[2:] == [] and int(plain[1]) == 0
+
+
+@pytest.mark.skipif(thp_mode() != "madvise" or (glibc_version() or (0, 0)) < (2, 35)
+                    or shutil.which("gdb") is None,
+                    reason="needs Linux THP in madvise mode, glibc >= 2.35 and gdb")
+def test_a_sigterm_as_the_trainer_restarts_itself_stops_it(tmp_path):
+    """A SIGTERM that came while the trainer's execve replaced it (here: delivered at a
+    breakpoint in libc's execve, under gdb) was lost, its handler waiting for the next
+    bytecode: the run trained on to its end (or, in the kernel's part, exit 143). Held
+    blocked through the exec, the restarted trainer takes it: one line, exit 0."""
+    write_corpus(tmp_path / "corpus")
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    command = tiny_train_command(tmp_path / "run", tmp_path / "corpus" / "doc0.txt",
+                                 **{"train.steps": 30})
+    out = subprocess.run(
+        ["gdb", "-q", "-batch", "-nx", "-ex", "set startup-with-shell off",
+         "-ex", "handle SIGTERM nostop noprint pass", "-ex", "set breakpoint pending on",
+         "-ex", "break execve", "-ex", "run", "-ex", "delete", "-ex", "signal SIGTERM",
+         "--args", *command], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, timeout=300).stdout
+    assert "is executing new program" in out  # it restarted, the signal on its way
+    assert "stopped by signal 15 while starting" in out and "final val" not in out, out[-2000:]
