@@ -174,7 +174,7 @@ def test_a_workdir_in_use_is_refused_on_every_process(tmp_path, corpus):
     held = hold_workdir(str(run))  # another lmscale process (this one) trains there
     try:
         (status0, err0), (status1, err1) = run_two([command(run, corpus), command(run, corpus)],
-                                                   timeout=60)
+                                                   timeout=120)
     finally:
         held.close()
     assert status0 == status1 == 1
@@ -190,7 +190,7 @@ def test_a_workdir_process_0_cannot_lock_is_refused_on_every_process(tmp_path, c
     run = tmp_path / "run"
     (run / ".lock").mkdir(parents=True)
     (status0, err0), (status1, err1) = run_two([command(run, corpus), command(run, corpus)],
-                                               timeout=60)
+                                               timeout=120)
     assert status0 == status1 == 1
     assert f"cannot write in the workdir {run}" in err0, err0[-2000:]
     assert error_lines(err1) == [f"error: process 0 refused {run}: it is in use by another "

@@ -80,7 +80,7 @@ def val_losses(workdir) -> dict[int, float]:
 def test_two_processes_resume_a_stop_mid_replacement_of_the_best_weights(tmp_path):
     corpus = write_corpus(tmp_path / "corpus", files=2, lines=200)
     run = tmp_path / "run"
-    for status, err in run_two([command(run, corpus, 4)] * 2, timeout=150):
+    for status, err in run_two([command(run, corpus, 4)] * 2, timeout=240):
         assert status == 0, err[-3000:]
     first = best_json(run)
     assert best_steps(run) == [first["step"]] and checkpoint_steps(run) == [2, 4]
@@ -96,7 +96,7 @@ def test_two_processes_resume_a_stop_mid_replacement_of_the_best_weights(tmp_pat
     assert resume[1:3] == ["-m", "lmscale.train"]
     start = time.monotonic()
     results = run_two([resume, late(resume, "_load_checkpoint_infos", "best", 1, DELAY,
-                                    "test: best steps listed late")], timeout=90)
+                                    "test: best steps listed late")], timeout=240)
     elapsed = time.monotonic() - start
     for status, err in results:  # a hang is a process killed at the timeout (-9)
         assert status == 0, (status, elapsed, err[-3000:])
@@ -135,7 +135,7 @@ def test_best_weights_wait_for_a_checkpoint_still_being_finished(tmp_path):
     cmd = command(run, corpus, 6)
     # process 0 finishes each async checkpoint save (orbax's finalize thread) 8 s late
     slow = late(cmd, "_finalize", "checkpoints", 0, 8)
-    for status, err in run_two([slow, cmd], timeout=120):
+    for status, err in run_two([slow, cmd], timeout=240):
         assert status == 0, err[-3000:]
     assert checkpoint_steps(run) == [2, 4, 6]
     assert best_steps(run) == [best_json(run)["step"]]
