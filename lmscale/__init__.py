@@ -25,9 +25,11 @@ def load_classifier(path: str, batch_size: int = 0) -> Any:
     the texts packed end to end in ``batch_size`` rows read side by side (0: a fine-tuned
     run's validation rows, ``train.eval_batch_size``; else 64)."""
     import os
+    from lmscale.compiled_programs import release_near_map_limit
     from lmscale.finetuning.classifier import load_classifier as _load
     from lmscale.messages import check_call_arguments, errors_for_caller
     check_call_arguments(path, name="path", folder="a classifier's folder")
+    release_near_map_limit()
     with errors_for_caller():
         return _load(os.path.expanduser(path) if isinstance(path, str) else path, batch_size)
 

@@ -18,6 +18,7 @@ import numpy as np
 from flax import nnx
 
 from lmscale.data.errors import DataError
+from lmscale.compiled_programs import release_near_map_limit
 from lmscale.messages import check_call_arguments
 from lmscale.models.registry import trained_length
 from lmscale.training import mesh as mesh_lib
@@ -261,4 +262,5 @@ def load_lm(workdir: str, step: int | None = None, compute: str = "float32",
     FileNotFoundError (saying why and the way on) for a folder that is no LM run (a
     classifier's, weights still to convert) or a step it does not hold."""
     check_call_arguments(workdir, folder="a run's folder")
+    release_near_map_limit()
     return LM(load_trained(workdir, step, best=best, compute=compute))

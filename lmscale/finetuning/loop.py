@@ -59,6 +59,7 @@ from lmscale.training.precision import (LossScale, Policy, SkippedRun, print_com
 from lmscale.training.restore import TrainedLM, load_trained, weights_fingerprint
 from lmscale.training.run_paths import best_folder
 from lmscale.training.schedules import batch_and_rate_note, finetune_warmup_notes
+from lmscale.compiled_programs import release_near_map_limit
 from lmscale.messages import check_call_arguments, errors_for_caller
 from lmscale.training.command_log import record_command
 from lmscale.training.archive import archive_previous_run
@@ -130,6 +131,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str,
     ``given``: the fields the caller set (the CLI's ``--config.*`` flags), checked even at
     their default (a ``model.*`` one against the LM's; one fine-tuning does not use refused)."""
     check_call_arguments(workdir, config, wants_config=True)
+    release_near_map_limit()
     with errors_for_caller():  # from a notebook: "config.resume = False", not the flag
         return _checked_finetune(config, workdir, devices, given)
 

@@ -31,6 +31,7 @@ from lmscale.data.dataset import TokenDataset, dataset_fingerprint
 from lmscale.models.registry import (carries_state, get_kind, trained_length_note,
                                      unused_settings_note)
 from lmscale.training import mesh as mesh_lib
+from lmscale.compiled_programs import release_near_map_limit
 from lmscale.messages import check_call_arguments, draws_bar, errors_for_caller
 from lmscale.training.checkpoints import Checkpointer
 from lmscale.training.model_signature import check_same_model, model_signature
@@ -74,6 +75,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     Data parallel over ``devices`` (default: every device of every process).
     """
     check_call_arguments(workdir, config, wants_config=True)
+    release_near_map_limit()
     with errors_for_caller():  # from a notebook: "config.resume = False", not the flag
         refuse_jax_debugging("training", config.precision.compute)
         mesh = mesh_lib.make_mesh(devices)

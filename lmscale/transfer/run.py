@@ -18,6 +18,7 @@ from sklearn.preprocessing import StandardScaler
 from lmscale.atomic import write_json
 from lmscale.cli import OutputError, refuse_links_out, writable_folder
 from lmscale.folder_lock import writing_into
+from lmscale.compiled_programs import release_near_map_limit
 from lmscale.messages import check_call_arguments, errors_for_caller
 from lmscale.training.restore import (TrainedLM, lm_record, load_trained, weights_fingerprint,
                                       with_compute)
@@ -65,6 +66,7 @@ def run_transfer(workdir: str, train: str, val: str, test: str | None = None, *,
     the unit this fit finds (``recorded_unit``: its rank, sign and accuracy alone).
     """
     check_call_arguments(workdir)  # None was a TypeError from posixpath naming no argument
+    release_near_map_limit()
     train, val, test = (s if s is None else os.fspath(s) for s in (train, val, test))  # Paths too
     workdir, in_best = best_folder(workdir)  # RUN/best: RUN's best weights, outputs in RUN
     best = best or in_best
