@@ -4,6 +4,7 @@ group reaches the trainer once; it saves where it stops and the script exits 0 a
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -85,3 +86,26 @@ def test_an_early_ctrl_c_through_the_script_stops_the_trainer(tmp_path):
     script.send_signal(signal.SIGINT)
     assert script.wait(timeout=120) == 0
     assert "stopped by signal 15" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_the_script_ends_after_tee_has_written_the_last_lines(tmp_path):
+    """tee was started in the trainer's redirection, the trainer's child: the script waited for
+    the trainer alone and could end before tee wrote the last lines, which a scheduler then
+    kills with the job. A slow tee (it writes all 1 s after its input ends) shows it."""
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    (shims / "tee").write_text(f'#!/bin/sh\nout=$(cat; echo .)\nsleep 1\n'
+                               f'printf %s "${{out%.}}" | {shutil.which("tee")} "$@"\n')
+    (shims / "tee").chmod(0o755)
+    flags = {**TINY_TRAIN_FLAGS, "data.train": write_corpus(tmp_path / "corpus"),
+             "train.steps": 3}
+    script = subprocess.run(  # its output to /dev/null: not waiting for tee to close a pipe
+        ["bash", "launch/single_host.sh", "configs/quickstart.py", str(tmp_path / "run"),
+         *(f"--config.{k}={v}" for k, v in flags.items())],
+        cwd=REPO, env={**os.environ, "PYTHON": sys.executable,
+                       "PATH": f"{shims}{os.pathsep}{os.environ['PATH']}"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=240)
+    assert script.returncode == 0
+    log_file = tmp_path / "run" / "train.log"  # as the script ends
+    log = log_file.read_text() if log_file.exists() else ""
+    assert "step 3: final val bpc " in log, log[-2000:]
