@@ -24,7 +24,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
@@ -144,10 +144,21 @@ _RECEIVED: list[int] = []  # signals _cli_handler took (a raise can be swallowed
 
 def _cli_handler(signum: int, frame: Any) -> None:
     """Unwinds the start-up (temporary files are removed on the way). A signal that lands
-    while Python runs a gc callback or a finalizer has its exception printed and dropped
-    (JAX's _xla_gc_callback): it is remembered, and ``StopSignal`` takes it as its first."""
+    while Python runs a gc callback or a finalizer has its exception dropped (JAX's
+    _xla_gc_callback): it is remembered, and ``StopSignal`` takes it as its first."""
     _RECEIVED.append(signum)
     raise SignalExit(signum)
+
+
+def _quiet_dropped_signal_exits(previous: Callable[[Any], None]) -> Callable[[Any], None]:
+    """``sys.unraisablehook`` that leaves out the SignalExit a gc callback or finalizer
+    dropped (remembered by ``_cli_handler``): Python printed it as "Exception ignored in:
+    <function _xla_gc_callback …>" and a traceback above a stop that then went as asked.
+    Others go to ``previous``."""
+    def hook(unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, SignalExit):
+            previous(unraisable)
+    return hook
 
 
 @contextlib.contextmanager
@@ -166,6 +177,7 @@ def cli_signals() -> Iterator[None]:
     if threading.current_thread() is threading.main_thread():
         for sig in taken_signals():
             signal.signal(sig, _cli_handler)
+    sys.unraisablehook = _quiet_dropped_signal_exits(sys.unraisablehook)
     try:
         yield
     except SignalExit as e:
