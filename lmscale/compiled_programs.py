@@ -51,11 +51,11 @@ def release_compiled_programs(limit: int) -> int:
     return held
 
 
-def release_near_map_limit() -> None:
-    """release_compiled_programs past half the kernel's limit, saying so on stderr."""
+def release_near_map_limit(say: bool = True) -> None:
+    """release_compiled_programs past half the kernel's limit, saying so on stderr (``say``)."""
     limit = max_map_count()
     held = release_compiled_programs(limit // 2)
-    if held:
+    if held and say:
         print(f"note: this process held {held:,} memory maps, more than half the kernel's "
               f"limit (vm.max_map_count = {limit:,}), past which XLA crashes; most are "
               f"compiled programs: JAX's caches of them were cleared, and programs still in "

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import pytest
 
-from lmscale.compiled_programs import max_map_count, release_compiled_programs
+from lmscale.compiled_programs import release_near_map_limit
 
 
 @pytest.hookimpl(trylast=True)  # after the runner's own, which tears down the file's fixtures
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
-    """At the end of each test file: release_compiled_programs past half the kernel's limit."""
+    """At the end of each test file: release_near_map_limit, without its note."""
     if nextitem is None or nextitem.path != item.path:
-        release_compiled_programs(max_map_count() // 2)
+        release_near_map_limit(say=False)

@@ -35,19 +35,23 @@ def compile_programs(count):
 """
 
 
+# Holds maps past half the kernel's limit (alternating protections: the kernel cannot merge them).
+HOLD = """
+import mmap
+from lmscale.compiled_programs import max_map_count
+HELD = [mmap.mmap(-1, 4096, prot=mmap.PROT_READ | (i % 2 and mmap.PROT_WRITE))
+        for i in range(max_map_count() // 2 + 100)]
+"""
+
+
 @holds_half_the_limit
 def test_a_process_past_half_the_limit_frees_its_programs_at_the_end_of_a_file(tmp_path: Path):
     """test_a holds maps past half vm.max_map_count and compiles 40 programs; at its file's end
     the programs are freed, so test_b, in the same process, finds fewer maps (it found as many
     before: JAX kept every program while its function lived)."""
-    held = max_map_count() // 2 + 100
     (tmp_path / "programs.py").write_text(PROGRAMS)
     (tmp_path / "test_a.py").write_text(
-        "import mmap\nfrom programs import compile_programs\nHELD = []\n"
-        "def test_a():\n"
-        f"    for i in range({held}):  # alternating, so the kernel cannot merge them\n"
-        "        protection = mmap.PROT_READ | (i % 2 and mmap.PROT_WRITE)\n"
-        "        HELD.append(mmap.mmap(-1, 4096, prot=protection))\n"
+        HOLD + "from programs import compile_programs\ndef test_a():\n"
         f"    open({str(tmp_path / 'count')!r}, 'w').write(str(compile_programs(40)))\n")
     (tmp_path / "test_b.py").write_text(
         "from lmscale.compiled_programs import memory_maps\n"
@@ -62,15 +66,6 @@ def test_a_process_past_half_the_limit_frees_its_programs_at_the_end_of_a_file(t
                           "test_a.py", "test_b.py"], cwd=tmp_path, capture_output=True, text=True,
                          timeout=300, env={**env, "PYTHONPATH": f"{REPO}:{tmp_path}"})
     assert run.returncode == 0 and "2 passed" in run.stdout, run.stdout[-3000:] + run.stderr[-3000:]
-
-
-# Holds maps past half the kernel's limit (alternating protections: the kernel cannot merge them).
-HOLD = """
-import mmap
-from lmscale.compiled_programs import max_map_count
-HELD = [mmap.mmap(-1, 4096, prot=mmap.PROT_READ | (i % 2 and mmap.PROT_WRITE))
-        for i in range(max_map_count() // 2 + 100)]
-"""
 
 
 @holds_half_the_limit

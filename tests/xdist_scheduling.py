@@ -18,6 +18,7 @@ quotes. It went to the workers' stderr, far above the report in a CI log that sh
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import os
 import shutil
@@ -151,11 +152,12 @@ def pytest_handlecrashitem(crashitem: str, report: pytest.TestReport,
     """The crashed worker's fatal-error dump, added to its test's report."""
     folder = sched.config.stash.get(_FOLDER, None)
     worker = report.node.gateway.id  # type: ignore[attr-defined]
-    try:
-        with open(os.path.join(folder or "", worker), errors="replace") as dump:
-            error, *threads = dump.read().strip().split("\n\n")
-    except (OSError, ValueError):
-        error, threads = "", []
+    text = ""
+    if folder is not None:
+        with contextlib.suppress(OSError), open(os.path.join(folder, worker),
+                                                errors="replace") as dump:
+            text = dump.read()
+    error, *threads = text.strip().split("\n\n")
     threads.sort(key=lambda thread: not thread.startswith("Current thread"))  # the crashed first
     lines = "\n\n".join([error, *threads]).strip().splitlines()
     if len(lines) > MAX_DUMP_LINES:

@@ -16,7 +16,7 @@ from lmscale.training.loop import train
 from tests.conftest import REPO, lowered_programs, meminfo_file, tiny_config
 
 
-def test_available_memory_is_read_frommeminfo_file(tmp_path):
+def test_available_memory_is_read_from_meminfo(tmp_path):
     assert fits.available_host_bytes(meminfo_file(tmp_path, 2048, swap_kb=1024)) == 3072 * 1024
     assert fits.available_host_bytes(meminfo_file(tmp_path, 2048, swap_kb=1024),
                                      swap=False) == 2048 * 1024
