@@ -27,7 +27,12 @@ PYTHON=${PYTHON:-python}
 # the script could end before it); its pid is $! (a bash that leaves $! unset: no wait for it).
 exec 3> >(trap '' TERM INT; exec tee -a "$workdir/train.log")
 tee_pid=${!:-}
-setsid "$PYTHON" -m lmscale.train --config="$config" --workdir="$workdir" "$@" >&3 2>&1 3>&- &
+# setsid(1) is util-linux's: where there is none (macOS), Python's os.setsid starts the session.
+if command -v setsid >/dev/null 2>&1; then session=(setsid)
+else session=("$PYTHON" -c 'import os, sys; os.setsid(); os.execvp(sys.argv[1], sys.argv[1:])')
+fi
+"${session[@]}" "$PYTHON" -m lmscale.train --config="$config" --workdir="$workdir" "$@" \
+  >&3 2>&1 3>&- &
 pid=$!
 exec 3>&-  # the trainer holds the pipe alone: tee ends with its output
 # The first signal goes on as SIGTERM (a trainer started in the background by a script

@@ -13,17 +13,18 @@ import time
 from tests.conftest import REPO, TINY_TRAIN_FLAGS, catches, write_corpus
 
 
-def start_script(tmp_path, **settings) -> subprocess.Popen:
+def start_script(tmp_path, env=None, **settings) -> subprocess.Popen:
     """launch/single_host.sh training the tiny model on a small corpus in tmp_path/run, in a
-    process group of its own (as a job's), logging every 5 steps."""
+    process group of its own (as a job's), logging every 5 steps; ``env`` added to its
+    environment."""
     flags = {**TINY_TRAIN_FLAGS, "data.train": write_corpus(tmp_path / "corpus"),
              "train.steps": 100000, "train.log_every": 5, "train.progress_bar": True,
              "checkpoint.every": 100000, **settings}
     return subprocess.Popen(
-        ["bash", "launch/single_host.sh", "configs/quickstart.py", str(tmp_path / "run"),
-         *(f"--config.{k}={v}" for k, v in flags.items())],
-        cwd=REPO, env={**os.environ, "PYTHON": sys.executable}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True)
+        [shutil.which("bash"), "launch/single_host.sh", "configs/quickstart.py",
+         str(tmp_path / "run"), *(f"--config.{k}={v}" for k, v in flags.items())],
+        cwd=REPO, env={**os.environ, "PYTHON": sys.executable, **(env or {})},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 def wait_for_step_10(script: subprocess.Popen, log) -> None:
@@ -50,6 +51,27 @@ def test_sigterm_to_the_process_group_saves_and_waits(tmp_path):
     # Once: it got two before, and died.
     assert (tmp_path / "run" / "train.log").read_text().count("stopped by signal 15") == 1
     saved_where_it_stopped(tmp_path / "run")
+
+
+def test_without_setsid_the_trainer_still_runs_in_a_session_of_its_own(tmp_path):
+    """setsid(1) is util-linux's: on macOS the script ended at once, "setsid: command not
+    found" (exit 127). Without it the trainer still gets a session of its own, and a SIGTERM
+    to the job's process group saves and exits 0."""
+    shims = tmp_path / "bin"  # the commands the script runs, setsid not among them
+    shims.mkdir()
+    for name in ("mkdir", "tee", "sleep"):
+        (shims / name).symlink_to(shutil.which(name))
+    workdir = tmp_path / "run"
+    script = start_script(tmp_path, env={"PATH": str(shims)})
+    try:
+        wait_for_step_10(script, workdir / "train.log")
+        trainer = int(subprocess.run(["pgrep", "-f", f"lmscale.train .*workdir={workdir}( |$)"],
+                                     capture_output=True, text=True).stdout.split()[-1])
+        assert os.getsid(trainer) == trainer
+    finally:
+        os.killpg(script.pid, signal.SIGTERM)
+    assert script.wait(timeout=120) == 0
+    saved_where_it_stopped(workdir)
 
 
 def test_sigterm_to_the_trainer_and_the_script_is_one_stop(tmp_path):
