@@ -22,6 +22,7 @@ EXIT_DIVERGED = 3
 
 # OSErrors of writing that are the machine's state, not a bug: one line naming the file.
 _WRITE_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                 errno.EFBIG: "a file outgrew the file-size limit (ulimit -f) or the file system's",
                  errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
                  errno.ENAMETOOLONG: "a name is too long"}
 
@@ -89,9 +90,10 @@ def os_error_line(e: OSError) -> str:
         name = re.sub(r"(~[0-9a-f]{16})?\.tmp-(?:[^/]+-)?\d+(\.npy)?$",
                       lambda m: "..." if m[1] else "", name)
     cause = (e.strerror or os.strerror(e.errno)) if e.errno else str(e)
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         where = f" writing {name}" if name else ""
-        return (f"{_WRITE_ERRNOS[e.errno]}{where} ({cause}): free some space or write "
+        remedy = "raise the limit" if e.errno == errno.EFBIG else "free some space"
+        return (f"{_WRITE_ERRNOS[e.errno]}{where} ({cause}): {remedy} or write "
                 f"elsewhere, and run again")
     if name is None:
         return f"{_WRITE_ERRNOS.get(e.errno, 'error')} ({cause})"

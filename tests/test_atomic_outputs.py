@@ -106,6 +106,11 @@ def test_run_cli_turns_a_full_disk_or_read_only_folder_into_one_line(capsys):
         run_cli(fails(OSError(errno.EROFS, "Read-only file system", "/ro/samples.json")))
     assert capsys.readouterr().err.strip() == ("error: cannot write /ro/samples.json "
                                               "(Read-only file system)")
+    with pytest.raises(SystemExit):  # a file-size limit (ulimit -f): was a traceback
+        run_cli(fails(OSError(errno.EFBIG, "File too large", "/x/f.npz.tmp-host-12")))
+    assert capsys.readouterr().err.strip() == (
+        "error: a file outgrew the file-size limit (ulimit -f) or the file system's writing "
+        "/x/f.npz (File too large): raise the limit or write elsewhere, and run again")
     with pytest.raises(SystemExit):  # unchanged
         run_cli(fails(FileNotFoundError(errno.ENOENT, "No such file or directory", "/nope")))
     assert capsys.readouterr().err.strip() == "error: [Errno 2] No such file or directory: '/nope'"

@@ -483,7 +483,12 @@ def prepare_dataset(inputs: str | Sequence[str], output: str, *, text_column: st
             _check_output(output, overwrite)  # it may have appeared meanwhile
             publish(tmp, output)  # an old output (--overwrite) moved aside, then removed
     except OSError as e:
-        if e.errno != errno.ENOSPC:
+        if e.errno == errno.EFBIG:  # a file-size limit (ulimit -f; FAT32's 4 GiB): was a traceback
+            raise DataError(f"{output}: a file outgrew the file-size limit (ulimit -f) or the file "
+                            f"system's ({e.filename or tmp}): the tokens of the whole text are one "
+                            f"file while preparing; raise the limit or write elsewhere; nothing "
+                            f"was written") from None
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         raise DataError(f"{output}: the disk is full ({e.filename or tmp}): preparing needs about "
                         f"twice the dataset's size free while it runs (its tokens, then the "

@@ -58,16 +58,20 @@ class DiskFullLogs(logging.Filter):
         return False
 
 
-def _install_once(kind: type[logging.Filter]) -> None:
-    """A filter of class ``kind`` on absl's logger (orbax logs through it), once a process."""
-    absl_logger = logging.getLogger("absl")
-    if not any(isinstance(f, kind) for f in absl_logger.filters):
-        absl_logger.addFilter(kind())
+def _install_once(kind: type[logging.Filter], name: str = "absl") -> None:
+    """A filter of class ``kind`` on the logger ``name`` (absl's: orbax logs through it),
+    once a process."""
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, kind) for f in logger.filters):
+        logger.addFilter(kind())
 
 
 def filter_disk_full_logs() -> None:
-    """Installs ``DiskFullLogs`` (by the first Checkpointer)."""
+    """Installs ``DiskFullLogs`` (by the first Checkpointer), also on asyncio's logger: the
+    write tasks of a failed save whose errors orbax never collected were each logged at exit,
+    "Task exception was never retrieved" and a traceback, after the run's one-line error."""
     _install_once(DiskFullLogs)
+    _install_once(DiskFullLogs, "asyncio")
 
 
 class _LiveRunListings(logging.Filter):

@@ -225,3 +225,19 @@ def test_one_file_for_both_val_and_test_is_refused(tmp_path):
         f"error: --val and --test both name {tmp_path / 'held.txt'}: the test text must be held "
         f"out of validation; give each its own files"), p.stderr[-2000:]
     assert not out.exists()
+
+
+def test_a_file_size_limit_is_one_error_and_leaves_nothing(tmp_path):
+    """A file outgrowing ``ulimit -f`` (or FAT32's 4 GiB) while preparing: Python ignores
+    SIGXFSZ, so the write fails with EFBIG, which was a traceback (only ENOSPC was said)."""
+    import resource
+    (tmp_path / "a.txt").write_text("a line of text to tokenize.\n" * 4000)  # 224 kB of tokens
+    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, resource.RLIM_INFINITY))
+    done = subprocess.run([sys.executable, "-m", "lmscale.prepare", f"--input={tmp_path}/a.txt",
+                           f"--output={tmp_path}/out", "--progress=false"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120, preexec_fn=limit)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"error: {tmp_path}/out: a file outgrew the file-size limit")
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert sorted(os.listdir(tmp_path)) == ["a.txt"]

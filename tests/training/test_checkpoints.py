@@ -162,3 +162,28 @@ def test_loading_a_run_while_it_rotates_its_checkpoints(tmp_path, corpus, caplog
     thread.join()
     assert len(steps) >= 10 and steps == sorted(steps) and steps[-1] <= last, steps
     assert not [r for r in caplog.records if "Metadata file does not exist" in r.getMessage()]
+
+
+def test_a_failed_saves_uncollected_write_errors_are_not_logged_at_exit(caplog):
+    """orbax leaves a failed save's write tasks uncollected: asyncio logged each when it was
+    collected (at exit), "Task exception was never retrieved" and a traceback, after the
+    one-line error of a full disk. Another task's error is still logged."""
+    import asyncio
+    import errno
+    import gc
+
+    from lmscale.training.orbax_logs import filter_disk_full_logs
+    filter_disk_full_logs()
+
+    def uncollected(error: BaseException) -> None:
+        loop = asyncio.new_event_loop()
+        loop.create_future().set_exception(error)  # dropped unread: asyncio logs it
+        gc.collect()
+        loop.close()
+
+    uncollected(ValueError('RESOURCE_EXHAUSTED: Error writing "step/0" in OCDBT database: '
+                           '[OS error 28: No space left on device]'))
+    uncollected(OSError(errno.ENOSPC, "No space left on device"))
+    assert "never retrieved" not in caplog.text
+    uncollected(ValueError("another failure"))
+    assert "never retrieved" in caplog.text and "another failure" in caplog.text
