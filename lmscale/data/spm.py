@@ -29,6 +29,11 @@ MODEL_FILE = "tokenizer.model"
 MODEL_TYPES = ("bpe", "unigram")
 MIN_VOCAB_SIZE = 260  # 256 byte-fallback pieces + <unk> + a few characters
 MAX_SENTENCE_BYTES = 4096  # training sentences: line-aligned chunks of at most this many bytes
+# SentencePiece's training threads, its own default, whatever the cores: the threads split the
+# sentences, so the unigram model's scores and piece order (the ids) and the model file's
+# bytes (its trainer_spec) followed the count; min(cores, 16) trained other tokens on a
+# 2-core laptop than on a cluster node. Threads past the cores cost no time (4.7 MB, 1 core).
+TRAINING_THREADS = 16
 MAX_SPAN_CHARS = 16384  # encoding: paragraphs longer than this are encoded in groups of lines
 _PARAGRAPHS = re.compile(r"(\n\n+)")
 SPACE_SYMBOL = "\u2581"  # SentencePiece's meta symbol for " "
@@ -297,7 +302,6 @@ def train_sentencepiece(texts: Iterable[str], options: SentencePieceTraining, *,
                         source: str) -> SentencePieceTokenizer:
     """Trains on ``texts`` (already a bounded sample; streamed, not held twice) and returns
     the tokenizer. ``source`` names the corpus in error messages."""
-    from lmscale.training.host_devices import usable_cores
     spm = _sentencepiece()
     sample_bytes = 0
     failure: list[BaseException] = []
@@ -322,7 +326,7 @@ def train_sentencepiece(texts: Iterable[str], options: SentencePieceTraining, *,
             # to the coverage it fell back to the bytes of "▁", decoded as "▁", 3 bytes counted.
             required_chars="\u2581",
             max_sentence_length=2 * MAX_SENTENCE_BYTES, unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1,
-            num_threads=min(usable_cores(), 16), minloglevel=2)
+            num_threads=TRAINING_THREADS, minloglevel=2)
     except RuntimeError as e:
         if failure:
             raise failure[0] from None

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from lmscale.data.errors import DataError
-from lmscale.data.spm import (MODEL_FILE, SentencePieceTokenizer, SentencePieceTraining, train_sentencepiece,
-                              training_sentences)
+from lmscale.data.spm import (MODEL_FILE, MODEL_TYPES, SentencePieceTokenizer,
+                              SentencePieceTraining, train_sentencepiece, training_sentences)
 from lmscale.data.tokenizer import ByteTokenizer, smallest_uint_dtype, tokenizer_from_dict
 
 from tests.data.helpers import SHARED_DATA, make_text
@@ -114,23 +114,21 @@ def test_iterator_errors_are_not_swallowed():
         train_sentencepiece(texts(), SentencePieceTraining(vocab_size=300), source="x")
 
 
-def test_training_threads_are_the_cores_this_process_may_use(monkeypatch):
-    """Under taskset, a Slurm job's cpuset or docker --cpuset-cpus, SentencePiece was given a
-    thread per core of the machine (os.cpu_count()), up to 16 on one allowed core."""
-    import sentencepiece
-    seen = []
-    real = sentencepiece.SentencePieceTrainer.train
-
-    def train(**kwargs):
-        seen.append(kwargs["num_threads"])
-        return real(**kwargs)
-
-    monkeypatch.setattr(sentencepiece.SentencePieceTrainer, "train", train)
-    monkeypatch.setattr(os, "cpu_count", lambda: 64)
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
-    train_sentencepiece(iter([make_text(2000, seed=0)]), SentencePieceTraining(vocab_size=300),
-                        source="x")
-    assert seen == [1]
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_training_gives_one_model_whatever_the_cores(monkeypatch, model_type):
+    """The model trained on a text is the same under any CPU affinity (taskset, a Slurm job's
+    cpuset): SentencePiece's threads were the usable cores, which split its work, so a unigram
+    model's piece order (the ids) and scores, and any model file's bytes, followed them."""
+    texts = [make_text(3000, seed=s) for s in range(4)]
+    models = []
+    for cores in ({0}, set(range(4))):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, c=cores: c, raising=False)
+        monkeypatch.setattr(os, "cpu_count", lambda c=cores: len(c))
+        tok = train_sentencepiece(iter(texts), SentencePieceTraining(vocab_size=400,
+                                                                     model_type=model_type),
+                                  source="x")
+        models.append(tok.sha256)
+    assert models[0] == models[1]
 
 
 def test_training_sentences_cut_at_lines_and_characters():
