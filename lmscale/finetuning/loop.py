@@ -381,7 +381,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
                 if progress:
                     print(f"step {step}: val {ft.best_metric} {value:.4f} (best {best['value']:.4f} "
                           f"at step {best['step']})", file=sys.stderr, flush=True)
-                timer.reset()
+                timer.restart()
             if step % config.checkpoint.every == 0 and step < steps:
                 save(state)
         save(state)

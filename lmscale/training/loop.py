@@ -314,7 +314,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
             if step % config.checkpoint.every == 0 and step < steps and not rule_stopped:
                 save(state)
             if evaluating or step % config.checkpoint.every == 0:
-                timer.reset()
+                timer.restart()
         bar.close()
         save(state)
         checkpointer.close()

@@ -17,7 +17,8 @@ import jax
 
 class StepTimer:
     """``before(compiles, pending)`` / ``after(compiles, outputs)`` around each step;
-    ``rates(*counts)`` per second of the window's steps; ``reset()`` starts the next window."""
+    ``rates(*counts)`` per second of the window's steps; ``reset()`` starts the next window,
+    ``restart()`` the timing of this one afresh (after a validation or a save inside it)."""
 
     def __init__(self) -> None:
         self.reset()
@@ -25,6 +26,14 @@ class StepTimer:
     def reset(self) -> None:
         self.start, self.steps, self.compile_s = time.perf_counter(), 0, None
         self._t = 0.0
+
+    def restart(self) -> None:
+        """The window's timed steps start again from now (a validation's or a save's seconds
+        are no step's), its compiling steps' seconds kept for its record: ``reset`` dropped
+        them, and a record whose window held a validation had no ``first_step_s``."""
+        compile_s = self.compile_s
+        self.reset()
+        self.compile_s = compile_s
 
     def before(self, compiles: bool, pending: Any) -> None:
         if compiles:

@@ -314,6 +314,18 @@ def test_a_resume_whose_first_step_is_logged_leaves_out_the_compile(tmp_path, co
     assert records[16]["chars_per_s"] > 0 and records[24]["chars_per_s"] > 0
 
 
+def test_a_validation_inside_the_first_window_keeps_its_first_step_s(tmp_path, corpus):
+    """Validating every 2 steps, logging every 4: the validation at step 2 restarted the
+    window's timing and dropped the compiling first step's seconds with it; the record at
+    step 4 had rates and no first_step_s (a checkpoint inside the window did the same)."""
+    workdir = str(tmp_path / "run")
+    train(tiny_config(corpus, **{"train.steps": 8, "train.log_every": 4, "train.eval_every": 2,
+                                 "checkpoint.every": 3}), workdir)
+    records = {r["step"]: r for r in read_metrics(workdir) if r["split"] == "train"}
+    assert records[4]["first_step_s"] > 0 and records[4]["chars_per_s"] > 0, records[4]
+    assert "first_step_s" not in records[8] and records[8]["chars_per_s"] > 0, records[8]
+
+
 def test_a_resume_in_another_precision_keeps_the_count_of_skipped_steps(tmp_path, corpus,
                                                                         capsys):
     """float16 from a 2^32 loss scale skips its first steps; resumed in bfloat16 (a new loss

@@ -42,3 +42,20 @@ def test_a_window_that_starts_with_a_compile_starts_after_it():
         timer.after(compiles, x)
     (steps,) = timer.rates(1)
     assert 2 / 0.4 < steps <= 2 / 0.1  # the 0.1 s of the two, not 0.6 (then 3.3)
+
+
+def test_a_restart_inside_a_window_keeps_its_compile_seconds():
+    """The loop restarts a window's timing after a validation or a save inside it: the
+    compiling step's seconds went with it (no first_step_s in the window's record)."""
+    timer = StepTimer()
+    x = jnp.ones(3)
+    timer.before(True, x)
+    time.sleep(0.2)
+    timer.after(True, x)
+    timer.restart()
+    assert timer.compile_s >= 0.2 and timer.steps == 0
+    timer.before(False, x)
+    timer.after(False, x)
+    assert timer.steps == 1 and timer.compile_s >= 0.2
+    timer.reset()
+    assert timer.compile_s is None
