@@ -344,3 +344,27 @@ def save_figure(fig: Any, path: str, dpi: int) -> None:
     leaves the earlier file, if any."""
     with atomic_write(path, "wb") as f:
         fig.savefig(f, format=os.path.splitext(path)[1][1:] or "png", dpi=dpi)
+
+
+def append_whole(fd: int, line: bytes, path: str) -> None:
+    """Appends ``line`` to the open ``fd`` whole or not at all: a full disk mid-line left a
+    torn record without its newline, which the next append joined (JSON-lines readers failed
+    on both); the OSError names ``path`` (a write's names no file)."""
+    end = os.lseek(fd, 0, os.SEEK_END)
+    try:
+        view = memoryview(line)
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, end)
+        raise OSError(e.errno, e.strerror, path) from None
+
+
+def append_line(path: str, line: str) -> None:
+    """``line`` + newline appended to the file ``path`` (made if absent) by ``append_whole``."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        append_whole(fd, (line + "\n").encode(), path)
+    finally:
+        os.close(fd)

@@ -113,7 +113,7 @@ def main(argv: list[str]) -> None:
     print(bench.format_table([record]))
     print(json.dumps(record))
     if _OUT.value:
-        bench.append_jsonl(record, _OUT.value)
+        run_cli(lambda: bench.append_jsonl(record, _OUT.value))  # a full disk: one line
     sys.exit(0)
 
 

@@ -321,3 +321,22 @@ def test_a_state_too_large_for_the_host_is_refused_before_it_is_made(tmp_path, m
     monkeypatch.setattr(fits, "MEMINFO", meminfo_file(tmp_path, 16))  # 16 KiB: not the state
     with pytest.raises(ConfigError, match=r"the model's training state .* is available"):
         bench.time_step(small_config("mlstm", hidden=32), steps=1, warmup=0)
+
+
+def test_a_record_appended_on_a_full_disk_is_whole_or_absent(small_disk):
+    """A full disk mid-line left a torn record without its newline (the next run's record
+    joined it: both unreadable), and the OSError named no file (a traceback in lmscale.bench)."""
+    import errno
+    out = small_disk / "results.jsonl"
+    out.write_text('{"a": 1}\n' + "x" * 4000 + "\n")  # its last page has ~86 bytes left
+    before = out.read_bytes()
+    with open(small_disk / "filler", "wb", buffering=0) as f:  # the rest of the disk
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+    with pytest.raises(OSError) as e:
+        bench.append_jsonl({"text": "y" * 1000}, str(out))
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(out)
+    assert out.read_bytes() == before

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import ml_collections
 
-from lmscale.atomic import write_json
+from lmscale.atomic import append_line, write_json
 from lmscale.sweeps.divergence import DEFAULT_FACTOR
 from lmscale.sweeps.grid import Point, Sweep, SweepError, expand, load_sweep_spec
 from lmscale.sweeps.report import write_report
@@ -50,16 +50,26 @@ def run_sweep(base: ml_collections.ConfigDict, config_file: str, sweep_file: str
         to_run = sum(not is_finished(os.path.join(workdir, p.name)) for p in sweep.points)
         at_once = f" ({min(parallel, to_run)} at a time)" if to_run else ""
         log(f"sweep: {len(sweep.points)} points in {workdir}{at_once}")
+        ran = False
         try:
             runner.run(sweep.points)
+            ran = True
         finally:
             wall = time.perf_counter() - t0
             usage = resource.getrusage(resource.RUSAGE_CHILDREN)
             cpu = usage.ru_utime + usage.ru_stime - usage0.ru_utime - usage0.ru_stime
             title = f"Sweep {os.path.splitext(os.path.basename(sweep_file))[0]}"
-            if runner.trained:
-                _log_invocation(workdir, wall, cpu, parallel, runner.trained)
-            write_report(workdir, sweep, title=title, command=command, totals=_totals(workdir))
+            try:
+                if runner.trained:
+                    _log_invocation(workdir, wall, cpu, parallel, runner.trained)
+                write_report(workdir, sweep, title=title, command=command,
+                             totals=_totals(workdir))
+            except OSError as e:
+                if ran:
+                    raise
+                # the error that stopped the points is the one to see (a full disk named
+                # report.md, not the point's file; Ctrl-C's exit status became 1)
+                log(f"sweep: the report could not be written either ({e})")
         if transfer is not None:
             ok = [os.path.join(workdir, p.name) for p in sweep.points
                   if (read_status(os.path.join(workdir, p.name)) or {}).get("status") == "ok"]
@@ -156,9 +166,9 @@ def check_same_text(base: ml_collections.ConfigDict, sweep: Sweep, workdir: str)
 
 def _log_invocation(workdir: str, wall: float, cpu: float, parallel: int, trained: list[str]) -> None:
     """Appends this invocation's training wall and CPU time to DIR/sweep_runs.jsonl."""
-    with open(os.path.join(workdir, "sweep_runs.jsonl"), "a") as f:
-        f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_s": wall,
-                            "cpu_s": cpu, "parallel": parallel, "trained": trained}) + "\n")
+    append_line(os.path.join(workdir, "sweep_runs.jsonl"),
+                json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_s": wall,
+                            "cpu_s": cpu, "parallel": parallel, "trained": trained}))
 
 
 def _totals(workdir: str) -> dict[str, str]:

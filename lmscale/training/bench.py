@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from lmscale.atomic import append_line
 from lmscale.config import scaled_lr, step_width, validate, with_global_batch
 from lmscale.models.adaptive_softmax import zipf_id_counts
 from lmscale.models.recurrent import SCANNED_KINDS, ScanOptions, scan_options
@@ -430,9 +431,9 @@ def _of_matmul_cell(record: dict[str, Any]) -> str:
 
 
 def append_jsonl(record: dict[str, Any], path: str) -> None:
+    """Appends ``record`` as one JSON line, whole or not at all (``atomic.append_line``)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    append_line(path, json.dumps(record))
 
 
 def _segments(r: dict[str, Any]) -> str:

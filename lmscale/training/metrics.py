@@ -17,7 +17,7 @@ from typing import Any
 
 import jax
 
-from lmscale.atomic import atomic_write
+from lmscale.atomic import append_whole, atomic_write
 
 
 class MetricsWriter:
@@ -59,20 +59,9 @@ class MetricsWriter:
                 raise self._tensorboard_failed(e) from None
 
     def _append(self, line: bytes) -> None:
-        """Appends one whole line or nothing: a full disk mid-line left a torn record that
-        JSON readers of the file failed on; the OSError names the file (a write's did not)."""
-        fd = self._file.fileno()
-        end = os.lseek(fd, 0, os.SEEK_END)
-        try:
-            view = memoryview(line)
-            while view:
-                view = view[os.write(fd, view):]
-        except OSError as e:
-            try:
-                os.ftruncate(fd, end)
-            except OSError:
-                pass
-            raise OSError(e.errno, e.strerror, self.path) from None
+        """One whole line or nothing (``atomic.append_whole``): a torn record failed the JSON
+        readers of the file."""
+        append_whole(self._file.fileno(), line, self.path)
 
     def _tensorboard_failed(self, error: OSError) -> OSError:
         """``error`` of a TensorBoard write, naming its folder (tensorboardX's names none),

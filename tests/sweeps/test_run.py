@@ -110,3 +110,28 @@ def test_a_sweep_folder_with_a_link_out_is_refused_before_its_lock(tmp_path):
     with pytest.raises(SweepError, match=r"train\.log is a symbolic link to .*bashrc, outside "):
         lock_sweep(str(sweep))
     assert not (sweep / ".sweep.lock").exists() and outside.read_text() == "# the user's own\n"
+
+
+def test_a_failure_while_starting_the_points_is_not_hidden_by_the_report(tiny, small_disk):
+    """The disk filling as the first point started: the error said "the disk is full writing
+    report.md", the report that the ``finally`` then tried, not the point's own write."""
+    import errno
+    sweep_file = write_sweep(small_disk / "s.py", """
+        def get_sweep():
+            return {"grid": {"optim.lr": [1e-3, 3e-3]}}
+    """)
+
+    def fill(line: str) -> None:
+        if " points in " in line:  # the disk full from here on
+            with open(small_disk / "filler", "wb", buffering=0) as f:
+                try:
+                    while True:
+                        f.write(b"\0" * 4096)
+                except OSError:
+                    pass
+
+    with pytest.raises(OSError) as e:
+        run_sweep(base_config(tiny), str(tiny / "tiny.py"), sweep_file, str(small_disk / "out"),
+                  parallel=1, log=fill)
+    assert e.value.errno == errno.ENOSPC
+    assert "report" not in str(e.value.filename)
