@@ -47,6 +47,8 @@ class DiskFullLogs(logging.Filter):
             # may never end (``Checkpointer._previous_finished``): kept for ``check``
             BACKGROUND_FAILURES.append((message, error))
             del BACKGROUND_FAILURES[:-16]  # another folder's are never taken: kept few
+        if DiskFullLogs.said and "after interpreter shutdown" in f"{message} {error}":
+            return False  # the abandoned save's other threads, failing as Python exits
         if not (full or unwritable):
             return True
         if not DiskFullLogs.said:

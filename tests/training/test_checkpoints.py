@@ -187,3 +187,26 @@ def test_a_failed_saves_uncollected_write_errors_are_not_logged_at_exit(caplog):
     assert "never retrieved" not in caplog.text
     uncollected(ValueError("another failure"))
     assert "never retrieved" in caplog.text and "another failure" in caplog.text
+
+
+def test_after_a_failed_save_its_threads_failing_at_exit_are_not_logged(monkeypatch):
+    """A failed save is abandoned and its other threads fail as Python exits ("cannot
+    schedule new futures after interpreter shutdown"): orbax logged each with a traceback
+    after the one-line error. Before any failed save such an error is still logged."""
+    import logging
+    import sys
+
+    from lmscale.training.orbax_logs import DiskFullLogs
+
+    def logged(said: bool) -> bool:
+        monkeypatch.setattr(DiskFullLogs, "said", said)
+        try:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+        except RuntimeError:
+            record = logging.getLogger("absl").makeRecord(
+                "absl", logging.ERROR, "future.py", 387, "_SignalingThread.run() raised an "
+                "exception: %s", ("cannot schedule ...",), sys.exc_info())
+        return DiskFullLogs().filter(record)
+
+    assert logged(said=False)
+    assert not logged(said=True)
