@@ -67,6 +67,28 @@ def test_text_too_short_to_score_is_said_in_evals_words(tmp_path):
         evaluate_data(random_lm(hidden=16), str(tmp_path / "one.txt"))
 
 
+def test_a_word_models_text_of_only_line_ends_to_score_is_refused_not_bpc_of_no_byte(tmp_path):
+    """A one-word line ("the\\n\\n"): its targets are <eos>, no byte of the text; eval printed
+    a finite "bpc" (nats over max(bytes, 1): bits per token) beside "chars": 0."""
+    import dataclasses
+
+    import pytest
+    from lmscale.data.errors import DataError
+    from lmscale.data.words import SPECIALS, WordTokenizer
+    from lmscale.models import model_params
+    from lmscale.training.restore import evaluate_data
+    from tests.transfer.conftest import random_lm
+    tok = WordTokenizer([*SPECIALS, "the", "film"], unk_bytes=3)
+    lm = random_lm(hidden=16)
+    graphdef, params = model_params(lm.config.model, tok.vocab_size, seed=0)
+    lm = dataclasses.replace(lm, tokenizer=tok, graphdef=graphdef, params=params)
+    (tmp_path / "eos.txt").write_text("the\n\n")
+    with pytest.raises(DataError, match=r"eos.txt: its 2 scored token\(s\) are all line ends"):
+        evaluate_data(lm, str(tmp_path / "eos.txt"))
+    (tmp_path / "words.txt").write_text("the film\n")
+    assert evaluate_data(lm, str(tmp_path / "words.txt"))["chars"] == 5  # "film " and <eos>
+
+
 def test_a_dataset_prepared_with_another_tokenizer_is_refused_naming_both(tmp_path):
     """Raw bytes (openai) where the model reads bytes + 1: every id would be off by one."""
     import pytest

@@ -340,8 +340,12 @@ def _training_error(message: str, options: SentencePieceTraining, sample_bytes: 
     sample = f"the {sample_bytes:,}-byte sample of {source}"
     vocab = f"{options.option_prefix}vocab_size={options.vocab_size}"
     if m := re.search(r"Vocabulary size too high \((\d+)\).*<= (\d+)", message):
-        return (f"{vocab} is too large for {sample}: it supports at most {m.group(2)} pieces; "
-                f"use a smaller {options.option_prefix}vocab_size or more text")
+        most, prefix = int(m.group(2)), options.option_prefix
+        smaller = f"a smaller {prefix}vocab_size or " if most >= MIN_VOCAB_SIZE else ""
+        more = (f"a larger {prefix}sp_sample_bytes" if sample_bytes >= 0.9 * options.sample_bytes
+                else "more text")  # the sample was cut at its cap: more text would not help
+        return (f"{vocab} is too large for {sample}: it supports at most {most} pieces; "
+                f"use {smaller}{more}")
     if m := re.search(r"smaller than required_chars\. (\d+) vs (\d+)", message):
         return (f"{vocab} is too small for {sample}: its characters and the byte fallbacks "
                 f"need at least {m.group(2)} pieces")

@@ -485,4 +485,8 @@ def _evaluate(lm: TrainedLM, split: Any, settings: dict[str, Any]) -> dict[str, 
     from lmscale.training.metrics import add_perplexity
     eval_step = jax.jit(make_eval_step(lm.graphdef, lm.tokenizer.byte_lengths()))
     result = evaluate_split(eval_step, lm.params, lm.model().initial_carry, split, lm.mesh, **settings)
+    if result["tokens"] and not result["chars"]:  # bpc was bits per token, "chars": 0
+        raise DataError(f"{split.described}: its {result['tokens']} scored token(s) are all line "
+                        f"ends (<eos>), which stand for no byte of the text: bits per character "
+                        f"is undefined; give text with words after the first")
     return add_perplexity(result, lm.tokenizer.to_dict().get("kind") == "word")

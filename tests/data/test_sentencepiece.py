@@ -94,6 +94,19 @@ def test_vocabulary_too_large_for_the_sample():
                             source="tiny text")
 
 
+def test_vocabulary_too_large_names_the_remedies_that_can_work():
+    """A sample cut at its cap: "more text" could not help (the cap is what to raise); a
+    sample supporting fewer than the smallest vocabulary: a smaller one could not either."""
+    text = make_text(3000, seed=1)[:2950]  # ~3.6 kB: the sample prepare cuts at 3000 bytes
+    with pytest.raises(DataError) as e:
+        train_sentencepiece(iter([text]), SentencePieceTraining(vocab_size=2000, sample_bytes=3000),
+                            source="x")
+    assert str(e.value).endswith("; use a smaller --vocab_size or a larger --sp_sample_bytes")
+    with pytest.raises(DataError) as e:
+        train_sentencepiece(iter(["a"]), SentencePieceTraining(vocab_size=400), source="x")
+    assert str(e.value).endswith("at most 259 pieces; use more text"), str(e.value)
+
+
 def test_bad_training_options():
     with pytest.raises(DataError, match="--vocab_size=100 is too small"):
         SentencePieceTraining(vocab_size=100)
