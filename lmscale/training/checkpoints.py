@@ -173,9 +173,14 @@ class Checkpointer:
             DiskFullLogs.said = False  # each run says it once
             _remove_emptied_steps(self.directory)  # every process: none lists one half-gone
         # (Not orbax's own read_only option: it logs a warning at every construction.)
+        # The step's folders made in save() itself, not by a background thread that signals
+        # the writers through orbax's one operation id a process: two runs saving at once in
+        # one process (train() in two threads) took each other's signal, and wrote into
+        # folders not yet made or removed (both runs failed, one after a 300 s wait).
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=not read_only, cleanup_tmp_directories=not read_only,
-            enable_async_checkpointing=async_save and not read_only)
+            enable_async_checkpointing=async_save and not read_only,
+            async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
         state_handler = ocp.PyTreeCheckpointHandler(
             type_handler_registry=_type_handlers(MIN_REPLICA_SLICE_BYTES))
         with listing_quietly(self.directory, read_only):

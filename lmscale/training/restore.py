@@ -93,12 +93,14 @@ def prepared_weights(lm: TrainedLM) -> Any:
     call (``benchmarks/README.md``)."""
     leaves = jax.tree.leaves(lm.params)
     cache = lm.decode_cache
-    held = cache.get("leaves")
-    if held is None or len(held) != len(leaves) or any(a is not b for a, b in zip(held, leaves)):
+    held, prepared = cache.get("leaves"), cache.get("prepared")
+    if (held is None or prepared is None or len(held) != len(leaves)
+            or any(a is not b for a, b in zip(held, leaves))):
+        # read and written by value: another thread's clear() between them loses no key
+        prepared = _preparer(lm.graphdef)(lm.params)
         cache.clear()
-        cache["prepared"] = _preparer(lm.graphdef)(lm.params)
-        cache["leaves"] = leaves  # kept, so that the identities compared above stay unique
-    return cache["prepared"]
+        cache.update(prepared=prepared, leaves=leaves)  # leaves kept: their ids stay unique
+    return prepared
 
 
 def weights_fingerprint(lm: TrainedLM) -> str:

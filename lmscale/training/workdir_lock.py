@@ -76,8 +76,11 @@ def hold_workdir(workdir: str) -> IO[str] | None:
         f.seek(0)
         holder = f.read().strip() or "unknown"
         f.close()
+        # a run of this very process (another thread's train(), a notebook's) is no other's
+        who = ("another run in this process" if holder == f"{os.getpid()} on {HOST}"
+               else "another lmscale process")
         raise WorkdirInUseError(
-            f"{workdir} is in use by another lmscale process (pid {holder}): wait for it to "
+            f"{workdir} is in use by {who} (pid {holder}): wait for it to "
             f"finish or stop it, or use another --workdir (the lock is the kernel's, released "
             f"when that process exits however it exits: removing {path} lets two runs write "
             f"the workdir at once)") from None

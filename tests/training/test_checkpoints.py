@@ -210,3 +210,51 @@ def test_after_a_failed_save_its_threads_failing_at_exit_are_not_logged(monkeypa
 
     assert logged(said=False)
     assert not logged(said=True)
+
+
+
+_RUNS_AT_ONCE = r"""
+import json, os, tempfile, threading, time
+import jax, jax.numpy as jnp
+from lmscale.training import mesh as mesh_lib
+from lmscale.training.checkpoints import Checkpointer
+from lmscale.training.precision import LossScale
+from lmscale.training.state import TrainState, zero_acc
+
+rep = mesh_lib.replicated(mesh_lib.make_mesh())
+steps, runs = 6, 2
+together = threading.Barrier(runs)
+errors, saved = [], {}
+
+def run(k):  # one run's saves, each step's at the same moment as the other run's
+    try:
+        ck = Checkpointer(tempfile.mkdtemp(), keep=steps)
+        for step in range(1, steps + 1):
+            s = TrainState(step=jnp.asarray(step, jnp.int32), params={"w": jnp.full((64, 8), k)},
+                           opt_state=(), carry=(), rng=jax.random.PRNGKey(0), acc=zero_acc(),
+                           loss_scale=LossScale.create(dynamic=False))
+            together.wait(timeout=60)
+            ck.save(jax.device_put(s, rep), {"signature": {}})
+        ck.close()
+        saved[k] = sorted(ck.steps())
+    except Exception as e:
+        errors.append(f"{type(e).__name__}: {e}"[:300])
+
+threads = [threading.Thread(target=run, args=(k,), daemon=True) for k in range(runs)]
+for t in threads:
+    t.start()
+deadline = time.monotonic() + 90  # orbax waited 300 s for a signal the other run took
+for t in threads:
+    t.join(timeout=max(deadline - time.monotonic(), 0))
+print(json.dumps({"errors": errors, "saved": [saved.get(k) for k in range(runs)],
+                  "hung": sum(t.is_alive() for t in threads)}), flush=True)
+os._exit(0)  # not joining a hung orbax thread
+"""
+
+
+def test_two_runs_in_one_process_save_at_once():
+    # train() in two threads (a notebook, a server): each save's folders were made by a thread
+    # that signalled the writers by orbax's one operation id a process; the runs took each
+    # other's signals and failed (writing into folders not made yet, or after a 300 s wait).
+    out = script_result(_RUNS_AT_ONCE)
+    assert out == {"errors": [], "saved": [[1, 2, 3, 4, 5, 6]] * 2, "hung": 0}, out

@@ -173,7 +173,7 @@ def test_a_second_run_in_a_busy_workdir_is_refused(base_run, tmp_path):
     corpus, workdir = copy_run(base_run, tmp_path)
     held = hold_workdir(workdir)  # as a running trainer holds it
     before = open(os.path.join(workdir, "metrics.jsonl")).read()
-    with pytest.raises(WorkdirInUseError, match=f"is in use by another lmscale process "
+    with pytest.raises(WorkdirInUseError, match=f"is in use by another run in this process "
                                                 f"\\(pid {os.getpid()} on {HOST}\\)"):
         train(tiny_config(corpus, **{**BASE, "train.steps": 6, "optim.decay_steps": 4}), workdir)
     assert open(os.path.join(workdir, "metrics.jsonl")).read() == before
