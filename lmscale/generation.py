@@ -37,7 +37,7 @@ def filter_logits(logits: jax.Array, *, temperature: Any, top_k: Any, top_p: Any
     compiled sampler serves all their values): a traced ``top_k`` (0: keep all) is found by a
     sort, not ``lax.top_k`` (whose k is a shape); a traced ``top_p`` is always applied, which
     with 1.0 can drop tokens of (rounded) zero probability; a Python int 0 / float 1.0 skips
-    the filter."""
+    the filter. Top-p keeps the most likely token(s) whatever p is."""
     logits = logits.astype(jnp.float32)
     if banned is not None and banned != ():
         logits = logits.at[:, jnp.asarray(banned)].set(-jnp.inf)
@@ -56,6 +56,8 @@ def filter_logits(logits: jax.Array, *, temperature: Any, top_k: Any, top_p: Any
         probs = jax.nn.softmax(sorted_logits, axis=-1)
         before = jnp.cumsum(probs, axis=-1) - probs  # mass of the strictly more likely tokens
         cutoff = jnp.min(jnp.where(before < top_p, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+        # the most likely token always stays: a p that is 0 in float32 (1e-50) kept none (NaN)
+        cutoff = jnp.minimum(cutoff, sorted_logits[:, :1])
         logits = jnp.where(logits < cutoff, -jnp.inf, logits)
     return jax.nn.log_softmax(logits, axis=-1)
 

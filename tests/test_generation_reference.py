@@ -116,3 +116,15 @@ def test_top_p_stops_at_the_token_whose_mass_reaches_p_exactly():
     for p in (0.5, jnp.float32(0.5)):
         got = np.asarray(filter_logits(x, temperature=1.0, top_k=0, top_p=p, banned=None))
         assert got.tolist() == [[-np.inf, 0.0, -np.inf]]
+
+
+def test_a_top_p_that_rounds_to_zero_keeps_the_most_likely_token():
+    """top_p is checked to be in (0, 1] but filtered in float32: 1e-50 rounds to 0 there (as a
+    subnormal p does where a GPU flushes them), and no token had mass before it < 0, so every
+    one went: NaN log-probabilities, and the sampler drew id 0, the padding (the sample was
+    the prompt alone). The most likely token is always kept (Hugging Face's
+    min_tokens_to_keep=1)."""
+    x = jnp.asarray([[1.0, 2.0, 0.5, 2.0]], jnp.float32)
+    for p in (1e-50, jnp.float32(1e-50)):
+        got = np.asarray(filter_logits(x, temperature=1.0, top_k=0, top_p=p, banned=0))
+        np.testing.assert_allclose(got, [[-np.inf, np.log(0.5), -np.inf, np.log(0.5)]])
