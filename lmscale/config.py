@@ -61,8 +61,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.layers = 1  # stacked recurrent layers / transformer blocks
     # Dropout (training only): recurrent models between stacked layers; the transformer on each block's residual branches and embeddings.
     c.model.dropout = 0.0
-    # Weight norm g*v/|v|: recurrent models on the recurrent matrices; the transformer on every
-    # block matrix and the output head (never on embeddings).
+    # Weight norm g*v/|v|: recurrent models on every matrix of their layers (W_x too); the
+    # transformer on every block matrix and the output head (never on embeddings).
     c.model.weight_norm = True
     # Recurrent models (mlstm, lstm)
     c.model.embed = 64  # embedding width
