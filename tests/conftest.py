@@ -310,6 +310,16 @@ def catches(pid: int, signum: int) -> bool:
     return bool(int(mask, 16) >> (signum - 1) & 1)
 
 
+def fill_disk(disk: Path) -> None:
+    """Fills the file system of the folder ``disk`` (a ``small_disk``) to its last page."""
+    with open(disk / "fill", "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+
+
 @pytest.fixture
 def small_disk(tmp_path, request):
     """A 1.8 MB tmpfs (or the size given as the fixture's param; root only, skipped

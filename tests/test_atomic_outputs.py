@@ -14,17 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, tiny_train_command, write_corpus
-
-
-def _fill(disk: Path) -> None:
-    """Fills the tmpfs ``disk`` to the last page."""
-    with open(disk / "fill", "wb", buffering=0) as f:
-        try:
-            while True:
-                f.write(b"\0" * 4096)
-        except OSError:
-            pass
+from tests.conftest import REPO, fill_disk, tiny_train_command, write_corpus
 
 
 def _one_error_line(stderr: str) -> str:
@@ -57,7 +47,7 @@ def test_atomic_write_on_a_full_disk_keeps_the_old_file_and_names_the_file(small
     from lmscale.atomic import write_json
     path = small_disk / "record.json"
     write_json(str(path), {"good": 1})
-    _fill(small_disk)
+    fill_disk(small_disk)
     with pytest.raises(OSError) as caught:
         write_json(str(path), {"big": "x" * 3_000_000})
     assert caught.value.filename == str(path)
@@ -70,7 +60,7 @@ def test_heatmap_html_and_png_are_written_atomically(small_disk):
     traces = [np.linspace(-1, 1, 5)]
     plots.heatmap_html(["hello"], traces, str(small_disk / "h.html"), unit=1)
     before = (small_disk / "h.html").read_text()
-    _fill(small_disk)
+    fill_disk(small_disk)
     with pytest.raises(OSError):
         plots.heatmap_html(["hello" * 20000], [np.zeros(100000)], str(small_disk / "h.html"), unit=1)
     assert (small_disk / "h.html").read_text() == before
@@ -133,7 +123,7 @@ def test_generate_on_a_full_disk_keeps_the_earlier_samples(sst_run, small_disk):
                            timeout=600)
     assert first.returncode == 0, first.stderr[-2000:]
     good = (out / "samples.json").read_text()
-    _fill(small_disk)
+    fill_disk(small_disk)
     proc = subprocess.run([*command, "--length=300", "--samples=40"], cwd=REPO,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1

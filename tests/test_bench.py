@@ -13,7 +13,7 @@ from lmscale.config import default_config
 from lmscale.data.errors import DataError
 from lmscale.models.recurrent import scan_options
 from lmscale.training import bench
-from tests.conftest import meminfo_file
+from tests.conftest import fill_disk, meminfo_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -330,12 +330,7 @@ def test_a_record_appended_on_a_full_disk_is_whole_or_absent(small_disk):
     out = small_disk / "results.jsonl"
     out.write_text('{"a": 1}\n' + "x" * 4000 + "\n")  # its last page has ~86 bytes left
     before = out.read_bytes()
-    with open(small_disk / "filler", "wb", buffering=0) as f:  # the rest of the disk
-        try:
-            while True:
-                f.write(b"\0" * 4096)
-        except OSError:
-            pass
+    fill_disk(small_disk)  # the rest of the disk
     with pytest.raises(OSError) as e:
         bench.append_jsonl({"text": "y" * 1000}, str(out))
     assert e.value.errno == errno.ENOSPC and e.value.filename == str(out)

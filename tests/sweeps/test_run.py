@@ -10,6 +10,7 @@ import pytest
 from lmscale.sweeps import SweepError, run_sweep
 from lmscale.sweeps.runner import Runner
 from lmscale.sweeps.workdir import lock_sweep
+from tests.conftest import fill_disk
 from tests.sweeps.conftest import base_config, write_sweep
 
 
@@ -123,12 +124,7 @@ def test_a_failure_while_starting_the_points_is_not_hidden_by_the_report(tiny, s
 
     def fill(line: str) -> None:
         if " points in " in line:  # the disk full from here on
-            with open(small_disk / "filler", "wb", buffering=0) as f:
-                try:
-                    while True:
-                        f.write(b"\0" * 4096)
-                except OSError:
-                    pass
+            fill_disk(small_disk)
 
     with pytest.raises(OSError) as e:
         run_sweep(base_config(tiny), str(tiny / "tiny.py"), sweep_file, str(small_disk / "out"),
