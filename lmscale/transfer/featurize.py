@@ -105,10 +105,14 @@ def feature_state(lm: TrainedLM, state: str | None) -> str:
     return state
 
 
-def _fit_length(lm: TrainedLM, ids: list[np.ndarray]) -> list[np.ndarray]:
+def _fit_length(lm: TrainedLM, ids: list[np.ndarray], notes: bool = True) -> list[np.ndarray]:
     """Texts cut to their last ``max_len`` tokens for a model with a length limit, said in a
     note when any is (a 20k-character text read as its last 256 tokens was cut silently), and
-    a note when any still reads positions its training never reached (``trained_length``)."""
+    a note when any still reads positions its training never reached (``trained_length``);
+    ``notes`` False: cut unsaid (texts whose split's notes said it)."""
+    if not notes:
+        limit = lm.model().max_len
+        return list(ids) if limit is None else [x[-limit:] for x in ids]
     ids = last_tokens(ids, lm.model().max_len)
     trained = trained_length(lm.config)
     if trained is not None and ids and jax.process_index() == 0:
@@ -313,11 +317,12 @@ def layer_and_unit(index: int, width: int, all_layers: bool) -> tuple[int, int]:
     return divmod(index, width) if all_layers else (-1, index)
 
 
-def unit_trace(lm: TrainedLM, text: str, unit: int, *, state: str | None = None, layer: int = -1
-               ) -> np.ndarray:
+def unit_trace(lm: TrainedLM, text: str, unit: int, *, state: str | None = None, layer: int = -1,
+               notes: bool = True) -> np.ndarray:
     """The value of one unit after each UTF-8 byte of the preprocessed ``text``
     (``preprocess_texts``): float32 [bytes]. A byte takes the value after the token it is part
-    of; bytes a length-limited model did not read (before its last ``max_len`` tokens) are NaN."""
+    of; bytes a length-limited model did not read (before its last ``max_len`` tokens) are NaN.
+    ``notes`` False: no length notes (a text of a split featurized before, which said them)."""
     state = feature_state(lm, state)
     model = lm.model()
     if not -model.num_layers <= layer < model.num_layers:
@@ -325,7 +330,7 @@ def unit_trace(lm: TrainedLM, text: str, unit: int, *, state: str | None = None,
     if not 0 <= unit < model.feature_width:
         raise DataError(f"unit {unit} is out of range: a layer's state has {model.feature_width} units")
     (full,) = encode_texts(lm, [text], unknown_note=False)  # the split's note said it
-    (ids,) = _fit_length(lm, [full])
+    (ids,) = _fit_length(lm, [full], notes)
     # Padded after the text to a multiple of 64 tokens, so texts of similar length share one
     # compiled program (the states before the padding do not depend on it).
     width = -(-len(ids) // 64) * 64

@@ -358,7 +358,9 @@ def _plots(lm: TrainedLM, splits: dict[str, Labeled], feats: dict[str, np.ndarra
     texts = [data.texts[i] for i in picks]
     hidden = lm.model().feature_width
     layer, unit_in_layer = layer_and_unit(unit, hidden, feats["train"].shape[1] > hidden)
-    traces = [unit_trace(lm, t, unit_in_layer, state=state, layer=layer) for t in texts]
+    # texts of a split featurized above (or cached), whose notes said the cuts: not one per text
+    traces = [unit_trace(lm, t, unit_in_layer, state=state, layer=layer, notes=False)
+              for t in texts]
     texts = preprocess_texts(lm, texts)  # the traces follow the text as the LM read it
     sign = 1 if sign >= 0 else -1
     plots.heatmap_png(texts, traces, paths["heatmap"], unit=unit, sign=sign)

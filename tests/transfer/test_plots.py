@@ -137,3 +137,26 @@ def test_the_weights_plot_labels_the_largest_magnitudes(tmp_path, monkeypatch):
     plots.weights_plot(coef, str(tmp_path / "w.png"), top=3)
     assert labels == [["1", "3", "4"]]
     assert matplotlib.image.imread(tmp_path / "w.png").shape[2] in (3, 4)
+
+
+def test_the_heatmap_of_a_transformer_repeats_no_length_note_per_example(tmp_path, capsys):
+    """Its example texts come from a split whose featurizing said the cuts once: each text
+    read again for its trace printed two more notes, "1 of 1 texts ...", per example."""
+    from lmscale.transfer.classify import fit_l1
+    from lmscale.transfer.featurize import featurize
+    from lmscale.transfer.labeled import Labeled
+    from lmscale.transfer.run import _plots
+    from tests.transfer.conftest import random_transformer_lm
+    lm = random_transformer_lm(max_len=32)
+    lm.config.train.seq_len = 16  # positions 16..31 untrained: a note of their own
+    texts = [f"example number {i} of a text longer than the model's positions" * (1 + i % 2)
+             for i in range(8)]
+    data = Labeled(texts, np.array([0, 1] * 4), "val", ["label"])
+    feats = featurize(lm, texts)
+    capsys.readouterr()
+    fit = fit_l1(feats, data.labels, feats, data.labels, Cs=[1.0])
+    _plots(lm, {"train": data, "val": data}, {"train": feats, "val": feats}, fit, 0, 1,
+           str(tmp_path), 4, "hidden")
+    err = capsys.readouterr().err
+    assert "of 1 texts" not in err, err
+    assert (tmp_path / "neuron_heatmap.png").exists()
