@@ -225,3 +225,27 @@ def test_the_best_weights_and_a_step_together_are_refused_before_anything_is_rea
         with pytest.raises(ConfigError, match=r"the best weights and step 2 name two different "
                                               r"weights of .*run: give one"):
             load_trained(str(workdir), step=2, best=best)
+
+
+def test_best_weights_of_a_run_stopped_before_its_first_checkpoint_are_read(tmp_path):
+    """A run killed (or diverged) after a validation kept its best weights, before its first
+    checkpoint: --best said "holds no checkpoint" and the validated weights could not be read;
+    without --best the error now points to them."""
+    import shutil
+
+    import numpy as np
+    import lmscale
+    from lmscale.training.loop import train
+    corpus = write_corpus(tmp_path / "corpus")
+    workdir = str(tmp_path / "run")
+    train(tiny_config(corpus, **{"train.steps": 4, "train.eval_every": 2,
+                                 "checkpoint.every": 4, "checkpoint.keep_best": True}), workdir)
+    best_step = json.load(open(os.path.join(workdir, "best.json")))["step"]
+    want = lmscale.load_lm(workdir, best=True).score(["the cat sat on the mat."])
+    shutil.rmtree(os.path.join(workdir, "checkpoints"))  # as if killed before step 4's save
+    lm = lmscale.load_lm(workdir, best=True)
+    assert lm.trained.step == best_step and lm.trained.best
+    np.testing.assert_array_equal(lm.score(["the cat sat on the mat."]), want)
+    with pytest.raises(FileNotFoundError, match=r"holds no checkpoint; the weights it validated "
+                                                r"best are kept: read them with best"):
+        lmscale.load_lm(workdir)

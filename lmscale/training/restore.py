@@ -204,7 +204,16 @@ def load_trained(workdir: str, step: int | None = None, mesh: Mesh | None = None
     step = None if step is None else _step_number(step)
     latest = step is None
     mesh = mesh or mesh_lib.make_mesh()
-    for attempt in range(3):  # a training run in the workdir may rotate the newest away
+    # A run stopped before its first checkpoint (killed, diverged) after a validation kept its
+    # best weights: config.json names their tokenizer and shapes.
+    alone = (not step_folders(os.path.join(workdir, "checkpoints")) and "tokenizer" in derived
+             and _kept_best(workdir))
+    if alone and not best:
+        raise FileNotFoundError(f"{workdir} holds no checkpoint; the weights it validated best "
+                                f"are kept: read them with --best (load_lm's best=True)")
+    if alone:
+        tokenizer, vocab_size, graphdef, params, step = _best_alone(workdir, config, derived, mesh)
+    for attempt in range(0 if alone else 3):  # a run in the workdir may rotate the newest away
         checkpointer = open_reader(workdir, config.checkpoint.keep)  # lists the steps
         try:
             on_disk = checkpointer.steps()  # newest first
@@ -330,6 +339,23 @@ def _restore_step(checkpointer: Checkpointer, workdir: str, config: ml_collectio
         params = checkpointer.restore_params(like, mesh_lib.replicated(mesh), step)
     if config.optim.name in AVERAGING_OPTIMIZERS and not best:  # the averaged weights, once averaging is on
         params = _averaged_params(checkpointer, config, derived, like, params, mesh, step)
+    return tokenizer, vocab_size, graphdef, params, step
+
+
+def _kept_best(workdir: str) -> bool:
+    from lmscale.training.best import read_best
+    return read_best(workdir) is not None
+
+
+def _best_alone(workdir: str, config: ml_collections.ConfigDict, derived: dict[str, Any],
+                mesh: Mesh) -> tuple[Any, ...]:
+    """(tokenizer, vocab size, graphdef, params, step) of WORKDIR/best/ in a run with no
+    checkpoint, its tokenizer and vocabulary as config.json records them."""
+    from lmscale.training.best import restore_best_params
+    tokenizer = tokenizer_from_dict(derived["tokenizer"], base_dir=workdir)
+    vocab_size = derived["vocab_size"]
+    graphdef, like = model_params(config.model, vocab_size, abstract=True)
+    params, step = restore_best_params(workdir, like, mesh_lib.replicated(mesh))
     return tokenizer, vocab_size, graphdef, params, step
 
 
