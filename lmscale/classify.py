@@ -48,6 +48,8 @@ def classify() -> dict:
     from lmscale.atomic import is_special
     stream = is_special(_OUTPUT.value)  # "-", /dev/stdout, a pipe: written in place, no metrics
     said = sys.stderr if stream else sys.stdout  # file beside it; what is said stays off the CSV
+    if _OUTPUT.value == "-" and sys.stdout is None:  # `>&-`: an AttributeError after the work
+        raise DataError("--output=-: standard output is closed; pass --output=FILE")
     if os.path.abspath(_OUTPUT.value) == os.path.abspath(_INPUT.value):
         raise DataError(f"--output is the input file {_INPUT.value}: write the predictions to "
                         f"another file (the input would be replaced)")

@@ -9,7 +9,7 @@ import io
 import os
 import re
 import sys
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 from lmscale import messages
 
@@ -129,6 +129,20 @@ def out_of_memory_line(e: BaseException) -> str | None:
              f" (this process may map at most {soft / 2 ** 30:.1f} GiB: ulimit -v)")
     return (f"out of memory ({text[:160]}): the run does not fit {where}{limit}; "
             f"{_memory_advice()}")
+
+
+@contextlib.contextmanager
+def reader_may_leave() -> Iterator[None]:
+    """Around what a tool prints to standard output once its work is done (a result, samples,
+    a table): a reader that leaves early (``| head -c 10``, ``| true``) ends the output, not
+    the tool, as for any filter (``classify --output=-`` does the same); the output was a
+    BrokenPipeError traceback and exit status 1, the run's files all written."""
+    try:
+        yield
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except BrokenPipeError:  # stdout to /dev/null: the interpreter's last flush raises nothing
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def run_cli(fn: Callable[[], T]) -> T:

@@ -166,6 +166,46 @@ def _torn(entry: str) -> bool:
     return False
 
 
+def _no_cache(folder: str, why: str,
+              fix: str = "set LMSCALE_COMPILE_CACHE to another folder, or to off") -> None:
+    """Says once why there is no cache in ``folder`` (the tools call ``use_compile_cache``
+    before each of their steps)."""
+    if folder not in _WARNED:
+        _WARNED.add(folder)
+        print(f"warning: no compilation cache ({why}); {fix}", file=sys.stderr)
+    return None
+
+
+def _nameless_owner(folder: str) -> str | None:
+    """A user or group id with no name (no passwd or group entry, as a container's arbitrary
+    user id has), among this process's and the owners of ``folder``'s entries; else None.
+    JAX's eviction stats every entry with etils, which looks its owner's names up: a KeyError
+    on such an id, so every capped write after the first failed with a warning."""
+    try:
+        from jax._src import path as jax_path
+        import grp
+        import pwd
+    except ImportError:  # not a POSIX system, or JAX's layout changed
+        return None
+    if not getattr(jax_path, "epath_installed", True):  # pathlib's stat names no owner
+        return None
+    owners = {(os.geteuid(), os.getegid())}
+    for entry in os.scandir(folder):
+        try:
+            if entry.name.endswith("-cache"):
+                st = entry.stat()
+                owners.add((st.st_uid, st.st_gid))
+        except OSError:  # removed meanwhile by another process's eviction
+            continue
+    for uid, gid in sorted(owners):
+        for what, number, lookup in (("user", uid, pwd.getpwuid), ("group", gid, grp.getgrgid)):
+            try:
+                lookup(number)
+            except KeyError:
+                return f"{what} id {number}"
+    return None
+
+
 def use_compile_cache(environ: Mapping[str, str] = os.environ) -> str | None:
     """Turns the cache on for this process (before its first compile), with its size cap;
     returns its folder, or None when it is off or its folder cannot be made (then a one-line
@@ -175,15 +215,22 @@ def use_compile_cache(environ: Mapping[str, str] = os.environ) -> str | None:
     folder = cache_folder(environ)
     if folder is None:
         return None
+    if folder.startswith("~"):  # HOME unset and no passwd entry: not a folder in the cwd
+        return _no_cache(folder, f"no home folder for {folder}: HOME is unset and user id "
+                                 f"{os.getuid()} has no passwd entry")
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as e:
-        if folder not in _WARNED:  # once: the tools call this before each of their steps
-            _WARNED.add(folder)
-            print(f"warning: no compilation cache ({e}); set LMSCALE_COMPILE_CACHE to another "
-                  f"folder, or to off", file=sys.stderr)
-        return None
+        return _no_cache(folder, str(e))
     max_size = max_size_bytes(environ)
+    nameless = _nameless_owner(folder) if max_size != -1 else None
+    if nameless:
+        if jax.config.jax_compilation_cache_dir == folder:  # JAX's own variable: JAX set it
+            jax.config.update("jax_enable_compilation_cache", False)
+        return _no_cache(folder, f"{nameless} has no name, which the size cap needs: JAX's "
+                                 f"eviction looks up each entry's owner",
+                         "set LMSCALE_COMPILE_CACHE_MAX_MB=unlimited for an uncapped cache, "
+                         "or LMSCALE_COMPILE_CACHE=off")
     if max_size != -1 and folder not in _STAMPED:
         stamp_unstamped_entries(folder)
         _STAMPED.add(folder)

@@ -17,7 +17,7 @@ import os
 
 from absl import app, flags
 
-from lmscale.cli import define_weights_flags, parse_flags, run_cli
+from lmscale.cli import define_weights_flags, parse_flags, reader_may_leave, run_cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.")
 _DATA = flags.DEFINE_string("data", None, "A prepared dataset folder, or text paths/globs; "
@@ -99,7 +99,8 @@ def main(argv: list[str]) -> None:
                 "data": data, "split": split, "compute": lm.compute, **result}
 
     result = run_cli(run)
-    print(json.dumps(result))
+    with reader_may_leave():
+        print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ import sys
 from absl import app, flags
 
 from lmscale.atomic import write_json
-from lmscale.cli import define_weights_flags, parse_flags, run_cli, writable_folder
+from lmscale.cli import (define_weights_flags, parse_flags, reader_may_leave, run_cli,
+                         writable_folder)
 from lmscale.messages import draws_bar
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained (or imported) LM's run directory.")
@@ -152,10 +153,11 @@ def main(argv: list[str]) -> None:
         return {"texts": texts, "output": out}
 
     result = run_cli(run)
-    for text in result["texts"]:
-        print(text)
-        print("-" * 40)
-    print(f"written to {result['output']}")
+    with reader_may_leave():
+        for text in result["texts"]:
+            print(text)
+            print("-" * 40)
+        print(f"written to {result['output']}")
 
 
 def _check_neuron_flags() -> None:

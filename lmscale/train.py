@@ -22,7 +22,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from lmscale.cli import parse_flags, recorded_run, run_cli
+from lmscale.cli import parse_flags, reader_may_leave, recorded_run, run_cli
 from lmscale.distributed import (ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID, DistributedError,
                                  join, resolve)
 
@@ -97,7 +97,9 @@ def main(argv: list[str]) -> None:
             which = "last" if result.get("stopped") else "final"
             ended = (f" (the asgd rule ended the run before train.steps="
                      f"{_CONFIG.value.train.steps})" if result.get("stopped_by_rule") else "")
-            print(f"step {val['step']}: {which} val bpc {val['bpc']:.4f}{perplexity_note(val)}{ended}")
+            with reader_may_leave():
+                print(f"step {val['step']}: {which} val bpc {val['bpc']:.4f}"
+                      f"{perplexity_note(val)}{ended}")
     sys.exit(0)
 
 

@@ -261,3 +261,56 @@ def test_an_unmakeable_compile_cache_is_said_once(tmp_path, capsys):
     assert use_compile_cache(environ) is None
     assert use_compile_cache(environ) is None
     assert capsys.readouterr().err.count("warning: no compilation cache") == 1
+
+
+# A container's arbitrary user id (OpenShift, `docker run --user`): no passwd entry.
+_NO_PASSWD_ENTRY = """
+import pwd
+def getpwuid(uid):
+    raise KeyError(f"getpwuid(): uid not found: {uid}")
+pwd.getpwuid = getpwuid
+"""
+
+
+def test_a_user_id_without_a_name_keeps_no_capped_cache_and_says_so(tmp_path):
+    """JAX's eviction (etils' stat) looks up each entry's owner by name: for a user id with
+    no passwd entry every capped write after the first warned, and nothing more was cached."""
+    code = _NO_PASSWD_ENTRY + _COMPILE_SIX.replace("assert use_compile_cache() is not None",
+                                                   "use_compile_cache()")
+    cache = tmp_path / "cache"
+    done = _run_python(code, _env(cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: no compilation cache (user id "), lines
+    assert "LMSCALE_COMPILE_CACHE_MAX_MB=unlimited" in lines[0]
+    assert not _entries(cache)
+    uncapped = _env(tmp_path / "uncapped", JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                    LMSCALE_COMPILE_CACHE_MAX_MB="unlimited")
+    done = _run_python(_NO_PASSWD_ENTRY + _COMPILE_SIX, uncapped)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(_entries(tmp_path / "uncapped")) == 6
+
+
+def test_no_home_folder_makes_no_tilde_folder(tmp_path, monkeypatch, capsys):
+    """HOME unset and no passwd entry: ``~`` stays unexpanded, and the cache was made in
+    ``./~/.cache/lmscale/xla`` under whatever folder the tool ran in."""
+    import pwd
+    import jax
+
+    def getpwuid(uid):
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+    monkeypatch.delenv("HOME", raising=False)
+    monkeypatch.setattr(pwd, "getpwuid", getpwuid)
+    monkeypatch.chdir(tmp_path)
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_compilation_cache_max_size")
+    before = {name: getattr(jax.config, name) for name in names}
+    try:
+        assert use_compile_cache({}) is None
+    finally:
+        for name, value in before.items():
+            jax.config.update(name, value)
+    assert not (tmp_path / "~").exists()
+    err = capsys.readouterr().err
+    assert err.startswith("warning: no compilation cache (no home folder") and "HOME" in err

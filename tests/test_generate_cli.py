@@ -364,3 +364,17 @@ def test_links_in_the_output_folders_subfolders_are_not_refused(tiny_runs, tmp_p
     proc = _generate(tiny_runs["qrnn"], f"--output={out}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (out / "samples.json").is_file() and outside.read_text() == ""
+
+
+@pytest.mark.parametrize("tool", ["generate", "eval"])
+def test_a_reader_that_left_is_no_traceback(tiny_runs, tmp_path, tool):
+    """``lmscale.generate ... | head -c 10``, ``lmscale.eval ... | true``: the result printed
+    after the work met a closed pipe, a BrokenPipeError traceback and exit status 1 (the
+    samples' files written); ``classify --output=-`` already ended its output quietly."""
+    flags = ["--length=5", f"--output={tmp_path}"] if tool == "generate" else []
+    proc = subprocess.Popen([sys.executable, "-m", f"lmscale.{tool}",
+                             f"--workdir={tiny_runs['qrnn']}", *flags], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader left before the result: `| true`
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=600) == 0 and "Traceback" not in err, err[-2000:]

@@ -15,6 +15,7 @@ bfloat16 has float32's range and needs no scaling (S stays 1).
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Any
 
 import flax.struct
@@ -274,8 +275,10 @@ def faster_compute_hint(compute: str, platform: str, flags: set[str],
 
 def print_compute_hint(compute: str, device: jax.Device,
                        advice: ComputeAdvice = TRAIN_ADVICE) -> None:
-    """Prints :func:`faster_compute_hint` for a run on ``device`` (the tools' start)."""
+    """Prints :func:`faster_compute_hint` for a run on ``device`` (the tools' start) to stderr,
+    with their notes: on stdout, a reader gone before it (``train ... | true``, ``| grep -q``)
+    ended the run at its start in a BrokenPipeError traceback."""
     hint = faster_compute_hint(compute, device.platform, cpu_flags(), advice)
     if hint:
         from lmscale.messages import for_caller
-        print(for_caller(f"hint: {hint}"))
+        print(for_caller(f"hint: {hint}"), file=sys.stderr, flush=True)

@@ -17,7 +17,7 @@ import sys
 
 from absl import app, flags
 
-from lmscale.cli import define_weights_flags, parse_flags, run_cli
+from lmscale.cli import define_weights_flags, parse_flags, reader_may_leave, run_cli
 from lmscale.messages import draws_bar
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained (or imported) LM's run directory.")
@@ -87,6 +87,11 @@ def main(argv: list[str]) -> None:
         **_WEIGHTS(_WORKDIR.value),  # workdir (RUN/best: RUN), step, best
         **({} if _SEARCH_ROWS.value is None else {"search_rows": _SEARCH_ROWS.value}),
         **({} if _C.value is None else {"Cs": _C.value})))
+    with reader_may_leave():  # `| head -1`: no traceback
+        _print_results(r)
+
+
+def _print_results(r: dict) -> None:
     pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"
     if r.get("multilabel"):
         for who, part in ((f"all {r['features']['dimensions']} features", r["all_features"]),

@@ -144,3 +144,24 @@ def test_a_reader_that_leaves_early_is_no_traceback(tmp_path):
     proc.stdout.close()  # as head does after its lines
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0 and "Traceback" not in err, err[-2000:]
+
+
+def test_classify_to_a_closed_standard_output_is_one_line(sst_run, tmp_path):
+    """``classify --output=- >&-``: every text was classified, then an AttributeError traceback
+    (Python's sys.stdout is None when fd 1 is closed)."""
+    import subprocess
+    import sys
+
+    from lmscale.transfer.run import run_transfer
+    rows = ["sentence,label"] + [f"{'good' if i % 2 else 'bad'} movie {i},{i % 2}"
+                                 for i in range(12)]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    csv_path, out = str(tmp_path / "t.csv"), str(tmp_path / "tr")
+    run_transfer(sst_run, csv_path, csv_path, output=out, baseline="none", Cs=[1.0], examples=1,
+                 features_dir="")
+    proc = subprocess.run([sys.executable, "-m", "lmscale.classify", f"--workdir={out}",
+                           f"--input={csv_path}", "--text_column=sentence", "--output=-"],
+                          cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True, timeout=600, preexec_fn=lambda: os.close(1))
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == (
+        "error: --output=-: standard output is closed; pass --output=FILE"), proc.stderr[-2000:]

@@ -213,3 +213,14 @@ def test_a_stop_between_two_log_records_leaves_the_skipped_run_count_as_uninterr
     assert [x for x in whole if x[0] > 30] == parts
     assert parts[-1][1] is not None and "the last 80 steps" in parts[-1][1]
     assert parts[0][1] is None and parts[1][1] is None
+
+
+def test_the_compute_hint_goes_to_stderr(capsys):
+    """On stdout, ``train ... | true`` (a reader gone before the hint) ended the run at its
+    start in a BrokenPipeError traceback; the tools' other notes were on stderr already."""
+    from lmscale.training.precision import cpu_flags, faster_compute_hint, print_compute_hint
+    if faster_compute_hint("float32", "cpu", cpu_flags()) is None:
+        pytest.skip("this CPU gets no hint (no AMX)")
+    print_compute_hint("float32", jax.devices("cpu")[0])
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("hint: ")
