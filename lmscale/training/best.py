@@ -91,14 +91,13 @@ class BestKeeper:
             record, damaged = None, e
         self.loss = float(record["loss"]) if record else math.inf
         if enabled:
-            # Every step kept (max_to_keep None): ``offer`` deletes the old one itself, after
+            # Every step kept (orbax's default): ``offer`` deletes the old one itself, after
             # best.json names the new (orbax's max_to_keep=1 deleted it before).
             # A save cut short (a kill) is removed, as checkpoints/' are (Checkpointer).
-            options = ocp.CheckpointManagerOptions(max_to_keep=None, create=True,
-                                                   enable_async_checkpointing=False,
+            options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False,
                                                    cleanup_tmp_directories=True)
-            self.manager = ocp.CheckpointManager(os.path.join(self.workdir, BEST_DIR), options=options,
-                                                 item_names=("params",))
+            self.manager = ocp.CheckpointManager(os.path.join(self.workdir, BEST_DIR),
+                                                 options=options)
             tmp_cleanup_finished(self.manager)
             kept = sorted(self.manager.all_steps())
             # best.json gone or damaged, the weights still here: never replaced unseen by

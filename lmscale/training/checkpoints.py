@@ -177,16 +177,25 @@ class Checkpointer:
         # the writers through orbax's one operation id a process: two runs saving at once in
         # one process (train() in two threads) took each other's signal, and wrote into
         # folders not yet made or removed (both runs failed, one after a 300 s wait).
+        # (orbax's preservation_policy and handler_registry: its max_to_keep and item_handlers
+        # are marked deprecated.)
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=not read_only, cleanup_tmp_directories=not read_only,
+            preservation_policy=ocp.checkpoint_managers.LatestN(keep), create=not read_only,
+            cleanup_tmp_directories=not read_only,
             enable_async_checkpointing=async_save and not read_only,
             async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
         state_handler = ocp.PyTreeCheckpointHandler(
             type_handler_registry=_type_handlers(MIN_REPLICA_SLICE_BYTES))
+        meta_handler = ocp.JsonCheckpointHandler()
+        handlers = ocp.handlers.DefaultCheckpointHandlerRegistry()
+        for item, handler, args_types in (
+                ("state", state_handler, (ocp.args.PyTreeSave, ocp.args.PyTreeRestore)),
+                ("meta", meta_handler, (ocp.args.JsonSave, ocp.args.JsonRestore))):
+            for args in args_types:
+                handlers.add(item, args, handler)
         with listing_quietly(self.directory, read_only):
-            self.manager = ocp.CheckpointManager(
-                self.directory, options=options,
-                item_handlers={"state": state_handler, "meta": ocp.JsonCheckpointHandler()})
+            self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                                 handler_registry=handlers)
         tmp_cleanup_finished(self.manager)
 
     def latest_step(self) -> int | None:
