@@ -94,3 +94,34 @@ def test_tool_flags_named_by_messages_exist():
         unknown += [f"{where}: lmscale.{t} --{f}" for f, t in of_tool.findall(text)
                     if f not in flags[t]]
     assert unknown == []
+
+
+def test_python_names_in_readme_exist():
+    """Every ``lmscale.a.b`` the README names for Python code resolves, and every exception it
+    names is named once by its full path: "`WorkdirInUseError` when another process holds the
+    run" read as ``lmscale.training.checkpoints``' own, which has none (an AttributeError)."""
+    import builtins
+    import importlib
+
+    text = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+    resolved, unknown = set(), []
+    for name in sorted(set(re.findall(r"`(lmscale(?:\.\w+)+)", text))):
+        parts = name.split(".")
+        if parts[1] in TOOLS or name == "lmscale.json":  # a tool (absl flags), a file's name
+            continue
+        for i in range(len(parts), 0, -1):
+            try:
+                obj, rest = importlib.import_module(".".join(parts[:i])), parts[i:]
+                break
+            except ImportError:
+                continue
+        for attr in rest:
+            obj = getattr(obj, attr, None)
+        if obj is None:
+            unknown.append(name)
+        else:
+            resolved.add(name)
+    for error in sorted(set(re.findall(r"`(\w+Error)`", text))):
+        if not hasattr(builtins, error) and not any(n.endswith("." + error) for n in resolved):
+            unknown.append(error)
+    assert unknown == []
