@@ -116,6 +116,11 @@ def fetch(name: str, to: str | None = None, *, timeout: float = 60.0) -> str:
         raise DataError(f"{name} cannot be fetched into {where}: {BY_HAND[name]}")
     if name not in REGISTRY:
         raise DataError(f"unknown data set {name!r}; known: {sorted(REGISTRY)}")
+    if not to and cache_root().startswith("~"):  # no HOME, no passwd entry: not ./~ here
+        from lmscale.messages import for_caller
+        raise DataError(for_caller(f"no home folder for the cache ~/.cache/lmscale: HOME is "
+                                   f"unset and user id {os.getuid()} has no passwd entry; set "
+                                   f"LMSCALE_DATA to a folder, or give --to=DIR"))
     folder = os.path.abspath(to or os.path.join(cache_root(), name))
     if os.path.exists(folder) and not os.path.isdir(folder):
         from lmscale.messages import for_caller  # fetch(to=) from Python, --to= from the tool

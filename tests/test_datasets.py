@@ -195,3 +195,14 @@ def test_a_config_reading_an_unfetched_data_set_says_how_to_fetch_it(tmp_path, m
         load_labeled(data_path("semeval2018_ec", "train.csv"))  # not fetchable: how to get it
     with pytest.raises(DataError, match=r"no such file or directory: \S*elsewhere.txt$"):
         list(iter_pieces([str(tmp_path / "elsewhere.txt")]))
+
+
+def test_no_home_folder_is_one_line_not_a_tilde_folder_here(tmp_path, monkeypatch):
+    """HOME unset and a user id with no passwd entry (a container's): expanduser("~") stays
+    "~", and the cache was made as a literal ./~/.cache/lmscale in the working folder."""
+    monkeypatch.delenv("LMSCALE_DATA", raising=False)
+    monkeypatch.setattr(os.path, "expanduser", lambda p: p)  # what Python gives then
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=r"no home folder .*HOME is unset .* set LMSCALE_DATA"):
+        fetch("tinyshakespeare")
+    assert os.listdir(tmp_path) == []
