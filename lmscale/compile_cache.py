@@ -215,7 +215,13 @@ def use_compile_cache(environ: Mapping[str, str] = os.environ) -> str | None:
     folder = cache_folder(environ)
     if folder is None:
         return None
-    if folder.startswith("~"):  # HOME unset and no passwd entry: not a folder in the cwd
+    if folder.startswith("~"):  # not a folder in the cwd (JAX's own: made and used by JAX)
+        if jax.config.jax_compilation_cache_dir == folder:  # JAX's own variable: JAX set it
+            jax.config.update("jax_enable_compilation_cache", False)
+        if environ.get("JAX_COMPILATION_CACHE_DIR") == folder:  # taken as it is, unexpanded
+            return _no_cache(folder, f"JAX_COMPILATION_CACHE_DIR={folder} is a path as it is: "
+                                     f"JAX expands no '~'",
+                             "give JAX_COMPILATION_CACHE_DIR as an absolute path, or unset it")
         return _no_cache(folder, f"no home folder for {folder}: HOME is unset and user id "
                                  f"{os.getuid()} has no passwd entry")
     try:

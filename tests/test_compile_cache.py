@@ -314,3 +314,20 @@ def test_no_home_folder_makes_no_tilde_folder(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "~").exists()
     err = capsys.readouterr().err
     assert err.startswith("warning: no compilation cache (no home folder") and "HOME" in err
+
+
+def test_a_tilde_in_jaxs_own_variable_makes_no_tilde_folder(tmp_path):
+    """JAX_COMPILATION_CACHE_DIR=~/jc (an env file's, a Dockerfile's ENV: nothing expands it):
+    lmscale said "no compilation cache" (HOME unset and no passwd entry, neither true) while
+    JAX, reading its variable itself, cached in ./~/jc of the working folder, uncapped."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
+    env.update(JAX_COMPILATION_CACHE_DIR="~/jc", JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])))
+    code = _COMPILE_SIX.replace("assert use_compile_cache() is not None",
+                                "assert use_compile_cache() is None")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not (tmp_path / "~").exists()
+    assert done.stderr.startswith("warning: no compilation cache (JAX_COMPILATION_CACHE_DIR=~/jc "
+                                  "is a path as it is"), done.stderr[-2000:]

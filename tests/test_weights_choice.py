@@ -249,3 +249,8 @@ def test_best_weights_of_a_run_stopped_before_its_first_checkpoint_are_read(tmp_
     with pytest.raises(FileNotFoundError, match=r"holds no checkpoint; the weights it validated "
                                                 r"best are kept: read them with best"):
         lmscale.load_lm(workdir)
+    # best.json naming weights best/ does not hold: each error sent the user to the other
+    shutil.rmtree(os.path.join(workdir, "best", str(best_step)))
+    for best in (False, True):
+        with pytest.raises(FileNotFoundError, match=r"run holds no checkpoint \("):
+            lmscale.load_lm(workdir, best=best)

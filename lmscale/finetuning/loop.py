@@ -389,7 +389,8 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
     writer.close()
     if stop.signal is not None:
         best_ckpt.close()
-        print(f"stopped by signal {stop.signal} at step {step}; checkpoint saved, re-run to resume")
+        print(f"stopped by signal {stop.signal} at step {step}; checkpoint saved, re-run to "
+              f"resume", file=sys.stderr, flush=True)  # stderr: a closed stdout (training's)
         return {"step": step, "stopped": True, "stopped_by_signal": stop.signal,
                 "best": best}  # the best so far (None before any validation): re-run to go on
     if best is None:  # a run resumed at its end that kept no best weights: its last state

@@ -69,7 +69,7 @@ def run_sweep(base: ml_collections.ConfigDict, config_file: str, sweep_file: str
                     raise
                 # the error that stopped the points is the one to see (a full disk named
                 # report.md, not the point's file; Ctrl-C's exit status became 1)
-                log(f"sweep: the report could not be written either ({e})")
+                log(f"sweep: its run log or report could not be written either ({e})")
         if transfer is not None:
             ok = [os.path.join(workdir, p.name) for p in sweep.points
                   if (read_status(os.path.join(workdir, p.name)) or {}).get("status") == "ok"]

@@ -321,8 +321,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
     best.close()
     writer.close()
     if stop.stopping and is_main:  # without a bar too: a notebook's interrupt returns here
+        # stderr, as the run's other lines: `train ... | tee log` and Ctrl-C (tee gone first)
+        # met a closed stdout here, a BrokenPipeError traceback and exit 1 after the save
         print(f"stopped by signal {stop.signal or '(in another process)'} at step {step}; "
-              f"checkpoint saved, re-run to resume")
+              f"checkpoint saved, re-run to resume", file=sys.stderr, flush=True)
     if "val" not in last and stop.stopping:  # the run's last validation, if any (a resume's)
         last.update(last_records(workdir, step, ("val",)))
     last["step"] = step

@@ -343,8 +343,13 @@ def _restore_step(checkpointer: Checkpointer, workdir: str, config: ml_collectio
 
 
 def _kept_best(workdir: str) -> bool:
-    from lmscale.training.best import read_best
-    return read_best(workdir) is not None
+    """Whether best.json names weights WORKDIR/best/ holds (an older lmscale stopped mid-offer
+    left it naming none: --best's error sent the user back to the checkpoints, and theirs to
+    --best)."""
+    from lmscale.training.best import BEST_DIR, read_best
+    record = read_best(workdir)
+    return record is not None and os.path.isdir(os.path.join(workdir, BEST_DIR,
+                                                             str(int(record["step"]))))
 
 
 def _best_alone(workdir: str, config: ml_collections.ConfigDict, derived: dict[str, Any],

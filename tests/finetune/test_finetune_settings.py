@@ -359,7 +359,7 @@ def test_an_interrupted_fine_tune_returns_stopped_and_its_best_so_far(sst_run, d
     thread.join()
     assert result["stopped"] and result["stopped_by_signal"] == signal.SIGINT
     assert result["best"]["step"] >= 2 and result["best"]["metric"] == "accuracy"
-    assert f"stopped by signal 2 at step {result['step']}" in capfd.readouterr().out
+    assert f"stopped by signal 2 at step {result['step']}" in capfd.readouterr().err
 
 
 def test_a_resume_with_another_seed_is_refused():

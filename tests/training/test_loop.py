@@ -77,6 +77,28 @@ def test_rerun_of_a_finished_run_says_so_and_writes_nothing(tmp_path, corpus, ca
     assert after == files  # no checkpoint, config or metrics rewritten
 
 
+def test_a_run_stopped_after_its_readers_ctrl_c_ends_quietly(tmp_path, corpus):
+    """`lmscale.train ... | tee train.log` and Ctrl-C: tee is gone before the run's stop line,
+    which on stdout was a BrokenPipeError traceback and exit status 1 (the checkpoint saved)."""
+    workdir = tmp_path / "run"
+    proc = subprocess.Popen(tiny_train_command(workdir, corpus, **{
+        "train.steps": 100000, "train.log_every": 1, "checkpoint.every": 100000}), cwd=REPO,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader (tee, killed by the same Ctrl-C) is gone
+    deadline = time.time() + 300
+    while time.time() < deadline:  # in the steps
+        try:
+            if any(r["step"] >= 2 for r in read_metrics(str(workdir))):
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 0 and "Traceback" not in err, err[-2000:]
+    assert "stopped by signal 2 at step" in err
+
+
 def test_an_interrupt_in_a_notebook_says_so_and_returns_the_last_validation(tmp_path, corpus,
                                                                             capfd):
     """A notebook's interrupt button (SIGINT) stops train() at a checkpoint and returns; with
@@ -111,7 +133,7 @@ def test_an_interrupt_in_a_notebook_says_so_and_returns_the_last_validation(tmp_
     assert result["stopped"] and result["stopped_by_signal"] == signal.SIGINT
     assert result["val"] == first["val"]  # the run's last validation (step 4)
     assert f"resuming {workdir} from its checkpoint at step 4" in err
-    assert f"stopped by signal 2 at step {result['step']}; checkpoint saved" in out
+    assert f"stopped by signal 2 at step {result['step']}; checkpoint saved" in err
 
 
 def test_resume_equals_uninterrupted(tmp_path, corpus):
