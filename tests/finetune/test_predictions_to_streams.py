@@ -159,9 +159,11 @@ def test_classify_to_a_closed_standard_output_is_one_line(sst_run, tmp_path):
     csv_path, out = str(tmp_path / "t.csv"), str(tmp_path / "tr")
     run_transfer(sst_run, csv_path, csv_path, output=out, baseline="none", Cs=[1.0], examples=1,
                  features_dir="")
-    proc = subprocess.run([sys.executable, "-m", "lmscale.classify", f"--workdir={out}",
-                           f"--input={csv_path}", "--text_column=sentence", "--output=-"],
+    # closed by the shell (a preexec_fn runs Python in the forked child of a JAX process)
+    proc = subprocess.run(["bash", "-c", 'exec "$@" >&-', "bash", sys.executable, "-m",
+                           "lmscale.classify", f"--workdir={out}", f"--input={csv_path}",
+                           "--text_column=sentence", "--output=-"],
                           cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          text=True, timeout=600, preexec_fn=lambda: os.close(1))
+                          text=True, timeout=600)
     assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == (
         "error: --output=-: standard output is closed; pass --output=FILE"), proc.stderr[-2000:]
