@@ -291,6 +291,20 @@ def test_a_user_id_without_a_name_keeps_no_capped_cache_and_says_so(tmp_path):
     assert len(_entries(tmp_path / "uncapped")) == 6
 
 
+def test_a_user_id_without_a_name_turns_jaxs_own_capped_folder_off(tmp_path):
+    """JAX_COMPILATION_CACHE_DIR with lmscale's cap: JAX reads its variable itself, so the
+    "no compilation cache" warning must turn JAX's cache off too (it cached there anyway)."""
+    cache = tmp_path / "jax"
+    env = _env(cache, JAX_COMPILATION_CACHE_DIR=str(cache), LMSCALE_COMPILE_CACHE_MAX_MB="100",
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    cache.mkdir()
+    code = _NO_PASSWD_ENTRY + _COMPILE_SIX.replace("assert use_compile_cache() is not None",
+                                                   "assert use_compile_cache() is None")
+    done = _run_python(code, env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.startswith("warning: no compilation cache (user id "), done.stderr[-2000:]
+    assert not _entries(cache)
+
 def test_no_home_folder_makes_no_tilde_folder(tmp_path, monkeypatch, capsys):
     """HOME unset and no passwd entry: ``~`` stays unexpanded, and the cache was made in
     ``./~/.cache/lmscale/xla`` under whatever folder the tool ran in."""

@@ -206,3 +206,8 @@ def test_no_home_folder_is_one_line_not_a_tilde_folder_here(tmp_path, monkeypatc
     with pytest.raises(DataError, match=r"no home folder .*HOME is unset .* set LMSCALE_DATA"):
         fetch("tinyshakespeare")
     assert os.listdir(tmp_path) == []
+    # --to=DIR needs no home folder: the remedy the error names is taken (here a file given,
+    # which fetch refuses on its own before any download)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(DataError, match=r"a_file is a file, not a folder"):
+        fetch("tinyshakespeare", to=str(tmp_path / "a_file"))

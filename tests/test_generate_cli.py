@@ -372,8 +372,11 @@ def test_a_reader_that_left_is_no_traceback(tiny_runs, tmp_path, tool):
     after the work met a closed pipe, a BrokenPipeError traceback and exit status 1 (the
     samples' files written); ``classify --output=-`` already ended its output quietly."""
     flags = ["--length=5", f"--output={tmp_path}"] if tool == "generate" else []
+    # stdout block-buffered, as a user's is (PYTHONUNBUFFERED=1 let the print itself fail):
+    # the result is still in the buffer, which the interpreter's flush at exit tried again
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     proc = subprocess.Popen([sys.executable, "-m", f"lmscale.{tool}",
-                             f"--workdir={tiny_runs['qrnn']}", *flags], cwd=REPO,
+                             f"--workdir={tiny_runs['qrnn']}", *flags], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.close()  # the reader left before the result: `| true`
     err = proc.stderr.read().decode()

@@ -55,3 +55,17 @@ def test_a_train_record_is_the_mean_of_its_window_and_counts_texts_per_step(sst_
     assert 0.0 <= whole["accuracy"] <= 1.0 and whole["aux_lm_loss"] > 0
     timed = [r for r in records[1] + records[2] if r.get("steps_per_s")]
     assert timed and all(r["texts_per_s"] == pytest.approx(16 * r["steps_per_s"]) for r in timed)
+
+
+def test_a_validation_inside_the_first_window_keeps_its_first_step_s(sst_run, data, tmp_path):
+    """Validating every 2 steps, logging every 4: the validation at step 2 restarts the
+    window's timing, which dropped the compiling first step's seconds (no first_step_s)."""
+    from lmscale.finetuning.loop import finetune
+    from lmscale.training.metrics import read_metrics
+    run = str(tmp_path / "ft")
+    config = ft_config(sst_run, data["sst_train"], data["sst_val"], **{
+        "train.steps": 4, "train.log_every": 4, "train.eval_every": 2, "checkpoint.every": 100,
+        "finetune.bucket_width": 512, "finetune.freeze_steps": 0})
+    finetune(config, run)
+    (record,) = [r for r in read_metrics(run) if r["split"] == "train"]
+    assert record["step"] == 4 and record["first_step_s"] > 0, record

@@ -4,6 +4,7 @@ parallel, and checkpoints written by orbax's StandardSave (lmscale before 2026-1
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -258,3 +259,24 @@ def test_two_runs_in_one_process_save_at_once():
     # other's signals and failed (writing into folders not made yet, or after a 300 s wait).
     out = script_result(_RUNS_AT_ONCE)
     assert out == {"errors": [], "saved": [[1, 2, 3, 4, 5, 6]] * 2, "hung": 0}, out
+
+
+def test_a_run_keeps_its_newest_checkpoints_only(tmp_path):
+    """checkpoint.keep=2: the third save removes the first (orbax's preservation policy)."""
+    import jax
+    import jax.numpy as jnp
+
+    from lmscale.training import mesh as mesh_lib
+    from lmscale.training.checkpoints import Checkpointer
+    from lmscale.training.precision import LossScale
+    from lmscale.training.state import TrainState, zero_acc
+    rep = mesh_lib.replicated(mesh_lib.make_mesh())
+    ck = Checkpointer(str(tmp_path), keep=2)
+    for step in range(1, 5):
+        ck.save(jax.device_put(TrainState(
+            step=jnp.asarray(step, jnp.int32), params={"w": jnp.ones((4, 2))}, opt_state=(),
+            carry=(), rng=jax.random.PRNGKey(0), acc=zero_acc(),
+            loss_scale=LossScale.create(dynamic=False)), rep), {"signature": {}})
+    ck.close()
+    assert ck.steps() == [4, 3]
+    assert sorted(n for n in os.listdir(tmp_path / "checkpoints") if n.isdigit()) == ["3", "4"]

@@ -99,6 +99,19 @@ def test_a_run_stopped_after_its_readers_ctrl_c_ends_quietly(tmp_path, corpus):
     assert "stopped by signal 2 at step" in err
 
 
+def test_a_reader_that_left_before_the_final_validation_line_is_no_traceback(tmp_path, corpus):
+    """`lmscale.train ... | head -1`: the reader gone, the final "val bpc" line met a closed
+    pipe after the run's files were all written (a BrokenPipeError traceback, exit 1)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # a user's stdout
+    proc = subprocess.Popen(tiny_train_command(tmp_path / "run", corpus, **{
+        "train.steps": 2, "train.eval_every": 2, "checkpoint.every": 2}), cwd=REPO, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader left before the result
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 0 and "Traceback" not in err, err[-2000:]
+    assert [r["step"] for r in read_metrics(str(tmp_path / "run")) if r["split"] == "val"] == [2]
+
+
 def test_an_interrupt_in_a_notebook_says_so_and_returns_the_last_validation(tmp_path, corpus,
                                                                             capfd):
     """A notebook's interrupt button (SIGINT) stops train() at a checkpoint and returns; with

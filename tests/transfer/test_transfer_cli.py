@@ -145,3 +145,22 @@ def test_a_classifier_in_its_workdir_moves_and_copies_with_it(sst_run, tmp_path)
     shutil.rmtree(lm_b)
     with pytest.raises(FileNotFoundError, match=f"it was fit on {lm_a}"):
         lmscale.load_classifier(str(alone))
+
+
+def test_a_reader_that_left_before_the_results_is_no_traceback(sst_run, tmp_path):
+    """``lmscale.transfer ... | head -1``: the results printed after the work met a closed
+    pipe, a BrokenPipeError traceback and exit status 1 (results.json written)."""
+    import os
+    rows = ["sentence,label"] + [f"{'good' if i % 2 else 'bad'} movie {i},{i % 2}"
+                                 for i in range(12)]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    csv = str(tmp_path / "t.csv")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # a user's stdout
+    proc = subprocess.Popen([sys.executable, "-m", "lmscale.transfer", f"--workdir={sst_run}",
+                             f"--train={csv}", f"--val={csv}", f"--output={tmp_path / 'tr'}",
+                             "--baseline=none", "--C=1.0", "--features_dir="], cwd=REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader left before the results: `| true`
+    err = proc.stderr.read()
+    assert proc.wait(timeout=600) == 0 and "Traceback" not in err, err[-2000:]
+    assert (tmp_path / "tr" / "results.json").exists()
