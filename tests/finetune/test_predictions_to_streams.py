@@ -81,12 +81,8 @@ def test_a_link_keeps_pointing_at_the_rewritten_file(tmp_path):
     assert real.read_text().startswith("text,p_0,p_1,predicted")
 
 
-def test_classify_to_standard_output(sst_run, tmp_path):
-    """``classify --output=- --labels=...``: stdout holds the CSV alone (what is said, the
-    metrics table included, goes to stderr), and no file is written."""
-    import subprocess
-    import sys
-
+def _transfer_classifier(sst_run: str, tmp_path) -> tuple[str, str]:
+    """A 12-row labeled CSV in tmp_path and a transfer classifier fit on it: (csv, output)."""
     from lmscale.transfer.run import run_transfer
     rows = ["sentence,label"] + [f"{'good' if i % 2 else 'bad'} movie {i},{i % 2}"
                                  for i in range(12)]
@@ -94,12 +90,23 @@ def test_classify_to_standard_output(sst_run, tmp_path):
     csv_path, out = str(tmp_path / "t.csv"), str(tmp_path / "tr")
     run_transfer(sst_run, csv_path, csv_path, output=out, baseline="none", Cs=[1.0], examples=1,
                  features_dir="")
+    return csv_path, out
+
+
+def test_classify_to_standard_output(sst_run, tmp_path):
+    """``classify --output=- --labels=...``: stdout holds the CSV alone (what is said, the
+    metrics table included, goes to stderr), and no file is written."""
+    import subprocess
+    import sys
+
+    csv_path, out = _transfer_classifier(sst_run, tmp_path)
     proc = subprocess.run([sys.executable, "-m", "lmscale.classify", f"--workdir={out}",
                            f"--input={csv_path}", "--text_column=sentence", "--labels=label",
                            "--output=-"], cwd=tmp_path, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = list(csv.DictReader(io.StringIO(proc.stdout, newline="")))
+    rows = open(csv_path).read().splitlines()
     assert [r["text"] for r in got] == [r.split(",")[0] for r in rows[1:]]
     assert [r["gold"] for r in got] == [str(i % 2) for i in range(12)]
     assert "12 texts classified; predictions in standard output" in proc.stderr
@@ -152,13 +159,7 @@ def test_classify_to_a_closed_standard_output_is_one_line(sst_run, tmp_path):
     import subprocess
     import sys
 
-    from lmscale.transfer.run import run_transfer
-    rows = ["sentence,label"] + [f"{'good' if i % 2 else 'bad'} movie {i},{i % 2}"
-                                 for i in range(12)]
-    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
-    csv_path, out = str(tmp_path / "t.csv"), str(tmp_path / "tr")
-    run_transfer(sst_run, csv_path, csv_path, output=out, baseline="none", Cs=[1.0], examples=1,
-                 features_dir="")
+    csv_path, out = _transfer_classifier(sst_run, tmp_path)
     # closed by the shell (a preexec_fn runs Python in the forked child of a JAX process)
     proc = subprocess.run(["bash", "-c", 'exec "$@" >&-', "bash", sys.executable, "-m",
                            "lmscale.classify", f"--workdir={out}", f"--input={csv_path}",
