@@ -27,14 +27,15 @@ def text_list(texts: Any) -> list[str]:
     return out
 
 
-def last_tokens(ids: Sequence[Any], limit: int | None, source: str = "") -> list[Any]:
+def last_tokens(ids: Sequence[Any], limit: int | None, source: str = "",
+                say: bool = True) -> list[Any]:
     """Each token sequence cut to its last ``limit`` tokens (a model with a length limit reads
-    a text's end), said in one note when any is cut (``source`` names the texts in it); all
-    of them as they are for ``limit`` None."""
+    a text's end), said in one note when any is cut (``source`` names the texts in it; ``say``
+    False: unsaid); all of them as they are for ``limit`` None."""
     if limit is None:
         return list(ids)
     cut = [len(x) for x in ids if len(x) > limit]
-    if cut:
+    if cut and say:
         print(f"note: {source + ': ' if source else ''}{len(cut)} of {len(ids)} texts are longer "
               f"than the model's max_len={limit} tokens (the longest {max(cut)}): their last "
               f"{limit} tokens are read", file=sys.stderr, flush=True)

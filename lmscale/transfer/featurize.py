@@ -110,12 +110,9 @@ def _fit_length(lm: TrainedLM, ids: list[np.ndarray], notes: bool = True) -> lis
     note when any is (a 20k-character text read as its last 256 tokens was cut silently), and
     a note when any still reads positions its training never reached (``trained_length``);
     ``notes`` False: cut unsaid (texts whose split's notes said it)."""
-    if not notes:
-        limit = lm.model().max_len
-        return list(ids) if limit is None else [x[-limit:] for x in ids]
-    ids = last_tokens(ids, lm.model().max_len)
+    ids = last_tokens(ids, lm.model().max_len, say=notes)
     trained = trained_length(lm.config)
-    if trained is not None and ids and jax.process_index() == 0:
+    if notes and trained is not None and ids and jax.process_index() == 0:
         over = sum(len(x) > trained for x in ids)
         note = untrained_positions_note(lm.config, max(map(len, ids)),
                                         f"{over} of {len(ids)} texts run")
