@@ -75,7 +75,8 @@ def main(argv: list[str]) -> None:
     from lmscale.distributed import refuse_several_processes
     refuse_several_processes("lmscale.eval", dict(os.environ))  # each task did the whole job
     from lmscale.training.host_devices import split_host_like_run
-    from lmscale.training.restore import evaluate_data, load_trained, run_dataset, with_compute
+    from lmscale.training.evaluate_trained import evaluate_data, run_dataset
+    from lmscale.training.restore import load_trained, with_compute
     run_cli(_check_data_flags)
     run_cli(lambda: split_host_like_run(_WORKDIR.value))  # the devices the run trained on
 

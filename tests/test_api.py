@@ -98,7 +98,7 @@ _TOOL_PROGRAMS = r"""
 import json, os, sys, tempfile
 from lmscale.api import LM
 from lmscale.generation import generate
-from lmscale.training.restore import evaluate_data
+from lmscale.training.evaluate_trained import evaluate_data
 from lmscale.transfer.featurize import featurize, unit_trace
 from tests.conftest import lowered_programs
 from tests.transfer.conftest import random_lm

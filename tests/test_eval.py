@@ -59,7 +59,7 @@ def test_text_too_short_to_score_is_said_in_evals_words(tmp_path):
     (1, 0, 0))": preparation's words, of settings eval's user never gave."""
     import pytest
     from lmscale.data.errors import DataError
-    from lmscale.training.restore import evaluate_data
+    from lmscale.training.evaluate_trained import evaluate_data
     from tests.transfer.conftest import random_lm
     (tmp_path / "one.txt").write_text("x")
     with pytest.raises(DataError, match=r"one.txt holds 1 token\(s\) for this model's tokenizer: "
@@ -76,7 +76,7 @@ def test_a_word_models_text_of_only_line_ends_to_score_is_refused_not_bpc_of_no_
     from lmscale.data.errors import DataError
     from lmscale.data.words import SPECIALS, WordTokenizer
     from lmscale.models import model_params
-    from lmscale.training.restore import evaluate_data
+    from lmscale.training.evaluate_trained import evaluate_data
     from tests.transfer.conftest import random_lm
     tok = WordTokenizer([*SPECIALS, "the", "film"], unk_bytes=3)
     lm = random_lm(hidden=16)
@@ -95,7 +95,7 @@ def test_a_dataset_prepared_with_another_tokenizer_is_refused_naming_both(tmp_pa
     from lmscale.data.errors import DataError
     from lmscale.data.prepare import prepare_dataset
     from lmscale.data.tokenizer import tokenizer_from_dict
-    from lmscale.training.restore import evaluate_data
+    from lmscale.training.evaluate_trained import evaluate_data
     from tests.transfer.conftest import random_lm
     (tmp_path / "text.txt").write_text("the cat sat on the mat. " * 40)
     path = prepare_dataset([str(tmp_path / "text.txt")], str(tmp_path / "ds"), split=(1, 0, 0),
@@ -127,7 +127,7 @@ def test_text_shorter_than_one_sequence_is_scored_whole_as_score_does(tmp_path):
     import numpy as np
 
     from lmscale.api import LM
-    from lmscale.training.restore import evaluate_data
+    from lmscale.training.evaluate_trained import evaluate_data
     from tests.transfer.conftest import random_lm
     (tmp_path / "short.txt").write_text("short text here")
     for kind in ("mlstm", "transformer"):
@@ -145,7 +145,7 @@ def test_a_full_temporary_folder_says_tmpdir_and_how_to_prepare_instead(small_di
 
     import pytest
     from lmscale.data.errors import DataError
-    from lmscale.training.restore import evaluate_data
+    from lmscale.training.evaluate_trained import evaluate_data
     from tests.transfer.conftest import random_lm
     text = tmp_path / "big.txt"
     text.write_text("a line of text to tokenize.\n" * 40_000)  # 2.2 MB of uint16 tokens
@@ -164,7 +164,7 @@ def test_a_short_text_is_read_in_rows_of_one_of_the_runs_sequences(tmp_path):
     import numpy as np
 
     from lmscale.api import LM
-    from lmscale.training.restore import evaluate_data
+    from lmscale.training.evaluate_trained import evaluate_data
     from tests.transfer.conftest import random_lm
     lm = random_lm(kind="mlstm", hidden=16)
     lm.config.train.seq_len = 16
@@ -187,13 +187,13 @@ def test_the_temporary_folder_of_a_killed_evaluation_is_removed_by_the_next(tmp_
     import tempfile
     import time
 
-    from lmscale.training.restore import evaluate_data
+    from lmscale.training.evaluate_trained import evaluate_data
     from tests.transfer.conftest import random_lm
     text, tmp = tmp_path / "big.txt", tmp_path / "tmp"
     text.write_text("a line of text to tokenize.\n" * 40_000)
     tmp.mkdir()
     child = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from lmscale.training.restore import evaluate_data; "
+        [sys.executable, "-c", "import sys; from lmscale.training.evaluate_trained import evaluate_data; "
          "from tests.transfer.conftest import random_lm; "
          "evaluate_data(random_lm(hidden=16), sys.argv[1])", str(text)],
         cwd=REPO, env={**os.environ, "TMPDIR": str(tmp), "PYTHONPATH": str(REPO)})
@@ -216,7 +216,7 @@ def test_the_temporary_folder_of_a_killed_evaluation_is_removed_by_the_next(tmp_
 def test_text_files_with_a_comma_in_their_path_are_scored(tmp_path):
     """eval --data split the paths at every comma ("no such file or directory: .../run"),
     where training and prepare keep an existing path's commas."""
-    from lmscale.training.restore import evaluate_data
+    from lmscale.training.evaluate_trained import evaluate_data
     from tests.transfer.conftest import random_lm
     (tmp_path / "run, v2").mkdir()
     (tmp_path / "run, v2" / "a.txt").write_text("some text to score here")

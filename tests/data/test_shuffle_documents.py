@@ -149,7 +149,7 @@ def test_eval_of_text_files_reads_their_documents_as_the_run_did(tmp_path):
     ``data.txt_mode``, so a line-mode run's resets (every N-th line) were not its own there."""
     import dataclasses
 
-    from lmscale.training.restore import evaluate_data
+    from lmscale.training.evaluate_trained import evaluate_data
     from tests.transfer.conftest import random_lm
     text = tmp_path / "lines.txt"
     text.write_text("".join(f"line {i} of a short text\n" for i in range(300)))

@@ -161,7 +161,8 @@ def test_prepare_cli_word(tmp_path):
 
 def test_raw_text_training_reports_perplexity(tmp_path, corpus, capsys):
     from lmscale.training.loop import train
-    from lmscale.training.restore import evaluate_data, load_trained
+    from lmscale.training.evaluate_trained import evaluate_data
+    from lmscale.training.restore import load_trained
     config = tiny_config(corpus, **{"data.tokenizer": "word", "train.steps": 4, "train.eval_every": 0,
                                     "train.seq_len": 8, "train.log_every": 2,
                                     "train.progress_bar": True})  # plain lines: not a terminal

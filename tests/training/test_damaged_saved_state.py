@@ -133,7 +133,8 @@ def test_a_damaged_dataset_is_named_by_eval_and_by_prepare(best_run):
 
     from lmscale.data.errors import DataError
     from lmscale.data.prepare import prepare_dataset
-    from lmscale.training.restore import load_trained, run_dataset
+    from lmscale.training.evaluate_trained import run_dataset
+    from lmscale.training.restore import load_trained
     workdir, worse = best_run
     data = os.path.join(workdir, "data")
     shard = sorted(glob.glob(os.path.join(data, "**", "*.bin"), recursive=True))[0]

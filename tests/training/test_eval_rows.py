@@ -14,7 +14,8 @@ from tests.conftest import tiny_config
 def test_eval_result_does_not_depend_on_seq_len_for_a_small_split(tmp_path, corpus):
     workdir = str(tmp_path / "run")
     train(tiny_config(corpus, **{"train.steps": 2}), workdir)
-    from lmscale.training.restore import evaluate_data, load_trained
+    from lmscale.training.evaluate_trained import evaluate_data
+    from lmscale.training.restore import load_trained
     lm = load_trained(workdir)
     text = tmp_path / "held_out.txt"
     text.write_text("the cat sat on the mat and the dog ran to the big red house.\n" * 4)
@@ -35,7 +36,8 @@ def test_a_transformer_keeps_full_steps_in_fewer_rows(tmp_path, corpus):
     train(tiny_config(corpus, **{"train.steps": 2, "model.kind": "transformer", "model.layers": 1,
                                  "model.d_model": 16, "model.heads": 2, "model.d_ff": 32,
                                  "model.max_len": 16}), workdir)
-    from lmscale.training.restore import evaluate_data, load_trained
+    from lmscale.training.evaluate_trained import evaluate_data
+    from lmscale.training.restore import load_trained
     lm = load_trained(workdir)
     text = tmp_path / "held_out.txt"
     text.write_text("the cat sat on the mat and the dog ran to the big red house.\n")

@@ -253,7 +253,8 @@ def test_eval_tool_on_text_file_and_split(tmp_path, corpus):
         assert result["split"] == ("all" if data == str(text) else "test")
     # A text is scored to the end of each row: steps of 16 and the rows' shorter tails give the
     # targets and nats of one step over each whole row (the carry continues the rows).
-    from lmscale.training.restore import evaluate_data, load_trained
+    from lmscale.training.evaluate_trained import evaluate_data
+    from lmscale.training.restore import load_trained
     lm = load_trained(workdir)
     n = len(lm.tokenizer.encode(text.read_text()))
     in_steps = evaluate_data(lm, str(text), batch_size=3, seq_len=16, max_steps=0)

@@ -16,7 +16,8 @@ from lmscale.config import ConfigError, validate
 from lmscale.training.checkpoints import CheckpointMismatchError
 from lmscale.training.loop import train
 from lmscale.training.metrics import read_metrics
-from lmscale.training.restore import evaluate_data, load_trained
+from lmscale.training.evaluate_trained import evaluate_data
+from lmscale.training.restore import load_trained
 from tests.conftest import TINY_TRANSFORMER, tiny_config
 
 COMPARED = ("step", "split", "loss", "bpc", "lr", "grad_norm")

@@ -137,7 +137,8 @@ def test_averaged_weights_are_validated_exported_and_resume_decides_the_same(tmp
     from lmscale.training import mesh as mesh_lib
     from lmscale.training.best import read_best
     from lmscale.training.checkpoints import Checkpointer
-    from lmscale.training.restore import evaluate_data, load_trained
+    from lmscale.training.evaluate_trained import evaluate_data
+    from lmscale.training.restore import load_trained
     lm = load_trained(full)  # export / eval: the averaged weights
     again = evaluate_data(lm, lm.derived["dataset"], split="val")
     assert again["loss"] == pytest.approx(val[-1]["loss"], rel=1e-6)

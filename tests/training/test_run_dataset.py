@@ -11,7 +11,8 @@ import pytest
 
 from lmscale.training.loop import train
 from lmscale.training.metrics import read_metrics
-from lmscale.training.restore import evaluate_data, load_trained, run_dataset
+from lmscale.training.evaluate_trained import evaluate_data, run_dataset
+from lmscale.training.restore import load_trained
 from tests.conftest import tiny_config, write_corpus
 
 
