@@ -20,7 +20,7 @@ import sys
 from absl import app, flags
 
 from lmscale.atomic import write_json
-from lmscale.cli import parse_flags, run_cli
+from lmscale.cli import parse_flags, refuse_closed_stdout, run_cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A fine-tuned run, or a transfer output / LM workdir.")
 _INPUT = flags.DEFINE_string("input", None,
@@ -48,8 +48,9 @@ def classify() -> dict:
     from lmscale.atomic import is_special
     stream = is_special(_OUTPUT.value)  # "-", /dev/stdout, a pipe: written in place, no metrics
     said = sys.stderr if stream else sys.stdout  # file beside it; what is said stays off the CSV
-    if _OUTPUT.value == "-" and sys.stdout is None:  # `>&-`: an AttributeError after the work
-        raise DataError("--output=-: standard output is closed; pass --output=FILE")
+    if _OUTPUT.value == "-":  # `>&-`: was an AttributeError after the work
+        refuse_closed_stdout("--output=- writes the predictions there",
+                             "pass --output=FILE")
     if os.path.abspath(_OUTPUT.value) == os.path.abspath(_INPUT.value):
         raise DataError(f"--output is the input file {_INPUT.value}: write the predictions to "
                         f"another file (the input would be replaced)")

@@ -131,6 +131,14 @@ def out_of_memory_line(e: BaseException) -> str | None:
             f"{_memory_advice()}")
 
 
+def refuse_closed_stdout(what: str, instead: str) -> None:
+    """Before any work: OutputError where standard output is closed (``>&-``) and the tool's
+    product (``what``: "... goes there") is written there; Python's print wrote nothing, and
+    the tool exited 0 with its result lost. ``instead``: where the result can go."""
+    if sys.stdout is None:
+        raise OutputError(f"standard output is closed (>&-) and {what}: {instead}")
+
+
 @contextlib.contextmanager
 def reader_may_leave() -> Iterator[None]:
     """Around what a tool prints to standard output once its work is done (a result, samples,

@@ -17,7 +17,8 @@ import os
 
 from absl import app, flags
 
-from lmscale.cli import define_weights_flags, parse_flags, reader_may_leave, run_cli
+from lmscale.cli import (define_weights_flags, parse_flags, reader_may_leave, refuse_closed_stdout,
+                         run_cli)
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.")
 _DATA = flags.DEFINE_string("data", None, "A prepared dataset folder, or text paths/globs; "
@@ -77,6 +78,8 @@ def main(argv: list[str]) -> None:
     from lmscale.training.host_devices import split_host_like_run
     from lmscale.training.evaluate_trained import evaluate_data, run_dataset
     from lmscale.training.restore import load_trained, with_compute
+    run_cli(lambda: refuse_closed_stdout("the result (one JSON line) goes there",
+                                         "redirect it to a file (> result.json)"))
     run_cli(_check_data_flags)
     run_cli(lambda: split_host_like_run(_WORKDIR.value))  # the devices the run trained on
 

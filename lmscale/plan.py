@@ -27,7 +27,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from lmscale.atomic import write_json
-from lmscale.cli import parse_flags, recorded_run, run_cli
+from lmscale.cli import parse_flags, recorded_run, refuse_closed_stdout, run_cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file in configs/.", lock_config=True)
@@ -137,6 +137,8 @@ def main(argv: list[str]) -> None:
         with scan_options(layout=_LAYOUT.value):
             return fit(_CONFIG.value, devices, result, _MEMORY.value)
 
+    if _JSON.value == "-":
+        run_cli(lambda: refuse_closed_stdout("--json=- writes the plan there", "pass --json=FILE"))
     devices, result = run_cli(run)
     # --json=- (or /dev/stdout): standard output is the JSON alone (| jq), the tables on stderr
     from lmscale.atomic import writes_stdout

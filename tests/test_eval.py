@@ -23,6 +23,17 @@ def run_eval(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
+def test_a_closed_standard_output_is_refused_before_the_work(tmp_path):
+    """`eval ... >&-` scored the data, printed its only product into nothing (Python's print
+    with no stdout) and exited 0: the result lost without a word."""
+    p = subprocess.run(["bash", "-c", 'exec "$@" >&-', "bash", sys.executable, "-m",
+                        "lmscale.eval", f"--workdir={tmp_path / 'not-read'}"], cwd=REPO,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert p.returncode == 1 and p.stderr.strip() == (
+        "error: standard output is closed (>&-) and the result (one JSON line) goes there: "
+        "redirect it to a file (> result.json)"), p.stderr[-2000:]
+
+
 def test_step_below_minus_one_is_one_line_error(tmp_path):
     """--step=-7 was taken as -1 (the latest checkpoint)."""
     p = run_eval(f"--workdir={tmp_path}", "--step=-7")

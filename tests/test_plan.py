@@ -79,3 +79,14 @@ def test_json_to_standard_output_is_the_json_alone():
         result = json.loads(proc.stdout)
         assert result["devices"] == 1 and result["fit"] and result["projection"]["rows"]
         assert "memory/device" in proc.stderr and "all-reduces" in proc.stderr
+
+
+def test_json_to_a_closed_standard_output_is_refused_before_the_compile():
+    """`plan --json=- >&-` compiled, then printed the plan into nothing and exited 0."""
+    proc = subprocess.run(["bash", "-c", 'exec "$@" >&-', "bash", sys.executable, "-m",
+                           "lmscale.plan", "--config=configs/quickstart.py", HUGE, "--json=-"],
+                          cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          timeout=120)
+    assert proc.returncode == 1 and proc.stderr.strip() == (
+        "error: standard output is closed (>&-) and --json=- writes the plan there: pass "
+        "--json=FILE"), proc.stderr[-2000:]

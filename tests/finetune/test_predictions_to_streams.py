@@ -167,4 +167,5 @@ def test_classify_to_a_closed_standard_output_is_one_line(sst_run, tmp_path):
                           cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                           text=True, timeout=600)
     assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == (
-        "error: --output=-: standard output is closed; pass --output=FILE"), proc.stderr[-2000:]
+        "error: standard output is closed (>&-) and --output=- writes the predictions there: "
+        "pass --output=FILE"), proc.stderr[-2000:]
