@@ -490,9 +490,10 @@ def prepare_dataset(inputs: str | Sequence[str], output: str, *, text_column: st
                             f"was written") from None
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        raise DataError(f"{output}: the disk is full ({e.filename or tmp}): preparing needs about "
-                        f"twice the dataset's size free while it runs (its tokens, then the "
-                        f"shards); nothing was written") from None
+        full = "the disk is full" if e.errno == errno.ENOSPC else "the disk quota is exceeded"
+        raise DataError(f"{output}: {full} ({e.filename or tmp}): preparing needs about twice "
+                        f"the dataset's size free while it runs (its tokens, then the shards); "
+                        f"nothing was written") from None
     finally:
         remove_path(tmp)
     return output
