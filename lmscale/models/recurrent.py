@@ -25,6 +25,7 @@ autodiff through ``lax.scan``, the reference for tests and benchmarks.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 from typing import Any, Callable, Iterator
 
@@ -102,26 +103,30 @@ class ScanOptions:
         return "batch" if jax.default_backend() == "gpu" else "feature"
 
 
-_OPTIONS = [ScanOptions()]
+# Per thread (and asyncio task): a block in one thread of a server or notebook does not change
+# what another traces meanwhile (one module-level stack did).
+_OPTIONS: contextvars.ContextVar[ScanOptions] = contextvars.ContextVar("lmscale_scan_options",
+                                                                       default=ScanOptions())
 
 
 def current_scan_options() -> ScanOptions:
-    return _OPTIONS[-1]
+    return _OPTIONS.get()
 
 
 @contextlib.contextmanager
 def scan_options(**changes: Any) -> Iterator[ScanOptions]:
-    """Within the block, functions traced use these options (e.g. ``grad="autodiff"``)."""
-    opts = dataclasses.replace(_OPTIONS[-1], **changes)
+    """Within the block, functions traced in this thread use these options (e.g.
+    ``grad="autodiff"``); other threads keep theirs."""
+    opts = dataclasses.replace(_OPTIONS.get(), **changes)
     if (opts.grad not in GRAD_IMPLS or opts.unroll < 0 or opts.layout not in LAYOUTS
             or opts.factors not in FACTORS):
         raise ValueError(f"bad scan options {opts}: grad in {GRAD_IMPLS}, unroll >= 0, "
                          f"layout in {LAYOUTS}, factors in {FACTORS}")
-    _OPTIONS.append(opts)
+    token = _OPTIONS.set(opts)
     try:
         yield opts
     finally:
-        _OPTIONS.pop()
+        _OPTIONS.reset(token)
 
 
 def _keep_mask(resets: jax.Array | None, dtype: Any) -> jax.Array | None:

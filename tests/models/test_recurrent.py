@@ -158,3 +158,30 @@ def test_a_reset_clears_a_state_that_overflowed(kind, layout):
     a, b = np.asarray(a), np.asarray(b)
     assert np.isnan(a[0, 1:3]).all()
     np.testing.assert_allclose(a[:, 3:], b[:, 3:], atol=1e-6)
+
+
+def test_scan_options_of_one_thread_do_not_reach_another():
+    """``with scan_options(...)`` pushed onto one stack for the process: a thread tracing a
+    model while another (a notebook's, a server's) held a block traced with its options."""
+    import threading
+    from lmscale.models.recurrent import current_scan_options, scan_options
+    inside, done, seen = threading.Event(), threading.Event(), []
+
+    def hold() -> None:
+        with scan_options(grad="autodiff", unroll=3):
+            inside.set()
+            done.wait(30)
+            seen.append(current_scan_options().unroll)  # its own still
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert inside.wait(30)
+        other = threading.Thread(target=lambda: seen.append(current_scan_options()))
+        other.start()
+        other.join(30)
+        assert seen == [current_scan_options()] and seen[0].grad != "autodiff"
+    finally:
+        done.set()
+        holder.join(30)
+    assert seen[1] == 3 and current_scan_options().unroll != 3
