@@ -16,7 +16,7 @@ by spaces, "_" between words) as words, each line ending in <eos>, so the word t
     --config.model.embed=200 --config.model.hidden=1000 --config.model.hidden_dropout=0.25
     --config.model.output_dropout=0.1 --config.model.weight_dropout=0.5 --config.train.seq_len=150
     --config.optim.lr=2e-3 --config.train.epochs=500 --config.optim.lr_drop_epochs=300,400
-    --config.train.eval_every=265 --config.checkpoint.every=265   # ~ one epoch, as awd evaluates
+    --config.checkpoint.every=265   # ~ one epoch (validation is once an epoch, as awd's)
 awd's "bpc" there is bits per character token: compare lmscale's ``bits_per_token`` (its
 ``bpc`` divides by the file's bytes, which count each character's separating space too).
 
@@ -62,7 +62,7 @@ def get_config():
     config.train.variable_bptt = True  # main.py's length draw, LR scaled by length / bptt
     config.train.epochs = 50.0  # --epochs 50
     config.train.steps = 10**9  # bounded by train.epochs
-    config.train.eval_every = 3500  # ≈ one epoch of 90M bytes at 128 x 200
+    config.train.eval_every_epochs = 1.0  # awd validates once an epoch
     config.train.eval_batch_size = 10  # eval_batch_size = 10
     config.train.log_every = 200  # --log-interval 200
     config.optim.name = "adam"  # --optimizer adam
@@ -74,7 +74,7 @@ def get_config():
     config.optim.weight_decay = 1.2e-6  # --wdecay 1.2e-6, coupled L2 as torch Adam's weight_decay
     config.optim.lr_drop_epochs = "25,35"  # --when 25 35: divide the learning rate by 10
     config.optim.lr_drop_factor = 0.1
-    config.checkpoint.every = 3500
+    config.checkpoint.every = 3500  # ≈ one epoch of 90M bytes at 128 x 200
     config.checkpoint.keep_best = True  # awd saves the best validation model and tests it
     config.lock()
     return config

@@ -15,16 +15,16 @@ dropouti 0.65): --config.data.train=data/wikitext-2/train.txt
 --config.data.val=data/wikitext-2/valid.txt --config.data.test=data/wikitext-2/test.txt
 --config.train.batch_size=80 --config.model.hidden_dropout=0.2
 --config.model.input_dropout=0.65 --config.seed=1882 --config.train.epochs=750
---config.train.eval_every=390 --config.checkpoint.every=390 (one epoch of WT2's 2.1M tokens
-at 80 x ~67.8: NT-ASGD counts evaluations, so they must stay epochs).
+--config.checkpoint.every=390 (one epoch of WT2's 2.1M tokens at 80 x ~67.8; validation is
+once an epoch whatever its length, train.eval_every_epochs=1).
 
 Data: awd-lstm-lm's getdata.sh files (Mikolov's PTB, already <unk>-ed): train, valid and test
 as whole splits (data.val, data.test), words with an <eos> per line (data.tokenizer="word"),
 the vocabulary from the training file (10,000 words + <pad>).
 Differences from the PyTorch code: NT-ASGD keeps the learning-rate schedule when it switches
 (awd re-creates ASGD at --lr); each variable-BPTT length is rounded to a multiple of
-train.bptt_bucket (one compiled step per length); evaluation happens every train.eval_every
-steps (≈ one PTB epoch here; awd: every epoch, and NT-ASGD counts evaluations).
+train.bptt_bucket (one compiled step per length). Validation comes at the first step at or
+past each epoch's end (awd: after the epoch's last batch; NT-ASGD counts these passes).
 
     python -m lmscale.train --config=configs/awd_lstm_word.py --workdir=runs/awd_ptb
     python -m lmscale.eval --workdir=runs/awd_ptb --split=test --best --batch_size=1
@@ -61,7 +61,7 @@ def get_config():
     config.train.variable_bptt = True  # awd's length draw, LR scaled by length / bptt
     config.train.epochs = 500.0  # --epoch 500
     config.train.steps = 10**9  # bounded by train.epochs
-    config.train.eval_every = 686  # ≈ one epoch: PTB's 930k training tokens at 20 x ~67.8 (the mean variable length)
+    config.train.eval_every_epochs = 1.0  # awd validates once an epoch (NT-ASGD counts these)
     config.train.eval_batch_size = 10  # eval_batch_size = 10
     config.train.log_every = 200  # --log-interval 200
     config.optim.name = "ntasgd"  # --optimizer sgd: SGD, then ASGD on the non-monotone trigger
@@ -72,7 +72,7 @@ def get_config():
     config.optim.warmup_steps = 0
     config.optim.clip = 0.25  # --clip 0.25
     config.optim.weight_decay = 1.2e-6  # --wdecay, coupled L2 as torch SGD's weight_decay
-    config.checkpoint.every = 686
+    config.checkpoint.every = 686  # ≈ one epoch: 930k training tokens at 20 x ~67.8 (mean length)
     config.checkpoint.keep_best = True  # awd saves the best validation model and tests it
     config.lock()
     return config

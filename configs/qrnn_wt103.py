@@ -54,7 +54,7 @@ def get_config():
     config.train.variable_bptt = True
     config.train.epochs = 14.0  # --epochs 14
     config.train.steps = 10**9  # bounded by train.epochs
-    config.train.eval_every = 12_000  # ≈ one epoch (awd validates every epoch)
+    config.train.eval_every_epochs = 1.0  # awd validates once an epoch
     config.train.eval_batch_size = 10
     config.train.log_every = 200
     config.optim.name = "adam"  # --optimizer adam (no NT-ASGD: awd switches only for sgd)

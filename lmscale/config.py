@@ -122,6 +122,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.log_every = 50  # steps between train records in metrics.jsonl and the progress bar
     c.train.divergence_factor = 3.0  # LM training: a train loss (logged, or at a save) above this x ln(vocab), a uniform guess's, stops the run as diverged, unsaved; 0 = only one that is not finite
     c.train.eval_every = 500  # steps between validation passes (and one at the end); 0 = only at the end
+    c.train.eval_every_epochs = 0.0  # if > 0, validate every this many epochs of the training data instead (at the first step at or past each multiple; 1.0: once an epoch, as awd-lstm-lm), train.eval_every ignored
     c.train.eval_batch_size = 64  # rows of the validation stream (reduced if the split is small); fine-tuning: rows the val/test texts are packed into
     c.train.eval_steps = 0  # max validation steps per pass; 0 = the whole validation split
     c.train.progress_bar = True  # progress on stderr: a tqdm bar on a terminal, else a plain line every train.log_every steps
@@ -325,6 +326,9 @@ def validate_run_settings(config: ml_collections.ConfigDict) -> None:
                           f"negative seed would run as another one), got {config.seed}")
     if config.train.eval_every < 0:
         raise ConfigError("train.eval_every must be >= 0")
+    if config.train.eval_every_epochs < 0:
+        raise ConfigError(f"train.eval_every_epochs must be >= 0 (0: every train.eval_every "
+                          f"steps), got {config.train.eval_every_epochs}")
     if config.train.per_device_batch_size < 0:
         raise ConfigError(f"train.per_device_batch_size must be >= 0, got {config.train.per_device_batch_size}")
     if config.precision.compute not in COMPUTE_DTYPES:

@@ -111,10 +111,10 @@ def validate_awd(config: ml_collections.ConfigDict) -> None:
                               f"multiple of it, {shortest} or more, above the longest "
                               f"train.bptt_max={bptt_max(t)}; use a bucket of at most "
                               f"{bptt_max(t)}")
-    if o.name in AVERAGING_OPTIMIZERS and not t.eval_every:
+    if o.name in AVERAGING_OPTIMIZERS and not t.eval_every and not t.eval_every_epochs > 0:
         what = "switches to averaging" if o.name == "ntasgd" else "decides when to stop"
         raise ConfigError(f"optim.name={o.name!r} {what} on the validation passes every "
-                          f"train.eval_every steps: set train.eval_every > 0")
+                          f"train.eval_every steps (or train.eval_every_epochs): set one > 0")
     if config.data.sp_model and config.data.tokenizer != "sentencepiece":
         raise ConfigError(f"data.sp_model is for data.tokenizer=sentencepiece, not "
                           f"data.tokenizer={config.data.tokenizer!r} (it would be ignored)")

@@ -6,11 +6,11 @@ via StopSignal; exact resume), MetricsWriter (metrics.jsonl + TensorBoard), prec
 and loss scale, mesh and the shard_map step with one all-reduce (finetuning/steps.py).
 
 Only the LM's parameters come from ``config.init_from`` (its model config, tokenizer and
-preprocessing too); the head starts fresh. Validation every ``train.eval_every`` steps; the
-best state by ``finetune.best_metric`` is kept in WORKDIR/best/ and named in best.json. At
-the end the best parameters predict the validation texts; multi-label thresholds are tuned
-there (thresholds.json) and used for every later prediction; results.json holds the metrics
-(finetuning/results.py).
+preprocessing too); the head starts fresh. Validation every ``train.eval_every`` steps (or
+``train.eval_every_epochs``); the best state by ``finetune.best_metric`` is kept in
+WORKDIR/best/ and named in best.json. At the end the best parameters predict the validation
+texts; multi-label thresholds are tuned there (thresholds.json) and used for every later
+prediction; results.json holds the metrics (finetuning/results.py).
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from lmscale.training import mesh as mesh_lib
 from lmscale.training.checkpoints import Checkpointer
 from lmscale.training.model_signature import check_same_model
 from lmscale.training.diverged import DivergedError, check_finite, save_finite
+from lmscale.training.evaluate import validation_due
 from lmscale.training.fits import check_step_fits_host, refuse_jax_debugging
 from lmscale.training.metrics import MetricsWriter, truncate_metrics
 from lmscale.training.optimizer import finetune_applied_lrs, make_finetune_optimizer
@@ -334,6 +335,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
 
     acc_shapes = jax.eval_shape(zero_acc)  # once: a trace per train record grew JAX's cache
     with StopSignal(config.train.stop_sync_every) as stop:
+        epochs_done = lambda n: n / batches.steps_per_epoch  # train.eval_every_epochs
         while step < steps and not stop.should_stop(step):
             batch = put_batch(batches.batch(step), mesh, BATCH_KEYS)
             # Each batch width (bucket) compiles its program, frozen and unfrozen: those steps
@@ -356,7 +358,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
                 acc, metrics, ls, lrs = jax.device_get((state.acc, metrics, state.loss_scale,
                                                         logged_lrs(state.opt_state)))
                 record = _train_record(step, acc, metrics, ls, lrs, accuracy_name,
-                                       step / batches.steps_per_epoch, timer,
+                                       epochs_done(step), timer,
                                        config.train.batch_size)
                 writer.write(record)
                 stuck = skipped_run.after_log(step, int(ls.skipped), float(ls.scale), ls.dynamic)
@@ -369,7 +371,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
                 state = state.replace(acc=jax.device_put(host_zeros_like(acc_shapes),
                                                          mesh_lib.replicated(mesh)))
                 timer.reset()
-            if (config.train.eval_every and step % config.train.eval_every == 0) or step == steps:
+            if validation_due(config.train, step, epochs_done) or step == steps:
                 check_finite(checkpointer, state, LOWER)  # a NaN classifier was kept as "best"
                 m, _, _ = validate(state.params)
                 writer.write({"step": step, "split": "val",

@@ -258,6 +258,7 @@ def time_loop(config: ml_collections.ConfigDict, workdir: str, steps: int = 20) 
     from lmscale.training.metrics import read_metrics
     run = ml_collections.ConfigDict(config.to_dict())
     run.train.steps, run.train.log_every, run.train.eval_every = 2 * steps, steps, 0
+    run.train.eval_every_epochs = 0.0  # no validation pass inside the timed steps
     run.train.eval_steps, run.train.progress_bar = 1, False
     run.checkpoint.every = 10 * steps
     run.lock()

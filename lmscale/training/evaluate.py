@@ -10,6 +10,7 @@ nats, target count and bytes come back per batch and are accumulated on the host
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import jax
@@ -42,11 +43,31 @@ def without_validation(config: Any, dataset_path: str) -> str | None:
     if needs:
         raise DataError(f"{dataset_path} has no validation split, and {' and '.join(needs)} "
                         f"needs one: {way}")
-    if config.train.eval_every > 0:
+    every = validation_period(config.train)
+    if every:
         return (f"note: {dataset_path} has no validation split: this run reports no validation "
-                f"loss (train.eval_every={config.train.eval_every} finds nothing to evaluate); "
-                f"to have one, {way}")
+                f"loss ({every} finds nothing to evaluate); to have one, {way}")
     return None
+
+
+def validation_period(train: Any) -> str | None:
+    """The setting that schedules validation passes (``train.eval_every_epochs`` where > 0,
+    else ``train.eval_every``), as ``field=value``; None where only the end validates."""
+    if train.eval_every_epochs > 0:
+        return f"train.eval_every_epochs={train.eval_every_epochs:g}"
+    return f"train.eval_every={train.eval_every}" if train.eval_every else None
+
+
+def validation_due(train: Any, step: int, epochs_done: Callable[[int], float]) -> bool:
+    """Whether the ``step``-th step (counted from 1) ends with a scheduled validation: the first
+    step at or past each multiple of ``train.eval_every_epochs`` epochs where that is > 0
+    (``epochs_done(n)``: the epochs n steps have read; under variable BPTT epochs differ in
+    steps), else each multiple of ``train.eval_every`` steps (0: none; the end's is apart)."""
+    if train.eval_every_epochs > 0:
+        # 1e-9: a multiple computed just under itself (0.7 / 0.1 = 6.999999999999999) counts
+        period = lambda n: math.floor(epochs_done(n) / train.eval_every_epochs + 1e-9)
+        return step >= 1 and period(step) > period(step - 1)
+    return bool(train.eval_every) and step % train.eval_every == 0
 
 
 def eval_stream(split: SplitData, batch_size: int, seq_len: int,

@@ -47,7 +47,8 @@ from lmscale.training.stop import StopSignal
 from lmscale.training.workdir_lock import locked_workdir
 from lmscale.training.data_source import resolve_dataset, train_batcher
 from lmscale.training.evaluate import (batch_arrays, eval_settings, eval_stream,
-                                       evaluate_split, unscored_note, without_validation)
+                                       evaluate_split, unscored_note, validation_due,
+                                       without_validation)
 from lmscale.training.in_flight import InFlight
 from lmscale.training.flops import adaptive_cutoffs, train_flops_per_token
 from lmscale.training.best import BestKeeper, set_aside_stale_best
@@ -300,7 +301,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
                     raise DivergedError(stuck, step)
                 check_loss(checkpointer, record["loss"], step, vocab_size,
                            config.train.divergence_factor, skips_steps=bool(ls.dynamic))
-            scheduled = bool(config.train.eval_every) and step % config.train.eval_every == 0
+            scheduled = validation_due(config.train, step, batcher.epochs_done)
             evaluating = scheduled or step == steps
             if evaluating:
                 if step == steps and not scheduled:  # the end's extra validation, which may be

@@ -416,3 +416,15 @@ def test_a_fine_tune_begun_before_weight_decay_applied_resumes_without_it():
                          fine_tuning=True)
     applied = {"config": config.to_dict(), "derived": {"weight_decay": 0.01}}
     assert optim_as_begun(config, applied, "W") is config.optim  # a run that applied it
+
+
+def test_validation_every_quarter_epoch_of_the_training_texts(sst_run, data, tmp_path):
+    """train.eval_every_epochs: 256 texts in batches of 16 are 16 steps an epoch, so a quarter
+    of one validates every 4 steps (train.eval_every=3 is ignored), and at the end."""
+    from lmscale.finetuning.loop import finetune
+    from lmscale.training.metrics import read_metrics
+    run = str(tmp_path / "ft")
+    finetune(ft_config(sst_run, data["sst_train"], data["sst_val"],
+                       **{"train.steps": 10, "train.eval_every": 3,
+                          "train.eval_every_epochs": 0.25, "checkpoint.every": 10}), run)
+    assert [r["step"] for r in read_metrics(run) if r["split"] == "val"] == [4, 8, 10]

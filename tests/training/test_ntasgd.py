@@ -213,8 +213,13 @@ def test_ntasgd_without_scheduled_validations_is_refused():
     """It decides on the scheduled validations only: with eval_every 0 it never would."""
     from lmscale.config import ConfigError, validate
     c = tiny_config("corpus", **{**NTASGD, "train.eval_every": 0})
-    with pytest.raises(ConfigError, match="set train.eval_every > 0"):
+    with pytest.raises(ConfigError, match=r"train.eval_every steps \(or "
+                                          r"train.eval_every_epochs\): set one > 0"):
         validate(c)
+    validate(tiny_config("corpus", **{**NTASGD, "train.eval_every": 0,
+                                      "train.eval_every_epochs": 1.0}))  # once an epoch
+    with pytest.raises(ConfigError, match="train.eval_every_epochs must be >= 0"):
+        validate(tiny_config("corpus", **{"train.eval_every_epochs": -1.0}))
 
 
 def test_the_switch_to_averaging_is_said_on_the_progress_lines(tmp_path, corpus, monkeypatch,

@@ -138,3 +138,30 @@ def test_epoch_plan_draws_in_chunks_the_same_lengths(tmp_path, corpus):
             assert np.array_equal(lengths, everything[:n])
             assert np.array_equal(positions, np.concatenate([[0], ends[:n - 1]]))
             assert lengths.base is None or lengths.base.size == n  # no view of every draw
+
+
+def test_validation_once_an_epoch_comes_after_each_epochs_own_last_step(tmp_path):
+    """train.eval_every_epochs=1 (awd validates once an epoch; NT-ASGD counts those passes):
+    a validation right after each epoch's last step, each epoch its own count of steps under
+    variable BPTT. train.eval_every, in steps, could only approximate epoch 0's, and drifted."""
+    from tests.conftest import write_corpus
+    corpus = write_corpus(tmp_path / "small", files=4, lines=16)
+    overrides = {"train.variable_bptt": True, "train.seq_len": 8, "train.bptt_max": 15,
+                 "train.bptt_bucket": 4, "train.batch_size": 8, "train.epochs": 3.0,
+                 "train.steps": 10**6, "train.eval_every": 3, "train.eval_every_epochs": 1.0,
+                 "train.log_every": 1000, "checkpoint.every": 1000, "model.hidden": 16}
+    workdir = str(tmp_path / "run")
+    train(tiny_config(corpus, **overrides), workdir)
+    b = VariableBPTTBatcher(TokenDataset.open(f"{workdir}/data").split("train"), 8, 8,
+                            max_len=15, bucket=4, seed=tiny_config(corpus).seed)
+    counts = [len(b.epoch_plan(e)[0]) for e in range(3)]
+    assert counts[0] % 3 and counts[1] != counts[0]  # neither eval_every nor epoch 0 x k
+    ends = list(np.cumsum(counts))
+    assert [r["step"] for r in read_metrics(workdir) if r["split"] == "val"] == ends
+    # half an epoch: the first step at or past each half's share of the epoch's tokens
+    half = str(tmp_path / "half")
+    train(tiny_config(corpus, **{**overrides, "train.eval_every_epochs": 0.5}), half)
+    due = [n for n in range(1, ends[-1] + 1)
+           if int(2 * b.epochs_done(n) + 1e-9) > int(2 * b.epochs_done(n - 1) + 1e-9)]
+    assert len(due) == 6 and set(ends) <= set(due)
+    assert [r["step"] for r in read_metrics(half) if r["split"] == "val"] == due
