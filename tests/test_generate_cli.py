@@ -68,6 +68,27 @@ def test_the_default_heatmap_reads_the_neuron_in_the_state_the_transfer_used(sst
     assert not np.allclose(shown, cell, atol=2e-3)
 
 
+def test_a_damaged_transfer_results_file_is_a_note_not_a_traceback(sst_run, tmp_path):
+    """A torn or emptied WORKDIR/transfer/results.json made every generate of the workdir
+    (no --neuron either) a JSONDecodeError traceback; --neuron_polarity says it found none."""
+    import shutil
+    workdir = tmp_path / "lm"
+    shutil.copytree(sst_run, workdir, ignore=shutil.ignore_patterns("transfer", "generate"))
+    (workdir / "transfer").mkdir()
+    results = workdir / "transfer" / "results.json"
+    run = lambda *args: subprocess.run(
+        [sys.executable, "-m", "lmscale.generate", f"--workdir={workdir}", "--prompt=Hi",
+         "--length=2", *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+    for damaged in ("", '{"neuron": {"ind', "[1, 2]"):
+        results.write_text(damaged)
+        proc = run()
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert f"note: {results} cannot be read (" in proc.stderr
+    proc = run("--neuron=3", "--neuron_polarity")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "found no neuron of this LM" in proc.stderr.splitlines()[-1]
+
+
 def test_a_second_call_leaves_no_stale_heatmap_and_records_its_settings(sst_run, tmp_path):
     import shutil
     workdir = tmp_path / "lm"

@@ -94,13 +94,16 @@ def check_file(path: str) -> None:
 
 
 def unreadable(path: str, e: BaseException) -> DataError | None:
-    """The one line for an input that cannot be read, without permission or as a damaged
-    compressed file; None for another error (the caller's own case; a file not found has its
-    own line wherever it is read, not "cannot read it as a .gz file")."""
+    """The one line for an input that cannot be read, without permission, as a folder (one
+    named like a file: Spark's "out.csv") or as a damaged compressed file; None for another
+    error (the caller's own case; a file not found has its own line wherever it is read, not
+    "cannot read it as a .gz file")."""
     if isinstance(e, FileNotFoundError):
         return None
     if isinstance(e, PermissionError):
         return DataError(f"{path}: permission denied (make it readable, or leave it out)")
+    if isinstance(e, IsADirectoryError):  # Spark writes "out.csv" as a folder of part files
+        return DataError(f"{path} is a folder, not a file: give the file in it to read")
     if compression(path):
         return DataError(f"{path}: cannot read it as a {compression(path)} file ({e})")
     return None

@@ -235,7 +235,7 @@ def _iter_jsonl(path: str, field: str, notes: bool = True) -> Iterator[tuple[byt
                 obj = json.loads(raw)
             except UnicodeDecodeError as e:  # the line and offset (decompressed), UTF-16 said
                 raise DataError(not_utf8(path, e)) from None
-            except json.JSONDecodeError as e:
+            except ValueError as e:  # JSONDecodeError; an integer of over 4300 digits
                 raise DataError(f"{path}:{lineno}: invalid JSON ({e}){cr_lines_hint(raw, e)}"
                                 ) from None
             if not isinstance(obj, dict):

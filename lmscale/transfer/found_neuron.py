@@ -24,12 +24,22 @@ def transfer_neuron(workdir: str, width: int, step: int, weights: str | None = N
     --all_layers the layer of the index in the layers' states side by side (``width`` units
     each); None without a transfer, with one of other weights than those at ``step`` (with
     fingerprint ``weights``, where both are known: the LM retrained since; said in a note), or
-    with a multi-label one (no neuron)."""
+    with a multi-label one (no neuron), or with a results.json that cannot be read (a note:
+    generation goes on without it)."""
     path = os.path.join(workdir, "transfer", "results.json")
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        results = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            results = json.load(f)
+    except (OSError, ValueError) as e:  # torn, emptied, not UTF-8: a JSONDecodeError traceback
+        results = e
+    if not isinstance(results, dict):
+        why = (f"{type(results).__name__}: {results}" if isinstance(results, Exception)
+               else "not the results of lmscale.transfer")
+        print(f"note: {path} cannot be read ({why}): its neuron is not used (re-run "
+              f"lmscale.transfer for this LM's)", file=sys.stderr, flush=True)
+        return None
     lm = results.get("lm") or {}
     of_step, of_weights = lm.get("step"), lm.get("weights")
     if (of_step is not None and of_step != step) or (weights and of_weights and of_weights != weights):

@@ -276,8 +276,9 @@ def _jsonl_objects(path: str, text_field: str, other_fields: Sequence[str], hint
             repeated.clear()
             try:
                 obj = json.loads(line, object_pairs_hook=hook)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{i}: bad JSON ({e.msg}){cr_lines_hint(line, e)}") from None
+            except ValueError as e:  # also an integer of over 4300 digits: no JSONDecodeError
+                raise DataError(f"{path}:{i}: bad JSON ({getattr(e, 'msg', e)})"
+                                f"{cr_lines_hint(line, e)}") from None
             twice = [k for k in (repeated[-1] if repeated else ()) if k in read]
             if isinstance(obj, dict) and twice:  # json keeps the last value, silently
                 raise DataError(f"{path}:{i}: the field {twice[0]!r} is given twice in one "

@@ -245,3 +245,11 @@ def test_segments_of_a_document_in_pieces_are_cut_after_a_newline():
         (b"one\n", True, True), (b"two\nthree", False, False), (b"x", True, False)]
     assert list(segments(pieces, False, 100)) == [
         (b"one\ntw", True, False), (b"o\nthree", False, False), (b"x", True, False)]
+
+
+def test_a_json_integer_past_pythons_digit_limit_is_invalid_json_at_its_line(tmp_path):
+    """json raises a ValueError, not a JSONDecodeError, for it: prepare's traceback."""
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"text": "a"}\n{"text": "b", "id": ' + "9" * 5000 + "}\n")
+    with pytest.raises(DataError, match=rf"^{path}:2: invalid JSON \(Exceeds the limit"):
+        list(sources.iter_pieces([str(path)]))

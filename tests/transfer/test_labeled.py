@@ -195,3 +195,13 @@ def test_a_label_unlike_the_rest_is_named_by_its_line(tmp_path):
     r.write_text("sentence,a,b\nx,0,1\ny,1,yes\n")
     with pytest.raises(DataError, match=r"ml.csv:3: label column 'b' has 'yes'; multi-label"):
         load_labeled(str(r), label_column="a,b")
+
+
+def test_a_json_integer_past_pythons_digit_limit_is_bad_json_at_its_line(tmp_path):
+    """An integer of over 4300 digits is a ValueError of json, not a JSONDecodeError: it was
+    a traceback of transfer, finetune and classify."""
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"sentence": "good", "label": 1}\n{"sentence": "bad", "label": '
+                    + "1" * 5000 + "}\n")
+    with pytest.raises(DataError, match=rf"^{path}:2: bad JSON \(Exceeds the limit"):
+        load_labeled(str(path))

@@ -68,3 +68,16 @@ def test_a_link_out_of_the_output_or_feature_folder_is_refused_before_the_lm_is_
                                               rf"{outside}, outside "):
             run_transfer(str(workdir), train, train)
     assert outside.read_text() == "kept\n"
+
+
+def test_a_folder_named_like_a_labeled_file_is_a_one_line_error(tmp_path):
+    """A folder named ``x.csv`` (Spark's ``df.write.csv("x.csv")``) or ``x.jsonl`` was an
+    IsADirectoryError traceback (classify and finetune read the files the same way)."""
+    train = labeled(tmp_path)
+    for name in ("spark.csv", "spark.jsonl"):
+        folder = tmp_path / name
+        folder.mkdir()
+        p = run_tool(f"--workdir={tmp_path}", f"--train={folder}", f"--val={train}")
+        assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
+        assert p.stderr.strip().splitlines()[-1] == (  # after a CPU's --compute hint, if any
+            f"error: {folder} is a folder, not a file: give the file in it to read")
