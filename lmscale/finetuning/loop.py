@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 from typing import Any, Collection
 
 import jax
@@ -127,18 +128,22 @@ def init_finetune_state(config: ml_collections.ConfigDict, policy: Policy,
 
 
 def finetune(config: ml_collections.ConfigDict, workdir: str,
-             devices: list[jax.Device] | None = None, given: Collection[str] = ()) -> dict[str, Any]:
+             devices: list[jax.Device] | None = None, given: Collection[str] = (),
+             stop: threading.Event | None = None) -> dict[str, Any]:
     """Fine-tunes (or resumes) the classifier in ``workdir``; returns the results dict.
     ``given``: the fields the caller set (the CLI's ``--config.*`` flags), checked even at
-    their default (a ``model.*`` one against the LM's; one fine-tuning does not use refused)."""
+    their default (a ``model.*`` one against the LM's; one fine-tuning does not use refused).
+    ``stop``: set from another thread, the run stops at its next step boundary and saves
+    (``stopped``), as a SIGTERM does."""
     check_call_arguments(workdir, config, wants_config=True)
     release_near_map_limit()
     with errors_for_caller():  # from a notebook: "config.resume = False", not the flag
-        return _checked_finetune(config, workdir, devices, given)
+        return _checked_finetune(config, workdir, devices, given, stop)
 
 
 def _checked_finetune(config: ml_collections.ConfigDict, workdir: str,
-                      devices: list[jax.Device] | None, given: Collection[str]) -> dict[str, Any]:
+                      devices: list[jax.Device] | None, given: Collection[str],
+                      stop: threading.Event | None = None) -> dict[str, Any]:
     """``finetune`` with its settings, data and LM checked before the workdir is touched."""
     refuse_jax_debugging("fine-tuning", config.precision.compute)
     check_known_fields(config)
@@ -160,12 +165,14 @@ def _checked_finetune(config: ml_collections.ConfigDict, workdir: str,
     config = resolve_config(config, lm)
     check_lm_settings(config, lm)  # before the workdir gets any folder
     with locked_workdir(workdir), contextlib.ExitStack() as on_exit:
-        return _finetune(config, workdir, mesh, lm, splits, num_classes, class_names, on_exit)
+        return _finetune(config, workdir, mesh, lm, splits, num_classes, class_names, on_exit,
+                         stop)
 
 
 def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: TrainedLM,
               splits: dict[str, Labeled], num_classes: int, class_names: list[str],
-              on_exit: contextlib.ExitStack) -> dict[str, Any]:
+              on_exit: contextlib.ExitStack, stop_request: threading.Event | None = None
+              ) -> dict[str, Any]:
     """``finetune``'s run, the workdir locked and the data loaded and checked; ``on_exit``
     abandons the checkpointers if the run raises (a notebook keeps no orbax threads)."""
     ft = config.finetune
@@ -334,7 +341,7 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
         save_finite(checkpointer, state, meta, LOWER)
 
     acc_shapes = jax.eval_shape(zero_acc)  # once: a trace per train record grew JAX's cache
-    with StopSignal(config.train.stop_sync_every) as stop:
+    with StopSignal(config.train.stop_sync_every, request=stop_request) as stop:
         epochs_done = lambda n: n / batches.steps_per_epoch  # train.eval_every_epochs
         while step < steps and not stop.should_stop(step):
             batch = put_batch(batches.batch(step), mesh, BATCH_KEYS)
@@ -389,9 +396,9 @@ def _finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, lm: T
         save(state)
         checkpointer.close()
     writer.close()
-    if stop.signal is not None:
+    if stop.stopping:
         best_ckpt.close()
-        print(f"stopped by signal {stop.signal} at step {step}; checkpoint saved, re-run to "
+        print(f"stopped by {stop.cause()} at step {step}; checkpoint saved, re-run to "
               f"resume", file=sys.stderr, flush=True)  # stderr: a closed stdout (training's)
         return {"step": step, "stopped": True, "stopped_by_signal": stop.signal,
                 "best": best}  # the best so far (None before any validation): re-run to go on

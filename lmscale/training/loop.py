@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 from typing import Any
 
 import jax
@@ -67,13 +68,17 @@ __all__ = ["train", "PROVENANCE_KEYS"]
 
 
 def train(config: ml_collections.ConfigDict, workdir: str,
-          devices: list[jax.Device] | None = None) -> dict[str, Any]:
+          devices: list[jax.Device] | None = None,
+          stop: threading.Event | None = None) -> dict[str, Any]:
     """Trains (or resumes) the run in ``workdir``; returns the last train and val records
     (``"train"``, ``"val"``: metrics.jsonl's records) with ``step``, ``train_programs``,
-    ``stopped`` and ``stopped_by_signal`` (a signal stopped it at a checkpoint),
-    ``stopped_by_rule`` (the asgd rule ended it) and ``already_trained`` (nothing to do).
+    ``stopped`` (a signal or ``stop`` stopped it at a checkpoint), ``stopped_by_signal``
+    (which signal), ``stopped_by_rule`` (the asgd rule ended it) and ``already_trained``
+    (nothing to do).
 
-    Data parallel over ``devices`` (default: every device of every process).
+    Data parallel over ``devices`` (default: every device of every process). ``stop``: set
+    from another thread, the run stops at its next step boundary and saves, as a SIGTERM
+    does (a run in a thread other than the main one takes no signal).
     """
     check_call_arguments(workdir, config, wants_config=True)
     release_near_map_limit()
@@ -88,11 +93,12 @@ def train(config: ml_collections.ConfigDict, workdir: str,
             raise
         check_same_config(config)
         with locked_workdir(workdir), contextlib.ExitStack() as on_exit:
-            return _train(with_global_batch(config, mesh.size), workdir, mesh, on_exit)
+            return _train(with_global_batch(config, mesh.size), workdir, mesh, on_exit, stop)
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
-           on_exit: contextlib.ExitStack) -> dict[str, Any]:
+           on_exit: contextlib.ExitStack, stop_request: threading.Event | None = None
+           ) -> dict[str, Any]:
     """``train``'s run, the workdir locked and the config's batch made global; ``on_exit``
     abandons the checkpointer if the run raises (a notebook keeps no orbax threads)."""
     is_main = jax.process_index() == 0
@@ -266,7 +272,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
     acc_shapes = jax.eval_shape(zero_acc)  # once: a trace per train record grew JAX's cache
     if started_from is not None and val is not None:
         run_eval(0)  # the weights started from (finetune.py's stored_loss; best/ starts with them)
-    with StopSignal(config.train.stop_sync_every) as stop:
+    with StopSignal(config.train.stop_sync_every, request=stop_request) as stop:
         while step < steps and not stop.should_stop(step) and not rule_stopped:
             batch = batch_arrays(batcher, step, train_rows, rows_sharding)
             compiles = batch["inputs"].shape[1] not in widths
@@ -324,14 +330,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Any,
     if stop.stopping and is_main:  # without a bar too: a notebook's interrupt returns here
         # stderr, as the run's other lines: `train ... | tee log` and Ctrl-C (tee gone first)
         # met a closed stdout here, a BrokenPipeError traceback and exit 1 after the save
-        print(f"stopped by signal {stop.signal or '(in another process)'} at step {step}; "
+        print(f"stopped by {stop.cause()} at step {step}; "
               f"checkpoint saved, re-run to resume", file=sys.stderr, flush=True)
     if "val" not in last and stop.stopping:  # the run's last validation, if any (a resume's)
         last.update(last_records(workdir, step, ("val",)))
     last["step"] = step
     last["train_programs"] = getattr(train_step, "_cache_size", lambda: None)()  # compiled shapes
     last["stopped_by_signal"] = stop.signal if stop.stopping else None
-    last["stopped"] = stop.stopping  # by a signal here or in another process
+    last["stopped"] = stop.stopping  # by a signal or request here or in another process
     last["stopped_by_rule"] = rule_stopped
     last["already_trained"] = False
     return last

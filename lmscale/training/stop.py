@@ -34,14 +34,18 @@ from lmscale.early_signals import REQUEST_SIGNALS, taken_signals
 
 
 class StopSignal:
-    """Set by SIGTERM/SIGINT; ``should_stop(step)`` says whether to stop at this step boundary.
+    """Set by SIGTERM/SIGINT, or by ``request`` (a ``threading.Event`` another thread sets: a
+    run in a server's or notebook's background thread takes no signal); ``should_stop(step)``
+    says whether to stop at this step boundary.
 
     A SIGINT after the first signal raises KeyboardInterrupt at once (no checkpoint); a
     repeated SIGTERM is the same request (said once).
     """
 
-    def __init__(self, every: int = 10, processes: int | None = None) -> None:
+    def __init__(self, every: int = 10, processes: int | None = None,
+                 request: threading.Event | None = None) -> None:
         self.signal: int | None = None  # the signal this process received
+        self.request = request
         self.stopping = False  # agreed: every process stops at this step boundary
         self.finishing = False  # set by the loop: its last step ran (its end's work goes on)
         self.every = max(int(every), 1)
@@ -115,13 +119,24 @@ class StopSignal:
     def should_stop(self, step: int) -> bool:
         """One process: whether a signal came. Many: at every ``every``-th step, whether any
         process got one (a collective; all processes must call this at the same steps)."""
+        asked = self.signal is not None or (self.request is not None and self.request.is_set())
         if self.processes == 1:
-            self.stopping = self.signal is not None
+            self.stopping = asked
         elif step % self.every == 0:
-            self.stopping = agreed_any(self.signal is not None)
+            self.stopping = agreed_any(asked)
         if self.stopping and self._acknowledgment is not None:
             self._acknowledgment.cancel()  # the stop's own line follows
         return self.stopping
+
+
+    def cause(self) -> str:
+        """What stopped the run, for its last line: "signal 15", "a stop request" (``request``
+        set) or, where another process asked, "a signal or request in another process"."""
+        if self.signal is not None:
+            return f"signal {self.signal}"
+        if self.request is not None and self.request.is_set():
+            return "a stop request"
+        return "a signal or request in another process"
 
 
 def agreed_any(flag: bool) -> bool:

@@ -278,3 +278,36 @@ def test_a_signal_is_said_only_while_its_stop_is_pending(default_sigterm, monkey
         assert stop.should_stop(1)
         stop._acknowledge()
     assert "received" not in capsys.readouterr().err
+
+
+def test_a_run_in_another_thread_stops_saved_when_its_stop_event_is_set(tmp_path, corpus):
+    """A train() called from a thread other than the main one (a web server's worker, a
+    notebook's background run) takes no signal: it could not be stopped but by killing the
+    process. Its ``stop`` event stops it at the next step boundary, saved, and a re-run goes
+    on from there."""
+    import threading
+    from lmscale.training.loop import train
+    from lmscale.training.metrics import read_metrics
+    from tests.conftest import tiny_config
+    workdir = str(tmp_path / "run")
+    config = tiny_config(corpus, **{"train.steps": 400, "train.log_every": 1,
+                                    "train.eval_every": 0, "checkpoint.every": 1000})
+    stop, result = threading.Event(), {}
+    run = threading.Thread(target=lambda: result.update(train(config, workdir, stop=stop)))
+    run.start()
+    deadline = time.monotonic() + 300
+    while not os.path.exists(os.path.join(workdir, "metrics.jsonl")) or not read_metrics(workdir):
+        assert run.is_alive() and time.monotonic() < deadline, result
+        time.sleep(0.05)
+    stop.set()
+    run.join(300)
+    assert not run.is_alive()
+    assert result["stopped"] and result["stopped_by_signal"] is None and result["step"] < 400
+    from lmscale.training.restore import step_folders
+    assert max(step_folders(os.path.join(workdir, "checkpoints"))) == result["step"]
+    again = train(tiny_config(corpus, **{"train.steps": result["step"] + 2, "train.log_every": 1,
+                                         "train.eval_every": 0, "checkpoint.every": 1000}),
+                  workdir)
+    assert not again["stopped"] and again["step"] == result["step"] + 2
+    steps = [r["step"] for r in read_metrics(workdir) if r["split"] == "train"]
+    assert steps == list(range(1, result["step"] + 3))  # resumed where the stop saved
