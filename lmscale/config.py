@@ -469,6 +469,9 @@ def config_from_record(record: dict[str, Any], path: str) -> tuple[ml_collection
         raise ConfigError(f"{path} is a JSON {type(record).__name__}, not a config record")
     record = dict(record)
     derived = record.pop("derived", {}) or {}
+    if not isinstance(derived, dict):  # tools read its fields: an AttributeError traceback
+        raise ConfigError(f"{path}: derived is a JSON {type(derived).__name__} ({derived!r:.40}), "
+                          f"not a section of fields (the values the run worked out)")
     config = default_config()
     model = record.get("model")
     model = model if isinstance(model, dict) else {}  # another type: _update says which

@@ -37,17 +37,21 @@ def find_divergence(records: list[dict[str, Any]], factor: float = DEFAULT_FACTO
 
 
 def read_records(workdir: str) -> list[dict[str, Any]]:
-    """The records of ``workdir/metrics.jsonl`` (none if absent); a line being written is skipped."""
+    """The records of ``workdir/metrics.jsonl`` (none if absent); a line being written is skipped,
+    as is a whole line that is no record (hand-edited, damaged: ``read_metrics`` leaves it out
+    too, and a resume moves it to metrics.jsonl.damaged)."""
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.exists(path):
         return []
     records = []
-    with open(path) as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             if not line.endswith("\n"):
                 break  # half-written: read it next time
             try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int):
+                records.append(record)
     return records

@@ -34,10 +34,7 @@ def point_result(workdir: str, point: Point) -> dict[str, Any]:
     records = read_records(d)
     val = [r for r in records if r.get("split") == "val"]
     train = [r for r in records if r.get("split") == "train"]
-    derived: dict[str, Any] = {}
-    if os.path.exists(os.path.join(d, "config.json")):
-        with open(os.path.join(d, "config.json")) as f:
-            derived = json.load(f).get("derived", {})
+    derived = _recorded_derived(d)
     if derived.get("steps") is None or derived.get("lr") is None:  # it stopped before writing them
         derived = {**planned(workdir, point), **{k: v for k, v in derived.items() if v is not None}}
     return {"point": point, "status": status.get("status", "not run"),
@@ -50,6 +47,18 @@ def point_result(workdir: str, point: Point) -> dict[str, Any]:
             "wall_s": status.get("wall_s"), "cpu_s": status.get("cpu_s"),
             "transfer": read_transfer(d), "train": train, "val": val,
             "metrics_file": os.path.exists(os.path.join(d, "metrics.jsonl"))}
+
+
+def _recorded_derived(point_dir: str) -> dict[str, Any]:
+    """The ``derived`` section of a point's config.json; {} where there is none to read (not
+    written yet, or torn or hand-damaged: the train tool sets such a file aside on its next
+    start, and the report shows what the point's settings fix, as for a point without one)."""
+    try:
+        with open(os.path.join(point_dir, "config.json"), encoding="utf-8") as f:
+            derived = json.load(f).get("derived", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return derived if isinstance(derived, dict) else {}
 
 
 def planned(workdir: str, point: Point) -> dict[str, Any]:

@@ -58,15 +58,19 @@ def read_transfer(point_dir: str) -> dict[str, Any] | None:
 
 
 def _read_results(point_dir: str) -> dict[str, Any] | None:
-    """A point's transfer results.json; None without one (or a torn one: transferred again)."""
+    """A point's transfer results.json; None without one (or a torn or hand-damaged one, without
+    the numbers a report shows: transferred again)."""
     path = os.path.join(point_dir, "transfer", "results.json")
     if not os.path.exists(path):
         return None
     try:
-        with open(path) as f:
-            return json.load(f)
+        with open(path, encoding="utf-8") as f:
+            results = json.load(f)
     except ValueError:
         return None
+    shown = isinstance(results, dict) and all(isinstance(results.get(k), dict)
+                                              for k in ("all_features", "features"))
+    return results if shown else None
 
 
 def _made_from(results: dict[str, Any], sets: TransferSets) -> bool:

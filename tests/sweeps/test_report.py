@@ -171,3 +171,29 @@ def test_notes_are_read_as_utf8_under_an_ascii_locale(tiny, tmp_path):
     assert "the caf\u00e9 corpus <b>helps</b>" in (out / "report.md").read_text(encoding="utf-8")
     assert ("<p>the caf\u00e9 corpus &lt;b&gt;helps&lt;/b&gt;</p>"
             in (out / "report.html").read_text(encoding="utf-8"))
+
+
+def test_a_points_damaged_files_are_read_as_missing_not_a_traceback(tiny, tmp_path):
+    """A finished point's torn or hand-edited config.json, a metrics.jsonl line that is no
+    record (a number, a record without its step) and a results.json that is no object made
+    the sweep's report (every re-run of the sweep) a JSONDecodeError, AttributeError,
+    KeyError or TypeError traceback."""
+    import json
+    _, sweep, out = _points_with_status(tiny, tmp_path, base_config(tiny), """
+        def get_sweep():
+            return {"grid": {"optim.lr": [2e-3, 5e-3]}}
+    """, {"status": "ok", "step": 20})
+    records = [{"step": 20, "split": "train", "loss": 2.0, "bpc": 2.9},
+               {"step": 20, "split": "val", "loss": 2.1, "bpc": 3.0}]
+    for point, config in zip(sweep.points, ['{"derived": {"ste', "[1]"]):
+        d = out / point.name
+        (d / "config.json").write_text(config)
+        (d / "metrics.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in records[:1]) + '5\n{"split": "val"}\n'
+            + "9" * 5000 + "\n" + json.dumps(records[1]) + "\n")
+        (d / "transfer").mkdir()
+        (d / "transfer" / "results.json").write_text("[1]")
+    results = write_report(str(out), sweep, title="t")
+    assert [(r["val_bpc"], r["step"], r["steps"], r["transfer"]) for r in results] == [
+        (3.0, 20, 20, None)] * 2
+    assert "| 0.002 | 0.002 | ok | 3.000 * | 20/20 |" in (out / "report.md").read_text()

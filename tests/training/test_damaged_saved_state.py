@@ -16,6 +16,10 @@ def test_config_json_wrong_type_and_non_section_name_the_key(tmp_path):
     record["model"] = 5
     with pytest.raises(ConfigError, match="model is a JSON int"):
         config_from_record(record, "run/config.json")
+    record = default_config().to_dict()
+    record["derived"] = [1]  # generate read derived.get(...): an AttributeError traceback
+    with pytest.raises(ConfigError, match="derived is a JSON list"):
+        config_from_record(record, "run/config.json")
 
 
 def test_damaged_best_json_is_one_error(tmp_path):
