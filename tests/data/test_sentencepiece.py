@@ -107,6 +107,15 @@ def test_vocabulary_too_large_names_the_remedies_that_can_work():
     assert str(e.value).endswith("at most 259 pieces; use more text"), str(e.value)
 
 
+def test_text_without_a_space_trains():
+    """The space is a required piece that such a text (CJK-like) never holds: sentencepiece
+    0.2.2 and older aborted the whole process there (a failed C++ check in BPE training)."""
+    rng = np.random.default_rng(0)
+    text = "\n".join("".join(rng.choice(list("abcdefghij"), 60)) for _ in range(300))
+    tok = train_sentencepiece(iter([text]), SentencePieceTraining(vocab_size=300), source="x")
+    assert tok.decode(tok.encode("abcj\nhig")) == "abcj\nhig"
+
+
 def test_bad_training_options():
     with pytest.raises(DataError, match="--vocab_size=100 is too small"):
         SentencePieceTraining(vocab_size=100)
