@@ -334,3 +334,23 @@ def small_disk(tmp_path, request):
         pytest.skip("cannot mount a tmpfs here (needs root)")
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=True)  # lazily: orbax may hold files
+
+
+def stopped_in_a_thread(run, workdir: str, timeout: float = 300) -> dict:
+    """``run(stop)`` (a train() or finetune() given ``stop=``) in a thread other than the
+    main one, ``stop`` set once the run has logged its first record in ``workdir``; returns
+    the run's result."""
+    import threading
+    import time
+    from lmscale.training.metrics import read_metrics
+    stop, result = threading.Event(), {}
+    worker = threading.Thread(target=lambda: result.update(run(stop)))
+    worker.start()
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(os.path.join(workdir, "metrics.jsonl")) or not read_metrics(workdir):
+        assert worker.is_alive() and time.monotonic() < deadline, result
+        time.sleep(0.05)
+    stop.set()
+    worker.join(timeout)
+    assert not worker.is_alive()
+    return result

@@ -434,23 +434,14 @@ def test_a_fine_tune_in_another_thread_stops_saved_when_its_stop_event_is_set(ss
                                                                              tmp_path):
     """From a thread other than the main one a fine-tune takes no signal; its ``stop`` event
     stops it at the next step boundary with a checkpoint, and a re-run finishes it."""
-    import threading
-    import time
     from lmscale.finetuning.loop import finetune
     from lmscale.training.metrics import read_metrics
+    from tests.conftest import stopped_in_a_thread
     run = str(tmp_path / "ft")
     config = lambda steps: ft_config(sst_run, data["sst_train"], data["sst_val"], **{
         "train.steps": steps, "train.log_every": 1, "train.eval_every": 0,
         "checkpoint.every": 1000})
-    stop, result = threading.Event(), {}
-    worker = threading.Thread(target=lambda: result.update(finetune(config(400), run, stop=stop)))
-    worker.start()
-    deadline = time.monotonic() + 300
-    while not os.path.exists(os.path.join(run, "metrics.jsonl")) or not read_metrics(run):
-        assert worker.is_alive() and time.monotonic() < deadline, result
-        time.sleep(0.05)
-    stop.set()
-    worker.join(300)
+    result = stopped_in_a_thread(lambda stop: finetune(config(400), run, stop=stop), run)
     assert result["stopped"] and result["stopped_by_signal"] is None and result["step"] < 400
     done = finetune(config(result["step"] + 1), run)
     assert not done["stopped"] and not done["already_trained"]

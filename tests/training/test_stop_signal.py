@@ -285,23 +285,13 @@ def test_a_run_in_another_thread_stops_saved_when_its_stop_event_is_set(tmp_path
     notebook's background run) takes no signal: it could not be stopped but by killing the
     process. Its ``stop`` event stops it at the next step boundary, saved, and a re-run goes
     on from there."""
-    import threading
     from lmscale.training.loop import train
     from lmscale.training.metrics import read_metrics
-    from tests.conftest import tiny_config
+    from tests.conftest import stopped_in_a_thread, tiny_config
     workdir = str(tmp_path / "run")
     config = tiny_config(corpus, **{"train.steps": 400, "train.log_every": 1,
                                     "train.eval_every": 0, "checkpoint.every": 1000})
-    stop, result = threading.Event(), {}
-    run = threading.Thread(target=lambda: result.update(train(config, workdir, stop=stop)))
-    run.start()
-    deadline = time.monotonic() + 300
-    while not os.path.exists(os.path.join(workdir, "metrics.jsonl")) or not read_metrics(workdir):
-        assert run.is_alive() and time.monotonic() < deadline, result
-        time.sleep(0.05)
-    stop.set()
-    run.join(300)
-    assert not run.is_alive()
+    result = stopped_in_a_thread(lambda stop: train(config, workdir, stop=stop), workdir)
     assert result["stopped"] and result["stopped_by_signal"] is None and result["step"] < 400
     from lmscale.training.restore import step_folders
     assert max(step_folders(os.path.join(workdir, "checkpoints"))) == result["step"]
