@@ -7,7 +7,7 @@ import csv
 import functools
 import os
 import sys
-from typing import Any, Callable, Iterator, Sequence
+from typing import IO, Any, Callable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -119,9 +119,16 @@ def write_predictions(path: str, texts: Sequence[str], probs: np.ndarray, pred: 
                       gold: np.ndarray | None = None) -> None:
     """CSV: text, p_<class> per class, then the predicted label (``predicted``; multi-label: a
     0/1 ``predicted_<class>`` per class) and, given ``gold``, the true one (``gold``, or
-    ``gold_<class>``). Written to a temporary file renamed at the end."""
+    ``gold_<class>``). Written to a temporary file renamed at the end; tab-separated for a
+    ``.tsv`` path (unquoted, as lmscale reads TSV: a tab or line break in a text becomes a
+    space) and compressed for a ``.gz``/``.bz2``/``.xz`` one, as such inputs are read
+    (``preds.tsv.gz``; they were written as plain CSV under those names)."""
+    from lmscale.data.compression import OPENERS, compression, format_extension
     if not is_special(path):
         predictions_folder(path)
+    opener = None if is_special(path) else OPENERS.get(compression(path) or "")
+    tsv = format_extension(path) == ".tsv"
+    shown = (lambda text: text.translate(_TSV_SPACES)) if tsv else (lambda text: text)
     header = ["text", *[f"p_{c}" for c in class_names]]
     header += [f"predicted_{c}" for c in class_names] if multilabel else ["predicted"]
     if gold is not None:
@@ -132,14 +139,17 @@ def write_predictions(path: str, texts: Sequence[str], probs: np.ndarray, pred: 
 
     if path == "-":  # standard output (``classify --output=-``)
         out: Any = _utf8_stdout()
+    elif opener is not None:  # the compressed bytes through the same temporary file
+        out = _compressed_text(path, opener)
     else:  # no temporary left behind; a device (/dev/stdout) written in place
         out = atomic_write(path, "w", newline="", encoding="utf-8")
     try:
         with out as f:
-            w = csv.writer(f)
+            w = (csv.writer(f, delimiter="\t", quoting=csv.QUOTE_NONE, quotechar=None)
+                 if tsv else csv.writer(f))
             w.writerow(header)
             for i, text in enumerate(texts):
-                w.writerow([text, *[f"{p:.6f}" for p in probs[i]], *labels(pred[i]),
+                w.writerow([shown(text), *[f"{p:.6f}" for p in probs[i]], *labels(pred[i]),
                             *(labels(gold[i]) if gold is not None else [])])
             f.flush()
     except BrokenPipeError:
@@ -149,6 +159,16 @@ def write_predictions(path: str, texts: Sequence[str], probs: np.ndarray, pred: 
         # stdout pointed at /dev/null so that the interpreter's last flush raises nothing
         if writes_stdout(path):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+_TSV_SPACES = str.maketrans("\t\r\n", "   ")  # what an unquoted TSV field cannot hold
+
+
+@contextlib.contextmanager
+def _compressed_text(path: str, opener: Callable[..., IO]) -> Iterator[IO]:
+    """UTF-8 CSV text written compressed (``opener``: gzip.open, ...) into ``path`` at once."""
+    with atomic_write(path, "wb") as raw, opener(raw, "wt", encoding="utf-8", newline="") as f:
+        yield f
 
 
 def read_texts(path: str, text_column: str) -> list[str]:
