@@ -41,6 +41,7 @@ def get_config():
     config.train.epochs = 0.0
     config.train.steps = 600
     config.train.eval_every = 200
+    config.train.eval_every_epochs = 0.0  # in steps, not awd's once an epoch
     config.train.eval_batch_size = 32
     config.train.log_every = 20
     config.optim.lr = 3e-3  # as the quickstart: a short run of a small model

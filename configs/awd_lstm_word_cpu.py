@@ -38,6 +38,7 @@ def get_config():
     config.train.epochs = 0.0
     config.train.steps = 800  # ~2.5 epochs of the training words
     config.train.eval_every = 100  # ~a third of an epoch; NT-ASGD counts these passes
+    config.train.eval_every_epochs = 0.0  # in steps, not awd's once an epoch
     config.train.eval_batch_size = 10
     config.train.log_every = 50
     config.optim.lr = 20.0

@@ -407,7 +407,9 @@ def horizon(config: ml_collections.ConfigDict, steps_per_epoch: int,
     """(steps, decay steps): ``train.steps`` capped by ``train.epochs``, ``optim.decay_steps``
     (0: the steps) by ``optim.decay_epochs``; not yet clamped against the warmup. Epochs end
     where ``stream`` says (default: every ``steps_per_epoch`` steps)."""
-    end = lambda epochs: max(1, math.ceil(_epoch_end(epochs, steps_per_epoch, stream)))
+    # 1e-9: a product just over a whole step (0.28 x 25 = 7.000000000000001) is that step, as
+    # validation_due counts it (8 steps ran 0.32 epochs, validated at 7 and again at 8)
+    end = lambda epochs: max(1, math.ceil(_epoch_end(epochs, steps_per_epoch, stream) - 1e-9))
     steps = config.train.steps
     if config.train.epochs > 0:
         steps = min(steps, end(config.train.epochs))

@@ -13,8 +13,8 @@ the seed: a resumed run reads exactly the batches an uninterrupted one would.
 
 Rows read their stretches exactly as ``StreamBatcher`` (same resets and weights);
 ``steps_per_epoch`` is epoch 0's count (epochs differ by a step or so); epoch settings
-(train.epochs, optim.lr_drop_epochs, decay_epochs) are converted at each epoch's own end
-(``epoch_step``, ``config.derive``).
+(train.epochs, optim.lr_drop_epochs, decay_epochs) are converted at each epoch's own end, a
+fraction of an epoch as that fraction of its tokens (``epoch_step``, ``config.derive``).
 """
 
 from __future__ import annotations
@@ -135,12 +135,20 @@ class VariableBPTTBatcher(StreamBatcher):
         return epoch, step - starts[epoch]
 
     def epoch_step(self, epochs: float) -> float:
-        """The step where ``epochs`` epochs end: each epoch its own step count, a fraction of
-        an epoch that fraction of its steps (settings given in epochs: ``config.derive``)."""
+        """The step where ``epochs`` epochs end (settings given in epochs: ``config.derive``):
+        each epoch its own step count, a fraction of an epoch that fraction of its tokens, as
+        ``epochs_done`` counts it (its ceiling is the first step that has read them: as a
+        fraction of its steps, train.epochs=1.5 ended a step or two from eval_every_epochs=0.5's
+        pass at 1.5, two validations at the end or none scheduled)."""
         whole = int(epochs)
         start = self._epoch_start(whole)
         fraction = float(epochs) - whole
-        return start + fraction * len(self.epoch_plan(whole)[0]) if fraction else float(start)
+        if not fraction:
+            return float(start)
+        positions, lengths = self.epoch_plan(whole)
+        target = fraction * float(positions[-1] + lengths[-1])
+        k = int(np.searchsorted(positions, target, side="right")) - 1
+        return start + k + (target - float(positions[k])) / float(lengths[k])
 
     def epoch_of(self, step: int) -> int:
         return self.locate(step)[0]

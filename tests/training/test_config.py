@@ -201,6 +201,28 @@ def test_config_files_load_without_importing_jax():
     assert loaded["files"] >= 10 and loaded["heavy"] == []
 
 
+def test_epochs_that_are_a_whole_step_in_float_noise_end_there():
+    """0.28 x 25 = 7.000000000000001: train.epochs=0.28 at 25 steps an epoch ran 8 steps, and
+    train.eval_every_epochs=0.28 validated at step 7 and again at the end, step 8."""
+    from lmscale.config import horizon
+    c = locked(**{"train.steps": 10**6, "train.epochs": 0.28})
+    assert horizon(c, 25) == (7, 7)
+
+
+def test_no_config_file_sets_a_validation_step_count_that_eval_every_epochs_ignores():
+    """train.eval_every_epochs > 0 ignores train.eval_every: the CPU awd configs, built on
+    awd_lstm_word.py / awd_lstm_char.py, kept their eval_every=100 / 200 (NT-ASGD's passes,
+    benchmarks/README.md's numbers) and validated once an epoch instead, unsaid."""
+    import glob
+
+    from lmscale.config import config_from_file, default_config
+    default = default_config().train.eval_every
+    ignored = [path for path in sorted(glob.glob("configs/*.py"))
+               if (c := config_from_file(path).train).eval_every_epochs > 0
+               and c.eval_every != default]
+    assert ignored == []
+
+
 def test_a_missing_data_train_is_named():
     """data.train = None in a notebook was "no such file or directory: None"."""
     from lmscale.config import ConfigError, validate

@@ -121,7 +121,9 @@ def test_epoch_settings_end_at_each_epochs_own_boundary(tmp_path, corpus):
     drops = d["lr_drop_steps"]
     assert drops == [starts[3], starts[5]]
     assert [b.epoch_of(s) for s in drops] == [3, 5] and [b.epoch_of(s - 1) for s in drops] == [2, 4]
-    assert d["decay_steps"] == math.ceil(starts[4] + 0.5 * (starts[5] - starts[4]))
+    # half of epoch 4: the first step that has read half its tokens (as epochs_done counts)
+    half = next(n for n in range(int(starts[4]), int(starts[5])) if b.epochs_done(n) >= 4.5)
+    assert d["decay_steps"] == half == math.ceil(b.epoch_step(4.5))
 
 
 def test_epoch_plan_draws_in_chunks_the_same_lengths(tmp_path, corpus):
@@ -165,3 +167,24 @@ def test_validation_once_an_epoch_comes_after_each_epochs_own_last_step(tmp_path
            if int(2 * b.epochs_done(n) + 1e-9) > int(2 * b.epochs_done(n - 1) + 1e-9)]
     assert len(due) == 6 and set(ends) <= set(due)
     assert [r["step"] for r in read_metrics(half) if r["split"] == "val"] == due
+
+
+def test_a_fraction_of_an_epoch_ends_the_run_where_its_validation_is_due(tmp_path, corpus):
+    """train.epochs=1.5 with train.eval_every_epochs=0.5: the run ends at the step whose pass
+    is due (epoch_step took a fraction of the epoch's steps, validation_due of its tokens: the
+    end came a step or two before it, unscheduled, or after one, a second pass at the end)."""
+    import math
+
+    import ml_collections
+
+    from lmscale.training.evaluate import validation_due
+    train_split = TokenDataset.open(prepare_dataset(corpus, str(tmp_path / "ds"), split=(8, 1, 1),
+                                                    progress=False)).split("train")
+    every = ml_collections.ConfigDict({"eval_every_epochs": 0.5, "eval_every": 0})
+    for seed in range(12):
+        b = VariableBPTTBatcher(train_split, 4, 20, max_len=35, bucket=4, seed=seed)
+        for epochs in (0.5, 1.5, 2.5):
+            end = math.ceil(b.epoch_step(epochs))
+            assert b.epochs_done(end - 1) < epochs <= b.epochs_done(end)
+            assert validation_due(every, end, b.epochs_done)
+            assert not any(validation_due(every, n, b.epochs_done) for n in (end - 2, end - 1))
