@@ -90,16 +90,6 @@ class LossScale:
         return cls.create(policy.needs_loss_scaling, precision.loss_scale_init,
                           precision.loss_scale_factor, precision.loss_scale_window)
 
-    def scale_loss(self, loss: jax.Array) -> jax.Array:
-        return loss * self.scale if self.dynamic else loss
-
-    def unscale(self, grads: Any) -> Any:
-        """Gradients of the scaled loss -> true gradients, in float32."""
-        if not self.dynamic:
-            return grads
-        inv = 1.0 / self.scale
-        return jax.tree.map(lambda g: g.astype(jnp.float32) * inv, grads)
-
     def update(self, finite: jax.Array) -> "LossScale":
         """The state after a step whose (unscaled) gradients were all finite or not."""
         if not self.dynamic:

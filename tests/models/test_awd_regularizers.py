@@ -273,3 +273,20 @@ def test_dropout_masks_do_not_change_under_jax_enable_x64():
         wide = masks()
     for a, b in zip(plain, wide):
         assert a.dtype == b.dtype and np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_masks_of_two_tags_from_one_key_are_independent_and_per_row():
+    """Each use folds its own tag into the key (module doc): two layers' or kinds' masks drawn
+    from the same step key or row keys differ in about half their entries at p = 0.5; a locked
+    mask from one key [2] is still one mask per row, not one for the batch."""
+    key, keys, p = jax.random.PRNGKey(3), _row_keys(3), 0.5
+    pairs = [[reg.weight_drop(jnp.ones((32, 32)), key, t, p) for t in (0, 1)],
+             [reg.embedding_dropout(jnp.ones((256, 2)), key, t, p) for t in (0, 1)],
+             [reg.locked_mask(keys, t, p, B, 64, jnp.float32) for t in (0, 1)],
+             [reg.locked_mask(key, t, p, B, 64, jnp.float32) for t in (0, 1)],
+             [reg.row_bernoulli(keys, t, p, T, B, 16) for t in (0, 1)],
+             [reg.row_bernoulli(key, t, p, T, B, 16) for t in (0, 1)]]
+    for a, b in pairs:
+        assert 0.35 < np.mean(np.asarray(a) != np.asarray(b)) < 0.65
+    one = np.asarray(reg.locked_mask(key, 0, p, B, 64, jnp.float32))  # one key: still per row
+    assert one.shape == (B, 64) and not np.array_equal(one[0], one[1])

@@ -227,3 +227,38 @@ def test_qrnn_settings_in_another_kind_are_noted():
                                            "settings of model.kind='qrnn', unused by model.kind='lstm'")
     model.kind = "qrnn"
     assert unused_settings_note(model) is None
+
+
+@pytest.mark.parametrize("window", [1, 2])
+def test_weights_and_bias_drawn_as_pytorch_linear_on_the_window_input(window):
+    # nn.Linear(window * in, 3H): U(+-1/sqrt(window * in)) for w and bias (pytorch-qrnn)
+    from lmscale.models.qrnn import QRNNLayer
+    layer = QRNNLayer(64, 128, window=window, rngs=nnx.Rngs(0))
+    bound = 1 / np.sqrt(window * 64)
+    for a in (np.asarray(layer.w()), np.asarray(layer.bias[...])):
+        assert np.abs(a).max() <= bound and np.abs(a).max() > 0.95 * bound
+    assert np.asarray(layer.w()).shape == (window * 64, 3 * 128)
+
+
+def test_weight_drop_masks_w_once_at_its_own_rate_and_not_in_evaluation():
+    """DropConnect on the whole W (window 2: both halves) at ``weight_drop``'s rate, not
+    zoneout's; entries 0 or w/(1-p); one mask for all T steps; no key: the full W."""
+    from lmscale.models.qrnn import QRNNLayer
+    p, zoneout = 0.5, 0.25
+    layer = QRNNLayer(I, H, window=2, weight_drop=p, zoneout=zoneout, rngs=nnx.Rngs(0))
+    rng, resets = _data(5)
+    xs = rng.uniform(-1, 1, (T, B, I)).astype(np.float32)
+    carry = (np.zeros((B, H), np.float32), np.zeros((B, I), np.float32))
+    key = jax.random.PRNGKey(7)
+    run = jax.jit(lambda k: layer.scan_time_major(jnp.asarray(xs), carry, jnp.asarray(resets),
+                                                  step_key=k)[0])
+    full, b = np.asarray(layer.w(), np.float64), np.asarray(layer.bias[...], np.float64)
+    dropped = np.asarray(reg.weight_drop(layer.w(), key, 0, p), np.float64)
+    assert np.all((dropped == 0) | np.isclose(dropped, full / (1 - p)))
+    assert 0.4 < np.mean(dropped == 0) < 0.6  # 5 * 2 * 12 entries at p = 0.5
+    f_mult = np.full((T, B, H), 1 - zoneout)  # no row keys: evaluation's zoneout
+    ref = np_qrnn(xs, *carry, dropped, b, resets, 2, f_mult)[0]
+    np.testing.assert_allclose(np.asarray(run(key)), ref, **TOL)
+    no_drop = layer.scan_time_major(jnp.asarray(xs), carry, jnp.asarray(resets))[0]
+    np.testing.assert_allclose(np.asarray(no_drop), np_qrnn(xs, *carry, full, b, resets, 2,
+                                                            f_mult)[0], **TOL)

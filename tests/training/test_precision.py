@@ -12,7 +12,8 @@ from lmscale.config import default_config
 from lmscale.models import build_model
 from lmscale.training import mesh as mesh_lib
 from lmscale.training.optimizer import make_optimizer
-from lmscale.training.precision import LossScale, Policy, all_finite
+from lmscale.training.precision import (LossScale, Policy, SkippedRun, all_finite,
+                                        resumed_loss_scale)
 from lmscale.training.state import create_state
 from lmscale.training.steps import make_train_step
 
@@ -41,12 +42,8 @@ def test_loss_scale_halves_on_overflow_and_grows_after_window():
     assert static.update(jnp.asarray(False)) is static and float(static.scale) == 1.0
 
 
-def test_unscale_is_float32_and_all_finite():
-    ls = LossScale.create(dynamic=True, initial=1024.0)
-    grads = {"a": jnp.full((3,), 2048.0, jnp.float16), "b": jnp.ones((2,), jnp.float32) * 512}
-    un = ls.unscale(grads)
-    assert un["a"].dtype == jnp.float32 and np.allclose(un["a"], 2.0) and np.allclose(un["b"], 0.5)
-    assert bool(all_finite(un))
+def test_all_finite_is_every_leaf_finite():
+    assert bool(all_finite({"a": jnp.full((3,), 2.0, jnp.float16), "b": jnp.ones((2,))}))
     assert not bool(all_finite({"a": jnp.asarray([1.0, jnp.inf])}))
     assert not bool(all_finite({"a": jnp.asarray([jnp.nan])}))
 
@@ -224,3 +221,33 @@ def test_the_compute_hint_goes_to_stderr(capsys):
     print_compute_hint("float32", jax.devices("cpu")[0])
     out, err = capsys.readouterr()
     assert out == "" and err.startswith("hint: ")
+
+
+def test_a_resume_in_the_same_precision_keeps_its_loss_scale_and_another_starts_its_own():
+    """float16 resumed in float16 goes on from the checkpoint's S (a fresh 2**32 would skip
+    its first steps again), without a note; resumed from float32 it starts at
+    loss_scale_init, the count of skipped steps kept."""
+    state, _, _ = _fp16_setup(2.0**10, window=1000)
+    state = state.replace(loss_scale=state.loss_scale.replace(skipped=jnp.asarray(3, jnp.int32)))
+    precision = default_config().precision
+    precision.compute = "float16"
+    policy, device = Policy.from_compute("float16"), jax.devices()[0]
+    sharding = jax.sharding.SingleDeviceSharding(device)
+    same, note = resumed_loss_scale(state, "float16", policy, precision, sharding)
+    assert note is None and float(same.loss_scale.scale) == 2.0**10
+    fresh, note = resumed_loss_scale(state, "float32", policy, precision, sharding)
+    assert float(fresh.loss_scale.scale) == precision.loss_scale_init == 2.0**32
+    assert int(fresh.loss_scale.skipped) == 3 and fresh.loss_scale.dynamic
+    assert note == ("note: resuming in float16 (the checkpoint trained in float32): its loss "
+                    "scale starts at 4.29497e+09")
+
+
+def test_a_checkpoint_recording_only_skipped_in_a_row_resumes_its_run():
+    """A checkpoint from before the ``skipped_run`` record keeps ``skipped_in_a_row``: 40
+    steps skipped up to step 100 and 10 more after it are a run of 50 (>= STUCK_STEPS) that
+    stops the run at scale 1, naming step 60's weights; another precision starts afresh."""
+    run = SkippedRun.resumed({"skipped_in_a_row": 40}, True, 100, 40, every=0)
+    error = run.after_log(110, 50, 1.0, True)
+    assert error is not None and "the last 50 steps" in error and "step 60" in error
+    fresh = SkippedRun.resumed({"skipped_in_a_row": 40}, False, 100, 40, every=0)
+    assert fresh.after_log(110, 50, 1.0, True) is None

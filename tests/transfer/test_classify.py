@@ -78,6 +78,7 @@ def test_c_grid_from_strings_and_its_errors():
     assert inverse_strengths(["0.5", "2e-3", 4]) == (0.5, 0.002, 4.0)
     assert inverse_strengths(C_GRID) == C_GRID
     for bad, message in ((["x"], "C must be a number, got 'x'"), ([-1.0], "> 0, got -1.0"),
+                         ([0], "> 0, got 0"), (["0.0"], "> 0, got '0.0'"),
                          (["nan"], "> 0, got 'nan'"), ([], "the C grid is empty")):
         with pytest.raises(DataError, match=message.replace("(", r"\(")):
             inverse_strengths(bad)
