@@ -30,6 +30,7 @@ CHUNK_BYTES = 1 << 24  # whole .txt files are read in pieces of this size
 WORD_LIMITS = 64  # ``segments``: text without a space is cut inside a "word" past 64 x limit
 _CSV_EXTS = {".csv": ",", ".tsv": "\t"}
 _JSONL_EXTS = (".jsonl", ".json")
+NAME_CHARS, PATH_CHARS = 255, 4096  # Linux's longest file name and path (macOS: 255, 1024)
 
 
 def _exists(item: str) -> bool:
@@ -38,15 +39,24 @@ def _exists(item: str) -> bool:
 
 def split_inputs(patterns: str | Sequence[str]) -> list[str]:
     """The items of comma-separated/listed paths: commas inside an existing path are kept
-    (``dir, v2``, also among other items: ``a.txt,dir, v2``); the rest is split at them."""
+    (``dir, v2``, also among other items: ``a.txt,dir, v2``); the rest is split at them.
+    Linear in the items: a run of pieces is looked up only while its folder exists and its
+    name is short enough (a list of 2,000 files took 55 s)."""
     if isinstance(patterns, (str, os.PathLike)):
         patterns = [patterns]
     out: list[str] = []
     for p in patterns:
         parts, i = os.fspath(p).split(","), 0
         while i < len(parts):  # the longest run of pieces that is an existing path, else one
-            j = next((j for j in range(len(parts), i + 1, -1)
-                      if _exists(",".join(parts[i:j]).strip())), i + 1)
+            j, run = i + 1, parts[i]
+            for k in range(i + 1, len(parts)):  # longer runs while one still may be a path
+                if "/" in parts[k] and not _exists(f"{run},{parts[k].split('/')[0]}".strip()):
+                    break  # its folder is missing: so is every longer run's
+                run += "," + parts[k]
+                if len(run) - run.rfind("/") - 1 > NAME_CHARS or len(run) > PATH_CHARS:
+                    break  # no file has so long a name
+                if _exists(run.strip()):
+                    j = k + 1
             item = ",".join(parts[i:j]).strip()
             if item:
                 out.append(item)

@@ -286,11 +286,13 @@ def training_sentences(texts: Iterable[str], max_bytes: int = MAX_SENTENCE_BYTES
             if size + n > max_bytes and chunk:
                 yield "".join(chunk)
                 chunk, size = [], 0
-            while n > max_bytes:  # one very long line
-                head = line.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore")
-                yield head
-                line = line[len(head):]
-                n = len(line.encode("utf-8"))
+            if n > max_bytes:  # one very long line: its bytes cut once, not re-encoded a cut
+                data, start = line.encode("utf-8"), 0
+                while n - start > max_bytes:
+                    head = data[start:start + max_bytes].decode("utf-8", errors="ignore")
+                    yield head
+                    start += len(head.encode("utf-8"))
+                line, n = data[start:].decode("utf-8"), n - start
             if line:
                 chunk.append(line)
                 size += n

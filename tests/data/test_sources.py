@@ -253,3 +253,23 @@ def test_a_json_integer_past_pythons_digit_limit_is_invalid_json_at_its_line(tmp
     path.write_text('{"text": "a"}\n{"text": "b", "id": ' + "9" * 5000 + "}\n")
     with pytest.raises(DataError, match=rf"^{path}:2: invalid JSON \(Exceeds the limit"):
         list(sources.iter_pieces([str(path)]))
+
+
+def test_a_long_list_of_files_is_split_in_linear_lookups(tmp_path, monkeypatch):
+    # A list of N files looked up every run of its pieces, ~N^2 / 2 lookups of runs ~N long
+    # (2,000 files: 55 s); a run is looked up only while it may still name a path.
+    names = [f"review_{i:05d}.txt" for i in range(300)]
+    for name in names:
+        (tmp_path / name).write_text("t")
+    (tmp_path / "dir, v2").mkdir()
+    looked = []
+    exists = sources._exists
+    monkeypatch.setattr(sources, "_exists", lambda item: looked.append(item) or exists(item))
+    t = str(tmp_path)
+    listed = [f"{t}/{n}" for n in names] + [f"{t}/dir, v2"]
+    assert sources.split_inputs(",".join(listed)) == listed
+    assert len(looked) <= 2 * len(listed), len(looked)
+    monkeypatch.chdir(tmp_path)  # relative names: runs grow within one folder
+    looked.clear()
+    assert sources.split_inputs(",".join(names + ["dir, v2"])) == names + ["dir, v2"]
+    assert len(looked) <= 20 * len(names), len(looked)
