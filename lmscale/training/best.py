@@ -195,24 +195,50 @@ class BestKeeper:
 
 
 def restore_best_params(workdir: str, like: Any, sharding: jax.sharding.Sharding) -> tuple[Any, int]:
-    """The parameters in ``WORKDIR/best/`` and their step; FileNotFoundError if none."""
-    record = read_best(workdir)
-    if record is None:
-        raise FileNotFoundError(f"{workdir} kept no best weights ({BEST_JSON} is missing; train "
-                                f"with --config.checkpoint.keep_best=true)")
-    step = int(record["step"])
-    folder = os.path.join(absolute_path(workdir), BEST_DIR)
-    if not os.path.isdir(os.path.join(folder, str(step))):  # an older lmscale stopped mid-offer
-        held = sorted(int(n) for n in os.listdir(folder) if n.isdigit()) if os.path.isdir(folder) else []
-        raise FileNotFoundError(
-            f"{os.path.join(workdir, BEST_JSON)} names the weights of step {step}, which "
-            f"{folder} does not hold (it holds {held or 'none'}: the run stopped while replacing "
-            f"its best weights); read a checkpoint instead (without --best): a training run that "
-            f"goes on in {workdir} records its next validated weights as the best")
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), like)
-    restored = ocp.PyTreeCheckpointer().restore(
-        os.path.join(folder, str(step), "params"),  # orbax: absolute
-        args=ocp.args.PyTreeRestore(item=abstract,
-                                    restore_args=jax.tree.map(
-                                        lambda _: ocp.ArrayRestoreArgs(sharding=sharding), like)))
-    return restored, step
+    """The parameters in ``WORKDIR/best/`` and their step; FileNotFoundError if none. A run
+    validating in the workdir may replace them while they are read (``offer``: the new
+    saved, best.json rewritten, the old deleted): read again at the step best.json names
+    then (``eval --best`` said "Checkpoint directory does not exist", a traceback)."""
+    for attempt in range(3):
+        record = read_best(workdir)
+        if record is None:
+            raise FileNotFoundError(f"{workdir} kept no best weights ({BEST_JSON} is missing; "
+                                    f"train with --config.checkpoint.keep_best=true)")
+        step = int(record["step"])
+        folder = os.path.join(absolute_path(workdir), BEST_DIR)
+        if not os.path.isdir(os.path.join(folder, str(step))):
+            if attempt < 2 and _replaced(workdir, step):
+                continue
+            # an older lmscale stopped mid-offer
+            held = (sorted(int(n) for n in os.listdir(folder) if n.isdigit())
+                    if os.path.isdir(folder) else [])
+            raise FileNotFoundError(
+                f"{os.path.join(workdir, BEST_JSON)} names the weights of step {step}, which "
+                f"{folder} does not hold (it holds {held or 'none'}: the run stopped while "
+                f"replacing its best weights); read a checkpoint instead (without --best): a "
+                f"training run that goes on in {workdir} records its next validated weights "
+                f"as the best")
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), like)
+        try:
+            restored = ocp.PyTreeCheckpointer().restore(
+                os.path.join(folder, str(step), "params"),  # orbax: absolute
+                args=ocp.args.PyTreeRestore(item=abstract,
+                                            restore_args=jax.tree.map(
+                                                lambda _: ocp.ArrayRestoreArgs(sharding=sharding),
+                                                like)))
+        except (OSError, ValueError):  # orbax: "Checkpoint directory does not exist", ...
+            if attempt < 2 and _replaced(workdir, step):
+                continue
+            raise
+        return restored, step
+    raise AssertionError("unreachable")
+
+
+def _replaced(workdir: str, step: int) -> bool:
+    """Whether best.json names other weights than ``step`` now (a run replaced them)."""
+    try:
+        record = read_best(workdir)
+    except CheckpointError:
+        return False
+    return record is not None and int(record["step"]) != step

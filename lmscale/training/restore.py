@@ -224,7 +224,9 @@ def load_trained(workdir: str, step: int | None = None, mesh: Mesh | None = None
                 break
             except UnreadableCheckpointError as e:
                 time.sleep(0.2)  # a deletion under way (its files go first, then its folder)
-                if best or os.path.isdir(checkpointer.path(step)):
+                # --best reads the newest checkpoint's record only (its model): a rotated one is
+                # read again at the newest left, as the latest's weights are
+                if os.path.isdir(checkpointer.path(step)):
                     older = [s for s in on_disk if s < step]
                     if best or not older:
                         raise

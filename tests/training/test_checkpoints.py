@@ -280,3 +280,39 @@ def test_a_run_keeps_its_newest_checkpoints_only(tmp_path):
     ck.close()
     assert ck.steps() == [4, 3]
     assert sorted(n for n in os.listdir(tmp_path / "checkpoints") if n.isdigit()) == ["3", "4"]
+
+
+def test_loading_the_best_weights_while_a_run_replaces_them(tmp_path, corpus, monkeypatch):
+    """``eval --best`` (``load_lm(best=True)``) on a run still validating: the run saves a
+    new best, rewrites best.json and deletes the old best while it is read — a raw orbax
+    traceback ("Checkpoint directory does not exist: .../best/N/params", 1 of 10 evals of a
+    run validating every 5 steps). The run's replacing is done here by orbax's restore the
+    first time it is called, in the order ``BestKeeper.offer`` does it."""
+    import json
+    import shutil
+
+    import orbax.checkpoint as ocp
+
+    from lmscale.training.loop import train
+    from lmscale.training.restore import load_trained
+    from tests.conftest import tiny_config
+    run = tmp_path / "run"
+    train(tiny_config(corpus, **{"train.eval_every": 2, "checkpoint.every": 2,
+                                 "checkpoint.keep_best": True, "train.steps": 4}), str(run))
+    old = json.load(open(run / "best.json"))["step"]
+    new = old + 100  # the run's next best (the same weights, under a later step)
+    restore = ocp.PyTreeCheckpointer.restore
+    replaced = []
+
+    def restore_while_replaced(self, directory, *args, **kwargs):
+        if not replaced and f"{os.sep}best{os.sep}" in str(directory):
+            replaced.append(True)
+            shutil.copytree(run / "best" / str(old), run / "best" / str(new))
+            (run / "best.json").write_text(json.dumps({"step": new, "loss": 1.0,
+                                                       "averaged": False}))
+            shutil.rmtree(run / "best" / str(old))
+        return restore(self, directory, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.PyTreeCheckpointer, "restore", restore_while_replaced)
+    lm = load_trained(str(run), best=True)
+    assert replaced and lm.best and lm.step == new
