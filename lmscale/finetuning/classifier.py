@@ -26,7 +26,8 @@ from lmscale.transfer.metrics import predict_labels
 from lmscale.finetuning.predict import Predictor
 from lmscale.pretrained.preprocess import get_preprocessor
 from lmscale.training import mesh as mesh_lib
-from lmscale.training.checkpoints import CheckpointError, CheckpointMismatchError
+from lmscale.training.checkpoints import (CheckpointError, CheckpointMismatchError,
+                                          UnreadableCheckpointError)
 from lmscale.training.precision import Policy
 from lmscale.training.restore import step_folders, open_reader
 from lmscale.transfer.classify import TRANSFER_FILES
@@ -67,36 +68,37 @@ class FinetunedClassifier(LoadedClassifier):
             # best.json deleted; the best checkpoint is still the classifier (the latest
             # training checkpoint was read instead, silently)
             ckpt_dir = best_dir
-        if os.path.exists(best_path):
+        for attempt in range(3):  # a fine-tune still running may replace its best meanwhile
+            step = _best_json_step(best_path, ckpt_dir) if os.path.exists(best_path) else None
+            checkpointer = open_reader(ckpt_dir)  # a fine-tune still running: listed again
             try:
-                step = int(json.loads(Path(best_path).read_text())["step"])
-            except (ValueError, KeyError, TypeError) as e:  # torn or hand-edited: the best
-                print(f"note: {best_path} is unreadable ({type(e).__name__}: {e}); reading the "
-                      f"latest checkpoint in {ckpt_dir} (a resumed lmscale.finetune writes it "
-                      f"again)", file=sys.stderr)
-        checkpointer = open_reader(ckpt_dir)  # a fine-tune still running: listed again
-        try:
-            if step is not None and ckpt_dir == best_dir and step not in checkpointer.steps():
-                latest = checkpointer.latest_step()  # a kill between the best save and best.json
-                if latest is not None:
-                    print(f"note: {best_path} names step {step}, which {best_dir} no longer "
-                          f"holds; reading its step {latest} (a resumed lmscale.finetune writes "
-                          f"best.json again)", file=sys.stderr)
-                    step = latest
-            step = step if step is not None else checkpointer.latest_step()
-            if step is None:
-                raise FileNotFoundError(f"{ckpt_dir} holds no checkpoint yet")
-            signature = checkpointer.read_meta(step)["signature"]
-            self.tokenizer = tokenizer_from_dict(signature["data.tokenizer"], base_dir=workdir)
-            self.class_names = list(derived["class_names"])
-            self.multilabel = bool(config.finetune.multilabel)
-            self.mesh = mesh_lib.make_mesh()
-            graphdef, like, self.max_len = init_classifier(
-                config, signature["vocab_size"], len(self.class_names),
-                Policy.from_compute(config.precision.compute).compute, abstract=True)
-            self.params = checkpointer.restore_params(like, mesh_lib.replicated(self.mesh), step)
-        finally:
-            checkpointer.close()
+                if step is not None and ckpt_dir == best_dir and step not in checkpointer.steps():
+                    latest = checkpointer.latest_step()  # a kill between best save and best.json
+                    if latest is not None:
+                        print(f"note: {best_path} names step {step}, which {best_dir} no longer "
+                              f"holds; reading its step {latest} (a resumed lmscale.finetune "
+                              f"writes best.json again)", file=sys.stderr)
+                        step = latest
+                step = step if step is not None else checkpointer.latest_step()
+                if step is None:
+                    raise FileNotFoundError(f"{ckpt_dir} holds no checkpoint yet")
+                signature = checkpointer.read_meta(step)["signature"]
+                self.tokenizer = tokenizer_from_dict(signature["data.tokenizer"], base_dir=workdir)
+                self.class_names = list(derived["class_names"])
+                self.multilabel = bool(config.finetune.multilabel)
+                self.mesh = mesh_lib.make_mesh()
+                graphdef, like, self.max_len = init_classifier(
+                    config, signature["vocab_size"], len(self.class_names),
+                    Policy.from_compute(config.precision.compute).compute, abstract=True)
+                self.params = checkpointer.restore_params(like, mesh_lib.replicated(self.mesh),
+                                                          step)
+                break
+            except UnreadableCheckpointError:
+                # deleted while read (the fine-tune saved a better one): read the new best
+                if attempt == 2 or os.path.isdir(checkpointer.path(step)):
+                    raise
+            finally:
+                checkpointer.close()
         self.step, self.workdir = step, workdir
         self.preprocess = get_preprocessor(derived.get("preprocess", "none"))
         self.predictor = Predictor(graphdef, self.mesh, self.multilabel, tokenizer=self.tokenizer,
@@ -117,6 +119,17 @@ class FinetunedClassifier(LoadedClassifier):
         ids = encode(self.tokenizer, self.preprocess, text_list(texts), self.max_len,
                      number_from=0)
         return self.predictor(self.params, ids)
+
+
+def _best_json_step(best_path: str, ckpt_dir: str) -> int | None:
+    """The step a fine-tune's best.json names; None, said, where it is torn or hand-edited."""
+    try:
+        return int(json.loads(Path(best_path).read_text())["step"])
+    except (ValueError, KeyError, TypeError) as e:  # torn or hand-edited: the best
+        print(f"note: {best_path} is unreadable ({type(e).__name__}: {e}); reading the "
+              f"latest checkpoint in {ckpt_dir} (a resumed lmscale.finetune writes it "
+              f"again)", file=sys.stderr)
+        return None
 
 
 def _load_transfer_lm(folder: str, info: dict[str, Any]) -> Any:

@@ -85,3 +85,39 @@ def test_the_best_of_an_attempt_that_left_no_checkpoint_is_not_the_new_runs(sst_
     assert json.load(open(run / "best.json"))["value"] < 1.0 and result["best"]["value"] < 1.0
     (archived,) = os.listdir(run / "archive")
     assert sorted(os.listdir(run / "archive" / archived)) == ["best", "best.json"]
+
+
+def test_best_weights_replaced_while_classify_reads_them_are_read_again(sst_run, data,
+                                                                        tmp_path, monkeypatch):
+    """classify of a fine-tune still running: the run saves a better checkpoint in best/,
+    rewrites best.json and deletes the one being read — "checkpoint ... is unreadable"
+    where the new best was there to read. Done here by orbax's restore on its first call
+    into best/, in the order the fine-tune does it."""
+    import json
+    import shutil
+
+    import orbax.checkpoint as ocp
+
+    from lmscale.finetuning.classifier import load_classifier
+    from lmscale.finetuning.loop import finetune
+    run = tmp_path / "ft"
+    finetune(ft_config(sst_run, data["sst_train"], data["sst_val"],
+                       **{"train.steps": 4, "train.eval_every": 2, "checkpoint.every": 2}),
+             str(run))
+    old = json.loads((run / "best.json").read_text())["step"]
+    new = 6 - old  # the run's other checkpoint (steps 2 and 4), as the next best
+    best = run / "best" / "checkpoints"
+    restore, replaced = ocp.PyTreeCheckpointer.restore, []
+
+    def restore_while_replaced(self, directory, *args, **kwargs):
+        if not replaced and str(best / str(old)) in str(directory):
+            replaced.append(True)
+            shutil.copytree(run / "checkpoints" / str(new), best / str(new))
+            record = json.loads((run / "best.json").read_text())
+            (run / "best.json").write_text(json.dumps({**record, "step": new}))
+            shutil.rmtree(best / str(old))
+        return restore(self, directory, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.PyTreeCheckpointer, "restore", restore_while_replaced)
+    clf = load_classifier(str(run))
+    assert replaced and clf.step == new
