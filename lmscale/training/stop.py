@@ -106,12 +106,17 @@ class StopSignal:
         it was the default: a scheduler signals every process of a run, some after they
         stopped or finished and saved, and such a late signal must not turn the clean end into
         exit status -15 while the process closes its files and exits. (A notebook's stop by
-        its interrupt button keeps SIGTERM as it was.)"""
+        its interrupt button keeps SIGTERM as it was, and so does a stop this process's
+        ``request`` asked for: no scheduler signalled it, and a program that set its event,
+        a server, must still end on SIGTERM.)"""
         if self._acknowledgment is not None:
             self._acknowledgment.cancel()
+        requested = (self.signal is None and self.request is not None
+                     and self.request.is_set())
         for sig, handler in self._previous.items():
             late = handler is _cli_handler or (handler == signal.SIG_DFL and self.stopping
-                                                and self.signal != signal.SIGINT)
+                                                and self.signal != signal.SIGINT
+                                                and not requested)
             if sig in REQUEST_SIGNALS and late:
                 handler = signal.SIG_IGN
             signal.signal(sig, handler)

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -57,6 +58,17 @@ def test_a_stop_on_sigint_keeps_sigterm_as_it_was(default_sigterm):
         stop._handle(signal.SIGINT, None)
         assert stop.should_stop(1)
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_a_stop_its_request_asked_for_keeps_sigterm_as_it_was(default_sigterm):
+    """``train(config, workdir, stop=event)`` called in a program's main thread, the event set
+    (a time budget, a server's shutdown): no scheduler signalled it, and the program must still
+    end on SIGTERM, SIGHUP and SIGUSR1 (``docker stop``, systemd) after the call returns."""
+    request = threading.Event()
+    with StopSignal(every=1, processes=1, request=request) as stop:
+        request.set()
+        assert stop.should_stop(1) and stop.signal is None
+    assert all(signal.getsignal(s) == signal.SIG_DFL for s in REQUEST_SIGNALS)
 
 
 def test_a_repeated_sigterm_is_the_same_request_a_second_ctrl_c_stops_at_once(default_sigterm):
