@@ -109,12 +109,12 @@ def make_tokenizer() -> Tokenizer | SentencePieceTraining:
         for flag in ("word_min_count", "word_vocab_size"):
             if flags.FLAGS[flag].present:
                 raise DataError(f"--{flag} is for --tokenizer=word, not --tokenizer={name}")
-    else:
-        return WordTraining(min_count=_WORD_MIN_COUNT.value, max_size=_WORD_VOCAB_SIZE.value)
-    if name != SENTENCEPIECE:
+    if name != SENTENCEPIECE:  # --tokenizer=word --vocab_size=N too (its cap: --word_vocab_size)
         for flag in ("vocab_size", "sp_model_type", "sp_sample_bytes", "sp_model"):
             if flags.FLAGS[flag].present:
                 raise DataError(f"--{flag} is for --tokenizer=sentencepiece, not --tokenizer={name}")
+        if name == WORD:
+            return WordTraining(min_count=_WORD_MIN_COUNT.value, max_size=_WORD_VOCAB_SIZE.value)
         return TOKENIZERS[name]()
     if _SP_MODEL.value:
         for flag in ("vocab_size", "sp_model_type", "sp_sample_bytes"):

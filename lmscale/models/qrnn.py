@@ -35,7 +35,6 @@ from lmscale.models.initializers import symmetric_uniform
 from lmscale.models.weight_norm import make_matrix
 
 POOLINGS = ("sequential", "associative")
-UNROLL = 16
 # (hs [T, B, H] in compute dtype, new carry, cs [T, B, H] float32 or None)
 ScanResult = tuple[jax.Array, tuple[jax.Array, ...], jax.Array | None]
 

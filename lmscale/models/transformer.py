@@ -384,4 +384,4 @@ register(ModelKind(name="transformer",
                    recompute_flops_per_token=lambda m, seq_len: _flops(m, 0, seq_len),  # blocks
                    describe=_describe, trained_length=_trained_length,
                    settings={"attn_dropout": 0.0, "ff_dropout": 0.0, "scan_layers": True,
-                             "init": "fairseq"}))
+                             "init": "fairseq", "norm": "post", "positions": "learned"}))

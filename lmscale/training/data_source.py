@@ -141,6 +141,25 @@ def sp_model_note(data: ml_collections.ConfigDict) -> str | None:
             f"tokenizer (these train one)")
 
 
+# The data.* settings of one tokenizer's training (lmscale.prepare refuses them with another)
+TOKENIZER_SETTINGS = {SENTENCEPIECE: ("vocab_size", "sp_model_type", "sp_sample_bytes"),
+                      WORD: ("word_min_count", "word_vocab_size")}
+
+
+def other_tokenizer_note(data: ml_collections.ConfigDict) -> str | None:
+    """A note naming the settings of another tokenizer than ``data.tokenizer`` moved from their
+    defaults (``data.vocab_size`` with the word tokenizer, whose cap is data.word_vocab_size:
+    not used; config.json records them as given, so a config can be rerun with another)."""
+    from lmscale.config import default_config
+    default = default_config().data
+    moved = [f"data.{k}={data[k]!r}" for name, keys in TOKENIZER_SETTINGS.items()
+             if data.tokenizer != name for k in keys if data[k] != default[k]]
+    if not moved:
+        return None
+    return (f"note: {', '.join(moved)} not used: settings of another tokenizer than "
+            f"data.tokenizer={data.tokenizer!r}")
+
+
 def text_sources(data: ml_collections.ConfigDict) -> list[list] | None:
     """[path, bytes, mtime_ns] of each text file ``data.train`` / ``val`` / ``test`` name (a
     file edited under the same path changes them), or None where they cannot be read (a
@@ -299,9 +318,9 @@ def _prepare_in_workdir(data: ml_collections.ConfigDict, workdir: str, progress:
     (prepared with the same settings from the same files; see ``resolve_dataset``)."""
     spec = str(data.train)
     target = os.path.join(workdir, "data")
-    note = sp_model_note(data)
-    if note:
-        print(note, file=sys.stderr, flush=True)
+    for note in (sp_model_note(data), other_tokenizer_note(data)):
+        if note:
+            print(note, file=sys.stderr, flush=True)
     request, sources = _request(data), text_sources(data)
     request_path = os.path.join(workdir, "data_request.json")
     if is_dataset(target) and os.path.exists(request_path):

@@ -96,6 +96,9 @@ def test_prepare_cli_sentencepiece_errors(tmp_path):
         (["--tokenizer=sentencepiece", f"--sp_model={tmp_path / 'none.model'}"], "none.model does not exist"),
         (["--tokenizer=sentencepiece", "--vocab_size=10"], "--vocab_size=10 is too small"),
         (["--tokenizer=openai", "--vocab_size=1000"], "--vocab_size is for --tokenizer=sentencepiece"),
+        # word's cap is --word_vocab_size: --vocab_size=500 was ignored (2,891 ids on 60 kB)
+        (["--tokenizer=word", "--vocab_size=500"], "--vocab_size is for --tokenizer=sentencepiece, "
+                                                   "not --tokenizer=word"),
         (["--tokenizer=sentencepiece", f"--sp_model={tmp_path / 'bad.model'}", "--vocab_size=300"],
          "--vocab_size is for training a SentencePiece model"),
     ]

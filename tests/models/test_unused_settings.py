@@ -52,6 +52,17 @@ def test_transformer_settings_on_a_recurrent_kind_are_noted():
         "model.kind='transformer', unused by model.kind='mlstm'")
 
 
+def test_transformer_norm_and_positions_on_a_recurrent_kind_are_noted():
+    """--config.model.positions=sinusoidal or norm=pre on an mLSTM were ignored without a note
+    (as model.init=gpt2 is noted): config.json recorded them as if applied."""
+    model = default_config().model
+    model.positions, model.norm = "sinusoidal", "pre"
+    assert unused_settings_note(model) == (
+        "note: model.norm='pre', model.positions='sinusoidal' are settings of "
+        "model.kind='transformer', unused by model.kind='mlstm'")
+    assert unused_settings_note(_transformer(positions="sinusoidal", norm="pre")) is None
+
+
 def test_a_transformer_run_prints_the_note(corpus, tmp_path, capfd):
     from lmscale.training.loop import train
     workdir = str(tmp_path / "run")

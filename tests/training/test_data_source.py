@@ -130,3 +130,20 @@ def test_a_missing_corpus_whose_path_ends_in_a_parenthesis_names_its_setting(tmp
     assert str(said).startswith(f"data.train={missing!r}: no such file or directory: "), said
     hinted = DataError(f"no such file or directory: {missing}/a.txt (did you mean b.txt?)")
     assert _missing_corpus(hinted, data) is hinted  # a hint already said: as it was
+
+
+def test_settings_of_another_tokenizer_are_noted(tmp_path, capsys):
+    """data.vocab_size=500 with the word tokenizer (whose cap is data.word_vocab_size) was
+    ignored without a word: 2,891 word ids, and config.json recorded vocab_size 500."""
+    corpus = write_corpus(tmp_path / "corpus")
+    data = tiny_config(corpus, **{"data.tokenizer": "word", "data.vocab_size": 500}).data
+    target = resolve_dataset(data, str(tmp_path / "run"), progress=False)
+    assert TokenDataset.open(target).tokenizer.vocab_size != 500
+    assert ("note: data.vocab_size=500 not used: settings of another tokenizer than "
+            "data.tokenizer='word'") in capsys.readouterr().err
+    data = tiny_config(corpus, **{"data.word_vocab_size": 50, "data.sp_model_type": "unigram"}).data
+    resolve_dataset(data, str(tmp_path / "bytes"), progress=False)
+    assert ("note: data.sp_model_type='unigram', data.word_vocab_size=50 not used"
+            in capsys.readouterr().err)
+    resolve_dataset(tiny_config(corpus).data, str(tmp_path / "plain"), progress=False)
+    assert "not used" not in capsys.readouterr().err
