@@ -139,6 +139,8 @@ def main(argv: list[str]) -> None:
 
     if _JSON.value == "-":
         run_cli(lambda: refuse_closed_stdout("--json=- writes the plan there", "pass --json=FILE"))
+    elif not _JSON.value:  # the tables are the plan
+        run_cli(lambda: refuse_closed_stdout("the plan's tables go there", "pass --json=FILE"))
     devices, result = run_cli(run)
     # --json=- (or /dev/stdout): standard output is the JSON alone (| jq), the tables on stderr
     from lmscale.atomic import writes_stdout

@@ -90,3 +90,15 @@ def test_json_to_a_closed_standard_output_is_refused_before_the_compile():
     assert proc.returncode == 1 and proc.stderr.strip() == (
         "error: standard output is closed (>&-) and --json=- writes the plan there: pass "
         "--json=FILE"), proc.stderr[-2000:]
+
+
+def test_tables_to_a_closed_standard_output_are_refused_before_the_compile():
+    """Without --json the tables on standard output are the plan: `plan >&-` compiled, printed
+    them into nothing and exited 0, as --json=- did."""
+    proc = subprocess.run(["bash", "-c", 'exec "$@" >&-', "bash", sys.executable, "-m",
+                           "lmscale.plan", "--config=configs/quickstart.py", HUGE],
+                          cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          timeout=120)
+    assert proc.returncode == 1 and proc.stderr.strip() == (
+        "error: standard output is closed (>&-) and the plan's tables go there: pass "
+        "--json=FILE"), proc.stderr[-2000:]

@@ -133,7 +133,6 @@ class StopSignal:
             self._acknowledgment.cancel()  # the stop's own line follows
         return self.stopping
 
-
     def cause(self) -> str:
         """What stopped the run, for its last line: "signal 15", "a stop request" (``request``
         set) or, where another process asked, "a signal or request in another process"."""

@@ -273,3 +273,11 @@ def test_a_long_list_of_files_is_split_in_linear_lookups(tmp_path, monkeypatch):
     looked.clear()
     assert sources.split_inputs(",".join(names + ["dir, v2"])) == names + ["dir, v2"]
     assert len(looked) <= 20 * len(names), len(looked)
+
+
+def test_the_longest_run_of_pieces_that_exists_is_one_item(tmp_path):
+    """Runs are tried growing: "a, b" and "a, b, c" both folders, the longer is the item."""
+    (tmp_path / "a, b").mkdir()
+    (tmp_path / "a, b, c").mkdir()
+    t = str(tmp_path)
+    assert sources.split_inputs(f"{t}/a, b, c,{t}/a, b") == [f"{t}/a, b, c", f"{t}/a, b"]

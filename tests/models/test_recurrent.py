@@ -185,3 +185,15 @@ def test_scan_options_of_one_thread_do_not_reach_another():
         done.set()
         holder.join(30)
     assert seen[1] == 3 and current_scan_options().unroll != 3
+
+
+def test_scan_options_end_with_their_block_nested_or_raised():
+    from lmscale.models.recurrent import current_scan_options, scan_options
+    default = current_scan_options()
+    with scan_options(grad="autodiff"):
+        with pytest.raises(RuntimeError), scan_options(unroll=2):
+            assert current_scan_options().unroll == 2
+            raise RuntimeError
+        assert (current_scan_options().grad, current_scan_options().unroll) == (
+            "autodiff", default.unroll)
+    assert current_scan_options() == default

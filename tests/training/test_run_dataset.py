@@ -98,3 +98,16 @@ def test_a_dataset_without_validation_is_refused_where_a_setting_needs_it_and_no
                                  "train.eval_every": 2}), str(tmp_path / "noted"))
     assert "has no validation split: this run reports no validation loss" in capsys.readouterr().err
     assert not [r for r in read_metrics(str(tmp_path / "noted")) if r["split"] == "val"]
+
+
+def test_the_no_validation_note_names_the_setting_that_schedules_validation(corpus):
+    """With train.eval_every_epochs > 0 (train.eval_every ignored) the note names it; with
+    neither, only the end would validate: no note."""
+    from lmscale.training.evaluate import without_validation
+    note = lambda **kw: without_validation(tiny_config(corpus, **kw), "DS")
+    assert "(train.eval_every_epochs=0.5 finds nothing" in note(**{
+        "train.eval_every": 0, "train.eval_every_epochs": 0.5})
+    assert "(train.eval_every_epochs=2 finds nothing" in note(**{
+        "train.eval_every": 3, "train.eval_every_epochs": 2.0})
+    assert "(train.eval_every=3 finds nothing" in note(**{"train.eval_every": 3})
+    assert note(**{"train.eval_every": 0}) is None

@@ -188,3 +188,14 @@ def test_a_fraction_of_an_epoch_ends_the_run_where_its_validation_is_due(tmp_pat
             assert b.epochs_done(end - 1) < epochs <= b.epochs_done(end)
             assert validation_due(every, end, b.epochs_done)
             assert not any(validation_due(every, n, b.epochs_done) for n in (end - 2, end - 1))
+
+
+def test_a_multiple_of_the_period_computed_just_under_itself_is_due():
+    """0.3 / 0.1 = 2.9999999999999996: eval_every_epochs=0.1 at 10 steps an epoch skipped the
+    pass due at step 3 (step 4 took both); every step is due."""
+    import ml_collections
+
+    from lmscale.training.evaluate import validation_due
+    every = ml_collections.ConfigDict({"eval_every_epochs": 0.1, "eval_every": 7})
+    assert [n for n in range(31) if validation_due(every, n, lambda n: n / 10)] == list(
+        range(1, 31))
