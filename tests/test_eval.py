@@ -204,7 +204,8 @@ def test_the_temporary_folder_of_a_killed_evaluation_is_removed_by_the_next(tmp_
     text.write_text("a line of text to tokenize.\n" * 40_000)
     tmp.mkdir()
     child = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from lmscale.training.evaluate_trained import evaluate_data; "
+        [sys.executable, "-c", "import sys; "
+         "from lmscale.training.evaluate_trained import evaluate_data; "
          "from tests.transfer.conftest import random_lm; "
          "evaluate_data(random_lm(hidden=16), sys.argv[1])", str(text)],
         cwd=REPO, env={**os.environ, "TMPDIR": str(tmp), "PYTHONPATH": str(REPO)})
