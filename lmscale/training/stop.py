@@ -111,8 +111,7 @@ class StopSignal:
         a server, must still end on SIGTERM.)"""
         if self._acknowledgment is not None:
             self._acknowledgment.cancel()
-        requested = (self.signal is None and self.request is not None
-                     and self.request.is_set())
+        requested = self.signal is None and self._requested()
         for sig, handler in self._previous.items():
             late = handler is _cli_handler or (handler == signal.SIG_DFL and self.stopping
                                                 and self.signal != signal.SIGINT
@@ -124,7 +123,7 @@ class StopSignal:
     def should_stop(self, step: int) -> bool:
         """One process: whether a signal came. Many: at every ``every``-th step, whether any
         process got one (a collective; all processes must call this at the same steps)."""
-        asked = self.signal is not None or (self.request is not None and self.request.is_set())
+        asked = self.signal is not None or self._requested()
         if self.processes == 1:
             self.stopping = asked
         elif step % self.every == 0:
@@ -138,9 +137,13 @@ class StopSignal:
         set) or, where another process asked, "a signal or request in another process"."""
         if self.signal is not None:
             return f"signal {self.signal}"
-        if self.request is not None and self.request.is_set():
+        if self._requested():
             return "a stop request"
         return "a signal or request in another process"
+
+    def _requested(self) -> bool:
+        """Whether this process's ``request`` event is set."""
+        return self.request is not None and self.request.is_set()
 
 
 def agreed_any(flag: bool) -> bool:
